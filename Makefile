@@ -1,0 +1,48 @@
+# apiary — the two commands that matter: `make run` and `make test`.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+BUILD := build
+BPF_SRC := src/apiary/bpf
+BPF_HDRS := $(wildcard $(BPF_SRC)/include/*.h)
+BPF_OBJS := $(patsubst $(BPF_SRC)/%.bpf.c,$(BUILD)/%.bpf.o,$(wildcard $(BPF_SRC)/*.bpf.c))
+CLANG ?= clang
+ARCH := $(shell uname -m | sed 's/x86_64/x86/;s/aarch64/arm64/')
+BPF_CFLAGS := -O2 -g -target bpf -D__TARGET_ARCH_$(ARCH) -Wall -Werror -Wno-unused-function \
+	-I$(BUILD) -I$(BPF_SRC)/include -I/usr/include/$(shell uname -m)-linux-gnu
+
+.PHONY: run test setup build lint unit kernel bench demo clean test-vm
+
+run: setup build
+	$(VENV)/bin/apiary agent $(ARGS)
+
+test: setup build
+	$(VENV)/bin/ruff check src tests bench
+	$(PY) -m pytest -q -p no:cacheprovider tests $(PYTEST_ARGS)
+
+setup:
+	@bash scripts/setup.sh
+
+build: $(BPF_OBJS)
+
+$(BUILD)/vmlinux.h:
+	@mkdir -p $(BUILD)
+	bpftool btf dump file /sys/kernel/btf/vmlinux format c > $@.tmp && mv $@.tmp $@
+
+$(BUILD)/%.bpf.o: $(BPF_SRC)/%.bpf.c $(BPF_HDRS) $(BUILD)/vmlinux.h
+	$(CLANG) $(BPF_CFLAGS) -c $< -o $@.tmp && mv $@.tmp $@
+
+lint: setup
+	$(VENV)/bin/ruff check src tests bench
+
+unit: setup
+	$(PY) -m pytest -q tests/unit
+
+kernel: setup build
+	$(PY) -m pytest -q tests/kernel
+
+bench: setup build
+	$(PY) -m bench.run $(ARGS)
+
+clean:
+	rm -rf $(BUILD)

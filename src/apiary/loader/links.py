@@ -1,0 +1,233 @@
+"""Attachments. One class per attach type; each owns a kernel link (or TC filter) and detaches it."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+
+from . import _libbpf as L
+from .errors import BpfError, from_errno
+from .object import Program
+
+BPF_TCX_INGRESS, BPF_TCX_EGRESS = 46, 47
+TC_INGRESS, TC_EGRESS = 1 << 0, 1 << 1
+
+
+class Link:
+    """A bpf_link created by libbpf. ``destroy()`` detaches; the object is also a context manager."""
+
+    kind = "link"
+
+    def __init__(self, prog: Program, ptr: int, target: str) -> None:
+        self.prog = prog
+        self.ptr: int | None = ptr
+        self.target = target
+        self.pin_path: str | None = None
+
+    @property
+    def fd(self) -> int:
+        return L.lib.bpf_link__fd(self.ptr) if self.ptr else -1
+
+    @property
+    def id(self) -> int:
+        if not self.ptr:
+            return 0
+        info = L.BpfLinkInfo()
+        size = ctypes.c_uint32(ctypes.sizeof(info))
+        if L.lib.bpf_obj_get_info_by_fd(self.fd, ctypes.byref(info), ctypes.byref(size)) != 0:
+            return 0
+        return info.id
+
+    def pin(self, path: str) -> None:
+        if L.lib.bpf_link__pin(self.ptr, path.encode()) != 0:
+            raise BpfError(f"pin link of {self.prog.name} at {path}", L.errno())
+        self.pin_path = path
+
+    def destroy(self) -> None:
+        if self.ptr:
+            if self.pin_path:
+                L.lib.bpf_link__unpin(self.ptr)
+                self.pin_path = None
+            L.lib.bpf_link__destroy(self.ptr)
+            self.ptr = None
+
+    def __enter__(self) -> Link:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.destroy()
+
+    def describe(self) -> str:
+        return f"{self.kind} {self.target}"
+
+    @classmethod
+    def _make(cls, prog: Program, ptr: int | None, target: str, feature: str) -> Link:
+        if not ptr:
+            raise from_errno(f"attach {prog.name} to {cls.kind} {target}", L.errno(), feature)
+        return cls(prog, ptr, target)
+
+
+class TracepointLink(Link):
+    kind = "tracepoint"
+
+    @classmethod
+    def attach(cls, prog: Program, category: str, name: str) -> TracepointLink:
+        ptr = L.lib.bpf_program__attach_tracepoint(prog.ptr, category.encode(), name.encode())
+        return cls._make(prog, ptr, f"{category}/{name}", f"tracepoint {category}/{name}")  # type: ignore[return-value]
+
+
+class RawTracepointLink(Link):
+    kind = "raw_tp"
+
+    @classmethod
+    def attach(cls, prog: Program, name: str) -> RawTracepointLink:
+        ptr = L.lib.bpf_program__attach_raw_tracepoint(prog.ptr, name.encode())
+        return cls._make(prog, ptr, name, f"raw tracepoint {name}")  # type: ignore[return-value]
+
+
+class TracingLink(Link):
+    """tp_btf / fentry / fexit / fmod_ret: the target is in the program's section name."""
+
+    kind = "tracing"
+
+    @classmethod
+    def attach(cls, prog: Program) -> TracingLink:
+        ptr = L.lib.bpf_program__attach_trace(prog.ptr)
+        return cls._make(prog, ptr, prog.section, prog.section.split("/")[0])  # type: ignore[return-value]
+
+
+class LsmLink(Link):
+    kind = "lsm"
+
+    @classmethod
+    def attach(cls, prog: Program) -> LsmLink:
+        ptr = L.lib.bpf_program__attach_lsm(prog.ptr)
+        return cls._make(prog, ptr, prog.section, "BPF-LSM")  # type: ignore[return-value]
+
+
+class KprobeLink(Link):
+    kind = "kprobe"
+
+    @classmethod
+    def attach(cls, prog: Program, func: str, retprobe: bool = False) -> KprobeLink:
+        ptr = L.lib.bpf_program__attach_kprobe(prog.ptr, retprobe, func.encode())
+        kind = "kretprobe" if retprobe else "kprobe"
+        return cls._make(prog, ptr, f"{kind}:{func}", kind)  # type: ignore[return-value]
+
+
+class UprobeLink(Link):
+    kind = "uprobe"
+
+    @classmethod
+    def attach(
+        cls, prog: Program, binary: str, symbol: str | None = None, offset: int = 0,
+        pid: int = -1, retprobe: bool = False,
+    ) -> UprobeLink:
+        opts = L.BpfUprobeOpts(sz=ctypes.sizeof(L.BpfUprobeOpts), retprobe=retprobe,
+                               func_name=symbol.encode() if symbol else None)
+        ptr = L.lib.bpf_program__attach_uprobe_opts(prog.ptr, pid, binary.encode(), offset, ctypes.byref(opts))
+        return cls._make(prog, ptr, f"{binary}:{symbol or hex(offset)}", "uprobe")  # type: ignore[return-value]
+
+
+class XdpLink(Link):
+    kind = "xdp"
+
+    @classmethod
+    def attach(cls, prog: Program, ifindex: int) -> XdpLink:
+        ptr = L.lib.bpf_program__attach_xdp(prog.ptr, ifindex)
+        return cls._make(prog, ptr, f"ifindex {ifindex}", "XDP link")  # type: ignore[return-value]
+
+
+class CgroupLink(Link):
+    kind = "cgroup"
+
+    @classmethod
+    def attach(cls, prog: Program, cgroup_path: str) -> CgroupLink:
+        fd = os.open(cgroup_path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            ptr = L.lib.bpf_program__attach_cgroup(prog.ptr, fd)
+        finally:
+            os.close(fd)
+        return cls._make(prog, ptr, f"{cgroup_path} ({prog.section})", f"cgroup hook {prog.section}")  # type: ignore[return-value]
+
+
+class NetnsLink(Link):
+    kind = "netns"
+
+    @classmethod
+    def attach(cls, prog: Program, netns_path: str) -> NetnsLink:
+        fd = os.open(netns_path, os.O_RDONLY)
+        try:
+            ptr = L.lib.bpf_program__attach_netns(prog.ptr, fd)
+        finally:
+            os.close(fd)
+        return cls._make(prog, ptr, netns_path, f"netns hook {prog.section}")  # type: ignore[return-value]
+
+
+class TcxLink:
+    """tcx attach through bpf_link_create (libbpf 1.1 has no wrapper)."""
+
+    kind = "tcx"
+
+    def __init__(self, prog: Program, fd: int, target: str) -> None:
+        self.prog, self.link_fd, self.target = prog, fd, target
+        self.pin_path: str | None = None
+
+    @classmethod
+    def attach(cls, prog: Program, ifindex: int, egress: bool) -> TcxLink:
+        opts = L.BpfLinkCreateOpts(sz=ctypes.sizeof(L.BpfLinkCreateOpts))
+        at = BPF_TCX_EGRESS if egress else BPF_TCX_INGRESS
+        fd = L.lib.bpf_link_create(prog.fd, ifindex, at, ctypes.byref(opts))
+        direction = "egress" if egress else "ingress"
+        if fd < 0:
+            raise from_errno(f"attach {prog.name} to tcx {direction} of ifindex {ifindex}", L.errno(), "tcx")
+        return cls(prog, fd, f"ifindex {ifindex} {direction}")
+
+    @property
+    def fd(self) -> int:
+        return self.link_fd
+
+    def destroy(self) -> None:
+        if self.link_fd >= 0:
+            os.close(self.link_fd)
+            self.link_fd = -1
+
+    def describe(self) -> str:
+        return f"tcx {self.target}"
+
+
+class TcFilter:
+    """Classic clsact + cls_bpf filter (bpf_tc_*). Destroying removes the filter, not the qdisc."""
+
+    kind = "tc"
+
+    def __init__(self, prog: Program, hook: L.BpfTcHook, opts: L.BpfTcOpts, target: str) -> None:
+        self.prog, self.hook, self.opts, self.target = prog, hook, opts, target
+        self.attached = True
+
+    @classmethod
+    def attach(cls, prog: Program, ifindex: int, egress: bool, handle: int = 1, priority: int = 1) -> TcFilter:
+        hook = L.BpfTcHook(sz=ctypes.sizeof(L.BpfTcHook), ifindex=ifindex,
+                           attach_point=TC_EGRESS if egress else TC_INGRESS)
+        rc = L.lib.bpf_tc_hook_create(ctypes.byref(hook))
+        if rc != 0 and rc != -17:  # EEXIST: the clsact qdisc is already there
+            raise from_errno(f"create clsact qdisc on ifindex {ifindex}", -rc, "tc clsact")
+        opts = L.BpfTcOpts(sz=ctypes.sizeof(L.BpfTcOpts), prog_fd=prog.fd, handle=handle, priority=priority,
+                           flags=1)  # BPF_TC_F_REPLACE
+        rc = L.lib.bpf_tc_attach(ctypes.byref(hook), ctypes.byref(opts))
+        direction = "egress" if egress else "ingress"
+        if rc != 0:
+            raise from_errno(f"attach {prog.name} to tc {direction} of ifindex {ifindex}", -rc, "tc cls_bpf")
+        return cls(prog, hook, opts, f"ifindex {ifindex} {direction}")
+
+    def destroy(self) -> None:
+        if self.attached:
+            o = L.BpfTcOpts(sz=ctypes.sizeof(L.BpfTcOpts), handle=self.opts.handle, priority=self.opts.priority)
+            L.lib.bpf_tc_detach(ctypes.byref(self.hook), ctypes.byref(o))
+            self.attached = False
+
+    def describe(self) -> str:
+        return f"tc {self.target}"
+
+
+AnyLink = Link | TcxLink | TcFilter

@@ -7,6 +7,7 @@ import os
 
 from . import _libbpf as L
 from .errors import BpfError, from_errno
+from .fs import TRACEFS, is_mounted
 from .object import Program
 
 BPF_TCX_INGRESS, BPF_TCX_EGRESS = 46, 47
@@ -73,6 +74,9 @@ class TracepointLink(Link):
     @classmethod
     def attach(cls, prog: Program, category: str, name: str) -> TracepointLink:
         ptr = L.lib.bpf_program__attach_tracepoint(prog.ptr, category.encode(), name.encode())
+        if not ptr and L.errno() == 2 and not is_mounted(TRACEFS, "tracefs"):
+            raise BpfError(f"attach {prog.name} to tracepoint {category}/{name}", 2,
+                           f"tracefs is not mounted at {TRACEFS} (run `apiary preflight --fix`)")
         return cls._make(prog, ptr, f"{category}/{name}", f"tracepoint {category}/{name}")  # type: ignore[return-value]
 
 

@@ -1,1 +1,1 @@
-"""apiary.testing"""
+"""pytest helpers shipped with apiary: kernel gates and an agent that cleans up after itself."""

@@ -1,0 +1,152 @@
+"""The agent's local API: HTTP over a root-only unix socket, JSON, events as JSON lines."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from apiary import __version__
+from apiary.observe.filters import EventFilter, parse_since
+
+if TYPE_CHECKING:
+    from .daemon import Agent
+
+OPENAPI: dict[str, Any] = {
+    "openapi": "3.0.3",
+    "info": {"title": "apiary agent API", "version": __version__},
+    "paths": {
+        "/v1/health": {"get": {"summary": "Liveness", "responses": {"200": {"description": "agent is up"}}}},
+        "/v1/status": {
+            "get": {
+                "summary": "Programs with run count and time, maps with fill, process cache, event accounting",
+                "responses": {"200": {"description": "status object"}},
+            }
+        },
+        "/v1/bpf": {
+            "get": {"summary": "apiary's own programs, links and maps", "responses": {"200": {"description": "lists"}}}
+        },
+        "/v1/events": {
+            "get": {
+                "summary": "Process events in Tetragon's JSON export shape, one object per line",
+                "parameters": [
+                    {"name": "pid", "in": "query", "schema": {"type": "array", "items": {"type": "integer"}}},
+                    {"name": "binary", "in": "query", "schema": {"type": "string", "format": "regex"}},
+                    {"name": "type", "in": "query", "schema": {"type": "array", "items": {"type": "string"}}},
+                    {"name": "since", "in": "query", "schema": {"type": "string"},
+                     "description": "relative (30s, 5m, 1h) or RFC 3339; replays recent events first"},
+                    {"name": "count", "in": "query", "schema": {"type": "integer", "minimum": 1}},
+                    {"name": "follow", "in": "query", "schema": {"type": "boolean", "default": True}},
+                ],
+                "responses": {
+                    "200": {"description": "application/x-ndjson stream"},
+                    "400": {"description": "bad parameter; body {error}"},
+                },
+            }
+        },
+    },
+}
+
+
+def _bad(msg: str) -> web.Response:
+    return web.json_response({"error": msg}, status=400)
+
+
+def build_app(agent: Agent) -> web.Application:
+    app = web.Application()
+
+    async def health(_: web.Request) -> web.Response:
+        return web.json_response({"ok": True, "version": __version__, "node_name": agent.cfg.node_name,
+                                  "pid": os.getpid()})
+
+    async def status(_: web.Request) -> web.Response:
+        return web.json_response(agent.status())
+
+    async def bpf(_: web.Request) -> web.Response:
+        return web.json_response(agent.bpf_list())
+
+    async def openapi(_: web.Request) -> web.Response:
+        return web.json_response(OPENAPI)
+
+    async def events(request: web.Request) -> web.StreamResponse:
+        q = request.query
+        try:
+            pids = {int(p) for p in q.getall("pid", [])}
+        except ValueError:
+            return _bad("pid: must be an integer")
+        count = 0
+        if "count" in q:
+            try:
+                count = int(q["count"])
+            except ValueError:
+                return _bad("count: must be an integer")
+            if count < 1:
+                return _bad("count: must be at least 1")
+        try:
+            since = parse_since(q["since"]) if "since" in q else None
+            flt = EventFilter(pids=pids, binary=q.get("binary"), event_types=q.getall("type", []), since=since)
+        except ValueError as e:
+            return _bad(str(e))
+        follow = q.get("follow", "1") not in ("0", "false", "no")
+
+        resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await resp.prepare(request)
+        sent = 0
+        backlog = list(agent.history) if (since is not None or not follow) else []
+        from .daemon import Subscriber
+
+        sub = Subscriber(asyncio.Queue(maxsize=agent.cfg.client_queue), flt)
+        if follow:
+            agent.subscribers.append(sub)
+        try:
+            for ev, line in backlog:
+                if flt.matches(ev):
+                    await resp.write(line)
+                    sent += 1
+                    if count and sent >= count:
+                        return resp
+            if not follow:
+                return resp
+            reported = 0
+            while True:
+                ev, line = await sub.queue.get()
+                if sub.dropped > reported:
+                    lost = sub.dropped - reported
+                    reported = sub.dropped
+                    await resp.write(b'{"apiary_lost_events":{"count":%d,"source":"client_queue"}}\n' % lost)
+                if flt.matches(ev):
+                    await resp.write(line)
+                    sent += 1
+                    if count and sent >= count:
+                        break
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        finally:
+            if sub in agent.subscribers:
+                agent.subscribers.remove(sub)
+        return resp
+
+    app.router.add_get("/v1/health", health)
+    app.router.add_get("/v1/status", status)
+    app.router.add_get("/v1/bpf", bpf)
+    app.router.add_get("/v1/events", events)
+    app.router.add_get("/openapi.json", openapi)
+    return app
+
+
+async def serve(agent: Agent) -> web.AppRunner:
+    path = agent.cfg.socket_path
+    if os.path.exists(path):
+        os.unlink(path)  # stale: we hold the lock, so nobody else serves it
+    runner = web.AppRunner(build_app(agent), handle_signals=False, access_log=None)
+    await runner.setup()
+    old = os.umask(0o177)
+    try:
+        site = web.UnixSite(runner, path)
+        await site.start()
+    finally:
+        os.umask(old)
+    os.chmod(path, 0o600)
+    return runner

@@ -1,0 +1,45 @@
+"""Kernel-side facts about apiary's own programs, links and maps (for status and `bpf list`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from apiary.loader import Map
+from apiary.loader.object import PROG_TYPES, prog_info
+
+
+def program_row(name: str, fd: int, attach: str, link_id: int = 0) -> dict[str, Any]:
+    info = prog_info(fd)
+    runs = info.run_cnt
+    return {
+        "name": name,
+        "id": info.id,
+        "type": PROG_TYPES.get(info.type, str(info.type)),
+        "attach": attach,
+        "link_id": link_id,
+        "run_count": runs,
+        "run_time_ns": info.run_time_ns,
+        "avg_ns": round(info.run_time_ns / runs, 1) if runs else 0,
+        "verified_insns": info.verified_insns,
+        "recursion_misses": info.recursion_misses,
+    }
+
+
+def map_row(m: Map, pin: str | None = None, count_entries: bool = True) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "name": m.name,
+        "id": m.id,
+        "type": m.type_name,
+        "key_size": m.key_size,
+        "value_size": m.value_size,
+        "max_entries": m.max_entries,
+        "pin": pin or "",
+    }
+    if m.type_name == "ringbuf":
+        row["entries"] = None
+        row["fill_pct"] = None
+    elif count_entries:
+        n = m.count()
+        row["entries"] = n
+        row["fill_pct"] = round(100.0 * n / m.max_entries, 2) if m.max_entries else 0.0
+    return row

@@ -1,0 +1,27 @@
+"""Agent configuration with embedded defaults."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+
+DEFAULT_SOCKET = "/run/apiary/apiary.sock"
+
+
+def default_socket() -> str:
+    return os.environ.get("APIARY_SOCKET", DEFAULT_SOCKET)
+
+
+@dataclass
+class AgentConfig:
+    socket_path: str = field(default_factory=default_socket)
+    state_dir: str = "/var/lib/apiary"
+    pin_root: str = "/sys/fs/bpf/apiary"
+    node_name: str = field(default_factory=socket.gethostname)
+    ringbuf_bytes: int = 8 << 20
+    process_cache_size: int = 65536
+    event_history: int = 4096  # recent events kept for `apiary events --since`
+    client_queue: int = 65536  # events buffered per streaming client before it counts drops
+    bpf_stats: bool = True  # BPF_ENABLE_STATS while the agent runs (run count / time per program)
+    mount_fs: bool = True  # mount bpffs/tracefs when missing

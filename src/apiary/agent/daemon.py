@@ -1,0 +1,290 @@
+"""The agent: owns every BPF object, turns kernel messages into events, serves the local API."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import fcntl
+import json
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from apiary import __version__
+from apiary.loader import BpfError
+from apiary.loader import _libbpf as L
+from apiary.loader.fs import BPFFS, TRACEFS, ensure_mounts, is_mounted
+from apiary.observe import tetragon
+from apiary.observe.clock import KtimeClock
+from apiary.observe.filters import EventFilter
+from apiary.observe.process import ProcessCache
+from apiary.observe.procfs import scan_procfs
+from apiary.observe.raw import ExecMsg, ExitMsg, ForkMsg
+from apiary.runtime import process_abi as abi
+from apiary.runtime.process import ProcessSensor
+
+from . import bpfinfo
+from .config import AgentConfig
+
+
+class AgentError(Exception):
+    """A start-up problem the user can fix; printed as one line."""
+
+
+@dataclass
+class Subscriber:
+    queue: asyncio.Queue[tuple[dict[str, Any], bytes]]
+    flt: EventFilter
+    dropped: int = 0
+
+
+@dataclass
+class Counters:
+    received: int = 0  # ring-buffer records read by the agent
+    by_type: collections.Counter[str] = field(default_factory=collections.Counter)
+    events: collections.Counter[str] = field(default_factory=collections.Counter)  # events emitted by kind
+    decode_errors: int = 0
+    client_drops: int = 0
+
+
+class Agent:
+    def __init__(self, cfg: AgentConfig, say: Any = print) -> None:
+        self.cfg = cfg
+        self.say = say
+        self.sensor: ProcessSensor | None = None
+        self.cache = ProcessCache(cfg.node_name, capacity=cfg.process_cache_size)
+        self.clock = KtimeClock()
+        self.history: collections.deque[tuple[dict[str, Any], bytes]] = collections.deque(maxlen=cfg.event_history)
+        self.subscribers: list[Subscriber] = []
+        self.counters = Counters()
+        self.started = time.time()
+        self.lock_fd: int | None = None
+        self.stats_fd: int | None = None
+        self.loaded: list[str] = []
+        self.missing: list[str] = []
+        self.procfs_seeded = 0
+        self._stop: asyncio.Event | None = None
+
+    # ------------------------------------------------------------------ start-up / shut-down
+    def start(self) -> None:
+        cfg = self.cfg
+        if os.geteuid() != 0:
+            raise AgentError("apiary agent must run as root (it loads BPF programs)")
+        if not Path("/sys/kernel/btf/vmlinux").exists():
+            raise AgentError("this kernel has no BTF (/sys/kernel/btf/vmlinux missing): apiary needs CONFIG_DEBUG_INFO_BTF=y")
+        self._take_lock()
+        if cfg.mount_fs:
+            try:
+                for what in ensure_mounts():
+                    self.loaded.append(f"mounted {what}")
+            except Exception as e:  # noqa: BLE001 - reported, not fatal for tracefs
+                raise AgentError(f"cannot mount bpffs/tracefs: {e}") from e
+        if not is_mounted(BPFFS, "bpf"):
+            raise AgentError(f"bpffs is not mounted at {BPFFS}: run `apiary preflight --fix` or `mount -t bpf bpf {BPFFS}`")
+        if not is_mounted(TRACEFS, "tracefs"):
+            self.missing.append(f"tracefs not mounted at {TRACEFS} (only needed by tracepoint policies)")
+        if cfg.bpf_stats:
+            fd = L.lib.bpf_enable_stats(0)  # BPF_STATS_RUN_TIME, on while this fd is open
+            if fd >= 0:
+                self.stats_fd = fd
+            else:
+                self.missing.append("BPF run-time statistics (bpf_enable_stats refused)")
+        os.makedirs(cfg.state_dir, mode=0o700, exist_ok=True)
+        sensor = ProcessSensor(pin_dir=Path(cfg.pin_root) / "process", ringbuf_bytes=cfg.ringbuf_bytes,
+                               procs_max=cfg.process_cache_size)
+        try:
+            sensor.load()
+        except BpfError as e:
+            raise AgentError(f"process sensor: {e}") from e
+        self.sensor = sensor
+        for name, _fd, point in sensor.info.programs:
+            self.loaded.append(f"program {name} at {point}")
+        # processes that existed before us: the cache gets them, and so does the kernel's table
+        procs = scan_procfs()
+        for msg in procs:
+            self.cache.on_exec(msg)
+        self.procfs_seeded = sensor.seed(procs)
+        self.loaded.append(f"process cache seeded from /proc: {len(procs)} processes")
+
+    def _take_lock(self) -> None:
+        sock_dir = Path(self.cfg.socket_path).parent
+        os.makedirs(sock_dir, mode=0o700, exist_ok=True)
+        lock_path = Path(str(self.cfg.socket_path) + ".lock")
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = os.pread(fd, 32, 0).decode().strip() or "?"
+            os.close(fd)
+            raise AgentError(
+                f"another apiary agent (pid {other}) is already serving {self.cfg.socket_path}"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self.lock_fd = fd
+
+    def close(self) -> None:
+        if self.sensor:
+            self.sensor.close()
+            self.sensor = None
+        try:
+            os.rmdir(self.cfg.pin_root)  # only when empty: other sensors' pins stay
+        except OSError:
+            pass
+        if self.stats_fd is not None:
+            os.close(self.stats_fd)
+            self.stats_fd = None
+        try:
+            os.unlink(self.cfg.socket_path)
+        except FileNotFoundError:
+            pass
+        if self.lock_fd is not None:
+            os.close(self.lock_fd)
+            self.lock_fd = None
+
+    def summary(self) -> str:
+        lines = [f"apiary agent {__version__} on node {self.cfg.node_name}"]
+        lines += [f"  ✓ {x}" for x in self.loaded]
+        lines += [f"  ✗ {x}" for x in self.missing]
+        lines.append(f"  API on unix socket {self.cfg.socket_path} (mode 0600)")
+        return "\n".join(lines)
+
+    # ------------------------------------------------------------------ event pipeline
+    def handle_record(self, buf: memoryview) -> None:
+        self.counters.received += 1
+        try:
+            msg = abi.decode(buf)
+        except Exception:  # noqa: BLE001 - a corrupt record is counted, never fatal
+            self.counters.decode_errors += 1
+            return
+        if isinstance(msg, ExecMsg):
+            self.counters.by_type["exec"] += 1
+            p = self.cache.on_exec(msg)
+            parent = self.cache.parent(p)
+            ev = tetragon.exec_event(p, parent, self.cache.ancestors(p), self.cfg.node_name,
+                                     self.clock.to_rfc3339(msg.ktime))
+            self.publish("exec", ev)
+        elif isinstance(msg, ForkMsg):
+            self.counters.by_type["fork"] += 1
+            self.cache.on_fork(msg)
+        elif isinstance(msg, ExitMsg):
+            self.counters.by_type["exit"] += 1
+            p = self.cache.on_exit(msg)
+            if p is not None:
+                ev = tetragon.exit_event(p, self.cache.parent(p), self.cache.ancestors(p), self.cfg.node_name,
+                                         self.clock.to_rfc3339(msg.ktime), msg.status, msg.signal)
+                self.publish("exit", ev)
+        elif msg == abi.MSG_BENCH:
+            self.counters.by_type["bench"] += 1
+        else:
+            self.counters.decode_errors += 1
+
+    def publish(self, kind: str, ev: dict[str, Any]) -> None:
+        self.counters.events[kind] += 1
+        item = (ev, json.dumps(ev, separators=(",", ":")).encode() + b"\n")
+        self.history.append(item)
+        for sub in self.subscribers:
+            try:
+                sub.queue.put_nowait(item)
+            except asyncio.QueueFull:
+                sub.dropped += 1
+                self.counters.client_drops += 1
+
+    def drain(self) -> int:
+        if not self.sensor or not self.sensor.ring:
+            return 0
+        return self.sensor.ring.consume(self.handle_record)
+
+    # ------------------------------------------------------------------ views
+    def status(self) -> dict[str, Any]:
+        s = self.sensor
+        kc = s.counters() if s else {}
+        written = {k: kc.get(k, 0) for k in ("exec", "fork", "exit", "bench")}
+        lost = {k: kc.get("lost_" + k, 0) for k in ("exec", "fork", "exit", "bench")}
+        produced = sum(written.values()) + sum(lost.values())
+        received = self.counters.received
+        in_flight = sum(written.values()) - received
+        progs = []
+        maps = []
+        if s and s.obj:
+            link_ids = {lk.prog.name: getattr(lk, "id", 0) for lk in s.links}
+            for name, fd, point in s.info.programs:
+                progs.append(bpfinfo.program_row(name, fd, point, link_ids.get(name, 0)))
+            for name, m in s.maps().items():
+                if name.endswith((".rodata", ".bss", ".data")) or name in ("abi_types",):
+                    continue
+                maps.append(bpfinfo.map_row(m, s.info.pins.get(name)))
+        return {
+            "version": __version__,
+            "node_name": self.cfg.node_name,
+            "pid": os.getpid(),
+            "uptime_s": round(time.time() - self.started, 1),
+            "bpf_stats": self.stats_fd is not None,
+            "programs": progs,
+            "maps": maps,
+            "process_cache": self.cache.stats(),
+            "events": {
+                "kernel_written": written,
+                "kernel_lost": lost,
+                "produced": produced,
+                "received": received,
+                "in_ring": in_flight,
+                "lost": sum(lost.values()),
+                "reconciled": produced == received + sum(lost.values()) + in_flight,
+                "decoded": dict(self.counters.by_type),
+                "decode_errors": self.counters.decode_errors,
+                "emitted": dict(self.counters.events),
+                "client_drops": self.counters.client_drops,
+                "procs_map_full": kc.get("procs_full", 0),
+            },
+            "subscribers": len(self.subscribers),
+        }
+
+    def bpf_list(self) -> dict[str, Any]:
+        s = self.sensor
+        out: dict[str, Any] = {"programs": [], "links": [], "maps": []}
+        if not s or not s.obj:
+            return out
+        for lk in s.links:
+            out["links"].append({"id": lk.id, "program": lk.prog.name, "attach": lk.describe(), "pin": lk.pin_path or ""})
+        for name, fd, point in s.info.programs:
+            row = bpfinfo.program_row(name, fd, point)
+            out["programs"].append({k: row[k] for k in ("id", "name", "type", "attach", "run_count")})
+        for name, m in s.maps().items():
+            out["maps"].append(bpfinfo.map_row(m, s.info.pins.get(name), count_entries=False) | {"owner": s.name})
+        return out
+
+    # ------------------------------------------------------------------ serving
+    async def run(self) -> None:
+        from .api import serve
+
+        loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self._stop.set)
+        assert self.sensor and self.sensor.ring
+        loop.add_reader(self.sensor.ring.fileno(), self.drain)
+        runner = await serve(self)
+        self.say(self.summary(), flush=True)
+
+        async def safety_net() -> None:  # a missed wake-up never strands records
+            while True:
+                await asyncio.sleep(0.2)
+                self.drain()
+                self.clock.resync()
+
+        task = asyncio.create_task(safety_net())
+        try:
+            await self._stop.wait()
+        finally:
+            task.cancel()
+            loop.remove_reader(self.sensor.ring.fileno())
+            self.drain()
+            await runner.cleanup()
+
+    def request_stop(self) -> None:
+        if self._stop:
+            self._stop.set()

@@ -1,0 +1,226 @@
+"""`apiary` command line: a thin client of the agent, plus `agent` and `preflight`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from apiary import __version__
+
+from .client import AgentUnreachable, ApiError, Client
+
+
+def _console() -> Console:
+    return Console(no_color=bool(os.environ.get("NO_COLOR")), highlight=False)
+
+
+def _fail(msg: str, code: int = 1) -> None:
+    click.echo(f"apiary: {msg}", err=True)
+    sys.exit(code)
+
+
+def _client(ctx: click.Context) -> Client:
+    return Client(ctx.obj.get("socket"))
+
+
+def _call(fn: Any, *a: Any, **kw: Any) -> Any:
+    try:
+        return fn(*a, **kw)
+    except AgentUnreachable as e:
+        _fail(str(e))
+    except ApiError as e:
+        _fail(f"agent refused the request: {e}", 2)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--socket", "socket_path", envvar="APIARY_SOCKET", default=None, help="Agent API socket.")
+@click.version_option(__version__, prog_name="apiary")
+@click.pass_context
+def cli(ctx: click.Context, socket_path: str | None) -> None:
+    """apiary: eBPF networking, flow observability and runtime security for one node."""
+    ctx.ensure_object(dict)
+    ctx.obj["socket"] = socket_path
+
+
+# ---------------------------------------------------------------------------- agent
+@cli.command()
+@click.option("--state-dir", default="/var/lib/apiary", show_default=True)
+@click.option("--pin-root", default="/sys/fs/bpf/apiary", show_default=True)
+@click.option("--node-name", default=None, help="Node name in events (default: hostname).")
+@click.option("--ringbuf-size", default=8 << 20, show_default=True, type=int,
+              help="Event ring buffer bytes (power of two, >= 4096).")
+@click.option("--process-cache-size", default=65536, show_default=True, type=click.IntRange(min=64))
+@click.option("--event-history", default=4096, show_default=True, type=click.IntRange(min=0))
+@click.option("--no-bpf-stats", is_flag=True, help="Do not enable BPF run-time statistics.")
+@click.pass_context
+def agent(ctx: click.Context, state_dir: str, pin_root: str, node_name: str | None, ringbuf_size: int,
+          process_cache_size: int, event_history: int, no_bpf_stats: bool) -> None:
+    """Run the agent in the foreground (owns all BPF objects; serves the API)."""
+    from apiary.agent.config import AgentConfig, default_socket
+    from apiary.agent.daemon import Agent, AgentError
+
+    if ringbuf_size < 4096 or ringbuf_size & (ringbuf_size - 1):
+        _fail(f"--ringbuf-size {ringbuf_size}: must be a power of two of at least 4096", 2)
+    cfg = AgentConfig(socket_path=ctx.obj.get("socket") or default_socket(), state_dir=state_dir,
+                      pin_root=pin_root, ringbuf_bytes=ringbuf_size, process_cache_size=process_cache_size,
+                      event_history=event_history, bpf_stats=not no_bpf_stats)
+    if node_name:
+        cfg.node_name = node_name
+    a = Agent(cfg)
+    try:
+        a.start()
+        asyncio.run(a.run())
+    except AgentError as e:
+        a.close()
+        _fail(str(e))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        a.close()
+    click.echo("apiary agent stopped; everything it attached is detached.", err=True)
+
+
+# ---------------------------------------------------------------------------- events
+@cli.command()
+@click.option("-o", "--output", type=click.Choice(["compact", "json"]), default="compact", show_default=True)
+@click.option("--pid", "pids", multiple=True, type=int, help="Only these pids (repeatable).")
+@click.option("--binary", default=None, help="Only binaries matching this regular expression.")
+@click.option("--event-type", "types", multiple=True, type=click.Choice(["exec", "exit"]), help="Repeatable.")
+@click.option("--count", type=click.IntRange(min=1), default=None, help="Stop after N events.")
+@click.option("--since", default=None, help="Replay recent events first: 30s, 5m, 1h or RFC 3339.")
+@click.option("--timestamps", is_flag=True, help="Prefix compact lines with the event time.")
+@click.option("--color", type=click.Choice(["auto", "always", "never"]), default="auto", show_default=True)
+@click.pass_context
+def events(ctx: click.Context, output: str, pids: tuple[int, ...], binary: str | None, types: tuple[str, ...],
+           count: int | None, since: str | None, timestamps: bool, color: str) -> None:
+    """Stream process events (Tetragon compact lines, or its JSON export shape with -o json)."""
+    from apiary.observe import tetragon
+    from apiary.observe.filters import EventFilter, parse_since
+
+    try:  # validate here so a typo fails before we reach the agent
+        EventFilter(pids=set(pids), binary=binary, event_types=list(types),
+                    since=parse_since(since) if since else None)
+    except ValueError as e:
+        _fail(str(e), 2)
+    params: list[tuple[str, str]] = [("pid", str(p)) for p in pids] + [("type", t) for t in types]
+    if binary:
+        params.append(("binary", binary))
+    if count:
+        params.append(("count", str(count)))
+    if since:
+        params.append(("since", since))
+    use_color = color == "always" or (color == "auto" and sys.stdout.isatty() and not os.environ.get("NO_COLOR"))
+    out = sys.stdout
+    try:
+        for ev in _client(ctx).stream("/v1/events", params):
+            if "apiary_lost_events" in ev:
+                click.echo(f"EVENTS LOST: {ev['apiary_lost_events']['count']} (this client read too slowly)", err=True)
+                continue
+            if output == "json":
+                out.write(json.dumps(ev, separators=(",", ":")) + "\n")
+            else:
+                line = tetragon.compact(ev, color=use_color)
+                out.write((tetragon.with_timestamp(line, ev) if timestamps else line) + "\n")
+            out.flush()
+    except AgentUnreachable as e:
+        _fail(str(e))
+    except ApiError as e:
+        _fail(f"agent refused the request: {e}", 2)
+    except (KeyboardInterrupt, BrokenPipeError):
+        pass
+
+
+# ---------------------------------------------------------------------------- status
+def _fmt_ns(ns: float) -> str:
+    return f"{ns:,.0f} ns" if ns else "-"
+
+
+@cli.command()
+@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.pass_context
+def status(ctx: click.Context, output: str) -> None:
+    """Agent health: programs (runs, avg time), maps (fill), process cache, event accounting."""
+    st = _call(_client(ctx).get, "/v1/status")
+    if output == "json":
+        click.echo(json.dumps(st, indent=2))
+        return
+    con = _console()
+    con.print(f"apiary {st['version']} on {st['node_name']} (pid {st['pid']}, up {st['uptime_s']} s)")
+    t = Table("PROGRAM", "ATTACH", "RUNS", "AVG", "ID", title="programs", title_justify="left")
+    for p in st["programs"]:
+        t.add_row(p["name"], p["attach"], f"{p['run_count']:,}", _fmt_ns(p["avg_ns"]), str(p["id"]))
+    con.print(t)
+    if not st["bpf_stats"]:
+        con.print("  (BPF run-time statistics are off: RUNS/AVG stay 0)")
+    t = Table("MAP", "TYPE", "ENTRIES", "MAX", "FILL", title="maps", title_justify="left")
+    for m in st["maps"]:
+        fill = "-" if m.get("fill_pct") is None else f"{m['fill_pct']:.1f}%"
+        t.add_row(m["name"], m["type"], "-" if m.get("entries") is None else f"{m['entries']:,}",
+                  f"{m['max_entries']:,}", fill)
+    con.print(t)
+    pc = st["process_cache"]
+    con.print("process cache: " + ", ".join(f"{k} {v}" for k, v in pc.items()))
+    ev = st["events"]
+    con.print(
+        f"events: produced {ev['produced']:,} = received {ev['received']:,} + lost {ev['lost']:,}"
+        f" + in ring {ev['in_ring']:,}  ({'reconciled' if ev['reconciled'] else 'NOT reconciled'})"
+    )
+    con.print("  kernel lost by type: " + ", ".join(f"{k} {v}" for k, v in ev["kernel_lost"].items()))
+    con.print("  emitted: " + (", ".join(f"{k} {v}" for k, v in ev["emitted"].items()) or "none")
+              + f"; dropped for slow clients {ev['client_drops']}; decode errors {ev['decode_errors']}")
+
+
+# ---------------------------------------------------------------------------- bpf
+@cli.group()
+def bpf() -> None:
+    """apiary's own BPF objects."""
+
+
+@bpf.command("list")
+@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.pass_context
+def bpf_list(ctx: click.Context, output: str) -> None:
+    """Programs, links and maps apiary loaded (ids, types, attach points, pins)."""
+    data = _call(_client(ctx).get, "/v1/bpf")
+    if output == "json":
+        click.echo(json.dumps(data, indent=2))
+        return
+    con = _console()
+    t = Table("ID", "PROGRAM", "TYPE", "ATTACH", title="programs", title_justify="left")
+    for p in data["programs"]:
+        t.add_row(str(p["id"]), p["name"], p["type"], p["attach"])
+    con.print(t)
+    t = Table("ID", "PROGRAM", "ATTACHED TO", "PIN", title="links", title_justify="left")
+    for lk in data["links"]:
+        t.add_row(str(lk["id"]), lk["program"], lk["attach"], lk["pin"] or "-")
+    con.print(t)
+    t = Table("ID", "MAP", "TYPE", "KEY/VALUE", "MAX", "PIN", title="maps", title_justify="left")
+    for m in data["maps"]:
+        t.add_row(str(m["id"]), m["name"], m["type"], f"{m['key_size']}/{m['value_size']}",
+                  f"{m['max_entries']:,}", m["pin"] or "-")
+    con.print(t)
+
+
+def _register_optional() -> None:
+    try:
+        from .preflight_cmd import preflight
+    except ImportError:  # pragma: no cover - during development only
+        return
+    cli.add_command(preflight)
+
+
+_register_optional()
+
+
+def main() -> None:
+    try:
+        cli(obj={}, standalone_mode=True)
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,91 @@
+"""Run a real `apiary agent` in a subprocess with its own socket, pins and state (unique names)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from apiary.cli.client import AgentUnreachable, Client
+
+
+class AgentProcess:
+    def __init__(self, *extra: str, node_name: str = "testnode") -> None:
+        self.tag = uuid.uuid4().hex[:10]
+        self.dir = Path(tempfile.mkdtemp(prefix=f"apiary-{self.tag}-"))
+        self.socket = str(self.dir / "apiary.sock")
+        self.pin_root = f"/sys/fs/bpf/apiary-test-{self.tag}"
+        self.node_name = node_name
+        self.extra = extra
+        self.proc: subprocess.Popen[str] | None = None
+        self.log_path = self.dir / "agent.log"
+
+    def cli(self, *args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "apiary", "--socket", self.socket, *args],
+                              capture_output=True, text=True, timeout=kw.pop("timeout", 60), **kw)
+
+    def start(self, timeout: float = 30.0) -> AgentProcess:
+        self._log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "apiary", "--socket", self.socket, "agent", "--pin-root", self.pin_root,
+             "--state-dir", str(self.dir / "state"), "--node-name", self.node_name, *self.extra],
+            stdout=self._log, stderr=subprocess.STDOUT, text=True,
+        )
+        client = Client(self.socket, timeout=2)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"agent exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                client.get("/v1/health")
+                return self
+            except AgentUnreachable:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"agent did not come up in {timeout}s:\n{self.log()}")
+
+    def client(self) -> Client:
+        return Client(self.socket)
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text()
+        except OSError:
+            return ""
+
+    def stop(self, sig: int = signal.SIGTERM) -> int | None:
+        rc = None
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                rc = self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                rc = self.proc.wait()
+        elif self.proc:
+            rc = self.proc.returncode
+        if hasattr(self, "_log"):
+            self._log.close()
+        return rc
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.pin_root, ignore_errors=True)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> AgentProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.cleanup()
+
+
+def is_root() -> bool:
+    return os.geteuid() == 0

@@ -36,15 +36,30 @@ def _compile(tmp_path: Path, source: str) -> Path:
     out = tmp_path / "bad.bpf.o"
     arch = {"x86_64": "x86", "aarch64": "arm64"}[os.uname().machine]
     subprocess.run(
-        ["clang", "-O2", "-g", "-target", "bpf", f"-D__TARGET_ARCH_{arch}", f"-I{bpf_dir()}",
-         f"-I/usr/include/{os.uname().machine}-linux-gnu", "-c", str(src), "-o", str(out)],
-        check=True, capture_output=True,
+        [
+            "clang",
+            "-O2",
+            "-g",
+            "-target",
+            "bpf",
+            f"-D__TARGET_ARCH_{arch}",
+            f"-I{bpf_dir()}",
+            f"-I/usr/include/{os.uname().machine}-linux-gnu",
+            "-c",
+            str(src),
+            "-o",
+            str(out),
+        ],
+        check=True,
+        capture_output=True,
     )
     return out
 
 
 def test_verifier_rejection_names_reason_and_source_line(tmp_path: Path) -> None:
-    obj_path = _compile(tmp_path, """
+    obj_path = _compile(
+        tmp_path,
+        """
         #include "vmlinux.h"
         #include <bpf/bpf_helpers.h>
         char LICENSE[] SEC("license") = "GPL";
@@ -57,7 +72,8 @@ def test_verifier_rejection_names_reason_and_source_line(tmp_path: Path) -> None
             __u64 *v = bpf_map_lookup_elem(&vals, &k);
             return *v == 7; /* no NULL check: the verifier must refuse this */
         }
-    """)
+    """,
+    )
     obj = BpfObject(obj_path)
     try:
         with pytest.raises(VerifierError) as ei:
@@ -77,7 +93,8 @@ def test_ring_buffer_loss_is_counted_exactly(tmp_path: Path) -> None:
     n_calls = 2000
     child = subprocess.Popen(
         [sys.executable, "-c", f"import os,sys; sys.stdin.readline(); [os.getppid() for _ in range({n_calls})]"],
-        stdin=subprocess.PIPE, text=True,
+        stdin=subprocess.PIPE,
+        text=True,
     )
     sensor = ProcessSensor(ringbuf_bytes=4096, bench_tgid=child.pid)
     try:

@@ -35,8 +35,12 @@ OPENAPI: dict[str, Any] = {
                     {"name": "pid", "in": "query", "schema": {"type": "array", "items": {"type": "integer"}}},
                     {"name": "binary", "in": "query", "schema": {"type": "string", "format": "regex"}},
                     {"name": "type", "in": "query", "schema": {"type": "array", "items": {"type": "string"}}},
-                    {"name": "since", "in": "query", "schema": {"type": "string"},
-                     "description": "relative (30s, 5m, 1h) or RFC 3339; replays recent events first"},
+                    {
+                        "name": "since",
+                        "in": "query",
+                        "schema": {"type": "string"},
+                        "description": "relative (30s, 5m, 1h) or RFC 3339; replays recent events first",
+                    },
                     {"name": "count", "in": "query", "schema": {"type": "integer", "minimum": 1}},
                     {"name": "follow", "in": "query", "schema": {"type": "boolean", "default": True}},
                 ],
@@ -58,8 +62,9 @@ def build_app(agent: Agent) -> web.Application:
     app = web.Application()
 
     async def health(_: web.Request) -> web.Response:
-        return web.json_response({"ok": True, "version": __version__, "node_name": agent.cfg.node_name,
-                                  "pid": os.getpid()})
+        return web.json_response(
+            {"ok": True, "version": __version__, "node_name": agent.cfg.node_name, "pid": os.getpid()}
+        )
 
     async def status(_: web.Request) -> web.Response:
         return web.json_response(agent.status())
@@ -86,7 +91,9 @@ def build_app(agent: Agent) -> web.Application:
                 return _bad("count: must be at least 1")
         try:
             since = parse_since(q["since"]) if "since" in q else None
-            flt = EventFilter(pids=pids, binary=q.get("binary"), event_types=q.getall("type", []), since=since)
+            flt = EventFilter.from_options(
+                pids=pids, binary=q.get("binary"), event_types=q.getall("type", []), since=since
+            )
         except ValueError as e:
             return _bad(str(e))
         follow = q.get("follow", "1") not in ("0", "false", "no")

@@ -35,10 +35,10 @@ def map_row(m: Map, pin: str | None = None, count_entries: bool = True) -> dict[
         "max_entries": m.max_entries,
         "pin": pin or "",
     }
-    if m.type_name == "ringbuf":
-        row["entries"] = None
+    if m.type_name in ("ringbuf", "array", "percpu_array", "prog_array") or not count_entries:
+        row["entries"] = None  # arrays are always "full"; a ring's fill is its unread bytes
         row["fill_pct"] = None
-    elif count_entries:
+    else:
         n = m.count()
         row["entries"] = n
         row["fill_pct"] = round(100.0 * n / m.max_entries, 2) if m.max_entries else 0.0

@@ -74,7 +74,9 @@ class Agent:
         if os.geteuid() != 0:
             raise AgentError("apiary agent must run as root (it loads BPF programs)")
         if not Path("/sys/kernel/btf/vmlinux").exists():
-            raise AgentError("this kernel has no BTF (/sys/kernel/btf/vmlinux missing): apiary needs CONFIG_DEBUG_INFO_BTF=y")
+            raise AgentError(
+                "this kernel has no BTF (/sys/kernel/btf/vmlinux missing): apiary needs CONFIG_DEBUG_INFO_BTF=y"
+            )
         self._take_lock()
         if cfg.mount_fs:
             try:
@@ -83,7 +85,9 @@ class Agent:
             except Exception as e:  # noqa: BLE001 - reported, not fatal for tracefs
                 raise AgentError(f"cannot mount bpffs/tracefs: {e}") from e
         if not is_mounted(BPFFS, "bpf"):
-            raise AgentError(f"bpffs is not mounted at {BPFFS}: run `apiary preflight --fix` or `mount -t bpf bpf {BPFFS}`")
+            raise AgentError(
+                f"bpffs is not mounted at {BPFFS}: run `apiary preflight --fix` or `mount -t bpf bpf {BPFFS}`"
+            )
         if not is_mounted(TRACEFS, "tracefs"):
             self.missing.append(f"tracefs not mounted at {TRACEFS} (only needed by tracepoint policies)")
         if cfg.bpf_stats:
@@ -93,8 +97,9 @@ class Agent:
             else:
                 self.missing.append("BPF run-time statistics (bpf_enable_stats refused)")
         os.makedirs(cfg.state_dir, mode=0o700, exist_ok=True)
-        sensor = ProcessSensor(pin_dir=Path(cfg.pin_root) / "process", ringbuf_bytes=cfg.ringbuf_bytes,
-                               procs_max=cfg.process_cache_size)
+        sensor = ProcessSensor(
+            pin_dir=Path(cfg.pin_root) / "process", ringbuf_bytes=cfg.ringbuf_bytes, procs_max=cfg.process_cache_size
+        )
         try:
             sensor.load()
         except BpfError as e:
@@ -119,9 +124,7 @@ class Agent:
         except BlockingIOError:
             other = os.pread(fd, 32, 0).decode().strip() or "?"
             os.close(fd)
-            raise AgentError(
-                f"another apiary agent (pid {other}) is already serving {self.cfg.socket_path}"
-            ) from None
+            raise AgentError(f"another apiary agent (pid {other}) is already serving {self.cfg.socket_path}") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self.lock_fd = fd
@@ -164,8 +167,9 @@ class Agent:
             self.counters.by_type["exec"] += 1
             p = self.cache.on_exec(msg)
             parent = self.cache.parent(p)
-            ev = tetragon.exec_event(p, parent, self.cache.ancestors(p), self.cfg.node_name,
-                                     self.clock.to_rfc3339(msg.ktime))
+            ev = tetragon.exec_event(
+                p, parent, self.cache.ancestors(p), self.cfg.node_name, self.clock.to_rfc3339(msg.ktime)
+            )
             self.publish("exec", ev)
         elif isinstance(msg, ForkMsg):
             self.counters.by_type["fork"] += 1
@@ -174,8 +178,15 @@ class Agent:
             self.counters.by_type["exit"] += 1
             p = self.cache.on_exit(msg)
             if p is not None:
-                ev = tetragon.exit_event(p, self.cache.parent(p), self.cache.ancestors(p), self.cfg.node_name,
-                                         self.clock.to_rfc3339(msg.ktime), msg.status, msg.signal)
+                ev = tetragon.exit_event(
+                    p,
+                    self.cache.parent(p),
+                    self.cache.ancestors(p),
+                    self.cfg.node_name,
+                    self.clock.to_rfc3339(msg.ktime),
+                    msg.status,
+                    msg.signal,
+                )
                 self.publish("exit", ev)
         elif msg == abi.MSG_BENCH:
             self.counters.by_type["bench"] += 1
@@ -249,7 +260,9 @@ class Agent:
         if not s or not s.obj:
             return out
         for lk in s.links:
-            out["links"].append({"id": lk.id, "program": lk.prog.name, "attach": lk.describe(), "pin": lk.pin_path or ""})
+            out["links"].append(
+                {"id": lk.id, "program": lk.prog.name, "attach": lk.describe(), "pin": lk.pin_path or ""}
+            )
         for name, fd, point in s.info.programs:
             row = bpfinfo.program_row(name, fd, point)
             out["programs"].append({k: row[k] for k in ("id", "name", "type", "attach", "run_count")})

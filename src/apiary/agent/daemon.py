@@ -55,8 +55,8 @@ class Agent:
         self.cfg = cfg
         self.say = say
         self.sensor: ProcessSensor | None = None
-        self.cache = ProcessCache(cfg.node_name, capacity=cfg.process_cache_size)
         self.clock = KtimeClock()
+        self.cache = ProcessCache(cfg.node_name, clock=self.clock, capacity=cfg.process_cache_size)
         self.history: collections.deque[tuple[dict[str, Any], bytes]] = collections.deque(maxlen=cfg.event_history)
         self.subscribers: list[Subscriber] = []
         self.counters = Counters()
@@ -140,11 +140,11 @@ class Agent:
         if self.stats_fd is not None:
             os.close(self.stats_fd)
             self.stats_fd = None
-        try:
-            os.unlink(self.cfg.socket_path)
-        except FileNotFoundError:
-            pass
-        if self.lock_fd is not None:
+        if self.lock_fd is not None:  # only the agent holding the lock owns the socket
+            try:
+                os.unlink(self.cfg.socket_path)
+            except FileNotFoundError:
+                pass
             os.close(self.lock_fd)
             self.lock_fd = None
 

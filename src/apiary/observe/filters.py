@@ -44,7 +44,7 @@ def event_type_key(name: str) -> str:
     if n in EVENT_TYPES.values():
         return n
     known = ", ".join(sorted(EVENT_TYPES))
-    raise ValueError(f"--event-types: unknown event type {name!r} (known: {known})")
+    raise ValueError(f"--event-type: unknown event type {name!r} (known: {known})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,4 +101,3 @@ class EventFilter:
             except ValueError:
                 return False
         return True
-

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import sys
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -48,7 +49,7 @@ Key = tuple[int, int]  # (pid, ktime)
 def tetragon_flags(names: Iterable[str]) -> str:
     """Flag names -> Tetragon's space-separated string in its fixed order (unknown names dropped)."""
     s = set(names)
-    return " ".join(f for f in FLAG_ORDER if f in s)
+    return sys.intern(" ".join(f for f in FLAG_ORDER if f in s))
 
 
 def make_exec_id(node: str, ktime: int, pid: int) -> str:
@@ -122,14 +123,14 @@ class ProcessCache:
     """Bounded cache of process records with reference counting and delayed eviction.
 
     Memory bound: at most ``capacity`` records (live + dead) are kept. Measured with tracemalloc on
-    CPython 3.11, one record costs about 1000 bytes plus its strings (``binary``, ``arguments``,
-    ``cwd``): the slotted object (~210 B), ``exec_id``/``parent_exec_id``/``start_time``/``flags``
-    strings (~330 B), key tuple and ints (~150 B), the ordered-dict, pid-index and dead-queue
-    entries (~300 B). So::
+    CPython 3.11 (42-character node name), a live record costs about 800 bytes plus its text: the
+    slotted object (~220 B), ``exec_id`` and ``start_time`` strings (~190 B; ``parent_exec_id`` is
+    the parent's string object and ``flags`` strings are interned), ints and the key tuple
+    (~150 B), the ordered-dict and pid-index entries (~230 B); a dead-queue entry adds ~190 B. So::
 
-        bytes <= capacity * (1000 + avg(len(binary) + len(arguments) + len(cwd)))
+        bytes <= capacity * (1000 + len(node) + avg(len(binary) + len(arguments) + len(cwd)))
 
-    i.e. about 75 MB for the default 65536 entries with 150 bytes of path/argument text each.
+    i.e. at most ~75 MB for the default 65536 entries with 150 bytes of path/argument text each.
     The kernel caps argv and path sizes, which caps the per-entry text.
 
     When an insert exceeds ``capacity``, the oldest dead records go first, then the oldest live
@@ -208,7 +209,7 @@ class ProcessCache:
             start_time=self.clock.to_rfc3339(msg.ktime),
             tid=msg.tid,
         )
-        self._install(p, parent)
+        self._install(p, parent, msg.ppid, msg.parent_ktime)
         return p
 
     def on_fork(self, msg: ForkMsg) -> Process:
@@ -218,27 +219,27 @@ class ProcessCache:
         if old is not None:
             return old
         parent = self._find_parent(msg.ppid, msg.parent_ktime)
-        src = parent
+        src = parent or Process(0, 0, "", None, "", "", "", "", 0, 0, 0, 0, 4294967295, 0, "")
         p = Process(
             pid=msg.pid,
             ktime=msg.ktime,
             exec_id=make_exec_id(self.node, msg.ktime, msg.pid),
             parent_exec_id=None,
-            binary=src.binary if src else "",
-            arguments=src.arguments if src else "",
-            cwd=src.cwd if src else "",
-            flags="clone" if src else "miss clone",
-            uid=src.uid if src else 0,
-            euid=src.euid if src else 0,
-            gid=src.gid if src else 0,
-            egid=src.egid if src else 0,
-            auid=src.auid if src else 4294967295,
-            cgroup_id=src.cgroup_id if src else 0,
+            binary=src.binary,
+            arguments=src.arguments,
+            cwd=src.cwd,
+            flags="clone" if parent else "miss clone",
+            uid=src.uid,
+            euid=src.euid,
+            gid=src.gid,
+            egid=src.egid,
+            auid=src.auid,
+            cgroup_id=src.cgroup_id,
             start_time=self.clock.to_rfc3339(msg.ktime),
             tid=msg.pid,
-            pod=src.pod if src else None,
+            pod=src.pod,
         )
-        self._install(p, parent)
+        self._install(p, parent, msg.ppid, msg.parent_ktime)
         return p
 
     def on_exit(self, msg: ExitMsg) -> Process | None:
@@ -320,12 +321,15 @@ class ProcessCache:
             self.misses["get"] += 1
         return parent
 
-    def _install(self, p: Process, parent: Process | None) -> None:
+    def _install(self, p: Process, parent: Process | None, ppid: int, parent_ktime: int) -> None:
         p.refcnt = 1  # the running image
         if parent is not None:
             p.ppid, p.parent_ktime, p.parent_exec_id = parent.pid, parent.ktime, parent.exec_id
             p.holds_parent = True
             self._hold(parent)
+        elif parent_ktime:  # unknown parent: keep the kernel's reference to it, as Tetragon does
+            p.ppid, p.parent_ktime = ppid, parent_ktime
+            p.parent_exec_id = make_exec_id(self.node, parent_ktime, ppid)
         self._procs[p.key] = p
         prev = self._procs.get(self._by_pid.get(p.pid, (-1, -1)))
         if prev is None or prev.ktime <= p.ktime:
@@ -391,9 +395,12 @@ class ProcessCache:
                 self._remove(next(iter(self._dead)))
                 self.expired += 1
                 continue
-            key = next(iter(self._procs))
-            if key == protect:
-                return
+            # oldest live leaf first (no child holds it), so long-lived ancestors such as pid 1 stay
+            key = next((k for k, q in self._procs.items() if k != protect and q.refcnt <= 1), None)
+            if key is None:
+                key = next(iter(self._procs))
+                if key == protect:
+                    return
             victim = self._remove(key)
             self.evictions += 1
             self._settle(self._release_parent(victim))

@@ -22,7 +22,7 @@ class ScanResult(list[ExecMsg]):
     vanished: int = 0
 
 
-def boottime_to_monotonic_ns() -> int:
+def measure_boottime_to_monotonic_ns() -> int:
     """CLOCK_MONOTONIC - CLOCK_BOOTTIME (<= 0; non-zero once the machine has been suspended)."""
     return time.clock_gettime_ns(time.CLOCK_MONOTONIC) - time.clock_gettime_ns(time.CLOCK_BOOTTIME)
 
@@ -31,7 +31,7 @@ def _unescape_mountinfo(s: str) -> str:
     # mountinfo escapes space, tab, newline and backslash as \ooo
     out, i = [], 0
     while i < len(s):
-        if s[i] == "\\" and i + 3 < len(s) + 0 and s[i + 1 : i + 4].isdigit():
+        if s[i] == "\\" and i + 4 <= len(s) and s[i + 1 : i + 4].isdigit():
             out.append(chr(int(s[i + 1 : i + 4], 8)))
             i += 4
         else:
@@ -78,7 +78,7 @@ def _read_status(pid_dir: str) -> dict[str, str]:
         return {k: v.strip() for k, _, v in (ln.partition(":") for ln in f)}
 
 
-def _read_one(pid_dir: str, pid: int, clk_tck: int, offset_ns: int, mount: tuple[str, str] | None):
+def _read_one(pid_dir: str, pid: int, clk_tck: int, offset_ns: int, mount: tuple[str, str] | None) -> ExecMsg | None:
     """ExecMsg (parent_ktime not yet filled) for pid, or None for threads and kernel threads.
 
     Raises OSError when the process vanished.
@@ -134,17 +134,19 @@ def _read_one(pid_dir: str, pid: int, clk_tck: int, offset_ns: int, mount: tuple
 
 def scan_procfs(
     root: str = "/proc",
-    boottime_to_monotonic: int | None = None,
+    boottime_to_monotonic_ns: int | None = None,
     cgroup2_mount: str | None = None,
     clk_tck: int | None = None,
 ) -> ScanResult:
     """One ExecMsg per process in ``root``, sorted by start time then pid (parents first).
 
-    ``boottime_to_monotonic`` (ns, default measured now) converts /proc start times (CLOCK_BOOTTIME)
+    ``boottime_to_monotonic_ns`` (default measured now) converts /proc start times (CLOCK_BOOTTIME)
     to the kernel's CLOCK_MONOTONIC ktime. ``cgroup2_mount`` defaults to the cgroup2 mount found
     in ``<root>/self/mountinfo``; ``cgroup_id`` is 0 when there is none.
     """
-    offset = boottime_to_monotonic_ns() if boottime_to_monotonic is None else boottime_to_monotonic
+    offset = boottime_to_monotonic_ns
+    if offset is None:
+        offset = measure_boottime_to_monotonic_ns()
     tck = clk_tck or os.sysconf("SC_CLK_TCK")
     mount = (cgroup2_mount, "/") if cgroup2_mount else find_cgroup2_mount(os.path.join(root, "self/mountinfo"))
     result = ScanResult()

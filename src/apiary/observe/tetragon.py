@@ -60,9 +60,7 @@ def _body(p: Process, parent: Process | None) -> dict[str, Any]:
     return body
 
 
-def exec_event(
-    p: Process, parent: Process | None, ancestors: list[Process], node: str, time: str
-) -> dict[str, Any]:
+def exec_event(p: Process, parent: Process | None, ancestors: list[Process], node: str, time: str) -> dict[str, Any]:
     body = _body(p, parent)
     if ancestors:
         body["ancestors"] = [process_json(a) for a in ancestors]

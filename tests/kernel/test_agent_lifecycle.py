@@ -28,7 +28,12 @@ def test_cli_against_stopped_agent_prints_one_clear_line(tmp_path: Path) -> None
 def test_unknown_flag_and_bad_values_fail_cleanly(tmp_path: Path) -> None:
     sock = str(tmp_path / "none.sock")
     r = _run("--socket", sock, "events", "--no-such-flag")
-    assert r.returncode == 2 and "No such option" in r.stderr and "--no-such-flag" in r.stderr and "Traceback" not in r.stderr
+    assert (
+        r.returncode == 2
+        and "No such option" in r.stderr
+        and "--no-such-flag" in r.stderr
+        and "Traceback" not in r.stderr
+    )
     r = _run("--socket", sock, "events", "--binary", "(unclosed")
     assert r.returncode == 2 and "--binary" in r.stderr and "Traceback" not in r.stderr
     r = _run("--socket", sock, "events", "--since", "yesterday-ish")
@@ -40,7 +45,9 @@ def test_unknown_flag_and_bad_values_fail_cleanly(tmp_path: Path) -> None:
 def test_second_agent_on_same_socket_is_refused(agent: AgentProcess) -> None:
     r = subprocess.run(
         [sys.executable, "-m", "apiary", "--socket", agent.socket, "agent", "--pin-root", agent.pin_root + "-2"],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert r.returncode == 1
     assert "another apiary agent" in r.stderr and str(agent.proc.pid) in r.stderr and "Traceback" not in r.stderr

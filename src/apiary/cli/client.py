@@ -22,8 +22,11 @@ class ApiError(Exception):
 class Client:
     def __init__(self, socket_path: str | None = None, timeout: float | None = 10.0) -> None:
         self.socket_path = socket_path or default_socket()
-        self.http = httpx.Client(transport=httpx.HTTPTransport(uds=self.socket_path),
-                                 base_url="http://apiary", timeout=httpx.Timeout(timeout, read=None))
+        self.http = httpx.Client(
+            transport=httpx.HTTPTransport(uds=self.socket_path),
+            base_url="http://apiary",
+            timeout=httpx.Timeout(timeout, read=None),
+        )
 
     def _unreachable(self) -> AgentUnreachable:
         return AgentUnreachable(

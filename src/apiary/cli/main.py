@@ -54,23 +54,42 @@ def cli(ctx: click.Context, socket_path: str | None) -> None:
 @click.option("--state-dir", default="/var/lib/apiary", show_default=True)
 @click.option("--pin-root", default="/sys/fs/bpf/apiary", show_default=True)
 @click.option("--node-name", default=None, help="Node name in events (default: hostname).")
-@click.option("--ringbuf-size", default=8 << 20, show_default=True, type=int,
-              help="Event ring buffer bytes (power of two, >= 4096).")
+@click.option(
+    "--ringbuf-size",
+    default=8 << 20,
+    show_default=True,
+    type=int,
+    help="Event ring buffer bytes (power of two, >= 4096).",
+)
 @click.option("--process-cache-size", default=65536, show_default=True, type=click.IntRange(min=64))
 @click.option("--event-history", default=4096, show_default=True, type=click.IntRange(min=0))
 @click.option("--no-bpf-stats", is_flag=True, help="Do not enable BPF run-time statistics.")
 @click.pass_context
-def agent(ctx: click.Context, state_dir: str, pin_root: str, node_name: str | None, ringbuf_size: int,
-          process_cache_size: int, event_history: int, no_bpf_stats: bool) -> None:
+def agent(
+    ctx: click.Context,
+    state_dir: str,
+    pin_root: str,
+    node_name: str | None,
+    ringbuf_size: int,
+    process_cache_size: int,
+    event_history: int,
+    no_bpf_stats: bool,
+) -> None:
     """Run the agent in the foreground (owns all BPF objects; serves the API)."""
     from apiary.agent.config import AgentConfig, default_socket
     from apiary.agent.daemon import Agent, AgentError
 
     if ringbuf_size < 4096 or ringbuf_size & (ringbuf_size - 1):
         _fail(f"--ringbuf-size {ringbuf_size}: must be a power of two of at least 4096", 2)
-    cfg = AgentConfig(socket_path=ctx.obj.get("socket") or default_socket(), state_dir=state_dir,
-                      pin_root=pin_root, ringbuf_bytes=ringbuf_size, process_cache_size=process_cache_size,
-                      event_history=event_history, bpf_stats=not no_bpf_stats)
+    cfg = AgentConfig(
+        socket_path=ctx.obj.get("socket") or default_socket(),
+        state_dir=state_dir,
+        pin_root=pin_root,
+        ringbuf_bytes=ringbuf_size,
+        process_cache_size=process_cache_size,
+        event_history=event_history,
+        bpf_stats=not no_bpf_stats,
+    )
     if node_name:
         cfg.node_name = node_name
     a = Agent(cfg)
@@ -98,15 +117,23 @@ def agent(ctx: click.Context, state_dir: str, pin_root: str, node_name: str | No
 @click.option("--timestamps", is_flag=True, help="Prefix compact lines with the event time.")
 @click.option("--color", type=click.Choice(["auto", "always", "never"]), default="auto", show_default=True)
 @click.pass_context
-def events(ctx: click.Context, output: str, pids: tuple[int, ...], binary: str | None, types: tuple[str, ...],
-           count: int | None, since: str | None, timestamps: bool, color: str) -> None:
+def events(
+    ctx: click.Context,
+    output: str,
+    pids: tuple[int, ...],
+    binary: str | None,
+    types: tuple[str, ...],
+    count: int | None,
+    since: str | None,
+    timestamps: bool,
+    color: str,
+) -> None:
     """Stream process events (Tetragon compact lines, or its JSON export shape with -o json)."""
     from apiary.observe import tetragon
-    from apiary.observe.filters import EventFilter, parse_since
+    from apiary.observe.filters import EventFilter
 
     try:  # validate here so a typo fails before we reach the agent
-        EventFilter(pids=set(pids), binary=binary, event_types=list(types),
-                    since=parse_since(since) if since else None)
+        EventFilter.from_options(pids=pids, binary=binary, event_types=types, since=since)
     except ValueError as e:
         _fail(str(e), 2)
     params: list[tuple[str, str]] = [("pid", str(p)) for p in pids] + [("type", t) for t in types]
@@ -162,8 +189,13 @@ def status(ctx: click.Context, output: str) -> None:
     t = Table("MAP", "TYPE", "ENTRIES", "MAX", "FILL", title="maps", title_justify="left")
     for m in st["maps"]:
         fill = "-" if m.get("fill_pct") is None else f"{m['fill_pct']:.1f}%"
-        t.add_row(m["name"], m["type"], "-" if m.get("entries") is None else f"{m['entries']:,}",
-                  f"{m['max_entries']:,}", fill)
+        t.add_row(
+            m["name"],
+            m["type"],
+            "-" if m.get("entries") is None else f"{m['entries']:,}",
+            f"{m['max_entries']:,}",
+            fill,
+        )
     con.print(t)
     pc = st["process_cache"]
     con.print("process cache: " + ", ".join(f"{k} {v}" for k, v in pc.items()))
@@ -173,8 +205,11 @@ def status(ctx: click.Context, output: str) -> None:
         f" + in ring {ev['in_ring']:,}  ({'reconciled' if ev['reconciled'] else 'NOT reconciled'})"
     )
     con.print("  kernel lost by type: " + ", ".join(f"{k} {v}" for k, v in ev["kernel_lost"].items()))
-    con.print("  emitted: " + (", ".join(f"{k} {v}" for k, v in ev["emitted"].items()) or "none")
-              + f"; dropped for slow clients {ev['client_drops']}; decode errors {ev['decode_errors']}")
+    con.print(
+        "  emitted: "
+        + (", ".join(f"{k} {v}" for k, v in ev["emitted"].items()) or "none")
+        + f"; dropped for slow clients {ev['client_drops']}; decode errors {ev['decode_errors']}"
+    )
 
 
 # ---------------------------------------------------------------------------- bpf
@@ -203,8 +238,14 @@ def bpf_list(ctx: click.Context, output: str) -> None:
     con.print(t)
     t = Table("ID", "MAP", "TYPE", "KEY/VALUE", "MAX", "PIN", title="maps", title_justify="left")
     for m in data["maps"]:
-        t.add_row(str(m["id"]), m["name"], m["type"], f"{m['key_size']}/{m['value_size']}",
-                  f"{m['max_entries']:,}", m["pin"] or "-")
+        t.add_row(
+            str(m["id"]),
+            m["name"],
+            m["type"],
+            f"{m['key_size']}/{m['value_size']}",
+            f"{m['max_entries']:,}",
+            m["pin"] or "-",
+        )
     con.print(t)
 
 

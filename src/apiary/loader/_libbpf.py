@@ -265,6 +265,8 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "bpf_map_get_fd_by_id": (c_int, [c_u32]),
     "bpf_link_get_fd_by_id": (c_int, [c_u32]),
     "bpf_link_create": (c_int, [c_int, c_int, c_int, POINTER(BpfLinkCreateOpts)]),
+    "bpf_prog_attach": (c_int, [c_int, c_int, c_int, c_u32]),
+    "bpf_prog_detach2": (c_int, [c_int, c_int, c_int]),
     "bpf_prog_test_run_opts": (c_int, [c_int, POINTER(BpfTestRunOpts)]),
     "bpf_enable_stats": (c_int, [c_int]),
     "bpf_map_create": (c_int, [c_int, c_char_p, c_u32, c_u32, c_u32, P]),

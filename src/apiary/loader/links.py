@@ -75,8 +75,11 @@ class TracepointLink(Link):
     def attach(cls, prog: Program, category: str, name: str) -> TracepointLink:
         ptr = L.lib.bpf_program__attach_tracepoint(prog.ptr, category.encode(), name.encode())
         if not ptr and L.errno() == 2 and not is_mounted(TRACEFS, "tracefs"):
-            raise BpfError(f"attach {prog.name} to tracepoint {category}/{name}", 2,
-                           f"tracefs is not mounted at {TRACEFS} (run `apiary preflight --fix`)")
+            raise BpfError(
+                f"attach {prog.name} to tracepoint {category}/{name}",
+                2,
+                f"tracefs is not mounted at {TRACEFS} (run `apiary preflight --fix`)",
+            )
         return cls._make(prog, ptr, f"{category}/{name}", f"tracepoint {category}/{name}")  # type: ignore[return-value]
 
 
@@ -124,11 +127,17 @@ class UprobeLink(Link):
 
     @classmethod
     def attach(
-        cls, prog: Program, binary: str, symbol: str | None = None, offset: int = 0,
-        pid: int = -1, retprobe: bool = False,
+        cls,
+        prog: Program,
+        binary: str,
+        symbol: str | None = None,
+        offset: int = 0,
+        pid: int = -1,
+        retprobe: bool = False,
     ) -> UprobeLink:
-        opts = L.BpfUprobeOpts(sz=ctypes.sizeof(L.BpfUprobeOpts), retprobe=retprobe,
-                               func_name=symbol.encode() if symbol else None)
+        opts = L.BpfUprobeOpts(
+            sz=ctypes.sizeof(L.BpfUprobeOpts), retprobe=retprobe, func_name=symbol.encode() if symbol else None
+        )
         ptr = L.lib.bpf_program__attach_uprobe_opts(prog.ptr, pid, binary.encode(), offset, ctypes.byref(opts))
         return cls._make(prog, ptr, f"{binary}:{symbol or hex(offset)}", "uprobe")  # type: ignore[return-value]
 
@@ -211,13 +220,15 @@ class TcFilter:
 
     @classmethod
     def attach(cls, prog: Program, ifindex: int, egress: bool, handle: int = 1, priority: int = 1) -> TcFilter:
-        hook = L.BpfTcHook(sz=ctypes.sizeof(L.BpfTcHook), ifindex=ifindex,
-                           attach_point=TC_EGRESS if egress else TC_INGRESS)
+        hook = L.BpfTcHook(
+            sz=ctypes.sizeof(L.BpfTcHook), ifindex=ifindex, attach_point=TC_EGRESS if egress else TC_INGRESS
+        )
         rc = L.lib.bpf_tc_hook_create(ctypes.byref(hook))
         if rc != 0 and rc != -17:  # EEXIST: the clsact qdisc is already there
             raise from_errno(f"create clsact qdisc on ifindex {ifindex}", -rc, "tc clsact")
-        opts = L.BpfTcOpts(sz=ctypes.sizeof(L.BpfTcOpts), prog_fd=prog.fd, handle=handle, priority=priority,
-                           flags=1)  # BPF_TC_F_REPLACE
+        opts = L.BpfTcOpts(
+            sz=ctypes.sizeof(L.BpfTcOpts), prog_fd=prog.fd, handle=handle, priority=priority, flags=1
+        )  # BPF_TC_F_REPLACE
         rc = L.lib.bpf_tc_attach(ctypes.byref(hook), ctypes.byref(opts))
         direction = "egress" if egress else "ingress"
         if rc != 0:

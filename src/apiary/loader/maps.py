@@ -14,12 +14,36 @@ from .errors import BpfError
 BPF_ANY, BPF_NOEXIST, BPF_EXIST = 0, 1, 2
 
 MAP_TYPES = {
-    1: "hash", 2: "array", 3: "prog_array", 4: "perf_event_array", 5: "percpu_hash",
-    6: "percpu_array", 7: "stack_trace", 8: "cgroup_array", 9: "lru_hash", 10: "lru_percpu_hash",
-    11: "lpm_trie", 12: "array_of_maps", 13: "hash_of_maps", 14: "devmap", 15: "sockmap",
-    16: "cpumap", 17: "xskmap", 18: "sockhash", 19: "cgroup_storage", 20: "reuseport_sockarray",
-    21: "percpu_cgroup_storage", 22: "queue", 23: "stack", 24: "sk_storage", 25: "devmap_hash",
-    26: "struct_ops", 27: "ringbuf", 28: "inode_storage", 29: "task_storage", 30: "bloom_filter",
+    1: "hash",
+    2: "array",
+    3: "prog_array",
+    4: "perf_event_array",
+    5: "percpu_hash",
+    6: "percpu_array",
+    7: "stack_trace",
+    8: "cgroup_array",
+    9: "lru_hash",
+    10: "lru_percpu_hash",
+    11: "lpm_trie",
+    12: "array_of_maps",
+    13: "hash_of_maps",
+    14: "devmap",
+    15: "sockmap",
+    16: "cpumap",
+    17: "xskmap",
+    18: "sockhash",
+    19: "cgroup_storage",
+    20: "reuseport_sockarray",
+    21: "percpu_cgroup_storage",
+    22: "queue",
+    23: "stack",
+    24: "sk_storage",
+    25: "devmap_hash",
+    26: "struct_ops",
+    27: "ringbuf",
+    28: "inode_storage",
+    29: "task_storage",
+    30: "bloom_filter",
 }
 PERCPU_TYPES = {5, 6, 10, 21}
 _HASHLIKE = {1, 5, 9, 10, 11, 13}
@@ -212,9 +236,7 @@ class TypedMap:
         if self.k.size != m.key_size:
             raise ValueError(f"map {m.name}: key format {key_fmt!r} is {self.k.size} bytes, map has {m.key_size}")
         if self.v.size != m.value_size:
-            raise ValueError(
-                f"map {m.name}: value format {value_fmt!r} is {self.v.size} bytes, map has {m.value_size}"
-            )
+            raise ValueError(f"map {m.name}: value format {value_fmt!r} is {self.v.size} bytes, map has {m.value_size}")
 
     def _pk(self, key: Any) -> bytes:
         return self.k.pack(*key) if isinstance(key, tuple) else self.k.pack(key)

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from apiary.loader import BPF_NOEXIST, BpfError, BpfObject, Map, RingBuffer, TracingLink, TracepointLink, TypedMap
+from apiary.loader import BPF_NOEXIST, BpfError, BpfObject, Map, RingBuffer, TracepointLink, TracingLink, TypedMap
 from apiary.loader.fs import remove_pin_tree
 from apiary.observe.raw import EXEC_F_PROCFS, ExecMsg
 

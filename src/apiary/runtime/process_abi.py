@@ -14,9 +14,18 @@ from apiary.observe.raw import ExecMsg, ExitMsg, ForkMsg, RawMsg
 MSG_EXEC, MSG_FORK, MSG_EXIT, MSG_BENCH = 1, 2, 3, 100
 
 CNT_NAMES = [
-    "exec", "fork", "exit", "bench", "lost_exec", "lost_fork", "lost_exit", "lost_bench", "procs_full",
+    "exec",
+    "fork",
+    "exit",
+    "bench",
+    "lost_exec",
+    "lost_fork",
+    "lost_exit",
+    "lost_bench",
+    "procs_full",
 ]
 CNT = {name: i for i, name in enumerate(CNT_NAMES)}
+
 
 def _layout(*fields: tuple[str, str]) -> tuple[struct.Struct, dict[str, int]]:
     """A little-endian packed struct from (name, format) pairs; names starting with '_' are padding."""
@@ -30,16 +39,26 @@ def _layout(*fields: tuple[str, str]) -> tuple[struct.Struct, dict[str, int]]:
 
 _HDR = (("type", "B"), ("_pad", "3x"), ("size", "I"), ("ktime", "Q"))
 EXEC, _EXEC_OFF = _layout(
-    *_HDR, ("pid", "I"), ("tid", "I"), ("ppid", "I"), ("flags", "I"), ("parent_ktime", "Q"),
-    ("uid", "I"), ("euid", "I"), ("gid", "I"), ("egid", "I"), ("auid", "I"), ("_pad", "4x"),
-    ("cgroup_id", "Q"), ("binary_len", "H"), ("cwd_len", "H"), ("args_len", "H"), ("_pad2", "2x"),
+    *_HDR,
+    ("pid", "I"),
+    ("tid", "I"),
+    ("ppid", "I"),
+    ("flags", "I"),
+    ("parent_ktime", "Q"),
+    ("uid", "I"),
+    ("euid", "I"),
+    ("gid", "I"),
+    ("egid", "I"),
+    ("auid", "I"),
+    ("_pad", "4x"),
+    ("cgroup_id", "Q"),
+    ("binary_len", "H"),
+    ("cwd_len", "H"),
+    ("args_len", "H"),
+    ("_pad2", "2x"),
 )
-FORK, _FORK_OFF = _layout(
-    *_HDR, ("pid", "I"), ("tid", "I"), ("ppid", "I"), ("_pad", "4x"), ("parent_ktime", "Q")
-)
-EXIT, _EXIT_OFF = _layout(
-    *_HDR, ("pid", "I"), ("tid", "I"), ("proc_ktime", "Q"), ("code", "I"), ("_pad", "4x")
-)
+FORK, _FORK_OFF = _layout(*_HDR, ("pid", "I"), ("tid", "I"), ("ppid", "I"), ("_pad", "4x"), ("parent_ktime", "Q"))
+EXIT, _EXIT_OFF = _layout(*_HDR, ("pid", "I"), ("tid", "I"), ("proc_ktime", "Q"), ("code", "I"), ("_pad", "4x"))
 BENCH, _ = _layout(*_HDR, ("seq", "Q"))
 PROC_ENTRY, _PROC_OFF = _layout(("ktime", "Q"), ("parent_ktime", "Q"), ("ppid", "I"), ("flags", "I"))
 
@@ -78,8 +97,23 @@ def decode(buf: memoryview | bytes) -> RawMsg | int | None:
         if args.endswith(b"\0"):
             args = args[:-1]
         argv = [_s(a) for a in args.split(b"\0")] if args else []
-        return ExecMsg(ktime, pid, tid, ppid, pkt, flags, uid, euid, gid, egid, auid, cg,
-                       _s(data[:bl]), _s(data[bl : bl + cl]), argv)
+        return ExecMsg(
+            ktime,
+            pid,
+            tid,
+            ppid,
+            pkt,
+            flags,
+            uid,
+            euid,
+            gid,
+            egid,
+            auid,
+            cg,
+            _s(data[:bl]),
+            _s(data[bl : bl + cl]),
+            argv,
+        )
     if kind == MSG_FORK:
         _, _, ktime, pid, tid, ppid, pkt = FORK.unpack_from(buf)
         return ForkMsg(ktime, pid, tid, ppid, pkt)

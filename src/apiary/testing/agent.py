@@ -28,15 +28,35 @@ class AgentProcess:
         self.log_path = self.dir / "agent.log"
 
     def cli(self, *args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "apiary", "--socket", self.socket, *args],
-                              capture_output=True, text=True, timeout=kw.pop("timeout", 60), **kw)
+        return subprocess.run(
+            [sys.executable, "-m", "apiary", "--socket", self.socket, *args],
+            capture_output=True,
+            text=True,
+            timeout=kw.pop("timeout", 60),
+            **kw,
+        )
 
     def start(self, timeout: float = 30.0) -> AgentProcess:
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "apiary", "--socket", self.socket, "agent", "--pin-root", self.pin_root,
-             "--state-dir", str(self.dir / "state"), "--node-name", self.node_name, *self.extra],
-            stdout=self._log, stderr=subprocess.STDOUT, text=True,
+            [
+                sys.executable,
+                "-m",
+                "apiary",
+                "--socket",
+                self.socket,
+                "agent",
+                "--pin-root",
+                self.pin_root,
+                "--state-dir",
+                str(self.dir / "state"),
+                "--node-name",
+                self.node_name,
+                *self.extra,
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         client = Client(self.socket, timeout=2)
         deadline = time.monotonic() + timeout

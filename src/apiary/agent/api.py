@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +53,10 @@ OPENAPI: dict[str, Any] = {
         },
     },
 }
+
+
+def _line(ev: dict[str, Any]) -> bytes:
+    return json.dumps(ev, separators=(",", ":")).encode() + b"\n"
 
 
 def _bad(msg: str) -> web.Response:
@@ -108,9 +113,9 @@ def build_app(agent: Agent) -> web.Application:
         if follow:
             agent.subscribers.append(sub)
         try:
-            for ev, line in backlog:
+            for ev in backlog:
                 if flt.matches(ev):
-                    await resp.write(line)
+                    await resp.write(_line(ev))
                     sent += 1
                     if count and sent >= count:
                         return resp
@@ -118,13 +123,13 @@ def build_app(agent: Agent) -> web.Application:
                 return resp
             reported = 0
             while True:
-                ev, line = await sub.queue.get()
+                ev = await sub.queue.get()
                 if sub.dropped > reported:
                     lost = sub.dropped - reported
                     reported = sub.dropped
                     await resp.write(b'{"apiary_lost_events":{"count":%d,"source":"client_queue"}}\n' % lost)
                 if flt.matches(ev):
-                    await resp.write(line)
+                    await resp.write(_line(ev))
                     sent += 1
                     if count and sent >= count:
                         break

@@ -23,5 +23,6 @@ class AgentConfig:
     process_cache_size: int = 65536
     event_history: int = 4096  # recent events kept for `apiary events --since`
     client_queue: int = 65536  # events buffered per streaming client before it counts drops
+    drain_interval: float = 0.05  # seconds between ring drains when the kernel does not wake us
     bpf_stats: bool = True  # BPF_ENABLE_STATS while the agent runs (run count / time per program)
     mount_fs: bool = True  # mount bpffs/tracefs when missing

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import fcntl
-import json
 import os
 import signal
 import time
@@ -36,7 +35,7 @@ class AgentError(Exception):
 
 @dataclass
 class Subscriber:
-    queue: asyncio.Queue[tuple[dict[str, Any], bytes]]
+    queue: asyncio.Queue[dict[str, Any]]
     flt: EventFilter
     dropped: int = 0
 
@@ -57,7 +56,8 @@ class Agent:
         self.sensor: ProcessSensor | None = None
         self.clock = KtimeClock()
         self.cache = ProcessCache(cfg.node_name, clock=self.clock, capacity=cfg.process_cache_size)
-        self.history: collections.deque[tuple[dict[str, Any], bytes]] = collections.deque(maxlen=cfg.event_history)
+        # events are encoded to JSON only when a client reads them
+        self.history: collections.deque[dict[str, Any]] = collections.deque(maxlen=cfg.event_history)
         self.subscribers: list[Subscriber] = []
         self.counters = Counters()
         self.started = time.time()
@@ -98,7 +98,10 @@ class Agent:
                 self.missing.append("BPF run-time statistics (bpf_enable_stats refused)")
         os.makedirs(cfg.state_dir, mode=0o700, exist_ok=True)
         sensor = ProcessSensor(
-            pin_dir=Path(cfg.pin_root) / "process", ringbuf_bytes=cfg.ringbuf_bytes, procs_max=cfg.process_cache_size
+            pin_dir=Path(cfg.pin_root) / "process",
+            ringbuf_bytes=cfg.ringbuf_bytes,
+            procs_max=cfg.process_cache_size,
+            wakeup_bytes=max(64, cfg.ringbuf_bytes // 16),
         )
         try:
             sensor.load()
@@ -195,11 +198,10 @@ class Agent:
 
     def publish(self, kind: str, ev: dict[str, Any]) -> None:
         self.counters.events[kind] += 1
-        item = (ev, json.dumps(ev, separators=(",", ":")).encode() + b"\n")
-        self.history.append(item)
+        self.history.append(ev)
         for sub in self.subscribers:
             try:
-                sub.queue.put_nowait(item)
+                sub.queue.put_nowait(ev)
             except asyncio.QueueFull:
                 sub.dropped += 1
                 self.counters.client_drops += 1
@@ -285,7 +287,7 @@ class Agent:
 
         async def safety_net() -> None:  # a missed wake-up never strands records
             while True:
-                await asyncio.sleep(0.2)
+                await asyncio.sleep(self.cfg.drain_interval)
                 self.drain()
                 self.clock.resync()
 

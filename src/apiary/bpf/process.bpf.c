@@ -58,6 +58,18 @@ struct {
 	__type(value, union abi_types);
 } abi_types SEC(".maps");
 
+/* Wake the agent only once this much is waiting (0: on every record). The agent also drains on a
+ * short timer, so batching trades a few milliseconds of latency for far fewer wake-ups. */
+const volatile __u64 wakeup_bytes = 0;
+
+static __always_inline __u64 rb_flags(void)
+{
+	if (!wakeup_bytes)
+		return 0;
+	return bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes ? BPF_RB_FORCE_WAKEUP
+									       : BPF_RB_NO_WAKEUP;
+}
+
 static __always_inline void count(__u32 idx)
 {
 	__u64 *v = bpf_map_lookup_elem(&counters, &idx);
@@ -243,7 +255,7 @@ int BPF_PROG(on_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm 
 	m->hdr.size = size;
 	if (size > sizeof(*m) + SCRATCH_DATA)
 		return 0;
-	if (bpf_ringbuf_output(&events, s, size, 0))
+	if (bpf_ringbuf_output(&events, s, size, rb_flags()))
 		count(CNT_LOST_EXEC);
 	else
 		count(CNT_EXEC);
@@ -273,7 +285,7 @@ int BPF_PROG(on_fork, struct task_struct *parent, struct task_struct *child)
 	m.tid = pid;
 	m.ppid = ptgid;
 	m.parent_ktime = ne.parent_ktime;
-	if (bpf_ringbuf_output(&events, &m, sizeof(m), 0))
+	if (bpf_ringbuf_output(&events, &m, sizeof(m), rb_flags()))
 		count(CNT_LOST_FORK);
 	else
 		count(CNT_FORK);
@@ -297,7 +309,7 @@ int BPF_PROG(on_exit, struct task_struct *p)
 	m.proc_ktime = pe ? pe->ktime : 0;
 	m.code = BPF_CORE_READ(p, exit_code);
 	bpf_map_delete_elem(&procs, &tgid);
-	if (bpf_ringbuf_output(&events, &m, sizeof(m), 0))
+	if (bpf_ringbuf_output(&events, &m, sizeof(m), rb_flags()))
 		count(CNT_LOST_EXIT);
 	else
 		count(CNT_EXIT);
@@ -316,7 +328,7 @@ int bench_event(void *ctx)
 	m.hdr.type = MSG_BENCH;
 	m.hdr.size = sizeof(m);
 	m.hdr.ktime = bpf_ktime_get_ns();
-	if (bpf_ringbuf_output(&events, &m, sizeof(m), 0))
+	if (bpf_ringbuf_output(&events, &m, sizeof(m), rb_flags()))
 		count(CNT_LOST_BENCH);
 	else
 		count(CNT_BENCH);

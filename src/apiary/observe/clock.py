@@ -16,10 +16,18 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _RFC3339 = re.compile(r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?([Zz]|[+-]\d{2}:\d{2})")
 
 
+_last_sec = -1
+_last_prefix = ""
+
+
 def format_rfc3339_ns(ns: int) -> str:
     """Unix ns -> RFC3339 UTC with exactly 9 fractional digits and a ``Z``."""
+    global _last_sec, _last_prefix
     sec, frac = divmod(ns, _NS)
-    return (_EPOCH + timedelta(seconds=sec)).strftime("%Y-%m-%dT%H:%M:%S") + f".{frac:09d}Z"
+    if sec != _last_sec:  # events come in bursts within one second: format the date part once
+        _last_prefix = (_EPOCH + timedelta(seconds=sec)).strftime("%Y-%m-%dT%H:%M:%S")
+        _last_sec = sec
+    return f"{_last_prefix}.{frac:09d}Z"
 
 
 def parse_rfc3339_ns(text: str) -> int:

@@ -39,12 +39,14 @@ class ProcessSensor:
         ringbuf_bytes: int | None = None,
         procs_max: int | None = None,
         bench_tgid: int = 0,
+        wakeup_bytes: int = 0,
         obj_path: str | Path | None = None,
     ) -> None:
         self.pin_dir = Path(pin_dir) if pin_dir else None
         self.ringbuf_bytes = ringbuf_bytes
         self.procs_max = procs_max
         self.bench_tgid = bench_tgid
+        self.wakeup_bytes = wakeup_bytes
         self.obj_path = Path(obj_path) if obj_path else bpf_object("process")
         self.obj: BpfObject | None = None
         self.links: list[TracingLink | TracepointLink] = []
@@ -62,8 +64,7 @@ class ProcessSensor:
             if self.procs_max:
                 obj.set_max_entries("procs", self.procs_max)
             obj.program("bench_event").autoload = bool(self.bench_tgid)
-            if self.bench_tgid:
-                obj.set_rodata(bench_tgid=self.bench_tgid)
+            obj.set_rodata(bench_tgid=self.bench_tgid, wakeup_bytes=self.wakeup_bytes)
             obj.load()
             self.obj = obj
             for name, point in PROGRAMS.items():

@@ -20,7 +20,6 @@ import time
 from apiary.agent.config import AgentConfig
 from apiary.agent.daemon import Agent
 from apiary.loader.fs import ensure_mounts
-from apiary.runtime import process_abi as abi
 from apiary.runtime.process import ProcessSensor
 from apiary.testing.agent import AgentProcess
 
@@ -41,7 +40,7 @@ def overhead(rounds: int, execs: int, opens: int) -> dict[str, tuple[float, floa
     }
     base: dict[str, list[float]] = {k: [] for k in workloads}
     agent: dict[str, list[float]] = {k: [] for k in workloads}
-    for name, cmd in workloads.items():  # warm caches
+    for cmd in workloads.values():  # warm caches
         timed(cmd)
     for _ in range(rounds):
         for name, cmd in workloads.items():

@@ -21,6 +21,7 @@ fi
 stamp=.venv/.installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/pip install -q --upgrade pip >/dev/null 2>&1 || true
-  .venv/bin/pip install -q -e '.[dev]'
+  # this machine's pip config names local mirrors that may be absent; those warnings are noise
+  .venv/bin/pip install -q -e '.[dev]' 2> >(grep -v "^WARNING: Location" >&2)
   touch "$stamp"
 fi

@@ -1,0 +1,86 @@
+"""Plain data shared by the policy compiler (pure) and the datapath map writer (kernel-facing).
+
+The per-endpoint policy is a set of entries in one BPF LPM-trie map. The BPF program looks up
+(endpoint, direction, remote identity, protocol, port) twice — once with the remote identity and
+once with identity 0 ("any identity") — longest prefix wins inside each lookup and a deny from either
+lookup wins over an allow. The compiler must therefore resolve deny precedence *inside* one identity
+sub-space itself: an allow entry that is more specific than a deny entry covering it must be turned
+into a deny (Cilium's map-state does the same), otherwise the longest-prefix lookup would pick the allow.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# directions from the endpoint's point of view
+INGRESS, EGRESS = 0, 1
+
+# reserved identities (Cilium numbers)
+ID_UNKNOWN, ID_HOST, ID_WORLD, ID_UNMANAGED, ID_HEALTH, ID_INIT, ID_REMOTE_NODE = 0, 1, 2, 3, 4, 5, 6
+ID_KUBE_APISERVER, ID_INGRESS = 7, 8
+MIN_CLUSTER_IDENTITY = 256  # first identity allocated for a label set
+LOCAL_SCOPE = 1 << 24  # CIDR identities: LOCAL_SCOPE + n
+
+PROTO_ANY, PROTO_ICMP, PROTO_TCP, PROTO_UDP, PROTO_SCTP, PROTO_ICMPV6 = 0, 1, 6, 17, 132, 58
+
+
+@dataclass(frozen=True, order=True, slots=True)
+class PolicyKey:
+    ep_id: int  # endpoint id, 1..65535
+    direction: int  # INGRESS or EGRESS
+    identity: int  # remote identity; 0 = any identity
+    proto: int  # IP protocol; 0 = any protocol (then port and port_prefix are 0)
+    port: int  # first port of an aligned block, host byte order; for ICMP/ICMPv6 the ICMP type
+    port_prefix: int  # how many high bits of the 16-bit port are significant: 16 exact, 0 any port
+
+    def covers(self, other: PolicyKey) -> bool:
+        """True when every packet matching ``other`` also matches this key (same ep/dir/identity)."""
+        if (self.ep_id, self.direction, self.identity) != (other.ep_id, other.direction, other.identity):
+            return False
+        if self.proto == PROTO_ANY:
+            return True
+        if self.proto != other.proto or self.port_prefix > other.port_prefix:
+            return False
+        shift = 16 - self.port_prefix
+        return (self.port >> shift) == (other.port >> shift)
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyEntry:
+    deny: bool
+    rule_id: int  # index into CompiledPolicy.rules; names the rule that decided (attribution)
+    audit: bool = False  # policy-audit-mode: would-be drops are forwarded and reported AUDIT
+
+
+@dataclass(frozen=True, slots=True)
+class RuleRef:
+    """What a flow's `*_allowed_by` / `*_denied_by` and `apiary policy explain` name."""
+
+    policy: str  # policy name
+    namespace: str  # "" for CiliumClusterwideNetworkPolicy
+    kind: str  # "CiliumNetworkPolicy" | "CiliumClusterwideNetworkPolicy"
+    section: str  # e.g. "ingress[0]", "egressDeny[1].toPorts[0]"
+    revision: int
+    labels: tuple[str, ...] = ()
+    description: str = ""
+
+
+@dataclass
+class EndpointPolicy:
+    """Desired state for one endpoint."""
+
+    ep_id: int
+    ingress_enforced: bool  # default deny on ingress (some selecting rule has an ingress section)
+    egress_enforced: bool
+    entries: dict[PolicyKey, PolicyEntry] = field(default_factory=dict)
+
+
+@dataclass
+class CompiledPolicy:
+    """Desired state for the whole node: what the map writer makes the kernel hold."""
+
+    revision: int
+    endpoints: dict[int, EndpointPolicy] = field(default_factory=dict)
+    rules: list[RuleRef] = field(default_factory=list)  # rule_id = index; index 0 is reserved ("none")
+    ipcache: dict[str, int] = field(default_factory=dict)  # "a.b.c.d/len" -> identity
+    identities: dict[int, tuple[str, ...]] = field(default_factory=dict)  # identity -> labels

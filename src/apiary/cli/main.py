@@ -15,6 +15,7 @@ from rich.table import Table
 from apiary import __version__
 
 from .client import AgentUnreachable, ApiError, Client
+from .preflight_cmd import preflight
 
 
 def _console() -> Console:
@@ -249,15 +250,7 @@ def bpf_list(ctx: click.Context, output: str) -> None:
     con.print(t)
 
 
-def _register_optional() -> None:
-    try:
-        from .preflight_cmd import preflight
-    except ImportError:  # pragma: no cover - during development only
-        return
-    cli.add_command(preflight)
-
-
-_register_optional()
+cli.add_command(preflight)
 
 
 def main() -> None:

@@ -145,3 +145,24 @@ def test_ringbuf_refuses_non_ringbuf_map() -> None:
             RingBuffer(m)
     finally:
         m.close()
+
+
+def test_missing_kernel_feature_is_reported_as_not_supported() -> None:
+    """fentry is refused on this kernel family only where it is missing: the error must say so plainly."""
+    from apiary.loader import NotSupportedError
+    from apiary.runtime.preflight import run_preflight
+
+    fentry_ok = run_preflight().get("fentry").ok
+    obj = BpfObject(bpf_object("probes"))
+    try:
+        for name, prog in obj.programs.items():
+            prog.autoload = name == "probe_fentry"
+        if fentry_ok:
+            obj.load()  # where the kernel has fentry, loading works (the VM kernel)
+            return
+        with pytest.raises(NotSupportedError) as ei:
+            obj.load()
+    finally:
+        obj.close()
+    assert "load program probe_fentry" in str(ei.value)
+    assert "not supported on this kernel" in str(ei.value) and "tracing (fentry/do_unlinkat)" in str(ei.value)

@@ -1,0 +1,145 @@
+/* Layouts shared by the endpoint datapath (lxc.bpf.c) and apiary.datapath.abi (Python).
+ * A kernel test compares the Python layouts with the BTF of the built object. */
+#ifndef APIARY_DATAPATH_ABI_H
+#define APIARY_DATAPATH_ABI_H
+
+#define DIR_INGRESS 0
+#define DIR_EGRESS 1
+
+/* endpoint flags */
+#define EP_ENFORCE_INGRESS (1 << 0)
+#define EP_ENFORCE_EGRESS (1 << 1)
+#define EP_AUDIT (1 << 2)
+
+/* Cilium monitor message types */
+#define FLOW_DROP 1
+#define FLOW_TRACE 4
+#define FLOW_POLICY_VERDICT 5
+
+/* observation points (trace sub-types) */
+#define OBS_TO_ENDPOINT 0
+#define OBS_FROM_ENDPOINT 5
+
+/* Cilium drop reasons used here */
+#define DROP_POLICY_DENIED 133
+#define DROP_INVALID_PACKET 134
+#define DROP_CT_INVALID_HDR 135
+#define DROP_UNKNOWN_L4 142
+#define DROP_FRAG_NOT_SUPPORTED 157
+#define DROP_CT_MAP_INSERTION 155
+#define DROP_POLICY_DENY 181
+
+/* flow.Verdict */
+#define VERDICT_FORWARDED 1
+#define VERDICT_DROPPED 2
+#define VERDICT_AUDIT 4
+
+/* conntrack result */
+#define CT_NEW 1
+#define CT_ESTABLISHED 2
+#define CT_REPLY 3
+#define CT_RELATED 4
+
+/* policy match types (policy-verdict events) */
+#define MATCH_NONE 0
+#define MATCH_L3_ONLY 1
+#define MATCH_L3_L4 2
+#define MATCH_L4_ONLY 3
+#define MATCH_ALL 4
+
+/* counters: index = reason << 1 | direction; reason 0 = forwarded */
+#define DP_COUNTERS 512
+/* lost flow events, index = message type */
+#define DP_LOST_SLOTS 8
+
+struct ep_info {
+	__u16 ep_id;
+	__u16 flags;
+	__u32 identity;
+	__u32 ipv4;        /* network order */
+	__u16 policy_slot; /* ep_id << 1 | generation: the policy map entries in force */
+	__u16 _pad;
+};
+
+/* LPM key: prefixlen counts bits of everything after it.
+ * fixed part ep_id+direction+pad+identity = 64 bits; +8 protocol; +16 port (big-endian) */
+struct policy_key {
+	__u32 prefixlen;
+	__u16 ep_id;
+	__u8 direction;
+	__u8 _pad1;
+	__u32 identity;
+	__u8 proto;
+	__u8 dport[2]; /* big-endian, so a prefix covers high bits */
+	__u8 _pad2;
+};
+
+struct policy_value {
+	__u8 deny;
+	__u8 audit;
+	__u16 _pad;
+	__u32 rule_id;
+};
+
+struct ipcache_key {
+	__u32 prefixlen;
+	__u32 addr; /* network order */
+};
+
+struct ipcache_value {
+	__u32 identity;
+	__u16 ep_id;
+	__u16 _pad;
+};
+
+struct ct_key {
+	__u32 saddr;
+	__u32 daddr;
+	__u16 sport;
+	__u16 dport;
+	__u8 proto;
+	__u8 direction;
+	__u16 ep_id;
+};
+
+struct ct_value {
+	__u64 expires;     /* ktime ns */
+	__u64 last_report; /* ktime ns of the last trace event */
+	__u32 rule_id;
+	__u8 flags_orig;   /* TCP flags seen in the original direction */
+	__u8 flags_reply;
+	__u8 closing;
+	__u8 audit;
+	__u64 packets;
+	__u64 bytes;
+};
+
+struct flow_msg {
+	__u8 kind;
+	__u8 sub_type;
+	__u8 verdict;
+	__u8 ct_state;
+	__u8 proto;
+	__u8 tcp_flags;
+	__u8 egress;
+	__u8 match_type;
+	__u64 ktime;
+	__u32 saddr;
+	__u32 daddr;
+	__u16 sport;
+	__u16 dport;
+	__u32 src_identity;
+	__u32 dst_identity;
+	__u32 rule_id;
+	__u32 ifindex;
+	__u16 ep_id;
+	__u16 _pad;
+	__u32 length;
+};
+
+struct dp_counter {
+	__u64 packets;
+	__u64 bytes;
+};
+
+#endif

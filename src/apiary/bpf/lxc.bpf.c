@@ -1,0 +1,404 @@
+// SPDX-License-Identifier: GPL-2.0
+/* Endpoint datapath: TC programs on the host side of each endpoint's veth.
+ *   from_container (tc ingress of the host veth): packets the endpoint sends -> its EGRESS policy
+ *   to_container   (tc egress of the host veth):  packets to the endpoint    -> its INGRESS policy
+ * Connection tracking lets replies and established connections pass without a policy lookup.
+ * The policy lookup is two LPM lookups whatever the number of rules (see policy/types.py). */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+#include "datapath_abi.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+#define TC_ACT_OK 0
+#define TC_ACT_SHOT 2
+#define ETH_HLEN 14
+#define ETH_P_IP 0x0800
+
+const volatile __u64 trace_interval_ns = 5000000000ULL; /* periodic trace of a busy connection */
+const volatile __u64 ct_timeout_syn = 60000000000ULL;
+const volatile __u64 ct_timeout_tcp = 21600000000000ULL;
+const volatile __u64 ct_timeout_close = 10000000000ULL;
+const volatile __u64 ct_timeout_other = 60000000000ULL;
+const volatile __u64 wakeup_bytes = 0;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32); /* ifindex of the host-side veth */
+	__type(value, struct ep_info);
+} endpoints SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct policy_key);
+	__type(value, struct policy_value);
+} policy SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 16384);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct ipcache_key);
+	__type(value, struct ipcache_value);
+} ipcache SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct ct_key);
+	__type(value, struct ct_value);
+} ct SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 4 << 20);
+} flows SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, DP_COUNTERS);
+	__type(key, __u32);
+	__type(value, struct dp_counter);
+} dp_counters SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, DP_LOST_SLOTS);
+	__type(key, __u32);
+	__type(value, __u64);
+} dp_lost SEC(".maps");
+
+struct pkt {
+	__u32 saddr;
+	__u32 daddr;
+	__u16 sport; /* network order */
+	__u16 dport;
+	__u8 proto;
+	__u8 tcp_flags;
+	__u8 icmp_type;
+	__u8 icmp_code;
+	__u32 len;
+};
+
+static __always_inline void count(__u8 reason, __u8 dir, __u32 len)
+{
+	__u32 idx = (((__u32)reason << 1) | dir) & (DP_COUNTERS - 1);
+	struct dp_counter *c = bpf_map_lookup_elem(&dp_counters, &idx);
+	if (c) {
+		c->packets += 1;
+		c->bytes += len;
+	}
+}
+
+static __always_inline __u64 rb_flags(void)
+{
+	if (!wakeup_bytes)
+		return 0;
+	return bpf_ringbuf_query(&flows, BPF_RB_AVAIL_DATA) >= wakeup_bytes ? BPF_RB_FORCE_WAKEUP
+									      : BPF_RB_NO_WAKEUP;
+}
+
+/* 0: not IPv4 (pass), 1: parsed, <0: drop reason */
+static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
+{
+	__u16 proto;
+	if (bpf_skb_load_bytes(skb, 12, &proto, 2) < 0)
+		return 0;
+	if (proto != bpf_htons(ETH_P_IP))
+		return 0;
+	struct iphdr ip;
+	if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)) < 0)
+		return -DROP_INVALID_PACKET;
+	if (ip.ihl < 5)
+		return -DROP_INVALID_PACKET;
+	if (ip.frag_off & bpf_htons(0x1fff))
+		return -DROP_FRAG_NOT_SUPPORTED;
+	p->saddr = ip.saddr;
+	p->daddr = ip.daddr;
+	p->proto = ip.protocol;
+	p->len = skb->len;
+	__u32 l4 = ETH_HLEN + ip.ihl * 4;
+	__u8 hdr[14];
+	switch (ip.protocol) {
+	case IPPROTO_TCP:
+		if (bpf_skb_load_bytes(skb, l4, hdr, 14) < 0)
+			return -DROP_CT_INVALID_HDR;
+		__builtin_memcpy(&p->sport, &hdr[0], 2);
+		__builtin_memcpy(&p->dport, &hdr[2], 2);
+		p->tcp_flags = hdr[13];
+		break;
+	case IPPROTO_UDP:
+	case IPPROTO_SCTP:
+		if (bpf_skb_load_bytes(skb, l4, hdr, 4) < 0)
+			return -DROP_CT_INVALID_HDR;
+		__builtin_memcpy(&p->sport, &hdr[0], 2);
+		__builtin_memcpy(&p->dport, &hdr[2], 2);
+		break;
+	case IPPROTO_ICMP:
+		if (bpf_skb_load_bytes(skb, l4, hdr, 8) < 0)
+			return -DROP_CT_INVALID_HDR;
+		p->icmp_type = hdr[0];
+		p->icmp_code = hdr[1];
+		if (hdr[0] == 8 || hdr[0] == 0) { /* echo: the identifier ties request and reply */
+			__builtin_memcpy(&p->sport, &hdr[4], 2);
+			p->dport = p->sport;
+		}
+		break;
+	default:
+		break;
+	}
+	return 1;
+}
+
+static __always_inline void emit(struct __sk_buff *skb, struct pkt *p, struct ep_info *ep, __u8 dir, __u8 kind,
+				 __u8 sub, __u8 verdict, __u8 ct_state, __u32 remote_id, __u32 rule_id, __u8 match)
+{
+	struct flow_msg m = {};
+	m.kind = kind;
+	m.sub_type = sub;
+	m.verdict = verdict;
+	m.ct_state = ct_state;
+	m.proto = p->proto;
+	m.tcp_flags = p->tcp_flags;
+	m.egress = dir;
+	m.match_type = match;
+	m.ktime = bpf_ktime_get_ns();
+	m.saddr = p->saddr;
+	m.daddr = p->daddr;
+	if (p->proto == IPPROTO_ICMP) {
+		m.sport = p->icmp_type;
+		m.dport = p->icmp_code;
+	} else {
+		m.sport = bpf_ntohs(p->sport);
+		m.dport = bpf_ntohs(p->dport);
+	}
+	m.src_identity = dir == DIR_EGRESS ? ep->identity : remote_id;
+	m.dst_identity = dir == DIR_EGRESS ? remote_id : ep->identity;
+	m.rule_id = rule_id;
+	m.ifindex = skb->ifindex;
+	m.ep_id = ep->ep_id;
+	m.length = p->len;
+	if (bpf_ringbuf_output(&flows, &m, sizeof(m), rb_flags())) {
+		__u32 slot = kind & (DP_LOST_SLOTS - 1);
+		__u64 *lost = bpf_map_lookup_elem(&dp_lost, &slot);
+		if (lost)
+			*lost += 1;
+	}
+}
+
+static __always_inline __u32 remote_identity(__u32 addr)
+{
+	struct ipcache_key k = {.prefixlen = 32, .addr = addr};
+	struct ipcache_value *v = bpf_map_lookup_elem(&ipcache, &k);
+	return v ? v->identity : 2; /* reserved:world */
+}
+
+struct decision {
+	__u32 rule_id;
+	__u8 deny;
+	__u8 audit;
+	__u8 match;
+	__u8 found;
+};
+
+static __always_inline void policy_lookup(struct ep_info *ep, __u8 dir, __u32 remote, struct pkt *p,
+					  struct decision *d)
+{
+	struct policy_key k = {};
+	__u16 port = 0;
+	if (p->proto == IPPROTO_TCP || p->proto == IPPROTO_UDP || p->proto == IPPROTO_SCTP)
+		port = bpf_ntohs(p->dport);
+	else if (p->proto == IPPROTO_ICMP)
+		port = p->icmp_type;
+	k.prefixlen = 96;
+	k.ep_id = ep->policy_slot;
+	k.direction = dir;
+	k.identity = remote;
+	k.proto = p->proto;
+	k.dport[0] = port >> 8;
+	k.dport[1] = port & 0xff;
+	struct policy_value *v1 = bpf_map_lookup_elem(&policy, &k);
+	k.identity = 0;
+	struct policy_value *v0 = bpf_map_lookup_elem(&policy, &k);
+	struct policy_value *v = 0;
+	if (v1 && v1->deny)
+		v = v1;
+	else if (v0 && v0->deny)
+		v = v0;
+	else if (v1)
+		v = v1;
+	else if (v0)
+		v = v0;
+	if (!v)
+		return;
+	d->found = 1;
+	d->deny = v->deny;
+	d->audit = v->audit;
+	d->rule_id = v->rule_id;
+	/* what matched: the specific identity or any identity; a port or not */
+	if (v == v1)
+		d->match = port || p->proto ? MATCH_L3_L4 : MATCH_L3_ONLY;
+	else
+		d->match = MATCH_L4_ONLY;
+}
+
+static __always_inline __u64 ct_lifetime(struct pkt *p, struct ct_value *v)
+{
+	if (p->proto != IPPROTO_TCP)
+		return ct_timeout_other;
+	if (v->closing)
+		return ct_timeout_close;
+	if ((v->flags_orig & 0x10) || (v->flags_reply & 0x10)) /* ACK seen: established */
+		return ct_timeout_tcp;
+	return ct_timeout_syn;
+}
+
+static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
+{
+	__u32 ifindex = skb->ifindex;
+	struct ep_info *ep = bpf_map_lookup_elem(&endpoints, &ifindex);
+	if (!ep)
+		return TC_ACT_OK;
+	struct pkt p = {};
+	int r = parse(skb, &p);
+	if (r == 0)
+		return TC_ACT_OK;
+	if (r < 0) {
+		__u8 reason = -r;
+		emit(skb, &p, ep, dir, FLOW_DROP, reason, VERDICT_DROPPED, 0, 0, 0, 0);
+		count(reason, dir, skb->len);
+		return TC_ACT_SHOT;
+	}
+	__u64 now = bpf_ktime_get_ns();
+	__u32 remote_addr = dir == DIR_EGRESS ? p.daddr : p.saddr;
+
+	/* conntrack: the original direction, then the reply direction */
+	struct ct_key k = {.saddr = p.saddr, .daddr = p.daddr, .sport = p.sport, .dport = p.dport,
+			   .proto = p.proto, .direction = dir, .ep_id = ep->ep_id};
+	struct ct_value *cv = bpf_map_lookup_elem(&ct, &k);
+	__u8 state = 0;
+	if (cv && cv->expires < now) {
+		bpf_map_delete_elem(&ct, &k);
+		cv = 0;
+	}
+	if (cv) {
+		state = CT_ESTABLISHED;
+	} else {
+		struct ct_key rk = {.saddr = p.daddr, .daddr = p.saddr, .sport = p.dport, .dport = p.sport,
+				    .proto = p.proto, .direction = dir ^ 1, .ep_id = ep->ep_id};
+		cv = bpf_map_lookup_elem(&ct, &rk);
+		if (cv && cv->expires < now) {
+			bpf_map_delete_elem(&ct, &rk);
+			cv = 0;
+		}
+		if (cv)
+			state = CT_REPLY;
+	}
+	if (cv) {
+		__u8 *seen = state == CT_REPLY ? &cv->flags_reply : &cv->flags_orig;
+		__u8 fresh = p.tcp_flags & ~*seen;
+		*seen |= p.tcp_flags;
+		if (p.tcp_flags & 0x05) /* FIN or RST */
+			cv->closing = 1;
+		cv->expires = now + ct_lifetime(&p, cv);
+		cv->packets += 1;
+		cv->bytes += p.len;
+		if (fresh || now - cv->last_report > trace_interval_ns) {
+			cv->last_report = now;
+			emit(skb, &p, ep, dir, FLOW_TRACE, dir == DIR_EGRESS ? OBS_FROM_ENDPOINT : OBS_TO_ENDPOINT,
+			     cv->audit ? VERDICT_AUDIT : VERDICT_FORWARDED, state, remote_identity(remote_addr),
+			     cv->rule_id, 0);
+		}
+		count(0, dir, p.len);
+		return TC_ACT_OK;
+	}
+
+	/* ICMP errors belong to some connection: let them through, reported as related */
+	__u32 remote = remote_identity(remote_addr);
+	if (p.proto == IPPROTO_ICMP && p.icmp_type != 8 && p.icmp_type != 0 && p.icmp_type != 13 &&
+	    p.icmp_type != 14) {
+		emit(skb, &p, ep, dir, FLOW_TRACE, dir == DIR_EGRESS ? OBS_FROM_ENDPOINT : OBS_TO_ENDPOINT,
+		     VERDICT_FORWARDED, CT_RELATED, remote, 0, 0);
+		count(0, dir, p.len);
+		return TC_ACT_OK;
+	}
+
+	/* a new connection: policy */
+	__u16 enforce = dir == DIR_EGRESS ? EP_ENFORCE_EGRESS : EP_ENFORCE_INGRESS;
+	struct decision d = {};
+	__u8 verdict = VERDICT_FORWARDED;
+	if (ep->flags & enforce) {
+		policy_lookup(ep, dir, remote, &p, &d);
+		if (!d.found || d.deny) {
+			__u8 reason = d.found ? DROP_POLICY_DENY : DROP_POLICY_DENIED;
+			if (!(ep->flags & EP_AUDIT) && !d.audit) {
+				emit(skb, &p, ep, dir, FLOW_POLICY_VERDICT, 0, VERDICT_DROPPED, CT_NEW, remote, d.rule_id,
+				     d.match);
+				emit(skb, &p, ep, dir, FLOW_DROP, reason, VERDICT_DROPPED, 0, remote, d.rule_id, d.match);
+				count(reason, dir, p.len);
+				return TC_ACT_SHOT;
+			}
+			verdict = VERDICT_AUDIT;
+		}
+		emit(skb, &p, ep, dir, FLOW_POLICY_VERDICT, 0, verdict, CT_NEW, remote, d.rule_id, d.match);
+	}
+	struct ct_value nv = {};
+	nv.rule_id = d.rule_id;
+	nv.flags_orig = p.tcp_flags;
+	nv.audit = verdict == VERDICT_AUDIT;
+	nv.last_report = now;
+	nv.packets = 1;
+	nv.bytes = p.len;
+	nv.expires = now + ct_lifetime(&p, &nv);
+	if (bpf_map_update_elem(&ct, &k, &nv, BPF_ANY)) {
+		emit(skb, &p, ep, dir, FLOW_DROP, DROP_CT_MAP_INSERTION, VERDICT_DROPPED, CT_NEW, remote, 0, 0);
+		count(DROP_CT_MAP_INSERTION, dir, p.len);
+		return TC_ACT_SHOT;
+	}
+	emit(skb, &p, ep, dir, FLOW_TRACE, dir == DIR_EGRESS ? OBS_FROM_ENDPOINT : OBS_TO_ENDPOINT, verdict, CT_NEW,
+	     remote, d.rule_id, d.match);
+	count(0, dir, p.len);
+	return TC_ACT_OK;
+}
+
+SEC("tc")
+int from_container(struct __sk_buff *skb)
+{
+	return handle(skb, DIR_EGRESS);
+}
+
+SEC("tc")
+int to_container(struct __sk_buff *skb)
+{
+	return handle(skb, DIR_INGRESS);
+}
+
+/* the cost baseline for the benchmark: a TC program that does nothing */
+SEC("tc")
+int empty_tc(struct __sk_buff *skb)
+{
+	return TC_ACT_OK;
+}
+
+/* Never written: makes clang emit BTF for every ABI layout, compared with Python's by a test. */
+union dp_abi_types {
+	struct ep_info ep;
+	struct policy_key pk;
+	struct policy_value pv;
+	struct ipcache_key ik;
+	struct ipcache_value iv;
+	struct ct_key ck;
+	struct ct_value cv;
+	struct flow_msg fm;
+	struct dp_counter dc;
+};
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, union dp_abi_types);
+} dp_abi_types SEC(".maps");

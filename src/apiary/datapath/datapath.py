@@ -1,0 +1,233 @@
+"""The endpoint datapath as one unit: the lxc object, its maps, per-endpoint TC attachments, and the
+map writer that makes the kernel hold a CompiledPolicy.
+
+Policy writes are atomic per endpoint: each endpoint has two policy slots (ep_id << 1 | gen). The new
+entries are written under the idle slot, then one update of the endpoint's `ep_info` switches slot and
+enforcement flags together, then the old slot's entries are deleted. A packet sees either the old
+policy or the new one, never a mix. Capacity is checked before anything is written.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from apiary.loader import BpfError, BpfObject, Map, RingBuffer, TcFilter, TypedMap
+from apiary.loader.fs import remove_pin_tree
+from apiary.policy.types import CompiledPolicy, EndpointPolicy
+from apiary.runtime.paths import bpf_object
+
+from . import abi
+from .endpoints import Endpoint
+
+PINNED = ("endpoints", "policy", "ipcache", "ct", "dp_counters", "dp_lost")
+
+
+class CapacityError(BpfError):
+    pass
+
+
+@dataclass
+class _EpState:
+    gen: int = 0
+    flags: int = 0
+    identity: int = 0
+    keys: set[bytes] = field(default_factory=set)  # policy keys written under the current slot
+    entries: dict[bytes, bytes] | None = None  # slot-independent keys -> values now in force
+    attached: list[TcFilter] = field(default_factory=list)
+
+
+class Datapath:
+    name = "datapath"
+
+    def __init__(
+        self,
+        pin_dir: str | Path | None = None,
+        ringbuf_bytes: int = 4 << 20,
+        policy_max: int = 65536,
+        ct_max: int = 65536,
+        wakeup_bytes: int = 0,
+        trace_interval_s: float = 5.0,
+        obj_path: str | Path | None = None,
+    ) -> None:
+        self.pin_dir = Path(pin_dir) if pin_dir else None
+        self.ringbuf_bytes = ringbuf_bytes
+        self.policy_max = policy_max
+        self.ct_max = ct_max
+        self.wakeup_bytes = wakeup_bytes
+        self.trace_interval_s = trace_interval_s
+        self.obj_path = Path(obj_path) if obj_path else bpf_object("lxc")
+        self.obj: BpfObject | None = None
+        self.ring: RingBuffer | None = None
+        self.pins: dict[str, str] = {}
+        self.eps: dict[int, _EpState] = {}
+        self.ipcache_now: dict[str, bytes] = {}
+        self.audit = False
+
+    # ------------------------------------------------------------------ lifecycle
+    def load(self) -> None:
+        obj = BpfObject(self.obj_path, "lxc")
+        try:
+            obj.set_max_entries("flows", self.ringbuf_bytes)
+            obj.set_max_entries("policy", self.policy_max)
+            obj.set_max_entries("ct", self.ct_max)
+            obj.set_rodata(wakeup_bytes=self.wakeup_bytes, trace_interval_ns=int(self.trace_interval_s * 1e9))
+            obj.program("empty_tc").autoload = False
+            obj.load()
+            self.obj = obj
+            self.ring = RingBuffer(obj.map("flows"))
+            if self.pin_dir:
+                remove_pin_tree(self.pin_dir)
+                self.pin_dir.mkdir(parents=True, mode=0o700, exist_ok=True)
+                for m in PINNED:
+                    path = str(self.pin_dir / m)
+                    obj.map(m).pin(path)
+                    self.pins[m] = path
+        except BaseException:
+            self.obj = obj
+            self.close()
+            raise
+        self.endpoints_map = obj.map("endpoints")
+        self.policy_map = obj.map("policy")
+        self.ipcache_map = obj.map("ipcache")
+        self.ct_map = obj.map("ct")
+        self.counters_map = TypedMap(obj.map("dp_counters"), "<I", "<QQ")
+        self.lost_map = TypedMap(obj.map("dp_lost"), "<I", "<Q")
+
+    def close(self, detach: bool = True) -> None:
+        if detach:
+            for st in self.eps.values():
+                for f in st.attached:
+                    f.destroy()
+        self.eps.clear()
+        if self.ring:
+            self.ring.close()
+            self.ring = None
+        if self.pin_dir and self.pins:
+            remove_pin_tree(self.pin_dir)
+            self.pins.clear()
+        if self.obj:
+            self.obj.close()
+            self.obj = None
+
+    # ------------------------------------------------------------------ endpoints
+    def attach(self, ep: Endpoint) -> None:
+        assert self.obj
+        st = self.eps.setdefault(ep.ep_id, _EpState())
+        for f in st.attached:
+            f.destroy()
+        st.attached = [
+            TcFilter.attach(self.obj.program("from_container"), ep.host_ifindex, egress=False),
+            TcFilter.attach(self.obj.program("to_container"), ep.host_ifindex, egress=True),
+        ]
+
+    def forget(self, ep: Endpoint) -> None:
+        st = self.eps.pop(ep.ep_id, None)
+        self.endpoints_map.delete(ep.host_ifindex.to_bytes(4, "little"))
+        if st:
+            for f in st.attached:
+                f.destroy()
+            self._delete_keys(st.keys)
+
+    def programs(self) -> list[tuple[str, int, str]]:
+        if not self.obj:
+            return []
+        return [(n, self.obj.program(n).fd, "tc (per endpoint veth)") for n in ("from_container", "to_container")]
+
+    def filters(self) -> list[TcFilter]:
+        return [f for st in self.eps.values() for f in st.attached]
+
+    # ------------------------------------------------------------------ policy
+    def check_capacity(self, compiled: CompiledPolicy) -> None:
+        """Worst case during a write: every endpoint's old and new slots at once."""
+        new = sum(len(p.entries) for p in compiled.endpoints.values())
+        old = sum(len(st.keys) for st in self.eps.values())
+        if new + old > self.policy_max:
+            raise CapacityError(
+                "policy map",
+                28,
+                f"the policy needs {new:,} entries (+{old:,} in force during the switch); capacity is "
+                f"{self.policy_max:,}: nothing was written",
+            )
+        if len(compiled.ipcache) > self.ipcache_map.max_entries:
+            raise CapacityError(
+                "ipcache",
+                28,
+                f"{len(compiled.ipcache):,} prefixes, capacity {self.ipcache_map.max_entries:,}: nothing was written",
+            )
+
+    def sync(self, compiled: CompiledPolicy, endpoints: dict[int, Endpoint], identities: dict[int, int]) -> None:
+        """Make the kernel hold ``compiled`` for these endpoints. ``identities``: ep_id -> identity."""
+        self.check_capacity(compiled)
+        self._sync_ipcache(compiled.ipcache, endpoints)
+        for ep_id, ep in endpoints.items():
+            pol = compiled.endpoints.get(ep_id) or EndpointPolicy(ep_id, False, False)
+            self._sync_endpoint(ep, pol, identities[ep_id])
+
+    def _sync_ipcache(self, ipcache: dict[str, int], endpoints: dict[int, Endpoint]) -> None:
+        by_ip = {f"{ep.ipv4}/32": ep.ep_id for ep in endpoints.values()}
+        want = {abi.ipcache_key(p): abi.ipcache_value(i, by_ip.get(p, 0)) for p, i in ipcache.items()}
+        for k, v in want.items():
+            if self.ipcache_now.get(k.hex()) != v:
+                self.ipcache_map.update(k, v)
+                self.ipcache_now[k.hex()] = v
+        for kh in [kh for kh in self.ipcache_now if bytes.fromhex(kh) not in want]:
+            self.ipcache_map.delete(bytes.fromhex(kh))
+            del self.ipcache_now[kh]
+
+    def _sync_endpoint(self, ep: Endpoint, pol: EndpointPolicy, identity: int) -> None:
+        st = self.eps.setdefault(ep.ep_id, _EpState())
+        flags = (
+            (abi.EP_ENFORCE_INGRESS if pol.ingress_enforced else 0)
+            | (abi.EP_ENFORCE_EGRESS if pol.egress_enforced else 0)
+            | (abi.EP_AUDIT if self.audit else 0)
+        )
+        want = {abi.policy_key(k, 0): abi.policy_value(v) for k, v in pol.entries.items()}
+        if st.entries is not None and want == st.entries and (st.flags, st.identity) == (flags, identity):
+            return
+        gen = st.gen ^ 1
+        slot = (ep.ep_id << 1) | gen
+        new = [(abi.policy_key_rebase(k, slot), v) for k, v in want.items()]
+        if new:
+            self.policy_map.update_batch(new)
+        # one map update switches slot, flags and identity together
+        self.endpoints_map.update(
+            ep.host_ifindex.to_bytes(4, "little"), abi.ep_info(ep.ep_id, flags, identity, ep.ipv4, slot)
+        )
+        self._delete_keys(st.keys)
+        st.gen, st.flags, st.identity, st.entries, st.keys = gen, flags, identity, want, {k for k, _ in new}
+
+    def _delete_keys(self, keys: set[bytes]) -> None:
+        for k in keys:
+            self.policy_map.delete(k)
+
+    # ------------------------------------------------------------------ state
+    def counters(self) -> dict[str, dict[str, int]]:
+        """{"forwarded"|<drop reason code>: {"ingress_packets", ...}} summed over CPUs."""
+        out: dict[str, dict[str, int]] = {}
+        for idx in range(abi.DP_COUNTERS):
+            vals = self.counters_map.get(idx)
+            pk = sum(v[0] for v in vals)
+            if not pk:
+                continue
+            by = sum(v[1] for v in vals)
+            reason, direction = idx >> 1, "egress" if idx & 1 else "ingress"
+            row = out.setdefault("forwarded" if reason == 0 else str(reason), {})
+            row[f"{direction}_packets"] = pk
+            row[f"{direction}_bytes"] = by
+        return out
+
+    def lost(self) -> int:
+        return sum(sum(self.lost_map.get(i)) for i in range(abi.DP_LOST_SLOTS))
+
+    def ct_gc(self, now_ns: int | None = None) -> int:
+        """Delete expired connections. Returns how many."""
+        now = now_ns if now_ns is not None else time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        dead = [k for k, v in self.ct_map.items() if abi.CT_VALUE.unpack(v[: abi.CT_VALUE.size])[0] < now]
+        for k in dead:
+            self.ct_map.delete(k)
+        return len(dead)
+
+    def maps(self) -> dict[str, Map]:
+        return self.obj.maps if self.obj else {}

@@ -1,0 +1,139 @@
+"""Tiny traffic tool run inside endpoints by tests and the demo (python -m apiary.testing.netprobe ...).
+
+  serve-tcp PORT...         echo server on TCP ports (one line per accepted connection to stdout)
+  serve-udp PORT            UDP echo server
+  serve-http PORT           HTTP server answering 200 "ok"
+  tcp HOST PORT [TIMEOUT]   connect, send, expect the echo; exit 0 on success, 1 on failure
+  udp HOST PORT [TIMEOUT]   send a datagram, expect the echo
+  http HOST PORT [TIMEOUT]  GET /, expect 200
+  hold HOST PORT SECONDS    keep one TCP connection and exchange a message every 0.1 s; prints ok/fail counts
+Only ever used with addresses of endpoints and test hosts the caller created.
+"""
+
+from __future__ import annotations
+
+import http.server
+import socket
+import socketserver
+import sys
+import threading
+import time
+import urllib.request
+
+
+def serve_tcp(ports: list[int]) -> None:
+    def loop(port: int) -> None:
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("0.0.0.0", port))
+        s.listen(64)
+        while True:
+            c, _ = s.accept()
+            threading.Thread(target=echo, args=(c,), daemon=True).start()
+
+    def echo(c: socket.socket) -> None:
+        with c:
+            while data := c.recv(4096):
+                c.sendall(data)
+
+    for p in ports:
+        threading.Thread(target=loop, args=(p,), daemon=True).start()
+    print("ready", flush=True)
+    while True:
+        time.sleep(3600)
+
+
+def serve_udp(port: int) -> None:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("0.0.0.0", port))
+    print("ready", flush=True)
+    while True:
+        data, addr = s.recvfrom(4096)
+        s.sendto(data, addr)
+
+
+class _Ok(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, *a: object) -> None:
+        pass
+
+
+def serve_http(port: int) -> None:
+    socketserver.ThreadingTCPServer.allow_reuse_address = True
+    srv = socketserver.ThreadingTCPServer(("0.0.0.0", port), _Ok)
+    print("ready", flush=True)
+    srv.serve_forever()
+
+
+def tcp(host: str, port: int, timeout: float) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as s:
+            s.sendall(b"ping")
+            return s.recv(4) == b"ping"
+    except OSError:
+        return False
+
+
+def udp(host: str, port: int, timeout: float) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(timeout)
+        try:
+            s.sendto(b"ping", (host, port))
+            return s.recvfrom(16)[0] == b"ping"
+        except OSError:
+            return False
+
+
+def http(host: str, port: int, timeout: float) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}/", timeout=timeout) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def hold(host: str, port: int, seconds: float) -> None:
+    ok = fail = 0
+    s = socket.create_connection((host, port), timeout=2)
+    s.settimeout(1)
+    print("connected", flush=True)
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        try:
+            s.sendall(b"x")
+            if s.recv(1) == b"x":
+                ok += 1
+            else:
+                fail += 1
+        except OSError:
+            fail += 1
+        time.sleep(0.1)
+    print(f"ok={ok} fail={fail}", flush=True)
+
+
+def main(argv: list[str]) -> int:
+    cmd, *rest = argv
+    if cmd == "serve-tcp":
+        serve_tcp([int(p) for p in rest])
+    elif cmd == "serve-udp":
+        serve_udp(int(rest[0]))
+    elif cmd == "serve-http":
+        serve_http(int(rest[0]))
+    elif cmd in ("tcp", "udp", "http"):
+        timeout = float(rest[2]) if len(rest) > 2 else 1.5
+        fn = {"tcp": tcp, "udp": udp, "http": http}[cmd]
+        return 0 if fn(rest[0], int(rest[1]), timeout) else 1
+    elif cmd == "hold":
+        hold(rest[0], int(rest[1]), float(rest[2]))
+    else:
+        print(__doc__, file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -102,49 +102,59 @@ static __always_inline __u64 rb_flags(void)
 									      : BPF_RB_NO_WAKEUP;
 }
 
-/* 0: not IPv4 (pass), 1: parsed, <0: drop reason */
+/* 0: not IPv4 (pass), 1: parsed, <0: drop reason. Direct packet access; headers are pulled into
+ * the linear area first when they are not there yet. */
 static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 {
-	__u16 proto;
-	if (bpf_skb_load_bytes(skb, 12, &proto, 2) < 0)
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > end)
 		return 0;
-	if (proto != bpf_htons(ETH_P_IP))
+	if (eth->h_proto != bpf_htons(ETH_P_IP))
 		return 0;
-	struct iphdr ip;
-	if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)) < 0)
+	struct iphdr *ip = (void *)(eth + 1);
+	if ((void *)ip + 20 + 14 > end) {
+		/* short frame or headers outside the linear area */
+		bpf_skb_pull_data(skb, ETH_HLEN + 60 + 14);
+		data = (void *)(long)skb->data;
+		end = (void *)(long)skb->data_end;
+		ip = data + ETH_HLEN;
+		if ((void *)(ip + 1) > end)
+			return -DROP_INVALID_PACKET;
+	}
+	__u32 ihl = ip->ihl * 4;
+	if (ihl < 20)
 		return -DROP_INVALID_PACKET;
-	if (ip.ihl < 5)
-		return -DROP_INVALID_PACKET;
-	if (ip.frag_off & bpf_htons(0x1fff))
+	if (ip->frag_off & bpf_htons(0x1fff))
 		return -DROP_FRAG_NOT_SUPPORTED;
-	p->saddr = ip.saddr;
-	p->daddr = ip.daddr;
-	p->proto = ip.protocol;
+	p->saddr = ip->saddr;
+	p->daddr = ip->daddr;
+	p->proto = ip->protocol;
 	p->len = skb->len;
-	__u32 l4 = ETH_HLEN + ip.ihl * 4;
-	__u8 hdr[14];
-	switch (ip.protocol) {
+	__u8 *l4 = (void *)ip + ihl;
+	switch (p->proto) {
 	case IPPROTO_TCP:
-		if (bpf_skb_load_bytes(skb, l4, hdr, 14) < 0)
+		if ((void *)(l4 + 14) > end)
 			return -DROP_CT_INVALID_HDR;
-		__builtin_memcpy(&p->sport, &hdr[0], 2);
-		__builtin_memcpy(&p->dport, &hdr[2], 2);
-		p->tcp_flags = hdr[13];
+		__builtin_memcpy(&p->sport, l4, 2);
+		__builtin_memcpy(&p->dport, l4 + 2, 2);
+		p->tcp_flags = l4[13];
 		break;
 	case IPPROTO_UDP:
 	case IPPROTO_SCTP:
-		if (bpf_skb_load_bytes(skb, l4, hdr, 4) < 0)
+		if ((void *)(l4 + 4) > end)
 			return -DROP_CT_INVALID_HDR;
-		__builtin_memcpy(&p->sport, &hdr[0], 2);
-		__builtin_memcpy(&p->dport, &hdr[2], 2);
+		__builtin_memcpy(&p->sport, l4, 2);
+		__builtin_memcpy(&p->dport, l4 + 2, 2);
 		break;
 	case IPPROTO_ICMP:
-		if (bpf_skb_load_bytes(skb, l4, hdr, 8) < 0)
+		if ((void *)(l4 + 8) > end)
 			return -DROP_CT_INVALID_HDR;
-		p->icmp_type = hdr[0];
-		p->icmp_code = hdr[1];
-		if (hdr[0] == 8 || hdr[0] == 0) { /* echo: the identifier ties request and reply */
-			__builtin_memcpy(&p->sport, &hdr[4], 2);
+		p->icmp_type = l4[0];
+		p->icmp_code = l4[1];
+		if (l4[0] == 8 || l4[0] == 0) { /* echo: the identifier ties request and reply */
+			__builtin_memcpy(&p->sport, l4 + 4, 2);
 			p->dport = p->sport;
 		}
 		break;
@@ -273,7 +283,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		count(reason, dir, skb->len);
 		return TC_ACT_SHOT;
 	}
-	__u64 now = bpf_ktime_get_ns();
+	__u64 now = bpf_ktime_get_coarse_ns(); /* conntrack times need no more than tick precision */
 	__u32 remote_addr = dir == DIR_EGRESS ? p.daddr : p.saddr;
 
 	/* conntrack: the original direction, then the reply direction */

@@ -11,7 +11,7 @@ ARCH := $(shell uname -m | sed 's/x86_64/x86/;s/aarch64/arm64/')
 BPF_CFLAGS := -O2 -g -target bpf -D__TARGET_ARCH_$(ARCH) -Wall -Werror -Wno-unused-function \
 	-I$(BUILD) -I$(BPF_SRC)/include -I/usr/include/$(shell uname -m)-linux-gnu
 
-.PHONY: run test setup build lint unit kernel bench demo clean test-vm
+.PHONY: run test setup build lint unit kernel bench demo clean
 
 run: setup build
 	$(VENV)/bin/apiary agent $(ARGS)
@@ -46,3 +46,6 @@ bench: setup build
 
 clean:
 	rm -rf $(BUILD)
+
+demo: setup build
+	$(PY) -m apiary.demo

@@ -72,8 +72,8 @@ def test_bpf_list_and_clean_shutdown_detaches_everything() -> None:
         assert r.returncode == 0, r.stderr
         data = json.loads(r.stdout)
         progs = {p["name"]: p["id"] for p in data["programs"]}
-        assert set(progs) == {"on_exec", "on_fork", "on_exit"}
-        assert len(data["links"]) == 3 and all(lk["id"] > 0 for lk in data["links"])
+        assert set(progs) == {"on_exec", "on_fork", "on_exit", "from_container", "to_container"}
+        assert len(data["links"]) == 3 and all(lk["id"] > 0 for lk in data["links"])  # no endpoints: no TC filters
         pins = [m["pin"] for m in data["maps"] if m["pin"]]
         assert pins and all(p.startswith(a.pin_root) and os.path.exists(p) for p in pins)
         assert a.stop() == 0

@@ -71,8 +71,13 @@ def tcp(net: Net, src: str, dst: str, port: int, ns: str = NS) -> bool:
 
 
 def last_drop(flows: list[dict[str, Any]], dst_port: int) -> dict[str, Any]:
-    drops = [f for f in flows if f.get("verdict") == "DROPPED" and f.get("event_type", {}).get("type") == 1
-             and f["l4"].get("TCP", f["l4"].get("UDP", {})).get("destination_port") == dst_port]
+    drops = [
+        f
+        for f in flows
+        if f.get("verdict") == "DROPPED"
+        and f.get("event_type", {}).get("type") == 1
+        and f["l4"].get("TCP", f["l4"].get("UDP", {})).get("destination_port") == dst_port
+    ]
     assert drops, f"no drop flow to port {dst_port}"
     return drops[-1]
 
@@ -159,7 +164,9 @@ def test_port_range(net: Net) -> None:
 
 
 def test_deny_overrides_allow_and_names_the_policy(net: Net) -> None:
-    net.apply_ok(ALLOW_FRONTEND + """
+    net.apply_ok(
+        ALLOW_FRONTEND
+        + """
 ---
 apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
@@ -170,15 +177,26 @@ spec:
   - fromEndpoints: [{matchLabels: {app: frontend}}]
     toPorts:
     - ports: [{port: "8080", protocol: TCP}]
-""")
+"""
+    )
     assert tcp(net, "frontend", "backend", 5678)
     assert not tcp(net, "frontend", "backend", 8080)
     d = last_drop(net.flows("--to-pod", f"{NS}/backend", "--verdict", "DROPPED"), 8080)
     assert d["drop_reason_desc"] == "POLICY_DENY" and d["drop_reason"] == 181
     (pol,) = d["ingress_denied_by"]
     assert pol["name"] == "deny-8080" and pol["namespace"] == NS and pol["kind"] == "CiliumNetworkPolicy"
-    out = net.cli_ok("observe", "--last", "50", "--verdict", "DROPPED", "--to-pod", f"{NS}/backend",
-                     "--print-policy-names", "--color", "never")
+    out = net.cli_ok(
+        "observe",
+        "--last",
+        "50",
+        "--verdict",
+        "DROPPED",
+        "--to-pod",
+        f"{NS}/backend",
+        "--print-policy-names",
+        "--color",
+        "never",
+    )
     assert "Policy denied by denylist DROPPED" in out and "deny-8080" in out
 
 
@@ -190,8 +208,9 @@ def test_seed_block_backend_access_and_explain(net: Net) -> None:
     assert not tcp(net, "frontend2", "backend2", 5678)
     # a deny-only policy also turns default deny on for the selected endpoints (Cilium's semantics)
     assert not tcp(net, "other", "backend", 5678)
-    out = net.cli_ok("policy", "explain", "--from", f"{NS}/frontend", "--to", f"{NS}/backend", "--port", "5678/TCP",
-                     "-o", "json")
+    out = net.cli_ok(
+        "policy", "explain", "--from", f"{NS}/frontend", "--to", f"{NS}/backend", "--port", "5678/TCP", "-o", "json"
+    )
     res = json.loads(out)
     assert res["verdict"] in ("denied", "DENIED")
     assert "block-backend-access" in json.dumps(res)
@@ -267,18 +286,18 @@ def test_egress_entities_and_cidr_with_except(net: Net) -> None:
               endpointSelector: {matchLabels: {app: frontend}}
               egress:
               - toCIDRSet:
-                - cidr: 192.0.2.0/24
-                  except: [192.0.2.128/25]
+                - cidr: 198.51.100.0/24
+                  except: [198.51.100.128/25]
               - toEntities: [host]
         """)
-        assert net.probe(f"{NS}/frontend", "tcp", "192.0.2.10", "7000", "1")
-        assert not net.probe(f"{NS}/frontend", "tcp", "192.0.2.200", "7000", "1")
+        assert net.probe(f"{NS}/frontend", "tcp", "198.51.100.10", "7000", "1")
+        assert not net.probe(f"{NS}/frontend", "tcp", "198.51.100.200", "7000", "1")
         assert not tcp(net, "frontend", "backend", 5678)  # cluster peers are not matched by CIDR rules
         router = str(ipaddress.IPv4Network(net.agent.pod_cidr).network_address + 1)
         assert net.probe(f"{NS}/frontend", "tcp", router, "7001", "1")  # entity host: the node itself
         assert tcp(net, "other", "backend", 5678)  # other endpoints unaffected
         d = last_drop(net.flows("--from-pod", f"{NS}/frontend", "--verdict", "DROPPED"), 7000)
-        assert d["traffic_direction"] == "EGRESS" and d["IP"]["destination"] == "192.0.2.200"
+        assert d["traffic_direction"] == "EGRESS" and d["IP"]["destination"] == "198.51.100.200"
         assert "reserved:world" in d["destination"]["labels"]
         net.cli_ok("policy", "delete", "egress", "-n", NS)
         net.apply_ok("""
@@ -290,7 +309,7 @@ def test_egress_entities_and_cidr_with_except(net: Net) -> None:
               egress:
               - toEntities: [world]
         """)
-        assert net.probe(f"{NS}/frontend", "tcp", "192.0.2.200", "7000", "1")
+        assert net.probe(f"{NS}/frontend", "tcp", "198.51.100.200", "7000", "1")
         assert not tcp(net, "frontend", "backend", 5678)
         net.cli_ok("policy", "delete", "world", "-n", NS)
         net.apply_ok("""
@@ -303,16 +322,16 @@ def test_egress_entities_and_cidr_with_except(net: Net) -> None:
               - toEntities: [cluster]
         """)
         assert tcp(net, "frontend", "backend", 5678)
-        assert not net.probe(f"{NS}/frontend", "tcp", "192.0.2.10", "7000", "1")
+        assert not net.probe(f"{NS}/frontend", "tcp", "198.51.100.10", "7000", "1")
 
 
 @contextlib.contextmanager
 def world_host() -> Iterator[dict[str, str]]:
-    """A "world" peer in a network namespace of our own: 192.0.2.10 and 192.0.2.200 (TEST-NET-1,
+    """A "world" peer in a network namespace of our own: 198.51.100.10 and 198.51.100.200 (TEST-NET-2,
     only inside this namespace), TCP echo on 7000; the host answers on 7001 at its side of the link."""
     tag = uuid.uuid4().hex[:6]
     ns, h_if, t_if = f"apiary-th-{tag}", f"th{tag}h", f"th{tag}t"
-    host_ip = "192.0.2.1"
+    host_ip = "198.51.100.1"
     procs: list[subprocess.Popen[str]] = []
 
     def sh(*cmd: str) -> None:
@@ -323,17 +342,28 @@ def world_host() -> Iterator[dict[str, str]]:
         sh("ip", "link", "add", h_if, "type", "veth", "peer", "name", t_if, "netns", ns)
         sh("ip", "addr", "add", f"{host_ip}/32", "dev", h_if)
         sh("ip", "link", "set", h_if, "up")
-        sh("ip", "route", "add", "192.0.2.0/24", "dev", h_if)
-        for cmd in (["ip", "link", "set", "lo", "up"], ["ip", "link", "set", t_if, "up"],
-                    ["ip", "addr", "add", "192.0.2.10/24", "dev", t_if],
-                    ["ip", "addr", "add", "192.0.2.200/24", "dev", t_if],
-                    ["ip", "route", "add", "10.0.0.0/8", "via", host_ip, "dev", t_if, "onlink"]):
+        sh("ip", "route", "add", "198.51.100.0/24", "dev", h_if)
+        # never let a probe leave the machine: the range must now route to our own veth only
+        for probe in ("198.51.100.10", "198.51.100.200"):
+            got = subprocess.run(["ip", "route", "get", probe], capture_output=True, text=True).stdout
+            if f"dev {h_if}" not in got:
+                raise RuntimeError(f"{probe} does not route to the test host ({got.strip()}): refusing to send")
+        for cmd in (
+            ["ip", "link", "set", "lo", "up"],
+            ["ip", "link", "set", t_if, "up"],
+            ["ip", "addr", "add", "198.51.100.10/24", "dev", t_if],
+            ["ip", "addr", "add", "198.51.100.200/24", "dev", t_if],
+            ["ip", "route", "add", "10.0.0.0/8", "via", host_ip, "dev", t_if, "onlink"],
+        ):
             sh("ip", "netns", "exec", ns, *cmd)
         import sys
 
         for where, port in ((["ip", "netns", "exec", ns], "7000"), ([], "7001")):
-            p = subprocess.Popen([*where, sys.executable, "-m", "apiary.testing.netprobe", "serve-tcp", port],
-                                 stdout=subprocess.PIPE, text=True)
+            p = subprocess.Popen(
+                [*where, sys.executable, "-m", "apiary.testing.netprobe", "serve-tcp", port],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
             procs.append(p)
             assert p.stdout and "ready" in p.stdout.readline()
         yield {"netns": ns, "host_ip": host_ip}
@@ -341,7 +371,7 @@ def world_host() -> Iterator[dict[str, str]]:
         for p in procs:
             p.kill()
             p.wait()
-        subprocess.run(["ip", "route", "del", "192.0.2.0/24", "dev", h_if], capture_output=True)
+        subprocess.run(["ip", "route", "del", "198.51.100.0/24", "dev", h_if], capture_output=True)
         subprocess.run(["ip", "link", "del", h_if], capture_output=True)
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 

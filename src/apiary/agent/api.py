@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import traceback
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -63,8 +64,20 @@ def _bad(msg: str) -> web.Response:
     return web.json_response({"error": msg}, status=400)
 
 
+@web.middleware
+async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """An unexpected failure is one JSON line for the client and a traceback in the agent's log."""
+    try:
+        return await handler(request)
+    except web.HTTPException:
+        raise
+    except Exception as e:  # noqa: BLE001
+        traceback.print_exc()
+        return web.json_response({"error": f"internal error in the agent: {type(e).__name__}: {e}"}, status=500)
+
+
 def build_app(agent: Agent) -> web.Application:
-    app = web.Application()
+    app = web.Application(middlewares=[_errors])
 
     async def health(_: web.Request) -> web.Response:
         return web.json_response(
@@ -145,6 +158,9 @@ def build_app(agent: Agent) -> web.Application:
     app.router.add_get("/v1/bpf", bpf)
     app.router.add_get("/v1/events", events)
     app.router.add_get("/openapi.json", openapi)
+    from .api_network import add_routes
+
+    add_routes(app, agent)
     return app
 
 

@@ -26,3 +26,11 @@ class AgentConfig:
     drain_interval: float = 0.05  # seconds between ring drains when the kernel does not wake us
     bpf_stats: bool = True  # BPF_ENABLE_STATS while the agent runs (run count / time per program)
     mount_fs: bool = True  # mount bpffs/tracefs when missing
+    # network
+    network: bool = True
+    pod_cidr: str = "10.200.0.0/16"
+    instance: str = "default"  # tag in kernel object names (netns, cgroups), unique per agent on a node
+    enable_policy: str = "default"  # default | always | never (Cilium's --enable-policy)
+    policy_audit_mode: bool = False
+    policy_map_size: int = 65536
+    flow_buffer: int = 4095  # flows kept for `apiary observe --last` (Hubble's default ring size)

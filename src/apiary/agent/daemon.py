@@ -8,6 +8,7 @@ import fcntl
 import os
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,8 @@ class Agent:
         self.loaded: list[str] = []
         self.missing: list[str] = []
         self.procfs_seeded = 0
+        self.network: Any = None
+        self.net_pool = ThreadPoolExecutor(1, thread_name_prefix="network")
         self._stop: asyncio.Event | None = None
 
     # ------------------------------------------------------------------ start-up / shut-down
@@ -116,6 +119,19 @@ class Agent:
             self.cache.on_exec(msg)
         self.procfs_seeded = sensor.seed(procs)
         self.loaded.append(f"process cache seeded from /proc: {len(procs)} processes")
+        if cfg.network:
+            from .network import Network
+
+            try:
+                self.network = Network(cfg, self.clock)
+                self.loaded += self.network.start()
+            except Exception as e:  # noqa: BLE001 - reported in one line; the process sensor still works
+                if self.network:
+                    self.network.close()
+                self.network = None
+                raise AgentError(f"network datapath: {e}") from e
+            for name, _fd, point in self.network.dp.programs():
+                self.loaded.append(f"program {name} at {point}")
 
     def _take_lock(self) -> None:
         sock_dir = Path(self.cfg.socket_path).parent
@@ -133,6 +149,9 @@ class Agent:
         self.lock_fd = fd
 
     def close(self) -> None:
+        if self.network:
+            self.network.close()
+            self.network = None
         if self.sensor:
             self.sensor.close()
             self.sensor = None
@@ -230,6 +249,14 @@ class Agent:
                 if name.endswith((".rodata", ".bss", ".data")) or name in ("abi_types",):
                     continue
                 maps.append(bpfinfo.map_row(m, s.info.pins.get(name)))
+        if self.network and self.network.dp.obj:
+            dp = self.network.dp
+            for name, fd, point in dp.programs():
+                progs.append(bpfinfo.program_row(name, fd, point))
+            for name, m in dp.maps().items():
+                if name.endswith(".rodata") or name == "dp_abi_types":
+                    continue
+                maps.append(bpfinfo.map_row(m, dp.pins.get(name), count_entries=name != "ct"))
         return {
             "version": __version__,
             "node_name": self.cfg.node_name,
@@ -254,6 +281,7 @@ class Agent:
                 "procs_map_full": kc.get("procs_full", 0),
             },
             "subscribers": len(self.subscribers),
+            "network": self.network.status() if self.network else None,
         }
 
     def bpf_list(self) -> dict[str, Any]:
@@ -270,6 +298,15 @@ class Agent:
             out["programs"].append({k: row[k] for k in ("id", "name", "type", "attach", "run_count")})
         for name, m in s.maps().items():
             out["maps"].append(bpfinfo.map_row(m, s.info.pins.get(name), count_entries=False) | {"owner": s.name})
+        if self.network and self.network.dp.obj:
+            dp = self.network.dp
+            for name, fd, point in dp.programs():
+                row = bpfinfo.program_row(name, fd, point)
+                out["programs"].append({k: row[k] for k in ("id", "name", "type", "attach", "run_count")})
+            for f in dp.filters():
+                out["links"].append({"id": 0, "program": f.prog.name, "attach": f.describe(), "pin": ""})
+            for name, m in dp.maps().items():
+                out["maps"].append(bpfinfo.map_row(m, dp.pins.get(name), count_entries=False) | {"owner": dp.name})
         return out
 
     # ------------------------------------------------------------------ serving
@@ -282,6 +319,9 @@ class Agent:
             loop.add_signal_handler(sig, self._stop.set)
         assert self.sensor and self.sensor.ring
         loop.add_reader(self.sensor.ring.fileno(), self.drain)
+        net = self.network
+        if net and net.dp.ring:
+            loop.add_reader(net.dp.ring.fileno(), net.drain)
         runner = await serve(self)
         self.say(self.summary(), flush=True)
 
@@ -289,13 +329,24 @@ class Agent:
             while True:
                 await asyncio.sleep(self.cfg.drain_interval)
                 self.drain()
+                if net:
+                    net.drain()
                 self.clock.resync()
 
-        task = asyncio.create_task(safety_net())
+        async def ct_gc() -> None:
+            while net:
+                await asyncio.sleep(30)
+                net.dp.ct_gc()
+
+        tasks = [asyncio.create_task(safety_net()), asyncio.create_task(ct_gc())]
         try:
             await self._stop.wait()
         finally:
-            task.cancel()
+            for t in tasks:
+                t.cancel()
+            if net and net.dp.ring:
+                loop.remove_reader(net.dp.ring.fileno())
+                net.drain()
             loop.remove_reader(self.sensor.ring.fileno())
             self.drain()
             await runner.cleanup()

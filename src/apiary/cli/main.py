@@ -15,6 +15,7 @@ from rich.table import Table
 from apiary import __version__
 
 from .client import AgentUnreachable, ApiError, Client
+from .network_cmds import endpoint, identity, observe, policy
 from .preflight_cmd import preflight
 
 
@@ -65,6 +66,19 @@ def cli(ctx: click.Context, socket_path: str | None) -> None:
 @click.option("--process-cache-size", default=65536, show_default=True, type=click.IntRange(min=64))
 @click.option("--event-history", default=4096, show_default=True, type=click.IntRange(min=0))
 @click.option("--no-bpf-stats", is_flag=True, help="Do not enable BPF run-time statistics.")
+@click.option("--no-network", is_flag=True, help="Process events only: no endpoints, policy or flows.")
+@click.option("--pod-cidr", default="10.200.0.0/16", show_default=True, help="IPv4 range for endpoints.")
+@click.option(
+    "--instance",
+    default="default",
+    show_default=True,
+    help="Tag in kernel object names (netns, cgroups), unique per agent on a node.",
+)
+@click.option(
+    "--enable-policy", type=click.Choice(["default", "always", "never"]), default="default", show_default=True
+)
+@click.option("--policy-audit-mode", is_flag=True, help="Report would-be drops as AUDIT and forward them.")
+@click.option("--flow-buffer", default=4095, show_default=True, type=click.IntRange(min=1))
 @click.pass_context
 def agent(
     ctx: click.Context,
@@ -75,6 +89,12 @@ def agent(
     process_cache_size: int,
     event_history: int,
     no_bpf_stats: bool,
+    no_network: bool,
+    pod_cidr: str,
+    instance: str,
+    enable_policy: str,
+    policy_audit_mode: bool,
+    flow_buffer: int,
 ) -> None:
     """Run the agent in the foreground (owns all BPF objects; serves the API)."""
     from apiary.agent.config import AgentConfig, default_socket
@@ -90,7 +110,22 @@ def agent(
         process_cache_size=process_cache_size,
         event_history=event_history,
         bpf_stats=not no_bpf_stats,
+        network=not no_network,
+        pod_cidr=pod_cidr,
+        instance=instance,
+        enable_policy=enable_policy,
+        policy_audit_mode=policy_audit_mode,
+        flow_buffer=flow_buffer,
     )
+    import ipaddress
+    import re
+
+    try:
+        ipaddress.IPv4Network(pod_cidr)
+    except ValueError as e:
+        _fail(f"--pod-cidr {pod_cidr}: {e}", 2)
+    if not re.fullmatch(r"[a-z0-9]{1,12}", instance):
+        _fail(f"--instance {instance!r}: 1-12 lower-case letters or digits", 2)
     if node_name:
         cfg.node_name = node_name
     a = Agent(cfg)
@@ -251,6 +286,8 @@ def bpf_list(ctx: click.Context, output: str) -> None:
 
 
 cli.add_command(preflight)
+for _cmd in (endpoint, identity, policy, observe):
+    cli.add_command(_cmd)
 
 
 def main() -> None:

@@ -21,8 +21,14 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import pyroute2.config
 from pyroute2 import IPRoute, NetNS, netns
 from pyroute2.netlink.exceptions import NetlinkError
+
+# pyroute2 forks helper children for netns work and stops them with SIGTERM. A child inherits the
+# agent's asyncio signal wake-up fd, so its Python SIGTERM handler would tell the *agent's* event loop
+# that the agent got SIGTERM. Children get the default SIGTERM action instead.
+pyroute2.config.disable_mp_signal = True
 
 NAME_RE = r"^[a-z0-9]([-a-z0-9.]{0,61}[a-z0-9])?$"
 
@@ -148,6 +154,8 @@ class EndpointManager:
             0,
             str(self.cgroup_parent / f"{namespace}_{name}"),
         )
+        if os.path.exists(ep.netns_path):  # left by an agent that died mid-way: ours by name, not in use
+            self._unplumb(ep)
         try:
             self._plumb(ep)
         except Exception as e:
@@ -158,24 +166,32 @@ class EndpointManager:
         return ep
 
     def _plumb(self, ep: Endpoint) -> None:
-        netns.create(ep.netns)
-        with IPRoute() as ipr:
-            ipr.link("add", ifname=ep.host_if, kind="veth", peer={"ifname": "eth0", "net_ns_fd": ep.netns})
-            idx = ipr.link_lookup(ifname=ep.host_if)[0]
-            ep.host_ifindex = idx
-            _sysctl(f"/proc/sys/net/ipv6/conf/{ep.host_if}/disable_ipv6", "1")
-            _sysctl(f"/proc/sys/net/ipv4/conf/{ep.host_if}/rp_filter", "0")
-            ipr.link("set", index=idx, state="up")
-            ipr.addr("add", index=idx, address=self.router, prefixlen=32)
-            ipr.route("add", dst=f"{ep.ipv4}/32", oif=idx, scope="link")
-        with NetNS(ep.netns) as ns:
-            lo = ns.link_lookup(ifname="lo")[0]
-            eth = ns.link_lookup(ifname="eth0")[0]
-            ns.link("set", index=lo, state="up")
-            ns.link("set", index=eth, state="up")
-            ns.addr("add", index=eth, address=ep.ipv4, prefixlen=32)
-            ns.route("add", dst=f"{self.router}/32", oif=eth, scope="link")
-            ns.route("add", dst="0.0.0.0/0", gateway=self.router, oif=eth)
+        step = f"create netns {ep.netns}"
+        try:
+            netns.create(ep.netns)
+            with IPRoute() as ipr:
+                step = f"create veth {ep.host_if}"
+                ipr.link("add", ifname=ep.host_if, kind="veth", peer={"ifname": "eth0", "net_ns_fd": ep.netns})
+                idx = ipr.link_lookup(ifname=ep.host_if)[0]
+                ep.host_ifindex = idx
+                _sysctl(f"/proc/sys/net/ipv6/conf/{ep.host_if}/disable_ipv6", "1")
+                _sysctl(f"/proc/sys/net/ipv4/conf/{ep.host_if}/rp_filter", "0")
+                ipr.link("set", index=idx, state="up")
+                step = f"add router address {self.router} to {ep.host_if}"
+                ipr.addr("add", index=idx, address=self.router, prefixlen=32)
+                step = f"route {ep.ipv4}/32 to {ep.host_if}"
+                ipr.route("add", dst=f"{ep.ipv4}/32", oif=idx, scope="link")
+            step = "configure eth0 inside the netns"
+            with NetNS(ep.netns) as ns:
+                lo = ns.link_lookup(ifname="lo")[0]
+                eth = ns.link_lookup(ifname="eth0")[0]
+                ns.link("set", index=lo, state="up")
+                ns.link("set", index=eth, state="up")
+                ns.addr("add", index=eth, address=ep.ipv4, prefixlen=32)
+                ns.route("add", dst=f"{self.router}/32", oif=eth, scope="link")
+                ns.route("add", dst="0.0.0.0/0", gateway=self.router, oif=eth)
+        except (OSError, NetlinkError) as e:
+            raise EndpointError(f"{step}: {e}") from e
         # no IPv6 inside: the datapath is IPv4 only, and router solicitations would be noise
         subprocess.run(
             ["ip", "netns", "exec", ep.netns, "sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1"],

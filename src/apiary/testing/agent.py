@@ -26,6 +26,9 @@ class AgentProcess:
         self.extra = extra
         self.proc: subprocess.Popen[str] | None = None
         self.log_path = self.dir / "agent.log"
+        h = int(self.tag, 16)
+        self.instance = self.tag
+        self.pod_cidr = f"10.{210 + h % 40}.{(h >> 8) % 256}.0/24"  # unique per test agent
 
     def cli(self, *args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -52,6 +55,10 @@ class AgentProcess:
                 str(self.dir / "state"),
                 "--node-name",
                 self.node_name,
+                "--instance",
+                self.instance,
+                "--pod-cidr",
+                self.pod_cidr,
                 *self.extra,
             ],
             stdout=self._log,
@@ -96,7 +103,15 @@ class AgentProcess:
         return rc
 
     def cleanup(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            try:  # endpoints outlive the agent by design: delete them through the API first
+                c = Client(self.socket, timeout=20)
+                for ep in c.get("/v1/endpoints"):
+                    c.http.delete(f"/v1/endpoints/{ep['namespace']}/{ep['name']}")
+            except Exception:  # noqa: BLE001 - the fallback below still removes the kernel objects
+                pass
         self.stop()
+        remove_instance_objects(self.instance, self.pod_cidr)
         shutil.rmtree(self.pin_root, ignore_errors=True)
         shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -105,6 +120,36 @@ class AgentProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.cleanup()
+
+
+def remove_instance_objects(instance: str, pod_cidr: str) -> None:
+    """Whatever an agent instance left in the kernel: its netns (veths go with them), cgroups, route."""
+    prefix = f"apiary-{instance}-"
+    for name in os.listdir("/run/netns") if os.path.isdir("/run/netns") else []:
+        if name.startswith(prefix):
+            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+    from apiary.loader.fs import cgroup2_root
+
+    root = cgroup2_root()
+    if root:
+        base = Path(root) / "apiary" / instance
+        if base.is_dir():
+            for child in base.iterdir():
+                if child.is_dir():
+                    kill = child / "cgroup.kill"
+                    if kill.exists():
+                        kill.write_text("1")
+                    for _ in range(100):
+                        try:
+                            child.rmdir()
+                            break
+                        except OSError:
+                            time.sleep(0.02)
+            try:
+                base.rmdir()
+            except OSError:
+                pass
+    subprocess.run(["ip", "route", "del", "unreachable", pod_cidr], capture_output=True)
 
 
 def is_root() -> bool:

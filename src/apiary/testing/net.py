@@ -20,7 +20,8 @@ class Net:
     def cli_ok(self, *args: str) -> str:
         r = self.agent.cli(*args)
         if r.returncode != 0:
-            raise AssertionError(f"apiary {' '.join(args)} failed ({r.returncode}): {r.stderr}")
+            log = self.agent.log()[-4000:]
+            raise AssertionError(f"apiary {' '.join(args)} failed ({r.returncode}): {r.stderr}\nagent log:\n{log}")
         return r.stdout
 
     def endpoint(self, name: str, namespace: str = "test-namespace", **labels: str) -> dict[str, Any]:
@@ -30,8 +31,21 @@ class Net:
         return json.loads(self.cli_ok(*args))
 
     def _exec(self, ep: str, *argv: str) -> list[str]:
-        return [sys.executable, "-m", "apiary", "--socket", self.agent.socket, "endpoint", "exec", ep, "--",
-                sys.executable, "-m", "apiary.testing.netprobe", *argv]
+        return [
+            sys.executable,
+            "-m",
+            "apiary",
+            "--socket",
+            self.agent.socket,
+            "endpoint",
+            "exec",
+            ep,
+            "--",
+            sys.executable,
+            "-m",
+            "apiary.testing.netprobe",
+            *argv,
+        ]
 
     def serve(self, ep: str, *argv: str) -> subprocess.Popen[str]:
         p = subprocess.Popen(self._exec(ep, *argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -1,0 +1,179 @@
+"""API routes of the network half: endpoints, identities, policies, explain, flows."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from apiary.datapath.datapath import CapacityError
+from apiary.datapath.endpoints import EndpointError
+from apiary.loader import BpfError
+from apiary.policy.load import PolicyError
+
+if TYPE_CHECKING:
+    from .daemon import Agent
+
+
+def _err(msg: str, status: int = 400, **extra: Any) -> web.Response:
+    return web.json_response({"error": msg, **extra}, status=status)
+
+
+def _policy_error(e: PolicyError) -> web.Response:
+    problems = [{"field": p.path, "reason": p.reason, "unsupported": p.unsupported} for p in e.problems]
+    n = len(problems)
+    return _err(f"policy rejected ({n} problem{'s' if n != 1 else ''}; nothing was changed)", 400, problems=problems)
+
+
+def add_routes(app: web.Application, agent: Agent) -> None:
+    def net() -> Any:
+        if agent.network is None:
+            raise web.HTTPServiceUnavailable(
+                text='{"error": "the network datapath is not running in this agent (started with --no-network)"}',
+                content_type="application/json",
+            )
+        return agent.network
+
+    async def call(fn: Any, *a: Any) -> web.Response:
+        """Network changes run one at a time on the network worker thread (netlink calls block)."""
+        try:
+            res = await asyncio.get_running_loop().run_in_executor(agent.net_pool, fn, *a)
+            return web.json_response(res)
+        except PolicyError as e:
+            return _policy_error(e)
+        except CapacityError as e:
+            return _err(str(e), 409)
+        except EndpointError as e:
+            return _err(str(e), 404 if str(e).startswith("no endpoint") else 400)
+        except BpfError as e:
+            return _err(str(e), 500)
+
+    async def endpoints(_: web.Request) -> web.Response:
+        n = net()
+        return await call(lambda: [n.endpoint_row(e) for e in n.em.endpoints.values()])
+
+    async def endpoint_get(request: web.Request) -> web.Response:
+        n = net()
+        return await call(lambda: n.endpoint_row(n.em.get(request.match_info["ref"])))
+
+    async def endpoint_create(request: web.Request) -> web.Response:
+        n = net()
+        try:
+            body = await request.json()
+            name, namespace = body["name"], body.get("namespace", "default")
+            labels = body.get("labels", {})
+            if not isinstance(labels, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
+            ):
+                return _err("labels: must be an object of string keys and values")
+        except (ValueError, KeyError, TypeError) as e:
+            return _err(f"body: expected JSON {{name, namespace, labels}}: {e}")
+        return await call(lambda: n.endpoint_row(n.create_endpoint(name, namespace, labels)))
+
+    async def endpoint_delete(request: web.Request) -> web.Response:
+        n = net()
+        return await call(lambda: n.endpoint_row(n.delete_endpoint(request.match_info["ref"])))
+
+    async def identities(_: web.Request) -> web.Response:
+        n = net()
+        users: dict[int, list[str]] = {}
+        for e in n.em.endpoints.values():
+            users.setdefault(n.identity_of(e), []).append(e.key)
+        rows = [
+            {"identity": i, "labels": list(lbls), "endpoints": users.get(i, [])}
+            for i, lbls in sorted(n.compiled.identities.items())
+        ]
+        return web.json_response(rows)
+
+    async def policies(_: web.Request) -> web.Response:
+        n = net()
+        return web.json_response({"revision": n.revision, "policies": n.policy_rows()})
+
+    async def policy_apply(request: web.Request) -> web.Response:
+        n = net()
+        text = await request.text()
+        return await call(lambda: {"revision_before": n.revision, "applied": n.apply(text)})
+
+    async def policy_get(request: web.Request) -> web.Response:
+        n = net()
+        name, ns = request.match_info["name"], request.query.get("namespace", "")
+        for p in n.policies.values():
+            if p.name == name and p.namespace == ns:
+                return web.json_response(
+                    {"kind": p.kind, "namespace": p.namespace, "name": p.name, "revision": p.revision, "yaml": p.source}
+                )
+        return _err(f"no policy {name!r}" + (f" in namespace {ns}" if ns else " at cluster scope"), 404)
+
+    async def policy_delete(request: web.Request) -> web.Response:
+        n = net()
+        return await call(n.delete_policy, request.match_info["name"], request.query.get("namespace", ""))
+
+    async def explain(request: web.Request) -> web.Response:
+        n = net()
+        q = request.query
+        try:
+            port_s, _, proto = q.get("port", "").partition("/")
+            port = int(port_s) if port_s else 0
+            if not 0 <= port <= 65535:
+                raise ValueError
+        except ValueError:
+            return _err("port: expected PORT[/PROTOCOL] with PORT 0-65535, e.g. 5678/TCP")
+        if "from" not in q or "to" not in q:
+            return _err("from and to are required (namespace/name of an endpoint, or an IPv4 address)")
+        return await call(n.explain, q["from"], q["to"], port, (proto or q.get("protocol") or "TCP").upper())
+
+    async def flows(request: web.Request) -> web.StreamResponse:
+        n = net()
+        q = request.query
+        pairs: list[tuple[str, str]] = []
+        for item in q.getall("filter", []):
+            flag, _, value = item.partition("=")
+            pairs.append((flag, value))
+        try:
+            flt = n.flow_filter(pairs)
+            last = int(q.get("last", "20"))
+            if last < 0:
+                raise ValueError("last: must be >= 0")
+        except ValueError as e:
+            return _err(str(e))
+        follow = q.get("follow", "0") in ("1", "true", "yes")
+        resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await resp.prepare(request)
+        import json
+
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=agent.cfg.client_queue)
+        if follow:
+            n.subscribers.append(queue)
+        try:
+            backlog = [f for f in n.flows.last(n.flows.capacity) if flt.matches(f)]
+            for f in backlog[-last:] if last else []:
+                await resp.write(json.dumps(f, separators=(",", ":")).encode() + b"\n")
+            if not follow:
+                return resp
+            dropped_seen = 0
+            while True:
+                f = await queue.get()
+                if flt.matches(f):
+                    await resp.write(json.dumps(f, separators=(",", ":")).encode() + b"\n")
+                if queue.qsize() == 0 and dropped_seen:
+                    dropped_seen = 0
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        finally:
+            if queue in n.subscribers:
+                n.subscribers.remove(queue)
+        return resp
+
+    r = app.router
+    r.add_get("/v1/endpoints", endpoints)
+    r.add_post("/v1/endpoints", endpoint_create)
+    r.add_get("/v1/endpoints/{ref:.+}", endpoint_get)
+    r.add_delete("/v1/endpoints/{ref:.+}", endpoint_delete)
+    r.add_get("/v1/identities", identities)
+    r.add_get("/v1/policies", policies)
+    r.add_post("/v1/policies", policy_apply)
+    r.add_get("/v1/policies/{name}", policy_get)
+    r.add_delete("/v1/policies/{name}", policy_delete)
+    r.add_get("/v1/policy/explain", explain)
+    r.add_get("/v1/flows", flows)

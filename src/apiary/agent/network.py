@@ -1,0 +1,367 @@
+"""Network half of the agent: endpoints, identities, policy repository, datapath, flows.
+
+Apply is all-or-nothing: parse -> compile the whole new policy set -> capacity check -> write the
+datapath (atomic per endpoint) -> only then commit to the repository and to disk. Any error before
+the write changes nothing; the repository is the single source the datapath is recomputed from.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pyroute2 import IPRoute
+
+from apiary.datapath import abi as dpabi
+from apiary.datapath.datapath import Datapath
+from apiary.datapath.endpoints import Endpoint, EndpointError, EndpointManager
+from apiary.loader.fs import cgroup2_root
+from apiary.observe.clock import KtimeClock
+from apiary.observe.flow_filters import FlowFilter
+from apiary.observe.flow_metrics import FlowMetrics
+from apiary.observe.hubble import EndpointInfo, FlowBuilder, FlowRing
+from apiary.policy.compile import EndpointSpec, compile_policies
+from apiary.policy.explain import endpoint_peer, explain, ip_peer
+from apiary.policy.identity import IdentityAllocator
+from apiary.policy.load import PolicyError, load_policies
+from apiary.policy.models import Problem
+from apiary.policy.types import CompiledPolicy, RuleRef
+
+from .config import AgentConfig
+
+
+@dataclass
+class StoredPolicy:
+    kind: str
+    namespace: str
+    name: str
+    revision: int
+    source: str  # the YAML document as the user wrote it
+    obj: Any  # the parsed policy
+
+
+def _policy_id(p: Any) -> tuple[str, str, str]:
+    return (p.kind, p.namespace if p.kind == "CiliumNetworkPolicy" else "", p.name)
+
+
+class Network:
+    def __init__(self, cfg: AgentConfig, clock: KtimeClock, registry: Any = None) -> None:
+        self.cfg = cfg
+        state = Path(cfg.state_dir)
+        cg = cgroup2_root()
+        if cg is None:
+            raise EndpointError("no cgroup v2 mount found (apiary preflight --fix mounts one)")
+        self.em = EndpointManager(cfg.pod_cidr, cfg.instance, cg, str(state / "endpoints.json"))
+        self.alloc = IdentityAllocator(str(state / "identities.json"))
+        self.dp = Datapath(
+            pin_dir=Path(cfg.pin_root) / "datapath",
+            wakeup_bytes=max(64, (4 << 20) // 16),
+            policy_max=cfg.policy_map_size,
+        )
+        self.dp.audit = cfg.policy_audit_mode
+        self.policy_file = state / "policies.json"
+        self.policies: dict[tuple[str, str, str], StoredPolicy] = {}
+        self.revision = 0
+        self.compiled = CompiledPolicy(0)
+        self.flows = FlowRing(cfg.flow_buffer)
+        self.builder = FlowBuilder(cfg.node_name, self, clock)
+        self.metrics = FlowMetrics(registry) if registry is not None else None
+        self.subscribers: list[asyncio.Queue[dict[str, Any]]] = []
+        self.flow_records = 0
+        self.decode_errors = 0
+        # read by the flow path on the event-loop thread; replaced whole after every change
+        self._by_id: dict[int, Endpoint] = {}
+        self._by_ip: dict[str, Endpoint] = {}
+        self._by_ifindex: dict[int, Endpoint] = {}
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> list[str]:
+        notes = []
+        self.em.setup_host()
+        self._load_policies()
+        self.dp.load()
+        lost = self.em.verify()
+        for key in lost:
+            notes.append(f"endpoint {key} lost its netns/veth while the agent was down: recreate it")
+        self._recompute()  # maps filled before programs are (re)attached: no window without policy
+        for ep in self.em.endpoints.values():
+            if ep.state == "ready":
+                self.dp.attach(ep)
+        notes.append(
+            f"datapath: {len(self.em.endpoints)} endpoints, {len(self.policies)} policies "
+            f"(revision {self.revision}), pod CIDR {self.cfg.pod_cidr}"
+        )
+        return notes
+
+    def close(self) -> None:
+        # endpoints keep their TC programs (and so their enforcement) while the agent is down
+        self.dp.close(detach=False)
+
+    def remove_everything(self) -> None:
+        for ep in list(self.em.endpoints.values()):
+            self.dp.forget(ep)
+        self.em.remove_all()
+
+    # ------------------------------------------------------------------ persistence
+    def _load_policies(self) -> None:
+        if not self.policy_file.exists():
+            return
+        data = json.loads(self.policy_file.read_text())
+        self.revision = data["revision"]
+        for rec in data["policies"]:
+            (obj,) = load_policies(rec["source"])
+            self.policies[_policy_id(obj)] = StoredPolicy(
+                rec["kind"], rec["namespace"], rec["name"], rec["revision"], rec["source"], obj
+            )
+
+    def _save_policies(self) -> None:
+        data = {
+            "revision": self.revision,
+            "policies": [
+                {"kind": p.kind, "namespace": p.namespace, "name": p.name, "revision": p.revision, "source": p.source}
+                for p in self.policies.values()
+            ],
+        }
+        tmp = self.policy_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=1))
+        os.replace(tmp, self.policy_file)
+
+    # ------------------------------------------------------------------ compile + write
+    def _specs(self) -> list[EndpointSpec]:
+        return [EndpointSpec(e.ep_id, e.name, e.namespace, e.labels, e.ipv4) for e in self.em.endpoints.values()]
+
+    def host_ips(self) -> list[str]:
+        ips = {self.em.router}
+        with IPRoute() as ipr:
+            for a in ipr.get_addr(family=2):
+                ips.add(a.get_attr("IFA_ADDRESS"))
+        return sorted(ips)
+
+    def _compile(self, policies: list[Any], revision: int) -> CompiledPolicy:
+        return compile_policies(
+            policies,
+            self._specs(),
+            host_ips=self.host_ips(),
+            enforcement=self.cfg.enable_policy,
+            audit=self.cfg.policy_audit_mode,
+            allocator=self.alloc,
+            revision=revision,
+        )
+
+    def _write(self, compiled: CompiledPolicy) -> None:
+        eps = {e.ep_id: e for e in self.em.endpoints.values() if e.state == "ready"}
+        ids = {e.ep_id: self.identity_of(e, compiled) for e in eps.values()}
+        self.dp.sync(compiled, eps, ids)
+        self.compiled = compiled
+        all_eps = list(self.em.endpoints.values())
+        self._by_id = {e.ep_id: e for e in all_eps}
+        self._by_ip = {e.ipv4: e for e in all_eps}
+        self._by_ifindex = {e.host_ifindex: e for e in all_eps}
+
+    def identity_of(self, ep: Endpoint, compiled: CompiledPolicy | None = None) -> int:
+        c = compiled or self.compiled
+        return c.ipcache.get(f"{ep.ipv4}/32", 0)
+
+    def _recompute(self) -> None:
+        self._write(self._compile([p.obj for p in self.policies.values()], self.revision))
+
+    # ------------------------------------------------------------------ endpoints
+    def create_endpoint(self, name: str, namespace: str, labels: dict[str, str]) -> Endpoint:
+        ep = self.em.create(name, namespace, labels)
+        try:
+            self._recompute()
+            self.dp.attach(ep)
+        except Exception:
+            self.dp.forget(ep)
+            self.em.delete(ep.key)
+            raise
+        return ep
+
+    def delete_endpoint(self, ref: str) -> Endpoint:
+        ep = self.em.get(ref)
+        self.dp.forget(ep)
+        self.em.delete(ep.key)
+        self._recompute()
+        self.em.teardown_host()
+        if not self.em.endpoints:
+            self.em.setup_host()
+        return ep
+
+    def endpoint_row(self, ep: Endpoint) -> dict[str, Any]:
+        pol = self.compiled.endpoints.get(ep.ep_id)
+        ident = self.identity_of(ep)
+        return {
+            "id": ep.ep_id,
+            "name": ep.name,
+            "namespace": ep.namespace,
+            "labels": ep.labels,
+            "identity": ident,
+            "ipv4": ep.ipv4,
+            "interface": ep.host_if,
+            "ifindex": ep.host_ifindex,
+            "netns": ep.netns_path,
+            "cgroup": ep.cgroup,
+            "state": ep.state,
+            "ingress_enforcement": bool(pol and pol.ingress_enforced),
+            "egress_enforcement": bool(pol and pol.egress_enforced),
+            "policy_entries": len(pol.entries) if pol else 0,
+        }
+
+    # ------------------------------------------------------------------ policies
+    def apply(self, text: str) -> list[dict[str, Any]]:
+        parsed = load_policies(text)  # PolicyError on any problem: nothing changes
+        docs = _split_docs(text)
+        new = dict(self.policies)
+        revision = self.revision + 1
+        result = []
+        for i, obj in enumerate(parsed):
+            pid = _policy_id(obj)
+            action = "configured" if pid in new else "created"
+            src = docs[i] if i < len(docs) else text
+            new[pid] = StoredPolicy(pid[0], pid[1], pid[2], revision, src, obj)
+            result.append({"kind": pid[0], "namespace": pid[1], "name": pid[2], "revision": revision, "action": action})
+        compiled = self._compile([p.obj for p in new.values()], revision)
+        self.dp.check_capacity(compiled)
+        self._write(compiled)
+        self.policies, self.revision = new, revision
+        self._save_policies()
+        return result
+
+    def delete_policy(self, name: str, namespace: str) -> dict[str, Any]:
+        hits = [k for k in self.policies if k[2] == name and k[1] == namespace]
+        if not hits:
+            where = f"namespace {namespace}" if namespace else "cluster scope"
+            raise PolicyError([Problem("metadata.name", f"no policy {name!r} in {where}")])
+        new = {k: v for k, v in self.policies.items() if k not in hits}
+        revision = self.revision + 1
+        self._write(self._compile([p.obj for p in new.values()], revision))
+        self.policies, self.revision = new, revision
+        self._save_policies()
+        return {"deleted": [f"{k[0]} {k[1]}/{k[2]}".replace(" /", " ") for k in hits], "revision": revision}
+
+    def policy_rows(self) -> list[dict[str, Any]]:
+        return [
+            {"kind": p.kind, "namespace": p.namespace, "name": p.name, "revision": p.revision}
+            for p in self.policies.values()
+        ]
+
+    def explain(self, src: str, dst: str, port: int, proto: str) -> dict[str, Any]:
+        try:
+            res = explain(
+                self.compiled, self._peer(src), self._peer(dst), port, proto, audit=self.cfg.policy_audit_mode
+            )
+        except ValueError as e:
+            raise EndpointError(str(e)) from e
+
+        def dec(d: Any) -> dict[str, Any] | None:
+            if d is None:
+                return None
+            rule = d.rule
+            return {
+                "verdict": d.verdict,
+                "reason": d.reason,
+                "rule": None
+                if rule is None
+                else {"policy": rule.policy, "namespace": rule.namespace, "kind": rule.kind, "section": rule.section},
+            }
+
+        return {
+            "verdict": res.verdict,
+            "text": res.sentence,
+            "egress": dec(res.egress),
+            "ingress": dec(res.ingress),
+            "revision": self.revision,
+        }
+
+    def _peer(self, ref: str) -> Any:
+        try:
+            ep = self.em.get(ref)
+            return endpoint_peer(self.compiled, EndpointSpec(ep.ep_id, ep.name, ep.namespace, ep.labels, ep.ipv4))
+        except EndpointError:
+            try:
+                ipaddress.IPv4Address(ref)
+            except ValueError:
+                raise EndpointError(f"{ref}: not an endpoint (namespace/name) nor an IPv4 address") from None
+            return ip_peer(self.compiled, ref)
+
+    # ------------------------------------------------------------------ flows
+    def handle_record(self, buf: memoryview) -> None:
+        self.flow_records += 1
+        try:
+            resp = self.builder.build(dpabi.decode_flow(buf))
+        except Exception:  # noqa: BLE001 - counted, never fatal
+            self.decode_errors += 1
+            return
+        self.flows.append(resp)
+        if self.metrics:
+            self.metrics.observe(resp)
+        for q in self.subscribers:
+            try:
+                q.put_nowait(resp)
+            except asyncio.QueueFull:
+                pass  # the follower notices through the ring's sequence numbers
+
+    def drain(self) -> int:
+        return self.dp.ring.consume(self.handle_record) if self.dp.ring else 0
+
+    def flow_filter(self, pairs: list[tuple[str, str]]) -> FlowFilter:
+        return FlowFilter.from_args(pairs)
+
+    # EndpointDirectory for the FlowBuilder
+    def endpoint(self, ep_id: int) -> EndpointInfo | None:
+        e = self._by_id.get(ep_id)
+        return self._info(e) if e else None
+
+    def endpoint_by_ip(self, ip: str) -> EndpointInfo | None:
+        e = self._by_ip.get(ip)
+        return self._info(e) if e else None
+
+    def _info(self, e: Endpoint) -> EndpointInfo:
+        ident = self.identity_of(e)
+        return EndpointInfo(e.ep_id, e.name, e.namespace, list(self.compiled.identities.get(ident, ())), ident, e.ipv4)
+
+    def identity_labels(self, identity: int) -> list[str]:
+        return list(self.compiled.identities.get(identity, ()))
+
+    def rule(self, rule_id: int) -> RuleRef | None:
+        rules = self.compiled.rules
+        return rules[rule_id] if 0 < rule_id < len(rules) else None
+
+    def ifname(self, ifindex: int) -> str | None:
+        e = self._by_ifindex.get(ifindex)
+        return e.host_if if e else None
+
+    def status(self) -> dict[str, Any]:
+        pm = self.dp.policy_map if self.dp.obj else None
+        used = sum(len(st.keys) for st in self.dp.eps.values())
+        return {
+            "endpoints": len(self.em.endpoints),
+            "policies": len(self.policies),
+            "revision": self.revision,
+            "policy_map": {
+                "entries": used,
+                "capacity": pm.max_entries if pm else 0,
+                "fill_pct": round(100 * used / pm.max_entries, 2) if pm else 0,
+            },
+            "ipcache_entries": len(self.compiled.ipcache),
+            "flows": {
+                "records": self.flow_records,
+                "kernel_lost": self.dp.lost() if self.dp.obj else 0,
+                "decode_errors": self.decode_errors,
+                "buffered": len(self.flows),
+                "capacity": self.cfg.flow_buffer,
+            },
+            "datapath_counters": self.dp.counters() if self.dp.obj else {},
+        }
+
+
+def _split_docs(text: str) -> list[str]:
+    """The YAML documents of a file as text (for storing each policy as its user wrote it)."""
+    import yaml
+
+    return [yaml.safe_dump(d, sort_keys=False) for d in yaml.safe_load_all(text) if d is not None]

@@ -1,0 +1,336 @@
+"""CLI for the network half: endpoints, identities, policies, explain, observe."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from .client import AgentUnreachable, ApiError, Client
+
+# hubble observe filter flags apiary understands (value-taking), in their long form
+FILTER_FLAGS = {
+    "--verdict",
+    "--from-pod",
+    "--to-pod",
+    "--pod",
+    "--from-namespace",
+    "--to-namespace",
+    "--namespace",
+    "--from-label",
+    "--to-label",
+    "--label",
+    "--from-identity",
+    "--to-identity",
+    "--identity",
+    "--from-ip",
+    "--to-ip",
+    "--ip",
+    "--port",
+    "--from-port",
+    "--to-port",
+    "--protocol",
+    "--type",
+    "--traffic-direction",
+    "--drop-reason-desc",
+}
+SHORT = {"-n": "--namespace", "-l": "--label", "-t": "--type"}
+
+
+def _client(ctx: click.Context) -> Client:
+    return Client(ctx.obj.get("socket"))
+
+
+def _fail(msg: str, code: int = 1) -> None:
+    click.echo(f"apiary: {msg}", err=True)
+    sys.exit(code)
+
+
+def _req(ctx: click.Context, method: str, path: str, **kw: Any) -> Any:
+    c = _client(ctx)
+    try:
+        r = c.http.request(method, path, **kw)
+    except Exception as e:  # noqa: BLE001 - connection problems become one line
+        import httpx
+
+        if isinstance(e, httpx.ConnectError | FileNotFoundError):
+            _fail(str(c._unreachable()))
+        raise
+    if r.status_code >= 400:
+        try:
+            body = r.json()
+        except ValueError:
+            body = {"error": r.text}
+        msg = body.get("error", r.text)
+        for p in body.get("problems", []) or []:
+            if p.get("unsupported"):
+                msg += f"\n  unsupported: {p['field']} ({p['reason']})"
+            else:
+                msg += f"\n  {p['field']}: {p['reason']}" if p["field"] else f"\n  {p['reason']}"
+        _fail(msg, 1)
+    return r.json()
+
+
+def _console() -> Console:
+    return Console(no_color=bool(os.environ.get("NO_COLOR")), highlight=False)
+
+
+def _labels(values: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for item in values:
+        for part in item.split(","):
+            if not part:
+                continue
+            k, eq, v = part.partition("=")
+            if not eq or not k:
+                raise click.BadParameter(f"{part!r}: expected key=value", param_hint="--labels")
+            out[k] = v
+    return out
+
+
+# ------------------------------------------------------------------------------- endpoint
+@click.group()
+def endpoint() -> None:
+    """Endpoints: a netns + veth + cgroup with labels (a "pod")."""
+
+
+@endpoint.command("create")
+@click.argument("name")
+@click.option("--labels", "-l", multiple=True, help="key=value[,key=value] (repeatable)")
+@click.option("--namespace", "-n", default="default", show_default=True)
+@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text")
+@click.pass_context
+def endpoint_create(ctx: click.Context, name: str, labels: tuple[str, ...], namespace: str, output: str) -> None:
+    """Create an endpoint."""
+    row = _req(ctx, "POST", "/v1/endpoints", json={"name": name, "namespace": namespace, "labels": _labels(labels)})
+    if output == "json":
+        click.echo(json.dumps(row, indent=2))
+    else:
+        click.echo(
+            f"endpoint {row['namespace']}/{row['name']} created: id {row['id']}, identity "
+            f"{row['identity']}, IPv4 {row['ipv4']}, interface {row['interface']}"
+        )
+
+
+@endpoint.command("list")
+@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
+@click.pass_context
+def endpoint_list(ctx: click.Context, output: str) -> None:
+    """List endpoints with identity, IPv4 and policy enforcement."""
+    rows = _req(ctx, "GET", "/v1/endpoints")
+    if output == "json":
+        click.echo(json.dumps(rows, indent=2))
+        return
+    t = Table("ENDPOINT", "NAME", "IDENTITY", "LABELS", "IPv4", "INGRESS ENFORCEMENT", "EGRESS ENFORCEMENT", "STATE")
+    for r in rows:
+        t.add_row(
+            str(r["id"]),
+            f"{r['namespace']}/{r['name']}",
+            str(r["identity"]),
+            ",".join(f"{k}={v}" for k, v in sorted(r["labels"].items())),
+            r["ipv4"],
+            "Enabled" if r["ingress_enforcement"] else "Disabled",
+            "Enabled" if r["egress_enforcement"] else "Disabled",
+            r["state"],
+        )
+    _console().print(t)
+
+
+@endpoint.command("get")
+@click.argument("ref")
+@click.pass_context
+def endpoint_get(ctx: click.Context, ref: str) -> None:
+    """Show one endpoint (namespace/name or name)."""
+    click.echo(json.dumps(_req(ctx, "GET", f"/v1/endpoints/{ref}"), indent=2))
+
+
+@endpoint.command("delete")
+@click.argument("refs", nargs=-1, required=True)
+@click.pass_context
+def endpoint_delete(ctx: click.Context, refs: tuple[str, ...]) -> None:
+    """Delete endpoints and every kernel object they own."""
+    for ref in refs:
+        row = _req(ctx, "DELETE", f"/v1/endpoints/{ref}")
+        click.echo(f"endpoint {row['namespace']}/{row['name']} deleted")
+
+
+@endpoint.command("exec", context_settings={"ignore_unknown_options": True})
+@click.argument("ref")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.pass_context
+def endpoint_exec(ctx: click.Context, ref: str, command: tuple[str, ...]) -> None:
+    """Run a command inside the endpoint's netns and cgroup: apiary endpoint exec NAME -- CMD..."""
+    row = _req(ctx, "GET", f"/v1/endpoints/{ref}")
+    try:
+        with open(os.path.join(row["cgroup"], "cgroup.procs"), "w") as f:
+            f.write(str(os.getpid()))
+    except OSError as e:
+        _fail(f"join the cgroup of {ref}: {e}")
+    ns = os.path.basename(row["netns"])
+    os.execvp("ip", ["ip", "netns", "exec", ns, *command])
+
+
+# ------------------------------------------------------------------------------- identity
+@click.group()
+def identity() -> None:
+    """Security identities."""
+
+
+@identity.command("list")
+@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
+@click.pass_context
+def identity_list(ctx: click.Context, output: str) -> None:
+    """Numeric identity <-> label set, reserved ones included."""
+    rows = _req(ctx, "GET", "/v1/identities")
+    if output == "json":
+        click.echo(json.dumps(rows, indent=2))
+        return
+    t = Table("ID", "LABELS", "ENDPOINTS")
+    for r in rows:
+        t.add_row(str(r["identity"]), "\n".join(r["labels"]), ", ".join(r["endpoints"]))
+    _console().print(t)
+
+
+# ------------------------------------------------------------------------------- policy
+@click.group()
+def policy() -> None:
+    """CiliumNetworkPolicy / CiliumClusterwideNetworkPolicy."""
+
+
+@policy.command("apply")
+@click.option("-f", "--file", "path", required=True, type=click.Path(dir_okay=False, allow_dash=True))
+@click.pass_context
+def policy_apply(ctx: click.Context, path: str) -> None:
+    """Apply every policy in a YAML file, all or nothing."""
+    try:
+        text = sys.stdin.read() if path == "-" else open(path).read()
+    except OSError as e:
+        _fail(f"-f {path}: {e.strerror}", 2)
+    res = _req(ctx, "POST", "/v1/policies", content=text.encode(), headers={"Content-Type": "application/yaml"})
+    for a in res["applied"]:
+        where = f"{a['namespace']}/" if a["namespace"] else ""
+        click.echo(f"{a['kind'].lower()}.cilium.io/{where}{a['name']} {a['action']} (revision {a['revision']})")
+
+
+@policy.command("list")
+@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
+@click.pass_context
+def policy_list(ctx: click.Context, output: str) -> None:
+    """Policies in force and the policy revision."""
+    res = _req(ctx, "GET", "/v1/policies")
+    if output == "json":
+        click.echo(json.dumps(res, indent=2))
+        return
+    t = Table("KIND", "NAMESPACE", "NAME", "REVISION", title=f"policy revision {res['revision']}", title_justify="left")
+    for p in res["policies"]:
+        t.add_row(p["kind"], p["namespace"] or "-", p["name"], str(p["revision"]))
+    _console().print(t)
+
+
+@policy.command("get")
+@click.argument("name")
+@click.option("--namespace", "-n", default="", help="Namespace (empty: cluster-wide policy).")
+@click.pass_context
+def policy_get(ctx: click.Context, name: str, namespace: str) -> None:
+    """Print a policy as applied."""
+    click.echo(_req(ctx, "GET", f"/v1/policies/{name}", params={"namespace": namespace})["yaml"], nl=False)
+
+
+@policy.command("delete")
+@click.argument("name")
+@click.option("--namespace", "-n", default="", help="Namespace (empty: cluster-wide policy).")
+@click.pass_context
+def policy_delete(ctx: click.Context, name: str, namespace: str) -> None:
+    """Delete a policy."""
+    res = _req(ctx, "DELETE", f"/v1/policies/{name}", params={"namespace": namespace})
+    click.echo(f"deleted {', '.join(res['deleted'])} (revision {res['revision']})")
+
+
+@policy.command("explain")
+@click.option("--from", "src", required=True, help="namespace/name of an endpoint, or an IPv4 address")
+@click.option("--to", "dst", required=True, help="namespace/name of an endpoint, or an IPv4 address")
+@click.option("--port", default="", help="PORT[/PROTOCOL], e.g. 5678/TCP; ICMP: TYPE/ICMP")
+@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text")
+@click.pass_context
+def policy_explain(ctx: click.Context, src: str, dst: str, port: str, output: str) -> None:
+    """Would SRC reach DST:PORT? Decided by the same code that writes the maps."""
+    res = _req(ctx, "GET", "/v1/policy/explain", params={"from": src, "to": dst, "port": port})
+    if output == "json":
+        click.echo(json.dumps(res, indent=2))
+    else:
+        click.echo(res.get("text") or json.dumps(res, indent=2))
+
+
+# ------------------------------------------------------------------------------- observe
+@click.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.option("--last", type=click.IntRange(min=0), default=20, show_default=True)
+@click.option("-f", "--follow", is_flag=True)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Choice(["compact", "json", "jsonpb", "table", "dict"]),
+    default="compact",
+    show_default=True,
+)
+@click.option("--print-policy-names", is_flag=True)
+@click.option("--color", type=click.Choice(["auto", "always", "never"]), default="auto", show_default=True)
+@click.pass_context
+def observe(ctx: click.Context, last: int, follow: bool, output: str, print_policy_names: bool, color: str) -> None:
+    """Hubble flows: `hubble observe` filters (--verdict, --from-pod, --to-pod, --port, --protocol, --not, ...)."""
+    from apiary.observe import hubble
+
+    pairs: list[tuple[str, str]] = []
+    args = list(ctx.args)
+    i = 0
+    while i < len(args):
+        a = args[i]
+        flag, eq, val = a.partition("=")
+        flag = SHORT.get(flag, flag)
+        if flag == "--not":
+            pairs.append(("--not", ""))
+            i += 1
+            continue
+        if flag not in FILTER_FLAGS:
+            _fail(f"observe: no such option: {a} (filters: {', '.join(sorted(FILTER_FLAGS | {'--not'}))})", 2)
+        if not eq:
+            if i + 1 >= len(args):
+                _fail(f"observe: {flag} needs a value", 2)
+            val = args[i + 1]
+            i += 1
+        pairs.append((flag, val))
+        i += 1
+    if output == "table" and follow:
+        _fail("observe: -o table cannot be used with --follow (as in hubble)", 2)
+    try:
+        from apiary.observe.flow_filters import FlowFilter
+
+        FlowFilter.from_args(pairs)
+    except ValueError as e:
+        _fail(str(e), 2)
+    params: list[tuple[str, str]] = [("filter", f"{k}={v}") for k, v in pairs]
+    params += [("last", str(last)), ("follow", "1" if follow else "0")]
+    use_color = color == "always" or (color == "auto" and sys.stdout.isatty() and not os.environ.get("NO_COLOR"))
+    rows = []
+    try:
+        for resp in _client(ctx).stream("/v1/flows", params):
+            if output in ("json", "jsonpb"):
+                click.echo(json.dumps(resp, separators=(",", ":")))
+            elif output == "table":
+                rows.append(resp)
+            elif output == "dict":
+                click.echo(hubble.dict_format(resp))
+            else:
+                click.echo(hubble.compact(resp, color=use_color, print_policy_names=print_policy_names))
+    except AgentUnreachable as e:
+        _fail(str(e))
+    except ApiError as e:
+        _fail(str(e), 2)
+    except KeyboardInterrupt:
+        pass
+    if output == "table":
+        click.echo(hubble.table(rows))

@@ -1,0 +1,266 @@
+"""Policies + endpoints -> desired datapath state (:class:`CompiledPolicy`): per-endpoint LPM entries,
+rule attribution, identities and the ipcache. Pure: no kernel, no I/O besides the identity allocator.
+
+Map semantics (see types.py): the datapath looks up (remote identity) and (identity 0) separately,
+longest prefix wins in each lookup and a deny from either wins. Deny precedence inside one identity
+sub-space is resolved here: an allow covered by a less specific deny of the same identity becomes a deny.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from ipaddress import IPv4Network
+from typing import Any, Literal
+
+from .identity import (
+    RESERVED_IDENTITIES,
+    IdentityAllocator,
+    build_ipcache,
+    cidr_labels,
+    cidr_selection,
+    endpoint_labels,
+)
+from .load import unsupported_problems
+from .models import SECTIONS, CIDRRule, PolicyError, Rule, parse_cidr
+from .models import Policy as PolicyModel
+from .selectors import Selector, entity_identities, peer_selector, select, subject_selector
+from .types import (
+    EGRESS,
+    ID_UNKNOWN,
+    INGRESS,
+    PROTO_ANY,
+    PROTO_ICMP,
+    PROTO_SCTP,
+    PROTO_TCP,
+    PROTO_UDP,
+    CompiledPolicy,
+    EndpointPolicy,
+    PolicyEntry,
+    PolicyKey,
+    RuleRef,
+)
+
+__all__ = ["EndpointSpec", "Enforcement", "check_capacity", "compile_policies", "port_blocks"]
+
+Enforcement = Literal["default", "always", "never"]
+PROTO_NUMBERS = {"TCP": PROTO_TCP, "UDP": PROTO_UDP, "SCTP": PROTO_SCTP}
+DEFAULT_DENY_RULE = RuleRef("", "", "", "default deny", 0)
+
+
+@dataclass(frozen=True)
+class EndpointSpec:
+    ep_id: int
+    name: str
+    namespace: str
+    labels: dict[str, str] = field(default_factory=dict)
+    ipv4: str = ""
+
+
+@dataclass
+class _Rule:
+    policy: PolicyModel
+    path: str  # "spec" or "specs[i]"
+    rule: Rule
+    subject: Selector
+    index: int  # position among all rules, for caches
+
+
+def port_blocks(first: int, last: int) -> Iterator[tuple[int, int]]:
+    """Decompose the inclusive range first..last into aligned power-of-two blocks (port, prefix length)."""
+    while first <= last:
+        size = first & -first or 1 << 16
+        while size > last - first + 1:
+            size >>= 1
+        yield first, 17 - size.bit_length()
+        first += size
+
+
+def _v4(text: str) -> IPv4Network:
+    net = parse_cidr(text, bare_ip=True)
+    if not isinstance(net, IPv4Network):
+        raise PolicyError(f"IPv6 CIDR {text} cannot be compiled: the datapath is IPv4-only")
+    return net
+
+
+def _l4(item: Any) -> list[tuple[int, int, int]]:
+    """(proto, port, port_prefix) triples of an item; L3-only items give the any-protocol triple."""
+    if not item.to_ports and not item.icmps:
+        return [(PROTO_ANY, 0, 0)]
+    out: dict[tuple[int, int, int], None] = {}
+    for port_rule in item.to_ports or []:
+        for pp in port_rule.ports or []:
+            n = pp.number
+            if n is None:
+                raise PolicyError(f"named port {pp.port!r} cannot be compiled")
+            blocks = [(0, 0)] if n == 0 else list(port_blocks(n, max(n, pp.end_port or 0)))
+            protos = PROTO_NUMBERS.values() if pp.protocol == "ANY" else [PROTO_NUMBERS[pp.protocol]]
+            out.update(((proto, port, plen), None) for proto in protos for port, plen in blocks)
+    for icmp in item.icmps or []:
+        out.update(((PROTO_ICMP, f.code, 16), None) for f in icmp.fields or [])
+    return list(out)
+
+
+class _Compiler:
+    def __init__(self, rules: list[_Rule], identities: dict[int, tuple[str, ...]],
+                 cidr_ids: dict[IPv4Network, int], revision: int, audit: bool) -> None:
+        self.rules, self.identities, self.cidr_ids = rules, identities, cidr_ids
+        self.revision, self.audit = revision, audit
+        self.refs: list[RuleRef] = [DEFAULT_DENY_RULE]
+        self._ref_ids: dict[tuple[int, str], int] = {}
+        self._peers: dict[tuple[int, str], set[int]] = {}
+
+    def ref(self, r: _Rule, section: str) -> int:
+        key = (r.index, section)
+        if key not in self._ref_ids:
+            p = r.policy
+            labels = (f"k8s:io.cilium.k8s.policy.derived-from={p.kind}", f"k8s:io.cilium.k8s.policy.name={p.name}")
+            if p.namespace:
+                labels += (f"k8s:io.cilium.k8s.policy.namespace={p.namespace}",)
+            prefix = "" if r.path == "spec" else f"{r.path}."
+            self._ref_ids[key] = len(self.refs)
+            self.refs.append(RuleRef(p.name, p.namespace, p.kind, prefix + section, self.revision,
+                                     labels + r.rule.label_strings(), r.rule.description or ""))
+        return self._ref_ids[key]
+
+    def _cidr(self, text: str, excepts: Iterable[str] = ()) -> set[int]:
+        return cidr_selection(_v4(text), [_v4(e) for e in excepts], self.cidr_ids)
+
+    def peers(self, r: _Rule, section: str, item: Any, direction: int) -> set[int]:
+        """Remote identities an item selects; {0} = any identity."""
+        key = (r.index, section)
+        if key in self._peers:
+            return self._peers[key]
+        side = "from" if direction == INGRESS else "to"
+        endpoints: list[Any] | None = getattr(item, f"{side}_endpoints")
+        cidrs: list[str] | None = getattr(item, f"{side}_cidr")
+        cidr_sets: list[CIDRRule] | None = getattr(item, f"{side}_cidr_set")
+        entities: list[str] | None = getattr(item, f"{side}_entities")
+        out: set[int] = set()
+        if endpoints is None and cidrs is None and cidr_sets is None and entities is None:
+            # no L3 peer at all: a port/ICMP rule applies to any identity; an empty item allows nothing
+            out = {ID_UNKNOWN} if item.to_ports or item.icmps else set()
+        else:  # an explicitly empty list selects nothing
+            ns = r.policy.namespace
+            out |= select([peer_selector(s, ns) for s in endpoints or []], self.identities)
+            for c in cidrs or []:
+                out |= self._cidr(c)
+            for cs in cidr_sets or []:
+                out |= self._cidr(cs.cidr or "", cs.except_ or [])
+            for e in entities or []:
+                out |= entity_identities(e, self.identities)
+        if ID_UNKNOWN in out:
+            out = {ID_UNKNOWN}
+        self._peers[key] = out
+        return out
+
+    def direction(self, ep_id: int, direction: int, selecting: list[_Rule],
+                  enforcement: Enforcement) -> tuple[bool, dict[PolicyKey, PolicyEntry]]:
+        ingress = direction == INGRESS
+        sections = SECTIONS[:2] if ingress else SECTIONS[2:]
+        with_rules = [r for r in selecting if any(getattr(r.rule, attr) for attr, _ in sections)]
+        default_deny = enforcement == "always" or any(r.rule.default_deny(ingress) for r in selecting)
+        if not with_rules and not default_deny:
+            return False, {}
+        entries: dict[PolicyKey, PolicyEntry] = {}
+        for r in with_rules:
+            for attr, name in sections:
+                deny = attr.endswith("_deny")
+                for i, item in enumerate(getattr(r.rule, attr) or []):
+                    section = f"{name}[{i}]"
+                    keys = [PolicyKey(ep_id, direction, ident, proto, port, plen)
+                            for ident in sorted(self.peers(r, section, item, direction))
+                            for proto, port, plen in _l4(item)]
+                    if keys:
+                        entry = PolicyEntry(deny, self.ref(r, section), self.audit and deny)
+                        for key in keys:
+                            _merge(entries, key, entry)
+        if not default_deny:  # only additive rules (enableDefaultDeny false): everything not denied is allowed
+            r = with_rules[0]
+            entry = PolicyEntry(False, self.ref(r, f"enableDefaultDeny.{'ingress' if ingress else 'egress'}"))
+            _merge(entries, PolicyKey(ep_id, direction, ID_UNKNOWN, PROTO_ANY, 0, 0), entry)
+        _deny_precedence(entries)
+        return True, entries
+
+
+def _merge(entries: dict[PolicyKey, PolicyEntry], key: PolicyKey, entry: PolicyEntry) -> None:
+    """Same key from several rules: deny beats allow; otherwise the first rule keeps the attribution."""
+    old = entries.get(key)
+    if old is None or (entry.deny and not old.deny):
+        entries[key] = entry
+
+
+def _deny_precedence(entries: dict[PolicyKey, PolicyEntry]) -> None:
+    """Turn every allow covered by a less specific deny of the same identity into that deny."""
+    denies: dict[tuple[int, int, int], list[PolicyKey]] = defaultdict(list)
+    for k, e in entries.items():
+        if e.deny:
+            denies[(k.ep_id, k.direction, k.identity)].append(k)
+    for k, e in list(entries.items()):
+        if e.deny:
+            continue
+        covering = [d for d in denies.get((k.ep_id, k.direction, k.identity), ()) if d.covers(k)]
+        if covering:
+            best = max(covering, key=lambda d: (d.proto != PROTO_ANY, d.port_prefix))
+            entries[k] = entries[best]
+
+
+def _prefixes(rule: Rule) -> Iterator[IPv4Network]:
+    for attr, _ in SECTIONS:
+        for item in getattr(rule, attr) or []:
+            side = "from" if attr.startswith("ingress") else "to"
+            yield from (_v4(c) for c in getattr(item, f"{side}_cidr") or [])
+            for cs in getattr(item, f"{side}_cidr_set") or []:
+                yield from (_v4(c) for c in [cs.cidr or "", *(cs.except_ or [])])
+
+
+def compile_policies(policies: Sequence[PolicyModel], endpoints: Sequence[EndpointSpec], *,
+                     host_ips: Iterable[str] = (), enforcement: Enforcement = "default", audit: bool = False,
+                     allocator: IdentityAllocator | None = None, revision: int = 0) -> CompiledPolicy:
+    """Desired state for the node. ``policies`` come from :func:`apiary.policy.load.load_policies`."""
+    if enforcement not in ("default", "always", "never"):
+        raise ValueError(f"enforcement must be default, always or never, not {enforcement!r}")
+    problems = [problem for p in policies for problem in unsupported_problems(p)]
+    if problems:
+        raise PolicyError(problems)
+    allocator = allocator or IdentityAllocator(None)
+    rules = []
+    for p in policies:
+        for path, rule in p.rules():
+            assert rule.endpoint_selector is not None, "host policies are rejected at load"
+            rules.append(_Rule(p, path, rule, subject_selector(rule.endpoint_selector, p.namespace), len(rules)))
+
+    # the node's identities: reserved, its endpoints, the CIDRs its policies reference
+    identities = dict(RESERVED_IDENTITIES)
+    ep_identity: dict[int, int] = {}
+    for ep in endpoints:
+        labels = endpoint_labels(ep.labels, ep.namespace)
+        ep_identity[ep.ep_id] = allocator.allocate(labels)
+        identities[ep_identity[ep.ep_id]] = labels
+    cidr_ids = {}
+    prefixes = {p for r in rules for p in _prefixes(r.rule) if p.prefixlen}
+    for prefix in sorted(prefixes, key=lambda n: (n.prefixlen, n)):
+        cidr_ids[prefix] = allocator.allocate_cidr(prefix)
+        identities[cidr_ids[prefix]] = cidr_labels(prefix)
+
+    ipcache = build_ipcache({ep.ipv4: ep_identity[ep.ep_id] for ep in endpoints if ep.ipv4}, host_ips, cidr_ids)
+    compiler = _Compiler(rules, identities, cidr_ids, revision, audit)
+    compiled = CompiledPolicy(revision=revision, rules=compiler.refs, ipcache=ipcache, identities=identities)
+    for ep in endpoints:
+        epp = EndpointPolicy(ep.ep_id, ingress_enforced=False, egress_enforced=False)
+        if enforcement != "never":
+            labels = identities[ep_identity[ep.ep_id]]
+            selecting = [r for r in rules if r.subject.matches(labels)]
+            epp.ingress_enforced, ingress = compiler.direction(ep.ep_id, INGRESS, selecting, enforcement)
+            epp.egress_enforced, egress = compiler.direction(ep.ep_id, EGRESS, selecting, enforcement)
+            epp.entries = {**ingress, **egress}
+        compiled.endpoints[ep.ep_id] = epp
+    return compiled
+
+
+def check_capacity(compiled: CompiledPolicy, max_entries: int) -> None:
+    """Raise before anything is written when the policy map cannot hold the desired state."""
+    need = sum(len(ep.entries) for ep in compiled.endpoints.values())
+    if need > max_entries:
+        raise PolicyError(f"policy map would need {need} entries, capacity {max_entries}")

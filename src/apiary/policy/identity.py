@@ -1,0 +1,165 @@
+"""Numeric security identities: reserved ones, label-set identities (stable across restarts), CIDR
+identities in the local scope, and the ipcache (IPv4 prefix -> identity, longest prefix wins)."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from ipaddress import IPv4Network
+
+from .selectors import CLUSTER_KEY, CLUSTER_NAME, NAMESPACE_KEY
+from .types import (
+    ID_HEALTH,
+    ID_HOST,
+    ID_INGRESS,
+    ID_INIT,
+    ID_KUBE_APISERVER,
+    ID_REMOTE_NODE,
+    ID_UNMANAGED,
+    ID_WORLD,
+    LOCAL_SCOPE,
+    MIN_CLUSTER_IDENTITY,
+)
+
+MAX_CLUSTER_IDENTITY = 0xFFFF  # cluster 0 allocates 256..65535
+MAX_LOCAL_IDENTITY = LOCAL_SCOPE + 0xFFFFFF
+
+RESERVED_IDENTITIES: dict[int, tuple[str, ...]] = {
+    ID_HOST: ("reserved:host",),
+    ID_WORLD: ("reserved:world",),
+    ID_UNMANAGED: ("reserved:unmanaged",),
+    ID_HEALTH: ("reserved:health",),
+    ID_INIT: ("reserved:init",),
+    ID_REMOTE_NODE: ("reserved:remote-node",),
+    ID_KUBE_APISERVER: ("reserved:kube-apiserver", "reserved:remote-node"),
+    ID_INGRESS: ("reserved:ingress",),
+}
+_RESERVED_BY_LABELS = {labels: ident for ident, labels in RESERVED_IDENTITIES.items()}
+
+
+def endpoint_labels(labels: Mapping[str, str], namespace: str) -> tuple[str, ...]:
+    """The identity label set of an endpoint: its labels as ``k8s:key=value`` plus namespace and cluster."""
+    out = {f"k8s:{k}={v}" for k, v in labels.items()}
+    out |= {f"k8s:{NAMESPACE_KEY}={namespace}", f"k8s:{CLUSTER_KEY}={CLUSTER_NAME}"}
+    return tuple(sorted(out))
+
+
+def cidr_labels(prefix: IPv4Network) -> tuple[str, ...]:
+    return (f"cidr:{prefix}", "reserved:world")
+
+
+class IdentityAllocator:
+    """Label set -> numeric identity. Identities for label sets with a ``cidr:`` label are allocated in
+    the local scope (LOCAL_SCOPE + n), others from 256. With ``state_path`` the table is persisted
+    (JSON, written to a temporary file then renamed) so numbers survive restarts. Released numbers are
+    never handed out again."""
+
+    def __init__(self, state_path: str | None = None) -> None:
+        self.state_path = state_path
+        self._by_labels: dict[tuple[str, ...], int] = {}
+        self._next_global = MIN_CLUSTER_IDENTITY
+        self._next_local = LOCAL_SCOPE + 1
+        if state_path and os.path.exists(state_path):
+            self._load(state_path)
+
+    def _load(self, path: str) -> None:
+        try:
+            with open(path) as f:
+                state = json.load(f)
+            self._next_global = int(state["next_global"])
+            self._next_local = int(state["next_local"])
+            self._by_labels = {tuple(e["labels"]): int(e["id"]) for e in state["identities"]}
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise RuntimeError(f"identity state {path} is unreadable ({e}); refusing to renumber identities") from e
+
+    def _save(self) -> None:
+        if not self.state_path:
+            return
+        state = {
+            "next_global": self._next_global,
+            "next_local": self._next_local,
+            "identities": [{"id": i, "labels": list(lbls)} for lbls, i in sorted(self._by_labels.items(),
+                                                                                key=lambda kv: kv[1])],
+        }
+        directory = os.path.dirname(os.path.abspath(self.state_path))
+        fd, tmp = tempfile.mkstemp(prefix=".identities.", dir=directory)
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(state, f, indent=1)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.state_path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    def allocate(self, labels: Iterable[str]) -> int:
+        key = tuple(sorted(set(labels)))
+        if key in _RESERVED_BY_LABELS:
+            return _RESERVED_BY_LABELS[key]
+        if key in self._by_labels:
+            return self._by_labels[key]
+        if any(lbl.startswith("cidr:") for lbl in key):
+            if self._next_local > MAX_LOCAL_IDENTITY:
+                raise RuntimeError("local identity space exhausted")
+            ident, self._next_local = self._next_local, self._next_local + 1
+        else:
+            if self._next_global > MAX_CLUSTER_IDENTITY:
+                raise RuntimeError("cluster identity space exhausted (256..65535)")
+            ident, self._next_global = self._next_global, self._next_global + 1
+        self._by_labels[key] = ident
+        self._save()
+        return ident
+
+    def allocate_cidr(self, prefix: IPv4Network) -> int:
+        return self.allocate(cidr_labels(prefix))
+
+    def lookup(self, labels: Iterable[str]) -> int | None:
+        key = tuple(sorted(set(labels)))
+        return _RESERVED_BY_LABELS.get(key, self._by_labels.get(key))
+
+    def release(self, identity: int) -> None:
+        for key, ident in list(self._by_labels.items()):
+            if ident == identity:
+                del self._by_labels[key]
+                self._save()
+
+    def identities(self) -> dict[int, tuple[str, ...]]:
+        """Every identity this allocator knows, reserved ones included."""
+        return {**RESERVED_IDENTITIES, **{i: lbls for lbls, i in self._by_labels.items()}}
+
+
+def cidr_selection(net: IPv4Network, excepts: Iterable[IPv4Network], cidr_ids: Mapping[IPv4Network, int]) -> set[int]:
+    """Identities a CIDR rule selects: every CIDR identity whose prefix lies inside ``net`` and not inside
+    an except; ``0.0.0.0/0`` also selects world. Endpoints and the host have /32 ipcache entries, so a
+    CIDR rule never matches them (longest prefix wins)."""
+    excepts = list(excepts)
+    out = {ID_WORLD} if net.prefixlen == 0 else set()
+    for prefix, ident in cidr_ids.items():
+        if prefix.subnet_of(net) and not any(prefix.subnet_of(e) for e in excepts):
+            out.add(ident)
+    return out
+
+
+def build_ipcache(endpoint_ips: Mapping[str, int], host_ips: Iterable[str],
+                  cidr_ids: Mapping[IPv4Network, int]) -> dict[str, int]:
+    """prefix -> identity: 0.0.0.0/0 world, referenced CIDRs, host addresses (1) and endpoints (/32)."""
+    cache = {"0.0.0.0/0": ID_WORLD}
+    cache.update({str(p): i for p, i in cidr_ids.items() if p.prefixlen})
+    cache.update({f"{ipaddress.IPv4Address(ip)}/32": ID_HOST for ip in host_ips})
+    cache.update({f"{ipaddress.IPv4Address(ip)}/32": i for ip, i in endpoint_ips.items()})
+    return cache
+
+
+def resolve(ipcache: Mapping[str, int], ip: str) -> int:
+    """The identity of an IPv4 address by longest-prefix match over the ipcache."""
+    addr = ipaddress.IPv4Address(ip)
+    for plen in range(32, -1, -1):
+        ident = ipcache.get(f"{IPv4Network((int(addr) >> (32 - plen) << (32 - plen), plen))}")
+        if ident is not None:
+            return ident
+    return ID_WORLD

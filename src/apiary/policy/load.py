@@ -1,0 +1,186 @@
+"""Load CiliumNetworkPolicy / CiliumClusterwideNetworkPolicy YAML: all documents apply or none does.
+
+Every problem is reported with its field path. Valid Cilium that apiary does not enforce yet is
+rejected as ``unsupported: <path> (<why>)`` — nothing is silently ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from .models import (
+    KIND_CCNP,
+    KIND_CNP,
+    POLICY_KINDS,
+    PROTOCOLS,
+    CIDRRule,
+    ICMPField,
+    L7Rules,
+    Policy,
+    PolicyError,
+    PortProtocol,
+    Problem,
+    parse_cidr,
+)
+
+__all__ = ["PolicyError", "Problem", "load_policies", "unsupported_problems"]
+
+_IPV4_ONLY = "apiary's datapath is IPv4-only for now"
+# YAML field name -> why it is rejected and what to use instead
+UNSUPPORTED_FIELDS = {
+    "nodeSelector": "host policies are not enforced yet; select endpoints with endpointSelector",
+    "log": "policy log values are not recorded in flows yet; remove it",
+    "fromNodes": "node selectors are not supported; use fromEntities host/remote-node",
+    "toNodes": "node selectors are not supported; use toEntities host/remote-node",
+    "fromGroups": "cloud provider groups are not supported; use fromCIDR/fromCIDRSet",
+    "toGroups": "cloud provider groups are not supported; use toCIDR/toCIDRSet",
+    "toFQDNs": "DNS-based rules need a DNS proxy apiary does not have yet; use toCIDR/toCIDRSet",
+    "toServices": "service-based rules are not supported; use toEndpoints with the service's pod labels",
+    "cidrGroupRef": "CiliumCIDRGroup is not supported; write the cidr (with except) inline",
+    "cidrGroupSelector": "CiliumCIDRGroup is not supported; write the cidr (with except) inline",
+    "authentication": "mutual authentication is not supported",
+    "serverNames": "TLS SNI matching needs the L7 proxy apiary does not have yet; use a port rule",
+    "listener": "Envoy listeners are not supported",
+    "originatingTLS": "TLS origination needs the L7 proxy apiary does not have yet",
+    "terminatingTLS": "TLS termination needs the L7 proxy apiary does not have yet",
+}
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that rejects duplicate mapping keys (PyYAML silently keeps the last one)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def _join(loc: tuple[int | str, ...] | list[int | str]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _sub(path: str, at: str) -> str:
+    if not at:
+        return path
+    if at.startswith("["):
+        return path + at
+    return f"{path}.{at}" if path else at
+
+
+def _validation_problems(err: ValidationError) -> list[Problem]:
+    out = []
+    for e in err.errors(include_url=False):
+        path, reason = _join(e["loc"]), e["msg"]
+        if e["type"] == "apiary_policy":
+            path, reason = _sub(path, e["ctx"]["at"]), e["ctx"]["reason"]
+        elif e["type"] == "extra_forbidden":
+            reason = "unknown field"
+        elif e["type"] == "missing":
+            reason = "required field missing"
+        out.append(Problem(path, reason))
+    return out
+
+
+def _unsupported(obj: Any, path: str, out: list[Problem]) -> None:
+    """Walk a validated model and report every field/value apiary cannot enforce yet."""
+    if isinstance(obj, list):
+        for i, v in enumerate(obj):
+            _unsupported(v, f"{path}[{i}]", out)
+        return
+    if not isinstance(obj, BaseModel):
+        return
+    for name, field in type(obj).model_fields.items():
+        value, alias = getattr(obj, name), field.alias or name
+        sub = _sub(path, alias)
+        if value is None:
+            continue
+        if alias in UNSUPPORTED_FIELDS:
+            out.append(Problem(sub, UNSUPPORTED_FIELDS[alias], unsupported=True))
+        elif isinstance(value, L7Rules):
+            for kind in value.kinds():
+                out.append(Problem(f"{sub}.{kind}", f"L7 {kind} rules need the L7 proxy apiary does not have yet; "
+                                   "use a port rule", unsupported=True))
+        elif alias in ("fromCIDR", "toCIDR"):
+            out.extend(Problem(f"{sub}[{i}]", f"IPv6 CIDR {c}: {_IPV4_ONLY}", unsupported=True)
+                       for i, c in enumerate(value) if parse_cidr(c, bare_ip=True).version == 6)
+        else:
+            _unsupported(value, sub, out)
+    if isinstance(obj, PortProtocol):
+        if obj.number is None:
+            out.append(Problem(_sub(path, "port"), f"named port {obj.port!r}: endpoints have no container ports; "
+                               "use the port number", unsupported=True))
+        if obj.protocol in PROTOCOLS[4:]:
+            out.append(Problem(_sub(path, "protocol"), f"protocol {obj.protocol}: only TCP, UDP, SCTP and ANY are "
+                               "enforced", unsupported=True))
+    elif isinstance(obj, ICMPField) and obj.family == "IPv6":
+        out.append(Problem(_sub(path, "family"), f"ICMPv6: {_IPV4_ONLY}", unsupported=True))
+    elif isinstance(obj, CIDRRule) and obj.cidr and parse_cidr(obj.cidr).version == 6:
+        out.append(Problem(_sub(path, "cidr"), f"IPv6 CIDR {obj.cidr}: {_IPV4_ONLY}", unsupported=True))
+
+
+def unsupported_problems(policy: Policy) -> list[Problem]:
+    """Everything in a valid policy that apiary cannot enforce yet (empty when it can enforce all of it)."""
+    out: list[Problem] = []
+    _unsupported(policy, "", out)
+    return out
+
+
+def _load_document(doc: Any, default_namespace: str) -> tuple[Policy | None, list[Problem]]:
+    if not isinstance(doc, dict):
+        return None, [Problem("", f"a policy document must be a mapping, not {type(doc).__name__}")]
+    kind = doc.get("kind")
+    if kind is None:
+        return None, [Problem("kind", "required field missing")]
+    if kind not in POLICY_KINDS:
+        return None, [Problem("kind", f"{kind}: apiary applies only {KIND_CNP} and {KIND_CCNP}", unsupported=True)]
+    try:
+        policy = POLICY_KINDS[kind].model_validate(doc)
+    except ValidationError as e:
+        return None, _validation_problems(e)
+    problems = unsupported_problems(policy)
+    if kind == KIND_CNP and policy.metadata.namespace is None:
+        policy.metadata.namespace = default_namespace
+    return policy, problems
+
+
+def load_policies(text: str, *, default_namespace: str = "default") -> list[Policy]:
+    """Parse one or several YAML documents into policies, or raise :class:`PolicyError` listing every
+    problem (paths are prefixed with ``document[i].`` when the text holds several documents).
+    A CiliumNetworkPolicy without ``metadata.namespace`` gets ``default_namespace`` (as kubectl does)."""
+    try:
+        docs = [d for d in yaml.load_all(text, Loader=_StrictLoader) if d is not None]
+    except yaml.MarkedYAMLError as e:
+        where = f" (line {e.problem_mark.line + 1}, column {e.problem_mark.column + 1})" if e.problem_mark else ""
+        raise PolicyError(f"invalid YAML: {e.problem}{where}") from None
+    except yaml.YAMLError as e:
+        raise PolicyError(f"invalid YAML: {e}") from None
+    if not docs:
+        raise PolicyError("no policy documents found")
+    policies: list[Policy] = []
+    problems: list[Problem] = []
+    seen: dict[tuple[str, str, str], int] = {}
+    for i, doc in enumerate(docs):
+        prefix = f"document[{i}]" if len(docs) > 1 else ""
+        policy, found = _load_document(doc, default_namespace)
+        problems += [Problem(_sub(prefix, p.path), p.reason, p.unsupported) for p in found]
+        if policy is None:
+            continue
+        ident = (policy.kind, policy.namespace, policy.name)
+        if ident in seen:
+            problems.append(Problem(_sub(prefix, "metadata.name"),
+                                    f"{policy.kind} {policy.name!r} is already defined in document[{seen[ident]}]"))
+        seen[ident] = i
+        policies.append(policy)
+    if problems:
+        raise PolicyError(problems)
+    return policies

@@ -1,10 +1,10 @@
 """Datapath benchmarks (issue #3):
 
-  (a) per-packet cost of the endpoint program with BPF_PROG_TEST_RUN for 1, 100, 1,000 and 10,000
-      policy entries, as a ratio to an empty TC program measured in the same run: a new connection
-      (the policy decision: two LPM lookups) and an established one (conntrack hit);
-  (b) TCP connection rate and request/response rate between two real endpoints, without policy and
-      with an L3/L4 allow policy in force.
+(a) per-packet cost of the endpoint program with BPF_PROG_TEST_RUN for 1, 100, 1,000 and 10,000
+    policy entries, as a ratio to an empty TC program measured in the same run: a new connection
+    (the policy decision: two LPM lookups) and an established one (conntrack hit);
+(b) TCP connection rate and request/response rate between two real endpoints, without policy and
+    with an L3/L4 allow policy in force.
 """
 
 from __future__ import annotations
@@ -33,8 +33,9 @@ def _csum(b: bytes) -> int:
 def tcp_packet(src: str, dst: str, sport: int, dport: int, flags: int) -> bytes:
     eth = b"\x02" * 6 + b"\x04" * 6 + b"\x08\x00"
     tcp = struct.pack("!HHIIBBHHH", sport, dport, 1, 0, 5 << 4, flags, 65535, 0, 0)
-    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 1, 0, 64, 6, 0, socket.inet_aton(src),
-                     socket.inet_aton(dst))
+    ip = struct.pack(
+        "!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 1, 0, 64, 6, 0, socket.inet_aton(src), socket.inet_aton(dst)
+    )
     ip = ip[:10] + struct.pack("!H", _csum(ip)) + ip[12:]
     return eth + ip + tcp + b"\0" * 6  # pad to 60 bytes like a real frame
 
@@ -50,8 +51,9 @@ def per_packet(entries: list[int], repeat: int) -> list[tuple[int, float, float,
         ep_id, local_id, remote_id = 7, 300, 301
         ipc.update(abi.ipcache_key("10.99.0.2/32"), abi.ipcache_value(remote_id))
         ipc.update(abi.ipcache_key("0.0.0.0/0"), abi.ipcache_value(2))
-        eps.update(LO.to_bytes(4, "little"), abi.ep_info(ep_id, abi.EP_ENFORCE_INGRESS, local_id, "10.99.0.3",
-                                                            ep_id << 1))
+        eps.update(
+            LO.to_bytes(4, "little"), abi.ep_info(ep_id, abi.EP_ENFORCE_INGRESS, local_id, "10.99.0.3", ep_id << 1)
+        )
         syn = tcp_packet("10.99.0.2", "10.99.0.3", 40000, 5678, 0x02)
         ack = tcp_packet("10.99.0.2", "10.99.0.3", 40001, 8080, 0x10)
         rng = random.Random(1)
@@ -61,11 +63,11 @@ def per_packet(entries: list[int], repeat: int) -> list[tuple[int, float, float,
             while len(written) < n:  # unrelated identities and ports: the packet's lookup finds nothing
                 k = PolicyKey(ep_id, INGRESS, rng.randrange(1000, 60000), 6, rng.randrange(1, 65535), 16)
                 kb = abi.policy_key(k, ep_id << 1)
-                pol.update(kb, abi.policy_value(PolicyEntry(False, 1)))
+                pol.update(kb, abi.policy_value(PolicyEntry(False, 1), k))
                 written.append(kb)
             # one allow for the established flow's port, so the conntrack entry gets created once
-            allow = abi.policy_key(PolicyKey(ep_id, INGRESS, remote_id, 6, 8080, 16), ep_id << 1)
-            pol.update(allow, abi.policy_value(PolicyEntry(False, 1)))
+            ak = PolicyKey(ep_id, INGRESS, remote_id, 6, 8080, 16)
+            pol.update(abi.policy_key(ak, ep_id << 1), abi.policy_value(PolicyEntry(False, 1), ak))
             _, base, _ = empty.test_run(syn, repeat=repeat)
             _, new_ns, _ = to_c.test_run(syn, repeat=repeat)  # denied by default: full decision every time
             to_c.test_run(ack, repeat=1)  # creates the conntrack entry
@@ -110,8 +112,12 @@ def endpoint_rates(seconds: float) -> dict[str, dict[str, float]]:
             ns = os.path.basename(json.loads(row)["netns"])
 
             def rate(mode: str) -> float:
-                r = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", CLIENT, s["ipv4"], "5678", mode,
-                                    str(seconds)], capture_output=True, text=True, check=True)
+                r = subprocess.run(
+                    ["ip", "netns", "exec", ns, sys.executable, "-c", CLIENT, s["ipv4"], "5678", mode, str(seconds)],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
                 return float(r.stdout.strip())
 
             out["no policy"] = {"connect": rate("connect"), "rr": rate("rr")}

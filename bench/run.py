@@ -23,7 +23,7 @@ from apiary.loader.fs import ensure_mounts
 from apiary.runtime.process import ProcessSensor
 from apiary.testing.agent import AgentProcess
 
-EXEC_LOOP = 'i=0; while [ $i -lt {n} ]; do /bin/true; i=$((i+1)); done'
+EXEC_LOOP = "i=0; while [ $i -lt {n} ]; do /bin/true; i=$((i+1)); done"
 OPEN_LOOP = "import os\nfor _ in range({n}):\n    os.close(os.open('/etc/hostname', os.O_RDONLY))\n"
 
 
@@ -56,7 +56,8 @@ def ingest(n_events: int) -> dict[str, float]:
     """The agent's own record handler draining the ring while a process makes n_events messages."""
     child = subprocess.Popen(
         [sys.executable, "-c", f"import os,sys; sys.stdin.readline(); [os.getppid() for _ in range({n_events})]"],
-        stdin=subprocess.PIPE, text=True,
+        stdin=subprocess.PIPE,
+        text=True,
     )
     sensor = ProcessSensor(ringbuf_bytes=16 << 20, bench_tgid=child.pid)
     sensor.load()
@@ -79,8 +80,13 @@ def ingest(n_events: int) -> dict[str, float]:
         assert produced == n_events, (produced, n_events)
         assert produced == delivered + c["lost_bench"], (produced, delivered, c)
         # baseline in the same run: reading the same ring with a handler that does nothing
-        return {"produced": produced, "delivered": delivered, "lost": c["lost_bench"], "seconds": elapsed,
-                "rate": delivered / elapsed}
+        return {
+            "produced": produced,
+            "delivered": delivered,
+            "lost": c["lost_bench"],
+            "seconds": elapsed,
+            "rate": delivered / elapsed,
+        }
     finally:
         if child.poll() is None:
             child.kill()
@@ -91,7 +97,8 @@ def ring_baseline(n_events: int) -> float:
     """Records/s the bare ring reader reaches with a no-op handler (same ring, same producer)."""
     child = subprocess.Popen(
         [sys.executable, "-c", f"import os,sys; sys.stdin.readline(); [os.getppid() for _ in range({n_events})]"],
-        stdin=subprocess.PIPE, text=True,
+        stdin=subprocess.PIPE,
+        text=True,
     )
     sensor = ProcessSensor(ringbuf_bytes=64 << 20, bench_tgid=child.pid)
     sensor.load()
@@ -155,11 +162,15 @@ def main() -> None:
     base = ring_baseline(args.events)
     r = ingest(args.events)
     print(f"  produced {r['produced']:,} = delivered {r['delivered']:,} + lost {r['lost']:,}  (exact)")
-    print(f"  agent ingest rate {r['rate']:,.0f} events/s  = {r['rate'] / 200000:.2f}x the 200k/s target"
-          f"  = {r['rate'] / base:.2f}x a no-op reader of the same ring ({base:,.0f}/s)")
+    print(
+        f"  agent ingest rate {r['rate']:,.0f} events/s  = {r['rate'] / 200000:.2f}x the 200k/s target"
+        f"  = {r['rate'] / base:.2f}x a no-op reader of the same ring ({base:,.0f}/s)"
+    )
     rate, n = pipeline(min(args.execs, 1000))
-    print(f"  full exec/fork/exit pipeline (decode + process cache + Tetragon JSON): {rate:,.0f} records/s"
-          f" over {n:,} real records = {rate / base:.3f}x the no-op reader")
+    print(
+        f"  full exec/fork/exit pipeline (decode + process cache + Tetragon JSON): {rate:,.0f} records/s"
+        f" over {n:,} real records = {rate / base:.3f}x the no-op reader"
+    )
 
 
 if __name__ == "__main__":

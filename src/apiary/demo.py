@@ -38,8 +38,12 @@ def main() -> int:
         agent.start()
         print(agent.log().rstrip())
         step("two frontends and two backends")
-        for name, app in (("frontend", "frontend"), ("frontend2", "frontend"), ("backend", "backend"),
-                          ("backend2", "backend")):
+        for name, app in (
+            ("frontend", "frontend"),
+            ("frontend2", "frontend"),
+            ("backend", "backend"),
+            ("backend2", "backend"),
+        ):
             show(net, "endpoint", "create", name, "--labels", f"app={app}", "--namespace", NS)
         show(net, "endpoint", "list")
         for b in ("backend", "backend2"):
@@ -56,8 +60,19 @@ def main() -> int:
         blocked = not net.probe(f"{NS}/frontend", "http", backend_ip, "5678", "2")
         print("  blocked, as the policy says" if blocked else "  still reachable (unexpected)")
         step("why? the flows and the rule that decided")
-        show(net, "observe", "--last", "4", "--verdict", "DROPPED", "--from-pod", f"{NS}/frontend",
-             "--print-policy-names", "--color", "never")
+        show(
+            net,
+            "observe",
+            "--last",
+            "4",
+            "--verdict",
+            "DROPPED",
+            "--from-pod",
+            f"{NS}/frontend",
+            "--print-policy-names",
+            "--color",
+            "never",
+        )
         show(net, "policy", "explain", "--from", f"{NS}/frontend", "--to", f"{NS}/backend", "--port", "5678/TCP")
         return 0 if ok and blocked else 1
     finally:

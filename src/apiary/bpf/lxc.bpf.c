@@ -249,11 +249,7 @@ static __always_inline void policy_lookup(struct ep_info *ep, __u8 dir, __u32 re
 	d->deny = v->deny;
 	d->audit = v->audit;
 	d->rule_id = v->rule_id;
-	/* what matched: the specific identity or any identity; a port or not */
-	if (v == v1)
-		d->match = port || p->proto ? MATCH_L3_L4 : MATCH_L3_ONLY;
-	else
-		d->match = MATCH_L4_ONLY;
+	d->match = v->match_type;
 }
 
 static __always_inline __u64 ct_lifetime(struct pkt *p, struct ct_value *v)

@@ -9,18 +9,14 @@ import sys
 from typing import Any
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from apiary import __version__
 
 from .client import AgentUnreachable, ApiError, Client
 from .network_cmds import endpoint, identity, observe, policy
+from .output import console
 from .preflight_cmd import preflight
-
-
-def _console() -> Console:
-    return Console(no_color=bool(os.environ.get("NO_COLOR")), highlight=False)
 
 
 def _fail(msg: str, code: int = 1) -> None:
@@ -214,7 +210,7 @@ def status(ctx: click.Context, output: str) -> None:
     if output == "json":
         click.echo(json.dumps(st, indent=2))
         return
-    con = _console()
+    con = console()
     con.print(f"apiary {st['version']} on {st['node_name']} (pid {st['pid']}, up {st['uptime_s']} s)")
     t = Table("PROGRAM", "ATTACH", "RUNS", "AVG", "ID", title="programs", title_justify="left")
     for p in st["programs"]:
@@ -263,7 +259,7 @@ def bpf_list(ctx: click.Context, output: str) -> None:
     if output == "json":
         click.echo(json.dumps(data, indent=2))
         return
-    con = _console()
+    con = console()
     t = Table("ID", "PROGRAM", "TYPE", "ATTACH", title="programs", title_justify="left")
     for p in data["programs"]:
         t.add_row(str(p["id"]), p["name"], p["type"], p["attach"])

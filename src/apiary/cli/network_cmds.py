@@ -8,10 +8,10 @@ import sys
 from typing import Any
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from .client import AgentUnreachable, ApiError, Client
+from .output import console
 
 # hubble observe filter flags apiary understands (value-taking), in their long form
 FILTER_FLAGS = {
@@ -76,10 +76,6 @@ def _req(ctx: click.Context, method: str, path: str, **kw: Any) -> Any:
     return r.json()
 
 
-def _console() -> Console:
-    return Console(no_color=bool(os.environ.get("NO_COLOR")), highlight=False)
-
-
 def _labels(values: tuple[str, ...]) -> dict[str, str]:
     out = {}
     for item in values:
@@ -138,7 +134,7 @@ def endpoint_list(ctx: click.Context, output: str) -> None:
             "Enabled" if r["egress_enforcement"] else "Disabled",
             r["state"],
         )
-    _console().print(t)
+    console().print(t)
 
 
 @endpoint.command("get")
@@ -193,7 +189,7 @@ def identity_list(ctx: click.Context, output: str) -> None:
     t = Table("ID", "LABELS", "ENDPOINTS")
     for r in rows:
         t.add_row(str(r["identity"]), "\n".join(r["labels"]), ", ".join(r["endpoints"]))
-    _console().print(t)
+    console().print(t)
 
 
 # ------------------------------------------------------------------------------- policy
@@ -229,7 +225,7 @@ def policy_list(ctx: click.Context, output: str) -> None:
     t = Table("KIND", "NAMESPACE", "NAME", "REVISION", title=f"policy revision {res['revision']}", title_justify="left")
     for p in res["policies"]:
         t.add_row(p["kind"], p["namespace"] or "-", p["name"], str(p["revision"]))
-    _console().print(t)
+    console().print(t)
 
 
 @policy.command("get")

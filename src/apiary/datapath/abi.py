@@ -19,7 +19,7 @@ POLICY_FIXED_BITS = 64  # ep_id + direction + pad + identity
 
 EP_INFO = struct.Struct("<HHI4sHxx")  # ep_id, flags, identity, ipv4 (network order), policy_slot
 POLICY_KEY = struct.Struct("<IHBxIB2sx")  # prefixlen, ep_id, direction, identity, proto, dport (BE)
-POLICY_VALUE = struct.Struct("<BBxxI")  # deny, audit, rule_id
+POLICY_VALUE = struct.Struct("<BBBxI")  # deny, audit, match_type, rule_id
 IPCACHE_KEY = struct.Struct("<I4s")  # prefixlen, addr (network order)
 IPCACHE_VALUE = struct.Struct("<IHxx")  # identity, ep_id
 CT_KEY = struct.Struct("<4s4sHHBBH")  # saddr, daddr, sport(BE raw), dport(BE raw), proto, direction, ep_id
@@ -35,7 +35,7 @@ LAYOUTS: dict[str, tuple[int, dict[str, int]]] = {
         POLICY_KEY.size,
         {"prefixlen": 0, "ep_id": 4, "direction": 6, "identity": 8, "proto": 12, "dport": 13},
     ),
-    "policy_value": (POLICY_VALUE.size, {"deny": 0, "audit": 1, "rule_id": 4}),
+    "policy_value": (POLICY_VALUE.size, {"deny": 0, "audit": 1, "match_type": 2, "rule_id": 4}),
     "ipcache_key": (IPCACHE_KEY.size, {"prefixlen": 0, "addr": 4}),
     "ipcache_value": (IPCACHE_VALUE.size, {"identity": 0, "ep_id": 4}),
     "ct_key": (
@@ -110,8 +110,15 @@ def policy_key_rebase(raw: bytes, slot: int) -> bytes:
     return raw[:4] + slot.to_bytes(2, "little") + raw[6:]
 
 
-def policy_value(e: PolicyEntry) -> bytes:
-    return POLICY_VALUE.pack(int(e.deny), int(e.audit), e.rule_id)
+def match_type(k: PolicyKey) -> int:
+    """Cilium's policy_match_type of an entry: L3-only 1, L3-L4 2, L4-only 3, all 4."""
+    if k.identity:
+        return 2 if k.proto else 1
+    return 3 if k.proto else 4
+
+
+def policy_value(e: PolicyEntry, k: PolicyKey) -> bytes:
+    return POLICY_VALUE.pack(int(e.deny), int(e.audit), match_type(k), e.rule_id)
 
 
 def ipcache_key(prefix: str) -> bytes:

@@ -183,7 +183,7 @@ class Datapath:
             | (abi.EP_ENFORCE_EGRESS if pol.egress_enforced else 0)
             | (abi.EP_AUDIT if self.audit else 0)
         )
-        want = {abi.policy_key(k, 0): abi.policy_value(v) for k, v in pol.entries.items()}
+        want = {abi.policy_key(k, 0): abi.policy_value(v, k) for k, v in pol.entries.items()}
         if st.entries is not None and want == st.entries and (st.flags, st.identity) == (flags, identity):
             return
         gen = st.gen ^ 1

@@ -77,7 +77,8 @@ struct policy_key {
 struct policy_value {
 	__u8 deny;
 	__u8 audit;
-	__u16 _pad;
+	__u8 match_type; /* MATCH_* of the entry: what a policy-verdict event reports */
+	__u8 _pad;
 	__u32 rule_id;
 };
 

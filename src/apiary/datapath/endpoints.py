@@ -263,3 +263,5 @@ class EndpointManager:
             self.delete(key)
         self.teardown_host()
         shutil.rmtree(self.cgroup_parent, ignore_errors=True)
+        with contextlib.suppress(OSError):  # the shared parent, once no agent instance uses it
+            self.cgroup_parent.parent.rmdir()

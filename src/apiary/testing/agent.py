@@ -145,10 +145,11 @@ def remove_instance_objects(instance: str, pod_cidr: str) -> None:
                             break
                         except OSError:
                             time.sleep(0.02)
-            try:
-                base.rmdir()
-            except OSError:
-                pass
+            for d in (base, base.parent):
+                try:
+                    d.rmdir()
+                except OSError:
+                    pass
     subprocess.run(["ip", "route", "del", "unreachable", pod_cidr], capture_output=True)
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import sys
 import time
 from collections import OrderedDict
@@ -48,7 +49,11 @@ Key = tuple[int, int]  # (pid, ktime)
 
 def tetragon_flags(names: Iterable[str]) -> str:
     """Flag names -> Tetragon's space-separated string in its fixed order (unknown names dropped)."""
-    s = set(names)
+    return _flags(frozenset(names))
+
+
+@functools.lru_cache(maxsize=256)
+def _flags(s: frozenset[str]) -> str:
     return sys.intern(" ".join(f for f in FLAG_ORDER if f in s))
 
 
@@ -109,6 +114,8 @@ class Process:
     exited: bool = False  # the image is over: the process exited, or exec'd/forked a newer image
     pod: dict[str, Any] | None = None  # endpoint info attached by cgroup id (later)
     holds_parent: bool = field(default=False, repr=False)
+    # (refcnt, pod) -> encoded JSON: ancestors repeat in every event, so they are encoded once
+    json_memo: tuple[int, Any, dict[str, Any]] | None = field(default=None, repr=False, compare=False)
 
     @property
     def key(self) -> Key:

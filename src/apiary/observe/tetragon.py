@@ -35,6 +35,9 @@ def process_json(p: Process, credentials: bool = False) -> dict[str, Any]:
     ``credentials`` adds ``process_credentials`` (Tetragon only sends it with
     ``--enable-process-cred``) with the ids the sensor reports: uid, gid, euid, egid.
     """
+    memo = p.json_memo
+    if not credentials and memo is not None and memo[0] == p.refcnt and memo[1] is p.pod:
+        return memo[2]  # shared, never mutated: events are only serialised
     d: dict[str, Any] = {"exec_id": p.exec_id, "pid": p.pid, "uid": p.uid}
     for k in ("cwd", "binary", "arguments", "flags", "start_time"):
         v = getattr(p, k)
@@ -50,6 +53,8 @@ def process_json(p: Process, credentials: bool = False) -> dict[str, Any]:
     d["tid"] = p.tid
     if credentials:
         d["process_credentials"] = {"uid": p.uid, "gid": p.gid, "euid": p.euid, "egid": p.egid}
+    else:
+        p.json_memo = (p.refcnt, p.pod, d)
     return d
 
 

@@ -1,0 +1,1 @@
+"""apiary.tracing: TracingPolicy (Tetragon's format) — pure models, compiler, realisation plan."""

@@ -5,6 +5,7 @@
 #include <bpf/bpf_tracing.h>
 #include <bpf/bpf_core_read.h>
 #include "process_abi.h"
+#include "pathwalk.bpf.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -13,7 +14,6 @@ char LICENSE[] SEC("license") = "GPL";
 struct exec_scratch {
 	struct msg_exec msg;
 	char data[SCRATCH_DATA];
-	char path[PATH_BUF + 256];
 };
 
 struct {
@@ -42,6 +42,22 @@ struct {
 	__type(value, struct exec_scratch);
 } scratch SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct proc_binary);
+} bin_scratch SEC(".maps");
+
+/* the binary each live process runs (first BIN_MAX bytes), for in-kernel matchBinaries */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u32);
+	__type(value, struct proc_binary);
+} binaries SEC(".maps");
+
 /* Never written: it only makes clang emit the BTF of every message layout, which a test compares
  * with the Python decoder's layouts. */
 union abi_types {
@@ -50,6 +66,7 @@ union abi_types {
 	struct msg_exit exit;
 	struct msg_bench bench;
 	struct proc_entry proc;
+	struct proc_binary bin;
 };
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -77,80 +94,10 @@ static __always_inline void count(__u32 idx)
 		*v += 1;
 }
 
-/* ---- path walk: dentry chain up to the root, crossing mounts, written backwards ---- */
-
-struct walk_ctx {
-	struct dentry *dentry;
-	struct mount *mnt;
-	int off;   /* start of the path written so far in scratch->path */
-	int done;
-	int trunc;
-};
-
-static long walk_step(__u32 i, void *data)
-{
-	struct walk_ctx *c = data;
-	__u32 zero = 0;
-	struct exec_scratch *s = bpf_map_lookup_elem(&scratch, &zero);
-	if (!s)
-		return 1;
-	struct dentry *d = c->dentry;
-	struct mount *mnt = c->mnt;
-	struct dentry *parent = BPF_CORE_READ(d, d_parent);
-	struct dentry *mnt_root = BPF_CORE_READ(mnt, mnt.mnt_root);
-
-	if (d == mnt_root || d == parent) {
-		struct mount *mp = BPF_CORE_READ(mnt, mnt_parent);
-		if (d != mnt_root || mnt == mp) {
-			c->done = 1;
-			return 1;
-		}
-		c->dentry = BPF_CORE_READ(mnt, mnt_mountpoint);
-		c->mnt = mp;
-		return 0;
-	}
-	__u32 len = BPF_CORE_READ(d, d_name.len);
-	const unsigned char *name = BPF_CORE_READ(d, d_name.name);
-	len &= 255;
-	int off = c->off - (int)len - 1;
-	if (off < 1) {
-		c->trunc = 1;
-		return 1;
-	}
-	bpf_probe_read_kernel(&s->path[(off + 1) & (PATH_BUF - 1)], len, name);
-	s->path[off & (PATH_BUF - 1)] = '/';
-	c->off = off;
-	c->dentry = parent;
-	return 0;
-}
-
-/* Writes the path into scratch->path[off..PATH_BUF) and returns its length; *trunc set if cut. */
-static __always_inline __u32 walk_path(struct exec_scratch *s, const struct path *p, int *trunc)
-{
-	struct walk_ctx c = {};
-	struct vfsmount *vfs = BPF_CORE_READ(p, mnt);
-	c.dentry = BPF_CORE_READ(p, dentry);
-	c.mnt = (struct mount *)((void *)vfs - bpf_core_field_offset(struct mount, mnt));
-	c.off = PATH_BUF;
-	bpf_loop(PATH_DEPTH, walk_step, &c, 0);
-	if (!c.done)
-		c.trunc = 1;
-	*trunc = c.trunc;
-	if (c.off >= PATH_BUF) {
-		c.off = PATH_BUF - 1;
-		s->path[PATH_BUF - 1] = '/';
-	}
-	return PATH_BUF - c.off;
-}
-
-/* copy the walked path (at the end of s->path) to s->data[pos] */
+/* copy the walked path to s->data[pos] */
 static __always_inline __u32 put_path(struct exec_scratch *s, __u32 pos, __u32 len)
 {
-	len &= (PATH_BUF - 1);
-	if (len == 0)
-		return 0;
-	bpf_probe_read_kernel(&s->data[pos & (2 * PATH_BUF - 1)], len, &s->path[(PATH_BUF - len) & (PATH_BUF - 1)]);
-	return len;
+	return copy_walked(&s->data[pos & (2 * PATH_BUF - 1)], len);
 }
 
 static __always_inline struct proc_entry *proc_of(__u32 tgid)
@@ -209,17 +156,25 @@ int BPF_PROG(on_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm 
 	/* binary: the file the kernel executes, as a full path */
 	int trunc = 0;
 	struct file *f = BPF_CORE_READ(bprm, file);
-	__u32 blen = walk_path(s, &f->f_path, &trunc);
+	__u32 blen = walk_path(&f->f_path, &trunc);
 	if (trunc)
 		flags |= EXEC_F_TRUNC_PATH;
 	blen = put_path(s, 0, blen);
+	struct proc_binary *pb = bpf_map_lookup_elem(&bin_scratch, &zero);
+	if (pb) {
+		__u32 bl = blen < BIN_MAX - 1 ? blen : BIN_MAX - 1;
+		pb->len = bl;
+		bpf_probe_read_kernel(pb->path, bl & (BIN_MAX - 1), s->data);
+		pb->path[bl & (BIN_MAX - 1)] = 0;
+		bpf_map_update_elem(&binaries, &tgid, pb, BPF_ANY);
+	}
 
 	/* cwd */
 	__u32 clen = 0;
 	struct fs_struct *fs = BPF_CORE_READ(p, fs);
 	if (fs) {
 		trunc = 0;
-		clen = walk_path(s, &fs->pwd, &trunc);
+		clen = walk_path(&fs->pwd, &trunc);
 		if (trunc)
 			flags |= EXEC_F_TRUNC_CWD;
 		clen = put_path(s, blen & (PATH_BUF - 1), clen);
@@ -277,6 +232,10 @@ int BPF_PROG(on_fork, struct task_struct *parent, struct task_struct *child)
 	if (bpf_map_update_elem(&procs, &tgid, &ne, BPF_ANY))
 		count(CNT_PROCS_FULL);
 
+	struct proc_binary *pbin = bpf_map_lookup_elem(&binaries, &ptgid);
+	if (pbin)
+		bpf_map_update_elem(&binaries, &tgid, pbin, BPF_ANY);
+
 	struct msg_fork m = {};
 	m.hdr.type = MSG_FORK;
 	m.hdr.size = sizeof(m);
@@ -309,6 +268,7 @@ int BPF_PROG(on_exit, struct task_struct *p)
 	m.proc_ktime = pe ? pe->ktime : 0;
 	m.code = BPF_CORE_READ(p, exit_code);
 	bpf_map_delete_elem(&procs, &tgid);
+	bpf_map_delete_elem(&binaries, &tgid);
 	if (bpf_ringbuf_output(&events, &m, sizeof(m), rb_flags()))
 		count(CNT_LOST_EXIT);
 	else

@@ -90,6 +90,14 @@ struct msg_bench {
 	__u64 seq;
 };
 
+#define BIN_MAX 256
+
+/* the binary a live process runs, keyed by tgid (matchBinaries) */
+struct proc_binary {
+	__u32 len;
+	char path[BIN_MAX];
+};
+
 /* the kernel's table of live processes, keyed by tgid */
 struct proc_entry {
 	__u64 ktime;

@@ -1,0 +1,158 @@
+/* Layouts shared by the generic syscall sensor (gsys.bpf.c) and apiary.runtime.tracing_abi. */
+#ifndef APIARY_TRACING_ABI_H
+#define APIARY_TRACING_ABI_H
+
+#define MSG_GENERIC 10
+
+#define GS_HOOKS 64      /* hooks across all loaded policies */
+#define GS_PER_SYSCALL 7 /* hooks watching one syscall */
+#define GS_ARGS 5
+#define GS_SELECTORS 5
+#define GS_FILTERS 5
+#define GS_VALS 4
+#define GS_STR 128 /* compared bytes of a string value */
+#define GS_ARGSTR 256 /* bytes of a string argument kept (event and matching) */
+#define GS_BIN 256
+
+/* argument kinds */
+#define GS_ARG_INT 1
+#define GS_ARG_UINT 2
+#define GS_ARG_STRING 3
+#define GS_ARG_FD 4
+#define GS_ARG_SOCKADDR 5
+
+/* filter operators */
+#define GS_OP_EQUAL 1
+#define GS_OP_NOTEQUAL 2
+#define GS_OP_PREFIX 3
+#define GS_OP_NOTPREFIX 4
+#define GS_OP_POSTFIX 5
+#define GS_OP_NOTPOSTFIX 6
+#define GS_OP_GT 7
+#define GS_OP_LT 8
+#define GS_OP_MASK 9
+#define GS_OP_INRANGE 10
+#define GS_OP_NOTINRANGE 11
+#define GS_OP_DADDR 12
+#define GS_OP_NOTDADDR 13
+#define GS_OP_DPORT 14
+#define GS_OP_NOTDPORT 15
+#define GS_OP_FAMILY 16
+
+/* binary / pid operators */
+#define GS_BIN_IN 1
+#define GS_BIN_NOTIN 2
+#define GS_BIN_PREFIX 3
+#define GS_BIN_NOTPREFIX 4
+
+/* actions */
+#define GS_ACT_POST 1
+#define GS_ACT_NOPOST 2
+#define GS_ACT_SIGKILL 3
+#define GS_ACT_SIGNAL 4
+#define GS_ACT_DENYCONNECT 5
+
+/* hook flags */
+#define GS_F_ENABLED 1
+#define GS_F_SCOPED 2  /* only processes in the policy's endpoint cgroups */
+#define GS_F_MONITOR 4 /* report the action, do not act */
+#define GS_F_BINARIES 8 /* some selector matches on the binary: hash it */
+
+/* event flags */
+#define GS_EV_MONITOR 1
+#define GS_EV_ENFORCED 2
+#define GS_EV_TRUNC 4
+
+/* counters per hook: index hook * 4 + what */
+#define GS_CNT_MATCHED 0
+#define GS_CNT_POSTED 1
+#define GS_CNT_ENFORCED 2
+#define GS_CNT_LOST 3
+
+/* Strings are matched by 64-bit FNV-1a hashes of the compared bytes (prefix hashes of the argument
+ * for Equal/Prefix, hashes of its reversed tail for Postfix), computed once per argument: matching
+ * costs O(1) per value and the verifier sees no nested byte loops. */
+struct gs_filter {
+	__u8 arg;
+	__u8 op;
+	__u8 nvals;
+	__u8 _pad;
+	__u32 lens[GS_VALS];
+	__s64 ints[GS_VALS][2];
+	__u64 hash[GS_VALS];
+};
+
+struct gs_selector {
+	__u8 nfilters;
+	__u8 action;
+	__u8 signal;
+	__u8 post;
+	__u8 bin_op;
+	__u8 nbins;
+	__u8 pid_op;
+	__u8 npids;
+	__u32 pids[GS_VALS];
+	__u64 rate_ns;
+	__u32 bin_lens[GS_VALS];
+	__u64 bin_hash[GS_VALS];
+	struct gs_filter f[GS_FILTERS];
+};
+
+struct gs_hook {
+	__u32 policy_id;
+	__u16 hook_id;
+	__u8 nargs;
+	__u8 nsel;
+	__u8 flags;
+	__u8 _pad[3];
+	__u8 arg_index[GS_ARGS];
+	__u8 arg_kind[GS_ARGS];
+	__u8 _pad2[6];
+	struct gs_selector sel[GS_SELECTORS];
+};
+
+struct gs_hashes {
+	__u64 pre[GS_ARGS][GS_ARGSTR]; /* pre[a][n]: hash of the first n bytes of argument a */
+	__u64 suf[GS_ARGS][GS_ARGSTR]; /* suf[a][n]: hash of the last n bytes, read backwards */
+	__u64 bin[GS_BIN];             /* prefix hashes of the process's binary path */
+	__u32 bin_len;
+	__u32 _pad;
+};
+
+#define GS_FNV_BASIS 0xcbf29ce484222325ULL
+#define GS_FNV_PRIME 0x100000001b3ULL
+
+struct gs_sys {
+	__u16 n;
+	__u16 hooks[8]; /* at most GS_PER_SYSCALL used; 8 so an index can be masked */
+	__u16 _pad;
+};
+
+struct gs_scope_key {
+	__u32 policy_id;
+	__u32 _pad;
+	__u64 cgroup_id;
+};
+
+struct gs_event {
+	__u8 type;
+	__u8 _pad0[3];
+	__u32 size;
+	__u64 ktime;
+	__u32 pid;
+	__u32 tid;
+	__u64 proc_ktime;
+	__u64 cgroup_id;
+	__u16 hook_id;
+	__s8 selector;
+	__u8 action;
+	__u8 flags;
+	__u8 nargs;
+	__u16 syscall_nr;
+	__s64 ints[GS_ARGS];
+	__u16 slen[GS_ARGS];
+	__u16 _pad1[3];
+	char str[GS_ARGS][GS_ARGSTR];
+};
+
+#endif

@@ -2,7 +2,7 @@
 # Idempotent set-up for a fresh Debian 12 machine: system packages, then the Python venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-APT_PKGS=(clang llvm libbpf-dev bpftool iproute2 libelf-dev zlib1g-dev make iputils-ping)
+APT_PKGS=(clang llvm libbpf-dev bpftool iproute2 libelf-dev zlib1g-dev make iputils-ping linux-libc-dev)
 missing=()
 for p in "${APT_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -158,9 +158,10 @@ def build_app(agent: Agent) -> web.Application:
     app.router.add_get("/v1/bpf", bpf)
     app.router.add_get("/v1/events", events)
     app.router.add_get("/openapi.json", openapi)
-    from .api_network import add_routes
+    from . import api_network, api_tracing
 
-    add_routes(app, agent)
+    api_network.add_routes(app, agent)
+    api_tracing.add_routes(app, agent)
     return app
 
 

@@ -26,6 +26,7 @@ class AgentConfig:
     drain_interval: float = 0.05  # seconds between ring drains when the kernel does not wake us
     bpf_stats: bool = True  # BPF_ENABLE_STATS while the agent runs (run count / time per program)
     mount_fs: bool = True  # mount bpffs/tracefs when missing
+    tracing: bool = True  # TracingPolicy sensor
     # network
     network: bool = True
     pod_cidr: str = "10.200.0.0/16"

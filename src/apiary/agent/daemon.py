@@ -24,6 +24,7 @@ from apiary.observe.process import ProcessCache
 from apiary.observe.procfs import scan_procfs
 from apiary.observe.raw import ExecMsg, ExitMsg, ForkMsg
 from apiary.runtime import process_abi as abi
+from apiary.runtime import tracing_abi
 from apiary.runtime.process import ProcessSensor
 
 from . import bpfinfo
@@ -68,6 +69,7 @@ class Agent:
         self.missing: list[str] = []
         self.procfs_seeded = 0
         self.network: Any = None
+        self.tracing: Any = None
         self.net_pool = ThreadPoolExecutor(1, thread_name_prefix="network")
         self._stop: asyncio.Event | None = None
 
@@ -132,6 +134,21 @@ class Agent:
                 raise AgentError(f"network datapath: {e}") from e
             for name, _fd, point in self.network.dp.programs():
                 self.loaded.append(f"program {name} at {point}")
+        if cfg.tracing:
+            from .tracing import Tracing, kernel_features
+
+            try:
+                self.tracing = Tracing(cfg.state_dir, sensor, kernel_features(), self.network)
+                self.loaded += self.tracing.start()
+            except Exception as e:  # noqa: BLE001 - one line, then stop
+                if self.tracing:
+                    self.tracing.close()
+                self.tracing = None
+                raise AgentError(f"tracing sensor: {e}") from e
+            for name, _fd, point in self.tracing.sensor.programs():
+                self.loaded.append(f"program {name} at {point}")
+            if self.network is not None:
+                self.network.on_endpoints_changed = self.tracing.refresh_scopes
 
     def _take_lock(self) -> None:
         sock_dir = Path(self.cfg.socket_path).parent
@@ -149,6 +166,9 @@ class Agent:
         self.lock_fd = fd
 
     def close(self) -> None:
+        if self.tracing:
+            self.tracing.close()
+            self.tracing = None
         if self.network:
             self.network.close()
             self.network = None
@@ -180,6 +200,9 @@ class Agent:
     # ------------------------------------------------------------------ event pipeline
     def handle_record(self, buf: memoryview) -> None:
         self.counters.received += 1
+        if buf[0] == tracing_abi.MSG_GENERIC:
+            self._generic(buf)
+            return
         try:
             msg = abi.decode(buf)
         except Exception:  # noqa: BLE001 - a corrupt record is counted, never fatal
@@ -188,6 +211,8 @@ class Agent:
         if isinstance(msg, ExecMsg):
             self.counters.by_type["exec"] += 1
             p = self.cache.on_exec(msg)
+            if self.network is not None:
+                p.pod = self.network.pod_of_cgroup(msg.cgroup_id)
             parent = self.cache.parent(p)
             ev = tetragon.exec_event(
                 p, parent, self.cache.ancestors(p), self.cfg.node_name, self.clock.to_rfc3339(msg.ktime)
@@ -195,7 +220,10 @@ class Agent:
             self.publish("exec", ev)
         elif isinstance(msg, ForkMsg):
             self.counters.by_type["fork"] += 1
-            self.cache.on_fork(msg)
+            child = self.cache.on_fork(msg)
+            parent = self.cache.parent(child)
+            if parent is not None:
+                child.pod = parent.pod
         elif isinstance(msg, ExitMsg):
             self.counters.by_type["exit"] += 1
             p = self.cache.on_exit(msg)
@@ -214,6 +242,22 @@ class Agent:
             self.counters.by_type["bench"] += 1
         else:
             self.counters.decode_errors += 1
+
+    def _generic(self, buf: memoryview) -> None:
+        self.counters.by_type["generic"] += 1
+        if self.tracing is None:
+            self.counters.decode_errors += 1
+            return
+        try:
+            ev = tracing_abi.decode_event(buf)
+            out = self.tracing.event(ev, self.cache, self.cfg.node_name, self.clock.to_rfc3339(ev.ktime))
+        except Exception:  # noqa: BLE001 - counted, never fatal
+            self.counters.decode_errors += 1
+            return
+        if out is None:
+            self.counters.events["unattributed"] += 1
+            return
+        self.publish(next(iter(out)).removeprefix("process_"), out)
 
     def publish(self, kind: str, ev: dict[str, Any]) -> None:
         self.counters.events[kind] += 1
@@ -249,6 +293,9 @@ class Agent:
                 if name.endswith((".rodata", ".bss", ".data")) or name in ("abi_types",):
                     continue
                 maps.append(bpfinfo.map_row(m, s.info.pins.get(name)))
+        if self.tracing and self.tracing.sensor.obj:
+            for name, fd, point in self.tracing.sensor.programs():
+                progs.append(bpfinfo.program_row(name, fd, point))
         if self.network and self.network.dp.obj:
             dp = self.network.dp
             for name, fd, point in dp.programs():
@@ -298,6 +345,17 @@ class Agent:
             out["programs"].append({k: row[k] for k in ("id", "name", "type", "attach", "run_count")})
         for name, m in s.maps().items():
             out["maps"].append(bpfinfo.map_row(m, s.info.pins.get(name), count_entries=False) | {"owner": s.name})
+        if self.tracing and self.tracing.sensor.obj:
+            ts = self.tracing.sensor
+            for name, fd, point in ts.programs():
+                row = bpfinfo.program_row(name, fd, point)
+                out["programs"].append({k: row[k] for k in ("id", "name", "type", "attach", "run_count")})
+            for lk in ts.links:
+                out["links"].append({"id": lk.id, "program": lk.prog.name, "attach": lk.describe(), "pin": ""})
+            for name, m in ts.obj.maps.items():
+                if name in ("events", "procs", "binaries"):
+                    continue  # the process sensor's, shared
+                out["maps"].append(bpfinfo.map_row(m, None, count_entries=False) | {"owner": ts.name})
         if self.network and self.network.dp.obj:
             dp = self.network.dp
             for name, fd, point in dp.programs():

@@ -78,6 +78,8 @@ class Network:
         self._by_id: dict[int, Endpoint] = {}
         self._by_ip: dict[str, Endpoint] = {}
         self._by_ifindex: dict[int, Endpoint] = {}
+        self._by_cgroup: dict[int, dict[str, Any]] = {}
+        self.on_endpoints_changed: Any = None
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> list[str]:
@@ -162,6 +164,20 @@ class Network:
         self._by_id = {e.ep_id: e for e in all_eps}
         self._by_ip = {e.ipv4: e for e in all_eps}
         self._by_ifindex = {e.host_ifindex: e for e in all_eps}
+        pods = {}
+        for e in all_eps:
+            try:
+                pods[os.stat(e.cgroup).st_ino] = {
+                    "namespace": e.namespace,
+                    "name": e.name,
+                    "pod_labels": dict(e.labels),
+                    "workload": e.name,
+                }
+            except OSError:
+                pass
+        self._by_cgroup = pods
+        if self.on_endpoints_changed is not None:
+            self.on_endpoints_changed()
 
     def identity_of(self, ep: Endpoint, compiled: CompiledPolicy | None = None) -> int:
         c = compiled or self.compiled
@@ -324,6 +340,10 @@ class Network:
     def _info(self, e: Endpoint) -> EndpointInfo:
         ident = self.identity_of(e)
         return EndpointInfo(e.ep_id, e.name, e.namespace, list(self.compiled.identities.get(ident, ())), ident, e.ipv4)
+
+    def pod_of_cgroup(self, cgroup_id: int) -> dict[str, Any] | None:
+        """Tetragon's `pod` object for a process running in an endpoint's cgroup."""
+        return self._by_cgroup.get(cgroup_id)
 
     def identity_labels(self, identity: int) -> list[str]:
         return list(self.compiled.identities.get(identity, ()))

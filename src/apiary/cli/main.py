@@ -17,6 +17,7 @@ from .client import AgentUnreachable, ApiError, Client
 from .network_cmds import endpoint, identity, observe, policy
 from .output import console
 from .preflight_cmd import preflight
+from .tracing_cmds import tracingpolicy
 
 
 def _fail(msg: str, code: int = 1) -> None:
@@ -143,7 +144,13 @@ def agent(
 @click.option("-o", "--output", type=click.Choice(["compact", "json"]), default="compact", show_default=True)
 @click.option("--pid", "pids", multiple=True, type=int, help="Only these pids (repeatable).")
 @click.option("--binary", default=None, help="Only binaries matching this regular expression.")
-@click.option("--event-type", "types", multiple=True, type=click.Choice(["exec", "exit"]), help="Repeatable.")
+@click.option(
+    "--event-type",
+    "types",
+    multiple=True,
+    type=click.Choice(["exec", "exit", "kprobe", "tracepoint", "lsm"]),
+    help="Repeatable.",
+)
 @click.option("--count", type=click.IntRange(min=1), default=None, help="Stop after N events.")
 @click.option("--since", default=None, help="Replay recent events first: 30s, 5m, 1h or RFC 3339.")
 @click.option("--timestamps", is_flag=True, help="Prefix compact lines with the event time.")
@@ -282,8 +289,9 @@ def bpf_list(ctx: click.Context, output: str) -> None:
 
 
 cli.add_command(preflight)
-for _cmd in (endpoint, identity, policy, observe):
+for _cmd in (endpoint, identity, policy, observe, tracingpolicy):
     cli.add_command(_cmd)
+cli.add_command(tracingpolicy, name="tp")
 
 
 def main() -> None:

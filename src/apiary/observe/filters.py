@@ -12,7 +12,13 @@ from apiary.observe.clock import datetime_to_ns, parse_rfc3339_ns
 from apiary.observe.tetragon import event_kind
 
 # CLI event type -> JSON event key. Hook sensors register theirs, e.g. "kprobe": "process_kprobe".
-EVENT_TYPES: dict[str, str] = {"exec": "process_exec", "exit": "process_exit"}
+EVENT_TYPES: dict[str, str] = {
+    "exec": "process_exec",
+    "exit": "process_exit",
+    "kprobe": "process_kprobe",
+    "tracepoint": "process_tracepoint",
+    "lsm": "process_lsm",
+}
 
 _DURATION = re.compile(r"(?:\d+(?:\.\d+)?(?:ms|s|m|h|d))+")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")

@@ -1,0 +1,305 @@
+"""Runtime-security half of the agent: TracingPolicy repository, the generic syscall sensor, events.
+
+Apply is all-or-nothing: parse (strict) -> compile for this kernel (refusing what it cannot realise)
+-> write the sensor maps -> commit to the repository and to disk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from apiary.observe import tetragon
+from apiary.policy.models import PolicyError, Problem
+from apiary.runtime import tracing_abi as abi
+from apiary.runtime.process import ProcessSensor
+from apiary.runtime.tracing import TracingSensor, cgroup_id
+from apiary.tracing.compile import KernelFeatures, compile_tracing_policy, features_from_tracefs
+from apiary.tracing.load import load_tracing_policies
+from apiary.tracing.types import ARG_FD, ARG_INT, ARG_SOCKADDR, ARG_STRING, ARG_UINT, CompiledTracingPolicy, Hook
+
+ACTION_ENUM = {
+    "Post": "KPROBE_ACTION_POST",
+    "NoPost": "KPROBE_ACTION_NOPOST",
+    "Sigkill": "KPROBE_ACTION_SIGKILL",
+    "Signal": "KPROBE_ACTION_SIGNAL",
+    "DenyConnect": "KPROBE_ACTION_POST",
+}
+
+
+@dataclass
+class Stored:
+    key: str
+    source: str
+    compiled: CompiledTracingPolicy
+    enabled: bool = True
+    mode_override: str | None = None
+
+
+def _key(p: CompiledTracingPolicy) -> str:
+    return f"{p.namespace}/{p.name}"
+
+
+class Tracing:
+    def __init__(self, state_dir: str, process: ProcessSensor, features: KernelFeatures, network: Any = None) -> None:
+        self.file = Path(state_dir) / "tracingpolicies.json"
+        self.sensor = TracingSensor(process)
+        self.features = features
+        self.network = network
+        self.stored: dict[str, Stored] = {}
+
+    def start(self) -> list[str]:
+        self.sensor.load()
+        notes = []
+        if self.file.exists():
+            for rec in json.loads(self.file.read_text()):
+                try:
+                    self._apply_text(rec["source"], mode=rec.get("mode"), enabled=rec.get("enabled", True))
+                except (PolicyError, OSError, ValueError) as e:
+                    notes.append(f"tracing policy {rec.get('key')} could not be restored: {e}")
+        notes.append(
+            f"tracing: {len(self.stored)} policies; hooks realised at syscall entry "
+            f"(kprobes {'yes' if self.features.kprobes else 'no'}, BPF-LSM "
+            f"{'yes' if self.features.lsm else 'no'})"
+        )
+        return notes
+
+    def close(self) -> None:
+        self.sensor.close()
+
+    def _save(self) -> None:
+        data = [
+            {"key": s.key, "source": s.source, "mode": s.mode_override, "enabled": s.enabled}
+            for s in self.stored.values()
+        ]
+        tmp = self.file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=1))
+        os.replace(tmp, self.file)
+
+    # ------------------------------------------------------------------ scope
+    def cgroups_for(self, p: CompiledTracingPolicy) -> set[int] | None:
+        if p.pod_selector is None and p.kind != "TracingPolicyNamespaced":
+            return None
+        if self.network is None:
+            return set()
+        from apiary.policy.selectors import Selector
+
+        sel = Selector.from_model(p.pod_selector) if p.pod_selector else None
+        out = set()
+        for ep in self.network.em.endpoints.values():
+            if p.kind == "TracingPolicyNamespaced" and ep.namespace != p.namespace:
+                continue
+            labels = tuple(f"k8s:{k}={v}" for k, v in ep.labels.items()) + (
+                f"k8s:io.kubernetes.pod.namespace={ep.namespace}",
+            )
+            if sel is None or sel.matches(labels):
+                try:
+                    out.add(cgroup_id(ep.cgroup))
+                except OSError:
+                    pass
+        return out
+
+    def refresh_scopes(self) -> None:
+        """Endpoints changed: recompute which cgroups each pod-scoped policy covers."""
+        for st in self.stored.values():
+            cg = self.cgroups_for(st.compiled)
+            if cg is not None:
+                self.sensor.set_cgroups(st.key, cg)
+
+    # ------------------------------------------------------------------ repository
+    def _apply_text(self, text: str, mode: str | None = None, enabled: bool = True) -> list[dict[str, Any]]:
+        policies = load_tracing_policies(text)
+        compiled = [compile_tracing_policy(p, self.features) for p in policies]
+        out = []
+        for c, src in zip(compiled, _split(text, len(compiled)), strict=True):
+            if mode:
+                c.mode = mode
+            key = _key(c)
+            action = "configured" if key in self.stored else "created"
+            self.sensor.apply(key, c, self.cgroups_for(c))
+            self.stored[key] = Stored(key, src, c, True, mode)
+            if not enabled:
+                self.set_enabled(c.name, c.namespace, False)
+            out.append(
+                {
+                    "name": c.name,
+                    "namespace": c.namespace,
+                    "kind": c.kind,
+                    "mode": c.mode,
+                    "action": action,
+                    "hooks": [{"source": h.source, "realisation": h.realisation} for h in c.hooks],
+                    "notes": c.notes,
+                }
+            )
+        return out
+
+    def apply(self, text: str) -> list[dict[str, Any]]:
+        res = self._apply_text(text)
+        self._save()
+        return res
+
+    def _get(self, name: str, namespace: str) -> Stored:
+        st = self.stored.get(f"{namespace}/{name}")
+        if st is None:
+            raise PolicyError(
+                [
+                    Problem(
+                        "metadata.name",
+                        f"no tracing policy {name!r}" + (f" in namespace {namespace}" if namespace else ""),
+                    )
+                ]
+            )
+        return st
+
+    def delete(self, name: str, namespace: str) -> dict[str, Any]:
+        st = self._get(name, namespace)
+        self.sensor.delete(st.key)
+        del self.stored[st.key]
+        self._save()
+        return {"deleted": st.key}
+
+    def set_enabled(self, name: str, namespace: str, on: bool) -> dict[str, Any]:
+        st = self._get(name, namespace)
+        self.sensor.set_enabled(st.key, on)
+        st.enabled = on
+        self._save()
+        return {"name": name, "state": "enabled" if on else "disabled"}
+
+    def set_mode(self, name: str, namespace: str, mode: str) -> dict[str, Any]:
+        if mode not in ("enforce", "monitor"):
+            raise PolicyError([Problem("mode", f"{mode!r}: must be enforce or monitor")])
+        st = self._get(name, namespace)
+        st.compiled.mode = mode
+        st.mode_override = mode
+        self.sensor.apply(st.key, st.compiled, self.cgroups_for(st.compiled))
+        if not st.enabled:
+            self.sensor.set_enabled(st.key, False)
+        self._save()
+        return {"name": name, "mode": mode}
+
+    def rows(self) -> list[dict[str, Any]]:
+        out = []
+        for st in self.stored.values():
+            lp = self.sensor.policies[st.key]
+            counts = {"matched": 0, "posted": 0, "enforced": 0, "lost": 0}
+            for hid in lp.hook_ids:
+                for k, v in self.sensor.hook_counters(hid).items():
+                    counts[k] += v
+            out.append(
+                {
+                    "name": st.compiled.name,
+                    "namespace": st.compiled.namespace,
+                    "kind": st.compiled.kind,
+                    "state": "enabled" if st.enabled else "disabled",
+                    "mode": st.compiled.mode,
+                    "hooks": [{"source": h.source, "realisation": h.realisation} for h in st.compiled.hooks],
+                    "events": counts["posted"],
+                    "matched": counts["matched"],
+                    "enforced": counts["enforced"],
+                    "lost": counts["lost"],
+                    "kernel_memory": self.sensor.kernel_memory(lp),
+                    "scope": None if lp.cgroups is None else len(lp.cgroups),
+                    "notes": st.compiled.notes,
+                }
+            )
+        return out
+
+    # ------------------------------------------------------------------ events
+    def event(self, ev: abi.Event, cache: Any, node: str, time: str) -> dict[str, Any] | None:
+        entry = self.sensor.hooks.get(ev.hook_id)
+        if entry is None:
+            return None
+        lp, hook = entry
+        pol = lp.policy
+        p = cache.get_by_key(ev.pid, ev.proc_ktime) if hasattr(cache, "get_by_key") else None
+        if p is None:
+            p = cache.get_by_pid(ev.pid)
+        if p is None:
+            return None
+        parent = cache.parent(p)
+        action = abi.ACTION_NAMES.get(ev.action, "Post")
+        body: dict[str, Any] = {"process": tetragon.process_json(p)}
+        if parent is not None:
+            body["parent"] = tetragon.process_json(parent)
+        args = [_arg(hook, i, ev) for i in range(min(ev.nargs, len(hook.args)))]
+        if hook.event == "process_tracepoint":
+            subsys, _, event = hook.function_name.partition("/")
+            body.update({"subsys": subsys, "event": event})
+        else:
+            body["function_name"] = hook.function_name
+        if args:
+            body["args"] = args
+        body["action"] = ACTION_ENUM.get(action, "KPROBE_ACTION_POST")
+        body["policy_name"] = pol.name
+        message = hook.message
+        if ev.flags & abi.EV_MONITOR:
+            message = f"[monitor mode: would {action}] {message}".strip()
+        elif action == "DenyConnect" and ev.flags & abi.EV_ENFORCED:
+            message = f"[DenyConnect: connect() failed with EPERM] {message}".strip()
+        if message:
+            body["message"] = message
+        if hook.tags:
+            body["tags"] = list(hook.tags)
+        anc = cache.ancestors(p)
+        if anc:
+            body["ancestors"] = [tetragon.process_json(a) for a in anc]
+        return {hook.event: body, "node_name": node, "time": time}
+
+
+def _arg(hook: Hook, i: int, ev: abi.Event) -> dict[str, Any]:
+    spec = hook.args[i]
+    v = ev.ints[i]
+    s = bytes(ev.str[i])[: ev.slen[i]].decode("utf-8", errors="replace")
+    if spec.kind == ARG_STRING:
+        out: dict[str, Any] = {"string_arg": s}
+    elif spec.kind == ARG_FD:
+        out = {"file_arg": {"path": s}}
+    elif spec.kind == ARG_SOCKADDR:
+        fam, addr, port = abi.sockaddr(v)
+        out = {"sockaddr_arg": {"family": "AF_INET" if fam == 2 else str(fam), "addr": addr, "port": port}}
+    elif spec.tetragon_type == "size_t":
+        out = {"size_arg": str(v & 0xFFFFFFFFFFFFFFFF)}
+    elif spec.kind == ARG_UINT:
+        out = {"uint_arg": v & 0xFFFFFFFF}
+    elif spec.kind == ARG_INT and spec.tetragon_type in ("long", "sint64", "int64"):
+        out = {"long_arg": str(v)}
+    else:
+        out = {"int_arg": _i32(v)}
+    if spec.label:
+        out["label"] = spec.label
+    return out
+
+
+def _i32(v: int) -> int:
+    v &= 0xFFFFFFFF
+    return v - (1 << 32) if v >= 1 << 31 else v
+
+
+def _split(text: str, n: int) -> list[str]:
+    import yaml
+
+    docs = [yaml.safe_dump(d, sort_keys=False) for d in yaml.safe_load_all(text) if d is not None]
+    return docs if len(docs) == n else [text] * n
+
+
+def kernel_features(preflight: Any = None) -> KernelFeatures:
+    """What the running kernel offers, found by trying (apiary preflight's probes)."""
+    from apiary.runtime.preflight import run_preflight
+
+    rep = preflight or run_preflight()
+
+    def ok(name: str) -> bool:
+        c = rep.get(name)
+        return bool(c and c.ok)
+
+    base = features_from_tracefs()
+    return KernelFeatures(
+        kprobes=ok("kprobe"),
+        fentry=ok("fentry"),
+        lsm=ok("lsm") and ok("lsm_active"),
+        override=False,
+        syscalls=base.syscalls,
+    )

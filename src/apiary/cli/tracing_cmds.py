@@ -1,0 +1,107 @@
+"""`apiary tracingpolicy` (alias `tp`): TracingPolicy in Tetragon's format."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+from rich.table import Table
+
+from .network_cmds import _fail, _req
+from .output import console
+
+
+def _read(path: str) -> str:
+    try:
+        return sys.stdin.read() if path == "-" else open(path).read()
+    except OSError as e:
+        _fail(f"-f {path}: {e.strerror}", 2)
+    return ""
+
+
+@click.group("tracingpolicy")
+def tracingpolicy() -> None:
+    """TracingPolicy / TracingPolicyNamespaced (Tetragon's YAML), decided in the kernel."""
+
+
+@tracingpolicy.command("apply")
+@click.option("-f", "--file", "path", required=True, type=click.Path(dir_okay=False, allow_dash=True))
+@click.pass_context
+def tp_apply(ctx: click.Context, path: str) -> None:
+    """Apply every policy in a file, all or nothing; prints how each hook is realised on this kernel."""
+    res = _req(
+        ctx, "POST", "/v1/tracingpolicies", content=_read(path).encode(), headers={"Content-Type": "application/yaml"}
+    )
+    for p in res:
+        where = f"{p['namespace']}/" if p["namespace"] else ""
+        click.echo(f"tracingpolicy {where}{p['name']} {p['action']} (mode {p['mode']})")
+        for h in p["hooks"]:
+            click.echo(f"  {h['source']}: {h['realisation']}")
+        for n in p["notes"]:
+            click.echo(f"  note: {n}")
+
+
+@tracingpolicy.command("list")
+@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
+@click.pass_context
+def tp_list(ctx: click.Context, output: str) -> None:
+    """NAME STATE MODE HOOKS EVENTS ENFORCED KERNEL-MEMORY."""
+    rows = _req(ctx, "GET", "/v1/tracingpolicies")
+    if output == "json":
+        click.echo(json.dumps(rows, indent=2))
+        return
+    t = Table("NAME", "STATE", "MODE", "HOOKS (how each is realised)", "EVENTS", "ENFORCED", "KERNEL-MEMORY")
+    for r in rows:
+        name = f"{r['namespace']}/{r['name']}" if r["namespace"] else r["name"]
+        hooks = "\n".join(f"{h['source']}: {h['realisation']}" for h in r["hooks"])
+        t.add_row(name, r["state"], r["mode"], hooks, str(r["events"]), str(r["enforced"]), f"{r['kernel_memory']:,} B")
+    console().print(t)
+
+
+def _name_cmd(op: str, help_text: str) -> click.Command:
+    @click.command(op, help=help_text)
+    @click.argument("name")
+    @click.option("--namespace", "-n", default="")
+    @click.pass_context
+    def cmd(ctx: click.Context, name: str, namespace: str) -> None:
+        if op == "delete":
+            res = _req(ctx, "DELETE", f"/v1/tracingpolicies/{name}", params={"namespace": namespace})
+            click.echo(f"tracingpolicy {res['deleted'].lstrip('/')} deleted")
+        else:
+            res = _req(ctx, "POST", f"/v1/tracingpolicies/{name}/{op}", params={"namespace": namespace})
+            click.echo(f"tracingpolicy {name} {res['state']}")
+
+    return cmd
+
+
+for _op, _help in (
+    ("enable", "Enable a policy."),
+    ("disable", "Disable a policy (hooks stay loaded, inactive)."),
+    ("delete", "Delete a policy."),
+):
+    tracingpolicy.add_command(_name_cmd(_op, _help))
+
+
+@tracingpolicy.command("set-mode")
+@click.argument("name")
+@click.argument("mode", type=click.Choice(["enforce", "monitor"]))
+@click.option("--namespace", "-n", default="")
+@click.pass_context
+def tp_set_mode(ctx: click.Context, name: str, mode: str, namespace: str) -> None:
+    """enforce: act (Sigkill, Signal, DenyConnect); monitor: report the would-be action only."""
+    res = _req(ctx, "POST", f"/v1/tracingpolicies/{name}/mode", params={"namespace": namespace, "mode": mode})
+    click.echo(f"tracingpolicy {name} mode {res['mode']}")
+
+
+@tracingpolicy.command("convert")
+@click.option("-f", "--file", "path", required=True, type=click.Path(dir_okay=False, allow_dash=True))
+def tp_convert(path: str) -> None:
+    """Write the real TracingPolicy equivalent of the seed article's invented syntax."""
+    from apiary.policy.models import PolicyError
+    from apiary.tracing.load import convert_seed
+
+    try:
+        click.echo(convert_seed(_read(path)), nl=False)
+    except PolicyError as e:
+        _fail(str(e), 1)

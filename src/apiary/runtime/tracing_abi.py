@@ -1,0 +1,207 @@
+"""Python side of bpf/include/tracing_abi.h: hook configuration encoder and event decoder."""
+
+from __future__ import annotations
+
+import ctypes
+import ipaddress
+import re
+import socket
+from functools import lru_cache
+
+from apiary.tracing.types import (
+    ARG_FD,
+    ARG_INT,
+    ARG_SOCKADDR,
+    ARG_STRING,
+    ARG_UINT,
+    Hook,
+)
+
+MSG_GENERIC = 10
+GS_HOOKS, GS_PER_SYSCALL, GS_ARGS, GS_SELECTORS, GS_FILTERS, GS_VALS = 64, 7, 5, 5, 5, 4
+GS_ARGSTR, GS_BIN = 256, 256
+KIND = {ARG_INT: 1, ARG_UINT: 2, ARG_STRING: 3, ARG_FD: 4, ARG_SOCKADDR: 5}
+KIND_NAME = {v: k for k, v in KIND.items()}
+OPS = {
+    "Equal": 1,
+    "NotEqual": 2,
+    "Prefix": 3,
+    "NotPrefix": 4,
+    "Postfix": 5,
+    "NotPostfix": 6,
+    "GT": 7,
+    "GreaterThan": 7,
+    "LT": 8,
+    "LessThan": 8,
+    "Mask": 9,
+    "InRange": 10,
+    "NotInRange": 11,
+    "DAddr": 12,
+    "NotDAddr": 13,
+    "DPort": 14,
+    "NotDPort": 15,
+    "Family": 16,
+}
+BIN_OPS = {"In": 1, "NotIn": 2, "Prefix": 3, "NotPrefix": 4}
+ACTIONS = {"Post": 1, "NoPost": 2, "Sigkill": 3, "Signal": 4, "DenyConnect": 5}
+ACTION_NAMES = {v: k for k, v in ACTIONS.items()}
+F_ENABLED, F_SCOPED, F_MONITOR, F_BINARIES = 1, 2, 4, 8
+EV_MONITOR, EV_ENFORCED, EV_TRUNC = 1, 2, 4
+CNT = ("matched", "posted", "enforced", "lost")
+FNV_BASIS, FNV_PRIME = 0xCBF29CE484222325, 0x100000001B3
+
+
+def fnv(data: bytes) -> int:
+    h = FNV_BASIS
+    for b in data:
+        h = ((h ^ b) * FNV_PRIME) & 0xFFFFFFFFFFFFFFFF
+    return h
+
+
+class Filter(ctypes.Structure):
+    _fields_ = [
+        ("arg", ctypes.c_uint8),
+        ("op", ctypes.c_uint8),
+        ("nvals", ctypes.c_uint8),
+        ("_pad", ctypes.c_uint8),
+        ("lens", ctypes.c_uint32 * 4),
+        ("ints", (ctypes.c_int64 * 2) * 4),
+        ("hash", ctypes.c_uint64 * 4),
+    ]
+
+
+class Sel(ctypes.Structure):
+    _fields_ = [
+        ("nfilters", ctypes.c_uint8),
+        ("action", ctypes.c_uint8),
+        ("signal", ctypes.c_uint8),
+        ("post", ctypes.c_uint8),
+        ("bin_op", ctypes.c_uint8),
+        ("nbins", ctypes.c_uint8),
+        ("pid_op", ctypes.c_uint8),
+        ("npids", ctypes.c_uint8),
+        ("pids", ctypes.c_uint32 * 4),
+        ("rate_ns", ctypes.c_uint64),
+        ("bin_lens", ctypes.c_uint32 * 4),
+        ("bin_hash", ctypes.c_uint64 * 4),
+        ("f", Filter * GS_FILTERS),
+    ]
+
+
+class HookCfg(ctypes.Structure):
+    _fields_ = [
+        ("policy_id", ctypes.c_uint32),
+        ("hook_id", ctypes.c_uint16),
+        ("nargs", ctypes.c_uint8),
+        ("nsel", ctypes.c_uint8),
+        ("flags", ctypes.c_uint8),
+        ("_pad", ctypes.c_uint8 * 3),
+        ("arg_index", ctypes.c_uint8 * GS_ARGS),
+        ("arg_kind", ctypes.c_uint8 * GS_ARGS),
+        ("_pad2", ctypes.c_uint8 * 6),
+        ("sel", Sel * GS_SELECTORS),
+    ]
+
+
+class SysCfg(ctypes.Structure):
+    _fields_ = [("n", ctypes.c_uint16), ("hooks", ctypes.c_uint16 * 8), ("_pad", ctypes.c_uint16)]
+
+
+class Event(ctypes.Structure):
+    _fields_ = [
+        ("type", ctypes.c_uint8),
+        ("_pad0", ctypes.c_uint8 * 3),
+        ("size", ctypes.c_uint32),
+        ("ktime", ctypes.c_uint64),
+        ("pid", ctypes.c_uint32),
+        ("tid", ctypes.c_uint32),
+        ("proc_ktime", ctypes.c_uint64),
+        ("cgroup_id", ctypes.c_uint64),
+        ("hook_id", ctypes.c_uint16),
+        ("selector", ctypes.c_int8),
+        ("action", ctypes.c_uint8),
+        ("flags", ctypes.c_uint8),
+        ("nargs", ctypes.c_uint8),
+        ("syscall_nr", ctypes.c_uint16),
+        ("ints", ctypes.c_int64 * GS_ARGS),
+        ("slen", ctypes.c_uint16 * GS_ARGS),
+        ("_pad1", ctypes.c_uint16 * 3),
+        ("str", (ctypes.c_char * GS_ARGSTR) * GS_ARGS),
+    ]
+
+
+LAYOUTS = {
+    "gs_filter": (ctypes.sizeof(Filter), {n: getattr(Filter, n).offset for n, _ in Filter._fields_ if n[0] != "_"}),
+    "gs_selector": (ctypes.sizeof(Sel), {n: getattr(Sel, n).offset for n, _ in Sel._fields_ if n[0] != "_"}),
+    "gs_hook": (ctypes.sizeof(HookCfg), {n: getattr(HookCfg, n).offset for n, _ in HookCfg._fields_ if n[0] != "_"}),
+    "gs_event": (ctypes.sizeof(Event), {n: getattr(Event, n).offset for n, _ in Event._fields_ if n[0] != "_"}),
+}
+
+
+@lru_cache(maxsize=1)
+def syscall_numbers() -> dict[str, int]:
+    """x86_64 syscall name -> number, from the kernel's UAPI header."""
+    out: dict[str, int] = {}
+    with open("/usr/include/x86_64-linux-gnu/asm/unistd_64.h") as f:
+        for m in re.finditer(r"#define __NR_(\w+)\s+(\d+)", f.read()):
+            out[m.group(1)] = int(m.group(2))
+    return out
+
+
+def encode_hook(hook: Hook, policy_id: int, hook_id: int, flags: int) -> bytes:
+    h = HookCfg(policy_id=policy_id, hook_id=hook_id, nargs=len(hook.args), nsel=len(hook.selectors), flags=flags)
+    for i, a in enumerate(hook.args):
+        h.arg_index[i] = a.index
+        h.arg_kind[i] = KIND[a.kind]
+    for si, sel in enumerate(hook.selectors):
+        s = h.sel[si]
+        s.nfilters = len(sel.args)
+        s.action = ACTIONS[sel.action]
+        s.signal = 9 if sel.action == "Sigkill" else sel.signal
+        s.post = int(sel.post)
+        s.rate_ns = sel.rate_limit_ns
+        if sel.binaries:
+            h.flags |= F_BINARIES
+            s.bin_op = BIN_OPS[sel.binaries.op]
+            s.nbins = len(sel.binaries.values)
+            for v, path in enumerate(sel.binaries.values):
+                b = path.encode()
+                s.bin_lens[v] = len(b)
+                s.bin_hash[v] = fnv(b)
+        if sel.pids:
+            s.pid_op = BIN_OPS[sel.pids.op]
+            s.npids = len(sel.pids.values)
+            for v, pid in enumerate(sel.pids.values):
+                s.pids[v] = pid
+        for fi, flt in enumerate(sel.args):
+            f = s.f[fi]
+            f.arg = flt.arg
+            f.op = OPS[flt.op]
+            f.nvals = len(flt.values)
+            kind = hook.args[flt.arg].kind
+            for v, val in enumerate(flt.values):
+                if kind in (ARG_STRING, ARG_FD):
+                    b = str(val).encode()
+                    f.lens[v] = len(b)
+                    f.hash[v] = fnv(b[::-1] if flt.op in ("Postfix", "NotPostfix") else b)
+                elif flt.op in ("DAddr", "NotDAddr"):
+                    net = ipaddress.IPv4Network(str(val), strict=False)
+                    f.ints[v][0] = int(net.network_address)
+                    f.ints[v][1] = int(net.netmask)
+                elif flt.op in ("DPort", "NotDPort", "InRange", "NotInRange"):
+                    lo, _, hi = str(val).partition(":")
+                    f.ints[v][0], f.ints[v][1] = int(lo), int(hi or lo)
+                elif flt.op == "Family":
+                    f.ints[v][0] = int(val) if str(val).isdigit() else getattr(socket, str(val))
+                else:
+                    f.ints[v][0] = int(val)
+    return bytes(h)
+
+
+def decode_event(buf: memoryview | bytes) -> Event:
+    return Event.from_buffer_copy(bytes(buf[: ctypes.sizeof(Event)]))
+
+
+def sockaddr(v: int) -> tuple[int, str, int]:
+    v &= 0xFFFFFFFFFFFFFFFF
+    return v >> 48, str(ipaddress.IPv4Address(v & 0xFFFFFFFF)), (v >> 32) & 0xFFFF

@@ -84,7 +84,9 @@ def test_verifier_rejection_names_reason_and_source_line(tmp_path: Path) -> None
     text = str(err)
     assert "load program deliberately_bad" in text
     assert "map_value_or_null" in err.summary  # the verifier's own reason
-    assert "return *v == 7" in err.summary and "bad.bpf.c:" in err.summary  # the failing source line
+    assert "return *v == 7" in err.summary  # the failing source line
+    if " @ " in err.log:  # newer verifiers also name file:line (6.1's does not)
+        assert "bad.bpf.c:" in err.summary
     assert "processed" not in err.summary
 
 

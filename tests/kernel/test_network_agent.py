@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -103,3 +104,12 @@ def test_observe_table_not_and_json_shape(pair_factory) -> None:
     assert set(resp) == {"flow", "node_name", "time"} and resp["flow"]["Type"] == "L3_L4"
     r = net.agent.cli("observe", "--bogus-filter", "x")
     assert r.returncode == 2 and "--bogus-filter" in r.stderr
+
+
+def test_prometheus_metrics_have_hubble_and_tetragon_names(pair_factory) -> None:
+    agent, net = pair_factory()
+    assert _can(net)
+    time.sleep(0.3)
+    text = agent.client().http.get("/metrics").text
+    assert 'hubble_flows_processed_total{protocol="TCP",subtype="to-endpoint",type="Trace",verdict="FORWARDED"}' in text
+    assert "tetragon_events_total" in text and 'type="PROCESS_EXEC"' in text

@@ -270,15 +270,15 @@ def test_compact_uses_node_name_without_pod_and_colours() -> None:
 
 
 def test_compact_unknown_and_table_driven(monkeypatch: pytest.MonkeyPatch) -> None:
-    ev = {"process_kprobe": {"process": {"binary": "/usr/bin/curl"}, "function_name": "x"}, "node_name": "n"}
-    assert compact(ev) == "❓ process_kprobe n /usr/bin/curl"
+    ev = {"process_loader": {"process": {"binary": "/usr/bin/curl"}, "function_name": "x"}, "node_name": "n"}
+    assert compact(ev) == "❓ process_loader n /usr/bin/curl"
     assert compact({"node_name": "n"}) == "❓ unknown"
 
     def kprobe(event: dict[str, Any], body: dict[str, Any], color: bool) -> str:
         info = process_info(event, body["process"], color)
         return f"{head('❓', 'syscall', color)} {info} {body['function_name']}"
 
-    monkeypatch.setitem(COMPACT_FORMATTERS, "process_kprobe", kprobe)
+    monkeypatch.setitem(COMPACT_FORMATTERS, "process_loader", kprobe)
     assert compact(ev) == "❓ syscall n /usr/bin/curl x"
 
 

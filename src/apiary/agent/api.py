@@ -20,6 +20,13 @@ OPENAPI: dict[str, Any] = {
     "openapi": "3.0.3",
     "info": {"title": "apiary agent API", "version": __version__},
     "paths": {
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics: hubble_flows_processed_total, hubble_drop_total, "
+                "hubble_policy_verdicts_total, hubble_lost_events_total, tetragon_events_total",
+                "responses": {"200": {"description": "text exposition format"}},
+            }
+        },
         "/v1/health": {"get": {"summary": "Liveness", "responses": {"200": {"description": "agent is up"}}}},
         "/v1/status": {
             "get": {
@@ -90,6 +97,11 @@ def build_app(agent: Agent) -> web.Application:
     async def bpf(_: web.Request) -> web.Response:
         return web.json_response(agent.bpf_list())
 
+    async def metrics(_: web.Request) -> web.Response:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return web.Response(body=generate_latest(agent.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
     async def openapi(_: web.Request) -> web.Response:
         return web.json_response(OPENAPI)
 
@@ -158,6 +170,7 @@ def build_app(agent: Agent) -> web.Application:
     app.router.add_get("/v1/bpf", bpf)
     app.router.add_get("/v1/events", events)
     app.router.add_get("/openapi.json", openapi)
+    app.router.add_get("/metrics", metrics)
     from . import api_network, api_tracing
 
     api_network.add_routes(app, agent)

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import CollectorRegistry, Counter
+
 from apiary import __version__
 from apiary.loader import BpfError
 from apiary.loader import _libbpf as L
@@ -70,6 +72,11 @@ class Agent:
         self.procfs_seeded = 0
         self.network: Any = None
         self.tracing: Any = None
+        # Prometheus metrics (never the global registry): Hubble's flow metrics and Tetragon's event counters
+        self.registry = CollectorRegistry()
+        self.m_events = Counter(
+            "events_total", "Events by type", ["type"], namespace="tetragon", registry=self.registry
+        )
         self.net_pool = ThreadPoolExecutor(1, thread_name_prefix="network")
         self._stop: asyncio.Event | None = None
 
@@ -125,7 +132,7 @@ class Agent:
             from .network import Network
 
             try:
-                self.network = Network(cfg, self.clock)
+                self.network = Network(cfg, self.clock, self.registry)
                 self.loaded += self.network.start()
             except Exception as e:  # noqa: BLE001 - reported in one line; the process sensor still works
                 if self.network:
@@ -261,6 +268,7 @@ class Agent:
 
     def publish(self, kind: str, ev: dict[str, Any]) -> None:
         self.counters.events[kind] += 1
+        self.m_events.labels("PROCESS_" + kind.upper()).inc()
         self.history.append(ev)
         for sub in self.subscribers:
             try:

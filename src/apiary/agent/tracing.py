@@ -85,9 +85,16 @@ class Tracing:
             return None
         if self.network is None:
             return set()
-        from apiary.policy.selectors import Selector
+        from apiary.policy.selectors import Requirement, Selector, parse_key
 
-        sel = Selector.from_model(p.pod_selector) if p.pod_selector else None
+        sel = None
+        if p.pod_selector:
+            ps: dict[str, Any] = dict(p.pod_selector)
+            exprs = [
+                Requirement(*parse_key(e["key"]), e["operator"], frozenset(e.get("values") or ()))
+                for e in ps.get("matchExpressions") or ()
+            ]
+            sel = Selector.of(ps.get("matchLabels") or {}, *exprs)
         out = set()
         for ep in self.network.em.endpoints.values():
             if p.kind == "TracingPolicyNamespaced" and ep.namespace != p.namespace:

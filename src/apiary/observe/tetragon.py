@@ -163,3 +163,16 @@ def with_timestamp(line: str, event: dict[str, Any]) -> str:
     except ValueError:
         ts = str(t)
     return f"{ts} {line}"
+
+
+# Hook events (TracingPolicy): their formatters live in apiary.tracing.compact, which imports this module's
+# helpers; it is imported here, after they exist, and looked up when a line is formatted.
+import apiary.tracing.compact as _hook_lines  # noqa: E402
+
+COMPACT_FORMATTERS.update({
+    "process_kprobe": lambda event, body, color: _hook_lines.kprobe_line(event, color),
+    "process_tracepoint": lambda event, body, color: _hook_lines.tracepoint_line(event, color),
+    "process_lsm": lambda event, body, color: _hook_lines.lsm_line(event, color),
+    "process_uprobe": lambda event, body, color: _hook_lines.uprobe_line(event, color),
+    "process_usdt": lambda event, body, color: _hook_lines.usdt_line(event, color),
+})

@@ -6,12 +6,14 @@
   tcp HOST PORT [TIMEOUT]   connect, send, expect the echo; exit 0 on success, 1 on failure
   udp HOST PORT [TIMEOUT]   send a datagram, expect the echo
   http HOST PORT [TIMEOUT]  GET /, expect 200
+  connect HOST PORT         one TCP connect; prints "connected" or "error <ERRNO-NAME>"
   hold HOST PORT SECONDS    keep one TCP connection and exchange a message every 0.1 s; prints ok/fail counts
 Only ever used with addresses of endpoints and test hosts the caller created.
 """
 
 from __future__ import annotations
 
+import errno
 import http.server
 import socket
 import socketserver
@@ -127,6 +129,12 @@ def main(argv: list[str]) -> int:
         timeout = float(rest[2]) if len(rest) > 2 else 1.5
         fn = {"tcp": tcp, "udp": udp, "http": http}[cmd]
         return 0 if fn(rest[0], int(rest[1]), timeout) else 1
+    elif cmd == "connect":
+        try:
+            socket.create_connection((rest[0], int(rest[1])), timeout=2).close()
+            print("connected")
+        except OSError as e:
+            print("error", errno.errorcode.get(e.errno or 0, str(e)))
     elif cmd == "hold":
         hold(rest[0], int(rest[1]), float(rest[2]))
     else:

@@ -1,0 +1,1004 @@
+"""Compile a loaded TracingPolicy into hooks the generic syscall sensor realises (pure; no kernel, no root).
+
+The sensor of this version attaches at syscall entry only (one raw tracepoint on ``sys_enter``). A hook
+is therefore realised in one of three ways, and every realisation is reported in
+``CompiledTracingPolicy.notes`` (shown at apply time); a hook with no faithful realisation refuses the
+whole policy with a :class:`PolicyError` naming the field.
+
+1. ``kprobes`` with ``syscall: true`` and ``call: sys_X`` (``__x64_sys_X`` too), and ``tracepoints``
+   ``syscalls/sys_enter_X``: the entry of syscall X. Args by index are the syscall's arguments (for a
+   tracepoint, field index 5 + n is argument n; 0-3 are the common fields, 4 the syscall number).
+   The event's ``function_name`` is ``__x64_sys_X`` (tracepoints: ``syscalls/sys_enter_X``).
+2. A few kernel functions (``syscall: false``) and LSM hooks, on the nearest syscalls:
+
+   ============================== =========================================== ==============================
+   kernel function / LSM hook      syscalls                                     args (kernel arg -> syscall)
+   ============================== =========================================== ==============================
+   vfs_write                       write pwrite64 | writev pwritev pwritev2     0 file -> fd 0 (path resolved
+                                                                                in the kernel); 1 buf -> 1 and
+                                                                                2 count -> 2 on write/pwrite64
+   vfs_read                        read pread64 | readv preadv preadv2          0 file -> fd 0; 2 count -> 2
+                                                                                (read/pread64); 1 buf: refused
+   security_file_permission        write family (mask = MAY_WRITE 2) and        0 file -> fd 0; 1 mask: a
+                                   read family (mask = MAY_READ 4)              constant per syscall, filters
+                                                                                on it are decided here
+   fd_install                      open creat | openat openat2                  1 file -> path string (arg 0 |
+                                                                                arg 1); 0 fd: not known yet
+   security_file_open, lsm         open creat | openat openat2                  0 file -> path string (0 | 1)
+   file_open
+   tcp_connect                     connect                                      0 sock -> sockaddr arg 1
+   security_socket_connect         connect                                      1 sockaddr -> 1; 2 addrlen ->
+                                                                                2; 0 socket: not available
+   commit_creds                    setuid setgid setreuid setregid setresuid    0 cred: not available
+                                   setresgid
+   security_bprm_check, lsm        execve | execveat                            0 linux_binprm -> path string
+   bprm_check_security                                                          (arg 0 | arg 1)
+   __sys_X                         X                                            same indices
+   ============================== =========================================== ==============================
+
+   "path string" args are the path as the process passed it (relative paths are not resolved), not
+   the file's full path; fd args are resolved to the file's path in the kernel. An arg marked "not
+   available" is left out of events (noted) and a filter on it refuses the policy. An arg that exists
+   on only some of the syscalls (vfs_write's count) restricts a monitoring policy to those syscalls
+   (noted) and refuses an enforcing one (the others would be a bypass).
+3. ``raw_syscalls/sys_enter``: only its ``id`` (field 4) may be read, and only filtered by syscall
+   name through a list (``InMap list:NAME``/``Equal``): the filter becomes the set of syscalls watched
+   (every selector must name the same set, or none). The id is the event's syscall number.
+
+Everything else - other kernel functions, other tracepoint subsystems, uprobes, USDTs, fentries, the
+loader, enforcers - is refused. Values beyond the sensor's fixed limits (:mod:`apiary.tracing.types`)
+are refused with the field path and the limit, never truncated.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import platform
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from apiary.policy.selectors import NAMESPACE_KEY
+
+from .models import (
+    INT_TYPES,
+    UNSIGNED_TYPES,
+    ActionSelector,
+    ArgSelector,
+    HookSpec,
+    KProbeArg,
+    KProbeSelector,
+    KProbeSpec,
+    LsmHookSpec,
+    PolicyError,
+    Problem,
+    TracepointSpec,
+    TracingPolicyBase,
+    parse_int,
+    parse_port_range,
+    resolve_arg,
+)
+from .types import (
+    ARG_FD,
+    ARG_INT,
+    ARG_SOCKADDR,
+    ARG_STRING,
+    ARG_UINT,
+    MAX_ARG_FILTERS,
+    MAX_ARGS,
+    MAX_BINARY,
+    MAX_SELECTORS,
+    MAX_STRING,
+    MAX_VALUES,
+    ArgFilter,
+    ArgSpec,
+    BinaryFilter,
+    CompiledTracingPolicy,
+    Hook,
+    PidFilter,
+    Selector,
+)
+
+__all__ = [
+    "KERNEL_FUNCTION_NAMES",
+    "MAX_HOOKS",
+    "MAX_HOOKS_PER_SYSCALL",
+    "X86_64_SYSCALLS",
+    "KernelFeatures",
+    "compile_tracing_policy",
+    "features_from_tracefs",
+    "syscalls_from_tracefs",
+]
+
+MAX_HOOKS = 64  # hooks the sensor holds across all policies (tracing_abi.h GS_HOOKS)
+MAX_HOOKS_PER_SYSCALL = 7  # hooks watching one syscall (GS_PER_SYSCALL)
+
+# Syscalls of x86_64 that have a syscalls/sys_enter_* tracepoint (Linux 6.18); used to recognise the seed
+# article's bare syscall names and as a realistic set in tests. Real compilation uses KernelFeatures.syscalls.
+X86_64_SYSCALLS = frozenset("""
+accept accept4 access acct add_key adjtimex alarm arch_prctl bind bpf brk cachestat capget capset chdir
+chmod chown chroot clock_adjtime clock_getres clock_gettime clock_nanosleep clock_settime clone clone3
+close close_range connect copy_file_range creat dup dup2 dup3 epoll_create epoll_create1 epoll_ctl
+epoll_pwait epoll_pwait2 epoll_wait eventfd eventfd2 execve execveat exit exit_group faccessat
+faccessat2 fadvise64 fallocate fanotify_init fanotify_mark fchdir fchmod fchmodat fchmodat2 fchown
+fchownat fcntl fdatasync fgetxattr file_getattr file_setattr flistxattr flock fork fremovexattr
+fsconfig fsetxattr fsmount fsopen fspick fstatfs fsync ftruncate futex futex_requeue futex_wait
+futex_waitv futex_wake futimesat get_mempolicy get_robust_list getcpu getcwd getdents getdents64
+getegid geteuid getgid getgroups getitimer getpeername getpgid getpgrp getpid getppid getpriority
+getrandom getresgid getresuid getrlimit getrusage getsid getsockname getsockopt gettid gettimeofday
+getuid getxattr getxattrat inotify_add_watch inotify_init inotify_init1 inotify_rm_watch io_cancel
+io_destroy io_getevents io_pgetevents io_setup io_submit io_uring_enter io_uring_register
+io_uring_setup ioctl ioperm iopl ioprio_get ioprio_set kcmp keyctl kill landlock_add_rule
+landlock_create_ruleset landlock_restrict_self lchown lgetxattr link linkat listen listmount listxattr
+listxattrat llistxattr lremovexattr lseek lsetxattr lsm_get_self_attr lsm_list_modules
+lsm_set_self_attr madvise mbind membarrier memfd_create memfd_secret migrate_pages mincore mkdir
+mkdirat mknod mknodat mlock mlock2 mlockall mmap modify_ldt mount mount_setattr move_mount move_pages
+mprotect mq_getsetattr mq_notify mq_open mq_timedreceive mq_timedsend mq_unlink mremap mseal msgctl
+msgget msgrcv msgsnd msync munlock munlockall munmap name_to_handle_at nanosleep newfstat newfstatat
+newlstat newstat newuname open open_by_handle_at open_tree open_tree_attr openat openat2 pause
+perf_event_open personality pidfd_getfd pidfd_open pidfd_send_signal pipe pipe2 pivot_root pkey_alloc
+pkey_free pkey_mprotect poll ppoll prctl pread64 preadv preadv2 prlimit64 process_madvise
+process_mrelease process_vm_readv process_vm_writev pselect6 ptrace pwrite64 pwritev pwritev2 quotactl
+quotactl_fd read readahead readlink readlinkat readv reboot recvfrom recvmmsg recvmsg remap_file_pages
+removexattr removexattrat rename renameat renameat2 request_key restart_syscall rmdir rseq rt_sigaction
+rt_sigpending rt_sigprocmask rt_sigqueueinfo rt_sigreturn rt_sigsuspend rt_sigtimedwait
+rt_tgsigqueueinfo sched_get_priority_max sched_get_priority_min sched_getaffinity sched_getattr
+sched_getparam sched_getscheduler sched_rr_get_interval sched_setaffinity sched_setattr sched_setparam
+sched_setscheduler sched_yield seccomp select semctl semget semop semtimedop sendfile64 sendmmsg
+sendmsg sendto set_mempolicy set_mempolicy_home_node set_robust_list set_tid_address setdomainname
+setfsgid setfsuid setgid setgroups sethostname setitimer setns setpgid setpriority setregid setresgid
+setresuid setreuid setrlimit setsid setsockopt settimeofday setuid setxattr setxattrat shmat shmctl
+shmdt shmget shutdown sigaltstack signalfd signalfd4 socket socketpair splice statfs statmount statx
+swapoff swapon symlink symlinkat sync sync_file_range syncfs sysfs sysinfo syslog tee tgkill time
+timer_create timer_delete timer_getoverrun timer_gettime timer_settime timerfd_create timerfd_gettime
+timerfd_settime times tkill truncate umask umount unlink unlinkat unshare uprobe uretprobe userfaultfd
+ustat utime utimensat utimes vfork vhangup vmsplice wait4 waitid write writev
+""".split())
+
+
+# --- kernel features -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KernelFeatures:
+    """What the running kernel lets apiary attach (found by preflight / probing at start-up)."""
+
+    kprobes: bool
+    fentry: bool
+    lsm: bool
+    override: bool  # kernel error injection (bpf_override_return)
+    syscalls: frozenset[str] = frozenset()  # syscall names with a syscalls/sys_enter_<name> tracepoint
+
+    def describe(self) -> str:
+        """E.g. ``no kprobes (CONFIG_KPROBES off), fentry/BPF-LSM refused``."""
+        parts = ["kprobes" if self.kprobes else "no kprobes (CONFIG_KPROBES off)"]
+        refused = [n for n, ok in (("fentry", self.fentry), ("BPF-LSM", self.lsm)) if not ok]
+        if refused:
+            parts.append("/".join(refused) + " refused")
+        else:
+            parts.append("fentry and BPF-LSM")
+        return ", ".join(parts)
+
+
+def syscalls_from_tracefs(root: str = "/sys/kernel/tracing") -> frozenset[str]:
+    """Syscall names that have a ``syscalls/sys_enter_<name>`` tracepoint; empty when tracefs is unreadable."""
+    try:
+        names = os.listdir(os.path.join(root, "events", "syscalls"))
+    except OSError:
+        return frozenset()
+    return frozenset(n.removeprefix("sys_enter_") for n in names if n.startswith("sys_enter_"))
+
+
+def features_from_tracefs(root: str = "/sys/kernel/tracing", *, kprobes: bool | None = None, fentry: bool = False,
+                          lsm: bool = False, override: bool = False) -> KernelFeatures:
+    """KernelFeatures with the syscalls listed by tracefs (empty when unreadable).
+
+    ``kprobes`` defaults to whether tracefs has ``kprobe_events`` (CONFIG_KPROBE_EVENTS); fentry, BPF-LSM
+    and error injection cannot be seen in tracefs: pass what a load attempt (preflight) found."""
+    if kprobes is None:
+        kprobes = os.path.exists(os.path.join(root, "kprobe_events"))
+    return KernelFeatures(kprobes=kprobes, fentry=fentry, lsm=lsm, override=override,
+                          syscalls=syscalls_from_tracefs(root))
+
+
+def _arch_prefix() -> str:
+    return {"aarch64": "__arm64_", "arm64": "__arm64_"}.get(platform.machine(), "__x64_")
+
+
+# --- the realisation table -------------------------------------------------------------------------
+
+# classes of kernel arguments a mapped function has at the syscall, and the Tetragon types each accepts
+_FILE = "file"  # an fd resolved to its file path in the kernel
+_PATH = "path"  # a user path string (as passed to the syscall)
+_BUF = "buf"  # a user buffer
+_INT = "int"
+_SOCKADDR = "sockaddr"  # the user's struct sockaddr
+_ANY = "any"  # direct syscall arguments: the policy's type decides
+
+_CLASS_TYPES: dict[str, frozenset[str]] = {
+    _FILE: frozenset({"file", "fd"}),
+    _PATH: frozenset({"file", "path", "filename", "string", "linux_binprm"}),
+    _BUF: frozenset({"char_buf", "string"}),
+    _INT: frozenset(INT_TYPES),
+    _SOCKADDR: frozenset({"sock", "sockaddr"}),
+}
+_CLASS_TEXT = {_FILE: "a file (its fd at the syscall)", _PATH: "a path (a user string at the syscall)",
+               _BUF: "a user buffer", _INT: "an integer", _SOCKADDR: "a socket address (the user's sockaddr)"}
+
+
+@dataclass(frozen=True)
+class _Variant:
+    syscalls: tuple[str, ...]
+    args: Mapping[int, tuple[int, str]]  # kernel arg index -> (syscall arg index, class)
+    consts: Mapping[int, int] = field(default_factory=dict)  # kernel arg index -> its value on these syscalls
+
+
+@dataclass(frozen=True)
+class _Mapping:
+    variants: tuple[_Variant, ...]
+    misses: str  # what the realisation does not see
+    missing: Mapping[int, str] = field(default_factory=dict)  # kernel arg -> why it is not available
+
+
+_WRITE = ("write", "pwrite64", "writev", "pwritev", "pwritev2")
+_READ = ("read", "pread64", "readv", "preadv", "preadv2")
+_OPEN_FIRST = ("open", "creat")
+_OPEN_SECOND = ("openat", "openat2")
+_CREDS = ("setuid", "setgid", "setreuid", "setregid", "setresuid", "setresgid")
+_PATH_TEXT = "path as passed to the syscall (relative paths not resolved against the cwd/dirfd, symlinks not " \
+    "followed), not the file's full path"
+_OPEN_MAPPING = _Mapping(
+    (_Variant(_OPEN_FIRST, {0: (0, _PATH)}), _Variant(_OPEN_SECOND, {0: (1, _PATH)})),
+    f"opens by the kernel and by exec not seen; {_PATH_TEXT}")
+_EXEC_MAPPING = _Mapping(
+    (_Variant(("execve",), {0: (0, _PATH)}), _Variant(("execveat",), {0: (1, _PATH)})),
+    f"the {_PATH_TEXT}; a script's interpreter not seen")
+
+MAPPINGS: dict[str, _Mapping] = {
+    "vfs_write": _Mapping(
+        (_Variant(_WRITE[:2], {0: (0, _FILE), 1: (1, _BUF), 2: (2, _INT)}), _Variant(_WRITE[2:], {0: (0, _FILE)})),
+        "kernel-internal writes not seen; file resolved from the fd"),
+    "vfs_read": _Mapping(
+        (_Variant(_READ[:2], {0: (0, _FILE), 2: (2, _INT)}), _Variant(_READ[2:], {0: (0, _FILE)})),
+        "kernel-internal reads not seen; file resolved from the fd",
+        {1: "the buffer is not filled yet at syscall entry"}),
+    "security_file_permission": _Mapping(
+        (_Variant(_WRITE, {0: (0, _FILE)}, {1: 2}), _Variant(_READ, {0: (0, _FILE)}, {1: 4})),
+        "write-family syscalls are MAY_WRITE (2), read-family MAY_READ (4); kernel-internal accesses and other "
+        "permission checks not seen; file resolved from the fd; the mask is implied by the syscall, not read"),
+    "fd_install": _Mapping(
+        (_Variant(_OPEN_FIRST, {1: (0, _PATH)}), _Variant(_OPEN_SECOND, {1: (1, _PATH)})),
+        f"only files opened by path (not sockets, pipes, accept, dup…); {_PATH_TEXT}",
+        {0: "the new fd is the syscall's return value, not known at syscall entry"}),
+    "security_file_open": _OPEN_MAPPING,
+    "tcp_connect": _Mapping(
+        (_Variant(("connect",), {0: (1, _SOCKADDR)}),),
+        "only the connect() syscall; kernel-initiated connections not seen; connect() of UDP sockets is seen too; "
+        "the destination is the user's sockaddr, the source address and port are not known yet"),
+    "security_socket_connect": _Mapping(
+        (_Variant(("connect",), {1: (1, _SOCKADDR), 2: (2, _INT)}),),
+        "only the connect() syscall; kernel-initiated connections not seen",
+        {0: "the struct socket is not available at syscall entry (only its fd)"}),
+    "commit_creds": _Mapping(
+        (_Variant(_CREDS, {}),),
+        "only the set*id syscalls; credential changes by exec of set-uid binaries, capset, unshare, setfsuid… not "
+        "seen",
+        {0: "the new credentials are computed inside the syscall: not available at syscall entry"}),
+    "security_bprm_check": _EXEC_MAPPING,
+}
+LSM_MAPPINGS: dict[str, _Mapping] = {"file_open": _OPEN_MAPPING, "bprm_check_security": _EXEC_MAPPING}
+KERNEL_FUNCTION_NAMES = frozenset(MAPPINGS)
+
+_SYSCALL_RE = re.compile(r"^(__x64_|__ia32_|__arm64_|__riscv_|__s390x_)?sys_([a-z0-9_]+)$")
+_ENFORCING = ("Sigkill", "Signal", "DenyConnect")
+_FAMILIES = {"AF_UNSPEC": 0, "AF_UNIX": 1, "AF_LOCAL": 1, "AF_INET": 2, "AF_INET6": 10, "AF_NETLINK": 16,
+             "AF_PACKET": 17}
+_INT_OPS = {"Equal": "Equal", "NotEqual": "NotEqual", "GT": "GT", "GreaterThan": "GT", "LT": "LT",
+            "LessThan": "LT", "Mask": "Mask", "InRange": "InRange", "NotInRange": "NotInRange",
+            "InMap": "Equal", "NotInMap": "NotEqual"}
+_STRING_OPS = ("Equal", "NotEqual", "Prefix", "NotPrefix", "Postfix", "NotPostfix")
+# sock (tcp_connect): the destination ops; sockaddr: Tetragon names the sockaddr's own address SAddr/SPort
+_SOCK_OPS = {"DAddr": "DAddr", "NotDAddr": "NotDAddr", "DPort": "DPort", "NotDPort": "NotDPort",
+             "DPortPriv": "DPort", "NotDPortPriv": "NotDPort", "Family": "Family"}
+_SOCKADDR_OPS = {"SAddr": "DAddr", "NotSAddr": "NotDAddr", "SPort": "DPort", "NotSPort": "NotDPort",
+                 "SPortPriv": "DPort", "NotSportPriv": "NotDPort", "Family": "Family"}
+_UNSUPPORTED_SELECTOR_FIELDS = (
+    ("match_data", "matchData"), ("match_parent_binaries", "matchParentBinaries"),
+    ("match_namespaces", "matchNamespaces"), ("match_namespace_changes", "matchNamespaceChanges"),
+    ("match_capabilities", "matchCapabilities"), ("match_capability_changes", "matchCapabilityChanges"),
+    ("match_workloads", "matchWorkloads"), ("macros", "macros"))
+
+
+class _Refuse(Exception):
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(reason)
+        self.problem = Problem(path, reason, unsupported=True)
+
+
+def _kind_of(ty: str, path: str) -> str:
+    """ArgSpec kind for a Tetragon arg type read directly from a syscall argument."""
+    if ty in INT_TYPES:
+        return ARG_UINT if ty in UNSIGNED_TYPES else ARG_INT
+    if ty in ("string", "char_buf", "filename", "path"):
+        return ARG_STRING
+    if ty in ("fd", "file"):
+        return ARG_FD
+    if ty in ("sock", "sockaddr"):
+        return ARG_SOCKADDR
+    if ty == "auto":
+        raise _Refuse(path, "arg type auto needs BTF resolution, which apiary does not do yet: write the type "
+                      "(int, string, fd, sockaddr…)")
+    raise _Refuse(path, f"arg type {ty} not supported at syscall entry")
+
+
+@dataclass
+class _Arg:
+    """One declared arg of a hook, as realised by one variant."""
+
+    pos: int  # position in the hook's args list
+    spec: KProbeArg
+    kind: str = ""
+    sys_index: int = -1
+    const: int | None = None
+    why_missing: str = ""  # not available (omitted from events, not filterable)
+    slot: int = -1  # position in Hook.args
+
+
+class _Compiler:
+    def __init__(self, policy: TracingPolicyBase, features: KernelFeatures) -> None:
+        self.policy = policy
+        self.f = features
+        self.problems: list[Problem] = []
+        self.notes: list[str] = []
+        self.hooks: list[Hook] = []
+        self.prefix = _arch_prefix()
+
+    # -- helpers --------------------------------------------------------------------------------------
+
+    def refuse(self, path: str, reason: str) -> None:
+        self.problems.append(Problem(path, reason, unsupported=True))
+
+    def needs_kprobe(self) -> str:
+        if not self.f.kprobes:
+            return f"needs kprobe (or BPF-LSM); this kernel: {self.f.describe()}"
+        return ("needs a kprobe, which apiary's sensor does not attach yet (this version realises hooks at syscall "
+                "entry only)")
+
+    def needs_lsm(self) -> str:
+        if not self.f.lsm:
+            return f"needs BPF-LSM; this kernel: {self.f.describe()}"
+        return "needs a BPF-LSM program, which apiary's sensor does not attach yet (syscall entry only in this version)"
+
+    def entry_only(self, event: str) -> str:
+        if event == "process_lsm" and self.f.lsm:
+            return " (this kernel has BPF-LSM, but this version attaches at syscall entry only)"
+        if event == "process_kprobe" and self.f.kprobes:
+            return " (this kernel has kprobes, but this version attaches at syscall entry only)"
+        return ""
+
+    def syscall_known(self, name: str) -> bool:
+        return name in self.f.syscalls
+
+    # -- the policy -----------------------------------------------------------------------------------
+
+    def run(self) -> CompiledTracingPolicy:
+        p = self.policy
+        spec = p.spec
+        for fld in ("uprobes", "usdts", "fentries", "enforcers"):
+            if getattr(spec, fld):
+                self.refuse(f"spec.{fld}", f"{fld} are not supported yet")
+        if spec.loader:
+            self.refuse("spec.loader", "loader events are not supported yet")
+        if spec.container_selector is not None:
+            self.refuse("spec.containerSelector", "containerSelector is not supported yet (apiary endpoints have no "
+                        "container names); select endpoints with podSelector")
+        if spec.host_selector is not None:
+            self.refuse("spec.hostSelector", "hostSelector is not supported yet: without pod/container selectors a "
+                        "policy already selects every process, host ones included")
+        if spec.node_selector is not None and (spec.node_selector.match_labels or spec.node_selector.match_expressions):
+            self.refuse("spec.nodeSelector", "nodeSelector is not supported yet (apiary has no node labels)")
+        mode = self.options()
+        pod = self.pod_selector()
+        for i, kp in enumerate(spec.kprobes or []):
+            self.kprobe(f"kprobes[{i}]", kp)
+        for i, tp in enumerate(spec.tracepoints or []):
+            self.tracepoint(f"tracepoints[{i}]", tp)
+        for i, lsm in enumerate(spec.lsmhooks or []):
+            self.lsmhook(f"lsmhooks[{i}]", lsm)
+        self.check_totals()
+        return CompiledTracingPolicy(name=p.name, namespace=p.namespace, kind=p.kind, mode=mode, pod_selector=pod,
+                                     hooks=self.hooks, notes=self.notes)
+
+    def options(self) -> str:
+        mode = "enforce"
+        for i, o in enumerate(self.policy.spec.options or []):
+            if o.name == "policy-mode":
+                mode = o.value
+            elif o.name in ("disable-kprobe-multi", "disable-uprobe-multi"):
+                self.notes.append(f"option {o.name} has no effect in apiary: it attaches no kprobe/uprobe multi links")
+            elif o.name == "override-method":
+                self.notes.append(f"option {o.name} has no effect in apiary: Override is not realised in this version")
+            else:
+                self.notes.append(f"option {o.name} has no effect in apiary (spec.options[{i}])")
+        if mode == "monitor":
+            self.notes.append("policy-mode monitor: actions are reported, not carried out")
+        return mode
+
+    def pod_selector(self) -> dict[str, object] | None:
+        spec = self.policy.spec
+        sel: dict[str, object] | None = None
+        if spec.pod_selector is not None:
+            sel = {}
+            if spec.pod_selector.match_labels:
+                sel["matchLabels"] = dict(spec.pod_selector.match_labels)
+            if spec.pod_selector.match_expressions:
+                sel["matchExpressions"] = [e.model_dump(exclude_none=True) for e in spec.pod_selector.match_expressions]
+            if not sel:
+                self.notes.append("podSelector {}: every process in an endpoint; host processes are not selected")
+        ns = self.policy.namespace
+        if ns:
+            sel = dict(sel or {})
+            labels = dict(sel.get("matchLabels") or {})  # type: ignore[call-overload]
+            if labels.get(NAMESPACE_KEY, ns) != ns:
+                self.refuse("spec.podSelector.matchLabels", f"{NAMESPACE_KEY} must be the policy's namespace {ns!r}")
+            labels[NAMESPACE_KEY] = ns
+            sel["matchLabels"] = labels
+            self.notes.append(f"TracingPolicyNamespaced: only processes of endpoints in namespace {ns}")
+        return sel
+
+    def check_totals(self) -> None:
+        if len(self.hooks) > MAX_HOOKS:
+            self.refuse("spec", f"this policy needs {len(self.hooks)} hooks; the sensor holds at most {MAX_HOOKS} "
+                        "across all policies")
+        per: dict[str, int] = {}
+        for h in self.hooks:
+            for s in h.syscalls:
+                per[s] = per.get(s, 0) + 1
+        for s, n in sorted(per.items()):
+            if n > MAX_HOOKS_PER_SYSCALL:
+                self.refuse("spec", f"{n} hooks watch syscall {s}; the sensor allows {MAX_HOOKS_PER_SYSCALL}")
+
+    # -- hooks ----------------------------------------------------------------------------------------
+
+    def kprobe(self, path: str, kp: KProbeSpec) -> None:
+        hp = f"spec.{path}"
+        calls: list[tuple[str, str]] = [(kp.call, "")]
+        if kp.call.startswith("list:"):
+            calls = self.expand_list(hp, kp)
+        self.kprobe_common(hp, kp)
+        for call, origin in calls:
+            source = f"{path} {call}" + (f" ({origin})" if origin else "")
+            try:
+                self.kprobe_call(hp, source, kp, call)
+            except _Refuse as r:
+                self.problems.append(r.problem)
+
+    def expand_list(self, hp: str, kp: KProbeSpec) -> list[tuple[str, str]]:
+        name = kp.call.removeprefix("list:")
+        ls = next((x for x in self.policy.spec.lists or [] if x.name == name), None)
+        if ls is None:
+            self.refuse(f"{hp}.call", f"list {name!r} is not defined")
+            return []
+        origin = f"list:{name}"
+        if ls.type_ == "generated_ftrace":
+            self.refuse(f"{hp}.call", f"list {name} (generated_ftrace) names kernel functions: {self.needs_kprobe()}")
+            return []
+        if ls.type_ == "generated_syscalls":
+            if not self.f.syscalls:
+                self.refuse(f"{hp}.call", f"list {name} (generated_syscalls) is empty: this kernel lists no syscall "
+                            "tracepoints")
+                return []
+            self.notes.append(f"{hp.removeprefix('spec.')} {origin}: {len(self.f.syscalls)} syscalls")
+            return [(f"sys_{s}", origin) for s in sorted(self.f.syscalls)]
+        return [(v, origin) for v in ls.values or []]
+
+    def kprobe_common(self, hp: str, kp: KProbeSpec) -> None:
+        if kp.data:
+            self.refuse(f"{hp}.data", "data (extra values read from the task or registers) is not supported yet")
+        if kp.return_arg_action:
+            self.refuse(f"{hp}.returnArgAction", f"returnArgAction {kp.return_arg_action} (socket tracking) is not "
+                        "supported yet")
+
+    def kprobe_call(self, hp: str, source: str, kp: KProbeSpec, call: str) -> None:
+        if kp.syscall:
+            m = _SYSCALL_RE.match(call)
+            if not m:
+                hint = f"; {call} is a kernel function: set syscall: false" if call in MAPPINGS else ""
+                if call.startswith("__sys_"):
+                    hint = "; __sys_* helpers are kernel functions: set syscall: false"
+                raise _Refuse(f"{hp}.call", f"{call} is not a syscall symbol: with syscall: true the call is "
+                              f"sys_<name> (e.g. sys_write){hint}")
+            arch, name = m.group(1) or "", m.group(2)
+            if arch == "__ia32_":
+                raise _Refuse(f"{hp}.call", f"{call}: 32-bit compat syscalls are not supported yet")
+            if arch and arch != self.prefix:
+                raise _Refuse(f"{hp}.call", f"{call}: not a syscall of this architecture ({self.prefix}sys_{name})")
+            if not self.syscall_known(name):
+                if kp.ignore and kp.ignore.call_not_found:
+                    self.notes.append(f"{source}: skipped (ignore.callNotFound): no syscall {name} on this kernel")
+                    return
+                raise _Refuse(f"{hp}.call", f"no syscall {name} on this kernel (no syscalls/sys_enter_{name} "
+                              "tracepoint)")
+            variant = _Variant((name,), {i: (i, _ANY) for i in range(6)})
+            self.build(hp, source, kp, "process_kprobe", f"{self.prefix}sys_{name}",
+                       _Mapping((variant,), ""), f"syscall entry of {name}")
+            return
+        mapping = MAPPINGS.get(call)
+        if mapping is None and call.startswith("__sys_") and self.syscall_known(call.removeprefix("__sys_")):
+            name = call.removeprefix("__sys_")
+            mapping = _Mapping((_Variant((name,), {i: (i, _ANY) for i in range(6)}),),
+                               f"the kernel helper's own syscall; in-kernel callers of {call} not seen")
+        if mapping is None:
+            raise _Refuse(f"{hp}.call", f"{call}: {self.needs_kprobe()}")
+        self.build(hp, source, kp, "process_kprobe", call, mapping, "")
+
+    def lsmhook(self, path: str, lsm: LsmHookSpec) -> None:
+        hp = f"spec.{path}"
+        mapping = LSM_MAPPINGS.get(lsm.hook)
+        try:
+            if mapping is None:
+                raise _Refuse(f"{hp}.hook", f"lsm hook {lsm.hook}: {self.needs_lsm()}")
+            self.build(hp, f"{path} {lsm.hook}", lsm, "process_lsm", lsm.hook, mapping, "")
+        except _Refuse as r:
+            self.problems.append(r.problem)
+
+    def tracepoint(self, path: str, tp: TracepointSpec) -> None:
+        hp = f"spec.{path}"
+        source = f"{path} {tp.subsystem}/{tp.event}"
+        try:
+            if tp.raw:
+                raise _Refuse(f"{hp}.raw", "raw tracepoints are not supported yet (only syscall tracepoints in this "
+                              "version)")
+            if tp.subsystem == "raw_syscalls" and tp.event == "sys_enter":
+                self.raw_syscalls(hp, source, tp)
+                return
+            if tp.subsystem != "syscalls":
+                raise _Refuse(f"{hp}.subsystem", f"tracepoint {tp.subsystem}/{tp.event}: only syscall tracepoints in "
+                              "this version (syscalls/sys_enter_*, raw_syscalls/sys_enter)")
+            if not tp.event.startswith("sys_enter_"):
+                why = "syscall exit tracepoints (return values) are" if tp.event.startswith("sys_exit_") else \
+                    f"tracepoint syscalls/{tp.event} is"
+                raise _Refuse(f"{hp}.event", f"{why} not supported yet (only sys_enter_* in this version)")
+            name = tp.event.removeprefix("sys_enter_")
+            if not self.syscall_known(name):
+                raise _Refuse(f"{hp}.event", f"no tracepoint syscalls/{tp.event} on this kernel")
+            variant = _Variant((name,), {i + 5: (i, _ANY) for i in range(6)})
+            self.build(hp, source, tp, "process_tracepoint", f"syscalls/{tp.event}", _Mapping((variant,), ""),
+                       f"syscall entry of {name}",
+                       missing={0: "common field", 1: "common field", 2: "common field", 3: "common field",
+                                4: "the syscall number (__syscall_nr): the hook's syscall is fixed"},
+                       index_text="field")
+        except _Refuse as r:
+            self.problems.append(r.problem)
+
+    def raw_syscalls(self, hp: str, source: str, tp: TracepointSpec) -> None:
+        id_pos: set[int] = set()
+        for i, a in enumerate(tp.args or []):
+            if a.index == 4 and a.type_ in INT_TYPES:
+                id_pos.add(i)
+            elif a.index == 4:
+                raise _Refuse(f"{hp}.args[{i}].type", f"the id field (index 4) is an integer, not {a.type_}")
+            else:
+                raise _Refuse(f"{hp}.args[{i}].index", "raw_syscalls/sys_enter: only the id (index 4) can be read; "
+                              "the args array is not supported yet (use syscalls/sys_enter_<name>)")
+        wanted: list[frozenset[str] | None] = []
+        selectors = list(tp.selectors or [])
+        stripped: list[KProbeSelector] = []
+        for si, sel in enumerate(selectors):
+            sp = f"{hp}.selectors[{si}]"
+            ids: frozenset[str] | None = None
+            rest = []
+            for ai, a in enumerate(sel.match_args or []):
+                found = resolve_arg(tp, a)
+                if isinstance(found, str) or found[0] not in id_pos:
+                    rest.append(a)
+                    continue
+                if ids is not None:
+                    raise _Refuse(f"{sp}.matchArgs[{ai}]", "one syscall-id filter per selector")
+                ids = self.syscall_id_filter(f"{sp}.matchArgs[{ai}]", a)
+            wanted.append(ids)
+            stripped.append(sel.model_copy(update={"match_args": rest or None}))
+        distinct = {w for w in wanted if w is not None}
+        if len(distinct) > 1 or (distinct and None in wanted):
+            raise _Refuse(f"{hp}.selectors", "selectors with different syscall-id filters are not supported yet "
+                          "(the filter becomes the set of syscalls watched): write one tracepoint per set")
+        watched = sorted(distinct.pop()) if distinct else sorted(self.f.syscalls)
+        if not watched:
+            raise _Refuse(f"{hp}", "no syscall to watch: this kernel lists no syscall tracepoints")
+        variant = _Variant(tuple(watched), {})
+        spec = tp.model_copy(update={"selectors": stripped or None, "args": None})
+        what = ", ".join(watched) if len(watched) <= 8 else f"{len(watched)} syscalls"
+        realisation = f"syscall entry of {what}"
+        if distinct or any(w is not None for w in wanted):
+            realisation += " (the id filter is the set of syscalls watched)"
+        if id_pos:
+            realisation += "; the id arg (index 4) is the event's syscall number"
+        self.build(hp, source, spec, "process_tracepoint", "raw_syscalls/sys_enter", _Mapping((variant,), ""),
+                   realisation)
+
+    def syscall_id_filter(self, path: str, a: ArgSelector) -> frozenset[str]:
+        names: set[str] = set()
+        for vi, v in enumerate(a.values or []):
+            if not v.startswith("list:"):
+                raise _Refuse(f"{path}.values[{vi}]", "syscall numbers are architecture-specific: name the syscalls "
+                              "through a list (spec.lists, type: syscalls) and use list:NAME")
+            ls = next((x for x in self.policy.spec.lists or [] if x.name == v.removeprefix("list:")), None)
+            if ls is None or ls.type_ not in ("syscalls", "generated_syscalls"):
+                raise _Refuse(f"{path}.values[{vi}]", f"{v} must name a list of type syscalls")
+            if ls.type_ == "generated_syscalls":
+                names |= self.f.syscalls
+                continue
+            for s in ls.values or []:
+                m = _SYSCALL_RE.match(s)
+                if not m or (m.group(1) or "") == "__ia32_":
+                    raise _Refuse(f"{path}.values[{vi}]", f"list {ls.name}: {s!r} is not a 64-bit syscall name "
+                                  "(sys_<name>; 32-bit compat syscalls are not supported yet)")
+                if not self.syscall_known(m.group(2)):
+                    raise _Refuse(f"{path}.values[{vi}]", f"list {ls.name}: no syscall {m.group(2)} on this kernel")
+                names.add(m.group(2))
+        if a.operator in ("Equal", "InMap"):
+            return frozenset(names)
+        if a.operator in ("NotEqual", "NotInMap"):
+            return frozenset(self.f.syscalls - names)
+        raise _Refuse(f"{path}.operator", f"the syscall id can be filtered with InMap/NotInMap (or Equal/NotEqual), "
+                      f"not {a.operator}")
+
+    # -- building hooks -------------------------------------------------------------------------------
+
+    def build(self, hp: str, source: str, spec: HookSpec, event: str, function_name: str, mapping: _Mapping,
+              realisation: str, missing: Mapping[int, str] | None = None, index_text: str = "arg") -> None:
+        """Realise one hook spec on each variant of ``mapping`` (identical results are merged)."""
+        missing = {**(missing or {}), **mapping.missing}
+        if isinstance(spec, KProbeSpec) and spec.return_:
+            self.notes.append(f"{source}: return value not reported (realised at syscall entry; no return probe yet)")
+        for si, sel in enumerate(spec.selectors or []):
+            self.selector_unsupported(f"{hp}.selectors[{si}]", sel)
+        enforcing = any(a.action in _ENFORCING for s in spec.selectors or [] for a in s.match_actions or [])
+        built: list[tuple[_Variant, tuple[ArgSpec, ...], tuple[Selector, ...] | None]] = []
+        dropped: list[str] = []
+        for variant in mapping.variants:
+            args = self.variant_args(hp, source, spec, variant, missing, index_text)
+            if isinstance(args, str):
+                if enforcing:
+                    raise _Refuse(hp, f"{args}: an enforcing policy cannot skip {'/'.join(variant.syscalls)} (that "
+                                  "would be a bypass)")
+                dropped.append(f"{'/'.join(variant.syscalls)} not watched: {args}")
+                continue
+            argspecs = tuple(ArgSpec(index=a.sys_index, kind=a.kind, label=a.spec.label, tetragon_type=a.spec.type_)
+                             for a in args if a.slot >= 0)
+            if len(argspecs) > MAX_ARGS:
+                raise _Refuse(f"{hp}.args", f"at most {MAX_ARGS} arguments per hook ({len(argspecs)} given)")
+            sels = self.selectors(hp, spec, args, variant)
+            built.append((variant, argspecs, sels))
+        if not built:
+            raise _Refuse(hp, "; ".join(dropped) or "no realisation")
+        merged: list[tuple[list[str], tuple[ArgSpec, ...], tuple[Selector, ...] | None]] = []
+        for variant, argspecs, sels in built:
+            for m in merged:
+                if m[1] == argspecs and m[2] == sels:
+                    m[0].extend(variant.syscalls)
+                    break
+            else:
+                merged.append((list(variant.syscalls), argspecs, sels))
+        for calls, argspecs, sels in merged:
+            text = realisation or f"via sys_enter_{'/'.join(calls)}: {mapping.misses}"
+            text += self.entry_only(event)
+            if sels is None:
+                self.notes.append(f"{source}: no selector can match at {'/'.join(calls)}: not watched")
+                continue
+            self.hooks.append(Hook(source=source, event=event, function_name=function_name, syscalls=tuple(calls),
+                                   args=argspecs, selectors=sels, realisation=text, message=spec.message,
+                                   tags=tuple(spec.tags or ())))
+            self.notes.append(f"{source}: {text}")
+        for d in dropped:
+            self.notes.append(f"{source}: {d}")
+
+    def note(self, text: str) -> None:
+        if text not in self.notes:
+            self.notes.append(text)
+
+    def variant_args(self, hp: str, source: str, spec: HookSpec, variant: _Variant, missing: Mapping[int, str],
+                     index_text: str) -> list[_Arg] | str:
+        out: list[_Arg] = []
+        slot = 0
+        for pos, a in enumerate(spec.args or []):
+            ap = f"{hp}.args[{pos}]"
+            arg = _Arg(pos, a)
+            out.append(arg)
+            if a.type_ == "nop":
+                arg.why_missing = "its type is nop (not read)"
+                continue
+            for fld, what in (("resolve", "resolve"), ("btf_type", "btfType"), ("source", "source"),
+                              ("btf_type_module", "btfTypeModule")):
+                if getattr(a, fld):
+                    raise _Refuse(f"{ap}.{what}", f"{what} is not supported yet")
+            if a.return_copy:
+                raise _Refuse(f"{ap}.returnCopy", "returnCopy (read the buffer when the call returns) is not supported "
+                              "yet")
+            if a.index in missing:
+                arg.why_missing = missing[a.index]
+                self.note(f"{source}: {index_text} {a.index} not reported: {arg.why_missing}")
+                continue
+            if a.index in variant.consts:
+                arg.const = variant.consts[a.index]
+                continue
+            found = variant.args.get(a.index)
+            if found is None:
+                if variant.args and all(c == _ANY for _, c in variant.args.values()):
+                    raise _Refuse(f"{ap}.index", f"{index_text} {a.index} does not exist: syscalls have at most 6 "
+                                  "arguments")
+                return f"{index_text} {a.index} has no equivalent at the entry of {'/'.join(variant.syscalls)}"
+            arg.sys_index, cls = found
+            if cls == _ANY:
+                arg.kind = _kind_of(a.type_, f"{ap}.type")
+            else:
+                if a.type_ not in _CLASS_TYPES[cls]:
+                    raise _Refuse(f"{ap}.type", f"arg {a.index} is {_CLASS_TEXT[cls]} at the syscall: type {a.type_} "
+                                  f"cannot be realised from it (use one of {', '.join(sorted(_CLASS_TYPES[cls]))})")
+                arg.kind = {_FILE: ARG_FD, _PATH: ARG_STRING, _BUF: ARG_STRING, _SOCKADDR: ARG_SOCKADDR}.get(
+                    cls) or _kind_of(a.type_, f"{ap}.type")
+            if a.type_ == "char_buf" or (a.size_arg_index and arg.kind == ARG_STRING):
+                self.note(f"{source}: {index_text} {a.index} ({a.type_}) is read as a "
+                                  f"NUL-terminated string (at most {MAX_STRING} bytes compared; sizeArgIndex not "
+                                  "used)")
+            if a.max_data:
+                self.note(f"{source}: maxData has no effect: strings are read up to 255 bytes")
+            arg.slot = slot
+            slot += 1
+        return out
+
+    # -- selectors ------------------------------------------------------------------------------------
+
+    def selector_unsupported(self, sp: str, sel: KProbeSelector) -> None:
+        for attr, name in _UNSUPPORTED_SELECTOR_FIELDS:
+            if getattr(sel, attr):
+                self.refuse(f"{sp}.{name}", f"{name} is not supported yet")
+        if sel.match_return_args:
+            self.refuse(f"{sp}.matchReturnArgs", "matchReturnArgs is not supported yet: hooks are realised at "
+                        "syscall entry, the return value is not known")
+        if sel.match_return_actions:
+            self.refuse(f"{sp}.matchReturnActions", "matchReturnActions is not supported yet: hooks are realised at "
+                        "syscall entry")
+
+    def selectors(self, hp: str, spec: HookSpec, args: list[_Arg], variant: _Variant) -> tuple[Selector, ...] | None:
+        """Selectors for one variant; None when there were selectors but none can ever match here."""
+        given = list(spec.selectors or [])
+        if len(given) > MAX_SELECTORS:
+            raise _Refuse(f"{hp}.selectors", f"at most {MAX_SELECTORS} selectors per hook ({len(given)} given)")
+        out: list[Selector] = []
+        failed = False
+        for si, sel in enumerate(given):
+            try:
+                s = self.selector(f"{hp}.selectors[{si}]", spec, sel, args, variant)
+            except _Refuse as r:  # keep going: every selector's problem is reported
+                self.problems.append(r.problem)
+                failed = True
+                continue
+            if s is not None:
+                out.append(s)
+        if given and not out and not failed:
+            return None
+        return tuple(out)
+
+    def selector(self, sp: str, spec: HookSpec, sel: KProbeSelector, args: list[_Arg],
+                 variant: _Variant) -> Selector | None:
+        filters: list[ArgFilter] = []
+        for ai, a in enumerate(sel.match_args or []):
+            fp = f"{sp}.matchArgs[{ai}]"
+            found = resolve_arg(spec, a)
+            if isinstance(found, str):
+                raise _Refuse(f"{fp}.index", found)
+            arg = args[found[0]]
+            if arg.why_missing:
+                raise _Refuse(fp, f"filter on arg {arg.spec.index}, which is not available: {arg.why_missing}")
+            if arg.const is not None:
+                if not self.const_matches(fp, a, arg.const):
+                    return None  # can never match on these syscalls
+                continue
+            filters.append(self.arg_filter(fp, a, arg))
+        if len(filters) > MAX_ARG_FILTERS:
+            raise _Refuse(f"{sp}.matchArgs", f"at most {MAX_ARG_FILTERS} arg filters per selector")
+        binaries = self.binaries(sp, sel)
+        pids = self.pids(sp, sel)
+        action, signal, rate, post = self.actions(sp, sel, variant)
+        return Selector(args=tuple(filters), binaries=binaries, pids=pids, action=action, signal=signal,
+                        rate_limit_ns=rate, post=post)
+
+    def const_matches(self, fp: str, a: ArgSelector, c: int) -> bool:
+        op = a.operator
+        try:
+            vals = [v for v in a.values or []]
+            if op in ("InRange", "NotInRange"):
+                hit = any(parse_int(v.split(":")[0]) <= c <= parse_int(v.split(":")[1]) for v in vals)
+                return hit if op == "InRange" else not hit
+            ints = [parse_int(v) for v in vals]
+        except (ValueError, IndexError):
+            raise _Refuse(f"{fp}.values", "values must be integers") from None
+        if op in ("Equal", "InMap"):
+            return c in ints
+        if op in ("NotEqual", "NotInMap"):
+            return c not in ints
+        if op in ("GT", "GreaterThan"):
+            return any(c > v for v in ints)
+        if op in ("LT", "LessThan"):
+            return any(c < v for v in ints)
+        if op == "Mask":
+            return any(c & v for v in ints)
+        raise _Refuse(f"{fp}.operator", f"operator {op} does not apply to an integer")
+
+    def arg_filter(self, fp: str, a: ArgSelector, arg: _Arg) -> ArgFilter:
+        op, values, kind, ty = a.operator, list(a.values or []), arg.kind, arg.spec.type_
+        if len(values) > MAX_VALUES:
+            raise _Refuse(f"{fp}.values", f"at most {MAX_VALUES} values per filter ({len(values)} given): the "
+                          "sensor compares at most 4")
+        if kind in (ARG_INT, ARG_UINT):
+            if op not in _INT_OPS:
+                raise _Refuse(f"{fp}.operator", f"operator {op} is not supported on an integer arg (use Equal, "
+                              "NotEqual, GT, LT, Mask, InRange or NotInRange)")
+            out: list[int | str] = []
+            for vi, v in enumerate(values):
+                vp = f"{fp}.values[{vi}]"
+                if v.startswith("list:"):
+                    raise _Refuse(vp, "list values are only supported for the raw_syscalls id")
+                try:
+                    if op in ("InRange", "NotInRange") or ":" in v:
+                        lo, _, hi = v.partition(":")
+                        a_, b_ = parse_int(lo), parse_int(hi or lo)
+                        nums = [a_, b_]
+                        item: int | str = f"{min(a_, b_)}:{max(a_, b_)}"
+                    else:
+                        nums = [parse_int(v)]
+                        item = nums[0]
+                except ValueError:
+                    raise _Refuse(vp, f"{v!r} is not an integer") from None
+                if kind == ARG_UINT and any(n < 0 for n in nums):
+                    raise _Refuse(vp, f"{v!r} is negative but arg type {ty} is unsigned")
+                if any(not -(2**63) <= n < 2**64 for n in nums):
+                    raise _Refuse(vp, f"{v!r} does not fit in 64 bits")
+                out.append(item)
+            mop = _INT_OPS[op]
+            if ":" in "".join(str(x) for x in out) and mop in ("Equal", "NotEqual"):
+                mop = "InRange" if mop == "Equal" else "NotInRange"
+                out = [x if isinstance(x, str) else f"{x}:{x}" for x in out]
+            return ArgFilter(arg.slot, mop, tuple(out))
+        if kind in (ARG_STRING, ARG_FD):
+            if op not in _STRING_OPS:
+                raise _Refuse(f"{fp}.operator", f"operator {op} is not supported on a {ty} arg (use Equal, NotEqual, "
+                              "Prefix, NotPrefix, Postfix or NotPostfix)")
+            strs: list[int | str] = []
+            for vi, v in enumerate(values):
+                s = v.rstrip("\x00") if ty == "string" else v
+                n = len(s.encode())
+                if n > MAX_STRING:
+                    raise _Refuse(f"{fp}.values[{vi}]", f"string values are compared on at most {MAX_STRING} bytes "
+                                  f"({n} given)")
+                strs.append(s)
+            return ArgFilter(arg.slot, op, tuple(strs))
+        if kind == ARG_SOCKADDR:
+            table = _SOCKADDR_OPS if ty == "sockaddr" else _SOCK_OPS
+            if op not in table:
+                if op in ("SAddr", "NotSAddr", "SPort", "NotSPort", "SPortPriv", "NotSportPriv"):
+                    why = "the source address and port are not known at connect() entry"
+                elif op in ("Protocol", "State"):
+                    why = f"{op} is not known from the user's sockaddr at connect() entry"
+                else:
+                    why = f"operator {op} does not apply to a socket address"
+                raise _Refuse(f"{fp}.operator", f"{op} not supported: {why}")
+            mop = table[op]
+            if op.endswith("Priv"):
+                return ArgFilter(arg.slot, mop, ("0:1023",))
+            items: list[int | str] = []
+            for vi, v in enumerate(values):
+                vp = f"{fp}.values[{vi}]"
+                if mop in ("DAddr", "NotDAddr"):
+                    try:
+                        net = ipaddress.ip_network(v.strip(), strict=False)
+                    except ValueError:
+                        raise _Refuse(vp, f"{v!r} is not an IP address or CIDR") from None
+                    if net.version != 4:
+                        raise _Refuse(vp, f"IPv6 address {v}: not supported yet (the sensor reads IPv4 sockaddrs)")
+                    items.append(str(net))
+                elif mop in ("DPort", "NotDPort"):
+                    try:
+                        lo, hi = parse_port_range(v)
+                    except ValueError:
+                        raise _Refuse(vp, f"{v!r} is not a port or a min:max port range") from None
+                    items.append(lo if lo == hi else f"{lo}:{hi}")
+                else:
+                    fam = _FAMILIES.get(v.strip().upper()) if not v.strip().isdigit() else int(v)
+                    if fam is None:
+                        raise _Refuse(vp, f"unknown address family {v!r} (AF_INET, AF_INET6, AF_UNIX or a number)")
+                    items.append(fam)
+            return ArgFilter(arg.slot, mop, tuple(items))
+        raise _Refuse(f"{fp}.index", f"filters on a {ty} arg are not supported")
+
+    def binaries(self, sp: str, sel: KProbeSelector) -> BinaryFilter | None:
+        if not sel.match_binaries:
+            return None
+        b = sel.match_binaries[0]
+        bp = f"{sp}.matchBinaries[0]"
+        if b.operator not in ("In", "NotIn", "Prefix", "NotPrefix"):
+            raise _Refuse(f"{bp}.operator", f"matchBinaries {b.operator} is not supported yet (In, NotIn, Prefix, "
+                          "NotPrefix)")
+        if len(b.values) > MAX_VALUES:
+            raise _Refuse(f"{bp}.values", f"at most {MAX_VALUES} binaries per selector ({len(b.values)} given)")
+        for vi, v in enumerate(b.values):
+            if len(v.encode()) > MAX_BINARY - 1:
+                raise _Refuse(f"{bp}.values[{vi}]", f"binary paths are compared on at most {MAX_BINARY - 1} bytes")
+        if not b.values:
+            return None
+        return BinaryFilter(b.operator, tuple(b.values), b.follow_children)
+
+    def pids(self, sp: str, sel: KProbeSelector) -> PidFilter | None:
+        entries = sel.match_pids or []
+        if not entries:
+            return None
+        for i, p in enumerate(entries):
+            if p.is_namespace_pid:
+                raise _Refuse(f"{sp}.matchPIDs[{i}].isNamespacePID", "isNamespacePID is not supported yet (the sensor "
+                              "compares host PIDs)")
+        if len(entries) > 1:
+            if any(p.operator != "NotIn" or p.follow_forks != entries[0].follow_forks for p in entries):
+                raise _Refuse(f"{sp}.matchPIDs", "only one matchPIDs filter per selector (several NotIn filters with "
+                              "the same followForks are merged)")
+        values: list[int] = []
+        for p in entries:
+            values += [v for v in p.values if v not in values]
+        if len(values) > MAX_VALUES:
+            raise _Refuse(f"{sp}.matchPIDs", f"at most {MAX_VALUES} PIDs per selector ({len(values)} given)")
+        return PidFilter(entries[0].operator, tuple(values), entries[0].follow_forks)
+
+    def actions(self, sp: str, sel: KProbeSelector, variant: _Variant) -> tuple[str, int, int, bool]:
+        action, signal, rate, post = "Post", 0, 0, True
+        for ai, act in enumerate(sel.match_actions or []):
+            ap = f"{sp}.matchActions[{ai}]"
+            name = act.action
+            if name == "Post":
+                self.post_options(ap, act)
+                rate = max(rate, act.rate_limit_seconds() * 1_000_000_000)
+                continue
+            if name == "NoPost":
+                post = False
+                continue
+            if name == "Override":
+                if not (self.f.lsm or self.f.override):
+                    raise _Refuse(f"{ap}.action", "Override needs BPF-LSM or kernel error injection; this kernel has "
+                                  "neither: use Sigkill")
+                raise _Refuse(f"{ap}.action", "Override is not supported yet: this version realises hooks at syscall "
+                              "entry (use Sigkill)")
+            if name in ("Sigkill", "Signal", "DenyConnect"):
+                if name == "DenyConnect" and variant.syscalls != ("connect",):
+                    raise _Refuse(f"{ap}.action", "DenyConnect applies only to hooks realised on connect() (it fails "
+                                  "the call with EPERM through the endpoint's cgroup hook)")
+                sig = 9 if name == "Sigkill" else act.arg_sig if name == "Signal" else 0
+                if name == "Signal" and not 1 <= sig <= 64:
+                    raise _Refuse(f"{ap}.argSig", f"Signal needs argSig, a signal number 1-64 (not {act.arg_sig})")
+                if action != "Post" and (action, signal) != (name, sig):
+                    raise _Refuse(f"{ap}.action", f"only one enforcement action per selector ({action} already)")
+                action, signal = name, sig
+                continue
+            raise _Refuse(f"{ap}.action", f"action {name} is not supported yet")
+        if not post and action == "Post":
+            action = "NoPost"
+        return action, signal, rate, post
+
+    def post_options(self, ap: str, act: ActionSelector) -> None:
+        for fld, name in (("kernel_stack_trace", "kernelStackTrace"), ("user_stack_trace", "userStackTrace"),
+                          ("ima_hash", "imaHash")):
+            if getattr(act, fld):
+                raise _Refuse(f"{ap}.{name}", f"{name} is not supported yet")
+        if act.rate_limit and act.rate_limit_scope not in ("", "thread"):
+            raise _Refuse(f"{ap}.rateLimitScope", f"rateLimitScope {act.rate_limit_scope} is not supported yet (per "
+                          "thread only)")
+
+
+def compile_tracing_policy(policy: TracingPolicyBase, features: KernelFeatures) -> CompiledTracingPolicy:
+    """Realise a loaded policy on a kernel with ``features``; raise :class:`PolicyError` (the whole policy is
+    refused) listing every hook or field that has no faithful realisation, each with its field path."""
+    c = _Compiler(policy, features)
+    result = c.run()
+    if c.problems:
+        raise PolicyError(list(dict.fromkeys(c.problems)))  # a problem found on several variants is listed once
+    return result
+

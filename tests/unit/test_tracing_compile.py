@@ -1,0 +1,590 @@
+"""The TracingPolicy compiler: how each hook is realised at syscall entry, selectors, refusals."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from apiary.tracing.compile import (
+    MAX_HOOKS_PER_SYSCALL,
+    X86_64_SYSCALLS,
+    KernelFeatures,
+    compile_tracing_policy,
+    features_from_tracefs,
+    syscalls_from_tracefs,
+)
+from apiary.tracing.load import load_tracing_policies
+from apiary.tracing.models import PolicyError
+from apiary.tracing.types import (
+    ARG_FD,
+    ARG_INT,
+    ARG_SOCKADDR,
+    ARG_STRING,
+    ARG_UINT,
+    ArgFilter,
+    ArgSpec,
+    BinaryFilter,
+    CompiledTracingPolicy,
+    PidFilter,
+    Selector,
+)
+
+HERE = KernelFeatures(kprobes=False, fentry=False, lsm=False, override=False, syscalls=X86_64_SYSCALLS)
+VM = KernelFeatures(kprobes=True, fentry=True, lsm=True, override=False, syscalls=X86_64_SYSCALLS)
+NO_KPROBE = "needs kprobe (or BPF-LSM); this kernel: no kprobes (CONFIG_KPROBES off), fentry/BPF-LSM refused"
+
+
+def policy(spec: str, kind: str = "TracingPolicy", meta: str = "name: test") -> str:
+    return (f"apiVersion: cilium.io/v1alpha1\nkind: {kind}\nmetadata:\n  {meta}\nspec:\n"
+            + textwrap.indent(textwrap.dedent(spec).strip("\n"), "  ") + "\n")
+
+
+def build(spec: str, features: KernelFeatures = HERE, **kw: str) -> CompiledTracingPolicy:
+    [p] = load_tracing_policies(policy(spec, **kw))
+    return compile_tracing_policy(p, features)
+
+
+def refused(spec: str, features: KernelFeatures = HERE, **kw: str) -> list[str]:
+    [p] = load_tracing_policies(policy(spec, **kw))
+    with pytest.raises(PolicyError) as e:
+        compile_tracing_policy(p, features)
+    return e.value.messages
+
+
+def refusal(spec: str, features: KernelFeatures = HERE) -> str:
+    found = refused(spec, features)
+    assert len(found) == 1, found
+    return found[0]
+
+
+# --- realisation table -----------------------------------------------------------------------------
+
+
+def test_syscall_kprobe_at_syscall_entry() -> None:
+    c = build("""
+        kprobes:
+        - call: sys_write
+          args: [{index: 0, type: fd}, {index: 2, type: size_t, label: count}]
+        """)
+    [h] = c.hooks
+    assert (h.source, h.event, h.function_name, h.syscalls) == (
+        "kprobes[0] sys_write", "process_kprobe", "__x64_sys_write", ("write",))
+    assert h.args == (ArgSpec(0, ARG_FD, "", "fd"), ArgSpec(2, ARG_INT, "count", "size_t"))
+    assert h.selectors == ()
+    assert c.notes == ["kprobes[0] sys_write: syscall entry of write"]
+    assert (c.name, c.namespace, c.kind, c.mode, c.pod_selector) == ("test", "", "TracingPolicy", "enforce", None)
+
+
+def test_arch_prefixed_syscall_and_missing_syscall() -> None:
+    [h] = build("kprobes: [{call: __x64_sys_openat}]").hooks
+    assert h.syscalls == ("openat",) and h.function_name == "__x64_sys_openat"
+    assert refusal("kprobes: [{call: sys_nosuch}]") == \
+        "unsupported: spec.kprobes[0].call (no syscall nosuch on this kernel (no syscalls/sys_enter_nosuch tracepoint))"
+    assert refusal("kprobes: [{call: __ia32_sys_dup}]") == \
+        "unsupported: spec.kprobes[0].call (__ia32_sys_dup: 32-bit compat syscalls are not supported yet)"
+    c = build("kprobes: [{call: sys_nosuch, ignore: {callNotFound: true}}]")
+    assert c.hooks == [] and "skipped (ignore.callNotFound)" in c.notes[0]
+
+
+def test_syscall_true_needs_a_syscall_symbol() -> None:
+    assert refusal("kprobes: [{call: vfs_write}]") == (
+        "unsupported: spec.kprobes[0].call (vfs_write is not a syscall symbol: with syscall: true the call is "
+        "sys_<name> (e.g. sys_write); vfs_write is a kernel function: set syscall: false)")
+
+
+VFS_WRITE = """
+kprobes:
+- call: vfs_write
+  syscall: false
+  args: [{index: 0, type: file}]
+"""
+
+
+def test_vfs_write_via_write_family() -> None:
+    c = build(VFS_WRITE)
+    [h] = c.hooks
+    assert h.syscalls == ("write", "pwrite64", "writev", "pwritev", "pwritev2")
+    assert h.function_name == "vfs_write" and h.args == (ArgSpec(0, ARG_FD, "", "file"),)
+    assert c.notes == ["kprobes[0] vfs_write: via sys_enter_write/pwrite64/writev/pwritev/pwritev2: kernel-internal "
+                       "writes not seen; file resolved from the fd"]
+
+
+def test_vfs_write_count_only_on_write_and_pwrite64() -> None:
+    spec = "kprobes: [{call: vfs_write, syscall: false, args: [{index: 0, type: file}, {index: 2, type: size_t}]%s}]"
+    c = build(spec % "")
+    [h] = c.hooks
+    assert h.syscalls == ("write", "pwrite64") and h.args[1] == ArgSpec(2, ARG_INT, "", "size_t")
+    assert ("kprobes[0] vfs_write: writev/pwritev/pwritev2 not watched: arg 2 has no equivalent at the entry of "
+            "writev/pwritev/pwritev2") in c.notes
+    msg = refusal(spec % ", selectors: [{matchActions: [{action: Sigkill}]}]")
+    assert msg.endswith("an enforcing policy cannot skip writev/pwritev/pwritev2 (that would be a bypass))")
+
+
+def test_vfs_read_buffer_not_available() -> None:
+    c = build("""
+        kprobes:
+        - call: vfs_read
+          syscall: false
+          args: [{index: 0, type: file}, {index: 1, type: char_buf}]
+        """)
+    [h] = c.hooks
+    assert h.syscalls == ("read", "pread64", "readv", "preadv", "preadv2") and len(h.args) == 1
+    assert "kprobes[0] vfs_read: arg 1 not reported: the buffer is not filled yet at syscall entry" in c.notes
+
+
+SFP = """
+kprobes:
+- call: security_file_permission
+  syscall: false
+  args: [{index: 0, type: file}, {index: 1, type: int}]
+"""
+
+
+def test_security_file_permission_mask_decides_the_family() -> None:
+    write = build(SFP + "  selectors:\n  - matchArgs: [{index: 1, operator: Equal, values: ['2']}, "
+                  "{index: 0, operator: Prefix, values: [/etc/]}]")
+    [h] = write.hooks
+    assert h.syscalls == ("write", "pwrite64", "writev", "pwritev", "pwritev2")
+    assert h.args == (ArgSpec(0, ARG_FD, "", "file"),)
+    assert h.selectors == (Selector(args=(ArgFilter(0, "Prefix", ("/etc/",)),)),)  # the mask filter is decided
+    assert "no selector can match at read/pread64/readv/preadv/preadv2: not watched" in write.notes[-1]
+    [h] = build(SFP + "  selectors: [{matchArgs: [{index: 1, operator: Mask, values: ['4']}]}]").hooks
+    assert h.syscalls[0] == "read" and h.selectors == (Selector(),)
+    [h] = build(SFP).hooks
+    assert h.syscalls == ("write", "pwrite64", "writev", "pwritev", "pwritev2", "read", "pread64", "readv", "preadv",
+                          "preadv2")
+
+
+def test_fd_install_and_file_open_on_the_open_family() -> None:
+    c = build("""
+        kprobes:
+        - call: fd_install
+          syscall: false
+          args: [{index: 0, type: int}, {index: 1, type: file}]
+          selectors: [{matchArgs: [{index: 1, operator: Equal, values: [/etc/passwd]}]}]
+        lsmhooks:
+        - hook: file_open
+          args: [{index: 0, type: file}]
+        """)
+    first, second, lsm1, lsm2 = c.hooks
+    assert (first.syscalls, first.args) == (("open", "creat"), (ArgSpec(0, ARG_STRING, "", "file"),))
+    assert (second.syscalls, second.args) == (("openat", "openat2"), (ArgSpec(1, ARG_STRING, "", "file"),))
+    assert first.selectors[0].args == (ArgFilter(0, "Equal", ("/etc/passwd",)),)
+    assert (lsm1.event, lsm1.function_name, lsm2.syscalls) == ("process_lsm", "file_open", ("openat", "openat2"))
+    assert ("kprobes[0] fd_install: arg 0 not reported: the new fd is the syscall's return value, not known at "
+            "syscall entry") in c.notes
+    assert any("path as passed to the syscall" in n for n in c.notes)
+    [h, _] = build("kprobes: [{call: security_file_open, syscall: false, args: [{index: 0, type: file}]}]").hooks
+    assert h.syscalls == ("open", "creat")
+
+
+def test_filter_on_an_unavailable_arg_is_refused() -> None:
+    msg = refusal("""
+        kprobes:
+        - call: fd_install
+          syscall: false
+          args: [{index: 0, type: int}, {index: 1, type: file}]
+          selectors: [{matchArgs: [{index: 0, operator: Equal, values: ['3']}]}]
+        """)
+    assert msg == ("unsupported: spec.kprobes[0].selectors[0].matchArgs[0] (filter on arg 0, which is not available: "
+                   "the new fd is the syscall's return value, not known at syscall entry)")
+
+
+def test_tcp_connect_on_connect() -> None:
+    c = build("""
+        kprobes:
+        - call: tcp_connect
+          syscall: false
+          args: [{index: 0, type: sock}]
+          selectors:
+          - matchArgs:
+            - {index: 0, operator: NotDAddr, values: [127.0.0.1, 10.0.0.0/8]}
+            - {index: 0, operator: DPort, values: ["443", "8000:8080"]}
+            - {index: 0, operator: Family, values: [AF_INET]}
+            matchActions: [{action: DenyConnect}]
+        """)
+    [h] = c.hooks
+    assert (h.syscalls, h.function_name, h.args) == (("connect",), "tcp_connect", (ArgSpec(1, ARG_SOCKADDR, "",
+                                                                                          "sock"),))
+    assert h.selectors == (Selector(args=(ArgFilter(0, "NotDAddr", ("127.0.0.1/32", "10.0.0.0/8")),
+                                          ArgFilter(0, "DPort", (443, "8000:8080")), ArgFilter(0, "Family", (2,))),
+                                    action="DenyConnect"),)
+    assert "only the connect() syscall; kernel-initiated connections not seen" in c.notes[0]
+    msg = refusal("""
+        kprobes:
+        - call: tcp_connect
+          syscall: false
+          args: [{index: 0, type: sock}]
+          selectors: [{matchArgs: [{index: 0, operator: SAddr, values: [10.0.0.1]}]}]
+        """)
+    assert msg.endswith("(SAddr not supported: the source address and port are not known at connect() entry)")
+
+
+def test_sockaddr_addresses_are_the_destination() -> None:
+    [h] = build("""
+        kprobes:
+        - call: security_socket_connect
+          syscall: false
+          args: [{index: 1, type: sockaddr}]
+          selectors:
+          - matchArgs:
+            - {index: 1, operator: SAddr, values: [192.168.1.1]}
+            - {index: 1, operator: NotSportPriv}
+        """).hooks
+    assert h.selectors[0].args == (ArgFilter(0, "DAddr", ("192.168.1.1/32",)), ArgFilter(0, "NotDPort", ("0:1023",)))
+
+
+def test_commit_creds_bprm_and_sys_helpers() -> None:
+    c = build("""
+        kprobes:
+        - {call: commit_creds, syscall: false, args: [{index: 0, type: cred}]}
+        - {call: security_bprm_check, syscall: false, args: [{index: 0, type: linux_binprm}]}
+        - {call: __sys_setuid, syscall: false, args: [{index: 0, type: int}]}
+        lsmhooks:
+        - {hook: bprm_check_security, args: [{index: 0, type: linux_binprm}]}
+        """)
+    creds, execve, execveat, setuid, lsm_execve, _ = c.hooks
+    assert creds.syscalls == ("setuid", "setgid", "setreuid", "setregid", "setresuid", "setresgid")
+    assert creds.args == ()
+    assert (execve.syscalls, execve.args) == (("execve",), (ArgSpec(0, ARG_STRING, "", "linux_binprm"),))
+    assert (execveat.syscalls, execveat.args[0].index) == (("execveat",), 1)
+    assert (setuid.syscalls, setuid.function_name) == (("setuid",), "__sys_setuid")
+    assert lsm_execve.event == "process_lsm"
+
+
+def test_unmapped_kernel_function_refused_from_the_features() -> None:
+    spec = "kprobes: [{call: dev_queue_xmit, syscall: false, args: [{index: 0, type: skb}]}]"
+    assert refusal(spec) == f"unsupported: spec.kprobes[0].call (dev_queue_xmit: {NO_KPROBE})"
+    assert refusal(spec, VM) == ("unsupported: spec.kprobes[0].call (dev_queue_xmit: needs a kprobe, which apiary's "
+                                 "sensor does not attach yet (this version realises hooks at syscall entry only))")
+    assert refusal("lsmhooks: [{hook: path_mkdir}]") == ("unsupported: spec.lsmhooks[0].hook (lsm hook path_mkdir: "
+                                                         "needs BPF-LSM; this kernel: no kprobes (CONFIG_KPROBES off), "
+                                                         "fentry/BPF-LSM refused)")
+
+
+def test_kernel_with_kprobes_still_realises_at_syscall_entry_and_says_so() -> None:
+    c = build(VFS_WRITE, VM)
+    assert c.notes[0].endswith("(this kernel has kprobes, but this version attaches at syscall entry only)")
+
+
+def test_other_sensors_refused() -> None:
+    found = refused("""
+        uprobes: [{path: /bin/bash, symbols: [readline]}]
+        usdts: [{path: /bin/x, provider: p, name: n}]
+        fentries: [{call: vfs_write}]
+        loader: true
+        enforcers: [{calls: [sys_dup]}]
+        """)
+    assert found == ["unsupported: spec.uprobes (uprobes are not supported yet)",
+                     "unsupported: spec.usdts (usdts are not supported yet)",
+                     "unsupported: spec.fentries (fentries are not supported yet)",
+                     "unsupported: spec.enforcers (enforcers are not supported yet)",
+                     "unsupported: spec.loader (loader events are not supported yet)"]
+
+
+def test_syscall_tracepoints() -> None:
+    c = build("""
+        tracepoints:
+        - subsystem: syscalls
+          event: sys_enter_openat
+          args: [{index: 6, type: string}, {index: 7, type: int}]
+          selectors: [{matchArgs: [{index: 0, operator: Prefix, values: [/etc]}]}]
+        """)
+    [h] = c.hooks
+    assert (h.event, h.function_name, h.syscalls) == ("process_tracepoint", "syscalls/sys_enter_openat", ("openat",))
+    assert h.args == (ArgSpec(1, ARG_STRING, "", "string"), ArgSpec(2, ARG_INT, "", "int"))
+    assert h.selectors[0].args == (ArgFilter(0, "Prefix", ("/etc",)),)
+    assert refusal("tracepoints: [{subsystem: sched, event: sched_process_exec}]") == (
+        "unsupported: spec.tracepoints[0].subsystem (tracepoint sched/sched_process_exec: only syscall tracepoints in "
+        "this version (syscalls/sys_enter_*, raw_syscalls/sys_enter))")
+    assert "syscall exit tracepoints" in refusal("tracepoints: [{subsystem: syscalls, event: sys_exit_openat}]")
+
+
+def test_raw_syscalls_id_filter_becomes_the_watched_set() -> None:
+    c = build("""
+        lists: [{name: dups, type: syscalls, values: [sys_dup, sys_dup2]}]
+        tracepoints:
+        - subsystem: raw_syscalls
+          event: sys_enter
+          args: [{index: 4, type: uint64}]
+          selectors:
+          - matchArgs: [{index: 0, operator: InMap, values: ["list:dups"]}]
+            matchBinaries: [{operator: In, values: [/usr/bin/bash]}]
+        """)
+    [h] = c.hooks
+    assert h.syscalls == ("dup", "dup2") and h.args == ()
+    assert h.selectors == (Selector(binaries=BinaryFilter("In", ("/usr/bin/bash",))),)
+    assert "syscall numbers are architecture-specific" in refusal("""
+        tracepoints:
+        - subsystem: raw_syscalls
+          event: sys_enter
+          args: [{index: 4, type: uint64}]
+          selectors: [{matchArgs: [{index: 0, operator: Equal, values: ["32"]}]}]
+        """)
+    assert "only the id (index 4) can be read" in refusal(
+        "tracepoints: [{subsystem: raw_syscalls, event: sys_enter, args: [{index: 5, type: uint64}]}]")
+
+
+def test_lists_expand() -> None:
+    c = build("""
+        lists: [{name: dups, type: syscalls, values: [sys_dup, sys_dup2]}]
+        kprobes: [{call: "list:dups"}]
+        """)
+    assert [(h.source, h.syscalls) for h in c.hooks] == [
+        ("kprobes[0] sys_dup (list:dups)", ("dup",)), ("kprobes[0] sys_dup2 (list:dups)", ("dup2",))]
+    assert "generated_ftrace) names kernel functions" in refusal("""
+        lists: [{name: k, type: generated_ftrace, pattern: "^ksys_"}]
+        kprobes: [{call: "list:k"}]
+        """)
+    assert "this policy needs 360 hooks; the sensor holds at most 64" in refusal("""
+        lists: [{name: all, type: generated_syscalls}]
+        kprobes: [{call: "list:all"}]
+        """)
+
+
+def test_hooks_per_syscall_limit() -> None:
+    hooks = "\n".join("- {call: sys_write}" for _ in range(MAX_HOOKS_PER_SYSCALL + 1))
+    assert refusal(f"kprobes:\n{hooks}") == "unsupported: spec (8 hooks watch syscall write; the sensor allows 7)"
+
+
+# --- arg types -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ty, kind", [("int", ARG_INT), ("sint16", ARG_INT), ("int64", ARG_INT), ("long", ARG_INT),
+                                      ("size_t", ARG_INT), ("uint32", ARG_UINT), ("ulong", ARG_UINT),
+                                      ("uint64", ARG_UINT), ("string", ARG_STRING), ("char_buf", ARG_STRING),
+                                      ("filename", ARG_STRING), ("path", ARG_STRING), ("fd", ARG_FD),
+                                      ("file", ARG_FD), ("sockaddr", ARG_SOCKADDR), ("sock", ARG_SOCKADDR)])
+def test_arg_type_kinds(ty: str, kind: str) -> None:
+    [h] = build(f"kprobes: [{{call: sys_write, args: [{{index: 1, type: {ty}}}]}}]").hooks
+    assert h.args == (ArgSpec(1, kind, "", ty),)
+
+
+def test_unsupported_arg_types() -> None:
+    assert refusal("kprobes: [{call: sys_write, args: [{index: 0, type: skb}]}]") == \
+        "unsupported: spec.kprobes[0].args[0].type (arg type skb not supported at syscall entry)"
+    assert "type auto needs BTF resolution" in refusal("kprobes: [{call: sys_write, args: [{index: 0}]}]")
+    assert refusal("kprobes: [{call: sys_write, args: [{index: 6, type: int}]}]") == \
+        "unsupported: spec.kprobes[0].args[0].index (arg 6 does not exist: syscalls have at most 6 arguments)"
+    assert "type int cannot be realised from it" in refusal(
+        "kprobes: [{call: vfs_write, syscall: false, args: [{index: 0, type: int}]}]")
+    assert refusal("kprobes: [{call: sys_write, args: [{index: 0, type: string, resolve: f_path}]}]") == \
+        "unsupported: spec.kprobes[0].args[0].resolve (resolve is not supported yet)"
+    [h] = build("kprobes: [{call: sys_write, args: [{index: 0, type: nop}, {index: 1, type: int}]}]").hooks
+    assert h.args == (ArgSpec(1, ARG_INT, "", "int"),)
+
+
+# --- selectors -------------------------------------------------------------------------------------
+
+
+def one_selector(selector: str, args: str = "[{index: 0, type: int}, {index: 1, type: string}]") -> Selector:
+    [h] = build(f"kprobes:\n- call: sys_openat\n  args: {args}\n  selectors:\n  - {selector}").hooks
+    [s] = h.selectors
+    return s
+
+
+def test_match_args_index_maps_to_the_declared_arg_position() -> None:
+    s = one_selector("matchArgs: [{index: 2, operator: Mask, values: ['64', '0x1']}]",
+                     "[{index: 1, type: string}, {index: 2, type: int}]")
+    assert s.args == (ArgFilter(1, "Mask", (64, 1)),)
+
+
+@pytest.mark.parametrize("op, values, expect", [
+    ("GreaterThan", "['5']", ArgFilter(0, "GT", (5,))),
+    ("LT", "['-1']", ArgFilter(0, "LT", (-1,))),
+    ("InRange", "['1:5', '10:20']", ArgFilter(0, "InRange", ("1:5", "10:20"))),
+    ("NotInRange", "['7:3']", ArgFilter(0, "NotInRange", ("3:7",))),
+    ("NotEqual", "['1', '2']", ArgFilter(0, "NotEqual", (1, 2))),
+    ("InMap", "['1', '2', '3']", ArgFilter(0, "Equal", (1, 2, 3))),
+])
+def test_int_operators(op: str, values: str, expect: ArgFilter) -> None:
+    assert one_selector(f"matchArgs: [{{index: 0, operator: {op}, values: {values}}}]").args == (expect,)
+
+
+@pytest.mark.parametrize("op", ["Equal", "NotEqual", "Prefix", "NotPrefix", "Postfix", "NotPostfix"])
+def test_string_operators(op: str) -> None:
+    assert one_selector(f"matchArgs: [{{index: 1, operator: {op}, values: [/etc/]}}]").args == \
+        (ArgFilter(1, op, ("/etc/",)),)
+
+
+def test_string_value_nul_suffix_is_trimmed() -> None:
+    s = one_selector('matchArgs: [{index: 1, operator: Equal, values: ["security.capability\\0"]}]')
+    assert s.args[0].values == ("security.capability",)
+
+
+def test_values_beyond_the_sensor_limits_are_refused_never_truncated() -> None:
+    spec = ("kprobes: [{call: sys_openat, args: [{index: 1, type: string}], selectors: [{matchArgs: [{index: 1, "
+            "operator: Prefix, values: [/a, /b, /c, /d, /e]}]}]}]")
+    assert refusal(spec) == ("unsupported: spec.kprobes[0].selectors[0].matchArgs[0].values (at most 4 values per "
+                             "filter (5 given): the sensor compares at most 4)")
+    long = "/" + "x" * 128
+    spec = (f"kprobes: [{{call: sys_openat, args: [{{index: 1, type: string}}], selectors: [{{matchArgs: [{{index: "
+            f"1, operator: Equal, values: [{long}]}}]}}]}}]")
+    assert refusal(spec) == ("unsupported: spec.kprobes[0].selectors[0].matchArgs[0].values[0] (string values are "
+                             "compared on at most 128 bytes (129 given))")
+    assert "is negative but arg type uint32 is unsigned" in refusal(
+        "kprobes: [{call: sys_write, args: [{index: 0, type: uint32}], selectors: [{matchArgs: [{index: 0, "
+        "operator: Equal, values: ['-1']}]}]}]")
+
+
+def test_match_binaries_and_pids() -> None:
+    s = one_selector("matchBinaries: [{operator: NotIn, values: [/bin/sh, /bin/bash], followChildren: true}]")
+    assert s.binaries == BinaryFilter("NotIn", ("/bin/sh", "/bin/bash"), True)
+    s = one_selector("matchBinaries: [{operator: Prefix, values: [/usr/]}]")
+    assert s.binaries == BinaryFilter("Prefix", ("/usr/",), False)
+    s = one_selector("matchPIDs: [{operator: NotIn, values: [1], followForks: true}, "
+                     "{operator: NotIn, values: [2], followForks: true}]")
+    assert s.pids == PidFilter("NotIn", (1, 2), True)
+    assert "matchBinaries Postfix is not supported yet" in refusal(
+        "kprobes: [{call: sys_write, selectors: [{matchBinaries: [{operator: Postfix, values: [sh]}]}]}]")
+    assert refusal("kprobes: [{call: sys_write, selectors: [{matchPIDs: [{operator: In, values: [1], "
+                   "isNamespacePID: true}]}]}]") == (
+        "unsupported: spec.kprobes[0].selectors[0].matchPIDs[0].isNamespacePID (isNamespacePID is not supported yet "
+        "(the sensor compares host PIDs))")
+
+
+@pytest.mark.parametrize("actions, expect", [
+    ("[]", Selector()),
+    ("[{action: Post, rateLimit: 1m}]", Selector(rate_limit_ns=60_000_000_000)),
+    ("[{action: Post, rateLimit: '5'}]", Selector(rate_limit_ns=5_000_000_000)),
+    ("[{action: NoPost}]", Selector(action="NoPost", post=False)),
+    ("[{action: Sigkill}]", Selector(action="Sigkill", signal=9)),
+    ("[{action: Signal, argSig: 10}]", Selector(action="Signal", signal=10)),
+    ("[{action: Sigkill}, {action: NoPost}]", Selector(action="Sigkill", signal=9, post=False)),
+])
+def test_actions(actions: str, expect: Selector) -> None:
+    assert one_selector(f"matchActions: {actions}") == expect
+
+
+def test_refused_actions() -> None:
+    sel = "kprobes: [{{call: sys_write, selectors: [{{matchActions: [{act}]}}]}}]"
+    assert refusal(sel.format(act="{action: Override, argError: -1}")) == (
+        "unsupported: spec.kprobes[0].selectors[0].matchActions[0].action (Override needs BPF-LSM or kernel error "
+        "injection; this kernel has neither: use Sigkill)")
+    assert refusal(sel.format(act="{action: GetUrl, argUrl: http://x}")) == \
+        "unsupported: spec.kprobes[0].selectors[0].matchActions[0].action (action GetUrl is not supported yet)"
+    assert refusal(sel.format(act="{action: DenyConnect}")) == (
+        "unsupported: spec.kprobes[0].selectors[0].matchActions[0].action (DenyConnect applies only to hooks realised "
+        "on connect() (it fails the call with EPERM through the endpoint's cgroup hook))")
+    assert "argSig, a signal number" in refusal(sel.format(act="{action: Signal}"))
+    assert "only one enforcement action" in refusal(sel.format(act="{action: Sigkill}, {action: Signal, argSig: 1}"))
+    assert "kernelStackTrace is not supported yet" in refusal(sel.format(act="{action: Post, kernelStackTrace: true}"))
+
+
+def test_unsupported_selector_fields_are_named() -> None:
+    found = refused("""
+        kprobes:
+        - call: sys_write
+          selectors:
+          - matchNamespaces: [{namespace: Pid, operator: NotIn, values: [host_ns]}]
+            matchCapabilities: [{operator: In, values: [CAP_SYS_ADMIN]}]
+          - matchParentBinaries: [{operator: In, values: [/bin/sh]}]
+        """)
+    assert found == [
+        "unsupported: spec.kprobes[0].selectors[0].matchNamespaces (matchNamespaces is not supported yet)",
+        "unsupported: spec.kprobes[0].selectors[0].matchCapabilities (matchCapabilities is not supported yet)",
+        "unsupported: spec.kprobes[0].selectors[1].matchParentBinaries (matchParentBinaries is not supported yet)"]
+
+
+def test_return_values() -> None:
+    c = build("kprobes: [{call: sys_openat, return: true, returnArg: {index: 0, type: int}}]")
+    assert c.notes[0] == ("kprobes[0] sys_openat: return value not reported (realised at syscall entry; no return "
+                          "probe yet)")
+    assert "matchReturnArgs is not supported yet" in refusal(
+        "kprobes: [{call: sys_openat, return: true, returnArg: {index: 0, type: int}, selectors: [{matchReturnArgs: "
+        "[{index: 0, operator: GT, values: ['0']}]}]}]")
+
+
+def test_selector_order_is_kept() -> None:
+    [h] = build("""
+        kprobes:
+        - call: sys_write
+          args: [{index: 0, type: int}]
+          selectors:
+          - {matchArgs: [{index: 0, operator: Equal, values: ['1']}], matchActions: [{action: NoPost}]}
+          - {matchArgs: [{index: 0, operator: Equal, values: ['2']}], matchActions: [{action: Sigkill}]}
+          - {matchActions: [{action: Post}]}
+        """).hooks
+    assert [s.action for s in h.selectors] == ["NoPost", "Sigkill", "Post"]
+
+
+# --- policy-level ----------------------------------------------------------------------------------
+
+
+def test_options_and_mode() -> None:
+    c = build("""
+        options: [{name: policy-mode, value: monitor}, {name: disable-kprobe-multi, value: "1"}]
+        kprobes: [{call: sys_write}]
+        """)
+    assert c.mode == "monitor"
+    assert "option disable-kprobe-multi has no effect in apiary: it attaches no kprobe/uprobe multi links" in c.notes
+    assert "policy-mode monitor: actions are reported, not carried out" in c.notes
+    assert build("options: [{name: policy-mode, value: enforce}]").mode == "enforce"
+
+
+def test_pod_selector_and_namespace_scope() -> None:
+    c = build("""
+        podSelector:
+          matchLabels: {app: web}
+          matchExpressions: [{key: tier, operator: In, values: [front]}]
+        kprobes: [{call: sys_write}]
+        """)
+    assert c.pod_selector == {"matchLabels": {"app": "web"},
+                              "matchExpressions": [{"key": "tier", "operator": "In", "values": ["front"]}]}
+    c = build("podSelector: {matchLabels: {app: web}}", kind="TracingPolicyNamespaced",
+              meta="name: t\n  namespace: prod")
+    assert c.namespace == "prod" and c.kind == "TracingPolicyNamespaced"
+    assert c.pod_selector == {"matchLabels": {"app": "web", "io.kubernetes.pod.namespace": "prod"}}
+    c = build("kprobes: []", kind="TracingPolicyNamespaced")
+    assert c.pod_selector == {"matchLabels": {"io.kubernetes.pod.namespace": "default"}}
+    assert build("podSelector: {}").pod_selector == {}
+
+
+def test_workload_selectors_not_supported_yet() -> None:
+    assert refused("containerSelector: {matchLabels: {name: c}}")[0].startswith(
+        "unsupported: spec.containerSelector (containerSelector is not supported yet")
+    assert refused("hostSelector: {}")[0].startswith("unsupported: spec.hostSelector")
+
+
+# --- kernel features -------------------------------------------------------------------------------
+
+
+def test_features_describe() -> None:
+    assert HERE.describe() == "no kprobes (CONFIG_KPROBES off), fentry/BPF-LSM refused"
+    assert VM.describe() == "kprobes, fentry and BPF-LSM"
+    assert KernelFeatures(True, True, False, False).describe() == "kprobes, BPF-LSM refused"
+
+
+def test_features_from_tracefs(tmp_path: Path) -> None:
+    for name in ("sys_enter_write", "sys_exit_write", "sys_enter_openat", "enable"):
+        (tmp_path / "events" / "syscalls" / name).mkdir(parents=True)
+    assert syscalls_from_tracefs(str(tmp_path)) == frozenset({"write", "openat"})
+    f = features_from_tracefs(str(tmp_path))
+    assert f.syscalls == frozenset({"write", "openat"}) and f.kprobes is False
+    (tmp_path / "kprobe_events").write_text("")
+    assert features_from_tracefs(str(tmp_path), lsm=True).kprobes is True
+    assert syscalls_from_tracefs(str(tmp_path / "missing")) == frozenset()
+
+
+@pytest.mark.skipif(not os.path.isdir("/sys/kernel/tracing/events/syscalls"), reason="tracefs not mounted")
+def test_features_from_this_machine() -> None:
+    assert {"write", "openat", "connect", "setuid"} <= features_from_tracefs().syscalls
+
+
+def test_every_selector_problem_is_listed_once() -> None:
+    found = refused("""
+        kprobes:
+        - call: fd_install
+          syscall: false
+          args: [{index: 0, type: int}, {index: 1, type: file}]
+          selectors:
+          - matchArgs: [{index: 0, operator: Equal, values: ['3']}]
+          - matchActions: [{action: GetUrl, argUrl: http://x}]
+        """)
+    assert found == [
+        "unsupported: spec.kprobes[0].selectors[0].matchArgs[0] (filter on arg 0, which is not available: the new fd "
+        "is the syscall's return value, not known at syscall entry)",
+        "unsupported: spec.kprobes[0].selectors[1].matchActions[0].action (action GetUrl is not supported yet)"]

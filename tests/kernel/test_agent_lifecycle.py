@@ -7,6 +7,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from apiary.loader import _libbpf as L
@@ -72,17 +73,31 @@ def test_bpf_list_and_clean_shutdown_detaches_everything() -> None:
         assert r.returncode == 0, r.stderr
         data = json.loads(r.stdout)
         progs = {p["name"]: p["id"] for p in data["programs"]}
-        assert set(progs) == {"on_exec", "on_fork", "on_exit", "from_container", "to_container"}
-        assert len(data["links"]) == 3 and all(lk["id"] > 0 for lk in data["links"])  # no endpoints: no TC filters
+        assert set(progs) == {
+            "on_exec",
+            "on_fork",
+            "on_exit",
+            "from_container",
+            "to_container",
+            "gs_sys_enter",
+            "gs_connect4",
+        }
+        assert len(data["links"]) == 5 and all(lk["id"] > 0 for lk in data["links"])  # no endpoints: no TC filters
         pins = [m["pin"] for m in data["maps"] if m["pin"]]
         assert pins and all(p.startswith(a.pin_root) and os.path.exists(p) for p in pins)
         assert a.stop() == 0
         assert "everything it attached is detached" in a.log()
-        for pid in progs.values():  # the kernel no longer knows the programs
-            fd = L.lib.bpf_prog_get_fd_by_id(pid)
-            if fd >= 0:
-                os.close(fd)
-            assert fd < 0, f"program id {pid} still loaded after shutdown"
+        deadline = time.monotonic() + 5  # the kernel frees programs after an RCU grace period
+        alive = set(progs.values())
+        while alive and time.monotonic() < deadline:
+            for pid in list(alive):
+                fd = L.lib.bpf_prog_get_fd_by_id(pid)
+                if fd >= 0:
+                    os.close(fd)
+                else:
+                    alive.discard(pid)
+            time.sleep(0.05)
+        assert not alive, f"programs {alive} still loaded after shutdown"
         assert not os.path.exists(a.pin_root)
         assert not os.path.exists(a.socket)
     finally:

@@ -193,7 +193,15 @@ def test_status_reconciles_and_counts_loss_with_tiny_ring(bindir: Path) -> None:
         assert ev["lost"] >= 5 and ev["reconciled"], ev
         assert ev["produced"] == ev["received"] + ev["lost"] + ev["in_ring"]
         names = {p["name"]: p for p in st["programs"]}
-        assert set(names) == {"on_exec", "on_fork", "on_exit", "from_container", "to_container"}
+        assert set(names) == {
+            "on_exec",
+            "on_fork",
+            "on_exit",
+            "from_container",
+            "to_container",
+            "gs_sys_enter",
+            "gs_connect4",
+        }
         assert names["on_exec"]["run_count"] >= 6 and names["on_exec"]["avg_ns"] > 0
         procs = next(m for m in st["maps"] if m["name"] == "procs")
         assert procs["entries"] > 0 and 0 < procs["fill_pct"] < 100

@@ -139,13 +139,19 @@ def main() -> None:
     ap.add_argument("--execs", type=int, default=2000)
     ap.add_argument("--opens", type=int, default=200000)
     ap.add_argument("--events", type=int, default=1000000)
-    ap.add_argument("--only", choices=["process", "datapath"], default=None)
+    ap.add_argument("--only", choices=["process", "datapath", "tracing"], default=None)
     ap.add_argument("--repeat", type=int, default=200000, help="BPF_PROG_TEST_RUN repetitions")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench: needs root (loads BPF)")
     ensure_mounts()
     print(f"apiary bench on {os.uname().release}, {os.cpu_count()} CPUs\n")
+    if args.only in (None, "tracing"):
+        from . import tracing
+
+        tracing.main(args.rounds, args.opens // 2, args.execs // 2)
+        if args.only == "tracing":
+            return
     if args.only != "process":
         from . import datapath
 

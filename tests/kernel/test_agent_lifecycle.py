@@ -82,7 +82,9 @@ def test_bpf_list_and_clean_shutdown_detaches_everything() -> None:
             "gs_sys_enter",
             "gs_connect4",
         }
-        assert len(data["links"]) == 5 and all(lk["id"] > 0 for lk in data["links"])  # no endpoints: no TC filters
+        assert len(data["links"]) == 4 and all(
+            lk["id"] > 0 for lk in data["links"]
+        )  # no endpoints/policies: no TC/syscall links
         pins = [m["pin"] for m in data["maps"] if m["pin"]]
         assert pins and all(p.startswith(a.pin_root) and os.path.exists(p) for p in pins)
         assert a.stop() == 0

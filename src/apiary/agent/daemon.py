@@ -358,7 +358,7 @@ class Agent:
             for name, fd, point in ts.programs():
                 row = bpfinfo.program_row(name, fd, point)
                 out["programs"].append({k: row[k] for k in ("id", "name", "type", "attach", "run_count")})
-            for lk in ts.links:
+            for lk in [*ts.links, *ts.sys_links.values()]:
                 out["links"].append({"id": lk.id, "program": lk.prog.name, "attach": lk.describe(), "pin": ""})
             for name, m in ts.obj.maps.items():
                 if name in ("events", "procs", "binaries"):

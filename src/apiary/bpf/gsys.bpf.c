@@ -102,21 +102,20 @@ static __always_inline void gs_count(__u32 hook, __u32 what)
 		*v += 1;
 }
 
-static __always_inline __u64 reg_arg(struct pt_regs *regs, __u8 idx)
+struct hooks_ctx {
+	__u64 args[6]; /* the syscall's arguments, copied from the tracepoint record */
+	__u32 nr;
+};
+
+static __always_inline __u64 reg_arg(struct hooks_ctx *hc, __u8 idx)
 {
-	switch (idx) {
-	case 0:
-		return BPF_CORE_READ(regs, di);
-	case 1:
-		return BPF_CORE_READ(regs, si);
-	case 2:
-		return BPF_CORE_READ(regs, dx);
-	case 3:
-		return BPF_CORE_READ(regs, r10);
-	case 4:
-		return BPF_CORE_READ(regs, r8);
-	case 5:
-		return BPF_CORE_READ(regs, r9);
+	switch (idx) { /* constant offsets */
+	case 0: return hc->args[0];
+	case 1: return hc->args[1];
+	case 2: return hc->args[2];
+	case 3: return hc->args[3];
+	case 4: return hc->args[4];
+	case 5: return hc->args[5];
 	}
 	return 0;
 }
@@ -135,10 +134,10 @@ static __always_inline struct file *fd_file(__u64 fd)
 	return f;
 }
 
-static __always_inline void read_arg(struct gs_event *ev, struct gs_hook *h, struct pt_regs *regs, int a)
+static __always_inline void read_arg(struct gs_event *ev, struct gs_hook *h, struct hooks_ctx *hc, int a)
 {
 	__u8 kind = h->arg_kind[a];
-	__u64 v = reg_arg(regs, h->arg_index[a]);
+	__u64 v = reg_arg(hc, h->arg_index[a]);
 	ev->ints[a] = v;
 	ev->slen[a] = 0;
 	if (kind == GS_ARG_STRING) {
@@ -182,6 +181,9 @@ static __always_inline void read_arg(struct gs_event *ev, struct gs_hook *h, str
 }
 
 struct hash_ctx {
+	struct gs_hashes *hs;
+	struct gs_event *ev;
+	struct proc_binary *pb;
 	__u32 a;   /* argument slot, or GS_ARGS for the binary */
 	__u32 len;
 };
@@ -190,10 +192,9 @@ struct hash_ctx {
 static long hash_step(__u32 i, void *data)
 {
 	struct hash_ctx *c = data;
-	__u32 zero = 0;
-	struct gs_hashes *hs = bpf_map_lookup_elem(&gs_hash, &zero);
-	struct gs_event *ev = bpf_map_lookup_elem(&gs_scratch, &zero);
-	if (!hs || !ev || i >= c->len)
+	struct gs_hashes *hs = c->hs;
+	struct gs_event *ev = c->ev;
+	if (i >= c->len)
 		return 1;
 	__u32 j = i, t = c->len - 1 - i;
 	barrier_var(j);
@@ -202,8 +203,7 @@ static long hash_step(__u32 i, void *data)
 	t &= GS_ARGSTR - 1;
 	__u32 a = c->a;
 	if (a == GS_ARGS) {
-		__u32 tgid = bpf_get_current_pid_tgid() >> 32;
-		struct proc_binary *pb = bpf_map_lookup_elem(&binaries, &tgid);
+		struct proc_binary *pb = c->pb;
 		if (!pb)
 			return 1;
 		hs->bin[(j + 1) & (GS_BIN - 1)] = (hs->bin[j] ^ (__u8)pb->path[j]) * GS_FNV_PRIME;
@@ -222,11 +222,12 @@ static long hash_step(__u32 i, void *data)
 	return 0;
 }
 
-static __always_inline void hash_arg(__u32 a, __u32 len)
+static __always_inline void hash_arg(__u32 a, __u32 len, struct proc_binary *pb)
 {
 	__u32 zero = 0;
 	struct gs_hashes *hs = bpf_map_lookup_elem(&gs_hash, &zero);
-	if (!hs)
+	struct gs_event *ev = bpf_map_lookup_elem(&gs_scratch, &zero);
+	if (!hs || !ev)
 		return;
 	if (len > GS_ARGSTR - 1)
 		len = GS_ARGSTR - 1;
@@ -237,7 +238,7 @@ static __always_inline void hash_arg(__u32 a, __u32 len)
 		hs->pre[a][0] = GS_FNV_BASIS;
 		hs->suf[a][0] = GS_FNV_BASIS;
 	}
-	struct hash_ctx c = {.a = a, .len = len};
+	struct hash_ctx c = {.hs = hs, .ev = ev, .pb = pb, .a = a, .len = len};
 	bpf_loop(len, hash_step, &c, 0);
 }
 
@@ -433,11 +434,6 @@ static long eval_step(__u32 i, void *data)
 	return 1;
 }
 
-struct hooks_ctx {
-	struct pt_regs *regs;
-	__u32 nr;
-};
-
 static long run_hook(__u32 i, void *data)
 {
 	struct hooks_ctx *hc = data;
@@ -471,28 +467,27 @@ static long run_hook(__u32 i, void *data)
 	ev->syscall_nr = nr;
 	ev->flags = 0;
 	ev->nargs = h->nargs;
-	struct pt_regs *regs = hc->regs;
 	if (h->nargs > 0)
-		read_arg(ev, h, regs, 0);
+		read_arg(ev, h, hc, 0);
 	if (h->nargs > 1)
-		read_arg(ev, h, regs, 1);
+		read_arg(ev, h, hc, 1);
 	if (h->nargs > 2)
-		read_arg(ev, h, regs, 2);
+		read_arg(ev, h, hc, 2);
 	if (h->nargs > 3)
-		read_arg(ev, h, regs, 3);
+		read_arg(ev, h, hc, 3);
 	if (h->nargs > 4)
-		read_arg(ev, h, regs, 4);
+		read_arg(ev, h, hc, 4);
 
 	for (__u32 a = 0; a < GS_ARGS; a++) {
 		if (a >= h->nargs)
 			break;
 		__u8 k = h->arg_kind[a];
 		if (k == GS_ARG_STRING || k == GS_ARG_FD)
-			hash_arg(a, ev->slen[a]);
+			hash_arg(a, ev->slen[a], 0);
 	}
 	if (h->flags & GS_F_BINARIES) {
 		struct proc_binary *pb = bpf_map_lookup_elem(&binaries, &tgid);
-		hash_arg(GS_ARGS, pb ? pb->len : 0);
+		hash_arg(GS_ARGS, pb ? pb->len : 0, pb);
 	}
 	__u8 action = GS_ACT_POST, post = 1, sig = 0;
 	__u64 rate = 0;
@@ -547,14 +542,19 @@ static long run_hook(__u32 i, void *data)
 	return 0;
 }
 
-SEC("raw_tp/sys_enter")
-int gs_sys_enter(struct bpf_raw_tracepoint_args *ctx)
+/* Attached by the loader to syscalls/sys_enter_<name> of each watched syscall only: unwatched
+ * syscalls pay nothing. Every sys_enter_* record has the same layout (id, args[6]). */
+SEC("tracepoint")
+int gs_sys_enter(struct trace_event_raw_sys_enter *ctx)
 {
-	__u32 nr = (__u32)ctx->args[1];
+	__u32 nr = (__u32)ctx->id;
 	struct gs_sys *sh = bpf_map_lookup_elem(&gs_syscalls, &nr);
 	if (!sh)
 		return 0;
-	struct hooks_ctx hc = {.regs = (struct pt_regs *)ctx->args[0], .nr = nr};
+	struct hooks_ctx hc = {.nr = nr};
+	/* a record only holds the syscall's own arguments: direct ctx reads past them would make the
+	 * attach fail (max_ctx_offset), so copy; slots past the syscall's arity are never used */
+	bpf_probe_read_kernel(hc.args, sizeof(hc.args), ctx->args);
 	__u32 n = sh->n;
 	if (n > GS_PER_SYSCALL)
 		n = GS_PER_SYSCALL;

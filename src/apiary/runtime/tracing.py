@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from apiary.loader import BpfError, BpfObject, CgroupLink, RawTracepointLink, TypedMap
+from apiary.loader import BpfError, BpfObject, CgroupLink, TracepointLink, TypedMap
 from apiary.loader.fs import cgroup2_root
 from apiary.tracing.types import CompiledTracingPolicy, Hook
 
@@ -36,6 +36,7 @@ class TracingSensor:
         self.links: list[Any] = []
         self.policies: dict[str, LoadedPolicy] = {}  # key: namespace/name
         self.hooks: dict[int, tuple[LoadedPolicy, Hook]] = {}
+        self.sys_links: dict[str, TracepointLink] = {}  # one tracepoint link per watched syscall
         self._next_policy = 1
 
     def load(self) -> None:
@@ -46,7 +47,6 @@ class TracingSensor:
                 obj.reuse_map(shared, self.process.obj.map(shared).fd)
             obj.load()
             self.obj = obj
-            self.links.append(RawTracepointLink.attach(obj.program("gs_sys_enter"), "sys_enter"))
             root = cgroup2_root()
             if root:
                 self.links.append(CgroupLink.attach(obj.program("gs_connect4"), root))
@@ -60,6 +60,9 @@ class TracingSensor:
         self.counters = TypedMap(obj.map("gs_counters"), "<I", "<Q")
 
     def close(self) -> None:
+        for lk in self.sys_links.values():
+            lk.destroy()
+        self.sys_links.clear()
         for lk in self.links:
             lk.destroy()
         self.links.clear()
@@ -148,6 +151,13 @@ class TracingSensor:
 
     def _write_syscalls(self) -> None:
         table = self._syscall_hooks()
+        names = {nr: name for name, nr in abi.syscall_numbers().items()}
+        assert self.obj is not None
+        for nr in table:  # attach before the table makes hooks live, so nothing is half-watched
+            name = names[nr]
+            if name not in self.sys_links:
+                self.sys_links[name] = TracepointLink.attach(self.obj.program("gs_sys_enter"), "syscalls",
+                                                             f"sys_enter_{name}")
         for nr, hids in table.items():
             cfg = abi.SysCfg(n=len(hids))
             for i, h in enumerate(hids):
@@ -156,6 +166,9 @@ class TracingSensor:
         for raw in list(self.sys_map.keys()):
             if int.from_bytes(raw, "little") not in table:
                 self.sys_map.delete(raw)
+        live = {names[nr] for nr in table}
+        for name in [n for n in self.sys_links if n not in live]:  # unwatched syscalls pay nothing
+            self.sys_links.pop(name).destroy()
 
     def set_enabled(self, key: str, on: bool) -> None:
         lp = self.policies[key]

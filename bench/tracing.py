@@ -1,0 +1,114 @@
+"""TracingPolicy overhead (issue #4): an open-heavy and an exec-heavy workload timed with
+(a) the agent and no policy, (b) a monitoring file policy (Post on every open under /etc/),
+(c) an enforcing policy whose selectors never match the workload (the in-kernel filter's cost),
+each as % against no agent at all, measured in the same run; plus sysbench cpu.
+"""
+
+from __future__ import annotations
+
+import shutil
+import statistics
+import subprocess
+import sys
+import textwrap
+import time
+
+from apiary.testing.agent import AgentProcess
+
+OPEN_LOOP = "import os\nfor _ in range({n}):\n    os.close(os.open('/etc/hostname', os.O_RDONLY))\n"
+EXEC_LOOP = "i=0; while [ $i -lt {n} ]; do /bin/true; i=$((i+1)); done"
+
+MONITOR = """
+apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata: {name: bench-monitor}
+spec:
+  kprobes:
+  - call: sys_openat
+    syscall: true
+    args: [{index: 1, type: string}]
+    selectors:
+    - matchArgs: [{index: 1, operator: Prefix, values: ["/etc/"]}]
+"""
+ENFORCE_NOMATCH = """
+apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata: {name: bench-enforce}
+spec:
+  kprobes:
+  - call: sys_openat
+    syscall: true
+    args: [{index: 1, type: string}]
+    selectors:
+    - matchArgs: [{index: 1, operator: Prefix, values: ["/nonexistent-apiary-bench/"]}]
+      matchActions: [{action: Sigkill}]
+  - call: sys_execve
+    syscall: true
+    args: [{index: 0, type: string}]
+    selectors:
+    - matchArgs: [{index: 0, operator: Prefix, values: ["/nonexistent-apiary-bench/"]}]
+      matchActions: [{action: Sigkill}]
+"""
+
+
+def timed(cmd: list[str]) -> float:
+    t = time.perf_counter()
+    subprocess.run(cmd, check=True)
+    return time.perf_counter() - t
+
+
+def sysbench() -> float | None:
+    if not shutil.which("sysbench"):
+        return None
+    out = subprocess.run(["sysbench", "cpu", "--threads=1", "--time=3", "run"], capture_output=True, text=True).stdout
+    for line in out.splitlines():
+        if "events per second" in line:
+            return float(line.split(":")[1])
+    return None
+
+
+def main(rounds: int = 5, opens: int = 100000, execs: int = 1000) -> None:
+    work = {
+        f"open loop ({opens:,} x open/close /etc/hostname)": [sys.executable, "-c", OPEN_LOOP.format(n=opens)],
+        f"exec loop ({execs:,} x /bin/true)": ["/bin/sh", "-c", EXEC_LOOP.format(n=execs)],
+    }
+    configs = ["no policy", "monitoring", "enforcing, never matches"]
+    res: dict[tuple[str, str], list[float]] = {}
+    base: dict[str, list[float]] = {k: [] for k in work}
+    sb_base, sb_mon = [], []
+    for _ in range(rounds):
+        for name, cmd in work.items():
+            base[name].append(timed(cmd))
+        sb = sysbench()
+        if sb:
+            sb_base.append(sb)
+        with AgentProcess(node_name="bench") as agent:
+            for cfg in configs:
+                if cfg == "monitoring":
+                    agent.cli("tp", "apply", "-f", "-", input=textwrap.dedent(MONITOR))
+                elif cfg.startswith("enforcing"):
+                    agent.cli("tp", "delete", "bench-monitor")
+                    agent.cli("tp", "apply", "-f", "-", input=textwrap.dedent(ENFORCE_NOMATCH))
+                time.sleep(0.3)
+                for name, cmd in work.items():
+                    res.setdefault((cfg, name), []).append(timed(cmd))
+                if cfg == "monitoring":
+                    sb = sysbench()
+                    if sb:
+                        sb_mon.append(sb)
+    print(f"\n(e) TracingPolicy overhead, median of {rounds} rounds, % against no agent in the same run")
+    for name in work:
+        b = statistics.median(base[name])
+        cells = [f"{cfg}: {100 * (statistics.median(res[(cfg, name)]) - b) / b:+6.2f}%" for cfg in configs]
+        print(f"  {name:<46} no agent {b:6.3f} s | " + " | ".join(cells))
+    print("  targets: < 2% monitoring, < 5% enforcing")
+    if sb_base and sb_mon:
+        b, m = statistics.median(sb_base), statistics.median(sb_mon)
+        print(f"  sysbench cpu (1 thread): {b:,.0f} events/s without agent, {m:,.0f} with the monitoring policy "
+              f"({100 * (m - b) / b:+.2f}%)")
+    else:
+        print("  sysbench not installed: `apt-get install sysbench` to add the cpu figure")
+
+
+if __name__ == "__main__":
+    main()

@@ -11,7 +11,7 @@ ARCH := $(shell uname -m | sed 's/x86_64/x86/;s/aarch64/arm64/')
 BPF_CFLAGS := -O2 -g -target bpf -D__TARGET_ARCH_$(ARCH) -Wall -Werror -Wno-unused-function \
 	-I$(BUILD) -I$(BPF_SRC)/include -I/usr/include/$(shell uname -m)-linux-gnu
 
-.PHONY: run test setup build lint unit kernel bench demo clean
+.PHONY: run test test-vm setup build lint unit kernel bench demo clean
 
 run: setup build
 	$(VENV)/bin/apiary agent $(ARGS)
@@ -19,6 +19,10 @@ run: setup build
 test: setup build
 	$(VENV)/bin/ruff check src tests bench
 	$(PY) -m pytest -q -p no:cacheprovider tests $(PYTEST_ARGS)
+	bash scripts/test-vm.sh
+
+test-vm: setup build
+	APIARY_VM=required bash scripts/test-vm.sh
 
 setup:
 	@bash scripts/setup.sh

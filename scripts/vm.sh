@@ -38,14 +38,15 @@ cat > "$OUT/run.sh" <<INNER
 cd $(pwd)
 mount -t bpf bpf /sys/fs/bpf 2>/dev/null; mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null
 mount -t securityfs securityfs /sys/kernel/security 2>/dev/null
-mkdir -p /run/netns 2>/dev/null
+mkdir -p /run/netns "$OUT/tmp" 2>/dev/null
+export TMPDIR="$OUT/tmp" APIARY_TEST_KERNEL=vm61
 mountpoint -q /sys/fs/cgroup || mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null
 ( $(printf '%q ' "$@") ) > "$OUT/stdout" 2> "$OUT/stderr"
 echo \$? > "$OUT/rc"
 INNER
 chmod +x "$OUT/run.sh"
 PATH="$CACHE/venv/bin:$PATH" timeout 1500 vng --run "$CACHE/kernel/boot/vmlinuz-$VER" --disable-kvm --cpus 2 --memory 3G \
-  --rwdir "$OUT" --rwdir /tmp --append 'lsm=landlock,lockdown,yama,bpf' --exec "$OUT/run.sh" >/dev/null 2>&1 || true
+  --rwdir "$OUT" --append 'lsm=landlock,lockdown,yama,bpf' --exec "$OUT/run.sh" >/dev/null 2>&1 || true
 cat "$OUT/stdout" 2>/dev/null || true
 cat "$OUT/stderr" >&2 2>/dev/null || true
 rc=$(cat "$OUT/rc" 2>/dev/null || echo 255)

@@ -1,0 +1,78 @@
+"""The sensors without the agent: load, attach, act, read the ring. Fast, and what `make test-vm` runs
+on the second kernel (Debian's 6.1) to show the same CO-RE objects work there."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from apiary.observe.raw import EXEC_F_REEXEC, ExecMsg, ExitMsg
+from apiary.runtime import process_abi as pabi
+from apiary.runtime import tracing_abi as tabi
+from apiary.runtime.process import ProcessSensor
+from apiary.runtime.tracing import TracingSensor
+from apiary.tracing.types import ARG_FD, ArgFilter, ArgSpec, CompiledTracingPolicy, Hook, Selector
+
+
+def test_process_sensor_sees_exec_and_exit_with_full_paths(tmp_path: Path) -> None:
+    sensor = ProcessSensor(ringbuf_bytes=1 << 20)
+    sensor.load()
+    try:
+        d = tmp_path / "with space"
+        d.mkdir()
+        p = subprocess.run(["/bin/sh", "-c", 'exec /bin/echo "a b" c'], cwd=d, capture_output=True)
+        assert p.returncode == 0
+        msgs: list[object] = []
+        assert sensor.ring is not None
+        sensor.ring.consume(lambda b: msgs.append(pabi.decode(b)))
+    finally:
+        sensor.close()
+    execs = [m for m in msgs if isinstance(m, ExecMsg) and m.argv[:1] == ["/bin/echo"]]
+    assert execs, msgs
+    e = execs[-1]
+    assert e.binary.endswith("/echo") and e.cwd == str(d) and e.argv == ["/bin/echo", "a b", "c"]
+    assert e.flags & EXEC_F_REEXEC  # `exec` in the shell: the previous image of the same pid is the parent
+    exits = [m for m in msgs if isinstance(m, ExitMsg) and m.pid == e.pid]
+    assert exits and exits[-1].proc_ktime == e.ktime and exits[-1].status == 0
+
+
+def test_tracing_sensor_kills_the_writer_before_the_write_lands() -> None:
+    # a local filesystem: its write path checks for a pending fatal signal before copying (tmpfs, ext4);
+    # a 9p or network filesystem may complete the write before the kill lands
+    d = tempfile.mkdtemp(prefix="apiary-direct-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+    target = os.path.join(d, "protected.conf")
+    Path(target).write_text("original\n")
+    ps = ProcessSensor()
+    ps.load()
+    ts = TracingSensor(ps)
+    try:
+        ts.load()
+        hook = Hook(
+            source="kprobes[0] sys_write",
+            event="process_kprobe",
+            function_name="__x64_sys_write",
+            syscalls=("write",),
+            args=(ArgSpec(0, ARG_FD, tetragon_type="fd"),),
+            selectors=(Selector(args=(ArgFilter(0, "Prefix", (d + "/",)),), action="Sigkill"),),
+            realisation="syscall entry of write",
+        )
+        ts.apply("/deny", CompiledTracingPolicy("deny", "", "TracingPolicy", "enforce", None, [hook]), None)
+        r = subprocess.run(
+            ["/bin/sh", "-c", f"echo appended >> {target}; echo survived"], capture_output=True, text=True
+        )
+        assert r.returncode == -9 and "survived" not in r.stdout
+        assert Path(target).read_text() == "original\n"
+        ok = subprocess.run(["/bin/sh", "-c", "echo elsewhere > /dev/null"], capture_output=True)
+        assert ok.returncode == 0
+        evs = []
+        assert ps.ring is not None
+        ps.ring.consume(lambda b: evs.append(tabi.decode_event(b)) if b[0] == tabi.MSG_GENERIC else None)
+        assert evs and bytes(evs[-1].str[0])[: evs[-1].slen[0]].decode() == target
+        assert evs[-1].flags & tabi.EV_ENFORCED and ts.hook_counters(0)["enforced"] == 1
+    finally:
+        ts.close()
+        ps.close()
+        shutil.rmtree(d, ignore_errors=True)

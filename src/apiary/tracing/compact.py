@@ -86,7 +86,9 @@ def kprobe_line(event: dict[str, Any], color: bool = False) -> str:
         ev = head("📝", "write", color) if sc == "sys_write" else head("📚", "read", color)
         a0 = _arg(args, 0)
         file = cyan(_file(a0)) if a0 and "file_arg" in a0 else ""
-        nbytes = cyan(f"{_int(_arg(args, 2), 'size_arg')} bytes") if _arg(args, 2) is not None else ""
+        # Tetragon's layout puts the count third (fd, buf, count); a policy may declare fewer args
+        size = _arg(args, 2) or next((a for a in args if isinstance(a, dict) and "size_arg" in a), None)
+        nbytes = cyan(f"{_int(size, 'size_arg')} bytes") if size is not None else ""
         return f"{ev} {info} {file} {nbytes}"
     if sc == "fd_install":
         a1 = _arg(args, 1)

@@ -188,36 +188,40 @@ struct hash_ctx {
 	__u32 len;
 };
 
-/* step i: fold byte i into the prefix hash and byte len-1-i into the backwards tail hash */
+/* step i: fold bytes 4i..4i+3 into the prefix hashes and the same count of bytes from the end into
+ * the backwards tail hashes (four bytes per callback: the callback itself is the cost) */
 static long hash_step(__u32 i, void *data)
 {
 	struct hash_ctx *c = data;
 	struct gs_hashes *hs = c->hs;
 	struct gs_event *ev = c->ev;
-	if (i >= c->len)
-		return 1;
-	__u32 j = i, t = c->len - 1 - i;
-	barrier_var(j);
-	barrier_var(t);
-	j &= GS_ARGSTR - 1;
-	t &= GS_ARGSTR - 1;
 	__u32 a = c->a;
-	if (a == GS_ARGS) {
-		struct proc_binary *pb = c->pb;
-		if (!pb)
+	for (__u32 k = 0; k < 4; k++) {
+		__u32 n = i * 4 + k;
+		if (n >= c->len)
 			return 1;
-		hs->bin[(j + 1) & (GS_BIN - 1)] = (hs->bin[j] ^ (__u8)pb->path[j]) * GS_FNV_PRIME;
-		return 0;
-	}
-	switch (a) {
-#define GS_H(k) case k: \
-		hs->pre[k][(j + 1) & (GS_ARGSTR - 1)] = (hs->pre[k][j] ^ (__u8)ev->str[k][j]) * GS_FNV_PRIME; \
-		hs->suf[k][(j + 1) & (GS_ARGSTR - 1)] = (hs->suf[k][j] ^ (__u8)ev->str[k][t]) * GS_FNV_PRIME; \
-		break;
-	GS_H(0) GS_H(1) GS_H(2) GS_H(3) GS_H(4)
+		__u32 j = n, t = c->len - 1 - n;
+		barrier_var(j);
+		barrier_var(t);
+		j &= GS_ARGSTR - 1;
+		t &= GS_ARGSTR - 1;
+		if (a == GS_ARGS) {
+			struct proc_binary *pb = c->pb;
+			if (!pb)
+				return 1;
+			hs->bin[(j + 1) & (GS_BIN - 1)] = (hs->bin[j] ^ (__u8)pb->path[j]) * GS_FNV_PRIME;
+			continue;
+		}
+		switch (a) {
+#define GS_H(q) case q: \
+			hs->pre[q][(j + 1) & (GS_ARGSTR - 1)] = (hs->pre[q][j] ^ (__u8)ev->str[q][j]) * GS_FNV_PRIME; \
+			hs->suf[q][(j + 1) & (GS_ARGSTR - 1)] = (hs->suf[q][j] ^ (__u8)ev->str[q][t]) * GS_FNV_PRIME; \
+			break;
+		GS_H(0) GS_H(1) GS_H(2) GS_H(3) GS_H(4)
 #undef GS_H
-	default:
-		return 1;
+		default:
+			return 1;
+		}
 	}
 	return 0;
 }
@@ -239,7 +243,7 @@ static __always_inline void hash_arg(__u32 a, __u32 len, struct proc_binary *pb)
 		hs->suf[a][0] = GS_FNV_BASIS;
 	}
 	struct hash_ctx c = {.hs = hs, .ev = ev, .pb = pb, .a = a, .len = len};
-	bpf_loop(len, hash_step, &c, 0);
+	bpf_loop((len + 3) / 4, hash_step, &c, 0);
 }
 
 /* mode 0: equal, 1: prefix, 2: postfix */

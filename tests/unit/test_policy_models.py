@@ -45,7 +45,7 @@ BAD = [
     (doc("egress:\n- toPorts:\n  - ports:\n    - {port: '80', protocol: HTTP}\n"),
      "spec.egress[0].toPorts[0].ports[0].protocol: invalid protocol 'HTTP' (use TCP, UDP, SCTP or ANY)"),
     (doc("egress:\n- toPorts:\n  - ports:\n" + "".join(f"    - port: '{p}'\n" for p in range(41))),
-     "spec.egress[0].toPorts[0].ports: List should have at most 40 items after validation, not 41"),
+     "spec.egress[0].toPorts[0].ports: too many items: at most 40 (41 given)"),
     (doc("ingress:\n- fromEndpoints: [{}]\n  fromCIDR: [10.0.0.0/8]\n"),
      "spec.ingress[0]: combining fromEndpoints and fromCIDR is not supported yet (write separate items)"),
     (doc("egress:\n- toEntities: [world]\n  toCIDRSet: [{cidr: 10.0.0.0/8}]\n"),

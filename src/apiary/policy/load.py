@@ -11,6 +11,10 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from apiary.policy.yamlutil import StrictLoader as _StrictLoader
+from apiary.policy.yamlutil import sub as _sub
+from apiary.policy.yamlutil import validation_problems as _validation_problems
+
 from .models import (
     KIND_CCNP,
     KIND_CNP,
@@ -47,48 +51,6 @@ UNSUPPORTED_FIELDS = {
     "originatingTLS": "TLS origination needs the L7 proxy apiary does not have yet",
     "terminatingTLS": "TLS termination needs the L7 proxy apiary does not have yet",
 }
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that rejects duplicate mapping keys (PyYAML silently keeps the last one)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
-            if key in seen:
-                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep)
-
-
-def _join(loc: tuple[int | str, ...] | list[int | str]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-def _sub(path: str, at: str) -> str:
-    if not at:
-        return path
-    if at.startswith("["):
-        return path + at
-    return f"{path}.{at}" if path else at
-
-
-def _validation_problems(err: ValidationError) -> list[Problem]:
-    out = []
-    for e in err.errors(include_url=False):
-        path, reason = _join(e["loc"]), e["msg"]
-        if e["type"] == "apiary_policy":
-            path, reason = _sub(path, e["ctx"]["at"]), e["ctx"]["reason"]
-        elif e["type"] == "extra_forbidden":
-            reason = "unknown field"
-        elif e["type"] == "missing":
-            reason = "required field missing"
-        out.append(Problem(path, reason))
-    return out
 
 
 def _unsupported(obj: Any, path: str, out: list[Problem]) -> None:

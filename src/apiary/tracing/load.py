@@ -20,6 +20,10 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from apiary.policy.yamlutil import StrictLoader as _StrictLoader
+from apiary.policy.yamlutil import sub as _sub
+from apiary.policy.yamlutil import validation_problems as _validation_problems
+
 from .compile import KERNEL_FUNCTION_NAMES, X86_64_SYSCALLS
 from .models import (
     API_VERSION,
@@ -38,53 +42,6 @@ CONVERT_HINT = "apiary tp convert -f FILE"
 _HOOK_KINDS = ("kprobes", "tracepoints", "lsmhooks", "uprobes", "usdts", "fentries", "listTracepoints")
 _DENY = ("deny", "block", "kill", "sigkill")
 _ALERT = ("alert", "log", "audit", "post")
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that rejects duplicate mapping keys (PyYAML silently keeps the last one)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
-            if key in seen:
-                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep)
-
-
-def _join(loc: tuple[int | str, ...] | list[int | str]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-def _sub(path: str, at: str) -> str:
-    if not at:
-        return path
-    if at.startswith("["):
-        return path + at
-    return f"{path}.{at}" if path else at
-
-
-def _validation_problems(err: ValidationError) -> list[Problem]:
-    out = []
-    for e in err.errors(include_url=False):
-        loc = [p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
-        path, reason = _join(loc), e["msg"]
-        if e["type"] == "apiary_policy":
-            path, reason = _sub(path, e["ctx"]["at"]), e["ctx"]["reason"]
-        elif e["type"] == "extra_forbidden":
-            reason = "unknown field"
-        elif e["type"] == "missing":
-            reason = "required field missing"
-        elif e["type"] == "too_long":
-            reason = f"too many items: at most {e['ctx'].get('max_length')} ({e['ctx'].get('actual_length')} given)"
-        elif e["type"] == "string_too_long":
-            reason = f"too long: at most {e['ctx'].get('max_length')} characters"
-        out.append(Problem(path, reason))
-    return out
 
 
 def _parse(text: str) -> list[Any]:

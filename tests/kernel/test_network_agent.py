@@ -113,3 +113,31 @@ def test_prometheus_metrics_have_hubble_and_tetragon_names(pair_factory) -> None
     text = agent.client().http.get("/metrics").text
     assert 'hubble_flows_processed_total{protocol="TCP",subtype="to-endpoint",type="Trace",verdict="FORWARDED"}' in text
     assert "tetragon_events_total" in text and 'type="PROCESS_EXEC"' in text
+
+
+def test_policy_over_map_capacity_is_refused_whole_and_pressure_is_shown(pair_factory) -> None:
+    agent, net = pair_factory("--policy-map-size", "16")
+    ports = ", ".join(f'{{port: "{p}", protocol: TCP}}' for p in range(7000, 7030))
+    r = net.apply(f"""
+        apiVersion: cilium.io/v2
+        kind: CiliumNetworkPolicy
+        metadata: {{name: too-big, namespace: test-namespace}}
+        spec:
+          endpointSelector: {{matchLabels: {{app: backend}}}}
+          ingress:
+          - toPorts: [{{ports: [{ports}]}}]
+    """)
+    assert r.returncode != 0 and "capacity is 16" in r.stderr and "nothing was written" in r.stderr
+    assert json.loads(net.cli_ok("policy", "list", "-o", "json"))["policies"] == []
+    assert _can(net)  # nothing changed in the datapath
+    net.apply_ok("""
+        apiVersion: cilium.io/v2
+        kind: CiliumNetworkPolicy
+        metadata: {name: small, namespace: test-namespace}
+        spec:
+          endpointSelector: {matchLabels: {app: backend}}
+          ingress:
+          - toPorts: [{ports: [{port: "5678", protocol: TCP}]}]
+    """)
+    st = json.loads(net.cli_ok("status", "-o", "json"))["network"]["policy_map"]
+    assert st["capacity"] == 16 and st["entries"] == 1 and st["fill_pct"] == 6.25

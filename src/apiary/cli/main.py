@@ -76,6 +76,13 @@ def cli(ctx: click.Context, socket_path: str | None) -> None:
 )
 @click.option("--policy-audit-mode", is_flag=True, help="Report would-be drops as AUDIT and forward them.")
 @click.option("--flow-buffer", default=4095, show_default=True, type=click.IntRange(min=1))
+@click.option(
+    "--policy-map-size",
+    default=65536,
+    show_default=True,
+    type=click.IntRange(min=16, max=1 << 24),
+    help="Entries in the BPF policy map (all endpoints).",
+)
 @click.pass_context
 def agent(
     ctx: click.Context,
@@ -92,6 +99,7 @@ def agent(
     enable_policy: str,
     policy_audit_mode: bool,
     flow_buffer: int,
+    policy_map_size: int,
 ) -> None:
     """Run the agent in the foreground (owns all BPF objects; serves the API)."""
     from apiary.agent.config import AgentConfig, default_socket
@@ -113,6 +121,7 @@ def agent(
         enable_policy=enable_policy,
         policy_audit_mode=policy_audit_mode,
         flow_buffer=flow_buffer,
+        policy_map_size=policy_map_size,
     )
     import ipaddress
     import re

@@ -76,3 +76,59 @@ def test_tracing_sensor_kills_the_writer_before_the_write_lands() -> None:
         ts.close()
         ps.close()
         shutil.rmtree(d, ignore_errors=True)
+
+
+LSM_POLICY = """
+apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata: {name: lsm-deny-open}
+spec:
+  lsmhooks:
+  - hook: file_open
+    args: [{index: 0, type: file}]
+    selectors:
+    - matchArgs: [{index: 0, operator: Prefix, values: ["DIR/"]}]
+      matchActions: [{action: Override, argError: -1}]
+"""
+
+
+def test_lsm_override_makes_the_open_fail_and_the_process_lives() -> None:
+    """Only where BPF-LSM works (the 6.1 VM): the open fails with EPERM before anything happens."""
+    import dataclasses
+
+    import pytest
+
+    from apiary.loader import BpfError
+    from apiary.tracing.compile import compile_tracing_policy, features_from_tracefs
+    from apiary.tracing.load import load_tracing_policies
+
+    d = tempfile.mkdtemp(prefix="apiary-lsm-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+    target = os.path.join(d, "protected.conf")
+    Path(target).write_text("original\n")
+    ps = ProcessSensor()
+    ps.load()
+    ts = TracingSensor(ps, lsm=True)
+    try:
+        try:
+            ts.load()
+        except BpfError as e:
+            pytest.skip(f"no BPF-LSM on this kernel ({e})")
+        feats = dataclasses.replace(features_from_tracefs(), lsm=True)
+        (pol,) = load_tracing_policies(LSM_POLICY.replace("DIR", d))
+        compiled = compile_tracing_policy(pol, feats)
+        assert compiled.hooks[0].syscalls == ("__lsm_file_open",)
+        ts.apply("/lsm-deny-open", compiled, None)
+        r = subprocess.run(["/bin/sh", "-c", f"echo x > {target}; echo alive"], capture_output=True, text=True)
+        assert r.returncode == 0 and "alive" in r.stdout  # the process lives
+        assert "Operation not permitted" in r.stderr
+        ts.delete("/lsm-deny-open")  # the policy denies every open under the directory, reads included
+        assert Path(target).read_text() == "original\n"  # untouched: not even truncated
+        evs = []
+        assert ps.ring is not None
+        ps.ring.consume(lambda b: evs.append(tabi.decode_event(b)) if b[0] == tabi.MSG_GENERIC else None)
+        assert evs and bytes(evs[-1].str[0])[: evs[-1].slen[0]].decode() == target
+        assert evs[-1].action == tabi.ACTIONS["Override"] and evs[-1].flags & tabi.EV_ENFORCED
+    finally:
+        ts.close()
+        ps.close()
+        shutil.rmtree(d, ignore_errors=True)

@@ -94,6 +94,14 @@ struct {
 	__type(value, struct gs_hashes);
 } gs_hash SEC(".maps");
 
+/* the errno an Override selector decided, read by the LSM program after the hooks ran */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __s32);
+} gs_verdict SEC(".maps");
+
 static __always_inline void gs_count(__u32 hook, __u32 what)
 {
 	__u32 idx = (hook * 4 + what) % (GS_HOOKS * 4);
@@ -145,8 +153,8 @@ static __always_inline void read_arg(struct gs_event *ev, struct gs_hook *h, str
 		ev->slen[a] = n > 0 ? n - 1 : 0;
 		if (n == GS_ARGSTR)
 			ev->flags |= GS_EV_TRUNC;
-	} else if (kind == GS_ARG_FD) {
-		struct file *f = fd_file(v);
+	} else if (kind == GS_ARG_FD || kind == GS_ARG_FILEPTR) {
+		struct file *f = kind == GS_ARG_FD ? fd_file(v) : (struct file *)v;
 		if (!f)
 			return;
 		int trunc = 0;
@@ -306,7 +314,7 @@ __noinline int gs_match_filter(__u32 hid, __u32 si, __u32 fi)
 		alen = GS_ARGSTR - 1;
 	__u8 op = f->op;
 	__u32 n = f->nvals;
-	if (kind == GS_ARG_STRING || kind == GS_ARG_FD) {
+	if (kind == GS_ARG_STRING || kind == GS_ARG_FD || kind == GS_ARG_FILEPTR) {
 		int mode = (op == GS_OP_EQUAL || op == GS_OP_NOTEQUAL) ? 0 : (op == GS_OP_PREFIX || op == GS_OP_NOTPREFIX) ? 1 : 2;
 		int any = 0;
 		for (int v = 0; v < GS_VALS; v++) {
@@ -486,7 +494,7 @@ static long run_hook(__u32 i, void *data)
 		if (a >= h->nargs)
 			break;
 		__u8 k = h->arg_kind[a];
-		if (k == GS_ARG_STRING || k == GS_ARG_FD)
+		if (k == GS_ARG_STRING || k == GS_ARG_FD || k == GS_ARG_FILEPTR)
 			hash_arg(a, ev->slen[a], 0);
 	}
 	if (h->flags & GS_F_BINARIES) {
@@ -517,6 +525,16 @@ static long run_hook(__u32 i, void *data)
 			ev->flags |= GS_EV_MONITOR;
 		} else {
 			bpf_send_signal(action == GS_ACT_SIGKILL ? 9 : sig);
+			ev->flags |= GS_EV_ENFORCED;
+			gs_count(hid, GS_CNT_ENFORCED);
+		}
+	} else if (action == GS_ACT_OVERRIDE) {
+		if (monitor) {
+			ev->flags |= GS_EV_MONITOR;
+		} else {
+			__s32 *verdict = bpf_map_lookup_elem(&gs_verdict, &zero);
+			if (verdict)
+				*verdict = -(__s32)sig;
 			ev->flags |= GS_EV_ENFORCED;
 			gs_count(hid, GS_CNT_ENFORCED);
 		}
@@ -564,6 +582,32 @@ int gs_sys_enter(struct trace_event_raw_sys_enter *ctx)
 		n = GS_PER_SYSCALL;
 	bpf_loop(n, run_hook, &hc, 0);
 	return 0;
+}
+
+/* BPF-LSM file_open (kernels that have BPF-LSM; the loader enables it only there): the same hooks and
+ * selectors, with the struct file as argument 0; an Override selector makes the open fail. */
+SEC("lsm/file_open")
+int BPF_PROG(gs_file_open, struct file *file, int ret)
+{
+	if (ret)
+		return ret;
+	__u32 nr = GS_NR_LSM_FILE_OPEN, zero = 0;
+	struct gs_sys *sh = bpf_map_lookup_elem(&gs_syscalls, &nr);
+	if (!sh)
+		return 0;
+	__s32 *verdict = bpf_map_lookup_elem(&gs_verdict, &zero);
+	if (!verdict)
+		return 0;
+	*verdict = 0;
+	struct hooks_ctx hc = {.nr = nr};
+	/* copy the pointer as plain bytes: the hooks read it with probe reads, like any syscall argument */
+	bpf_probe_read_kernel(&hc.args[0], sizeof(hc.args[0]), &file);
+	__u32 n = sh->n;
+	if (n > GS_PER_SYSCALL)
+		n = GS_PER_SYSCALL;
+	bpf_loop(n, run_hook, &hc, 0);
+	verdict = bpf_map_lookup_elem(&gs_verdict, &zero);
+	return verdict ? *verdict : 0;
 }
 
 /* DenyConnect: the connect() a hook marked fails with EPERM */

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from apiary.loader import BpfError, BpfObject, CgroupLink, TracepointLink, TypedMap
+from apiary.loader import BpfError, BpfObject, CgroupLink, LsmLink, TracepointLink, TypedMap
 from apiary.loader.fs import cgroup2_root
 from apiary.tracing.types import CompiledTracingPolicy, Hook
 
@@ -29,14 +29,15 @@ class LoadedPolicy:
 class TracingSensor:
     name = "tracing"
 
-    def __init__(self, process: ProcessSensor, obj_path: str | Path | None = None) -> None:
+    def __init__(self, process: ProcessSensor, obj_path: str | Path | None = None, lsm: bool = False) -> None:
         self.process = process
+        self.lsm = lsm  # load the BPF-LSM programs (only where the kernel allows them)
         self.obj_path = Path(obj_path) if obj_path else bpf_object("gsys")
         self.obj: BpfObject | None = None
         self.links: list[Any] = []
         self.policies: dict[str, LoadedPolicy] = {}  # key: namespace/name
         self.hooks: dict[int, tuple[LoadedPolicy, Hook]] = {}
-        self.sys_links: dict[str, TracepointLink] = {}  # one tracepoint link per watched syscall
+        self.sys_links: dict[str, Any] = {}  # one tracepoint link per watched syscall, one LSM link per hook
         self._next_policy = 1
 
     def load(self) -> None:
@@ -45,6 +46,7 @@ class TracingSensor:
         try:
             for shared in ("events", "procs", "binaries"):
                 obj.reuse_map(shared, self.process.obj.map(shared).fd)
+            obj.program("gs_file_open").autoload = self.lsm
             obj.load()
             self.obj = obj
             root = cgroup2_root()
@@ -73,10 +75,14 @@ class TracingSensor:
     def programs(self) -> list[tuple[str, int, str]]:
         if not self.obj:
             return []
-        return [
-            ("gs_sys_enter", self.obj.program("gs_sys_enter").fd, "raw_tp/sys_enter"),
+        watched = ", ".join(sorted(n for n in self.sys_links if not n.startswith("__lsm_"))) or "none yet"
+        rows = [
+            ("gs_sys_enter", self.obj.program("gs_sys_enter").fd, f"tracepoint syscalls/sys_enter_* ({watched})"),
             ("gs_connect4", self.obj.program("gs_connect4").fd, "cgroup/connect4 (cgroup v2 root)"),
         ]
+        if self.lsm:
+            rows.append(("gs_file_open", self.obj.program("gs_file_open").fd, "lsm/file_open"))
+        return rows
 
     # ------------------------------------------------------------------ policies
     def _syscall_hooks(
@@ -155,9 +161,16 @@ class TracingSensor:
         assert self.obj is not None
         for nr in table:  # attach before the table makes hooks live, so nothing is half-watched
             name = names[nr]
-            if name not in self.sys_links:
-                self.sys_links[name] = TracepointLink.attach(self.obj.program("gs_sys_enter"), "syscalls",
-                                                             f"sys_enter_{name}")
+            if name in self.sys_links:
+                continue
+            if name.startswith("__lsm_"):
+                if not self.lsm:
+                    raise BpfError(f"attach {name}", 95, "this kernel has no BPF-LSM")
+                self.sys_links[name] = LsmLink.attach(self.obj.program("gs_" + name.removeprefix("__lsm_")))
+            else:
+                self.sys_links[name] = TracepointLink.attach(
+                    self.obj.program("gs_sys_enter"), "syscalls", f"sys_enter_{name}"
+                )
         for nr, hids in table.items():
             cfg = abi.SysCfg(n=len(hids))
             for i, h in enumerate(hids):

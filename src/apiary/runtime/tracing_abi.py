@@ -10,6 +10,7 @@ from functools import lru_cache
 
 from apiary.tracing.types import (
     ARG_FD,
+    ARG_FILEPTR,
     ARG_INT,
     ARG_SOCKADDR,
     ARG_STRING,
@@ -20,7 +21,8 @@ from apiary.tracing.types import (
 MSG_GENERIC = 10
 GS_HOOKS, GS_PER_SYSCALL, GS_ARGS, GS_SELECTORS, GS_FILTERS, GS_VALS = 64, 7, 5, 5, 5, 4
 GS_ARGSTR, GS_BIN = 256, 256
-KIND = {ARG_INT: 1, ARG_UINT: 2, ARG_STRING: 3, ARG_FD: 4, ARG_SOCKADDR: 5}
+KIND = {ARG_INT: 1, ARG_UINT: 2, ARG_STRING: 3, ARG_FD: 4, ARG_SOCKADDR: 5, ARG_FILEPTR: 6}
+LSM_HOOKS = {"__lsm_file_open": 4096}  # pseudo syscall numbers of the LSM programs (GS_NR_LSM_*)
 KIND_NAME = {v: k for k, v in KIND.items()}
 OPS = {
     "Equal": 1,
@@ -43,7 +45,7 @@ OPS = {
     "Family": 16,
 }
 BIN_OPS = {"In": 1, "NotIn": 2, "Prefix": 3, "NotPrefix": 4}
-ACTIONS = {"Post": 1, "NoPost": 2, "Sigkill": 3, "Signal": 4, "DenyConnect": 5}
+ACTIONS = {"Post": 1, "NoPost": 2, "Sigkill": 3, "Signal": 4, "DenyConnect": 5, "Override": 6}
 ACTION_NAMES = {v: k for k, v in ACTIONS.items()}
 F_ENABLED, F_SCOPED, F_MONITOR, F_BINARIES = 1, 2, 4, 8
 EV_MONITOR, EV_ENFORCED, EV_TRUNC = 1, 2, 4
@@ -145,6 +147,7 @@ def syscall_numbers() -> dict[str, int]:
     with open("/usr/include/x86_64-linux-gnu/asm/unistd_64.h") as f:
         for m in re.finditer(r"#define __NR_(\w+)\s+(\d+)", f.read()):
             out[m.group(1)] = int(m.group(2))
+    out.update(LSM_HOOKS)
     return out
 
 
@@ -157,7 +160,7 @@ def encode_hook(hook: Hook, policy_id: int, hook_id: int, flags: int) -> bytes:
         s = h.sel[si]
         s.nfilters = len(sel.args)
         s.action = ACTIONS[sel.action]
-        s.signal = 9 if sel.action == "Sigkill" else sel.signal
+        s.signal = 9 if sel.action == "Sigkill" else sel.signal  # Override: the errno
         s.post = int(sel.post)
         s.rate_ns = sel.rate_limit_ns
         if sel.binaries:
@@ -180,7 +183,7 @@ def encode_hook(hook: Hook, policy_id: int, hook_id: int, flags: int) -> bytes:
             f.nvals = len(flt.values)
             kind = hook.args[flt.arg].kind
             for v, val in enumerate(flt.values):
-                if kind in (ARG_STRING, ARG_FD):
+                if kind in (ARG_STRING, ARG_FD, ARG_FILEPTR):
                     b = str(val).encode()
                     f.lens[v] = len(b)
                     f.hash[v] = fnv(b[::-1] if flt.op in ("Postfix", "NotPostfix") else b)

@@ -81,6 +81,7 @@ from .models import (
 )
 from .types import (
     ARG_FD,
+    ARG_FILEPTR,
     ARG_INT,
     ARG_SOCKADDR,
     ARG_STRING,
@@ -213,17 +214,20 @@ _FILE = "file"  # an fd resolved to its file path in the kernel
 _PATH = "path"  # a user path string (as passed to the syscall)
 _BUF = "buf"  # a user buffer
 _INT = "int"
+_KFILE = "kfile"  # a struct file in kernel memory (the argument of an LSM hook)
 _SOCKADDR = "sockaddr"  # the user's struct sockaddr
 _ANY = "any"  # direct syscall arguments: the policy's type decides
 
 _CLASS_TYPES: dict[str, frozenset[str]] = {
     _FILE: frozenset({"file", "fd"}),
     _PATH: frozenset({"file", "path", "filename", "string", "linux_binprm"}),
+    _KFILE: frozenset({"file"}),
     _BUF: frozenset({"char_buf", "string"}),
     _INT: frozenset(INT_TYPES),
     _SOCKADDR: frozenset({"sock", "sockaddr"}),
 }
-_CLASS_TEXT = {_FILE: "a file (its fd at the syscall)", _PATH: "a path (a user string at the syscall)",
+_CLASS_TEXT = {_KFILE: "a file (struct file at the LSM hook)", _FILE: "a file (its fd at the syscall)",
+               _PATH: "a path (a user string at the syscall)",
                _BUF: "a user buffer", _INT: "an integer", _SOCKADDR: "a socket address (the user's sockaddr)"}
 
 
@@ -288,6 +292,11 @@ MAPPINGS: dict[str, _Mapping] = {
     "security_bprm_check": _EXEC_MAPPING,
 }
 LSM_MAPPINGS: dict[str, _Mapping] = {"file_open": _OPEN_MAPPING, "bprm_check_security": _EXEC_MAPPING}
+# where the kernel has BPF-LSM: the hook itself (the pseudo-syscall names the sensor's LSM programs)
+LSM_REAL: dict[str, _Mapping] = {
+    "file_open": _Mapping((_Variant(("__lsm_file_open",), {0: (0, _KFILE)}),),
+                          "every open of the file, by any path (also kernel-internal opens), decided before it opens"),
+}
 KERNEL_FUNCTION_NAMES = frozenset(MAPPINGS)
 
 _SYSCALL_RE = re.compile(r"^(__x64_|__ia32_|__arm64_|__riscv_|__s390x_)?sys_([a-z0-9_]+)$")
@@ -378,7 +387,7 @@ class _Compiler:
         return ""
 
     def syscall_known(self, name: str) -> bool:
-        return name in self.f.syscalls
+        return name in self.f.syscalls or (name.startswith("__lsm_") and self.f.lsm)
 
     # -- the policy -----------------------------------------------------------------------------------
 
@@ -535,11 +544,13 @@ class _Compiler:
 
     def lsmhook(self, path: str, lsm: LsmHookSpec) -> None:
         hp = f"spec.{path}"
-        mapping = LSM_MAPPINGS.get(lsm.hook)
+        real = LSM_REAL.get(lsm.hook) if self.f.lsm else None
+        mapping = real or LSM_MAPPINGS.get(lsm.hook)
         try:
             if mapping is None:
                 raise _Refuse(f"{hp}.hook", f"lsm hook {lsm.hook}: {self.needs_lsm()}")
-            self.build(hp, f"{path} {lsm.hook}", lsm, "process_lsm", lsm.hook, mapping, "")
+            text = f"BPF-LSM hook {lsm.hook}: {real.misses}" if real else ""
+            self.build(hp, f"{path} {lsm.hook}", lsm, "process_lsm", lsm.hook, mapping, text)
         except _Refuse as r:
             self.problems.append(r.problem)
 
@@ -683,7 +694,8 @@ class _Compiler:
                 merged.append((list(variant.syscalls), argspecs, sels))
         for calls, argspecs, sels in merged:
             text = realisation or f"via sys_enter_{'/'.join(calls)}: {mapping.misses}"
-            text += self.entry_only(event)
+            if not calls[0].startswith("__lsm_"):
+                text += self.entry_only(event)
             if sels is None:
                 self.notes.append(f"{source}: no selector can match at {'/'.join(calls)}: not watched")
                 continue
@@ -736,7 +748,8 @@ class _Compiler:
                 if a.type_ not in _CLASS_TYPES[cls]:
                     raise _Refuse(f"{ap}.type", f"arg {a.index} is {_CLASS_TEXT[cls]} at the syscall: type {a.type_} "
                                   f"cannot be realised from it (use one of {', '.join(sorted(_CLASS_TYPES[cls]))})")
-                arg.kind = {_FILE: ARG_FD, _PATH: ARG_STRING, _BUF: ARG_STRING, _SOCKADDR: ARG_SOCKADDR}.get(
+                arg.kind = {_FILE: ARG_FD, _PATH: ARG_STRING, _BUF: ARG_STRING, _SOCKADDR: ARG_SOCKADDR,
+                            _KFILE: ARG_FILEPTR}.get(
                     cls) or _kind_of(a.type_, f"{ap}.type")
             if a.type_ == "char_buf" or (a.size_arg_index and arg.kind == ARG_STRING):
                 self.note(f"{source}: {index_text} {a.index} ({a.type_}) is read as a "
@@ -862,7 +875,7 @@ class _Compiler:
                 mop = "InRange" if mop == "Equal" else "NotInRange"
                 out = [x if isinstance(x, str) else f"{x}:{x}" for x in out]
             return ArgFilter(arg.slot, mop, tuple(out))
-        if kind in (ARG_STRING, ARG_FD):
+        if kind in (ARG_STRING, ARG_FD, ARG_FILEPTR):
             if op not in _STRING_OPS:
                 raise _Refuse(f"{fp}.operator", f"operator {op} is not supported on a {ty} arg (use Equal, NotEqual, "
                               "Prefix, NotPrefix, Postfix or NotPostfix)")
@@ -965,8 +978,14 @@ class _Compiler:
                 if not (self.f.lsm or self.f.override):
                     raise _Refuse(f"{ap}.action", "Override needs BPF-LSM or kernel error injection; this kernel has "
                                   "neither: use Sigkill")
-                raise _Refuse(f"{ap}.action", "Override is not supported yet: this version realises hooks at syscall "
-                              "entry (use Sigkill)")
+                if not variant.syscalls[0].startswith("__lsm_"):
+                    raise _Refuse(f"{ap}.action", "Override is supported on BPF-LSM hooks (lsmhooks file_open) in this "
+                                  "version; this hook is realised at syscall entry (use Sigkill)")
+                err = abs(int(act.arg_error or 1))
+                if action != "Post":
+                    raise _Refuse(f"{ap}.action", f"only one enforcement action per selector ({action} already)")
+                action, signal = "Override", err  # for Override, `signal` carries the errno returned
+                continue
             if name in ("Sigkill", "Signal", "DenyConnect"):
                 if name == "DenyConnect" and variant.syscalls != ("connect",):
                     raise _Refuse(f"{ap}.action", "DenyConnect applies only to hooks realised on connect() (it fails "

@@ -23,6 +23,7 @@ ARG_UINT = "uint"  # unsigned
 ARG_STRING = "string"  # NUL-terminated user string (string, filename, path given as a user pointer)
 ARG_FD = "fd"  # file descriptor resolved in the kernel to its file path
 ARG_SOCKADDR = "sockaddr"  # user sockaddr (connect/bind): family, address, port
+ARG_FILEPTR = "file_ptr"  # a struct file in kernel memory (LSM hooks), resolved to its full path
 
 
 @dataclass(frozen=True)
@@ -61,8 +62,8 @@ class Selector:
     args: tuple[ArgFilter, ...] = ()
     binaries: BinaryFilter | None = None
     pids: PidFilter | None = None
-    action: str = "Post"  # Post NoPost Sigkill Signal DenyConnect
-    signal: int = 0  # for Signal (Sigkill means 9)
+    action: str = "Post"  # Post NoPost Sigkill Signal DenyConnect Override
+    signal: int = 0  # for Signal (Sigkill means 9); for Override the errno the hook returns
     rate_limit_ns: int = 0  # Post rateLimit
     post: bool = True  # whether an event is sent (NoPost: False; Sigkill/Signal send one too)
 

@@ -20,6 +20,10 @@
 #define GS_ARG_STRING 3
 #define GS_ARG_FD 4
 #define GS_ARG_SOCKADDR 5
+#define GS_ARG_FILEPTR 6 /* a struct file * in kernel memory (LSM hooks) */
+
+/* pseudo syscall numbers for LSM hooks (keys of gs_syscalls next to real syscall numbers) */
+#define GS_NR_LSM_FILE_OPEN 4096
 
 /* filter operators */
 #define GS_OP_EQUAL 1
@@ -51,6 +55,7 @@
 #define GS_ACT_SIGKILL 3
 #define GS_ACT_SIGNAL 4
 #define GS_ACT_DENYCONNECT 5
+#define GS_ACT_OVERRIDE 6 /* LSM hooks: return -signal (the errno) */
 
 /* hook flags */
 #define GS_F_ENABLED 1

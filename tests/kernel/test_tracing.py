@@ -135,6 +135,9 @@ def test_labelled_writer_is_killed_before_the_write_lands(env: tuple[AgentProces
     assert k["args"][0] == {"file_arg": {"path": str(target)}}
     assert k["process"]["pod"]["name"] == "labelled" and k["process"]["pod"]["namespace"] == NS
     assert all(e["process"].get("pod", {}).get("name") != "plain" for e in evs)
+    metrics = net.agent.client().http.get("/metrics").text
+    assert 'tetragon_policy_events_total{binary="/usr/bin/dash",hook="__x64_sys_write"' in metrics
+    assert 'pod="labelled",policy="deny-write-prot"' in metrics
     rows = json.loads(net.cli_ok("tp", "list", "-o", "json"))
     row = next(r for r in rows if r["name"] == "deny-write-prot")
     assert row["enforced"] >= 1 and row["mode"] == "enforce" and row["kernel_memory"] > 0

@@ -8,6 +8,7 @@ import fcntl
 import os
 import signal
 import time
+import traceback
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +51,7 @@ class Counters:
     by_type: collections.Counter[str] = field(default_factory=collections.Counter)
     events: collections.Counter[str] = field(default_factory=collections.Counter)  # events emitted by kind
     decode_errors: int = 0
+    handler_errors: int = 0  # exceptions while handling a record (logged once per kind)
     client_drops: int = 0
 
 
@@ -70,12 +72,20 @@ class Agent:
         self.loaded: list[str] = []
         self.missing: list[str] = []
         self.procfs_seeded = 0
+        self._logged: set[str] = set()
         self.network: Any = None
         self.tracing: Any = None
         # Prometheus metrics (never the global registry): Hubble's flow metrics and Tetragon's event counters
         self.registry = CollectorRegistry()
         self.m_events = Counter(
             "events_total", "Events by type", ["type"], namespace="tetragon", registry=self.registry
+        )
+        self.m_policy_events = Counter(
+            "policy_events_total",
+            "TracingPolicy events by policy and hook",
+            ["policy", "hook", "namespace", "workload", "pod", "binary", "node_name"],
+            namespace="tetragon",
+            registry=self.registry,
         )
         self.net_pool = ThreadPoolExecutor(1, thread_name_prefix="network")
         self._stop: asyncio.Event | None = None
@@ -264,7 +274,20 @@ class Agent:
         if out is None:
             self.counters.events["unattributed"] += 1
             return
-        self.publish(next(iter(out)).removeprefix("process_"), out)
+        kind = next(iter(out))
+        body = out[kind]
+        proc = body.get("process", {})
+        pod = proc.get("pod") or {}
+        self.m_policy_events.labels(
+            body.get("policy_name", ""),
+            body.get("function_name") or f"{body.get('subsys', '')}/{body.get('event', '')}",
+            pod.get("namespace", ""),
+            pod.get("workload", ""),
+            pod.get("name", ""),
+            proc.get("binary", ""),
+            self.cfg.node_name,
+        ).inc()
+        self.publish(kind.removeprefix("process_"), out)
 
     def publish(self, kind: str, ev: dict[str, Any]) -> None:
         self.counters.events[kind] += 1
@@ -277,10 +300,21 @@ class Agent:
                 sub.dropped += 1
                 self.counters.client_drops += 1
 
+    def _safe_record(self, buf: memoryview) -> None:
+        """A failure on one record is counted and logged (once per kind); the ring keeps draining."""
+        try:
+            self.handle_record(buf)
+        except Exception as e:  # noqa: BLE001
+            self.counters.handler_errors += 1
+            key = f"{type(e).__name__}: {e}"
+            if key not in self._logged:
+                self._logged.add(key)
+                traceback.print_exc()
+
     def drain(self) -> int:
         if not self.sensor or not self.sensor.ring:
             return 0
-        return self.sensor.ring.consume(self.handle_record)
+        return self.sensor.ring.consume(self._safe_record)
 
     # ------------------------------------------------------------------ views
     def status(self) -> dict[str, Any]:
@@ -331,6 +365,7 @@ class Agent:
                 "reconciled": produced == received + sum(lost.values()) + in_flight,
                 "decoded": dict(self.counters.by_type),
                 "decode_errors": self.counters.decode_errors,
+                "handler_errors": self.counters.handler_errors,
                 "emitted": dict(self.counters.events),
                 "client_drops": self.counters.client_drops,
                 "procs_map_full": kc.get("procs_full", 0),

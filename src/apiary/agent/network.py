@@ -322,8 +322,14 @@ class Network:
             except asyncio.QueueFull:
                 pass  # the follower notices through the ring's sequence numbers
 
+    def _safe_record(self, buf: memoryview) -> None:
+        try:
+            self.handle_record(buf)
+        except Exception:  # noqa: BLE001 - one bad record never stops the flow stream; it is counted
+            self.decode_errors += 1
+
     def drain(self) -> int:
-        return self.dp.ring.consume(self.handle_record) if self.dp.ring else 0
+        return self.dp.ring.consume(self._safe_record) if self.dp.ring else 0
 
     def flow_filter(self, pairs: list[tuple[str, str]]) -> FlowFilter:
         return FlowFilter.from_args(pairs)

@@ -266,6 +266,19 @@ static __always_inline int hash_match(__u64 *pre, __u64 *suf, __u32 alen, __u64 
 	return (mode == 2 ? suf[vlen] : pre[vlen]) == vhash;
 }
 
+/* selector si of a hook, by constant offsets (keeps the verifier's bounds exact); 0 past the end */
+static __always_inline struct gs_selector *sel_at(struct gs_hook *h, __u32 si)
+{
+	switch (si) {
+	case 0: return &h->sel[0];
+	case 1: return &h->sel[1];
+	case 2: return &h->sel[2];
+	case 3: return &h->sel[3];
+	case 4: return &h->sel[4];
+	}
+	return 0;
+}
+
 /* Global functions are verified once, on their own: this keeps the selector evaluation linear for
  * the verifier instead of multiplying with every caller's states. */
 __noinline int gs_match_filter(__u32 hid, __u32 si, __u32 fi)
@@ -275,15 +288,9 @@ __noinline int gs_match_filter(__u32 hid, __u32 si, __u32 fi)
 	struct gs_event *ev = bpf_map_lookup_elem(&gs_scratch, &zero0);
 	if (!h || !ev)
 		return 0;
-	struct gs_selector *sel;
-	switch (si) {
-	case 0: sel = &h->sel[0]; break;
-	case 1: sel = &h->sel[1]; break;
-	case 2: sel = &h->sel[2]; break;
-	case 3: sel = &h->sel[3]; break;
-	case 4: sel = &h->sel[4]; break;
-	default: return 0;
-	}
+	struct gs_selector *sel = sel_at(h, si);
+	if (!sel)
+		return 0;
 	struct gs_filter *f;
 	switch (fi) {
 	case 0: f = &sel->f[0]; break;
@@ -376,15 +383,9 @@ __noinline int gs_match_process(__u32 hid, __u32 si)
 	struct gs_hook *h = bpf_map_lookup_elem(&gs_hooks, &hid);
 	if (!h)
 		return 0;
-	struct gs_selector *sel;
-	switch (si) {
-	case 0: sel = &h->sel[0]; break;
-	case 1: sel = &h->sel[1]; break;
-	case 2: sel = &h->sel[2]; break;
-	case 3: sel = &h->sel[3]; break;
-	case 4: sel = &h->sel[4]; break;
-	default: return 0;
-	}
+	struct gs_selector *sel = sel_at(h, si);
+	if (!sel)
+		return 0;
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
 	if (sel->npids) {
 		int any = 0;
@@ -427,15 +428,10 @@ static long eval_step(__u32 i, void *data)
 		return 1;
 	if (!gs_match_process(hid, i))
 		return 0;
-	__u32 nf = 0;
-	switch (i) {
-	case 0: nf = h->sel[0].nfilters; break;
-	case 1: nf = h->sel[1].nfilters; break;
-	case 2: nf = h->sel[2].nfilters; break;
-	case 3: nf = h->sel[3].nfilters; break;
-	case 4: nf = h->sel[4].nfilters; break;
-	default: return 1;
-	}
+	struct gs_selector *sel = sel_at(h, i);
+	if (!sel)
+		return 1;
+	__u32 nf = sel->nfilters;
 	for (__u32 fi = 0; fi < GS_FILTERS; fi++) {
 		if (fi >= nf)
 			break;

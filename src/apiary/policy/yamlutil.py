@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import ValidationError
 
-from .models import Problem
+from .models import PolicyError, Problem
+
+P = TypeVar("P")
 
 
 class StrictLoader(yaml.SafeLoader):
@@ -56,3 +59,27 @@ def validation_problems(err: ValidationError) -> list[Problem]:
             reason = f"too long: at most {e['ctx'].get('max_length')} characters"
         out.append(Problem(path, reason))
     return out
+
+
+def load_documents(docs: list[Any], load_one: Callable[[Any, str], tuple[P | None, list[Problem]]],
+                   default_namespace: str) -> list[P]:
+    """Load every document (problems prefixed ``document[i]`` when there are several); a name defined
+    twice is a problem too; any problem refuses the whole file."""
+    policies: list[P] = []
+    problems: list[Problem] = []
+    seen: dict[tuple[str, str, str], int] = {}
+    for i, doc in enumerate(docs):
+        prefix = f"document[{i}]" if len(docs) > 1 else ""
+        policy, found = load_one(doc, default_namespace)
+        problems += [Problem(sub(prefix, p.path), p.reason, p.unsupported) for p in found]
+        if policy is None:
+            continue
+        ident = (policy.kind, policy.namespace, policy.name)  # type: ignore[attr-defined]
+        if ident in seen:
+            problems.append(Problem(sub(prefix, "metadata.name"),
+                                    f"{ident[0]} {ident[2]!r} is already defined in document[{seen[ident]}]"))
+        seen[ident] = i
+        policies.append(policy)
+    if problems:
+        raise PolicyError(problems)
+    return policies

@@ -21,6 +21,7 @@ import yaml
 from pydantic import ValidationError
 
 from apiary.policy.yamlutil import StrictLoader as _StrictLoader
+from apiary.policy.yamlutil import load_documents
 from apiary.policy.yamlutil import sub as _sub
 from apiary.policy.yamlutil import validation_problems as _validation_problems
 
@@ -90,24 +91,7 @@ def load_tracing_policies(text: str, *, default_namespace: str = "default") -> l
         seed += [Problem(_sub(prefix, p.path), p.reason) for p in seed_problems(doc)]
     if seed:
         raise PolicyError(seed + [_conversion_problem(docs, default_namespace)])
-    policies: list[Policy] = []
-    problems: list[Problem] = []
-    seen: dict[tuple[str, str, str], int] = {}
-    for i, doc in enumerate(docs):
-        prefix = f"document[{i}]" if many else ""
-        policy, found = _load_document(doc, default_namespace)
-        problems += [Problem(_sub(prefix, p.path), p.reason, p.unsupported) for p in found]
-        if policy is None:
-            continue
-        ident = (policy.kind, policy.namespace, policy.name)
-        if ident in seen:
-            problems.append(Problem(_sub(prefix, "metadata.name"),
-                                    f"{policy.kind} {policy.name!r} is already defined in document[{seen[ident]}]"))
-        seen[ident] = i
-        policies.append(policy)
-    if problems:
-        raise PolicyError(problems)
-    return policies
+    return load_documents(docs, _load_document, default_namespace)
 
 
 # --- the seed article's syntax ---------------------------------------------------------------------

@@ -23,6 +23,7 @@ struct {
 } pathwalk SEC(".maps");
 
 struct walk_ctx {
+	struct pathwalk_buf *s; /* looked up once per walk, not per component */
 	struct dentry *dentry;
 	struct mount *mnt;
 	int off;
@@ -33,10 +34,7 @@ struct walk_ctx {
 static long walk_step(__u32 i, void *data)
 {
 	struct walk_ctx *c = data;
-	__u32 zero = 0;
-	struct pathwalk_buf *s = bpf_map_lookup_elem(&pathwalk, &zero);
-	if (!s)
-		return 1;
+	struct pathwalk_buf *s = c->s;
 	struct dentry *d = c->dentry;
 	struct mount *mnt = c->mnt;
 	struct dentry *parent = BPF_CORE_READ(d, d_parent);
@@ -70,6 +68,12 @@ static long walk_step(__u32 i, void *data)
 static __always_inline __u32 walk_path(const struct path *p, int *trunc)
 {
 	struct walk_ctx c = {};
+	__u32 zero = 0;
+	c.s = bpf_map_lookup_elem(&pathwalk, &zero);
+	if (!c.s) {
+		*trunc = 1;
+		return 0;
+	}
 	struct vfsmount *vfs = BPF_CORE_READ(p, mnt);
 	c.dentry = BPF_CORE_READ(p, dentry);
 	c.mnt = (struct mount *)((void *)vfs - bpf_core_field_offset(struct mount, mnt));
@@ -79,10 +83,7 @@ static __always_inline __u32 walk_path(const struct path *p, int *trunc)
 		c.trunc = 1;
 	*trunc = c.trunc;
 	if (c.off >= PATH_BUF) { /* the root itself */
-		__u32 zero = 0;
-		struct pathwalk_buf *s = bpf_map_lookup_elem(&pathwalk, &zero);
-		if (s)
-			s->path[PATH_BUF - 1] = '/';
+		c.s->path[PATH_BUF - 1] = '/';
 		c.off = PATH_BUF - 1;
 	}
 	return PATH_BUF - c.off;

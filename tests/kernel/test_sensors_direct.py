@@ -132,3 +132,54 @@ def test_lsm_override_makes_the_open_fail_and_the_process_lives() -> None:
         ts.close()
         ps.close()
         shutil.rmtree(d, ignore_errors=True)
+
+
+KPROBE_POLICY = """
+apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata: {name: vfs-write}
+spec:
+  kprobes:
+  - call: vfs_write
+    syscall: false
+    args: [{index: 0, type: file}, {index: 2, type: size_t}]
+    selectors:
+    - matchArgs: [{index: 0, operator: Prefix, values: ["DIR/"]}]
+"""
+
+
+def test_kprobe_on_vfs_write_reports_the_file_and_size() -> None:
+    """Only where kprobes work (the 6.1 VM): a real kprobe on the kernel function, not the syscalls."""
+    import dataclasses
+
+    import pytest
+
+    from apiary.loader import BpfError
+    from apiary.tracing.compile import compile_tracing_policy, features_from_tracefs
+    from apiary.tracing.load import load_tracing_policies
+
+    d = tempfile.mkdtemp(prefix="apiary-kp-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+    target = os.path.join(d, "log.txt")
+    ps = ProcessSensor()
+    ps.load()
+    ts = TracingSensor(ps, kprobes=True)
+    try:
+        ts.load()
+        feats = dataclasses.replace(features_from_tracefs(), kprobes=True)
+        (pol,) = load_tracing_policies(KPROBE_POLICY.replace("DIR", d))
+        compiled = compile_tracing_policy(pol, feats)
+        assert compiled.hooks[0].syscalls == ("__kprobe_vfs_write",)
+        try:
+            ts.apply("/vfs-write", compiled, None)
+        except BpfError as e:
+            pytest.skip(f"no kprobes on this kernel ({e})")
+        subprocess.run(["/bin/sh", "-c", f"printf 12345 > {target}"], check=True)
+        evs = []
+        assert ps.ring is not None
+        ps.ring.consume(lambda b: evs.append(tabi.decode_event(b)) if b[0] == tabi.MSG_GENERIC else None)
+        mine = [e for e in evs if bytes(e.str[0])[: e.slen[0]].decode() == target]
+        assert mine and mine[-1].ints[1] == 5  # size_t count of the write
+    finally:
+        ts.close()
+        ps.close()
+        shutil.rmtree(d, ignore_errors=True)

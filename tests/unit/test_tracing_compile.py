@@ -265,9 +265,21 @@ def test_unmapped_kernel_function_refused_from_the_features() -> None:
                                                          "fentry/BPF-LSM refused)")
 
 
-def test_kernel_with_kprobes_still_realises_at_syscall_entry_and_says_so() -> None:
+def test_kernel_with_kprobes_realises_vfs_write_as_a_kprobe() -> None:
     c = build(VFS_WRITE, VM)
-    assert c.notes[0].endswith("(this kernel has kprobes, but this version attaches at syscall entry only)")
+    (hook,) = c.hooks
+    assert hook.syscalls == ("__kprobe_vfs_write",) and hook.function_name == "vfs_write"
+    assert hook.args[0].kind == "file_ptr" and hook.realisation.startswith("kprobe on vfs_write")
+
+
+def test_kernel_with_kprobes_still_realises_unmapped_functions_at_syscall_entry_and_says_so() -> None:
+    c = build("""
+        kprobes:
+        - call: fd_install
+          syscall: false
+          args: [{index: 1, type: file}]
+        """, VM)
+    assert c.notes[-1].endswith("(this kernel has kprobes, but this version attaches at syscall entry only)")
 
 
 def test_other_sensors_refused() -> None:

@@ -46,7 +46,7 @@ def _key(p: CompiledTracingPolicy) -> str:
 class Tracing:
     def __init__(self, state_dir: str, process: ProcessSensor, features: KernelFeatures, network: Any = None) -> None:
         self.file = Path(state_dir) / "tracingpolicies.json"
-        self.sensor = TracingSensor(process, lsm=features.lsm)
+        self.sensor = TracingSensor(process, lsm=features.lsm, kprobes=features.kprobes)
         self.features = features
         self.network = network
         self.stored: dict[str, Stored] = {}

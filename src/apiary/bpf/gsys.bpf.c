@@ -606,6 +606,28 @@ int BPF_PROG(gs_file_open, struct file *file, int ret)
 	return verdict ? *verdict : 0;
 }
 
+/* kprobes (kernels that have them; the loader enables this program only there): one program attached
+ * to each watched kernel function, the attach cookie saying which hooks (its pseudo syscall number). */
+SEC("kprobe")
+int gs_kprobe(struct pt_regs *ctx)
+{
+	__u32 nr = (__u32)bpf_get_attach_cookie(ctx);
+	struct gs_sys *sh = bpf_map_lookup_elem(&gs_syscalls, &nr);
+	if (!sh)
+		return 0;
+	struct hooks_ctx hc = {.nr = nr};
+	hc.args[0] = PT_REGS_PARM1(ctx);
+	hc.args[1] = PT_REGS_PARM2(ctx);
+	hc.args[2] = PT_REGS_PARM3(ctx);
+	hc.args[3] = PT_REGS_PARM4(ctx);
+	hc.args[4] = PT_REGS_PARM5(ctx);
+	__u32 n = sh->n;
+	if (n > GS_PER_SYSCALL)
+		n = GS_PER_SYSCALL;
+	bpf_loop(n, run_hook, &hc, 0);
+	return 0;
+}
+
 /* DenyConnect: the connect() a hook marked fails with EPERM */
 SEC("cgroup/connect4")
 int gs_connect4(struct bpf_sock_addr *ctx)

@@ -82,6 +82,10 @@ class BpfUprobeOpts(Structure):
     ]
 
 
+class BpfKprobeOpts(Structure):
+    _fields_ = [("sz", c_size_t), ("bpf_cookie", c_u64), ("offset", c_size_t), ("retprobe", c_bool)]
+
+
 class BpfTestRunOpts(Structure):
     _fields_ = [
         ("sz", c_size_t),
@@ -228,6 +232,7 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "bpf_program__attach_trace": (P, [P]),
     "bpf_program__attach_lsm": (P, [P]),
     "bpf_program__attach_kprobe": (P, [P, c_bool, c_char_p]),
+    "bpf_program__attach_kprobe_opts": (P, [P, c_char_p, POINTER(BpfKprobeOpts)]),
     "bpf_program__attach_uprobe_opts": (P, [P, c_int, c_char_p, c_size_t, POINTER(BpfUprobeOpts)]),
     "bpf_program__attach_xdp": (P, [P, c_int]),
     "bpf_program__attach_cgroup": (P, [P, c_int]),

@@ -116,8 +116,9 @@ class KprobeLink(Link):
     kind = "kprobe"
 
     @classmethod
-    def attach(cls, prog: Program, func: str, retprobe: bool = False) -> KprobeLink:
-        ptr = L.lib.bpf_program__attach_kprobe(prog.ptr, retprobe, func.encode())
+    def attach(cls, prog: Program, func: str, retprobe: bool = False, cookie: int = 0) -> KprobeLink:
+        opts = L.BpfKprobeOpts(sz=ctypes.sizeof(L.BpfKprobeOpts), bpf_cookie=cookie, retprobe=retprobe)
+        ptr = L.lib.bpf_program__attach_kprobe_opts(prog.ptr, func.encode(), ctypes.byref(opts))
         kind = "kretprobe" if retprobe else "kprobe"
         return cls._make(prog, ptr, f"{kind}:{func}", kind)  # type: ignore[return-value]
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from apiary.loader import BpfError, BpfObject, CgroupLink, LsmLink, TracepointLink, TypedMap
+from apiary.loader import BpfError, BpfObject, CgroupLink, KprobeLink, LsmLink, TracepointLink, TypedMap
 from apiary.loader.fs import cgroup2_root
 from apiary.tracing.types import CompiledTracingPolicy, Hook
 
@@ -29,9 +29,12 @@ class LoadedPolicy:
 class TracingSensor:
     name = "tracing"
 
-    def __init__(self, process: ProcessSensor, obj_path: str | Path | None = None, lsm: bool = False) -> None:
+    def __init__(
+        self, process: ProcessSensor, obj_path: str | Path | None = None, lsm: bool = False, kprobes: bool = False
+    ) -> None:
         self.process = process
         self.lsm = lsm  # load the BPF-LSM programs (only where the kernel allows them)
+        self.kprobes = kprobes  # load the kprobe program (only where the kernel has kprobes)
         self.obj_path = Path(obj_path) if obj_path else bpf_object("gsys")
         self.obj: BpfObject | None = None
         self.links: list[Any] = []
@@ -47,6 +50,7 @@ class TracingSensor:
             for shared in ("events", "procs", "binaries"):
                 obj.reuse_map(shared, self.process.obj.map(shared).fd)
             obj.program("gs_file_open").autoload = self.lsm
+            obj.program("gs_kprobe").autoload = self.kprobes
             obj.load()
             self.obj = obj
             root = cgroup2_root()
@@ -82,6 +86,9 @@ class TracingSensor:
         ]
         if self.lsm:
             rows.append(("gs_file_open", self.obj.program("gs_file_open").fd, "lsm/file_open"))
+        if self.kprobes:
+            kp = ", ".join(sorted(n.removeprefix("__kprobe_") for n in self.sys_links if n.startswith("__kprobe_")))
+            rows.append(("gs_kprobe", self.obj.program("gs_kprobe").fd, f"kprobe ({kp or 'none yet'})"))
         return rows
 
     # ------------------------------------------------------------------ policies
@@ -163,7 +170,13 @@ class TracingSensor:
             name = names[nr]
             if name in self.sys_links:
                 continue
-            if name.startswith("__lsm_"):
+            if name.startswith("__kprobe_"):
+                if not self.kprobes:
+                    raise BpfError(f"attach {name}", 95, "this kernel has no kprobes")
+                self.sys_links[name] = KprobeLink.attach(
+                    self.obj.program("gs_kprobe"), name.removeprefix("__kprobe_"), cookie=nr
+                )
+            elif name.startswith("__lsm_"):
                 if not self.lsm:
                     raise BpfError(f"attach {name}", 95, "this kernel has no BPF-LSM")
                 self.sys_links[name] = LsmLink.attach(self.obj.program("gs_" + name.removeprefix("__lsm_")))

@@ -23,6 +23,8 @@ GS_HOOKS, GS_PER_SYSCALL, GS_ARGS, GS_SELECTORS, GS_FILTERS, GS_VALS = 64, 7, 5,
 GS_ARGSTR, GS_BIN = 256, 256
 KIND = {ARG_INT: 1, ARG_UINT: 2, ARG_STRING: 3, ARG_FD: 4, ARG_SOCKADDR: 5, ARG_FILEPTR: 6}
 LSM_HOOKS = {"__lsm_file_open": 4096}  # pseudo syscall numbers of the LSM programs (GS_NR_LSM_*)
+# pseudo numbers of kprobe-realised functions: the attach cookie of the kprobe link
+KPROBES = {"__kprobe_vfs_write": 5000, "__kprobe_vfs_read": 5001}
 KIND_NAME = {v: k for k, v in KIND.items()}
 OPS = {
     "Equal": 1,
@@ -148,6 +150,7 @@ def syscall_numbers() -> dict[str, int]:
         for m in re.finditer(r"#define __NR_(\w+)\s+(\d+)", f.read()):
             out[m.group(1)] = int(m.group(2))
     out.update(LSM_HOOKS)
+    out.update(KPROBES)
     return out
 
 

@@ -117,7 +117,8 @@ MAX_HOOKS_PER_SYSCALL = 7  # hooks watching one syscall (GS_PER_SYSCALL)
 
 # Syscalls of x86_64 that have a syscalls/sys_enter_* tracepoint (Linux 6.18); used to recognise the seed
 # article's bare syscall names and as a realistic set in tests. Real compilation uses KernelFeatures.syscalls.
-X86_64_SYSCALLS = frozenset("""
+X86_64_SYSCALLS = frozenset(
+    """
 accept accept4 access acct add_key adjtimex alarm arch_prctl bind bpf brk cachestat capget capset chdir
 chmod chown chroot clock_adjtime clock_getres clock_gettime clock_nanosleep clock_settime clone clone3
 close close_range connect copy_file_range creat dup dup2 dup3 epoll_create epoll_create1 epoll_ctl
@@ -155,7 +156,8 @@ swapoff swapon symlink symlinkat sync sync_file_range syncfs sysfs sysinfo syslo
 timer_create timer_delete timer_getoverrun timer_gettime timer_settime timerfd_create timerfd_gettime
 timerfd_settime times tkill truncate umask umount unlink unlinkat unshare uprobe uretprobe userfaultfd
 ustat utime utimensat utimes vfork vhangup vmsplice wait4 waitid write writev
-""".split())
+""".split()
+)
 
 
 # --- kernel features -------------------------------------------------------------------------------
@@ -191,16 +193,23 @@ def syscalls_from_tracefs(root: str = "/sys/kernel/tracing") -> frozenset[str]:
     return frozenset(n.removeprefix("sys_enter_") for n in names if n.startswith("sys_enter_"))
 
 
-def features_from_tracefs(root: str = "/sys/kernel/tracing", *, kprobes: bool | None = None, fentry: bool = False,
-                          lsm: bool = False, override: bool = False) -> KernelFeatures:
+def features_from_tracefs(
+    root: str = "/sys/kernel/tracing",
+    *,
+    kprobes: bool | None = None,
+    fentry: bool = False,
+    lsm: bool = False,
+    override: bool = False,
+) -> KernelFeatures:
     """KernelFeatures with the syscalls listed by tracefs (empty when unreadable).
 
     ``kprobes`` defaults to whether tracefs has ``kprobe_events`` (CONFIG_KPROBE_EVENTS); fentry, BPF-LSM
     and error injection cannot be seen in tracefs: pass what a load attempt (preflight) found."""
     if kprobes is None:
         kprobes = os.path.exists(os.path.join(root, "kprobe_events"))
-    return KernelFeatures(kprobes=kprobes, fentry=fentry, lsm=lsm, override=override,
-                          syscalls=syscalls_from_tracefs(root))
+    return KernelFeatures(
+        kprobes=kprobes, fentry=fentry, lsm=lsm, override=override, syscalls=syscalls_from_tracefs(root)
+    )
 
 
 def _arch_prefix() -> str:
@@ -226,9 +235,14 @@ _CLASS_TYPES: dict[str, frozenset[str]] = {
     _INT: frozenset(INT_TYPES),
     _SOCKADDR: frozenset({"sock", "sockaddr"}),
 }
-_CLASS_TEXT = {_KFILE: "a file (struct file at the LSM hook)", _FILE: "a file (its fd at the syscall)",
-               _PATH: "a path (a user string at the syscall)",
-               _BUF: "a user buffer", _INT: "an integer", _SOCKADDR: "a socket address (the user's sockaddr)"}
+_CLASS_TEXT = {
+    _KFILE: "a file (struct file at the LSM hook)",
+    _FILE: "a file (its fd at the syscall)",
+    _PATH: "a path (a user string at the syscall)",
+    _BUF: "a user buffer",
+    _INT: "an integer",
+    _SOCKADDR: "a socket address (the user's sockaddr)",
+}
 
 
 @dataclass(frozen=True)
@@ -250,73 +264,132 @@ _READ = ("read", "pread64", "readv", "preadv", "preadv2")
 _OPEN_FIRST = ("open", "creat")
 _OPEN_SECOND = ("openat", "openat2")
 _CREDS = ("setuid", "setgid", "setreuid", "setregid", "setresuid", "setresgid")
-_PATH_TEXT = "path as passed to the syscall (relative paths not resolved against the cwd/dirfd, symlinks not " \
+_PATH_TEXT = (
+    "path as passed to the syscall (relative paths not resolved against the cwd/dirfd, symlinks not "
     "followed), not the file's full path"
+)
 _OPEN_MAPPING = _Mapping(
     (_Variant(_OPEN_FIRST, {0: (0, _PATH)}), _Variant(_OPEN_SECOND, {0: (1, _PATH)})),
-    f"opens by the kernel and by exec not seen; {_PATH_TEXT}")
+    f"opens by the kernel and by exec not seen; {_PATH_TEXT}",
+)
 _EXEC_MAPPING = _Mapping(
     (_Variant(("execve",), {0: (0, _PATH)}), _Variant(("execveat",), {0: (1, _PATH)})),
-    f"the {_PATH_TEXT}; a script's interpreter not seen")
+    f"the {_PATH_TEXT}; a script's interpreter not seen",
+)
 
 MAPPINGS: dict[str, _Mapping] = {
     "vfs_write": _Mapping(
         (_Variant(_WRITE[:2], {0: (0, _FILE), 1: (1, _BUF), 2: (2, _INT)}), _Variant(_WRITE[2:], {0: (0, _FILE)})),
-        "kernel-internal writes not seen; file resolved from the fd"),
+        "kernel-internal writes not seen; file resolved from the fd",
+    ),
     "vfs_read": _Mapping(
         (_Variant(_READ[:2], {0: (0, _FILE), 2: (2, _INT)}), _Variant(_READ[2:], {0: (0, _FILE)})),
         "kernel-internal reads not seen; file resolved from the fd",
-        {1: "the buffer is not filled yet at syscall entry"}),
+        {1: "the buffer is not filled yet at syscall entry"},
+    ),
     "security_file_permission": _Mapping(
         (_Variant(_WRITE, {0: (0, _FILE)}, {1: 2}), _Variant(_READ, {0: (0, _FILE)}, {1: 4})),
         "write-family syscalls are MAY_WRITE (2), read-family MAY_READ (4); kernel-internal accesses and other "
-        "permission checks not seen; file resolved from the fd; the mask is implied by the syscall, not read"),
+        "permission checks not seen; file resolved from the fd; the mask is implied by the syscall, not read",
+    ),
     "fd_install": _Mapping(
         (_Variant(_OPEN_FIRST, {1: (0, _PATH)}), _Variant(_OPEN_SECOND, {1: (1, _PATH)})),
         f"only files opened by path (not sockets, pipes, accept, dup…); {_PATH_TEXT}",
-        {0: "the new fd is the syscall's return value, not known at syscall entry"}),
+        {0: "the new fd is the syscall's return value, not known at syscall entry"},
+    ),
     "security_file_open": _OPEN_MAPPING,
     "tcp_connect": _Mapping(
         (_Variant(("connect",), {0: (1, _SOCKADDR)}),),
         "only the connect() syscall; kernel-initiated connections not seen; connect() of UDP sockets is seen too; "
-        "the destination is the user's sockaddr, the source address and port are not known yet"),
+        "the destination is the user's sockaddr, the source address and port are not known yet",
+    ),
     "security_socket_connect": _Mapping(
         (_Variant(("connect",), {1: (1, _SOCKADDR), 2: (2, _INT)}),),
         "only the connect() syscall; kernel-initiated connections not seen",
-        {0: "the struct socket is not available at syscall entry (only its fd)"}),
+        {0: "the struct socket is not available at syscall entry (only its fd)"},
+    ),
     "commit_creds": _Mapping(
         (_Variant(_CREDS, {}),),
-        "only the set*id syscalls; credential changes by exec of set-uid binaries, capset, unshare, setfsuid… not "
-        "seen",
-        {0: "the new credentials are computed inside the syscall: not available at syscall entry"}),
+        "only the set*id syscalls; credential changes by exec of set-uid binaries, capset, unshare, setfsuid… not seen",
+        {0: "the new credentials are computed inside the syscall: not available at syscall entry"},
+    ),
     "security_bprm_check": _EXEC_MAPPING,
 }
 LSM_MAPPINGS: dict[str, _Mapping] = {"file_open": _OPEN_MAPPING, "bprm_check_security": _EXEC_MAPPING}
+# where the kernel has kprobes: the function itself (pseudo-syscall names the sensor's kprobe program)
+KPROBE_REAL: dict[str, _Mapping] = {
+    "vfs_write": _Mapping(
+        (_Variant(("__kprobe_vfs_write",), {0: (0, _KFILE), 2: (2, _INT)}),),
+        "every write through vfs_write, kernel-internal ones included",
+    ),
+    "vfs_read": _Mapping(
+        (_Variant(("__kprobe_vfs_read",), {0: (0, _KFILE), 2: (2, _INT)}),),
+        "every read through vfs_read, kernel-internal ones included",
+    ),
+}
 # where the kernel has BPF-LSM: the hook itself (the pseudo-syscall names the sensor's LSM programs)
 LSM_REAL: dict[str, _Mapping] = {
-    "file_open": _Mapping((_Variant(("__lsm_file_open",), {0: (0, _KFILE)}),),
-                          "every open of the file, by any path (also kernel-internal opens), decided before it opens"),
+    "file_open": _Mapping(
+        (_Variant(("__lsm_file_open",), {0: (0, _KFILE)}),),
+        "every open of the file, by any path (also kernel-internal opens), decided before it opens",
+    ),
 }
 KERNEL_FUNCTION_NAMES = frozenset(MAPPINGS)
 
 _SYSCALL_RE = re.compile(r"^(__x64_|__ia32_|__arm64_|__riscv_|__s390x_)?sys_([a-z0-9_]+)$")
 _ENFORCING = ("Sigkill", "Signal", "DenyConnect")
-_FAMILIES = {"AF_UNSPEC": 0, "AF_UNIX": 1, "AF_LOCAL": 1, "AF_INET": 2, "AF_INET6": 10, "AF_NETLINK": 16,
-             "AF_PACKET": 17}
-_INT_OPS = {"Equal": "Equal", "NotEqual": "NotEqual", "GT": "GT", "GreaterThan": "GT", "LT": "LT",
-            "LessThan": "LT", "Mask": "Mask", "InRange": "InRange", "NotInRange": "NotInRange",
-            "InMap": "Equal", "NotInMap": "NotEqual"}
+_FAMILIES = {
+    "AF_UNSPEC": 0,
+    "AF_UNIX": 1,
+    "AF_LOCAL": 1,
+    "AF_INET": 2,
+    "AF_INET6": 10,
+    "AF_NETLINK": 16,
+    "AF_PACKET": 17,
+}
+_INT_OPS = {
+    "Equal": "Equal",
+    "NotEqual": "NotEqual",
+    "GT": "GT",
+    "GreaterThan": "GT",
+    "LT": "LT",
+    "LessThan": "LT",
+    "Mask": "Mask",
+    "InRange": "InRange",
+    "NotInRange": "NotInRange",
+    "InMap": "Equal",
+    "NotInMap": "NotEqual",
+}
 _STRING_OPS = ("Equal", "NotEqual", "Prefix", "NotPrefix", "Postfix", "NotPostfix")
 # sock (tcp_connect): the destination ops; sockaddr: Tetragon names the sockaddr's own address SAddr/SPort
-_SOCK_OPS = {"DAddr": "DAddr", "NotDAddr": "NotDAddr", "DPort": "DPort", "NotDPort": "NotDPort",
-             "DPortPriv": "DPort", "NotDPortPriv": "NotDPort", "Family": "Family"}
-_SOCKADDR_OPS = {"SAddr": "DAddr", "NotSAddr": "NotDAddr", "SPort": "DPort", "NotSPort": "NotDPort",
-                 "SPortPriv": "DPort", "NotSportPriv": "NotDPort", "Family": "Family"}
+_SOCK_OPS = {
+    "DAddr": "DAddr",
+    "NotDAddr": "NotDAddr",
+    "DPort": "DPort",
+    "NotDPort": "NotDPort",
+    "DPortPriv": "DPort",
+    "NotDPortPriv": "NotDPort",
+    "Family": "Family",
+}
+_SOCKADDR_OPS = {
+    "SAddr": "DAddr",
+    "NotSAddr": "NotDAddr",
+    "SPort": "DPort",
+    "NotSPort": "NotDPort",
+    "SPortPriv": "DPort",
+    "NotSportPriv": "NotDPort",
+    "Family": "Family",
+}
 _UNSUPPORTED_SELECTOR_FIELDS = (
-    ("match_data", "matchData"), ("match_parent_binaries", "matchParentBinaries"),
-    ("match_namespaces", "matchNamespaces"), ("match_namespace_changes", "matchNamespaceChanges"),
-    ("match_capabilities", "matchCapabilities"), ("match_capability_changes", "matchCapabilityChanges"),
-    ("match_workloads", "matchWorkloads"), ("macros", "macros"))
+    ("match_data", "matchData"),
+    ("match_parent_binaries", "matchParentBinaries"),
+    ("match_namespaces", "matchNamespaces"),
+    ("match_namespace_changes", "matchNamespaceChanges"),
+    ("match_capabilities", "matchCapabilities"),
+    ("match_capability_changes", "matchCapabilityChanges"),
+    ("match_workloads", "matchWorkloads"),
+    ("macros", "macros"),
+)
 
 
 class _Refuse(Exception):
@@ -336,8 +409,11 @@ def _kind_of(ty: str, path: str) -> str:
     if ty in ("sock", "sockaddr"):
         return ARG_SOCKADDR
     if ty == "auto":
-        raise _Refuse(path, "arg type auto needs BTF resolution, which apiary does not do yet: write the type "
-                      "(int, string, fd, sockaddr…)")
+        raise _Refuse(
+            path,
+            "arg type auto needs BTF resolution, which apiary does not do yet: write the type "
+            "(int, string, fd, sockaddr…)",
+        )
     raise _Refuse(path, f"arg type {ty} not supported at syscall entry")
 
 
@@ -371,8 +447,10 @@ class _Compiler:
     def needs_kprobe(self) -> str:
         if not self.f.kprobes:
             return f"needs kprobe (or BPF-LSM); this kernel: {self.f.describe()}"
-        return ("needs a kprobe, which apiary's sensor does not attach yet (this version realises hooks at syscall "
-                "entry only)")
+        return (
+            "needs a kprobe, which apiary's sensor does not attach yet (this version realises hooks at syscall "
+            "entry only)"
+        )
 
     def needs_lsm(self) -> str:
         if not self.f.lsm:
@@ -387,7 +465,11 @@ class _Compiler:
         return ""
 
     def syscall_known(self, name: str) -> bool:
-        return name in self.f.syscalls or (name.startswith("__lsm_") and self.f.lsm)
+        return (
+            name in self.f.syscalls
+            or (name.startswith("__lsm_") and self.f.lsm)
+            or (name.startswith("__kprobe_") and self.f.kprobes)
+        )
 
     # -- the policy -----------------------------------------------------------------------------------
 
@@ -400,11 +482,17 @@ class _Compiler:
         if spec.loader:
             self.refuse("spec.loader", "loader events are not supported yet")
         if spec.container_selector is not None:
-            self.refuse("spec.containerSelector", "containerSelector is not supported yet (apiary endpoints have no "
-                        "container names); select endpoints with podSelector")
+            self.refuse(
+                "spec.containerSelector",
+                "containerSelector is not supported yet (apiary endpoints have no "
+                "container names); select endpoints with podSelector",
+            )
         if spec.host_selector is not None:
-            self.refuse("spec.hostSelector", "hostSelector is not supported yet: without pod/container selectors a "
-                        "policy already selects every process, host ones included")
+            self.refuse(
+                "spec.hostSelector",
+                "hostSelector is not supported yet: without pod/container selectors a "
+                "policy already selects every process, host ones included",
+            )
         if spec.node_selector is not None and (spec.node_selector.match_labels or spec.node_selector.match_expressions):
             self.refuse("spec.nodeSelector", "nodeSelector is not supported yet (apiary has no node labels)")
         mode = self.options()
@@ -416,8 +504,15 @@ class _Compiler:
         for i, lsm in enumerate(spec.lsmhooks or []):
             self.lsmhook(f"lsmhooks[{i}]", lsm)
         self.check_totals()
-        return CompiledTracingPolicy(name=p.name, namespace=p.namespace, kind=p.kind, mode=mode, pod_selector=pod,
-                                     hooks=self.hooks, notes=self.notes)
+        return CompiledTracingPolicy(
+            name=p.name,
+            namespace=p.namespace,
+            kind=p.kind,
+            mode=mode,
+            pod_selector=pod,
+            hooks=self.hooks,
+            notes=self.notes,
+        )
 
     def options(self) -> str:
         mode = "enforce"
@@ -458,8 +553,10 @@ class _Compiler:
 
     def check_totals(self) -> None:
         if len(self.hooks) > MAX_HOOKS:
-            self.refuse("spec", f"this policy needs {len(self.hooks)} hooks; the sensor holds at most {MAX_HOOKS} "
-                        "across all policies")
+            self.refuse(
+                "spec",
+                f"this policy needs {len(self.hooks)} hooks; the sensor holds at most {MAX_HOOKS} across all policies",
+            )
         per: dict[str, int] = {}
         for h in self.hooks:
             for s in h.syscalls:
@@ -495,8 +592,9 @@ class _Compiler:
             return []
         if ls.type_ == "generated_syscalls":
             if not self.f.syscalls:
-                self.refuse(f"{hp}.call", f"list {name} (generated_syscalls) is empty: this kernel lists no syscall "
-                            "tracepoints")
+                self.refuse(
+                    f"{hp}.call", f"list {name} (generated_syscalls) is empty: this kernel lists no syscall tracepoints"
+                )
                 return []
             self.notes.append(f"{hp.removeprefix('spec.')} {origin}: {len(self.f.syscalls)} syscalls")
             return [(f"sys_{s}", origin) for s in sorted(self.f.syscalls)]
@@ -506,8 +604,10 @@ class _Compiler:
         if kp.data:
             self.refuse(f"{hp}.data", "data (extra values read from the task or registers) is not supported yet")
         if kp.return_arg_action:
-            self.refuse(f"{hp}.returnArgAction", f"returnArgAction {kp.return_arg_action} (socket tracking) is not "
-                        "supported yet")
+            self.refuse(
+                f"{hp}.returnArgAction",
+                f"returnArgAction {kp.return_arg_action} (socket tracking) is not supported yet",
+            )
 
     def kprobe_call(self, hp: str, source: str, kp: KProbeSpec, call: str) -> None:
         if kp.syscall:
@@ -516,8 +616,10 @@ class _Compiler:
                 hint = f"; {call} is a kernel function: set syscall: false" if call in MAPPINGS else ""
                 if call.startswith("__sys_"):
                     hint = "; __sys_* helpers are kernel functions: set syscall: false"
-                raise _Refuse(f"{hp}.call", f"{call} is not a syscall symbol: with syscall: true the call is "
-                              f"sys_<name> (e.g. sys_write){hint}")
+                raise _Refuse(
+                    f"{hp}.call",
+                    f"{call} is not a syscall symbol: with syscall: true the call is sys_<name> (e.g. sys_write){hint}",
+                )
             arch, name = m.group(1) or "", m.group(2)
             if arch == "__ia32_":
                 raise _Refuse(f"{hp}.call", f"{call}: 32-bit compat syscalls are not supported yet")
@@ -527,17 +629,31 @@ class _Compiler:
                 if kp.ignore and kp.ignore.call_not_found:
                     self.notes.append(f"{source}: skipped (ignore.callNotFound): no syscall {name} on this kernel")
                     return
-                raise _Refuse(f"{hp}.call", f"no syscall {name} on this kernel (no syscalls/sys_enter_{name} "
-                              "tracepoint)")
+                raise _Refuse(
+                    f"{hp}.call", f"no syscall {name} on this kernel (no syscalls/sys_enter_{name} tracepoint)"
+                )
             variant = _Variant((name,), {i: (i, _ANY) for i in range(6)})
-            self.build(hp, source, kp, "process_kprobe", f"{self.prefix}sys_{name}",
-                       _Mapping((variant,), ""), f"syscall entry of {name}")
+            self.build(
+                hp,
+                source,
+                kp,
+                "process_kprobe",
+                f"{self.prefix}sys_{name}",
+                _Mapping((variant,), ""),
+                f"syscall entry of {name}",
+            )
+            return
+        real = KPROBE_REAL.get(call) if self.f.kprobes else None
+        if real is not None:
+            self.build(hp, source, kp, "process_kprobe", call, real, f"kprobe on {call}: {real.misses}")
             return
         mapping = MAPPINGS.get(call)
         if mapping is None and call.startswith("__sys_") and self.syscall_known(call.removeprefix("__sys_")):
             name = call.removeprefix("__sys_")
-            mapping = _Mapping((_Variant((name,), {i: (i, _ANY) for i in range(6)}),),
-                               f"the kernel helper's own syscall; in-kernel callers of {call} not seen")
+            mapping = _Mapping(
+                (_Variant((name,), {i: (i, _ANY) for i in range(6)}),),
+                f"the kernel helper's own syscall; in-kernel callers of {call} not seen",
+            )
         if mapping is None:
             raise _Refuse(f"{hp}.call", f"{call}: {self.needs_kprobe()}")
         self.build(hp, source, kp, "process_kprobe", call, mapping, "")
@@ -559,27 +675,46 @@ class _Compiler:
         source = f"{path} {tp.subsystem}/{tp.event}"
         try:
             if tp.raw:
-                raise _Refuse(f"{hp}.raw", "raw tracepoints are not supported yet (only syscall tracepoints in this "
-                              "version)")
+                raise _Refuse(
+                    f"{hp}.raw", "raw tracepoints are not supported yet (only syscall tracepoints in this version)"
+                )
             if tp.subsystem == "raw_syscalls" and tp.event == "sys_enter":
                 self.raw_syscalls(hp, source, tp)
                 return
             if tp.subsystem != "syscalls":
-                raise _Refuse(f"{hp}.subsystem", f"tracepoint {tp.subsystem}/{tp.event}: only syscall tracepoints in "
-                              "this version (syscalls/sys_enter_*, raw_syscalls/sys_enter)")
+                raise _Refuse(
+                    f"{hp}.subsystem",
+                    f"tracepoint {tp.subsystem}/{tp.event}: only syscall tracepoints in "
+                    "this version (syscalls/sys_enter_*, raw_syscalls/sys_enter)",
+                )
             if not tp.event.startswith("sys_enter_"):
-                why = "syscall exit tracepoints (return values) are" if tp.event.startswith("sys_exit_") else \
-                    f"tracepoint syscalls/{tp.event} is"
+                why = (
+                    "syscall exit tracepoints (return values) are"
+                    if tp.event.startswith("sys_exit_")
+                    else f"tracepoint syscalls/{tp.event} is"
+                )
                 raise _Refuse(f"{hp}.event", f"{why} not supported yet (only sys_enter_* in this version)")
             name = tp.event.removeprefix("sys_enter_")
             if not self.syscall_known(name):
                 raise _Refuse(f"{hp}.event", f"no tracepoint syscalls/{tp.event} on this kernel")
             variant = _Variant((name,), {i + 5: (i, _ANY) for i in range(6)})
-            self.build(hp, source, tp, "process_tracepoint", f"syscalls/{tp.event}", _Mapping((variant,), ""),
-                       f"syscall entry of {name}",
-                       missing={0: "common field", 1: "common field", 2: "common field", 3: "common field",
-                                4: "the syscall number (__syscall_nr): the hook's syscall is fixed"},
-                       index_text="field")
+            self.build(
+                hp,
+                source,
+                tp,
+                "process_tracepoint",
+                f"syscalls/{tp.event}",
+                _Mapping((variant,), ""),
+                f"syscall entry of {name}",
+                missing={
+                    0: "common field",
+                    1: "common field",
+                    2: "common field",
+                    3: "common field",
+                    4: "the syscall number (__syscall_nr): the hook's syscall is fixed",
+                },
+                index_text="field",
+            )
         except _Refuse as r:
             self.problems.append(r.problem)
 
@@ -591,8 +726,11 @@ class _Compiler:
             elif a.index == 4:
                 raise _Refuse(f"{hp}.args[{i}].type", f"the id field (index 4) is an integer, not {a.type_}")
             else:
-                raise _Refuse(f"{hp}.args[{i}].index", "raw_syscalls/sys_enter: only the id (index 4) can be read; "
-                              "the args array is not supported yet (use syscalls/sys_enter_<name>)")
+                raise _Refuse(
+                    f"{hp}.args[{i}].index",
+                    "raw_syscalls/sys_enter: only the id (index 4) can be read; "
+                    "the args array is not supported yet (use syscalls/sys_enter_<name>)",
+                )
         wanted: list[frozenset[str] | None] = []
         selectors = list(tp.selectors or [])
         stripped: list[KProbeSelector] = []
@@ -612,8 +750,11 @@ class _Compiler:
             stripped.append(sel.model_copy(update={"match_args": rest or None}))
         distinct = {w for w in wanted if w is not None}
         if len(distinct) > 1 or (distinct and None in wanted):
-            raise _Refuse(f"{hp}.selectors", "selectors with different syscall-id filters are not supported yet "
-                          "(the filter becomes the set of syscalls watched): write one tracepoint per set")
+            raise _Refuse(
+                f"{hp}.selectors",
+                "selectors with different syscall-id filters are not supported yet "
+                "(the filter becomes the set of syscalls watched): write one tracepoint per set",
+            )
         watched = sorted(distinct.pop()) if distinct else sorted(self.f.syscalls)
         if not watched:
             raise _Refuse(f"{hp}", "no syscall to watch: this kernel lists no syscall tracepoints")
@@ -625,15 +766,19 @@ class _Compiler:
             realisation += " (the id filter is the set of syscalls watched)"
         if id_pos:
             realisation += "; the id arg (index 4) is the event's syscall number"
-        self.build(hp, source, spec, "process_tracepoint", "raw_syscalls/sys_enter", _Mapping((variant,), ""),
-                   realisation)
+        self.build(
+            hp, source, spec, "process_tracepoint", "raw_syscalls/sys_enter", _Mapping((variant,), ""), realisation
+        )
 
     def syscall_id_filter(self, path: str, a: ArgSelector) -> frozenset[str]:
         names: set[str] = set()
         for vi, v in enumerate(a.values or []):
             if not v.startswith("list:"):
-                raise _Refuse(f"{path}.values[{vi}]", "syscall numbers are architecture-specific: name the syscalls "
-                              "through a list (spec.lists, type: syscalls) and use list:NAME")
+                raise _Refuse(
+                    f"{path}.values[{vi}]",
+                    "syscall numbers are architecture-specific: name the syscalls "
+                    "through a list (spec.lists, type: syscalls) and use list:NAME",
+                )
             ls = next((x for x in self.policy.spec.lists or [] if x.name == v.removeprefix("list:")), None)
             if ls is None or ls.type_ not in ("syscalls", "generated_syscalls"):
                 raise _Refuse(f"{path}.values[{vi}]", f"{v} must name a list of type syscalls")
@@ -643,8 +788,11 @@ class _Compiler:
             for s in ls.values or []:
                 m = _SYSCALL_RE.match(s)
                 if not m or (m.group(1) or "") == "__ia32_":
-                    raise _Refuse(f"{path}.values[{vi}]", f"list {ls.name}: {s!r} is not a 64-bit syscall name "
-                                  "(sys_<name>; 32-bit compat syscalls are not supported yet)")
+                    raise _Refuse(
+                        f"{path}.values[{vi}]",
+                        f"list {ls.name}: {s!r} is not a 64-bit syscall name "
+                        "(sys_<name>; 32-bit compat syscalls are not supported yet)",
+                    )
                 if not self.syscall_known(m.group(2)):
                     raise _Refuse(f"{path}.values[{vi}]", f"list {ls.name}: no syscall {m.group(2)} on this kernel")
                 names.add(m.group(2))
@@ -652,13 +800,25 @@ class _Compiler:
             return frozenset(names)
         if a.operator in ("NotEqual", "NotInMap"):
             return frozenset(self.f.syscalls - names)
-        raise _Refuse(f"{path}.operator", f"the syscall id can be filtered with InMap/NotInMap (or Equal/NotEqual), "
-                      f"not {a.operator}")
+        raise _Refuse(
+            f"{path}.operator",
+            f"the syscall id can be filtered with InMap/NotInMap (or Equal/NotEqual), not {a.operator}",
+        )
 
     # -- building hooks -------------------------------------------------------------------------------
 
-    def build(self, hp: str, source: str, spec: HookSpec, event: str, function_name: str, mapping: _Mapping,
-              realisation: str, missing: Mapping[int, str] | None = None, index_text: str = "arg") -> None:
+    def build(
+        self,
+        hp: str,
+        source: str,
+        spec: HookSpec,
+        event: str,
+        function_name: str,
+        mapping: _Mapping,
+        realisation: str,
+        missing: Mapping[int, str] | None = None,
+        index_text: str = "arg",
+    ) -> None:
         """Realise one hook spec on each variant of ``mapping`` (identical results are merged)."""
         missing = {**(missing or {}), **mapping.missing}
         if isinstance(spec, KProbeSpec) and spec.return_:
@@ -672,12 +832,18 @@ class _Compiler:
             args = self.variant_args(hp, source, spec, variant, missing, index_text)
             if isinstance(args, str):
                 if enforcing:
-                    raise _Refuse(hp, f"{args}: an enforcing policy cannot skip {'/'.join(variant.syscalls)} (that "
-                                  "would be a bypass)")
+                    raise _Refuse(
+                        hp,
+                        f"{args}: an enforcing policy cannot skip {'/'.join(variant.syscalls)} (that "
+                        "would be a bypass)",
+                    )
                 dropped.append(f"{'/'.join(variant.syscalls)} not watched: {args}")
                 continue
-            argspecs = tuple(ArgSpec(index=a.sys_index, kind=a.kind, label=a.spec.label, tetragon_type=a.spec.type_)
-                             for a in args if a.slot >= 0)
+            argspecs = tuple(
+                ArgSpec(index=a.sys_index, kind=a.kind, label=a.spec.label, tetragon_type=a.spec.type_)
+                for a in args
+                if a.slot >= 0
+            )
             if len(argspecs) > MAX_ARGS:
                 raise _Refuse(f"{hp}.args", f"at most {MAX_ARGS} arguments per hook ({len(argspecs)} given)")
             sels = self.selectors(hp, spec, args, variant)
@@ -694,14 +860,24 @@ class _Compiler:
                 merged.append((list(variant.syscalls), argspecs, sels))
         for calls, argspecs, sels in merged:
             text = realisation or f"via sys_enter_{'/'.join(calls)}: {mapping.misses}"
-            if not calls[0].startswith("__lsm_"):
+            if not calls[0].startswith(("__lsm_", "__kprobe_")):
                 text += self.entry_only(event)
             if sels is None:
                 self.notes.append(f"{source}: no selector can match at {'/'.join(calls)}: not watched")
                 continue
-            self.hooks.append(Hook(source=source, event=event, function_name=function_name, syscalls=tuple(calls),
-                                   args=argspecs, selectors=sels, realisation=text, message=spec.message,
-                                   tags=tuple(spec.tags or ())))
+            self.hooks.append(
+                Hook(
+                    source=source,
+                    event=event,
+                    function_name=function_name,
+                    syscalls=tuple(calls),
+                    args=argspecs,
+                    selectors=sels,
+                    realisation=text,
+                    message=spec.message,
+                    tags=tuple(spec.tags or ()),
+                )
+            )
             self.notes.append(f"{source}: {text}")
         for d in dropped:
             self.notes.append(f"{source}: {d}")
@@ -710,8 +886,9 @@ class _Compiler:
         if text not in self.notes:
             self.notes.append(text)
 
-    def variant_args(self, hp: str, source: str, spec: HookSpec, variant: _Variant, missing: Mapping[int, str],
-                     index_text: str) -> list[_Arg] | str:
+    def variant_args(
+        self, hp: str, source: str, spec: HookSpec, variant: _Variant, missing: Mapping[int, str], index_text: str
+    ) -> list[_Arg] | str:
         out: list[_Arg] = []
         slot = 0
         for pos, a in enumerate(spec.args or []):
@@ -721,13 +898,18 @@ class _Compiler:
             if a.type_ == "nop":
                 arg.why_missing = "its type is nop (not read)"
                 continue
-            for fld, what in (("resolve", "resolve"), ("btf_type", "btfType"), ("source", "source"),
-                              ("btf_type_module", "btfTypeModule")):
+            for fld, what in (
+                ("resolve", "resolve"),
+                ("btf_type", "btfType"),
+                ("source", "source"),
+                ("btf_type_module", "btfTypeModule"),
+            ):
                 if getattr(a, fld):
                     raise _Refuse(f"{ap}.{what}", f"{what} is not supported yet")
             if a.return_copy:
-                raise _Refuse(f"{ap}.returnCopy", "returnCopy (read the buffer when the call returns) is not supported "
-                              "yet")
+                raise _Refuse(
+                    f"{ap}.returnCopy", "returnCopy (read the buffer when the call returns) is not supported yet"
+                )
             if a.index in missing:
                 arg.why_missing = missing[a.index]
                 self.note(f"{source}: {index_text} {a.index} not reported: {arg.why_missing}")
@@ -738,23 +920,33 @@ class _Compiler:
             found = variant.args.get(a.index)
             if found is None:
                 if variant.args and all(c == _ANY for _, c in variant.args.values()):
-                    raise _Refuse(f"{ap}.index", f"{index_text} {a.index} does not exist: syscalls have at most 6 "
-                                  "arguments")
+                    raise _Refuse(
+                        f"{ap}.index", f"{index_text} {a.index} does not exist: syscalls have at most 6 arguments"
+                    )
                 return f"{index_text} {a.index} has no equivalent at the entry of {'/'.join(variant.syscalls)}"
             arg.sys_index, cls = found
             if cls == _ANY:
                 arg.kind = _kind_of(a.type_, f"{ap}.type")
             else:
                 if a.type_ not in _CLASS_TYPES[cls]:
-                    raise _Refuse(f"{ap}.type", f"arg {a.index} is {_CLASS_TEXT[cls]} at the syscall: type {a.type_} "
-                                  f"cannot be realised from it (use one of {', '.join(sorted(_CLASS_TYPES[cls]))})")
-                arg.kind = {_FILE: ARG_FD, _PATH: ARG_STRING, _BUF: ARG_STRING, _SOCKADDR: ARG_SOCKADDR,
-                            _KFILE: ARG_FILEPTR}.get(
-                    cls) or _kind_of(a.type_, f"{ap}.type")
+                    raise _Refuse(
+                        f"{ap}.type",
+                        f"arg {a.index} is {_CLASS_TEXT[cls]} at the syscall: type {a.type_} "
+                        f"cannot be realised from it (use one of {', '.join(sorted(_CLASS_TYPES[cls]))})",
+                    )
+                arg.kind = {
+                    _FILE: ARG_FD,
+                    _PATH: ARG_STRING,
+                    _BUF: ARG_STRING,
+                    _SOCKADDR: ARG_SOCKADDR,
+                    _KFILE: ARG_FILEPTR,
+                }.get(cls) or _kind_of(a.type_, f"{ap}.type")
             if a.type_ == "char_buf" or (a.size_arg_index and arg.kind == ARG_STRING):
-                self.note(f"{source}: {index_text} {a.index} ({a.type_}) is read as a "
-                                  f"NUL-terminated string (at most {MAX_STRING} bytes compared; sizeArgIndex not "
-                                  "used)")
+                self.note(
+                    f"{source}: {index_text} {a.index} ({a.type_}) is read as a "
+                    f"NUL-terminated string (at most {MAX_STRING} bytes compared; sizeArgIndex not "
+                    "used)"
+                )
             if a.max_data:
                 self.note(f"{source}: maxData has no effect: strings are read up to 255 bytes")
             arg.slot = slot
@@ -768,11 +960,16 @@ class _Compiler:
             if getattr(sel, attr):
                 self.refuse(f"{sp}.{name}", f"{name} is not supported yet")
         if sel.match_return_args:
-            self.refuse(f"{sp}.matchReturnArgs", "matchReturnArgs is not supported yet: hooks are realised at "
-                        "syscall entry, the return value is not known")
+            self.refuse(
+                f"{sp}.matchReturnArgs",
+                "matchReturnArgs is not supported yet: hooks are realised at "
+                "syscall entry, the return value is not known",
+            )
         if sel.match_return_actions:
-            self.refuse(f"{sp}.matchReturnActions", "matchReturnActions is not supported yet: hooks are realised at "
-                        "syscall entry")
+            self.refuse(
+                f"{sp}.matchReturnActions",
+                "matchReturnActions is not supported yet: hooks are realised at syscall entry",
+            )
 
     def selectors(self, hp: str, spec: HookSpec, args: list[_Arg], variant: _Variant) -> tuple[Selector, ...] | None:
         """Selectors for one variant; None when there were selectors but none can ever match here."""
@@ -794,8 +991,9 @@ class _Compiler:
             return None
         return tuple(out)
 
-    def selector(self, sp: str, spec: HookSpec, sel: KProbeSelector, args: list[_Arg],
-                 variant: _Variant) -> Selector | None:
+    def selector(
+        self, sp: str, spec: HookSpec, sel: KProbeSelector, args: list[_Arg], variant: _Variant
+    ) -> Selector | None:
         filters: list[ArgFilter] = []
         for ai, a in enumerate(sel.match_args or []):
             fp = f"{sp}.matchArgs[{ai}]"
@@ -815,8 +1013,15 @@ class _Compiler:
         binaries = self.binaries(sp, sel)
         pids = self.pids(sp, sel)
         action, signal, rate, post = self.actions(sp, sel, variant)
-        return Selector(args=tuple(filters), binaries=binaries, pids=pids, action=action, signal=signal,
-                        rate_limit_ns=rate, post=post)
+        return Selector(
+            args=tuple(filters),
+            binaries=binaries,
+            pids=pids,
+            action=action,
+            signal=signal,
+            rate_limit_ns=rate,
+            post=post,
+        )
 
     def const_matches(self, fp: str, a: ArgSelector, c: int) -> bool:
         op = a.operator
@@ -843,12 +1048,17 @@ class _Compiler:
     def arg_filter(self, fp: str, a: ArgSelector, arg: _Arg) -> ArgFilter:
         op, values, kind, ty = a.operator, list(a.values or []), arg.kind, arg.spec.type_
         if len(values) > MAX_VALUES:
-            raise _Refuse(f"{fp}.values", f"at most {MAX_VALUES} values per filter ({len(values)} given): the "
-                          "sensor compares at most 4")
+            raise _Refuse(
+                f"{fp}.values",
+                f"at most {MAX_VALUES} values per filter ({len(values)} given): the sensor compares at most 4",
+            )
         if kind in (ARG_INT, ARG_UINT):
             if op not in _INT_OPS:
-                raise _Refuse(f"{fp}.operator", f"operator {op} is not supported on an integer arg (use Equal, "
-                              "NotEqual, GT, LT, Mask, InRange or NotInRange)")
+                raise _Refuse(
+                    f"{fp}.operator",
+                    f"operator {op} is not supported on an integer arg (use Equal, "
+                    "NotEqual, GT, LT, Mask, InRange or NotInRange)",
+                )
             out: list[int | str] = []
             for vi, v in enumerate(values):
                 vp = f"{fp}.values[{vi}]"
@@ -877,15 +1087,19 @@ class _Compiler:
             return ArgFilter(arg.slot, mop, tuple(out))
         if kind in (ARG_STRING, ARG_FD, ARG_FILEPTR):
             if op not in _STRING_OPS:
-                raise _Refuse(f"{fp}.operator", f"operator {op} is not supported on a {ty} arg (use Equal, NotEqual, "
-                              "Prefix, NotPrefix, Postfix or NotPostfix)")
+                raise _Refuse(
+                    f"{fp}.operator",
+                    f"operator {op} is not supported on a {ty} arg (use Equal, NotEqual, "
+                    "Prefix, NotPrefix, Postfix or NotPostfix)",
+                )
             strs: list[int | str] = []
             for vi, v in enumerate(values):
                 s = v.rstrip("\x00") if ty == "string" else v
                 n = len(s.encode())
                 if n > MAX_STRING:
-                    raise _Refuse(f"{fp}.values[{vi}]", f"string values are compared on at most {MAX_STRING} bytes "
-                                  f"({n} given)")
+                    raise _Refuse(
+                        f"{fp}.values[{vi}]", f"string values are compared on at most {MAX_STRING} bytes ({n} given)"
+                    )
                 strs.append(s)
             return ArgFilter(arg.slot, op, tuple(strs))
         if kind == ARG_SOCKADDR:
@@ -932,8 +1146,9 @@ class _Compiler:
         b = sel.match_binaries[0]
         bp = f"{sp}.matchBinaries[0]"
         if b.operator not in ("In", "NotIn", "Prefix", "NotPrefix"):
-            raise _Refuse(f"{bp}.operator", f"matchBinaries {b.operator} is not supported yet (In, NotIn, Prefix, "
-                          "NotPrefix)")
+            raise _Refuse(
+                f"{bp}.operator", f"matchBinaries {b.operator} is not supported yet (In, NotIn, Prefix, NotPrefix)"
+            )
         if len(b.values) > MAX_VALUES:
             raise _Refuse(f"{bp}.values", f"at most {MAX_VALUES} binaries per selector ({len(b.values)} given)")
         for vi, v in enumerate(b.values):
@@ -949,12 +1164,17 @@ class _Compiler:
             return None
         for i, p in enumerate(entries):
             if p.is_namespace_pid:
-                raise _Refuse(f"{sp}.matchPIDs[{i}].isNamespacePID", "isNamespacePID is not supported yet (the sensor "
-                              "compares host PIDs)")
+                raise _Refuse(
+                    f"{sp}.matchPIDs[{i}].isNamespacePID",
+                    "isNamespacePID is not supported yet (the sensor compares host PIDs)",
+                )
         if len(entries) > 1:
             if any(p.operator != "NotIn" or p.follow_forks != entries[0].follow_forks for p in entries):
-                raise _Refuse(f"{sp}.matchPIDs", "only one matchPIDs filter per selector (several NotIn filters with "
-                              "the same followForks are merged)")
+                raise _Refuse(
+                    f"{sp}.matchPIDs",
+                    "only one matchPIDs filter per selector (several NotIn filters with "
+                    "the same followForks are merged)",
+                )
         values: list[int] = []
         for p in entries:
             values += [v for v in p.values if v not in values]
@@ -976,11 +1196,16 @@ class _Compiler:
                 continue
             if name == "Override":
                 if not (self.f.lsm or self.f.override):
-                    raise _Refuse(f"{ap}.action", "Override needs BPF-LSM or kernel error injection; this kernel has "
-                                  "neither: use Sigkill")
+                    raise _Refuse(
+                        f"{ap}.action",
+                        "Override needs BPF-LSM or kernel error injection; this kernel has neither: use Sigkill",
+                    )
                 if not variant.syscalls[0].startswith("__lsm_"):
-                    raise _Refuse(f"{ap}.action", "Override is supported on BPF-LSM hooks (lsmhooks file_open) in this "
-                                  "version; this hook is realised at syscall entry (use Sigkill)")
+                    raise _Refuse(
+                        f"{ap}.action",
+                        "Override is supported on BPF-LSM hooks (lsmhooks file_open) in this "
+                        "version; this hook is realised at syscall entry (use Sigkill)",
+                    )
                 err = abs(int(act.arg_error or 1))
                 if action != "Post":
                     raise _Refuse(f"{ap}.action", f"only one enforcement action per selector ({action} already)")
@@ -988,8 +1213,11 @@ class _Compiler:
                 continue
             if name in ("Sigkill", "Signal", "DenyConnect"):
                 if name == "DenyConnect" and variant.syscalls != ("connect",):
-                    raise _Refuse(f"{ap}.action", "DenyConnect applies only to hooks realised on connect() (it fails "
-                                  "the call with EPERM through the endpoint's cgroup hook)")
+                    raise _Refuse(
+                        f"{ap}.action",
+                        "DenyConnect applies only to hooks realised on connect() (it fails "
+                        "the call with EPERM through the endpoint's cgroup hook)",
+                    )
                 sig = 9 if name == "Sigkill" else act.arg_sig if name == "Signal" else 0
                 if name == "Signal" and not 1 <= sig <= 64:
                     raise _Refuse(f"{ap}.argSig", f"Signal needs argSig, a signal number 1-64 (not {act.arg_sig})")
@@ -1003,13 +1231,17 @@ class _Compiler:
         return action, signal, rate, post
 
     def post_options(self, ap: str, act: ActionSelector) -> None:
-        for fld, name in (("kernel_stack_trace", "kernelStackTrace"), ("user_stack_trace", "userStackTrace"),
-                          ("ima_hash", "imaHash")):
+        for fld, name in (
+            ("kernel_stack_trace", "kernelStackTrace"),
+            ("user_stack_trace", "userStackTrace"),
+            ("ima_hash", "imaHash"),
+        ):
             if getattr(act, fld):
                 raise _Refuse(f"{ap}.{name}", f"{name} is not supported yet")
         if act.rate_limit and act.rate_limit_scope not in ("", "thread"):
-            raise _Refuse(f"{ap}.rateLimitScope", f"rateLimitScope {act.rate_limit_scope} is not supported yet (per "
-                          "thread only)")
+            raise _Refuse(
+                f"{ap}.rateLimitScope", f"rateLimitScope {act.rate_limit_scope} is not supported yet (per thread only)"
+            )
 
 
 def compile_tracing_policy(policy: TracingPolicyBase, features: KernelFeatures) -> CompiledTracingPolicy:
@@ -1020,4 +1252,3 @@ def compile_tracing_policy(policy: TracingPolicyBase, features: KernelFeatures) 
     if c.problems:
         raise PolicyError(list(dict.fromkeys(c.problems)))  # a problem found on several variants is listed once
     return result
-

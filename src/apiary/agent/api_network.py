@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -10,7 +11,10 @@ from aiohttp import web
 from apiary.datapath.datapath import CapacityError
 from apiary.datapath.endpoints import EndpointError
 from apiary.loader import BpfError
+from apiary.observe.hubble import lost_events_response
 from apiary.policy.load import PolicyError
+
+from .network import FlowFollower
 
 if TYPE_CHECKING:
     from .daemon import Agent
@@ -140,29 +144,29 @@ def add_routes(app: web.Application, agent: Agent) -> None:
         follow = q.get("follow", "0") in ("1", "true", "yes")
         resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await resp.prepare(request)
-        import json
-
-        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=agent.cfg.client_queue)
+        fol = FlowFollower(asyncio.Queue(maxsize=agent.cfg.client_queue))
         if follow:
-            n.subscribers.append(queue)
+            n.subscribers.append(fol)
         try:
             backlog = [f for f in n.flows.last(n.flows.capacity) if flt.matches(f)]
             for f in backlog[-last:] if last else []:
                 await resp.write(json.dumps(f, separators=(",", ":")).encode() + b"\n")
             if not follow:
                 return resp
-            dropped_seen = 0
+            reported = 0
             while True:
-                f = await queue.get()
+                f = await fol.queue.get()
+                if fol.dropped > reported:  # never silently: this reader fell behind
+                    lost = lost_events_response("OBSERVER_EVENTS_QUEUE", fol.dropped - reported, agent.cfg.node_name)
+                    reported = fol.dropped
+                    await resp.write(json.dumps(lost, separators=(",", ":")).encode() + b"\n")
                 if flt.matches(f):
                     await resp.write(json.dumps(f, separators=(",", ":")).encode() + b"\n")
-                if queue.qsize() == 0 and dropped_seen:
-                    dropped_seen = 0
         except (ConnectionResetError, asyncio.CancelledError):
             pass
         finally:
-            if queue in n.subscribers:
-                n.subscribers.remove(queue)
+            if fol in n.subscribers:
+                n.subscribers.remove(fol)
         return resp
 
     r = app.router

@@ -36,6 +36,14 @@ from .config import AgentConfig
 
 
 @dataclass
+class FlowFollower:
+    """A streaming `apiary observe --follow`: its queue, and how many flows it missed."""
+
+    queue: asyncio.Queue[dict[str, Any]]
+    dropped: int = 0
+
+
+@dataclass
 class StoredPolicy:
     kind: str
     namespace: str
@@ -71,9 +79,10 @@ class Network:
         self.flows = FlowRing(cfg.flow_buffer)
         self.builder = FlowBuilder(cfg.node_name, self, clock)
         self.metrics = FlowMetrics(registry) if registry is not None else None
-        self.subscribers: list[asyncio.Queue[dict[str, Any]]] = []
+        self.subscribers: list[FlowFollower] = []
         self.flow_records = 0
         self.decode_errors = 0
+        self.client_drops = 0
         # read by the flow path on the event-loop thread; replaced whole after every change
         self._by_id: dict[int, Endpoint] = {}
         self._by_ip: dict[str, Endpoint] = {}
@@ -316,11 +325,12 @@ class Network:
         self.flows.append(resp)
         if self.metrics:
             self.metrics.observe(resp)
-        for q in self.subscribers:
+        for fol in self.subscribers:
             try:
-                q.put_nowait(resp)
+                fol.queue.put_nowait(resp)
             except asyncio.QueueFull:
-                pass  # the follower notices through the ring's sequence numbers
+                fol.dropped += 1  # reported to that follower as lost events (OBSERVER_EVENTS_QUEUE)
+                self.client_drops += 1
 
     def _safe_record(self, buf: memoryview) -> None:
         try:

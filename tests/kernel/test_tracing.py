@@ -287,3 +287,30 @@ def test_rate_limit_and_unsupported_hook(env: tuple[AgentProcess, Net, Path]) ->
     )
     assert r.returncode != 0 and "needs kprobe" in r.stderr and "Traceback" not in r.stderr
     assert all(p["name"] != "xmit" for p in json.loads(net.cli_ok("tp", "list", "-o", "json")))
+
+
+def test_syscall_tracepoint_policy_gives_process_tracepoint_events(env: tuple[AgentProcess, Net, Path]) -> None:
+    _, net, prot = env
+    out = apply(net, f"""
+        apiVersion: cilium.io/v1alpha1
+        kind: TracingPolicy
+        metadata: {{name: mkdirs}}
+        spec:
+          tracepoints:
+          - subsystem: syscalls
+            event: sys_enter_mkdir
+            args:
+            - {{index: 5, type: string}}
+            selectors:
+            - matchArgs:
+              - {{index: 0, operator: Prefix, values: ["{prot}/"]}}
+    """)
+    assert "mkdir" in out
+    assert run_in(net, f"{NS}/plain", f"mkdir {prot}/made-by-test").returncode == 0
+    evs = [e["process_tracepoint"] for e in events(net, kind="tracepoint")
+           if e["process_tracepoint"]["policy_name"] == "mkdirs"]
+    assert evs, "no process_tracepoint event"
+    ev = evs[-1]
+    assert ev["subsys"] == "syscalls" and ev["event"] == "sys_enter_mkdir"
+    assert ev["args"] == [{"string_arg": f"{prot}/made-by-test"}]
+    assert ev["process"]["binary"].endswith("mkdir") and ev["process"]["pod"]["name"] == "plain"

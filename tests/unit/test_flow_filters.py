@@ -19,35 +19,19 @@ from apiary.observe.flowraw import (
     FlowMsg,
 )
 from apiary.observe.hubble import EndpointInfo, FlowBuilder, lost_events_response
-from apiary.policy.types import RuleRef
+from apiary.testing.flows import StaticDirectory
 
 FRONTEND_IP, BACKEND_IP, DNS_IP, WORLD_IP = "10.200.0.10", "10.200.0.11", "10.200.1.5", "192.0.2.7"
 
 
-class Directory:
-    eps = {
-        11: EndpointInfo(11, "frontend-1", "test-namespace", ["k8s:app=frontend", "k8s:tier=web"], 256, FRONTEND_IP),
-        12: EndpointInfo(12, "backend-1", "test-namespace", ["k8s:app=backend"], 257, BACKEND_IP),
-        13: EndpointInfo(13, "coredns-x", "kube-system", ["k8s:k8s-app=kube-dns"], 300, DNS_IP),
-    }
-
-    def endpoint(self, ep_id: int) -> EndpointInfo | None:
-        return self.eps.get(ep_id)
-
-    def endpoint_by_ip(self, ip: str) -> EndpointInfo | None:
-        return next((e for e in self.eps.values() if e.ipv4 == ip), None)
-
-    def identity_labels(self, identity: int) -> list[str]:
-        return []
-
-    def rule(self, rule_id: int) -> RuleRef | None:
-        return None
-
-    def ifname(self, ifindex: int) -> str | None:
-        return None
+EPS = {
+    11: EndpointInfo(11, "frontend-1", "test-namespace", ["k8s:app=frontend", "k8s:tier=web"], 256, FRONTEND_IP),
+    12: EndpointInfo(12, "backend-1", "test-namespace", ["k8s:app=backend"], 257, BACKEND_IP),
+    13: EndpointInfo(13, "coredns-x", "kube-system", ["k8s:k8s-app=kube-dns"], 300, DNS_IP),
+}
 
 
-B = FlowBuilder("node", Directory(), KtimeClock(offset_ns=1_700_000_000_000_000_000))
+B = FlowBuilder("node", StaticDirectory(EPS), KtimeClock(offset_ns=1_700_000_000_000_000_000))
 
 
 def flow(**kw: Any) -> dict[str, Any]:

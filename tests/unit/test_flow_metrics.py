@@ -18,32 +18,15 @@ from apiary.observe.flowraw import (
     FlowMsg,
 )
 from apiary.observe.hubble import EndpointInfo, FlowBuilder, lost_events_response
-from apiary.policy.types import RuleRef
+from apiary.testing.flows import StaticDirectory
+
+EPS = {
+    11: EndpointInfo(11, "frontend", "ns", ["k8s:app=frontend"], 256, "10.200.0.10"),
+    12: EndpointInfo(12, "backend", "ns", ["k8s:app=backend"], 257, "10.200.0.11"),
+}
 
 
-class Directory:
-    eps = {
-        11: EndpointInfo(11, "frontend", "ns", ["k8s:app=frontend"], 256, "10.200.0.10"),
-        12: EndpointInfo(12, "backend", "ns", ["k8s:app=backend"], 257, "10.200.0.11"),
-    }
-
-    def endpoint(self, ep_id: int) -> EndpointInfo | None:
-        return self.eps.get(ep_id)
-
-    def endpoint_by_ip(self, ip: str) -> EndpointInfo | None:
-        return next((e for e in self.eps.values() if e.ipv4 == ip), None)
-
-    def identity_labels(self, identity: int) -> list[str]:
-        return []
-
-    def rule(self, rule_id: int) -> RuleRef | None:
-        return None
-
-    def ifname(self, ifindex: int) -> str | None:
-        return None
-
-
-B = FlowBuilder("node", Directory(), KtimeClock(offset_ns=0))
+B = FlowBuilder("node", StaticDirectory(EPS), KtimeClock(offset_ns=0))
 
 
 def flow(**kw: Any) -> dict[str, Any]:

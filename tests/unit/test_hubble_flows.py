@@ -54,6 +54,7 @@ from apiary.observe.hubble import (
     tcp_flags_summary,
 )
 from apiary.policy.types import RuleRef
+from apiary.testing.flows import StaticDirectory
 
 CONFORMANCE = Path(os.environ.get("APIARY_CONFORMANCE", "/work/shared/conformance"))
 SAMPLES = CONFORMANCE / "events" / "hubble"
@@ -64,37 +65,27 @@ NS = "test-namespace"
 T0 = "2024-01-04T13:23:47.852000000Z"
 
 
-class FakeDirectory:
+class FakeDirectory(StaticDirectory):
     def __init__(self, selecting: dict[tuple[int, bool], list[str]] | None = None) -> None:
-        self.eps = {
-            11: EndpointInfo(
-                11, "frontend", NS, ["k8s:io.kubernetes.pod.namespace=" + NS, "k8s:app=frontend"], 256, FRONTEND_IP
-            ),
-            12: EndpointInfo(
-                12, "backend", NS, ["k8s:app=backend", "k8s:io.kubernetes.pod.namespace=" + NS], 257, BACKEND_IP
-            ),
-        }
-        self.rules = {
-            3: RuleRef("block-backend-access", NS, "CiliumNetworkPolicy", "ingressDeny[0]", 4),
-            5: RuleRef("allow-frontend", NS, "CiliumNetworkPolicy", "ingress[0]", 4, ("k8s:custom=yes",)),
-            6: RuleRef("deny-world", "", "CiliumClusterwideNetworkPolicy", "egressDeny[1]", 9),
-        }
+        super().__init__(
+            eps={
+                11: EndpointInfo(
+                    11, "frontend", NS, ["k8s:io.kubernetes.pod.namespace=" + NS, "k8s:app=frontend"], 256,
+                    FRONTEND_IP,
+                ),
+                12: EndpointInfo(
+                    12, "backend", NS, ["k8s:app=backend", "k8s:io.kubernetes.pod.namespace=" + NS], 257, BACKEND_IP
+                ),
+            },
+            labels={16777217: ["cidr:192.0.2.0/24", "reserved:world"]},
+            rules={
+                3: RuleRef("block-backend-access", NS, "CiliumNetworkPolicy", "ingressDeny[0]", 4),
+                5: RuleRef("allow-frontend", NS, "CiliumNetworkPolicy", "ingress[0]", 4, ("k8s:custom=yes",)),
+                6: RuleRef("deny-world", "", "CiliumClusterwideNetworkPolicy", "egressDeny[1]", 9),
+            },
+            ifnames={21: "lxcfront", 22: "lxcback"},
+        )
         self.selecting = selecting
-
-    def endpoint(self, ep_id: int) -> EndpointInfo | None:
-        return self.eps.get(ep_id)
-
-    def endpoint_by_ip(self, ip: str) -> EndpointInfo | None:
-        return next((e for e in self.eps.values() if e.ipv4 == ip), None)
-
-    def identity_labels(self, identity: int) -> list[str]:
-        return {16777217: ["cidr:192.0.2.0/24", "reserved:world"]}.get(identity, [])
-
-    def rule(self, rule_id: int) -> RuleRef | None:
-        return self.rules.get(rule_id)
-
-    def ifname(self, ifindex: int) -> str | None:
-        return {21: "lxcfront", 22: "lxcback"}.get(ifindex)
 
 
 class SelectingDirectory(FakeDirectory):

@@ -76,6 +76,20 @@ def _req(ctx: click.Context, method: str, path: str, **kw: Any) -> Any:
     return r.json()
 
 
+def read_file_arg(path: str) -> str:
+    """The text of `-f PATH` (`-` is standard input); one clear line when it cannot be read."""
+    try:
+        return sys.stdin.read() if path == "-" else open(path).read()
+    except OSError as e:
+        _fail(f"-f {path}: {e.strerror}", 2)
+    return ""
+
+
+def post_yaml(ctx: click.Context, url: str, path: str) -> Any:
+    """POST the YAML of `-f PATH` to the agent."""
+    return _req(ctx, "POST", url, content=read_file_arg(path).encode(), headers={"Content-Type": "application/yaml"})
+
+
 def _labels(values: tuple[str, ...]) -> dict[str, str]:
     out = {}
     for item in values:
@@ -203,11 +217,9 @@ def policy() -> None:
 @click.pass_context
 def policy_apply(ctx: click.Context, path: str) -> None:
     """Apply every policy in a YAML file, all or nothing."""
-    try:
-        text = sys.stdin.read() if path == "-" else open(path).read()
-    except OSError as e:
-        _fail(f"-f {path}: {e.strerror}", 2)
-    res = _req(ctx, "POST", "/v1/policies", content=text.encode(), headers={"Content-Type": "application/yaml"})
+    res = _req(
+        ctx, "POST", "/v1/policies", content=read_file_arg(path).encode(), headers={"Content-Type": "application/yaml"}
+    )
     for a in res["applied"]:
         where = f"{a['namespace']}/" if a["namespace"] else ""
         click.echo(f"{a['kind'].lower()}.cilium.io/{where}{a['name']} {a['action']} (revision {a['revision']})")

@@ -3,21 +3,12 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import click
 from rich.table import Table
 
-from .network_cmds import _fail, _req
+from .network_cmds import _fail, _req, post_yaml, read_file_arg
 from .output import console
-
-
-def _read(path: str) -> str:
-    try:
-        return sys.stdin.read() if path == "-" else open(path).read()
-    except OSError as e:
-        _fail(f"-f {path}: {e.strerror}", 2)
-    return ""
 
 
 @click.group("tracingpolicy")
@@ -30,16 +21,16 @@ def tracingpolicy() -> None:
 @click.pass_context
 def tp_apply(ctx: click.Context, path: str) -> None:
     """Apply every policy in a file, all or nothing; prints how each hook is realised on this kernel."""
-    res = _req(
-        ctx, "POST", "/v1/tracingpolicies", content=_read(path).encode(), headers={"Content-Type": "application/yaml"}
-    )
+    res = post_yaml(ctx, "/v1/tracingpolicies", path)
     for p in res:
         where = f"{p['namespace']}/" if p["namespace"] else ""
         click.echo(f"tracingpolicy {where}{p['name']} {p['action']} (mode {p['mode']})")
-        for h in p["hooks"]:
-            click.echo(f"  {h['source']}: {h['realisation']}")
+        shown = {f"{h['source']}: {h['realisation']}" for h in p["hooks"]}
+        for line in sorted(shown):
+            click.echo(f"  {line}")
         for n in p["notes"]:
-            click.echo(f"  note: {n}")
+            if n not in shown:  # the compiler also lists each realisation among its notes
+                click.echo(f"  note: {n}")
 
 
 @tracingpolicy.command("list")
@@ -102,6 +93,6 @@ def tp_convert(path: str) -> None:
     from apiary.tracing.load import convert_seed
 
     try:
-        click.echo(convert_seed(_read(path)), nl=False)
+        click.echo(convert_seed(read_file_arg(path)), nl=False)
     except PolicyError as e:
         _fail(str(e), 1)

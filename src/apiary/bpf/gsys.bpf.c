@@ -102,6 +102,30 @@ struct {
 	__type(value, __s32);
 } gs_verdict SEC(".maps");
 
+/* return hooks: the entry's event, completed at exit */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 1024);
+	__type(key, struct gs_pend_key);
+	__type(value, struct gs_event);
+} gs_pending SEC(".maps");
+
+/* followChildren / followForks: per process, bit i = slot i matched it or an ancestor */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u32);
+	__type(value, __u64);
+} gs_mb SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, GS_FOLLOW);
+	__type(key, __u32);
+	__type(value, struct gs_follow);
+} gs_follow SEC(".maps");
+
 static __always_inline void gs_count(__u32 hook, __u32 what)
 {
 	__u32 idx = (hook * 4 + what) % (GS_HOOKS * 4);
@@ -112,11 +136,40 @@ static __always_inline void gs_count(__u32 hook, __u32 what)
 
 struct hooks_ctx {
 	__u64 args[6]; /* the syscall's arguments, copied from the tracepoint record */
+	__u64 rec;     /* generic tracepoints: the record's address (fields read by offset) */
 	__u32 nr;
 };
 
-static __always_inline __u64 reg_arg(struct hooks_ctx *hc, __u8 idx)
+static __always_inline __u64 reg_arg(struct hooks_ctx *hc, struct gs_hook *h, int a)
 {
+	if (hc->rec) { /* a tracepoint field: offset and size from the format file */
+		__u16 off = 0;
+		__u8 size = 8, kind = 0;
+		switch (a) {
+#define GS_F(q) case q: off = h->arg_off[q]; size = h->arg_size[q]; kind = h->arg_kind[q]; break;
+		GS_F(0) GS_F(1) GS_F(2) GS_F(3) GS_F(4)
+#undef GS_F
+		}
+		if (kind == GS_ARG_CHARS)
+			return hc->rec + off; /* read as a string from there */
+		__u64 v = 0;
+		if (size > 8)
+			size = 8;
+		bpf_probe_read_kernel(&v, size & 15, (void *)(hc->rec + off));
+		if (kind == GS_ARG_INT && size < 8) {
+			__u32 sh = 64 - size * 8;
+			v = (__u64)(((__s64)(v << sh)) >> sh);
+		}
+		return v;
+	}
+	__u8 idx = 0;
+	switch (a) {
+	case 0: idx = h->arg_index[0]; break;
+	case 1: idx = h->arg_index[1]; break;
+	case 2: idx = h->arg_index[2]; break;
+	case 3: idx = h->arg_index[3]; break;
+	case 4: idx = h->arg_index[4]; break;
+	}
 	switch (idx) { /* constant offsets */
 	case 0: return hc->args[0];
 	case 1: return hc->args[1];
@@ -145,11 +198,28 @@ static __always_inline struct file *fd_file(__u64 fd)
 static __always_inline void read_arg(struct gs_event *ev, struct gs_hook *h, struct hooks_ctx *hc, int a)
 {
 	__u8 kind = h->arg_kind[a];
-	__u64 v = reg_arg(hc, h->arg_index[a]);
+	__u64 v = reg_arg(hc, h, a);
 	ev->ints[a] = v;
 	ev->slen[a] = 0;
-	if (kind == GS_ARG_STRING) {
-		long n = bpf_probe_read_user_str(ev->str[a], GS_ARGSTR, (void *)v);
+	if (kind == GS_ARG_STRING || kind == GS_ARG_KSTRING || kind == GS_ARG_CHARS || kind == GS_ARG_DATALOC) {
+		long n;
+		if (kind == GS_ARG_STRING)
+			n = bpf_probe_read_user_str(ev->str[a], GS_ARGSTR, (void *)v);
+		else if (kind == GS_ARG_DATALOC)
+			n = bpf_probe_read_kernel_str(ev->str[a], GS_ARGSTR, (void *)(hc->rec + (v & 0xffff)));
+		else if (kind == GS_ARG_CHARS) {
+			__u32 cap = GS_ARGSTR;
+			switch (a) {
+#define GS_S(q) case q: cap = h->arg_size[q]; break;
+			GS_S(0) GS_S(1) GS_S(2) GS_S(3) GS_S(4)
+#undef GS_S
+			}
+			if (cap > GS_ARGSTR || cap == 0)
+				cap = GS_ARGSTR;
+			cap = ((cap - 1) & (GS_ARGSTR - 1)) + 1;
+			n = bpf_probe_read_kernel_str(ev->str[a], cap, (void *)v);
+		} else
+			n = bpf_probe_read_kernel_str(ev->str[a], GS_ARGSTR, (void *)v);
 		ev->slen[a] = n > 0 ? n - 1 : 0;
 		if (n == GS_ARGSTR)
 			ev->flags |= GS_EV_TRUNC;
@@ -279,6 +349,38 @@ static __always_inline struct gs_selector *sel_at(struct gs_hook *h, __u32 si)
 	return 0;
 }
 
+static __always_inline int int_match(struct gs_filter *f, __u8 kind, __s64 x)
+{
+	__u8 op = f->op;
+	__u32 n = f->nvals;
+	int any = 0;
+	for (int v = 0; v < GS_VALS; v++) {
+		if (v >= n)
+			break;
+		__s64 lo = f->ints[v][0], hi = f->ints[v][1];
+		switch (op) {
+		case GS_OP_EQUAL:
+		case GS_OP_NOTEQUAL:
+			any |= x == lo;
+			break;
+		case GS_OP_GT:
+			any |= kind == GS_ARG_UINT ? (__u64)x > (__u64)lo : x > lo;
+			break;
+		case GS_OP_LT:
+			any |= kind == GS_ARG_UINT ? (__u64)x < (__u64)lo : x < lo;
+			break;
+		case GS_OP_MASK:
+			any |= (x & lo) != 0;
+			break;
+		case GS_OP_INRANGE:
+		case GS_OP_NOTINRANGE:
+			any |= kind == GS_ARG_UINT ? ((__u64)x >= (__u64)lo && (__u64)x <= (__u64)hi) : (x >= lo && x <= hi);
+			break;
+		}
+	}
+	return (op == GS_OP_NOTEQUAL || op == GS_OP_NOTINRANGE) ? !any : any;
+}
+
 /* Global functions are verified once, on their own: this keeps the selector evaluation linear for
  * the verifier instead of multiplying with every caller's states. */
 __noinline int gs_match_filter(__u32 hid, __u32 si, __u32 fi)
@@ -321,7 +423,8 @@ __noinline int gs_match_filter(__u32 hid, __u32 si, __u32 fi)
 		alen = GS_ARGSTR - 1;
 	__u8 op = f->op;
 	__u32 n = f->nvals;
-	if (kind == GS_ARG_STRING || kind == GS_ARG_FD || kind == GS_ARG_FILEPTR) {
+	if (kind == GS_ARG_STRING || kind == GS_ARG_FD || kind == GS_ARG_FILEPTR || kind == GS_ARG_KSTRING ||
+	    kind == GS_ARG_CHARS || kind == GS_ARG_DATALOC) {
 		int mode = (op == GS_OP_EQUAL || op == GS_OP_NOTEQUAL) ? 0 : (op == GS_OP_PREFIX || op == GS_OP_NOTPREFIX) ? 1 : 2;
 		int any = 0;
 		for (int v = 0; v < GS_VALS; v++) {
@@ -347,33 +450,40 @@ __noinline int gs_match_filter(__u32 hid, __u32 si, __u32 fi)
 		}
 		return (op == GS_OP_NOTDADDR || op == GS_OP_NOTDPORT) ? !any : any;
 	}
-	if (kind == GS_ARG_INT || kind == GS_ARG_UINT) {
-		int any = 0;
-		for (int v = 0; v < GS_VALS; v++) {
-			if (v >= n)
-				break;
-			__s64 lo = f->ints[v][0], hi = f->ints[v][1];
-			switch (op) {
-			case GS_OP_EQUAL:
-			case GS_OP_NOTEQUAL:
-				any |= x == lo;
-				break;
-			case GS_OP_GT:
-				any |= kind == GS_ARG_UINT ? (__u64)x > (__u64)lo : x > lo;
-				break;
-			case GS_OP_LT:
-				any |= kind == GS_ARG_UINT ? (__u64)x < (__u64)lo : x < lo;
-				break;
-			case GS_OP_MASK:
-				any |= (x & lo) != 0;
-				break;
-			case GS_OP_INRANGE:
-			case GS_OP_NOTINRANGE:
-				any |= kind == GS_ARG_UINT ? ((__u64)x >= (__u64)lo && (__u64)x <= (__u64)hi) : (x >= lo && x <= hi);
-				break;
-			}
-		}
-		return (op == GS_OP_NOTEQUAL || op == GS_OP_NOTINRANGE) ? !any : any;
+	if (kind == GS_ARG_INT || kind == GS_ARG_UINT)
+		return int_match(f, kind, x);
+	return 0;
+}
+
+static __always_inline int mb_bit(__u32 tgid, __u8 slot)
+{
+	if (!slot)
+		return 0;
+	__u64 *bits = bpf_map_lookup_elem(&gs_mb, &tgid);
+	return bits && (*bits >> ((slot - 1) & 63)) & 1;
+}
+
+/* the inode number of the current task's namespace of a type (what /proc/PID/ns/<type> shows) */
+static __always_inline __u32 ns_inum(struct task_struct *t, __u8 type)
+{
+	struct nsproxy *nsp = BPF_CORE_READ(t, nsproxy);
+	switch (type) {
+	case GS_NS_UTS: return BPF_CORE_READ(nsp, uts_ns, ns.inum);
+	case GS_NS_IPC: return BPF_CORE_READ(nsp, ipc_ns, ns.inum);
+	case GS_NS_MNT: return BPF_CORE_READ(nsp, mnt_ns, ns.inum);
+	case GS_NS_PID: {
+		struct pid *p = BPF_CORE_READ(t, thread_pid);
+		unsigned int level = BPF_CORE_READ(p, level);
+		struct upid up = {};
+		bpf_probe_read_kernel(&up, sizeof(up), (void *)((long)&p->numbers[0] + (long)(level & 31) * sizeof(struct upid)));
+		return BPF_CORE_READ(up.ns, ns.inum);
+	}
+	case GS_NS_PID_FOR_CHILDREN: return BPF_CORE_READ(nsp, pid_ns_for_children, ns.inum);
+	case GS_NS_NET: return BPF_CORE_READ(nsp, net_ns, ns.inum);
+	case GS_NS_TIME: return BPF_CORE_READ(nsp, time_ns, ns.inum);
+	case GS_NS_TIME_FOR_CHILDREN: return BPF_CORE_READ(nsp, time_ns_for_children, ns.inum);
+	case GS_NS_CGROUP: return BPF_CORE_READ(nsp, cgroup_ns, ns.inum);
+	case GS_NS_USER: return BPF_CORE_READ(t, cred, user_ns, ns.inum);
 	}
 	return 0;
 }
@@ -392,6 +502,8 @@ __noinline int gs_match_process(__u32 hid, __u32 si)
 		for (int v = 0; v < GS_VALS; v++)
 			if (v < sel->npids && sel->pids[v] == tgid)
 				any = 1;
+		if (!any)
+			any = mb_bit(tgid, sel->pid_follow);
 		if ((sel->pid_op == GS_BIN_IN) != any)
 			return 0;
 	}
@@ -405,9 +517,39 @@ __noinline int gs_match_process(__u32 hid, __u32 si)
 		for (int v = 0; v < GS_VALS; v++)
 			if (v < sel->nbins && !any)
 				any = hash_match(hs->bin, hs->bin, hs->bin_len, sel->bin_hash[v], sel->bin_lens[v], mode);
+		if (!any)
+			any = mb_bit(tgid, sel->bin_follow);
 		int neg = sel->bin_op == GS_BIN_NOTIN || sel->bin_op == GS_BIN_NOTPREFIX;
 		if (neg ? any : !any)
 			return 0;
+	}
+	if (sel->nns || sel->cap_type) {
+		struct task_struct *t = (void *)bpf_get_current_task();
+		for (int e = 0; e < GS_NS; e++) {
+			if (e >= sel->nns)
+				break;
+			struct gs_nsf *nf = &sel->ns[e];
+			__u32 inum = ns_inum(t, nf->type);
+			int any = 0;
+			for (int v = 0; v < GS_VALS; v++)
+				if (v < nf->n && nf->vals[v] == inum)
+					any = 1;
+			if ((nf->op == GS_BIN_IN) != any)
+				return 0;
+		}
+		if (sel->cap_type) {
+			const struct cred *cr = BPF_CORE_READ(t, cred);
+			__u64 caps = 0;
+			if (sel->cap_type == 1)
+				bpf_probe_read_kernel(&caps, 8, __builtin_preserve_access_index(&cr->cap_effective));
+			else if (sel->cap_type == 2)
+				bpf_probe_read_kernel(&caps, 8, __builtin_preserve_access_index(&cr->cap_inheritable));
+			else
+				bpf_probe_read_kernel(&caps, 8, __builtin_preserve_access_index(&cr->cap_permitted));
+			int any = (caps & sel->cap_mask) != 0;
+			if ((sel->cap_op == GS_BIN_IN) != any)
+				return 0;
+		}
 	}
 	return 1;
 }
@@ -415,7 +557,8 @@ __noinline int gs_match_process(__u32 hid, __u32 si)
 struct eval_ctx {
 	__u32 hook;
 	__s32 matched;
-	__u32 ok;
+	__u32 all;  /* return hooks: evaluate every selector's entry parts, collect a mask */
+	__u32 mask;
 };
 
 /* slot i = selector (i / GS_FILTERS), filter (i % GS_FILTERS): all filters of a selector AND */
@@ -438,8 +581,74 @@ static long eval_step(__u32 i, void *data)
 		if (!gs_match_filter(hid, i, fi))
 			return 0;
 	}
+	if (c->all) {
+		c->mask |= 1 << (i & 7);
+		return 0;
+	}
 	c->matched = i;
 	return 1;
+}
+
+/* the matched selector's action, then the event (rate limited); ev may be a map value */
+static __always_inline void act_and_post(struct gs_event *ev, struct gs_hook *h, __u32 hid, __s32 matched,
+					 __u8 action, __u8 post, __u8 sig, __u64 rate, __u64 pid_tgid)
+{
+	__u32 zero = 0, tgid = pid_tgid >> 32;
+	gs_count(hid, GS_CNT_MATCHED);
+	ev->selector = matched;
+	ev->action = action;
+	int monitor = h->flags & GS_F_MONITOR;
+	if (action == GS_ACT_SIGKILL || action == GS_ACT_SIGNAL) {
+		if (monitor) {
+			ev->flags |= GS_EV_MONITOR;
+		} else {
+			bpf_send_signal(action == GS_ACT_SIGKILL ? 9 : sig);
+			ev->flags |= GS_EV_ENFORCED;
+			gs_count(hid, GS_CNT_ENFORCED);
+		}
+	} else if (action == GS_ACT_OVERRIDE) {
+		if (monitor) {
+			ev->flags |= GS_EV_MONITOR;
+		} else {
+			__s32 *verdict = bpf_map_lookup_elem(&gs_verdict, &zero);
+			if (verdict)
+				*verdict = -(__s32)sig;
+			ev->flags |= GS_EV_ENFORCED;
+			gs_count(hid, GS_CNT_ENFORCED);
+		}
+	} else if (action == GS_ACT_DENYCONNECT) {
+		if (monitor) {
+			ev->flags |= GS_EV_MONITOR;
+		} else {
+			__u32 tid = (__u32)pid_tgid;
+			bpf_map_update_elem(&gs_deny, &tid, &hid, BPF_ANY);
+			ev->flags |= GS_EV_ENFORCED;
+			gs_count(hid, GS_CNT_ENFORCED);
+		}
+	}
+	if (!post)
+		return;
+	if (rate) {
+		__u64 rk = ((__u64)hid << 40) | ((__u64)(matched & 0xff) << 32) | tgid;
+		__u64 *last = bpf_map_lookup_elem(&gs_rate, &rk);
+		if (last && ev->ktime - *last < rate)
+			return;
+		bpf_map_update_elem(&gs_rate, &rk, &ev->ktime, BPF_ANY);
+	}
+	/* send up to the last string slot in use: an event without strings is ~130 bytes, not 1.4 KB */
+	__u32 size = offsetof(struct gs_event, str);
+	__u32 nstr = 0;
+	for (__u32 a = 0; a < GS_ARGS; a++)
+		if (a < ev->nargs && ev->slen[a])
+			nstr = a + 1;
+	size += nstr * GS_ARGSTR;
+	if (size > sizeof(*ev))
+		size = sizeof(*ev);
+	ev->size = size;
+	if (bpf_ringbuf_output(&events, ev, size, 0))
+		gs_count(hid, GS_CNT_LOST);
+	else
+		gs_count(hid, GS_CNT_POSTED);
 }
 
 static long run_hook(__u32 i, void *data)
@@ -489,13 +698,27 @@ static long run_hook(__u32 i, void *data)
 	for (__u32 a = 0; a < GS_ARGS; a++) {
 		if (a >= h->nargs)
 			break;
-		__u8 k = h->arg_kind[a];
-		if (k == GS_ARG_STRING || k == GS_ARG_FD || k == GS_ARG_FILEPTR)
+		if (h->hash_mask & (1 << a)) /* only what some selector compares */
 			hash_arg(a, ev->slen[a], 0);
 	}
 	if (h->flags & GS_F_BINARIES) {
 		struct proc_binary *pb = bpf_map_lookup_elem(&binaries, &tgid);
 		hash_arg(GS_ARGS, pb ? pb->len : 0, pb);
+	}
+	if (h->flags & GS_F_RETURN) {
+		/* decided at exit: keep the entry's arguments and which selectors' entry parts matched */
+		__u8 mask = 0xff;
+		if (h->nsel) {
+			struct eval_ctx c = {.hook = hid, .matched = -1, .all = 1};
+			bpf_loop(GS_SELECTORS, eval_step, &c, 0);
+			if (!c.mask)
+				return 0;
+			mask = c.mask;
+		}
+		ev->sel_mask = mask;
+		struct gs_pend_key pk = {.tid = (__u32)pid_tgid, .hook = hid};
+		bpf_map_update_elem(&gs_pending, &pk, ev, BPF_ANY);
+		return 0;
 	}
 	__u8 action = GS_ACT_POST, post = 1, sig = 0;
 	__u64 rate = 0;
@@ -512,51 +735,7 @@ static long run_hook(__u32 i, void *data)
 		sig = sel->signal;
 		rate = sel->rate_ns;
 	}
-	gs_count(hid, GS_CNT_MATCHED);
-	ev->selector = matched;
-	ev->action = action;
-	int monitor = h->flags & GS_F_MONITOR;
-	if (action == GS_ACT_SIGKILL || action == GS_ACT_SIGNAL) {
-		if (monitor) {
-			ev->flags |= GS_EV_MONITOR;
-		} else {
-			bpf_send_signal(action == GS_ACT_SIGKILL ? 9 : sig);
-			ev->flags |= GS_EV_ENFORCED;
-			gs_count(hid, GS_CNT_ENFORCED);
-		}
-	} else if (action == GS_ACT_OVERRIDE) {
-		if (monitor) {
-			ev->flags |= GS_EV_MONITOR;
-		} else {
-			__s32 *verdict = bpf_map_lookup_elem(&gs_verdict, &zero);
-			if (verdict)
-				*verdict = -(__s32)sig;
-			ev->flags |= GS_EV_ENFORCED;
-			gs_count(hid, GS_CNT_ENFORCED);
-		}
-	} else if (action == GS_ACT_DENYCONNECT) {
-		if (monitor) {
-			ev->flags |= GS_EV_MONITOR;
-		} else {
-			__u32 tid = (__u32)pid_tgid;
-			bpf_map_update_elem(&gs_deny, &tid, &hid, BPF_ANY);
-			ev->flags |= GS_EV_ENFORCED;
-			gs_count(hid, GS_CNT_ENFORCED);
-		}
-	}
-	if (!post)
-		return 0;
-	if (rate) {
-		__u64 rk = ((__u64)hid << 40) | ((__u64)(matched & 0xff) << 32) | tgid;
-		__u64 *last = bpf_map_lookup_elem(&gs_rate, &rk);
-		if (last && ev->ktime - *last < rate)
-			return 0;
-		bpf_map_update_elem(&gs_rate, &rk, &ev->ktime, BPF_ANY);
-	}
-	if (bpf_ringbuf_output(&events, ev, sizeof(*ev), 0))
-		gs_count(hid, GS_CNT_LOST);
-	else
-		gs_count(hid, GS_CNT_POSTED);
+	act_and_post(ev, h, hid, matched, action, post, sig, rate, pid_tgid);
 	return 0;
 }
 
@@ -580,14 +759,122 @@ int gs_sys_enter(struct trace_event_raw_sys_enter *ctx)
 	return 0;
 }
 
-/* BPF-LSM file_open (kernels that have BPF-LSM; the loader enables it only there): the same hooks and
- * selectors, with the struct file as argument 0; an Override selector makes the open fail. */
-SEC("lsm/file_open")
-int BPF_PROG(gs_file_open, struct file *file, int ret)
+__noinline int gs_match_ret(__u32 hid, __u32 si, __s64 ret)
 {
-	if (ret)
-		return ret;
-	__u32 nr = GS_NR_LSM_FILE_OPEN, zero = 0;
+	struct gs_hook *h = bpf_map_lookup_elem(&gs_hooks, &hid);
+	if (!h)
+		return 0;
+	struct gs_selector *sel = sel_at(h, si);
+	if (!sel)
+		return 0;
+	if (!sel->nret)
+		return 1;
+	return int_match(&sel->ret, h->ret_kind, ret);
+}
+
+struct exit_ctx {
+	__s64 ret;
+	__u32 nr;
+};
+
+/* return hooks: complete the entry's event with the return value; the first selector (in order) whose
+ * entry parts matched and whose matchReturnArgs passes decides */
+static long exit_hook(__u32 i, void *data)
+{
+	struct exit_ctx *xc = data;
+	__u32 nr = xc->nr;
+	struct gs_sys *sh = bpf_map_lookup_elem(&gs_syscalls, &nr);
+	__u32 idx = i;
+	barrier_var(idx);
+	if (!sh || idx >= GS_PER_SYSCALL)
+		return 1;
+	__u32 hid = sh->hooks[idx];
+	struct gs_hook *h = bpf_map_lookup_elem(&gs_hooks, &hid);
+	if (!h || !(h->flags & GS_F_RETURN))
+		return 0;
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct gs_pend_key pk = {.tid = (__u32)pid_tgid, .hook = hid};
+	struct gs_event *ev = bpf_map_lookup_elem(&gs_pending, &pk);
+	if (!ev)
+		return 0;
+	ev->ret = xc->ret;
+	ev->ktime = bpf_ktime_get_ns();
+	__u8 action = GS_ACT_POST, post = 1, sig = 0;
+	__u64 rate = 0;
+	__s32 matched = -1;
+	if (h->nsel) {
+		__u8 mask = ev->sel_mask;
+		for (__u32 si = 0; si < GS_SELECTORS; si++) {
+			if (si >= h->nsel)
+				break;
+			if ((mask >> si) & 1 && gs_match_ret(hid, si, xc->ret)) {
+				matched = si;
+				break;
+			}
+		}
+		struct gs_selector *sel = matched >= 0 ? sel_at(h, matched) : 0;
+		if (!sel) {
+			bpf_map_delete_elem(&gs_pending, &pk);
+			return 0;
+		}
+		action = sel->action;
+		post = sel->post;
+		sig = sel->signal;
+		rate = sel->rate_ns;
+	}
+	act_and_post(ev, h, hid, matched, action, post, sig, rate, pid_tgid);
+	bpf_map_delete_elem(&gs_pending, &pk);
+	return 0;
+}
+
+static __always_inline int run_exit(__u32 nr, __s64 ret)
+{
+	struct gs_sys *sh = bpf_map_lookup_elem(&gs_syscalls, &nr);
+	if (!sh)
+		return 0;
+	struct exit_ctx xc = {.ret = ret, .nr = nr};
+	__u32 n = sh->n;
+	if (n > GS_PER_SYSCALL)
+		n = GS_PER_SYSCALL;
+	bpf_loop(n, exit_hook, &xc, 0);
+	return 0;
+}
+
+/* Attached to syscalls/sys_exit_<name> of each syscall a return hook watches. */
+SEC("tracepoint")
+int gs_sys_exit(struct trace_event_raw_sys_exit *ctx)
+{
+	return run_exit((__u32)ctx->id, ctx->ret);
+}
+
+/* kretprobes and uretprobes (the cookie names the hooks, as for the entry) */
+SEC("kprobe")
+int gs_kretprobe(struct pt_regs *ctx)
+{
+	return run_exit((__u32)bpf_get_attach_cookie(ctx), PT_REGS_RC(ctx));
+}
+
+/* Any other tracepoint: the attach cookie names the hooks; fields are read from the record by the offsets
+ * and sizes of its format file. */
+SEC("tracepoint")
+int gs_tp(void *ctx)
+{
+	__u32 nr = (__u32)bpf_get_attach_cookie(ctx);
+	struct gs_sys *sh = bpf_map_lookup_elem(&gs_syscalls, &nr);
+	if (!sh)
+		return 0;
+	struct hooks_ctx hc = {.nr = nr};
+	bpf_probe_read_kernel(&hc.rec, sizeof(hc.rec), &ctx);
+	__u32 n = sh->n;
+	if (n > GS_PER_SYSCALL)
+		n = GS_PER_SYSCALL;
+	bpf_loop(n, run_hook, &hc, 0);
+	return 0;
+}
+
+static __always_inline int lsm_run(__u32 nr, __u64 a0, __u64 a1)
+{
+	__u32 zero = 0;
 	struct gs_sys *sh = bpf_map_lookup_elem(&gs_syscalls, &nr);
 	if (!sh)
 		return 0;
@@ -596,14 +883,46 @@ int BPF_PROG(gs_file_open, struct file *file, int ret)
 		return 0;
 	*verdict = 0;
 	struct hooks_ctx hc = {.nr = nr};
-	/* copy the pointer as plain bytes: the hooks read it with probe reads, like any syscall argument */
-	bpf_probe_read_kernel(&hc.args[0], sizeof(hc.args[0]), &file);
+	hc.args[0] = a0;
+	hc.args[1] = a1;
 	__u32 n = sh->n;
 	if (n > GS_PER_SYSCALL)
 		n = GS_PER_SYSCALL;
 	bpf_loop(n, run_hook, &hc, 0);
 	verdict = bpf_map_lookup_elem(&gs_verdict, &zero);
 	return verdict ? *verdict : 0;
+}
+
+/* BPF-LSM hooks (kernels that have BPF-LSM; the loader enables them only there, and attaches each only
+ * while a policy uses it): the same hooks and selectors; an Override selector makes the operation fail. */
+SEC("lsm/file_open")
+int BPF_PROG(gs_file_open, struct file *file, int ret)
+{
+	if (ret)
+		return ret;
+	__u64 f = 0;
+	/* copy the pointer as plain bytes: the hooks read it with probe reads, like any syscall argument */
+	bpf_probe_read_kernel(&f, sizeof(f), &file);
+	return lsm_run(GS_NR_LSM_FILE_OPEN, f, 0);
+}
+
+SEC("lsm/file_permission")
+int BPF_PROG(gs_file_permission, struct file *file, int mask, int ret)
+{
+	if (ret)
+		return ret;
+	__u64 f = 0;
+	bpf_probe_read_kernel(&f, sizeof(f), &file);
+	return lsm_run(GS_NR_LSM_FILE_PERMISSION, f, (__u64)mask);
+}
+
+SEC("lsm/bprm_check_security")
+int BPF_PROG(gs_bprm_check_security, struct linux_binprm *bprm, int ret)
+{
+	if (ret)
+		return ret;
+	__u64 f = (__u64)BPF_CORE_READ(bprm, file);
+	return lsm_run(GS_NR_LSM_BPRM_CHECK, f, 0);
 }
 
 /* kprobes (kernels that have them; the loader enables this program only there): one program attached
@@ -628,6 +947,83 @@ int gs_kprobe(struct pt_regs *ctx)
 	return 0;
 }
 
+struct follow_ctx {
+	__u64 bits;
+	__u32 ptgid; /* fork: the parent */
+	__u32 exec;  /* 1: match binary slots against the new image, 0: pid slots against the parent */
+};
+
+static long follow_step(__u32 i, void *data)
+{
+	struct follow_ctx *fc = data;
+	__u32 slot = i;
+	struct gs_follow *f = bpf_map_lookup_elem(&gs_follow, &slot);
+	if (!f || !f->kind)
+		return 0;
+	int any = 0;
+	if (fc->exec && f->kind == GS_FOLLOW_BIN) {
+		__u32 zero = 0;
+		struct gs_hashes *hs = bpf_map_lookup_elem(&gs_hash, &zero);
+		if (!hs)
+			return 1;
+		int mode = f->op == GS_BIN_PREFIX ? 1 : 0;
+		for (int v = 0; v < GS_VALS; v++)
+			if (v < f->n && !any)
+				any = hash_match(hs->bin, hs->bin, hs->bin_len, f->hash[v], f->lens[v], mode);
+	} else if (!fc->exec && f->kind == GS_FOLLOW_PID) {
+		for (int v = 0; v < GS_VALS; v++)
+			if (v < f->n && f->pids[v] == fc->ptgid)
+				any = 1;
+	}
+	if (any)
+		fc->bits |= 1ULL << (i & 63);
+	return 0;
+}
+
+/* followChildren: a process whose image matches a slot's binaries gets its bit; children inherit it */
+SEC("tp_btf/sched_process_exec")
+int BPF_PROG(gs_follow_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	__u64 *cur = bpf_map_lookup_elem(&gs_mb, &tgid);
+	struct follow_ctx fc = {.bits = cur ? *cur : 0, .exec = 1};
+	__u64 before = fc.bits;
+	struct proc_binary *pb = bpf_map_lookup_elem(&binaries, &tgid); /* the process sensor ran first */
+	if (!pb)
+		return 0;
+	hash_arg(GS_ARGS, pb->len, pb);
+	bpf_loop(GS_FOLLOW, follow_step, &fc, 0);
+	if (fc.bits != before)
+		bpf_map_update_elem(&gs_mb, &tgid, &fc.bits, BPF_ANY);
+	return 0;
+}
+
+/* a new process inherits its parent's bits; followForks slots of the parent's pid set theirs */
+SEC("tp_btf/sched_process_fork")
+int BPF_PROG(gs_follow_fork, struct task_struct *parent, struct task_struct *child)
+{
+	__u32 pid = BPF_CORE_READ(child, pid), tgid = BPF_CORE_READ(child, tgid);
+	if (pid != tgid)
+		return 0;
+	__u32 ptgid = BPF_CORE_READ(parent, tgid);
+	__u64 *pbits = bpf_map_lookup_elem(&gs_mb, &ptgid);
+	struct follow_ctx fc = {.bits = pbits ? *pbits : 0, .ptgid = ptgid};
+	bpf_loop(GS_FOLLOW, follow_step, &fc, 0);
+	if (fc.bits)
+		bpf_map_update_elem(&gs_mb, &tgid, &fc.bits, BPF_ANY);
+	return 0;
+}
+
+SEC("tp_btf/sched_process_exit")
+int BPF_PROG(gs_follow_exit, struct task_struct *p)
+{
+	if (BPF_CORE_READ(p, signal, live.counter) != 0)
+		return 0;
+	__u32 tgid = BPF_CORE_READ(p, tgid);
+	bpf_map_delete_elem(&gs_mb, &tgid);
+	return 0;
+}
+
 /* DenyConnect: the connect() a hook marked fails with EPERM */
 SEC("cgroup/connect4")
 int gs_connect4(struct bpf_sock_addr *ctx)
@@ -645,6 +1041,8 @@ union gs_abi_types {
 	struct gs_sys s;
 	struct gs_event e;
 	struct gs_scope_key k;
+	struct gs_follow f;
+	struct gs_pend_key p;
 };
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);

@@ -82,6 +82,10 @@ class BpfUprobeOpts(Structure):
     ]
 
 
+class BpfTracepointOpts(Structure):
+    _fields_ = [("sz", c_size_t), ("bpf_cookie", c_u64)]
+
+
 class BpfKprobeOpts(Structure):
     _fields_ = [("sz", c_size_t), ("bpf_cookie", c_u64), ("offset", c_size_t), ("retprobe", c_bool)]
 
@@ -228,6 +232,7 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "bpf_program__set_log_level": (c_int, [P, c_u32]),
     "bpf_program__attach": (P, [P]),
     "bpf_program__attach_tracepoint": (P, [P, c_char_p, c_char_p]),
+    "bpf_program__attach_tracepoint_opts": (P, [P, c_char_p, c_char_p, POINTER(BpfTracepointOpts)]),
     "bpf_program__attach_raw_tracepoint": (P, [P, c_char_p]),
     "bpf_program__attach_trace": (P, [P]),
     "bpf_program__attach_lsm": (P, [P]),

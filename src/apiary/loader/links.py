@@ -72,8 +72,14 @@ class TracepointLink(Link):
     kind = "tracepoint"
 
     @classmethod
-    def attach(cls, prog: Program, category: str, name: str) -> TracepointLink:
-        ptr = L.lib.bpf_program__attach_tracepoint(prog.ptr, category.encode(), name.encode())
+    def attach(cls, prog: Program, category: str, name: str, cookie: int = 0) -> TracepointLink:
+        if cookie:
+            opts = L.BpfTracepointOpts(sz=ctypes.sizeof(L.BpfTracepointOpts), bpf_cookie=cookie)
+            ptr = L.lib.bpf_program__attach_tracepoint_opts(
+                prog.ptr, category.encode(), name.encode(), ctypes.byref(opts)
+            )
+        else:
+            ptr = L.lib.bpf_program__attach_tracepoint(prog.ptr, category.encode(), name.encode())
         if not ptr and L.errno() == 2 and not is_mounted(TRACEFS, "tracefs"):
             raise BpfError(
                 f"attach {prog.name} to tracepoint {category}/{name}",
@@ -135,9 +141,13 @@ class UprobeLink(Link):
         offset: int = 0,
         pid: int = -1,
         retprobe: bool = False,
+        cookie: int = 0,
     ) -> UprobeLink:
         opts = L.BpfUprobeOpts(
-            sz=ctypes.sizeof(L.BpfUprobeOpts), retprobe=retprobe, func_name=symbol.encode() if symbol else None
+            sz=ctypes.sizeof(L.BpfUprobeOpts),
+            retprobe=retprobe,
+            func_name=symbol.encode() if symbol else None,
+            bpf_cookie=cookie,
         )
         ptr = L.lib.bpf_program__attach_uprobe_opts(prog.ptr, pid, binary.encode(), offset, ctypes.byref(opts))
         return cls._make(prog, ptr, f"{binary}:{symbol or hex(offset)}", "uprobe")  # type: ignore[return-value]

@@ -8,7 +8,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from apiary.loader import BpfError, BpfObject, CgroupLink, KprobeLink, LsmLink, TracepointLink, TypedMap
+from apiary.loader import (
+    BpfError,
+    BpfObject,
+    CgroupLink,
+    KprobeLink,
+    LsmLink,
+    TracepointLink,
+    TracingLink,
+    TypedMap,
+    UprobeLink,
+)
 from apiary.loader.fs import cgroup2_root
 from apiary.tracing.types import CompiledTracingPolicy, Hook
 
@@ -42,6 +52,9 @@ class TracingSensor:
         self.hooks: dict[int, tuple[LoadedPolicy, Hook]] = {}
         self.sys_links: dict[str, Any] = {}  # one tracepoint link per watched syscall, one LSM link per hook
         self._next_policy = 1
+        self._dyn: dict[str, int] = {}  # pseudo numbers (attach cookies) of tracepoints, uprobes, kprobes
+        self.follow: dict[int, tuple[int, int, str]] = {}  # gs_mb bit -> (hook id, selector, "bin"|"pid")
+        self.follow_links: list[Any] = []
 
     def load(self) -> None:
         assert self.process.obj is not None
@@ -49,8 +62,8 @@ class TracingSensor:
         try:
             for shared in ("events", "procs", "binaries"):
                 obj.reuse_map(shared, self.process.obj.map(shared).fd)
-            obj.program("gs_file_open").autoload = self.lsm
-            obj.program("gs_kprobe").autoload = self.kprobes
+            for lsm_prog in ("gs_file_open", "gs_file_permission", "gs_bprm_check_security"):
+                obj.program(lsm_prog).autoload = self.lsm
             obj.load()
             self.obj = obj
             root = cgroup2_root()
@@ -64,11 +77,14 @@ class TracingSensor:
         self.sys_map = obj.map("gs_syscalls")
         self.scope_map = obj.map("gs_scope")
         self.counters = TypedMap(obj.map("gs_counters"), "<I", "<Q")
+        self.follow_map = obj.map("gs_follow")
+        self.mb_map = TypedMap(obj.map("gs_mb"), "<I", "<Q")
 
     def close(self) -> None:
-        for lk in self.sys_links.values():
+        for lk in list(self.sys_links.values()) + self.follow_links:
             lk.destroy()
         self.sys_links.clear()
+        self.follow_links.clear()
         for lk in self.links:
             lk.destroy()
         self.links.clear()
@@ -79,29 +95,53 @@ class TracingSensor:
     def programs(self) -> list[tuple[str, int, str]]:
         if not self.obj:
             return []
-        watched = ", ".join(sorted(n for n in self.sys_links if not n.startswith("__lsm_"))) or "none yet"
+        watched = ", ".join(sorted(n for n in self.sys_links if not n.startswith("__"))) or "none yet"
         rows = [
             ("gs_sys_enter", self.obj.program("gs_sys_enter").fd, f"tracepoint syscalls/sys_enter_* ({watched})"),
             ("gs_connect4", self.obj.program("gs_connect4").fd, "cgroup/connect4 (cgroup v2 root)"),
         ]
         if self.lsm:
             rows.append(("gs_file_open", self.obj.program("gs_file_open").fd, "lsm/file_open"))
-        if self.kprobes:
-            kp = ", ".join(sorted(n.removeprefix("__kprobe_") for n in self.sys_links if n.startswith("__kprobe_")))
-            rows.append(("gs_kprobe", self.obj.program("gs_kprobe").fd, f"kprobe ({kp or 'none yet'})"))
+        exits = sorted(n.removeprefix("__exit_") for n in self.sys_links if n.startswith("__exit_"))
+        if exits:
+            rows.append(("gs_sys_exit", self.obj.program("gs_sys_exit").fd, f"returns of {', '.join(exits)}"))
+        probes = sorted(n.removeprefix("__kprobe_") for n in self.sys_links if n.startswith("__kprobe_"))
+        probes += sorted(n.removeprefix("__uprobe_") for n in self.sys_links if n.startswith("__uprobe_"))
+        if probes:
+            rows.append(("gs_kprobe", self.obj.program("gs_kprobe").fd, f"kprobe/uprobe ({', '.join(probes)})"))
+        tps = sorted(n.removeprefix("__tp_") for n in self.sys_links if n.startswith("__tp_"))
+        if tps:
+            rows.append(("gs_tp", self.obj.program("gs_tp").fd, f"tracepoints ({', '.join(tps)})"))
+        if self.follow_links:
+            rows.append(("gs_follow_exec", self.obj.program("gs_follow_exec").fd, "followChildren/followForks"))
         return rows
+
+    def _nr(self, name: str) -> int:
+        """The key of gs_syscalls for a hook's attach name (a syscall number or a pseudo number)."""
+        nums = abi.syscall_numbers()
+        if name in nums:
+            return nums[name]
+        if name.startswith(("__tp_", "__uprobe_", "__kprobe_")):
+            if name not in self._dyn:
+                self._dyn[name] = 8192 + len(self._dyn)
+            return self._dyn[name]
+        raise KeyError(name)
+
+    def _names(self) -> dict[int, str]:
+        out = {nr: name for name, nr in abi.syscall_numbers().items()}
+        out.update({nr: name for name, nr in self._dyn.items()})
+        return out
 
     # ------------------------------------------------------------------ policies
     def _syscall_hooks(
         self, extra: dict[int, list[int]] | None = None, drop: set[int] | None = None
     ) -> dict[int, list[int]]:
-        nums = abi.syscall_numbers()
         table: dict[int, list[int]] = {}
         for hid, (_lp, hook) in self.hooks.items():
             if drop and hid in drop:
                 continue
             for name in hook.syscalls:
-                table.setdefault(nums[name], []).append(hid)
+                table.setdefault(self._nr(name), []).append(hid)
         for nr, hids in (extra or {}).items():
             table.setdefault(nr, []).extend(hids)
         return table
@@ -112,7 +152,7 @@ class TracingSensor:
         nums = abi.syscall_numbers()
         for hook in policy.hooks:
             for name in hook.syscalls:
-                if name not in nums:
+                if name not in nums and not name.startswith(("__tp_", "__uprobe_", "__kprobe_")):
                     raise BpfError(f"hook {hook.source}", 22, f"unknown syscall {name!r} on this architecture")
         drop = set(old.hook_ids) if old else set()
         in_use = {hid for hid in self.hooks if hid not in drop}
@@ -127,7 +167,19 @@ class TracingSensor:
         extra: dict[int, list[int]] = {}
         for hid, hook in zip(ids, policy.hooks, strict=True):
             for name in hook.syscalls:
-                extra.setdefault(nums[name], []).append(hid)
+                extra.setdefault(self._nr(name), []).append(hid)
+        # followChildren / followForks bits: the old policy's are freed when the new one is written
+        old_bits = {b for b, (hid, _si, _w) in self.follow.items() if hid in drop}
+        free_bits = [b for b in range(abi.GS_FOLLOW) if b not in self.follow or b in old_bits]
+        wanted = [(hid, si, w) for hid, hook in zip(ids, policy.hooks, strict=True)
+                  for si, w in abi.follow_slots_needed(hook)]
+        if len(wanted) > len(free_bits):
+            raise BpfError(
+                "tracing follow slots",
+                28,
+                f"the policy needs {len(wanted)} followChildren/followForks slots, {len(free_bits)} of "
+                f"{abi.GS_FOLLOW} are free",
+            )
         table = self._syscall_hooks(extra, drop)
         crowded = [nr for nr, h in table.items() if len(h) > abi.GS_PER_SYSCALL]
         if crowded:
@@ -137,10 +189,19 @@ class TracingSensor:
             self._next_policy += 1
         scoped = policy.pod_selector is not None or policy.kind == "TracingPolicyNamespaced"
         flags = abi.F_ENABLED | (abi.F_SCOPED if scoped else 0) | (abi.F_MONITOR if policy.mode == "monitor" else 0)
-        # write: scope first, then hook configs, then the syscall table that makes them live
+        # write: scope first, then follow bits, then hook configs, then the syscall table that makes them live
         self._write_scope(lp, old)
+        for b in old_bits:
+            self._free_bit(b)
+        assign = dict(zip(wanted, free_bits, strict=False))
+        for (hid, si, w), b in assign.items():
+            hook = policy.hooks[ids.index(hid)]
+            self._claim_bit(b, hid, si, w, hook)
         for hid, hook in zip(ids, policy.hooks, strict=True):
-            self.hooks_map.update(hid.to_bytes(4, "little"), abi.encode_hook(hook, lp.policy_id, hid, flags))
+            follow = {(si, w): b for (h, si, w), b in assign.items() if h == hid}
+            self.hooks_map.update(
+                hid.to_bytes(4, "little"), abi.encode_hook(hook, lp.policy_id, hid, flags, follow)
+            )
         for hid in drop - set(ids):
             self.hooks.pop(hid, None)
         for hid, hook in zip(ids, policy.hooks, strict=True):
@@ -164,26 +225,17 @@ class TracingSensor:
 
     def _write_syscalls(self) -> None:
         table = self._syscall_hooks()
-        names = {nr: name for name, nr in abi.syscall_numbers().items()}
+        names = self._names()
+        returns = {
+            self._nr(n) for _lp, hook in self.hooks.values() if hook.ret is not None for n in hook.syscalls
+        }
         assert self.obj is not None
         for nr in table:  # attach before the table makes hooks live, so nothing is half-watched
             name = names[nr]
-            if name in self.sys_links:
-                continue
-            if name.startswith("__kprobe_"):
-                if not self.kprobes:
-                    raise BpfError(f"attach {name}", 95, "this kernel has no kprobes")
-                self.sys_links[name] = KprobeLink.attach(
-                    self.obj.program("gs_kprobe"), name.removeprefix("__kprobe_"), cookie=nr
-                )
-            elif name.startswith("__lsm_"):
-                if not self.lsm:
-                    raise BpfError(f"attach {name}", 95, "this kernel has no BPF-LSM")
-                self.sys_links[name] = LsmLink.attach(self.obj.program("gs_" + name.removeprefix("__lsm_")))
-            else:
-                self.sys_links[name] = TracepointLink.attach(
-                    self.obj.program("gs_sys_enter"), "syscalls", f"sys_enter_{name}"
-                )
+            if name not in self.sys_links:
+                self.sys_links[name] = self._attach(name, nr, False)
+            if nr in returns and f"__exit_{name}" not in self.sys_links:
+                self.sys_links[f"__exit_{name}"] = self._attach(name, nr, True)
         for nr, hids in table.items():
             cfg = abi.SysCfg(n=len(hids))
             for i, h in enumerate(hids):
@@ -192,9 +244,74 @@ class TracingSensor:
         for raw in list(self.sys_map.keys()):
             if int.from_bytes(raw, "little") not in table:
                 self.sys_map.delete(raw)
-        live = {names[nr] for nr in table}
+        live = {names[nr] for nr in table} | {f"__exit_{names[nr]}" for nr in table if nr in returns}
         for name in [n for n in self.sys_links if n not in live]:  # unwatched syscalls pay nothing
             self.sys_links.pop(name).destroy()
+
+    def _attach(self, name: str, nr: int, ret: bool) -> Any:
+        assert self.obj is not None
+        prog = self.obj.program
+        if name.startswith("__kprobe_"):
+            if not self.kprobes:
+                raise BpfError(f"attach {name}", 95, "this kernel has no kprobes")
+            fn = name.removeprefix("__kprobe_")
+            if ret:
+                return KprobeLink.attach(prog("gs_kretprobe"), fn, retprobe=True, cookie=nr)
+            return KprobeLink.attach(prog("gs_kprobe"), fn, cookie=nr)
+        if name.startswith("__uprobe_"):
+            path, _, sym = name.removeprefix("__uprobe_").rpartition(":")
+            if ret:
+                return UprobeLink.attach(prog("gs_kretprobe"), path, sym, retprobe=True, cookie=nr)
+            return UprobeLink.attach(prog("gs_kprobe"), path, sym, cookie=nr)
+        if name.startswith("__lsm_"):
+            if not self.lsm:
+                raise BpfError(f"attach {name}", 95, "this kernel has no BPF-LSM")
+            return LsmLink.attach(prog("gs_" + name.removeprefix("__lsm_")))
+        if name.startswith("__tp_"):
+            subsys, _, event = name.removeprefix("__tp_").partition("/")
+            return TracepointLink.attach(prog("gs_tp"), subsys, event, cookie=nr)
+        if ret:
+            return TracepointLink.attach(prog("gs_sys_exit"), "syscalls", f"sys_exit_{name}")
+        return TracepointLink.attach(prog("gs_sys_enter"), "syscalls", f"sys_enter_{name}")
+
+    # ------------------------------------------------------------------ followChildren / followForks
+    def _claim_bit(self, bit: int, hid: int, si: int, what: str, hook: Hook) -> None:
+        assert self.obj is not None
+        self.follow_map.update(bit.to_bytes(4, "little"), abi.encode_follow(hook, si, what))
+        self.follow[bit] = (hid, si, what)
+        if not self.follow_links:
+            for p in ("gs_follow_exec", "gs_follow_fork", "gs_follow_exit"):
+                self.follow_links.append(TracingLink.attach(self.obj.program(p)))
+        # processes that already run: from /proc (the kernel sets the bit for what starts from now on)
+        sel = hook.selectors[si]
+        tree = proc_tree()
+        for pid in tree:
+            chain = ancestry(tree, pid)
+            if what == "bin":
+                assert sel.binaries is not None
+                prefix = sel.binaries.op in ("Prefix", "NotPrefix")
+                hit = any(
+                    (exe.startswith(v) if prefix else exe == v)
+                    for _p, exe in chain
+                    for v in sel.binaries.values
+                )
+            else:
+                assert sel.pids is not None
+                hit = any(p in sel.pids.values for p, _exe in chain)
+            if hit:
+                cur = self.mb_map.get(pid) or 0
+                self.mb_map.put(pid, cur | (1 << bit))
+
+    def _free_bit(self, bit: int) -> None:
+        self.follow.pop(bit, None)
+        self.follow_map.update(bit.to_bytes(4, "little"), b"\0" * self.follow_map.value_size)
+        for pid, bits in list(self.mb_map.items()):
+            if bits & (1 << bit):
+                self.mb_map.put(pid, bits & ~(1 << bit))
+        if not self.follow:
+            for lk in self.follow_links:
+                lk.destroy()
+            self.follow_links.clear()
 
     def set_enabled(self, key: str, on: bool) -> None:
         lp = self.policies[key]
@@ -209,6 +326,8 @@ class TracingSensor:
         lp = self.policies.pop(key)
         for hid in lp.hook_ids:
             self.hooks.pop(hid, None)
+        for b in [b for b, (hid, _si, _w) in self.follow.items() if hid in lp.hook_ids]:
+            self._free_bit(b)
         self._write_syscalls()
         for hid in lp.hook_ids:
             self.hooks_map.update(hid.to_bytes(4, "little"), b"\0" * self.hooks_map.value_size)
@@ -224,6 +343,35 @@ class TracingSensor:
 
 def _scope_key(policy_id: int, cgroup_id: int) -> bytes:
     return policy_id.to_bytes(4, "little") + b"\0" * 4 + cgroup_id.to_bytes(8, "little")
+
+
+def proc_tree() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, executable path) of the processes running now (kernel threads left out)."""
+    out: dict[int, tuple[int, str]] = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            exe = os.readlink(f"/proc/{d}/exe")
+            with open(f"/proc/{d}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
+        out[int(d)] = (ppid, exe)
+    return out
+
+
+def ancestry(tree: dict[int, tuple[int, str]], pid: int) -> list[tuple[int, str]]:
+    """(pid, exe) of a process and its ancestors, nearest first."""
+    chain: list[tuple[int, str]] = []
+    seen: set[int] = set()
+    while pid in tree and pid not in seen:
+        seen.add(pid)
+        ppid, exe = tree[pid]
+        chain.append((pid, exe))
+        pid = ppid
+    return chain
 
 
 def cgroup_id(path: str) -> int:

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import ctypes
 import ipaddress
+import os
 import re
 import socket
+from collections.abc import Callable
 from functools import lru_cache
 
 from apiary.tracing.types import (
+    ARG_CHARS,
+    ARG_DATALOC,
     ARG_FD,
     ARG_FILEPTR,
     ARG_INT,
+    ARG_KSTRING,
     ARG_SOCKADDR,
     ARG_STRING,
     ARG_UINT,
@@ -21,8 +26,48 @@ from apiary.tracing.types import (
 MSG_GENERIC = 10
 GS_HOOKS, GS_PER_SYSCALL, GS_ARGS, GS_SELECTORS, GS_FILTERS, GS_VALS = 64, 7, 5, 5, 5, 4
 GS_ARGSTR, GS_BIN = 256, 256
-KIND = {ARG_INT: 1, ARG_UINT: 2, ARG_STRING: 3, ARG_FD: 4, ARG_SOCKADDR: 5, ARG_FILEPTR: 6}
-LSM_HOOKS = {"__lsm_file_open": 4096}  # pseudo syscall numbers of the LSM programs (GS_NR_LSM_*)
+KIND = {
+    ARG_INT: 1,
+    ARG_UINT: 2,
+    ARG_STRING: 3,
+    ARG_FD: 4,
+    ARG_SOCKADDR: 5,
+    ARG_FILEPTR: 6,
+    ARG_DATALOC: 7,
+    ARG_CHARS: 8,
+    ARG_KSTRING: 9,
+}
+STRING_KINDS = (ARG_STRING, ARG_FD, ARG_FILEPTR, ARG_DATALOC, ARG_CHARS, ARG_KSTRING)
+# pseudo syscall numbers of the LSM programs (GS_NR_LSM_*)
+LSM_HOOKS = {"__lsm_file_open": 4096, "__lsm_file_permission": 4097, "__lsm_bprm_check_security": 4098}
+GS_NS, GS_FOLLOW = 4, 64
+NS_TYPES = {
+    "Uts": 1,
+    "Ipc": 2,
+    "Mnt": 3,
+    "Pid": 4,
+    "PidForChildren": 5,
+    "Net": 6,
+    "Time": 7,
+    "TimeForChildren": 8,
+    "Cgroup": 9,
+    "User": 10,
+}
+# /proc/PID/ns/<file> of each type (host_ns is pid 1's)
+NS_FILES = {
+    "Uts": "uts",
+    "Ipc": "ipc",
+    "Mnt": "mnt",
+    "Pid": "pid",
+    "PidForChildren": "pid_for_children",
+    "Net": "net",
+    "Time": "time",
+    "TimeForChildren": "time_for_children",
+    "Cgroup": "cgroup",
+    "User": "user",
+}
+CAP_TYPES = {"Effective": 1, "Inheritable": 2, "Permitted": 3}
+FOLLOW_BIN, FOLLOW_PID = 1, 2
 # pseudo numbers of kprobe-realised functions: the attach cookie of the kprobe link
 KPROBES = {"__kprobe_vfs_write": 5000, "__kprobe_vfs_read": 5001}
 KIND_NAME = {v: k for k, v in KIND.items()}
@@ -49,7 +94,7 @@ OPS = {
 BIN_OPS = {"In": 1, "NotIn": 2, "Prefix": 3, "NotPrefix": 4}
 ACTIONS = {"Post": 1, "NoPost": 2, "Sigkill": 3, "Signal": 4, "DenyConnect": 5, "Override": 6}
 ACTION_NAMES = {v: k for k, v in ACTIONS.items()}
-F_ENABLED, F_SCOPED, F_MONITOR, F_BINARIES = 1, 2, 4, 8
+F_ENABLED, F_SCOPED, F_MONITOR, F_BINARIES, F_RETURN = 1, 2, 4, 8, 16
 EV_MONITOR, EV_ENFORCED, EV_TRUNC = 1, 2, 4
 CNT = ("matched", "posted", "enforced", "lost")
 FNV_BASIS, FNV_PRIME = 0xCBF29CE484222325, 0x100000001B3
@@ -74,6 +119,28 @@ class Filter(ctypes.Structure):
     ]
 
 
+class NsFilter(ctypes.Structure):
+    _fields_ = [
+        ("type", ctypes.c_uint8),
+        ("op", ctypes.c_uint8),
+        ("n", ctypes.c_uint8),
+        ("_pad", ctypes.c_uint8),
+        ("vals", ctypes.c_uint32 * 4),
+    ]
+
+
+class Follow(ctypes.Structure):
+    _fields_ = [
+        ("kind", ctypes.c_uint8),
+        ("op", ctypes.c_uint8),
+        ("n", ctypes.c_uint8),
+        ("_pad", ctypes.c_uint8),
+        ("lens", ctypes.c_uint32 * 4),
+        ("hash", ctypes.c_uint64 * 4),
+        ("pids", ctypes.c_uint32 * 4),
+    ]
+
+
 class Sel(ctypes.Structure):
     _fields_ = [
         ("nfilters", ctypes.c_uint8),
@@ -89,6 +156,16 @@ class Sel(ctypes.Structure):
         ("bin_lens", ctypes.c_uint32 * 4),
         ("bin_hash", ctypes.c_uint64 * 4),
         ("f", Filter * GS_FILTERS),
+        ("bin_follow", ctypes.c_uint8),
+        ("pid_follow", ctypes.c_uint8),
+        ("nns", ctypes.c_uint8),
+        ("cap_type", ctypes.c_uint8),
+        ("cap_op", ctypes.c_uint8),
+        ("nret", ctypes.c_uint8),
+        ("_pad2", ctypes.c_uint8 * 2),
+        ("cap_mask", ctypes.c_uint64),
+        ("ns", NsFilter * GS_NS),
+        ("ret", Filter),
     ]
 
 
@@ -102,7 +179,12 @@ class HookCfg(ctypes.Structure):
         ("_pad", ctypes.c_uint8 * 3),
         ("arg_index", ctypes.c_uint8 * GS_ARGS),
         ("arg_kind", ctypes.c_uint8 * GS_ARGS),
-        ("_pad2", ctypes.c_uint8 * 6),
+        ("ret_kind", ctypes.c_uint8),
+        ("hash_mask", ctypes.c_uint8),
+        ("_pad2", ctypes.c_uint8 * 4),
+        ("arg_off", ctypes.c_uint16 * GS_ARGS),
+        ("arg_size", ctypes.c_uint8 * GS_ARGS),
+        ("_pad3", ctypes.c_uint8 * 1),
         ("sel", Sel * GS_SELECTORS),
     ]
 
@@ -127,6 +209,9 @@ class Event(ctypes.Structure):
         ("flags", ctypes.c_uint8),
         ("nargs", ctypes.c_uint8),
         ("syscall_nr", ctypes.c_uint16),
+        ("ret", ctypes.c_int64),
+        ("sel_mask", ctypes.c_uint8),
+        ("_pad2", ctypes.c_uint8 * 7),
         ("ints", ctypes.c_int64 * GS_ARGS),
         ("slen", ctypes.c_uint16 * GS_ARGS),
         ("_pad1", ctypes.c_uint16 * 3),
@@ -138,6 +223,8 @@ LAYOUTS = {
     "gs_filter": (ctypes.sizeof(Filter), {n: getattr(Filter, n).offset for n, _ in Filter._fields_ if n[0] != "_"}),
     "gs_selector": (ctypes.sizeof(Sel), {n: getattr(Sel, n).offset for n, _ in Sel._fields_ if n[0] != "_"}),
     "gs_hook": (ctypes.sizeof(HookCfg), {n: getattr(HookCfg, n).offset for n, _ in HookCfg._fields_ if n[0] != "_"}),
+    "gs_follow": (ctypes.sizeof(Follow), {n: getattr(Follow, n).offset for n, _ in Follow._fields_ if n[0] != "_"}),
+    "gs_nsf": (ctypes.sizeof(NsFilter), {n: getattr(NsFilter, n).offset for n, _ in NsFilter._fields_ if n[0] != "_"}),
     "gs_event": (ctypes.sizeof(Event), {n: getattr(Event, n).offset for n, _ in Event._fields_ if n[0] != "_"}),
 }
 
@@ -154,11 +241,87 @@ def syscall_numbers() -> dict[str, int]:
     return out
 
 
-def encode_hook(hook: Hook, policy_id: int, hook_id: int, flags: int) -> bytes:
+def host_ns(namespace: str) -> int:
+    """The inode number of pid 1's namespace of a type (what Tetragon's ``host_ns`` means)."""
+    return os.stat(f"/proc/1/ns/{NS_FILES[namespace]}").st_ino
+
+
+def _encode_filter(f: Filter, op: str, kind: str, values: tuple[int | str, ...]) -> None:
+    f.op = OPS[op]
+    f.nvals = len(values)
+    for v, val in enumerate(values):
+        if kind in STRING_KINDS:
+            b = str(val).encode()
+            f.lens[v] = len(b)
+            f.hash[v] = fnv(b[::-1] if op in ("Postfix", "NotPostfix") else b)
+        elif op in ("DAddr", "NotDAddr"):
+            net = ipaddress.IPv4Network(str(val), strict=False)
+            f.ints[v][0] = int(net.network_address)
+            f.ints[v][1] = int(net.netmask)
+        elif op in ("DPort", "NotDPort", "InRange", "NotInRange"):
+            lo, _, hi = str(val).partition(":")
+            f.ints[v][0], f.ints[v][1] = _s64(int(lo)), _s64(int(hi or lo))
+        elif op == "Family":
+            f.ints[v][0] = int(val) if str(val).isdigit() else getattr(socket, str(val))
+        else:
+            f.ints[v][0] = _s64(int(val))
+
+
+def _s64(v: int) -> int:
+    return v - (1 << 64) if v >= 1 << 63 else v
+
+
+def follow_slots_needed(hook: Hook) -> list[tuple[int, str]]:
+    """(selector index, "bin" | "pid") of each followChildren / followForks filter of a hook."""
+    out: list[tuple[int, str]] = []
+    for si, sel in enumerate(hook.selectors):
+        if sel.binaries and sel.binaries.follow_children:
+            out.append((si, "bin"))
+        if sel.pids and sel.pids.follow_forks:
+            out.append((si, "pid"))
+    return out
+
+
+def encode_follow(hook: Hook, si: int, what: str) -> bytes:
+    sel = hook.selectors[si]
+    f = Follow()
+    if what == "bin":
+        assert sel.binaries is not None
+        f.kind = FOLLOW_BIN
+        f.op = BIN_OPS["Prefix" if sel.binaries.op in ("Prefix", "NotPrefix") else "In"]
+        f.n = len(sel.binaries.values)
+        for v, path in enumerate(sel.binaries.values):
+            b = path.encode()
+            f.lens[v] = len(b)
+            f.hash[v] = fnv(b)
+    else:
+        assert sel.pids is not None
+        f.kind = FOLLOW_PID
+        f.op = BIN_OPS["In"]
+        f.n = len(sel.pids.values)
+        for v, pid in enumerate(sel.pids.values):
+            f.pids[v] = pid
+    return bytes(f)
+
+
+def encode_hook(
+    hook: Hook,
+    policy_id: int,
+    hook_id: int,
+    flags: int,
+    follow: dict[tuple[int, str], int] | None = None,
+    ns_resolver: Callable[[str], int] = host_ns,
+) -> bytes:
+    """The gs_hook record of a hook; ``follow`` maps (selector, "bin"|"pid") to its gs_mb bit."""
     h = HookCfg(policy_id=policy_id, hook_id=hook_id, nargs=len(hook.args), nsel=len(hook.selectors), flags=flags)
+    if hook.ret is not None:
+        h.flags |= F_RETURN
+        h.ret_kind = KIND[hook.ret.kind]
     for i, a in enumerate(hook.args):
         h.arg_index[i] = a.index
         h.arg_kind[i] = KIND[a.kind]
+        h.arg_off[i] = a.offset
+        h.arg_size[i] = a.size
     for si, sel in enumerate(hook.selectors):
         s = h.sel[si]
         s.nfilters = len(sel.args)
@@ -174,38 +337,44 @@ def encode_hook(hook: Hook, policy_id: int, hook_id: int, flags: int) -> bytes:
                 b = path.encode()
                 s.bin_lens[v] = len(b)
                 s.bin_hash[v] = fnv(b)
+            if sel.binaries.follow_children:
+                s.bin_follow = 1 + (follow or {})[(si, "bin")]
         if sel.pids:
             s.pid_op = BIN_OPS[sel.pids.op]
             s.npids = len(sel.pids.values)
             for v, pid in enumerate(sel.pids.values):
                 s.pids[v] = pid
+            if sel.pids.follow_forks:
+                s.pid_follow = 1 + (follow or {})[(si, "pid")]
+        s.nns = len(sel.namespaces)
+        for ni, nsf in enumerate(sel.namespaces):
+            e = s.ns[ni]
+            e.type = NS_TYPES[nsf.namespace]
+            e.op = BIN_OPS[nsf.op]
+            e.n = len(nsf.values)
+            for v, val in enumerate(nsf.values):
+                e.vals[v] = ns_resolver(nsf.namespace) if val == "host_ns" else int(val)
+        if sel.capabilities:
+            s.cap_type = CAP_TYPES[sel.capabilities.type_]
+            s.cap_op = BIN_OPS[sel.capabilities.op]
+            s.cap_mask = sel.capabilities.mask
+        if sel.ret is not None and hook.ret is not None:
+            s.nret = 1
+            _encode_filter(s.ret, sel.ret.op, hook.ret.kind, sel.ret.values)
         for fi, flt in enumerate(sel.args):
             f = s.f[fi]
             f.arg = flt.arg
-            f.op = OPS[flt.op]
-            f.nvals = len(flt.values)
             kind = hook.args[flt.arg].kind
-            for v, val in enumerate(flt.values):
-                if kind in (ARG_STRING, ARG_FD, ARG_FILEPTR):
-                    b = str(val).encode()
-                    f.lens[v] = len(b)
-                    f.hash[v] = fnv(b[::-1] if flt.op in ("Postfix", "NotPostfix") else b)
-                elif flt.op in ("DAddr", "NotDAddr"):
-                    net = ipaddress.IPv4Network(str(val), strict=False)
-                    f.ints[v][0] = int(net.network_address)
-                    f.ints[v][1] = int(net.netmask)
-                elif flt.op in ("DPort", "NotDPort", "InRange", "NotInRange"):
-                    lo, _, hi = str(val).partition(":")
-                    f.ints[v][0], f.ints[v][1] = int(lo), int(hi or lo)
-                elif flt.op == "Family":
-                    f.ints[v][0] = int(val) if str(val).isdigit() else getattr(socket, str(val))
-                else:
-                    f.ints[v][0] = int(val)
+            if kind in STRING_KINDS:
+                h.hash_mask |= 1 << flt.arg
+            _encode_filter(f, flt.op, kind, flt.values)
     return bytes(h)
 
 
 def decode_event(buf: memoryview | bytes) -> Event:
-    return Event.from_buffer_copy(bytes(buf[: ctypes.sizeof(Event)]))
+    """An event as sent: the kernel sends only up to the last string slot in use (the rest is zero)."""
+    raw = bytes(buf[: ctypes.sizeof(Event)])
+    return Event.from_buffer_copy(raw.ljust(ctypes.sizeof(Event), b"\0"))
 
 
 def sockaddr(v: int) -> tuple[int, str, int]:

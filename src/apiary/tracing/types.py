@@ -24,6 +24,12 @@ ARG_STRING = "string"  # NUL-terminated user string (string, filename, path give
 ARG_FD = "fd"  # file descriptor resolved in the kernel to its file path
 ARG_SOCKADDR = "sockaddr"  # user sockaddr (connect/bind): family, address, port
 ARG_FILEPTR = "file_ptr"  # a struct file in kernel memory (LSM hooks), resolved to its full path
+ARG_DATALOC = "data_loc"  # tracepoint record: a __data_loc char[] string
+ARG_CHARS = "chars"  # tracepoint record: a char array inside the record
+ARG_KSTRING = "kstring"  # a char * in kernel memory
+STRING_KINDS = (ARG_STRING, ARG_FD, ARG_FILEPTR, ARG_DATALOC, ARG_CHARS, ARG_KSTRING)
+MAX_NAMESPACE_FILTERS = 4  # matchNamespaces entries per selector
+MAX_FOLLOW = 64  # followChildren / followForks selectors across all policies
 
 
 @dataclass(frozen=True)
@@ -32,6 +38,8 @@ class ArgSpec:
     kind: str  # ARG_*
     label: str = ""
     tetragon_type: str = ""  # the type the policy wrote (for the event's arg key: int_arg, string_arg, file_arg…)
+    offset: int = 0  # tracepoint record: the field's offset
+    size: int = 0  # tracepoint record: the field's size
 
 
 @dataclass(frozen=True)
@@ -58,6 +66,20 @@ class PidFilter:
 
 
 @dataclass(frozen=True)
+class NamespaceFilter:
+    namespace: str  # Uts Ipc Mnt Pid PidForChildren Net Time TimeForChildren Cgroup User
+    op: str  # In NotIn
+    values: tuple[str, ...]  # inode numbers, or "host_ns" (resolved on the node when applied)
+
+
+@dataclass(frozen=True)
+class CapabilityFilter:
+    type_: str  # Effective Inheritable Permitted
+    op: str  # In (has any of them) | NotIn (has none of them)
+    mask: int  # bit n = capability number n
+
+
+@dataclass(frozen=True)
 class Selector:
     args: tuple[ArgFilter, ...] = ()
     binaries: BinaryFilter | None = None
@@ -66,6 +88,9 @@ class Selector:
     signal: int = 0  # for Signal (Sigkill means 9); for Override the errno the hook returns
     rate_limit_ns: int = 0  # Post rateLimit
     post: bool = True  # whether an event is sent (NoPost: False; Sigkill/Signal send one too)
+    namespaces: tuple[NamespaceFilter, ...] = ()
+    capabilities: CapabilityFilter | None = None
+    ret: ArgFilter | None = None  # matchReturnArgs (arg field unused: the filter is on the return value)
 
 
 @dataclass(frozen=True)
@@ -75,12 +100,16 @@ class Hook:
     source: str  # what the user wrote, e.g. "kprobes[0] sys_write" or "tracepoints[1] syscalls/sys_enter_openat"
     event: str  # "process_kprobe" | "process_tracepoint" | "process_lsm"
     function_name: str  # for process_kprobe/lsm: e.g. "__x64_sys_write"; for tracepoints: "subsys/event"
-    syscalls: tuple[str, ...]  # syscall names (without sys_ prefix) whose entry realises it, e.g. ("write",)
+    # where it attaches: syscall names (sys_enter_<name>; sys_exit_<name> too for return hooks), or
+    # "__kprobe_<function>", "__lsm_<hook>", "__tp_<subsys>/<event>", "__uprobe_<path>:<symbol>"
+    syscalls: tuple[str, ...]
     args: tuple[ArgSpec, ...]
     selectors: tuple[Selector, ...]
     realisation: str  # human text: how it is realised and what that misses
     message: str = ""
     tags: tuple[str, ...] = ()
+    ret: ArgSpec | None = None  # return hooks: the return value's type; decided at exit
+    path: str = ""  # uprobes: the binary (function_name is the symbol)
 
 
 @dataclass

@@ -21,9 +21,17 @@
 #define GS_ARG_FD 4
 #define GS_ARG_SOCKADDR 5
 #define GS_ARG_FILEPTR 6 /* a struct file * in kernel memory (LSM hooks) */
+#define GS_ARG_DATALOC 7 /* tracepoint record: __data_loc char[] (u32: len << 16 | offset) */
+#define GS_ARG_CHARS 8   /* tracepoint record: char name[N] inside the record */
+#define GS_ARG_KSTRING 9 /* a char * in kernel memory */
+
+#define GS_NS 4      /* matchNamespaces entries per selector */
+#define GS_FOLLOW 64 /* followChildren / followForks slots (bits of gs_mb) */
 
 /* pseudo syscall numbers for LSM hooks (keys of gs_syscalls next to real syscall numbers) */
 #define GS_NR_LSM_FILE_OPEN 4096
+#define GS_NR_LSM_FILE_PERMISSION 4097
+#define GS_NR_LSM_BPRM_CHECK 4098
 
 /* filter operators */
 #define GS_OP_EQUAL 1
@@ -62,6 +70,7 @@
 #define GS_F_SCOPED 2  /* only processes in the policy's endpoint cgroups */
 #define GS_F_MONITOR 4 /* report the action, do not act */
 #define GS_F_BINARIES 8 /* some selector matches on the binary: hash it */
+#define GS_F_RETURN 16  /* decided at return: entry parts at entry, matchReturnArgs and action at exit */
 
 /* event flags */
 #define GS_EV_MONITOR 1
@@ -87,6 +96,26 @@ struct gs_filter {
 	__u64 hash[GS_VALS];
 };
 
+/* namespace types of matchNamespaces */
+#define GS_NS_UTS 1
+#define GS_NS_IPC 2
+#define GS_NS_MNT 3
+#define GS_NS_PID 4
+#define GS_NS_PID_FOR_CHILDREN 5
+#define GS_NS_NET 6
+#define GS_NS_TIME 7
+#define GS_NS_TIME_FOR_CHILDREN 8
+#define GS_NS_CGROUP 9
+#define GS_NS_USER 10
+
+struct gs_nsf {
+	__u8 type;
+	__u8 op; /* GS_BIN_IN / GS_BIN_NOTIN */
+	__u8 n;
+	__u8 _pad;
+	__u32 vals[GS_VALS];
+};
+
 struct gs_selector {
 	__u8 nfilters;
 	__u8 action;
@@ -101,6 +130,16 @@ struct gs_selector {
 	__u32 bin_lens[GS_VALS];
 	__u64 bin_hash[GS_VALS];
 	struct gs_filter f[GS_FILTERS];
+	__u8 bin_follow; /* 1 + bit of gs_mb set for children of a matching binary; 0: no followChildren */
+	__u8 pid_follow; /* 1 + bit of gs_mb set for descendants of the pids; 0: no followForks */
+	__u8 nns;
+	__u8 cap_type;   /* 0 none, 1 effective, 2 inheritable, 3 permitted */
+	__u8 cap_op;     /* GS_BIN_IN / GS_BIN_NOTIN */
+	__u8 nret;       /* 0 or 1 matchReturnArgs filter */
+	__u8 _pad2[2];
+	__u64 cap_mask;
+	struct gs_nsf ns[GS_NS];
+	struct gs_filter ret; /* its arg field is unused: the filter is on the return value */
 };
 
 struct gs_hook {
@@ -112,8 +151,31 @@ struct gs_hook {
 	__u8 _pad[3];
 	__u8 arg_index[GS_ARGS];
 	__u8 arg_kind[GS_ARGS];
-	__u8 _pad2[6];
+	__u8 ret_kind;  /* GS_ARG_INT / GS_ARG_UINT for return hooks */
+	__u8 hash_mask; /* bit a: some selector compares string argument a (hash it) */
+	__u8 _pad2[4];
+	__u16 arg_off[GS_ARGS];  /* tracepoint record: field offset */
+	__u8 arg_size[GS_ARGS];  /* tracepoint record: field size */
+	__u8 _pad3[1];
 	struct gs_selector sel[GS_SELECTORS];
+};
+
+/* followChildren / followForks: what sets bit i of a process's gs_mb entry */
+#define GS_FOLLOW_BIN 1
+#define GS_FOLLOW_PID 2
+struct gs_follow {
+	__u8 kind;
+	__u8 op; /* GS_BIN_IN / GS_BIN_PREFIX (the positive form) */
+	__u8 n;
+	__u8 _pad;
+	__u32 lens[GS_VALS];
+	__u64 hash[GS_VALS];
+	__u32 pids[GS_VALS];
+};
+
+struct gs_pend_key {
+	__u32 tid;
+	__u32 hook;
 };
 
 struct gs_hashes {
@@ -154,6 +216,9 @@ struct gs_event {
 	__u8 flags;
 	__u8 nargs;
 	__u16 syscall_nr;
+	__s64 ret;
+	__u8 sel_mask; /* return hooks: selectors whose entry parts matched */
+	__u8 _pad2[7];
 	__s64 ints[GS_ARGS];
 	__u16 slen[GS_ARGS];
 	__u16 _pad1[3];

@@ -202,11 +202,25 @@ class TracingSensor:
             self.hooks_map.update(
                 hid.to_bytes(4, "little"), abi.encode_hook(hook, lp.policy_id, hid, flags, follow)
             )
+        prev_hooks = dict(self.hooks)
         for hid in drop - set(ids):
             self.hooks.pop(hid, None)
         for hid, hook in zip(ids, policy.hooks, strict=True):
             self.hooks[hid] = (lp, hook)
-        self._write_syscalls()
+        try:
+            self._write_syscalls()
+        except BaseException:
+            # an attach failed (a missing uprobe target, no kprobes…): nothing of the new policy stays
+            for b in assign.values():
+                self._free_bit(b)
+            self.hooks = {hid: v for hid, v in prev_hooks.items() if hid not in drop}
+            for hid in ids:
+                self.hooks_map.update(hid.to_bytes(4, "little"), b"\0" * self.hooks_map.value_size)
+            self.policies.pop(key, None)
+            self._write_syscalls()
+            if old:
+                self.apply(key, old.policy, old.cgroups)
+            raise
         self.policies[key] = lp
         return lp
 

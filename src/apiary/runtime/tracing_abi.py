@@ -242,8 +242,12 @@ def syscall_numbers() -> dict[str, int]:
 
 
 def host_ns(namespace: str) -> int:
-    """The inode number of pid 1's namespace of a type (what Tetragon's ``host_ns`` means)."""
-    return os.stat(f"/proc/1/ns/{NS_FILES[namespace]}").st_ino
+    """The inode number of pid 1's namespace of a type (what Tetragon's ``host_ns`` means). Where pid 1's
+    namespaces cannot be read (a sandbox that hides pid 1 from us), the agent's own: it runs in the host's."""
+    try:
+        return os.stat(f"/proc/1/ns/{NS_FILES[namespace]}").st_ino
+    except PermissionError:
+        return os.stat(f"/proc/self/ns/{NS_FILES[namespace]}").st_ino
 
 
 def _encode_filter(f: Filter, op: str, kind: str, values: tuple[int | str, ...]) -> None:

@@ -1,0 +1,228 @@
+"""The tracing sensor's selector features and hook kinds, for real: return values, uprobes, generic
+tracepoints, followChildren / followForks, matchNamespaces, matchCapabilities. Each test runs real processes
+that do (or do not do) the watched thing and checks the events the kernel sent and what happened."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from apiary.runtime import tracing_abi as tabi
+from apiary.runtime.process import ProcessSensor
+from apiary.runtime.tracing import TracingSensor
+from apiary.tracing.types import (
+    ARG_INT,
+    ARG_STRING,
+    ArgFilter,
+    ArgSpec,
+    BinaryFilter,
+    CapabilityFilter,
+    CompiledTracingPolicy,
+    Hook,
+    NamespaceFilter,
+    PidFilter,
+    Selector,
+)
+
+LIBC = os.path.realpath("/lib/x86_64-linux-gnu/libc.so.6")
+
+
+@pytest.fixture
+def sensors() -> Iterator[tuple[ProcessSensor, TracingSensor]]:
+    ps = ProcessSensor(ringbuf_bytes=1 << 22)
+    ps.load()
+    ts = TracingSensor(ps)
+    try:
+        ts.load()
+        yield ps, ts
+    finally:
+        ts.close()
+        ps.close()
+
+
+@pytest.fixture
+def workdir() -> Iterator[str]:
+    d = tempfile.mkdtemp(prefix="apiary-feat-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+    os.chmod(d, 0o755)
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def _events(ps: ProcessSensor) -> list[tabi.Event]:
+    evs: list[tabi.Event] = []
+    assert ps.ring is not None
+    ps.ring.consume(lambda b: evs.append(tabi.decode_event(b)) if b[0] == tabi.MSG_GENERIC else None)
+    return evs
+
+
+def _s(ev: tabi.Event, i: int) -> str:
+    return bytes(ev.str[i])[: ev.slen[i]].decode()
+
+
+def _open_hook(d: str, *sels: Selector, ret: ArgSpec | None = None) -> Hook:
+    return Hook(
+        source="kprobes[0] sys_openat",
+        event="process_kprobe",
+        function_name="__x64_sys_openat",
+        syscalls=("openat",),
+        args=(ArgSpec(1, ARG_STRING, tetragon_type="string"),),
+        selectors=tuple(dataclasses.replace(s, args=(ArgFilter(0, "Prefix", (d + "/",)),)) for s in sels),
+        realisation="syscall entry of openat",
+        ret=ret,
+    )
+
+
+def _apply(ts: TracingSensor, name: str, *hooks: Hook) -> None:
+    ts.apply(f"/{name}", CompiledTracingPolicy(name, "", "TracingPolicy", "enforce", None, list(hooks)), None)
+
+
+def _paths(evs: list[tabi.Event], d: str) -> list[str]:
+    return [_s(e, 0) for e in evs if _s(e, 0).startswith(d + "/")]
+
+
+def test_return_hook_reports_only_the_failed_opens_with_their_errno(sensors, workdir) -> None:
+    ps, ts = sensors
+    Path(workdir, "exists").write_text("x")
+    hook = _open_hook(workdir, Selector(ret=ArgFilter(0, "LT", (0,))), ret=ArgSpec(0, ARG_INT, tetragon_type="int"))
+    _apply(ts, "failed-opens", hook)
+    assert "__exit_openat" in ts.sys_links  # the syscall's exit tracepoint is attached too
+    subprocess.run(["cat", f"{workdir}/exists", f"{workdir}/missing"], capture_output=True)
+    evs = [e for e in _events(ps) if _s(e, 0).startswith(workdir)]
+    assert [(_s(e, 0), e.ret) for e in evs] == [(f"{workdir}/missing", -2)]  # ENOENT; the good open is filtered
+    ts.delete("/failed-opens")
+    assert "__exit_openat" not in ts.sys_links and "openat" not in ts.sys_links
+
+
+def test_uprobe_on_a_libc_function_reports_its_string_args_and_can_kill(sensors) -> None:
+    ps, ts = sensors
+    tag = f"apiary-{uuid.uuid4().hex[:8]}"
+
+    def hook(action: str) -> Hook:
+        return Hook(
+            source="uprobes[0]",
+            event="process_uprobe",
+            function_name="strverscmp",
+            syscalls=(f"__uprobe_{LIBC}:strverscmp",),
+            args=(ArgSpec(0, ARG_STRING, tetragon_type="string"), ArgSpec(1, ARG_STRING, tetragon_type="string")),
+            selectors=(Selector(args=(ArgFilter(0, "Prefix", (tag,)),), action=action),),
+            realisation="uprobe",
+            path=LIBC,
+        )
+
+    call = f"import ctypes; ctypes.CDLL('libc.so.6').strverscmp(b'{tag}-a', b'other'); print('returned')"
+    _apply(ts, "uprobe-post", hook("Post"))
+    r = subprocess.run([sys.executable, "-c", call], capture_output=True, text=True)
+    assert r.returncode == 0 and "returned" in r.stdout
+    evs = [e for e in _events(ps) if _s(e, 0).startswith(tag)]
+    assert len(evs) == 1 and (_s(evs[0], 0), _s(evs[0], 1)) == (f"{tag}-a", "other")
+    _apply(ts, "uprobe-post", hook("Sigkill"))  # replaced in place
+    r = subprocess.run([sys.executable, "-c", call], capture_output=True, text=True)
+    assert r.returncode == -9 and "returned" not in r.stdout  # killed inside the library call
+    evs = [e for e in _events(ps) if _s(e, 0).startswith(tag)]
+    assert len(evs) == 1 and evs[0].flags & tabi.EV_ENFORCED
+
+
+def test_follow_children_matches_what_the_shell_runs_not_the_same_binary_elsewhere(sensors, workdir) -> None:
+    ps, ts = sensors
+    for n in ("f1", "f2", "f3"):
+        Path(workdir, n).write_text(n)
+    # started before the policy: its bit comes from /proc when the policy is applied
+    early = subprocess.Popen(
+        ["/bin/sh", "-c", f"read x; cat {workdir}/f3 >/dev/null"], stdin=subprocess.PIPE, text=True
+    )
+    try:
+        sel = Selector(binaries=BinaryFilter("In", ("/usr/bin/dash",), follow_children=True))
+        _apply(ts, "shell-children", _open_hook(workdir, sel))
+        assert ts.follow_links  # the exec/fork/exit programs run only while a follow filter exists
+        subprocess.run(["/bin/sh", "-c", f"cat {workdir}/f1 >/dev/null"], check=True)
+        subprocess.run(["cat", f"{workdir}/f2"], check=True, capture_output=True)  # cat, but not under dash
+        assert early.stdin is not None
+        early.stdin.write("go\n")
+        early.stdin.close()
+        assert early.wait(10) == 0
+    finally:
+        if early.poll() is None:
+            early.kill()
+            early.wait()
+    evs = _events(ps)
+    assert sorted(_paths(evs, workdir)) == [f"{workdir}/f1", f"{workdir}/f3"]
+    ts.delete("/shell-children")
+    assert not ts.follow_links and not ts.follow
+
+
+def test_follow_forks_matches_the_descendants_of_a_pid(sensors, workdir) -> None:
+    ps, ts = sensors
+    for n in ("g1", "g2"):
+        Path(workdir, n).write_text(n)
+    parent = subprocess.Popen(
+        [sys.executable, "-c", f"import subprocess; input(); subprocess.run(['cat', '{workdir}/g1'])"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        sel = Selector(pids=PidFilter("In", (parent.pid,), follow_forks=True))
+        _apply(ts, "pid-tree", _open_hook(workdir, sel))
+        assert parent.stdin is not None
+        parent.stdin.write("go\n")
+        parent.stdin.close()
+        assert parent.wait(10) == 0
+        subprocess.run(["cat", f"{workdir}/g2"], check=True, capture_output=True)  # not a descendant
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+    evs = _events(ps)
+    mine = [e for e in evs if _s(e, 0) == f"{workdir}/g1"]
+    assert mine and all(e.pid != parent.pid for e in mine)  # the grandchild cat, matched through the fork
+    assert f"{workdir}/g2" not in _paths(evs, workdir)
+
+
+def test_match_namespaces_net_not_host(sensors, workdir) -> None:
+    ps, ts = sensors
+    sel = Selector(namespaces=(NamespaceFilter("Net", "NotIn", ("host_ns",)),))
+    _apply(ts, "not-host-net", _open_hook(workdir, sel))
+    subprocess.run(["unshare", "--net", "cat", f"{workdir}/in-netns"], capture_output=True)
+    subprocess.run(["cat", f"{workdir}/on-host"], capture_output=True)
+    assert _paths(_events(ps), workdir) == [f"{workdir}/in-netns"]
+
+
+def test_match_capabilities_effective_sys_admin(sensors, workdir) -> None:
+    ps, ts = sensors
+    cap_sys_admin = 21
+    sel = Selector(capabilities=CapabilityFilter("Effective", "In", 1 << cap_sys_admin))
+    _apply(ts, "admins", _open_hook(workdir, sel))
+    subprocess.run(["cat", f"{workdir}/as-root"], capture_output=True)
+    unpriv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "cat", f"{workdir}/as-nobody"]
+    subprocess.run(unpriv, capture_output=True)
+    assert _paths(_events(ps), workdir) == [f"{workdir}/as-root"]
+
+
+def test_a_failed_attach_leaves_nothing_behind(sensors) -> None:
+    _ps, ts = sensors
+    hook = Hook(
+        source="uprobes[0]",
+        event="process_uprobe",
+        function_name="no_such_symbol_apiary",
+        syscalls=(f"__uprobe_{LIBC}:no_such_symbol_apiary",),
+        args=(),
+        selectors=(),
+        realisation="uprobe",
+        path=LIBC,
+    )
+    from apiary.loader import BpfError
+
+    with pytest.raises(BpfError):
+        _apply(ts, "bad-uprobe", hook)
+    assert not ts.policies and not ts.hooks and not ts.sys_links

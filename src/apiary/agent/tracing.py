@@ -19,7 +19,20 @@ from apiary.runtime.process import ProcessSensor
 from apiary.runtime.tracing import TracingSensor, cgroup_id
 from apiary.tracing.compile import KernelFeatures, compile_tracing_policy, features_from_tracefs
 from apiary.tracing.load import load_tracing_policies
-from apiary.tracing.types import ARG_FD, ARG_INT, ARG_SOCKADDR, ARG_STRING, ARG_UINT, CompiledTracingPolicy, Hook
+from apiary.tracing.types import (
+    ARG_CHARS,
+    ARG_DATALOC,
+    ARG_FD,
+    ARG_FILEPTR,
+    ARG_INT,
+    ARG_KSTRING,
+    ARG_SOCKADDR,
+    ARG_STRING,
+    ARG_UINT,
+    ArgSpec,
+    CompiledTracingPolicy,
+    Hook,
+)
 
 ACTION_ENUM = {
     "Post": "KPROBE_ACTION_POST",
@@ -235,10 +248,14 @@ class Tracing:
         if hook.event == "process_tracepoint":
             subsys, _, event = hook.function_name.partition("/")
             body.update({"subsys": subsys, "event": event})
+        elif hook.event == "process_uprobe":
+            body.update({"path": hook.path, "symbol": hook.function_name})
         else:
             body["function_name"] = hook.function_name
         if args:
             body["args"] = args
+        if hook.ret is not None:
+            body["return"] = _value(hook.ret, ev.ret, "")
         body["action"] = ACTION_ENUM.get(action, "KPROBE_ACTION_POST")
         body["policy_name"] = pol.name
         message = hook.message
@@ -257,17 +274,21 @@ class Tracing:
 
 
 def _arg(hook: Hook, i: int, ev: abi.Event) -> dict[str, Any]:
-    spec = hook.args[i]
-    v = ev.ints[i]
-    s = bytes(ev.str[i])[: ev.slen[i]].decode("utf-8", errors="replace")
-    if spec.kind == ARG_STRING:
+    return _value(hook.args[i], ev.ints[i], bytes(ev.str[i])[: ev.slen[i]].decode("utf-8", errors="replace"))
+
+
+def _value(spec: ArgSpec, v: int, s: str) -> dict[str, Any]:
+    """One typed argument (or return value) in Tetragon's JSON shape."""
+    if spec.kind in (ARG_STRING, ARG_DATALOC, ARG_CHARS, ARG_KSTRING):
         out: dict[str, Any] = {"string_arg": s}
-    elif spec.kind == ARG_FD:
+    elif spec.kind in (ARG_FD, ARG_FILEPTR) and spec.tetragon_type == "linux_binprm":
+        out = {"linux_binprm_arg": {"path": s}}
+    elif spec.kind in (ARG_FD, ARG_FILEPTR):
         out = {"file_arg": {"path": s}}
     elif spec.kind == ARG_SOCKADDR:
         fam, addr, port = abi.sockaddr(v)
         out = {"sockaddr_arg": {"family": "AF_INET" if fam == 2 else str(fam), "addr": addr, "port": port}}
-    elif spec.tetragon_type == "size_t":
+    elif spec.tetragon_type in ("size_t", "uint64", "ulong"):
         out = {"size_arg": str(v & 0xFFFFFFFFFFFFFFFF)}
     elif spec.kind == ARG_UINT:
         out = {"uint_arg": v & 0xFFFFFFFF}

@@ -18,6 +18,7 @@ EVENT_TYPES: dict[str, str] = {
     "kprobe": "process_kprobe",
     "tracepoint": "process_tracepoint",
     "lsm": "process_lsm",
+    "uprobe": "process_uprobe",
 }
 
 _DURATION = re.compile(r"(?:\d+(?:\.\d+)?(?:ms|s|m|h|d))+")

@@ -67,6 +67,33 @@ def sysbench() -> float | None:
     return None
 
 
+def tracepoint_floor(cmd: list[str], rounds: int) -> float:
+    """% the open loop slows down with only an empty attachment on sys_enter_openat (no hooks in the table)."""
+    from apiary.loader import TracepointLink
+    from apiary.runtime.process import ProcessSensor
+    from apiary.runtime.tracing import TracingSensor
+
+    ps = ProcessSensor()
+    ps.load()
+    ts = TracingSensor(ps)
+    try:
+        ts.load()
+        assert ts.obj is not None
+        bare, attached = [], []
+        for _ in range(rounds):
+            bare.append(timed(cmd))
+            lk = TracepointLink.attach(ts.obj.program("gs_sys_enter"), "syscalls", "sys_enter_openat")
+            try:
+                attached.append(timed(cmd))
+            finally:
+                lk.destroy()
+        b = statistics.median(bare)
+        return 100 * (statistics.median(attached) - b) / b
+    finally:
+        ts.close()
+        ps.close()
+
+
 def main(rounds: int = 5, opens: int = 100000, execs: int = 1000) -> None:
     work = {
         f"open loop ({opens:,} x open/close /etc/hostname)": [sys.executable, "-c", OPEN_LOOP.format(n=opens)],
@@ -102,6 +129,11 @@ def main(rounds: int = 5, opens: int = 100000, execs: int = 1000) -> None:
         cells = [f"{cfg}: {100 * (statistics.median(res[(cfg, name)]) - b) / b:+6.2f}%" for cfg in configs]
         print(f"  {name:<46} no agent {b:6.3f} s | " + " | ".join(cells))
     print("  targets: < 2% monitoring, < 5% enforcing")
+    floor = tracepoint_floor(work[next(iter(work))], rounds)
+    print(
+        f"  floor of the mechanism: the open loop with a program on syscalls/sys_enter_openat that returns at once: "
+        f"{floor:+.2f}% (every syscall of the process takes the kernel's syscall-tracing path)"
+    )
     if sb_base and sb_mon:
         b, m = statistics.median(sb_base), statistics.median(sb_mon)
         print(f"  sysbench cpu (1 thread): {b:,.0f} events/s without agent, {m:,.0f} with the monitoring policy "

@@ -698,8 +698,17 @@ static long run_hook(__u32 i, void *data)
 	for (__u32 a = 0; a < GS_ARGS; a++) {
 		if (a >= h->nargs)
 			break;
-		if (h->hash_mask & (1 << a)) /* only what some selector compares */
-			hash_arg(a, ev->slen[a], 0);
+		if (!(h->hash_mask & (1 << a))) /* only what some selector compares */
+			continue;
+		__u32 len = ev->slen[a], need = 0;
+		switch (a) {
+#define GS_L(q) case q: need = h->hash_len[q]; break;
+		GS_L(0) GS_L(1) GS_L(2) GS_L(3) GS_L(4)
+#undef GS_L
+		}
+		if (need && need < len) /* Equal/Prefix values only need their own length hashed */
+			len = need;
+		hash_arg(a, len, 0);
 	}
 	if (h->flags & GS_F_BINARIES) {
 		struct proc_binary *pb = bpf_map_lookup_elem(&binaries, &tgid);

@@ -181,10 +181,11 @@ class HookCfg(ctypes.Structure):
         ("arg_kind", ctypes.c_uint8 * GS_ARGS),
         ("ret_kind", ctypes.c_uint8),
         ("hash_mask", ctypes.c_uint8),
-        ("_pad2", ctypes.c_uint8 * 4),
+        ("hash_len", ctypes.c_uint8 * GS_ARGS),
+        ("_pad2", ctypes.c_uint8 * 1),
         ("arg_off", ctypes.c_uint16 * GS_ARGS),
         ("arg_size", ctypes.c_uint8 * GS_ARGS),
-        ("_pad3", ctypes.c_uint8 * 1),
+        ("_pad3", ctypes.c_uint8 * 3),
         ("sel", Sel * GS_SELECTORS),
     ]
 
@@ -370,7 +371,14 @@ def encode_hook(
             f.arg = flt.arg
             kind = hook.args[flt.arg].kind
             if kind in STRING_KINDS:
+                if not h.hash_mask & (1 << flt.arg):
+                    h.hash_len[flt.arg] = 1
                 h.hash_mask |= 1 << flt.arg
+                if flt.op in ("Postfix", "NotPostfix") or h.hash_len[flt.arg] == 0:
+                    h.hash_len[flt.arg] = 0  # the tail hashes need the whole string
+                else:
+                    need = max(len(str(v).encode()) for v in flt.values) if flt.values else 1
+                    h.hash_len[flt.arg] = max(h.hash_len[flt.arg], min(need, GS_ARGSTR - 1))
             _encode_filter(f, flt.op, kind, flt.values)
     return bytes(h)
 

@@ -153,10 +153,11 @@ struct gs_hook {
 	__u8 arg_kind[GS_ARGS];
 	__u8 ret_kind;  /* GS_ARG_INT / GS_ARG_UINT for return hooks */
 	__u8 hash_mask; /* bit a: some selector compares string argument a (hash it) */
-	__u8 _pad2[4];
+	__u8 hash_len[GS_ARGS]; /* bytes of argument a the comparisons need (0: all, for Postfix) */
+	__u8 _pad2[1];
 	__u16 arg_off[GS_ARGS];  /* tracepoint record: field offset */
 	__u8 arg_size[GS_ARGS];  /* tracepoint record: field size */
-	__u8 _pad3[1];
+	__u8 _pad3[3];
 	struct gs_selector sel[GS_SELECTORS];
 };
 

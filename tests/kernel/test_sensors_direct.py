@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -179,6 +180,134 @@ def test_kprobe_on_vfs_write_reports_the_file_and_size() -> None:
         ps.ring.consume(lambda b: evs.append(tabi.decode_event(b)) if b[0] == tabi.MSG_GENERIC else None)
         mine = [e for e in evs if bytes(e.str[0])[: e.slen[0]].decode() == target]
         assert mine and mine[-1].ints[1] == 5  # size_t count of the write
+    finally:
+        ts.close()
+        ps.close()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def _lsm_sensor() -> tuple[ProcessSensor, TracingSensor]:
+    import pytest
+
+    from apiary.loader import BpfError
+
+    ps = ProcessSensor()
+    ps.load()
+    ts = TracingSensor(ps, lsm=True)
+    try:
+        ts.load()
+    except BpfError as e:
+        ts.close()
+        ps.close()
+        pytest.skip(f"no BPF-LSM on this kernel ({e})")
+    return ps, ts
+
+
+def test_lsm_bprm_check_denies_the_exec_of_one_binary() -> None:
+    """Only where BPF-LSM works (the 6.1 VM): exec of a copied binary fails with EPERM, the shell lives."""
+    from apiary.tracing.types import ARG_FILEPTR
+
+    d = tempfile.mkdtemp(prefix="apiary-bprm-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+    banned = os.path.join(d, "banned-true")
+    shutil.copy("/bin/true", banned)
+    ps, ts = _lsm_sensor()
+    try:
+        hook = Hook(
+            source="lsmhooks[0] bprm_check_security",
+            event="process_lsm",
+            function_name="bprm_check_security",
+            syscalls=("__lsm_bprm_check_security",),
+            args=(ArgSpec(0, ARG_FILEPTR, tetragon_type="linux_binprm"),),
+            selectors=(Selector(args=(ArgFilter(0, "Equal", (banned,)),), action="Override", signal=1),),
+            realisation="BPF-LSM",
+        )
+        ts.apply("/no-exec", CompiledTracingPolicy("no-exec", "", "TracingPolicy", "enforce", None, [hook]), None)
+        r = subprocess.run(["/bin/sh", "-c", f"{banned}; echo rc=$?; /bin/true && echo other-ok"],
+                           capture_output=True, text=True)
+        assert "Operation not permitted" in r.stderr and "other-ok" in r.stdout and r.returncode == 0
+        evs = []
+        assert ps.ring is not None
+        ps.ring.consume(lambda b: evs.append(tabi.decode_event(b)) if b[0] == tabi.MSG_GENERIC else None)
+        assert [bytes(e.str[0])[: e.slen[0]].decode() for e in evs] == [banned]
+    finally:
+        ts.close()
+        ps.close()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_lsm_file_permission_denies_the_write_not_the_open() -> None:
+    """Only where BPF-LSM works: writing to an already open file fails with EPERM; reading still works."""
+    from apiary.tracing.types import ARG_FILEPTR, ARG_INT
+
+    d = tempfile.mkdtemp(prefix="apiary-fperm-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+    target = os.path.join(d, "data")
+    Path(target).write_text("original\n")
+    ps, ts = _lsm_sensor()
+    try:
+        may_write = 2
+        hook = Hook(
+            source="lsmhooks[0] file_permission",
+            event="process_lsm",
+            function_name="file_permission",
+            syscalls=("__lsm_file_permission",),
+            args=(ArgSpec(0, ARG_FILEPTR, tetragon_type="file"), ArgSpec(1, ARG_INT, tetragon_type="int")),
+            selectors=(
+                Selector(
+                    args=(ArgFilter(0, "Prefix", (d + "/",)), ArgFilter(1, "Mask", (may_write,))),
+                    action="Override",
+                    signal=1,
+                ),
+            ),
+            realisation="BPF-LSM",
+        )
+        ts.apply("/ro", CompiledTracingPolicy("ro", "", "TracingPolicy", "enforce", None, [hook]), None)
+        code = (
+            f"import os\nfd = os.open({target!r}, os.O_RDWR)\nprint(os.read(fd, 8))\n"
+            "try:\n    os.write(fd, b'x')\nexcept PermissionError:\n    print('EPERM')\n"
+        )
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert r.returncode == 0 and "b'original'" in r.stdout and "EPERM" in r.stdout, r
+        assert Path(target).read_text() == "original\n"
+    finally:
+        ts.close()
+        ps.close()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_kretprobe_reports_what_vfs_write_returned() -> None:
+    """Only where kprobes work (the 6.1 VM): entry args and the return value of the kernel function."""
+    import pytest
+
+    from apiary.loader import BpfError
+    from apiary.tracing.types import ARG_FILEPTR, ARG_INT
+
+    d = tempfile.mkdtemp(prefix="apiary-kret-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+    target = os.path.join(d, "log.txt")
+    ps = ProcessSensor()
+    ps.load()
+    ts = TracingSensor(ps, kprobes=True)
+    try:
+        ts.load()
+        hook = Hook(
+            source="kprobes[0] vfs_write",
+            event="process_kprobe",
+            function_name="vfs_write",
+            syscalls=("__kprobe_vfs_write",),
+            args=(ArgSpec(0, ARG_FILEPTR, tetragon_type="file"),),
+            selectors=(Selector(args=(ArgFilter(0, "Prefix", (d + "/",)),), ret=ArgFilter(0, "GT", (0,))),),
+            realisation="kprobe + kretprobe",
+            ret=ArgSpec(0, ARG_INT, tetragon_type="int"),
+        )
+        try:
+            ts.apply("/kret", CompiledTracingPolicy("kret", "", "TracingPolicy", "enforce", None, [hook]), None)
+        except BpfError as e:
+            pytest.skip(f"no kprobes on this kernel ({e})")
+        subprocess.run(["/bin/sh", "-c", f"printf 1234567 > {target}"], check=True)
+        evs = []
+        assert ps.ring is not None
+        ps.ring.consume(lambda b: evs.append(tabi.decode_event(b)) if b[0] == tabi.MSG_GENERIC else None)
+        mine = [e for e in evs if bytes(e.str[0])[: e.slen[0]].decode() == target]
+        assert [e.ret for e in mine] == [7]
     finally:
         ts.close()
         ps.close()

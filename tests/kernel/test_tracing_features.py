@@ -137,16 +137,18 @@ def test_follow_children_matches_what_the_shell_runs_not_the_same_binary_elsewhe
     ps, ts = sensors
     for n in ("f1", "f2", "f3"):
         Path(workdir, n).write_text(n)
+    # a shell binary of its own: the test itself may run under dash (make runs recipes with /bin/sh)
+    bindir = tempfile.mkdtemp(prefix="apiary-shell-")
+    shell = os.path.join(bindir, "myshell")
+    shutil.copy("/usr/bin/dash", shell)
     # started before the policy: its bit comes from /proc when the policy is applied
-    early = subprocess.Popen(
-        ["/bin/sh", "-c", f"read x; cat {workdir}/f3 >/dev/null"], stdin=subprocess.PIPE, text=True
-    )
+    early = subprocess.Popen([shell, "-c", f"read x; cat {workdir}/f3 >/dev/null"], stdin=subprocess.PIPE, text=True)
     try:
-        sel = Selector(binaries=BinaryFilter("In", ("/usr/bin/dash",), follow_children=True))
+        sel = Selector(binaries=BinaryFilter("In", (shell,), follow_children=True))
         _apply(ts, "shell-children", _open_hook(workdir, sel))
         assert ts.follow_links  # the exec/fork/exit programs run only while a follow filter exists
-        subprocess.run(["/bin/sh", "-c", f"cat {workdir}/f1 >/dev/null"], check=True)
-        subprocess.run(["cat", f"{workdir}/f2"], check=True, capture_output=True)  # cat, but not under dash
+        subprocess.run([shell, "-c", f"cat {workdir}/f1 >/dev/null"], check=True)
+        subprocess.run(["cat", f"{workdir}/f2"], check=True, capture_output=True)  # cat, but not under the shell
         assert early.stdin is not None
         early.stdin.write("go\n")
         early.stdin.close()
@@ -155,6 +157,7 @@ def test_follow_children_matches_what_the_shell_runs_not_the_same_binary_elsewhe
         if early.poll() is None:
             early.kill()
             early.wait()
+        shutil.rmtree(bindir, ignore_errors=True)
     evs = _events(ps)
     assert sorted(_paths(evs, workdir)) == [f"{workdir}/f1", f"{workdir}/f3"]
     ts.delete("/shell-children")

@@ -314,3 +314,40 @@ def test_syscall_tracepoint_policy_gives_process_tracepoint_events(env: tuple[Ag
     assert ev["subsys"] == "syscalls" and ev["event"] == "sys_enter_mkdir"
     assert ev["args"] == [{"string_arg": f"{prot}/made-by-test"}]
     assert ev["process"]["binary"].endswith("mkdir") and ev["process"]["pod"]["name"] == "plain"
+
+
+def test_uprobe_tracepoint_and_return_examples_through_the_agent(env: tuple[AgentProcess, Net, Path]) -> None:
+    """Three example policies as a user applies them: a uprobe in bash, a task tracepoint read by field
+    offsets, and a return probe filtered on the return value; events in Tetragon's JSON with the pod."""
+    _, net, _ = env
+    ex = REPO / "examples" / "tracing"
+    out = apply(net, (ex / "bash-commands-uprobe.yaml").read_text())
+    assert "uprobe" in out and "shell_execve" in out
+    apply(net, (ex / "process-rename-tracepoint.yaml").read_text())
+    apply(net, (ex / "failed-opens.yaml").read_text())
+    missing = f"/etc/apiary-missing-{os.getpid()}"
+    script = f"bash -c '/bin/true; printf apiary-rn > /proc/$$/comm; cat {missing}; exit 0'"
+    assert run_in(net, f"{NS}/plain", script).returncode == 0
+
+    ups = [e["process_uprobe"] for e in events(net, kind="uprobe")
+           if e["process_uprobe"]["policy_name"] == "bash-commands"]
+    mine = [u for u in ups if u["args"][0].get("string_arg") == "/bin/true"]
+    assert mine, ups
+    u = mine[-1]
+    assert u["path"] == "/usr/bin/bash" and u["symbol"] == "shell_execve"
+    assert u["args"] == [{"string_arg": "/bin/true", "label": "command"}] and u["message"] == "bash executes a command"
+    assert u["process"]["pod"]["name"] == "plain"
+
+    tps = [e["process_tracepoint"] for e in events(net, kind="tracepoint")
+           if e["process_tracepoint"]["policy_name"] == "process-rename"]
+    ren = [t for t in tps if t["args"][2].get("string_arg") == "apiary-rn"]
+    assert ren, tps
+    t = ren[-1]
+    assert (t["subsys"], t["event"]) == ("task", "task_rename")
+    assert t["args"][0]["label"] == "pid" and t["args"][0]["int_arg"] == int(t["process"]["pid"])
+    assert t["args"][1] == {"string_arg": "bash", "label": "oldcomm"}
+
+    kps = [e["process_kprobe"] for e in events(net) if e["process_kprobe"]["policy_name"] == "failed-opens-etc"]
+    fails = [k for k in kps if k["args"][0].get("string_arg") == missing]
+    assert fails and fails[-1]["return"] == {"int_arg": -2}  # ENOENT
+    assert all(k["return"]["int_arg"] < 0 for k in kps)  # successful opens of /etc/ files are not reported

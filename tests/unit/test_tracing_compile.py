@@ -258,8 +258,10 @@ def test_commit_creds_bprm_and_sys_helpers() -> None:
 def test_unmapped_kernel_function_refused_from_the_features() -> None:
     spec = "kprobes: [{call: dev_queue_xmit, syscall: false, args: [{index: 0, type: skb}]}]"
     assert refusal(spec) == f"unsupported: spec.kprobes[0].call (dev_queue_xmit: {NO_KPROBE})"
-    assert refusal(spec, VM) == ("unsupported: spec.kprobes[0].call (dev_queue_xmit: needs a kprobe, which apiary's "
-                                 "sensor does not attach yet (this version realises hooks at syscall entry only))")
+    assert refusal(spec, VM) == (
+        "unsupported: spec.kprobes[0].call (dev_queue_xmit: needs a kprobe on a function whose arguments apiary's "
+        "sensor does not know yet (kprobes are realised for vfs_write, vfs_read, security_file_permission, "
+        "security_file_open, fd_install))")
     assert refusal("lsmhooks: [{hook: path_mkdir}]") == ("unsupported: spec.lsmhooks[0].hook (lsm hook path_mkdir: "
                                                          "needs BPF-LSM; this kernel: no kprobes (CONFIG_KPROBES off), "
                                                          "fentry/BPF-LSM refused)")
@@ -275,11 +277,13 @@ def test_kernel_with_kprobes_realises_vfs_write_as_a_kprobe() -> None:
 def test_kernel_with_kprobes_still_realises_unmapped_functions_at_syscall_entry_and_says_so() -> None:
     c = build("""
         kprobes:
-        - call: fd_install
+        - call: tcp_connect
           syscall: false
-          args: [{index: 1, type: file}]
+          args: [{index: 0, type: sock}]
         """, VM)
-    assert c.notes[-1].endswith("(this kernel has kprobes, but this version attaches at syscall entry only)")
+    assert c.hooks[0].syscalls == ("connect",)
+    assert c.notes[-1].endswith(
+        "(this kernel has kprobes, but apiary's kprobe realisation does not cover this function yet)")
 
 
 def test_other_sensors_refused() -> None:
@@ -290,8 +294,7 @@ def test_other_sensors_refused() -> None:
         loader: true
         enforcers: [{calls: [sys_dup]}]
         """)
-    assert found == ["unsupported: spec.uprobes (uprobes are not supported yet)",
-                     "unsupported: spec.usdts (usdts are not supported yet)",
+    assert found == ["unsupported: spec.usdts (usdts are not supported yet)",
                      "unsupported: spec.fentries (fentries are not supported yet)",
                      "unsupported: spec.enforcers (enforcers are not supported yet)",
                      "unsupported: spec.loader (loader events are not supported yet)"]
@@ -309,10 +312,12 @@ def test_syscall_tracepoints() -> None:
     assert (h.event, h.function_name, h.syscalls) == ("process_tracepoint", "syscalls/sys_enter_openat", ("openat",))
     assert h.args == (ArgSpec(1, ARG_STRING, "", "string"), ArgSpec(2, ARG_INT, "", "int"))
     assert h.selectors[0].args == (ArgFilter(0, "Prefix", ("/etc",)),)
+    # other tracepoints are read through their format file: without a known tracefs they are refused
     assert refusal("tracepoints: [{subsystem: sched, event: sched_process_exec}]") == (
-        "unsupported: spec.tracepoints[0].subsystem (tracepoint sched/sched_process_exec: only syscall tracepoints in "
-        "this version (syscalls/sys_enter_*, raw_syscalls/sys_enter))")
-    assert "syscall exit tracepoints" in refusal("tracepoints: [{subsystem: syscalls, event: sys_exit_openat}]")
+        "unsupported: spec.tracepoints[0].event (tracepoint sched/sched_process_exec: tracefs was not found, so the "
+        "record's format cannot be read)")
+    assert "tracepoint syscalls/sys_exit_openat: tracefs was not found" in refusal(
+        "tracepoints: [{subsystem: syscalls, event: sys_exit_openat}]")
 
 
 def test_raw_syscalls_id_filter_becomes_the_watched_set() -> None:
@@ -491,23 +496,25 @@ def test_unsupported_selector_fields_are_named() -> None:
         kprobes:
         - call: sys_write
           selectors:
-          - matchNamespaces: [{namespace: Pid, operator: NotIn, values: [host_ns]}]
-            matchCapabilities: [{operator: In, values: [CAP_SYS_ADMIN]}]
+          - matchNamespaceChanges: [{operator: In, values: [Mnt]}]
+            matchCapabilityChanges: [{operator: In, values: [CAP_SYS_ADMIN]}]
           - matchParentBinaries: [{operator: In, values: [/bin/sh]}]
         """)
     assert found == [
-        "unsupported: spec.kprobes[0].selectors[0].matchNamespaces (matchNamespaces is not supported yet)",
-        "unsupported: spec.kprobes[0].selectors[0].matchCapabilities (matchCapabilities is not supported yet)",
+        "unsupported: spec.kprobes[0].selectors[0].matchNamespaceChanges (matchNamespaceChanges is not supported yet)",
+        "unsupported: spec.kprobes[0].selectors[0].matchCapabilityChanges (matchCapabilityChanges is not supported "
+        "yet)",
         "unsupported: spec.kprobes[0].selectors[1].matchParentBinaries (matchParentBinaries is not supported yet)"]
 
 
 def test_return_values() -> None:
     c = build("kprobes: [{call: sys_openat, return: true, returnArg: {index: 0, type: int}}]")
-    assert c.notes[0] == ("kprobes[0] sys_openat: return value not reported (realised at syscall entry; no return "
-                          "probe yet)")
-    assert "matchReturnArgs is not supported yet" in refusal(
-        "kprobes: [{call: sys_openat, return: true, returnArg: {index: 0, type: int}, selectors: [{matchReturnArgs: "
-        "[{index: 0, operator: GT, values: ['0']}]}]}]")
+    assert c.notes[0] == "kprobes[0] sys_openat: return value: the syscall's return value, read at its exit " \
+        "(sys_exit_openat)"
+    assert c.hooks[0].ret == ArgSpec(0, ARG_INT, "", "int")
+    [h] = build("kprobes: [{call: sys_openat, return: true, returnArg: {index: 0, type: int}, selectors: "
+                "[{matchReturnArgs: [{index: 0, operator: GT, values: ['0']}]}]}]").hooks
+    assert h.selectors[0].ret == ArgFilter(0, "GT", (0,))
 
 
 def test_selector_order_is_kept() -> None:

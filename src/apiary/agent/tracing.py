@@ -330,4 +330,5 @@ def kernel_features(preflight: Any = None) -> KernelFeatures:
         lsm=ok("lsm") and ok("lsm_active"),
         override=False,
         syscalls=base.syscalls,
+        tracefs=base.tracefs,
     )

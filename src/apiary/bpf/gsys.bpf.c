@@ -162,23 +162,27 @@ static __always_inline __u64 reg_arg(struct hooks_ctx *hc, struct gs_hook *h, in
 		}
 		return v;
 	}
-	__u8 idx = 0;
+	__u8 idx = 0, size = 0, kind = 0;
 	switch (a) {
-	case 0: idx = h->arg_index[0]; break;
-	case 1: idx = h->arg_index[1]; break;
-	case 2: idx = h->arg_index[2]; break;
-	case 3: idx = h->arg_index[3]; break;
-	case 4: idx = h->arg_index[4]; break;
+#define GS_R(q) case q: idx = h->arg_index[q]; size = h->arg_size[q]; kind = h->arg_kind[q]; break;
+	GS_R(0) GS_R(1) GS_R(2) GS_R(3) GS_R(4)
+#undef GS_R
 	}
+	__u64 v = 0;
 	switch (idx) { /* constant offsets */
-	case 0: return hc->args[0];
-	case 1: return hc->args[1];
-	case 2: return hc->args[2];
-	case 3: return hc->args[3];
-	case 4: return hc->args[4];
-	case 5: return hc->args[5];
+	case 0: v = hc->args[0]; break;
+	case 1: v = hc->args[1]; break;
+	case 2: v = hc->args[2]; break;
+	case 3: v = hc->args[3]; break;
+	case 4: v = hc->args[4]; break;
+	case 5: v = hc->args[5]; break;
 	}
-	return 0;
+	if ((kind == GS_ARG_INT || kind == GS_ARG_UINT) && size && size < 8) {
+		/* a 32-bit (or narrower) argument: only the low bytes of the register are its value */
+		__u32 sh = 64 - (size & 7) * 8;
+		v = kind == GS_ARG_INT ? (__u64)(((__s64)(v << sh)) >> sh) : (v << sh) >> sh;
+	}
+	return v;
 }
 
 static __always_inline struct file *fd_file(__u64 fd)

@@ -66,6 +66,19 @@ NS_FILES = {
     "Cgroup": "cgroup",
     "User": "user",
 }
+# bytes of the integer types narrower than a register (the rest of the register is not the value)
+INT_SIZES = {
+    "int": 4,
+    "int32": 4,
+    "sint32": 4,
+    "uint32": 4,
+    "int16": 2,
+    "sint16": 2,
+    "uint16": 2,
+    "int8": 1,
+    "sint8": 1,
+    "uint8": 1,
+}
 CAP_TYPES = {"Effective": 1, "Inheritable": 2, "Permitted": 3}
 FOLLOW_BIN, FOLLOW_PID = 1, 2
 # pseudo numbers of kprobe-realised functions: the attach cookie of the kprobe link
@@ -326,7 +339,7 @@ def encode_hook(
         h.arg_index[i] = a.index
         h.arg_kind[i] = KIND[a.kind]
         h.arg_off[i] = a.offset
-        h.arg_size[i] = a.size
+        h.arg_size[i] = a.size or INT_SIZES.get(a.tetragon_type, 0)  # registers: narrow ints are truncated
     for si, sel in enumerate(hook.selectors):
         s = h.sel[si]
         s.nfilters = len(sel.args)

@@ -1,15 +1,26 @@
-"""Compile a loaded TracingPolicy into hooks the generic syscall sensor realises (pure; no kernel, no root).
+"""Compile a loaded TracingPolicy into hooks the generic sensor realises (pure; no kernel, no root).
 
-The sensor of this version attaches at syscall entry only (one raw tracepoint on ``sys_enter``). A hook
-is therefore realised in one of three ways, and every realisation is reported in
-``CompiledTracingPolicy.notes`` (shown at apply time); a hook with no faithful realisation refuses the
-whole policy with a :class:`PolicyError` naming the field.
+The sensor (``bpf/gsys.bpf.c``) evaluates the same hook tables and selectors from several attach points:
+syscall tracepoints (``sys_enter_<name>``, plus ``sys_exit_<name>`` for return hooks), any other tracepoint
+(fields read from the record by offset), kprobes and kretprobes, uprobes and uretprobes, and BPF-LSM
+programs. Every hook is realised in one of the ways below and each realisation is reported in
+``CompiledTracingPolicy.notes`` (shown at apply time); a hook or field with no faithful realisation
+refuses the whole policy with a :class:`PolicyError` naming the field. ``Hook.syscalls`` names the
+attach points (see :mod:`apiary.tracing.types`).
 
 1. ``kprobes`` with ``syscall: true`` and ``call: sys_X`` (``__x64_sys_X`` too), and ``tracepoints``
    ``syscalls/sys_enter_X``: the entry of syscall X. Args by index are the syscall's arguments (for a
    tracepoint, field index 5 + n is argument n; 0-3 are the common fields, 4 the syscall number).
-   The event's ``function_name`` is ``__x64_sys_X`` (tracepoints: ``syscalls/sys_enter_X``).
-2. A few kernel functions (``syscall: false``) and LSM hooks, on the nearest syscalls:
+   The event's ``function_name`` is ``__x64_sys_X`` (tracepoints: ``syscalls/sys_enter_X``). With
+   ``return: true`` the hook is completed at ``sys_exit_X``: the return value is read there and
+   ``matchReturnArgs`` and the action are decided then.
+2. Where the kernel has kprobes (``KernelFeatures.kprobes``), the kernel functions ``vfs_write``,
+   ``vfs_read``, ``security_file_permission``, ``security_file_open`` and ``fd_install`` are kprobes on
+   the function itself (a ``struct file`` argument is resolved to its full path); ``return: true`` adds a
+   kretprobe. Where the kernel has BPF-LSM (``KernelFeatures.lsm``), the lsmhooks ``file_open``,
+   ``file_permission`` and ``bprm_check_security`` (the binprm resolved to its file's path) are BPF-LSM
+   programs: the only realisation where ``Override`` (fail the operation with ``argError``) is possible.
+3. Otherwise a few kernel functions (``syscall: false``) and LSM hooks, on the nearest syscalls:
 
    ============================== =========================================== ==============================
    kernel function / LSM hook      syscalls                                     args (kernel arg -> syscall)
@@ -40,14 +51,28 @@ whole policy with a :class:`PolicyError` naming the field.
    the file's full path; fd args are resolved to the file's path in the kernel. An arg marked "not
    available" is left out of events (noted) and a filter on it refuses the policy. An arg that exists
    on only some of the syscalls (vfs_write's count) restricts a monitoring policy to those syscalls
-   (noted) and refuses an enforcing one (the others would be a bypass).
-3. ``raw_syscalls/sys_enter``: only its ``id`` (field 4) may be read, and only filtered by syscall
+   (noted) and refuses an enforcing one (the others would be a bypass). With ``return: true`` the value
+   read is the syscall's return value (at its exit): for vfs_write, vfs_read and __sys_X it means the
+   function's; for the LSM-like hooks and tcp_connect it means something else (noted, and
+   ``matchReturnArgs`` on it refused); for fd_install (void) and commit_creds it is refused.
+4. Any other tracepoint (``syscalls/sys_exit_*`` and ``raw_syscalls/sys_exit`` included): args by field
+   index in the tracepoint's format file (``<tracefs>/events/S/E/format``, common fields included), read
+   from the record by offset and size: integer fields, ``__data_loc char[]`` and ``char[N]`` strings,
+   ``char *`` kernel strings and pointers read as integers.
+5. ``raw_syscalls/sys_enter``: only its ``id`` (field 4) may be read, and only filtered by syscall
    name through a list (``InMap list:NAME``/``Equal``): the filter becomes the set of syscalls watched
    (every selector must name the same set, or none). The id is the event's syscall number.
+6. ``uprobes`` by symbol (one hook per symbol of an absolute path): args from the first five argument
+   registers (integers, user strings, fds); ``return: true`` adds a uretprobe.
 
-Everything else - other kernel functions, other tracepoint subsystems, uprobes, USDTs, fentries, the
-loader, enforcers - is refused. Values beyond the sensor's fixed limits (:mod:`apiary.tracing.types`)
-are refused with the field path and the limit, never truncated.
+Selectors: ``matchArgs``, ``matchBinaries`` (``followChildren``), ``matchPIDs`` (``followForks``),
+``matchNamespaces``, ``matchCapabilities``, ``matchReturnArgs`` (return hooks), and the actions Post,
+NoPost, Sigkill, Signal, DenyConnect (hooks realised on connect()) and Override (BPF-LSM hooks). On a
+return hook the action is taken when the call returns, after its effect.
+
+Everything else - other kernel functions and LSM hooks, raw tracepoints, USDTs, fentries, the loader,
+enforcers, offsets/addresses of uprobes - is refused. Values beyond the sensor's fixed limits
+(:mod:`apiary.tracing.types`) are refused with the field path and the limit, never truncated.
 """
 
 from __future__ import annotations
@@ -62,6 +87,7 @@ from dataclasses import dataclass, field
 from apiary.policy.selectors import NAMESPACE_KEY
 
 from .models import (
+    CAPABILITIES,
     INT_TYPES,
     UNSIGNED_TYPES,
     ActionSelector,
@@ -75,28 +101,37 @@ from .models import (
     Problem,
     TracepointSpec,
     TracingPolicyBase,
+    UProbeSpec,
     parse_int,
     parse_port_range,
     resolve_arg,
 )
 from .types import (
+    ARG_CHARS,
+    ARG_DATALOC,
     ARG_FD,
     ARG_FILEPTR,
     ARG_INT,
+    ARG_KSTRING,
     ARG_SOCKADDR,
     ARG_STRING,
     ARG_UINT,
     MAX_ARG_FILTERS,
     MAX_ARGS,
     MAX_BINARY,
+    MAX_FOLLOW,
+    MAX_NAMESPACE_FILTERS,
     MAX_SELECTORS,
     MAX_STRING,
     MAX_VALUES,
+    STRING_KINDS,
     ArgFilter,
     ArgSpec,
     BinaryFilter,
+    CapabilityFilter,
     CompiledTracingPolicy,
     Hook,
+    NamespaceFilter,
     PidFilter,
     Selector,
 )
@@ -107,9 +142,11 @@ __all__ = [
     "MAX_HOOKS_PER_SYSCALL",
     "X86_64_SYSCALLS",
     "KernelFeatures",
+    "TpField",
     "compile_tracing_policy",
     "features_from_tracefs",
     "syscalls_from_tracefs",
+    "tracepoint_fields",
 ]
 
 MAX_HOOKS = 64  # hooks the sensor holds across all policies (tracing_abi.h GS_HOOKS)
@@ -172,6 +209,7 @@ class KernelFeatures:
     lsm: bool
     override: bool  # kernel error injection (bpf_override_return)
     syscalls: frozenset[str] = frozenset()  # syscall names with a syscalls/sys_enter_<name> tracepoint
+    tracefs: str = ""  # the tracefs root (tracepoint format files); "" = unknown
 
     def describe(self) -> str:
         """E.g. ``no kprobes (CONFIG_KPROBES off), fentry/BPF-LSM refused``."""
@@ -204,12 +242,90 @@ def features_from_tracefs(
     """KernelFeatures with the syscalls listed by tracefs (empty when unreadable).
 
     ``kprobes`` defaults to whether tracefs has ``kprobe_events`` (CONFIG_KPROBE_EVENTS); fentry, BPF-LSM
-    and error injection cannot be seen in tracefs: pass what a load attempt (preflight) found."""
+    and error injection cannot be seen in tracefs: pass what a load attempt (preflight) found. ``tracefs`` is
+    ``root`` when it has an ``events`` directory (the tracepoints' format files), else ""."""
     if kprobes is None:
         kprobes = os.path.exists(os.path.join(root, "kprobe_events"))
     return KernelFeatures(
-        kprobes=kprobes, fentry=fentry, lsm=lsm, override=override, syscalls=syscalls_from_tracefs(root)
+        kprobes=kprobes,
+        fentry=fentry,
+        lsm=lsm,
+        override=override,
+        syscalls=syscalls_from_tracefs(root),
+        tracefs=root if os.path.isdir(os.path.join(root, "events")) else "",
     )
+
+
+@dataclass(frozen=True)
+class TpField:
+    """One field of a tracepoint's record, as its tracefs format file describes it."""
+
+    name: str
+    type_: str  # the C type as written, e.g. "unsigned short", "__data_loc char[]", "char[16]", "const char *"
+    offset: int
+    size: int
+    signed: bool
+    is_data_loc: bool = False  # __data_loc T[]: a u32 (length << 16 | offset) to data later in the record
+    is_array: bool = False  # T name[N] inside the record
+    array_len: int = 0  # N (0 when not a number)
+    is_pointer: bool = False
+
+    @property
+    def element(self) -> str:
+        """The C type without __data_loc, const/volatile, array brackets and pointer stars (e.g. "char")."""
+        t = self.type_.removeprefix("__data_loc").split("[", 1)[0].replace("*", " ")
+        return " ".join(w for w in t.split() if w not in ("const", "volatile"))
+
+
+_FORMAT_FIELD = re.compile(
+    r"^\s*field:(?P<decl>[^;]+);\s*offset:(?P<offset>\d+);\s*size:(?P<size>\d+);(?:\s*signed:(?P<signed>\d+);)?"
+)
+_FIELD_DECL = re.compile(r"^(?P<type>.*?)\s*(?P<name>[A-Za-z_]\w*)\s*(?:\[(?P<len>[^\]]*)\])?$")
+_TP_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]*$")
+
+
+def _parse_format(text: str) -> list[TpField]:
+    out: list[TpField] = []
+    for line in text.splitlines():
+        m = _FORMAT_FIELD.match(line)
+        if not m:
+            continue
+        decl = m.group("decl").strip()
+        d = _FIELD_DECL.match(decl)
+        if not d:
+            continue
+        ctype, name, n = d.group("type").strip(), d.group("name"), d.group("len")
+        data_loc = ctype.startswith("__data_loc")
+        is_array = n is not None and not data_loc
+        out.append(
+            TpField(
+                name=name,
+                type_=f"{ctype}[{n}]" if is_array else ctype,
+                offset=int(m.group("offset")),
+                size=int(m.group("size")),
+                signed=m.group("signed") == "1",
+                is_data_loc=data_loc,
+                is_array=is_array,
+                array_len=int(n) if is_array and n and n.isdigit() else 0,
+                is_pointer="*" in ctype,
+            )
+        )
+    return out
+
+
+def tracepoint_fields(root: str, subsys: str, event: str) -> list[TpField] | None:
+    """The fields of tracepoint ``subsys/event`` in record order (common fields first), read from
+    ``<root>/events/<subsys>/<event>/format``; None when the file cannot be read (no such tracepoint).
+
+    Tetragon's tracepoint arg ``index`` is a position in this list."""
+    if not root or not _TP_NAME.match(subsys) or not _TP_NAME.match(event) or ".." in subsys + event:
+        return None
+    try:
+        with open(os.path.join(root, "events", subsys, event, "format")) as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return _parse_format(text)
 
 
 def _arch_prefix() -> str:
@@ -223,25 +339,37 @@ _FILE = "file"  # an fd resolved to its file path in the kernel
 _PATH = "path"  # a user path string (as passed to the syscall)
 _BUF = "buf"  # a user buffer
 _INT = "int"
-_KFILE = "kfile"  # a struct file in kernel memory (the argument of an LSM hook)
+_KFILE = "kfile"  # a struct file in kernel memory (the argument of an LSM hook or kprobed function)
+_KBINPRM = "kbinprm"  # a struct linux_binprm, resolved to its file's path (the sensor reads bprm->file)
 _SOCKADDR = "sockaddr"  # the user's struct sockaddr
 _ANY = "any"  # direct syscall arguments: the policy's type decides
+_UREG = "ureg"  # a uprobe's argument register: the policy's type decides (user-space values)
 
 _CLASS_TYPES: dict[str, frozenset[str]] = {
     _FILE: frozenset({"file", "fd"}),
     _PATH: frozenset({"file", "path", "filename", "string", "linux_binprm"}),
     _KFILE: frozenset({"file"}),
+    _KBINPRM: frozenset({"linux_binprm", "file"}),
     _BUF: frozenset({"char_buf", "string"}),
     _INT: frozenset(INT_TYPES),
     _SOCKADDR: frozenset({"sock", "sockaddr"}),
 }
 _CLASS_TEXT = {
-    _KFILE: "a file (struct file at the LSM hook)",
+    _KFILE: "a file (a struct file in kernel memory)",
+    _KBINPRM: "the program being executed (struct linux_binprm, read as its file's path)",
     _FILE: "a file (its fd at the syscall)",
     _PATH: "a path (a user string at the syscall)",
     _BUF: "a user buffer",
     _INT: "an integer",
     _SOCKADDR: "a socket address (the user's sockaddr)",
+}
+_CLASS_KIND = {
+    _FILE: ARG_FD,
+    _PATH: ARG_STRING,
+    _BUF: ARG_STRING,
+    _SOCKADDR: ARG_SOCKADDR,
+    _KFILE: ARG_FILEPTR,
+    _KBINPRM: ARG_FILEPTR,
 }
 
 
@@ -257,6 +385,14 @@ class _Mapping:
     variants: tuple[_Variant, ...]
     misses: str  # what the realisation does not see
     missing: Mapping[int, str] = field(default_factory=dict)  # kernel arg -> why it is not available
+    ret: str = ""  # return: true is realised: what the value read at return is
+    ret_differs: str = ""  # the value read at return is not the function's: how (matchReturnArgs refused)
+    no_ret: str = ""  # return: true is refused: why
+    no_index: str = ""  # an arg index the realisation has no slot for is refused with this text
+    fields: tuple[TpField, ...] | None = None  # generic tracepoints: the record's fields
+
+
+_SYS_RET = "the syscall's return value, read at its exit (sys_exit)"
 
 
 _WRITE = ("write", "pwrite64", "writev", "pwritev", "pwritev2")
@@ -271,60 +407,97 @@ _PATH_TEXT = (
 _OPEN_MAPPING = _Mapping(
     (_Variant(_OPEN_FIRST, {0: (0, _PATH)}), _Variant(_OPEN_SECOND, {0: (1, _PATH)})),
     f"opens by the kernel and by exec not seen; {_PATH_TEXT}",
+    ret=_SYS_RET,
+    ret_differs="the hook returns a permission decision (0 or -errno), the open syscalls return the new fd or -errno",
 )
 _EXEC_MAPPING = _Mapping(
     (_Variant(("execve",), {0: (0, _PATH)}), _Variant(("execveat",), {0: (1, _PATH)})),
     f"the {_PATH_TEXT}; a script's interpreter not seen",
+    ret=_SYS_RET,
+    ret_differs="the hook returns a permission decision (0 or -errno), execve returns only when the exec failed",
 )
 
 MAPPINGS: dict[str, _Mapping] = {
     "vfs_write": _Mapping(
         (_Variant(_WRITE[:2], {0: (0, _FILE), 1: (1, _BUF), 2: (2, _INT)}), _Variant(_WRITE[2:], {0: (0, _FILE)})),
         "kernel-internal writes not seen; file resolved from the fd",
+        ret="the syscall's return value (bytes written or -errno), read at its exit (sys_exit)",
     ),
     "vfs_read": _Mapping(
         (_Variant(_READ[:2], {0: (0, _FILE), 2: (2, _INT)}), _Variant(_READ[2:], {0: (0, _FILE)})),
         "kernel-internal reads not seen; file resolved from the fd",
         {1: "the buffer is not filled yet at syscall entry"},
+        ret="the syscall's return value (bytes read or -errno), read at its exit (sys_exit)",
     ),
     "security_file_permission": _Mapping(
         (_Variant(_WRITE, {0: (0, _FILE)}, {1: 2}), _Variant(_READ, {0: (0, _FILE)}, {1: 4})),
         "write-family syscalls are MAY_WRITE (2), read-family MAY_READ (4); kernel-internal accesses and other "
         "permission checks not seen; file resolved from the fd; the mask is implied by the syscall, not read",
+        ret=_SYS_RET,
+        ret_differs="security_file_permission returns a permission decision (0 or -errno), the read/write syscalls "
+        "return a byte count or -errno",
     ),
     "fd_install": _Mapping(
         (_Variant(_OPEN_FIRST, {1: (0, _PATH)}), _Variant(_OPEN_SECOND, {1: (1, _PATH)})),
         f"only files opened by path (not sockets, pipes, accept, dup…); {_PATH_TEXT}",
         {0: "the new fd is the syscall's return value, not known at syscall entry"},
+        no_ret="fd_install returns nothing (void)",
     ),
     "security_file_open": _OPEN_MAPPING,
     "tcp_connect": _Mapping(
         (_Variant(("connect",), {0: (1, _SOCKADDR)}),),
         "only the connect() syscall; kernel-initiated connections not seen; connect() of UDP sockets is seen too; "
         "the destination is the user's sockaddr, the source address and port are not known yet",
+        ret=_SYS_RET,
+        ret_differs="tcp_connect returns whether the SYN could be sent, connect() the outcome of the whole call "
+        "(-EINPROGRESS on a non-blocking socket, -ECONNREFUSED…)",
     ),
     "security_socket_connect": _Mapping(
         (_Variant(("connect",), {1: (1, _SOCKADDR), 2: (2, _INT)}),),
         "only the connect() syscall; kernel-initiated connections not seen",
         {0: "the struct socket is not available at syscall entry (only its fd)"},
+        ret=_SYS_RET,
+        ret_differs="security_socket_connect returns a permission decision (0 or -errno), connect() the outcome of "
+        "the whole call",
     ),
     "commit_creds": _Mapping(
         (_Variant(_CREDS, {}),),
         "only the set*id syscalls; credential changes by exec of set-uid binaries, capset, unshare, setfsuid… not seen",
         {0: "the new credentials are computed inside the syscall: not available at syscall entry"},
+        no_ret="commit_creds always returns 0; the set*id syscall's return value (whether the change was allowed) "
+        "means something else",
     ),
     "security_bprm_check": _EXEC_MAPPING,
 }
 LSM_MAPPINGS: dict[str, _Mapping] = {"file_open": _OPEN_MAPPING, "bprm_check_security": _EXEC_MAPPING}
+_KRET = "the function's return value (kretprobe)"
 # where the kernel has kprobes: the function itself (pseudo-syscall names the sensor's kprobe program)
 KPROBE_REAL: dict[str, _Mapping] = {
     "vfs_write": _Mapping(
         (_Variant(("__kprobe_vfs_write",), {0: (0, _KFILE), 2: (2, _INT)}),),
         "every write through vfs_write, kernel-internal ones included",
+        ret=_KRET,
     ),
     "vfs_read": _Mapping(
         (_Variant(("__kprobe_vfs_read",), {0: (0, _KFILE), 2: (2, _INT)}),),
         "every read through vfs_read, kernel-internal ones included",
+        ret=_KRET,
+    ),
+    "security_file_permission": _Mapping(
+        (_Variant(("__kprobe_security_file_permission",), {0: (0, _KFILE), 1: (1, _INT)}),),
+        "every permission check of a file access (reads and writes, kernel-internal ones included); the mask is "
+        "read from the call",
+        ret=_KRET,
+    ),
+    "security_file_open": _Mapping(
+        (_Variant(("__kprobe_security_file_open",), {0: (0, _KFILE)}),),
+        "every open of a file, by any path (also kernel-internal opens); the file's full path",
+        ret=_KRET,
+    ),
+    "fd_install": _Mapping(
+        (_Variant(("__kprobe_fd_install",), {0: (0, _INT), 1: (1, _KFILE)}),),
+        "every new fd of the process (open, accept, pipe, dup, socket…); the file's full path",
+        no_ret="fd_install returns nothing (void)",
     ),
 }
 # where the kernel has BPF-LSM: the hook itself (the pseudo-syscall names the sensor's LSM programs)
@@ -332,6 +505,16 @@ LSM_REAL: dict[str, _Mapping] = {
     "file_open": _Mapping(
         (_Variant(("__lsm_file_open",), {0: (0, _KFILE)}),),
         "every open of the file, by any path (also kernel-internal opens), decided before it opens",
+    ),
+    "file_permission": _Mapping(
+        (_Variant(("__lsm_file_permission",), {0: (0, _KFILE), 1: (1, _INT)}),),
+        "every permission check of a file access (reads and writes, kernel-internal ones included), decided before "
+        "the access",
+    ),
+    "bprm_check_security": _Mapping(
+        (_Variant(("__lsm_bprm_check_security",), {0: (0, _KBINPRM)}),),
+        "every exec (scripts: the script, then its interpreter), decided before the new program runs; the binprm is "
+        "read as its file's full path",
     ),
 }
 KERNEL_FUNCTION_NAMES = frozenset(MAPPINGS)
@@ -383,12 +566,19 @@ _SOCKADDR_OPS = {
 _UNSUPPORTED_SELECTOR_FIELDS = (
     ("match_data", "matchData"),
     ("match_parent_binaries", "matchParentBinaries"),
-    ("match_namespaces", "matchNamespaces"),
     ("match_namespace_changes", "matchNamespaceChanges"),
-    ("match_capabilities", "matchCapabilities"),
     ("match_capability_changes", "matchCapabilityChanges"),
     ("match_workloads", "matchWorkloads"),
     ("macros", "macros"),
+)
+_CAP_BITS = {name: bit for bit, name in enumerate(CAPABILITIES)}  # kernel order: CAP_CHOWN = 0 …
+_UPROBE_REGS = 5  # uprobe args: the first five argument registers (gs_kprobe reads PARM1-5)
+_MAX_ARG_SIZE = 255  # gs_hook.arg_size is a u8
+_ARG_DETAILS = (
+    ("resolve", "resolve"),
+    ("btf_type", "btfType"),
+    ("source", "source"),
+    ("btf_type_module", "btfTypeModule"),
 )
 
 
@@ -417,6 +607,55 @@ def _kind_of(ty: str, path: str) -> str:
     raise _Refuse(path, f"arg type {ty} not supported at syscall entry")
 
 
+def _uprobe_kind(ty: str, path: str) -> str:
+    """ArgSpec kind for a Tetragon arg type read from a uprobe's argument register (user-space values)."""
+    if ty in INT_TYPES:
+        return ARG_UINT if ty in UNSIGNED_TYPES else ARG_INT
+    if ty in ("string", "char_buf"):
+        return ARG_STRING
+    if ty == "fd":
+        return ARG_FD
+    if ty == "auto":
+        raise _Refuse(
+            path, "arg type auto needs debug information, which apiary does not read: write the type (int, string, fd…)"
+        )
+    raise _Refuse(path, f"arg type {ty} not supported on uprobes (integer types, string, char_buf and fd are)")
+
+
+def _tp_arg(f: TpField, ty: str) -> tuple[str, int, str] | str:
+    """(kind, size, type) of tracepoint field ``f`` read as policy type ``ty``; or the types that can read it
+    ("" when none can)."""
+    elem = f.element
+    integer = (
+        not (f.is_pointer or f.is_array or f.is_data_loc)
+        and f.size in (1, 2, 4, 8)
+        and not elem.startswith(("struct ", "union "))
+    )
+    auto = ty == "auto"
+    if integer:
+        if ty in INT_TYPES or auto:
+            if auto:
+                ty = ("long" if f.size == 8 else "int") if f.signed else ("uint64" if f.size == 8 else "uint32")
+            return (ARG_INT if f.signed else ARG_UINT), f.size, ty
+        return "an integer type (int, long, uint32, uint64…)"
+    if f.is_data_loc and elem == "char":
+        if ty in ("string", "data_loc") or auto:
+            return ARG_DATALOC, f.size, "string" if auto else ty
+        return "string or data_loc"
+    if f.is_array and elem == "char" and f.size > 0:
+        if ty in ("string", "char_buf") or auto:
+            return ARG_CHARS, min(f.size, _MAX_ARG_SIZE), "string" if auto else ty
+        return "string or char_buf"
+    if f.is_pointer:
+        char_ptr = f.type_.count("*") == 1 and elem == "char"
+        if char_ptr and (ty == "string" or auto):
+            return ARG_KSTRING, f.size, "string"
+        if ty in INT_TYPES:
+            return ARG_UINT, 8, ty
+        return ("string or " if char_ptr else "") + "an integer type such as uint64 (the pointer's value)"
+    return ""
+
+
 @dataclass
 class _Arg:
     """One declared arg of a hook, as realised by one variant."""
@@ -428,6 +667,13 @@ class _Arg:
     const: int | None = None
     why_missing: str = ""  # not available (omitted from events, not filterable)
     slot: int = -1  # position in Hook.args
+    offset: int = 0  # tracepoint record field
+    size: int = 0
+    type_: str = ""  # the type as realised (auto resolved); "" = the policy's
+
+    @property
+    def ty(self) -> str:
+        return self.type_ or self.spec.type_
 
 
 class _Compiler:
@@ -448,20 +694,20 @@ class _Compiler:
         if not self.f.kprobes:
             return f"needs kprobe (or BPF-LSM); this kernel: {self.f.describe()}"
         return (
-            "needs a kprobe, which apiary's sensor does not attach yet (this version realises hooks at syscall "
-            "entry only)"
+            "needs a kprobe on a function whose arguments apiary's sensor does not know yet (kprobes are realised "
+            f"for {', '.join(KPROBE_REAL)})"
         )
 
     def needs_lsm(self) -> str:
         if not self.f.lsm:
             return f"needs BPF-LSM; this kernel: {self.f.describe()}"
-        return "needs a BPF-LSM program, which apiary's sensor does not attach yet (syscall entry only in this version)"
+        return f"apiary's sensor has no BPF-LSM program for this hook yet (it has {', '.join(LSM_REAL)})"
 
     def entry_only(self, event: str) -> str:
         if event == "process_lsm" and self.f.lsm:
-            return " (this kernel has BPF-LSM, but this version attaches at syscall entry only)"
+            return " (this kernel has BPF-LSM, but apiary has no BPF-LSM program for this hook yet)"
         if event == "process_kprobe" and self.f.kprobes:
-            return " (this kernel has kprobes, but this version attaches at syscall entry only)"
+            return " (this kernel has kprobes, but apiary's kprobe realisation does not cover this function yet)"
         return ""
 
     def syscall_known(self, name: str) -> bool:
@@ -471,12 +717,16 @@ class _Compiler:
             or (name.startswith("__kprobe_") and self.f.kprobes)
         )
 
+    def note(self, text: str) -> None:
+        if text not in self.notes:
+            self.notes.append(text)
+
     # -- the policy -----------------------------------------------------------------------------------
 
     def run(self) -> CompiledTracingPolicy:
         p = self.policy
         spec = p.spec
-        for fld in ("uprobes", "usdts", "fentries", "enforcers"):
+        for fld in ("usdts", "fentries", "enforcers"):
             if getattr(spec, fld):
                 self.refuse(f"spec.{fld}", f"{fld} are not supported yet")
         if spec.loader:
@@ -501,6 +751,8 @@ class _Compiler:
             self.kprobe(f"kprobes[{i}]", kp)
         for i, tp in enumerate(spec.tracepoints or []):
             self.tracepoint(f"tracepoints[{i}]", tp)
+        for i, up in enumerate(spec.uprobes or []):
+            self.uprobe(f"uprobes[{i}]", up)
         for i, lsm in enumerate(spec.lsmhooks or []):
             self.lsmhook(f"lsmhooks[{i}]", lsm)
         self.check_totals()
@@ -522,7 +774,10 @@ class _Compiler:
             elif o.name in ("disable-kprobe-multi", "disable-uprobe-multi"):
                 self.notes.append(f"option {o.name} has no effect in apiary: it attaches no kprobe/uprobe multi links")
             elif o.name == "override-method":
-                self.notes.append(f"option {o.name} has no effect in apiary: Override is not realised in this version")
+                self.notes.append(
+                    f"option {o.name} has no effect in apiary: Override is realised only on BPF-LSM hooks (by the "
+                    "hook's return value)"
+                )
             else:
                 self.notes.append(f"option {o.name} has no effect in apiary (spec.options[{i}])")
         if mode == "monitor":
@@ -564,6 +819,22 @@ class _Compiler:
         for s, n in sorted(per.items()):
             if n > MAX_HOOKS_PER_SYSCALL:
                 self.refuse("spec", f"{n} hooks watch syscall {s}; the sensor allows {MAX_HOOKS_PER_SYSCALL}")
+        follow = sum(
+            bool(s.binaries and s.binaries.follow_children) + bool(s.pids and s.pids.follow_forks)
+            for h in self.hooks
+            for s in h.selectors
+        )
+        if follow > MAX_FOLLOW:
+            self.refuse(
+                "spec",
+                f"this policy needs {follow} followChildren/followForks slots (one per such filter of each hook's "
+                f"selectors); the sensor holds at most {MAX_FOLLOW} across all policies",
+            )
+        elif follow:
+            self.note(
+                "followChildren/followForks: descendants are tracked in the kernel from fork and exec; processes "
+                "already running when the policy is applied are found from /proc"
+            )
 
     # -- hooks ----------------------------------------------------------------------------------------
 
@@ -633,19 +904,16 @@ class _Compiler:
                     f"{hp}.call", f"no syscall {name} on this kernel (no syscalls/sys_enter_{name} tracepoint)"
                 )
             variant = _Variant((name,), {i: (i, _ANY) for i in range(6)})
-            self.build(
-                hp,
-                source,
-                kp,
-                "process_kprobe",
-                f"{self.prefix}sys_{name}",
-                _Mapping((variant,), ""),
-                f"syscall entry of {name}",
-            )
+            mapping = _Mapping((variant,), "", ret=f"the syscall's return value, read at its exit (sys_exit_{name})")
+            ret = self.return_spec(hp, source, kp, mapping)
+            realisation = f"syscall entry of {name}" + (f", decided at its exit (sys_exit_{name})" if ret else "")
+            self.build(hp, source, kp, "process_kprobe", f"{self.prefix}sys_{name}", mapping, realisation, ret=ret)
             return
         real = KPROBE_REAL.get(call) if self.f.kprobes else None
         if real is not None:
-            self.build(hp, source, kp, "process_kprobe", call, real, f"kprobe on {call}: {real.misses}")
+            ret = self.return_spec(hp, source, kp, real)
+            probe = "kprobe and kretprobe" if ret else "kprobe"
+            self.build(hp, source, kp, "process_kprobe", call, real, f"{probe} on {call}: {real.misses}", ret=ret)
             return
         mapping = MAPPINGS.get(call)
         if mapping is None and call.startswith("__sys_") and self.syscall_known(call.removeprefix("__sys_")):
@@ -653,10 +921,37 @@ class _Compiler:
             mapping = _Mapping(
                 (_Variant((name,), {i: (i, _ANY) for i in range(6)}),),
                 f"the kernel helper's own syscall; in-kernel callers of {call} not seen",
+                ret=f"the return value of syscall {name} (which is {call}'s), read at its exit",
             )
         if mapping is None:
             raise _Refuse(f"{hp}.call", f"{call}: {self.needs_kprobe()}")
-        self.build(hp, source, kp, "process_kprobe", call, mapping, "")
+        ret = self.return_spec(hp, source, kp, mapping)
+        self.build(hp, source, kp, "process_kprobe", call, mapping, "", ret=ret)
+
+    def return_spec(self, hp: str, source: str, spec: KProbeSpec | UProbeSpec, mapping: _Mapping) -> ArgSpec | None:
+        """Hook.ret of a hook with ``return: true`` on this realisation (None without it)."""
+        if not spec.return_:
+            if spec.return_arg is not None:
+                self.note(f"{source}: returnArg has no effect without return: true")
+            return None
+        if mapping.no_ret or not mapping.ret:
+            raise _Refuse(f"{hp}.return", f"return: true cannot be realised: {mapping.no_ret or 'no return probe'}")
+        ra = spec.return_arg
+        rp = f"{hp}.returnArg"
+        if ra is None:
+            raise _Refuse(rp, "return: true needs returnArg (e.g. {index: 0, type: int})")
+        self.arg_details(rp, ra)
+        if ra.type_ not in INT_TYPES:
+            raise _Refuse(
+                f"{rp}.type",
+                f"returnArg type {ra.type_} is not supported: the sensor reads the return value as an integer "
+                "(int, long, size_t, uint64…)",
+            )
+        text = f"{source}: return value: {mapping.ret}"
+        if mapping.ret_differs:
+            text += f"; it is not the hook's own return value ({mapping.ret_differs}): matchReturnArgs is refused"
+        self.note(text)
+        return ArgSpec(0, ARG_UINT if ra.type_ in UNSIGNED_TYPES else ARG_INT, ra.label, ra.type_)
 
     def lsmhook(self, path: str, lsm: LsmHookSpec) -> None:
         hp = f"spec.{path}"
@@ -676,24 +971,14 @@ class _Compiler:
         try:
             if tp.raw:
                 raise _Refuse(
-                    f"{hp}.raw", "raw tracepoints are not supported yet (only syscall tracepoints in this version)"
+                    f"{hp}.raw", "raw tracepoints are not supported yet (tracepoints are read through their records)"
                 )
             if tp.subsystem == "raw_syscalls" and tp.event == "sys_enter":
                 self.raw_syscalls(hp, source, tp)
                 return
-            if tp.subsystem != "syscalls":
-                raise _Refuse(
-                    f"{hp}.subsystem",
-                    f"tracepoint {tp.subsystem}/{tp.event}: only syscall tracepoints in "
-                    "this version (syscalls/sys_enter_*, raw_syscalls/sys_enter)",
-                )
-            if not tp.event.startswith("sys_enter_"):
-                why = (
-                    "syscall exit tracepoints (return values) are"
-                    if tp.event.startswith("sys_exit_")
-                    else f"tracepoint syscalls/{tp.event} is"
-                )
-                raise _Refuse(f"{hp}.event", f"{why} not supported yet (only sys_enter_* in this version)")
+            if tp.subsystem != "syscalls" or not tp.event.startswith("sys_enter_"):
+                self.generic_tracepoint(hp, source, tp)
+                return
             name = tp.event.removeprefix("sys_enter_")
             if not self.syscall_known(name):
                 raise _Refuse(f"{hp}.event", f"no tracepoint syscalls/{tp.event} on this kernel")
@@ -717,6 +1002,65 @@ class _Compiler:
             )
         except _Refuse as r:
             self.problems.append(r.problem)
+
+    def generic_tracepoint(self, hp: str, source: str, tp: TracepointSpec) -> None:
+        """Any tracepoint but syscalls/sys_enter_* and raw_syscalls/sys_enter: fields read by offset."""
+        label = f"{tp.subsystem}/{tp.event}"
+        for what, name in (("subsystem", tp.subsystem), ("event", tp.event)):
+            if not _TP_NAME.match(name) or ".." in name:
+                raise _Refuse(f"{hp}.{what}", f"{name!r} is not a tracepoint {what} name")
+        if not self.f.tracefs:
+            raise _Refuse(
+                f"{hp}.event", f"tracepoint {label}: tracefs was not found, so the record's format cannot be read"
+            )
+        fields = tracepoint_fields(self.f.tracefs, tp.subsystem, tp.event)
+        if fields is None:
+            raise _Refuse(f"{hp}.event", f"no tracepoint {label} on this kernel")
+        mapping = _Mapping((_Variant((f"__tp_{label}",), {}),), "", fields=tuple(fields))
+        self.build(
+            hp,
+            source,
+            tp,
+            "process_tracepoint",
+            label,
+            mapping,
+            f"tracepoint {label}: fields read from the record by offset",
+            index_text="field",
+        )
+
+    def uprobe(self, path: str, up: UProbeSpec) -> None:
+        hp = f"spec.{path}"
+        for fld, name in (
+            ("offsets", "offsets"),
+            ("addrs", "addrs"),
+            ("ref_ctr_offsets", "refCtrOffsets"),
+            ("btf_path", "btfPath"),
+            ("data", "data"),
+            ("binary_digests", "binaryDigests"),
+        ):
+            if getattr(up, fld):
+                self.refuse(f"{hp}.{name}", f"{name} is not supported yet")
+        if up.ignore and up.ignore.digest_verification_failure and not up.binary_digests:
+            self.note(f"{path}: ignore.digestVerificationFailure has no effect without binaryDigests")
+        if not up.path.startswith("/"):
+            self.refuse(f"{hp}.path", f"{up.path!r} is not an absolute path: a uprobe attaches to a binary by its path")
+            return
+        no_index = (
+            f"arg {{index}} is not read: uprobe args are the first {_UPROBE_REGS} argument registers "
+            f"(index 0-{_UPROBE_REGS - 1})"
+        )
+        for si, sym in enumerate(up.symbols or []):
+            source = f"{path} {up.path}:{sym}"
+            try:
+                if not sym or ":" in sym or any(c.isspace() for c in sym):
+                    raise _Refuse(f"{hp}.symbols[{si}]", f"{sym!r} is not a symbol name")
+                variant = _Variant((f"__uprobe_{up.path}:{sym}",), {i: (i, _UREG) for i in range(_UPROBE_REGS)})
+                mapping = _Mapping((variant,), "", ret="the function's return value (uretprobe)", no_index=no_index)
+                ret = self.return_spec(hp, source, up, mapping)
+                text = f"uprobe on {up.path}:{sym}" + (" and its return (uretprobe)" if ret else "")
+                self.build(hp, source, up, "process_uprobe", sym, mapping, text, ret=ret, path=up.path)
+            except _Refuse as r:
+                self.problems.append(r.problem)
 
     def raw_syscalls(self, hp: str, source: str, tp: TracepointSpec) -> None:
         id_pos: set[int] = set()
@@ -818,18 +1162,18 @@ class _Compiler:
         realisation: str,
         missing: Mapping[int, str] | None = None,
         index_text: str = "arg",
+        ret: ArgSpec | None = None,
+        path: str = "",
     ) -> None:
         """Realise one hook spec on each variant of ``mapping`` (identical results are merged)."""
         missing = {**(missing or {}), **mapping.missing}
-        if isinstance(spec, KProbeSpec) and spec.return_:
-            self.notes.append(f"{source}: return value not reported (realised at syscall entry; no return probe yet)")
         for si, sel in enumerate(spec.selectors or []):
-            self.selector_unsupported(f"{hp}.selectors[{si}]", sel)
+            self.selector_unsupported(f"{hp}.selectors[{si}]", sel, ret, mapping.ret_differs)
         enforcing = any(a.action in _ENFORCING for s in spec.selectors or [] for a in s.match_actions or [])
         built: list[tuple[_Variant, tuple[ArgSpec, ...], tuple[Selector, ...] | None]] = []
         dropped: list[str] = []
         for variant in mapping.variants:
-            args = self.variant_args(hp, source, spec, variant, missing, index_text)
+            args = self.variant_args(hp, source, spec, mapping, variant, missing, index_text)
             if isinstance(args, str):
                 if enforcing:
                     raise _Refuse(
@@ -840,13 +1184,20 @@ class _Compiler:
                 dropped.append(f"{'/'.join(variant.syscalls)} not watched: {args}")
                 continue
             argspecs = tuple(
-                ArgSpec(index=a.sys_index, kind=a.kind, label=a.spec.label, tetragon_type=a.spec.type_)
+                ArgSpec(
+                    index=a.sys_index,
+                    kind=a.kind,
+                    label=a.spec.label,
+                    tetragon_type=a.ty,
+                    offset=a.offset,
+                    size=a.size,
+                )
                 for a in args
                 if a.slot >= 0
             )
             if len(argspecs) > MAX_ARGS:
                 raise _Refuse(f"{hp}.args", f"at most {MAX_ARGS} arguments per hook ({len(argspecs)} given)")
-            sels = self.selectors(hp, spec, args, variant)
+            sels = self.selectors(hp, spec, args, variant, ret)
             built.append((variant, argspecs, sels))
         if not built:
             raise _Refuse(hp, "; ".join(dropped) or "no realisation")
@@ -859,9 +1210,9 @@ class _Compiler:
             else:
                 merged.append((list(variant.syscalls), argspecs, sels))
         for calls, argspecs, sels in merged:
-            text = realisation or f"via sys_enter_{'/'.join(calls)}: {mapping.misses}"
-            if not calls[0].startswith(("__lsm_", "__kprobe_")):
-                text += self.entry_only(event)
+            text = realisation
+            if not text:  # a kernel function or LSM hook approximated on syscalls
+                text = f"via sys_enter_{'/'.join(calls)}: {mapping.misses}" + self.entry_only(event)
             if sels is None:
                 self.notes.append(f"{source}: no selector can match at {'/'.join(calls)}: not watched")
                 continue
@@ -876,18 +1227,31 @@ class _Compiler:
                     realisation=text,
                     message=spec.message,
                     tags=tuple(spec.tags or ()),
+                    ret=ret,
+                    path=path,
                 )
             )
             self.notes.append(f"{source}: {text}")
         for d in dropped:
             self.notes.append(f"{source}: {d}")
 
-    def note(self, text: str) -> None:
-        if text not in self.notes:
-            self.notes.append(text)
+    def arg_details(self, ap: str, a: KProbeArg) -> None:
+        """Refuse the arg fields apiary does not realise."""
+        for fld, what in _ARG_DETAILS:
+            if getattr(a, fld):
+                raise _Refuse(f"{ap}.{what}", f"{what} is not supported yet")
+        if a.return_copy:
+            raise _Refuse(f"{ap}.returnCopy", "returnCopy (read the buffer when the call returns) is not supported yet")
 
     def variant_args(
-        self, hp: str, source: str, spec: HookSpec, variant: _Variant, missing: Mapping[int, str], index_text: str
+        self,
+        hp: str,
+        source: str,
+        spec: HookSpec,
+        mapping: _Mapping,
+        variant: _Variant,
+        missing: Mapping[int, str],
+        index_text: str,
     ) -> list[_Arg] | str:
         out: list[_Arg] = []
         slot = 0
@@ -898,18 +1262,7 @@ class _Compiler:
             if a.type_ == "nop":
                 arg.why_missing = "its type is nop (not read)"
                 continue
-            for fld, what in (
-                ("resolve", "resolve"),
-                ("btf_type", "btfType"),
-                ("source", "source"),
-                ("btf_type_module", "btfTypeModule"),
-            ):
-                if getattr(a, fld):
-                    raise _Refuse(f"{ap}.{what}", f"{what} is not supported yet")
-            if a.return_copy:
-                raise _Refuse(
-                    f"{ap}.returnCopy", "returnCopy (read the buffer when the call returns) is not supported yet"
-                )
+            self.arg_details(ap, a)
             if a.index in missing:
                 arg.why_missing = missing[a.index]
                 self.note(f"{source}: {index_text} {a.index} not reported: {arg.why_missing}")
@@ -917,30 +1270,31 @@ class _Compiler:
             if a.index in variant.consts:
                 arg.const = variant.consts[a.index]
                 continue
-            found = variant.args.get(a.index)
-            if found is None:
-                if variant.args and all(c == _ANY for _, c in variant.args.values()):
-                    raise _Refuse(
-                        f"{ap}.index", f"{index_text} {a.index} does not exist: syscalls have at most 6 arguments"
-                    )
-                return f"{index_text} {a.index} has no equivalent at the entry of {'/'.join(variant.syscalls)}"
-            arg.sys_index, cls = found
-            if cls == _ANY:
-                arg.kind = _kind_of(a.type_, f"{ap}.type")
+            if mapping.fields is not None:
+                self.tp_arg(ap, source, a, arg, mapping.fields, variant.syscalls[0].removeprefix("__tp_"))
             else:
-                if a.type_ not in _CLASS_TYPES[cls]:
-                    raise _Refuse(
-                        f"{ap}.type",
-                        f"arg {a.index} is {_CLASS_TEXT[cls]} at the syscall: type {a.type_} "
-                        f"cannot be realised from it (use one of {', '.join(sorted(_CLASS_TYPES[cls]))})",
-                    )
-                arg.kind = {
-                    _FILE: ARG_FD,
-                    _PATH: ARG_STRING,
-                    _BUF: ARG_STRING,
-                    _SOCKADDR: ARG_SOCKADDR,
-                    _KFILE: ARG_FILEPTR,
-                }.get(cls) or _kind_of(a.type_, f"{ap}.type")
+                found = variant.args.get(a.index)
+                if found is None:
+                    if mapping.no_index:
+                        raise _Refuse(f"{ap}.index", mapping.no_index.format(index=a.index))
+                    if variant.args and all(c == _ANY for _, c in variant.args.values()):
+                        raise _Refuse(
+                            f"{ap}.index", f"{index_text} {a.index} does not exist: syscalls have at most 6 arguments"
+                        )
+                    return f"{index_text} {a.index} has no equivalent at the entry of {'/'.join(variant.syscalls)}"
+                arg.sys_index, cls = found
+                if cls == _ANY:
+                    arg.kind = _kind_of(a.type_, f"{ap}.type")
+                elif cls == _UREG:
+                    arg.kind = _uprobe_kind(a.type_, f"{ap}.type")
+                else:
+                    if a.type_ not in _CLASS_TYPES[cls]:
+                        raise _Refuse(
+                            f"{ap}.type",
+                            f"arg {a.index} is {_CLASS_TEXT[cls]} here: type {a.type_} "
+                            f"cannot be realised from it (use one of {', '.join(sorted(_CLASS_TYPES[cls]))})",
+                        )
+                    arg.kind = _CLASS_KIND.get(cls) or _kind_of(a.type_, f"{ap}.type")
             if a.type_ == "char_buf" or (a.size_arg_index and arg.kind == ARG_STRING):
                 self.note(
                     f"{source}: {index_text} {a.index} ({a.type_}) is read as a "
@@ -953,25 +1307,81 @@ class _Compiler:
             slot += 1
         return out
 
+    def tp_arg(self, ap: str, source: str, a: KProbeArg, arg: _Arg, fields: tuple[TpField, ...], label: str) -> None:
+        """Realise a tracepoint arg from the record's field number ``a.index``."""
+        if a.index >= len(fields):
+            raise _Refuse(
+                f"{ap}.index",
+                f"field {a.index} does not exist: {label} has {len(fields)} fields (index 0-{len(fields) - 1}, "
+                "common fields included)",
+            )
+        f = fields[a.index]
+        got = _tp_arg(f, a.type_)
+        if isinstance(got, str):
+            use = f"use {got}" if got else "apiary reads integer, string and pointer fields only"
+            raise _Refuse(
+                f"{ap}.type",
+                f"field {a.index} of {label} ({f.name}) is {f.type_}: type {a.type_} cannot be read from it ({use})",
+            )
+        arg.kind, arg.size, resolved = got
+        arg.sys_index, arg.offset = a.index, f.offset
+        if resolved != a.type_:
+            arg.type_ = resolved
+        if arg.kind == ARG_KSTRING:
+            self.note(f"{source}: field {a.index} ({f.name}, {f.type_}) is read as a string in kernel memory")
+        if arg.kind == ARG_CHARS and f.size > _MAX_ARG_SIZE:
+            self.note(
+                f"{source}: field {a.index} ({f.name}, {f.type_}) is read up to {_MAX_ARG_SIZE - 1} bytes (the "
+                "sensor's limit)"
+            )
+
     # -- selectors ------------------------------------------------------------------------------------
 
-    def selector_unsupported(self, sp: str, sel: KProbeSelector) -> None:
+    def selector_unsupported(self, sp: str, sel: KProbeSelector, ret: ArgSpec | None, ret_differs: str = "") -> None:
         for attr, name in _UNSUPPORTED_SELECTOR_FIELDS:
             if getattr(sel, attr):
                 self.refuse(f"{sp}.{name}", f"{name} is not supported yet")
-        if sel.match_return_args:
+        rets = sel.match_return_args or []
+        if rets and ret is None:
+            self.refuse(f"{sp}.matchReturnArgs", "matchReturnArgs applies only on hooks with return: true")
+        elif rets and ret_differs:
             self.refuse(
                 f"{sp}.matchReturnArgs",
-                "matchReturnArgs is not supported yet: hooks are realised at "
-                "syscall entry, the return value is not known",
+                f"the return value read is the syscall's, not the hook's own ({ret_differs}): a filter on it would not "
+                "mean what it says",
             )
-        if sel.match_return_actions:
+        elif len(rets) > 1:
             self.refuse(
-                f"{sp}.matchReturnActions",
-                "matchReturnActions is not supported yet: hooks are realised at syscall entry",
+                f"{sp}.matchReturnArgs",
+                f"at most one matchReturnArgs filter per selector ({len(rets)} given): the sensor compares the "
+                "return value with one filter",
+            )
+        actions = sel.match_return_actions or []
+        if actions and ret is None:
+            self.refuse(f"{sp}.matchReturnActions", "matchReturnActions applies only on hooks with return: true")
+            return
+        ok = True
+        for ai, act in enumerate(actions):
+            ap = f"{sp}.matchReturnActions[{ai}]"
+            if act.action != "Post":
+                ok = False
+                self.refuse(
+                    f"{ap}.action",
+                    f"matchReturnActions {act.action} is not supported yet: on a return hook the matchActions are "
+                    "taken when the call returns (only Post is accepted here)",
+                )
+            elif act.rate_limit or act.kernel_stack_trace or act.user_stack_trace or act.ima_hash:
+                ok = False
+                self.refuse(ap, "options of a Post in matchReturnActions are not supported yet (use matchActions)")
+        if actions and ok:
+            self.note(
+                f"{sp.removeprefix('spec.')}.matchReturnActions: Post has no extra effect (the event is posted when "
+                "the call returns)"
             )
 
-    def selectors(self, hp: str, spec: HookSpec, args: list[_Arg], variant: _Variant) -> tuple[Selector, ...] | None:
+    def selectors(
+        self, hp: str, spec: HookSpec, args: list[_Arg], variant: _Variant, ret: ArgSpec | None = None
+    ) -> tuple[Selector, ...] | None:
         """Selectors for one variant; None when there were selectors but none can ever match here."""
         given = list(spec.selectors or [])
         if len(given) > MAX_SELECTORS:
@@ -980,7 +1390,7 @@ class _Compiler:
         failed = False
         for si, sel in enumerate(given):
             try:
-                s = self.selector(f"{hp}.selectors[{si}]", spec, sel, args, variant)
+                s = self.selector(f"{hp}.selectors[{si}]", spec, sel, args, variant, ret)
             except _Refuse as r:  # keep going: every selector's problem is reported
                 self.problems.append(r.problem)
                 failed = True
@@ -992,7 +1402,13 @@ class _Compiler:
         return tuple(out)
 
     def selector(
-        self, sp: str, spec: HookSpec, sel: KProbeSelector, args: list[_Arg], variant: _Variant
+        self,
+        sp: str,
+        spec: HookSpec,
+        sel: KProbeSelector,
+        args: list[_Arg],
+        variant: _Variant,
+        ret: ArgSpec | None = None,
     ) -> Selector | None:
         filters: list[ArgFilter] = []
         for ai, a in enumerate(sel.match_args or []):
@@ -1012,7 +1428,10 @@ class _Compiler:
             raise _Refuse(f"{sp}.matchArgs", f"at most {MAX_ARG_FILTERS} arg filters per selector")
         binaries = self.binaries(sp, sel)
         pids = self.pids(sp, sel)
-        action, signal, rate, post = self.actions(sp, sel, variant)
+        namespaces = self.namespaces(sp, sel)
+        capabilities = self.capabilities(sp, sel)
+        ret_filter = self.return_filter(sp, spec, sel, ret)
+        action, signal, rate, post = self.actions(sp, sel, variant, ret)
         return Selector(
             args=tuple(filters),
             binaries=binaries,
@@ -1021,7 +1440,23 @@ class _Compiler:
             signal=signal,
             rate_limit_ns=rate,
             post=post,
+            namespaces=namespaces,
+            capabilities=capabilities,
+            ret=ret_filter,
         )
+
+    def return_filter(self, sp: str, spec: HookSpec, sel: KProbeSelector, ret: ArgSpec | None) -> ArgFilter | None:
+        """matchReturnArgs as Selector.ret (selector_unsupported refused it on other hooks, and more than one)."""
+        ra = getattr(spec, "return_arg", None)
+        if ret is None or ra is None or not sel.match_return_args:
+            return None
+        a = sel.match_return_args[0]
+        rp = f"{sp}.matchReturnArgs[0]"
+        if a.args:
+            raise _Refuse(f"{rp}.args", "a matchReturnArgs filter compares the return value: args is not used there")
+        if a.index != 0:
+            raise _Refuse(f"{rp}.index", f"index {a.index}: the return value is index 0")
+        return self.arg_filter(rp, a, _Arg(-1, ra, kind=ret.kind, slot=0))
 
     def const_matches(self, fp: str, a: ArgSelector, c: int) -> bool:
         op = a.operator
@@ -1046,7 +1481,7 @@ class _Compiler:
         raise _Refuse(f"{fp}.operator", f"operator {op} does not apply to an integer")
 
     def arg_filter(self, fp: str, a: ArgSelector, arg: _Arg) -> ArgFilter:
-        op, values, kind, ty = a.operator, list(a.values or []), arg.kind, arg.spec.type_
+        op, values, kind, ty = a.operator, list(a.values or []), arg.kind, arg.ty
         if len(values) > MAX_VALUES:
             raise _Refuse(
                 f"{fp}.values",
@@ -1076,7 +1511,8 @@ class _Compiler:
                 except ValueError:
                     raise _Refuse(vp, f"{v!r} is not an integer") from None
                 if kind == ARG_UINT and any(n < 0 for n in nums):
-                    raise _Refuse(vp, f"{v!r} is negative but arg type {ty} is unsigned")
+                    what = f"arg type {ty}" if ty in UNSIGNED_TYPES else "the field read"
+                    raise _Refuse(vp, f"{v!r} is negative but {what} is unsigned")
                 if any(not -(2**63) <= n < 2**64 for n in nums):
                     raise _Refuse(vp, f"{v!r} does not fit in 64 bits")
                 out.append(item)
@@ -1085,7 +1521,7 @@ class _Compiler:
                 mop = "InRange" if mop == "Equal" else "NotInRange"
                 out = [x if isinstance(x, str) else f"{x}:{x}" for x in out]
             return ArgFilter(arg.slot, mop, tuple(out))
-        if kind in (ARG_STRING, ARG_FD, ARG_FILEPTR):
+        if kind in STRING_KINDS:
             if op not in _STRING_OPS:
                 raise _Refuse(
                     f"{fp}.operator",
@@ -1182,8 +1618,55 @@ class _Compiler:
             raise _Refuse(f"{sp}.matchPIDs", f"at most {MAX_VALUES} PIDs per selector ({len(values)} given)")
         return PidFilter(entries[0].operator, tuple(values), entries[0].follow_forks)
 
-    def actions(self, sp: str, sel: KProbeSelector, variant: _Variant) -> tuple[str, int, int, bool]:
+    def namespaces(self, sp: str, sel: KProbeSelector) -> tuple[NamespaceFilter, ...]:
+        entries = sel.match_namespaces or []
+        if len(entries) > MAX_NAMESPACE_FILTERS:
+            raise _Refuse(
+                f"{sp}.matchNamespaces",
+                f"at most {MAX_NAMESPACE_FILTERS} matchNamespaces entries per selector ({len(entries)} given)",
+            )
+        out: list[NamespaceFilter] = []
+        for i, e in enumerate(entries):
+            np_ = f"{sp}.matchNamespaces[{i}]"
+            if not e.values:
+                raise _Refuse(f"{np_}.values", "matchNamespaces needs at least one value (an inode number or host_ns)")
+            if len(e.values) > MAX_VALUES:
+                raise _Refuse(f"{np_}.values", f"at most {MAX_VALUES} namespaces per entry ({len(e.values)} given)")
+            if "host_ns" in e.values:
+                self.note(
+                    "matchNamespaces host_ns: the namespace of pid 1 on the node, resolved when the policy is applied"
+                )
+            out.append(NamespaceFilter(e.namespace, e.operator, tuple(e.values)))
+        return tuple(out)
+
+    def capabilities(self, sp: str, sel: KProbeSelector) -> CapabilityFilter | None:
+        entries = sel.match_capabilities or []
+        if not entries:
+            return None
+        if len(entries) > 1:
+            raise _Refuse(
+                f"{sp}.matchCapabilities", f"at most one matchCapabilities entry per selector ({len(entries)} given)"
+            )
+        c = entries[0]
+        cp = f"{sp}.matchCapabilities[0]"
+        if c.is_namespace_capability:
+            raise _Refuse(
+                f"{cp}.isNamespaceCapability",
+                "isNamespaceCapability is not supported yet (the sensor checks the capability set, not whether the "
+                "process is in the host user namespace)",
+            )
+        if not c.values:
+            raise _Refuse(f"{cp}.values", "matchCapabilities needs at least one capability")
+        mask = 0
+        for v in c.values:
+            mask |= 1 << _CAP_BITS[v.strip().upper()]
+        return CapabilityFilter(c.type_, c.operator, mask)
+
+    def actions(
+        self, sp: str, sel: KProbeSelector, variant: _Variant, ret: ArgSpec | None = None
+    ) -> tuple[str, int, int, bool]:
         action, signal, rate, post = "Post", 0, 0, True
+        where = variant.syscalls[0]
         for ai, act in enumerate(sel.match_actions or []):
             ap = f"{sp}.matchActions[{ai}]"
             name = act.action
@@ -1195,23 +1678,19 @@ class _Compiler:
                 post = False
                 continue
             if name == "Override":
-                if not (self.f.lsm or self.f.override):
-                    raise _Refuse(
-                        f"{ap}.action",
-                        "Override needs BPF-LSM or kernel error injection; this kernel has neither: use Sigkill",
-                    )
-                if not variant.syscalls[0].startswith("__lsm_"):
-                    raise _Refuse(
-                        f"{ap}.action",
-                        "Override is supported on BPF-LSM hooks (lsmhooks file_open) in this "
-                        "version; this hook is realised at syscall entry (use Sigkill)",
-                    )
+                self.override_possible(ap, where, ret)
                 err = abs(int(act.arg_error or 1))
                 if action != "Post":
                     raise _Refuse(f"{ap}.action", f"only one enforcement action per selector ({action} already)")
                 action, signal = "Override", err  # for Override, `signal` carries the errno returned
                 continue
             if name in ("Sigkill", "Signal", "DenyConnect"):
+                if name == "DenyConnect" and ret is not None:
+                    raise _Refuse(
+                        f"{ap}.action",
+                        "DenyConnect is not possible on a return hook: the hook decides when the call has returned, "
+                        "after the connection was attempted",
+                    )
                 if name == "DenyConnect" and variant.syscalls != ("connect",):
                     raise _Refuse(
                         f"{ap}.action",
@@ -1223,12 +1702,48 @@ class _Compiler:
                     raise _Refuse(f"{ap}.argSig", f"Signal needs argSig, a signal number 1-64 (not {act.arg_sig})")
                 if action != "Post" and (action, signal) != (name, sig):
                     raise _Refuse(f"{ap}.action", f"only one enforcement action per selector ({action} already)")
+                if ret is not None:
+                    self.note(
+                        f"{ap.removeprefix('spec.')}: {name} acts when the call returns: its effect has already "
+                        "happened"
+                    )
                 action, signal = name, sig
                 continue
             raise _Refuse(f"{ap}.action", f"action {name} is not supported yet")
         if not post and action == "Post":
             action = "NoPost"
         return action, signal, rate, post
+
+    def override_possible(self, ap: str, where: str, ret: ArgSpec | None) -> None:
+        """Refuse an Override the realisation ``where`` (an attach name) cannot carry out."""
+        if ret is not None:
+            raise _Refuse(
+                f"{ap}.action",
+                "Override is not possible on a return hook: the call has already returned (use Sigkill, or Override "
+                "on a BPF-LSM hook)",
+            )
+        if where.startswith("__uprobe_"):
+            raise _Refuse(f"{ap}.action", "Override on uprobes (register rewrite) is not supported")
+        if where.startswith("__tp_"):
+            raise _Refuse(f"{ap}.action", "Override is not available on tracepoints")
+        if not (self.f.lsm or self.f.override):
+            raise _Refuse(
+                f"{ap}.action",
+                "Override needs BPF-LSM or kernel error injection; this kernel has neither: use Sigkill",
+            )
+        if where.startswith("__kprobe_"):
+            raise _Refuse(
+                f"{ap}.action",
+                f"Override is supported on BPF-LSM hooks (lsmhooks file_open, file_permission, bprm_check_security) "
+                f"in this version; this hook is realised by a kprobe on {where.removeprefix('__kprobe_')}, where "
+                "apiary does not inject errors (use Sigkill)",
+            )
+        if not where.startswith("__lsm_"):
+            raise _Refuse(
+                f"{ap}.action",
+                "Override is supported on BPF-LSM hooks (lsmhooks file_open, file_permission, bprm_check_security) "
+                "in this version; this hook is realised at syscall entry (use Sigkill)",
+            )
 
     def post_options(self, ap: str, act: ActionSelector) -> None:
         for fld, name in (

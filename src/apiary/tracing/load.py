@@ -367,6 +367,12 @@ def _convert_hook(kind: str, i: int, kp: dict[str, Any], notes: list[str]) -> No
         for s in kp.setdefault("selectors", [{}]) or [{}]:
             s.setdefault("matchActions", []).extend(copy.deepcopy(actions))
         notes.append(f"{hp}: Deny -> matchActions Sigkill")
+    if deny and isinstance(ret, dict):
+        # a return probe acts when the call returns: the write would already have happened
+        kp.pop("return", None)
+        kp.pop("returnArg", None)
+        notes.append(f"{hp}.return: dropped: the hook enforces (Sigkill), which must act at entry, before the "
+                     "call; a return probe would act after it")
     if len(kp.get("selectors") or []) > 5:
         raise PolicyError([Problem(f"{hp}.policy", "the converted filters need more than 5 selectors")])
 

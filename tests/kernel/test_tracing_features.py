@@ -229,3 +229,30 @@ def test_a_failed_attach_leaves_nothing_behind(sensors) -> None:
     with pytest.raises(BpfError):
         _apply(ts, "bad-uprobe", hook)
     assert not ts.policies and not ts.hooks and not ts.sys_links
+
+
+@pytest.mark.parametrize(("scope", "expected"), [("thread", 3), ("global", 1)])
+def test_rate_limit_scope(sensors, workdir, scope: str, expected: int) -> None:
+    """rateLimit per thread (Tetragon's default): each of three processes gets its event; global: one."""
+    ps, ts = sensors
+    sel = Selector(rate_limit_ns=60_000_000_000, rate_scope=scope)
+    _apply(ts, f"rate-{scope}", _open_hook(workdir, sel))
+    for i in range(3):
+        subprocess.run(["cat", f"{workdir}/r{i}"], capture_output=True)
+    assert len(_paths(_events(ps), workdir)) == expected
+
+
+def test_follow_children_not_in(sensors, workdir) -> None:
+    """NotIn with followChildren: neither the process nor any ancestor ran the binary."""
+    ps, ts = sensors
+    bindir = tempfile.mkdtemp(prefix="apiary-shell-")
+    shell = os.path.join(bindir, "trusted-shell")
+    shutil.copy("/usr/bin/dash", shell)
+    try:
+        sel = Selector(binaries=BinaryFilter("NotIn", (shell,), follow_children=True))
+        _apply(ts, "untrusted", _open_hook(workdir, sel))
+        subprocess.run([shell, "-c", f"cat {workdir}/from-trusted"], capture_output=True)
+        subprocess.run(["cat", f"{workdir}/from-elsewhere"], capture_output=True)
+    finally:
+        shutil.rmtree(bindir, ignore_errors=True)
+    assert _paths(_events(ps), workdir) == [f"{workdir}/from-elsewhere"]

@@ -633,7 +633,10 @@ static __always_inline void act_and_post(struct gs_event *ev, struct gs_hook *h,
 	if (!post)
 		return;
 	if (rate) {
-		__u64 rk = ((__u64)hid << 40) | ((__u64)(matched & 0xff) << 32) | tgid;
+		struct gs_selector *rs = matched >= 0 ? sel_at(h, matched) : 0;
+		__u8 scope = rs ? rs->rate_scope : 0;
+		__u32 who = scope == 1 ? tgid : scope == 2 ? 0 : (__u32)pid_tgid; /* thread, process, global */
+		__u64 rk = ((__u64)hid << 40) | ((__u64)(matched & 0xff) << 32) | who;
 		__u64 *last = bpf_map_lookup_elem(&gs_rate, &rk);
 		if (last && ev->ktime - *last < rate)
 			return;

@@ -79,6 +79,7 @@ INT_SIZES = {
     "sint8": 1,
     "uint8": 1,
 }
+RATE_SCOPES = {"thread": 0, "process": 1, "global": 2}
 CAP_TYPES = {"Effective": 1, "Inheritable": 2, "Permitted": 3}
 FOLLOW_BIN, FOLLOW_PID = 1, 2
 # pseudo numbers of kprobe-realised functions: the attach cookie of the kprobe link
@@ -175,7 +176,8 @@ class Sel(ctypes.Structure):
         ("cap_type", ctypes.c_uint8),
         ("cap_op", ctypes.c_uint8),
         ("nret", ctypes.c_uint8),
-        ("_pad2", ctypes.c_uint8 * 2),
+        ("rate_scope", ctypes.c_uint8),
+        ("_pad2", ctypes.c_uint8 * 1),
         ("cap_mask", ctypes.c_uint64),
         ("ns", NsFilter * GS_NS),
         ("ret", Filter),
@@ -347,6 +349,7 @@ def encode_hook(
         s.signal = 9 if sel.action == "Sigkill" else sel.signal  # Override: the errno
         s.post = int(sel.post)
         s.rate_ns = sel.rate_limit_ns
+        s.rate_scope = RATE_SCOPES[sel.rate_scope]
         if sel.binaries:
             h.flags |= F_BINARIES
             s.bin_op = BIN_OPS[sel.binaries.op]

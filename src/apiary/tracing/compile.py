@@ -1439,6 +1439,10 @@ class _Compiler:
             action=action,
             signal=signal,
             rate_limit_ns=rate,
+            rate_scope=next(
+                (a.rate_limit_scope for a in sel.match_actions or [] if a.action == "Post" and a.rate_limit_scope),
+                "thread",
+            ),
             post=post,
             namespaces=namespaces,
             capabilities=capabilities,
@@ -1753,10 +1757,8 @@ class _Compiler:
         ):
             if getattr(act, fld):
                 raise _Refuse(f"{ap}.{name}", f"{name} is not supported yet")
-        if act.rate_limit and act.rate_limit_scope not in ("", "thread"):
-            raise _Refuse(
-                f"{ap}.rateLimitScope", f"rateLimitScope {act.rate_limit_scope} is not supported yet (per thread only)"
-            )
+        if act.rate_limit_scope and not act.rate_limit:
+            self.note(f"{ap}.rateLimitScope has no effect without rateLimit")
 
 
 def compile_tracing_policy(policy: TracingPolicyBase, features: KernelFeatures) -> CompiledTracingPolicy:

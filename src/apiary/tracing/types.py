@@ -87,6 +87,7 @@ class Selector:
     action: str = "Post"  # Post NoPost Sigkill Signal DenyConnect Override
     signal: int = 0  # for Signal (Sigkill means 9); for Override the errno the hook returns
     rate_limit_ns: int = 0  # Post rateLimit
+    rate_scope: str = "thread"  # rateLimitScope: thread | process | global
     post: bool = True  # whether an event is sent (NoPost: False; Sigkill/Signal send one too)
     namespaces: tuple[NamespaceFilter, ...] = ()
     capabilities: CapabilityFilter | None = None

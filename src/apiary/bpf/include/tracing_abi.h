@@ -136,7 +136,8 @@ struct gs_selector {
 	__u8 cap_type;   /* 0 none, 1 effective, 2 inheritable, 3 permitted */
 	__u8 cap_op;     /* GS_BIN_IN / GS_BIN_NOTIN */
 	__u8 nret;       /* 0 or 1 matchReturnArgs filter */
-	__u8 _pad2[2];
+	__u8 rate_scope; /* 0 thread, 1 process, 2 global */
+	__u8 _pad2[1];
 	__u64 cap_mask;
 	struct gs_nsf ns[GS_NS];
 	struct gs_filter ret; /* its arg field is unused: the filter is on the return value */

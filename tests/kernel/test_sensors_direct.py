@@ -312,3 +312,68 @@ def test_kretprobe_reports_what_vfs_write_returned() -> None:
         ts.close()
         ps.close()
         shutil.rmtree(d, ignore_errors=True)
+
+
+def test_kprobe_tcp_connect_reads_the_socket() -> None:
+    """Only where kprobes work (the 6.1 VM): tcp_connect's struct sock, both ends known; SPort/Protocol filters."""
+    import socket
+
+    import pytest
+
+    from apiary.agent.tracing import _sock_arg
+    from apiary.loader import BpfError
+    from apiary.tracing.types import ARG_SOCK
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+    port = srv.getsockname()[1]
+    ps = ProcessSensor()
+    ps.load()
+    ts = TracingSensor(ps, kprobes=True)
+    try:
+        ts.load()
+        hook = Hook(
+            source="kprobes[0] tcp_connect",
+            event="process_kprobe",
+            function_name="tcp_connect",
+            syscalls=("__kprobe_tcp_connect",),
+            args=(ArgSpec(0, ARG_SOCK, tetragon_type="sock"),),
+            selectors=(
+                Selector(
+                    args=(
+                        ArgFilter(0, "DPort", (port,)),
+                        ArgFilter(0, "Protocol", (6,)),
+                        ArgFilter(0, "SAddr", ("127.0.0.0/8",)),
+                    )
+                ),
+            ),
+            realisation="kprobe",
+        )
+        try:
+            ts.apply("/conn", CompiledTracingPolicy("conn", "", "TracingPolicy", "enforce", None, [hook]), None)
+        except BpfError as e:
+            pytest.skip(f"no kprobes on this kernel ({e})")
+        c = socket.create_connection(("127.0.0.1", port))
+        sport = c.getsockname()[1]
+        c.close()
+        evs = []
+        assert ps.ring is not None
+        ps.ring.consume(lambda b: evs.append(tabi.decode_event(b)) if b[0] == tabi.MSG_GENERIC else None)
+        socks = [_sock_arg(tabi.sockinfo(bytes(e.str[0])[: e.slen[0]])) for e in evs]
+        assert socks == [
+            {
+                "family": "AF_INET",
+                "type": "SOCK_STREAM",
+                "protocol": "IPPROTO_TCP",
+                "saddr": "127.0.0.1",
+                "daddr": "127.0.0.1",
+                "sport": sport,
+                "dport": port,
+                "state": "TCP_SYN_SENT",
+            }
+        ]
+    finally:
+        ts.close()
+        ps.close()
+        srv.close()

@@ -261,7 +261,7 @@ def test_unmapped_kernel_function_refused_from_the_features() -> None:
     assert refusal(spec, VM) == (
         "unsupported: spec.kprobes[0].call (dev_queue_xmit: needs a kprobe on a function whose arguments apiary's "
         "sensor does not know yet (kprobes are realised for vfs_write, vfs_read, security_file_permission, "
-        "security_file_open, fd_install))")
+        "security_file_open, tcp_connect, fd_install))")
     assert refusal("lsmhooks: [{hook: path_mkdir}]") == ("unsupported: spec.lsmhooks[0].hook (lsm hook path_mkdir: "
                                                          "needs BPF-LSM; this kernel: no kprobes (CONFIG_KPROBES off), "
                                                          "fentry/BPF-LSM refused)")
@@ -277,9 +277,9 @@ def test_kernel_with_kprobes_realises_vfs_write_as_a_kprobe() -> None:
 def test_kernel_with_kprobes_still_realises_unmapped_functions_at_syscall_entry_and_says_so() -> None:
     c = build("""
         kprobes:
-        - call: tcp_connect
+        - call: security_socket_connect
           syscall: false
-          args: [{index: 0, type: sock}]
+          args: [{index: 1, type: sockaddr}]
         """, VM)
     assert c.hooks[0].syscalls == ("connect",)
     assert c.notes[-1].endswith(

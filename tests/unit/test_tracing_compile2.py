@@ -25,6 +25,7 @@ from apiary.tracing.types import (
     ARG_FILEPTR,
     ARG_INT,
     ARG_KSTRING,
+    ARG_SOCK,
     ARG_STRING,
     ARG_UINT,
     MAX_FOLLOW,
@@ -679,3 +680,30 @@ def test_kprobes_on_file_functions() -> None:
     assert refusal("kprobes: [{call: security_file_open, syscall: false, args: [{index: 0, type: string}]}]", VM) \
         .startswith("unsupported: spec.kprobes[0].args[0].type (arg 0 is a file (a struct file in kernel memory) "
                     "here: type string cannot be realised from it")
+
+
+def test_tcp_connect_kprobe_reads_the_socket_where_the_kernel_has_kprobes() -> None:
+    c = build("""
+        kprobes:
+        - call: tcp_connect
+          syscall: false
+          args: [{index: 0, type: sock}]
+          selectors:
+          - matchArgs:
+            - {index: 0, operator: SAddr, values: ["10.0.0.0/8"]}
+            - {index: 0, operator: Protocol, values: [IPPROTO_TCP]}
+            - {index: 0, operator: NotDPort, values: ["443"]}
+        """, VM)
+    (hook,) = c.hooks
+    assert hook.syscalls == ("__kprobe_tcp_connect",) and hook.args[0].kind == ARG_SOCK
+    assert [(f.op, f.values) for f in hook.selectors[0].args] == [
+        ("SAddr", ("10.0.0.0/8",)), ("Protocol", (6,)), ("NotDPort", (443,))]
+    # without kprobes: the connect() syscall, where the source is not known yet
+    assert refusal("""
+        kprobes:
+        - call: tcp_connect
+          syscall: false
+          args: [{index: 0, type: sock}]
+          selectors: [{matchArgs: [{index: 0, operator: SAddr, values: ["10.0.0.0/8"]}]}]
+        """).startswith("unsupported: spec.kprobes[0].selectors[0].matchArgs[0].operator (SAddr not supported: the "
+                        "source address and port are not known at connect() entry")

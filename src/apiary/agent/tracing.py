@@ -26,6 +26,7 @@ from apiary.tracing.types import (
     ARG_FILEPTR,
     ARG_INT,
     ARG_KSTRING,
+    ARG_SOCK,
     ARG_SOCKADDR,
     ARG_STRING,
     ARG_UINT,
@@ -274,10 +275,46 @@ class Tracing:
 
 
 def _arg(hook: Hook, i: int, ev: abi.Event) -> dict[str, Any]:
-    return _value(hook.args[i], ev.ints[i], bytes(ev.str[i])[: ev.slen[i]].decode("utf-8", errors="replace"))
+    raw = bytes(ev.str[i])[: ev.slen[i]]
+    return _value(hook.args[i], ev.ints[i], raw.decode("utf-8", errors="replace"), raw)
 
 
-def _value(spec: ArgSpec, v: int, s: str) -> dict[str, Any]:
+_SOCK_TYPES = {1: "SOCK_STREAM", 2: "SOCK_DGRAM", 3: "SOCK_RAW", 5: "SOCK_SEQPACKET"}
+_PROTOS = {6: "IPPROTO_TCP", 17: "IPPROTO_UDP", 1: "IPPROTO_ICMP", 132: "IPPROTO_SCTP", 262: "IPPROTO_MPTCP"}
+_TCP_STATES = {
+    1: "TCP_ESTABLISHED",
+    2: "TCP_SYN_SENT",
+    3: "TCP_SYN_RECV",
+    4: "TCP_FIN_WAIT1",
+    5: "TCP_FIN_WAIT2",
+    6: "TCP_TIME_WAIT",
+    7: "TCP_CLOSE",
+    8: "TCP_CLOSE_WAIT",
+    9: "TCP_LAST_ACK",
+    10: "TCP_LISTEN",
+    11: "TCP_CLOSING",
+}
+
+
+def _sock_arg(si: abi.SockInfo) -> dict[str, Any]:
+    """Tetragon's sock_arg (KprobeSock) from the socket the kernel read."""
+    import ipaddress
+
+    out: dict[str, Any] = {
+        "family": "AF_INET" if si.family == 2 else "AF_INET6" if si.family == 10 else str(si.family),
+        "type": _SOCK_TYPES.get(si.type, str(si.type)),
+        "protocol": _PROTOS.get(si.protocol, str(si.protocol)),
+        "saddr": str(ipaddress.IPv4Address(si.saddr)),
+        "daddr": str(ipaddress.IPv4Address(si.daddr)),
+        "sport": si.sport,
+        "dport": si.dport,
+    }
+    if si.state in _TCP_STATES:
+        out["state"] = _TCP_STATES[si.state]
+    return {k: v for k, v in out.items() if v not in (0, "")}
+
+
+def _value(spec: ArgSpec, v: int, s: str, raw: bytes = b"") -> dict[str, Any]:
     """One typed argument (or return value) in Tetragon's JSON shape."""
     if spec.kind in (ARG_STRING, ARG_DATALOC, ARG_CHARS, ARG_KSTRING):
         out: dict[str, Any] = {"string_arg": s}
@@ -285,6 +322,8 @@ def _value(spec: ArgSpec, v: int, s: str) -> dict[str, Any]:
         out = {"linux_binprm_arg": {"path": s}}
     elif spec.kind in (ARG_FD, ARG_FILEPTR):
         out = {"file_arg": {"path": s}}
+    elif spec.kind == ARG_SOCK:
+        out = {"sock_arg": _sock_arg(abi.sockinfo(raw))}
     elif spec.kind == ARG_SOCKADDR:
         fam, addr, port = abi.sockaddr(v)
         out = {"sockaddr_arg": {"family": "AF_INET" if fam == 2 else str(fam), "addr": addr, "port": port}}

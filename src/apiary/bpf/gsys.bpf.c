@@ -251,6 +251,21 @@ static __always_inline void read_arg(struct gs_event *ev, struct gs_hook *h, str
 		ev->slen[a] = n;
 		if (trunc)
 			ev->flags |= GS_EV_TRUNC;
+	} else if (kind == GS_ARG_SOCK) {
+		struct sock *sk = (struct sock *)v;
+		struct gs_sockinfo si = {};
+		si.family = BPF_CORE_READ(sk, __sk_common.skc_family);
+		si.type = BPF_CORE_READ(sk, sk_type);
+		si.protocol = BPF_CORE_READ(sk, sk_protocol);
+		si.sport = BPF_CORE_READ(sk, __sk_common.skc_num);
+		si.dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+		si.state = BPF_CORE_READ(sk, __sk_common.skc_state);
+		si.saddr = bpf_ntohl(BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr));
+		si.daddr = bpf_ntohl(BPF_CORE_READ(sk, __sk_common.skc_daddr));
+		/* the destination as a sockaddr-style value, so DAddr/DPort/Family filters work unchanged */
+		ev->ints[a] = ((__s64)si.family << 48) | ((__s64)si.dport << 32) | si.daddr;
+		__builtin_memcpy(ev->str[a], &si, sizeof(si));
+		ev->slen[a] = sizeof(si);
 	} else if (kind == GS_ARG_SOCKADDR) {
 		struct {
 			__u16 family;
@@ -438,7 +453,28 @@ __noinline int gs_match_filter(__u32 hid, __u32 si, __u32 fi)
 		int neg = op == GS_OP_NOTEQUAL || op == GS_OP_NOTPREFIX || op == GS_OP_NOTPOSTFIX;
 		return neg ? !any : any;
 	}
-	if (kind == GS_ARG_SOCKADDR) {
+	if (kind == GS_ARG_SOCK && op >= GS_OP_SADDR) { /* the source side and the protocol */
+		struct gs_sockinfo si = {};
+		switch (f->arg) {
+#define GS_SI(k) case k: __builtin_memcpy(&si, ev->str[k], sizeof(si)); break;
+		GS_SI(0) GS_SI(1) GS_SI(2) GS_SI(3) GS_SI(4)
+#undef GS_SI
+		}
+		int any = 0;
+		for (int v = 0; v < GS_VALS; v++) {
+			if (v >= n)
+				break;
+			__s64 lo = f->ints[v][0], hi = f->ints[v][1];
+			if ((op == GS_OP_SADDR || op == GS_OP_NOTSADDR) && (si.saddr & hi) == (__u64)lo)
+				any = 1;
+			if ((op == GS_OP_SPORT || op == GS_OP_NOTSPORT) && si.sport >= lo && si.sport <= hi)
+				any = 1;
+			if (op == GS_OP_PROTOCOL && si.protocol == lo)
+				any = 1;
+		}
+		return (op == GS_OP_NOTSADDR || op == GS_OP_NOTSPORT) ? !any : any;
+	}
+	if (kind == GS_ARG_SOCKADDR || kind == GS_ARG_SOCK) {
 		__u64 fam = (__u64)x >> 48, port = ((__u64)x >> 32) & 0xffff, addr = (__u64)x & 0xffffffff;
 		int any = 0;
 		for (int v = 0; v < GS_VALS; v++) {
@@ -1059,6 +1095,7 @@ union gs_abi_types {
 	struct gs_scope_key k;
 	struct gs_follow f;
 	struct gs_pend_key p;
+	struct gs_sockinfo si;
 };
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);

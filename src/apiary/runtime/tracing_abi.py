@@ -17,6 +17,7 @@ from apiary.tracing.types import (
     ARG_FILEPTR,
     ARG_INT,
     ARG_KSTRING,
+    ARG_SOCK,
     ARG_SOCKADDR,
     ARG_STRING,
     ARG_UINT,
@@ -36,6 +37,7 @@ KIND = {
     ARG_DATALOC: 7,
     ARG_CHARS: 8,
     ARG_KSTRING: 9,
+    ARG_SOCK: 10,
 }
 STRING_KINDS = (ARG_STRING, ARG_FD, ARG_FILEPTR, ARG_DATALOC, ARG_CHARS, ARG_KSTRING)
 # pseudo syscall numbers of the LSM programs (GS_NR_LSM_*)
@@ -104,6 +106,11 @@ OPS = {
     "DPort": 14,
     "NotDPort": 15,
     "Family": 16,
+    "SAddr": 17,
+    "NotSAddr": 18,
+    "SPort": 19,
+    "NotSPort": 20,
+    "Protocol": 21,
 }
 BIN_OPS = {"In": 1, "NotIn": 2, "Prefix": 3, "NotPrefix": 4}
 ACTIONS = {"Post": 1, "NoPost": 2, "Sigkill": 3, "Signal": 4, "DenyConnect": 5, "Override": 6}
@@ -235,13 +242,32 @@ class Event(ctypes.Structure):
     ]
 
 
+class SockInfo(ctypes.Structure):
+    _fields_ = [
+        ("family", ctypes.c_uint16),
+        ("type", ctypes.c_uint16),
+        ("protocol", ctypes.c_uint16),
+        ("sport", ctypes.c_uint16),
+        ("dport", ctypes.c_uint16),
+        ("state", ctypes.c_uint8),
+        ("_pad", ctypes.c_uint8),
+        ("saddr", ctypes.c_uint32),
+        ("daddr", ctypes.c_uint32),
+    ]
+
+
+def _layout(t: type[ctypes.Structure]) -> tuple[int, dict[str, int]]:
+    return ctypes.sizeof(t), {n: getattr(t, n).offset for n, *_ in t._fields_ if n[0] != "_"}
+
+
 LAYOUTS = {
-    "gs_filter": (ctypes.sizeof(Filter), {n: getattr(Filter, n).offset for n, _ in Filter._fields_ if n[0] != "_"}),
-    "gs_selector": (ctypes.sizeof(Sel), {n: getattr(Sel, n).offset for n, _ in Sel._fields_ if n[0] != "_"}),
-    "gs_hook": (ctypes.sizeof(HookCfg), {n: getattr(HookCfg, n).offset for n, _ in HookCfg._fields_ if n[0] != "_"}),
-    "gs_follow": (ctypes.sizeof(Follow), {n: getattr(Follow, n).offset for n, _ in Follow._fields_ if n[0] != "_"}),
-    "gs_nsf": (ctypes.sizeof(NsFilter), {n: getattr(NsFilter, n).offset for n, _ in NsFilter._fields_ if n[0] != "_"}),
-    "gs_event": (ctypes.sizeof(Event), {n: getattr(Event, n).offset for n, _ in Event._fields_ if n[0] != "_"}),
+    "gs_filter": _layout(Filter),
+    "gs_selector": _layout(Sel),
+    "gs_hook": _layout(HookCfg),
+    "gs_sockinfo": _layout(SockInfo),
+    "gs_follow": _layout(Follow),
+    "gs_nsf": _layout(NsFilter),
+    "gs_event": _layout(Event),
 }
 
 
@@ -274,11 +300,11 @@ def _encode_filter(f: Filter, op: str, kind: str, values: tuple[int | str, ...])
             b = str(val).encode()
             f.lens[v] = len(b)
             f.hash[v] = fnv(b[::-1] if op in ("Postfix", "NotPostfix") else b)
-        elif op in ("DAddr", "NotDAddr"):
+        elif op in ("DAddr", "NotDAddr", "SAddr", "NotSAddr"):
             net = ipaddress.IPv4Network(str(val), strict=False)
             f.ints[v][0] = int(net.network_address)
             f.ints[v][1] = int(net.netmask)
-        elif op in ("DPort", "NotDPort", "InRange", "NotInRange"):
+        elif op in ("DPort", "NotDPort", "SPort", "NotSPort", "InRange", "NotInRange"):
             lo, _, hi = str(val).partition(":")
             f.ints[v][0], f.ints[v][1] = _s64(int(lo)), _s64(int(hi or lo))
         elif op == "Family":
@@ -403,6 +429,10 @@ def decode_event(buf: memoryview | bytes) -> Event:
     """An event as sent: the kernel sends only up to the last string slot in use (the rest is zero)."""
     raw = bytes(buf[: ctypes.sizeof(Event)])
     return Event.from_buffer_copy(raw.ljust(ctypes.sizeof(Event), b"\0"))
+
+
+def sockinfo(raw: bytes) -> SockInfo:
+    return SockInfo.from_buffer_copy(raw[: ctypes.sizeof(SockInfo)].ljust(ctypes.sizeof(SockInfo), b"\0"))
 
 
 def sockaddr(v: int) -> tuple[int, str, int]:

@@ -113,6 +113,7 @@ from .types import (
     ARG_FILEPTR,
     ARG_INT,
     ARG_KSTRING,
+    ARG_SOCK,
     ARG_SOCKADDR,
     ARG_STRING,
     ARG_UINT,
@@ -342,6 +343,7 @@ _INT = "int"
 _KFILE = "kfile"  # a struct file in kernel memory (the argument of an LSM hook or kprobed function)
 _KBINPRM = "kbinprm"  # a struct linux_binprm, resolved to its file's path (the sensor reads bprm->file)
 _SOCKADDR = "sockaddr"  # the user's struct sockaddr
+_KSOCK = "ksock"  # a struct sock in kernel memory (a kprobed function's argument)
 _ANY = "any"  # direct syscall arguments: the policy's type decides
 _UREG = "ureg"  # a uprobe's argument register: the policy's type decides (user-space values)
 
@@ -353,6 +355,7 @@ _CLASS_TYPES: dict[str, frozenset[str]] = {
     _BUF: frozenset({"char_buf", "string"}),
     _INT: frozenset(INT_TYPES),
     _SOCKADDR: frozenset({"sock", "sockaddr"}),
+    _KSOCK: frozenset({"sock"}),
 }
 _CLASS_TEXT = {
     _KFILE: "a file (a struct file in kernel memory)",
@@ -362,6 +365,7 @@ _CLASS_TEXT = {
     _BUF: "a user buffer",
     _INT: "an integer",
     _SOCKADDR: "a socket address (the user's sockaddr)",
+    _KSOCK: "a socket (struct sock in kernel memory)",
 }
 _CLASS_KIND = {
     _FILE: ARG_FD,
@@ -370,6 +374,7 @@ _CLASS_KIND = {
     _SOCKADDR: ARG_SOCKADDR,
     _KFILE: ARG_FILEPTR,
     _KBINPRM: ARG_FILEPTR,
+    _KSOCK: ARG_SOCK,
 }
 
 
@@ -494,6 +499,11 @@ KPROBE_REAL: dict[str, _Mapping] = {
         "every open of a file, by any path (also kernel-internal opens); the file's full path",
         ret=_KRET,
     ),
+    "tcp_connect": _Mapping(
+        (_Variant(("__kprobe_tcp_connect",), {0: (0, _KSOCK)}),),
+        "every TCP connect, kernel-initiated ones included; the socket after the source address and port are chosen",
+        ret=_KRET,
+    ),
     "fd_install": _Mapping(
         (_Variant(("__kprobe_fd_install",), {0: (0, _INT), 1: (1, _KFILE)}),),
         "every new fd of the process (open, accept, pipe, dup, socket…); the file's full path",
@@ -563,6 +573,19 @@ _SOCKADDR_OPS = {
     "NotSportPriv": "NotDPort",
     "Family": "Family",
 }
+# a struct sock read in the kernel (kprobes): both ends and the protocol are known
+_KSOCK_OPS = {
+    **_SOCK_OPS,
+    "SAddr": "SAddr",
+    "NotSAddr": "NotSAddr",
+    "SPort": "SPort",
+    "NotSPort": "NotSPort",
+    "SPortPriv": "SPort",
+    "NotSportPriv": "NotSPort",
+    "Protocol": "Protocol",
+}
+_PROTOCOLS = {"IPPROTO_IP": 0, "IPPROTO_ICMP": 1, "IPPROTO_TCP": 6, "IPPROTO_UDP": 17, "IPPROTO_SCTP": 132,
+              "IPPROTO_RAW": 255, "IPPROTO_MPTCP": 262}
 _UNSUPPORTED_SELECTOR_FIELDS = (
     ("match_data", "matchData"),
     ("match_parent_binaries", "matchParentBinaries"),
@@ -1542,8 +1565,8 @@ class _Compiler:
                     )
                 strs.append(s)
             return ArgFilter(arg.slot, op, tuple(strs))
-        if kind == ARG_SOCKADDR:
-            table = _SOCKADDR_OPS if ty == "sockaddr" else _SOCK_OPS
+        if kind in (ARG_SOCKADDR, ARG_SOCK):
+            table = _KSOCK_OPS if kind == ARG_SOCK else _SOCKADDR_OPS if ty == "sockaddr" else _SOCK_OPS
             if op not in table:
                 if op in ("SAddr", "NotSAddr", "SPort", "NotSPort", "SPortPriv", "NotSportPriv"):
                     why = "the source address and port are not known at connect() entry"
@@ -1558,7 +1581,7 @@ class _Compiler:
             items: list[int | str] = []
             for vi, v in enumerate(values):
                 vp = f"{fp}.values[{vi}]"
-                if mop in ("DAddr", "NotDAddr"):
+                if mop in ("DAddr", "NotDAddr", "SAddr", "NotSAddr"):
                     try:
                         net = ipaddress.ip_network(v.strip(), strict=False)
                     except ValueError:
@@ -1566,7 +1589,12 @@ class _Compiler:
                     if net.version != 4:
                         raise _Refuse(vp, f"IPv6 address {v}: not supported yet (the sensor reads IPv4 sockaddrs)")
                     items.append(str(net))
-                elif mop in ("DPort", "NotDPort"):
+                elif mop == "Protocol":
+                    proto = _PROTOCOLS.get(v.strip().upper()) if not v.strip().isdigit() else int(v)
+                    if proto is None:
+                        raise _Refuse(vp, f"unknown protocol {v!r} (IPPROTO_TCP, IPPROTO_UDP, … or a number)")
+                    items.append(proto)
+                elif mop in ("DPort", "NotDPort", "SPort", "NotSPort"):
                     try:
                         lo, hi = parse_port_range(v)
                     except ValueError:

@@ -24,6 +24,19 @@
 #define GS_ARG_DATALOC 7 /* tracepoint record: __data_loc char[] (u32: len << 16 | offset) */
 #define GS_ARG_CHARS 8   /* tracepoint record: char name[N] inside the record */
 #define GS_ARG_KSTRING 9 /* a char * in kernel memory */
+#define GS_ARG_SOCK 10   /* a struct sock * in kernel memory (kprobes): a gs_sockinfo in the string slot */
+
+struct gs_sockinfo {
+	__u16 family;
+	__u16 type;
+	__u16 protocol;
+	__u16 sport; /* host order */
+	__u16 dport; /* host order */
+	__u8 state;
+	__u8 _pad;
+	__u32 saddr; /* host order */
+	__u32 daddr;
+};
 
 #define GS_NS 4      /* matchNamespaces entries per selector */
 #define GS_FOLLOW 64 /* followChildren / followForks slots (bits of gs_mb) */
@@ -50,6 +63,11 @@
 #define GS_OP_DPORT 14
 #define GS_OP_NOTDPORT 15
 #define GS_OP_FAMILY 16
+#define GS_OP_SADDR 17
+#define GS_OP_NOTSADDR 18
+#define GS_OP_SPORT 19
+#define GS_OP_NOTSPORT 20
+#define GS_OP_PROTOCOL 21
 
 /* binary / pid operators */
 #define GS_BIN_IN 1

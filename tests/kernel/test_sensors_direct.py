@@ -377,3 +377,44 @@ def test_kprobe_tcp_connect_reads_the_socket() -> None:
         ts.close()
         ps.close()
         srv.close()
+
+
+def test_kprobe_commit_creds_reports_the_new_credentials() -> None:
+    """Only where kprobes work (the 6.1 VM): the credentials a process switches to, ids and capabilities."""
+    import pytest
+
+    from apiary.agent.tracing import _cred_arg
+    from apiary.loader import BpfError
+    from apiary.tracing.types import ARG_CRED, BinaryFilter
+
+    setpriv = os.path.realpath(shutil.which("setpriv") or "/usr/bin/setpriv")
+    ps = ProcessSensor()
+    ps.load()
+    ts = TracingSensor(ps, kprobes=True)
+    try:
+        ts.load()
+        hook = Hook(
+            source="kprobes[0] commit_creds",
+            event="process_kprobe",
+            function_name="commit_creds",
+            syscalls=("__kprobe_commit_creds",),
+            args=(ArgSpec(0, ARG_CRED, tetragon_type="cred"),),
+            selectors=(Selector(binaries=BinaryFilter("In", (setpriv,))),),
+            realisation="kprobe",
+        )
+        try:
+            ts.apply("/creds", CompiledTracingPolicy("creds", "", "TracingPolicy", "enforce", None, [hook]), None)
+        except BpfError as e:
+            pytest.skip(f"no kprobes on this kernel ({e})")
+        subprocess.run([setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", "true"], check=True)
+        evs = []
+        assert ps.ring is not None
+        ps.ring.consume(lambda b: evs.append(tabi.decode_event(b)) if b[0] == tabi.MSG_GENERIC else None)
+        creds = [_cred_arg(tabi.credinfo(bytes(e.str[0])[: e.slen[0]])) for e in evs]
+        last = creds[-1]
+        assert (last["uid"], last["euid"], last["gid"], last["egid"]) == (65534, 65534, 65534, 65534)
+        assert "effective" not in last["caps"]  # a non-root uid drops the effective capabilities
+        assert any("CAP_SYS_ADMIN" in c["caps"].get("effective", []) for c in creds[:-1])  # still root before
+    finally:
+        ts.close()
+        ps.close()

@@ -261,7 +261,7 @@ def test_unmapped_kernel_function_refused_from_the_features() -> None:
     assert refusal(spec, VM) == (
         "unsupported: spec.kprobes[0].call (dev_queue_xmit: needs a kprobe on a function whose arguments apiary's "
         "sensor does not know yet (kprobes are realised for vfs_write, vfs_read, security_file_permission, "
-        "security_file_open, tcp_connect, fd_install))")
+        "security_file_open, tcp_connect, commit_creds, override_creds, revert_creds, fd_install))")
     assert refusal("lsmhooks: [{hook: path_mkdir}]") == ("unsupported: spec.lsmhooks[0].hook (lsm hook path_mkdir: "
                                                          "needs BPF-LSM; this kernel: no kprobes (CONFIG_KPROBES off), "
                                                          "fentry/BPF-LSM refused)")

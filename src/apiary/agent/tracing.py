@@ -21,6 +21,7 @@ from apiary.tracing.compile import KernelFeatures, compile_tracing_policy, featu
 from apiary.tracing.load import load_tracing_policies
 from apiary.tracing.types import (
     ARG_CHARS,
+    ARG_CRED,
     ARG_DATALOC,
     ARG_FD,
     ARG_FILEPTR,
@@ -314,6 +315,21 @@ def _sock_arg(si: abi.SockInfo) -> dict[str, Any]:
     return {k: v for k, v in out.items() if v not in (0, "")}
 
 
+def _caps(mask: int) -> list[str]:
+    from apiary.tracing.models import CAPABILITIES
+
+    return [name for n, name in enumerate(CAPABILITIES) if mask >> n & 1]
+
+
+def _cred_arg(ci: abi.CredInfo) -> dict[str, Any]:
+    """Tetragon's process_credentials_arg (ProcessCredentials) from the credentials the kernel read."""
+    out: dict[str, Any] = {k: getattr(ci, k) for k in ("uid", "gid", "euid", "egid", "suid", "sgid", "fsuid", "fsgid")}
+    caps = {k: _caps(getattr(ci, f"cap_{k}")) for k in ("permitted", "effective", "inheritable")}
+    out["caps"] = {k: v for k, v in caps.items() if v}
+    out["user_ns"] = {"ns": {"inum": ci.user_ns}}
+    return out
+
+
 def _value(spec: ArgSpec, v: int, s: str, raw: bytes = b"") -> dict[str, Any]:
     """One typed argument (or return value) in Tetragon's JSON shape."""
     if spec.kind in (ARG_STRING, ARG_DATALOC, ARG_CHARS, ARG_KSTRING):
@@ -322,6 +338,8 @@ def _value(spec: ArgSpec, v: int, s: str, raw: bytes = b"") -> dict[str, Any]:
         out = {"linux_binprm_arg": {"path": s}}
     elif spec.kind in (ARG_FD, ARG_FILEPTR):
         out = {"file_arg": {"path": s}}
+    elif spec.kind == ARG_CRED:
+        out = {"process_credentials_arg": _cred_arg(abi.credinfo(raw))}
     elif spec.kind == ARG_SOCK:
         out = {"sock_arg": _sock_arg(abi.sockinfo(raw))}
     elif spec.kind == ARG_SOCKADDR:

@@ -251,6 +251,26 @@ static __always_inline void read_arg(struct gs_event *ev, struct gs_hook *h, str
 		ev->slen[a] = n;
 		if (trunc)
 			ev->flags |= GS_EV_TRUNC;
+	} else if (kind == GS_ARG_CRED) {
+		struct cred *cr = (struct cred *)v;
+		struct gs_credinfo ci = {};
+		ci.uid = BPF_CORE_READ(cr, uid.val);
+		ci.gid = BPF_CORE_READ(cr, gid.val);
+		ci.suid = BPF_CORE_READ(cr, suid.val);
+		ci.sgid = BPF_CORE_READ(cr, sgid.val);
+		ci.euid = BPF_CORE_READ(cr, euid.val);
+		ci.egid = BPF_CORE_READ(cr, egid.val);
+		ci.fsuid = BPF_CORE_READ(cr, fsuid.val);
+		ci.fsgid = BPF_CORE_READ(cr, fsgid.val);
+		ci.securebits = BPF_CORE_READ(cr, securebits);
+		ci.user_ns = BPF_CORE_READ(cr, user_ns, ns.inum);
+		/* kernel_cap_t is a u64 (6.3+) or two u32 (older): the same 8 bytes either way */
+		bpf_probe_read_kernel(&ci.cap_inheritable, 8, __builtin_preserve_access_index(&cr->cap_inheritable));
+		bpf_probe_read_kernel(&ci.cap_permitted, 8, __builtin_preserve_access_index(&cr->cap_permitted));
+		bpf_probe_read_kernel(&ci.cap_effective, 8, __builtin_preserve_access_index(&cr->cap_effective));
+		ev->ints[a] = ci.euid;
+		__builtin_memcpy(ev->str[a], &ci, sizeof(ci));
+		ev->slen[a] = sizeof(ci);
 	} else if (kind == GS_ARG_SOCK) {
 		struct sock *sk = (struct sock *)v;
 		struct gs_sockinfo si = {};
@@ -1096,6 +1116,7 @@ union gs_abi_types {
 	struct gs_follow f;
 	struct gs_pend_key p;
 	struct gs_sockinfo si;
+	struct gs_credinfo ci;
 };
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);

@@ -12,6 +12,7 @@ from functools import lru_cache
 
 from apiary.tracing.types import (
     ARG_CHARS,
+    ARG_CRED,
     ARG_DATALOC,
     ARG_FD,
     ARG_FILEPTR,
@@ -38,6 +39,7 @@ KIND = {
     ARG_CHARS: 8,
     ARG_KSTRING: 9,
     ARG_SOCK: 10,
+    ARG_CRED: 11,
 }
 STRING_KINDS = (ARG_STRING, ARG_FD, ARG_FILEPTR, ARG_DATALOC, ARG_CHARS, ARG_KSTRING)
 # pseudo syscall numbers of the LSM programs (GS_NR_LSM_*)
@@ -256,6 +258,20 @@ class SockInfo(ctypes.Structure):
     ]
 
 
+class CredInfo(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_uint32) for n in ("uid", "gid", "suid", "sgid", "euid", "egid", "fsuid", "fsgid")] + [
+        ("securebits", ctypes.c_uint32),
+        ("user_ns", ctypes.c_uint32),
+        ("cap_inheritable", ctypes.c_uint64),
+        ("cap_permitted", ctypes.c_uint64),
+        ("cap_effective", ctypes.c_uint64),
+    ]
+
+
+def credinfo(raw: bytes) -> CredInfo:
+    return CredInfo.from_buffer_copy(raw[: ctypes.sizeof(CredInfo)].ljust(ctypes.sizeof(CredInfo), b"\0"))
+
+
 def _layout(t: type[ctypes.Structure]) -> tuple[int, dict[str, int]]:
     return ctypes.sizeof(t), {n: getattr(t, n).offset for n, *_ in t._fields_ if n[0] != "_"}
 
@@ -265,6 +281,7 @@ LAYOUTS = {
     "gs_selector": _layout(Sel),
     "gs_hook": _layout(HookCfg),
     "gs_sockinfo": _layout(SockInfo),
+    "gs_credinfo": _layout(CredInfo),
     "gs_follow": _layout(Follow),
     "gs_nsf": _layout(NsFilter),
     "gs_event": _layout(Event),

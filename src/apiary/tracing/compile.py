@@ -108,6 +108,7 @@ from .models import (
 )
 from .types import (
     ARG_CHARS,
+    ARG_CRED,
     ARG_DATALOC,
     ARG_FD,
     ARG_FILEPTR,
@@ -344,6 +345,7 @@ _KFILE = "kfile"  # a struct file in kernel memory (the argument of an LSM hook 
 _KBINPRM = "kbinprm"  # a struct linux_binprm, resolved to its file's path (the sensor reads bprm->file)
 _SOCKADDR = "sockaddr"  # the user's struct sockaddr
 _KSOCK = "ksock"  # a struct sock in kernel memory (a kprobed function's argument)
+_KCRED = "kcred"  # a struct cred in kernel memory
 _ANY = "any"  # direct syscall arguments: the policy's type decides
 _UREG = "ureg"  # a uprobe's argument register: the policy's type decides (user-space values)
 
@@ -356,6 +358,7 @@ _CLASS_TYPES: dict[str, frozenset[str]] = {
     _INT: frozenset(INT_TYPES),
     _SOCKADDR: frozenset({"sock", "sockaddr"}),
     _KSOCK: frozenset({"sock"}),
+    _KCRED: frozenset({"cred"}),
 }
 _CLASS_TEXT = {
     _KFILE: "a file (a struct file in kernel memory)",
@@ -366,6 +369,7 @@ _CLASS_TEXT = {
     _INT: "an integer",
     _SOCKADDR: "a socket address (the user's sockaddr)",
     _KSOCK: "a socket (struct sock in kernel memory)",
+    _KCRED: "credentials (struct cred in kernel memory)",
 }
 _CLASS_KIND = {
     _FILE: ARG_FD,
@@ -375,6 +379,7 @@ _CLASS_KIND = {
     _KFILE: ARG_FILEPTR,
     _KBINPRM: ARG_FILEPTR,
     _KSOCK: ARG_SOCK,
+    _KCRED: ARG_CRED,
 }
 
 
@@ -503,6 +508,21 @@ KPROBE_REAL: dict[str, _Mapping] = {
         (_Variant(("__kprobe_tcp_connect",), {0: (0, _KSOCK)}),),
         "every TCP connect, kernel-initiated ones included; the socket after the source address and port are chosen",
         ret=_KRET,
+    ),
+    "commit_creds": _Mapping(
+        (_Variant(("__kprobe_commit_creds",), {0: (0, _KCRED)}),),
+        "every installation of new credentials (set*id, exec of set-uid binaries, capset…); the new credentials",
+        no_ret="commit_creds always returns 0",
+    ),
+    "override_creds": _Mapping(
+        (_Variant(("__kprobe_override_creds",), {0: (0, _KCRED)}),),
+        "every temporary credential override by the kernel; the credentials put in place",
+        no_ret="override_creds returns the old credentials (a pointer)",
+    ),
+    "revert_creds": _Mapping(
+        (_Variant(("__kprobe_revert_creds",), {0: (0, _KCRED)}),),
+        "every revert of a temporary override; the credentials restored",
+        no_ret="revert_creds returns nothing (void)",
     ),
     "fd_install": _Mapping(
         (_Variant(("__kprobe_fd_install",), {0: (0, _INT), 1: (1, _KFILE)}),),

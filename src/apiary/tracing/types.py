@@ -27,6 +27,7 @@ ARG_FILEPTR = "file_ptr"  # a struct file in kernel memory (LSM hooks), resolved
 ARG_DATALOC = "data_loc"  # tracepoint record: a __data_loc char[] string
 ARG_CHARS = "chars"  # tracepoint record: a char array inside the record
 ARG_KSTRING = "kstring"  # a char * in kernel memory
+ARG_CRED = "cred_ptr"  # a struct cred in kernel memory (kprobes): ids, securebits, capabilities, user namespace
 ARG_SOCK = "sock_ptr"  # a struct sock in kernel memory (kprobes): family, type, protocol, both ends, state
 STRING_KINDS = (ARG_STRING, ARG_FD, ARG_FILEPTR, ARG_DATALOC, ARG_CHARS, ARG_KSTRING)
 MAX_NAMESPACE_FILTERS = 4  # matchNamespaces entries per selector

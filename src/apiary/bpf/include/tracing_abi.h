@@ -26,6 +26,15 @@
 #define GS_ARG_KSTRING 9 /* a char * in kernel memory */
 #define GS_ARG_SOCK 10   /* a struct sock * in kernel memory (kprobes): a gs_sockinfo in the string slot */
 
+#define GS_ARG_CRED 11   /* a struct cred * in kernel memory (kprobes): a gs_credinfo in the string slot */
+
+struct gs_credinfo {
+	__u32 uid, gid, suid, sgid, euid, egid, fsuid, fsgid;
+	__u32 securebits;
+	__u32 user_ns; /* inode number of the user namespace */
+	__u64 cap_inheritable, cap_permitted, cap_effective;
+};
+
 struct gs_sockinfo {
 	__u16 family;
 	__u16 type;

@@ -16,7 +16,7 @@ if ! bash scripts/vm.sh --setup-only >/tmp/apiary-vm-setup.log 2>&1; then
 fi
 bash scripts/vm.sh -- .venv/bin/python -m pytest -q -p no:cacheprovider \
   tests/kernel/test_sensors_direct.py tests/kernel/test_tracing_features.py tests/kernel/test_loader.py \
-  tests/kernel/test_preflight.py
+  tests/kernel/test_preflight.py tests/kernel/test_agent_kernels.py
 rc=$?
 if [ "$rc" = 255 ]; then
   echo "kernels tested: $host (native); the 6.1 VM did not boot"

@@ -19,7 +19,9 @@ from apiary.cli.client import AgentUnreachable, Client
 class AgentProcess:
     def __init__(self, *extra: str, node_name: str = "testnode") -> None:
         self.tag = uuid.uuid4().hex[:10]
-        self.dir = Path(tempfile.mkdtemp(prefix=f"apiary-{self.tag}-"))
+        # in the VM the temp dir is a 9p share, where unix sockets cannot be bound: use its tmpfs
+        local = "/dev/shm" if os.environ.get("APIARY_TEST_KERNEL") == "vm61" and os.path.isdir("/dev/shm") else None
+        self.dir = Path(tempfile.mkdtemp(prefix=f"apiary-{self.tag}-", dir=local))
         self.socket = str(self.dir / "apiary.sock")
         self.pin_root = f"/sys/fs/bpf/apiary-test-{self.tag}"
         self.node_name = node_name

@@ -41,6 +41,7 @@ ACTION_ENUM = {
     "NoPost": "KPROBE_ACTION_NOPOST",
     "Sigkill": "KPROBE_ACTION_SIGKILL",
     "Signal": "KPROBE_ACTION_SIGNAL",
+    "Override": "KPROBE_ACTION_OVERRIDE",
     "DenyConnect": "KPROBE_ACTION_POST",
 }
 

@@ -256,3 +256,33 @@ def test_follow_children_not_in(sensors, workdir) -> None:
     finally:
         shutil.rmtree(bindir, ignore_errors=True)
     assert _paths(_events(ps), workdir) == [f"{workdir}/from-elsewhere"]
+
+
+def test_char_buf_with_size_arg_index_reads_the_written_bytes(sensors, workdir) -> None:
+    """char_buf + sizeArgIndex (1-based, Tetragon's): exactly the bytes written, NULs included."""
+    from apiary.tracing.compile import compile_tracing_policy, features_from_tracefs
+    from apiary.tracing.load import load_tracing_policies
+
+    ps, ts = sensors
+    (pol,) = load_tracing_policies(f"""
+apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata: {{name: write-bytes}}
+spec:
+  kprobes:
+  - call: sys_write
+    syscall: true
+    args:
+    - {{index: 0, type: fd}}
+    - {{index: 1, type: char_buf, sizeArgIndex: 3}}
+    - {{index: 2, type: size_t}}
+    selectors:
+    - matchArgs: [{{index: 0, operator: Prefix, values: ["{workdir}/"]}}]
+""")
+    compiled = compile_tracing_policy(pol, features_from_tracefs())
+    ts.apply("/write-bytes", compiled, None)
+    data = b"hello\x00world\xff"
+    code = f"import os\nfd = os.open({workdir + '/out'!r}, os.O_WRONLY | os.O_CREAT)\nos.write(fd, {data!r})\n"
+    subprocess.run([sys.executable, "-c", code], check=True)
+    evs = [e for e in _events(ps) if _s(e, 0) == f"{workdir}/out"]
+    assert len(evs) == 1 and bytes(evs[0].str[1])[: evs[0].slen[1]] == data and evs[0].ints[2] == len(data)

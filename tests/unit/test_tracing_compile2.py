@@ -19,6 +19,7 @@ from apiary.tracing.compile import (
 from apiary.tracing.load import load_tracing_policies
 from apiary.tracing.models import CAPABILITIES, PolicyError
 from apiary.tracing.types import (
+    ARG_BUF,
     ARG_CHARS,
     ARG_DATALOC,
     ARG_FD,
@@ -707,3 +708,18 @@ def test_tcp_connect_kprobe_reads_the_socket_where_the_kernel_has_kprobes() -> N
           selectors: [{matchArgs: [{index: 0, operator: SAddr, values: ["10.0.0.0/8"]}]}]
         """).startswith("unsupported: spec.kprobes[0].selectors[0].matchArgs[0].operator (SAddr not supported: the "
                         "source address and port are not known at connect() entry")
+
+
+def test_char_buf_with_size_arg_index() -> None:
+    c = build("""
+        kprobes:
+        - call: sys_write
+          args: [{index: 1, type: char_buf, sizeArgIndex: 3}]
+        """)
+    (a,) = c.hooks[0].args
+    assert (a.kind, a.index, a.size_index) == (ARG_BUF, 1, 2)
+    assert refusal("""
+        kprobes:
+        - call: sys_write
+          args: [{index: 1, type: char_buf, sizeArgIndex: 9}]
+        """).startswith("unsupported: spec.kprobes[0].args[0].sizeArgIndex (sizeArgIndex 9 (arg 8) is not an integer")

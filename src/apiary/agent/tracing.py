@@ -6,6 +6,7 @@ Apply is all-or-nothing: parse (strict) -> compile for this kernel (refusing wha
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from apiary.runtime.tracing import TracingSensor, cgroup_id
 from apiary.tracing.compile import KernelFeatures, compile_tracing_policy, features_from_tracefs
 from apiary.tracing.load import load_tracing_policies
 from apiary.tracing.types import (
+    ARG_BUF,
     ARG_CHARS,
     ARG_CRED,
     ARG_DATALOC,
@@ -339,6 +341,8 @@ def _value(spec: ArgSpec, v: int, s: str, raw: bytes = b"") -> dict[str, Any]:
         out = {"linux_binprm_arg": {"path": s}}
     elif spec.kind in (ARG_FD, ARG_FILEPTR):
         out = {"file_arg": {"path": s}}
+    elif spec.kind == ARG_BUF:
+        out = {"bytes_arg": base64.b64encode(raw).decode()}
     elif spec.kind == ARG_CRED:
         out = {"process_credentials_arg": _cred_arg(abi.credinfo(raw))}
     elif spec.kind == ARG_SOCK:

@@ -251,6 +251,32 @@ static __always_inline void read_arg(struct gs_event *ev, struct gs_hook *h, str
 		ev->slen[a] = n;
 		if (trunc)
 			ev->flags |= GS_EV_TRUNC;
+	} else if (kind == GS_ARG_BUF) {
+		__u16 sidx = 0;
+		switch (a) {
+#define GS_B(q) case q: sidx = h->arg_off[q]; break;
+		GS_B(0) GS_B(1) GS_B(2) GS_B(3) GS_B(4)
+#undef GS_B
+		}
+		__u64 n = 0;
+		switch (sidx) {
+		case 0: n = hc->args[0]; break;
+		case 1: n = hc->args[1]; break;
+		case 2: n = hc->args[2]; break;
+		case 3: n = hc->args[3]; break;
+		case 4: n = hc->args[4]; break;
+		case 5: n = hc->args[5]; break;
+		}
+		if ((__s64)n < 0)
+			n = 0;
+		if (n > GS_ARGSTR - 1) {
+			n = GS_ARGSTR - 1;
+			ev->flags |= GS_EV_TRUNC;
+		}
+		n &= GS_ARGSTR - 1;
+		if (bpf_probe_read_user(ev->str[a], n, (void *)v))
+			n = 0;
+		ev->slen[a] = n;
 	} else if (kind == GS_ARG_CRED) {
 		struct cred *cr = (struct cred *)v;
 		struct gs_credinfo ci = {};

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from functools import lru_cache
 
 from apiary.tracing.types import (
+    ARG_BUF,
     ARG_CHARS,
     ARG_CRED,
     ARG_DATALOC,
@@ -40,8 +41,9 @@ KIND = {
     ARG_KSTRING: 9,
     ARG_SOCK: 10,
     ARG_CRED: 11,
+    ARG_BUF: 12,
 }
-STRING_KINDS = (ARG_STRING, ARG_FD, ARG_FILEPTR, ARG_DATALOC, ARG_CHARS, ARG_KSTRING)
+STRING_KINDS = (ARG_STRING, ARG_FD, ARG_FILEPTR, ARG_DATALOC, ARG_CHARS, ARG_KSTRING, ARG_BUF)
 # pseudo syscall numbers of the LSM programs (GS_NR_LSM_*)
 LSM_HOOKS = {"__lsm_file_open": 4096, "__lsm_file_permission": 4097, "__lsm_bprm_check_security": 4098}
 GS_NS, GS_FOLLOW = 4, 64
@@ -383,7 +385,7 @@ def encode_hook(
     for i, a in enumerate(hook.args):
         h.arg_index[i] = a.index
         h.arg_kind[i] = KIND[a.kind]
-        h.arg_off[i] = a.offset
+        h.arg_off[i] = a.size_index if a.kind == ARG_BUF else a.offset
         h.arg_size[i] = a.size or INT_SIZES.get(a.tetragon_type, 0)  # registers: narrow ints are truncated
     for si, sel in enumerate(hook.selectors):
         s = h.sel[si]

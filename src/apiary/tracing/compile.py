@@ -107,6 +107,7 @@ from .models import (
     resolve_arg,
 )
 from .types import (
+    ARG_BUF,
     ARG_CHARS,
     ARG_CRED,
     ARG_DATALOC,
@@ -713,6 +714,7 @@ class _Arg:
     offset: int = 0  # tracepoint record field
     size: int = 0
     type_: str = ""  # the type as realised (auto resolved); "" = the policy's
+    size_index: int = -1  # char_buf: the register holding its length
 
     @property
     def ty(self) -> str:
@@ -1234,6 +1236,7 @@ class _Compiler:
                     tetragon_type=a.ty,
                     offset=a.offset,
                     size=a.size,
+                    size_index=a.size_index,
                 )
                 for a in args
                 if a.slot >= 0
@@ -1338,7 +1341,28 @@ class _Compiler:
                             f"cannot be realised from it (use one of {', '.join(sorted(_CLASS_TYPES[cls]))})",
                         )
                     arg.kind = _CLASS_KIND.get(cls) or _kind_of(a.type_, f"{ap}.type")
-            if a.type_ == "char_buf" or (a.size_arg_index and arg.kind == ARG_STRING):
+            if (
+                a.type_ == "char_buf"
+                and a.size_arg_index
+                and arg.kind == ARG_STRING
+                and mapping.fields is None
+                and index_text == "arg"
+            ):
+                # the buffer's bytes, as many as the size argument says (sizeArgIndex counts from 1)
+                sized = variant.args.get(a.size_arg_index - 1)
+                if sized is None or sized[1] not in (_ANY, _UREG, _INT):
+                    raise _Refuse(
+                        f"{ap}.sizeArgIndex",
+                        f"sizeArgIndex {a.size_arg_index} (arg {a.size_arg_index - 1}) is not an integer argument "
+                        f"available at {'/'.join(variant.syscalls)}",
+                    )
+                arg.kind = ARG_BUF
+                arg.size_index = sized[0]
+                self.note(
+                    f"{source}: {index_text} {a.index} (char_buf): up to {MAX_STRING * 2 - 1} bytes of the buffer, "
+                    f"as many as arg {a.size_arg_index - 1} says (longer is cut and flagged)"
+                )
+            elif a.type_ == "char_buf" or (a.size_arg_index and arg.kind == ARG_STRING):
                 self.note(
                     f"{source}: {index_text} {a.index} ({a.type_}) is read as a "
                     f"NUL-terminated string (at most {MAX_STRING} bytes compared; sizeArgIndex not "

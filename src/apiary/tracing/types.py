@@ -27,9 +27,10 @@ ARG_FILEPTR = "file_ptr"  # a struct file in kernel memory (LSM hooks), resolved
 ARG_DATALOC = "data_loc"  # tracepoint record: a __data_loc char[] string
 ARG_CHARS = "chars"  # tracepoint record: a char array inside the record
 ARG_KSTRING = "kstring"  # a char * in kernel memory
+ARG_BUF = "buf"  # a user buffer of the length in another argument (char_buf with sizeArgIndex): bytes
 ARG_CRED = "cred_ptr"  # a struct cred in kernel memory (kprobes): ids, securebits, capabilities, user namespace
 ARG_SOCK = "sock_ptr"  # a struct sock in kernel memory (kprobes): family, type, protocol, both ends, state
-STRING_KINDS = (ARG_STRING, ARG_FD, ARG_FILEPTR, ARG_DATALOC, ARG_CHARS, ARG_KSTRING)
+STRING_KINDS = (ARG_STRING, ARG_FD, ARG_FILEPTR, ARG_DATALOC, ARG_CHARS, ARG_KSTRING, ARG_BUF)
 MAX_NAMESPACE_FILTERS = 4  # matchNamespaces entries per selector
 MAX_FOLLOW = 64  # followChildren / followForks selectors across all policies
 
@@ -42,6 +43,7 @@ class ArgSpec:
     tetragon_type: str = ""  # the type the policy wrote (for the event's arg key: int_arg, string_arg, file_arg…)
     offset: int = 0  # tracepoint record: the field's offset
     size: int = 0  # tracepoint record: the field's size
+    size_index: int = -1  # char_buf: the register index of the argument holding its length
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@
 #define GS_ARG_KSTRING 9 /* a char * in kernel memory */
 #define GS_ARG_SOCK 10   /* a struct sock * in kernel memory (kprobes): a gs_sockinfo in the string slot */
 
+#define GS_ARG_BUF 12    /* a user buffer; its length is the register arg_off[a] (char_buf + sizeArgIndex) */
 #define GS_ARG_CRED 11   /* a struct cred * in kernel memory (kprobes): a gs_credinfo in the string slot */
 
 struct gs_credinfo {

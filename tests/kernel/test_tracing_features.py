@@ -286,3 +286,34 @@ spec:
     subprocess.run([sys.executable, "-c", code], check=True)
     evs = [e for e in _events(ps) if _s(e, 0) == f"{workdir}/out"]
     assert len(evs) == 1 and bytes(evs[0].str[1])[: evs[0].slen[1]] == data and evs[0].ints[2] == len(data)
+
+
+def test_return_copy_reads_what_the_call_put_in_the_buffer(sensors, workdir) -> None:
+    """returnCopy: read()'s buffer is filled by the call, so it is read at exit, as many bytes as returned."""
+    from apiary.tracing.compile import compile_tracing_policy, features_from_tracefs
+    from apiary.tracing.load import load_tracing_policies
+
+    ps, ts = sensors
+    Path(workdir, "secret").write_bytes(b"token=\x00abc123")
+    (pol,) = load_tracing_policies(f"""
+apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata: {{name: reads}}
+spec:
+  kprobes:
+  - call: sys_read
+    syscall: true
+    return: true
+    args:
+    - {{index: 0, type: fd}}
+    - {{index: 1, type: char_buf, returnCopy: true}}
+    returnArg: {{index: 0, type: int}}
+    selectors:
+    - matchArgs: [{{index: 0, operator: Equal, values: ["{workdir}/secret"]}}]
+""")
+    ts.apply("/reads", compile_tracing_policy(pol, features_from_tracefs()), None)
+    code = f"import os\nfd = os.open({workdir + '/secret'!r}, os.O_RDONLY)\nos.read(fd, 4096)\nos.read(fd, 4096)\n"
+    subprocess.run([sys.executable, "-c", code], check=True)
+    evs = [e for e in _events(ps) if _s(e, 0) == f"{workdir}/secret"]
+    got = [(e.ret, bytes(e.str[1])[: e.slen[1]]) for e in evs]
+    assert got == [(13, b"token=\x00abc123"), (0, b"")]  # the second read is at the end of the file

@@ -723,3 +723,28 @@ def test_char_buf_with_size_arg_index() -> None:
         - call: sys_write
           args: [{index: 1, type: char_buf, sizeArgIndex: 9}]
         """).startswith("unsupported: spec.kprobes[0].args[0].sizeArgIndex (sizeArgIndex 9 (arg 8) is not an integer")
+
+
+def test_return_copy_reads_the_buffer_at_return() -> None:
+    c = build("""
+        kprobes:
+        - call: sys_read
+          return: true
+          args: [{index: 0, type: fd}, {index: 1, type: char_buf, returnCopy: true}]
+          returnArg: {index: 0, type: int}
+        """)
+    buf = c.hooks[0].args[1]
+    assert (buf.kind, buf.at_return) == (ARG_BUF, True) and c.hooks[0].ret is not None
+    assert refusal("""
+        kprobes:
+        - call: sys_read
+          args: [{index: 1, type: char_buf, returnCopy: true}]
+        """).startswith("unsupported: spec.kprobes[0].args[0].returnCopy (returnCopy needs a char_buf arg")
+    assert refusal("""
+        kprobes:
+        - call: sys_read
+          return: true
+          args: [{index: 1, type: char_buf, returnCopy: true}]
+          returnArg: {index: 0, type: int}
+          selectors: [{matchArgs: [{index: 1, operator: Prefix, values: [x]}]}]
+        """).startswith("unsupported: spec.kprobes[0].selectors[0].matchArgs[0] (filters on a returnCopy buffer")

@@ -267,7 +267,7 @@ static __always_inline void read_arg(struct gs_event *ev, struct gs_hook *h, str
 		case 4: n = hc->args[4]; break;
 		case 5: n = hc->args[5]; break;
 		}
-		if ((__s64)n < 0)
+		if ((__s64)n < 0 || (h->copy_mask >> a) & 1) /* returnCopy: read at exit, with the return value */
 			n = 0;
 		if (n > GS_ARGSTR - 1) {
 			n = GS_ARGSTR - 1;
@@ -896,6 +896,23 @@ static long exit_hook(__u32 i, void *data)
 	if (!ev)
 		return 0;
 	ev->ret = xc->ret;
+	if (h->copy_mask) { /* returnCopy: the buffer as the call left it, as many bytes as it returned */
+		__u64 n = xc->ret > 0 ? xc->ret : 0;
+		if (n > GS_ARGSTR - 1) {
+			n = GS_ARGSTR - 1;
+			ev->flags |= GS_EV_TRUNC;
+		}
+		n &= GS_ARGSTR - 1;
+		__u8 cm = h->copy_mask;
+#define GS_C(q) if ((cm >> q) & 1) { \
+			if (bpf_probe_read_user(ev->str[q], n, (void *)ev->ints[q])) \
+				ev->slen[q] = 0; \
+			else \
+				ev->slen[q] = n; \
+		}
+		GS_C(0) GS_C(1) GS_C(2) GS_C(3) GS_C(4)
+#undef GS_C
+	}
 	ev->ktime = bpf_ktime_get_ns();
 	__u8 action = GS_ACT_POST, post = 1, sig = 0;
 	__u64 rate = 0;

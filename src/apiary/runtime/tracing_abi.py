@@ -208,7 +208,7 @@ class HookCfg(ctypes.Structure):
         ("ret_kind", ctypes.c_uint8),
         ("hash_mask", ctypes.c_uint8),
         ("hash_len", ctypes.c_uint8 * GS_ARGS),
-        ("_pad2", ctypes.c_uint8 * 1),
+        ("copy_mask", ctypes.c_uint8),
         ("arg_off", ctypes.c_uint16 * GS_ARGS),
         ("arg_size", ctypes.c_uint8 * GS_ARGS),
         ("_pad3", ctypes.c_uint8 * 3),
@@ -386,6 +386,8 @@ def encode_hook(
         h.arg_index[i] = a.index
         h.arg_kind[i] = KIND[a.kind]
         h.arg_off[i] = a.size_index if a.kind == ARG_BUF else a.offset
+        if a.at_return:
+            h.copy_mask |= 1 << i
         h.arg_size[i] = a.size or INT_SIZES.get(a.tetragon_type, 0)  # registers: narrow ints are truncated
     for si, sel in enumerate(hook.selectors):
         s = h.sel[si]

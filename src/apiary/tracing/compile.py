@@ -715,6 +715,7 @@ class _Arg:
     size: int = 0
     type_: str = ""  # the type as realised (auto resolved); "" = the policy's
     size_index: int = -1  # char_buf: the register holding its length
+    at_return: bool = False  # returnCopy
 
     @property
     def ty(self) -> str:
@@ -1237,6 +1238,7 @@ class _Compiler:
                     offset=a.offset,
                     size=a.size,
                     size_index=a.size_index,
+                    at_return=a.at_return,
                 )
                 for a in args
                 if a.slot >= 0
@@ -1286,8 +1288,6 @@ class _Compiler:
         for fld, what in _ARG_DETAILS:
             if getattr(a, fld):
                 raise _Refuse(f"{ap}.{what}", f"{what} is not supported yet")
-        if a.return_copy:
-            raise _Refuse(f"{ap}.returnCopy", "returnCopy (read the buffer when the call returns) is not supported yet")
 
     def variant_args(
         self,
@@ -1341,7 +1341,27 @@ class _Compiler:
                             f"cannot be realised from it (use one of {', '.join(sorted(_CLASS_TYPES[cls]))})",
                         )
                     arg.kind = _CLASS_KIND.get(cls) or _kind_of(a.type_, f"{ap}.type")
-            if (
+            if a.return_copy:
+                if not (
+                    a.type_ == "char_buf"
+                    and getattr(spec, "return_", False)
+                    and arg.kind == ARG_STRING
+                    and mapping.fields is None
+                    and index_text == "arg"
+                ):
+                    raise _Refuse(
+                        f"{ap}.returnCopy",
+                        "returnCopy needs a char_buf arg (a user buffer) of a kprobe or uprobe with return: true "
+                        "(the buffer is read when the call returns)",
+                    )
+                arg.kind = ARG_BUF
+                arg.at_return = True
+                self.note(
+                    f"{source}: {index_text} {a.index} (char_buf, returnCopy): read when the call returns, as many "
+                    f"bytes as it returned (up to {MAX_STRING * 2 - 1}; longer is cut and flagged); filters on it "
+                    "are not supported"
+                )
+            elif (
                 a.type_ == "char_buf"
                 and a.size_arg_index
                 and arg.kind == ARG_STRING
@@ -1552,6 +1572,9 @@ class _Compiler:
         raise _Refuse(f"{fp}.operator", f"operator {op} does not apply to an integer")
 
     def arg_filter(self, fp: str, a: ArgSelector, arg: _Arg) -> ArgFilter:
+        if arg.at_return:
+            raise _Refuse(fp, "filters on a returnCopy buffer are not supported: it is read when the call returns, "
+                          "after the selectors ran")
         op, values, kind, ty = a.operator, list(a.values or []), arg.kind, arg.ty
         if len(values) > MAX_VALUES:
             raise _Refuse(

@@ -44,6 +44,7 @@ class ArgSpec:
     offset: int = 0  # tracepoint record: the field's offset
     size: int = 0  # tracepoint record: the field's size
     size_index: int = -1  # char_buf: the register index of the argument holding its length
+    at_return: bool = False  # returnCopy: the buffer is read when the call returns (length: the return value)
 
 
 @dataclass(frozen=True)

@@ -183,7 +183,7 @@ struct gs_hook {
 	__u8 ret_kind;  /* GS_ARG_INT / GS_ARG_UINT for return hooks */
 	__u8 hash_mask; /* bit a: some selector compares string argument a (hash it) */
 	__u8 hash_len[GS_ARGS]; /* bytes of argument a the comparisons need (0: all, for Postfix) */
-	__u8 _pad2[1];
+	__u8 copy_mask; /* bit a: argument a is a buffer read when the call returns (returnCopy) */
 	__u16 arg_off[GS_ARGS];  /* tracepoint record: field offset */
 	__u8 arg_size[GS_ARGS];  /* tracepoint record: field size */
 	__u8 _pad3[3];

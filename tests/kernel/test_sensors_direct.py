@@ -418,3 +418,54 @@ def test_kprobe_commit_creds_reports_the_new_credentials() -> None:
     finally:
         ts.close()
         ps.close()
+
+
+GENERIC_KPROBE = """
+apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata: {name: closes}
+spec:
+  kprobes:
+  - call: filp_close
+    syscall: false
+    return: true
+    args: [{index: 0, type: file}]
+    returnArg: {index: 0, type: int}
+    selectors:
+    - matchArgs: [{index: 0, operator: Prefix, values: ["DIR/"]}]
+"""
+
+
+def test_kprobe_on_any_kernel_function_reads_args_by_the_policys_types() -> None:
+    """Only where kprobes work (the 6.1 VM): a function apiary has no table entry for (filp_close)."""
+    import dataclasses
+
+    import pytest
+
+    from apiary.loader import BpfError
+    from apiary.tracing.compile import compile_tracing_policy, features_from_tracefs
+    from apiary.tracing.load import load_tracing_policies
+
+    d = tempfile.mkdtemp(prefix="apiary-gkp-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+    ps = ProcessSensor()
+    ps.load()
+    ts = TracingSensor(ps, kprobes=True)
+    try:
+        ts.load()
+        (pol,) = load_tracing_policies(GENERIC_KPROBE.replace("DIR", d))
+        compiled = compile_tracing_policy(pol, dataclasses.replace(features_from_tracefs(), kprobes=True))
+        assert compiled.hooks[0].syscalls == ("__kprobe_filp_close",)
+        try:
+            ts.apply("/closes", compiled, None)
+        except BpfError as e:
+            pytest.skip(f"no kprobes on this kernel ({e})")
+        subprocess.run(["/bin/sh", "-c", f"echo x > {d}/closed.txt"], check=True)
+        evs = []
+        assert ps.ring is not None
+        ps.ring.consume(lambda b: evs.append(tabi.decode_event(b)) if b[0] == tabi.MSG_GENERIC else None)
+        mine = [(bytes(e.str[0])[: e.slen[0]].decode(), e.ret) for e in evs]
+        assert (f"{d}/closed.txt", 0) in mine
+    finally:
+        ts.close()
+        ps.close()
+        shutil.rmtree(d, ignore_errors=True)

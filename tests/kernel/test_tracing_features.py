@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -317,3 +318,55 @@ spec:
     evs = [e for e in _events(ps) if _s(e, 0) == f"{workdir}/secret"]
     got = [(e.ret, bytes(e.str[1])[: e.slen[1]]) for e in evs]
     assert got == [(13, b"token=\x00abc123"), (0, b"")]  # the second read is at the end of the file
+
+
+def test_namespace_pid_one_is_the_init_of_a_new_pid_namespace(sensors, workdir) -> None:
+    """matchPIDs isNamespacePID: PID 1 as the process's own PID namespace sees it (a container's init)."""
+    ps, ts = sensors
+    for n in ("by-init", "by-child", "on-host"):
+        Path(workdir, n).write_text(n)
+    sel = Selector(pids=PidFilter("In", (1,), namespace_pid=True))
+    _apply(ts, "ns-init", _open_hook(workdir, sel))
+    # the shell is PID 1 of the new namespace and opens by-init itself (the redirect); cat is its PID 2
+    r = subprocess.run(
+        ["unshare", "--pid", "--fork", "/bin/sh", "-c", f"cat {workdir}/by-child < {workdir}/by-init"],
+        capture_output=True,
+    )
+    assert r.returncode == 0, r
+    subprocess.run(["cat", f"{workdir}/on-host"], capture_output=True)
+    assert _paths(_events(ps), workdir) == [f"{workdir}/by-init"]
+
+
+def test_not_namespace_init_or_its_forks_sees_a_process_entering_the_namespace(sensors, workdir) -> None:
+    """Tetragon's 'exec into a container' pattern: matchPIDs NotIn [1], isNamespacePID, followForks. The
+    namespace's init and everything it forks are left out; a process that enters the namespace is seen."""
+    ps, ts = sensors
+    for n in ("app", "entered", "host"):
+        Path(workdir, n).write_text(n)
+    init = subprocess.Popen(
+        ["unshare", "--pid", "--fork", "/bin/sh", "-c", f"read x; cat {workdir}/app"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        time.sleep(0.3)
+        # the namespace's init: the child of unshare
+        kids = Path(f"/proc/{init.pid}/task/{init.pid}/children").read_text().split()
+        assert kids, "unshare has not forked yet"
+        sel = Selector(pids=PidFilter("NotIn", (1,), follow_forks=True, namespace_pid=True))
+        _apply(ts, "entered", _open_hook(workdir, sel))
+        r = subprocess.run(
+            ["nsenter", "--target", kids[0], "--pid", "--", "cat", f"{workdir}/entered"], capture_output=True
+        )
+        assert r.returncode == 0, r
+        assert init.stdin is not None
+        init.stdin.write("go\n")
+        init.stdin.close()
+        assert init.wait(10) == 0
+        subprocess.run(["cat", f"{workdir}/host"], capture_output=True)
+    finally:
+        if init.poll() is None:
+            init.kill()
+            init.wait()
+    assert _paths(_events(ps), workdir) == [f"{workdir}/entered"]

@@ -258,10 +258,13 @@ def test_commit_creds_bprm_and_sys_helpers() -> None:
 def test_unmapped_kernel_function_refused_from_the_features() -> None:
     spec = "kprobes: [{call: dev_queue_xmit, syscall: false, args: [{index: 0, type: skb}]}]"
     assert refusal(spec) == f"unsupported: spec.kprobes[0].call (dev_queue_xmit: {NO_KPROBE})"
+    # where kprobes exist, any kernel function is probed; an arg type the sensor cannot read is refused
     assert refusal(spec, VM) == (
-        "unsupported: spec.kprobes[0].call (dev_queue_xmit: needs a kprobe on a function whose arguments apiary's "
-        "sensor does not know yet (kprobes are realised for vfs_write, vfs_read, security_file_permission, "
-        "security_file_open, tcp_connect, commit_creds, override_creds, revert_creds, fd_install))")
+        "unsupported: spec.kprobes[0].args[0].type (arg type skb is not supported on a kprobe of a kernel function "
+        "(integer types, string (a kernel char *), file (struct file *), sock (struct sock *), cred (struct cred *) "
+        "and fd are))")
+    generic = build("kprobes: [{call: do_unlinkat, syscall: false, args: [{index: 0, type: int}]}]", VM)
+    assert generic.hooks[0].syscalls == ("__kprobe_do_unlinkat",) and generic.hooks[0].args[0].kind == "int"
     assert refusal("lsmhooks: [{hook: path_mkdir}]") == ("unsupported: spec.lsmhooks[0].hook (lsm hook path_mkdir: "
                                                          "needs BPF-LSM; this kernel: no kprobes (CONFIG_KPROBES off), "
                                                          "fentry/BPF-LSM refused)")
@@ -457,10 +460,9 @@ def test_match_binaries_and_pids() -> None:
     assert s.pids == PidFilter("NotIn", (1, 2), True)
     assert "matchBinaries Postfix is not supported yet" in refusal(
         "kprobes: [{call: sys_write, selectors: [{matchBinaries: [{operator: Postfix, values: [sh]}]}]}]")
-    assert refusal("kprobes: [{call: sys_write, selectors: [{matchPIDs: [{operator: In, values: [1], "
-                   "isNamespacePID: true}]}]}]") == (
-        "unsupported: spec.kprobes[0].selectors[0].matchPIDs[0].isNamespacePID (isNamespacePID is not supported yet "
-        "(the sensor compares host PIDs))")
+    ns = build("kprobes: [{call: sys_write, selectors: [{matchPIDs: [{operator: NotIn, values: [1], "
+               "isNamespacePID: true, followForks: true}]}]}]")
+    assert ns.hooks[0].selectors[0].pids == PidFilter("NotIn", (1,), True, True)
 
 
 @pytest.mark.parametrize("actions, expect", [

@@ -549,6 +549,26 @@ static __always_inline int mb_bit(__u32 tgid, __u8 slot)
 	return bits && (*bits >> ((slot - 1) & 63)) & 1;
 }
 
+/* the PID namespace a task's PID lives in (its active one) */
+static __always_inline void *pid_ns_of(struct task_struct *t)
+{
+	struct pid *tp = BPF_CORE_READ(t, thread_pid);
+	unsigned int level = BPF_CORE_READ(tp, level);
+	struct upid up = {};
+	bpf_probe_read_kernel(&up, sizeof(up), (void *)((long)&tp->numbers[0] + (long)(level & 31) * sizeof(struct upid)));
+	return up.ns;
+}
+
+/* a process's PID as its own PID namespace sees it (1 = a container's init) */
+static __always_inline __u32 ns_tgid(struct task_struct *t)
+{
+	struct pid *tp = BPF_CORE_READ(t, group_leader, thread_pid);
+	unsigned int level = BPF_CORE_READ(tp, level);
+	struct upid up = {};
+	bpf_probe_read_kernel(&up, sizeof(up), (void *)((long)&tp->numbers[0] + (long)(level & 31) * sizeof(struct upid)));
+	return up.nr;
+}
+
 /* the inode number of the current task's namespace of a type (what /proc/PID/ns/<type> shows) */
 static __always_inline __u32 ns_inum(struct task_struct *t, __u8 type)
 {
@@ -584,9 +604,12 @@ __noinline int gs_match_process(__u32 hid, __u32 si)
 		return 0;
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
 	if (sel->npids) {
+		__u32 pid = tgid;
+		if (sel->pid_ns) /* the process's PID in its own PID namespace (1 = a container's init) */
+			pid = ns_tgid((void *)bpf_get_current_task());
 		int any = 0;
 		for (int v = 0; v < GS_VALS; v++)
-			if (v < sel->npids && sel->pids[v] == tgid)
+			if (v < sel->npids && sel->pids[v] == pid)
 				any = 1;
 		if (!any)
 			any = mb_bit(tgid, sel->pid_follow);
@@ -1065,6 +1088,8 @@ int gs_kprobe(struct pt_regs *ctx)
 struct follow_ctx {
 	__u64 bits;
 	__u32 ptgid; /* fork: the parent */
+	__u32 pns;   /* fork: the parent's PID in its own PID namespace */
+	__u32 cross; /* fork: the child is in another PID namespace than its parent (it entered one) */
 	__u32 exec;  /* 1: match binary slots against the new image, 0: pid slots against the parent */
 };
 
@@ -1086,8 +1111,13 @@ static long follow_step(__u32 i, void *data)
 			if (v < f->n && !any)
 				any = hash_match(hs->bin, hs->bin, hs->bin_len, f->hash[v], f->lens[v], mode);
 	} else if (!fc->exec && f->kind == GS_FOLLOW_PID) {
+		if (f->pid_ns && fc->cross) { /* namespace PIDs are followed within their namespace only */
+			fc->bits &= ~(1ULL << (i & 63));
+			return 0;
+		}
+		__u32 ppid = f->pid_ns ? fc->pns : fc->ptgid;
 		for (int v = 0; v < GS_VALS; v++)
-			if (v < f->n && f->pids[v] == fc->ptgid)
+			if (v < f->n && f->pids[v] == ppid)
 				any = 1;
 	}
 	if (any)
@@ -1122,7 +1152,8 @@ int BPF_PROG(gs_follow_fork, struct task_struct *parent, struct task_struct *chi
 		return 0;
 	__u32 ptgid = BPF_CORE_READ(parent, tgid);
 	__u64 *pbits = bpf_map_lookup_elem(&gs_mb, &ptgid);
-	struct follow_ctx fc = {.bits = pbits ? *pbits : 0, .ptgid = ptgid};
+	struct follow_ctx fc = {.bits = pbits ? *pbits : 0, .ptgid = ptgid, .pns = ns_tgid(parent)};
+	fc.cross = pid_ns_of(parent) != pid_ns_of(child);
 	bpf_loop(GS_FOLLOW, follow_step, &fc, 0);
 	if (fc.bits)
 		bpf_map_update_elem(&gs_mb, &tgid, &fc.bits, BPF_ANY);

@@ -311,7 +311,16 @@ class TracingSensor:
                 )
             else:
                 assert sel.pids is not None
-                hit = any(p in sel.pids.values for p, _exe in chain)
+                if sel.pids.namespace_pid:  # followed within the process's own PID namespace only
+                    own = pid_ns_inode(pid)
+                    ids = []
+                    for p, _exe in chain:
+                        if pid_ns_inode(p) not in (own, 0):
+                            break
+                        ids.append(ns_pid(p))
+                else:
+                    ids = [p for p, _exe in chain]
+                hit = any(p in sel.pids.values for p in ids)
             if hit:
                 cur = self.mb_map.get(pid) or 0
                 self.mb_map.put(pid, cur | (1 << bit))
@@ -360,20 +369,43 @@ def _scope_key(policy_id: int, cgroup_id: int) -> bytes:
 
 
 def proc_tree() -> dict[int, tuple[int, str]]:
-    """pid -> (parent pid, executable path) of the processes running now (kernel threads left out)."""
+    """pid -> (parent pid, executable path or "") of the processes running now."""
     out: dict[int, tuple[int, str]] = {}
     for d in os.listdir("/proc"):
         if not d.isdigit():
             continue
         try:
-            exe = os.readlink(f"/proc/{d}/exe")
             with open(f"/proc/{d}/stat") as f:
                 stat = f.read()
         except OSError:
             continue
+        try:
+            exe = os.readlink(f"/proc/{d}/exe")
+        except OSError:  # a kernel thread, or a process we may not inspect: still a link in the ancestry
+            exe = ""
         ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
         out[int(d)] = (ppid, exe)
     return out
+
+
+def pid_ns_inode(pid: int) -> int:
+    """The inode of a process's PID namespace; 0 when it cannot be read."""
+    try:
+        return os.stat(f"/proc/{pid}/ns/pid").st_ino
+    except OSError:
+        return 0
+
+
+def ns_pid(pid: int) -> int:
+    """A process's PID as its own PID namespace sees it (the last NSpid of /proc/PID/status); -1 if gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("NSpid:"):
+                    return int(line.split()[-1])
+    except OSError:
+        pass
+    return -1
 
 
 def ancestry(tree: dict[int, tuple[int, str]], pid: int) -> list[tuple[int, str]]:

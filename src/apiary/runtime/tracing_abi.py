@@ -159,7 +159,7 @@ class Follow(ctypes.Structure):
         ("kind", ctypes.c_uint8),
         ("op", ctypes.c_uint8),
         ("n", ctypes.c_uint8),
-        ("_pad", ctypes.c_uint8),
+        ("pid_ns", ctypes.c_uint8),
         ("lens", ctypes.c_uint32 * 4),
         ("hash", ctypes.c_uint64 * 4),
         ("pids", ctypes.c_uint32 * 4),
@@ -188,7 +188,7 @@ class Sel(ctypes.Structure):
         ("cap_op", ctypes.c_uint8),
         ("nret", ctypes.c_uint8),
         ("rate_scope", ctypes.c_uint8),
-        ("_pad2", ctypes.c_uint8 * 1),
+        ("pid_ns", ctypes.c_uint8),
         ("cap_mask", ctypes.c_uint64),
         ("ns", NsFilter * GS_NS),
         ("ret", Filter),
@@ -363,6 +363,7 @@ def encode_follow(hook: Hook, si: int, what: str) -> bytes:
         assert sel.pids is not None
         f.kind = FOLLOW_PID
         f.op = BIN_OPS["In"]
+        f.pid_ns = int(sel.pids.namespace_pid)
         f.n = len(sel.pids.values)
         for v, pid in enumerate(sel.pids.values):
             f.pids[v] = pid
@@ -410,6 +411,7 @@ def encode_hook(
         if sel.pids:
             s.pid_op = BIN_OPS[sel.pids.op]
             s.npids = len(sel.pids.values)
+            s.pid_ns = int(sel.pids.namespace_pid)
             for v, pid in enumerate(sel.pids.values):
                 s.pids[v] = pid
             if sel.pids.follow_forks:

@@ -349,6 +349,7 @@ _KSOCK = "ksock"  # a struct sock in kernel memory (a kprobed function's argumen
 _KCRED = "kcred"  # a struct cred in kernel memory
 _ANY = "any"  # direct syscall arguments: the policy's type decides
 _UREG = "ureg"  # a uprobe's argument register: the policy's type decides (user-space values)
+_KREG = "kreg"  # a kprobed function's argument register: the policy's type decides (kernel values)
 
 _CLASS_TYPES: dict[str, frozenset[str]] = {
     _FILE: frozenset({"file", "fd"}),
@@ -666,6 +667,25 @@ def _uprobe_kind(ty: str, path: str) -> str:
     raise _Refuse(path, f"arg type {ty} not supported on uprobes (integer types, string, char_buf and fd are)")
 
 
+def _kprobe_kind(ty: str, path: str) -> str:
+    """ArgSpec kind for a Tetragon arg type read from a kprobed kernel function's argument register."""
+    if ty in INT_TYPES:
+        return ARG_UINT if ty in UNSIGNED_TYPES else ARG_INT
+    kinds = {"string": ARG_KSTRING, "file": ARG_FILEPTR, "sock": ARG_SOCK, "cred": ARG_CRED, "fd": ARG_FD}
+    if ty in kinds:
+        return kinds[ty]
+    if ty == "auto":
+        raise _Refuse(
+            path, "arg type auto needs the function's BTF, which apiary does not read yet: write the type (int, "
+            "string, file, sock, cred, fd…)"
+        )
+    raise _Refuse(
+        path,
+        f"arg type {ty} is not supported on a kprobe of a kernel function (integer types, string (a kernel char *), "
+        "file (struct file *), sock (struct sock *), cred (struct cred *) and fd are)",
+    )
+
+
 def _tp_arg(f: TpField, ty: str) -> tuple[str, int, str] | str:
     """(kind, size, type) of tracepoint field ``f`` read as policy type ``ty``; or the types that can read it
     ("" when none can)."""
@@ -969,6 +989,25 @@ class _Compiler:
                 f"the kernel helper's own syscall; in-kernel callers of {call} not seen",
                 ret=f"the return value of syscall {name} (which is {call}'s), read at its exit",
             )
+        if mapping is None and self.f.kprobes:
+            # any other kernel function: a kprobe there, its args read as the types the policy gives
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.]*", call):
+                raise _Refuse(f"{hp}.call", f"{call!r} is not a kernel function name")
+            generic = _Mapping(
+                (_Variant((f"__kprobe_{call}",), {i: (i, _KREG) for i in range(5)}),),
+                "args read from the registers as the types the policy gives (not checked against the function's "
+                "BTF); a function that does not exist or cannot be probed fails the apply",
+                ret=_KRET,
+                no_index="arg {index}: apiary reads the first 5 arguments of a kernel function",
+            )
+            ret = self.return_spec(hp, source, kp, generic)
+            probe = "kprobe and kretprobe" if ret else "kprobe"
+            if kp.ignore and kp.ignore.call_not_found:
+                self.note(f"{source}: ignore.callNotFound: a missing {call} fails the apply instead of being skipped")
+            self.build(
+                hp, source, kp, "process_kprobe", call, generic, f"{probe} on {call}: {generic.misses}", ret=ret
+            )
+            return
         if mapping is None:
             raise _Refuse(f"{hp}.call", f"{call}: {self.needs_kprobe()}")
         ret = self.return_spec(hp, source, kp, mapping)
@@ -1333,6 +1372,8 @@ class _Compiler:
                     arg.kind = _kind_of(a.type_, f"{ap}.type")
                 elif cls == _UREG:
                     arg.kind = _uprobe_kind(a.type_, f"{ap}.type")
+                elif cls == _KREG:
+                    arg.kind = _kprobe_kind(a.type_, f"{ap}.type")
                 else:
                     if a.type_ not in _CLASS_TYPES[cls]:
                         raise _Refuse(
@@ -1697,14 +1738,13 @@ class _Compiler:
         entries = sel.match_pids or []
         if not entries:
             return None
-        for i, p in enumerate(entries):
-            if p.is_namespace_pid:
-                raise _Refuse(
-                    f"{sp}.matchPIDs[{i}].isNamespacePID",
-                    "isNamespacePID is not supported yet (the sensor compares host PIDs)",
-                )
         if len(entries) > 1:
-            if any(p.operator != "NotIn" or p.follow_forks != entries[0].follow_forks for p in entries):
+            if any(
+                p.operator != "NotIn"
+                or p.follow_forks != entries[0].follow_forks
+                or p.is_namespace_pid != entries[0].is_namespace_pid
+                for p in entries
+            ):
                 raise _Refuse(
                     f"{sp}.matchPIDs",
                     "only one matchPIDs filter per selector (several NotIn filters with "
@@ -1715,7 +1755,7 @@ class _Compiler:
             values += [v for v in p.values if v not in values]
         if len(values) > MAX_VALUES:
             raise _Refuse(f"{sp}.matchPIDs", f"at most {MAX_VALUES} PIDs per selector ({len(values)} given)")
-        return PidFilter(entries[0].operator, tuple(values), entries[0].follow_forks)
+        return PidFilter(entries[0].operator, tuple(values), entries[0].follow_forks, entries[0].is_namespace_pid)
 
     def namespaces(self, sp: str, sel: KProbeSelector) -> tuple[NamespaceFilter, ...]:
         entries = sel.match_namespaces or []

@@ -68,6 +68,7 @@ class PidFilter:
     op: str  # In NotIn
     values: tuple[int, ...]
     follow_forks: bool = False
+    namespace_pid: bool = False  # isNamespacePID: compare the PID as the process's own PID namespace sees it
 
 
 @dataclass(frozen=True)

@@ -165,7 +165,7 @@ struct gs_selector {
 	__u8 cap_op;     /* GS_BIN_IN / GS_BIN_NOTIN */
 	__u8 nret;       /* 0 or 1 matchReturnArgs filter */
 	__u8 rate_scope; /* 0 thread, 1 process, 2 global */
-	__u8 _pad2[1];
+	__u8 pid_ns;     /* matchPIDs isNamespacePID: compare the PID in the process's own PID namespace */
 	__u64 cap_mask;
 	struct gs_nsf ns[GS_NS];
 	struct gs_filter ret; /* its arg field is unused: the filter is on the return value */
@@ -197,7 +197,7 @@ struct gs_follow {
 	__u8 kind;
 	__u8 op; /* GS_BIN_IN / GS_BIN_PREFIX (the positive form) */
 	__u8 n;
-	__u8 _pad;
+	__u8 pid_ns; /* GS_FOLLOW_PID: the pids are as the process's own PID namespace sees them */
 	__u32 lens[GS_VALS];
 	__u64 hash[GS_VALS];
 	__u32 pids[GS_VALS];

@@ -469,3 +469,77 @@ def test_kprobe_on_any_kernel_function_reads_args_by_the_policys_types() -> None
         ts.close()
         ps.close()
         shutil.rmtree(d, ignore_errors=True)
+
+
+PACKETS_AND_PATHS = """
+apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata: {name: packets-and-paths}
+spec:
+  kprobes:
+  - call: ip_output
+    syscall: false
+    args: [{index: 2, type: skb}]
+    selectors:
+    - matchArgs:
+      - {index: 2, operator: DPort, values: ["PORT"]}
+      - {index: 2, operator: Protocol, values: [IPPROTO_UDP]}
+      - {index: 2, operator: DAddr, values: ["127.0.0.0/8"]}
+  - call: vfs_statfs
+    syscall: false
+    args: [{index: 0, type: path}]
+    selectors:
+    - matchArgs: [{index: 0, operator: Equal, values: ["DIR"]}]
+"""
+
+
+def test_kprobe_skb_and_path_args() -> None:
+    """Only where kprobes work (the 6.1 VM): a packet's headers from its sk_buff, a struct path's full path."""
+    import dataclasses
+    import socket
+
+    import pytest
+
+    from apiary.agent.tracing import _skb_arg
+    from apiary.loader import BpfError
+    from apiary.tracing.compile import compile_tracing_policy, features_from_tracefs
+    from apiary.tracing.load import load_tracing_policies
+
+    d = tempfile.mkdtemp(prefix="apiary-skb-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx.bind(("127.0.0.1", 0))
+    port = rx.getsockname()[1]
+    ps = ProcessSensor()
+    ps.load()
+    ts = TracingSensor(ps, kprobes=True)
+    try:
+        ts.load()
+        (pol,) = load_tracing_policies(PACKETS_AND_PATHS.replace("PORT", str(port)).replace("DIR", d))
+        compiled = compile_tracing_policy(pol, dataclasses.replace(features_from_tracefs(), kprobes=True))
+        try:
+            ts.apply("/pp", compiled, None)
+        except BpfError as e:
+            pytest.skip(f"no kprobes on this kernel ({e})")
+        tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        tx.sendto(b"x" * 100, ("127.0.0.1", port))
+        sport = tx.getsockname()[1]
+        tx.close()
+        os.statvfs(d)
+        evs = []
+        assert ps.ring is not None
+        ps.ring.consume(lambda b: evs.append(tabi.decode_event(b)) if b[0] == tabi.MSG_GENERIC else None)
+        hooks = {hid: hook for hid, (_lp, hook) in ts.hooks.items()}
+        pkts = [_skb_arg(tabi.skbinfo(bytes(e.str[0])[: e.slen[0]])) for e in evs
+                if hooks[e.hook_id].function_name == "ip_output"]
+        assert len(pkts) == 1
+        p = pkts[0]
+        ends = (p["saddr"], p["daddr"], p["sport"], p["dport"], p["proto"])
+        assert ends == ("127.0.0.1", "127.0.0.1", sport, port, 17)
+        assert p["len"] == 128  # 20 IP + 8 UDP + 100
+        paths = [bytes(e.str[0])[: e.slen[0]].decode() for e in evs if hooks[e.hook_id].function_name == "vfs_statfs"]
+        assert paths == [d]
+    finally:
+        ts.close()
+        ps.close()
+        rx.close()
+        shutil.rmtree(d, ignore_errors=True)

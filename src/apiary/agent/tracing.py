@@ -29,6 +29,8 @@ from apiary.tracing.types import (
     ARG_FILEPTR,
     ARG_INT,
     ARG_KSTRING,
+    ARG_PATHPTR,
+    ARG_SKB,
     ARG_SOCK,
     ARG_SOCKADDR,
     ARG_STRING,
@@ -324,6 +326,26 @@ def _caps(mask: int) -> list[str]:
     return [name for n, name in enumerate(CAPABILITIES) if mask >> n & 1]
 
 
+def _skb_arg(si: abi.SkbInfo) -> dict[str, Any]:
+    """Tetragon's skb_arg (KprobeSkb) from the packet headers the kernel read."""
+    import ipaddress
+
+    s = si.s
+    out: dict[str, Any] = {"hash": si.hash, "len": si.len, "priority": si.priority, "mark": si.mark}
+    if s.family == 2:
+        out.update(
+            {
+                "saddr": str(ipaddress.IPv4Address(s.saddr)),
+                "daddr": str(ipaddress.IPv4Address(s.daddr)),
+                "sport": s.sport,
+                "dport": s.dport,
+                "proto": s.protocol,
+                "family": "AF_INET",
+            }
+        )
+    return {k: v for k, v in out.items() if v not in (0, "")}
+
+
 def _cred_arg(ci: abi.CredInfo) -> dict[str, Any]:
     """Tetragon's process_credentials_arg (ProcessCredentials) from the credentials the kernel read."""
     out: dict[str, Any] = {k: getattr(ci, k) for k in ("uid", "gid", "euid", "egid", "suid", "sgid", "fsuid", "fsgid")}
@@ -345,6 +367,10 @@ def _value(spec: ArgSpec, v: int, s: str, raw: bytes = b"") -> dict[str, Any]:
         out = {"bytes_arg": base64.b64encode(raw).decode()}
     elif spec.kind == ARG_CRED:
         out = {"process_credentials_arg": _cred_arg(abi.credinfo(raw))}
+    elif spec.kind == ARG_SKB:
+        out = {"skb_arg": _skb_arg(abi.skbinfo(raw))}
+    elif spec.kind == ARG_PATHPTR:
+        out = {"path_arg": {"path": s}}
     elif spec.kind == ARG_SOCK:
         out = {"sock_arg": _sock_arg(abi.sockinfo(raw))}
     elif spec.kind == ARG_SOCKADDR:

@@ -277,6 +277,55 @@ static __always_inline void read_arg(struct gs_event *ev, struct gs_hook *h, str
 		if (bpf_probe_read_user(ev->str[a], n, (void *)v))
 			n = 0;
 		ev->slen[a] = n;
+	} else if (kind == GS_ARG_SKB) {
+		struct sk_buff *skb = (struct sk_buff *)v;
+		struct gs_skbinfo si = {};
+		unsigned char *head = BPF_CORE_READ(skb, head);
+		__u16 nh = BPF_CORE_READ(skb, network_header), th = BPF_CORE_READ(skb, transport_header);
+		struct iphdr ip = {};
+		bpf_probe_read_kernel(&ip, sizeof(ip), head + nh);
+		si.len = BPF_CORE_READ(skb, len);
+		si.mark = BPF_CORE_READ(skb, mark);
+		si.priority = BPF_CORE_READ(skb, priority);
+		si.hash = BPF_CORE_READ(skb, hash);
+		if (ip.version == 4) {
+			si.s.family = 2; /* AF_INET */
+			si.s.protocol = ip.protocol;
+			si.s.saddr = bpf_ntohl(ip.saddr);
+			si.s.daddr = bpf_ntohl(ip.daddr);
+			if (ip.protocol == 6 || ip.protocol == 17 || ip.protocol == 132) { /* ports lead TCP/UDP/SCTP */
+				__u16 ports[2] = {};
+				/* the transport header may not be set yet on the way out: derive it from the IP header */
+				__u32 off = th && th != 0xffff && th != nh ? th : nh + ip.ihl * 4;
+				bpf_probe_read_kernel(ports, sizeof(ports), head + off);
+				si.s.sport = bpf_ntohs(ports[0]);
+				si.s.dport = bpf_ntohs(ports[1]);
+			}
+		}
+		ev->ints[a] = ((__s64)si.s.family << 48) | ((__s64)si.s.dport << 32) | si.s.daddr;
+		__builtin_memcpy(ev->str[a], &si, sizeof(si));
+		ev->slen[a] = sizeof(si);
+	} else if (kind == GS_ARG_PATHPTR) {
+		int trunc = 0;
+		__u32 len = walk_path((struct path *)v, &trunc);
+		__u32 zero = 0;
+		struct pathwalk_buf *pw = bpf_map_lookup_elem(&pathwalk, &zero);
+		if (!pw)
+			return;
+		__u32 start = PATH_BUF - len;
+		__u32 n = len;
+		if (n > GS_ARGSTR - 1) {
+			n = GS_ARGSTR - 1;
+			trunc = 1;
+		}
+		barrier_var(start);
+		barrier_var(n);
+		start &= PATH_BUF - 1;
+		n &= GS_ARGSTR - 1;
+		bpf_probe_read_kernel(ev->str[a], n, &pw->path[start]);
+		ev->slen[a] = n;
+		if (trunc)
+			ev->flags |= GS_EV_TRUNC;
 	} else if (kind == GS_ARG_CRED) {
 		struct cred *cr = (struct cred *)v;
 		struct gs_credinfo ci = {};
@@ -489,7 +538,7 @@ __noinline int gs_match_filter(__u32 hid, __u32 si, __u32 fi)
 	__u8 op = f->op;
 	__u32 n = f->nvals;
 	if (kind == GS_ARG_STRING || kind == GS_ARG_FD || kind == GS_ARG_FILEPTR || kind == GS_ARG_KSTRING ||
-	    kind == GS_ARG_CHARS || kind == GS_ARG_DATALOC) {
+	    kind == GS_ARG_CHARS || kind == GS_ARG_DATALOC || kind == GS_ARG_BUF || kind == GS_ARG_PATHPTR) {
 		int mode = (op == GS_OP_EQUAL || op == GS_OP_NOTEQUAL) ? 0 : (op == GS_OP_PREFIX || op == GS_OP_NOTPREFIX) ? 1 : 2;
 		int any = 0;
 		for (int v = 0; v < GS_VALS; v++) {
@@ -499,7 +548,7 @@ __noinline int gs_match_filter(__u32 hid, __u32 si, __u32 fi)
 		int neg = op == GS_OP_NOTEQUAL || op == GS_OP_NOTPREFIX || op == GS_OP_NOTPOSTFIX;
 		return neg ? !any : any;
 	}
-	if (kind == GS_ARG_SOCK && op >= GS_OP_SADDR) { /* the source side and the protocol */
+	if ((kind == GS_ARG_SOCK || kind == GS_ARG_SKB) && op >= GS_OP_SADDR) { /* the source side and the protocol */
 		struct gs_sockinfo si = {};
 		switch (f->arg) {
 #define GS_SI(k) case k: __builtin_memcpy(&si, ev->str[k], sizeof(si)); break;
@@ -520,7 +569,7 @@ __noinline int gs_match_filter(__u32 hid, __u32 si, __u32 fi)
 		}
 		return (op == GS_OP_NOTSADDR || op == GS_OP_NOTSPORT) ? !any : any;
 	}
-	if (kind == GS_ARG_SOCKADDR || kind == GS_ARG_SOCK) {
+	if (kind == GS_ARG_SOCKADDR || kind == GS_ARG_SOCK || kind == GS_ARG_SKB) {
 		__u64 fam = (__u64)x >> 48, port = ((__u64)x >> 32) & 0xffff, addr = (__u64)x & 0xffffffff;
 		int any = 0;
 		for (int v = 0; v < GS_VALS; v++) {
@@ -1191,6 +1240,7 @@ union gs_abi_types {
 	struct gs_pend_key p;
 	struct gs_sockinfo si;
 	struct gs_credinfo ci;
+	struct gs_skbinfo sk;
 };
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);

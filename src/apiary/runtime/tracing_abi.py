@@ -19,6 +19,8 @@ from apiary.tracing.types import (
     ARG_FILEPTR,
     ARG_INT,
     ARG_KSTRING,
+    ARG_PATHPTR,
+    ARG_SKB,
     ARG_SOCK,
     ARG_SOCKADDR,
     ARG_STRING,
@@ -42,8 +44,10 @@ KIND = {
     ARG_SOCK: 10,
     ARG_CRED: 11,
     ARG_BUF: 12,
+    ARG_SKB: 13,
+    ARG_PATHPTR: 14,
 }
-STRING_KINDS = (ARG_STRING, ARG_FD, ARG_FILEPTR, ARG_DATALOC, ARG_CHARS, ARG_KSTRING, ARG_BUF)
+STRING_KINDS = (ARG_STRING, ARG_FD, ARG_FILEPTR, ARG_DATALOC, ARG_CHARS, ARG_KSTRING, ARG_BUF, ARG_PATHPTR)
 # pseudo syscall numbers of the LSM programs (GS_NR_LSM_*)
 LSM_HOOKS = {"__lsm_file_open": 4096, "__lsm_file_permission": 4097, "__lsm_bprm_check_security": 4098}
 GS_NS, GS_FOLLOW = 4, 64
@@ -274,6 +278,16 @@ def credinfo(raw: bytes) -> CredInfo:
     return CredInfo.from_buffer_copy(raw[: ctypes.sizeof(CredInfo)].ljust(ctypes.sizeof(CredInfo), b"\0"))
 
 
+class SkbInfo(ctypes.Structure):
+    _fields_ = [
+        ("s", SockInfo),
+        ("len", ctypes.c_uint32),
+        ("mark", ctypes.c_uint32),
+        ("priority", ctypes.c_uint32),
+        ("hash", ctypes.c_uint32),
+    ]
+
+
 def _layout(t: type[ctypes.Structure]) -> tuple[int, dict[str, int]]:
     return ctypes.sizeof(t), {n: getattr(t, n).offset for n, *_ in t._fields_ if n[0] != "_"}
 
@@ -284,6 +298,7 @@ LAYOUTS = {
     "gs_hook": _layout(HookCfg),
     "gs_sockinfo": _layout(SockInfo),
     "gs_credinfo": _layout(CredInfo),
+    "gs_skbinfo": _layout(SkbInfo),
     "gs_follow": _layout(Follow),
     "gs_nsf": _layout(NsFilter),
     "gs_event": _layout(Event),
@@ -452,6 +467,10 @@ def decode_event(buf: memoryview | bytes) -> Event:
     """An event as sent: the kernel sends only up to the last string slot in use (the rest is zero)."""
     raw = bytes(buf[: ctypes.sizeof(Event)])
     return Event.from_buffer_copy(raw.ljust(ctypes.sizeof(Event), b"\0"))
+
+
+def skbinfo(raw: bytes) -> SkbInfo:
+    return SkbInfo.from_buffer_copy(raw[: ctypes.sizeof(SkbInfo)].ljust(ctypes.sizeof(SkbInfo), b"\0"))
 
 
 def sockinfo(raw: bytes) -> SockInfo:

@@ -115,6 +115,8 @@ from .types import (
     ARG_FILEPTR,
     ARG_INT,
     ARG_KSTRING,
+    ARG_PATHPTR,
+    ARG_SKB,
     ARG_SOCK,
     ARG_SOCKADDR,
     ARG_STRING,
@@ -671,7 +673,15 @@ def _kprobe_kind(ty: str, path: str) -> str:
     """ArgSpec kind for a Tetragon arg type read from a kprobed kernel function's argument register."""
     if ty in INT_TYPES:
         return ARG_UINT if ty in UNSIGNED_TYPES else ARG_INT
-    kinds = {"string": ARG_KSTRING, "file": ARG_FILEPTR, "sock": ARG_SOCK, "cred": ARG_CRED, "fd": ARG_FD}
+    kinds = {
+        "string": ARG_KSTRING,
+        "file": ARG_FILEPTR,
+        "path": ARG_PATHPTR,
+        "sock": ARG_SOCK,
+        "skb": ARG_SKB,
+        "cred": ARG_CRED,
+        "fd": ARG_FD,
+    }
     if ty in kinds:
         return kinds[ty]
     if ty == "auto":
@@ -682,7 +692,7 @@ def _kprobe_kind(ty: str, path: str) -> str:
     raise _Refuse(
         path,
         f"arg type {ty} is not supported on a kprobe of a kernel function (integer types, string (a kernel char *), "
-        "file (struct file *), sock (struct sock *), cred (struct cred *) and fd are)",
+        "file, path, sock, skb, cred (pointers to those kernel structs) and fd are)",
     )
 
 
@@ -1673,8 +1683,8 @@ class _Compiler:
                     )
                 strs.append(s)
             return ArgFilter(arg.slot, op, tuple(strs))
-        if kind in (ARG_SOCKADDR, ARG_SOCK):
-            table = _KSOCK_OPS if kind == ARG_SOCK else _SOCKADDR_OPS if ty == "sockaddr" else _SOCK_OPS
+        if kind in (ARG_SOCKADDR, ARG_SOCK, ARG_SKB):
+            table = _KSOCK_OPS if kind in (ARG_SOCK, ARG_SKB) else _SOCKADDR_OPS if ty == "sockaddr" else _SOCK_OPS
             if op not in table:
                 if op in ("SAddr", "NotSAddr", "SPort", "NotSPort", "SPortPriv", "NotSportPriv"):
                     why = "the source address and port are not known at connect() entry"

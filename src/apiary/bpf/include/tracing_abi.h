@@ -26,6 +26,8 @@
 #define GS_ARG_KSTRING 9 /* a char * in kernel memory */
 #define GS_ARG_SOCK 10   /* a struct sock * in kernel memory (kprobes): a gs_sockinfo in the string slot */
 
+#define GS_ARG_SKB 13     /* a struct sk_buff * (kprobes): its IPv4/TCP/UDP headers, a gs_skbinfo in the string slot */
+#define GS_ARG_PATHPTR 14 /* a struct path * in kernel memory (kprobes), resolved to its full path */
 #define GS_ARG_BUF 12    /* a user buffer; its length is the register arg_off[a] (char_buf + sizeArgIndex) */
 #define GS_ARG_CRED 11   /* a struct cred * in kernel memory (kprobes): a gs_credinfo in the string slot */
 
@@ -253,6 +255,15 @@ struct gs_event {
 	__u16 slen[GS_ARGS];
 	__u16 _pad1[3];
 	char str[GS_ARGS][GS_ARGSTR];
+};
+
+/* a packet: the same leading fields as a socket, so the socket filters apply */
+struct gs_skbinfo {
+	struct gs_sockinfo s;
+	__u32 len;
+	__u32 mark;
+	__u32 priority;
+	__u32 hash;
 };
 
 #endif

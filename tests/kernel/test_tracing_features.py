@@ -370,3 +370,30 @@ def test_not_namespace_init_or_its_forks_sees_a_process_entering_the_namespace(s
             init.kill()
             init.wait()
     assert _paths(_events(ps), workdir) == [f"{workdir}/entered"]
+
+
+def test_filter_on_the_bytes_of_a_char_buf(sensors, workdir) -> None:
+    from apiary.tracing.compile import compile_tracing_policy, features_from_tracefs
+    from apiary.tracing.load import load_tracing_policies
+
+    ps, ts = sensors
+    (pol,) = load_tracing_policies(f"""
+apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata: {{name: secret-writes}}
+spec:
+  kprobes:
+  - call: sys_write
+    args:
+    - {{index: 0, type: fd}}
+    - {{index: 1, type: char_buf, sizeArgIndex: 3}}
+    selectors:
+    - matchArgs:
+      - {{index: 0, operator: Prefix, values: ["{workdir}/"]}}
+      - {{index: 1, operator: Prefix, values: ["BEGIN PRIVATE KEY"]}}
+""")
+    ts.apply("/secret-writes", compile_tracing_policy(pol, features_from_tracefs()), None)
+    for name, text in (("key.pem", "BEGIN PRIVATE KEY\nabc"), ("notes.txt", "hello")):
+        Path(workdir, name).write_text(text)
+    evs = _events(ps)
+    assert _paths(evs, workdir) == [f"{workdir}/key.pem"]

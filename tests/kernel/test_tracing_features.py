@@ -397,3 +397,34 @@ spec:
         Path(workdir, name).write_text(text)
     evs = _events(ps)
     assert _paths(evs, workdir) == [f"{workdir}/key.pem"]
+
+
+def test_raw_tracepoint_sched_process_exec_reads_the_binprm(sensors, workdir) -> None:
+    """`raw: true` (Linux 6.10+: raw tracepoints with attach cookies): the tracepoint's own arguments, here the
+    linux_binprm of sched_process_exec, resolved to the executed file's full path in the kernel."""
+    from apiary.tracing.compile import compile_tracing_policy, features_from_tracefs
+    from apiary.tracing.load import load_tracing_policies
+
+    ps, ts = sensors
+    if not ts.raw_tp:
+        pytest.skip("raw tracepoints take attach cookies from Linux 6.10")
+    prog = os.path.join(workdir, "true-copy")
+    shutil.copy("/bin/true", prog)
+    (pol,) = load_tracing_policies(f"""
+apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata: {{name: rawtp}}
+spec:
+  tracepoints:
+  - subsystem: sched
+    event: sched_process_exec
+    raw: true
+    args: [{{index: 2, type: linux_binprm}}]
+    selectors:
+    - matchArgs: [{{index: 0, operator: Prefix, values: ["{workdir}/"]}}]
+""")
+    ts.apply("/rawtp", compile_tracing_policy(pol, features_from_tracefs()), None)
+    assert "__rawtp_sched_process_exec" in ts.sys_links
+    subprocess.run([prog], check=True)
+    subprocess.run(["/bin/true"], check=True)
+    assert _paths(_events(ps), workdir) == [prog]

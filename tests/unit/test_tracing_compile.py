@@ -263,8 +263,8 @@ def test_unmapped_kernel_function_refused_from_the_features() -> None:
     assert skb.hooks[0].syscalls == ("__kprobe_dev_queue_xmit",) and skb.hooks[0].args[0].kind == "skb_ptr"
     assert refusal("kprobes: [{call: bpf_check, syscall: false, args: [{index: 0, type: bpf_attr}]}]", VM) == (
         "unsupported: spec.kprobes[0].args[0].type (arg type bpf_attr is not supported on a kprobe of a kernel "
-        "function (integer types, string (a kernel char *), file, path, sock, skb, cred (pointers to those kernel "
-        "structs) and fd are))")
+        "function (integer types, string (a kernel char *), file, path, sock, skb, cred, linux_binprm (pointers to "
+        "those kernel structs) and fd are))")
     generic = build("kprobes: [{call: do_unlinkat, syscall: false, args: [{index: 0, type: int}]}]", VM)
     assert generic.hooks[0].syscalls == ("__kprobe_do_unlinkat",) and generic.hooks[0].args[0].kind == "int"
     assert refusal("lsmhooks: [{hook: path_mkdir}]") == ("unsupported: spec.lsmhooks[0].hook (lsm hook path_mkdir: "

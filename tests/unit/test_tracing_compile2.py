@@ -283,7 +283,7 @@ def test_tracepoint_refusals(tracefs: Path) -> None:
                    f) == ("unsupported: spec.tracepoints[0].args[0].index (field 7 does not exist: "
                           "sched/sched_process_exec has 7 fields (index 0-6, common fields included))")
     assert refusal("tracepoints: [{subsystem: sched, event: sched_switch, raw: true}]", f).startswith(
-        "unsupported: spec.tracepoints[0].raw (raw tracepoints are not supported yet")
+        "unsupported: spec.tracepoints[0].raw (raw tracepoints need attach cookies for raw_tp programs (Linux 6.10+)")
     assert refusal("tracepoints: [{subsystem: '..', event: sched_switch}]", f) == \
         "unsupported: spec.tracepoints[0].subsystem ('..' is not a tracepoint subsystem name)"
     assert refusal("""
@@ -748,3 +748,18 @@ def test_return_copy_reads_the_buffer_at_return() -> None:
           returnArg: {index: 0, type: int}
           selectors: [{matchArgs: [{index: 1, operator: Prefix, values: [x]}]}]
         """).startswith("unsupported: spec.kprobes[0].selectors[0].matchArgs[0] (filters on a returnCopy buffer")
+
+
+def test_raw_tracepoint_reads_the_tracepoints_own_arguments() -> None:
+    import dataclasses
+
+    c = build("""
+        tracepoints:
+        - subsystem: sched
+          event: sched_process_exec
+          raw: true
+          args: [{index: 1, type: int32}, {index: 2, type: linux_binprm}]
+        """, dataclasses.replace(HERE, raw_tp_cookie=True))
+    (hook,) = c.hooks
+    assert hook.syscalls == ("__rawtp_sched_process_exec",) and hook.function_name == "sched/sched_process_exec"
+    assert [(a.index, a.kind) for a in hook.args] == [(1, "int"), (2, "bprm_ptr")]

@@ -21,6 +21,7 @@ from apiary.runtime.tracing import TracingSensor, cgroup_id
 from apiary.tracing.compile import KernelFeatures, compile_tracing_policy, features_from_tracefs
 from apiary.tracing.load import load_tracing_policies
 from apiary.tracing.types import (
+    ARG_BPRM,
     ARG_BUF,
     ARG_CHARS,
     ARG_CRED,
@@ -359,7 +360,7 @@ def _value(spec: ArgSpec, v: int, s: str, raw: bytes = b"") -> dict[str, Any]:
     """One typed argument (or return value) in Tetragon's JSON shape."""
     if spec.kind in (ARG_STRING, ARG_DATALOC, ARG_CHARS, ARG_KSTRING):
         out: dict[str, Any] = {"string_arg": s}
-    elif spec.kind in (ARG_FD, ARG_FILEPTR) and spec.tetragon_type == "linux_binprm":
+    elif spec.kind in (ARG_FD, ARG_FILEPTR, ARG_BPRM) and spec.tetragon_type == "linux_binprm":
         out = {"linux_binprm_arg": {"path": s}}
     elif spec.kind in (ARG_FD, ARG_FILEPTR):
         out = {"file_arg": {"path": s}}
@@ -419,4 +420,5 @@ def kernel_features(preflight: Any = None) -> KernelFeatures:
         override=False,
         syscalls=base.syscalls,
         tracefs=base.tracefs,
+        raw_tp_cookie=base.raw_tp_cookie,
     )

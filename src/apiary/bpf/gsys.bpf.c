@@ -227,8 +227,10 @@ static __always_inline void read_arg(struct gs_event *ev, struct gs_hook *h, str
 		ev->slen[a] = n > 0 ? n - 1 : 0;
 		if (n == GS_ARGSTR)
 			ev->flags |= GS_EV_TRUNC;
-	} else if (kind == GS_ARG_FD || kind == GS_ARG_FILEPTR) {
-		struct file *f = kind == GS_ARG_FD ? fd_file(v) : (struct file *)v;
+	} else if (kind == GS_ARG_FD || kind == GS_ARG_FILEPTR || kind == GS_ARG_BPRM) {
+		struct file *f = kind == GS_ARG_FD ? fd_file(v)
+				 : kind == GS_ARG_BPRM ? BPF_CORE_READ((struct linux_binprm *)v, file)
+						       : (struct file *)v;
 		if (!f)
 			return;
 		int trunc = 0;
@@ -538,7 +540,8 @@ __noinline int gs_match_filter(__u32 hid, __u32 si, __u32 fi)
 	__u8 op = f->op;
 	__u32 n = f->nvals;
 	if (kind == GS_ARG_STRING || kind == GS_ARG_FD || kind == GS_ARG_FILEPTR || kind == GS_ARG_KSTRING ||
-	    kind == GS_ARG_CHARS || kind == GS_ARG_DATALOC || kind == GS_ARG_BUF || kind == GS_ARG_PATHPTR) {
+	    kind == GS_ARG_CHARS || kind == GS_ARG_DATALOC || kind == GS_ARG_BUF || kind == GS_ARG_PATHPTR ||
+	    kind == GS_ARG_BPRM) {
 		int mode = (op == GS_OP_EQUAL || op == GS_OP_NOTEQUAL) ? 0 : (op == GS_OP_PREFIX || op == GS_OP_NOTPREFIX) ? 1 : 2;
 		int any = 0;
 		for (int v = 0; v < GS_VALS; v++) {
@@ -1052,6 +1055,25 @@ int gs_tp(void *ctx)
 		return 0;
 	struct hooks_ctx hc = {.nr = nr};
 	bpf_probe_read_kernel(&hc.rec, sizeof(hc.rec), &ctx);
+	__u32 n = sh->n;
+	if (n > GS_PER_SYSCALL)
+		n = GS_PER_SYSCALL;
+	bpf_loop(n, run_hook, &hc, 0);
+	return 0;
+}
+
+/* Raw tracepoints (`raw: true`; Linux 6.10+, which gives raw tracepoints attach cookies): the
+ * tracepoint's own arguments, read like a kprobed function's. */
+SEC("raw_tp")
+int gs_raw_tp(struct bpf_raw_tracepoint_args *ctx)
+{
+	__u32 nr = (__u32)bpf_get_attach_cookie(ctx);
+	struct gs_sys *sh = bpf_map_lookup_elem(&gs_syscalls, &nr);
+	if (!sh)
+		return 0;
+	struct hooks_ctx hc = {.nr = nr};
+	/* copied: a direct read past the tracepoint's arity would make the attach fail */
+	bpf_probe_read_kernel(hc.args, sizeof(hc.args), ctx->args);
 	__u32 n = sh->n;
 	if (n > GS_PER_SYSCALL)
 		n = GS_PER_SYSCALL;

@@ -220,6 +220,31 @@ class TcxLink:
         return f"tcx {self.target}"
 
 
+class RawTracepointCookieLink(TcxLink):
+    """A raw tracepoint with an attach cookie: BPF_RAW_TRACEPOINT_OPEN's cookie field (Linux 6.10+); libbpf 1.1
+    has no wrapper, so this is the bpf() syscall itself."""
+
+    kind = "raw_tp"
+
+    @classmethod
+    def attach_raw(cls, prog: Program, name: str, cookie: int) -> RawTracepointCookieLink:
+        libc = L.libc
+        buf = ctypes.create_string_buffer(name.encode())
+        # union bpf_attr.raw_tracepoint: __u64 name; __u32 prog_fd; __u32 pad; __u64 cookie
+        attr = ctypes.create_string_buffer(24)
+        ctypes.memmove(attr, ctypes.byref(ctypes.c_uint64(ctypes.addressof(buf))), 8)
+        ctypes.memmove(ctypes.addressof(attr) + 8, ctypes.byref(ctypes.c_uint32(prog.fd)), 4)
+        ctypes.memmove(ctypes.addressof(attr) + 16, ctypes.byref(ctypes.c_uint64(cookie)), 8)
+        sys_bpf, bpf_raw_tracepoint_open = 321, 17  # x86_64
+        fd = libc.syscall(sys_bpf, bpf_raw_tracepoint_open, attr, 24)
+        if fd < 0:
+            raise from_errno(f"attach {prog.name} to raw tracepoint {name}", ctypes.get_errno(), "raw tracepoint")
+        return cls(prog, fd, name)
+
+    def describe(self) -> str:
+        return f"raw tracepoint {self.target}"
+
+
 class TcFilter:
     """Classic clsact + cls_bpf filter (bpf_tc_*). Destroying removes the filter, not the qdisc."""
 

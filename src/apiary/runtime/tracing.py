@@ -14,12 +14,14 @@ from apiary.loader import (
     CgroupLink,
     KprobeLink,
     LsmLink,
+    RawTracepointCookieLink,
     TracepointLink,
     TracingLink,
     TypedMap,
     UprobeLink,
 )
 from apiary.loader.fs import cgroup2_root
+from apiary.tracing.compile import kernel_at_least
 from apiary.tracing.types import CompiledTracingPolicy, Hook
 
 from . import tracing_abi as abi
@@ -45,6 +47,7 @@ class TracingSensor:
         self.process = process
         self.lsm = lsm  # load the BPF-LSM programs (only where the kernel allows them)
         self.kprobes = kprobes  # load the kprobe program (only where the kernel has kprobes)
+        self.raw_tp = kernel_at_least(6, 10)  # raw tracepoints take attach cookies
         self.obj_path = Path(obj_path) if obj_path else bpf_object("gsys")
         self.obj: BpfObject | None = None
         self.links: list[Any] = []
@@ -64,6 +67,7 @@ class TracingSensor:
                 obj.reuse_map(shared, self.process.obj.map(shared).fd)
             for lsm_prog in ("gs_file_open", "gs_file_permission", "gs_bprm_check_security"):
                 obj.program(lsm_prog).autoload = self.lsm
+            obj.program("gs_raw_tp").autoload = self.raw_tp  # bpf_get_attach_cookie in raw_tp: 6.10+
             obj.load()
             self.obj = obj
             root = cgroup2_root()
@@ -121,7 +125,7 @@ class TracingSensor:
         nums = abi.syscall_numbers()
         if name in nums:
             return nums[name]
-        if name.startswith(("__tp_", "__uprobe_", "__kprobe_")):
+        if name.startswith(("__tp_", "__uprobe_", "__kprobe_", "__rawtp_")):
             if name not in self._dyn:
                 self._dyn[name] = 8192 + len(self._dyn)
             return self._dyn[name]
@@ -152,7 +156,7 @@ class TracingSensor:
         nums = abi.syscall_numbers()
         for hook in policy.hooks:
             for name in hook.syscalls:
-                if name not in nums and not name.startswith(("__tp_", "__uprobe_", "__kprobe_")):
+                if name not in nums and not name.startswith(("__tp_", "__uprobe_", "__kprobe_", "__rawtp_")):
                     raise BpfError(f"hook {hook.source}", 22, f"unknown syscall {name!r} on this architecture")
         drop = set(old.hook_ids) if old else set()
         in_use = {hid for hid in self.hooks if hid not in drop}
@@ -281,6 +285,10 @@ class TracingSensor:
             if not self.lsm:
                 raise BpfError(f"attach {name}", 95, "this kernel has no BPF-LSM")
             return LsmLink.attach(prog("gs_" + name.removeprefix("__lsm_")))
+        if name.startswith("__rawtp_"):
+            if not self.raw_tp:
+                raise BpfError(f"attach {name}", 95, "raw tracepoints with attach cookies need Linux 6.10+")
+            return RawTracepointCookieLink.attach_raw(prog("gs_raw_tp"), name.removeprefix("__rawtp_"), nr)
         if name.startswith("__tp_"):
             subsys, _, event = name.removeprefix("__tp_").partition("/")
             return TracepointLink.attach(prog("gs_tp"), subsys, event, cookie=nr)

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from functools import lru_cache
 
 from apiary.tracing.types import (
+    ARG_BPRM,
     ARG_BUF,
     ARG_CHARS,
     ARG_CRED,
@@ -46,8 +47,9 @@ KIND = {
     ARG_BUF: 12,
     ARG_SKB: 13,
     ARG_PATHPTR: 14,
+    ARG_BPRM: 15,
 }
-STRING_KINDS = (ARG_STRING, ARG_FD, ARG_FILEPTR, ARG_DATALOC, ARG_CHARS, ARG_KSTRING, ARG_BUF, ARG_PATHPTR)
+STRING_KINDS = (ARG_STRING, ARG_FD, ARG_FILEPTR, ARG_DATALOC, ARG_CHARS, ARG_KSTRING, ARG_BUF, ARG_PATHPTR, ARG_BPRM)
 # pseudo syscall numbers of the LSM programs (GS_NR_LSM_*)
 LSM_HOOKS = {"__lsm_file_open": 4096, "__lsm_file_permission": 4097, "__lsm_bprm_check_security": 4098}
 GS_NS, GS_FOLLOW = 4, 64

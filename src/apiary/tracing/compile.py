@@ -107,6 +107,7 @@ from .models import (
     resolve_arg,
 )
 from .types import (
+    ARG_BPRM,
     ARG_BUF,
     ARG_CHARS,
     ARG_CRED,
@@ -215,6 +216,7 @@ class KernelFeatures:
     override: bool  # kernel error injection (bpf_override_return)
     syscalls: frozenset[str] = frozenset()  # syscall names with a syscalls/sys_enter_<name> tracepoint
     tracefs: str = ""  # the tracefs root (tracepoint format files); "" = unknown
+    raw_tp_cookie: bool = False  # raw tracepoints take attach cookies (Linux 6.10+): `raw: true` tracepoints
 
     def describe(self) -> str:
         """E.g. ``no kprobes (CONFIG_KPROBES off), fentry/BPF-LSM refused``."""
@@ -258,7 +260,14 @@ def features_from_tracefs(
         override=override,
         syscalls=syscalls_from_tracefs(root),
         tracefs=root if os.path.isdir(os.path.join(root, "events")) else "",
+        raw_tp_cookie=kernel_at_least(6, 10),
     )
+
+
+def kernel_at_least(major: int, minor: int, release: str | None = None) -> bool:
+    """Whether the running kernel (or ``release``, e.g. ``6.18.44-fc``) is at least major.minor."""
+    m = re.match(r"(\d+)\.(\d+)", release or platform.release())
+    return bool(m) and (int(m.group(1)), int(m.group(2))) >= (major, minor)
 
 
 @dataclass(frozen=True)
@@ -680,6 +689,7 @@ def _kprobe_kind(ty: str, path: str) -> str:
         "sock": ARG_SOCK,
         "skb": ARG_SKB,
         "cred": ARG_CRED,
+        "linux_binprm": ARG_BPRM,
         "fd": ARG_FD,
     }
     if ty in kinds:
@@ -692,7 +702,7 @@ def _kprobe_kind(ty: str, path: str) -> str:
     raise _Refuse(
         path,
         f"arg type {ty} is not supported on a kprobe of a kernel function (integer types, string (a kernel char *), "
-        "file, path, sock, skb, cred (pointers to those kernel structs) and fd are)",
+        "file, path, sock, skb, cred, linux_binprm (pointers to those kernel structs) and fd are)",
     )
 
 
@@ -1065,9 +1075,8 @@ class _Compiler:
         source = f"{path} {tp.subsystem}/{tp.event}"
         try:
             if tp.raw:
-                raise _Refuse(
-                    f"{hp}.raw", "raw tracepoints are not supported yet (tracepoints are read through their records)"
-                )
+                self.raw_tracepoint(hp, source, tp)
+                return
             if tp.subsystem == "raw_syscalls" and tp.event == "sys_enter":
                 self.raw_syscalls(hp, source, tp)
                 return
@@ -1156,6 +1165,31 @@ class _Compiler:
                 self.build(hp, source, up, "process_uprobe", sym, mapping, text, ret=ret, path=up.path)
             except _Refuse as r:
                 self.problems.append(r.problem)
+
+    def raw_tracepoint(self, hp: str, source: str, tp: TracepointSpec) -> None:
+        """``raw: true``: the tracepoint's own arguments (as its TP_PROTO lists them), read by the policy's types."""
+        if not self.f.raw_tp_cookie:
+            raise _Refuse(
+                f"{hp}.raw",
+                "raw tracepoints need attach cookies for raw_tp programs (Linux 6.10+), which this kernel does not "
+                "have: use raw: false (the record's fields by index)",
+            )
+        if not re.fullmatch(r"[A-Za-z0-9_]+", tp.event):
+            raise _Refuse(f"{hp}.event", f"{tp.event!r} is not a tracepoint name")
+        mapping = _Mapping(
+            (_Variant((f"__rawtp_{tp.event}",), {i: (i, _KREG) for i in range(5)}),),
+            "the tracepoint's own arguments read as the types the policy gives (not checked against its BTF)",
+            no_index="arg {index}: apiary reads the first 5 arguments of a raw tracepoint",
+        )
+        self.build(
+            hp,
+            source,
+            tp,
+            "process_tracepoint",
+            f"{tp.subsystem}/{tp.event}",
+            mapping,
+            f"raw tracepoint {tp.event}: {mapping.misses}",
+        )
 
     def raw_syscalls(self, hp: str, source: str, tp: TracepointSpec) -> None:
         id_pos: set[int] = set()

@@ -30,9 +30,10 @@ ARG_KSTRING = "kstring"  # a char * in kernel memory
 ARG_BUF = "buf"  # a user buffer of the length in another argument (char_buf with sizeArgIndex): bytes
 ARG_SKB = "skb_ptr"  # a struct sk_buff in kernel memory (kprobes): its IPv4/TCP/UDP headers, len, mark…
 ARG_PATHPTR = "path_ptr"  # a struct path in kernel memory (kprobes), resolved to its full path
+ARG_BPRM = "bprm_ptr"  # a struct linux_binprm in kernel memory: its file's full path
 ARG_CRED = "cred_ptr"  # a struct cred in kernel memory (kprobes): ids, securebits, capabilities, user namespace
 ARG_SOCK = "sock_ptr"  # a struct sock in kernel memory (kprobes): family, type, protocol, both ends, state
-STRING_KINDS = (ARG_STRING, ARG_FD, ARG_FILEPTR, ARG_DATALOC, ARG_CHARS, ARG_KSTRING, ARG_BUF, ARG_PATHPTR)
+STRING_KINDS = (ARG_STRING, ARG_FD, ARG_FILEPTR, ARG_DATALOC, ARG_CHARS, ARG_KSTRING, ARG_BUF, ARG_PATHPTR, ARG_BPRM)
 MAX_NAMESPACE_FILTERS = 4  # matchNamespaces entries per selector
 MAX_FOLLOW = 64  # followChildren / followForks selectors across all policies
 

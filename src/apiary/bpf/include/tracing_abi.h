@@ -28,6 +28,7 @@
 
 #define GS_ARG_SKB 13     /* a struct sk_buff * (kprobes): its IPv4/TCP/UDP headers, a gs_skbinfo in the string slot */
 #define GS_ARG_PATHPTR 14 /* a struct path * in kernel memory (kprobes), resolved to its full path */
+#define GS_ARG_BPRM 15    /* a struct linux_binprm * (kprobes, raw tracepoints): its file's full path */
 #define GS_ARG_BUF 12    /* a user buffer; its length is the register arg_off[a] (char_buf + sizeArgIndex) */
 #define GS_ARG_CRED 11   /* a struct cred * in kernel memory (kprobes): a gs_credinfo in the string slot */
 

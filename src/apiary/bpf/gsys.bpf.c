@@ -912,6 +912,16 @@ static long run_hook(__u32 i, void *data)
 	return 0;
 }
 
+/* the hooks watching one attach point, in order (sh: its gs_syscalls entry) */
+static __always_inline int run_hooks(struct hooks_ctx *hc, struct gs_sys *sh)
+{
+	__u32 n = sh->n;
+	if (n > GS_PER_SYSCALL)
+		n = GS_PER_SYSCALL;
+	bpf_loop(n, run_hook, hc, 0);
+	return 0;
+}
+
 /* Attached by the loader to syscalls/sys_enter_<name> of each watched syscall only: unwatched
  * syscalls pay nothing. Every sys_enter_* record has the same layout (id, args[6]). */
 SEC("tracepoint")
@@ -925,11 +935,7 @@ int gs_sys_enter(struct trace_event_raw_sys_enter *ctx)
 	/* a record only holds the syscall's own arguments: direct ctx reads past them would make the
 	 * attach fail (max_ctx_offset), so copy; slots past the syscall's arity are never used */
 	bpf_probe_read_kernel(hc.args, sizeof(hc.args), ctx->args);
-	__u32 n = sh->n;
-	if (n > GS_PER_SYSCALL)
-		n = GS_PER_SYSCALL;
-	bpf_loop(n, run_hook, &hc, 0);
-	return 0;
+	return run_hooks(&hc, sh);
 }
 
 __noinline int gs_match_ret(__u32 hid, __u32 si, __s64 ret)
@@ -1055,11 +1061,7 @@ int gs_tp(void *ctx)
 		return 0;
 	struct hooks_ctx hc = {.nr = nr};
 	bpf_probe_read_kernel(&hc.rec, sizeof(hc.rec), &ctx);
-	__u32 n = sh->n;
-	if (n > GS_PER_SYSCALL)
-		n = GS_PER_SYSCALL;
-	bpf_loop(n, run_hook, &hc, 0);
-	return 0;
+	return run_hooks(&hc, sh);
 }
 
 /* Raw tracepoints (`raw: true`; Linux 6.10+, which gives raw tracepoints attach cookies): the
@@ -1074,11 +1076,7 @@ int gs_raw_tp(struct bpf_raw_tracepoint_args *ctx)
 	struct hooks_ctx hc = {.nr = nr};
 	/* copied: a direct read past the tracepoint's arity would make the attach fail */
 	bpf_probe_read_kernel(hc.args, sizeof(hc.args), ctx->args);
-	__u32 n = sh->n;
-	if (n > GS_PER_SYSCALL)
-		n = GS_PER_SYSCALL;
-	bpf_loop(n, run_hook, &hc, 0);
-	return 0;
+	return run_hooks(&hc, sh);
 }
 
 static __always_inline int lsm_run(__u32 nr, __u64 a0, __u64 a1)
@@ -1094,10 +1092,7 @@ static __always_inline int lsm_run(__u32 nr, __u64 a0, __u64 a1)
 	struct hooks_ctx hc = {.nr = nr};
 	hc.args[0] = a0;
 	hc.args[1] = a1;
-	__u32 n = sh->n;
-	if (n > GS_PER_SYSCALL)
-		n = GS_PER_SYSCALL;
-	bpf_loop(n, run_hook, &hc, 0);
+	run_hooks(&hc, sh);
 	verdict = bpf_map_lookup_elem(&gs_verdict, &zero);
 	return verdict ? *verdict : 0;
 }
@@ -1149,11 +1144,7 @@ int gs_kprobe(struct pt_regs *ctx)
 	hc.args[2] = PT_REGS_PARM3(ctx);
 	hc.args[3] = PT_REGS_PARM4(ctx);
 	hc.args[4] = PT_REGS_PARM5(ctx);
-	__u32 n = sh->n;
-	if (n > GS_PER_SYSCALL)
-		n = GS_PER_SYSCALL;
-	bpf_loop(n, run_hook, &hc, 0);
-	return 0;
+	return run_hooks(&hc, sh);
 }
 
 struct follow_ctx {

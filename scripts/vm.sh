@@ -33,12 +33,17 @@ fi
 [ "${1:-}" = "--" ] && shift
 OUT=$(mktemp -d /tmp/apiary-vm-XXXXXX)
 trap 'rm -rf "$OUT"' EXIT
+for m in drivers/net/veth net/sched/sch_ingress net/sched/cls_bpf; do  # /var/cache is not visible inside
+  cp "$CACHE/kernel/lib/modules/$VER/kernel/$m.ko" "$OUT/" 2>/dev/null || true
+done
 cat > "$OUT/run.sh" <<INNER
 #!/bin/bash
 cd $(pwd)
 mount -t bpf bpf /sys/fs/bpf 2>/dev/null; mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null
 mount -t securityfs securityfs /sys/kernel/security 2>/dev/null
 mkdir -p /run/netns "$OUT/tmp" 2>/dev/null
+# endpoints need veth, clsact and cls_bpf: modules in Debian's kernel that virtme's module dir lacks
+for m in veth sch_ingress cls_bpf; do insmod "$OUT/\$m.ko" 2>/dev/null; done
 export TMPDIR="$OUT/tmp" APIARY_TEST_KERNEL=vm61
 mountpoint -q /sys/fs/cgroup || mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null
 ( $(printf '%q ' "$@") ) > "$OUT/stdout" 2> "$OUT/stderr"

@@ -82,9 +82,9 @@ class Tracing:
                 except (PolicyError, OSError, ValueError) as e:
                     notes.append(f"tracing policy {rec.get('key')} could not be restored: {e}")
         notes.append(
-            f"tracing: {len(self.stored)} policies; hooks realised at syscall entry "
-            f"(kprobes {'yes' if self.features.kprobes else 'no'}, BPF-LSM "
-            f"{'yes' if self.features.lsm else 'no'})"
+            f"tracing: {len(self.stored)} policies; hooks on syscall tracepoints, tracepoints, uprobes"
+            f"{', kprobes' if self.features.kprobes else ''}{', BPF-LSM' if self.features.lsm else ''}"
+            f"{', raw tracepoints' if self.features.raw_tp_cookie else ''} ({self.features.describe()})"
         )
         return notes
 

@@ -1,10 +1,14 @@
 // SPDX-License-Identifier: GPL-2.0
-/* Generic syscall sensor: TracingPolicy hooks realised at syscall entry, decided in the kernel.
- * One raw tracepoint on sys_enter; per syscall number the hooks watching it; per hook the
- * argument specs and up to 5 selectors evaluated in order (first match wins), then the action:
- * Post / NoPost / Sigkill / Signal (bpf_send_signal before the syscall body runs) / DenyConnect
- * (the cgroup connect4 program fails the connect() with EPERM). Events go to the process sensor's
- * ring buffer, so they are ordered with exec/exit events. */
+/* Generic tracing sensor: TracingPolicy hooks decided in the kernel. The same programs serve every hook,
+ * driven by maps: per attach point (a syscall number, or a pseudo number carried as the link's attach
+ * cookie) the hooks watching it; per hook the argument specs and up to 5 selectors evaluated in order
+ * (first match wins), then the action: Post / NoPost / Sigkill / Signal (bpf_send_signal before the call's
+ * body runs) / Override (LSM hooks) / DenyConnect (the cgroup connect4 program fails the connect() with
+ * EPERM). Attach points: syscalls/sys_enter_* and sys_exit_* tracepoints, any tracepoint (fields by the
+ * offsets of its format file), raw tracepoints, kprobes/kretprobes, uprobes/uretprobes, BPF-LSM hooks.
+ * Return hooks keep the entry's event per thread and finish it at exit. followChildren / followForks
+ * bits are kept per process by the exec/fork/exit programs. Events go to the process sensor's ring
+ * buffer, so they are ordered with exec/exit events. */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>

@@ -273,14 +273,27 @@ class TracingSensor:
             if not self.kprobes:
                 raise BpfError(f"attach {name}", 95, "this kernel has no kprobes")
             fn = name.removeprefix("__kprobe_")
-            if ret:
-                return KprobeLink.attach(prog("gs_kretprobe"), fn, retprobe=True, cookie=nr)
-            return KprobeLink.attach(prog("gs_kprobe"), fn, cookie=nr)
+            try:
+                if ret:
+                    return KprobeLink.attach(prog("gs_kretprobe"), fn, retprobe=True, cookie=nr)
+                return KprobeLink.attach(prog("gs_kprobe"), fn, cookie=nr)
+            except BpfError as e:
+                raise BpfError(
+                    f"kprobe on {fn}",
+                    e.errno,
+                    f"the kernel has no probeable function {fn} (missing, inlined or notrace; "
+                    "/sys/kernel/tracing/available_filter_functions lists the probeable ones)",
+                ) from e
         if name.startswith("__uprobe_"):
             path, _, sym = name.removeprefix("__uprobe_").rpartition(":")
-            if ret:
-                return UprobeLink.attach(prog("gs_kretprobe"), path, sym, retprobe=True, cookie=nr)
-            return UprobeLink.attach(prog("gs_kprobe"), path, sym, cookie=nr)
+            try:
+                if ret:
+                    return UprobeLink.attach(prog("gs_kretprobe"), path, sym, retprobe=True, cookie=nr)
+                return UprobeLink.attach(prog("gs_kprobe"), path, sym, cookie=nr)
+            except BpfError as e:
+                raise BpfError(
+                    f"uprobe on {path}:{sym}", e.errno, f"no file {path} with a function symbol {sym}"
+                ) from e
         if name.startswith("__lsm_"):
             if not self.lsm:
                 raise BpfError(f"attach {name}", 95, "this kernel has no BPF-LSM")

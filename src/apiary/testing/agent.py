@@ -15,12 +15,15 @@ from typing import Any
 
 from apiary.cli.client import AgentUnreachable, Client
 
+# the tests run inside the 6.1 VM (scripts/vm.sh sets this)
+IN_VM = os.environ.get("APIARY_TEST_KERNEL") == "vm61"
+
 
 class AgentProcess:
     def __init__(self, *extra: str, node_name: str = "testnode") -> None:
         self.tag = uuid.uuid4().hex[:10]
         # in the VM the temp dir is a 9p share, where unix sockets cannot be bound: use its tmpfs
-        local = "/dev/shm" if os.environ.get("APIARY_TEST_KERNEL") == "vm61" and os.path.isdir("/dev/shm") else None
+        local = "/dev/shm" if IN_VM and os.path.isdir("/dev/shm") else None
         self.dir = Path(tempfile.mkdtemp(prefix=f"apiary-{self.tag}-", dir=local))
         self.socket = str(self.dir / "apiary.sock")
         self.pin_root = f"/sys/fs/bpf/apiary-test-{self.tag}"
@@ -37,11 +40,13 @@ class AgentProcess:
             [sys.executable, "-m", "apiary", "--socket", self.socket, *args],
             capture_output=True,
             text=True,
-            timeout=kw.pop("timeout", 60),
+            timeout=kw.pop("timeout", 600 if IN_VM else 60),
             **kw,
         )
 
     def start(self, timeout: float = 30.0) -> AgentProcess:
+        if IN_VM:  # QEMU without KVM runs the agent's start-up ~30x slower
+            timeout = max(timeout, 600.0)
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
             [

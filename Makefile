@@ -22,7 +22,7 @@ test: setup build
 	bash scripts/test-vm.sh
 
 test-vm: setup build
-	APIARY_VM=required bash scripts/test-vm.sh
+	APIARY_VM=required APIARY_VM_FULL=1 bash scripts/test-vm.sh
 
 setup:
 	@bash scripts/setup.sh

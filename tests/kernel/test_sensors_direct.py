@@ -15,6 +15,7 @@ from apiary.runtime import process_abi as pabi
 from apiary.runtime import tracing_abi as tabi
 from apiary.runtime.process import ProcessSensor
 from apiary.runtime.tracing import TracingSensor
+from apiary.testing.sensors import tracing_events
 from apiary.tracing.types import ARG_FD, ArgFilter, ArgSpec, CompiledTracingPolicy, Hook, Selector
 
 
@@ -68,9 +69,7 @@ def test_tracing_sensor_kills_the_writer_before_the_write_lands() -> None:
         assert Path(target).read_text() == "original\n"
         ok = subprocess.run(["/bin/sh", "-c", "echo elsewhere > /dev/null"], capture_output=True)
         assert ok.returncode == 0
-        evs = []
-        assert ps.ring is not None
-        ps.ring.consume(lambda b: evs.append(tabi.decode_event(b)) if b[0] == tabi.MSG_GENERIC else None)
+        evs = tracing_events(ps)
         assert evs and bytes(evs[-1].str[0])[: evs[-1].slen[0]].decode() == target
         assert evs[-1].flags & tabi.EV_ENFORCED and ts.hook_counters(0)["enforced"] == 1
     finally:
@@ -124,9 +123,7 @@ def test_lsm_override_makes_the_open_fail_and_the_process_lives() -> None:
         assert "Operation not permitted" in r.stderr
         ts.delete("/lsm-deny-open")  # the policy denies every open under the directory, reads included
         assert Path(target).read_text() == "original\n"  # untouched: not even truncated
-        evs = []
-        assert ps.ring is not None
-        ps.ring.consume(lambda b: evs.append(tabi.decode_event(b)) if b[0] == tabi.MSG_GENERIC else None)
+        evs = tracing_events(ps)
         assert evs and bytes(evs[-1].str[0])[: evs[-1].slen[0]].decode() == target
         assert evs[-1].action == tabi.ACTIONS["Override"] and evs[-1].flags & tabi.EV_ENFORCED
     finally:
@@ -175,9 +172,7 @@ def test_kprobe_on_vfs_write_reports_the_file_and_size() -> None:
         except BpfError as e:
             pytest.skip(f"no kprobes on this kernel ({e})")
         subprocess.run(["/bin/sh", "-c", f"printf 12345 > {target}"], check=True)
-        evs = []
-        assert ps.ring is not None
-        ps.ring.consume(lambda b: evs.append(tabi.decode_event(b)) if b[0] == tabi.MSG_GENERIC else None)
+        evs = tracing_events(ps)
         mine = [e for e in evs if bytes(e.str[0])[: e.slen[0]].decode() == target]
         assert mine and mine[-1].ints[1] == 5  # size_t count of the write
     finally:
@@ -225,9 +220,7 @@ def test_lsm_bprm_check_denies_the_exec_of_one_binary() -> None:
         r = subprocess.run(["/bin/sh", "-c", f"{banned}; echo rc=$?; /bin/true && echo other-ok"],
                            capture_output=True, text=True)
         assert "Operation not permitted" in r.stderr and "other-ok" in r.stdout and r.returncode == 0
-        evs = []
-        assert ps.ring is not None
-        ps.ring.consume(lambda b: evs.append(tabi.decode_event(b)) if b[0] == tabi.MSG_GENERIC else None)
+        evs = tracing_events(ps)
         assert [bytes(e.str[0])[: e.slen[0]].decode() for e in evs] == [banned]
     finally:
         ts.close()
@@ -303,9 +296,7 @@ def test_kretprobe_reports_what_vfs_write_returned() -> None:
         except BpfError as e:
             pytest.skip(f"no kprobes on this kernel ({e})")
         subprocess.run(["/bin/sh", "-c", f"printf 1234567 > {target}"], check=True)
-        evs = []
-        assert ps.ring is not None
-        ps.ring.consume(lambda b: evs.append(tabi.decode_event(b)) if b[0] == tabi.MSG_GENERIC else None)
+        evs = tracing_events(ps)
         mine = [e for e in evs if bytes(e.str[0])[: e.slen[0]].decode() == target]
         assert [e.ret for e in mine] == [7]
     finally:
@@ -357,9 +348,7 @@ def test_kprobe_tcp_connect_reads_the_socket() -> None:
         c = socket.create_connection(("127.0.0.1", port))
         sport = c.getsockname()[1]
         c.close()
-        evs = []
-        assert ps.ring is not None
-        ps.ring.consume(lambda b: evs.append(tabi.decode_event(b)) if b[0] == tabi.MSG_GENERIC else None)
+        evs = tracing_events(ps)
         socks = [_sock_arg(tabi.sockinfo(bytes(e.str[0])[: e.slen[0]])) for e in evs]
         assert socks == [
             {
@@ -407,9 +396,7 @@ def test_kprobe_commit_creds_reports_the_new_credentials() -> None:
         except BpfError as e:
             pytest.skip(f"no kprobes on this kernel ({e})")
         subprocess.run([setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", "true"], check=True)
-        evs = []
-        assert ps.ring is not None
-        ps.ring.consume(lambda b: evs.append(tabi.decode_event(b)) if b[0] == tabi.MSG_GENERIC else None)
+        evs = tracing_events(ps)
         creds = [_cred_arg(tabi.credinfo(bytes(e.str[0])[: e.slen[0]])) for e in evs]
         last = creds[-1]
         assert (last["uid"], last["euid"], last["gid"], last["egid"]) == (65534, 65534, 65534, 65534)
@@ -460,9 +447,7 @@ def test_kprobe_on_any_kernel_function_reads_args_by_the_policys_types() -> None
         except BpfError as e:
             pytest.skip(f"no kprobes on this kernel ({e})")
         subprocess.run(["/bin/sh", "-c", f"echo x > {d}/closed.txt"], check=True)
-        evs = []
-        assert ps.ring is not None
-        ps.ring.consume(lambda b: evs.append(tabi.decode_event(b)) if b[0] == tabi.MSG_GENERIC else None)
+        evs = tracing_events(ps)
         mine = [(bytes(e.str[0])[: e.slen[0]].decode(), e.ret) for e in evs]
         assert (f"{d}/closed.txt", 0) in mine
     finally:
@@ -530,9 +515,7 @@ def test_kprobe_skb_and_path_args() -> None:
             assert os.readlink(f"/proc/self/fd/{fd}") == d
         finally:
             os.close(fd)
-        evs = []
-        assert ps.ring is not None
-        ps.ring.consume(lambda b: evs.append(tabi.decode_event(b)) if b[0] == tabi.MSG_GENERIC else None)
+        evs = tracing_events(ps)
         hooks = {hid: hook for hid, (_lp, hook) in ts.hooks.items()}
         pkts = [_skb_arg(tabi.skbinfo(bytes(e.str[0])[: e.slen[0]])) for e in evs
                 if hooks[e.hook_id].function_name == "ip_output"]

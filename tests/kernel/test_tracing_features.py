@@ -20,6 +20,7 @@ import pytest
 from apiary.runtime import tracing_abi as tabi
 from apiary.runtime.process import ProcessSensor
 from apiary.runtime.tracing import TracingSensor
+from apiary.testing.sensors import tracing_events
 from apiary.tracing.types import (
     ARG_INT,
     ARG_STRING,
@@ -60,13 +61,6 @@ def workdir() -> Iterator[str]:
         shutil.rmtree(d, ignore_errors=True)
 
 
-def _events(ps: ProcessSensor) -> list[tabi.Event]:
-    evs: list[tabi.Event] = []
-    assert ps.ring is not None
-    ps.ring.consume(lambda b: evs.append(tabi.decode_event(b)) if b[0] == tabi.MSG_GENERIC else None)
-    return evs
-
-
 def _s(ev: tabi.Event, i: int) -> str:
     return bytes(ev.str[i])[: ev.slen[i]].decode()
 
@@ -99,7 +93,7 @@ def test_return_hook_reports_only_the_failed_opens_with_their_errno(sensors, wor
     _apply(ts, "failed-opens", hook)
     assert "__exit_openat" in ts.sys_links  # the syscall's exit tracepoint is attached too
     subprocess.run(["cat", f"{workdir}/exists", f"{workdir}/missing"], capture_output=True)
-    evs = [e for e in _events(ps) if _s(e, 0).startswith(workdir)]
+    evs = [e for e in tracing_events(ps) if _s(e, 0).startswith(workdir)]
     assert [(_s(e, 0), e.ret) for e in evs] == [(f"{workdir}/missing", -2)]  # ENOENT; the good open is filtered
     ts.delete("/failed-opens")
     assert "__exit_openat" not in ts.sys_links and "openat" not in ts.sys_links
@@ -125,12 +119,12 @@ def test_uprobe_on_a_libc_function_reports_its_string_args_and_can_kill(sensors)
     _apply(ts, "uprobe-post", hook("Post"))
     r = subprocess.run([sys.executable, "-c", call], capture_output=True, text=True)
     assert r.returncode == 0 and "returned" in r.stdout
-    evs = [e for e in _events(ps) if _s(e, 0).startswith(tag)]
+    evs = [e for e in tracing_events(ps) if _s(e, 0).startswith(tag)]
     assert len(evs) == 1 and (_s(evs[0], 0), _s(evs[0], 1)) == (f"{tag}-a", "other")
     _apply(ts, "uprobe-post", hook("Sigkill"))  # replaced in place
     r = subprocess.run([sys.executable, "-c", call], capture_output=True, text=True)
     assert r.returncode == -9 and "returned" not in r.stdout  # killed inside the library call
-    evs = [e for e in _events(ps) if _s(e, 0).startswith(tag)]
+    evs = [e for e in tracing_events(ps) if _s(e, 0).startswith(tag)]
     assert len(evs) == 1 and evs[0].flags & tabi.EV_ENFORCED
 
 
@@ -159,7 +153,7 @@ def test_follow_children_matches_what_the_shell_runs_not_the_same_binary_elsewhe
             early.kill()
             early.wait()
         shutil.rmtree(bindir, ignore_errors=True)
-    evs = _events(ps)
+    evs = tracing_events(ps)
     assert sorted(_paths(evs, workdir)) == [f"{workdir}/f1", f"{workdir}/f3"]
     ts.delete("/shell-children")
     assert not ts.follow_links and not ts.follow
@@ -187,7 +181,7 @@ def test_follow_forks_matches_the_descendants_of_a_pid(sensors, workdir) -> None
         if parent.poll() is None:
             parent.kill()
             parent.wait()
-    evs = _events(ps)
+    evs = tracing_events(ps)
     mine = [e for e in evs if _s(e, 0) == f"{workdir}/g1"]
     assert mine and all(e.pid != parent.pid for e in mine)  # the grandchild cat, matched through the fork
     assert f"{workdir}/g2" not in _paths(evs, workdir)
@@ -199,7 +193,7 @@ def test_match_namespaces_net_not_host(sensors, workdir) -> None:
     _apply(ts, "not-host-net", _open_hook(workdir, sel))
     subprocess.run(["unshare", "--net", "cat", f"{workdir}/in-netns"], capture_output=True)
     subprocess.run(["cat", f"{workdir}/on-host"], capture_output=True)
-    assert _paths(_events(ps), workdir) == [f"{workdir}/in-netns"]
+    assert _paths(tracing_events(ps), workdir) == [f"{workdir}/in-netns"]
 
 
 def test_match_capabilities_effective_sys_admin(sensors, workdir) -> None:
@@ -210,7 +204,7 @@ def test_match_capabilities_effective_sys_admin(sensors, workdir) -> None:
     subprocess.run(["cat", f"{workdir}/as-root"], capture_output=True)
     unpriv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "cat", f"{workdir}/as-nobody"]
     subprocess.run(unpriv, capture_output=True)
-    assert _paths(_events(ps), workdir) == [f"{workdir}/as-root"]
+    assert _paths(tracing_events(ps), workdir) == [f"{workdir}/as-root"]
 
 
 def test_a_failed_attach_leaves_nothing_behind(sensors) -> None:
@@ -240,7 +234,7 @@ def test_rate_limit_scope(sensors, workdir, scope: str, expected: int) -> None:
     _apply(ts, f"rate-{scope}", _open_hook(workdir, sel))
     for i in range(3):
         subprocess.run(["cat", f"{workdir}/r{i}"], capture_output=True)
-    assert len(_paths(_events(ps), workdir)) == expected
+    assert len(_paths(tracing_events(ps), workdir)) == expected
 
 
 def test_follow_children_not_in(sensors, workdir) -> None:
@@ -256,7 +250,7 @@ def test_follow_children_not_in(sensors, workdir) -> None:
         subprocess.run(["cat", f"{workdir}/from-elsewhere"], capture_output=True)
     finally:
         shutil.rmtree(bindir, ignore_errors=True)
-    assert _paths(_events(ps), workdir) == [f"{workdir}/from-elsewhere"]
+    assert _paths(tracing_events(ps), workdir) == [f"{workdir}/from-elsewhere"]
 
 
 def test_char_buf_with_size_arg_index_reads_the_written_bytes(sensors, workdir) -> None:
@@ -285,7 +279,7 @@ spec:
     data = b"hello\x00world\xff"
     code = f"import os\nfd = os.open({workdir + '/out'!r}, os.O_WRONLY | os.O_CREAT)\nos.write(fd, {data!r})\n"
     subprocess.run([sys.executable, "-c", code], check=True)
-    evs = [e for e in _events(ps) if _s(e, 0) == f"{workdir}/out"]
+    evs = [e for e in tracing_events(ps) if _s(e, 0) == f"{workdir}/out"]
     assert len(evs) == 1 and bytes(evs[0].str[1])[: evs[0].slen[1]] == data and evs[0].ints[2] == len(data)
 
 
@@ -315,7 +309,7 @@ spec:
     ts.apply("/reads", compile_tracing_policy(pol, features_from_tracefs()), None)
     code = f"import os\nfd = os.open({workdir + '/secret'!r}, os.O_RDONLY)\nos.read(fd, 4096)\nos.read(fd, 4096)\n"
     subprocess.run([sys.executable, "-c", code], check=True)
-    evs = [e for e in _events(ps) if _s(e, 0) == f"{workdir}/secret"]
+    evs = [e for e in tracing_events(ps) if _s(e, 0) == f"{workdir}/secret"]
     got = [(e.ret, bytes(e.str[1])[: e.slen[1]]) for e in evs]
     assert got == [(13, b"token=\x00abc123"), (0, b"")]  # the second read is at the end of the file
 
@@ -334,7 +328,7 @@ def test_namespace_pid_one_is_the_init_of_a_new_pid_namespace(sensors, workdir) 
     )
     assert r.returncode == 0, r
     subprocess.run(["cat", f"{workdir}/on-host"], capture_output=True)
-    assert _paths(_events(ps), workdir) == [f"{workdir}/by-init"]
+    assert _paths(tracing_events(ps), workdir) == [f"{workdir}/by-init"]
 
 
 def test_not_namespace_init_or_its_forks_sees_a_process_entering_the_namespace(sensors, workdir) -> None:
@@ -369,7 +363,7 @@ def test_not_namespace_init_or_its_forks_sees_a_process_entering_the_namespace(s
         if init.poll() is None:
             init.kill()
             init.wait()
-    assert _paths(_events(ps), workdir) == [f"{workdir}/entered"]
+    assert _paths(tracing_events(ps), workdir) == [f"{workdir}/entered"]
 
 
 def test_filter_on_the_bytes_of_a_char_buf(sensors, workdir) -> None:
@@ -395,7 +389,7 @@ spec:
     ts.apply("/secret-writes", compile_tracing_policy(pol, features_from_tracefs()), None)
     for name, text in (("key.pem", "BEGIN PRIVATE KEY\nabc"), ("notes.txt", "hello")):
         Path(workdir, name).write_text(text)
-    evs = _events(ps)
+    evs = tracing_events(ps)
     assert _paths(evs, workdir) == [f"{workdir}/key.pem"]
 
 
@@ -427,4 +421,4 @@ spec:
     assert "__rawtp_sched_process_exec" in ts.sys_links
     subprocess.run([prog], check=True)
     subprocess.run(["/bin/true"], check=True)
-    assert _paths(_events(ps), workdir) == [prog]
+    assert _paths(tracing_events(ps), workdir) == [prog]

@@ -144,6 +144,20 @@ struct hooks_ctx {
 	__u32 nr;
 };
 
+/* register argument idx (0-5) of the call, by constant offsets */
+static __always_inline __u64 reg_at(struct hooks_ctx *hc, __u16 idx)
+{
+	switch (idx) {
+	case 0: return hc->args[0];
+	case 1: return hc->args[1];
+	case 2: return hc->args[2];
+	case 3: return hc->args[3];
+	case 4: return hc->args[4];
+	case 5: return hc->args[5];
+	}
+	return 0;
+}
+
 static __always_inline __u64 reg_arg(struct hooks_ctx *hc, struct gs_hook *h, int a)
 {
 	if (hc->rec) { /* a tracepoint field: offset and size from the format file */
@@ -172,15 +186,7 @@ static __always_inline __u64 reg_arg(struct hooks_ctx *hc, struct gs_hook *h, in
 	GS_R(0) GS_R(1) GS_R(2) GS_R(3) GS_R(4)
 #undef GS_R
 	}
-	__u64 v = 0;
-	switch (idx) { /* constant offsets */
-	case 0: v = hc->args[0]; break;
-	case 1: v = hc->args[1]; break;
-	case 2: v = hc->args[2]; break;
-	case 3: v = hc->args[3]; break;
-	case 4: v = hc->args[4]; break;
-	case 5: v = hc->args[5]; break;
-	}
+	__u64 v = reg_at(hc, idx);
 	if ((kind == GS_ARG_INT || kind == GS_ARG_UINT) && size && size < 8) {
 		/* a 32-bit (or narrower) argument: only the low bytes of the register are its value */
 		__u32 sh = 64 - (size & 7) * 8;
@@ -231,14 +237,18 @@ static __always_inline void read_arg(struct gs_event *ev, struct gs_hook *h, str
 		ev->slen[a] = n > 0 ? n - 1 : 0;
 		if (n == GS_ARGSTR)
 			ev->flags |= GS_EV_TRUNC;
-	} else if (kind == GS_ARG_FD || kind == GS_ARG_FILEPTR || kind == GS_ARG_BPRM) {
-		struct file *f = kind == GS_ARG_FD ? fd_file(v)
-				 : kind == GS_ARG_BPRM ? BPF_CORE_READ((struct linux_binprm *)v, file)
-						       : (struct file *)v;
-		if (!f)
-			return;
+	} else if (kind == GS_ARG_FD || kind == GS_ARG_FILEPTR || kind == GS_ARG_BPRM || kind == GS_ARG_PATHPTR) {
+		const struct path *p = (const struct path *)v;
+		if (kind != GS_ARG_PATHPTR) { /* a file: its path */
+			struct file *f = kind == GS_ARG_FD ? fd_file(v)
+					 : kind == GS_ARG_BPRM ? BPF_CORE_READ((struct linux_binprm *)v, file)
+							       : (struct file *)v;
+			if (!f)
+				return;
+			p = &f->f_path;
+		}
 		int trunc = 0;
-		__u32 len = walk_path(&f->f_path, &trunc);
+		__u32 len = walk_path(p, &trunc);
 		__u32 zero = 0;
 		struct pathwalk_buf *pw = bpf_map_lookup_elem(&pathwalk, &zero);
 		if (!pw)
@@ -264,15 +274,7 @@ static __always_inline void read_arg(struct gs_event *ev, struct gs_hook *h, str
 		GS_B(0) GS_B(1) GS_B(2) GS_B(3) GS_B(4)
 #undef GS_B
 		}
-		__u64 n = 0;
-		switch (sidx) {
-		case 0: n = hc->args[0]; break;
-		case 1: n = hc->args[1]; break;
-		case 2: n = hc->args[2]; break;
-		case 3: n = hc->args[3]; break;
-		case 4: n = hc->args[4]; break;
-		case 5: n = hc->args[5]; break;
-		}
+		__u64 n = reg_at(hc, sidx);
 		if ((__s64)n < 0 || (h->copy_mask >> a) & 1) /* returnCopy: read at exit, with the return value */
 			n = 0;
 		if (n > GS_ARGSTR - 1) {
@@ -311,27 +313,6 @@ static __always_inline void read_arg(struct gs_event *ev, struct gs_hook *h, str
 		ev->ints[a] = ((__s64)si.s.family << 48) | ((__s64)si.s.dport << 32) | si.s.daddr;
 		__builtin_memcpy(ev->str[a], &si, sizeof(si));
 		ev->slen[a] = sizeof(si);
-	} else if (kind == GS_ARG_PATHPTR) {
-		int trunc = 0;
-		__u32 len = walk_path((struct path *)v, &trunc);
-		__u32 zero = 0;
-		struct pathwalk_buf *pw = bpf_map_lookup_elem(&pathwalk, &zero);
-		if (!pw)
-			return;
-		__u32 start = PATH_BUF - len;
-		__u32 n = len;
-		if (n > GS_ARGSTR - 1) {
-			n = GS_ARGSTR - 1;
-			trunc = 1;
-		}
-		barrier_var(start);
-		barrier_var(n);
-		start &= PATH_BUF - 1;
-		n &= GS_ARGSTR - 1;
-		bpf_probe_read_kernel(ev->str[a], n, &pw->path[start]);
-		ev->slen[a] = n;
-		if (trunc)
-			ev->flags |= GS_EV_TRUNC;
 	} else if (kind == GS_ARG_CRED) {
 		struct cred *cr = (struct cred *)v;
 		struct gs_credinfo ci = {};

@@ -198,9 +198,10 @@ class TracingSensor:
         for b in old_bits:
             self._free_bit(b)
         assign = dict(zip(wanted, free_bits, strict=False))
+        tree = proc_tree() if assign else {}  # one /proc scan for all the policy's follow filters
         for (hid, si, w), b in assign.items():
             hook = policy.hooks[ids.index(hid)]
-            self._claim_bit(b, hid, si, w, hook)
+            self._claim_bit(b, hid, si, w, hook, tree)
         for hid, hook in zip(ids, policy.hooks, strict=True):
             follow = {(si, w): b for (h, si, w), b in assign.items() if h == hid}
             self.hooks_map.update(
@@ -310,7 +311,9 @@ class TracingSensor:
         return TracepointLink.attach(prog("gs_sys_enter"), "syscalls", f"sys_enter_{name}")
 
     # ------------------------------------------------------------------ followChildren / followForks
-    def _claim_bit(self, bit: int, hid: int, si: int, what: str, hook: Hook) -> None:
+    def _claim_bit(
+        self, bit: int, hid: int, si: int, what: str, hook: Hook, tree: dict[int, tuple[int, str]]
+    ) -> None:
         assert self.obj is not None
         self.follow_map.update(bit.to_bytes(4, "little"), abi.encode_follow(hook, si, what))
         self.follow[bit] = (hid, si, what)
@@ -319,7 +322,6 @@ class TracingSensor:
                 self.follow_links.append(TracingLink.attach(self.obj.program(p)))
         # processes that already run: from /proc (the kernel sets the bit for what starts from now on)
         sel = hook.selectors[si]
-        tree = proc_tree()
         for pid in tree:
             chain = ancestry(tree, pid)
             if what == "bin":

@@ -9,6 +9,7 @@ import re
 import socket
 from collections.abc import Callable
 from functools import lru_cache
+from typing import TypeVar
 
 from apiary.tracing.types import (
     ARG_BPRM,
@@ -276,8 +277,17 @@ class CredInfo(ctypes.Structure):
     ]
 
 
+_S = TypeVar("_S", bound=ctypes.Structure)
+
+
+def from_bytes(cls: type[_S], raw: bytes | memoryview) -> _S:
+    """A record as the kernel sent it: it may be shorter than the struct (the rest is zero)."""
+    size = ctypes.sizeof(cls)
+    return cls.from_buffer_copy(bytes(raw[:size]).ljust(size, b"\0"))
+
+
 def credinfo(raw: bytes) -> CredInfo:
-    return CredInfo.from_buffer_copy(raw[: ctypes.sizeof(CredInfo)].ljust(ctypes.sizeof(CredInfo), b"\0"))
+    return from_bytes(CredInfo, raw)
 
 
 class SkbInfo(ctypes.Structure):
@@ -467,16 +477,15 @@ def encode_hook(
 
 def decode_event(buf: memoryview | bytes) -> Event:
     """An event as sent: the kernel sends only up to the last string slot in use (the rest is zero)."""
-    raw = bytes(buf[: ctypes.sizeof(Event)])
-    return Event.from_buffer_copy(raw.ljust(ctypes.sizeof(Event), b"\0"))
+    return from_bytes(Event, buf)
 
 
 def skbinfo(raw: bytes) -> SkbInfo:
-    return SkbInfo.from_buffer_copy(raw[: ctypes.sizeof(SkbInfo)].ljust(ctypes.sizeof(SkbInfo), b"\0"))
+    return from_bytes(SkbInfo, raw)
 
 
 def sockinfo(raw: bytes) -> SockInfo:
-    return SockInfo.from_buffer_copy(raw[: ctypes.sizeof(SockInfo)].ljust(ctypes.sizeof(SockInfo), b"\0"))
+    return from_bytes(SockInfo, raw)
 
 
 def sockaddr(v: int) -> tuple[int, str, int]:

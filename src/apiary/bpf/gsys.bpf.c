@@ -814,8 +814,9 @@ static long run_hook(__u32 i, void *data)
 	struct gs_event *ev = bpf_map_lookup_elem(&gs_scratch, &zero);
 	if (!h || !ev || !(h->flags & GS_F_ENABLED))
 		return 0;
+	__u64 cgid = bpf_get_current_cgroup_id();
 	if (h->flags & GS_F_SCOPED) {
-		struct gs_scope_key sk = {.policy_id = h->policy_id, .cgroup_id = bpf_get_current_cgroup_id()};
+		struct gs_scope_key sk = {.policy_id = h->policy_id, .cgroup_id = cgid};
 		if (!bpf_map_lookup_elem(&gs_scope, &sk))
 			return 0;
 	}
@@ -828,7 +829,7 @@ static long run_hook(__u32 i, void *data)
 	ev->tid = (__u32)pid_tgid;
 	struct proc_entry *pe = bpf_map_lookup_elem(&procs, &tgid);
 	ev->proc_ktime = pe ? pe->ktime : 0;
-	ev->cgroup_id = bpf_get_current_cgroup_id();
+	ev->cgroup_id = cgid;
 	ev->hook_id = hid;
 	ev->syscall_nr = nr;
 	ev->flags = 0;

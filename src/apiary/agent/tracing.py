@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from apiary.observe import tetragon
+from apiary.observe.process import make_exec_id
 from apiary.policy.models import PolicyError, Problem
 from apiary.runtime import tracing_abi as abi
 from apiary.runtime.process import ProcessSensor
@@ -236,20 +237,24 @@ class Tracing:
         return out
 
     # ------------------------------------------------------------------ events
-    def event(self, ev: abi.Event, cache: Any, node: str, time: str) -> dict[str, Any] | None:
-        entry = self.sensor.hooks.get(ev.hook_id)
+    def event(self, ev: abi.Event, cache: Any, node: str, time: str) -> tuple[dict[str, Any], bool] | None:
+        """The Tetragon event of a kernel record, and whether its process was known.
+
+        The process is the image the kernel named by (pid, start ktime): never another process that
+        reused the pid. An unknown process still gives the event, with what the record says of it
+        (``unknown_process_json``). None only for a hook that was never known (counted by the caller).
+        """
+        entry = self.sensor.hook_of(ev.hook_id)
         if entry is None:
             return None
         lp, hook = entry
         pol = lp.policy
-        p = cache.get_by_key(ev.pid, ev.proc_ktime) if hasattr(cache, "get_by_key") else None
-        if p is None:
-            p = cache.get_by_pid(ev.pid)
-        if p is None:
-            return None
-        parent = cache.parent(p)
+        p = cache.get_by_key(ev.pid, ev.proc_ktime)
+        parent = cache.parent(p) if p is not None else None
         action = abi.ACTION_NAMES.get(ev.action, "Post")
-        body: dict[str, Any] = {"process": tetragon.process_json(p)}
+        pod = self.network.pod_of_cgroup(ev.cgroup_id) if self.network is not None and p is None else None
+        proc = tetragon.process_json(p) if p is not None else unknown_process_json(ev, node, cache.clock, pod)
+        body: dict[str, Any] = {"process": proc}
         if parent is not None:
             body["parent"] = tetragon.process_json(parent)
         args = [_arg(hook, i, ev) for i in range(min(ev.nargs, len(hook.args)))]
@@ -275,10 +280,29 @@ class Tracing:
             body["message"] = message
         if hook.tags:
             body["tags"] = list(hook.tags)
-        anc = cache.ancestors(p)
+        anc = cache.ancestors(p) if p is not None else []
         if anc:
             body["ancestors"] = [tetragon.process_json(a) for a in anc]
-        return {hook.event: body, "node_name": node, "time": time}
+        return {hook.event: body, "node_name": node, "time": time}, p is not None
+
+
+def unknown_process_json(ev: abi.Event, node: str, clock: Any, pod: dict[str, Any] | None) -> dict[str, Any]:
+    """A Tetragon ``Process`` object for a process the cache does not know, from what the record says.
+
+    Its exec_id and start time when the kernel knew its start ktime, pid, tid, pod by cgroup, and the
+    flag ``miss`` (Tetragon's "process not found"); nothing guessed (no uid: 0 would claim root).
+    """
+    d: dict[str, Any] = {}
+    if ev.proc_ktime:
+        d["exec_id"] = make_exec_id(node, ev.proc_ktime, ev.pid)
+    d["pid"] = ev.pid
+    d["flags"] = "miss"
+    if ev.proc_ktime:
+        d["start_time"] = clock.to_rfc3339(ev.proc_ktime)
+    if pod:
+        d["pod"] = pod
+    d["tid"] = ev.tid
+    return d
 
 
 def _arg(hook: Hook, i: int, ev: abi.Event) -> dict[str, Any]:

@@ -148,6 +148,11 @@ class Agent:
             self.cache.on_exec(msg)
         self.procfs_seeded = sensor.seed(procs)
         self.loaded.append(f"process cache seeded from /proc: {len(procs)} processes")
+        if sensor.seed_full:
+            self.missing.append(
+                f"{sensor.seed_full} running processes did not fit the kernel's process table "
+                f"(--process-cache-size {cfg.process_cache_size}): their events say flags 'miss'"
+            )
         if cfg.network:
             from .network import Network
 

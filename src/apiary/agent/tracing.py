@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from apiary.loader import BpfError
 from apiary.observe import tetragon
 from apiary.observe.process import make_exec_id
 from apiary.policy.models import PolicyError, Problem
@@ -140,30 +141,57 @@ class Tracing:
 
     # ------------------------------------------------------------------ repository
     def _apply_text(self, text: str, mode: str | None = None, enabled: bool = True) -> list[dict[str, Any]]:
+        """Every document of ``text``, all or nothing: when one fails (a hook that cannot attach), the
+        ones already applied by this call are undone, and a policy a document replaced is restored."""
         policies = load_tracing_policies(text)
         compiled = [compile_tracing_policy(p, self.features) for p in policies]
         out = []
-        for c, src in zip(compiled, _split(text, len(compiled)), strict=True):
-            if mode:
-                c.mode = mode
-            key = _key(c)
-            action = "configured" if key in self.stored else "created"
-            self.sensor.apply(key, c, self.cgroups_for(c))
-            self.stored[key] = Stored(key, src, c, True, mode)
-            if not enabled:
-                self.set_enabled(c.name, c.namespace, False)
-            out.append(
-                {
-                    "name": c.name,
-                    "namespace": c.namespace,
-                    "kind": c.kind,
-                    "mode": c.mode,
-                    "action": action,
-                    "hooks": [{"source": h.source, "realisation": h.realisation} for h in c.hooks],
-                    "notes": c.notes,
-                }
-            )
+        replaced: dict[str, Stored | None] = {}  # key -> what it was before this call (None: new)
+        try:
+            for c, src in zip(compiled, _split(text, len(compiled)), strict=True):
+                if mode:
+                    c.mode = mode
+                key = _key(c)
+                action = "configured" if key in self.stored else "created"
+                replaced.setdefault(key, self.stored.get(key))
+                self.sensor.apply(key, c, self.cgroups_for(c))
+                self.stored[key] = Stored(key, src, c, enabled, mode)
+                if not enabled:
+                    self.sensor.set_enabled(key, False)
+                out.append(
+                    {
+                        "name": c.name,
+                        "namespace": c.namespace,
+                        "kind": c.kind,
+                        "mode": c.mode,
+                        "action": action,
+                        "hooks": [{"source": h.source, "realisation": h.realisation} for h in c.hooks],
+                        "notes": c.notes,
+                    }
+                )
+        except BaseException as e:
+            undone = self._undo(replaced)
+            if isinstance(e, BpfError) and len(compiled) > 1:
+                e.args = (f"{e} (nothing of the file was applied: {undone})",)
+            raise
         return out
+
+    def _undo(self, replaced: dict[str, Stored | None]) -> str:
+        """Put back what an apply changed, last first: a new policy goes, a replaced one returns."""
+        done = []
+        for key, prev in reversed(replaced.items()):
+            if prev is None:
+                if key in self.sensor.policies:
+                    self.sensor.delete(key)
+                self.stored.pop(key, None)
+                done.append(f"{key} removed")
+            else:
+                self.sensor.apply(key, prev.compiled, self.cgroups_for(prev.compiled))
+                if not prev.enabled:
+                    self.sensor.set_enabled(key, False)
+                self.stored[key] = prev
+                done.append(f"{key} restored")
+        return ", ".join(done) or "nothing to undo"
 
     def apply(self, text: str) -> list[dict[str, Any]]:
         res = self._apply_text(text)

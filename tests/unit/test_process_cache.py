@@ -299,3 +299,25 @@ def test_get_rejects_foreign_node_and_garbage(cache: ProcessCache) -> None:
     assert cache.get(p.exec_id) is p
     assert cache.stats()["misses"]["get"] == 2
     assert base64.b64decode(p.exec_id).decode() == f"{NODE}:50:5"
+
+
+def test_get_by_key_never_returns_another_process_of_a_reused_pid(cache: ProcessCache, clock: FakeTime) -> None:
+    old = cache.on_exec(exec_msg(4321, 1_000, binary="/usr/bin/old"))
+    cache.on_exit(exit_msg(4321, 1_000))
+    new = cache.on_exec(exec_msg(4321, 9_000, binary="/usr/bin/new"))  # the pid, reused by another process
+    assert cache.get_by_key(4321, 9_000) is new
+    assert cache.get_by_key(4321, 1_000) is old  # the exited image, still in its grace period
+    misses = cache.misses["get"]
+    assert cache.get_by_key(4321, 5_000) is None  # a start ktime the cache never saw: not the pid's image
+    assert cache.misses["get"] == misses + 1
+    clock.t += 31  # the old image's grace period is over
+    assert cache.get_by_key(4321, 1_000) is None
+    assert cache.get_by_pid(4321) is new
+
+
+def test_get_by_key_without_a_start_ktime_takes_only_a_running_image(cache: ProcessCache) -> None:
+    p = cache.on_exec(exec_msg(77, 500))
+    assert cache.get_by_key(77, 0) is p
+    cache.on_exit(exit_msg(77, 500))
+    assert cache.get_by_key(77, 0) is None  # that process is over: an event of pid 77 is another one's
+    assert cache.get_by_key(78, 0) is None

@@ -11,6 +11,7 @@ import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +31,12 @@ from apiary.runtime import process_abi as abi
 from apiary.runtime import tracing_abi
 from apiary.runtime.process import ProcessSensor
 
-from . import bpfinfo
+from . import accounting, bpfinfo
 from .config import AgentConfig
+
+
+def _count_type(by_byte: list[int], rec: memoryview) -> None:
+    by_byte[rec[0]] += 1
 
 
 class AgentError(Exception):
@@ -48,11 +53,13 @@ class Subscriber:
 @dataclass
 class Counters:
     received: int = 0  # ring-buffer records read by the agent
+    received_by_byte: list[int] = field(default_factory=lambda: [0] * 256)  # by the record's type byte
     by_type: collections.Counter[str] = field(default_factory=collections.Counter)
     events: collections.Counter[str] = field(default_factory=collections.Counter)  # events emitted by kind
     decode_errors: int = 0
     handler_errors: int = 0  # exceptions while handling a record (logged once per kind)
     client_drops: int = 0
+    missing_process_info: int = 0  # tracing events whose process the cache did not know (still emitted)
 
 
 class Agent:
@@ -79,6 +86,9 @@ class Agent:
         self.registry = CollectorRegistry()
         self.m_events = Counter(
             "events_total", "Events by type", ["type"], namespace="tetragon", registry=self.registry
+        )
+        self.m_errors = Counter(  # Tetragon's errors_total; type event_missing_process_info as its own
+            "errors_total", "Errors by type", ["type"], namespace="tetragon", registry=self.registry
         )
         self.m_policy_events = Counter(
             "policy_events_total",
@@ -138,6 +148,11 @@ class Agent:
             self.cache.on_exec(msg)
         self.procfs_seeded = sensor.seed(procs)
         self.loaded.append(f"process cache seeded from /proc: {len(procs)} processes")
+        if sensor.seed_full:
+            self.missing.append(
+                f"{sensor.seed_full} running processes did not fit the kernel's process table "
+                f"(--process-cache-size {cfg.process_cache_size}): their events say flags 'miss'"
+            )
         if cfg.network:
             from .network import Network
 
@@ -217,6 +232,7 @@ class Agent:
     # ------------------------------------------------------------------ event pipeline
     def handle_record(self, buf: memoryview) -> None:
         self.counters.received += 1
+        self.counters.received_by_byte[buf[0]] += 1
         if buf[0] == tracing_abi.MSG_GENERIC:
             self._generic(buf)
             return
@@ -267,13 +283,17 @@ class Agent:
             return
         try:
             ev = tracing_abi.decode_event(buf)
-            out = self.tracing.event(ev, self.cache, self.cfg.node_name, self.clock.to_rfc3339(ev.ktime))
+            res = self.tracing.event(ev, self.cache, self.cfg.node_name, self.clock.to_rfc3339(ev.ktime))
         except Exception:  # noqa: BLE001 - counted, never fatal
             self.counters.decode_errors += 1
             return
-        if out is None:
-            self.counters.events["unattributed"] += 1
+        if res is None:  # a hook id no policy ever had: a corrupt record
+            self.counters.decode_errors += 1
             return
+        out, known = res
+        if not known:  # emitted all the same, with what the record says of the process
+            self.counters.missing_process_info += 1
+            self.m_errors.labels("event_missing_process_info").inc()
         kind = next(iter(out))
         body = out[kind]
         proc = body.get("process", {})
@@ -319,12 +339,7 @@ class Agent:
     # ------------------------------------------------------------------ views
     def status(self) -> dict[str, Any]:
         s = self.sensor
-        kc = s.counters() if s else {}
-        written = {k: kc.get(k, 0) for k in ("exec", "fork", "exit", "bench")}
-        lost = {k: kc.get("lost_" + k, 0) for k in ("exec", "fork", "exit", "bench")}
-        produced = sum(written.values()) + sum(lost.values())
-        received = self.counters.received
-        in_flight = sum(written.values()) - received
+        acc, kc = self.accounting()
         progs = []
         maps = []
         if s and s.obj:
@@ -356,13 +371,10 @@ class Agent:
             "maps": maps,
             "process_cache": self.cache.stats(),
             "events": {
-                "kernel_written": written,
-                "kernel_lost": lost,
-                "produced": produced,
-                "received": received,
-                "in_ring": in_flight,
-                "lost": sum(lost.values()),
-                "reconciled": produced == received + sum(lost.values()) + in_flight,
+                **acc,
+                "kernel_written": {t: row["written"] for t, row in acc["by_type"].items()},
+                "kernel_lost": {t: row["lost"] for t, row in acc["by_type"].items()},
+                "events_missing_process_info": self.counters.missing_process_info,
                 "decoded": dict(self.counters.by_type),
                 "decode_errors": self.counters.decode_errors,
                 "handler_errors": self.counters.handler_errors,
@@ -373,6 +385,38 @@ class Agent:
             "subscribers": len(self.subscribers),
             "network": self.network.status() if self.network else None,
         }
+
+    def _kernel_counts(self) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
+        """What the producers of the shared ring wrote and lost, per message type; the raw counters."""
+        kc = self.sensor.counters() if self.sensor else {}
+        written = {k: kc.get(k, 0) for k in ("exec", "fork", "exit", "bench")}
+        lost = {k: kc.get("lost_" + k, 0) for k in ("exec", "fork", "exit", "bench")}
+        if self.tracing is not None and self.tracing.sensor.obj:
+            t = self.tracing.sensor.totals()
+            written["tracing"], lost["tracing"] = t["posted"], t["lost"]
+        return written, lost, kc
+
+    def accounting(self, attempts: int = 3) -> tuple[dict[str, Any], dict[str, int]]:
+        """Per-type accounting of the ring (apiary.agent.accounting), checked against the ring itself.
+
+        The ring is drained first, so what stays in it is what producers wrote meanwhile. Under load
+        a snapshot can catch a record between its write and its count: tried again (``attempts``).
+        """
+        acc: dict[str, Any] = {}
+        kc: dict[str, int] = {}
+        ring = self.sensor.ring if self.sensor else None
+        for _ in range(attempts):
+            self.drain()
+            before, _lost, _kc = self._kernel_counts()
+            by_byte = [0] * 256
+            walked = ring.peek(partial(_count_type, by_byte)) if ring else True
+            pending = accounting.by_name(by_byte)
+            received = accounting.by_name(self.counters.received_by_byte)
+            after, lost, kc = self._kernel_counts()
+            acc = accounting.reconcile(before, after, lost, received, pending, walked)
+            if acc["reconciled"]:
+                break
+        return acc, kc
 
     def bpf_list(self) -> dict[str, Any]:
         s = self.sensor

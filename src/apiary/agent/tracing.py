@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from apiary.loader import BpfError
 from apiary.observe import tetragon
+from apiary.observe.process import make_exec_id
 from apiary.policy.models import PolicyError, Problem
 from apiary.runtime import tracing_abi as abi
 from apiary.runtime.process import ProcessSensor
@@ -139,30 +141,57 @@ class Tracing:
 
     # ------------------------------------------------------------------ repository
     def _apply_text(self, text: str, mode: str | None = None, enabled: bool = True) -> list[dict[str, Any]]:
+        """Every document of ``text``, all or nothing: when one fails (a hook that cannot attach), the
+        ones already applied by this call are undone, and a policy a document replaced is restored."""
         policies = load_tracing_policies(text)
         compiled = [compile_tracing_policy(p, self.features) for p in policies]
         out = []
-        for c, src in zip(compiled, _split(text, len(compiled)), strict=True):
-            if mode:
-                c.mode = mode
-            key = _key(c)
-            action = "configured" if key in self.stored else "created"
-            self.sensor.apply(key, c, self.cgroups_for(c))
-            self.stored[key] = Stored(key, src, c, True, mode)
-            if not enabled:
-                self.set_enabled(c.name, c.namespace, False)
-            out.append(
-                {
-                    "name": c.name,
-                    "namespace": c.namespace,
-                    "kind": c.kind,
-                    "mode": c.mode,
-                    "action": action,
-                    "hooks": [{"source": h.source, "realisation": h.realisation} for h in c.hooks],
-                    "notes": c.notes,
-                }
-            )
+        replaced: dict[str, Stored | None] = {}  # key -> what it was before this call (None: new)
+        try:
+            for c, src in zip(compiled, _split(text, len(compiled)), strict=True):
+                if mode:
+                    c.mode = mode
+                key = _key(c)
+                action = "configured" if key in self.stored else "created"
+                replaced.setdefault(key, self.stored.get(key))
+                self.sensor.apply(key, c, self.cgroups_for(c))
+                self.stored[key] = Stored(key, src, c, enabled, mode)
+                if not enabled:
+                    self.sensor.set_enabled(key, False)
+                out.append(
+                    {
+                        "name": c.name,
+                        "namespace": c.namespace,
+                        "kind": c.kind,
+                        "mode": c.mode,
+                        "action": action,
+                        "hooks": [{"source": h.source, "realisation": h.realisation} for h in c.hooks],
+                        "notes": c.notes,
+                    }
+                )
+        except BaseException as e:
+            undone = self._undo(replaced)
+            if isinstance(e, BpfError) and len(compiled) > 1:
+                e.args = (f"{e} (nothing of the file was applied: {undone})",)
+            raise
         return out
+
+    def _undo(self, replaced: dict[str, Stored | None]) -> str:
+        """Put back what an apply changed, last first: a new policy goes, a replaced one returns."""
+        done = []
+        for key, prev in reversed(replaced.items()):
+            if prev is None:
+                if key in self.sensor.policies:
+                    self.sensor.delete(key)
+                self.stored.pop(key, None)
+                done.append(f"{key} removed")
+            else:
+                self.sensor.apply(key, prev.compiled, self.cgroups_for(prev.compiled))
+                if not prev.enabled:
+                    self.sensor.set_enabled(key, False)
+                self.stored[key] = prev
+                done.append(f"{key} restored")
+        return ", ".join(done) or "nothing to undo"
 
     def apply(self, text: str) -> list[dict[str, Any]]:
         res = self._apply_text(text)
@@ -236,20 +265,24 @@ class Tracing:
         return out
 
     # ------------------------------------------------------------------ events
-    def event(self, ev: abi.Event, cache: Any, node: str, time: str) -> dict[str, Any] | None:
-        entry = self.sensor.hooks.get(ev.hook_id)
+    def event(self, ev: abi.Event, cache: Any, node: str, time: str) -> tuple[dict[str, Any], bool] | None:
+        """The Tetragon event of a kernel record, and whether its process was known.
+
+        The process is the image the kernel named by (pid, start ktime): never another process that
+        reused the pid. An unknown process still gives the event, with what the record says of it
+        (``unknown_process_json``). None only for a hook that was never known (counted by the caller).
+        """
+        entry = self.sensor.hook_of(ev.hook_id)
         if entry is None:
             return None
         lp, hook = entry
         pol = lp.policy
-        p = cache.get_by_key(ev.pid, ev.proc_ktime) if hasattr(cache, "get_by_key") else None
-        if p is None:
-            p = cache.get_by_pid(ev.pid)
-        if p is None:
-            return None
-        parent = cache.parent(p)
+        p = cache.get_by_key(ev.pid, ev.proc_ktime)
+        parent = cache.parent(p) if p is not None else None
         action = abi.ACTION_NAMES.get(ev.action, "Post")
-        body: dict[str, Any] = {"process": tetragon.process_json(p)}
+        pod = self.network.pod_of_cgroup(ev.cgroup_id) if self.network is not None and p is None else None
+        proc = tetragon.process_json(p) if p is not None else unknown_process_json(ev, node, cache.clock, pod)
+        body: dict[str, Any] = {"process": proc}
         if parent is not None:
             body["parent"] = tetragon.process_json(parent)
         args = [_arg(hook, i, ev) for i in range(min(ev.nargs, len(hook.args)))]
@@ -275,10 +308,29 @@ class Tracing:
             body["message"] = message
         if hook.tags:
             body["tags"] = list(hook.tags)
-        anc = cache.ancestors(p)
+        anc = cache.ancestors(p) if p is not None else []
         if anc:
             body["ancestors"] = [tetragon.process_json(a) for a in anc]
-        return {hook.event: body, "node_name": node, "time": time}
+        return {hook.event: body, "node_name": node, "time": time}, p is not None
+
+
+def unknown_process_json(ev: abi.Event, node: str, clock: Any, pod: dict[str, Any] | None) -> dict[str, Any]:
+    """A Tetragon ``Process`` object for a process the cache does not know, from what the record says.
+
+    Its exec_id and start time when the kernel knew its start ktime, pid, tid, pod by cgroup, and the
+    flag ``miss`` (Tetragon's "process not found"); nothing guessed (no uid: 0 would claim root).
+    """
+    d: dict[str, Any] = {}
+    if ev.proc_ktime:
+        d["exec_id"] = make_exec_id(node, ev.proc_ktime, ev.pid)
+    d["pid"] = ev.pid
+    d["flags"] = "miss"
+    if ev.proc_ktime:
+        d["start_time"] = clock.to_rfc3339(ev.proc_ktime)
+    if pod:
+        d["pod"] = pod
+    d["tid"] = ev.tid
+    return d
 
 
 def _arg(hook: Hook, i: int, ev: abi.Event) -> dict[str, Any]:

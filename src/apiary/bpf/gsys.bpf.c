@@ -913,7 +913,10 @@ static __always_inline int run_hooks(struct hooks_ctx *hc, struct gs_sys *sh)
 SEC("tracepoint")
 int gs_sys_enter(struct trace_event_raw_sys_enter *ctx)
 {
-	__u32 nr = (__u32)ctx->id;
+	/* only the record's int __syscall_nr (offset 8, size 4): the 8-byte `id` would read past the end
+	 * of the record of a syscall without arguments (getpid, sync: 12 bytes), which makes the attach
+	 * fail with EACCES (max_ctx_offset) */
+	__u32 nr = *(__u32 *)((void *)ctx + offsetof(struct trace_event_raw_sys_enter, id));
 	struct gs_sys *sh = bpf_map_lookup_elem(&gs_syscalls, &nr);
 	if (!sh)
 		return 0;

@@ -12,6 +12,7 @@ import click
 from rich.table import Table
 
 from apiary import __version__
+from apiary.agent import accounting
 
 from .client import AgentUnreachable, ApiError, Client
 from .network_cmds import endpoint, identity, observe, policy
@@ -248,15 +249,13 @@ def status(ctx: click.Context, output: str) -> None:
     pc = st["process_cache"]
     con.print("process cache: " + ", ".join(f"{k} {v}" for k, v in pc.items()))
     ev = st["events"]
-    con.print(
-        f"events: produced {ev['produced']:,} = received {ev['received']:,} + lost {ev['lost']:,}"
-        f" + in ring {ev['in_ring']:,}  ({'reconciled' if ev['reconciled'] else 'NOT reconciled'})"
-    )
-    con.print("  kernel lost by type: " + ", ".join(f"{k} {v}" for k, v in ev["kernel_lost"].items()))
+    for line in accounting.text_lines(ev):
+        con.print(line)
     con.print(
         "  emitted: "
         + (", ".join(f"{k} {v}" for k, v in ev["emitted"].items()) or "none")
         + f"; dropped for slow clients {ev['client_drops']}; decode errors {ev['decode_errors']}"
+        + f"; events_missing_process_info {ev['events_missing_process_info']}"
     )
 
 

@@ -48,6 +48,26 @@ class RingBuffer:
     def available(self) -> int:
         return _U64.unpack_from(self._prod, 0)[0] - _U64.unpack_from(self._cons, 0)[0]
 
+    def peek(self, handle: Callable[[memoryview], None]) -> bool:
+        """Hand every committed, unconsumed record to ``handle`` without consuming it.
+
+        Returns False when the walk stopped at a record a producer is still writing (later records
+        were not seen), True when it reached the producer position.
+        """
+        cons = _U64.unpack_from(self._cons, 0)[0]
+        prod = _U64.unpack_from(self._prod, 0)[0]
+        data, mask = self._data, self.mask
+        while cons < prod:
+            off = cons & mask
+            hdr = _U32.unpack_from(data, off)[0]
+            if hdr & _BUSY:
+                return False
+            length = hdr & ~(_BUSY | _DISCARD)
+            if not hdr & _DISCARD:
+                handle(data[off + _HDR : off + _HDR + length])
+            cons += (length + _HDR + 7) & ~7
+        return True
+
     def consume(self, handle: Callable[[memoryview], None], limit: int = 0) -> int:
         """Hand every committed record to ``handle`` (a view valid only during the call).
 

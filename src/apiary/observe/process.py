@@ -277,6 +277,25 @@ class ProcessCache:
             self.misses["get"] += 1
         return p
 
+    def get_by_key(self, pid: int, ktime: int) -> Process | None:
+        """The image ``(pid, ktime)``: the one a kernel message names by its process start ktime.
+
+        A pid the kernel reused (another process, another start ktime) is not the image asked for, so
+        it is never returned. ``ktime`` 0 means the kernel did not know the process's start: then the
+        current image of ``pid`` if it still runs (a record whose image is over is another process).
+        A miss is counted (``misses["get"]``).
+        """
+        self._expire()
+        if ktime:
+            p = self._procs.get((pid, ktime))
+        else:
+            p = self.get_by_pid(pid)
+            if p is not None and p.exited:
+                p = None
+        if p is None:
+            self.misses["get"] += 1
+        return p
+
     def get_by_pid(self, pid: int) -> Process | None:
         """The current (latest) image of ``pid``, possibly already exited but not yet evicted."""
         self._expire()

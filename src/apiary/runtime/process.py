@@ -52,6 +52,7 @@ class ProcessSensor:
         self.links: list[TracingLink | TracepointLink] = []
         self.ring: RingBuffer | None = None
         self.info = SensorInfo()
+        self.seed_full = 0  # processes from /proc that did not fit the kernel's table
 
     def load(self) -> None:
         obj = BpfObject(self.obj_path, "process")
@@ -94,16 +95,20 @@ class ProcessSensor:
     def seed(self, msgs: list[ExecMsg]) -> int:
         """Tell the kernel about processes that existed before the sensor (from /proc).
 
-        Entries the kernel created meanwhile win (BPF_NOEXIST). Returns entries written.
+        Entries the kernel created meanwhile win (BPF_NOEXIST). Returns entries written; those that
+        did not fit (the table is smaller than the processes running) are counted in ``seed_full``.
         """
         n = 0
+        self.seed_full = 0
         for m in msgs:
             flags = abi.PROC_F_EXECED | (abi.PROC_F_PROCFS if m.flags & EXEC_F_PROCFS else 0)
             try:
                 self.procs.put(m.pid, (m.ktime, m.parent_ktime, m.ppid, flags), BPF_NOEXIST)
                 n += 1
             except BpfError as e:
-                if e.errno != 17:  # EEXIST: the kernel saw it first
+                if e.errno == 7:  # E2BIG: the table is full
+                    self.seed_full += 1
+                elif e.errno != 17:  # EEXIST: the kernel saw it first
                     raise
         return n
 

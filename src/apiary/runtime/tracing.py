@@ -53,6 +53,9 @@ class TracingSensor:
         self.links: list[Any] = []
         self.policies: dict[str, LoadedPolicy] = {}  # key: namespace/name
         self.hooks: dict[int, tuple[LoadedPolicy, Hook]] = {}
+        # hooks of deleted or replaced policies, oldest first: their events still in the ring are theirs
+        # (hook ids are reused least recently retired first, so such a late event is not misattributed)
+        self.retired: dict[int, tuple[LoadedPolicy, Hook]] = {}
         self.sys_links: dict[str, Any] = {}  # one tracepoint link per watched syscall, one LSM link per hook
         self._next_policy = 1
         self._dyn: dict[str, int] = {}  # pseudo numbers (attach cookies) of tracepoints, uprobes, kprobes
@@ -160,7 +163,8 @@ class TracingSensor:
                     raise BpfError(f"hook {hook.source}", 22, f"unknown syscall {name!r} on this architecture")
         drop = set(old.hook_ids) if old else set()
         in_use = {hid for hid in self.hooks if hid not in drop}
-        free = [i for i in range(abi.GS_HOOKS) if i not in in_use]
+        rank = {hid: n for n, hid in enumerate([*self.retired, *sorted(drop)], start=1)}
+        free = sorted((i for i in range(abi.GS_HOOKS) if i not in in_use), key=lambda i: rank.get(i, 0))
         if len(free) < len(policy.hooks):
             raise BpfError(
                 "tracing hooks",
@@ -226,8 +230,22 @@ class TracingSensor:
             if old:
                 self.apply(key, old.policy, old.cgroups)
             raise
+        for hid in drop:
+            if hid not in ids:
+                self._retire(hid, prev_hooks.get(hid))
+        for hid in ids:
+            self.retired.pop(hid, None)
         self.policies[key] = lp
         return lp
+
+    def _retire(self, hid: int, entry: tuple[LoadedPolicy, Hook] | None) -> None:
+        self.retired.pop(hid, None)
+        if entry is not None:
+            self.retired[hid] = entry
+
+    def hook_of(self, hid: int) -> tuple[LoadedPolicy, Hook] | None:
+        """The policy and hook an event's hook id names: a live one, else one deleted or replaced since."""
+        return self.hooks.get(hid) or self.retired.get(hid)
 
     def _write_scope(self, lp: LoadedPolicy, old: LoadedPolicy | None) -> None:
         for cg in lp.cgroups:
@@ -371,7 +389,7 @@ class TracingSensor:
     def delete(self, key: str) -> None:
         lp = self.policies.pop(key)
         for hid in lp.hook_ids:
-            self.hooks.pop(hid, None)
+            self._retire(hid, self.hooks.pop(hid, None))
         for b in [b for b, (hid, _si, _w) in self.follow.items() if hid in lp.hook_ids]:
             self._free_bit(b)
         self._write_syscalls()
@@ -382,6 +400,14 @@ class TracingSensor:
 
     def hook_counters(self, hid: int) -> dict[str, int]:
         return {name: sum(self.counters.get(hid * 4 + i) or [0]) for i, name in enumerate(abi.CNT)}
+
+    def totals(self) -> dict[str, int]:
+        """Events every hook slot ever posted to the ring and lost (ring full), policies gone included."""
+        out = {"posted": 0, "lost": 0}
+        for hid in range(abi.GS_HOOKS):
+            for name in out:
+                out[name] += sum(self.counters.get(hid * 4 + abi.CNT.index(name)) or [0])
+        return out
 
     def kernel_memory(self, lp: LoadedPolicy) -> int:
         return len(lp.hook_ids) * self.hooks_map.value_size + len(lp.cgroups) * 24

@@ -9,7 +9,6 @@ import os
 import signal
 import time
 import traceback
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ from apiary.runtime.process import ProcessSensor
 
 from . import bpfinfo
 from .config import AgentConfig
+from .worker import DaemonWorker
 
 
 class AgentError(Exception):
@@ -87,7 +87,8 @@ class Agent:
             namespace="tetragon",
             registry=self.registry,
         )
-        self.net_pool = ThreadPoolExecutor(1, thread_name_prefix="network")
+        self.net_pool = DaemonWorker("control-plane")
+        self.api_connections: Any = None
         self._stop: asyncio.Event | None = None
 
     # ------------------------------------------------------------------ start-up / shut-down
@@ -371,6 +372,7 @@ class Agent:
                 "procs_map_full": kc.get("procs_full", 0),
             },
             "subscribers": len(self.subscribers),
+            "api_connections": self.api_connections.stats() if self.api_connections else None,
             "network": self.network.status() if self.network else None,
         }
 

@@ -83,6 +83,27 @@ def cli(ctx: click.Context, socket_path: str | None) -> None:
     type=click.IntRange(min=16, max=1 << 24),
     help="Entries in the BPF policy map (all endpoints).",
 )
+@click.option(
+    "--api-max-connections",
+    default=256,
+    show_default=True,
+    type=click.IntRange(min=2, max=65536),
+    help="Open API connections; past it the oldest idle one is closed (all busy: 503).",
+)
+@click.option(
+    "--api-idle-timeout",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(min=0.1),
+    help="Seconds an API connection may wait for a request before it is closed.",
+)
+@click.option(
+    "--api-request-timeout",
+    default=120.0,
+    show_default=True,
+    type=click.FloatRange(min=0.1),
+    help="Seconds a request may wait for the agent's control-plane worker (then 503).",
+)
 @click.pass_context
 def agent(
     ctx: click.Context,
@@ -100,6 +121,9 @@ def agent(
     policy_audit_mode: bool,
     flow_buffer: int,
     policy_map_size: int,
+    api_max_connections: int,
+    api_idle_timeout: float,
+    api_request_timeout: float,
 ) -> None:
     """Run the agent in the foreground (owns all BPF objects; serves the API)."""
     from apiary.agent.config import AgentConfig, default_socket
@@ -122,6 +146,9 @@ def agent(
         policy_audit_mode=policy_audit_mode,
         flow_buffer=flow_buffer,
         policy_map_size=policy_map_size,
+        api_max_connections=api_max_connections,
+        api_idle_timeout=api_idle_timeout,
+        api_request_timeout=api_request_timeout,
     )
     import ipaddress
     import re
@@ -134,6 +161,9 @@ def agent(
         _fail(f"--instance {instance!r}: 1-12 lower-case letters or digits", 2)
     if node_name:
         cfg.node_name = node_name
+    from apiary.agent.logs import setup_agent_logging
+
+    setup_agent_logging()
     a = Agent(cfg)
     try:
         a.start()

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from apiary import __version__
 from apiary.observe.filters import EventFilter, parse_since
-from apiary.policy.yamlutil import clip
+from apiary.textutil import clip
 
 from .api_common import error
 
@@ -80,8 +80,13 @@ async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
     """An unexpected failure is one JSON line for the client and a traceback in the agent's log."""
     try:
         return await handler(request)
-    except web.HTTPException:
-        raise
+    except web.HTTPException as e:
+        if e.status < 400 or e.content_type == "application/json":
+            raise
+        msg = clip(e.text or e.reason, 200)  # aiohttp's own (no route, 413): JSON like every other error
+        if e.status in (404, 405):
+            msg = f"no API route for {request.method} {clip(repr(request.path))}"
+        return web.json_response({"error": msg}, status=e.status)
     except Exception as e:  # noqa: BLE001
         log.exception("%s %s failed", request.method, request.path)
         msg = f"internal error in the agent: {type(e).__name__}: {clip(str(e), 200)}"

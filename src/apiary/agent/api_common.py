@@ -13,7 +13,7 @@ from apiary.datapath.datapath import CapacityError
 from apiary.datapath.endpoints import EndpointError
 from apiary.loader import BpfError
 from apiary.policy.models import PolicyError
-from apiary.policy.yamlutil import clip
+from apiary.textutil import clip
 
 if TYPE_CHECKING:
     from .daemon import Agent

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from apiary.policy.yamlutil import clip
+from apiary.textutil import clip
 
 from .api_common import body_text, error, in_worker
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from apiary.loader import BpfError
 from apiary.observe import tetragon
 from apiary.policy.models import PolicyError, Problem
 from apiary.runtime import tracing_abi as abi
@@ -62,6 +63,16 @@ class Stored:
 
 def _key(p: CompiledTracingPolicy) -> str:
     return f"{p.namespace}/{p.name}"
+
+
+def _failed_hook(p: CompiledTracingPolicy, error: str) -> str:
+    """The field of the hook an attach error is about (``spec.uprobes[0]``), or ``spec``."""
+    for hook in p.hooks:
+        field = hook.source.split(" ", 1)[0]
+        targets = [name.split("_", 3)[-1] if name.startswith("__") else name for name in hook.syscalls]
+        if f"hook {field}" in error or any(t and t in error for t in targets):
+            return f"spec.{field}"
+    return "spec"
 
 
 class Tracing:
@@ -142,12 +153,20 @@ class Tracing:
         policies = load_tracing_policies(text)
         compiled = [compile_tracing_policy(p, self.features) for p in policies]
         out = []
-        for c, src in zip(compiled, _split(text, len(compiled)), strict=True):
+        before = dict(self.stored)
+        for i, (c, src) in enumerate(zip(compiled, _split(text, len(compiled)), strict=True)):
             if mode:
                 c.mode = mode
             key = _key(c)
             action = "configured" if key in self.stored else "created"
-            self.sensor.apply(key, c, self.cgroups_for(c))
+            try:
+                self.sensor.apply(key, c, self.cgroups_for(c))
+            except BpfError as e:  # the sensor put this document back; the earlier ones are undone here
+                self._restore(before, [_key(d) for d in compiled[:i]])
+                if e.errno == 28:
+                    raise  # out of hooks or slots: a capacity problem (409), not the policy's
+                prefix = f"document[{i}]." if len(compiled) > 1 else ""
+                raise PolicyError([Problem(prefix + _failed_hook(c, str(e)), str(e))]) from e
             self.stored[key] = Stored(key, src, c, True, mode)
             if not enabled:
                 self.set_enabled(c.name, c.namespace, False)
@@ -163,6 +182,19 @@ class Tracing:
                 }
             )
         return out
+
+    def _restore(self, before: dict[str, Stored], keys: list[str]) -> None:
+        """Put the policies ``keys`` back as they were in ``before`` (gone if they were not there)."""
+        for key in keys:
+            old = before.get(key)
+            if old is None:
+                self.sensor.delete(key)
+                self.stored.pop(key, None)
+                continue
+            self.sensor.apply(key, old.compiled, self.cgroups_for(old.compiled))
+            if not old.enabled:
+                self.sensor.set_enabled(key, False)
+            self.stored[key] = old
 
     def apply(self, text: str) -> list[dict[str, Any]]:
         res = self._apply_text(text)

@@ -8,6 +8,8 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import ValidationError
 
+from apiary.textutil import clip
+
 from .models import PolicyError, Problem
 
 P = TypeVar("P")
@@ -18,12 +20,6 @@ P = TypeVar("P")
 MAX_CHARS = 1 << 20  # YAML text of one request or file
 MAX_NODES = 200_000  # nodes once every alias is expanded, all documents together
 MAX_DEPTH = 64  # nesting of mappings and sequences
-
-
-def clip(value: object, limit: int = 80) -> str:
-    """``value`` as text cut to ``limit`` characters with an ellipsis, for echoing user input in errors."""
-    text = value if isinstance(value, str) else repr(value)
-    return text if len(text) <= limit else f"{text[:limit - 1]}… ({len(text):,} characters)"
 
 
 class StrictLoader(yaml.SafeLoader):

@@ -453,6 +453,21 @@ class Agent:
             loop.remove_reader(self.sensor.ring.fileno())
             self.drain()
             await runner.cleanup()
+            await self._settle_worker(loop)
+
+    async def _settle_worker(self, loop: asyncio.AbstractEventLoop, grace: float = 5.0) -> None:
+        """Give a change in progress a moment to finish; never wait for it longer (its thread is a daemon)."""
+        if self.net_pool.busy() is None:
+            return
+        try:
+            await asyncio.wait_for(asyncio.wrap_future(self.net_pool.submit(lambda: None), loop=loop), grace)
+        except TimeoutError:
+            what, secs = self.net_pool.busy() or ("?", 0.0)
+            self.say(
+                f"stopping while the control-plane worker is still busy with {what} (for {secs:.0f} s): "
+                "that change may be incomplete",
+                flush=True,
+            )
 
     def request_stop(self) -> None:
         if self._stop:

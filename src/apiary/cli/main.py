@@ -13,20 +13,11 @@ from rich.table import Table
 
 from apiary import __version__
 
-from .client import AgentUnreachable, ApiError, Client
-from .network_cmds import endpoint, identity, observe, policy
+from .client import DEFAULT_TIMEOUT, AgentUnreachable, ApiError
+from .network_cmds import _client, _fail, endpoint, identity, observe, policy
 from .output import console
 from .preflight_cmd import preflight
 from .tracing_cmds import tracingpolicy
-
-
-def _fail(msg: str, code: int = 1) -> None:
-    click.echo(f"apiary: {msg}", err=True)
-    sys.exit(code)
-
-
-def _client(ctx: click.Context) -> Client:
-    return Client(ctx.obj.get("socket"))
 
 
 def _call(fn: Any, *a: Any, **kw: Any) -> Any:
@@ -35,17 +26,26 @@ def _call(fn: Any, *a: Any, **kw: Any) -> Any:
     except AgentUnreachable as e:
         _fail(str(e))
     except ApiError as e:
-        _fail(f"agent refused the request: {e}", 2)
+        _fail(f"agent refused the request: {e.text()}", 2)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--socket", "socket_path", envvar="APIARY_SOCKET", default=None, help="Agent API socket.")
+@click.option(
+    "--timeout",
+    envvar="APIARY_TIMEOUT",
+    type=click.FloatRange(min=0.1),
+    default=DEFAULT_TIMEOUT,
+    show_default=True,
+    help="Seconds to wait for the agent's answer (streams: for the first one).",
+)
 @click.version_option(__version__, prog_name="apiary")
 @click.pass_context
-def cli(ctx: click.Context, socket_path: str | None) -> None:
+def cli(ctx: click.Context, socket_path: str | None, timeout: float) -> None:
     """apiary: eBPF networking, flow observability and runtime security for one node."""
     ctx.ensure_object(dict)
     ctx.obj["socket"] = socket_path
+    ctx.obj["timeout"] = timeout
 
 
 # ---------------------------------------------------------------------------- agent
@@ -223,11 +223,13 @@ def events(
         params.append(("since", since))
     use_color = color == "always" or (color == "auto" and sys.stdout.isatty() and not os.environ.get("NO_COLOR"))
     out = sys.stdout
+    seen = 0
     try:
         for ev in _client(ctx).stream("/v1/events", params):
             if "apiary_lost_events" in ev:
                 click.echo(f"EVENTS LOST: {ev['apiary_lost_events']['count']} (this client read too slowly)", err=True)
                 continue
+            seen += 1
             if output == "json":
                 out.write(json.dumps(ev, separators=(",", ":")) + "\n")
             else:
@@ -237,9 +239,11 @@ def events(
     except AgentUnreachable as e:
         _fail(str(e))
     except ApiError as e:
-        _fail(f"agent refused the request: {e}", 2)
+        _fail(f"agent refused the request: {e.text()}", 2)
     except (KeyboardInterrupt, BrokenPipeError):
-        pass
+        return
+    if count is None or seen < count:  # a followed stream only ends when the agent ends it
+        _fail("the agent ended the event stream (it is stopping or restarting)")
 
 
 # ---------------------------------------------------------------------------- status
@@ -338,3 +342,9 @@ def main() -> None:
         cli(obj={}, standalone_mode=True)
     except KeyboardInterrupt:
         sys.exit(130)
+    except Exception as e:  # never a traceback for the user: one line, the details on request
+        if os.environ.get("APIARY_DEBUG"):
+            raise
+        from apiary.textutil import clip
+
+        _fail(f"internal error: {type(e).__name__}: {clip(str(e), 200)} (APIARY_DEBUG=1 shows the traceback)")

@@ -6,11 +6,14 @@ import json
 import os
 import sys
 from typing import Any
+from urllib.parse import quote
 
 import click
 from rich.table import Table
 
-from .client import AgentUnreachable, ApiError, Client
+from apiary.textutil import clip
+
+from .client import DEFAULT_TIMEOUT, AgentUnreachable, ApiError, Client
 from .output import console
 
 # hubble observe filter flags apiary understands (value-taking), in their long form
@@ -43,45 +46,42 @@ SHORT = {"-n": "--namespace", "-l": "--label", "-t": "--type"}
 
 
 def _client(ctx: click.Context) -> Client:
-    return Client(ctx.obj.get("socket"))
+    obj = ctx.find_root().obj or {}
+    return Client(obj.get("socket"), timeout=obj.get("timeout", DEFAULT_TIMEOUT))
 
 
 def _fail(msg: str, code: int = 1) -> None:
-    click.echo(f"apiary: {msg}", err=True)
+    """One error line (a long one is cut: it may echo what the user sent) and a non-zero exit."""
+    lines = [clip(line, 400) for line in msg.splitlines() or [""]]
+    click.echo("apiary: " + "\n".join(lines), err=True)
     sys.exit(code)
 
 
 def _req(ctx: click.Context, method: str, path: str, **kw: Any) -> Any:
-    c = _client(ctx)
     try:
-        r = c.http.request(method, path, **kw)
-    except Exception as e:  # noqa: BLE001 - connection problems become one line
-        import httpx
+        return _client(ctx).request(method, path, **kw)
+    except AgentUnreachable as e:
+        _fail(str(e))
+    except ApiError as e:
+        _fail(e.text(), 1)
 
-        if isinstance(e, httpx.ConnectError | FileNotFoundError):
-            _fail(str(c._unreachable()))
-        raise
-    if r.status_code >= 400:
-        try:
-            body = r.json()
-        except ValueError:
-            body = {"error": r.text}
-        msg = body.get("error", r.text)
-        for p in body.get("problems", []) or []:
-            if p.get("unsupported"):
-                msg += f"\n  unsupported: {p['field']} ({p['reason']})"
-            else:
-                msg += f"\n  {p['field']}: {p['reason']}" if p["field"] else f"\n  {p['reason']}"
-        _fail(msg, 1)
-    return r.json()
+
+def seg(name: str) -> str:
+    """A name as one URL path segment (``/``, newlines and the like percent-encoded)."""
+    return quote(name, safe="")
 
 
 def read_file_arg(path: str) -> str:
-    """The text of `-f PATH` (`-` is standard input); one clear line when it cannot be read."""
+    """The text of `-f PATH` (`-` is standard input); one clear line when it cannot be read or is not UTF-8."""
     try:
-        return sys.stdin.read() if path == "-" else open(path).read()
+        raw = sys.stdin.buffer.read() if path == "-" else open(path, "rb").read()
     except OSError as e:
         _fail(f"-f {path}: {e.strerror}", 2)
+        return ""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        _fail(f"-f {path}: not UTF-8 text (byte {raw[e.start]:#04x} at offset {e.start})", 2)
     return ""
 
 
@@ -156,7 +156,7 @@ def endpoint_list(ctx: click.Context, output: str) -> None:
 @click.pass_context
 def endpoint_get(ctx: click.Context, ref: str) -> None:
     """Show one endpoint (namespace/name or name)."""
-    click.echo(json.dumps(_req(ctx, "GET", f"/v1/endpoints/{ref}"), indent=2))
+    click.echo(json.dumps(_req(ctx, "GET", f"/v1/endpoints/{seg(ref)}"), indent=2))
 
 
 @endpoint.command("delete")
@@ -165,7 +165,7 @@ def endpoint_get(ctx: click.Context, ref: str) -> None:
 def endpoint_delete(ctx: click.Context, refs: tuple[str, ...]) -> None:
     """Delete endpoints and every kernel object they own."""
     for ref in refs:
-        row = _req(ctx, "DELETE", f"/v1/endpoints/{ref}")
+        row = _req(ctx, "DELETE", f"/v1/endpoints/{seg(ref)}")
         click.echo(f"endpoint {row['namespace']}/{row['name']} deleted")
 
 
@@ -175,7 +175,7 @@ def endpoint_delete(ctx: click.Context, refs: tuple[str, ...]) -> None:
 @click.pass_context
 def endpoint_exec(ctx: click.Context, ref: str, command: tuple[str, ...]) -> None:
     """Run a command inside the endpoint's netns and cgroup: apiary endpoint exec NAME -- CMD..."""
-    row = _req(ctx, "GET", f"/v1/endpoints/{ref}")
+    row = _req(ctx, "GET", f"/v1/endpoints/{seg(ref)}")
     try:
         with open(os.path.join(row["cgroup"], "cgroup.procs"), "w") as f:
             f.write(str(os.getpid()))
@@ -246,7 +246,7 @@ def policy_list(ctx: click.Context, output: str) -> None:
 @click.pass_context
 def policy_get(ctx: click.Context, name: str, namespace: str) -> None:
     """Print a policy as applied."""
-    click.echo(_req(ctx, "GET", f"/v1/policies/{name}", params={"namespace": namespace})["yaml"], nl=False)
+    click.echo(_req(ctx, "GET", f"/v1/policies/{seg(name)}", params={"namespace": namespace})["yaml"], nl=False)
 
 
 @policy.command("delete")
@@ -255,7 +255,7 @@ def policy_get(ctx: click.Context, name: str, namespace: str) -> None:
 @click.pass_context
 def policy_delete(ctx: click.Context, name: str, namespace: str) -> None:
     """Delete a policy."""
-    res = _req(ctx, "DELETE", f"/v1/policies/{name}", params={"namespace": namespace})
+    res = _req(ctx, "DELETE", f"/v1/policies/{seg(name)}", params={"namespace": namespace})
     click.echo(f"deleted {', '.join(res['deleted'])} (revision {res['revision']})")
 
 
@@ -337,8 +337,10 @@ def observe(ctx: click.Context, last: int, follow: bool, output: str, print_poli
     except AgentUnreachable as e:
         _fail(str(e))
     except ApiError as e:
-        _fail(str(e), 2)
+        _fail(e.text(), 2)
     except KeyboardInterrupt:
-        pass
+        return
+    if follow:  # a followed stream only ends when the agent ends it
+        _fail("the agent ended the flow stream (it is stopping or restarting)")
     if output == "table":
         click.echo(hubble.table(rows))

@@ -13,7 +13,7 @@ from apiary.datapath.datapath import CapacityError
 from apiary.datapath.endpoints import EndpointError
 from apiary.loader import BpfError
 from apiary.policy.models import PolicyError
-from apiary.textutil import clip
+from apiary.textutil import clip, clip_quoted
 
 if TYPE_CHECKING:
     from .daemon import Agent
@@ -22,7 +22,8 @@ UTF8 = ("utf-8", "utf8", "us-ascii", "ascii")
 
 
 def error(msg: str, status: int = 400, **extra: Any) -> web.Response:
-    return web.json_response({"error": msg, **extra}, status=status)
+    """An error answer; values the user sent that the message quotes are cut to 80 characters."""
+    return web.json_response({"error": clip_quoted(msg), **extra}, status=status)
 
 
 def http_error(cls: type[web.HTTPException], msg: str) -> web.HTTPException:
@@ -31,7 +32,9 @@ def http_error(cls: type[web.HTTPException], msg: str) -> web.HTTPException:
 
 
 def policy_rejected(e: PolicyError, what: str = "policy") -> web.Response:
-    problems = [{"field": p.path, "reason": p.reason, "unsupported": p.unsupported} for p in e.problems]
+    problems = [
+        {"field": clip(p.path, 200), "reason": clip_quoted(p.reason), "unsupported": p.unsupported} for p in e.problems
+    ]
     n = len(problems)
     return error(f"{what} rejected ({n} problem{'s' if n != 1 else ''}; nothing was changed)", problems=problems)
 

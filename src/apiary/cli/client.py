@@ -75,11 +75,11 @@ class Client:
     def _send(self, method: str, path: str, stream: bool = False, **kw: Any) -> httpx.Response:
         try:
             req = self.http.build_request(method, path, **kw)
-            if stream:  # a stream may stay quiet for ever: only connecting and the first answer are bounded
-                req.extensions["timeout"] = httpx.Timeout(self.timeout, read=None)
             r = self.http.send(req, stream=stream)
             if stream and r.status_code >= 400:
                 r.read()
+            elif stream:  # the agent answered; a stream may then stay quiet for ever: no read bound from here
+                req.extensions["timeout"]["read"] = None  # httpcore reads this dict before every receive
             return r
         except httpx.TimeoutException:
             raise self._timed_out() from None

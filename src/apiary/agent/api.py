@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
-import traceback
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from apiary import __version__
 from apiary.observe.filters import EventFilter, parse_since
+from apiary.textutil import clip
+
+from .api_common import error
 
 if TYPE_CHECKING:
     from .daemon import Agent
@@ -67,8 +70,9 @@ def _line(ev: dict[str, Any]) -> bytes:
     return json.dumps(ev, separators=(",", ":")).encode() + b"\n"
 
 
-def _bad(msg: str) -> web.Response:
-    return web.json_response({"error": msg}, status=400)
+log = logging.getLogger("apiary.api")
+SHUTDOWN_GRACE = 3.0  # seconds requests in flight get to finish when the agent stops
+MAX_BODY = 4 << 20  # bytes of a request body (413 beyond): YAML policies are bounded again by characters
 
 
 @web.middleware
@@ -76,15 +80,21 @@ async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
     """An unexpected failure is one JSON line for the client and a traceback in the agent's log."""
     try:
         return await handler(request)
-    except web.HTTPException:
-        raise
+    except web.HTTPException as e:
+        if e.status < 400 or e.content_type == "application/json":
+            raise
+        msg = clip(e.text or e.reason, 200)  # aiohttp's own (no route, 413): JSON like every other error
+        if e.status in (404, 405):
+            msg = f"no API route for {request.method} {clip(repr(request.path))}"
+        return web.json_response({"error": msg}, status=e.status)
     except Exception as e:  # noqa: BLE001
-        traceback.print_exc()
-        return web.json_response({"error": f"internal error in the agent: {type(e).__name__}: {e}"}, status=500)
+        log.exception("%s %s failed", request.method, request.path)
+        msg = f"internal error in the agent: {type(e).__name__}: {clip(str(e), 200)}"
+        return web.json_response({"error": msg}, status=500)
 
 
 def build_app(agent: Agent) -> web.Application:
-    app = web.Application(middlewares=[_errors])
+    app = web.Application(middlewares=[_errors], client_max_size=MAX_BODY)
 
     async def health(_: web.Request) -> web.Response:
         return web.json_response(
@@ -110,22 +120,22 @@ def build_app(agent: Agent) -> web.Application:
         try:
             pids = {int(p) for p in q.getall("pid", [])}
         except ValueError:
-            return _bad("pid: must be an integer")
+            return error("pid: must be an integer")
         count = 0
         if "count" in q:
             try:
                 count = int(q["count"])
             except ValueError:
-                return _bad("count: must be an integer")
+                return error("count: must be an integer")
             if count < 1:
-                return _bad("count: must be at least 1")
+                return error("count: must be at least 1")
         try:
             since = parse_since(q["since"]) if "since" in q else None
             flt = EventFilter.from_options(
                 pids=pids, binary=q.get("binary"), event_types=q.getall("type", []), since=since
             )
         except ValueError as e:
-            return _bad(str(e))
+            return error(str(e))
         follow = q.get("follow", "1") not in ("0", "false", "no")
 
         resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
@@ -178,15 +188,62 @@ def build_app(agent: Agent) -> web.Application:
     return app
 
 
+class ConnectionLimit:
+    """At most ``limit`` API connections: past it, the oldest connection waiting for a request is closed to make
+    room (so a flood of idle connections never locks out the CLI or the health route); when every connection is
+    busy with a request, the new one gets a 503 and is closed. The file descriptors stay far below
+    RLIMIT_NOFILE, so accept() never fails for lack of them."""
+
+    REFUSED = (
+        b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nConnection: close\r\n"
+        b"Content-Length: %d\r\n\r\n%s"
+    )
+
+    def __init__(self, server: web.Server, limit: int) -> None:
+        self.server, self.limit = server, limit
+        self.accept = server.connection_made
+        self.evicted = 0
+        self.refused = 0
+
+    def connection_made(self, handler: Any, transport: asyncio.Transport) -> None:
+        conns = [h for h in self.server.connections if h.transport is not None]
+        if len(conns) >= self.limit:
+            idle = [h for h in conns if not getattr(h, "_request_in_progress", True)]
+            if not idle:
+                self.refused += 1
+                body = json.dumps({"error": f"too many API connections (limit {self.limit}), all busy"}).encode()
+                transport.write(self.REFUSED % (len(body), body))
+                handler.force_close()
+                return
+            self.evicted += 1
+            idle[0].force_close()
+        self.accept(handler, transport)
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "limit": self.limit,
+            "open": len(self.server.connections),
+            "evicted_idle": self.evicted,
+            "refused_busy": self.refused,
+        }
+
+
 async def serve(agent: Agent) -> web.AppRunner:
     path = agent.cfg.socket_path
     if os.path.exists(path):
         os.unlink(path)  # stale: we hold the lock, so nobody else serves it
-    runner = web.AppRunner(build_app(agent), handle_signals=False, access_log=None)
+    # keepalive_timeout also closes a connection that never sends a request (aiohttp arms it at accept)
+    runner = web.AppRunner(
+        build_app(agent), handle_signals=False, access_log=None, keepalive_timeout=agent.cfg.api_idle_timeout
+    )
     await runner.setup()
+    assert runner.server is not None
+    limit = ConnectionLimit(runner.server, agent.cfg.api_max_connections)
+    runner.server.connection_made = limit.connection_made  # type: ignore[method-assign]
+    agent.api_connections = limit
     old = os.umask(0o177)
     try:
-        site = web.UnixSite(runner, path)
+        site = web.UnixSite(runner, path, shutdown_timeout=SHUTDOWN_GRACE)
         await site.start()
     finally:
         os.umask(old)

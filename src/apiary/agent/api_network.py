@@ -8,26 +8,13 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from apiary.datapath.datapath import CapacityError
-from apiary.datapath.endpoints import EndpointError
-from apiary.loader import BpfError
 from apiary.observe.hubble import lost_events_response
-from apiary.policy.load import PolicyError
 
+from .api_common import body_object, body_text, error, in_worker
 from .network import FlowFollower
 
 if TYPE_CHECKING:
     from .daemon import Agent
-
-
-def _err(msg: str, status: int = 400, **extra: Any) -> web.Response:
-    return web.json_response({"error": msg, **extra}, status=status)
-
-
-def _policy_error(e: PolicyError) -> web.Response:
-    problems = [{"field": p.path, "reason": p.reason, "unsupported": p.unsupported} for p in e.problems]
-    n = len(problems)
-    return _err(f"policy rejected ({n} problem{'s' if n != 1 else ''}; nothing was changed)", 400, problems=problems)
 
 
 def add_routes(app: web.Application, agent: Agent) -> None:
@@ -40,18 +27,8 @@ def add_routes(app: web.Application, agent: Agent) -> None:
         return agent.network
 
     async def call(fn: Any, *a: Any) -> web.Response:
-        """Network changes run one at a time on the network worker thread (netlink calls block)."""
-        try:
-            res = await asyncio.get_running_loop().run_in_executor(agent.net_pool, fn, *a)
-            return web.json_response(res)
-        except PolicyError as e:
-            return _policy_error(e)
-        except CapacityError as e:
-            return _err(str(e), 409)
-        except EndpointError as e:
-            return _err(str(e), 404 if str(e).startswith("no endpoint") else 400)
-        except BpfError as e:
-            return _err(str(e), 500)
+        """Network changes run one at a time on the control-plane worker thread (netlink calls block)."""
+        return await in_worker(agent, fn, *a)
 
     async def endpoints(_: web.Request) -> web.Response:
         n = net()
@@ -63,16 +40,13 @@ def add_routes(app: web.Application, agent: Agent) -> None:
 
     async def endpoint_create(request: web.Request) -> web.Response:
         n = net()
-        try:
-            body = await request.json()
-            name, namespace = body["name"], body.get("namespace", "default")
-            labels = body.get("labels", {})
-            if not isinstance(labels, dict) or not all(
-                isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
-            ):
-                return _err("labels: must be an object of string keys and values")
-        except (ValueError, KeyError, TypeError) as e:
-            return _err(f"body: expected JSON {{name, namespace, labels}}: {e}")
+        body = await body_object(request)
+        name, namespace, labels = body.get("name"), body.get("namespace", "default"), body.get("labels", {})
+        for field, value in (("name", name), ("namespace", namespace)):
+            if not isinstance(value, str):
+                return error(f"{field}: required, a string" if value is None else f"{field}: must be a string")
+        if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
+            return error("labels: must be an object of string keys and values")
         return await call(lambda: n.endpoint_row(n.create_endpoint(name, namespace, labels)))
 
     async def endpoint_delete(request: web.Request) -> web.Response:
@@ -96,7 +70,7 @@ def add_routes(app: web.Application, agent: Agent) -> None:
 
     async def policy_apply(request: web.Request) -> web.Response:
         n = net()
-        text = await request.text()
+        text = await body_text(request)
         return await call(lambda: {"revision_before": n.revision, "applied": n.apply(text)})
 
     async def policy_get(request: web.Request) -> web.Response:
@@ -107,7 +81,7 @@ def add_routes(app: web.Application, agent: Agent) -> None:
                 return web.json_response(
                     {"kind": p.kind, "namespace": p.namespace, "name": p.name, "revision": p.revision, "yaml": p.source}
                 )
-        return _err(f"no policy {name!r}" + (f" in namespace {ns}" if ns else " at cluster scope"), 404)
+        return error(f"no policy {name!r}" + (f" in namespace {ns}" if ns else " at cluster scope"), 404)
 
     async def policy_delete(request: web.Request) -> web.Response:
         n = net()
@@ -122,9 +96,9 @@ def add_routes(app: web.Application, agent: Agent) -> None:
             if not 0 <= port <= 65535:
                 raise ValueError
         except ValueError:
-            return _err("port: expected PORT[/PROTOCOL] with PORT 0-65535, e.g. 5678/TCP")
+            return error("port: expected PORT[/PROTOCOL] with PORT 0-65535, e.g. 5678/TCP")
         if "from" not in q or "to" not in q:
-            return _err("from and to are required (namespace/name of an endpoint, or an IPv4 address)")
+            return error("from and to are required (namespace/name of an endpoint, or an IPv4 address)")
         return await call(n.explain, q["from"], q["to"], port, (proto or q.get("protocol") or "TCP").upper())
 
     async def flows(request: web.Request) -> web.StreamResponse:
@@ -140,7 +114,7 @@ def add_routes(app: web.Application, agent: Agent) -> None:
             if last < 0:
                 raise ValueError("last: must be >= 0")
         except ValueError as e:
-            return _err(str(e))
+            return error(str(e))
         follow = q.get("follow", "0") in ("1", "true", "yes")
         resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await resp.prepare(request)

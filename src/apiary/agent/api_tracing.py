@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from apiary.loader import BpfError
-from apiary.policy.models import PolicyError
+from apiary.textutil import clip
+
+from .api_common import body_text, error, in_worker
 
 if TYPE_CHECKING:
     from .daemon import Agent
@@ -23,21 +23,7 @@ def add_routes(app: web.Application, agent: Agent) -> None:
         return agent.tracing
 
     async def call(fn: Any, *a: Any) -> web.Response:
-        try:
-            res = await asyncio.get_running_loop().run_in_executor(agent.net_pool, fn, *a)
-            return web.json_response(res)
-        except PolicyError as e:
-            problems = [{"field": p.path, "reason": p.reason, "unsupported": p.unsupported} for p in e.problems]
-            n = len(problems)
-            return web.json_response(
-                {
-                    "error": f"tracing policy rejected ({n} problem{'s' if n != 1 else ''}; nothing was changed)",
-                    "problems": problems,
-                },
-                status=400,
-            )
-        except BpfError as e:
-            return web.json_response({"error": str(e)}, status=409 if e.errno == 28 else 500)
+        return await in_worker(agent, fn, *a, what="tracing policy")
 
     async def listing(_: web.Request) -> web.Response:
         t = tr()
@@ -45,7 +31,7 @@ def add_routes(app: web.Application, agent: Agent) -> None:
 
     async def apply(request: web.Request) -> web.Response:
         t = tr()
-        text = await request.text()
+        text = await body_text(request)
         return await call(t.apply, text)
 
     async def delete(request: web.Request) -> web.Response:
@@ -59,7 +45,7 @@ def add_routes(app: web.Application, agent: Agent) -> None:
             return await call(t.set_enabled, name, ns, op == "enable")
         if op == "mode":
             return await call(t.set_mode, name, ns, request.query.get("mode", ""))
-        return web.json_response({"error": f"unknown operation {op!r}"}, status=404)
+        return error(f"unknown operation {clip(op)!r}", 404)
 
     r = app.router
     r.add_get("/v1/tracingpolicies", listing)

@@ -27,6 +27,10 @@ class AgentConfig:
     bpf_stats: bool = True  # BPF_ENABLE_STATS while the agent runs (run count / time per program)
     mount_fs: bool = True  # mount bpffs/tracefs when missing
     tracing: bool = True  # TracingPolicy sensor
+    # API transport
+    api_max_connections: int = 256  # open API connections; past it idle ones are closed (busy: 503)
+    api_idle_timeout: float = 30.0  # seconds a connection may wait for (or between) requests
+    api_request_timeout: float = 120.0  # seconds a request may wait for the control-plane worker (then 503)
     # network
     network: bool = True
     pod_cidr: str = "10.200.0.0/16"

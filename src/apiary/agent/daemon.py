@@ -9,7 +9,6 @@ import os
 import signal
 import time
 import traceback
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -33,6 +32,7 @@ from apiary.runtime.process import ProcessSensor
 
 from . import accounting, bpfinfo
 from .config import AgentConfig
+from .worker import DaemonWorker
 
 
 def _count_type(by_byte: list[int], rec: memoryview) -> None:
@@ -97,7 +97,8 @@ class Agent:
             namespace="tetragon",
             registry=self.registry,
         )
-        self.net_pool = ThreadPoolExecutor(1, thread_name_prefix="network")
+        self.net_pool = DaemonWorker("control-plane")
+        self.api_connections: Any = None
         self._stop: asyncio.Event | None = None
 
     # ------------------------------------------------------------------ start-up / shut-down
@@ -383,6 +384,7 @@ class Agent:
                 "procs_map_full": kc.get("procs_full", 0),
             },
             "subscribers": len(self.subscribers),
+            "api_connections": self.api_connections.stats() if self.api_connections else None,
             "network": self.network.status() if self.network else None,
         }
 
@@ -495,6 +497,21 @@ class Agent:
             loop.remove_reader(self.sensor.ring.fileno())
             self.drain()
             await runner.cleanup()
+            await self._settle_worker(loop)
+
+    async def _settle_worker(self, loop: asyncio.AbstractEventLoop, grace: float = 5.0) -> None:
+        """Give a change in progress a moment to finish; never wait for it longer (its thread is a daemon)."""
+        if self.net_pool.busy() is None:
+            return
+        try:
+            await asyncio.wait_for(asyncio.wrap_future(self.net_pool.submit(lambda: None), loop=loop), grace)
+        except TimeoutError:
+            what, secs = self.net_pool.busy() or ("?", 0.0)
+            self.say(
+                f"stopping while the control-plane worker is still busy with {what} (for {secs:.0f} s): "
+                "that change may be incomplete",
+                flush=True,
+            )
 
     def request_stop(self) -> None:
         if self._stop:

@@ -66,6 +66,16 @@ def _key(p: CompiledTracingPolicy) -> str:
     return f"{p.namespace}/{p.name}"
 
 
+def _failed_hook(p: CompiledTracingPolicy, error: str) -> str:
+    """The field of the hook an attach error is about (``spec.uprobes[0]``), or ``spec``."""
+    for hook in p.hooks:
+        field = hook.source.split(" ", 1)[0]
+        targets = [name.split("_", 3)[-1] if name.startswith("__") else name for name in hook.syscalls]
+        if f"hook {field}" in error or any(t and t in error for t in targets):
+            return f"spec.{field}"
+    return "spec"
+
+
 class Tracing:
     def __init__(self, state_dir: str, process: ProcessSensor, features: KernelFeatures, network: Any = None) -> None:
         self.file = Path(state_dir) / "tracingpolicies.json"
@@ -171,9 +181,12 @@ class Tracing:
                 )
         except BaseException as e:
             undone = self._undo(replaced)
-            if isinstance(e, BpfError) and len(compiled) > 1:
-                e.args = (f"{e} (nothing of the file was applied: {undone})",)
-            raise
+            if not isinstance(e, BpfError) or e.errno == 28:
+                raise  # out of hooks or slots: a capacity problem (409), not the policy's
+            i = len(out)  # the document that failed
+            prefix = f"document[{i}]." if len(compiled) > 1 else ""
+            what = f"{e} (nothing of the file was applied: {undone})" if len(compiled) > 1 else str(e)
+            raise PolicyError([Problem(prefix + _failed_hook(compiled[i], str(e)), what)]) from e
         return out
 
     def _undo(self, replaced: dict[str, Stored | None]) -> str:

@@ -14,20 +14,11 @@ from rich.table import Table
 from apiary import __version__
 from apiary.agent import accounting
 
-from .client import AgentUnreachable, ApiError, Client
-from .network_cmds import endpoint, identity, observe, policy
+from .client import DEFAULT_TIMEOUT, AgentUnreachable, ApiError
+from .network_cmds import _client, _fail, endpoint, identity, observe, policy
 from .output import console
 from .preflight_cmd import preflight
 from .tracing_cmds import tracingpolicy
-
-
-def _fail(msg: str, code: int = 1) -> None:
-    click.echo(f"apiary: {msg}", err=True)
-    sys.exit(code)
-
-
-def _client(ctx: click.Context) -> Client:
-    return Client(ctx.obj.get("socket"))
 
 
 def _call(fn: Any, *a: Any, **kw: Any) -> Any:
@@ -36,17 +27,26 @@ def _call(fn: Any, *a: Any, **kw: Any) -> Any:
     except AgentUnreachable as e:
         _fail(str(e))
     except ApiError as e:
-        _fail(f"agent refused the request: {e}", 2)
+        _fail(f"agent refused the request: {e.text()}", 2)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--socket", "socket_path", envvar="APIARY_SOCKET", default=None, help="Agent API socket.")
+@click.option(
+    "--timeout",
+    envvar="APIARY_TIMEOUT",
+    type=click.FloatRange(min=0.1),
+    default=DEFAULT_TIMEOUT,
+    show_default=True,
+    help="Seconds to wait for the agent's answer (streams: for the first one).",
+)
 @click.version_option(__version__, prog_name="apiary")
 @click.pass_context
-def cli(ctx: click.Context, socket_path: str | None) -> None:
+def cli(ctx: click.Context, socket_path: str | None, timeout: float) -> None:
     """apiary: eBPF networking, flow observability and runtime security for one node."""
     ctx.ensure_object(dict)
     ctx.obj["socket"] = socket_path
+    ctx.obj["timeout"] = timeout
 
 
 # ---------------------------------------------------------------------------- agent
@@ -84,6 +84,27 @@ def cli(ctx: click.Context, socket_path: str | None) -> None:
     type=click.IntRange(min=16, max=1 << 24),
     help="Entries in the BPF policy map (all endpoints).",
 )
+@click.option(
+    "--api-max-connections",
+    default=256,
+    show_default=True,
+    type=click.IntRange(min=2, max=65536),
+    help="Open API connections; past it the oldest idle one is closed (all busy: 503).",
+)
+@click.option(
+    "--api-idle-timeout",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(min=0.1),
+    help="Seconds an API connection may wait for a request before it is closed.",
+)
+@click.option(
+    "--api-request-timeout",
+    default=120.0,
+    show_default=True,
+    type=click.FloatRange(min=0.1),
+    help="Seconds a request may wait for the agent's control-plane worker (then 503).",
+)
 @click.pass_context
 def agent(
     ctx: click.Context,
@@ -101,6 +122,9 @@ def agent(
     policy_audit_mode: bool,
     flow_buffer: int,
     policy_map_size: int,
+    api_max_connections: int,
+    api_idle_timeout: float,
+    api_request_timeout: float,
 ) -> None:
     """Run the agent in the foreground (owns all BPF objects; serves the API)."""
     from apiary.agent.config import AgentConfig, default_socket
@@ -123,6 +147,9 @@ def agent(
         policy_audit_mode=policy_audit_mode,
         flow_buffer=flow_buffer,
         policy_map_size=policy_map_size,
+        api_max_connections=api_max_connections,
+        api_idle_timeout=api_idle_timeout,
+        api_request_timeout=api_request_timeout,
     )
     import ipaddress
     import re
@@ -135,6 +162,9 @@ def agent(
         _fail(f"--instance {instance!r}: 1-12 lower-case letters or digits", 2)
     if node_name:
         cfg.node_name = node_name
+    from apiary.agent.logs import setup_agent_logging
+
+    setup_agent_logging()
     a = Agent(cfg)
     try:
         a.start()
@@ -194,11 +224,13 @@ def events(
         params.append(("since", since))
     use_color = color == "always" or (color == "auto" and sys.stdout.isatty() and not os.environ.get("NO_COLOR"))
     out = sys.stdout
+    seen = 0
     try:
         for ev in _client(ctx).stream("/v1/events", params):
             if "apiary_lost_events" in ev:
                 click.echo(f"EVENTS LOST: {ev['apiary_lost_events']['count']} (this client read too slowly)", err=True)
                 continue
+            seen += 1
             if output == "json":
                 out.write(json.dumps(ev, separators=(",", ":")) + "\n")
             else:
@@ -208,9 +240,11 @@ def events(
     except AgentUnreachable as e:
         _fail(str(e))
     except ApiError as e:
-        _fail(f"agent refused the request: {e}", 2)
+        _fail(f"agent refused the request: {e.text()}", 2)
     except (KeyboardInterrupt, BrokenPipeError):
-        pass
+        return
+    if count is None or seen < count:  # a followed stream only ends when the agent ends it
+        _fail("the agent ended the event stream (it is stopping or restarting)")
 
 
 # ---------------------------------------------------------------------------- status
@@ -307,3 +341,9 @@ def main() -> None:
         cli(obj={}, standalone_mode=True)
     except KeyboardInterrupt:
         sys.exit(130)
+    except Exception as e:  # never a traceback for the user: one line, the details on request
+        if os.environ.get("APIARY_DEBUG"):
+            raise
+        from apiary.textutil import clip
+
+        _fail(f"internal error: {type(e).__name__}: {clip(str(e), 200)} (APIARY_DEBUG=1 shows the traceback)")

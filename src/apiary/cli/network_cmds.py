@@ -6,82 +6,99 @@ import json
 import os
 import sys
 from typing import Any
+from urllib.parse import quote
 
 import click
 from rich.table import Table
 
-from .client import AgentUnreachable, ApiError, Client
+from apiary.observe.flow_filters import FILTER_FLAGS, FLAG_ALIASES
+from apiary.textutil import clip, clip_quoted
+
+from .client import DEFAULT_TIMEOUT, AgentUnreachable, ApiError, Client
 from .output import console
 
-# hubble observe filter flags apiary understands (value-taking), in their long form
-FILTER_FLAGS = {
-    "--verdict",
-    "--from-pod",
-    "--to-pod",
-    "--pod",
-    "--from-namespace",
-    "--to-namespace",
-    "--namespace",
-    "--from-label",
-    "--to-label",
-    "--label",
-    "--from-identity",
-    "--to-identity",
-    "--identity",
-    "--from-ip",
-    "--to-ip",
-    "--ip",
-    "--port",
-    "--from-port",
-    "--to-port",
-    "--protocol",
-    "--type",
-    "--traffic-direction",
-    "--drop-reason-desc",
+# hubble observe's filters as apiary takes them: flag -> (value, help). Parsed by hand (their order matters:
+# --not negates the next one, and a flag may repeat), and listed in `apiary observe -h` by ObserveCommand.
+FILTER_HELP: dict[str, tuple[str, str]] = {
+    "not": ("", "Negate the next filter, e.g. --not --from-ip 10.0.0.1"),
+    "verdict": ("VERDICT", "Flows with this verdict: FORWARDED, DROPPED, AUDIT, ..."),
+    "pod": ("[NS/]POD", "Flows from or to this pod (name or prefix)"),
+    "from-pod": ("[NS/]POD", "Flows from this pod"),
+    "to-pod": ("[NS/]POD", "Flows to this pod"),
+    "namespace": ("NS", "Flows from or to this namespace"),
+    "from-namespace": ("NS", "Flows from this namespace"),
+    "to-namespace": ("NS", "Flows to this namespace"),
+    "label": ("SELECTOR", "Flows from or to endpoints with these labels (key=value,...)"),
+    "from-label": ("SELECTOR", "Flows from endpoints with these labels"),
+    "to-label": ("SELECTOR", "Flows to endpoints with these labels"),
+    "identity": ("ID", "Flows from or to this security identity"),
+    "from-identity": ("ID", "Flows from this security identity"),
+    "to-identity": ("ID", "Flows to this security identity"),
+    "ip": ("IP|CIDR", "Flows from or to this address"),
+    "from-ip": ("IP|CIDR", "Flows from this address"),
+    "to-ip": ("IP|CIDR", "Flows to this address"),
+    "port": ("PORT", "Flows from or to this L4 port"),
+    "from-port": ("PORT", "Flows from this L4 port"),
+    "to-port": ("PORT", "Flows to this L4 port"),
+    "protocol": ("PROTO", "Flows of this protocol: tcp, udp, icmp, ..."),
+    "type": ("TYPE", "Events of this type: trace, drop, policy-verdict, ..."),
+    "traffic-direction": ("DIR", "ingress or egress"),
+    "drop-reason-desc": ("REASON", "Drops for this reason, e.g. POLICY_DENIED"),
 }
-SHORT = {"-n": "--namespace", "-l": "--label", "-t": "--type"}
+SHORT = {f"-{k}": f"--{v}" for k, v in FLAG_ALIASES.items()}
+
+
+class ObserveCommand(click.Command):
+    """`observe`, whose help also lists the filters it parses itself."""
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        super().format_options(ctx, formatter)
+        short = {v: k for k, v in SHORT.items()}
+        rows = []
+        for flag, (value, text) in FILTER_HELP.items():
+            name = f"{short[f'--{flag}']}, --{flag}" if f"--{flag}" in short else f"--{flag}"
+            rows.append((f"{name} {value}".rstrip(), text))
+        with formatter.section("Filters (as in hubble observe; repeatable)"):
+            formatter.write_dl(rows)
 
 
 def _client(ctx: click.Context) -> Client:
-    return Client(ctx.obj.get("socket"))
+    obj = ctx.find_root().obj or {}
+    return Client(obj.get("socket"), timeout=obj.get("timeout", DEFAULT_TIMEOUT))
 
 
 def _fail(msg: str, code: int = 1) -> None:
-    click.echo(f"apiary: {msg}", err=True)
+    """One error line (a long one is cut: it may echo what the user sent) and a non-zero exit."""
+    lines = [clip(clip_quoted(line), 400) for line in msg.splitlines() or [""]]
+    click.echo("apiary: " + "\n".join(lines), err=True)
     sys.exit(code)
 
 
 def _req(ctx: click.Context, method: str, path: str, **kw: Any) -> Any:
-    c = _client(ctx)
     try:
-        r = c.http.request(method, path, **kw)
-    except Exception as e:  # noqa: BLE001 - connection problems become one line
-        import httpx
+        return _client(ctx).request(method, path, **kw)
+    except AgentUnreachable as e:
+        _fail(str(e))
+    except ApiError as e:
+        _fail(e.text(), 1)
 
-        if isinstance(e, httpx.ConnectError | FileNotFoundError):
-            _fail(str(c._unreachable()))
-        raise
-    if r.status_code >= 400:
-        try:
-            body = r.json()
-        except ValueError:
-            body = {"error": r.text}
-        msg = body.get("error", r.text)
-        for p in body.get("problems", []) or []:
-            if p.get("unsupported"):
-                msg += f"\n  unsupported: {p['field']} ({p['reason']})"
-            else:
-                msg += f"\n  {p['field']}: {p['reason']}" if p["field"] else f"\n  {p['reason']}"
-        _fail(msg, 1)
-    return r.json()
+
+def seg(name: str) -> str:
+    """A name as one URL path segment (``/``, newlines and the like percent-encoded)."""
+    return quote(name, safe="", errors="surrogateescape")  # bytes that are not UTF-8 stay what they were
 
 
 def read_file_arg(path: str) -> str:
-    """The text of `-f PATH` (`-` is standard input); one clear line when it cannot be read."""
+    """The text of `-f PATH` (`-` is standard input); one clear line when it cannot be read or is not UTF-8."""
     try:
-        return sys.stdin.read() if path == "-" else open(path).read()
+        raw = sys.stdin.buffer.read() if path == "-" else open(path, "rb").read()
     except OSError as e:
         _fail(f"-f {path}: {e.strerror}", 2)
+        return ""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        _fail(f"-f {path}: not UTF-8 text (byte {raw[e.start]:#04x} at offset {e.start})", 2)
     return ""
 
 
@@ -156,7 +173,7 @@ def endpoint_list(ctx: click.Context, output: str) -> None:
 @click.pass_context
 def endpoint_get(ctx: click.Context, ref: str) -> None:
     """Show one endpoint (namespace/name or name)."""
-    click.echo(json.dumps(_req(ctx, "GET", f"/v1/endpoints/{ref}"), indent=2))
+    click.echo(json.dumps(_req(ctx, "GET", f"/v1/endpoints/{seg(ref)}"), indent=2))
 
 
 @endpoint.command("delete")
@@ -165,7 +182,7 @@ def endpoint_get(ctx: click.Context, ref: str) -> None:
 def endpoint_delete(ctx: click.Context, refs: tuple[str, ...]) -> None:
     """Delete endpoints and every kernel object they own."""
     for ref in refs:
-        row = _req(ctx, "DELETE", f"/v1/endpoints/{ref}")
+        row = _req(ctx, "DELETE", f"/v1/endpoints/{seg(ref)}")
         click.echo(f"endpoint {row['namespace']}/{row['name']} deleted")
 
 
@@ -175,7 +192,7 @@ def endpoint_delete(ctx: click.Context, refs: tuple[str, ...]) -> None:
 @click.pass_context
 def endpoint_exec(ctx: click.Context, ref: str, command: tuple[str, ...]) -> None:
     """Run a command inside the endpoint's netns and cgroup: apiary endpoint exec NAME -- CMD..."""
-    row = _req(ctx, "GET", f"/v1/endpoints/{ref}")
+    row = _req(ctx, "GET", f"/v1/endpoints/{seg(ref)}")
     try:
         with open(os.path.join(row["cgroup"], "cgroup.procs"), "w") as f:
             f.write(str(os.getpid()))
@@ -246,7 +263,7 @@ def policy_list(ctx: click.Context, output: str) -> None:
 @click.pass_context
 def policy_get(ctx: click.Context, name: str, namespace: str) -> None:
     """Print a policy as applied."""
-    click.echo(_req(ctx, "GET", f"/v1/policies/{name}", params={"namespace": namespace})["yaml"], nl=False)
+    click.echo(_req(ctx, "GET", f"/v1/policies/{seg(name)}", params={"namespace": namespace})["yaml"], nl=False)
 
 
 @policy.command("delete")
@@ -255,7 +272,7 @@ def policy_get(ctx: click.Context, name: str, namespace: str) -> None:
 @click.pass_context
 def policy_delete(ctx: click.Context, name: str, namespace: str) -> None:
     """Delete a policy."""
-    res = _req(ctx, "DELETE", f"/v1/policies/{name}", params={"namespace": namespace})
+    res = _req(ctx, "DELETE", f"/v1/policies/{seg(name)}", params={"namespace": namespace})
     click.echo(f"deleted {', '.join(res['deleted'])} (revision {res['revision']})")
 
 
@@ -275,9 +292,9 @@ def policy_explain(ctx: click.Context, src: str, dst: str, port: str, output: st
 
 
 # ------------------------------------------------------------------------------- observe
-@click.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-@click.option("--last", type=click.IntRange(min=0), default=20, show_default=True)
-@click.option("-f", "--follow", is_flag=True)
+@click.command(cls=ObserveCommand, context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.option("--last", type=click.IntRange(min=0), default=20, show_default=True, help="Recent flows first.")
+@click.option("-f", "--follow", is_flag=True, help="Keep streaming new flows.")
 @click.option(
     "-o",
     "--output",
@@ -285,11 +302,11 @@ def policy_explain(ctx: click.Context, src: str, dst: str, port: str, output: st
     default="compact",
     show_default=True,
 )
-@click.option("--print-policy-names", is_flag=True)
+@click.option("--print-policy-names", is_flag=True, help="Name the policies that decided each flow.")
 @click.option("--color", type=click.Choice(["auto", "always", "never"]), default="auto", show_default=True)
 @click.pass_context
 def observe(ctx: click.Context, last: int, follow: bool, output: str, print_policy_names: bool, color: str) -> None:
-    """Hubble flows: `hubble observe` filters (--verdict, --from-pod, --to-pod, --port, --protocol, --not, ...)."""
+    """Hubble flows, filtered as with `hubble observe` (the filters are listed below)."""
     from apiary.observe import hubble
 
     pairs: list[tuple[str, str]] = []
@@ -303,8 +320,8 @@ def observe(ctx: click.Context, last: int, follow: bool, output: str, print_poli
             pairs.append(("--not", ""))
             i += 1
             continue
-        if flag not in FILTER_FLAGS:
-            _fail(f"observe: no such option: {a} (filters: {', '.join(sorted(FILTER_FLAGS | {'--not'}))})", 2)
+        if flag.removeprefix("--") not in FILTER_FLAGS:
+            _fail(f"observe: no such option: {clip(a)} (see apiary observe -h)", 2)
         if not eq:
             if i + 1 >= len(args):
                 _fail(f"observe: {flag} needs a value", 2)
@@ -337,8 +354,10 @@ def observe(ctx: click.Context, last: int, follow: bool, output: str, print_poli
     except AgentUnreachable as e:
         _fail(str(e))
     except ApiError as e:
-        _fail(str(e), 2)
+        _fail(e.text(), 2)
     except KeyboardInterrupt:
-        pass
+        return
+    if follow:  # a followed stream only ends when the agent ends it
+        _fail("the agent ended the flow stream (it is stopping or restarting)")
     if output == "table":
         click.echo(hubble.table(rows))

@@ -7,7 +7,7 @@ import json
 import click
 from rich.table import Table
 
-from .network_cmds import _fail, _req, post_yaml, read_file_arg
+from .network_cmds import _fail, _req, post_yaml, read_file_arg, seg
 from .output import console
 
 
@@ -57,10 +57,10 @@ def _name_cmd(op: str, help_text: str) -> click.Command:
     @click.pass_context
     def cmd(ctx: click.Context, name: str, namespace: str) -> None:
         if op == "delete":
-            res = _req(ctx, "DELETE", f"/v1/tracingpolicies/{name}", params={"namespace": namespace})
+            res = _req(ctx, "DELETE", f"/v1/tracingpolicies/{seg(name)}", params={"namespace": namespace})
             click.echo(f"tracingpolicy {res['deleted'].lstrip('/')} deleted")
         else:
-            res = _req(ctx, "POST", f"/v1/tracingpolicies/{name}/{op}", params={"namespace": namespace})
+            res = _req(ctx, "POST", f"/v1/tracingpolicies/{seg(name)}/{op}", params={"namespace": namespace})
             click.echo(f"tracingpolicy {name} {res['state']}")
 
     return cmd
@@ -81,7 +81,7 @@ for _op, _help in (
 @click.pass_context
 def tp_set_mode(ctx: click.Context, name: str, mode: str, namespace: str) -> None:
     """enforce: act (Sigkill, Signal, DenyConnect); monitor: report the would-be action only."""
-    res = _req(ctx, "POST", f"/v1/tracingpolicies/{name}/mode", params={"namespace": namespace, "mode": mode})
+    res = _req(ctx, "POST", f"/v1/tracingpolicies/{seg(name)}/mode", params={"namespace": namespace, "mode": mode})
     click.echo(f"tracingpolicy {name} mode {res['mode']}")
 
 

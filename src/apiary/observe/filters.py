@@ -10,6 +10,7 @@ from typing import Any
 
 from apiary.observe.clock import datetime_to_ns, parse_rfc3339_ns
 from apiary.observe.tetragon import event_kind
+from apiary.textutil import clip
 
 # CLI event type -> JSON event key. Hook sensors register theirs, e.g. "kprobe": "process_kprobe".
 EVENT_TYPES: dict[str, str] = {
@@ -21,6 +22,7 @@ EVENT_TYPES: dict[str, str] = {
     "uprobe": "process_uprobe",
 }
 
+PID_MAX = 1 << 22  # the kernel's PID_MAX_LIMIT
 _DURATION = re.compile(r"(?:\d+(?:\.\d+)?(?:ms|s|m|h|d))+")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNIT_S = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -32,15 +34,18 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
     s = text.strip()
     if _DURATION.fullmatch(s):
         secs = sum(float(n) * _UNIT_S[u] for n, u in _DURATION_PART.findall(s))
-        return (now or datetime.now(UTC)) - timedelta(seconds=secs)
+        try:
+            return (now or datetime.now(UTC)) - timedelta(seconds=secs)
+        except OverflowError:
+            raise ValueError(f"--since: {clip(text)} reaches back before the year 1") from None
     try:
         ns = parse_rfc3339_ns(s)
-    except ValueError:
+        return datetime.fromtimestamp(ns // 1_000_000_000, UTC) + timedelta(microseconds=ns % 1_000_000_000 // 1000)
+    except (ValueError, OverflowError, OSError):
         raise ValueError(
-            f"--since: {text!r} is neither a duration (e.g. 30s, 5m, 1h30m) "
+            f"--since: {clip(repr(text))} is neither a duration (e.g. 30s, 5m, 1h30m) "
             "nor an RFC3339 timestamp (e.g. 2024-05-01T12:00:00Z)"
         ) from None
-    return datetime.fromtimestamp(ns // 1_000_000_000, UTC) + timedelta(microseconds=ns % 1_000_000_000 // 1000)
 
 
 def event_type_key(name: str) -> str:
@@ -77,7 +82,10 @@ class EventFilter:
             try:
                 pattern = re.compile(binary)
             except re.error as e:
-                raise ValueError(f"--binary: invalid regular expression {binary!r}: {e}") from None
+                raise ValueError(f"--binary: invalid regular expression {clip(repr(binary))}: {e}") from None
+        bad = [p for p in pids or () if not 0 <= int(p) <= PID_MAX]
+        if bad:
+            raise ValueError(f"--pid: {clip(bad[0])} is not a pid (0 to {PID_MAX:,})")
         if isinstance(since, str):
             since = parse_since(since)
         return cls(

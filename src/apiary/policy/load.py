@@ -8,11 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ValidationError
 
-from apiary.policy.yamlutil import StrictLoader as _StrictLoader
-from apiary.policy.yamlutil import load_documents
+from apiary.policy.yamlutil import load_documents, parse_documents
 from apiary.policy.yamlutil import sub as _sub
 from apiary.policy.yamlutil import validation_problems as _validation_problems
 
@@ -120,13 +118,5 @@ def load_policies(text: str, *, default_namespace: str = "default") -> list[Poli
     """Parse one or several YAML documents into policies, or raise :class:`PolicyError` listing every
     problem (paths are prefixed with ``document[i].`` when the text holds several documents).
     A CiliumNetworkPolicy without ``metadata.namespace`` gets ``default_namespace`` (as kubectl does)."""
-    try:
-        docs = [d for d in yaml.load_all(text, Loader=_StrictLoader) if d is not None]
-    except yaml.MarkedYAMLError as e:
-        where = f" (line {e.problem_mark.line + 1}, column {e.problem_mark.column + 1})" if e.problem_mark else ""
-        raise PolicyError(f"invalid YAML: {e.problem}{where}") from None
-    except yaml.YAMLError as e:
-        raise PolicyError(f"invalid YAML: {e}") from None
-    if not docs:
-        raise PolicyError("no policy documents found")
+    docs = parse_documents(text)
     return load_documents(docs, _load_document, default_namespace)

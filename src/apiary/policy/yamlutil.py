@@ -8,22 +8,113 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import ValidationError
 
+from apiary.textutil import clip
+
 from .models import PolicyError, Problem
 
 P = TypeVar("P")
 
 
+# Bounds checked before any document is constructed: a few hundred bytes of nested aliases ("billion laughs")
+# expand to billions of nodes, and every later walk of the data (validation, checks) would do that work.
+MAX_CHARS = 1 << 20  # YAML text of one request or file
+MAX_NODES = 200_000  # nodes once every alias is expanded, all documents together
+MAX_DEPTH = 64  # nesting of mappings and sequences
+
+
 class StrictLoader(yaml.SafeLoader):
-    """SafeLoader that rejects duplicate mapping keys (PyYAML silently keeps the last one)."""
+    """SafeLoader that rejects duplicate mapping keys (PyYAML silently keeps the last one), keys that cannot
+    be keys (sequences, mappings), strings holding lone surrogates, and documents past the bounds above."""
+
+    def __init__(self, stream: Any) -> None:
+        if isinstance(stream, str | bytes) and len(stream) > MAX_CHARS:
+            raise yaml.YAMLError(f"the text is {len(stream):,} characters long; at most {MAX_CHARS:,} are accepted")
+        super().__init__(stream)
+        self._depth = 0
+        self._expanded = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise yaml.composer.ComposerError(
+                    None, None, f"nested deeper than {MAX_DEPTH} levels", self.peek_event().start_mark
+                )
+            return super().compose_node(parent, index)  # type: ignore[no-any-return]
+        finally:
+            self._depth -= 1
+
+    def compose_document(self) -> yaml.Node | None:
+        node = super().compose_document()
+        if node is not None:
+            self._expanded += _expanded_size(node, {}, MAX_NODES - self._expanded)
+        return node
+
+    def construct_scalar(self, node: yaml.ScalarNode) -> Any:
+        value = super().construct_scalar(node)
+        if isinstance(value, str) and any("\ud800" <= c <= "\udfff" for c in value):
+            raise yaml.constructor.ConstructorError(
+                None, None, "a string holds a lone surrogate (not valid Unicode text)", node.start_mark
+            )
+        return value
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
-            if key in seen:
-                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            try:
+                dup = key in seen
+            except TypeError:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"a mapping key must be a scalar, not a {key_node.id}", key_node.start_mark
+                ) from None
+            if dup:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {clip(repr(key))}", key_node.start_mark
+                )
             seen.add(key)
         return super().construct_mapping(node, deep)
+
+
+def _expanded_size(node: yaml.Node, memo: dict[int, int], budget: int) -> int:
+    """Nodes under ``node`` with every alias expanded; ComposerError past ``budget`` or on a recursive alias.
+    Linear in the composed graph (shared nodes are counted once each, then multiplied)."""
+    key = id(node)
+    if key in memo:
+        if memo[key] < 0:
+            raise yaml.composer.ComposerError(None, None, "an alias refers to its own anchor", node.start_mark)
+        size = memo[key]
+    else:
+        memo[key] = -1
+        size = 1
+        if isinstance(node, yaml.SequenceNode):
+            for child in node.value:
+                size += _expanded_size(child, memo, budget)
+        elif isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                size += _expanded_size(k, memo, budget) + _expanded_size(v, memo, budget)
+        memo[key] = size
+    if size > budget:
+        raise yaml.composer.ComposerError(
+            None, None, f"expands to more than {MAX_NODES:,} nodes (aliases included)", node.start_mark
+        )
+    return size
+
+
+def parse_documents(text: str) -> list[Any]:
+    """The non-empty YAML documents of ``text``, or :class:`PolicyError` saying what is wrong and where."""
+    try:
+        docs = [d for d in yaml.load_all(text, Loader=StrictLoader) if d is not None]
+    except yaml.MarkedYAMLError as e:
+        where = f" (line {e.problem_mark.line + 1}, column {e.problem_mark.column + 1})" if e.problem_mark else ""
+        raise PolicyError(f"invalid YAML: {e.problem}{where}") from None
+    except yaml.YAMLError as e:
+        raise PolicyError(f"invalid YAML: {clip(str(e), 200)}") from None
+    except RecursionError:
+        raise PolicyError(f"invalid YAML: nested deeper than {MAX_DEPTH} levels") from None
+    if not docs:
+        raise PolicyError("no policy documents found")
+    return docs
 
 
 def join(loc: tuple[int | str, ...] | list[int | str]) -> str:

@@ -20,8 +20,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from apiary.policy.yamlutil import StrictLoader as _StrictLoader
-from apiary.policy.yamlutil import load_documents
+from apiary.policy.yamlutil import load_documents, parse_documents
 from apiary.policy.yamlutil import sub as _sub
 from apiary.policy.yamlutil import validation_problems as _validation_problems
 
@@ -43,19 +42,6 @@ CONVERT_HINT = "apiary tp convert -f FILE"
 _HOOK_KINDS = ("kprobes", "tracepoints", "lsmhooks", "uprobes", "usdts", "fentries", "listTracepoints")
 _DENY = ("deny", "block", "kill", "sigkill")
 _ALERT = ("alert", "log", "audit", "post")
-
-
-def _parse(text: str) -> list[Any]:
-    try:
-        docs = [d for d in yaml.load_all(text, Loader=_StrictLoader) if d is not None]
-    except yaml.MarkedYAMLError as e:
-        where = f" (line {e.problem_mark.line + 1}, column {e.problem_mark.column + 1})" if e.problem_mark else ""
-        raise PolicyError(f"invalid YAML: {e.problem}{where}") from None
-    except yaml.YAMLError as e:
-        raise PolicyError(f"invalid YAML: {e}") from None
-    if not docs:
-        raise PolicyError("no policy documents found")
-    return docs
 
 
 def _load_document(doc: Any, default_namespace: str) -> tuple[Policy | None, list[Problem]]:
@@ -83,7 +69,7 @@ def load_tracing_policies(text: str, *, default_namespace: str = "default") -> l
     A TracingPolicyNamespaced without ``metadata.namespace`` gets ``default_namespace`` (as kubectl does).
     Documents written in the seed article's invented syntax are rejected with every invented field named,
     its real equivalent, and the converted policy (see :func:`convert_seed`)."""
-    docs = _parse(text)
+    docs = parse_documents(text)
     many = len(docs) > 1
     seed: list[Problem] = []
     for i, doc in enumerate(docs):
@@ -111,11 +97,17 @@ def _strong_markers(doc: dict[str, Any]) -> bool:
     if any(k in spec for k in ("selectors", "listTracepoints", "responseActions")):
         return True
     for kind in _HOOK_KINDS:
-        for hook in spec.get(kind) or []:
+        for hook in _hook_list(spec, kind):
             if isinstance(hook, dict) and ("policy" in hook or "action" in hook or isinstance(hook.get("return"),
                                                                                                   dict)):
                 return True
     return _has_key(doc, ("matchAction", "matchSelectors"))
+
+
+def _hook_list(spec: dict[str, Any], kind: str) -> list[Any]:
+    """The hooks of one kind, or none when the field is not a list (validation then says so with its path)."""
+    hooks = spec.get(kind)
+    return hooks if isinstance(hooks, list) else []
 
 
 def _has_key(obj: Any, keys: tuple[str, ...]) -> bool:
@@ -221,7 +213,7 @@ def seed_problems(doc: Any) -> list[Problem]:
                            "event: sched_process_exec}] (raw: true for raw tracepoints); for exec events no policy "
                            "is needed: apiary reports process_exec for every exec"))
     for kind in _HOOK_KINDS:
-        for i, hook in enumerate(spec.get(kind) or []):
+        for i, hook in enumerate(_hook_list(spec, kind)):
             if isinstance(hook, dict):
                 out += _hook_problems(kind, i, hook)
     if "responseActions" in spec:
@@ -409,7 +401,7 @@ def _convert_doc(doc: dict[str, Any], index: int) -> tuple[dict[str, Any], list[
     if spec.pop("responseActions", None) is not None:
         notes.append("spec.responseActions removed (not a Tetragon field)")
     for kind in ("kprobes", "lsmhooks", "tracepoints", "uprobes"):
-        for i, hook in enumerate(spec.get(kind) or []):
+        for i, hook in enumerate(_hook_list(spec, kind)):
             if isinstance(hook, dict):
                 _convert_hook(kind, i, hook, notes)
     out_spec: dict[str, Any] = {}
@@ -457,4 +449,4 @@ def convert_seed(text: str) -> str:
 
     Documents without seed syntax are written back unchanged (as YAML, comments dropped). Raises
     :class:`PolicyError` when the text is not YAML or a seed construct has no automatic translation."""
-    return _convert_docs(_parse(text))
+    return _convert_docs(parse_documents(text))

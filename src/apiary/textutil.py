@@ -1,0 +1,19 @@
+"""Small text helpers shared by the agent and the CLI."""
+
+from __future__ import annotations
+
+import re
+
+
+def clip(value: object, limit: int = 80) -> str:
+    """``value`` as text cut to ``limit`` characters with an ellipsis, for echoing user input in errors."""
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= limit else f"{text[:limit - 1]}… ({len(text):,} characters)"
+
+
+_QUOTED = re.compile(r"'([^'\n]{81,})'|\"([^\"\n]{81,})\"")
+
+
+def clip_quoted(msg: str, limit: int = 80) -> str:
+    """``msg`` with every quoted value longer than ``limit`` characters cut (errors echo what the user sent)."""
+    return _QUOTED.sub(lambda m: repr(clip(m.group(1) or m.group(2), limit)), msg)

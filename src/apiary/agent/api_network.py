@@ -10,6 +10,7 @@ from aiohttp import web
 
 from apiary.datapath.datapath import CapacityError
 from apiary.datapath.endpoints import EndpointError
+from apiary.datapath.validate import ValidationError, check_endpoint_name, check_labels, check_namespace
 from apiary.loader import BpfError
 from apiary.observe.hubble import lost_events_response
 from apiary.policy.load import PolicyError
@@ -46,6 +47,8 @@ def add_routes(app: web.Application, agent: Agent) -> None:
             return web.json_response(res)
         except PolicyError as e:
             return _policy_error(e)
+        except ValidationError as e:
+            return _err(str(e), 400, field=e.field)
         except CapacityError as e:
             return _err(str(e), 409)
         except EndpointError as e:
@@ -65,14 +68,16 @@ def add_routes(app: web.Application, agent: Agent) -> None:
         n = net()
         try:
             body = await request.json()
-            name, namespace = body["name"], body.get("namespace", "default")
-            labels = body.get("labels", {})
-            if not isinstance(labels, dict) or not all(
-                isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
-            ):
-                return _err("labels: must be an object of string keys and values")
-        except (ValueError, KeyError, TypeError) as e:
-            return _err(f"body: expected JSON {{name, namespace, labels}}: {e}")
+            if not isinstance(body, dict) or "name" not in body:
+                raise ValueError("not an object with a name")
+        except (ValueError, UnicodeDecodeError) as e:
+            return _err(f"body: expected a JSON object {{name, namespace, labels}}: {e}", field="body")
+        try:  # checked here too so that a bad request never waits behind the network worker
+            name = check_endpoint_name(body["name"])
+            namespace = check_namespace(body.get("namespace", "default"))
+            labels = check_labels(body.get("labels", {}))
+        except ValidationError as e:
+            return _err(str(e), 400, field=e.field)
         return await call(lambda: n.endpoint_row(n.create_endpoint(name, namespace, labels)))
 
     async def endpoint_delete(request: web.Request) -> web.Response:
@@ -118,11 +123,13 @@ def add_routes(app: web.Application, agent: Agent) -> None:
         q = request.query
         try:
             port_s, _, proto = q.get("port", "").partition("/")
+            if port_s and not (port_s.isascii() and port_s.isdigit()):
+                raise ValueError
             port = int(port_s) if port_s else 0
             if not 0 <= port <= 65535:
                 raise ValueError
         except ValueError:
-            return _err("port: expected PORT[/PROTOCOL] with PORT 0-65535, e.g. 5678/TCP")
+            return _err("port: expected PORT[/PROTOCOL] with PORT 0-65535, e.g. 5678/TCP", field="port")
         if "from" not in q or "to" not in q:
             return _err("from and to are required (namespace/name of an endpoint, or an IPv4 address)")
         return await call(n.explain, q["from"], q["to"], port, (proto or q.get("protocol") or "TCP").upper())

@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 from apiary.policy.identity import (
+    MAX_CLUSTER_IDENTITY,
     RESERVED_IDENTITIES,
+    CidrIndex,
     IdentityAllocator,
     build_ipcache,
     cidr_selection,
@@ -154,6 +156,8 @@ def test_allocator_is_stable_across_restarts(tmp_path: Path) -> None:
     cidr = a.allocate_cidr(IPv4Network("192.0.2.0/24"))
     assert (fe, be, cidr) == (MIN_CLUSTER_IDENTITY, MIN_CLUSTER_IDENTITY + 1, LOCAL_SCOPE + 1)
     assert a.allocate(reversed(FRONTEND)) == fe  # label order does not matter
+    assert os.listdir(tmp_path) == []  # allocation alone writes nothing: one write per flush
+    a.flush()
     assert sorted(os.listdir(tmp_path)) == ["identities.json"]  # temp file renamed, none left behind
     b = IdentityAllocator(str(state))
     assert b.allocate(BACKEND_B) == be and b.allocate(FRONTEND) == fe
@@ -162,7 +166,51 @@ def test_allocator_is_stable_across_restarts(tmp_path: Path) -> None:
     b.release(fe)
     c = IdentityAllocator(str(state))
     assert c.lookup(FRONTEND) is None and c.allocate(FRONTEND) == MIN_CLUSTER_IDENTITY + 3  # no reuse
+    c.flush()
     assert json.loads(state.read_text())["next_global"] == MIN_CLUSTER_IDENTITY + 4
+
+
+def test_retain_releases_what_nothing_references_and_writes_once(tmp_path: Path) -> None:
+    state = tmp_path / "identities.json"
+    a = IdentityAllocator(str(state))
+    fe = a.allocate(FRONTEND)
+    a.flush()
+    baseline = a.count()
+    for round_ in range(10):  # apply + delete of a 100-CIDR policy, ten times
+        ids = [a.allocate_cidr(IPv4Network(f"198.51.{i}.0/24")) for i in range(100)]
+        assert a.count() == baseline + 100
+        a.flush()
+        assert len(json.loads(state.read_text())["identities"]) == baseline + 100
+        released = a.retain([fe])
+        assert released == sorted(ids) and a.count() == baseline, round_
+    assert len(json.loads(state.read_text())["identities"]) == baseline
+    assert IdentityAllocator(str(state)).lookup(FRONTEND) == fe  # the label identity kept its number
+    assert a.retain(RESERVED_IDENTITIES) == [fe]  # reserved numbers are never in the table
+
+
+def test_flush_writes_only_after_a_change(tmp_path: Path) -> None:
+    state = tmp_path / "identities.json"
+    a = IdentityAllocator(str(state))
+    a.allocate(FRONTEND)
+    a.flush()
+    ino = state.stat().st_ino  # every write renames a new file over this one
+    a.allocate(FRONTEND)  # already known: no change
+    a.flush()
+    a.retain([MIN_CLUSTER_IDENTITY])
+    assert state.stat().st_ino == ino
+    a.allocate(BACKEND_B)
+    a.flush()
+    assert state.stat().st_ino != ino
+
+
+def test_numbers_are_reused_only_once_the_counter_reaches_the_end(tmp_path: Path) -> None:
+    a = IdentityAllocator(None)
+    first = a.allocate(("k8s:app=a",))
+    a.retain([])
+    assert a.allocate(("k8s:app=b",)) == first + 1  # not reused while the scope has room
+    a._next_global = MAX_CLUSTER_IDENTITY + 1  # the counter has reached the end of the cluster scope
+    assert a.allocate(("k8s:app=c",)) == first  # the lowest free number
+    assert a.allocate(("k8s:app=d",)) == first + 2
 
 
 def test_allocator_reserved_and_in_memory() -> None:
@@ -177,6 +225,21 @@ def test_corrupt_state_is_an_error(tmp_path: Path) -> None:
     state.write_text("{")
     with pytest.raises(RuntimeError, match="refusing to renumber"):
         IdentityAllocator(str(state))
+
+
+def test_cidr_index_selects_what_testing_every_prefix_selects() -> None:
+    import random
+
+    rnd = random.Random(7)
+    prefixes = {IPv4Network((rnd.getrandbits(32), plen), strict=False) for plen in (8, 12, 16, 20, 24, 28, 32)
+                for _ in range(60)}
+    cidr_ids = {p: LOCAL_SCOPE + 1 + i for i, p in enumerate(sorted(prefixes))}
+    index = CidrIndex(cidr_ids)
+    for net in [*list(prefixes)[:80], IPv4Network("0.0.0.0/0"), IPv4Network("10.0.0.0/8")]:
+        excepts = [p for p in prefixes if p.subnet_of(net) and p != net][:2]
+        naive = {i for p, i in cidr_ids.items() if p.subnet_of(net) and not any(p.subnet_of(e) for e in excepts)}
+        naive |= {2} if net.prefixlen == 0 else set()
+        assert cidr_selection(net, excepts, index) == naive, net
 
 
 def test_cidr_selection_and_ipcache() -> None:

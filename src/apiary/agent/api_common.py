@@ -11,6 +11,7 @@ from aiohttp import web
 
 from apiary.datapath.datapath import CapacityError
 from apiary.datapath.endpoints import EndpointError
+from apiary.datapath.validate import ValidationError
 from apiary.loader import BpfError
 from apiary.policy.models import PolicyError
 from apiary.textutil import clip, clip_quoted
@@ -110,6 +111,8 @@ async def in_worker(agent: Agent, fn: Any, *args: Any, what: str = "policy") -> 
         )
     except PolicyError as e:
         return policy_rejected(e, what)
+    except ValidationError as e:
+        return error(str(e), 400, field=e.field)
     except CapacityError as e:
         return error(str(e), 409)
     except EndpointError as e:

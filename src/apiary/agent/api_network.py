@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from apiary.datapath.validate import ValidationError, check_endpoint_name, check_labels, check_namespace
 from apiary.observe.hubble import lost_events_response
 
 from .api_common import body_object, body_text, error, in_worker
@@ -41,12 +42,12 @@ def add_routes(app: web.Application, agent: Agent) -> None:
     async def endpoint_create(request: web.Request) -> web.Response:
         n = net()
         body = await body_object(request)
-        name, namespace, labels = body.get("name"), body.get("namespace", "default"), body.get("labels", {})
-        for field, value in (("name", name), ("namespace", namespace)):
-            if not isinstance(value, str):
-                return error(f"{field}: required, a string" if value is None else f"{field}: must be a string")
-        if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
-            return error("labels: must be an object of string keys and values")
+        try:  # checked here too so that a bad request never waits behind the network worker
+            name = check_endpoint_name(body.get("name"))
+            namespace = check_namespace(body.get("namespace", "default"))
+            labels = check_labels(body.get("labels", {}))
+        except ValidationError as e:
+            return error(str(e), 400, field=e.field)
         return await call(lambda: n.endpoint_row(n.create_endpoint(name, namespace, labels)))
 
     async def endpoint_delete(request: web.Request) -> web.Response:
@@ -92,11 +93,13 @@ def add_routes(app: web.Application, agent: Agent) -> None:
         q = request.query
         try:
             port_s, _, proto = q.get("port", "").partition("/")
+            if port_s and not (port_s.isascii() and port_s.isdigit()):
+                raise ValueError
             port = int(port_s) if port_s else 0
             if not 0 <= port <= 65535:
                 raise ValueError
         except ValueError:
-            return error("port: expected PORT[/PROTOCOL] with PORT 0-65535, e.g. 5678/TCP")
+            return error("port: expected PORT[/PROTOCOL] with PORT 0-65535, e.g. 5678/TCP", field="port")
         if "from" not in q or "to" not in q:
             return error("from and to are required (namespace/name of an endpoint, or an IPv4 address)")
         return await call(n.explain, q["from"], q["to"], port, (proto or q.get("protocol") or "TCP").upper())

@@ -92,7 +92,8 @@ class Network:
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> list[str]:
-        notes = []
+        self.em.check_host()
+        notes = self.em.recover()
         self.em.setup_host()
         self._load_policies()
         self.dp.load()
@@ -100,6 +101,9 @@ class Network:
         for key in lost:
             notes.append(f"endpoint {key} lost its netns/veth while the agent was down: recreate it")
         self._recompute()  # maps filled before programs are (re)attached: no window without policy
+        released = self.alloc.retain(self.compiled.identities)
+        if released:
+            notes.append(f"released {len(released)} identities nothing references any more")
         for ep in self.em.endpoints.values():
             if ep.state == "ready":
                 self.dp.attach(ep)
@@ -110,8 +114,10 @@ class Network:
         return notes
 
     def close(self) -> None:
-        # endpoints keep their TC programs (and so their enforcement) while the agent is down
+        # endpoints keep their TC programs (and so their enforcement) while the agent is down; with none
+        # left, the pod CIDR's route and the instance's cgroup directory go too
         self.dp.close(detach=False)
+        self.em.teardown_host()
 
     def remove_everything(self) -> None:
         for ep in list(self.em.endpoints.values()):
@@ -154,6 +160,7 @@ class Network:
         return sorted(ips)
 
     def _compile(self, policies: list[Any], revision: int) -> CompiledPolicy:
+        # the allocator's table is flushed once, at the end of the compile: before the datapath holds the numbers
         return compile_policies(
             policies,
             self._specs(),
@@ -163,6 +170,11 @@ class Network:
             allocator=self.alloc,
             revision=revision,
         )
+
+    def _release_unused(self) -> None:
+        """After every change, committed or not: identities the committed state no longer references
+        (an endpoint's label set, a CIDR no policy names, or what a refused apply allocated) are freed."""
+        self.alloc.retain(self.compiled.identities)
 
     def _write(self, compiled: CompiledPolicy) -> None:
         eps = {e.ep_id: e for e in self.em.endpoints.values() if e.state == "ready"}
@@ -205,13 +217,18 @@ class Network:
             self.dp.forget(ep)
             self.em.delete(ep.key)
             raise
+        finally:
+            self._release_unused()
         return ep
 
     def delete_endpoint(self, ref: str) -> Endpoint:
         ep = self.em.get(ref)
         self.dp.forget(ep)
         self.em.delete(ep.key)
-        self._recompute()
+        try:
+            self._recompute()
+        finally:
+            self._release_unused()
         self.em.teardown_host()
         if not self.em.endpoints:
             self.em.setup_host()
@@ -250,11 +267,14 @@ class Network:
             src = docs[i] if i < len(docs) else text
             new[pid] = StoredPolicy(pid[0], pid[1], pid[2], revision, src, obj)
             result.append({"kind": pid[0], "namespace": pid[1], "name": pid[2], "revision": revision, "action": action})
-        compiled = self._compile([p.obj for p in new.values()], revision)
-        self.dp.check_capacity(compiled)
-        self._write(compiled)
-        self.policies, self.revision = new, revision
-        self._save_policies()
+        try:
+            compiled = self._compile([p.obj for p in new.values()], revision)
+            self.dp.check_capacity(compiled)
+            self._write(compiled)
+            self.policies, self.revision = new, revision
+            self._save_policies()
+        finally:
+            self._release_unused()
         return result
 
     def delete_policy(self, name: str, namespace: str) -> dict[str, Any]:
@@ -264,9 +284,12 @@ class Network:
             raise PolicyError([Problem("metadata.name", f"no policy {name!r} in {where}")])
         new = {k: v for k, v in self.policies.items() if k not in hits}
         revision = self.revision + 1
-        self._write(self._compile([p.obj for p in new.values()], revision))
-        self.policies, self.revision = new, revision
-        self._save_policies()
+        try:
+            self._write(self._compile([p.obj for p in new.values()], revision))
+            self.policies, self.revision = new, revision
+            self._save_policies()
+        finally:
+            self._release_unused()
         return {"deleted": [f"{k[0]} {k[1]}/{k[2]}".replace(" /", " ") for k in hits], "revision": revision}
 
     def policy_rows(self) -> list[dict[str, Any]]:
@@ -385,6 +408,7 @@ class Network:
                 "fill_pct": round(100 * used / pm.max_entries, 2) if pm else 0,
             },
             "ipcache_entries": len(self.compiled.ipcache),
+            "identities_allocated": self.alloc.count(),
             "flows": {
                 "records": self.flow_records,
                 "kernel_lost": self.dp.lost() if self.dp.obj else 0,

@@ -151,13 +151,14 @@ def agent(
         api_idle_timeout=api_idle_timeout,
         api_request_timeout=api_request_timeout,
     )
-    import ipaddress
     import re
 
+    from apiary.datapath.validate import check_pod_cidr_syntax
+
     try:
-        ipaddress.IPv4Network(pod_cidr)
+        check_pod_cidr_syntax(pod_cidr)  # the agent also refuses one that overlaps the host's addresses or routes
     except ValueError as e:
-        _fail(f"--pod-cidr {pod_cidr}: {e}", 2)
+        _fail(str(e), 2)
     if not re.fullmatch(r"[a-z0-9]{1,12}", instance):
         _fail(f"--instance {instance!r}: 1-12 lower-case letters or digits", 2)
     if node_name:

@@ -1,6 +1,13 @@
 """Endpoints: a network namespace joined to the host by a veth pair, an IPv4 from the pod CIDR,
 routes, and a cgroup v2 of its own. Netlink through pyroute2; nothing here knows about BPF.
 
+Kernel object names carry the agent instance: netns `apiary-<instance>-<hash>`, host veth `lxc<hash>`
+(its ifalias `apiary:<instance>:<namespace>/<name>`), cgroup `<cgroup root>/apiary/<instance>/...`.
+Creation and deletion are journalled (an intent record in the state directory, written before the
+first kernel object and removed once the state file holds the result), so an agent killed half-way
+undoes an interrupted create, or finishes an interrupted delete, when it starts again; what else
+carries this instance's names but is not in the state file is removed at start-up too.
+
 Addressing: the first address of the pod CIDR is the router. It sits (as a /32) on every host-side
 veth, so the pod's default route points at it and the host answers ARP for it; each endpoint gets a
 /32 with a host route to its veth. The whole pod CIDR is routed `unreachable` on the host so nothing
@@ -11,10 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import ipaddress
 import json
 import os
-import re
 import shutil
 import subprocess
 import time
@@ -24,17 +29,55 @@ from pathlib import Path
 import pyroute2.config
 from pyroute2 import IPRoute, NetNS, netns
 from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl import rt_type
+
+from .validate import (
+    HostRoute,
+    ValidationError,
+    check_endpoint_name,
+    check_labels,
+    check_namespace,
+    check_pod_cidr,
+    check_pod_cidr_syntax,
+)
 
 # pyroute2 forks helper children for netns work and stops them with SIGTERM. A child inherits the
 # agent's asyncio signal wake-up fd, so its Python SIGTERM handler would tell the *agent's* event loop
 # that the agent got SIGTERM. Children get the default SIGTERM action instead.
 pyroute2.config.disable_mp_signal = True
 
-NAME_RE = r"^[a-z0-9]([-a-z0-9.]{0,61}[a-z0-9])?$"
+# test-only: the path of a file that `create` writes once the kernel objects exist and before the state
+# file records them, then waits there (so a test can kill the agent at the worst moment)
+PAUSE_ENV = "APIARY_TEST_PAUSE_ENDPOINT_CREATE"
 
 
 class EndpointError(Exception):
     pass
+
+
+def host_addresses_and_routes() -> tuple[list[tuple[str, str]], list[HostRoute]]:
+    """The host's IPv4 addresses (address, device) and its main routing table."""
+    with IPRoute() as ipr:
+        names = {link["index"]: link.get_attr("IFLA_IFNAME") or "" for link in ipr.get_links()}
+        addrs = [(a.get_attr("IFA_ADDRESS"), names.get(a["index"], "")) for a in ipr.get_addr(family=2)]
+        routes = [
+            HostRoute(
+                f"{r.get_attr('RTA_DST') or '0.0.0.0'}/{r['dst_len']}",
+                str(rt_type.get(r["type"], r["type"])),
+                names.get(r.get_attr("RTA_OIF"), ""),
+            )
+            for r in ipr.get_routes(family=2, table=254)
+        ]
+    return addrs, routes
+
+
+def _test_pause() -> None:
+    marker = os.environ.get(PAUSE_ENV)
+    if not marker:
+        return
+    Path(marker).write_text(str(os.getpid()))
+    for _ in range(6000):  # until the test kills the agent (at most 10 minutes)
+        time.sleep(0.1)
 
 
 @dataclass
@@ -70,13 +113,15 @@ def _sysctl(path: str, value: str) -> None:
 
 class EndpointManager:
     def __init__(self, pod_cidr: str, instance: str, cgroup_root: str, state_path: str | None) -> None:
-        self.cidr = ipaddress.IPv4Network(pod_cidr)
-        if self.cidr.num_addresses < 4:
-            raise EndpointError(f"pod CIDR {pod_cidr} is too small")
+        try:
+            self.cidr = check_pod_cidr_syntax(pod_cidr, "pod CIDR")
+        except ValidationError as e:
+            raise EndpointError(str(e)) from None
         self.router = str(self.cidr.network_address + 1)
         self.instance = instance  # short tag that makes kernel object names unique per agent
         self.cgroup_parent = Path(cgroup_root) / "apiary" / instance
         self.state_path = Path(state_path) if state_path else None
+        self.journal_path = self.state_path.with_suffix(".journal") if self.state_path else None
         self.endpoints: dict[str, Endpoint] = {}
         self._load()
 
@@ -90,11 +135,78 @@ class EndpointManager:
     def _save(self) -> None:
         if not self.state_path:
             return
-        tmp = self.state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps([e.to_dict() for e in self.endpoints.values()], indent=1))
-        os.replace(tmp, self.state_path)
+        _write_durably(self.state_path, json.dumps([e.to_dict() for e in self.endpoints.values()], indent=1))
+
+    def _journal(self, op: str, ep: Endpoint) -> None:
+        """Record what is about to change in the kernel, before changing it."""
+        if self.journal_path:
+            _write_durably(self.journal_path, json.dumps({"op": op, "endpoint": ep.to_dict()}))
+
+    def _journal_done(self) -> None:
+        if self.journal_path:
+            with contextlib.suppress(FileNotFoundError):
+                self.journal_path.unlink()
+
+    def recover(self) -> list[str]:
+        """At start-up: finish or undo what an agent killed half-way left, then remove whatever carries
+        this instance's names but is not in the state file. Returns what was done, for the log."""
+        notes = []
+        if self.journal_path and self.journal_path.exists():
+            try:
+                rec = json.loads(self.journal_path.read_text())
+                op, ep = rec["op"], Endpoint(**rec["endpoint"])
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                notes.append(f"endpoint journal unreadable ({e}); removing unknown objects instead")
+            else:
+                known = self.endpoints.get(ep.key)
+                if op == "create" and known is not None and known.netns == ep.netns:
+                    pass  # the state file has it: the create had finished
+                elif op == "create":
+                    self._unplumb(ep)
+                    notes.append(f"undid the interrupted creation of endpoint {ep.key}")
+                else:
+                    self._unplumb(ep)
+                    if self.endpoints.pop(ep.key, None) is not None:
+                        self._save()
+                    notes.append(f"finished the interrupted deletion of endpoint {ep.key}")
+            self._journal_done()
+        removed = self._remove_unknown()
+        if removed:
+            notes.append(f"removed objects of this instance unknown to its state: {', '.join(removed)}")
+        return notes
+
+    def _remove_unknown(self) -> list[str]:
+        prefix, alias = f"apiary-{self.instance}-", f"apiary:{self.instance}:"
+        removed = []
+        known_ns = {e.netns for e in self.endpoints.values()}
+        for name in sorted(netns.listnetns()):
+            if name.startswith(prefix) and name not in known_ns:
+                self._remove_objects(name, f"lxc{name[len(prefix):]}", None)
+                removed.append(f"netns {name}")
+        known_if = {e.host_if for e in self.endpoints.values()}
+        with IPRoute() as ipr:
+            for link in ipr.get_links():
+                ifname = link.get_attr("IFLA_IFNAME")
+                if (link.get_attr("IFLA_IFALIAS") or "").startswith(alias) and ifname not in known_if:
+                    with contextlib.suppress(NetlinkError):
+                        ipr.link("del", index=link["index"])
+                        removed.append(f"veth {ifname}")
+        known_cg = {e.cgroup for e in self.endpoints.values()}
+        for d in sorted(self.cgroup_parent.iterdir()) if self.cgroup_parent.is_dir() else []:
+            if d.is_dir() and str(d) not in known_cg:
+                self._remove_objects(None, None, str(d))
+                removed.append(f"cgroup {d}")
+        return removed
 
     # ------------------------------------------------------------------ host set-up
+    def check_host(self) -> None:
+        """Refuse a pod CIDR that holds a host address or overlaps a route apiary did not install."""
+        addrs, routes = host_addresses_and_routes()
+        try:
+            check_pod_cidr(str(self.cidr), addrs, routes, field="pod CIDR")
+        except ValidationError as e:
+            raise EndpointError(str(e)) from None
+
     def setup_host(self) -> None:
         _sysctl("/proc/sys/net/ipv4/ip_forward", "1")
         with IPRoute() as ipr:
@@ -111,8 +223,9 @@ class EndpointManager:
             return
         with IPRoute() as ipr, contextlib.suppress(NetlinkError):
             ipr.route("del", dst=str(self.cidr), type="unreachable")
-        with contextlib.suppress(OSError):
-            self.cgroup_parent.rmdir()
+        for d in (self.cgroup_parent, self.cgroup_parent.parent):  # the shared parent once no instance uses it
+            with contextlib.suppress(OSError):
+                d.rmdir()
 
     # ------------------------------------------------------------------ endpoints
     def _names(self, namespace: str, name: str) -> tuple[str, str]:
@@ -135,9 +248,9 @@ class EndpointManager:
         raise EndpointError("no free endpoint id")
 
     def create(self, name: str, namespace: str, labels: dict[str, str]) -> Endpoint:
-        for what, val in (("name", name), ("namespace", namespace)):
-            if not re.match(NAME_RE, val):
-                raise EndpointError(f"{what} {val!r}: must be a DNS label (lower-case letters, digits, '-', '.')")
+        """ValidationError (naming the field) for a bad name, namespace or label; EndpointError otherwise."""
+        name, namespace = check_endpoint_name(name), check_namespace(namespace)
+        labels = check_labels(labels)
         key = f"{namespace}/{name}"
         if key in self.endpoints:
             raise EndpointError(f"endpoint {key} already exists")
@@ -154,15 +267,18 @@ class EndpointManager:
             0,
             str(self.cgroup_parent / f"{namespace}_{name}"),
         )
-        if os.path.exists(ep.netns_path):  # left by an agent that died mid-way: ours by name, not in use
-            self._unplumb(ep)
+        self._journal("create", ep)
         try:
+            self._unplumb(ep)  # anything left under these names is ours (the hash includes the instance)
             self._plumb(ep)
         except Exception as e:
             self._unplumb(ep)
+            self._journal_done()
             raise EndpointError(f"create endpoint {key}: {e}") from e
+        _test_pause()
         self.endpoints[key] = ep
         self._save()
+        self._journal_done()
         return ep
 
     def _plumb(self, ep: Endpoint) -> None:
@@ -174,6 +290,7 @@ class EndpointManager:
                 ipr.link("add", ifname=ep.host_if, kind="veth", peer={"ifname": "eth0", "net_ns_fd": ep.netns})
                 idx = ipr.link_lookup(ifname=ep.host_if)[0]
                 ep.host_ifindex = idx
+                ipr.link("set", index=idx, ifalias=f"apiary:{self.instance}:{ep.key}")
                 _sysctl(f"/proc/sys/net/ipv6/conf/{ep.host_if}/disable_ipv6", "1")
                 _sysctl(f"/proc/sys/net/ipv4/conf/{ep.host_if}/rp_filter", "0")
                 ipr.link("set", index=idx, state="up")
@@ -201,17 +318,22 @@ class EndpointManager:
         os.makedirs(ep.cgroup, exist_ok=True)
 
     def _unplumb(self, ep: Endpoint) -> None:
-        with IPRoute() as ipr:
-            for idx in ipr.link_lookup(ifname=ep.host_if):
-                with contextlib.suppress(NetlinkError):
-                    ipr.link("del", index=idx)
-        if os.path.exists(ep.netns_path):  # processes still inside keep it alive until they exit
+        self._remove_objects(ep.netns, ep.host_if, ep.cgroup)
+
+    def _remove_objects(self, ns_name: str | None, host_if: str | None, cgroup: str | None) -> None:
+        """Veth (its routes and router address go with it), netns, cgroup; each only if it exists."""
+        if host_if:
+            with IPRoute() as ipr:
+                for idx in ipr.link_lookup(ifname=host_if):
+                    with contextlib.suppress(NetlinkError):
+                        ipr.link("del", index=idx)
+        if ns_name and os.path.exists(f"/run/netns/{ns_name}"):  # processes inside keep it alive until they exit
             with contextlib.suppress(OSError):
-                netns.remove(ep.netns)
-        if os.path.isdir(ep.cgroup):
-            self._kill_cgroup(ep.cgroup)
+                netns.remove(ns_name)
+        if cgroup and os.path.isdir(cgroup):
+            self._kill_cgroup(cgroup)
             with contextlib.suppress(OSError):
-                os.rmdir(ep.cgroup)
+                os.rmdir(cgroup)
 
     @staticmethod
     def _kill_cgroup(path: str) -> None:
@@ -228,9 +350,11 @@ class EndpointManager:
         ep = self.endpoints.get(key)
         if ep is None:
             raise EndpointError(f"no endpoint {key}")
+        self._journal("delete", ep)
         self._unplumb(ep)
         del self.endpoints[key]
         self._save()
+        self._journal_done()
         return ep
 
     def get(self, ref: str) -> Endpoint:
@@ -261,7 +385,15 @@ class EndpointManager:
     def remove_all(self) -> None:
         for key in list(self.endpoints):
             self.delete(key)
-        self.teardown_host()
         shutil.rmtree(self.cgroup_parent, ignore_errors=True)
-        with contextlib.suppress(OSError):  # the shared parent, once no agent instance uses it
-            self.cgroup_parent.parent.rmdir()
+        self.teardown_host()
+
+
+def _write_durably(path: Path, text: str) -> None:
+    """Write to a temporary file, fsync, rename over ``path``: a reader sees the old or the new text."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

@@ -216,16 +216,19 @@ def parse_namespaced_name(name: str) -> tuple[str, str]:
     return "default", parts[0]
 
 
+def _decimal(text: str) -> int:
+    """An unsigned decimal as Go's strconv.ParseUint reads it: ASCII digits only (``int`` also takes
+    fullwidth digits, ``_`` and surrounding spaces); -1 when it is not one."""
+    return int(text) if text.isascii() and text.isdigit() else -1
+
+
 def parse_identity(text: str) -> int:
     """A numeric identity or a reserved identity name (``host``, ``world`` ...)."""
     t = text.strip()
     for num, name in RESERVED_IDENTITIES.items():
         if t == name:
             return num
-    try:
-        v = int(t, 10)
-    except ValueError:
-        v = -1
+    v = _decimal(t)
     if not 0 <= v <= 0xFFFFFFFF:
         names = sorted(RESERVED_IDENTITIES.values())
         raise ValueError(f"invalid security identity, expected one of {names} or a numeric value")
@@ -242,10 +245,7 @@ def _parse_ip(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
 
 
 def _parse_port(text: str) -> int:
-    try:
-        v = int(text, 10)
-    except ValueError:
-        v = -1
+    v = _decimal(text)
     if not 0 <= v <= 65535:
         raise ValueError(f"invalid port {text!r}")
     return v

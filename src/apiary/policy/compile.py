@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from .identity import (
     RESERVED_IDENTITIES,
+    CidrIndex,
     IdentityAllocator,
     build_ipcache,
     cidr_labels,
@@ -106,6 +107,7 @@ class _Compiler:
     def __init__(self, rules: list[_Rule], identities: dict[int, tuple[str, ...]],
                  cidr_ids: dict[IPv4Network, int], revision: int, audit: bool) -> None:
         self.rules, self.identities, self.cidr_ids = rules, identities, cidr_ids
+        self._cidr_index = CidrIndex(cidr_ids)
         self.revision, self.audit = revision, audit
         self.refs: list[RuleRef] = [DEFAULT_DENY_RULE]
         self._ref_ids: dict[tuple[int, str], int] = {}
@@ -125,7 +127,7 @@ class _Compiler:
         return self._ref_ids[key]
 
     def _cidr(self, text: str, excepts: Iterable[str] = ()) -> set[int]:
-        return cidr_selection(_v4(text), [_v4(e) for e in excepts], self.cidr_ids)
+        return cidr_selection(_v4(text), [_v4(e) for e in excepts], self._cidr_index)
 
     def peers(self, r: _Rule, section: str, item: Any, direction: int) -> set[int]:
         """Remote identities an item selects; {0} = any identity."""
@@ -256,6 +258,7 @@ def compile_policies(policies: Sequence[PolicyModel], endpoints: Sequence[Endpoi
             epp.egress_enforced, egress = compiler.direction(ep.ep_id, EGRESS, selecting, enforcement)
             epp.entries = {**ingress, **egress}
         compiled.endpoints[ep.ep_id] = epp
+    allocator.flush()  # the allocator's table is written once per compile, not once per new identity
     return compiled
 
 

@@ -3,6 +3,7 @@ identities in the local scope, and the ipcache (IPv4 prefix -> identity, longest
 
 from __future__ import annotations
 
+import bisect
 import ipaddress
 import json
 import os
@@ -54,14 +55,20 @@ def cidr_labels(prefix: IPv4Network) -> tuple[str, ...]:
 class IdentityAllocator:
     """Label set -> numeric identity. Identities for label sets with a ``cidr:`` label are allocated in
     the local scope (LOCAL_SCOPE + n), others from 256. With ``state_path`` the table is persisted
-    (JSON, written to a temporary file then renamed) so numbers survive restarts. Released numbers are
-    never handed out again."""
+    (JSON, written to a temporary file, fsynced, then renamed) so numbers survive restarts.
+
+    Allocation only changes memory; :meth:`flush` writes the table once (the agent flushes once per
+    compile, before the datapath uses the numbers), and :meth:`retain` releases every identity that the
+    committed state no longer references (an endpoint's label set once no endpoint has it, a CIDR's once
+    no policy names it), as Cilium's reference counts do. A released number is not handed out again
+    until the counter reaches the end of its scope; then the lowest free number is reused."""
 
     def __init__(self, state_path: str | None = None) -> None:
         self.state_path = state_path
         self._by_labels: dict[tuple[str, ...], int] = {}
         self._next_global = MIN_CLUSTER_IDENTITY
         self._next_local = LOCAL_SCOPE + 1
+        self._dirty = False
         if state_path and os.path.exists(state_path):
             self._load(state_path)
 
@@ -74,6 +81,12 @@ class IdentityAllocator:
             self._by_labels = {tuple(e["labels"]): int(e["id"]) for e in state["identities"]}
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise RuntimeError(f"identity state {path} is unreadable ({e}); refusing to renumber identities") from e
+
+    def flush(self) -> None:
+        """Persist the table if it changed since the last flush."""
+        if self._dirty:
+            self._save()
+            self._dirty = False
 
     def _save(self) -> None:
         if not self.state_path:
@@ -104,16 +117,24 @@ class IdentityAllocator:
         if key in self._by_labels:
             return self._by_labels[key]
         if any(lbl.startswith("cidr:") for lbl in key):
-            if self._next_local > MAX_LOCAL_IDENTITY:
-                raise RuntimeError("local identity space exhausted")
-            ident, self._next_local = self._next_local, self._next_local + 1
-        else:
-            if self._next_global > MAX_CLUSTER_IDENTITY:
-                raise RuntimeError("cluster identity space exhausted (256..65535)")
+            if self._next_local <= MAX_LOCAL_IDENTITY:
+                ident, self._next_local = self._next_local, self._next_local + 1
+            else:
+                ident = self._lowest_free(LOCAL_SCOPE + 1, MAX_LOCAL_IDENTITY, "local")
+        elif self._next_global <= MAX_CLUSTER_IDENTITY:
             ident, self._next_global = self._next_global, self._next_global + 1
+        else:
+            ident = self._lowest_free(MIN_CLUSTER_IDENTITY, MAX_CLUSTER_IDENTITY, "cluster")
         self._by_labels[key] = ident
-        self._save()
+        self._dirty = True
         return ident
+
+    def _lowest_free(self, low: int, high: int, scope: str) -> int:
+        used = {i for i in self._by_labels.values() if low <= i <= high}
+        for i in range(low, high + 1):
+            if i not in used:
+                return i
+        raise RuntimeError(f"{scope} identity space exhausted ({low}..{high})")
 
     def allocate_cidr(self, prefix: IPv4Network) -> int:
         return self.allocate(cidr_labels(prefix))
@@ -123,24 +144,59 @@ class IdentityAllocator:
         return _RESERVED_BY_LABELS.get(key, self._by_labels.get(key))
 
     def release(self, identity: int) -> None:
-        for key, ident in list(self._by_labels.items()):
-            if ident == identity:
-                del self._by_labels[key]
-                self._save()
+        self.retain(i for i in self._by_labels.values() if i != identity)
+
+    def retain(self, in_use: Iterable[int]) -> list[int]:
+        """Release every allocated identity not in ``in_use``, then flush. Returns the released ones."""
+        keep = set(in_use)
+        released = [i for i in self._by_labels.values() if i not in keep]
+        if released:
+            gone = set(released)
+            self._by_labels = {k: i for k, i in self._by_labels.items() if i not in gone}
+            self._dirty = True
+        self.flush()
+        return sorted(released)
+
+    def count(self) -> int:
+        """How many identities are allocated (reserved ones not counted)."""
+        return len(self._by_labels)
 
     def identities(self) -> dict[int, tuple[str, ...]]:
         """Every identity this allocator knows, reserved ones included."""
         return {**RESERVED_IDENTITIES, **{i: lbls for lbls, i in self._by_labels.items()}}
 
 
-def cidr_selection(net: IPv4Network, excepts: Iterable[IPv4Network], cidr_ids: Mapping[IPv4Network, int]) -> set[int]:
+class CidrIndex:
+    """The CIDR identities sorted by network address, so that the prefixes inside a network are found by
+    bisection instead of by testing every one (a policy naming thousands of CIDRs selects in n log n)."""
+
+    def __init__(self, cidr_ids: Mapping[IPv4Network, int]) -> None:
+        rows = sorted((int(p.network_address), p.prefixlen, i) for p, i in cidr_ids.items())
+        self._starts = [r[0] for r in rows]
+        self._rows = rows
+
+    def inside(self, net: IPv4Network) -> Iterable[tuple[int, int, int]]:
+        """(network address, prefix length, identity) of every prefix that is a subnet of ``net``."""
+        lo = bisect.bisect_left(self._starts, int(net.network_address))
+        hi = bisect.bisect_right(self._starts, int(net.broadcast_address))
+        return (r for r in self._rows[lo:hi] if r[1] >= net.prefixlen)
+
+
+def _within(start: int, plen: int, net: IPv4Network) -> bool:
+    shift = 32 - net.prefixlen
+    return plen >= net.prefixlen and start >> shift == int(net.network_address) >> shift
+
+
+def cidr_selection(net: IPv4Network, excepts: Iterable[IPv4Network],
+                   cidr_ids: Mapping[IPv4Network, int] | CidrIndex) -> set[int]:
     """Identities a CIDR rule selects: every CIDR identity whose prefix lies inside ``net`` and not inside
     an except; ``0.0.0.0/0`` also selects world. Endpoints and the host have /32 ipcache entries, so a
     CIDR rule never matches them (longest prefix wins)."""
     excepts = list(excepts)
+    index = cidr_ids if isinstance(cidr_ids, CidrIndex) else CidrIndex(cidr_ids)
     out = {ID_WORLD} if net.prefixlen == 0 else set()
-    for prefix, ident in cidr_ids.items():
-        if prefix.subnet_of(net) and not any(prefix.subnet_of(e) for e in excepts):
+    for start, plen, ident in index.inside(net):
+        if not any(_within(start, plen, e) for e in excepts):
             out.add(ident)
     return out
 

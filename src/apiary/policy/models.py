@@ -155,7 +155,7 @@ class PortProtocol(_Strict):
     def _port(cls, v: str) -> str:
         if v == "":
             raise invalid("port must be specified (a number 0-65535 or a port name)")
-        if v.isdigit():
+        if v.isascii() and v.isdigit():  # str.isdigit alone accepts fullwidth and other Unicode digits
             if int(v) > 65535:
                 raise invalid(f"port {v} is out of range 0-65535")
             return str(int(v))
@@ -175,7 +175,7 @@ class PortProtocol(_Strict):
     @property
     def number(self) -> int | None:
         """The port number, or None for a named port."""
-        return int(self.port) if self.port.isdigit() else None
+        return int(self.port) if self.port.isascii() and self.port.isdigit() else None
 
     @model_validator(mode="after")
     def _range(self) -> PortProtocol:
@@ -258,7 +258,7 @@ class ICMPField(_Strict):
         """The numeric ICMP type."""
         v = self.type_
         names = ICMPV6_TYPES if self.family == "IPv6" else ICMPV4_TYPES
-        if isinstance(v, str) and v.isdigit():
+        if isinstance(v, str) and v.isascii() and v.isdigit():
             v = int(v)
         if isinstance(v, int) and not isinstance(v, bool):
             if 0 <= v <= 255:

@@ -20,34 +20,26 @@ MISSING = "apiary_no_such_symbol_in_true"
 START = 180.0  # seconds: agents start slowly on a loaded 2-core machine
 
 
+def _policy(name: str, spec: str) -> str:
+    head = f"apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata: {{name: {name}}}\nspec:\n"
+    return head + textwrap.indent(textwrap.dedent(spec), "  ")
+
+
 def _doc(name: str, call: str = "sys_getppid", action: str = "Post") -> str:
-    return textwrap.dedent(
+    return _policy(
+        name,
         f"""\
-        apiVersion: cilium.io/v1alpha1
-        kind: TracingPolicy
-        metadata: {{name: {name}}}
-        spec:
-          kprobes:
-          - call: {call}
-            syscall: true
-            selectors:
-            - matchActions: [{{action: {action}}}]
-        """
+        kprobes:
+        - call: {call}
+          syscall: true
+          selectors:
+          - matchActions: [{{action: {action}}}]
+        """,
     )
 
 
 def _bad_uprobe(name: str) -> str:
-    return textwrap.dedent(
-        f"""\
-        apiVersion: cilium.io/v1alpha1
-        kind: TracingPolicy
-        metadata: {{name: {name}}}
-        spec:
-          uprobes:
-          - path: /usr/bin/true
-            symbols: [{MISSING}]
-        """
-    )
+    return _policy(name, f"uprobes:\n- path: /usr/bin/true\n  symbols: [{MISSING}]\n")
 
 
 @pytest.fixture(scope="module")
@@ -214,3 +206,15 @@ def test_an_event_of_a_process_the_cache_no_longer_holds_is_emitted_and_counted(
             target.kill()
             target.wait()
         agent.cleanup()
+
+
+def test_counts_survive_set_mode_and_a_new_policy_starts_from_zero(agent: AgentProcess) -> None:
+    assert _apply(agent, _doc("ta-count")).returncode == 0
+    _getppid_child(50)
+    before = next(r for r in _list(agent) if r["name"] == "ta-count")["events"]
+    assert before >= 50
+    assert agent.cli("tp", "set-mode", "ta-count", "monitor").returncode == 0  # a new version, new hook slots
+    assert next(r for r in _list(agent) if r["name"] == "ta-count")["events"] >= before
+    assert agent.cli("tp", "delete", "ta-count").returncode == 0
+    assert _apply(agent, _doc("ta-count-2", call="sys_sync")).returncode == 0
+    assert next(r for r in _list(agent) if r["name"] == "ta-count-2")["events"] < 50

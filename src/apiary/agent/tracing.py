@@ -254,10 +254,7 @@ class Tracing:
         out = []
         for st in self.stored.values():
             lp = self.sensor.policies[st.key]
-            counts = {"matched": 0, "posted": 0, "enforced": 0, "lost": 0}
-            for hid in lp.hook_ids:
-                for k, v in self.sensor.hook_counters(hid).items():
-                    counts[k] += v
+            counts = self.sensor.policy_counters(lp)
             out.append(
                 {
                     "name": st.compiled.name,

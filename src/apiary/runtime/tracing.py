@@ -36,6 +36,7 @@ class LoadedPolicy:
     hook_ids: list[int] = field(default_factory=list)
     enabled: bool = True
     cgroups: set[int] = field(default_factory=set)
+    carried: dict[str, int] = field(default_factory=dict)  # counts of the versions it replaced (set-mode…)
 
 
 class TracingSensor:
@@ -56,6 +57,8 @@ class TracingSensor:
         # hooks of deleted or replaced policies, oldest first: their events still in the ring are theirs
         # (hook ids are reused least recently retired first, so such a late event is not misattributed)
         self.retired: dict[int, tuple[LoadedPolicy, Hook]] = {}
+        # the kernel's counters of a hook slot when its current hook got it: a hook counts from there
+        self.baseline: dict[int, dict[str, int]] = {}
         self.sys_links: dict[str, Any] = {}  # one tracepoint link per watched syscall, one LSM link per hook
         self._next_policy = 1
         self._dyn: dict[str, int] = {}  # pseudo numbers (attach cookies) of tracepoints, uprobes, kprobes
@@ -195,6 +198,8 @@ class TracingSensor:
         lp = LoadedPolicy(policy, old.policy_id if old else self._next_policy, ids, True, set(cgroups or ()))
         if not old:
             self._next_policy += 1
+        else:
+            lp.carried = self.policy_counters(old)
         scoped = policy.pod_selector is not None or policy.kind == "TracingPolicyNamespaced"
         flags = abi.F_ENABLED | (abi.F_SCOPED if scoped else 0) | (abi.F_MONITOR if policy.mode == "monitor" else 0)
         # write: scope first, then follow bits, then hook configs, then the syscall table that makes them live
@@ -207,6 +212,7 @@ class TracingSensor:
             hook = policy.hooks[ids.index(hid)]
             self._claim_bit(b, hid, si, w, hook, tree)
         for hid, hook in zip(ids, policy.hooks, strict=True):
+            self.baseline[hid] = self._raw_counters(hid)
             follow = {(si, w): b for (h, si, w), b in assign.items() if h == hid}
             self.hooks_map.update(
                 hid.to_bytes(4, "little"), abi.encode_hook(hook, lp.policy_id, hid, flags, follow)
@@ -228,7 +234,7 @@ class TracingSensor:
             self.policies.pop(key, None)
             self._write_syscalls()
             if old:
-                self.apply(key, old.policy, old.cgroups)
+                self.apply(key, old.policy, old.cgroups).carried = lp.carried
             raise
         for hid in drop:
             if hid not in ids:
@@ -398,15 +404,29 @@ class TracingSensor:
         for cg in lp.cgroups:
             self.scope_map.delete(_scope_key(lp.policy_id, cg))
 
-    def hook_counters(self, hid: int) -> dict[str, int]:
+    def _raw_counters(self, hid: int) -> dict[str, int]:
         return {name: sum(self.counters.get(hid * 4 + i) or [0]) for i, name in enumerate(abi.CNT)}
+
+    def hook_counters(self, hid: int) -> dict[str, int]:
+        """What a hook counted since it got its slot (a slot's earlier hooks' counts are not its own)."""
+        base = self.baseline.get(hid, {})
+        return {k: v - base.get(k, 0) for k, v in self._raw_counters(hid).items()}
+
+    def policy_counters(self, lp: LoadedPolicy) -> dict[str, int]:
+        """A policy's counts: its hooks', and those of the versions it replaced."""
+        out = {name: lp.carried.get(name, 0) for name in abi.CNT}
+        for hid in lp.hook_ids:
+            for k, v in self.hook_counters(hid).items():
+                out[k] += v
+        return out
 
     def totals(self) -> dict[str, int]:
         """Events every hook slot ever posted to the ring and lost (ring full), policies gone included."""
         out = {"posted": 0, "lost": 0}
         for hid in range(abi.GS_HOOKS):
+            raw = self._raw_counters(hid)
             for name in out:
-                out[name] += sum(self.counters.get(hid * 4 + abi.CNT.index(name)) or [0])
+                out[name] += raw[name]
         return out
 
     def kernel_memory(self, lp: LoadedPolicy) -> int:

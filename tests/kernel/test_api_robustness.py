@@ -277,7 +277,9 @@ def test_agent_killed_mid_request_and_mid_stream() -> None:
         a.proc.kill()
         a.proc.wait(timeout=30)
         for p, expect in ((ev, "closed the stream"), (obs, "closed the stream"), (apply, "closed the connection")):
-            _, err = p.communicate(timeout=30)
+            p.wait(timeout=30)
+            assert p.stderr is not None
+            err = p.stderr.read()
             assert p.returncode != 0, err
             assert "Traceback" not in err and expect in err, err
             assert len(err.strip().splitlines()) == 1

@@ -11,9 +11,15 @@ def clip(value: object, limit: int = 80) -> str:
     return text if len(text) <= limit else f"{text[:limit - 1]}… ({len(text):,} characters)"
 
 
+_CLIPPED = re.compile(r"… \([\d,]+ characters\)$")  # already cut by clip()
 _QUOTED = re.compile(r"'([^'\n]{81,})'|\"([^\"\n]{81,})\"")
 
 
 def clip_quoted(msg: str, limit: int = 80) -> str:
     """``msg`` with every quoted value longer than ``limit`` characters cut (errors echo what the user sent)."""
-    return _QUOTED.sub(lambda m: repr(clip(m.group(1) or m.group(2), limit)), msg)
+
+    def cut(m: re.Match[str]) -> str:
+        value = m.group(1) or m.group(2)
+        return m.group(0) if _CLIPPED.search(value) else repr(clip(value, limit))
+
+    return _QUOTED.sub(cut, msg)

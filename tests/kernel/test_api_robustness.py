@@ -118,7 +118,8 @@ def test_alias_bomb_is_refused_at_once_and_the_agent_keeps_working(shared: Agent
         assert r.status_code == 400
         assert "expands to more than" in r.json()["problems"][0]["reason"]
         assert time.monotonic() - t < 5
-    ok = shared.cli("policy", "apply", "-f", "-", input=CNP + "  endpointSelector: {}\n")
+    valid = CNP + "  endpointSelector: {}\n  ingress:\n  - fromEntities: [host]\n"
+    ok = shared.cli("policy", "apply", "-f", "-", input=valid)
     assert ok.returncode == 0, ok.stderr
     assert shared.cli("policy", "delete", "c1", "-n", "default").returncode == 0
     assert c.get("/v1/health")["ok"] is True
@@ -186,13 +187,15 @@ def test_idle_connection_flood_never_locks_out_the_cli_nor_floods_the_log() -> N
         # streams in progress are never evicted: past the limit, a new request is answered 503 (busy)
         streams = [httpx.Client(transport=httpx.HTTPTransport(uds=a.socket), base_url="http://apiary", timeout=30)
                    for _ in range(16)]
-        held = [cl.stream("GET", "/v1/events").__enter__() for cl in streams]
+        held = [cl.stream("GET", "/v1/events") for cl in streams]
         try:
+            for cm in held:
+                cm.__enter__()
             r503 = a.client().http.get("/v1/health")
             assert r503.status_code == 503 and "too many API connections" in r503.json()["error"]
         finally:
-            for resp in held:
-                resp.close()
+            for cm in held:
+                cm.__exit__(None, None, None)
             for cl in streams:
                 cl.close()
         for _ in range(50):
@@ -202,6 +205,12 @@ def test_idle_connection_flood_never_locks_out_the_cli_nor_floods_the_log() -> N
             except Exception:  # noqa: BLE001 - the streams' connections are still closing
                 time.sleep(0.1)
         assert a.client().get("/v1/health")["ok"] is True
+        # streams whose client went away end at once: their subscribers are gone
+        deadline = time.monotonic() + 10
+        while a.client().get("/v1/status")["subscribers"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert a.client().get("/v1/status")["subscribers"] == 0
+        assert a.client().get("/v1/status")["api_connections"]["refused_busy"] >= 1
     finally:
         for s in socks:
             s.close()
@@ -268,7 +277,9 @@ def test_agent_killed_mid_request_and_mid_stream() -> None:
         a.proc.kill()
         a.proc.wait(timeout=30)
         for p, expect in ((ev, "closed the stream"), (obs, "closed the stream"), (apply, "closed the connection")):
-            _, err = p.communicate(timeout=30)
+            p.wait(timeout=30)
+            assert p.stderr is not None
+            err = p.stderr.read()
             assert p.returncode != 0, err
             assert "Traceback" not in err and expect in err, err
             assert len(err.strip().splitlines()) == 1

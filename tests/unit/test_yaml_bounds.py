@@ -70,3 +70,4 @@ def test_clip() -> None:
     msg = clip_quoted(f"name {'y' * 500!r}: must be a DNS label")
     assert len(msg) < 130 and msg.endswith(": must be a DNS label")
     assert clip_quoted("no policy 'ab'") == "no policy 'ab'"
+    assert clip_quoted(msg) == msg  # cutting twice (agent, then CLI) keeps the true length

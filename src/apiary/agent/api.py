@@ -206,7 +206,7 @@ class ConnectionLimit:
         self.refused = 0
 
     def connection_made(self, handler: Any, transport: asyncio.Transport) -> None:
-        conns = [h for h in self.server.connections if h.transport is not None]
+        conns = [h for h in self.server.connections if h.transport is not None]  # closed ones may linger
         if len(conns) >= self.limit:
             idle = [h for h in conns if not getattr(h, "_request_in_progress", True)]
             if not idle:
@@ -233,8 +233,13 @@ async def serve(agent: Agent) -> web.AppRunner:
     if os.path.exists(path):
         os.unlink(path)  # stale: we hold the lock, so nobody else serves it
     # keepalive_timeout also closes a connection that never sends a request (aiohttp arms it at accept)
+    # handler_cancellation: a stream whose client went away ends at once (its subscriber with it)
     runner = web.AppRunner(
-        build_app(agent), handle_signals=False, access_log=None, keepalive_timeout=agent.cfg.api_idle_timeout
+        build_app(agent),
+        handle_signals=False,
+        access_log=None,
+        keepalive_timeout=agent.cfg.api_idle_timeout,
+        handler_cancellation=True,
     )
     await runner.setup()
     assert runner.server is not None

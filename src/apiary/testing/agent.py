@@ -36,11 +36,14 @@ class AgentProcess:
         self.pod_cidr = f"10.{210 + h % 40}.{(h >> 8) % 256}.0/24"  # unique per test agent
 
     def cli(self, *args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
+        timeout = kw.pop("timeout", 600 if IN_VM else 60)
+        env = kw.pop("env", None) or {**os.environ, "APIARY_TIMEOUT": str(timeout)}  # the CLI's own bound
         return subprocess.run(
             [sys.executable, "-m", "apiary", "--socket", self.socket, *args],
             capture_output=True,
             text=True,
-            timeout=kw.pop("timeout", 600 if IN_VM else 60),
+            timeout=timeout,
+            env=env,
             **kw,
         )
 
@@ -86,7 +89,7 @@ class AgentProcess:
         raise RuntimeError(f"agent did not come up in {timeout}s:\n{self.log()}")
 
     def client(self) -> Client:
-        return Client(self.socket)
+        return Client(self.socket, timeout=600 if IN_VM else 300)
 
     def log(self) -> str:
         try:

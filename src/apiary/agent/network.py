@@ -93,7 +93,7 @@ class Network:
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> list[str]:
         self.em.check_host()
-        notes = self.em.recover()
+        notes = self.em.recover() + self.em.drop_refused_labels()
         self.em.setup_host()
         self._load_policies()
         self.dp.load()

@@ -175,6 +175,21 @@ class EndpointManager:
             notes.append(f"removed objects of this instance unknown to its state: {', '.join(removed)}")
         return notes
 
+    def drop_refused_labels(self) -> list[str]:
+        """Endpoints stored by an older agent may carry labels that are refused now (a forged namespace):
+        those labels are dropped, so the endpoint gets the identity of the namespace it is really in."""
+        notes = []
+        for ep in self.endpoints.values():
+            for key, value in list(ep.labels.items()):
+                try:
+                    check_labels({key: value})
+                except ValidationError as e:
+                    del ep.labels[key]
+                    notes.append(f"endpoint {ep.key}: dropped label {e}")
+        if notes:
+            self._save()
+        return notes
+
     def _remove_unknown(self) -> list[str]:
         prefix, alias = f"apiary-{self.instance}-", f"apiary:{self.instance}:"
         removed = []

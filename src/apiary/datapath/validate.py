@@ -120,7 +120,7 @@ def check_labels(labels: object, field: str = "labels") -> dict[str, str]:
     for key, value in labels.items():
         if not isinstance(key, str) or not isinstance(value, str):
             raise ValidationError(field, "must be an object of string keys and values")
-        where = f"{field}.{key}" if len(key) <= 80 and key.isprintable() else field
+        where = f"{field}.{key}" if key and len(key) <= 80 and key.isprintable() else field
         check_label_key(key, where)
         check_label_value(key, value, where)
         out[key] = value

@@ -7,19 +7,24 @@ dies under it or the user may not use the API."""
 from __future__ import annotations
 
 import json
+import os
 import resource
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from apiary.datapath.endpoints import PAUSE_ENV
 from apiary.testing.agent import AgentProcess
 
 START = 180.0  # the agent starts slowly on a loaded 2-core machine
@@ -218,25 +223,34 @@ def test_idle_connection_flood_never_locks_out_the_cli_nor_floods_the_log() -> N
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
-def _busy_with_a_big_policy(a: AgentProcess) -> threading.Thread:
-    """A real slow request: a policy with 2,000 CIDRs keeps the control-plane worker busy for seconds."""
+def _busy_worker(a: AgentProcess, marker: Path) -> threading.Thread:
+    """A request that keeps the control-plane worker busy: an endpoint create held by the agent's test pause
+    (APIARY_TEST_PAUSE_ENDPOINT_CREATE) once its kernel objects exist."""
 
-    def apply() -> None:
+    def create() -> None:
         try:
-            a.client().http.post("/v1/policies", content=big_cnp(2000).encode(), timeout=600)
+            a.client().http.post("/v1/endpoints", json={"name": "held", "namespace": "default"}, timeout=600)
         except httpx.HTTPError:
             pass  # the agent stops under it
 
-    t = threading.Thread(target=apply, daemon=True)
+    t = threading.Thread(target=create, daemon=True)
     t.start()
-    time.sleep(3)
+    deadline = time.monotonic() + 120
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert marker.exists(), "the endpoint create never reached its pause"
     return t
 
 
 def test_sigterm_stops_the_agent_while_its_worker_is_busy_and_clients_are_told() -> None:
-    a = started("--api-request-timeout", "2")
+    marker = Path(tempfile.mkdtemp(prefix="apiary-pause-")) / "paused"
+    os.environ[PAUSE_ENV] = str(marker)
     try:
-        _busy_with_a_big_policy(a)
+        a = started("--api-request-timeout", "2")
+    finally:
+        del os.environ[PAUSE_ENV]
+    try:
+        _busy_worker(a, marker)
         # the agent answers requests that need the busy worker with a 503 after --api-request-timeout
         r = a.client().http.get("/v1/endpoints", timeout=30)
         assert r.status_code == 503 and "did not answer within 2 s" in r.json()["error"]
@@ -258,20 +272,27 @@ def test_sigterm_stops_the_agent_while_its_worker_is_busy_and_clients_are_told()
         assert "ended the event stream" in err or "closed the stream" in err
     finally:
         a.cleanup()
+        shutil.rmtree(marker.parent, ignore_errors=True)
 
 
 def test_agent_killed_mid_request_and_mid_stream() -> None:
-    a = started()
+    marker = Path(tempfile.mkdtemp(prefix="apiary-pause-")) / "paused"
+    os.environ[PAUSE_ENV] = str(marker)
+    try:
+        a = started()
+    finally:
+        del os.environ[PAUSE_ENV]
     try:
         cmd = [sys.executable, "-m", "apiary", "--socket", a.socket]
         ev = subprocess.Popen([*cmd, "events"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         obs = subprocess.Popen([*cmd, "observe", "-f"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        apply = subprocess.Popen([*cmd, "policy", "apply", "-f", "-"], stdin=subprocess.PIPE,
+        # a request the agent is in the middle of: an endpoint create held at the agent's test pause
+        apply = subprocess.Popen([*cmd, "endpoint", "create", "held"],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        assert apply.stdin is not None
-        apply.stdin.write(big_cnp(2000))
-        apply.stdin.close()
-        time.sleep(4)
+        deadline = time.monotonic() + 120
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert marker.exists(), "the endpoint create never reached its pause"
         assert ev.poll() is None and obs.poll() is None and apply.poll() is None
         assert a.proc is not None
         a.proc.kill()
@@ -285,3 +306,4 @@ def test_agent_killed_mid_request_and_mid_stream() -> None:
             assert len(err.strip().splitlines()) == 1
     finally:
         a.cleanup()
+        shutil.rmtree(marker.parent, ignore_errors=True)

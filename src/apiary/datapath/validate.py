@@ -53,6 +53,8 @@ def shown(value: str, limit: int = 40) -> str:
 
 
 def _dns_name(value: object, field: str, pattern: re.Pattern[str], kind: str) -> str:
+    if value is None:
+        raise ValidationError(field, "required, a string")
     if not isinstance(value, str):
         raise ValidationError(field, f"must be a string, not {type(value).__name__}")
     if len(value) > MAX_NAME:

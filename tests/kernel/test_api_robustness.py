@@ -307,3 +307,26 @@ def test_agent_killed_mid_request_and_mid_stream() -> None:
     finally:
         a.cleanup()
         shutil.rmtree(marker.parent, ignore_errors=True)
+
+
+def test_a_hook_that_cannot_attach_is_400_and_the_whole_file_is_undone(shared: AgentProcess) -> None:
+    ok = "apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata: {name: first-ok}\nspec:\n  uprobes:\n" \
+        "  - path: /usr/bin/bash\n    symbols: [shell_execve]\n"
+    bad = "apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata: {name: second-bad}\nspec:\n  uprobes:\n" \
+        "  - path: /usr/bin/bash\n    symbols: [apiary_no_such_symbol]\n"
+    c = shared.client()
+
+    def attached() -> list[dict[str, Any]]:
+        return [b for b in c.get("/v1/bpf")["links"] if "shell_execve" in b["attach"]]
+
+    assert c.http.post("/v1/tracingpolicies", content=ok.encode()).status_code == 200
+    assert attached()  # what the check below looks for is really there when the policy is
+    assert c.http.delete("/v1/tracingpolicies/first-ok").status_code == 200
+    assert not attached()
+    r = c.http.post("/v1/tracingpolicies", content=f"{ok}---\n{bad}".encode())
+    assert r.status_code == 400
+    (p,) = r.json()["problems"]
+    assert p["field"] == "document[1].spec.uprobes[0]" and "apiary_no_such_symbol" in p["reason"]
+    names = [row["name"] for row in c.get("/v1/tracingpolicies")]
+    assert "first-ok" not in names and "second-bad" not in names
+    assert not attached()

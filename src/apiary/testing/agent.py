@@ -47,7 +47,7 @@ class AgentProcess:
             **kw,
         )
 
-    def start(self, timeout: float = 30.0) -> AgentProcess:
+    def start(self, timeout: float = 120.0) -> AgentProcess:
         if IN_VM:  # QEMU without KVM runs the agent's start-up ~30x slower
             timeout = max(timeout, 600.0)
         self._log = open(self.log_path, "w")

@@ -196,7 +196,7 @@ def test_an_event_of_a_process_the_cache_no_longer_holds_is_emitted_and_counted(
         assert "unattributed" not in st["events"]["emitted"]
         assert "events_missing_process_info" in agent.cli("status").stdout
         metrics = agent.client().http.get("/metrics").text
-        line = next(x for x in metrics.splitlines() if x.startswith('tetragon_errors_total{type="event_missing_'))
+        line = next(x for x in metrics.splitlines() if x.startswith("tetragon_events_missing_process_info_total "))
         assert float(line.split()[-1]) >= 1
     finally:
         for s in sleepers:

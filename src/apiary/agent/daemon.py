@@ -87,8 +87,11 @@ class Agent:
         self.m_events = Counter(
             "events_total", "Events by type", ["type"], namespace="tetragon", registry=self.registry
         )
-        self.m_errors = Counter(  # Tetragon's errors_total; type event_missing_process_info as its own
-            "errors_total", "Errors by type", ["type"], namespace="tetragon", registry=self.registry
+        self.m_missing_process = Counter(
+            "events_missing_process_info",
+            "Tracing events emitted without their process's info (the process was unknown)",
+            namespace="tetragon",
+            registry=self.registry,
         )
         self.m_policy_events = Counter(
             "policy_events_total",
@@ -294,7 +297,7 @@ class Agent:
         out, known = res
         if not known:  # emitted all the same, with what the record says of the process
             self.counters.missing_process_info += 1
-            self.m_errors.labels("event_missing_process_info").inc()
+            self.m_missing_process.inc()
         kind = next(iter(out))
         body = out[kind]
         proc = body.get("process", {})

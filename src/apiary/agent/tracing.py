@@ -199,7 +199,14 @@ class Tracing:
                 self.stored.pop(key, None)
                 done.append(f"{key} removed")
             else:
-                self.sensor.apply(key, prev.compiled, self.cgroups_for(prev.compiled))
+                try:
+                    self.sensor.apply(key, prev.compiled, self.cgroups_for(prev.compiled))
+                except (BpfError, OSError) as e:  # e.g. its uprobe target is gone since: not left half-done
+                    if key in self.sensor.policies:
+                        self.sensor.delete(key)
+                    self.stored.pop(key, None)
+                    done.append(f"{key} could not be restored and is removed ({e})")
+                    continue
                 if not prev.enabled:
                     self.sensor.set_enabled(key, False)
                 self.stored[key] = prev

@@ -241,3 +241,21 @@ def test_identities_are_released_when_nothing_references_them(net: Net) -> None:
     net.cli_ok("policy", "delete", "big", "-n", "default")
     net.cli_ok("endpoint", "delete", "default/a")  # its label identity goes with the last endpoint using it
     assert _status(agent)["identities_allocated"] == base - 1
+
+
+def test_interrupted_delete_is_finished_at_restart(net: Net) -> None:
+    """An agent killed after journalling a delete (the veth may be gone, the state not yet written)."""
+    agent = net.agent
+    ep = net.endpoint("doomed", "default", app="x")
+    keep = net.endpoint("kept", "default", app="y")
+    state = agent.dir / "state"
+    (rec,) = [e for e in json.loads((state / "endpoints.json").read_text()) if e["name"] == "doomed"]
+    agent.stop(signal.SIGKILL)
+    (state / "endpoints.journal").write_text(json.dumps({"op": "delete", "endpoint": rec}))
+    subprocess.run(["ip", "link", "del", ep["interface"]], check=True)  # the delete had got this far
+    agent.start(timeout=START)
+    assert "finished the interrupted deletion of endpoint default/doomed" in agent.log()
+    rows = json.loads(net.cli_ok("endpoint", "list", "-o", "json"))
+    assert [(r["name"], r["state"]) for r in rows] == [("kept", "ready")]
+    assert _netns_of(agent) == {os.path.basename(keep["netns"])} and not Path(ep["cgroup"]).exists()
+    assert not (state / "endpoints.journal").exists()

@@ -27,6 +27,8 @@ class AgentConfig:
     bpf_stats: bool = True  # BPF_ENABLE_STATS while the agent runs (run count / time per program)
     mount_fs: bool = True  # mount bpffs/tracefs when missing
     tracing: bool = True  # TracingPolicy sensor
+    agent_exemption: bool = True  # the agent's own process is exempt from Sigkill/Signal/Override/DenyConnect
+    restore_tracing: bool = True  # re-apply stored tracing policies at start (False: load them disabled)
     # network
     network: bool = True
     pod_cidr: str = "10.200.0.0/16"

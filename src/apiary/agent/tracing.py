@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from apiary.runtime.process import ProcessSensor
 from apiary.runtime.tracing import TracingSensor, cgroup_id
 from apiary.tracing.compile import KernelFeatures, compile_tracing_policy, features_from_tracefs
 from apiary.tracing.load import load_tracing_policies
+from apiary.tracing.lockout import lockout_warnings
 from apiary.tracing.types import (
     ARG_BPRM,
     ARG_BUF,
@@ -40,6 +42,8 @@ from apiary.tracing.types import (
     CompiledTracingPolicy,
     Hook,
 )
+
+from . import statedir
 
 ACTION_ENUM = {
     "Post": "KPROBE_ACTION_POST",
@@ -65,22 +69,46 @@ def _key(p: CompiledTracingPolicy) -> str:
 
 
 class Tracing:
-    def __init__(self, state_dir: str, process: ProcessSensor, features: KernelFeatures, network: Any = None) -> None:
-        self.file = Path(state_dir) / "tracingpolicies.json"
+    def __init__(
+        self,
+        state_dir: str,
+        process: ProcessSensor,
+        features: KernelFeatures,
+        network: Any = None,
+        agent_exemption: bool = True,
+        restore: bool = True,
+    ) -> None:
+        self.file = Path(state_dir) / statedir.TRACING_FILE
         self.sensor = TracingSensor(process, lsm=features.lsm, kprobes=features.kprobes)
         self.features = features
         self.network = network
         self.stored: dict[str, Stored] = {}
+        self.agent_exemption = agent_exemption  # the agent's own process is exempt from enforcement
+        self.restore = restore  # re-apply stored policies as they were (False: load them disabled)
+        # the processes apply warns about: the interpreter the agent (and, as installed, the CLI) runs on
+        self.tools = {os.path.realpath(sys.executable): "the interpreter the apiary agent and CLI run on"}
 
     def start(self) -> list[str]:
         self.sensor.load()
-        notes = []
+        self.sensor.exempt_agent(os.getpid() if self.agent_exemption else None)
+        notes = [
+            f"agent exemption: this agent (pid {os.getpid()}) is exempt from Sigkill/Signal/Override/DenyConnect"
+            if self.agent_exemption
+            else "agent exemption OFF (--no-agent-exemption): tracing policies can kill or block this agent"
+        ]
         if self.file.exists():
             for rec in json.loads(self.file.read_text()):
                 try:
-                    self._apply_text(rec["source"], mode=rec.get("mode"), enabled=rec.get("enabled", True))
+                    enabled = rec.get("enabled", True) and self.restore
+                    self._apply_text(rec["source"], mode=rec.get("mode"), enabled=enabled)
                 except (PolicyError, OSError, ValueError) as e:
                     notes.append(f"tracing policy {rec.get('key')} could not be restored: {e}")
+            if not self.restore:
+                self._save()  # they stay disabled until `apiary tp enable NAME`
+                notes.append(
+                    f"--no-restore: {len(self.stored)} stored tracing policies loaded disabled "
+                    "(`apiary tp enable NAME` enables one)"
+                )
         notes.append(
             f"tracing: {len(self.stored)} policies; hooks on syscall tracepoints, tracepoints, uprobes"
             f"{', kprobes' if self.features.kprobes else ''}{', BPF-LSM' if self.features.lsm else ''}"
@@ -147,10 +175,8 @@ class Tracing:
                 c.mode = mode
             key = _key(c)
             action = "configured" if key in self.stored else "created"
-            self.sensor.apply(key, c, self.cgroups_for(c))
-            self.stored[key] = Stored(key, src, c, True, mode)
-            if not enabled:
-                self.set_enabled(c.name, c.namespace, False)
+            self.sensor.apply(key, c, self.cgroups_for(c), enabled)
+            self.stored[key] = Stored(key, src, c, enabled, mode)
             out.append(
                 {
                     "name": c.name,
@@ -160,6 +186,7 @@ class Tracing:
                     "action": action,
                     "hooks": [{"source": h.source, "realisation": h.realisation} for h in c.hooks],
                     "notes": c.notes,
+                    "warnings": lockout_warnings(c, self.tools, self.agent_exemption),
                 }
             )
         return out
@@ -202,9 +229,7 @@ class Tracing:
         st = self._get(name, namespace)
         st.compiled.mode = mode
         st.mode_override = mode
-        self.sensor.apply(st.key, st.compiled, self.cgroups_for(st.compiled))
-        if not st.enabled:
-            self.sensor.set_enabled(st.key, False)
+        self.sensor.apply(st.key, st.compiled, self.cgroups_for(st.compiled), st.enabled)
         self._save()
         return {"name": name, "mode": mode}
 
@@ -212,7 +237,7 @@ class Tracing:
         out = []
         for st in self.stored.values():
             lp = self.sensor.policies[st.key]
-            counts = {"matched": 0, "posted": 0, "enforced": 0, "lost": 0}
+            counts = dict.fromkeys(abi.CNT, 0)
             for hid in lp.hook_ids:
                 for k, v in self.sensor.hook_counters(hid).items():
                     counts[k] += v
@@ -227,6 +252,7 @@ class Tracing:
                     "events": counts["posted"],
                     "matched": counts["matched"],
                     "enforced": counts["enforced"],
+                    "agent_exempt": counts["exempted"],  # actions not taken because they hit the agent
                     "lost": counts["lost"],
                     "kernel_memory": self.sensor.kernel_memory(lp),
                     "scope": None if lp.cgroups is None else len(lp.cgroups),
@@ -267,7 +293,9 @@ class Tracing:
         body["action"] = ACTION_ENUM.get(action, "KPROBE_ACTION_POST")
         body["policy_name"] = pol.name
         message = hook.message
-        if ev.flags & abi.EV_MONITOR:
+        if ev.flags & abi.EV_EXEMPT:
+            message = f"[agent exempt: would {action}] {message}".strip()
+        elif ev.flags & abi.EV_MONITOR:
             message = f"[monitor mode: would {action}] {message}".strip()
         elif action == "DenyConnect" and ev.flags & abi.EV_ENFORCED:
             message = f"[DenyConnect: connect() failed with EPERM] {message}".strip()

@@ -83,6 +83,20 @@ def cli(ctx: click.Context, socket_path: str | None) -> None:
     type=click.IntRange(min=16, max=1 << 24),
     help="Entries in the BPF policy map (all endpoints).",
 )
+@click.option(
+    "--no-agent-exemption",
+    is_flag=True,
+    help="Let tracing policies Sigkill/Signal/Override/DenyConnect the agent itself. By default the agent's own "
+    "process (its pid and threads, known to the kernel by pid and start time, never by binary name or path) is "
+    "exempt: such events are still posted, marked [agent exempt: would ACTION], and counted. Nothing else is exempt.",
+)
+@click.option(
+    "--no-restore",
+    is_flag=True,
+    help="Start without re-applying stored tracing policies: they stay listed, disabled, until "
+    "`apiary tp enable NAME` (the way back from a policy that kills the CLI). Network policies are restored "
+    "as usual: they act on endpoint interfaces only and cannot lock out the CLI.",
+)
 @click.pass_context
 def agent(
     ctx: click.Context,
@@ -100,6 +114,8 @@ def agent(
     policy_audit_mode: bool,
     flow_buffer: int,
     policy_map_size: int,
+    no_agent_exemption: bool,
+    no_restore: bool,
 ) -> None:
     """Run the agent in the foreground (owns all BPF objects; serves the API)."""
     from apiary.agent.config import AgentConfig, default_socket
@@ -122,6 +138,8 @@ def agent(
         policy_audit_mode=policy_audit_mode,
         flow_buffer=flow_buffer,
         policy_map_size=policy_map_size,
+        agent_exemption=not no_agent_exemption,
+        restore_tracing=not no_restore,
     )
     import ipaddress
     import re

@@ -11,6 +11,7 @@ import shutil
 import tempfile
 import textwrap
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -143,7 +144,7 @@ def test_without_the_exemption_the_same_policy_kills_the_agent(pycopy: tuple[str
         assert rc == -9, (rc, agent.log())
     finally:
         # the policy may have been saved before the kill: never leave it for a later agent to restore
-        agent.cli("tp", "delete", "--offline", "kill-agent-interp", "--state-dir", state)
+        agent.cli("tp", "delete", "--offline", "kill-agent-interp", "--state-dir", state, "--pin-root", agent.pin_root)
         agent.cleanup()  # state dir and pin root removed
     assert not Path(state).exists() and not Path(agent.pin_root).exists()
 
@@ -160,13 +161,24 @@ def test_a_policy_that_kills_the_cli_is_removed_offline(pycopy: tuple[str, dict[
         r = agent.cli("tp", "delete", "kill-cli", python=python, env=env)
         assert r.returncode == -9  # locked out: the CLI cannot delete it through the agent
         # offline while the agent runs on that state dir: refused, nothing changed
-        r = agent.cli("tp", "delete", "--offline", "kill-cli", "--state-dir", state)
+        r = agent.cli("tp", "delete", "--offline", "kill-cli", "--state-dir", state, "--pin-root", agent.pin_root)
         assert r.returncode == 1 and "in use by pid" in r.stderr and "stop the agent" in r.stderr, r.stderr
         assert [p["name"] for p in tp_rows(agent)] == ["kill-cli"]
         assert agent.stop() == 0
-        r = agent.cli("tp", "delete", "--offline", "kill-cli", "--state-dir", state, python=python, env=env)
+        r = agent.cli(
+            "tp",
+            "delete",
+            "--offline",
+            "kill-cli",
+            "--state-dir",
+            state,
+            "--pin-root",
+            agent.pin_root,
+            python=python,
+            env=env,
+        )
         assert r.returncode == 0 and "kill-cli deleted" in r.stdout, (r.returncode, r.stderr)
-        r = agent.cli("tp", "delete", "--offline", "kill-cli", "--state-dir", state)
+        r = agent.cli("tp", "delete", "--offline", "kill-cli", "--state-dir", state, "--pin-root", agent.pin_root)
         assert r.returncode == 1 and "no stored tracing policy 'kill-cli'" in r.stderr
         agent.start(timeout=START)
         assert tp_rows(agent, python=python, env=env) == []  # not restored: the CLI on the copy works again
@@ -196,3 +208,34 @@ def test_no_restore_starts_with_stored_policies_listed_disabled(pycopy: tuple[st
         assert agent.cli("tp", "list", python=python, env=env).returncode == -9
     finally:
         agent.cleanup()
+
+
+def test_offline_delete_switches_off_the_policys_pinned_hooks(tmp_path: Path) -> None:
+    """The pin layout runtime/tracing.py documents: a manifest naming each policy's gs_hooks indexes."""
+    from apiary.agent import statedir
+    from apiary.loader import Map
+
+    root = Path(f"/sys/fs/bpf/apiary-test-{uuid.uuid4().hex[:10]}")
+    (root / "tracing").mkdir(parents=True)
+    maps = []
+    try:
+        manifest = Map.create(2, "t_manifest", 4, 4096, 1)  # BPF_MAP_TYPE_ARRAY
+        hooks = Map.create(2, "t_hooks", 4, 64, 8)
+        maps += [manifest, hooks]
+        pols = {"/kill-cli": {"hooks": [1, 3]}, "/other": {"hooks": [2]}}
+        manifest.update(b"\0" * 4, json.dumps({"policies": pols}).encode().ljust(4096, b"\0"))
+        for i in range(8):
+            hooks.update(i.to_bytes(4, "little"), b"\x01" * 64)
+        manifest.pin(str(root / "tracing" / "manifest"))
+        hooks.pin(str(root / "tracing" / "gs_hooks"))
+        state = tmp_path / "state"
+        state.mkdir()
+        (state / statedir.TRACING_FILE).write_text(json.dumps([{"key": "/kill-cli", "source": ""}]))
+        out = statedir.delete_tracing_policy(state, "kill-cli", pin_root=root)
+        assert out.endswith("its 2 pinned hooks switched off"), out
+        live = {i: hooks.lookup(i.to_bytes(4, "little")) for i in range(8)}
+        assert [i for i, v in live.items() if v == b"\0" * 64] == [1, 3]  # the other policy's hook 2 is untouched
+    finally:
+        for m in maps:
+            m.close()
+        shutil.rmtree(root, ignore_errors=True)

@@ -70,8 +70,42 @@ def _write(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def delete_tracing_policy(state_dir: str | Path, name: str, namespace: str = "") -> str:
-    """Remove a stored TracingPolicy so that the next agent start does not restore it."""
+def switch_off_pinned(pin_root: str | Path, key: str) -> int:
+    """Zero a policy's hooks in the tracing sensor's pinned gs_hooks map, so that pinned programs that outlive
+    the agent stop enforcing it (a zero entry is a disabled hook; the next agent start removes the rest).
+    The layout is runtime/tracing.py's: <pin_root>/tracing/manifest (an array map holding NUL-padded JSON
+    whose "policies"[key]["hooks"] lists the policy's gs_hooks indexes) and <pin_root>/tracing/gs_hooks.
+    Returns how many hooks were switched off (0: no pins for this policy)."""
+    from apiary.loader import BpfError, Map
+
+    d = Path(pin_root) / "tracing"
+    if not (d / "manifest").exists():
+        return 0
+    try:
+        manifest = Map.from_pin(str(d / "manifest"))
+        try:
+            raw = manifest.lookup(b"\0" * 4) or b""
+        finally:
+            manifest.close()
+        hooks = json.loads(raw.rstrip(b"\0") or b"{}").get("policies", {}).get(key, {}).get("hooks", [])
+        if not hooks:
+            return 0
+        gs_hooks = Map.from_pin(str(d / "gs_hooks"))
+        try:
+            for hid in hooks:
+                gs_hooks.update(int(hid).to_bytes(4, "little"), b"\0" * gs_hooks.value_size)
+        finally:
+            gs_hooks.close()
+    except (BpfError, ValueError, AttributeError) as e:
+        raise ValueError(f"{d}: cannot switch off the pinned hooks of {key.lstrip('/')}: {e}") from e
+    return len(hooks)
+
+
+def delete_tracing_policy(
+    state_dir: str | Path, name: str, namespace: str = "", pin_root: str | Path | None = None
+) -> str:
+    """Remove a stored TracingPolicy so that the next agent start does not restore it, and switch off its
+    hooks in the pins a stopped or killed agent left (pin_root), so that enforcement stops now."""
     with offline(state_dir) as d:
         path = d / TRACING_FILE
         recs = _read(path) or []
@@ -80,8 +114,10 @@ def delete_tracing_policy(state_dir: str | Path, name: str, namespace: str = "")
         if len(keep) == len(recs):
             where = f" in namespace {namespace}" if namespace else ""
             raise KeyError(f"no stored tracing policy {name!r}{where} in {path}")
+        off = switch_off_pinned(pin_root, key) if pin_root else 0
         _write(path, keep)
-        return key.lstrip("/")
+        done = f"tracingpolicy {key.lstrip('/')} deleted from {d}"
+        return done + (f"; its {off} pinned hooks switched off" if off else "")
 
 
 def delete_network_policy(state_dir: str | Path, name: str, namespace: str = "") -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 
@@ -77,14 +78,20 @@ for _op, _help in (
 
 @tracingpolicy.command("delete")
 @delete_options
-def tp_delete(ctx: click.Context, **args: Any) -> None:
+@click.option(
+    "--pin-root",
+    default="/sys/fs/bpf/apiary",
+    show_default=True,
+    help="With --offline: the agent's pin root; the policy's pinned hooks there are switched off.",
+)
+def tp_delete(ctx: click.Context, pin_root: str, **args: Any) -> None:
     """Delete a policy (--offline: from the state directory of a stopped agent, the way back when a policy
-    kills the CLI; the next agent start does not restore it)."""
+    kills the CLI; its pinned hooks stop enforcing at once, and the next agent start does not restore it)."""
     delete_policy(
         ctx,
         args | {"path": "/v1/tracingpolicies"},
-        statedir.delete_tracing_policy,
-        lambda key: f"tracingpolicy {key} deleted from {args['state_dir']}",
+        functools.partial(statedir.delete_tracing_policy, pin_root=pin_root),
+        str,
         lambda res: f"tracingpolicy {res['deleted'].lstrip('/')} deleted",
     )
 

@@ -193,9 +193,16 @@ def test_no_restore_starts_with_stored_policies_listed_disabled(pycopy: tuple[st
         agent.start(timeout=START)
         apply(agent, kill_policy("kill-cli", python, ("sys_connect",)))
         assert agent.stop() == 0
+        # a record this kernel cannot load stays on disk (disabled), never silently dropped by the rewrite
+        stored = agent.dir / "state" / "tracingpolicies.json"
+        broken = {"key": "/broken", "source": "kind: NotAPolicy", "mode": None, "enabled": True}
+        stored.write_text(json.dumps([*json.loads(stored.read_text()), broken]))
         agent.extra = ("--no-restore",)
         agent.start(timeout=START)
         assert "--no-restore: 1 stored tracing policies loaded disabled" in agent.log()
+        assert "tracing policy /broken could not be restored" in agent.log()
+        on_disk = {r["key"]: r["enabled"] for r in json.loads(stored.read_text())}
+        assert on_disk == {"/kill-cli": False, "/broken": False}, on_disk
         rows = tp_rows(agent, python=python, env=env)  # the CLI on the copy is not killed
         assert [(r["name"], r["state"]) for r in rows] == [("kill-cli", "disabled")]
         # it stays disabled across a normal restart, until enabled

@@ -83,6 +83,7 @@ class Tracing:
         self.features = features
         self.network = network
         self.stored: dict[str, Stored] = {}
+        self.unrestored: list[dict[str, Any]] = []  # stored records this kernel could not load: kept on disk
         self.agent_exemption = agent_exemption  # the agent's own process is exempt from enforcement
         self.restore = restore  # re-apply stored policies as they were (False: load them disabled)
         # the processes apply warns about: the interpreter the agent (and, as installed, the CLI) runs on
@@ -103,6 +104,7 @@ class Tracing:
                     self._apply_text(rec["source"], mode=rec.get("mode"), enabled=enabled)
                 except (PolicyError, OSError, ValueError) as e:
                     notes.append(f"tracing policy {rec.get('key')} could not be restored: {e}")
+                    self.unrestored.append(rec if self.restore else rec | {"enabled": False})
             if not self.restore:
                 self._save()  # they stay disabled until `apiary tp enable NAME`
                 notes.append(
@@ -124,6 +126,7 @@ class Tracing:
             {"key": s.key, "source": s.source, "mode": s.mode_override, "enabled": s.enabled}
             for s in self.stored.values()
         ]
+        data += [r for r in self.unrestored if r.get("key") not in self.stored]
         tmp = self.file.with_suffix(".tmp")
         tmp.write_text(json.dumps(data, indent=1))
         os.replace(tmp, self.file)

@@ -138,13 +138,16 @@ struct {
 	__type(value, struct gs_agent);
 } gs_agent SEC(".maps");
 
-/* the current process is the agent: same tgid and same start time (decided here, never by name or path) */
-static __always_inline int agent_exempt(__u32 tgid)
+/* the current process is the agent: same tgid and same start time (decided here, never by name or path);
+ * with_start 0: the tgid only (cgroup programs do not get the task helpers on every kernel) */
+static __always_inline int agent_exempt(__u32 tgid, int with_start)
 {
 	__u32 zero = 0;
 	struct gs_agent *a = bpf_map_lookup_elem(&gs_agent, &zero);
 	if (!a || !a->tgid || a->tgid != tgid || !a->tick_ns)
 		return 0;
+	if (!with_start)
+		return 1;
 	struct task_struct *t = (void *)bpf_get_current_task();
 	return BPF_CORE_READ(t, group_leader, start_boottime) / a->tick_ns == a->start_ticks;
 }
@@ -764,7 +767,7 @@ static __always_inline void act_and_post(struct gs_event *ev, struct gs_hook *h,
 	ev->action = action;
 	int monitor = h->flags & GS_F_MONITOR;
 	__u8 held = GS_EV_MONITOR; /* what an action not taken is flagged with */
-	if (!monitor && action >= GS_ACT_SIGKILL && action <= GS_ACT_OVERRIDE && agent_exempt(tgid)) {
+	if (!monitor && action >= GS_ACT_SIGKILL && action <= GS_ACT_OVERRIDE && agent_exempt(tgid, 1)) {
 		monitor = 1;
 		held = GS_EV_EXEMPT;
 		gs_count(hid, GS_CNT_EXEMPT);

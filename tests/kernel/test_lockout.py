@@ -246,3 +246,62 @@ def test_offline_delete_switches_off_the_policys_pinned_hooks(tmp_path: Path) ->
         for m in maps:
             m.close()
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_the_kernel_knows_the_exempt_process_by_pid_and_start_time(tmp_path: Path) -> None:
+    """The sensor alone: a Sigkill on writes by a private copy of sh; the exempt entry names one process."""
+    import os
+    import struct
+    import subprocess
+
+    from apiary.observe.procfs import process_start_ticks
+    from apiary.runtime import tracing_abi as tabi
+    from apiary.runtime.process import ProcessSensor
+    from apiary.runtime.tracing import TracingSensor
+    from apiary.testing.sensors import tracing_events
+    from apiary.tracing.types import BinaryFilter, CompiledTracingPolicy, Hook, Selector
+
+    sh = tmp_path / "sh"
+    shutil.copy2(os.path.realpath("/bin/sh"), sh)
+    hook = Hook(
+        source="kprobes[0] sys_write",
+        event="process_kprobe",
+        function_name="__x64_sys_write",
+        syscalls=("write",),
+        args=(),
+        selectors=(Selector(binaries=BinaryFilter("In", (str(sh),)), action="Sigkill"),),
+        realisation="syscall entry of write",
+    )
+    ps = ProcessSensor()
+    ps.load()
+    ts = TracingSensor(ps)
+    try:
+        ts.load()
+        ts.apply("/kill-sh", CompiledTracingPolicy("kill-sh", "", "TracingPolicy", "enforce", None, [hook]), None)
+        (hid,) = ts.policies["/kill-sh"].hook_ids
+
+        def run(exempt: str) -> tuple[int, int]:
+            p = subprocess.Popen([str(sh), "-c", "read x; echo hi"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+            if exempt == "this process":
+                ts.exempt_agent(p.pid)
+            elif exempt == "its pid, another start time":  # what a later process reusing the pid looks like
+                tick_ns = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+                ts.agent_map.update(
+                    b"\0" * 4, struct.pack("<IIQQ", p.pid, 0, process_start_ticks(f"/proc/{p.pid}") + 1, tick_ns)
+                )
+            else:
+                ts.exempt_agent(None)
+            p.communicate(b"go\n", timeout=10)
+            return p.returncode, p.pid
+
+        rc, pid = run("this process")
+        assert rc == 0
+        evs = [e for e in tracing_events(ps) if e.pid == pid]
+        assert evs and all(e.flags & tabi.EV_EXEMPT and not e.flags & tabi.EV_ENFORCED for e in evs), evs
+        assert ts.hook_counters(hid)["exempted"] >= 1 and ts.hook_counters(hid)["enforced"] == 0
+        assert run("its pid, another start time")[0] == -9
+        assert run("nobody")[0] == -9
+        assert ts.hook_counters(hid)["enforced"] == 2
+    finally:
+        ts.close()
+        ps.close()

@@ -31,6 +31,8 @@ class AgentConfig:
     api_max_connections: int = 256  # open API connections; past it idle ones are closed (busy: 503)
     api_idle_timeout: float = 30.0  # seconds a connection may wait for (or between) requests
     api_request_timeout: float = 120.0  # seconds a request may wait for the control-plane worker (then 503)
+    agent_exemption: bool = True  # the agent's own process is exempt from Sigkill/Signal/Override/DenyConnect
+    restore_tracing: bool = True  # re-apply stored tracing policies at start (False: load them disabled)
     # network
     network: bool = True
     pod_cidr: str = "10.200.0.0/16"

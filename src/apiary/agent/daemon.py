@@ -30,8 +30,9 @@ from apiary.runtime import process_abi as abi
 from apiary.runtime import tracing_abi
 from apiary.runtime.process import ProcessSensor
 
-from . import accounting, bpfinfo
+from . import accounting, bpfinfo, statedir
 from .config import AgentConfig
+from .statedir import StateDirBusy
 from .worker import DaemonWorker
 
 
@@ -75,6 +76,7 @@ class Agent:
         self.counters = Counters()
         self.started = time.time()
         self.lock_fd: int | None = None
+        self.state_lock_fd: int | None = None
         self.stats_fd: int | None = None
         self.loaded: list[str] = []
         self.missing: list[str] = []
@@ -174,7 +176,14 @@ class Agent:
             from .tracing import Tracing, kernel_features
 
             try:
-                self.tracing = Tracing(cfg.state_dir, sensor, kernel_features(), self.network)
+                self.tracing = Tracing(
+                    cfg.state_dir,
+                    sensor,
+                    kernel_features(),
+                    self.network,
+                    agent_exemption=cfg.agent_exemption,
+                    restore=cfg.restore_tracing,
+                )
                 self.loaded += self.tracing.start()
             except Exception as e:  # noqa: BLE001 - one line, then stop
                 if self.tracing:
@@ -200,6 +209,10 @@ class Agent:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self.lock_fd = fd
+        try:  # the state directory too: offline edits (`tp delete --offline`) refuse while we run
+            self.state_lock_fd = statedir.lock(self.cfg.state_dir)
+        except StateDirBusy as e:
+            raise AgentError(str(e)) from None
 
     def close(self) -> None:
         if self.tracing:
@@ -218,6 +231,9 @@ class Agent:
         if self.stats_fd is not None:
             os.close(self.stats_fd)
             self.stats_fd = None
+        if self.state_lock_fd is not None:
+            os.close(self.state_lock_fd)
+            self.state_lock_fd = None
         if self.lock_fd is not None:  # only the agent holding the lock owns the socket
             try:
                 os.unlink(self.cfg.socket_path)

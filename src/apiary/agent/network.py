@@ -32,6 +32,7 @@ from apiary.policy.load import PolicyError, load_policies
 from apiary.policy.models import Problem
 from apiary.policy.types import CompiledPolicy, RuleRef
 
+from . import statedir
 from .config import AgentConfig
 
 
@@ -72,7 +73,7 @@ class Network:
             policy_max=cfg.policy_map_size,
         )
         self.dp.audit = cfg.policy_audit_mode
-        self.policy_file = state / "policies.json"
+        self.policy_file = state / statedir.NETWORK_FILE
         self.policies: dict[tuple[str, str, str], StoredPolicy] = {}
         self.revision = 0
         self.compiled = CompiledPolicy(0)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from apiary.runtime.process import ProcessSensor
 from apiary.runtime.tracing import TracingSensor, cgroup_id
 from apiary.tracing.compile import KernelFeatures, compile_tracing_policy, features_from_tracefs
 from apiary.tracing.load import load_tracing_policies
+from apiary.tracing.lockout import lockout_warnings
 from apiary.tracing.types import (
     ARG_BPRM,
     ARG_BUF,
@@ -42,6 +44,8 @@ from apiary.tracing.types import (
     CompiledTracingPolicy,
     Hook,
 )
+
+from . import statedir
 
 ACTION_ENUM = {
     "Post": "KPROBE_ACTION_POST",
@@ -77,22 +81,48 @@ def _failed_hook(p: CompiledTracingPolicy, error: str) -> str:
 
 
 class Tracing:
-    def __init__(self, state_dir: str, process: ProcessSensor, features: KernelFeatures, network: Any = None) -> None:
-        self.file = Path(state_dir) / "tracingpolicies.json"
+    def __init__(
+        self,
+        state_dir: str,
+        process: ProcessSensor,
+        features: KernelFeatures,
+        network: Any = None,
+        agent_exemption: bool = True,
+        restore: bool = True,
+    ) -> None:
+        self.file = Path(state_dir) / statedir.TRACING_FILE
         self.sensor = TracingSensor(process, lsm=features.lsm, kprobes=features.kprobes)
         self.features = features
         self.network = network
         self.stored: dict[str, Stored] = {}
+        self.unrestored: list[dict[str, Any]] = []  # stored records this kernel could not load: kept on disk
+        self.agent_exemption = agent_exemption  # the agent's own process is exempt from enforcement
+        self.restore = restore  # re-apply stored policies as they were (False: load them disabled)
+        # the processes apply warns about: the interpreter the agent (and, as installed, the CLI) runs on
+        self.tools = {os.path.realpath(sys.executable): "the interpreter the apiary agent and CLI run on"}
 
     def start(self) -> list[str]:
         self.sensor.load()
-        notes = []
+        self.sensor.exempt_agent(os.getpid() if self.agent_exemption else None)
+        notes = [
+            f"agent exemption: this agent (pid {os.getpid()}) is exempt from Sigkill/Signal/Override/DenyConnect"
+            if self.agent_exemption
+            else "agent exemption OFF (--no-agent-exemption): tracing policies can kill or block this agent"
+        ]
         if self.file.exists():
             for rec in json.loads(self.file.read_text()):
                 try:
-                    self._apply_text(rec["source"], mode=rec.get("mode"), enabled=rec.get("enabled", True))
+                    enabled = rec.get("enabled", True) and self.restore
+                    self._apply_text(rec["source"], mode=rec.get("mode"), enabled=enabled)
                 except (PolicyError, OSError, ValueError) as e:
                     notes.append(f"tracing policy {rec.get('key')} could not be restored: {e}")
+                    self.unrestored.append(rec if self.restore else rec | {"enabled": False})
+            if not self.restore:
+                self._save()  # they stay disabled until `apiary tp enable NAME`
+                notes.append(
+                    f"--no-restore: {len(self.stored)} stored tracing policies loaded disabled "
+                    "(`apiary tp enable NAME` enables one)"
+                )
         notes.append(
             f"tracing: {len(self.stored)} policies; hooks on syscall tracepoints, tracepoints, uprobes"
             f"{', kprobes' if self.features.kprobes else ''}{', BPF-LSM' if self.features.lsm else ''}"
@@ -108,6 +138,7 @@ class Tracing:
             {"key": s.key, "source": s.source, "mode": s.mode_override, "enabled": s.enabled}
             for s in self.stored.values()
         ]
+        data += [r for r in self.unrestored if r.get("key") not in self.stored]
         tmp = self.file.with_suffix(".tmp")
         tmp.write_text(json.dumps(data, indent=1))
         os.replace(tmp, self.file)
@@ -164,10 +195,8 @@ class Tracing:
                 key = _key(c)
                 action = "configured" if key in self.stored else "created"
                 replaced.setdefault(key, self.stored.get(key))
-                self.sensor.apply(key, c, self.cgroups_for(c))
+                self.sensor.apply(key, c, self.cgroups_for(c), enabled)
                 self.stored[key] = Stored(key, src, c, enabled, mode)
-                if not enabled:
-                    self.sensor.set_enabled(key, False)
                 out.append(
                     {
                         "name": c.name,
@@ -177,6 +206,7 @@ class Tracing:
                         "action": action,
                         "hooks": [{"source": h.source, "realisation": h.realisation} for h in c.hooks],
                         "notes": c.notes,
+                        "warnings": lockout_warnings(c, self.tools, self.agent_exemption),
                     }
                 )
         except BaseException as e:
@@ -200,15 +230,13 @@ class Tracing:
                 done.append(f"{key} removed")
             else:
                 try:
-                    self.sensor.apply(key, prev.compiled, self.cgroups_for(prev.compiled))
+                    self.sensor.apply(key, prev.compiled, self.cgroups_for(prev.compiled), prev.enabled)
                 except (BpfError, OSError) as e:  # e.g. its uprobe target is gone since: not left half-done
                     if key in self.sensor.policies:
                         self.sensor.delete(key)
                     self.stored.pop(key, None)
                     done.append(f"{key} could not be restored and is removed ({e})")
                     continue
-                if not prev.enabled:
-                    self.sensor.set_enabled(key, False)
                 self.stored[key] = prev
                 done.append(f"{key} restored")
         return ", ".join(done) or "nothing to undo"
@@ -251,9 +279,7 @@ class Tracing:
         st = self._get(name, namespace)
         st.compiled.mode = mode
         st.mode_override = mode
-        self.sensor.apply(st.key, st.compiled, self.cgroups_for(st.compiled))
-        if not st.enabled:
-            self.sensor.set_enabled(st.key, False)
+        self.sensor.apply(st.key, st.compiled, self.cgroups_for(st.compiled), st.enabled)
         self._save()
         return {"name": name, "mode": mode}
 
@@ -273,6 +299,7 @@ class Tracing:
                     "events": counts["posted"],
                     "matched": counts["matched"],
                     "enforced": counts["enforced"],
+                    "agent_exempt": counts["exempted"],  # actions not taken because they hit the agent
                     "lost": counts["lost"],
                     "kernel_memory": self.sensor.kernel_memory(lp),
                     "scope": None if lp.cgroups is None else len(lp.cgroups),
@@ -317,7 +344,9 @@ class Tracing:
         body["action"] = ACTION_ENUM.get(action, "KPROBE_ACTION_POST")
         body["policy_name"] = pol.name
         message = hook.message
-        if ev.flags & abi.EV_MONITOR:
+        if ev.flags & abi.EV_EXEMPT:
+            message = f"[agent exempt: would {action}] {message}".strip()
+        elif ev.flags & abi.EV_MONITOR:
             message = f"[monitor mode: would {action}] {message}".strip()
         elif action == "DenyConnect" and ev.flags & abi.EV_ENFORCED:
             message = f"[DenyConnect: connect() failed with EPERM] {message}".strip()

@@ -79,7 +79,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, GS_HOOKS * 4);
+	__uint(max_entries, GS_HOOKS * GS_NCNT);
 	__type(key, __u32);
 	__type(value, __u64);
 } gs_counters SEC(".maps");
@@ -130,9 +130,31 @@ struct {
 	__type(value, struct gs_follow);
 } gs_follow SEC(".maps");
 
+/* written by the agent at start: a map, not rodata, as its pid changes and the programs may outlive it */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct gs_agent);
+} gs_agent SEC(".maps");
+
+/* the current process is the agent: same tgid and same start time (decided here, never by name or path);
+ * with_start 0: the tgid only (cgroup programs do not get the task helpers on every kernel) */
+static __always_inline int agent_exempt(__u32 tgid, int with_start)
+{
+	__u32 zero = 0;
+	struct gs_agent *a = bpf_map_lookup_elem(&gs_agent, &zero);
+	if (!a || !a->tgid || a->tgid != tgid || !a->tick_ns)
+		return 0;
+	if (!with_start)
+		return 1;
+	struct task_struct *t = (void *)bpf_get_current_task();
+	return BPF_CORE_READ(t, group_leader, start_boottime) / a->tick_ns == a->start_ticks;
+}
+
 static __always_inline void gs_count(__u32 hook, __u32 what)
 {
-	__u32 idx = (hook * 4 + what) % (GS_HOOKS * 4);
+	__u32 idx = (hook * GS_NCNT + what) % (GS_HOOKS * GS_NCNT);
 	__u64 *v = bpf_map_lookup_elem(&gs_counters, &idx);
 	if (v)
 		*v += 1;
@@ -744,9 +766,15 @@ static __always_inline void act_and_post(struct gs_event *ev, struct gs_hook *h,
 	ev->selector = matched;
 	ev->action = action;
 	int monitor = h->flags & GS_F_MONITOR;
+	__u8 held = GS_EV_MONITOR; /* what an action not taken is flagged with */
+	if (!monitor && action >= GS_ACT_SIGKILL && action <= GS_ACT_OVERRIDE && agent_exempt(tgid, 1)) {
+		monitor = 1;
+		held = GS_EV_EXEMPT;
+		gs_count(hid, GS_CNT_EXEMPT);
+	}
 	if (action == GS_ACT_SIGKILL || action == GS_ACT_SIGNAL) {
 		if (monitor) {
-			ev->flags |= GS_EV_MONITOR;
+			ev->flags |= held;
 		} else {
 			bpf_send_signal(action == GS_ACT_SIGKILL ? 9 : sig);
 			ev->flags |= GS_EV_ENFORCED;
@@ -754,7 +782,7 @@ static __always_inline void act_and_post(struct gs_event *ev, struct gs_hook *h,
 		}
 	} else if (action == GS_ACT_OVERRIDE) {
 		if (monitor) {
-			ev->flags |= GS_EV_MONITOR;
+			ev->flags |= held;
 		} else {
 			__s32 *verdict = bpf_map_lookup_elem(&gs_verdict, &zero);
 			if (verdict)
@@ -764,7 +792,7 @@ static __always_inline void act_and_post(struct gs_event *ev, struct gs_hook *h,
 		}
 	} else if (action == GS_ACT_DENYCONNECT) {
 		if (monitor) {
-			ev->flags |= GS_EV_MONITOR;
+			ev->flags |= held;
 		} else {
 			__u32 tid = (__u32)pid_tgid;
 			bpf_map_update_elem(&gs_deny, &tid, &hid, BPF_ANY);
@@ -1240,6 +1268,7 @@ union gs_abi_types {
 	struct gs_scope_key k;
 	struct gs_follow f;
 	struct gs_pend_key p;
+	struct gs_agent ag;
 	struct gs_sockinfo si;
 	struct gs_credinfo ci;
 	struct gs_skbinfo sk;

@@ -105,6 +105,20 @@ def cli(ctx: click.Context, socket_path: str | None, timeout: float) -> None:
     type=click.FloatRange(min=0.1),
     help="Seconds a request may wait for the agent's control-plane worker (then 503).",
 )
+@click.option(
+    "--no-agent-exemption",
+    is_flag=True,
+    help="Let tracing policies Sigkill/Signal/Override/DenyConnect the agent itself. By default the agent's own "
+    "process (its pid and threads, known to the kernel by pid and start time, never by binary name or path) is "
+    "exempt: such events are still posted, marked [agent exempt: would ACTION], and counted. Nothing else is exempt.",
+)
+@click.option(
+    "--no-restore",
+    is_flag=True,
+    help="Start without re-applying stored tracing policies: they stay listed, disabled, until "
+    "`apiary tp enable NAME` (the way back from a policy that kills the CLI). Network policies are restored "
+    "as usual: they act on endpoint interfaces only and cannot lock out the CLI.",
+)
 @click.pass_context
 def agent(
     ctx: click.Context,
@@ -125,6 +139,8 @@ def agent(
     api_max_connections: int,
     api_idle_timeout: float,
     api_request_timeout: float,
+    no_agent_exemption: bool,
+    no_restore: bool,
 ) -> None:
     """Run the agent in the foreground (owns all BPF objects; serves the API)."""
     from apiary.agent.config import AgentConfig, default_socket
@@ -150,6 +166,8 @@ def agent(
         api_max_connections=api_max_connections,
         api_idle_timeout=api_idle_timeout,
         api_request_timeout=api_request_timeout,
+        agent_exemption=not no_agent_exemption,
+        restore_tracing=not no_restore,
     )
     import re
 

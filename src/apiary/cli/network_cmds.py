@@ -11,6 +11,7 @@ from urllib.parse import quote
 import click
 from rich.table import Table
 
+from apiary.agent import statedir
 from apiary.observe.flow_filters import FILTER_FLAGS, FLAG_ALIASES
 from apiary.textutil import clip, clip_quoted
 
@@ -266,14 +267,57 @@ def policy_get(ctx: click.Context, name: str, namespace: str) -> None:
     click.echo(_req(ctx, "GET", f"/v1/policies/{seg(name)}", params={"namespace": namespace})["yaml"], nl=False)
 
 
+DEFAULT_STATE_DIR = "/var/lib/apiary"
+
+
+def delete_options(f: Any) -> Any:
+    """NAME, -n, --offline and --state-dir of the delete commands."""
+    f = click.pass_context(f)
+    f = click.option(
+        "--state-dir",
+        default=DEFAULT_STATE_DIR,
+        show_default=True,
+        help="With --offline: the agent's state directory.",
+    )(f)
+    f = click.option(
+        "--offline",
+        is_flag=True,
+        help="Edit the agent's state directory directly, with no agent running (refused while one runs on it).",
+    )(f)
+    f = click.option("--namespace", "-n", default="", help="Namespace (empty: cluster-wide policy).")(f)
+    return click.argument("name")(f)
+
+
+def delete_policy(ctx: click.Context, args: dict[str, Any], offline_fn: Any, offline_say: Any, online_say: Any) -> None:
+    """A delete command: through the agent's API (args["path"]), or --offline on its state directory, where
+    problems become one line and exit 1 (an agent running on it, no such policy, an unreadable file)."""
+    name, namespace, state_dir = args["name"], args["namespace"], args["state_dir"]
+    if not args["offline"]:
+        click.echo(online_say(_req(ctx, "DELETE", f"{args['path']}/{seg(name)}", params={"namespace": namespace})))
+        return
+    try:
+        click.echo(offline_say(offline_fn(state_dir, name, namespace)))
+    except statedir.StateDirBusy as e:
+        _fail(f"{e}: stop the agent first, or delete through it without --offline")
+    except KeyError as e:
+        _fail(str(e.args[0]))
+    except (OSError, ValueError) as e:
+        _fail(str(e))
+
+
 @policy.command("delete")
-@click.argument("name")
-@click.option("--namespace", "-n", default="", help="Namespace (empty: cluster-wide policy).")
-@click.pass_context
-def policy_delete(ctx: click.Context, name: str, namespace: str) -> None:
-    """Delete a policy."""
-    res = _req(ctx, "DELETE", f"/v1/policies/{seg(name)}", params={"namespace": namespace})
-    click.echo(f"deleted {', '.join(res['deleted'])} (revision {res['revision']})")
+@delete_options
+def policy_delete(ctx: click.Context, **args: Any) -> None:
+    """Delete a policy (--offline: from the state directory of a stopped agent; it takes effect when the agent
+    next starts, as the endpoints' programs keep enforcing the policies they had)."""
+    done = f"from {args['state_dir']} (the agent applies it when it next starts)"
+    delete_policy(
+        ctx,
+        args | {"path": "/v1/policies"},
+        statedir.delete_network_policy,
+        lambda gone: f"deleted {', '.join(gone)} {done}",
+        lambda res: f"deleted {', '.join(res['deleted'])} (revision {res['revision']})",
+    )
 
 
 @policy.command("explain")

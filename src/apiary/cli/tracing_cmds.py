@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import json
+from typing import Any
 
 import click
 from rich.table import Table
 
-from .network_cmds import _fail, _req, post_yaml, read_file_arg, seg
+from apiary.agent import statedir
+
+from .network_cmds import _fail, _req, delete_options, delete_policy, post_yaml, read_file_arg, seg
 from .output import console
 
 
@@ -31,6 +35,8 @@ def tp_apply(ctx: click.Context, path: str) -> None:
         for n in p["notes"]:
             if n not in shown:  # the compiler also lists each realisation among its notes
                 click.echo(f"  note: {n}")
+        for w in p.get("warnings", ()):
+            click.echo(f"  warning: {w}")
 
 
 @tracingpolicy.command("list")
@@ -46,7 +52,8 @@ def tp_list(ctx: click.Context, output: str) -> None:
     for r in rows:
         name = f"{r['namespace']}/{r['name']}" if r["namespace"] else r["name"]
         hooks = "\n".join(f"{h['source']}: {h['realisation']}" for h in r["hooks"])
-        t.add_row(name, r["state"], r["mode"], hooks, str(r["events"]), str(r["enforced"]), f"{r['kernel_memory']:,} B")
+        enforced = str(r["enforced"]) + (f" (+{r['agent_exempt']} agent exempt)" if r.get("agent_exempt") else "")
+        t.add_row(name, r["state"], r["mode"], hooks, str(r["events"]), enforced, f"{r['kernel_memory']:,} B")
     console().print(t)
 
 
@@ -56,12 +63,8 @@ def _name_cmd(op: str, help_text: str) -> click.Command:
     @click.option("--namespace", "-n", default="")
     @click.pass_context
     def cmd(ctx: click.Context, name: str, namespace: str) -> None:
-        if op == "delete":
-            res = _req(ctx, "DELETE", f"/v1/tracingpolicies/{seg(name)}", params={"namespace": namespace})
-            click.echo(f"tracingpolicy {res['deleted'].lstrip('/')} deleted")
-        else:
-            res = _req(ctx, "POST", f"/v1/tracingpolicies/{seg(name)}/{op}", params={"namespace": namespace})
-            click.echo(f"tracingpolicy {name} {res['state']}")
+        res = _req(ctx, "POST", f"/v1/tracingpolicies/{seg(name)}/{op}", params={"namespace": namespace})
+        click.echo(f"tracingpolicy {name} {res['state']}")
 
     return cmd
 
@@ -69,9 +72,28 @@ def _name_cmd(op: str, help_text: str) -> click.Command:
 for _op, _help in (
     ("enable", "Enable a policy."),
     ("disable", "Disable a policy (hooks stay loaded, inactive)."),
-    ("delete", "Delete a policy."),
 ):
     tracingpolicy.add_command(_name_cmd(_op, _help))
+
+
+@tracingpolicy.command("delete")
+@delete_options
+@click.option(
+    "--pin-root",
+    default="/sys/fs/bpf/apiary",
+    show_default=True,
+    help="With --offline: the agent's pin root; the policy's pinned hooks there are switched off.",
+)
+def tp_delete(ctx: click.Context, pin_root: str, **args: Any) -> None:
+    """Delete a policy (--offline: from the state directory of a stopped agent, the way back when a policy
+    kills the CLI; its pinned hooks stop enforcing at once, and the next agent start does not restore it)."""
+    delete_policy(
+        ctx,
+        args | {"path": "/v1/tracingpolicies"},
+        functools.partial(statedir.delete_tracing_policy, pin_root=pin_root),
+        str,
+        lambda res: f"tracingpolicy {res['deleted'].lstrip('/')} deleted",
+    )
 
 
 @tracingpolicy.command("set-mode")

@@ -78,15 +78,19 @@ def _read_status(pid_dir: str) -> dict[str, str]:
         return {k: v.strip() for k, _, v in (ln.partition(":") for ln in f)}
 
 
+def process_start_ticks(pid_dir: str = "/proc/self") -> int:
+    """Field 22 of /proc/PID/stat: when the process started, in clock ticks since boot."""
+    with open(os.path.join(pid_dir, "stat")) as f:
+        stat = f.read()
+    return int(stat[stat.rindex(")") + 2 :].split()[19])
+
+
 def _read_one(pid_dir: str, pid: int, clk_tck: int, offset_ns: int, mount: tuple[str, str] | None) -> ExecMsg | None:
     """ExecMsg (parent_ktime not yet filled) for pid, or None for threads and kernel threads.
 
     Raises OSError when the process vanished.
     """
-    with open(os.path.join(pid_dir, "stat")) as f:
-        stat = f.read()
-    rest = stat[stat.rindex(")") + 2 :].split()
-    start_ticks = int(rest[19])  # field 22: starttime, clock ticks since boot
+    start_ticks = process_start_ticks(pid_dir)
     status = _read_status(pid_dir)
     if int(status.get("Tgid", pid)) != pid:
         return None

@@ -4,6 +4,7 @@ live-process and binary maps), writes TracingPolicy hooks into its maps, decodes
 from __future__ import annotations
 
 import os
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from apiary.loader import (
     UprobeLink,
 )
 from apiary.loader.fs import cgroup2_root
+from apiary.observe.procfs import process_start_ticks
 from apiary.tracing.compile import kernel_at_least
 from apiary.tracing.types import CompiledTracingPolicy, Hook
 
@@ -89,6 +91,17 @@ class TracingSensor:
         self.counters = TypedMap(obj.map("gs_counters"), "<I", "<Q")
         self.follow_map = obj.map("gs_follow")
         self.mb_map = TypedMap(obj.map("gs_mb"), "<I", "<Q")
+        self.agent_map = obj.map("gs_agent")
+
+    def exempt_agent(self, pid: int | None) -> None:
+        """Exempt this process (the agent) from Sigkill/Signal/Override/DenyConnect, or nobody (None).
+        The kernel knows it by tgid and start time: a later process reusing the pid is not exempt."""
+        if pid is None:
+            value = struct.pack("<IIQQ", 0, 0, 0, 0)
+        else:
+            tick_ns = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+            value = struct.pack("<IIQQ", pid, 0, process_start_ticks(f"/proc/{pid}"), tick_ns)
+        self.agent_map.update((0).to_bytes(4, "little"), value)
 
     def close(self) -> None:
         for lk in list(self.sys_links.values()) + self.follow_links:
@@ -156,8 +169,10 @@ class TracingSensor:
             table.setdefault(nr, []).extend(hids)
         return table
 
-    def apply(self, key: str, policy: CompiledTracingPolicy, cgroups: set[int] | None) -> LoadedPolicy:
-        """Load (or replace) a policy as a whole: check everything, then write."""
+    def apply(
+        self, key: str, policy: CompiledTracingPolicy, cgroups: set[int] | None, enabled: bool = True
+    ) -> LoadedPolicy:
+        """Load (or replace) a policy as a whole: check everything, then write (disabled: never live)."""
         old = self.policies.get(key)
         nums = abi.syscall_numbers()
         for hook in policy.hooks:
@@ -195,13 +210,14 @@ class TracingSensor:
         crowded = [nr for nr, h in table.items() if len(h) > abi.GS_PER_SYSCALL]
         if crowded:
             raise BpfError("tracing hooks", 28, f"more than {abi.GS_PER_SYSCALL} hooks on syscall numbers {crowded}")
-        lp = LoadedPolicy(policy, old.policy_id if old else self._next_policy, ids, True, set(cgroups or ()))
+        lp = LoadedPolicy(policy, old.policy_id if old else self._next_policy, ids, enabled, set(cgroups or ()))
         if not old:
             self._next_policy += 1
         else:
             lp.carried = self.policy_counters(old)
         scoped = policy.pod_selector is not None or policy.kind == "TracingPolicyNamespaced"
-        flags = abi.F_ENABLED | (abi.F_SCOPED if scoped else 0) | (abi.F_MONITOR if policy.mode == "monitor" else 0)
+        flags = (abi.F_ENABLED if enabled else 0) | (abi.F_SCOPED if scoped else 0)
+        flags |= abi.F_MONITOR if policy.mode == "monitor" else 0
         # write: scope first, then follow bits, then hook configs, then the syscall table that makes them live
         self._write_scope(lp, old)
         for b in old_bits:
@@ -234,7 +250,7 @@ class TracingSensor:
             self.policies.pop(key, None)
             self._write_syscalls()
             if old:
-                self.apply(key, old.policy, old.cgroups).carried = lp.carried
+                self.apply(key, old.policy, old.cgroups, old.enabled).carried = lp.carried
             raise
         for hid in drop:
             if hid not in ids:
@@ -405,7 +421,8 @@ class TracingSensor:
             self.scope_map.delete(_scope_key(lp.policy_id, cg))
 
     def _raw_counters(self, hid: int) -> dict[str, int]:
-        return {name: sum(self.counters.get(hid * 4 + i) or [0]) for i, name in enumerate(abi.CNT)}
+        n = len(abi.CNT)
+        return {name: sum(self.counters.get(hid * n + i) or [0]) for i, name in enumerate(abi.CNT)}
 
     def hook_counters(self, hid: int) -> dict[str, int]:
         """What a hook counted since it got its slot (a slot's earlier hooks' counts are not its own)."""

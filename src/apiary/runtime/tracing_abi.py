@@ -127,8 +127,9 @@ BIN_OPS = {"In": 1, "NotIn": 2, "Prefix": 3, "NotPrefix": 4}
 ACTIONS = {"Post": 1, "NoPost": 2, "Sigkill": 3, "Signal": 4, "DenyConnect": 5, "Override": 6}
 ACTION_NAMES = {v: k for k, v in ACTIONS.items()}
 F_ENABLED, F_SCOPED, F_MONITOR, F_BINARIES, F_RETURN = 1, 2, 4, 8, 16
-EV_MONITOR, EV_ENFORCED, EV_TRUNC = 1, 2, 4
-CNT = ("matched", "posted", "enforced", "lost")
+EV_MONITOR, EV_ENFORCED, EV_TRUNC, EV_EXEMPT = 1, 2, 4, 8
+CNT = ("matched", "posted", "enforced", "lost", "exempted")  # per hook, GS_CNT_* order (GS_NCNT of them)
+ENFORCING = ("Sigkill", "Signal", "Override", "DenyConnect")  # the actions the agent is exempt from
 FNV_BASIS, FNV_PRIME = 0xCBF29CE484222325, 0x100000001B3
 
 

@@ -19,8 +19,23 @@ from apiary.cli.client import AgentUnreachable, Client
 IN_VM = os.environ.get("APIARY_TEST_KERNEL") == "vm61"
 
 
+def interpreter_copy(dest_dir: str | Path) -> tuple[str, dict[str, str]]:
+    """A private copy of the running Python binary, and the environment that makes it import what we import.
+
+    A policy can then target "apiary's interpreter" by binary path without hitting every other Python
+    process on the machine (the test runner included)."""
+    path = Path(dest_dir) / "python3"
+    shutil.copy2(os.path.realpath(sys.executable), path)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p and os.path.isdir(p)))
+    return str(path), env
+
+
 class AgentProcess:
-    def __init__(self, *extra: str, node_name: str = "testnode") -> None:
+    def __init__(
+        self, *extra: str, node_name: str = "testnode", python: str | None = None, env: dict[str, str] | None = None
+    ) -> None:
+        self.python = python or sys.executable  # the interpreter the agent runs on
+        self.env = env
         self.tag = uuid.uuid4().hex[:10]
         # in the VM the temp dir is a 9p share, where unix sockets cannot be bound: use its tmpfs
         local = "/dev/shm" if IN_VM and os.path.isdir("/dev/shm") else None
@@ -35,11 +50,11 @@ class AgentProcess:
         self.instance = self.tag
         self.pod_cidr = f"10.{210 + h % 40}.{(h >> 8) % 256}.0/24"  # unique per test agent
 
-    def cli(self, *args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
+    def cli(self, *args: str, python: str | None = None, **kw: Any) -> subprocess.CompletedProcess[str]:
         timeout = kw.pop("timeout", 600 if IN_VM else 60)
         env = kw.pop("env", None) or {**os.environ, "APIARY_TIMEOUT": str(timeout)}  # the CLI's own bound
         return subprocess.run(
-            [sys.executable, "-m", "apiary", "--socket", self.socket, *args],
+            [python or sys.executable, "-m", "apiary", "--socket", self.socket, *args],
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -53,7 +68,7 @@ class AgentProcess:
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
             [
-                sys.executable,
+                self.python,
                 "-m",
                 "apiary",
                 "--socket",
@@ -74,6 +89,7 @@ class AgentProcess:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             text=True,
+            env=self.env,
         )
         client = Client(self.socket, timeout=2)
         deadline = time.monotonic() + timeout

@@ -107,12 +107,15 @@ struct gs_sockinfo {
 #define GS_EV_MONITOR 1
 #define GS_EV_ENFORCED 2
 #define GS_EV_TRUNC 4
+#define GS_EV_EXEMPT 8 /* the agent's own process: the action was not taken (agent exemption) */
 
-/* counters per hook: index hook * 4 + what */
+/* counters per hook: index hook * GS_NCNT + what */
 #define GS_CNT_MATCHED 0
 #define GS_CNT_POSTED 1
 #define GS_CNT_ENFORCED 2
 #define GS_CNT_LOST 3
+#define GS_CNT_EXEMPT 4 /* actions not taken on the agent's own process */
+#define GS_NCNT 5
 
 /* Strings are matched by 64-bit FNV-1a hashes of the compared bytes (prefix hashes of the argument
  * for Equal/Prefix, hashes of its reversed tail for Postfix), computed once per argument: matching
@@ -204,6 +207,15 @@ struct gs_follow {
 	__u32 lens[GS_VALS];
 	__u64 hash[GS_VALS];
 	__u32 pids[GS_VALS];
+};
+
+/* the agent's own process, exempt from Sigkill/Signal/Override/DenyConnect (tgid 0: nobody): its tgid and
+ * its start time in clock ticks since boot (/proc/PID/stat field 22), so a reused pid is not exempt */
+struct gs_agent {
+	__u32 tgid;
+	__u32 _pad;
+	__u64 start_ticks;
+	__u64 tick_ns; /* nanoseconds per clock tick (1e9 / sysconf(_SC_CLK_TCK)) */
 };
 
 struct gs_pend_key {

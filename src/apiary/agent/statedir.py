@@ -1,0 +1,135 @@
+"""The agent's state directory: its files, the lock a running agent holds on it, and offline edits.
+
+A running agent holds an exclusive flock on STATE_DIR/agent.lock for its whole life (the kernel drops it
+when the process dies, kill -9 included). The offline commands take the same lock, so they refuse while an
+agent runs on that directory, and an agent cannot start in the middle of an offline edit.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+LOCK_FILE = "agent.lock"
+TRACING_FILE = "tracingpolicies.json"  # [{key: "namespace/name", source, mode, enabled}]
+NETWORK_FILE = "policies.json"  # {revision, policies: [{kind, namespace, name, revision, source}]}
+
+
+class StateDirBusy(Exception):
+    """Another process (an agent, or an offline command) holds the state directory."""
+
+
+def lock(state_dir: str | Path, create: bool = True) -> int:
+    """Take the state directory's lock (non-blocking) and write our pid into it; returns the fd to keep."""
+    d = Path(state_dir)
+    if create:
+        os.makedirs(d, mode=0o700, exist_ok=True)
+    path = d / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        other = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise StateDirBusy(f"the apiary state directory {d} is in use by pid {other} (an agent runs on it)") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+@contextmanager
+def offline(state_dir: str | Path) -> Iterator[Path]:
+    """Hold the lock of an existing state directory while editing it without an agent."""
+    d = Path(state_dir)
+    if not d.is_dir():
+        raise FileNotFoundError(f"no apiary state directory {d}")
+    fd = lock(d, create=False)
+    try:
+        yield d
+    finally:
+        os.close(fd)
+
+
+def _read(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: cannot read it: {e}") from e
+
+
+def _write(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+
+
+def switch_off_pinned(pin_root: str | Path, key: str) -> int:
+    """Zero a policy's hooks in the tracing sensor's pinned gs_hooks map, so that pinned programs that outlive
+    the agent stop enforcing it (a zero entry is a disabled hook; the next agent start removes the rest).
+    The layout is runtime/tracing.py's: <pin_root>/tracing/manifest (an array map holding NUL-padded JSON
+    whose "policies"[key]["hooks"] lists the policy's gs_hooks indexes) and <pin_root>/tracing/gs_hooks.
+    Returns how many hooks were switched off (0: no pins for this policy)."""
+    from apiary.loader import BpfError, Map
+
+    d = Path(pin_root) / "tracing"
+    if not (d / "manifest").exists():
+        return 0
+    try:
+        manifest = Map.from_pin(str(d / "manifest"))
+        try:
+            raw = manifest.lookup(b"\0" * 4) or b""
+        finally:
+            manifest.close()
+        hooks = json.loads(raw.rstrip(b"\0") or b"{}").get("policies", {}).get(key, {}).get("hooks", [])
+        if not hooks:
+            return 0
+        gs_hooks = Map.from_pin(str(d / "gs_hooks"))
+        try:
+            for hid in hooks:
+                gs_hooks.update(int(hid).to_bytes(4, "little"), b"\0" * gs_hooks.value_size)
+        finally:
+            gs_hooks.close()
+    except (BpfError, ValueError, AttributeError) as e:
+        raise ValueError(f"{d}: cannot switch off the pinned hooks of {key.lstrip('/')}: {e}") from e
+    return len(hooks)
+
+
+def delete_tracing_policy(
+    state_dir: str | Path, name: str, namespace: str = "", pin_root: str | Path | None = None
+) -> str:
+    """Remove a stored TracingPolicy so that the next agent start does not restore it, and switch off its
+    hooks in the pins a stopped or killed agent left (pin_root), so that enforcement stops now."""
+    with offline(state_dir) as d:
+        path = d / TRACING_FILE
+        recs = _read(path) or []
+        key = f"{namespace}/{name}"
+        keep = [r for r in recs if r.get("key") != key]
+        if len(keep) == len(recs):
+            where = f" in namespace {namespace}" if namespace else ""
+            raise KeyError(f"no stored tracing policy {name!r}{where} in {path}")
+        off = switch_off_pinned(pin_root, key) if pin_root else 0
+        _write(path, keep)
+        done = f"tracingpolicy {key.lstrip('/')} deleted from {d}"
+        return done + (f"; its {off} pinned hooks switched off" if off else "")
+
+
+def delete_network_policy(state_dir: str | Path, name: str, namespace: str = "") -> list[str]:
+    """Remove a stored network policy (every kind with that name and namespace), as the agent's delete does."""
+    with offline(state_dir) as d:
+        path = d / NETWORK_FILE
+        data = _read(path) or {"revision": 0, "policies": []}
+        hits = [p for p in data["policies"] if p.get("name") == name and p.get("namespace", "") == namespace]
+        if not hits:
+            where = f"namespace {namespace}" if namespace else "cluster scope"
+            raise KeyError(f"no stored policy {name!r} in {where} in {path}")
+        data["policies"] = [p for p in data["policies"] if p not in hits]
+        data["revision"] = data.get("revision", 0) + 1
+        _write(path, data)
+        return [f"{p['kind']} {p['namespace']}/{p['name']}".replace(" /", " ") for p in hits]

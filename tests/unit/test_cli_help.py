@@ -20,7 +20,9 @@ def _commands(cmd: click.Command, path: tuple[str, ...] = ()) -> Iterator[tuple[
 
 
 def _help(path: tuple[str, ...], cmd: click.Command) -> str:
-    ctx = click.Context(cmd, info_name=" ".join(("apiary", *path)))
+    # the root group's help option names, as a real invocation inherits them (click caches a command's help
+    # option: a context without them would leave later invocations with --help only)
+    ctx = click.Context(cmd, info_name=" ".join(("apiary", *path)), help_option_names=["-h", "--help"])
     return cmd.get_help(ctx)
 
 

@@ -181,7 +181,8 @@ def test_fd_install_and_file_open_at_the_exit_of_the_open_family() -> None:
         - call: fd_install
           syscall: false
           args: [{index: 0, type: int}, {index: 1, type: file}]
-          selectors: [{matchArgs: [{index: 1, operator: Equal, values: [/etc/passwd]}, {index: 0, operator: Equal, values: ['3']}]}]
+          selectors:
+          - matchArgs: [{index: 1, operator: Equal, values: [/etc/passwd]}, {index: 0, operator: Equal, values: ['3']}]
         lsmhooks:
         - hook: file_open
           args: [{index: 0, type: file}]

@@ -99,7 +99,8 @@ def test_deny_write_etc_converted() -> None:
     assert pwrite.syscalls == ("pwrite64",)
     [s] = write.selectors
     assert (s.args, s.action, s.signal) == ((ArgFilter(0, "Prefix", ("/etc/",)),), "Sigkill", 9)
-    assert any(n.startswith("kprobes[0] vfs_write: via sys_enter_write: the file resolved from the fd") for n in c.notes)
+    assert any(n.startswith("kprobes[0] vfs_write: via sys_enter_write: the file resolved from the fd")
+               for n in c.notes)
 
 
 def test_block_binary_writes_converted_into_selectors_of_four() -> None:

@@ -138,6 +138,35 @@ def test_tcp_connect_only_for_tcp_sockets_the_kernel_connects(sensors, workdir) 
     assert fams == [1, 1, 2, 2, 2, 10]
 
 
+def test_deny_connect_on_ipv6_fails_that_connect_not_the_next_ipv4_one(sensors) -> None:
+    ps, ts = sensors
+    with socket.socket(socket.AF_INET6) as t6, socket.socket() as t4:
+        t6.bind(("::1", 0))
+        t6.listen()
+        t4.bind(("127.0.0.1", 0))
+        t4.listen()
+        port6 = t6.getsockname()[1]
+        _apply(ts, f"""
+            kprobes:
+            - call: tcp_connect
+              syscall: false
+              args: [{{index: 0, type: sock}}]
+              selectors:
+              - matchArgs: [{{index: 0, operator: DPort, values: ["{port6}"]}}]
+                matchActions: [{{action: DenyConnect}}]
+            """)
+        pid, out = _run(f"""
+            import socket
+            c6 = socket.socket(socket.AF_INET6)
+            print(c6.connect_ex(("::1", {port6})))
+            c4 = socket.socket()
+            print(c4.connect_ex(("127.0.0.1", {t4.getsockname()[1]})))
+            """)
+    assert out.split() == ["1", "0"]  # EPERM for the denied IPv6 connect; the IPv4 one is not touched
+    [(_fn, _sc, ev)] = _events(ps, ts, {pid})
+    assert _dest(ev) == (10, "::1", port6) and ev.flags & tabi.EV_ENFORCED
+
+
 def test_upstream_private_addrs_policy_kills_nothing_connecting_locally(workdir) -> None:
     """tcp-connect-only-private-addrs.yaml (NotDAddr private ranges -> Sigkill) applied unchanged: a UNIX
     socket client (the CLI itself) and a loopback TCP client survive; the policy is then deleted."""
@@ -159,6 +188,10 @@ def test_upstream_private_addrs_policy_kills_nothing_connecting_locally(workdir)
             assert (tcp.returncode, tcp.stdout.strip()) == (0, "connected")
         finally:
             d = agent.cli("tp", "delete", "connect-only-private-addrs")
+            if d.returncode != 0:
+                # the policy may still be live: stop the agent by signal, never by connecting to its socket here
+                # (a regression would kill this test process too and leave the agent and its policy running)
+                agent.stop()
         assert d.returncode == 0, d.stderr
         assert "connect-only-private-addrs" not in agent.cli("tp", "list").stdout
     finally:

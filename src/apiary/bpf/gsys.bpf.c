@@ -1468,9 +1468,8 @@ int BPF_PROG(gs_follow_exit, struct task_struct *p)
 	return 0;
 }
 
-/* DenyConnect: the connect() a hook marked fails with EPERM */
-SEC("cgroup/connect4")
-int gs_connect4(struct bpf_sock_addr *ctx)
+/* DenyConnect: the connect() a hook marked fails with EPERM (IPv4 and IPv6: tcp_connect sees both) */
+static __always_inline int deny_marked(void)
 {
 	__u32 tid = (__u32)bpf_get_current_pid_tgid();
 	if (bpf_map_lookup_elem(&gs_deny, &tid)) {
@@ -1478,6 +1477,18 @@ int gs_connect4(struct bpf_sock_addr *ctx)
 		return 0;
 	}
 	return 1;
+}
+
+SEC("cgroup/connect4")
+int gs_connect4(struct bpf_sock_addr *ctx)
+{
+	return deny_marked();
+}
+
+SEC("cgroup/connect6")
+int gs_connect6(struct bpf_sock_addr *ctx)
+{
+	return deny_marked();
 }
 
 union gs_abi_types {

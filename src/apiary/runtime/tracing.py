@@ -72,7 +72,8 @@ class TracingSensor:
             self.obj = obj
             root = cgroup2_root()
             if root:
-                self.links.append(CgroupLink.attach(obj.program("gs_connect4"), root))
+                for prog in ("gs_connect4", "gs_connect6"):
+                    self.links.append(CgroupLink.attach(obj.program(prog), root))
         except BaseException:
             self.obj = obj
             self.close()
@@ -103,6 +104,7 @@ class TracingSensor:
         rows = [
             ("gs_sys_enter", self.obj.program("gs_sys_enter").fd, f"tracepoint syscalls/sys_enter_* ({watched})"),
             ("gs_connect4", self.obj.program("gs_connect4").fd, "cgroup/connect4 (cgroup v2 root)"),
+            ("gs_connect6", self.obj.program("gs_connect6").fd, "cgroup/connect6 (cgroup v2 root)"),
         ]
         if self.lsm:
             rows.append(("gs_file_open", self.obj.program("gs_file_open").fd, "lsm/file_open"))

@@ -20,41 +20,50 @@ attach points (see :mod:`apiary.tracing.types`).
    kretprobe. Where the kernel has BPF-LSM (``KernelFeatures.lsm``), the lsmhooks ``file_open``,
    ``file_permission`` and ``bprm_check_security`` (the binprm resolved to its file's path) are BPF-LSM
    programs: the only realisation where ``Override`` (fail the operation with ``argError``) is possible.
-3. Otherwise a few kernel functions (``syscall: false``) and LSM hooks, on the nearest syscalls:
+3. Otherwise a few kernel functions (``syscall: false``) and LSM hooks, on the syscalls that call them. Each
+   realisation carries a guard (:class:`~apiary.tracing.types.Guard`) the sensor checks on the kernel objects
+   before the selectors, so a hook fires only where the kernel calls the function: the fd's file (valid, not
+   O_PATH, its FMODE_* bits), the fd's socket (family, type, protocol, state), the user's sockaddr, the return
+   value, the task's credentials. Some are evaluated as a whole at the syscall's exit (``Hook.at_exit``), their
+   args taken from the return value (``REG_RET``) or the task (``REG_CRED``):
 
    ============================== =========================================== ==============================
-   kernel function / LSM hook      syscalls                                     args (kernel arg -> syscall)
+   kernel function / LSM hook      syscalls (guard)                             args (kernel arg -> source)
    ============================== =========================================== ==============================
-   vfs_write                       write pwrite64 | writev pwritev pwritev2     0 file -> fd 0 (path resolved
-                                                                                in the kernel); 1 buf -> 1 and
-                                                                                2 count -> 2 on write/pwrite64
-   vfs_read                        read pread64 | readv preadv preadv2          0 file -> fd 0; 2 count -> 2
-                                                                                (read/pread64); 1 buf: refused
-   security_file_permission        write family (mask = MAY_WRITE 2) and        0 file -> fd 0; 1 mask: a
-                                   read family (mask = MAY_READ 4)              constant per syscall, filters
-                                                                                on it are decided here
-   fd_install                      open creat | openat openat2                  1 file -> path string (arg 0 |
-                                                                                arg 1); 0 fd: not known yet
-   security_file_open, lsm         open creat | openat openat2                  0 file -> path string (0 | 1)
-   file_open
-   tcp_connect                     connect                                      0 sock -> sockaddr arg 1
-   security_socket_connect         connect                                      1 sockaddr -> 1; 2 addrlen ->
+   vfs_write                       write (a valid fd) | pwrite64 (and pos >= 0  0 file -> fd 0 (its full
+                                   on a seekable file); not writev & co., which path); 1 buf -> 1; 2 count
+                                   never call it                                -> 2
+   vfs_read                        read | pread64 (as vfs_write)                0 file -> fd 0; 2 count -> 2;
+                                                                                1 buf: refused
+   security_file_permission        write writev | pwrite64 pwritev | pwritev2   0 file -> fd 0; 1 mask: a
+                                   (the file opened for writing; positional:    constant per syscall (MAY_WRITE
+                                   pos >= 0, seekable), read family alike       2, MAY_READ 4)
+   fd_install                      exit of open creat openat openat2            0 fd -> the return value; 1
+                                   open_by_handle_at (returned >= 0)            file -> its file (full path)
+   security_file_open, lsm         the same exits, not for O_PATH opens         0 file -> the returned fd's
+   file_open                                                                    file (full path)
+   tcp_connect                     connect (an unconnected AF_INET/AF_INET6     0 sock -> the fd's socket with
+                                   TCP socket, a sockaddr of its family)        the sockaddr's destination
+   security_socket_connect         connect (a socket fd, a copyable sockaddr)   1 sockaddr -> 1; 2 addrlen ->
                                                                                 2; 0 socket: not available
-   commit_creds                    setuid setgid setreuid setregid setresuid    0 cred: not available
-                                   setresgid
+   commit_creds                    exit of set*id, setfs*id, setgroups, capset, 0 cred -> the task's
+                                   unshare, setns, prctl, keyctl, add_key,      credentials then
+                                   request_key, execve(at) (the credentials
+                                   changed during the call)
    security_bprm_check, lsm        execve | execveat                            0 linux_binprm -> path string
    bprm_check_security                                                          (arg 0 | arg 1)
    __sys_X                         X                                            same indices
    ============================== =========================================== ==============================
 
    "path string" args are the path as the process passed it (relative paths are not resolved), not
-   the file's full path; fd args are resolved to the file's path in the kernel. An arg marked "not
+   the file's full path; fd args are resolved to the file's full path in the kernel. What a realisation
+   still misses is its ``misses`` text, shown at apply time and in ``tp list``. An arg marked "not
    available" is left out of events (noted) and a filter on it refuses the policy. An arg that exists
-   on only some of the syscalls (vfs_write's count) restricts a monitoring policy to those syscalls
-   (noted) and refuses an enforcing one (the others would be a bypass). With ``return: true`` the value
-   read is the syscall's return value (at its exit): for vfs_write, vfs_read and __sys_X it means the
-   function's; for the LSM-like hooks and tcp_connect it means something else (noted, and
-   ``matchReturnArgs`` on it refused); for fd_install (void) and commit_creds it is refused.
+   on only some of the syscalls restricts a monitoring policy to those syscalls (noted) and refuses an
+   enforcing one (the others would be a bypass). With ``return: true`` the value read is the syscall's
+   return value (at its exit): for vfs_write, vfs_read and __sys_X it means the function's; for the
+   LSM-like hooks and tcp_connect it means something else (noted, and ``matchReturnArgs`` on it refused);
+   for fd_install (void) and commit_creds it is refused. Hooks decided at the exit act after the operation.
 4. Any other tracepoint (``syscalls/sys_exit_*`` and ``raw_syscalls/sys_exit`` included): args by field
    index in the tracepoint's format file (``<tracefs>/events/S/E/format``, common fields included), read
    from the record by offset and size: integer fields, ``__data_loc char[]`` and ``char[N]`` strings,

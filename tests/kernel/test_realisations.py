@@ -341,13 +341,3 @@ def test_commit_creds_when_the_credentials_change(sensors) -> None:
     # the exec that started the workload installed credentials too (every exec commits the binprm's)
     assert got == [(pid, "execve", 0, 0, 0), (child, "setresgid", 0, 0, 65534),
                    (child, "setuid", 65534, 65534, 65534)]
-
-
-def test_connect_sock_arg_is_tetragons_sock_arg() -> None:
-    """The agent renders the connect() socket as Tetragon's sock_arg (IPv6 addresses in IPv6 form)."""
-    from apiary.agent.tracing import _sock_arg
-
-    si = tabi.SockInfo(family=10, type=1, protocol=6, dport=443)
-    si.daddr6[:] = socket.inet_pton(socket.AF_INET6, "::1")
-    assert _sock_arg(si) == {"family": "AF_INET6", "type": "SOCK_STREAM", "protocol": "IPPROTO_TCP",
-                             "saddr": "::", "daddr": "::1", "dport": 443}

@@ -552,7 +552,9 @@ MAPPINGS: dict[str, _Mapping] = {
         "are not seen); kernel-initiated connections, TCP Fast Open (sendto/sendmsg with MSG_FASTOPEN, "
         "TCP_FASTOPEN_CONNECT) and MPTCP subflows not seen; a connect the kernel refuses before tcp_connect for "
         "another reason (no route, no free local port, an LSM or cgroup BPF program) is seen; the socket before "
-        "the connect: the source address and port are not chosen yet (unless bound) and its state is not reported",
+        "the connect: the source address and port are not chosen yet (unless bound) and its state is not reported; "
+        "address filters take IPv4 values: an IPv6 destination (::1 included) is in none of them, so NotDAddr "
+        "matches it (as in Tetragon)",
         ret=_SYS_RET,
         ret_differs="tcp_connect returns whether the SYN could be sent, connect() the outcome of the whole call "
         "(-EINPROGRESS on a non-blocking socket, -ECONNREFUSED…)",

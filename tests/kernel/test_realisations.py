@@ -138,6 +138,30 @@ def test_tcp_connect_only_for_tcp_sockets_the_kernel_connects(sensors, workdir) 
     assert fams == [1, 1, 2, 2, 2, 10]
 
 
+def test_address_filters_by_family(sensors, workdir) -> None:
+    """IPv4 address values: an IPv6 destination is in none of them (NotDAddr matches it, as in Tetragon); a UNIX
+    sockaddr has no address (neither operator matches), whatever bytes its path has where an IPv4 address is."""
+    ps, ts = sensors
+    _apply(ts, """
+        kprobes:
+        - call: tcp_connect
+          syscall: false
+          args: [{index: 0, type: sock}]
+          selectors: [{matchArgs: [{index: 0, operator: NotDAddr, values: [127.0.0.0/8]}]}]
+        - call: security_socket_connect
+          syscall: false
+          args: [{index: 1, type: sockaddr}]
+          selectors: [{matchArgs: [{index: 1, operator: NotSAddr, values: [127.0.0.0/8]}]}]
+        """)
+    pid, out = _run(_CONNECTS.format(d=workdir))
+    p6 = int(out.split()[1])
+    evs = _events(ps, ts, {pid})
+    # both hooks watch connect(), in the policy's order
+    assert [(fn, tabi.sockaddr(ev.ints[0])[0]) for fn, _sc, ev in evs] == [
+        ("tcp_connect", 10), ("security_socket_connect", 10)]
+    assert _dest(evs[0][2]) == (10, "::1", p6)
+
+
 def test_deny_connect_on_ipv6_fails_that_connect_not_the_next_ipv4_one(sensors) -> None:
     ps, ts = sensors
     with socket.socket(socket.AF_INET6) as t6, socket.socket() as t4:

@@ -473,9 +473,10 @@ _AFTER = (
 )
 _OPEN_TEXT = (
     "only the open syscalls (open, creat, openat, openat2, open_by_handle_at) that returned a new fd; opens by "
-    "the kernel, by exec and by other syscalls (memfd, open_tree…) not seen; an open the kernel function saw but "
-    "that failed afterwards (refused by another LSM, the driver's open failing…) not seen; O_PATH opens not seen "
-    "(the kernel does not call it for them); the file resolved from the returned fd to its full path; " + _AFTER
+    "the kernel, by exec, by io_uring and by other syscalls (memfd, open_tree…) not seen; an open the kernel "
+    "function saw but that failed afterwards (refused by another LSM, the driver's open failing…) not seen; "
+    "O_PATH opens not seen (the kernel does not call it for them); the file resolved from the returned fd to its "
+    "full path; " + _AFTER
 )
 _OPEN_MAPPING = _Mapping(
     (_Variant(_OPENS, {0: (REG_RET, _FILE)}, guard=_G_OPENED_FILE, at_exit=True),),

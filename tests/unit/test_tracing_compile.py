@@ -27,6 +27,7 @@ from apiary.tracing.types import (
     ARG_STRING,
     ARG_UINT,
     REG_CRED,
+    REG_NONE,
     REG_RET,
     ArgFilter,
     ArgSpec,
@@ -205,13 +206,29 @@ def test_fd_install_and_file_open_at_the_exit_of_the_open_family() -> None:
 def test_filter_on_an_unavailable_arg_is_refused() -> None:
     msg = refusal("""
         kprobes:
+        - call: vfs_read
+          syscall: false
+          args: [{index: 0, type: file}, {index: 1, type: char_buf}]
+          selectors: [{matchArgs: [{index: 1, operator: Prefix, values: [x]}]}]
+        """)
+    assert msg == ("unsupported: spec.kprobes[0].selectors[0].matchArgs[0] (filter on arg 1, which is not available: "
+                   "the buffer is not filled yet at syscall entry)")
+
+
+def test_security_socket_connect_reads_the_fds_socket() -> None:
+    [h] = build("""
+        kprobes:
         - call: security_socket_connect
           syscall: false
-          args: [{index: 0, type: sock}, {index: 1, type: sockaddr}]
-          selectors: [{matchArgs: [{index: 0, operator: Family, values: [AF_INET]}]}]
-        """)
-    assert msg == ("unsupported: spec.kprobes[0].selectors[0].matchArgs[0] (filter on arg 0, which is not available: "
-                   "the struct socket is not available at syscall entry (only its fd))")
+          args: [{index: 0, type: socket}, {index: 1, type: sockaddr}, {index: 2, type: int}]
+          selectors: [{matchArgs: [{index: 0, operator: Protocol, values: [IPPROTO_TCP]},
+                                   {index: 1, operator: Family, values: [AF_INET, AF_INET6]}]}]
+        """).hooks
+    # arg 0: the connect() fd's socket as it is (no sockaddr register: its own, unconnected destination)
+    assert h.args[0] == ArgSpec(REG_NONE, ARG_CONNSOCK, "", "socket", size_index=0)
+    assert h.args[1:] == (ArgSpec(1, ARG_SOCKADDR, "", "sockaddr"), ArgSpec(2, ARG_INT, "", "int"))
+    assert h.selectors[0].args == (ArgFilter(0, "Protocol", (6,)), ArgFilter(1, "Family", (2, 10)))
+    assert h.guard == Guard(frozenset({"file", "socket", "addr"}), fd=0, addr=1)
 
 
 def test_tcp_connect_on_connect() -> None:
@@ -628,14 +645,14 @@ def test_features_from_this_machine() -> None:
 def test_every_selector_problem_is_listed_once() -> None:
     found = refused("""
         kprobes:
-        - call: security_socket_connect
+        - call: vfs_read
           syscall: false
-          args: [{index: 0, type: sock}, {index: 1, type: sockaddr}]
+          args: [{index: 0, type: file}, {index: 1, type: char_buf}]
           selectors:
-          - matchArgs: [{index: 0, operator: Family, values: [AF_INET]}]
+          - matchArgs: [{index: 1, operator: Prefix, values: [x]}]
           - matchActions: [{action: GetUrl, argUrl: http://x}]
         """)
     assert found == [
-        "unsupported: spec.kprobes[0].selectors[0].matchArgs[0] (filter on arg 0, which is not available: the struct "
-        "socket is not available at syscall entry (only its fd))",
+        "unsupported: spec.kprobes[0].selectors[0].matchArgs[0] (filter on arg 1, which is not available: the buffer "
+        "is not filled yet at syscall entry)",
         "unsupported: spec.kprobes[0].selectors[1].matchActions[0].action (action GetUrl is not supported yet)"]

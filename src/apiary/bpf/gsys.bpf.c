@@ -251,7 +251,8 @@ static __always_inline struct socket *file_socket(struct file *f)
 }
 
 /* a socket argument into the event's slot a (the scratch event): a struct sock * (v), or for connect() the
- * socket of the fd with the destination of the user's sockaddr (v). Verified once, on its own. */
+ * socket of the fd with the destination of the user's sockaddr (v; 0: the socket's own destination).
+ * Verified once, on its own. */
 __noinline int gs_read_sock(__u32 a, __u64 v, __u64 fd, __u32 conn)
 {
 	__u32 zero = 0;
@@ -275,7 +276,7 @@ __noinline int gs_read_sock(__u32 a, __u64 v, __u64 fd, __u32 conn)
 	si.saddr = bpf_ntohl(BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr));
 	if (si.family == 10)
 		BPF_CORE_READ_INTO(&si.saddr6, sk, __sk_common.skc_v6_rcv_saddr);
-	if (conn) {
+	if (conn && v) {
 		struct {
 			__u16 family;
 			__u16 port;

@@ -29,6 +29,7 @@ from apiary.tracing.types import (
     ARG_STRING,
     ARG_UINT,
     GUARD_CHECKS,
+    REG_NONE,
     Guard,
     Hook,
 )
@@ -54,7 +55,6 @@ KIND = {
     ARG_BPRM: 15,
     ARG_CONNSOCK: 16,
 }
-REG_NONE = 0xFF
 # guard checks (GS_G_*): bit n = GUARD_CHECKS[n]
 GUARD_BITS = {name: 1 << n for n, name in enumerate(GUARD_CHECKS)}
 STRING_KINDS = (ARG_STRING, ARG_FD, ARG_FILEPTR, ARG_DATALOC, ARG_CHARS, ARG_KSTRING, ARG_BUF, ARG_PATHPTR, ARG_BPRM)

@@ -141,6 +141,7 @@ from .types import (
     MAX_STRING,
     MAX_VALUES,
     REG_CRED,
+    REG_NONE,
     REG_RET,
     STRING_KINDS,
     ArgFilter,
@@ -372,6 +373,8 @@ _SOCKADDR = "sockaddr"  # the user's struct sockaddr
 _KSOCK = "ksock"  # a struct sock in kernel memory (a kprobed function's argument)
 _KCRED = "kcred"  # a struct cred in kernel memory
 _CONNSOCK = "connsock"  # connect(): the fd's socket with the destination of the user's sockaddr
+_FDSOCK = "fdsock"  # connect(): the fd's struct socket as it is (not connected yet)
+_KBPRM = "kbprm"  # a struct linux_binprm in kernel memory (a kprobed function's argument)
 _ANY = "any"  # direct syscall arguments: the policy's type decides
 _UREG = "ureg"  # a uprobe's argument register: the policy's type decides (user-space values)
 _KREG = "kreg"  # a kprobed function's argument register: the policy's type decides (kernel values)
@@ -386,6 +389,8 @@ _CLASS_TYPES: dict[str, frozenset[str]] = {
     _SOCKADDR: frozenset({"sock", "sockaddr"}),
     _KSOCK: frozenset({"sock"}),
     _CONNSOCK: frozenset({"sock"}),
+    _FDSOCK: frozenset({"socket"}),
+    _KBPRM: frozenset({"linux_binprm"}),
     _KCRED: frozenset({"cred"}),
 }
 _CLASS_TEXT = {
@@ -399,6 +404,8 @@ _CLASS_TEXT = {
     _KSOCK: "a socket (struct sock in kernel memory)",
     _KCRED: "credentials (struct cred in kernel memory)",
     _CONNSOCK: "a socket (the connect() fd's socket, with the destination of the user's sockaddr)",
+    _FDSOCK: "a struct socket (the connect() fd's socket, before it connects)",
+    _KBPRM: "the program being executed (struct linux_binprm in kernel memory, read as its file's path)",
 }
 _CLASS_KIND = {
     _FILE: ARG_FD,
@@ -410,6 +417,8 @@ _CLASS_KIND = {
     _KSOCK: ARG_SOCK,
     _KCRED: ARG_CRED,
     _CONNSOCK: ARG_CONNSOCK,
+    _FDSOCK: ARG_CONNSOCK,
+    _KBPRM: ARG_BPRM,
 }
 
 
@@ -561,10 +570,15 @@ MAPPINGS: dict[str, _Mapping] = {
         "(-EINPROGRESS on a non-blocking socket, -ECONNREFUSED…)",
     ),
     "security_socket_connect": _Mapping(
-        (_Variant(("connect",), {1: (1, _SOCKADDR), 2: (2, _INT)}, guard=_g("file", "socket", "addr", fd=0, addr=1)),),
+        (
+            _Variant(
+                ("connect",),
+                {0: (REG_NONE, _FDSOCK), 1: (1, _SOCKADDR), 2: (2, _INT)},
+                guard=_g("file", "socket", "addr", fd=0, addr=1),
+            ),
+        ),
         "only the connect() syscall on a socket fd with a sockaddr the kernel could copy; kernel-initiated "
-        "connections not seen",
-        {0: "the struct socket is not available at syscall entry (only its fd)"},
+        "connections not seen; the socket is the fd's, read at connect() entry",
         ret=_SYS_RET,
         ret_differs="security_socket_connect returns a permission decision (0 or -errno), connect() the outcome of "
         "the whole call",
@@ -624,6 +638,12 @@ KPROBE_REAL: dict[str, _Mapping] = {
         (_Variant(("__kprobe_revert_creds",), {0: (0, _KCRED)}),),
         "every revert of a temporary override; the credentials restored",
         no_ret="revert_creds returns nothing (void)",
+    ),
+    "security_bprm_check": _Mapping(
+        (_Variant(("__kprobe_security_bprm_check",), {0: (0, _KBPRM)}),),
+        "every exec's check, decided before the new program runs (scripts: the script, then its interpreter); the "
+        "binprm is read as its file's full path",
+        ret=_KRET,
     ),
     "fd_install": _Mapping(
         (_Variant(("__kprobe_fd_install",), {0: (0, _INT), 1: (1, _KFILE)}),),
@@ -1522,7 +1542,7 @@ class _Compiler:
                             f"cannot be realised from it (use one of {', '.join(sorted(_CLASS_TYPES[cls]))})",
                         )
                     arg.kind = _CLASS_KIND.get(cls) or _kind_of(a.type_, f"{ap}.type")
-                    if cls == _CONNSOCK:
+                    if cls in (_CONNSOCK, _FDSOCK):
                         arg.size_index = variant.guard.fd  # the socket is the fd's
             if a.return_copy:
                 if not (

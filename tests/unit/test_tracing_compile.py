@@ -165,6 +165,8 @@ def test_security_file_permission_mask_decides_the_family() -> None:
     assert plain.args == (ArgSpec(0, ARG_FD, "", "file"),)
     assert plain.selectors == (Selector(args=(ArgFilter(0, "Prefix", ("/etc/",)),)),)  # the mask filter is decided
     assert "no selector can match at preadv2: not watched" in write.notes[-1]
+    assert ("kprobes[0] security_file_permission: arg 1 not reported: a constant implied by the syscall (see the "
+            "realisation); filters on it are decided when the policy is compiled") in write.notes
     read = build(SFP + "  selectors: [{matchArgs: [{index: 1, operator: Mask, values: ['4']}]}]").hooks
     assert read[0].syscalls == ("read", "readv") and read[0].selectors == (Selector(),)
     assert read[0].guard == Guard(frozenset({"file", "read"}), fd=0)

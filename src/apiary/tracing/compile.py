@@ -1514,6 +1514,10 @@ class _Compiler:
                 continue
             if a.index in variant.consts:
                 arg.const = variant.consts[a.index]
+                self.note(
+                    f"{source}: {index_text} {a.index} not reported: a constant implied by the syscall (see the "
+                    "realisation); filters on it are decided when the policy is compiled"
+                )
                 continue
             if mapping.fields is not None:
                 self.tp_arg(ap, source, a, arg, mapping.fields, variant.syscalls[0].removeprefix("__tp_"))

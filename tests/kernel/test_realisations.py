@@ -370,3 +370,31 @@ def test_commit_creds_when_the_credentials_change(sensors) -> None:
     # the exec that started the workload installed credentials too (every exec commits the binprm's)
     assert got == [(pid, "execve", 0, 0, 0), (child, "setresgid", 0, 0, 65534),
                    (child, "setuid", 65534, 65534, 65534)]
+
+
+def test_bprm_check_sees_the_execs_that_happen_as_full_paths(sensors, workdir) -> None:
+    ps, ts = sensors
+    _apply(ts, "kprobes: [{call: security_bprm_check, syscall: false, args: [{index: 0, type: linux_binprm}]}]")
+    shutil.copy("/bin/true", f"{workdir}/prog")
+    Path(workdir, "s.sh").write_text("#!/bin/sh\nexit 0\n")
+    Path(workdir, "noexec").write_text("#!/bin/sh\n")
+    os.chmod(f"{workdir}/s.sh", 0o755)
+    pid, out = _run(f"""
+        import os
+        os.chdir({workdir!r})
+        pids = []
+        for path in ("./prog", "s.sh", "./noexec", "./missing"):  # relative: the kernel sees the full path
+            c = os.fork()
+            if c == 0:
+                try:
+                    os.execv(path, [path])
+                finally:
+                    os._exit(127)
+            os.waitpid(c, 0)
+            pids.append(c)
+        print(*pids)
+    """)
+    prog, script, noexec, missing = (int(x) for x in out.split())
+    got = [(ev.pid, _s(ev, 0)) for _fn, _sc, ev in _events(ps, ts, {prog, script, noexec, missing})]
+    # a script is seen as its interpreter; no execute permission (EACCES) and a missing file: never checked
+    assert got == [(prog, f"{workdir}/prog"), (script, os.path.realpath("/bin/sh"))]

@@ -22,11 +22,13 @@ from apiary.tracing.types import (
     ARG_CONNSOCK,
     ARG_CRED,
     ARG_FD,
+    ARG_FILEPTR,
     ARG_INT,
     ARG_SOCKADDR,
     ARG_STRING,
     ARG_UINT,
     REG_CRED,
+    REG_EXE,
     REG_NONE,
     REG_RET,
     ArgFilter,
@@ -289,17 +291,19 @@ def test_commit_creds_bprm_and_sys_helpers() -> None:
         lsmhooks:
         - {hook: bprm_check_security, args: [{index: 0, type: linux_binprm}]}
         """)
-    creds, execve, execveat, setuid, lsm_execve, _ = c.hooks
+    creds, bprm, setuid, lsm_bprm = c.hooks
     # at the exit of the syscalls that commit credentials, when the task's credentials changed; arg 0 is them
     assert creds.syscalls[:8] == ("setuid", "setgid", "setreuid", "setregid", "setresuid", "setresgid", "setfsuid",
                                   "setfsgid")
     assert {"capset", "execve", "unshare", "setns"} <= set(creds.syscalls) and creds.at_exit
     assert creds.args == (ArgSpec(REG_CRED, ARG_CRED, "", "cred"),)
     assert creds.guard == Guard(frozenset({"cred_new"}))
-    assert (execve.syscalls, execve.args) == (("execve",), (ArgSpec(0, ARG_STRING, "", "linux_binprm"),))
-    assert (execveat.syscalls, execveat.args[0].index) == (("execveat",), 1)
+    # the execs that succeeded, at their exit: the executed file's full path (what bprm->file is)
+    assert (bprm.syscalls, bprm.at_exit, bprm.guard) == (("execve", "execveat"), True, Guard(frozenset({"ret_ok"})))
+    assert bprm.args == (ArgSpec(REG_EXE, ARG_FILEPTR, "", "linux_binprm"),)
     assert (setuid.syscalls, setuid.function_name) == (("setuid",), "__sys_setuid")
-    assert lsm_execve.event == "process_lsm"
+    assert (lsm_bprm.event, lsm_bprm.syscalls) == ("process_lsm", ("execve", "execveat"))
+    assert "a script is seen as its interpreter only" in bprm.realisation
 
 
 def test_unmapped_kernel_function_refused_from_the_features() -> None:

@@ -155,7 +155,7 @@ struct hooks_ctx {
 };
 
 /* register argument idx (0-5) of the call, by constant offsets; GS_REG_RET the return value (at the exit),
- * GS_REG_CRED the current task's credentials */
+ * GS_REG_CRED the current task's credentials, GS_REG_EXE its executable file */
 static __always_inline __u64 reg_at(struct hooks_ctx *hc, __u16 idx)
 {
 	switch (idx) {
@@ -169,6 +169,10 @@ static __always_inline __u64 reg_at(struct hooks_ctx *hc, __u16 idx)
 	case GS_REG_CRED: { /* the objective credentials: what commit_creds installs (with the subjective ones) */
 		struct task_struct *t = (void *)bpf_get_current_task();
 		return (__u64)BPF_CORE_READ(t, real_cred);
+	}
+	case GS_REG_EXE: {
+		struct task_struct *t = (void *)bpf_get_current_task();
+		return (__u64)BPF_CORE_READ(t, mm, exe_file);
 	}
 	}
 	return 0;

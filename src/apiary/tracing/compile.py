@@ -50,8 +50,9 @@ attach points (see :mod:`apiary.tracing.types`).
                                    unshare, setns, prctl, keyctl, add_key,      credentials then
                                    request_key, execve(at) (the credentials
                                    changed during the call)
-   security_bprm_check, lsm        execve | execveat                            0 linux_binprm -> path string
-   bprm_check_security                                                          (arg 0 | arg 1)
+   security_bprm_check, lsm        exit of execve execveat (returned 0: the     0 linux_binprm -> the executed
+   bprm_check_security             new program, before its first instruction)   file (full path; a script's
+                                                                                interpreter)
    __sys_X                         X                                            same indices
    ============================== =========================================== ==============================
 
@@ -141,6 +142,7 @@ from .types import (
     MAX_STRING,
     MAX_VALUES,
     REG_CRED,
+    REG_EXE,
     REG_NONE,
     REG_RET,
     STRING_KINDS,
@@ -494,11 +496,13 @@ _OPEN_MAPPING = _Mapping(
     ret_differs="the hook returns a permission decision (0 or -errno), the open syscalls return the new fd or -errno",
 )
 _EXEC_MAPPING = _Mapping(
-    (_Variant(("execve",), {0: (0, _PATH)}), _Variant(("execveat",), {0: (1, _PATH)})),
-    f"the {_PATH_TEXT}; execs that fail before the check (missing file, no execute permission, not a regular "
-    "file…) are seen though the kernel never calls it; a script's interpreter (a second call) not seen",
+    (_Variant(("execve", "execveat"), {0: (REG_EXE, _KBINPRM)}, guard=_g("ret_ok"), at_exit=True),),
+    "the execs that succeeded, at the exit of execve/execveat, before the new program runs its first instruction: "
+    "the binprm is the executed file, read as its full path; a script is seen as its interpreter only (the kernel "
+    "checks the script, then its interpreter); an exec the kernel checked but that failed afterwards (refused by "
+    "another LSM, a bad binary format…) not seen; execs by the kernel (usermode helpers) not seen",
     ret=_SYS_RET,
-    ret_differs="the hook returns a permission decision (0 or -errno), execve returns only when the exec failed",
+    ret_differs="the hook returns a permission decision (0 or -errno), execve returns 0 to the new program",
 )
 _RW_TEXT = (
     "the file resolved from the fd; kernel-internal {what}s (kernel_{what}, splice, sendfile, io_uring…) not "

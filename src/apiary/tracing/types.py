@@ -38,6 +38,7 @@ ARG_CONNSOCK = "conn_sock"  # connect(): the fd's socket (family, type, protocol
 # register sources past the six syscall arguments (ArgSpec.index, Guard registers)
 REG_RET = 6  # the syscall's return value (hooks evaluated at its exit)
 REG_CRED = 7  # the current task's credentials (struct cred *) when the hook runs
+REG_EXE = 8  # the current process's executable file (struct file *)
 REG_NONE = 0xFF  # no register: ARG_CONNSOCK without a sockaddr (the socket as it is)
 STRING_KINDS = (ARG_STRING, ARG_FD, ARG_FILEPTR, ARG_DATALOC, ARG_CHARS, ARG_KSTRING, ARG_BUF, ARG_PATHPTR, ARG_BPRM)
 MAX_NAMESPACE_FILTERS = 4  # matchNamespaces entries per selector

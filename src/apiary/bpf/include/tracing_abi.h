@@ -38,6 +38,7 @@
 /* register sources past the six syscall arguments (arg_index, arg_off, guard registers) */
 #define GS_REG_RET 6  /* the syscall's return value (hooks evaluated at the exit) */
 #define GS_REG_CRED 7 /* the current task's credentials (struct cred *), as they are when the hook runs */
+#define GS_REG_EXE 8  /* the current process's executable file (struct file *: mm->exe_file) */
 #define GS_REG_NONE 0xff
 
 /* Guards: what the kernel function a hook is realised for needs to be called at all, checked on the

@@ -56,8 +56,8 @@ attach points (see :mod:`apiary.tracing.types`).
    __sys_X                         X                                            same indices
    ============================== =========================================== ==============================
 
-   "path string" args are the path as the process passed it (relative paths are not resolved), not
-   the file's full path; fd args are resolved to the file's full path in the kernel. What a realisation
+   No row reads a user path string any more: files are resolved in the kernel from an fd (the syscall's
+   argument or its return value) or the process's executable, to their full path. What a realisation
    still misses is its ``misses`` text, shown at apply time and in ``tp list``. An arg marked "not
    available" is left out of events (noted) and a filter on it refuses the policy. An arg that exists
    on only some of the syscalls restricts a monitoring policy to those syscalls (noted) and refuses an
@@ -473,10 +473,6 @@ _G_OPENED_FILE = _g("ret_ok", "file", fd=REG_RET)  # security_file_open: do_dent
 _CREDS = (
     "setuid", "setgid", "setreuid", "setregid", "setresuid", "setresgid", "setfsuid", "setfsgid", "setgroups",
     "capset", "unshare", "setns", "prctl", "keyctl", "add_key", "request_key", "execve", "execveat",
-)
-_PATH_TEXT = (
-    "path as passed to the syscall (relative paths not resolved against the cwd/dirfd, symlinks not "
-    "followed), not the file's full path"
 )
 _AFTER = (
     "decided at the syscall's exit, after the kernel function ran: Sigkill/Signal act after the operation "

@@ -366,7 +366,6 @@ def _arch_prefix() -> str:
 
 # classes of kernel arguments a mapped function has at the syscall, and the Tetragon types each accepts
 _FILE = "file"  # an fd resolved to its file path in the kernel
-_PATH = "path"  # a user path string (as passed to the syscall)
 _BUF = "buf"  # a user buffer
 _INT = "int"
 _KFILE = "kfile"  # a struct file in kernel memory (the argument of an LSM hook or kprobed function)
@@ -383,7 +382,6 @@ _KREG = "kreg"  # a kprobed function's argument register: the policy's type deci
 
 _CLASS_TYPES: dict[str, frozenset[str]] = {
     _FILE: frozenset({"file", "fd"}),
-    _PATH: frozenset({"file", "path", "filename", "string", "linux_binprm"}),
     _KFILE: frozenset({"file"}),
     _KBINPRM: frozenset({"linux_binprm", "file"}),
     _BUF: frozenset({"char_buf", "string"}),
@@ -399,7 +397,6 @@ _CLASS_TEXT = {
     _KFILE: "a file (a struct file in kernel memory)",
     _KBINPRM: "the program being executed (struct linux_binprm, read as its file's path)",
     _FILE: "a file (its fd at the syscall)",
-    _PATH: "a path (a user string at the syscall)",
     _BUF: "a user buffer",
     _INT: "an integer",
     _SOCKADDR: "a socket address (the user's sockaddr)",
@@ -411,7 +408,6 @@ _CLASS_TEXT = {
 }
 _CLASS_KIND = {
     _FILE: ARG_FD,
-    _PATH: ARG_STRING,
     _BUF: ARG_STRING,
     _SOCKADDR: ARG_SOCKADDR,
     _KFILE: ARG_FILEPTR,

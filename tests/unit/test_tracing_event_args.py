@@ -18,6 +18,10 @@ from apiary.tracing.types import (
     ARG_SOCK,
     ARG_UINT,
     GUARD_CHECKS,
+    REG_CRED,
+    REG_EXE,
+    REG_NONE,
+    REG_RET,
     ArgSpec,
 )
 
@@ -51,7 +55,8 @@ def test_guard_bits_and_kinds_are_the_headers() -> None:
     defs = {m[1]: int(m[2], 0) for m in re.finditer(r"#define (GS_\w+) (0x[0-9a-fA-F]+|[0-9]+)\b", text)}
     assert {c: defs[f"GS_G_{c.upper()}"] for c in GUARD_CHECKS} == abi.GUARD_BITS
     assert defs["GS_ARG_CONNSOCK"] == abi.KIND[ARG_CONNSOCK] and defs["GS_F_AT_EXIT"] == abi.F_AT_EXIT
-    assert (defs["GS_REG_RET"], defs["GS_REG_CRED"], defs["GS_REG_NONE"]) == (6, 7, abi.REG_NONE)
+    assert (defs["GS_REG_RET"], defs["GS_REG_CRED"], defs["GS_REG_EXE"], defs["GS_REG_NONE"]) == (
+        REG_RET, REG_CRED, REG_EXE, REG_NONE)
 
 
 def test_cred_arg_lists_capabilities_by_name() -> None:

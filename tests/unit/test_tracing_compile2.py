@@ -19,6 +19,7 @@ from apiary.tracing.compile import (
 from apiary.tracing.load import load_tracing_policies
 from apiary.tracing.models import CAPABILITIES, PolicyError
 from apiary.tracing.types import (
+    ARG_BPRM,
     ARG_BUF,
     ARG_CHARS,
     ARG_DATALOC,
@@ -452,8 +453,8 @@ def test_mapped_function_return_is_the_syscalls() -> None:
           returnArg: {index: 0, type: int}
           selectors: [{matchReturnArgs: [{index: 0, operator: LT, values: ["0"]}]}]
         """)
-    [h] = c.hooks
-    assert h.syscalls == ("write", "pwrite64", "writev", "pwritev", "pwritev2")
+    [h, _] = c.hooks
+    assert h.syscalls == ("write",)
     assert h.ret == ArgSpec(0, ARG_INT, "", "int") and h.selectors[0].ret == ArgFilter(0, "LT", (0,))
     assert "kprobes[0] vfs_write: return value: the syscall's return value (bytes written or -errno), read at its " \
         "exit (sys_exit)" in c.notes
@@ -484,8 +485,7 @@ def test_mapped_function_return_is_the_syscalls() -> None:
 @pytest.mark.parametrize("call, f, why", [
     ("fd_install", HERE, "fd_install returns nothing (void)"),
     ("fd_install", VM, "fd_install returns nothing (void)"),
-    ("commit_creds", HERE, "commit_creds always returns 0; the set*id syscall's return value (whether the change was "
-                           "allowed) means something else"),
+    ("commit_creds", HERE, "commit_creds always returns 0; the syscall's return value means something else"),
 ])
 def test_return_refused_where_it_means_something_else(call: str, f: KernelFeatures, why: str) -> None:
     spec = f"kprobes: [{{call: {call}, syscall: false, return: true, returnArg: {{index: 0, type: int}}}}]"
@@ -605,6 +605,15 @@ def test_follow_slots_are_counted() -> None:
 
 
 # --- kprobes and BPF-LSM programs where the kernel has them -------------------------------------------
+
+
+def test_security_bprm_check_is_a_kprobe_where_the_kernel_has_them() -> None:
+    spec = "kprobes: [{call: security_bprm_check, syscall: false, args: [{index: 0, type: linux_binprm}]}]"
+    [h] = build(spec, VM).hooks
+    assert (h.syscalls, h.args) == (("__kprobe_security_bprm_check",), (ArgSpec(0, ARG_BPRM, "", "linux_binprm"),))
+    assert refusal(spec.replace("linux_binprm", "file"), VM).startswith(
+        "unsupported: spec.kprobes[0].args[0].type (arg 0 is the program being executed (struct linux_binprm in "
+        "kernel memory")
 
 
 def test_lsm_file_permission_and_bprm_check_security() -> None:

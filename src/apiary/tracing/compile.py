@@ -20,41 +20,51 @@ attach points (see :mod:`apiary.tracing.types`).
    kretprobe. Where the kernel has BPF-LSM (``KernelFeatures.lsm``), the lsmhooks ``file_open``,
    ``file_permission`` and ``bprm_check_security`` (the binprm resolved to its file's path) are BPF-LSM
    programs: the only realisation where ``Override`` (fail the operation with ``argError``) is possible.
-3. Otherwise a few kernel functions (``syscall: false``) and LSM hooks, on the nearest syscalls:
+3. Otherwise a few kernel functions (``syscall: false``) and LSM hooks, on the syscalls that call them. Each
+   realisation carries a guard (:class:`~apiary.tracing.types.Guard`) the sensor checks on the kernel objects
+   before the selectors, so a hook fires only where the kernel calls the function: the fd's file (valid, not
+   O_PATH, its FMODE_* bits), the fd's socket (family, type, protocol, state), the user's sockaddr, the return
+   value, the task's credentials. Some are evaluated as a whole at the syscall's exit (``Hook.at_exit``), their
+   args taken from the return value (``REG_RET``) or the task (``REG_CRED``):
 
    ============================== =========================================== ==============================
-   kernel function / LSM hook      syscalls                                     args (kernel arg -> syscall)
+   kernel function / LSM hook      syscalls (guard)                             args (kernel arg -> source)
    ============================== =========================================== ==============================
-   vfs_write                       write pwrite64 | writev pwritev pwritev2     0 file -> fd 0 (path resolved
-                                                                                in the kernel); 1 buf -> 1 and
-                                                                                2 count -> 2 on write/pwrite64
-   vfs_read                        read pread64 | readv preadv preadv2          0 file -> fd 0; 2 count -> 2
-                                                                                (read/pread64); 1 buf: refused
-   security_file_permission        write family (mask = MAY_WRITE 2) and        0 file -> fd 0; 1 mask: a
-                                   read family (mask = MAY_READ 4)              constant per syscall, filters
-                                                                                on it are decided here
-   fd_install                      open creat | openat openat2                  1 file -> path string (arg 0 |
-                                                                                arg 1); 0 fd: not known yet
-   security_file_open, lsm         open creat | openat openat2                  0 file -> path string (0 | 1)
-   file_open
-   tcp_connect                     connect                                      0 sock -> sockaddr arg 1
-   security_socket_connect         connect                                      1 sockaddr -> 1; 2 addrlen ->
+   vfs_write                       write (a valid fd) | pwrite64 (and pos >= 0  0 file -> fd 0 (its full
+                                   on a seekable file); not writev & co., which path); 1 buf -> 1; 2 count
+                                   never call it                                -> 2
+   vfs_read                        read | pread64 (as vfs_write)                0 file -> fd 0; 2 count -> 2;
+                                                                                1 buf: refused
+   security_file_permission        write writev | pwrite64 pwritev | pwritev2   0 file -> fd 0; 1 mask: a
+                                   (the file opened for writing; positional:    constant per syscall (MAY_WRITE
+                                   pos >= 0, seekable), read family alike       2, MAY_READ 4)
+   fd_install                      exit of open creat openat openat2            0 fd -> the return value; 1
+                                   open_by_handle_at (returned >= 0)            file -> its file (full path)
+   security_file_open, lsm         the same exits, not for O_PATH opens         0 file -> the returned fd's
+   file_open                                                                    file (full path)
+   tcp_connect                     connect (an unconnected AF_INET/AF_INET6     0 sock -> the fd's socket with
+                                   TCP socket, a sockaddr of its family)        the sockaddr's destination
+   security_socket_connect         connect (a socket fd, a copyable sockaddr)   1 sockaddr -> 1; 2 addrlen ->
                                                                                 2; 0 socket: not available
-   commit_creds                    setuid setgid setreuid setregid setresuid    0 cred: not available
-                                   setresgid
-   security_bprm_check, lsm        execve | execveat                            0 linux_binprm -> path string
-   bprm_check_security                                                          (arg 0 | arg 1)
+   commit_creds                    exit of set*id, setfs*id, setgroups, capset, 0 cred -> the task's
+                                   unshare, setns, prctl, keyctl, add_key,      credentials then
+                                   request_key, execve(at) (the credentials
+                                   changed during the call)
+   security_bprm_check, lsm        exit of execve execveat (returned 0: the     0 linux_binprm -> the executed
+   bprm_check_security             new program, before its first instruction)   file (full path; a script's
+                                                                                interpreter)
    __sys_X                         X                                            same indices
    ============================== =========================================== ==============================
 
-   "path string" args are the path as the process passed it (relative paths are not resolved), not
-   the file's full path; fd args are resolved to the file's path in the kernel. An arg marked "not
+   No row reads a user path string any more: files are resolved in the kernel from an fd (the syscall's
+   argument or its return value) or the process's executable, to their full path. What a realisation
+   still misses is its ``misses`` text, shown at apply time and in ``tp list``. An arg marked "not
    available" is left out of events (noted) and a filter on it refuses the policy. An arg that exists
-   on only some of the syscalls (vfs_write's count) restricts a monitoring policy to those syscalls
-   (noted) and refuses an enforcing one (the others would be a bypass). With ``return: true`` the value
-   read is the syscall's return value (at its exit): for vfs_write, vfs_read and __sys_X it means the
-   function's; for the LSM-like hooks and tcp_connect it means something else (noted, and
-   ``matchReturnArgs`` on it refused); for fd_install (void) and commit_creds it is refused.
+   on only some of the syscalls restricts a monitoring policy to those syscalls (noted) and refuses an
+   enforcing one (the others would be a bypass). With ``return: true`` the value read is the syscall's
+   return value (at its exit): for vfs_write, vfs_read and __sys_X it means the function's; for the
+   LSM-like hooks and tcp_connect it means something else (noted, and ``matchReturnArgs`` on it refused);
+   for fd_install (void) and commit_creds it is refused. Hooks decided at the exit act after the operation.
 4. Any other tracepoint (``syscalls/sys_exit_*`` and ``raw_syscalls/sys_exit`` included): args by field
    index in the tracepoint's format file (``<tracefs>/events/S/E/format``, common fields included), read
    from the record by offset and size: integer fields, ``__data_loc char[]`` and ``char[N]`` strings,
@@ -110,6 +120,7 @@ from .types import (
     ARG_BPRM,
     ARG_BUF,
     ARG_CHARS,
+    ARG_CONNSOCK,
     ARG_CRED,
     ARG_DATALOC,
     ARG_FD,
@@ -130,12 +141,17 @@ from .types import (
     MAX_SELECTORS,
     MAX_STRING,
     MAX_VALUES,
+    REG_CRED,
+    REG_EXE,
+    REG_NONE,
+    REG_RET,
     STRING_KINDS,
     ArgFilter,
     ArgSpec,
     BinaryFilter,
     CapabilityFilter,
     CompiledTracingPolicy,
+    Guard,
     Hook,
     NamespaceFilter,
     PidFilter,
@@ -350,7 +366,6 @@ def _arch_prefix() -> str:
 
 # classes of kernel arguments a mapped function has at the syscall, and the Tetragon types each accepts
 _FILE = "file"  # an fd resolved to its file path in the kernel
-_PATH = "path"  # a user path string (as passed to the syscall)
 _BUF = "buf"  # a user buffer
 _INT = "int"
 _KFILE = "kfile"  # a struct file in kernel memory (the argument of an LSM hook or kprobed function)
@@ -358,41 +373,50 @@ _KBINPRM = "kbinprm"  # a struct linux_binprm, resolved to its file's path (the 
 _SOCKADDR = "sockaddr"  # the user's struct sockaddr
 _KSOCK = "ksock"  # a struct sock in kernel memory (a kprobed function's argument)
 _KCRED = "kcred"  # a struct cred in kernel memory
+_CONNSOCK = "connsock"  # connect(): the fd's socket with the destination of the user's sockaddr
+_FDSOCK = "fdsock"  # connect(): the fd's struct socket as it is (not connected yet)
+_KBPRM = "kbprm"  # a struct linux_binprm in kernel memory (a kprobed function's argument)
 _ANY = "any"  # direct syscall arguments: the policy's type decides
 _UREG = "ureg"  # a uprobe's argument register: the policy's type decides (user-space values)
 _KREG = "kreg"  # a kprobed function's argument register: the policy's type decides (kernel values)
 
 _CLASS_TYPES: dict[str, frozenset[str]] = {
     _FILE: frozenset({"file", "fd"}),
-    _PATH: frozenset({"file", "path", "filename", "string", "linux_binprm"}),
     _KFILE: frozenset({"file"}),
     _KBINPRM: frozenset({"linux_binprm", "file"}),
     _BUF: frozenset({"char_buf", "string"}),
     _INT: frozenset(INT_TYPES),
     _SOCKADDR: frozenset({"sock", "sockaddr"}),
     _KSOCK: frozenset({"sock"}),
+    _CONNSOCK: frozenset({"sock"}),
+    _FDSOCK: frozenset({"socket"}),
+    _KBPRM: frozenset({"linux_binprm"}),
     _KCRED: frozenset({"cred"}),
 }
 _CLASS_TEXT = {
     _KFILE: "a file (a struct file in kernel memory)",
     _KBINPRM: "the program being executed (struct linux_binprm, read as its file's path)",
     _FILE: "a file (its fd at the syscall)",
-    _PATH: "a path (a user string at the syscall)",
     _BUF: "a user buffer",
     _INT: "an integer",
     _SOCKADDR: "a socket address (the user's sockaddr)",
     _KSOCK: "a socket (struct sock in kernel memory)",
     _KCRED: "credentials (struct cred in kernel memory)",
+    _CONNSOCK: "a socket (the connect() fd's socket, with the destination of the user's sockaddr)",
+    _FDSOCK: "a struct socket (the connect() fd's socket, before it connects)",
+    _KBPRM: "the program being executed (struct linux_binprm in kernel memory, read as its file's path)",
 }
 _CLASS_KIND = {
     _FILE: ARG_FD,
-    _PATH: ARG_STRING,
     _BUF: ARG_STRING,
     _SOCKADDR: ARG_SOCKADDR,
     _KFILE: ARG_FILEPTR,
     _KBINPRM: ARG_FILEPTR,
     _KSOCK: ARG_SOCK,
     _KCRED: ARG_CRED,
+    _CONNSOCK: ARG_CONNSOCK,
+    _FDSOCK: ARG_CONNSOCK,
+    _KBPRM: ARG_BPRM,
 }
 
 
@@ -401,6 +425,8 @@ class _Variant:
     syscalls: tuple[str, ...]
     args: Mapping[int, tuple[int, str]]  # kernel arg index -> (syscall arg index, class)
     consts: Mapping[int, int] = field(default_factory=dict)  # kernel arg index -> its value on these syscalls
+    guard: Guard = field(default_factory=Guard)  # when these syscalls call the function (checked in the kernel)
+    at_exit: bool = False  # evaluated at the syscalls' exit (args from REG_RET / REG_CRED)
 
 
 @dataclass(frozen=True)
@@ -418,77 +444,149 @@ class _Mapping:
 _SYS_RET = "the syscall's return value, read at its exit (sys_exit)"
 
 
-_WRITE = ("write", "pwrite64", "writev", "pwritev", "pwritev2")
-_READ = ("read", "pread64", "readv", "preadv", "preadv2")
-_OPEN_FIRST = ("open", "creat")
-_OPEN_SECOND = ("openat", "openat2")
-_CREDS = ("setuid", "setgid", "setreuid", "setregid", "setresuid", "setresgid")
-_PATH_TEXT = (
-    "path as passed to the syscall (relative paths not resolved against the cwd/dirfd, symlinks not "
-    "followed), not the file's full path"
+def _g(*checks: str, fd: int = -1, pos: int = -1, addr: int = -1) -> Guard:
+    return Guard(frozenset(checks), fd, pos, addr)
+
+
+# Linux 6.1 - 6.18: write(2)/pwrite64(2) call vfs_write on the fd's file (fdget refuses O_PATH files; pwrite64
+# needs pos >= 0 and a seekable file, FMODE_PWRITE); writev/pwritev/pwritev2 go through vfs_writev and never
+# call it. Every one of them reaches rw_verify_area -> security_file_permission(MAY_WRITE) once the file has
+# FMODE_WRITE and FMODE_CAN_WRITE (pwritev2 with pos -1 writes at the current position). Reads alike.
+_FD0 = {"fd": 0}
+_G_RW = _g("file", **_FD0)
+_G_PWRITE = _g("file", "pwrite", pos=3, **_FD0)
+_G_PREAD = _g("file", "pread", pos=3, **_FD0)
+_G_PERM_W = _g("file", "write", **_FD0)
+_G_PERM_R = _g("file", "read", **_FD0)
+_G_PERM_PW = _g("file", "write", "pwrite", pos=3, **_FD0)
+_G_PERM_PR = _g("file", "read", "pread", pos=3, **_FD0)
+_G_PERM_PW2 = _g("file", "write", "pwrite", "pos_opt", pos=3, **_FD0)
+_G_PERM_PR2 = _g("file", "read", "pread", "pos_opt", pos=3, **_FD0)
+# the open syscalls, at their exit: the new fd is the return value
+_OPENS = ("open", "creat", "openat", "openat2", "open_by_handle_at")
+_G_OPENED = _g("ret_ok")  # fd_install: every fd the open syscalls return, O_PATH ones included
+_G_OPENED_FILE = _g("ret_ok", "file", fd=REG_RET)  # security_file_open: do_dentry_open skips it for O_PATH
+_CREDS = (
+    "setuid", "setgid", "setreuid", "setregid", "setresuid", "setresgid", "setfsuid", "setfsgid", "setgroups",
+    "capset", "unshare", "setns", "prctl", "keyctl", "add_key", "request_key", "execve", "execveat",
+)
+_AFTER = (
+    "decided at the syscall's exit, after the kernel function ran: Sigkill/Signal act after the operation "
+    "(a Sigkill at the entry did not prevent it either: the signal is delivered on the way back to user space)"
+)
+_OPEN_TEXT = (
+    "only the open syscalls (open, creat, openat, openat2, open_by_handle_at) that returned a new fd; opens by "
+    "the kernel, by exec, by io_uring and by other syscalls (memfd, open_tree…) not seen; an open the kernel "
+    "function saw but that failed afterwards (refused by another LSM, the driver's open failing…) not seen; "
+    "O_PATH opens not seen (the kernel does not call it for them); the file resolved from the returned fd to its "
+    "full path; " + _AFTER
 )
 _OPEN_MAPPING = _Mapping(
-    (_Variant(_OPEN_FIRST, {0: (0, _PATH)}), _Variant(_OPEN_SECOND, {0: (1, _PATH)})),
-    f"opens by the kernel and by exec not seen; {_PATH_TEXT}",
+    (_Variant(_OPENS, {0: (REG_RET, _FILE)}, guard=_G_OPENED_FILE, at_exit=True),),
+    _OPEN_TEXT,
     ret=_SYS_RET,
     ret_differs="the hook returns a permission decision (0 or -errno), the open syscalls return the new fd or -errno",
 )
 _EXEC_MAPPING = _Mapping(
-    (_Variant(("execve",), {0: (0, _PATH)}), _Variant(("execveat",), {0: (1, _PATH)})),
-    f"the {_PATH_TEXT}; a script's interpreter not seen",
+    (_Variant(("execve", "execveat"), {0: (REG_EXE, _KBINPRM)}, guard=_g("ret_ok"), at_exit=True),),
+    "the execs that succeeded, at the exit of execve/execveat, before the new program runs its first instruction: "
+    "the binprm is the executed file, read as its full path; a script is seen as its interpreter only (the kernel "
+    "checks the script, then its interpreter); an exec the kernel checked but that failed afterwards (refused by "
+    "another LSM, a bad binary format…) not seen; execs by the kernel (usermode helpers) not seen",
     ret=_SYS_RET,
-    ret_differs="the hook returns a permission decision (0 or -errno), execve returns only when the exec failed",
+    ret_differs="the hook returns a permission decision (0 or -errno), execve returns 0 to the new program",
+)
+_RW_TEXT = (
+    "the file resolved from the fd; kernel-internal {what}s (kernel_{what}, splice, sendfile, io_uring…) not "
+    "seen; {what}v/p{what}v/p{what}v2 not watched: they go through vfs_{what}v and never call vfs_{what}; "
+    "p{what}64 only when the kernel calls it (pos >= 0 on a seekable file); calls on a bad or O_PATH fd not seen "
+    "(the kernel fails them first)"
+)
+_PERM_TEXT = (
+    "write-family syscalls are MAY_WRITE (2), read-family MAY_READ (4), each seen only when it reaches the check "
+    "(a valid fd opened for writing / reading; positional ones: pos >= 0 on a seekable file); kernel-internal "
+    "accesses and other permission checks (mmap, splice, sendfile, io_uring…) not seen; calls the kernel fails "
+    "between the mode check and the permission check (a count over SSIZE_MAX, a bad buffer or iovec, a position "
+    "overflow) and zero-length readv/writev (the kernel skips the check) are seen; the file resolved from the "
+    "fd; the mask is implied by the syscall, not read"
 )
 
 MAPPINGS: dict[str, _Mapping] = {
     "vfs_write": _Mapping(
-        (_Variant(_WRITE[:2], {0: (0, _FILE), 1: (1, _BUF), 2: (2, _INT)}), _Variant(_WRITE[2:], {0: (0, _FILE)})),
-        "kernel-internal writes not seen; file resolved from the fd",
+        (
+            _Variant(("write",), {0: (0, _FILE), 1: (1, _BUF), 2: (2, _INT)}, guard=_G_RW),
+            _Variant(("pwrite64",), {0: (0, _FILE), 1: (1, _BUF), 2: (2, _INT)}, guard=_G_PWRITE),
+        ),
+        _RW_TEXT.format(what="write"),
         ret="the syscall's return value (bytes written or -errno), read at its exit (sys_exit)",
     ),
     "vfs_read": _Mapping(
-        (_Variant(_READ[:2], {0: (0, _FILE), 2: (2, _INT)}), _Variant(_READ[2:], {0: (0, _FILE)})),
-        "kernel-internal reads not seen; file resolved from the fd",
+        (
+            _Variant(("read",), {0: (0, _FILE), 2: (2, _INT)}, guard=_G_RW),
+            _Variant(("pread64",), {0: (0, _FILE), 2: (2, _INT)}, guard=_G_PREAD),
+        ),
+        _RW_TEXT.format(what="read"),
         {1: "the buffer is not filled yet at syscall entry"},
         ret="the syscall's return value (bytes read or -errno), read at its exit (sys_exit)",
     ),
     "security_file_permission": _Mapping(
-        (_Variant(_WRITE, {0: (0, _FILE)}, {1: 2}), _Variant(_READ, {0: (0, _FILE)}, {1: 4})),
-        "write-family syscalls are MAY_WRITE (2), read-family MAY_READ (4); kernel-internal accesses and other "
-        "permission checks not seen; file resolved from the fd; the mask is implied by the syscall, not read",
+        (
+            _Variant(("write", "writev"), {0: (0, _FILE)}, {1: 2}, guard=_G_PERM_W),
+            _Variant(("pwrite64", "pwritev"), {0: (0, _FILE)}, {1: 2}, guard=_G_PERM_PW),
+            _Variant(("pwritev2",), {0: (0, _FILE)}, {1: 2}, guard=_G_PERM_PW2),
+            _Variant(("read", "readv"), {0: (0, _FILE)}, {1: 4}, guard=_G_PERM_R),
+            _Variant(("pread64", "preadv"), {0: (0, _FILE)}, {1: 4}, guard=_G_PERM_PR),
+            _Variant(("preadv2",), {0: (0, _FILE)}, {1: 4}, guard=_G_PERM_PR2),
+        ),
+        _PERM_TEXT,
         ret=_SYS_RET,
         ret_differs="security_file_permission returns a permission decision (0 or -errno), the read/write syscalls "
         "return a byte count or -errno",
     ),
     "fd_install": _Mapping(
-        (_Variant(_OPEN_FIRST, {1: (0, _PATH)}), _Variant(_OPEN_SECOND, {1: (1, _PATH)})),
-        f"only files opened by path (not sockets, pipes, accept, dup…); {_PATH_TEXT}",
-        {0: "the new fd is the syscall's return value, not known at syscall entry"},
+        (_Variant(_OPENS, {0: (REG_RET, _INT), 1: (REG_RET, _FILE)}, guard=_G_OPENED, at_exit=True),),
+        "only the fds of the open syscalls (open, creat, openat, openat2, open_by_handle_at; O_PATH ones included), "
+        "not those of socket, accept, pipe, dup, memfd, pidfd…; the file resolved from the returned fd to its full "
+        "path; " + _AFTER,
         no_ret="fd_install returns nothing (void)",
     ),
     "security_file_open": _OPEN_MAPPING,
     "tcp_connect": _Mapping(
-        (_Variant(("connect",), {0: (1, _SOCKADDR)}),),
-        "only the connect() syscall; kernel-initiated connections not seen; connect() of UDP sockets is seen too; "
-        "the destination is the user's sockaddr, the source address and port are not known yet",
+        (_Variant(("connect",), {0: (1, _CONNSOCK)}, guard=_g("file", "socket", "addr", "tcp", fd=0, addr=1)),),
+        "only the connect() syscall, and only when the kernel gets to the protocol's connect (an unconnected "
+        "AF_INET/AF_INET6 TCP socket and a sockaddr of its family and length: UNIX, UDP and connected sockets "
+        "are not seen); kernel-initiated connections, TCP Fast Open (sendto/sendmsg with MSG_FASTOPEN, "
+        "TCP_FASTOPEN_CONNECT) and MPTCP subflows not seen; a connect the kernel refuses before tcp_connect for "
+        "another reason (no route, no free local port, an LSM or cgroup BPF program) is seen; the socket before "
+        "the connect: the source address and port are not chosen yet (unless bound) and its state is not reported; "
+        "address filters take IPv4 values: an IPv6 destination (::1 included) is in none of them, so NotDAddr "
+        "matches it (as in Tetragon)",
         ret=_SYS_RET,
         ret_differs="tcp_connect returns whether the SYN could be sent, connect() the outcome of the whole call "
         "(-EINPROGRESS on a non-blocking socket, -ECONNREFUSED…)",
     ),
     "security_socket_connect": _Mapping(
-        (_Variant(("connect",), {1: (1, _SOCKADDR), 2: (2, _INT)}),),
-        "only the connect() syscall; kernel-initiated connections not seen",
-        {0: "the struct socket is not available at syscall entry (only its fd)"},
+        (
+            _Variant(
+                ("connect",),
+                {0: (REG_NONE, _FDSOCK), 1: (1, _SOCKADDR), 2: (2, _INT)},
+                guard=_g("file", "socket", "addr", fd=0, addr=1),
+            ),
+        ),
+        "only the connect() syscall on a socket fd with a sockaddr the kernel could copy; kernel-initiated "
+        "connections not seen; the socket is the fd's, read at connect() entry",
         ret=_SYS_RET,
         ret_differs="security_socket_connect returns a permission decision (0 or -errno), connect() the outcome of "
         "the whole call",
     ),
     "commit_creds": _Mapping(
-        (_Variant(_CREDS, {}),),
-        "only the set*id syscalls; credential changes by exec of set-uid binaries, capset, unshare, setfsuid… not seen",
-        {0: "the new credentials are computed inside the syscall: not available at syscall entry"},
-        no_ret="commit_creds always returns 0; the set*id syscall's return value (whether the change was allowed) "
-        "means something else",
+        (_Variant(_CREDS, {0: (REG_CRED, _KCRED)}, guard=_g("cred_new"), at_exit=True),),
+        "at the exit of the syscalls that install credentials (set*id, setfs*id, setgroups, capset, unshare, setns, "
+        "prctl, keyctl, add_key, request_key, execve, execveat) when the task's credentials are no longer those it "
+        "had at the entry: the credentials then in place are what commit_creds installed; commits by the kernel "
+        "outside these syscalls not seen, several commits in one syscall are one event, a multi-threaded exec by a "
+        "non-leader thread not seen; " + _AFTER,
+        no_ret="commit_creds always returns 0; the syscall's return value means something else",
     ),
     "security_bprm_check": _EXEC_MAPPING,
 }
@@ -536,6 +634,12 @@ KPROBE_REAL: dict[str, _Mapping] = {
         (_Variant(("__kprobe_revert_creds",), {0: (0, _KCRED)}),),
         "every revert of a temporary override; the credentials restored",
         no_ret="revert_creds returns nothing (void)",
+    ),
+    "security_bprm_check": _Mapping(
+        (_Variant(("__kprobe_security_bprm_check",), {0: (0, _KBPRM)}),),
+        "every exec's check, decided before the new program runs (scripts: the script, then its interpreter); the "
+        "binprm is read as its file's full path",
+        ret=_KRET,
     ),
     "fd_install": _Mapping(
         (_Variant(("__kprobe_fd_install",), {0: (0, _INT), 1: (1, _KFILE)}),),
@@ -617,6 +721,8 @@ _KSOCK_OPS = {
     "NotSportPriv": "NotSPort",
     "Protocol": "Protocol",
 }
+# connect(): the socket's protocol is read, the source is not chosen yet
+_CONNSOCK_OPS = {**_SOCK_OPS, "Protocol": "Protocol"}
 _PROTOCOLS = {"IPPROTO_IP": 0, "IPPROTO_ICMP": 1, "IPPROTO_TCP": 6, "IPPROTO_UDP": 17, "IPPROTO_SCTP": 132,
               "IPPROTO_RAW": 255, "IPPROTO_MPTCP": 262}
 _UNSUPPORTED_SELECTOR_FIELDS = (
@@ -1332,18 +1438,22 @@ class _Compiler:
             built.append((variant, argspecs, sels))
         if not built:
             raise _Refuse(hp, "; ".join(dropped) or "no realisation")
-        merged: list[tuple[list[str], tuple[ArgSpec, ...], tuple[Selector, ...] | None]] = []
+        merged: list[tuple[list[str], tuple[ArgSpec, ...], tuple[Selector, ...] | None, _Variant]] = []
         for variant, argspecs, sels in built:
             for m in merged:
-                if m[1] == argspecs and m[2] == sels:
+                if m[1] == argspecs and m[2] == sels and (m[3].guard, m[3].at_exit) == (
+                    variant.guard,
+                    variant.at_exit,
+                ):
                     m[0].extend(variant.syscalls)
                     break
             else:
-                merged.append((list(variant.syscalls), argspecs, sels))
-        for calls, argspecs, sels in merged:
+                merged.append((list(variant.syscalls), argspecs, sels, variant))
+        for calls, argspecs, sels, variant in merged:
             text = realisation
             if not text:  # a kernel function or LSM hook approximated on syscalls
-                text = f"via sys_enter_{'/'.join(calls)}: {mapping.misses}" + self.entry_only(event)
+                where = "sys_exit" if variant.at_exit else "sys_enter"
+                text = f"via {where}_{'/'.join(calls)}: {mapping.misses}" + self.entry_only(event)
             if sels is None:
                 self.notes.append(f"{source}: no selector can match at {'/'.join(calls)}: not watched")
                 continue
@@ -1360,6 +1470,8 @@ class _Compiler:
                     tags=tuple(spec.tags or ()),
                     ret=ret,
                     path=path,
+                    guard=variant.guard,
+                    at_exit=variant.at_exit,
                 )
             )
             self.notes.append(f"{source}: {text}")
@@ -1398,6 +1510,10 @@ class _Compiler:
                 continue
             if a.index in variant.consts:
                 arg.const = variant.consts[a.index]
+                self.note(
+                    f"{source}: {index_text} {a.index} not reported: a constant implied by the syscall (see the "
+                    "realisation); filters on it are decided when the policy is compiled"
+                )
                 continue
             if mapping.fields is not None:
                 self.tp_arg(ap, source, a, arg, mapping.fields, variant.syscalls[0].removeprefix("__tp_"))
@@ -1426,6 +1542,8 @@ class _Compiler:
                             f"cannot be realised from it (use one of {', '.join(sorted(_CLASS_TYPES[cls]))})",
                         )
                     arg.kind = _CLASS_KIND.get(cls) or _kind_of(a.type_, f"{ap}.type")
+                    if cls in (_CONNSOCK, _FDSOCK):
+                        arg.size_index = variant.guard.fd  # the socket is the fd's
             if a.return_copy:
                 if not (
                     a.type_ == "char_buf"
@@ -1717,8 +1835,16 @@ class _Compiler:
                     )
                 strs.append(s)
             return ArgFilter(arg.slot, op, tuple(strs))
-        if kind in (ARG_SOCKADDR, ARG_SOCK, ARG_SKB):
-            table = _KSOCK_OPS if kind in (ARG_SOCK, ARG_SKB) else _SOCKADDR_OPS if ty == "sockaddr" else _SOCK_OPS
+        if kind in (ARG_SOCKADDR, ARG_SOCK, ARG_SKB, ARG_CONNSOCK):
+            table = (
+                _KSOCK_OPS
+                if kind in (ARG_SOCK, ARG_SKB)
+                else _CONNSOCK_OPS
+                if kind == ARG_CONNSOCK
+                else _SOCKADDR_OPS
+                if ty == "sockaddr"
+                else _SOCK_OPS
+            )
             if op not in table:
                 if op in ("SAddr", "NotSAddr", "SPort", "NotSPort", "SPortPriv", "NotSportPriv"):
                     why = "the source address and port are not known at connect() entry"

@@ -65,9 +65,16 @@ def _key(p: CompiledTracingPolicy) -> str:
 
 
 class Tracing:
-    def __init__(self, state_dir: str, process: ProcessSensor, features: KernelFeatures, network: Any = None) -> None:
+    def __init__(
+        self,
+        state_dir: str,
+        process: ProcessSensor,
+        features: KernelFeatures,
+        network: Any = None,
+        pin_dir: str | Path | None = None,
+    ) -> None:
         self.file = Path(state_dir) / "tracingpolicies.json"
-        self.sensor = TracingSensor(process, lsm=features.lsm, kprobes=features.kprobes)
+        self.sensor = TracingSensor(process, lsm=features.lsm, kprobes=features.kprobes, pin_dir=pin_dir)
         self.features = features
         self.network = network
         self.stored: dict[str, Stored] = {}
@@ -81,6 +88,7 @@ class Tracing:
                     self._apply_text(rec["source"], mode=rec.get("mode"), enabled=rec.get("enabled", True))
                 except (PolicyError, OSError, ValueError) as e:
                     notes.append(f"tracing policy {rec.get('key')} could not be restored: {e}")
+        notes += self.sensor.finish_adoption()
         notes.append(
             f"tracing: {len(self.stored)} policies; hooks on syscall tracepoints, tracepoints, uprobes"
             f"{', kprobes' if self.features.kprobes else ''}{', BPF-LSM' if self.features.lsm else ''}"
@@ -230,6 +238,8 @@ class Tracing:
                     "lost": counts["lost"],
                     "kernel_memory": self.sensor.kernel_memory(lp),
                     "scope": None if lp.cgroups is None else len(lp.cgroups),
+                    # pinned: a killed agent leaves the hooks attached and enforcing
+                    "enforced_while_agent_down": self.sensor.pins is not None,
                     "notes": st.compiled.notes,
                 }
             )

@@ -48,6 +48,12 @@ def tp_list(ctx: click.Context, output: str) -> None:
         hooks = "\n".join(f"{h['source']}: {h['realisation']}" for h in r["hooks"])
         t.add_row(name, r["state"], r["mode"], hooks, str(r["events"]), str(r["enforced"]), f"{r['kernel_memory']:,} B")
     console().print(t)
+    if rows:
+        down = all(r.get("enforced_while_agent_down") for r in rows)
+        click.echo(
+            "enforced while the agent is down: "
+            + ("yes (hooks and maps are pinned; a clean stop removes them)" if down else "no (not pinned)")
+        )
 
 
 def _name_cmd(op: str, help_text: str) -> click.Command:

@@ -1,0 +1,224 @@
+"""Tracing enforcement survives the agent: matchBinaries sees processes older than the agent (the binary map
+is seeded from /proc), a killed agent leaves its hooks pinned and enforcing, the next agent adopts them
+without attaching anything twice, and a clean stop removes every pin."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from apiary.testing.agent import AgentProcess
+
+START_TIMEOUT = 180.0  # the test machine is shared: start-up can take half a minute
+
+
+@pytest.fixture
+def copied_shell() -> Iterator[Path]:
+    """A copy of dash under a unique path: the binary a matchBinaries selector names."""
+    d = Path("/dev/shm" if os.path.isdir("/dev/shm") else "/tmp") / f"apiary-pins-{os.getpid()}-{time.monotonic_ns()}"
+    d.mkdir(mode=0o755)
+    copy = d / "dash-copy"
+    shutil.copy2("/usr/bin/dash", copy)
+    try:
+        yield copy
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def procs() -> Iterator[list[subprocess.Popen[str]]]:
+    started: list[subprocess.Popen[str]] = []
+    yield started
+    for p in started:  # only the processes this test started, by their Popen handle
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+def policy(binary: Path, name: str = "kill-copied-chdir") -> str:
+    return textwrap.dedent(
+        f"""
+        apiVersion: cilium.io/v1alpha1
+        kind: TracingPolicy
+        metadata: {{name: {name}}}
+        spec:
+          kprobes:
+          - call: sys_chdir
+            syscall: true
+            args:
+            - {{index: 0, type: string}}
+            selectors:
+            - matchBinaries:
+              - {{operator: In, values: ["{binary}"]}}
+              matchActions:
+              - {{action: Sigkill}}
+        """
+    )
+
+
+def apply(agent: AgentProcess, text: str) -> None:
+    r = agent.cli("tp", "apply", "-f", "-", input=text)
+    assert r.returncode == 0, r.stderr
+
+
+def chdir_loop(binary: Path) -> subprocess.Popen[str]:
+    """A process of ``binary`` that calls chdir() once per line on its stdin (and nothing else meanwhile)."""
+    return subprocess.Popen(
+        [str(binary), "-c", "while read x; do cd /; echo ok; done"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+def poke(p: subprocess.Popen[str]) -> int | None:
+    """One chdir(): the process's exit status if that killed it, None if it answered."""
+    assert p.stdin is not None and p.stdout is not None
+    try:
+        p.stdin.write("x\n")
+        p.stdin.flush()
+    except BrokenPipeError:
+        pass
+    line = p.stdout.readline()
+    if line == "ok\n":
+        return None
+    return p.wait(timeout=10)
+
+
+def run_once(binary: Path) -> int:
+    return subprocess.run([str(binary), "-c", "cd /; echo survived"], capture_output=True, timeout=30).returncode
+
+
+def tp_rows(agent: AgentProcess) -> list[dict[str, Any]]:
+    r = agent.cli("tp", "list", "-o", "json")
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def bpf_list(agent: AgentProcess) -> dict[str, Any]:
+    r = agent.cli("bpf", "list", "-o", "json")
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def kernel_links() -> dict[int, int]:
+    """link id -> program id of every bpf_link in the kernel (bpftool's view, not apiary's)."""
+    out = subprocess.run(["bpftool", "-j", "link", "show"], capture_output=True, text=True, check=True).stdout
+    return {lk["id"]: lk["prog_id"] for lk in json.loads(out or "[]")}
+
+
+def kill_events(agent: AgentProcess, name: str) -> list[dict[str, Any]]:
+    c = agent.client()
+    evs = []
+    with c.http.stream("GET", "/v1/events", params=[("since", "10m"), ("follow", "0"), ("type", "kprobe")]) as resp:
+        for line in resp.iter_lines():
+            if line.strip():
+                ev = json.loads(line)["process_kprobe"]
+                if ev.get("policy_name") == name and ev["action"] == "KPROBE_ACTION_SIGKILL":
+                    evs.append(ev)
+    return evs
+
+
+def wait_for(fn: Any, timeout: float = 10.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        v = fn()
+        if v or time.monotonic() > deadline:
+            return v
+        time.sleep(0.1)
+
+
+needs_bpftool = pytest.mark.skipif(shutil.which("bpftool") is None, reason="bpftool counts the kernel's links")
+
+
+def test_matchbinaries_kills_a_process_started_before_the_agent(copied_shell: Path, procs: list) -> None:
+    early = chdir_loop(copied_shell)
+    procs.append(early)
+    assert poke(early) is None  # alive and answering before any agent runs
+    a = AgentProcess()
+    try:
+        a.start(timeout=START_TIMEOUT)
+        apply(a, policy(copied_shell))
+        assert run_once(Path("/usr/bin/dash")) == 0  # another binary's chdir is not the policy's
+        assert poke(early) == -signal.SIGKILL  # its exec happened before the agent: seeded from /proc
+        assert wait_for(lambda: kill_events(a, "kill-copied-chdir"))
+    finally:
+        a.cleanup()
+
+
+@needs_bpftool
+def test_enforcement_survives_kill_9_and_the_next_agent_adopts_it(copied_shell: Path, procs: list) -> None:
+    a = AgentProcess()
+    try:
+        a.start(timeout=START_TIMEOUT)
+        apply(a, policy(copied_shell))
+        assert run_once(copied_shell) == -signal.SIGKILL
+        across = chdir_loop(copied_shell)  # runs across the agent's death and restart
+        procs.append(across)
+        time.sleep(0.2)
+        before = bpf_list(a)
+        rows = tp_rows(a)
+        assert rows[0]["enforced_while_agent_down"] is True
+        enforced_before = rows[0]["enforced"]
+        assert enforced_before >= 1
+        assert "enforced while the agent is down: yes" in a.cli("tp", "list").stdout
+        links_before = {lk["id"]: lk["attach"] for lk in before["links"]}
+
+        assert a.stop(signal.SIGKILL) is not None  # no clean shutdown at all
+        assert os.path.isdir(f"{a.pin_root}/tracing/links")
+        assert run_once(copied_shell) == -signal.SIGKILL  # still enforced with no agent running
+        assert run_once(Path("/usr/bin/dash")) == 0
+
+        a.start(timeout=START_TIMEOUT)
+        assert "adopted" in a.log()
+        rows = tp_rows(a)
+        assert [r["name"] for r in rows] == ["kill-copied-chdir"]  # listed once
+        assert rows[0]["enforced"] >= enforced_before + 1  # the kernel's counters survived, the kill while down too
+        assert poke(across) == -signal.SIGKILL  # its binary entry survived the restart
+        assert run_once(copied_shell) == -signal.SIGKILL
+        assert wait_for(lambda: kill_events(a, "kill-copied-chdir"))  # events flow again
+
+        after = bpf_list(a)
+        links_after = {lk["id"]: lk["attach"] for lk in after["links"]}
+        # the same number of attachments, none twice: the adopted links are the previous agent's
+        assert len(links_after) == len(links_before)
+        kept = set(links_before) & set(links_after)
+        assert kept, (links_before, links_after)
+        kernel = kernel_links()
+        ours = {kernel[i] for i in set(links_before) | set(links_after) if i in kernel}
+        assert {i for i, p in kernel.items() if p in ours} == set(links_after)  # nothing else runs our programs
+
+        pins = [lk["pin"] for lk in after["links"] if lk["pin"]]
+        assert pins and all(p.startswith(a.pin_root) and os.path.exists(p) for p in pins)
+    finally:
+        a.cleanup()
+    assert not os.path.exists(a.pin_root)
+
+
+@needs_bpftool
+def test_clean_stop_removes_every_tracing_pin_and_link(copied_shell: Path) -> None:
+    a = AgentProcess()
+    try:
+        a.start(timeout=START_TIMEOUT)
+        apply(a, policy(copied_shell))
+        data = bpf_list(a)
+        link_ids = {lk["id"] for lk in data["links"] if lk["id"]}
+        assert any("sys_enter_chdir" in lk["attach"] for lk in data["links"]), data["links"]
+        assert os.listdir(f"{a.pin_root}/tracing/links")
+        assert a.stop() == 0
+        assert not os.path.exists(a.pin_root)
+        gone = wait_for(lambda: not (link_ids & set(kernel_links())), timeout=5)
+        assert gone, link_ids & set(kernel_links())
+        assert run_once(copied_shell) == 0  # nothing enforces after a clean stop
+    finally:
+        a.cleanup()

@@ -167,15 +167,12 @@ def test_enforcement_survives_kill_9_and_the_next_agent_adopts_it(copied_shell: 
         procs.append(across)
         time.sleep(0.2)
         before = bpf_list(a)
-        rows = tp_rows(a)
-        assert rows[0]["enforced_while_agent_down"] is True
-        enforced_before = rows[0]["enforced"]
+        enforced_before = tp_rows(a)[0]["enforced"]
         assert enforced_before >= 1
-        assert "enforced while the agent is down: yes" in a.cli("tp", "list").stdout
+        execs_before = a.client().get("/v1/status")["events"]["kernel_written"]["exec"]
         links_before = {lk["id"]: lk["attach"] for lk in before["links"]}
 
         assert a.stop(signal.SIGKILL) is not None  # no clean shutdown at all
-        assert os.path.isdir(f"{a.pin_root}/tracing/links")
         assert run_once(copied_shell) == -signal.SIGKILL  # still enforced with no agent running
         assert run_once(Path("/usr/bin/dash")) == 0
 
@@ -183,6 +180,10 @@ def test_enforcement_survives_kill_9_and_the_next_agent_adopts_it(copied_shell: 
         assert "adopted" in a.log()
         rows = tp_rows(a)
         assert [r["name"] for r in rows] == ["kill-copied-chdir"]  # listed once
+        assert rows[0]["enforced_while_agent_down"] is True
+        assert "enforced while the agent is down: yes" in a.cli("tp", "list").stdout
+        # the kernel's counters (ring-buffer losses among them) were kept, and counted while no agent ran
+        assert a.client().get("/v1/status")["events"]["kernel_written"]["exec"] >= execs_before + 2
         assert rows[0]["enforced"] >= enforced_before + 1  # the kernel's counters survived, the kill while down too
         assert poke(across) == -signal.SIGKILL  # its binary entry survived the restart
         assert run_once(copied_shell) == -signal.SIGKILL
@@ -220,5 +221,30 @@ def test_clean_stop_removes_every_tracing_pin_and_link(copied_shell: Path) -> No
         gone = wait_for(lambda: not (link_ids & set(kernel_links())), timeout=5)
         assert gone, link_ids & set(kernel_links())
         assert run_once(copied_shell) == 0  # nothing enforces after a clean stop
+    finally:
+        a.cleanup()
+
+
+def test_a_policy_removed_while_the_agent_was_down_is_removed_from_the_kernel(copied_shell: Path) -> None:
+    """The stored state is what the next agent enforces: a policy dropped from it offline (as `tp delete
+    --offline` does) is detached at start, and nothing of it stays pinned."""
+    a = AgentProcess()
+    try:
+        a.start(timeout=START_TIMEOUT)
+        apply(a, policy(copied_shell, "dropped"))
+        apply(a, policy(Path("/nonexistent/other-binary"), "kept"))
+        assert a.stop(signal.SIGKILL) is not None
+        assert run_once(copied_shell) == -signal.SIGKILL
+        state = a.dir / "state" / "tracingpolicies.json"
+        recs = json.loads(state.read_text())
+        state.write_text(json.dumps([r for r in recs if "dropped" not in r["key"]]))
+        a.start(timeout=START_TIMEOUT)
+        assert "removed policy /dropped" in a.log()
+        assert [r["name"] for r in tp_rows(a)] == ["kept"]
+        assert run_once(copied_shell) == 0
+        links = os.listdir(f"{a.pin_root}/tracing/links")
+        assert sorted(links) == sorted(["%40connect4", "chdir"]), links  # kept's hook only
+        a.cli("tp", "delete", "kept")
+        assert sorted(os.listdir(f"{a.pin_root}/tracing/links")) == ["%40connect4"]
     finally:
         a.cleanup()

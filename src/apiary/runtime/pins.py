@@ -46,6 +46,7 @@ class PinSet:
         self.identity = identity
         self.manifest_map: Map | None = None
         self.adopted = False
+        self.discarded = ""  # why pins found at open() were removed instead of adopted
 
     def open(self) -> dict[str, Any] | None:
         """The manifest of pins an earlier agent left, if they can be adopted; otherwise None, and whatever
@@ -55,15 +56,13 @@ class PinSet:
         try:
             m = Map.from_pin(str(self.root / MANIFEST))
         except BpfError:
+            self.discarded = f"{self.root}: no manifest (left by an interrupted start): removed"
             remove_pin_tree(self.root)
             return None
-        raw = m.lookup(b"\0" * 4) or b""
-        try:
-            data = json.loads(raw.rstrip(b"\0") or b"null")
-        except ValueError:
-            data = None
-        if not isinstance(data, dict) or data.get("identity") != self.identity:
+        data = read_manifest(m)
+        if data is None or data.get("identity") != self.identity:
             m.close()
+            self.discarded = f"{self.root}: pinned for another BPF object or configuration: replaced"
             remove_pin_tree(self.root)
             return None
         self.manifest_map = m
@@ -80,10 +79,7 @@ class PinSet:
 
     def write(self, state: dict[str, Any]) -> None:
         assert self.manifest_map is not None
-        raw = json.dumps({"identity": self.identity} | state, separators=(",", ":")).encode()
-        if len(raw) > MANIFEST_BYTES:
-            raise BpfError(f"pin manifest {self.root}", 28, f"{len(raw)} bytes, room for {MANIFEST_BYTES}")
-        self.manifest_map.update(b"\0" * 4, raw.ljust(MANIFEST_BYTES, b"\0"))
+        write_manifest(self.manifest_map, {"identity": self.identity} | state)
 
     def map_path(self, name: str) -> str:
         return str(self.root / name)
@@ -116,3 +112,19 @@ class PinSet:
     def remove(self) -> None:
         self.close()
         remove_pin_tree(self.root)
+
+
+def read_manifest(m: Map) -> dict[str, Any] | None:
+    raw = m.lookup(b"\0" * 4) or b""
+    try:
+        data = json.loads(raw.rstrip(b"\0") or b"null")
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def write_manifest(m: Map, data: dict[str, Any]) -> None:
+    raw = json.dumps(data, separators=(",", ":")).encode()
+    if len(raw) > MANIFEST_BYTES:
+        raise BpfError(f"pin manifest (map {m.name})", 28, f"{len(raw)} bytes, room for {MANIFEST_BYTES}")
+    m.update(b"\0" * 4, raw.ljust(MANIFEST_BYTES, b"\0"))

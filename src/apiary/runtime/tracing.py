@@ -17,8 +17,9 @@ Pins (with a pin directory; the agent uses ``<pin_root>/tracing``), so enforceme
         "__exit_<name>", "__kprobe_<fn>", "__uprobe_<path>:<sym>", "__tp_<subsys>/<event>", "__rawtp_<tp>",
         "__lsm_<hook>", "@connect4", "@follow_exec", "@follow_fork", "@follow_exit"
 
-To switch a policy off without an agent: zero its hooks' gs_hooks entries (the "hooks" of its manifest entry)
-and drop it from tracingpolicies.json; the next agent start removes its links and remaining entries. A clean
+To switch a policy off without an agent: ``disable_pinned_policy(pin_dir, key)`` (zeroes its gs_hooks and
+gs_follow entries, the "hooks" of its manifest entry, and drops it from the manifest), and drop it from
+tracingpolicies.json; the next agent start removes its links and remaining entries. A clean
 ``close()`` removes the directory; the next ``load()`` adopts it: the maps are reused, the links kept
 (``adopt``), and each restored policy whose encoding is unchanged keeps its hooks; ``finish_adoption``
 removes what no restored policy claimed.
@@ -51,7 +52,7 @@ from apiary.tracing.types import CompiledTracingPolicy, Hook
 
 from . import tracing_abi as abi
 from .paths import bpf_object
-from .pins import PinSet, link_file, object_digest
+from .pins import MANIFEST, PinSet, link_file, object_digest, read_manifest, write_manifest
 from .process import ProcessSensor
 
 SHARED = ("events", "procs", "binaries")  # the process sensor's maps, reused
@@ -259,6 +260,9 @@ class TracingSensor:
         """After the agent restored its stored policies: remove what a previous agent left and nothing claimed
         (policies, hooks, follow bits, scope entries, links)."""
         notes = []
+        for ps in (self.process.pins, self.pins):
+            if ps and ps.discarded:
+                notes.append(f"pins of the previous agent in {ps.discarded}")
         if self.pins and self.pins.adopted:
             notes.append(
                 f"tracing: adopted {self.adopted_links} pinned links, "
@@ -662,6 +666,36 @@ class TracingSensor:
 
     def kernel_memory(self, lp: LoadedPolicy) -> int:
         return len(lp.hook_ids) * self.hooks_map.value_size + len(lp.cgroups) * 24
+
+
+def disable_pinned_policy(pin_dir: str | Path, key: str) -> bool:
+    """Without a running agent: stop a pinned policy ("<namespace>/<name>") from acting at once (its gs_hooks
+    and gs_follow entries zeroed) and forget it in the manifest. The caller also drops it from the stored
+    state (tracingpolicies.json); the next agent start detaches its links and removes what is left of it.
+    False when the pins hold no such policy."""
+    d = Path(pin_dir)
+    if not (d / MANIFEST).exists():
+        return False
+    maps: dict[str, Map] = {}
+    try:
+        for n in (MANIFEST, "gs_hooks", "gs_follow"):
+            maps[n] = Map.from_pin(str(d / n))
+        data = read_manifest(maps[MANIFEST])
+        rec = (data or {}).get("policies", {}).pop(key, None)
+        if data is None or rec is None:
+            return False
+        hooks = {int(h) for h in rec["hooks"]}
+        for hid in hooks:
+            maps["gs_hooks"].update(hid.to_bytes(4, "little"), b"\0" * maps["gs_hooks"].value_size)
+        follow = data.get("follow", {})
+        for bit in [b for b, (hid, _si, _w) in follow.items() if int(hid) in hooks]:
+            maps["gs_follow"].update(int(bit).to_bytes(4, "little"), b"\0" * maps["gs_follow"].value_size)
+            del follow[bit]
+        write_manifest(maps[MANIFEST], data)
+        return True
+    finally:
+        for m in maps.values():
+            m.close()
 
 
 def _digest(policy: CompiledTracingPolicy, encoded: list[bytes]) -> str:

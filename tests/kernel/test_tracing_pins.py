@@ -252,3 +252,20 @@ def test_a_policy_removed_while_the_agent_was_down_is_removed_from_the_kernel(co
         assert sorted(os.listdir(f"{a.pin_root}/tracing/links")) == ["%40connect4"]
     finally:
         a.cleanup()
+
+
+def test_ring_buffer_losses_while_the_agent_is_down_are_counted_after_restart() -> None:
+    """Nobody reads the ring while the agent is down: it fills, the programs count what they could not
+    write (per CPU, in pinned counters), and the next agent reports those losses."""
+    a = AgentProcess("--ringbuf-size", "4096")
+    try:
+        a.start(timeout=START_TIMEOUT)
+        lost_before = a.client().get("/v1/status")["events"]["kernel_lost"]
+        assert a.stop(signal.SIGKILL) is not None
+        for _ in range(60):  # ~ 3 records each, far more than 4 KiB
+            subprocess.run(["/bin/true"], check=True)
+        a.start(timeout=START_TIMEOUT)
+        lost = a.client().get("/v1/status")["events"]["kernel_lost"]
+        assert sum(lost.values()) > sum(lost_before.values()), (lost_before, lost)
+    finally:
+        a.cleanup()

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from apiary.loader import BpfError
 from apiary.observe import tetragon
 from apiary.policy.models import PolicyError, Problem
 from apiary.runtime import tracing_abi as abi
@@ -86,7 +87,7 @@ class Tracing:
             for rec in json.loads(self.file.read_text()):
                 try:
                     self._apply_text(rec["source"], mode=rec.get("mode"), enabled=rec.get("enabled", True))
-                except (PolicyError, OSError, ValueError) as e:
+                except (PolicyError, OSError, ValueError, BpfError) as e:  # the others are still restored
                     notes.append(f"tracing policy {rec.get('key')} could not be restored: {e}")
         notes += self.sensor.finish_adoption()
         notes.append(

@@ -284,3 +284,24 @@ def test_ring_buffer_losses_while_the_agent_is_down_are_counted_after_restart() 
         assert sum(lost.values()) >= lost_down, (lost_down, lost)  # the counters survived the restart
     finally:
         a.cleanup()
+
+
+def test_a_policy_changed_while_the_agent_was_down_is_replaced_whole(copied_shell: Path) -> None:
+    other = copied_shell.with_name("dash-other")
+    shutil.copy2(copied_shell, other)
+    a = AgentProcess()
+    try:
+        a.start(timeout=START_TIMEOUT)
+        apply(a, policy(copied_shell, "changed"))
+        assert a.stop(signal.SIGKILL) is not None
+        state = a.dir / "state" / "tracingpolicies.json"
+        state.write_text(state.read_text().replace(str(copied_shell), str(other)))  # edited offline
+        a.start(timeout=START_TIMEOUT)
+        assert [r["name"] for r in tp_rows(a)] == ["changed"]
+        assert run_once(copied_shell) == 0  # the old selector is gone from the kernel
+        assert run_once(other) == -signal.SIGKILL  # the stored one enforces
+        assert sorted(os.listdir(f"{a.pin_root}/tracing/links")) == ["%40connect4", "chdir"]
+        hooks = [lk for lk in bpf_list(a)["links"] if "chdir" in lk["attach"]]
+        assert len(hooks) == 1, hooks
+    finally:
+        a.cleanup()

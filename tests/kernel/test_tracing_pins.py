@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -304,4 +305,54 @@ def test_a_policy_changed_while_the_agent_was_down_is_replaced_whole(copied_shel
         hooks = [lk for lk in bpf_list(a)["links"] if "chdir" in lk["attach"]]
         assert len(hooks) == 1, hooks
     finally:
+        a.cleanup()
+
+
+def pids_with(marker: str) -> list[int]:
+    """The processes whose command line holds this test's unique marker (only ones this test started)."""
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                if marker.encode() in Path(f"/proc/{d}/cmdline").read_bytes():
+                    out.append(int(d))
+            except OSError:
+                pass
+    return out
+
+
+def test_followchildren_survives_a_restart_for_an_orphaned_child(copied_shell: Path) -> None:
+    """The child of a followed binary keeps its bit in the kernel across kill -9 and restart, even after its
+    parent exited (so /proc no longer shows the ancestry the agent could re-seed it from)."""
+    marker = f"apiary-pins-follow-{os.getpid()}-{time.monotonic_ns()}"
+    text = policy(copied_shell, "follow").replace(
+        f'values: ["{copied_shell}"]}}', f'values: ["{copied_shell}"], followChildren: true}}'
+    )
+    assert "followChildren" in text
+    r_in, w_in = os.pipe()
+    r_out, w_out = os.pipe()
+    a = AgentProcess()
+    try:
+        a.start(timeout=START_TIMEOUT)
+        apply(a, text)
+        # the copy starts a /usr/bin/dash child in the background (stdin/stdout: our pipes) and exits
+        script = f'exec 3<&0; /usr/bin/dash -c ": {marker}; while read x; do cd /; echo ok; done" <&3 3<&- &'
+        launcher = subprocess.run([str(copied_shell), "-c", script], stdin=r_in, stdout=w_out, timeout=30)
+        os.close(r_in)
+        os.close(w_out)
+        r_in = w_out = -1
+        assert launcher.returncode == 0
+        assert pids_with(marker)
+        assert a.stop(signal.SIGKILL) is not None
+        a.start(timeout=START_TIMEOUT)
+        os.write(w_in, b"x\n")
+        ready, _, _ = select.select([r_out], [], [], 20)
+        assert ready and os.read(r_out, 16) == b"", "the followed child answered: it was not killed"
+        assert wait_for(lambda: not pids_with(marker), timeout=5)
+    finally:
+        for pid in pids_with(marker):
+            os.kill(pid, signal.SIGKILL)
+        for fd in (r_in, w_in, r_out, w_out):
+            if fd >= 0:
+                os.close(fd)
         a.cleanup()

@@ -202,9 +202,13 @@ def test_enforcement_survives_kill_9_and_the_next_agent_adopts_it(copied_shell: 
 
         pins = [lk["pin"] for lk in after["links"] if lk["pin"]]
         assert pins and all(p.startswith(a.pin_root) and os.path.exists(p) for p in pins)
+
+        assert a.stop() == 0  # a clean stop of the adopting agent removes the adopted links and pins too
+        assert not os.path.exists(a.pin_root)
+        assert wait_for(lambda: not (set(links_after) & set(kernel_links())), timeout=5)
+        assert run_once(copied_shell) == 0  # nothing enforces any more
     finally:
         a.cleanup()
-    assert not os.path.exists(a.pin_root)
 
 
 @needs_bpftool

@@ -128,7 +128,7 @@ class ProcessSensor:
                         obj.map(m).pin(path)
                     self.info.pins[m] = path
                 if not self.adopted:
-                    self.pins.write({"links": {n: self.pins.link_path(n) for n in PROGRAMS}})
+                    self.pins.write({"links": {n: [self.pins.link_path(n), point] for n, point in PROGRAMS.items()}})
         except BaseException:
             self.obj = obj
             self.close()

@@ -11,7 +11,7 @@ Pins (with a pin directory; the agent uses ``<pin_root>/tracing``), so enforceme
         "policies": {"<namespace>/<name>": {"id": policy id, "hooks": [gs_hooks index...], "cgroups": [...],
                      "digest": sha256 of the encoded hooks, "attach": {hook id: [[attach names], has return]}}},
         "follow": {gs_mb bit: [hook id, selector, "bin"|"pid"]},
-        "links": {attach name: pin path}
+        "links": {attach name: [pin path, what it is attached to]}
     <pin_root>/tracing/<map>        every gs_* map (gs_hooks, gs_syscalls, gs_scope, gs_mb, gs_follow, gs_counters…)
     <pin_root>/tracing/links/<quoted attach name>   one per attachment: a syscall name ("openat"),
         "__exit_<name>", "__kprobe_<fn>", "__uprobe_<path>:<sym>", "__tp_<subsys>/<event>", "__rawtp_<tp>",
@@ -40,6 +40,7 @@ from apiary.loader import (
     KprobeLink,
     LsmLink,
     Map,
+    PinnedLink,
     RawTracepointCookieLink,
     TracepointLink,
     TracingLink,
@@ -192,8 +193,8 @@ class TracingSensor:
                 str(rec["digest"]),
                 {int(h): ([str(n) for n in names], bool(ret)) for h, (names, ret) in rec["attach"].items()},
             )
-        for name in manifest.get("links", {}):
-            link = self.pins.adopt_link(name, name.lstrip("@_"))
+        for name, (_path, point) in manifest.get("links", {}).items():
+            link = self.pins.adopt_link(name, str(point))
             if link is None:
                 continue
             self.adopted_links += 1
@@ -252,7 +253,7 @@ class TracingSensor:
                 "dyn": self._dyn,
                 "policies": policies,
                 "follow": {b: list(v) for b, v in self.follow.items()},
-                "links": {n: lk.pin_path for n, lk in self._link_names().items()},
+                "links": {n: [lk.pin_path, _attach_point(lk)] for n, lk in self._link_names().items()},
             }
         )
 
@@ -696,6 +697,10 @@ def disable_pinned_policy(pin_dir: str | Path, key: str) -> bool:
     finally:
         for m in maps.values():
             m.close()
+
+
+def _attach_point(link: Any) -> str:
+    return link.target if isinstance(link, PinnedLink) else link.describe()
 
 
 def _digest(policy: CompiledTracingPolicy, encoded: list[bytes]) -> str:

@@ -234,6 +234,7 @@ def test_a_policy_removed_while_the_agent_was_down_is_removed_from_the_kernel(co
     """The stored state is what the next agent enforces: a policy dropped from it offline (as `tp delete
     --offline` does) is detached at start, and nothing of it stays pinned."""
     from apiary.runtime.tracing import disable_pinned_policy
+
     a = AgentProcess()
     try:
         a.start(timeout=START_TIMEOUT)

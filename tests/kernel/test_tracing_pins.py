@@ -309,6 +309,15 @@ def test_a_policy_changed_while_the_agent_was_down_is_replaced_whole(copied_shel
         assert sorted(os.listdir(f"{a.pin_root}/tracing/links")) == ["%40connect4", "chdir"]
         hooks = [lk for lk in bpf_list(a)["links"] if "chdir" in lk["attach"]]
         assert len(hooks) == 1, hooks
+        # disabled stays disabled across kill -9 and restart (kept in the kernel, never re-enabled meanwhile)
+        assert a.cli("tp", "disable", "changed").returncode == 0
+        assert a.stop(signal.SIGKILL) is not None
+        assert run_once(other) == 0
+        a.start(timeout=START_TIMEOUT)
+        assert [r["state"] for r in tp_rows(a)] == ["disabled"]
+        assert run_once(other) == 0
+        assert a.cli("tp", "enable", "changed").returncode == 0
+        assert run_once(other) == -signal.SIGKILL
     finally:
         a.cleanup()
 

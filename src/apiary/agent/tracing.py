@@ -158,6 +158,8 @@ class Tracing:
             action = "configured" if key in self.stored else "created"
             self.sensor.apply(key, c, self.cgroups_for(c))
             self.stored[key] = Stored(key, src, c, True, mode)
+            if enabled and not self.sensor.policies[key].enabled:  # kept from a previous agent, disabled there
+                self.sensor.set_enabled(key, True)
             if not enabled:
                 self.set_enabled(c.name, c.namespace, False)
             out.append(

@@ -399,10 +399,12 @@ class TracingSensor:
         if _digest(policy, encoded) != ad.digest:
             return None
         del self.adopted[key]
-        lp = LoadedPolicy(policy, ad.policy_id, list(ad.hook_ids), True, set(cgroups or ()), ad.digest)
+        # the kernel holds these records already (the enabled flag as the last agent left it: the caller sets it)
+        first = self.hooks_map.lookup(ad.hook_ids[0].to_bytes(4, "little")) if ad.hook_ids else None
+        on = bool(first and first[abi.HookCfg.flags.offset] & abi.F_ENABLED)
+        lp = LoadedPolicy(policy, ad.policy_id, list(ad.hook_ids), on, set(cgroups or ()), ad.digest)
         self._write_scope(lp, LoadedPolicy(policy, ad.policy_id, [], True, ad.cgroups))
-        for hid, hook, raw in zip(lp.hook_ids, policy.hooks, encoded, strict=True):
-            self.hooks_map.update(hid.to_bytes(4, "little"), raw)  # the same bytes, enabled again if it was not
+        for hid, hook in zip(lp.hook_ids, policy.hooks, strict=True):
             self.hooks[hid] = (lp, hook)
         self.policies[key] = lp
         self._write_syscalls()

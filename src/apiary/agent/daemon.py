@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry, Counter
 from apiary import __version__
 from apiary.loader import BpfError
 from apiary.loader import _libbpf as L
-from apiary.loader.fs import BPFFS, TRACEFS, ensure_mounts, is_mounted
+from apiary.loader.fs import BPFFS, TRACEFS, ensure_mounts, is_mounted, remove_pin_tree
 from apiary.observe import tetragon
 from apiary.observe.clock import KtimeClock
 from apiary.observe.filters import EventFilter
@@ -159,6 +159,10 @@ class Agent:
                 f"{sensor.seed_full} running processes did not fit the kernel's process table "
                 f"(--process-cache-size {cfg.process_cache_size}): their events say flags 'miss'"
             )
+        if sensor.adopted:
+            self.loaded.append(
+                "process sensor: adopted the previous agent's pinned maps and links (its counters and unread events)"
+            )
         if cfg.network:
             from .network import Network
 
@@ -183,6 +187,7 @@ class Agent:
                     self.network,
                     agent_exemption=cfg.agent_exemption,
                     restore=cfg.restore_tracing,
+                    pin_dir=Path(cfg.pin_root) / "tracing",
                 )
                 self.loaded += self.tracing.start()
             except Exception as e:  # noqa: BLE001 - one line, then stop
@@ -194,6 +199,8 @@ class Agent:
                 self.loaded.append(f"program {name} at {point}")
             if self.network is not None:
                 self.network.on_endpoints_changed = self.tracing.refresh_scopes
+        else:  # a previous agent's tracing pins would enforce with nobody managing them
+            remove_pin_tree(Path(cfg.pin_root) / "tracing")
 
     def _take_lock(self) -> None:
         sock_dir = Path(self.cfg.socket_path).parent
@@ -458,12 +465,15 @@ class Agent:
             for name, fd, point in ts.programs():
                 row = bpfinfo.program_row(name, fd, point)
                 out["programs"].append({k: row[k] for k in ("id", "name", "type", "attach", "run_count")})
-            for lk in [*ts.links, *ts.sys_links.values()]:
-                out["links"].append({"id": lk.id, "program": lk.prog.name, "attach": lk.describe(), "pin": ""})
+            for lk in [*ts.links, *ts.sys_links.values(), *ts.follow_links]:
+                out["links"].append(
+                    {"id": lk.id, "program": lk.prog.name, "attach": lk.describe(), "pin": lk.pin_path or ""}
+                )
             for name, m in ts.obj.maps.items():
                 if name in ("events", "procs", "binaries"):
                     continue  # the process sensor's, shared
-                out["maps"].append(bpfinfo.map_row(m, None, count_entries=False) | {"owner": ts.name})
+                pin = ts.pins.map_path(name) if ts.pins and "." not in name else None
+                out["maps"].append(bpfinfo.map_row(m, pin, count_entries=False) | {"owner": ts.name})
         if self.network and self.network.dp.obj:
             dp = self.network.dp
             for name, fd, point in dp.programs():

@@ -71,34 +71,16 @@ def _write(path: Path, data: Any) -> None:
 
 
 def switch_off_pinned(pin_root: str | Path, key: str) -> int:
-    """Zero a policy's hooks in the tracing sensor's pinned gs_hooks map, so that pinned programs that outlive
-    the agent stop enforcing it (a zero entry is a disabled hook; the next agent start removes the rest).
-    The layout is runtime/tracing.py's: <pin_root>/tracing/manifest (an array map holding NUL-padded JSON
-    whose "policies"[key]["hooks"] lists the policy's gs_hooks indexes) and <pin_root>/tracing/gs_hooks.
-    Returns how many hooks were switched off (0: no pins for this policy)."""
-    from apiary.loader import BpfError, Map
+    """Switch a policy off in the pins a stopped or killed agent left (runtime/tracing.py's layout), so that
+    pinned programs that outlive the agent stop enforcing it now. Returns how many hooks were switched off."""
+    from apiary.loader import BpfError
+    from apiary.runtime.tracing import disable_pinned_policy
 
     d = Path(pin_root) / "tracing"
-    if not (d / "manifest").exists():
-        return 0
     try:
-        manifest = Map.from_pin(str(d / "manifest"))
-        try:
-            raw = manifest.lookup(b"\0" * 4) or b""
-        finally:
-            manifest.close()
-        hooks = json.loads(raw.rstrip(b"\0") or b"{}").get("policies", {}).get(key, {}).get("hooks", [])
-        if not hooks:
-            return 0
-        gs_hooks = Map.from_pin(str(d / "gs_hooks"))
-        try:
-            for hid in hooks:
-                gs_hooks.update(int(hid).to_bytes(4, "little"), b"\0" * gs_hooks.value_size)
-        finally:
-            gs_hooks.close()
-    except (BpfError, ValueError, AttributeError) as e:
+        return disable_pinned_policy(d, key)
+    except (BpfError, ValueError, KeyError, AttributeError) as e:
         raise ValueError(f"{d}: cannot switch off the pinned hooks of {key.lstrip('/')}: {e}") from e
-    return len(hooks)
 
 
 def delete_tracing_policy(

@@ -90,9 +90,10 @@ class Tracing:
         network: Any = None,
         agent_exemption: bool = True,
         restore: bool = True,
+        pin_dir: str | Path | None = None,
     ) -> None:
         self.file = Path(state_dir) / statedir.TRACING_FILE
-        self.sensor = TracingSensor(process, lsm=features.lsm, kprobes=features.kprobes)
+        self.sensor = TracingSensor(process, lsm=features.lsm, kprobes=features.kprobes, pin_dir=pin_dir)
         self.features = features
         self.network = network
         self.stored: dict[str, Stored] = {}
@@ -115,7 +116,7 @@ class Tracing:
                 try:
                     enabled = rec.get("enabled", True) and self.restore
                     self._apply_text(rec["source"], mode=rec.get("mode"), enabled=enabled)
-                except (PolicyError, OSError, ValueError) as e:
+                except (PolicyError, OSError, ValueError, BpfError) as e:  # the others are still restored
                     notes.append(f"tracing policy {rec.get('key')} could not be restored: {e}")
                     self.unrestored.append(rec if self.restore else rec | {"enabled": False})
             if not self.restore:
@@ -124,6 +125,7 @@ class Tracing:
                     f"--no-restore: {len(self.stored)} stored tracing policies loaded disabled "
                     "(`apiary tp enable NAME` enables one)"
                 )
+        notes += self.sensor.finish_adoption()
         notes.append(
             f"tracing: {len(self.stored)} policies; hooks on syscall tracepoints, tracepoints, uprobes"
             f"{', kprobes' if self.features.kprobes else ''}{', BPF-LSM' if self.features.lsm else ''}"
@@ -304,6 +306,8 @@ class Tracing:
                     "lost": counts["lost"],
                     "kernel_memory": self.sensor.kernel_memory(lp),
                     "scope": None if lp.cgroups is None else len(lp.cgroups),
+                    # pinned: a killed agent leaves the hooks attached and enforcing
+                    "enforced_while_agent_down": self.sensor.pins is not None,
                     "notes": st.compiled.notes,
                 }
             )

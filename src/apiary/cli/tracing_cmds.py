@@ -55,6 +55,12 @@ def tp_list(ctx: click.Context, output: str) -> None:
         enforced = str(r["enforced"]) + (f" (+{r['agent_exempt']} agent exempt)" if r.get("agent_exempt") else "")
         t.add_row(name, r["state"], r["mode"], hooks, str(r["events"]), enforced, f"{r['kernel_memory']:,} B")
     console().print(t)
+    if rows:
+        down = all(r.get("enforced_while_agent_down") for r in rows)
+        click.echo(
+            "enforced while the agent is down: "
+            + ("yes (hooks and maps are pinned; a clean stop removes them)" if down else "no (not pinned)")
+        )
 
 
 def _name_cmd(op: str, help_text: str) -> click.Command:

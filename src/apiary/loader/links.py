@@ -8,7 +8,7 @@ import os
 from . import _libbpf as L
 from .errors import BpfError, from_errno
 from .fs import TRACEFS, is_mounted
-from .object import Program
+from .object import Program, prog_info
 
 BPF_TCX_INGRESS, BPF_TCX_EGRESS = 46, 47
 TC_INGRESS, TC_EGRESS = 1 << 0, 1 << 1
@@ -31,13 +31,7 @@ class Link:
 
     @property
     def id(self) -> int:
-        if not self.ptr:
-            return 0
-        info = L.BpfLinkInfo()
-        size = ctypes.c_uint32(ctypes.sizeof(info))
-        if L.lib.bpf_obj_get_info_by_fd(self.fd, ctypes.byref(info), ctypes.byref(size)) != 0:
-            return 0
-        return info.id
+        return _link_info(self.fd).id if self.ptr else 0
 
     def pin(self, path: str) -> None:
         if L.lib.bpf_link__pin(self.ptr, path.encode()) != 0:
@@ -211,8 +205,19 @@ class TcxLink:
     def fd(self) -> int:
         return self.link_fd
 
+    @property
+    def id(self) -> int:
+        return _link_info(self.link_fd).id if self.link_fd >= 0 else 0
+
+    def pin(self, path: str) -> None:
+        if L.lib.bpf_obj_pin(self.link_fd, path.encode()) != 0:
+            raise BpfError(f"pin link of {self.prog.name} at {path}", L.errno())
+        self.pin_path = path
+
     def destroy(self) -> None:
         if self.link_fd >= 0:
+            _unpin(self.pin_path)
+            self.pin_path = None
             os.close(self.link_fd)
             self.link_fd = -1
 
@@ -243,6 +248,83 @@ class RawTracepointCookieLink(TcxLink):
 
     def describe(self) -> str:
         return f"raw tracepoint {self.target}"
+
+
+class ProgRef:
+    """The program of an adopted link, held open by fd (its name and id from the kernel)."""
+
+    def __init__(self, name: str, prog_id: int, fd: int) -> None:
+        self.name, self.id, self.fd = name, prog_id, fd
+
+
+class PinnedLink:
+    """A link an earlier agent pinned in bpffs, adopted: the pin keeps it attached while no process holds it;
+    ``destroy()`` removes the pin and closes this fd, which detaches it."""
+
+    kind = "pinned"
+
+    def __init__(self, fd: int, pin_path: str, target: str) -> None:
+        self.link_fd, self.target = fd, target
+        self.pin_path: str | None = pin_path
+        info = _link_info(fd)
+        self.link_id = info.id
+        pfd = L.lib.bpf_prog_get_fd_by_id(info.prog_id)
+        if pfd < 0:
+            raise BpfError(f"open the program of pinned link {pin_path}", L.errno())
+        try:
+            name = prog_info(pfd).name.decode()
+        except BaseException:
+            os.close(pfd)
+            raise
+        self.prog = ProgRef(name, info.prog_id, pfd)
+
+    @classmethod
+    def open(cls, path: str, target: str) -> PinnedLink:
+        fd = L.lib.bpf_obj_get(path.encode())
+        if fd < 0:
+            raise BpfError(f"open pinned link {path}", L.errno())
+        try:
+            return cls(fd, path, target)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    @property
+    def fd(self) -> int:
+        return self.link_fd
+
+    @property
+    def id(self) -> int:
+        return self.link_id
+
+    def destroy(self) -> None:
+        if self.link_fd >= 0:
+            _unpin(self.pin_path)
+            self.pin_path = None
+            os.close(self.link_fd)
+            self.link_fd = -1
+        if self.prog.fd >= 0:
+            os.close(self.prog.fd)
+            self.prog.fd = -1
+
+    def describe(self) -> str:
+        return f"{self.target} (adopted from the previous agent)"
+
+
+def _link_info(fd: int) -> L.BpfLinkInfo:
+    info = L.BpfLinkInfo()
+    size = ctypes.c_uint32(ctypes.sizeof(info))
+    if fd < 0 or L.lib.bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size)) != 0:
+        return L.BpfLinkInfo()
+    return info
+
+
+def _unpin(path: str | None) -> None:
+    if path:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
 
 
 class TcFilter:
@@ -281,4 +363,4 @@ class TcFilter:
         return f"tc {self.target}"
 
 
-AnyLink = Link | TcxLink | TcFilter
+AnyLink = Link | TcxLink | TcFilter | PinnedLink

@@ -184,6 +184,10 @@ class BpfObject:
         if L.lib.bpf_map__set_max_entries(self._map_ptrs[map_name], n) != 0:
             raise BpfError(f"{self.name}: set max_entries of {map_name}", L.errno())
 
+    def map_names(self) -> list[str]:
+        """The names of the object's maps (before or after load), internal ones (.rodata…) included."""
+        return list(self._map_ptrs)
+
     def reuse_map(self, map_name: str, fd: int) -> None:
         """Use an existing (e.g. pinned) map instead of creating this one at load."""
         if L.lib.bpf_map__reuse_fd(self._map_ptrs[map_name], fd) != 0:

@@ -1,23 +1,42 @@
-"""The process sensor: exec/fork/exit programs, the live-process map and the event ring buffer."""
+"""The process sensor: exec/fork/exit programs, the live-process map and the event ring buffer.
+
+With a pin directory its links and maps are pinned (layout in runtime/pins.py): a killed agent leaves them
+working, so the binary and process maps the tracing sensor's matchBinaries / followChildren read stay
+current, and the next agent adopts them. ``close()`` removes them.
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from apiary.loader import BPF_NOEXIST, BpfError, BpfObject, Map, RingBuffer, TracepointLink, TracingLink, TypedMap
-from apiary.loader.fs import remove_pin_tree
+from apiary.loader import (
+    BPF_NOEXIST,
+    BpfError,
+    BpfObject,
+    Map,
+    PinnedLink,
+    RingBuffer,
+    TracepointLink,
+    TracingLink,
+    TypedMap,
+)
 from apiary.observe.raw import EXEC_F_PROCFS, ExecMsg
 
 from . import process_abi as abi
 from .paths import bpf_object
+from .pins import PinSet, object_digest
 
 PROGRAMS = {
     "on_exec": "tp_btf/sched_process_exec",
     "on_fork": "tp_btf/sched_process_fork",
     "on_exit": "tp_btf/sched_process_exit",
 }
+# kept across agent restarts (shared with the tracing sensor: events, procs, binaries)
+PINNED = ("events", "counters", "procs", "binaries")
+BIN_MAX = 256
 
 
 @dataclass
@@ -49,10 +68,12 @@ class ProcessSensor:
         self.wakeup_bytes = wakeup_bytes
         self.obj_path = Path(obj_path) if obj_path else bpf_object("process")
         self.obj: BpfObject | None = None
-        self.links: list[TracingLink | TracepointLink] = []
+        self.links: list[TracingLink | TracepointLink | PinnedLink] = []
         self.ring: RingBuffer | None = None
         self.info = SensorInfo()
         self.seed_full = 0  # processes from /proc that did not fit the kernel's table
+        self.pins: PinSet | None = None
+        self.adopted = False  # the maps and links are those a previous agent pinned
 
     def load(self) -> None:
         obj = BpfObject(self.obj_path, "process")
@@ -66,24 +87,49 @@ class ProcessSensor:
                 obj.set_max_entries("procs", self.procs_max)
             obj.program("bench_event").autoload = bool(self.bench_tgid)
             obj.set_rodata(bench_tgid=self.bench_tgid, wakeup_bytes=self.wakeup_bytes)
-            obj.load()
+            manifest = None
+            if self.pin_dir:
+                ident = {
+                    "object": object_digest(self.obj_path),
+                    "ringbuf": self.ringbuf_bytes or 0,
+                    "procs": self.procs_max or 0,
+                    "wakeup": self.wakeup_bytes,
+                }
+                self.pins = PinSet(self.pin_dir, ident)
+                manifest = self.pins.open()
+                self.adopted = manifest is not None
+                if manifest is None:
+                    self.pins.create()
+            pinned: list[Map] = []
+            try:
+                if self.adopted:
+                    assert self.pins is not None
+                    for m in PINNED:
+                        pinned.append(self.pins.pinned_map(m))
+                        obj.reuse_map(m, pinned[-1].fd)
+                obj.load()
+            finally:
+                for pm in pinned:
+                    pm.close()
             self.obj = obj
             for name, point in PROGRAMS.items():
-                self.links.append(TracingLink.attach(obj.program(name)))
-                self.info.programs.append((name, obj.program(name).fd, point))
+                link = self._link(name, point)
+                self.links.append(link)
+                self.info.programs.append((name, link.prog.fd, point))  # an adopted link keeps its program
             if self.bench_tgid:
                 self.links.append(TracepointLink.attach(obj.program("bench_event"), "syscalls", "sys_enter_getppid"))
                 self.info.programs.append(
                     ("bench_event", obj.program("bench_event").fd, "tracepoint/syscalls/sys_enter_getppid")
                 )
             self.ring = RingBuffer(obj.map("events"))
-            if self.pin_dir:
-                remove_pin_tree(self.pin_dir)
-                os.makedirs(self.pin_dir, mode=0o700, exist_ok=True)
-                for m in ("procs", "counters"):
-                    path = str(self.pin_dir / m)
-                    obj.map(m).pin(path)
+            if self.pins:
+                for m in PINNED:
+                    path = self.pins.map_path(m)
+                    if not self.adopted:
+                        obj.map(m).pin(path)
                     self.info.pins[m] = path
+                if not self.adopted:
+                    self.pins.write({"links": {n: [self.pins.link_path(n), point] for n, point in PROGRAMS.items()}})
         except BaseException:
             self.obj = obj
             self.close()
@@ -91,25 +137,45 @@ class ProcessSensor:
         self.procs = TypedMap(obj.map("procs"), "<I", "<QQII")
         self.counters_map = TypedMap(obj.map("counters"), "<I", "<Q")
 
+    def _link(self, name: str, point: str) -> TracingLink | PinnedLink:
+        """The pinned link a previous agent left for this program, else a new one (pinned when pinning)."""
+        assert self.obj is not None
+        if self.pins and self.adopted:
+            old = self.pins.adopt_link(name, point)
+            if old is not None:
+                return old
+        link = TracingLink.attach(self.obj.program(name))
+        if self.pins:
+            try:
+                link.pin(self.pins.link_path(name))
+            except BaseException:
+                link.destroy()
+                raise
+        return link
+
     # --- kernel state -----------------------------------------------------------------------
     def seed(self, msgs: list[ExecMsg]) -> int:
-        """Tell the kernel about processes that existed before the sensor (from /proc).
+        """Tell the kernel about processes that existed before the sensor (from /proc): their entries in
+        the live-process map and the binary map (what matchBinaries reads), as the exec program writes them.
 
-        Entries the kernel created meanwhile win (BPF_NOEXIST). Returns entries written; those that
+        Entries the kernel created meanwhile win (BPF_NOEXIST). Returns process entries written; those that
         did not fit (the table is smaller than the processes running) are counted in ``seed_full``.
         """
         n = 0
         self.seed_full = 0
+        assert self.obj is not None
+        binaries = self.obj.map("binaries")
         for m in msgs:
             flags = abi.PROC_F_EXECED | (abi.PROC_F_PROCFS if m.flags & EXEC_F_PROCFS else 0)
-            try:
-                self.procs.put(m.pid, (m.ktime, m.parent_ktime, m.ppid, flags), BPF_NOEXIST)
-                n += 1
-            except BpfError as e:
-                if e.errno == 7:  # E2BIG: the table is full
-                    self.seed_full += 1
-                elif e.errno != 17:  # EEXIST: the kernel saw it first
-                    raise
+            entry = (m.ktime, m.parent_ktime, m.ppid, flags)
+            wrote = _put_new(lambda m=m, e=entry: self.procs.put(m.pid, e, BPF_NOEXIST))
+            if wrote < 0:
+                self.seed_full += 1
+                continue
+            n += wrote
+            value = binary_entry(m.binary)
+            if value is not None:
+                _put_new(lambda m=m, v=value: binaries.update(m.pid.to_bytes(4, "little"), v, BPF_NOEXIST))
         return n
 
     def counters(self) -> dict[str, int]:
@@ -128,9 +194,35 @@ class ProcessSensor:
         if self.ring:
             self.ring.close()
             self.ring = None
-        if self.pin_dir and self.info.pins:
-            remove_pin_tree(self.pin_dir)
+        if self.pins:
+            self.pins.remove()
+            self.pins = None
             self.info.pins.clear()
         if self.obj:
             self.obj.close()
             self.obj = None
+
+
+def binary_entry(path: str) -> bytes | None:
+    """The binary map's value for an executable path from /proc/PID/exe (struct proc_binary: len, path[256]),
+    as the exec program writes it: the file's full path, cut to BIN_MAX - 1 bytes. None for no path."""
+    if not path.startswith("/"):
+        return None
+    if path.endswith(" (deleted)") and not os.path.exists(path):
+        path = path.removesuffix(" (deleted)")  # the kernel's walk of an unlinked file has no such suffix
+    raw = os.fsencode(path)[: BIN_MAX - 1]
+    return len(raw).to_bytes(4, "little") + raw.ljust(BIN_MAX, b"\0")
+
+
+def _put_new(write: Callable[[], None]) -> int:
+    """1 when a BPF_NOEXIST write landed, 0 when the kernel had the entry already (it saw the process first),
+    -1 when the map is full (E2BIG)."""
+    try:
+        write()
+    except BpfError as e:
+        if e.errno == 7:  # E2BIG: the table is full
+            return -1
+        if e.errno != 17:  # EEXIST
+            raise
+        return 0
+    return 1

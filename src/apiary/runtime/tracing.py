@@ -1,8 +1,33 @@
 """The generic syscall sensor: loads gsys.bpf.o next to the process sensor (sharing its ring buffer,
-live-process and binary maps), writes TracingPolicy hooks into its maps, decodes its events."""
+live-process and binary maps), writes TracingPolicy hooks into its maps, decodes its events.
+
+Pins (with a pin directory; the agent uses ``<pin_root>/tracing``), so enforcement survives a killed agent:
+
+    <pin_root>/process/{events,procs,binaries,counters}   the process sensor's maps (shared; see process.py)
+    <pin_root>/process/links/on_{exec,fork,exit}        its links
+    <pin_root>/tracing/manifest     array map, one entry: NUL-padded JSON (runtime/pins.py), with
+        "identity": {object digest, lsm, kprobes, raw_tp}   (a mismatch: the whole directory is removed)
+        "next_policy": int, "dyn": {attach name: pseudo number (the links' attach cookie)},
+        "policies": {"<namespace>/<name>": {"id": policy id, "hooks": [gs_hooks index...], "cgroups": [...],
+                     "digest": sha256 of the encoded hooks, "attach": {hook id: [[attach names], has return]}}},
+        "follow": {gs_mb bit: [hook id, selector, "bin"|"pid"]},
+        "links": {attach name: [pin path, what it is attached to]}
+    <pin_root>/tracing/<map>        every gs_* map (gs_hooks, gs_syscalls, gs_scope, gs_mb, gs_follow, gs_counters…)
+    <pin_root>/tracing/links/<quoted attach name>   one per attachment: a syscall name ("openat"),
+        "__exit_<name>", "__kprobe_<fn>", "__uprobe_<path>:<sym>", "__tp_<subsys>/<event>", "__rawtp_<tp>",
+        "__lsm_<hook>", "@connect4", "@connect6", "@follow_exec", "@follow_fork", "@follow_exit"
+
+To switch a policy off without an agent: ``disable_pinned_policy(pin_dir, key)`` (zeroes its gs_hooks and
+gs_follow entries, the "hooks" of its manifest entry, and drops it from the manifest), and drop it from
+tracingpolicies.json; the next agent start removes its links and remaining entries. A clean
+``close()`` removes the directory; the next ``load()`` adopts it: the maps are reused, the links kept
+(``adopt``), and each restored policy whose encoding is unchanged keeps its hooks; ``finish_adoption``
+removes what no restored policy claimed.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import struct
 from dataclasses import dataclass, field
@@ -15,6 +40,8 @@ from apiary.loader import (
     CgroupLink,
     KprobeLink,
     LsmLink,
+    Map,
+    PinnedLink,
     RawTracepointCookieLink,
     TracepointLink,
     TracingLink,
@@ -28,7 +55,14 @@ from apiary.tracing.types import CompiledTracingPolicy, Hook
 
 from . import tracing_abi as abi
 from .paths import bpf_object
+from .pins import MANIFEST, PinSet, link_file, object_digest, read_manifest, write_manifest
 from .process import ProcessSensor
+
+SHARED = ("events", "procs", "binaries")  # the process sensor's maps, reused
+FOLLOW_PROGS = ("gs_follow_exec", "gs_follow_fork", "gs_follow_exit")
+
+
+CONNECT_LINKS = ("@connect4", "@connect6")  # DenyConnect: the cgroup connect programs, in self.links order
 
 
 @dataclass
@@ -39,13 +73,30 @@ class LoadedPolicy:
     enabled: bool = True
     cgroups: set[int] = field(default_factory=set)
     carried: dict[str, int] = field(default_factory=dict)  # counts of the versions it replaced (set-mode…)
+    digest: str = ""
+
+
+@dataclass
+class AdoptedPolicy:
+    """A policy a previous agent left in the pinned maps, not yet claimed by a restored policy."""
+
+    policy_id: int
+    hook_ids: list[int]
+    cgroups: set[int]
+    digest: str
+    attach: dict[int, tuple[list[str], bool]]  # hook id -> attach names, has a return hook
 
 
 class TracingSensor:
     name = "tracing"
 
     def __init__(
-        self, process: ProcessSensor, obj_path: str | Path | None = None, lsm: bool = False, kprobes: bool = False
+        self,
+        process: ProcessSensor,
+        obj_path: str | Path | None = None,
+        lsm: bool = False,
+        kprobes: bool = False,
+        pin_dir: str | Path | None = None,
     ) -> None:
         self.process = process
         self.lsm = lsm  # load the BPF-LSM programs (only where the kernel allows them)
@@ -66,33 +117,67 @@ class TracingSensor:
         self._dyn: dict[str, int] = {}  # pseudo numbers (attach cookies) of tracepoints, uprobes, kprobes
         self.follow: dict[int, tuple[int, int, str]] = {}  # gs_mb bit -> (hook id, selector, "bin"|"pid")
         self.follow_links: list[Any] = []
+        self.pin_dir = Path(pin_dir) if pin_dir else None
+        self.pins: PinSet | None = None
+        self.adopted: dict[str, AdoptedPolicy] = {}  # left by a previous agent, not yet restored
+        self.adopted_links = 0
 
     def load(self) -> None:
         assert self.process.obj is not None
         obj = BpfObject(self.obj_path, "gsys")
+        manifest: dict[str, Any] | None = None
         try:
-            for shared in ("events", "procs", "binaries"):
+            for shared in SHARED:
                 obj.reuse_map(shared, self.process.obj.map(shared).fd)
             for lsm_prog in ("gs_file_open", "gs_file_permission", "gs_bprm_check_security"):
                 obj.program(lsm_prog).autoload = self.lsm
             obj.program("gs_raw_tp").autoload = self.raw_tp  # bpf_get_attach_cookie in raw_tp: 6.10+
-            obj.load()
+            own = [n for n in obj.map_names() if n not in SHARED and "." not in n]
+            if self.pin_dir:
+                ident = {
+                    "object": object_digest(self.obj_path),
+                    "lsm": self.lsm,
+                    "kprobes": self.kprobes,
+                    "raw_tp": self.raw_tp,
+                }
+                self.pins = PinSet(self.pin_dir, ident)
+                # the shared maps must be the ones the pinned programs write: only with the process sensor's pins
+                manifest = self.pins.open() if self.process.adopted else None
+                if manifest is None:
+                    self.pins.create()
+            pinned: list[Map] = []
+            try:
+                if manifest is not None:
+                    assert self.pins is not None
+                    for n in own:
+                        pinned.append(self.pins.pinned_map(n))
+                        obj.reuse_map(n, pinned[-1].fd)
+                obj.load()
+            finally:
+                for pm in pinned:
+                    pm.close()
             self.obj = obj
+            if self.pins and manifest is None:
+                for n in own:
+                    obj.map(n).pin(self.pins.map_path(n))
+            self.hooks_map = obj.map("gs_hooks")
+            self.sys_map = obj.map("gs_syscalls")
+            self.scope_map = obj.map("gs_scope")
+            self.counters = TypedMap(obj.map("gs_counters"), "<I", "<Q")
+            self.follow_map = obj.map("gs_follow")
+            self.mb_map = TypedMap(obj.map("gs_mb"), "<I", "<Q")
+            if manifest is not None:
+                self._adopt(manifest)
             root = cgroup2_root()
-            if root:
-                for prog in ("gs_connect4", "gs_connect6"):
-                    self.links.append(CgroupLink.attach(obj.program(prog), root))
+            if root and not self.links:
+                for name in CONNECT_LINKS:
+                    p = obj.program("gs_" + name[1:])
+                    self.links.append(self._pinned(name, lambda p=p: CgroupLink.attach(p, root)))
+            self._save()
         except BaseException:
             self.obj = obj
             self.close()
             raise
-        self.hooks_map = obj.map("gs_hooks")
-        self.sys_map = obj.map("gs_syscalls")
-        self.scope_map = obj.map("gs_scope")
-        self.counters = TypedMap(obj.map("gs_counters"), "<I", "<Q")
-        self.follow_map = obj.map("gs_follow")
-        self.mb_map = TypedMap(obj.map("gs_mb"), "<I", "<Q")
-        self.agent_map = obj.map("gs_agent")
 
     def exempt_agent(self, pid: int | None) -> None:
         """Exempt this process (the agent) from Sigkill/Signal/Override/DenyConnect, or nobody (None).
@@ -104,6 +189,147 @@ class TracingSensor:
             value = struct.pack("<IIQQ", pid, 0, process_start_ticks(f"/proc/{pid}"), tick_ns)
         self.agent_map.update((0).to_bytes(4, "little"), value)
 
+    # ------------------------------------------------------------------ pins
+    def _pinned(self, name: str, attach: Any) -> Any:
+        """A new link from ``attach()``, pinned under the attach name when pinning."""
+        link = attach()
+        if self.pins:
+            try:
+                link.pin(self.pins.link_path(name))
+            except BaseException:
+                link.destroy()
+                raise
+        return link
+
+    def _adopt(self, manifest: dict[str, Any]) -> None:
+        """Take over what a previous agent left: its links (kept attached), ids and policies (until restored)."""
+        assert self.pins is not None
+        self._next_policy = int(manifest.get("next_policy", 1))
+        self._dyn = {str(k): int(v) for k, v in manifest.get("dyn", {}).items()}
+        self.follow = {int(b): (int(h), int(si), str(w)) for b, (h, si, w) in manifest.get("follow", {}).items()}
+        for key, rec in manifest.get("policies", {}).items():
+            self.adopted[key] = AdoptedPolicy(
+                int(rec["id"]),
+                [int(h) for h in rec["hooks"]],
+                {int(c) for c in rec["cgroups"]},
+                str(rec["digest"]),
+                {int(h): ([str(n) for n in names], bool(ret)) for h, (names, ret) in rec["attach"].items()},
+            )
+        for name, (_path, point) in manifest.get("links", {}).items():
+            link = self.pins.adopt_link(name, str(point))
+            if link is None:
+                continue
+            self.adopted_links += 1
+            if name in CONNECT_LINKS:
+                self.links.append(link)
+            elif name.startswith("@follow_"):
+                self.follow_links.append(link)
+            else:
+                self.sys_links[name] = link
+        if self.follow and len(self.follow_links) != len(FOLLOW_PROGS):  # lost pins: attach them anew
+            for lk in self.follow_links:
+                lk.destroy()
+            self.follow_links = [self._follow_link(p) for p in FOLLOW_PROGS]
+
+    def _follow_link(self, prog: str) -> Any:
+        assert self.obj is not None
+        return self._pinned("@" + prog.removeprefix("gs_"), lambda: TracingLink.attach(self.obj.program(prog)))
+
+    def _link_names(self) -> dict[str, Any]:
+        out: dict[str, Any] = dict(self.sys_links)
+        for name, lk in zip(CONNECT_LINKS, self.links, strict=False):
+            out[name] = lk
+        for p, lk in zip(FOLLOW_PROGS, self.follow_links, strict=False):
+            out["@" + p.removeprefix("gs_")] = lk
+        return out
+
+    def _save(self) -> None:
+        """Write the manifest: what the next agent needs to adopt these pins."""
+        if not self.pins:
+            return
+        policies: dict[str, Any] = {}
+        for key, ad in self.adopted.items():
+            policies[key] = {
+                "id": ad.policy_id,
+                "hooks": ad.hook_ids,
+                "cgroups": sorted(ad.cgroups),
+                "digest": ad.digest,
+                "attach": {h: [n, r] for h, (n, r) in ad.attach.items()},
+            }
+        for key, lp in self.policies.items():
+            attach = {
+                hid: [list(hook.syscalls), hook.ret is not None]
+                for hid, (_lp, hook) in self.hooks.items()
+                if hid in lp.hook_ids
+            }
+            policies[key] = {
+                "id": lp.policy_id,
+                "hooks": lp.hook_ids,
+                "cgroups": sorted(lp.cgroups),
+                "digest": lp.digest,
+                "attach": attach,
+            }
+        self.pins.write(
+            {
+                "next_policy": self._next_policy,
+                "dyn": self._dyn,
+                "policies": policies,
+                "follow": {b: list(v) for b, v in self.follow.items()},
+                "links": {n: [lk.pin_path, _attach_point(lk)] for n, lk in self._link_names().items()},
+            }
+        )
+
+    def finish_adoption(self) -> list[str]:
+        """After the agent restored its stored policies: remove what a previous agent left and nothing claimed
+        (policies, hooks, follow bits, scope entries, links)."""
+        notes = []
+        for ps in (self.process.pins, self.pins):
+            if ps and ps.discarded:
+                notes.append(f"pins of the previous agent in {ps.discarded}")
+        if self.pins and self.pins.adopted:
+            notes.append(
+                f"tracing: adopted {self.adopted_links} pinned links, "
+                f"{len(self.policies)} policies kept enforcing while the agent was down"
+            )
+        for key, ad in list(self.adopted.items()):
+            self._drop(ad)
+            notes.append(f"tracing: removed policy {key} left in the kernel by the previous agent (not stored)")
+        self.adopted.clear()
+        self._write_syscalls()
+        zero = b"\0" * self.hooks_map.value_size
+        for hid in range(abi.GS_HOOKS):
+            if hid not in self.hooks and (self.hooks_map.lookup(hid.to_bytes(4, "little")) or zero) != zero:
+                self.hooks_map.update(hid.to_bytes(4, "little"), zero)
+        fzero = b"\0" * self.follow_map.value_size
+        for b in range(abi.GS_FOLLOW):
+            if b not in self.follow and (self.follow_map.lookup(b.to_bytes(4, "little")) or fzero) != fzero:
+                self.follow_map.update(b.to_bytes(4, "little"), fzero)
+        live = 0
+        for b in self.follow:
+            live |= 1 << b
+        for pid, bits in list(self.mb_map.items()):
+            if bits & ~live:
+                self.mb_map.put(pid, bits & live)
+        ids = {lp.policy_id for lp in self.policies.values()}
+        for raw in list(self.scope_map.keys()):
+            if int.from_bytes(raw[:4], "little") not in ids:
+                self.scope_map.delete(raw)
+        if self.pins:
+            held = {link_file(n) for n in self._link_names()}
+            for f in self.pins.link_names() - held:
+                os.unlink(self.pins.root / "links" / f)
+        self._save()
+        return notes
+
+    def _drop(self, ad: AdoptedPolicy) -> None:
+        """Remove an adopted policy's map entries (its links go with the next syscall-table write)."""
+        for b in [b for b, (hid, _si, _w) in self.follow.items() if hid in ad.hook_ids]:
+            self._free_bit(b)
+        for hid in ad.hook_ids:
+            self.hooks_map.update(hid.to_bytes(4, "little"), b"\0" * self.hooks_map.value_size)
+        for cg in ad.cgroups:
+            self.scope_map.delete(_scope_key(ad.policy_id, cg))
+
     def close(self) -> None:
         for lk in list(self.sys_links.values()) + self.follow_links:
             lk.destroy()
@@ -112,6 +338,9 @@ class TracingSensor:
         for lk in self.links:
             lk.destroy()
         self.links.clear()
+        if self.pins:
+            self.pins.remove()
+            self.pins = None
         if self.obj:
             self.obj.close()
             self.obj = None
@@ -167,6 +396,12 @@ class TracingSensor:
                 continue
             for name in hook.syscalls:
                 table.setdefault(self._nr(name), []).append(hid)
+        for ad in self.adopted.values():  # left by a previous agent, enforcing until restored or removed
+            for hid, (names, _ret) in ad.attach.items():
+                if drop and hid in drop:
+                    continue
+                for name in names:
+                    table.setdefault(self._nr(name), []).append(hid)
         for nr, hids in (extra or {}).items():
             table.setdefault(nr, []).extend(hids)
         return table
@@ -175,6 +410,59 @@ class TracingSensor:
         self, key: str, policy: CompiledTracingPolicy, cgroups: set[int] | None, enabled: bool = True
     ) -> LoadedPolicy:
         """Load (or replace) a policy as a whole: check everything, then write (disabled: never live)."""
+        lp = self._apply(key, policy, cgroups, enabled)
+        self._save()
+        return lp
+
+    def _keep(self, key: str, policy: CompiledTracingPolicy, cgroups: set[int] | None) -> LoadedPolicy | None:
+        """A restored policy a previous agent left enforcing, unchanged: keep its hooks, bits and links."""
+        ad = self.adopted.get(key)
+        if ad is None or len(ad.hook_ids) != len(policy.hooks):
+            return None
+        bits = {(hid, si, w): b for b, (hid, si, w) in self.follow.items() if hid in ad.hook_ids}
+        encoded = self._encode(policy, ad.policy_id, ad.hook_ids, bits)
+        if _digest(policy, encoded) != ad.digest:
+            return None
+        del self.adopted[key]
+        # the kernel holds these records already (the enabled flag as the last agent left it: the caller sets it)
+        first = self.hooks_map.lookup(ad.hook_ids[0].to_bytes(4, "little")) if ad.hook_ids else None
+        on = bool(first and first[abi.HookCfg.flags.offset] & abi.F_ENABLED)
+        lp = LoadedPolicy(policy, ad.policy_id, list(ad.hook_ids), on, set(cgroups or ()), ad.digest)
+        self._write_scope(lp, LoadedPolicy(policy, ad.policy_id, [], True, ad.cgroups))
+        for hid, hook in zip(lp.hook_ids, policy.hooks, strict=True):
+            self.hooks[hid] = (lp, hook)
+        self.policies[key] = lp
+        self._write_syscalls()
+        return lp
+
+    def _encode(
+        self,
+        policy: CompiledTracingPolicy,
+        policy_id: int,
+        ids: list[int],
+        bits: dict[tuple[int, int, str], int],
+        enabled: bool = True,
+    ) -> list[bytes]:
+        """The gs_hooks records of a policy's hooks, given its ids and followChildren bits (the digest is always
+        of the enabled records: enabling does not change what a policy is)."""
+        scoped = policy.pod_selector is not None or policy.kind == "TracingPolicyNamespaced"
+        flags = (abi.F_ENABLED if enabled else 0) | (abi.F_SCOPED if scoped else 0)
+        flags |= abi.F_MONITOR if policy.mode == "monitor" else 0
+        return [
+            abi.encode_hook(hook, policy_id, hid, flags, {(si, w): b for (h, si, w), b in bits.items() if h == hid})
+            for hid, hook in zip(ids, policy.hooks, strict=True)
+        ]
+
+    def _apply(
+        self, key: str, policy: CompiledTracingPolicy, cgroups: set[int] | None, enabled: bool = True
+    ) -> LoadedPolicy:
+        kept = self._keep(key, policy, cgroups)
+        if kept is not None:
+            if kept.enabled != enabled:
+                self.set_enabled(key, enabled)
+            return kept
+        if key in self.adopted:  # changed while the agent was down: replaced as a whole
+            self._drop(self.adopted.pop(key))
         old = self.policies.get(key)
         nums = abi.syscall_numbers()
         for hook in policy.hooks:
@@ -183,6 +471,7 @@ class TracingSensor:
                     raise BpfError(f"hook {hook.source}", 22, f"unknown syscall {name!r} on this architecture")
         drop = set(old.hook_ids) if old else set()
         in_use = {hid for hid in self.hooks if hid not in drop}
+        in_use |= {hid for ad in self.adopted.values() for hid in ad.hook_ids}
         rank = {hid: n for n, hid in enumerate([*self.retired, *sorted(drop)], start=1)}
         free = sorted((i for i in range(abi.GS_HOOKS) if i not in in_use), key=lambda i: rank.get(i, 0))
         if len(free) < len(policy.hooks):
@@ -217,9 +506,6 @@ class TracingSensor:
             self._next_policy += 1
         else:
             lp.carried = self.policy_counters(old)
-        scoped = policy.pod_selector is not None or policy.kind == "TracingPolicyNamespaced"
-        flags = (abi.F_ENABLED if enabled else 0) | (abi.F_SCOPED if scoped else 0)
-        flags |= abi.F_MONITOR if policy.mode == "monitor" else 0
         # write: scope first, then follow bits, then hook configs, then the syscall table that makes them live
         self._write_scope(lp, old)
         for b in old_bits:
@@ -229,12 +515,13 @@ class TracingSensor:
         for (hid, si, w), b in assign.items():
             hook = policy.hooks[ids.index(hid)]
             self._claim_bit(b, hid, si, w, hook, tree)
-        for hid, hook in zip(ids, policy.hooks, strict=True):
+        encoded = self._encode(policy, lp.policy_id, ids, assign)
+        lp.digest = _digest(policy, encoded)
+        if not enabled:
+            encoded = self._encode(policy, lp.policy_id, ids, assign, enabled=False)
+        for hid, raw in zip(ids, encoded, strict=True):
             self.baseline[hid] = self._raw_counters(hid)
-            follow = {(si, w): b for (h, si, w), b in assign.items() if h == hid}
-            self.hooks_map.update(
-                hid.to_bytes(4, "little"), abi.encode_hook(hook, lp.policy_id, hid, flags, follow)
-            )
+            self.hooks_map.update(hid.to_bytes(4, "little"), raw)
         prev_hooks = dict(self.hooks)
         for hid in drop - set(ids):
             self.hooks.pop(hid, None)
@@ -252,7 +539,7 @@ class TracingSensor:
             self.policies.pop(key, None)
             self._write_syscalls()
             if old:
-                self.apply(key, old.policy, old.cgroups, old.enabled).carried = lp.carried
+                self._apply(key, old.policy, old.cgroups, old.enabled).carried = lp.carried
             raise
         for hid in drop:
             if hid not in ids:
@@ -283,6 +570,7 @@ class TracingSensor:
         new = LoadedPolicy(lp.policy, lp.policy_id, lp.hook_ids, lp.enabled, set(cgroups))
         self._write_scope(new, lp)
         lp.cgroups = new.cgroups
+        self._save()
 
     def _write_syscalls(self) -> None:
         table = self._syscall_hooks()
@@ -300,13 +588,18 @@ class TracingSensor:
             if not hook.at_exit or "cred_new" in hook.guard.checks
             for n in hook.syscalls
         }
+        returns |= {
+            self._nr(n) for ad in self.adopted.values() for names, ret in ad.attach.values() if ret for n in names
+        }
         assert self.obj is not None
         for nr in table:  # attach before the table makes hooks live, so nothing is half-watched
             name = names[nr]
             if nr in entries and name not in self.sys_links:
-                self.sys_links[name] = self._attach(name, nr, False)
+                self.sys_links[name] = self._pinned(name, lambda n=name, r=nr: self._attach(n, r, False))
             if nr in returns and f"__exit_{name}" not in self.sys_links:
-                self.sys_links[f"__exit_{name}"] = self._attach(name, nr, True)
+                self.sys_links[f"__exit_{name}"] = self._pinned(
+                    f"__exit_{name}", lambda n=name, r=nr: self._attach(n, r, True)
+                )
         for nr, hids in table.items():
             cfg = abi.SysCfg(n=len(hids))
             for i, h in enumerate(hids):
@@ -370,8 +663,8 @@ class TracingSensor:
         self.follow_map.update(bit.to_bytes(4, "little"), abi.encode_follow(hook, si, what))
         self.follow[bit] = (hid, si, what)
         if not self.follow_links:
-            for p in ("gs_follow_exec", "gs_follow_fork", "gs_follow_exit"):
-                self.follow_links.append(TracingLink.attach(self.obj.program(p)))
+            for p in FOLLOW_PROGS:
+                self.follow_links.append(self._follow_link(p))
         # processes that already run: from /proc (the kernel sets the bit for what starts from now on)
         sel = hook.selectors[si]
         for pid in tree:
@@ -431,6 +724,7 @@ class TracingSensor:
             self.hooks_map.update(hid.to_bytes(4, "little"), b"\0" * self.hooks_map.value_size)
         for cg in lp.cgroups:
             self.scope_map.delete(_scope_key(lp.policy_id, cg))
+        self._save()
 
     def _raw_counters(self, hid: int) -> dict[str, int]:
         n = len(abi.CNT)
@@ -460,6 +754,49 @@ class TracingSensor:
 
     def kernel_memory(self, lp: LoadedPolicy) -> int:
         return len(lp.hook_ids) * self.hooks_map.value_size + len(lp.cgroups) * 24
+
+
+def disable_pinned_policy(pin_dir: str | Path, key: str) -> int:
+    """Without a running agent: stop a pinned policy ("<namespace>/<name>") from acting at once (its gs_hooks
+    and gs_follow entries zeroed) and forget it in the manifest. The caller also drops it from the stored
+    state (tracingpolicies.json); the next agent start detaches its links and removes what is left of it.
+    Returns how many hooks were switched off (0 when the pins hold no such policy)."""
+    d = Path(pin_dir)
+    if not (d / MANIFEST).exists():
+        return 0
+    maps: dict[str, Map] = {}
+    try:
+        for n in (MANIFEST, "gs_hooks", "gs_follow"):
+            maps[n] = Map.from_pin(str(d / n))
+        data = read_manifest(maps[MANIFEST])
+        rec = (data or {}).get("policies", {}).pop(key, None)
+        if data is None or rec is None:
+            return 0
+        hooks = {int(h) for h in rec["hooks"]}
+        for hid in hooks:
+            maps["gs_hooks"].update(hid.to_bytes(4, "little"), b"\0" * maps["gs_hooks"].value_size)
+        follow = data.get("follow", {})
+        for bit in [b for b, (hid, _si, _w) in follow.items() if int(hid) in hooks]:
+            maps["gs_follow"].update(int(bit).to_bytes(4, "little"), b"\0" * maps["gs_follow"].value_size)
+            del follow[bit]
+        write_manifest(maps[MANIFEST], data)
+        return len(hooks)
+    finally:
+        for m in maps.values():
+            m.close()
+
+
+def _attach_point(link: Any) -> str:
+    return link.target if isinstance(link, PinnedLink) else link.describe()
+
+
+def _digest(policy: CompiledTracingPolicy, encoded: list[bytes]) -> str:
+    """What a policy's hooks hold in the kernel: their records and attach points."""
+    h = hashlib.sha256()
+    for hook, raw in zip(policy.hooks, encoded, strict=True):
+        h.update(raw)
+        h.update(repr((hook.syscalls, hook.ret is not None)).encode())
+    return h.hexdigest()
 
 
 def _scope_key(policy_id: int, cgroup_id: int) -> bytes:

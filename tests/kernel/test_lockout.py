@@ -221,20 +221,23 @@ def test_offline_delete_switches_off_the_policys_pinned_hooks(tmp_path: Path) ->
     """The pin layout runtime/tracing.py documents: a manifest naming each policy's gs_hooks indexes."""
     from apiary.agent import statedir
     from apiary.loader import Map
+    from apiary.runtime.pins import MANIFEST_BYTES
 
     root = Path(f"/sys/fs/bpf/apiary-test-{uuid.uuid4().hex[:10]}")
     (root / "tracing").mkdir(parents=True)
     maps = []
     try:
-        manifest = Map.create(2, "t_manifest", 4, 4096, 1)  # BPF_MAP_TYPE_ARRAY
+        manifest = Map.create(2, "t_manifest", 4, MANIFEST_BYTES, 1)  # BPF_MAP_TYPE_ARRAY
         hooks = Map.create(2, "t_hooks", 4, 64, 8)
-        maps += [manifest, hooks]
+        follow = Map.create(2, "t_follow", 4, 16, 8)
+        maps += [manifest, hooks, follow]
         pols = {"/kill-cli": {"hooks": [1, 3]}, "/other": {"hooks": [2]}}
-        manifest.update(b"\0" * 4, json.dumps({"policies": pols}).encode().ljust(4096, b"\0"))
+        manifest.update(b"\0" * 4, json.dumps({"policies": pols}).encode().ljust(MANIFEST_BYTES, b"\0"))
         for i in range(8):
             hooks.update(i.to_bytes(4, "little"), b"\x01" * 64)
         manifest.pin(str(root / "tracing" / "manifest"))
         hooks.pin(str(root / "tracing" / "gs_hooks"))
+        follow.pin(str(root / "tracing" / "gs_follow"))
         state = tmp_path / "state"
         state.mkdir()
         (state / statedir.TRACING_FILE).write_text(json.dumps([{"key": "/kill-cli", "source": ""}]))

@@ -253,9 +253,9 @@ def test_a_policy_removed_while_the_agent_was_down_is_removed_from_the_kernel(co
         assert [r["name"] for r in tp_rows(a)] == ["kept"]
         assert run_once(copied_shell) == 0
         links = os.listdir(f"{a.pin_root}/tracing/links")
-        assert sorted(links) == sorted(["%40connect4", "chdir"]), links  # kept's hook only
+        assert sorted(links) == sorted(["%40connect4", "%40connect6", "chdir"]), links  # kept's hook only
         a.cli("tp", "delete", "kept")
-        assert sorted(os.listdir(f"{a.pin_root}/tracing/links")) == ["%40connect4"]
+        assert sorted(os.listdir(f"{a.pin_root}/tracing/links")) == ["%40connect4", "%40connect6"]
     finally:
         a.cleanup()
 
@@ -306,7 +306,7 @@ def test_a_policy_changed_while_the_agent_was_down_is_replaced_whole(copied_shel
         assert [r["name"] for r in tp_rows(a)] == ["changed"]
         assert run_once(copied_shell) == 0  # the old selector is gone from the kernel
         assert run_once(other) == -signal.SIGKILL  # the stored one enforces
-        assert sorted(os.listdir(f"{a.pin_root}/tracing/links")) == ["%40connect4", "chdir"]
+        assert sorted(os.listdir(f"{a.pin_root}/tracing/links")) == ["%40connect4", "%40connect6", "chdir"]
         hooks = [lk for lk in bpf_list(a)["links"] if "chdir" in lk["attach"]]
         assert len(hooks) == 1, hooks
         # disabled stays disabled across kill -9 and restart (kept in the kernel, never re-enabled meanwhile)

@@ -166,6 +166,7 @@ class TracingSensor:
             self.counters = TypedMap(obj.map("gs_counters"), "<I", "<Q")
             self.follow_map = obj.map("gs_follow")
             self.mb_map = TypedMap(obj.map("gs_mb"), "<I", "<Q")
+            self.agent_map = obj.map("gs_agent")
             if manifest is not None:
                 self._adopt(manifest)
             root = cgroup2_root()
@@ -427,7 +428,7 @@ class TracingSensor:
         # the kernel holds these records already (the enabled flag as the last agent left it: the caller sets it)
         first = self.hooks_map.lookup(ad.hook_ids[0].to_bytes(4, "little")) if ad.hook_ids else None
         on = bool(first and first[abi.HookCfg.flags.offset] & abi.F_ENABLED)
-        lp = LoadedPolicy(policy, ad.policy_id, list(ad.hook_ids), on, set(cgroups or ()), ad.digest)
+        lp = LoadedPolicy(policy, ad.policy_id, list(ad.hook_ids), on, set(cgroups or ()), digest=ad.digest)
         self._write_scope(lp, LoadedPolicy(policy, ad.policy_id, [], True, ad.cgroups))
         for hid, hook in zip(lp.hook_ids, policy.hooks, strict=True):
             self.hooks[hid] = (lp, hook)

@@ -1320,6 +1320,19 @@ int gs_raw_tp(struct bpf_raw_tracepoint_args *ctx)
 	return run_hooks(&hc, sh);
 }
 
+/* An LSM program returns 0 or -errno; the verifier (6.12+) checks that range on its return value, so clamp
+ * with branches it follows (in assembly: the compiler would make them branchless, which it cannot track). */
+static __always_inline int lsm_retval(int v)
+{
+	__s64 r = v;
+	asm volatile("if %[r] s<= 0 goto +1\n\t"
+		     "%[r] = 0\n\t"
+		     "if %[r] s>= -4095 goto +1\n\t"
+		     "%[r] = -4095"
+		     : [r] "+r"(r));
+	return r;
+}
+
 static __always_inline int lsm_run(__u32 nr, __u64 a0, __u64 a1)
 {
 	__u32 zero = 0;
@@ -1335,7 +1348,7 @@ static __always_inline int lsm_run(__u32 nr, __u64 a0, __u64 a1)
 	hc.args[1] = a1;
 	run_hooks(&hc, sh);
 	verdict = bpf_map_lookup_elem(&gs_verdict, &zero);
-	return verdict ? *verdict : 0;
+	return verdict ? lsm_retval(*verdict) : 0;
 }
 
 /* BPF-LSM hooks (kernels that have BPF-LSM; the loader enables them only there, and attaches each only
@@ -1344,7 +1357,7 @@ SEC("lsm/file_open")
 int BPF_PROG(gs_file_open, struct file *file, int ret)
 {
 	if (ret)
-		return ret;
+		return lsm_retval(ret);
 	__u64 f = 0;
 	/* copy the pointer as plain bytes: the hooks read it with probe reads, like any syscall argument */
 	bpf_probe_read_kernel(&f, sizeof(f), &file);
@@ -1355,7 +1368,7 @@ SEC("lsm/file_permission")
 int BPF_PROG(gs_file_permission, struct file *file, int mask, int ret)
 {
 	if (ret)
-		return ret;
+		return lsm_retval(ret);
 	__u64 f = 0;
 	bpf_probe_read_kernel(&f, sizeof(f), &file);
 	return lsm_run(GS_NR_LSM_FILE_PERMISSION, f, (__u64)mask);
@@ -1365,7 +1378,7 @@ SEC("lsm/bprm_check_security")
 int BPF_PROG(gs_bprm_check_security, struct linux_binprm *bprm, int ret)
 {
 	if (ret)
-		return ret;
+		return lsm_retval(ret);
 	__u64 f = (__u64)BPF_CORE_READ(bprm, file);
 	return lsm_run(GS_NR_LSM_BPRM_CHECK, f, 0);
 }

@@ -14,9 +14,10 @@ attach points (see :mod:`apiary.tracing.types`).
    The event's ``function_name`` is ``__x64_sys_X`` (tracepoints: ``syscalls/sys_enter_X``). With
    ``return: true`` the hook is completed at ``sys_exit_X``: the return value is read there and
    ``matchReturnArgs`` and the action are decided then.
-2. Where the kernel has kprobes (``KernelFeatures.kprobes``), the kernel functions ``vfs_write``,
-   ``vfs_read``, ``security_file_permission``, ``security_file_open`` and ``fd_install`` are kprobes on
-   the function itself (a ``struct file`` argument is resolved to its full path); ``return: true`` adds a
+2. Where the kernel has kprobes (``KernelFeatures.kprobes``), the kernel functions of the table below
+   (and any other, args read as the policy's types) are kprobes on the function itself (a ``struct file``
+   argument is resolved to its full path, a ``struct sock``/``struct socket`` read as a sock_arg, a
+   ``struct cred`` as credentials, a ``struct linux_binprm`` as its file's path); ``return: true`` adds a
    kretprobe. Where the kernel has BPF-LSM (``KernelFeatures.lsm``), the lsmhooks ``file_open``,
    ``file_permission`` and ``bprm_check_security`` (the binprm resolved to its file's path) are BPF-LSM
    programs: the only realisation where ``Override`` (fail the operation with ``argError``) is possible.

@@ -24,7 +24,9 @@ from apiary.tracing.types import (
     ARG_FD,
     ARG_FILEPTR,
     ARG_INT,
+    ARG_KSOCKADDR,
     ARG_SOCKADDR,
+    ARG_SOCKETPTR,
     ARG_STRING,
     ARG_UINT,
     REG_CRED,
@@ -330,16 +332,22 @@ def test_kernel_with_kprobes_realises_vfs_write_as_a_kprobe() -> None:
     assert hook.args[0].kind == "file_ptr" and hook.realisation.startswith("kprobe on vfs_write")
 
 
-def test_kernel_with_kprobes_still_realises_unmapped_functions_at_syscall_entry_and_says_so() -> None:
+def test_security_socket_connect_is_a_kprobe_where_the_kernel_has_them() -> None:
     c = build("""
         kprobes:
         - call: security_socket_connect
           syscall: false
-          args: [{index: 1, type: sockaddr}]
+          args: [{index: 0, type: socket}, {index: 1, type: sockaddr}, {index: 2, type: int}]
+          selectors: [{matchArgs: [{index: 0, operator: Protocol, values: [IPPROTO_TCP]},
+                                   {index: 1, operator: SAddr, values: [10.0.0.0/8]}]}]
         """, VM)
-    assert c.hooks[0].syscalls == ("connect",)
-    assert c.notes[-1].endswith(
-        "(this kernel has kprobes, but apiary's kprobe realisation does not cover this function yet)")
+    [h] = c.hooks
+    assert h.syscalls == ("__kprobe_security_socket_connect",)
+    assert h.args == (ArgSpec(0, ARG_SOCKETPTR, "", "socket"), ArgSpec(1, ARG_KSOCKADDR, "", "sockaddr"),
+                      ArgSpec(2, ARG_INT, "", "int"))
+    # the sockaddr's own address is its destination (Tetragon's SAddr on a sockaddr)
+    assert h.selectors[0].args == (ArgFilter(0, "Protocol", (6,)), ArgFilter(1, "DAddr", ("10.0.0.0/8",)))
+    assert c.notes[-1].startswith("kprobes[0] security_socket_connect: kprobe on security_socket_connect: every")
 
 
 def test_other_sensors_refused() -> None:

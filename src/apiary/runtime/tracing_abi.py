@@ -21,11 +21,13 @@ from apiary.tracing.types import (
     ARG_FD,
     ARG_FILEPTR,
     ARG_INT,
+    ARG_KSOCKADDR,
     ARG_KSTRING,
     ARG_PATHPTR,
     ARG_SKB,
     ARG_SOCK,
     ARG_SOCKADDR,
+    ARG_SOCKETPTR,
     ARG_STRING,
     ARG_UINT,
     GUARD_CHECKS,
@@ -54,6 +56,8 @@ KIND = {
     ARG_PATHPTR: 14,
     ARG_BPRM: 15,
     ARG_CONNSOCK: 16,
+    ARG_SOCKETPTR: 17,
+    ARG_KSOCKADDR: 18,
 }
 # guard checks (GS_G_*): bit n = GUARD_CHECKS[n]
 GUARD_BITS = {name: 1 << n for n, name in enumerate(GUARD_CHECKS)}

@@ -14,9 +14,10 @@ attach points (see :mod:`apiary.tracing.types`).
    The event's ``function_name`` is ``__x64_sys_X`` (tracepoints: ``syscalls/sys_enter_X``). With
    ``return: true`` the hook is completed at ``sys_exit_X``: the return value is read there and
    ``matchReturnArgs`` and the action are decided then.
-2. Where the kernel has kprobes (``KernelFeatures.kprobes``), the kernel functions ``vfs_write``,
-   ``vfs_read``, ``security_file_permission``, ``security_file_open`` and ``fd_install`` are kprobes on
-   the function itself (a ``struct file`` argument is resolved to its full path); ``return: true`` adds a
+2. Where the kernel has kprobes (``KernelFeatures.kprobes``), the kernel functions of the table below
+   (and any other, args read as the policy's types) are kprobes on the function itself (a ``struct file``
+   argument is resolved to its full path, a ``struct sock``/``struct socket`` read as a sock_arg, a
+   ``struct cred`` as credentials, a ``struct linux_binprm`` as its file's path); ``return: true`` adds a
    kretprobe. Where the kernel has BPF-LSM (``KernelFeatures.lsm``), the lsmhooks ``file_open``,
    ``file_permission`` and ``bprm_check_security`` (the binprm resolved to its file's path) are BPF-LSM
    programs: the only realisation where ``Override`` (fail the operation with ``argError``) is possible.
@@ -126,11 +127,13 @@ from .types import (
     ARG_FD,
     ARG_FILEPTR,
     ARG_INT,
+    ARG_KSOCKADDR,
     ARG_KSTRING,
     ARG_PATHPTR,
     ARG_SKB,
     ARG_SOCK,
     ARG_SOCKADDR,
+    ARG_SOCKETPTR,
     ARG_STRING,
     ARG_UINT,
     MAX_ARG_FILTERS,
@@ -376,6 +379,8 @@ _KCRED = "kcred"  # a struct cred in kernel memory
 _CONNSOCK = "connsock"  # connect(): the fd's socket with the destination of the user's sockaddr
 _FDSOCK = "fdsock"  # connect(): the fd's struct socket as it is (not connected yet)
 _KBPRM = "kbprm"  # a struct linux_binprm in kernel memory (a kprobed function's argument)
+_KSOCKET = "ksocket"  # a struct socket in kernel memory (a kprobed function's argument)
+_KSOCKADDR = "ksockaddr"  # a struct sockaddr in kernel memory (a kprobed function's argument)
 _ANY = "any"  # direct syscall arguments: the policy's type decides
 _UREG = "ureg"  # a uprobe's argument register: the policy's type decides (user-space values)
 _KREG = "kreg"  # a kprobed function's argument register: the policy's type decides (kernel values)
@@ -391,6 +396,8 @@ _CLASS_TYPES: dict[str, frozenset[str]] = {
     _CONNSOCK: frozenset({"sock"}),
     _FDSOCK: frozenset({"socket"}),
     _KBPRM: frozenset({"linux_binprm"}),
+    _KSOCKET: frozenset({"socket"}),
+    _KSOCKADDR: frozenset({"sockaddr"}),
     _KCRED: frozenset({"cred"}),
 }
 _CLASS_TEXT = {
@@ -405,6 +412,8 @@ _CLASS_TEXT = {
     _CONNSOCK: "a socket (the connect() fd's socket, with the destination of the user's sockaddr)",
     _FDSOCK: "a struct socket (the connect() fd's socket, before it connects)",
     _KBPRM: "the program being executed (struct linux_binprm in kernel memory, read as its file's path)",
+    _KSOCKET: "a struct socket (in kernel memory)",
+    _KSOCKADDR: "a socket address (a struct sockaddr in kernel memory)",
 }
 _CLASS_KIND = {
     _FILE: ARG_FD,
@@ -417,6 +426,8 @@ _CLASS_KIND = {
     _CONNSOCK: ARG_CONNSOCK,
     _FDSOCK: ARG_CONNSOCK,
     _KBPRM: ARG_BPRM,
+    _KSOCKET: ARG_SOCKETPTR,
+    _KSOCKADDR: ARG_KSOCKADDR,
 }
 
 
@@ -634,6 +645,12 @@ KPROBE_REAL: dict[str, _Mapping] = {
         (_Variant(("__kprobe_revert_creds",), {0: (0, _KCRED)}),),
         "every revert of a temporary override; the credentials restored",
         no_ret="revert_creds returns nothing (void)",
+    ),
+    "security_socket_connect": _Mapping(
+        (_Variant(("__kprobe_security_socket_connect",), {0: (0, _KSOCKET), 1: (1, _KSOCKADDR), 2: (2, _INT)}),),
+        "every connect of a socket, before the protocol's checks (connect(), io_uring, kernel users); the socket "
+        "as it is before it connects, the address as the kernel copied it",
+        ret=_KRET,
     ),
     "security_bprm_check": _Mapping(
         (_Variant(("__kprobe_security_bprm_check",), {0: (0, _KBPRM)}),),
@@ -1835,12 +1852,12 @@ class _Compiler:
                     )
                 strs.append(s)
             return ArgFilter(arg.slot, op, tuple(strs))
-        if kind in (ARG_SOCKADDR, ARG_SOCK, ARG_SKB, ARG_CONNSOCK):
+        if kind in (ARG_SOCKADDR, ARG_KSOCKADDR, ARG_SOCK, ARG_SKB, ARG_CONNSOCK, ARG_SOCKETPTR):
             table = (
                 _KSOCK_OPS
                 if kind in (ARG_SOCK, ARG_SKB)
                 else _CONNSOCK_OPS
-                if kind == ARG_CONNSOCK
+                if kind in (ARG_CONNSOCK, ARG_SOCKETPTR)
                 else _SOCKADDR_OPS
                 if ty == "sockaddr"
                 else _SOCK_OPS

@@ -33,6 +33,8 @@ ARG_PATHPTR = "path_ptr"  # a struct path in kernel memory (kprobes), resolved t
 ARG_BPRM = "bprm_ptr"  # a struct linux_binprm in kernel memory: its file's full path
 ARG_CRED = "cred_ptr"  # a struct cred in kernel memory (kprobes): ids, securebits, capabilities, user namespace
 ARG_SOCK = "sock_ptr"  # a struct sock in kernel memory (kprobes): family, type, protocol, both ends, state
+ARG_SOCKETPTR = "socket_ptr"  # a struct socket in kernel memory (kprobes): its sock, as ARG_SOCK
+ARG_KSOCKADDR = "ksockaddr"  # a struct sockaddr in kernel memory (kprobes): family, address, port
 ARG_CONNSOCK = "conn_sock"  # connect(): the fd's socket (family, type, protocol, state) with the destination
 # from the user's sockaddr (index: the sockaddr's register, REG_NONE: the socket's own; size_index: the fd's)
 # register sources past the six syscall arguments (ArgSpec.index, Guard registers)

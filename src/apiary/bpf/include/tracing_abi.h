@@ -31,6 +31,8 @@
 #define GS_ARG_BPRM 15    /* a struct linux_binprm * (kprobes, raw tracepoints): its file's full path */
 #define GS_ARG_BUF 12    /* a user buffer; its length is the register arg_off[a] (char_buf + sizeArgIndex) */
 #define GS_ARG_CRED 11   /* a struct cred * in kernel memory (kprobes): a gs_credinfo in the string slot */
+#define GS_ARG_SOCKETPTR 17 /* a struct socket * in kernel memory (kprobes): its sock, a gs_sockinfo */
+#define GS_ARG_KSOCKADDR 18 /* a struct sockaddr * in kernel memory (kprobes): family, port, IPv4 address */
 #define GS_ARG_CONNSOCK 16 /* connect(): the socket of the fd in register arg_off[a] (family, type, protocol,
 			    * state, bound source) with the destination from the user sockaddr in register
 			    * arg_index[a]: a gs_sockinfo in the string slot */

@@ -111,7 +111,9 @@ class Workload:
             raise RuntimeError(f"the workload failed (exit {rc}): {out[-2000:]}")
         data = json.loads(out)
         return WorkloadResult(
-            [(s, t) for s, t in data["steps"]], data["end"], {int(p): n for p, n in data["ports"].items()},
+            [(s, t) for s, t in data["steps"]],
+            data["end"],
+            {int(p): n for p, n in data["ports"].items()},
             data["errors"],
         )
 

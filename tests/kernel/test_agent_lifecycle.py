@@ -81,8 +81,9 @@ def test_bpf_list_and_clean_shutdown_detaches_everything() -> None:
             "to_container",
             "gs_sys_enter",
             "gs_connect4",
+            "gs_connect6",
         }
-        assert len(data["links"]) == 4 and all(
+        assert len(data["links"]) == 5 and all(
             lk["id"] > 0 for lk in data["links"]
         )  # no endpoints/policies: no TC/syscall links
         pins = [m["pin"] for m in data["maps"] if m["pin"]]

@@ -201,6 +201,7 @@ def test_status_reconciles_and_counts_loss_with_tiny_ring(bindir: Path) -> None:
             "to_container",
             "gs_sys_enter",
             "gs_connect4",
+            "gs_connect6",
         }
         assert names["on_exec"]["run_count"] >= 6 and names["on_exec"]["avg_ns"] > 0
         procs = next(m for m in st["maps"] if m["name"] == "procs")

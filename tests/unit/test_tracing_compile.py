@@ -19,15 +19,20 @@ from apiary.tracing.compile import (
 from apiary.tracing.load import load_tracing_policies
 from apiary.tracing.models import PolicyError
 from apiary.tracing.types import (
+    ARG_CONNSOCK,
+    ARG_CRED,
     ARG_FD,
     ARG_INT,
     ARG_SOCKADDR,
     ARG_STRING,
     ARG_UINT,
+    REG_CRED,
+    REG_RET,
     ArgFilter,
     ArgSpec,
     BinaryFilter,
     CompiledTracingPolicy,
+    Guard,
     PidFilter,
     Selector,
 )
@@ -103,24 +108,27 @@ kprobes:
 """
 
 
-def test_vfs_write_via_write_family() -> None:
+def test_vfs_write_on_write_and_pwrite64_only_where_the_kernel_calls_it() -> None:
     c = build(VFS_WRITE)
-    [h] = c.hooks
-    assert h.syscalls == ("write", "pwrite64", "writev", "pwritev", "pwritev2")
-    assert h.function_name == "vfs_write" and h.args == (ArgSpec(0, ARG_FD, "", "file"),)
-    assert c.notes == ["kprobes[0] vfs_write: via sys_enter_write/pwrite64/writev/pwritev/pwritev2: kernel-internal "
-                       "writes not seen; file resolved from the fd"]
+    write, pwrite = c.hooks
+    assert write.syscalls == ("write",) and pwrite.syscalls == ("pwrite64",)
+    assert write.function_name == "vfs_write" and write.args == (ArgSpec(0, ARG_FD, "", "file"),)
+    # write: any fd fdget() accepts; pwrite64: also pos (arg 3) >= 0 on a seekable file (FMODE_PWRITE)
+    assert write.guard == Guard(frozenset({"file"}), fd=0)
+    assert pwrite.guard == Guard(frozenset({"file", "pwrite"}), fd=0, pos=3)
+    assert not write.at_exit and not pwrite.at_exit
+    assert c.notes[0].startswith("kprobes[0] vfs_write: via sys_enter_write: the file resolved from the fd; "
+                                 "kernel-internal writes")
+    assert "writev/pwritev/pwritev2 not watched: they go through vfs_writev and never call vfs_write" in c.notes[0]
 
 
-def test_vfs_write_count_only_on_write_and_pwrite64() -> None:
+def test_vfs_write_count_on_both_variants() -> None:
     spec = "kprobes: [{call: vfs_write, syscall: false, args: [{index: 0, type: file}, {index: 2, type: size_t}]%s}]"
     c = build(spec % "")
-    [h] = c.hooks
-    assert h.syscalls == ("write", "pwrite64") and h.args[1] == ArgSpec(2, ARG_INT, "", "size_t")
-    assert ("kprobes[0] vfs_write: writev/pwritev/pwritev2 not watched: arg 2 has no equivalent at the entry of "
-            "writev/pwritev/pwritev2") in c.notes
-    msg = refusal(spec % ", selectors: [{matchActions: [{action: Sigkill}]}]")
-    assert msg.endswith("an enforcing policy cannot skip writev/pwritev/pwritev2 (that would be a bypass))")
+    assert [(h.syscalls, h.args[1]) for h in c.hooks] == [
+        (("write",), ArgSpec(2, ARG_INT, "", "size_t")), (("pwrite64",), ArgSpec(2, ARG_INT, "", "size_t"))]
+    assert [h.selectors[0].action for h in build(spec % ", selectors: [{matchActions: [{action: Sigkill}]}]").hooks] \
+        == ["Sigkill", "Sigkill"]
 
 
 def test_vfs_read_buffer_not_available() -> None:
@@ -130,8 +138,9 @@ def test_vfs_read_buffer_not_available() -> None:
           syscall: false
           args: [{index: 0, type: file}, {index: 1, type: char_buf}]
         """)
-    [h] = c.hooks
-    assert h.syscalls == ("read", "pread64", "readv", "preadv", "preadv2") and len(h.args) == 1
+    read, pread = c.hooks
+    assert read.syscalls == ("read",) and pread.syscalls == ("pread64",) and len(read.args) == 1
+    assert pread.guard == Guard(frozenset({"file", "pread"}), fd=0, pos=3)
     assert "kprobes[0] vfs_read: arg 1 not reported: the buffer is not filled yet at syscall entry" in c.notes
 
 
@@ -146,51 +155,63 @@ kprobes:
 def test_security_file_permission_mask_decides_the_family() -> None:
     write = build(SFP + "  selectors:\n  - matchArgs: [{index: 1, operator: Equal, values: ['2']}, "
                   "{index: 0, operator: Prefix, values: [/etc/]}]")
-    [h] = write.hooks
-    assert h.syscalls == ("write", "pwrite64", "writev", "pwritev", "pwritev2")
-    assert h.args == (ArgSpec(0, ARG_FD, "", "file"),)
-    assert h.selectors == (Selector(args=(ArgFilter(0, "Prefix", ("/etc/",)),)),)  # the mask filter is decided
-    assert "no selector can match at read/pread64/readv/preadv/preadv2: not watched" in write.notes[-1]
-    [h] = build(SFP + "  selectors: [{matchArgs: [{index: 1, operator: Mask, values: ['4']}]}]").hooks
-    assert h.syscalls[0] == "read" and h.selectors == (Selector(),)
-    [h] = build(SFP).hooks
-    assert h.syscalls == ("write", "pwrite64", "writev", "pwritev", "pwritev2", "read", "pread64", "readv", "preadv",
-                          "preadv2")
+    plain, positional, v2 = write.hooks
+    assert [h.syscalls for h in write.hooks] == [("write", "writev"), ("pwrite64", "pwritev"), ("pwritev2",)]
+    # the check is reached only on a file opened for writing; positional calls need pos >= 0 on a seekable file
+    assert plain.guard == Guard(frozenset({"file", "write"}), fd=0)
+    assert positional.guard == Guard(frozenset({"file", "write", "pwrite"}), fd=0, pos=3)
+    assert v2.guard == Guard(frozenset({"file", "write", "pwrite", "pos_opt"}), fd=0, pos=3)
+    assert plain.args == (ArgSpec(0, ARG_FD, "", "file"),)
+    assert plain.selectors == (Selector(args=(ArgFilter(0, "Prefix", ("/etc/",)),)),)  # the mask filter is decided
+    assert "no selector can match at preadv2: not watched" in write.notes[-1]
+    read = build(SFP + "  selectors: [{matchArgs: [{index: 1, operator: Mask, values: ['4']}]}]").hooks
+    assert read[0].syscalls == ("read", "readv") and read[0].selectors == (Selector(),)
+    assert read[0].guard == Guard(frozenset({"file", "read"}), fd=0)
+    assert [h.syscalls for h in build(SFP).hooks] == [
+        ("write", "writev"), ("pwrite64", "pwritev"), ("pwritev2",), ("read", "readv"), ("pread64", "preadv"),
+        ("preadv2",)]
 
 
-def test_fd_install_and_file_open_on_the_open_family() -> None:
+OPENS = ("open", "creat", "openat", "openat2", "open_by_handle_at")
+
+
+def test_fd_install_and_file_open_at_the_exit_of_the_open_family() -> None:
     c = build("""
         kprobes:
         - call: fd_install
           syscall: false
           args: [{index: 0, type: int}, {index: 1, type: file}]
-          selectors: [{matchArgs: [{index: 1, operator: Equal, values: [/etc/passwd]}]}]
+          selectors:
+          - matchArgs: [{index: 1, operator: Equal, values: [/etc/passwd]}, {index: 0, operator: Equal, values: ['3']}]
         lsmhooks:
         - hook: file_open
           args: [{index: 0, type: file}]
         """)
-    first, second, lsm1, lsm2 = c.hooks
-    assert (first.syscalls, first.args) == (("open", "creat"), (ArgSpec(0, ARG_STRING, "", "file"),))
-    assert (second.syscalls, second.args) == (("openat", "openat2"), (ArgSpec(1, ARG_STRING, "", "file"),))
-    assert first.selectors[0].args == (ArgFilter(0, "Equal", ("/etc/passwd",)),)
-    assert (lsm1.event, lsm1.function_name, lsm2.syscalls) == ("process_lsm", "file_open", ("openat", "openat2"))
-    assert ("kprobes[0] fd_install: arg 0 not reported: the new fd is the syscall's return value, not known at "
-            "syscall entry") in c.notes
-    assert any("path as passed to the syscall" in n for n in c.notes)
-    [h, _] = build("kprobes: [{call: security_file_open, syscall: false, args: [{index: 0, type: file}]}]").hooks
-    assert h.syscalls == ("open", "creat")
+    fd, lsm = c.hooks
+    # the new fd is the return value; the file is the fd's, resolved in the kernel to its full path
+    assert (fd.syscalls, fd.at_exit) == (OPENS, True)
+    assert fd.args == (ArgSpec(REG_RET, ARG_INT, "", "int"), ArgSpec(REG_RET, ARG_FD, "", "file"))
+    assert fd.guard == Guard(frozenset({"ret_ok"}))  # O_PATH fds are installed too
+    assert fd.selectors[0].args == (ArgFilter(1, "Equal", ("/etc/passwd",)), ArgFilter(0, "Equal", (3,)))
+    assert (lsm.event, lsm.function_name, lsm.syscalls, lsm.at_exit) == ("process_lsm", "file_open", OPENS, True)
+    # security_file_open is not called for O_PATH opens: the returned fd must be one fdget() accepts
+    assert lsm.guard == Guard(frozenset({"ret_ok", "file"}), fd=REG_RET)
+    assert c.notes[0].startswith("kprobes[0] fd_install: via sys_exit_open/creat/openat/openat2/open_by_handle_at: ")
+    assert "Sigkill/Signal act after the operation" in c.notes[0]
+    [h] = build("kprobes: [{call: security_file_open, syscall: false, args: [{index: 0, type: file}]}]").hooks
+    assert (h.syscalls, h.guard, h.args) == (OPENS, lsm.guard, (ArgSpec(REG_RET, ARG_FD, "", "file"),))
 
 
 def test_filter_on_an_unavailable_arg_is_refused() -> None:
     msg = refusal("""
         kprobes:
-        - call: fd_install
+        - call: security_socket_connect
           syscall: false
-          args: [{index: 0, type: int}, {index: 1, type: file}]
-          selectors: [{matchArgs: [{index: 0, operator: Equal, values: ['3']}]}]
+          args: [{index: 0, type: sock}, {index: 1, type: sockaddr}]
+          selectors: [{matchArgs: [{index: 0, operator: Family, values: [AF_INET]}]}]
         """)
     assert msg == ("unsupported: spec.kprobes[0].selectors[0].matchArgs[0] (filter on arg 0, which is not available: "
-                   "the new fd is the syscall's return value, not known at syscall entry)")
+                   "the struct socket is not available at syscall entry (only its fd))")
 
 
 def test_tcp_connect_on_connect() -> None:
@@ -207,12 +228,15 @@ def test_tcp_connect_on_connect() -> None:
             matchActions: [{action: DenyConnect}]
         """)
     [h] = c.hooks
-    assert (h.syscalls, h.function_name, h.args) == (("connect",), "tcp_connect", (ArgSpec(1, ARG_SOCKADDR, "",
-                                                                                          "sock"),))
+    # the fd's socket (register 0) with the destination of the sockaddr (register 1)
+    assert (h.syscalls, h.function_name, h.args) == (
+        ("connect",), "tcp_connect", (ArgSpec(1, ARG_CONNSOCK, "", "sock", size_index=0),))
+    # only where the kernel gets to tcp_connect: an unconnected TCP socket and a sockaddr of its family
+    assert h.guard == Guard(frozenset({"file", "socket", "addr", "tcp"}), fd=0, addr=1)
     assert h.selectors == (Selector(args=(ArgFilter(0, "NotDAddr", ("127.0.0.1/32", "10.0.0.0/8")),
                                           ArgFilter(0, "DPort", (443, "8000:8080")), ArgFilter(0, "Family", (2,))),
                                     action="DenyConnect"),)
-    assert "only the connect() syscall; kernel-initiated connections not seen" in c.notes[0]
+    assert "UNIX, UDP and connected sockets are not seen" in c.notes[0]
     msg = refusal("""
         kprobes:
         - call: tcp_connect
@@ -247,8 +271,12 @@ def test_commit_creds_bprm_and_sys_helpers() -> None:
         - {hook: bprm_check_security, args: [{index: 0, type: linux_binprm}]}
         """)
     creds, execve, execveat, setuid, lsm_execve, _ = c.hooks
-    assert creds.syscalls == ("setuid", "setgid", "setreuid", "setregid", "setresuid", "setresgid")
-    assert creds.args == ()
+    # at the exit of the syscalls that commit credentials, when the task's credentials changed; arg 0 is them
+    assert creds.syscalls[:8] == ("setuid", "setgid", "setreuid", "setregid", "setresuid", "setresgid", "setfsuid",
+                                  "setfsgid")
+    assert {"capset", "execve", "unshare", "setns"} <= set(creds.syscalls) and creds.at_exit
+    assert creds.args == (ArgSpec(REG_CRED, ARG_CRED, "", "cred"),)
+    assert creds.guard == Guard(frozenset({"cred_new"}))
     assert (execve.syscalls, execve.args) == (("execve",), (ArgSpec(0, ARG_STRING, "", "linux_binprm"),))
     assert (execveat.syscalls, execveat.args[0].index) == (("execveat",), 1)
     assert (setuid.syscalls, setuid.function_name) == (("setuid",), "__sys_setuid")
@@ -600,14 +628,14 @@ def test_features_from_this_machine() -> None:
 def test_every_selector_problem_is_listed_once() -> None:
     found = refused("""
         kprobes:
-        - call: fd_install
+        - call: security_socket_connect
           syscall: false
-          args: [{index: 0, type: int}, {index: 1, type: file}]
+          args: [{index: 0, type: sock}, {index: 1, type: sockaddr}]
           selectors:
-          - matchArgs: [{index: 0, operator: Equal, values: ['3']}]
+          - matchArgs: [{index: 0, operator: Family, values: [AF_INET]}]
           - matchActions: [{action: GetUrl, argUrl: http://x}]
         """)
     assert found == [
-        "unsupported: spec.kprobes[0].selectors[0].matchArgs[0] (filter on arg 0, which is not available: the new fd "
-        "is the syscall's return value, not known at syscall entry)",
+        "unsupported: spec.kprobes[0].selectors[0].matchArgs[0] (filter on arg 0, which is not available: the struct "
+        "socket is not available at syscall entry (only its fd))",
         "unsupported: spec.kprobes[0].selectors[1].matchActions[0].action (action GetUrl is not supported yet)"]

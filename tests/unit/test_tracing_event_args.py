@@ -2,9 +2,26 @@
 
 from __future__ import annotations
 
+import re
+import socket
+from pathlib import Path
+
 from apiary.agent.tracing import ACTION_ENUM, _cred_arg, _value
 from apiary.runtime import tracing_abi as abi
-from apiary.tracing.types import ARG_CHARS, ARG_CRED, ARG_DATALOC, ARG_FILEPTR, ARG_INT, ARG_SOCK, ARG_UINT, ArgSpec
+from apiary.tracing.types import (
+    ARG_CHARS,
+    ARG_CONNSOCK,
+    ARG_CRED,
+    ARG_DATALOC,
+    ARG_FILEPTR,
+    ARG_INT,
+    ARG_SOCK,
+    ARG_UINT,
+    GUARD_CHECKS,
+    ArgSpec,
+)
+
+HEADER = Path(abi.__file__).resolve().parents[1] / "bpf" / "include" / "tracing_abi.h"
 
 
 def test_every_action_has_its_event_enum() -> None:
@@ -19,6 +36,22 @@ def test_sock_arg_from_the_kernels_socket() -> None:
     assert out == {"sock_arg": {"family": "AF_INET", "type": "SOCK_STREAM", "protocol": "IPPROTO_TCP",
                                 "saddr": "10.0.0.1", "daddr": "198.51.100.1", "sport": 40000, "dport": 443,
                                 "state": "TCP_SYN_SENT"}}
+
+
+def test_connect_socket_is_a_sock_arg_with_ipv6_addresses_in_ipv6_form() -> None:
+    si = abi.SockInfo(family=10, type=1, protocol=6, dport=443)
+    si.daddr6[:] = socket.inet_pton(socket.AF_INET6, "::1")
+    out = _value(ArgSpec(1, ARG_CONNSOCK, tetragon_type="sock", size_index=0), 0, "", bytes(si))
+    assert out == {"sock_arg": {"family": "AF_INET6", "type": "SOCK_STREAM", "protocol": "IPPROTO_TCP",
+                                "saddr": "::", "daddr": "::1", "dport": 443}}
+
+
+def test_guard_bits_and_kinds_are_the_headers() -> None:
+    text = HEADER.read_text()
+    defs = {m[1]: int(m[2], 0) for m in re.finditer(r"#define (GS_\w+) (0x[0-9a-fA-F]+|[0-9]+)\b", text)}
+    assert {c: defs[f"GS_G_{c.upper()}"] for c in GUARD_CHECKS} == abi.GUARD_BITS
+    assert defs["GS_ARG_CONNSOCK"] == abi.KIND[ARG_CONNSOCK] and defs["GS_F_AT_EXIT"] == abi.F_AT_EXIT
+    assert (defs["GS_REG_RET"], defs["GS_REG_CRED"], defs["GS_REG_NONE"]) == (6, 7, abi.REG_NONE)
 
 
 def test_cred_arg_lists_capabilities_by_name() -> None:

@@ -24,6 +24,7 @@ from apiary.tracing.types import (
     ARG_BPRM,
     ARG_BUF,
     ARG_CHARS,
+    ARG_CONNSOCK,
     ARG_CRED,
     ARG_DATALOC,
     ARG_FD,
@@ -305,20 +306,26 @@ _TCP_STATES = {
 
 def _sock_arg(si: abi.SockInfo) -> dict[str, Any]:
     """Tetragon's sock_arg (KprobeSock) from the socket the kernel read."""
-    import ipaddress
 
     out: dict[str, Any] = {
         "family": "AF_INET" if si.family == 2 else "AF_INET6" if si.family == 10 else str(si.family),
         "type": _SOCK_TYPES.get(si.type, str(si.type)),
         "protocol": _PROTOS.get(si.protocol, str(si.protocol)),
-        "saddr": str(ipaddress.IPv4Address(si.saddr)),
-        "daddr": str(ipaddress.IPv4Address(si.daddr)),
+        "saddr": _addr(si.family, si.saddr, bytes(si.saddr6)),
+        "daddr": _addr(si.family, si.daddr, bytes(si.daddr6)),
         "sport": si.sport,
         "dport": si.dport,
     }
     if si.state in _TCP_STATES:
         out["state"] = _TCP_STATES[si.state]
     return {k: v for k, v in out.items() if v not in (0, "")}
+
+
+def _addr(family: int, v4: int, v6: bytes) -> str:
+    """An address as Tetragon writes it: IPv6 sockets in IPv6 form (unset: "::"), others as IPv4."""
+    import ipaddress
+
+    return str(ipaddress.IPv6Address(v6) if family == 10 else ipaddress.IPv4Address(v4))
 
 
 def _caps(mask: int) -> list[str]:
@@ -372,7 +379,7 @@ def _value(spec: ArgSpec, v: int, s: str, raw: bytes = b"") -> dict[str, Any]:
         out = {"skb_arg": _skb_arg(abi.skbinfo(raw))}
     elif spec.kind == ARG_PATHPTR:
         out = {"path_arg": {"path": s}}
-    elif spec.kind == ARG_SOCK:
+    elif spec.kind in (ARG_SOCK, ARG_CONNSOCK):
         out = {"sock_arg": _sock_arg(abi.sockinfo(raw))}
     elif spec.kind == ARG_SOCKADDR:
         fam, addr, port = abi.sockaddr(v)

@@ -114,6 +114,14 @@ struct {
 	__type(value, struct gs_event);
 } gs_pending SEC(".maps");
 
+/* GS_G_CRED_NEW: per thread, its credentials at the entry of the syscall it is in */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, __u64);
+} gs_entry_cred SEC(".maps");
+
 /* followChildren / followForks: per process, bit i = slot i matched it or an ancestor */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -141,10 +149,13 @@ static __always_inline void gs_count(__u32 hook, __u32 what)
 struct hooks_ctx {
 	__u64 args[6]; /* the syscall's arguments, copied from the tracepoint record */
 	__u64 rec;     /* generic tracepoints: the record's address (fields read by offset) */
+	__s64 ret;     /* at a syscall's exit: its return value */
 	__u32 nr;
+	__u32 at_exit; /* run at the syscall's exit: only the hooks evaluated there (GS_F_AT_EXIT) */
 };
 
-/* register argument idx (0-5) of the call, by constant offsets */
+/* register argument idx (0-5) of the call, by constant offsets; GS_REG_RET the return value (at the exit),
+ * GS_REG_CRED the current task's credentials */
 static __always_inline __u64 reg_at(struct hooks_ctx *hc, __u16 idx)
 {
 	switch (idx) {
@@ -154,6 +165,11 @@ static __always_inline __u64 reg_at(struct hooks_ctx *hc, __u16 idx)
 	case 3: return hc->args[3];
 	case 4: return hc->args[4];
 	case 5: return hc->args[5];
+	case GS_REG_RET: return hc->ret;
+	case GS_REG_CRED: { /* the objective credentials: what commit_creds installs (with the subjective ones) */
+		struct task_struct *t = (void *)bpf_get_current_task();
+		return (__u64)BPF_CORE_READ(t, real_cred);
+	}
 	}
 	return 0;
 }
@@ -195,8 +211,10 @@ static __always_inline __u64 reg_arg(struct hooks_ctx *hc, struct gs_hook *h, in
 	return v;
 }
 
-static __always_inline struct file *fd_file(__u64 fd)
+/* the open file of an fd of the current process (0: none); the kernel takes fds as unsigned int */
+static __always_inline struct file *fd_file(__u64 fd64)
 {
+	__u32 fd = (__u32)fd64;
 	struct task_struct *t = (void *)bpf_get_current_task();
 	struct files_struct *files = BPF_CORE_READ(t, files);
 	struct fdtable *fdt = BPF_CORE_READ(files, fdt);
@@ -209,9 +227,92 @@ static __always_inline struct file *fd_file(__u64 fd)
 	return f;
 }
 
+/* include/linux/fs.h (the same values in 6.1 - 6.18) */
+#define GS_FMODE_READ 0x1
+#define GS_FMODE_WRITE 0x2
+#define GS_FMODE_PREAD 0x8
+#define GS_FMODE_PWRITE 0x10
+#define GS_FMODE_PATH 0x4000
+#define GS_FMODE_CAN_READ 0x20000
+#define GS_FMODE_CAN_WRITE 0x40000
+#define GS_S_IFMT 0170000
+#define GS_S_IFSOCK 0140000
+
+/* the struct socket of a socket file (0: not a socket); open() cannot open a socket inode, only O_PATH can,
+ * and the caller rejects O_PATH files: a socket inode here is a socket made by socket()/accept() */
+static __always_inline struct socket *file_socket(struct file *f)
+{
+	if (!f)
+		return 0;
+	__u16 mode = BPF_CORE_READ(f, f_inode, i_mode);
+	if ((mode & GS_S_IFMT) != GS_S_IFSOCK)
+		return 0;
+	return BPF_CORE_READ(f, private_data);
+}
+
+/* a socket argument into the event's slot a (the scratch event): a struct sock * (v), or for connect() the
+ * socket of the fd with the destination of the user's sockaddr (v). Verified once, on its own. */
+__noinline int gs_read_sock(__u32 a, __u64 v, __u64 fd, __u32 conn)
+{
+	__u32 zero = 0;
+	struct gs_event *ev = bpf_map_lookup_elem(&gs_scratch, &zero);
+	if (!ev || a >= GS_ARGS)
+		return 0;
+	struct sock *sk = (struct sock *)v;
+	if (conn) {
+		struct socket *so = file_socket(fd_file(fd));
+		if (!so)
+			return 0;
+		sk = BPF_CORE_READ(so, sk);
+	}
+	struct gs_sockinfo si = {};
+	si.family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	si.type = BPF_CORE_READ(sk, sk_type);
+	si.protocol = BPF_CORE_READ(sk, sk_protocol);
+	si.sport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	if (!conn) /* at connect() entry the state is not yet the function's (TCP_SYN_SENT) */
+		si.state = BPF_CORE_READ(sk, __sk_common.skc_state);
+	si.saddr = bpf_ntohl(BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr));
+	if (si.family == 10)
+		BPF_CORE_READ_INTO(&si.saddr6, sk, __sk_common.skc_v6_rcv_saddr);
+	if (conn) {
+		struct {
+			__u16 family;
+			__u16 port;
+			__u32 addr;
+		} sa = {};
+		bpf_probe_read_user(&sa, sizeof(sa), (void *)v);
+		si.dport = bpf_ntohs(sa.port);
+		if (sa.family == 2)
+			si.daddr = bpf_ntohl(sa.addr);
+		else if (sa.family == 10) /* sockaddr_in6: sin6_addr at offset 8 */
+			bpf_probe_read_user(&si.daddr6, sizeof(si.daddr6), (void *)(v + 8));
+	} else {
+		si.dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+		si.daddr = bpf_ntohl(BPF_CORE_READ(sk, __sk_common.skc_daddr));
+		if (si.family == 10)
+			BPF_CORE_READ_INTO(&si.daddr6, sk, __sk_common.skc_v6_daddr);
+	}
+	/* the destination as a sockaddr-style value, so DAddr/DPort/Family filters work unchanged */
+	__s64 x = ((__s64)si.family << 48) | ((__s64)si.dport << 32) | si.daddr;
+	switch (a) {
+#define GS_W(q) case q: ev->ints[q] = x; __builtin_memcpy(ev->str[q], &si, sizeof(si)); ev->slen[q] = sizeof(si); break;
+	GS_W(0) GS_W(1) GS_W(2) GS_W(3) GS_W(4)
+#undef GS_W
+	}
+	return 0;
+}
+
 static __always_inline void read_arg(struct gs_event *ev, struct gs_hook *h, struct hooks_ctx *hc, int a)
 {
-	__u8 kind = h->arg_kind[a];
+	__u8 kind = 0;
+	switch (a) {
+#define GS_KD(q) case q: kind = h->arg_kind[q]; break;
+	GS_KD(0) GS_KD(1) GS_KD(2) GS_KD(3) GS_KD(4)
+#undef GS_KD
+	default:
+		return;
+	}
 	__u64 v = reg_arg(hc, h, a);
 	ev->ints[a] = v;
 	ev->slen[a] = 0;
@@ -333,21 +434,14 @@ static __always_inline void read_arg(struct gs_event *ev, struct gs_hook *h, str
 		ev->ints[a] = ci.euid;
 		__builtin_memcpy(ev->str[a], &ci, sizeof(ci));
 		ev->slen[a] = sizeof(ci);
-	} else if (kind == GS_ARG_SOCK) {
-		struct sock *sk = (struct sock *)v;
-		struct gs_sockinfo si = {};
-		si.family = BPF_CORE_READ(sk, __sk_common.skc_family);
-		si.type = BPF_CORE_READ(sk, sk_type);
-		si.protocol = BPF_CORE_READ(sk, sk_protocol);
-		si.sport = BPF_CORE_READ(sk, __sk_common.skc_num);
-		si.dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
-		si.state = BPF_CORE_READ(sk, __sk_common.skc_state);
-		si.saddr = bpf_ntohl(BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr));
-		si.daddr = bpf_ntohl(BPF_CORE_READ(sk, __sk_common.skc_daddr));
-		/* the destination as a sockaddr-style value, so DAddr/DPort/Family filters work unchanged */
-		ev->ints[a] = ((__s64)si.family << 48) | ((__s64)si.dport << 32) | si.daddr;
-		__builtin_memcpy(ev->str[a], &si, sizeof(si));
-		ev->slen[a] = sizeof(si);
+	} else if (kind == GS_ARG_SOCK || kind == GS_ARG_CONNSOCK) {
+		__u16 fdreg = 0;
+		switch (a) {
+#define GS_K(q) case q: fdreg = h->arg_off[q]; break;
+		GS_K(0) GS_K(1) GS_K(2) GS_K(3) GS_K(4)
+#undef GS_K
+		}
+		gs_read_sock(a, v, kind == GS_ARG_CONNSOCK ? reg_at(hc, fdreg) : 0, kind == GS_ARG_CONNSOCK);
 	} else if (kind == GS_ARG_SOCKADDR) {
 		struct {
 			__u16 family;
@@ -357,6 +451,24 @@ static __always_inline void read_arg(struct gs_event *ev, struct gs_hook *h, str
 		bpf_probe_read_user(&sa, sizeof(sa), (void *)v);
 		ev->ints[a] = ((__s64)sa.family << 48) | ((__s64)bpf_ntohs(sa.port) << 32) | bpf_ntohl(sa.addr);
 	}
+}
+
+/* argument a of hook hid into the scratch event: verified once, on its own, not once per argument and caller */
+__noinline int gs_read_arg(__u32 hid, __u32 a, struct hooks_ctx *hc)
+{
+	__u32 zero = 0;
+	struct gs_hook *h = bpf_map_lookup_elem(&gs_hooks, &hid);
+	struct gs_event *ev = bpf_map_lookup_elem(&gs_scratch, &zero);
+	if (!h || !ev || !hc)
+		return 0;
+	switch (a) { /* constant slots keep the verifier's bounds exact */
+	case 0: read_arg(ev, h, hc, 0); break;
+	case 1: read_arg(ev, h, hc, 1); break;
+	case 2: read_arg(ev, h, hc, 2); break;
+	case 3: read_arg(ev, h, hc, 3); break;
+	case 4: read_arg(ev, h, hc, 4); break;
+	}
+	return 0;
 }
 
 struct hash_ctx {
@@ -401,6 +513,28 @@ static long hash_step(__u32 i, void *data)
 		default:
 			return 1;
 		}
+	}
+	return 0;
+}
+
+static __always_inline void hash_arg(__u32 a, __u32 len, struct proc_binary *pb);
+
+/* the prefix/suffix hashes of argument a (GS_ARGS: the current process's binary): verified once, on its own */
+__noinline int gs_hash_arg(__u32 a, __u32 len)
+{
+	struct proc_binary *pb = 0;
+	if (a == GS_ARGS) {
+		__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+		pb = bpf_map_lookup_elem(&binaries, &tgid);
+		len = pb ? pb->len : 0;
+	}
+	switch (a) { /* constant slots keep the verifier's bounds exact */
+	case 0: hash_arg(0, len, 0); break;
+	case 1: hash_arg(1, len, 0); break;
+	case 2: hash_arg(2, len, 0); break;
+	case 3: hash_arg(3, len, 0); break;
+	case 4: hash_arg(4, len, 0); break;
+	case GS_ARGS: hash_arg(GS_ARGS, len, pb); break;
 	}
 	return 0;
 }
@@ -536,7 +670,8 @@ __noinline int gs_match_filter(__u32 hid, __u32 si, __u32 fi)
 		int neg = op == GS_OP_NOTEQUAL || op == GS_OP_NOTPREFIX || op == GS_OP_NOTPOSTFIX;
 		return neg ? !any : any;
 	}
-	if ((kind == GS_ARG_SOCK || kind == GS_ARG_SKB) && op >= GS_OP_SADDR) { /* the source side and the protocol */
+	int sockish = kind == GS_ARG_SOCK || kind == GS_ARG_SKB || kind == GS_ARG_CONNSOCK;
+	if (sockish && op >= GS_OP_SADDR) { /* the source side and the protocol */
 		struct gs_sockinfo si = {};
 		switch (f->arg) {
 #define GS_SI(k) case k: __builtin_memcpy(&si, ev->str[k], sizeof(si)); break;
@@ -548,29 +683,35 @@ __noinline int gs_match_filter(__u32 hid, __u32 si, __u32 fi)
 			if (v >= n)
 				break;
 			__s64 lo = f->ints[v][0], hi = f->ints[v][1];
-			if ((op == GS_OP_SADDR || op == GS_OP_NOTSADDR) && (si.saddr & hi) == (__u64)lo)
+			if ((op == GS_OP_SADDR || op == GS_OP_NOTSADDR) && si.family == 2 && (si.saddr & hi) == (__u64)lo)
 				any = 1;
 			if ((op == GS_OP_SPORT || op == GS_OP_NOTSPORT) && si.sport >= lo && si.sport <= hi)
 				any = 1;
 			if (op == GS_OP_PROTOCOL && si.protocol == lo)
 				any = 1;
 		}
+		/* address values are IPv4: an IPv6 address is in none of them; other families match neither way
+		 * (Tetragon's filter_addr_map) */
+		if ((op == GS_OP_SADDR || op == GS_OP_NOTSADDR) && si.family != 2 && si.family != 10)
+			return 0;
 		return (op == GS_OP_NOTSADDR || op == GS_OP_NOTSPORT) ? !any : any;
 	}
-	if (kind == GS_ARG_SOCKADDR || kind == GS_ARG_SOCK || kind == GS_ARG_SKB) {
+	if (kind == GS_ARG_SOCKADDR || sockish) {
 		__u64 fam = (__u64)x >> 48, port = ((__u64)x >> 32) & 0xffff, addr = (__u64)x & 0xffffffff;
 		int any = 0;
 		for (int v = 0; v < GS_VALS; v++) {
 			if (v >= n)
 				break;
 			__s64 lo = f->ints[v][0], hi = f->ints[v][1];
-			if ((op == GS_OP_DADDR || op == GS_OP_NOTDADDR) && (addr & hi) == (__u64)lo)
+			if ((op == GS_OP_DADDR || op == GS_OP_NOTDADDR) && fam == 2 && (addr & hi) == (__u64)lo)
 				any = 1;
 			if ((op == GS_OP_DPORT || op == GS_OP_NOTDPORT) && port >= lo && port <= hi)
 				any = 1;
 			if (op == GS_OP_FAMILY && fam == (__u64)lo)
 				any = 1;
 		}
+		if ((op == GS_OP_DADDR || op == GS_OP_NOTDADDR) && fam != 2 && fam != 10)
+			return 0;
 		return (op == GS_OP_NOTDADDR || op == GS_OP_NOTDPORT) ? !any : any;
 	}
 	if (kind == GS_ARG_INT || kind == GS_ARG_UINT)
@@ -800,6 +941,102 @@ static __always_inline void act_and_post(struct gs_event *ev, struct gs_hook *h,
 		gs_count(hid, GS_CNT_POSTED);
 }
 
+/* The hook's guard (GS_G_* bits): whether the kernel function it stands for is called at all by this
+ * syscall, read from the kernel objects (the fd's file and socket, the user's sockaddr, the return value). */
+struct guard_in {
+	__u64 fd, pos, addr, alen; /* the guard's registers' values */
+	__s64 ret;
+	__u32 hid;
+	__u32 _pad;
+};
+
+/* verified once, on its own */
+__noinline int gs_guard(struct guard_in *in)
+{
+	if (!in)
+		return 0;
+	__u32 hid = in->hid;
+	struct gs_hook *h = bpf_map_lookup_elem(&gs_hooks, &hid);
+	if (!h)
+		return 0;
+	__u16 g = h->guard;
+	if ((g & GS_G_RET_OK) && in->ret < 0)
+		return 0;
+	if (g & GS_G_CRED_NEW) {
+		__u32 tid = (__u32)bpf_get_current_pid_tgid();
+		__u64 *before = bpf_map_lookup_elem(&gs_entry_cred, &tid);
+		struct task_struct *t = (void *)bpf_get_current_task();
+		if (!before || *before == (__u64)BPF_CORE_READ(t, real_cred))
+			return 0;
+	}
+	struct file *f = 0;
+	unsigned int mode = 0;
+	if (g & (GS_G_FILE | GS_G_READ | GS_G_WRITE | GS_G_PREAD | GS_G_PWRITE | GS_G_SOCKET | GS_G_TCP)) {
+		f = fd_file(in->fd);
+		if (!f)
+			return 0;
+		mode = BPF_CORE_READ(f, f_mode);
+		if (mode & GS_FMODE_PATH) /* fdget() refuses O_PATH files: the call fails with EBADF first */
+			return 0;
+	}
+	if ((g & GS_G_READ) && (mode & (GS_FMODE_READ | GS_FMODE_CAN_READ)) != (GS_FMODE_READ | GS_FMODE_CAN_READ))
+		return 0;
+	if ((g & GS_G_WRITE) && (mode & (GS_FMODE_WRITE | GS_FMODE_CAN_WRITE)) != (GS_FMODE_WRITE | GS_FMODE_CAN_WRITE))
+		return 0;
+	if (g & (GS_G_PREAD | GS_G_PWRITE)) {
+		__s64 pos = (__s64)in->pos;
+		if (!((g & GS_G_POS_OPT) && pos == -1)) { /* -1: preadv2/pwritev2 at the current position */
+			if (pos < 0)
+				return 0;
+			if (!(mode & ((g & GS_G_PREAD) ? GS_FMODE_PREAD : GS_FMODE_PWRITE)))
+				return 0; /* not seekable: ESPIPE */
+		}
+	}
+	if (g & (GS_G_ADDR | GS_G_TCP)) { /* move_addr_to_kernel(): 0..sizeof(sockaddr_storage) readable bytes */
+		__u64 ua = in->addr;
+		__s32 alen = (__s32)in->alen;
+		__u8 b = 0;
+		if (alen < 0 || alen > 128)
+			return 0;
+		if (alen && (bpf_probe_read_user(&b, 1, (void *)ua) || bpf_probe_read_user(&b, 1, (void *)(ua + alen - 1))))
+			return 0;
+		if (g & GS_G_TCP) {
+			__u16 fam = 0;
+			if (alen < 2 || bpf_probe_read_user(&fam, sizeof(fam), (void *)ua))
+				return 0;
+			if (alen < (fam == 10 ? 24 : 16)) /* tcp_v6_connect: SIN6_LEN_RFC2133; tcp_v4_connect */
+				return 0;
+			struct socket *so = file_socket(f);
+			if (!so || BPF_CORE_READ(so, state) != SS_UNCONNECTED)
+				return 0;
+			struct sock *sk = BPF_CORE_READ(so, sk);
+			__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+			if ((family != 2 && family != 10) || fam != family) /* AF_UNSPEC disconnects; others: EAFNOSUPPORT */
+				return 0;
+			if (BPF_CORE_READ(sk, sk_type) != 1 || BPF_CORE_READ(sk, sk_protocol) != 6) /* SOCK_STREAM, TCP */
+				return 0;
+			if (BPF_CORE_READ(sk, __sk_common.skc_state) != 7) /* TCP_CLOSE, else EISCONN/EALREADY */
+				return 0;
+		}
+	}
+	if ((g & GS_G_SOCKET) && !file_socket(f))
+		return 0;
+	return 1;
+}
+
+/* the hook's guard, from its registers */
+static __always_inline int guard_ok(struct gs_hook *h, __u32 hid, struct hooks_ctx *hc)
+{
+	if (!h->guard)
+		return 1;
+	struct guard_in in = {.hid = hid, .ret = hc->ret};
+	in.fd = reg_at(hc, h->guard_fd);
+	in.pos = reg_at(hc, h->guard_pos);
+	in.addr = reg_at(hc, h->guard_addr);
+	in.alen = reg_at(hc, (h->guard_addr + 1) & 7);
+	return gs_guard(&in);
+}
+
 static long run_hook(__u32 i, void *data)
 {
 	struct hooks_ctx *hc = data;
@@ -814,12 +1051,24 @@ static long run_hook(__u32 i, void *data)
 	struct gs_event *ev = bpf_map_lookup_elem(&gs_scratch, &zero);
 	if (!h || !ev || !(h->flags & GS_F_ENABLED))
 		return 0;
+	if ((h->flags & GS_F_AT_EXIT) && !hc->at_exit) {
+		if (h->guard & GS_G_CRED_NEW) { /* the entry's credentials, compared at the exit */
+			__u32 tid = (__u32)bpf_get_current_pid_tgid();
+			__u64 cred = reg_at(hc, GS_REG_CRED);
+			bpf_map_update_elem(&gs_entry_cred, &tid, &cred, BPF_ANY);
+		}
+		return 0;
+	}
+	if (!(h->flags & GS_F_AT_EXIT) && hc->at_exit) /* at the exit only hooks evaluated there */
+		return 0;
 	__u64 cgid = bpf_get_current_cgroup_id();
 	if (h->flags & GS_F_SCOPED) {
 		struct gs_scope_key sk = {.policy_id = h->policy_id, .cgroup_id = cgid};
 		if (!bpf_map_lookup_elem(&gs_scope, &sk))
 			return 0;
 	}
+	if (!guard_ok(h, hid, hc))
+		return 0;
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	__u32 tgid = pid_tgid >> 32;
 	ev->type = MSG_GENERIC;
@@ -833,17 +1082,11 @@ static long run_hook(__u32 i, void *data)
 	ev->hook_id = hid;
 	ev->syscall_nr = nr;
 	ev->flags = 0;
+	ev->ret = hc->ret;
 	ev->nargs = h->nargs;
-	if (h->nargs > 0)
-		read_arg(ev, h, hc, 0);
-	if (h->nargs > 1)
-		read_arg(ev, h, hc, 1);
-	if (h->nargs > 2)
-		read_arg(ev, h, hc, 2);
-	if (h->nargs > 3)
-		read_arg(ev, h, hc, 3);
-	if (h->nargs > 4)
-		read_arg(ev, h, hc, 4);
+	for (__u32 a = 0; a < GS_ARGS; a++)
+		if (a < h->nargs)
+			gs_read_arg(hid, a, hc);
 
 	for (__u32 a = 0; a < GS_ARGS; a++) {
 		if (a >= h->nargs)
@@ -858,11 +1101,10 @@ static long run_hook(__u32 i, void *data)
 		}
 		if (need && need < len) /* Equal/Prefix values only need their own length hashed */
 			len = need;
-		hash_arg(a, len, 0);
+		gs_hash_arg(a, len);
 	}
 	if (h->flags & GS_F_BINARIES) {
-		struct proc_binary *pb = bpf_map_lookup_elem(&binaries, &tgid);
-		hash_arg(GS_ARGS, pb ? pb->len : 0, pb);
+		gs_hash_arg(GS_ARGS, 0);
 	}
 	if (h->flags & GS_F_RETURN) {
 		/* decided at exit: keep the entry's arguments and which selectors' entry parts matched */
@@ -1026,7 +1268,15 @@ static __always_inline int run_exit(__u32 nr, __s64 ret)
 SEC("tracepoint")
 int gs_sys_exit(struct trace_event_raw_sys_exit *ctx)
 {
-	return run_exit((__u32)ctx->id, ctx->ret);
+	__u32 nr = (__u32)ctx->id;
+	__s64 ret = ctx->ret;
+	run_exit(nr, ret);
+	/* hooks evaluated as a whole at the exit (their args from the return value and the task) */
+	struct gs_sys *sh = bpf_map_lookup_elem(&gs_syscalls, &nr);
+	if (!sh)
+		return 0;
+	struct hooks_ctx hc = {.nr = nr, .ret = ret, .at_exit = 1};
+	return run_hooks(&hc, sh);
 }
 
 /* kretprobes and uretprobes (the cookie names the hooks, as for the entry) */
@@ -1184,7 +1434,7 @@ int BPF_PROG(gs_follow_exec, struct task_struct *p, pid_t old_pid, struct linux_
 	struct proc_binary *pb = bpf_map_lookup_elem(&binaries, &tgid); /* the process sensor ran first */
 	if (!pb)
 		return 0;
-	hash_arg(GS_ARGS, pb->len, pb);
+	gs_hash_arg(GS_ARGS, 0);
 	bpf_loop(GS_FOLLOW, follow_step, &fc, 0);
 	if (fc.bits != before)
 		bpf_map_update_elem(&gs_mb, &tgid, &fc.bits, BPF_ANY);
@@ -1218,9 +1468,8 @@ int BPF_PROG(gs_follow_exit, struct task_struct *p)
 	return 0;
 }
 
-/* DenyConnect: the connect() a hook marked fails with EPERM */
-SEC("cgroup/connect4")
-int gs_connect4(struct bpf_sock_addr *ctx)
+/* DenyConnect: the connect() a hook marked fails with EPERM (IPv4 and IPv6: tcp_connect sees both) */
+static __always_inline int deny_marked(void)
 {
 	__u32 tid = (__u32)bpf_get_current_pid_tgid();
 	if (bpf_map_lookup_elem(&gs_deny, &tid)) {
@@ -1228,6 +1477,18 @@ int gs_connect4(struct bpf_sock_addr *ctx)
 		return 0;
 	}
 	return 1;
+}
+
+SEC("cgroup/connect4")
+int gs_connect4(struct bpf_sock_addr *ctx)
+{
+	return deny_marked();
+}
+
+SEC("cgroup/connect6")
+int gs_connect6(struct bpf_sock_addr *ctx)
+{
+	return deny_marked();
 }
 
 union gs_abi_types {

@@ -72,7 +72,8 @@ class TracingSensor:
             self.obj = obj
             root = cgroup2_root()
             if root:
-                self.links.append(CgroupLink.attach(obj.program("gs_connect4"), root))
+                for prog in ("gs_connect4", "gs_connect6"):
+                    self.links.append(CgroupLink.attach(obj.program(prog), root))
         except BaseException:
             self.obj = obj
             self.close()
@@ -103,6 +104,7 @@ class TracingSensor:
         rows = [
             ("gs_sys_enter", self.obj.program("gs_sys_enter").fd, f"tracepoint syscalls/sys_enter_* ({watched})"),
             ("gs_connect4", self.obj.program("gs_connect4").fd, "cgroup/connect4 (cgroup v2 root)"),
+            ("gs_connect6", self.obj.program("gs_connect6").fd, "cgroup/connect6 (cgroup v2 root)"),
         ]
         if self.lsm:
             rows.append(("gs_file_open", self.obj.program("gs_file_open").fd, "lsm/file_open"))
@@ -245,13 +247,23 @@ class TracingSensor:
     def _write_syscalls(self) -> None:
         table = self._syscall_hooks()
         names = self._names()
+        # return hooks and hooks evaluated at the exit need the exit; all but the latter the entry
         returns = {
-            self._nr(n) for _lp, hook in self.hooks.values() if hook.ret is not None for n in hook.syscalls
+            self._nr(n)
+            for _lp, hook in self.hooks.values()
+            if hook.ret is not None or hook.at_exit
+            for n in hook.syscalls
+        }
+        entries = {  # hooks at the exit that compare the credentials with the entry's record them there
+            self._nr(n)
+            for _lp, hook in self.hooks.values()
+            if not hook.at_exit or "cred_new" in hook.guard.checks
+            for n in hook.syscalls
         }
         assert self.obj is not None
         for nr in table:  # attach before the table makes hooks live, so nothing is half-watched
             name = names[nr]
-            if name not in self.sys_links:
+            if nr in entries and name not in self.sys_links:
                 self.sys_links[name] = self._attach(name, nr, False)
             if nr in returns and f"__exit_{name}" not in self.sys_links:
                 self.sys_links[f"__exit_{name}"] = self._attach(name, nr, True)
@@ -263,7 +275,7 @@ class TracingSensor:
         for raw in list(self.sys_map.keys()):
             if int.from_bytes(raw, "little") not in table:
                 self.sys_map.delete(raw)
-        live = {names[nr] for nr in table} | {f"__exit_{names[nr]}" for nr in table if nr in returns}
+        live = {names[nr] for nr in table if nr in entries} | {f"__exit_{names[nr]}" for nr in table if nr in returns}
         for name in [n for n in self.sys_links if n not in live]:  # unwatched syscalls pay nothing
             self.sys_links.pop(name).destroy()
 

@@ -15,6 +15,7 @@ from apiary.tracing.types import (
     ARG_BPRM,
     ARG_BUF,
     ARG_CHARS,
+    ARG_CONNSOCK,
     ARG_CRED,
     ARG_DATALOC,
     ARG_FD,
@@ -27,6 +28,8 @@ from apiary.tracing.types import (
     ARG_SOCKADDR,
     ARG_STRING,
     ARG_UINT,
+    GUARD_CHECKS,
+    Guard,
     Hook,
 )
 
@@ -49,7 +52,11 @@ KIND = {
     ARG_SKB: 13,
     ARG_PATHPTR: 14,
     ARG_BPRM: 15,
+    ARG_CONNSOCK: 16,
 }
+REG_NONE = 0xFF
+# guard checks (GS_G_*): bit n = GUARD_CHECKS[n]
+GUARD_BITS = {name: 1 << n for n, name in enumerate(GUARD_CHECKS)}
 STRING_KINDS = (ARG_STRING, ARG_FD, ARG_FILEPTR, ARG_DATALOC, ARG_CHARS, ARG_KSTRING, ARG_BUF, ARG_PATHPTR, ARG_BPRM)
 # pseudo syscall numbers of the LSM programs (GS_NR_LSM_*)
 LSM_HOOKS = {"__lsm_file_open": 4096, "__lsm_file_permission": 4097, "__lsm_bprm_check_security": 4098}
@@ -126,7 +133,7 @@ OPS = {
 BIN_OPS = {"In": 1, "NotIn": 2, "Prefix": 3, "NotPrefix": 4}
 ACTIONS = {"Post": 1, "NoPost": 2, "Sigkill": 3, "Signal": 4, "DenyConnect": 5, "Override": 6}
 ACTION_NAMES = {v: k for k, v in ACTIONS.items()}
-F_ENABLED, F_SCOPED, F_MONITOR, F_BINARIES, F_RETURN = 1, 2, 4, 8, 16
+F_ENABLED, F_SCOPED, F_MONITOR, F_BINARIES, F_RETURN, F_AT_EXIT = 1, 2, 4, 8, 16, 32
 EV_MONITOR, EV_ENFORCED, EV_TRUNC = 1, 2, 4
 CNT = ("matched", "posted", "enforced", "lost")
 FNV_BASIS, FNV_PRIME = 0xCBF29CE484222325, 0x100000001B3
@@ -209,7 +216,9 @@ class HookCfg(ctypes.Structure):
         ("nargs", ctypes.c_uint8),
         ("nsel", ctypes.c_uint8),
         ("flags", ctypes.c_uint8),
-        ("_pad", ctypes.c_uint8 * 3),
+        ("guard_fd", ctypes.c_uint8),
+        ("guard_pos", ctypes.c_uint8),
+        ("guard_addr", ctypes.c_uint8),
         ("arg_index", ctypes.c_uint8 * GS_ARGS),
         ("arg_kind", ctypes.c_uint8 * GS_ARGS),
         ("ret_kind", ctypes.c_uint8),
@@ -218,7 +227,8 @@ class HookCfg(ctypes.Structure):
         ("copy_mask", ctypes.c_uint8),
         ("arg_off", ctypes.c_uint16 * GS_ARGS),
         ("arg_size", ctypes.c_uint8 * GS_ARGS),
-        ("_pad3", ctypes.c_uint8 * 3),
+        ("_pad3", ctypes.c_uint8),
+        ("guard", ctypes.c_uint16),
         ("sel", Sel * GS_SELECTORS),
     ]
 
@@ -264,6 +274,8 @@ class SockInfo(ctypes.Structure):
         ("_pad", ctypes.c_uint8),
         ("saddr", ctypes.c_uint32),
         ("daddr", ctypes.c_uint32),
+        ("saddr6", ctypes.c_uint8 * 16),
+        ("daddr6", ctypes.c_uint8 * 16),
     ]
 
 
@@ -408,12 +420,16 @@ def encode_hook(
     """The gs_hook record of a hook; ``follow`` maps (selector, "bin"|"pid") to its gs_mb bit."""
     h = HookCfg(policy_id=policy_id, hook_id=hook_id, nargs=len(hook.args), nsel=len(hook.selectors), flags=flags)
     if hook.ret is not None:
-        h.flags |= F_RETURN
+        if not hook.at_exit:  # evaluated at the exit anyway: the return value is in the event
+            h.flags |= F_RETURN
         h.ret_kind = KIND[hook.ret.kind]
+    if hook.at_exit:
+        h.flags |= F_AT_EXIT
+    encode_guard(h, hook.guard)
     for i, a in enumerate(hook.args):
         h.arg_index[i] = a.index
         h.arg_kind[i] = KIND[a.kind]
-        h.arg_off[i] = a.size_index if a.kind == ARG_BUF else a.offset
+        h.arg_off[i] = a.size_index if a.kind in (ARG_BUF, ARG_CONNSOCK) else a.offset
         if a.at_return:
             h.copy_mask |= 1 << i
         h.arg_size[i] = a.size or INT_SIZES.get(a.tetragon_type, 0)  # registers: narrow ints are truncated
@@ -473,6 +489,11 @@ def encode_hook(
                     h.hash_len[flt.arg] = max(h.hash_len[flt.arg], min(need, GS_ARGSTR - 1))
             _encode_filter(f, flt.op, kind, flt.values)
     return bytes(h)
+
+
+def encode_guard(h: HookCfg, g: Guard) -> None:
+    h.guard = sum(GUARD_BITS[c] for c in g.checks)
+    h.guard_fd, h.guard_pos, h.guard_addr = (REG_NONE if r < 0 else r for r in (g.fd, g.pos, g.addr))
 
 
 def decode_event(buf: memoryview | bytes) -> Event:

@@ -7,9 +7,9 @@ their emoji and word (``📝 write``, ``📬 open``, ``🔌 connect``, ``🔑 se
 ``🔒 LSM <hook>``. Go's formatting is kept, including the double space a missing field leaves and
 the zero a missing int prints.
 
-apiary's connect() realisation of ``tcp_connect`` carries the user's sockaddr (``sockaddr_arg``
-``{family, addr, port}``) instead of a ``sock_arg``: such a line reads ``tcp -> ADDR:PORT`` (the source
-is not known at connect() entry); Tetragon's own ``sock_arg`` reads ``tcp SADDR:SPORT -> DADDR:DPORT``.
+apiary's connect() realisation of ``tcp_connect`` carries a ``sock_arg`` read at connect() entry: the
+socket's family, type and protocol with the destination of the user's sockaddr; the source is not chosen
+yet (``0.0.0.0:0`` unless the socket was bound). A ``sockaddr_arg`` line reads ``tcp -> ADDR:PORT``.
 """
 
 from __future__ import annotations

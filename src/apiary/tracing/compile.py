@@ -20,41 +20,50 @@ attach points (see :mod:`apiary.tracing.types`).
    kretprobe. Where the kernel has BPF-LSM (``KernelFeatures.lsm``), the lsmhooks ``file_open``,
    ``file_permission`` and ``bprm_check_security`` (the binprm resolved to its file's path) are BPF-LSM
    programs: the only realisation where ``Override`` (fail the operation with ``argError``) is possible.
-3. Otherwise a few kernel functions (``syscall: false``) and LSM hooks, on the nearest syscalls:
+3. Otherwise a few kernel functions (``syscall: false``) and LSM hooks, on the syscalls that call them. Each
+   realisation carries a guard (:class:`~apiary.tracing.types.Guard`) the sensor checks on the kernel objects
+   before the selectors, so a hook fires only where the kernel calls the function: the fd's file (valid, not
+   O_PATH, its FMODE_* bits), the fd's socket (family, type, protocol, state), the user's sockaddr, the return
+   value, the task's credentials. Some are evaluated as a whole at the syscall's exit (``Hook.at_exit``), their
+   args taken from the return value (``REG_RET``) or the task (``REG_CRED``):
 
    ============================== =========================================== ==============================
-   kernel function / LSM hook      syscalls                                     args (kernel arg -> syscall)
+   kernel function / LSM hook      syscalls (guard)                             args (kernel arg -> source)
    ============================== =========================================== ==============================
-   vfs_write                       write pwrite64 | writev pwritev pwritev2     0 file -> fd 0 (path resolved
-                                                                                in the kernel); 1 buf -> 1 and
-                                                                                2 count -> 2 on write/pwrite64
-   vfs_read                        read pread64 | readv preadv preadv2          0 file -> fd 0; 2 count -> 2
-                                                                                (read/pread64); 1 buf: refused
-   security_file_permission        write family (mask = MAY_WRITE 2) and        0 file -> fd 0; 1 mask: a
-                                   read family (mask = MAY_READ 4)              constant per syscall, filters
-                                                                                on it are decided here
-   fd_install                      open creat | openat openat2                  1 file -> path string (arg 0 |
-                                                                                arg 1); 0 fd: not known yet
-   security_file_open, lsm         open creat | openat openat2                  0 file -> path string (0 | 1)
-   file_open
-   tcp_connect                     connect                                      0 sock -> sockaddr arg 1
-   security_socket_connect         connect                                      1 sockaddr -> 1; 2 addrlen ->
+   vfs_write                       write (a valid fd) | pwrite64 (and pos >= 0  0 file -> fd 0 (its full
+                                   on a seekable file); not writev & co., which path); 1 buf -> 1; 2 count
+                                   never call it                                -> 2
+   vfs_read                        read | pread64 (as vfs_write)                0 file -> fd 0; 2 count -> 2;
+                                                                                1 buf: refused
+   security_file_permission        write writev | pwrite64 pwritev | pwritev2   0 file -> fd 0; 1 mask: a
+                                   (the file opened for writing; positional:    constant per syscall (MAY_WRITE
+                                   pos >= 0, seekable), read family alike       2, MAY_READ 4)
+   fd_install                      exit of open creat openat openat2            0 fd -> the return value; 1
+                                   open_by_handle_at (returned >= 0)            file -> its file (full path)
+   security_file_open, lsm         the same exits, not for O_PATH opens         0 file -> the returned fd's
+   file_open                                                                    file (full path)
+   tcp_connect                     connect (an unconnected AF_INET/AF_INET6     0 sock -> the fd's socket with
+                                   TCP socket, a sockaddr of its family)        the sockaddr's destination
+   security_socket_connect         connect (a socket fd, a copyable sockaddr)   1 sockaddr -> 1; 2 addrlen ->
                                                                                 2; 0 socket: not available
-   commit_creds                    setuid setgid setreuid setregid setresuid    0 cred: not available
-                                   setresgid
+   commit_creds                    exit of set*id, setfs*id, setgroups, capset, 0 cred -> the task's
+                                   unshare, setns, prctl, keyctl, add_key,      credentials then
+                                   request_key, execve(at) (the credentials
+                                   changed during the call)
    security_bprm_check, lsm        execve | execveat                            0 linux_binprm -> path string
    bprm_check_security                                                          (arg 0 | arg 1)
    __sys_X                         X                                            same indices
    ============================== =========================================== ==============================
 
    "path string" args are the path as the process passed it (relative paths are not resolved), not
-   the file's full path; fd args are resolved to the file's path in the kernel. An arg marked "not
+   the file's full path; fd args are resolved to the file's full path in the kernel. What a realisation
+   still misses is its ``misses`` text, shown at apply time and in ``tp list``. An arg marked "not
    available" is left out of events (noted) and a filter on it refuses the policy. An arg that exists
-   on only some of the syscalls (vfs_write's count) restricts a monitoring policy to those syscalls
-   (noted) and refuses an enforcing one (the others would be a bypass). With ``return: true`` the value
-   read is the syscall's return value (at its exit): for vfs_write, vfs_read and __sys_X it means the
-   function's; for the LSM-like hooks and tcp_connect it means something else (noted, and
-   ``matchReturnArgs`` on it refused); for fd_install (void) and commit_creds it is refused.
+   on only some of the syscalls restricts a monitoring policy to those syscalls (noted) and refuses an
+   enforcing one (the others would be a bypass). With ``return: true`` the value read is the syscall's
+   return value (at its exit): for vfs_write, vfs_read and __sys_X it means the function's; for the
+   LSM-like hooks and tcp_connect it means something else (noted, and ``matchReturnArgs`` on it refused);
+   for fd_install (void) and commit_creds it is refused. Hooks decided at the exit act after the operation.
 4. Any other tracepoint (``syscalls/sys_exit_*`` and ``raw_syscalls/sys_exit`` included): args by field
    index in the tracepoint's format file (``<tracefs>/events/S/E/format``, common fields included), read
    from the record by offset and size: integer fields, ``__data_loc char[]`` and ``char[N]`` strings,
@@ -110,6 +119,7 @@ from .types import (
     ARG_BPRM,
     ARG_BUF,
     ARG_CHARS,
+    ARG_CONNSOCK,
     ARG_CRED,
     ARG_DATALOC,
     ARG_FD,
@@ -130,12 +140,15 @@ from .types import (
     MAX_SELECTORS,
     MAX_STRING,
     MAX_VALUES,
+    REG_CRED,
+    REG_RET,
     STRING_KINDS,
     ArgFilter,
     ArgSpec,
     BinaryFilter,
     CapabilityFilter,
     CompiledTracingPolicy,
+    Guard,
     Hook,
     NamespaceFilter,
     PidFilter,
@@ -358,6 +371,7 @@ _KBINPRM = "kbinprm"  # a struct linux_binprm, resolved to its file's path (the 
 _SOCKADDR = "sockaddr"  # the user's struct sockaddr
 _KSOCK = "ksock"  # a struct sock in kernel memory (a kprobed function's argument)
 _KCRED = "kcred"  # a struct cred in kernel memory
+_CONNSOCK = "connsock"  # connect(): the fd's socket with the destination of the user's sockaddr
 _ANY = "any"  # direct syscall arguments: the policy's type decides
 _UREG = "ureg"  # a uprobe's argument register: the policy's type decides (user-space values)
 _KREG = "kreg"  # a kprobed function's argument register: the policy's type decides (kernel values)
@@ -371,6 +385,7 @@ _CLASS_TYPES: dict[str, frozenset[str]] = {
     _INT: frozenset(INT_TYPES),
     _SOCKADDR: frozenset({"sock", "sockaddr"}),
     _KSOCK: frozenset({"sock"}),
+    _CONNSOCK: frozenset({"sock"}),
     _KCRED: frozenset({"cred"}),
 }
 _CLASS_TEXT = {
@@ -383,6 +398,7 @@ _CLASS_TEXT = {
     _SOCKADDR: "a socket address (the user's sockaddr)",
     _KSOCK: "a socket (struct sock in kernel memory)",
     _KCRED: "credentials (struct cred in kernel memory)",
+    _CONNSOCK: "a socket (the connect() fd's socket, with the destination of the user's sockaddr)",
 }
 _CLASS_KIND = {
     _FILE: ARG_FD,
@@ -393,6 +409,7 @@ _CLASS_KIND = {
     _KBINPRM: ARG_FILEPTR,
     _KSOCK: ARG_SOCK,
     _KCRED: ARG_CRED,
+    _CONNSOCK: ARG_CONNSOCK,
 }
 
 
@@ -401,6 +418,8 @@ class _Variant:
     syscalls: tuple[str, ...]
     args: Mapping[int, tuple[int, str]]  # kernel arg index -> (syscall arg index, class)
     consts: Mapping[int, int] = field(default_factory=dict)  # kernel arg index -> its value on these syscalls
+    guard: Guard = field(default_factory=Guard)  # when these syscalls call the function (checked in the kernel)
+    at_exit: bool = False  # evaluated at the syscalls' exit (args from REG_RET / REG_CRED)
 
 
 @dataclass(frozen=True)
@@ -418,77 +437,145 @@ class _Mapping:
 _SYS_RET = "the syscall's return value, read at its exit (sys_exit)"
 
 
-_WRITE = ("write", "pwrite64", "writev", "pwritev", "pwritev2")
-_READ = ("read", "pread64", "readv", "preadv", "preadv2")
-_OPEN_FIRST = ("open", "creat")
-_OPEN_SECOND = ("openat", "openat2")
-_CREDS = ("setuid", "setgid", "setreuid", "setregid", "setresuid", "setresgid")
+def _g(*checks: str, fd: int = -1, pos: int = -1, addr: int = -1) -> Guard:
+    return Guard(frozenset(checks), fd, pos, addr)
+
+
+# Linux 6.1 - 6.18: write(2)/pwrite64(2) call vfs_write on the fd's file (fdget refuses O_PATH files; pwrite64
+# needs pos >= 0 and a seekable file, FMODE_PWRITE); writev/pwritev/pwritev2 go through vfs_writev and never
+# call it. Every one of them reaches rw_verify_area -> security_file_permission(MAY_WRITE) once the file has
+# FMODE_WRITE and FMODE_CAN_WRITE (pwritev2 with pos -1 writes at the current position). Reads alike.
+_FD0 = {"fd": 0}
+_G_RW = _g("file", **_FD0)
+_G_PWRITE = _g("file", "pwrite", pos=3, **_FD0)
+_G_PREAD = _g("file", "pread", pos=3, **_FD0)
+_G_PERM_W = _g("file", "write", **_FD0)
+_G_PERM_R = _g("file", "read", **_FD0)
+_G_PERM_PW = _g("file", "write", "pwrite", pos=3, **_FD0)
+_G_PERM_PR = _g("file", "read", "pread", pos=3, **_FD0)
+_G_PERM_PW2 = _g("file", "write", "pwrite", "pos_opt", pos=3, **_FD0)
+_G_PERM_PR2 = _g("file", "read", "pread", "pos_opt", pos=3, **_FD0)
+# the open syscalls, at their exit: the new fd is the return value
+_OPENS = ("open", "creat", "openat", "openat2", "open_by_handle_at")
+_G_OPENED = _g("ret_ok")  # fd_install: every fd the open syscalls return, O_PATH ones included
+_G_OPENED_FILE = _g("ret_ok", "file", fd=REG_RET)  # security_file_open: do_dentry_open skips it for O_PATH
+_CREDS = (
+    "setuid", "setgid", "setreuid", "setregid", "setresuid", "setresgid", "setfsuid", "setfsgid", "setgroups",
+    "capset", "unshare", "setns", "prctl", "keyctl", "add_key", "request_key", "execve", "execveat",
+)
 _PATH_TEXT = (
     "path as passed to the syscall (relative paths not resolved against the cwd/dirfd, symlinks not "
     "followed), not the file's full path"
 )
+_AFTER = (
+    "decided at the syscall's exit, after the kernel function ran: Sigkill/Signal act after the operation "
+    "(a Sigkill at the entry did not prevent it either: the signal is delivered on the way back to user space)"
+)
+_OPEN_TEXT = (
+    "only the open syscalls (open, creat, openat, openat2, open_by_handle_at) that returned a new fd; opens by "
+    "the kernel, by exec and by other syscalls (memfd, open_tree…) not seen; an open the kernel function saw but "
+    "that failed afterwards (refused by another LSM, the driver's open failing…) not seen; O_PATH opens not seen "
+    "(the kernel does not call it for them); the file resolved from the returned fd to its full path; " + _AFTER
+)
 _OPEN_MAPPING = _Mapping(
-    (_Variant(_OPEN_FIRST, {0: (0, _PATH)}), _Variant(_OPEN_SECOND, {0: (1, _PATH)})),
-    f"opens by the kernel and by exec not seen; {_PATH_TEXT}",
+    (_Variant(_OPENS, {0: (REG_RET, _FILE)}, guard=_G_OPENED_FILE, at_exit=True),),
+    _OPEN_TEXT,
     ret=_SYS_RET,
     ret_differs="the hook returns a permission decision (0 or -errno), the open syscalls return the new fd or -errno",
 )
 _EXEC_MAPPING = _Mapping(
     (_Variant(("execve",), {0: (0, _PATH)}), _Variant(("execveat",), {0: (1, _PATH)})),
-    f"the {_PATH_TEXT}; a script's interpreter not seen",
+    f"the {_PATH_TEXT}; execs that fail before the check (missing file, no execute permission, not a regular "
+    "file…) are seen though the kernel never calls it; a script's interpreter (a second call) not seen",
     ret=_SYS_RET,
     ret_differs="the hook returns a permission decision (0 or -errno), execve returns only when the exec failed",
+)
+_RW_TEXT = (
+    "the file resolved from the fd; kernel-internal {what}s (kernel_{what}, splice, sendfile, io_uring…) not "
+    "seen; {what}v/p{what}v/p{what}v2 not watched: they go through vfs_{what}v and never call vfs_{what}; "
+    "p{what}64 only when the kernel calls it (pos >= 0 on a seekable file); calls on a bad or O_PATH fd not seen "
+    "(the kernel fails them first)"
+)
+_PERM_TEXT = (
+    "write-family syscalls are MAY_WRITE (2), read-family MAY_READ (4), each seen only when it reaches the check "
+    "(a valid fd opened for writing / reading; positional ones: pos >= 0 on a seekable file); kernel-internal "
+    "accesses and other permission checks (mmap, splice, sendfile, io_uring…) not seen; calls the kernel fails "
+    "between the mode check and the permission check (a count over SSIZE_MAX, a bad buffer or iovec, a position "
+    "overflow) and zero-length readv/writev (the kernel skips the check) are seen; the file resolved from the "
+    "fd; the mask is implied by the syscall, not read"
 )
 
 MAPPINGS: dict[str, _Mapping] = {
     "vfs_write": _Mapping(
-        (_Variant(_WRITE[:2], {0: (0, _FILE), 1: (1, _BUF), 2: (2, _INT)}), _Variant(_WRITE[2:], {0: (0, _FILE)})),
-        "kernel-internal writes not seen; file resolved from the fd",
+        (
+            _Variant(("write",), {0: (0, _FILE), 1: (1, _BUF), 2: (2, _INT)}, guard=_G_RW),
+            _Variant(("pwrite64",), {0: (0, _FILE), 1: (1, _BUF), 2: (2, _INT)}, guard=_G_PWRITE),
+        ),
+        _RW_TEXT.format(what="write"),
         ret="the syscall's return value (bytes written or -errno), read at its exit (sys_exit)",
     ),
     "vfs_read": _Mapping(
-        (_Variant(_READ[:2], {0: (0, _FILE), 2: (2, _INT)}), _Variant(_READ[2:], {0: (0, _FILE)})),
-        "kernel-internal reads not seen; file resolved from the fd",
+        (
+            _Variant(("read",), {0: (0, _FILE), 2: (2, _INT)}, guard=_G_RW),
+            _Variant(("pread64",), {0: (0, _FILE), 2: (2, _INT)}, guard=_G_PREAD),
+        ),
+        _RW_TEXT.format(what="read"),
         {1: "the buffer is not filled yet at syscall entry"},
         ret="the syscall's return value (bytes read or -errno), read at its exit (sys_exit)",
     ),
     "security_file_permission": _Mapping(
-        (_Variant(_WRITE, {0: (0, _FILE)}, {1: 2}), _Variant(_READ, {0: (0, _FILE)}, {1: 4})),
-        "write-family syscalls are MAY_WRITE (2), read-family MAY_READ (4); kernel-internal accesses and other "
-        "permission checks not seen; file resolved from the fd; the mask is implied by the syscall, not read",
+        (
+            _Variant(("write", "writev"), {0: (0, _FILE)}, {1: 2}, guard=_G_PERM_W),
+            _Variant(("pwrite64", "pwritev"), {0: (0, _FILE)}, {1: 2}, guard=_G_PERM_PW),
+            _Variant(("pwritev2",), {0: (0, _FILE)}, {1: 2}, guard=_G_PERM_PW2),
+            _Variant(("read", "readv"), {0: (0, _FILE)}, {1: 4}, guard=_G_PERM_R),
+            _Variant(("pread64", "preadv"), {0: (0, _FILE)}, {1: 4}, guard=_G_PERM_PR),
+            _Variant(("preadv2",), {0: (0, _FILE)}, {1: 4}, guard=_G_PERM_PR2),
+        ),
+        _PERM_TEXT,
         ret=_SYS_RET,
         ret_differs="security_file_permission returns a permission decision (0 or -errno), the read/write syscalls "
         "return a byte count or -errno",
     ),
     "fd_install": _Mapping(
-        (_Variant(_OPEN_FIRST, {1: (0, _PATH)}), _Variant(_OPEN_SECOND, {1: (1, _PATH)})),
-        f"only files opened by path (not sockets, pipes, accept, dup…); {_PATH_TEXT}",
-        {0: "the new fd is the syscall's return value, not known at syscall entry"},
+        (_Variant(_OPENS, {0: (REG_RET, _INT), 1: (REG_RET, _FILE)}, guard=_G_OPENED, at_exit=True),),
+        "only the fds of the open syscalls (open, creat, openat, openat2, open_by_handle_at; O_PATH ones included), "
+        "not those of socket, accept, pipe, dup, memfd, pidfd…; the file resolved from the returned fd to its full "
+        "path; " + _AFTER,
         no_ret="fd_install returns nothing (void)",
     ),
     "security_file_open": _OPEN_MAPPING,
     "tcp_connect": _Mapping(
-        (_Variant(("connect",), {0: (1, _SOCKADDR)}),),
-        "only the connect() syscall; kernel-initiated connections not seen; connect() of UDP sockets is seen too; "
-        "the destination is the user's sockaddr, the source address and port are not known yet",
+        (_Variant(("connect",), {0: (1, _CONNSOCK)}, guard=_g("file", "socket", "addr", "tcp", fd=0, addr=1)),),
+        "only the connect() syscall, and only when the kernel gets to the protocol's connect (an unconnected "
+        "AF_INET/AF_INET6 TCP socket and a sockaddr of its family and length: UNIX, UDP and connected sockets "
+        "are not seen); kernel-initiated connections, TCP Fast Open (sendto/sendmsg with MSG_FASTOPEN, "
+        "TCP_FASTOPEN_CONNECT) and MPTCP subflows not seen; a connect the kernel refuses before tcp_connect for "
+        "another reason (no route, no free local port, an LSM or cgroup BPF program) is seen; the socket before "
+        "the connect: the source address and port are not chosen yet (unless bound) and its state is not reported; "
+        "address filters take IPv4 values: an IPv6 destination (::1 included) is in none of them, so NotDAddr "
+        "matches it (as in Tetragon)",
         ret=_SYS_RET,
         ret_differs="tcp_connect returns whether the SYN could be sent, connect() the outcome of the whole call "
         "(-EINPROGRESS on a non-blocking socket, -ECONNREFUSED…)",
     ),
     "security_socket_connect": _Mapping(
-        (_Variant(("connect",), {1: (1, _SOCKADDR), 2: (2, _INT)}),),
-        "only the connect() syscall; kernel-initiated connections not seen",
+        (_Variant(("connect",), {1: (1, _SOCKADDR), 2: (2, _INT)}, guard=_g("file", "socket", "addr", fd=0, addr=1)),),
+        "only the connect() syscall on a socket fd with a sockaddr the kernel could copy; kernel-initiated "
+        "connections not seen",
         {0: "the struct socket is not available at syscall entry (only its fd)"},
         ret=_SYS_RET,
         ret_differs="security_socket_connect returns a permission decision (0 or -errno), connect() the outcome of "
         "the whole call",
     ),
     "commit_creds": _Mapping(
-        (_Variant(_CREDS, {}),),
-        "only the set*id syscalls; credential changes by exec of set-uid binaries, capset, unshare, setfsuid… not seen",
-        {0: "the new credentials are computed inside the syscall: not available at syscall entry"},
-        no_ret="commit_creds always returns 0; the set*id syscall's return value (whether the change was allowed) "
-        "means something else",
+        (_Variant(_CREDS, {0: (REG_CRED, _KCRED)}, guard=_g("cred_new"), at_exit=True),),
+        "at the exit of the syscalls that install credentials (set*id, setfs*id, setgroups, capset, unshare, setns, "
+        "prctl, keyctl, add_key, request_key, execve, execveat) when the task's credentials are no longer those it "
+        "had at the entry: the credentials then in place are what commit_creds installed; commits by the kernel "
+        "outside these syscalls not seen, several commits in one syscall are one event, a multi-threaded exec by a "
+        "non-leader thread not seen; " + _AFTER,
+        no_ret="commit_creds always returns 0; the syscall's return value means something else",
     ),
     "security_bprm_check": _EXEC_MAPPING,
 }
@@ -617,6 +704,8 @@ _KSOCK_OPS = {
     "NotSportPriv": "NotSPort",
     "Protocol": "Protocol",
 }
+# connect(): the socket's protocol is read, the source is not chosen yet
+_CONNSOCK_OPS = {**_SOCK_OPS, "Protocol": "Protocol"}
 _PROTOCOLS = {"IPPROTO_IP": 0, "IPPROTO_ICMP": 1, "IPPROTO_TCP": 6, "IPPROTO_UDP": 17, "IPPROTO_SCTP": 132,
               "IPPROTO_RAW": 255, "IPPROTO_MPTCP": 262}
 _UNSUPPORTED_SELECTOR_FIELDS = (
@@ -1332,18 +1421,22 @@ class _Compiler:
             built.append((variant, argspecs, sels))
         if not built:
             raise _Refuse(hp, "; ".join(dropped) or "no realisation")
-        merged: list[tuple[list[str], tuple[ArgSpec, ...], tuple[Selector, ...] | None]] = []
+        merged: list[tuple[list[str], tuple[ArgSpec, ...], tuple[Selector, ...] | None, _Variant]] = []
         for variant, argspecs, sels in built:
             for m in merged:
-                if m[1] == argspecs and m[2] == sels:
+                if m[1] == argspecs and m[2] == sels and (m[3].guard, m[3].at_exit) == (
+                    variant.guard,
+                    variant.at_exit,
+                ):
                     m[0].extend(variant.syscalls)
                     break
             else:
-                merged.append((list(variant.syscalls), argspecs, sels))
-        for calls, argspecs, sels in merged:
+                merged.append((list(variant.syscalls), argspecs, sels, variant))
+        for calls, argspecs, sels, variant in merged:
             text = realisation
             if not text:  # a kernel function or LSM hook approximated on syscalls
-                text = f"via sys_enter_{'/'.join(calls)}: {mapping.misses}" + self.entry_only(event)
+                where = "sys_exit" if variant.at_exit else "sys_enter"
+                text = f"via {where}_{'/'.join(calls)}: {mapping.misses}" + self.entry_only(event)
             if sels is None:
                 self.notes.append(f"{source}: no selector can match at {'/'.join(calls)}: not watched")
                 continue
@@ -1360,6 +1453,8 @@ class _Compiler:
                     tags=tuple(spec.tags or ()),
                     ret=ret,
                     path=path,
+                    guard=variant.guard,
+                    at_exit=variant.at_exit,
                 )
             )
             self.notes.append(f"{source}: {text}")
@@ -1426,6 +1521,8 @@ class _Compiler:
                             f"cannot be realised from it (use one of {', '.join(sorted(_CLASS_TYPES[cls]))})",
                         )
                     arg.kind = _CLASS_KIND.get(cls) or _kind_of(a.type_, f"{ap}.type")
+                    if cls == _CONNSOCK:
+                        arg.size_index = variant.guard.fd  # the socket is the fd's
             if a.return_copy:
                 if not (
                     a.type_ == "char_buf"
@@ -1717,8 +1814,16 @@ class _Compiler:
                     )
                 strs.append(s)
             return ArgFilter(arg.slot, op, tuple(strs))
-        if kind in (ARG_SOCKADDR, ARG_SOCK, ARG_SKB):
-            table = _KSOCK_OPS if kind in (ARG_SOCK, ARG_SKB) else _SOCKADDR_OPS if ty == "sockaddr" else _SOCK_OPS
+        if kind in (ARG_SOCKADDR, ARG_SOCK, ARG_SKB, ARG_CONNSOCK):
+            table = (
+                _KSOCK_OPS
+                if kind in (ARG_SOCK, ARG_SKB)
+                else _CONNSOCK_OPS
+                if kind == ARG_CONNSOCK
+                else _SOCKADDR_OPS
+                if ty == "sockaddr"
+                else _SOCK_OPS
+            )
             if op not in table:
                 if op in ("SAddr", "NotSAddr", "SPort", "NotSPort", "SPortPriv", "NotSportPriv"):
                     why = "the source address and port are not known at connect() entry"

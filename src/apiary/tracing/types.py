@@ -33,6 +33,11 @@ ARG_PATHPTR = "path_ptr"  # a struct path in kernel memory (kprobes), resolved t
 ARG_BPRM = "bprm_ptr"  # a struct linux_binprm in kernel memory: its file's full path
 ARG_CRED = "cred_ptr"  # a struct cred in kernel memory (kprobes): ids, securebits, capabilities, user namespace
 ARG_SOCK = "sock_ptr"  # a struct sock in kernel memory (kprobes): family, type, protocol, both ends, state
+ARG_CONNSOCK = "conn_sock"  # connect(): the fd's socket (family, type, protocol, state) with the destination
+# from the user's sockaddr (index: the sockaddr's register, size_index: the fd's)
+# register sources past the six syscall arguments (ArgSpec.index, Guard registers)
+REG_RET = 6  # the syscall's return value (hooks evaluated at its exit)
+REG_CRED = 7  # the current task's credentials (struct cred *) when the hook runs
 STRING_KINDS = (ARG_STRING, ARG_FD, ARG_FILEPTR, ARG_DATALOC, ARG_CHARS, ARG_KSTRING, ARG_BUF, ARG_PATHPTR, ARG_BPRM)
 MAX_NAMESPACE_FILTERS = 4  # matchNamespaces entries per selector
 MAX_FOLLOW = 64  # followChildren / followForks selectors across all policies
@@ -46,8 +51,33 @@ class ArgSpec:
     tetragon_type: str = ""  # the type the policy wrote (for the event's arg key: int_arg, string_arg, file_arg…)
     offset: int = 0  # tracepoint record: the field's offset
     size: int = 0  # tracepoint record: the field's size
-    size_index: int = -1  # char_buf: the register index of the argument holding its length
+    size_index: int = -1  # a second register the arg reads: char_buf its length, ARG_CONNSOCK the socket's fd
     at_return: bool = False  # returnCopy: the buffer is read when the call returns (length: the return value)
+
+
+# Guard checks: what the kernel function a hook stands for needs to be called at all by the syscall, checked
+# in the kernel on its objects before the selectors (tracing_abi.h GS_G_*).
+GUARD_CHECKS = (
+    "file",  # the fd is an open file fdget() accepts (not O_PATH)
+    "read",  # ... with FMODE_READ and FMODE_CAN_READ
+    "write",  # ... with FMODE_WRITE and FMODE_CAN_WRITE
+    "pread",  # positional read: pos >= 0 and FMODE_PREAD
+    "pwrite",  # positional write: pos >= 0 and FMODE_PWRITE
+    "pos_opt",  # with pread/pwrite: pos -1 means the current position (preadv2/pwritev2)
+    "socket",  # the fd is a socket
+    "tcp",  # an unconnected TCP socket (AF_INET/AF_INET6) and a sockaddr of its family and length
+    "ret_ok",  # at the exit: the syscall returned >= 0
+    "addr",  # the user sockaddr (and its length, the next register) can be copied in
+    "cred_new",  # at the exit: the task's credentials are new (commit_creds ran during the syscall)
+)
+
+
+@dataclass(frozen=True)
+class Guard:
+    checks: frozenset[str] = frozenset()  # of GUARD_CHECKS; all must hold
+    fd: int = -1  # register of the fd (REG_RET: the return value)
+    pos: int = -1  # register of the file position
+    addr: int = -1  # register of the user sockaddr (its length: the next register)
 
 
 @dataclass(frozen=True)
@@ -120,6 +150,8 @@ class Hook:
     tags: tuple[str, ...] = ()
     ret: ArgSpec | None = None  # return hooks: the return value's type; decided at exit
     path: str = ""  # uprobes: the binary (function_name is the symbol)
+    guard: Guard = field(default_factory=Guard)  # checked in the kernel before the selectors
+    at_exit: bool = False  # evaluated as a whole at the syscall's exit (sys_exit_<name>), args from REG_RET…
 
 
 @dataclass

@@ -31,6 +31,32 @@
 #define GS_ARG_BPRM 15    /* a struct linux_binprm * (kprobes, raw tracepoints): its file's full path */
 #define GS_ARG_BUF 12    /* a user buffer; its length is the register arg_off[a] (char_buf + sizeArgIndex) */
 #define GS_ARG_CRED 11   /* a struct cred * in kernel memory (kprobes): a gs_credinfo in the string slot */
+#define GS_ARG_CONNSOCK 16 /* connect(): the socket of the fd in register arg_off[a] (family, type, protocol,
+			    * state, bound source) with the destination from the user sockaddr in register
+			    * arg_index[a]: a gs_sockinfo in the string slot */
+
+/* register sources past the six syscall arguments (arg_index, arg_off, guard registers) */
+#define GS_REG_RET 6  /* the syscall's return value (hooks evaluated at the exit) */
+#define GS_REG_CRED 7 /* the current task's credentials (struct cred *), as they are when the hook runs */
+#define GS_REG_NONE 0xff
+
+/* Guards: what the kernel function a hook is realised for needs to be called at all, checked on the
+ * kernel objects before the hook's selectors (bits of gs_hook.guard; all set bits must hold). The fd is
+ * register guard_fd, the file position guard_pos, the user sockaddr guard_addr (its length the register
+ * after it). */
+#define GS_G_FILE 1       /* the fd is an open file that fdget() accepts (not an O_PATH file) */
+#define GS_G_READ 2       /* ... opened for reading the kernel can do (FMODE_READ and FMODE_CAN_READ) */
+#define GS_G_WRITE 4      /* ... opened for writing the kernel can do (FMODE_WRITE and FMODE_CAN_WRITE) */
+#define GS_G_PREAD 8      /* positional read: pos >= 0 and the file has FMODE_PREAD */
+#define GS_G_PWRITE 16    /* positional write: pos >= 0 and the file has FMODE_PWRITE */
+#define GS_G_POS_OPT 32   /* with PREAD/PWRITE: pos == -1 means the current position (preadv2/pwritev2) */
+#define GS_G_SOCKET 64    /* the file is a socket (a socket inode with the socket file operations) */
+#define GS_G_TCP 128      /* the socket is an unconnected TCP socket (AF_INET/AF_INET6, SOCK_STREAM, IPPROTO_TCP,
+			   * SS_UNCONNECTED, TCP_CLOSE) and the sockaddr's family and length are the socket's */
+#define GS_G_RET_OK 256   /* at the exit: the syscall returned >= 0 */
+#define GS_G_ADDR 512     /* the user sockaddr is 0..128 readable bytes (move_addr_to_kernel succeeds) */
+#define GS_G_CRED_NEW 1024 /* at the exit: the task's credentials are not those it had at the entry (commit_creds
+			    * ran); the entry program records them */
 
 struct gs_credinfo {
 	__u32 uid, gid, suid, sgid, euid, egid, fsuid, fsgid;
@@ -47,8 +73,10 @@ struct gs_sockinfo {
 	__u16 dport; /* host order */
 	__u8 state;
 	__u8 _pad;
-	__u32 saddr; /* host order */
+	__u32 saddr; /* host order (AF_INET) */
 	__u32 daddr;
+	__u8 saddr6[16]; /* AF_INET6: network order */
+	__u8 daddr6[16];
 };
 
 #define GS_NS 4      /* matchNamespaces entries per selector */
@@ -102,6 +130,7 @@ struct gs_sockinfo {
 #define GS_F_MONITOR 4 /* report the action, do not act */
 #define GS_F_BINARIES 8 /* some selector matches on the binary: hash it */
 #define GS_F_RETURN 16  /* decided at return: entry parts at entry, matchReturnArgs and action at exit */
+#define GS_F_AT_EXIT 32 /* evaluated as a whole at the syscall's exit (args from the return value, the task) */
 
 /* event flags */
 #define GS_EV_MONITOR 1
@@ -180,7 +209,9 @@ struct gs_hook {
 	__u8 nargs;
 	__u8 nsel;
 	__u8 flags;
-	__u8 _pad[3];
+	__u8 guard_fd;   /* guard registers (GS_REG_NONE: unused) */
+	__u8 guard_pos;
+	__u8 guard_addr;
 	__u8 arg_index[GS_ARGS];
 	__u8 arg_kind[GS_ARGS];
 	__u8 ret_kind;  /* GS_ARG_INT / GS_ARG_UINT for return hooks */
@@ -189,7 +220,8 @@ struct gs_hook {
 	__u8 copy_mask; /* bit a: argument a is a buffer read when the call returns (returnCopy) */
 	__u16 arg_off[GS_ARGS];  /* tracepoint record: field offset */
 	__u8 arg_size[GS_ARGS];  /* tracepoint record: field size */
-	__u8 _pad3[3];
+	__u8 _pad3;
+	__u16 guard; /* GS_G_* bits */
 	struct gs_selector sel[GS_SELECTORS];
 };
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
+import ipaddress
 import os
 import re
 import shutil
@@ -37,6 +38,7 @@ from apiary.tracing.compile import KernelFeatures, compile_tracing_policy
 from apiary.tracing.load import load_tracing_policies
 from apiary.tracing.types import (
     ARG_BPRM,
+    ARG_CONNSOCK,
     ARG_CRED,
     ARG_FD,
     ARG_FILEPTR,
@@ -188,7 +190,11 @@ def _value(kind: str, tetragon_type: str, v: int, raw: bytes, wdir: str, res: Wo
     if kind in (ARG_FD, ARG_FILEPTR, ARG_BPRM, ARG_STRING):
         s = raw.decode("utf-8", errors="replace").replace(wdir, "$W")
         return re.sub(r"^(pipe|socket):\[\d+\]$", r"\1:", s)
-    if kind in (ARG_SOCK, ARG_SOCKADDR):
+    if kind in (ARG_SOCK, ARG_CONNSOCK):  # the socket read in the kernel: the destination side (the source
+        si = tabi.sockinfo(raw)  # port and address are not chosen yet at connect()'s entry, as stated)
+        daddr = ipaddress.IPv6Address(bytes(si.daddr6)) if si.family == 10 else ipaddress.IPv4Address(si.daddr)
+        return (si.family, si.type, si.protocol, str(daddr), res.ports.get(si.dport, si.dport))
+    if kind == ARG_SOCKADDR:
         fam, addr, port = tabi.sockaddr(v)
         if fam == 2:
             return ("AF_INET", addr, res.ports.get(port, port))

@@ -123,7 +123,9 @@ def test_tcp_connect_only_for_tcp_sockets_the_kernel_connects(sensors, workdir) 
     _apply(ts, """
         kprobes:
         - {call: tcp_connect, syscall: false, args: [{index: 0, type: sock}]}
-        - {call: security_socket_connect, syscall: false, args: [{index: 1, type: sockaddr}, {index: 2, type: int}]}
+        - call: security_socket_connect
+          syscall: false
+          args: [{index: 0, type: socket}, {index: 1, type: sockaddr}, {index: 2, type: int}]
         """)
     pid, out = _run(_CONNECTS.format(d=workdir))
     p4, p6 = (int(x) for x in out.split())
@@ -134,8 +136,11 @@ def test_tcp_connect_only_for_tcp_sockets_the_kernel_connects(sensors, workdir) 
     si = tabi.sockinfo(bytes(tcp[0].str[0])[: tcp[0].slen[0]])
     assert (si.type, si.protocol) == (1, 6)  # read from the socket: SOCK_STREAM, IPPROTO_TCP
     # the LSM hook runs for every connect() of a socket (before the protocol's checks), not for a file's fd
-    fams = [tabi.sockaddr(e.ints[0])[0] for fn, _sc, e in evs if fn == "security_socket_connect"]
-    assert fams == [1, 1, 2, 2, 2, 10]
+    lsm = [e for fn, _sc, e in evs if fn == "security_socket_connect"]
+    assert [tabi.sockaddr(e.ints[1])[0] for e in lsm] == [1, 1, 2, 2, 2, 10]
+    # its struct socket is the fd's: (family, type) read from the kernel's socket
+    socks = [tabi.sockinfo(bytes(e.str[0])[: e.slen[0]]) for e in lsm]
+    assert [(si.family, si.type) for si in socks] == [(1, 1), (1, 2), (2, 2), (2, 1), (2, 1), (10, 1)]
 
 
 def test_address_filters_by_family(sensors, workdir) -> None:
@@ -365,3 +370,31 @@ def test_commit_creds_when_the_credentials_change(sensors) -> None:
     # the exec that started the workload installed credentials too (every exec commits the binprm's)
     assert got == [(pid, "execve", 0, 0, 0), (child, "setresgid", 0, 0, 65534),
                    (child, "setuid", 65534, 65534, 65534)]
+
+
+def test_bprm_check_sees_the_execs_that_happen_as_full_paths(sensors, workdir) -> None:
+    ps, ts = sensors
+    _apply(ts, "kprobes: [{call: security_bprm_check, syscall: false, args: [{index: 0, type: linux_binprm}]}]")
+    shutil.copy("/bin/true", f"{workdir}/prog")
+    Path(workdir, "s.sh").write_text("#!/bin/sh\nexit 0\n")
+    Path(workdir, "noexec").write_text("#!/bin/sh\n")
+    os.chmod(f"{workdir}/s.sh", 0o755)
+    pid, out = _run(f"""
+        import os
+        os.chdir({workdir!r})
+        pids = []
+        for path in ("./prog", "s.sh", "./noexec", "./missing"):  # relative: the kernel sees the full path
+            c = os.fork()
+            if c == 0:
+                try:
+                    os.execv(path, [path])
+                finally:
+                    os._exit(127)
+            os.waitpid(c, 0)
+            pids.append(c)
+        print(*pids)
+    """)
+    prog, script, noexec, missing = (int(x) for x in out.split())
+    got = [(ev.pid, _s(ev, 0)) for _fn, _sc, ev in _events(ps, ts, {prog, script, noexec, missing})]
+    # a script is seen as its interpreter; no execute permission (EACCES) and a missing file: never checked
+    assert got == [(prog, f"{workdir}/prog"), (script, os.path.realpath("/bin/sh"))]

@@ -22,11 +22,16 @@ from apiary.tracing.types import (
     ARG_CONNSOCK,
     ARG_CRED,
     ARG_FD,
+    ARG_FILEPTR,
     ARG_INT,
+    ARG_KSOCKADDR,
     ARG_SOCKADDR,
+    ARG_SOCKETPTR,
     ARG_STRING,
     ARG_UINT,
     REG_CRED,
+    REG_EXE,
+    REG_NONE,
     REG_RET,
     ArgFilter,
     ArgSpec,
@@ -164,6 +169,8 @@ def test_security_file_permission_mask_decides_the_family() -> None:
     assert plain.args == (ArgSpec(0, ARG_FD, "", "file"),)
     assert plain.selectors == (Selector(args=(ArgFilter(0, "Prefix", ("/etc/",)),)),)  # the mask filter is decided
     assert "no selector can match at preadv2: not watched" in write.notes[-1]
+    assert ("kprobes[0] security_file_permission: arg 1 not reported: a constant implied by the syscall (see the "
+            "realisation); filters on it are decided when the policy is compiled") in write.notes
     read = build(SFP + "  selectors: [{matchArgs: [{index: 1, operator: Mask, values: ['4']}]}]").hooks
     assert read[0].syscalls == ("read", "readv") and read[0].selectors == (Selector(),)
     assert read[0].guard == Guard(frozenset({"file", "read"}), fd=0)
@@ -205,13 +212,29 @@ def test_fd_install_and_file_open_at_the_exit_of_the_open_family() -> None:
 def test_filter_on_an_unavailable_arg_is_refused() -> None:
     msg = refusal("""
         kprobes:
+        - call: vfs_read
+          syscall: false
+          args: [{index: 0, type: file}, {index: 1, type: char_buf}]
+          selectors: [{matchArgs: [{index: 1, operator: Prefix, values: [x]}]}]
+        """)
+    assert msg == ("unsupported: spec.kprobes[0].selectors[0].matchArgs[0] (filter on arg 1, which is not available: "
+                   "the buffer is not filled yet at syscall entry)")
+
+
+def test_security_socket_connect_reads_the_fds_socket() -> None:
+    [h] = build("""
+        kprobes:
         - call: security_socket_connect
           syscall: false
-          args: [{index: 0, type: sock}, {index: 1, type: sockaddr}]
-          selectors: [{matchArgs: [{index: 0, operator: Family, values: [AF_INET]}]}]
-        """)
-    assert msg == ("unsupported: spec.kprobes[0].selectors[0].matchArgs[0] (filter on arg 0, which is not available: "
-                   "the struct socket is not available at syscall entry (only its fd))")
+          args: [{index: 0, type: socket}, {index: 1, type: sockaddr}, {index: 2, type: int}]
+          selectors: [{matchArgs: [{index: 0, operator: Protocol, values: [IPPROTO_TCP]},
+                                   {index: 1, operator: Family, values: [AF_INET, AF_INET6]}]}]
+        """).hooks
+    # arg 0: the connect() fd's socket as it is (no sockaddr register: its own, unconnected destination)
+    assert h.args[0] == ArgSpec(REG_NONE, ARG_CONNSOCK, "", "socket", size_index=0)
+    assert h.args[1:] == (ArgSpec(1, ARG_SOCKADDR, "", "sockaddr"), ArgSpec(2, ARG_INT, "", "int"))
+    assert h.selectors[0].args == (ArgFilter(0, "Protocol", (6,)), ArgFilter(1, "Family", (2, 10)))
+    assert h.guard == Guard(frozenset({"file", "socket", "addr"}), fd=0, addr=1)
 
 
 def test_tcp_connect_on_connect() -> None:
@@ -270,17 +293,19 @@ def test_commit_creds_bprm_and_sys_helpers() -> None:
         lsmhooks:
         - {hook: bprm_check_security, args: [{index: 0, type: linux_binprm}]}
         """)
-    creds, execve, execveat, setuid, lsm_execve, _ = c.hooks
+    creds, bprm, setuid, lsm_bprm = c.hooks
     # at the exit of the syscalls that commit credentials, when the task's credentials changed; arg 0 is them
     assert creds.syscalls[:8] == ("setuid", "setgid", "setreuid", "setregid", "setresuid", "setresgid", "setfsuid",
                                   "setfsgid")
     assert {"capset", "execve", "unshare", "setns"} <= set(creds.syscalls) and creds.at_exit
     assert creds.args == (ArgSpec(REG_CRED, ARG_CRED, "", "cred"),)
     assert creds.guard == Guard(frozenset({"cred_new"}))
-    assert (execve.syscalls, execve.args) == (("execve",), (ArgSpec(0, ARG_STRING, "", "linux_binprm"),))
-    assert (execveat.syscalls, execveat.args[0].index) == (("execveat",), 1)
+    # the execs that succeeded, at their exit: the executed file's full path (what bprm->file is)
+    assert (bprm.syscalls, bprm.at_exit, bprm.guard) == (("execve", "execveat"), True, Guard(frozenset({"ret_ok"})))
+    assert bprm.args == (ArgSpec(REG_EXE, ARG_FILEPTR, "", "linux_binprm"),)
     assert (setuid.syscalls, setuid.function_name) == (("setuid",), "__sys_setuid")
-    assert lsm_execve.event == "process_lsm"
+    assert (lsm_bprm.event, lsm_bprm.syscalls) == ("process_lsm", ("execve", "execveat"))
+    assert "a script is seen as its interpreter only" in bprm.realisation
 
 
 def test_unmapped_kernel_function_refused_from_the_features() -> None:
@@ -307,16 +332,22 @@ def test_kernel_with_kprobes_realises_vfs_write_as_a_kprobe() -> None:
     assert hook.args[0].kind == "file_ptr" and hook.realisation.startswith("kprobe on vfs_write")
 
 
-def test_kernel_with_kprobes_still_realises_unmapped_functions_at_syscall_entry_and_says_so() -> None:
+def test_security_socket_connect_is_a_kprobe_where_the_kernel_has_them() -> None:
     c = build("""
         kprobes:
         - call: security_socket_connect
           syscall: false
-          args: [{index: 1, type: sockaddr}]
+          args: [{index: 0, type: socket}, {index: 1, type: sockaddr}, {index: 2, type: int}]
+          selectors: [{matchArgs: [{index: 0, operator: Protocol, values: [IPPROTO_TCP]},
+                                   {index: 1, operator: SAddr, values: [10.0.0.0/8]}]}]
         """, VM)
-    assert c.hooks[0].syscalls == ("connect",)
-    assert c.notes[-1].endswith(
-        "(this kernel has kprobes, but apiary's kprobe realisation does not cover this function yet)")
+    [h] = c.hooks
+    assert h.syscalls == ("__kprobe_security_socket_connect",)
+    assert h.args == (ArgSpec(0, ARG_SOCKETPTR, "", "socket"), ArgSpec(1, ARG_KSOCKADDR, "", "sockaddr"),
+                      ArgSpec(2, ARG_INT, "", "int"))
+    # the sockaddr's own address is its destination (Tetragon's SAddr on a sockaddr)
+    assert h.selectors[0].args == (ArgFilter(0, "Protocol", (6,)), ArgFilter(1, "DAddr", ("10.0.0.0/8",)))
+    assert c.notes[-1].startswith("kprobes[0] security_socket_connect: kprobe on security_socket_connect: every")
 
 
 def test_other_sensors_refused() -> None:
@@ -628,14 +659,14 @@ def test_features_from_this_machine() -> None:
 def test_every_selector_problem_is_listed_once() -> None:
     found = refused("""
         kprobes:
-        - call: security_socket_connect
+        - call: vfs_read
           syscall: false
-          args: [{index: 0, type: sock}, {index: 1, type: sockaddr}]
+          args: [{index: 0, type: file}, {index: 1, type: char_buf}]
           selectors:
-          - matchArgs: [{index: 0, operator: Family, values: [AF_INET]}]
+          - matchArgs: [{index: 1, operator: Prefix, values: [x]}]
           - matchActions: [{action: GetUrl, argUrl: http://x}]
         """)
     assert found == [
-        "unsupported: spec.kprobes[0].selectors[0].matchArgs[0] (filter on arg 0, which is not available: the struct "
-        "socket is not available at syscall entry (only its fd))",
+        "unsupported: spec.kprobes[0].selectors[0].matchArgs[0] (filter on arg 1, which is not available: the buffer "
+        "is not filled yet at syscall entry)",
         "unsupported: spec.kprobes[0].selectors[1].matchActions[0].action (action GetUrl is not supported yet)"]

@@ -19,6 +19,7 @@ from apiary.tracing.compile import (
 from apiary.tracing.load import load_tracing_policies
 from apiary.tracing.models import CAPABILITIES, PolicyError
 from apiary.tracing.types import (
+    ARG_BPRM,
     ARG_BUF,
     ARG_CHARS,
     ARG_DATALOC,
@@ -604,6 +605,15 @@ def test_follow_slots_are_counted() -> None:
 
 
 # --- kprobes and BPF-LSM programs where the kernel has them -------------------------------------------
+
+
+def test_security_bprm_check_is_a_kprobe_where_the_kernel_has_them() -> None:
+    spec = "kprobes: [{call: security_bprm_check, syscall: false, args: [{index: 0, type: linux_binprm}]}]"
+    [h] = build(spec, VM).hooks
+    assert (h.syscalls, h.args) == (("__kprobe_security_bprm_check",), (ArgSpec(0, ARG_BPRM, "", "linux_binprm"),))
+    assert refusal(spec.replace("linux_binprm", "file"), VM).startswith(
+        "unsupported: spec.kprobes[0].args[0].type (arg 0 is the program being executed (struct linux_binprm in "
+        "kernel memory")
 
 
 def test_lsm_file_permission_and_bprm_check_security() -> None:

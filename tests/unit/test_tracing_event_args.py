@@ -15,9 +15,15 @@ from apiary.tracing.types import (
     ARG_DATALOC,
     ARG_FILEPTR,
     ARG_INT,
+    ARG_KSOCKADDR,
     ARG_SOCK,
+    ARG_SOCKETPTR,
     ARG_UINT,
     GUARD_CHECKS,
+    REG_CRED,
+    REG_EXE,
+    REG_NONE,
+    REG_RET,
     ArgSpec,
 )
 
@@ -46,12 +52,23 @@ def test_connect_socket_is_a_sock_arg_with_ipv6_addresses_in_ipv6_form() -> None
                                 "saddr": "::", "daddr": "::1", "dport": 443}}
 
 
+def test_kernel_socket_and_sockaddr_args() -> None:
+    si = abi.SockInfo(family=2, type=1, protocol=6, saddr=0x7F000001)
+    assert _value(ArgSpec(0, ARG_SOCKETPTR, tetragon_type="socket"), 0, "", bytes(si))["sock_arg"]["type"] == \
+        "SOCK_STREAM"
+    v = (2 << 48) | (443 << 32) | 0x0A000001
+    assert _value(ArgSpec(1, ARG_KSOCKADDR, tetragon_type="sockaddr"), v, "") == {
+        "sockaddr_arg": {"family": "AF_INET", "addr": "10.0.0.1", "port": 443}}
+
+
 def test_guard_bits_and_kinds_are_the_headers() -> None:
     text = HEADER.read_text()
     defs = {m[1]: int(m[2], 0) for m in re.finditer(r"#define (GS_\w+) (0x[0-9a-fA-F]+|[0-9]+)\b", text)}
     assert {c: defs[f"GS_G_{c.upper()}"] for c in GUARD_CHECKS} == abi.GUARD_BITS
     assert defs["GS_ARG_CONNSOCK"] == abi.KIND[ARG_CONNSOCK] and defs["GS_F_AT_EXIT"] == abi.F_AT_EXIT
-    assert (defs["GS_REG_RET"], defs["GS_REG_CRED"], defs["GS_REG_NONE"]) == (6, 7, abi.REG_NONE)
+    assert (defs["GS_ARG_SOCKETPTR"], defs["GS_ARG_KSOCKADDR"]) == (abi.KIND[ARG_SOCKETPTR], abi.KIND[ARG_KSOCKADDR])
+    assert (defs["GS_REG_RET"], defs["GS_REG_CRED"], defs["GS_REG_EXE"], defs["GS_REG_NONE"]) == (
+        REG_RET, REG_CRED, REG_EXE, REG_NONE)
 
 
 def test_cred_arg_lists_capabilities_by_name() -> None:

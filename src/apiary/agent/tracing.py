@@ -30,11 +30,13 @@ from apiary.tracing.types import (
     ARG_FD,
     ARG_FILEPTR,
     ARG_INT,
+    ARG_KSOCKADDR,
     ARG_KSTRING,
     ARG_PATHPTR,
     ARG_SKB,
     ARG_SOCK,
     ARG_SOCKADDR,
+    ARG_SOCKETPTR,
     ARG_STRING,
     ARG_UINT,
     ArgSpec,
@@ -379,9 +381,9 @@ def _value(spec: ArgSpec, v: int, s: str, raw: bytes = b"") -> dict[str, Any]:
         out = {"skb_arg": _skb_arg(abi.skbinfo(raw))}
     elif spec.kind == ARG_PATHPTR:
         out = {"path_arg": {"path": s}}
-    elif spec.kind in (ARG_SOCK, ARG_CONNSOCK):
+    elif spec.kind in (ARG_SOCK, ARG_CONNSOCK, ARG_SOCKETPTR):
         out = {"sock_arg": _sock_arg(abi.sockinfo(raw))}
-    elif spec.kind == ARG_SOCKADDR:
+    elif spec.kind in (ARG_SOCKADDR, ARG_KSOCKADDR):
         fam, addr, port = abi.sockaddr(v)
         out = {"sockaddr_arg": {"family": "AF_INET" if fam == 2 else str(fam), "addr": addr, "port": port}}
     elif spec.tetragon_type in ("size_t", "uint64", "ulong"):

@@ -155,7 +155,7 @@ struct hooks_ctx {
 };
 
 /* register argument idx (0-5) of the call, by constant offsets; GS_REG_RET the return value (at the exit),
- * GS_REG_CRED the current task's credentials */
+ * GS_REG_CRED the current task's credentials, GS_REG_EXE its executable file */
 static __always_inline __u64 reg_at(struct hooks_ctx *hc, __u16 idx)
 {
 	switch (idx) {
@@ -169,6 +169,10 @@ static __always_inline __u64 reg_at(struct hooks_ctx *hc, __u16 idx)
 	case GS_REG_CRED: { /* the objective credentials: what commit_creds installs (with the subjective ones) */
 		struct task_struct *t = (void *)bpf_get_current_task();
 		return (__u64)BPF_CORE_READ(t, real_cred);
+	}
+	case GS_REG_EXE: {
+		struct task_struct *t = (void *)bpf_get_current_task();
+		return (__u64)BPF_CORE_READ(t, mm, exe_file);
 	}
 	}
 	return 0;
@@ -250,15 +254,19 @@ static __always_inline struct socket *file_socket(struct file *f)
 	return BPF_CORE_READ(f, private_data);
 }
 
-/* a socket argument into the event's slot a (the scratch event): a struct sock * (v), or for connect() the
- * socket of the fd with the destination of the user's sockaddr (v). Verified once, on its own. */
-__noinline int gs_read_sock(__u32 a, __u64 v, __u64 fd, __u32 conn)
+/* a socket argument into the event's slot a (the scratch event): a struct sock * or struct socket * (v), or
+ * for connect() the socket of the fd with the destination of the user's sockaddr (v; 0: the socket's own
+ * destination). Verified once, on its own. */
+__noinline int gs_read_sock(__u32 a, __u64 v, __u64 fd, __u32 kind)
 {
 	__u32 zero = 0;
 	struct gs_event *ev = bpf_map_lookup_elem(&gs_scratch, &zero);
 	if (!ev || a >= GS_ARGS)
 		return 0;
+	__u32 conn = kind == GS_ARG_CONNSOCK;
 	struct sock *sk = (struct sock *)v;
+	if (kind == GS_ARG_SOCKETPTR)
+		sk = BPF_CORE_READ((struct socket *)v, sk);
 	if (conn) {
 		struct socket *so = file_socket(fd_file(fd));
 		if (!so)
@@ -275,7 +283,7 @@ __noinline int gs_read_sock(__u32 a, __u64 v, __u64 fd, __u32 conn)
 	si.saddr = bpf_ntohl(BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr));
 	if (si.family == 10)
 		BPF_CORE_READ_INTO(&si.saddr6, sk, __sk_common.skc_v6_rcv_saddr);
-	if (conn) {
+	if (conn && v) {
 		struct {
 			__u16 family;
 			__u16 port;
@@ -434,21 +442,24 @@ static __always_inline void read_arg(struct gs_event *ev, struct gs_hook *h, str
 		ev->ints[a] = ci.euid;
 		__builtin_memcpy(ev->str[a], &ci, sizeof(ci));
 		ev->slen[a] = sizeof(ci);
-	} else if (kind == GS_ARG_SOCK || kind == GS_ARG_CONNSOCK) {
+	} else if (kind == GS_ARG_SOCK || kind == GS_ARG_CONNSOCK || kind == GS_ARG_SOCKETPTR) {
 		__u16 fdreg = 0;
 		switch (a) {
 #define GS_K(q) case q: fdreg = h->arg_off[q]; break;
 		GS_K(0) GS_K(1) GS_K(2) GS_K(3) GS_K(4)
 #undef GS_K
 		}
-		gs_read_sock(a, v, kind == GS_ARG_CONNSOCK ? reg_at(hc, fdreg) : 0, kind == GS_ARG_CONNSOCK);
-	} else if (kind == GS_ARG_SOCKADDR) {
+		gs_read_sock(a, v, kind == GS_ARG_CONNSOCK ? reg_at(hc, fdreg) : 0, kind);
+	} else if (kind == GS_ARG_SOCKADDR || kind == GS_ARG_KSOCKADDR) {
 		struct {
 			__u16 family;
 			__u16 port;
 			__u32 addr;
 		} sa = {};
-		bpf_probe_read_user(&sa, sizeof(sa), (void *)v);
+		if (kind == GS_ARG_KSOCKADDR)
+			bpf_probe_read_kernel(&sa, sizeof(sa), (void *)v);
+		else
+			bpf_probe_read_user(&sa, sizeof(sa), (void *)v);
 		ev->ints[a] = ((__s64)sa.family << 48) | ((__s64)bpf_ntohs(sa.port) << 32) | bpf_ntohl(sa.addr);
 	}
 }
@@ -670,7 +681,7 @@ __noinline int gs_match_filter(__u32 hid, __u32 si, __u32 fi)
 		int neg = op == GS_OP_NOTEQUAL || op == GS_OP_NOTPREFIX || op == GS_OP_NOTPOSTFIX;
 		return neg ? !any : any;
 	}
-	int sockish = kind == GS_ARG_SOCK || kind == GS_ARG_SKB || kind == GS_ARG_CONNSOCK;
+	int sockish = kind == GS_ARG_SOCK || kind == GS_ARG_SKB || kind == GS_ARG_CONNSOCK || kind == GS_ARG_SOCKETPTR;
 	if (sockish && op >= GS_OP_SADDR) { /* the source side and the protocol */
 		struct gs_sockinfo si = {};
 		switch (f->arg) {
@@ -696,7 +707,7 @@ __noinline int gs_match_filter(__u32 hid, __u32 si, __u32 fi)
 			return 0;
 		return (op == GS_OP_NOTSADDR || op == GS_OP_NOTSPORT) ? !any : any;
 	}
-	if (kind == GS_ARG_SOCKADDR || sockish) {
+	if (kind == GS_ARG_SOCKADDR || kind == GS_ARG_KSOCKADDR || sockish) {
 		__u64 fam = (__u64)x >> 48, port = ((__u64)x >> 32) & 0xffff, addr = (__u64)x & 0xffffffff;
 		int any = 0;
 		for (int v = 0; v < GS_VALS; v++) {
@@ -1315,6 +1326,19 @@ int gs_raw_tp(struct bpf_raw_tracepoint_args *ctx)
 	return run_hooks(&hc, sh);
 }
 
+/* An LSM program returns 0 or -errno; the verifier (6.12+) checks that range on its return value, so clamp
+ * with branches it follows (in assembly: the compiler would make them branchless, which it cannot track). */
+static __always_inline int lsm_retval(int v)
+{
+	__s64 r = v;
+	asm volatile("if %[r] s<= 0 goto +1\n\t"
+		     "%[r] = 0\n\t"
+		     "if %[r] s>= -4095 goto +1\n\t"
+		     "%[r] = -4095"
+		     : [r] "+r"(r));
+	return r;
+}
+
 static __always_inline int lsm_run(__u32 nr, __u64 a0, __u64 a1)
 {
 	__u32 zero = 0;
@@ -1330,7 +1354,7 @@ static __always_inline int lsm_run(__u32 nr, __u64 a0, __u64 a1)
 	hc.args[1] = a1;
 	run_hooks(&hc, sh);
 	verdict = bpf_map_lookup_elem(&gs_verdict, &zero);
-	return verdict ? *verdict : 0;
+	return verdict ? lsm_retval(*verdict) : 0;
 }
 
 /* BPF-LSM hooks (kernels that have BPF-LSM; the loader enables them only there, and attaches each only
@@ -1339,7 +1363,7 @@ SEC("lsm/file_open")
 int BPF_PROG(gs_file_open, struct file *file, int ret)
 {
 	if (ret)
-		return ret;
+		return lsm_retval(ret);
 	__u64 f = 0;
 	/* copy the pointer as plain bytes: the hooks read it with probe reads, like any syscall argument */
 	bpf_probe_read_kernel(&f, sizeof(f), &file);
@@ -1350,7 +1374,7 @@ SEC("lsm/file_permission")
 int BPF_PROG(gs_file_permission, struct file *file, int mask, int ret)
 {
 	if (ret)
-		return ret;
+		return lsm_retval(ret);
 	__u64 f = 0;
 	bpf_probe_read_kernel(&f, sizeof(f), &file);
 	return lsm_run(GS_NR_LSM_FILE_PERMISSION, f, (__u64)mask);
@@ -1360,7 +1384,7 @@ SEC("lsm/bprm_check_security")
 int BPF_PROG(gs_bprm_check_security, struct linux_binprm *bprm, int ret)
 {
 	if (ret)
-		return ret;
+		return lsm_retval(ret);
 	__u64 f = (__u64)BPF_CORE_READ(bprm, file);
 	return lsm_run(GS_NR_LSM_BPRM_CHECK, f, 0);
 }

@@ -21,14 +21,17 @@ from apiary.tracing.types import (
     ARG_FD,
     ARG_FILEPTR,
     ARG_INT,
+    ARG_KSOCKADDR,
     ARG_KSTRING,
     ARG_PATHPTR,
     ARG_SKB,
     ARG_SOCK,
     ARG_SOCKADDR,
+    ARG_SOCKETPTR,
     ARG_STRING,
     ARG_UINT,
     GUARD_CHECKS,
+    REG_NONE,
     Guard,
     Hook,
 )
@@ -53,8 +56,9 @@ KIND = {
     ARG_PATHPTR: 14,
     ARG_BPRM: 15,
     ARG_CONNSOCK: 16,
+    ARG_SOCKETPTR: 17,
+    ARG_KSOCKADDR: 18,
 }
-REG_NONE = 0xFF
 # guard checks (GS_G_*): bit n = GUARD_CHECKS[n]
 GUARD_BITS = {name: 1 << n for n, name in enumerate(GUARD_CHECKS)}
 STRING_KINDS = (ARG_STRING, ARG_FD, ARG_FILEPTR, ARG_DATALOC, ARG_CHARS, ARG_KSTRING, ARG_BUF, ARG_PATHPTR, ARG_BPRM)

@@ -14,9 +14,10 @@ attach points (see :mod:`apiary.tracing.types`).
    The event's ``function_name`` is ``__x64_sys_X`` (tracepoints: ``syscalls/sys_enter_X``). With
    ``return: true`` the hook is completed at ``sys_exit_X``: the return value is read there and
    ``matchReturnArgs`` and the action are decided then.
-2. Where the kernel has kprobes (``KernelFeatures.kprobes``), the kernel functions ``vfs_write``,
-   ``vfs_read``, ``security_file_permission``, ``security_file_open`` and ``fd_install`` are kprobes on
-   the function itself (a ``struct file`` argument is resolved to its full path); ``return: true`` adds a
+2. Where the kernel has kprobes (``KernelFeatures.kprobes``), the kernel functions of the table below
+   (and any other, args read as the policy's types) are kprobes on the function itself (a ``struct file``
+   argument is resolved to its full path, a ``struct sock``/``struct socket`` read as a sock_arg, a
+   ``struct cred`` as credentials, a ``struct linux_binprm`` as its file's path); ``return: true`` adds a
    kretprobe. Where the kernel has BPF-LSM (``KernelFeatures.lsm``), the lsmhooks ``file_open``,
    ``file_permission`` and ``bprm_check_security`` (the binprm resolved to its file's path) are BPF-LSM
    programs: the only realisation where ``Override`` (fail the operation with ``argError``) is possible.
@@ -50,13 +51,14 @@ attach points (see :mod:`apiary.tracing.types`).
                                    unshare, setns, prctl, keyctl, add_key,      credentials then
                                    request_key, execve(at) (the credentials
                                    changed during the call)
-   security_bprm_check, lsm        execve | execveat                            0 linux_binprm -> path string
-   bprm_check_security                                                          (arg 0 | arg 1)
+   security_bprm_check, lsm        exit of execve execveat (returned 0: the     0 linux_binprm -> the executed
+   bprm_check_security             new program, before its first instruction)   file (full path; a script's
+                                                                                interpreter)
    __sys_X                         X                                            same indices
    ============================== =========================================== ==============================
 
-   "path string" args are the path as the process passed it (relative paths are not resolved), not
-   the file's full path; fd args are resolved to the file's full path in the kernel. What a realisation
+   No row reads a user path string any more: files are resolved in the kernel from an fd (the syscall's
+   argument or its return value) or the process's executable, to their full path. What a realisation
    still misses is its ``misses`` text, shown at apply time and in ``tp list``. An arg marked "not
    available" is left out of events (noted) and a filter on it refuses the policy. An arg that exists
    on only some of the syscalls restricts a monitoring policy to those syscalls (noted) and refuses an
@@ -125,11 +127,13 @@ from .types import (
     ARG_FD,
     ARG_FILEPTR,
     ARG_INT,
+    ARG_KSOCKADDR,
     ARG_KSTRING,
     ARG_PATHPTR,
     ARG_SKB,
     ARG_SOCK,
     ARG_SOCKADDR,
+    ARG_SOCKETPTR,
     ARG_STRING,
     ARG_UINT,
     MAX_ARG_FILTERS,
@@ -141,6 +145,8 @@ from .types import (
     MAX_STRING,
     MAX_VALUES,
     REG_CRED,
+    REG_EXE,
+    REG_NONE,
     REG_RET,
     STRING_KINDS,
     ArgFilter,
@@ -363,7 +369,6 @@ def _arch_prefix() -> str:
 
 # classes of kernel arguments a mapped function has at the syscall, and the Tetragon types each accepts
 _FILE = "file"  # an fd resolved to its file path in the kernel
-_PATH = "path"  # a user path string (as passed to the syscall)
 _BUF = "buf"  # a user buffer
 _INT = "int"
 _KFILE = "kfile"  # a struct file in kernel memory (the argument of an LSM hook or kprobed function)
@@ -372,13 +377,16 @@ _SOCKADDR = "sockaddr"  # the user's struct sockaddr
 _KSOCK = "ksock"  # a struct sock in kernel memory (a kprobed function's argument)
 _KCRED = "kcred"  # a struct cred in kernel memory
 _CONNSOCK = "connsock"  # connect(): the fd's socket with the destination of the user's sockaddr
+_FDSOCK = "fdsock"  # connect(): the fd's struct socket as it is (not connected yet)
+_KBPRM = "kbprm"  # a struct linux_binprm in kernel memory (a kprobed function's argument)
+_KSOCKET = "ksocket"  # a struct socket in kernel memory (a kprobed function's argument)
+_KSOCKADDR = "ksockaddr"  # a struct sockaddr in kernel memory (a kprobed function's argument)
 _ANY = "any"  # direct syscall arguments: the policy's type decides
 _UREG = "ureg"  # a uprobe's argument register: the policy's type decides (user-space values)
 _KREG = "kreg"  # a kprobed function's argument register: the policy's type decides (kernel values)
 
 _CLASS_TYPES: dict[str, frozenset[str]] = {
     _FILE: frozenset({"file", "fd"}),
-    _PATH: frozenset({"file", "path", "filename", "string", "linux_binprm"}),
     _KFILE: frozenset({"file"}),
     _KBINPRM: frozenset({"linux_binprm", "file"}),
     _BUF: frozenset({"char_buf", "string"}),
@@ -386,23 +394,29 @@ _CLASS_TYPES: dict[str, frozenset[str]] = {
     _SOCKADDR: frozenset({"sock", "sockaddr"}),
     _KSOCK: frozenset({"sock"}),
     _CONNSOCK: frozenset({"sock"}),
+    _FDSOCK: frozenset({"socket"}),
+    _KBPRM: frozenset({"linux_binprm"}),
+    _KSOCKET: frozenset({"socket"}),
+    _KSOCKADDR: frozenset({"sockaddr"}),
     _KCRED: frozenset({"cred"}),
 }
 _CLASS_TEXT = {
     _KFILE: "a file (a struct file in kernel memory)",
     _KBINPRM: "the program being executed (struct linux_binprm, read as its file's path)",
     _FILE: "a file (its fd at the syscall)",
-    _PATH: "a path (a user string at the syscall)",
     _BUF: "a user buffer",
     _INT: "an integer",
     _SOCKADDR: "a socket address (the user's sockaddr)",
     _KSOCK: "a socket (struct sock in kernel memory)",
     _KCRED: "credentials (struct cred in kernel memory)",
     _CONNSOCK: "a socket (the connect() fd's socket, with the destination of the user's sockaddr)",
+    _FDSOCK: "a struct socket (the connect() fd's socket, before it connects)",
+    _KBPRM: "the program being executed (struct linux_binprm in kernel memory, read as its file's path)",
+    _KSOCKET: "a struct socket (in kernel memory)",
+    _KSOCKADDR: "a socket address (a struct sockaddr in kernel memory)",
 }
 _CLASS_KIND = {
     _FILE: ARG_FD,
-    _PATH: ARG_STRING,
     _BUF: ARG_STRING,
     _SOCKADDR: ARG_SOCKADDR,
     _KFILE: ARG_FILEPTR,
@@ -410,6 +424,10 @@ _CLASS_KIND = {
     _KSOCK: ARG_SOCK,
     _KCRED: ARG_CRED,
     _CONNSOCK: ARG_CONNSOCK,
+    _FDSOCK: ARG_CONNSOCK,
+    _KBPRM: ARG_BPRM,
+    _KSOCKET: ARG_SOCKETPTR,
+    _KSOCKADDR: ARG_KSOCKADDR,
 }
 
 
@@ -463,19 +481,16 @@ _CREDS = (
     "setuid", "setgid", "setreuid", "setregid", "setresuid", "setresgid", "setfsuid", "setfsgid", "setgroups",
     "capset", "unshare", "setns", "prctl", "keyctl", "add_key", "request_key", "execve", "execveat",
 )
-_PATH_TEXT = (
-    "path as passed to the syscall (relative paths not resolved against the cwd/dirfd, symlinks not "
-    "followed), not the file's full path"
-)
 _AFTER = (
     "decided at the syscall's exit, after the kernel function ran: Sigkill/Signal act after the operation "
     "(a Sigkill at the entry did not prevent it either: the signal is delivered on the way back to user space)"
 )
 _OPEN_TEXT = (
     "only the open syscalls (open, creat, openat, openat2, open_by_handle_at) that returned a new fd; opens by "
-    "the kernel, by exec and by other syscalls (memfd, open_tree…) not seen; an open the kernel function saw but "
-    "that failed afterwards (refused by another LSM, the driver's open failing…) not seen; O_PATH opens not seen "
-    "(the kernel does not call it for them); the file resolved from the returned fd to its full path; " + _AFTER
+    "the kernel, by exec, by io_uring and by other syscalls (memfd, open_tree…) not seen; an open the kernel "
+    "function saw but that failed afterwards (refused by another LSM, the driver's open failing…) not seen; "
+    "O_PATH opens not seen (the kernel does not call it for them); the file resolved from the returned fd to its "
+    "full path; " + _AFTER
 )
 _OPEN_MAPPING = _Mapping(
     (_Variant(_OPENS, {0: (REG_RET, _FILE)}, guard=_G_OPENED_FILE, at_exit=True),),
@@ -484,11 +499,13 @@ _OPEN_MAPPING = _Mapping(
     ret_differs="the hook returns a permission decision (0 or -errno), the open syscalls return the new fd or -errno",
 )
 _EXEC_MAPPING = _Mapping(
-    (_Variant(("execve",), {0: (0, _PATH)}), _Variant(("execveat",), {0: (1, _PATH)})),
-    f"the {_PATH_TEXT}; execs that fail before the check (missing file, no execute permission, not a regular "
-    "file…) are seen though the kernel never calls it; a script's interpreter (a second call) not seen",
+    (_Variant(("execve", "execveat"), {0: (REG_EXE, _KBINPRM)}, guard=_g("ret_ok"), at_exit=True),),
+    "the execs that succeeded, at the exit of execve/execveat, before the new program runs its first instruction: "
+    "the binprm is the executed file, read as its full path; a script is seen as its interpreter only (the kernel "
+    "checks the script, then its interpreter); an exec the kernel checked but that failed afterwards (refused by "
+    "another LSM, a bad binary format…) not seen; execs by the kernel (usermode helpers) not seen",
     ret=_SYS_RET,
-    ret_differs="the hook returns a permission decision (0 or -errno), execve returns only when the exec failed",
+    ret_differs="the hook returns a permission decision (0 or -errno), execve returns 0 to the new program",
 )
 _RW_TEXT = (
     "the file resolved from the fd; kernel-internal {what}s (kernel_{what}, splice, sendfile, io_uring…) not "
@@ -560,10 +577,15 @@ MAPPINGS: dict[str, _Mapping] = {
         "(-EINPROGRESS on a non-blocking socket, -ECONNREFUSED…)",
     ),
     "security_socket_connect": _Mapping(
-        (_Variant(("connect",), {1: (1, _SOCKADDR), 2: (2, _INT)}, guard=_g("file", "socket", "addr", fd=0, addr=1)),),
+        (
+            _Variant(
+                ("connect",),
+                {0: (REG_NONE, _FDSOCK), 1: (1, _SOCKADDR), 2: (2, _INT)},
+                guard=_g("file", "socket", "addr", fd=0, addr=1),
+            ),
+        ),
         "only the connect() syscall on a socket fd with a sockaddr the kernel could copy; kernel-initiated "
-        "connections not seen",
-        {0: "the struct socket is not available at syscall entry (only its fd)"},
+        "connections not seen; the socket is the fd's, read at connect() entry",
         ret=_SYS_RET,
         ret_differs="security_socket_connect returns a permission decision (0 or -errno), connect() the outcome of "
         "the whole call",
@@ -623,6 +645,18 @@ KPROBE_REAL: dict[str, _Mapping] = {
         (_Variant(("__kprobe_revert_creds",), {0: (0, _KCRED)}),),
         "every revert of a temporary override; the credentials restored",
         no_ret="revert_creds returns nothing (void)",
+    ),
+    "security_socket_connect": _Mapping(
+        (_Variant(("__kprobe_security_socket_connect",), {0: (0, _KSOCKET), 1: (1, _KSOCKADDR), 2: (2, _INT)}),),
+        "every connect of a socket, before the protocol's checks (connect(), io_uring, kernel users); the socket "
+        "as it is before it connects, the address as the kernel copied it",
+        ret=_KRET,
+    ),
+    "security_bprm_check": _Mapping(
+        (_Variant(("__kprobe_security_bprm_check",), {0: (0, _KBPRM)}),),
+        "every exec's check, decided before the new program runs (scripts: the script, then its interpreter); the "
+        "binprm is read as its file's full path",
+        ret=_KRET,
     ),
     "fd_install": _Mapping(
         (_Variant(("__kprobe_fd_install",), {0: (0, _INT), 1: (1, _KFILE)}),),
@@ -1493,6 +1527,10 @@ class _Compiler:
                 continue
             if a.index in variant.consts:
                 arg.const = variant.consts[a.index]
+                self.note(
+                    f"{source}: {index_text} {a.index} not reported: a constant implied by the syscall (see the "
+                    "realisation); filters on it are decided when the policy is compiled"
+                )
                 continue
             if mapping.fields is not None:
                 self.tp_arg(ap, source, a, arg, mapping.fields, variant.syscalls[0].removeprefix("__tp_"))
@@ -1521,7 +1559,7 @@ class _Compiler:
                             f"cannot be realised from it (use one of {', '.join(sorted(_CLASS_TYPES[cls]))})",
                         )
                     arg.kind = _CLASS_KIND.get(cls) or _kind_of(a.type_, f"{ap}.type")
-                    if cls == _CONNSOCK:
+                    if cls in (_CONNSOCK, _FDSOCK):
                         arg.size_index = variant.guard.fd  # the socket is the fd's
             if a.return_copy:
                 if not (
@@ -1814,12 +1852,12 @@ class _Compiler:
                     )
                 strs.append(s)
             return ArgFilter(arg.slot, op, tuple(strs))
-        if kind in (ARG_SOCKADDR, ARG_SOCK, ARG_SKB, ARG_CONNSOCK):
+        if kind in (ARG_SOCKADDR, ARG_KSOCKADDR, ARG_SOCK, ARG_SKB, ARG_CONNSOCK, ARG_SOCKETPTR):
             table = (
                 _KSOCK_OPS
                 if kind in (ARG_SOCK, ARG_SKB)
                 else _CONNSOCK_OPS
-                if kind == ARG_CONNSOCK
+                if kind in (ARG_CONNSOCK, ARG_SOCKETPTR)
                 else _SOCKADDR_OPS
                 if ty == "sockaddr"
                 else _SOCK_OPS

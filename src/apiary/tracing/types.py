@@ -33,11 +33,15 @@ ARG_PATHPTR = "path_ptr"  # a struct path in kernel memory (kprobes), resolved t
 ARG_BPRM = "bprm_ptr"  # a struct linux_binprm in kernel memory: its file's full path
 ARG_CRED = "cred_ptr"  # a struct cred in kernel memory (kprobes): ids, securebits, capabilities, user namespace
 ARG_SOCK = "sock_ptr"  # a struct sock in kernel memory (kprobes): family, type, protocol, both ends, state
+ARG_SOCKETPTR = "socket_ptr"  # a struct socket in kernel memory (kprobes): its sock, as ARG_SOCK
+ARG_KSOCKADDR = "ksockaddr"  # a struct sockaddr in kernel memory (kprobes): family, address, port
 ARG_CONNSOCK = "conn_sock"  # connect(): the fd's socket (family, type, protocol, state) with the destination
-# from the user's sockaddr (index: the sockaddr's register, size_index: the fd's)
+# from the user's sockaddr (index: the sockaddr's register, REG_NONE: the socket's own; size_index: the fd's)
 # register sources past the six syscall arguments (ArgSpec.index, Guard registers)
 REG_RET = 6  # the syscall's return value (hooks evaluated at its exit)
 REG_CRED = 7  # the current task's credentials (struct cred *) when the hook runs
+REG_EXE = 8  # the current process's executable file (struct file *)
+REG_NONE = 0xFF  # no register: ARG_CONNSOCK without a sockaddr (the socket as it is)
 STRING_KINDS = (ARG_STRING, ARG_FD, ARG_FILEPTR, ARG_DATALOC, ARG_CHARS, ARG_KSTRING, ARG_BUF, ARG_PATHPTR, ARG_BPRM)
 MAX_NAMESPACE_FILTERS = 4  # matchNamespaces entries per selector
 MAX_FOLLOW = 64  # followChildren / followForks selectors across all policies

@@ -31,6 +31,8 @@
 #define GS_ARG_BPRM 15    /* a struct linux_binprm * (kprobes, raw tracepoints): its file's full path */
 #define GS_ARG_BUF 12    /* a user buffer; its length is the register arg_off[a] (char_buf + sizeArgIndex) */
 #define GS_ARG_CRED 11   /* a struct cred * in kernel memory (kprobes): a gs_credinfo in the string slot */
+#define GS_ARG_SOCKETPTR 17 /* a struct socket * in kernel memory (kprobes): its sock, a gs_sockinfo */
+#define GS_ARG_KSOCKADDR 18 /* a struct sockaddr * in kernel memory (kprobes): family, port, IPv4 address */
 #define GS_ARG_CONNSOCK 16 /* connect(): the socket of the fd in register arg_off[a] (family, type, protocol,
 			    * state, bound source) with the destination from the user sockaddr in register
 			    * arg_index[a]: a gs_sockinfo in the string slot */
@@ -38,6 +40,7 @@
 /* register sources past the six syscall arguments (arg_index, arg_off, guard registers) */
 #define GS_REG_RET 6  /* the syscall's return value (hooks evaluated at the exit) */
 #define GS_REG_CRED 7 /* the current task's credentials (struct cred *), as they are when the hook runs */
+#define GS_REG_EXE 8  /* the current process's executable file (struct file *: mm->exe_file) */
 #define GS_REG_NONE 0xff
 
 /* Guards: what the kernel function a hook is realised for needs to be called at all, checked on the

@@ -43,8 +43,10 @@ from apiary.tracing.types import (
     ARG_CRED,
     ARG_FD,
     ARG_FILEPTR,
+    ARG_KSOCKADDR,
     ARG_SOCK,
     ARG_SOCKADDR,
+    ARG_SOCKETPTR,
     ARG_STRING,
     CompiledTracingPolicy,
     Hook,
@@ -72,7 +74,7 @@ ROWS = (
     Row("fd_install", "kprobes", "fd_install", ((0, "int"), (1, "file"))),
     Row("security_file_open", "kprobes", "security_file_open", ((0, "file"),)),
     Row("tcp_connect", "kprobes", "tcp_connect", ((0, "sock"),)),
-    Row("security_socket_connect", "kprobes", "security_socket_connect", ((1, "sockaddr"), (2, "int"))),
+    Row("security_socket_connect", "kprobes", "security_socket_connect", ((0, "socket"), (1, "sockaddr"), (2, "int"))),
     Row("commit_creds", "kprobes", "commit_creds", ((0, "cred"),)),
     Row("security_bprm_check", "kprobes", "security_bprm_check", ((0, "linux_binprm"),)),
     Row("lsm file_open", "lsmhooks", "file_open", ((0, "file"),)),
@@ -117,22 +119,22 @@ _EXECS = {"exec", "exec-script"}
 _OPENS = ("security_file_open", "lsm file_open", "fd_install")
 _PERMS = ("security_file_permission", "lsm file_permission")
 _EXECS_ROWS = ("security_bprm_check", "lsm bprm_check_security")
-_SYMLINK = "symlinks not followed"
-_KERNEL_LIB = ("/usr/lib/", "/usr/bin/")  # /lib and /bin are symlinks into /usr on Debian 12
-_USER_LIB = ("/lib/", "/bin/")
 # THE table of allowed differences (one place). Each `states` must be in the tracepoint realisation's text.
 GAPS: tuple[Gap, ...] = (
-    # exec's path as passed to the syscall: through the /bin -> /usr/bin symlink
-    *_gaps(_EXECS_ROWS, "real", {"exec"}, _path(lambda p: p.startswith(_KERNEL_LIB)), _SYMLINK),
-    *_gaps(_EXECS_ROWS, "tracepoint", {"exec"}, _path(lambda p: p.startswith(_USER_LIB)), _SYMLINK),
     # the kernel's own opens and reads while it execs (the binary, its interpreter ld.so, ld.so.cache…)
     *_gaps(_OPENS[:2], "real", _EXECS, _any, "opens by the kernel, by exec"),
     *_gaps(_PERMS, "real", _EXECS, _any, "kernel-internal accesses and other permission checks"),
     # fd_install of pipes and sockets (their path reads "/"), and dash's dup of the script's fd
     *_gaps(("fd_install",), "real", None, _path(lambda p: p == "/"), "not those of socket, accept, pipe, dup"),
     *_gaps(("fd_install",), "real", {"exec-script"}, _path(lambda p: p == "$W/script.sh"), "dup"),
-    *_gaps(_EXECS_ROWS, "real", {"exec-script"}, _path(lambda p: p == "/usr/bin/dash"), "a script's interpreter"),
-    *_gaps(_EXECS_ROWS, "tracepoint", {"exec-noexec", "exec-missing"}, _any, "execs that fail before the check"),
+    # the kernel checks the script, then its interpreter; at execve's exit only the interpreter is there
+    *_gaps(
+        _EXECS_ROWS,
+        "real",
+        {"exec-script"},
+        _path(lambda p: p == "$W/script.sh"),
+        "a script is seen as its interpreter only",
+    ),
 )
 
 # args the tracepoint realisation does not report, with the words that state it at apply time
@@ -191,11 +193,15 @@ def _value(kind: str, tetragon_type: str, v: int, raw: bytes, wdir: str, res: Wo
     if kind in (ARG_FD, ARG_FILEPTR, ARG_BPRM, ARG_STRING):
         s = raw.decode("utf-8", errors="replace").replace(wdir, "$W")
         return re.sub(r"^(pipe|socket):\[\d+\]$", r"\1:", s)
-    if kind in (ARG_SOCK, ARG_CONNSOCK):  # the socket read in the kernel: the destination side (the source
+    if kind in (
+        ARG_SOCK,
+        ARG_CONNSOCK,
+        ARG_SOCKETPTR,
+    ):  # the socket read in the kernel: the destination side (the source
         si = tabi.sockinfo(raw)  # port and address are not chosen yet at connect()'s entry, as stated)
         daddr = ipaddress.IPv6Address(bytes(si.daddr6)) if si.family == 10 else ipaddress.IPv4Address(si.daddr)
         return (si.family, si.type, si.protocol, str(daddr), res.ports.get(si.dport, si.dport))
-    if kind == ARG_SOCKADDR:
+    if kind in (ARG_SOCKADDR, ARG_KSOCKADDR):
         fam, addr, port = tabi.sockaddr(v)
         if fam == 2:
             return ("AF_INET", addr, res.ports.get(port, port))

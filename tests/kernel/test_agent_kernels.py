@@ -16,9 +16,7 @@ from typing import Any
 
 import pytest
 
-from apiary.testing.agent import AgentProcess
-
-IN_VM = os.environ.get("APIARY_TEST_KERNEL") == "vm61"
+from apiary.testing.agent import IN_VM, AgentProcess
 
 
 @pytest.fixture(scope="module")

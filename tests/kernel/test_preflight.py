@@ -24,6 +24,7 @@ from apiary.cli.preflight_cmd import preflight
 from apiary.loader.fs import cgroup2_root, is_mounted
 from apiary.runtime.paths import bpf_object
 from apiary.runtime.preflight import CHECK_NAMES, run_preflight
+from apiary.testing.agent import VM_KERNEL
 
 pytestmark = [
     pytest.mark.kernel,
@@ -49,9 +50,9 @@ WORKS_HERE = (
     "ringbuf",
     "send_signal",
 )
-# Debian's 6.1 kernel in the QEMU VM (`make test-vm` sets APIARY_TEST_KERNEL=vm61): kprobes, fentry and
-# BPF-LSM work there; tcx does not exist before 6.6, and veth is a module virtme does not load
-if os.environ.get("APIARY_TEST_KERNEL") == "vm61":
+# Debian's kernels in the QEMU VM (scripts/vm.sh sets APIARY_TEST_KERNEL=vm61 or vm612): kprobes, fentry and
+# BPF-LSM work there; tcx does not exist before 6.6 (6.12 has it), and veth is a module virtme does not load
+if VM_KERNEL:
     WORKS_HERE = (
         "tracepoint",
         "tp_btf",
@@ -67,7 +68,7 @@ if os.environ.get("APIARY_TEST_KERNEL") == "vm61":
         "sk_msg",
         "ringbuf",
         "send_signal",
-    )
+    ) + (("tcx",) if VM_KERNEL == "vm612" else ())
 FIELDS = {"name", "category", "ok", "required", "detail", "disables", "fallback"}
 
 

@@ -15,8 +15,10 @@ from typing import Any
 
 from apiary.cli.client import AgentUnreachable, Client
 
-# the tests run inside the 6.1 VM (scripts/vm.sh sets this)
-IN_VM = os.environ.get("APIARY_TEST_KERNEL") == "vm61"
+# the tests run inside one of the VM's kernels: "vm61" or "vm612" (scripts/vm.sh sets this), else ""
+VM_KERNEL = os.environ.get("APIARY_TEST_KERNEL", "")
+VM_KERNEL = VM_KERNEL if VM_KERNEL.startswith("vm") else ""
+IN_VM = bool(VM_KERNEL)
 
 
 def interpreter_copy(dest_dir: str | Path) -> tuple[str, dict[str, str]]:

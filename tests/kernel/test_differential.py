@@ -343,6 +343,7 @@ def test_kprobe_and_lsm_realisations_see_what_the_tracepoint_realisation_sees(se
     tp_ev, _c2, _res2 = _observe(sensors, row, False, workdir)
     real_ev, tp_ev = _common(real_ev, labels), _common(tp_ev, labels)
     assert real_ev, f"{row.name}: the kprobe/LSM realisation saw nothing of the workload"
+    assert tp_ev, f"{row.name}: the tracepoint realisation saw nothing of the workload"
     only_real = collections.Counter(
         {e: n for e, n in (real_ev - tp_ev).items() if not any(_allowed(g, row.name, "real", e) for g in GAPS)}
     )

@@ -31,4 +31,4 @@ def test_the_workload_runs_every_step_and_the_failing_ones_fail() -> None:
         "exec-noexec": "Permission denied",
         "exec-missing": "No such file or directory",
     }
-    assert set(r.ports.values()) == {"tcp4", "udp4", "tcp6", "udp6", "tcp4-refused"}
+    assert set(r.ports.values()) == {"tcp4", "udp4", "udp4-client", "tcp6", "udp6", "udp6-client", "tcp4-refused"}

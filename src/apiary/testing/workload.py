@@ -148,6 +148,8 @@ def _pair(family: int, kind: int, addr: Any, ports: dict[int, str], name: str) -
     if kind == socket.SOCK_STREAM:
         acc, _ = srv.accept()
         return srv, cli, acc
+    if family != socket.AF_UNIX:  # the server connects back to the client's ephemeral port
+        ports[cli.getsockname()[1]] = f"{name}-client"
     srv.connect(cli.getsockname())
     return srv, cli, srv
 

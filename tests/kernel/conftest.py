@@ -1,11 +1,15 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 
 import pytest
 
 from apiary.runtime.paths import bpf_object
+from apiary.runtime.process import ProcessSensor
+from apiary.runtime.tracing import TracingSensor
 from apiary.testing.agent import AgentProcess
 
 
@@ -39,3 +43,29 @@ def agent() -> Iterator[AgentProcess]:
         yield a
     finally:
         a.cleanup()
+
+
+@pytest.fixture
+def sensors() -> Iterator[tuple[ProcessSensor, TracingSensor]]:
+    """The process and tracing sensors loaded directly (no agent), closed afterwards."""
+    ps = ProcessSensor(ringbuf_bytes=1 << 22)
+    ps.load()
+    ts = TracingSensor(ps)
+    try:
+        ts.load()
+        yield ps, ts
+    finally:
+        ts.close()
+        ps.close()
+
+
+@pytest.fixture
+def workdir() -> Iterator[str]:
+    """A scratch directory on tmpfs where there is one (a write there is checked for a pending fatal signal;
+    in the VM the temp dir is a 9p share)."""
+    d = tempfile.mkdtemp(prefix="apiary-test-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+    os.chmod(d, 0o755)
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)

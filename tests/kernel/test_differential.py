@@ -18,7 +18,6 @@ import ipaddress
 import os
 import re
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -262,16 +261,6 @@ def sensors() -> Iterator[tuple[ProcessSensor, TracingSensor]]:
     finally:
         ts.close()
         ps.close()
-
-
-@pytest.fixture
-def workdir() -> Iterator[str]:
-    d = tempfile.mkdtemp(prefix="apiary-diff-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
-    os.chmod(d, 0o755)
-    try:
-        yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
 
 
 def _observe(

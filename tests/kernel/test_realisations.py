@@ -12,12 +12,8 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from apiary.runtime import tracing_abi as tabi
 from apiary.runtime.process import ProcessSensor
@@ -29,29 +25,6 @@ from apiary.tracing.load import load_tracing_policies
 from apiary.tracing.types import Hook
 
 UPSTREAM = Path("/work/shared/conformance/tetragon-policies/tracingpolicy/tcp-connect-only-private-addrs.yaml")
-
-
-@pytest.fixture
-def sensors() -> Iterator[tuple[ProcessSensor, TracingSensor]]:
-    ps = ProcessSensor(ringbuf_bytes=1 << 22)
-    ps.load()
-    ts = TracingSensor(ps)
-    try:
-        ts.load()
-        yield ps, ts
-    finally:
-        ts.close()
-        ps.close()
-
-
-@pytest.fixture
-def workdir() -> Iterator[str]:
-    d = tempfile.mkdtemp(prefix="apiary-real-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
-    os.chmod(d, 0o755)
-    try:
-        yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
 
 
 def _apply(ts: TracingSensor, spec: str) -> None:

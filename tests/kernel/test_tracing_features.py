@@ -12,13 +12,11 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from apiary.runtime import tracing_abi as tabi
-from apiary.runtime.process import ProcessSensor
 from apiary.runtime.tracing import TracingSensor
 from apiary.testing.sensors import tracing_events
 from apiary.tracing.types import (
@@ -36,29 +34,6 @@ from apiary.tracing.types import (
 )
 
 LIBC = os.path.realpath("/lib/x86_64-linux-gnu/libc.so.6")
-
-
-@pytest.fixture
-def sensors() -> Iterator[tuple[ProcessSensor, TracingSensor]]:
-    ps = ProcessSensor(ringbuf_bytes=1 << 22)
-    ps.load()
-    ts = TracingSensor(ps)
-    try:
-        ts.load()
-        yield ps, ts
-    finally:
-        ts.close()
-        ps.close()
-
-
-@pytest.fixture
-def workdir() -> Iterator[str]:
-    d = tempfile.mkdtemp(prefix="apiary-feat-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
-    os.chmod(d, 0o755)
-    try:
-        yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
 
 
 def _s(ev: tabi.Event, i: int) -> str:

@@ -280,7 +280,8 @@ def test_table_output_through_the_command() -> None:
     res = CliRunner().invoke(preflight, [], env={"NO_COLOR": "1"})
     assert res.exit_code == 0, res.output
     assert "\x1b[" not in res.output
-    assert "✓" in res.output and "✗" in res.output
+    # a ✗ row where this kernel lacks something (kprobes here, tcx on 6.1); a kernel with everything has none
+    assert "✓" in res.output and ("✗" in res.output) == bool(run_preflight().failed)
     assert "IF MISSING" in res.output
 
 

@@ -30,7 +30,7 @@ for k in $kernels; do
   rc=$?
   took=$(( $(date +%s) - start ))
   if [ "$rc" = 255 ]; then
-    summary+=("$k VM did not boot (${took}s)")
+    summary+=("$k VM gave no result in ${took}s (did not boot, or APIARY_VM_TIMEOUT ran out)")
     [ "${APIARY_VM:-auto}" = "required" ] && status=1
     continue
   fi

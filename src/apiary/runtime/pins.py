@@ -17,10 +17,11 @@ import hashlib
 import json
 import os
 import urllib.parse
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from apiary.loader import BpfError, Map, PinnedLink
+from apiary.loader import BpfError, BpfObject, Map, PinnedLink
 from apiary.loader.fs import remove_pin_tree
 
 MANIFEST = "manifest"
@@ -86,6 +87,22 @@ class PinSet:
 
     def pinned_map(self, name: str) -> Map:
         return Map.from_pin(self.map_path(name))
+
+    def load(self, obj: BpfObject, names: Iterable[str], adopt: bool) -> None:
+        """Load ``obj``: with the maps ``names`` taken from these pins when adopting, else pinned here after."""
+        pinned: list[Map] = []
+        try:
+            if adopt:
+                for n in names:
+                    pinned.append(self.pinned_map(n))
+                    obj.reuse_map(n, pinned[-1].fd)
+            obj.load()
+        finally:
+            for pm in pinned:
+                pm.close()
+        if not adopt:
+            for n in names:
+                obj.map(n).pin(self.map_path(n))
 
     def link_path(self, name: str) -> str:
         return str(self.root / "links" / link_file(name))

@@ -100,17 +100,10 @@ class ProcessSensor:
                 self.adopted = manifest is not None
                 if manifest is None:
                     self.pins.create()
-            pinned: list[Map] = []
-            try:
-                if self.adopted:
-                    assert self.pins is not None
-                    for m in PINNED:
-                        pinned.append(self.pins.pinned_map(m))
-                        obj.reuse_map(m, pinned[-1].fd)
+            if self.pins:
+                self.pins.load(obj, PINNED, self.adopted)
+            else:
                 obj.load()
-            finally:
-                for pm in pinned:
-                    pm.close()
             self.obj = obj
             for name, point in PROGRAMS.items():
                 link = self._link(name, point)
@@ -124,10 +117,7 @@ class ProcessSensor:
             self.ring = RingBuffer(obj.map("events"))
             if self.pins:
                 for m in PINNED:
-                    path = self.pins.map_path(m)
-                    if not self.adopted:
-                        obj.map(m).pin(path)
-                    self.info.pins[m] = path
+                    self.info.pins[m] = self.pins.map_path(m)
                 if not self.adopted:
                     self.pins.write({"links": {n: [self.pins.link_path(n), point] for n, point in PROGRAMS.items()}})
         except BaseException:

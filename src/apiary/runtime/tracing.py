@@ -145,21 +145,11 @@ class TracingSensor:
                 manifest = self.pins.open() if self.process.adopted else None
                 if manifest is None:
                     self.pins.create()
-            pinned: list[Map] = []
-            try:
-                if manifest is not None:
-                    assert self.pins is not None
-                    for n in own:
-                        pinned.append(self.pins.pinned_map(n))
-                        obj.reuse_map(n, pinned[-1].fd)
+            if self.pins:
+                self.pins.load(obj, own, manifest is not None)
+            else:
                 obj.load()
-            finally:
-                for pm in pinned:
-                    pm.close()
             self.obj = obj
-            if self.pins and manifest is None:
-                for n in own:
-                    obj.map(n).pin(self.pins.map_path(n))
             self.hooks_map = obj.map("gs_hooks")
             self.sys_map = obj.map("gs_syscalls")
             self.scope_map = obj.map("gs_scope")

@@ -215,11 +215,7 @@ class TcxLink:
         self.pin_path = path
 
     def destroy(self) -> None:
-        if self.link_fd >= 0:
-            _unpin(self.pin_path)
-            self.pin_path = None
-            os.close(self.link_fd)
-            self.link_fd = -1
+        _release(self)
 
     def describe(self) -> str:
         return f"tcx {self.target}"
@@ -298,11 +294,7 @@ class PinnedLink:
         return self.link_id
 
     def destroy(self) -> None:
-        if self.link_fd >= 0:
-            _unpin(self.pin_path)
-            self.pin_path = None
-            os.close(self.link_fd)
-            self.link_fd = -1
+        _release(self)
         if self.prog.fd >= 0:
             os.close(self.prog.fd)
             self.prog.fd = -1
@@ -317,6 +309,15 @@ def _link_info(fd: int) -> L.BpfLinkInfo:
     if fd < 0 or L.lib.bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size)) != 0:
         return L.BpfLinkInfo()
     return info
+
+
+def _release(link: TcxLink | PinnedLink) -> None:
+    """Remove a link's pin and close its fd: the kernel detaches it once nothing else holds it."""
+    if link.link_fd >= 0:
+        _unpin(link.pin_path)
+        link.pin_path = None
+        os.close(link.link_fd)
+        link.link_fd = -1
 
 
 def _unpin(path: str | None) -> None:

@@ -4,10 +4,7 @@ kernel (no kprobes, no BPF-LSM) and in the 6.1 VM (both), each checked against w
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
-import tempfile
 import textwrap
 import time
 from collections.abc import Iterator
@@ -27,16 +24,6 @@ def agent() -> Iterator[AgentProcess]:
         yield a
     finally:
         a.cleanup()
-
-
-@pytest.fixture
-def workdir() -> Iterator[str]:
-    d = tempfile.mkdtemp(prefix="apiary-ak-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
-    os.chmod(d, 0o755)
-    try:
-        yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
 
 
 def _features(agent: AgentProcess) -> dict[str, bool]:

@@ -25,7 +25,7 @@ import httpx
 import pytest
 
 from apiary.datapath.endpoints import PAUSE_ENV
-from apiary.testing.agent import AgentProcess
+from apiary.testing.agent import AgentProcess, one_line_error
 
 START = 180.0  # the agent starts slowly on a loaded 2-core machine
 TP = "apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata: {name: t1}\nspec:\n"
@@ -130,24 +130,16 @@ def test_alias_bomb_is_refused_at_once_and_the_agent_keeps_working(shared: Agent
     assert c.get("/v1/health")["ok"] is True
 
 
-def _one_line_error(r: subprocess.CompletedProcess[str]) -> str:
-    assert r.returncode != 0, r
-    assert "Traceback" not in r.stderr, r.stderr
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("apiary: "), r.stderr
-    return lines[0]
-
-
 def test_cli_errors_are_one_line(shared: AgentProcess, tmp_path: Any) -> None:
-    assert "no API route" in _one_line_error(shared.cli("endpoint", "delete", "a\nb"))
-    assert "no policy 'a\\nb'" in _one_line_error(shared.cli("policy", "get", "a\nb"))
+    assert "no API route" in one_line_error(shared.cli("endpoint", "delete", "a\nb"))
+    assert "no policy 'a\\nb'" in one_line_error(shared.cli("policy", "get", "a\nb"))
     long = shared.cli("tp", "delete", "x" * 500)
     assert long.returncode != 0 and "Traceback" not in long.stderr
     assert max(len(line) for line in long.stderr.splitlines()) < 200  # the echoed name is cut
     assert "… (500 characters)" in long.stderr
     f = tmp_path / "bad.yaml"
     f.write_bytes(b"kind: \xff\n")
-    assert "not UTF-8" in _one_line_error(shared.cli("tp", "apply", "-f", str(f)))
+    assert "not UTF-8" in one_line_error(shared.cli("tp", "apply", "-f", str(f)))
 
 
 def test_non_root_user_is_told_permission_denied(shared: AgentProcess) -> None:
@@ -158,7 +150,7 @@ def test_non_root_user_is_told_permission_denied(shared: AgentProcess) -> None:
          "--ambient-caps=+dac_read_search", sys.executable, "-m", "apiary", "--socket", shared.socket, "status"],
         capture_output=True, text=True, timeout=60,
     )
-    line = _one_line_error(r)
+    line = one_line_error(r)
     assert "permission denied: the API is root-only" in line
     assert "not running" not in line
 
@@ -256,7 +248,7 @@ def test_sigterm_stops_the_agent_while_its_worker_is_busy_and_clients_are_told()
         assert r.status_code == 503 and "did not answer within 2 s" in r.json()["error"]
         # and the CLI gives up after its own --timeout
         cli = a.cli("--timeout", "1", "endpoint", "list")
-        assert "no answer from the agent within 1 s" in _one_line_error(cli)
+        assert "no answer from the agent within 1 s" in one_line_error(cli)
         # streams that end because the agent stops make the CLI exit non-zero
         ev = subprocess.Popen([sys.executable, "-m", "apiary", "--socket", a.socket, "--timeout", "1", "events"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

@@ -15,19 +15,13 @@ from pathlib import Path
 
 import pytest
 
+from apiary.testing.agent import one_line_error
+
 
 def run(*args: str, timeout: float = 60, **kw: object) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "apiary", *args], capture_output=True, text=True, timeout=timeout, **kw  # type: ignore[call-overload]
     )
-
-
-def one_line_error(r: subprocess.CompletedProcess[str]) -> str:
-    assert r.returncode != 0, r
-    assert "Traceback" not in r.stderr, r.stderr
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("apiary: "), r.stderr
-    return lines[0]
 
 
 @pytest.fixture

@@ -181,5 +181,14 @@ def remove_instance_objects(instance: str, pod_cidr: str) -> None:
     subprocess.run(["ip", "route", "del", "unreachable", pod_cidr], capture_output=True)
 
 
+def one_line_error(r: subprocess.CompletedProcess[str]) -> str:
+    """The CLI's error for a failed call: exactly one line, `apiary: …`, never a traceback."""
+    assert r.returncode != 0, r
+    assert "Traceback" not in r.stderr, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("apiary: "), r.stderr
+    return lines[0]
+
+
 def is_root() -> bool:
     return os.geteuid() == 0

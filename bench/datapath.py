@@ -16,10 +16,10 @@ import subprocess
 import sys
 import textwrap
 
-from apiary.datapath import abi
 from apiary.loader import BpfObject
+from apiary.loader.paths import bpf_object
 from apiary.policy.types import INGRESS, PolicyEntry, PolicyKey
-from apiary.runtime.paths import bpf_object
+from apiary.sensors.network import abi
 
 LO = 1  # BPF_PROG_TEST_RUN runs TC programs on the loopback device
 

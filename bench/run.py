@@ -20,7 +20,7 @@ import time
 from apiary.agent.config import AgentConfig
 from apiary.agent.daemon import Agent
 from apiary.loader.fs import ensure_mounts
-from apiary.runtime.process import ProcessSensor
+from apiary.sensors.process.sensor import ProcessSensor
 from apiary.testing.agent import AgentProcess
 
 EXEC_LOOP = "i=0; while [ $i -lt {n} ]; do /bin/true; i=$((i+1)); done"

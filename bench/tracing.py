@@ -70,8 +70,8 @@ def sysbench() -> float | None:
 def tracepoint_floor(cmd: list[str], rounds: int) -> float:
     """% the open loop slows down with only an empty attachment on sys_enter_openat (no hooks in the table)."""
     from apiary.loader import TracepointLink
-    from apiary.runtime.process import ProcessSensor
-    from apiary.runtime.tracing import TracingSensor
+    from apiary.sensors.process.sensor import ProcessSensor
+    from apiary.sensors.tracing.sensor import TracingSensor
 
     ps = ProcessSensor()
     ps.load()

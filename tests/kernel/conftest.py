@@ -7,9 +7,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from apiary.runtime.paths import bpf_object
-from apiary.runtime.process import ProcessSensor
-from apiary.runtime.tracing import TracingSensor
+from apiary.loader.paths import bpf_object
+from apiary.sensors.process.sensor import ProcessSensor
+from apiary.sensors.tracing.sensor import TracingSensor
 from apiary.testing.agent import AgentProcess
 
 

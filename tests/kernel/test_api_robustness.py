@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 import pytest
 
-from apiary.datapath.endpoints import PAUSE_ENV
+from apiary.sensors.network.endpoints import PAUSE_ENV
 from apiary.testing.agent import AgentProcess, one_line_error
 
 START = 180.0  # the agent starts slowly on a loaded 2-core machine

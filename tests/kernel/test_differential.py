@@ -28,9 +28,9 @@ import pytest
 from apiary.agent.tracing import kernel_features
 from apiary.loader.errors import VerifierError
 from apiary.policy.models import PolicyError
-from apiary.runtime import tracing_abi as tabi
-from apiary.runtime.process import ProcessSensor
-from apiary.runtime.tracing import TracingSensor
+from apiary.sensors.process.sensor import ProcessSensor
+from apiary.sensors.tracing import abi as tabi
+from apiary.sensors.tracing.sensor import TracingSensor
 from apiary.testing.agent import IN_VM
 from apiary.testing.sensors import tracing_events
 from apiary.testing.workload import Workload, WorkloadResult

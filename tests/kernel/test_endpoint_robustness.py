@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from apiary.datapath.endpoints import PAUSE_ENV
 from apiary.loader.fs import cgroup2_root
+from apiary.sensors.network.endpoints import PAUSE_ENV
 from apiary.testing.agent import AgentProcess
 from apiary.testing.net import Net
 

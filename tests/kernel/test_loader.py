@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from apiary.loader import BpfObject, Map, RingBuffer, VerifierError
-from apiary.runtime import process_abi as abi
-from apiary.runtime.paths import bpf_dir, bpf_object
-from apiary.runtime.process import ProcessSensor
+from apiary.loader.paths import bpf_dir, bpf_object
+from apiary.sensors.process import abi
+from apiary.sensors.process.sensor import ProcessSensor
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -151,8 +151,8 @@ def test_ringbuf_refuses_non_ringbuf_map() -> None:
 
 def test_missing_kernel_feature_is_reported_as_not_supported() -> None:
     """fentry is refused on this kernel family only where it is missing: the error must say so plainly."""
+    from apiary.kernel.preflight import run_preflight
     from apiary.loader import NotSupportedError
-    from apiary.runtime.preflight import run_preflight
 
     fentry_ok = run_preflight().get("fentry").ok
     obj = BpfObject(bpf_object("probes"))

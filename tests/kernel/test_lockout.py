@@ -221,7 +221,7 @@ def test_offline_delete_switches_off_the_policys_pinned_hooks(tmp_path: Path) ->
     """The pin layout runtime/tracing.py documents: a manifest naming each policy's gs_hooks indexes."""
     from apiary.agent import statedir
     from apiary.loader import Map
-    from apiary.runtime.pins import MANIFEST_BYTES
+    from apiary.sensors.pins import MANIFEST_BYTES
 
     root = Path(f"/sys/fs/bpf/apiary-test-{uuid.uuid4().hex[:10]}")
     (root / "tracing").mkdir(parents=True)
@@ -258,9 +258,9 @@ def test_the_kernel_knows_the_exempt_process_by_pid_and_start_time(tmp_path: Pat
     import subprocess
 
     from apiary.observe.procfs import process_start_ticks
-    from apiary.runtime import tracing_abi as tabi
-    from apiary.runtime.process import ProcessSensor
-    from apiary.runtime.tracing import TracingSensor
+    from apiary.sensors.process.sensor import ProcessSensor
+    from apiary.sensors.tracing import abi as tabi
+    from apiary.sensors.tracing.sensor import TracingSensor
     from apiary.testing.sensors import tracing_events
     from apiary.tracing.types import BinaryFilter, CompiledTracingPolicy, Hook, Selector
 

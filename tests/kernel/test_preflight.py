@@ -21,9 +21,9 @@ import pytest
 from click.testing import CliRunner
 
 from apiary.cli.preflight_cmd import preflight
+from apiary.kernel.preflight import CHECK_NAMES, run_preflight
 from apiary.loader.fs import cgroup2_root, is_mounted
-from apiary.runtime.paths import bpf_object
-from apiary.runtime.preflight import CHECK_NAMES, run_preflight
+from apiary.loader.paths import bpf_object
 from apiary.testing.agent import VM_KERNEL
 
 pytestmark = [

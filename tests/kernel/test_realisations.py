@@ -15,9 +15,9 @@ import sys
 import textwrap
 from pathlib import Path
 
-from apiary.runtime import tracing_abi as tabi
-from apiary.runtime.process import ProcessSensor
-from apiary.runtime.tracing import TracingSensor
+from apiary.sensors.process.sensor import ProcessSensor
+from apiary.sensors.tracing import abi as tabi
+from apiary.sensors.tracing.sensor import TracingSensor
 from apiary.testing.agent import AgentProcess
 from apiary.testing.sensors import tracing_events
 from apiary.tracing.compile import compile_tracing_policy, features_from_tracefs

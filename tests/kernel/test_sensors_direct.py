@@ -11,10 +11,10 @@ import tempfile
 from pathlib import Path
 
 from apiary.observe.raw import EXEC_F_REEXEC, ExecMsg, ExitMsg
-from apiary.runtime import process_abi as pabi
-from apiary.runtime import tracing_abi as tabi
-from apiary.runtime.process import ProcessSensor
-from apiary.runtime.tracing import TracingSensor
+from apiary.sensors.process import abi as pabi
+from apiary.sensors.process.sensor import ProcessSensor
+from apiary.sensors.tracing import abi as tabi
+from apiary.sensors.tracing.sensor import TracingSensor
 from apiary.testing.sensors import tracing_events
 from apiary.tracing.types import ARG_FD, ArgFilter, ArgSpec, CompiledTracingPolicy, Hook, Selector
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from apiary.runtime import tracing_abi as tabi
-from apiary.runtime.tracing import TracingSensor
+from apiary.sensors.tracing import abi as tabi
+from apiary.sensors.tracing.sensor import TracingSensor
 from apiary.testing.sensors import tracing_events
 from apiary.tracing.types import (
     ARG_INT,

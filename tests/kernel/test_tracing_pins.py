@@ -233,7 +233,7 @@ def test_clean_stop_removes_every_tracing_pin_and_link(copied_shell: Path) -> No
 def test_a_policy_removed_while_the_agent_was_down_is_removed_from_the_kernel(copied_shell: Path) -> None:
     """The stored state is what the next agent enforces: a policy dropped from it offline (as `tp delete
     --offline` does) is detached at start, and nothing of it stays pinned."""
-    from apiary.runtime.tracing import disable_pinned_policy
+    from apiary.sensors.tracing.sensor import disable_pinned_policy
 
     a = AgentProcess()
     try:
@@ -263,7 +263,7 @@ def test_a_policy_removed_while_the_agent_was_down_is_removed_from_the_kernel(co
 def pinned_lost(pin_root: str) -> int:
     """Records the process sensor's programs could not write, summed over CPUs, read from the pinned map."""
     from apiary.loader import Map, TypedMap
-    from apiary.runtime import process_abi
+    from apiary.sensors.process import abi as process_abi
 
     m = Map.from_pin(f"{pin_root}/process/counters")
     try:

@@ -7,7 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from apiary.datapath.validate import (
+from apiary.observe.hubble.filters import parse_identity
+from apiary.policy.load import PolicyError, load_policies
+from apiary.policy.models import PortProtocol
+from apiary.sensors.network.validate import (
     HostRoute,
     ValidationError,
     check_endpoint_name,
@@ -16,9 +19,6 @@ from apiary.datapath.validate import (
     check_pod_cidr,
     check_pod_cidr_syntax,
 )
-from apiary.observe.flow_filters import parse_identity
-from apiary.policy.load import PolicyError, load_policies
-from apiary.policy.models import PortProtocol
 
 
 @pytest.mark.parametrize("name", ["a", "web-1", "web.v2", "a" * 63, "0abc", "x.y.z"])
@@ -178,7 +178,7 @@ spec:
 
 def test_stored_endpoint_with_a_forged_namespace_label_loses_it(tmp_path: Path) -> None:
     """An endpoint an older agent accepted keeps no label that is refused now (checked when loading)."""
-    from apiary.datapath.endpoints import EndpointManager
+    from apiary.sensors.network.endpoints import EndpointManager
 
     state = tmp_path / "endpoints.json"
     rec = {"ep_id": 1, "name": "spoof", "namespace": "odd", "ipv4": "10.9.0.2", "netns": "n", "host_if": "lxc0",

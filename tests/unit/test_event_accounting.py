@@ -12,7 +12,7 @@ from apiary.agent.tracing import Tracing
 from apiary.observe.clock import KtimeClock
 from apiary.observe.process import ProcessCache, make_exec_id
 from apiary.observe.raw import EXEC_F_CLONE, ExecMsg, ExitMsg
-from apiary.runtime import tracing_abi as abi
+from apiary.sensors.tracing import abi
 from apiary.tracing.compile import X86_64_SYSCALLS, KernelFeatures, compile_tracing_policy
 from apiary.tracing.load import load_tracing_policies
 
@@ -40,7 +40,7 @@ def tracing() -> Tracing:
     features = KernelFeatures(kprobes=False, fentry=False, lsm=False, override=False, syscalls=X86_64_SYSCALLS)
     t = Tracing("/nonexistent", None, features)  # type: ignore[arg-type] - the sensor is never loaded here
     compiled = compile_tracing_policy(load_tracing_policies(POLICY)[0], features)
-    from apiary.runtime.tracing import LoadedPolicy
+    from apiary.sensors.tracing.sensor import LoadedPolicy
 
     lp = LoadedPolicy(compiled, 1, [3])
     t.sensor.hooks[3] = (lp, compiled.hooks[0])

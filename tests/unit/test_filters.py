@@ -5,7 +5,7 @@ from typing import Any
 
 import pytest
 
-from apiary.observe.filters import EVENT_TYPES, EventFilter, parse_since
+from apiary.observe.tetragon.filters import EVENT_TYPES, EventFilter, parse_since
 
 
 def ev(kind: str, pid: int, binary: str, time: str | None = "2024-05-01T12:00:00.500000000Z") -> dict[str, Any]:

@@ -5,8 +5,9 @@ from typing import Any
 import pytest
 
 from apiary.observe.clock import KtimeClock
-from apiary.observe.flow_filters import FlowFilter, compile_label_selector, parse_event_type, parse_label
-from apiary.observe.flowraw import (
+from apiary.observe.hubble.filters import FlowFilter, compile_label_selector, parse_event_type, parse_label
+from apiary.observe.hubble.flows import EndpointInfo, FlowBuilder, lost_events_response
+from apiary.observe.hubble.raw import (
     CT_NEW,
     CT_REPLY,
     MSG_DROP,
@@ -18,7 +19,6 @@ from apiary.observe.flowraw import (
     VERDICT_FORWARDED,
     FlowMsg,
 )
-from apiary.observe.hubble import EndpointInfo, FlowBuilder, lost_events_response
 from apiary.testing.flows import StaticDirectory
 
 FRONTEND_IP, BACKEND_IP, DNS_IP, WORLD_IP = "10.200.0.10", "10.200.0.11", "10.200.1.5", "192.0.2.7"

@@ -5,8 +5,9 @@ from typing import Any
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 
 from apiary.observe.clock import KtimeClock
-from apiary.observe.flow_metrics import FlowMetrics, flow_protocol, flow_type_labels
-from apiary.observe.flowraw import (
+from apiary.observe.hubble.flows import EndpointInfo, FlowBuilder, lost_events_response
+from apiary.observe.hubble.metrics import FlowMetrics, flow_protocol, flow_type_labels
+from apiary.observe.hubble.raw import (
     CT_NEW,
     MSG_DROP,
     MSG_POLICY_VERDICT,
@@ -17,7 +18,6 @@ from apiary.observe.flowraw import (
     VERDICT_FORWARDED,
     FlowMsg,
 )
-from apiary.observe.hubble import EndpointInfo, FlowBuilder, lost_events_response
 from apiary.testing.flows import StaticDirectory
 
 EPS = {

@@ -10,28 +10,7 @@ from typing import Any
 import pytest
 
 from apiary.observe.clock import KtimeClock, parse_rfc3339_ns
-from apiary.observe.flowraw import (
-    CT_ESTABLISHED,
-    CT_NEW,
-    CT_REPLY,
-    CT_UNKNOWN,
-    MSG_DROP,
-    MSG_POLICY_VERDICT,
-    MSG_TRACE,
-    TCP_ACK,
-    TCP_CWR,
-    TCP_ECE,
-    TCP_FIN,
-    TCP_PSH,
-    TCP_RST,
-    TCP_SYN,
-    TCP_URG,
-    VERDICT_AUDIT,
-    VERDICT_DROPPED,
-    VERDICT_FORWARDED,
-    FlowMsg,
-)
-from apiary.observe.hubble import (
+from apiary.observe.hubble.flows import (
     DROP_REASONS,
     TCP_NS,
     TRACE_OBSERVATION_POINT,
@@ -52,6 +31,27 @@ from apiary.observe.hubble import (
     protojson_timestamp,
     table,
     tcp_flags_summary,
+)
+from apiary.observe.hubble.raw import (
+    CT_ESTABLISHED,
+    CT_NEW,
+    CT_REPLY,
+    CT_UNKNOWN,
+    MSG_DROP,
+    MSG_POLICY_VERDICT,
+    MSG_TRACE,
+    TCP_ACK,
+    TCP_CWR,
+    TCP_ECE,
+    TCP_FIN,
+    TCP_PSH,
+    TCP_RST,
+    TCP_SYN,
+    TCP_URG,
+    VERDICT_AUDIT,
+    VERDICT_DROPPED,
+    VERDICT_FORWARDED,
+    FlowMsg,
 )
 from apiary.policy.types import RuleRef
 from apiary.testing.flows import StaticDirectory

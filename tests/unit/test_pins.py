@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from apiary.runtime.pins import link_file
-from apiary.runtime.process import BIN_MAX, binary_entry
+from apiary.sensors.pins import link_file
+from apiary.sensors.process.sensor import BIN_MAX, binary_entry
 
 
 def test_link_file_names_are_single_bpffs_names_and_distinct() -> None:

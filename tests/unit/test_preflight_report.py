@@ -9,8 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 from apiary.cli import preflight_cmd
-from apiary.runtime import preflight as pf
-from apiary.runtime.preflight import CHECK_NAMES, REQUIRED, Check, Report
+from apiary.kernel import preflight as pf
+from apiary.kernel.preflight import CHECK_NAMES, REQUIRED, Check, Report
 
 FIELDS = {"name", "category", "ok", "required", "detail", "disables", "fallback"}
 

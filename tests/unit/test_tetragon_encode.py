@@ -12,7 +12,7 @@ import pytest
 from apiary.observe.clock import KtimeClock, format_rfc3339_ns, parse_rfc3339_ns
 from apiary.observe.process import Process, ProcessCache
 from apiary.observe.raw import EXEC_F_CLONE, EXEC_F_PROCFS, EXEC_F_REEXEC, ExecMsg, ExitMsg
-from apiary.observe.tetragon import (
+from apiary.observe.tetragon.encode import (
     COMPACT_FORMATTERS,
     compact,
     exec_event,

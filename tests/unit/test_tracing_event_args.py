@@ -7,7 +7,7 @@ import socket
 from pathlib import Path
 
 from apiary.agent.tracing import ACTION_ENUM, _cred_arg, _value
-from apiary.runtime import tracing_abi as abi
+from apiary.sensors.tracing import abi
 from apiary.tracing.types import (
     ARG_CHARS,
     ARG_CONNSOCK,
@@ -27,7 +27,7 @@ from apiary.tracing.types import (
     ArgSpec,
 )
 
-HEADER = Path(abi.__file__).resolve().parents[1] / "bpf" / "include" / "tracing_abi.h"
+HEADER = Path(abi.__file__).resolve().parents[2] / "bpf" / "include" / "tracing_abi.h"
 
 
 def test_every_action_has_its_event_enum() -> None:

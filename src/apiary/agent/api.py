@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from apiary import __version__
-from apiary.observe.filters import EventFilter, parse_since
+from apiary.observe.tetragon.filters import EventFilter, parse_since
 from apiary.textutil import clip
 
 from .api_common import error

@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from apiary.datapath.datapath import CapacityError
-from apiary.datapath.endpoints import EndpointError
-from apiary.datapath.validate import ValidationError
 from apiary.loader import BpfError
 from apiary.policy.models import PolicyError
+from apiary.sensors.network.endpoints import EndpointError
+from apiary.sensors.network.sensor import CapacityError
+from apiary.sensors.network.validate import ValidationError
 from apiary.textutil import clip, clip_quoted
 
 if TYPE_CHECKING:

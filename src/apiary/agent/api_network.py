@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from apiary.datapath.validate import ValidationError, check_endpoint_name, check_labels, check_namespace
-from apiary.observe.hubble import lost_events_response
+from apiary.observe.hubble.flows import lost_events_response
+from apiary.sensors.network.validate import ValidationError, check_endpoint_name, check_labels, check_namespace
 
 from .api_common import body_object, body_text, error, in_worker
 from .network import FlowFollower

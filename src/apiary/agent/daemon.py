@@ -20,15 +20,15 @@ from apiary import __version__
 from apiary.loader import BpfError
 from apiary.loader import _libbpf as L
 from apiary.loader.fs import BPFFS, TRACEFS, ensure_mounts, is_mounted, remove_pin_tree
-from apiary.observe import tetragon
 from apiary.observe.clock import KtimeClock
-from apiary.observe.filters import EventFilter
 from apiary.observe.process import ProcessCache
 from apiary.observe.procfs import scan_procfs
 from apiary.observe.raw import ExecMsg, ExitMsg, ForkMsg
-from apiary.runtime import process_abi as abi
-from apiary.runtime import tracing_abi
-from apiary.runtime.process import ProcessSensor
+from apiary.observe.tetragon import encode as tetragon
+from apiary.observe.tetragon.filters import EventFilter
+from apiary.sensors.process import abi
+from apiary.sensors.process.sensor import ProcessSensor
+from apiary.sensors.tracing import abi as tracing_abi
 
 from . import accounting, bpfinfo, statedir
 from .config import AgentConfig

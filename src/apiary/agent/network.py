@@ -17,20 +17,20 @@ from typing import Any
 
 from pyroute2 import IPRoute
 
-from apiary.datapath import abi as dpabi
-from apiary.datapath.datapath import Datapath
-from apiary.datapath.endpoints import Endpoint, EndpointError, EndpointManager
 from apiary.loader.fs import cgroup2_root
 from apiary.observe.clock import KtimeClock
-from apiary.observe.flow_filters import FlowFilter
-from apiary.observe.flow_metrics import FlowMetrics
-from apiary.observe.hubble import EndpointInfo, FlowBuilder, FlowRing
+from apiary.observe.hubble.filters import FlowFilter
+from apiary.observe.hubble.flows import EndpointInfo, FlowBuilder, FlowRing
+from apiary.observe.hubble.metrics import FlowMetrics
 from apiary.policy.compile import EndpointSpec, compile_policies
 from apiary.policy.explain import endpoint_peer, explain, ip_peer
 from apiary.policy.identity import IdentityAllocator
 from apiary.policy.load import PolicyError, load_policies
 from apiary.policy.models import Problem
 from apiary.policy.types import CompiledPolicy, RuleRef
+from apiary.sensors.network import abi as dpabi
+from apiary.sensors.network.endpoints import Endpoint, EndpointError, EndpointManager
+from apiary.sensors.network.sensor import Datapath
 
 from . import statedir
 from .config import AgentConfig

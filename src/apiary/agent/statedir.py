@@ -71,10 +71,10 @@ def _write(path: Path, data: Any) -> None:
 
 
 def switch_off_pinned(pin_root: str | Path, key: str) -> int:
-    """Switch a policy off in the pins a stopped or killed agent left (runtime/tracing.py's layout), so that
+    """Switch a policy off in the pins a stopped or killed agent left (sensors/tracing/sensor.py's layout), so that
     pinned programs that outlive the agent stop enforcing it now. Returns how many hooks were switched off."""
     from apiary.loader import BpfError
-    from apiary.runtime.tracing import disable_pinned_policy
+    from apiary.sensors.tracing.sensor import disable_pinned_policy
 
     d = Path(pin_root) / "tracing"
     try:

@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from apiary.loader import BpfError
-from apiary.observe import tetragon
 from apiary.observe.process import make_exec_id
+from apiary.observe.tetragon import encode as tetragon
 from apiary.policy.models import PolicyError, Problem
-from apiary.runtime import tracing_abi as abi
-from apiary.runtime.process import ProcessSensor
-from apiary.runtime.tracing import TracingSensor, cgroup_id
+from apiary.sensors.process.sensor import ProcessSensor
+from apiary.sensors.tracing import abi
+from apiary.sensors.tracing.sensor import TracingSensor, cgroup_id
 from apiary.tracing.compile import KernelFeatures, compile_tracing_policy, features_from_tracefs
 from apiary.tracing.load import load_tracing_policies
 from apiary.tracing.lockout import lockout_warnings
@@ -515,7 +515,7 @@ def _split(text: str, n: int) -> list[str]:
 
 def kernel_features(preflight: Any = None) -> KernelFeatures:
     """What the running kernel offers, found by trying (apiary preflight's probes)."""
-    from apiary.runtime.preflight import run_preflight
+    from apiary.kernel.preflight import run_preflight
 
     rep = preflight or run_preflight()
 

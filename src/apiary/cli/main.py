@@ -171,7 +171,7 @@ def agent(
     )
     import re
 
-    from apiary.datapath.validate import check_pod_cidr_syntax
+    from apiary.sensors.network.validate import check_pod_cidr_syntax
 
     try:
         check_pod_cidr_syntax(pod_cidr)  # the agent also refuses one that overlaps the host's addresses or routes
@@ -227,8 +227,8 @@ def events(
     color: str,
 ) -> None:
     """Stream process events (Tetragon compact lines, or its JSON export shape with -o json)."""
-    from apiary.observe import tetragon
-    from apiary.observe.filters import EventFilter
+    from apiary.observe.tetragon import encode as tetragon
+    from apiary.observe.tetragon.filters import EventFilter
 
     try:  # validate here so a typo fails before we reach the agent
         EventFilter.from_options(pids=pids, binary=binary, event_types=types, since=since)

@@ -12,7 +12,7 @@ import click
 from rich.table import Table
 
 from apiary.agent import statedir
-from apiary.observe.flow_filters import FILTER_FLAGS, FLAG_ALIASES
+from apiary.observe.hubble.filters import FILTER_FLAGS, FLAG_ALIASES
 from apiary.textutil import clip, clip_quoted
 
 from .client import DEFAULT_TIMEOUT, AgentUnreachable, ApiError, Client
@@ -351,7 +351,7 @@ def policy_explain(ctx: click.Context, src: str, dst: str, port: str, output: st
 @click.pass_context
 def observe(ctx: click.Context, last: int, follow: bool, output: str, print_policy_names: bool, color: str) -> None:
     """Hubble flows, filtered as with `hubble observe` (the filters are listed below)."""
-    from apiary.observe import hubble
+    from apiary.observe.hubble import flows as hubble
 
     pairs: list[tuple[str, str]] = []
     args = list(ctx.args)
@@ -376,7 +376,7 @@ def observe(ctx: click.Context, last: int, follow: bool, output: str, print_poli
     if output == "table" and follow:
         _fail("observe: -o table cannot be used with --follow (as in hubble)", 2)
     try:
-        from apiary.observe.flow_filters import FlowFilter
+        from apiary.observe.hubble.filters import FlowFilter
 
         FlowFilter.from_args(pairs)
     except ValueError as e:

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from apiary.runtime.preflight import Check, Report, run_preflight
+from apiary.kernel.preflight import Check, Report, run_preflight
 
 __all__ = ["preflight", "render_json", "render_table"]
 

@@ -1,6 +1,6 @@
 """Decoded kernel messages of the process sensor (plain data, no kernel access).
 
-The kernel side writes the layouts in ``bpf/include/process_abi.h``; ``apiary.runtime.process_abi``
+The kernel side writes the layouts in ``bpf/include/process_abi.h``; ``apiary.sensors.process.abi``
 decodes ring-buffer records into these objects. The process cache and the event encoders only ever
 see these classes, so they are testable without root.
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from apiary.runtime import tracing_abi as tabi
-from apiary.runtime.process import ProcessSensor
+from apiary.sensors.process.sensor import ProcessSensor
+from apiary.sensors.tracing import abi as tabi
 
 
 def tracing_events(ps: ProcessSensor) -> list[tabi.Event]:

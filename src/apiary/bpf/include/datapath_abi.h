@@ -1,4 +1,4 @@
-/* Layouts shared by the endpoint datapath (lxc.bpf.c) and apiary.datapath.abi (Python).
+/* Layouts shared by the endpoint datapath (lxc.bpf.c) and apiary.sensors.network.abi (Python).
  * A kernel test compares the Python layouts with the BTF of the built object. */
 #ifndef APIARY_DATAPATH_ABI_H
 #define APIARY_DATAPATH_ABI_H

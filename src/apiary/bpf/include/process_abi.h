@@ -1,4 +1,4 @@
-/* Layouts shared by the process sensor (BPF) and apiary.runtime.process_abi (Python).
+/* Layouts shared by the process sensor (BPF) and apiary.sensors.process.abi (Python).
  * A kernel test compares the Python layouts with the BTF of the built object. */
 #ifndef APIARY_PROCESS_ABI_H
 #define APIARY_PROCESS_ABI_H

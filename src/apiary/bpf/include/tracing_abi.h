@@ -1,4 +1,4 @@
-/* Layouts shared by the generic syscall sensor (gsys.bpf.c) and apiary.runtime.tracing_abi. */
+/* Layouts shared by the generic syscall sensor (gsys.bpf.c) and apiary.sensors.tracing.abi. */
 #ifndef APIARY_TRACING_ABI_H
 #define APIARY_TRACING_ABI_H
 

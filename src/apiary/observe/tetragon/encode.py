@@ -165,9 +165,9 @@ def with_timestamp(line: str, event: dict[str, Any]) -> str:
     return f"{ts} {line}"
 
 
-# Hook events (TracingPolicy): their formatters live in apiary.tracing.compact, which imports this module's
+# Hook events (TracingPolicy): their formatters live in apiary.observe.tetragon.compact, which imports this module's
 # helpers; it is imported here, after they exist, and looked up when a line is formatted.
-import apiary.tracing.compact as _hook_lines  # noqa: E402
+import apiary.observe.tetragon.compact as _hook_lines  # noqa: E402
 
 COMPACT_FORMATTERS.update({
     "process_kprobe": lambda event, body, color: _hook_lines.kprobe_line(event, color),

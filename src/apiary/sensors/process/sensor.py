@@ -1,6 +1,6 @@
 """The process sensor: exec/fork/exit programs, the live-process map and the event ring buffer.
 
-With a pin directory its links and maps are pinned (layout in runtime/pins.py): a killed agent leaves them
+With a pin directory its links and maps are pinned (layout in sensors/pins.py): a killed agent leaves them
 working, so the binary and process maps the tracing sensor's matchBinaries / followChildren read stay
 current, and the next agent adopts them. ``close()`` removes them.
 """
@@ -23,11 +23,10 @@ from apiary.loader import (
     TracingLink,
     TypedMap,
 )
+from apiary.loader.paths import bpf_object
 from apiary.observe.raw import EXEC_F_PROCFS, ExecMsg
-
-from . import process_abi as abi
-from .paths import bpf_object
-from .pins import PinSet, object_digest
+from apiary.sensors.pins import PinSet, object_digest
+from apiary.sensors.process import abi
 
 PROGRAMS = {
     "on_exec": "tp_btf/sched_process_exec",

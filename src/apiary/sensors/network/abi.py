@@ -10,7 +10,7 @@ import ipaddress
 import socket
 import struct
 
-from apiary.observe.flowraw import FlowMsg
+from apiary.observe.hubble.raw import FlowMsg
 from apiary.policy.types import PolicyEntry, PolicyKey
 
 EP_ENFORCE_INGRESS, EP_ENFORCE_EGRESS, EP_AUDIT = 1, 2, 4

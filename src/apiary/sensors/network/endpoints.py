@@ -31,7 +31,7 @@ from pyroute2 import IPRoute, NetNS, netns
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import rt_type
 
-from .validate import (
+from apiary.sensors.network.validate import (
     HostRoute,
     ValidationError,
     check_endpoint_name,

@@ -588,7 +588,7 @@ _CGROUP_PROBES = ("cgroup_skb", "cgroup_sock_addr", "sock_ops")
 
 
 def default_probe_object() -> Path:
-    from apiary.runtime.paths import bpf_object
+    from apiary.loader.paths import bpf_object
 
     return bpf_object("probes")
 

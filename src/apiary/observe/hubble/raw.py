@@ -1,4 +1,4 @@
-"""Decoded datapath flow messages (plain data). ``apiary.datapath`` decodes ring-buffer records into
+"""Decoded datapath flow messages (plain data). ``apiary.sensors.network`` decodes ring-buffer records into
 ``FlowMsg``; ``apiary.observe.flows`` turns them into Hubble Flow records."""
 
 from __future__ import annotations

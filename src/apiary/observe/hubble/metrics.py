@@ -26,14 +26,14 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
 
-from apiary.observe.flowraw import MSG_DROP, MSG_POLICY_VERDICT, MSG_TRACE
-from apiary.observe.hubble import (
+from apiary.observe.hubble.flows import (
     LOST_EVENT_SOURCE,
     MSG_ACCESS_LOG,
     MSG_CAPTURE,
     POLICY_MATCH_TYPES,
     TRACE_POINT_NAMES,
 )
+from apiary.observe.hubble.raw import MSG_DROP, MSG_POLICY_VERDICT, MSG_TRACE
 
 _L4_PROTOCOLS = ("TCP", "UDP", "ICMPv4", "ICMPv6", "SCTP", "VRRP", "IGMP")
 

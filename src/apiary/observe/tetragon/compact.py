@@ -19,7 +19,7 @@ import re
 from functools import cache
 from typing import Any
 
-from apiary.observe.tetragon import head, paint, process_info
+from apiary.observe.tetragon.encode import head, paint, process_info
 
 __all__ = ["kprobe_line", "lsm_line", "syscall_name", "tracepoint_line", "uprobe_line", "usdt_line"]
 

@@ -15,11 +15,10 @@ from pathlib import Path
 
 from apiary.loader import BpfError, BpfObject, Map, RingBuffer, TcFilter, TypedMap
 from apiary.loader.fs import remove_pin_tree
+from apiary.loader.paths import bpf_object
 from apiary.policy.types import CompiledPolicy, EndpointPolicy
-from apiary.runtime.paths import bpf_object
-
-from . import abi
-from .endpoints import Endpoint
+from apiary.sensors.network import abi
+from apiary.sensors.network.endpoints import Endpoint
 
 PINNED = ("endpoints", "policy", "ipcache", "ct", "dp_counters", "dp_lost")
 

@@ -11,7 +11,7 @@ strings (``Policy.revision``, ``LostEvent.num_events_lost``), wrapper types (``i
 ``cpu``) are printed whenever set, even when false/0, and timestamps are RFC 3339 UTC with 0, 3, 6 or 9
 fractional digits.
 
-How a :class:`~apiary.observe.flowraw.FlowMsg` fills a flow (mirrors Cilium's L3/L4 parser):
+How a :class:`~apiary.observe.hubble.raw.FlowMsg` fills a flow (mirrors Cilium's L3/L4 parser):
 
 * ``Type`` is always ``L3_L4``; ``verdict`` is ``DROPPED`` for drop events, the message's verdict for
   policy-verdict events (``FORWARDED``/``DROPPED``/``AUDIT``/``REDIRECTED``) and ``FORWARDED`` for traces
@@ -71,7 +71,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol, runtime_checkable
 
 from apiary.observe.clock import KtimeClock, parse_rfc3339_ns
-from apiary.observe.flowraw import (
+from apiary.observe.hubble.raw import (
     CT_ESTABLISHED,
     CT_NEW,
     CT_RELATED,

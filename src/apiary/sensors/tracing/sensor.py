@@ -5,7 +5,7 @@ Pins (with a pin directory; the agent uses ``<pin_root>/tracing``), so enforceme
 
     <pin_root>/process/{events,procs,binaries,counters}   the process sensor's maps (shared; see process.py)
     <pin_root>/process/links/on_{exec,fork,exit}        its links
-    <pin_root>/tracing/manifest     array map, one entry: NUL-padded JSON (runtime/pins.py), with
+    <pin_root>/tracing/manifest     array map, one entry: NUL-padded JSON (sensors/pins.py), with
         "identity": {object digest, lsm, kprobes, raw_tp}   (a mismatch: the whole directory is removed)
         "next_policy": int, "dyn": {attach name: pseudo number (the links' attach cookie)},
         "policies": {"<namespace>/<name>": {"id": policy id, "hooks": [gs_hooks index...], "cgroups": [...],
@@ -49,14 +49,13 @@ from apiary.loader import (
     UprobeLink,
 )
 from apiary.loader.fs import cgroup2_root
+from apiary.loader.paths import bpf_object
 from apiary.observe.procfs import process_start_ticks
+from apiary.sensors.pins import MANIFEST, PinSet, link_file, object_digest, read_manifest, write_manifest
+from apiary.sensors.process.sensor import ProcessSensor
+from apiary.sensors.tracing import abi
 from apiary.tracing.compile import kernel_at_least
 from apiary.tracing.types import CompiledTracingPolicy, Hook
-
-from . import tracing_abi as abi
-from .paths import bpf_object
-from .pins import MANIFEST, PinSet, link_file, object_digest, read_manifest, write_manifest
-from .process import ProcessSensor
 
 SHARED = ("events", "procs", "binaries")  # the process sensor's maps, reused
 FOLLOW_PROGS = ("gs_follow_exec", "gs_follow_fork", "gs_follow_exit")

@@ -1,0 +1,1 @@
+"""apiary.observe.hubble: Hubble's flow shapes — enums, the flow builder, printers, filters, metrics."""

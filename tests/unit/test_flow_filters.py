@@ -5,8 +5,8 @@ from typing import Any
 import pytest
 
 from apiary.observe.clock import KtimeClock
+from apiary.observe.hubble.builder import EndpointInfo, FlowBuilder, lost_events_response
 from apiary.observe.hubble.filters import FlowFilter, compile_label_selector, parse_event_type, parse_label
-from apiary.observe.hubble.flows import EndpointInfo, FlowBuilder, lost_events_response
 from apiary.observe.hubble.raw import (
     CT_NEW,
     CT_REPLY,

@@ -5,7 +5,7 @@ from typing import Any
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 
 from apiary.observe.clock import KtimeClock
-from apiary.observe.hubble.flows import EndpointInfo, FlowBuilder, lost_events_response
+from apiary.observe.hubble.builder import EndpointInfo, FlowBuilder, lost_events_response
 from apiary.observe.hubble.metrics import FlowMetrics, flow_protocol, flow_type_labels
 from apiary.observe.hubble.raw import (
     CT_NEW,

@@ -10,28 +10,26 @@ from typing import Any
 import pytest
 
 from apiary.observe.clock import KtimeClock, parse_rfc3339_ns
-from apiary.observe.hubble.flows import (
-    DROP_REASONS,
-    TCP_NS,
-    TRACE_OBSERVATION_POINT,
+from apiary.observe.hubble.builder import (
     EndpointDirectory,
     EndpointInfo,
     FlowBuilder,
-    FlowRing,
-    compact,
-    dict_format,
+    lost_events_response,
+    protojson_timestamp,
+)
+from apiary.observe.hubble.enums import (
+    DROP_REASONS,
+    TCP_NS,
+    TRACE_OBSERVATION_POINT,
     drop_reason_desc,
     drop_reason_text,
     fmt_identity,
-    format_time,
     icmpv4_type_code,
     icmpv6_type_code,
-    lost_events_response,
     observation_point,
-    protojson_timestamp,
-    table,
     tcp_flags_summary,
 )
+from apiary.observe.hubble.printers import compact, dict_format, format_time, table
 from apiary.observe.hubble.raw import (
     CT_ESTABLISHED,
     CT_NEW,
@@ -53,6 +51,7 @@ from apiary.observe.hubble.raw import (
     VERDICT_FORWARDED,
     FlowMsg,
 )
+from apiary.observe.hubble.ring import FlowRing
 from apiary.policy.types import RuleRef
 from apiary.testing.flows import StaticDirectory
 

@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from apiary.cli import preflight_cmd
 from apiary.kernel import preflight as pf
 from apiary.kernel.preflight import CHECK_NAMES, REQUIRED, Check, Report
+from apiary.observe.colour import wants_colour
 
 FIELDS = {"name", "category", "ok", "required", "detail", "disables", "fallback"}
 
@@ -129,10 +130,10 @@ def test_no_color_env_wins(monkeypatch: pytest.MonkeyPatch) -> None:
             return True
 
     monkeypatch.setenv("NO_COLOR", "1")
-    assert preflight_cmd._wants_colour(Tty()) is False
+    assert wants_colour(Tty()) is False
     monkeypatch.delenv("NO_COLOR")
-    assert preflight_cmd._wants_colour(Tty()) is True
-    assert preflight_cmd._wants_colour(io.StringIO()) is False
+    assert wants_colour(Tty()) is True
+    assert wants_colour(io.StringIO()) is False
 
 
 @pytest.mark.parametrize(

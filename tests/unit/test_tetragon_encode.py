@@ -12,17 +12,8 @@ import pytest
 from apiary.observe.clock import KtimeClock, format_rfc3339_ns, parse_rfc3339_ns
 from apiary.observe.process import Process, ProcessCache
 from apiary.observe.raw import EXEC_F_CLONE, EXEC_F_PROCFS, EXEC_F_REEXEC, ExecMsg, ExitMsg
-from apiary.observe.tetragon.encode import (
-    COMPACT_FORMATTERS,
-    compact,
-    exec_event,
-    exit_event,
-    head,
-    process_info,
-    process_json,
-    signal_name,
-    with_timestamp,
-)
+from apiary.observe.tetragon.compact import COMPACT_FORMATTERS, compact, head, process_info, with_timestamp
+from apiary.observe.tetragon.events import exec_event, exit_event, process_json, signal_name
 
 SAMPLES = Path(os.environ.get("APIARY_CONFORMANCE", "/work/shared/conformance")) / "events" / "tetragon"
 ANSI = re.compile(r"\x1b\[[0-9;]*m")

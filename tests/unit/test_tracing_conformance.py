@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from apiary.observe.tetragon.compact import kprobe_line, lsm_line, tracepoint_line
-from apiary.observe.tetragon.encode import compact
+from apiary.observe.tetragon.compact import compact, kprobe_line, lsm_line, tracepoint_line
 from apiary.tracing.compile import X86_64_SYSCALLS, KernelFeatures, compile_tracing_policy
 from apiary.tracing.load import load_tracing_policies
 from apiary.tracing.models import PolicyError

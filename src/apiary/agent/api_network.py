@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from apiary.observe.hubble.flows import lost_events_response
+from apiary.observe.hubble.builder import lost_events_response
 from apiary.sensors.network.validate import ValidationError, check_endpoint_name, check_labels, check_namespace
 
 from .api_common import body_object, body_text, error, in_worker

@@ -24,7 +24,7 @@ from apiary.observe.clock import KtimeClock
 from apiary.observe.process import ProcessCache
 from apiary.observe.procfs import scan_procfs
 from apiary.observe.raw import ExecMsg, ExitMsg, ForkMsg
-from apiary.observe.tetragon import encode as tetragon
+from apiary.observe.tetragon import events as tetragon
 from apiary.observe.tetragon.filters import EventFilter
 from apiary.sensors.process import abi
 from apiary.sensors.process.sensor import ProcessSensor

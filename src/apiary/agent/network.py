@@ -19,9 +19,10 @@ from pyroute2 import IPRoute
 
 from apiary.loader.fs import cgroup2_root
 from apiary.observe.clock import KtimeClock
+from apiary.observe.hubble.builder import EndpointInfo, FlowBuilder
 from apiary.observe.hubble.filters import FlowFilter
-from apiary.observe.hubble.flows import EndpointInfo, FlowBuilder, FlowRing
 from apiary.observe.hubble.metrics import FlowMetrics
+from apiary.observe.hubble.ring import FlowRing
 from apiary.policy.compile import EndpointSpec, compile_policies
 from apiary.policy.explain import endpoint_peer, explain, ip_peer
 from apiary.policy.identity import IdentityAllocator

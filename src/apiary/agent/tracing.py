@@ -16,7 +16,7 @@ from typing import Any
 
 from apiary.loader import BpfError
 from apiary.observe.process import make_exec_id
-from apiary.observe.tetragon import encode as tetragon
+from apiary.observe.tetragon import events as tetragon
 from apiary.policy.models import PolicyError, Problem
 from apiary.sensors.process.sensor import ProcessSensor
 from apiary.sensors.tracing import abi

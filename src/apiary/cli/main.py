@@ -227,7 +227,8 @@ def events(
     color: str,
 ) -> None:
     """Stream process events (Tetragon compact lines, or its JSON export shape with -o json)."""
-    from apiary.observe.tetragon import encode as tetragon
+    from apiary.observe.colour import wants_colour
+    from apiary.observe.tetragon import compact as tetragon
     from apiary.observe.tetragon.filters import EventFilter
 
     try:  # validate here so a typo fails before we reach the agent
@@ -241,7 +242,7 @@ def events(
         params.append(("count", str(count)))
     if since:
         params.append(("since", since))
-    use_color = color == "always" or (color == "auto" and sys.stdout.isatty() and not os.environ.get("NO_COLOR"))
+    use_color = wants_colour(sys.stdout, color)
     out = sys.stdout
     seen = 0
     try:

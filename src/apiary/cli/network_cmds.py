@@ -351,7 +351,8 @@ def policy_explain(ctx: click.Context, src: str, dst: str, port: str, output: st
 @click.pass_context
 def observe(ctx: click.Context, last: int, follow: bool, output: str, print_policy_names: bool, color: str) -> None:
     """Hubble flows, filtered as with `hubble observe` (the filters are listed below)."""
-    from apiary.observe.hubble import flows as hubble
+    from apiary.observe.colour import wants_colour
+    from apiary.observe.hubble import printers as hubble
 
     pairs: list[tuple[str, str]] = []
     args = list(ctx.args)
@@ -383,7 +384,7 @@ def observe(ctx: click.Context, last: int, follow: bool, output: str, print_poli
         _fail(str(e), 2)
     params: list[tuple[str, str]] = [("filter", f"{k}={v}") for k, v in pairs]
     params += [("last", str(last)), ("follow", "1" if follow else "0")]
-    use_color = color == "always" or (color == "auto" and sys.stdout.isatty() and not os.environ.get("NO_COLOR"))
+    use_color = wants_colour(sys.stdout, color)
     rows = []
     try:
         for resp in _client(ctx).stream("/v1/flows", params):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import sys
 from typing import IO
 
@@ -15,6 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from apiary.kernel.preflight import Check, Report, run_preflight
+from apiary.observe.colour import wants_colour
 
 __all__ = ["preflight", "render_json", "render_table"]
 
@@ -80,19 +80,10 @@ def _summary_line(report: Report) -> str:
     return line
 
 
-def _wants_colour(stream: IO[str]) -> bool:
-    if os.environ.get("NO_COLOR"):
-        return False
-    try:
-        return stream.isatty()
-    except (AttributeError, ValueError):
-        return False
-
-
 def render_table(report: Report, stream: IO[str] | None = None, colour: bool | None = None) -> None:
     """Print the ✓/✗ table. Colour only on a TTY and when NO_COLOR is unset (unless ``colour`` says)."""
     out = stream or sys.stdout
-    use_colour = _wants_colour(out) if colour is None else colour
+    use_colour = wants_colour(out) if colour is None else colour
     if use_colour:
         con = Console(file=out, force_terminal=True, highlight=False)
         con.print(build_table(report))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from apiary.observe.hubble.flows import EndpointInfo
+from apiary.observe.hubble.builder import EndpointInfo
 from apiary.policy.types import RuleRef
 
 

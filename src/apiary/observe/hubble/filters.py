@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from apiary.observe.hubble.flows import (
+from apiary.observe.hubble.enums import (
     DROP_REASON_VALUE,
     MESSAGE_TYPE_NAMES,
     RESERVED_IDENTITIES,

@@ -26,7 +26,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
 
-from apiary.observe.hubble.flows import (
+from apiary.observe.hubble.enums import (
     LOST_EVENT_SOURCE,
     MSG_ACCESS_LOG,
     MSG_CAPTURE,

@@ -1,6 +1,7 @@
-"""``tetra getevents -o compact`` lines for hook events (process_kprobe / process_tracepoint / process_lsm ...).
+"""``tetra getevents -o compact`` lines: process events (exec/exit) and hook events (process_kprobe ...).
 
-They follow Tetragon's ``CompactEncoder.EventToString`` (pkg/encoder/encoder.go; FORMATS.md §4.6): the
+All follow Tetragon's ``CompactEncoder.EventToString`` (pkg/encoder/encoder.go; FORMATS.md §4.6), including
+its spacing when a field is empty (``"%s %s %s"``: an exec without arguments ends with a space). The
 arch prefix is cut from ``function_name`` (``__x64_sys_write`` -> ``sys_write``), known functions get
 their emoji and word (``📝 write``, ``📬 open``, ``🔌 connect``, ``🔑 setuid`` ...), any other kprobe is
 ``❓ syscall <function_name>``, a tracepoint ``⁉️ tracepoint <subsys> <event>`` and an LSM hook
@@ -16,17 +17,63 @@ from __future__ import annotations
 
 import glob
 import re
+from collections.abc import Callable
 from functools import cache
 from typing import Any
 
-from apiary.observe.tetragon.encode import head, paint, process_info
+from apiary.observe.clock import format_rfc3339_ns, parse_rfc3339_ns
+from apiary.observe.colour import paint
+from apiary.observe.tetragon.events import event_kind
 
-__all__ = ["kprobe_line", "lsm_line", "syscall_name", "tracepoint_line", "uprobe_line", "usdt_line"]
+__all__ = [
+    "COMPACT_FORMATTERS",
+    "compact",
+    "head",
+    "kprobe_line",
+    "lsm_line",
+    "process_info",
+    "syscall_name",
+    "tracepoint_line",
+    "uprobe_line",
+    "usdt_line",
+    "with_timestamp",
+]
 
 _ARCH = re.compile(r"^(__x64_|__ia32_|__arm64_|__riscv_|__s390x_)(sys_.*)$")
 # clone flags -> namespace names for sys_setns (encoder.go nsId)
 _NS = {0: "any", 0x2000000: "cgroup", 0x8000000: "ipc", 0x40000000: "net", 0x20000: "mnt", 0x20000000: "pid",
        0x80: "time", 0x10000000: "user", 0x4000000: "uts"}
+
+
+# --- process events (exec / exit) ---------------------------------------------------------------
+
+
+def head(emoji: str, word: str, color: bool, colour: str = "blue") -> str:
+    """``<emoji> <word padded to 7>``."""
+    return paint(f"{emoji} {word:<7}", colour, color)
+
+
+def process_info(event: dict[str, Any], proc: dict[str, Any], color: bool) -> str:
+    """``<where> <binary>``: namespace/pod for pod processes, else the node name."""
+    pod = proc.get("pod")
+    where = f"{pod.get('namespace', '')}/{pod.get('name', '')}" if pod else event.get("node_name", "")
+    return f"{paint(where, 'green', color)} {paint(proc.get('binary', ''), 'magenta', color)}"
+
+
+def _exec_line(event: dict[str, Any], body: dict[str, Any], color: bool) -> str:
+    proc = body.get("process") or {}
+    args = paint(proc.get("arguments", ""), "cyan", color)
+    return f"{head('🚀', 'process', color)} {process_info(event, proc, color)} {args}"
+
+
+def _exit_line(event: dict[str, Any], body: dict[str, Any], color: bool) -> str:
+    proc = body.get("process") or {}
+    args = paint(proc.get("arguments", ""), "cyan", color)
+    status = paint(str(body.get("signal") or body.get("status", 0)), "red", color)
+    return f"{head('💥', 'exit', color)} {process_info(event, proc, color)} {args} {status}"
+
+
+# --- hook events -------------------------------------------------------------------------------
 
 
 def _cut_prefix(name: str) -> str:
@@ -236,3 +283,42 @@ def usdt_line(event: dict[str, Any], color: bool = False) -> str:
     proc = body.get("process") if isinstance(body.get("process"), dict) else {}
     return f"{head('🕵️', 'usdt', color)} {process_info(event, proc, color)} {body.get('path', '')} " \
         f"{body.get('provider', '')} {body.get('name', '')}"
+
+
+# --- any event ---------------------------------------------------------------------------------
+
+CompactFormatter = Callable[[dict[str, Any], dict[str, Any], bool], str]
+
+# event key -> formatter(event, body, color); a new event kind adds its entry here.
+COMPACT_FORMATTERS: dict[str, CompactFormatter] = {
+    "process_exec": _exec_line,
+    "process_exit": _exit_line,
+    "process_kprobe": lambda event, body, color: kprobe_line(event, color),
+    "process_tracepoint": lambda event, body, color: tracepoint_line(event, color),
+    "process_lsm": lambda event, body, color: lsm_line(event, color),
+    "process_uprobe": lambda event, body, color: uprobe_line(event, color),
+    "process_usdt": lambda event, body, color: usdt_line(event, color),
+}
+
+
+def compact(event: dict[str, Any], color: bool = False) -> str:
+    """One ``tetra getevents -o compact`` line for a Tetragon JSON event dict."""
+    kind = event_kind(event) or "unknown"
+    body = event.get(kind)
+    body = body if isinstance(body, dict) else {}
+    fmt = COMPACT_FORMATTERS.get(kind)
+    if fmt is not None:
+        return fmt(event, body, color)
+    line = head("❓", kind, color)
+    proc = body.get("process")
+    return f"{line} {process_info(event, proc, color)}" if isinstance(proc, dict) else line
+
+
+def with_timestamp(line: str, event: dict[str, Any]) -> str:
+    """Prefix a compact line with the event time (UTC, 9 fractional digits), as ``--timestamps``."""
+    t = event.get("time")
+    try:
+        ts = format_rfc3339_ns(parse_rfc3339_ns(t) if t else 0)
+    except ValueError:
+        ts = str(t)
+    return f"{ts} {line}"

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from apiary.observe.clock import datetime_to_ns, parse_rfc3339_ns
-from apiary.observe.tetragon.encode import event_kind
+from apiary.observe.tetragon.events import event_kind
 from apiary.textutil import clip
 
 # CLI event type -> JSON event key. Hook sensors register theirs, e.g. "kprobe": "process_kprobe".

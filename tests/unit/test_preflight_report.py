@@ -178,3 +178,11 @@ def test_cli_turns_a_crash_into_one_line(monkeypatch: pytest.MonkeyPatch) -> Non
     assert res.exit_code == 2
     assert "preflight failed: no luck" in res.output
     assert "Traceback" not in res.output
+
+
+def test_every_probe_is_a_check_with_wording() -> None:
+    from apiary.kernel.probes import PROBES
+
+    assert PROBES and set(PROBES) <= set(CHECK_NAMES)
+    for name in PROBES:
+        assert pf._check(name, False, "x").category in ("program", "helper"), name

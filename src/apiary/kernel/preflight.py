@@ -1,56 +1,33 @@
 """`apiary preflight`: what this machine's kernel allows, found out by trying each thing for real.
 
-Nothing here reads a version number to decide. Every program type is loaded from
-``build/probes.bpf.o`` ONE AT A TIME (the object is re-opened for each probe, autoload off for
-every other program), then attached to a real target, and tracing probes must also be seen to run.
-Networking hooks are tried in a private network namespace that only a worker thread enters (a veth
-pair inside it), cgroup hooks on a temporary cgroup under the cgroup v2 root. Everything created is
-removed before ``run_preflight`` returns, also on failure.
+The report: one :class:`Check` per feature, what a miss disables and what apiary does instead. The
+system checks (privileges, BTF, bpffs, tracefs, cgroup2, LSM, lockdown ...) are here; the program and
+attach probes are in :mod:`apiary.kernel.probes`. The CLI renders the report (``apiary.cli.preflight_cmd``).
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
 import re
 import secrets
 import shutil
-import socket
 import struct
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
+
+from apiary.kernel.probes import LOADER_ERROR, PROBES, default_probe_object, error_text, probe_all
 
 # The loader needs libbpf.so.1; without it preflight still reports (one required failure).
-try:
-    from apiary.loader import (
-        BpfError,
-        BpfObject,
-        CgroupLink,
-        KprobeLink,
-        LsmLink,
-        Map,
-        RawTracepointLink,
-        TcFilter,
-        TcxLink,
-        TracepointLink,
-        TracingLink,
-        UprobeLink,
-        VerifierError,
-    )
+if LOADER_ERROR is None:
+    from apiary.loader import Map
     from apiary.loader import _libbpf as L
     from apiary.loader import fs as _fs
-    from apiary.loader.links import NetnsLink
-
-    _LOADER_ERROR: str | None = None
-except OSError as _e:  # pragma: no cover - only on a machine without libbpf
-    _LOADER_ERROR = str(_e)
 
 __all__ = ["CHECK_NAMES", "Check", "Report", "default_probe_object", "run_preflight"]
 
@@ -262,453 +239,6 @@ def _check(name: str, ok: bool, detail: str) -> Check:
     return Check(name, category, ok, name in REQUIRED, detail, disables, fallback)
 
 
-# -------------------------------------------------------------------------------- error wording
-class _NotTried(Exception):
-    """A probe could not be tried because something it needs is missing."""
-
-
-def _why(e: BaseException) -> str:
-    """The exact error, short: "Operation not permitted", "Invalid argument: verifier: …"."""
-    if _LOADER_ERROR is None and isinstance(e, VerifierError):
-        reason = e.summary.splitlines()[0].removeprefix("reason: ")
-        return f"{os.strerror(e.errno)}: verifier: {reason}" if e.errno else f"verifier: {reason}"
-    if _LOADER_ERROR is None and isinstance(e, BpfError):
-        text = os.strerror(e.errno) if e.errno else e.context
-        if e.detail and not e.detail.startswith("libbpf:"):
-            text += f": {e.detail}"
-        return text
-    if isinstance(e, subprocess.CalledProcessError):
-        lines = (e.stderr or "").strip().splitlines()
-        return lines[-1] if lines else f"{e.cmd[0]} exited with {e.returncode}"
-    if isinstance(e, OSError) and e.errno:
-        return os.strerror(e.errno)
-    return str(e) or type(e).__name__
-
-
-# ---------------------------------------------------------------------------------- probe engine
-class _Detachable(Protocol):
-    def destroy(self) -> None: ...
-
-
-class _FdLink:
-    """A kernel link held only by its fd (bpf_link_create); closing the fd detaches."""
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-
-    def destroy(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-
-
-class _Call:
-    """Runs a clean-up function once."""
-
-    def __init__(self, fn: Callable[[], object]) -> None:
-        self.fn: Callable[[], object] | None = fn
-
-    def destroy(self) -> None:
-        if self.fn is not None:
-            fn, self.fn = self.fn, None
-            fn()
-
-
-@dataclass
-class _Env:
-    """What probes attach to. Missing pieces carry the reason they are missing."""
-
-    libc: str | None = None
-    cgroup: str | None = None
-    cgroup_error: str = "no cgroup v2 mount"
-    netns: str | None = None
-    dev_a: int = 0  # veth, primary side
-    dev_b: int = 0  # veth peer
-    lo: int = 0
-    veth_error: str = ""
-
-
-AttachFn = Callable[["BpfObject", _Env], list[_Detachable]]
-
-
-@dataclass(frozen=True)
-class _Probe:
-    name: str
-    programs: tuple[str, ...]
-    maps: tuple[str, ...] = ()
-    attach: AttachFn | None = None  # None: load only
-    target: str = ""  # said in the detail when it worked
-    trigger: Callable[[], None] | None = None
-    hit: int | None = None  # index in the `hits` map the program bumps
-
-
-# indices of `hits` in probes.bpf.c
-HIT_TRACEPOINT, HIT_TP_BTF, HIT_RAW_TP, HIT_KPROBE, HIT_FENTRY, HIT_LSM, HIT_UPROBE = range(7)
-
-
-def _need(value: Any, why: str) -> Any:
-    if not value:
-        raise _NotTried(why)
-    return value
-
-
-def _try_probe(path: Path, probe: _Probe, env: _Env) -> tuple[bool, str]:
-    """Open the object, load only this probe's programs, attach, trigger; always clean up."""
-    try:
-        obj = BpfObject(path, name="probes")
-    except Exception as e:  # noqa: BLE001 - any failure is the finding
-        return False, f"open: {_why(e)}"
-    links: list[_Detachable] = []
-    try:
-        for p in obj.programs.values():
-            p.autoload = p.name in probe.programs
-        m = L.lib.bpf_object__next_map(obj.ptr, None)
-        while m:
-            mname = L.lib.bpf_map__name(m).decode()
-            if not mname.startswith("."):
-                L.lib.bpf_map__set_autocreate(m, mname in probe.maps)
-            m = L.lib.bpf_object__next_map(obj.ptr, m)
-        try:
-            obj.load()
-        except Exception as e:  # noqa: BLE001
-            return False, f"load: {_why(e)}"
-        if probe.attach is None:
-            return True, "loaded: the verifier accepts it"
-        try:
-            links.extend(probe.attach(obj, env))
-        except _NotTried as e:
-            return False, f"loaded; attach not tried: {e}"
-        except Exception as e:  # noqa: BLE001
-            return False, f"attach: {_why(e)}"
-        if probe.trigger is None or probe.hit is None:
-            return True, f"attached to {probe.target}"
-        try:
-            probe.trigger()
-            raw = obj.map("hits").lookup(struct.pack("<I", probe.hit))
-        except Exception as e:  # noqa: BLE001
-            return False, f"attached to {probe.target}; trigger: {_why(e)}"
-        runs = struct.unpack("<Q", raw)[0] if raw else 0
-        if not runs:
-            return False, f"attached to {probe.target}, but it never ran when triggered"
-        return True, f"attached to {probe.target}; ran"
-    finally:
-        for link in reversed(links):
-            with suppress(Exception):
-                link.destroy()
-        obj.close()
-
-
-# ---- attach functions ---------------------------------------------------------------------------
-def _attach_tracepoint(obj: BpfObject, env: _Env) -> list[_Detachable]:
-    return [TracepointLink.attach(obj.program("probe_tracepoint"), "syscalls", "sys_enter_getpid")]
-
-
-def _attach_tracing(prog: str) -> AttachFn:
-    return lambda obj, env: [TracingLink.attach(obj.program(prog))]
-
-
-def _attach_raw_tp(obj: BpfObject, env: _Env) -> list[_Detachable]:
-    return [RawTracepointLink.attach(obj.program("probe_raw_tp"), "sys_enter")]
-
-
-def _attach_kprobe(obj: BpfObject, env: _Env) -> list[_Detachable]:
-    return [KprobeLink.attach(obj.program("probe_kprobe"), "do_sys_openat2")]
-
-
-def _attach_lsm(obj: BpfObject, env: _Env) -> list[_Detachable]:
-    return [LsmLink.attach(obj.program("probe_lsm"))]
-
-
-def _attach_uprobe(obj: BpfObject, env: _Env) -> list[_Detachable]:
-    libc = _need(env.libc, "libc not found in /proc/self/maps")
-    return [UprobeLink.attach(obj.program("probe_uprobe"), libc, "getpid")]
-
-
-def _attach_cgroup(*progs: str) -> AttachFn:
-    def attach(obj: BpfObject, env: _Env) -> list[_Detachable]:
-        cg = _need(env.cgroup, env.cgroup_error)
-        out: list[_Detachable] = []
-        try:
-            for p in progs:
-                out.append(CgroupLink.attach(obj.program(p), cg))
-        except Exception:
-            for link in out:
-                link.destroy()
-            raise
-        return out
-
-    return attach
-
-
-def _attach_sk_msg(obj: BpfObject, env: _Env) -> list[_Detachable]:
-    prog, sockhash = obj.program("probe_sk_msg"), obj.map("probe_sockhash")
-    if L.lib.bpf_prog_attach(prog.fd, sockhash.fd, 7, 0) != 0:  # BPF_SK_MSG_VERDICT
-        err = L.errno()
-        raise OSError(err, os.strerror(err))
-    return [_Call(lambda: L.lib.bpf_prog_detach2(prog.fd, sockhash.fd, 7))]
-
-
-def _attach_sk_lookup(obj: BpfObject, env: _Env) -> list[_Detachable]:
-    ns = _need(env.netns, "no private network namespace")
-    return [NetnsLink.attach(obj.program("probe_sk_lookup"), ns)]
-
-
-def _attach_tc(obj: BpfObject, env: _Env) -> list[_Detachable]:
-    ifindex = _need(env.dev_a or env.lo, "no device in the private network namespace")
-    filt = TcFilter.attach(obj.program("probe_tc"), ifindex, egress=False)
-
-    def remove_qdisc() -> None:
-        hook = L.BpfTcHook(sz=ctypes.sizeof(L.BpfTcHook), ifindex=ifindex, attach_point=1 | 2)
-        L.lib.bpf_tc_hook_destroy(ctypes.byref(hook))
-
-    return [_Call(remove_qdisc), filt]  # destroyed in reverse: filter first, then the clsact qdisc
-
-
-def _attach_tcx(obj: BpfObject, env: _Env) -> list[_Detachable]:
-    ifindex = _need(env.dev_a or env.lo, "no device in the private network namespace")
-    return [TcxLink.attach(obj.program("probe_tc"), ifindex, egress=False)]
-
-
-XDP_FLAGS_SKB_MODE, XDP_FLAGS_DRV_MODE, BPF_XDP = 2, 4, 37
-
-
-def _xdp_link(obj: BpfObject, ifindex: int, flags: int) -> _FdLink:
-    opts = L.BpfLinkCreateOpts(sz=ctypes.sizeof(L.BpfLinkCreateOpts), flags=flags)
-    fd = L.lib.bpf_link_create(obj.program("probe_xdp").fd, ifindex, BPF_XDP, ctypes.byref(opts))
-    if fd < 0:
-        err = L.errno()
-        raise OSError(err, os.strerror(err))
-    return _FdLink(fd)
-
-
-def _attach_xdp_native(obj: BpfObject, env: _Env) -> list[_Detachable]:
-    ifindex = _need(env.dev_a, f"no veth pair ({env.veth_error or 'not created'})")
-    return [_xdp_link(obj, ifindex, XDP_FLAGS_DRV_MODE)]
-
-
-def _attach_xdp_generic(obj: BpfObject, env: _Env) -> list[_Detachable]:
-    ifindex = _need(env.dev_b or env.lo, "no device in the private network namespace")
-    return [_xdp_link(obj, ifindex, XDP_FLAGS_SKB_MODE)]
-
-
-# ---- triggers -----------------------------------------------------------------------------------
-def _getpid() -> None:
-    os.getpid()  # the getpid syscall through libc's getpid
-
-
-def _exec_true() -> None:
-    subprocess.run([shutil.which("true") or "/bin/true"], check=False)
-
-
-def _open_file() -> None:
-    os.close(os.open("/proc/self/stat", os.O_RDONLY))
-
-
-def _unlink_absent() -> None:
-    with suppress(FileNotFoundError):
-        os.unlink(f"/tmp/.apiary-preflight-absent-{os.getpid()}-{secrets.token_hex(4)}")
-
-
-_PROBES: dict[str, _Probe] = {
-    p.name: p
-    for p in (
-        _Probe(
-            "tracepoint",
-            ("probe_tracepoint",),
-            ("hits",),
-            _attach_tracepoint,
-            "tracepoint syscalls/sys_enter_getpid",
-            _getpid,
-            HIT_TRACEPOINT,
-        ),
-        _Probe(
-            "tp_btf",
-            ("probe_tp_btf",),
-            ("hits",),
-            _attach_tracing("probe_tp_btf"),
-            "tp_btf/sched_process_exec",
-            _exec_true,
-            HIT_TP_BTF,
-        ),
-        _Probe("raw_tp", ("probe_raw_tp",), ("hits",), _attach_raw_tp, "raw_tp/sys_enter", _getpid, HIT_RAW_TP),
-        _Probe(
-            "kprobe",
-            ("probe_kprobe",),
-            ("hits",),
-            _attach_kprobe,
-            "kprobe:do_sys_openat2",
-            _open_file,
-            HIT_KPROBE,
-        ),
-        _Probe(
-            "fentry",
-            ("probe_fentry",),
-            ("hits",),
-            _attach_tracing("probe_fentry"),
-            "fentry/do_unlinkat",
-            _unlink_absent,
-            HIT_FENTRY,
-        ),
-        _Probe("lsm", ("probe_lsm",), ("hits",), _attach_lsm, "lsm/file_open", _open_file, HIT_LSM),
-        _Probe("uprobe", ("probe_uprobe",), ("hits",), _attach_uprobe, "libc getpid", _getpid, HIT_UPROBE),
-        _Probe("tc", ("probe_tc",), (), _attach_tc, "clsact ingress of a veth in a private netns"),
-        _Probe("tcx", ("probe_tc",), (), _attach_tcx, "tcx ingress of a veth in a private netns"),
-        _Probe("xdp_native", ("probe_xdp",), (), _attach_xdp_native, "a veth in driver mode (bpf_link)"),
-        _Probe("xdp_generic", ("probe_xdp",), (), _attach_xdp_generic, "a veth in generic mode (bpf_link)"),
-        _Probe(
-            "cgroup_skb",
-            ("probe_cgroup_skb_ingress", "probe_cgroup_skb_egress"),
-            (),
-            _attach_cgroup("probe_cgroup_skb_ingress", "probe_cgroup_skb_egress"),
-            "ingress+egress of a temporary cgroup",
-        ),
-        _Probe(
-            "cgroup_sock_addr",
-            ("probe_connect4",),
-            (),
-            _attach_cgroup("probe_connect4"),
-            "cgroup/connect4 of a temporary cgroup",
-        ),
-        _Probe("sk_lookup", ("probe_sk_lookup",), (), _attach_sk_lookup, "a private netns"),
-        _Probe(
-            "sock_ops",
-            ("probe_sock_ops",),
-            (),
-            _attach_cgroup("probe_sock_ops"),
-            "sockops of a temporary cgroup",
-        ),
-        _Probe("sk_msg", ("probe_sk_msg",), ("probe_sockhash",), _attach_sk_msg, "a sockhash (msg verdict)"),
-        _Probe("ringbuf", ("probe_ringbuf",), ("probe_rb",)),
-        _Probe("send_signal", ("probe_send_signal",)),
-        _Probe("probe_write_user", ("probe_write_user",)),
-    )
-}
-_NET_PROBES = ("tc", "tcx", "xdp_native", "xdp_generic", "sk_lookup")
-_CGROUP_PROBES = ("cgroup_skb", "cgroup_sock_addr", "sock_ops")
-
-
-def default_probe_object() -> Path:
-    from apiary.loader.paths import bpf_object
-
-    return bpf_object("probes")
-
-
-# ---------------------------------------------------------------------- private netns, temp cgroup
-CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)  # unshare/setns: Python 3.11 has no os.unshare/os.setns
-_libc.unshare.argtypes, _libc.unshare.restype = [ctypes.c_int], ctypes.c_int
-_libc.setns.argtypes, _libc.setns.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-
-
-def _in_private_netns(fn: Callable[[], dict[str, tuple[bool, str]]]) -> dict[str, tuple[bool, str]]:
-    """Run ``fn`` in a worker thread that has its own, fresh network namespace.
-
-    Only that thread enters it; it goes back to the original namespace before it ends, so the
-    private one (and any device in it) disappears with its last reference. Nothing is named in
-    /run/netns, nothing is left behind.
-    """
-    box: dict[str, Any] = {}
-
-    def work() -> None:
-        try:
-            orig = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as e:
-            box["error"] = e
-            return
-        try:
-            if _libc.unshare(CLONE_NEWNET) != 0:
-                err = ctypes.get_errno()
-                raise OSError(err, f"unshare(CLONE_NEWNET): {os.strerror(err)}")
-            try:
-                box["value"] = fn()
-            finally:
-                _libc.setns(orig, CLONE_NEWNET)
-        except BaseException as e:  # noqa: BLE001 - reported by the caller
-            box["error"] = e
-        finally:
-            os.close(orig)
-
-    t = threading.Thread(target=work, name="apiary-preflight-netns", daemon=True)
-    t.start()
-    t.join()
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
-
-
-_VETH_A, _VETH_B = "apf0", "apf1"
-
-
-def _net_env(env: _Env) -> _Env:
-    """Inside the private netns: lo up, and a veth pair (names are private to this netns)."""
-    net = _Env(libc=env.libc, cgroup=env.cgroup, cgroup_error=env.cgroup_error)
-    net.netns = "/proc/thread-self/ns/net"
-    script = f"link set lo up\nlink add {_VETH_A} type veth peer name {_VETH_B}\nlink set {_VETH_A} up\n"
-    script += f"link set {_VETH_B} up\n"
-    try:
-        subprocess.run(["ip", "-batch", "-"], input=script, text=True, check=True, capture_output=True, timeout=5)
-    except (OSError, subprocess.SubprocessError) as e:
-        net.veth_error = f"ip link add veth: {_why(e)}"
-    with suppress(OSError):
-        net.lo = socket.if_nametoindex("lo")
-    with suppress(OSError):
-        net.dev_a = socket.if_nametoindex(_VETH_A)
-        net.dev_b = socket.if_nametoindex(_VETH_B)
-    return net
-
-
-@contextmanager
-def _temp_cgroup(root: str | None) -> Iterator[tuple[str | None, str]]:
-    """A fresh cgroup under the v2 root, removed afterwards: (path or None, why not)."""
-    if not root:
-        yield None, "no cgroup v2 mount"
-        return
-    path = os.path.join(root, f"apiary-preflight-{os.getpid()}-{secrets.token_hex(3)}")
-    try:
-        os.mkdir(path)
-    except OSError as e:
-        yield None, f"mkdir {path}: {_why(e)}"
-        return
-    try:
-        yield path, ""
-    finally:
-        for _ in range(50):
-            try:
-                os.rmdir(path)
-                break
-            except FileNotFoundError:
-                break
-            except OSError:
-                time.sleep(0.01)
-
-
-def _find_libc() -> str | None:
-    with suppress(OSError), open("/proc/self/maps") as f:
-        for line in f:
-            path = line.split(maxsplit=5)[-1].strip() if line.count(" ") >= 5 else ""
-            if re.search(r"/libc(\.so\.6|-[\d.]+\.so)$", path):
-                return path
-    return None
-
-
-def _run_probes(path: Path, env: _Env, names: tuple[str, ...]) -> dict[str, tuple[bool, str]]:
-    return {n: _try_probe(path, _PROBES[n], env) for n in names}
-
-
-def _all_probes(path: Path, cgroup_root: str | None) -> dict[str, tuple[bool, str]]:
-    env = _Env(libc=_find_libc())
-    out: dict[str, tuple[bool, str]] = {}
-    plain = tuple(n for n in _PROBES if n not in _NET_PROBES and n not in _CGROUP_PROBES)
-    out.update(_run_probes(path, env, plain))
-    with _temp_cgroup(cgroup_root) as (cg, why):
-        env.cgroup, env.cgroup_error = cg, why
-        out.update(_run_probes(path, env, _CGROUP_PROBES))
-    try:
-        out.update(_in_private_netns(lambda: _run_probes(path, _net_env(env), _NET_PROBES)))
-    except Exception as e:  # noqa: BLE001
-        for n in _NET_PROBES:
-            out[n] = (False, f"not tried: private network namespace: {_why(e)}")
-    return out
 
 
 # ----------------------------------------------------------------------------------- plain checks
@@ -764,7 +294,7 @@ def _mount(fstype: str, path: str, fixed: list[str]) -> str:
     try:
         _fs.mount(fstype, path)
     except (OSError, subprocess.CalledProcessError) as e:
-        return f"--fix could not mount {fstype} at {path}: {_why(e)}"
+        return f"--fix could not mount {fstype} at {path}: {error_text(e)}"
     fixed.append(f"{fstype} at {path}")
     return ""
 
@@ -783,12 +313,12 @@ def _check_bpffs(fix: bool, fixed: list[str]) -> Check:
     try:
         m = Map.create(2, "apiary_pf_pin", 4, 4, 1)
     except Exception as e:  # noqa: BLE001
-        return _check("bpffs", False, f"mounted at {BPFFS}{note}; pin test: {_why(e)}")
+        return _check("bpffs", False, f"mounted at {BPFFS}{note}; pin test: {error_text(e)}")
     try:
         m.pin(pin)
         os.unlink(pin)
     except Exception as e:  # noqa: BLE001
-        return _check("bpffs", False, f"mounted at {BPFFS}{note}; pin: {_why(e)}")
+        return _check("bpffs", False, f"mounted at {BPFFS}{note}; pin: {error_text(e)}")
     finally:
         m.close()
         with suppress(OSError):
@@ -819,7 +349,7 @@ def _check_tracefs(fix: bool, fixed: list[str]) -> Check:
     try:
         n = sum(1 for e in os.scandir(events) if e.is_dir())
     except OSError as e:
-        return _check("tracefs", False, f"mounted at {where}{note}; {events}: {_why(e)}")
+        return _check("tracefs", False, f"mounted at {where}{note}; {events}: {error_text(e)}")
     return _check("tracefs", True, f"mounted at {where}{note}; {n} event groups")
 
 
@@ -853,12 +383,12 @@ def _check_bpf_syscall() -> Check:
     try:
         m = Map.create(2, "apiary_pf", 4, 8, 4)  # BPF_MAP_TYPE_ARRAY
     except Exception as e:  # noqa: BLE001
-        return _check("bpf_syscall", False, f"map create: {_why(e)}")
+        return _check("bpf_syscall", False, f"map create: {error_text(e)}")
     try:
         m.update(struct.pack("<I", 1), struct.pack("<Q", 42))
         back = m.lookup(struct.pack("<I", 1))
     except Exception as e:  # noqa: BLE001
-        return _check("bpf_syscall", False, f"map update/lookup: {_why(e)}")
+        return _check("bpf_syscall", False, f"map update/lookup: {error_text(e)}")
     finally:
         m.close()
     if back != struct.pack("<Q", 42):
@@ -950,17 +480,17 @@ def _guard(name: str, fn: Callable[[], Check]) -> Check:
     try:
         return fn()
     except Exception as e:  # noqa: BLE001 - a broken check is a finding, never a traceback
-        return _check(name, False, f"preflight error: {_why(e)}")
+        return _check(name, False, f"preflight error: {error_text(e)}")
 
 
 def run_preflight(fix: bool = False, probe_object: str | os.PathLike[str] | None = None) -> Report:
     """Check this machine by trying. ``fix`` mounts bpffs, tracefs, securityfs (and cgroup2) if missing."""
     t0 = time.monotonic()
     report = Report(kernel=os.uname().release)
-    if _LOADER_ERROR is not None:
+    if LOADER_ERROR is not None:
         report.checks = [
             _check("kernel", True, f"Linux {os.uname().release}"),
-            Check("libbpf", "system", False, True, _LOADER_ERROR, "everything", "install libbpf1"),
+            Check("libbpf", "system", False, True, LOADER_ERROR, "everything", "install libbpf1"),
         ]
         report.duration_s = time.monotonic() - t0
         return report
@@ -984,13 +514,13 @@ def run_preflight(fix: bool = False, probe_object: str | os.PathLike[str] | None
 
     path = Path(probe_object) if probe_object else default_probe_object()
     if not path.exists():
-        for n in _PROBES:
+        for n in PROBES:
             results[n] = _check(n, False, f"not tried: {path} missing (run `make build`)")
     else:
         try:
-            probed = _all_probes(path, cgroup_root)
+            probed = probe_all(path, cgroup_root)
         except Exception as e:  # noqa: BLE001
-            probed = {n: (False, f"preflight error: {_why(e)}") for n in _PROBES}
+            probed = {n: (False, f"preflight error: {error_text(e)}") for n in PROBES}
         for n, (ok, detail) in probed.items():
             if n == "kprobe" and detail.startswith("attach:"):
                 detail += _kprobe_hint()

@@ -260,5 +260,14 @@ def test_label_selector_helpers() -> None:
     assert compile_label_selector("app notin (db)")(labels)
     assert compile_label_selector("io.kubernetes.pod.namespace==ns")(labels)
     assert compile_label_selector("any:app=web, reserved:host")(labels)
+    assert compile_label_selector("app in (db, web)")(labels)
+    assert not compile_label_selector("app in (db)")(labels)
+    assert not compile_label_selector("app!=web")(labels)
+    assert not compile_label_selector("app notin (x,web)")(labels)
+    assert not compile_label_selector("reserved:app")(labels)  # the source prefix must match
+    assert not compile_label_selector("k8s:app=db")(labels)
+    # each requirement keeps its own key and values (none sees a later one's)
+    assert not compile_label_selector("app=web,io.kubernetes.pod.namespace=other")(labels)
+    assert not compile_label_selector("app=other,io.kubernetes.pod.namespace=ns")(labels)
     with pytest.raises(ValueError):
         compile_label_selector("app=(x")

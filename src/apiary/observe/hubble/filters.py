@@ -146,7 +146,9 @@ def parse_label(text: str) -> tuple[str, str, str]:
 
 
 def _split_requirements(selector: str) -> list[str]:
-    parts, depth, cur = [], 0, []
+    parts: list[str] = []
+    cur: list[str] = []
+    depth = 0
     for ch in selector:
         if ch == "(":
             depth += 1
@@ -168,6 +170,21 @@ def _key_source(key: str) -> tuple[str, str]:
     return source, rest
 
 
+def _requirement(src: str, key: str, op: str, vals: frozenset[str] = frozenset()) -> Callable[[Labels], bool]:
+    """One selector requirement: ``op`` is ``exists``, ``!exists``, ``in`` or ``notin`` (over ``vals``)."""
+
+    def match(labels: Labels) -> bool:
+        found = [v for (s, k, v) in labels if k == key and (src == "any" or s == src)]
+        if op == "exists":
+            return bool(found)
+        if op == "!exists":
+            return not found
+        hit = any(v in vals for v in found)
+        return hit if op == "in" else not hit
+
+    return match
+
+
 def compile_label_selector(selector: str) -> Callable[[Labels], bool]:
     """A Kubernetes label selector (``app=x,tier in (a,b),!debug``, keys may carry a Cilium source prefix
     like ``k8s:app``) -> predicate over parsed labels. ``ValueError`` on a malformed selector."""
@@ -176,30 +193,17 @@ def compile_label_selector(selector: str) -> Callable[[Labels], bool]:
         m = _REQ.match(raw)
         if not m or not raw.strip():
             raise ValueError(f"invalid label selector {selector!r}: cannot parse {raw.strip()!r}")
-
-        def values_of(src: str, k: str, labels: Labels) -> list[str]:
-            return [v for (s, kk, v) in labels if kk == k and (src == "any" or s == src)]
-
         if m.group("notkey"):
-            src, k = _key_source(m.group("notkey")[1:].strip())
-            reqs.append(lambda ls, src=src, k=k: not values_of(src, k, ls))
+            reqs.append(_requirement(*_key_source(m.group("notkey")[1:].strip()), "!exists"))
         elif m.group("setkey"):
-            src, k = _key_source(m.group("setkey"))
             vals = frozenset(v.strip() for v in m.group("values").split(",") if v.strip())
-            if m.group("setop") == "in":
-                reqs.append(lambda ls, src=src, k=k, vals=vals: any(v in vals for v in values_of(src, k, ls)))
-            else:
-                reqs.append(lambda ls, src=src, k=k, vals=vals: not any(v in vals for v in values_of(src, k, ls)))
+            op = "in" if m.group("setop") == "in" else "notin"
+            reqs.append(_requirement(*_key_source(m.group("setkey")), op, vals))
         elif m.group("cmpkey"):
-            src, k = _key_source(m.group("cmpkey"))
-            value = m.group("value")
-            if m.group("op") == "!=":
-                reqs.append(lambda ls, src=src, k=k, value=value: value not in values_of(src, k, ls))
-            else:
-                reqs.append(lambda ls, src=src, k=k, value=value: value in values_of(src, k, ls))
+            op = "notin" if m.group("op") == "!=" else "in"
+            reqs.append(_requirement(*_key_source(m.group("cmpkey")), op, frozenset({m.group("value")})))
         else:
-            src, k = _key_source(m.group("key"))
-            reqs.append(lambda ls, src=src, k=k: bool(values_of(src, k, ls)))
+            reqs.append(_requirement(*_key_source(m.group("key")), "exists"))
     return lambda labels: all(r(labels) for r in reqs)
 
 

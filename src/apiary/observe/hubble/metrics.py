@@ -63,7 +63,8 @@ def flow_type_labels(flow: Mapping[str, Any]) -> tuple[str, str]:
     et = flow.get("event_type") or {}
     t, sub = int(et.get("type", 0)), int(et.get("sub_type", 0))
     if t == MSG_ACCESS_LOG:
-        l7 = flow.get("l7") if isinstance(flow.get("l7"), dict) else {}
+        l7 = flow.get("l7")
+        l7 = l7 if isinstance(l7, dict) else {}
         subtype = next((n for k, n in (("dns", "DNS"), ("http", "HTTP"), ("kafka", "Kafka")) if k in l7), "")
         return "L7", subtype
     if t == MSG_DROP:

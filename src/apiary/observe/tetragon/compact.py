@@ -76,6 +76,14 @@ def _exit_line(event: dict[str, Any], body: dict[str, Any], color: bool) -> str:
 # --- hook events -------------------------------------------------------------------------------
 
 
+def _dict(v: object) -> dict[str, Any]:
+    return v if isinstance(v, dict) else {}
+
+
+def _list(v: object) -> list[Any]:
+    return v if isinstance(v, list) else []
+
+
 def _cut_prefix(name: str) -> str:
     m = _ARCH.match(name)
     return m.group(2) if m else name
@@ -116,17 +124,16 @@ def _sock(a: dict[str, Any] | None) -> str:
 
 
 def _body(event: dict[str, Any], key: str) -> dict[str, Any]:
-    body = event.get(key)
-    return body if isinstance(body, dict) else {}
+    return _dict(event.get(key))
 
 
 def kprobe_line(event: dict[str, Any], color: bool = False) -> str:
     """The compact line of a ``process_kprobe`` event (a GetEventsResponse dict)."""
     body = _body(event, "process_kprobe")
-    proc = body.get("process") if isinstance(body.get("process"), dict) else {}
+    proc = _dict(body.get("process"))
     info = process_info(event, proc, color)
     fn = str(body.get("function_name", ""))
-    args = body.get("args") if isinstance(body.get("args"), list) else []
+    args = _list(body.get("args"))
     cyan = lambda s: paint(s, "cyan", color)  # noqa: E731
     sc = _cut_prefix(fn)
     if sc in ("sys_write", "sys_read"):
@@ -243,11 +250,11 @@ def syscall_name(nr: int) -> str:
 def tracepoint_line(event: dict[str, Any], color: bool = False) -> str:
     """The compact line of a ``process_tracepoint`` event."""
     body = _body(event, "process_tracepoint")
-    proc = body.get("process") if isinstance(body.get("process"), dict) else {}
+    proc = _dict(body.get("process"))
     info = process_info(event, proc, color)
     subsys, ev = str(body.get("subsys", "")), str(body.get("event", ""))
     if f"{subsys}/{ev}" == "raw_syscalls/sys_enter":
-        args = body.get("args") if isinstance(body.get("args"), list) else []
+        args = _list(body.get("args"))
         a0 = _arg(args, 0) or {}
         name = "unknown"
         nr: int | None = None
@@ -265,14 +272,14 @@ def tracepoint_line(event: dict[str, Any], color: bool = False) -> str:
 def lsm_line(event: dict[str, Any], color: bool = False) -> str:
     """The compact line of a ``process_lsm`` event."""
     body = _body(event, "process_lsm")
-    proc = body.get("process") if isinstance(body.get("process"), dict) else {}
+    proc = _dict(body.get("process"))
     return f"{head('🔒', 'LSM', color)} {process_info(event, proc, color)} {body.get('function_name', '')}"
 
 
 def uprobe_line(event: dict[str, Any], color: bool = False) -> str:
     """The compact line of a ``process_uprobe`` event."""
     body = _body(event, "process_uprobe")
-    proc = body.get("process") if isinstance(body.get("process"), dict) else {}
+    proc = _dict(body.get("process"))
     return f"{head('🕵️', 'uprobe', color)} {process_info(event, proc, color)} {body.get('path', '')} " \
         f"{body.get('symbol', '')}"
 
@@ -280,7 +287,7 @@ def uprobe_line(event: dict[str, Any], color: bool = False) -> str:
 def usdt_line(event: dict[str, Any], color: bool = False) -> str:
     """The compact line of a ``process_usdt`` event."""
     body = _body(event, "process_usdt")
-    proc = body.get("process") if isinstance(body.get("process"), dict) else {}
+    proc = _dict(body.get("process"))
     return f"{head('🕵️', 'usdt', color)} {process_info(event, proc, color)} {body.get('path', '')} " \
         f"{body.get('provider', '')} {body.get('name', '')}"
 
@@ -304,8 +311,7 @@ COMPACT_FORMATTERS: dict[str, CompactFormatter] = {
 def compact(event: dict[str, Any], color: bool = False) -> str:
     """One ``tetra getevents -o compact`` line for a Tetragon JSON event dict."""
     kind = event_kind(event) or "unknown"
-    body = event.get(kind)
-    body = body if isinstance(body, dict) else {}
+    body = _body(event, kind)
     fmt = COMPACT_FORMATTERS.get(kind)
     if fmt is not None:
         return fmt(event, body, color)

@@ -9,7 +9,7 @@ import click
 
 from apiary.cli.main import cli
 from apiary.cli.network_cmds import FILTER_HELP, SHORT
-from apiary.observe.hubble.filters import FILTER_FLAGS, FLAG_ALIASES
+from apiary.observe.hubble.filter_flags import FILTER_FLAGS, FLAG_ALIASES
 
 
 def _commands(cmd: click.Command, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], click.Command]]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from apiary.observe.hubble.filters import parse_identity
+from apiary.observe.hubble.filter_values import parse_identity
 from apiary.policy.load import PolicyError, load_policies
 from apiary.policy.models import PortProtocol
 from apiary.sensors.network.validate import (

@@ -6,7 +6,8 @@ import pytest
 
 from apiary.observe.clock import KtimeClock
 from apiary.observe.hubble.builder import EndpointInfo, FlowBuilder, lost_events_response
-from apiary.observe.hubble.filters import FlowFilter, compile_label_selector, parse_event_type, parse_label
+from apiary.observe.hubble.filter_values import compile_label_selector, parse_event_type, parse_label
+from apiary.observe.hubble.filters import FlowFilter
 from apiary.observe.hubble.raw import (
     CT_NEW,
     CT_REPLY,

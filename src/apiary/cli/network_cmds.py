@@ -12,7 +12,7 @@ import click
 from rich.table import Table
 
 from apiary.agent import statedir
-from apiary.observe.hubble.filters import FILTER_FLAGS, FLAG_ALIASES
+from apiary.observe.hubble.filter_flags import FILTER_FLAGS, FLAG_ALIASES
 from apiary.textutil import clip, clip_quoted
 
 from .client import DEFAULT_TIMEOUT, AgentUnreachable, ApiError, Client

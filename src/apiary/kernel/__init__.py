@@ -1,1 +1,3 @@
-"""apiary.kernel: what the running kernel offers (feature probes, preflight). May import apiary.loader only."""
+"""apiary.kernel: what the running kernel offers — program/attach probes (probes.py) and the preflight report.
+
+May import apiary.loader only."""

@@ -1,7 +1,7 @@
 """Load TracingPolicy / TracingPolicyNamespaced YAML the way Tetragon does: all documents apply or none.
 
 Strict YAML (duplicate keys rejected), CRD defaults, strict fields (unknown keys are errors), then
-Tetragon's load-time checks (:func:`apiary.tracing.models.semantic_problems`). Every problem is
+Tetragon's load-time checks (:func:`apiary.tracing.checks.semantic_problems`). Every problem is
 reported with its field path, e.g. ``spec.kprobes[0].selectors[0].matchArgs[0].operator``.
 
 The seed article that started apiary shows TracingPolicies with fields Tetragon never had (a
@@ -20,21 +20,16 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from apiary.kernel.features import X86_64_SYSCALLS
+from apiary.policy.models import PolicyError, Problem
 from apiary.policy.yamlutil import load_documents, parse_documents
 from apiary.policy.yamlutil import sub as _sub
 from apiary.policy.yamlutil import validation_problems as _validation_problems
 
-from .compile import KERNEL_FUNCTION_NAMES, X86_64_SYSCALLS
-from .models import (
-    API_VERSION,
-    KIND_TP,
-    KIND_TPN,
-    POLICY_KINDS,
-    Policy,
-    PolicyError,
-    Problem,
-    semantic_problems,
-)
+from .checks import semantic_problems
+from .crd import API_VERSION, KIND_TP, KIND_TPN
+from .models import POLICY_KINDS, Policy
+from .realisations import KERNEL_FUNCTION_NAMES
 
 __all__ = ["PolicyError", "Problem", "convert_seed", "load_tracing_policies", "seed_problems"]
 

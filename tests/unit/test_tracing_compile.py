@@ -296,7 +296,8 @@ def test_commit_creds_bprm_and_sys_helpers() -> None:
     assert creds.args == (ArgSpec(REG_CRED, ARG_CRED, "", "cred"),)
     assert creds.guard == Guard(frozenset({"cred_new"}))
     # the execs that succeeded, at their exit: the executed file's full path (what bprm->file is)
-    assert (bprm.attach_points, bprm.at_exit, bprm.guard) == (("execve", "execveat"), True, Guard(frozenset({"ret_ok"})))
+    assert (bprm.attach_points, bprm.at_exit, bprm.guard) == (
+        ("execve", "execveat"), True, Guard(frozenset({"ret_ok"})))
     assert bprm.args == (ArgSpec(REG_EXE, ARG_FILEPTR, "", "linux_binprm"),)
     assert (setuid.attach_points, setuid.function_name) == (("setuid",), "__sys_setuid")
     assert (lsm_bprm.event, lsm_bprm.attach_points) == ("process_lsm", ("execve", "execveat"))
@@ -368,7 +369,8 @@ def test_syscall_tracepoints() -> None:
           selectors: [{matchArgs: [{index: 0, operator: Prefix, values: [/etc]}]}]
         """)
     [h] = c.hooks
-    assert (h.event, h.function_name, h.attach_points) == ("process_tracepoint", "syscalls/sys_enter_openat", ("openat",))
+    assert (h.event, h.function_name, h.attach_points) == (
+        "process_tracepoint", "syscalls/sys_enter_openat", ("openat",))
     assert h.args == (ArgSpec(1, ARG_STRING, "", "string"), ArgSpec(2, ARG_INT, "", "int"))
     assert h.selectors[0].args == (ArgFilter(0, "Prefix", ("/etc",)),)
     # other tracepoints are read through their format file: without a known tracefs they are refused

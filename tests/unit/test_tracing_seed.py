@@ -125,7 +125,8 @@ def test_detect_shell_converted() -> None:
 
 def test_privilege_escalation_converted() -> None:
     [h] = converted("privilege-escalation.yaml").hooks
-    assert (h.function_name, h.attach_points, h.args) == ("__x64_sys_setuid", ("setuid",), (ArgSpec(0, ARG_INT, "", "int"),))
+    assert (h.function_name, h.attach_points, h.args) == (
+        "__x64_sys_setuid", ("setuid",), (ArgSpec(0, ARG_INT, "", "int"),))
     [s] = h.selectors
     assert (s.args, s.action) == ((ArgFilter(0, "Equal", (0,)),), "Post")
 

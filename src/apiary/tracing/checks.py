@@ -68,7 +68,8 @@ def resolve_arg(hook: HookSpec, sel: ArgSelector) -> tuple[int, KProbeArg] | str
 
 def _value_problems(path: str, sel: ArgSelector, ty: str) -> list[Problem]:
     """Tetragon's per-type operator and value checks for one arg filter (pkg/selectors/kernel.go)."""
-    op, values, out = sel.operator, sel.values or [], []
+    op, values = sel.operator, sel.values or []
+    out: list[Problem] = []
     if ty == "auto":  # resolved from BTF at load time: nothing to check here
         return out
     if op in SOCK_OPS:

@@ -104,8 +104,8 @@ def kprobe_call(comp: Compilation, hp: str, source: str, kp: KProbeSpec, call: s
                 return
             raise Refuse(f"{hp}.call", f"no syscall {name} on this kernel (no syscalls/sys_enter_{name} tracepoint)")
         variant = Variant((name,), {i: (i, AC_ANY) for i in range(6)})
-        mapping = Realisation((variant,), "", ret=f"the syscall's return value, read at its exit (sys_exit_{name})")
-        ret = return_spec(comp, hp, source, kp, mapping)
+        entry = Realisation((variant,), "", ret=f"the syscall's return value, read at its exit (sys_exit_{name})")
+        ret = return_spec(comp, hp, source, kp, entry)
         realisation = f"syscall entry of {name}" + (f", decided at its exit (sys_exit_{name})" if ret else "")
         build(
             comp,
@@ -114,7 +114,7 @@ def kprobe_call(comp: Compilation, hp: str, source: str, kp: KProbeSpec, call: s
             kp,
             "process_kprobe",
             f"{comp.features.arch_prefix}sys_{name}",
-            mapping,
+            entry,
             realisation,
             ret=ret,
         )
@@ -315,14 +315,14 @@ def raw_syscalls(comp: Compilation, hp: str, source: str, tp: TracepointSpec) ->
         sp = f"{hp}.selectors[{si}]"
         ids: frozenset[str] | None = None
         rest = []
-        for ai, a in enumerate(sel.match_args or []):
-            found = resolve_arg(tp, a)
+        for ai, flt in enumerate(sel.match_args or []):
+            found = resolve_arg(tp, flt)
             if isinstance(found, str) or found[0] not in id_pos:
-                rest.append(a)
+                rest.append(flt)
                 continue
             if ids is not None:
                 raise Refuse(f"{sp}.matchArgs[{ai}]", "one syscall-id filter per selector")
-            ids = syscall_id_filter(comp, f"{sp}.matchArgs[{ai}]", a)
+            ids = syscall_id_filter(comp, f"{sp}.matchArgs[{ai}]", flt)
         wanted.append(ids)
         stripped.append(sel.model_copy(update={"match_args": rest or None}))
     distinct = {w for w in wanted if w is not None}

@@ -149,7 +149,7 @@ def _hook_problems(kind: str, i: int, hook: dict[str, Any]) -> list[Problem]:
         for key in pol if isinstance(pol, dict) else []:
             kp = f"{hp}.policy.{key}"
             if key == "path":
-                filters = {}
+                filters: dict[str, list[str]] = {}
                 for g in _as_list(pol[key]):
                     op, value, _ = _glob_to_filter(g)
                     filters.setdefault(op, []).append(value)
@@ -324,11 +324,11 @@ def _convert_hook(kind: str, i: int, kp: dict[str, Any], notes: list[str]) -> No
                 kp["call"], kp["syscall"] = "tcp_connect", False
                 kp["args"] = [{"index": 0, "type": "sock"}]
                 notes.append(f"{hp}: connect with dstIP -> kprobe tcp_connect (sock arg 0) with DAddr")
-            idx = next((int(a.get("index", 0)) for a in kp.get("args") or []
+            sock_idx = next((int(a.get("index", 0)) for a in kp.get("args") or []
                         if isinstance(a, dict) and a.get("type") in ("sock", "sockaddr")), None)
-            if idx is None:
+            if sock_idx is None:
                 raise PolicyError([Problem(f"{hp}.policy.dstIP", "no sock/sockaddr arg to filter on")])
-            groups += [("DAddr", chunk, idx) for chunk in _chunks(ips)]
+            groups += [("DAddr", chunk, sock_idx) for chunk in _chunks(ips)]
     actions = [{"action": "Sigkill"}] if deny else []
     if groups:
         new_sels = []
@@ -412,7 +412,7 @@ def _convert_doc(doc: dict[str, Any], index: int) -> tuple[dict[str, Any], list[
     if tracepoints and "tracepoints" not in out_spec:
         out_spec["tracepoints"] = tracepoints
     new["spec"] = out_spec
-    ordered = {k: new[k] for k in ("apiVersion", "kind", "metadata", "spec") if k in new}
+    ordered: dict[str, Any] = {k: new[k] for k in ("apiVersion", "kind", "metadata", "spec") if k in new}
     ordered.update({k: v for k, v in new.items() if k not in ordered})
     return ordered, notes
 

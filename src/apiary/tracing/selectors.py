@@ -363,10 +363,10 @@ def arg_filter(fp: str, a: ArgSelector, arg: RealisedArg) -> ArgFilter:
                 items.append(proto)
             elif mop in ("DPort", "NotDPort", "SPort", "NotSPort"):
                 try:
-                    lo, hi = parse_port_range(v)
+                    port_lo, port_hi = parse_port_range(v)
                 except ValueError:
                     raise Refuse(vp, f"{v!r} is not a port or a min:max port range") from None
-                items.append(lo if lo == hi else f"{lo}:{hi}")
+                items.append(port_lo if port_lo == port_hi else f"{port_lo}:{port_hi}")
             else:
                 fam = _FAMILIES.get(v.strip().upper()) if not v.strip().isdigit() else int(v)
                 if fam is None:

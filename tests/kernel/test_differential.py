@@ -61,7 +61,7 @@ class Row:
     section: str  # kprobes | lsmhooks
     call: str
     args: tuple[tuple[int, str], ...]  # (index, Tetragon type)
-    # where the tracepoint realisation is that of another row (file_permission has no LSM_MAPPINGS entry: the
+    # where the tracepoint realisation is that of another row (file_permission has no LSM_SYSCALL_REALISATIONS entry: the
     # kprobe security_file_permission is the same kernel check)
     fallback: tuple[str, str] | None = None
 

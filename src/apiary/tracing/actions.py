@@ -11,8 +11,8 @@ from __future__ import annotations
 from apiary.kernel.features import KernelFeatures
 
 from .compilation import Compilation, Refuse
-from .models import ActionSelector, KProbeSelector
 from .realisations import Variant
+from .selector_specs import ActionSelector, KProbeSelector
 from .types import ArgSpec
 
 ENFORCING = ("Sigkill", "Signal", "DenyConnect")

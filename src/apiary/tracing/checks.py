@@ -28,7 +28,6 @@ from .crd import (
     parse_port_range,
 )
 from .models import (
-    ArgSelector,
     HookSpec,
     KProbeArg,
     KProbeSpec,
@@ -37,6 +36,7 @@ from .models import (
     TracingPolicyBase,
     TracingPolicySpec,
 )
+from .selector_specs import ArgSelector
 
 __all__ = ["ensure_valid", "resolve_arg", "semantic_problems"]
 

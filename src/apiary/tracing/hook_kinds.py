@@ -17,7 +17,7 @@ from .build import build, return_spec
 from .checks import resolve_arg
 from .compilation import Compilation, Refuse
 from .crd import INT_TYPES
-from .models import ArgSelector, KProbeSelector, KProbeSpec, LsmHookSpec, TracepointSpec, UProbeSpec
+from .models import KProbeSpec, LsmHookSpec, TracepointSpec, UProbeSpec
 from .realisations import (
     AC_ANY,
     AC_KREG,
@@ -29,6 +29,7 @@ from .realisations import (
     Realisation,
     Variant,
 )
+from .selector_specs import ArgSelector, KProbeSelector
 
 SYSCALL_SYMBOL = re.compile(r"^(__x64_|__ia32_|__arm64_|__riscv_|__s390x_)?sys_([a-z0-9_]+)$")
 UPROBE_REGS = 5  # uprobe args: the first five argument registers (gs_kprobe reads PARM1-5)

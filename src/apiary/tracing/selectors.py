@@ -15,8 +15,9 @@ from .actions import check_return_actions, match_actions
 from .checks import resolve_arg
 from .compilation import Compilation, Refuse
 from .crd import CAPABILITIES, UNSIGNED_TYPES, parse_int, parse_port_range
-from .models import ArgSelector, HookSpec, KProbeSelector
+from .models import HookSpec
 from .realisations import RealisedArg, Variant
+from .selector_specs import ArgSelector, KProbeSelector
 from .types import (
     ARG_CONNSOCK,
     ARG_INT,

@@ -275,106 +275,122 @@ def arg_filter(fp: str, a: ArgSelector, arg: RealisedArg) -> ArgFilter:
             f"at most {MAX_VALUES} values per filter ({len(values)} given): the sensor compares at most 4",
         )
     if kind in (ARG_INT, ARG_UINT):
-        if op not in _INT_OPS:
-            raise Refuse(
-                f"{fp}.operator",
-                f"operator {op} is not supported on an integer arg (use Equal, "
-                "NotEqual, GT, LT, Mask, InRange or NotInRange)",
-            )
-        out: list[int | str] = []
-        for vi, v in enumerate(values):
-            vp = f"{fp}.values[{vi}]"
-            if v.startswith("list:"):
-                raise Refuse(vp, "list values are only supported for the raw_syscalls id")
-            try:
-                if op in ("InRange", "NotInRange") or ":" in v:
-                    lo, _, hi = v.partition(":")
-                    a_, b_ = parse_int(lo), parse_int(hi or lo)
-                    nums = [a_, b_]
-                    item: int | str = f"{min(a_, b_)}:{max(a_, b_)}"
-                else:
-                    nums = [parse_int(v)]
-                    item = nums[0]
-            except ValueError:
-                raise Refuse(vp, f"{v!r} is not an integer") from None
-            if kind == ARG_UINT and any(n < 0 for n in nums):
-                what = f"arg type {ty}" if ty in UNSIGNED_TYPES else "the field read"
-                raise Refuse(vp, f"{v!r} is negative but {what} is unsigned")
-            if any(not -(2**63) <= n < 2**64 for n in nums):
-                raise Refuse(vp, f"{v!r} does not fit in 64 bits")
-            out.append(item)
-        mop = _INT_OPS[op]
-        if ":" in "".join(str(x) for x in out) and mop in ("Equal", "NotEqual"):
-            mop = "InRange" if mop == "Equal" else "NotInRange"
-            out = [x if isinstance(x, str) else f"{x}:{x}" for x in out]
-        return ArgFilter(arg.slot, mop, tuple(out))
+        return _int_filter(fp, op, values, arg)
     if kind in STRING_KINDS:
-        if op not in _STRING_OPS:
-            raise Refuse(
-                f"{fp}.operator",
-                f"operator {op} is not supported on a {ty} arg (use Equal, NotEqual, "
-                "Prefix, NotPrefix, Postfix or NotPostfix)",
-            )
-        strs: list[int | str] = []
-        for vi, v in enumerate(values):
-            s = v.rstrip("\x00") if ty == "string" else v
-            n = len(s.encode())
-            if n > MAX_STRING:
-                raise Refuse(
-                    f"{fp}.values[{vi}]", f"string values are compared on at most {MAX_STRING} bytes ({n} given)"
-                )
-            strs.append(s)
-        return ArgFilter(arg.slot, op, tuple(strs))
+        return _string_filter(fp, op, values, arg)
     if kind in (ARG_SOCKADDR, ARG_KSOCKADDR, ARG_SOCK, ARG_SKB, ARG_CONNSOCK, ARG_SOCKETPTR):
-        table = (
-            _KSOCK_OPS
-            if kind in (ARG_SOCK, ARG_SKB)
-            else _CONNSOCK_OPS
-            if kind in (ARG_CONNSOCK, ARG_SOCKETPTR)
-            else _SOCKADDR_OPS
-            if ty == "sockaddr"
-            else _SOCK_OPS
-        )
-        if op not in table:
-            if op in ("SAddr", "NotSAddr", "SPort", "NotSPort", "SPortPriv", "NotSportPriv"):
-                why = "the source address and port are not known at connect() entry"
-            elif op in ("Protocol", "State"):
-                why = f"{op} is not known from the user's sockaddr at connect() entry"
-            else:
-                why = f"operator {op} does not apply to a socket address"
-            raise Refuse(f"{fp}.operator", f"{op} not supported: {why}")
-        mop = table[op]
-        if op.endswith("Priv"):
-            return ArgFilter(arg.slot, mop, ("0:1023",))
-        items: list[int | str] = []
-        for vi, v in enumerate(values):
-            vp = f"{fp}.values[{vi}]"
-            if mop in ("DAddr", "NotDAddr", "SAddr", "NotSAddr"):
-                try:
-                    net = ipaddress.ip_network(v.strip(), strict=False)
-                except ValueError:
-                    raise Refuse(vp, f"{v!r} is not an IP address or CIDR") from None
-                if net.version != 4:
-                    raise Refuse(vp, f"IPv6 address {v}: not supported yet (the sensor reads IPv4 sockaddrs)")
-                items.append(str(net))
-            elif mop == "Protocol":
-                proto = _PROTOCOLS.get(v.strip().upper()) if not v.strip().isdigit() else int(v)
-                if proto is None:
-                    raise Refuse(vp, f"unknown protocol {v!r} (IPPROTO_TCP, IPPROTO_UDP, … or a number)")
-                items.append(proto)
-            elif mop in ("DPort", "NotDPort", "SPort", "NotSPort"):
-                try:
-                    port_lo, port_hi = parse_port_range(v)
-                except ValueError:
-                    raise Refuse(vp, f"{v!r} is not a port or a min:max port range") from None
-                items.append(port_lo if port_lo == port_hi else f"{port_lo}:{port_hi}")
-            else:
-                fam = _FAMILIES.get(v.strip().upper()) if not v.strip().isdigit() else int(v)
-                if fam is None:
-                    raise Refuse(vp, f"unknown address family {v!r} (AF_INET, AF_INET6, AF_UNIX or a number)")
-                items.append(fam)
-        return ArgFilter(arg.slot, mop, tuple(items))
+        return _sock_filter(fp, op, values, arg)
     raise Refuse(f"{fp}.index", f"filters on a {ty} arg are not supported")
+
+
+def _int_filter(fp: str, op: str, values: list[str], arg: RealisedArg) -> ArgFilter:
+    """An integer arg: Equal/NotEqual/GT/LT/Mask/InRange/NotInRange (InMap/NotInMap as Equal/NotEqual)."""
+    kind, ty = arg.kind, arg.ty
+    if op not in _INT_OPS:
+        raise Refuse(
+            f"{fp}.operator",
+            f"operator {op} is not supported on an integer arg (use Equal, "
+            "NotEqual, GT, LT, Mask, InRange or NotInRange)",
+        )
+    out: list[int | str] = []
+    for vi, v in enumerate(values):
+        vp = f"{fp}.values[{vi}]"
+        if v.startswith("list:"):
+            raise Refuse(vp, "list values are only supported for the raw_syscalls id")
+        try:
+            if op in ("InRange", "NotInRange") or ":" in v:
+                lo, _, hi = v.partition(":")
+                a_, b_ = parse_int(lo), parse_int(hi or lo)
+                nums = [a_, b_]
+                item: int | str = f"{min(a_, b_)}:{max(a_, b_)}"
+            else:
+                nums = [parse_int(v)]
+                item = nums[0]
+        except ValueError:
+            raise Refuse(vp, f"{v!r} is not an integer") from None
+        if kind == ARG_UINT and any(n < 0 for n in nums):
+            what = f"arg type {ty}" if ty in UNSIGNED_TYPES else "the field read"
+            raise Refuse(vp, f"{v!r} is negative but {what} is unsigned")
+        if any(not -(2**63) <= n < 2**64 for n in nums):
+            raise Refuse(vp, f"{v!r} does not fit in 64 bits")
+        out.append(item)
+    mop = _INT_OPS[op]
+    if ":" in "".join(str(x) for x in out) and mop in ("Equal", "NotEqual"):
+        mop = "InRange" if mop == "Equal" else "NotInRange"
+        out = [x if isinstance(x, str) else f"{x}:{x}" for x in out]
+    return ArgFilter(arg.slot, mop, tuple(out))
+
+
+def _string_filter(fp: str, op: str, values: list[str], arg: RealisedArg) -> ArgFilter:
+    """A string, path or buffer arg: Equal/NotEqual/Prefix/NotPrefix/Postfix/NotPostfix."""
+    ty = arg.ty
+    if op not in _STRING_OPS:
+        raise Refuse(
+            f"{fp}.operator",
+            f"operator {op} is not supported on a {ty} arg (use Equal, NotEqual, "
+            "Prefix, NotPrefix, Postfix or NotPostfix)",
+        )
+    strs: list[int | str] = []
+    for vi, v in enumerate(values):
+        s = v.rstrip("\x00") if ty == "string" else v
+        n = len(s.encode())
+        if n > MAX_STRING:
+            raise Refuse(f"{fp}.values[{vi}]", f"string values are compared on at most {MAX_STRING} bytes ({n} given)")
+        strs.append(s)
+    return ArgFilter(arg.slot, op, tuple(strs))
+
+
+def _sock_filter(fp: str, op: str, values: list[str], arg: RealisedArg) -> ArgFilter:
+    """A socket or socket address arg: addresses, ports, family and protocol, as the realisation knows them."""
+    kind, ty = arg.kind, arg.ty
+    table = (
+        _KSOCK_OPS
+        if kind in (ARG_SOCK, ARG_SKB)
+        else _CONNSOCK_OPS
+        if kind in (ARG_CONNSOCK, ARG_SOCKETPTR)
+        else _SOCKADDR_OPS
+        if ty == "sockaddr"
+        else _SOCK_OPS
+    )
+    if op not in table:
+        if op in ("SAddr", "NotSAddr", "SPort", "NotSPort", "SPortPriv", "NotSportPriv"):
+            why = "the source address and port are not known at connect() entry"
+        elif op in ("Protocol", "State"):
+            why = f"{op} is not known from the user's sockaddr at connect() entry"
+        else:
+            why = f"operator {op} does not apply to a socket address"
+        raise Refuse(f"{fp}.operator", f"{op} not supported: {why}")
+    mop = table[op]
+    if op.endswith("Priv"):
+        return ArgFilter(arg.slot, mop, ("0:1023",))
+    items: list[int | str] = []
+    for vi, v in enumerate(values):
+        vp = f"{fp}.values[{vi}]"
+        if mop in ("DAddr", "NotDAddr", "SAddr", "NotSAddr"):
+            try:
+                net = ipaddress.ip_network(v.strip(), strict=False)
+            except ValueError:
+                raise Refuse(vp, f"{v!r} is not an IP address or CIDR") from None
+            if net.version != 4:
+                raise Refuse(vp, f"IPv6 address {v}: not supported yet (the sensor reads IPv4 sockaddrs)")
+            items.append(str(net))
+        elif mop == "Protocol":
+            proto = _PROTOCOLS.get(v.strip().upper()) if not v.strip().isdigit() else int(v)
+            if proto is None:
+                raise Refuse(vp, f"unknown protocol {v!r} (IPPROTO_TCP, IPPROTO_UDP, … or a number)")
+            items.append(proto)
+        elif mop in ("DPort", "NotDPort", "SPort", "NotSPort"):
+            try:
+                port_lo, port_hi = parse_port_range(v)
+            except ValueError:
+                raise Refuse(vp, f"{v!r} is not a port or a min:max port range") from None
+            items.append(port_lo if port_lo == port_hi else f"{port_lo}:{port_hi}")
+        else:
+            fam = _FAMILIES.get(v.strip().upper()) if not v.strip().isdigit() else int(v)
+            if fam is None:
+                raise Refuse(vp, f"unknown address family {v!r} (AF_INET, AF_INET6, AF_UNIX or a number)")
+            items.append(fam)
+    return ArgFilter(arg.slot, mop, tuple(items))
 
 
 def match_binaries(sp: str, sel: KProbeSelector) -> BinaryFilter | None:

@@ -3,7 +3,7 @@
 The sensor on a kernel without kprobes is one raw tracepoint program on `raw_syscalls/sys_enter`
 driven by maps: per syscall number, the hooks that watch it; per hook, the argument specs and up to
 five selectors evaluated in order (first match wins) with the action of the matching selector.
-Fixed in-kernel limits (values beyond them are rejected at apply time, never truncated):
+The fixed in-kernel limits below are checked at apply time: values beyond them are refused, never truncated.
 """
 
 from __future__ import annotations

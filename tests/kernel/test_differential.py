@@ -61,8 +61,8 @@ class Row:
     section: str  # kprobes | lsmhooks
     call: str
     args: tuple[tuple[int, str], ...]  # (index, Tetragon type)
-    # where the tracepoint realisation is that of another row (file_permission has no LSM_SYSCALL_REALISATIONS entry: the
-    # kprobe security_file_permission is the same kernel check)
+    # where the tracepoint realisation is that of another row (file_permission has no LSM_SYSCALL_REALISATIONS
+    # entry: the kprobe security_file_permission is the same kernel check)
     fallback: tuple[str, str] | None = None
 
 

@@ -304,6 +304,8 @@ def variant_args(
     missing: Mapping[int, str],
     index_text: str,
 ) -> list[RealisedArg] | str:
+    """The hook's args realised on one variant; a string saying why when one has no equivalent there."""
+    """The hook's args realised on one variant; a string saying why when one has no equivalent there."""
     out: list[RealisedArg] = []
     slot = 0
     for pos, a in enumerate(spec.args or []):

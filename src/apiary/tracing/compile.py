@@ -24,6 +24,7 @@ __all__ = ["compile_tracing_policy"]
 
 
 def run(comp: Compilation) -> CompiledTracingPolicy:
+    """Compile the whole policy; problems are collected in ``comp.problems``."""
     p = comp.policy
     spec = p.spec
     for fld in ("usdts", "fentries", "enforcers"):
@@ -68,6 +69,7 @@ def run(comp: Compilation) -> CompiledTracingPolicy:
 
 
 def options(comp: Compilation) -> str:
+    """spec.options: the policy mode (enforce | monitor); the others are noted as without effect."""
     mode = "enforce"
     for i, o in enumerate(comp.policy.spec.options or []):
         if o.name == "policy-mode":
@@ -87,6 +89,7 @@ def options(comp: Compilation) -> str:
 
 
 def pod_selector(comp: Compilation) -> dict[str, object] | None:
+    """spec.podSelector as a label selector on endpoint labels (a namespaced policy: its namespace only)."""
     spec = comp.policy.spec
     sel: dict[str, object] | None = None
     if spec.pod_selector is not None:
@@ -110,6 +113,7 @@ def pod_selector(comp: Compilation) -> dict[str, object] | None:
 
 
 def check_totals(comp: Compilation) -> None:
+    """Refuse a policy beyond the sensor's totals (hooks, hooks per syscall, follow slots)."""
     if len(comp.hooks) > MAX_HOOKS:
         comp.refuse(
             "spec",

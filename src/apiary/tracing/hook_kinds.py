@@ -37,6 +37,7 @@ _KRET = "the function's return value (kretprobe)"
 
 
 def kprobe(comp: Compilation, path: str, kp: KProbeSpec) -> None:
+    """spec.kprobes[i]: one hook per call (a ``list:`` call expands to its values)."""
     hp = f"spec.{path}"
     calls: list[tuple[str, str]] = [(kp.call, "")]
     if kp.call.startswith("list:"):
@@ -51,6 +52,7 @@ def kprobe(comp: Compilation, path: str, kp: KProbeSpec) -> None:
 
 
 def expand_list(comp: Compilation, hp: str, kp: KProbeSpec) -> list[tuple[str, str]]:
+    """The calls a ``call: list:NAME`` names, each with its origin (for the notes)."""
     name = kp.call.removeprefix("list:")
     ls = next((x for x in comp.policy.spec.lists or [] if x.name == name), None)
     if ls is None:
@@ -72,6 +74,7 @@ def expand_list(comp: Compilation, hp: str, kp: KProbeSpec) -> list[tuple[str, s
 
 
 def kprobe_common(comp: Compilation, hp: str, kp: KProbeSpec) -> None:
+    """Refuse the kprobe fields apiary does not realise on any call."""
     if kp.data:
         comp.refuse(f"{hp}.data", "data (extra values read from the task or registers) is not supported yet")
     if kp.return_arg_action:
@@ -82,6 +85,7 @@ def kprobe_common(comp: Compilation, hp: str, kp: KProbeSpec) -> None:
 
 
 def kprobe_call(comp: Compilation, hp: str, source: str, kp: KProbeSpec, call: str) -> None:
+    """One kprobe call: a syscall's entry, a kprobe on the function, or the function on the syscalls that call it."""
     if kp.syscall:
         m = SYSCALL_SYMBOL.match(call)
         if not m:
@@ -158,6 +162,7 @@ def kprobe_call(comp: Compilation, hp: str, source: str, kp: KProbeSpec, call: s
 
 
 def lsmhook(comp: Compilation, path: str, lsm: LsmHookSpec) -> None:
+    """spec.lsmhooks[i]: a BPF-LSM program where the kernel has BPF-LSM, else the hook on its syscalls."""
     hp = f"spec.{path}"
     real = LSM_REALISATIONS.get(lsm.hook) if comp.features.lsm else None
     mapping = real or LSM_SYSCALL_REALISATIONS.get(lsm.hook)
@@ -171,6 +176,7 @@ def lsmhook(comp: Compilation, path: str, lsm: LsmHookSpec) -> None:
 
 
 def tracepoint(comp: Compilation, path: str, tp: TracepointSpec) -> None:
+    """spec.tracepoints[i]: a syscall's entry, raw_syscalls/sys_enter, a raw tracepoint or any other record."""
     hp = f"spec.{path}"
     source = f"{path} {tp.subsystem}/{tp.event}"
     try:
@@ -235,6 +241,7 @@ def generic_tracepoint(comp: Compilation, hp: str, source: str, tp: TracepointSp
 
 
 def uprobe(comp: Compilation, path: str, up: UProbeSpec) -> None:
+    """spec.uprobes[i]: one uprobe (and uretprobe with return: true) per symbol of the binary."""
     hp = f"spec.{path}"
     for fld, name in (
         ("offsets", "offsets"),
@@ -297,6 +304,7 @@ def raw_tracepoint(comp: Compilation, hp: str, source: str, tp: TracepointSpec) 
 
 
 def raw_syscalls(comp: Compilation, hp: str, source: str, tp: TracepointSpec) -> None:
+    """raw_syscalls/sys_enter: the syscall-id filter becomes the set of syscalls watched."""
     id_pos: set[int] = set()
     for i, a in enumerate(tp.args or []):
         if a.index == 4 and a.type_ in INT_TYPES:
@@ -350,6 +358,7 @@ def raw_syscalls(comp: Compilation, hp: str, source: str, tp: TracepointSpec) ->
 
 
 def syscall_id_filter(comp: Compilation, path: str, a: ArgSelector) -> frozenset[str]:
+    """The syscalls a filter on raw_syscalls' id names (through ``list:NAME`` values)."""
     names: set[str] = set()
     for vi, v in enumerate(a.values or []):
         if not v.startswith("list:"):

@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from apiary.agent.tracing import kernel_features
+from apiary.kernel.features import KernelFeatures, kernel_features
 from apiary.loader.errors import VerifierError
 from apiary.policy.models import PolicyError
 from apiary.sensors.process.sensor import ProcessSensor
@@ -34,7 +34,7 @@ from apiary.sensors.tracing.sensor import TracingSensor
 from apiary.testing.agent import IN_VM
 from apiary.testing.sensors import tracing_events
 from apiary.testing.workload import Workload, WorkloadResult
-from apiary.tracing.compile import KernelFeatures, compile_tracing_policy
+from apiary.tracing.compile import compile_tracing_policy
 from apiary.tracing.load import load_tracing_policies
 from apiary.tracing.types import (
     ARG_BPRM,
@@ -61,8 +61,8 @@ class Row:
     section: str  # kprobes | lsmhooks
     call: str
     args: tuple[tuple[int, str], ...]  # (index, Tetragon type)
-    # where the tracepoint realisation is that of another row (file_permission has no LSM_MAPPINGS entry: the
-    # kprobe security_file_permission is the same kernel check)
+    # where the tracepoint realisation is that of another row (file_permission has no LSM_SYSCALL_REALISATIONS
+    # entry: the kprobe security_file_permission is the same kernel check)
     fallback: tuple[str, str] | None = None
 
 
@@ -181,7 +181,7 @@ def _compile(row: Row, real: bool, pid: int) -> CompiledTracingPolicy:
 
 
 def _is_real(c: CompiledTracingPolicy) -> bool:
-    return all(s.startswith(("__kprobe_", "__lsm_")) for h in c.hooks for s in h.syscalls)
+    return all(s.startswith(("__kprobe_", "__lsm_")) for h in c.hooks for s in h.attach_points)
 
 
 def _text(c: CompiledTracingPolicy) -> str:
@@ -231,7 +231,7 @@ def _normalise(row: str, hooks: dict[int, Hook], evs: list[tabi.Event], wdir: st
         for i, spec in enumerate(hook.args[: ev.nargs]):
             raw = bytes(ev.str[i])[: ev.slen[i]]
             args.append((spec.label, _value(spec.kind, spec.tetragon_type, ev.ints[i], raw, wdir, res)))
-        if row.endswith("file_permission") and not hook.syscalls[0].startswith(("__kprobe_", "__lsm_")):
+        if row.endswith("file_permission") and not hook.attach_points[0].startswith(("__kprobe_", "__lsm_")):
             args.append(("k1", _MAY_WRITE if _syscall_name(ev.syscall_nr) in _WRITES else _MAY_READ))
         out.append((res.step_at(ev.ktime) or "outside the workload", row, tuple(sorted(args))))
     return out
@@ -318,7 +318,7 @@ def test_kprobe_and_lsm_realisations_see_what_the_tracepoint_realisation_sees(se
     if row.section == "lsmhooks" and _LSM_REJECTED:
         pytest.fail(f"{row.name}: this kernel has BPF-LSM but rejects the sensor's LSM programs: {_LSM_REJECTED[0]}")
     tp_c = _compile(row, False, os.getpid())
-    assert not any(s.startswith(("__kprobe_", "__lsm_")) for h in tp_c.hooks for s in h.syscalls)
+    assert not any(s.startswith(("__kprobe_", "__lsm_")) for h in tp_c.hooks for s in h.attach_points)
     tp_text = _text(tp_c)
     # every gap of this row is stated by the realisation; every arg it drops is said at apply time
     for gap in GAPS:
@@ -341,6 +341,6 @@ def test_kprobe_and_lsm_realisations_see_what_the_tracepoint_realisation_sees(se
     )
     assert not only_real and not only_tp, (
         f"{row.name}: the realisations differ beyond the stated gaps\n"
-        f"  only the kprobe/LSM hook ({real_c.hooks[0].syscalls[0]}):\n{_show(only_real)}\n"
-        f"  only the tracepoint realisation ({', '.join(h.syscalls[0] for h in tp_c.hooks)}):\n{_show(only_tp)}"
+        f"  only the kprobe/LSM hook ({real_c.hooks[0].attach_points[0]}):\n{_show(only_real)}\n"
+        f"  only the tracepoint realisation ({', '.join(h.attach_points[0] for h in tp_c.hooks)}):\n{_show(only_tp)}"
     )

@@ -270,7 +270,7 @@ def test_the_kernel_knows_the_exempt_process_by_pid_and_start_time(tmp_path: Pat
         source="kprobes[0] sys_write",
         event="process_kprobe",
         function_name="__x64_sys_write",
-        syscalls=("write",),
+        attach_points=("write",),
         args=(),
         selectors=(Selector(binaries=BinaryFilter("In", (str(sh),)), action="Sigkill"),),
         realisation="syscall entry of write",

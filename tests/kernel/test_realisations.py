@@ -15,12 +15,13 @@ import sys
 import textwrap
 from pathlib import Path
 
+from apiary.kernel.features import features_from_tracefs
 from apiary.sensors.process.sensor import ProcessSensor
 from apiary.sensors.tracing import abi as tabi
 from apiary.sensors.tracing.sensor import TracingSensor
 from apiary.testing.agent import AgentProcess
 from apiary.testing.sensors import tracing_events
-from apiary.tracing.compile import compile_tracing_policy, features_from_tracefs
+from apiary.tracing.compile import compile_tracing_policy
 from apiary.tracing.load import load_tracing_policies
 from apiary.tracing.types import Hook
 

@@ -56,7 +56,7 @@ def test_tracing_sensor_kills_the_writer_before_the_write_lands() -> None:
             source="kprobes[0] sys_write",
             event="process_kprobe",
             function_name="__x64_sys_write",
-            syscalls=("write",),
+            attach_points=("write",),
             args=(ArgSpec(0, ARG_FD, tetragon_type="fd"),),
             selectors=(Selector(args=(ArgFilter(0, "Prefix", (d + "/",)),), action="Sigkill"),),
             realisation="syscall entry of write",
@@ -98,8 +98,9 @@ def test_lsm_override_makes_the_open_fail_and_the_process_lives() -> None:
 
     import pytest
 
+    from apiary.kernel.features import features_from_tracefs
     from apiary.loader import BpfError
-    from apiary.tracing.compile import compile_tracing_policy, features_from_tracefs
+    from apiary.tracing.compile import compile_tracing_policy
     from apiary.tracing.load import load_tracing_policies
 
     d = tempfile.mkdtemp(prefix="apiary-lsm-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
@@ -116,7 +117,7 @@ def test_lsm_override_makes_the_open_fail_and_the_process_lives() -> None:
         feats = dataclasses.replace(features_from_tracefs(), lsm=True)
         (pol,) = load_tracing_policies(LSM_POLICY.replace("DIR", d))
         compiled = compile_tracing_policy(pol, feats)
-        assert compiled.hooks[0].syscalls == ("__lsm_file_open",)
+        assert compiled.hooks[0].attach_points == ("__lsm_file_open",)
         ts.apply("/lsm-deny-open", compiled, None)
         r = subprocess.run(["/bin/sh", "-c", f"echo x > {target}; echo alive"], capture_output=True, text=True)
         assert r.returncode == 0 and "alive" in r.stdout  # the process lives
@@ -152,8 +153,9 @@ def test_kprobe_on_vfs_write_reports_the_file_and_size() -> None:
 
     import pytest
 
+    from apiary.kernel.features import features_from_tracefs
     from apiary.loader import BpfError
-    from apiary.tracing.compile import compile_tracing_policy, features_from_tracefs
+    from apiary.tracing.compile import compile_tracing_policy
     from apiary.tracing.load import load_tracing_policies
 
     d = tempfile.mkdtemp(prefix="apiary-kp-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
@@ -166,7 +168,7 @@ def test_kprobe_on_vfs_write_reports_the_file_and_size() -> None:
         feats = dataclasses.replace(features_from_tracefs(), kprobes=True)
         (pol,) = load_tracing_policies(KPROBE_POLICY.replace("DIR", d))
         compiled = compile_tracing_policy(pol, feats)
-        assert compiled.hooks[0].syscalls == ("__kprobe_vfs_write",)
+        assert compiled.hooks[0].attach_points == ("__kprobe_vfs_write",)
         try:
             ts.apply("/vfs-write", compiled, None)
         except BpfError as e:
@@ -211,7 +213,7 @@ def test_lsm_bprm_check_denies_the_exec_of_one_binary() -> None:
             source="lsmhooks[0] bprm_check_security",
             event="process_lsm",
             function_name="bprm_check_security",
-            syscalls=("__lsm_bprm_check_security",),
+            attach_points=("__lsm_bprm_check_security",),
             args=(ArgSpec(0, ARG_FILEPTR, tetragon_type="linux_binprm"),),
             selectors=(Selector(args=(ArgFilter(0, "Equal", (banned,)),), action="Override", signal=1),),
             realisation="BPF-LSM",
@@ -242,7 +244,7 @@ def test_lsm_file_permission_denies_the_write_not_the_open() -> None:
             source="lsmhooks[0] file_permission",
             event="process_lsm",
             function_name="file_permission",
-            syscalls=("__lsm_file_permission",),
+            attach_points=("__lsm_file_permission",),
             args=(ArgSpec(0, ARG_FILEPTR, tetragon_type="file"), ArgSpec(1, ARG_INT, tetragon_type="int")),
             selectors=(
                 Selector(
@@ -285,7 +287,7 @@ def test_kretprobe_reports_what_vfs_write_returned() -> None:
             source="kprobes[0] vfs_write",
             event="process_kprobe",
             function_name="vfs_write",
-            syscalls=("__kprobe_vfs_write",),
+            attach_points=("__kprobe_vfs_write",),
             args=(ArgSpec(0, ARG_FILEPTR, tetragon_type="file"),),
             selectors=(Selector(args=(ArgFilter(0, "Prefix", (d + "/",)),), ret=ArgFilter(0, "GT", (0,))),),
             realisation="kprobe + kretprobe",
@@ -328,7 +330,7 @@ def test_kprobe_tcp_connect_reads_the_socket() -> None:
             source="kprobes[0] tcp_connect",
             event="process_kprobe",
             function_name="tcp_connect",
-            syscalls=("__kprobe_tcp_connect",),
+            attach_points=("__kprobe_tcp_connect",),
             args=(ArgSpec(0, ARG_SOCK, tetragon_type="sock"),),
             selectors=(
                 Selector(
@@ -386,7 +388,7 @@ def test_kprobe_commit_creds_reports_the_new_credentials() -> None:
             source="kprobes[0] commit_creds",
             event="process_kprobe",
             function_name="commit_creds",
-            syscalls=("__kprobe_commit_creds",),
+            attach_points=("__kprobe_commit_creds",),
             args=(ArgSpec(0, ARG_CRED, tetragon_type="cred"),),
             selectors=(Selector(binaries=BinaryFilter("In", (setpriv,))),),
             realisation="kprobe",
@@ -429,8 +431,9 @@ def test_kprobe_on_any_kernel_function_reads_args_by_the_policys_types() -> None
 
     import pytest
 
+    from apiary.kernel.features import features_from_tracefs
     from apiary.loader import BpfError
-    from apiary.tracing.compile import compile_tracing_policy, features_from_tracefs
+    from apiary.tracing.compile import compile_tracing_policy
     from apiary.tracing.load import load_tracing_policies
 
     d = tempfile.mkdtemp(prefix="apiary-gkp-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
@@ -441,7 +444,7 @@ def test_kprobe_on_any_kernel_function_reads_args_by_the_policys_types() -> None
         ts.load()
         (pol,) = load_tracing_policies(GENERIC_KPROBE.replace("DIR", d))
         compiled = compile_tracing_policy(pol, dataclasses.replace(features_from_tracefs(), kprobes=True))
-        assert compiled.hooks[0].syscalls == ("__kprobe_filp_close",)
+        assert compiled.hooks[0].attach_points == ("__kprobe_filp_close",)
         try:
             ts.apply("/closes", compiled, None)
         except BpfError as e:
@@ -487,8 +490,9 @@ def test_kprobe_skb_and_path_args() -> None:
     import pytest
 
     from apiary.agent.tracing import _skb_arg
+    from apiary.kernel.features import features_from_tracefs
     from apiary.loader import BpfError
-    from apiary.tracing.compile import compile_tracing_policy, features_from_tracefs
+    from apiary.tracing.compile import compile_tracing_policy
     from apiary.tracing.load import load_tracing_policies
 
     d = tempfile.mkdtemp(prefix="apiary-skb-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)

@@ -45,7 +45,7 @@ def _open_hook(d: str, *sels: Selector, ret: ArgSpec | None = None) -> Hook:
         source="kprobes[0] sys_openat",
         event="process_kprobe",
         function_name="__x64_sys_openat",
-        syscalls=("openat",),
+        attach_points=("openat",),
         args=(ArgSpec(1, ARG_STRING, tetragon_type="string"),),
         selectors=tuple(dataclasses.replace(s, args=(ArgFilter(0, "Prefix", (d + "/",)),)) for s in sels),
         realisation="syscall entry of openat",
@@ -83,7 +83,7 @@ def test_uprobe_on_a_libc_function_reports_its_string_args_and_can_kill(sensors)
             source="uprobes[0]",
             event="process_uprobe",
             function_name="strverscmp",
-            syscalls=(f"__uprobe_{LIBC}:strverscmp",),
+            attach_points=(f"__uprobe_{LIBC}:strverscmp",),
             args=(ArgSpec(0, ARG_STRING, tetragon_type="string"), ArgSpec(1, ARG_STRING, tetragon_type="string")),
             selectors=(Selector(args=(ArgFilter(0, "Prefix", (tag,)),), action=action),),
             realisation="uprobe",
@@ -188,7 +188,7 @@ def test_a_failed_attach_leaves_nothing_behind(sensors) -> None:
         source="uprobes[0]",
         event="process_uprobe",
         function_name="no_such_symbol_apiary",
-        syscalls=(f"__uprobe_{LIBC}:no_such_symbol_apiary",),
+        attach_points=(f"__uprobe_{LIBC}:no_such_symbol_apiary",),
         args=(),
         selectors=(),
         realisation="uprobe",
@@ -230,7 +230,8 @@ def test_follow_children_not_in(sensors, workdir) -> None:
 
 def test_char_buf_with_size_arg_index_reads_the_written_bytes(sensors, workdir) -> None:
     """char_buf + sizeArgIndex (1-based, Tetragon's): exactly the bytes written, NULs included."""
-    from apiary.tracing.compile import compile_tracing_policy, features_from_tracefs
+    from apiary.kernel.features import features_from_tracefs
+    from apiary.tracing.compile import compile_tracing_policy
     from apiary.tracing.load import load_tracing_policies
 
     ps, ts = sensors
@@ -260,7 +261,8 @@ spec:
 
 def test_return_copy_reads_what_the_call_put_in_the_buffer(sensors, workdir) -> None:
     """returnCopy: read()'s buffer is filled by the call, so it is read at exit, as many bytes as returned."""
-    from apiary.tracing.compile import compile_tracing_policy, features_from_tracefs
+    from apiary.kernel.features import features_from_tracefs
+    from apiary.tracing.compile import compile_tracing_policy
     from apiary.tracing.load import load_tracing_policies
 
     ps, ts = sensors
@@ -342,7 +344,8 @@ def test_not_namespace_init_or_its_forks_sees_a_process_entering_the_namespace(s
 
 
 def test_filter_on_the_bytes_of_a_char_buf(sensors, workdir) -> None:
-    from apiary.tracing.compile import compile_tracing_policy, features_from_tracefs
+    from apiary.kernel.features import features_from_tracefs
+    from apiary.tracing.compile import compile_tracing_policy
     from apiary.tracing.load import load_tracing_policies
 
     ps, ts = sensors
@@ -371,7 +374,8 @@ spec:
 def test_raw_tracepoint_sched_process_exec_reads_the_binprm(sensors, workdir) -> None:
     """`raw: true` (Linux 6.10+: raw tracepoints with attach cookies): the tracepoint's own arguments, here the
     linux_binprm of sched_process_exec, resolved to the executed file's full path in the kernel."""
-    from apiary.tracing.compile import compile_tracing_policy, features_from_tracefs
+    from apiary.kernel.features import features_from_tracefs
+    from apiary.tracing.compile import compile_tracing_policy
     from apiary.tracing.load import load_tracing_policies
 
     ps, ts = sensors

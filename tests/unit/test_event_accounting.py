@@ -9,11 +9,12 @@ import pytest
 
 from apiary.agent import accounting
 from apiary.agent.tracing import Tracing
+from apiary.kernel.features import X86_64_SYSCALLS, KernelFeatures
 from apiary.observe.clock import KtimeClock
 from apiary.observe.process import ProcessCache, make_exec_id
 from apiary.observe.raw import EXEC_F_CLONE, ExecMsg, ExitMsg
 from apiary.sensors.tracing import abi
-from apiary.tracing.compile import X86_64_SYSCALLS, KernelFeatures, compile_tracing_policy
+from apiary.tracing.compile import compile_tracing_policy
 from apiary.tracing.load import load_tracing_policies
 
 NODE = "n1"

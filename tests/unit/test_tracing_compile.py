@@ -8,16 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from apiary.tracing.compile import (
-    MAX_HOOKS_PER_SYSCALL,
-    X86_64_SYSCALLS,
-    KernelFeatures,
-    compile_tracing_policy,
-    features_from_tracefs,
-    syscalls_from_tracefs,
-)
+from apiary.kernel.features import X86_64_SYSCALLS, KernelFeatures, features_from_tracefs, syscalls_from_tracefs
+from apiary.policy.models import PolicyError
+from apiary.tracing.compile import compile_tracing_policy
 from apiary.tracing.load import load_tracing_policies
-from apiary.tracing.models import PolicyError
 from apiary.tracing.types import (
     ARG_CONNSOCK,
     ARG_CRED,
@@ -29,6 +23,7 @@ from apiary.tracing.types import (
     ARG_SOCKETPTR,
     ARG_STRING,
     ARG_UINT,
+    MAX_HOOKS_PER_SYSCALL,
     REG_CRED,
     REG_EXE,
     REG_NONE,
@@ -80,7 +75,7 @@ def test_syscall_kprobe_at_syscall_entry() -> None:
           args: [{index: 0, type: fd}, {index: 2, type: size_t, label: count}]
         """)
     [h] = c.hooks
-    assert (h.source, h.event, h.function_name, h.syscalls) == (
+    assert (h.source, h.event, h.function_name, h.attach_points) == (
         "kprobes[0] sys_write", "process_kprobe", "__x64_sys_write", ("write",))
     assert h.args == (ArgSpec(0, ARG_FD, "", "fd"), ArgSpec(2, ARG_INT, "count", "size_t"))
     assert h.selectors == ()
@@ -90,7 +85,7 @@ def test_syscall_kprobe_at_syscall_entry() -> None:
 
 def test_arch_prefixed_syscall_and_missing_syscall() -> None:
     [h] = build("kprobes: [{call: __x64_sys_openat}]").hooks
-    assert h.syscalls == ("openat",) and h.function_name == "__x64_sys_openat"
+    assert h.attach_points == ("openat",) and h.function_name == "__x64_sys_openat"
     assert refusal("kprobes: [{call: sys_nosuch}]") == \
         "unsupported: spec.kprobes[0].call (no syscall nosuch on this kernel (no syscalls/sys_enter_nosuch tracepoint))"
     assert refusal("kprobes: [{call: __ia32_sys_dup}]") == \
@@ -116,7 +111,7 @@ kprobes:
 def test_vfs_write_on_write_and_pwrite64_only_where_the_kernel_calls_it() -> None:
     c = build(VFS_WRITE)
     write, pwrite = c.hooks
-    assert write.syscalls == ("write",) and pwrite.syscalls == ("pwrite64",)
+    assert write.attach_points == ("write",) and pwrite.attach_points == ("pwrite64",)
     assert write.function_name == "vfs_write" and write.args == (ArgSpec(0, ARG_FD, "", "file"),)
     # write: any fd fdget() accepts; pwrite64: also pos (arg 3) >= 0 on a seekable file (FMODE_PWRITE)
     assert write.guard == Guard(frozenset({"file"}), fd=0)
@@ -130,7 +125,7 @@ def test_vfs_write_on_write_and_pwrite64_only_where_the_kernel_calls_it() -> Non
 def test_vfs_write_count_on_both_variants() -> None:
     spec = "kprobes: [{call: vfs_write, syscall: false, args: [{index: 0, type: file}, {index: 2, type: size_t}]%s}]"
     c = build(spec % "")
-    assert [(h.syscalls, h.args[1]) for h in c.hooks] == [
+    assert [(h.attach_points, h.args[1]) for h in c.hooks] == [
         (("write",), ArgSpec(2, ARG_INT, "", "size_t")), (("pwrite64",), ArgSpec(2, ARG_INT, "", "size_t"))]
     assert [h.selectors[0].action for h in build(spec % ", selectors: [{matchActions: [{action: Sigkill}]}]").hooks] \
         == ["Sigkill", "Sigkill"]
@@ -144,7 +139,7 @@ def test_vfs_read_buffer_not_available() -> None:
           args: [{index: 0, type: file}, {index: 1, type: char_buf}]
         """)
     read, pread = c.hooks
-    assert read.syscalls == ("read",) and pread.syscalls == ("pread64",) and len(read.args) == 1
+    assert read.attach_points == ("read",) and pread.attach_points == ("pread64",) and len(read.args) == 1
     assert pread.guard == Guard(frozenset({"file", "pread"}), fd=0, pos=3)
     assert "kprobes[0] vfs_read: arg 1 not reported: the buffer is not filled yet at syscall entry" in c.notes
 
@@ -161,7 +156,7 @@ def test_security_file_permission_mask_decides_the_family() -> None:
     write = build(SFP + "  selectors:\n  - matchArgs: [{index: 1, operator: Equal, values: ['2']}, "
                   "{index: 0, operator: Prefix, values: [/etc/]}]")
     plain, positional, v2 = write.hooks
-    assert [h.syscalls for h in write.hooks] == [("write", "writev"), ("pwrite64", "pwritev"), ("pwritev2",)]
+    assert [h.attach_points for h in write.hooks] == [("write", "writev"), ("pwrite64", "pwritev"), ("pwritev2",)]
     # the check is reached only on a file opened for writing; positional calls need pos >= 0 on a seekable file
     assert plain.guard == Guard(frozenset({"file", "write"}), fd=0)
     assert positional.guard == Guard(frozenset({"file", "write", "pwrite"}), fd=0, pos=3)
@@ -172,9 +167,9 @@ def test_security_file_permission_mask_decides_the_family() -> None:
     assert ("kprobes[0] security_file_permission: arg 1 not reported: a constant implied by the syscall (see the "
             "realisation); filters on it are decided when the policy is compiled") in write.notes
     read = build(SFP + "  selectors: [{matchArgs: [{index: 1, operator: Mask, values: ['4']}]}]").hooks
-    assert read[0].syscalls == ("read", "readv") and read[0].selectors == (Selector(),)
+    assert read[0].attach_points == ("read", "readv") and read[0].selectors == (Selector(),)
     assert read[0].guard == Guard(frozenset({"file", "read"}), fd=0)
-    assert [h.syscalls for h in build(SFP).hooks] == [
+    assert [h.attach_points for h in build(SFP).hooks] == [
         ("write", "writev"), ("pwrite64", "pwritev"), ("pwritev2",), ("read", "readv"), ("pread64", "preadv"),
         ("preadv2",)]
 
@@ -196,17 +191,17 @@ def test_fd_install_and_file_open_at_the_exit_of_the_open_family() -> None:
         """)
     fd, lsm = c.hooks
     # the new fd is the return value; the file is the fd's, resolved in the kernel to its full path
-    assert (fd.syscalls, fd.at_exit) == (OPENS, True)
+    assert (fd.attach_points, fd.at_exit) == (OPENS, True)
     assert fd.args == (ArgSpec(REG_RET, ARG_INT, "", "int"), ArgSpec(REG_RET, ARG_FD, "", "file"))
     assert fd.guard == Guard(frozenset({"ret_ok"}))  # O_PATH fds are installed too
     assert fd.selectors[0].args == (ArgFilter(1, "Equal", ("/etc/passwd",)), ArgFilter(0, "Equal", (3,)))
-    assert (lsm.event, lsm.function_name, lsm.syscalls, lsm.at_exit) == ("process_lsm", "file_open", OPENS, True)
+    assert (lsm.event, lsm.function_name, lsm.attach_points, lsm.at_exit) == ("process_lsm", "file_open", OPENS, True)
     # security_file_open is not called for O_PATH opens: the returned fd must be one fdget() accepts
     assert lsm.guard == Guard(frozenset({"ret_ok", "file"}), fd=REG_RET)
     assert c.notes[0].startswith("kprobes[0] fd_install: via sys_exit_open/creat/openat/openat2/open_by_handle_at: ")
     assert "Sigkill/Signal act after the operation" in c.notes[0]
     [h] = build("kprobes: [{call: security_file_open, syscall: false, args: [{index: 0, type: file}]}]").hooks
-    assert (h.syscalls, h.guard, h.args) == (OPENS, lsm.guard, (ArgSpec(REG_RET, ARG_FD, "", "file"),))
+    assert (h.attach_points, h.guard, h.args) == (OPENS, lsm.guard, (ArgSpec(REG_RET, ARG_FD, "", "file"),))
 
 
 def test_filter_on_an_unavailable_arg_is_refused() -> None:
@@ -252,7 +247,7 @@ def test_tcp_connect_on_connect() -> None:
         """)
     [h] = c.hooks
     # the fd's socket (register 0) with the destination of the sockaddr (register 1)
-    assert (h.syscalls, h.function_name, h.args) == (
+    assert (h.attach_points, h.function_name, h.args) == (
         ("connect",), "tcp_connect", (ArgSpec(1, ARG_CONNSOCK, "", "sock", size_index=0),))
     # only where the kernel gets to tcp_connect: an unconnected TCP socket and a sockaddr of its family
     assert h.guard == Guard(frozenset({"file", "socket", "addr", "tcp"}), fd=0, addr=1)
@@ -295,16 +290,17 @@ def test_commit_creds_bprm_and_sys_helpers() -> None:
         """)
     creds, bprm, setuid, lsm_bprm = c.hooks
     # at the exit of the syscalls that commit credentials, when the task's credentials changed; arg 0 is them
-    assert creds.syscalls[:8] == ("setuid", "setgid", "setreuid", "setregid", "setresuid", "setresgid", "setfsuid",
+    assert creds.attach_points[:8] == ("setuid", "setgid", "setreuid", "setregid", "setresuid", "setresgid", "setfsuid",
                                   "setfsgid")
-    assert {"capset", "execve", "unshare", "setns"} <= set(creds.syscalls) and creds.at_exit
+    assert {"capset", "execve", "unshare", "setns"} <= set(creds.attach_points) and creds.at_exit
     assert creds.args == (ArgSpec(REG_CRED, ARG_CRED, "", "cred"),)
     assert creds.guard == Guard(frozenset({"cred_new"}))
     # the execs that succeeded, at their exit: the executed file's full path (what bprm->file is)
-    assert (bprm.syscalls, bprm.at_exit, bprm.guard) == (("execve", "execveat"), True, Guard(frozenset({"ret_ok"})))
+    assert (bprm.attach_points, bprm.at_exit, bprm.guard) == (
+        ("execve", "execveat"), True, Guard(frozenset({"ret_ok"})))
     assert bprm.args == (ArgSpec(REG_EXE, ARG_FILEPTR, "", "linux_binprm"),)
-    assert (setuid.syscalls, setuid.function_name) == (("setuid",), "__sys_setuid")
-    assert (lsm_bprm.event, lsm_bprm.syscalls) == ("process_lsm", ("execve", "execveat"))
+    assert (setuid.attach_points, setuid.function_name) == (("setuid",), "__sys_setuid")
+    assert (lsm_bprm.event, lsm_bprm.attach_points) == ("process_lsm", ("execve", "execveat"))
     assert "a script is seen as its interpreter only" in bprm.realisation
 
 
@@ -313,13 +309,13 @@ def test_unmapped_kernel_function_refused_from_the_features() -> None:
     assert refusal(spec) == f"unsupported: spec.kprobes[0].call (dev_queue_xmit: {NO_KPROBE})"
     # where kprobes exist, any kernel function is probed; an arg type the sensor cannot read is refused
     skb = build(spec, VM)
-    assert skb.hooks[0].syscalls == ("__kprobe_dev_queue_xmit",) and skb.hooks[0].args[0].kind == "skb_ptr"
+    assert skb.hooks[0].attach_points == ("__kprobe_dev_queue_xmit",) and skb.hooks[0].args[0].kind == "skb_ptr"
     assert refusal("kprobes: [{call: bpf_check, syscall: false, args: [{index: 0, type: bpf_attr}]}]", VM) == (
         "unsupported: spec.kprobes[0].args[0].type (arg type bpf_attr is not supported on a kprobe of a kernel "
         "function (integer types, string (a kernel char *), file, path, sock, skb, cred, linux_binprm (pointers to "
         "those kernel structs) and fd are))")
     generic = build("kprobes: [{call: do_unlinkat, syscall: false, args: [{index: 0, type: int}]}]", VM)
-    assert generic.hooks[0].syscalls == ("__kprobe_do_unlinkat",) and generic.hooks[0].args[0].kind == "int"
+    assert generic.hooks[0].attach_points == ("__kprobe_do_unlinkat",) and generic.hooks[0].args[0].kind == "int"
     assert refusal("lsmhooks: [{hook: path_mkdir}]") == ("unsupported: spec.lsmhooks[0].hook (lsm hook path_mkdir: "
                                                          "needs BPF-LSM; this kernel: no kprobes (CONFIG_KPROBES off), "
                                                          "fentry/BPF-LSM refused)")
@@ -328,7 +324,7 @@ def test_unmapped_kernel_function_refused_from_the_features() -> None:
 def test_kernel_with_kprobes_realises_vfs_write_as_a_kprobe() -> None:
     c = build(VFS_WRITE, VM)
     (hook,) = c.hooks
-    assert hook.syscalls == ("__kprobe_vfs_write",) and hook.function_name == "vfs_write"
+    assert hook.attach_points == ("__kprobe_vfs_write",) and hook.function_name == "vfs_write"
     assert hook.args[0].kind == "file_ptr" and hook.realisation.startswith("kprobe on vfs_write")
 
 
@@ -342,7 +338,7 @@ def test_security_socket_connect_is_a_kprobe_where_the_kernel_has_them() -> None
                                    {index: 1, operator: SAddr, values: [10.0.0.0/8]}]}]
         """, VM)
     [h] = c.hooks
-    assert h.syscalls == ("__kprobe_security_socket_connect",)
+    assert h.attach_points == ("__kprobe_security_socket_connect",)
     assert h.args == (ArgSpec(0, ARG_SOCKETPTR, "", "socket"), ArgSpec(1, ARG_KSOCKADDR, "", "sockaddr"),
                       ArgSpec(2, ARG_INT, "", "int"))
     # the sockaddr's own address is its destination (Tetragon's SAddr on a sockaddr)
@@ -373,7 +369,8 @@ def test_syscall_tracepoints() -> None:
           selectors: [{matchArgs: [{index: 0, operator: Prefix, values: [/etc]}]}]
         """)
     [h] = c.hooks
-    assert (h.event, h.function_name, h.syscalls) == ("process_tracepoint", "syscalls/sys_enter_openat", ("openat",))
+    assert (h.event, h.function_name, h.attach_points) == (
+        "process_tracepoint", "syscalls/sys_enter_openat", ("openat",))
     assert h.args == (ArgSpec(1, ARG_STRING, "", "string"), ArgSpec(2, ARG_INT, "", "int"))
     assert h.selectors[0].args == (ArgFilter(0, "Prefix", ("/etc",)),)
     # other tracepoints are read through their format file: without a known tracefs they are refused
@@ -396,7 +393,7 @@ def test_raw_syscalls_id_filter_becomes_the_watched_set() -> None:
             matchBinaries: [{operator: In, values: [/usr/bin/bash]}]
         """)
     [h] = c.hooks
-    assert h.syscalls == ("dup", "dup2") and h.args == ()
+    assert h.attach_points == ("dup", "dup2") and h.args == ()
     assert h.selectors == (Selector(binaries=BinaryFilter("In", ("/usr/bin/bash",))),)
     assert "syscall numbers are architecture-specific" in refusal("""
         tracepoints:
@@ -414,7 +411,7 @@ def test_lists_expand() -> None:
         lists: [{name: dups, type: syscalls, values: [sys_dup, sys_dup2]}]
         kprobes: [{call: "list:dups"}]
         """)
-    assert [(h.source, h.syscalls) for h in c.hooks] == [
+    assert [(h.source, h.attach_points) for h in c.hooks] == [
         ("kprobes[0] sys_dup (list:dups)", ("dup",)), ("kprobes[0] sys_dup2 (list:dups)", ("dup2",))]
     assert "generated_ftrace) names kernel functions" in refusal("""
         lists: [{name: k, type: generated_ftrace, pattern: "^ksys_"}]

@@ -8,16 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from apiary.tracing.compile import (
-    X86_64_SYSCALLS,
-    KernelFeatures,
-    TpField,
-    compile_tracing_policy,
-    features_from_tracefs,
-    tracepoint_fields,
-)
+from apiary.kernel.features import X86_64_SYSCALLS, KernelFeatures, TpField, features_from_tracefs, tracepoint_fields
+from apiary.policy.models import PolicyError
+from apiary.tracing.compile import compile_tracing_policy
+from apiary.tracing.crd import CAPABILITIES
 from apiary.tracing.load import load_tracing_policies
-from apiary.tracing.models import CAPABILITIES, PolicyError
 from apiary.tracing.types import (
     ARG_BPRM,
     ARG_BUF,
@@ -200,7 +195,7 @@ def test_generic_tracepoint_reads_fields_by_offset(tracefs: Path) -> None:
             matchActions: [{action: Sigkill}]
         """, features(tracefs))
     [h] = c.hooks
-    assert (h.event, h.function_name, h.syscalls) == (
+    assert (h.event, h.function_name, h.attach_points) == (
         "process_tracepoint", "sched/sched_process_exec", ("__tp_sched/sched_process_exec",))
     assert h.args == (ArgSpec(4, ARG_DATALOC, "filename", "string", offset=8, size=4),
                       ArgSpec(5, ARG_INT, "", "int", offset=12, size=4),
@@ -220,7 +215,7 @@ def test_syscall_exit_tracepoint_is_a_generic_tracepoint(tracefs: Path) -> None:
           args: [{index: 5, type: long}, {index: 4, type: int}]
           selectors: [{matchArgs: [{index: 0, operator: LT, values: ["0"]}]}]
         """, features(tracefs)).hooks
-    assert h.syscalls == ("__tp_syscalls/sys_exit_openat",) and h.function_name == "syscalls/sys_exit_openat"
+    assert h.attach_points == ("__tp_syscalls/sys_exit_openat",) and h.function_name == "syscalls/sys_exit_openat"
     assert h.args == (ArgSpec(5, ARG_INT, "", "long", offset=16, size=8), ArgSpec(4, ARG_INT, "", "int", offset=8,
                                                                                  size=4))
     assert h.selectors[0].args == (ArgFilter(0, "LT", (0,)),)
@@ -306,12 +301,12 @@ def test_tracepoint_refusals(tracefs: Path) -> None:
 
 def test_tracepoint_override_refused(tracefs: Path) -> None:
     # the model refuses Override on tracepoints at load time; the compiler refuses it too (with the attach point)
-    from apiary.tracing.compile import _Compiler, _Refuse
+    from apiary.tracing.actions import override_possible
+    from apiary.tracing.compilation import Refuse
 
-    c = _Compiler(load_tracing_policies(policy("tracepoints: [{subsystem: sched, event: sched_switch}]"))[0],
-                  features(tracefs, lsm=True))
-    with pytest.raises(_Refuse) as e:
-        c.override_possible("spec.tracepoints[0].selectors[0].matchActions[0]", "__tp_sched/sched_switch", None)
+    with pytest.raises(Refuse) as e:
+        override_possible(features(tracefs, lsm=True), "spec.tracepoints[0].selectors[0].matchActions[0]",
+                          "__tp_sched/sched_switch", None)
     assert e.value.problem.reason == "Override is not available on tracepoints"
 
 
@@ -331,9 +326,9 @@ def test_uprobe_one_hook_per_symbol() -> None:
             matchActions: [{action: Signal, argSig: 19}]
         """)
     readline, main = c.hooks
-    assert (readline.event, readline.function_name, readline.path, readline.syscalls) == (
+    assert (readline.event, readline.function_name, readline.path, readline.attach_points) == (
         "process_uprobe", "readline", "/usr/bin/bash", ("__uprobe_/usr/bin/bash:readline",))
-    assert main.syscalls == ("__uprobe_/usr/bin/bash:main",) and main.function_name == "main"
+    assert main.attach_points == ("__uprobe_/usr/bin/bash:main",) and main.function_name == "main"
     assert readline.args == (ArgSpec(0, ARG_STRING, "", "string"), ArgSpec(1, ARG_INT, "", "int"),
                              ArgSpec(2, ARG_FD, "", "fd"), ArgSpec(4, ARG_UINT, "", "uint64"),
                              ArgSpec(3, ARG_STRING, "", "char_buf"))
@@ -413,7 +408,7 @@ def test_syscall_return_hook() -> None:
             matchActions: [{action: NoPost}]
         """)
     [h] = c.hooks
-    assert h.syscalls == ("openat",) and h.ret == ArgSpec(0, ARG_INT, "fd", "int")
+    assert h.attach_points == ("openat",) and h.ret == ArgSpec(0, ARG_INT, "fd", "int")
     assert h.selectors == (
         Selector(args=(ArgFilter(0, "Equal", ("/etc/shadow",)),), action="Sigkill", signal=9,
                  ret=ArgFilter(0, "InRange", ("0:1024",))),
@@ -437,7 +432,7 @@ def test_kretprobe_where_the_kernel_has_kprobes() -> None:
           selectors: [{matchReturnArgs: [{index: 0, operator: GT, values: ["4096"]}]}]
         """, VM)
     [h] = c.hooks
-    assert h.syscalls == ("__kprobe_vfs_read",) and h.ret == ArgSpec(0, ARG_INT, "", "long")
+    assert h.attach_points == ("__kprobe_vfs_read",) and h.ret == ArgSpec(0, ARG_INT, "", "long")
     assert h.args == (ArgSpec(0, ARG_FILEPTR, "", "file"), ArgSpec(2, ARG_INT, "", "size_t"))
     assert h.realisation.startswith("kprobe and kretprobe on vfs_read: ")
     assert "kprobes[0] vfs_read: return value: the function's return value (kretprobe)" in c.notes
@@ -454,7 +449,7 @@ def test_mapped_function_return_is_the_syscalls() -> None:
           selectors: [{matchReturnArgs: [{index: 0, operator: LT, values: ["0"]}]}]
         """)
     [h, _] = c.hooks
-    assert h.syscalls == ("write",)
+    assert h.attach_points == ("write",)
     assert h.ret == ArgSpec(0, ARG_INT, "", "int") and h.selectors[0].ret == ArgFilter(0, "LT", (0,))
     assert "kprobes[0] vfs_write: return value: the syscall's return value (bytes written or -errno), read at its " \
         "exit (sys_exit)" in c.notes
@@ -610,7 +605,7 @@ def test_follow_slots_are_counted() -> None:
 def test_security_bprm_check_is_a_kprobe_where_the_kernel_has_them() -> None:
     spec = "kprobes: [{call: security_bprm_check, syscall: false, args: [{index: 0, type: linux_binprm}]}]"
     [h] = build(spec, VM).hooks
-    assert (h.syscalls, h.args) == (("__kprobe_security_bprm_check",), (ArgSpec(0, ARG_BPRM, "", "linux_binprm"),))
+    assert (h.attach_points, h.args) == (("__kprobe_security_bprm_check",), (ArgSpec(0, ARG_BPRM, "", "linux_binprm"),))
     assert refusal(spec.replace("linux_binprm", "file"), VM).startswith(
         "unsupported: spec.kprobes[0].args[0].type (arg 0 is the program being executed (struct linux_binprm in "
         "kernel memory")
@@ -631,12 +626,12 @@ def test_lsm_file_permission_and_bprm_check_security() -> None:
           args: [{index: 0, type: file}]
         """, VM)
     perm, bprm, bprm_file = c.hooks
-    assert (perm.event, perm.function_name, perm.syscalls) == (
+    assert (perm.event, perm.function_name, perm.attach_points) == (
         "process_lsm", "file_permission", ("__lsm_file_permission",))
     assert perm.args == (ArgSpec(0, ARG_FILEPTR, "", "file"), ArgSpec(1, ARG_INT, "", "int"))
     assert perm.selectors == (Selector(args=(ArgFilter(0, "Prefix", ("/etc/",)), ArgFilter(1, "Mask", (2,))),
                                        action="Override", signal=13),)
-    assert bprm.syscalls == ("__lsm_bprm_check_security",)
+    assert bprm.attach_points == ("__lsm_bprm_check_security",)
     assert bprm.args == (ArgSpec(0, ARG_FILEPTR, "", "linux_binprm"),)
     assert bprm.selectors[0].args == (ArgFilter(0, "Postfix", ("/nc",)),)
     assert bprm_file.args == (ArgSpec(0, ARG_FILEPTR, "", "file"),)
@@ -668,11 +663,11 @@ def test_kprobes_on_file_functions() -> None:
           selectors: [{matchArgs: [{index: 0, operator: Equal, values: ["3"]}]}]
         """, VM)
     perm, opn, fdi = c.hooks
-    assert perm.syscalls == ("__kprobe_security_file_permission",)
+    assert perm.attach_points == ("__kprobe_security_file_permission",)
     assert perm.args == (ArgSpec(0, ARG_FILEPTR, "", "file"), ArgSpec(1, ARG_INT, "", "int"))
     assert perm.selectors == (Selector(args=(ArgFilter(1, "Equal", (4,)),)),)  # the mask is read, not implied
-    assert (opn.syscalls, opn.args) == (("__kprobe_security_file_open",), (ArgSpec(0, ARG_FILEPTR, "", "file"),))
-    assert (fdi.syscalls, fdi.args) == (("__kprobe_fd_install",), (ArgSpec(0, ARG_INT, "", "int"),
+    assert (opn.attach_points, opn.args) == (("__kprobe_security_file_open",), (ArgSpec(0, ARG_FILEPTR, "", "file"),))
+    assert (fdi.attach_points, fdi.args) == (("__kprobe_fd_install",), (ArgSpec(0, ARG_INT, "", "int"),
                                                                    ArgSpec(1, ARG_FILEPTR, "", "file")))
     assert fdi.selectors[0].args == (ArgFilter(0, "Equal", (3,)),)  # the fd is known at fd_install
     assert "kprobes[2] fd_install: kprobe on fd_install: every new fd of the process (open, accept, pipe, dup, " \
@@ -705,7 +700,7 @@ def test_tcp_connect_kprobe_reads_the_socket_where_the_kernel_has_kprobes() -> N
             - {index: 0, operator: NotDPort, values: ["443"]}
         """, VM)
     (hook,) = c.hooks
-    assert hook.syscalls == ("__kprobe_tcp_connect",) and hook.args[0].kind == ARG_SOCK
+    assert hook.attach_points == ("__kprobe_tcp_connect",) and hook.args[0].kind == ARG_SOCK
     assert [(f.op, f.values) for f in hook.selectors[0].args] == [
         ("SAddr", ("10.0.0.0/8",)), ("Protocol", (6,)), ("NotDPort", (443,))]
     # without kprobes: the connect() syscall, where the source is not known yet
@@ -770,5 +765,5 @@ def test_raw_tracepoint_reads_the_tracepoints_own_arguments() -> None:
           args: [{index: 1, type: int32}, {index: 2, type: linux_binprm}]
         """, dataclasses.replace(HERE, raw_tp_cookie=True))
     (hook,) = c.hooks
-    assert hook.syscalls == ("__rawtp_sched_process_exec",) and hook.function_name == "sched/sched_process_exec"
+    assert hook.attach_points == ("__rawtp_sched_process_exec",) and hook.function_name == "sched/sched_process_exec"
     assert [(a.index, a.kind) for a in hook.args] == [(1, "int"), (2, "bprm_ptr")]

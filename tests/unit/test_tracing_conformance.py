@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from apiary.kernel.features import X86_64_SYSCALLS, KernelFeatures
 from apiary.observe.tetragon.compact import compact, kprobe_line, lsm_line, tracepoint_line
-from apiary.tracing.compile import X86_64_SYSCALLS, KernelFeatures, compile_tracing_policy
+from apiary.policy.models import PolicyError
+from apiary.tracing.compile import compile_tracing_policy
 from apiary.tracing.load import load_tracing_policies
-from apiary.tracing.models import PolicyError
 
 SHARED = next((p for p in (Path(__file__).resolve().parents[3] / "shared", Path("/work/shared"))
                if (p / "conformance").is_dir()), Path("/work/shared"))

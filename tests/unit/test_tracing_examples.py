@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from apiary.tracing.compile import X86_64_SYSCALLS, KernelFeatures, compile_tracing_policy
+from apiary.kernel.features import X86_64_SYSCALLS, KernelFeatures
+from apiary.tracing.compile import compile_tracing_policy
 from apiary.tracing.load import load_tracing_policies
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "tracing"
@@ -58,7 +59,7 @@ def test_examples_are_realised_as_documented(tracefs: str) -> None:
     (ret,) = hooks("failed-opens")
     assert ret.ret is not None and ret.selectors[0].ret is not None and ret.selectors[0].ret.op == "LT"
     (tp,) = hooks("process-rename-tracepoint")
-    assert tp.syscalls == ("__tp_task/task_rename",) and [a.offset for a in tp.args] == [8, 12, 28]
+    assert tp.attach_points == ("__tp_task/task_rename",) and [a.offset for a in tp.args] == [8, 12, 28]
     (follow,) = hooks("shell-children-read-secrets")
     binaries = follow.selectors[0].binaries
     assert binaries is not None and binaries.follow_children
@@ -66,5 +67,5 @@ def test_examples_are_realised_as_documented(tracefs: str) -> None:
     sel = mount.selectors[0]
     assert sel.namespaces[0].namespace == "Mnt" and sel.capabilities is not None and sel.action == "Sigkill"
     # the seed's suspicious connect is on sys_connect: the same syscall tracepoint on both kernels
-    assert [h.syscalls for h in hooks("suspicious-connect")] == [("connect",)]
-    assert [h.syscalls for h in hooks("suspicious-connect", vm=True)] == [("connect",)]
+    assert [h.attach_points for h in hooks("suspicious-connect")] == [("connect",)]
+    assert [h.attach_points for h in hooks("suspicious-connect", vm=True)] == [("connect",)]

@@ -6,7 +6,8 @@ import textwrap
 
 import pytest
 
-from apiary.tracing.compile import X86_64_SYSCALLS, KernelFeatures, compile_tracing_policy
+from apiary.kernel.features import X86_64_SYSCALLS, KernelFeatures
+from apiary.tracing.compile import compile_tracing_policy
 from apiary.tracing.load import load_tracing_policies
 from apiary.tracing.lockout import call_name, lockout_warnings
 

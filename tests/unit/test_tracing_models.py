@@ -6,8 +6,9 @@ import textwrap
 
 import pytest
 
+from apiary.policy.models import PolicyError
 from apiary.tracing.load import load_tracing_policies
-from apiary.tracing.models import KProbeSpec, PolicyError, TracingPolicy, TracingPolicyNamespaced
+from apiary.tracing.models import KProbeSpec, TracingPolicy, TracingPolicyNamespaced
 
 
 def doc(spec: str, kind: str = "TracingPolicy", meta: str = "name: test") -> str:

@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from apiary.tracing.compile import X86_64_SYSCALLS, KernelFeatures, compile_tracing_policy
+from apiary.kernel.features import X86_64_SYSCALLS, KernelFeatures
+from apiary.policy.models import PolicyError
+from apiary.tracing.compile import compile_tracing_policy
 from apiary.tracing.load import convert_seed, load_tracing_policies, seed_problems
-from apiary.tracing.models import PolicyError
 from apiary.tracing.types import ARG_CONNSOCK, ARG_FD, ARG_INT, ARG_STRING, ArgFilter, ArgSpec, CompiledTracingPolicy
 
 SEED = Path(__file__).parent / "data" / "seed"
@@ -94,9 +95,9 @@ def test_deny_write_etc_converted() -> None:
     c = converted("deny-write-etc.yaml")
     assert c.pod_selector == {"matchLabels": {"security-test": "true"}}
     write, pwrite = c.hooks  # vfs_write is called by write and pwrite64 only (writev goes through vfs_writev)
-    assert (write.function_name, write.syscalls, write.args) == ("vfs_write", ("write",),
+    assert (write.function_name, write.attach_points, write.args) == ("vfs_write", ("write",),
                                                                  (ArgSpec(0, ARG_FD, "", "file"),))
-    assert pwrite.syscalls == ("pwrite64",)
+    assert pwrite.attach_points == ("pwrite64",)
     [s] = write.selectors
     assert (s.args, s.action, s.signal) == ((ArgFilter(0, "Prefix", ("/etc/",)),), "Sigkill", 9)
     assert any(n.startswith("kprobes[0] vfs_write: via sys_enter_write: the file resolved from the fd")
@@ -118,20 +119,21 @@ def test_detect_shell_converted() -> None:
     assert "sched/sched_process_exec removed: apiary reports process_exec for every exec" in out
     c = converted("detect-shell.yaml")
     [h] = c.hooks
-    assert (h.function_name, h.syscalls, h.args) == ("__x64_sys_execve", ("execve",),
+    assert (h.function_name, h.attach_points, h.args) == ("__x64_sys_execve", ("execve",),
                                                      (ArgSpec(0, ARG_STRING, "", "string"),))
 
 
 def test_privilege_escalation_converted() -> None:
     [h] = converted("privilege-escalation.yaml").hooks
-    assert (h.function_name, h.syscalls, h.args) == ("__x64_sys_setuid", ("setuid",), (ArgSpec(0, ARG_INT, "", "int"),))
+    assert (h.function_name, h.attach_points, h.args) == (
+        "__x64_sys_setuid", ("setuid",), (ArgSpec(0, ARG_INT, "", "int"),))
     [s] = h.selectors
     assert (s.args, s.action) == ((ArgFilter(0, "Equal", (0,)),), "Post")
 
 
 def test_suspicious_cidr_converted_to_tcp_connect() -> None:
     [h] = converted("suspicious-cidr.yaml").hooks
-    assert (h.function_name, h.syscalls, h.args) == ("tcp_connect", ("connect",),
+    assert (h.function_name, h.attach_points, h.args) == ("tcp_connect", ("connect",),
                                                      (ArgSpec(1, ARG_CONNSOCK, "", "sock", size_index=0),))
     assert h.selectors[0].args == (ArgFilter(0, "DAddr", ("203.0.113.0/24", "198.51.100.7/32")),)
 

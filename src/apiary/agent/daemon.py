@@ -177,7 +177,9 @@ class Agent:
             for name, _fd, point in self.network.dp.programs():
                 self.loaded.append(f"program {name} at {point}")
         if cfg.tracing:
-            from .tracing import Tracing, kernel_features
+            from apiary.kernel.features import kernel_features
+
+            from .tracing import Tracing
 
             try:
                 self.tracing = Tracing(

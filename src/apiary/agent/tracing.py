@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from apiary.kernel.features import KernelFeatures
 from apiary.loader import BpfError
 from apiary.observe.process import make_exec_id
 from apiary.observe.tetragon import events as tetragon
@@ -21,7 +22,7 @@ from apiary.policy.models import PolicyError, Problem
 from apiary.sensors.process.sensor import ProcessSensor
 from apiary.sensors.tracing import abi
 from apiary.sensors.tracing.sensor import TracingSensor, cgroup_id
-from apiary.tracing.compile import KernelFeatures, compile_tracing_policy, features_from_tracefs
+from apiary.tracing.compile import compile_tracing_policy
 from apiary.tracing.load import load_tracing_policies
 from apiary.tracing.lockout import lockout_warnings
 from apiary.tracing.types import (
@@ -77,7 +78,7 @@ def _failed_hook(p: CompiledTracingPolicy, error: str) -> str:
     """The field of the hook an attach error is about (``spec.uprobes[0]``), or ``spec``."""
     for hook in p.hooks:
         field = hook.source.split(" ", 1)[0]
-        targets = [name.split("_", 3)[-1] if name.startswith("__") else name for name in hook.syscalls]
+        targets = [name.split("_", 3)[-1] if name.startswith("__") else name for name in hook.attach_points]
         if f"hook {field}" in error or any(t and t in error for t in targets):
             return f"spec.{field}"
     return "spec"
@@ -433,7 +434,7 @@ def _addr(family: int, v4: int, v6: bytes) -> str:
 
 
 def _caps(mask: int) -> list[str]:
-    from apiary.tracing.models import CAPABILITIES
+    from apiary.tracing.crd import CAPABILITIES
 
     return [name for n, name in enumerate(CAPABILITIES) if mask >> n & 1]
 
@@ -511,25 +512,3 @@ def _split(text: str, n: int) -> list[str]:
 
     docs = [yaml.safe_dump(d, sort_keys=False) for d in yaml.safe_load_all(text) if d is not None]
     return docs if len(docs) == n else [text] * n
-
-
-def kernel_features(preflight: Any = None) -> KernelFeatures:
-    """What the running kernel offers, found by trying (apiary preflight's probes)."""
-    from apiary.kernel.preflight import run_preflight
-
-    rep = preflight or run_preflight()
-
-    def ok(name: str) -> bool:
-        c = rep.get(name)
-        return bool(c and c.ok)
-
-    base = features_from_tracefs()
-    return KernelFeatures(
-        kprobes=ok("kprobe"),
-        fentry=ok("fentry"),
-        lsm=ok("lsm") and ok("lsm_active"),
-        override=False,
-        syscalls=base.syscalls,
-        tracefs=base.tracefs,
-        raw_tp_cookie=base.raw_tp_cookie,
-    )

@@ -1,7 +1,7 @@
 """Load TracingPolicy / TracingPolicyNamespaced YAML the way Tetragon does: all documents apply or none.
 
 Strict YAML (duplicate keys rejected), CRD defaults, strict fields (unknown keys are errors), then
-Tetragon's load-time checks (:func:`apiary.tracing.models.semantic_problems`). Every problem is
+Tetragon's load-time checks (:func:`apiary.tracing.checks.semantic_problems`). Every problem is
 reported with its field path, e.g. ``spec.kprobes[0].selectors[0].matchArgs[0].operator``.
 
 The seed article that started apiary shows TracingPolicies with fields Tetragon never had (a
@@ -20,21 +20,16 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from apiary.kernel.features import X86_64_SYSCALLS
+from apiary.policy.models import PolicyError, Problem
 from apiary.policy.yamlutil import load_documents, parse_documents
 from apiary.policy.yamlutil import sub as _sub
 from apiary.policy.yamlutil import validation_problems as _validation_problems
 
-from .compile import KERNEL_FUNCTION_NAMES, X86_64_SYSCALLS
-from .models import (
-    API_VERSION,
-    KIND_TP,
-    KIND_TPN,
-    POLICY_KINDS,
-    Policy,
-    PolicyError,
-    Problem,
-    semantic_problems,
-)
+from .checks import semantic_problems
+from .crd import API_VERSION, KIND_TP, KIND_TPN
+from .models import POLICY_KINDS, Policy
+from .realisations import KERNEL_FUNCTION_NAMES
 
 __all__ = ["PolicyError", "Problem", "convert_seed", "load_tracing_policies", "seed_problems"]
 
@@ -154,7 +149,7 @@ def _hook_problems(kind: str, i: int, hook: dict[str, Any]) -> list[Problem]:
         for key in pol if isinstance(pol, dict) else []:
             kp = f"{hp}.policy.{key}"
             if key == "path":
-                filters = {}
+                filters: dict[str, list[str]] = {}
                 for g in _as_list(pol[key]):
                     op, value, _ = _glob_to_filter(g)
                     filters.setdefault(op, []).append(value)
@@ -329,11 +324,11 @@ def _convert_hook(kind: str, i: int, kp: dict[str, Any], notes: list[str]) -> No
                 kp["call"], kp["syscall"] = "tcp_connect", False
                 kp["args"] = [{"index": 0, "type": "sock"}]
                 notes.append(f"{hp}: connect with dstIP -> kprobe tcp_connect (sock arg 0) with DAddr")
-            idx = next((int(a.get("index", 0)) for a in kp.get("args") or []
+            sock_idx = next((int(a.get("index", 0)) for a in kp.get("args") or []
                         if isinstance(a, dict) and a.get("type") in ("sock", "sockaddr")), None)
-            if idx is None:
+            if sock_idx is None:
                 raise PolicyError([Problem(f"{hp}.policy.dstIP", "no sock/sockaddr arg to filter on")])
-            groups += [("DAddr", chunk, idx) for chunk in _chunks(ips)]
+            groups += [("DAddr", chunk, sock_idx) for chunk in _chunks(ips)]
     actions = [{"action": "Sigkill"}] if deny else []
     if groups:
         new_sels = []
@@ -417,7 +412,7 @@ def _convert_doc(doc: dict[str, Any], index: int) -> tuple[dict[str, Any], list[
     if tracepoints and "tracepoints" not in out_spec:
         out_spec["tracepoints"] = tracepoints
     new["spec"] = out_spec
-    ordered = {k: new[k] for k in ("apiVersion", "kind", "metadata", "spec") if k in new}
+    ordered: dict[str, Any] = {k: new[k] for k in ("apiVersion", "kind", "metadata", "spec") if k in new}
     ordered.update({k: v for k, v in new.items() if k not in ordered})
     return ordered, notes
 

@@ -53,7 +53,7 @@ def call_name(name: str) -> str:
 
 def exercised_by_tools(hook: Hook) -> bool:
     """The hook fires on calls the CLI and the agent make on every request."""
-    return any(call_name(n) in TOOL_CALLS for n in (hook.function_name, *hook.syscalls))
+    return any(call_name(n) in TOOL_CALLS for n in (hook.function_name, *hook.attach_points))
 
 
 def _binary_hits(sel: Selector, path: str) -> bool:

@@ -3,7 +3,7 @@
 The sensor on a kernel without kprobes is one raw tracepoint program on `raw_syscalls/sys_enter`
 driven by maps: per syscall number, the hooks that watch it; per hook, the argument specs and up to
 five selectors evaluated in order (first match wins) with the action of the matching selector.
-Fixed in-kernel limits (values beyond them are rejected at apply time, never truncated):
+The fixed in-kernel limits below are checked at apply time: values beyond them are refused, never truncated.
 """
 
 from __future__ import annotations
@@ -45,6 +45,8 @@ REG_NONE = 0xFF  # no register: ARG_CONNSOCK without a sockaddr (the socket as i
 STRING_KINDS = (ARG_STRING, ARG_FD, ARG_FILEPTR, ARG_DATALOC, ARG_CHARS, ARG_KSTRING, ARG_BUF, ARG_PATHPTR, ARG_BPRM)
 MAX_NAMESPACE_FILTERS = 4  # matchNamespaces entries per selector
 MAX_FOLLOW = 64  # followChildren / followForks selectors across all policies
+MAX_HOOKS = 64  # hooks the sensor holds across all policies (tracing_abi.h GS_HOOKS)
+MAX_HOOKS_PER_SYSCALL = 7  # hooks watching one syscall (GS_PER_SYSCALL)
 
 
 @dataclass(frozen=True)
@@ -145,8 +147,8 @@ class Hook:
     event: str  # "process_kprobe" | "process_tracepoint" | "process_lsm"
     function_name: str  # for process_kprobe/lsm: e.g. "__x64_sys_write"; for tracepoints: "subsys/event"
     # where it attaches: syscall names (sys_enter_<name>; sys_exit_<name> too for return hooks), or
-    # "__kprobe_<function>", "__lsm_<hook>", "__tp_<subsys>/<event>", "__uprobe_<path>:<symbol>"
-    syscalls: tuple[str, ...]
+    # "__kprobe_<function>", "__lsm_<hook>", "__tp_<subsys>/<event>", "__rawtp_<event>", "__uprobe_<path>:<symbol>"
+    attach_points: tuple[str, ...]
     args: tuple[ArgSpec, ...]
     selectors: tuple[Selector, ...]
     realisation: str  # human text: how it is realised and what that misses

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from apiary.kernel.features import kernel_at_least
 from apiary.loader import (
     BpfError,
     BpfObject,
@@ -54,7 +55,6 @@ from apiary.observe.procfs import process_start_ticks
 from apiary.sensors.pins import MANIFEST, PinSet, link_file, object_digest, read_manifest, write_manifest
 from apiary.sensors.process.sensor import ProcessSensor
 from apiary.sensors.tracing import abi
-from apiary.tracing.compile import kernel_at_least
 from apiary.tracing.types import CompiledTracingPolicy, Hook
 
 SHARED = ("events", "procs", "binaries")  # the process sensor's maps, reused
@@ -248,7 +248,7 @@ class TracingSensor:
             }
         for key, lp in self.policies.items():
             attach = {
-                hid: [list(hook.syscalls), hook.ret is not None]
+                hid: [list(hook.attach_points), hook.ret is not None]
                 for hid, (_lp, hook) in self.hooks.items()
                 if hid in lp.hook_ids
             }
@@ -384,7 +384,7 @@ class TracingSensor:
         for hid, (_lp, hook) in self.hooks.items():
             if drop and hid in drop:
                 continue
-            for name in hook.syscalls:
+            for name in hook.attach_points:
                 table.setdefault(self._nr(name), []).append(hid)
         for ad in self.adopted.values():  # left by a previous agent, enforcing until restored or removed
             for hid, (names, _ret) in ad.attach.items():
@@ -456,7 +456,7 @@ class TracingSensor:
         old = self.policies.get(key)
         nums = abi.syscall_numbers()
         for hook in policy.hooks:
-            for name in hook.syscalls:
+            for name in hook.attach_points:
                 if name not in nums and not name.startswith(("__tp_", "__uprobe_", "__kprobe_", "__rawtp_")):
                     raise BpfError(f"hook {hook.source}", 22, f"unknown syscall {name!r} on this architecture")
         drop = set(old.hook_ids) if old else set()
@@ -473,7 +473,7 @@ class TracingSensor:
         ids = free[: len(policy.hooks)]
         extra: dict[int, list[int]] = {}
         for hid, hook in zip(ids, policy.hooks, strict=True):
-            for name in hook.syscalls:
+            for name in hook.attach_points:
                 extra.setdefault(self._nr(name), []).append(hid)
         # followChildren / followForks bits: the old policy's are freed when the new one is written
         old_bits = {b for b, (hid, _si, _w) in self.follow.items() if hid in drop}
@@ -570,13 +570,13 @@ class TracingSensor:
             self._nr(n)
             for _lp, hook in self.hooks.values()
             if hook.ret is not None or hook.at_exit
-            for n in hook.syscalls
+            for n in hook.attach_points
         }
         entries = {  # hooks at the exit that compare the credentials with the entry's record them there
             self._nr(n)
             for _lp, hook in self.hooks.values()
             if not hook.at_exit or "cred_new" in hook.guard.checks
-            for n in hook.syscalls
+            for n in hook.attach_points
         }
         returns |= {
             self._nr(n) for ad in self.adopted.values() for names, ret in ad.attach.values() if ret for n in names
@@ -785,7 +785,7 @@ def _digest(policy: CompiledTracingPolicy, encoded: list[bytes]) -> str:
     h = hashlib.sha256()
     for hook, raw in zip(policy.hooks, encoded, strict=True):
         h.update(raw)
-        h.update(repr((hook.syscalls, hook.ret is not None)).encode())
+        h.update(repr((hook.attach_points, hook.ret is not None)).encode())
     return h.hexdigest()
 
 

@@ -140,6 +140,8 @@ from .types import (
     MAX_ARGS,
     MAX_BINARY,
     MAX_FOLLOW,
+    MAX_HOOKS,
+    MAX_HOOKS_PER_SYSCALL,
     MAX_NAMESPACE_FILTERS,
     MAX_SELECTORS,
     MAX_STRING,
@@ -174,8 +176,6 @@ __all__ = [
     "tracepoint_fields",
 ]
 
-MAX_HOOKS = 64  # hooks the sensor holds across all policies (tracing_abi.h GS_HOOKS)
-MAX_HOOKS_PER_SYSCALL = 7  # hooks watching one syscall (GS_PER_SYSCALL)
 
 # Syscalls of x86_64 that have a syscalls/sys_enter_* tracepoint (Linux 6.18); used to recognise the seed
 # article's bare syscall names and as a realistic set in tests. Real compilation uses KernelFeatures.syscalls.

@@ -3,7 +3,8 @@
 The sensor on a kernel without kprobes is one raw tracepoint program on `raw_syscalls/sys_enter`
 driven by maps: per syscall number, the hooks that watch it; per hook, the argument specs and up to
 five selectors evaluated in order (first match wins) with the action of the matching selector.
-Fixed in-kernel limits (values beyond them are rejected at apply time, never truncated):
+Fixed in-kernel limits (values beyond them are rejected at apply time, never truncated), the one Python
+copy of tracing_abi.h's (apiary.sensors.tracing.abi names them as C does; a test checks the header):
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ MAX_ARG_FILTERS = 5  # matchArgs entries per selector
 MAX_VALUES = 4  # values per filter
 MAX_STRING = 128  # bytes of a string value (Equal/Prefix/Postfix compare at most this many)
 MAX_BINARY = 256  # bytes of a binary path in matchBinaries
+MAX_ARG_BYTES = 256  # bytes of a string argument kept in the event and hashed for matching (NUL included)
+MAX_HOOKS = 64  # hooks the sensor holds across all policies
+MAX_HOOKS_PER_SYSCALL = 7  # hooks watching one syscall
 
 # argument kinds the sensor can read at syscall entry
 ARG_INT = "int"  # signed 64-bit register value (int, long, sint*, size_t read as int)

@@ -13,6 +13,7 @@ from ctypes import c_uint8, c_uint16, c_uint32, c_uint64
 
 from apiary.observe.hubble import raw
 from apiary.observe.hubble.raw import FlowMsg
+from apiary.policy import types as ptypes
 from apiary.policy.types import PolicyEntry, PolicyKey
 from apiary.sensors.abi import packed
 
@@ -21,6 +22,8 @@ OBJECT, HEADER = "lxc", "datapath_abi.h"
 EP_ENFORCE_INGRESS, EP_ENFORCE_EGRESS, EP_AUDIT = 1, 2, 4
 DP_COUNTERS, DP_LOST_SLOTS = 512, 8
 POLICY_FIXED_BITS = 64  # ep_id + direction + pad + identity
+# Cilium's policy_match_type of an entry (policy_value.match_type, reported by policy-verdict flows)
+MATCH_NONE, MATCH_L3_ONLY, MATCH_L3_L4, MATCH_L4_ONLY, MATCH_ALL = 0, 1, 2, 3, 4
 _IPV4 = c_uint8 * 4  # an IPv4 address in network order (a __u32 on the C side)
 
 
@@ -142,6 +145,13 @@ DEFINES: dict[str, int] = {
     "EP_AUDIT": EP_AUDIT,
     "DP_COUNTERS": DP_COUNTERS,
     "DP_LOST_SLOTS": DP_LOST_SLOTS,
+    "DIR_INGRESS": ptypes.INGRESS,
+    "DIR_EGRESS": ptypes.EGRESS,
+    "MATCH_NONE": MATCH_NONE,
+    "MATCH_L3_ONLY": MATCH_L3_ONLY,
+    "MATCH_L3_L4": MATCH_L3_L4,
+    "MATCH_L4_ONLY": MATCH_L4_ONLY,
+    "MATCH_ALL": MATCH_ALL,
     # the flow record's enums are Hubble's/Cilium's, kept in observe.hubble.raw
     "FLOW_DROP": raw.MSG_DROP,
     "FLOW_TRACE": raw.MSG_TRACE,
@@ -190,10 +200,10 @@ def policy_key_rebase(raw: bytes, slot: int) -> bytes:
 
 
 def match_type(k: PolicyKey) -> int:
-    """Cilium's policy_match_type of an entry: L3-only 1, L3-L4 2, L4-only 3, all 4."""
+    """Cilium's policy_match_type of an entry."""
     if k.identity:
-        return 2 if k.proto else 1
-    return 3 if k.proto else 4
+        return MATCH_L3_L4 if k.proto else MATCH_L3_ONLY
+    return MATCH_L4_ONLY if k.proto else MATCH_ALL
 
 
 def policy_value(e: PolicyEntry, k: PolicyKey) -> bytes:

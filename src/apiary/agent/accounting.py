@@ -23,8 +23,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-# the type byte each producer writes first in its records (process_abi.MSG_*, tracing_abi.MSG_GENERIC)
-TYPE_NAMES = {1: "exec", 2: "fork", 3: "exit", 10: "tracing", 100: "bench"}
+from apiary.sensors.abi import MsgType
+
+# the type byte each producer writes first in its records
+TYPE_NAMES = {MsgType.EXEC: "exec", MsgType.FORK: "fork", MsgType.EXIT: "exit", MsgType.GENERIC: "tracing",
+              MsgType.BENCH: "bench"}
 TYPES = ("exec", "fork", "exit", "tracing", "bench")
 
 

@@ -30,6 +30,7 @@ from .checks import semantic_problems
 from .crd import API_VERSION, KIND_TP, KIND_TPN
 from .models import POLICY_KINDS, Policy
 from .realisations import KERNEL_FUNCTION_NAMES
+from .types import MAX_SELECTORS, MAX_VALUES
 
 __all__ = ["PolicyError", "Problem", "convert_seed", "load_tracing_policies", "seed_problems"]
 
@@ -156,7 +157,7 @@ def _hook_problems(kind: str, i: int, hook: dict[str, Any]) -> list[Problem]:
                 real = " or ".join(f"{{index: <the file arg>, operator: {op}, values: {vals}}}".replace("'", '"')
                                    for op, vals in filters.items()) or _PATH_EQ
                 out.append(Problem(kp, f"not a Tetragon field (no policy: block, no globs): real: selectors[]."
-                                   f"matchArgs: [{real}] (one selector each, at most 4 values per filter)"))
+                                   f"matchArgs: [{real}] (one selector each, at most {MAX_VALUES} values per filter)"))
             elif key == "matchAction":
                 out.append(_action_problem(kp, pol[key], field="matchAction"))
             elif key == "uid":
@@ -360,8 +361,8 @@ def _convert_hook(kind: str, i: int, kp: dict[str, Any], notes: list[str]) -> No
         kp.pop("returnArg", None)
         notes.append(f"{hp}.return: dropped: the hook enforces (Sigkill), which must act at entry, before the "
                      "call; a return probe would act after it")
-    if len(kp.get("selectors") or []) > 5:
-        raise PolicyError([Problem(f"{hp}.policy", "the converted filters need more than 5 selectors")])
+    if len(kp.get("selectors") or []) > MAX_SELECTORS:
+        raise PolicyError([Problem(f"{hp}.policy", f"the converted filters need more than {MAX_SELECTORS} selectors")])
 
 
 def _convert_doc(doc: dict[str, Any], index: int) -> tuple[dict[str, Any], list[str]]:

@@ -3,7 +3,8 @@
 The sensor on a kernel without kprobes is one raw tracepoint program on `raw_syscalls/sys_enter`
 driven by maps: per syscall number, the hooks that watch it; per hook, the argument specs and up to
 five selectors evaluated in order (first match wins) with the action of the matching selector.
-The fixed in-kernel limits below are checked at apply time: values beyond them are refused, never truncated.
+Fixed in-kernel limits (values beyond them are refused at apply time, never truncated), the one Python
+copy of tracing_abi.h's (apiary.sensors.tracing.abi names them as C does; a test checks the header):
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ MAX_ARG_FILTERS = 5  # matchArgs entries per selector
 MAX_VALUES = 4  # values per filter
 MAX_STRING = 128  # bytes of a string value (Equal/Prefix/Postfix compare at most this many)
 MAX_BINARY = 256  # bytes of a binary path in matchBinaries
+MAX_ARG_BYTES = 256  # bytes of a string argument kept in the event and hashed for matching (NUL included)
+MAX_HOOKS = 64  # hooks the sensor holds across all policies
+MAX_HOOKS_PER_SYSCALL = 7  # hooks watching one syscall
 
 # argument kinds the sensor can read at syscall entry
 ARG_INT = "int"  # signed 64-bit register value (int, long, sint*, size_t read as int)
@@ -45,8 +49,6 @@ REG_NONE = 0xFF  # no register: ARG_CONNSOCK without a sockaddr (the socket as i
 STRING_KINDS = (ARG_STRING, ARG_FD, ARG_FILEPTR, ARG_DATALOC, ARG_CHARS, ARG_KSTRING, ARG_BUF, ARG_PATHPTR, ARG_BPRM)
 MAX_NAMESPACE_FILTERS = 4  # matchNamespaces entries per selector
 MAX_FOLLOW = 64  # followChildren / followForks selectors across all policies
-MAX_HOOKS = 64  # hooks the sensor holds across all policies (tracing_abi.h GS_HOOKS)
-MAX_HOOKS_PER_SYSCALL = 7  # hooks watching one syscall (GS_PER_SYSCALL)
 
 
 @dataclass(frozen=True)

@@ -6,82 +6,171 @@ the C side keeps them so; everything else is host (little-endian) order.
 
 from __future__ import annotations
 
+import ctypes
 import ipaddress
 import socket
-import struct
+from ctypes import c_uint8, c_uint16, c_uint32, c_uint64
 
+from apiary.observe.hubble import raw
 from apiary.observe.hubble.raw import FlowMsg
+from apiary.policy import types as ptypes
 from apiary.policy.types import PolicyEntry, PolicyKey
+from apiary.sensors.abi import packed
+
+OBJECT, HEADER = "lxc", "datapath_abi.h"
 
 EP_ENFORCE_INGRESS, EP_ENFORCE_EGRESS, EP_AUDIT = 1, 2, 4
 DP_COUNTERS, DP_LOST_SLOTS = 512, 8
 POLICY_FIXED_BITS = 64  # ep_id + direction + pad + identity
+# Cilium's policy_match_type of an entry (policy_value.match_type, reported by policy-verdict flows)
+MATCH_NONE, MATCH_L3_ONLY, MATCH_L3_L4, MATCH_L4_ONLY, MATCH_ALL = 0, 1, 2, 3, 4
+_IPV4 = c_uint8 * 4  # an IPv4 address in network order (a __u32 on the C side)
 
-EP_INFO = struct.Struct("<HHI4sHxx")  # ep_id, flags, identity, ipv4 (network order), policy_slot
-POLICY_KEY = struct.Struct("<IHBxIB2sx")  # prefixlen, ep_id, direction, identity, proto, dport (BE)
-POLICY_VALUE = struct.Struct("<BBBxI")  # deny, audit, match_type, rule_id
-IPCACHE_KEY = struct.Struct("<I4s")  # prefixlen, addr (network order)
-IPCACHE_VALUE = struct.Struct("<IHxx")  # identity, ep_id
-CT_KEY = struct.Struct("<4s4sHHBBH")  # saddr, daddr, sport(BE raw), dport(BE raw), proto, direction, ep_id
-CT_VALUE = struct.Struct("<QQIBBBBQQ")  # expires, last_report, rule_id, flags_orig, flags_reply, closing, audit,
-# packets, bytes
-FLOW_MSG = struct.Struct("<BBBBBBBBQ4s4sHHIIIIHxxI4x")  # padded to 8 like the C struct
-DP_COUNTER = struct.Struct("<QQ")
 
-# {C struct: (size, {member: offset})} for the BTF comparison test
-LAYOUTS: dict[str, tuple[int, dict[str, int]]] = {
-    "ep_info": (EP_INFO.size, {"ep_id": 0, "flags": 2, "identity": 4, "ipv4": 8, "policy_slot": 12}),
-    "policy_key": (
-        POLICY_KEY.size,
-        {"prefixlen": 0, "ep_id": 4, "direction": 6, "identity": 8, "proto": 12, "dport": 13},
-    ),
-    "policy_value": (POLICY_VALUE.size, {"deny": 0, "audit": 1, "match_type": 2, "rule_id": 4}),
-    "ipcache_key": (IPCACHE_KEY.size, {"prefixlen": 0, "addr": 4}),
-    "ipcache_value": (IPCACHE_VALUE.size, {"identity": 0, "ep_id": 4}),
-    "ct_key": (
-        CT_KEY.size,
-        {"saddr": 0, "daddr": 4, "sport": 8, "dport": 10, "proto": 12, "direction": 13, "ep_id": 14},
-    ),
-    "ct_value": (
-        CT_VALUE.size,
-        {
-            "expires": 0,
-            "last_report": 8,
-            "rule_id": 16,
-            "flags_orig": 20,
-            "flags_reply": 21,
-            "closing": 22,
-            "audit": 23,
-            "packets": 24,
-            "bytes": 32,
-        },
-    ),
-    "flow_msg": (
-        FLOW_MSG.size,
-        {
-            "kind": 0,
-            "sub_type": 1,
-            "verdict": 2,
-            "ct_state": 3,
-            "proto": 4,
-            "tcp_flags": 5,
-            "egress": 6,
-            "match_type": 7,
-            "ktime": 8,
-            "saddr": 16,
-            "daddr": 20,
-            "sport": 24,
-            "dport": 26,
-            "src_identity": 28,
-            "dst_identity": 32,
-            "rule_id": 36,
-            "ifindex": 40,
-            "ep_id": 44,
-            "length": 48,
-        },
-    ),
-    "dp_counter": (DP_COUNTER.size, {"packets": 0, "bytes": 8}),
+class EpInfo(ctypes.Structure):
+    _fields_ = [
+        ("ep_id", c_uint16),
+        ("flags", c_uint16),
+        ("identity", c_uint32),
+        ("ipv4", _IPV4),
+        ("policy_slot", c_uint16),  # ep_id << 1 | generation: the policy map entries in force
+        ("_pad", c_uint16),
+    ]
+
+
+class PolicyKeyC(ctypes.Structure):
+    """LPM key: prefixlen counts the bits after it (POLICY_FIXED_BITS, +8 protocol, +16 port)."""
+
+    _fields_ = [
+        ("prefixlen", c_uint32),
+        ("ep_id", c_uint16),
+        ("direction", c_uint8),
+        ("_pad1", c_uint8),
+        ("identity", c_uint32),
+        ("proto", c_uint8),
+        ("dport", c_uint8 * 2),  # big-endian, so a prefix covers high bits
+        ("_pad2", c_uint8),
+    ]
+
+
+class PolicyValue(ctypes.Structure):
+    _fields_ = [
+        ("deny", c_uint8),
+        ("audit", c_uint8),
+        ("match_type", c_uint8),  # MATCH_* of the entry: what a policy-verdict event reports
+        ("_pad", c_uint8),
+        ("rule_id", c_uint32),
+    ]
+
+
+class IpcacheKey(ctypes.Structure):
+    _fields_ = [("prefixlen", c_uint32), ("addr", _IPV4)]
+
+
+class IpcacheValue(ctypes.Structure):
+    _fields_ = [("identity", c_uint32), ("ep_id", c_uint16), ("_pad", c_uint16)]
+
+
+class CtKey(ctypes.Structure):
+    _fields_ = [
+        ("saddr", _IPV4),
+        ("daddr", _IPV4),
+        ("sport", c_uint16),  # network order, as read from the packet
+        ("dport", c_uint16),
+        ("proto", c_uint8),
+        ("direction", c_uint8),
+        ("ep_id", c_uint16),
+    ]
+
+
+class CtValue(ctypes.Structure):
+    _fields_ = [
+        ("expires", c_uint64),  # ktime ns
+        ("last_report", c_uint64),  # ktime ns of the last trace event
+        ("rule_id", c_uint32),
+        ("flags_orig", c_uint8),  # TCP flags seen in the original direction
+        ("flags_reply", c_uint8),
+        ("closing", c_uint8),
+        ("audit", c_uint8),
+        ("packets", c_uint64),
+        ("bytes", c_uint64),
+    ]
+
+
+class FlowMsgC(ctypes.Structure):
+    _fields_ = [
+        ("kind", c_uint8),
+        ("sub_type", c_uint8),
+        ("verdict", c_uint8),
+        ("ct_state", c_uint8),
+        ("proto", c_uint8),
+        ("tcp_flags", c_uint8),
+        ("egress", c_uint8),
+        ("match_type", c_uint8),
+        ("ktime", c_uint64),
+        ("saddr", _IPV4),
+        ("daddr", _IPV4),
+        ("sport", c_uint16),
+        ("dport", c_uint16),
+        ("src_identity", c_uint32),
+        ("dst_identity", c_uint32),
+        ("rule_id", c_uint32),
+        ("ifindex", c_uint32),
+        ("ep_id", c_uint16),
+        ("_pad", c_uint16),
+        ("length", c_uint32),
+    ]
+
+
+class DpCounter(ctypes.Structure):
+    _fields_ = [("packets", c_uint64), ("bytes", c_uint64)]
+
+
+STRUCTS: dict[str, type[ctypes.Structure]] = {
+    "ep_info": EpInfo,
+    "policy_key": PolicyKeyC,
+    "policy_value": PolicyValue,
+    "ipcache_key": IpcacheKey,
+    "ipcache_value": IpcacheValue,
+    "ct_key": CtKey,
+    "ct_value": CtValue,
+    "flow_msg": FlowMsgC,
+    "dp_counter": DpCounter,
 }
+KERNEL_ONLY: dict[str, str] = {}
+
+DEFINES: dict[str, int] = {
+    "EP_ENFORCE_INGRESS": EP_ENFORCE_INGRESS,
+    "EP_ENFORCE_EGRESS": EP_ENFORCE_EGRESS,
+    "EP_AUDIT": EP_AUDIT,
+    "DP_COUNTERS": DP_COUNTERS,
+    "DP_LOST_SLOTS": DP_LOST_SLOTS,
+    "DIR_INGRESS": ptypes.INGRESS,
+    "DIR_EGRESS": ptypes.EGRESS,
+    "MATCH_NONE": MATCH_NONE,
+    "MATCH_L3_ONLY": MATCH_L3_ONLY,
+    "MATCH_L3_L4": MATCH_L3_L4,
+    "MATCH_L4_ONLY": MATCH_L4_ONLY,
+    "MATCH_ALL": MATCH_ALL,
+    # the flow record's enums are Hubble's/Cilium's, kept in observe.hubble.raw
+    "FLOW_DROP": raw.MSG_DROP,
+    "FLOW_TRACE": raw.MSG_TRACE,
+    "FLOW_POLICY_VERDICT": raw.MSG_POLICY_VERDICT,
+    "OBS_TO_ENDPOINT": raw.OBS_TO_ENDPOINT,
+    "OBS_FROM_ENDPOINT": raw.OBS_FROM_ENDPOINT,
+    "VERDICT_FORWARDED": raw.VERDICT_FORWARDED,
+    "VERDICT_DROPPED": raw.VERDICT_DROPPED,
+    "VERDICT_AUDIT": raw.VERDICT_AUDIT,
+    "CT_NEW": raw.CT_NEW,
+    "CT_ESTABLISHED": raw.CT_ESTABLISHED,
+    "CT_REPLY": raw.CT_REPLY,
+    "CT_RELATED": raw.CT_RELATED,
+}
+
+# encoders/decoders: the mirrors as struct.Struct (padding skipped)
+EP_INFO, POLICY_KEY, POLICY_VALUE = packed(EpInfo), packed(PolicyKeyC), packed(PolicyValue)
+IPCACHE_KEY, IPCACHE_VALUE = packed(IpcacheKey), packed(IpcacheValue)
+CT_KEY, CT_VALUE, FLOW_MSG, DP_COUNTER = packed(CtKey), packed(CtValue), packed(FlowMsgC), packed(DpCounter)
 
 
 def ep_info(ep_id: int, flags: int, identity: int, ipv4: str, policy_slot: int) -> bytes:
@@ -111,10 +200,10 @@ def policy_key_rebase(raw: bytes, slot: int) -> bytes:
 
 
 def match_type(k: PolicyKey) -> int:
-    """Cilium's policy_match_type of an entry: L3-only 1, L3-L4 2, L4-only 3, all 4."""
+    """Cilium's policy_match_type of an entry."""
     if k.identity:
-        return 2 if k.proto else 1
-    return 3 if k.proto else 4
+        return MATCH_L3_L4 if k.proto else MATCH_L3_ONLY
+    return MATCH_L4_ONLY if k.proto else MATCH_ALL
 
 
 def policy_value(e: PolicyEntry, k: PolicyKey) -> bytes:

@@ -1,17 +1,21 @@
-"""Python side of bpf/include/process_abi.h: record layouts and the decoder.
+"""Python side of bpf/include/process_abi.h: record layouts (ctypes mirrors) and the decoder.
 
-``LAYOUTS`` lists every field with its offset so a kernel test can compare them with the BTF of
-the built object: a change on one side without the other fails that test instead of corrupting
-events.
+Registered in ``apiary.sensors.abi``: a test compares every mirror in ``STRUCTS`` with the BTF of the
+built object and every ``DEFINES`` entry with the header.
 """
 
 from __future__ import annotations
 
-import struct
+import ctypes
+from ctypes import c_uint8, c_uint16, c_uint32, c_uint64
 
+from apiary.observe import raw
 from apiary.observe.raw import ExecMsg, ExitMsg, ForkMsg, RawMsg
+from apiary.sensors.abi import MsgType, packed
 
-MSG_EXEC, MSG_FORK, MSG_EXIT, MSG_BENCH = 1, 2, 3, 100
+OBJECT, HEADER = "process", "process_abi.h"
+
+MSG_EXEC, MSG_FORK, MSG_EXIT, MSG_BENCH = MsgType.EXEC, MsgType.FORK, MsgType.EXIT, MsgType.BENCH
 
 CNT_NAMES = [
     "exec",
@@ -26,60 +30,113 @@ CNT_NAMES = [
 ]
 CNT = {name: i for i, name in enumerate(CNT_NAMES)}
 
-
-def _layout(*fields: tuple[str, str]) -> tuple[struct.Struct, dict[str, int]]:
-    """A little-endian packed struct from (name, format) pairs; names starting with '_' are padding."""
-    fmt, offsets = "<", {}
-    for name, code in fields:
-        if not name.startswith("_"):
-            offsets[name] = struct.calcsize(fmt)
-        fmt += code
-    return struct.Struct(fmt), offsets
-
-
-_HDR = (("type", "B"), ("_pad", "3x"), ("size", "I"), ("ktime", "Q"))
-EXEC, _EXEC_OFF = _layout(
-    *_HDR,
-    ("pid", "I"),
-    ("tid", "I"),
-    ("ppid", "I"),
-    ("flags", "I"),
-    ("parent_ktime", "Q"),
-    ("uid", "I"),
-    ("euid", "I"),
-    ("gid", "I"),
-    ("egid", "I"),
-    ("auid", "I"),
-    ("_pad", "4x"),
-    ("cgroup_id", "Q"),
-    ("binary_len", "H"),
-    ("cwd_len", "H"),
-    ("args_len", "H"),
-    ("_pad2", "2x"),
-)
-FORK, _FORK_OFF = _layout(*_HDR, ("pid", "I"), ("tid", "I"), ("ppid", "I"), ("_pad", "4x"), ("parent_ktime", "Q"))
-EXIT, _EXIT_OFF = _layout(*_HDR, ("pid", "I"), ("tid", "I"), ("proc_ktime", "Q"), ("code", "I"), ("_pad", "4x"))
-BENCH, _ = _layout(*_HDR, ("seq", "Q"))
-PROC_ENTRY, _PROC_OFF = _layout(("ktime", "Q"), ("parent_ktime", "Q"), ("ppid", "I"), ("flags", "I"))
-
 PROC_F_EXECED, PROC_F_CLONE, PROC_F_PROCFS = 1, 2, 4
+PATH_BUF, ARGS_BUF, PATH_DEPTH = 4096, 4096, 128  # longest path or cwd, argv; path components walked
+BIN_MAX = 256  # bytes of a process's binary path kept for matchBinaries (NUL included)
 
 
-def _nest(off: dict[str, int]) -> dict[str, int]:
-    """Header fields live in the nested ``struct msg_hdr hdr`` at offset 0 on the C side."""
-    out = {"hdr": 0}
-    out.update({k: v for k, v in off.items() if k not in ("type", "size", "ktime")})
-    return out
+class MsgHdr(ctypes.Structure):
+    _fields_ = [("type", c_uint8), ("_pad", c_uint8 * 3), ("size", c_uint32), ("ktime", c_uint64)]
 
 
-# {C struct name: (size, {member: offset})} for the BTF comparison test
-LAYOUTS: dict[str, tuple[int, dict[str, int]]] = {
-    "msg_hdr": (struct.calcsize("<B3xIQ"), {"type": 0, "size": 4, "ktime": 8}),
-    "msg_exec": (EXEC.size, _nest(_EXEC_OFF)),
-    "msg_fork": (FORK.size, _nest(_FORK_OFF)),
-    "msg_exit": (EXIT.size, _nest(_EXIT_OFF)),
-    "proc_entry": (PROC_ENTRY.size, _PROC_OFF),
+class MsgExec(ctypes.Structure):
+    """Followed by binary_len + cwd_len + args_len bytes."""
+
+    _fields_ = [
+        ("hdr", MsgHdr),
+        ("pid", c_uint32),
+        ("tid", c_uint32),
+        ("ppid", c_uint32),
+        ("flags", c_uint32),
+        ("parent_ktime", c_uint64),
+        ("uid", c_uint32),
+        ("euid", c_uint32),
+        ("gid", c_uint32),
+        ("egid", c_uint32),
+        ("auid", c_uint32),
+        ("_pad", c_uint32),
+        ("cgroup_id", c_uint64),
+        ("binary_len", c_uint16),
+        ("cwd_len", c_uint16),
+        ("args_len", c_uint16),
+        ("_pad2", c_uint16),
+    ]
+
+
+class MsgFork(ctypes.Structure):
+    _fields_ = [
+        ("hdr", MsgHdr),
+        ("pid", c_uint32),
+        ("tid", c_uint32),
+        ("ppid", c_uint32),
+        ("_pad", c_uint32),
+        ("parent_ktime", c_uint64),
+    ]
+
+
+class MsgExit(ctypes.Structure):
+    _fields_ = [
+        ("hdr", MsgHdr),
+        ("pid", c_uint32),
+        ("tid", c_uint32),
+        ("proc_ktime", c_uint64),
+        ("code", c_uint32),  # kernel exit_code: status << 8 | signal
+        ("_pad", c_uint32),
+    ]
+
+
+class MsgBench(ctypes.Structure):
+    _fields_ = [("hdr", MsgHdr), ("seq", c_uint64)]
+
+
+class ProcBinary(ctypes.Structure):
+    """The binary a live process runs, keyed by tgid (matchBinaries)."""
+
+    _fields_ = [("len", c_uint32), ("path", ctypes.c_char * BIN_MAX)]
+
+
+class ProcEntry(ctypes.Structure):
+    """The kernel's table of live processes, keyed by tgid."""
+
+    _fields_ = [("ktime", c_uint64), ("parent_ktime", c_uint64), ("ppid", c_uint32), ("flags", c_uint32)]
+
+
+STRUCTS: dict[str, type[ctypes.Structure]] = {
+    "msg_hdr": MsgHdr,
+    "msg_exec": MsgExec,
+    "msg_fork": MsgFork,
+    "msg_exit": MsgExit,
+    "msg_bench": MsgBench,
+    "proc_binary": ProcBinary,
+    "proc_entry": ProcEntry,
 }
+KERNEL_ONLY: dict[str, str] = {}
+
+DEFINES: dict[str, int] = {
+    **{f"MSG_{t.name}": t.value for t in (MSG_EXEC, MSG_FORK, MSG_EXIT, MSG_BENCH)},
+    **{f"CNT_{n.upper()}": i for i, n in enumerate(CNT_NAMES)},
+    "CNT_MAX": len(CNT_NAMES),
+    **{
+        f"EXEC_F_{n}": getattr(raw, f"EXEC_F_{n}")
+        for n in ("REEXEC", "CLONE", "TRUNC_ARGS", "TRUNC_PATH", "TRUNC_CWD", "ERR_CWD", "ERR_ARGS", "NO_PARENT")
+    },
+    "PROC_F_EXECED": PROC_F_EXECED,
+    "PROC_F_CLONE": PROC_F_CLONE,
+    "PROC_F_PROCFS": PROC_F_PROCFS,
+    "PATH_BUF": PATH_BUF,
+    "ARGS_BUF": ARGS_BUF,
+    "PATH_DEPTH": PATH_DEPTH,
+    "BIN_MAX": BIN_MAX,
+}
+
+# decoders: the mirrors as struct.Struct (padding skipped)
+EXEC, FORK, EXIT, BENCH, PROC_ENTRY = (packed(c) for c in (MsgExec, MsgFork, MsgExit, MsgBench, ProcEntry))
+
+
+def binary_entry(raw_path: bytes) -> bytes:
+    """The proc_binary value of a path as the exec program writes it: cut to BIN_MAX - 1 bytes."""
+    cut = raw_path[: BIN_MAX - 1]
+    return bytes(ProcBinary(len(cut), cut))
 
 
 def _s(b: bytes) -> str:

@@ -35,7 +35,7 @@ PROGRAMS = {
 }
 # kept across agent restarts (shared with the tracing sensor: events, procs, binaries)
 PINNED = ("events", "counters", "procs", "binaries")
-BIN_MAX = 256
+BIN_MAX = abi.BIN_MAX
 
 
 @dataclass
@@ -199,8 +199,7 @@ def binary_entry(path: str) -> bytes | None:
         return None
     if path.endswith(" (deleted)") and not os.path.exists(path):
         path = path.removesuffix(" (deleted)")  # the kernel's walk of an unlinked file has no such suffix
-    raw = os.fsencode(path)[: BIN_MAX - 1]
-    return len(raw).to_bytes(4, "little") + raw.ljust(BIN_MAX, b"\0")
+    return abi.binary_entry(os.fsencode(path))
 
 
 def _put_new(write: Callable[[], None]) -> int:

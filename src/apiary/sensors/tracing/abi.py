@@ -1,4 +1,9 @@
-"""Python side of bpf/include/tracing_abi.h: hook configuration encoder and event decoder."""
+"""Python side of bpf/include/tracing_abi.h: hook configuration encoder and event decoder.
+
+Registered in ``apiary.sensors.abi``: a test compares every mirror in ``STRUCTS`` with the BTF of the
+built object and every ``DEFINES`` entry with the header. The sensor limits are tracing.types' MAX_*
+under their C names.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +13,10 @@ import os
 import re
 import socket
 from collections.abc import Callable
+from ctypes import c_uint32, c_uint64
 from functools import lru_cache
-from typing import TypeVar
 
+from apiary.sensors.abi import MsgType, from_bytes
 from apiary.tracing.types import (
     ARG_BPRM,
     ARG_BUF,
@@ -31,14 +37,32 @@ from apiary.tracing.types import (
     ARG_STRING,
     ARG_UINT,
     GUARD_CHECKS,
+    MAX_ARG_BYTES,
+    MAX_ARG_FILTERS,
+    MAX_ARGS,
+    MAX_BINARY,
+    MAX_FOLLOW,
+    MAX_HOOKS,
+    MAX_HOOKS_PER_SYSCALL,
+    MAX_NAMESPACE_FILTERS,
+    MAX_SELECTORS,
+    MAX_STRING,
+    MAX_VALUES,
+    REG_CRED,
+    REG_EXE,
     REG_NONE,
+    REG_RET,
     Guard,
     Hook,
 )
 
-MSG_GENERIC = 10
-GS_HOOKS, GS_PER_SYSCALL, GS_ARGS, GS_SELECTORS, GS_FILTERS, GS_VALS = 64, 7, 5, 5, 5, 4
-GS_ARGSTR, GS_BIN = 256, 256
+OBJECT, HEADER = "gsys", "tracing_abi.h"
+
+MSG_GENERIC = MsgType.GENERIC
+# the sensor limits (tracing.types) under their C names
+GS_HOOKS, GS_PER_SYSCALL, GS_ARGS, GS_SELECTORS = MAX_HOOKS, MAX_HOOKS_PER_SYSCALL, MAX_ARGS, MAX_SELECTORS
+GS_FILTERS, GS_VALS, GS_STR = MAX_ARG_FILTERS, MAX_VALUES, MAX_STRING
+GS_ARGSTR, GS_BIN = MAX_ARG_BYTES, MAX_BINARY
 KIND = {
     ARG_INT: 1,
     ARG_UINT: 2,
@@ -64,7 +88,7 @@ GUARD_BITS = {name: 1 << n for n, name in enumerate(GUARD_CHECKS)}
 STRING_KINDS = (ARG_STRING, ARG_FD, ARG_FILEPTR, ARG_DATALOC, ARG_CHARS, ARG_KSTRING, ARG_BUF, ARG_PATHPTR, ARG_BPRM)
 # pseudo syscall numbers of the LSM programs (GS_NR_LSM_*)
 LSM_HOOKS = {"__lsm_file_open": 4096, "__lsm_file_permission": 4097, "__lsm_bprm_check_security": 4098}
-GS_NS, GS_FOLLOW = 4, 64
+GS_NS, GS_FOLLOW = MAX_NAMESPACE_FILTERS, MAX_FOLLOW
 NS_TYPES = {
     "Uts": 1,
     "Ipc": 2,
@@ -294,15 +318,6 @@ class CredInfo(ctypes.Structure):
     ]
 
 
-_S = TypeVar("_S", bound=ctypes.Structure)
-
-
-def from_bytes(cls: type[_S], raw: bytes | memoryview) -> _S:
-    """A record as the kernel sent it: it may be shorter than the struct (the rest is zero)."""
-    size = ctypes.sizeof(cls)
-    return cls.from_buffer_copy(bytes(raw[:size]).ljust(size, b"\0"))
-
-
 def credinfo(raw: bytes) -> CredInfo:
     return from_bytes(CredInfo, raw)
 
@@ -317,20 +332,82 @@ class SkbInfo(ctypes.Structure):
     ]
 
 
-def _layout(t: type[ctypes.Structure]) -> tuple[int, dict[str, int]]:
-    return ctypes.sizeof(t), {n: getattr(t, n).offset for n, *_ in t._fields_ if n[0] != "_"}
+class AgentInfo(ctypes.Structure):
+    """The agent's own process, exempt from the enforcing actions (tgid 0: nobody): its tgid and start time
+    in clock ticks since boot, so a reused pid is not exempt."""
+
+    _fields_ = [("tgid", c_uint32), ("_pad", c_uint32), ("start_ticks", c_uint64), ("tick_ns", c_uint64)]
 
 
-LAYOUTS = {
-    "gs_filter": _layout(Filter),
-    "gs_selector": _layout(Sel),
-    "gs_hook": _layout(HookCfg),
-    "gs_sockinfo": _layout(SockInfo),
-    "gs_credinfo": _layout(CredInfo),
-    "gs_skbinfo": _layout(SkbInfo),
-    "gs_follow": _layout(Follow),
-    "gs_nsf": _layout(NsFilter),
-    "gs_event": _layout(Event),
+class ScopeKey(ctypes.Structure):
+    _fields_ = [("policy_id", c_uint32), ("_pad", c_uint32), ("cgroup_id", c_uint64)]
+
+
+def agent_info(tgid: int, start_ticks: int, tick_ns: int) -> bytes:
+    return bytes(AgentInfo(tgid=tgid, start_ticks=start_ticks, tick_ns=tick_ns))
+
+
+def scope_key(policy_id: int, cgroup_id: int) -> bytes:
+    return bytes(ScopeKey(policy_id=policy_id, cgroup_id=cgroup_id))
+
+
+STRUCTS: dict[str, type[ctypes.Structure]] = {
+    "gs_filter": Filter,
+    "gs_nsf": NsFilter,
+    "gs_follow": Follow,
+    "gs_selector": Sel,
+    "gs_hook": HookCfg,
+    "gs_sys": SysCfg,
+    "gs_event": Event,
+    "gs_sockinfo": SockInfo,
+    "gs_credinfo": CredInfo,
+    "gs_skbinfo": SkbInfo,
+    "gs_agent": AgentInfo,
+    "gs_scope_key": ScopeKey,
+}
+KERNEL_ONLY = {
+    "gs_pend_key": "key of the entry-to-exit map of return hooks",
+    "gs_hashes": "per-CPU scratch of string hashes",
+}
+
+_KIND_C = {ARG_FILEPTR: "FILEPTR", ARG_PATHPTR: "PATHPTR", ARG_BPRM: "BPRM", ARG_SOCK: "SOCK", ARG_CRED: "CRED",
+           ARG_SKB: "SKB"}
+DEFINES: dict[str, int] = {
+    "MSG_GENERIC": MSG_GENERIC,
+    "GS_HOOKS": GS_HOOKS,
+    "GS_PER_SYSCALL": GS_PER_SYSCALL,
+    "GS_ARGS": GS_ARGS,
+    "GS_SELECTORS": GS_SELECTORS,
+    "GS_FILTERS": GS_FILTERS,
+    "GS_VALS": GS_VALS,
+    "GS_STR": GS_STR,
+    "GS_ARGSTR": GS_ARGSTR,
+    "GS_BIN": GS_BIN,
+    "GS_NS": GS_NS,
+    "GS_FOLLOW": GS_FOLLOW,
+    **{f"GS_ARG_{_KIND_C.get(k, k.replace('_', '').upper())}": v for k, v in KIND.items()},
+    "GS_REG_RET": REG_RET,
+    "GS_REG_CRED": REG_CRED,
+    "GS_REG_EXE": REG_EXE,
+    "GS_REG_NONE": REG_NONE,
+    **{f"GS_G_{c.upper()}": bit for c, bit in GUARD_BITS.items()},
+    "GS_NR_LSM_FILE_OPEN": LSM_HOOKS["__lsm_file_open"],
+    "GS_NR_LSM_FILE_PERMISSION": LSM_HOOKS["__lsm_file_permission"],
+    "GS_NR_LSM_BPRM_CHECK": LSM_HOOKS["__lsm_bprm_check_security"],
+    **{f"GS_OP_{op.upper()}": v for op, v in OPS.items() if op not in ("GreaterThan", "LessThan")},
+    **{f"GS_BIN_{op.upper()}": v for op, v in BIN_OPS.items()},
+    **{f"GS_ACT_{a.upper()}": v for a, v in ACTIONS.items()},
+    **{f"GS_NS_{re.sub(r'(?<!^)(?=[A-Z])', '_', n).upper()}": v for n, v in NS_TYPES.items()},
+    **{f"GS_F_{n}": v for n, v in (("ENABLED", F_ENABLED), ("SCOPED", F_SCOPED), ("MONITOR", F_MONITOR),
+                                    ("BINARIES", F_BINARIES), ("RETURN", F_RETURN), ("AT_EXIT", F_AT_EXIT))},
+    **{f"GS_EV_{n}": v for n, v in (("MONITOR", EV_MONITOR), ("ENFORCED", EV_ENFORCED), ("TRUNC", EV_TRUNC),
+                                     ("EXEMPT", EV_EXEMPT))},
+    **{f"GS_CNT_{'EXEMPT' if c == 'exempted' else c.upper()}": i for i, c in enumerate(CNT)},
+    "GS_NCNT": len(CNT),
+    "GS_FOLLOW_BIN": FOLLOW_BIN,
+    "GS_FOLLOW_PID": FOLLOW_PID,
+    "GS_FNV_BASIS": FNV_BASIS,
+    "GS_FNV_PRIME": FNV_PRIME,
 }
 
 

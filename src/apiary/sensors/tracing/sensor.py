@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -173,10 +172,10 @@ class TracingSensor:
         """Exempt this process (the agent) from Sigkill/Signal/Override/DenyConnect, or nobody (None).
         The kernel knows it by tgid and start time: a later process reusing the pid is not exempt."""
         if pid is None:
-            value = struct.pack("<IIQQ", 0, 0, 0, 0)
+            value = abi.agent_info(0, 0, 0)
         else:
             tick_ns = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
-            value = struct.pack("<IIQQ", pid, 0, process_start_ticks(f"/proc/{pid}"), tick_ns)
+            value = abi.agent_info(pid, process_start_ticks(f"/proc/{pid}"), tick_ns)
         self.agent_map.update((0).to_bytes(4, "little"), value)
 
     # ------------------------------------------------------------------ pins
@@ -790,7 +789,7 @@ def _digest(policy: CompiledTracingPolicy, encoded: list[bytes]) -> str:
 
 
 def _scope_key(policy_id: int, cgroup_id: int) -> bytes:
-    return policy_id.to_bytes(4, "little") + b"\0" * 4 + cgroup_id.to_bytes(8, "little")
+    return abi.scope_key(policy_id, cgroup_id)
 
 
 def proc_tree() -> dict[int, tuple[int, str]]:

@@ -6,10 +6,13 @@ each as % against no agent at all, measured in the same run; plus sysbench cpu.
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 
@@ -49,6 +52,47 @@ spec:
     - matchArgs: [{index: 0, operator: Prefix, values: ["/nonexistent-apiary-bench/"]}]
       matchActions: [{action: Sigkill}]
 """
+
+
+# bpftrace on the same tracepoint with the same filters: the never-matching Prefix, and /etc/ printing every event
+BPFTRACE = {
+    "bpftrace strncmp never matches": 'tracepoint:syscalls:sys_enter_openat '
+    '/strncmp(str(args->filename), "/nonexistent-apiary-bench/", 26) == 0/ { printf("%s\\n", str(args->filename)); }',
+    "bpftrace printing every event": 'tracepoint:syscalls:sys_enter_openat '
+    '/strncmp(str(args->filename), "/etc/", 5) == 0/ { printf("%s\\n", str(args->filename)); }',
+}
+
+
+def have_bpftrace() -> bool:
+    """Debian's bpftrace, installed on first use (idempotent: apt-get only when it is missing)."""
+    if shutil.which("bpftrace"):
+        return True
+    r = subprocess.run(["apt-get", "install", "-y", "bpftrace"], capture_output=True, text=True)
+    return r.returncode == 0 and shutil.which("bpftrace") is not None
+
+
+def timed_under_bpftrace(script: str, cmd: list[str]) -> float:
+    """The workload's time while bpftrace runs the script (its output to a file, as a consumer would)."""
+    with tempfile.TemporaryFile() as out:
+        bt = subprocess.Popen(["bpftrace", "-e", script], stdout=out, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:  # attached once it says so
+                out.seek(0)
+                if b"Attaching" in out.read(4096):
+                    break
+                if bt.poll() is not None:
+                    raise RuntimeError("bpftrace exited before attaching")
+                time.sleep(0.05)
+            time.sleep(0.2)
+            return timed(cmd)
+        finally:
+            os.kill(bt.pid, signal.SIGINT)
+            try:
+                bt.wait(10)
+            except subprocess.TimeoutExpired:
+                os.kill(bt.pid, signal.SIGKILL)
+                bt.wait()
 
 
 def timed(cmd: list[str]) -> float:
@@ -103,6 +147,9 @@ def main(rounds: int = 5, opens: int = 100000, execs: int = 1000) -> None:
     res: dict[tuple[str, str], list[float]] = {}
     base: dict[str, list[float]] = {k: [] for k in work}
     sb_base, sb_mon = [], []
+    open_name = next(iter(work))
+    bt_ok = have_bpftrace()
+    bt_res: dict[str, list[float]] = {k: [] for k in BPFTRACE}
     for _ in range(rounds):
         for name, cmd in work.items():
             base[name].append(timed(cmd))
@@ -123,12 +170,21 @@ def main(rounds: int = 5, opens: int = 100000, execs: int = 1000) -> None:
                     sb = sysbench()
                     if sb:
                         sb_mon.append(sb)
+        if bt_ok:
+            for bt_name, script in BPFTRACE.items():
+                bt_res[bt_name].append(timed_under_bpftrace(script, work[open_name]))
     print(f"\n(e) TracingPolicy overhead, median of {rounds} rounds, % against no agent in the same run")
     for name in work:
         b = statistics.median(base[name])
         cells = [f"{cfg}: {100 * (statistics.median(res[(cfg, name)]) - b) / b:+6.2f}%" for cfg in configs]
         print(f"  {name:<46} no agent {b:6.3f} s | " + " | ".join(cells))
     print("  targets: < 2% monitoring, < 5% enforcing")
+    if bt_ok:
+        b = statistics.median(base[open_name])
+        cells = [f"{k}: {100 * (statistics.median(v) - b) / b:+6.2f}%" for k, v in bt_res.items()]
+        print("  open loop, the same filters in bpftrace on syscalls/sys_enter_openat (same run): " + " | ".join(cells))
+    else:
+        print("  bpftrace not installed and `apt-get install -y bpftrace` failed: no bpftrace comparison")
     floor = tracepoint_floor(work[next(iter(work))], rounds)
     print(
         f"  floor of the mechanism: the open loop with a program on syscalls/sys_enter_openat that returns at once: "

@@ -6,6 +6,7 @@
 #include <bpf/bpf_core_read.h>
 #include "process_abi.h"
 #include "pathwalk.bpf.h"
+#include "shared_maps.bpf.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -17,23 +18,11 @@ struct exec_scratch {
 };
 
 struct {
-	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 8 << 20);
-} events SEC(".maps");
-
-struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, CNT_MAX);
 	__type(key, __u32);
 	__type(value, __u64);
 } counters SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
-	__type(key, __u32);
-	__type(value, struct proc_entry);
-} procs SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -48,15 +37,6 @@ struct {
 	__type(key, __u32);
 	__type(value, struct proc_binary);
 } bin_scratch SEC(".maps");
-
-/* the binary each live process runs (first BIN_MAX bytes), for in-kernel matchBinaries */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, __u32);
-	__type(value, struct proc_binary);
-} binaries SEC(".maps");
 
 /* Never written: it only makes clang emit the BTF of every message layout, which a test compares
  * with the Python decoder's layouts. */
@@ -74,18 +54,6 @@ struct {
 	__type(key, __u32);
 	__type(value, union abi_types);
 } abi_types SEC(".maps");
-
-/* Wake the agent only once this much is waiting (0: on every record). The agent also drains on a
- * short timer, so batching trades a few milliseconds of latency for far fewer wake-ups. */
-const volatile __u64 wakeup_bytes = 0;
-
-static __always_inline __u64 rb_flags(void)
-{
-	if (!wakeup_bytes)
-		return 0;
-	return bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes ? BPF_RB_FORCE_WAKEUP
-									       : BPF_RB_NO_WAKEUP;
-}
 
 static __always_inline void count(__u32 idx)
 {
@@ -210,7 +178,7 @@ int BPF_PROG(on_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm 
 	m->hdr.size = size;
 	if (size > sizeof(*m) + SCRATCH_DATA)
 		return 0;
-	if (bpf_ringbuf_output(&events, s, size, rb_flags()))
+	if (ring_put(s, size))
 		count(CNT_LOST_EXEC);
 	else
 		count(CNT_EXEC);
@@ -244,7 +212,7 @@ int BPF_PROG(on_fork, struct task_struct *parent, struct task_struct *child)
 	m.tid = pid;
 	m.ppid = ptgid;
 	m.parent_ktime = ne.parent_ktime;
-	if (bpf_ringbuf_output(&events, &m, sizeof(m), rb_flags()))
+	if (ring_put(&m, sizeof(m)))
 		count(CNT_LOST_FORK);
 	else
 		count(CNT_FORK);
@@ -269,7 +237,7 @@ int BPF_PROG(on_exit, struct task_struct *p)
 	m.code = BPF_CORE_READ(p, exit_code);
 	bpf_map_delete_elem(&procs, &tgid);
 	bpf_map_delete_elem(&binaries, &tgid);
-	if (bpf_ringbuf_output(&events, &m, sizeof(m), rb_flags()))
+	if (ring_put(&m, sizeof(m)))
 		count(CNT_LOST_EXIT);
 	else
 		count(CNT_EXIT);
@@ -288,7 +256,7 @@ int bench_event(void *ctx)
 	m.hdr.type = MSG_BENCH;
 	m.hdr.size = sizeof(m);
 	m.hdr.ktime = bpf_ktime_get_ns();
-	if (bpf_ringbuf_output(&events, &m, sizeof(m), rb_flags()))
+	if (ring_put(&m, sizeof(m)))
 		count(CNT_LOST_BENCH);
 	else
 		count(CNT_BENCH);

@@ -130,6 +130,7 @@ class TracingSensor:
             for lsm_prog in ("gs_file_open", "gs_file_permission", "gs_bprm_check_security"):
                 obj.program(lsm_prog).autoload = self.lsm
             obj.program("gs_raw_tp").autoload = self.raw_tp  # bpf_get_attach_cookie in raw_tp: 6.10+
+            obj.set_rodata(wakeup_bytes=self.process.wakeup_bytes)  # batch wake-ups like the process sensor
             own = [n for n in obj.map_names() if n not in SHARED and "." not in n]
             if self.pin_dir:
                 ident = {

@@ -1,0 +1,47 @@
+/* The process sensor's maps that the tracing sensor shares (the loader hands gsys the process sensor's
+ * map fds): the ring buffer both write, the table of live processes and their binaries; and the one way
+ * to write the ring. Declared once, here, for process.bpf.c and gsys.bpf.c. */
+#ifndef APIARY_SHARED_MAPS_H
+#define APIARY_SHARED_MAPS_H
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 8 << 20);
+} events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, struct proc_entry);
+} procs SEC(".maps");
+
+/* the binary each live process runs (first BIN_MAX bytes), for in-kernel matchBinaries */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u32);
+	__type(value, struct proc_binary);
+} binaries SEC(".maps");
+
+/* Wake the agent only once this much is waiting (0: on every record). The agent also drains on a
+ * short timer, so batching trades a few milliseconds of latency for far fewer wake-ups. Each object
+ * has its own copy (rodata): the loader sets the same value in both. */
+const volatile __u64 wakeup_bytes = 0;
+
+static __always_inline __u64 rb_flags(void)
+{
+	if (!wakeup_bytes)
+		return 0;
+	return bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes ? BPF_RB_FORCE_WAKEUP
+									       : BPF_RB_NO_WAKEUP;
+}
+
+/* one record into the shared ring: 0, or < 0 when it is full */
+static __always_inline long ring_put(void *rec, __u64 size)
+{
+	return bpf_ringbuf_output(&events, rec, size, rb_flags());
+}
+
+#endif

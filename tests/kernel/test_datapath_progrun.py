@@ -186,22 +186,13 @@ egress:
     ret, flows = pr.run(tcp_packet(FRONTEND.ipv4, BACKEND.ipv4, 41000, 5678, TCP_ACK | TCP_FIN), egress=False)
     assert ret == TC_ACT_OK and flows[0].ct_state == CT_ESTABLISHED
     # a policy change keeps the established connection; a new one from the same peer is denied
-    pr.dp.sync(*_only_other(pr))
-    assert pr.run(tcp_packet(FRONTEND.ipv4, BACKEND.ipv4, 41000, 5678, TCP_ACK), egress=False)[0] == TC_ACT_OK
-    assert syn_to_backend(pr, FRONTEND, 5678, sport=41001)[0] == TC_ACT_SHOT
-
-
-def _only_other(pr: ProgRun) -> tuple:  # type: ignore[type-arg]
-    from apiary.policy.compile import EndpointSpec, compile_policies
-    from apiary.policy.load import load_policies
-
-    specs = [EndpointSpec(p.ep_id, p.name, p.namespace, p.labels, p.ipv4) for p in (BACKEND, FRONTEND, OTHER)]
-    compiled = compile_policies(load_policies(policy("""
+    pr.apply(policy("""
 endpointSelector: {matchLabels: {app: backend}}
 ingress:
 - fromEndpoints: [{matchLabels: {app: other}}]
-""")), specs, allocator=pr.allocator)
-    return compiled, {BACKEND.ep_id: pr.endpoint}, {BACKEND.ep_id: pr.identity(BACKEND)}
+"""), clear_ct=False)
+    assert pr.run(tcp_packet(FRONTEND.ipv4, BACKEND.ipv4, 41000, 5678, TCP_ACK), egress=False)[0] == TC_ACT_OK
+    assert syn_to_backend(pr, FRONTEND, 5678, sport=41001)[0] == TC_ACT_SHOT
 
 
 def test_audit_mode_forwards_what_would_be_dropped(pr: ProgRun) -> None:

@@ -95,8 +95,11 @@ class ProgRun:
         assert ident is not None, f"{p.name} has no identity yet (apply first)"
         return ident
 
-    def apply(self, yaml_text: str = "", *, enforcement: str = "default", audit: bool = False) -> CompiledPolicy:
-        """Compile the policies for the subject and its peers and write the maps as the agent does."""
+    def apply(
+        self, yaml_text: str = "", *, enforcement: str = "default", audit: bool = False, clear_ct: bool = True
+    ) -> CompiledPolicy:
+        """Compile the policies for the subject and its peers and write the maps as the agent does.
+        ``clear_ct``: forget every tracked connection (and pending flow records) as well."""
         policies = load_policies(yaml_text) if yaml_text.strip() else []
         specs = [EndpointSpec(p.ep_id, p.name, p.namespace, p.labels, p.ipv4) for p in [self.subject, *self.peers]]
         compiled = compile_policies(policies, specs, enforcement=enforcement, audit=audit,  # type: ignore[arg-type]
@@ -104,8 +107,9 @@ class ProgRun:
         self.dp.audit = audit
         self.dp.sync(compiled, {self.subject.ep_id: self.endpoint}, {self.subject.ep_id: self.identity(self.subject)})
         self.compiled = compiled
-        self.ct_clear()
-        self.flows()
+        if clear_ct:
+            self.ct_clear()
+            self.flows()
         return compiled
 
     def ct_clear(self) -> None:

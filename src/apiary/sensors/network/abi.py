@@ -22,7 +22,7 @@ POLICY_KEY = struct.Struct("<IHBxIB2sx")  # prefixlen, ep_id, direction, identit
 POLICY_VALUE = struct.Struct("<BBBxI")  # deny, audit, match_type, rule_id
 IPCACHE_KEY = struct.Struct("<I4s")  # prefixlen, addr (network order)
 IPCACHE_VALUE = struct.Struct("<IHxx")  # identity, ep_id
-CT_KEY = struct.Struct("<4s4sHHBBH")  # saddr, daddr, sport(BE raw), dport(BE raw), proto, direction, ep_id
+CT_KEY = struct.Struct("<4s4sHHBBxxI")  # saddr, daddr, sport(BE raw), dport(BE raw), proto, direction, ifindex
 CT_VALUE = struct.Struct("<QQIBBBBQQ")  # expires, last_report, rule_id, flags_orig, flags_reply, closing, audit,
 # packets, bytes
 FLOW_MSG = struct.Struct("<BBBBBBBBQ4s4sHHIIIIHxxI4x")  # padded to 8 like the C struct
@@ -40,7 +40,7 @@ LAYOUTS: dict[str, tuple[int, dict[str, int]]] = {
     "ipcache_value": (IPCACHE_VALUE.size, {"identity": 0, "ep_id": 4}),
     "ct_key": (
         CT_KEY.size,
-        {"saddr": 0, "daddr": 4, "sport": 8, "dport": 10, "proto": 12, "direction": 13, "ep_id": 14},
+        {"saddr": 0, "daddr": 4, "sport": 8, "dport": 10, "proto": 12, "direction": 13, "pad": 14, "ifindex": 16},
     ),
     "ct_value": (
         CT_VALUE.size,
@@ -119,6 +119,11 @@ def match_type(k: PolicyKey) -> int:
 
 def policy_value(e: PolicyEntry, k: PolicyKey) -> bytes:
     return POLICY_VALUE.pack(int(e.deny), int(e.audit), match_type(k), e.rule_id)
+
+
+def ct_key_ifindex(raw: bytes) -> int:
+    """The interface (host-side veth) of a conntrack key."""
+    return int(CT_KEY.unpack(raw[: CT_KEY.size])[6])
 
 
 def ipcache_key(prefix: str) -> bytes:

@@ -208,3 +208,14 @@ ingress:
     assert ret == TC_ACT_OK and flows[0].verdict == VERDICT_AUDIT and flows[0].ct_state == CT_ESTABLISHED
     ret, flows = syn_to_backend(pr, FRONTEND, 5678)
     assert ret == TC_ACT_OK and flows[0].verdict == VERDICT_FORWARDED
+
+
+def test_forget_purges_the_endpoints_connections(pr: ProgRun) -> None:
+    pr.apply()
+    assert syn_to_backend(pr, FRONTEND, 5678)[0] == TC_ACT_OK
+    assert len(list(pr.dp.ct_map.items())) == 1
+    pr.dp.forget(pr.endpoint)
+    assert list(pr.dp.ct_map.items()) == []
+    # no endpoint on the interface any more: packets pass untouched, nothing tracked or reported
+    ret, flows = syn_to_backend(pr, FRONTEND, 5678)
+    assert ret == TC_ACT_OK and flows == [] and list(pr.dp.ct_map.items()) == []

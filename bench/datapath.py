@@ -10,8 +10,6 @@
 from __future__ import annotations
 
 import random
-import socket
-import struct
 import subprocess
 import sys
 import textwrap
@@ -20,24 +18,9 @@ from apiary.loader import BpfObject
 from apiary.loader.paths import bpf_object
 from apiary.policy.types import INGRESS, PolicyEntry, PolicyKey
 from apiary.sensors.network import abi
+from apiary.testing.progrun import tcp_packet
 
 LO = 1  # BPF_PROG_TEST_RUN runs TC programs on the loopback device
-
-
-def _csum(b: bytes) -> int:
-    s = sum(struct.unpack(f"!{len(b) // 2}H", b))
-    s = (s >> 16) + (s & 0xFFFF)
-    return ~(s + (s >> 16)) & 0xFFFF
-
-
-def tcp_packet(src: str, dst: str, sport: int, dport: int, flags: int) -> bytes:
-    eth = b"\x02" * 6 + b"\x04" * 6 + b"\x08\x00"
-    tcp = struct.pack("!HHIIBBHHH", sport, dport, 1, 0, 5 << 4, flags, 65535, 0, 0)
-    ip = struct.pack(
-        "!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 1, 0, 64, 6, 0, socket.inet_aton(src), socket.inet_aton(dst)
-    )
-    ip = ip[:10] + struct.pack("!H", _csum(ip)) + ip[12:]
-    return eth + ip + tcp + b"\0" * 6  # pad to 60 bytes like a real frame
 
 
 def per_packet(entries: list[int], repeat: int) -> list[tuple[int, float, float, float]]:

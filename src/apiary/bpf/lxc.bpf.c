@@ -2,7 +2,8 @@
 /* Endpoint datapath: TC programs on the host side of each endpoint's veth.
  *   from_container (tc ingress of the host veth): packets the endpoint sends -> its EGRESS policy
  *   to_container   (tc egress of the host veth):  packets to the endpoint    -> its INGRESS policy
- * Connection tracking lets replies and established connections pass without a policy lookup.
+ * Connection tracking lets replies and established connections pass without a policy lookup (and without
+ * the endpoint lookup: the conntrack key holds the interface).
  * The policy lookup is two LPM lookups whatever the number of rules (see policy/types.py). */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -266,14 +267,15 @@ static __always_inline __u64 ct_lifetime(struct pkt *p, struct ct_value *v)
 static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 {
 	__u32 ifindex = skb->ifindex;
-	struct ep_info *ep = bpf_map_lookup_elem(&endpoints, &ifindex);
-	if (!ep)
-		return TC_ACT_OK;
+	struct ep_info *ep;
 	struct pkt p = {};
 	int r = parse(skb, &p);
 	if (r == 0)
 		return TC_ACT_OK;
 	if (r < 0) {
+		ep = bpf_map_lookup_elem(&endpoints, &ifindex);
+		if (!ep)
+			return TC_ACT_OK;
 		__u8 reason = -r;
 		emit(skb, &p, ep, dir, FLOW_DROP, reason, VERDICT_DROPPED, 0, 0, 0, 0);
 		count(reason, dir, skb->len);
@@ -282,9 +284,10 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	__u64 now = bpf_ktime_get_coarse_ns(); /* conntrack times need no more than tick precision */
 	__u32 remote_addr = dir == DIR_EGRESS ? p.daddr : p.saddr;
 
-	/* conntrack: the original direction, then the reply direction */
+	/* conntrack: the original direction, then the reply direction. Keyed by the interface, so a
+	 * tracked packet needs no endpoint lookup (entries of a removed endpoint are deleted with it). */
 	struct ct_key k = {.saddr = p.saddr, .daddr = p.daddr, .sport = p.sport, .dport = p.dport,
-			   .proto = p.proto, .direction = dir, .ep_id = ep->ep_id};
+			   .proto = p.proto, .direction = dir, .ifindex = ifindex};
 	struct ct_value *cv = bpf_map_lookup_elem(&ct, &k);
 	__u8 state = 0;
 	if (cv && cv->expires < now) {
@@ -295,7 +298,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		state = CT_ESTABLISHED;
 	} else {
 		struct ct_key rk = {.saddr = p.daddr, .daddr = p.saddr, .sport = p.dport, .dport = p.sport,
-				    .proto = p.proto, .direction = dir ^ 1, .ep_id = ep->ep_id};
+				    .proto = p.proto, .direction = dir ^ 1, .ifindex = ifindex};
 		cv = bpf_map_lookup_elem(&ct, &rk);
 		if (cv && cv->expires < now) {
 			bpf_map_delete_elem(&ct, &rk);
@@ -315,13 +318,18 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		cv->bytes += p.len;
 		if (fresh || now - cv->last_report > trace_interval_ns) {
 			cv->last_report = now;
-			emit(skb, &p, ep, dir, FLOW_TRACE, dir == DIR_EGRESS ? OBS_FROM_ENDPOINT : OBS_TO_ENDPOINT,
-			     cv->audit ? VERDICT_AUDIT : VERDICT_FORWARDED, state, remote_identity(remote_addr),
-			     cv->rule_id, 0);
+			ep = bpf_map_lookup_elem(&endpoints, &ifindex);
+			if (ep)
+				emit(skb, &p, ep, dir, FLOW_TRACE, dir == DIR_EGRESS ? OBS_FROM_ENDPOINT : OBS_TO_ENDPOINT,
+				     cv->audit ? VERDICT_AUDIT : VERDICT_FORWARDED, state, remote_identity(remote_addr),
+				     cv->rule_id, 0);
 		}
 		count(0, dir, p.len);
 		return TC_ACT_OK;
 	}
+	ep = bpf_map_lookup_elem(&endpoints, &ifindex);
+	if (!ep)
+		return TC_ACT_OK;
 
 	/* ICMP errors belong to some connection: let them through, reported as related */
 	__u32 remote = remote_identity(remote_addr);

@@ -100,7 +100,8 @@ struct ct_key {
 	__u16 dport;
 	__u8 proto;
 	__u8 direction;
-	__u16 ep_id;
+	__u16 pad;
+	__u32 ifindex; /* host-side veth: known before the endpoint lookup, which established packets skip */
 };
 
 struct ct_value {

@@ -79,7 +79,8 @@ class CtKey(ctypes.Structure):
         ("dport", c_uint16),
         ("proto", c_uint8),
         ("direction", c_uint8),
-        ("ep_id", c_uint16),
+        ("pad", c_uint16),
+        ("ifindex", c_uint32),  # host-side veth: known before the endpoint lookup, which established packets skip
     ]
 
 
@@ -208,6 +209,11 @@ def match_type(k: PolicyKey) -> int:
 
 def policy_value(e: PolicyEntry, k: PolicyKey) -> bytes:
     return POLICY_VALUE.pack(int(e.deny), int(e.audit), match_type(k), e.rule_id)
+
+
+def ct_key_ifindex(raw: bytes) -> int:
+    """The interface (host-side veth) of a conntrack key."""
+    return int(CtKey.from_buffer_copy(raw[: ctypes.sizeof(CtKey)]).ifindex)
 
 
 def ipcache_key(prefix: str) -> bytes:

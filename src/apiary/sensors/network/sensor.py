@@ -128,6 +128,9 @@ class Datapath:
             for f in st.attached:
                 f.destroy()
             self._delete_keys(st.keys)
+        # conntrack is keyed by interface: a later endpoint on a reused ifindex must not inherit it
+        for k in [k for k, _ in self.ct_map.items() if abi.ct_key_ifindex(k) == ep.host_ifindex]:
+            self.ct_map.delete(k)
 
     def programs(self) -> list[tuple[str, int, str]]:
         if not self.obj:

@@ -62,7 +62,7 @@ def ingest(n_events: int) -> dict[str, float]:
     sensor = ProcessSensor(ringbuf_bytes=16 << 20, bench_tgid=child.pid)
     sensor.load()
     a = Agent(AgentConfig(node_name="bench"))
-    a.sensor = sensor
+    a.use_process(sensor)
     try:
         assert child.stdin
         t0 = time.perf_counter()
@@ -118,6 +118,8 @@ def pipeline(execs: int) -> tuple[float, int]:
     """exec/fork/exit records of a real workload, replayed through decode + cache + Tetragon JSON."""
     sensor = ProcessSensor(ringbuf_bytes=64 << 20)
     sensor.load()
+    a = Agent(AgentConfig(node_name="bench"))
+    a.use_process(sensor)  # its decoders; the records are replayed below, after the sensor is gone
     records: list[bytes] = []
     try:
         subprocess.run(["/bin/sh", "-c", EXEC_LOOP.format(n=execs)], check=True)
@@ -125,7 +127,6 @@ def pipeline(execs: int) -> tuple[float, int]:
         sensor.ring.consume(lambda b: records.append(bytes(b)))
     finally:
         sensor.close()
-    a = Agent(AgentConfig(node_name="bench"))
     t0 = time.perf_counter()
     for r in records:
         a.handle_record(memoryview(r))

@@ -6,7 +6,7 @@ import asyncio
 import json
 import logging
 import os
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 
@@ -14,10 +14,9 @@ from apiary import __version__
 from apiary.observe.tetragon.filters import EventFilter, parse_since
 from apiary.textutil import clip
 
+from . import api_network, api_tracing
 from .api_common import error
-
-if TYPE_CHECKING:
-    from .daemon import Agent
+from .view import AgentView
 
 OPENAPI: dict[str, Any] = {
     "openapi": "3.0.3",
@@ -93,7 +92,7 @@ async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
         return web.json_response({"error": msg}, status=500)
 
 
-def build_app(agent: Agent) -> web.Application:
+def build_app(agent: AgentView) -> web.Application:
     app = web.Application(middlewares=[_errors], client_max_size=MAX_BODY)
 
     async def health(_: web.Request) -> web.Response:
@@ -141,12 +140,8 @@ def build_app(agent: Agent) -> web.Application:
         resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await resp.prepare(request)
         sent = 0
-        backlog = list(agent.history) if (since is not None or not follow) else []
-        from .daemon import Subscriber
-
-        sub = Subscriber(asyncio.Queue(maxsize=agent.cfg.client_queue), flt)
-        if follow:
-            agent.subscribers.append(sub)
+        backlog = agent.events.recent() if (since is not None or not follow) else []
+        sub = agent.events.subscribe() if follow else None
         try:
             for ev in backlog:
                 if flt.matches(ev):
@@ -154,7 +149,7 @@ def build_app(agent: Agent) -> web.Application:
                     sent += 1
                     if count and sent >= count:
                         return resp
-            if not follow:
+            if sub is None:
                 return resp
             reported = 0
             while True:
@@ -171,8 +166,8 @@ def build_app(agent: Agent) -> web.Application:
         except (ConnectionResetError, asyncio.CancelledError):
             pass
         finally:
-            if sub in agent.subscribers:
-                agent.subscribers.remove(sub)
+            if sub is not None:
+                agent.events.unsubscribe(sub)
         return resp
 
     app.router.add_get("/v1/health", health)
@@ -181,8 +176,6 @@ def build_app(agent: Agent) -> web.Application:
     app.router.add_get("/v1/events", events)
     app.router.add_get("/openapi.json", openapi)
     app.router.add_get("/metrics", metrics)
-    from . import api_network, api_tracing
-
     api_network.add_routes(app, agent)
     api_tracing.add_routes(app, agent)
     return app
@@ -228,7 +221,7 @@ class ConnectionLimit:
         }
 
 
-async def serve(agent: Agent) -> web.AppRunner:
+async def serve(agent: AgentView) -> web.AppRunner:
     path = agent.cfg.socket_path
     if os.path.exists(path):
         os.unlink(path)  # stale: we hold the lock, so nobody else serves it

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 
@@ -16,8 +16,7 @@ from apiary.sensors.network.sensor import CapacityError
 from apiary.sensors.network.validate import ValidationError
 from apiary.textutil import clip, clip_quoted
 
-if TYPE_CHECKING:
-    from .daemon import Agent
+from .view import AgentView
 
 UTF8 = ("utf-8", "utf8", "us-ascii", "ascii")
 
@@ -94,7 +93,7 @@ async def body_object(request: web.Request) -> dict[str, Any]:
     return value
 
 
-async def in_worker(agent: Agent, fn: Any, *args: Any, what: str = "policy") -> web.Response:
+async def in_worker(agent: AgentView, fn: Any, *args: Any, what: str = "policy") -> web.Response:
     """Run ``fn`` on the agent's control-plane worker, bounded in time, and answer with its result as JSON;
     the errors a user can cause become 4xx with their reason."""
     loop = asyncio.get_running_loop()

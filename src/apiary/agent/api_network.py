@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 
@@ -12,14 +12,12 @@ from apiary.observe.hubble.builder import lost_events_response
 from apiary.sensors.network.validate import ValidationError, check_endpoint_name, check_labels, check_namespace
 
 from .api_common import body_object, body_text, error, in_worker
-from .network import FlowFollower
-
-if TYPE_CHECKING:
-    from .daemon import Agent
+from .network import Network
+from .view import AgentView
 
 
-def add_routes(app: web.Application, agent: Agent) -> None:
-    def net() -> Any:
+def add_routes(app: web.Application, agent: AgentView) -> None:
+    def net() -> Network:
         if agent.network is None:
             raise web.HTTPServiceUnavailable(
                 text='{"error": "the network datapath is not running in this agent (started with --no-network)"}',
@@ -121,14 +119,12 @@ def add_routes(app: web.Application, agent: Agent) -> None:
         follow = q.get("follow", "0") in ("1", "true", "yes")
         resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await resp.prepare(request)
-        fol = FlowFollower(asyncio.Queue(maxsize=agent.cfg.client_queue))
-        if follow:
-            n.subscribers.append(fol)
+        fol = n.flows.subscribe() if follow else None
         try:
-            backlog = [f for f in n.flows.last(n.flows.capacity) if flt.matches(f)]
+            backlog = [f for f in n.flows.recent() if flt.matches(f)]
             for f in backlog[-last:] if last else []:
                 await resp.write(json.dumps(f, separators=(",", ":")).encode() + b"\n")
-            if not follow:
+            if fol is None:
                 return resp
             reported = 0
             while True:
@@ -142,8 +138,8 @@ def add_routes(app: web.Application, agent: Agent) -> None:
         except (ConnectionResetError, asyncio.CancelledError):
             pass
         finally:
-            if fol in n.subscribers:
-                n.subscribers.remove(fol)
+            if fol is not None:
+                n.flows.unsubscribe(fol)
         return resp
 
     r = app.router

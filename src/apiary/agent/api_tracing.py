@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 
 from apiary.textutil import clip
 
 from .api_common import body_text, error, in_worker
+from .tracing import Tracing
+from .view import AgentView
 
-if TYPE_CHECKING:
-    from .daemon import Agent
 
-
-def add_routes(app: web.Application, agent: Agent) -> None:
-    def tr() -> Any:
+def add_routes(app: web.Application, agent: AgentView) -> None:
+    def tr() -> Tracing:
         if agent.tracing is None:
             raise web.HTTPServiceUnavailable(
                 text='{"error": "the tracing sensor is not running in this agent"}', content_type="application/json"

@@ -6,23 +6,31 @@ from typing import Any
 
 from apiary.loader import Map
 from apiary.loader.object import PROG_TYPES, prog_info
+from apiary.sensors.base import LinkRow, ProgramRow
+
+LIST_KEYS = ("id", "name", "type", "attach", "run_count")  # what `apiary bpf list` shows of a program
 
 
-def program_row(name: str, fd: int, attach: str, link_id: int = 0) -> dict[str, Any]:
-    info = prog_info(fd)
+def program_row(p: ProgramRow) -> dict[str, Any]:
+    """A program as status shows it (run count and time, verifier size); bpf list shows LIST_KEYS of it."""
+    info = prog_info(p.fd)
     runs = info.run_cnt
     return {
-        "name": name,
+        "name": p.name,
         "id": info.id,
         "type": PROG_TYPES.get(info.type, str(info.type)),
-        "attach": attach,
-        "link_id": link_id,
+        "attach": p.attach,
+        "link_id": p.link_id,
         "run_count": runs,
         "run_time_ns": info.run_time_ns,
         "avg_ns": round(info.run_time_ns / runs, 1) if runs else 0,
         "verified_insns": info.verified_insns,
         "recursion_misses": info.recursion_misses,
     }
+
+
+def link_row(lk: LinkRow) -> dict[str, Any]:
+    return {"id": lk.id, "program": lk.program, "attach": lk.attach, "pin": lk.pin}
 
 
 def map_row(m: Map, pin: str | None = None, count_entries: bool = True) -> dict[str, Any]:

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import collections
 import fcntl
 import os
 import signal
 import time
-import traceback
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry
 
 from apiary import __version__
 from apiary.loader import BpfError
@@ -23,17 +21,21 @@ from apiary.loader.fs import BPFFS, TRACEFS, ensure_mounts, is_mounted, remove_p
 from apiary.observe.clock import KtimeClock
 from apiary.observe.process import ProcessCache
 from apiary.observe.procfs import scan_procfs
-from apiary.observe.raw import ExecMsg, ExitMsg, ForkMsg
-from apiary.observe.tetragon import events as tetragon
-from apiary.observe.tetragon.filters import EventFilter
-from apiary.sensors.process import abi
+from apiary.sensors.base import Sensor
 from apiary.sensors.process.sensor import ProcessSensor
-from apiary.sensors.tracing import abi as tracing_abi
 
 from . import accounting, bpfinfo, statedir
+from .bus import EventBus
 from .config import AgentConfig
+from .events import ProcessEvents, Publisher, TracingEvents
+from .records import ReadCounters, RingReader
 from .statedir import StateDirBusy
+from .view import ConnectionStats
 from .worker import DaemonWorker
+
+if TYPE_CHECKING:
+    from .network import Network
+    from .tracing import Tracing
 
 
 def _count_type(by_byte: list[int], rec: memoryview) -> None:
@@ -44,36 +46,25 @@ class AgentError(Exception):
     """A start-up problem the user can fix; printed as one line."""
 
 
-@dataclass
-class Subscriber:
-    queue: asyncio.Queue[dict[str, Any]]
-    flt: EventFilter
-    dropped: int = 0
+class Pump(Protocol):
+    """A ring buffer someone reads: the agent wakes it when the ring has records, and on a timer."""
 
+    def fileno(self) -> int: ...
 
-@dataclass
-class Counters:
-    received: int = 0  # ring-buffer records read by the agent
-    received_by_byte: list[int] = field(default_factory=lambda: [0] * 256)  # by the record's type byte
-    by_type: collections.Counter[str] = field(default_factory=collections.Counter)
-    events: collections.Counter[str] = field(default_factory=collections.Counter)  # events emitted by kind
-    decode_errors: int = 0
-    handler_errors: int = 0  # exceptions while handling a record (logged once per kind)
-    client_drops: int = 0
-    missing_process_info: int = 0  # tracing events whose process the cache did not know (still emitted)
+    def drain(self) -> int: ...
 
 
 class Agent:
     def __init__(self, cfg: AgentConfig, say: Any = print) -> None:
         self.cfg = cfg
         self.say = say
-        self.sensor: ProcessSensor | None = None
+        self.process: ProcessSensor | None = None  # its ring is the one the agent reads (tracing writes to it too)
+        self.sensors: list[Sensor] = []  # every loaded sensor, in the order status and bpf list show them
+        self._closers: list[Callable[[], None]] = []  # in load order; closed last first
         self.clock = KtimeClock()
         self.cache = ProcessCache(cfg.node_name, clock=self.clock, capacity=cfg.process_cache_size)
         # events are encoded to JSON only when a client reads them
-        self.history: collections.deque[dict[str, Any]] = collections.deque(maxlen=cfg.event_history)
-        self.subscribers: list[Subscriber] = []
-        self.counters = Counters()
+        self.events = EventBus(cfg.event_history, cfg.client_queue)
         self.started = time.time()
         self.lock_fd: int | None = None
         self.state_lock_fd: int | None = None
@@ -81,30 +72,39 @@ class Agent:
         self.loaded: list[str] = []
         self.missing: list[str] = []
         self.procfs_seeded = 0
-        self._logged: set[str] = set()
-        self.network: Any = None
-        self.tracing: Any = None
+        self.network: Network | None = None
+        self.tracing: Tracing | None = None
         # Prometheus metrics (never the global registry): Hubble's flow metrics and Tetragon's event counters
         self.registry = CollectorRegistry()
-        self.m_events = Counter(
-            "events_total", "Events by type", ["type"], namespace="tetragon", registry=self.registry
-        )
-        self.m_missing_process = Counter(
-            "events_missing_process_info",
-            "Tracing events emitted without their process's info (the process was unknown)",
-            namespace="tetragon",
-            registry=self.registry,
-        )
-        self.m_policy_events = Counter(
-            "policy_events_total",
-            "TracingPolicy events by policy and hook",
-            ["policy", "hook", "namespace", "workload", "pod", "binary", "node_name"],
-            namespace="tetragon",
-            registry=self.registry,
-        )
+        self.publisher = Publisher(self.events, self.registry)
+        self.process_events = ProcessEvents(self.cache, self.clock, cfg.node_name, self.publisher)
+        self.tracing_events = TracingEvents(None, self.cache, self.clock, cfg.node_name, self.publisher, self.registry)
+        self.reader = RingReader(None, {}, {})
         self.net_pool = DaemonWorker("control-plane")
-        self.api_connections: Any = None
+        self.api_connections: ConnectionStats | None = None
         self._stop: asyncio.Event | None = None
+
+    @property
+    def counters(self) -> ReadCounters:
+        """What the agent read from its ring: records by type byte and kind, decode and handler errors."""
+        return self.reader.counters
+
+    def _add(self, sensor: Sensor, close: Callable[[], None], at: int | None = None) -> None:
+        self.sensors.insert(len(self.sensors) if at is None else at, sensor)
+        self._closers.append(close)
+        for row in sensor.program_rows():
+            self.loaded.append(f"program {row.name} at {row.attach}")
+
+    def use_process(self, sensor: ProcessSensor) -> None:
+        """The (loaded) process sensor: the agent reads its ring, with the decoders of every sensor writing to it."""
+        self.process = sensor
+        self._add(sensor, sensor.close)
+        self._wire()
+
+    def _wire(self) -> None:
+        ring = self.process.records_into() if self.process else None
+        consumers = {**self.process_events.consumers(), **self.tracing_events.consumers()}
+        self.reader = RingReader.of(ring, self.sensors, consumers)
 
     # ------------------------------------------------------------------ start-up / shut-down
     def start(self) -> None:
@@ -145,9 +145,7 @@ class Agent:
             sensor.load()
         except BpfError as e:
             raise AgentError(f"process sensor: {e}") from e
-        self.sensor = sensor
-        for name, _fd, point in sensor.info.programs:
-            self.loaded.append(f"program {name} at {point}")
+        self.use_process(sensor)
         # processes that existed before us: the cache gets them, and so does the kernel's table
         procs = scan_procfs()
         for msg in procs:
@@ -174,8 +172,8 @@ class Agent:
                     self.network.close()
                 self.network = None
                 raise AgentError(f"network datapath: {e}") from e
-            for name, _fd, point in self.network.dp.programs():
-                self.loaded.append(f"program {name} at {point}")
+            self._add(self.network.dp, self.network.close)
+            self.process_events.pods = self.network
         if cfg.tracing:
             from apiary.kernel.features import kernel_features
 
@@ -197,10 +195,11 @@ class Agent:
                     self.tracing.close()
                 self.tracing = None
                 raise AgentError(f"tracing sensor: {e}") from e
-            for name, _fd, point in self.tracing.sensor.programs():
-                self.loaded.append(f"program {name} at {point}")
+            self._add(self.tracing.sensor, self.tracing.close, at=1)  # shown after the process sensor, as ever
+            self.tracing_events.tracing = self.tracing
             if self.network is not None:
                 self.network.on_endpoints_changed = self.tracing.refresh_scopes
+            self._wire()
         else:  # a previous agent's tracing pins would enforce with nobody managing them
             remove_pin_tree(Path(cfg.pin_root) / "tracing")
 
@@ -224,15 +223,10 @@ class Agent:
             raise AgentError(str(e)) from None
 
     def close(self) -> None:
-        if self.tracing:
-            self.tracing.close()
-            self.tracing = None
-        if self.network:
-            self.network.close()
-            self.network = None
-        if self.sensor:
-            self.sensor.close()
-            self.sensor = None
+        while self._closers:
+            self._closers.pop()()
+        self.sensors.clear()
+        self.tracing = self.network = self.process = None
         try:
             os.rmdir(self.cfg.pin_root)  # only when empty: other sensors' pins stay
         except OSError:
@@ -260,136 +254,24 @@ class Agent:
 
     # ------------------------------------------------------------------ event pipeline
     def handle_record(self, buf: memoryview) -> None:
-        self.counters.received += 1
-        self.counters.received_by_byte[buf[0]] += 1
-        if buf[0] == tracing_abi.MSG_GENERIC:
-            self._generic(buf)
-            return
-        try:
-            msg = abi.decode(buf)
-        except Exception:  # noqa: BLE001 - a corrupt record is counted, never fatal
-            self.counters.decode_errors += 1
-            return
-        if isinstance(msg, ExecMsg):
-            self.counters.by_type["exec"] += 1
-            p = self.cache.on_exec(msg)
-            if self.network is not None:
-                p.pod = self.network.pod_of_cgroup(msg.cgroup_id)
-            parent = self.cache.parent(p)
-            ev = tetragon.exec_event(
-                p, parent, self.cache.ancestors(p), self.cfg.node_name, self.clock.to_rfc3339(msg.ktime)
-            )
-            self.publish("exec", ev)
-        elif isinstance(msg, ForkMsg):
-            self.counters.by_type["fork"] += 1
-            child = self.cache.on_fork(msg)
-            parent = self.cache.parent(child)
-            if parent is not None:
-                child.pod = parent.pod
-        elif isinstance(msg, ExitMsg):
-            self.counters.by_type["exit"] += 1
-            p = self.cache.on_exit(msg)
-            if p is not None:
-                ev = tetragon.exit_event(
-                    p,
-                    self.cache.parent(p),
-                    self.cache.ancestors(p),
-                    self.cfg.node_name,
-                    self.clock.to_rfc3339(msg.ktime),
-                    msg.status,
-                    msg.signal,
-                )
-                self.publish("exit", ev)
-        elif msg == abi.MSG_BENCH:
-            self.counters.by_type["bench"] += 1
-        else:
-            self.counters.decode_errors += 1
-
-    def _generic(self, buf: memoryview) -> None:
-        self.counters.by_type["generic"] += 1
-        if self.tracing is None:
-            self.counters.decode_errors += 1
-            return
-        try:
-            ev = tracing_abi.decode_event(buf)
-            res = self.tracing.event(ev, self.cache, self.cfg.node_name, self.clock.to_rfc3339(ev.ktime))
-        except Exception:  # noqa: BLE001 - counted, never fatal
-            self.counters.decode_errors += 1
-            return
-        if res is None:  # a hook id no policy ever had: a corrupt record
-            self.counters.decode_errors += 1
-            return
-        out, known = res
-        if not known:  # emitted all the same, with what the record says of the process
-            self.counters.missing_process_info += 1
-            self.m_missing_process.inc()
-        kind = next(iter(out))
-        body = out[kind]
-        proc = body.get("process", {})
-        pod = proc.get("pod") or {}
-        self.m_policy_events.labels(
-            body.get("policy_name", ""),
-            body.get("function_name") or f"{body.get('subsys', '')}/{body.get('event', '')}",
-            pod.get("namespace", ""),
-            pod.get("workload", ""),
-            pod.get("name", ""),
-            proc.get("binary", ""),
-            self.cfg.node_name,
-        ).inc()
-        self.publish(kind.removeprefix("process_"), out)
-
-    def publish(self, kind: str, ev: dict[str, Any]) -> None:
-        self.counters.events[kind] += 1
-        self.m_events.labels("PROCESS_" + kind.upper()).inc()
-        self.history.append(ev)
-        for sub in self.subscribers:
-            try:
-                sub.queue.put_nowait(ev)
-            except asyncio.QueueFull:
-                sub.dropped += 1
-                self.counters.client_drops += 1
-
-    def _safe_record(self, buf: memoryview) -> None:
-        """A failure on one record is counted and logged (once per kind); the ring keeps draining."""
-        try:
-            self.handle_record(buf)
-        except Exception as e:  # noqa: BLE001
-            self.counters.handler_errors += 1
-            key = f"{type(e).__name__}: {e}"
-            if key not in self._logged:
-                self._logged.add(key)
-                traceback.print_exc()
+        """One record of the agent's ring, as if read from it (decoded by its sensor's handler)."""
+        self.reader.record(buf)
 
     def drain(self) -> int:
-        if not self.sensor or not self.sensor.ring:
-            return 0
-        return self.sensor.ring.consume(self._safe_record)
+        return self.reader.drain()
 
     # ------------------------------------------------------------------ views
     def status(self) -> dict[str, Any]:
-        s = self.sensor
         acc, kc = self.accounting()
-        progs = []
-        maps = []
-        if s and s.obj:
-            link_ids = {lk.prog.name: getattr(lk, "id", 0) for lk in s.links}
-            for name, fd, point in s.info.programs:
-                progs.append(bpfinfo.program_row(name, fd, point, link_ids.get(name, 0)))
-            for name, m in s.maps().items():
-                if name.endswith((".rodata", ".bss", ".data")) or name in ("abi_types",):
-                    continue
-                maps.append(bpfinfo.map_row(m, s.info.pins.get(name)))
-        if self.tracing and self.tracing.sensor.obj:
-            for name, fd, point in self.tracing.sensor.programs():
-                progs.append(bpfinfo.program_row(name, fd, point))
-        if self.network and self.network.dp.obj:
-            dp = self.network.dp
-            for name, fd, point in dp.programs():
-                progs.append(bpfinfo.program_row(name, fd, point))
-            for name, m in dp.maps().items():
-                if name.endswith(".rodata") or name == "dp_abi_types":
-                    continue
-                maps.append(bpfinfo.map_row(m, dp.pins.get(name), count_entries=name != "ct"))
+        progs = [bpfinfo.program_row(row) for s in self.sensors for row in s.program_rows()]
+        maps = [
+            bpfinfo.map_row(m.map, m.pin, count_entries=m.count_entries)
+            for s in self.sensors
+            for m in s.owned_maps()
+            if m.in_status
+        ]
+        c = self.reader.counters
+        emitted = self.publisher.counters
         return {
             "version": __version__,
             "node_name": self.cfg.node_name,
@@ -403,28 +285,31 @@ class Agent:
                 **acc,
                 "kernel_written": {t: row["written"] for t, row in acc["by_type"].items()},
                 "kernel_lost": {t: row["lost"] for t, row in acc["by_type"].items()},
-                "events_missing_process_info": self.counters.missing_process_info,
-                "decoded": dict(self.counters.by_type),
-                "decode_errors": self.counters.decode_errors,
-                "handler_errors": self.counters.handler_errors,
-                "emitted": dict(self.counters.events),
-                "client_drops": self.counters.client_drops,
+                "events_missing_process_info": emitted.missing_process_info,
+                "decoded": dict(c.by_type),
+                "decode_errors": c.decode_errors,
+                "handler_errors": c.handler_errors,
+                "emitted": dict(emitted.events),
+                "client_drops": self.events.drops,
                 "procs_map_full": kc.get("procs_full", 0),
             },
-            "subscribers": len(self.subscribers),
+            "subscribers": len(self.events.subscribers),
             "api_connections": self.api_connections.stats() if self.api_connections else None,
             "network": self.network.status() if self.network else None,
         }
 
     def _kernel_counts(self) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
-        """What the producers of the shared ring wrote and lost, per message type; the raw counters."""
-        kc = self.sensor.counters() if self.sensor else {}
-        written = {k: kc.get(k, 0) for k in ("exec", "fork", "exit", "bench")}
-        lost = {k: kc.get("lost_" + k, 0) for k in ("exec", "fork", "exit", "bench")}
-        if self.tracing is not None and self.tracing.sensor.obj:
-            t = self.tracing.sensor.totals()
-            written["tracing"], lost["tracing"] = t["posted"], t["lost"]
-        return written, lost, kc
+        """What the producers of the agent's ring wrote and lost, per message type; their other counters."""
+        written: dict[str, int] = {}
+        lost: dict[str, int] = {}
+        other: dict[str, int] = {}
+        for s in self.sensors:
+            if self.reader.ring is not None and s.records_into() is self.reader.ring:
+                rc = s.ring_counts()
+                written.update(rc.written)
+                lost.update(rc.lost)
+                other.update(rc.other)
+        return written, lost, other
 
     def accounting(self, attempts: int = 3) -> tuple[dict[str, Any], dict[str, int]]:
         """Per-type accounting of the ring (apiary.agent.accounting), checked against the ring itself.
@@ -434,14 +319,13 @@ class Agent:
         """
         acc: dict[str, Any] = {}
         kc: dict[str, int] = {}
-        ring = self.sensor.ring if self.sensor else None
         for _ in range(attempts):
             self.drain()
             before, _lost, _kc = self._kernel_counts()
             by_byte = [0] * 256
-            walked = ring.peek(partial(_count_type, by_byte)) if ring else True
+            walked = self.reader.peek(partial(_count_type, by_byte))
             pending = accounting.by_name(by_byte)
-            received = accounting.by_name(self.counters.received_by_byte)
+            received = accounting.by_name(self.reader.counters.received_by_byte)
             after, lost, kc = self._kernel_counts()
             acc = accounting.reconcile(before, after, lost, received, pending, walked)
             if acc["reconciled"]:
@@ -449,42 +333,15 @@ class Agent:
         return acc, kc
 
     def bpf_list(self) -> dict[str, Any]:
-        s = self.sensor
         out: dict[str, Any] = {"programs": [], "links": [], "maps": []}
-        if not s or not s.obj:
-            return out
-        for lk in s.links:
-            out["links"].append(
-                {"id": lk.id, "program": lk.prog.name, "attach": lk.describe(), "pin": lk.pin_path or ""}
-            )
-        for name, fd, point in s.info.programs:
-            row = bpfinfo.program_row(name, fd, point)
-            out["programs"].append({k: row[k] for k in ("id", "name", "type", "attach", "run_count")})
-        for name, m in s.maps().items():
-            out["maps"].append(bpfinfo.map_row(m, s.info.pins.get(name), count_entries=False) | {"owner": s.name})
-        if self.tracing and self.tracing.sensor.obj:
-            ts = self.tracing.sensor
-            for name, fd, point in ts.programs():
-                row = bpfinfo.program_row(name, fd, point)
-                out["programs"].append({k: row[k] for k in ("id", "name", "type", "attach", "run_count")})
-            for lk in [*ts.links, *ts.sys_links.values(), *ts.follow_links]:
-                out["links"].append(
-                    {"id": lk.id, "program": lk.prog.name, "attach": lk.describe(), "pin": lk.pin_path or ""}
-                )
-            for name, m in ts.obj.maps.items():
-                if name in ("events", "procs", "binaries"):
-                    continue  # the process sensor's, shared
-                pin = ts.pins.map_path(name) if ts.pins and "." not in name else None
-                out["maps"].append(bpfinfo.map_row(m, pin, count_entries=False) | {"owner": ts.name})
-        if self.network and self.network.dp.obj:
-            dp = self.network.dp
-            for name, fd, point in dp.programs():
-                row = bpfinfo.program_row(name, fd, point)
-                out["programs"].append({k: row[k] for k in ("id", "name", "type", "attach", "run_count")})
-            for f in dp.filters():
-                out["links"].append({"id": 0, "program": f.prog.name, "attach": f.describe(), "pin": ""})
-            for name, m in dp.maps().items():
-                out["maps"].append(bpfinfo.map_row(m, dp.pins.get(name), count_entries=False) | {"owner": dp.name})
+        for s in self.sensors:
+            for row in s.program_rows():
+                prog = bpfinfo.program_row(row)
+                out["programs"].append({k: prog[k] for k in bpfinfo.LIST_KEYS})
+            out["links"] += [bpfinfo.link_row(lk) for lk in s.link_rows()]
+            out["maps"] += [
+                bpfinfo.map_row(m.map, m.pin, count_entries=False) | {"owner": s.name} for m in s.owned_maps()
+            ]
         return out
 
     # ------------------------------------------------------------------ serving
@@ -495,20 +352,18 @@ class Agent:
         self._stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._stop.set)
-        assert self.sensor and self.sensor.ring
-        loop.add_reader(self.sensor.ring.fileno(), self.drain)
         net = self.network
-        if net and net.dp.ring:
-            loop.add_reader(net.dp.ring.fileno(), net.drain)
+        pumps: list[Pump] = [p for p in (self.reader, net) if p is not None and p.fileno() >= 0]
+        for p in pumps:
+            loop.add_reader(p.fileno(), p.drain)
         runner = await serve(self)
         self.say(self.summary(), flush=True)
 
         async def safety_net() -> None:  # a missed wake-up never strands records
             while True:
                 await asyncio.sleep(self.cfg.drain_interval)
-                self.drain()
-                if net:
-                    net.drain()
+                for p in pumps:
+                    p.drain()
                 self.clock.resync()
 
         async def ct_gc() -> None:
@@ -522,11 +377,9 @@ class Agent:
         finally:
             for t in tasks:
                 t.cancel()
-            if net and net.dp.ring:
-                loop.remove_reader(net.dp.ring.fileno())
-                net.drain()
-            loop.remove_reader(self.sensor.ring.fileno())
-            self.drain()
+            for p in reversed(pumps):
+                loop.remove_reader(p.fileno())
+                p.drain()
             await runner.cleanup()
             await self._settle_worker(loop)
 

@@ -7,10 +7,10 @@ the write changes nothing; the repository is the single source the datapath is r
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,27 +22,20 @@ from apiary.observe.clock import KtimeClock
 from apiary.observe.hubble.builder import EndpointInfo, FlowBuilder
 from apiary.observe.hubble.filters import FlowFilter
 from apiary.observe.hubble.metrics import FlowMetrics
-from apiary.observe.hubble.ring import FlowRing
 from apiary.policy.compile import EndpointSpec, compile_policies
 from apiary.policy.explain import endpoint_peer, explain, ip_peer
-from apiary.policy.identity import IdentityAllocator
+from apiary.policy.identity import IdentityAllocator, endpoint_labels
 from apiary.policy.load import PolicyError, load_policies
 from apiary.policy.models import Problem
 from apiary.policy.types import CompiledPolicy, RuleRef
-from apiary.sensors.network import abi as dpabi
 from apiary.sensors.network.endpoints import Endpoint, EndpointError, EndpointManager
 from apiary.sensors.network.sensor import Datapath
 
 from . import statedir
+from .bus import EventBus
 from .config import AgentConfig
-
-
-@dataclass
-class FlowFollower:
-    """A streaming `apiary observe --follow`: its queue, and how many flows it missed."""
-
-    queue: asyncio.Queue[dict[str, Any]]
-    dropped: int = 0
+from .interfaces import ScopedEndpoint
+from .records import RingReader
 
 
 @dataclass
@@ -78,19 +71,16 @@ class Network:
         self.policies: dict[tuple[str, str, str], StoredPolicy] = {}
         self.revision = 0
         self.compiled = CompiledPolicy(0)
-        self.flows = FlowRing(cfg.flow_buffer)
+        self.flows = EventBus(cfg.flow_buffer, cfg.client_queue)  # Hubble's ring and `observe --follow` clients
         self.builder = FlowBuilder(cfg.node_name, self, clock)
         self.metrics = FlowMetrics(registry) if registry is not None else None
-        self.subscribers: list[FlowFollower] = []
-        self.flow_records = 0
-        self.decode_errors = 0
-        self.client_drops = 0
+        self.reader: RingReader | None = None  # the datapath's flows ring, read with the datapath's decoders
         # read by the flow path on the event-loop thread; replaced whole after every change
         self._by_id: dict[int, Endpoint] = {}
         self._by_ip: dict[str, Endpoint] = {}
         self._by_ifindex: dict[int, Endpoint] = {}
         self._by_cgroup: dict[int, dict[str, Any]] = {}
-        self.on_endpoints_changed: Any = None
+        self.on_endpoints_changed: Callable[[], None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> list[str]:
@@ -99,6 +89,8 @@ class Network:
         self.em.setup_host()
         self._load_policies()
         self.dp.load()
+        if self.dp.ring is not None:  # one bad record never stops the flow stream: counted, not logged
+            self.reader = RingReader(self.dp.ring, self.dp.handlers(), {"flow": self.on_flow}, log_errors=False)
         lost = self.em.verify()
         for key in lost:
             notes.append(f"endpoint {key} lost its netns/veth while the agent was down: recreate it")
@@ -340,31 +332,17 @@ class Network:
             return ip_peer(self.compiled, ref)
 
     # ------------------------------------------------------------------ flows
-    def handle_record(self, buf: memoryview) -> None:
-        self.flow_records += 1
-        try:
-            resp = self.builder.build(dpabi.decode_flow(buf))
-        except Exception:  # noqa: BLE001 - counted, never fatal
-            self.decode_errors += 1
-            return
-        self.flows.append(resp)
+    def on_flow(self, msg: Any) -> None:
+        resp = self.builder.build(msg)
         if self.metrics:
             self.metrics.observe(resp)
-        for fol in self.subscribers:
-            try:
-                fol.queue.put_nowait(resp)
-            except asyncio.QueueFull:
-                fol.dropped += 1  # reported to that follower as lost events (OBSERVER_EVENTS_QUEUE)
-                self.client_drops += 1
-
-    def _safe_record(self, buf: memoryview) -> None:
-        try:
-            self.handle_record(buf)
-        except Exception:  # noqa: BLE001 - one bad record never stops the flow stream; it is counted
-            self.decode_errors += 1
+        self.flows.publish(resp)  # a client that falls behind is told (OBSERVER_EVENTS_QUEUE lost events)
 
     def drain(self) -> int:
-        return self.dp.ring.consume(self._safe_record) if self.dp.ring else 0
+        return self.reader.drain() if self.reader else 0
+
+    def fileno(self) -> int:
+        return self.reader.fileno() if self.reader else -1
 
     def flow_filter(self, pairs: list[tuple[str, str]]) -> FlowFilter:
         return FlowFilter.from_args(pairs)
@@ -381,6 +359,17 @@ class Network:
     def _info(self, e: Endpoint) -> EndpointInfo:
         ident = self.identity_of(e)
         return EndpointInfo(e.ep_id, e.name, e.namespace, list(self.compiled.identities.get(ident, ())), ident, e.ipv4)
+
+    # EndpointSource for the tracing half
+    def scoped_endpoints(self) -> list[ScopedEndpoint]:
+        out = []
+        for ep in self.em.endpoints.values():
+            try:
+                cg: int | None = os.stat(ep.cgroup).st_ino  # a cgroup v2 directory's inode is its id
+            except OSError:
+                cg = None
+            out.append(ScopedEndpoint(ep.namespace, endpoint_labels(ep.labels, ep.namespace), cg))
+        return out
 
     def pod_of_cgroup(self, cgroup_id: int) -> dict[str, Any] | None:
         """Tetragon's `pod` object for a process running in an endpoint's cgroup."""
@@ -400,6 +389,7 @@ class Network:
     def status(self) -> dict[str, Any]:
         pm = self.dp.policy_map if self.dp.obj else None
         used = sum(len(st.keys) for st in self.dp.eps.values())
+        rc = self.reader.counters if self.reader else None
         return {
             "endpoints": len(self.em.endpoints),
             "policies": len(self.policies),
@@ -412,9 +402,9 @@ class Network:
             "ipcache_entries": len(self.compiled.ipcache),
             "identities_allocated": self.alloc.count(),
             "flows": {
-                "records": self.flow_records,
+                "records": rc.received if rc else 0,
                 "kernel_lost": self.dp.lost() if self.dp.obj else 0,
-                "decode_errors": self.decode_errors,
+                "decode_errors": rc.decode_errors + rc.handler_errors if rc else 0,
                 "buffered": len(self.flows),
                 "capacity": self.cfg.flow_buffer,
             },

@@ -21,7 +21,7 @@ from apiary.observe.tetragon import events as tetragon
 from apiary.policy.models import PolicyError, Problem
 from apiary.sensors.process.sensor import ProcessSensor
 from apiary.sensors.tracing import abi
-from apiary.sensors.tracing.sensor import TracingSensor, cgroup_id
+from apiary.sensors.tracing.sensor import TracingSensor
 from apiary.tracing.compile import compile_tracing_policy
 from apiary.tracing.load import load_tracing_policies
 from apiary.tracing.lockout import lockout_warnings
@@ -50,6 +50,7 @@ from apiary.tracing.types import (
 )
 
 from . import statedir
+from .interfaces import EndpointSource
 
 ACTION_ENUM = {
     "Post": "KPROBE_ACTION_POST",
@@ -90,7 +91,7 @@ class Tracing:
         state_dir: str,
         process: ProcessSensor,
         features: KernelFeatures,
-        network: Any = None,
+        network: EndpointSource | None = None,
         agent_exemption: bool = True,
         restore: bool = True,
         pin_dir: str | Path | None = None,
@@ -166,17 +167,11 @@ class Tracing:
             ]
             sel = Selector.of(ps.get("matchLabels") or {}, *exprs)
         out = set()
-        for ep in self.network.em.endpoints.values():
+        for ep in self.network.scoped_endpoints():
             if p.kind == "TracingPolicyNamespaced" and ep.namespace != p.namespace:
                 continue
-            labels = tuple(f"k8s:{k}={v}" for k, v in ep.labels.items()) + (
-                f"k8s:io.kubernetes.pod.namespace={ep.namespace}",
-            )
-            if sel is None or sel.matches(labels):
-                try:
-                    out.add(cgroup_id(ep.cgroup))
-                except OSError:
-                    pass
+            if ep.cgroup_id is not None and (sel is None or sel.matches(ep.labels)):
+                out.add(ep.cgroup_id)
         return out
 
     def refresh_scopes(self) -> None:

@@ -1,5 +1,5 @@
 """Decoded datapath flow messages (plain data). ``apiary.sensors.network`` decodes ring-buffer records into
-``FlowMsg``; ``apiary.observe.flows`` turns them into Hubble Flow records."""
+``FlowMsg``; ``apiary.observe.hubble.builder`` turns them into Hubble Flow records."""
 
 from __future__ import annotations
 

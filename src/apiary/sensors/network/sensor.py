@@ -10,6 +10,7 @@ policy or the new one, never a mix. Capacity is checked before anything is writt
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from apiary.loader import BpfError, BpfObject, Map, RingBuffer, TcFilter, TypedM
 from apiary.loader.fs import remove_pin_tree
 from apiary.loader.paths import bpf_object
 from apiary.policy.types import CompiledPolicy, EndpointPolicy
+from apiary.sensors.base import LinkRow, OwnedMap, ProgramRow, RecordHandler, RingCounts
 from apiary.sensors.network import abi
 from apiary.sensors.network.endpoints import Endpoint
 
@@ -233,3 +235,35 @@ class Datapath:
 
     def maps(self) -> dict[str, Map]:
         return self.obj.maps if self.obj else {}
+
+    # ------------------------------------------------------------------ the Sensor shape (sensors/base.py)
+    def program_rows(self) -> list[ProgramRow]:
+        return [ProgramRow(name, fd, point) for name, fd, point in self.programs()]
+
+    def link_rows(self) -> list[LinkRow]:
+        return [LinkRow(0, f.prog.name, f.describe()) for f in self.filters()]
+
+    def owned_maps(self) -> list[OwnedMap]:
+        # the conntrack table is not counted by status: walking it would cost as much as it is large
+        return [
+            OwnedMap(
+                name,
+                m,
+                self.pins.get(name),
+                in_status=not (name.endswith(".rodata") or name == "dp_abi_types"),
+                count_entries=name != "ct",
+            )
+            for name, m in self.maps().items()
+        ]
+
+    def records_into(self) -> RingBuffer | None:
+        return self.ring
+
+    def handlers(self) -> Mapping[int, RecordHandler]:
+        """Every record of the flows ring is a flow message (its first byte is Cilium's monitor type)."""
+        flow = RecordHandler("flow", abi.decode_flow)
+        return dict.fromkeys(range(256), flow)
+
+    def ring_counts(self) -> RingCounts:
+        """Flows lost to a full ring (the datapath counts no records written)."""
+        return RingCounts({}, {"flow": self.lost()} if self.obj else {})

@@ -8,7 +8,7 @@ current, and the next agent adopts them. ``close()`` removes them.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +25,7 @@ from apiary.loader import (
 )
 from apiary.loader.paths import bpf_object
 from apiary.observe.raw import EXEC_F_PROCFS, ExecMsg
+from apiary.sensors.base import LinkRow, OwnedMap, ProgramRow, RecordHandler, RingCounts, link_rows
 from apiary.sensors.pins import PinSet, object_digest
 from apiary.sensors.process import abi
 
@@ -176,6 +177,41 @@ class ProcessSensor:
     def maps(self) -> dict[str, Map]:
         return self.obj.maps if self.obj else {}
 
+    # --- the Sensor shape (sensors/base.py) ---------------------------------------------------
+    def program_rows(self) -> list[ProgramRow]:
+        if not self.obj:
+            return []
+        link_ids = {lk.prog.name: getattr(lk, "id", 0) for lk in self.links}
+        return [ProgramRow(name, fd, point, link_ids.get(name, 0)) for name, fd, point in self.info.programs]
+
+    def link_rows(self) -> list[LinkRow]:
+        return link_rows(self.links) if self.obj else []
+
+    def owned_maps(self) -> list[OwnedMap]:
+        # the ring, process and binary maps are shared with the tracing sensor: reported here, by their owner
+        return [
+            OwnedMap(name, m, self.info.pins.get(name), in_status=not _internal(name))
+            for name, m in self.maps().items()
+        ]
+
+    def records_into(self) -> RingBuffer | None:
+        return self.ring
+
+    def handlers(self) -> Mapping[int, RecordHandler]:
+        return {
+            abi.MSG_EXEC: RecordHandler("exec", abi.decode),
+            abi.MSG_FORK: RecordHandler("fork", abi.decode),
+            abi.MSG_EXIT: RecordHandler("exit", abi.decode),
+            abi.MSG_BENCH: RecordHandler("bench", abi.decode),
+        }
+
+    def ring_counts(self) -> RingCounts:
+        if not self.obj:
+            return RingCounts({}, {})
+        kc = self.counters()
+        kinds = ("exec", "fork", "exit", "bench")
+        return RingCounts({k: kc.get(k, 0) for k in kinds}, {k: kc.get("lost_" + k, 0) for k in kinds}, kc)
+
     def close(self) -> None:
         for link in self.links:
             link.destroy()
@@ -190,6 +226,11 @@ class ProcessSensor:
         if self.obj:
             self.obj.close()
             self.obj = None
+
+
+def _internal(name: str) -> bool:
+    """Maps status does not list: the object's globals and its ABI type anchor."""
+    return name.endswith((".rodata", ".bss", ".data")) or name == "abi_types"
 
 
 def binary_entry(path: str) -> bytes | None:

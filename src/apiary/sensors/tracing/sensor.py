@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ from apiary.loader import (
     Map,
     PinnedLink,
     RawTracepointCookieLink,
+    RingBuffer,
     TracepointLink,
     TracingLink,
     TypedMap,
@@ -51,6 +53,7 @@ from apiary.loader import (
 from apiary.loader.fs import cgroup2_root
 from apiary.loader.paths import bpf_object
 from apiary.observe.procfs import process_start_ticks
+from apiary.sensors.base import LinkRow, OwnedMap, ProgramRow, RecordHandler, RingCounts, link_rows
 from apiary.sensors.pins import MANIFEST, PinSet, link_file, object_digest, read_manifest, write_manifest
 from apiary.sensors.process.sensor import ProcessSensor
 from apiary.sensors.tracing import abi
@@ -359,6 +362,35 @@ class TracingSensor:
         if self.follow_links:
             rows.append(("gs_follow_exec", self.obj.program("gs_follow_exec").fd, "followChildren/followForks"))
         return rows
+
+    # ------------------------------------------------------------------ the Sensor shape (sensors/base.py)
+    def program_rows(self) -> list[ProgramRow]:
+        return [ProgramRow(name, fd, point) for name, fd, point in self.programs()]
+
+    def link_rows(self) -> list[LinkRow]:
+        return link_rows([*self.links, *self.sys_links.values(), *self.follow_links]) if self.obj else []
+
+    def owned_maps(self) -> list[OwnedMap]:
+        """Its gs_* maps (status lists none of them); the shared ones are the process sensor's to report."""
+        if not self.obj:
+            return []
+        return [
+            OwnedMap(name, m, self.pins.map_path(name) if self.pins and "." not in name else None, in_status=False)
+            for name, m in self.obj.maps.items()
+            if name not in SHARED
+        ]
+
+    def records_into(self) -> RingBuffer | None:
+        return self.process.ring  # the process sensor's ring, shared
+
+    def handlers(self) -> Mapping[int, RecordHandler]:
+        return {abi.MSG_GENERIC: RecordHandler("generic", abi.decode_event)}
+
+    def ring_counts(self) -> RingCounts:
+        if not self.obj:
+            return RingCounts({}, {})
+        t = self.totals()
+        return RingCounts({"tracing": t["posted"]}, {"tracing": t["lost"]})
 
     def _nr(self, name: str) -> int:
         """The key of gs_syscalls for a hook's attach name (a syscall number or a pseudo number)."""

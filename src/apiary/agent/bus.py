@@ -1,0 +1,67 @@
+"""The event bus: a bounded history of recent events and the streaming clients that follow new ones.
+
+One class serves process and tracing events (``/v1/events``) and flows (``/v1/flows``). Publishing never
+blocks: a client whose queue is full misses the event, and the miss is counted (for that client, which is
+told how many it lost, and in total). Events are kept as objects; clients encode them when they read.
+Used from the event-loop thread only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+Event = dict[str, Any]
+
+
+@dataclass(eq=False)
+class Subscriber:
+    """One streaming client: its queue, and how many events it missed because the queue was full."""
+
+    queue: asyncio.Queue[Event]
+    dropped: int = 0
+
+
+class EventBus:
+    def __init__(self, history: int, queue_size: int) -> None:
+        self.history: collections.deque[Event] = collections.deque(maxlen=history)
+        self.queue_size = queue_size  # events buffered per client before it counts drops
+        self.subscribers: list[Subscriber] = []
+        self.published = 0
+        self.drops = 0  # events some client missed, all clients together
+
+    @property
+    def capacity(self) -> int:
+        return self.history.maxlen or 0
+
+    def __len__(self) -> int:
+        return len(self.history)
+
+    def __iter__(self) -> Iterator[Event]:
+        return iter(self.history)
+
+    def recent(self) -> list[Event]:
+        """The history, oldest first (a copy: publishing may go on while a client replays it)."""
+        return list(self.history)
+
+    def publish(self, ev: Event) -> None:
+        self.published += 1
+        self.history.append(ev)
+        for sub in self.subscribers:
+            try:
+                sub.queue.put_nowait(ev)
+            except asyncio.QueueFull:
+                sub.dropped += 1
+                self.drops += 1
+
+    def subscribe(self) -> Subscriber:
+        sub = Subscriber(asyncio.Queue(maxsize=self.queue_size))
+        self.subscribers.append(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscriber) -> None:
+        if sub in self.subscribers:
+            self.subscribers.remove(sub)

@@ -139,7 +139,8 @@ def main() -> None:
     ap.add_argument("--execs", type=int, default=2000)
     ap.add_argument("--opens", type=int, default=200000)
     ap.add_argument("--events", type=int, default=1000000)
-    ap.add_argument("--only", choices=["process", "datapath", "tracing"], default=None)
+    ap.add_argument("--only", choices=["process", "datapath", "tracing", "apply"], default=None)
+    ap.add_argument("--apply-rounds", type=int, default=5, help="rounds per size of the policy apply bench")
     ap.add_argument("--repeat", type=int, default=200000, help="BPF_PROG_TEST_RUN repetitions")
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -151,6 +152,12 @@ def main() -> None:
 
         tracing.main(args.rounds, args.opens // 2, args.execs // 2)
         if args.only == "tracing":
+            return
+    if args.only in (None, "apply"):
+        from . import apply
+
+        apply.main(args.apply_rounds)
+        if args.only == "apply":
             return
     if args.only != "process":
         from . import datapath

@@ -5,7 +5,11 @@
   (b) events per second the agent ingests end to end from the kernel ring buffer, with
       produced = delivered + lost checked exactly; and the cost of the full exec/exit pipeline.
 
-Run: `make bench` (root). Options: --rounds N --execs N --opens N --events N.
+Also (bench/tracing.py, bench/datapath.py) the tracing sensor and the TC datapath, and (bench/apply.py) the
+policy apply latency at 10 / 100 / 1,000 / 10,000 rules.
+
+Run: `make bench` (root), or one part: `make bench ARGS="--only apply"`. Options: --rounds N --execs N
+--opens N --events N --apply-rounds N.
 """
 
 from __future__ import annotations

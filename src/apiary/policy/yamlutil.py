@@ -22,16 +22,16 @@ MAX_NODES = 200_000  # nodes once every alias is expanded, all documents togethe
 MAX_DEPTH = 64  # nesting of mappings and sequences
 
 
-def _check_length(stream: Any) -> None:
-    if isinstance(stream, str | bytes) and len(stream) > MAX_CHARS:
-        raise yaml.YAMLError(f"the text is {len(stream):,} characters long; at most {MAX_CHARS:,} are accepted")
+class StrictLoader(yaml.SafeLoader):
+    """SafeLoader that rejects duplicate mapping keys (PyYAML silently keeps the last one), keys that cannot
+    be keys (sequences, mappings), strings holding lone surrogates, and documents past the bounds above."""
 
-
-class _StrictChecks:
-    """What StrictLoader adds to PyYAML's composer and constructor, whichever parser feeds them events."""
-
-    _depth = 0
-    _expanded = 0
+    def __init__(self, stream: Any) -> None:
+        if isinstance(stream, str | bytes) and len(stream) > MAX_CHARS:
+            raise yaml.YAMLError(f"the text is {len(stream):,} characters long; at most {MAX_CHARS:,} are accepted")
+        super().__init__(stream)
+        self._depth = 0
+        self._expanded = 0
 
     def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
         self._depth += 1
@@ -73,22 +73,14 @@ class _StrictChecks:
                     None, None, f"duplicate key {clip(repr(key))}", key_node.start_mark
                 )
             seen.add(key)
-        return super().construct_mapping(node, deep)  # type: ignore[misc,no-any-return]
-
-
-class StrictLoader(_StrictChecks, yaml.SafeLoader):
-    """SafeLoader that rejects duplicate mapping keys (PyYAML silently keeps the last one), keys that cannot
-    be keys (sequences, mappings), strings holding lone surrogates, and documents past the bounds above."""
-
-    def __init__(self, stream: Any) -> None:
-        _check_length(stream)
-        yaml.SafeLoader.__init__(self, stream)
+        return super().construct_mapping(node, deep)
 
 
 class _Scalars(yaml.constructor.SafeConstructor, yaml.resolver.Resolver):
     """PyYAML's own scalar resolution (YAML 1.1 implicit types) and construction, without a parser."""
 
 
+_CParser: Any = getattr(yaml, "CParser", None)  # libyaml's parser, when PyYAML was built with it
 _PLAIN_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null")}
 _STR_TAG = "tag:yaml.org,2002:str"
 
@@ -98,10 +90,10 @@ def _fast_documents(text: str) -> list[Any] | None:
     large policy: no node graph, no Python scanner). Only for the plain case: scalars, sequences and mappings
     without anchors, aliases, tags or merge keys, within the bounds, with unique scalar keys. None for
     anything else (or without libyaml): StrictLoader then gives the answer, or the error and its place."""
-    if not yaml.__with_libyaml__ or len(text) > MAX_CHARS:
+    if _CParser is None or len(text) > MAX_CHARS:
         return None
     try:
-        parser = yaml.cyaml.CParser(text)
+        parser = _CParser(text)
     except Exception:  # noqa: BLE001 - e.g. a lone surrogate: the slow path says what is wrong
         return None
     scalars = _Scalars()
@@ -110,7 +102,7 @@ def _fast_documents(text: str) -> list[Any] | None:
     nodes = 0
     try:
         while True:
-            ev = parser.get_event()
+            ev: Any = parser.get_event()
             if ev is None:
                 break
             cls = type(ev)

@@ -80,7 +80,7 @@ class _Scalars(yaml.constructor.SafeConstructor, yaml.resolver.Resolver):
     """PyYAML's own scalar resolution (YAML 1.1 implicit types) and construction, without a parser."""
 
 
-_CParser: Any = getattr(yaml, "CParser", None)  # libyaml's parser, when PyYAML was built with it
+_CParser: Any = getattr(getattr(yaml, "cyaml", None), "CParser", None)  # libyaml, if PyYAML has it
 _PLAIN_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null")}
 _STR_TAG = "tag:yaml.org,2002:str"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 from aiohttp import web
@@ -68,9 +69,18 @@ def add_routes(app: web.Application, agent: AgentView) -> None:
         return web.json_response({"revision": n.revision, "policies": n.policy_rows()})
 
     async def policy_apply(request: web.Request) -> web.Response:
+        t0 = time.perf_counter()
         n = net()
         text = await body_text(request)
-        return await call(lambda: {"revision_before": n.revision, "applied": n.apply(text)})
+
+        def apply() -> dict[str, Any]:
+            before = n.revision
+            applied = n.apply(text)
+            # agent time from the request to the policy in force in the kernel (bench/apply.py reports it)
+            elapsed_ms = round(1e3 * (time.perf_counter() - t0), 2)
+            return {"revision_before": before, "applied": applied, "elapsed_ms": elapsed_ms}
+
+        return await call(apply)
 
     async def policy_get(request: web.Request) -> web.Response:
         n = net()

@@ -218,6 +218,30 @@ class Map:
                 return
             raise BpfError(f"batch update of map {self.name} ({count.value}/{len(entries)} written)", err)
 
+    def delete_batch(self, keys: list[bytes]) -> int:
+        """Delete ``keys`` with BPF_MAP_DELETE_BATCH (one call for all of them; one at a time where the map
+        type has no batch operations). Keys that are not there are skipped. Returns how many were deleted."""
+        done, start = 0, 0
+        while start < len(keys):
+            rest = keys[start:]
+            kb = ctypes.create_string_buffer(b"".join(rest), self.key_size * len(rest))
+            if any(len(k) != self.key_size for k in rest):
+                raise ValueError(f"map {self.name}: every key must be {self.key_size} bytes")
+            count = ctypes.c_uint32(len(rest))
+            opts = L.BpfMapBatchOpts(sz=ctypes.sizeof(L.BpfMapBatchOpts))
+            if L.lib.bpf_map_delete_batch(self.fd, kb, ctypes.byref(count), opts) == 0:
+                return done + len(rest)
+            err = L.errno()
+            n = min(count.value, len(rest))
+            done += n
+            if err == 2:  # ENOENT: the key at n is not there; go on after it
+                start += n + 1
+            elif err in (22, 95, 524) and n == 0:  # no batch operations on this map type (or kernel)
+                return done + sum(self.delete(k) for k in rest)
+            else:
+                raise BpfError(f"batch delete from map {self.name} ({done}/{len(keys)} deleted)", err)
+        return done
+
     # --- per-CPU helpers -------------------------------------------------------------------------
     def percpu_values(self, raw: bytes) -> list[bytes]:
         return [raw[i * self.slot : i * self.slot + self.value_size] for i in range(self.ncpus)]

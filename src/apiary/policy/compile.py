@@ -219,11 +219,13 @@ def _prefixes(rule: Rule) -> Iterator[IPv4Network]:
 
 def compile_policies(policies: Sequence[PolicyModel], endpoints: Sequence[EndpointSpec], *,
                      host_ips: Iterable[str] = (), enforcement: Enforcement = "default", audit: bool = False,
-                     allocator: IdentityAllocator | None = None, revision: int = 0) -> CompiledPolicy:
-    """Desired state for the node. ``policies`` come from :func:`apiary.policy.load.load_policies`."""
+                     allocator: IdentityAllocator | None = None, revision: int = 0,
+                     supported: bool = False) -> CompiledPolicy:
+    """Desired state for the node. ``policies`` come from :func:`apiary.policy.load.load_policies`;
+    ``supported``: they all did (it refused what apiary cannot enforce), so they are not walked again."""
     if enforcement not in ("default", "always", "never"):
         raise ValueError(f"enforcement must be default, always or never, not {enforcement!r}")
-    problems = [problem for p in policies for problem in unsupported_problems(p)]
+    problems = [] if supported else [problem for p in policies for problem in unsupported_problems(p)]
     if problems:
         raise PolicyError(problems)
     allocator = allocator or IdentityAllocator(None)

@@ -29,7 +29,7 @@ from .models import (
     parse_cidr,
 )
 
-__all__ = ["PolicyError", "Problem", "load_policies", "unsupported_problems"]
+__all__ = ["PolicyError", "Problem", "load_policies", "load_policy_documents", "unsupported_problems"]
 
 _IPV4_ONLY = "apiary's datapath is IPv4-only for now"
 # YAML field name -> why it is rejected and what to use instead
@@ -118,5 +118,10 @@ def load_policies(text: str, *, default_namespace: str = "default") -> list[Poli
     """Parse one or several YAML documents into policies, or raise :class:`PolicyError` listing every
     problem (paths are prefixed with ``document[i].`` when the text holds several documents).
     A CiliumNetworkPolicy without ``metadata.namespace`` gets ``default_namespace`` (as kubectl does)."""
+    return load_policy_documents(text, default_namespace=default_namespace)[0]
+
+
+def load_policy_documents(text: str, *, default_namespace: str = "default") -> tuple[list[Policy], list[Any]]:
+    """:func:`load_policies`, and the parsed YAML documents the policies were validated from (one each)."""
     docs = parse_documents(text)
-    return load_documents(docs, _load_document, default_namespace)
+    return load_documents(docs, _load_document, default_namespace), docs

@@ -10,6 +10,7 @@ name the exact field, e.g. ``spec.egress[0].toCIDRSet[0].except[1]``.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -86,6 +87,7 @@ def invalid(reason: str, at: str = "") -> PydanticCustomError:
     return PydanticCustomError("apiary_policy", "{reason}", {"reason": reason, "at": at})
 
 
+@functools.lru_cache(maxsize=1 << 16)  # validation, the support check and the compiler all parse each CIDR
 def parse_cidr(text: str, *, bare_ip: bool = False) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     """``a.b.c.d/len`` (host bits are masked off); a bare address is a /32 (/128) when ``bare_ip``."""
     addr, slash, bits = text.partition("/")

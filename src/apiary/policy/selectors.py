@@ -145,6 +145,8 @@ ENTITY_SELECTORS: dict[str, list[Selector]] = {
 def select(selectors: Iterable[Selector], identities: Mapping[int, Iterable[str]]) -> set[int]:
     """Identities whose labels match any selector; a wildcard (``reserved:all``) gives {0} (any identity)."""
     selectors = list(selectors)
+    if not selectors:  # nothing to test each identity against (a toCIDR or toPorts-only item: no walk)
+        return set()
     if any(s.selects_all for s in selectors):
         return {ID_UNKNOWN}
     return {i for i, labels in identities.items() if any(s.matches(labels) for s in selectors)}

@@ -76,6 +76,96 @@ class StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
+class _Scalars(yaml.constructor.SafeConstructor, yaml.resolver.Resolver):
+    """PyYAML's own scalar resolution (YAML 1.1 implicit types) and construction, without a parser."""
+
+
+_CParser: Any = getattr(getattr(yaml, "cyaml", None), "CParser", None)  # libyaml, if PyYAML has it
+_PLAIN_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null")}
+_STR_TAG = "tag:yaml.org,2002:str"
+
+
+def _fast_documents(text: str) -> list[Any] | None:
+    """The documents of ``text`` built straight from libyaml's events (~10x faster than StrictLoader on a
+    large policy: no node graph, no Python scanner). Only for the plain case: scalars, sequences and mappings
+    without anchors, aliases, tags or merge keys, within the bounds, with unique scalar keys. None for
+    anything else (or without libyaml): StrictLoader then gives the answer, or the error and its place."""
+    if _CParser is None or len(text) > MAX_CHARS:
+        return None
+    try:
+        parser = _CParser(text)
+    except Exception:  # noqa: BLE001 - e.g. a lone surrogate: the slow path says what is wrong
+        return None
+    scalars = _Scalars()
+    docs: list[Any] = []
+    stack: list[list[Any]] = []  # [container, pending key, key set?] of the collections being built
+    nodes = 0
+    try:
+        while True:
+            ev: Any = parser.get_event()
+            if ev is None:
+                break
+            cls = type(ev)
+            if cls is yaml.ScalarEvent:
+                if ev.anchor is not None or ev.tag is not None:
+                    return None
+                tag = scalars.resolve(yaml.ScalarNode, ev.value, ev.implicit)
+                if tag == _STR_TAG:
+                    value: Any = ev.value
+                elif tag in _PLAIN_TAGS:
+                    value = scalars.yaml_constructors[tag](scalars, yaml.ScalarNode(tag, ev.value))
+                else:  # timestamps, merge keys, "=": the full constructor decides
+                    return None
+            elif cls is yaml.MappingStartEvent or cls is yaml.SequenceStartEvent:
+                if ev.anchor is not None or ev.tag is not None:
+                    return None
+                value = {} if cls is yaml.MappingStartEvent else []
+            elif cls is yaml.MappingEndEvent or cls is yaml.SequenceEndEvent:
+                frame = stack.pop()
+                if frame[2]:  # a mapping ended between a key and its value: not a parse libyaml gives
+                    return None
+                value = frame[0]
+                if not stack:
+                    docs.append(value)
+                    continue
+                _add(stack[-1], value)
+                continue
+            elif cls is yaml.AliasEvent:
+                return None
+            else:  # stream and document start/end
+                continue
+            nodes += 1
+            if nodes > MAX_NODES or len(stack) + 1 > MAX_DEPTH:
+                return None
+            if isinstance(value, dict | list):
+                if stack and stack[-1][0].__class__ is dict and not stack[-1][2]:
+                    return None  # a collection as a mapping key
+                stack.append([value, None, False])
+            elif not stack:
+                docs.append(value)
+            elif not _add(stack[-1], value):
+                return None
+    except Exception:  # noqa: BLE001 - invalid YAML: the slow path gives the message and the place
+        return None
+    return [d for d in docs if d is not None]
+
+
+def _add(frame: list[Any], value: Any) -> bool:
+    """Put ``value`` into the collection being built: the next item, a key, or the pending key's value.
+    False for a duplicate key."""
+    container = frame[0]
+    if container.__class__ is list:
+        container.append(value)
+    elif frame[2]:
+        container[frame[1]] = value
+        frame[1], frame[2] = None, False
+    else:
+        if value in container:
+            return False
+        frame[1], frame[2] = value, True
+    return True
+
+
 def _expanded_size(node: yaml.Node, memo: dict[int, int], budget: int) -> int:
     """Nodes under ``node`` with every alias expanded; ComposerError past ``budget`` or on a recursive alias.
     Linear in the composed graph (shared nodes are counted once each, then multiplied)."""
@@ -103,8 +193,10 @@ def _expanded_size(node: yaml.Node, memo: dict[int, int], budget: int) -> int:
 
 def parse_documents(text: str) -> list[Any]:
     """The non-empty YAML documents of ``text``, or :class:`PolicyError` saying what is wrong and where."""
+    docs = _fast_documents(text)
     try:
-        docs = [d for d in yaml.load_all(text, Loader=StrictLoader) if d is not None]
+        if docs is None:
+            docs = [d for d in yaml.load_all(text, Loader=StrictLoader) if d is not None]
     except yaml.MarkedYAMLError as e:
         where = f" (line {e.problem_mark.line + 1}, column {e.problem_mark.column + 1})" if e.problem_mark else ""
         raise PolicyError(f"invalid YAML: {e.problem}{where}") from None

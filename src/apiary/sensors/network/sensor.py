@@ -9,15 +9,17 @@ policy or the new one, never a mix. Capacity is checked before anything is writt
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from apiary.loader import BpfError, BpfObject, Map, RingBuffer, TcFilter, TypedMap
 from apiary.loader.fs import remove_pin_tree
 from apiary.loader.paths import bpf_object
-from apiary.policy.types import CompiledPolicy, EndpointPolicy
+from apiary.policy.types import CompiledPolicy, EndpointPolicy, PolicyEntry, PolicyKey
 from apiary.sensors.base import LinkRow, OwnedMap, ProgramRow, RecordHandler, RingCounts
 from apiary.sensors.network import abi
 from apiary.sensors.network.endpoints import Endpoint
@@ -35,8 +37,24 @@ class _EpState:
     flags: int = 0
     identity: int = 0
     keys: set[bytes] = field(default_factory=set)  # policy keys written under the current slot
-    entries: dict[bytes, bytes] | None = None  # slot-independent keys -> values now in force
+    policy: dict[PolicyKey, PolicyEntry] | None = None  # the entries now in force
     attached: list[TcFilter] = field(default_factory=list)
+
+
+@dataclass
+class _Staged:
+    """An endpoint's new policy, written under its idle slot and not switched to yet."""
+
+    ep: Endpoint
+    gen: int
+    flags: int
+    identity: int
+    slot: int
+    policy: dict[PolicyKey, PolicyEntry]
+    keys: set[bytes]
+
+
+_ipcache_key = functools.lru_cache(maxsize=1 << 16)(abi.ipcache_key)  # prefix text -> key bytes
 
 
 class Datapath:
@@ -162,49 +180,99 @@ class Datapath:
             )
 
     def sync(self, compiled: CompiledPolicy, endpoints: dict[int, Endpoint], identities: dict[int, int]) -> None:
-        """Make the kernel hold ``compiled`` for these endpoints. ``identities``: ep_id -> identity."""
+        """Make the kernel hold ``compiled`` for these endpoints. ``identities``: ep_id -> identity.
+
+        All or nothing: new and changed prefixes first, then every changed endpoint's entries under its idle
+        slot (one batch per endpoint), then one ep_info update per endpoint switches it. On any error, what
+        was written is taken back and the maps hold what they held before. Only after every switch are the
+        old slots and the prefixes no longer referenced deleted (batched). Unchanged endpoints are not
+        touched."""
         self.check_capacity(compiled)
-        self._sync_ipcache(compiled.ipcache, endpoints)
-        for ep_id, ep in endpoints.items():
-            pol = compiled.endpoints.get(ep_id) or EndpointPolicy(ep_id, False, False)
-            self._sync_endpoint(ep, pol, identities[ep_id])
+        undo: list[Callable[[], object]] = []
+        try:
+            stale = self._upsert_ipcache(compiled.ipcache, endpoints, undo)
+            staged = []
+            for ep_id, ep in endpoints.items():
+                pol = compiled.endpoints.get(ep_id) or EndpointPolicy(ep_id, False, False)
+                st = self._stage(ep, pol, identities[ep_id], undo)
+                if st is not None:
+                    staged.append(st)
+            for st in staged:
+                self._switch(st, undo)
+        except BaseException:
+            for fn in reversed(undo):
+                with contextlib.suppress(BpfError):
+                    fn()
+            raise
+        for st in staged:
+            state = self.eps.setdefault(st.ep.ep_id, _EpState())
+            self._delete_keys(state.keys)
+            state.gen, state.flags, state.identity, state.policy, state.keys = (
+                st.gen, st.flags, st.identity, st.policy, st.keys)
+        if stale:
+            self.ipcache_map.delete_batch([_ipcache_key(p) for p in stale])
+            for p in stale:
+                del self.ipcache_now[p]
 
-    def _sync_ipcache(self, ipcache: dict[str, int], endpoints: dict[int, Endpoint]) -> None:
+    def _upsert_ipcache(self, ipcache: dict[str, int], endpoints: dict[int, Endpoint],
+                        undo: list[Callable[[], object]]) -> list[str]:
+        """Write new and changed prefixes (one batch); returns the prefixes to delete once policy switched."""
         by_ip = {f"{ep.ipv4}/32": ep.ep_id for ep in endpoints.values()}
-        want = {abi.ipcache_key(p): abi.ipcache_value(i, by_ip.get(p, 0)) for p, i in ipcache.items()}
-        for k, v in want.items():
-            if self.ipcache_now.get(k.hex()) != v:
-                self.ipcache_map.update(k, v)
-                self.ipcache_now[k.hex()] = v
-        for kh in [kh for kh in self.ipcache_now if bytes.fromhex(kh) not in want]:
-            self.ipcache_map.delete(bytes.fromhex(kh))
-            del self.ipcache_now[kh]
+        now = self.ipcache_now
+        changed = {}
+        for p, ident in ipcache.items():
+            v = abi.ipcache_value(ident, by_ip.get(p, 0))
+            if now.get(p) != v:
+                changed[p] = v
+        if changed:
+            old = {p: now.get(p) for p in changed}
 
-    def _sync_endpoint(self, ep: Endpoint, pol: EndpointPolicy, identity: int) -> None:
-        st = self.eps.setdefault(ep.ep_id, _EpState())
+            def restore() -> None:
+                back = [(_ipcache_key(p), v) for p, v in old.items() if v is not None]
+                self.ipcache_map.update_batch(back)
+                self.ipcache_map.delete_batch([_ipcache_key(p) for p, v in old.items() if v is None])
+                for p, v in old.items():
+                    if v is None:
+                        now.pop(p, None)
+                    else:
+                        now[p] = v
+
+            undo.append(restore)
+            self.ipcache_map.update_batch([(_ipcache_key(p), v) for p, v in changed.items()])
+            now.update(changed)
+        return [p for p in now if p not in ipcache]
+
+    def _stage(self, ep: Endpoint, pol: EndpointPolicy, identity: int,
+               undo: list[Callable[[], object]]) -> _Staged | None:
+        """Write an endpoint's new entries under its idle slot; None when what is in force is already that."""
+        st = self.eps.get(ep.ep_id) or _EpState()
         flags = (
             (abi.EP_ENFORCE_INGRESS if pol.ingress_enforced else 0)
             | (abi.EP_ENFORCE_EGRESS if pol.egress_enforced else 0)
             | (abi.EP_AUDIT if self.audit else 0)
         )
-        want = {abi.policy_key(k, 0): abi.policy_value(v, k) for k, v in pol.entries.items()}
-        if st.entries is not None and want == st.entries and (st.flags, st.identity) == (flags, identity):
-            return
+        if st.policy is not None and (st.flags, st.identity) == (flags, identity) and st.policy == pol.entries:
+            return None
         gen = st.gen ^ 1
         slot = (ep.ep_id << 1) | gen
-        new = [(abi.policy_key_rebase(k, slot), v) for k, v in want.items()]
-        if new:
-            self.policy_map.update_batch(new)
-        # one map update switches slot, flags and identity together
-        self.endpoints_map.update(
-            ep.host_ifindex.to_bytes(4, "little"), abi.ep_info(ep.ep_id, flags, identity, ep.ipv4, slot)
-        )
-        self._delete_keys(st.keys)
-        st.gen, st.flags, st.identity, st.entries, st.keys = gen, flags, identity, want, {k for k, _ in new}
+        policy_key, policy_value = abi.policy_key, abi.policy_value
+        new = [(policy_key(k, slot), policy_value(v, k)) for k, v in pol.entries.items()]
+        keys = [k for k, _ in new]
+        undo.append(lambda: self.policy_map.delete_batch(keys))
+        self.policy_map.update_batch(new)
+        return _Staged(ep, gen, flags, identity, slot, dict(pol.entries), set(keys))
+
+    def _switch(self, st: _Staged, undo: list[Callable[[], object]]) -> None:
+        """One map update switches the endpoint's slot, flags and identity together."""
+        key = st.ep.host_ifindex.to_bytes(4, "little")
+        before = self.endpoints_map.lookup(key)
+        m = self.endpoints_map
+        undo.append(lambda: m.delete(key) if before is None else m.update(key, before))
+        self.endpoints_map.update(key, abi.ep_info(st.ep.ep_id, st.flags, st.identity, st.ep.ipv4, st.slot))
 
     def _delete_keys(self, keys: set[bytes]) -> None:
-        for k in keys:
-            self.policy_map.delete(k)
+        if keys:
+            self.policy_map.delete_batch(list(keys))
 
     # ------------------------------------------------------------------ state
     def counters(self) -> dict[str, dict[str, int]]:

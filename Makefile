@@ -16,8 +16,7 @@ BPF_CFLAGS := -O2 -g -target bpf -D__TARGET_ARCH_$(ARCH) -Wall -Werror -Wno-unus
 run: setup build
 	$(VENV)/bin/apiary agent $(ARGS)
 
-test: setup build
-	$(VENV)/bin/ruff check src tests bench
+test: lint build
 	$(PY) -m pytest -q -p no:cacheprovider tests $(PYTEST_ARGS)
 	bash scripts/test-vm.sh
 
@@ -36,8 +35,12 @@ $(BUILD)/vmlinux.h:
 $(BUILD)/%.bpf.o: $(BPF_SRC)/%.bpf.c $(BPF_HDRS) $(BUILD)/vmlinux.h
 	$(CLANG) $(BPF_CFLAGS) -c $< -o $@.tmp && mv $@.tmp $@
 
+# style (ruff), types (mypy over src/, settings in pyproject.toml) and the import layering (import-linter
+# contracts in pyproject.toml: no cycles, CLI > agent > sensors > observe|tracing > kernel > policy|loader)
 lint: setup
 	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
 
 unit: setup
 	$(PY) -m pytest -q tests/unit

@@ -26,8 +26,9 @@ from typing import Any
 from apiary.sensors.abi import MsgType
 
 # the type byte each producer writes first in its records
-TYPE_NAMES = {MsgType.EXEC: "exec", MsgType.FORK: "fork", MsgType.EXIT: "exit", MsgType.GENERIC: "tracing",
-              MsgType.BENCH: "bench"}
+TYPE_NAMES: dict[int, str] = {
+    MsgType.EXEC: "exec", MsgType.FORK: "fork", MsgType.EXIT: "exit", MsgType.GENERIC: "tracing", MsgType.BENCH: "bench"
+}
 TYPES = ("exec", "fork", "exit", "tracing", "bench")
 
 

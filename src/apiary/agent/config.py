@@ -5,6 +5,10 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from apiary.policy.compile import Enforcement
 
 DEFAULT_SOCKET = "/run/apiary/apiary.sock"
 
@@ -37,7 +41,7 @@ class AgentConfig:
     network: bool = True
     pod_cidr: str = "10.200.0.0/16"
     instance: str = "default"  # tag in kernel object names (netns, cgroups), unique per agent on a node
-    enable_policy: str = "default"  # default | always | never (Cilium's --enable-policy)
+    enable_policy: Enforcement = "default"  # default | always | never (Cilium's --enable-policy)
     policy_audit_mode: bool = False
     policy_map_size: int = 65536
     flow_buffer: int = 4095  # flows kept for `apiary observe --last` (Hubble's default ring size)

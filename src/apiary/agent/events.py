@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, Counter
 from apiary.observe.clock import KtimeClock
 from apiary.observe.process import ProcessCache
 from apiary.observe.raw import ExecMsg, ExitMsg, ForkMsg
-from apiary.observe.tetragon import encode as tetragon
+from apiary.observe.tetragon import events as tetragon
 
 from .bus import Event, EventBus
 from .interfaces import PodDirectory

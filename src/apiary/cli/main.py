@@ -6,7 +6,7 @@ import asyncio
 import json
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.table import Table
@@ -19,6 +19,9 @@ from .network_cmds import _client, _fail, endpoint, identity, observe, policy
 from .output import console
 from .preflight_cmd import preflight
 from .tracing_cmds import tracingpolicy
+
+if TYPE_CHECKING:
+    from apiary.policy.compile import Enforcement
 
 
 def _call(fn: Any, *a: Any, **kw: Any) -> Any:
@@ -132,7 +135,7 @@ def agent(
     no_network: bool,
     pod_cidr: str,
     instance: str,
-    enable_policy: str,
+    enable_policy: Enforcement,  # click.Choice holds it to these values
     policy_audit_mode: bool,
     flow_buffer: int,
     policy_map_size: int,

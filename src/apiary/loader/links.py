@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+from typing import Self
 
 from . import _libbpf as L
 from .errors import BpfError, from_errno
@@ -56,7 +57,7 @@ class Link:
         return f"{self.kind} {self.target}"
 
     @classmethod
-    def _make(cls, prog: Program, ptr: int | None, target: str, feature: str) -> Link:
+    def _make(cls, prog: Program, ptr: int | None, target: str, feature: str) -> Self:
         if not ptr:
             raise from_errno(f"attach {prog.name} to {cls.kind} {target}", L.errno(), feature)
         return cls(prog, ptr, target)
@@ -80,7 +81,7 @@ class TracepointLink(Link):
                 2,
                 f"tracefs is not mounted at {TRACEFS} (run `apiary preflight --fix`)",
             )
-        return cls._make(prog, ptr, f"{category}/{name}", f"tracepoint {category}/{name}")  # type: ignore[return-value]
+        return cls._make(prog, ptr, f"{category}/{name}", f"tracepoint {category}/{name}")
 
 
 class RawTracepointLink(Link):
@@ -89,7 +90,7 @@ class RawTracepointLink(Link):
     @classmethod
     def attach(cls, prog: Program, name: str) -> RawTracepointLink:
         ptr = L.lib.bpf_program__attach_raw_tracepoint(prog.ptr, name.encode())
-        return cls._make(prog, ptr, name, f"raw tracepoint {name}")  # type: ignore[return-value]
+        return cls._make(prog, ptr, name, f"raw tracepoint {name}")
 
 
 class TracingLink(Link):
@@ -100,7 +101,7 @@ class TracingLink(Link):
     @classmethod
     def attach(cls, prog: Program) -> TracingLink:
         ptr = L.lib.bpf_program__attach_trace(prog.ptr)
-        return cls._make(prog, ptr, prog.section, prog.section.split("/")[0])  # type: ignore[return-value]
+        return cls._make(prog, ptr, prog.section, prog.section.split("/")[0])
 
 
 class LsmLink(Link):
@@ -109,7 +110,7 @@ class LsmLink(Link):
     @classmethod
     def attach(cls, prog: Program) -> LsmLink:
         ptr = L.lib.bpf_program__attach_lsm(prog.ptr)
-        return cls._make(prog, ptr, prog.section, "BPF-LSM")  # type: ignore[return-value]
+        return cls._make(prog, ptr, prog.section, "BPF-LSM")
 
 
 class KprobeLink(Link):
@@ -120,7 +121,7 @@ class KprobeLink(Link):
         opts = L.BpfKprobeOpts(sz=ctypes.sizeof(L.BpfKprobeOpts), bpf_cookie=cookie, retprobe=retprobe)
         ptr = L.lib.bpf_program__attach_kprobe_opts(prog.ptr, func.encode(), ctypes.byref(opts))
         kind = "kretprobe" if retprobe else "kprobe"
-        return cls._make(prog, ptr, f"{kind}:{func}", kind)  # type: ignore[return-value]
+        return cls._make(prog, ptr, f"{kind}:{func}", kind)
 
 
 class UprobeLink(Link):
@@ -144,7 +145,7 @@ class UprobeLink(Link):
             bpf_cookie=cookie,
         )
         ptr = L.lib.bpf_program__attach_uprobe_opts(prog.ptr, pid, binary.encode(), offset, ctypes.byref(opts))
-        return cls._make(prog, ptr, f"{binary}:{symbol or hex(offset)}", "uprobe")  # type: ignore[return-value]
+        return cls._make(prog, ptr, f"{binary}:{symbol or hex(offset)}", "uprobe")
 
 
 class XdpLink(Link):
@@ -153,7 +154,7 @@ class XdpLink(Link):
     @classmethod
     def attach(cls, prog: Program, ifindex: int) -> XdpLink:
         ptr = L.lib.bpf_program__attach_xdp(prog.ptr, ifindex)
-        return cls._make(prog, ptr, f"ifindex {ifindex}", "XDP link")  # type: ignore[return-value]
+        return cls._make(prog, ptr, f"ifindex {ifindex}", "XDP link")
 
 
 class CgroupLink(Link):
@@ -166,7 +167,7 @@ class CgroupLink(Link):
             ptr = L.lib.bpf_program__attach_cgroup(prog.ptr, fd)
         finally:
             os.close(fd)
-        return cls._make(prog, ptr, f"{cgroup_path} ({prog.section})", f"cgroup hook {prog.section}")  # type: ignore[return-value]
+        return cls._make(prog, ptr, f"{cgroup_path} ({prog.section})", f"cgroup hook {prog.section}")
 
 
 class NetnsLink(Link):
@@ -179,7 +180,7 @@ class NetnsLink(Link):
             ptr = L.lib.bpf_program__attach_netns(prog.ptr, fd)
         finally:
             os.close(fd)
-        return cls._make(prog, ptr, netns_path, f"netns hook {prog.section}")  # type: ignore[return-value]
+        return cls._make(prog, ptr, netns_path, f"netns hook {prog.section}")
 
 
 class TcxLink:

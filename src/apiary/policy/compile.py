@@ -117,7 +117,8 @@ class _Compiler:
         key = (r.index, section)
         if key not in self._ref_ids:
             p = r.policy
-            labels = (f"k8s:io.cilium.k8s.policy.derived-from={p.kind}", f"k8s:io.cilium.k8s.policy.name={p.name}")
+            labels: tuple[str, ...] = (
+                f"k8s:io.cilium.k8s.policy.derived-from={p.kind}", f"k8s:io.cilium.k8s.policy.name={p.name}")
             if p.namespace:
                 labels += (f"k8s:io.cilium.k8s.policy.namespace={p.namespace}",)
             prefix = "" if r.path == "spec" else f"{r.path}."
@@ -229,7 +230,7 @@ def compile_policies(policies: Sequence[PolicyModel], endpoints: Sequence[Endpoi
     if problems:
         raise PolicyError(problems)
     allocator = allocator or IdentityAllocator(None)
-    rules = []
+    rules: list[_Rule] = []
     for p in policies:
         for path, rule in p.rules():
             assert rule.endpoint_selector is not None, "host policies are rejected at load"

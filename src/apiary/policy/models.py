@@ -488,8 +488,8 @@ class Rule(_Strict):
 
     def default_deny(self, ingress: bool) -> bool:
         """Cilium's per-direction default: deny when the rule has that direction, unless overridden."""
-        explicit = self.enable_default_deny and (
-            self.enable_default_deny.ingress if ingress else self.enable_default_deny.egress)
+        dd = self.enable_default_deny
+        explicit = None if dd is None else (dd.ingress if ingress else dd.egress)
         if explicit is not None:
             return explicit
         return bool(self.ingress or self.ingress_deny) if ingress else bool(self.egress or self.egress_deny)

@@ -60,9 +60,11 @@ def _code(t: type) -> str:
     if issubclass(t, ctypes.Structure):
         return _body(t)
     if issubclass(t, ctypes.Array):
-        if t._type_ in (ctypes.c_uint8, ctypes.c_char):  # byte arrays (addresses in network order): bytes
+        elem: type = t._type_  # type: ignore[assignment]  # typeshed types _type_ as ctypes' type code
+        if elem in (ctypes.c_uint8, ctypes.c_char):  # byte arrays (addresses in network order): bytes
             return f"{t._length_}s"
-        return _code(t._type_) * t._length_
+        n: int = t._length_  # type: ignore[assignment]  # typeshed: a property on the class
+        return _code(elem) * n
     return _CODES[t]
 
 

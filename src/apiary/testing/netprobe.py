@@ -14,13 +14,13 @@ Only ever used with addresses of endpoints and test hosts the caller created.
 from __future__ import annotations
 
 import errno
-import http.server
 import socket
 import socketserver
 import sys
 import threading
 import time
 import urllib.request
+from http.server import BaseHTTPRequestHandler  # the name `http` is the client command below
 
 
 def serve_tcp(ports: list[int]) -> None:
@@ -54,7 +54,7 @@ def serve_udp(port: int) -> None:
         s.sendto(data, addr)
 
 
-class _Ok(http.server.BaseHTTPRequestHandler):
+class _Ok(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802
         self.send_response(200)
         self.end_headers()

@@ -7,9 +7,11 @@ current, and the next agent adopts them. ``close()`` removes them.
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from apiary.loader import (
@@ -158,14 +160,14 @@ class ProcessSensor:
         for m in msgs:
             flags = abi.PROC_F_EXECED | (abi.PROC_F_PROCFS if m.flags & EXEC_F_PROCFS else 0)
             entry = (m.ktime, m.parent_ktime, m.ppid, flags)
-            wrote = _put_new(lambda m=m, e=entry: self.procs.put(m.pid, e, BPF_NOEXIST))
+            wrote = _put_new(partial(self.procs.put, m.pid, entry, BPF_NOEXIST))
             if wrote < 0:
                 self.seed_full += 1
                 continue
             n += wrote
             value = binary_entry(m.binary)
             if value is not None:
-                _put_new(lambda m=m, v=value: binaries.update(m.pid.to_bytes(4, "little"), v, BPF_NOEXIST))
+                _put_new(partial(binaries.update, m.pid.to_bytes(4, "little"), value, BPF_NOEXIST))
         return n
 
     def counters(self) -> dict[str, int]:
@@ -249,9 +251,9 @@ def _put_new(write: Callable[[], None]) -> int:
     try:
         write()
     except BpfError as e:
-        if e.errno == 7:  # E2BIG: the table is full
+        if e.errno == errno.E2BIG:  # the table is full
             return -1
-        if e.errno != 17:  # EEXIST
+        if e.errno != errno.EEXIST:
             raise
         return 0
     return 1

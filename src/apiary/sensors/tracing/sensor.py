@@ -685,8 +685,8 @@ class TracingSensor:
         self.follow_map.update(bit.to_bytes(4, "little"), abi.encode_follow(hook, si, what))
         self.follow[bit] = (hid, si, what)
         if not self.follow_links:
-            for p in FOLLOW_PROGS:
-                self.follow_links.append(self._follow_link(p))
+            for prog_name in FOLLOW_PROGS:
+                self.follow_links.append(self._follow_link(prog_name))
         # processes that already run: from /proc (the kernel sets the bit for what starts from now on)
         sel = hook.selectors[si]
         for pid in tree:

@@ -4,6 +4,7 @@ mistakes answered with 400 and the field at fault (never 500)."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 from typing import Any
 
@@ -117,5 +118,5 @@ async def in_worker(agent: AgentView, fn: Any, *args: Any, what: str = "policy")
     except EndpointError as e:
         return error(str(e), 404 if str(e).startswith("no endpoint") else 400)
     except BpfError as e:
-        return error(str(e), 409 if e.errno == 28 else 500)
+        return error(str(e), 409 if e.errno == errno.ENOSPC else 500)
     return web.json_response(res)

@@ -7,8 +7,10 @@ Apply is all-or-nothing: parse (strict) -> compile for this kernel (refusing wha
 from __future__ import annotations
 
 import base64
+import errno
 import json
 import os
+import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -212,7 +214,7 @@ class Tracing:
                 )
         except BaseException as e:
             undone = self._undo(replaced)
-            if not isinstance(e, BpfError) or e.errno == 28:
+            if not isinstance(e, BpfError) or e.errno == errno.ENOSPC:
                 raise  # out of hooks or slots: a capacity problem (409), not the policy's
             i = len(out)  # the document that failed
             prefix = f"document[{i}]." if len(compiled) > 1 else ""
@@ -404,11 +406,14 @@ _TCP_STATES = {
 }
 
 
+_FAMILIES = {socket.AF_INET: "AF_INET", socket.AF_INET6: "AF_INET6"}
+
+
 def _sock_arg(si: abi.SockInfo) -> dict[str, Any]:
     """Tetragon's sock_arg (KprobeSock) from the socket the kernel read."""
 
     out: dict[str, Any] = {
-        "family": "AF_INET" if si.family == 2 else "AF_INET6" if si.family == 10 else str(si.family),
+        "family": _FAMILIES.get(si.family, str(si.family)),
         "type": _SOCK_TYPES.get(si.type, str(si.type)),
         "protocol": _PROTOS.get(si.protocol, str(si.protocol)),
         "saddr": _addr(si.family, si.saddr, bytes(si.saddr6)),
@@ -425,7 +430,7 @@ def _addr(family: int, v4: int, v6: bytes) -> str:
     """An address as Tetragon writes it: IPv6 sockets in IPv6 form (unset: "::"), others as IPv4."""
     import ipaddress
 
-    return str(ipaddress.IPv6Address(v6) if family == 10 else ipaddress.IPv4Address(v4))
+    return str(ipaddress.IPv6Address(v6) if family == socket.AF_INET6 else ipaddress.IPv4Address(v4))
 
 
 def _caps(mask: int) -> list[str]:
@@ -440,7 +445,7 @@ def _skb_arg(si: abi.SkbInfo) -> dict[str, Any]:
 
     s = si.s
     out: dict[str, Any] = {"hash": si.hash, "len": si.len, "priority": si.priority, "mark": si.mark}
-    if s.family == 2:
+    if s.family == socket.AF_INET:
         out.update(
             {
                 "saddr": str(ipaddress.IPv4Address(s.saddr)),

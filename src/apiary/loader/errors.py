@@ -7,7 +7,10 @@ import os
 import re
 
 # errnos by which the kernel says "I do not have this" rather than "you did it wrong"
-_UNSUPPORTED = {_errno.EOPNOTSUPP, _errno.ENOTSUPP if hasattr(_errno, "ENOTSUPP") else 524, 524}
+ENOTSUPP = 524  # the kernel-internal "not supported" some BPF commands return (not in errno; not ENOTSUP)
+_UNSUPPORTED = {_errno.EOPNOTSUPP, ENOTSUPP}
+# map commands a map type (or kernel) does not have: the batch and lookup-and-delete paths fall back
+NO_SUCH_COMMAND = frozenset({_errno.EINVAL, _errno.EOPNOTSUPP, ENOTSUPP})
 
 
 class BpfError(Exception):

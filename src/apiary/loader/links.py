@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 from typing import Self
 
@@ -344,7 +345,7 @@ class TcFilter:
             sz=ctypes.sizeof(L.BpfTcHook), ifindex=ifindex, attach_point=TC_EGRESS if egress else TC_INGRESS
         )
         rc = L.lib.bpf_tc_hook_create(ctypes.byref(hook))
-        if rc != 0 and rc != -17:  # EEXIST: the clsact qdisc is already there
+        if rc != 0 and rc != -errno.EEXIST:  # the clsact qdisc is already there
             raise from_errno(f"create clsact qdisc on ifindex {ifindex}", -rc, "tc clsact")
         opts = L.BpfTcOpts(
             sz=ctypes.sizeof(L.BpfTcOpts), prog_fd=prog.fd, handle=handle, priority=priority, flags=1

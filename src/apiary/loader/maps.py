@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import struct
 from collections.abc import Iterator
 from typing import Any
 
 from . import _libbpf as L
-from .errors import BpfError
+from .errors import NO_SUCH_COMMAND, BpfError
 
 BPF_ANY, BPF_NOEXIST, BPF_EXIST = 0, 1, 2
 
@@ -132,7 +133,7 @@ class Map:
         vb = ctypes.create_string_buffer(self.value_buf_size)
         if L.lib.bpf_map_lookup_elem(self.fd, kb, vb) != 0:
             err = L.errno()
-            if err == 2:  # ENOENT
+            if err == errno.ENOENT:
                 return None
             raise BpfError(f"lookup in map {self.name}", err)
         return vb.raw
@@ -146,7 +147,7 @@ class Map:
     def delete(self, key: bytes) -> bool:
         if L.lib.bpf_map_delete_elem(self.fd, self._key(key)) != 0:
             err = L.errno()
-            if err == 2:
+            if err == errno.ENOENT:
                 return False
             raise BpfError(f"delete from map {self.name}", err)
         return True
@@ -185,8 +186,8 @@ class Map:
                 self.fd, None if first else in_batch, out_batch, keys, vals, ctypes.byref(count), opts
             )
             err = L.errno() if rc != 0 else 0
-            if rc != 0 and err not in (2,):  # ENOENT = done
-                if first and err in (22, 95, 524):
+            if rc != 0 and err != errno.ENOENT:  # ENOENT = done
+                if first and err in NO_SUCH_COMMAND:
                     return list(self.items())
                 raise BpfError(f"batch lookup in map {self.name}", err)
             n = count.value
@@ -212,7 +213,7 @@ class Map:
         opts = L.BpfMapBatchOpts(sz=ctypes.sizeof(L.BpfMapBatchOpts), elem_flags=flags)
         if L.lib.bpf_map_update_batch(self.fd, kb, vb, ctypes.byref(count), opts) != 0:
             err = L.errno()
-            if err in (22, 95, 524):
+            if err in NO_SUCH_COMMAND:
                 for k, v in entries[count.value :]:
                     self.update(k, v, flags)
                 return
@@ -234,9 +235,9 @@ class Map:
             err = L.errno()
             n = min(count.value, len(rest))
             done += n
-            if err == 2:  # ENOENT: the key at n is not there; go on after it
+            if err == errno.ENOENT:  # the key at n is not there; go on after it
                 start += n + 1
-            elif err in (22, 95, 524) and n == 0:  # no batch operations on this map type (or kernel)
+            elif err in NO_SUCH_COMMAND and n == 0:  # no batch operations on this map type (or kernel)
                 return done + sum(self.delete(k) for k in rest)
             else:
                 raise BpfError(f"batch delete from map {self.name} ({done}/{len(keys)} deleted)", err)

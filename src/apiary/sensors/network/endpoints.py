@@ -17,6 +17,7 @@ addressed to it ever leaves the machine.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -228,7 +229,7 @@ class EndpointManager:
             try:
                 ipr.route("add", dst=str(self.cidr), type="unreachable")
             except NetlinkError as e:
-                if e.code != 17:  # EEXIST
+                if e.code != errno.EEXIST:
                     raise EndpointError(f"route the pod CIDR {self.cidr} locally: {e}") from e
         self.cgroup_parent.mkdir(parents=True, exist_ok=True)
 

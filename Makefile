@@ -40,7 +40,7 @@ $(BUILD)/%.bpf.o: $(BPF_SRC)/%.bpf.c $(BPF_HDRS) $(BUILD)/vmlinux.h
 lint: setup
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/mypy
-	$(VENV)/bin/lint-imports --no-cache
+	$(VENV)/bin/lint-imports --no-cache --no-logo
 
 unit: setup
 	$(PY) -m pytest -q tests/unit

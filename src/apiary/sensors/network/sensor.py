@@ -1,10 +1,13 @@
 """The endpoint datapath as one unit: the lxc object, its maps, per-endpoint TC attachments, and the
 map writer that makes the kernel hold a CompiledPolicy.
 
+The policy is two maps with the same key: the hash map `policy` (entries of one port, one protocol or any
+protocol) and the LPM trie `policy_ranges` (the blocks of port ranges). The datapath looks up only the kinds
+of entries an endpoint's policy has (`ep_info.policy_kinds`): the LPM only when there are port ranges.
 Policy writes are atomic per endpoint: each endpoint has two policy slots (ep_id << 1 | gen). The new
-entries are written under the idle slot, then one update of the endpoint's `ep_info` switches slot and
-enforcement flags together, then the old slot's entries are deleted. A packet sees either the old
-policy or the new one, never a mix. Capacity is checked before anything is written.
+entries are written under the idle slot (both maps), then one update of the endpoint's `ep_info` switches
+slot, enforcement flags and entry kinds together, then the old slot's entries are deleted. A packet sees
+either the old policy or the new one, never a mix. Capacity is checked before anything is written.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +27,7 @@ from apiary.sensors.base import LinkRow, OwnedMap, ProgramRow, RecordHandler, Ri
 from apiary.sensors.network import abi
 from apiary.sensors.network.endpoints import Endpoint
 
-PINNED = ("endpoints", "policy", "ipcache", "ct", "dp_counters", "dp_lost")
+PINNED = ("endpoints", "policy", "policy_ranges", "ipcache", "ct", "dp_counters", "dp_lost")
 
 
 class CapacityError(BpfError):
@@ -36,7 +39,7 @@ class _EpState:
     gen: int = 0
     flags: int = 0
     identity: int = 0
-    keys: set[bytes] = field(default_factory=set)  # policy keys written under the current slot
+    keys: set[bytes] = field(default_factory=set)  # policy keys (both maps) written under the current slot
     policy: dict[PolicyKey, PolicyEntry] | None = None  # the entries now in force
     attached: list[TcFilter] = field(default_factory=list)
 
@@ -52,6 +55,7 @@ class _Staged:
     slot: int
     policy: dict[PolicyKey, PolicyEntry]
     keys: set[bytes]
+    kinds: tuple[int, int]  # PK_* of the entries by direction (ep_info.policy_kinds)
 
 
 _ipcache_key = functools.lru_cache(maxsize=1 << 16)(abi.ipcache_key)  # prefix text -> key bytes
@@ -90,6 +94,7 @@ class Datapath:
         try:
             obj.set_max_entries("flows", self.ringbuf_bytes)
             obj.set_max_entries("policy", self.policy_max)
+            obj.set_max_entries("policy_ranges", self.policy_max)
             obj.set_max_entries("ct", self.ct_max)
             obj.set_rodata(wakeup_bytes=self.wakeup_bytes, trace_interval_ns=int(self.trace_interval_s * 1e9))
             obj.program("empty_tc").autoload = False
@@ -109,6 +114,7 @@ class Datapath:
             raise
         self.endpoints_map = obj.map("endpoints")
         self.policy_map = obj.map("policy")
+        self.ranges_map = obj.map("policy_ranges")
         self.ipcache_map = obj.map("ipcache")
         self.ct_map = obj.map("ct")
         self.counters_map = TypedMap(obj.map("dp_counters"), "<I", "<QQ")
@@ -251,16 +257,23 @@ class Datapath:
             | (abi.EP_ENFORCE_EGRESS if pol.egress_enforced else 0)
             | (abi.EP_AUDIT if self.audit else 0)
         )
+        summary_flags, kinds = abi.policy_summary(pol.entries)  # which lookups can find something
+        flags |= summary_flags
         if st.policy is not None and (st.flags, st.identity) == (flags, identity) and st.policy == pol.entries:
             return None
         gen = st.gen ^ 1
         slot = (ep.ep_id << 1) | gen
-        policy_key, policy_value = abi.policy_key, abi.policy_value
-        new = [(policy_key(k, slot), policy_value(v, k)) for k, v in pol.entries.items()]
-        keys = [k for k, _ in new]
-        undo.append(lambda: self.policy_map.delete_batch(keys))
-        self.policy_map.update_batch(new)
-        return _Staged(ep, gen, flags, identity, slot, dict(pol.entries), set(keys))
+        policy_key, policy_value, is_range = abi.policy_key, abi.policy_value, abi.is_port_range
+        exact: list[tuple[bytes, bytes]] = []
+        ranges: list[tuple[bytes, bytes]] = []
+        for k, v in pol.entries.items():
+            (ranges if is_range(k) else exact).append((policy_key(k, slot), policy_value(v, k)))
+        keys = [k for k, _ in exact] + [k for k, _ in ranges]
+        undo.append(lambda: self._delete_keys(keys))
+        self.policy_map.update_batch(exact)
+        if ranges:
+            self.ranges_map.update_batch(ranges)
+        return _Staged(ep, gen, flags, identity, slot, dict(pol.entries), set(keys), kinds)
 
     def _switch(self, st: _Staged, undo: list[Callable[[], object]]) -> None:
         """One map update switches the endpoint's slot, flags and identity together."""
@@ -268,11 +281,17 @@ class Datapath:
         before = self.endpoints_map.lookup(key)
         m = self.endpoints_map
         undo.append(lambda: m.delete(key) if before is None else m.update(key, before))
-        self.endpoints_map.update(key, abi.ep_info(st.ep.ep_id, st.flags, st.identity, st.ep.ipv4, st.slot))
+        self.endpoints_map.update(key, abi.ep_info(st.ep.ep_id, st.flags, st.identity, st.ep.ipv4, st.slot,
+                                                      st.kinds))
 
-    def _delete_keys(self, keys: set[bytes]) -> None:
-        if keys:
-            self.policy_map.delete_batch(list(keys))
+    def _delete_keys(self, keys: Collection[bytes]) -> None:
+        """Delete policy keys from the map each one lives in (missing keys are no error)."""
+        ranges = [k for k in keys if abi.policy_key_is_range(k)]
+        exact = [k for k in keys if not abi.policy_key_is_range(k)]
+        if exact:
+            self.policy_map.delete_batch(exact)
+        if ranges:
+            self.ranges_map.delete_batch(ranges)
 
     # ------------------------------------------------------------------ state
     def counters(self) -> dict[str, dict[str, int]]:

@@ -22,6 +22,7 @@ from apiary.loader import BpfObject
 from apiary.loader.paths import bpf_object
 from apiary.policy.types import INGRESS, PolicyEntry, PolicyKey
 from apiary.sensors.network import abi
+from apiary.sensors.network.sensor import lxc_rodata
 from apiary.testing.progrun import tcp_packet
 
 LO = 1  # BPF_PROG_TEST_RUN runs TC programs on the loopback device
@@ -36,6 +37,7 @@ def per_packet(entries: list[int], repeat: int) -> tuple[list[Row], dict[str, in
     obj = BpfObject(bpf_object("lxc"))
     obj.set_max_entries("policy", 65536)
     obj.set_max_entries("policy_ranges", 65536)
+    obj.set_rodata(**lxc_rodata())  # conntrack timeouts in the kernel's jiffies, as the agent sets them
     obj.load()
     try:
         empty = obj.program("empty_tc")

@@ -5,6 +5,7 @@ traffic in test_network_policy.py."""
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 
@@ -24,6 +25,7 @@ from apiary.observe.hubble.raw import (
 )
 from apiary.policy.types import INGRESS, PROTO_TCP, PROTO_UDP, PolicyEntry, PolicyKey
 from apiary.sensors.network import abi
+from apiary.sensors.network.sensor import CT_TIMEOUTS_S, kernel_hz
 from apiary.testing.progrun import (
     TC_ACT_OK,
     TC_ACT_SHOT,
@@ -401,3 +403,37 @@ def test_the_split_maps_decide_as_one_lpm_over_every_entry(pr: ProgRun) -> None:
             else:
                 assert ret == TC_ACT_OK, case
             assert flows[0].rule_id == (want.rule_id if want else 0), case
+
+
+def test_conntrack_times_are_jiffies_and_flow_times_monotonic_ns(pr: ProgRun) -> None:
+    """Conntrack expiry and the periodic trace run on bpf_jiffies64(): what ct_gc and the trace interval read
+    must be in that unit; flow records keep CLOCK_MONOTONIC nanoseconds."""
+    pr.apply()
+    hz = kernel_hz()
+    ret, flows = pr.run(udp_packet(FRONTEND.ipv4, BACKEND.ipv4, 40000, 53), egress=False)
+    assert ret == TC_ACT_OK and flows[0].ct_state == CT_NEW
+    assert abs(flows[0].ktime - time.clock_gettime_ns(time.CLOCK_MONOTONIC)) < 5 * 10**9
+    ((key, raw),) = pr.dp.ct_map.items()
+    ct = abi.CtValue.from_buffer_copy(raw)
+    now = pr.dp.ct_clock()
+    assert now - hz <= ct.last_report <= now
+    assert ct.expires - ct.last_report == CT_TIMEOUTS_S["ct_timeout_other"] * hz
+    assert pr.dp.ct_gc() == 0 and len(list(pr.dp.ct_map.items())) == 1
+    # the periodic trace of a busy connection: due once the interval (5 s) has passed since the last one
+    again = udp_packet(FRONTEND.ipv4, BACKEND.ipv4, 40000, 53)
+    assert pr.run(again, egress=False)[1] == []
+    ct = abi.CtValue.from_buffer_copy(pr.dp.ct_map.lookup(key) or b"")
+    ct.last_report = pr.dp.ct_clock() - 5 * hz - 2
+    pr.dp.ct_map.update(key, bytes(ct))
+    ret, flows = pr.run(again, egress=False)
+    assert [(f.kind, f.ct_state) for f in flows] == [(MSG_TRACE, CT_ESTABLISHED)]
+    assert pr.run(again, egress=False)[1] == []
+    # expiry: gone for ct_gc once its clock passes expires, and a packet after that is a new connection
+    ct = abi.CtValue.from_buffer_copy(pr.dp.ct_map.lookup(key) or b"")
+    assert pr.dp.ct_gc(now=ct.expires) == 0
+    ct.expires = pr.dp.ct_clock() - 1
+    pr.dp.ct_map.update(key, bytes(ct))
+    ret, flows = pr.run(again, egress=False)
+    assert flows[0].ct_state == CT_NEW
+    ct = abi.CtValue.from_buffer_copy(pr.dp.ct_map.lookup(key) or b"")
+    assert pr.dp.ct_gc(now=ct.expires + 1) == 1 and list(pr.dp.ct_map.items()) == []

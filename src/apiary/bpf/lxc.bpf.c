@@ -18,11 +18,14 @@ char LICENSE[] SEC("license") = "GPL";
 #define ETH_HLEN 14
 #define ETH_P_IP 0x0800
 
-const volatile __u64 trace_interval_ns = 5000000000ULL; /* periodic trace of a busy connection */
-const volatile __u64 ct_timeout_syn = 60000000000ULL;
-const volatile __u64 ct_timeout_tcp = 21600000000000ULL;
-const volatile __u64 ct_timeout_close = 10000000000ULL;
-const volatile __u64 ct_timeout_other = 60000000000ULL;
+/* Conntrack times (ct_value.expires, .last_report) are jiffies: bpf_jiffies64() is the cheapest clock and
+ * tick precision is all they need. The loader sets these from seconds with the kernel's HZ
+ * (sensors/network/sensor.py: lxc_rodata); user space reads the clock with ct_clock below. */
+const volatile __u64 trace_interval = 0; /* periodic trace of a busy connection */
+const volatile __u64 ct_timeout_syn = 0;
+const volatile __u64 ct_timeout_tcp = 0;
+const volatile __u64 ct_timeout_close = 0;
+const volatile __u64 ct_timeout_other = 0;
 const volatile __u64 wakeup_bytes = 0;
 
 struct {
@@ -324,7 +327,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		count(reason, dir, skb->len);
 		return TC_ACT_SHOT;
 	}
-	__u64 now = bpf_ktime_get_coarse_ns(); /* conntrack times need no more than tick precision */
+	__u64 now = bpf_jiffies64();
 	__u32 remote_addr = dir == DIR_EGRESS ? p.daddr : p.saddr;
 
 	/* conntrack: the original direction, then the reply direction. Keyed by the interface, so a
@@ -359,7 +362,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		cv->expires = now + ct_lifetime(&p, cv);
 		cv->packets += 1;
 		cv->bytes += p.len;
-		if (fresh || now - cv->last_report > trace_interval_ns) {
+		if (fresh || now - cv->last_report > trace_interval) {
 			cv->last_report = now;
 			ep = bpf_map_lookup_elem(&endpoints, &ifindex);
 			if (ep)
@@ -432,6 +435,25 @@ SEC("tc")
 int to_container(struct __sk_buff *skb)
 {
 	return handle(skb, DIR_INGRESS);
+}
+
+/* The conntrack clock for user space (expiry by ct_gc): BPF_PROG_TEST_RUN of ct_clock stores jiffies in
+ * dp_clock[0]. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} dp_clock SEC(".maps");
+
+SEC("tc")
+int ct_clock(struct __sk_buff *skb)
+{
+	__u32 zero = 0;
+	__u64 *now = bpf_map_lookup_elem(&dp_clock, &zero);
+	if (now)
+		*now = bpf_jiffies64();
+	return TC_ACT_OK;
 }
 
 /* the cost baseline for the benchmark: a TC program that does nothing */

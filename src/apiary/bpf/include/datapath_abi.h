@@ -122,8 +122,8 @@ struct ct_key {
 };
 
 struct ct_value {
-	__u64 expires;     /* ktime ns */
-	__u64 last_report; /* ktime ns of the last trace event */
+	__u64 expires;     /* jiffies (bpf_jiffies64) */
+	__u64 last_report; /* jiffies of the last trace event */
 	__u32 rule_id;
 	__u8 flags_orig;   /* TCP flags seen in the original direction */
 	__u8 flags_reply;

@@ -95,8 +95,8 @@ class CtKey(ctypes.Structure):
 
 class CtValue(ctypes.Structure):
     _fields_ = [
-        ("expires", c_uint64),  # ktime ns
-        ("last_report", c_uint64),  # ktime ns of the last trace event
+        ("expires", c_uint64),  # jiffies (bpf_jiffies64): Datapath.ct_clock() is now
+        ("last_report", c_uint64),  # jiffies of the last trace event
         ("rule_id", c_uint32),
         ("flags_orig", c_uint8),  # TCP flags seen in the original direction
         ("flags_reply", c_uint8),

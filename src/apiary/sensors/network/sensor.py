@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gzip
+import os
+import re
 import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
@@ -27,6 +30,7 @@ from apiary.sensors.base import LinkRow, OwnedMap, ProgramRow, RecordHandler, Ri
 from apiary.sensors.network import abi
 from apiary.sensors.network.endpoints import Endpoint
 
+ETH_HLEN = 14  # BPF_PROG_TEST_RUN of a TC program needs at least an Ethernet header
 PINNED = ("endpoints", "policy", "policy_ranges", "ipcache", "ct", "dp_counters", "dp_lost")
 
 
@@ -59,6 +63,44 @@ class _Staged:
 
 
 _ipcache_key = functools.lru_cache(maxsize=1 << 16)(abi.ipcache_key)  # prefix text -> key bytes
+
+# conntrack lifetimes, seconds: a connection in its handshake, established, closing, not TCP
+CT_TIMEOUTS_S = {"ct_timeout_syn": 60, "ct_timeout_tcp": 21600, "ct_timeout_close": 10, "ct_timeout_other": 60}
+_HZ_CHOICES = (100, 250, 300, 1000)  # what CONFIG_HZ can be
+
+
+@functools.cache
+def kernel_hz() -> int:
+    """CONFIG_HZ of the running kernel: the unit of bpf_jiffies64(), the conntrack clock. From the kernel's
+    config where libbpf reads it (/boot/config-<release>, /proc/config.gz), else measured from the jiffies
+    counter of /proc/timer_list over 0.2 s."""
+    for path in (f"/boot/config-{os.uname().release}", "/proc/config.gz"):
+        with contextlib.suppress(OSError, ValueError, EOFError):
+            with (gzip.open(path, "rt") if path.endswith(".gz") else open(path)) as f:
+                for line in f:
+                    if line.startswith("CONFIG_HZ="):
+                        return int(line.split("=", 1)[1])
+
+    def sample() -> tuple[int, float]:
+        try:
+            found = re.search(r"^jiffies: (\d+)", Path("/proc/timer_list").read_text(), flags=re.M)
+        except OSError:
+            found = None
+        if not found:
+            raise BpfError("kernel HZ", 2, "no CONFIG_HZ in the kernel config and no jiffies in /proc/timer_list")
+        return int(found.group(1)), time.monotonic()
+
+    j0, t0 = sample()
+    time.sleep(0.2)
+    j1, t1 = sample()
+    return min(_HZ_CHOICES, key=lambda hz: abs(hz - (j1 - j0) / (t1 - t0)))
+
+
+def lxc_rodata(trace_interval_s: float = 5.0, wakeup_bytes: int = 0, hz: int | None = None) -> dict[str, int]:
+    """The lxc object's configuration (set before load): conntrack times converted to jiffies."""
+    hz = hz or kernel_hz()
+    out = {name: secs * hz for name, secs in CT_TIMEOUTS_S.items()}
+    return {**out, "trace_interval": max(1, round(trace_interval_s * hz)), "wakeup_bytes": wakeup_bytes}
 
 
 class Datapath:
@@ -96,7 +138,7 @@ class Datapath:
             obj.set_max_entries("policy", self.policy_max)
             obj.set_max_entries("policy_ranges", self.policy_max)
             obj.set_max_entries("ct", self.ct_max)
-            obj.set_rodata(wakeup_bytes=self.wakeup_bytes, trace_interval_ns=int(self.trace_interval_s * 1e9))
+            obj.set_rodata(**lxc_rodata(self.trace_interval_s, self.wakeup_bytes))
             obj.program("empty_tc").autoload = False
             obj.load()
             self.obj = obj
@@ -117,6 +159,7 @@ class Datapath:
         self.ranges_map = obj.map("policy_ranges")
         self.ipcache_map = obj.map("ipcache")
         self.ct_map = obj.map("ct")
+        self.clock_map = obj.map("dp_clock")
         self.counters_map = TypedMap(obj.map("dp_counters"), "<I", "<QQ")
         self.lost_map = TypedMap(obj.map("dp_lost"), "<I", "<Q")
 
@@ -312,9 +355,17 @@ class Datapath:
     def lost(self) -> int:
         return sum(sum(self.lost_map.get(i)) for i in range(abi.DP_LOST_SLOTS))
 
-    def ct_gc(self, now_ns: int | None = None) -> int:
-        """Delete expired connections. Returns how many."""
-        now = now_ns if now_ns is not None else time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+    def ct_clock(self) -> int:
+        """The conntrack clock now (jiffies, the unit of ct_value.expires and .last_report)."""
+        assert self.obj
+        self.obj.program("ct_clock").test_run(bytes(ETH_HLEN))
+        raw = self.clock_map.lookup(bytes(4))
+        assert raw is not None
+        return int.from_bytes(raw, "little")
+
+    def ct_gc(self, now: int | None = None) -> int:
+        """Delete expired connections (``now``: the conntrack clock, default ct_clock()). Returns how many."""
+        now = now if now is not None else self.ct_clock()
         dead = [k for k, v in self.ct_map.items() if abi.CT_VALUE.unpack(v[: abi.CT_VALUE.size])[0] < now]
         for k in dead:
             self.ct_map.delete(k)

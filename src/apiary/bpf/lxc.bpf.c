@@ -270,9 +270,11 @@ static __always_inline struct policy_value *policy_match(__u16 slot, __u8 dir, _
 
 /* The remote identity's entry and the any-identity entry: a deny from either wins, then the remote
  * identity's (more specific) allow. The any-identity entries are looked up only when the remote identity
- * has no entry, or an allow that a deny of any identity could override. */
-static __always_inline void policy_lookup(struct ep_info *ep, __u8 dir, __u32 remote, struct pkt *p,
-					  struct decision *d)
+ * has no entry, or an allow that a deny of any identity could override.
+ * Not inlined: a BPF-to-BPF call costs nothing measurable here and spares the verifier the product of the
+ * lookups' branches with the rest of the program (from_container ~14,700 -> ~5,800 verified instructions). */
+static __noinline void policy_lookup(struct ep_info *ep, __u8 dir, __u32 remote, struct pkt *p,
+				     struct decision *d)
 {
 	__u16 port = 0;
 	if (p->proto == IPPROTO_TCP || p->proto == IPPROTO_UDP || p->proto == IPPROTO_SCTP)

@@ -41,7 +41,7 @@ def sync(dp: Datapath, c: CompiledPolicy) -> None:
 
 
 def snapshot(dp: Datapath) -> tuple[list[tuple[bytes, bytes]], ...]:
-    return tuple(sorted(m.lookup_batch()) for m in (dp.policy_map, dp.ipcache_map, dp.endpoints_map))
+    return tuple(sorted(m.lookup_batch()) for m in (dp.policy_map, dp.ranges_map, dp.ipcache_map, dp.endpoints_map))
 
 
 def in_force(dp: Datapath) -> tuple[set[tuple[tuple[int, ...], bytes]], set[tuple[bytes, bytes]], int]:
@@ -49,7 +49,7 @@ def in_force(dp: Datapath) -> tuple[set[tuple[tuple[int, ...], bytes]], set[tupl
     info = dp.endpoints_map.lookup(EP.host_ifindex.to_bytes(4, "little"))
     assert info is not None
     slot = (EP.ep_id << 1) | dp.eps[EP.ep_id].gen
-    rows = [(abi.policy_key_decode(k), v) for k, v in dp.policy_map.lookup_batch()]
+    rows = [(abi.policy_key_decode(k), v) for m in (dp.policy_map, dp.ranges_map) for k, v in m.lookup_batch()]
     return (
         {(k[1:], v) for k, v in rows if k[0] == slot},
         set(dp.ipcache_map.lookup_batch()),

@@ -4,7 +4,8 @@
  *   to_container   (tc egress of the host veth):  packets to the endpoint    -> its INGRESS policy
  * Connection tracking lets replies and established connections pass without a policy lookup (and without
  * the endpoint lookup: the conntrack key holds the interface).
- * The policy lookup is two LPM lookups whatever the number of rules (see policy/types.py). */
+ * The policy decision is a fixed number of hash lookups whatever the number of rules, plus LPM lookups
+ * only for an endpoint whose policy has port ranges (see policy/types.py and policy_match below). */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
@@ -17,11 +18,14 @@ char LICENSE[] SEC("license") = "GPL";
 #define ETH_HLEN 14
 #define ETH_P_IP 0x0800
 
-const volatile __u64 trace_interval_ns = 5000000000ULL; /* periodic trace of a busy connection */
-const volatile __u64 ct_timeout_syn = 60000000000ULL;
-const volatile __u64 ct_timeout_tcp = 21600000000000ULL;
-const volatile __u64 ct_timeout_close = 10000000000ULL;
-const volatile __u64 ct_timeout_other = 60000000000ULL;
+/* Conntrack times (ct_value.expires, .last_report) are jiffies: bpf_jiffies64() is the cheapest clock and
+ * tick precision is all they need. The loader sets these from seconds with the kernel's HZ
+ * (sensors/network/sensor.py: lxc_rodata); user space reads the clock with ct_clock below. */
+const volatile __u64 trace_interval = 0; /* periodic trace of a busy connection */
+const volatile __u64 ct_timeout_syn = 0;
+const volatile __u64 ct_timeout_tcp = 0;
+const volatile __u64 ct_timeout_close = 0;
+const volatile __u64 ct_timeout_other = 0;
 const volatile __u64 wakeup_bytes = 0;
 
 struct {
@@ -31,13 +35,23 @@ struct {
 	__type(value, struct ep_info);
 } endpoints SEC(".maps");
 
+/* entries of one port, one protocol (any port) or any protocol; prefixlen is part of the key */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct policy_key);
+	__type(value, struct policy_value);
+} policy SEC(".maps");
+
+/* entries of port ranges (aligned blocks), looked up only for endpoints flagged EP_RANGES_* */
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__uint(max_entries, 65536);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct policy_key);
 	__type(value, struct policy_value);
-} policy SEC(".maps");
+} policy_ranges SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
@@ -216,34 +230,68 @@ struct decision {
 	__u8 found;
 };
 
-static __always_inline void policy_lookup(struct ep_info *ep, __u8 dir, __u32 remote, struct pkt *p,
-					  struct decision *d)
+/* The most specific entry of one identity (0: any identity) for the packet: one port, then a port range,
+ * then the protocol with any port, then any protocol. That order is the longest prefix over both maps, as
+ * one LPM over every entry would find it. `kinds` (PK_*): the kinds of entries the identity has, so a
+ * lookup that cannot find anything is skipped. */
+static __always_inline struct policy_value *policy_match(__u16 slot, __u8 dir, __u32 identity, __u8 proto,
+							 __u16 port, __u8 kinds)
 {
-	struct policy_key k = {};
+	struct policy_key k = {.prefixlen = POLICY_PREFIX_PORT, .ep_id = slot, .direction = dir,
+			       .identity = identity, .proto = proto};
+	struct policy_value *v;
+	k.dport[0] = port >> 8;
+	k.dport[1] = port & 0xff;
+	if (kinds & PK_PORT) {
+		v = bpf_map_lookup_elem(&policy, &k);
+		if (v)
+			return v;
+	}
+	if (kinds & PK_RANGE) {
+		v = bpf_map_lookup_elem(&policy_ranges, &k);
+		if (v)
+			return v;
+	}
+	k.dport[0] = 0;
+	k.dport[1] = 0;
+	if (kinds & PK_PROTO) {
+		k.prefixlen = POLICY_PREFIX_PROTO;
+		v = bpf_map_lookup_elem(&policy, &k);
+		if (v)
+			return v;
+	}
+	if (kinds & PK_ANY) {
+		k.prefixlen = POLICY_PREFIX_ANY;
+		k.proto = 0;
+		return bpf_map_lookup_elem(&policy, &k);
+	}
+	return 0;
+}
+
+/* The remote identity's entry and the any-identity entry: a deny from either wins, then the remote
+ * identity's (more specific) allow. The any-identity entries are looked up only when the remote identity
+ * has no entry, or an allow that a deny of any identity could override.
+ * Not inlined: a BPF-to-BPF call costs nothing measurable here and spares the verifier the product of the
+ * lookups' branches with the rest of the program (from_container ~14,700 -> ~5,800 verified instructions). */
+static __noinline void policy_lookup(struct ep_info *ep, __u8 dir, __u32 remote, struct pkt *p,
+				     struct decision *d)
+{
 	__u16 port = 0;
 	if (p->proto == IPPROTO_TCP || p->proto == IPPROTO_UDP || p->proto == IPPROTO_SCTP)
 		port = bpf_ntohs(p->dport);
 	else if (p->proto == IPPROTO_ICMP)
 		port = p->icmp_type;
-	k.prefixlen = 96;
-	k.ep_id = ep->policy_slot;
-	k.direction = dir;
-	k.identity = remote;
-	k.proto = p->proto;
-	k.dport[0] = port >> 8;
-	k.dport[1] = port & 0xff;
-	struct policy_value *v1 = bpf_map_lookup_elem(&policy, &k);
-	k.identity = 0;
-	struct policy_value *v0 = bpf_map_lookup_elem(&policy, &k);
+	__u8 kinds = ep->policy_kinds[dir & 1];
+	__u16 any_deny = dir == DIR_EGRESS ? EP_ANY_DENY_EGRESS : EP_ANY_DENY_INGRESS;
+	__u16 slot = ep->policy_slot;
 	struct policy_value *v = 0;
-	if (v1 && v1->deny)
-		v = v1;
-	else if (v0 && v0->deny)
-		v = v0;
-	else if (v1)
-		v = v1;
-	else if (v0)
-		v = v0;
+	if (remote && (kinds & 0xf)) /* identity 0 is never a remote's, but would be any identity */
+		v = policy_match(slot, dir, remote, p->proto, port, kinds & 0xf);
+	if (!v || (!v->deny && (ep->flags & any_deny))) {
+		struct policy_value *v0 = policy_match(slot, dir, 0, p->proto, port, kinds >> PK_ANY_IDENTITY_SHIFT);
+		if (v0 && (v0->deny || !v))
+			v = v0;
+	}
 	if (!v)
 		return;
 	d->found = 1;
@@ -281,7 +329,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		count(reason, dir, skb->len);
 		return TC_ACT_SHOT;
 	}
-	__u64 now = bpf_ktime_get_coarse_ns(); /* conntrack times need no more than tick precision */
+	__u64 now = bpf_jiffies64();
 	__u32 remote_addr = dir == DIR_EGRESS ? p.daddr : p.saddr;
 
 	/* conntrack: the original direction, then the reply direction. Keyed by the interface, so a
@@ -316,7 +364,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		cv->expires = now + ct_lifetime(&p, cv);
 		cv->packets += 1;
 		cv->bytes += p.len;
-		if (fresh || now - cv->last_report > trace_interval_ns) {
+		if (fresh || now - cv->last_report > trace_interval) {
 			cv->last_report = now;
 			ep = bpf_map_lookup_elem(&endpoints, &ifindex);
 			if (ep)
@@ -389,6 +437,25 @@ SEC("tc")
 int to_container(struct __sk_buff *skb)
 {
 	return handle(skb, DIR_INGRESS);
+}
+
+/* The conntrack clock for user space (expiry by ct_gc): BPF_PROG_TEST_RUN of ct_clock stores jiffies in
+ * dp_clock[0]. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} dp_clock SEC(".maps");
+
+SEC("tc")
+int ct_clock(struct __sk_buff *skb)
+{
+	__u32 zero = 0;
+	__u64 *now = bpf_map_lookup_elem(&dp_clock, &zero);
+	if (now)
+		*now = bpf_jiffies64();
+	return TC_ACT_OK;
 }
 
 /* the cost baseline for the benchmark: a TC program that does nothing */

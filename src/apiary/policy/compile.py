@@ -1,4 +1,4 @@
-"""Policies + endpoints -> desired datapath state (:class:`CompiledPolicy`): per-endpoint LPM entries,
+"""Policies + endpoints -> desired datapath state (:class:`CompiledPolicy`): per-endpoint policy entries,
 rule attribution, identities and the ipcache. Pure: no kernel, no I/O besides the identity allocator.
 
 Map semantics (see types.py): the datapath looks up (remote identity) and (identity 0) separately,

@@ -1,11 +1,13 @@
 """Plain data shared by the policy compiler (pure) and the datapath map writer (kernel-facing).
 
-The per-endpoint policy is a set of entries in one BPF LPM-trie map. The BPF program looks up
-(endpoint, direction, remote identity, protocol, port) twice — once with the remote identity and
-once with identity 0 ("any identity") — longest prefix wins inside each lookup and a deny from either
-lookup wins over an allow. The compiler must therefore resolve deny precedence *inside* one identity
-sub-space itself: an allow entry that is more specific than a deny entry covering it must be turned
-into a deny (Cilium's map-state does the same), otherwise the longest-prefix lookup would pick the allow.
+The per-endpoint policy is a set of entries keyed (endpoint, direction, identity, protocol, port/prefix).
+The BPF program finds the longest-prefix entry twice — once for the remote identity and once for identity
+0 ("any identity") — and a deny from either wins over an allow. (The datapath keeps the entries of one
+port, one protocol or any protocol in a hash map and the blocks of port ranges in an LPM trie, and
+looks them up from the most specific kind down: the same result as one LPM over every entry.) The
+compiler must therefore resolve deny precedence *inside* one identity sub-space itself: an allow entry
+that is more specific than a deny entry covering it must be turned into a deny (Cilium's map-state does
+the same), otherwise the longest-prefix lookup would pick the allow.
 """
 
 from __future__ import annotations

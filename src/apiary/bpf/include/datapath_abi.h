@@ -10,6 +10,16 @@
 #define EP_ENFORCE_INGRESS (1 << 0)
 #define EP_ENFORCE_EGRESS (1 << 1)
 #define EP_AUDIT (1 << 2)
+#define EP_ANY_DENY_INGRESS (1 << 3) /* the ingress policy has deny entries for any identity (0) */
+#define EP_ANY_DENY_EGRESS (1 << 4)
+
+/* kinds of policy entries (ep_info.policy_kinds): the datapath looks up only the kinds a policy has.
+ * Low nibble: entries of a remote identity; high nibble (<< 4): entries of any identity (0). */
+#define PK_PORT (1 << 0)  /* one port (or ICMP type) of one protocol: hash map */
+#define PK_RANGE (1 << 1) /* a block of a port range: LPM trie */
+#define PK_PROTO (1 << 2) /* one protocol, any port: hash map */
+#define PK_ANY (1 << 3)   /* any protocol: hash map */
+#define PK_ANY_IDENTITY_SHIFT 4
 
 /* Cilium monitor message types */
 #define FLOW_DROP 1
@@ -57,12 +67,19 @@ struct ep_info {
 	__u16 flags;
 	__u32 identity;
 	__u32 ipv4;        /* network order */
-	__u16 policy_slot; /* ep_id << 1 | generation: the policy map entries in force */
-	__u16 _pad;
+	__u16 policy_slot;    /* ep_id << 1 | generation: the policy map entries in force */
+	__u8 policy_kinds[2]; /* by direction: PK_* of the entries in force */
 };
 
-/* LPM key: prefixlen counts bits of everything after it.
- * fixed part ep_id+direction+pad+identity = 64 bits; +8 protocol; +16 port (big-endian) */
+/* The policy entries of one (policy slot, direction, identity): prefixlen counts the significant bits
+ * after it: the fixed part ep_id+direction+pad+identity (64 bits), +8 protocol, +16 port (big-endian).
+ * Entries of full-length ports live in the hash map `policy`, where prefixlen is part of the exact key:
+ * POLICY_PREFIX_ANY (any protocol), POLICY_PREFIX_PROTO (a protocol, any port), POLICY_PREFIX_PORT
+ * (one port / ICMP type). Port ranges (the aligned blocks of an endPort range) live in the LPM trie
+ * `policy_ranges`, prefixlen between the last two. */
+#define POLICY_PREFIX_ANY 64
+#define POLICY_PREFIX_PROTO 72
+#define POLICY_PREFIX_PORT 88
 struct policy_key {
 	__u32 prefixlen;
 	__u16 ep_id;
@@ -105,8 +122,8 @@ struct ct_key {
 };
 
 struct ct_value {
-	__u64 expires;     /* ktime ns */
-	__u64 last_report; /* ktime ns of the last trace event */
+	__u64 expires;     /* jiffies (bpf_jiffies64) */
+	__u64 last_report; /* jiffies of the last trace event */
 	__u32 rule_id;
 	__u8 flags_orig;   /* TCP flags seen in the original direction */
 	__u8 flags_reply;

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import ipaddress
 import socket
+from collections.abc import Mapping
 from ctypes import c_uint8, c_uint16, c_uint32, c_uint64
 
 from apiary.observe.hubble import raw
@@ -20,8 +21,15 @@ from apiary.sensors.abi import packed
 OBJECT, HEADER = "lxc", "datapath_abi.h"
 
 EP_ENFORCE_INGRESS, EP_ENFORCE_EGRESS, EP_AUDIT = 1, 2, 4
+EP_ANY_DENY_INGRESS, EP_ANY_DENY_EGRESS = 8, 16  # the direction's policy has denies for any identity (0)
+# kinds of policy entries (ep_info.policy_kinds, by direction): the datapath looks up only the kinds there are.
+# Low nibble: entries of remote identities; high nibble (<< PK_ANY_IDENTITY_SHIFT): entries of identity 0.
+PK_PORT, PK_RANGE, PK_PROTO, PK_ANY, PK_ANY_IDENTITY_SHIFT = 1, 2, 4, 8, 4
 DP_COUNTERS, DP_LOST_SLOTS = 512, 8
 POLICY_FIXED_BITS = 64  # ep_id + direction + pad + identity
+# policy_key.prefixlen of the entries in the hash map `policy` (part of its exact key); port ranges are
+# in the LPM trie `policy_ranges` with prefix lengths in between
+POLICY_PREFIX_ANY, POLICY_PREFIX_PROTO, POLICY_PREFIX_PORT = POLICY_FIXED_BITS, POLICY_FIXED_BITS + 8, 88
 # Cilium's policy_match_type of an entry (policy_value.match_type, reported by policy-verdict flows)
 MATCH_NONE, MATCH_L3_ONLY, MATCH_L3_L4, MATCH_L4_ONLY, MATCH_ALL = 0, 1, 2, 3, 4
 _IPV4 = c_uint8 * 4  # an IPv4 address in network order (a __u32 on the C side)
@@ -34,12 +42,13 @@ class EpInfo(ctypes.Structure):
         ("identity", c_uint32),
         ("ipv4", _IPV4),
         ("policy_slot", c_uint16),  # ep_id << 1 | generation: the policy map entries in force
-        ("_pad", c_uint16),
+        ("policy_kinds", c_uint8 * 2),  # by direction: PK_* of the entries in force
     ]
 
 
 class PolicyKeyC(ctypes.Structure):
-    """LPM key: prefixlen counts the bits after it (POLICY_FIXED_BITS, +8 protocol, +16 port)."""
+    """Key of both policy maps: prefixlen counts the significant bits after it (POLICY_FIXED_BITS, +8
+    protocol, +16 port). An exact key of the hash map `policy`, an LPM key of `policy_ranges`."""
 
     _fields_ = [
         ("prefixlen", c_uint32),
@@ -86,8 +95,8 @@ class CtKey(ctypes.Structure):
 
 class CtValue(ctypes.Structure):
     _fields_ = [
-        ("expires", c_uint64),  # ktime ns
-        ("last_report", c_uint64),  # ktime ns of the last trace event
+        ("expires", c_uint64),  # jiffies (bpf_jiffies64): Datapath.ct_clock() is now
+        ("last_report", c_uint64),  # jiffies of the last trace event
         ("rule_id", c_uint32),
         ("flags_orig", c_uint8),  # TCP flags seen in the original direction
         ("flags_reply", c_uint8),
@@ -144,6 +153,16 @@ DEFINES: dict[str, int] = {
     "EP_ENFORCE_INGRESS": EP_ENFORCE_INGRESS,
     "EP_ENFORCE_EGRESS": EP_ENFORCE_EGRESS,
     "EP_AUDIT": EP_AUDIT,
+    "EP_ANY_DENY_INGRESS": EP_ANY_DENY_INGRESS,
+    "EP_ANY_DENY_EGRESS": EP_ANY_DENY_EGRESS,
+    "PK_PORT": PK_PORT,
+    "PK_RANGE": PK_RANGE,
+    "PK_PROTO": PK_PROTO,
+    "PK_ANY": PK_ANY,
+    "PK_ANY_IDENTITY_SHIFT": PK_ANY_IDENTITY_SHIFT,
+    "POLICY_PREFIX_ANY": POLICY_PREFIX_ANY,
+    "POLICY_PREFIX_PROTO": POLICY_PREFIX_PROTO,
+    "POLICY_PREFIX_PORT": POLICY_PREFIX_PORT,
     "DP_COUNTERS": DP_COUNTERS,
     "DP_LOST_SLOTS": DP_LOST_SLOTS,
     "DIR_INGRESS": ptypes.INGRESS,
@@ -174,17 +193,46 @@ IPCACHE_KEY, IPCACHE_VALUE = packed(IpcacheKey), packed(IpcacheValue)
 CT_KEY, CT_VALUE, FLOW_MSG, DP_COUNTER = packed(CtKey), packed(CtValue), packed(FlowMsgC), packed(DpCounter)
 
 
-def ep_info(ep_id: int, flags: int, identity: int, ipv4: str, policy_slot: int) -> bytes:
-    return EP_INFO.pack(ep_id, flags, identity, socket.inet_aton(ipv4), policy_slot)
+def ep_info(ep_id: int, flags: int, identity: int, ipv4: str, policy_slot: int,
+            policy_kinds: tuple[int, int] = (0, 0)) -> bytes:
+    """``policy_kinds``: PK_* of the entries in force, by direction (INGRESS, EGRESS)."""
+    return EP_INFO.pack(ep_id, flags, identity, socket.inet_aton(ipv4), policy_slot, bytes(policy_kinds))
+
+
+def policy_kind(k: PolicyKey) -> int:
+    """PK_* of a compiled entry; PK_RANGE entries (blocks of port ranges) go to the LPM trie `policy_ranges`,
+    the others to the hash map `policy`."""
+    if k.proto == 0:
+        return PK_ANY
+    if k.port_prefix == 0:
+        return PK_PROTO
+    return PK_PORT if k.port_prefix == 16 else PK_RANGE
+
+
+def is_port_range(k: PolicyKey) -> bool:
+    return policy_kind(k) == PK_RANGE
+
+
+def policy_summary(entries: Mapping[PolicyKey, PolicyEntry]) -> tuple[int, tuple[int, int]]:
+    """What ep_info says of an endpoint's entries: (EP_ANY_DENY_* flags, policy_kinds by direction)."""
+    flags, kinds = 0, [0, 0]
+    for k, e in entries.items():
+        any_identity = k.identity == 0
+        kinds[k.direction] |= policy_kind(k) << (PK_ANY_IDENTITY_SHIFT if any_identity else 0)
+        if any_identity and e.deny:
+            flags |= EP_ANY_DENY_EGRESS if k.direction == ptypes.EGRESS else EP_ANY_DENY_INGRESS
+    return flags, (kinds[0], kinds[1])
 
 
 def policy_key(k: PolicyKey, slot: int) -> bytes:
-    """The LPM key of a compiled entry, stored under the endpoint's policy slot (not its id)."""
+    """The key of a compiled entry (either map), stored under the endpoint's policy slot (not its id)."""
     if k.proto == 0:
         prefixlen = POLICY_FIXED_BITS
     else:
         prefixlen = POLICY_FIXED_BITS + 8 + k.port_prefix
     port = k.port if k.proto else 0
+    if 0 <= k.port_prefix <= 16:  # the hash map compares every bit: no stray bits below the prefix
+        port &= (0xFFFF << (16 - k.port_prefix)) & 0xFFFF
     return POLICY_KEY.pack(prefixlen, slot, k.direction, k.identity, k.proto, port.to_bytes(2, "big"))
 
 
@@ -193,6 +241,11 @@ def policy_key_decode(raw: bytes) -> tuple[int, int, int, int, int, int]:
     prefixlen, ep_id, direction, identity, proto, port = POLICY_KEY.unpack(raw)
     port_prefix = max(0, prefixlen - POLICY_FIXED_BITS - 8)
     return ep_id, direction, identity, proto, int.from_bytes(port, "big"), port_prefix
+
+
+def policy_key_is_range(raw: bytes) -> bool:
+    """An encoded key of `policy_ranges` (see :func:`is_port_range`)."""
+    return int.from_bytes(raw[:4], "little") not in (POLICY_PREFIX_ANY, POLICY_PREFIX_PROTO, POLICY_PREFIX_PORT)
 
 
 def policy_key_rebase(raw: bytes, slot: int) -> bytes:

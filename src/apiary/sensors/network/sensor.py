@@ -1,18 +1,24 @@
 """The endpoint datapath as one unit: the lxc object, its maps, per-endpoint TC attachments, and the
 map writer that makes the kernel hold a CompiledPolicy.
 
+The policy is two maps with the same key: the hash map `policy` (entries of one port, one protocol or any
+protocol) and the LPM trie `policy_ranges` (the blocks of port ranges). The datapath looks up only the kinds
+of entries an endpoint's policy has (`ep_info.policy_kinds`): the LPM only when there are port ranges.
 Policy writes are atomic per endpoint: each endpoint has two policy slots (ep_id << 1 | gen). The new
-entries are written under the idle slot, then one update of the endpoint's `ep_info` switches slot and
-enforcement flags together, then the old slot's entries are deleted. A packet sees either the old
-policy or the new one, never a mix. Capacity is checked before anything is written.
+entries are written under the idle slot (both maps), then one update of the endpoint's `ep_info` switches
+slot, enforcement flags and entry kinds together, then the old slot's entries are deleted. A packet sees
+either the old policy or the new one, never a mix. Capacity is checked before anything is written.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import gzip
+import os
+import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +30,8 @@ from apiary.sensors.base import LinkRow, OwnedMap, ProgramRow, RecordHandler, Ri
 from apiary.sensors.network import abi
 from apiary.sensors.network.endpoints import Endpoint
 
-PINNED = ("endpoints", "policy", "ipcache", "ct", "dp_counters", "dp_lost")
+ETH_HLEN = 14  # BPF_PROG_TEST_RUN of a TC program needs at least an Ethernet header
+PINNED = ("endpoints", "policy", "policy_ranges", "ipcache", "ct", "dp_counters", "dp_lost")
 
 
 class CapacityError(BpfError):
@@ -36,7 +43,7 @@ class _EpState:
     gen: int = 0
     flags: int = 0
     identity: int = 0
-    keys: set[bytes] = field(default_factory=set)  # policy keys written under the current slot
+    keys: set[bytes] = field(default_factory=set)  # policy keys (both maps) written under the current slot
     policy: dict[PolicyKey, PolicyEntry] | None = None  # the entries now in force
     attached: list[TcFilter] = field(default_factory=list)
 
@@ -52,9 +59,48 @@ class _Staged:
     slot: int
     policy: dict[PolicyKey, PolicyEntry]
     keys: set[bytes]
+    kinds: tuple[int, int]  # PK_* of the entries by direction (ep_info.policy_kinds)
 
 
 _ipcache_key = functools.lru_cache(maxsize=1 << 16)(abi.ipcache_key)  # prefix text -> key bytes
+
+# conntrack lifetimes, seconds: a connection in its handshake, established, closing, not TCP
+CT_TIMEOUTS_S = {"ct_timeout_syn": 60, "ct_timeout_tcp": 21600, "ct_timeout_close": 10, "ct_timeout_other": 60}
+_HZ_CHOICES = (100, 250, 300, 1000)  # what CONFIG_HZ can be
+
+
+@functools.cache
+def kernel_hz() -> int:
+    """CONFIG_HZ of the running kernel: the unit of bpf_jiffies64(), the conntrack clock. From the kernel's
+    config where libbpf reads it (/boot/config-<release>, /proc/config.gz), else measured from the jiffies
+    counter of /proc/timer_list over 0.2 s."""
+    for path in (f"/boot/config-{os.uname().release}", "/proc/config.gz"):
+        with contextlib.suppress(OSError, ValueError, EOFError):
+            with (gzip.open(path, "rt") if path.endswith(".gz") else open(path)) as f:
+                for line in f:
+                    if line.startswith("CONFIG_HZ="):
+                        return int(line.split("=", 1)[1])
+
+    def sample() -> tuple[int, float]:
+        try:
+            found = re.search(r"^jiffies: (\d+)", Path("/proc/timer_list").read_text(), flags=re.M)
+        except OSError:
+            found = None
+        if not found:
+            raise BpfError("kernel HZ", 2, "no CONFIG_HZ in the kernel config and no jiffies in /proc/timer_list")
+        return int(found.group(1)), time.monotonic()
+
+    j0, t0 = sample()
+    time.sleep(0.2)
+    j1, t1 = sample()
+    return min(_HZ_CHOICES, key=lambda hz: abs(hz - (j1 - j0) / (t1 - t0)))
+
+
+def lxc_rodata(trace_interval_s: float = 5.0, wakeup_bytes: int = 0, hz: int | None = None) -> dict[str, int]:
+    """The lxc object's configuration (set before load): conntrack times converted to jiffies."""
+    hz = hz or kernel_hz()
+    out = {name: secs * hz for name, secs in CT_TIMEOUTS_S.items()}
+    return {**out, "trace_interval": max(1, round(trace_interval_s * hz)), "wakeup_bytes": wakeup_bytes}
 
 
 class Datapath:
@@ -90,8 +136,9 @@ class Datapath:
         try:
             obj.set_max_entries("flows", self.ringbuf_bytes)
             obj.set_max_entries("policy", self.policy_max)
+            obj.set_max_entries("policy_ranges", self.policy_max)
             obj.set_max_entries("ct", self.ct_max)
-            obj.set_rodata(wakeup_bytes=self.wakeup_bytes, trace_interval_ns=int(self.trace_interval_s * 1e9))
+            obj.set_rodata(**lxc_rodata(self.trace_interval_s, self.wakeup_bytes))
             obj.program("empty_tc").autoload = False
             obj.load()
             self.obj = obj
@@ -109,8 +156,10 @@ class Datapath:
             raise
         self.endpoints_map = obj.map("endpoints")
         self.policy_map = obj.map("policy")
+        self.ranges_map = obj.map("policy_ranges")
         self.ipcache_map = obj.map("ipcache")
         self.ct_map = obj.map("ct")
+        self.clock_map = obj.map("dp_clock")
         self.counters_map = TypedMap(obj.map("dp_counters"), "<I", "<QQ")
         self.lost_map = TypedMap(obj.map("dp_lost"), "<I", "<Q")
 
@@ -251,16 +300,23 @@ class Datapath:
             | (abi.EP_ENFORCE_EGRESS if pol.egress_enforced else 0)
             | (abi.EP_AUDIT if self.audit else 0)
         )
+        summary_flags, kinds = abi.policy_summary(pol.entries)  # which lookups can find something
+        flags |= summary_flags
         if st.policy is not None and (st.flags, st.identity) == (flags, identity) and st.policy == pol.entries:
             return None
         gen = st.gen ^ 1
         slot = (ep.ep_id << 1) | gen
-        policy_key, policy_value = abi.policy_key, abi.policy_value
-        new = [(policy_key(k, slot), policy_value(v, k)) for k, v in pol.entries.items()]
-        keys = [k for k, _ in new]
-        undo.append(lambda: self.policy_map.delete_batch(keys))
-        self.policy_map.update_batch(new)
-        return _Staged(ep, gen, flags, identity, slot, dict(pol.entries), set(keys))
+        policy_key, policy_value, is_range = abi.policy_key, abi.policy_value, abi.is_port_range
+        exact: list[tuple[bytes, bytes]] = []
+        ranges: list[tuple[bytes, bytes]] = []
+        for k, v in pol.entries.items():
+            (ranges if is_range(k) else exact).append((policy_key(k, slot), policy_value(v, k)))
+        keys = [k for k, _ in exact] + [k for k, _ in ranges]
+        undo.append(lambda: self._delete_keys(keys))
+        self.policy_map.update_batch(exact)
+        if ranges:
+            self.ranges_map.update_batch(ranges)
+        return _Staged(ep, gen, flags, identity, slot, dict(pol.entries), set(keys), kinds)
 
     def _switch(self, st: _Staged, undo: list[Callable[[], object]]) -> None:
         """One map update switches the endpoint's slot, flags and identity together."""
@@ -268,11 +324,17 @@ class Datapath:
         before = self.endpoints_map.lookup(key)
         m = self.endpoints_map
         undo.append(lambda: m.delete(key) if before is None else m.update(key, before))
-        self.endpoints_map.update(key, abi.ep_info(st.ep.ep_id, st.flags, st.identity, st.ep.ipv4, st.slot))
+        self.endpoints_map.update(key, abi.ep_info(st.ep.ep_id, st.flags, st.identity, st.ep.ipv4, st.slot,
+                                                      st.kinds))
 
-    def _delete_keys(self, keys: set[bytes]) -> None:
-        if keys:
-            self.policy_map.delete_batch(list(keys))
+    def _delete_keys(self, keys: Collection[bytes]) -> None:
+        """Delete policy keys from the map each one lives in (missing keys are no error)."""
+        ranges = [k for k in keys if abi.policy_key_is_range(k)]
+        exact = [k for k in keys if not abi.policy_key_is_range(k)]
+        if exact:
+            self.policy_map.delete_batch(exact)
+        if ranges:
+            self.ranges_map.delete_batch(ranges)
 
     # ------------------------------------------------------------------ state
     def counters(self) -> dict[str, dict[str, int]]:
@@ -293,9 +355,17 @@ class Datapath:
     def lost(self) -> int:
         return sum(sum(self.lost_map.get(i)) for i in range(abi.DP_LOST_SLOTS))
 
-    def ct_gc(self, now_ns: int | None = None) -> int:
-        """Delete expired connections. Returns how many."""
-        now = now_ns if now_ns is not None else time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+    def ct_clock(self) -> int:
+        """The conntrack clock now (jiffies, the unit of ct_value.expires and .last_report)."""
+        assert self.obj
+        self.obj.program("ct_clock").test_run(bytes(ETH_HLEN))
+        raw = self.clock_map.lookup(bytes(4))
+        assert raw is not None
+        return int.from_bytes(raw, "little")
+
+    def ct_gc(self, now: int | None = None) -> int:
+        """Delete expired connections (``now``: the conntrack clock, default ct_clock()). Returns how many."""
+        now = now if now is not None else self.ct_clock()
         dead = [k for k, v in self.ct_map.items() if abi.CT_VALUE.unpack(v[: abi.CT_VALUE.size])[0] < now]
         for k in dead:
             self.ct_map.delete(k)

@@ -15,6 +15,7 @@ from .links import (
     TracingLink,
     UprobeLink,
     XdpLink,
+    XdpModeLink,
 )
 from .maps import BPF_ANY, BPF_EXIST, BPF_NOEXIST, Map, TypedMap
 from .object import BpfObject, Program
@@ -45,4 +46,5 @@ __all__ = [
     "UprobeLink",
     "VerifierError",
     "XdpLink",
+    "XdpModeLink",
 ]

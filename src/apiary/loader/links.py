@@ -223,6 +223,33 @@ class TcxLink:
         return f"tcx {self.target}"
 
 
+BPF_XDP = 37
+XDP_FLAGS_SKB_MODE, XDP_FLAGS_DRV_MODE = 1 << 1, 1 << 2
+XDP_MODES = {"native": XDP_FLAGS_DRV_MODE, "generic": XDP_FLAGS_SKB_MODE}
+
+
+class XdpModeLink(TcxLink):
+    """An XDP bpf_link in a chosen mode (bpf_link_create with XDP_FLAGS_*): "native" (the driver runs the
+    program) or "generic" (the stack runs it on the skb, any device); ``mode`` says which one holds."""
+
+    kind = "xdp"
+
+    def __init__(self, prog: Program, fd: int, target: str, mode: str) -> None:
+        super().__init__(prog, fd, target)
+        self.mode = mode
+
+    @classmethod
+    def attach_mode(cls, prog: Program, ifindex: int, mode: str) -> XdpModeLink:
+        opts = L.BpfLinkCreateOpts(sz=ctypes.sizeof(L.BpfLinkCreateOpts), flags=XDP_MODES[mode])
+        fd = L.lib.bpf_link_create(prog.fd, ifindex, BPF_XDP, ctypes.byref(opts))
+        if fd < 0:
+            raise from_errno(f"attach {prog.name} to XDP ({mode}) of ifindex {ifindex}", L.errno(), f"XDP {mode}")
+        return cls(prog, fd, f"ifindex {ifindex}", mode)
+
+    def describe(self) -> str:
+        return f"xdp {self.mode} {self.target}"
+
+
 class RawTracepointCookieLink(TcxLink):
     """A raw tracepoint with an attach cookie: BPF_RAW_TRACEPOINT_OPEN's cookie field (Linux 6.10+); libbpf 1.1
     has no wrapper, so this is the bpf() syscall itself."""

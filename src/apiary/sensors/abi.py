@@ -21,7 +21,12 @@ from types import ModuleType
 from typing import TypeVar
 
 # the sensor ABI modules, in the order their objects load
-MIRRORS = ("apiary.sensors.process.abi", "apiary.sensors.tracing.abi", "apiary.sensors.network.abi")
+MIRRORS = (
+    "apiary.sensors.process.abi",
+    "apiary.sensors.tracing.abi",
+    "apiary.sensors.network.abi",
+    "apiary.sensors.prefilter.abi",
+)
 
 
 class MsgType(IntEnum):

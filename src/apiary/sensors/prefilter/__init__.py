@@ -1,0 +1,1 @@
+"""The XDP prefilter sensor: source-address deny lists dropped at XDP."""

@@ -187,3 +187,55 @@ def test_progrun_verdicts(pf: Prefilter) -> None:
     arp = b"\xff" * 6 + b"\x04" * 6 + b"\x08\x06" + b"\0" * 28
     assert verdict(arp) == XDP_PASS
     assert drops(pf) == {"10.8.0.5/32": 1, "10.9.0.0/16": 1, "2001:db8::/32": 1, "2001:db9::1/128": 1}
+
+
+def test_agent_prefilter_commands_and_restart() -> None:
+    with veth_peer() as net, AgentProcess("--no-network") as agent:
+        def ok(*args: str) -> str:
+            r = agent.cli("prefilter", *args)
+            assert r.returncode == 0, f"{args}: {r.stderr}\n{agent.log()[-3000:]}"
+            return r.stdout
+
+        def listing() -> dict:
+            return json.loads(ok("list", "-o", "json"))
+
+        assert listing()["entries"] == [] and ping(net, net["a"])
+        out = ok("add", "--device", net["dev"], f"{net['a']}/32")
+        assert f"added {net['a']}/32" in out and f"device {net['dev']}: XDP " in out
+        assert not ping(net, net["a"]) and ping(net, net["b"])
+        rev = listing()["revision"]
+
+        # a bad CIDR: refused with its position, nothing changed
+        r = agent.cli("prefilter", "add", f"{net['prefix']}.0/24", "300.1.2.3/32")
+        assert "cidrs[1]" in one_line_error(r) and "300.1.2.3/32" in r.stderr
+        r = agent.cli("prefilter", "add", "--revision", str(rev - 1), f"{net['prefix']}.0/24")
+        assert "revision" in one_line_error(r)
+        r = agent.cli("prefilter", "add", "--device", "nosuchdev0", f"{net['prefix']}.0/24")
+        assert "nosuchdev0" in one_line_error(r)
+        assert [e["cidr"] for e in listing()["entries"]] == [f"{net['a']}/32"] and listing()["revision"] == rev
+        assert ping(net, net["b"])
+
+        ok("add", "--revision", str(rev), f"{net['prefix']}.0/24")
+        assert not ping(net, net["b"])
+        table = ok("list")
+        assert f"Revision: {rev + 1}" in table and f"{net['dev']} (XDP " in table and "cidr_v4_dyn" in table
+        got = {e["cidr"]: e["drops"] for e in listing()["entries"]}
+        assert got[f"{net['a']}/32"] >= 1 and got[f"{net['prefix']}.0/24"] >= 1
+
+        status = json.loads(agent.cli("status", "-o", "json").stdout)
+        assert any(p["name"] == "prefilter" and net["dev"] in p["attach"] for p in status["programs"])
+        assert {"cidr_v4_dyn", "cidr_v4_fix"} <= {m["name"] for m in status["maps"]}
+
+        # a restart restores devices and lists from the state directory (counters start again from 0)
+        agent.stop()
+        assert ping(net, net["b"])  # a stopped agent's XDP link is gone
+        agent.start()
+        after = listing()
+        assert [e["cidr"] for e in after["entries"]] == [f"{net['prefix']}.0/24", f"{net['a']}/32"]
+        assert after["revision"] >= rev + 1 and [d["device"] for d in after["devices"]] == [net["dev"]]
+        assert not ping(net, net["b"])
+
+        ok("delete", f"{net['prefix']}.0/24", f"{net['a']}/32")
+        assert ping(net, net["a"]) and ping(net, net["b"]) and listing()["entries"] == []
+        ok("detach", net["dev"])
+        assert listing()["devices"] == []

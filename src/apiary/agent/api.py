@@ -14,7 +14,7 @@ from apiary import __version__
 from apiary.observe.tetragon.filters import EventFilter, parse_since
 from apiary.textutil import clip
 
-from . import api_network, api_tracing
+from . import api_network, api_prefilter, api_tracing
 from .api_common import error
 from .view import AgentView
 
@@ -178,6 +178,7 @@ def build_app(agent: AgentView) -> web.Application:
     app.router.add_get("/metrics", metrics)
     api_network.add_routes(app, agent)
     api_tracing.add_routes(app, agent)
+    api_prefilter.add_routes(app, agent)
     return app
 
 

@@ -15,6 +15,7 @@ from apiary.policy.models import PolicyError
 from apiary.sensors.network.endpoints import EndpointError
 from apiary.sensors.network.sensor import CapacityError
 from apiary.sensors.network.validate import ValidationError
+from apiary.sensors.prefilter.cidrs import PrefilterError
 from apiary.textutil import clip, clip_quoted
 
 from .view import AgentView
@@ -111,6 +112,8 @@ async def in_worker(agent: AgentView, fn: Any, *args: Any, what: str = "policy")
         )
     except PolicyError as e:
         return policy_rejected(e, what)
+    except PrefilterError as e:
+        return error(str(e), e.status, field=e.field)
     except ValidationError as e:
         return error(str(e), 400, field=e.field)
     except CapacityError as e:

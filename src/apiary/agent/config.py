@@ -45,3 +45,7 @@ class AgentConfig:
     policy_audit_mode: bool = False
     policy_map_size: int = 65536
     flow_buffer: int = 4095  # flows kept for `apiary observe --last` (Hubble's default ring size)
+    # XDP prefilter (Cilium's --prefilter-device / --prefilter-mode): devices attached at start
+    prefilter_devices: tuple[str, ...] = ()
+    prefilter_mode: str = "auto"  # auto (native where the driver has it, else generic) | native | generic
+    prefilter_map_size: int = 16384  # entries of each of the four deny maps

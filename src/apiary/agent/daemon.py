@@ -28,6 +28,7 @@ from . import accounting, bpfinfo, statedir
 from .bus import EventBus
 from .config import AgentConfig
 from .events import ProcessEvents, Publisher, TracingEvents
+from .prefilter import PrefilterControl
 from .records import ReadCounters, RingReader
 from .statedir import StateDirBusy
 from .view import ConnectionStats
@@ -74,6 +75,7 @@ class Agent:
         self.procfs_seeded = 0
         self.network: Network | None = None
         self.tracing: Tracing | None = None
+        self.prefilter = PrefilterControl(cfg, lambda s: self._add(s, self.prefilter.close))
         # Prometheus metrics (never the global registry): Hubble's flow metrics and Tetragon's event counters
         self.registry = CollectorRegistry()
         self.publisher = Publisher(self.events, self.registry)
@@ -202,6 +204,12 @@ class Agent:
             self._wire()
         else:  # a previous agent's tracing pins would enforce with nobody managing them
             remove_pin_tree(Path(cfg.pin_root) / "tracing")
+        try:
+            loaded, missing = self.prefilter.start()
+        except Exception as e:  # noqa: BLE001 - one line, then stop
+            raise AgentError(f"XDP prefilter: {e}") from e
+        self.loaded += loaded
+        self.missing += missing
 
     def _take_lock(self) -> None:
         sock_dir = Path(self.cfg.socket_path).parent

@@ -12,6 +12,7 @@ from .worker import DaemonWorker
 
 if TYPE_CHECKING:
     from .network import Network
+    from .prefilter import PrefilterControl
     from .tracing import Tracing
 
 
@@ -43,6 +44,9 @@ class AgentView(Protocol):
 
     @property
     def tracing(self) -> Tracing | None: ...
+
+    @property
+    def prefilter(self) -> PrefilterControl: ...
 
     def status(self) -> dict[str, Any]: ...
 

@@ -17,6 +17,7 @@ from apiary.agent import accounting
 from .client import DEFAULT_TIMEOUT, AgentUnreachable, ApiError
 from .network_cmds import _client, _fail, endpoint, identity, observe, policy
 from .output import console
+from .prefilter_cmds import prefilter
 from .preflight_cmd import preflight
 from .tracing_cmds import tracingpolicy
 
@@ -122,6 +123,28 @@ def cli(ctx: click.Context, socket_path: str | None, timeout: float) -> None:
     "`apiary tp enable NAME` (the way back from a policy that kills the CLI). Network policies are restored "
     "as usual: they act on endpoint interfaces only and cannot lock out the CLI.",
 )
+@click.option(
+    "--prefilter-device",
+    "prefilter_devices",
+    multiple=True,
+    help="Attach the XDP prefilter to this device at start (repeatable; `apiary prefilter add --device` "
+    "attaches at run time). Devices and CIDRs are kept in --state-dir and restored at start.",
+)
+@click.option(
+    "--prefilter-mode",
+    type=click.Choice(["auto", "native", "generic"]),
+    default="auto",
+    show_default=True,
+    help="XDP mode of --prefilter-device: native (in the driver), generic (skb, any device), auto (native "
+    "where the driver has it, else generic; `apiary prefilter list` says which).",
+)
+@click.option(
+    "--prefilter-map-size",
+    default=16384,
+    show_default=True,
+    type=click.IntRange(min=1, max=1 << 24),
+    help="Entries in each of the four prefilter deny maps (exact and LPM, IPv4 and IPv6).",
+)
 @click.pass_context
 def agent(
     ctx: click.Context,
@@ -144,6 +167,9 @@ def agent(
     api_request_timeout: float,
     no_agent_exemption: bool,
     no_restore: bool,
+    prefilter_devices: tuple[str, ...],
+    prefilter_mode: str,
+    prefilter_map_size: int,
 ) -> None:
     """Run the agent in the foreground (owns all BPF objects; serves the API)."""
     from apiary.agent.config import AgentConfig, default_socket
@@ -171,6 +197,9 @@ def agent(
         api_request_timeout=api_request_timeout,
         agent_exemption=not no_agent_exemption,
         restore_tracing=not no_restore,
+        prefilter_devices=prefilter_devices,
+        prefilter_mode=prefilter_mode,
+        prefilter_map_size=prefilter_map_size,
     )
     import re
 
@@ -354,7 +383,7 @@ def bpf_list(ctx: click.Context, output: str) -> None:
 
 
 cli.add_command(preflight)
-for _cmd in (endpoint, identity, policy, observe, tracingpolicy):
+for _cmd in (endpoint, identity, policy, observe, tracingpolicy, prefilter):
     cli.add_command(_cmd)
 cli.add_command(tracingpolicy, name="tp")
 

@@ -161,7 +161,7 @@ class Prefilter:
 
     def listing(self) -> dict[str, Any]:
         """Revision, devices, and every entry with its map and drop count (Cilium's `prefilter list`)."""
-        entries = sorted(self.lists.entries.items(), key=lambda kv: (kv[0].version, kv[0]))  # type: ignore[arg-type]
+        entries = sorted(self.lists.entries.items(), key=lambda kv: (kv[0].version, kv[0]))
         return {
             "revision": self.lists.revision,
             "devices": self.devices(),

@@ -1,0 +1,133 @@
+"""The agent's XDP prefilter: the sensor loaded on first use (or at start, for --prefilter-device or a
+stored state), its devices and deny lists kept in the state directory so that a restarted agent attaches
+and fills it again. The drop counters start from zero after a restart (they live in the kernel only), and
+the XDP links are not pinned: a stopped agent's prefilter stops filtering.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from apiary.loader import BpfError
+from apiary.sensors.prefilter.cidrs import PrefilterError, parse_cidrs
+from apiary.sensors.prefilter.sensor import MODES, Prefilter
+
+from .config import AgentConfig
+from .statedir import _read, _write
+
+STATE_FILE = "prefilter.json"
+
+
+class PrefilterControl:
+    def __init__(self, cfg: AgentConfig, on_load: Callable[[Prefilter], None]) -> None:
+        self.cfg = cfg
+        self.path = Path(cfg.state_dir) / STATE_FILE
+        self.on_load = on_load
+        self.sensor: Prefilter | None = None
+
+    def _sensor(self) -> Prefilter:
+        if self.sensor is None:
+            s = Prefilter(capacity=self.cfg.prefilter_map_size)
+            s.load()
+            self.sensor = s
+            self.on_load(s)
+        return self.sensor
+
+    def close(self) -> None:
+        if self.sensor is not None:
+            self.sensor.close()
+            self.sensor = None
+
+    def start(self) -> tuple[list[str], list[str]]:
+        """Restore the stored state, then attach --prefilter-device: lines for the start-up summary (what
+        holds, what does not: a stored device that is gone is reported, not fatal)."""
+        stored = _read(self.path) or {}
+        devices = {**{d: m for d, m in stored.get("devices", {}).items()},
+                   **{d: self.cfg.prefilter_mode for d in self.cfg.prefilter_devices}}
+        cidrs = stored.get("cidrs", [])
+        if not devices and not cidrs:
+            return [], []
+        s = self._sensor()
+        if cidrs:
+            s.add(cidrs)
+        s.lists.revision = max(s.lists.revision, int(stored.get("revision", 1)))
+        out, missing = [], []
+        for name, mode in devices.items():
+            try:
+                d = s.attach(name, mode)
+            except (PrefilterError, BpfError) as e:
+                missing.append(f"prefilter on {name}: not attached: {e}")
+                continue
+            out.append(f"prefilter on {name}: XDP {d.mode}" + (f" ({d.note})" if d.note else ""))
+        if cidrs:
+            out.append(f"prefilter: {len(cidrs)} CIDRs restored from {self.path} (revision {s.lists.revision})")
+        self._save()
+        return out, missing
+
+    def _save(self) -> None:
+        s = self.sensor
+        if s is None:
+            return
+        _write(self.path, {
+            "revision": s.lists.revision,
+            "devices": {d.name: d.mode for d in s.devs.values()},
+            "cidrs": [str(n) for n in s.lists.entries],
+        })
+
+    # ------------------------------------------------------------------ API operations (on the worker)
+    def listing(self) -> dict[str, Any]:
+        if self.sensor is None:
+            return {"revision": 1, "devices": [], "capacity_per_map": self.cfg.prefilter_map_size, "entries": []}
+        return self.sensor.listing()
+
+    def add(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Attach to the devices named (if any) and add the CIDRs, all or nothing."""
+        devices, mode, revision = _devices(body), body.get("mode", "auto"), _revision(body)
+        if mode not in MODES:
+            raise PrefilterError(f"mode: {mode!r} is not one of {', '.join(MODES)}", "mode")
+        s = self._sensor()
+        s.lists.check_revision(revision)
+        parse_cidrs(body.get("cidrs"))  # refused before any device is attached
+        attached = []
+        try:
+            for name in devices:
+                if name not in s.devs:
+                    s.attach(name, mode)
+                    attached.append(name)
+            res = s.add(body.get("cidrs"), revision)
+        except BaseException:
+            for name in attached:
+                s.detach(name)
+            raise
+        self._save()
+        return {**res, "devices": s.devices()}
+
+    def delete(self, body: dict[str, Any]) -> dict[str, Any]:
+        if self.sensor is None:
+            raise PrefilterError("cidrs: the deny lists are empty", "cidrs", 404)
+        res = self.sensor.delete(body.get("cidrs"), _revision(body))
+        self._save()
+        return res
+
+    def detach(self, name: str) -> dict[str, Any]:
+        if self.sensor is None:
+            raise PrefilterError(f"devices: the prefilter is not attached to {name!r}", "devices", 404)
+        self.sensor.detach(name)
+        self._save()
+        return {"devices": self.sensor.devices()}
+
+
+def _devices(body: dict[str, Any]) -> list[str]:
+    devs = body.get("devices", [])
+    if not isinstance(devs, list) or not all(isinstance(d, str) and d for d in devs):
+        raise PrefilterError("devices: expected a list of interface names", "devices")
+    return devs
+
+
+def _revision(body: dict[str, Any]) -> int | None:
+    rev = body.get("revision")
+    if rev is not None and (not isinstance(rev, int) or isinstance(rev, bool) or rev < 1):
+        raise PrefilterError(f"revision: expected a positive integer, not {rev!r}", "revision")
+    return rev

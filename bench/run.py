@@ -5,8 +5,8 @@
   (b) events per second the agent ingests end to end from the kernel ring buffer, with
       produced = delivered + lost checked exactly; and the cost of the full exec/exit pipeline.
 
-Also (bench/tracing.py, bench/datapath.py) the tracing sensor and the TC datapath, and (bench/apply.py) the
-policy apply latency at 10 / 100 / 1,000 / 10,000 rules.
+Also (bench/tracing.py, bench/datapath.py, bench/prefilter.py) the tracing sensor, the TC datapath and the XDP
+prefilter, and (bench/apply.py) the policy apply latency at 10 / 100 / 1,000 / 10,000 rules.
 
 Run: `make bench` (root), or one part: `make bench ARGS="--only apply"`. Options: --rounds N --execs N
 --opens N --events N --apply-rounds N.
@@ -144,7 +144,7 @@ def main() -> None:
     ap.add_argument("--execs", type=int, default=2000)
     ap.add_argument("--opens", type=int, default=200000)
     ap.add_argument("--events", type=int, default=1000000)
-    ap.add_argument("--only", choices=["process", "datapath", "tracing", "apply"], default=None)
+    ap.add_argument("--only", choices=["process", "datapath", "tracing", "apply", "prefilter"], default=None)
     ap.add_argument("--apply-rounds", type=int, default=5, help="rounds per size of the policy apply bench")
     ap.add_argument("--repeat", type=int, default=200000, help="BPF_PROG_TEST_RUN repetitions")
     args = ap.parse_args()
@@ -158,6 +158,13 @@ def main() -> None:
         tracing.main(args.rounds, args.opens // 2, args.execs // 2)
         if args.only == "tracing":
             return
+    if args.only in (None, "prefilter"):
+        from . import prefilter
+
+        prefilter.main(args.repeat)
+        if args.only == "prefilter":
+            return
+        print()
     if args.only in (None, "apply"):
         from . import apply
 

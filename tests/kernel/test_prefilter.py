@@ -239,3 +239,27 @@ def test_agent_prefilter_commands_and_restart() -> None:
         assert ping(net, net["a"]) and ping(net, net["b"]) and listing()["entries"] == []
         ok("detach", net["dev"])
         assert listing()["devices"] == []
+
+
+def test_modes_generic_and_fallback(pf: Prefilter) -> None:
+    """--mode generic holds on any device; auto falls back to generic where the driver has no native XDP
+    (a bridge device), and says so; native alone is refused there."""
+    with veth_peer() as net:
+        assert pf.attach(net["dev"], "generic").mode == "generic"
+        pf.add([f"{net['a']}/32"])
+        assert not ping(net, net["a"]) and ping(net, net["b"])
+    bridge = f"pf{uuid.uuid4().hex[:6]}b"
+    if subprocess.run(["ip", "link", "add", bridge, "type", "bridge"], capture_output=True).returncode != 0:
+        pytest.skip("no bridge devices on this kernel")
+    try:
+        other = Prefilter(capacity=16)
+        other.load()
+        try:
+            with pytest.raises(Exception, match="native"):
+                other.attach(bridge, "native")
+            dev = other.attach(bridge)
+            assert dev.mode == "generic" and "no native XDP" in dev.note
+        finally:
+            other.close()
+    finally:
+        subprocess.run(["ip", "link", "del", bridge], capture_output=True)

@@ -87,9 +87,9 @@ class PrefilterControl:
         devices, mode, revision = _devices(body), body.get("mode", "auto"), _revision(body)
         if mode not in MODES:
             raise PrefilterError(f"mode: {mode!r} is not one of {', '.join(MODES)}", "mode")
+        parse_cidrs(body.get("cidrs"))  # refused before anything is loaded or attached
         s = self._sensor()
         s.lists.check_revision(revision)
-        parse_cidrs(body.get("cidrs"))  # refused before any device is attached
         attached = []
         try:
             for name in devices:

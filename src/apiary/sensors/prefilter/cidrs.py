@@ -42,12 +42,14 @@ def parse_cidr(text: object, where: str) -> Network:
     if not s or "%" in s:
         raise PrefilterError(f"{where}: {text!r} is not a CIDR (like 10.0.0.0/24 or 2001:db8::/64)", where)
     try:
+        return ipaddress.ip_network(s)
+    except ValueError:
+        pass
+    try:
         net = ipaddress.ip_network(s, strict=False)
     except ValueError:
         raise PrefilterError(f"{where}: {text!r} is not a CIDR (like 10.0.0.0/24 or 2001:db8::/64)", where) from None
-    if "/" in s and net.network_address != ipaddress.ip_interface(s).ip:
-        raise PrefilterError(f"{where}: {text!r} has host bits set (the network is {net})", where)
-    return net
+    raise PrefilterError(f"{where}: {text!r} has host bits set (the network is {net})", where)
 
 
 def parse_cidrs(values: object, name: str = "cidrs") -> list[Network]:
@@ -83,6 +85,10 @@ class DenyLists:
 
     def count(self, map_name: str) -> int:
         return sum(1 for n in self.entries if map_of(n) == map_name)
+
+    def used_slots(self) -> int:
+        """Counter slots below this have been used (and may hold counts); the ones above never were."""
+        return self._next
 
     def check_revision(self, expected: int | None) -> None:
         if expected is not None and expected != self.revision:

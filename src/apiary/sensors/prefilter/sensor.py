@@ -138,8 +138,10 @@ class Prefilter:
         added: list[Network] = []
         removed: list[Network] = []
         try:
+            used = self.lists.used_slots()
             for n, slot in plan.add.items():
-                self.drops.update(slot.to_bytes(4, "little"), zero)  # a reused slot starts from 0
+                if slot < used:  # a reused slot starts from 0 (one never used is 0 already)
+                    self.drops.update(slot.to_bytes(4, "little"), zero)
                 self.maps[map_of(n)].update(abi.key(n), abi.value(slot))
                 added.append(n)
             for n in plan.remove:

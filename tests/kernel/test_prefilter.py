@@ -215,7 +215,7 @@ def test_agent_prefilter_commands_and_restart() -> None:
         assert [e["cidr"] for e in listing()["entries"]] == [f"{net['a']}/32"] and listing()["revision"] == rev
         assert ping(net, net["b"])
 
-        ok("add", "--revision", str(rev), f"{net['prefix']}.0/24")
+        ok("update", "--revision", str(rev), "--cidr", f"{net['prefix']}.0/24")  # Cilium's spelling
         assert not ping(net, net["b"])
         table = ok("list")
         assert f"Revision: {rev + 1}" in table and f"{net['dev']} (XDP " in table and "cidr_v4_dyn" in table
@@ -235,7 +235,7 @@ def test_agent_prefilter_commands_and_restart() -> None:
         assert after["revision"] >= rev + 1 and [d["device"] for d in after["devices"]] == [net["dev"]]
         assert not ping(net, net["b"])
 
-        ok("delete", f"{net['prefix']}.0/24", f"{net['a']}/32")
+        ok("delete", f"{net['prefix']}.0/24", "--cidr", f"{net['a']}/32")
         assert ping(net, net["a"]) and ping(net, net["b"]) and listing()["entries"] == []
         ok("detach", net["dev"])
         assert listing()["devices"] == []
@@ -263,3 +263,23 @@ def test_modes_generic_and_fallback(pf: Prefilter) -> None:
             other.close()
     finally:
         subprocess.run(["ip", "link", "del", bridge], capture_output=True)
+
+
+def test_a_failing_write_is_undone() -> None:
+    """The kernel refusing a write half-way (a map smaller than the planner was told) leaves the lists,
+    the maps and the revision as they were."""
+    pf = Prefilter(capacity=2)
+    pf.load()
+    try:
+        pf.add(["10.2.0.0/16"])
+        pf.lists.capacity = 10  # the planner now allows more than the kernel's maps hold
+        rev = pf.listing()["revision"]
+        with pytest.raises(Exception, match="cidr_v4_fix"):
+            pf.add(["10.3.0.0/16", "10.4.0.1", "10.4.0.2", "10.4.0.3"])
+        assert [e["cidr"] for e in pf.listing()["entries"]] == ["10.2.0.0/16"] and pf.listing()["revision"] == rev
+        assert pf.maps["cidr_v4_dyn"].count() == 1 and pf.maps["cidr_v4_fix"].count() == 0
+        pf.lists.capacity = 2
+        pf.add(["10.4.0.1"])  # and the next change works
+        assert pf.maps["cidr_v4_fix"].count() == 1
+    finally:
+        pf.close()

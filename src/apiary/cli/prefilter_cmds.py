@@ -26,34 +26,48 @@ def _print_change(res: dict[str, Any]) -> None:
     click.echo(f"revision {res['revision']}")
 
 
+def _cidrs(args: tuple[str, ...], opts: tuple[str, ...]) -> list[str]:
+    if not args and not opts:
+        raise click.UsageError("give at least one CIDR (as arguments or --cidr)")
+    return [*args, *opts]
+
+
+_CIDR_OPT = click.option("--cidr", "cidr_opts", multiple=True, help="A CIDR, as Cilium spells it (repeatable).")
+
+
 @prefilter.command("add")
-@click.argument("cidrs", nargs=-1, required=True)
+@click.argument("cidrs", nargs=-1)
+@_CIDR_OPT
 @click.option("--device", "-d", "devices", multiple=True, help="Attach to this device first (repeatable).")
 @click.option("--mode", type=click.Choice(["auto", "native", "generic"]), default="auto", show_default=True,
               help="XDP mode of new devices: native (driver), generic (skb), auto (native where the driver has it).")
 @click.option("--revision", type=click.IntRange(min=1), default=None,
               help="Refuse unless the lists are at this revision (from `prefilter list`).")
 @click.pass_context
-def pf_add(ctx: click.Context, cidrs: tuple[str, ...], devices: tuple[str, ...], mode: str,
-           revision: int | None) -> None:
+def pf_add(ctx: click.Context, cidrs: tuple[str, ...], cidr_opts: tuple[str, ...], devices: tuple[str, ...],
+           mode: str, revision: int | None) -> None:
     """Deny these source CIDRs (a /32 or /128 is an exact entry, others LPM), all or none."""
-    body: dict[str, Any] = {"cidrs": list(cidrs), "devices": list(devices), "mode": mode}
+    body: dict[str, Any] = {"cidrs": _cidrs(cidrs, cidr_opts), "devices": list(devices), "mode": mode}
     if revision is not None:
         body["revision"] = revision
     _print_change(_req(ctx, "POST", "/v1/prefilter", json=body))
 
 
 @prefilter.command("delete")
-@click.argument("cidrs", nargs=-1, required=True)
+@click.argument("cidrs", nargs=-1)
+@_CIDR_OPT
 @click.option("--revision", type=click.IntRange(min=1), default=None,
               help="Refuse unless the lists are at this revision.")
 @click.pass_context
-def pf_delete(ctx: click.Context, cidrs: tuple[str, ...], revision: int | None) -> None:
+def pf_delete(ctx: click.Context, cidrs: tuple[str, ...], cidr_opts: tuple[str, ...], revision: int | None) -> None:
     """Remove these CIDRs from the deny lists, all or none."""
-    body: dict[str, Any] = {"cidrs": list(cidrs)}
+    body: dict[str, Any] = {"cidrs": _cidrs(cidrs, cidr_opts)}
     if revision is not None:
         body["revision"] = revision
     _print_change(_req(ctx, "POST", "/v1/prefilter/delete", json=body))
+
+
+prefilter.add_command(pf_add, name="update")  # Cilium's name: `cilium prefilter update --cidr ...`
 
 
 @prefilter.command("list")

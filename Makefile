@@ -11,7 +11,7 @@ ARCH := $(shell uname -m | sed 's/x86_64/x86/;s/aarch64/arm64/')
 BPF_CFLAGS := -O2 -g -target bpf -D__TARGET_ARCH_$(ARCH) -Wall -Werror -Wno-unused-function \
 	-I$(BUILD) -I$(BPF_SRC)/include -I/usr/include/$(shell uname -m)-linux-gnu
 
-.PHONY: run test test-vm setup build lint unit kernel bench demo clean
+.PHONY: run test test-vm setup build examples lint unit kernel bench demo clean
 
 run: setup build
 	$(VENV)/bin/apiary agent $(ARGS)
@@ -26,7 +26,11 @@ test-vm: setup build
 setup:
 	@bash scripts/setup.sh
 
-build: $(BPF_OBJS)
+build: $(BPF_OBJS) examples
+
+# the seed's two teaching examples (examples/seed/: BCC hello_ebpf, libbpf packet_counter), into build/seed/
+examples: $(BUILD)/vmlinux.h
+	@$(MAKE) --no-print-directory -C examples/seed OUT=$(abspath $(BUILD))/seed VMLINUX_DIR=$(abspath $(BUILD))
 
 $(BUILD)/vmlinux.h:
 	@mkdir -p $(BUILD)

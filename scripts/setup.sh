@@ -3,6 +3,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 APT_PKGS=(clang llvm libbpf-dev bpftool iproute2 libelf-dev zlib1g-dev make iputils-ping linux-libc-dev)
+# examples/seed/hello_ebpf.py: BCC for the system Python, and kernel headers for BCC to compile against
+# (the running kernel's when Debian has them, else Debian's newest for this architecture)
+kh=linux-headers-$(uname -r)
+apt-cache show "$kh" >/dev/null 2>&1 || kh=linux-headers-$(dpkg --print-architecture)
+APT_PKGS+=(python3-bpfcc "$kh")
 missing=()
 for p in "${APT_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

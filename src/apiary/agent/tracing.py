@@ -319,7 +319,7 @@ class Tracing:
         """The policy and hook of an event's hook id (live, or deleted or replaced since); None: never known."""
         return self.sensor.hook_of(hid)
 
-    def process_parts(self, ev: abi.Event, p: Process | None, cache: Any, node: str) -> ProcessParts:
+    def process_parts(self, ev: abi.Event | abi.EventRecord, p: Process | None, cache: Any, node: str) -> ProcessParts:
         """The process, parent and ancestors of an event as JSON, taken now (their refcnt is the one at this
         event). An unknown process (None) gets what the record says of it (``unknown_process_json``)."""
         if p is None:
@@ -346,7 +346,9 @@ class Tracing:
         parts = self.process_parts(ev, cache.get_by_key(ev.pid, ev.proc_ktime), cache, node)
         return build_event(ev, entry, parts, node, time), parts.known
 
-    def build(self, ev: abi.Event, entry: HookEntry, parts: ProcessParts, node: str, time: str) -> dict[str, Any]:
+    def build(
+        self, ev: abi.Event | abi.EventRecord, entry: HookEntry, parts: ProcessParts, node: str, time: str
+    ) -> dict[str, Any]:
         return build_event(ev, entry, parts, node, time)
 
 
@@ -360,9 +362,11 @@ class ProcessParts(NamedTuple):
 
 
 def build_event(
-    ev: abi.Event, entry: HookEntry, parts: ProcessParts, node: str, time: str
+    ev: abi.Event | abi.EventRecord, entry: HookEntry, parts: ProcessParts, node: str, time: str
 ) -> dict[str, Any]:
     """The Tetragon event of a kernel record, from its hook and its process side taken when it was read."""
+    if isinstance(ev, abi.EventRecord):
+        ev = ev.decode()
     lp, hook = entry
     action = abi.ACTION_NAMES.get(ev.action, "Post")
     body: dict[str, Any] = {"process": parts.process}
@@ -398,7 +402,9 @@ def build_event(
     return {hook.event: body, "node_name": node, "time": time}
 
 
-def unknown_process_json(ev: abi.Event, node: str, clock: Any, pod: dict[str, Any] | None) -> dict[str, Any]:
+def unknown_process_json(
+    ev: abi.Event | abi.EventRecord, node: str, clock: Any, pod: dict[str, Any] | None
+) -> dict[str, Any]:
     """A Tetragon ``Process`` object for a process the cache does not know, from what the record says.
 
     Its exec_id and start time when the kernel knew its start ktime, pid, tid, pod by cgroup, and the

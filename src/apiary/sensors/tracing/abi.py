@@ -604,7 +604,7 @@ class EventRecord:
 
 
 def decode_record(buf: memoryview | bytes) -> EventRecord:
-    """A record's head now, the rest when needed (``EventRecord.decode``); ValueError when it is too short."""
+    """A record's head now, the rest when needed (``EventRecord.decode``); struct.error when it is too short."""
     return EventRecord(bytes(buf))
 
 

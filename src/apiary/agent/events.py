@@ -177,8 +177,8 @@ class TracingEvents:
             ["policy", "hook", "namespace", "workload", "pod", "binary", "node_name"],
             registry,
         )
-        # (hook id, id(process)) -> (process, hook entry, process parts, its count), valid for _memo_gen
-        self._memo: dict[tuple[int, int], tuple[Process, tuple[Any, Any], Any, Cell]] = {}
+        # (hook id, pid, start ktime) -> (hook entry, process parts, its count), valid for _memo_gen
+        self._memo: dict[tuple[int, int, int], tuple[tuple[Any, Any], Any, Cell, str]] = {}
         self._memo_gen: tuple[int, int, int] = (-1, -1, -1)
 
     def consumers(self) -> dict[str, Consumer]:
@@ -192,39 +192,39 @@ class TracingEvents:
             entry = tracing.hook_entry(ev.hook_id)
             if entry is None:  # a hook id no policy ever had: a corrupt record
                 raise CorruptRecord("unknown hook")
-            p = self.cache.get_by_key(ev.pid, ev.proc_ktime)
-            if p is None:  # emitted all the same, with what the record says of the process
-                parts = tracing.process_parts(ev, None, self.cache, self.node)
-                self.out.counters.missing_process_info += 1
-                self.m_missing_process.inc()
-                self._policy_counter(entry, parts.process).n += 1
-            else:
-                parts = self._known_parts(ev, entry, p, tracing)
+            parts, kind = self._parts(ev, entry, tracing)
         except CorruptRecord:
             raise
         except Exception as e:  # noqa: BLE001 - counted, never fatal
             raise CorruptRecord(str(e)) from e
         wall_ns = ev.ktime + self.clock.offset_ns  # the clock's offset now, as if the event were built now
-        rec = TracingRecord(tracing, ev, entry, parts, self.node, wall_ns, self.out.counters)
-        self.out.publish(entry[1].event.removeprefix("process_"), rec)
+        rec = TracingRecord(self, ev, entry, parts, wall_ns)
+        self.out.publish(kind, rec)
 
-    def _known_parts(self, ev: Any, entry: tuple[Any, Any], p: Process, tracing: TracingEventSource) -> Any:
-        """The process side of an event of a known process, and its count in policy_events_total (memoised)."""
+    def _parts(self, ev: Any, entry: tuple[Any, Any], tracing: TracingEventSource) -> tuple[Any, str]:
+        """The process side of an event and the event's kind, counted in policy_events_total: memoised per
+        (hook, process image) while the process cache does not change (the same image gives the same answer)."""
         cache = self.cache
         gen = (self.out.process_generation, cache.expired, cache.evictions)
         if gen != self._memo_gen or len(self._memo) >= self.MEMO_MAX:
             self._memo.clear()
             self._memo_gen = gen
-        key = (ev.hook_id, id(p))
+        key = (ev.hook_id, ev.pid, ev.proc_ktime)
         hit = self._memo.get(key)
-        if hit is not None and hit[0] is p and hit[1] is entry:
-            hit[3].n += 1
-            return hit[2]
+        if hit is not None and hit[0] is entry:
+            hit[2].n += 1
+            return hit[1], hit[3]
+        p = cache.get_by_key(ev.pid, ev.proc_ktime)
         parts = tracing.process_parts(ev, p, cache, self.node)
         counter = self._policy_counter(entry, parts.process)
-        self._memo[key] = (p, entry, parts, counter)
         counter.n += 1
-        return parts
+        kind = entry[1].event.removeprefix("process_")
+        if p is None:  # emitted all the same, with what the record says of the process (each time: never memoised)
+            self.out.counters.missing_process_info += 1
+            self.m_missing_process.inc()
+        else:
+            self._memo[key] = (entry, parts, counter, kind)
+        return parts, kind
 
     def _policy_counter(self, entry: tuple[Any, Any], proc: dict[str, Any]) -> Cell:
         lp, hook = entry
@@ -243,29 +243,23 @@ class TracingEvents:
 class TracingRecord:
     """A tracing event as read from the ring, built into its Tetragon JSON on first read (``Deferred``)."""
 
-    __slots__ = ("tracing", "ev", "entry", "parts", "node", "wall_ns", "counters", "built")
+    __slots__ = ("source", "ev", "entry", "parts", "wall_ns", "built")
 
-    def __init__(
-        self,
-        tracing: TracingEventSource,
-        ev: Any,
-        entry: tuple[Any, Any],
-        parts: Any,
-        node: str,
-        wall_ns: int,
-        counters: EmitCounters,
-    ) -> None:
-        self.tracing, self.ev, self.entry, self.parts, self.node = tracing, ev, entry, parts, node
-        self.wall_ns, self.counters = wall_ns, counters
+    def __init__(self, source: TracingEvents, ev: Any, entry: tuple[Any, Any], parts: Any, wall_ns: int) -> None:
+        self.source, self.ev, self.entry, self.parts, self.wall_ns = source, ev, entry, parts, wall_ns
         self.built: Event | None = None
 
     def materialize(self) -> Event:
         if self.built is None:
+            src = self.source
             time = format_rfc3339_ns(self.wall_ns)
             try:
-                self.built = self.tracing.build(self.ev, self.entry, self.parts, self.node, time)
+                tracing = src.tracing
+                if tracing is None:  # never: a record is only read with a tracing sensor
+                    raise RuntimeError("no tracing sensor")
+                self.built = tracing.build(self.ev, self.entry, self.parts, src.node, time)
             except Exception as e:  # noqa: BLE001 - the event is still emitted, saying what failed
-                self.counters.build_errors += 1
+                src.out.counters.build_errors += 1
                 lp, hook = self.entry
                 self.built = {
                     "apiary_build_error": {
@@ -274,7 +268,7 @@ class TracingRecord:
                         "hook": hook_label(hook),
                         "process": self.parts.process,
                     },
-                    "node_name": self.node,
+                    "node_name": src.node,
                     "time": time,
                 }
             self.ev = self.parts = None  # built: what it was built from is no longer needed

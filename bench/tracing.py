@@ -15,6 +15,9 @@ import sys
 import tempfile
 import textwrap
 import time
+from collections.abc import Callable
+from functools import partial
+from typing import Any
 
 from apiary.testing.agent import AgentProcess
 
@@ -71,8 +74,9 @@ def have_bpftrace() -> bool:
     return r.returncode == 0 and shutil.which("bpftrace") is not None
 
 
-def timed_under_bpftrace(script: str, cmd: list[str]) -> float:
-    """The workload's time while bpftrace runs the script (its output to a file, as a consumer would)."""
+def timed_under_bpftrace(script: str, cmd: list[str], run: Callable[[list[str]], Any] | None = None) -> Any:
+    """The workload's time while bpftrace runs the script (its output to a file, as a consumer would); or
+    what ``run`` says of the workload."""
     with tempfile.TemporaryFile() as out:
         bt = subprocess.Popen(["bpftrace", "-e", script], stdout=out, stderr=subprocess.DEVNULL)
         try:
@@ -85,7 +89,7 @@ def timed_under_bpftrace(script: str, cmd: list[str]) -> float:
                     raise RuntimeError("bpftrace exited before attaching")
                 time.sleep(0.05)
             time.sleep(0.2)
-            return timed(cmd)
+            return (run or timed)(cmd)
         finally:
             os.kill(bt.pid, signal.SIGINT)
             try:
@@ -93,6 +97,59 @@ def timed_under_bpftrace(script: str, cmd: list[str]) -> float:
             except subprocess.TimeoutExpired:
                 os.kill(bt.pid, signal.SIGKILL)
                 bt.wait()
+
+
+def _cpu_s(pid: int) -> float:
+    """utime + stime of a process, in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _prog_runtime(name: str) -> tuple[int, int]:
+    """run_time_ns and run_cnt summed over the loaded programs called ``name`` (kernel.bpf_stats_enabled on)."""
+    import json
+
+    out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True).stdout
+    progs = [p for p in json.loads(out or "[]") if p.get("name") == name]
+    return sum(p.get("run_time_ns", 0) for p in progs), sum(p.get("run_cnt", 0) for p in progs)
+
+
+def prog_cost(prog: str, cmd: list[str]) -> tuple[float, int, float]:
+    """One run of the workload with kernel.bpf_stats_enabled on (not in the medians: it adds two clock reads
+    per program run): the programs called ``prog`` (every one on the host: other agents' too), their run
+    time per call and calls, and the workload's time."""
+    stats = "/proc/sys/kernel/bpf_stats_enabled"
+    with open(stats) as f:
+        old = f.read().strip()
+    try:
+        with open(stats, "w") as f:
+            f.write("1")
+        ns0, n0 = _prog_runtime(prog)
+        t = timed(cmd)
+        ns1, n1 = _prog_runtime(prog)
+    finally:
+        with open(stats, "w") as f:
+            f.write(old)
+    calls = n1 - n0
+    return (ns1 - ns0) / max(calls, 1), calls, t
+
+
+def cost_split(agent: AgentProcess, cmd: list[str], events: int) -> str:
+    """Where the cost goes, from one extra run of the workload: the tracing program's run time per call, the
+    agent's CPU per event (reading, decoding, publishing), the events the kernel could not post (ring full)."""
+    if not shutil.which("bpftool") or agent.proc is None:
+        return "bpftool missing: no cost split"
+    lost0 = agent.client().get("/v1/status")["events"]["kernel_lost"].get("tracing", 0)
+    c0 = _cpu_s(agent.proc.pid)
+    ns, calls, t = prog_cost("gs_sys_enter", cmd)
+    time.sleep(0.3)  # the agent drains what is left
+    cpu = _cpu_s(agent.proc.pid) - c0
+    lost = agent.client().get("/v1/status")["events"]["kernel_lost"].get("tracing", 0) - lost0
+    return (
+        f"in the kernel {ns:.0f} ns per call ({ns * calls / 1e6:.0f} ms over {calls:,} calls), "
+        f"agent {1e6 * cpu / events:.2f} us CPU per workload open ({cpu:.2f} s), lost {lost:,}, workload {t:.3f} s"
+    )
 
 
 def timed(cmd: list[str]) -> float:
@@ -148,6 +205,7 @@ def main(rounds: int = 5, opens: int = 100000, execs: int = 1000) -> None:
     base: dict[str, list[float]] = {k: [] for k in work}
     sb_base, sb_mon = [], []
     open_name = next(iter(work))
+    splits: dict[str, list[str]] = {"monitoring": [], "enforcing, never matches": []}
     bt_ok = have_bpftrace()
     bt_res: dict[str, list[float]] = {k: [] for k in BPFTRACE}
     for _ in range(rounds):
@@ -166,6 +224,8 @@ def main(rounds: int = 5, opens: int = 100000, execs: int = 1000) -> None:
                 time.sleep(0.3)
                 for name, cmd in work.items():
                     res.setdefault((cfg, name), []).append(timed(cmd))
+                if cfg in splits:
+                    splits[cfg].append(cost_split(agent, work[open_name], opens))
                 if cfg == "monitoring":
                     sb = sysbench()
                     if sb:
@@ -179,10 +239,18 @@ def main(rounds: int = 5, opens: int = 100000, execs: int = 1000) -> None:
         cells = [f"{cfg}: {100 * (statistics.median(res[(cfg, name)]) - b) / b:+6.2f}%" for cfg in configs]
         print(f"  {name:<46} no agent {b:6.3f} s | " + " | ".join(cells))
     print("  targets: < 2% monitoring, < 5% enforcing")
+    for cfg, lines in splits.items():
+        print(f"  {cfg}, open loop, where the cost goes (one extra run per round, kernel.bpf_stats_enabled=1):")
+        for line in lines:
+            print(f"    {line}")
     if bt_ok:
         b = statistics.median(base[open_name])
         cells = [f"{k}: {100 * (statistics.median(v) - b) / b:+6.2f}%" for k, v in bt_res.items()]
         print("  open loop, the same filters in bpftrace on syscalls/sys_enter_openat (same run): " + " | ".join(cells))
+        if shutil.which("bpftool"):
+            for bt_name, script in BPFTRACE.items():  # its program, named after the tracepoint, cut to 15 bytes
+                ns, calls, _ = timed_under_bpftrace(script, work[open_name], partial(prog_cost, "sys_enter_opena"))
+                print(f"    {bt_name}: in the kernel {ns:.0f} ns per call over {calls:,} calls (bpf_stats, one run)")
     else:
         print("  bpftrace not installed and `apt-get install -y bpftrace` failed: no bpftrace comparison")
     floor = tracepoint_floor(work[next(iter(work))], rounds)

@@ -3,6 +3,8 @@
 One class serves process and tracing events (``/v1/events``) and flows (``/v1/flows``). Publishing never
 blocks: a client whose queue is full misses the event, and the miss is counted (for that client, which is
 told how many it lost, and in total). Events are kept as objects; clients encode them when they read.
+A producer may publish a ``Deferred`` event (what it needs to build the event, kept when it was read):
+it is built only when something reads it (a streaming client, or a read of the history), once.
 Used from the event-loop thread only.
 """
 
@@ -12,9 +14,19 @@ import asyncio
 import collections
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 Event = dict[str, Any]
+
+
+class Deferred(Protocol):
+    """An event built on first read (and then kept)."""
+
+    def materialize(self) -> Event: ...
+
+
+def materialize(ev: Event | Deferred) -> Event:
+    return ev if isinstance(ev, dict) else ev.materialize()
 
 
 @dataclass(eq=False)
@@ -27,7 +39,7 @@ class Subscriber:
 
 class EventBus:
     def __init__(self, history: int, queue_size: int) -> None:
-        self.history: collections.deque[Event] = collections.deque(maxlen=history)
+        self.history: collections.deque[Event | Deferred] = collections.deque(maxlen=history)
         self.queue_size = queue_size  # events buffered per client before it counts drops
         self.subscribers: list[Subscriber] = []
         self.published = 0
@@ -41,18 +53,22 @@ class EventBus:
         return len(self.history)
 
     def __iter__(self) -> Iterator[Event]:
-        return iter(self.history)
+        return iter(self.recent())
 
     def recent(self) -> list[Event]:
         """The history, oldest first (a copy: publishing may go on while a client replays it)."""
-        return list(self.history)
+        return [materialize(ev) for ev in self.history]
 
-    def publish(self, ev: Event) -> None:
+    def publish(self, ev: Event | Deferred) -> None:
         self.published += 1
-        self.history.append(ev)
+        if not self.subscribers:
+            self.history.append(ev)
+            return
+        built = materialize(ev)  # streamed now: built now
+        self.history.append(built)
         for sub in self.subscribers:
             try:
-                sub.queue.put_nowait(ev)
+                sub.queue.put_nowait(built)
             except asyncio.QueueFull:
                 sub.dropped += 1
                 self.drops += 1

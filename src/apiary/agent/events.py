@@ -11,27 +11,71 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.core import CounterMetricFamily
 
-from apiary.observe.clock import KtimeClock
-from apiary.observe.process import ProcessCache
+from apiary.observe.clock import KtimeClock, format_rfc3339_ns
+from apiary.observe.process import Process, ProcessCache
 from apiary.observe.raw import ExecMsg, ExitMsg, ForkMsg
 from apiary.observe.tetragon import events as tetragon
 
-from .bus import Event, EventBus
+from .bus import Deferred, Event, EventBus
 from .interfaces import PodDirectory
 from .records import Consumer, CorruptRecord
 
 
 class TracingEventSource(Protocol):
-    """What the tracing events need from the tracing half: the Tetragon event of a kernel record."""
+    """What the tracing events need from the tracing half: a record's hook, its process side, its event."""
 
-    def event(self, ev: Any, cache: Any, node: str, time: str) -> tuple[dict[str, Any], bool] | None: ...
+    def hook_entry(self, hid: int) -> tuple[Any, Any] | None: ...
+
+    def process_parts(self, ev: Any, p: Process | None, cache: Any, node: str) -> Any: ...
+
+    def build(self, ev: Any, entry: tuple[Any, Any], parts: Any, node: str, time: str) -> dict[str, Any]: ...
+
+
+class Cell:
+    """One labelled count of a ``CountFamily``: a plain int, incremented on the hot path."""
+
+    __slots__ = ("n",)
+
+    def __init__(self) -> None:
+        self.n = 0
+
+
+class CountFamily:
+    """A Prometheus counter family whose counts are plain ints (``Cell``), read only when scraped.
+
+    A ``prometheus_client.Counter`` takes a lock and checks its labels on every ``inc``: per event that
+    costs more than the rest of reading a record. Exposed like one (``<name>_total``, same help and
+    labels), without the ``_created`` series.
+    """
+
+    def __init__(self, name: str, doc: str, labels: list[str], registry: CollectorRegistry) -> None:
+        self.name, self.doc, self.labels = name, doc, labels
+        self.cells: dict[tuple[str, ...], Cell] = {}
+        registry.register(self)
+
+    def cell(self, *values: str) -> Cell:
+        c = self.cells.get(values)
+        if c is None:
+            c = self.cells[values] = Cell()
+        return c
+
+    def describe(self) -> list[CounterMetricFamily]:
+        return [CounterMetricFamily(self.name, self.doc, labels=self.labels)]
+
+    def collect(self) -> list[CounterMetricFamily]:
+        fam = CounterMetricFamily(self.name, self.doc, labels=self.labels)
+        for values, c in list(self.cells.items()):
+            fam.add_metric(list(values), c.n)
+        return [fam]
 
 
 @dataclass
 class EmitCounters:
     events: collections.Counter[str] = field(default_factory=collections.Counter)  # events emitted by kind
     missing_process_info: int = 0  # tracing events whose process the cache did not know (still emitted)
+    build_errors: int = 0  # tracing events whose JSON failed to build when read (emitted as apiary_build_error)
 
 
 class Publisher:
@@ -40,11 +84,17 @@ class Publisher:
     def __init__(self, bus: EventBus, registry: CollectorRegistry) -> None:
         self.bus = bus
         self.counters = EmitCounters()
-        self.m_events = Counter("events_total", "Events by type", ["type"], namespace="tetragon", registry=registry)
+        self.m_events = CountFamily("tetragon_events", "Events by type", ["type"], registry)
+        self._by_kind: dict[str, Cell] = {}  # kind -> its count in m_events
+        # bumped on every change of the process cache (exec, fork, exit): process JSON taken before is stale
+        self.process_generation = 0
 
-    def publish(self, kind: str, ev: Event) -> None:
+    def publish(self, kind: str, ev: Event | Deferred) -> None:
         self.counters.events[kind] += 1
-        self.m_events.labels("PROCESS_" + kind.upper()).inc()
+        m = self._by_kind.get(kind)
+        if m is None:
+            m = self._by_kind[kind] = self.m_events.cell("PROCESS_" + kind.upper())
+        m.n += 1
         self.bus.publish(ev)
 
 
@@ -61,6 +111,7 @@ class ProcessEvents:
         return {"exec": self.exec, "fork": self.fork, "exit": self.exit, "bench": _ignore}
 
     def exec(self, msg: ExecMsg) -> None:
+        self.out.process_generation += 1
         p = self.cache.on_exec(msg)
         if self.pods is not None:
             p.pod = self.pods.pod_of_cgroup(msg.cgroup_id)
@@ -70,12 +121,14 @@ class ProcessEvents:
         self.out.publish("exec", ev)
 
     def fork(self, msg: ForkMsg) -> None:
+        self.out.process_generation += 1
         child = self.cache.on_fork(msg)
         parent = self.cache.parent(child)
         if parent is not None:
             child.pod = parent.pod
 
     def exit(self, msg: ExitMsg) -> None:
+        self.out.process_generation += 1
         p = self.cache.on_exit(msg)
         if p is None:
             return
@@ -92,7 +145,15 @@ class ProcessEvents:
 
 
 class TracingEvents:
-    """Generic (TracingPolicy) records: their Tetragon events, counted per policy and hook."""
+    """Generic (TracingPolicy) records: their Tetragon events, counted per policy and hook.
+
+    A record is read at the ring's pace, its event built only when read (``TracingRecord``): what the event
+    says of the process (its refcnt, its ancestors) is taken when the record is read, shared between the
+    records of one process while the process cache does not change; the rest (arguments, time) is built
+    from the record itself.
+    """
+
+    MEMO_MAX = 4096  # (hook, process) entries kept between changes of the process cache
 
     def __init__(
         self,
@@ -110,44 +171,118 @@ class TracingEvents:
             namespace="tetragon",
             registry=registry,
         )
-        self.m_policy_events = Counter(
-            "policy_events_total",
+        self.m_policy_events = CountFamily(
+            "tetragon_policy_events",
             "TracingPolicy events by policy and hook",
             ["policy", "hook", "namespace", "workload", "pod", "binary", "node_name"],
-            namespace="tetragon",
-            registry=registry,
+            registry,
         )
+        # (hook id, pid, start ktime) -> (hook entry, process parts, its count), valid for _memo_gen
+        self._memo: dict[tuple[int, int, int], tuple[tuple[Any, Any], Any, Cell, str]] = {}
+        self._memo_gen: tuple[int, int, int] = (-1, -1, -1)
 
     def consumers(self) -> dict[str, Consumer]:
         return {"generic": self.generic}
 
     def generic(self, ev: Any) -> None:
-        if self.tracing is None:
+        tracing = self.tracing
+        if tracing is None:
             raise CorruptRecord("no tracing sensor")
         try:
-            res = self.tracing.event(ev, self.cache, self.node, self.clock.to_rfc3339(ev.ktime))
+            entry = tracing.hook_entry(ev.hook_id)
+            if entry is None:  # a hook id no policy ever had: a corrupt record
+                raise CorruptRecord("unknown hook")
+            parts, kind = self._parts(ev, entry, tracing)
+        except CorruptRecord:
+            raise
         except Exception as e:  # noqa: BLE001 - counted, never fatal
             raise CorruptRecord(str(e)) from e
-        if res is None:  # a hook id no policy ever had: a corrupt record
-            raise CorruptRecord("unknown hook")
-        out, known = res
-        if not known:  # emitted all the same, with what the record says of the process
+        wall_ns = ev.ktime + self.clock.offset_ns  # the clock's offset now, as if the event were built now
+        rec = TracingRecord(self, ev, entry, parts, wall_ns)
+        self.out.publish(kind, rec)
+
+    def _parts(self, ev: Any, entry: tuple[Any, Any], tracing: TracingEventSource) -> tuple[Any, str]:
+        """The process side of an event and the event's kind, counted in policy_events_total: memoised per
+        (hook, process image) while the process cache does not change (the same image gives the same answer)."""
+        cache = self.cache
+        gen = (self.out.process_generation, cache.expired, cache.evictions)
+        if gen != self._memo_gen or len(self._memo) >= self.MEMO_MAX:
+            self._memo.clear()
+            self._memo_gen = gen
+        key = (ev.hook_id, ev.pid, ev.proc_ktime)
+        hit = self._memo.get(key)
+        if hit is not None and hit[0] is entry:
+            hit[2].n += 1
+            return hit[1], hit[3]
+        p = cache.get_by_key(ev.pid, ev.proc_ktime)
+        parts = tracing.process_parts(ev, p, cache, self.node)
+        counter = self._policy_counter(entry, parts.process)
+        counter.n += 1
+        kind = entry[1].event.removeprefix("process_")
+        if p is None:  # emitted all the same, with what the record says of the process (each time: never memoised)
             self.out.counters.missing_process_info += 1
             self.m_missing_process.inc()
-        kind = next(iter(out))
-        body = out[kind]
-        proc = body.get("process", {})
+        else:
+            self._memo[key] = (entry, parts, counter, kind)
+        return parts, kind
+
+    def _policy_counter(self, entry: tuple[Any, Any], proc: dict[str, Any]) -> Cell:
+        lp, hook = entry
         pod = proc.get("pod") or {}
-        self.m_policy_events.labels(
-            body.get("policy_name", ""),
-            body.get("function_name") or f"{body.get('subsys', '')}/{body.get('event', '')}",
+        return self.m_policy_events.cell(
+            lp.policy.name,
+            hook_label(hook),
             pod.get("namespace", ""),
             pod.get("workload", ""),
             pod.get("name", ""),
             proc.get("binary", ""),
             self.node,
-        ).inc()
-        self.out.publish(kind.removeprefix("process_"), out)
+        )
+
+
+class TracingRecord:
+    """A tracing event as read from the ring, built into its Tetragon JSON on first read (``Deferred``)."""
+
+    __slots__ = ("source", "ev", "entry", "parts", "wall_ns", "built")
+
+    def __init__(self, source: TracingEvents, ev: Any, entry: tuple[Any, Any], parts: Any, wall_ns: int) -> None:
+        self.source, self.ev, self.entry, self.parts, self.wall_ns = source, ev, entry, parts, wall_ns
+        self.built: Event | None = None
+
+    def materialize(self) -> Event:
+        if self.built is None:
+            src = self.source
+            time = format_rfc3339_ns(self.wall_ns)
+            try:
+                tracing = src.tracing
+                if tracing is None:  # never: a record is only read with a tracing sensor
+                    raise RuntimeError("no tracing sensor")
+                self.built = tracing.build(self.ev, self.entry, self.parts, src.node, time)
+            except Exception as e:  # noqa: BLE001 - the event is still emitted, saying what failed
+                src.out.counters.build_errors += 1
+                lp, hook = self.entry
+                self.built = {
+                    "apiary_build_error": {
+                        "error": f"{type(e).__name__}: {e}",
+                        "policy_name": lp.policy.name,
+                        "hook": hook_label(hook),
+                        "process": self.parts.process,
+                    },
+                    "node_name": src.node,
+                    "time": time,
+                }
+            self.ev = self.parts = None  # built: what it was built from is no longer needed
+        return self.built
+
+
+def hook_label(hook: Any) -> str:
+    """The ``hook`` label of tetragon_policy_events_total: the function, or subsys/event of a tracepoint."""
+    if hook.event == "process_tracepoint":
+        subsys, _, event = hook.function_name.partition("/")
+        return f"{subsys}/{event}"
+    if hook.event == "process_uprobe":
+        return "/"  # an uprobe's event names neither a function nor subsys/event
+    return hook.function_name or "/"
 
 
 def _ignore(_: Any) -> None:

@@ -39,8 +39,9 @@ class RingReader:
         log_errors: bool = True,
     ) -> None:
         self.ring = ring
-        self.handlers = dict(handlers)
+        self.handlers = dict(handlers)  # fixed once the reader is made (routes are looked up once per type)
         self.consumers = dict(consumers)
+        self._routes: dict[int, tuple[RecordHandler | None, Consumer | None]] = {}
         self.counters = ReadCounters()
         self.log_errors = log_errors
         self._logged: set[str] = set()
@@ -60,8 +61,12 @@ class RingReader:
     def record(self, buf: memoryview) -> None:
         c = self.counters
         c.received += 1
-        c.received_by_byte[buf[0]] += 1
-        h = self.handlers.get(buf[0])
+        t = buf[0]
+        c.received_by_byte[t] += 1
+        route = self._routes.get(t)
+        if route is None:
+            route = self._routes[t] = self._route(t)
+        h, consume = route
         if h is None:
             c.decode_errors += 1
             return
@@ -71,13 +76,17 @@ class RingReader:
             c.decode_errors += 1
             return
         c.by_type[h.kind] += 1
-        consume = self.consumers.get(h.kind)
         if consume is None:  # records nobody here wants (a sensor this agent does not drive)
             return
         try:
             consume(msg)
         except CorruptRecord:
             c.decode_errors += 1
+
+    def _route(self, t: int) -> tuple[RecordHandler | None, Consumer | None]:
+        """The handler of records of type byte t and the consumer of their kind (looked up once per type)."""
+        h = self.handlers.get(t)
+        return h, self.consumers.get(h.kind) if h is not None else None
 
     def _safe_record(self, buf: memoryview) -> None:
         """A failure on one record is counted and logged (once per kind); the ring keeps draining."""

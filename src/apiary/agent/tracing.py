@@ -14,11 +14,11 @@ import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from apiary.kernel.features import KernelFeatures
 from apiary.loader import BpfError
-from apiary.observe.process import make_exec_id
+from apiary.observe.process import Process, make_exec_id
 from apiary.observe.tetragon import events as tetragon
 from apiary.policy.models import PolicyError, Problem
 from apiary.sensors.process.sensor import ProcessSensor
@@ -62,6 +62,9 @@ ACTION_ENUM = {
     "Override": "KPROBE_ACTION_OVERRIDE",
     "DenyConnect": "KPROBE_ACTION_POST",
 }
+
+
+HookEntry = tuple[Any, Hook]  # (LoadedPolicy, Hook): the sensor's record of a hook id
 
 
 @dataclass
@@ -314,6 +317,24 @@ class Tracing:
         return out
 
     # ------------------------------------------------------------------ events
+    def hook_entry(self, hid: int) -> HookEntry | None:
+        """The policy and hook of an event's hook id (live, or deleted or replaced since); None: never known."""
+        return self.sensor.hook_of(hid)
+
+    def process_parts(self, ev: abi.Event | abi.EventRecord, p: Process | None, cache: Any, node: str) -> ProcessParts:
+        """The process, parent and ancestors of an event as JSON, taken now (their refcnt is the one at this
+        event). An unknown process (None) gets what the record says of it (``unknown_process_json``)."""
+        if p is None:
+            pod = self.network.pod_of_cgroup(ev.cgroup_id) if self.network is not None else None
+            return ProcessParts(unknown_process_json(ev, node, cache.clock, pod), None, [], False)
+        parent = cache.parent(p)
+        return ProcessParts(
+            tetragon.process_json(p),
+            tetragon.process_json(parent) if parent is not None else None,
+            [tetragon.process_json(a) for a in cache.ancestors(p)],
+            True,
+        )
+
     def event(self, ev: abi.Event, cache: Any, node: str, time: str) -> tuple[dict[str, Any], bool] | None:
         """The Tetragon event of a kernel record, and whether its process was known.
 
@@ -321,51 +342,71 @@ class Tracing:
         reused the pid. An unknown process still gives the event, with what the record says of it
         (``unknown_process_json``). None only for a hook that was never known (counted by the caller).
         """
-        entry = self.sensor.hook_of(ev.hook_id)
+        entry = self.hook_entry(ev.hook_id)
         if entry is None:
             return None
-        lp, hook = entry
-        pol = lp.policy
-        p = cache.get_by_key(ev.pid, ev.proc_ktime)
-        parent = cache.parent(p) if p is not None else None
-        action = abi.ACTION_NAMES.get(ev.action, "Post")
-        pod = self.network.pod_of_cgroup(ev.cgroup_id) if self.network is not None and p is None else None
-        proc = tetragon.process_json(p) if p is not None else unknown_process_json(ev, node, cache.clock, pod)
-        body: dict[str, Any] = {"process": proc}
-        if parent is not None:
-            body["parent"] = tetragon.process_json(parent)
-        args = [_arg(hook, i, ev) for i in range(min(ev.nargs, len(hook.args)))]
-        if hook.event == "process_tracepoint":
-            subsys, _, event = hook.function_name.partition("/")
-            body.update({"subsys": subsys, "event": event})
-        elif hook.event == "process_uprobe":
-            body.update({"path": hook.path, "symbol": hook.function_name})
-        else:
-            body["function_name"] = hook.function_name
-        if args:
-            body["args"] = args
-        if hook.ret is not None:
-            body["return"] = _value(hook.ret, ev.ret, "")
-        body["action"] = ACTION_ENUM.get(action, "KPROBE_ACTION_POST")
-        body["policy_name"] = pol.name
-        message = hook.message
-        if ev.flags & abi.EV_EXEMPT:
-            message = f"[agent exempt: would {action}] {message}".strip()
-        elif ev.flags & abi.EV_MONITOR:
-            message = f"[monitor mode: would {action}] {message}".strip()
-        elif action == "DenyConnect" and ev.flags & abi.EV_ENFORCED:
-            message = f"[DenyConnect: connect() failed with EPERM] {message}".strip()
-        if message:
-            body["message"] = message
-        if hook.tags:
-            body["tags"] = list(hook.tags)
-        anc = cache.ancestors(p) if p is not None else []
-        if anc:
-            body["ancestors"] = [tetragon.process_json(a) for a in anc]
-        return {hook.event: body, "node_name": node, "time": time}, p is not None
+        parts = self.process_parts(ev, cache.get_by_key(ev.pid, ev.proc_ktime), cache, node)
+        return build_event(ev, entry, parts, node, time), parts.known
+
+    def build(
+        self, ev: abi.Event | abi.EventRecord, entry: HookEntry, parts: ProcessParts, node: str, time: str
+    ) -> dict[str, Any]:
+        return build_event(ev, entry, parts, node, time)
 
 
-def unknown_process_json(ev: abi.Event, node: str, clock: Any, pod: dict[str, Any] | None) -> dict[str, Any]:
+class ProcessParts(NamedTuple):
+    """The process side of a tracing event, as JSON (shared dicts: never mutated, only serialised)."""
+
+    process: dict[str, Any]
+    parent: dict[str, Any] | None
+    ancestors: list[dict[str, Any]]
+    known: bool  # the cache knew the process (else: what the record says of it)
+
+
+def build_event(
+    ev: abi.Event | abi.EventRecord, entry: HookEntry, parts: ProcessParts, node: str, time: str
+) -> dict[str, Any]:
+    """The Tetragon event of a kernel record, from its hook and its process side taken when it was read."""
+    if isinstance(ev, abi.EventRecord):
+        ev = ev.decode()
+    lp, hook = entry
+    action = abi.ACTION_NAMES.get(ev.action, "Post")
+    body: dict[str, Any] = {"process": parts.process}
+    if parts.parent is not None:
+        body["parent"] = parts.parent
+    args = [_arg(hook, i, ev) for i in range(min(ev.nargs, len(hook.args)))]
+    if hook.event == "process_tracepoint":
+        subsys, _, event = hook.function_name.partition("/")
+        body.update({"subsys": subsys, "event": event})
+    elif hook.event == "process_uprobe":
+        body.update({"path": hook.path, "symbol": hook.function_name})
+    else:
+        body["function_name"] = hook.function_name
+    if args:
+        body["args"] = args
+    if hook.ret is not None:
+        body["return"] = _value(hook.ret, ev.ret, "")
+    body["action"] = ACTION_ENUM.get(action, "KPROBE_ACTION_POST")
+    body["policy_name"] = lp.policy.name
+    message = hook.message
+    if ev.flags & abi.EV_EXEMPT:
+        message = f"[agent exempt: would {action}] {message}".strip()
+    elif ev.flags & abi.EV_MONITOR:
+        message = f"[monitor mode: would {action}] {message}".strip()
+    elif action == "DenyConnect" and ev.flags & abi.EV_ENFORCED:
+        message = f"[DenyConnect: connect() failed with EPERM] {message}".strip()
+    if message:
+        body["message"] = message
+    if hook.tags:
+        body["tags"] = list(hook.tags)
+    if parts.ancestors:
+        body["ancestors"] = parts.ancestors
+    return {hook.event: body, "node_name": node, "time": time}
+
+
+def unknown_process_json(
+    ev: abi.Event | abi.EventRecord, node: str, clock: Any, pod: dict[str, Any] | None
+) -> dict[str, Any]:
     """A Tetragon ``Process`` object for a process the cache does not know, from what the record says.
 
     Its exec_id and start time when the kernel knew its start ktime, pid, tid, pod by cgroup, and the

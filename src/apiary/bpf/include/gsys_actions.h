@@ -79,15 +79,22 @@ static __always_inline void act_and_post(struct gs_event *ev, struct gs_hook *h,
 			return;
 		bpf_map_update_elem(&gs_rate, &rk, &ev->ktime, BPF_ANY);
 	}
-	/* send up to the last string slot in use: an event without strings is ~130 bytes, not 1.4 KB */
-	__u32 size = offsetof(struct gs_event, str);
-	__u32 nstr = 0;
+	/* send up to the last byte of the last string slot in use: an event without strings is ~130 bytes,
+	 * one with a short path ~150, not 1.4 KB (the agent reads each slot by its length; the rest is zero) */
+	__u64 size = offsetof(struct gs_event, str);
+	__u32 nstr = 0, tail = 0;
 	for (__u32 a = 0; a < GS_ARGS; a++)
-		if (a < ev->nargs && ev->slen[a])
+		if (a < ev->nargs && ev->slen[a]) {
 			nstr = a + 1;
-	size += nstr * GS_ARGSTR;
-	if (size > sizeof(*ev))
-		size = sizeof(*ev);
+			tail = ev->slen[a];
+		}
+	if (nstr)
+		size += (nstr - 1) * GS_ARGSTR + tail;
+	/* at most the event (in assembly: the compiler would clamp a copy of the register, not the one passed) */
+	asm volatile("if %[s] <= %[max] goto +1\n\t"
+		     "%[s] = %[max]"
+		     : [s] "+r"(size)
+		     : [max] "i"(sizeof(*ev)));
 	ev->size = size;
 	if (ring_put(ev, size))
 		gs_count(hid, GS_CNT_LOST);

@@ -268,10 +268,11 @@ __noinline int gs_match_selector(__u32 hid, __u32 si)
 	struct gs_hook *h = bpf_map_lookup_elem(&gs_hooks, &hid);
 	if (!h || si >= h->nsel)
 		return 0;
-	if (!gs_match_process(hid, si))
-		return 0;
 	struct gs_selector *sel = sel_at(h, si);
 	if (!sel)
+		return 0;
+	/* the process filters only when the selector has some (most have only argument filters) */
+	if ((sel->npids || sel->nbins || sel->nns || sel->cap_type) && !gs_match_process(hid, si))
 		return 0;
 	__u32 nf = sel->nfilters;
 	for (__u32 fi = 0; fi < GS_FILTERS; fi++) {

@@ -12,6 +12,7 @@ import ipaddress
 import os
 import re
 import socket
+import struct
 from collections.abc import Callable
 from ctypes import c_uint32, c_uint64
 from functools import lru_cache
@@ -581,6 +582,33 @@ def encode_guard(h: HookCfg, g: Guard) -> None:
 def decode_event(buf: memoryview | bytes) -> Event:
     """An event as sent: the kernel sends only up to the last string slot in use (the rest is zero)."""
     return from_bytes(Event, buf)
+
+
+# the head of struct gs_event the agent reads at once: type, size, ktime, pid, tid, proc_ktime, cgroup_id, hook_id
+_HEAD = struct.Struct("<B3xIQIIQQH")
+if [Event.ktime.offset, Event.pid.offset, Event.proc_ktime.offset, Event.cgroup_id.offset, Event.hook_id.offset] != [
+    8, 16, 24, 32, 40
+]:
+    raise ImportError("struct gs_event's head moved: update _HEAD with it")
+
+
+class EventRecord:
+    """A tracing record as read from the ring: its bytes, and the head fields the agent needs at once (which
+    process and hook); the whole event (``decode``) only when its JSON is built."""
+
+    __slots__ = ("raw", "ktime", "pid", "tid", "proc_ktime", "cgroup_id", "hook_id")
+
+    def __init__(self, raw: bytes) -> None:
+        _, _, self.ktime, self.pid, self.tid, self.proc_ktime, self.cgroup_id, self.hook_id = _HEAD.unpack_from(raw)
+        self.raw = raw
+
+    def decode(self) -> Event:
+        return decode_event(self.raw)
+
+
+def decode_record(buf: memoryview | bytes) -> EventRecord:
+    """A record's head now, the rest when needed (``EventRecord.decode``); struct.error when it is too short."""
+    return EventRecord(bytes(buf))
 
 
 def skbinfo(raw: bytes) -> SkbInfo:

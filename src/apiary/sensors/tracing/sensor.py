@@ -219,7 +219,7 @@ class TracingSensor(PolicyWrites):
         return self.process.ring  # the process sensor's ring, shared
 
     def handlers(self) -> Mapping[int, RecordHandler]:
-        return {abi.MSG_GENERIC: RecordHandler("generic", abi.decode_event)}
+        return {abi.MSG_GENERIC: RecordHandler("generic", abi.decode_record)}
 
     def ring_counts(self) -> RingCounts:
         if not self.obj:

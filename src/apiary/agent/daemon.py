@@ -294,6 +294,7 @@ class Agent:
                 "kernel_written": {t: row["written"] for t, row in acc["by_type"].items()},
                 "kernel_lost": {t: row["lost"] for t, row in acc["by_type"].items()},
                 "events_missing_process_info": emitted.missing_process_info,
+                "event_build_errors": emitted.build_errors,
                 "decoded": dict(c.by_type),
                 "decode_errors": c.decode_errors,
                 "handler_errors": c.handler_errors,

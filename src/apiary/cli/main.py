@@ -342,6 +342,7 @@ def status(ctx: click.Context, output: str) -> None:
         + (", ".join(f"{k} {v}" for k, v in ev["emitted"].items()) or "none")
         + f"; dropped for slow clients {ev['client_drops']}; decode errors {ev['decode_errors']}"
         + f"; events_missing_process_info {ev['events_missing_process_info']}"
+        + f"; event build errors {ev.get('event_build_errors', 0)}"
     )
 
 

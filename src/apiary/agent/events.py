@@ -8,29 +8,21 @@ from __future__ import annotations
 
 import collections
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import CounterMetricFamily
 
 from apiary.observe.clock import KtimeClock, format_rfc3339_ns
-from apiary.observe.process import Process, ProcessCache
+from apiary.observe.process import ProcessCache
 from apiary.observe.raw import ExecMsg, ExitMsg, ForkMsg
 from apiary.observe.tetragon import events as tetragon
+from apiary.sensors.tracing import abi as tracing_abi
+from apiary.tracing.types import Hook
 
 from .bus import Deferred, Event, EventBus
-from .interfaces import PodDirectory
+from .interfaces import HookEntry, PodDirectory, ProcessParts, TracingEventSource
 from .records import Consumer, CorruptRecord
-
-
-class TracingEventSource(Protocol):
-    """What the tracing events need from the tracing half: a record's hook, its process side, its event."""
-
-    def hook_entry(self, hid: int) -> tuple[Any, Any] | None: ...
-
-    def process_parts(self, ev: Any, p: Process | None, cache: Any, node: str) -> Any: ...
-
-    def build(self, ev: Any, entry: tuple[Any, Any], parts: Any, node: str, time: str) -> dict[str, Any]: ...
 
 
 class Cell:
@@ -178,13 +170,13 @@ class TracingEvents:
             registry,
         )
         # (hook id, pid, start ktime) -> (hook entry, process parts, its count), valid for _memo_gen
-        self._memo: dict[tuple[int, int, int], tuple[tuple[Any, Any], Any, Cell, str]] = {}
+        self._memo: dict[tuple[int, int, int], tuple[HookEntry, ProcessParts, Cell, str]] = {}
         self._memo_gen: tuple[int, int, int] = (-1, -1, -1)
 
     def consumers(self) -> dict[str, Consumer]:
         return {"generic": self.generic}
 
-    def generic(self, ev: Any) -> None:
+    def generic(self, ev: tracing_abi.EventRecord) -> None:
         tracing = self.tracing
         if tracing is None:
             raise CorruptRecord("no tracing sensor")
@@ -201,7 +193,9 @@ class TracingEvents:
         rec = TracingRecord(self, ev, entry, parts, wall_ns)
         self.out.publish(kind, rec)
 
-    def _parts(self, ev: Any, entry: tuple[Any, Any], tracing: TracingEventSource) -> tuple[Any, str]:
+    def _parts(
+        self, ev: tracing_abi.EventRecord, entry: HookEntry, tracing: TracingEventSource
+    ) -> tuple[ProcessParts, str]:
         """The process side of an event and the event's kind, counted in policy_events_total: memoised per
         (hook, process image) while the process cache does not change (the same image gives the same answer)."""
         cache = self.cache
@@ -226,7 +220,7 @@ class TracingEvents:
             self._memo[key] = (entry, parts, counter, kind)
         return parts, kind
 
-    def _policy_counter(self, entry: tuple[Any, Any], proc: dict[str, Any]) -> Cell:
+    def _policy_counter(self, entry: HookEntry, proc: dict[str, Any]) -> Cell:
         lp, hook = entry
         pod = proc.get("pod") or {}
         return self.m_policy_events.cell(
@@ -245,19 +239,24 @@ class TracingRecord:
 
     __slots__ = ("source", "ev", "entry", "parts", "wall_ns", "built")
 
-    def __init__(self, source: TracingEvents, ev: Any, entry: tuple[Any, Any], parts: Any, wall_ns: int) -> None:
-        self.source, self.ev, self.entry, self.parts, self.wall_ns = source, ev, entry, parts, wall_ns
+    def __init__(
+        self, source: TracingEvents, ev: tracing_abi.EventRecord, entry: HookEntry, parts: ProcessParts, wall_ns: int
+    ) -> None:
+        self.source, self.entry, self.wall_ns = source, entry, wall_ns
+        self.ev: tracing_abi.EventRecord | None = ev  # what the event is built from, dropped once built
+        self.parts: ProcessParts | None = parts
         self.built: Event | None = None
 
     def materialize(self) -> Event:
         if self.built is None:
-            src = self.source
+            src, ev, parts = self.source, self.ev, self.parts
+            assert ev is not None and parts is not None  # both are kept until the event is built
             time = format_rfc3339_ns(self.wall_ns)
             try:
                 tracing = src.tracing
                 if tracing is None:  # never: a record is only read with a tracing sensor
                     raise RuntimeError("no tracing sensor")
-                self.built = tracing.build(self.ev, self.entry, self.parts, src.node, time)
+                self.built = tracing.build(ev, self.entry, parts, src.node, time)
             except Exception as e:  # noqa: BLE001 - the event is still emitted, saying what failed
                 src.out.counters.build_errors += 1
                 lp, hook = self.entry
@@ -266,7 +265,7 @@ class TracingRecord:
                         "error": f"{type(e).__name__}: {e}",
                         "policy_name": lp.policy.name,
                         "hook": hook_label(hook),
-                        "process": self.parts.process,
+                        "process": parts.process,
                     },
                     "node_name": src.node,
                     "time": time,
@@ -275,7 +274,7 @@ class TracingRecord:
         return self.built
 
 
-def hook_label(hook: Any) -> str:
+def hook_label(hook: Hook) -> str:
     """The ``hook`` label of tetragon_policy_events_total: the function, or subsys/event of a tracepoint."""
     if hook.event == "process_tracepoint":
         subsys, _, event = hook.function_name.partition("/")

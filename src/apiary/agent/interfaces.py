@@ -7,7 +7,14 @@ without importing the network half.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
+
+from apiary.observe.process import Process, ProcessCache
+from apiary.sensors.tracing import abi as tracing_abi
+from apiary.sensors.tracing.state import LoadedPolicy
+from apiary.tracing.types import Hook
+
+HookEntry = tuple[LoadedPolicy, Hook]  # the tracing sensor's record of a hook id
 
 
 @dataclass(frozen=True)
@@ -29,3 +36,26 @@ class EndpointSource(PodDirectory, Protocol):
     """What tracing needs from the network side: the endpoints, their labels and cgroup ids."""
 
     def scoped_endpoints(self) -> list[ScopedEndpoint]: ...
+
+
+class ProcessParts(NamedTuple):
+    """The process side of a tracing event, as JSON (shared dicts: never mutated, only serialised)."""
+
+    process: dict[str, Any]
+    parent: dict[str, Any] | None
+    ancestors: list[dict[str, Any]]
+    known: bool  # the cache knew the process (else: what the record says of it)
+
+
+class TracingEventSource(Protocol):
+    """What the tracing events need from the tracing half: a record's hook, its process side, its event."""
+
+    def hook_entry(self, hid: int) -> HookEntry | None: ...
+
+    def process_parts(
+        self, ev: tracing_abi.EventRecord, p: Process | None, cache: ProcessCache, node: str
+    ) -> ProcessParts: ...
+
+    def build(
+        self, ev: tracing_abi.EventRecord, entry: HookEntry, parts: ProcessParts, node: str, time: str
+    ) -> dict[str, Any]: ...

@@ -14,11 +14,12 @@ import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from apiary.kernel.features import KernelFeatures
 from apiary.loader import BpfError
-from apiary.observe.process import Process, make_exec_id
+from apiary.observe.clock import KtimeClock
+from apiary.observe.process import Process, ProcessCache, make_exec_id
 from apiary.observe.tetragon import events as tetragon
 from apiary.policy.models import PolicyError, Problem
 from apiary.sensors.process.sensor import ProcessSensor
@@ -52,7 +53,7 @@ from apiary.tracing.types import (
 )
 
 from . import statedir
-from .interfaces import EndpointSource
+from .interfaces import EndpointSource, HookEntry, ProcessParts
 
 ACTION_ENUM = {
     "Post": "KPROBE_ACTION_POST",
@@ -64,7 +65,6 @@ ACTION_ENUM = {
 }
 
 
-HookEntry = tuple[Any, Hook]  # (LoadedPolicy, Hook): the sensor's record of a hook id
 
 
 @dataclass
@@ -321,7 +321,9 @@ class Tracing:
         """The policy and hook of an event's hook id (live, or deleted or replaced since); None: never known."""
         return self.sensor.hook_of(hid)
 
-    def process_parts(self, ev: abi.Event | abi.EventRecord, p: Process | None, cache: Any, node: str) -> ProcessParts:
+    def process_parts(
+        self, ev: abi.Event | abi.EventRecord, p: Process | None, cache: ProcessCache, node: str
+    ) -> ProcessParts:
         """The process, parent and ancestors of an event as JSON, taken now (their refcnt is the one at this
         event). An unknown process (None) gets what the record says of it (``unknown_process_json``)."""
         if p is None:
@@ -335,7 +337,7 @@ class Tracing:
             True,
         )
 
-    def event(self, ev: abi.Event, cache: Any, node: str, time: str) -> tuple[dict[str, Any], bool] | None:
+    def event(self, ev: abi.Event, cache: ProcessCache, node: str, time: str) -> tuple[dict[str, Any], bool] | None:
         """The Tetragon event of a kernel record, and whether its process was known.
 
         The process is the image the kernel named by (pid, start ktime): never another process that
@@ -354,13 +356,6 @@ class Tracing:
         return build_event(ev, entry, parts, node, time)
 
 
-class ProcessParts(NamedTuple):
-    """The process side of a tracing event, as JSON (shared dicts: never mutated, only serialised)."""
-
-    process: dict[str, Any]
-    parent: dict[str, Any] | None
-    ancestors: list[dict[str, Any]]
-    known: bool  # the cache knew the process (else: what the record says of it)
 
 
 def build_event(
@@ -405,7 +400,7 @@ def build_event(
 
 
 def unknown_process_json(
-    ev: abi.Event | abi.EventRecord, node: str, clock: Any, pod: dict[str, Any] | None
+    ev: abi.Event | abi.EventRecord, node: str, clock: KtimeClock, pod: dict[str, Any] | None
 ) -> dict[str, Any]:
     """A Tetragon ``Process`` object for a process the cache does not know, from what the record says.
 

@@ -12,6 +12,7 @@ from apiary.services.backends import (
     EndpointInfo,
     frontends,
     lb_table,
+    maglev_lut,
 )
 from apiary.services.format import render, service_rows
 from apiary.services.models import Service, load_services
@@ -190,3 +191,14 @@ def test_service_list_rows() -> None:
     text = render(rows)
     assert text.splitlines()[1].split() == ["1", "10.96.0.20:80/TCP", "ClusterIP", "1", "=>", "10.0.1.2:8080/TCP",
                                             "(active)"]
+
+
+def test_maglev_lut_holds_backend_ids_of_usable_backends() -> None:
+    svc = _service("  selector: {app: web}\n  ports: [{port: 80}]\n")
+    (fe,) = frontends(svc, [_ep("10.0.1.2"), _ep("10.0.1.3"), _ep("10.0.1.4", terminating=True)])
+    lb = lb_table([fe])
+    lut = maglev_lut(fe, lb, 251)
+    usable = {i for i, b in lb.backends.items() if b.state is A}
+    assert len(lut) == 251 and set(lut) == usable and len(usable) == 2
+    (empty,) = frontends(svc, [])
+    assert maglev_lut(empty, lb_table([empty]), 251) == []

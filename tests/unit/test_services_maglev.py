@@ -6,7 +6,15 @@ from collections import Counter
 
 import pytest
 
-from apiary.services.maglev import ALLOWED_TABLE_SIZES, DEFAULT_TABLE_SIZE, MaglevError, offset_skip, table
+from apiary.services.maglev import (
+    ALLOWED_TABLE_SIZES,
+    DEFAULT_TABLE_SIZE,
+    MaglevError,
+    murmur3_128,
+    murmur_seed,
+    offset_skip,
+    table,
+)
 
 
 def _names(n: int) -> list[str]:
@@ -39,9 +47,30 @@ def test_minimal_disruption_when_one_backend_goes(n: int) -> None:
     assert kept >= (DEFAULT_TABLE_SIZE - own) * 0.97
 
 
-def test_deterministic_and_seeded() -> None:
-    assert table(_names(10), 251) == table(_names(10), 251)
-    assert table(_names(10), 251) != table(_names(10), 251, seed="another-seed")
+def test_murmur3_reference_vectors() -> None:
+    # published MurmurHash3 x64-128 values (mmh3's documentation; the 43-byte one covers full blocks)
+    assert murmur3_128(b"") == (0, 0)
+    assert murmur3_128(b"foo") == (16316970633193145697, 9128664383759220103)
+    assert murmur3_128(b"foo", 42) == (-840311307571801102 % 2**64, -6739155424061121879 % 2**64)
+    h1, h2 = murmur3_128(b"The quick brown fox jumps over the lazy dog")
+    assert (h1.to_bytes(8, "little") + h2.to_bytes(8, "little")).hex() == "6c1b07bc7bbc4be347939ac4a93c437a"
+
+
+def test_hash_seed() -> None:
+    assert murmur_seed() == int.from_bytes(bytes([0x24, 0xB7, 0xEF, 0x82]), "big")  # "JLfv" base64-decoded
+    with pytest.raises(MaglevError, match="decodes to 3 bytes, not 12"):
+        murmur_seed("AAAA")
+    with pytest.raises(MaglevError, match="is not base64"):
+        murmur_seed("not base64!")
+
+
+def test_deterministic_order_free_and_seeded() -> None:
+    names = _names(10)
+    lut = table(names, 251)
+    assert lut == table(names, 251)
+    shuffled = names[::-1]
+    assert [names[i] for i in lut] == [shuffled[i] for i in table(shuffled, 251)]
+    assert lut != table(names, 251, seed="AAAAAAAAAAAAAAAA")
     off, skip = offset_skip("a", 251)
     assert 0 <= off < 251 and 1 <= skip < 251
 

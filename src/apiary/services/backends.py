@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
 
+from . import maglev
 from .models import EndpointSlice, Service, ServicePort
 
 
@@ -245,3 +246,13 @@ def lb_table(fronts: Iterable[Frontend], *, default_algorithm: str = "random",
         for be in fe.backends:
             table.backends[bids[be.key]] = be
     return table
+
+
+def maglev_lut(fe: Frontend, lb: LBTable, m: int = maglev.DEFAULT_TABLE_SIZE,
+               seed: str = maglev.DEFAULT_HASH_SEED) -> list[int]:
+    """The Maglev inner-map value of ``fe`` (keyed by its rev-NAT id): ``m`` backend ids, built over the
+    backends new connections go to (:meth:`Frontend.slots`), named ``ip:port``; empty without one."""
+    slots = fe.slots()
+    ids = {b.key: i for i, b in lb.backends.items()}
+    lut = maglev.table([f"{b.address}:{b.port}" for b in slots], m, seed=seed)
+    return [ids[slots[i].key] for i in lut]

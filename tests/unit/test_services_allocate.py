@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from apiary.services.allocate import AllocationError, allocate_cluster_ip, allocate_node_port, service_network
+from apiary.services.allocate import (
+    AllocationError,
+    allocate_cluster_ip,
+    allocate_node_port,
+    allocate_service,
+    service_network,
+)
+from apiary.services.models import Service, load_services
 
 
 def test_cluster_ip_lowest_free_skips_network_address() -> None:
@@ -51,3 +58,27 @@ def test_node_port() -> None:
         allocate_node_port([], requested=8080)
     with pytest.raises(AllocationError, match="the NodePort range 30000-32767 is full"):
         allocate_node_port(range(30000, 32768))
+
+
+def _svc(spec: str) -> Service:
+    (svc,), _ = load_services(f"apiVersion: v1\nkind: Service\nmetadata: {{name: s}}\nspec:\n{spec}")
+    return svc
+
+
+def test_allocate_service() -> None:
+    svc = _svc("  type: NodePort\n  ports: [{name: a, port: 80}, {name: b, port: 81, nodePort: 30000},"
+               " {name: c, port: 82}]\n")
+    done = allocate_service(svc, ["10.96.0.1"], [30001])
+    assert done.spec.cluster_ip == "10.96.0.2" and done.spec.cluster_ips == ["10.96.0.2"]
+    assert [p.node_port for p in done.spec.ports or []] == [30002, 30000, 30003]
+    assert svc.spec.cluster_ip is None and svc.spec.ports is not None and svc.spec.ports[0].node_port is None
+    headless = allocate_service(_svc("  clusterIP: None\n  selector: {a: b}\n"), [], [])
+    assert headless.spec.cluster_ip == "None"
+
+
+def test_allocate_service_refusals_name_the_field() -> None:
+    with pytest.raises(AllocationError, match=r"^spec\.clusterIP: clusterIP 10\.0\.0\.1 is outside the service CIDR"):
+        allocate_service(_svc("  clusterIP: 10.0.0.1\n  ports: [{port: 80}]\n"), [], [])
+    with pytest.raises(AllocationError, match=r"^spec\.ports\[1\]\.nodePort: nodePort 30005 is already allocated"):
+        allocate_service(_svc("  type: NodePort\n  ports: [{name: a, port: 80}, {name: b, port: 81, nodePort: 30005}]"
+                              "\n"), [], [30005])

@@ -12,7 +12,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 
-from .models import NODEPORT_MAX, NODEPORT_MIN
+from .models import NODEPORT_MAX, NODEPORT_MIN, Service
 
 DEFAULT_SERVICE_CIDR = "10.96.0.0/16"
 
@@ -70,3 +70,35 @@ def allocate_node_port(taken: Iterable[int], *, requested: int | None = None,
         if port not in used:
             return port
     raise AllocationError(f"the NodePort range {low}-{high} is full")
+
+
+def allocate_service(svc: Service, taken_ips: Iterable[str], taken_node_ports: Iterable[int], *,
+                     cidr: str = DEFAULT_SERVICE_CIDR) -> Service:
+    """A copy of ``svc`` with its clusterIP (unless headless) and every NodePort port's nodePort set: the
+    requested ones checked first, then the missing ones allocated. Nothing is taken if any fails; the
+    error names the field (``spec.clusterIP: ...``, ``spec.ports[1].nodePort: ...``)."""
+    out = svc.model_copy(deep=True)
+    spec = out.spec
+    if not spec.headless:
+        try:
+            spec.cluster_ip = allocate_cluster_ip(taken_ips, requested=spec.cluster_ip or None, cidr=cidr)
+        except AllocationError as e:
+            raise AllocationError(f"spec.clusterIP: {e}") from None
+        spec.cluster_ips = [spec.cluster_ip]
+    if spec.type == "NodePort":
+        used = set(taken_node_ports)
+        ports = spec.ports or []
+        for i, p in enumerate(ports):  # requested first, so a later request is not taken by an allocation
+            if p.node_port is not None:
+                try:
+                    used.add(allocate_node_port(used, requested=p.node_port))
+                except AllocationError as e:
+                    raise AllocationError(f"spec.ports[{i}].nodePort: {e}") from None
+        for i, p in enumerate(ports):
+            if p.node_port is None:
+                try:
+                    p.node_port = allocate_node_port(used)
+                except AllocationError as e:
+                    raise AllocationError(f"spec.ports[{i}].nodePort: {e}") from None
+                used.add(p.node_port)
+    return out

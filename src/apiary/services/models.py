@@ -11,7 +11,16 @@ import ipaddress
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, alias_generators, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    ValidationError,
+    alias_generators,
+    field_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from apiary.policy.models import Metadata, PolicyError, Problem, invalid
@@ -57,10 +66,17 @@ class _Port(_Strict):
 
 
 class ServicePort(_Port):
-    port: int = Field(ge=1, le=65535)
+    port: StrictInt = Field(ge=1, le=65535)
     target_port: int | str | None = None
-    node_port: int | None = None
+    node_port: StrictInt | None = None
     app_protocol: str | None = None
+
+    @field_validator("target_port", mode="before")
+    @classmethod
+    def _target_type(cls, v: Any) -> Any:
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int | str)):
+            raise invalid(f"{v!r} is neither a port number nor a port name")
+        return v
 
     @field_validator("target_port")
     @classmethod
@@ -85,7 +101,7 @@ class ServicePort(_Port):
 
 
 class ClientIPConfig(_Strict):
-    timeout_seconds: int = Field(DEFAULT_AFFINITY_TIMEOUT, ge=1, le=MAX_AFFINITY_TIMEOUT)
+    timeout_seconds: StrictInt = Field(DEFAULT_AFFINITY_TIMEOUT, ge=1, le=MAX_AFFINITY_TIMEOUT)
 
 
 class SessionAffinityConfig(_Strict):
@@ -199,7 +215,7 @@ class Endpoint(_Strict):
 
 
 class EndpointPort(_Port):
-    port: int | None = Field(None, ge=1, le=65535)
+    port: StrictInt | None = Field(None, ge=1, le=65535)
     app_protocol: str | None = None
 
 

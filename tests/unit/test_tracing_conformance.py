@@ -159,6 +159,9 @@ def test_compact_kprobe_lines() -> None:
         "📬 open    node1 /usr/bin/curl /tmp/tetragon"
     assert kprobe_line(kp("__x64_sys_openat", {"int_arg": -100}, {"string_arg": "/etc/passwd"})) == \
         "📬️ openat  default/xwing /usr/bin/curl /etc/passwd"
+    # a policy that declares only the path (args: [{index: 1, type: string}]): the path is the event's first arg
+    assert kprobe_line(kp("__x64_sys_openat", {"string_arg": "/etc/passwd"})) == \
+        "📬️ openat  default/xwing /usr/bin/curl /etc/passwd"
     assert kprobe_line(kp("__x64_sys_write", {"int_arg": 1})) == "📝 write   default/xwing /usr/bin/curl  "
     f = {"file_arg": {"path": "/etc/shadow"}}
     assert kprobe_line(kp("security_file_permission", f, {"int_arg": 4})) == \

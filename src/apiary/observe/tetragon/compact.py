@@ -149,7 +149,8 @@ def kprobe_line(event: dict[str, Any], color: bool = False) -> str:
         return f"{head('📬', 'open', color)} {info} {cyan(_file(a1)) if a1 and 'file_arg' in a1 else ''}"
     if sc in ("sys_openat", "sys_open"):
         word = "openat" if sc == "sys_openat" else "open"
-        a1 = _arg(args, 1)
+        # Tetragon reads the path from the second arg; a policy that declares only the path has it first
+        a1 = _arg(args, 1) or next((a for a in args if isinstance(a, dict) and "string_arg" in a), None)
         return f"{head('📬️', word, color)} {info} {cyan(_string(a1)) if a1 is not None else ''}"
     if sc == "sys_close":
         a0 = _arg(args, 0)

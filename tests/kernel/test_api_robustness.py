@@ -278,6 +278,15 @@ def test_agent_killed_mid_request_and_mid_stream() -> None:
         cmd = [sys.executable, "-m", "apiary", "--socket", a.socket]
         ev = subprocess.Popen([*cmd, "events"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         obs = subprocess.Popen([*cmd, "observe", "-f"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        # both streams are under way before the agent goes (a CLI still starting would find no agent at all)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            st = a.client().get("/v1/status")
+            if st["subscribers"] >= 1 and st["network"]["flows"]["subscribers"] >= 1:
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError(f"the event and flow streams never subscribed: {ev.poll()=} {obs.poll()=}")
         # a request the agent is in the middle of: an endpoint create held at the agent's test pause
         apply = subprocess.Popen([*cmd, "endpoint", "create", "held"],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

@@ -417,6 +417,7 @@ class Network:
                 "decode_errors": rc.decode_errors + rc.handler_errors if rc else 0,
                 "buffered": len(self.flows),
                 "capacity": self.cfg.flow_buffer,
+                "subscribers": len(self.flows.subscribers),
             },
             "datapath_counters": self.dp.counters() if self.dp.obj else {},
         }

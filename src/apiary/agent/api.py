@@ -14,7 +14,7 @@ from apiary import __version__
 from apiary.observe.tetragon.filters import EventFilter, parse_since
 from apiary.textutil import clip
 
-from . import api_network, api_prefilter, api_tracing
+from . import api_network, api_prefilter, api_services, api_tracing
 from .api_common import error
 from .view import AgentView
 
@@ -179,6 +179,7 @@ def build_app(agent: AgentView) -> web.Application:
     api_network.add_routes(app, agent)
     api_tracing.add_routes(app, agent)
     api_prefilter.add_routes(app, agent)
+    api_services.add_routes(app, agent)
     return app
 
 

@@ -18,6 +18,7 @@ from apiary.sensors.network.validate import ValidationError
 from apiary.sensors.prefilter.cidrs import PrefilterError
 from apiary.textutil import clip, clip_quoted
 
+from .services import LBCapacityError, ServiceError
 from .view import AgentView
 
 UTF8 = ("utf-8", "utf8", "us-ascii", "ascii")
@@ -112,6 +113,10 @@ async def in_worker(agent: AgentView, fn: Any, *args: Any, what: str = "policy")
         )
     except PolicyError as e:
         return policy_rejected(e, what)
+    except ServiceError as e:
+        return error(str(e), e.status)
+    except LBCapacityError as e:
+        return error(str(e), 409)
     except PrefilterError as e:
         return error(str(e), e.status, field=e.field)
     except ValidationError as e:

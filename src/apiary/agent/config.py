@@ -49,3 +49,8 @@ class AgentConfig:
     prefilter_devices: tuple[str, ...] = ()
     prefilter_mode: str = "auto"  # auto (native where the driver has it, else generic) | native | generic
     prefilter_map_size: int = 16384  # entries of each of the four deny maps
+    # services (kube-proxy replacement: socket LB)
+    service_cidr: str = "10.96.0.0/16"  # ClusterIPs are allocated here; routed unreachable while services exist
+    lb_algorithm: str = "random"  # random | maglev (Cilium's --bpf-lb-algorithm); per service by annotation
+    maglev_table_size: int = 16381  # Cilium's --bpf-lb-maglev-table-size (a prime of its list)
+    lb_map_size: int = 65536  # entries of the service, backend and reverse-NAT maps (Cilium's --bpf-lb-map-max)

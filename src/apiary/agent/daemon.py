@@ -36,6 +36,7 @@ from .worker import DaemonWorker
 
 if TYPE_CHECKING:
     from .network import Network
+    from .services import ServicesControl
     from .tracing import Tracing
 
 
@@ -74,6 +75,7 @@ class Agent:
         self.missing: list[str] = []
         self.procfs_seeded = 0
         self.network: Network | None = None
+        self.services: ServicesControl | None = None
         self.tracing: Tracing | None = None
         self.prefilter = PrefilterControl(cfg, lambda s: self._add(s, self.prefilter.close))
         # Prometheus metrics (never the global registry): Hubble's flow metrics and Tetragon's event counters
@@ -176,6 +178,18 @@ class Agent:
                 raise AgentError(f"network datapath: {e}") from e
             self._add(self.network.dp, self.network.close)
             self.process_events.pods = self.network
+            from apiary.loader.fs import cgroup2_root
+
+            from .services import ServicesControl
+
+            net = self.network
+            try:
+                self.services = ServicesControl(cfg, net, cgroup2_root() or "/sys/fs/cgroup",
+                                                lambda s: self._add(s, self._close_services))
+                self.loaded += self.services.start()
+            except Exception as e:  # noqa: BLE001 - one line, then stop
+                raise AgentError(f"services: {e}") from e
+            net.endpoint_listeners.append(self.services.endpoints_changed)
         if cfg.tracing:
             from apiary.kernel.features import kernel_features
 
@@ -200,7 +214,7 @@ class Agent:
             self._add(self.tracing.sensor, self.tracing.close, at=1)  # shown after the process sensor, as ever
             self.tracing_events.tracing = self.tracing
             if self.network is not None:
-                self.network.on_endpoints_changed = self.tracing.refresh_scopes
+                self.network.endpoint_listeners.append(self.tracing.refresh_scopes)
             self._wire()
         else:  # a previous agent's tracing pins would enforce with nobody managing them
             remove_pin_tree(Path(cfg.pin_root) / "tracing")
@@ -210,6 +224,10 @@ class Agent:
             raise AgentError(f"XDP prefilter: {e}") from e
         self.loaded += loaded
         self.missing += missing
+
+    def _close_services(self) -> None:
+        if self.services is not None:
+            self.services.close()
 
     def _take_lock(self) -> None:
         sock_dir = Path(self.cfg.socket_path).parent
@@ -234,7 +252,7 @@ class Agent:
         while self._closers:
             self._closers.pop()()
         self.sensors.clear()
-        self.tracing = self.network = self.process = None
+        self.tracing = self.network = self.process = self.services = None
         try:
             os.rmdir(self.cfg.pin_root)  # only when empty: other sensors' pins stay
         except OSError:
@@ -305,6 +323,7 @@ class Agent:
             "subscribers": len(self.events.subscribers),
             "api_connections": self.api_connections.stats() if self.api_connections else None,
             "network": self.network.status() if self.network else None,
+            "services": self.services.status() if self.services else None,
         }
 
     def _kernel_counts(self) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
@@ -362,8 +381,10 @@ class Agent:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._stop.set)
         net = self.network
-        pumps: list[Pump] = [p for p in (self.reader, net) if p is not None and p.fileno() >= 0]
-        for p in pumps:
+        # the services' ring exists once the first service loaded the LB: drained by the timer only
+        pumps: list[Pump] = [p for p in (self.reader, net, self.services) if p is not None]
+        woken = [p for p in pumps if p.fileno() >= 0]
+        for p in woken:
             loop.add_reader(p.fileno(), p.drain)
         runner = await serve(self)
         self.say(self.summary(), flush=True)
@@ -386,8 +407,9 @@ class Agent:
         finally:
             for t in tasks:
                 t.cancel()
-            for p in reversed(pumps):
+            for p in reversed(woken):
                 loop.remove_reader(p.fileno())
+            for p in reversed(pumps):
                 p.drain()
             await runner.cleanup()
             await self._settle_worker(loop)

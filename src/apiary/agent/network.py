@@ -85,7 +85,7 @@ class Network:
         self._by_ip: dict[str, Endpoint] = {}
         self._by_ifindex: dict[int, Endpoint] = {}
         self._by_cgroup: dict[int, dict[str, Any]] = {}
-        self.on_endpoints_changed: Callable[[], None] | None = None
+        self.endpoint_listeners: list[Callable[[], None]] = []  # told after every endpoint change
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> list[str]:
@@ -197,8 +197,8 @@ class Network:
             except OSError:
                 pass
         self._by_cgroup = pods
-        if self.on_endpoints_changed is not None:
-            self.on_endpoints_changed()
+        for listener in self.endpoint_listeners:
+            listener()
 
     def identity_of(self, ep: Endpoint, compiled: CompiledPolicy | None = None) -> int:
         c = compiled or self.compiled

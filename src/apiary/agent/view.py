@@ -13,6 +13,7 @@ from .worker import DaemonWorker
 if TYPE_CHECKING:
     from .network import Network
     from .prefilter import PrefilterControl
+    from .services import ServicesControl
     from .tracing import Tracing
 
 
@@ -47,6 +48,9 @@ class AgentView(Protocol):
 
     @property
     def prefilter(self) -> PrefilterControl: ...
+
+    @property
+    def services(self) -> ServicesControl | None: ...
 
     def status(self) -> dict[str, Any]: ...
 

@@ -19,6 +19,7 @@ from .network_cmds import _client, _fail, endpoint, identity, observe, policy
 from .output import console
 from .prefilter_cmds import prefilter
 from .preflight_cmd import preflight
+from .service_cmds import apply, service
 from .tracing_cmds import tracingpolicy
 
 if TYPE_CHECKING:
@@ -145,6 +146,35 @@ def cli(ctx: click.Context, socket_path: str | None, timeout: float) -> None:
     type=click.IntRange(min=1, max=1 << 24),
     help="Entries in each of the four prefilter deny maps (exact and LPM, IPv4 and IPv6).",
 )
+@click.option(
+    "--service-cidr",
+    default="10.96.0.0/16",
+    show_default=True,
+    help="ClusterIPs are allocated from this IPv4 range (Kubernetes' --service-cluster-ip-range); it is routed "
+    "unreachable on the host and in every endpoint while services exist.",
+)
+@click.option(
+    "--lb-algorithm",
+    type=click.Choice(["random", "maglev"]),
+    default="random",
+    show_default=True,
+    help="Backend selection for new connections (Cilium's --bpf-lb-algorithm); a service may choose with the "
+    "annotation service.cilium.io/lb-algorithm.",
+)
+@click.option(
+    "--maglev-table-size",
+    default=16381,
+    show_default=True,
+    type=click.Choice([str(p) for p in (251, 509, 1021, 2039, 4093, 8191, 16381, 32749, 65521, 131071)]),
+    help="Entries of each Maglev lookup table (Cilium's --bpf-lb-maglev-table-size; one of its primes).",
+)
+@click.option(
+    "--lb-map-size",
+    default=65536,
+    show_default=True,
+    type=click.IntRange(min=16, max=1 << 24),
+    help="Entries of the service, backend and reverse-NAT maps (Cilium's --bpf-lb-map-max).",
+)
 @click.pass_context
 def agent(
     ctx: click.Context,
@@ -170,6 +200,10 @@ def agent(
     prefilter_devices: tuple[str, ...],
     prefilter_mode: str,
     prefilter_map_size: int,
+    service_cidr: str,
+    lb_algorithm: str,
+    maglev_table_size: str,
+    lb_map_size: int,
 ) -> None:
     """Run the agent in the foreground (owns all BPF objects; serves the API)."""
     from apiary.agent.config import AgentConfig, default_socket
@@ -200,6 +234,10 @@ def agent(
         prefilter_devices=prefilter_devices,
         prefilter_mode=prefilter_mode,
         prefilter_map_size=prefilter_map_size,
+        service_cidr=service_cidr,
+        lb_algorithm=lb_algorithm,
+        maglev_table_size=int(maglev_table_size),
+        lb_map_size=lb_map_size,
     )
     import re
 
@@ -209,6 +247,12 @@ def agent(
         check_pod_cidr_syntax(pod_cidr)  # the agent also refuses one that overlaps the host's addresses or routes
     except ValueError as e:
         _fail(str(e), 2)
+    from apiary.services.allocate import AllocationError, service_network
+
+    try:
+        service_network(service_cidr)
+    except AllocationError as e:
+        _fail(f"--service-cidr: {e}", 2)
     if not re.fullmatch(r"[a-z0-9]{1,12}", instance):
         _fail(f"--instance {instance!r}: 1-12 lower-case letters or digits", 2)
     if node_name:
@@ -384,7 +428,7 @@ def bpf_list(ctx: click.Context, output: str) -> None:
 
 
 cli.add_command(preflight)
-for _cmd in (endpoint, identity, policy, observe, tracingpolicy, prefilter):
+for _cmd in (endpoint, identity, policy, observe, tracingpolicy, prefilter, service, apply):
     cli.add_command(_cmd)
 cli.add_command(tracingpolicy, name="tp")
 

@@ -254,6 +254,7 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "bpf_map__value_size": (c_u32, [P]),
     "bpf_map__max_entries": (c_u32, [P]),
     "bpf_map__set_max_entries": (c_int, [P, c_u32]),
+    "bpf_map__set_value_size": (c_int, [P, c_u32]),
     "bpf_map__initial_value": (P, [P, POINTER(c_size_t)]),
     "bpf_map__set_pin_path": (c_int, [P, c_char_p]),
     "bpf_map__reuse_fd": (c_int, [P, c_int]),

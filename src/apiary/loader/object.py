@@ -184,6 +184,12 @@ class BpfObject:
         if L.lib.bpf_map__set_max_entries(self._map_ptrs[map_name], n) != 0:
             raise BpfError(f"{self.name}: set max_entries of {map_name}", L.errno())
 
+    def set_value_size(self, map_name: str, n: int) -> None:
+        if map_name not in self._map_ptrs:
+            raise BpfError(f"{self.name}: no map named {map_name!r}")
+        if L.lib.bpf_map__set_value_size(self._map_ptrs[map_name], n) != 0:
+            raise BpfError(f"{self.name}: set value_size of {map_name}", L.errno())
+
     def map_names(self) -> list[str]:
         """The names of the object's maps (before or after load), internal ones (.rodata…) included."""
         return list(self._map_ptrs)

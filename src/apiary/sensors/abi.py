@@ -26,6 +26,7 @@ MIRRORS = (
     "apiary.sensors.tracing.abi",
     "apiary.sensors.network.abi",
     "apiary.sensors.prefilter.abi",
+    "apiary.sensors.lb.abi",
 )
 
 

@@ -51,6 +51,7 @@ class AgentProcess:
         h = int(self.tag, 16)
         self.instance = self.tag
         self.pod_cidr = f"10.{210 + h % 40}.{(h >> 8) % 256}.0/24"  # unique per test agent
+        self.service_cidr = f"10.{160 + h % 40}.{(h >> 16) % 256}.0/24"  # ClusterIPs: unique per test agent too
 
     def cli(self, *args: str, python: str | None = None, **kw: Any) -> subprocess.CompletedProcess[str]:
         timeout = kw.pop("timeout", 600 if IN_VM else 60)
@@ -86,6 +87,7 @@ class AgentProcess:
                 self.instance,
                 "--pod-cidr",
                 self.pod_cidr,
+                *([] if "--service-cidr" in self.extra else ["--service-cidr", self.service_cidr]),
                 *self.extra,
             ],
             stdout=self._log,
@@ -139,7 +141,7 @@ class AgentProcess:
             except Exception:  # noqa: BLE001 - the fallback below still removes the kernel objects
                 pass
         self.stop()
-        remove_instance_objects(self.instance, self.pod_cidr)
+        remove_instance_objects(self.instance, self.pod_cidr, self.service_cidr)
         shutil.rmtree(self.pin_root, ignore_errors=True)
         shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -150,7 +152,7 @@ class AgentProcess:
         self.cleanup()
 
 
-def remove_instance_objects(instance: str, pod_cidr: str) -> None:
+def remove_instance_objects(instance: str, pod_cidr: str, service_cidr: str | None = None) -> None:
     """Whatever an agent instance left in the kernel: its netns (veths go with them), cgroups, route."""
     prefix = f"apiary-{instance}-"
     for name in os.listdir("/run/netns") if os.path.isdir("/run/netns") else []:
@@ -178,7 +180,9 @@ def remove_instance_objects(instance: str, pod_cidr: str) -> None:
                     d.rmdir()
                 except OSError:
                     pass
-    subprocess.run(["ip", "route", "del", "unreachable", pod_cidr], capture_output=True)
+    for cidr in (pod_cidr, service_cidr):
+        if cidr:
+            subprocess.run(["ip", "route", "del", "unreachable", cidr], capture_output=True)
 
 
 def one_line_error(r: subprocess.CompletedProcess[str]) -> str:

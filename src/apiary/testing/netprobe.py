@@ -8,6 +8,9 @@
   http HOST PORT [TIMEOUT]  GET /, expect 200
   connect HOST PORT         one TCP connect; prints "connected" or "error <ERRNO-NAME>"
   hold HOST PORT SECONDS    keep one TCP connection and exchange a message every 0.1 s; prints ok/fail counts
+  serve-id PORT NAME        TCP and UDP on PORT, each answering NAME (a backend saying who it is)
+  ask HOST PORT N [udp]     N new connections (or UDP sockets) to HOST:PORT; prints JSON: the answers counted,
+                            the peer each socket saw (getpeername / recvfrom), the errors counted
 Only ever used with addresses of endpoints and test hosts the caller created.
 """
 
@@ -117,6 +120,60 @@ def hold(host: str, port: int, seconds: float) -> None:
     print(f"ok={ok} fail={fail}", flush=True)
 
 
+def serve_id(port: int, name: str) -> None:
+    reply = name.encode()
+
+    def tcp_loop() -> None:
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("0.0.0.0", port))
+        s.listen(256)
+        while True:
+            c, _ = s.accept()
+            with c:
+                c.sendall(reply)
+
+    def udp_loop() -> None:
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        u.bind(("0.0.0.0", port))
+        while True:
+            _, addr = u.recvfrom(64)
+            u.sendto(reply, addr)
+
+    threading.Thread(target=tcp_loop, daemon=True).start()
+    threading.Thread(target=udp_loop, daemon=True).start()
+    print("ready", flush=True)
+    while True:
+        time.sleep(3600)
+
+
+def ask(host: str, port: int, n: int, udp: bool) -> dict[str, dict[str, int]]:
+    import json
+
+    out: dict[str, dict[str, int]] = {"answers": {}, "peers": {}, "errors": {}}
+
+    def count(kind: str, key: str) -> None:
+        out[kind][key] = out[kind].get(key, 0) + 1
+
+    for _ in range(n):
+        try:
+            if udp:
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+                    u.settimeout(2)
+                    u.sendto(b"?", (host, port))
+                    data, peer = u.recvfrom(64)
+            else:
+                with socket.create_connection((host, port), timeout=2) as c:
+                    peer = c.getpeername()
+                    data = c.recv(64)
+            count("answers", data.decode())
+            count("peers", f"{peer[0]}:{peer[1]}")
+        except OSError as e:
+            count("errors", errno.errorcode.get(e.errno or 0, type(e).__name__))
+    print(json.dumps(out), flush=True)
+    return out
+
+
 def main(argv: list[str]) -> int:
     cmd, *rest = argv
     if cmd == "serve-tcp":
@@ -135,6 +192,10 @@ def main(argv: list[str]) -> int:
             print("connected")
         except OSError as e:
             print("error", errno.errorcode.get(e.errno or 0, str(e)))
+    elif cmd == "serve-id":
+        serve_id(int(rest[0]), rest[1])
+    elif cmd == "ask":
+        ask(rest[0], int(rest[1]), int(rest[2]), len(rest) > 3 and rest[3] == "udp")
     elif cmd == "hold":
         hold(rest[0], int(rest[1]), float(rest[2]))
     else:

@@ -1,0 +1,328 @@
+"""The agent's services (kube-proxy replacement): Kubernetes Services and EndpointSlices as the user applied
+them, their frontends and backends recomputed whenever endpoints come and go (the EndpointSlice
+controller's job), written to the socket load balancer's maps.
+
+The LB sensor loads with the first service (or at start when services are stored) and attaches to the
+cgroup v2 root. The state directory keeps every applied object with its allocated clusterIP and nodePorts,
+and the backend and service ids, so a restarted agent writes the same tables. The service CIDR is routed
+``unreachable`` on the host and in every endpoint while services exist: a VIP that was not translated
+fails locally and never leaves the machine.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from apiary.loader import RingBuffer
+from apiary.observe.hubble.raw import MSG_DROP, VERDICT_DROPPED, FlowMsg
+from apiary.policy.models import PolicyError
+from apiary.sensors.lb import abi as lb_abi
+from apiary.sensors.lb.sensor import LBCapacityError, LBDrop, LoadBalancer, Sizes, contents
+from apiary.services.allocate import AllocationError, allocate_service, service_network
+from apiary.services.backends import ALGORITHMS, EndpointInfo, Frontend, LBTable, frontends, lb_table, maglev_lut
+from apiary.services.format import render, service_rows
+from apiary.services.maglev import ALLOWED_TABLE_SIZES as PRIMES
+from apiary.services.models import EndpointSlice, Service, load_services
+
+from .config import AgentConfig
+from .records import RingReader
+from .statedir import _read, _write
+
+if TYPE_CHECKING:
+    from .network import Network
+
+STATE_FILE = "services.json"
+HOST_IDENTITY, WORLD_IDENTITY = 1, 2
+
+
+class ServiceError(Exception):
+    def __init__(self, msg: str, status: int = 400) -> None:
+        super().__init__(msg)
+        self.status = status
+
+
+@dataclass
+class Plan:
+    services: dict[str, Service]
+    slices: dict[str, EndpointSlice]
+    fronts: list[Frontend]
+    table: LBTable
+
+
+def _ident(obj: Service | EndpointSlice) -> str:
+    return f"{obj.namespace}/{obj.name}"
+
+
+def _dump(obj: Service | EndpointSlice) -> dict[str, Any]:
+    return obj.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+class ServicesControl:
+    def __init__(self, cfg: AgentConfig, network: Network, cgroup_root: str,
+                 on_load: Callable[[LoadBalancer], None]) -> None:
+        self.cfg = cfg
+        self.net = network
+        self.cgroup_root = cgroup_root
+        self.on_load = on_load
+        self.path = Path(cfg.state_dir) / STATE_FILE
+        service_network(cfg.service_cidr)  # refused at start, not at the first apply
+        if cfg.lb_algorithm not in ALGORITHMS:
+            raise ServiceError(f"--lb-algorithm: {cfg.lb_algorithm!r} is not one of {', '.join(ALGORITHMS)}")
+        if cfg.maglev_table_size not in PRIMES:
+            raise ServiceError(f"--maglev-table-size: {cfg.maglev_table_size} is not one of Cilium's primes "
+                               f"({', '.join(map(str, PRIMES))})")
+        self.sensor: LoadBalancer | None = None
+        self.reader: RingReader | None = None
+        self.services: dict[str, Service] = {}
+        self.slices: dict[str, EndpointSlice] = {}
+        self.backend_ids: dict[tuple[str, int, str], int] = {}
+        self.rev_nat_ids: dict[tuple[str, int, str], int] = {}
+        self.fronts: list[Frontend] = []
+        self.table = LBTable([], {}, {}, {})
+        self.routed: set[str] = set()  # netns names with the unreachable route ("" = the host)
+        self.drops = 0
+
+    # ------------------------------------------------------------------ lifecycle
+    def _sensor(self) -> LoadBalancer:
+        if self.sensor is None:
+            s = LoadBalancer(Sizes(services=self.cfg.lb_map_size, backends=self.cfg.lb_map_size,
+                                   rev_nat=self.cfg.lb_map_size), maglev_m=self.cfg.maglev_table_size)
+            s.load()
+            try:
+                s.attach(self.cgroup_root)
+                s.set_host_addrs(self.net.host_ips())
+            except BaseException:
+                s.close()
+                raise
+            self.sensor = s
+            assert s.ring is not None
+            self.reader = RingReader(s.ring, s.handlers(), {"lb_drop": self.on_drop}, log_errors=False)
+            self.on_load(s)
+        return self.sensor
+
+    def start(self) -> list[str]:
+        stored = _read(self.path) or {}
+        if not stored.get("services") and not stored.get("slices"):
+            return []
+        self.services = {k: Service.model_validate(v) for k, v in stored.get("services", {}).items()}
+        self.slices = {k: EndpointSlice.model_validate(v) for k, v in stored.get("slices", {}).items()}
+        self.backend_ids = {(a, p, t): i for a, p, t, i in stored.get("backend_ids", [])}
+        self.rev_nat_ids = {(a, p, t): i for a, p, t, i in stored.get("rev_nat_ids", [])}
+        self._commit(self._plan(self.services, self.slices))
+        return [f"services: {len(self.services)} restored from {self.path} ({len(self.fronts)} frontends, "
+                f"socket LB on {self.cgroup_root})"]
+
+    def close(self) -> None:
+        self._unroute_all()
+        if self.sensor is not None:
+            self.sensor.close()
+            self.sensor = None
+            self.reader = None
+
+    # Pump: the LB's event ring (refused connects)
+    def fileno(self) -> int:
+        return self.reader.fileno() if self.reader else -1
+
+    def drain(self) -> int:
+        return self.reader.drain() if self.reader else 0
+
+    def ring(self) -> RingBuffer | None:
+        return self.sensor.ring if self.sensor else None
+
+    # ------------------------------------------------------------------ the tables
+    def _endpoints(self) -> list[EndpointInfo]:
+        out = []
+        for ep in self.net.em.endpoints.values():
+            ports = {n: (int(p), str(t)) for n, (p, t) in (getattr(ep, "ports", None) or {}).items()}
+            out.append(EndpointInfo(ep.namespace, dict(ep.labels), ep.ipv4, ports, ready=ep.state == "ready",
+                                    name=ep.name))
+        return out
+
+    def _plan(self, services: dict[str, Service], slices: dict[str, EndpointSlice]) -> Plan:
+        eps = self._endpoints()
+        sl = list(slices.values())
+        fronts: list[Frontend] = []
+        for svc in services.values():
+            fronts += frontends(svc, eps, sl)
+        keys_f = {fe.key for fe in fronts}
+        keys_b = {be.key for fe in fronts for be in fe.backends}
+        table = lb_table(fronts, default_algorithm=self.cfg.lb_algorithm,
+                         backend_ids={k: v for k, v in self.backend_ids.items() if k in keys_b},
+                         rev_nat_ids={k: v for k, v in self.rev_nat_ids.items() if k in keys_f})
+        return Plan(services, slices, fronts, table)
+
+    def _commit(self, plan: Plan) -> dict[str, int]:
+        """Write a plan to the maps (all or nothing), then keep it and store it."""
+        luts = {}
+        for fe in plan.fronts:
+            if (fe.algorithm or self.cfg.lb_algorithm) == "maglev" and fe.slots():
+                luts[plan.table.frontend_ids[fe.key]] = maglev_lut(fe, plan.table, self.cfg.maglev_table_size)
+        want = contents(plan.table, luts)
+        s = self._sensor() if plan.services else self.sensor
+        counts = s.write(want) if s is not None else {"written": 0, "deleted": 0}
+        self.services, self.slices, self.fronts, self.table = plan.services, plan.slices, plan.fronts, plan.table
+        self.backend_ids = {be.key: i for i, be in plan.table.backends.items()}
+        self.rev_nat_ids = dict(plan.table.frontend_ids)
+        self._save()
+        self.sync_routes()
+        return counts
+
+    def _save(self) -> None:
+        _write(self.path, {
+            "services": {k: _dump(v) for k, v in self.services.items()},
+            "slices": {k: _dump(v) for k, v in self.slices.items()},
+            "backend_ids": [[*k, i] for k, i in sorted(self.backend_ids.items(), key=lambda kv: kv[1])],
+            "rev_nat_ids": [[*k, i] for k, i in sorted(self.rev_nat_ids.items(), key=lambda kv: kv[1])],
+        })
+
+    def endpoints_changed(self) -> None:
+        """Backends follow the endpoints (called after every endpoint create/delete)."""
+        if self.services:
+            self._commit(self._plan(self.services, self.slices))
+        elif self.routed:
+            self.sync_routes()
+
+    # ------------------------------------------------------------------ routes
+    def _route(self, netns: str, add: bool) -> None:
+        cmd = ["ip"] + (["-n", netns] if netns else []) + ["route", "replace" if add else "del", "unreachable",
+                                                            self.cfg.service_cidr]
+        subprocess.run(cmd, capture_output=True, check=False)
+
+    def sync_routes(self) -> None:
+        want = {""} | {ep.netns for ep in self.net.em.endpoints.values() if ep.state == "ready"} \
+            if self.services else set()
+        for ns in sorted(want - self.routed):
+            self._route(ns, True)
+        for ns in sorted(self.routed - want):
+            if not ns or Path(f"/run/netns/{ns}").exists():
+                self._route(ns, False)
+        self.routed = want
+
+    def _unroute_all(self) -> None:
+        if "" in self.routed:
+            self._route("", False)
+        self.routed = set()
+
+    # ------------------------------------------------------------------ API operations (on the worker)
+    def apply(self, text: str) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        if not isinstance(text, str) or not text.strip():
+            raise ServiceError("yaml: expected the text of one or more Service/EndpointSlice documents")
+        svcs, slices = load_services(text)
+        services = dict(self.services)
+        new_slices = dict(self.slices)
+        changed = []
+        for i, svc in enumerate(svcs):
+            ident = _ident(svc)
+            old = services.pop(ident, None)
+            svc = _keep_allocation(svc, old)
+            taken_ips = [s.spec.cluster_ip for s in services.values() if s.spec.cluster_ip]
+            taken_ports = [p.node_port for s in services.values() for p in s.spec.ports or [] if p.node_port]
+            try:
+                svc = allocate_service(svc, taken_ips, taken_ports, cidr=self.cfg.service_cidr)
+            except AllocationError as e:
+                where = f"document[{i}]." if len(svcs) + len(slices) > 1 else ""
+                raise ServiceError(f"Service {ident}: {where}{e}") from None
+            services[ident] = svc
+            changed.append({"kind": "Service", "name": ident, "clusterIP": svc.spec.cluster_ip,
+                            "created": old is None})
+        for eps in slices:
+            new_slices[_ident(eps)] = eps
+            changed.append({"kind": "EndpointSlice", "name": _ident(eps), "created": _ident(eps) not in self.slices})
+        counts = self._commit(self._plan(services, new_slices))
+        return {"applied": changed, "map_writes": counts, "elapsed_ms": round(1000 * (time.perf_counter() - t0), 2)}
+
+    def delete(self, kind: str, ident: str) -> dict[str, Any]:
+        if kind not in ("Service", "EndpointSlice"):
+            raise ServiceError(f"kind: {kind!r} is not Service or EndpointSlice")
+        pool = self.services if kind == "Service" else self.slices
+        if ident not in pool:
+            raise ServiceError(f"{kind} {ident} not found", 404)
+        services, slices = dict(self.services), dict(self.slices)
+        (services if kind == "Service" else slices).pop(ident)
+        counts = self._commit(self._plan(services, slices))
+        return {"deleted": {"kind": kind, "name": ident}, "map_writes": counts}
+
+    def _rows(self, only: str | None = None) -> list[dict[str, Any]]:
+        out = []
+        for fe in sorted(self.fronts, key=lambda f: self.table.frontend_ids[f.key]):
+            if only and fe.service != only:
+                continue
+            out.append({
+                "id": self.table.frontend_ids[fe.key],
+                "service": fe.service,
+                "port_name": fe.port_name,
+                "frontend": f"{fe.address}:{fe.port}/{fe.protocol}",
+                "type": fe.type,
+                "algorithm": fe.algorithm or self.cfg.lb_algorithm,
+                "affinity_timeout": fe.affinity_timeout,
+                "backends": [{"address": b.address, "port": b.port, "protocol": b.protocol, "state": b.state.label}
+                             for b in fe.backends],
+            })
+        return out
+
+    def listing(self) -> dict[str, Any]:
+        return {
+            "services": [{"name": k, "type": s.spec.type, "clusterIP": s.spec.cluster_ip} for k, s in
+                         sorted(self.services.items())],
+            "slices": sorted(self.slices),
+            "frontends": self._rows(),
+            "table": render(service_rows(self.fronts, self.table)),
+        }
+
+    def get(self, ident: str) -> dict[str, Any]:
+        svc = self.services.get(ident)
+        if svc is None:
+            raise ServiceError(f"Service {ident} not found", 404)
+        return {"service": _dump(svc), "frontends": self._rows(ident)}
+
+    def status(self) -> dict[str, Any]:
+        s = self.sensor
+        return {
+            "mode": "socket LB (cgroup connect4, sendmsg4, recvmsg4, getpeername4, post_bind4 on "
+                    f"{self.cgroup_root})" if s else "not loaded (loads with the first service)",
+            "algorithm": self.cfg.lb_algorithm,
+            "maglev_table_size": self.cfg.maglev_table_size,
+            "service_cidr": self.cfg.service_cidr,
+            "services": len(self.services),
+            "frontends": len(self.fronts),
+            "backends": len(self.table.backends),
+            "maps": s.fill() if s else {},
+            "counters": s.stats() if s else {},
+            "drop_flows": self.drops,
+        }
+
+    # ------------------------------------------------------------------ refused connects -> drop flows
+    def on_drop(self, d: LBDrop) -> None:
+        self.drops += 1
+        pod = self.net.pod_of_cgroup(d.cgroup_id)
+        ep = self.net.em.endpoints.get(f"{pod['namespace']}/{pod['name']}") if pod else None
+        src_ip, src_id, ep_id = ("", HOST_IDENTITY, 0) if ep is None else (ep.ipv4, self.net.identity_of(ep), ep.ep_id)
+        msg = FlowMsg(ktime=d.ktime, kind=MSG_DROP, sub_type=lb_abi.DROP_NO_SERVICE, ep_id=ep_id, ifindex=0,
+                      egress=True, verdict=VERDICT_DROPPED, src_ip=src_ip, dst_ip=d.address, proto=d.protocol,
+                      sport=0, dport=d.port, tcp_flags=0, src_identity=src_id, dst_identity=WORLD_IDENTITY,
+                      ct_state=0, rule_id=0, match_type=0, length=0)
+        self.net.on_flow(msg)
+
+
+def _keep_allocation(svc: Service, old: Service | None) -> Service:
+    """Re-applying a service without a clusterIP (or nodePort) keeps the one it was given, as Kubernetes
+    does for an apply that leaves the field out."""
+    if old is None:
+        return svc
+    out = svc.model_copy(deep=True)
+    if not out.spec.cluster_ip and old.spec.cluster_ip and old.spec.cluster_ip != "None":
+        out.spec.cluster_ip = old.spec.cluster_ip
+    old_np = {(p.name or "", p.port): p.node_port for p in old.spec.ports or []}
+    for p in out.spec.ports or []:
+        if out.spec.type == "NodePort" and p.node_port is None:
+            p.node_port = old_np.get((p.name or "", p.port))
+    return out
+
+
+__all__ = ["LBCapacityError", "PolicyError", "ServiceError", "ServicesControl"]

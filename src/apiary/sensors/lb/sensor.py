@@ -1,0 +1,268 @@
+"""The socket load balancer as one sensor: the lb object, its Cilium-shaped maps, and five cgroup hooks on
+the cgroup v2 root (connect4, sendmsg4, recvmsg4, getpeername4, post_bind4).
+
+Tables are written whole or not at all, as a diff against what the maps hold: a change is checked against
+every map's capacity first (the error names the map and the numbers), then written in an order where a
+reader never meets a dangling reference (backends, then backend slots, then masters; stale masters before
+their slots and backends are removed), and undone if a kernel write fails part-way.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import struct
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from apiary.loader import BpfObject, CgroupLink, Map, RingBuffer
+from apiary.loader.paths import bpf_object
+from apiary.sensors.abi import packed
+from apiary.sensors.base import LinkRow, OwnedMap, ProgramRow, RecordHandler, RingCounts, link_rows
+from apiary.services.backends import LBTable
+
+from . import abi
+
+PROGRAMS = ("lb_connect4", "lb_sendmsg4", "lb_recvmsg4", "lb_getpeername4", "lb_post_bind4")
+SO_NETNS_COOKIE = 71  # socket(7), Linux 5.14+
+MAPS = ("lb4_services", "lb4_backends", "lb4_reverse_nat", "lb4_reverse_sk", "lb4_affinity", "lb_affinity_match",
+        "lb4_maglev", "lb_host_addrs")
+
+
+class LBCapacityError(ValueError):
+    """A change that does not fit a map: nothing was written."""
+
+
+@dataclass(frozen=True)
+class Sizes:
+    services: int = abi.LB_SERVICE_MAP_ENTRIES
+    backends: int = abi.LB_BACKEND_MAP_ENTRIES
+    rev_nat: int = abi.LB_REVNAT_MAP_ENTRIES
+    affinity: int = abi.LB_AFFINITY_ENTRIES
+    maglev: int = abi.LB_MAGLEV_ENTRIES
+
+
+def host_netns_cookie() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        return int.from_bytes(s.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8), "little")
+
+
+Entries = dict[bytes, bytes]
+
+
+@dataclass
+class Contents:
+    """What the maps hold (or should): key bytes -> value bytes, per map."""
+
+    backends: Entries
+    slots: Entries  # service entries with slot > 0
+    masters: Entries  # slot 0
+    rev_nat: Entries
+    affinity_match: Entries
+    maglev: Entries
+
+    @classmethod
+    def empty(cls) -> Contents:
+        return cls({}, {}, {}, {}, {}, {})
+
+
+def contents(table: LBTable, luts: Mapping[int, list[int]]) -> Contents:
+    """The map contents of an LB table, with the Maglev tables (rev-NAT id -> backend ids) given."""
+    c = Contents.empty()
+    for bid, be in table.backends.items():
+        c.backends[abi.u32(bid)] = abi.backend_value(be.address, be.port, be.protocol, be.state.wire)
+    for e in table.services:
+        key = abi.service_key(e.address, e.port, e.protocol, e.slot)
+        (c.masters if e.slot == 0 else c.slots)[key] = abi.service_value(e.backend_id, e.count, e.rev_nat_id,
+                                                                         e.flags)
+        if e.slot > 0:
+            c.affinity_match[abi.affinity_match_key(e.backend_id, e.rev_nat_id)] = b"\x01"
+    for rid, (addr, port) in table.rev_nat.items():
+        c.rev_nat[abi.u16(rid)] = abi.revnat_value(addr, port)
+    for rid, lut in luts.items():
+        c.maglev[abi.u16(rid)] = struct.pack(f"<{len(lut)}I", *lut)
+    return c
+
+
+class LoadBalancer:
+    name = "lb"
+
+    def __init__(self, sizes: Sizes | None = None, maglev_m: int = 16381, nodeport_range: tuple[int, int] =
+                 (30000, 32767), obj_path: str | Path | None = None) -> None:
+        self.sizes = sizes or Sizes()
+        self.maglev_m = maglev_m
+        self.nodeport_range = nodeport_range
+        self.obj_path = Path(obj_path) if obj_path else bpf_object("lb")
+        self.obj: BpfObject | None = None
+        self.maps: dict[str, Map] = {}
+        self.links: list[CgroupLink] = []
+        self.cgroup = ""
+        self.written = Contents.empty()
+        self.ring: RingBuffer | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    def load(self) -> None:
+        obj = BpfObject(self.obj_path, "lb")
+        try:
+            obj.set_rodata(host_netns_cookie=host_netns_cookie(), maglev_m=self.maglev_m,
+                           nodeport_min=self.nodeport_range[0], nodeport_max=self.nodeport_range[1])
+            obj.set_value_size("lb4_maglev", 4 * self.maglev_m)
+            s = self.sizes
+            for m, n in (("lb4_services", s.services), ("lb4_backends", s.backends), ("lb_affinity_match", s.backends),
+                         ("lb4_reverse_nat", s.rev_nat), ("lb4_affinity", s.affinity), ("lb4_maglev", s.maglev)):
+                obj.set_max_entries(m, n)
+            obj.load()
+        except BaseException:
+            obj.close()
+            raise
+        self.obj = obj
+        self.maps = {m: obj.map(m) for m in MAPS}
+        self.stats_map = obj.map("lb_stats")
+        self.ring = RingBuffer(obj.map("lb_events"))
+
+    def attach(self, cgroup: str) -> None:
+        """The five hooks on ``cgroup`` (the cgroup v2 root: every socket of the node)."""
+        assert self.obj
+        try:
+            for p in PROGRAMS:
+                self.links.append(CgroupLink.attach(self.obj.program(p), cgroup))
+        except BaseException:
+            self._detach()
+            raise
+        self.cgroup = cgroup
+
+    def _detach(self) -> None:
+        for lk in self.links:
+            lk.destroy()
+        self.links.clear()
+
+    def close(self) -> None:
+        self._detach()
+        if self.ring:
+            self.ring.close()
+            self.ring = None
+        if self.obj:
+            self.obj.close()
+            self.obj = None
+            self.maps = {}
+
+    # ------------------------------------------------------------------ tables
+    def check_capacity(self, want: Contents) -> None:
+        s = self.sizes
+        for name, n, cap in (
+            ("lb4_services", len(want.masters) + len(want.slots), s.services),
+            ("lb4_backends", len(want.backends), s.backends),
+            ("lb4_reverse_nat", len(want.rev_nat), s.rev_nat),
+            ("lb_affinity_match", len(want.affinity_match), s.backends),
+            ("lb4_maglev", len(want.maglev), s.maglev),
+        ):
+            if n > cap:
+                raise LBCapacityError(f"{name}: the services need {n} entries, the map holds {cap} "
+                                      f"(nothing was changed)")
+
+    def write(self, want: Contents) -> dict[str, int]:
+        """Make the maps hold ``want``: all of it or (a write failed) what they held before."""
+        self.check_capacity(want)
+        old = self.written
+        done: list[tuple[str, bytes, bytes | None]] = []  # (map, key, previous value or None)
+        plan = [
+            ("lb4_backends", want.backends, old.backends),
+            ("lb_affinity_match", want.affinity_match, old.affinity_match),
+            ("lb4_maglev", want.maglev, old.maglev),
+            ("lb4_reverse_nat", want.rev_nat, old.rev_nat),
+            ("lb4_services", want.slots, old.slots),
+            ("lb4_services", want.masters, old.masters),
+        ]
+        counts = {"written": 0, "deleted": 0}
+        try:
+            for name, new, prev in plan:
+                for k, v in new.items():
+                    if prev.get(k) != v:
+                        self.maps[name].update(k, v)
+                        done.append((name, k, prev.get(k)))
+                        counts["written"] += 1
+            for name, new, prev in reversed(plan):  # masters go first, backends last
+                for k in prev.keys() - new.keys():
+                    self.maps[name].delete(k)
+                    done.append((name, k, prev[k]))
+                    counts["deleted"] += 1
+        except BaseException:
+            for name, k, was in reversed(done):
+                if was is None:
+                    self.maps[name].delete(k)
+                else:
+                    self.maps[name].update(k, was)
+            raise
+        self.written = want
+        return counts
+
+    def set_host_addrs(self, addrs: Iterable[str]) -> None:
+        m = self.maps["lb_host_addrs"]
+        want = {ipaddress.IPv4Address(a).packed for a in addrs}
+        have = set(m.keys())
+        for k in want - have:
+            m.update(k, b"\x01")
+        for k in have - want:
+            m.delete(k)
+
+    def stats(self) -> dict[str, int]:
+        out = {}
+        for i, name in enumerate(abi.STAT_NAMES):
+            raw = self.stats_map.lookup(i.to_bytes(4, "little"))
+            out[name] = sum(int.from_bytes(v[:8], "little") for v in self.stats_map.percpu_values(raw)) if raw else 0
+        return out
+
+    def fill(self) -> dict[str, dict[str, int]]:
+        w = self.written
+        n = {"lb4_services": len(w.masters) + len(w.slots), "lb4_backends": len(w.backends),
+             "lb4_reverse_nat": len(w.rev_nat), "lb4_maglev": len(w.maglev)}
+        return {m: {"entries": v, "capacity": self.maps[m].max_entries} for m, v in n.items()}
+
+    # ------------------------------------------------------------------ Sensor rows
+    def program_rows(self) -> list[ProgramRow]:
+        if not self.obj:
+            return []
+        return [ProgramRow(lk.prog.name, lk.prog.fd, lk.describe(), lk.id) for lk in self.links]
+
+    def link_rows(self) -> list[LinkRow]:
+        return link_rows(self.links)
+
+    def owned_maps(self) -> list[OwnedMap]:
+        if not self.obj:
+            return []
+        return [OwnedMap(m, self.maps[m], count_entries=m not in ("lb4_reverse_sk", "lb4_affinity")) for m in MAPS] + [
+            OwnedMap("lb_stats", self.stats_map, in_status=False, count_entries=False)]
+
+    def records_into(self) -> RingBuffer | None:
+        return self.ring
+
+    def handlers(self) -> dict[int, RecordHandler]:
+        return {abi.LB_MSG_DROP: RecordHandler("lb_drop", decode_drop)}
+
+    def ring_counts(self) -> RingCounts:
+        return RingCounts({}, {"lb_drop": self.stats()["events_lost"]} if self.obj else {})
+
+
+@dataclass(frozen=True)
+class LBDrop:
+    """A connect()/sendmsg() refused: the frontend had no usable backend (SERVICE_BACKEND_NOT_FOUND)."""
+
+    ktime: int
+    reason: int
+    protocol: int
+    hook: str
+    address: str
+    port: int
+    pid: int
+    cgroup_id: int
+    netns_cookie: int
+
+
+_DROP = packed(abi.LbDropMsg)
+
+
+def decode_drop(buf: memoryview) -> LBDrop:
+    (_t, reason, proto, hook, addr, port, _pad, pid, cg, ns, kt) = _DROP.unpack_from(buf)
+    return LBDrop(kt, reason, proto, "sendmsg4" if hook else "connect4", str(ipaddress.IPv4Address(addr)),
+                  int.from_bytes(port, "big"), pid, cg, ns)

@@ -246,7 +246,7 @@ def test_nodeport_from_the_host_and_bind_refused(env: tuple[AgentProcess, Net]) 
     apply_ok(a, service("np", ports="[{name: http, port: 80, targetPort: 8080, nodePort: 31999}]",
                         extra="  type: NodePort\n"))
     out = ask(net, None, "127.0.0.1", 31999, 6)
-    assert out["errors"] == {} and sum(out["answers"].values()) == 6
+    assert out["errors"] == {} and sum(out["answers"].values()) == 6 and out["peers"] == {"127.0.0.1:31999": 6}
     row = next(r for r in a.client().get("/v1/services")["frontends"] if r["type"] == "NodePort")
     assert row["frontend"] == "0.0.0.0:31999/TCP"
     s = socket.socket()
@@ -328,3 +328,52 @@ def test_status_reports_the_lb(env: tuple[AgentProcess, Net]) -> None:
     st = _status(a)
     assert st["mode"].startswith("socket LB") and st["services"] >= 1 and st["backends"] >= 2
     assert st["maps"]["lb4_services"]["capacity"] == 65536 and st["counters"]["translated"] >= 0
+
+
+def test_nodeport_from_a_test_host_through_the_tc_path() -> None:
+    """A client in a namespace of its own (another host) reaches a NodePort at the node's address on the
+    device it is attached to: DNAT on tc ingress of that device, reverse NAT on its egress."""
+    import uuid
+
+    tag = uuid.uuid4().hex[:6]
+    ns, h_if, t_if = f"apiary-np-{tag}", f"np{tag}h", f"np{tag}t"
+    host_ip, client_ip = "198.51.100.1", "198.51.100.20"
+
+    def sh(*cmd: str) -> None:
+        subprocess.run(cmd, check=True, capture_output=True)
+
+    a = AgentProcess("--devices", h_if)
+    net = Net(a)
+    try:
+        sh("ip", "netns", "add", ns)
+        sh("ip", "link", "add", h_if, "type", "veth", "peer", "name", t_if, "netns", ns)
+        sh("ip", "addr", "add", f"{host_ip}/24", "dev", h_if)
+        sh("ip", "link", "set", h_if, "up")
+        for cmd in (["ip", "link", "set", "lo", "up"], ["ip", "link", "set", t_if, "up"],
+                    ["ip", "addr", "add", f"{client_ip}/24", "dev", t_if],
+                    ["ip", "route", "add", "default", "via", host_ip, "dev", t_if]):
+            sh("ip", "netns", "exec", ns, *cmd)
+        a.start()
+        net.endpoint("b1", "shop", app="web")
+        net.serve("shop/b1", "serve-id", "8080", "b1")
+        apply_ok(a, service("np", ports="[{name: http, port: 80, targetPort: 8080, nodePort: 31888}]",
+                            extra="  type: NodePort\n"))
+        r = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-m", "apiary.testing.netprobe", "ask",
+                            host_ip, "31888", "5"], capture_output=True, text=True, timeout=60)
+        out = json.loads(r.stdout.strip().splitlines()[-1])
+        assert out["answers"] == {"b1": 5} and out["peers"] == {f"{host_ip}:31888": 5}, (out, r.stderr)
+        c = a.client().get("/v1/status")["services"]["counters"]
+        assert c["nodeport_in"] >= 5 and c["nodeport_out"] >= 5
+        # no backend: the packet is dropped on the device, with its reason
+        apply_ok(a, service("np0", selector="{app: nobody}",
+                            ports="[{name: http, port: 80, targetPort: 8080, nodePort: 31889}]",
+                            extra="  type: NodePort\n"))
+        subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-m", "apiary.testing.netprobe", "connect",
+                        host_ip, "31889"], capture_output=True, text=True, timeout=60)
+        drops = [f for f in net.flows() if f.get("drop_reason_desc") == "SERVICE_BACKEND_NOT_FOUND"]
+        assert drops and drops[-1]["IP"]["source"] == client_ip
+    finally:
+        net.close()
+        a.cleanup()
+        subprocess.run(["ip", "link", "del", h_if], capture_output=True)
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)

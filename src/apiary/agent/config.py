@@ -53,4 +53,5 @@ class AgentConfig:
     service_cidr: str = "10.96.0.0/16"  # ClusterIPs are allocated here; routed unreachable while services exist
     lb_algorithm: str = "random"  # random | maglev (Cilium's --bpf-lb-algorithm); per service by annotation
     maglev_table_size: int = 16381  # Cilium's --bpf-lb-maglev-table-size (a prime of its list)
+    devices: tuple[str, ...] = ()  # node devices with the NodePort/ExternalIP TC path (Cilium's --devices)
     lb_map_size: int = 65536  # entries of the service, backend and reverse-NAT maps (Cilium's --bpf-lb-map-max)

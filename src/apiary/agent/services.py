@@ -73,6 +73,9 @@ class ServicesControl:
         service_network(cfg.service_cidr)  # refused at start, not at the first apply
         if cfg.lb_algorithm not in ALGORITHMS:
             raise ServiceError(f"--lb-algorithm: {cfg.lb_algorithm!r} is not one of {', '.join(ALGORITHMS)}")
+        for dev in cfg.devices:
+            if not Path(f"/sys/class/net/{dev}").exists():
+                raise ServiceError(f"--devices: no network device {dev!r} on this node")
         if cfg.maglev_table_size not in PRIMES:
             raise ServiceError(f"--maglev-table-size: {cfg.maglev_table_size} is not one of Cilium's primes "
                                f"({', '.join(map(str, PRIMES))})")
@@ -96,6 +99,11 @@ class ServicesControl:
             try:
                 s.attach(self.cgroup_root)
                 s.set_host_addrs(self.net.host_ips())
+                for dev in self.cfg.devices:
+                    try:
+                        s.attach_device(dev)
+                    except OSError:
+                        raise ServiceError(f"--devices: no network device {dev!r} on this node") from None
             except BaseException:
                 s.close()
                 raise
@@ -289,6 +297,7 @@ class ServicesControl:
             "algorithm": self.cfg.lb_algorithm,
             "maglev_table_size": self.cfg.maglev_table_size,
             "service_cidr": self.cfg.service_cidr,
+            "devices": sorted(s.devices) if s else list(self.cfg.devices),
             "services": len(self.services),
             "frontends": len(self.fronts),
             "backends": len(self.table.backends),
@@ -300,12 +309,18 @@ class ServicesControl:
     # ------------------------------------------------------------------ refused connects -> drop flows
     def on_drop(self, d: LBDrop) -> None:
         self.drops += 1
-        pod = self.net.pod_of_cgroup(d.cgroup_id)
-        ep = self.net.em.endpoints.get(f"{pod['namespace']}/{pod['name']}") if pod else None
-        src_ip, src_id, ep_id = ("", HOST_IDENTITY, 0) if ep is None else (ep.ipv4, self.net.identity_of(ep), ep.ep_id)
-        msg = FlowMsg(ktime=d.ktime, kind=MSG_DROP, sub_type=lb_abi.DROP_NO_SERVICE, ep_id=ep_id, ifindex=0,
-                      egress=True, verdict=VERDICT_DROPPED, src_ip=src_ip, dst_ip=d.address, proto=d.protocol,
-                      sport=0, dport=d.port, tcp_flags=0, src_identity=src_id, dst_identity=WORLD_IDENTITY,
+        if d.hook == "nodeport":  # a packet from outside, dropped on the device it arrived on
+            src_ip, src_id, ep_id, egress, sport = d.saddr, WORLD_IDENTITY, 0, False, d.sport
+            dst_id = HOST_IDENTITY
+        else:  # a local socket: its endpoint (by cgroup) or the host
+            pod = self.net.pod_of_cgroup(d.cgroup_id)
+            ep = self.net.em.endpoints.get(f"{pod['namespace']}/{pod['name']}") if pod else None
+            src_ip, src_id, ep_id = ("", HOST_IDENTITY, 0) if ep is None else (ep.ipv4, self.net.identity_of(ep),
+                                                                                 ep.ep_id)
+            egress, sport, dst_id = True, 0, WORLD_IDENTITY
+        msg = FlowMsg(ktime=d.ktime, kind=MSG_DROP, sub_type=lb_abi.DROP_NO_SERVICE, ep_id=ep_id, ifindex=d.ifindex,
+                      egress=egress, verdict=VERDICT_DROPPED, src_ip=src_ip, dst_ip=d.address, proto=d.protocol,
+                      sport=sport, dport=d.port, tcp_flags=0, src_identity=src_id, dst_identity=dst_id,
                       ct_state=0, rule_id=0, match_type=0, length=0)
         self.net.on_flow(msg)
 

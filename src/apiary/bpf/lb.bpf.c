@@ -124,7 +124,7 @@ static __always_inline bool is_local(__be32 addr)
 	return is_loopback(addr) || bpf_map_lookup_elem(&lb_host_addrs, &addr);
 }
 
-static __always_inline const struct lb4_service *lookup_frontend(struct lb4_key *key)
+static __always_inline const struct lb4_service *lookup_frontend(struct lb4_key *key, bool wildcard)
 {
 	const struct lb4_service *svc = bpf_map_lookup_elem(&lb4_services, key);
 	__u16 port;
@@ -133,7 +133,7 @@ static __always_inline const struct lb4_service *lookup_frontend(struct lb4_key 
 		return svc;
 	/* NodePort: the wildcard frontend (address 0), for the node's own addresses only */
 	port = bpf_ntohs(key->dport);
-	if (port < nodeport_min || port > nodeport_max || !is_local(key->address))
+	if (!wildcard || port < nodeport_min || port > nodeport_max || !is_local(key->address))
 		return NULL;
 	key->address = 0;
 	svc = bpf_map_lookup_elem(&lb4_services, key);
@@ -142,7 +142,8 @@ static __always_inline const struct lb4_service *lookup_frontend(struct lb4_key 
 	return svc;
 }
 
-static __always_inline void report_drop(struct bpf_sock_addr *ctx, const struct lb4_key *key, __u8 hook)
+static __always_inline void report_drop(const struct lb4_key *key, __be32 address, __be16 port, __u8 hook,
+					__be32 saddr, __be16 sport, __u32 ifindex, __u64 cgroup_id, __u64 netns_cookie)
 {
 	struct lb_drop_msg *m = bpf_ringbuf_reserve(&lb_events, sizeof(*m), 0);
 
@@ -154,14 +155,22 @@ static __always_inline void report_drop(struct bpf_sock_addr *ctx, const struct 
 	m->reason = DROP_NO_SERVICE;
 	m->proto = key->proto;
 	m->hook = hook;
-	m->address = ctx->user_ip4;
-	m->port = (__be16)ctx->user_port;
-	m->pad = 0;
-	m->pid = bpf_get_current_pid_tgid() >> 32;
-	m->cgroup_id = bpf_get_current_cgroup_id();
-	m->netns_cookie = bpf_get_netns_cookie(ctx);
+	m->address = address;
+	m->port = port;
+	m->sport = sport;
+	m->saddr = saddr;
+	m->pid = hook < 2 ? bpf_get_current_pid_tgid() >> 32 : 0;
+	m->ifindex = ifindex;
+	m->cgroup_id = cgroup_id;
+	m->netns_cookie = netns_cookie;
 	m->ktime = bpf_ktime_get_ns();
 	bpf_ringbuf_submit(m, 0);
+}
+
+static __always_inline void report_sock_drop(struct bpf_sock_addr *ctx, const struct lb4_key *key, __u8 hook)
+{
+	report_drop(key, ctx->user_ip4, (__be16)ctx->user_port, hook, 0, 0, 0, bpf_get_current_cgroup_id(),
+		    bpf_get_netns_cookie(ctx));
 }
 
 static __always_inline __u32 affinity_backend(struct lb4_affinity_key *akey, __u32 timeout)
@@ -180,15 +189,12 @@ static __always_inline __u32 affinity_backend(struct lb4_affinity_key *akey, __u
 	return v->backend_id;
 }
 
-static __always_inline __u32 select_backend(struct bpf_sock_addr *ctx, struct lb4_key *key,
-					    const struct lb4_service *svc)
+/* A backend for a new connection: a random slot (x random or per socket), or the Maglev table (x a hash). */
+static __always_inline __u32 select_backend(struct lb4_key *key, const struct lb4_service *svc, __u64 x)
 {
 	__u32 algorithm = svc->backend_id >> LB_ALGORITHM_SHIFT;
 	const struct lb4_service *slot;
-	__u64 x;
 
-	/* TCP: a random slot per connection; UDP: the socket cookie, so one socket keeps its backend */
-	x = ctx->protocol == IPPROTO_TCP ? bpf_get_prandom_u32() : bpf_get_socket_cookie(ctx);
 	if (algorithm == LB_ALG_MAGLEV) {
 		struct lb4_maglev_lut *lut = bpf_map_lookup_elem(&lb4_maglev, &svc->rev_nat_index);
 		__u32 idx;
@@ -224,14 +230,16 @@ static __always_inline int xlate_fwd(struct bpf_sock_addr *ctx, __u8 hook)
 	__be32 vip = ctx->user_ip4;
 	__be16 vport = (__be16)ctx->user_port;
 
-	svc = lookup_frontend(&key);
+	/* NodePort at a node address: for the host's own sockets (a socket in another netns reaches the
+	 * node through a device, where the TC path translates it) */
+	svc = lookup_frontend(&key, bpf_get_netns_cookie(ctx) == host_netns_cookie);
 	if (!svc)
 		return 1;
 	if ((svc->flags & SVC_FLAG_EXTERNAL_IP) && !is_local(vip))
 		return 1; /* an ExternalIP that is not this node's: not ours to hijack */
 	if (svc->count == 0) {
 		count(LB_STAT_NO_BACKEND);
-		report_drop(ctx, &key, hook);
+		report_sock_drop(ctx, &key, hook);
 		bpf_set_retval(-EHOSTUNREACH);
 		return 0;
 	}
@@ -244,12 +252,14 @@ static __always_inline int xlate_fwd(struct bpf_sock_addr *ctx, __u8 hook)
 		if (backend_id)
 			count(LB_STAT_AFFINITY_HIT);
 	}
+	/* TCP: a random slot per connection; UDP: the socket cookie, so one socket keeps its backend */
 	if (!backend_id)
-		backend_id = select_backend(ctx, &key, svc);
+		backend_id = select_backend(&key, svc, ctx->protocol == IPPROTO_TCP ? bpf_get_prandom_u32()
+										      : bpf_get_socket_cookie(ctx));
 	be = backend_id ? bpf_map_lookup_elem(&lb4_backends, &backend_id) : NULL;
 	if (!be) {
 		count(LB_STAT_NO_BACKEND);
-		report_drop(ctx, &key, hook);
+		report_sock_drop(ctx, &key, hook);
 		bpf_set_retval(-EHOSTUNREACH);
 		return 0;
 	}
@@ -285,7 +295,8 @@ static __always_inline int xlate_rev(struct bpf_sock_addr *ctx)
 	if (!v)
 		return 1;
 	rn = bpf_map_lookup_elem(&lb4_reverse_nat, &v->rev_nat_index);
-	if (!rn || rn->address != v->address || rn->port != v->port) {
+	/* a NodePort's reverse entry holds the wildcard address: the node address used is the socket's */
+	if (!rn || (rn->address && rn->address != v->address) || rn->port != v->port) {
 		bpf_map_delete_elem(&lb4_reverse_sk, &rkey); /* the service is gone or changed */
 		return 1;
 	}
@@ -341,9 +352,178 @@ int lb_post_bind4(struct bpf_sock *ctx)
 	return 0;
 }
 
+/* ---------------------------------------------------------------------------------------------------
+ * NodePort and ExternalIP on the TC path: packets that arrive on a node device with no local socket to
+ * hook (a client on another host). Ingress: DNAT to a backend (Cilium's nodeport_lb4 for a local backend:
+ * no SNAT, the reply is routed back through the same device), with the choice kept per connection in
+ * lb4_nat; egress: the reply's source written back to the frontend the client used.
+ * Only IPv4 without options or fragments, TCP and UDP; anything else passes untouched. */
+#define TC_ACT_OK 0
+#define TC_ACT_SHOT 2
+#define ETH_HLEN 14
+#define ETH_P_IP 0x0800
+/* fixed wire offsets (not CO-RE: header layouts are the protocol's, not the kernel's) */
+#define IP_CSUM_OFF (ETH_HLEN + 10)
+#define IP_SRC_OFF (ETH_HLEN + 12)
+#define IP_DST_OFF (ETH_HLEN + 16)
+#define L4_OFF (ETH_HLEN + 20)
+#define TCP_CSUM_OFF 16
+#define UDP_CSUM_OFF 6
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, LB_NAT_ENTRIES);
+	__type(key, struct lb4_nat_key);
+	__type(value, struct lb4_nat_val);
+} lb4_nat SEC(".maps");
+
+struct l4_ports {
+	__be16 sport;
+	__be16 dport;
+};
+
+static __always_inline int parse4(struct __sk_buff *skb, struct lb4_nat_key *k)
+{
+	void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *ip = (void *)(eth + 1);
+	struct l4_ports *pp = (void *)(ip + 1);
+
+	if ((void *)(pp + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP))
+		return -1;
+	if (ip->ihl != 5 || (ip->frag_off & bpf_htons(0x3fff)))
+		return -1;
+	if (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP)
+		return -1;
+	k->saddr = ip->saddr;
+	k->daddr = ip->daddr;
+	k->sport = pp->sport;
+	k->dport = pp->dport;
+	k->proto = ip->protocol;
+	return 0;
+}
+
+/* rewrite one address (at ip_off) and one port (at port_off) with their checksums */
+static __always_inline void rewrite(struct __sk_buff *skb, __u8 proto, __u32 ip_off, __be32 old_ip, __be32 new_ip,
+				    __u32 port_off, __be16 old_port, __be16 new_port)
+{
+	__u32 csum = L4_OFF + (proto == IPPROTO_TCP ? TCP_CSUM_OFF : UDP_CSUM_OFF);
+	__u64 mangled = proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
+
+	bpf_l4_csum_replace(skb, csum, old_ip, new_ip, BPF_F_PSEUDO_HDR | mangled | sizeof(new_ip));
+	bpf_l4_csum_replace(skb, csum, old_port, new_port, mangled | sizeof(new_port));
+	bpf_l3_csum_replace(skb, IP_CSUM_OFF, old_ip, new_ip, sizeof(new_ip));
+	bpf_skb_store_bytes(skb, ip_off, &new_ip, sizeof(new_ip), 0);
+	bpf_skb_store_bytes(skb, port_off, &new_port, sizeof(new_port), 0);
+}
+
+static __always_inline __u64 tuple_hash(const struct lb4_nat_key *k, bool affinity)
+{
+	__u64 sport = affinity ? 0 : k->sport; /* with affinity one client goes to one backend (Cilium) */
+
+	return ((__u64)k->saddr << 32 | k->daddr) ^ (sport << 16 | k->dport) ^ ((__u64)k->proto << 56);
+}
+
+SEC("tc")
+int lb_nodeport_in(struct __sk_buff *skb)
+{
+	struct lb4_nat_key fk = {}, rk = {};
+	struct lb4_nat_val nv = {}, rv = {};
+	struct lb4_nat_val *found;
+	struct lb4_key key = {};
+	const struct lb4_service *svc;
+	const struct lb4_backend *be;
+	__u32 backend_id = 0;
+
+	if (parse4(skb, &fk))
+		return TC_ACT_OK;
+	found = bpf_map_lookup_elem(&lb4_nat, &fk);
+	if (found && bpf_map_lookup_elem(&lb4_backends, &found->backend_id)) {
+		nv = *found;
+		goto xlate;
+	}
+	key.address = fk.daddr;
+	key.dport = fk.dport;
+	key.proto = fk.proto;
+	svc = lookup_frontend(&key, true);
+	if (!svc || !(svc->flags & SVC_FLAG_ROUTABLE))
+		return TC_ACT_OK; /* not a frontend reachable from outside (a ClusterIP is not) */
+	if (svc->count == 0) {
+		count(LB_STAT_NO_BACKEND);
+		report_drop(&key, fk.daddr, fk.dport, 2, fk.saddr, fk.sport, skb->ifindex, 0, 0);
+		return TC_ACT_SHOT;
+	}
+	if (svc->flags & SVC_FLAG_AFFINITY) {
+		struct lb4_affinity_key akey = {.client_id = fk.saddr, .rev_nat_id = svc->rev_nat_index};
+
+		backend_id = affinity_backend(&akey, svc->backend_id & LB_AFFINITY_TIMEOUT_MASK);
+		if (backend_id) {
+			count(LB_STAT_AFFINITY_HIT);
+		} else {
+			backend_id = select_backend(&key, svc, tuple_hash(&fk, true) ^ bpf_get_prandom_u32() *
+					   ((svc->backend_id >> LB_ALGORITHM_SHIFT) != LB_ALG_MAGLEV));
+			if (backend_id) {
+				struct lb_affinity_val av = {.last_used = bpf_ktime_get_ns(), .backend_id = backend_id};
+
+				bpf_map_update_elem(&lb4_affinity, &akey, &av, BPF_ANY);
+			}
+		}
+	} else {
+		backend_id = select_backend(&key, svc, (svc->backend_id >> LB_ALGORITHM_SHIFT) == LB_ALG_MAGLEV ?
+							       tuple_hash(&fk, false) : bpf_get_prandom_u32());
+	}
+	be = backend_id ? bpf_map_lookup_elem(&lb4_backends, &backend_id) : NULL;
+	if (!be) {
+		count(LB_STAT_NO_BACKEND);
+		report_drop(&key, fk.daddr, fk.dport, 2, fk.saddr, fk.sport, skb->ifindex, 0, 0);
+		return TC_ACT_SHOT;
+	}
+	nv.address = be->address;
+	nv.port = be->port;
+	nv.rev_nat_index = svc->rev_nat_index;
+	nv.backend_id = backend_id;
+	rk.saddr = be->address;
+	rk.daddr = fk.saddr;
+	rk.sport = be->port;
+	rk.dport = fk.sport;
+	rk.proto = fk.proto;
+	rk.dir = 1;
+	rv.address = fk.daddr;
+	rv.port = fk.dport;
+	rv.rev_nat_index = svc->rev_nat_index;
+	rv.backend_id = backend_id;
+	if (bpf_map_update_elem(&lb4_nat, &rk, &rv, BPF_ANY) || bpf_map_update_elem(&lb4_nat, &fk, &nv, BPF_ANY))
+		return TC_ACT_SHOT;
+xlate:
+	rewrite(skb, fk.proto, IP_DST_OFF, fk.daddr, nv.address, L4_OFF + 2, fk.dport,
+		nv.port);
+	count(LB_STAT_NODEPORT_IN);
+	return TC_ACT_OK;
+}
+
+SEC("tc")
+int lb_nodeport_out(struct __sk_buff *skb)
+{
+	struct lb4_nat_key rk = {};
+	struct lb4_nat_val *v;
+
+	if (parse4(skb, &rk))
+		return TC_ACT_OK;
+	rk.dir = 1;
+	v = bpf_map_lookup_elem(&lb4_nat, &rk);
+	if (!v)
+		return TC_ACT_OK;
+	rewrite(skb, rk.proto, IP_SRC_OFF, rk.saddr, v->address, L4_OFF, rk.sport,
+		v->port);
+	count(LB_STAT_NODEPORT_OUT);
+	return TC_ACT_OK;
+}
+
 /* Never written: makes clang emit BTF for every ABI layout, compared with Python's by a test. */
 union lb_abi_types {
 	struct lb_drop_msg dm;
+	struct lb4_nat_key nk;
+	struct lb4_nat_val nv;
 };
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);

@@ -169,6 +169,13 @@ def cli(ctx: click.Context, socket_path: str | None, timeout: float) -> None:
     help="Entries of each Maglev lookup table (Cilium's --bpf-lb-maglev-table-size; one of its primes).",
 )
 @click.option(
+    "--devices",
+    "devices",
+    multiple=True,
+    help="Node device facing clients on other hosts (repeatable; Cilium's --devices): NodePort and ExternalIP "
+    "packets arriving on it are load-balanced on the TC path (DNAT in, reverse NAT out).",
+)
+@click.option(
     "--lb-map-size",
     default=65536,
     show_default=True,
@@ -203,6 +210,7 @@ def agent(
     service_cidr: str,
     lb_algorithm: str,
     maglev_table_size: str,
+    devices: tuple[str, ...],
     lb_map_size: int,
 ) -> None:
     """Run the agent in the foreground (owns all BPF objects; serves the API)."""
@@ -238,6 +246,7 @@ def agent(
         lb_algorithm=lb_algorithm,
         maglev_table_size=int(maglev_table_size),
         lb_map_size=lb_map_size,
+        devices=devices,
     )
     import re
 
@@ -388,6 +397,14 @@ def status(ctx: click.Context, output: str) -> None:
         + f"; events_missing_process_info {ev['events_missing_process_info']}"
         + f"; event build errors {ev.get('event_build_errors', 0)}"
     )
+    sv = st.get("services")
+    if sv:
+        con.print(
+            f"services: {sv['mode']}; algorithm {sv['algorithm']}; {sv['services']} services, {sv['frontends']} "
+            f"frontends, {sv['backends']} backends; service CIDR {sv['service_cidr']}"
+        )
+        if sv["counters"]:
+            con.print("  " + ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in sv["counters"].items()))
 
 
 # ---------------------------------------------------------------------------- bpf

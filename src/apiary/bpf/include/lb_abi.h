@@ -111,24 +111,51 @@ enum lb_stat {
 	LB_STAT_AFFINITY_HIT = 4,
 	LB_STAT_REVSK_FULL = 5, /* reverse_sk write failed (replies keep the backend address) */
 	LB_STAT_EVENTS_LOST = 6,
-	LB_STAT_MAX = 8,
+	LB_STAT_NODEPORT_IN = 7, /* NodePort/ExternalIP packets translated on a device (tc) */
+	LB_STAT_NODEPORT_OUT = 8, /* their replies translated back */
+	LB_STAT_MAX = 10,
 };
 
 #define LB_MSG_DROP 20 /* the type byte of lb_events records (a ring of its own) */
 
-/* one refused connect/sendmsg, for the flow stream (SERVICE_BACKEND_NOT_FOUND) */
+/* one refused connect/sendmsg or NodePort packet, for the flow stream (SERVICE_BACKEND_NOT_FOUND) */
 struct lb_drop_msg {
-	__u8 type; /* MSG_LB_DROP */
+	__u8 type; /* LB_MSG_DROP */
 	__u8 reason;
 	__u8 proto;
-	__u8 hook; /* 0 connect4, 1 sendmsg4 */
-	__be32 address;
+	__u8 hook; /* 0 connect4, 1 sendmsg4, 2 nodeport (tc ingress of a device) */
+	__be32 address; /* the frontend */
 	__be16 port;
-	__u16 pad;
+	__be16 sport; /* nodeport: the client's port */
+	__be32 saddr; /* nodeport: the client */
 	__u32 pid;
+	__u32 ifindex;
 	__u64 cgroup_id;
 	__u64 netns_cookie;
 	__u64 ktime;
 };
+
+/* NodePort/ExternalIP NAT on the TC path (packets from outside, no socket to hook): by the tuple as seen
+ * on the device. dir 0: client -> frontend (ingress) gives the backend; dir 1: backend -> client
+ * (egress) gives the frontend to write back as the source. */
+struct lb4_nat_key {
+	__be32 saddr;
+	__be32 daddr;
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+	__u8 dir;
+	__u8 pad[2];
+};
+
+struct lb4_nat_val {
+	__be32 address;
+	__be16 port;
+	__u16 rev_nat_index;
+	__u32 backend_id;
+	__u32 pad;
+};
+
+#define LB_NAT_ENTRIES 65536
 
 #endif

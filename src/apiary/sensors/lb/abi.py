@@ -22,7 +22,7 @@ DROP_NO_SERVICE = 158
 
 PROTOCOLS = {"TCP": socket.IPPROTO_TCP, "UDP": socket.IPPROTO_UDP, "SCTP": socket.IPPROTO_SCTP}
 STAT_NAMES = ("translated", "reverse_translated", "no_backend", "bind_refused", "affinity_hits",
-              "reverse_sk_full", "events_lost")
+              "reverse_sk_full", "events_lost", "nodeport_in", "nodeport_out")
 
 
 class Lb4Key(ctypes.Structure):
@@ -66,8 +66,19 @@ class LbAffinityMatch(ctypes.Structure):
 
 class LbDropMsg(ctypes.Structure):
     _fields_ = [("type", c_uint8), ("reason", c_uint8), ("proto", c_uint8), ("hook", c_uint8),
-                ("address", c_uint8 * 4), ("port", c_uint8 * 2), ("pad", c_uint16), ("pid", c_uint32),
-                ("cgroup_id", c_uint64), ("netns_cookie", c_uint64), ("ktime", c_uint64)]
+                ("address", c_uint8 * 4), ("port", c_uint8 * 2), ("sport", c_uint8 * 2), ("saddr", c_uint8 * 4),
+                ("pid", c_uint32), ("ifindex", c_uint32), ("cgroup_id", c_uint64), ("netns_cookie", c_uint64),
+                ("ktime", c_uint64)]
+
+
+class Lb4NatKey(ctypes.Structure):
+    _fields_ = [("saddr", c_uint8 * 4), ("daddr", c_uint8 * 4), ("sport", c_uint8 * 2), ("dport", c_uint8 * 2),
+                ("proto", c_uint8), ("dir", c_uint8), ("pad", c_uint8 * 2)]
+
+
+class Lb4NatVal(ctypes.Structure):
+    _fields_ = [("address", c_uint8 * 4), ("port", c_uint8 * 2), ("rev_nat_index", c_uint16), ("backend_id", c_uint32),
+                ("pad", c_uint32)]
 
 
 STRUCTS: dict[str, type[ctypes.Structure]] = {
@@ -81,6 +92,8 @@ STRUCTS: dict[str, type[ctypes.Structure]] = {
     "lb_affinity_val": LbAffinityVal,
     "lb_affinity_match": LbAffinityMatch,
     "lb_drop_msg": LbDropMsg,
+    "lb4_nat_key": Lb4NatKey,
+    "lb4_nat_val": Lb4NatVal,
 }
 KERNEL_ONLY: dict[str, str] = {"lb4_maglev_lut": "a table of maglev_m backend ids, written as packed u32s"}
 DEFINES: dict[str, int] = {
@@ -93,7 +106,8 @@ DEFINES: dict[str, int] = {
     "LB_MAGLEV_MAX": LB_MAGLEV_MAX,
     "LB_MSG_DROP": LB_MSG_DROP,
     "DROP_NO_SERVICE": DROP_NO_SERVICE,
-    "LB_STAT_MAX": 8,
+    "LB_STAT_MAX": 10,
+    "LB_NAT_ENTRIES": 65536,
 }
 
 

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from apiary.loader import BpfObject, CgroupLink, Map, RingBuffer
+from apiary.loader import BpfObject, CgroupLink, Map, RingBuffer, TcFilter
 from apiary.loader.paths import bpf_object
 from apiary.sensors.abi import packed
 from apiary.sensors.base import LinkRow, OwnedMap, ProgramRow, RecordHandler, RingCounts, link_rows
@@ -27,7 +27,8 @@ from . import abi
 PROGRAMS = ("lb_connect4", "lb_sendmsg4", "lb_recvmsg4", "lb_getpeername4", "lb_post_bind4")
 SO_NETNS_COOKIE = 71  # socket(7), Linux 5.14+
 MAPS = ("lb4_services", "lb4_backends", "lb4_reverse_nat", "lb4_reverse_sk", "lb4_affinity", "lb_affinity_match",
-        "lb4_maglev", "lb_host_addrs")
+        "lb4_maglev", "lb_host_addrs", "lb4_nat")
+TC_HANDLE, TC_PRIORITY = 0xA1B, 1  # apiary's NodePort filters on a node device (endpoint veths use 1/1)
 
 
 class LBCapacityError(ValueError):
@@ -97,6 +98,7 @@ class LoadBalancer:
         self.obj: BpfObject | None = None
         self.maps: dict[str, Map] = {}
         self.links: list[CgroupLink] = []
+        self.devices: dict[str, tuple[int, list[TcFilter]]] = {}  # name -> (ifindex, [ingress, egress])
         self.cgroup = ""
         self.written = Contents.empty()
         self.ring: RingBuffer | None = None
@@ -132,10 +134,31 @@ class LoadBalancer:
             raise
         self.cgroup = cgroup
 
+    def attach_device(self, name: str) -> None:
+        """The NodePort/ExternalIP TC path on a node device (clients on other hosts reach services through it)."""
+        assert self.obj
+        if name in self.devices:
+            return
+        ifindex = socket.if_nametoindex(name)  # OSError: no such device
+        filters: list[TcFilter] = []
+        try:
+            for prog, egress in (("lb_nodeport_in", False), ("lb_nodeport_out", True)):
+                filters.append(TcFilter.attach(self.obj.program(prog), ifindex, egress=egress, handle=TC_HANDLE,
+                                               priority=TC_PRIORITY))
+        except BaseException:
+            for f in filters:
+                f.destroy()
+            raise
+        self.devices[name] = (ifindex, filters)
+
     def _detach(self) -> None:
         for lk in self.links:
             lk.destroy()
         self.links.clear()
+        for _, filters in self.devices.values():
+            for f in filters:
+                f.destroy()
+        self.devices.clear()
 
     def close(self) -> None:
         self._detach()
@@ -223,15 +246,22 @@ class LoadBalancer:
     def program_rows(self) -> list[ProgramRow]:
         if not self.obj:
             return []
-        return [ProgramRow(lk.prog.name, lk.prog.fd, lk.describe(), lk.id) for lk in self.links]
+        rows = [ProgramRow(lk.prog.name, lk.prog.fd, lk.describe(), lk.id) for lk in self.links]
+        for name, (_, filters) in self.devices.items():
+            rows += [ProgramRow(f.prog.name, f.prog.fd, f"{name} ({f.describe()})") for f in filters]
+        return rows
 
     def link_rows(self) -> list[LinkRow]:
-        return link_rows(self.links)
+        rows = link_rows(self.links)
+        for name, (_, filters) in self.devices.items():
+            rows += [LinkRow(0, f.prog.name, f"{name} ({f.describe()})") for f in filters]
+        return rows
 
     def owned_maps(self) -> list[OwnedMap]:
         if not self.obj:
             return []
-        return [OwnedMap(m, self.maps[m], count_entries=m not in ("lb4_reverse_sk", "lb4_affinity")) for m in MAPS] + [
+        big = ("lb4_reverse_sk", "lb4_affinity", "lb4_nat")  # LRU maps: too large to walk for status
+        return [OwnedMap(m, self.maps[m], count_entries=m not in big) for m in MAPS] + [
             OwnedMap("lb_stats", self.stats_map, in_status=False, count_entries=False)]
 
     def records_into(self) -> RingBuffer | None:
@@ -246,23 +276,30 @@ class LoadBalancer:
 
 @dataclass(frozen=True)
 class LBDrop:
-    """A connect()/sendmsg() refused: the frontend had no usable backend (SERVICE_BACKEND_NOT_FOUND)."""
+    """A connect()/sendmsg() refused, or a NodePort packet dropped: the frontend had no usable backend
+    (SERVICE_BACKEND_NOT_FOUND)."""
 
     ktime: int
     reason: int
     protocol: int
-    hook: str
+    hook: str  # connect4 | sendmsg4 | nodeport
     address: str
     port: int
+    saddr: str  # nodeport: the client ("" for a socket: the agent knows it by its cgroup)
+    sport: int
     pid: int
+    ifindex: int
     cgroup_id: int
     netns_cookie: int
 
 
 _DROP = packed(abi.LbDropMsg)
+_HOOKS = ("connect4", "sendmsg4", "nodeport")
 
 
 def decode_drop(buf: memoryview) -> LBDrop:
-    (_t, reason, proto, hook, addr, port, _pad, pid, cg, ns, kt) = _DROP.unpack_from(buf)
-    return LBDrop(kt, reason, proto, "sendmsg4" if hook else "connect4", str(ipaddress.IPv4Address(addr)),
-                  int.from_bytes(port, "big"), pid, cg, ns)
+    (_t, reason, proto, hook, addr, port, sport, saddr, pid, ifindex, cg, ns, kt) = _DROP.unpack_from(buf)
+    return LBDrop(kt, reason, proto, _HOOKS[hook] if hook < len(_HOOKS) else str(hook),
+                  str(ipaddress.IPv4Address(addr)), int.from_bytes(port, "big"),
+                  str(ipaddress.IPv4Address(saddr)) if hook == 2 else "", int.from_bytes(sport, "big"), pid, ifindex,
+                  cg, ns)

@@ -104,6 +104,10 @@ def test_observe_table_not_and_json_shape(pair_factory) -> None:
     assert set(resp) == {"flow", "node_name", "time"} and resp["flow"]["Type"] == "L3_L4"
     r = net.agent.cli("observe", "--bogus-filter", "x")
     assert r.returncode == 2 and "--bogus-filter" in r.stderr
+    # the service filters go through the CLI and the agent (no service is configured: nothing has one)
+    assert net.flows("--not", "--service", f"{NS}/backend") and not net.flows("--to-service", f"{NS}/")
+    r = net.agent.cli("observe", "--to-service", "Bad/Name")
+    assert r.returncode == 2 and "--to-service: invalid service 'Bad/Name'" in r.stderr
 
 
 def test_prometheus_metrics_have_hubble_and_tetragon_names(pair_factory) -> None:

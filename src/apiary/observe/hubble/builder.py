@@ -44,6 +44,7 @@ from apiary.observe.hubble.enums import (
     tcp_flags_summary,
 )
 from apiary.observe.hubble.raw import CT_REPLY, MSG_DROP, MSG_POLICY_VERDICT, MSG_TRACE, FlowMsg
+from apiary.observe.hubble.services import ServiceLookup
 from apiary.policy.types import RuleRef
 
 _ts_sec = -1
@@ -148,16 +149,38 @@ def _l4_target(proto: int, dport: int, sport: int) -> str:
     return f"proto {proto}"
 
 
+_PORT_PROTOCOLS = {PROTO_TCP: "TCP", PROTO_UDP: "UDP", PROTO_SCTP: "SCTP"}
+
+
+def _service_json(found: tuple[str, str]) -> dict[str, str]:
+    """flow.Service ``{name, namespace}`` (empty strings omitted, as protojson does)."""
+    ns, name = found
+    d: dict[str, str] = {}
+    if name:
+        d["name"] = name
+    if ns:
+        d["namespace"] = ns
+    return d
+
+
 # --- flow builder --------------------------------------------------------------------------------
 
 
 class FlowBuilder:
     """Turns decoded datapath messages into Hubble ``GetFlowsResponse`` dicts (see the module docstring)."""
 
-    def __init__(self, node_name: str, directory: EndpointDirectory, clock: WallClock | None = None) -> None:
+    def __init__(
+        self,
+        node_name: str,
+        directory: EndpointDirectory,
+        clock: WallClock | None = None,
+        services: ServiceLookup | None = None,
+    ) -> None:
         self.node_name = node_name
         self.directory = directory
         self.clock: WallClock = clock if clock is not None else KtimeClock()
+        # source_service / destination_service; None: the fields stay absent. May be set at any time.
+        self.services: ServiceLookup | None = services
 
     # -- pieces
 
@@ -310,6 +333,19 @@ class FlowBuilder:
         if sub:
             event_type["sub_type"] = sub
         flow["event_type"] = event_type
+        lookup = self.services
+        if lookup is not None and msg.proto in _PORT_PROTOCOLS:
+            # Hubble asks its service getter about each end's IP:port (docs/flows.md, "Services")
+            proto = _PORT_PROTOCOLS[msg.proto]
+            try:
+                src_svc = lookup.service_of(msg.src_ip, msg.sport, proto) if msg.src_ip else None
+                dst_svc = lookup.service_of(msg.dst_ip, msg.dport, proto) if msg.dst_ip else None
+            except Exception:  # a look-up must never break flow decoding
+                src_svc = dst_svc = None
+            if src_svc:
+                flow["source_service"] = _service_json(src_svc)
+            if dst_svc:
+                flow["destination_service"] = _service_json(dst_svc)
         if direction:
             flow["traffic_direction"] = TRAFFIC_DIRECTION[direction]
         if kind == MSG_POLICY_VERDICT and msg.match_type:

@@ -9,6 +9,7 @@ from typing import Any
 
 from apiary.observe.hubble.filter_values import (
     FLOW_FILTER_FIELDS,
+    check_service_flag,
     compile_label_selector,
     direction_name,
     drop_reason_name,
@@ -37,6 +38,9 @@ FILTER_FLAGS = frozenset(
         "label",
         "from-label",
         "to-label",
+        "service",
+        "from-service",
+        "to-service",
         "identity",
         "from-identity",
         "to-identity",
@@ -61,8 +65,12 @@ _CONFLICTS: tuple[tuple[str, ...], ...] = (
     ("to-ip", "ip", "to-pod", "pod"),
     ("to-pod", "namespace"),
     ("from-pod", "namespace"),
+    ("to-service", "namespace"),
+    ("from-service", "namespace"),
     ("label", "from-label"),
     ("label", "to-label"),
+    ("service", "from-service"),
+    ("service", "to-service"),
     ("verdict",),
     ("drop-reason-desc",),
     ("type",),
@@ -110,47 +118,68 @@ class _Tracker:
                             raise ValueError(f"filters --{flag} and --{other} cannot be combined")
 
     def check_namespace_conflicts(self) -> None:
+        """hubble's ``checkNamespaceConflicts`` on left then right (the first conflict is reported)."""
         for ff in (self.left, self.right):
             if not ff:
                 continue
             for nss, key in (
                 (self.ns, "source_pod"),
+                (self.ns, "source_service"),
                 (self.ns, "destination_pod"),
+                (self.ns, "destination_service"),
                 (self.src_ns, "source_pod"),
+                (self.src_ns, "source_service"),
                 (self.dst_ns, "destination_pod"),
+                (self.dst_ns, "destination_service"),
             ):
                 for ns in nss:
                     for name in ff.get(key, ()):
                         parts = name.split("/")
                         if len(parts) > 1 and parts[0] and parts[0] != ns:
                             raise ValueError(f'namespace conflict: "{ns}" does not contain "{name}"')
+            for pod_key, svc_key in (("source_pod", "source_service"), ("destination_pod", "destination_service")):
+                # a pod in one namespace and a service in another (or in none) can never both match
+                for pod in ff.get(pod_key, ()):
+                    pod_ns = pod.split("/")[0] if "/" in pod else ""
+                    if not pod_ns:
+                        continue
+                    for svc in ff.get(svc_key, ()):
+                        svc_ns = svc.split("/")[0] if "/" in svc else ""
+                        if svc_ns != pod_ns:
+                            raise ValueError(f'namespace of service "{svc}" conflict with pod "{pod_ns}"')
 
     @staticmethod
-    def _with_ns(ff: dict[str, list[Any]], key: str, nss: list[str]) -> None:
-        if not ff.get(key):
-            ff[key] = [""]
-        out: list[str] = []
-        for entry in ff[key]:
-            if "/" in entry:
-                out.append(entry)
-            else:
-                out.extend(f"{ns}/{entry}" for ns in nss)
-        ff[key] = out
+    def _with_ns(ff: dict[str, list[Any]], pod_key: str, svc_key: str, nss: list[str]) -> None:
+        """hubble's ``namespaceModifier.applySrc/applyDest``: a namespace flag without a pod or service filter
+        on that side becomes ``<ns>/`` pod filters; names without a namespace get each namespace."""
+        if not ff.get(pod_key) and not ff.get(svc_key):
+            ff[pod_key] = [""]
+        for key in (pod_key, svc_key):
+            if not ff.get(key):
+                continue
+            out: list[str] = []
+            for entry in ff[key]:
+                if "/" in entry:
+                    out.append(entry)
+                else:
+                    out.extend(f"{ns}/{entry}" for ns in nss)
+            ff[key] = out
 
     def flow_filters(self) -> list[dict[str, list[Any]]]:
         if self.left is None and self.right is None and not (self.ns or self.src_ns or self.dst_ns):
             return []
         left = {k: list(v) for k, v in (self.left or {}).items()}
         right = {k: list(v) for k, v in (self.right or {}).items()}
+        src, dst = ("source_pod", "source_service"), ("destination_pod", "destination_service")
         if self.dst_ns:
-            self._with_ns(left, "destination_pod", self.dst_ns)
-            self._with_ns(right, "destination_pod", self.dst_ns)
+            self._with_ns(left, *dst, self.dst_ns)
+            self._with_ns(right, *dst, self.dst_ns)
         if self.src_ns:
-            self._with_ns(left, "source_pod", self.src_ns)
-            self._with_ns(right, "source_pod", self.src_ns)
+            self._with_ns(left, *src, self.src_ns)
+            self._with_ns(right, *src, self.src_ns)
         if self.ns:
-            self._with_ns(left, "source_pod", self.ns)
-            self._with_ns(right, "destination_pod", self.ns)
+            self._with_ns(left, *src, self.ns)
+            self._with_ns(right, *dst, self.ns)
         left, right = _ordered(left), _ordered(right)
         return [left] if left == right else [left, right]
 
@@ -173,6 +202,9 @@ def _set(t: _Tracker, flag: str, value: str) -> None:
             t.add_right("destination_pod", value)
         else:
             t.add("source_pod" if flag == "from-pod" else "destination_pod", value)
+    elif flag in ("service", "from-service", "to-service"):
+        check_service_flag(value)
+        _two_sided(t, flag, "source_service", "destination_service", value)
     elif flag in ("namespace", "from-namespace", "to-namespace"):
         if not value or "/" in value:
             raise ValueError(f"invalid namespace {value!r}")

@@ -22,9 +22,11 @@ FLOW_FILTER_FIELDS = (
     "source_ip",
     "source_pod",
     "source_label",
+    "source_service",
     "destination_ip",
     "destination_pod",
     "destination_label",
+    "destination_service",
     "traffic_direction",
     "verdict",
     "drop_reason_desc",
@@ -138,6 +140,35 @@ def parse_namespaced_name(name: str) -> tuple[str, str]:
     if parts[0] == "":
         return "", ""
     return "default", parts[0]
+
+
+def parse_name_filters(values: list[Any]) -> list[tuple[str, str]]:
+    """``source_pod`` / ``source_service`` ... values -> (namespace, name prefix) pairs, as the Hubble server
+    reads them (``filterByNamespacedName``)."""
+    out = []
+    for v in values:
+        ns, prefix = parse_namespaced_name(str(v))
+        if not ns and not prefix:
+            raise ValueError(f"invalid filter, must be [namespace/][<name>], got {str(v)!r}")
+        out.append((ns, prefix))
+    return out
+
+
+_DNS_CHARS = re.compile(r"[a-z0-9.\-]*")
+
+
+def check_service_flag(value: str) -> None:
+    """A ``--service`` / ``--from-service`` / ``--to-service`` value: ``[namespace/][<name prefix>]``.
+
+    Stricter than the hubble CLI (which passes anything on and lets the server ignore what follows a second
+    ``/``): Kubernetes namespaces and service names are lowercase DNS names, so anything else is a typo."""
+    if parse_namespaced_name(value) == ("", ""):
+        raise ValueError(f"invalid filter, must be [namespace/][<name>], got {value!r}")
+    parts = value.split("/")
+    if len(parts) > 2 or not all(_DNS_CHARS.fullmatch(p) for p in parts):
+        raise ValueError(
+            f"invalid service {value!r}: must be [namespace/][<name>] (lowercase letters, digits, '-' and '.')"
+        )
 
 
 def _decimal(text: str) -> int:

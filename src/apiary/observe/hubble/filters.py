@@ -41,7 +41,7 @@ from apiary.observe.hubble.filter_values import (
     drop_reason_name,
     parse_ip,
     parse_label,
-    parse_namespaced_name,
+    parse_name_filters,
     parse_port,
     protocol_name,
     verdict_name,
@@ -66,6 +66,13 @@ def _port_of(flow: Mapping[str, Any], which: str) -> int | None:
     return None
 
 
+def _name_matches(filters: Sequence[tuple[str, str]], ns: str, name: str) -> bool:
+    """Hubble's ``filterByNamespacedName``: the namespace equal and the name starting with the prefix."""
+    if not ns and not name:
+        return False
+    return any((not p or name.startswith(p)) and fns == ns for fns, p in filters)
+
+
 def _compile_field(key: str, values: Sequence[Any]) -> FlowPredicate:
     """One FlowFilter field -> predicate (values ORed)."""
     if key in ("source_ip", "destination_ip"):
@@ -85,21 +92,28 @@ def _compile_field(key: str, values: Sequence[Any]) -> FlowPredicate:
         return match_ip
     if key in ("source_pod", "destination_pod"):
         side = "source" if key == "source_pod" else "destination"
-        pods = []
-        for v in values:
-            ns, prefix = parse_namespaced_name(str(v))
-            if not ns and not prefix:
-                raise ValueError(f"invalid filter, must be [namespace/][<name>], got {v!r}")
-            pods.append((ns, prefix))
+        pods = parse_name_filters(list(values))
 
         def match_pod(f: Mapping[str, Any]) -> bool:
             ep = _endpoint(f, side)
-            ens, name = ep.get("namespace", ""), ep.get("pod_name", "")
-            if not ens and not name:
-                return False
-            return any((not p or name.startswith(p)) and ns == ens for ns, p in pods)
+            return _name_matches(pods, ep.get("namespace", ""), ep.get("pod_name", ""))
 
         return match_pod
+    if key in ("source_service", "destination_service"):
+        side = "source" if key == "source_service" else "destination"
+        try:
+            services = parse_name_filters(list(values))
+        except ValueError as e:
+            raise ValueError(f"invalid {side} service filter: {e}") from None
+        svc_key = key
+
+        def match_service(f: Mapping[str, Any]) -> bool:
+            svc = f.get(svc_key)
+            if not isinstance(svc, Mapping):
+                return False
+            return _name_matches(services, svc.get("namespace", ""), svc.get("name", ""))
+
+        return match_service
     if key in ("source_label", "destination_label"):
         side = "source" if key == "source_label" else "destination"
         selectors = [compile_label_selector(str(v)) for v in values]

@@ -52,9 +52,7 @@ def net() -> Iterator[Net]:
 @pytest.fixture(autouse=True)
 def no_policies_after(net: Net) -> Iterator[None]:
     yield
-    res = json.loads(net.cli_ok("policy", "list", "-o", "json"))
-    for p in res["policies"]:
-        net.cli_ok("policy", "delete", p["name"], "-n", p["namespace"])
+    net.delete_policies()
 
 
 def ip(net: Net, name: str) -> str:

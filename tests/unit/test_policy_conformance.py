@@ -34,6 +34,7 @@ LOADS = {
     "connectivity/allow-host-entity-egress.yaml", "connectivity/allow-ingress-identity.yaml",
     "connectivity/client-egress-to-echo-deny-port-range.yaml", "connectivity/client-egress-to-echo-deny.yaml",
     "connectivity/client-egress-to-echo-expression-deny.yaml", "connectivity/client-egress-to-echo-expression.yaml",
+    "connectivity/client-egress-to-echo-named-port-deny.yaml",
     "connectivity/client-egress-to-echo-service-account.yaml", "connectivity/client-egress-to-echo.yaml",
     "connectivity/client-egress-to-entities-k8s.yaml", "connectivity/client-egress-to-entities-world.yaml",
     "connectivity/client-ingress-from-client2.yaml", "connectivity/deny-all-egress.yaml",
@@ -63,7 +64,8 @@ INVALID = {
 EPS = [
     EndpointSpec(1, "client", "cilium-test", {"kind": "client", "name": "client"}, "10.200.0.10"),
     EndpointSpec(2, "client2", "cilium-test", {"kind": "client", "other": "client", "name": "client2"}, "10.200.0.11"),
-    EndpointSpec(3, "echo", "cilium-test", {"kind": "echo", "name": "echo-same-node"}, "10.200.0.20"),
+    EndpointSpec(3, "echo", "cilium-test", {"kind": "echo", "name": "echo-same-node"}, "10.200.0.20",
+                 {"http-8080": (8080, "TCP")}),
     EndpointSpec(4, "coredns", "kube-system", {"k8s-app": "kube-dns"}, "10.200.0.30"),
     EndpointSpec(5, "frontend", "cilium-test", {"role": "frontend", "app": "myService"}, "10.200.0.40"),
     EndpointSpec(6, "backend", "cilium-test", {"role": "backend"}, "10.200.0.41"),
@@ -173,6 +175,14 @@ def test_connectivity_client_egress_to_echo() -> None:
     assert lookup(c, 1, EGRESS, 1, "UDP", 53).verdict == "allowed"  # host entity
     assert lookup(c, 1, EGRESS, 1, "UDP", 54).verdict == "default-denied"
     assert lookup(c, 3, EGRESS, 1, "UDP", 54).verdict == "not-enforced"
+
+
+def test_connectivity_named_port_deny() -> None:
+    c = compiled("connectivity/client-egress-to-echo-named-port-deny.yaml")  # echo's ingressDeny http-8080 from client
+    assert lookup(c, 3, INGRESS, ident(c, 1), "TCP", 8080).verdict == "denied"  # the name resolved on echo
+    assert lookup(c, 3, INGRESS, ident(c, 1), "TCP", 8081).verdict == "default-denied"
+    assert lookup(c, 3, INGRESS, ident(c, 2), "TCP", 8080).verdict == "default-denied"
+    assert lookup(c, 3, INGRESS, ident(c, 1), "UDP", 8080).verdict == "default-denied"
 
 
 def test_isolate_namespaces_two_documents() -> None:

@@ -168,8 +168,6 @@ UNSUPPORTED = [
          "{kind: CiliumEnvoyConfig, name: c}}\n"), "spec.egress[0].toPorts[0].listener"),
     (doc("egress:\n- toPorts:\n  - ports: [{port: '443', protocol: TCP}]\n    originatingTLS: {secret: {name: s}}\n"),
      "spec.egress[0].toPorts[0].originatingTLS"),
-    (doc("ingress:\n- toPorts:\n  - ports: [{port: 'HTTP', protocol: TCP}]\n"),
-     "spec.ingress[0].toPorts[0].ports[0].port"),
     (doc("egress:\n- toPorts:\n  - ports: [{port: '0', protocol: gre}]\n"),
      "spec.egress[0].toPorts[0].ports[0].protocol"),
     (doc("egress:\n- toCIDR: ['2001:db8::/32']\n"), "spec.egress[0].toCIDR[0]"),

@@ -10,7 +10,13 @@ from typing import Any
 from aiohttp import web
 
 from apiary.observe.hubble.builder import lost_events_response
-from apiary.sensors.network.validate import ValidationError, check_endpoint_name, check_labels, check_namespace
+from apiary.sensors.network.validate import (
+    ValidationError,
+    check_endpoint_name,
+    check_labels,
+    check_namespace,
+    check_ports,
+)
 
 from .api_common import body_object, body_text, error, in_worker
 from .network import Network
@@ -45,9 +51,10 @@ def add_routes(app: web.Application, agent: AgentView) -> None:
             name = check_endpoint_name(body.get("name"))
             namespace = check_namespace(body.get("namespace", "default"))
             labels = check_labels(body.get("labels", {}))
+            ports = check_ports(body.get("ports", {}))  # {"http": [8080, "TCP"]}
         except ValidationError as e:
             return error(str(e), 400, field=e.field)
-        return await call(lambda: n.endpoint_row(n.create_endpoint(name, namespace, labels)))
+        return await call(lambda: n.endpoint_row(n.create_endpoint(name, namespace, labels, ports)))
 
     async def endpoint_delete(request: web.Request) -> web.Response:
         n = net()

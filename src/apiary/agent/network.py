@@ -149,7 +149,7 @@ class Network:
 
     # ------------------------------------------------------------------ compile + write
     def _specs(self) -> list[EndpointSpec]:
-        return [EndpointSpec(e.ep_id, e.name, e.namespace, e.labels, e.ipv4) for e in self.em.endpoints.values()]
+        return [_spec(e) for e in self.em.endpoints.values()]
 
     def host_ips(self) -> list[str]:
         ips = {self.em.router}
@@ -208,8 +208,10 @@ class Network:
         self._write(self._compile([p.obj for p in self.policies.values()], self.revision))
 
     # ------------------------------------------------------------------ endpoints
-    def create_endpoint(self, name: str, namespace: str, labels: dict[str, str]) -> Endpoint:
-        ep = self.em.create(name, namespace, labels)
+    def create_endpoint(self, name: str, namespace: str, labels: dict[str, str],
+                        ports: dict[str, tuple[int, str]] | None = None) -> Endpoint:
+        """The policies are recompiled with it: its labels select rules, its ports resolve named ports."""
+        ep = self.em.create(name, namespace, labels, ports)
         try:
             self._recompute()
             self.dp.attach(ep)
@@ -242,6 +244,7 @@ class Network:
             "name": ep.name,
             "namespace": ep.namespace,
             "labels": ep.labels,
+            "ports": {n: [port, proto] for n, (port, proto) in sorted(ep.ports.items())},
             "identity": ident,
             "ipv4": ep.ipv4,
             "interface": ep.host_if,
@@ -333,7 +336,7 @@ class Network:
     def _peer(self, ref: str) -> Any:
         try:
             ep = self.em.get(ref)
-            return endpoint_peer(self.compiled, EndpointSpec(ep.ep_id, ep.name, ep.namespace, ep.labels, ep.ipv4))
+            return endpoint_peer(self.compiled, _spec(ep))
         except EndpointError:
             try:
                 ipaddress.IPv4Address(ref)
@@ -421,6 +424,10 @@ class Network:
             },
             "datapath_counters": self.dp.counters() if self.dp.obj else {},
         }
+
+
+def _spec(ep: Endpoint) -> EndpointSpec:
+    return EndpointSpec(ep.ep_id, ep.name, ep.namespace, ep.labels, ep.ipv4, ep.ports)
 
 
 @contextlib.contextmanager

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from apiary.agent import statedir
 from apiary.observe.hubble.filter_flags import FILTER_FLAGS, FLAG_ALIASES
+from apiary.sensors.network.validate import ValidationError, check_port
 from apiary.textutil import clip, clip_quoted
 
 from .client import DEFAULT_TIMEOUT, AgentUnreachable, ApiError, Client
@@ -124,6 +125,32 @@ def _labels(values: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
+def _ports(values: tuple[str, ...]) -> dict[str, tuple[int, str]]:
+    """`--port NAME=PORT[/PROTO]` (repeatable; the protocol defaults to TCP) as the API takes them."""
+    out: dict[str, tuple[int, str]] = {}
+    for item in values:
+        name, eq, rest = item.partition("=")
+        port_s, slash, proto = rest.partition("/")
+        if not eq or not port_s or (slash and not proto):
+            raise click.BadParameter(f"{item!r}: expected NAME=PORT[/PROTOCOL], e.g. http=8080/TCP",
+                                     param_hint="--port")
+        if not (port_s.isascii() and port_s.isdigit()):
+            raise click.BadParameter(f"{item!r}: port {port_s!r} is not a number 1-65535", param_hint="--port")
+        try:
+            name, port, proto = check_port(name, int(port_s), (proto or "TCP").upper(), "--port")
+        except ValidationError as e:
+            raise click.BadParameter(e.reason, param_hint="--port") from None
+        if name in out:
+            raise click.BadParameter(f"port name {name!r} given twice (names are unique in an endpoint)",
+                                     param_hint="--port")
+        out[name] = (port, proto)
+    return out
+
+
+def _ports_text(ports: dict[str, list[Any]]) -> str:
+    return ",".join(f"{name}={port}/{proto}" for name, (port, proto) in sorted(ports.items()))
+
+
 # ------------------------------------------------------------------------------- endpoint
 @click.group()
 def endpoint() -> None:
@@ -134,17 +161,22 @@ def endpoint() -> None:
 @click.argument("name")
 @click.option("--labels", "-l", multiple=True, help="key=value[,key=value] (repeatable)")
 @click.option("--namespace", "-n", default="default", show_default=True)
+@click.option("--port", "-p", "ports", multiple=True, metavar="NAME=PORT[/PROTO]",
+              help="A named container port, e.g. http=8080/TCP (repeatable; protocol TCP, UDP or SCTP, default TCP)")
 @click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text")
 @click.pass_context
-def endpoint_create(ctx: click.Context, name: str, labels: tuple[str, ...], namespace: str, output: str) -> None:
+def endpoint_create(ctx: click.Context, name: str, labels: tuple[str, ...], namespace: str, ports: tuple[str, ...],
+                    output: str) -> None:
     """Create an endpoint."""
-    row = _req(ctx, "POST", "/v1/endpoints", json={"name": name, "namespace": namespace, "labels": _labels(labels)})
+    body = {"name": name, "namespace": namespace, "labels": _labels(labels), "ports": _ports(ports)}
+    row = _req(ctx, "POST", "/v1/endpoints", json=body)
     if output == "json":
         click.echo(json.dumps(row, indent=2))
     else:
+        shown_ports = f", ports {_ports_text(row['ports'])}" if row.get("ports") else ""
         click.echo(
             f"endpoint {row['namespace']}/{row['name']} created: id {row['id']}, identity "
-            f"{row['identity']}, IPv4 {row['ipv4']}, interface {row['interface']}"
+            f"{row['identity']}, IPv4 {row['ipv4']}, interface {row['interface']}{shown_ports}"
         )
 
 
@@ -152,12 +184,14 @@ def endpoint_create(ctx: click.Context, name: str, labels: tuple[str, ...], name
 @click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
 @click.pass_context
 def endpoint_list(ctx: click.Context, output: str) -> None:
-    """List endpoints with identity, IPv4 and policy enforcement."""
+    """List endpoints with identity, IPv4, named ports and policy enforcement."""
     rows = _req(ctx, "GET", "/v1/endpoints")
     if output == "json":
         click.echo(json.dumps(rows, indent=2))
         return
-    t = Table("ENDPOINT", "NAME", "IDENTITY", "LABELS", "IPv4", "INGRESS ENFORCEMENT", "EGRESS ENFORCEMENT", "STATE")
+    with_ports = any(r.get("ports") for r in rows)  # the PORTS column only when an endpoint declares ports
+    t = Table("ENDPOINT", "NAME", "IDENTITY", "LABELS", "IPv4", *(["PORTS"] if with_ports else []),
+              "INGRESS ENFORCEMENT", "EGRESS ENFORCEMENT", "STATE")
     for r in rows:
         t.add_row(
             str(r["id"]),
@@ -165,6 +199,7 @@ def endpoint_list(ctx: click.Context, output: str) -> None:
             str(r["identity"]),
             ",".join(f"{k}={v}" for k, v in sorted(r["labels"].items())),
             r["ipv4"],
+            *([_ports_text(r.get("ports") or {})] if with_ports else []),
             "Enabled" if r["ingress_enforcement"] else "Disabled",
             "Enabled" if r["egress_enforcement"] else "Disabled",
             r["state"],

@@ -1,6 +1,12 @@
 """Policies + endpoints -> desired datapath state (:class:`CompiledPolicy`): per-endpoint policy entries,
 rule attribution, identities and the ipcache. Pure: no kernel, no I/O besides the identity allocator.
 
+Named ports (``toPorts.ports[].port: http``) resolve as in Cilium: on ingress against the container ports of
+the endpoint the policy is for; on egress against the container ports of each peer identity the rule selects
+(the union over that identity's endpoints; a rule with no L3 peer resolves against every endpoint's). A name
+that resolves to nothing, to another protocol, or to several port numbers (Cilium's ErrDuplicateNamedPorts)
+allows nothing; it is not an error. Endpoints' ports are compile inputs, so any change recompiles.
+
 Map semantics (see types.py): the datapath looks up (remote identity) and (identity 0) separately,
 longest prefix wins in each lookup and a deny from either wins. Deny precedence inside one identity
 sub-space is resolved here: an allow covered by a less specific deny of the same identity becomes a deny.
@@ -9,7 +15,7 @@ sub-space is resolved here: an allow covered by a less specific deny of the same
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network
 from typing import Any, Literal
@@ -57,6 +63,11 @@ class EndpointSpec:
     namespace: str
     labels: dict[str, str] = field(default_factory=dict)
     ipv4: str = ""
+    ports: Mapping[str, tuple[int, str]] = field(default_factory=dict)  # container ports: name -> (port, protocol)
+
+
+# (port name, IP protocol) -> the port numbers the endpoints of one identity give that name
+NamedPorts = dict[tuple[str, int], set[int]]
 
 
 @dataclass
@@ -85,28 +96,59 @@ def _v4(text: str) -> IPv4Network:
     return net
 
 
-def _l4(item: Any) -> list[tuple[int, int, int]]:
-    """(proto, port, port_prefix) triples of an item; L3-only items give the any-protocol triple."""
+def _l4(item: Any) -> tuple[list[tuple[int, int, int]], list[tuple[str, int]]]:
+    """(proto, port, port_prefix) triples of an item (L3-only items give the any-protocol triple), and its
+    named ports as (name, proto) pairs (ANY: one per protocol, as Cilium splits ANY into TCP, UDP and SCTP)."""
     if not item.to_ports and not item.icmps:
-        return [(PROTO_ANY, 0, 0)]
+        return [(PROTO_ANY, 0, 0)], []
     out: dict[tuple[int, int, int], None] = {}
+    named: dict[tuple[str, int], None] = {}
     for port_rule in item.to_ports or []:
         for pp in port_rule.ports or []:
-            n = pp.number
-            if n is None:
-                raise PolicyError(f"named port {pp.port!r} cannot be compiled")
-            blocks = [(0, 0)] if n == 0 else list(port_blocks(n, max(n, pp.end_port or 0)))
             protos = PROTO_NUMBERS.values() if pp.protocol == "ANY" else [PROTO_NUMBERS[pp.protocol]]
+            n = pp.number
+            if n is None:  # endPort has no meaning for a named port (Cilium ignores it)
+                named.update(((pp.port, proto), None) for proto in protos)
+                continue
+            blocks = [(0, 0)] if n == 0 else list(port_blocks(n, max(n, pp.end_port or 0)))
             out.update(((proto, port, plen), None) for proto in protos for port, plen in blocks)
     for icmp in item.icmps or []:
         out.update(((PROTO_ICMP, f.code, 16), None) for f in icmp.fields or [])
-    return list(out)
+    return list(out), list(named)
+
+
+def _own_port(ports: Mapping[str, tuple[int, str]], name: str, proto: int) -> int | None:
+    """A name against one endpoint's container ports: its number when the protocol matches."""
+    hit = ports.get(name)
+    return hit[0] if hit is not None and PROTO_NUMBERS.get(hit[1]) == proto else None
+
+
+def _one_port(named: NamedPorts, name: str, proto: int) -> int | None:
+    """A name against an identity's ports: its number when its endpoints agree on one."""
+    ports = named.get((name, proto), ())
+    return next(iter(ports)) if len(ports) == 1 else None
+
+
+def named_ports(endpoints: Iterable[EndpointSpec], ep_identity: Mapping[int, int]) -> dict[int, NamedPorts]:
+    """Cilium's named-port map per identity, from the container ports of the node's endpoints."""
+    out: dict[int, NamedPorts] = defaultdict(lambda: defaultdict(set))
+    for ep in endpoints:
+        for name, (port, protocol) in ep.ports.items():
+            if protocol in PROTO_NUMBERS:
+                out[ep_identity[ep.ep_id]][(name, PROTO_NUMBERS[protocol])].add(port)
+    return out
 
 
 class _Compiler:
     def __init__(self, rules: list[_Rule], identities: dict[int, tuple[str, ...]],
-                 cidr_ids: dict[IPv4Network, int], revision: int, audit: bool) -> None:
+                 cidr_ids: dict[IPv4Network, int], revision: int, audit: bool,
+                 ports: dict[int, NamedPorts] | None = None) -> None:
         self.rules, self.identities, self.cidr_ids = rules, identities, cidr_ids
+        self.ports = ports or {}  # named ports per identity (egress resolution)
+        self._all_ports: NamedPorts = defaultdict(set)  # every endpoint's (a rule with no L3 peer)
+        for named in self.ports.values():
+            for key, numbers in named.items():
+                self._all_ports[key] |= numbers
         self._cidr_index = CidrIndex(cidr_ids)
         self.revision, self.audit = revision, audit
         self.refs: list[RuleRef] = [DEFAULT_DENY_RULE]
@@ -158,8 +200,25 @@ class _Compiler:
         self._peers[key] = out
         return out
 
-    def direction(self, ep_id: int, direction: int, selecting: list[_Rule],
+    def named_keys(self, ep: EndpointSpec, direction: int, peers: list[int],
+                   named: list[tuple[str, int]]) -> list[PolicyKey]:
+        """Map keys of named ports: ingress resolves against ``ep``'s own ports, egress against each peer's."""
+        keys = []
+        for name, proto in named:
+            if direction == INGRESS:
+                port = _own_port(ep.ports, name, proto)
+                if port is not None:
+                    keys += [PolicyKey(ep.ep_id, direction, ident, proto, port, 16) for ident in peers]
+                continue
+            for ident in peers:
+                port = _one_port(self._all_ports if ident == ID_UNKNOWN else self.ports.get(ident, {}), name, proto)
+                if port is not None:
+                    keys.append(PolicyKey(ep.ep_id, direction, ident, proto, port, 16))
+        return keys
+
+    def direction(self, ep: EndpointSpec, direction: int, selecting: list[_Rule],
                   enforcement: Enforcement) -> tuple[bool, dict[PolicyKey, PolicyEntry]]:
+        ep_id = ep.ep_id
         ingress = direction == INGRESS
         sections = SECTIONS[:2] if ingress else SECTIONS[2:]
         with_rules = [r for r in selecting if any(getattr(r.rule, attr) for attr, _ in sections)]
@@ -172,9 +231,12 @@ class _Compiler:
                 deny = attr.endswith("_deny")
                 for i, item in enumerate(getattr(r.rule, attr) or []):
                     section = f"{name}[{i}]"
+                    peers = sorted(self.peers(r, section, item, direction))
+                    numbered, named = _l4(item)
                     keys = [PolicyKey(ep_id, direction, ident, proto, port, plen)
-                            for ident in sorted(self.peers(r, section, item, direction))
-                            for proto, port, plen in _l4(item)]
+                            for ident in peers for proto, port, plen in numbered]
+                    if named:
+                        keys += self.named_keys(ep, direction, peers, named)
                     if keys:
                         entry = PolicyEntry(deny, self.ref(r, section), self.audit and deny)
                         for key in keys:
@@ -250,15 +312,15 @@ def compile_policies(policies: Sequence[PolicyModel], endpoints: Sequence[Endpoi
         identities[cidr_ids[prefix]] = cidr_labels(prefix)
 
     ipcache = build_ipcache({ep.ipv4: ep_identity[ep.ep_id] for ep in endpoints if ep.ipv4}, host_ips, cidr_ids)
-    compiler = _Compiler(rules, identities, cidr_ids, revision, audit)
+    compiler = _Compiler(rules, identities, cidr_ids, revision, audit, named_ports(endpoints, ep_identity))
     compiled = CompiledPolicy(revision=revision, rules=compiler.refs, ipcache=ipcache, identities=identities)
     for ep in endpoints:
         epp = EndpointPolicy(ep.ep_id, ingress_enforced=False, egress_enforced=False)
         if enforcement != "never":
             labels = identities[ep_identity[ep.ep_id]]
             selecting = [r for r in rules if r.subject.matches(labels)]
-            epp.ingress_enforced, ingress = compiler.direction(ep.ep_id, INGRESS, selecting, enforcement)
-            epp.egress_enforced, egress = compiler.direction(ep.ep_id, EGRESS, selecting, enforcement)
+            epp.ingress_enforced, ingress = compiler.direction(ep, INGRESS, selecting, enforcement)
+            epp.egress_enforced, egress = compiler.direction(ep, EGRESS, selecting, enforcement)
             epp.entries = {**ingress, **egress}
         compiled.endpoints[ep.ep_id] = epp
     allocator.flush()  # the allocator's table is written once per compile, not once per new identity

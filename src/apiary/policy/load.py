@@ -77,9 +77,6 @@ def _unsupported(obj: Any, path: str, out: list[Problem]) -> None:
         else:
             _unsupported(value, sub, out)
     if isinstance(obj, PortProtocol):
-        if obj.number is None:
-            out.append(Problem(_sub(path, "port"), f"named port {obj.port!r}: endpoints have no container ports; "
-                               "use the port number", unsupported=True))
         if obj.protocol in PROTOCOLS[4:]:
             out.append(Problem(_sub(path, "protocol"), f"protocol {obj.protocol}: only TCP, UDP, SCTP and ANY are "
                                "enforced", unsupported=True))

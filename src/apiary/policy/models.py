@@ -52,8 +52,14 @@ ICMPV6_TYPES = {
     "ExtendedEchoRequest": 160, "ExtendedEchoReply": 161,
 }
 
-_SVC_NAME = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")  # IANA service name (named port), after lower-casing
+_SVC_NAME = re.compile(r"[a-z0-9]+(-[a-z0-9]+)*", re.ASCII)  # IANA service name: no leading, trailing or double '-'
 _K8S_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+
+
+def is_port_name(name: str) -> bool:
+    """A port name as Kubernetes takes it (IANA_SVC_NAME, ``IsValidPortName``): 1-15 lower-case letters,
+    digits and '-', at least one letter, no leading, trailing or double '-'."""
+    return len(name) <= 15 and _SVC_NAME.fullmatch(name) is not None and re.search("[a-z]", name) is not None
 
 
 @dataclass(frozen=True)
@@ -161,8 +167,8 @@ class PortProtocol(_Strict):
             if int(v) > 65535:
                 raise invalid(f"port {v} is out of range 0-65535")
             return str(int(v))
-        name = v.lower()
-        if len(name) > 15 or not _SVC_NAME.match(name) or not re.search("[a-z]", name):
+        name = v.lower()  # Cilium lower-cases a port name in a policy
+        if not is_port_name(name):
             raise invalid(f"unable to parse port {v!r}: not a number 0-65535 nor a port name (IANA service name)")
         return name
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from .agent import AgentProcess
@@ -24,8 +26,12 @@ class Net:
             raise AssertionError(f"apiary {' '.join(args)} failed ({r.returncode}): {r.stderr}\nagent log:\n{log}")
         return r.stdout
 
-    def endpoint(self, name: str, namespace: str = "test-namespace", **labels: str) -> dict[str, Any]:
+    def endpoint(self, name: str, namespace: str = "test-namespace", *, ports: tuple[str, ...] = (),
+                 **labels: str) -> dict[str, Any]:
+        """``ports``: ``--port`` values, e.g. ("http=8080/TCP",)."""
         args = ["endpoint", "create", name, "-n", namespace, "-o", "json"]
+        for p in ports:
+            args += ["--port", p]
         for k, v in labels.items():
             args += ["--labels", f"{k}={v}"]
         return json.loads(self.cli_ok(*args))
@@ -81,6 +87,11 @@ class Net:
         if r.returncode != 0:
             raise AssertionError(f"policy apply failed: {r.stderr}")
 
+    def delete_policies(self) -> None:
+        """Delete every network policy in force (between tests)."""
+        for p in json.loads(self.cli_ok("policy", "list", "-o", "json"))["policies"]:
+            self.cli_ok("policy", "delete", p["name"], "-n", p["namespace"])
+
     def flows(self, *filters: str, last: int = 4095, wait: float = 0.4) -> list[dict[str, Any]]:
         time.sleep(wait)  # the agent drains the ring every 50 ms
         out = self.cli_ok("observe", "-o", "json", "--last", str(last), *filters)
@@ -91,3 +102,16 @@ class Net:
             if p.poll() is None:
                 p.kill()
             p.wait()
+
+
+@contextlib.contextmanager
+def running_net() -> Iterator[Net]:
+    """A started agent and its Net; the servers, endpoints and the agent are removed afterwards, also on failure."""
+    agent = AgentProcess()
+    n = Net(agent)
+    try:
+        agent.start()
+        yield n
+    finally:
+        n.close()
+        agent.cleanup()

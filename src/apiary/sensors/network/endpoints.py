@@ -26,6 +26,7 @@ import subprocess
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pyroute2.config
 from pyroute2 import IPRoute, NetNS, netns
@@ -40,6 +41,7 @@ from apiary.sensors.network.validate import (
     check_namespace,
     check_pod_cidr,
     check_pod_cidr_syntax,
+    check_ports,
 )
 
 # pyroute2 forks helper children for netns work and stops them with SIGTERM. A child inherits the
@@ -94,6 +96,14 @@ class Endpoint:
     cgroup: str  # cgroup v2 directory
     state: str = "ready"
     extra: dict[str, str] = field(default_factory=dict)
+    # container ports: name -> (port, "TCP"|"UDP"|"SCTP"), for named targetPorts and named ports in policies
+    ports: dict[str, tuple[int, str]] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Endpoint:
+        """From the state file (JSON: ports as ``{"http": [8080, "TCP"]}``; older files have no ports)."""
+        ports = {name: (int(port), str(proto)) for name, (port, proto) in (d.get("ports") or {}).items()}
+        return cls(**{**d, "ports": ports})
 
     @property
     def key(self) -> str:
@@ -130,7 +140,7 @@ class EndpointManager:
     def _load(self) -> None:
         if self.state_path and self.state_path.exists():
             for d in json.loads(self.state_path.read_text()):
-                ep = Endpoint(**d)
+                ep = Endpoint.from_dict(d)
                 self.endpoints[ep.key] = ep
 
     def _save(self) -> None:
@@ -155,7 +165,7 @@ class EndpointManager:
         if self.journal_path and self.journal_path.exists():
             try:
                 rec = json.loads(self.journal_path.read_text())
-                op, ep = rec["op"], Endpoint(**rec["endpoint"])
+                op, ep = rec["op"], Endpoint.from_dict(rec["endpoint"])
             except (OSError, ValueError, KeyError, TypeError) as e:
                 notes.append(f"endpoint journal unreadable ({e}); removing unknown objects instead")
             else:
@@ -263,10 +273,12 @@ class EndpointManager:
                 return i
         raise EndpointError("no free endpoint id")
 
-    def create(self, name: str, namespace: str, labels: dict[str, str]) -> Endpoint:
-        """ValidationError (naming the field) for a bad name, namespace or label; EndpointError otherwise."""
+    def create(self, name: str, namespace: str, labels: dict[str, str],
+               ports: dict[str, tuple[int, str]] | None = None) -> Endpoint:
+        """ValidationError (naming the field) for a bad name, namespace, label or port; EndpointError otherwise."""
         name, namespace = check_endpoint_name(name), check_namespace(namespace)
         labels = check_labels(labels)
+        ports = check_ports(ports or {})
         key = f"{namespace}/{name}"
         if key in self.endpoints:
             raise EndpointError(f"endpoint {key} already exists")
@@ -282,6 +294,7 @@ class EndpointManager:
             host_if,
             0,
             str(self.cgroup_parent / f"{namespace}_{name}"),
+            ports=ports,
         )
         self._journal("create", ep)
         try:

@@ -22,11 +22,15 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from apiary.policy.models import is_port_name
+
 _DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", re.ASCII)
 _DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*", re.ASCII)
 _QUALIFIED_NAME = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]", re.ASCII)
 _LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?", re.ASCII)
 
+MAX_PORTS = 100  # container ports of one endpoint
+PORT_PROTOCOLS = ("TCP", "UDP", "SCTP")
 # an endpoint's cgroup directory is "<namespace>_<name>" (NAME_MAX 255) and a pod's hostname is its
 # name cut at 63: endpoint names are DNS-1123 subdomains of at most 63 characters
 MAX_NAME = 63
@@ -126,6 +130,38 @@ def check_labels(labels: object, field: str = "labels") -> dict[str, str]:
         check_label_key(key, where)
         check_label_value(key, value, where)
         out[key] = value
+    return out
+
+
+def check_port(name: object, port: object, protocol: object, field: str = "ports") -> tuple[str, int, str]:
+    """One container port as Kubernetes takes it on a pod: an IANA_SVC_NAME, a port 1-65535, TCP, UDP or SCTP."""
+    if not isinstance(name, str):
+        raise ValidationError(field, f"a port name must be a string, not {type(name).__name__}")
+    if not is_port_name(name):
+        raise ValidationError(field, f"port name {shown(name)} is not an IANA service name (1-15 lower-case letters, "
+                                     "digits and '-', at least one letter, no leading, trailing or double '-')")
+    if isinstance(port, bool) or not isinstance(port, int):
+        raise ValidationError(field, f"port {name}: the port number must be an integer, not {type(port).__name__}")
+    if not 1 <= port <= 65535:
+        raise ValidationError(field, f"port {name}: {port} is not a port number 1-65535")
+    if protocol not in PORT_PROTOCOLS:
+        shown_proto = shown(protocol) if isinstance(protocol, str) else type(protocol).__name__
+        raise ValidationError(field, f"port {name}: protocol {shown_proto} is not TCP, UDP or SCTP")
+    return name, port, str(protocol)
+
+
+def check_ports(ports: object, field: str = "ports") -> dict[str, tuple[int, str]]:
+    """An endpoint's named container ports, ``{"http": [8080, "TCP"]}`` (a 2-list or a tuple each), unique names."""
+    if not isinstance(ports, Mapping):
+        raise ValidationError(field, f"must be an object of port name -> [port, protocol], not {type(ports).__name__}")
+    if len(ports) > MAX_PORTS:
+        raise ValidationError(field, f"{len(ports)} ports: at most {MAX_PORTS}")
+    out: dict[str, tuple[int, str]] = {}
+    for name, value in ports.items():
+        if not isinstance(value, (list, tuple)) or len(value) != 2:
+            raise ValidationError(field, f"port {shown(str(name))}: expected [port, protocol]")
+        key, port, proto = check_port(name, value[0], value[1], field)
+        out[key] = (port, proto)
     return out
 
 

@@ -89,7 +89,7 @@ class Publisher:
         m.n += 1
         self.bus.publish(ev)
 
-    def publish_many(self, kinds: collections.Counter[str], evs: list[Event | Deferred]) -> None:
+    def publish_many(self, kinds: dict[str, int], evs: list[Event | Deferred]) -> None:
         """Events in order, with how many there are of each kind."""
         for kind, k in kinds.items():
             self.counters.events[kind] += k
@@ -211,7 +211,7 @@ class TracingEvents:
         memo = self._memo_valid()
         offset = self.clock.offset_ns
         recs: list[Event | Deferred] = []
-        kinds: collections.Counter[str] = collections.Counter()
+        kinds: dict[str, int] = {}
         decoded = bad = 0
         for raw in raws:
             try:
@@ -222,24 +222,25 @@ class TracingEvents:
             decoded += 1
             hid = ev.hook_id
             entry = entries.get(hid, False)
+            if entry is False:
+                try:
+                    entry = entries[hid] = tracing.hook_entry(hid) if tracing is not None else None
+                except Exception:  # noqa: BLE001 - counted, never fatal
+                    entry = entries[hid] = None
             hit = memo.get((hid, ev.pid, ev.proc_ktime))
             if hit is not None and hit[0] is entry:  # the memo's answer, as in _parts
                 hit[2].n += 1
                 parts, kind = hit[1], hit[3]
             else:
                 try:
-                    if tracing is None:
-                        raise CorruptRecord("no tracing sensor")
-                    if entry is False:
-                        entry = entries[hid] = tracing.hook_entry(hid)
-                    if entry is None:
+                    if tracing is None or entry is None:  # no tracing sensor, or a hook id never given out
                         raise CorruptRecord("unknown hook")
                     parts, kind = self._parts(ev, entry, tracing)
                 except Exception:  # noqa: BLE001 - counted, never fatal
                     bad += 1
                     continue
                 memo = self._memo_valid()  # reading the process cache may have changed it
-            kinds[kind] += 1
+            kinds[kind] = kinds.get(kind, 0) + 1
             recs.append(ev.settle(self, entry, parts, ev.ktime + offset))
         self.out.publish_many(kinds, recs)
         return decoded, bad

@@ -152,6 +152,12 @@ def cost_split(agent: AgentProcess, cmd: list[str], events: int) -> str:
     )
 
 
+def verified_insns(agent: AgentProcess) -> str:
+    """The verifier's instruction count of each tracing program the agent has loaded (``apiary status``)."""
+    rows = [p for p in agent.client().get("/v1/status")["programs"] if p.get("name", "").startswith("gs_")]
+    return ", ".join(f"{p['name']} {p.get('verified_insns') or 0:,}" for p in rows) or "none"
+
+
 def timed(cmd: list[str]) -> float:
     t = time.perf_counter()
     subprocess.run(cmd, check=True)
@@ -208,6 +214,7 @@ def main(rounds: int = 5, opens: int = 100000, execs: int = 1000) -> None:
     splits: dict[str, list[str]] = {"monitoring": [], "enforcing, never matches": []}
     bt_ok = have_bpftrace()
     bt_res: dict[str, list[float]] = {k: [] for k in BPFTRACE}
+    verified = ""
     for _ in range(rounds):
         for name, cmd in work.items():
             base[name].append(timed(cmd))
@@ -226,6 +233,8 @@ def main(rounds: int = 5, opens: int = 100000, execs: int = 1000) -> None:
                     res.setdefault((cfg, name), []).append(timed(cmd))
                 if cfg in splits:
                     splits[cfg].append(cost_split(agent, work[open_name], opens))
+                if cfg == configs[-1] and not verified:
+                    verified = verified_insns(agent)
                 if cfg == "monitoring":
                     sb = sysbench()
                     if sb:
@@ -243,6 +252,7 @@ def main(rounds: int = 5, opens: int = 100000, execs: int = 1000) -> None:
         print(f"  {cfg}, open loop, where the cost goes (one extra run per round, kernel.bpf_stats_enabled=1):")
         for line in lines:
             print(f"    {line}")
+    print(f"  verifier instructions of the tracing programs loaded: {verified}")
     if bt_ok:
         b = statistics.median(base[open_name])
         cells = [f"{k}: {100 * (statistics.median(v) - b) / b:+6.2f}%" for k, v in bt_res.items()]

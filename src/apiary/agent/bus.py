@@ -73,6 +73,15 @@ class EventBus:
                 sub.dropped += 1
                 self.drops += 1
 
+    def publish_many(self, evs: list[Event | Deferred]) -> None:
+        """``publish`` each, in order."""
+        if self.subscribers:
+            for ev in evs:
+                self.publish(ev)
+            return
+        self.published += len(evs)
+        self.history.extend(evs)
+
     def subscribe(self) -> Subscriber:
         sub = Subscriber(asyncio.Queue(maxsize=self.queue_size))
         self.subscribers.append(sub)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import gc
 import os
 import signal
 import time
@@ -387,6 +388,7 @@ class Agent:
         for p in woken:
             loop.add_reader(p.fileno(), p.drain)
         runner = await serve(self)
+        gc.freeze()  # what start-up made lives as long as the agent: the collector no longer scans it
         self.say(self.summary(), flush=True)
 
         async def safety_net() -> None:  # a missed wake-up never strands records

@@ -22,7 +22,7 @@ from apiary.tracing.types import Hook
 
 from .bus import Deferred, Event, EventBus
 from .interfaces import HookEntry, PodDirectory, ProcessParts, TracingEventSource
-from .records import Consumer, CorruptRecord
+from .records import Batched, Consumer, CorruptRecord
 
 
 class Cell:
@@ -88,6 +88,16 @@ class Publisher:
             m = self._by_kind[kind] = self.m_events.cell("PROCESS_" + kind.upper())
         m.n += 1
         self.bus.publish(ev)
+
+    def publish_many(self, kinds: dict[str, int], evs: list[Event | Deferred]) -> None:
+        """Events in order, with how many there are of each kind."""
+        for kind, k in kinds.items():
+            self.counters.events[kind] += k
+            m = self._by_kind.get(kind)
+            if m is None:
+                m = self._by_kind[kind] = self.m_events.cell("PROCESS_" + kind.upper())
+            m.n += k
+        self.bus.publish_many(evs)
 
 
 class ProcessEvents:
@@ -174,7 +184,7 @@ class TracingEvents:
         self._memo_gen: tuple[int, int, int] = (-1, -1, -1)
 
     def consumers(self) -> dict[str, Consumer]:
-        return {"generic": self.generic}
+        return {"generic": Batched(self.generic, self.generic_batch)}
 
     def generic(self, ev: tracing_abi.EventRecord) -> None:
         tracing = self.tracing
@@ -190,8 +200,59 @@ class TracingEvents:
         except Exception as e:  # noqa: BLE001 - counted, never fatal
             raise CorruptRecord(str(e)) from e
         wall_ns = ev.ktime + self.clock.offset_ns  # the clock's offset now, as if the event were built now
-        rec = TracingRecord(self, ev, entry, parts, wall_ns)
-        self.out.publish(kind, rec)
+        self.out.publish(kind, TracingRecord(ev.raw).settle(self, entry, parts, wall_ns))
+
+    def generic_batch(self, raws: list[bytes]) -> tuple[int, int]:
+        """A run of generic records read at one wake-up, as ``generic`` one by one, in one loop: the same events,
+        counts and memo; each record decoded straight into its event (``TracingRecord``). Returns (decoded,
+        decode errors)."""
+        tracing = self.tracing
+        entries: dict[int, Any] = {}  # hook id -> its entry (None: unknown), looked up once per run
+        memo = self._memo_valid()
+        offset = self.clock.offset_ns
+        recs: list[Event | Deferred] = []
+        kinds: dict[str, int] = {}
+        decoded = bad = 0
+        for raw in raws:
+            try:
+                ev = TracingRecord(raw)  # the record's head (struct.error when it is too short)
+            except Exception:  # noqa: BLE001 - a corrupt record is counted, never fatal
+                bad += 1
+                continue
+            decoded += 1
+            hid = ev.hook_id
+            entry = entries.get(hid, False)
+            if entry is False:
+                try:
+                    entry = entries[hid] = tracing.hook_entry(hid) if tracing is not None else None
+                except Exception:  # noqa: BLE001 - counted, never fatal
+                    entry = entries[hid] = None
+            hit = memo.get((hid, ev.pid, ev.proc_ktime))
+            if hit is not None and hit[0] is entry:  # the memo's answer, as in _parts
+                hit[2].n += 1
+                parts, kind = hit[1], hit[3]
+            else:
+                try:
+                    if tracing is None or entry is None:  # no tracing sensor, or a hook id never given out
+                        raise CorruptRecord("unknown hook")
+                    parts, kind = self._parts(ev, entry, tracing)
+                except Exception:  # noqa: BLE001 - counted, never fatal
+                    bad += 1
+                    continue
+                memo = self._memo_valid()  # reading the process cache may have changed it
+            kinds[kind] = kinds.get(kind, 0) + 1
+            recs.append(ev.settle(self, entry, parts, ev.ktime + offset))
+        self.out.publish_many(kinds, recs)
+        return decoded, bad
+
+    def _memo_valid(self) -> dict[tuple[int, int, int], tuple[HookEntry, ProcessParts, Cell, str]]:
+        """The memo, emptied if the process cache changed since it was filled (or it is full)."""
+        cache = self.cache
+        gen = (self.out.process_generation, cache.expired, cache.evictions)
+        if gen != self._memo_gen or len(self._memo) >= self.MEMO_MAX:
+            self._memo.clear()
+            self._memo_gen = gen
+        return self._memo
 
     def _parts(
         self, ev: tracing_abi.EventRecord, entry: HookEntry, tracing: TracingEventSource
@@ -199,12 +260,9 @@ class TracingEvents:
         """The process side of an event and the event's kind, counted in policy_events_total: memoised per
         (hook, process image) while the process cache does not change (the same image gives the same answer)."""
         cache = self.cache
-        gen = (self.out.process_generation, cache.expired, cache.evictions)
-        if gen != self._memo_gen or len(self._memo) >= self.MEMO_MAX:
-            self._memo.clear()
-            self._memo_gen = gen
+        memo = self._memo_valid()
         key = (ev.hook_id, ev.pid, ev.proc_ktime)
-        hit = self._memo.get(key)
+        hit = memo.get(key)
         if hit is not None and hit[0] is entry:
             hit[2].n += 1
             return hit[1], hit[3]
@@ -217,7 +275,7 @@ class TracingEvents:
             self.out.counters.missing_process_info += 1
             self.m_missing_process.inc()
         else:
-            self._memo[key] = (entry, parts, counter, kind)
+            memo[key] = (entry, parts, counter, kind)
         return parts, kind
 
     def _policy_counter(self, entry: HookEntry, proc: dict[str, Any]) -> Cell:
@@ -234,29 +292,29 @@ class TracingEvents:
         )
 
 
-class TracingRecord:
-    """A tracing event as read from the ring, built into its Tetragon JSON on first read (``Deferred``)."""
+class TracingRecord(tracing_abi.EventRecord):
+    """A tracing event as read from the ring (the record, whose head is decoded), built into its Tetragon JSON
+    on first read (``Deferred``). One object per event: the record is the event until it is built."""
 
-    __slots__ = ("source", "ev", "entry", "parts", "wall_ns", "built")
+    __slots__ = ("source", "entry", "parts", "wall_ns", "built")
 
-    def __init__(
-        self, source: TracingEvents, ev: tracing_abi.EventRecord, entry: HookEntry, parts: ProcessParts, wall_ns: int
-    ) -> None:
+    def settle(self, source: TracingEvents, entry: HookEntry, parts: ProcessParts, wall_ns: int) -> TracingRecord:
+        """What the event is built from besides the record: its hook, its process side, its wall time."""
         self.source, self.entry, self.wall_ns = source, entry, wall_ns
-        self.ev: tracing_abi.EventRecord | None = ev  # what the event is built from, dropped once built
         self.parts: ProcessParts | None = parts
         self.built: Event | None = None
+        return self
 
     def materialize(self) -> Event:
         if self.built is None:
-            src, ev, parts = self.source, self.ev, self.parts
-            assert ev is not None and parts is not None  # both are kept until the event is built
+            src, parts = self.source, self.parts
+            assert parts is not None  # kept until the event is built
             time = format_rfc3339_ns(self.wall_ns)
             try:
                 tracing = src.tracing
                 if tracing is None:  # never: a record is only read with a tracing sensor
                     raise RuntimeError("no tracing sensor")
-                self.built = tracing.build(ev, self.entry, parts, src.node, time)
+                self.built = tracing.build(self, self.entry, parts, src.node, time)
             except Exception as e:  # noqa: BLE001 - the event is still emitted, saying what failed
                 src.out.counters.build_errors += 1
                 lp, hook = self.entry
@@ -270,7 +328,7 @@ class TracingRecord:
                     "node_name": src.node,
                     "time": time,
                 }
-            self.ev = self.parts = None  # built: what it was built from is no longer needed
+            self.parts, self.raw = None, b""  # built: what it was built from is no longer needed
         return self.built
 
 

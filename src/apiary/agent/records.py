@@ -15,6 +15,23 @@ from apiary.loader import RingBuffer
 from apiary.sensors.base import RecordHandler, Sensor
 
 Consumer = Callable[[Any], None]
+# a run of raw records of one kind -> (records decoded, records counted as decode errors)
+BatchFn = Callable[[list[bytes]], tuple[int, int]]
+
+
+class Batched:
+    """A consumer of one decoded record at a time that also takes a run of raw records of its kind at once
+    (``batch``: it decodes them itself, as its handler would, with the same counts as one at a time). The
+    reader hands it every run of consecutive records of its type byte that one wake-up read: one call per run,
+    not several per record."""
+
+    __slots__ = ("one", "batch")
+
+    def __init__(self, one: Consumer, batch: BatchFn) -> None:
+        self.one, self.batch = one, batch
+
+    def __call__(self, msg: Any) -> None:
+        self.one(msg)
 
 
 class CorruptRecord(Exception):
@@ -58,7 +75,7 @@ class RingReader:
     def fileno(self) -> int:
         return self.ring.fileno() if self.ring else -1
 
-    def record(self, buf: memoryview) -> None:
+    def record(self, buf: memoryview | bytes) -> None:
         c = self.counters
         c.received += 1
         t = buf[0]
@@ -88,19 +105,53 @@ class RingReader:
         h = self.handlers.get(t)
         return h, self.consumers.get(h.kind) if h is not None else None
 
-    def _safe_record(self, buf: memoryview) -> None:
+    def _safe_record(self, buf: memoryview | bytes) -> None:
         """A failure on one record is counted and logged (once per kind); the ring keeps draining."""
         try:
             self.record(buf)
         except Exception as e:  # noqa: BLE001
-            self.counters.handler_errors += 1
-            key = f"{type(e).__name__}: {e}"
-            if self.log_errors and key not in self._logged:
-                self._logged.add(key)
-                traceback.print_exc()
+            self._log_failure(e)
+
+    def _log_failure(self, e: Exception) -> None:
+        """A handler failed (counted; logged once per kind of failure)."""
+        self.counters.handler_errors += 1
+        key = f"{type(e).__name__}: {e}"
+        if self.log_errors and key not in self._logged:
+            self._logged.add(key)
+            traceback.print_exc()
 
     def drain(self) -> int:
-        return self.ring.consume(self._safe_record) if self.ring else 0
+        return self.ring.consume_batch(self.records) if self.ring else 0
+
+    def records(self, recs: list[bytes]) -> None:
+        """Records as read at one wake-up: each run of one type byte whose consumer is ``Batched`` in one call,
+        the others one by one (``record``)."""
+        c = self.counters
+        i, n = 0, len(recs)
+        while i < n:
+            t = recs[i][0]
+            j = i + 1
+            while j < n and recs[j][0] == t:
+                j += 1
+            route = self._routes.get(t)
+            if route is None:
+                route = self._routes[t] = self._route(t)
+            h, consume = route
+            if h is None or not isinstance(consume, Batched):
+                for k in range(i, j):
+                    self._safe_record(recs[k])
+                i = j
+                continue
+            c.received += j - i
+            c.received_by_byte[t] += j - i
+            try:
+                decoded, bad = consume.batch(recs[i:j] if i or j < n else recs)
+            except Exception as e:  # noqa: BLE001 - as one record's failure: counted, logged, the ring drains
+                decoded, bad = 0, 0
+                self._log_failure(e)
+            c.by_type[h.kind] += decoded
+            c.decode_errors += bad
+            i = j
 
     def peek(self, handle: Callable[[memoryview], None]) -> bool:
         """Walk the records waiting in the ring without consuming them (True: the walk reached the end)."""

@@ -51,7 +51,7 @@ class RecordHandler:
     """How the records of one message type decode. ``decode`` raises on a corrupt record."""
 
     kind: str  # the consumer's name for these records ("exec", "generic", "flow"); counted under it
-    decode: Callable[[memoryview], Any]
+    decode: Callable[[memoryview | bytes], Any]
 
 
 @dataclass(frozen=True)

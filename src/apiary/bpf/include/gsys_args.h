@@ -160,6 +160,8 @@ __noinline int gs_read_sock(__u32 a, __u64 v, __u64 fd, __u32 kind)
 	return 0;
 }
 
+#define GS_STACK_STR 64 /* a user string read for the selectors up to this many bytes goes through the stack */
+
 /* Argument a into the scratch event. cap (strings read with a helper that stops at the NUL): 0 reads
  * up to GS_ARGSTR bytes; else at most cap bytes with the NUL, and 1 is returned when the string may go on
  * past them (the caller reads it in full once something matched). */
@@ -181,7 +183,16 @@ static __always_inline int read_arg(struct gs_event *ev, struct gs_hook *h, stru
 		if (!cap || cap > GS_ARGSTR || kind == GS_ARG_CHARS)
 			cap = GS_ARGSTR;
 		cap = ((cap - 1) & (GS_ARGSTR - 1)) + 1;
-		if (kind == GS_ARG_STRING)
+		if (kind == GS_ARG_STRING && cap <= GS_STACK_STR) {
+			/* a short read for the selectors: into the stack, then the event. The kernel checks the
+			 * destination of every user copy, and a stack object costs it less than a map value. */
+			char buf[GS_STACK_STR] = {};
+			__u32 c = cap - 1;
+			barrier_var(c); /* the mask below is what the verifier bounds the size by */
+			c = (c & (GS_STACK_STR - 1)) + 1;
+			n = bpf_probe_read_user_str(buf, c, (void *)v);
+			__builtin_memcpy(ev->str[a], buf, GS_STACK_STR);
+		} else if (kind == GS_ARG_STRING)
 			n = bpf_probe_read_user_str(ev->str[a], cap, (void *)v);
 		else if (kind == GS_ARG_DATALOC)
 			n = bpf_probe_read_kernel_str(ev->str[a], cap, (void *)(hc->rec + (v & 0xffff)));

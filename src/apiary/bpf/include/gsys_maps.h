@@ -29,10 +29,12 @@ enum gs_rate_scope {
 	GS_RATE_GLOBAL = 2,
 };
 
+/* per attach point (a syscall number or a pseudo number, below GS_NR_MAX) the hooks watching it; an array,
+ * so the lookup on every watched call is an index (n = 0: none) */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 1024);
-	__type(key, __u32); /* syscall number */
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, GS_NR_MAX);
+	__type(key, __u32);
 	__type(value, struct gs_sys);
 } gs_syscalls SEC(".maps");
 

@@ -89,6 +89,10 @@ struct gs_sockinfo {
 #define GS_NR_LSM_FILE_OPEN 4096
 #define GS_NR_LSM_FILE_PERMISSION 4097
 #define GS_NR_LSM_BPRM_CHECK 4098
+/* keys of gs_syscalls (an array): syscall numbers, the LSM pseudo numbers, then 8192 + n for the attach
+ * points named by a link's cookie (tracepoints, kprobes, uprobes, raw tracepoints) */
+#define GS_NR_DYN 8192
+#define GS_NR_MAX 12288
 
 /* filter operators */
 #define GS_OP_EQUAL 1

@@ -89,6 +89,8 @@ GUARD_BITS = {name: 1 << n for n, name in enumerate(GUARD_CHECKS)}
 STRING_KINDS = (ARG_STRING, ARG_FD, ARG_FILEPTR, ARG_DATALOC, ARG_CHARS, ARG_KSTRING, ARG_BUF, ARG_PATHPTR, ARG_BPRM)
 # pseudo syscall numbers of the LSM programs (GS_NR_LSM_*)
 LSM_HOOKS = {"__lsm_file_open": 4096, "__lsm_file_permission": 4097, "__lsm_bprm_check_security": 4098}
+# keys of gs_syscalls (an array map): pseudo numbers of cookie-named attach points from NR_DYN, below NR_MAX
+NR_DYN, NR_MAX = 8192, 12288
 GS_NS, GS_FOLLOW = MAX_NAMESPACE_FILTERS, MAX_FOLLOW
 NS_TYPES = {
     "Uts": 1,
@@ -395,6 +397,8 @@ DEFINES: dict[str, int] = {
     "GS_NR_LSM_FILE_OPEN": LSM_HOOKS["__lsm_file_open"],
     "GS_NR_LSM_FILE_PERMISSION": LSM_HOOKS["__lsm_file_permission"],
     "GS_NR_LSM_BPRM_CHECK": LSM_HOOKS["__lsm_bprm_check_security"],
+    "GS_NR_DYN": NR_DYN,
+    "GS_NR_MAX": NR_MAX,
     **{f"GS_OP_{op.upper()}": v for op, v in OPS.items() if op not in ("GreaterThan", "LessThan")},
     **{f"GS_BIN_{op.upper()}": v for op, v in BIN_OPS.items()},
     **{f"GS_ACT_{a.upper()}": v for a, v in ACTIONS.items()},

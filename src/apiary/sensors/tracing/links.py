@@ -51,7 +51,10 @@ class HookLinks(TracingState):
             return nums[name]
         if name.startswith(("__tp_", "__uprobe_", "__kprobe_", "__rawtp_")):
             if name not in self._dyn:
-                self._dyn[name] = 8192 + len(self._dyn)
+                nr = abi.NR_DYN + len(self._dyn)
+                if nr >= abi.NR_MAX:
+                    raise BpfError(f"attach {name}", 28, f"more than {abi.NR_MAX - abi.NR_DYN} attach points")
+                self._dyn[name] = nr
             return self._dyn[name]
         raise KeyError(name)
 
@@ -112,9 +115,14 @@ class HookLinks(TracingState):
             for i, h in enumerate(hids):
                 cfg.hooks[i] = h
             self.sys_map.update(nr.to_bytes(4, "little"), bytes(cfg))
-        for raw in list(self.sys_map.keys()):
-            if int.from_bytes(raw, "little") not in table:
-                self.sys_map.delete(raw)
+        if self._sys_keys is None:  # the entries in use (an array: every key exists), once per load
+            self._sys_keys = {
+                int.from_bytes(k, "little") for k, v in self.sys_map.lookup_batch() if v[:2] != b"\0\0"
+            }
+        empty = bytes(abi.SysCfg())
+        for nr in self._sys_keys - table.keys():
+            self.sys_map.update(nr.to_bytes(4, "little"), empty)
+        self._sys_keys = set(table)
         live = {names[nr] for nr in table if nr in entries} | {f"__exit_{names[nr]}" for nr in table if nr in returns}
         for name in [n for n in self.sys_links if n not in live]:  # unwatched syscalls pay nothing
             self.sys_links.pop(name).destroy()

@@ -92,6 +92,7 @@ class TracingSensor(PolicyWrites):
         self.baseline: dict[int, dict[str, int]] = {}
         self.sys_links: dict[str, Any] = {}  # one tracepoint link per watched syscall, one LSM link per hook
         self._next_policy = 1
+        self._sys_keys = None
         self._dyn: dict[str, int] = {}  # pseudo numbers (attach cookies) of tracepoints, uprobes, kprobes
         self.follow: dict[int, tuple[int, int, str]] = {}  # gs_mb bit -> (hook id, selector, "bin"|"pid")
         self.follow_links: list[Any] = []
@@ -131,6 +132,7 @@ class TracingSensor(PolicyWrites):
             self.obj = obj
             self.hooks_map = obj.map("gs_hooks")
             self.sys_map = obj.map("gs_syscalls")
+            self._sys_keys = None
             self.scope_map = obj.map("gs_scope")
             self.counters = TypedMap(obj.map("gs_counters"), "<I", "<Q")
             self.follow_map = obj.map("gs_follow")

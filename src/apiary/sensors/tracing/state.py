@@ -73,6 +73,7 @@ class TracingState:
     adopted_links: int
     hooks_map: Map
     sys_map: Map
+    _sys_keys: set[int] | None  # keys of sys_map with hooks (None: not read since the load)
     scope_map: Map
     counters: TypedMap
     follow_map: Map

@@ -1,0 +1,990 @@
+"""Services benchmark (issue #10): apiary's socket-level load balancer against kube-proxy's iptables and IPVS
+modes, side by side in one run, with the same N services (10 / 100 / 1,000 / 10,000) over the same real
+backends: endpoints of a real agent (netns + veth + cgroup) each running a small HTTP/1.1 server.
+
+  iptables  the nat rules kube-proxy's iptables mode writes (PREROUTING/OUTPUT -> SERVICES -> SVC-* with
+            `statistic --mode random` -> SEP-* DNAT, MARK-MASQ, POSTROUTING MASQUERADE, NODEPORTS), with the
+            same rule counts, loaded in one iptables-restore; chain names carry a unique prefix.
+  ipvs      one IPVS virtual service per VIP:port (round robin) with masquerading real servers, loaded in one
+            `ipvsadm -R`; the VIP range is routed `local` on the host (kube-proxy puts each VIP on a dummy
+            device; a local route has the same effect without a device per VIP).
+  apiary    `apiary service apply` (v1/Service YAML, selector on the endpoints' labels); the VIP is translated
+            at connect() by the agent's cgroup connect4 program.
+
+Each mode has its own VIP range (10.192/16, 10.193/16, 10.194/16; none overlaps a pod CIDR). For each N and
+mode: new connections/s and connect() latency p50/p99 from a client endpoint to random VIPs, with the same
+client against the backends' own addresses as the baseline; HTTP p50/p99/QPS with `wrk` through a one-backend
+VIP against that backend's own address; the time to add one service and to update one (a backend change) at
+size N, done as the mode's own control plane does it; kernel memory (Slab delta; rules / map memlock). The ratios
+apiary/iptables and apiary/IPVS are printed and saved with everything else as JSON, and drawn as a PNG when
+matplotlib is present. Every rule, virtual service, route, endpoint and namespace is removed afterwards, also
+on Ctrl-C, SIGTERM or an error. Traffic stays between namespaces this bench created.
+
+Run: `make bench ARGS="--only services"` (N = 10..10,000), `ARGS="--only services --quick"` (N = 10, 100),
+or `python -m bench.services --sizes 10,100 --modes iptables,ipvs --out /tmp/svc.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import ipaddress
+import json
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SIZES = (10, 100, 1000, 10000)
+QUICK = (10, 100)
+MODES = ("iptables", "ipvs", "apiary")
+VIP_RANGES = {"iptables": "10.192.0.0/16", "ipvs": "10.193.0.0/16", "apiary": "10.194.0.0/16"}
+SVC_PORT = 80
+TARGET_PORT = 8080
+NAMESPACE = "svcbench"
+# backend groups: service i is backed by group i % 3 (2-3 backends each); the wrk service by backend 0 alone
+GROUPS = ((0, 1, 2), (3, 4), (5, 6, 7))
+N_BACKENDS = 8
+MASQ_MARK = "0x4000"
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+# --------------------------------------------------------------------------------------------- pure parts
+@dataclass(frozen=True)
+class Service:
+    name: str
+    vip: str
+    port: int
+    backends: tuple[tuple[str, int], ...]  # (ip, port)
+    namespace: str = NAMESPACE
+    group: int = 0
+
+    @property
+    def port_name(self) -> str:  # kube-proxy's ServicePortName as it appears in comments
+        return f"{self.namespace}/{self.name}:http"
+
+
+def vip(cidr: str, i: int) -> str:
+    """The i-th service address of a range, skipping the network address (i = 0 -> .1)."""
+    net = ipaddress.ip_network(cidr)
+    if i + 1 >= net.num_addresses - 1:
+        raise ValueError(f"{cidr} holds fewer than {i + 1} service addresses")
+    return str(net.network_address + i + 1)
+
+
+def services(n: int, cidr: str, backend_ips: list[str]) -> list[Service]:
+    """N services over the backend groups, plus (last) one 'bench-http' service backed by backend 0 only."""
+    out = []
+    for i in range(n):
+        g = i % len(GROUPS)
+        out.append(
+            Service(
+                f"bench-svc-{i}",
+                vip(cidr, i),
+                SVC_PORT,
+                tuple((backend_ips[b], TARGET_PORT) for b in GROUPS[g]),
+                group=g,
+            )
+        )
+    out.append(Service("bench-http", vip(cidr, n), SVC_PORT, ((backend_ips[0], TARGET_PORT),), group=-1))
+    return out
+
+
+def _hash16(*parts: str) -> str:
+    """kube-proxy's chain-name suffix: the first 16 characters of base32(sha256(parts))."""
+    return base64.b32encode(hashlib.sha256("".join(parts).encode()).digest()).decode()[:16]
+
+
+@dataclass(frozen=True)
+class Chains:
+    """kube-proxy's chain names with a prefix of our own (e.g. 'KB1a2b-' instead of 'KUBE-')."""
+
+    prefix: str
+
+    @property
+    def services(self) -> str:
+        return self.prefix + "SERVICES"
+
+    @property
+    def postrouting(self) -> str:
+        return self.prefix + "POSTROUTING"
+
+    @property
+    def mark_masq(self) -> str:
+        return self.prefix + "MARK-MASQ"
+
+    @property
+    def nodeports(self) -> str:
+        return self.prefix + "NODEPORTS"
+
+    def svc(self, s: Service) -> str:
+        return f"{self.prefix}SVC-{_hash16(s.port_name, 'tcp')}"
+
+    def sep(self, s: Service, ip: str, port: int) -> str:
+        return f"{self.prefix}SEP-{_hash16(s.port_name, 'tcp', f'{ip}:{port}')}"
+
+    def base(self) -> list[str]:
+        return [self.services, self.postrouting, self.mark_masq, self.nodeports]
+
+
+def base_jumps(c: Chains) -> list[str]:
+    """The three jumps from the built-in chains, as kube-proxy installs them (without -A/-D)."""
+    return [
+        f'PREROUTING -m comment --comment "kubernetes service portals" -j {c.services}',
+        f'OUTPUT -m comment --comment "kubernetes service portals" -j {c.services}',
+        f'POSTROUTING -m comment --comment "kubernetes postrouting rules" -j {c.postrouting}',
+    ]
+
+
+def _service_rule(c: Chains, s: Service) -> str:
+    return (
+        f'-A {c.services} -d {s.vip}/32 -p tcp -m comment --comment "{s.port_name} cluster IP" '
+        f"-m tcp --dport {s.port} -j {c.svc(s)}"
+    )
+
+
+def _service_chains(c: Chains, s: Service, cluster_cidr: str) -> tuple[list[str], list[str]]:
+    """(chain declarations, rules) of one service: its SVC chain and one SEP chain per endpoint."""
+    svc = c.svc(s)
+    decl = [f":{svc} - [0:0]"]
+    rules = [
+        f'-A {svc} ! -s {cluster_cidr} -d {s.vip}/32 -p tcp -m comment --comment "{s.port_name} cluster IP" '
+        f"-m tcp --dport {s.port} -j {c.mark_masq}"
+    ]
+    n = len(s.backends)
+    for i, (ip, port) in enumerate(s.backends):
+        sep = c.sep(s, ip, port)
+        decl.append(f":{sep} - [0:0]")
+        stat = f" -m statistic --mode random --probability {1.0 / (n - i):0.10f}" if i < n - 1 else ""
+        rules.append(f'-A {svc} -m comment --comment "{s.port_name} -> {ip}:{port}"{stat} -j {sep}')
+    for ip, port in s.backends:
+        sep = c.sep(s, ip, port)
+        rules.append(f'-A {sep} -s {ip}/32 -m comment --comment "{s.port_name}" -j {c.mark_masq}')
+        rules.append(
+            f'-A {sep} -p tcp -m comment --comment "{s.port_name}" -m tcp -j DNAT --to-destination {ip}:{port}'
+        )
+    return decl, rules
+
+
+def iptables_full(c: Chains, svcs: list[Service], cluster_cidr: str) -> str:
+    """iptables-restore --noflush input for the nat table: kube-proxy's full sync of these services."""
+    decl = [f":{name} - [0:0]" for name in c.base()]
+    rules = [f"-A {j}" for j in base_jumps(c)]
+    rules += [
+        f"-A {c.mark_masq} -j MARK --or-mark {MASQ_MARK}",
+        f"-A {c.postrouting} -m mark ! --mark {MASQ_MARK}/{MASQ_MARK} -j RETURN",
+        f"-A {c.postrouting} -j MARK --xor-mark {MASQ_MARK}",
+        f'-A {c.postrouting} -m comment --comment "kubernetes service traffic requiring SNAT" '
+        "-j MASQUERADE --random-fully",
+    ]
+    svc_rules: list[str] = []
+    for s in svcs:
+        d, r = _service_chains(c, s, cluster_cidr)
+        decl += d
+        svc_rules += r
+        rules.append(_service_rule(c, s))
+    rules.append(_nodeports_rule(c))
+    return "\n".join(["*nat", *decl, *rules, *svc_rules, "COMMIT", ""])
+
+
+def _nodeports_rule(c: Chains) -> str:
+    return (
+        f'-A {c.services} -m comment --comment "kubernetes service nodeports; NOTE: this must be the last rule in '
+        f'this chain" -m addrtype --dst-type LOCAL -j {c.nodeports}'
+    )
+
+
+def iptables_partial(
+    c: Chains, svcs: list[Service], changed: Service, cluster_cidr: str, stale: tuple[str, ...] = ()
+) -> str:
+    """kube-proxy's partial sync after one service was added or changed: SERVICES is rewritten whole (it lists
+    every service), the changed service's chains are rewritten, chains of gone endpoints are deleted."""
+    d, r = _service_chains(c, changed, cluster_cidr)
+    decl = [f":{c.services} - [0:0]", *d, *(f":{x} - [0:0]" for x in stale)]
+    rules = [_service_rule(c, s) for s in svcs] + [_nodeports_rule(c)] + r + [f"-X {x}" for x in stale]
+    return "\n".join(["*nat", *decl, *rules, "COMMIT", ""])
+
+
+def iptables_cleanup(c: Chains, saved: str) -> str:
+    """iptables-restore --noflush input removing, from an `iptables-save -t nat` dump, every jump into a chain
+    of ours and then every chain of ours (declaring a chain flushes it, so deletion order does not matter)."""
+    ours = sorted({m for m in re.findall(r"^:(\S+)", saved, re.M) if m.startswith(c.prefix)})
+    if not ours:
+        return ""
+    dels = []
+    for line in saved.splitlines():
+        m = re.match(r"^-A (\S+) (.*-j (\S+).*)$", line)
+        if m and not m.group(1).startswith(c.prefix) and m.group(3).startswith(c.prefix):
+            dels.append(f"-D {m.group(1)} {m.group(2)}")
+    return "\n".join(["*nat", *(f":{x} - [0:0]" for x in ours), *dels, *(f"-X {x}" for x in ours), "COMMIT", ""])
+
+
+def rule_counts(restore_text: str) -> tuple[int, int]:
+    """(chains declared, rules appended) in an iptables-restore text."""
+    lines = restore_text.splitlines()
+    return sum(1 for x in lines if x.startswith(":")), sum(1 for x in lines if x.startswith("-A "))
+
+
+def kube_proxy_counts(svcs: list[Service]) -> tuple[int, int]:
+    """What kube-proxy's iptables mode holds for ClusterIP services: 4 base chains + 1 per service + 1 per
+    endpoint; 8 fixed rules + per service 1 (SERVICES) + 1 (MARK-MASQ) + 1 per endpoint (SVC) + 2 per
+    endpoint (SEP)."""
+    chains = 4 + sum(1 + len(s.backends) for s in svcs)
+    rules = 8 + sum(2 + 3 * len(s.backends) for s in svcs)
+    return chains, rules
+
+
+def ipvs_add(svcs: list[Service]) -> str:
+    """`ipvsadm -R` input: a round-robin virtual service per VIP:port, masquerading real servers."""
+    out = []
+    for s in svcs:
+        out.append(f"-A -t {s.vip}:{s.port} -s rr")
+        out += [f"-a -t {s.vip}:{s.port} -r {ip}:{port} -m -w 1" for ip, port in s.backends]
+    return "\n".join(out) + "\n"
+
+
+def ipvs_delete(addrs: list[str]) -> str:
+    return "".join(f"-D -t {a}\n" for a in addrs)
+
+
+def service_yaml(svcs: list[Service]) -> str:
+    """Multi-document v1/Service YAML selecting the backend groups by label."""
+    docs = []
+    for s in svcs:
+        sel = "{svcbench-http: 'yes'}" if s.group < 0 else f"{{svcbench-group: g{s.group}}}"
+        docs.append(
+            "apiVersion: v1\nkind: Service\n"
+            f"metadata: {{name: {s.name}, namespace: {s.namespace}}}\n"
+            f"spec:\n  clusterIP: {s.vip}\n  selector: {sel}\n"
+            f"  ports: [{{name: http, port: {s.port}, targetPort: {s.backends[0][1]}, protocol: TCP}}]\n"
+        )
+    return "---\n".join(docs)
+
+
+def percentile(xs: list[float], q: float) -> float:
+    if not xs:
+        return float("nan")
+    s = sorted(xs)
+    return s[min(len(s) - 1, max(0, round(q / 100.0 * (len(s) - 1))))]
+
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def parse_wrk(out: str) -> dict[str, float]:
+    """p50/p99 (ms) from `wrk --latency`'s distribution, and Requests/sec; errors counted."""
+    res: dict[str, float] = {}
+    for q in ("50", "99"):
+        m = re.search(rf"^\s+{q}(?:\.000)?%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        if m:
+            res[f"p{q}_ms"] = float(m.group(1)) * _UNITS[m.group(2)]
+    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if m:
+        res["qps"] = float(m.group(1))
+    m = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    res["non2xx"] = float(m.group(1)) if m else 0.0
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    res["socket_errors"] = float(sum(int(x) for x in m.groups())) if m else 0.0
+    return res
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or b == 0:
+        return None
+    return a / b
+
+
+# --------------------------------------------------------------------------------------- programs inside
+# the backend: an HTTP/1.1 keep-alive server answering 200 "ok" (asyncio; a deep accept queue)
+SERVER = r"""
+import asyncio, sys
+RESP = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok"
+class P(asyncio.Protocol):
+    def connection_made(self, t):
+        self.t, self.buf = t, b""
+    def data_received(self, d):
+        self.buf += d
+        while b"\r\n\r\n" in self.buf:
+            _, self.buf = self.buf.split(b"\r\n\r\n", 1)
+            self.t.write(RESP)
+    def connection_lost(self, exc):
+        pass
+async def main():
+    srv = await asyncio.get_running_loop().create_server(P, "0.0.0.0", int(sys.argv[1]), backlog=4096,
+                                                         reuse_address=True)
+    print("ready", flush=True)
+    await srv.serve_forever()
+asyncio.run(main())
+"""
+
+# the client: sequential connect() to random targets (addresses on stdin as JSON), closed with RST so no
+# TIME_WAIT piles up; prints connect latencies (ns) and the rate as JSON
+CLIENT = r"""
+import json, random, socket, struct, sys, time
+targets = json.loads(sys.stdin.read())
+count, seed = int(sys.argv[1]), int(sys.argv[2])
+rng = random.Random(seed)
+order = [tuple(targets[rng.randrange(len(targets))]) for _ in range(count)]
+linger = struct.pack("ii", 1, 0)
+def one(t):
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+    s.settimeout(3)
+    a = time.perf_counter_ns()
+    try:
+        s.connect(t)
+        return time.perf_counter_ns() - a
+    except OSError:
+        return -1
+    finally:
+        s.close()
+for t in order[:50]:
+    one(t)
+lat, errors = [], 0
+c0, t0 = time.process_time(), time.perf_counter()
+for t in order:
+    ns = one(t)
+    if ns < 0:
+        errors += 1
+    else:
+        lat.append(ns)
+el, cpu = time.perf_counter() - t0, time.process_time() - c0
+print(json.dumps({"lat_ns": lat, "errors": errors, "seconds": el, "cpu_seconds": cpu}))
+"""
+
+
+# ------------------------------------------------------------------------------------------------ cleanup
+class Undo:
+    """A LIFO of clean-up steps; each runs once, errors are printed and do not stop the others."""
+
+    def __init__(self) -> None:
+        self.steps: list[tuple[str, Callable[[], None]]] = []
+
+    def push(self, what: str, fn: Callable[[], None]) -> None:
+        self.steps.append((what, fn))
+
+    def run(self) -> None:
+        while self.steps:
+            what, fn = self.steps.pop()
+            try:
+                fn()
+            except BaseException as e:  # noqa: BLE001 - every other step must still run
+                print(f"  cleanup: {what}: {e}", file=sys.stderr)
+
+
+@contextmanager
+def terminated_as_interrupt() -> Iterator[None]:
+    """SIGTERM/SIGHUP raise KeyboardInterrupt (like Ctrl-C) so every finally block runs."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def run(cmd: list[str], stdin: str | None = None, check: bool = True, timeout: float = 600) -> str:
+    r = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=timeout)
+    if check and r.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:4])} failed ({r.returncode}): {r.stderr.strip()[:2000]}")
+    return r.stdout
+
+
+def timed_run(cmd: list[str], stdin: str | None = None) -> float:
+    t = time.perf_counter()
+    run(cmd, stdin)
+    return time.perf_counter() - t
+
+
+def slab_kb() -> int:
+    """Kernel slab in kB (the memory iptables rules, conntrack and IPVS entries live in)."""
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("Slab:"):
+            return int(line.split()[1])
+    return 0
+
+
+def settle_slab() -> int:
+    time.sleep(0.3)
+    return slab_kb()
+
+
+# ------------------------------------------------------------------------------------------------ the bench
+@dataclass
+class Bed:
+    """The agent, the backends, the client and what every mode needs to reach them."""
+
+    agent: Any
+    net: Any
+    backend_ips: list[str]
+    client: str  # endpoint ref of the client
+    pod_cidr: str
+    apiary_services: bool
+    undo: Undo
+    results: dict[str, Any] = field(default_factory=dict)
+
+    def exec_cmd(self, *argv: str) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "apiary",
+            "--socket",
+            self.agent.socket,
+            "endpoint",
+            "exec",
+            self.client,
+            "--",
+            *argv,
+        ]
+
+    def connects(self, targets: list[tuple[str, int]], count: int, seed: int) -> dict[str, float]:
+        r = subprocess.run(
+            self.exec_cmd(sys.executable, "-c", CLIENT, str(count), str(seed)),
+            input=json.dumps(targets),
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        if r.returncode != 0:
+            raise RuntimeError(f"connect client failed: {r.stderr[-2000:]}")
+        d = json.loads(r.stdout)
+        lat = [x / 1e3 for x in d["lat_ns"]]
+        return {
+            "connects": len(lat),
+            "errors": d["errors"],
+            "conn_per_s": len(lat) / d["seconds"] if d["seconds"] else 0.0,
+            "p50_us": percentile(lat, 50),
+            "p99_us": percentile(lat, 99),
+            "client_cpu_us_per_conn": 1e6 * d["cpu_seconds"] / max(1, len(lat) + d["errors"]),
+        }
+
+    def wrk(self, url: str, seconds: int, conns: int) -> dict[str, float]:
+        out = run(self.exec_cmd("wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency", url), timeout=seconds + 60)
+        return parse_wrk(out)
+
+
+def measure_traffic(bed: Bed, svcs: list[Service], args: argparse.Namespace, seed: int) -> dict[str, Any]:
+    """Connects to random VIPs, then to the backends' own addresses (baseline); wrk through the one-backend
+    VIP and to that backend directly, interleaved rounds, medians."""
+    vips = [(s.vip, s.port) for s in svcs[:-1]]
+    own = [(ip, TARGET_PORT) for ip in bed.backend_ips]
+    res: dict[str, Any] = {"vip": bed.connects(vips, args.connects, seed)}
+    res["baseline"] = bed.connects(own, args.connects, seed)
+    if res["vip"]["errors"]:
+        print(f"    warning: {res['vip']['errors']} connects to VIPs failed", file=sys.stderr)
+    if shutil.which("wrk"):
+        http = svcs[-1]
+        runs: dict[str, list[dict[str, float]]] = {"vip": [], "baseline": []}
+        for _ in range(args.wrk_rounds):
+            runs["vip"].append(bed.wrk(f"http://{http.vip}:{http.port}/", args.wrk_seconds, args.wrk_conns))
+            runs["baseline"].append(
+                bed.wrk(f"http://{bed.backend_ips[0]}:{TARGET_PORT}/", args.wrk_seconds, args.wrk_conns)
+            )
+        for k, rows in runs.items():
+            res[f"http_{k}"] = {
+                m: statistics.median(r.get(m, float("nan")) for r in rows)
+                for m in ("p50_ms", "p99_ms", "qps", "non2xx", "socket_errors")
+            }
+    return res
+
+
+def check_reachable(bed: Bed, s: Service) -> None:
+    r = subprocess.run(
+        bed.exec_cmd(sys.executable, "-c", CLIENT, "3", "1"),
+        input=json.dumps([[s.vip, s.port]]),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if r.returncode != 0 or json.loads(r.stdout)["errors"]:
+        raise RuntimeError(f"{s.vip}:{s.port} is not reachable from the client: {r.stdout[-300:]} {r.stderr[-500:]}")
+
+
+def mode_iptables(bed: Bed, n: int, args: argparse.Namespace) -> dict[str, Any]:
+    c = Chains(f"KB{uuid.uuid4().hex[:4]}-")
+    svcs = services(n, VIP_RANGES["iptables"], bed.backend_ips)
+    text = iptables_full(c, svcs, bed.pod_cidr)
+    chains, rules = rule_counts(text)
+    assert (chains, rules) == kube_proxy_counts(svcs), ((chains, rules), kube_proxy_counts(svcs))
+
+    def cleanup() -> None:
+        undo_text = iptables_cleanup(c, run(["iptables-save", "-t", "nat"]))
+        if undo_text:
+            run(["iptables-restore", "--noflush"], undo_text)
+        left = [x for x in re.findall(r"^:(\S+)", run(["iptables-save", "-t", "nat"]), re.M) if x.startswith(c.prefix)]
+        if left:
+            raise RuntimeError(f"chains left: {left[:5]}")
+
+    slab0 = settle_slab()
+    bed.undo.push(f"iptables chains {c.prefix}*", cleanup)
+    res: dict[str, Any] = {}
+    try:
+        load_s = timed_run(["iptables-restore", "--noflush"], text)
+        slab1 = settle_slab()
+        saved = run(["iptables-save", "-t", "nat"])
+        check_reachable(bed, svcs[0])
+        res |= {
+            "load_s": load_s,
+            "chains": chains,
+            "rules": rules,
+            "rules_bytes": len(text),
+            "slab_kb": slab1 - slab0,
+            "iptables": run(["iptables", "-V"]).strip(),
+            "saved_rules": sum(1 for x in saved.splitlines() if x.startswith("-A " + c.prefix)),
+        }
+        res |= measure_traffic(bed, svcs, args, seed=n)
+        # add one service: kube-proxy's partial sync (SERVICES whole + the new chains)
+        added = Service(
+            f"bench-svc-{n + 1}",
+            vip(VIP_RANGES["iptables"], n + 1),
+            SVC_PORT,
+            tuple((bed.backend_ips[b], TARGET_PORT) for b in GROUPS[0]),
+        )
+        svcs2 = [*svcs, added]
+        res["add_one_s"] = timed_run(["iptables-restore", "--noflush"], iptables_partial(c, svcs2, added, bed.pod_cidr))
+        check_reachable(bed, added)
+        # update one: service 0 loses its first backend and gains another one
+        s0 = svcs2[0]
+        new_backends = (*s0.backends[1:], (bed.backend_ips[GROUPS[2][0]], TARGET_PORT))
+        upd = Service(s0.name, s0.vip, s0.port, new_backends, group=s0.group)
+        stale = (c.sep(s0, *s0.backends[0]),)
+        svcs2[0] = upd
+        res["update_one_s"] = timed_run(
+            ["iptables-restore", "--noflush"], iptables_partial(c, svcs2, upd, bed.pod_cidr, stale)
+        )
+        check_reachable(bed, upd)
+    finally:
+        t = time.perf_counter()
+        _pop_and_run(bed.undo, cleanup)
+        res["unload_s"] = time.perf_counter() - t
+    return res
+
+
+def _pop_and_run(undo: Undo, fn: Callable[[], None]) -> None:
+    """Run one step now (and drop it from the LIFO)."""
+    undo.steps = [(w, f) for w, f in undo.steps if f is not fn]
+    fn()
+
+
+def ipvs_available() -> str | None:
+    """None when IPVS can be used here, else why not."""
+    if not shutil.which("ipvsadm"):
+        return "ipvsadm is not installed (scripts/setup.sh installs it)"
+    if not Path("/proc/net/ip_vs").exists():
+        run(["modprobe", "ip_vs"], check=False)
+        if not Path("/proc/net/ip_vs").exists():
+            return "the kernel has no IPVS (CONFIG_IP_VS is not set and no ip_vs module)"
+    return None
+
+
+def mode_ipvs(bed: Bed, n: int, args: argparse.Namespace) -> dict[str, Any]:
+    cidr = VIP_RANGES["ipvs"]
+    svcs = services(n, cidr, bed.backend_ips)
+    mine: list[str] = []
+
+    def cleanup() -> None:
+        if mine:
+            run(["ipvsadm", "-R"], ipvs_delete(mine), check=False)
+            listed = run(["ipvsadm", "-Ln"], check=False)
+            left = [a for a in mine if f"TCP  {a} " in listed]
+            mine.clear()
+            if left:
+                raise RuntimeError(f"IPVS services left: {left[:5]}")
+
+    def unroute() -> None:
+        run(["ip", "route", "del", "local", cidr, "dev", "lo", "table", "local"], check=False)
+
+    existing = run(["ipvsadm", "-Ln"])
+    clash = [s.vip for s in svcs if f"{s.vip}:" in existing]
+    if clash:
+        raise RuntimeError(f"IPVS already holds services on {clash[:3]}: not touching them")
+    slab0 = settle_slab()
+    run(["ip", "route", "add", "local", cidr, "dev", "lo", "table", "local"])
+    bed.undo.push(f"local route {cidr}", unroute)
+    bed.undo.push("IPVS virtual services", cleanup)
+    res: dict[str, Any] = {}
+    try:
+        mine += [f"{s.vip}:{s.port}" for s in svcs]
+        res["load_s"] = timed_run(["ipvsadm", "-R"], ipvs_add(svcs))
+        res["slab_kb"] = settle_slab() - slab0
+        res["virtual_services"] = len(svcs)
+        res["real_servers"] = sum(len(s.backends) for s in svcs)
+        check_reachable(bed, svcs[0])
+        res |= measure_traffic(bed, svcs, args, seed=n)
+        added = Service(
+            f"bench-svc-{n + 1}",
+            vip(cidr, n + 1),
+            SVC_PORT,
+            tuple((bed.backend_ips[b], TARGET_PORT) for b in GROUPS[0]),
+        )
+        mine.append(f"{added.vip}:{added.port}")
+        res["add_one_s"] = timed_run(["ipvsadm", "-R"], ipvs_add([added]))
+        check_reachable(bed, added)
+        s0 = svcs[0]
+        old_ip, old_port = s0.backends[0]
+        new_ip = bed.backend_ips[GROUPS[2][0]]
+        res["update_one_s"] = timed_run(
+            ["ipvsadm", "-R"],
+            f"-d -t {s0.vip}:{s0.port} -r {old_ip}:{old_port}\n"
+            f"-a -t {s0.vip}:{s0.port} -r {new_ip}:{TARGET_PORT} -m -w 1\n",
+        )
+        check_reachable(bed, s0)
+    finally:
+        t = time.perf_counter()
+        _pop_and_run(bed.undo, cleanup)
+        res["unload_s"] = time.perf_counter() - t
+        _pop_and_run(bed.undo, unroute)
+    return res
+
+
+def apiary_service_support(agent_python: str = sys.executable) -> str | None:
+    """None when this tree's CLI has `apiary service` and the agent `--service-cidr`, else why not."""
+    r = subprocess.run([agent_python, "-m", "apiary", "service", "--help"], capture_output=True, text=True)
+    if r.returncode != 0:
+        return "this tree has no `apiary service` command yet (the socket LB is not merged)"
+    r = subprocess.run([agent_python, "-m", "apiary", "agent", "--help"], capture_output=True, text=True)
+    if "--service-cidr" not in r.stdout:
+        return "this tree's agent has no --service-cidr option yet"
+    return None
+
+
+def lb_memlock(pin_root: str) -> int:
+    """Bytes of memlock of the BPF maps pinned under the agent's pin root whose name says LB/service."""
+    total, seen = 0, set()
+    for dirpath, _, files in os.walk(pin_root):
+        for f in files:
+            r = subprocess.run(
+                ["bpftool", "-j", "map", "show", "pinned", os.path.join(dirpath, f)], capture_output=True, text=True
+            )
+            if r.returncode != 0:
+                continue
+            try:
+                m = json.loads(r.stdout)
+            except ValueError:
+                continue
+            name = str(m.get("name", ""))
+            if m.get("id") in seen or not re.search(r"lb|svc|serv|backend|maglev|affin|rev", name, re.I):
+                continue
+            seen.add(m.get("id"))
+            total += int(m.get("bytes_memlock", 0))
+    return total
+
+
+def mode_apiary(bed: Bed, n: int, args: argparse.Namespace) -> dict[str, Any]:
+    svcs = services(n, VIP_RANGES["apiary"], bed.backend_ips)
+    client = bed.agent.client()
+    names: list[str] = []
+
+    def post(text: str) -> float:
+        t = time.perf_counter()
+        client.request("POST", "/v1/services", json={"yaml": text})
+        return time.perf_counter() - t
+
+    def cleanup() -> None:
+        for name in names:
+            try:
+                client.request("DELETE", f"/v1/services/{NAMESPACE}/{name}")
+            except Exception:  # noqa: BLE001 - fall back to the CLI
+                bed.net.cli_ok("service", "delete", f"{NAMESPACE}/{name}")
+        names.clear()
+        rows = json.loads(bed.net.cli_ok("service", "list", "-o", "json") or "[]")
+        left = [r for r in rows if str(r.get("name", "")).startswith("bench-")]
+        if left:
+            raise RuntimeError(f"{len(left)} services left in the agent")
+
+    slab0 = settle_slab()
+    mem0 = lb_memlock(bed.agent.pin_root)
+    bed.undo.push("apiary services", cleanup)
+    res: dict[str, Any] = {}
+    try:
+        names += [s.name for s in svcs]
+        res["load_s"] = post(service_yaml(svcs))
+        res["slab_kb"] = settle_slab() - slab0
+        res["lb_map_memlock_bytes"] = lb_memlock(bed.agent.pin_root)
+        res["lb_map_memlock_delta_bytes"] = res["lb_map_memlock_bytes"] - mem0
+        rows = json.loads(bed.net.cli_ok("service", "list", "-o", "json") or "[]")
+        res["services_listed"] = sum(1 for r in rows if str(r.get("name", "")).startswith("bench-"))
+        check_reachable(bed, svcs[0])
+        res |= measure_traffic(bed, svcs, args, seed=n)
+        added = Service(
+            f"bench-svc-{n + 1}",
+            vip(VIP_RANGES["apiary"], n + 1),
+            SVC_PORT,
+            tuple((bed.backend_ips[b], TARGET_PORT) for b in GROUPS[0]),
+            group=0,
+        )
+        names.append(added.name)
+        res["add_one_s"] = post(service_yaml([added]))
+        check_reachable(bed, added)
+        s0 = svcs[0]
+        upd = Service(s0.name, s0.vip, s0.port, tuple((bed.backend_ips[b], TARGET_PORT) for b in GROUPS[2]), group=2)
+        res["update_one_s"] = post(service_yaml([upd]))
+        check_reachable(bed, upd)
+    finally:
+        t = time.perf_counter()
+        _pop_and_run(bed.undo, cleanup)
+        res["unload_s"] = time.perf_counter() - t
+    return res
+
+
+@contextmanager
+def testbed(undo: Undo, apiary_services: bool) -> Iterator[Bed]:
+    from apiary.testing.agent import AgentProcess
+    from apiary.testing.net import Net
+
+    extra = ("--service-cidr", VIP_RANGES["apiary"]) if apiary_services else ()
+    agent = AgentProcess(*extra, node_name="svcbench")
+    bed: Bed | None = None
+    try:
+        agent.start()
+        net = Net(agent)
+        undo.push("servers", net.close)
+        ips = []
+        for i in range(N_BACKENDS):
+            labels = {"svcbench-group": f"g{next(g for g, m in enumerate(GROUPS) if i in m)}"}
+            if i == 0:
+                labels["svcbench-http"] = "yes"
+            ep = net.endpoint(f"backend-{i}", NAMESPACE, **labels)
+            ips.append(str(ep["ipv4"]))
+            p = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "apiary",
+                    "--socket",
+                    agent.socket,
+                    "endpoint",
+                    "exec",
+                    f"{NAMESPACE}/backend-{i}",
+                    "--",
+                    sys.executable,
+                    "-c",
+                    SERVER,
+                    str(TARGET_PORT),
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            net.servers.append(p)
+            assert p.stdout is not None
+            if "ready" not in p.stdout.readline():
+                raise RuntimeError(f"backend-{i} server did not start: {p.stderr.read() if p.stderr else ''}")
+        net.endpoint("client", NAMESPACE, role="svcbench-client")
+        bed = Bed(agent, net, ips, f"{NAMESPACE}/client", agent.pod_cidr, apiary_services, undo)
+        yield bed
+    finally:
+        undo.run()
+        agent.cleanup()
+
+
+def summarise(results: dict[str, Any]) -> list[str]:
+    """Ratios apiary/iptables and apiary/IPVS for every size where both were measured."""
+    lines = []
+    for n, modes in sorted(results["sizes"].items(), key=lambda kv: int(kv[0])):
+        a = modes.get("apiary")
+        if not isinstance(a, dict) or "vip" not in a:
+            continue
+        for other in ("iptables", "ipvs"):
+            o = modes.get(other)
+            if not isinstance(o, dict) or "vip" not in o:
+                continue
+            r = {
+                "conn_per_s": ratio(a["vip"]["conn_per_s"], o["vip"]["conn_per_s"]),
+                "connect_p50": ratio(a["vip"]["p50_us"], o["vip"]["p50_us"]),
+                "connect_p99": ratio(a["vip"]["p99_us"], o["vip"]["p99_us"]),
+                "add_one": ratio(a.get("add_one_s"), o.get("add_one_s")),
+                "update_one": ratio(a.get("update_one_s"), o.get("update_one_s")),
+                "load": ratio(a.get("load_s"), o.get("load_s")),
+            }
+            if "http_vip" in a and "http_vip" in o:
+                r["http_qps"] = ratio(a["http_vip"]["qps"], o["http_vip"]["qps"])
+                r["http_p99"] = ratio(a["http_vip"]["p99_ms"], o["http_vip"]["p99_ms"])
+            results.setdefault("ratios", {}).setdefault(n, {})[f"apiary/{other}"] = r
+            lines.append(
+                f"  N={int(n):>6,} apiary/{other:<8} "
+                + "  ".join(f"{k} {v:.2f}x" for k, v in r.items() if v is not None)
+            )
+    return lines
+
+
+def print_row(n: int, mode: str, r: dict[str, Any]) -> None:
+    v, b = r["vip"], r["baseline"]
+    line = (
+        f"  N={n:>6,} {mode:<8} load {r['load_s']:7.3f} s  conn/s {v['conn_per_s']:7,.0f}"
+        f" ({v['conn_per_s'] / b['conn_per_s']:.2f}x own IP)  connect p50 {v['p50_us']:6.1f} us"
+        f" p99 {v['p99_us']:7.1f} us (own IP {b['p50_us']:.1f}/{b['p99_us']:.1f})"
+        f"  add 1 {1e3 * r['add_one_s']:7.1f} ms  update 1 {1e3 * r['update_one_s']:7.1f} ms"
+        f"  slab {r['slab_kb']:+,} kB"
+    )
+    print(line)
+    if "http_vip" in r:
+        hv, hb = r["http_vip"], r["http_baseline"]
+        print(
+            f"  {'':>8} {'':<8} wrk VIP p50 {hv['p50_ms']:.3f} ms p99 {hv['p99_ms']:.3f} ms {hv['qps']:,.0f} req/s;"
+            f" own IP p50 {hb['p50_ms']:.3f} p99 {hb['p99_ms']:.3f} {hb['qps']:,.0f} req/s"
+            f" (VIP/own p50 {hv['p50_ms'] / hb['p50_ms']:.2f}x, qps {hv['qps'] / hb['qps']:.2f}x)"
+        )
+
+
+def chart(results: dict[str, Any], path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("  (no PNG: matplotlib is not installed; scripts/setup.sh installs it)")
+        return False
+    panels = [
+        ("new connections/s to random VIPs", lambda r: r["vip"]["conn_per_s"]),
+        ("connect p99 (us)", lambda r: r["vip"]["p99_us"]),
+        ("add one service (ms)", lambda r: 1e3 * r["add_one_s"]),
+        ("load all N services (s)", lambda r: r["load_s"]),
+    ]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4))
+    sizes = sorted(results["sizes"], key=int)
+    for ax, (title, get) in zip(axes, panels, strict=True):
+        for mode in MODES:
+            pts = [
+                (int(n), get(results["sizes"][n][mode]))
+                for n in sizes
+                if isinstance(results["sizes"][n].get(mode), dict) and "vip" in results["sizes"][n][mode]
+            ]
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=mode)
+        base = [
+            (int(n), results["sizes"][n][m]["baseline"])
+            for n in sizes
+            for m in MODES
+            if isinstance(results["sizes"][n].get(m), dict) and "baseline" in results["sizes"][n][m]
+        ]
+        if base and title.startswith(("new", "connect")):
+            key = "conn_per_s" if title.startswith("new") else "p99_us"
+            ax.axhline(statistics.median(b[key] for _, b in base), color="grey", ls="--", label="backend's own IP")
+        ax.set_xscale("log")
+        ax.set_xlabel("services (N)")
+        ax.set_title(title)
+        ax.legend()
+    fig.suptitle(f"apiary vs kube-proxy (iptables, IPVS) on {os.uname().release}")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
+def main(
+    sizes: tuple[int, ...] = SIZES,
+    modes: tuple[str, ...] = MODES,
+    out: str | None = None,
+    args: argparse.Namespace | None = None,
+) -> dict[str, Any]:
+    args = args or parser().parse_args([])
+    print(
+        f"(services) apiary vs kube-proxy: N services (2-3 real backends each), modes {', '.join(modes)}; "
+        f"{args.connects:,} connects per measure, wrk {args.wrk_rounds} x {args.wrk_seconds} s"
+    )
+    skipped: dict[str, str] = {}
+    if "iptables" in modes and not (shutil.which("iptables-restore") and shutil.which("iptables-save")):
+        skipped["iptables"] = "iptables is not installed (scripts/setup.sh installs it)"
+    if "ipvs" in modes and (why := ipvs_available()):
+        skipped["ipvs"] = why
+    apiary_ok = "apiary" in modes and not (why := apiary_service_support())
+    if "apiary" in modes and not apiary_ok:
+        skipped["apiary"] = why or ""
+    if not shutil.which("wrk"):
+        print("  (no wrk: HTTP figures skipped; scripts/setup.sh installs it)")
+    for m, why in skipped.items():
+        print(f"  skip {m}: {why}")
+    todo = [m for m in modes if m not in skipped]
+    results: dict[str, Any] = {
+        "kernel": os.uname().release,
+        "cpus": os.cpu_count(),
+        "loadavg_start": os.getloadavg(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "options": {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool, type(None)))},
+        "vip_ranges": VIP_RANGES,
+        "skipped": skipped,
+        "sizes": {},
+    }
+    undo = Undo()
+    if todo:
+        with terminated_as_interrupt(), testbed(undo, apiary_ok) as bed:
+            results["backends"] = bed.backend_ips
+            for n in sizes:
+                row: dict[str, Any] = {}
+                results["sizes"][str(n)] = row
+                for mode in todo:
+                    fn = {"iptables": mode_iptables, "ipvs": mode_ipvs, "apiary": mode_apiary}[mode]
+                    try:
+                        row[mode] = fn(bed, n, args)
+                    except (RuntimeError, AssertionError, subprocess.SubprocessError) as e:
+                        row[mode] = {"error": str(e)[:2000]}
+                        print(f"  N={n:>6,} {mode:<8} FAILED: {str(e)[:500]}")
+                        continue
+                    print_row(n, mode, row[mode])
+    results["loadavg_end"] = os.getloadavg()
+    for line in summarise(results):
+        print(line)
+    dest = Path(out) if out else RESULTS / f"services-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text(json.dumps(results, indent=1))
+    png = dest.with_suffix(".png")
+    if results["sizes"] and chart(results, png):
+        print(f"  chart {png}")
+    print(f"  results {dest}")
+    print("  targets: flat cost 10 -> 10k services; >= 5x iptables at 10k; VIP latency within 10% of the own IP")
+    return results
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(ap)
+    return ap
+
+
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--sizes", default=None, help="comma-separated N (default 10,100,1000,10000)")
+    ap.add_argument("--quick", action="store_true", help="N = 10, 100 only")
+    ap.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of iptables,ipvs,apiary")
+    ap.add_argument("--out", default=None, help="JSON path (the PNG goes next to it); default bench/results/")
+    ap.add_argument("--connects", type=int, default=3000, help="connect() calls per measure")
+    ap.add_argument("--wrk-seconds", type=int, default=3)
+    ap.add_argument("--wrk-rounds", type=int, default=3)
+    ap.add_argument("--wrk-conns", type=int, default=8)
+
+
+def sizes_of(args: argparse.Namespace) -> tuple[int, ...]:
+    if args.sizes:
+        return tuple(int(x) for x in args.sizes.split(","))
+    return QUICK if args.quick else SIZES
+
+
+def modes_of(args: argparse.Namespace) -> tuple[str, ...]:
+    modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
+    bad = [m for m in modes if m not in MODES]
+    if bad:
+        raise SystemExit(f"unknown mode(s) {bad}; choose from {MODES}")
+    return modes
+
+
+if __name__ == "__main__":
+    if os.geteuid() != 0:
+        sys.exit("bench: needs root (iptables, IPVS, a real agent)")
+    a = parser().parse_args()
+    main(sizes_of(a), modes_of(a), a.out, a)

@@ -21,7 +21,7 @@ matplotlib is present. Every rule, virtual service, route, endpoint and namespac
 on Ctrl-C, SIGTERM or an error. Traffic stays between namespaces this bench created.
 
 Run: `make bench ARGS="--only services"` (N = 10..10,000), `ARGS="--only services --quick"` (N = 10, 100),
-or `python -m bench.services --sizes 10,100 --modes iptables,ipvs --out /tmp/svc.json`.
+or `python -m bench.services --svc-sizes 10,100 --svc-modes iptables,ipvs --out /tmp/svc.json`.
 """
 
 from __future__ import annotations
@@ -83,6 +83,17 @@ def vip(cidr: str, i: int) -> str:
     return str(net.network_address + i + 1)
 
 
+def http_vip(cidr: str) -> str:
+    """The one-backend service's address: the range's last, so bench-svc-i keeps vip(i) at every size."""
+    net = ipaddress.ip_network(cidr)
+    return str(net.broadcast_address - 1)
+
+
+def added_service(n: int, cidr: str, backend_ips: list[str]) -> Service:
+    """The service added at size N (named and addressed as the N+1-th of the series)."""
+    return Service(f"bench-svc-{n}", vip(cidr, n), SVC_PORT, tuple((backend_ips[b], TARGET_PORT) for b in GROUPS[0]))
+
+
 def services(n: int, cidr: str, backend_ips: list[str]) -> list[Service]:
     """N services over the backend groups, plus (last) one 'bench-http' service backed by backend 0 only."""
     out = []
@@ -97,7 +108,7 @@ def services(n: int, cidr: str, backend_ips: list[str]) -> list[Service]:
                 group=g,
             )
         )
-    out.append(Service("bench-http", vip(cidr, n), SVC_PORT, ((backend_ips[0], TARGET_PORT),), group=-1))
+    out.append(Service("bench-http", http_vip(cidr), SVC_PORT, ((backend_ips[0], TARGET_PORT),), group=-1))
     return out
 
 
@@ -452,7 +463,7 @@ class Bed:
             *argv,
         ]
 
-    def connects(self, targets: list[tuple[str, int]], count: int, seed: int) -> dict[str, float]:
+    def connects(self, targets: list[tuple[str, int]], count: int, seed: int) -> dict[str, Any]:
         r = subprocess.run(
             self.exec_cmd(sys.executable, "-c", CLIENT, str(count), str(seed)),
             input=json.dumps(targets),
@@ -465,7 +476,7 @@ class Bed:
         d = json.loads(r.stdout)
         lat = [x / 1e3 for x in d["lat_ns"]]
         return {
-            "connects": len(lat),
+            "lat_us": lat,
             "errors": d["errors"],
             "conn_per_s": len(lat) / d["seconds"] if d["seconds"] else 0.0,
             "p50_us": percentile(lat, 50),
@@ -479,12 +490,31 @@ class Bed:
 
 
 def measure_traffic(bed: Bed, svcs: list[Service], args: argparse.Namespace, seed: int) -> dict[str, Any]:
-    """Connects to random VIPs, then to the backends' own addresses (baseline); wrk through the one-backend
-    VIP and to that backend directly, interleaved rounds, medians."""
+    """Connects to random VIPs and to the backends' own addresses (baseline), then wrk through the one-backend
+    VIP and to that backend directly; rounds interleaved; latency percentiles over all rounds, rates medians."""
     vips = [(s.vip, s.port) for s in svcs[:-1]]
     own = [(ip, TARGET_PORT) for ip in bed.backend_ips]
-    res: dict[str, Any] = {"vip": bed.connects(vips, args.connects, seed)}
-    res["baseline"] = bed.connects(own, args.connects, seed)
+    res: dict[str, Any] = {}
+    per: dict[str, list[dict[str, Any]]] = {"vip": [], "baseline": []}
+    for r in range(args.connect_rounds):
+        per["vip"].append(bed.connects(vips, args.connects, seed + r))
+        per["baseline"].append(bed.connects(own, args.connects, seed + r))
+    for k, rows in per.items():
+        lat = [x for row in rows for x in row.pop("lat_us")]
+        res[k] = {
+            "connects": len(lat),
+            "errors": sum(row["errors"] for row in rows),
+            "conn_per_s": statistics.median(row["conn_per_s"] for row in rows),
+            "p50_us": percentile(lat, 50),
+            "p99_us": percentile(lat, 99),
+            "client_cpu_us_per_conn": statistics.median(row["client_cpu_us_per_conn"] for row in rows),
+            "rounds": rows,
+        }
+    res["vip_over_own"] = {
+        "conn_per_s": ratio(res["vip"]["conn_per_s"], res["baseline"]["conn_per_s"]),
+        "p50": ratio(res["vip"]["p50_us"], res["baseline"]["p50_us"]),
+        "p99": ratio(res["vip"]["p99_us"], res["baseline"]["p99_us"]),
+    }
     if res["vip"]["errors"]:
         print(f"    warning: {res['vip']['errors']} connects to VIPs failed", file=sys.stderr)
     if shutil.which("wrk"):
@@ -545,16 +575,11 @@ def mode_iptables(bed: Bed, n: int, args: argparse.Namespace) -> dict[str, Any]:
             "rules_bytes": len(text),
             "slab_kb": slab1 - slab0,
             "iptables": run(["iptables", "-V"]).strip(),
-            "saved_rules": sum(1 for x in saved.splitlines() if x.startswith("-A " + c.prefix)),
+            "saved_rules": sum(1 for x in saved.splitlines() if x.startswith("-A ") and c.prefix in x),
         }
         res |= measure_traffic(bed, svcs, args, seed=n)
         # add one service: kube-proxy's partial sync (SERVICES whole + the new chains)
-        added = Service(
-            f"bench-svc-{n + 1}",
-            vip(VIP_RANGES["iptables"], n + 1),
-            SVC_PORT,
-            tuple((bed.backend_ips[b], TARGET_PORT) for b in GROUPS[0]),
-        )
+        added = added_service(n, VIP_RANGES["iptables"], bed.backend_ips)
         svcs2 = [*svcs, added]
         res["add_one_s"] = timed_run(["iptables-restore", "--noflush"], iptables_partial(c, svcs2, added, bed.pod_cidr))
         check_reachable(bed, added)
@@ -626,12 +651,7 @@ def mode_ipvs(bed: Bed, n: int, args: argparse.Namespace) -> dict[str, Any]:
         res["real_servers"] = sum(len(s.backends) for s in svcs)
         check_reachable(bed, svcs[0])
         res |= measure_traffic(bed, svcs, args, seed=n)
-        added = Service(
-            f"bench-svc-{n + 1}",
-            vip(cidr, n + 1),
-            SVC_PORT,
-            tuple((bed.backend_ips[b], TARGET_PORT) for b in GROUPS[0]),
-        )
+        added = added_service(n, cidr, bed.backend_ips)
         mine.append(f"{added.vip}:{added.port}")
         res["add_one_s"] = timed_run(["ipvsadm", "-R"], ipvs_add([added]))
         check_reachable(bed, added)
@@ -663,77 +683,87 @@ def apiary_service_support(agent_python: str = sys.executable) -> str | None:
     return None
 
 
-def lb_memlock(pin_root: str) -> int:
-    """Bytes of memlock of the BPF maps pinned under the agent's pin root whose name says LB/service."""
-    total, seen = 0, set()
-    for dirpath, _, files in os.walk(pin_root):
-        for f in files:
-            r = subprocess.run(
-                ["bpftool", "-j", "map", "show", "pinned", os.path.join(dirpath, f)], capture_output=True, text=True
-            )
-            if r.returncode != 0:
-                continue
-            try:
-                m = json.loads(r.stdout)
-            except ValueError:
-                continue
-            name = str(m.get("name", ""))
-            if m.get("id") in seen or not re.search(r"lb|svc|serv|backend|maglev|affin|rev", name, re.I):
-                continue
-            seen.add(m.get("id"))
-            total += int(m.get("bytes_memlock", 0))
-    return total
+def agent_lb(client: Any) -> tuple[list[int], dict[str, int]]:
+    """The agent's connect4 program ids (from /v1/bpf), and the bytes_memlock of its LB maps by name."""
+    rows = client.request("GET", "/v1/bpf")
+    progs = [int(p["id"]) for p in rows.get("programs", []) if p.get("name") == "lb_connect4"]
+    mem: dict[str, int] = {}
+    for m in rows.get("maps", []):
+        if str(m.get("name", "")).startswith("lb4_") or m.get("owner") == "lb":
+            info = json.loads(run(["bpftool", "-j", "map", "show", "id", str(m["id"])]))
+            mem[str(m["name"])] = int(info.get("bytes_memlock", 0))
+    return progs, mem
+
+
+def prog_stats(prog_ids: list[int]) -> tuple[int, int]:
+    """run_time_ns and run_cnt summed over programs (kernel.bpf_stats_enabled on)."""
+    ns = cnt = 0
+    for pid in prog_ids:
+        p = json.loads(run(["bpftool", "-j", "prog", "show", "id", str(pid)]))
+        ns += int(p.get("run_time_ns", 0))
+        cnt += int(p.get("run_cnt", 0))
+    return ns, cnt
+
+
+@contextmanager
+def bpf_stats() -> Iterator[None]:
+    path = Path("/proc/sys/kernel/bpf_stats_enabled")
+    old = path.read_text().strip()
+    path.write_text("1")
+    try:
+        yield
+    finally:
+        path.write_text(old)
 
 
 def mode_apiary(bed: Bed, n: int, args: argparse.Namespace) -> dict[str, Any]:
+    """Services accumulate in the agent from one size to the next (bench-svc-i keeps its name and address,
+    so applying size N leaves exactly N + 1 of ours); they are deleted after sizes up to
+    --apiary-delete-max (one API call each), larger ones go with the agent at the end."""
     svcs = services(n, VIP_RANGES["apiary"], bed.backend_ips)
     client = bed.agent.client()
-    names: list[str] = []
 
-    def post(text: str) -> float:
+    def post(text: str) -> tuple[float, float]:
         t = time.perf_counter()
-        client.request("POST", "/v1/services", json={"yaml": text})
-        return time.perf_counter() - t
+        r = client.request("POST", "/v1/services", json={"yaml": text})
+        return time.perf_counter() - t, float(r.get("elapsed_ms", "nan")) / 1e3
+
+    def ours() -> list[str]:
+        rows = client.request("GET", "/v1/services")["services"]
+        return [r["name"] for r in rows if r["name"].startswith(f"{NAMESPACE}/bench-")]
 
     def cleanup() -> None:
-        for name in names:
-            try:
-                client.request("DELETE", f"/v1/services/{NAMESPACE}/{name}")
-            except Exception:  # noqa: BLE001 - fall back to the CLI
-                bed.net.cli_ok("service", "delete", f"{NAMESPACE}/{name}")
-        names.clear()
-        rows = json.loads(bed.net.cli_ok("service", "list", "-o", "json") or "[]")
-        left = [r for r in rows if str(r.get("name", "")).startswith("bench-")]
-        if left:
+        if len(ours()) > args.apiary_delete_max:
+            return  # removed with the agent
+        for name in ours():
+            client.request("DELETE", f"/v1/services/{name}")
+        if left := ours():
             raise RuntimeError(f"{len(left)} services left in the agent")
 
     slab0 = settle_slab()
-    mem0 = lb_memlock(bed.agent.pin_root)
     bed.undo.push("apiary services", cleanup)
-    res: dict[str, Any] = {}
+    res: dict[str, Any] = {"services_before": len(ours())}
     try:
-        names += [s.name for s in svcs]
-        res["load_s"] = post(service_yaml(svcs))
+        res["load_s"], res["load_agent_s"] = post(service_yaml(svcs))
         res["slab_kb"] = settle_slab() - slab0
-        res["lb_map_memlock_bytes"] = lb_memlock(bed.agent.pin_root)
-        res["lb_map_memlock_delta_bytes"] = res["lb_map_memlock_bytes"] - mem0
-        rows = json.loads(bed.net.cli_ok("service", "list", "-o", "json") or "[]")
-        res["services_listed"] = sum(1 for r in rows if str(r.get("name", "")).startswith("bench-"))
+        res["services_listed"] = len(ours())
+        progs, res["lb_map_memlock_bytes"] = agent_lb(client)
+        res["lb_fill"] = (client.request("GET", "/v1/status").get("services") or {}).get("maps", {})
         check_reachable(bed, svcs[0])
         res |= measure_traffic(bed, svcs, args, seed=n)
-        added = Service(
-            f"bench-svc-{n + 1}",
-            vip(VIP_RANGES["apiary"], n + 1),
-            SVC_PORT,
-            tuple((bed.backend_ips[b], TARGET_PORT) for b in GROUPS[0]),
-            group=0,
-        )
-        names.append(added.name)
-        res["add_one_s"] = post(service_yaml([added]))
+        if progs:  # the connect4 program's own cost per connect, one extra client run with bpf_stats on
+            with bpf_stats():
+                ns0, c0 = prog_stats(progs)
+                bed.connects([(s.vip, s.port) for s in svcs[:-1]], args.connects, n)
+                ns1, c1 = prog_stats(progs)
+            res["connect4_ns_per_call"] = (ns1 - ns0) / max(1, c1 - c0)
+            res["connect4_calls"] = c1 - c0
+        added = added_service(n, VIP_RANGES["apiary"], bed.backend_ips)
+        res["add_one_s"], res["add_one_agent_s"] = post(service_yaml([added]))
         check_reachable(bed, added)
         s0 = svcs[0]
         upd = Service(s0.name, s0.vip, s0.port, tuple((bed.backend_ips[b], TARGET_PORT) for b in GROUPS[2]), group=2)
-        res["update_one_s"] = post(service_yaml([upd]))
+        res["update_one_s"], res["update_one_agent_s"] = post(service_yaml([upd]))
         check_reachable(bed, upd)
     finally:
         t = time.perf_counter()
@@ -749,7 +779,6 @@ def testbed(undo: Undo, apiary_services: bool) -> Iterator[Bed]:
 
     extra = ("--service-cidr", VIP_RANGES["apiary"]) if apiary_services else ()
     agent = AgentProcess(*extra, node_name="svcbench")
-    bed: Bed | None = None
     try:
         agent.start()
         net = Net(agent)
@@ -786,11 +815,15 @@ def testbed(undo: Undo, apiary_services: bool) -> Iterator[Bed]:
             if "ready" not in p.stdout.readline():
                 raise RuntimeError(f"backend-{i} server did not start: {p.stderr.read() if p.stderr else ''}")
         net.endpoint("client", NAMESPACE, role="svcbench-client")
-        bed = Bed(agent, net, ips, f"{NAMESPACE}/client", agent.pod_cidr, apiary_services, undo)
-        yield bed
+        yield Bed(agent, net, ips, f"{NAMESPACE}/client", agent.pod_cidr, apiary_services, undo)
     finally:
         undo.run()
         agent.cleanup()
+        # the agent routes its service CIDR unreachable while services exist: it must be gone with the agent
+        cidr = VIP_RANGES["apiary"]
+        if apiary_services and run(["ip", "route", "show", "type", "unreachable", cidr], check=False).strip():
+            print(f"  cleanup: the agent left the route 'unreachable {cidr}': removing it", file=sys.stderr)
+            run(["ip", "route", "del", "unreachable", cidr], check=False)
 
 
 def summarise(results: dict[str, Any]) -> list[str]:
@@ -815,6 +848,10 @@ def summarise(results: dict[str, Any]) -> list[str]:
             if "http_vip" in a and "http_vip" in o:
                 r["http_qps"] = ratio(a["http_vip"]["qps"], o["http_vip"]["qps"])
                 r["http_p99"] = ratio(a["http_vip"]["p99_ms"], o["http_vip"]["p99_ms"])
+            # the same, each mode first divided by its own baseline (backend's own IP, same run): robust to the
+            # machine's load drifting between the modes
+            r["conn_per_s_norm"] = ratio(a["vip_over_own"]["conn_per_s"], o["vip_over_own"]["conn_per_s"])
+            r["connect_p50_norm"] = ratio(a["vip_over_own"]["p50"], o["vip_over_own"]["p50"])
             results.setdefault("ratios", {}).setdefault(n, {})[f"apiary/{other}"] = r
             lines.append(
                 f"  N={int(n):>6,} apiary/{other:<8} "
@@ -926,11 +963,12 @@ def main(
     if todo:
         with terminated_as_interrupt(), testbed(undo, apiary_ok) as bed:
             results["backends"] = bed.backend_ips
-            for n in sizes:
-                row: dict[str, Any] = {}
-                results["sizes"][str(n)] = row
-                for mode in todo:
-                    fn = {"iptables": mode_iptables, "ipvs": mode_ipvs, "apiary": mode_apiary}[mode]
+            # mode by mode (apiary's LB programs load with its first service: they must not run under the
+            # other modes' figures), sizes ascending (apiary's services grow from one size to the next)
+            for mode in todo:
+                fn = {"iptables": mode_iptables, "ipvs": mode_ipvs, "apiary": mode_apiary}[mode]
+                for n in sorted(sizes):
+                    row = results["sizes"].setdefault(str(n), {})
                     try:
                         row[mode] = fn(bed, n, args)
                     except (RuntimeError, AssertionError, subprocess.SubprocessError) as e:
@@ -959,24 +997,30 @@ def parser() -> argparse.ArgumentParser:
 
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:
-    ap.add_argument("--sizes", default=None, help="comma-separated N (default 10,100,1000,10000)")
-    ap.add_argument("--quick", action="store_true", help="N = 10, 100 only")
-    ap.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of iptables,ipvs,apiary")
-    ap.add_argument("--out", default=None, help="JSON path (the PNG goes next to it); default bench/results/")
-    ap.add_argument("--connects", type=int, default=3000, help="connect() calls per measure")
-    ap.add_argument("--wrk-seconds", type=int, default=3)
-    ap.add_argument("--wrk-rounds", type=int, default=3)
-    ap.add_argument("--wrk-conns", type=int, default=8)
+    """The services bench's options (bench/run.py adds them to its own)."""
+    g = ap.add_argument_group("services (--only services)")
+    g.add_argument("--svc-sizes", default=None, help="comma-separated N (default 10,100,1000,10000)")
+    g.add_argument("--quick", action="store_true", help="N = 10, 100 only")
+    g.add_argument("--svc-modes", default=",".join(MODES), help="comma-separated subset of iptables,ipvs,apiary")
+    g.add_argument("--out", default=None, help="JSON path (the PNG goes next to it); default bench/results/")
+    g.add_argument("--connects", type=int, default=2000, help="connect() calls per measure and round")
+    g.add_argument("--connect-rounds", type=int, default=3, help="interleaved rounds, VIPs vs own IPs")
+    g.add_argument("--wrk-seconds", type=int, default=3)
+    g.add_argument("--wrk-rounds", type=int, default=3)
+    g.add_argument("--wrk-conns", type=int, default=8)
+    g.add_argument(
+        "--apiary-delete-max", type=int, default=1000, help="delete apiary's services after sizes up to this"
+    )
 
 
 def sizes_of(args: argparse.Namespace) -> tuple[int, ...]:
-    if args.sizes:
-        return tuple(int(x) for x in args.sizes.split(","))
+    if args.svc_sizes:
+        return tuple(int(x) for x in args.svc_sizes.split(","))
     return QUICK if args.quick else SIZES
 
 
 def modes_of(args: argparse.Namespace) -> tuple[str, ...]:
-    modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
+    modes = tuple(m.strip() for m in args.svc_modes.split(",") if m.strip())
     bad = [m for m in modes if m not in MODES]
     if bad:
         raise SystemExit(f"unknown mode(s) {bad}; choose from {MODES}")

@@ -57,6 +57,7 @@ NAMESPACE = "svcbench"
 GROUPS = ((0, 1, 2), (3, 4), (5, 6, 7))
 N_BACKENDS = 8
 MASQ_MARK = "0x4000"
+APPLY_MAX_CHARS = 1_000_000  # the agent takes at most 1 MiB of YAML per request (policy/yamlutil.MAX_CHARS)
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -283,6 +284,23 @@ def service_yaml(svcs: list[Service]) -> str:
     return "---\n".join(docs)
 
 
+def yaml_chunks(svcs: list[Service], max_chars: int) -> list[str]:
+    """service_yaml of consecutive slices of the services, each under max_chars."""
+    out: list[str] = []
+    cur: list[Service] = []
+    size = 0
+    for s in svcs:
+        n = len(service_yaml([s])) + 4
+        if cur and size + n > max_chars:
+            out.append(service_yaml(cur))
+            cur, size = [], 0
+        cur.append(s)
+        size += n
+    if cur:
+        out.append(service_yaml(cur))
+    return out
+
+
 def percentile(xs: list[float], q: float) -> float:
     if not xs:
         return float("nan")
@@ -489,16 +507,16 @@ class Bed:
         return parse_wrk(out)
 
 
-def measure_traffic(bed: Bed, svcs: list[Service], args: argparse.Namespace, seed: int) -> dict[str, Any]:
-    """Connects to random VIPs and to the backends' own addresses (baseline), then wrk through the one-backend
-    VIP and to that backend directly; rounds interleaved; latency percentiles over all rounds, rates medians."""
-    vips = [(s.vip, s.port) for s in svcs[:-1]]
-    own = [(ip, TARGET_PORT) for ip in bed.backend_ips]
+def connect_rounds(
+    bed: Bed, targets: dict[str, list[tuple[str, int]]], args: argparse.Namespace, seed: int
+) -> dict[str, Any]:
+    """For each set of targets, --connect-rounds client runs (the sets interleaved round by round): latency
+    percentiles over all rounds, rates as medians."""
     res: dict[str, Any] = {}
-    per: dict[str, list[dict[str, Any]]] = {"vip": [], "baseline": []}
+    per: dict[str, list[dict[str, Any]]] = {k: [] for k in targets}
     for r in range(args.connect_rounds):
-        per["vip"].append(bed.connects(vips, args.connects, seed + r))
-        per["baseline"].append(bed.connects(own, args.connects, seed + r))
+        for k, t in targets.items():
+            per[k].append(bed.connects(t, args.connects, seed + r))
     for k, rows in per.items():
         lat = [x for row in rows for x in row.pop("lat_us")]
         res[k] = {
@@ -510,6 +528,37 @@ def measure_traffic(bed: Bed, svcs: list[Service], args: argparse.Namespace, see
             "client_cpu_us_per_conn": statistics.median(row["client_cpu_us_per_conn"] for row in rows),
             "rounds": rows,
         }
+    return res
+
+
+def own_addresses(bed: Bed) -> list[tuple[str, int]]:
+    return [(ip, TARGET_PORT) for ip in bed.backend_ips]
+
+
+def clean_baseline(bed: Bed, args: argparse.Namespace, seed: int) -> dict[str, Any]:
+    """Connects to the backends' own addresses before the mode's services are loaded."""
+    return connect_rounds(bed, {"clean": own_addresses(bed)}, args, seed)
+
+
+def add_clean(res: dict[str, Any], clean: dict[str, Any]) -> None:
+    """Ratios against the backends' own addresses measured before the mode's services were loaded: what a
+    VIP costs, and what the loaded mode costs traffic that is not for a service."""
+    res |= clean
+    c = clean["clean"]
+    for k in ("vip", "baseline"):
+        if k in res:
+            res[f"{k}_over_clean"] = {
+                "conn_per_s": ratio(res[k]["conn_per_s"], c["conn_per_s"]),
+                "p50": ratio(res[k]["p50_us"], c["p50_us"]),
+                "p99": ratio(res[k]["p99_us"], c["p99_us"]),
+            }
+
+
+def measure_traffic(bed: Bed, svcs: list[Service], args: argparse.Namespace, seed: int) -> dict[str, Any]:
+    """Connects to random VIPs and to the backends' own addresses with the services loaded (rounds
+    interleaved), then wrk through the one-backend VIP and to that backend directly."""
+    vips = [(s.vip, s.port) for s in svcs[:-1]]
+    res = connect_rounds(bed, {"vip": vips, "baseline": own_addresses(bed)}, args, seed)
     res["vip_over_own"] = {
         "conn_per_s": ratio(res["vip"]["conn_per_s"], res["baseline"]["conn_per_s"]),
         "p50": ratio(res["vip"]["p50_us"], res["baseline"]["p50_us"]),
@@ -560,6 +609,7 @@ def mode_iptables(bed: Bed, n: int, args: argparse.Namespace) -> dict[str, Any]:
         if left:
             raise RuntimeError(f"chains left: {left[:5]}")
 
+    clean = clean_baseline(bed, args, n)
     slab0 = settle_slab()
     bed.undo.push(f"iptables chains {c.prefix}*", cleanup)
     res: dict[str, Any] = {}
@@ -578,6 +628,7 @@ def mode_iptables(bed: Bed, n: int, args: argparse.Namespace) -> dict[str, Any]:
             "saved_rules": sum(1 for x in saved.splitlines() if x.startswith("-A ") and c.prefix in x),
         }
         res |= measure_traffic(bed, svcs, args, seed=n)
+        add_clean(res, clean)
         # add one service: kube-proxy's partial sync (SERVICES whole + the new chains)
         added = added_service(n, VIP_RANGES["iptables"], bed.backend_ips)
         svcs2 = [*svcs, added]
@@ -638,6 +689,7 @@ def mode_ipvs(bed: Bed, n: int, args: argparse.Namespace) -> dict[str, Any]:
     clash = [s.vip for s in svcs if f"{s.vip}:" in existing]
     if clash:
         raise RuntimeError(f"IPVS already holds services on {clash[:3]}: not touching them")
+    clean = clean_baseline(bed, args, n)
     slab0 = settle_slab()
     run(["ip", "route", "add", "local", cidr, "dev", "lo", "table", "local"])
     bed.undo.push(f"local route {cidr}", unroute)
@@ -651,6 +703,7 @@ def mode_ipvs(bed: Bed, n: int, args: argparse.Namespace) -> dict[str, Any]:
         res["real_servers"] = sum(len(s.backends) for s in svcs)
         check_reachable(bed, svcs[0])
         res |= measure_traffic(bed, svcs, args, seed=n)
+        add_clean(res, clean)
         added = added_service(n, cidr, bed.backend_ips)
         mine.append(f"{added.vip}:{added.port}")
         res["add_one_s"] = timed_run(["ipvsadm", "-R"], ipvs_add([added]))
@@ -723,10 +776,15 @@ def mode_apiary(bed: Bed, n: int, args: argparse.Namespace) -> dict[str, Any]:
     svcs = services(n, VIP_RANGES["apiary"], bed.backend_ips)
     client = bed.agent.client()
 
-    def post(text: str) -> tuple[float, float]:
-        t = time.perf_counter()
-        r = client.request("POST", "/v1/services", json={"yaml": text})
-        return time.perf_counter() - t, float(r.get("elapsed_ms", "nan")) / 1e3
+    def post(svcs: list[Service]) -> tuple[float, float]:
+        """Apply in as few requests as the agent's 1 MiB limit on a request's YAML allows: (wall, agent) s."""
+        wall = agent = 0.0
+        for chunk in yaml_chunks(svcs, APPLY_MAX_CHARS):
+            t = time.perf_counter()
+            r = client.request("POST", "/v1/services", json={"yaml": chunk})
+            wall += time.perf_counter() - t
+            agent += float(r.get("elapsed_ms", "nan")) / 1e3
+        return wall, agent
 
     def ours() -> list[str]:
         rows = client.request("GET", "/v1/services")["services"]
@@ -740,17 +798,19 @@ def mode_apiary(bed: Bed, n: int, args: argparse.Namespace) -> dict[str, Any]:
         if left := ours():
             raise RuntimeError(f"{len(left)} services left in the agent")
 
+    clean = clean_baseline(bed, args, n)
     slab0 = settle_slab()
     bed.undo.push("apiary services", cleanup)
     res: dict[str, Any] = {"services_before": len(ours())}
     try:
-        res["load_s"], res["load_agent_s"] = post(service_yaml(svcs))
+        res["load_s"], res["load_agent_s"] = post(svcs)
         res["slab_kb"] = settle_slab() - slab0
         res["services_listed"] = len(ours())
         progs, res["lb_map_memlock_bytes"] = agent_lb(client)
         res["lb_fill"] = (client.request("GET", "/v1/status").get("services") or {}).get("maps", {})
         check_reachable(bed, svcs[0])
         res |= measure_traffic(bed, svcs, args, seed=n)
+        add_clean(res, clean)
         if progs:  # the connect4 program's own cost per connect, one extra client run with bpf_stats on
             with bpf_stats():
                 ns0, c0 = prog_stats(progs)
@@ -759,11 +819,11 @@ def mode_apiary(bed: Bed, n: int, args: argparse.Namespace) -> dict[str, Any]:
             res["connect4_ns_per_call"] = (ns1 - ns0) / max(1, c1 - c0)
             res["connect4_calls"] = c1 - c0
         added = added_service(n, VIP_RANGES["apiary"], bed.backend_ips)
-        res["add_one_s"], res["add_one_agent_s"] = post(service_yaml([added]))
+        res["add_one_s"], res["add_one_agent_s"] = post([added])
         check_reachable(bed, added)
         s0 = svcs[0]
         upd = Service(s0.name, s0.vip, s0.port, tuple((bed.backend_ips[b], TARGET_PORT) for b in GROUPS[2]), group=2)
-        res["update_one_s"], res["update_one_agent_s"] = post(service_yaml([upd]))
+        res["update_one_s"], res["update_one_agent_s"] = post([upd])
         check_reachable(bed, upd)
     finally:
         t = time.perf_counter()
@@ -850,8 +910,8 @@ def summarise(results: dict[str, Any]) -> list[str]:
                 r["http_p99"] = ratio(a["http_vip"]["p99_ms"], o["http_vip"]["p99_ms"])
             # the same, each mode first divided by its own baseline (backend's own IP, same run): robust to the
             # machine's load drifting between the modes
-            r["conn_per_s_norm"] = ratio(a["vip_over_own"]["conn_per_s"], o["vip_over_own"]["conn_per_s"])
-            r["connect_p50_norm"] = ratio(a["vip_over_own"]["p50"], o["vip_over_own"]["p50"])
+            r["conn_per_s_norm"] = ratio(a["vip_over_clean"]["conn_per_s"], o["vip_over_clean"]["conn_per_s"])
+            r["connect_p50_norm"] = ratio(a["vip_over_clean"]["p50"], o["vip_over_clean"]["p50"])
             results.setdefault("ratios", {}).setdefault(n, {})[f"apiary/{other}"] = r
             lines.append(
                 f"  N={int(n):>6,} apiary/{other:<8} "
@@ -861,15 +921,19 @@ def summarise(results: dict[str, Any]) -> list[str]:
 
 
 def print_row(n: int, mode: str, r: dict[str, Any]) -> None:
-    v, b = r["vip"], r["baseline"]
-    line = (
-        f"  N={n:>6,} {mode:<8} load {r['load_s']:7.3f} s  conn/s {v['conn_per_s']:7,.0f}"
-        f" ({v['conn_per_s'] / b['conn_per_s']:.2f}x own IP)  connect p50 {v['p50_us']:6.1f} us"
-        f" p99 {v['p99_us']:7.1f} us (own IP {b['p50_us']:.1f}/{b['p99_us']:.1f})"
-        f"  add 1 {1e3 * r['add_one_s']:7.1f} ms  update 1 {1e3 * r['update_one_s']:7.1f} ms"
-        f"  slab {r['slab_kb']:+,} kB"
+    v, b, c = r["vip"], r["baseline"], r["clean"]
+    print(
+        f"  N={n:>6,} {mode:<8} load {r['load_s']:8.3f} s  add 1 {1e3 * r['add_one_s']:7.1f} ms"
+        f"  update 1 {1e3 * r['update_one_s']:7.1f} ms  unload {r['unload_s']:7.3f} s  slab {r['slab_kb']:+,} kB"
     )
-    print(line)
+    print(
+        f"  {'':>8} {'':<8} connects/s: VIP {v['conn_per_s']:6,.0f}  own IP {b['conn_per_s']:6,.0f}"
+        f"  own IP before load {c['conn_per_s']:6,.0f};  connect p50/p99 us: VIP {v['p50_us']:.0f}/{v['p99_us']:.0f}"
+        f"  own IP {b['p50_us']:.0f}/{b['p99_us']:.0f}  before load {c['p50_us']:.0f}/{c['p99_us']:.0f}"
+        f"  (VIP p50 {v['p50_us'] / c['p50_us']:.2f}x before load)"
+    )
+    if "connect4_ns_per_call" in r:
+        print(f"  {'':>8} {'':<8} connect4 program {r['connect4_ns_per_call']:.0f} ns per connect (bpf_stats)")
     if "http_vip" in r:
         hv, hb = r["http_vip"], r["http_baseline"]
         print(
@@ -890,7 +954,7 @@ def chart(results: dict[str, Any], path: Path) -> bool:
         return False
     panels = [
         ("new connections/s to random VIPs", lambda r: r["vip"]["conn_per_s"]),
-        ("connect p99 (us)", lambda r: r["vip"]["p99_us"]),
+        ("connect p50 (us)", lambda r: r["vip"]["p50_us"]),
         ("add one service (ms)", lambda r: 1e3 * r["add_one_s"]),
         ("load all N services (s)", lambda r: r["load_s"]),
     ]
@@ -906,15 +970,18 @@ def chart(results: dict[str, Any], path: Path) -> bool:
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=mode)
         base = [
-            (int(n), results["sizes"][n][m]["baseline"])
+            (int(n), results["sizes"][n][m]["clean"])
             for n in sizes
             for m in MODES
-            if isinstance(results["sizes"][n].get(m), dict) and "baseline" in results["sizes"][n][m]
+            if isinstance(results["sizes"][n].get(m), dict) and "clean" in results["sizes"][n][m]
         ]
         if base and title.startswith(("new", "connect")):
-            key = "conn_per_s" if title.startswith("new") else "p99_us"
-            ax.axhline(statistics.median(b[key] for _, b in base), color="grey", ls="--", label="backend's own IP")
+            key = "conn_per_s" if title.startswith("new") else "p50_us"
+            med = statistics.median(b[key] for _, b in base)
+            ax.axhline(med, color="grey", ls="--", label="own IP, nothing loaded")
         ax.set_xscale("log")
+        if title.startswith(("add", "load")):
+            ax.set_yscale("log")
         ax.set_xlabel("services (N)")
         ax.set_title(title)
         ax.legend()
@@ -959,6 +1026,8 @@ def main(
         "skipped": skipped,
         "sizes": {},
     }
+    dest = Path(out) if out else RESULTS / f"services-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    dest.parent.mkdir(parents=True, exist_ok=True)
     undo = Undo()
     if todo:
         with terminated_as_interrupt(), testbed(undo, apiary_ok) as bed:
@@ -971,23 +1040,31 @@ def main(
                     row = results["sizes"].setdefault(str(n), {})
                     try:
                         row[mode] = fn(bed, n, args)
-                    except (RuntimeError, AssertionError, subprocess.SubprocessError) as e:
-                        row[mode] = {"error": str(e)[:2000]}
-                        print(f"  N={n:>6,} {mode:<8} FAILED: {str(e)[:500]}")
+                    except Exception as e:  # noqa: BLE001 - recorded; the other sizes and modes still run
+                        why = f"{type(e).__name__}: {e}" + (f" {e.problems}" if getattr(e, "problems", None) else "")
+                        row[mode] = {"error": why[:2000]}
+                        print(f"  N={n:>6,} {mode:<8} FAILED: {why[:800]}")
                         continue
+                    finally:
+                        save(results, dest)
                     print_row(n, mode, row[mode])
     results["loadavg_end"] = os.getloadavg()
     for line in summarise(results):
         print(line)
-    dest = Path(out) if out else RESULTS / f"services-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_text(json.dumps(results, indent=1))
+    save(results, dest)
     png = dest.with_suffix(".png")
     if results["sizes"] and chart(results, png):
         print(f"  chart {png}")
     print(f"  results {dest}")
     print("  targets: flat cost 10 -> 10k services; >= 5x iptables at 10k; VIP latency within 10% of the own IP")
     return results
+
+
+def save(results: dict[str, Any], dest: Path) -> None:
+    """Written after every measurement, so that a long run interrupted keeps what it measured."""
+    tmp = dest.with_suffix(".tmp")
+    tmp.write_text(json.dumps(results, indent=1))
+    tmp.replace(dest)
 
 
 def parser() -> argparse.ArgumentParser:

@@ -932,8 +932,22 @@ def print_row(n: int, mode: str, r: dict[str, Any]) -> None:
         f"  own IP {b['p50_us']:.0f}/{b['p99_us']:.0f}  before load {c['p50_us']:.0f}/{c['p99_us']:.0f}"
         f"  (VIP p50 {v['p50_us'] / c['p50_us']:.2f}x before load)"
     )
-    if "connect4_ns_per_call" in r:
-        print(f"  {'':>8} {'':<8} connect4 program {r['connect4_ns_per_call']:.0f} ns per connect (bpf_stats)")
+    if "load_agent_s" in r:
+        mem = sum(r.get("lb_map_memlock_bytes", {}).values())
+        print(
+            f"  {'':>8} {'':<8} agent time: load {r['load_agent_s']:.3f} s  add 1 {1e3 * r['add_one_agent_s']:.1f} ms"
+            f"  update 1 {1e3 * r['update_one_agent_s']:.1f} ms;  LB maps {mem / 2**20:.1f} MiB memlock (preallocated)"
+            + (
+                f";  connect4 program {r['connect4_ns_per_call']:.0f} ns per connect (bpf_stats)"
+                if "connect4_ns_per_call" in r
+                else ""
+            )
+        )
+    if "rules" in r:
+        print(
+            f"  {'':>8} {'':<8} {r['chains']:,} chains, {r['rules']:,} rules"
+            f" ({r['rules_bytes'] / 2**20:.1f} MiB of iptables-restore text)"
+        )
     if "http_vip" in r:
         hv, hb = r["http_vip"], r["http_baseline"]
         print(
@@ -978,7 +992,7 @@ def chart(results: dict[str, Any], path: Path) -> bool:
         if base and title.startswith(("new", "connect")):
             key = "conn_per_s" if title.startswith("new") else "p50_us"
             med = statistics.median(b[key] for _, b in base)
-            ax.axhline(med, color="grey", ls="--", label="own IP, nothing loaded")
+            ax.axhline(med, color="grey", ls="--", label="own IP, before load")
         ax.set_xscale("log")
         if title.startswith(("add", "load")):
             ax.set_yscale("log")
@@ -1049,7 +1063,11 @@ def main(
                         save(results, dest)
                     print_row(n, mode, row[mode])
     results["loadavg_end"] = os.getloadavg()
-    for line in summarise(results):
+    lines = summarise(results)
+    if lines:
+        print("  ratios (connects/s, QPS: higher is better for apiary; times, latencies: lower is better;")
+        print("  *_norm: each mode's VIP figure first divided by the own-IP figure measured before its load)")
+    for line in lines:
         print(line)
     save(results, dest)
     png = dest.with_suffix(".png")

@@ -6,10 +6,12 @@
       produced = delivered + lost checked exactly; and the cost of the full exec/exit pipeline.
 
 Also (bench/tracing.py, bench/datapath.py, bench/prefilter.py) the tracing sensor, the TC datapath and the XDP
-prefilter, and (bench/apply.py) the policy apply latency at 10 / 100 / 1,000 / 10,000 rules.
+prefilter, (bench/apply.py) the policy apply latency at 10 / 100 / 1,000 / 10,000 rules, and (bench/services.py)
+apiary's services against kube-proxy's iptables and IPVS modes at 10 / 100 / 1,000 / 10,000 services.
 
 Run: `make bench` (root), or one part: `make bench ARGS="--only apply"`. Options: --rounds N --execs N
---opens N --events N --apply-rounds N.
+--opens N --events N --apply-rounds N; the services part: --quick (N = 10, 100), --svc-sizes, --svc-modes, --out
+(see `python -m bench.services --help`).
 """
 
 from __future__ import annotations
@@ -144,9 +146,14 @@ def main() -> None:
     ap.add_argument("--execs", type=int, default=2000)
     ap.add_argument("--opens", type=int, default=200000)
     ap.add_argument("--events", type=int, default=1000000)
-    ap.add_argument("--only", choices=["process", "datapath", "tracing", "apply", "prefilter"], default=None)
+    ap.add_argument(
+        "--only", choices=["process", "datapath", "tracing", "apply", "prefilter", "services"], default=None
+    )
     ap.add_argument("--apply-rounds", type=int, default=5, help="rounds per size of the policy apply bench")
     ap.add_argument("--repeat", type=int, default=200000, help="BPF_PROG_TEST_RUN repetitions")
+    from . import services
+
+    services.add_arguments(ap)
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench: needs root (loads BPF)")
@@ -163,6 +170,11 @@ def main() -> None:
 
         prefilter.main(args.repeat)
         if args.only == "prefilter":
+            return
+        print()
+    if args.only in (None, "services"):
+        services.main(services.sizes_of(args), services.modes_of(args), args.out, args)
+        if args.only == "services":
             return
         print()
     if args.only in (None, "apply"):

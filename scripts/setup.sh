@@ -8,6 +8,8 @@ APT_PKGS=(clang llvm libbpf-dev bpftool iproute2 libelf-dev zlib1g-dev make iput
 kh=linux-headers-$(uname -r)
 apt-cache show "$kh" >/dev/null 2>&1 || kh=linux-headers-$(dpkg --print-architecture)
 APT_PKGS+=(python3-bpfcc "$kh")
+# bench/services.py: kube-proxy's iptables and IPVS modes side by side with apiary's services, wrk for HTTP
+APT_PKGS+=(iptables ipvsadm wrk)
 missing=()
 for p in "${APT_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -30,3 +32,5 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/pip install -q -e '.[dev]' 2> >(grep -v "^WARNING: Location" >&2)
   touch "$stamp"
 fi
+# bench/services.py draws its PNG chart with matplotlib (not a project dependency)
+.venv/bin/python -c 'import matplotlib' 2>/dev/null || .venv/bin/pip install -q matplotlib 2> >(grep -v "^WARNING: Location" >&2)

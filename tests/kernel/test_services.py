@@ -377,3 +377,20 @@ def test_nodeport_from_a_test_host_through_the_tc_path() -> None:
         a.cleanup()
         subprocess.run(["ip", "link", "del", h_if], capture_output=True)
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def test_named_target_port_resolves_per_endpoint(env: tuple[AgentProcess, Net]) -> None:
+    a, net = env
+    ep = net.endpoint("named", "shop", ports=("web=8081/TCP",), app="named")
+    try:
+        net.serve("shop/named", "serve-id", "8081", "named")
+        apply_ok(a, service("named", selector="{app: named}", ports="[{name: http, port: 80, targetPort: web}]"))
+        row = next(r for r in a.client().get("/v1/services")["frontends"] if r["service"] == "shop/named")
+        assert [(b["address"], b["port"]) for b in row["backends"]] == [(ep["ipv4"], 8081)]
+        out = ask(net, "shop/client", vip(a, "named"), 80, 3)
+        assert out["answers"] == {"named": 3}
+        # a Hubble flow to the backend names the service (destination_service)
+        flows = [f for f in net.flows("--to-service", "shop/named") if f.get("destination_service")]
+        assert flows and flows[-1]["destination_service"] == {"name": "named", "namespace": "shop"}
+    finally:
+        net.cli_ok("endpoint", "delete", "shop/named")

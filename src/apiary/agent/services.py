@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from apiary.loader import RingBuffer
 from apiary.observe.hubble.raw import MSG_DROP, VERDICT_DROPPED, FlowMsg
+from apiary.observe.hubble.services import ServiceTable
 from apiary.policy.models import PolicyError
 from apiary.sensors.lb import abi as lb_abi
 from apiary.sensors.lb.sensor import LBCapacityError, LBDrop, LoadBalancer, Sizes, contents
@@ -89,6 +90,9 @@ class ServicesControl:
         self.table = LBTable([], {}, {}, {})
         self.routed: set[str] = set()  # netns names with the unreachable route ("" = the host)
         self.drops = 0
+        # flows name their service (Hubble's source_service/destination_service, --service filters)
+        self.flow_services = ServiceTable()
+        network.builder.services = self.flow_services
 
     # ------------------------------------------------------------------ lifecycle
     def _sensor(self) -> LoadBalancer:
@@ -146,8 +150,7 @@ class ServicesControl:
     def _endpoints(self) -> list[EndpointInfo]:
         out = []
         for ep in self.net.em.endpoints.values():
-            ports = {n: (int(p), str(t)) for n, (p, t) in (getattr(ep, "ports", None) or {}).items()}
-            out.append(EndpointInfo(ep.namespace, dict(ep.labels), ep.ipv4, ports, ready=ep.state == "ready",
+            out.append(EndpointInfo(ep.namespace, dict(ep.labels), ep.ipv4, dict(ep.ports), ready=ep.state == "ready",
                                     name=ep.name))
         return out
 
@@ -178,6 +181,7 @@ class ServicesControl:
         self.rev_nat_ids = dict(plan.table.frontend_ids)
         self._save()
         self.sync_routes()
+        self.flow_services.update(self.fronts)
         return counts
 
     def _save(self) -> None:
@@ -225,18 +229,24 @@ class ServicesControl:
         services = dict(self.services)
         new_slices = dict(self.slices)
         changed = []
+        replaced = {_ident(svc) for svc in svcs}
+        taken_ips = {s.spec.cluster_ip for k, s in services.items() if s.spec.cluster_ip and k not in replaced}
+        taken_ports = {p.node_port for k, s in services.items() if k not in replaced for p in s.spec.ports or []
+                       if p.node_port}
+        cursor: list[int] = []  # the batch's allocation point (everything below it is taken)
         for i, svc in enumerate(svcs):
             ident = _ident(svc)
             old = services.pop(ident, None)
             svc = _keep_allocation(svc, old)
-            taken_ips = [s.spec.cluster_ip for s in services.values() if s.spec.cluster_ip]
-            taken_ports = [p.node_port for s in services.values() for p in s.spec.ports or [] if p.node_port]
             try:
-                svc = allocate_service(svc, taken_ips, taken_ports, cidr=self.cfg.service_cidr)
+                svc = allocate_service(svc, taken_ips, taken_ports, cidr=self.cfg.service_cidr, cursor=cursor)
             except AllocationError as e:
                 where = f"document[{i}]." if len(svcs) + len(slices) > 1 else ""
                 raise ServiceError(f"Service {ident}: {where}{e}") from None
             services[ident] = svc
+            if svc.spec.cluster_ip and svc.spec.cluster_ip != "None":
+                taken_ips.add(svc.spec.cluster_ip)
+            taken_ports |= {p.node_port for p in svc.spec.ports or [] if p.node_port}
             changed.append({"kind": "Service", "name": ident, "clusterIP": svc.spec.cluster_ip,
                             "created": old is None})
         for eps in slices:

@@ -34,10 +34,14 @@ def service_network(cidr: str = DEFAULT_SERVICE_CIDR) -> ipaddress.IPv4Network:
 
 
 def allocate_cluster_ip(taken: Iterable[str], *, requested: str | None = None,
-                        cidr: str = DEFAULT_SERVICE_CIDR) -> str:
-    """``requested`` if it is inside ``cidr``, not reserved and free; else the lowest free address."""
+                        cidr: str = DEFAULT_SERVICE_CIDR, cursor: list[int] | None = None) -> str:
+    """``requested`` if it is inside ``cidr``, not reserved and free; else the lowest free address.
+
+    ``cursor`` (one int, kept by the caller across a batch of allocations with nothing freed meanwhile): the
+    last address allocated, below which everything is taken, so the search starts there (a batch stays
+    linear)."""
     net = service_network(cidr)
-    used = {ipaddress.IPv4Address(ip) for ip in taken}
+    used = {ipaddress.IPv4Address(ip) for ip in taken} if cursor is None or not cursor else None
     if requested:
         addr = ipaddress.IPv4Address(requested)
         if addr not in net:
@@ -45,13 +49,25 @@ def allocate_cluster_ip(taken: Iterable[str], *, requested: str | None = None,
         if addr in (net.network_address, net.broadcast_address):
             raise AllocationError(f"clusterIP {requested} is reserved: the first and last addresses of {net} "
                                   "are never allocated")
-        if addr in used:
+        if (requested in (taken if isinstance(taken, set | frozenset) else set(taken))) if used is None \
+                else (addr in used):
             raise AllocationError(f"clusterIP {requested} is already allocated")
         return requested
     first, last = int(net.network_address) + 1, int(net.broadcast_address) - 1
+    if used is None:  # a batch: the caller's taken set holds strings
+        strs = taken if isinstance(taken, set | frozenset) else set(taken)
+        assert cursor
+        for n in range(max(first, cursor[0] + 1), last + 1):
+            text = str(ipaddress.IPv4Address(n))
+            if text not in strs:
+                cursor[0] = n
+                return text
+        raise AllocationError(f"the service CIDR {net} is full: {last - first + 1} addresses allocated")
     for n in range(first, last + 1):
         addr = ipaddress.IPv4Address(n)
         if addr not in used:
+            if cursor is not None:
+                cursor[:] = [n]
             return str(addr)
     raise AllocationError(f"the service CIDR {net} is full: {last - first + 1} addresses allocated")
 
@@ -73,7 +89,7 @@ def allocate_node_port(taken: Iterable[int], *, requested: int | None = None,
 
 
 def allocate_service(svc: Service, taken_ips: Iterable[str], taken_node_ports: Iterable[int], *,
-                     cidr: str = DEFAULT_SERVICE_CIDR) -> Service:
+                     cidr: str = DEFAULT_SERVICE_CIDR, cursor: list[int] | None = None) -> Service:
     """A copy of ``svc`` with its clusterIP (unless headless) and every NodePort port's nodePort set: the
     requested ones checked first, then the missing ones allocated. Nothing is taken if any fails; the
     error names the field (``spec.clusterIP: ...``, ``spec.ports[1].nodePort: ...``)."""
@@ -81,7 +97,8 @@ def allocate_service(svc: Service, taken_ips: Iterable[str], taken_node_ports: I
     spec = out.spec
     if not spec.headless:
         try:
-            spec.cluster_ip = allocate_cluster_ip(taken_ips, requested=spec.cluster_ip or None, cidr=cidr)
+            spec.cluster_ip = allocate_cluster_ip(taken_ips, requested=spec.cluster_ip or None, cidr=cidr,
+                                                  cursor=cursor if not spec.cluster_ip else None)
         except AllocationError as e:
             raise AllocationError(f"spec.clusterIP: {e}") from None
         spec.cluster_ips = [spec.cluster_ip]

@@ -297,7 +297,7 @@ _DROP = packed(abi.LbDropMsg)
 _HOOKS = ("connect4", "sendmsg4", "nodeport")
 
 
-def decode_drop(buf: memoryview) -> LBDrop:
+def decode_drop(buf: memoryview | bytes) -> LBDrop:
     (_t, reason, proto, hook, addr, port, sport, saddr, pid, ifindex, cg, ns, kt) = _DROP.unpack_from(buf)
     return LBDrop(kt, reason, proto, _HOOKS[hook] if hook < len(_HOOKS) else str(hook),
                   str(ipaddress.IPv4Address(addr)), int.from_bytes(port, "big"),

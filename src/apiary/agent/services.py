@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from apiary.loader import RingBuffer
 from apiary.observe.hubble.raw import MSG_DROP, VERDICT_DROPPED, FlowMsg
 from apiary.observe.hubble.services import ServiceTable
 from apiary.policy.models import PolicyError
@@ -142,9 +141,6 @@ class ServicesControl:
 
     def drain(self) -> int:
         return self.reader.drain() if self.reader else 0
-
-    def ring(self) -> RingBuffer | None:
-        return self.sensor.ring if self.sensor else None
 
     # ------------------------------------------------------------------ the tables
     def _endpoints(self) -> list[EndpointInfo]:

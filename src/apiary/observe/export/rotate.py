@@ -86,6 +86,7 @@ class RotatingFile:
         self.size = 0
         self.opened_at = 0.0
         self.healthy = True  # the last batch was written whole
+        self.last_backup = 0.0  # wall time in the newest backup's name
 
     # ------------------------------------------------------------------ set-up
     def start(self) -> None:
@@ -208,12 +209,12 @@ class RotatingFile:
     def rotate(self) -> None:
         """Rename the current file to its backup name, open a new one, compress and prune the backups."""
         self._close()
-        target = backup_name(self.path, self.wall())
-        k = 1
+        wall = max(self.wall(), self.last_backup + 0.001)  # names sort in rotation order, never collide
+        target = backup_name(self.path, wall)
         while os.path.exists(target) or os.path.exists(target + ".gz"):
-            stem, ext = os.path.splitext(backup_name(self.path, self.wall()))
-            target = f"{stem}.{k}{ext}"
-            k += 1
+            wall += 0.001
+            target = backup_name(self.path, wall)
+        self.last_backup = wall
         try:
             os.rename(self.path, target)
             self.stats.rotations += 1
@@ -246,7 +247,7 @@ class RotatingFile:
                 pass
 
     def backups(self) -> list[str]:
-        """Rotated files of this PATH, oldest first (by their last write: a rename keeps it; names can tie)."""
+        """Rotated files of this PATH, oldest first (by the timestamp in their names)."""
         d, base = os.path.split(self.path)
         stem, ext = os.path.splitext(base)
         try:
@@ -258,15 +259,7 @@ class RotatingFile:
             plain = n.removesuffix(".gz")
             if plain.startswith(stem + "-") and plain.endswith(ext) and n != base:
                 out.append(n)
-        paths = [os.path.join(d, n) for n in out]
-
-        def age(p: str) -> tuple[int, str]:  # the time of its last write, then its name
-            try:
-                return os.stat(p).st_mtime_ns, p
-            except OSError:
-                return 0, p
-
-        return sorted(paths, key=age)
+        return [os.path.join(d, n) for n in sorted(out, key=lambda n: n.removesuffix(".gz"))]
 
     def _prune(self) -> None:
         if self.max_backups <= 0:

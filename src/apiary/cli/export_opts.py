@@ -108,6 +108,14 @@ _OPTIONS = [
         "e.g. 'time source.pod_name destination verdict'); all when not given.",
     ),
     click.option(
+        "--export-rate-limit-report-interval",
+        "rate_limit_report_interval",
+        default=60.0,
+        type=click.FloatRange(min=0.1),
+        hidden=True,
+        help="Seconds between rate_limit_info records (Tetragon: one minute; tests shorten it).",
+    ),
+    click.option(
         "--export-otlp-endpoint",
         default="",
         help="Also send events and flows as OpenTelemetry log "
@@ -133,6 +141,7 @@ _NAMES = [
     "hubble_export_denylist",
     "hubble_export_fieldmask",
     "export_otlp_endpoint",
+    "rate_limit_report_interval",
 ]
 _JOINED = {"export_allowlist", "export_denylist", "field_filters", "hubble_export_allowlist", "hubble_export_denylist"}
 
@@ -169,3 +178,36 @@ def export_options(f: Callable[..., Any]) -> Callable[..., Any]:
     for opt in reversed(_OPTIONS):
         cmd = opt(cmd)
     return cmd
+
+
+def status_lines(ex: dict[str, Any] | None) -> list[str]:
+    """``apiary status``'s export section (nothing when export is off)."""
+    if not ex:
+        return []
+    out = ["export:"]
+    for name in ("events", "flows"):
+        st = ex.get(name)
+        if not st:
+            continue
+        f = st.get("file")
+        where = f["path"] if f else "OTLP only"
+        state = "" if not f else ("  OK" if f["healthy"] else "  DEGRADED")
+        line = (
+            f"  {name} -> {where}:{state} {st['exported']:,} exported, {st['filtered']:,} filtered out, "
+            f"{st['rate_limited']:,} rate-limited, {st['queue_drops']:,} dropped (queue full)"
+        )
+        if f:
+            line += f"; {f['bytes']:,} bytes, {f['rotations']} rotations"
+        out.append(line)
+        if f and (f["write_errors"] or f["failed_lines"]):
+            errs = ", ".join(f"{k} {v:,}" for k, v in f["errors"].items())
+            out.append(f"    write errors {f['write_errors']:,} ({errs}), {f['failed_lines']:,} lines lost")
+            out.append(f"    last error: {f['last_error']}")
+    o = ex.get("otlp")
+    if o:
+        out.append(
+            f"  otlp -> {o['endpoint']}: {o['exported']:,} exported, {o['failed']:,} failed, "
+            f"{o['in_flight']:,} in flight, {o['dropped']:,} dropped"
+            + (f"; last error: {o['last_error']}" if o["last_error"] else "")
+        )
+    return out

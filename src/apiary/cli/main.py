@@ -15,7 +15,7 @@ from apiary import __version__
 from apiary.agent import accounting
 
 from .client import DEFAULT_TIMEOUT, AgentUnreachable, ApiError
-from .export_opts import export_options
+from .export_opts import export_options, status_lines
 from .network_cmds import _client, _fail, endpoint, identity, observe, policy
 from .output import console
 from .prefilter_cmds import prefilter
@@ -410,6 +410,8 @@ def status(ctx: click.Context, output: str) -> None:
         )
         if sv["counters"]:
             con.print("  " + ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in sv["counters"].items()))
+    for line in status_lines(st.get("export")):
+        con.print(line, highlight=False, markup=False)
 
 
 # ---------------------------------------------------------------------------- bpf

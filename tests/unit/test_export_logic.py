@@ -121,6 +121,11 @@ def test_fieldmask_include_exclude() -> None:
     assert "parent" not in out and "pod_labels" not in out["process"]["pod"] and out["process"]["pid"] == 10
     assert "parent" in body and "pod_labels" in body["process"]["pod"]  # the shared event is untouched
     assert fieldmask.parse_paths(["process.execId", "process"], "--m") == {"process": {}}  # widened
+    assert fieldmask.parse_paths(["process.execId", "Type", "IP.source"], "--m") == {
+        "process": {"exec_id": {}},
+        "Type": {},
+        "IP": {"source": {}},
+    }
     with pytest.raises(ValueError, match="--m: 'a..b' is not a field path"):
         fieldmask.parse_paths(["a..b"], "--m")
 

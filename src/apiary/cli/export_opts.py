@@ -191,7 +191,7 @@ def status_lines(ex: dict[str, Any] | None) -> list[str]:
             continue
         f = st.get("file")
         where = f["path"] if f else "OTLP only"
-        state = "" if not f else ("  OK" if f["healthy"] else "  DEGRADED")
+        state = "" if not f else (" OK," if f["healthy"] else " DEGRADED,")
         line = (
             f"  {name} -> {where}:{state} {st['exported']:,} exported, {st['filtered']:,} filtered out, "
             f"{st['rate_limited']:,} rate-limited, {st['queue_drops']:,} dropped (queue full)"

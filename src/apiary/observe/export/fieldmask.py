@@ -17,8 +17,9 @@ _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 
 
 def snake(component: str) -> str:
-    """``execId`` -> ``exec_id`` (protojson's FieldMask spelling); ``IP`` and snake_case stay."""
-    return component if component.isupper() else _CAMEL.sub("_", component).lower()
+    """``execId`` -> ``exec_id`` (protojson's FieldMask spelling); names that start upper-case are proto field
+    names as they are (Hubble's ``IP``, ``Type``, ``Summary``), and snake_case stays."""
+    return component if component[:1].isupper() else _CAMEL.sub("_", component).lower()
 
 
 def parse_paths(paths: list[str], where: str) -> Tree:

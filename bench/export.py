@@ -37,7 +37,11 @@ def _proc(pid: int) -> dict[str, Any]:
 def events(n: int) -> list[dict[str, Any]]:
     return [
         {
-            "process_exec": {"process": _proc(i), "parent": _proc(i + 1), "ancestors": [_proc(i + k) for k in range(5)]},
+            "process_exec": {
+                "process": _proc(i),
+                "parent": _proc(i + 1),
+                "ancestors": [_proc(i + k) for k in range(5)],
+            },
             "node_name": "vm",
             "time": "2026-12-05T16:36:24.684241032Z",
         }

@@ -336,6 +336,7 @@ def test_otlp_log_export_to_a_local_receiver() -> None:
 
             res, rec = wait_for(got, "the exec as an OTLP log record")[0]
             st = export_status(agent)["otlp"]
+            metrics = agent.client().http.get("/metrics").text
     finally:
         srv.shutdown()
         srv.server_close()
@@ -349,3 +350,4 @@ def test_otlp_log_export_to_a_local_receiver() -> None:
     rattrs = {kv.key: _any(kv.value) for kv in res.attributes}
     assert rattrs["service.name"] == "apiary" and rattrs["host.name"] == "testnode"
     assert st["exported"] > 0 and st["endpoint"] == url + "/v1/logs"
+    assert 'apiary_export_otlp_records_total{outcome="exported"}' in metrics

@@ -291,4 +291,13 @@ class Exporter:
             lost.add_metric([st.name, "rate_limited"], st.pipeline.stats.rate_limited)
             errors.add_metric([st.name], st.file.stats.write_errors if st.file else 0)
             filtered.add_metric([st.name], st.pipeline.stats.filtered)
-        return fams + [written, lost, errors, filtered]
+        fams += [written, lost, errors, filtered]
+        if self.otlp is not None:
+            o = self.otlp.status()
+            otlp = CounterMetricFamily(
+                "apiary_export_otlp_records", "OTLP log records by outcome at the collector", labels=["outcome"]
+            )
+            for outcome in ("exported", "failed", "dropped"):
+                otlp.add_metric([outcome], o[outcome])
+            fams.append(otlp)
+        return fams

@@ -95,7 +95,7 @@ def _attributes(stream: str, kind: str, ev: dict[str, Any]) -> dict[str, Any]:
 class OtlpSink:
     def __init__(self, endpoint: str, node: str, queue_size: int = 65536) -> None:
         self.url = logs_url(endpoint)
-        self.counting = _Counting(OTLPLogExporter(endpoint=self.url, timeout=10))
+        self.counting = _Counting(OTLPLogExporter(endpoint=self.url, timeout=5))
         self.provider = LoggerProvider(
             resource=Resource.create({"service.name": "apiary", "service.version": __version__, "host.name": node})
         )
@@ -103,6 +103,7 @@ class OtlpSink:
         self.provider.add_log_record_processor(self.processor)
         self.logger = self.provider.get_logger("apiary.export", __version__)
         self.emitted = 0
+        self.refused = 0  # records the SDK would not take (counted as lost)
         self.dropped = 0  # neither accepted nor refused when the sink closed (the SDK's queue was full)
         self.closed = False
 
@@ -114,14 +115,19 @@ class OtlpSink:
                 ts = parse_rfc3339_ns(t) if isinstance(t, str) else None
             except ValueError:
                 ts = None
-            self.logger.emit(timestamp=ts, body=ev, attributes=_attributes(stream, kind, ev), event_name=kind)
+            try:
+                self.logger.emit(timestamp=ts, body=ev, attributes=_attributes(stream, kind, ev), event_name=kind)
+            except Exception:  # noqa: BLE001 - a record the SDK refuses is counted, never fatal
+                self.refused += 1
+                continue
             self.emitted += 1
 
     def close(self) -> None:
         if self.closed:
             return
         self.closed = True
-        self.provider.shutdown()  # exports what is queued (bounded by the exporter's timeout)
+        self.provider.force_flush(10_000)  # what is queued, while the collector answers within the timeouts
+        self.provider.shutdown()
         with self.counting.lock:
             self.dropped = max(0, self.emitted - self.counting.exported - self.counting.failed)
 
@@ -134,7 +140,7 @@ class OtlpSink:
             "emitted": self.emitted,
             "exported": exported,
             "failed": failed,
-            "in_flight": max(0, self.emitted - exported - failed - self.dropped),
-            "dropped": self.dropped,
+            "in_flight": max(0, self.emitted - exported - failed - self.dropped),  # emitted: what the SDK took
+            "dropped": self.dropped + self.refused,
             "last_error": c.last_error,
         }

@@ -285,3 +285,23 @@ def test_agent_refuses_bad_export_flags(args: list[str], msg: str) -> None:
     r = CliRunner().invoke(cli, ["agent", *args])
     assert r.exit_code == 2, r.output
     assert msg in r.output
+
+
+# ---------------------------------------------------------------- the agent's exporter (bus subscriber)
+def test_exporter_counts_a_full_queue_and_writes_what_it_holds_at_close(tmp_path: Path) -> None:
+    from apiary.agent.bus import EventBus
+    from apiary.agent.export import Exporter
+
+    bus = EventBus(16, 16)
+    ex = Exporter(ExportSettings(export_filename=str(tmp_path / "ev.log"), export_queue=4), "n1")
+    ex.start()
+    ex.attach(bus, None)
+    for i in range(10):  # the loop never ran: the subscription's queue holds 4, the rest is counted
+        bus.publish({"process_exec": {"process": proc(100 + i, "/bin/true")}, "node_name": "n1"})
+    st = ex.status()["events"]
+    assert st["queue_drops"] == 6 and bus.drops == 6
+    ex.close()
+    lines = [json.loads(x) for x in (tmp_path / "ev.log").read_text().splitlines()]
+    assert [e["process_exec"]["process"]["pid"] for e in lines] == [100, 101, 102, 103]
+    assert ex.status()["events"]["exported"] == 4 and not bus.subscribers
+    ex.close()  # twice: nothing more

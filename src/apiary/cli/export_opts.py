@@ -112,8 +112,8 @@ _OPTIONS = [
         "rate_limit_report_interval",
         default=60.0,
         type=click.FloatRange(min=0.1),
-        hidden=True,
-        help="Seconds between rate_limit_info records (Tetragon: one minute; tests shorten it).",
+        show_default=True,
+        help="Seconds between rate_limit_info records (Tetragon's interval: one minute).",
     ),
     click.option(
         "--export-otlp-endpoint",

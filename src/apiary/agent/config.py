@@ -7,6 +7,8 @@ import socket
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from apiary.observe.export.settings import ExportSettings
+
 if TYPE_CHECKING:
     from apiary.policy.compile import Enforcement
 
@@ -55,3 +57,4 @@ class AgentConfig:
     maglev_table_size: int = 16381  # Cilium's --bpf-lb-maglev-table-size (a prime of its list)
     devices: tuple[str, ...] = ()  # node devices with the NodePort/ExternalIP TC path (Cilium's --devices)
     lb_map_size: int = 65536  # entries of the service, backend and reverse-NAT maps (Cilium's --bpf-lb-map-max)
+    export: ExportSettings = field(default_factory=ExportSettings)  # event/flow export (Tetragon's, Hubble's flags)

@@ -15,6 +15,7 @@ from apiary import __version__
 from apiary.agent import accounting
 
 from .client import DEFAULT_TIMEOUT, AgentUnreachable, ApiError
+from .export_opts import export_options, status_lines
 from .network_cmds import _client, _fail, endpoint, identity, observe, policy
 from .output import console
 from .prefilter_cmds import prefilter
@@ -23,6 +24,7 @@ from .service_cmds import apply, service
 from .tracing_cmds import tracingpolicy
 
 if TYPE_CHECKING:
+    from apiary.observe.export.settings import ExportSettings
     from apiary.policy.compile import Enforcement
 
 
@@ -183,6 +185,7 @@ def cli(ctx: click.Context, socket_path: str | None, timeout: float) -> None:
     help="Entries of the service, backend and reverse-NAT maps (Cilium's --bpf-lb-map-max).",
 )
 @click.pass_context
+@export_options
 def agent(
     ctx: click.Context,
     state_dir: str,
@@ -212,6 +215,7 @@ def agent(
     maglev_table_size: str,
     devices: tuple[str, ...],
     lb_map_size: int,
+    export: ExportSettings,
 ) -> None:
     """Run the agent in the foreground (owns all BPF objects; serves the API)."""
     from apiary.agent.config import AgentConfig, default_socket
@@ -247,6 +251,7 @@ def agent(
         maglev_table_size=int(maglev_table_size),
         lb_map_size=lb_map_size,
         devices=devices,
+        export=export,
     )
     import re
 
@@ -405,6 +410,8 @@ def status(ctx: click.Context, output: str) -> None:
         )
         if sv["counters"]:
             con.print("  " + ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in sv["counters"].items()))
+    for line in status_lines(st.get("export")):
+        con.print(line, highlight=False, markup=False)
 
 
 # ---------------------------------------------------------------------------- bpf

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Hashable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,9 +22,18 @@ from apiary.observe.hubble.raw import MSG_DROP, VERDICT_DROPPED, FlowMsg
 from apiary.observe.hubble.services import ServiceTable
 from apiary.policy.models import PolicyError
 from apiary.sensors.lb import abi as lb_abi
-from apiary.sensors.lb.sensor import LBCapacityError, LBDrop, LoadBalancer, Sizes, contents
+from apiary.sensors.lb.sensor import LBCapacityError, LBDrop, LoadBalancer, PackMemo, Sizes, contents, maglev_value
 from apiary.services.allocate import AllocationError, allocate_service, service_network
-from apiary.services.backends import ALGORITHMS, EndpointInfo, Frontend, LBTable, frontends, lb_table, maglev_lut
+from apiary.services.backends import (
+    ALGORITHMS,
+    EndpointInfo,
+    Frontend,
+    LBTable,
+    ServiceEntry,
+    frontends,
+    lb_table,
+    maglev_lut,
+)
 from apiary.services.format import render, service_rows
 from apiary.services.maglev import ALLOWED_TABLE_SIZES as PRIMES
 from apiary.services.models import EndpointSlice, Service, load_services
@@ -52,10 +61,16 @@ class Plan:
     slices: dict[str, EndpointSlice]
     fronts: list[Frontend]
     table: LBTable
+    fronts_of: dict[str, list[Frontend]]  # service -> its frontends (kept to skip unchanged services next time)
 
 
 def _ident(obj: Service | EndpointSlice) -> str:
     return f"{obj.namespace}/{obj.name}"
+
+
+def _served(eps: EndpointSlice) -> str:
+    """The service a slice belongs to (its kubernetes.io/service-name label)."""
+    return f"{eps.namespace}/{eps.service_name}"
 
 
 def _dump(obj: Service | EndpointSlice) -> dict[str, Any]:
@@ -86,6 +101,13 @@ class ServicesControl:
         self.backend_ids: dict[tuple[str, int, str], int] = {}
         self.rev_nat_ids: dict[tuple[str, int, str], int] = {}
         self.fronts: list[Frontend] = []
+        self.fronts_of: dict[str, list[Frontend]] = {}
+        # what an unchanged frontend computes to, kept between requests so that one change costs little
+        # however many services there are: its service-map entries, their packed bytes, stored YAML
+        self._entries_memo: dict[Hashable, tuple[ServiceEntry, ...]] = {}
+        self._packed_memo = PackMemo()
+        self._lut_memo: dict[tuple[tuple[str, int, int], ...], bytes] = {}  # Maglev tables by backends
+        self._dumps: dict[str, tuple[Service, dict[str, Any]]] = {}
         self.table = LBTable([], {}, {}, {})
         self.routed: set[str] = set()  # netns names with the unreachable route ("" = the host)
         self.drops = 0
@@ -150,29 +172,50 @@ class ServicesControl:
                                     name=ep.name))
         return out
 
-    def _plan(self, services: dict[str, Service], slices: dict[str, EndpointSlice]) -> Plan:
-        eps = self._endpoints()
+    def _plan(self, services: dict[str, Service], slices: dict[str, EndpointSlice],
+              changed: Collection[str] | None = None) -> Plan:
+        """The tables for ``services``; only the ``changed`` ones (None: all, e.g. after an endpoint change)
+        have their frontends and backends recomputed."""
+        eps: list[EndpointInfo] | None = None
         sl = list(slices.values())
-        fronts: list[Frontend] = []
-        for svc in services.values():
-            fronts += frontends(svc, eps, sl)
+        fronts_of: dict[str, list[Frontend]] = {}
+        for ident, svc in services.items():
+            kept = self.fronts_of.get(ident) if changed is not None and ident not in changed else None
+            if kept is None:
+                eps = self._endpoints() if eps is None else eps
+                kept = frontends(svc, eps, sl)
+            fronts_of[ident] = kept
+        fronts = [fe for fl in fronts_of.values() for fe in fl]
         keys_f = {fe.key for fe in fronts}
         keys_b = {be.key for fe in fronts for be in fe.backends}
+        if len(self._entries_memo) > 2 * len(fronts) + 64:  # forget what no frontend uses any more
+            self._entries_memo.clear()
+            self._packed_memo.clear()
         table = lb_table(fronts, default_algorithm=self.cfg.lb_algorithm,
                          backend_ids={k: v for k, v in self.backend_ids.items() if k in keys_b},
-                         rev_nat_ids={k: v for k, v in self.rev_nat_ids.items() if k in keys_f})
-        return Plan(services, slices, fronts, table)
+                         rev_nat_ids={k: v for k, v in self.rev_nat_ids.items() if k in keys_f},
+                         memo=self._entries_memo)
+        return Plan(services, slices, fronts, table, fronts_of)
 
     def _commit(self, plan: Plan) -> dict[str, int]:
         """Write a plan to the maps (all or nothing), then keep it and store it."""
-        luts = {}
+        luts: dict[int, list[int] | bytes] = {}
+        lut_memo: dict[tuple[tuple[str, int, int], ...], bytes] = {}
+        ids: dict[tuple[str, int, str], int] | None = None
         for fe in plan.fronts:
             if (fe.algorithm or self.cfg.lb_algorithm) == "maglev" and fe.slots():
-                luts[plan.table.frontend_ids[fe.key]] = maglev_lut(fe, plan.table, self.cfg.maglev_table_size)
-        want = contents(plan.table, luts)
+                ids = {b.key: i for i, b in plan.table.backends.items()} if ids is None else ids
+                mkey = tuple((b.address, b.port, ids[b.key]) for b in fe.slots())
+                lut = self._lut_memo.get(mkey)
+                if lut is None:
+                    lut = maglev_value(maglev_lut(fe, plan.table, self.cfg.maglev_table_size, ids=ids))
+                lut_memo[mkey] = luts[plan.table.frontend_ids[fe.key]] = lut
+        want = contents(plan.table, luts, self._packed_memo)
         s = self._sensor() if plan.services else self.sensor
         counts = s.write(want) if s is not None else {"written": 0, "deleted": 0}
         self.services, self.slices, self.fronts, self.table = plan.services, plan.slices, plan.fronts, plan.table
+        self.fronts_of = plan.fronts_of
+        self._lut_memo = lut_memo
         self.backend_ids = {be.key: i for i, be in plan.table.backends.items()}
         self.rev_nat_ids = dict(plan.table.frontend_ids)
         self._save()
@@ -182,11 +225,18 @@ class ServicesControl:
 
     def _save(self) -> None:
         _write(self.path, {
-            "services": {k: _dump(v) for k, v in self.services.items()},
+            "services": {k: self._dump(k, v) for k, v in self.services.items()},
             "slices": {k: _dump(v) for k, v in self.slices.items()},
             "backend_ids": [[*k, i] for k, i in sorted(self.backend_ids.items(), key=lambda kv: kv[1])],
             "rev_nat_ids": [[*k, i] for k, i in sorted(self.rev_nat_ids.items(), key=lambda kv: kv[1])],
         })
+
+    def _dump(self, ident: str, svc: Service) -> dict[str, Any]:
+        """The stored form of a service, dumped once per version applied."""
+        got = self._dumps.get(ident)
+        if got is None or got[0] is not svc:
+            got = self._dumps[ident] = (svc, _dump(svc))
+        return got[1]
 
     def endpoints_changed(self) -> None:
         """Backends follow the endpoints (called after every endpoint create/delete)."""
@@ -245,10 +295,13 @@ class ServicesControl:
             taken_ports |= {p.node_port for p in svc.spec.ports or [] if p.node_port}
             changed.append({"kind": "Service", "name": ident, "clusterIP": svc.spec.cluster_ip,
                             "created": old is None})
+        touched = {_ident(svc) for svc in svcs}
         for eps in slices:
+            old_slice = new_slices.get(_ident(eps))
             new_slices[_ident(eps)] = eps
+            touched |= {_served(s) for s in (eps, old_slice) if s is not None}
             changed.append({"kind": "EndpointSlice", "name": _ident(eps), "created": _ident(eps) not in self.slices})
-        counts = self._commit(self._plan(services, new_slices))
+        counts = self._commit(self._plan(services, new_slices, touched))
         return {"applied": changed, "map_writes": counts, "elapsed_ms": round(1000 * (time.perf_counter() - t0), 2)}
 
     def delete(self, kind: str, ident: str) -> dict[str, Any]:
@@ -258,8 +311,9 @@ class ServicesControl:
         if ident not in pool:
             raise ServiceError(f"{kind} {ident} not found", 404)
         services, slices = dict(self.services), dict(self.slices)
-        (services if kind == "Service" else slices).pop(ident)
-        counts = self._commit(self._plan(services, slices))
+        gone = (services if kind == "Service" else slices).pop(ident)
+        touched = {ident} if isinstance(gone, Service) else {_served(gone)}
+        counts = self._commit(self._plan(services, slices, touched))
         return {"deleted": {"kind": kind, "name": ident}, "map_writes": counts}
 
     def _rows(self, only: str | None = None) -> list[dict[str, Any]]:

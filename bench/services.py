@@ -46,6 +46,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from apiary.testing.net import endpoint_exec_cmd
+
 SIZES = (10, 100, 1000, 10000)
 QUICK = (10, 100)
 MODES = ("iptables", "ipvs", "apiary")
@@ -468,18 +470,7 @@ class Bed:
     results: dict[str, Any] = field(default_factory=dict)
 
     def exec_cmd(self, *argv: str) -> list[str]:
-        return [
-            sys.executable,
-            "-m",
-            "apiary",
-            "--socket",
-            self.agent.socket,
-            "endpoint",
-            "exec",
-            self.client,
-            "--",
-            *argv,
-        ]
+        return endpoint_exec_cmd(self.agent.socket, self.client, *argv)
 
     def connects(self, targets: list[tuple[str, int]], count: int, seed: int) -> dict[str, Any]:
         r = subprocess.run(

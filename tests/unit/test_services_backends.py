@@ -231,4 +231,4 @@ def test_memoised_tables_and_contents_equal_fresh_ones() -> None:
                      rev_nat_ids=first.frontend_ids)
     assert kept == fresh
     assert contents(kept, {}, packed) == contents(fresh, {})
-    assert packed.entries and packed.rev_nat
+    assert packed.groups and packed.rev_nat

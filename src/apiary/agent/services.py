@@ -11,6 +11,7 @@ fails locally and never leaves the machine.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 from collections.abc import Callable, Collection, Hashable
@@ -40,7 +41,7 @@ from apiary.services.models import EndpointSlice, Service, load_services
 
 from .config import AgentConfig
 from .records import RingReader
-from .statedir import _read, _write
+from .statedir import _read, _write_text
 
 if TYPE_CHECKING:
     from .network import Network
@@ -107,7 +108,7 @@ class ServicesControl:
         self._entries_memo: dict[Hashable, tuple[ServiceEntry, ...]] = {}
         self._packed_memo = PackMemo()
         self._lut_memo: dict[tuple[tuple[str, int, int], ...], bytes] = {}  # Maglev tables by backends
-        self._dumps: dict[str, tuple[Service, dict[str, Any]]] = {}
+        self._dumps: dict[str, tuple[Service, str]] = {}
         self.table = LBTable([], {}, {}, {})
         self.routed: set[str] = set()  # netns names with the unreachable route ("" = the host)
         self.drops = 0
@@ -224,18 +225,22 @@ class ServicesControl:
         return counts
 
     def _save(self) -> None:
-        _write(self.path, {
-            "services": {k: self._dump(k, v) for k, v in self.services.items()},
+        """services.json, with each service's JSON text kept from its last dump (one change re-encodes one
+        service, not all of them)."""
+        enc = json.JSONEncoder(separators=(",", ":")).encode
+        services = ",".join(f"{enc(k)}:{self._dump(k, v)}" for k, v in self.services.items())
+        rest = enc({
             "slices": {k: _dump(v) for k, v in self.slices.items()},
             "backend_ids": [[*k, i] for k, i in sorted(self.backend_ids.items(), key=lambda kv: kv[1])],
             "rev_nat_ids": [[*k, i] for k, i in sorted(self.rev_nat_ids.items(), key=lambda kv: kv[1])],
         })
+        _write_text(self.path, '{"services":{' + services + "}," + rest[1:])
 
-    def _dump(self, ident: str, svc: Service) -> dict[str, Any]:
-        """The stored form of a service, dumped once per version applied."""
+    def _dump(self, ident: str, svc: Service) -> str:
+        """The stored form of a service as JSON text, encoded once per version applied."""
         got = self._dumps.get(ident)
         if got is None or got[0] is not svc:
-            got = self._dumps[ident] = (svc, _dump(svc))
+            got = self._dumps[ident] = (svc, json.dumps(_dump(svc), separators=(",", ":")))
         return got[1]
 
     def endpoints_changed(self) -> None:

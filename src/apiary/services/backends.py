@@ -13,9 +13,10 @@ terminating-not-serving (never used for new connections); otherwise → maintena
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Hashable, Iterable, Iterator, Mapping, MutableMapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import IntEnum
 
 from . import maglev
@@ -60,7 +61,7 @@ class Backend:
     protocol: str
     state: BackendState
 
-    @property
+    @functools.cached_property  # frozen: computed once (keys are looked up on every service change)
     def key(self) -> tuple[str, int, str]:
         return (self.address, self.port, self.protocol)
 
@@ -80,14 +81,26 @@ class Frontend:
     local_scope: bool = False  # trafficPolicy Local (one node: every backend is local)
     algorithm: str = ""  # "" = the agent's default, else the lb-algorithm annotation
 
-    @property
+    @functools.cached_property
     def key(self) -> tuple[str, int, str]:
         return (self.address, self.port, self.protocol)
 
+    def __hash__(self) -> int:
+        """Computed once (frontends key the agent's memo of map entries, looked up on every change)."""
+        h = self.__dict__.get("_hash")
+        if h is None:
+            h = hash(tuple(getattr(self, f.name) for f in fields(self)))
+            object.__setattr__(self, "_hash", h)
+        return int(h)
+
     def slots(self) -> tuple[Backend, ...]:
         """The backends new connections go to: the active ones; if there are none, the serving terminating."""
-        active = tuple(b for b in self.backends if b.state is BackendState.ACTIVE)
-        return active or tuple(b for b in self.backends if b.state is BackendState.TERMINATING)
+        got = self.__dict__.get("_slots")
+        if got is None:
+            active = tuple(b for b in self.backends if b.state is BackendState.ACTIVE)
+            got = active or tuple(b for b in self.backends if b.state is BackendState.TERMINATING)
+            object.__setattr__(self, "_slots", got)
+        return tuple(got)
 
 
 def _state(ready: bool | None, serving: bool | None, terminating: bool | None) -> BackendState:
@@ -202,6 +215,7 @@ class LBTable:
     backends: dict[int, Backend]  # backend id -> backend (state as written)
     rev_nat: dict[int, tuple[str, int]]  # rev-NAT id -> (VIP, port)
     frontend_ids: dict[tuple[str, int, str], int]  # frontend key -> rev-NAT id (the service ID)
+    groups: list[tuple[ServiceEntry, ...]] = field(default_factory=list)  # ``services``, frontend by frontend
 
 
 def _free_ids(taken: Iterable[int]) -> Iterator[int]:
@@ -244,6 +258,7 @@ def lb_table(fronts: Iterable[Frontend], *, default_algorithm: str = "random",
             if memo is not None:
                 memo[mkey] = entries
         table.services += entries
+        table.groups.append(entries)
         for be in fe.backends:
             table.backends[bids[be.key]] = be
     return table

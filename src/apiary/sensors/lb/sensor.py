@@ -72,11 +72,13 @@ class Contents:
 class PackMemo:
     """Packed map bytes kept between :func:`contents` calls, so that an unchanged entry is a lookup."""
 
-    entries: dict[ServiceEntry, tuple[bytes, bytes, bytes | None]] = field(default_factory=dict)
+    # a frontend's entries (by the identity of the tuple lb_table memoised) -> (that tuple, packed entries)
+    groups: dict[int, tuple[tuple[ServiceEntry, ...], list[tuple[bytes, bytes, bytes | None]]]] = field(
+        default_factory=dict)
     rev_nat: dict[tuple[int, str, int], tuple[bytes, bytes]] = field(default_factory=dict)
 
     def clear(self) -> None:
-        self.entries.clear()
+        self.groups.clear()
         self.rev_nat.clear()
 
 
@@ -87,16 +89,21 @@ def contents(table: LBTable, luts: Mapping[int, list[int] | bytes], memo: PackMe
     c = Contents.empty()
     for bid, be in table.backends.items():
         c.backends[abi.u32(bid)] = abi.backend_value(be.address, be.port, be.protocol, be.state.wire)
-    for e in table.services:
-        packed = memo.entries.get(e)
-        if packed is None:
-            packed = memo.entries[e] = (
-                abi.service_key(e.address, e.port, e.protocol, e.slot),
-                abi.service_value(e.backend_id, e.count, e.rev_nat_id, e.flags),
-                abi.affinity_match_key(e.backend_id, e.rev_nat_id) if e.slot > 0 else None)
-        (c.masters if e.slot == 0 else c.slots)[packed[0]] = packed[1]
-        if packed[2] is not None:
-            c.affinity_match[packed[2]] = b"\x01"
+    # a table built without its groups (by hand) is packed whole, not remembered
+    gmemo = memo.groups if table.groups else {}
+    for group in table.groups or [tuple(table.services)]:
+        hit = gmemo.get(id(group))
+        if hit is None or hit[0] is not group:
+            hit = gmemo[id(group)] = (group, [
+                (abi.service_key(e.address, e.port, e.protocol, e.slot),
+                 abi.service_value(e.backend_id, e.count, e.rev_nat_id, e.flags),
+                 abi.affinity_match_key(e.backend_id, e.rev_nat_id) if e.slot > 0 else None) for e in group])
+        for key, value, match in hit[1]:
+            if match is None:
+                c.masters[key] = value
+            else:
+                c.slots[key] = value
+                c.affinity_match[match] = b"\x01"
     for rid, (addr, port) in table.rev_nat.items():
         rn = memo.rev_nat.get((rid, addr, port))
         if rn is None:

@@ -5,7 +5,7 @@ controller's job), written to the socket load balancer's maps.
 The LB sensor loads with the first service (or at start when services are stored) and attaches to the
 cgroup v2 root. The state directory keeps every applied object with its allocated clusterIP and nodePorts,
 and the backend and service ids, so a restarted agent writes the same tables. The service CIDR is routed
-``unreachable`` on the host and in every endpoint while services exist: a VIP that was not translated
+``unreachable`` on the host and in every endpoint while the agent runs: a VIP that was not translated
 fails locally and never leaves the machine.
 """
 
@@ -142,6 +142,7 @@ class ServicesControl:
     def start(self) -> list[str]:
         stored = _read(self.path) or {}
         if not stored.get("services") and not stored.get("slices"):
+            self.sync_routes()
             return []
         self.services = {k: Service.model_validate(v) for k, v in stored.get("services", {}).items()}
         self.slices = {k: EndpointSlice.model_validate(v) for k, v in stored.get("slices", {}).items()}
@@ -247,7 +248,7 @@ class ServicesControl:
         """Backends follow the endpoints (called after every endpoint create/delete)."""
         if self.services:
             self._commit(self._plan(self.services, self.slices))
-        elif self.routed:
+        else:
             self.sync_routes()
 
     # ------------------------------------------------------------------ routes
@@ -257,8 +258,7 @@ class ServicesControl:
         subprocess.run(cmd, capture_output=True, check=False)
 
     def sync_routes(self) -> None:
-        want = {""} | {ep.netns for ep in self.net.em.endpoints.values() if ep.state == "ready"} \
-            if self.services else set()
+        want = {""} | {ep.netns for ep in self.net.em.endpoints.values() if ep.state == "ready"}
         for ns in sorted(want - self.routed):
             self._route(ns, True)
         for ns in sorted(self.routed - want):
@@ -310,16 +310,28 @@ class ServicesControl:
         return {"applied": changed, "map_writes": counts, "elapsed_ms": round(1000 * (time.perf_counter() - t0), 2)}
 
     def delete(self, kind: str, ident: str) -> dict[str, Any]:
-        if kind not in ("Service", "EndpointSlice"):
-            raise ServiceError(f"kind: {kind!r} is not Service or EndpointSlice")
-        pool = self.services if kind == "Service" else self.slices
-        if ident not in pool:
-            raise ServiceError(f"{kind} {ident} not found", 404)
+        res = self.delete_many([(kind, ident)])
+        return {"deleted": res["deleted"][0], "map_writes": res["map_writes"]}
+
+    def delete_many(self, items: list[tuple[str, str]]) -> dict[str, Any]:
+        """Delete Services and EndpointSlices in one change: all of them, or (one is unknown) none."""
+        if not items:
+            raise ServiceError("items: nothing to delete")
         services, slices = dict(self.services), dict(self.slices)
-        gone = (services if kind == "Service" else slices).pop(ident)
-        touched = {ident} if isinstance(gone, Service) else {_served(gone)}
+        touched: set[str] = set()
+        for i, (kind, ident) in enumerate(items):
+            where = f"items[{i}]: " if len(items) > 1 else ""
+            if kind not in ("Service", "EndpointSlice"):
+                raise ServiceError(f"{where}kind: {kind!r} is not Service or EndpointSlice")
+            pool = services if kind == "Service" else slices
+            if ident not in pool:
+                seen = ident in (self.services if kind == "Service" else self.slices)
+                raise ServiceError(f"{where}{kind} {ident} " + ("is named twice" if seen else "not found"),
+                                   400 if seen else 404)
+            gone = pool.pop(ident)
+            touched.add(ident if isinstance(gone, Service) else _served(gone))
         counts = self._commit(self._plan(services, slices, touched))
-        return {"deleted": {"kind": kind, "name": ident}, "map_writes": counts}
+        return {"deleted": [{"kind": k, "name": n} for k, n in items], "map_writes": counts}
 
     def _rows(self, only: str | None = None) -> list[dict[str, Any]]:
         out = []

@@ -6,8 +6,10 @@
       produced = delivered + lost checked exactly; and the cost of the full exec/exit pipeline.
 
 Also (bench/tracing.py, bench/datapath.py, bench/prefilter.py) the tracing sensor, the TC datapath and the XDP
-prefilter, (bench/apply.py) the policy apply latency at 10 / 100 / 1,000 / 10,000 rules, and (bench/services.py)
-apiary's services against kube-proxy's iptables and IPVS modes at 10 / 100 / 1,000 / 10,000 services.
+prefilter (per packet, and its drop rate through a veth against iptables raw rules and an ipset:
+bench/prefilter_drop.py), (bench/apply.py) the policy apply latency at 10 / 100 / 1,000 / 10,000 rules, and
+(bench/services.py) apiary's services against kube-proxy's iptables and IPVS modes
+at 10 / 100 / 1,000 / 10,000 services.
 
 Run: `make bench` (root), or one part: `make bench ARGS="--only apply"`. Options: --rounds N --execs N
 --opens N --events N --apply-rounds N; the services part: --quick (N = 10, 100), --svc-sizes, --svc-modes, --out
@@ -151,6 +153,7 @@ def main() -> None:
     )
     ap.add_argument("--apply-rounds", type=int, default=5, help="rounds per size of the policy apply bench")
     ap.add_argument("--repeat", type=int, default=200000, help="BPF_PROG_TEST_RUN repetitions")
+    ap.add_argument("--drop-seconds", type=float, default=3.0, help="seconds per prefilter drop-rate measure")
     from . import services
 
     services.add_arguments(ap)
@@ -173,9 +176,11 @@ def main() -> None:
             return
         print()
     if args.only in (None, "prefilter"):
-        from . import prefilter
+        from . import prefilter, prefilter_drop
 
         prefilter.main(args.repeat)
+        print()
+        prefilter_drop.main(args.drop_seconds)
         if args.only == "prefilter":
             return
         print()

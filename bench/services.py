@@ -20,6 +20,9 @@ apiary/iptables and apiary/IPVS are printed and saved with everything else as JS
 matplotlib is present. Every rule, virtual service, route, endpoint and namespace is removed afterwards, also
 on Ctrl-C, SIGTERM or an error. Traffic stays between namespaces this bench created.
 
+The pure parts (kube-proxy's rules, IPVS text, YAML, arithmetic) are in bench/kubeproxy.py, the printed rows,
+ratios, chart and JSON in bench/svcreport.py.
+
 Run: `make bench ARGS="--only services"` (N = 10..10,000), `ARGS="--only services --quick"` (N = 10, 100),
 or `python -m bench.services --svc-sizes 10,100 --svc-modes iptables,ipvs --out /tmp/svc.json`.
 """
@@ -27,9 +30,6 @@ or `python -m bench.services --svc-sizes 10,100 --svc-modes iptables,ipvs --out 
 from __future__ import annotations
 
 import argparse
-import base64
-import hashlib
-import ipaddress
 import json
 import os
 import re
@@ -46,292 +46,36 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from apiary.testing.net import endpoint_exec_cmd
+
+from .kubeproxy import (
+    GROUPS,
+    N_BACKENDS,
+    NAMESPACE,
+    TARGET_PORT,
+    Chains,
+    Service,
+    added_service,
+    iptables_cleanup,
+    iptables_full,
+    iptables_partial,
+    ipvs_add,
+    ipvs_delete,
+    kube_proxy_counts,
+    parse_wrk,
+    percentile,
+    ratio,
+    rule_counts,
+    services,
+    yaml_chunks,
+)
+from .svcreport import MODES, chart, print_row, save, summarise
+
 SIZES = (10, 100, 1000, 10000)
 QUICK = (10, 100)
-MODES = ("iptables", "ipvs", "apiary")
 VIP_RANGES = {"iptables": "10.192.0.0/16", "ipvs": "10.193.0.0/16", "apiary": "10.194.0.0/16"}
-SVC_PORT = 80
-TARGET_PORT = 8080
-NAMESPACE = "svcbench"
-# backend groups: service i is backed by group i % 3 (2-3 backends each); the wrk service by backend 0 alone
-GROUPS = ((0, 1, 2), (3, 4), (5, 6, 7))
-N_BACKENDS = 8
-MASQ_MARK = "0x4000"
 APPLY_MAX_CHARS = 1_000_000  # the agent takes at most 1 MiB of YAML per request (policy/yamlutil.MAX_CHARS)
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-# --------------------------------------------------------------------------------------------- pure parts
-@dataclass(frozen=True)
-class Service:
-    name: str
-    vip: str
-    port: int
-    backends: tuple[tuple[str, int], ...]  # (ip, port)
-    namespace: str = NAMESPACE
-    group: int = 0
-
-    @property
-    def port_name(self) -> str:  # kube-proxy's ServicePortName as it appears in comments
-        return f"{self.namespace}/{self.name}:http"
-
-
-def vip(cidr: str, i: int) -> str:
-    """The i-th service address of a range, skipping the network address (i = 0 -> .1)."""
-    net = ipaddress.ip_network(cidr)
-    if i + 1 >= net.num_addresses - 1:
-        raise ValueError(f"{cidr} holds fewer than {i + 1} service addresses")
-    return str(net.network_address + i + 1)
-
-
-def http_vip(cidr: str) -> str:
-    """The one-backend service's address: the range's last, so bench-svc-i keeps vip(i) at every size."""
-    net = ipaddress.ip_network(cidr)
-    return str(net.broadcast_address - 1)
-
-
-def added_service(n: int, cidr: str, backend_ips: list[str]) -> Service:
-    """The service added at size N (named and addressed as the N+1-th of the series)."""
-    return Service(f"bench-svc-{n}", vip(cidr, n), SVC_PORT, tuple((backend_ips[b], TARGET_PORT) for b in GROUPS[0]))
-
-
-def services(n: int, cidr: str, backend_ips: list[str]) -> list[Service]:
-    """N services over the backend groups, plus (last) one 'bench-http' service backed by backend 0 only."""
-    out = []
-    for i in range(n):
-        g = i % len(GROUPS)
-        out.append(
-            Service(
-                f"bench-svc-{i}",
-                vip(cidr, i),
-                SVC_PORT,
-                tuple((backend_ips[b], TARGET_PORT) for b in GROUPS[g]),
-                group=g,
-            )
-        )
-    out.append(Service("bench-http", http_vip(cidr), SVC_PORT, ((backend_ips[0], TARGET_PORT),), group=-1))
-    return out
-
-
-def _hash16(*parts: str) -> str:
-    """kube-proxy's chain-name suffix: the first 16 characters of base32(sha256(parts))."""
-    return base64.b32encode(hashlib.sha256("".join(parts).encode()).digest()).decode()[:16]
-
-
-@dataclass(frozen=True)
-class Chains:
-    """kube-proxy's chain names with a prefix of our own (e.g. 'KB1a2b-' instead of 'KUBE-')."""
-
-    prefix: str
-
-    @property
-    def services(self) -> str:
-        return self.prefix + "SERVICES"
-
-    @property
-    def postrouting(self) -> str:
-        return self.prefix + "POSTROUTING"
-
-    @property
-    def mark_masq(self) -> str:
-        return self.prefix + "MARK-MASQ"
-
-    @property
-    def nodeports(self) -> str:
-        return self.prefix + "NODEPORTS"
-
-    def svc(self, s: Service) -> str:
-        return f"{self.prefix}SVC-{_hash16(s.port_name, 'tcp')}"
-
-    def sep(self, s: Service, ip: str, port: int) -> str:
-        return f"{self.prefix}SEP-{_hash16(s.port_name, 'tcp', f'{ip}:{port}')}"
-
-    def base(self) -> list[str]:
-        return [self.services, self.postrouting, self.mark_masq, self.nodeports]
-
-
-def base_jumps(c: Chains) -> list[str]:
-    """The three jumps from the built-in chains, as kube-proxy installs them (without -A/-D)."""
-    return [
-        f'PREROUTING -m comment --comment "kubernetes service portals" -j {c.services}',
-        f'OUTPUT -m comment --comment "kubernetes service portals" -j {c.services}',
-        f'POSTROUTING -m comment --comment "kubernetes postrouting rules" -j {c.postrouting}',
-    ]
-
-
-def _service_rule(c: Chains, s: Service) -> str:
-    return (
-        f'-A {c.services} -d {s.vip}/32 -p tcp -m comment --comment "{s.port_name} cluster IP" '
-        f"-m tcp --dport {s.port} -j {c.svc(s)}"
-    )
-
-
-def _service_chains(c: Chains, s: Service, cluster_cidr: str) -> tuple[list[str], list[str]]:
-    """(chain declarations, rules) of one service: its SVC chain and one SEP chain per endpoint."""
-    svc = c.svc(s)
-    decl = [f":{svc} - [0:0]"]
-    rules = [
-        f'-A {svc} ! -s {cluster_cidr} -d {s.vip}/32 -p tcp -m comment --comment "{s.port_name} cluster IP" '
-        f"-m tcp --dport {s.port} -j {c.mark_masq}"
-    ]
-    n = len(s.backends)
-    for i, (ip, port) in enumerate(s.backends):
-        sep = c.sep(s, ip, port)
-        decl.append(f":{sep} - [0:0]")
-        stat = f" -m statistic --mode random --probability {1.0 / (n - i):0.10f}" if i < n - 1 else ""
-        rules.append(f'-A {svc} -m comment --comment "{s.port_name} -> {ip}:{port}"{stat} -j {sep}')
-    for ip, port in s.backends:
-        sep = c.sep(s, ip, port)
-        rules.append(f'-A {sep} -s {ip}/32 -m comment --comment "{s.port_name}" -j {c.mark_masq}')
-        rules.append(
-            f'-A {sep} -p tcp -m comment --comment "{s.port_name}" -m tcp -j DNAT --to-destination {ip}:{port}'
-        )
-    return decl, rules
-
-
-def iptables_full(c: Chains, svcs: list[Service], cluster_cidr: str) -> str:
-    """iptables-restore --noflush input for the nat table: kube-proxy's full sync of these services."""
-    decl = [f":{name} - [0:0]" for name in c.base()]
-    rules = [f"-A {j}" for j in base_jumps(c)]
-    rules += [
-        f"-A {c.mark_masq} -j MARK --or-mark {MASQ_MARK}",
-        f"-A {c.postrouting} -m mark ! --mark {MASQ_MARK}/{MASQ_MARK} -j RETURN",
-        f"-A {c.postrouting} -j MARK --xor-mark {MASQ_MARK}",
-        f'-A {c.postrouting} -m comment --comment "kubernetes service traffic requiring SNAT" '
-        "-j MASQUERADE --random-fully",
-    ]
-    svc_rules: list[str] = []
-    for s in svcs:
-        d, r = _service_chains(c, s, cluster_cidr)
-        decl += d
-        svc_rules += r
-        rules.append(_service_rule(c, s))
-    rules.append(_nodeports_rule(c))
-    return "\n".join(["*nat", *decl, *rules, *svc_rules, "COMMIT", ""])
-
-
-def _nodeports_rule(c: Chains) -> str:
-    return (
-        f'-A {c.services} -m comment --comment "kubernetes service nodeports; NOTE: this must be the last rule in '
-        f'this chain" -m addrtype --dst-type LOCAL -j {c.nodeports}'
-    )
-
-
-def iptables_partial(
-    c: Chains, svcs: list[Service], changed: Service, cluster_cidr: str, stale: tuple[str, ...] = ()
-) -> str:
-    """kube-proxy's partial sync after one service was added or changed: SERVICES is rewritten whole (it lists
-    every service), the changed service's chains are rewritten, chains of gone endpoints are deleted."""
-    d, r = _service_chains(c, changed, cluster_cidr)
-    decl = [f":{c.services} - [0:0]", *d, *(f":{x} - [0:0]" for x in stale)]
-    rules = [_service_rule(c, s) for s in svcs] + [_nodeports_rule(c)] + r + [f"-X {x}" for x in stale]
-    return "\n".join(["*nat", *decl, *rules, "COMMIT", ""])
-
-
-def iptables_cleanup(c: Chains, saved: str) -> str:
-    """iptables-restore --noflush input removing, from an `iptables-save -t nat` dump, every jump into a chain
-    of ours and then every chain of ours (declaring a chain flushes it, so deletion order does not matter)."""
-    ours = sorted({m for m in re.findall(r"^:(\S+)", saved, re.M) if m.startswith(c.prefix)})
-    if not ours:
-        return ""
-    dels = []
-    for line in saved.splitlines():
-        m = re.match(r"^-A (\S+) (.*-j (\S+).*)$", line)
-        if m and not m.group(1).startswith(c.prefix) and m.group(3).startswith(c.prefix):
-            dels.append(f"-D {m.group(1)} {m.group(2)}")
-    return "\n".join(["*nat", *(f":{x} - [0:0]" for x in ours), *dels, *(f"-X {x}" for x in ours), "COMMIT", ""])
-
-
-def rule_counts(restore_text: str) -> tuple[int, int]:
-    """(chains declared, rules appended) in an iptables-restore text."""
-    lines = restore_text.splitlines()
-    return sum(1 for x in lines if x.startswith(":")), sum(1 for x in lines if x.startswith("-A "))
-
-
-def kube_proxy_counts(svcs: list[Service]) -> tuple[int, int]:
-    """What kube-proxy's iptables mode holds for ClusterIP services: 4 base chains + 1 per service + 1 per
-    endpoint; 8 fixed rules + per service 1 (SERVICES) + 1 (MARK-MASQ) + 1 per endpoint (SVC) + 2 per
-    endpoint (SEP)."""
-    chains = 4 + sum(1 + len(s.backends) for s in svcs)
-    rules = 8 + sum(2 + 3 * len(s.backends) for s in svcs)
-    return chains, rules
-
-
-def ipvs_add(svcs: list[Service]) -> str:
-    """`ipvsadm -R` input: a round-robin virtual service per VIP:port, masquerading real servers."""
-    out = []
-    for s in svcs:
-        out.append(f"-A -t {s.vip}:{s.port} -s rr")
-        out += [f"-a -t {s.vip}:{s.port} -r {ip}:{port} -m -w 1" for ip, port in s.backends]
-    return "\n".join(out) + "\n"
-
-
-def ipvs_delete(addrs: list[str]) -> str:
-    return "".join(f"-D -t {a}\n" for a in addrs)
-
-
-def service_yaml(svcs: list[Service]) -> str:
-    """Multi-document v1/Service YAML selecting the backend groups by label."""
-    docs = []
-    for s in svcs:
-        sel = "{svcbench-http: 'yes'}" if s.group < 0 else f"{{svcbench-group: g{s.group}}}"
-        docs.append(
-            "apiVersion: v1\nkind: Service\n"
-            f"metadata: {{name: {s.name}, namespace: {s.namespace}}}\n"
-            f"spec:\n  clusterIP: {s.vip}\n  selector: {sel}\n"
-            f"  ports: [{{name: http, port: {s.port}, targetPort: {s.backends[0][1]}, protocol: TCP}}]\n"
-        )
-    return "---\n".join(docs)
-
-
-def yaml_chunks(svcs: list[Service], max_chars: int) -> list[str]:
-    """service_yaml of consecutive slices of the services, each under max_chars."""
-    out: list[str] = []
-    cur: list[Service] = []
-    size = 0
-    for s in svcs:
-        n = len(service_yaml([s])) + 4
-        if cur and size + n > max_chars:
-            out.append(service_yaml(cur))
-            cur, size = [], 0
-        cur.append(s)
-        size += n
-    if cur:
-        out.append(service_yaml(cur))
-    return out
-
-
-def percentile(xs: list[float], q: float) -> float:
-    if not xs:
-        return float("nan")
-    s = sorted(xs)
-    return s[min(len(s) - 1, max(0, round(q / 100.0 * (len(s) - 1))))]
-
-
-_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
-
-
-def parse_wrk(out: str) -> dict[str, float]:
-    """p50/p99 (ms) from `wrk --latency`'s distribution, and Requests/sec; errors counted."""
-    res: dict[str, float] = {}
-    for q in ("50", "99"):
-        m = re.search(rf"^\s+{q}(?:\.000)?%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
-        if m:
-            res[f"p{q}_ms"] = float(m.group(1)) * _UNITS[m.group(2)]
-    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    if m:
-        res["qps"] = float(m.group(1))
-    m = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
-    res["non2xx"] = float(m.group(1)) if m else 0.0
-    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    res["socket_errors"] = float(sum(int(x) for x in m.groups())) if m else 0.0
-    return res
-
-
-def ratio(a: float | None, b: float | None) -> float | None:
-    if a is None or b is None or b == 0:
-        return None
-    return a / b
 
 
 # --------------------------------------------------------------------------------------- programs inside
@@ -468,18 +212,7 @@ class Bed:
     results: dict[str, Any] = field(default_factory=dict)
 
     def exec_cmd(self, *argv: str) -> list[str]:
-        return [
-            sys.executable,
-            "-m",
-            "apiary",
-            "--socket",
-            self.agent.socket,
-            "endpoint",
-            "exec",
-            self.client,
-            "--",
-            *argv,
-        ]
+        return endpoint_exec_cmd(self.agent.socket, self.client, *argv)
 
     def connects(self, targets: list[tuple[str, int]], count: int, seed: int) -> dict[str, Any]:
         r = subprocess.run(
@@ -889,126 +622,6 @@ def testbed(undo: Undo, apiary_services: bool) -> Iterator[Bed]:
             run(["ip", "route", "del", "unreachable", cidr], check=False)
 
 
-def summarise(results: dict[str, Any]) -> list[str]:
-    """Ratios apiary/iptables and apiary/IPVS for every size where both were measured."""
-    lines = []
-    for n, modes in sorted(results["sizes"].items(), key=lambda kv: int(kv[0])):
-        a = modes.get("apiary")
-        if not isinstance(a, dict) or "vip" not in a:
-            continue
-        for other in ("iptables", "ipvs"):
-            o = modes.get(other)
-            if not isinstance(o, dict) or "vip" not in o:
-                continue
-            r = {
-                "conn_per_s": ratio(a["vip"]["conn_per_s"], o["vip"]["conn_per_s"]),
-                "connect_p50": ratio(a["vip"]["p50_us"], o["vip"]["p50_us"]),
-                "connect_p99": ratio(a["vip"]["p99_us"], o["vip"]["p99_us"]),
-                "add_one": ratio(a.get("add_one_s"), o.get("add_one_s")),
-                "update_one": ratio(a.get("update_one_s"), o.get("update_one_s")),
-                "load": ratio(a.get("load_s"), o.get("load_s")),
-            }
-            if "http_vip" in a and "http_vip" in o:
-                r["http_qps"] = ratio(a["http_vip"]["qps"], o["http_vip"]["qps"])
-                r["http_p99"] = ratio(a["http_vip"]["p99_ms"], o["http_vip"]["p99_ms"])
-            # the same, each mode first divided by its own baseline (backend's own IP, same run): robust to the
-            # machine's load drifting between the modes
-            r["conn_per_s_norm"] = ratio(a["vip_over_clean"]["conn_per_s"], o["vip_over_clean"]["conn_per_s"])
-            r["connect_p50_norm"] = ratio(a["vip_over_clean"]["p50"], o["vip_over_clean"]["p50"])
-            results.setdefault("ratios", {}).setdefault(n, {})[f"apiary/{other}"] = r
-            lines.append(
-                f"  N={int(n):>6,} apiary/{other:<8} "
-                + "  ".join(f"{k} {v:.2f}x" for k, v in r.items() if v is not None)
-            )
-    return lines
-
-
-def print_row(n: int, mode: str, r: dict[str, Any]) -> None:
-    v, b, c = r["vip"], r["baseline"], r["clean"]
-    print(
-        f"  N={n:>6,} {mode:<8} load {r['load_s']:8.3f} s  add 1 {1e3 * r['add_one_s']:7.1f} ms"
-        f"  update 1 {1e3 * r['update_one_s']:7.1f} ms  unload {r['unload_s']:7.3f} s  slab {r['slab_kb']:+,} kB"
-    )
-    print(
-        f"  {'':>8} {'':<8} connects/s: VIP {v['conn_per_s']:6,.0f}  own IP {b['conn_per_s']:6,.0f}"
-        f"  own IP before load {c['conn_per_s']:6,.0f};  connect p50/p99 us: VIP {v['p50_us']:.0f}/{v['p99_us']:.0f}"
-        f"  own IP {b['p50_us']:.0f}/{b['p99_us']:.0f}  before load {c['p50_us']:.0f}/{c['p99_us']:.0f}"
-        f"  (VIP p50 {v['p50_us'] / c['p50_us']:.2f}x before load)"
-    )
-    if "load_agent_s" in r:
-        mem = sum(r.get("lb_map_memlock_bytes", {}).values())
-        print(
-            f"  {'':>8} {'':<8} agent time: load {r['load_agent_s']:.3f} s  add 1 {1e3 * r['add_one_agent_s']:.1f} ms"
-            f"  update 1 {1e3 * r['update_one_agent_s']:.1f} ms;  LB maps {mem / 2**20:.1f} MiB memlock (preallocated)"
-            + (
-                f";  connect4 program {r['connect4_ns_per_call']:.0f} ns per connect (bpf_stats)"
-                if "connect4_ns_per_call" in r
-                else ""
-            )
-        )
-    if "rules" in r:
-        print(
-            f"  {'':>8} {'':<8} {r['chains']:,} chains, {r['rules']:,} rules"
-            f" ({r['rules_bytes'] / 2**20:.1f} MiB of iptables-restore text)"
-        )
-    if "http_vip" in r:
-        hv, hb = r["http_vip"], r["http_baseline"]
-        print(
-            f"  {'':>8} {'':<8} wrk VIP p50 {hv['p50_ms']:.3f} ms p99 {hv['p99_ms']:.3f} ms {hv['qps']:,.0f} req/s;"
-            f" own IP p50 {hb['p50_ms']:.3f} p99 {hb['p99_ms']:.3f} {hb['qps']:,.0f} req/s"
-            f" (VIP/own p50 {hv['p50_ms'] / hb['p50_ms']:.2f}x, qps {hv['qps'] / hb['qps']:.2f}x)"
-        )
-
-
-def chart(results: dict[str, Any], path: Path) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("  (no PNG: matplotlib is not installed; scripts/setup.sh installs it)")
-        return False
-    panels = [
-        ("new connections/s to random VIPs", lambda r: r["vip"]["conn_per_s"]),
-        ("connect p50 (us)", lambda r: r["vip"]["p50_us"]),
-        ("add one service (ms)", lambda r: 1e3 * r["add_one_s"]),
-        ("load all N services (s)", lambda r: r["load_s"]),
-    ]
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4))
-    sizes = sorted(results["sizes"], key=int)
-    for ax, (title, get) in zip(axes, panels, strict=True):
-        for mode in MODES:
-            pts = [
-                (int(n), get(results["sizes"][n][mode]))
-                for n in sizes
-                if isinstance(results["sizes"][n].get(mode), dict) and "vip" in results["sizes"][n][mode]
-            ]
-            if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=mode)
-        base = [
-            (int(n), results["sizes"][n][m]["clean"])
-            for n in sizes
-            for m in MODES
-            if isinstance(results["sizes"][n].get(m), dict) and "clean" in results["sizes"][n][m]
-        ]
-        if base and title.startswith(("new", "connect")):
-            key = "conn_per_s" if title.startswith("new") else "p50_us"
-            med = statistics.median(b[key] for _, b in base)
-            ax.axhline(med, color="grey", ls="--", label="own IP, before load")
-        ax.set_xscale("log")
-        if title.startswith(("add", "load")):
-            ax.set_yscale("log")
-        ax.set_xlabel("services (N)")
-        ax.set_title(title)
-        ax.legend()
-    fig.suptitle(f"apiary vs kube-proxy (iptables, IPVS) on {os.uname().release}")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return True
-
-
 def main(
     sizes: tuple[int, ...] = SIZES,
     modes: tuple[str, ...] = MODES,
@@ -1079,13 +692,6 @@ def main(
     print(f"  results {dest}")
     print("  targets: flat cost 10 -> 10k services; >= 5x iptables at 10k; VIP latency within 10% of the own IP")
     return results
-
-
-def save(results: dict[str, Any], dest: Path) -> None:
-    """Written after every measurement, so that a long run interrupted keeps what it measured."""
-    tmp = dest.with_suffix(".tmp")
-    tmp.write_text(json.dumps(results, indent=1))
-    tmp.replace(dest)
 
 
 def parser() -> argparse.ArgumentParser:

@@ -288,6 +288,28 @@ def test_delete_removes_the_frontend(env: tuple[AgentProcess, Net]) -> None:
     assert "not found" in one_line_error(a.cli("service", "delete", "shop/gone"))
 
 
+def test_delete_many_in_one_change_all_or_nothing(env: tuple[AgentProcess, Net]) -> None:
+    a, net = env
+    apply_ok(a, "---\n".join(service(n) for n in ("bulk1", "bulk2", "bulk3")))
+
+    def names() -> set[str]:
+        return {s["name"] for s in a.client().get("/v1/services")["services"]}
+
+    # one unknown name: refused, named, and nothing deleted
+    r = a.cli("service", "delete", "shop/bulk1", "shop/nosuch")
+    assert r.returncode != 0 and "items[1]" in r.stderr and "shop/nosuch" in r.stderr
+    assert {"shop/bulk1", "shop/bulk2", "shop/bulk3"} <= names()
+    r = a.cli("service", "delete", "shop/bulk1", "shop/bulk2")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["service/shop/bulk1", "deleted", "service/shop/bulk2", "deleted"]
+    assert not {"shop/bulk1", "shop/bulk2"} & names() and "shop/bulk3" in names()
+    # -f reads kinds and names from the YAML, as kubectl delete -f does
+    r = a.cli("service", "delete", "-f", "-", input=service("bulk3"))
+    assert r.returncode == 0, r.stderr
+    assert "shop/bulk3" not in names()
+    assert all(not r["service"].startswith("shop/bulk") for r in a.client().get("/v1/services")["frontends"])
+
+
 def test_capacity_error_names_the_map_and_changes_nothing() -> None:
     with AgentProcess("--lb-map-size", "16") as a:
         docs = "---\n".join(service(f"s{i}", selector="{app: none}") for i in range(20))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from bench.services import (
+from bench.kubeproxy import (
     Chains,
     Service,
     added_service,

@@ -202,3 +202,33 @@ def test_maglev_lut_holds_backend_ids_of_usable_backends() -> None:
     assert len(lut) == 251 and set(lut) == usable and len(usable) == 2
     (empty,) = frontends(svc, [])
     assert maglev_lut(empty, lb_table([empty]), 251) == []
+
+
+def test_new_ids_take_the_lowest_free_ones() -> None:
+    svc = _service("  selector: {app: web}\n  ports: [{port: 80}]\n")
+    fes = frontends(svc, [_ep("10.0.1.2"), _ep("10.0.1.3"), _ep("10.0.1.4")])
+    # ids 2 and 4 are taken by backends kept from before: the new ones fill 1, 3, 5 in frontend order
+    table = lb_table(fes, backend_ids={("10.9.9.9", 80, "TCP"): 2, ("10.9.9.8", 80, "TCP"): 4})
+    assert sorted(table.backends) == [1, 3, 5]
+    assert [table.backends[i].address for i in (1, 3, 5)] == ["10.0.1.2", "10.0.1.3", "10.0.1.4"]
+
+
+def test_memoised_tables_and_contents_equal_fresh_ones() -> None:
+    from apiary.sensors.lb.sensor import PackMemo, contents
+
+    svc = _nodeport()
+    eps = [_ep("10.0.1.2"), _ep("10.0.1.3"), _ep("10.0.1.4", terminating=True)]
+    memo: dict = {}
+    packed = PackMemo()
+    first = lb_table(frontends(svc, eps), memo=memo)
+    ids = {b.key: i for i, b in first.backends.items()}
+    assert contents(first, {}, packed) == contents(first, {})
+    # the next call reuses the memo: a backend gone and one new must still give what a fresh build gives
+    eps2 = [_ep("10.0.1.3"), _ep("10.0.1.5")]
+    kept = lb_table(frontends(svc, eps2), backend_ids={k: v for k, v in ids.items() if k[0] == "10.0.1.3"},
+                    rev_nat_ids=first.frontend_ids, memo=memo)
+    fresh = lb_table(frontends(svc, eps2), backend_ids={k: v for k, v in ids.items() if k[0] == "10.0.1.3"},
+                     rev_nat_ids=first.frontend_ids)
+    assert kept == fresh
+    assert contents(kept, {}, packed) == contents(fresh, {})
+    assert packed.groups and packed.rev_nat

@@ -49,8 +49,28 @@ def add_routes(app: web.Application, agent: AgentView) -> None:
         kind = request.query.get("kind", "Service")
         return await call(s.delete, kind, f"{request.match_info['ns']}/{request.match_info['name']}")
 
+    async def delete_many(request: web.Request) -> web.Response:
+        s = svc()
+        try:
+            body = json.loads(await body_text(request))
+        except json.JSONDecodeError as e:
+            return error(f"body: invalid JSON: {e.msg} (line {e.lineno}, column {e.colno})")
+        items = body.get("items") if isinstance(body, dict) else None
+        if not isinstance(items, list):
+            return error('body: expected {"items": [{"kind": "Service", "name": "namespace/name"}, ...]}',
+                         field="items")
+        pairs = []
+        for i, it in enumerate(items):
+            if not isinstance(it, dict) or not isinstance(it.get("name"), str) \
+                    or not isinstance(it.get("kind", "Service"), str):
+                return error(f'items[{i}]: expected {{"kind": "Service", "name": "namespace/name"}}',
+                             field=f"items[{i}]")
+            pairs.append((it.get("kind", "Service"), it["name"]))
+        return await call(s.delete_many, pairs)
+
     r = app.router
     r.add_get("/v1/services", listing)
     r.add_post("/v1/services", apply)
     r.add_get("/v1/services/{ns}/{name}", get)
     r.add_delete("/v1/services/{ns}/{name}", delete)
+    r.add_post("/v1/services/delete", delete_many)  # many in one change (`apiary service delete A B`, `-f`)

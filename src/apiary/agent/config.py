@@ -52,7 +52,7 @@ class AgentConfig:
     prefilter_mode: str = "auto"  # auto (native where the driver has it, else generic) | native | generic
     prefilter_map_size: int = 16384  # entries of each of the four deny maps
     # services (kube-proxy replacement: socket LB)
-    service_cidr: str = "10.96.0.0/16"  # ClusterIPs are allocated here; routed unreachable while services exist
+    service_cidr: str = "10.96.0.0/16"  # ClusterIPs are allocated here; routed unreachable while the agent runs
     lb_algorithm: str = "random"  # random | maglev (Cilium's --bpf-lb-algorithm); per service by annotation
     maglev_table_size: int = 16381  # Cilium's --bpf-lb-maglev-table-size (a prime of its list)
     devices: tuple[str, ...] = ()  # node devices with the NodePort/ExternalIP TC path (Cilium's --devices)

@@ -5,15 +5,16 @@ controller's job), written to the socket load balancer's maps.
 The LB sensor loads with the first service (or at start when services are stored) and attaches to the
 cgroup v2 root. The state directory keeps every applied object with its allocated clusterIP and nodePorts,
 and the backend and service ids, so a restarted agent writes the same tables. The service CIDR is routed
-``unreachable`` on the host and in every endpoint while services exist: a VIP that was not translated
+``unreachable`` on the host and in every endpoint while the agent runs: a VIP that was not translated
 fails locally and never leaves the machine.
 """
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Hashable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,16 +23,25 @@ from apiary.observe.hubble.raw import MSG_DROP, VERDICT_DROPPED, FlowMsg
 from apiary.observe.hubble.services import ServiceTable
 from apiary.policy.models import PolicyError
 from apiary.sensors.lb import abi as lb_abi
-from apiary.sensors.lb.sensor import LBCapacityError, LBDrop, LoadBalancer, Sizes, contents
+from apiary.sensors.lb.sensor import LBCapacityError, LBDrop, LoadBalancer, PackMemo, Sizes, contents, maglev_value
 from apiary.services.allocate import AllocationError, allocate_service, service_network
-from apiary.services.backends import ALGORITHMS, EndpointInfo, Frontend, LBTable, frontends, lb_table, maglev_lut
+from apiary.services.backends import (
+    ALGORITHMS,
+    EndpointInfo,
+    Frontend,
+    LBTable,
+    ServiceEntry,
+    frontends,
+    lb_table,
+    maglev_lut,
+)
 from apiary.services.format import render, service_rows
 from apiary.services.maglev import ALLOWED_TABLE_SIZES as PRIMES
 from apiary.services.models import EndpointSlice, Service, load_services
 
 from .config import AgentConfig
 from .records import RingReader
-from .statedir import _read, _write
+from .statedir import _read, _write_text
 
 if TYPE_CHECKING:
     from .network import Network
@@ -52,10 +62,16 @@ class Plan:
     slices: dict[str, EndpointSlice]
     fronts: list[Frontend]
     table: LBTable
+    fronts_of: dict[str, list[Frontend]]  # service -> its frontends (kept to skip unchanged services next time)
 
 
 def _ident(obj: Service | EndpointSlice) -> str:
     return f"{obj.namespace}/{obj.name}"
+
+
+def _served(eps: EndpointSlice) -> str:
+    """The service a slice belongs to (its kubernetes.io/service-name label)."""
+    return f"{eps.namespace}/{eps.service_name}"
 
 
 def _dump(obj: Service | EndpointSlice) -> dict[str, Any]:
@@ -86,6 +102,13 @@ class ServicesControl:
         self.backend_ids: dict[tuple[str, int, str], int] = {}
         self.rev_nat_ids: dict[tuple[str, int, str], int] = {}
         self.fronts: list[Frontend] = []
+        self.fronts_of: dict[str, list[Frontend]] = {}
+        # what an unchanged frontend computes to, kept between requests so that one change costs little
+        # however many services there are: its service-map entries, their packed bytes, stored YAML
+        self._entries_memo: dict[Hashable, tuple[ServiceEntry, ...]] = {}
+        self._packed_memo = PackMemo()
+        self._lut_memo: dict[tuple[tuple[str, int, int], ...], bytes] = {}  # Maglev tables by backends
+        self._dumps: dict[str, tuple[Service, str]] = {}
         self.table = LBTable([], {}, {}, {})
         self.routed: set[str] = set()  # netns names with the unreachable route ("" = the host)
         self.drops = 0
@@ -119,6 +142,7 @@ class ServicesControl:
     def start(self) -> list[str]:
         stored = _read(self.path) or {}
         if not stored.get("services") and not stored.get("slices"):
+            self.sync_routes()
             return []
         self.services = {k: Service.model_validate(v) for k, v in stored.get("services", {}).items()}
         self.slices = {k: EndpointSlice.model_validate(v) for k, v in stored.get("slices", {}).items()}
@@ -150,29 +174,50 @@ class ServicesControl:
                                     name=ep.name))
         return out
 
-    def _plan(self, services: dict[str, Service], slices: dict[str, EndpointSlice]) -> Plan:
-        eps = self._endpoints()
+    def _plan(self, services: dict[str, Service], slices: dict[str, EndpointSlice],
+              changed: Collection[str] | None = None) -> Plan:
+        """The tables for ``services``; only the ``changed`` ones (None: all, e.g. after an endpoint change)
+        have their frontends and backends recomputed."""
+        eps: list[EndpointInfo] | None = None
         sl = list(slices.values())
-        fronts: list[Frontend] = []
-        for svc in services.values():
-            fronts += frontends(svc, eps, sl)
+        fronts_of: dict[str, list[Frontend]] = {}
+        for ident, svc in services.items():
+            kept = self.fronts_of.get(ident) if changed is not None and ident not in changed else None
+            if kept is None:
+                eps = self._endpoints() if eps is None else eps
+                kept = frontends(svc, eps, sl)
+            fronts_of[ident] = kept
+        fronts = [fe for fl in fronts_of.values() for fe in fl]
         keys_f = {fe.key for fe in fronts}
         keys_b = {be.key for fe in fronts for be in fe.backends}
+        if len(self._entries_memo) > 2 * len(fronts) + 64:  # forget what no frontend uses any more
+            self._entries_memo.clear()
+            self._packed_memo.clear()
         table = lb_table(fronts, default_algorithm=self.cfg.lb_algorithm,
                          backend_ids={k: v for k, v in self.backend_ids.items() if k in keys_b},
-                         rev_nat_ids={k: v for k, v in self.rev_nat_ids.items() if k in keys_f})
-        return Plan(services, slices, fronts, table)
+                         rev_nat_ids={k: v for k, v in self.rev_nat_ids.items() if k in keys_f},
+                         memo=self._entries_memo)
+        return Plan(services, slices, fronts, table, fronts_of)
 
     def _commit(self, plan: Plan) -> dict[str, int]:
         """Write a plan to the maps (all or nothing), then keep it and store it."""
-        luts = {}
+        luts: dict[int, list[int] | bytes] = {}
+        lut_memo: dict[tuple[tuple[str, int, int], ...], bytes] = {}
+        ids: dict[tuple[str, int, str], int] | None = None
         for fe in plan.fronts:
             if (fe.algorithm or self.cfg.lb_algorithm) == "maglev" and fe.slots():
-                luts[plan.table.frontend_ids[fe.key]] = maglev_lut(fe, plan.table, self.cfg.maglev_table_size)
-        want = contents(plan.table, luts)
+                ids = {b.key: i for i, b in plan.table.backends.items()} if ids is None else ids
+                mkey = tuple((b.address, b.port, ids[b.key]) for b in fe.slots())
+                lut = self._lut_memo.get(mkey)
+                if lut is None:
+                    lut = maglev_value(maglev_lut(fe, plan.table, self.cfg.maglev_table_size, ids=ids))
+                lut_memo[mkey] = luts[plan.table.frontend_ids[fe.key]] = lut
+        want = contents(plan.table, luts, self._packed_memo)
         s = self._sensor() if plan.services else self.sensor
         counts = s.write(want) if s is not None else {"written": 0, "deleted": 0}
         self.services, self.slices, self.fronts, self.table = plan.services, plan.slices, plan.fronts, plan.table
+        self.fronts_of = plan.fronts_of
+        self._lut_memo = lut_memo
         self.backend_ids = {be.key: i for i, be in plan.table.backends.items()}
         self.rev_nat_ids = dict(plan.table.frontend_ids)
         self._save()
@@ -181,18 +226,29 @@ class ServicesControl:
         return counts
 
     def _save(self) -> None:
-        _write(self.path, {
-            "services": {k: _dump(v) for k, v in self.services.items()},
+        """services.json, with each service's JSON text kept from its last dump (one change re-encodes one
+        service, not all of them)."""
+        enc = json.JSONEncoder(separators=(",", ":")).encode
+        services = ",".join(f"{enc(k)}:{self._dump(k, v)}" for k, v in self.services.items())
+        rest = enc({
             "slices": {k: _dump(v) for k, v in self.slices.items()},
             "backend_ids": [[*k, i] for k, i in sorted(self.backend_ids.items(), key=lambda kv: kv[1])],
             "rev_nat_ids": [[*k, i] for k, i in sorted(self.rev_nat_ids.items(), key=lambda kv: kv[1])],
         })
+        _write_text(self.path, '{"services":{' + services + "}," + rest[1:])
+
+    def _dump(self, ident: str, svc: Service) -> str:
+        """The stored form of a service as JSON text, encoded once per version applied."""
+        got = self._dumps.get(ident)
+        if got is None or got[0] is not svc:
+            got = self._dumps[ident] = (svc, json.dumps(_dump(svc), separators=(",", ":")))
+        return got[1]
 
     def endpoints_changed(self) -> None:
         """Backends follow the endpoints (called after every endpoint create/delete)."""
         if self.services:
             self._commit(self._plan(self.services, self.slices))
-        elif self.routed:
+        else:
             self.sync_routes()
 
     # ------------------------------------------------------------------ routes
@@ -202,8 +258,7 @@ class ServicesControl:
         subprocess.run(cmd, capture_output=True, check=False)
 
     def sync_routes(self) -> None:
-        want = {""} | {ep.netns for ep in self.net.em.endpoints.values() if ep.state == "ready"} \
-            if self.services else set()
+        want = {""} | {ep.netns for ep in self.net.em.endpoints.values() if ep.state == "ready"}
         for ns in sorted(want - self.routed):
             self._route(ns, True)
         for ns in sorted(self.routed - want):
@@ -245,22 +300,38 @@ class ServicesControl:
             taken_ports |= {p.node_port for p in svc.spec.ports or [] if p.node_port}
             changed.append({"kind": "Service", "name": ident, "clusterIP": svc.spec.cluster_ip,
                             "created": old is None})
+        touched = {_ident(svc) for svc in svcs}
         for eps in slices:
+            old_slice = new_slices.get(_ident(eps))
             new_slices[_ident(eps)] = eps
+            touched |= {_served(s) for s in (eps, old_slice) if s is not None}
             changed.append({"kind": "EndpointSlice", "name": _ident(eps), "created": _ident(eps) not in self.slices})
-        counts = self._commit(self._plan(services, new_slices))
+        counts = self._commit(self._plan(services, new_slices, touched))
         return {"applied": changed, "map_writes": counts, "elapsed_ms": round(1000 * (time.perf_counter() - t0), 2)}
 
     def delete(self, kind: str, ident: str) -> dict[str, Any]:
-        if kind not in ("Service", "EndpointSlice"):
-            raise ServiceError(f"kind: {kind!r} is not Service or EndpointSlice")
-        pool = self.services if kind == "Service" else self.slices
-        if ident not in pool:
-            raise ServiceError(f"{kind} {ident} not found", 404)
+        res = self.delete_many([(kind, ident)])
+        return {"deleted": res["deleted"][0], "map_writes": res["map_writes"]}
+
+    def delete_many(self, items: list[tuple[str, str]]) -> dict[str, Any]:
+        """Delete Services and EndpointSlices in one change: all of them, or (one is unknown) none."""
+        if not items:
+            raise ServiceError("items: nothing to delete")
         services, slices = dict(self.services), dict(self.slices)
-        (services if kind == "Service" else slices).pop(ident)
-        counts = self._commit(self._plan(services, slices))
-        return {"deleted": {"kind": kind, "name": ident}, "map_writes": counts}
+        touched: set[str] = set()
+        for i, (kind, ident) in enumerate(items):
+            where = f"items[{i}]: " if len(items) > 1 else ""
+            if kind not in ("Service", "EndpointSlice"):
+                raise ServiceError(f"{where}kind: {kind!r} is not Service or EndpointSlice")
+            pool = services if kind == "Service" else slices
+            if ident not in pool:
+                seen = ident in (self.services if kind == "Service" else self.slices)
+                raise ServiceError(f"{where}{kind} {ident} " + ("is named twice" if seen else "not found"),
+                                   400 if seen else 404)
+            gone = pool.pop(ident)
+            touched.add(ident if isinstance(gone, Service) else _served(gone))
+        counts = self._commit(self._plan(services, slices, touched))
+        return {"deleted": [{"kind": k, "name": n} for k, n in items], "map_writes": counts}
 
     def _rows(self, only: str | None = None) -> list[dict[str, Any]]:
         out = []

@@ -65,8 +65,14 @@ def _read(path: Path) -> Any:
 
 
 def _write(path: Path, data: Any) -> None:
+    """Replace ``path`` with ``data`` as JSON, atomically."""
+    _write_text(path, json.dumps(data, indent=1))
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text``, atomically (a reader sees the old file or the new one)."""
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
+    tmp.write_text(text)
     os.replace(tmp, path)
 
 

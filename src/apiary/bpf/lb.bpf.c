@@ -424,6 +424,15 @@ static __always_inline __u64 tuple_hash(const struct lb4_nat_key *k, bool affini
 	return ((__u64)k->saddr << 32 | k->daddr) ^ (sport << 16 | k->dport) ^ ((__u64)k->proto << 56);
 }
 
+/* What picks a new connection's backend on the TC path: Maglev hashes the connection (without the client's
+ * port under ClientIP affinity), random draws. */
+static __always_inline __u64 nodeport_pick(const struct lb4_nat_key *k, const struct lb4_service *svc)
+{
+	if ((svc->backend_id >> LB_ALGORITHM_SHIFT) == LB_ALG_MAGLEV)
+		return tuple_hash(k, svc->flags & SVC_FLAG_AFFINITY);
+	return bpf_get_prandom_u32();
+}
+
 SEC("tc")
 int lb_nodeport_in(struct __sk_buff *skb)
 {
@@ -460,8 +469,7 @@ int lb_nodeport_in(struct __sk_buff *skb)
 		if (backend_id) {
 			count(LB_STAT_AFFINITY_HIT);
 		} else {
-			backend_id = select_backend(&key, svc, tuple_hash(&fk, true) ^ bpf_get_prandom_u32() *
-					   ((svc->backend_id >> LB_ALGORITHM_SHIFT) != LB_ALG_MAGLEV));
+			backend_id = select_backend(&key, svc, nodeport_pick(&fk, svc));
 			if (backend_id) {
 				struct lb_affinity_val av = {.last_used = bpf_ktime_get_ns(), .backend_id = backend_id};
 
@@ -469,8 +477,7 @@ int lb_nodeport_in(struct __sk_buff *skb)
 			}
 		}
 	} else {
-		backend_id = select_backend(&key, svc, (svc->backend_id >> LB_ALGORITHM_SHIFT) == LB_ALG_MAGLEV ?
-							       tuple_hash(&fk, false) : bpf_get_prandom_u32());
+		backend_id = select_backend(&key, svc, nodeport_pick(&fk, svc));
 	}
 	be = backend_id ? bpf_map_lookup_elem(&lb4_backends, &backend_id) : NULL;
 	if (!be) {

@@ -153,7 +153,7 @@ def cli(ctx: click.Context, socket_path: str | None, timeout: float) -> None:
     default="10.96.0.0/16",
     show_default=True,
     help="ClusterIPs are allocated from this IPv4 range (Kubernetes' --service-cluster-ip-range); it is routed "
-    "unreachable on the host and in every endpoint while services exist.",
+    "unreachable on the host and in every endpoint while the agent runs.",
 )
 @click.option(
     "--lb-algorithm",

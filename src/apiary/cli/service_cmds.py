@@ -83,14 +83,42 @@ def service_get(ctx: click.Context, ref: str, output: str) -> None:
 
 
 @service.command("delete")
-@click.argument("ref")
-@click.option("--kind", type=click.Choice(sorted(SERVICE_KINDS)), default="Service", show_default=True)
+@click.argument("refs", nargs=-1)
+@click.option("-f", "--file", "path", type=click.Path(dir_okay=False, allow_dash=True),
+              help="delete the Services and EndpointSlices named in this YAML file")
+@click.option("--kind", type=click.Choice(sorted(SERVICE_KINDS)), default="Service", show_default=True,
+              help="the kind of the REFS given on the command line")
 @click.pass_context
-def service_delete(ctx: click.Context, ref: str, kind: str) -> None:
-    """Delete a Service (its frontends go at once) or an EndpointSlice."""
-    ns, name = _ref(ref)
-    res = _req(ctx, "DELETE", f"/v1/services/{seg(ns)}/{seg(name)}", params={"kind": kind})
-    click.echo(f"{res['deleted']['kind'].lower()}/{res['deleted']['name']} deleted")
+def service_delete(ctx: click.Context, refs: tuple[str, ...], path: str | None, kind: str) -> None:
+    """Delete Services (their frontends go at once) or EndpointSlices: all those named, in one change, or
+    none if one is unknown."""
+    items = [{"kind": kind, "name": "/".join(_ref(r))} for r in refs]
+    if path:
+        items += _named_in(read_file_arg(path))
+    if not items:
+        raise click.UsageError("name at least one service (NAMESPACE/NAME) or give -f FILE")
+    res = _req(ctx, "POST", "/v1/services/delete", json={"items": items})
+    for d in res["deleted"]:
+        click.echo(f"{d['kind'].lower()}/{d['name']} deleted")
+
+
+def _named_in(text: str) -> list[dict[str, str]]:
+    """{kind, name} of every Service/EndpointSlice document of a YAML stream (the way `kubectl delete -f`
+    reads a file: by kind and metadata; nothing else in the document matters)."""
+    try:
+        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as e:
+        fail(f"invalid YAML: {e}", 2)
+    out = []
+    for i, d in enumerate(docs):
+        kind = d.get("kind") if isinstance(d, dict) else None
+        meta = d.get("metadata") if isinstance(d, dict) else None
+        if kind not in SERVICE_KINDS:
+            fail(f"document[{i}].kind: {kind!r} is not one of {', '.join(sorted(SERVICE_KINDS))}", 2)
+        if not isinstance(meta, dict) or not isinstance(meta.get("name"), str) or not meta["name"]:
+            fail(f"document[{i}].metadata.name: required", 2)
+        out.append({"kind": str(kind), "name": f"{meta.get('namespace') or 'default'}/{meta['name']}"})
+    return out
 
 
 def split_documents(text: str) -> list[tuple[str, str]]:

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar, cast
 
 # The loader needs libbpf.so.1; without it preflight still reports (one required failure).
 try:
@@ -386,18 +386,15 @@ def default_probe_object() -> Path:
 
 # ---------------------------------------------------------------------- private netns, temp cgroup
 CLONE_NEWNET = 0x40000000
+T = TypeVar("T")
 _libc = ctypes.CDLL(None, use_errno=True)  # unshare/setns: Python 3.11 has no os.unshare/os.setns
 _libc.unshare.argtypes, _libc.unshare.restype = [ctypes.c_int], ctypes.c_int
 _libc.setns.argtypes, _libc.setns.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
 
 
-def _in_private_netns(fn: Callable[[], dict[str, tuple[bool, str]]]) -> dict[str, tuple[bool, str]]:
-    """Run ``fn`` in a worker thread that has its own, fresh network namespace.
-
-    Only that thread enters it; it goes back to the original namespace before it ends, so the
-    private one (and any device in it) disappears with its last reference. Nothing is named in
-    /run/netns, nothing is left behind.
-    """
+def _in_netns_thread(enter: Callable[[], None], fn: Callable[[], T], name: str) -> T:
+    """Run ``fn`` in a worker thread that ``enter`` moves into another network namespace; the thread goes
+    back to the original one before it ends, and the caller's threads never move."""
     box: dict[str, Any] = {}
 
     def work() -> None:
@@ -407,9 +404,7 @@ def _in_private_netns(fn: Callable[[], dict[str, tuple[bool, str]]]) -> dict[str
             box["error"] = e
             return
         try:
-            if _libc.unshare(CLONE_NEWNET) != 0:
-                err = ctypes.get_errno()
-                raise OSError(err, f"unshare(CLONE_NEWNET): {os.strerror(err)}")
+            enter()
             try:
                 box["value"] = fn()
             finally:
@@ -419,12 +414,44 @@ def _in_private_netns(fn: Callable[[], dict[str, tuple[bool, str]]]) -> dict[str
         finally:
             os.close(orig)
 
-    t = threading.Thread(target=work, name="apiary-preflight-netns", daemon=True)
+    t = threading.Thread(target=work, name=name, daemon=True)
     t.start()
     t.join()
     if "error" in box:
         raise box["error"]
-    return box["value"]
+    return cast(T, box["value"])
+
+
+def _in_private_netns(fn: Callable[[], dict[str, tuple[bool, str]]]) -> dict[str, tuple[bool, str]]:
+    """Run ``fn`` in a worker thread that has its own, fresh network namespace.
+
+    Only that thread enters it; it goes back to the original namespace before it ends, so the
+    private one (and any device in it) disappears with its last reference. Nothing is named in
+    /run/netns, nothing is left behind.
+    """
+
+    def enter() -> None:
+        if _libc.unshare(CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"unshare(CLONE_NEWNET): {os.strerror(err)}")
+
+    return _in_netns_thread(enter, fn, "apiary-preflight-netns")
+
+
+def in_named_netns(name: str, fn: Callable[[], T]) -> T:
+    """Run ``fn`` inside the named network namespace /run/netns/NAME (e.g. to attach XDP to a device
+    there: the ifindex and the link belong to that namespace), from a worker thread."""
+
+    def enter() -> None:
+        fd = os.open(f"/run/netns/{name}", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            if _libc.setns(fd, CLONE_NEWNET) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, f"setns({name}): {os.strerror(err)}")
+        finally:
+            os.close(fd)
+
+    return _in_netns_thread(enter, fn, "apiary-netns")
 
 
 _VETH_A, _VETH_B = "apf0", "apf1"

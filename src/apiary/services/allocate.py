@@ -41,18 +41,18 @@ def allocate_cluster_ip(taken: Iterable[str], *, requested: str | None = None,
     last address allocated, below which everything is taken, so the search starts there (a batch stays
     linear)."""
     net = service_network(cidr)
-    used = {ipaddress.IPv4Address(ip) for ip in taken} if cursor is None or not cursor else None
-    if requested:
+    if requested:  # a set of taken addresses is looked up, not walked: a batch of requests stays linear
         addr = ipaddress.IPv4Address(requested)
         if addr not in net:
             raise AllocationError(f"clusterIP {requested} is outside the service CIDR {net}")
         if addr in (net.network_address, net.broadcast_address):
             raise AllocationError(f"clusterIP {requested} is reserved: the first and last addresses of {net} "
                                   "are never allocated")
-        if (requested in (taken if isinstance(taken, set | frozenset) else set(taken))) if used is None \
-                else (addr in used):
+        strs = taken if isinstance(taken, set | frozenset) else {str(ipaddress.IPv4Address(ip)) for ip in taken}
+        if str(addr) in strs or requested in strs:
             raise AllocationError(f"clusterIP {requested} is already allocated")
         return requested
+    used = {ipaddress.IPv4Address(ip) for ip in taken} if cursor is None or not cursor else None
     first, last = int(net.network_address) + 1, int(net.broadcast_address) - 1
     if used is None:  # a batch: the caller's taken set holds strings
         strs = taken if isinstance(taken, set | frozenset) else set(taken)

@@ -13,9 +13,10 @@ terminating-not-serving (never used for new connections); otherwise → maintena
 
 from __future__ import annotations
 
+import functools
 import ipaddress
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Hashable, Iterable, Iterator, Mapping, MutableMapping
+from dataclasses import dataclass, field, fields
 from enum import IntEnum
 
 from . import maglev
@@ -60,7 +61,7 @@ class Backend:
     protocol: str
     state: BackendState
 
-    @property
+    @functools.cached_property  # frozen: computed once (keys are looked up on every service change)
     def key(self) -> tuple[str, int, str]:
         return (self.address, self.port, self.protocol)
 
@@ -80,14 +81,26 @@ class Frontend:
     local_scope: bool = False  # trafficPolicy Local (one node: every backend is local)
     algorithm: str = ""  # "" = the agent's default, else the lb-algorithm annotation
 
-    @property
+    @functools.cached_property
     def key(self) -> tuple[str, int, str]:
         return (self.address, self.port, self.protocol)
 
+    def __hash__(self) -> int:
+        """Computed once (frontends key the agent's memo of map entries, looked up on every change)."""
+        h = self.__dict__.get("_hash")
+        if h is None:
+            h = hash(tuple(getattr(self, f.name) for f in fields(self)))
+            object.__setattr__(self, "_hash", h)
+        return int(h)
+
     def slots(self) -> tuple[Backend, ...]:
         """The backends new connections go to: the active ones; if there are none, the serving terminating."""
-        active = tuple(b for b in self.backends if b.state is BackendState.ACTIVE)
-        return active or tuple(b for b in self.backends if b.state is BackendState.TERMINATING)
+        got = self.__dict__.get("_slots")
+        if got is None:
+            active = tuple(b for b in self.backends if b.state is BackendState.ACTIVE)
+            got = active or tuple(b for b in self.backends if b.state is BackendState.TERMINATING)
+            object.__setattr__(self, "_slots", got)
+        return tuple(got)
 
 
 def _state(ready: bool | None, serving: bool | None, terminating: bool | None) -> BackendState:
@@ -202,57 +215,76 @@ class LBTable:
     backends: dict[int, Backend]  # backend id -> backend (state as written)
     rev_nat: dict[int, tuple[str, int]]  # rev-NAT id -> (VIP, port)
     frontend_ids: dict[tuple[str, int, str], int]  # frontend key -> rev-NAT id (the service ID)
+    groups: list[tuple[ServiceEntry, ...]] = field(default_factory=list)  # ``services``, frontend by frontend
+
+
+def _free_ids(taken: Iterable[int]) -> Iterator[int]:
+    """The ids from 1 up that are not in ``taken``, lowest first (one pass, however many are drawn)."""
+    used, n = set(taken), 0
+    while True:
+        n += 1
+        if n not in used:
+            yield n
 
 
 def lb_table(fronts: Iterable[Frontend], *, default_algorithm: str = "random",
              backend_ids: Mapping[tuple[str, int, str], int] | None = None,
-             rev_nat_ids: Mapping[tuple[str, int, str], int] | None = None) -> LBTable:
+             rev_nat_ids: Mapping[tuple[str, int, str], int] | None = None,
+             memo: MutableMapping[Hashable, tuple[ServiceEntry, ...]] | None = None) -> LBTable:
     """The map contents for ``fronts``. Ids already given (``backend_ids``/``rev_nat_ids``, e.g. those in the
     maps now) are kept; new ones take the lowest free id from 1, in frontend order, so the result is
-    deterministic and an update rewrites only what changed."""
+    deterministic and an update rewrites only what changed. ``memo`` (kept by the caller between calls)
+    holds each frontend's entries, so an unchanged frontend costs a lookup, not a rebuild."""
     fronts = list(fronts)
     bids = dict(backend_ids or {})
     rids = dict(rev_nat_ids or {})
-
-    def next_id(used: Iterable[int]) -> int:
-        taken, n = set(used), 1
-        while n in taken:
-            n += 1
-        return n
-
+    free_rid, free_bid = _free_ids(rids.values()), _free_ids(bids.values())
     for fe in fronts:
         if fe.key not in rids:
-            rids[fe.key] = next_id(rids.values())
+            rids[fe.key] = next(free_rid)
         for be in fe.backends:
             if be.key not in bids:
-                bids[be.key] = next_id(bids.values())
+                bids[be.key] = next(free_bid)
     table = LBTable([], {}, {}, {})
     for fe in fronts:
         rid = rids[fe.key]
         table.frontend_ids[fe.key] = rid
         table.rev_nat[rid] = (fe.address, fe.port)
-        slots = fe.slots()
-        flags = {"ExternalIP": FLAG_EXTERNAL_IP | FLAG_ROUTABLE, "NodePort": FLAG_NODEPORT | FLAG_ROUTABLE}.get(
-            fe.type, 0)
-        if fe.local_scope and fe.type != "ClusterIP":
-            flags |= FLAG_EXT_LOCAL_SCOPE
-        if fe.affinity_timeout:
-            flags |= FLAG_AFFINITY
-        algo = ALGORITHMS.get(fe.algorithm or default_algorithm, ALGORITHMS["random"])
-        master = (algo << LB_ALGORITHM_SHIFT) | fe.affinity_timeout
-        table.services.append(ServiceEntry(fe.address, fe.port, fe.protocol, 0, master, len(slots), rid, flags))
-        for i, be in enumerate(slots, 1):
-            table.services.append(ServiceEntry(fe.address, fe.port, fe.protocol, i, bids[be.key], 0, rid, flags))
+        slot_ids = tuple(bids[be.key] for be in fe.slots())
+        mkey = (fe, rid, slot_ids, default_algorithm)
+        entries = memo.get(mkey) if memo is not None else None
+        if entries is None:
+            entries = _entries(fe, rid, slot_ids, default_algorithm)
+            if memo is not None:
+                memo[mkey] = entries
+        table.services += entries
+        table.groups.append(entries)
         for be in fe.backends:
             table.backends[bids[be.key]] = be
     return table
 
 
+def _entries(fe: Frontend, rid: int, slot_ids: tuple[int, ...], default_algorithm: str) -> tuple[ServiceEntry, ...]:
+    """A frontend's service-map entries: its master (slot 0), then one per backend new connections go to."""
+    flags = {"ExternalIP": FLAG_EXTERNAL_IP | FLAG_ROUTABLE, "NodePort": FLAG_NODEPORT | FLAG_ROUTABLE}.get(fe.type, 0)
+    if fe.local_scope and fe.type != "ClusterIP":
+        flags |= FLAG_EXT_LOCAL_SCOPE
+    if fe.affinity_timeout:
+        flags |= FLAG_AFFINITY
+    algo = ALGORITHMS.get(fe.algorithm or default_algorithm, ALGORITHMS["random"])
+    master = (algo << LB_ALGORITHM_SHIFT) | fe.affinity_timeout
+    return (ServiceEntry(fe.address, fe.port, fe.protocol, 0, master, len(slot_ids), rid, flags),
+            *(ServiceEntry(fe.address, fe.port, fe.protocol, i, bid, 0, rid, flags)
+              for i, bid in enumerate(slot_ids, 1)))
+
+
 def maglev_lut(fe: Frontend, lb: LBTable, m: int = maglev.DEFAULT_TABLE_SIZE,
-               seed: str = maglev.DEFAULT_HASH_SEED) -> list[int]:
+               seed: str = maglev.DEFAULT_HASH_SEED,
+               ids: Mapping[tuple[str, int, str], int] | None = None) -> list[int]:
     """The Maglev inner-map value of ``fe`` (keyed by its rev-NAT id): ``m`` backend ids, built over the
     backends new connections go to (:meth:`Frontend.slots`), named ``ip:port``; empty without one."""
     slots = fe.slots()
-    ids = {b.key: i for i, b in lb.backends.items()}
+    if ids is None:  # backend key -> id (give it when building many tables from one LB table)
+        ids = {b.key: i for i, b in lb.backends.items()}
     lut = maglev.table([f"{b.address}:{b.port}" for b in slots], m, seed=seed)
     return [ids[slots[i].key] for i in lut]

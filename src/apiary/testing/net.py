@@ -37,21 +37,7 @@ class Net:
         return json.loads(self.cli_ok(*args))
 
     def _exec(self, ep: str, *argv: str) -> list[str]:
-        return [
-            sys.executable,
-            "-m",
-            "apiary",
-            "--socket",
-            self.agent.socket,
-            "endpoint",
-            "exec",
-            ep,
-            "--",
-            sys.executable,
-            "-m",
-            "apiary.testing.netprobe",
-            *argv,
-        ]
+        return endpoint_exec_cmd(self.agent.socket, ep, sys.executable, "-m", "apiary.testing.netprobe", *argv)
 
     def serve(self, ep: str, *argv: str) -> subprocess.Popen[str]:
         p = subprocess.Popen(self._exec(ep, *argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -102,6 +88,11 @@ class Net:
             if p.poll() is None:
                 p.kill()
             p.wait()
+
+
+def endpoint_exec_cmd(socket: str, ep: str, *argv: str) -> list[str]:
+    """The command line that runs ``argv`` inside endpoint ``ep`` of the agent on ``socket``."""
+    return [sys.executable, "-m", "apiary", "--socket", socket, "endpoint", "exec", ep, "--", *argv]
 
 
 @contextlib.contextmanager

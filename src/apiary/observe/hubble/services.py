@@ -14,6 +14,7 @@ This module does not import the agent or :mod:`apiary.services` (import-linter l
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable, Sequence
 from typing import Protocol, runtime_checkable
@@ -57,6 +58,7 @@ class FrontendLike(BackendLike, Protocol):
     def backends(self) -> Sequence[BackendLike]: ...
 
 
+@functools.lru_cache(maxsize=1 << 16)  # the table is rebuilt on every service change: parse each address once
 def _addr(text: str) -> str:
     try:
         return str(ipaddress.ip_address(text))
@@ -64,6 +66,7 @@ def _addr(text: str) -> str:
         raise ValueError(f"invalid service address {text!r}") from None
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def split_service(text: str) -> ServiceName:
     """``namespace/name`` -> (namespace, name); a bare name is in ``default`` (as Kubernetes)."""
     ns, sep, name = text.partition("/")

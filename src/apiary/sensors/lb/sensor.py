@@ -13,14 +13,14 @@ import ipaddress
 import socket
 import struct
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from apiary.loader import BpfObject, CgroupLink, Map, RingBuffer, TcFilter
 from apiary.loader.paths import bpf_object
 from apiary.sensors.abi import packed
 from apiary.sensors.base import LinkRow, OwnedMap, ProgramRow, RecordHandler, RingCounts, link_rows
-from apiary.services.backends import LBTable
+from apiary.services.backends import LBTable, ServiceEntry
 
 from . import abi
 
@@ -68,22 +68,55 @@ class Contents:
         return cls({}, {}, {}, {}, {}, {})
 
 
-def contents(table: LBTable, luts: Mapping[int, list[int]]) -> Contents:
-    """The map contents of an LB table, with the Maglev tables (rev-NAT id -> backend ids) given."""
+@dataclass
+class PackMemo:
+    """Packed map bytes kept between :func:`contents` calls, so that an unchanged entry is a lookup."""
+
+    # a frontend's entries (by the identity of the tuple lb_table memoised) -> (that tuple, packed entries)
+    groups: dict[int, tuple[tuple[ServiceEntry, ...], list[tuple[bytes, bytes, bytes | None]]]] = field(
+        default_factory=dict)
+    rev_nat: dict[tuple[int, str, int], tuple[bytes, bytes]] = field(default_factory=dict)
+
+    def clear(self) -> None:
+        self.groups.clear()
+        self.rev_nat.clear()
+
+
+def contents(table: LBTable, luts: Mapping[int, list[int] | bytes], memo: PackMemo | None = None) -> Contents:
+    """The map contents of an LB table, with the Maglev tables (rev-NAT id -> backend ids, or their packed
+    value) given. ``memo`` (kept by the caller between calls) holds what entries packed to last time."""
+    memo = PackMemo() if memo is None else memo
     c = Contents.empty()
     for bid, be in table.backends.items():
         c.backends[abi.u32(bid)] = abi.backend_value(be.address, be.port, be.protocol, be.state.wire)
-    for e in table.services:
-        key = abi.service_key(e.address, e.port, e.protocol, e.slot)
-        (c.masters if e.slot == 0 else c.slots)[key] = abi.service_value(e.backend_id, e.count, e.rev_nat_id,
-                                                                         e.flags)
-        if e.slot > 0:
-            c.affinity_match[abi.affinity_match_key(e.backend_id, e.rev_nat_id)] = b"\x01"
+    # a table built without its groups (by hand) is packed whole, not remembered
+    gmemo = memo.groups if table.groups else {}
+    for group in table.groups or [tuple(table.services)]:
+        hit = gmemo.get(id(group))
+        if hit is None or hit[0] is not group:
+            hit = gmemo[id(group)] = (group, [
+                (abi.service_key(e.address, e.port, e.protocol, e.slot),
+                 abi.service_value(e.backend_id, e.count, e.rev_nat_id, e.flags),
+                 abi.affinity_match_key(e.backend_id, e.rev_nat_id) if e.slot > 0 else None) for e in group])
+        for key, value, match in hit[1]:
+            if match is None:
+                c.masters[key] = value
+            else:
+                c.slots[key] = value
+                c.affinity_match[match] = b"\x01"
     for rid, (addr, port) in table.rev_nat.items():
-        c.rev_nat[abi.u16(rid)] = abi.revnat_value(addr, port)
+        rn = memo.rev_nat.get((rid, addr, port))
+        if rn is None:
+            rn = memo.rev_nat[(rid, addr, port)] = (abi.u16(rid), abi.revnat_value(addr, port))
+        c.rev_nat[rn[0]] = rn[1]
     for rid, lut in luts.items():
-        c.maglev[abi.u16(rid)] = struct.pack(f"<{len(lut)}I", *lut)
+        c.maglev[abi.u16(rid)] = lut if isinstance(lut, bytes) else maglev_value(lut)
     return c
+
+
+def maglev_value(lut: list[int]) -> bytes:
+    """The lb4_maglev value of a Maglev table (backend ids, one per slot)."""
+    return struct.pack(f"<{len(lut)}I", *lut)
 
 
 class LoadBalancer:

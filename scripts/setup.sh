@@ -10,6 +10,8 @@ apt-cache show "$kh" >/dev/null 2>&1 || kh=linux-headers-$(dpkg --print-architec
 APT_PKGS+=(python3-bpfcc "$kh")
 # bench/services.py: kube-proxy's iptables and IPVS modes side by side with apiary's services, wrk for HTTP
 APT_PKGS+=(iptables ipvsadm wrk)
+# tests/kernel/test_prometheus_metrics.py, tests/unit/test_deploy_prometheus.py: promtool and a real Prometheus server
+APT_PKGS+=(prometheus)
 missing=()
 for p in "${APT_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

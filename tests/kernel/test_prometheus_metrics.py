@@ -160,3 +160,13 @@ def test_metrics_port_taken_is_one_clear_error() -> None:
             assert "Traceback" not in str(e.value)
         finally:
             agent.cleanup()
+
+
+def test_without_bpf_stats_the_metrics_say_so() -> None:
+    addr = f"127.0.0.1:{free_port()}"
+    with AgentProcess("--metrics-addr", addr, "--no-network", "--no-bpf-stats") as agent:
+        text = _text(addr)
+        assert "apiary_bpf_stats_enabled 0.0" in text
+        assert "apiary_endpoints 0.0" in text and "hubble_flows_processed_total" not in text  # no datapath
+        assert "tetragon_events_total" in text
+        assert agent.proc is not None and agent.proc.poll() is None

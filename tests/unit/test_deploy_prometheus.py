@@ -102,3 +102,80 @@ def test_agent_refuses_bad_metrics_flags_before_starting(args: tuple[str, ...], 
     )
     assert r.returncode == 2 and says in one_line_error(r)
     assert not (tmp_path / "state").exists()  # nothing was changed
+
+
+class _Ring:
+    pass
+
+
+class _Sensor:
+    """A sensor with no programs or maps whose ring lost ``lost`` records (pure accounting, no kernel)."""
+
+    def __init__(self, ring: object, lost: dict[str, int]) -> None:
+        from apiary.sensors.base import RingCounts
+
+        self.ring, self.counts = ring, RingCounts({}, lost)
+
+    def owned_maps(self) -> list[object]:
+        return []
+
+    def program_rows(self) -> list[object]:
+        return []
+
+    def records_into(self) -> object:
+        return self.ring
+
+    def ring_counts(self) -> object:
+        return self.counts
+
+
+class _Network:
+    def __init__(self) -> None:
+        from types import SimpleNamespace
+
+        from prometheus_client import CollectorRegistry
+
+        from apiary.observe.hubble.metrics import FlowMetrics
+
+        self.kernel_lost = 0
+        self.registry = CollectorRegistry()
+        self.metrics = FlowMetrics(self.registry)
+        self.em = SimpleNamespace(endpoints={"a/1": 1, "a/2": 2, "a/3": 3})
+        self.alloc = SimpleNamespace(count=lambda: 2)
+        self.policies = {"a/p": 1}
+        self.dp = SimpleNamespace(obj=True, lost=lambda: self.kernel_lost)
+
+
+def test_collector_moves_lost_counters_by_the_kernels_difference() -> None:
+    """The flow ring's kernel count moves hubble_lost_events_total by what it grew since the last scrape; the
+    event ring's losses are tetragon_bpf_missed_events_total by Tetragon's msg_op."""
+    from types import SimpleNamespace
+
+    from prometheus_client import generate_latest
+
+    from apiary.agent.metrics_server import AgentCollector
+    from apiary.observe.process import ProcessCache
+
+    ring = _Ring()
+    process = _Sensor(ring, {"exec": 4, "tracing": 1})
+    net = _Network()
+    agent = SimpleNamespace(sensors=[process, _Sensor(_Ring(), {"flow": 99})], cache=ProcessCache("n"),
+                            stats_fd=None, network=net, services=None, tracing=None, process=process)
+    AgentCollector(agent, net.registry)  # type: ignore[arg-type]
+
+    def value(name: str, **labels: str) -> float | None:
+        generate_latest(net.registry)  # a scrape
+        return net.registry.get_sample_value(name, labels)
+
+    lost = dict(source="perf_event_ring_buffer")
+    assert value("hubble_lost_events_total", **lost) == 0
+    net.kernel_lost = 7
+    assert value("hubble_lost_events_total", **lost) == 7
+    assert value("hubble_lost_events_total", **lost) == 7  # scraped again: not counted twice
+    net.kernel_lost = 10
+    assert value("hubble_lost_events_total", **lost) == 10
+    assert value("tetragon_bpf_missed_events_total", msg_op="5", error="ENOSPC") == 4
+    assert value("tetragon_bpf_missed_events_total", msg_op="13", error="ENOSPC") == 1
+    assert value("tetragon_bpf_missed_events_total", msg_op="7", error="ENOSPC") == 0
+    assert value("apiary_bpf_stats_enabled") == 0  # said plainly: no BPF stats, the run counters stay 0
+    assert value("apiary_endpoints") == 3 and value("apiary_identities") == 2 and value("apiary_services") == 0

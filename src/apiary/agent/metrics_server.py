@@ -31,6 +31,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, disable_cr
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from apiary import __version__
+from apiary.loader import Map
 from apiary.observe.process import ProcessCache
 from apiary.sensors.base import Sensor
 
@@ -101,6 +102,11 @@ class MetricsSource(Protocol):
     def process(self) -> Sensor | None: ...
 
 
+def _entries(m: Map) -> int:
+    """Entries in use, with batched lookups where the map has them (a few syscalls for a full 64k map)."""
+    return m.count() if m.type_name == "lpm_trie" else len(m.lookup_batch())
+
+
 class AgentCollector:
     """Metrics read when scraped: the kernel's map fill and program stats, counts of the agent's state."""
 
@@ -114,7 +120,7 @@ class AgentCollector:
         return []  # collected only when scraped (never at registration)
 
     def collect(self) -> Iterator[Metric]:
-        from .bpfinfo import map_row, program_row
+        from .bpfinfo import program_row
 
         a = self.agent
         pressure = GaugeMetricFamily(
@@ -124,12 +130,11 @@ class AgentCollector:
         seen: set[str] = set()
         for s in a.sensors:
             for m in s.owned_maps():
-                if not m.count_entries or m.map.type_name not in _COUNTED_MAP_TYPES:
+                if not m.count_entries or m.map.type_name not in _COUNTED_MAP_TYPES or not m.map.max_entries:
                     continue
-                row = map_row(m.map, m.pin)
-                name = m.name if m.name not in seen else f"{m.name}#{row['id']}"
+                name = m.name if m.name not in seen else f"{m.name}#{m.map.id}"
                 seen.add(name)
-                pressure.add_metric([name], float(row["fill_pct"]) / 100.0)
+                pressure.add_metric([name], _entries(m.map) / m.map.max_entries)
         yield pressure
 
         enabled = a.stats_fd is not None
@@ -156,11 +161,10 @@ class AgentCollector:
         yield secs
 
         net = a.network
-        nst = net.status() if net is not None else None
         for name, doc, v in (
-            ("endpoints", "Endpoints managed by the agent", nst["endpoints"] if nst else 0),
-            ("identities", "Security identities allocated", nst["identities_allocated"] if nst else 0),
-            ("policies", "Network policies applied", nst["policies"] if nst else 0),
+            ("endpoints", "Endpoints managed by the agent", len(net.em.endpoints) if net else 0),
+            ("identities", "Security identities allocated", net.alloc.count() if net else 0),
+            ("policies", "Network policies applied", len(net.policies) if net else 0),
             ("services", "Services load-balanced", len(a.services.services) if a.services else 0),
             ("tracing_policies", "TracingPolicies loaded", len(a.tracing.stored) if a.tracing else 0),
         ):
@@ -169,8 +173,8 @@ class AgentCollector:
         info.add_metric([__version__, platform.python_version()], 1.0)
         yield info
 
-        if net is not None and net.metrics is not None and nst is not None:
-            lost = int(nst["flows"]["kernel_lost"])  # the kernel's count: moves Hubble's counter by the difference
+        if net is not None and net.metrics is not None and net.dp.obj:
+            lost = net.dp.lost()  # the kernel's count: moves Hubble's counter by the difference
             if lost > self._flow_lost_seen:
                 net.metrics.lost("PERF_EVENT_RING_BUFFER", lost - self._flow_lost_seen)
                 self._flow_lost_seen = lost

@@ -147,7 +147,7 @@ def main() -> None:
     ap.add_argument("--opens", type=int, default=200000)
     ap.add_argument("--events", type=int, default=1000000)
     ap.add_argument(
-        "--only", choices=["process", "datapath", "tracing", "apply", "prefilter", "services"], default=None
+        "--only", choices=["process", "datapath", "tracing", "apply", "prefilter", "services", "export"], default=None
     )
     ap.add_argument("--apply-rounds", type=int, default=5, help="rounds per size of the policy apply bench")
     ap.add_argument("--repeat", type=int, default=200000, help="BPF_PROG_TEST_RUN repetitions")
@@ -165,6 +165,13 @@ def main() -> None:
         tracing.main(args.rounds, args.opens // 2, args.execs // 2)
         if args.only == "tracing":
             return
+    if args.only in (None, "export"):
+        from . import export
+
+        export.main()
+        if args.only == "export":
+            return
+        print()
     if args.only in (None, "prefilter"):
         from . import prefilter
 

@@ -7,6 +7,8 @@ import socket
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from apiary.observe.export.settings import ExportSettings
+
 if TYPE_CHECKING:
     from apiary.policy.compile import Enforcement
 
@@ -58,3 +60,4 @@ class AgentConfig:
     # Prometheus: (host, port) of --metrics-addr (None: only the unix-socket API's /metrics), Hubble's metric list
     metrics_addr: tuple[str, int] | None = None
     hubble_metrics: tuple[str, ...] = ("flow", "drop", "tcp", "port-distribution", "policy")
+    export: ExportSettings = field(default_factory=ExportSettings)  # event/flow export (Tetragon's, Hubble's flags)

@@ -29,6 +29,7 @@ from . import accounting, bpfinfo, statedir
 from .bus import EventBus
 from .config import AgentConfig
 from .events import ProcessEvents, Publisher, TracingEvents
+from .export import Exporter
 from .metrics_server import AgentCollector, MetricsError
 from .metrics_server import start as start_metrics
 from .prefilter import PrefilterControl
@@ -90,6 +91,7 @@ class Agent:
         self.reader = RingReader(None, {}, {})
         self.net_pool = DaemonWorker("control-plane")
         self.api_connections: ConnectionStats | None = None
+        self.exporter: Exporter | None = None  # --export-* / --hubble-export-*: a subscriber of both buses
         self._stop: asyncio.Event | None = None
 
     @property
@@ -228,6 +230,20 @@ class Agent:
             raise AgentError(f"XDP prefilter: {e}") from e
         self.loaded += loaded
         self.missing += missing
+        self._start_export()
+
+    def _start_export(self) -> None:
+        x = self.cfg.export
+        if x.hubble_export_file_path and self.network is None:
+            raise AgentError("--hubble-export-file-path: no flows without the network datapath (--no-network)")
+        if x.events_on or x.flows_on:
+            try:
+                self.exporter = Exporter(x, self.cfg.node_name, self.registry)
+                self.loaded += self.exporter.start()
+            except (OSError, ValueError) as e:
+                raise AgentError(f"export: {e}") from e
+            self.exporter.attach(self.events, self.network.flows if self.network else None)
+            self._closers.append(self.exporter.close)  # closed first: it writes what the buses still hold
 
     def _close_services(self) -> None:
         if self.services is not None:
@@ -328,6 +344,7 @@ class Agent:
             "api_connections": self.api_connections.stats() if self.api_connections else None,
             "network": self.network.status() if self.network else None,
             "services": self.services.status() if self.services else None,
+            "export": self.exporter.status() if self.exporter else None,
         }
 
     def _kernel_counts(self) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
@@ -415,6 +432,8 @@ class Agent:
                 net.dp.ct_gc()
 
         tasks = [asyncio.create_task(safety_net()), asyncio.create_task(ct_gc())]
+        if self.exporter is not None:
+            tasks.append(asyncio.create_task(self.exporter.run()))
         try:
             await self._stop.wait()
         finally:

@@ -15,6 +15,7 @@ from apiary import __version__
 from apiary.agent import accounting
 
 from .client import DEFAULT_TIMEOUT, AgentUnreachable, ApiError
+from .export_opts import export_options, status_lines
 from .network_cmds import _client, _fail, endpoint, identity, observe, policy
 from .output import console
 from .prefilter_cmds import prefilter
@@ -23,6 +24,7 @@ from .service_cmds import apply, service
 from .tracing_cmds import tracingpolicy
 
 if TYPE_CHECKING:
+    from apiary.observe.export.settings import ExportSettings
     from apiary.policy.compile import Enforcement
 
 
@@ -203,6 +205,7 @@ def cli(ctx: click.Context, socket_path: str | None, timeout: float) -> None:
     "(identity|namespace|pod|pod-name|reserved-identity|app) or labelsContext. Default: all five, no context.",
 )
 @click.pass_context
+@export_options
 def agent(
     ctx: click.Context,
     state_dir: str,
@@ -235,6 +238,7 @@ def agent(
     metrics_addr: str | None,
     metrics_allow_remote: bool,
     hubble_metrics: tuple[str, ...],
+    export: ExportSettings,
 ) -> None:
     """Run the agent in the foreground (owns all BPF objects; serves the API)."""
     from apiary.agent.config import AgentConfig, default_socket
@@ -270,6 +274,7 @@ def agent(
         maglev_table_size=int(maglev_table_size),
         lb_map_size=lb_map_size,
         devices=devices,
+        export=export,
     )
     from apiary.agent.metrics_server import MetricsError, parse_metrics_addr
     from apiary.observe.hubble.metrics import parse_hubble_metrics
@@ -441,6 +446,8 @@ def status(ctx: click.Context, output: str) -> None:
         )
         if sv["counters"]:
             con.print("  " + ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in sv["counters"].items()))
+    for line in status_lines(st.get("export")):
+        con.print(line, highlight=False, markup=False)
 
 
 # ---------------------------------------------------------------------------- bpf

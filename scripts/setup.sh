@@ -12,6 +12,8 @@ APT_PKGS+=(python3-bpfcc "$kh")
 APT_PKGS+=(iptables ipvsadm wrk)
 # bench/prefilter_drop.py: the XDP prefilter against iptables raw rules and an ipset of the same CIDRs
 APT_PKGS+=(ipset)
+# tests/kernel/test_prometheus_metrics.py, tests/unit/test_deploy_prometheus.py: promtool and a real Prometheus server
+APT_PKGS+=(prometheus)
 missing=()
 for p in "${APT_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -10,18 +10,9 @@ from collections.abc import Iterator
 import pytest
 
 from apiary.testing.agent import AgentProcess
-from apiary.testing.net import Net
+from apiary.testing.net import DENY_ALL_INGRESS, Net
 
 NS = "test-namespace"
-DENY_ALL_INGRESS = """
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: lockdown, namespace: test-namespace}
-spec:
-  endpointSelector: {matchLabels: {app: backend}}
-  ingress:
-  - fromEndpoints: [{matchLabels: {app: nobody}}]
-"""
 
 
 @pytest.fixture

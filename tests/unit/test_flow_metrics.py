@@ -145,3 +145,64 @@ def test_label_helpers() -> None:
     assert flow_type_labels({"event_type": {"type": 129}, "l7": {"dns": {}}}) == ("L7", "DNS")
     assert flow_type_labels({"event_type": {"type": 9}}) == ("Unknown", "9")
     assert flow_type_labels({"event_type": {"type": 4, "sub_type": 3}}) == ("Trace", "to-stack")
+
+
+def test_tcp_flags_and_port_distribution() -> None:
+    from apiary.observe.hubble.raw import CT_REPLY, TCP_ACK, TCP_FIN, TCP_RST
+
+    reg = CollectorRegistry()
+    m = FlowMetrics(reg)
+    m.observe(flow())  # SYN to 5678
+    m.observe(flow(tcp_flags=TCP_SYN | TCP_ACK, sport=5678, dport=40000, ct_state=CT_REPLY))
+    m.observe(flow(tcp_flags=TCP_FIN | TCP_ACK))
+    m.observe(flow(tcp_flags=TCP_RST, kind=MSG_DROP, sub_type=133, verdict=VERDICT_DROPPED))  # dropped: neither
+    m.observe(flow(proto=17, tcp_flags=0, dport=53))
+    assert value(reg, "hubble_tcp_flags_total", flag="SYN", family="IPv4") == 1
+    assert value(reg, "hubble_tcp_flags_total", flag="SYN-ACK", family="IPv4") == 1
+    assert value(reg, "hubble_tcp_flags_total", flag="FIN", family="IPv4") == 1
+    assert value(reg, "hubble_tcp_flags_total", flag="RST", family="IPv4") is None
+    assert value(reg, "hubble_port_distribution_total", protocol="TCP", port="5678") == 2  # not the reply
+    assert value(reg, "hubble_port_distribution_total", protocol="UDP", port="53") == 1
+    assert value(reg, "hubble_port_distribution_total", protocol="TCP", port="40000") is None
+
+
+def test_hubble_metrics_list_enables_handlers_and_context_labels() -> None:
+    from apiary.observe.hubble.metrics import parse_hubble_metrics
+
+    reg = CollectorRegistry()
+    spec = parse_hubble_metrics(["drop:sourceContext=pod;destinationContext=app|namespace flow:labelsContext="
+                                 "source_namespace,traffic_direction"])
+    m = FlowMetrics(reg, spec)
+    m.observe(flow(kind=MSG_DROP, sub_type=133, verdict=VERDICT_DROPPED))
+    drop = dict(source="ns/frontend", destination="backend", reason="POLICY_DENIED", protocol="TCP")
+    assert value(reg, "hubble_drop_total", **drop) == 1
+    n = "hubble_flows_processed_total"
+    assert value(reg, n, source_namespace="ns", traffic_direction="ingress", protocol="TCP", type="Drop", subtype="",
+                 verdict="DROPPED") == 1
+    text = generate_latest(reg).decode()
+    assert "hubble_tcp_flags_total" not in text and "hubble_policy_verdicts_total" not in text  # not listed
+    assert "hubble_lost_events_total" in text  # always on
+    none = CollectorRegistry()
+    FlowMetrics(none, parse_hubble_metrics([""])).observe(flow())
+    assert "hubble_flows_processed_total" not in generate_latest(none).decode()
+
+
+def test_hubble_metrics_list_errors_name_the_item() -> None:
+    import pytest
+
+    from apiary.observe.hubble.metrics import parse_hubble_metrics
+
+    for items, says in (
+        (["flows"], "'flows': unknown metric"),
+        (["httpV2:exemplars=true"], "not served by apiary yet"),
+        (["drop:sourceContext=ip"], "sourceContext=ip is not served (its label values are not bounded here)"),
+        (["drop:sourceContext=pods"], "sourceContext: unknown context 'pods'"),
+        (["drop:query"], "option 'query' needs a value"),
+        (["drop:exemplars=true"], "unknown option 'exemplars'"),
+        (["drop drop"], "drop is listed twice"),
+        (["flow:labelsContext=source_ip"], "labelsContext: unknown label 'source_ip'"),
+        (["flow:labelsContext=source_pod;sourceContext=pod"], "cannot be combined"),
+    ):
+        with pytest.raises(ValueError) as e:
+            parse_hubble_metrics(items)
+        assert says in str(e.value) and "--hubble-metrics" in str(e.value), str(e.value)

@@ -24,8 +24,7 @@ OPENAPI: dict[str, Any] = {
     "paths": {
         "/metrics": {
             "get": {
-                "summary": "Prometheus metrics: hubble_flows_processed_total, hubble_drop_total, "
-                "hubble_policy_verdicts_total, hubble_lost_events_total, tetragon_events_total",
+                "summary": "Prometheus metrics (the same as `--metrics-addr` serves): hubble_*, tetragon_*, apiary_*",
                 "responses": {"200": {"description": "text exposition format"}},
             }
         },

@@ -149,6 +149,8 @@ def add_routes(app: web.Application, agent: AgentView) -> None:
                 if fol.dropped > reported:  # never silently: this reader fell behind
                     lost = lost_events_response("OBSERVER_EVENTS_QUEUE", fol.dropped - reported, agent.cfg.node_name)
                     reported = fol.dropped
+                    if n.metrics is not None:  # hubble_lost_events_total{source="observer_events_queue"}
+                        n.metrics.observe(lost)
                     await resp.write(json.dumps(lost, separators=(",", ":")).encode() + b"\n")
                 if flt.matches(f):
                     await resp.write(json.dumps(f, separators=(",", ":")).encode() + b"\n")

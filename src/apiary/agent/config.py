@@ -57,4 +57,7 @@ class AgentConfig:
     maglev_table_size: int = 16381  # Cilium's --bpf-lb-maglev-table-size (a prime of its list)
     devices: tuple[str, ...] = ()  # node devices with the NodePort/ExternalIP TC path (Cilium's --devices)
     lb_map_size: int = 65536  # entries of the service, backend and reverse-NAT maps (Cilium's --bpf-lb-map-max)
+    # Prometheus: (host, port) of --metrics-addr (None: only the unix-socket API's /metrics), Hubble's metric list
+    metrics_addr: tuple[str, int] | None = None
+    hubble_metrics: tuple[str, ...] = ("flow", "drop", "tcp", "port-distribution", "policy")
     export: ExportSettings = field(default_factory=ExportSettings)  # event/flow export (Tetragon's, Hubble's flags)

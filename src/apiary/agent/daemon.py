@@ -30,6 +30,8 @@ from .bus import EventBus
 from .config import AgentConfig
 from .events import ProcessEvents, Publisher, TracingEvents
 from .export import Exporter
+from .metrics_server import AgentCollector, MetricsError
+from .metrics_server import start as start_metrics
 from .prefilter import PrefilterControl
 from .records import ReadCounters, RingReader
 from .statedir import StateDirBusy
@@ -85,6 +87,7 @@ class Agent:
         self.publisher = Publisher(self.events, self.registry)
         self.process_events = ProcessEvents(self.cache, self.clock, cfg.node_name, self.publisher)
         self.tracing_events = TracingEvents(None, self.cache, self.clock, cfg.node_name, self.publisher, self.registry)
+        AgentCollector(self, self.registry)  # map pressure, program stats, counts: read when scraped
         self.reader = RingReader(None, {}, {})
         self.net_pool = DaemonWorker("control-plane")
         self.api_connections: ConnectionStats | None = None
@@ -404,6 +407,14 @@ class Agent:
         woken = [p for p in pumps if p.fileno() >= 0]
         for p in woken:
             loop.add_reader(p.fileno(), p.drain)
+        metrics = None
+        if self.cfg.metrics_addr is not None:
+            try:
+                metrics = await start_metrics(self.registry, *self.cfg.metrics_addr)
+            except MetricsError as e:
+                raise AgentError(str(e)) from None
+            host, port = self.cfg.metrics_addr
+            self.loaded.append(f"Prometheus metrics on http://{host}:{port}/metrics")
         runner = await serve(self)
         gc.freeze()  # what start-up made lives as long as the agent: the collector no longer scans it
         self.say(self.summary(), flush=True)
@@ -433,6 +444,8 @@ class Agent:
             for p in reversed(pumps):
                 p.drain()
             await runner.cleanup()
+            if metrics is not None:
+                await metrics.cleanup()
             await self._settle_worker(loop)
 
     async def _settle_worker(self, loop: asyncio.AbstractEventLoop, grace: float = 5.0) -> None:

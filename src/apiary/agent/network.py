@@ -24,7 +24,7 @@ from apiary.loader.fs import cgroup2_root
 from apiary.observe.clock import KtimeClock
 from apiary.observe.hubble.builder import EndpointInfo, FlowBuilder
 from apiary.observe.hubble.filters import FlowFilter
-from apiary.observe.hubble.metrics import FlowMetrics
+from apiary.observe.hubble.metrics import FlowMetrics, parse_hubble_metrics
 from apiary.policy.compile import EndpointSpec, compile_policies
 from apiary.policy.explain import endpoint_peer, explain, ip_peer
 from apiary.policy.identity import IdentityAllocator, endpoint_labels
@@ -78,7 +78,7 @@ class Network:
         self.compiled = CompiledPolicy(0)
         self.flows = EventBus(cfg.flow_buffer, cfg.client_queue)  # Hubble's ring and `observe --follow` clients
         self.builder = FlowBuilder(cfg.node_name, self, clock)
-        self.metrics = FlowMetrics(registry) if registry is not None else None
+        self.metrics = FlowMetrics(registry, parse_hubble_metrics(cfg.hubble_metrics)) if registry is not None else None
         self.reader: RingReader | None = None  # the datapath's flows ring, read with the datapath's decoders
         # read by the flow path on the event-loop thread; replaced whole after every change
         self._by_id: dict[int, Endpoint] = {}

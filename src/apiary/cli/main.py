@@ -184,6 +184,26 @@ def cli(ctx: click.Context, socket_path: str | None, timeout: float) -> None:
     type=click.IntRange(min=16, max=1 << 24),
     help="Entries of the service, backend and reverse-NAT maps (Cilium's --bpf-lb-map-max).",
 )
+@click.option(
+    "--metrics-addr",
+    default=None,
+    metavar="HOST:PORT",
+    help="Serve Prometheus metrics at http://HOST:PORT/metrics (e.g. 127.0.0.1:9962, Cilium's agent port). "
+    "Loopback only unless --metrics-allow-remote. The unix-socket API serves them at /metrics in any case.",
+)
+@click.option(
+    "--metrics-allow-remote",
+    is_flag=True,
+    help="Let --metrics-addr be a non-loopback address (the metrics name endpoints, policies and programs).",
+)
+@click.option(
+    "--hubble-metrics",
+    "hubble_metrics",
+    multiple=True,
+    help="Hubble's metric list (its hubble.metrics.enabled): space-separated NAME[:OPTION=VALUE;...] with NAME "
+    "in flow, drop, tcp, port-distribution, policy and options sourceContext, destinationContext "
+    "(identity|namespace|pod|pod-name|reserved-identity|app) or labelsContext. Default: all five, no context.",
+)
 @click.pass_context
 @export_options
 def agent(
@@ -215,6 +235,9 @@ def agent(
     maglev_table_size: str,
     devices: tuple[str, ...],
     lb_map_size: int,
+    metrics_addr: str | None,
+    metrics_allow_remote: bool,
+    hubble_metrics: tuple[str, ...],
     export: ExportSettings,
 ) -> None:
     """Run the agent in the foreground (owns all BPF objects; serves the API)."""
@@ -253,6 +276,19 @@ def agent(
         devices=devices,
         export=export,
     )
+    from apiary.agent.metrics_server import MetricsError, parse_metrics_addr
+    from apiary.observe.hubble.metrics import parse_hubble_metrics
+
+    try:
+        if metrics_addr is not None:
+            cfg.metrics_addr = parse_metrics_addr(metrics_addr, metrics_allow_remote)
+        elif metrics_allow_remote:
+            raise MetricsError("--metrics-allow-remote: needs --metrics-addr")
+        if hubble_metrics:
+            parse_hubble_metrics(hubble_metrics)
+            cfg.hubble_metrics = hubble_metrics
+    except ValueError as e:
+        _fail(str(e), 2)
     import re
 
     from apiary.sensors.network.validate import check_pod_cidr_syntax

@@ -13,6 +13,17 @@ from typing import Any
 
 from .agent import AgentProcess
 
+# backend (app=backend in test-namespace) admits nobody: a policy that makes a connection to it drop
+DENY_ALL_INGRESS = """
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: lockdown, namespace: test-namespace}
+spec:
+  endpointSelector: {matchLabels: {app: backend}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: nobody}}]
+"""
+
 
 class Net:
     def __init__(self, agent: AgentProcess) -> None:

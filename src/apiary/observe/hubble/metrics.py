@@ -16,12 +16,22 @@ Names, label names and label values are Hubble's (``pkg/hubble/metrics/{flow,dro
 * ``hubble_lost_events_total{source}`` — ``perf_event_ring_buffer``, ``observer_events_queue`` or
   ``hubble_ring_buffer``.
 
-No context labels (``sourceContext`` ...) are added.
+* ``hubble_tcp_flags_total{flag,family}`` — forwarded TCP flows by flag (``SYN``, ``SYN-ACK``, ``FIN``,
+  ``RST``); ``family`` ``IPv4``/``IPv6``.
+* ``hubble_port_distribution_total{protocol,port}`` — forwarded, non-reply TCP/UDP/SCTP flows by destination
+  port (ICMP: port ``0``).
+
+Which of them are on, and their context labels, is Hubble's ``--hubble-metrics`` list
+(:func:`parse_hubble_metrics`): ``name[:option=value;option=value]`` items, e.g.
+``drop:sourceContext=namespace;destinationContext=pod|identity``. Context labels (``source``,
+``destination``, or the ``labelsContext`` names) come first, as in Hubble. Their values are bounded by the
+node's endpoints and identities: the unbounded contexts (``ip``, ``dns``) are refused.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
@@ -31,6 +41,7 @@ from apiary.observe.hubble.enums import (
     MSG_ACCESS_LOG,
     MSG_CAPTURE,
     POLICY_MATCH_TYPES,
+    RESERVED_IDENTITIES,
     TRACE_POINT_NAMES,
 )
 from apiary.observe.hubble.raw import MSG_DROP, MSG_POLICY_VERDICT, MSG_TRACE
@@ -78,31 +89,192 @@ def flow_type_labels(flow: Mapping[str, Any]) -> tuple[str, str]:
     return "Unknown", str(t)
 
 
-class FlowMetrics:
-    """Counters on ``registry`` (never the global one); feed every response to :meth:`observe`."""
+# ---------------------------------------------------------------------------- --hubble-metrics
+HANDLERS = ("flow", "drop", "tcp", "port-distribution", "policy")  # Hubble's handler names apiary serves
+DEFAULT_METRICS = HANDLERS
+# sourceContext / destinationContext values (first non-empty of `a|b` wins): each bounded by endpoints/identities
+CONTEXTS = ("identity", "namespace", "pod", "pod-name", "reserved-identity", "app")
+UNBOUNDED_CONTEXTS = ("ip", "dns", "workload", "workload-name")
+LABELS_CONTEXT = tuple(
+    f"{side}_{what}" for side in ("source", "destination") for what in ("namespace", "pod", "app")
+) + ("traffic_direction",)
+_NOT_HERE = {"http", "httpV2", "dns", "kafka", "icmp", "flows-to-world"}
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """One item of ``--hubble-metrics``: a handler and its context options."""
+
+    name: str
+    source_context: tuple[str, ...] = ()
+    destination_context: tuple[str, ...] = ()
+    labels_context: tuple[str, ...] = ()
+
+    def context_labels(self) -> list[str]:
+        out = ["source"] if self.source_context else []
+        out += ["destination"] if self.destination_context else []
+        return out + list(self.labels_context)
+
+
+def _context(item: str, opt: str, value: str) -> tuple[str, ...]:
+    alts = tuple(value.split("|"))
+    for a in alts:
+        if a in UNBOUNDED_CONTEXTS:
+            raise ValueError(
+                f"--hubble-metrics {item!r}: {opt}={a} is not served (its label values are not bounded here); "
+                f"use one of {'|'.join(CONTEXTS)}"
+            )
+        if a not in CONTEXTS:
+            raise ValueError(f"--hubble-metrics {item!r}: {opt}: unknown context {a!r} (one of {'|'.join(CONTEXTS)})")
+    return alts
+
+
+def parse_hubble_metrics(items: Iterable[str]) -> dict[str, MetricSpec]:
+    """Hubble's metric list (``hubble.metrics.enabled``): whitespace-separated ``name[:opt=value;opt=value]``.
+
+    Raises ValueError naming the item and the reason for an unknown handler or option, or a repeated one."""
+    out: dict[str, MetricSpec] = {}
+    for item in (w for text in items for w in text.split()):
+        name, _, opts = item.partition(":")
+        if name not in HANDLERS:
+            why = "not served by apiary yet (no L7 flows)" if name in _NOT_HERE else "unknown metric"
+            raise ValueError(f"--hubble-metrics {item!r}: {why}; apiary serves {', '.join(HANDLERS)}")
+        if name in out:
+            raise ValueError(f"--hubble-metrics {item!r}: {name} is listed twice")
+        src: tuple[str, ...] = ()
+        dst: tuple[str, ...] = ()
+        lbl: tuple[str, ...] = ()
+        for opt in filter(None, opts.split(";")):
+            key, eq, value = opt.partition("=")
+            if not eq or not value:
+                raise ValueError(f"--hubble-metrics {item!r}: option {opt!r} needs a value (option=value)")
+            if key == "sourceContext":
+                src = _context(item, key, value)
+            elif key == "destinationContext":
+                dst = _context(item, key, value)
+            elif key == "labelsContext":
+                lbl = tuple(value.split(","))
+                bad = [x for x in lbl if x not in LABELS_CONTEXT]
+                if bad:
+                    raise ValueError(
+                        f"--hubble-metrics {item!r}: labelsContext: unknown label {bad[0]!r} "
+                        f"(one of {', '.join(LABELS_CONTEXT)})"
+                    )
+            else:
+                raise ValueError(
+                    f"--hubble-metrics {item!r}: unknown option {key!r} "
+                    "(sourceContext, destinationContext, labelsContext)"
+                )
+        if lbl and (src or dst):
+            raise ValueError(
+                f"--hubble-metrics {item!r}: labelsContext cannot be combined with source/destinationContext"
+            )
+        out[name] = MetricSpec(name, src, dst, lbl)
+    return out
+
+
+def _endpoint_value(ep: Mapping[str, Any], ctx: str) -> str:
+    ns, pod = str(ep.get("namespace") or ""), str(ep.get("pod_name") or "")
+    if ctx == "namespace":
+        return ns
+    if ctx == "pod":
+        return f"{ns}/{pod}" if pod else ""
+    if ctx == "pod-name":
+        return pod
+    ident = int(ep.get("identity") or 0)
+    if ctx == "identity":
+        return str(ident) if ident else ""
+    if ctx == "reserved-identity":
+        name = RESERVED_IDENTITIES.get(ident)
+        return f"reserved:{name}" if name else ""
+    # app: the k8s app label
+    for lab in ep.get("labels") or ():
+        k, _, v = str(lab).partition("=")
+        if k.rpartition(":")[2] in ("app", "app.kubernetes.io/name"):
+            return v
+    return ""
+
+
+def context_values(spec: MetricSpec, flow: Mapping[str, Any]) -> list[str]:
+    """The context label values of ``flow`` for ``spec`` (in :meth:`MetricSpec.context_labels` order)."""
+    src = flow.get("source") or {}
+    dst = flow.get("destination") or {}
+    out: list[str] = []
+    for ep, alts in ((src, spec.source_context), (dst, spec.destination_context)):
+        if alts:
+            out.append(next((v for v in (_endpoint_value(ep, a) for a in alts) if v), ""))
+    for name in spec.labels_context:
+        if name == "traffic_direction":
+            out.append(str(flow.get("traffic_direction", "TRAFFIC_DIRECTION_UNKNOWN")).lower())
+        else:
+            side, _, what = name.partition("_")
+            out.append(_endpoint_value(src if side == "source" else dst, "pod-name" if what == "pod" else what))
+    return out
+
+
+_TCP_FLAGS: tuple[tuple[str, Callable[[Mapping[str, Any]], bool]], ...] = (
+    ("SYN", lambda f: bool(f.get("SYN")) and not f.get("ACK")),
+    ("SYN-ACK", lambda f: bool(f.get("SYN")) and bool(f.get("ACK"))),
+    ("FIN", lambda f: bool(f.get("FIN"))),
+    ("RST", lambda f: bool(f.get("RST"))),
+)
+
+
+class _Family:
+    """A Hubble counter and its context options. Its children are kept by label values: ``Counter.labels``
+    takes a lock and checks the labels on every call, which per flow costs more than the rest of counting."""
+
+    __slots__ = ("counter", "spec", "children", "has_context")
+
+    def __init__(self, counter: Counter, spec: MetricSpec) -> None:
+        self.counter, self.spec = counter, spec
+        self.children: dict[tuple[str, ...], Any] = {}
+        self.has_context = bool(spec.context_labels())
+
+    def inc(self, flow: Mapping[str, Any], *values: str) -> None:
+        key = (*context_values(self.spec, flow), *values) if self.has_context else values
+        child = self.children.get(key)
+        if child is None:
+            child = self.children[key] = self.counter.labels(*key)
+        child.inc()
+
+
+class FlowMetrics:
+    """Hubble's counters on ``registry`` (never the global one); feed every response to :meth:`observe`.
+
+    ``enabled`` is the parsed ``--hubble-metrics`` list (default: every handler, no context labels);
+    ``hubble_lost_events_total`` is always on, as in Hubble when any metric is."""
+
+    def __init__(self, registry: CollectorRegistry, enabled: Mapping[str, MetricSpec] | None = None) -> None:
         self.registry = registry
-        self.flows_processed = Counter(
-            "flows_processed_total",
-            "Total number of flows processed",
+        self.enabled = dict(enabled) if enabled is not None else parse_hubble_metrics(DEFAULT_METRICS)
+
+        def counter(handler: str, name: str, doc: str, labels: list[str]) -> _Family | None:
+            spec = self.enabled.get(handler)
+            if spec is None:
+                return None
+            c = Counter(name, doc, spec.context_labels() + labels, namespace="hubble", registry=registry)
+            return _Family(c, spec)
+
+        self.flows_processed = counter(
+            "flow", "flows_processed_total", "Total number of flows processed",
             ["protocol", "type", "subtype", "verdict"],
-            namespace="hubble",
-            registry=registry,
         )
-        self.drops = Counter(
-            "drop_total", "Number of drops", ["reason", "protocol"], namespace="hubble", registry=registry
-        )
-        self.policy_verdicts = Counter(
-            "policy_verdicts_total",
-            "Total number of Cilium network policy verdicts",
+        self.drops = counter("drop", "drop_total", "Number of drops", ["reason", "protocol"])
+        self.policy_verdicts = counter(
+            "policy", "policy_verdicts_total", "Total number of Cilium network policy verdicts",
             ["direction", "match", "action"],
-            namespace="hubble",
-            registry=registry,
+        )
+        self.tcp_flags = counter("tcp", "tcp_flags_total", "TCP flag occurrences", ["flag", "family"])
+        self.ports = counter(
+            "port-distribution", "port_distribution_total", "Numbers of packets distributed by destination port",
+            ["protocol", "port"],
         )
         self.lost_events = Counter(
             "lost_events_total", "Number of lost events", ["source"], namespace="hubble", registry=registry
         )
+        for src in ("perf_event_ring_buffer", "observer_events_queue", "hubble_ring_buffer"):
+            self.lost_events.labels(source=src)  # every source shows, at 0 until something is lost
 
     def lost(self, source: str | int, count: int) -> None:
         """Count ``count`` lost events from a LostEventSource (name or number)."""
@@ -122,11 +294,23 @@ class FlowMetrics:
         protocol = flow_protocol(flow)
         verdict = str(flow.get("verdict", "VERDICT_UNKNOWN"))
         typ, subtype = flow_type_labels(flow)
-        self.flows_processed.labels(protocol=protocol, type=typ, subtype=subtype, verdict=verdict).inc()
-        if verdict == "DROPPED":
-            reason = str(flow.get("drop_reason_desc", "DROP_REASON_UNKNOWN"))
-            self.drops.labels(reason=reason, protocol=protocol).inc()
-        if typ == "PolicyVerdict" and int((flow.get("source") or {}).get("identity", 0)) != 1:
+        if self.flows_processed:
+            self.flows_processed.inc(flow, protocol, typ, subtype, verdict)
+        if self.drops and verdict == "DROPPED":
+            self.drops.inc(flow, str(flow.get("drop_reason_desc", "DROP_REASON_UNKNOWN")), protocol)
+        if self.policy_verdicts and typ == "PolicyVerdict" and int((flow.get("source") or {}).get("identity", 0)) != 1:
             direction = str(flow.get("traffic_direction", "TRAFFIC_DIRECTION_UNKNOWN")).lower()
             match = POLICY_MATCH_TYPES.get(int(flow.get("policy_match_type", 0)), "unknown").lower()
-            self.policy_verdicts.labels(direction=direction, match=match, action=verdict.lower()).inc()
+            self.policy_verdicts.inc(flow, direction, match, verdict.lower())
+        if verdict != "FORWARDED":
+            return
+        l4 = flow.get("l4") or {}
+        if self.tcp_flags and "TCP" in l4:
+            flags = l4["TCP"].get("flags") or {}
+            family = str((flow.get("IP") or {}).get("ipVersion", "IP_NOT_USED"))
+            for name, has in _TCP_FLAGS:
+                if has(flags):
+                    self.tcp_flags.inc(flow, name, family)
+        if self.ports and not flow.get("is_reply") and protocol in ("TCP", "UDP", "SCTP", "ICMPv4", "ICMPv6"):
+            port = (l4.get(protocol) or {}).get("destination_port", 0)
+            self.ports.inc(flow, protocol, str(port))

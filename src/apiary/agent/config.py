@@ -55,3 +55,7 @@ class AgentConfig:
     maglev_table_size: int = 16381  # Cilium's --bpf-lb-maglev-table-size (a prime of its list)
     devices: tuple[str, ...] = ()  # node devices with the NodePort/ExternalIP TC path (Cilium's --devices)
     lb_map_size: int = 65536  # entries of the service, backend and reverse-NAT maps (Cilium's --bpf-lb-map-max)
+    # Hubble's and Tetragon's gRPC APIs ("": a socket next to socket_path: hubble.sock, tetragon.sock)
+    hubble_socket_path: str = ""  # Cilium's --hubble-socket-path
+    hubble_listen_address: str = ""  # Cilium's --hubble-listen-address: an extra loopback HOST:PORT
+    tetragon_server_address: str = ""  # Tetragon's --server-address: unix:///PATH or a loopback HOST:PORT

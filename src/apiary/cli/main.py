@@ -182,6 +182,22 @@ def cli(ctx: click.Context, socket_path: str | None, timeout: float) -> None:
     type=click.IntRange(min=16, max=1 << 24),
     help="Entries of the service, backend and reverse-NAT maps (Cilium's --bpf-lb-map-max).",
 )
+@click.option(
+    "--hubble-socket-path",
+    default="",
+    help="Unix socket of Hubble's Observer gRPC API (Cilium's flag; default: hubble.sock next to --socket).",
+)
+@click.option(
+    "--hubble-listen-address",
+    default="",
+    help="Also serve Hubble's gRPC API on this loopback HOST:PORT (Cilium's flag, e.g. 127.0.0.1:4245).",
+)
+@click.option(
+    "--tetragon-server-address",
+    default="",
+    help="Tetragon's gRPC API (Tetragon's --server-address): unix:///PATH or a loopback HOST:PORT "
+    "(default: unix://.../tetragon.sock next to --socket).",
+)
 @click.pass_context
 def agent(
     ctx: click.Context,
@@ -212,6 +228,9 @@ def agent(
     maglev_table_size: str,
     devices: tuple[str, ...],
     lb_map_size: int,
+    hubble_socket_path: str,
+    hubble_listen_address: str,
+    tetragon_server_address: str,
 ) -> None:
     """Run the agent in the foreground (owns all BPF objects; serves the API)."""
     from apiary.agent.config import AgentConfig, default_socket
@@ -247,7 +266,16 @@ def agent(
         maglev_table_size=int(maglev_table_size),
         lb_map_size=lb_map_size,
         devices=devices,
+        hubble_socket_path=hubble_socket_path,
+        hubble_listen_address=hubble_listen_address,
+        tetragon_server_address=tetragon_server_address,
     )
+    from apiary.agent.grpc_common import hubble_addresses, tetragon_address
+
+    try:
+        hubble_addresses(cfg), tetragon_address(cfg)
+    except ValueError as e:
+        _fail(str(e), 2)
     import re
 
     from apiary.sensors.network.validate import check_pod_cidr_syntax

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import queue
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -341,3 +342,47 @@ def test_health_version_and_unimplemented(tet) -> None:
         stub.RuntimeHook(tetragon_pb2.RuntimeHookRequest(), timeout=WAIT)
     assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED
     assert "RuntimeHook" in e.value.details() and "GetEvents" in e.value.details()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_loopback_tcp_addresses_and_a_killed_agents_stale_sockets() -> None:
+    hp, tp = _free_port(), _free_port()
+    agent = AgentProcess(
+        "--no-network", "--hubble-listen-address", f"127.0.0.1:{hp}", "--tetragon-server-address", f"localhost:{tp}"
+    )
+    try:
+        agent.start()
+        log = agent.log()
+        assert f"Hubble Observer gRPC API on unix socket {agent.dir / 'hubble.sock'}, TCP 127.0.0.1:{hp}" in log, log
+        assert f"Tetragon FineGuidanceSensors gRPC API on TCP localhost:{tp}" in log, log
+        assert not (agent.dir / "tetragon.sock").exists()
+        assert (agent.dir / "hubble.sock").stat().st_mode & 0o777 == 0o600
+        for target in (f"127.0.0.1:{hp}", f"unix://{agent.dir / 'hubble.sock'}"):
+            with grpc.insecure_channel(target) as ch:
+                st = observer_grpc.ObserverStub(ch).ServerStatus(observer_pb2.ServerStatusRequest(), timeout=WAIT)
+                assert st.max_flows == 0 and st.num_connected_nodes.value == 1
+                with pytest.raises(grpc.RpcError) as e:  # --no-network: no flows, and it says why
+                    _flows(observer_grpc.ObserverStub(ch))
+                assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "--no-network" in e.value.details()
+        with grpc.insecure_channel(f"localhost:{tp}") as ch:
+            stub = sensors_grpc.FineGuidanceSensorsStub(ch)
+            assert stub.GetVersion(sensors_pb2.GetVersionRequest(), timeout=WAIT).version
+        agent.stop(signal.SIGKILL)  # leaves hubble.sock behind
+        assert (agent.dir / "hubble.sock").exists()
+        agent.start()  # the stale socket is replaced
+        with grpc.insecure_channel(f"unix://{agent.dir / 'hubble.sock'}") as ch:
+            observer_grpc.ObserverStub(ch).ServerStatus(observer_pb2.ServerStatusRequest(), timeout=WAIT)
+        agent.stop()
+        assert not (agent.dir / "hubble.sock").exists()  # a clean stop removes its sockets
+    finally:
+        agent.cleanup()
+    # refused before anything starts: a non-loopback address
+    r = agent.cli("agent", "--hubble-listen-address", "0.0.0.0:4245", "--state-dir", str(agent.dir / "x"))
+    assert r.returncode == 2 and "--hubble-listen-address '0.0.0.0:4245': only loopback" in r.stderr, r.stderr

@@ -11,7 +11,7 @@ ARCH := $(shell uname -m | sed 's/x86_64/x86/;s/aarch64/arm64/')
 BPF_CFLAGS := -O2 -g -target bpf -D__TARGET_ARCH_$(ARCH) -Wall -Werror -Wno-unused-function \
 	-I$(BUILD) -I$(BPF_SRC)/include -I/usr/include/$(shell uname -m)-linux-gnu
 
-.PHONY: run test test-vm setup build examples lint unit kernel bench demo clean
+.PHONY: run test test-vm setup build grpc examples lint unit kernel bench demo clean
 
 run: setup build
 	$(VENV)/bin/apiary agent $(ARGS)
@@ -26,7 +26,15 @@ test-vm: setup build
 setup:
 	@bash scripts/setup.sh
 
-build: $(BPF_OBJS) examples
+build: $(BPF_OBJS) examples grpc
+
+# Hubble's and Tetragon's gRPC modules, generated from the upstream protos in proto/ (build outputs, never committed)
+PROTOS := $(shell find proto -name '*.proto' | sort)
+grpc: $(BUILD)/grpc/.stamp
+$(BUILD)/grpc/.stamp: $(PROTOS)
+	@rm -rf $(BUILD)/grpc && mkdir -p $(BUILD)/grpc
+	$(PY) -m grpc_tools.protoc -Iproto --python_out=$(BUILD)/grpc --grpc_python_out=$(BUILD)/grpc $(PROTOS)
+	@touch $@
 
 # the seed's two teaching examples (examples/seed/: BCC hello_ebpf, libbpf packet_counter), into build/seed/
 examples: $(BUILD)/vmlinux.h

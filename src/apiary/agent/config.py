@@ -61,3 +61,7 @@ class AgentConfig:
     metrics_addr: tuple[str, int] | None = None
     hubble_metrics: tuple[str, ...] = ("flow", "drop", "tcp", "port-distribution", "policy")
     export: ExportSettings = field(default_factory=ExportSettings)  # event/flow export (Tetragon's, Hubble's flags)
+    # Hubble's and Tetragon's gRPC APIs ("": a socket next to socket_path: hubble.sock, tetragon.sock)
+    hubble_socket_path: str = ""  # Cilium's --hubble-socket-path
+    hubble_listen_address: str = ""  # Cilium's --hubble-listen-address: an extra loopback HOST:PORT
+    tetragon_server_address: str = ""  # Tetragon's --server-address: unix:///PATH or a loopback HOST:PORT

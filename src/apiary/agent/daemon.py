@@ -25,7 +25,7 @@ from apiary.observe.procfs import scan_procfs
 from apiary.sensors.base import Sensor
 from apiary.sensors.process.sensor import ProcessSensor
 
-from . import accounting, bpfinfo, statedir
+from . import accounting, bpfinfo, grpc_serve, statedir
 from .bus import EventBus
 from .config import AgentConfig
 from .events import ProcessEvents, Publisher, TracingEvents
@@ -416,6 +416,13 @@ class Agent:
             host, port = self.cfg.metrics_addr
             self.loaded.append(f"Prometheus metrics on http://{host}:{port}/metrics")
         runner = await serve(self)
+        try:  # Hubble's and Tetragon's gRPC APIs, in this event loop
+            grpc_servers = await grpc_serve.start(self)
+        except grpc_serve.GrpcStartError as e:
+            await runner.cleanup()
+            raise AgentError(str(e)) from None
+        self.loaded += grpc_servers.loaded
+        self.missing += grpc_servers.missing
         gc.freeze()  # what start-up made lives as long as the agent: the collector no longer scans it
         self.say(self.summary(), flush=True)
 
@@ -443,6 +450,7 @@ class Agent:
                 loop.remove_reader(p.fileno())
             for p in reversed(pumps):
                 p.drain()
+            await grpc_servers.stop()
             await runner.cleanup()
             if metrics is not None:
                 await metrics.cleanup()

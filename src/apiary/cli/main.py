@@ -204,6 +204,22 @@ def cli(ctx: click.Context, socket_path: str | None, timeout: float) -> None:
     "in flow, drop, tcp, port-distribution, policy and options sourceContext, destinationContext "
     "(identity|namespace|pod|pod-name|reserved-identity|app) or labelsContext. Default: all five, no context.",
 )
+@click.option(
+    "--hubble-socket-path",
+    default="",
+    help="Unix socket of Hubble's Observer gRPC API (Cilium's flag; default: hubble.sock next to --socket).",
+)
+@click.option(
+    "--hubble-listen-address",
+    default="",
+    help="Also serve Hubble's gRPC API on this loopback HOST:PORT (Cilium's flag, e.g. 127.0.0.1:4245).",
+)
+@click.option(
+    "--tetragon-server-address",
+    default="",
+    help="Tetragon's gRPC API (Tetragon's --server-address): unix:///PATH or a loopback HOST:PORT "
+    "(default: unix://.../tetragon.sock next to --socket).",
+)
 @click.pass_context
 @export_options
 def agent(
@@ -239,6 +255,9 @@ def agent(
     metrics_allow_remote: bool,
     hubble_metrics: tuple[str, ...],
     export: ExportSettings,
+    hubble_socket_path: str,
+    hubble_listen_address: str,
+    tetragon_server_address: str,
 ) -> None:
     """Run the agent in the foreground (owns all BPF objects; serves the API)."""
     from apiary.agent.config import AgentConfig, default_socket
@@ -275,7 +294,11 @@ def agent(
         lb_map_size=lb_map_size,
         devices=devices,
         export=export,
+        hubble_socket_path=hubble_socket_path,
+        hubble_listen_address=hubble_listen_address,
+        tetragon_server_address=tetragon_server_address,
     )
+    from apiary.agent.grpc_common import hubble_addresses, tetragon_address
     from apiary.agent.metrics_server import MetricsError, parse_metrics_addr
     from apiary.observe.hubble.metrics import parse_hubble_metrics
 
@@ -287,6 +310,7 @@ def agent(
         if hubble_metrics:
             parse_hubble_metrics(hubble_metrics)
             cfg.hubble_metrics = hubble_metrics
+        hubble_addresses(cfg), tetragon_address(cfg)
     except ValueError as e:
         _fail(str(e), 2)
     import re

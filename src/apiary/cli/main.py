@@ -16,7 +16,7 @@ from apiary.agent import accounting
 
 from .client import DEFAULT_TIMEOUT, AgentUnreachable, ApiError
 from .network_cmds import _client, _fail, endpoint, identity, observe, policy
-from .ops_cmds import sysdump
+from .ops_cmds import sysdump, uninstall
 from .output import console
 from .prefilter_cmds import prefilter
 from .preflight_cmd import preflight
@@ -457,7 +457,7 @@ def bpf_list(ctx: click.Context, output: str) -> None:
 
 
 cli.add_command(preflight)
-for _cmd in (endpoint, identity, policy, observe, tracingpolicy, prefilter, service, apply, sysdump):
+for _cmd in (endpoint, identity, policy, observe, tracingpolicy, prefilter, service, apply, sysdump, uninstall):
     cli.add_command(_cmd)
 cli.add_command(tracingpolicy, name="tp")
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import sys
 import time
 from pathlib import Path
 
@@ -42,3 +44,53 @@ def sysdump(ctx: click.Context, output: str | None, state_dir: str, pin_root: st
         _fail(f"sysdump: cannot write {out}: {e}")
     click.echo(f"{out}")
     click.echo(f"  {len(d.collected)} items collected, {len(d.failed)} not (see summary.txt)", err=True)
+
+
+@click.command()
+@click.option("--state-dir", default="/var/lib/apiary", show_default=True, help="The agent's --state-dir.")
+@click.option("--pin-root", default="/sys/fs/bpf/apiary", show_default=True, help="The agent's --pin-root.")
+@click.option("--instance", default="default", show_default=True, help="The agent's --instance.")
+@click.option("--pod-cidr", default="10.200.0.0/16", show_default=True, help="The agent's --pod-cidr.")
+@click.option("--service-cidr", default="10.96.0.0/16", show_default=True, help="The agent's --service-cidr.")
+@click.option("--devices", "devices", multiple=True, help="The agent's --devices (its NodePort TC filters).")
+@click.option("--force", is_flag=True, help="Stop a running agent first (SIGTERM; SIGKILL after 30 s).")
+@click.pass_context
+def uninstall(ctx: click.Context, state_dir: str, pin_root: str, instance: str, pod_cidr: str, service_cidr: str,
+              devices: tuple[str, ...], force: bool) -> None:
+    """Remove every trace an agent instance left on this node (pins, endpoint namespaces, veths and cgroups,
+    routes, NodePort TC filters, state dir, socket) and say what was removed. Pass the agent's options."""
+    import ipaddress
+    import re
+
+    from apiary.agent.config import default_socket
+    from apiary.agent.uninstall import AgentRunning, Plan, running_agent, stop_agent
+    from apiary.agent.uninstall import uninstall as run
+
+    if not re.fullmatch(r"[a-z0-9]{1,12}", instance):
+        _fail(f"--instance {instance!r}: 1-12 lower-case letters or digits", 2)
+    for opt, cidr in (("--pod-cidr", pod_cidr), ("--service-cidr", service_cidr)):
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError as e:
+            _fail(f"{opt} {cidr!r}: {e}", 2)
+    if os.geteuid() != 0:
+        _fail("apiary uninstall must run as root (it removes pins, namespaces, cgroups and routes)")
+    pid = running_agent(state_dir)
+    if pid is not None:
+        if not force:
+            _fail(f"an apiary agent (pid {pid}) is running on {state_dir}: stop it first, or pass --force to stop "
+                  "it; nothing was removed")
+        try:
+            click.echo(f"stopped: {stop_agent(pid, state_dir)}")
+        except (AgentRunning, ProcessLookupError, PermissionError) as e:
+            _fail(f"cannot stop the agent (pid {pid}): {e}; nothing was removed")
+    sock = ctx.find_root().obj.get("socket") or default_socket()
+    rep = run(Plan(state_dir, pin_root, instance, pod_cidr, service_cidr, sock, devices))
+    for r in rep.removed:
+        click.echo(f"removed: {r}")
+    for f in rep.failed:
+        click.echo(f"NOT removed: {f}", err=True)
+    if not rep.removed and not rep.failed:
+        click.echo(f"nothing to remove: no trace of instance {instance!r} on this node")
+    if rep.failed:
+        sys.exit(1)

@@ -24,7 +24,8 @@ class Rates:
 
     window: float = RATE_WINDOW
     clock: Callable[[], float] = time.monotonic
-    samples: deque[tuple[float, dict[str, int]]] = field(default_factory=deque)
+    # bounded also in count: a client polling status in a loop shortens the window, never grows memory
+    samples: deque[tuple[float, dict[str, int]]] = field(default_factory=lambda: deque(maxlen=1024))
 
     def sample(self, counters: Mapping[str, int]) -> None:
         now = self.clock()

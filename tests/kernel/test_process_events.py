@@ -206,5 +206,5 @@ def test_status_reconciles_and_counts_loss_with_tiny_ring(bindir: Path) -> None:
         assert names["on_exec"]["run_count"] >= 6 and names["on_exec"]["avg_ns"] > 0
         procs = next(m for m in st["maps"] if m["name"] == "procs")
         assert procs["entries"] > 0 and 0 < procs["fill_pct"] < 100
-        table = agent.cli("status")
+        table = agent.cli("status", "--verbose")
         assert "lost" in table.stdout and "on_exec" in table.stdout and table.returncode == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -34,6 +35,9 @@ OPENAPI: dict[str, Any] = {
                 "summary": "Programs with run count and time, maps with fill, process cache, event accounting",
                 "responses": {"200": {"description": "status object"}},
             }
+        },
+        "/v1/config": {
+            "get": {"summary": "The agent's configuration", "responses": {"200": {"description": "object"}}}
         },
         "/v1/bpf": {
             "get": {"summary": "apiary's own programs, links and maps", "responses": {"200": {"description": "lists"}}}
@@ -105,6 +109,9 @@ def build_app(agent: AgentView) -> web.Application:
     async def bpf(_: web.Request) -> web.Response:
         return web.json_response(agent.bpf_list())
 
+    async def config(_: web.Request) -> web.Response:  # what the agent runs with (for sysdump)
+        return web.json_response(dataclasses.asdict(agent.cfg))
+
     async def metrics(_: web.Request) -> web.Response:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -172,6 +179,7 @@ def build_app(agent: AgentView) -> web.Application:
     app.router.add_get("/v1/health", health)
     app.router.add_get("/v1/status", status)
     app.router.add_get("/v1/bpf", bpf)
+    app.router.add_get("/v1/config", config)
     app.router.add_get("/v1/events", events)
     app.router.add_get("/openapi.json", openapi)
     app.router.add_get("/metrics", metrics)

@@ -25,7 +25,7 @@ from apiary.observe.procfs import scan_procfs
 from apiary.sensors.base import Sensor
 from apiary.sensors.process.sensor import ProcessSensor
 
-from . import accounting, bpfinfo, grpc_serve, statedir
+from . import accounting, bpfinfo, grpc_serve, health, statedir
 from .bus import EventBus
 from .config import AgentConfig
 from .events import ProcessEvents, Publisher, TracingEvents
@@ -93,6 +93,7 @@ class Agent:
         self.api_connections: ConnectionStats | None = None
         self.exporter: Exporter | None = None  # --export-* / --hubble-export-*: a subscriber of both buses
         self._stop: asyncio.Event | None = None
+        self.rates = health.Rates()  # flows/s, events/s, losses over a recent window (`apiary status`)
 
     @property
     def counters(self) -> ReadCounters:
@@ -311,14 +312,14 @@ class Agent:
         acc, kc = self.accounting()
         progs = [bpfinfo.program_row(row) for s in self.sensors for row in s.program_rows()]
         maps = [
-            bpfinfo.map_row(m.map, m.pin, count_entries=m.count_entries)
+            bpfinfo.map_row(m.map, m.pin, count_entries=m.count_entries) | {"owner": s.name}
             for s in self.sensors
             for m in s.owned_maps()
             if m.in_status
         ]
         c = self.reader.counters
         emitted = self.publisher.counters
-        return {
+        out: dict[str, Any] = {
             "version": __version__,
             "node_name": self.cfg.node_name,
             "pid": os.getpid(),
@@ -345,6 +346,29 @@ class Agent:
             "network": self.network.status() if self.network else None,
             "services": self.services.status() if self.services else None,
             "export": self.exporter.status() if self.exporter else None,
+        }
+        self.rates.sample(self.rate_counters())
+        rates = self.rates.rates()
+        subs = health.subsystems(
+            out, rates, network_enabled=self.cfg.network, tracing_enabled=self.tracing is not None,
+            tracing_policies=self.tracing.rows() if self.tracing else None,
+            prefilter=self.prefilter.listing() if self.prefilter.sensor else None, missing=self.missing,
+        )
+        return out | {"overall": health.overall(subs), "subsystems": subs, "rates": rates}
+
+    def rate_counters(self) -> dict[str, int]:
+        """The cumulative counters `apiary status` turns into rates (cheap: no map walk)."""
+        _written, lost, _other = self._kernel_counts()
+        c, net = self.reader.counters, self.network
+        nc = net.reader.counters if net and net.reader else None
+        return {
+            "events": sum(self.publisher.counters.events.values()),
+            "events_lost": sum(lost.values()),
+            "event_client_drops": self.events.drops,
+            "event_errors": c.decode_errors + c.handler_errors,
+            "flows": nc.received if nc else 0,
+            "flows_lost": net.dp.lost() if net and net.dp.obj else 0,
+            "flow_errors": nc.decode_errors + nc.handler_errors if nc else 0,
         }
 
     def _kernel_counts(self) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
@@ -433,12 +457,17 @@ class Agent:
                     p.drain()
                 self.clock.resync()
 
+        async def sample_rates() -> None:  # the window `apiary status` computes flows/s and events/s over
+            while True:
+                self.rates.sample(self.rate_counters())
+                await asyncio.sleep(5)
+
         async def ct_gc() -> None:
             while net:
                 await asyncio.sleep(30)
                 net.dp.ct_gc()
 
-        tasks = [asyncio.create_task(safety_net()), asyncio.create_task(ct_gc())]
+        tasks = [asyncio.create_task(safety_net()), asyncio.create_task(ct_gc()), asyncio.create_task(sample_rates())]
         if self.exporter is not None:
             tasks.append(asyncio.create_task(self.exporter.run()))
         try:

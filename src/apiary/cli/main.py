@@ -17,6 +17,7 @@ from apiary.agent import accounting
 from .client import DEFAULT_TIMEOUT, AgentUnreachable, ApiError
 from .export_opts import export_options, status_lines
 from .network_cmds import _client, _fail, endpoint, identity, observe, policy
+from .ops_cmds import sysdump, uninstall
 from .output import console
 from .prefilter_cmds import prefilter
 from .preflight_cmd import preflight
@@ -424,26 +425,47 @@ def _fmt_ns(ns: float) -> str:
 
 @cli.command()
 @click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("--verbose", is_flag=True, help="Also each subsystem's details, programs, maps and services.")
 @click.pass_context
-def status(ctx: click.Context, output: str) -> None:
-    """Agent health: programs (runs, avg time), maps (fill), process cache, event accounting."""
+def status(ctx: click.Context, output: str, verbose: bool) -> None:
+    """Agent health like `cilium status`: each subsystem OK / degraded / disabled with the reason, flows/s and
+    events/s over a recent window, losses, map pressure; --verbose adds programs (runs, avg time) and maps."""
     st = _call(_client(ctx).get, "/v1/status")
     if output == "json":
         click.echo(json.dumps(st, indent=2))
         return
+    from .status_view import brief_lines, detail_lines
+
     con = console()
-    con.print(f"apiary {st['version']} on {st['node_name']} (pid {st['pid']}, up {st['uptime_s']} s)")
+    for line in brief_lines(st):
+        con.print(line, highlight=False)
+    ev = st["events"]
+    for line in accounting.text_lines(ev):
+        con.print("  " + line, highlight=False)
+    con.print(
+        "    emitted: "
+        + (", ".join(f"{k} {v}" for k, v in ev["emitted"].items()) or "none")
+        + f"; dropped for slow clients {ev['client_drops']}; decode errors {ev['decode_errors']}"
+        + f"; events_missing_process_info {ev['events_missing_process_info']}"
+        + f"; event build errors {ev.get('event_build_errors', 0)}",
+        highlight=False,
+    )
+    if not verbose:
+        return
+    for line in detail_lines(st):
+        con.print(line, highlight=False)
     t = Table("PROGRAM", "ATTACH", "RUNS", "AVG", "ID", title="programs", title_justify="left")
     for p in st["programs"]:
         t.add_row(p["name"], p["attach"], f"{p['run_count']:,}", _fmt_ns(p["avg_ns"]), str(p["id"]))
     con.print(t)
     if not st["bpf_stats"]:
         con.print("  (BPF run-time statistics are off: RUNS/AVG stay 0)")
-    t = Table("MAP", "TYPE", "ENTRIES", "MAX", "FILL", title="maps", title_justify="left")
+    t = Table("MAP", "OWNER", "TYPE", "ENTRIES", "MAX", "FILL", title="maps", title_justify="left")
     for m in st["maps"]:
         fill = "-" if m.get("fill_pct") is None else f"{m['fill_pct']:.1f}%"
         t.add_row(
             m["name"],
+            m.get("owner", ""),
             m["type"],
             "-" if m.get("entries") is None else f"{m['entries']:,}",
             f"{m['max_entries']:,}",
@@ -452,16 +474,6 @@ def status(ctx: click.Context, output: str) -> None:
     con.print(t)
     pc = st["process_cache"]
     con.print("process cache: " + ", ".join(f"{k} {v}" for k, v in pc.items()))
-    ev = st["events"]
-    for line in accounting.text_lines(ev):
-        con.print(line)
-    con.print(
-        "  emitted: "
-        + (", ".join(f"{k} {v}" for k, v in ev["emitted"].items()) or "none")
-        + f"; dropped for slow clients {ev['client_drops']}; decode errors {ev['decode_errors']}"
-        + f"; events_missing_process_info {ev['events_missing_process_info']}"
-        + f"; event build errors {ev.get('event_build_errors', 0)}"
-    )
     sv = st.get("services")
     if sv:
         con.print(
@@ -512,7 +524,7 @@ def bpf_list(ctx: click.Context, output: str) -> None:
 
 
 cli.add_command(preflight)
-for _cmd in (endpoint, identity, policy, observe, tracingpolicy, prefilter, service, apply):
+for _cmd in (endpoint, identity, policy, observe, tracingpolicy, prefilter, service, apply, sysdump, uninstall):
     cli.add_command(_cmd)
 cli.add_command(tracingpolicy, name="tp")
 

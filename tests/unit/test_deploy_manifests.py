@@ -1,0 +1,160 @@
+"""deploy/: the Kubernetes manifests and the Helm chart validated offline against the Kubernetes schemas
+(kubernetes-validate ships them), their agent arguments parsed by the real CLI, the systemd unit verified by
+systemd-analyze when it is there.
+
+There is no `helm` binary here. The chart's templates use only these forms, which ``render`` substitutes
+(anything else fails the test): ``{{ .Values.a.b }}``, ``{{ .Release.Name }}``, ``{{ .Release.Namespace }}`` and
+``{{- toYaml .Values.x | nindent N }}``. That is Helm's meaning of those forms, for these templates; the real
+`helm template` is not run in CI.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import click
+import kubernetes_validate
+import pytest
+import yaml
+
+from apiary.cli.main import agent as agent_cmd
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+CHART = DEPLOY / "helm" / "apiary"
+K8S_VERSION = "1.30.0"
+CRD_KINDS = {"CiliumNetworkPolicy", "CiliumClusterwideNetworkPolicy", "TracingPolicy", "TracingPolicyNamespaced"}
+CAPS = {"CAP_BPF", "CAP_NET_ADMIN", "CAP_SYS_ADMIN", "CAP_PERFMON", "CAP_SYS_RESOURCE"}
+EXPR = re.compile(r"(\s*)\{\{(-?)\s*(.*?)\s*-?\}\}")
+
+
+def _lookup(values: dict[str, Any], path: str) -> Any:
+    cur: Any = values
+    for part in path.split("."):
+        cur = cur[part]
+    return cur
+
+
+def render(text: str, values: dict[str, Any], name: str, namespace: str) -> str:
+    def one(m: re.Match[str]) -> str:
+        space, trim, expr = m.group(1), m.group(2), m.group(3)
+        lead = "" if trim else space
+        if expr == ".Release.Name":
+            return lead + name
+        if expr == ".Release.Namespace":
+            return lead + namespace
+        if mv := re.fullmatch(r"\.Values\.([\w.]+)", expr):
+            v = _lookup(values, mv.group(1))
+            return lead + (str(v).lower() if isinstance(v, bool) else str(v))
+        if mt := re.fullmatch(r"toYaml \.Values\.([\w.]+) \| nindent (\d+)", expr):
+            dumped = yaml.safe_dump(_lookup(values, mt.group(1)), default_flow_style=False, sort_keys=False)
+            pad = " " * int(mt.group(2))
+            return lead + "\n" + "\n".join(pad + ln for ln in dumped.rstrip("\n").splitlines())
+        raise AssertionError(f"template expression this test cannot render: {{{{ {expr} }}}}")
+
+    return EXPR.sub(one, text)
+
+
+def _docs(text: str) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(text) if d]
+
+
+def _chart_docs(values: dict[str, Any] | None = None, namespace: str = "kube-system") -> list[dict[str, Any]]:
+    vals = values or yaml.safe_load((CHART / "values.yaml").read_text())
+    out: list[dict[str, Any]] = []
+    for t in sorted((CHART / "templates").glob("*.yaml")):
+        out += _docs(render(t.read_text(), vals, "apiary", namespace))
+    return out
+
+
+def _validate(doc: dict[str, Any]) -> None:
+    kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+def _daemonset(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    return next(d for d in docs if d["kind"] == "DaemonSet")
+
+
+def test_plain_manifests_validate_and_have_what_the_agent_needs() -> None:
+    docs = _docs((DEPLOY / "kubernetes" / "apiary.yaml").read_text())
+    crds = _docs((DEPLOY / "kubernetes" / "crds.yaml").read_text())
+    for d in docs + crds:
+        _validate(d)
+    assert {d["spec"]["names"]["kind"] for d in crds} == CRD_KINDS
+    assert {d["kind"] for d in docs} == {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "DaemonSet"}
+    pod = _daemonset(docs)["spec"]["template"]["spec"]
+    assert pod["hostNetwork"] and pod["hostPID"] and pod["serviceAccountName"] == "apiary"
+    mounts = {m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+    assert {"/sys/fs/bpf", "/sys/fs/cgroup", "/procHost", "/run/apiary", "/run/netns", "/var/lib/apiary"} <= mounts
+    role = next(d for d in docs if d["kind"] == "ClusterRole")
+    read = {r for rule in role["rules"] for r in rule["resources"]}
+    assert {d["spec"]["names"]["plural"] for d in crds} <= read  # it may read every CRD it defines
+
+
+def test_a_wrong_manifest_is_refused_by_the_validator() -> None:
+    ds = _daemonset(_docs((DEPLOY / "kubernetes" / "apiary.yaml").read_text()))
+    ds["spec"]["template"]["spec"]["hostNetwork"] = "yes"  # a string where a boolean belongs
+    with pytest.raises(kubernetes_validate.ValidationError):
+        _validate(ds)
+    ds["spec"]["template"]["spec"]["hostNetwork"] = True
+    ds["spec"]["template"]["spec"]["hostNetwrk"] = True  # strict: an unknown field
+    with pytest.raises(kubernetes_validate.ValidationError):
+        _validate(ds)
+
+
+def test_daemonset_args_are_options_the_agent_accepts() -> None:
+    for docs in (_docs((DEPLOY / "kubernetes" / "apiary.yaml").read_text()), _chart_docs()):
+        c = _daemonset(docs)["spec"]["template"]["spec"]["containers"][0]
+        assert c["command"] == ["apiary"] and c["args"][0] == "agent"
+        ctx = agent_cmd.make_context("agent", list(c["args"][1:]), obj={})  # click parses and checks every value
+        assert ctx.params["state_dir"] == "/var/lib/apiary"
+
+
+def test_chart_renders_to_the_plain_manifests_and_values_reach_the_agent() -> None:
+    plain = _docs((DEPLOY / "kubernetes" / "apiary.yaml").read_text())
+    rendered = _chart_docs()
+    for d in rendered:
+        _validate(d)
+    def key(d: dict[str, Any]) -> tuple[str, str]:
+        return d["kind"], d["metadata"]["name"]
+
+    assert sorted(rendered, key=key) == sorted(plain, key=key)  # the chart's defaults are the plain manifests
+    assert (CHART / "crds" / "crds.yaml").read_text() == (DEPLOY / "kubernetes" / "crds.yaml").read_text()
+    vals = yaml.safe_load((CHART / "values.yaml").read_text())
+    vals["policyEnforcementMode"] = "always"
+    vals["loadBalancer"]["algorithm"] = "maglev"
+    vals["resources"]["limits"]["memory"] = "4Gi"
+    ds = _daemonset(_chart_docs(vals, namespace="apiary-system"))
+    _validate(ds)
+    c = ds["spec"]["template"]["spec"]["containers"][0]
+    params = agent_cmd.make_context("agent", list(c["args"][1:]), obj={}).params
+    assert params["enable_policy"] == "always" and params["lb_algorithm"] == "maglev"
+    assert c["resources"]["limits"]["memory"] == "4Gi" and ds["metadata"]["namespace"] == "apiary-system"
+    vals["policyEnforcementMode"] = "sometimes"  # a value the agent refuses fails where the chart is used
+    c = _daemonset(_chart_docs(vals))["spec"]["template"]["spec"]["containers"][0]
+    with pytest.raises(click.BadParameter):
+        agent_cmd.make_context("agent", list(c["args"][1:]), obj={})
+
+
+def test_systemd_unit_capabilities_hardening_and_verify(tmp_path: Path) -> None:
+    text = (DEPLOY / "apiary.service").read_text()
+    opts: dict[str, str] = {}
+    for line in text.splitlines():
+        if "=" in line and not line.startswith("#"):
+            k, _, v = line.partition("=")
+            opts[k] = v
+    assert CAPS <= set(opts["CapabilityBoundingSet"].split()) and CAPS <= set(opts["AmbientCapabilities"].split())
+    assert opts["NoNewPrivileges"] == "yes" and opts["ProtectSystem"] == "strict"
+    assert opts["LimitMEMLOCK"] == "infinity" and "/sys/fs/bpf" in opts["ReadWritePaths"]
+    if not shutil.which("systemd-analyze"):
+        pytest.skip("systemd-analyze is not installed")
+    # the unit names /opt/apiary; verify checks that ExecStart exists, so point it at this checkout's venv
+    exe = ROOT / ".venv" / "bin" / "apiary"
+    unit = tmp_path / "apiary.service"
+    unit.write_text(text.replace("/opt/apiary/.venv/bin/apiary", str(exe)))
+    r = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "apiary.service" not in r.stderr, r.stderr

@@ -1,0 +1,110 @@
+"""`apiary status` verdicts (apiary.agent.health) and its brief layout (apiary.cli.status_view): pure logic."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from apiary.agent import health
+from apiary.cli.status_view import brief_lines, detail_lines, map_pressure
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _status(**over: Any) -> dict[str, Any]:
+    st: dict[str, Any] = {
+        "version": "0.1", "node_name": "n1", "pid": 1, "uptime_s": 5.0, "subscribers": 0,
+        "maps": [{"name": "procs", "owner": "process", "entries": 10, "max_entries": 100, "fill_pct": 10.0}],
+        "process_cache": {"size": 3},
+        "events": {"lost": 0, "client_drops": 0, "reconciled": True, "procs_map_full": 0, "emitted": {}},
+        "api_connections": {"limit": 256, "open": 1, "evicted_idle": 0, "refused_busy": 0},
+        "network": {"endpoints": 2, "policies": 1, "identities_allocated": 3,
+                    "policy_map": {"entries": 5, "capacity": 100, "fill_pct": 5.0},
+                    "flows": {"records": 0, "kernel_lost": 0, "decode_errors": 0, "buffered": 7, "capacity": 4095}},
+        "services": {"services": 0, "frontends": 0, "backends": 0, "algorithm": "random", "maps": {}},
+    }
+    st.update(over)
+    return st
+
+
+def _subs(st: dict[str, Any], rates: dict[str, Any] | None = None, **kw: Any) -> dict[str, dict[str, Any]]:
+    args: dict[str, Any] = dict(network_enabled=True, tracing_enabled=True, tracing_policies=[], prefilter=None,
+                                missing=[])
+    args.update(kw)
+    return {s["name"]: s for s in health.subsystems(st, rates or {}, **args)}
+
+
+def test_rates_over_the_window_and_counter_reset() -> None:
+    clk = Clock()
+    r = health.Rates(window=60, clock=clk)
+    assert r.rates()["per_s"] == {}  # one sample or none: no rate yet
+    r.sample({"flows": 100, "events": 5})
+    clk.t = 10
+    r.sample({"flows": 300, "events": 5})
+    got = r.rates()
+    assert got["window_s"] == 10 and got["per_s"] == {"flows": 20.0, "events": 0.0}
+    assert got["increase"]["flows"] == 200
+    clk.t = 100  # the first sample leaves the window
+    r.sample({"flows": 400, "events": 0})  # events went down (a reset): no negative rate
+    got = r.rates()
+    assert got["window_s"] == 90 and got["increase"] == {"flows": 100, "events": 0}
+
+
+def test_healthy_node_all_ok_or_disabled_with_reason() -> None:
+    subs = _subs(_status())
+    assert [s for s in subs] == ["process sensor", "tracing", "network datapath", "services/LB", "prefilter",
+                                 "API", "event bus"]
+    assert subs["prefilter"]["state"] == "disabled" and "--prefilter-device" in subs["prefilter"]["reason"]
+    assert all(s["state"] in ("OK", "disabled") for s in subs.values())
+    assert subs["network datapath"]["reason"] == "2 endpoints, 1 policies"
+    assert health.overall(list(subs.values())) == "OK"
+
+
+def test_recent_losses_and_full_maps_degrade() -> None:
+    rates = {"window_s": 30.0, "per_s": {"flows": 1.0}, "increase": {"events_lost": 4, "flows_lost": 2,
+                                                                     "event_client_drops": 1}}
+    st = _status(maps=[{"name": "procs", "owner": "process", "entries": 95, "max_entries": 100, "fill_pct": 95.0}])
+    subs = _subs(st, rates)
+    assert subs["process sensor"]["state"] == "degraded"
+    reason = subs["process sensor"]["reason"]
+    assert "4 events lost" in reason and "procs 95.0% full" in reason
+    assert subs["network datapath"]["state"] == "degraded" and "2 flows lost" in subs["network datapath"]["reason"]
+    assert subs["event bus"]["state"] == "degraded"
+    assert health.overall(list(subs.values())) == "degraded"
+    # losses outside the window are totals, not a verdict on the present
+    assert _subs(_status(), {"increase": {"events_lost": 0}})["process sensor"]["state"] == "OK"
+
+
+def test_disabled_subsystems_say_why() -> None:
+    subs = _subs(_status(network=None, services=None), network_enabled=False, tracing_enabled=False,
+                 tracing_policies=None)
+    assert subs["network datapath"] == {"name": "network datapath", "state": "disabled", "reason": "--no-network",
+                                        "details": {}}
+    assert subs["tracing"]["state"] == "disabled"
+
+
+def test_prefilter_device_that_did_not_attach_is_degraded() -> None:
+    subs = _subs(_status(), prefilter={"devices": [], "entries": []},
+                 missing=["prefilter on eth9: not attached: no such device"])
+    assert subs["prefilter"]["state"] == "degraded" and "eth9" in subs["prefilter"]["reason"]
+
+
+def test_brief_layout_and_map_pressure_order() -> None:
+    st = _status()
+    subs = health.subsystems(st, {}, network_enabled=True, tracing_enabled=True, tracing_policies=[],
+                             prefilter=None, missing=[])
+    st |= {"overall": health.overall(subs), "subsystems": subs,
+           "rates": {"window_s": 20.0, "per_s": {"flows": 1.5, "events": 2.25}, "increase": {}}}
+    lines = brief_lines(st)
+    assert lines[0].startswith("apiary:            OK")
+    assert "Network datapath:  OK         2 endpoints, 1 policies" in lines
+    assert any(ln.startswith("Hubble:") and "Current/Max Flows: 7/4,095" in ln and "Flows/s: 1.50" in ln
+               for ln in lines)
+    assert any(ln.startswith("Events:") and "Events/s: 2.25 (over the last 20 s)" in ln for ln in lines)
+    assert map_pressure(st) == [("procs", 10.0), ("policy", 5.0)]
+    assert "  procs                    10.00%" in detail_lines(st)

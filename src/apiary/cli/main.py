@@ -15,6 +15,7 @@ from apiary import __version__
 from apiary.agent import accounting
 
 from .client import DEFAULT_TIMEOUT, AgentUnreachable, ApiError
+from .connectivity import connectivity
 from .network_cmds import _client, _fail, endpoint, identity, observe, policy
 from .output import console
 from .prefilter_cmds import prefilter
@@ -445,7 +446,7 @@ def bpf_list(ctx: click.Context, output: str) -> None:
 
 
 cli.add_command(preflight)
-for _cmd in (endpoint, identity, policy, observe, tracingpolicy, prefilter, service, apply):
+for _cmd in (endpoint, identity, policy, observe, tracingpolicy, prefilter, service, apply, connectivity):
     cli.add_command(_cmd)
 cli.add_command(tracingpolicy, name="tp")
 

@@ -112,7 +112,15 @@ def test_a_deny_all_in_the_test_namespace_fails_pod_to_pod(agent: AgentProcess) 
     assert_nothing_left(agent)
 
 
-def test_ctrl_c_removes_everything(agent: AgentProcess) -> None:
+def test_a_refused_set_up_is_one_error_and_leaves_nothing(agent: AgentProcess) -> None:
+    r = run(agent, "--test-namespace", "Not A Namespace!", "--test", "pod-to-pod")
+    err = one_line_error(r)
+    assert r.returncode == 1 and "set-up failed" in err and "namespace" in err, err
+    assert_nothing_left(agent)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_removes_everything(agent: AgentProcess, sig: int) -> None:
     p = subprocess.Popen([sys.executable, "-m", "apiary", "--socket", agent.socket, "connectivity", "test"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert p.stdout is not None
@@ -121,7 +129,7 @@ def test_ctrl_c_removes_everything(agent: AgentProcess) -> None:
         seen.append(line)
         if "[pod-to-service]" in line:
             break
-    p.send_signal(signal.SIGINT)
+    p.send_signal(sig)
     out, err = p.communicate(timeout=TIMEOUT)
     assert p.returncode == 130, ("".join(seen) + out, err)
     assert "🧹" in out and "connectivity test interrupted" in err

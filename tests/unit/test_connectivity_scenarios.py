@@ -25,7 +25,7 @@ def test_include_exclude_and_comma_lists() -> None:
 
 
 @pytest.mark.parametrize("bad, why", [("nope", "matches no scenario"), ("!nope", "matches no scenario"),
-                                      ("(", "not a regular expression")])
+                                      ("(", "not a regular expression"), ("!.", "selects no scenario")])
 def test_bad_patterns_are_refused_with_the_pattern(bad: str, why: str) -> None:
     with pytest.raises(SelectionError, match=why) as ei:
         select((bad,))

@@ -465,6 +465,7 @@ def connectivity_test(ctx: click.Context, tests: tuple[str, ...], test_namespace
     results: list[Result] = []
     old = signal.signal(signal.SIGTERM, _sigterm)
     interrupted = False
+    setup_error = ""
     leftovers: list[str] = []
     try:
         if text:
@@ -478,25 +479,30 @@ def connectivity_test(ctx: click.Context, tests: tuple[str, ...], test_namespace
     except KeyboardInterrupt:
         interrupted = True
     except (AgentUnreachable, ApiError, OSError, RuntimeError, subprocess.SubprocessError) as e:
-        msg = e.text() if isinstance(e, ApiError) else str(e)
-        click.echo(f"❌ set-up failed: {msg}", err=True)
-        interrupted = True
+        setup_error = (e.text() if isinstance(e, ApiError) else str(e)).replace("\n", "; ")
     finally:
         if text:
             click.echo(f"🧹 [{namespace}] Removing everything the test created...")
-        leftovers = r.cleanup()
-        signal.signal(signal.SIGTERM, old)
+        old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not stop the clean-up
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        try:
+            leftovers = r.cleanup()
+        finally:
+            signal.signal(signal.SIGINT, old_int)
+            signal.signal(signal.SIGTERM, old)
     for line in leftovers:
         click.echo(f"⚠️  could not remove {line}", err=True)
     if output == "json":
         click.echo(json.dumps({"namespace": namespace, "results": [x.as_dict() for x in results],
-                               "complete": not interrupted}, indent=2))
+                               "complete": not (interrupted or setup_error)}, indent=2))
     else:
         from apiary.connectivity.scenarios import summary
 
         click.echo("📋 Test Report")
         for line in summary(results):
             click.echo(line)
+    if setup_error:
+        _fail(f"connectivity test: set-up failed after {len(results)} scenarios: {setup_error}", 1)
     if interrupted:
         _fail("connectivity test interrupted: not every scenario ran", 130)
     if leftovers or not all(x.ok or x.skipped for x in results):

@@ -56,10 +56,13 @@ def select(patterns: tuple[str, ...], scenarios: tuple[Scenario, ...] = SCENARIO
                 names = ", ".join(s.name for s in scenarios)
                 raise SelectionError(f"--test {p!r}: matches no scenario (scenarios: {names})")
             (exclude if neg else include).append(rx)
-    return [
+    chosen = [
         s for s in scenarios
         if (not include or any(rx.search(s.name) for rx in include)) and not any(rx.search(s.name) for rx in exclude)
     ]
+    if not chosen:
+        raise SelectionError(f"--test {', '.join(map(repr, patterns))}: selects no scenario (an empty run would pass)")
+    return chosen
 
 
 @dataclass

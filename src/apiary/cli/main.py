@@ -15,6 +15,7 @@ from apiary import __version__
 from apiary.agent import accounting
 
 from .client import DEFAULT_TIMEOUT, AgentUnreachable, ApiError
+from .connectivity import connectivity
 from .export_opts import export_options, status_lines
 from .network_cmds import _client, _fail, endpoint, identity, observe, policy
 from .ops_cmds import sysdump, uninstall
@@ -524,7 +525,8 @@ def bpf_list(ctx: click.Context, output: str) -> None:
 
 
 cli.add_command(preflight)
-for _cmd in (endpoint, identity, policy, observe, tracingpolicy, prefilter, service, apply, sysdump, uninstall):
+for _cmd in (endpoint, identity, policy, observe, tracingpolicy, prefilter, service, apply, sysdump, uninstall,
+             connectivity):
     cli.add_command(_cmd)
 cli.add_command(tracingpolicy, name="tp")
 

@@ -25,27 +25,7 @@ import time
 import urllib.request
 from http.server import BaseHTTPRequestHandler  # the name `http` is the client command below
 
-
-def serve_tcp(ports: list[int]) -> None:
-    def loop(port: int) -> None:
-        s = socket.socket()
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind(("0.0.0.0", port))
-        s.listen(64)
-        while True:
-            c, _ = s.accept()
-            threading.Thread(target=echo, args=(c,), daemon=True).start()
-
-    def echo(c: socket.socket) -> None:
-        with c:
-            while data := c.recv(4096):
-                c.sendall(data)
-
-    for p in ports:
-        threading.Thread(target=loop, args=(p,), daemon=True).start()
-    print("ready", flush=True)
-    while True:
-        time.sleep(3600)
+from apiary.connectivity.probe import serve_tcp, tcp  # shipped with the CLI (`apiary connectivity test`)
 
 
 def serve_udp(port: int) -> None:
@@ -72,15 +52,6 @@ def serve_http(port: int) -> None:
     srv = socketserver.ThreadingTCPServer(("0.0.0.0", port), _Ok)
     print("ready", flush=True)
     srv.serve_forever()
-
-
-def tcp(host: str, port: int, timeout: float) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout) as s:
-            s.sendall(b"ping")
-            return s.recv(4) == b"ping"
-    except OSError:
-        return False
 
 
 def udp(host: str, port: int, timeout: float) -> bool:

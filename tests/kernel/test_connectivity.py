@@ -1,0 +1,136 @@
+"""`apiary connectivity test` against a real agent: every scenario passes, --test selects, a sabotaged
+namespace fails with ❌ and exit 1, and nothing the run created is left behind (also after Ctrl-C)."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from apiary.connectivity.scenarios import SCENARIOS
+from apiary.testing.agent import AgentProcess, one_line_error
+
+pytestmark = pytest.mark.kernel
+TIMEOUT = 900
+
+
+@pytest.fixture(scope="module")
+def agent() -> Iterator[AgentProcess]:
+    a = AgentProcess().start()
+    try:
+        yield a
+    finally:
+        a.cleanup()
+
+
+def run(a: AgentProcess, *args: str) -> subprocess.CompletedProcess[str]:
+    return a.cli("connectivity", "test", *args, timeout=TIMEOUT)
+
+
+def assert_nothing_left(a: AgentProcess, keep_policies: int = 0) -> None:
+    c = a.client()
+    assert c.get("/v1/endpoints") == []
+    assert len(c.get("/v1/policies")["policies"]) == keep_policies
+    assert c.get("/v1/services")["frontends"] == []
+    assert c.get("/v1/tracingpolicies") == []
+    pf = c.get("/v1/prefilter")
+    assert pf["entries"] == [] and pf["devices"] == []
+    netns = os.listdir("/run/netns") if os.path.isdir("/run/netns") else []
+    assert not [n for n in netns if n.startswith(("apiary-ct-", f"apiary-{a.instance}-"))], netns
+    links = subprocess.run(["ip", "-j", "link", "show"], capture_output=True, text=True, check=True).stdout
+    assert not [x["ifname"] for x in json.loads(links) if x["ifname"].startswith("ct")]
+    assert not glob.glob("/dev/shm/apiary-conntest-*") and not glob.glob("/tmp/apiary-conntest-*")
+
+
+def test_every_scenario_passes_and_nothing_is_left(agent: AgentProcess) -> None:
+    r = run(agent)
+    assert r.returncode == 0, f"{r.stdout}\n{r.stderr}\n{agent.log()[-3000:]}"
+    lines = r.stdout.splitlines()
+    for s in SCENARIOS:
+        (line,) = [ln for ln in lines if f"[{s.name}]" in ln]
+        if s.l7:
+            assert line.startswith("⏭️") and "L7 proxy not available in this agent" in line
+        else:
+            assert line.startswith("✅"), line
+    ran = sum(1 for s in SCENARIOS if not s.l7)
+    skipped = len(SCENARIOS) - ran
+    last = lines[-1]
+    assert last.startswith(f"✅ All {ran} tests (") and last.endswith(
+        f"actions) successful, {skipped} tests skipped, 0 scenarios skipped."), last
+    assert_nothing_left(agent)
+
+
+def test_test_pattern_selects_and_excludes(agent: AgentProcess) -> None:
+    r = run(agent, "--test", "pod-to", "--test", "!host", "-o", "json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert [x["name"] for x in out["results"]] == ["pod-to-pod", "pod-to-service"]
+    assert {x["result"] for x in out["results"]} == {"success"} and out["complete"]
+    r = run(agent, "--test", "!pod-,!host,!l7,!dns,!prefilter,!tracing,!flow", "--list")
+    assert r.returncode == 0 and [ln.split()[0] for ln in r.stdout.splitlines()] == ["allow-l3-l4", "deny-precedence"]
+    bad = run(agent, "--test", "no-such-scenario")
+    assert bad.returncode == 2 and "matches no scenario" in one_line_error(bad)
+    assert_nothing_left(agent)
+
+
+def test_a_deny_all_in_the_test_namespace_fails_pod_to_pod(agent: AgentProcess) -> None:
+    """The honest sabotage: a policy the operator (here: the test) put in the namespace the connectivity test
+    is told to use denies all ingress there, so pod-to-pod must fail, be reported, and exit 1."""
+    ns = f"conntest-sab-{uuid.uuid4().hex[:6]}"
+    deny_all = textwrap.dedent(f"""\
+        apiVersion: cilium.io/v2
+        kind: CiliumNetworkPolicy
+        metadata: {{name: deny-all, namespace: {ns}}}
+        spec:
+          endpointSelector: {{}}
+          ingressDeny:
+          - fromEntities: [all]
+        """)
+    r = agent.cli("policy", "apply", "-f", "-", input=deny_all)
+    assert r.returncode == 0, r.stderr
+    try:
+        r = run(agent, "--test-namespace", ns, "--test", "pod-to-pod|pod-to-host")
+        assert r.returncode == 1, r.stdout
+        lines = r.stdout.splitlines()
+        (bad,) = [ln for ln in lines if ln.startswith("❌ [pod-to-pod]")]
+        assert bad.startswith("❌") and "expect success): connection failed: timed out" in bad, bad
+        (good,) = [ln for ln in lines if ln.startswith(("✅ [pod-to-host]", "❌ [pod-to-host]"))]
+        assert good.startswith("✅"), good  # ingress to the node is not the namespace's policy to deny
+        assert "❌ 1/2 tests failed (1/2 actions), 0 tests skipped, 0 scenarios skipped:" in lines
+        assert "Test [pod-to-pod]:" in lines
+        assert_nothing_left(agent, keep_policies=1)  # the operator's policy is not the test's to remove
+    finally:
+        agent.cli("policy", "delete", "deny-all", "-n", ns)
+    assert_nothing_left(agent)
+
+
+def test_a_refused_set_up_is_one_error_and_leaves_nothing(agent: AgentProcess) -> None:
+    r = run(agent, "--test-namespace", "Not A Namespace!", "--test", "pod-to-pod")
+    err = one_line_error(r)
+    assert r.returncode == 1 and "set-up failed" in err and "namespace" in err, err
+    assert_nothing_left(agent)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_removes_everything(agent: AgentProcess, sig: int) -> None:
+    p = subprocess.Popen([sys.executable, "-m", "apiary", "--socket", agent.socket, "connectivity", "test"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert p.stdout is not None
+    seen = []
+    for line in p.stdout:  # interrupt once a scenario has run: endpoints, servers and a Service exist then
+        seen.append(line)
+        if "[pod-to-service]" in line:
+            break
+    p.send_signal(sig)
+    out, err = p.communicate(timeout=TIMEOUT)
+    assert p.returncode == 130, ("".join(seen) + out, err)
+    assert "🧹" in out and "connectivity test interrupted" in err
+    assert_nothing_left(agent)

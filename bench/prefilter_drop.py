@@ -168,9 +168,9 @@ def _one(pair: Pair, mode: str, lst: list[str], src: str, seconds: float, rounds
         setup = time.perf_counter() - t0
 
         slot = None
-        if pf is not None:  # the counter of the entry that holds the sender
+        if pf is not None:  # the counter of the entry that holds the sender: the longest prefix, as the LPM
             addr = ipaddress.ip_address(src)
-            slot = next(s for net, s in pf.lists.entries.items() if addr in net)
+            slot = max(((net.prefixlen, s) for net, s in pf.lists.entries.items() if addr in net))[1]
 
         def dropped() -> int:
             if pf is not None and slot is not None:

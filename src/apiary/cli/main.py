@@ -451,6 +451,8 @@ def status(ctx: click.Context, output: str, verbose: bool) -> None:
         + f"; event build errors {ev.get('event_build_errors', 0)}",
         highlight=False,
     )
+    for line in status_lines(st.get("export")):  # export health (write errors) shows without --verbose
+        con.print(line, highlight=False, markup=False)
     if not verbose:
         return
     for line in detail_lines(st):
@@ -483,8 +485,6 @@ def status(ctx: click.Context, output: str, verbose: bool) -> None:
         )
         if sv["counters"]:
             con.print("  " + ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in sv["counters"].items()))
-    for line in status_lines(st.get("export")):
-        con.print(line, highlight=False, markup=False)
 
 
 # ---------------------------------------------------------------------------- bpf

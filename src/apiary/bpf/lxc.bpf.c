@@ -364,22 +364,27 @@ static __always_inline int from_proxy(struct __sk_buff *skb)
 	return cfg && cfg->cgroup_id && bpf_skb_cgroup_id(skb) == cfg->cgroup_id;
 }
 
-/* A new TCP connection leaving an endpoint to a local endpoint whose ingress redirects: that endpoint's
- * ingress decision for the client's identity (the proxy's own connection to it is not judged again). */
-static __noinline void peer_ingress(__u32 daddr, __u32 identity, struct pkt *p, struct decision *d)
+/* A new TCP connection leaving an endpoint to a local endpoint: that endpoint's ingress decision for the
+ * client's identity, taken here when the connection may go through the proxy (the proxy's own connection
+ * to it is not judged again). Returns 1 when the peer is a local endpoint enforcing ingress and was looked
+ * up; skipped (0) unless the egress side redirects or the peer has ingress L7 entries. */
+static __noinline int peer_ingress(__u32 daddr, __u32 identity, struct pkt *p, struct decision *d, __u8 egress_l7)
 {
 	struct ipcache_key k = {.prefixlen = 32, .addr = daddr};
 	struct ipcache_value *v = bpf_map_lookup_elem(&ipcache, &k);
 	if (!v || !v->ep_id)
-		return;
+		return 0;
 	__u32 id = v->ep_id;
 	__u32 *ifindex = bpf_map_lookup_elem(&ep_ifindex, &id);
 	if (!ifindex)
-		return;
+		return 0;
 	struct ep_info *peer = bpf_map_lookup_elem(&endpoints, ifindex);
-	if (!peer || !(peer->flags & EP_ENFORCE_INGRESS) || !(peer->flags & EP_L7_INGRESS))
-		return;
+	if (!peer || !(peer->flags & EP_ENFORCE_INGRESS))
+		return 0;
+	if (!egress_l7 && !(peer->flags & EP_L7_INGRESS))
+		return 0;
 	policy_lookup(peer, DIR_INGRESS, identity, p, d);
+	return 1;
 }
 
 static __always_inline __u64 ct_lifetime(struct pkt *p, struct ct_value *v)
@@ -486,7 +491,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	struct decision d = {};
 	__u8 verdict = VERDICT_FORWARDED;
 	__u8 proxied = 0;
-	if (dir == DIR_INGRESS && p.proto == IPPROTO_TCP && (ep->flags & EP_L7_INGRESS) && from_proxy(skb))
+	if (dir == DIR_INGRESS && p.proto == IPPROTO_TCP && from_proxy(skb))
 		proxied = 1; /* the proxy's connection: its client was judged where it was redirected */
 	else if (ep->flags & enforce) {
 		policy_lookup(ep, dir, remote, &p, &d);
@@ -508,14 +513,17 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		if (dir == DIR_EGRESS) {
 			proxy_port = d.proxy_port;
 			struct decision di = {};
-			peer_ingress(p.daddr, ep->identity, &p, &di);
-			if (di.found && !di.deny && di.proxy_port)
-				proxy_port = di.proxy_port;
-			else if (proxy_port && di.found && di.deny) { /* the proxy's connection would not be judged */
-				emit(skb, &p, ep, dir, FLOW_DROP, DROP_POLICY_DENY, VERDICT_DROPPED, 0, remote, di.rule_id,
-				     di.match);
-				count(DROP_POLICY_DENY, dir, p.len);
-				return TC_ACT_SHOT;
+			if (peer_ingress(p.daddr, ep->identity, &p, &di, proxy_port != 0)) {
+				if (di.found && !di.deny && di.proxy_port)
+					proxy_port = di.proxy_port;
+				else if (proxy_port && (!di.found || di.deny)) {
+					/* the peer's ingress denies: decided here, as the proxy's connection is not judged */
+					__u8 reason = di.found ? DROP_POLICY_DENY : DROP_POLICY_DENIED;
+					emit(skb, &p, ep, dir, FLOW_DROP, reason, VERDICT_DROPPED, 0, remote, di.rule_id,
+					     di.match);
+					count(reason, dir, p.len);
+					return TC_ACT_SHOT;
+				}
 			}
 		} else if (d.proxy_port) {
 			/* needs the proxy but did not come through it (it cannot be redirected here): fail closed */

@@ -23,8 +23,8 @@ from pyroute2 import IPRoute
 from apiary.loader.fs import cgroup2_root
 from apiary.observe.clock import KtimeClock
 from apiary.observe.hubble.builder import EndpointInfo, FlowBuilder, l7_response
-from apiary.observe.hubble.l7 import HttpExchange, parse_headers, unset, url_of
 from apiary.observe.hubble.filters import FlowFilter
+from apiary.observe.hubble.l7 import HttpExchange, parse_headers, unset, url_of
 from apiary.observe.hubble.metrics import FlowMetrics
 from apiary.policy.compile import EndpointSpec, compile_policies
 from apiary.policy.explain import endpoint_peer, explain, ip_peer
@@ -32,9 +32,9 @@ from apiary.policy.identity import IdentityAllocator, endpoint_labels
 from apiary.policy.load import PolicyError, load_policies, load_policy_documents
 from apiary.policy.models import Problem
 from apiary.policy.types import CompiledPolicy, RuleRef
-from apiary.sensors.network.endpoints import Endpoint, EndpointError, EndpointManager
 from apiary.sensors.l7proxy.config import rule_text as http_rule_text
 from apiary.sensors.l7proxy.haproxy import HAProxy, ProxyError, haproxy_binary
+from apiary.sensors.network.endpoints import Endpoint, EndpointError, EndpointManager
 from apiary.sensors.network.sensor import Datapath
 
 from . import statedir

@@ -288,19 +288,25 @@ class _Compiler:
                     break
 
 
+def _http_of(port_rule: Any) -> list[PortRuleHTTP] | None:
+    """A toPorts entry's ``rules.http`` (deny rules have no ``rules``)."""
+    rules = getattr(port_rule, "rules", None)
+    return rules.http if rules is not None else None
+
+
 def _l7_split(item: Any, section: str) -> Iterator[tuple[Any, list[PortRuleHTTP] | None, str]]:
     """An item's L4 part, split so each port rule with ``rules.http`` stands alone: (item-like, its HTTP
     rules or None, the field path of those rules)."""
     port_rules: list[PortRule] = getattr(item, "to_ports", None) or []
-    http = [(i, pr) for i, pr in enumerate(port_rules) if getattr(pr, "rules", None) is not None and pr.rules.http is not None]
+    http = [(i, pr) for i, pr in enumerate(port_rules) if _http_of(pr) is not None]
     if not http:
         yield item, None, ""
         return
-    rest = [pr for pr in port_rules if pr.rules is None or pr.rules.http is None]
+    rest = [pr for pr in port_rules if _http_of(pr) is None]
     if rest or item.icmps:
         yield SimpleNamespace(to_ports=rest, icmps=item.icmps), None, ""
     for i, pr in http:
-        yield SimpleNamespace(to_ports=[pr], icmps=None), pr.rules.http, f"{section}.toPorts[{i}].rules.http"
+        yield SimpleNamespace(to_ports=[pr], icmps=None), _http_of(pr), f"{section}.toPorts[{i}].rules.http"
 
 
 def _http_rule(rule_id: int, ref: str, h: PortRuleHTTP) -> HttpRule:

@@ -74,6 +74,7 @@ class HAProxy:
         self.binary = binary
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.cgroup.mkdir(exist_ok=True)
+        self._stop_stale()
         self._route()
         path = self.dir / "log.sock"
         with contextlib.suppress(FileNotFoundError):
@@ -84,6 +85,22 @@ class HAProxy:
         self.log_sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
         self._write(build({}, {}, port=self.port, state_dir=str(self.dir)), {})
         self._spawn()
+
+    def _stop_stale(self) -> None:
+        """An agent killed without its clean stop leaves its HAProxy running: end it by its pidfile's PID,
+        only if that process is HAProxy on this agent's configuration."""
+        try:
+            pid = int((self.dir / "haproxy.pid").read_text().split()[0])
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError, IndexError):
+            return
+        if any(a.endswith(b"haproxy") for a in cmdline[:1]) and str(self.dir / "haproxy.cfg").encode() in cmdline:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+            for _ in range(100):
+                if not Path(f"/proc/{pid}").exists():
+                    break
+                time.sleep(0.05)
 
     def _route(self) -> None:
         """Packets the datapath redirected keep their original destination: route them to this host."""
@@ -233,7 +250,10 @@ class HAProxy:
                 continue
             self.records += 1
             if self.on_log is not None:
-                self.on_log(rec)
+                try:
+                    self.on_log(rec)
+                except (ValueError, KeyError, IndexError, TypeError):  # counted, never stops the stream
+                    self.bad_records += 1
         return n
 
     def status(self) -> dict[str, Any]:

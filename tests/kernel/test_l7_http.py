@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -149,6 +150,33 @@ def test_other_identity_and_other_port_are_not_redirected(net: Net) -> None:
     assert not net.probe(f"{NS}/backend", "tcp", ip(net, "frontend"), "9000", "1")
 
 
+def raw(net: Net, src: str, text: str) -> str:
+    argv = net._exec(f"{NS}/{src}", "raw", ip(net, "frontend"), "8080", json.dumps(text))
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    return str(json.loads(p.stdout.strip().splitlines()[-1]))
+
+
+def statuses(reply: str) -> list[int]:
+    return [int(code) for code in re.findall(r"HTTP/1\.[01] (\d{3}) ", reply)]
+
+
+def test_pipelined_requests_are_judged_in_order(net: Net) -> None:
+    reply = raw(net, "backend", "GET /api/v1/a HTTP/1.1\r\nHost: f\r\n\r\n"
+                "DELETE /api/v1/a HTTP/1.1\r\nHost: f\r\n\r\n"
+                "GET /api/v1/b HTTP/1.1\r\nHost: f\r\nConnection: close\r\n\r\n")
+    assert statuses(reply) == [200, 403, 200], reply
+    assert "GET /api/v1/a from" in reply and "GET /api/v1/b from" in reply and "DELETE /api/v1/a from" not in reply
+
+
+def test_http10_and_malformed_request(net: Net) -> None:
+    assert statuses(raw(net, "backend", "GET /api/v1/old HTTP/1.0\r\n\r\n")) == [200]
+    assert statuses(raw(net, "backend", "GET /other HTTP/1.0\r\n\r\n")) == [403]
+    assert statuses(raw(net, "backend", "THIS IS NOT HTTP\r\n\r\n")) == [400]
+    out = requests(net, "backend", ("GET", "/api/v1/still-alive", {}, ""))  # the proxy lives on
+    assert [s for s, _ in out["responses"]] == [200]
+
+
 def test_proxy_down_fails_closed_and_is_restarted(net: Net) -> None:
     status = json.loads(net.cli_ok("status", "-o", "json"))
     proxy = status["network"]["l7_proxy"]
@@ -163,3 +191,15 @@ def test_proxy_down_fails_closed_and_is_restarted(net: Net) -> None:
     assert proxy["restarts"] >= 1 and proxy["pid"] != pid
     out = requests(net, "backend", ("GET", "/api/v1/after-restart", {}, ""))
     assert [s for s, _ in out["responses"]] == [200]
+
+
+def test_agent_stopped_proxy_gone_fails_closed(net: Net) -> None:
+    """Last in the module: with the agent (and so its HAProxy) stopped the endpoints keep their programs;
+    a connection the policy sends to the proxy is dropped (no listener), never let through unjudged."""
+    row = json.loads(net.cli_ok("endpoint", "get", f"{NS}/backend"))
+    assert net.agent.stop() == 0
+    probe = ["ip", "netns", "exec", os.path.basename(row["netns"]), "python3", "-c",
+             "import socket,sys\ntry:\n socket.create_connection((sys.argv[1], 8080), timeout=2).close()\n"
+             " print('connected')\nexcept OSError as e:\n print('failed', e)", ip(net, "frontend")]
+    out = subprocess.run(probe, capture_output=True, text=True, timeout=60).stdout
+    assert out.startswith("failed"), out

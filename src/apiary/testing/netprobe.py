@@ -12,6 +12,8 @@
   serve-http11 PORT         HTTP/1.1 keep-alive server: any method, 200 "<METHOD> <path> from <peer>"
   requests HOST PORT JSON   [[METHOD, PATH, {headers}, body], ...] on ONE keep-alive connection; prints JSON
                             [[status, body], ...] and how many connections were used
+  raw HOST PORT JSON        send the JSON string's bytes on one connection, read until the peer closes (or 5 s of
+                            silence); prints the JSON string received
   ask HOST PORT N [udp]     N new connections (or UDP sockets) to HOST:PORT; prints JSON: the answers counted,
                             the peer each socket saw (getpeername / recvfrom), the errors counted
 Only ever used with addresses of endpoints and test hosts the caller created.
@@ -110,6 +112,18 @@ def requests(host: str, port: int, spec: str) -> None:
         r = conn.getresponse()
         out.append([r.status, r.read().decode(errors="replace")])
     print(json.dumps({"responses": out, "connections": len(sockets)}), flush=True)
+
+
+def raw(host: str, port: int, data: str) -> None:
+    got = b""
+    with socket.create_connection((host, port), timeout=5) as c:
+        c.sendall(json.loads(data).encode())
+        try:
+            while chunk := c.recv(65536):
+                got += chunk
+        except OSError:
+            pass
+    print(json.dumps(got.decode(errors="replace")), flush=True)
 
 
 def serve_http(port: int) -> None:
@@ -227,6 +241,8 @@ def main(argv: list[str]) -> int:
         serve_http(int(rest[0]))
     elif cmd == "serve-http11":
         serve_http11(int(rest[0]))
+    elif cmd == "raw":
+        raw(rest[0], int(rest[1]), rest[2])
     elif cmd == "requests":
         requests(rest[0], int(rest[1]), rest[2])
     elif cmd in ("tcp", "udp", "http"):

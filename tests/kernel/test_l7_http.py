@@ -177,6 +177,50 @@ def test_http10_and_malformed_request(net: Net) -> None:
     assert [s for s, _ in out["responses"]] == [200]
 
 
+EGRESS_L7 = """\
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: other-egress-l7}
+spec:
+  endpointSelector: {matchLabels: {app: other}}
+  egress:
+  - toEndpoints: [{matchLabels: {app: frontend}}]
+    toPorts:
+    - ports: [{port: "8080", protocol: TCP}]
+      rules: {http: [{method: GET, path: "/public"}]}
+"""
+FRONTEND_FROM_OTHER = """\
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: frontend-from-other}
+spec:
+  endpointSelector: {matchLabels: {app: frontend}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: other}}]
+    toPorts: [{ports: [{port: "8080", protocol: TCP}]}]
+"""
+
+
+def test_egress_l7_and_the_servers_ingress(net: Net) -> None:
+    try:
+        net.apply_ok(EGRESS_L7)
+        # the client's egress sends it to the proxy, but the server's ingress (the seed policy) does not allow
+        # "other": decided where the connection leaves the client, as the proxy's own connection is not judged
+        assert not net.probe(f"{NS}/other", "tcp", ip(net, "frontend"), "8080", "1")
+        net.apply_ok(FRONTEND_FROM_OTHER)
+        out = requests(net, "other", ("GET", "/public", {}, ""), ("GET", "/public/x", {}, ""),
+                       ("POST", "/public", {}, "x"))
+        assert [s for s, _ in out["responses"]] == [200, 403, 403], out  # path regex matches the whole path
+        flows = l7_flows(net)
+        ok = find(flows, "REQUEST", "GET", "/public")
+        assert ok["traffic_direction"] == "EGRESS" and ok["source"]["pod_name"] == "other"
+        assert "other-egress-l7 egress[0].toPorts[0].rules.http[0]" in ok["extensions"]["apiary"]["decided_by"]
+        assert find(flows, "REQUEST", "GET", "/public/x")["verdict"] == "DROPPED"
+    finally:
+        for name in ("other-egress-l7", "frontend-from-other"):
+            net.agent.cli("policy", "delete", name, "-n", NS)
+
+
 def test_proxy_down_fails_closed_and_is_restarted(net: Net) -> None:
     status = json.loads(net.cli_ok("status", "-o", "json"))
     proxy = status["network"]["l7_proxy"]

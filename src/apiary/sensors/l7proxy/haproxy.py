@@ -198,6 +198,7 @@ class HAProxy:
         cfg = build(l7, addresses, port=self.port, state_dir=str(self.dir))
         ids = ids_map(ipcache)
         if cfg.text == self.config.text and cfg.files == self.config.files:
+            self.config = cfg  # same text, but its rules name this compile's rule ids (the access log's key)
             if ids != self.ids:
                 self._update_map(ids)
             return

@@ -14,6 +14,8 @@ APT_PKGS+=(iptables ipvsadm wrk)
 APT_PKGS+=(ipset)
 # tests/kernel/test_prometheus_metrics.py, tests/unit/test_deploy_prometheus.py: promtool and a real Prometheus server
 APT_PKGS+=(prometheus)
+# L7 HTTP policy: the agent runs its own HAProxy (never the system service, stopped and disabled below)
+APT_PKGS+=(haproxy)
 missing=()
 for p in "${APT_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -23,6 +25,9 @@ if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq "${missing[@]}" >/dev/null
+  if [[ " ${missing[*]} " == *" haproxy "* ]] && command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+    systemctl disable --now haproxy >/dev/null 2>&1 || true
+  fi
 fi
 PY=${PYTHON:-python3}
 if ! "$PY" -c 'import sys; assert sys.version_info[:2] >= (3, 11)' 2>/dev/null; then PY=/usr/bin/python3; fi

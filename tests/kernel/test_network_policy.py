@@ -406,10 +406,10 @@ def test_bad_policy_is_rejected_whole_and_changes_nothing(net: Net) -> None:
           endpointSelector: {matchLabels: {app: backend}}
           ingress:
           - toPorts:
-            - ports: [{port: "80", protocol: TCP}]
-              rules: {http: [{method: GET}]}
+            - ports: [{port: "9092", protocol: TCP}]
+              rules: {kafka: [{topic: t}]}
     """)
-    assert r.returncode != 0 and "unsupported" in r.stderr and "rules" in r.stderr
+    assert r.returncode != 0 and "unsupported" in r.stderr and "rules.kafka" in r.stderr
 
 
 def test_endpoint_list_identities_and_delete_cleans_kernel_objects(net: Net) -> None:

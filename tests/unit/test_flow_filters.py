@@ -217,7 +217,7 @@ def test_from_raw_json() -> None:
     with pytest.raises(ValueError, match="allowlist"):
         FlowFilter.from_raw(["{not json"])
     with pytest.raises(ValueError, match="unsupported FlowFilter field"):
-        FlowFilter.from_raw([{"http_method": ["GET"]}])
+        FlowFilter.from_raw([{"sock_xlation_point": ["SOCK_XLATION_POINT_PRE_DIRECTION_FWD"]}])
 
 
 # --- errors --------------------------------------------------------------------------------------

@@ -156,8 +156,9 @@ UNSUPPORTED = [
     (doc("egress:\n- toCIDRSet: [{cidrGroupRef: g}]\n"), "spec.egress[0].toCIDRSet[0].cidrGroupRef"),
     (doc("egress:\n- toCIDRSet: [{cidrGroupSelector: {}}]\n"), "spec.egress[0].toCIDRSet[0].cidrGroupSelector"),
     (doc("ingress:\n- authentication: {mode: required}\n"), "spec.ingress[0].authentication"),
-    (doc("ingress:\n- toPorts:\n  - ports: [{port: '80', protocol: TCP}]\n    rules: {http: [{method: GET}]}\n"),
-     "spec.ingress[0].toPorts[0].rules.http"),
+    (doc("ingress:\n- toPorts:\n  - ports: [{port: '80', protocol: TCP}]\n    rules: {http: [{headerMatches: "
+         "[{name: X-A, value: b, mismatch: ADD}]}]}\n"),
+     "spec.ingress[0].toPorts[0].rules.http[0].headerMatches[0].mismatch"),
     (doc("egress:\n- toPorts:\n  - ports: [{port: '53', protocol: UDP}]\n    rules: {dns: [{matchName: x}]}\n"),
      "spec.egress[0].toPorts[0].rules.dns"),
     (doc("ingress:\n- toPorts:\n  - ports: [{port: '9092', protocol: TCP}]\n    rules: {kafka: [{topic: t}]}\n"),

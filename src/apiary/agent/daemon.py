@@ -427,7 +427,7 @@ class Agent:
             loop.add_signal_handler(sig, self._stop.set)
         net = self.network
         # the services' ring exists once the first service loaded the LB: drained by the timer only
-        pumps: list[Pump] = [p for p in (self.reader, net, self.services) if p is not None]
+        pumps: list[Pump] = [p for p in (self.reader, net, net and net.l7, self.services) if p]
         woken = [p for p in pumps if p.fileno() >= 0]
         for p in woken:
             loop.add_reader(p.fileno(), p.drain)
@@ -467,7 +467,14 @@ class Agent:
                 await asyncio.sleep(30)
                 net.dp.ct_gc()
 
-        tasks = [asyncio.create_task(safety_net()), asyncio.create_task(ct_gc()), asyncio.create_task(sample_rates())]
+        async def l7_watch() -> None:  # a dead proxy is restarted (the gap is in status)
+            while net and net.l7:
+                await asyncio.sleep(1)
+                if net.l7.check():
+                    self.say(f"L7 proxy restarted (restarts: {net.l7.restarts})", flush=True)
+
+        tasks = [asyncio.create_task(safety_net()), asyncio.create_task(ct_gc()), asyncio.create_task(sample_rates()),
+                 asyncio.create_task(l7_watch())]
         if self.exporter is not None:
             tasks.append(asyncio.create_task(self.exporter.run()))
         try:

@@ -22,8 +22,9 @@ from pyroute2 import IPRoute
 
 from apiary.loader.fs import cgroup2_root
 from apiary.observe.clock import KtimeClock
-from apiary.observe.hubble.builder import EndpointInfo, FlowBuilder
+from apiary.observe.hubble.builder import EndpointInfo, FlowBuilder, l7_response
 from apiary.observe.hubble.filters import FlowFilter
+from apiary.observe.hubble.l7 import HttpExchange, parse_headers, unset, url_of
 from apiary.observe.hubble.metrics import FlowMetrics, parse_hubble_metrics
 from apiary.policy.compile import EndpointSpec, compile_policies
 from apiary.policy.explain import endpoint_peer, explain, ip_peer
@@ -31,6 +32,8 @@ from apiary.policy.identity import IdentityAllocator, endpoint_labels
 from apiary.policy.load import PolicyError, load_policies, load_policy_documents
 from apiary.policy.models import Problem
 from apiary.policy.types import CompiledPolicy, RuleRef
+from apiary.sensors.l7proxy.config import rule_text as http_rule_text
+from apiary.sensors.l7proxy.haproxy import HAProxy, ProxyError, haproxy_binary
 from apiary.sensors.network.endpoints import Endpoint, EndpointError, EndpointManager
 from apiary.sensors.network.sensor import Datapath
 
@@ -86,6 +89,9 @@ class Network:
         self._by_ifindex: dict[int, Endpoint] = {}
         self._by_cgroup: dict[int, dict[str, Any]] = {}
         self.endpoint_listeners: list[Callable[[], None]] = []  # told after every endpoint change
+        # the L7 HTTP proxy (HAProxy), when installed: rules.http are refused without it
+        self.l7: HAProxy | None = (
+            HAProxy(state, cfg.instance, cg, on_log=self.on_http) if haproxy_binary() is not None else None)
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> list[str]:
@@ -94,6 +100,18 @@ class Network:
         self.em.setup_host()
         self._load_policies()
         self.dp.load()
+        if self.l7 is not None:
+            try:
+                self.l7.start()
+            except (ProxyError, OSError) as e:
+                notes.append(f"L7 proxy not available ({e}): policies with rules.http are refused")
+                self.l7.close()
+                self.l7 = None
+            else:
+                self.dp.proxy_port = self.l7.port
+                self.dp.set_proxy(self.l7.mark, self.l7.cgroup_id)
+                notes.append(f"L7 proxy: haproxy pid {self.l7.proc.pid if self.l7.proc else '?'} on "
+                             f"127.0.0.1:{self.l7.port} (transparent)")
         if self.dp.ring is not None:  # one bad record never stops the flow stream: counted, not logged
             self.reader = RingReader(self.dp.ring, self.dp.handlers(), {"flow": self.on_flow}, log_errors=False)
         lost = self.em.verify()
@@ -116,6 +134,8 @@ class Network:
         # endpoints keep their TC programs (and so their enforcement) while the agent is down; with none
         # left, the pod CIDR's route and the instance's cgroup directory go too
         self.dp.close(detach=False)
+        if self.l7 is not None:  # redirected connections now fail closed (no listener) until it is back
+            self.l7.close()
         self.em.teardown_host()
 
     def remove_everything(self) -> None:
@@ -177,8 +197,13 @@ class Network:
         self.alloc.retain(self.compiled.identities)
 
     def _write(self, compiled: CompiledPolicy) -> None:
+        if compiled.l7 and self.l7 is None:
+            raise PolicyError([Problem("rules.http", "L7 HTTP rules need the agent's proxy (haproxy), which is not "
+                                       "running: install haproxy and restart the agent")])
         eps = {e.ep_id: e for e in self.em.endpoints.values() if e.state == "ready"}
         ids = {e.ep_id: self.identity_of(e, compiled) for e in eps.values()}
+        if self.l7 is not None:  # the proxy knows the rules before the datapath redirects to them
+            self.l7.update(compiled.l7, {e.ep_id: e.ipv4 for e in eps.values()}, compiled.ipcache)
         self.dp.sync(compiled, eps, ids)
         self.compiled = compiled
         all_eps = list(self.em.endpoints.values())
@@ -351,6 +376,42 @@ class Network:
             self.metrics.observe(resp)
         self.flows.publish(resp)  # a client that falls behind is told (OBSERVER_EVENTS_QUEUE lost events)
 
+    def on_http(self, rec: dict[str, str]) -> None:
+        """One access-log record of the proxy: the REQUEST flow, and the RESPONSE when it was let through."""
+        assert self.l7 is not None
+        cfg = self.l7.config
+        rule_n, deny_n = int(unset(rec.get("rule")) or 0), int(unset(rec.get("deny")) or 0)
+        allowed = deny_n == 0
+        ingress, decided = True, ""
+        if not allowed and 0 < deny_n <= len(cfg.filters):
+            f = cfg.filters[deny_n - 1]
+            ingress = f.key.direction == 0
+            first = cfg.rules[f.rules[0] - 1] if f.rules else None
+            if first is not None:
+                decided = http_rule_text(first, self.compiled.rules).rsplit("[", 1)[0] + " (no HTTP rule matched)"
+        elif 0 < rule_n <= len(cfg.rules):
+            rule = cfg.rules[rule_n - 1]
+            decided = http_rule_text(rule, self.compiled.rules)
+            ingress = "ingress" in rule.ref.split(".toPorts")[0]
+        version = unset(rec.get("version")) or "1.1"
+        status = int(unset(rec.get("status")) or 0)
+        tr = max(0, int(unset(rec.get("tr")) or 0))
+        start_ns = int(unset(rec.get("ts")) or 0) * 1_000_000_000 + int(unset(rec.get("ms")) or 0) * 1_000_000
+        client, server = rec.get("client", ""), rec.get("server", "")
+        x = HttpExchange(
+            client=client, client_port=int(unset(rec.get("cport")) or 0), server=server,
+            server_port=int(unset(rec.get("sport")) or 0), method=unset(rec.get("method")),
+            url=url_of(rec), protocol=f"HTTP/{version}", headers=parse_headers(unset(rec.get("headers"))),
+            status=status, latency_ns=tr * 1_000_000, time_ns=start_ns, allowed=allowed, ingress=ingress,
+            decided_by=decided, client_identity=self.compiled.ipcache.get(f"{client}/32", 0),
+            server_identity=self.compiled.ipcache.get(f"{server}/32", 0),
+        )
+        for response in (False, True) if allowed else (False,):
+            resp = l7_response(self.builder, x, response)
+            if self.metrics:
+                self.metrics.observe(resp)
+            self.flows.publish(resp)
+
     def drain(self) -> int:
         return self.reader.drain() if self.reader else 0
 
@@ -423,6 +484,7 @@ class Network:
                 "subscribers": len(self.flows.subscribers),
             },
             "datapath_counters": self.dp.counters() if self.dp.obj else {},
+            "l7_proxy": self.l7.status() if self.l7 is not None else None,
         }
 
 

@@ -73,6 +73,22 @@ struct {
 	__uint(max_entries, 4 << 20);
 } flows SEC(".maps");
 
+/* endpoint id -> ifindex of its host-side veth (the key of `endpoints`): the destination's ingress policy
+ * is looked up where a connection can still be redirected to the proxy (the client's TC ingress) */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, __u32);
+} ep_ifindex SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct proxy_cfg);
+} proxy SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, DP_COUNTERS);
@@ -228,6 +244,7 @@ struct decision {
 	__u8 audit;
 	__u8 match;
 	__u8 found;
+	__be16 proxy_port;
 };
 
 /* The most specific entry of one identity (0: any identity) for the packet: one port, then a port range,
@@ -299,6 +316,75 @@ static __noinline void policy_lookup(struct ep_info *ep, __u8 dir, __u32 remote,
 	d->audit = v->audit;
 	d->rule_id = v->rule_id;
 	d->match = v->match_type;
+	d->proxy_port = v->proxy_port;
+}
+
+/* BPF TPROXY (Cilium's bpf/lib/proxy.h): hand the packet to the proxy's socket of this connection, or
+ * to its listener for a new one, and mark it so the ip rule routes it locally. 0 or a drop reason. */
+static __noinline int redirect_to_proxy(struct __sk_buff *skb, struct pkt *p, __be16 proxy_port)
+{
+	__u32 zero = 0;
+	struct proxy_cfg *cfg = bpf_map_lookup_elem(&proxy, &zero);
+	if (!cfg || !cfg->mark)
+		return DROP_PROXY_LOOKUP_FAILED;
+	struct bpf_sock_tuple t = {};
+	t.ipv4.saddr = p->saddr;
+	t.ipv4.daddr = p->daddr;
+	t.ipv4.sport = p->sport;
+	t.ipv4.dport = p->dport;
+	struct bpf_sock *sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+	if (sk && sk->state == BPF_TCP_LISTEN) { /* a listener of the original port is not the proxy */
+		bpf_sk_release(sk);
+		sk = 0;
+	}
+	if (!sk) {
+		t.ipv4.daddr = bpf_htonl(0x7f000001); /* the proxy listens on 127.0.0.1:proxy_port */
+		t.ipv4.dport = proxy_port;
+		sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+		if (!sk)
+			return DROP_PROXY_LOOKUP_FAILED;
+		if (sk->state != BPF_TCP_LISTEN) {
+			bpf_sk_release(sk);
+			return DROP_PROXY_LOOKUP_FAILED;
+		}
+	}
+	long err = bpf_sk_assign(skb, sk, 0);
+	bpf_sk_release(sk);
+	if (err)
+		return DROP_PROXY_SET_FAILED;
+	skb->mark = cfg->mark;
+	return 0;
+}
+
+/* the proxy's own connections (its sockets are in its cgroup) */
+static __always_inline int from_proxy(struct __sk_buff *skb)
+{
+	__u32 zero = 0;
+	struct proxy_cfg *cfg = bpf_map_lookup_elem(&proxy, &zero);
+	return cfg && cfg->cgroup_id && bpf_skb_cgroup_id(skb) == cfg->cgroup_id;
+}
+
+/* A new TCP connection leaving an endpoint to a local endpoint: that endpoint's ingress decision for the
+ * client's identity, taken here when the connection may go through the proxy (the proxy's own connection
+ * to it is not judged again). Returns 1 when the peer is a local endpoint enforcing ingress and was looked
+ * up; skipped (0) unless the egress side redirects or the peer has ingress L7 entries. */
+static __noinline int peer_ingress(__u32 daddr, __u32 identity, struct pkt *p, struct decision *d, __u8 egress_l7)
+{
+	struct ipcache_key k = {.prefixlen = 32, .addr = daddr};
+	struct ipcache_value *v = bpf_map_lookup_elem(&ipcache, &k);
+	if (!v || !v->ep_id)
+		return 0;
+	__u32 id = v->ep_id;
+	__u32 *ifindex = bpf_map_lookup_elem(&ep_ifindex, &id);
+	if (!ifindex)
+		return 0;
+	struct ep_info *peer = bpf_map_lookup_elem(&endpoints, ifindex);
+	if (!peer || !(peer->flags & EP_ENFORCE_INGRESS))
+		return 0;
+	if (!egress_l7 && !(peer->flags & EP_L7_INGRESS))
+		return 0;
+	policy_lookup(peer, DIR_INGRESS, identity, p, d);
+	return 1;
 }
 
 static __always_inline __u64 ct_lifetime(struct pkt *p, struct ct_value *v)
@@ -372,6 +458,17 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 				     cv->audit ? VERDICT_AUDIT : VERDICT_FORWARDED, state, remote_identity(remote_addr),
 				     cv->rule_id, 0);
 		}
+		if (cv->proxy_port && state == CT_ESTABLISHED) {
+			int err = redirect_to_proxy(skb, &p, cv->proxy_port);
+			if (err) {
+				ep = bpf_map_lookup_elem(&endpoints, &ifindex);
+				if (ep)
+					emit(skb, &p, ep, dir, FLOW_DROP, err, VERDICT_DROPPED, 0,
+					     remote_identity(remote_addr), cv->rule_id, 0);
+				count(err, dir, p.len);
+				return TC_ACT_SHOT;
+			}
+		}
 		count(0, dir, p.len);
 		return TC_ACT_OK;
 	}
@@ -393,7 +490,10 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	__u16 enforce = dir == DIR_EGRESS ? EP_ENFORCE_EGRESS : EP_ENFORCE_INGRESS;
 	struct decision d = {};
 	__u8 verdict = VERDICT_FORWARDED;
-	if (ep->flags & enforce) {
+	__u8 proxied = 0;
+	if (dir == DIR_INGRESS && p.proto == IPPROTO_TCP && from_proxy(skb))
+		proxied = 1; /* the proxy's connection: its client was judged where it was redirected */
+	else if (ep->flags & enforce) {
 		policy_lookup(ep, dir, remote, &p, &d);
 		if (!d.found || d.deny) {
 			__u8 reason = d.found ? DROP_POLICY_DENY : DROP_POLICY_DENIED;
@@ -408,7 +508,42 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		}
 		emit(skb, &p, ep, dir, FLOW_POLICY_VERDICT, 0, verdict, CT_NEW, remote, d.rule_id, d.match);
 	}
+	__be16 proxy_port = 0;
+	if (p.proto == IPPROTO_TCP && !proxied) {
+		if (dir == DIR_EGRESS) {
+			proxy_port = d.proxy_port;
+			struct decision di = {};
+			if (peer_ingress(p.daddr, ep->identity, &p, &di, proxy_port != 0)) {
+				if (di.found && !di.deny && di.proxy_port)
+					proxy_port = di.proxy_port;
+				else if (proxy_port && (!di.found || di.deny)) {
+					/* the peer's ingress denies: decided here, as the proxy's connection is not judged */
+					__u8 reason = di.found ? DROP_POLICY_DENY : DROP_POLICY_DENIED;
+					emit(skb, &p, ep, dir, FLOW_DROP, reason, VERDICT_DROPPED, 0, remote, di.rule_id,
+					     di.match);
+					count(reason, dir, p.len);
+					return TC_ACT_SHOT;
+				}
+			}
+		} else if (d.proxy_port) {
+			/* needs the proxy but did not come through it (it cannot be redirected here): fail closed */
+			emit(skb, &p, ep, dir, FLOW_DROP, DROP_PROXY_LOOKUP_FAILED, VERDICT_DROPPED, 0, remote, d.rule_id,
+			     d.match);
+			count(DROP_PROXY_LOOKUP_FAILED, dir, p.len);
+			return TC_ACT_SHOT;
+		}
+		if (proxy_port) {
+			int err = redirect_to_proxy(skb, &p, proxy_port);
+			if (err) {
+				emit(skb, &p, ep, dir, FLOW_DROP, err, VERDICT_DROPPED, 0, remote, d.rule_id, d.match);
+				count(err, dir, p.len);
+				return TC_ACT_SHOT;
+			}
+		}
+	}
 	struct ct_value nv = {};
+	nv.proxy_port = proxy_port;
+	nv.from_proxy = proxied;
 	nv.rule_id = d.rule_id;
 	nv.flags_orig = p.tcp_flags;
 	nv.audit = verdict == VERDICT_AUDIT;
@@ -474,6 +609,7 @@ union dp_abi_types {
 	struct ipcache_value iv;
 	struct ct_key ck;
 	struct ct_value cv;
+	struct proxy_cfg pc;
 	struct flow_msg fm;
 	struct dp_counter dc;
 };

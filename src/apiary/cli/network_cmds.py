@@ -49,6 +49,10 @@ FILTER_HELP: dict[str, tuple[str, str]] = {
     "type": ("TYPE", "Events of this type: trace, drop, policy-verdict, ..."),
     "traffic-direction": ("DIR", "ingress or egress"),
     "drop-reason-desc": ("REASON", "Drops for this reason, e.g. POLICY_DENIED"),
+    "http-status": ("CODE", "L7 HTTP responses with this status: 404, or a prefix as 5+"),
+    "http-method": ("METHOD", "L7 HTTP flows of this method"),
+    "http-path": ("REGEX", "L7 HTTP flows whose URL path matches"),
+    "http-url": ("REGEX", "L7 HTTP flows whose URL matches"),
 }
 SHORT = {f"-{k}": f"--{v}" for k, v in FLAG_ALIASES.items()}
 

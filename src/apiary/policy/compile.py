@@ -18,6 +18,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network
+from types import SimpleNamespace
 from typing import Any, Literal
 
 from .identity import (
@@ -30,7 +31,7 @@ from .identity import (
     endpoint_labels,
 )
 from .load import unsupported_problems
-from .models import SECTIONS, CIDRRule, PolicyError, Rule, parse_cidr
+from .models import SECTIONS, CIDRRule, PolicyError, PortRule, PortRuleHTTP, Rule, parse_cidr, split_header
 from .models import Policy as PolicyModel
 from .selectors import Selector, entity_identities, peer_selector, select, subject_selector
 from .types import (
@@ -44,6 +45,7 @@ from .types import (
     PROTO_UDP,
     CompiledPolicy,
     EndpointPolicy,
+    HttpRule,
     PolicyEntry,
     PolicyKey,
     RuleRef,
@@ -154,6 +156,8 @@ class _Compiler:
         self.refs: list[RuleRef] = [DEFAULT_DENY_RULE]
         self._ref_ids: dict[tuple[int, str], int] = {}
         self._peers: dict[tuple[int, str], set[int]] = {}
+        self.l7: dict[PolicyKey, list[HttpRule]] = {}
+        self._void: dict[PolicyKey, int] = {}  # L7 keys a plain allow of the very same key voids
 
     def ref(self, r: _Rule, section: str) -> int:
         key = (r.index, section)
@@ -232,21 +236,83 @@ class _Compiler:
                 for i, item in enumerate(getattr(r.rule, attr) or []):
                     section = f"{name}[{i}]"
                     peers = sorted(self.peers(r, section, item, direction))
-                    numbered, named = _l4(item)
-                    keys = [PolicyKey(ep_id, direction, ident, proto, port, plen)
-                            for ident in peers for proto, port, plen in numbered]
-                    if named:
-                        keys += self.named_keys(ep, direction, peers, named)
-                    if keys:
-                        entry = PolicyEntry(deny, self.ref(r, section), self.audit and deny)
+                    for sub, http, l7_path in _l7_split(item, ("" if r.path == "spec" else f"{r.path}.") + section):
+                        numbered, named = _l4(sub)
+                        keys = [PolicyKey(ep_id, direction, ident, proto, port, plen)
+                                for ident in peers for proto, port, plen in numbered]
+                        if named:
+                            keys += self.named_keys(ep, direction, peers, named)
+                        if not keys:
+                            continue
+                        rule_id = self.ref(r, section)
+                        entry = PolicyEntry(deny, rule_id, self.audit and deny, l7=http is not None)
                         for key in keys:
+                            old = entries.get(key)
+                            if old is not None and not deny and not old.deny and old.l7 != entry.l7:
+                                plain = old if entry.l7 else entry  # a plain allow of the same key voids L7
+                                self._void.setdefault(key, plain.rule_id)
                             _merge(entries, key, entry)
+                            if http is not None:
+                                self.l7.setdefault(key, []).extend(
+                                    _http_rule(rule_id, f"{l7_path}[{j}]", h) for j, h in enumerate(http))
         if not default_deny:  # only additive rules (enableDefaultDeny false): everything not denied is allowed
             r = with_rules[0]
             entry = PolicyEntry(False, self.ref(r, f"enableDefaultDeny.{'ingress' if ingress else 'egress'}"))
             _merge(entries, PolicyKey(ep_id, direction, ID_UNKNOWN, PROTO_ANY, 0, 0), entry)
         _deny_precedence(entries)
+        self._l7_void(entries)
         return True, entries
+
+    def _l7_void(self, entries: dict[PolicyKey, PolicyEntry]) -> None:
+        """Cilium's wildcardL3L4Rule: a plain allow (no L7) of the same peer (or of any peer) and port makes
+        the port's HTTP rules void for that peer: the proxy still sees its requests and allows them all."""
+        for key, entry in entries.items():
+            rules = self.l7.get(key)
+            if rules is None:
+                continue
+            if entry.deny:
+                continue
+            if not entry.l7:
+                entries[key] = PolicyEntry(False, entry.rule_id, entry.audit, l7=True)
+            if key in self._void:
+                rule_id = self._void[key]
+                rules.append(HttpRule(rule_id, self.refs[rule_id].section))
+                continue
+            for other, e in entries.items():
+                if e.deny or e.l7 or other.identity not in (key.identity, 0):
+                    continue
+                if PolicyKey(key.ep_id, key.direction, other.identity, key.proto, key.port, key.port_prefix) \
+                        .covered_by(other):
+                    ref = self.refs[e.rule_id].section
+                    rules.append(HttpRule(e.rule_id, ref))
+                    break
+
+
+def _http_of(port_rule: Any) -> list[PortRuleHTTP] | None:
+    """A toPorts entry's ``rules.http`` (deny rules have no ``rules``)."""
+    rules = getattr(port_rule, "rules", None)
+    return rules.http if rules is not None else None
+
+
+def _l7_split(item: Any, section: str) -> Iterator[tuple[Any, list[PortRuleHTTP] | None, str]]:
+    """An item's L4 part, split so each port rule with ``rules.http`` stands alone: (item-like, its HTTP
+    rules or None, the field path of those rules)."""
+    port_rules: list[PortRule] = getattr(item, "to_ports", None) or []
+    http = [(i, pr) for i, pr in enumerate(port_rules) if _http_of(pr) is not None]
+    if not http:
+        yield item, None, ""
+        return
+    rest = [pr for pr in port_rules if _http_of(pr) is None]
+    if rest or item.icmps:
+        yield SimpleNamespace(to_ports=rest, icmps=item.icmps), None, ""
+    for i, pr in http:
+        yield SimpleNamespace(to_ports=[pr], icmps=None), _http_of(pr), f"{section}.toPorts[{i}].rules.http"
+
+
+def _http_rule(rule_id: int, ref: str, h: PortRuleHTTP) -> HttpRule:
+    headers = [split_header(t) for t in h.headers or []]
+    headers += [(m.name, m.value or "") for m in h.header_matches or []]
+    return HttpRule(rule_id, ref, h.method or None, h.path or None, h.host or None, tuple(headers))
 
 
 def _merge(entries: dict[PolicyKey, PolicyEntry], key: PolicyKey, entry: PolicyEntry) -> None:
@@ -322,6 +388,9 @@ def compile_policies(policies: Sequence[PolicyModel], endpoints: Sequence[Endpoi
             epp.ingress_enforced, ingress = compiler.direction(ep, INGRESS, selecting, enforcement)
             epp.egress_enforced, egress = compiler.direction(ep, EGRESS, selecting, enforcement)
             epp.entries = {**ingress, **egress}
+            for key, entry in epp.entries.items():
+                if entry.l7:
+                    compiled.l7[key] = tuple(compiler.l7[key])
         compiled.endpoints[ep.ep_id] = epp
     allocator.flush()  # the allocator's table is written once per compile, not once per new identity
     return compiled

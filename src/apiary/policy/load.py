@@ -25,6 +25,7 @@ from .models import (
     Policy,
     PolicyError,
     PortProtocol,
+    PortRuleHTTP,
     Problem,
     parse_cidr,
 )
@@ -69,7 +70,10 @@ def _unsupported(obj: Any, path: str, out: list[Problem]) -> None:
             out.append(Problem(sub, UNSUPPORTED_FIELDS[alias], unsupported=True))
         elif isinstance(value, L7Rules):
             for kind in value.kinds():
-                out.append(Problem(f"{sub}.{kind}", f"L7 {kind} rules need the L7 proxy apiary does not have yet; "
+                if kind == "http":
+                    _unsupported_http(value.http or [], f"{sub}.http", out)
+                    continue
+                out.append(Problem(f"{sub}.{kind}", f"L7 {kind} rules need a {kind} proxy apiary does not have yet; "
                                    "use a port rule", unsupported=True))
         elif alias in ("fromCIDR", "toCIDR"):
             out.extend(Problem(f"{sub}[{i}]", f"IPv6 CIDR {c}: {_IPV4_ONLY}", unsupported=True)
@@ -84,6 +88,19 @@ def _unsupported(obj: Any, path: str, out: list[Problem]) -> None:
         out.append(Problem(_sub(path, "family"), f"ICMPv6: {_IPV4_ONLY}", unsupported=True))
     elif isinstance(obj, CIDRRule) and obj.cidr and parse_cidr(obj.cidr).version == 6:
         out.append(Problem(_sub(path, "cidr"), f"IPv6 CIDR {obj.cidr}: {_IPV4_ONLY}", unsupported=True))
+
+
+def _unsupported_http(rules: list[PortRuleHTTP], path: str, out: list[Problem]) -> None:
+    """What apiary's HTTP proxy cannot honour: header rewriting on mismatch and secrets."""
+    for i, rule in enumerate(rules):
+        for j, m in enumerate(rule.header_matches or []):
+            at = f"{path}[{i}].headerMatches[{j}]"
+            if m.mismatch is not None:
+                out.append(Problem(f"{at}.mismatch", f"mismatch action {m.mismatch}: apiary's proxy only rejects a "
+                                   "request whose header does not match (leave mismatch out)", unsupported=True))
+            if m.secret is not None:
+                out.append(Problem(f"{at}.secret", "header values from Kubernetes secrets are not supported; "
+                                   "write the value inline", unsupported=True))
 
 
 def unsupported_problems(policy: Policy) -> list[Problem]:

@@ -198,8 +198,64 @@ class PortProtocol(_Strict):
         return self
 
 
+class HeaderSecret(_Strict):
+    namespace: str | None = None
+    name: str
+
+
+class HeaderMatch(_Strict):
+    """``headerMatches[]``: the header ``name`` must carry exactly ``value`` (or the secret's value)."""
+
+    mismatch: Literal["LOG", "ADD", "DELETE", "REPLACE"] | None = None
+    name: str = Field(min_length=1)
+    secret: HeaderSecret | None = None
+    value: str | None = None
+
+
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an RFC 9110 token
+
+
+def split_header(text: str) -> tuple[str, str | None]:
+    """A ``headers[]`` string as Cilium reads it: ``Name`` (present) or ``Name: value`` (split at the first
+    space, the name's trailing ':' removed; the value must match exactly)."""
+    name, sep, value = text.partition(" ")
+    return name.rstrip(":"), (value if sep else None)
+
+
+def _check_regex(text: str | None, at: str) -> None:
+    if not text:
+        return
+    try:
+        re.compile(text)
+    except re.error as e:
+        raise invalid(f"invalid regular expression {text!r}: {e}", at) from None
+
+
+class PortRuleHTTP(_Strict):
+    """One ``rules.http[]`` rule: every field it sets must match (regexes match the whole string)."""
+
+    path: str | None = None
+    method: str | None = None
+    host: str | None = None
+    headers: list[str] | None = None
+    header_matches: list[HeaderMatch] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> PortRuleHTTP:
+        for name in ("path", "method", "host"):
+            _check_regex(getattr(self, name), name)
+        for i, text in enumerate(self.headers or []):
+            if not _HEADER_NAME.fullmatch(split_header(text)[0]):
+                raise invalid(f"{text!r}: the header name must be an HTTP token (letters, digits, '-', ...)",
+                              f"headers[{i}]")
+        for i, m in enumerate(self.header_matches or []):
+            if not _HEADER_NAME.fullmatch(m.name):
+                raise invalid(f"{m.name!r} is not an HTTP header name", f"headerMatches[{i}].name")
+        return self
+
+
 class L7Rules(_Strict):
-    http: list[dict[str, Any]] | None = None
+    http: list[PortRuleHTTP] | None = None
     kafka: list[dict[str, Any]] | None = None
     dns: list[dict[str, Any]] | None = None
     l7proto: str | None = None

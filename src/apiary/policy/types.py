@@ -47,11 +47,31 @@ class PolicyKey:
         return (self.port >> shift) == (other.port >> shift)
 
 
+    def covered_by(self, other: PolicyKey) -> bool:
+        return other.covers(self)
+
+
 @dataclass(frozen=True, slots=True)
 class PolicyEntry:
     deny: bool
     rule_id: int  # index into CompiledPolicy.rules; names the rule that decided (attribution)
     audit: bool = False  # policy-audit-mode: would-be drops are forwarded and reported AUDIT
+    l7: bool = False  # allowed through the L7 proxy: the datapath redirects, the proxy judges each request
+
+
+@dataclass(frozen=True, slots=True)
+class HttpRule:
+    """One ``rules.http[]`` rule of an L7 entry, as the proxy enforces it. Regexes are matched against the
+    whole string (Cilium anchors them); ``headers``: (name, exact value or None = must be present).
+    A rule with nothing set allows every request (``http: [{}]``, or a plain L4 allow of the same peer and
+    port, which makes the port's L7 rules void as in Cilium)."""
+
+    rule_id: int  # CompiledPolicy.rules index of the policy section
+    ref: str  # the rule's own path, e.g. "ingress[0].toPorts[0].rules.http[1]" (or the plain allow's section)
+    method: str | None = None
+    path: str | None = None
+    host: str | None = None
+    headers: tuple[tuple[str, str | None], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,3 +106,4 @@ class CompiledPolicy:
     rules: list[RuleRef] = field(default_factory=list)  # rule_id = index; index 0 is reserved ("none")
     ipcache: dict[str, int] = field(default_factory=dict)  # "a.b.c.d/len" -> identity
     identities: dict[int, tuple[str, ...]] = field(default_factory=dict)  # identity -> labels
+    l7: dict[PolicyKey, tuple[HttpRule, ...]] = field(default_factory=dict)  # the HTTP rules of each L7 entry

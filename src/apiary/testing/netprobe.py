@@ -9,6 +9,11 @@
   connect HOST PORT         one TCP connect; prints "connected" or "error <ERRNO-NAME>"
   hold HOST PORT SECONDS    keep one TCP connection and exchange a message every 0.1 s; prints ok/fail counts
   serve-id PORT NAME        TCP and UDP on PORT, each answering NAME (a backend saying who it is)
+  serve-http11 PORT         HTTP/1.1 keep-alive server: any method, 200 "<METHOD> <path> from <peer>"
+  requests HOST PORT JSON   [[METHOD, PATH, {headers}, body], ...] on ONE keep-alive connection; prints JSON
+                            [[status, body], ...] and how many connections were used
+  raw HOST PORT JSON        send the JSON string's bytes on one connection, read until the peer closes (or 5 s of
+                            silence); prints the JSON string received
   ask HOST PORT N [udp]     N new connections (or UDP sockets) to HOST:PORT; prints JSON: the answers counted,
                             the peer each socket saw (getpeername / recvfrom), the errors counted
 Only ever used with addresses of endpoints and test hosts the caller created.
@@ -17,6 +22,7 @@ Only ever used with addresses of endpoints and test hosts the caller created.
 from __future__ import annotations
 
 import errno
+import json
 import socket
 import socketserver
 import sys
@@ -45,6 +51,59 @@ class _Ok(BaseHTTPRequestHandler):
 
     def log_message(self, *a: object) -> None:
         pass
+
+
+class _Any(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def _any(self) -> None:
+        n = int(self.headers.get("Content-Length") or 0)
+        if n:
+            self.rfile.read(n)
+        body = f"{self.command} {self.path} from {self.client_address[0]}".encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = do_DELETE = do_PUT = _any  # noqa: N815
+
+    def log_message(self, *a: object) -> None:
+        pass
+
+
+def serve_http11(port: int) -> None:
+    socketserver.ThreadingTCPServer.allow_reuse_address = True
+    srv = socketserver.ThreadingTCPServer(("0.0.0.0", port), _Any)
+    srv.daemon_threads = True
+    print("ready", flush=True)
+    srv.serve_forever()
+
+
+def requests(host: str, port: int, spec: str) -> None:
+    import http.client
+
+    conn = http.client.HTTPConnection(host, port, timeout=10)
+    out = []
+    sockets = set()
+    for method, path, headers, body in json.loads(spec):
+        conn.request(method, path, body=body.encode() if body else None, headers=headers)
+        sockets.add(id(conn.sock))
+        r = conn.getresponse()
+        out.append([r.status, r.read().decode(errors="replace")])
+    print(json.dumps({"responses": out, "connections": len(sockets)}), flush=True)
+
+
+def raw(host: str, port: int, data: str) -> None:
+    got = b""
+    with socket.create_connection((host, port), timeout=5) as c:
+        c.sendall(json.loads(data).encode())
+        try:
+            while chunk := c.recv(65536):
+                got += chunk
+        except OSError:
+            pass
+    print(json.dumps(got.decode(errors="replace")), flush=True)
 
 
 def serve_http(port: int) -> None:
@@ -119,8 +178,6 @@ def serve_id(port: int, name: str) -> None:
 
 
 def ask(host: str, port: int, n: int, udp: bool) -> dict[str, dict[str, int]]:
-    import json
-
     out: dict[str, dict[str, int]] = {"answers": {}, "peers": {}, "errors": {}}
 
     def count(kind: str, key: str) -> None:
@@ -153,6 +210,12 @@ def main(argv: list[str]) -> int:
         serve_udp(int(rest[0]))
     elif cmd == "serve-http":
         serve_http(int(rest[0]))
+    elif cmd == "serve-http11":
+        serve_http11(int(rest[0]))
+    elif cmd == "raw":
+        raw(rest[0], int(rest[1]), rest[2])
+    elif cmd == "requests":
+        requests(rest[0], int(rest[1]), rest[2])
     elif cmd in ("tcp", "udp", "http"):
         timeout = float(rest[2]) if len(rest) > 2 else 1.5
         fn = {"tcp": tcp, "udp": udp, "http": http}[cmd]

@@ -12,6 +12,7 @@
 #define EP_AUDIT (1 << 2)
 #define EP_ANY_DENY_INGRESS (1 << 3) /* the ingress policy has deny entries for any identity (0) */
 #define EP_ANY_DENY_EGRESS (1 << 4)
+#define EP_L7_INGRESS (1 << 5) /* some ingress entry redirects to the L7 proxy */
 
 /* kinds of policy entries (ep_info.policy_kinds): the datapath looks up only the kinds a policy has.
  * Low nibble: entries of a remote identity; high nibble (<< 4): entries of any identity (0). */
@@ -37,6 +38,8 @@
 #define DROP_UNKNOWN_L4 142
 #define DROP_FRAG_NOT_SUPPORTED 157
 #define DROP_CT_MAP_INSERTION 155
+#define DROP_PROXY_LOOKUP_FAILED 178 /* the proxy's socket is not there (proxy down): fail closed */
+#define DROP_PROXY_SET_FAILED 179
 #define DROP_POLICY_DENY 181
 
 /* flow.Verdict */
@@ -97,6 +100,8 @@ struct policy_value {
 	__u8 match_type; /* MATCH_* of the entry: what a policy-verdict event reports */
 	__u8 _pad;
 	__u32 rule_id;
+	__be16 proxy_port; /* non-zero: new connections go to the L7 proxy listening there (Cilium's proxy_port) */
+	__u16 _pad2;
 };
 
 struct ipcache_key {
@@ -131,6 +136,17 @@ struct ct_value {
 	__u8 audit;
 	__u64 packets;
 	__u64 bytes;
+	__be16 proxy_port; /* the connection is redirected to the L7 proxy (every packet of the original direction) */
+	__u8 from_proxy;   /* the L7 proxy's own connection to the endpoint (already judged) */
+	__u8 _pad[5];
+};
+
+/* The L7 proxy of this agent (one entry, written by the agent): packets redirected to it carry `mark`
+ * (an ip rule routes that mark to a local table), its sockets live in the cgroup `cgroup_id`. */
+struct proxy_cfg {
+	__u32 mark;
+	__u32 _pad;
+	__u64 cgroup_id;
 };
 
 struct flow_msg {

@@ -43,6 +43,7 @@ from apiary.observe.hubble.enums import (
     observation_point,
     tcp_flags_summary,
 )
+from apiary.observe.hubble.l7 import MSG_ACCESS_LOG, HttpExchange, http_json, summary
 from apiary.observe.hubble.raw import CT_REPLY, MSG_DROP, MSG_POLICY_VERDICT, MSG_TRACE, FlowMsg
 from apiary.observe.hubble.services import ServiceLookup
 from apiary.policy.types import RuleRef
@@ -393,6 +394,39 @@ class FlowBuilder:
             flow[by_key] = [policy_json(rule)]
 
         return {"flow": flow, "node_name": self.node_name, "time": ts}
+
+
+def l7_response(builder: FlowBuilder, x: HttpExchange, response: bool) -> dict[str, Any]:
+    """The ``GetFlowsResponse`` of one side of a proxied HTTP exchange (see :mod:`.l7`)."""
+    ts = protojson_timestamp(x.time_ns + (x.latency_ns if response else 0))
+    client = builder._endpoint(x.client, x.client_identity)
+    server = builder._endpoint(x.server, x.server_identity)
+    src, dst = (server, client) if response else (client, server)
+    sip, dip = (x.server, x.client) if response else (x.client, x.server)
+    sport, dport = (x.server_port, x.client_port) if response else (x.client_port, x.server_port)
+    verdict = FORWARDED if x.allowed else DROPPED
+    flow: dict[str, Any] = {"time": ts, "verdict": enum_json(verdict, VERDICT)}
+    flow["IP"] = {"source": sip, "destination": dip, "ipVersion": "IPv4"}
+    flow["l4"] = {"TCP": {"source_port": sport, "destination_port": dport}}
+    flow["source"] = src
+    flow["destination"] = dst
+    flow["Type"] = "L7"
+    if builder.node_name:
+        flow["node_name"] = builder.node_name
+    if response:
+        flow["reply"] = True
+    l7: dict[str, Any] = {"type": "RESPONSE" if response else "REQUEST"}
+    if response and x.latency_ns:
+        l7["latency_ns"] = str(x.latency_ns)
+    l7["http"] = http_json(x, response)
+    flow["l7"] = l7
+    flow["event_type"] = {"type": MSG_ACCESS_LOG}
+    flow["traffic_direction"] = TRAFFIC_DIRECTION[DIRECTION_INGRESS if x.ingress else DIRECTION_EGRESS]
+    flow["is_reply"] = response
+    flow["Summary"] = summary(x, response)
+    if x.decided_by:
+        flow["extensions"] = {"apiary": {"decided_by": x.decided_by}}
+    return {"flow": flow, "node_name": builder.node_name, "time": ts}
 
 
 def lost_events_response(

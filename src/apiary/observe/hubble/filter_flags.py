@@ -14,10 +14,12 @@ from apiary.observe.hubble.filter_values import (
     direction_name,
     drop_reason_name,
     parse_event_type,
+    parse_http_status,
     parse_identity,
     parse_ip,
     parse_namespaced_name,
     parse_port,
+    parse_regex,
     protocol_name,
     verdict_name,
 )
@@ -54,6 +56,10 @@ FILTER_FLAGS = frozenset(
         "type",
         "traffic-direction",
         "drop-reason-desc",
+        "http-status",
+        "http-method",
+        "http-path",
+        "http-url",
     }
 )
 
@@ -230,6 +236,13 @@ def _set(t: _Tracker, flag: str, value: str) -> None:
         t.add("protocol", protocol_name(value))
     elif flag == "type":
         t.add("event_type", parse_event_type(value))
+    elif flag == "http-status":
+        t.add("http_status_code", parse_http_status(value))
+    elif flag == "http-method":
+        t.add("http_method", value)
+    elif flag in ("http-path", "http-url"):
+        parse_regex(value)
+        t.add(flag.replace("-", "_"), value)
     else:  # pragma: no cover - guarded by FILTER_FLAGS
         raise ValueError(f"unknown filter flag --{flag}")
     t.check_namespace_conflicts()

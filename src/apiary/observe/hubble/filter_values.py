@@ -37,7 +37,25 @@ FLOW_FILTER_FIELDS = (
     "reply",
     "source_identity",
     "destination_identity",
+    "http_status_code",
+    "http_method",
+    "http_path",
+    "http_url",
 )
+
+def parse_http_status(value: str) -> str:
+    """Hubble's ``--http-status``: three digits (``404``) or one or two digits and ``+`` (``5+``, ``40+``)."""
+    if re.fullmatch(r"[1-5][0-9]{2}|[1-5][0-9]?\+", value) is None:
+        raise ValueError(f"invalid status code {value!r}: use e.g. 404, 5+ or 40+")
+    return value
+
+
+def parse_regex(value: str) -> re.Pattern[str]:
+    try:
+        return re.compile(value)
+    except re.error as e:
+        raise ValueError(f"invalid regular expression {value!r}: {e}") from None
+
 
 L4_PROTOCOLS = ("icmp", "icmpv4", "icmpv6", "tcp", "udp", "sctp", "vrrp", "igmp")
 L7_PROTOCOLS = ("dns", "http", "kafka")

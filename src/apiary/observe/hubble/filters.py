@@ -32,6 +32,7 @@ import ipaddress
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 from apiary.observe.hubble.filter_flags import flow_filters_from_args
 from apiary.observe.hubble.filter_values import (
@@ -39,10 +40,12 @@ from apiary.observe.hubble.filter_values import (
     compile_label_selector,
     direction_name,
     drop_reason_name,
+    parse_http_status,
     parse_ip,
     parse_label,
     parse_name_filters,
     parse_port,
+    parse_regex,
     protocol_name,
     verdict_name,
 )
@@ -181,7 +184,51 @@ def _compile_field(key: str, values: Sequence[Any]) -> FlowPredicate:
             return any((not ft or ft == t) and (not msub or fsub == sub) for ft, msub, fsub in types)
 
         return match_type
+    if key in ("http_status_code", "http_method", "http_path", "http_url"):
+        return _http_field(key, [str(v) for v in values])
     raise ValueError(f"unsupported FlowFilter field {key!r}")
+
+
+def _http(f: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    l7 = f.get("l7")
+    http = l7.get("http") if isinstance(l7, Mapping) else None
+    return http if isinstance(http, Mapping) else None
+
+
+def _http_field(key: str, values: list[str]) -> FlowPredicate:
+    """Hubble's HTTP filters: status by code or prefix (``5+``, responses only), method (case-insensitive),
+    path and URL by regex (search)."""
+    if key == "http_status_code":
+        codes = [parse_http_status(v) for v in values]
+
+        def match_status(f: Mapping[str, Any]) -> bool:
+            http = _http(f)
+            code = str(http.get("code", "")) if http else ""
+            return bool(code) and code != "0" and any(
+                code.startswith(c[:-1]) if c.endswith("+") else code == c for c in codes)
+
+        return match_status
+    if key == "http_method":
+        methods = {v.upper() for v in values}
+
+        def match_method(f: Mapping[str, Any]) -> bool:
+            http = _http(f)
+            return http is not None and str(http.get("method", "")).upper() in methods
+
+        return match_method
+    patterns = [parse_regex(v) for v in values]
+    path_only = key == "http_path"
+
+    def match_url(f: Mapping[str, Any]) -> bool:
+        http = _http(f)
+        if http is None:
+            return False
+        url = str(http.get("url", ""))
+        if path_only:
+            url = urlsplit(url).path
+        return any(p.search(url) for p in patterns)
+
+    return match_url
 
 
 def compile_flow_filter(ff: Mapping[str, Any]) -> FlowPredicate:

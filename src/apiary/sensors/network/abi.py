@@ -22,6 +22,8 @@ OBJECT, HEADER = "lxc", "datapath_abi.h"
 
 EP_ENFORCE_INGRESS, EP_ENFORCE_EGRESS, EP_AUDIT = 1, 2, 4
 EP_ANY_DENY_INGRESS, EP_ANY_DENY_EGRESS = 8, 16  # the direction's policy has denies for any identity (0)
+EP_L7_INGRESS = 32  # some ingress entry redirects to the L7 proxy
+DROP_PROXY_LOOKUP_FAILED, DROP_PROXY_SET_FAILED = 178, 179
 # kinds of policy entries (ep_info.policy_kinds, by direction): the datapath looks up only the kinds there are.
 # Low nibble: entries of remote identities; high nibble (<< PK_ANY_IDENTITY_SHIFT): entries of identity 0.
 PK_PORT, PK_RANGE, PK_PROTO, PK_ANY, PK_ANY_IDENTITY_SHIFT = 1, 2, 4, 8, 4
@@ -69,6 +71,8 @@ class PolicyValue(ctypes.Structure):
         ("match_type", c_uint8),  # MATCH_* of the entry: what a policy-verdict event reports
         ("_pad", c_uint8),
         ("rule_id", c_uint32),
+        ("proxy_port", c_uint8 * 2),  # big-endian; non-zero: new connections go to the L7 proxy there
+        ("_pad2", c_uint16),
     ]
 
 
@@ -104,7 +108,16 @@ class CtValue(ctypes.Structure):
         ("audit", c_uint8),
         ("packets", c_uint64),
         ("bytes", c_uint64),
+        ("proxy_port", c_uint8 * 2),  # big-endian: the connection is redirected to the L7 proxy
+        ("from_proxy", c_uint8),  # the L7 proxy's own connection to the endpoint
+        ("_pad", c_uint8 * 5),
     ]
+
+
+class ProxyCfg(ctypes.Structure):
+    """The agent's L7 proxy: the mark of redirected packets and the cgroup of the proxy's sockets."""
+
+    _fields_ = [("mark", c_uint32), ("_pad", c_uint32), ("cgroup_id", c_uint64)]
 
 
 class FlowMsgC(ctypes.Structure):
@@ -144,6 +157,7 @@ STRUCTS: dict[str, type[ctypes.Structure]] = {
     "ipcache_value": IpcacheValue,
     "ct_key": CtKey,
     "ct_value": CtValue,
+    "proxy_cfg": ProxyCfg,
     "flow_msg": FlowMsgC,
     "dp_counter": DpCounter,
 }
@@ -155,6 +169,9 @@ DEFINES: dict[str, int] = {
     "EP_AUDIT": EP_AUDIT,
     "EP_ANY_DENY_INGRESS": EP_ANY_DENY_INGRESS,
     "EP_ANY_DENY_EGRESS": EP_ANY_DENY_EGRESS,
+    "EP_L7_INGRESS": EP_L7_INGRESS,
+    "DROP_PROXY_LOOKUP_FAILED": DROP_PROXY_LOOKUP_FAILED,
+    "DROP_PROXY_SET_FAILED": DROP_PROXY_SET_FAILED,
     "PK_PORT": PK_PORT,
     "PK_RANGE": PK_RANGE,
     "PK_PROTO": PK_PROTO,
@@ -191,6 +208,11 @@ DEFINES: dict[str, int] = {
 EP_INFO, POLICY_KEY, POLICY_VALUE = packed(EpInfo), packed(PolicyKeyC), packed(PolicyValue)
 IPCACHE_KEY, IPCACHE_VALUE = packed(IpcacheKey), packed(IpcacheValue)
 CT_KEY, CT_VALUE, FLOW_MSG, DP_COUNTER = packed(CtKey), packed(CtValue), packed(FlowMsgC), packed(DpCounter)
+PROXY_CFG = packed(ProxyCfg)
+
+
+def proxy_cfg(mark: int, cgroup_id: int) -> bytes:
+    return PROXY_CFG.pack(mark, cgroup_id)
 
 
 def ep_info(ep_id: int, flags: int, identity: int, ipv4: str, policy_slot: int,
@@ -221,6 +243,8 @@ def policy_summary(entries: Mapping[PolicyKey, PolicyEntry]) -> tuple[int, tuple
         kinds[k.direction] |= policy_kind(k) << (PK_ANY_IDENTITY_SHIFT if any_identity else 0)
         if any_identity and e.deny:
             flags |= EP_ANY_DENY_EGRESS if k.direction == ptypes.EGRESS else EP_ANY_DENY_INGRESS
+        if e.l7 and not e.deny and k.direction == ptypes.INGRESS:
+            flags |= EP_L7_INGRESS
     return flags, (kinds[0], kinds[1])
 
 
@@ -260,8 +284,10 @@ def match_type(k: PolicyKey) -> int:
     return MATCH_L4_ONLY if k.proto else MATCH_ALL
 
 
-def policy_value(e: PolicyEntry, k: PolicyKey) -> bytes:
-    return POLICY_VALUE.pack(int(e.deny), int(e.audit), match_type(k), e.rule_id)
+def policy_value(e: PolicyEntry, k: PolicyKey, proxy_port: int = 0) -> bytes:
+    """``proxy_port``: where the agent's L7 proxy listens; written for the entries that need it."""
+    port = proxy_port if e.l7 and not e.deny else 0
+    return POLICY_VALUE.pack(int(e.deny), int(e.audit), match_type(k), e.rule_id, port.to_bytes(2, "big"))
 
 
 def ct_key_ifindex(raw: bytes) -> int:

@@ -31,7 +31,7 @@ from apiary.sensors.network import abi
 from apiary.sensors.network.endpoints import Endpoint
 
 ETH_HLEN = 14  # BPF_PROG_TEST_RUN of a TC program needs at least an Ethernet header
-PINNED = ("endpoints", "policy", "policy_ranges", "ipcache", "ct", "dp_counters", "dp_lost")
+PINNED = ("endpoints", "policy", "policy_ranges", "ipcache", "ct", "dp_counters", "dp_lost", "ep_ifindex", "proxy")
 
 
 class CapacityError(BpfError):
@@ -45,6 +45,7 @@ class _EpState:
     identity: int = 0
     keys: set[bytes] = field(default_factory=set)  # policy keys (both maps) written under the current slot
     policy: dict[PolicyKey, PolicyEntry] | None = None  # the entries now in force
+    proxy_port: int = 0  # the proxy port written into its L7 entries
     attached: list[TcFilter] = field(default_factory=list)
 
 
@@ -129,6 +130,7 @@ class Datapath:
         self.eps: dict[int, _EpState] = {}
         self.ipcache_now: dict[str, bytes] = {}
         self.audit = False
+        self.proxy_port = 0  # the L7 proxy's listener (127.0.0.1): written into the entries that need it
 
     # ------------------------------------------------------------------ lifecycle
     def load(self) -> None:
@@ -159,6 +161,8 @@ class Datapath:
         self.ranges_map = obj.map("policy_ranges")
         self.ipcache_map = obj.map("ipcache")
         self.ct_map = obj.map("ct")
+        self.ep_ifindex_map = obj.map("ep_ifindex")
+        self.proxy_map = obj.map("proxy")
         self.clock_map = obj.map("dp_clock")
         self.counters_map = TypedMap(obj.map("dp_counters"), "<I", "<QQ")
         self.lost_map = TypedMap(obj.map("dp_lost"), "<I", "<Q")
@@ -193,6 +197,7 @@ class Datapath:
     def forget(self, ep: Endpoint) -> None:
         st = self.eps.pop(ep.ep_id, None)
         self.endpoints_map.delete(ep.host_ifindex.to_bytes(4, "little"))
+        self.ep_ifindex_map.delete(ep.ep_id.to_bytes(4, "little"))
         if st:
             for f in st.attached:
                 f.destroy()
@@ -258,6 +263,7 @@ class Datapath:
             self._delete_keys(state.keys)
             state.gen, state.flags, state.identity, state.policy, state.keys = (
                 st.gen, st.flags, st.identity, st.policy, st.keys)
+            state.proxy_port = self.proxy_port
         if stale:
             self.ipcache_map.delete_batch([_ipcache_key(p) for p in stale])
             for p in stale:
@@ -302,7 +308,8 @@ class Datapath:
         )
         summary_flags, kinds = abi.policy_summary(pol.entries)  # which lookups can find something
         flags |= summary_flags
-        if st.policy is not None and (st.flags, st.identity) == (flags, identity) and st.policy == pol.entries:
+        if (st.policy is not None and (st.flags, st.identity, st.proxy_port) == (flags, identity, self.proxy_port)
+                and st.policy == pol.entries):
             return None
         gen = st.gen ^ 1
         slot = (ep.ep_id << 1) | gen
@@ -310,7 +317,7 @@ class Datapath:
         exact: list[tuple[bytes, bytes]] = []
         ranges: list[tuple[bytes, bytes]] = []
         for k, v in pol.entries.items():
-            (ranges if is_range(k) else exact).append((policy_key(k, slot), policy_value(v, k)))
+            (ranges if is_range(k) else exact).append((policy_key(k, slot), policy_value(v, k, self.proxy_port)))
         keys = [k for k, _ in exact] + [k for k, _ in ranges]
         undo.append(lambda: self._delete_keys(keys))
         self.policy_map.update_batch(exact)
@@ -326,6 +333,12 @@ class Datapath:
         undo.append(lambda: m.delete(key) if before is None else m.update(key, before))
         self.endpoints_map.update(key, abi.ep_info(st.ep.ep_id, st.flags, st.identity, st.ep.ipv4, st.slot,
                                                       st.kinds))
+        self.ep_ifindex_map.update(st.ep.ep_id.to_bytes(4, "little"), key)
+
+    def set_proxy(self, mark: int, cgroup_id: int) -> None:
+        """Where redirected packets go (their mark) and which sockets are the proxy's (their cgroup); a zero
+        mark makes every redirect fail closed."""
+        self.proxy_map.update((0).to_bytes(4, "little"), abi.proxy_cfg(mark, cgroup_id))
 
     def _delete_keys(self, keys: Collection[bytes]) -> None:
         """Delete policy keys from the map each one lives in (missing keys are no error)."""

@@ -1,0 +1,83 @@
+"""Hubble L7 HTTP flows from the proxy's access-log records (pure).
+
+A request the proxy let through gives two flows, as Cilium's proxy access log does: the REQUEST (verdict
+FORWARDED) and the RESPONSE (its status, ``latency_ns`` as a string); a denied one gives the REQUEST with
+verdict DROPPED (the client got 403 from the proxy). ``Type`` is ``L7`` and ``event_type.type`` 129
+(MessageTypeAccessLog). Summaries are Hubble's: ``HTTP/1.1 GET http://host/path`` and
+``HTTP/1.1 200 3ms (GET http://host/path)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+MSG_ACCESS_LOG = 129
+
+
+@dataclass(frozen=True)
+class HttpExchange:
+    client: str
+    client_port: int
+    server: str
+    server_port: int
+    method: str
+    url: str  # the full URL, http://host/path?query
+    protocol: str  # HTTP/1.1
+    headers: tuple[tuple[str, str], ...]
+    status: int  # 0: no response (denied requests carry the proxy's 403)
+    latency_ns: int
+    time_ns: int
+    allowed: bool
+    ingress: bool  # the rule (or the filter that denied) is the server's ingress
+    decided_by: str
+    client_identity: int = 0
+    server_identity: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _num(v: str | None) -> int:
+    try:
+        return int(v or "")
+    except ValueError:
+        return 0
+
+
+def parse_headers(raw: str) -> tuple[tuple[str, str], ...]:
+    """HAProxy's ``req.hdrs`` (the header block, lines ended by CRLF) as (key, value) pairs."""
+    out = []
+    for line in raw.split("\r\n"):
+        name, sep, value = line.partition(":")
+        if sep and name:
+            out.append((name.strip(), value.strip()))
+    return tuple(out)
+
+
+def url_of(rec: dict[str, str]) -> str:
+    host = rec.get("host", "-")
+    if host in ("", "-"):
+        host = f"{rec.get('server', '')}:{rec.get('sport', '')}"
+    uri = rec.get("url", "-")
+    return f"http://{host}{'' if uri == '-' else uri}"
+
+
+def unset(v: str | None) -> str:
+    return "" if v in (None, "-") else v
+
+
+def summary(x: HttpExchange, response: bool) -> str:
+    if response:
+        return f"{x.protocol} {x.status} {x.latency_ns // 1_000_000}ms ({x.method} {x.url})"
+    return f"{x.protocol} {x.method} {x.url}"
+
+
+def http_json(x: HttpExchange, response: bool) -> dict[str, Any]:
+    d: dict[str, Any] = {}
+    if response and x.status:
+        d["code"] = x.status
+    d["method"] = x.method
+    d["url"] = x.url
+    d["protocol"] = x.protocol
+    if x.headers and not response:
+        d["headers"] = [{"key": k, "value": v} for k, v in x.headers]
+    return d

@@ -1,0 +1,1 @@
+"""The L7 HTTP proxy: HAProxy driven by the agent (config, process, identities, access logs)."""

@@ -1,0 +1,159 @@
+"""HAProxy configuration for the compiled L7 HTTP entries (pure: text and pattern files, no I/O).
+
+One transparent listener on 127.0.0.1:<port> takes every connection the datapath redirects (BPF TPROXY:
+the accepted socket's local address is the connection's original destination). Each L7 entry of the
+compiled policy becomes a *filter*: which connections it applies to (the endpoint's address as destination
+for ingress, as source for egress; the port or port range; the peer's identity, looked up by address in the
+identity map the agent keeps up to date through the runtime API) and its HTTP rules. A request passes when
+every filter that applies to it has a matching rule (Cilium: the client's egress and the server's ingress
+both judge it); otherwise the proxy answers 403 ``Access denied\\r\\n`` as Cilium's Envoy filter does, and
+the connection stays open for the next request.
+
+Regexes are anchored (whole-string match, as Cilium's Envoy config does) and written to pattern files, so no
+user text is ever spliced into the configuration itself; the access log names the filter and rule by number.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from apiary.policy.types import INGRESS, HttpRule, PolicyKey, RuleRef
+
+DENIED_BODY = "Access denied\r\n"  # cilium/proxy l7policy.cc: denied_403_body_ + "\r\n"
+
+# the access log: one JSON object per request (every value a string; "-" when unset)
+_LOG_FIELDS = {
+    "client": "%ci", "cport": "%cp", "server": "%fi", "sport": "%fp", "status": "%ST", "tr": "%Tr",
+    "ta": "%Ta", "ts": "%Ts", "ms": "%ms", "term": "%ts", "method": "%[var(txn.m),json(utf8s)]",
+    "url": "%[var(txn.uri),json(utf8s)]", "host": "%[var(txn.host),json(utf8s)]",
+    "version": "%[var(txn.ver)]", "rule": "%[var(txn.by)]", "deny": "%[var(txn.deny)]",
+    "headers": "%[var(txn.hdrs),json(utf8s)]",
+}
+LOG_FORMAT = "{" + ",".join(f'"{k}":"{v}"' for k, v in _LOG_FIELDS.items()) + "}"
+
+
+@dataclass(frozen=True)
+class Filter:
+    """One L7 entry as the proxy sees it: ``rules`` index into :attr:`ProxyConfig.rules`."""
+
+    key: PolicyKey
+    address: str  # the endpoint's IPv4
+    rules: tuple[int, ...]
+
+
+@dataclass
+class ProxyConfig:
+    text: str  # haproxy.cfg
+    files: dict[str, str] = field(default_factory=dict)  # pattern file name -> content
+    rules: list[HttpRule] = field(default_factory=list)  # logged "rule" n (1-based) = rules[n - 1]
+    filters: list[Filter] = field(default_factory=list)  # logged "deny" n (1-based) = filters[n - 1]
+
+
+def ids_map(ipcache: Mapping[str, int]) -> dict[str, str]:
+    """The identity map's content: prefix -> identity (map_ip finds the longest prefix)."""
+    return {prefix: str(ident) for prefix, ident in ipcache.items()}
+
+
+def anchored(regex: str) -> str:
+    return f"^(?:{regex})$"
+
+
+def build(l7: Mapping[PolicyKey, tuple[HttpRule, ...]], addresses: Mapping[int, str], *, port: int,
+          state_dir: str) -> ProxyConfig:
+    """``addresses``: endpoint id -> IPv4. Entries of endpoints without an address are left out (their
+    traffic never reaches the proxy)."""
+    cfg = ProxyConfig("")
+    d = state_dir.rstrip("/")
+    lines: list[str] = []
+
+    def pattern(text: str) -> str:
+        name = f"p{len(cfg.files)}.pat"
+        cfg.files[name] = text + "\n"
+        return f"{d}/{name}"
+
+    for key in sorted(l7):
+        addr = addresses.get(key.ep_id)
+        if not addr:
+            continue
+        n = len(cfg.filters) + 1
+        first = key.port
+        last = key.port | ((1 << (16 - key.port_prefix)) - 1)
+        ports = str(first) if first == last else f"{first}:{last}"
+        if key.direction == INGRESS:
+            cond = f"{{ dst {addr} }} {{ dst_port {ports} }}"
+            peer = "txn.sid"
+        else:
+            cond = f"{{ src {addr} }} {{ dst_port {ports} }}"
+            peer = "txn.did"
+        if key.identity:
+            cond += f" {{ var({peer}) -m int {key.identity} }}"
+        lines.append(f"    http-request set-var(txn.f{n}) bool(1) if {cond}")
+        idx = []
+        for rule in l7[key]:
+            cfg.rules.append(rule)
+            r = len(cfg.rules)
+            idx.append(r)
+            conds = [f"{{ var(txn.f{n}) -m bool }}", f"!{{ var(txn.ok{n}) -m found }}"]
+            if rule.method:
+                conds.append(f"{{ method -m reg -f {pattern(anchored(rule.method))} }}")
+            if rule.path:
+                conds.append(f"{{ pathq -m reg -f {pattern(anchored(rule.path))} }}")
+            if rule.host:
+                conds.append(f"{{ req.fhdr(host) -m reg -f {pattern(anchored(rule.host))} }}")
+            for name, value in rule.headers:
+                if value is None:
+                    conds.append(f"{{ req.fhdr_cnt({name}) -m int gt 0 }}")
+                else:
+                    conds.append(f"{{ req.fhdr({name}) -m str -f {pattern(value)} }}")
+            lines.append(f"    http-request set-var(txn.ok{n}) int({r}) if {' '.join(conds)}")
+        lines.append(f"    http-request set-var(txn.by) var(txn.ok{n}) if {{ var(txn.ok{n}) -m found }}")
+        lines.append(f"    http-request set-var(txn.deny) int({n}) if {{ var(txn.f{n}) -m bool }} "
+                     f"!{{ var(txn.ok{n}) -m found }}")
+        cfg.filters.append(Filter(key, addr, tuple(idx)))
+    deny_body = f"{d}/denied.body"
+    cfg.files["denied.body"] = DENIED_BODY
+    cfg.text = "\n".join([
+        "# generated by the apiary agent: do not edit",
+        "global",
+        "    master-worker",
+        f"    pidfile {d}/haproxy.pid",
+        f"    stats socket {d}/admin.sock mode 600 level admin",
+        f"    log {d}/log.sock len 16384 format raw local0",
+        "    maxconn 4096",
+        "defaults",
+        "    mode http",
+        "    log global",
+        "    option dontlognull",
+        "    timeout connect 5s",
+        "    timeout client 5m",
+        "    timeout server 5m",
+        "    timeout http-request 30s",
+        "    timeout http-keep-alive 5m",
+        "frontend l7http",
+        f"    bind 127.0.0.1:{port} transparent",
+        f"    log-format '{LOG_FORMAT}'",
+        "    http-request set-var(txn.m) method",
+        "    http-request set-var(txn.uri) pathq",
+        "    http-request set-var(txn.host) req.fhdr(host)",
+        "    http-request set-var(txn.ver) req.ver",
+        "    http-request set-var(txn.hdrs) req.hdrs",
+        f"    http-request set-var(txn.sid) src,map_ip({d}/ids.map,0)",
+        f"    http-request set-var(txn.did) dst,map_ip({d}/ids.map,0)",
+        *lines,
+        f"    http-request return status 403 content-type text/plain file {deny_body} if {{ var(txn.deny) -m found }}",
+        "    default_backend original_destination",
+        "backend original_destination",
+        "    server original 0.0.0.0:0",
+        "",
+    ])
+    return cfg
+
+
+def rule_text(rule: HttpRule, refs: list[RuleRef]) -> str:
+    """What a flow's ``decided_by`` says of an HTTP rule: the policy and the rule's own path."""
+    ref = refs[rule.rule_id] if 0 < rule.rule_id < len(refs) else None
+    if ref is None:
+        return rule.ref
+    where = f"{ref.namespace}/{ref.policy}" if ref.namespace else ref.policy
+    return f"{ref.kind} {where} {rule.ref}"

@@ -1,0 +1,249 @@
+"""L7 HTTP policy through the agent's HAProxy: the seed's l7-http-policy applied unchanged, requests from
+one endpoint to another judged one by one by a real HAProxy the datapath redirects to (BPF TPROXY with
+bpf_sk_assign), with the Hubble L7 flow of each request."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from apiary.sensors.l7proxy.haproxy import haproxy_binary
+from apiary.testing.agent import AgentProcess, is_root
+from apiary.testing.net import Net
+
+pytestmark = [
+    pytest.mark.skipif(not is_root(), reason="needs root"),
+    pytest.mark.skipif(haproxy_binary() is None, reason="haproxy not installed (scripts/setup.sh installs it)"),
+]
+
+NS = "default"  # the seed policy has no namespace: kubectl (and apiary) put it in "default"
+# the seed's §2.4 policy, byte for byte (indentation restored): frontend serves :8080, backend is the client
+SEED_L7 = """\
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata:
+  name: l7-http-policy
+spec:
+  endpointSelector:
+    matchLabels:
+      app: frontend
+  ingress:
+  - fromEndpoints:
+    - matchLabels:
+        app: backend
+    toPorts:
+    - ports:
+      - port: "8080"
+        protocol: TCP
+      rules:
+        http:
+        - method: "GET"
+          path: "/api/v1/.*"
+        - method: "POST"
+          path: "/api/v1/orders"
+          headers:
+          - "Content-Type: application/json"
+"""
+JSON = {"Content-Type": "application/json"}
+
+
+@pytest.fixture(scope="module")
+def net() -> Iterator[Net]:
+    agent = AgentProcess()
+    n = Net(agent)
+    try:
+        agent.start()
+        n.eps = {  # type: ignore[attr-defined]
+            "frontend": n.endpoint("frontend", NS, app="frontend"),
+            "backend": n.endpoint("backend", NS, app="backend"),
+            "other": n.endpoint("other", NS, app="other"),
+        }
+        n.serve(f"{NS}/frontend", "serve-http11", "8080")
+        n.serve(f"{NS}/frontend", "serve-tcp", "9000")
+        n.apply_ok(SEED_L7)
+        yield n
+    finally:
+        n.close()
+        agent.cleanup()
+
+
+def ip(net: Net, name: str) -> str:
+    return str(net.eps[name]["ipv4"])  # type: ignore[attr-defined]
+
+
+def requests(net: Net, src: str, *reqs: tuple[str, str, dict[str, str], str]) -> dict[str, Any]:
+    argv = net._exec(f"{NS}/{src}", "requests", ip(net, "frontend"), "8080", json.dumps(list(reqs)))
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    return dict(json.loads(p.stdout.strip().splitlines()[-1]))
+
+
+def l7_flows(net: Net) -> list[dict[str, Any]]:
+    for _ in range(50):
+        flows = [f for f in net.flows("--type", "l7") if f.get("Type") == "L7"]
+        if flows:
+            return flows
+        time.sleep(0.2)
+    return []
+
+
+def find(flows: list[dict[str, Any]], kind: str, method: str, path: str) -> dict[str, Any]:
+    hits = [f for f in flows if f["l7"]["type"] == kind and f["l7"]["http"]["method"] == method
+            and f["l7"]["http"]["url"].endswith(path)]
+    assert hits, f"no {kind} flow for {method} {path}: {[f['Summary'] for f in flows]}"
+    return hits[-1]
+
+
+def test_seed_policy_judges_each_request(net: Net) -> None:
+    out = requests(
+        net, "backend",
+        ("GET", "/api/v1/items", {}, ""),
+        ("POST", "/api/v1/orders", JSON, "{}"),
+        ("POST", "/api/v1/orders", {"Content-Type": "text/plain"}, "x"),
+        ("DELETE", "/api/v1/items", {}, ""),
+        ("GET", "/admin", {}, ""),
+        ("GET", "/api/v1/again", {}, ""),
+    )
+    statuses = [s for s, _ in out["responses"]]
+    assert statuses == [200, 200, 403, 403, 403, 200], out
+    assert out["connections"] == 1  # one keep-alive connection, judged request by request
+    assert out["responses"][2][1] == "Access denied\r\n"
+    # the server answered the allowed ones (the proxy connects from the host side: the router address)
+    assert out["responses"][0][1].startswith("GET /api/v1/items from ")
+
+    flows = l7_flows(net)
+    get = find(flows, "REQUEST", "GET", "/api/v1/items")
+    assert get["verdict"] == "FORWARDED"
+    assert get["traffic_direction"] == "INGRESS"
+    assert get["source"]["pod_name"] == "backend" and get["destination"]["pod_name"] == "frontend"
+    assert get["event_type"] == {"type": 129}
+    assert "ingress[0].toPorts[0].rules.http[0]" in get["extensions"]["apiary"]["decided_by"]
+    assert get["Summary"] == f"HTTP/1.1 GET http://{ip(net, 'frontend')}:8080/api/v1/items"
+    resp = find(flows, "RESPONSE", "GET", "/api/v1/items")
+    assert resp["l7"]["http"]["code"] == 200 and isinstance(resp["l7"].get("latency_ns", "0"), str)
+    post = find(flows, "REQUEST", "POST", "/api/v1/orders")
+    assert {"key": "Content-Type", "value": "application/json"} in post["l7"]["http"]["headers"] or \
+        post["verdict"] == "DROPPED"
+    assert find(flows, "REQUEST", "DELETE", "/api/v1/items")["verdict"] == "DROPPED"
+    denied = find(flows, "REQUEST", "GET", "/admin")
+    assert denied["verdict"] == "DROPPED"
+    assert "no HTTP rule matched" in denied["extensions"]["apiary"]["decided_by"]
+    drops = [f for f in flows if f["verdict"] == "DROPPED" and f["l7"]["type"] == "REQUEST"]
+    assert len(drops) >= 3
+    # the observe filters: --http-method / --http-status
+    only_delete = [f for f in net.flows("--type", "l7", "--http-method", "DELETE")]
+    assert only_delete and all(f["l7"]["http"]["method"] == "DELETE" for f in only_delete)
+
+
+def test_other_identity_and_other_port_are_not_redirected(net: Net) -> None:
+    # "other" is not allowed by the policy at all: dropped by L3/L4 (default deny), never reaches the proxy
+    assert not net.probe(f"{NS}/other", "tcp", ip(net, "frontend"), "8080", "1")
+    # the backend on a port without L7 rules: also default deny (the policy allows 8080 only)
+    assert not net.probe(f"{NS}/backend", "tcp", ip(net, "frontend"), "9000", "1")
+
+
+def raw(net: Net, src: str, text: str) -> str:
+    argv = net._exec(f"{NS}/{src}", "raw", ip(net, "frontend"), "8080", json.dumps(text))
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    return str(json.loads(p.stdout.strip().splitlines()[-1]))
+
+
+def statuses(reply: str) -> list[int]:
+    return [int(code) for code in re.findall(r"HTTP/1\.[01] (\d{3}) ", reply)]
+
+
+def test_pipelined_requests_are_judged_in_order(net: Net) -> None:
+    reply = raw(net, "backend", "GET /api/v1/a HTTP/1.1\r\nHost: f\r\n\r\n"
+                "DELETE /api/v1/a HTTP/1.1\r\nHost: f\r\n\r\n"
+                "GET /api/v1/b HTTP/1.1\r\nHost: f\r\nConnection: close\r\n\r\n")
+    assert statuses(reply) == [200, 403, 200], reply
+    assert "GET /api/v1/a from" in reply and "GET /api/v1/b from" in reply and "DELETE /api/v1/a from" not in reply
+
+
+def test_http10_and_malformed_request(net: Net) -> None:
+    assert statuses(raw(net, "backend", "GET /api/v1/old HTTP/1.0\r\n\r\n")) == [200]
+    assert statuses(raw(net, "backend", "GET /other HTTP/1.0\r\n\r\n")) == [403]
+    assert statuses(raw(net, "backend", "THIS IS NOT HTTP\r\n\r\n")) == [400]
+    out = requests(net, "backend", ("GET", "/api/v1/still-alive", {}, ""))  # the proxy lives on
+    assert [s for s, _ in out["responses"]] == [200]
+
+
+EGRESS_L7 = """\
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: other-egress-l7}
+spec:
+  endpointSelector: {matchLabels: {app: other}}
+  egress:
+  - toEndpoints: [{matchLabels: {app: frontend}}]
+    toPorts:
+    - ports: [{port: "8080", protocol: TCP}]
+      rules: {http: [{method: GET, path: "/public"}]}
+"""
+FRONTEND_FROM_OTHER = """\
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: frontend-from-other}
+spec:
+  endpointSelector: {matchLabels: {app: frontend}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: other}}]
+    toPorts: [{ports: [{port: "8080", protocol: TCP}]}]
+"""
+
+
+def test_egress_l7_and_the_servers_ingress(net: Net) -> None:
+    try:
+        net.apply_ok(EGRESS_L7)
+        # the client's egress sends it to the proxy, but the server's ingress (the seed policy) does not allow
+        # "other": decided where the connection leaves the client, as the proxy's own connection is not judged
+        assert not net.probe(f"{NS}/other", "tcp", ip(net, "frontend"), "8080", "1")
+        net.apply_ok(FRONTEND_FROM_OTHER)
+        out = requests(net, "other", ("GET", "/public", {}, ""), ("GET", "/public/x", {}, ""),
+                       ("POST", "/public", {}, "x"))
+        assert [s for s, _ in out["responses"]] == [200, 403, 403], out  # path regex matches the whole path
+        flows = l7_flows(net)
+        ok = find(flows, "REQUEST", "GET", "/public")
+        assert ok["traffic_direction"] == "EGRESS" and ok["source"]["pod_name"] == "other"
+        assert "other-egress-l7 egress[0].toPorts[0].rules.http[0]" in ok["extensions"]["apiary"]["decided_by"]
+        assert find(flows, "REQUEST", "GET", "/public/x")["verdict"] == "DROPPED"
+    finally:
+        for name in ("other-egress-l7", "frontend-from-other"):
+            net.agent.cli("policy", "delete", name, "-n", NS)
+
+
+def test_proxy_down_fails_closed_and_is_restarted(net: Net) -> None:
+    status = json.loads(net.cli_ok("status", "-o", "json"))
+    proxy = status["network"]["l7_proxy"]
+    pid = proxy["pid"]
+    assert proxy["alive"] and pid
+    os.kill(pid, signal.SIGKILL)
+    for _ in range(100):
+        proxy = json.loads(net.cli_ok("status", "-o", "json"))["network"]["l7_proxy"]
+        if proxy["pid"] != pid and proxy["alive"]:
+            break
+        time.sleep(0.1)
+    assert proxy["restarts"] >= 1 and proxy["pid"] != pid
+    out = requests(net, "backend", ("GET", "/api/v1/after-restart", {}, ""))
+    assert [s for s, _ in out["responses"]] == [200]
+
+
+def test_agent_stopped_proxy_gone_fails_closed(net: Net) -> None:
+    """Last in the module: with the agent (and so its HAProxy) stopped the endpoints keep their programs;
+    a connection the policy sends to the proxy is dropped (no listener), never let through unjudged."""
+    row = json.loads(net.cli_ok("endpoint", "get", f"{NS}/backend"))
+    assert net.agent.stop() == 0
+    probe = ["ip", "netns", "exec", os.path.basename(row["netns"]), "python3", "-c",
+             "import socket,sys\ntry:\n socket.create_connection((sys.argv[1], 8080), timeout=2).close()\n"
+             " print('connected')\nexcept OSError as e:\n print('failed', e)", ip(net, "frontend")]
+    out = subprocess.run(probe, capture_output=True, text=True, timeout=60).stdout
+    assert out.startswith("failed"), out

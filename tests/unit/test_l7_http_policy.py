@@ -1,0 +1,281 @@
+"""L7 HTTP rules: loading (what is refused and why), compiling into L7 entries with their HTTP rules (Cilium's
+combination with L3 peers and ports), the HAProxy configuration built from them, and the Hubble L7 flows and
+filters of a proxied exchange."""
+
+from __future__ import annotations
+
+import subprocess
+import textwrap
+from pathlib import Path
+
+import pytest
+from hubble_flow_helpers import builder  # noqa: I001
+
+from apiary.observe.hubble.builder import l7_response
+from apiary.observe.hubble.filters import FlowFilter
+from apiary.observe.hubble.l7 import HttpExchange, parse_headers, url_of
+from apiary.policy.compile import EndpointSpec, compile_policies
+from apiary.policy.load import PolicyError, load_policies
+from apiary.policy.models import split_header
+from apiary.policy.types import INGRESS, PROTO_TCP, HttpRule, PolicyKey
+from apiary.sensors.l7proxy.config import DENIED_BODY, anchored, build, rule_text
+from apiary.sensors.l7proxy.haproxy import haproxy_binary
+
+NS = "default"
+EPS = [
+    EndpointSpec(1, "frontend", NS, {"app": "frontend"}, "10.200.0.10"),
+    EndpointSpec(2, "backend", NS, {"app": "backend"}, "10.200.0.20"),
+    EndpointSpec(3, "other", NS, {"app": "other"}, "10.200.0.30"),
+]
+SEED = """\
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata:
+  name: l7-http-policy
+spec:
+  endpointSelector:
+    matchLabels:
+      app: frontend
+  ingress:
+  - fromEndpoints:
+    - matchLabels:
+        app: backend
+    toPorts:
+    - ports:
+      - port: "8080"
+        protocol: TCP
+      rules:
+        http:
+        - method: "GET"
+          path: "/api/v1/.*"
+        - method: "POST"
+          path: "/api/v1/orders"
+          headers:
+          - "Content-Type: application/json"
+"""
+
+
+def compiled(*docs: str):  # type: ignore[no-untyped-def]
+    policies = [p for d in docs for p in load_policies(textwrap.dedent(d))]
+    return compile_policies(policies, EPS)
+
+
+def backend_id(c) -> int:  # type: ignore[no-untyped-def]
+    return c.ipcache["10.200.0.20/32"]
+
+
+def test_seed_policy_compiles_to_one_l7_entry_with_two_rules() -> None:
+    c = compiled(SEED)
+    key = PolicyKey(1, INGRESS, backend_id(c), PROTO_TCP, 8080, 16)
+    assert c.endpoints[1].entries[key].l7 and not c.endpoints[1].entries[key].deny
+    rules = c.l7[key]
+    assert [(r.method, r.path, r.headers) for r in rules] == [
+        ("GET", "/api/v1/.*", ()), ("POST", "/api/v1/orders", (("Content-Type", "application/json"),))]
+    assert [r.ref for r in rules] == ["ingress[0].toPorts[0].rules.http[0]", "ingress[0].toPorts[0].rules.http[1]"]
+    assert rule_text(rules[1], c.rules) == \
+        "CiliumNetworkPolicy default/l7-http-policy ingress[0].toPorts[0].rules.http[1]"
+    assert len(c.endpoints[1].entries) == 1  # nothing else is allowed (default deny)
+
+
+PLAIN_SAME_PORT = """\
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: plain}
+spec:
+  endpointSelector: {matchLabels: {app: frontend}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: backend}}]
+    toPorts: [{ports: [{port: "8080", protocol: TCP}]}]
+"""
+PLAIN_L3 = """\
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: plain-l3}
+spec:
+  endpointSelector: {matchLabels: {app: frontend}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: backend}}]
+"""
+PLAIN_OTHER_PEER = """\
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: plain-other}
+spec:
+  endpointSelector: {matchLabels: {app: frontend}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: other}}]
+    toPorts: [{ports: [{port: "8080", protocol: TCP}]}]
+"""
+
+
+@pytest.mark.parametrize("plain", [PLAIN_SAME_PORT, PLAIN_L3], ids=["same-port", "l3-only"])
+def test_plain_allow_of_same_peer_voids_l7(plain: str) -> None:
+    for docs in ((SEED, plain), (plain, SEED)):  # whatever the order
+        c = compiled(*docs)
+        key = PolicyKey(1, INGRESS, backend_id(c), PROTO_TCP, 8080, 16)
+        assert c.endpoints[1].entries[key].l7  # still proxied (visible) ...
+        void = [r for r in c.l7[key] if (r.method, r.path, r.host, r.headers) == (None, None, None, ())]
+        assert void and c.rules[void[0].rule_id].policy in ("plain", "plain-l3")  # ... and every request allowed
+
+
+def test_plain_allow_of_another_peer_keeps_l7() -> None:
+    c = compiled(SEED, PLAIN_OTHER_PEER)
+    key = PolicyKey(1, INGRESS, backend_id(c), PROTO_TCP, 8080, 16)
+    assert all(r.method for r in c.l7[key])
+    other = PolicyKey(1, INGRESS, c.ipcache["10.200.0.30/32"], PROTO_TCP, 8080, 16)
+    assert not c.endpoints[1].entries[other].l7 and other not in c.l7
+
+
+def test_empty_http_rule_is_visibility_only_and_deny_wins() -> None:
+    c = compiled(SEED.replace("""        - method: "GET"
+          path: "/api/v1/.*"
+        - method: "POST"
+          path: "/api/v1/orders"
+          headers:
+          - "Content-Type: application/json"
+""", "        - {}\n"))
+    key = PolicyKey(1, INGRESS, backend_id(c), PROTO_TCP, 8080, 16)
+    assert [(r.method, r.path) for r in c.l7[key]] == [(None, None)]
+    deny = SEED + """  ingressDeny:
+  - fromEndpoints: [{matchLabels: {app: backend}}]
+"""
+    c = compiled(deny)
+    entry = c.endpoints[1].entries[key]
+    assert entry.deny and not entry.l7 and key not in c.l7
+
+
+def test_egress_l7_and_port_range() -> None:
+    c = compiled("""\
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: egress-l7}
+spec:
+  endpointSelector: {matchLabels: {app: backend}}
+  egress:
+  - toEndpoints: [{matchLabels: {app: frontend}}]
+    toPorts:
+    - ports: [{port: "8080", endPort: 8081, protocol: TCP}]
+      rules: {http: [{method: GET, host: "^api\\\\.example$"}]}
+    - ports: [{port: "9000", protocol: TCP}]
+""")
+    l7 = {k: v for k, v in c.l7.items() if k.ep_id == 2}
+    assert {(k.port, k.port_prefix) for k in l7} == {(8080, 15)}
+    (rules,) = l7.values()
+    assert rules[0].ref == "egress[0].toPorts[0].rules.http[0]" and rules[0].host == "^api\\.example$"
+    plain = [k for k, e in c.endpoints[2].entries.items() if k.port == 9000]
+    assert plain and not c.endpoints[2].entries[plain[0]].l7
+
+
+@pytest.mark.parametrize(("rule", "path", "why"), [
+    ("{headerMatches: [{name: X-A, value: b, mismatch: LOG}]}", "rules.http[0].headerMatches[0].mismatch", "LOG"),
+    ("{headerMatches: [{name: X-A, secret: {name: s}}]}", "rules.http[0].headerMatches[0].secret", "secret"),
+])
+def test_unhonoured_header_matches_are_refused_by_path(rule: str, path: str, why: str) -> None:
+    with pytest.raises(PolicyError) as e:
+        load_policies(SEED.replace("""        - method: "GET"\n""", f"        - {rule}\n        - method: \"GET\"\n"))
+    (msg,) = e.value.messages
+    assert msg.startswith(f"unsupported: spec.ingress[0].toPorts[0].{path} (") and why in msg
+
+
+@pytest.mark.parametrize(("rule", "path"), [
+    ('{path: "/a(["}', "spec.ingress[0].toPorts[0].rules.http[0].path"),
+    ('{method: "*GET"}', "spec.ingress[0].toPorts[0].rules.http[0].method"),
+    ('{headers: ["Bad Header: x"]}', None),  # "Bad" is the name, "Header: x" the value: valid
+    ('{headers: ["Bad(: x"]}', "spec.ingress[0].toPorts[0].rules.http[0].headers[0]"),
+])
+def test_bad_http_rules_name_the_field(rule: str, path: str | None) -> None:
+    text = SEED.replace("""        - method: "GET"\n""", f"        - {rule}\n        - method: \"GET\"\n")
+    if path is None:
+        load_policies(text)
+        return
+    with pytest.raises(PolicyError) as e:
+        load_policies(text)
+    assert any(m.startswith(path + ":") for m in e.value.messages), e.value.messages
+
+
+def test_headers_split_as_cilium_does() -> None:
+    assert split_header("Content-Type: application/json") == ("Content-Type", "application/json")
+    assert split_header("X-My-Header: true") == ("X-My-Header", "true")
+    assert split_header("X-Present") == ("X-Present", None)
+
+
+def test_haproxy_config(tmp_path: Path) -> None:
+    c = compiled(SEED)
+    cfg = build(c.l7, {1: "10.200.0.10", 2: "10.200.0.20"}, port=15001, state_dir=str(tmp_path))
+    (f,) = cfg.filters
+    assert f.address == "10.200.0.10" and f.rules == (1, 2)
+    assert "bind 127.0.0.1:15001 transparent" in cfg.text
+    assert f"{{ dst 10.200.0.10 }} {{ dst_port 8080 }} {{ var(txn.sid) -m int {backend_id(c)} }}" in cfg.text
+    assert sorted(v for k, v in cfg.files.items() if k.endswith(".pat")) == sorted(
+        ["^(?:GET)$\n", "^(?:/api/v1/.*)$\n", "^(?:POST)$\n", "^(?:/api/v1/orders)$\n", "application/json\n"])
+    assert cfg.files["denied.body"] == DENIED_BODY == "Access denied\r\n"
+    assert "/api/v1" not in cfg.text  # user text only ever in pattern files
+    if haproxy_binary() is None:
+        return
+    for name, text in cfg.files.items():
+        (tmp_path / name).write_text(text)
+    (tmp_path / "ids.map").write_text("10.200.0.20/32 257\n")
+    (tmp_path / "haproxy.cfg").write_text(cfg.text)
+    r = subprocess.run([str(haproxy_binary()), "-c", "-f", str(tmp_path / "haproxy.cfg")], capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_anchoring() -> None:
+    import re
+
+    assert re.fullmatch(anchored("GET|POST"), "POST") and not re.search(anchored("/api"), "/api/x")
+
+
+REC = {"client": "10.200.0.20", "cport": "40000", "server": "10.200.0.10", "sport": "8080", "method": "GET",
+       "url": "/api/v1/x?a=1", "host": "frontend:8080", "version": "1.1", "status": "200", "tr": "3"}
+
+
+def exchange(allowed: bool) -> HttpExchange:
+    return HttpExchange("10.200.0.20", 40000, "10.200.0.10", 8080, "GET", url_of(REC), "HTTP/1.1",
+                        parse_headers("Host: frontend:8080\r\nX-A: b\r\n"), 200 if allowed else 0, 3_000_000,
+                        1_700_000_000_000_000_000, allowed, True, "CiliumNetworkPolicy default/p ingress[0]")
+
+
+def test_l7_flows() -> None:
+    b = builder()
+    req = l7_response(b, exchange(True), response=False)["flow"]
+    assert req["Type"] == "L7" and req["event_type"] == {"type": 129} and req["verdict"] == "FORWARDED"
+    assert req["l7"] == {"type": "REQUEST", "http": {
+        "method": "GET", "url": "http://frontend:8080/api/v1/x?a=1", "protocol": "HTTP/1.1",
+        "headers": [{"key": "Host", "value": "frontend:8080"}, {"key": "X-A", "value": "b"}]}}
+    assert req["Summary"] == "HTTP/1.1 GET http://frontend:8080/api/v1/x?a=1"
+    assert req["traffic_direction"] == "INGRESS" and req["IP"]["source"] == "10.200.0.20"
+    resp = l7_response(b, exchange(True), response=True)["flow"]
+    assert resp["l7"]["type"] == "RESPONSE" and resp["l7"]["latency_ns"] == "3000000"
+    assert resp["l7"]["http"]["code"] == 200 and resp["IP"]["source"] == "10.200.0.10" and resp["is_reply"]
+    assert resp["Summary"] == "HTTP/1.1 200 3ms (GET http://frontend:8080/api/v1/x?a=1)"
+    denied = l7_response(b, exchange(False), response=False)["flow"]
+    assert denied["verdict"] == "DROPPED" and denied["extensions"]["apiary"]["decided_by"].endswith("ingress[0]")
+
+
+@pytest.mark.parametrize(("args", "expect"), [
+    (["--http-status", "200"], [False, True, False]),
+    (["--http-status", "2+"], [False, True, False]),
+    (["--http-status", "4+"], [False, False, False]),
+    (["--http-method", "get"], [True, True, True]),
+    (["--http-path", "^/api/v1/x$"], [True, True, True]),
+    (["--http-url", "a=1"], [True, True, True]),
+    (["--protocol", "http"], [True, True, True]),
+])
+def test_http_filters(args: list[str], expect: list[bool]) -> None:
+    b = builder()
+    flows = [l7_response(b, exchange(True), response=False), l7_response(b, exchange(True), response=True),
+             l7_response(b, exchange(False), response=False)]
+    f = FlowFilter.from_args([(args[0], args[1])])
+    assert [f.matches(x) for x in flows] == expect
+
+
+def test_http_filter_values_are_checked() -> None:
+    for bad in (("--http-status", "2xx"), ("--http-path", "(")):
+        with pytest.raises(ValueError):
+            FlowFilter.from_args([bad])
+
+
+def test_unanchored_rule_text_fallback() -> None:
+    assert rule_text(HttpRule(99, "ingress[0]"), []) == "ingress[0]"

@@ -160,16 +160,62 @@ __noinline int gs_run_hook(__u32 hid, struct hooks_ctx *hc)
 	return 0;
 }
 
-/* the hooks watching one attach point, in order (sh: its gs_syscalls entry); direct calls, no callbacks */
-static __always_inline int run_hooks(struct hooks_ctx *hc, struct gs_sys *sh)
+/* The hook's quick reject (struct gs_quick), in the entry program before any call: 1 when the call cannot
+ * match (the first bytes of the compared string are none of the values'), 0 when it may (or the hook has
+ * no quick reject, or the string cannot be read: the selectors decide as always). Inlined in the entry program
+ * when one hook watches the syscall (the common case: no call); gs_quick_reject below when several do. */
+static __always_inline int quick_reject(struct hooks_ctx *hc, __u32 hid)
+{
+	/* the string's first bytes, and the lookup's key in the same 16 bytes (the entry program's frame is
+	 * at its limit: see gs_quick_reject) */
+	__u64 w[2] = {hid, 0};
+	struct gs_hook *h = bpf_map_lookup_elem(&gs_hooks, w);
+	if (!h || !hc || !h->quick.n || h->quick.reg > 5 || (h->flags & GS_F_AT_EXIT))
+		return 0;
+	w[0] = 0;
+	long n = bpf_probe_read_user_str(w, 9, (void *)reg_at(hc, h->quick.reg));
+	if (n <= 0)
+		return 0;
+	__u64 x = w[0];
+	if (n < 9) /* only the bytes before the NUL: the helper need not zero the rest */
+		x &= (1ULL << ((n - 1) * 8)) - 1;
+	__u32 nv = h->quick.n;
+	for (__u32 v = 0; v < GS_QUICK; v++) {
+		if (v >= nv)
+			break;
+		if ((x & h->quick.mask[v]) == h->quick.val[v])
+			return 0;
+	}
+	return 1;
+}
+
+/* the same, as its own function: a loop over several hooks keeps its state across the calls, and inlined
+ * there its buffer and spills would grow the entry program's frame, which the deepest call chain adds to
+ * (512 bytes in all) */
+__noinline int gs_quick_reject(struct hooks_ctx *hc, __u32 hid)
+{
+	return hc ? quick_reject(hc, hid) : 0;
+}
+
+/* the hooks watching one attach point, in order (sh: its gs_syscalls entry); direct calls, no callbacks.
+ * quick: the attach point is a syscall's entry, whose hooks may have a quick reject. */
+static __always_inline int run_hooks_q(struct hooks_ctx *hc, struct gs_sys *sh, int quick)
 {
 	__u32 n = sh->n;
 	for (__u32 i = 0; i < GS_PER_SYSCALL; i++) {
 		if (i >= n)
 			break;
-		gs_run_hook(sh->hooks[i], hc);
+		__u32 hid = sh->hooks[i];
+		if (quick && gs_quick_reject(hc, hid))
+			continue;
+		gs_run_hook(hid, hc);
 	}
 	return 0;
+}
+
+static __always_inline int run_hooks(struct hooks_ctx *hc, struct gs_sys *sh)
+{
+	return run_hooks_q(hc, sh, 0);
 }
 
 /* Attached by the loader to syscalls/sys_enter_<name> of each watched syscall only: unwatched
@@ -180,15 +226,20 @@ int gs_sys_enter(struct trace_event_raw_sys_enter *ctx)
 	/* only the record's int __syscall_nr (offset 8, size 4): the 8-byte `id` would read past the end
 	 * of the record of a syscall without arguments (getpid, sync: 12 bytes), which makes the attach
 	 * fail with EACCES (max_ctx_offset) */
-	__u32 nr = *(__u32 *)((void *)ctx + offsetof(struct trace_event_raw_sys_enter, id));
-	struct gs_sys *sh = bpf_map_lookup_elem(&gs_syscalls, &nr);
+	struct hooks_ctx hc = {.nr = *(__u32 *)((void *)ctx + offsetof(struct trace_event_raw_sys_enter, id))};
+	struct gs_sys *sh = bpf_map_lookup_elem(&gs_syscalls, &hc.nr); /* keyed by hc's own field: one slot less */
 	if (!sh)
 		return 0;
-	struct hooks_ctx hc = {.nr = nr};
 	/* a record only holds the syscall's own arguments: direct ctx reads past them would make the
 	 * attach fail (max_ctx_offset), so copy; slots past the syscall's arity are never used */
 	bpf_probe_read_kernel(hc.args, sizeof(hc.args), ctx->args);
-	return run_hooks(&hc, sh);
+	if (sh->n == 1) { /* the common case, without a loop's state kept across the calls */
+		__u32 hid = sh->hooks[0];
+		if (!quick_reject(&hc, hid))
+			gs_run_hook(hid, &hc);
+		return 0;
+	}
+	return run_hooks_q(&hc, sh, 1);
 }
 
 /* return hooks: complete the entry's event with the return value; the first selector (in order) whose

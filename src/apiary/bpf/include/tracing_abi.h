@@ -13,6 +13,7 @@
 #define GS_STR 128 /* compared bytes of a string value */
 #define GS_ARGSTR 256 /* bytes of a string argument kept (event and matching) */
 #define GS_BIN 256
+#define GS_QUICK 4 /* values of a hook's quick reject (struct gs_quick) */
 
 /* argument kinds */
 #define GS_ARG_INT 1
@@ -213,6 +214,18 @@ struct gs_selector {
 	struct gs_filter ret; /* its arg field is unused: the filter is on the return value */
 };
 
+/* A hook's quick reject at a syscall's entry (n = 0: none): every selector compares the user string in
+ * register reg with Equal/Prefix, so a call whose first 8 bytes (read as a little-endian u64, zero past the
+ * NUL) match none of val[v] under mask[v] cannot match: it is dropped before anything else is read. An Equal
+ * value shorter than 8 bytes includes its NUL in the mask; a longer value compares its first 8 bytes. */
+struct gs_quick {
+	__u8 reg;
+	__u8 n;
+	__u8 _pad[6];
+	__u64 val[GS_QUICK];
+	__u64 mask[GS_QUICK];
+};
+
 struct gs_hook {
 	__u32 policy_id;
 	__u16 hook_id;
@@ -233,6 +246,7 @@ struct gs_hook {
 	__u8 _pad3;
 	__u16 guard; /* GS_G_* bits */
 	struct gs_selector sel[GS_SELECTORS];
+	struct gs_quick quick;
 };
 
 /* followChildren / followForks: what sets bit i of a process's gs_mb entry */

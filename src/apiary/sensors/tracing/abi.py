@@ -64,6 +64,7 @@ MSG_GENERIC = MsgType.GENERIC
 GS_HOOKS, GS_PER_SYSCALL, GS_ARGS, GS_SELECTORS = MAX_HOOKS, MAX_HOOKS_PER_SYSCALL, MAX_ARGS, MAX_SELECTORS
 GS_FILTERS, GS_VALS, GS_STR = MAX_ARG_FILTERS, MAX_VALUES, MAX_STRING
 GS_ARGSTR, GS_BIN = MAX_ARG_BYTES, MAX_BINARY
+GS_QUICK = 4  # values of a hook's quick reject (struct gs_quick)
 KIND = {
     ARG_INT: 1,
     ARG_UINT: 2,
@@ -241,6 +242,16 @@ class Sel(ctypes.Structure):
     ]
 
 
+class Quick(ctypes.Structure):
+    _fields_ = [
+        ("reg", ctypes.c_uint8),
+        ("n", ctypes.c_uint8),
+        ("_pad", ctypes.c_uint8 * 6),
+        ("val", ctypes.c_uint64 * GS_QUICK),
+        ("mask", ctypes.c_uint64 * GS_QUICK),
+    ]
+
+
 class HookCfg(ctypes.Structure):
     _fields_ = [
         ("policy_id", ctypes.c_uint32),
@@ -262,6 +273,7 @@ class HookCfg(ctypes.Structure):
         ("_pad3", ctypes.c_uint8),
         ("guard", ctypes.c_uint16),
         ("sel", Sel * GS_SELECTORS),
+        ("quick", Quick),
     ]
 
 
@@ -360,6 +372,7 @@ STRUCTS: dict[str, type[ctypes.Structure]] = {
     "gs_follow": Follow,
     "gs_selector": Sel,
     "gs_hook": HookCfg,
+    "gs_quick": Quick,
     "gs_sys": SysCfg,
     "gs_event": Event,
     "gs_sockinfo": SockInfo,
@@ -386,6 +399,7 @@ DEFINES: dict[str, int] = {
     "GS_STR": GS_STR,
     "GS_ARGSTR": GS_ARGSTR,
     "GS_BIN": GS_BIN,
+    "GS_QUICK": GS_QUICK,
     "GS_NS": GS_NS,
     "GS_FOLLOW": GS_FOLLOW,
     **{f"GS_ARG_{_KIND_C.get(k, k.replace('_', '').upper())}": v for k, v in KIND.items()},
@@ -575,7 +589,45 @@ def encode_hook(
                     need = max(len(str(v).encode()) for v in flt.values) if flt.values else 1
                     h.hash_len[flt.arg] = max(h.hash_len[flt.arg], min(need, GS_ARGSTR - 1))
             _encode_filter(f, flt.op, kind, flt.values)
+    encode_quick(h.quick, hook)
     return bytes(h)
+
+
+def quick_values(hook: Hook) -> tuple[int, list[tuple[int, int]]] | None:
+    """A hook's quick reject at a syscall's entry: the register of a user string every selector compares
+    with Equal or Prefix (one such filter per selector: each is necessary for its selector to match), and
+    (value, mask) of the first 8 bytes of every value, little-endian; None when the hook has none (no
+    selectors, evaluated at the exit, a selector without such a filter, or more than GS_QUICK values)."""
+    if not hook.selectors or hook.at_exit:
+        return None
+    arg: int | None = None
+    words: list[tuple[int, int]] = []
+    for sel in hook.selectors:
+        flt = next((f for f in sel.args if f.op in ("Equal", "Prefix") and hook.args[f.arg].kind == ARG_STRING
+                    and (arg is None or f.arg == arg)), None)
+        if flt is None:
+            return None
+        arg = flt.arg
+        for val in flt.values:
+            b = str(val).encode()[:GS_STR]
+            k = len(b) + 1 if flt.op == "Equal" and len(b) < 8 else min(len(b), 8)  # an Equal's NUL too
+            word = int.from_bytes(b[:8].ljust(8, b"\0"), "little")
+            mask = (1 << (8 * k)) - 1
+            if (word & mask, mask) not in words:
+                words.append((word & mask, mask))
+    if arg is None or len(words) > GS_QUICK or hook.args[arg].index > 5:
+        return None
+    return hook.args[arg].index, words
+
+
+def encode_quick(q: Quick, hook: Hook) -> None:
+    qv = quick_values(hook)
+    if qv is None:
+        return
+    q.reg = qv[0]
+    q.n = len(qv[1])
+    for v, (word, mask) in enumerate(qv[1]):
+        q.val[v], q.mask[v] = word, mask
 
 
 def encode_guard(h: HookCfg, g: Guard) -> None:

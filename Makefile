@@ -18,7 +18,7 @@ run: setup build
 
 test: lint build
 	$(PY) -m pytest -q -p no:cacheprovider tests $(PYTEST_ARGS)
-	bash scripts/test-vm.sh
+	APIARY_VM_KERNELS="$${APIARY_VM_KERNELS:-6.1}" bash scripts/test-vm.sh
 
 test-vm: setup build
 	APIARY_VM=required APIARY_VM_FULL=1 bash scripts/test-vm.sh

@@ -12,10 +12,12 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from apiary.sensors.process.sensor import ProcessSensor
 from apiary.sensors.tracing import abi as tabi
 from apiary.sensors.tracing.sensor import TracingSensor
 from apiary.testing.sensors import tracing_events
@@ -34,6 +36,33 @@ from apiary.tracing.types import (
 )
 
 LIBC = os.path.realpath("/lib/x86_64-linux-gnu/libc.so.6")
+
+
+@pytest.fixture(scope="module")
+def _module_sensors() -> Iterator[tuple[ProcessSensor, TracingSensor]]:
+    """One process + tracing sensor pair for the module (loading them is most of each test's time under the
+    VM's TCG); each test gets them with no policy loaded and an empty ring."""
+    ps = ProcessSensor(ringbuf_bytes=1 << 22)
+    ps.load()
+    ts = TracingSensor(ps)
+    try:
+        ts.load()
+        yield ps, ts
+    finally:
+        ts.close()
+        ps.close()
+
+
+@pytest.fixture
+def sensors(_module_sensors: tuple[ProcessSensor, TracingSensor]) -> Iterator[tuple[ProcessSensor, TracingSensor]]:
+    ps, ts = _module_sensors
+    tracing_events(ps)  # what earlier tests left in the ring
+    try:
+        yield ps, ts
+    finally:
+        for key in list(ts.policies):
+            ts.delete(key)
+        assert not ts.sys_links, f"links left after every policy was deleted: {sorted(ts.sys_links)}"
 
 
 def _s(ev: tabi.Event, i: int) -> str:

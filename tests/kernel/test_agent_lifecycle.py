@@ -73,19 +73,19 @@ def test_bpf_list_and_clean_shutdown_detaches_everything() -> None:
         assert r.returncode == 0, r.stderr
         data = json.loads(r.stdout)
         progs = {p["name"]: p["id"] for p in data["programs"]}
-        assert set(progs) == {
-            "on_exec",
-            "on_fork",
-            "on_exit",
-            "from_container",
-            "to_container",
-            "gs_sys_enter",
-            "gs_connect4",
-            "gs_connect6",
-        }
-        assert len(data["links"]) == 5 and all(
-            lk["id"] > 0 for lk in data["links"]
-        )  # no endpoints/policies: no TC/syscall links
+        # no TracingPolicy yet: the tracing sensor's programs are not loaded (they load with the first one)
+        assert set(progs) == {"on_exec", "on_fork", "on_exit", "from_container", "to_container"}
+        assert len(data["links"]) == 3 and all(lk["id"] > 0 for lk in data["links"])  # no endpoints: no TC links
+        tp = (
+            "apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata: {name: lifecycle-ppid}\nspec:\n"
+            "  kprobes:\n  - call: sys_getppid\n    syscall: true\n"
+        )
+        r = a.cli("tp", "apply", "-f", "-", input=tp)
+        assert r.returncode == 0, r.stderr
+        data = json.loads(a.cli("bpf", "list", "-o", "json").stdout)
+        progs = {p["name"]: p["id"] for p in data["programs"]}
+        assert {"gs_sys_enter", "gs_connect4", "gs_connect6"} <= set(progs)
+        assert len(data["links"]) == 6  # + the two connect hooks at the cgroup root and getppid's tracepoint
         pins = [m["pin"] for m in data["maps"] if m["pin"]]
         assert pins and all(p.startswith(a.pin_root) and os.path.exists(p) for p in pins)
         assert a.stop() == 0

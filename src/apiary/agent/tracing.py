@@ -113,15 +113,22 @@ class Tracing:
         self.tools = {os.path.realpath(sys.executable): "the interpreter the apiary agent and CLI run on"}
 
     def start(self) -> list[str]:
-        self.sensor.load()
-        self.sensor.exempt_agent(os.getpid() if self.agent_exemption else None)
+        """Loads the sensor now when there is something to enforce (stored policies, or pins a killed agent
+        left); otherwise with the first TracingPolicy (as Tetragon loads a policy's programs with it): its
+        programs cost seconds of verifier time that an agent without tracing policies does not spend."""
+        stored = json.loads(self.file.read_text()) if self.file.exists() else []
+        pinned = self.sensor.pin_dir is not None and self.sensor.pin_dir.exists()
         notes = [
             f"agent exemption: this agent (pid {os.getpid()}) is exempt from Sigkill/Signal/Override/DenyConnect"
             if self.agent_exemption
             else "agent exemption OFF (--no-agent-exemption): tracing policies can kill or block this agent"
         ]
-        if self.file.exists():
-            for rec in json.loads(self.file.read_text()):
+        if stored or pinned:
+            self._load()
+        else:
+            notes.append("tracing: no TracingPolicy yet; its programs load with the first one")
+        if stored:
+            for rec in stored:
                 try:
                     enabled = rec.get("enabled", True) and self.restore
                     self._apply_text(rec["source"], mode=rec.get("mode"), enabled=enabled)
@@ -134,13 +141,26 @@ class Tracing:
                     f"--no-restore: {len(self.stored)} stored tracing policies loaded disabled "
                     "(`apiary tp enable NAME` enables one)"
                 )
-        notes += self.sensor.finish_adoption()
+        if self.loaded:
+            notes += self.sensor.finish_adoption()
         notes.append(
             f"tracing: {len(self.stored)} policies; hooks on syscall tracepoints, tracepoints, uprobes"
             f"{', kprobes' if self.features.kprobes else ''}{', BPF-LSM' if self.features.lsm else ''}"
             f"{', raw tracepoints' if self.features.raw_tp_cookie else ''} ({self.features.describe()})"
         )
         return notes
+
+    @property
+    def loaded(self) -> bool:
+        return self.sensor.obj is not None
+
+    def _load(self) -> None:
+        self.sensor.load()
+        self.sensor.exempt_agent(os.getpid() if self.agent_exemption else None)
+
+    def _ensure_loaded(self) -> None:
+        if not self.loaded:
+            self._load()
 
     def close(self) -> None:
         self.sensor.close()
@@ -192,6 +212,7 @@ class Tracing:
         ones already applied by this call are undone, and a policy a document replaced is restored."""
         policies = load_tracing_policies(text)
         compiled = [compile_tracing_policy(p, self.features) for p in policies]
+        self._ensure_loaded()  # after the checks: a refused document loads nothing
         out = []
         replaced: dict[str, Stored | None] = {}  # key -> what it was before this call (None: new)
         try:

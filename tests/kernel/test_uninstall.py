@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from apiary.loader.fs import cgroup2_root
+from apiary.sensors.l7proxy.leftovers import proxy_cgroup, route_present
 from apiary.testing.agent import AgentProcess, is_root
 from apiary.testing.net import Net
 
@@ -68,6 +70,11 @@ def test_uninstall_after_kill_9_leaves_nothing() -> None:
         assert "handle 0xa1b" in subprocess.run(["tc", "filter", "show", "dev", dev, "ingress"],
                                                 capture_output=True, text=True).stdout
         assert any(Path(a.pin_root).rglob("*"))
+        proxy_cg = proxy_cgroup(cgroup2_root() or "/sys/fs/cgroup", a.instance)
+        has_proxy = shutil.which("haproxy") is not None
+        if has_proxy:  # the agent's L7 proxy: HAProxy in its cgroup, the ip rule for redirected packets
+            assert proxy_cg.is_dir() and (proxy_cg / "cgroup.procs").read_text().split()
+            assert route_present(a.instance)
 
         # while the agent runs: refused, with the reason, and nothing removed
         r = _uninstall(a, dev)
@@ -92,6 +99,9 @@ def test_uninstall_after_kill_9_leaves_nothing() -> None:
         assert not Path(a.pin_root).exists()
         assert not [n for n in os.listdir("/run/netns") if n.startswith(f"apiary-{a.instance}-")]
         assert not cg_base.exists()
+        if has_proxy:
+            assert "removed: L7 proxy (HAProxy processes and cgroup" in out and "removed: L7 proxy ip rule" in out
+            assert not proxy_cg.exists() and not route_present(a.instance)
         assert not _routes(a.pod_cidr) and not _routes(a.service_cidr)
         assert not (a.dir / "state").exists() and not Path(a.socket).exists()
         assert "clsact" not in subprocess.run(["tc", "qdisc", "show", "dev", dev], capture_output=True,

@@ -9,6 +9,8 @@ What an agent creates (read from the code that creates it):
   endpoints' copies go with their namespaces);
 - on every --devices device: the NodePort cls_bpf filters (handle 0xa1b, ingress and egress) and the clsact
   qdisc they need;
+- the L7 proxy: HAProxy's processes in the cgroup ``CGROUP2/apiary-l7proxy-INSTANCE``, the ip rule on its
+  fwmark and the route table it points to (numbers derived from the instance);
 - --state-dir, and the API socket with its lock file.
 Nothing is matched by a pattern wider than the instance's own names, so other instances stay intact.
 """
@@ -31,6 +33,7 @@ from pyroute2 import IPRoute, netns
 from pyroute2.netlink.exceptions import NetlinkError
 
 from apiary.loader.fs import cgroup2_root
+from apiary.sensors.l7proxy.leftovers import proxy_cgroup, route_present, unroute
 from apiary.sensors.lb.sensor import TC_HANDLE, TC_PRIORITY
 
 from . import statedir
@@ -186,6 +189,11 @@ def uninstall(p: Plan) -> Report:
         rep.step(f"cgroup {base}", base.rmdir)
         with contextlib.suppress(OSError):
             base.parent.rmdir()  # the shared parent, once no instance uses it
+    proxy = proxy_cgroup(root, p.instance) if root else None
+    if proxy is not None and proxy.is_dir():
+        rep.step(f"L7 proxy (HAProxy processes and cgroup {proxy})", lambda: _kill_cgroup(proxy))
+    if route_present(p.instance):
+        rep.step("L7 proxy ip rule and its route table", lambda: unroute(p.instance))
     for what, cidr in (("pod CIDR", p.pod_cidr), ("service CIDR", p.service_cidr)):
         if _unreachable_route(cidr):
             rep.step(f"route unreachable {cidr} ({what})", lambda c=cidr: _del_route(c))  # type: ignore[misc]

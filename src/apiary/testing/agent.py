@@ -159,22 +159,18 @@ def remove_instance_objects(instance: str, pod_cidr: str, service_cidr: str | No
         if name.startswith(prefix):
             subprocess.run(["ip", "netns", "del", name], capture_output=True)
     from apiary.loader.fs import cgroup2_root
+    from apiary.sensors.l7proxy.leftovers import proxy_cgroup, unroute
 
     root = cgroup2_root()
+    unroute(instance)  # a killed agent's L7 proxy rule
+    if root and proxy_cgroup(root, instance).is_dir():  # and its HAProxy (only ever in that cgroup)
+        _kill_rmdir(proxy_cgroup(root, instance))
     if root:
         base = Path(root) / "apiary" / instance
         if base.is_dir():
             for child in base.iterdir():
                 if child.is_dir():
-                    kill = child / "cgroup.kill"
-                    if kill.exists():
-                        kill.write_text("1")
-                    for _ in range(100):
-                        try:
-                            child.rmdir()
-                            break
-                        except OSError:
-                            time.sleep(0.02)
+                    _kill_rmdir(child)
             for d in (base, base.parent):
                 try:
                     d.rmdir()
@@ -183,6 +179,19 @@ def remove_instance_objects(instance: str, pod_cidr: str, service_cidr: str | No
     for cidr in (pod_cidr, service_cidr):
         if cidr:
             subprocess.run(["ip", "route", "del", "unreachable", cidr], capture_output=True)
+
+
+def _kill_rmdir(d: Path) -> None:
+    """End a cgroup's processes (the test's own: endpoints' or the proxy's) and remove it."""
+    kill = d / "cgroup.kill"
+    if kill.exists():
+        kill.write_text("1")
+    for _ in range(100):
+        try:
+            d.rmdir()
+            return
+        except OSError:
+            time.sleep(0.02)
 
 
 def one_line_error(r: subprocess.CompletedProcess[str]) -> str:

@@ -26,8 +26,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from .config import ProxyConfig, build, ids_map
-
-RULE_PRIORITY = 9000
+from .leftovers import RULE_PRIORITY, proxy_cgroup, rule_numbers, unroute
 
 
 class ProxyError(RuntimeError):
@@ -45,11 +44,9 @@ class HAProxy:
                  on_log: Callable[[dict[str, str]], None] | None = None) -> None:
         self.dir = Path(state_dir) / "l7proxy"
         self.instance = instance
-        n = zlib.crc32(instance.encode()) % 30000
-        self.table = 20000 + n
-        self.mark = 0x0A900000 + n  # redirected packets: the ip rule sends them to the local table
-        self.port = port or 15000 + n % 5000
-        self.cgroup = Path(cgroup_root) / f"apiary-l7proxy-{instance}"
+        self.table, self.mark = rule_numbers(instance)  # redirected packets: the ip rule sends them to the table
+        self.port = port or 15000 + zlib.crc32(instance.encode()) % 30000 % 5000
+        self.cgroup = proxy_cgroup(cgroup_root, instance)
         self.on_log = on_log
         self.proc: subprocess.Popen[bytes] | None = None
         self.restarts = 0
@@ -112,12 +109,7 @@ class HAProxy:
             ipr.route("replace", dst="0.0.0.0/0", type="local", oif=lo, table=self.table, scope="host")
 
     def _unroute(self) -> None:
-        with IPRoute() as ipr:
-            with contextlib.suppress(NetlinkError):
-                ipr.rule("del", fwmark=self.mark, fwmask=0xFFFFFFFF, table=self.table, priority=RULE_PRIORITY)
-            with contextlib.suppress(NetlinkError):
-                ipr.route("del", dst="0.0.0.0/0", type="local", scope="host", oif=ipr.link_lookup(ifname="lo")[0],
-                          table=self.table)
+        unroute(self.instance)
 
     def _spawn(self) -> None:
         procs = self.cgroup / "cgroup.procs"

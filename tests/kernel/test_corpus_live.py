@@ -12,7 +12,6 @@ policy map to where they were.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import socket
@@ -20,8 +19,10 @@ import subprocess
 import sys
 import tempfile
 import threading
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -162,9 +163,31 @@ def run_workload() -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-c", WORKLOAD], capture_output=True, text=True, timeout=60)
 
 
+# Each file is applied with the CLI, as a user would; the checks around it ask the agent's API directly
+# (what `apiary bpf list`, `tp list`, `tp set-mode`, `status` ask): a CLI process per check cost most of this
+# module's time (~160 files).
+
+
+def api(agent: AgentProcess, method: str, path: str, **params: str) -> Any:
+    return agent.client().request(method, path, params=params)
+
+
+def seg(name: str) -> str:
+    return urllib.parse.quote(name, safe="")
+
+
+def tp_list(agent: AgentProcess) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = api(agent, "GET", "/v1/tracingpolicies")
+    return rows
+
+
+def tp_delete(agent: AgentProcess, name: str, ns: str) -> None:
+    api(agent, "DELETE", f"/v1/tracingpolicies/{seg(name)}", namespace=ns)
+
+
 def kernel_objects(agent: AgentProcess) -> tuple[set[str], set[str]]:
     """The agent's programs and links as (name, attach) pairs: what a policy adds must go with it."""
-    data = json.loads(agent.cli("bpf", "list", "-o", "json").stdout)
+    data = api(agent, "GET", "/v1/bpf")
     progs = {f"{p['name']}@{p['attach']}" for p in data["programs"]}
     links = {f"{lk['program']}@{lk['attach']}" for lk in data["links"]}
     return progs, links
@@ -208,31 +231,29 @@ def test_tp_corpus_applied_live(tp_agent: tuple[AgentProcess, EchoServers], path
             # refused (unsupported here, or a target that does not exist on this machine): said clearly,
             # nothing left behind
             assert r.returncode == 1 and r.stderr.strip(), r
-            assert json.loads(agent.cli("tp", "list", "-o", "json").stdout) == [], r.stderr
+            assert tp_list(agent) == [], r.stderr
             assert kernel_objects(agent) == before, r.stderr
             pytest.skip(f"refused: {' / '.join(r.stderr.strip().splitlines()[:3])[:240]}")
         names = policy_names(path.read_text())
         for mode in ("enforce", "monitor"):
             for n, ns in names:
-                assert agent.cli("tp", "set-mode", n, mode, *(["-n", ns] if ns else [])).returncode == 0
+                assert api(agent, "POST", f"/v1/tracingpolicies/{seg(n)}/mode", namespace=ns, mode=mode)["mode"] == mode
             w = run_workload()
             # the workload is not a target of any corpus file here either: it finishes
             assert w.returncode == 0 and "workload-done" in w.stdout, (mode, w.returncode, w.stderr[-400:])
             assert all(s.alive() for s in survivors), (mode, [s.p.returncode for s in survivors])
-            st = agent.cli("status", "-o", "json")
-            assert st.returncode == 0, (mode, st.stderr, agent.log()[-2000:])
-        listed = json.loads(agent.cli("tp", "list", "-o", "json").stdout)
+            assert api(agent, "GET", "/v1/status")["events"], (mode, agent.log()[-2000:])
+        listed = tp_list(agent)
         assert sorted(p["name"] for p in listed) == sorted(n for n, _ in names)
         for n, ns in names:
-            d = agent.cli("tp", "delete", n, *(["-n", ns] if ns else []))
-            assert d.returncode == 0, d.stderr
-        assert json.loads(agent.cli("tp", "list", "-o", "json").stdout) == []
+            tp_delete(agent, n, ns)
+        assert tp_list(agent) == []
         assert kernel_objects(agent) == before
     finally:
         for s in survivors:
             s.close()
-        for n, ns in policy_names(path.read_text()):  # never leave a policy for the next file
-            agent.cli("tp", "delete", n, *(["-n", ns] if ns else []))
+        for row in tp_list(agent):  # never leave a policy for the next file
+            tp_delete(agent, row["name"], row["namespace"])
     assert agent.proc is not None and agent.proc.poll() is None, agent.log()[-3000:]
 
 
@@ -287,7 +308,12 @@ def _reach(net: Net) -> dict[str, bool]:
 
 
 def _policy_map_entries(net: Net) -> int:
-    return int(json.loads(net.cli_ok("status", "-o", "json"))["network"]["policy_map"]["entries"])
+    return int(api(net.agent, "GET", "/v1/status")["network"]["policy_map"]["entries"])
+
+
+def _policies(net: Net) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = api(net.agent, "GET", "/v1/policies")["policies"]
+    return rows
 
 
 @pytest.mark.parametrize("path", CNP_FILES, ids=lambda p: _rel(p, CILIUM))
@@ -300,7 +326,7 @@ def test_cnp_corpus_applied_live(cnp_net: Net, path: Path) -> None:
     assert "Traceback" not in r.stderr, r.stderr
     if r.returncode != 0:
         assert r.stderr.strip(), r
-        assert json.loads(net.cli_ok("policy", "list", "-o", "json"))["policies"] == []
+        assert _policies(net) == []
         assert _policy_map_entries(net) == entries
         pytest.skip(f"refused: {' / '.join(r.stderr.strip().splitlines()[:3])[:240]}")
     try:
@@ -310,12 +336,8 @@ def test_cnp_corpus_applied_live(cnp_net: Net, path: Path) -> None:
         assert all(f.get("verdict") in ("FORWARDED", "DROPPED", "AUDIT") for f in flows)
         assert net.agent.proc is not None and net.agent.proc.poll() is None
     finally:
-        listed = json.loads(net.cli_ok("policy", "list", "-o", "json"))["policies"]
-        for p in listed:
-            args = ["policy", "delete", p["name"]]
-            if p.get("namespace"):
-                args += ["-n", p["namespace"]]
-            net.cli_ok(*args)
-    assert json.loads(net.cli_ok("policy", "list", "-o", "json"))["policies"] == []
+        for p in _policies(net):
+            api(net.agent, "DELETE", f"/v1/policies/{seg(p['name'])}", namespace=p.get("namespace") or "")
+    assert _policies(net) == []
     assert _policy_map_entries(net) == entries
     assert _reach(net) == baseline

@@ -158,7 +158,10 @@ def test_cli_compact_json_and_filters(agent: AgentProcess, bindir: Path) -> None
         stderr=subprocess.PIPE,
         text=True,
     )
-    time.sleep(1.0)
+    deadline = time.monotonic() + 60  # the CLI is subscribed once the agent counts it (a slow start misses events)
+    while agent.client().get("/v1/status")["subscribers"] < 1 and time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.1)
     subprocess.run([echo, "hello", "world"], stdout=subprocess.DEVNULL)
     out, err = proc.communicate(timeout=20)
     lines = out.splitlines()

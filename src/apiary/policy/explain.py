@@ -38,9 +38,24 @@ from .types import (
     RuleRef,
 )
 
-__all__ = ["Decision", "Explanation", "HttpDecision", "HttpRequest", "Peer", "describe_http_rule", "describe_rule",
-           "endpoint_peer", "explain", "explain_http", "http_decision_json", "identity_peer", "ip_peer", "lookup", "parse_http_request",
-           "parse_proto"]
+__all__ = [
+    "Decision",
+    "Explanation",
+    "HttpDecision",
+    "HttpRequest",
+    "Peer",
+    "describe_http_rule",
+    "describe_rule",
+    "endpoint_peer",
+    "explain",
+    "explain_http",
+    "http_decision_json",
+    "identity_peer",
+    "ip_peer",
+    "lookup",
+    "parse_http_request",
+    "parse_proto",
+]
 
 Verdict = Literal["allowed", "denied", "default-denied", "not-enforced", "audit"]
 PROTO_NAMES = {PROTO_TCP: "TCP", PROTO_UDP: "UDP", PROTO_SCTP: "SCTP", PROTO_ICMP: "ICMP", PROTO_ICMPV6: "ICMPv6"}

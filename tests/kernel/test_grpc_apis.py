@@ -264,7 +264,7 @@ def test_get_events_binary_regex_allow_and_event_set_deny(tet, unique_binary) ->
 
 def test_get_events_refuses_what_it_cannot_filter(tet) -> None:
     _, stub = tet
-    for flt, field in ((events_pb2.Filter(pid_set=[1]), "allow_list[0].pid_set"),
+    for flt, field in ((events_pb2.Filter(cel_expression=["true"]), "allow_list[0].cel_expression"),
                        (events_pb2.Filter(binary_regex=["("]), "allow_list[0].binary_regex[0]")):
         with pytest.raises(grpc.RpcError) as e:
             next(iter(stub.GetEvents(events_pb2.GetEventsRequest(allow_list=[flt]), timeout=WAIT)))

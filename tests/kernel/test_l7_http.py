@@ -143,6 +143,20 @@ def test_seed_policy_judges_each_request(net: Net) -> None:
     assert only_delete and all(f["l7"]["http"]["method"] == "DELETE" for f in only_delete)
 
 
+def test_policy_explain_http(net: Net) -> None:
+    base = ("policy", "explain", "--from", f"{NS}/backend", "--to", f"{NS}/frontend", "--port", "8080/TCP")
+    ok = net.cli_ok(*base, "--http", "GET", "/api/v1/items")
+    assert "HTTP GET /api/v1/items allowed by the L7 proxy: CiliumNetworkPolicy default/l7-http-policy " \
+        "ingress[0].toPorts[0].rules.http[0]" in ok, ok
+    denied = json.loads(net.cli_ok(*base, "--http", "POST", "/api/v1/orders", "--http-header",
+                                   "Content-Type: text/plain", "-o", "json"))
+    assert denied["verdict"] == "DENIED" and denied["http"]["verdict"] == "denied", denied
+    assert denied["text"].startswith("DENIED by the L7 proxy (HTTP 403 Access denied) at ingress of default/frontend")
+    assert "CiliumNetworkPolicy default/l7-http-policy ingress[0].toPorts[0].rules.http" in denied["text"]
+    bad = net.agent.cli(*base, "--http", "GET", "no-slash")
+    assert bad.returncode != 0 and "http path" in bad.stderr, bad.stderr
+
+
 def test_other_identity_and_other_port_are_not_redirected(net: Net) -> None:
     # "other" is not allowed by the policy at all: dropped by L3/L4 (default deny), never reaches the proxy
     assert not net.probe(f"{NS}/other", "tcp", ip(net, "frontend"), "8080", "1")

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from apiary.connectivity.scenarios import SCENARIOS, Action, Result, SelectionError, select, summary
+from apiary.connectivity.scenarios import (
+    L7_MISSING,
+    SCENARIOS,
+    Action,
+    Result,
+    SelectionError,
+    l7_missing,
+    select,
+    summary,
+)
 
 NAMES = [s.name for s in SCENARIOS]
 
@@ -49,3 +58,13 @@ def test_summary_all_good_and_failures() -> None:
         "  ❌ the agent refused a step: x",
     ]
     assert bad.as_dict()["result"] == "failure" and bad.as_dict()["reason"] == "c -> e:8081: connection succeeded"
+
+
+def test_l7_missing_reads_the_status_the_agent_reports() -> None:
+    up = {"network": {"l7_proxy": {"pid": 10, "alive": True, "port": 4000, "restarts": 0}}}
+    assert l7_missing(up) == ""
+    down = {"network": {"l7_proxy": {"pid": None, "alive": False, "restarts": 2}}}
+    assert l7_missing(down).startswith(L7_MISSING) and "down (restarts 2" in l7_missing(down)
+    assert "haproxy not installed" in l7_missing({"network": {"l7_proxy": None}})
+    assert "no network half" in l7_missing({"network": None})
+    assert l7_missing({"l7": True}).startswith(L7_MISSING)  # only the real status counts

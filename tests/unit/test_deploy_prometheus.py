@@ -91,7 +91,7 @@ def test_metrics_addr_is_loopback_unless_allowed() -> None:
     [
         (("--metrics-addr", "0.0.0.0:9962"), "not a loopback address"),
         (("--metrics-allow-remote",), "--metrics-allow-remote: needs --metrics-addr"),
-        (("--hubble-metrics", "flow dns"), "--hubble-metrics 'dns': not served by apiary yet"),
+        (("--hubble-metrics", "flow kafka"), "--hubble-metrics 'kafka': not served by apiary yet"),
     ],
 )
 def test_agent_refuses_bad_metrics_flags_before_starting(args: tuple[str, ...], says: str, tmp_path: Path) -> None:

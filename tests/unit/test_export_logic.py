@@ -24,7 +24,7 @@ from apiary.observe.export.settings import (
     json_objects,
     parse_field_filters,
 )
-from apiary.observe.tetragon.filters import JsonEventFilter
+from apiary.observe.tetragon.allowdeny import AllowDeny
 
 
 def proc(pid: int, binary: str, args: str = "", pod: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -54,7 +54,7 @@ KPROBE = {
 # ---------------------------------------------------------------- Tetragon's JSON Filter
 def test_json_filters_fields_and_semantics() -> None:
     def ok(f: dict[str, Any], ev: dict[str, Any]) -> bool:
-        return JsonEventFilter([f]).matches(ev)
+        return AllowDeny([f]).matches(ev)
 
     assert ok({"event_set": ["PROCESS_EXEC"]}, EXEC) and not ok({"event_set": ["PROCESS_EXEC"]}, EXIT)
     assert ok({"event_set": [5]}, EXIT)  # enum numbers, as protojson accepts
@@ -76,9 +76,9 @@ def test_json_filters_fields_and_semantics() -> None:
 
 
 def test_json_filter_allow_and_deny_lists() -> None:
-    f = JsonEventFilter([{"event_set": ["PROCESS_EXEC", "PROCESS_KPROBE"]}], [{"namespace": [""]}])
+    f = AllowDeny([{"event_set": ["PROCESS_EXEC", "PROCESS_KPROBE"]}], [{"namespace": [""]}])
     assert f.matches(EXEC) and not f.matches(EXIT) and not f.matches(KPROBE)  # KPROBE's process has no pod
-    assert JsonEventFilter().matches(EXIT) and not JsonEventFilter()
+    assert AllowDeny().matches(EXIT) and not AllowDeny()
 
 
 @pytest.mark.parametrize(
@@ -95,7 +95,7 @@ def test_json_filter_allow_and_deny_lists() -> None:
 )
 def test_json_filter_errors_name_field(filt: dict[str, Any], msg: str) -> None:
     with pytest.raises(ValueError, match=r"--export-allowlist\[0\]") as e:
-        JsonEventFilter([filt], flags=("--export-allowlist", "--export-denylist"))
+        AllowDeny([filt], names=("--export-allowlist", "--export-denylist"))
     assert msg in str(e.value)
 
 

@@ -194,7 +194,11 @@ def test_hubble_metrics_list_errors_name_the_item() -> None:
 
     for items, says in (
         (["flows"], "'flows': unknown metric"),
-        (["httpV2:exemplars=true"], "not served by apiary yet"),
+        (["kafka"], "not served by apiary yet"),
+        (["httpV2:exemplars=true"], "option 'exemplars' is not served"),
+        (["dns:query"], "option 'query' is not served"),
+        (["dns:ignoreAAAA=maybe"], "option 'ignoreAAAA' is a flag"),
+        (["http httpV2"], "http and httpV2 serve the same metric names"),
         (["drop:sourceContext=ip"], "sourceContext=ip is not served (its label values are not bounded here)"),
         (["drop:sourceContext=pods"], "sourceContext: unknown context 'pods'"),
         (["drop:query"], "option 'query' needs a value"),

@@ -44,12 +44,13 @@ def test_allow_list_fields_and_or_semantics() -> None:
     assert keep([{"policy_names": ["p1"]}]) == [2]
     assert keep([], [{"event_set": ["PROCESS_EXEC"]}]) == [2]
     assert keep([{"binary_regex": ["usr"]}], [{"pid": [1]}]) == [1, 2]  # allow minus deny
+    assert keep([{"pid_set": [2]}]) == [1] and keep([{"parent_arguments_regex": ["."]}]) == []
 
 
 @pytest.mark.parametrize(
     ("flt", "where"),
     [
-        ({"pid_set": [1]}, "allow_list[0].pid_set"),
+        ({"capabilities": {"effective": {"any": ["CAP_SYS_ADMIN"]}}}, "allow_list[0].capabilities: unsupported"),
         ({"cel_expression": ["true"]}, "allow_list[0].cel_expression"),
         ({"binary_regex": ["ok", "("]}, "allow_list[0].binary_regex[1]"),
         ({"event_set": ["NOPE"]}, "allow_list[0].event_set[0]"),

@@ -10,6 +10,7 @@ from typing import Any
 from aiohttp import web
 
 from apiary.observe.hubble.builder import lost_events_response
+from apiary.policy.explain import parse_http_request
 from apiary.sensors.network.validate import (
     ValidationError,
     check_endpoint_name,
@@ -117,7 +118,16 @@ def add_routes(app: web.Application, agent: AgentView) -> None:
             return error("port: expected PORT[/PROTOCOL] with PORT 0-65535, e.g. 5678/TCP", field="port")
         if "from" not in q or "to" not in q:
             return error("from and to are required (namespace/name of an endpoint, or an IPv4 address)")
-        return await call(n.explain, q["from"], q["to"], port, (proto or q.get("protocol") or "TCP").upper())
+        http = None
+        if "http_method" in q or "http_path" in q or "http_header" in q:
+            if not port_s:
+                return error("port: an HTTP request needs the server's port, e.g. 8080/TCP", field="port")
+            try:
+                http = parse_http_request(q.get("http_method", "GET"), q.get("http_path", "/"),
+                                          tuple(q.getall("http_header", [])))
+            except ValueError as e:
+                return error(str(e), field="http")
+        return await call(n.explain, q["from"], q["to"], port, (proto or q.get("protocol") or "TCP").upper(), http)
 
     async def flows(request: web.Request) -> web.StreamResponse:
         n = net()

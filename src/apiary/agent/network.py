@@ -27,7 +27,7 @@ from apiary.observe.hubble.filters import FlowFilter
 from apiary.observe.hubble.l7 import HttpExchange, parse_headers, unset, url_of
 from apiary.observe.hubble.metrics import FlowMetrics, parse_hubble_metrics
 from apiary.policy.compile import EndpointSpec, compile_policies
-from apiary.policy.explain import endpoint_peer, explain, ip_peer
+from apiary.policy.explain import HttpRequest, endpoint_peer, explain, http_decision_json, ip_peer
 from apiary.policy.identity import IdentityAllocator, endpoint_labels
 from apiary.policy.load import PolicyError, load_policies, load_policy_documents
 from apiary.policy.models import Problem
@@ -330,10 +330,11 @@ class Network:
             for p in self.policies.values()
         ]
 
-    def explain(self, src: str, dst: str, port: int, proto: str) -> dict[str, Any]:
+    def explain(self, src: str, dst: str, port: int, proto: str, http: HttpRequest | None = None) -> dict[str, Any]:
         try:
             res = explain(
-                self.compiled, self._peer(src), self._peer(dst), port, proto, audit=self.cfg.policy_audit_mode
+                self.compiled, self._peer(src), self._peer(dst), port, proto, audit=self.cfg.policy_audit_mode,
+                http=http,
             )
         except ValueError as e:
             raise EndpointError(str(e)) from e
@@ -355,6 +356,7 @@ class Network:
             "text": res.sentence,
             "egress": dec(res.egress),
             "ingress": dec(res.ingress),
+            **({"http": http_decision_json(res.http, self.compiled)} if res.http else {}),
             "revision": self.revision,
         }
 

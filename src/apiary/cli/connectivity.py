@@ -24,12 +24,21 @@ from typing import Any
 import click
 
 from apiary.connectivity.probe import tcp_reason
-from apiary.connectivity.scenarios import L7_MISSING, Action, Result, Scenario, SelectionError, select
+from apiary.connectivity.scenarios import (
+    NOT_YET,
+    Action,
+    Result,
+    Scenario,
+    SelectionError,
+    l7_missing,
+    select,
+)
 
 from .client import AgentUnreachable, ApiError, Client
 from .network_cmds import _client, _fail, seg
 
 ECHO_PORTS = (8080, 8081)
+ECHO_HTTP_PORT = 8082  # the echo endpoint's HTTP server (started by the L7 scenario)
 PROBE_TIMEOUT = 3.0  # seconds a probe connection may take (a drop shows as a timeout)
 
 
@@ -62,6 +71,7 @@ class Run:
         self.echo_ip = ""
         self.router = ""
         self._service: tuple[str, int] | None = None
+        self._http_server = False
 
     # ------------------------------------------------------------------ building blocks
     def labels(self, kind: str) -> dict[str, str]:
@@ -100,6 +110,35 @@ class Run:
         if ok:
             return Action(what, why is None, f"connection failed: {why}" if why else "")
         return Action(what, why is not None, "" if why else "connection succeeded")
+
+    def start_http_server(self) -> None:
+        """The echo endpoint's HTTP server on ECHO_HTTP_PORT (once)."""
+        if not self._http_server:
+            self.start_server("HTTP server", "serve-http", str(ECHO_HTTP_PORT))
+            self._http_server = True
+
+    def start_server(self, what: str, *argv: str) -> None:
+        """A probe server in the echo endpoint (stopped by the clean-up); returns once it listens."""
+        p = subprocess.Popen(self.probe_argv(self.echo_ep, *argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+        self.procs.append(p)
+        assert p.stdout is not None
+        line = p.stdout.readline()
+        if "ready" not in line:
+            err = p.stderr.read() if p.stderr and p.poll() is not None else ""
+            raise RuntimeError(f"the {what} in {self.ns}/{self.echo_ep} did not start: {(line + err).strip()}")
+
+    def expect_http(self, ep: str, host: str, port: int, path: str, status: int, body: str) -> Action:
+        """GET http://host:port/path from ep: the answer must have ``status`` and a body starting with ``body``."""
+        what = f"{ep} -> GET http://{host}:{port}{path} (expect {status})"
+        r = subprocess.run(self.probe_argv(ep, "http", host, str(port), path, str(PROBE_TIMEOUT)),
+                           capture_output=True, text=True, timeout=120)
+        out = (r.stdout.strip() or r.stderr.strip() or f"exit {r.returncode}").splitlines()[-1]
+        if r.returncode != 0:
+            return Action(what, False, out.removeprefix("error "))
+        got = json.loads(out)
+        ok = got["status"] == status and str(got["body"]).startswith(body)
+        return Action(what, ok, "" if ok else f"got {got['status']} {str(got['body'])[:60]!r}")
 
     def apply_policy(self, name: str, spec: str) -> None:
         text = f"apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: {name}, namespace: " \
@@ -164,14 +203,7 @@ class Run:
         self.create_endpoint(self.client_ep, "client")
         echo = self.create_endpoint(self.echo_ep, "echo")
         self.echo_ip = echo["ipv4"]
-        p = subprocess.Popen(self.probe_argv(self.echo_ep, "serve-tcp", *map(str, ECHO_PORTS)),
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        self.procs.append(p)
-        assert p.stdout is not None
-        line = p.stdout.readline()
-        if "ready" not in line:
-            err = p.stderr.read() if p.stderr and p.poll() is not None else ""
-            raise RuntimeError(f"the echo server in {self.ns}/{self.echo_ep} did not start: {(line + err).strip()}")
+        self.start_server("echo server", "serve-tcp", *map(str, ECHO_PORTS))
         ns = os.path.basename(echo["netns"])
         r = subprocess.run(["ip", "-n", ns, "-j", "route", "show", "default"], capture_output=True, text=True,
                            timeout=30)
@@ -288,6 +320,23 @@ def drop_flow(r: Run) -> list[Action]:
     return [act, Action(what, False, f"no such flow (drop reasons seen: {', '.join(seen) or 'none'})")]
 
 
+def l7_http(r: Run) -> list[Action]:
+    """An ingress rule with rules.http on the echo endpoint's HTTP port: the datapath hands the connection to
+    the agent's proxy, which lets GET /allowed through to the server and answers 403 itself for the rest."""
+    r.start_http_server()
+    spec = textwrap.dedent(f"""\
+        endpointSelector: {r.selector('echo')}
+        ingress:
+        - fromEndpoints: [{r.selector('client')}]
+          toPorts:
+          - ports: [{{port: "{ECHO_HTTP_PORT}", protocol: TCP}}]
+            rules: {{http: [{{method: GET, path: /allowed}}]}}
+        """)
+    with r.policy(f"conntest-l7-{r.id}", spec):
+        return [r.expect_http(r.client_ep, r.echo_ip, ECHO_HTTP_PORT, "/allowed", 200, "ok GET /allowed"),
+                r.expect_http(r.client_ep, r.echo_ip, ECHO_HTTP_PORT, "/denied", 403, "Access denied")]
+
+
 def prefilter(r: Run) -> list[Action]:
     """A veth pair of the run's own (the far end in a netns of its own, addresses in 198.18.N.0/29, RFC 2544's
     benchmarking range): the prefilter attached to the near end, one far address denied; removed afterwards."""
@@ -400,15 +449,17 @@ RUNNERS: dict[str, Callable[[Run], list[Action]]] = {
     "drop-flow": drop_flow,
     "prefilter": prefilter,
     "tracing-kill": tracing_kill,
+    "l7-http": l7_http,
 }
 
 
-def run_one(r: Run, s: Scenario, l7: bool) -> Result:
-    if s.l7 and not l7:
-        return Result(s, skipped=L7_MISSING)
+def run_one(r: Run, s: Scenario, l7_skip: str) -> Result:
+    """``l7_skip``: why the L7 scenarios cannot run on this agent (empty when its proxy is up)."""
     fn = RUNNERS.get(s.name)
     if fn is None:
-        return Result(s, skipped="not implemented in this version of the connectivity test")
+        return Result(s, skipped=NOT_YET.get(s.name, "not implemented in this version of the connectivity test"))
+    if s.l7 and l7_skip:
+        return Result(s, skipped=l7_skip)
     try:
         return Result(s, fn(r))
     except Skip as e:
@@ -460,7 +511,7 @@ def connectivity_test(ctx: click.Context, tests: tuple[str, ...], test_namespace
     except (AgentUnreachable, ApiError) as e:
         _fail(str(e))
         return
-    l7 = bool(st.get("l7") or st.get("proxy"))
+    l7_skip = l7_missing(st)
     r = Run(c, (ctx.find_root().obj or {}).get("socket"), namespace, run_id)
     results: list[Result] = []
     old = signal.signal(signal.SIGTERM, _sigterm)
@@ -472,7 +523,7 @@ def connectivity_test(ctx: click.Context, tests: tuple[str, ...], test_namespace
             click.echo(f"✨ [{namespace}] Creating endpoints {r.client_ep} and {r.echo_ep}...")
         r.setup()
         for s in chosen:
-            res = run_one(r, s, l7)
+            res = run_one(r, s, l7_skip)
             results.append(res)
             if text:
                 click.echo(res.line())

@@ -203,8 +203,9 @@ def cli(ctx: click.Context, socket_path: str | None, timeout: float) -> None:
     "hubble_metrics",
     multiple=True,
     help="Hubble's metric list (its hubble.metrics.enabled): space-separated NAME[:OPTION=VALUE;...] with NAME "
-    "in flow, drop, tcp, port-distribution, policy and options sourceContext, destinationContext "
-    "(identity|namespace|pod|pod-name|reserved-identity|app) or labelsContext. Default: all five, no context.",
+    "in flow, drop, tcp, port-distribution, policy, http or httpV2 (L7 HTTP flows), dns (L7 DNS flows) and "
+    "options sourceContext, destinationContext (identity|namespace|pod|pod-name|reserved-identity|app) or "
+    "labelsContext (dns: also ignoreAAAA). Default: flow drop tcp port-distribution policy, no context.",
 )
 @click.option(
     "--hubble-socket-path",

@@ -366,11 +366,25 @@ def policy_delete(ctx: click.Context, **args: Any) -> None:
 @click.option("--from", "src", required=True, help="namespace/name of an endpoint, or an IPv4 address")
 @click.option("--to", "dst", required=True, help="namespace/name of an endpoint, or an IPv4 address")
 @click.option("--port", default="", help="PORT[/PROTOCOL], e.g. 5678/TCP; ICMP: TYPE/ICMP")
+@click.option("--http", "http", nargs=2, metavar="METHOD PATH", default=None,
+              help="An HTTP request on that connection, e.g. --http GET /api/v1/items: what the L7 proxy does with it.")
+@click.option("--http-header", "http_headers", multiple=True, metavar="'NAME: VALUE'",
+              help="A header of the --http request (repeatable), e.g. 'Content-Type: application/json'.")
 @click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text")
 @click.pass_context
-def policy_explain(ctx: click.Context, src: str, dst: str, port: str, output: str) -> None:
-    """Would SRC reach DST:PORT? Decided by the same code that writes the maps."""
-    res = _req(ctx, "GET", "/v1/policy/explain", params={"from": src, "to": dst, "port": port})
+def policy_explain(ctx: click.Context, src: str, dst: str, port: str, http: tuple[str, str] | None,
+                   http_headers: tuple[str, ...], output: str) -> None:
+    """Would SRC reach DST:PORT (and would the L7 proxy let the --http request through)? Decided by the same
+    code that writes the maps and the proxy's rules."""
+    params: list[tuple[str, str]] = [("from", src), ("to", dst), ("port", port)]
+    if http_headers and not http:
+        raise click.UsageError("--http-header needs --http METHOD PATH")
+    if http:
+        if not port:
+            raise click.UsageError("--http needs --port (the server's port, e.g. 8080/TCP)")
+        params += [("http_method", http[0]), ("http_path", http[1])]
+        params += [("http_header", h) for h in http_headers]
+    res = _req(ctx, "GET", "/v1/policy/explain", params=params)
     if output == "json":
         click.echo(json.dumps(res, indent=2))
     else:

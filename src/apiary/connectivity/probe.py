@@ -2,6 +2,9 @@
 
   serve-tcp PORT...          TCP echo server on each port (prints "ready" once listening)
   tcp HOST PORT [TIMEOUT]    connect, send, expect the echo; prints "ok" (exit 0) or "error REASON" (exit 1)
+  serve-http PORT            HTTP/1.1 server: 200 "ok METHOD PATH" for any GET (prints "ready" once listening)
+  http HOST PORT PATH [TIMEOUT]  GET http://HOST:PORT/PATH; prints the JSON {"status": N, "body": "..."} (exit 0)
+                             or "error REASON" (exit 1) when no HTTP answer came back
 
 Only ever pointed at addresses of endpoints, services and the node the connectivity test itself set up.
 """
@@ -9,10 +12,13 @@ Only ever pointed at addresses of endpoints, services and the node the connectiv
 from __future__ import annotations
 
 import errno
+import http.client
+import json
 import socket
 import sys
 import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 def serve_tcp(ports: list[int], host: str = "0.0.0.0") -> None:
@@ -39,6 +45,44 @@ def serve_tcp(ports: list[int], host: str = "0.0.0.0") -> None:
         time.sleep(3600)
 
 
+class _Ok(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        body = f"ok {self.command} {self.path}".encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base class's name
+        pass
+
+
+def serve_http(port: int, host: str = "0.0.0.0") -> None:
+    srv = ThreadingHTTPServer((host, port), _Ok)
+    srv.daemon_threads = True
+    print("ready", flush=True)
+    srv.serve_forever()
+
+
+def http_get(host: str, port: int, path: str, timeout: float) -> tuple[int, str] | str:
+    """(status, body) of GET http://host:port/path, or why no HTTP answer came back."""
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        r = conn.getresponse()
+        return r.status, r.read(4096).decode(errors="replace")
+    except TimeoutError:
+        return f"timed out after {timeout:g} s"
+    except http.client.HTTPException as e:
+        return f"no HTTP answer ({type(e).__name__})"
+    except OSError as e:
+        return errno.errorcode.get(e.errno or 0, str(e))
+    finally:
+        conn.close()
+
+
 def tcp_reason(host: str, port: int, timeout: float) -> str | None:
     """None when a connection to host:port echoes "ping" back; else why not (errno name or what came back)."""
     try:
@@ -59,6 +103,15 @@ def tcp(host: str, port: int, timeout: float) -> bool:
 def main(argv: list[str]) -> int:
     if len(argv) >= 2 and argv[0] == "serve-tcp":
         serve_tcp([int(p) for p in argv[1:]])
+    elif len(argv) == 2 and argv[0] == "serve-http":
+        serve_http(int(argv[1]))
+    elif len(argv) in (4, 5) and argv[0] == "http":
+        got = http_get(argv[1], int(argv[2]), argv[3], float(argv[4]) if len(argv) > 4 else 2.0)
+        if isinstance(got, str):
+            print(f"error {got}", flush=True)
+            return 1
+        print(json.dumps({"status": got[0], "body": got[1]}), flush=True)
+        return 0
     elif len(argv) in (3, 4) and argv[0] == "tcp":
         why = tcp_reason(argv[1], int(argv[2]), float(argv[3]) if len(argv) > 3 else 2.0)
         print("ok" if why is None else f"error {why}", flush=True)

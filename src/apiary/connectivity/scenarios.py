@@ -6,9 +6,13 @@ Pure: nothing here talks to the agent or the kernel (src/apiary/cli/connectivity
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 L7_MISSING = "L7 proxy not available in this agent"
+# scenarios this version cannot run yet, and why (shown as the skip reason)
+NOT_YET = {"dns": "the agent has no DNS proxy yet (rules.dns / toFQDNs are refused)"}
 
 
 @dataclass(frozen=True)
@@ -28,9 +32,23 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("drop-flow", "a policy drop shows up in the agent's flows, DROPPED with reason POLICY_DENIED"),
     Scenario("prefilter", "XDP prefilter drops a denied source CIDR on a veth of the test's own"),
     Scenario("tracing-kill", "a TracingPolicy Sigkills a write into a scratch dir from the client endpoint"),
-    Scenario("l7-http", "HTTP rule: GET /allowed 200, GET /denied 403", l7=True),
+    Scenario("l7-http", "HTTP rule through the agent's proxy: GET /allowed 200, GET /denied 403", l7=True),
     Scenario("dns", "DNS rule: allowed name resolves, other name refused", l7=True),
 )
+
+
+def l7_missing(status: Mapping[str, Any]) -> str:
+    """Why the L7 scenarios cannot run on the agent whose ``/v1/status`` this is; empty when its proxy is up
+    (``network.l7_proxy`` is the proxy's status, null when the agent runs without one)."""
+    net = status.get("network")
+    if not isinstance(net, Mapping):
+        return f"{L7_MISSING} (no network half)"
+    proxy = net.get("l7_proxy")
+    if not isinstance(proxy, Mapping):
+        return f"{L7_MISSING} (haproxy not installed or not started: see `apiary status`)"
+    if not proxy.get("alive"):
+        return f"{L7_MISSING}: the proxy is down (restarts {proxy.get('restarts', 0)}: see `apiary status`)"
+    return ""
 
 
 class SelectionError(ValueError):

@@ -4,11 +4,19 @@
 that is not enforced allows without a lookup; otherwise two longest-prefix lookups (remote identity,
 identity 0), a deny from either wins, an allow from either allows, no match is default deny.
 :func:`explain` evaluates the sender's egress and the receiver's ingress and says why, in one sentence.
+
+With an HTTP request (:class:`HttpRequest`) it goes on as the L7 proxy does: the connection is redirected to
+the proxy when the egress or ingress entry that allowed it is an L7 entry; the proxy then applies every L7
+entry that covers the connection (the client's egress ones, the server's ingress ones, for this peer or any
+peer, and this port), and the request passes when each of them has a matching HTTP rule (method, path with
+its query, Host and header regexes anchored to the whole string, as Cilium's); otherwise the client gets
+the proxy's 403 ``Access denied``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from typing import Literal
 
 from .compile import EndpointSpec
@@ -24,13 +32,30 @@ from .types import (
     PROTO_TCP,
     PROTO_UDP,
     CompiledPolicy,
+    HttpRule,
     PolicyEntry,
     PolicyKey,
     RuleRef,
 )
 
-__all__ = ["Decision", "Explanation", "Peer", "describe_rule", "endpoint_peer", "explain", "identity_peer", "ip_peer",
-           "lookup", "parse_proto"]
+__all__ = [
+    "Decision",
+    "Explanation",
+    "HttpDecision",
+    "HttpRequest",
+    "Peer",
+    "describe_http_rule",
+    "describe_rule",
+    "endpoint_peer",
+    "explain",
+    "explain_http",
+    "http_decision_json",
+    "identity_peer",
+    "ip_peer",
+    "lookup",
+    "parse_http_request",
+    "parse_proto",
+]
 
 Verdict = Literal["allowed", "denied", "default-denied", "not-enforced", "audit"]
 PROTO_NAMES = {PROTO_TCP: "TCP", PROTO_UDP: "UDP", PROTO_SCTP: "SCTP", PROTO_ICMP: "ICMP", PROTO_ICMPV6: "ICMPv6"}
@@ -142,12 +167,24 @@ class Explanation:
     ingress: Decision | None  # the receiver's ingress (None when the receiver is not a local endpoint)
     verdict: Literal["ALLOWED", "DENIED", "AUDIT"]
     sentence: str
+    http: HttpDecision | None = None  # with a request: what the L7 proxy does with it
 
 
 def explain(compiled: CompiledPolicy, src: Peer, dst: Peer, port: int, proto: int | str = "TCP", *,
-            audit: bool = False) -> Explanation:
-    """Would ``src`` -> ``dst`` on ``port``/``proto`` pass, and which rule decides."""
+            audit: bool = False, http: HttpRequest | None = None) -> Explanation:
+    """Would ``src`` -> ``dst`` on ``port``/``proto`` pass, and which rule decides. With ``http``, the L3/L4
+    answer is followed by the L7 proxy's for that request (see :func:`explain_http`)."""
     num = parse_proto(proto)
+    if http is not None:
+        if num != PROTO_TCP:
+            raise ValueError("http: an HTTP request needs a TCP port")
+        l4 = explain(compiled, src, dst, port, num, audit=audit)
+        if l4.verdict == "DENIED":
+            return l4  # the request never reaches the proxy
+        hd = explain_http(compiled, src, dst, port, http, l4)
+        if hd.verdict == "denied":
+            return Explanation(l4.egress, l4.ingress, "DENIED", hd.reason, hd)
+        return Explanation(l4.egress, l4.ingress, l4.verdict, f"{l4.sentence}; {hd.reason}", hd)
     egress = ingress = None
     if src.ep_id is not None:
         egress = lookup(compiled, src.ep_id, EGRESS, dst.identity, num, port, audit=audit)
@@ -165,3 +202,122 @@ def explain(compiled: CompiledPolicy, src: Peer, dst: Peer, port: int, proto: in
     parts = [f"{direction} of {peer.label} " + (f"allowed by {describe_rule(d.rule)}" if d.verdict == "allowed"
                                                  else "not enforced") for d, direction, peer in steps]
     return Explanation(egress, ingress, "ALLOWED", f"ALLOWED: {'; '.join(parts) or 'no local endpoint is involved'}")
+
+
+# ------------------------------------------------------------------------------------------ L7 HTTP
+@dataclass(frozen=True)
+class HttpRequest:
+    """What the proxy judges: the method, the path with its query (Envoy's ``:path``), the headers."""
+
+    method: str
+    path: str
+    headers: tuple[tuple[str, str], ...] = ()
+
+    def header(self, name: str) -> str | None:
+        """The last value of header ``name`` (case-insensitive), as HAProxy's ``req.fhdr``."""
+        values = [v for k, v in self.headers if k.lower() == name.lower()]
+        return values[-1] if values else None
+
+
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def parse_http_request(method: str, path: str, headers: tuple[str, ...] = ()) -> HttpRequest:
+    """``GET``, ``/api/v1/x?q=1`` and ``Name: value`` header strings; ``ValueError`` names the bad part."""
+    if not _TOKEN.fullmatch(method):
+        raise ValueError(f"http method: {method[:40]!r} is not an HTTP method (a token such as GET)")
+    if not path.startswith("/") or any(c.isspace() for c in path):
+        raise ValueError(f"http path: {path[:80]!r} must start with / and contain no spaces (e.g. /api/v1/items)")
+    pairs = []
+    for h in headers:
+        name, sep, value = h.partition(":")
+        if not sep or not _TOKEN.fullmatch(name.strip()):
+            raise ValueError(f"http header: {h[:80]!r} must read 'Name: value'")
+        pairs.append((name.strip(), value.strip()))
+    return HttpRequest(method, path, tuple(pairs))
+
+
+@dataclass(frozen=True)
+class HttpDecision:
+    verdict: Literal["allowed", "denied", "not-proxied"]
+    reason: str
+    rules: tuple[HttpRule, ...] = ()  # allowed: the rule that matched in each L7 entry that applied
+    denied_by: tuple[HttpRule, ...] = ()  # denied: the rules of the L7 entry none of which matched
+    entries: tuple[PolicyKey, ...] = field(default=())  # the L7 entries that applied
+
+
+def describe_http_rule(rule: HttpRule, compiled: CompiledPolicy) -> str:
+    """The policy and the HTTP rule's own path, as a flow's ``decided_by`` names it."""
+    ref = compiled.rules[rule.rule_id] if 0 < rule.rule_id < len(compiled.rules) else None
+    if ref is None:
+        return rule.ref
+    return f"{ref.kind} {ref.namespace + '/' if ref.namespace else ''}{ref.policy} {rule.ref}"
+
+
+def _rule_matches(rule: HttpRule, req: HttpRequest) -> bool:
+    def full(regex: str | None, value: str | None) -> bool:
+        if regex is None:
+            return True
+        try:
+            return value is not None and re.fullmatch(regex, value) is not None
+        except re.error:
+            return False  # the proxy's regex engine decides; a pattern Python cannot read never matches here
+
+    if not (full(rule.method, req.method) and full(rule.path, req.path) and full(rule.host, req.header("host"))):
+        return False
+    return all(req.header(n) is not None if v is None else req.header(n) == v for n, v in rule.headers)
+
+
+def _covers(key: PolicyKey, port: int) -> bool:
+    return key.proto in (PROTO_TCP, PROTO_ANY) and key.port >> (16 - key.port_prefix) == port >> (16 - key.port_prefix)
+
+
+def _redirected(compiled: CompiledPolicy, d: Decision | None) -> bool:
+    if d is None or d.entry_key is None or d.verdict != "allowed":
+        return False
+    ep = compiled.endpoints.get(d.entry_key.ep_id)
+    entry = ep.entries.get(d.entry_key) if ep else None
+    return bool(entry and entry.l7)
+
+
+def explain_http(compiled: CompiledPolicy, src: Peer, dst: Peer, port: int, req: HttpRequest,
+                 l4: Explanation) -> HttpDecision:
+    """What the L7 proxy does with ``req`` on a connection ``l4`` allowed."""
+    what = f"HTTP {req.method} {req.path}"
+    if not (_redirected(compiled, l4.egress) or _redirected(compiled, l4.ingress)):
+        return HttpDecision("not-proxied", f"{what} is not inspected (no L7 rule for this connection)")
+    applies = []
+    for key in sorted(compiled.l7):
+        if key.direction == EGRESS and key.ep_id == src.ep_id and key.identity in (0, dst.identity):
+            applies.append(key)
+        elif key.direction == INGRESS and key.ep_id == dst.ep_id and key.identity in (0, src.identity):
+            applies.append(key)
+    matched: list[HttpRule] = []
+    for key in (k for k in applies if _covers(k, port)):
+        rules = compiled.l7[key]
+        hit = next((r for r in rules if _rule_matches(r, req)), None)
+        if hit is None:
+            side = f"{_DIRECTION[key.direction]} of {(src if key.direction == EGRESS else dst).label}"
+            paths = sorted({describe_http_rule(r, compiled).rsplit("[", 1)[0] for r in rules})
+            return HttpDecision(
+                "denied",
+                f"DENIED by the L7 proxy (HTTP 403 Access denied) at {side}: {what} matches no HTTP rule of "
+                f"{', '.join(paths)}",
+                denied_by=rules, entries=(key,),
+            )
+        matched.append(hit)
+    return HttpDecision(
+        "allowed",
+        f"{what} allowed by the L7 proxy: " + ", ".join(describe_http_rule(r, compiled) for r in matched),
+        rules=tuple(matched), entries=tuple(k for k in applies if _covers(k, port)),
+    )
+
+
+def http_decision_json(d: HttpDecision, compiled: CompiledPolicy) -> dict[str, object]:
+    """``apiary policy explain -o json``'s ``http`` part."""
+    return {
+        "verdict": d.verdict,
+        "reason": d.reason,
+        "rules": [describe_http_rule(r, compiled) for r in d.rules],
+        "denied_by": [describe_http_rule(r, compiled) for r in d.denied_by],
+    }

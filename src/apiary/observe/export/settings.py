@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 from apiary.observe.export import fieldmask
 from apiary.observe.hubble.filters import FlowFilter
-from apiary.observe.tetragon.filters import JsonEventFilter, event_set_key
+from apiary.observe.tetragon.allowdeny import AllowDeny, event_set_key
 
 
 @dataclass(frozen=True)
@@ -163,7 +163,7 @@ def parse_field_filters(text: str, flag: str = "--field-filters") -> list[FieldF
 
 @dataclass(frozen=True)
 class EventRules:
-    filter: JsonEventFilter
+    filter: AllowDeny
     field_filters: list[FieldFilter]
 
 
@@ -176,7 +176,7 @@ class FlowRules:
 def compile_events(s: ExportSettings) -> EventRules:
     allow = json_objects(s.export_allowlist, "--export-allowlist")
     deny = json_objects(s.export_denylist, "--export-denylist")
-    flt = JsonEventFilter(allow, deny, flags=("--export-allowlist", "--export-denylist"))
+    flt = AllowDeny(allow, deny, names=("--export-allowlist", "--export-denylist"))
     return EventRules(flt, parse_field_filters(s.field_filters))
 
 

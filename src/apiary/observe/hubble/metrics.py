@@ -20,6 +20,17 @@ Names, label names and label values are Hubble's (``pkg/hubble/metrics/{flow,dro
   ``RST``); ``family`` ``IPv4``/``IPv6``.
 * ``hubble_port_distribution_total{protocol,port}`` — forwarded, non-reply TCP/UDP/SCTP flows by destination
   port (ICMP: port ``0``).
+* ``http`` (``pkg/hubble/metrics/http``, deprecated upstream): ``hubble_http_requests_total{method,protocol,
+  reporter}`` per L7 HTTP REQUEST flow, ``hubble_http_responses_total{method,protocol,status,reporter}`` and
+  the histogram ``hubble_http_request_duration_seconds{method,reporter}`` (``latency_ns``) per RESPONSE flow.
+  ``httpV2``: ``hubble_http_requests_total{method,protocol,status,reporter}`` and the histogram, both per
+  RESPONSE flow, whose source/destination context is the client's/server's (inverted, as Hubble's).
+  ``reporter`` is ``client`` for egress flows, ``server`` for ingress ones, else ``unknown``.
+* ``dns`` (``pkg/hubble/metrics/dns``): ``hubble_dns_queries_total{rcode,qtypes,ips_returned}`` per DNS query
+  (``rcode`` empty, or ``Policy denied`` when the proxy dropped it), ``hubble_dns_responses_total`` (same
+  labels, ``rcode`` Hubble's name of the code, e.g. ``Non-Existent Domain``) per answer and
+  ``hubble_dns_response_types_total{type,qtypes}`` per answer record type; option ``ignoreAAAA``. They count
+  the L7 DNS flows of a DNS proxy (none yet: they stay empty until one feeds them).
 
 Which of them are on, and their context labels, is Hubble's ``--hubble-metrics`` list
 (:func:`parse_hubble_metrics`): ``name[:option=value;option=value]`` items, e.g.
@@ -34,7 +45,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from apiary.observe.hubble.enums import (
     LOST_EVENT_SOURCE,
@@ -90,15 +101,20 @@ def flow_type_labels(flow: Mapping[str, Any]) -> tuple[str, str]:
 
 
 # ---------------------------------------------------------------------------- --hubble-metrics
-HANDLERS = ("flow", "drop", "tcp", "port-distribution", "policy")  # Hubble's handler names apiary serves
-DEFAULT_METRICS = HANDLERS
+# Hubble's handler names apiary serves; the default list is the packet-level ones (Hubble's default: none)
+HANDLERS = ("flow", "drop", "tcp", "port-distribution", "policy", "http", "httpV2", "dns")
+DEFAULT_METRICS = ("flow", "drop", "tcp", "port-distribution", "policy")
 # sourceContext / destinationContext values (first non-empty of `a|b` wins): each bounded by endpoints/identities
 CONTEXTS = ("identity", "namespace", "pod", "pod-name", "reserved-identity", "app")
 UNBOUNDED_CONTEXTS = ("ip", "dns", "workload", "workload-name")
 LABELS_CONTEXT = tuple(
     f"{side}_{what}" for side in ("source", "destination") for what in ("namespace", "pod", "app")
 ) + ("traffic_direction",)
-_NOT_HERE = {"http", "httpV2", "dns", "kafka", "icmp", "flows-to-world"}
+_NOT_HERE = {"kafka", "icmp", "flows-to-world"}
+# handler-specific flag options (Hubble's option keys are case-insensitive)
+_CONTEXT_OPTIONS = ("sourceContext", "destinationContext", "labelsContext")
+_FLAG_OPTIONS = {"dns": ("ignoreAAAA",)}
+_UNBOUNDED_OPTIONS = {"dns": ("query",), "http": ("exemplars",), "httpV2": ("exemplars",)}
 
 
 @dataclass(frozen=True)
@@ -109,6 +125,7 @@ class MetricSpec:
     source_context: tuple[str, ...] = ()
     destination_context: tuple[str, ...] = ()
     labels_context: tuple[str, ...] = ()
+    flags: tuple[str, ...] = ()  # handler options without a value that are on (dns: ignoreAAAA)
 
     def context_labels(self) -> list[str]:
         out = ["source"] if self.source_context else []
@@ -137,15 +154,28 @@ def parse_hubble_metrics(items: Iterable[str]) -> dict[str, MetricSpec]:
     for item in (w for text in items for w in text.split()):
         name, _, opts = item.partition(":")
         if name not in HANDLERS:
-            why = "not served by apiary yet (no L7 flows)" if name in _NOT_HERE else "unknown metric"
+            why = "not served by apiary yet" if name in _NOT_HERE else "unknown metric"
             raise ValueError(f"--hubble-metrics {item!r}: {why}; apiary serves {', '.join(HANDLERS)}")
         if name in out:
             raise ValueError(f"--hubble-metrics {item!r}: {name} is listed twice")
         src: tuple[str, ...] = ()
         dst: tuple[str, ...] = ()
         lbl: tuple[str, ...] = ()
+        flags: list[str] = []
         for opt in filter(None, opts.split(";")):
             key, eq, value = opt.partition("=")
+            flag = next((f for f in _FLAG_OPTIONS.get(name, ()) if f.lower() == key.lower()), None)
+            if flag is not None:
+                if eq and value.lower() not in ("true", "false"):
+                    raise ValueError(f"--hubble-metrics {item!r}: option {key!r} is a flag (no value, or true/false)")
+                if not eq or value.lower() == "true":
+                    flags.append(flag)
+                continue
+            if key.lower() in (o.lower() for o in _UNBOUNDED_OPTIONS.get(name, ())):
+                raise ValueError(
+                    f"--hubble-metrics {item!r}: option {key!r} is not served "
+                    "(its label values are not bounded here, or apiary's flows carry no trace context)"
+                )
             if not eq or not value:
                 raise ValueError(f"--hubble-metrics {item!r}: option {opt!r} needs a value (option=value)")
             if key == "sourceContext":
@@ -161,15 +191,15 @@ def parse_hubble_metrics(items: Iterable[str]) -> dict[str, MetricSpec]:
                         f"(one of {', '.join(LABELS_CONTEXT)})"
                     )
             else:
-                raise ValueError(
-                    f"--hubble-metrics {item!r}: unknown option {key!r} "
-                    "(sourceContext, destinationContext, labelsContext)"
-                )
+                known = ", ".join((*_CONTEXT_OPTIONS, *_FLAG_OPTIONS.get(name, ())))
+                raise ValueError(f"--hubble-metrics {item!r}: unknown option {key!r} ({known})")
         if lbl and (src or dst):
             raise ValueError(
                 f"--hubble-metrics {item!r}: labelsContext cannot be combined with source/destinationContext"
             )
-        out[name] = MetricSpec(name, src, dst, lbl)
+        out[name] = MetricSpec(name, src, dst, lbl, tuple(flags))
+    if "http" in out and "httpV2" in out:
+        raise ValueError("--hubble-metrics: http and httpV2 serve the same metric names; list one of them")
     return out
 
 
@@ -221,22 +251,130 @@ _TCP_FLAGS: tuple[tuple[str, Callable[[Mapping[str, Any]], bool]], ...] = (
 
 
 class _Family:
-    """A Hubble counter and its context options. Its children are kept by label values: ``Counter.labels``
-    takes a lock and checks the labels on every call, which per flow costs more than the rest of counting."""
+    """A Hubble counter (or histogram) and its context options. Its children are kept by label values:
+    ``Counter.labels`` takes a lock and checks the labels on every call, which per flow costs more than the rest
+    of counting."""
 
     __slots__ = ("counter", "spec", "children", "has_context")
 
-    def __init__(self, counter: Counter, spec: MetricSpec) -> None:
+    def __init__(self, counter: Counter | Histogram, spec: MetricSpec) -> None:
         self.counter, self.spec = counter, spec
         self.children: dict[tuple[str, ...], Any] = {}
         self.has_context = bool(spec.context_labels())
 
-    def inc(self, flow: Mapping[str, Any], *values: str) -> None:
+    def child(self, flow: Mapping[str, Any], values: tuple[str, ...]) -> Any:
         key = (*context_values(self.spec, flow), *values) if self.has_context else values
         child = self.children.get(key)
         if child is None:
             child = self.children[key] = self.counter.labels(*key)
-        child.inc()
+        return child
+
+    def inc(self, flow: Mapping[str, Any], *values: str) -> None:
+        self.child(flow, values).inc()
+
+    def observe(self, flow: Mapping[str, Any], amount: float, *values: str) -> None:
+        self.child(flow, values).observe(amount)
+
+
+# Hubble's names of DNS response codes (pkg/hubble/metrics/dns)
+DNS_RCODE_NAMES: dict[int, str] = {
+    0: "No Error", 1: "Format Error", 2: "Server Failure", 3: "Non-Existent Domain", 4: "Not Implemented",
+    5: "Query Refused", 6: "Name Exists when it should not", 7: "RR Set Exists when it should not",
+    8: "RR Set that should exist does not", 9: "Not Authorized", 10: "Name not contained in zone",
+    11: "DSO-TYPE Not Implemented", 16: "Bad OPT Version", 17: "Key not recognized",
+    18: "Signature out of time window", 19: "Bad TKEY Mode", 20: "Duplicate key name",
+    21: "Algorithm not supported", 22: "Bad Truncation", 23: "Bad/missing Server Cookie",
+}
+_REPORTER = {"EGRESS": "client", "INGRESS": "server"}
+
+
+def _int(v: Any) -> int:
+    try:
+        return int(v or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+class _L7Metrics:
+    """Hubble's ``http``/``httpV2`` and ``dns`` handlers over L7 flows."""
+
+    def __init__(self, registry: CollectorRegistry, enabled: Mapping[str, MetricSpec]) -> None:
+        def family(
+            handler: str, cls: type[Counter] | type[Histogram], name: str, doc: str, labels: list[str]
+        ) -> _Family:
+            spec = enabled[handler]
+            return _Family(cls(name, doc, spec.context_labels() + labels, namespace="hubble", registry=registry), spec)
+
+        self.http_v2 = "httpV2" in enabled
+        self.http_requests: _Family | None = None
+        self.http_responses: _Family | None = None
+        self.http_duration: _Family | None = None
+        http = "httpV2" if self.http_v2 else "http"
+        if http in enabled:
+            req_labels = ["method", "protocol", *(["status"] if self.http_v2 else []), "reporter"]
+            self.http_requests = family(http, Counter, "http_requests_total", "Count of HTTP requests", req_labels)
+            if not self.http_v2:
+                self.http_responses = family(
+                    http, Counter, "http_responses_total", "Count of HTTP responses",
+                    ["method", "protocol", "status", "reporter"],
+                )
+            self.http_duration = family(
+                http, Histogram, "http_request_duration_seconds", "Quantiles of HTTP request duration in seconds",
+                ["method", "reporter"],
+            )
+        self.dns_queries: _Family | None = None
+        self.dns_responses: _Family | None = None
+        self.dns_types: _Family | None = None
+        self.dns_ignore_aaaa = False
+        if "dns" in enabled:
+            labels = ["rcode", "qtypes", "ips_returned"]
+            self.dns_queries = family("dns", Counter, "dns_queries_total", "Number of DNS queries observed", labels)
+            self.dns_responses = family("dns", Counter, "dns_responses_total", "Number of DNS queries observed", labels)
+            self.dns_types = family(
+                "dns", Counter, "dns_response_types_total", "Number of DNS queries observed", ["type", "qtypes"]
+            )
+            self.dns_ignore_aaaa = "ignoreAAAA" in enabled["dns"].flags
+
+    def observe(self, flow: Mapping[str, Any], verdict: str) -> None:
+        l7 = flow.get("l7")
+        if not isinstance(l7, Mapping):
+            return
+        http, dns = l7.get("http"), l7.get("dns")
+        if isinstance(http, Mapping) and self.http_requests is not None:
+            self._http(flow, str(l7.get("type", "")), http, _int(l7.get("latency_ns")))
+        elif isinstance(dns, Mapping) and self.dns_queries is not None:
+            self._dns(flow, verdict, dns)
+
+    def _http(self, flow: Mapping[str, Any], typ: str, http: Mapping[str, Any], latency_ns: int) -> None:
+        assert self.http_requests is not None and self.http_duration is not None
+        reporter = _REPORTER.get(str(flow.get("traffic_direction", "")), "unknown")
+        method, protocol = str(http.get("method", "")), str(http.get("protocol", ""))
+        if typ == "REQUEST" and not self.http_v2:
+            self.http_requests.inc(flow, method, protocol, reporter)
+        if typ != "RESPONSE":
+            return
+        status = str(_int(http.get("code")))
+        if self.http_v2:  # the response's context labels are the request's: source = client
+            flow = {**flow, "source": flow.get("destination") or {}, "destination": flow.get("source") or {}}
+            self.http_requests.inc(flow, method, protocol, status, reporter)
+        elif self.http_responses is not None:
+            self.http_responses.inc(flow, method, protocol, status, reporter)
+        self.http_duration.observe(flow, latency_ns / 1e9, method, reporter)
+
+    def _dns(self, flow: Mapping[str, Any], verdict: str, dns: Mapping[str, Any]) -> None:
+        assert self.dns_queries is not None and self.dns_responses is not None and self.dns_types is not None
+        qtypes_l = [str(q) for q in dns.get("qtypes") or ()]
+        if self.dns_ignore_aaaa and qtypes_l == ["AAAA"]:
+            return
+        qtypes, ips = ",".join(qtypes_l), str(len(dns.get("ips") or ()))
+        if verdict == "DROPPED":
+            self.dns_queries.inc(flow, "Policy denied", qtypes, ips)
+        elif not flow.get("is_reply"):
+            self.dns_queries.inc(flow, "", qtypes, ips)
+        else:
+            self.dns_responses.inc(flow, DNS_RCODE_NAMES.get(_int(dns.get("rcode")), ""), qtypes, ips)
+            for rrtype in dns.get("rrtypes") or ():
+                self.dns_types.inc(flow, str(rrtype), qtypes)
 
 
 class FlowMetrics:
@@ -275,6 +413,7 @@ class FlowMetrics:
         )
         for src in ("perf_event_ring_buffer", "observer_events_queue", "hubble_ring_buffer"):
             self.lost_events.labels(source=src)  # every source shows, at 0 until something is lost
+        self.l7 = _L7Metrics(registry, self.enabled) if {"http", "httpV2", "dns"} & set(self.enabled) else None
 
     def lost(self, source: str | int, count: int) -> None:
         """Count ``count`` lost events from a LostEventSource (name or number)."""
@@ -302,6 +441,8 @@ class FlowMetrics:
             direction = str(flow.get("traffic_direction", "TRAFFIC_DIRECTION_UNKNOWN")).lower()
             match = POLICY_MATCH_TYPES.get(int(flow.get("policy_match_type", 0)), "unknown").lower()
             self.policy_verdicts.inc(flow, direction, match, verdict.lower())
+        if self.l7 is not None and typ == "L7":
+            self.l7.observe(flow, verdict)
         if verdict != "FORWARDED":
             return
         l4 = flow.get("l4") or {}

@@ -209,6 +209,14 @@ def tp_agent() -> Iterator[tuple[AgentProcess, EchoServers]]:
     servers = EchoServers()
     try:
         agent.start()
+        # the tracing sensor loads with the first policy: load it now, so each file's before/after kernel
+        # objects compare what that file added
+        warm = "apiary-corpus-warm"
+        tp = f"apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata: {{name: {warm}}}\nspec:\n"
+        tp += "  kprobes:\n  - call: sys_getppid\n    syscall: true\n"
+        agent.client().request("POST", "/v1/tracingpolicies", content=tp.encode(),
+                               headers={"Content-Type": "application/yaml"})
+        tp_delete(agent, warm, "")
         yield agent, servers
     finally:
         agent.cleanup()

@@ -21,6 +21,7 @@ from ipaddress import IPv4Network
 from types import SimpleNamespace
 from typing import Any, Literal
 
+from .fqdn import selector_matches
 from .identity import (
     RESERVED_IDENTITIES,
     CidrIndex,
@@ -31,8 +32,17 @@ from .identity import (
     endpoint_labels,
 )
 from .load import unsupported_problems
-from .fqdn import selector_matches
-from .models import SECTIONS, CIDRRule, FQDNSelector, PolicyError, PortRule, PortRuleHTTP, Rule, parse_cidr, split_header
+from .models import (
+    SECTIONS,
+    CIDRRule,
+    FQDNSelector,
+    PolicyError,
+    PortRule,
+    PortRuleHTTP,
+    Rule,
+    parse_cidr,
+    split_header,
+)
 from .models import Policy as PolicyModel
 from .selectors import Selector, entity_identities, peer_selector, select, subject_selector
 from .types import (
@@ -45,8 +55,8 @@ from .types import (
     PROTO_TCP,
     PROTO_UDP,
     CompiledPolicy,
-    EndpointPolicy,
     DnsRule,
+    EndpointPolicy,
     HttpRule,
     PolicyEntry,
     PolicyKey,

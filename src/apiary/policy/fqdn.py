@@ -15,7 +15,8 @@ from collections.abc import Iterable
 
 from .types import DnsRule
 
-__all__ = ["MAX_FQDN_LENGTH", "dns_verdict", "fqdn", "name_problem", "pattern_problem", "pattern_regex", "selector_matches"]
+__all__ = ["MAX_FQDN_LENGTH", "dns_verdict", "fqdn", "name_problem", "pattern_problem", "pattern_regex",
+           "selector_matches"]
 
 MAX_FQDN_LENGTH = 255
 _DNS_CHARS = "[-a-zA-Z0-9_]"

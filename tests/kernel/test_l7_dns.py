@@ -163,6 +163,8 @@ def test_allowed_name_resolves_and_its_ip_becomes_reachable(env: dict[str, Any])
     assert d["ips"] == [f"{host}.10"] and d["ttl"] == 300 and d["rrtypes"] == ["A"] and "rcode" not in d
     assert resp[-1]["Summary"] == f'DNS Answer "{host}.10" TTL: 300 (Proxy allowed.example.com. A)'
     assert resp[-1]["Type"] == "L7" and resp[-1]["l4"]["UDP"]["source_port"] == 53
+    named = env["net"].flows("--to-fqdn", "*.example.com", "--to-port", "7000", wait=0)
+    assert named and all(f["destination_names"] == ["allowed.example.com"] for f in named), named
     table = env["net"].cli_ok("fqdn", "cache", "list")
     assert table.split("\n")[0].split() == ["Endpoint", "Source", "FQDN", "TTL", "ExpirationTime", "IPs"]
 

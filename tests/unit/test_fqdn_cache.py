@@ -59,3 +59,16 @@ def test_dns_flow_fields_and_summaries() -> None:
     refused = DnsExchange("10.0.0.5", 4000, "192.0.2.53", 53, "UDP", "b.", ("A",), False, "r", 0, rcode=5)
     assert dns_summary(refused, True) == "DNS Answer RCode: Query Refused TTL: 0 (Proxy b. A)"
     assert dns_json(refused, True)["rcode"] == 5
+
+
+def test_fqdn_filter_matches_learned_names() -> None:
+    from apiary.observe.hubble.filters import FlowFilter
+
+    flt = FlowFilter.from_args([("to-fqdn", "*.example.com")])
+    assert flt.matches({"flow": {"destination_names": ["api.example.com"]}})
+    assert not flt.matches({"flow": {"destination_names": ["example.org"]}})
+    assert not flt.matches({"flow": {"source_names": ["api.example.com"]}})
+    both = FlowFilter.from_args([("fqdn", "API.example.com.")])
+    assert both.matches({"flow": {"source_names": ["api.example.com"]}})
+    with pytest.raises(ValueError, match="fqdn"):
+        FlowFilter.from_args([("fqdn", "a[b]")])

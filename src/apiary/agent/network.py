@@ -100,6 +100,7 @@ class Network:
         self.fqdn = FqdnCache(cfg.tofqdns_min_ttl)
         self.dns: DnsProxy | None = None
         self._run: Callable[[Callable[[], None]], Awaitable[None]] | None = None
+        self._names_by_ip: dict[str, list[str]] = {}  # replaced whole after every change of the cache
         self.dns_judge = DnsJudge({}, {}, {}, [])
 
     # ------------------------------------------------------------------ lifecycle
@@ -234,6 +235,7 @@ class Network:
             self.l7.update(compiled.l7, {e.ep_id: e.ipv4 for e in eps.values()}, compiled.ipcache)
         self.dp.sync(compiled, eps, ids)
         self.compiled = compiled
+        self._index_names()
         all_eps = list(self.em.endpoints.values())
         self._by_id = {e.ep_id: e for e in all_eps}
         self._by_ip = {e.ipv4: e for e in all_eps}
@@ -465,14 +467,30 @@ class Network:
         ep = self.dns_judge.ep_of(x.client)
         if ep is None or x.rcode or not x.ips:
             return
-        if self.fqdn.learn(ep, x.query, tuple(ip for ip in x.ips if ":" not in ip), x.ttl) and self._fqdn_selected(
-                x.query):
-            self._recompute()
+        if self.fqdn.learn(ep, x.query, tuple(ip for ip in x.ips if ":" not in ip), x.ttl):
+            if self._fqdn_selected(x.query):
+                self._recompute()
+            else:
+                self._index_names()
+
+    def names_of(self, ip: str) -> list[str]:
+        """The names the DNS proxy learned for an address (flows' source_names/destination_names)."""
+        return self._names_by_ip.get(ip, [])
 
     def fqdn_expire(self) -> None:
         before = self.compiled.fqdn_ips
-        if self.fqdn.expire() and before:
-            self._recompute()
+        if self.fqdn.expire():
+            if before:
+                self._recompute()
+            else:
+                self._index_names()
+
+    def _index_names(self) -> None:
+        by_ip: dict[str, list[str]] = {}
+        for name, ips in self.fqdn.names_ips().items():
+            for ip in ips:
+                by_ip.setdefault(ip, []).append(name.rstrip("."))
+        self._names_by_ip = by_ip
 
     def _fqdn_selected(self, name: str) -> bool:
         from apiary.policy.fqdn import selector_matches

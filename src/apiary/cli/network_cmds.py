@@ -53,6 +53,9 @@ FILTER_HELP: dict[str, tuple[str, str]] = {
     "http-method": ("METHOD", "L7 HTTP flows of this method"),
     "http-path": ("REGEX", "L7 HTTP flows whose URL path matches"),
     "http-url": ("REGEX", "L7 HTTP flows whose URL matches"),
+    "fqdn": ("NAME", "Flows from or to this DNS name learned by the DNS proxy (* as wildcard)"),
+    "from-fqdn": ("NAME", "Flows from this DNS name"),
+    "to-fqdn": ("NAME", "Flows to this DNS name"),
 }
 SHORT = {f"-{k}": f"--{v}" for k, v in FLAG_ALIASES.items()}
 

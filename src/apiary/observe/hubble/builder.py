@@ -97,9 +97,10 @@ class EndpointInfo:
 class EndpointDirectory(Protocol):
     """What :class:`FlowBuilder` asks the agent. All look-ups must be cheap and must not block.
 
-    Optional extra method (looked up with ``getattr``): ``selecting_policies(ep_id: int, egress: bool) ->
+    Optional extra methods (looked up with ``getattr``): ``selecting_policies(ep_id: int, egress: bool) ->
     list[str]`` — the policies (``namespace/name`` or ``name``) whose rules select the endpoint in that
-    direction; used to explain default-deny drops.
+    direction; used to explain default-deny drops. ``names_of(ip: str) -> list[str]`` — the DNS names
+    learned for an address (flow ``source_names``/``destination_names``, without the trailing dot).
     """
 
     def endpoint(self, ep_id: int) -> EndpointInfo | None: ...
@@ -335,6 +336,11 @@ class FlowBuilder:
         flow["Type"] = "L3_L4"
         if self.node_name:
             flow["node_name"] = self.node_name
+        names_of = getattr(self.directory, "names_of", None)  # toFQDNs: names the DNS proxy learned for an IP
+        if names_of is not None:
+            for side, addr in (("source_names", msg.src_ip), ("destination_names", msg.dst_ip)):
+                if addr and (names := names_of(addr)):
+                    flow[side] = names
         if is_reply:
             flow["reply"] = True
         event_type: dict[str, Any] = {"type": kind}

@@ -401,10 +401,10 @@ def test_check_capacity() -> None:
 
 def test_compile_refuses_what_load_would_reject() -> None:
     p = CiliumNetworkPolicy.model_validate({
-        "apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy", "metadata": {"name": "fqdn"},
-        "spec": {"endpointSelector": {}, "egress": [{"toFQDNs": [{"matchName": "example.com"}],
+        "apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy", "metadata": {"name": "svc"},
+        "spec": {"endpointSelector": {}, "egress": [{"toServices": [{"k8sService": {"serviceName": "s"}}],
                                                      "toPorts": [{"ports": [{"port": "443"}]}]}]}})
     assert p.namespace == "default"
     with pytest.raises(PolicyError) as exc:
         compile_policies([p], EPS)
-    assert exc.value.messages[0].startswith("unsupported: spec.egress[0].toFQDNs (")
+    assert exc.value.messages[0].startswith("unsupported: spec.egress[0].toServices (")

@@ -49,11 +49,17 @@ LOADS = {
     "examples/l3/entities/world.yaml", "examples/l3/ingress-allow-all/ingress-allow-all.yaml",
     "examples/l3/simple/l3.yaml", "examples/l4/cidr_l4_combined.yaml", "examples/l4/l3_l4_combined.yaml",
     "examples/l4/l4.yaml", "examples/l4/l4_port_range.yaml",
-    # L7 HTTP through the agent's proxy (the files that also use toFQDNs or headerMatches secrets stay refused)
+    # L7 HTTP through the agent's proxy (files with headerMatches secrets stay refused)
     "connectivity/client-egress-l7-http-method.yaml", "connectivity/echo-ingress-l7-http-named-port.yaml",
     "connectivity/echo-ingress-l7-http.yaml", "examples/getting-started/l7-policy.yaml",
     "examples/kubernetes/serviceaccount/serviceaccount-policy.yaml", "examples/l7/http/http.yaml",
     "examples/l7/http/l7_multi.yaml",
+    # DNS through the agent's DNS proxy, toFQDNs (and the HTTP files that combine with them)
+    "connectivity/client-egress-l7-http-named-port.yaml", "connectivity/client-egress-l7-http-port-range.yaml",
+    "connectivity/client-egress-l7-http.yaml", "connectivity/client-egress-only-dns.yaml",
+    "connectivity/client-egress-to-fqdns-and-http-get.yaml", "connectivity/client-egress-to-fqdns.yaml",
+    "examples/getting-started/dns-matchname.yaml", "examples/l3/fqdn/fqdn-short.yaml", "examples/l3/fqdn/fqdn.yaml",
+    "examples/l7/dns/dns-visibility.yaml", "examples/l7/dns/dns.yaml",
 }
 # rejected by validation (not merely unsupported): file -> a message it must carry
 INVALID = {

@@ -147,7 +147,6 @@ def test_not_yaml_and_empty() -> None:
 
 
 UNSUPPORTED = [
-    (doc("egress:\n- toFQDNs: [{matchName: example.com}]\n"), "spec.egress[0].toFQDNs"),
     (doc("egress:\n- toServices: [{k8sService: {serviceName: s, namespace: n}}]\n"), "spec.egress[0].toServices"),
     (doc("egress:\n- toGroups: [{aws: {securityGroupsIds: [sg-1]}}]\n"), "spec.egress[0].toGroups"),
     (doc("ingress:\n- fromGroups: [{aws: {securityGroupsIds: [sg-1]}}]\n"), "spec.ingress[0].fromGroups"),
@@ -159,8 +158,6 @@ UNSUPPORTED = [
     (doc("ingress:\n- toPorts:\n  - ports: [{port: '80', protocol: TCP}]\n    rules: {http: [{headerMatches: "
          "[{name: X-A, value: b, mismatch: ADD}]}]}\n"),
      "spec.ingress[0].toPorts[0].rules.http[0].headerMatches[0].mismatch"),
-    (doc("egress:\n- toPorts:\n  - ports: [{port: '53', protocol: UDP}]\n    rules: {dns: [{matchName: x}]}\n"),
-     "spec.egress[0].toPorts[0].rules.dns"),
     (doc("ingress:\n- toPorts:\n  - ports: [{port: '9092', protocol: TCP}]\n    rules: {kafka: [{topic: t}]}\n"),
      "spec.ingress[0].toPorts[0].rules.kafka"),
     (doc("egress:\n- toPorts:\n  - ports: [{port: '443', protocol: TCP}]\n    serverNames: [a.example]\n"),

@@ -11,6 +11,7 @@ from aiohttp import web
 
 from apiary.observe.hubble.builder import lost_events_response
 from apiary.policy.explain import parse_http_request
+from apiary.policy.fqdn import pattern_problem
 from apiary.sensors.network.validate import (
     ValidationError,
     check_endpoint_name,
@@ -171,7 +172,20 @@ def add_routes(app: web.Application, agent: AgentView) -> None:
                 n.flows.unsubscribe(fol)
         return resp
 
+    async def fqdn_cache(request: web.Request) -> web.Response:
+        """The DNS proxy's learned names (``cilium fqdn cache list``); ?endpoint=ID&matchpattern=PATTERN."""
+        n = net()
+        ep_text, pattern = request.query.get("endpoint"), request.query.get("matchpattern")
+        try:
+            ep = int(ep_text) if ep_text else None
+        except ValueError:
+            return error(f"endpoint: {ep_text!r} is not an endpoint id", 400)
+        if pattern and (why := pattern_problem(pattern)):
+            return error(f"matchpattern: {why}", 400)
+        return web.json_response(n.fqdn.rows(ep, pattern))
+
     r = app.router
+    r.add_get("/v1/fqdn/cache", fqdn_cache)
     r.add_get("/v1/endpoints", endpoints)
     r.add_post("/v1/endpoints", endpoint_create)
     r.add_get("/v1/endpoints/{ref:.+}", endpoint_get)

@@ -46,6 +46,8 @@ class AgentConfig:
     enable_policy: Enforcement = "default"  # default | always | never (Cilium's --enable-policy)
     policy_audit_mode: bool = False
     policy_map_size: int = 65536
+    tofqdns_min_ttl: int = 0  # Cilium's --tofqdns-min-ttl: seconds a learned IP stays allowed at least
+    tofqdns_reject_response_code: str = "refused"  # Cilium's --tofqdns-dns-reject-response-code: refused|nameError
     flow_buffer: int = 4095  # flows kept for `apiary observe --last` (Hubble's default ring size)
     # XDP prefilter (Cilium's --prefilter-device / --prefilter-mode): devices attached at start
     prefilter_devices: tuple[str, ...] = ()

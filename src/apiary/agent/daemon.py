@@ -477,6 +477,8 @@ class Agent:
                  asyncio.create_task(l7_watch())]
         if self.exporter is not None:
             tasks.append(asyncio.create_task(self.exporter.run()))
+        if net is not None:  # the DNS proxy of toFQDNs policy; its policy changes run on the control-plane worker
+            tasks.append(asyncio.create_task(net.dns_serve(lambda fn: loop.run_in_executor(self.net_pool, fn))))
         try:
             await self._stop.wait()
         finally:

@@ -7,12 +7,13 @@ the write changes nothing; the repository is the single source the datapath is r
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import ipaddress
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,16 +23,17 @@ from pyroute2 import IPRoute
 
 from apiary.loader.fs import cgroup2_root
 from apiary.observe.clock import KtimeClock
-from apiary.observe.hubble.builder import EndpointInfo, FlowBuilder, l7_response
+from apiary.observe.hubble.builder import EndpointInfo, FlowBuilder, dns_response, l7_response
 from apiary.observe.hubble.filters import FlowFilter
-from apiary.observe.hubble.l7 import HttpExchange, parse_headers, unset, url_of
+from apiary.observe.hubble.l7 import DnsExchange, HttpExchange, parse_headers, unset, url_of
 from apiary.observe.hubble.metrics import FlowMetrics, parse_hubble_metrics
 from apiary.policy.compile import EndpointSpec, compile_policies
 from apiary.policy.explain import HttpRequest, endpoint_peer, explain, http_decision_json, ip_peer
-from apiary.policy.identity import IdentityAllocator, endpoint_labels
+from apiary.policy.identity import IdentityAllocator, endpoint_labels, resolve
 from apiary.policy.load import PolicyError, load_policies, load_policy_documents
 from apiary.policy.models import Problem
 from apiary.policy.types import CompiledPolicy, RuleRef
+from apiary.sensors.dnsproxy.proxy import DnsProxy
 from apiary.sensors.l7proxy.config import rule_text as http_rule_text
 from apiary.sensors.l7proxy.haproxy import HAProxy, ProxyError, haproxy_binary
 from apiary.sensors.network.endpoints import Endpoint, EndpointError, EndpointManager
@@ -40,6 +42,7 @@ from apiary.sensors.network.sensor import Datapath
 from . import statedir
 from .bus import EventBus
 from .config import AgentConfig
+from .fqdn import DnsJudge, FqdnCache
 from .interfaces import ScopedEndpoint
 from .records import RingReader
 
@@ -92,6 +95,13 @@ class Network:
         # the L7 HTTP proxy (HAProxy), when installed: rules.http are refused without it
         self.l7: HAProxy | None = (
             HAProxy(state, cfg.instance, cg, on_log=self.on_http) if haproxy_binary() is not None else None)
+        # the DNS proxy (toFQDNs, rules.dns): started in the event loop by dns_serve; it shares the HTTP
+        # proxy's mark (the ip rule that delivers redirected packets locally)
+        self.fqdn = FqdnCache(cfg.tofqdns_min_ttl)
+        self.dns: DnsProxy | None = None
+        self._run: Callable[[Callable[[], None]], Awaitable[None]] | None = None
+        self._names_by_ip: dict[str, list[str]] = {}  # replaced whole after every change of the cache
+        self.dns_judge = DnsJudge({}, {}, {}, [])
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> list[str]:
@@ -112,6 +122,16 @@ class Network:
                 self.dp.set_proxy(self.l7.mark, self.l7.cgroup_id)
                 notes.append(f"L7 proxy: haproxy pid {self.l7.proc.pid if self.l7.proc else '?'} on "
                              f"127.0.0.1:{self.l7.port} (transparent)")
+                self.dns = DnsProxy(lambda *a: self.dns_judge(*a), self._dns_learn, self.on_dns,
+                                    reject=self.cfg.tofqdns_reject_response_code)
+                try:
+                    self.dns.bind()  # answers once the event loop runs (dns_serve)
+                except OSError as e:
+                    notes.append(f"DNS proxy not available ({e}): policies with rules.dns are refused")
+                    self.dns = None
+                if self.dns is not None:
+                    self.dp.dns_proxy_port = self.dns.port
+                    notes.append(f"DNS proxy on 127.0.0.1:{self.dns.port} UDP+TCP (transparent)")
         if self.dp.ring is not None:  # one bad record never stops the flow stream: counted, not logged
             self.reader = RingReader(self.dp.ring, self.dp.handlers(), {"flow": self.on_flow}, log_errors=False)
         lost = self.em.verify()
@@ -136,6 +156,8 @@ class Network:
         self.dp.close(detach=False)
         if self.l7 is not None:  # redirected connections now fail closed (no listener) until it is back
             self.l7.close()
+        if self.dns is not None:
+            self.dns.close()
         self.em.teardown_host()
 
     def remove_everything(self) -> None:
@@ -189,6 +211,7 @@ class Network:
             allocator=self.alloc,
             revision=revision,
             supported=True,  # every stored policy came through load_policies
+            fqdn_ips=self.fqdn.names_ips(),
         )
 
     def _release_unused(self) -> None:
@@ -200,12 +223,19 @@ class Network:
         if compiled.l7 and self.l7 is None:
             raise PolicyError([Problem("rules.http", "L7 HTTP rules need the agent's proxy (haproxy), which is not "
                                        "running: install haproxy and restart the agent")])
+        if compiled.dns and self.dns is None:
+            raise PolicyError([Problem("rules.dns", "DNS rules need the agent's DNS proxy, which is not running "
+                                       "(it needs the L7 proxy's routing: install haproxy and restart the agent)")])
         eps = {e.ep_id: e for e in self.em.endpoints.values() if e.state == "ready"}
         ids = {e.ep_id: self.identity_of(e, compiled) for e in eps.values()}
+        # the DNS proxy judges with the new rules before the datapath redirects to them
+        self.dns_judge = DnsJudge(compiled.dns, {e.ipv4: e.ep_id for e in eps.values()}, compiled.ipcache,
+                                  compiled.rules)
         if self.l7 is not None:  # the proxy knows the rules before the datapath redirects to them
             self.l7.update(compiled.l7, {e.ep_id: e.ipv4 for e in eps.values()}, compiled.ipcache)
         self.dp.sync(compiled, eps, ids)
         self.compiled = compiled
+        self._index_names()
         all_eps = list(self.em.endpoints.values())
         self._by_id = {e.ep_id: e for e in all_eps}
         self._by_ip = {e.ipv4: e for e in all_eps}
@@ -252,6 +282,7 @@ class Network:
         ep = self.em.get(ref)
         self.dp.forget(ep)
         self.em.delete(ep.key)
+        self.fqdn.forget_endpoint(ep.ep_id)
         try:
             self._recompute()
         finally:
@@ -414,6 +445,72 @@ class Network:
                 self.metrics.observe(resp)
             self.flows.publish(resp)
 
+    # ------------------------------------------------------------------ DNS proxy (toFQDNs)
+    async def dns_serve(self, run: Callable[[Callable[[], None]], Awaitable[None]]) -> None:
+        """Run the DNS proxy and expire learned names; ``run`` runs a policy change on the control-plane
+        worker (where every other network change runs)."""
+        if self.dns is None:
+            return
+        self._run = run
+        try:
+            await self.dns.serve()
+            while True:
+                await asyncio.sleep(1)
+                await run(self.fqdn_expire)
+        finally:
+            self.dns.close()
+
+    async def _dns_learn(self, x: DnsExchange) -> None:
+        assert self._run is not None
+        await self._run(lambda: self.fqdn_learn(x))
+
+    def fqdn_learn(self, x: DnsExchange) -> None:
+        """An allowed answer's IPs: into the cache and, when a toFQDNs selects the name, into the maps."""
+        ep = self.dns_judge.ep_of(x.client)
+        if ep is None or x.rcode or not x.ips:
+            return
+        if self.fqdn.learn(ep, x.query, tuple(ip for ip in x.ips if ":" not in ip), x.ttl):
+            if self._fqdn_selected(x.query):
+                self._recompute()
+            else:
+                self._index_names()
+
+    def names_of(self, ip: str) -> list[str]:
+        """The names the DNS proxy learned for an address (flows' source_names/destination_names)."""
+        return self._names_by_ip.get(ip, [])
+
+    def fqdn_expire(self) -> None:
+        before = self.compiled.fqdn_ips
+        if self.fqdn.expire():
+            if before:
+                self._recompute()
+            else:
+                self._index_names()
+
+    def _index_names(self) -> None:
+        by_ip: dict[str, list[str]] = {}
+        for name, ips in self.fqdn.names_ips().items():
+            for ip in ips:
+                by_ip.setdefault(ip, []).append(name.rstrip("."))
+        self._names_by_ip = by_ip
+
+    def _fqdn_selected(self, name: str) -> bool:
+        from apiary.policy.fqdn import selector_matches
+
+        return any(selector_matches(name, s.match_name, s.match_pattern)
+                   for p in self.policies.values() for _, rule in p.obj.rules()
+                   for item in rule.egress or [] for s in item.to_fqdns or [])
+
+    def on_dns(self, x: DnsExchange) -> None:
+        """A query through the DNS proxy: its REQUEST flow and, when answered from the resolver, its RESPONSE."""
+        c = self.compiled
+        ids = c.ipcache.get(f"{x.client}/32", 0), resolve(c.ipcache, x.server)
+        for response in (False, True) if x.allowed else (False,):
+            resp = dns_response(self.builder, x, response, *ids)
+            if self.metrics:
+                self.metrics.observe(resp)
+            self.flows.publish(resp)
+
     def drain(self) -> int:
         return self.reader.drain() if self.reader else 0
 
@@ -487,6 +584,7 @@ class Network:
             },
             "datapath_counters": self.dp.counters() if self.dp.obj else {},
             "l7_proxy": self.l7.status() if self.l7 is not None else None,
+            "dns_proxy": self.dns.status() if self.dns is not None else None,
         }
 
 

@@ -332,7 +332,16 @@ static __noinline int redirect_to_proxy(struct __sk_buff *skb, struct pkt *p, __
 	t.ipv4.daddr = p->daddr;
 	t.ipv4.sport = p->sport;
 	t.ipv4.dport = p->dport;
-	struct bpf_sock *sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+	struct bpf_sock *sk;
+	if (p->proto == IPPROTO_UDP) { /* the DNS proxy: one unconnected socket takes every datagram */
+		t.ipv4.daddr = bpf_htonl(0x7f000001);
+		t.ipv4.dport = proxy_port;
+		sk = bpf_sk_lookup_udp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+		if (!sk)
+			return DROP_PROXY_LOOKUP_FAILED;
+		goto assign;
+	}
+	sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
 	if (sk && sk->state == BPF_TCP_LISTEN) { /* a listener of the original port is not the proxy */
 		bpf_sk_release(sk);
 		sk = 0;
@@ -348,7 +357,9 @@ static __noinline int redirect_to_proxy(struct __sk_buff *skb, struct pkt *p, __
 			return DROP_PROXY_LOOKUP_FAILED;
 		}
 	}
-	long err = bpf_sk_assign(skb, sk, 0);
+	long err;
+assign:
+	err = bpf_sk_assign(skb, sk, 0);
 	bpf_sk_release(sk);
 	if (err)
 		return DROP_PROXY_SET_FAILED;
@@ -509,7 +520,16 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		emit(skb, &p, ep, dir, FLOW_POLICY_VERDICT, 0, verdict, CT_NEW, remote, d.rule_id, d.match);
 	}
 	__be16 proxy_port = 0;
-	if (p.proto == IPPROTO_TCP && !proxied) {
+	if (p.proto == IPPROTO_UDP && dir == DIR_EGRESS && d.proxy_port) {
+		/* DNS over UDP to the agent's DNS proxy (rules.dns); its answers come back as replies */
+		proxy_port = d.proxy_port;
+		int err = redirect_to_proxy(skb, &p, proxy_port);
+		if (err) {
+			emit(skb, &p, ep, dir, FLOW_DROP, err, VERDICT_DROPPED, 0, remote, d.rule_id, d.match);
+			count(err, dir, p.len);
+			return TC_ACT_SHOT;
+		}
+	} else if (p.proto == IPPROTO_TCP && !proxied) {
 		if (dir == DIR_EGRESS) {
 			proxy_port = d.proxy_port;
 			struct decision di = {};

@@ -17,7 +17,7 @@ from apiary.agent import accounting
 from .client import DEFAULT_TIMEOUT, AgentUnreachable, ApiError
 from .connectivity import connectivity
 from .export_opts import export_options, status_lines
-from .network_cmds import _client, _fail, endpoint, identity, observe, policy
+from .network_cmds import _client, _fail, endpoint, fqdn, identity, observe, policy
 from .ops_cmds import sysdump, uninstall
 from .output import console
 from .prefilter_cmds import prefilter
@@ -85,6 +85,10 @@ def cli(ctx: click.Context, socket_path: str | None, timeout: float) -> None:
     "--enable-policy", type=click.Choice(["default", "always", "never"]), default="default", show_default=True
 )
 @click.option("--policy-audit-mode", is_flag=True, help="Report would-be drops as AUDIT and forward them.")
+@click.option("--tofqdns-min-ttl", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Seconds an IP learned by the DNS proxy stays allowed at least (toFQDNs).")
+@click.option("--tofqdns-dns-reject-response-code", default="refused", show_default=True,
+              type=click.Choice(["refused", "nameError"]), help="The DNS proxy's answer to a name policy refuses.")
 @click.option("--flow-buffer", default=4095, show_default=True, type=click.IntRange(min=1))
 @click.option(
     "--policy-map-size",
@@ -239,6 +243,8 @@ def agent(
     instance: str,
     enable_policy: Enforcement,  # click.Choice holds it to these values
     policy_audit_mode: bool,
+    tofqdns_min_ttl: int,
+    tofqdns_dns_reject_response_code: str,
     flow_buffer: int,
     policy_map_size: int,
     api_max_connections: int,
@@ -281,6 +287,8 @@ def agent(
         instance=instance,
         enable_policy=enable_policy,
         policy_audit_mode=policy_audit_mode,
+        tofqdns_min_ttl=tofqdns_min_ttl,
+        tofqdns_reject_response_code=tofqdns_dns_reject_response_code,
         flow_buffer=flow_buffer,
         policy_map_size=policy_map_size,
         api_max_connections=api_max_connections,
@@ -526,7 +534,7 @@ def bpf_list(ctx: click.Context, output: str) -> None:
 
 
 cli.add_command(preflight)
-for _cmd in (endpoint, identity, policy, observe, tracingpolicy, prefilter, service, apply, sysdump, uninstall,
+for _cmd in (endpoint, fqdn, identity, policy, observe, tracingpolicy, prefilter, service, apply, sysdump, uninstall,
              connectivity):
     cli.add_command(_cmd)
 cli.add_command(tracingpolicy, name="tp")

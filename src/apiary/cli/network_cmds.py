@@ -53,6 +53,9 @@ FILTER_HELP: dict[str, tuple[str, str]] = {
     "http-method": ("METHOD", "L7 HTTP flows of this method"),
     "http-path": ("REGEX", "L7 HTTP flows whose URL path matches"),
     "http-url": ("REGEX", "L7 HTTP flows whose URL matches"),
+    "fqdn": ("NAME", "Flows from or to this DNS name learned by the DNS proxy (* as wildcard)"),
+    "from-fqdn": ("NAME", "Flows from this DNS name"),
+    "to-fqdn": ("NAME", "Flows to this DNS name"),
 }
 SHORT = {f"-{k}": f"--{v}" for k, v in FLAG_ALIASES.items()}
 
@@ -264,6 +267,37 @@ def identity_list(ctx: click.Context, output: str) -> None:
     for r in rows:
         t.add_row(str(r["identity"]), "\n".join(r["labels"]), ", ".join(r["endpoints"]))
     console().print(t)
+
+
+# ------------------------------------------------------------------------------- fqdn
+@click.group()
+def fqdn() -> None:
+    """Names the DNS proxy learned for toFQDNs policy."""
+
+
+@fqdn.group("cache")
+def fqdn_cache() -> None:
+    """The DNS proxy's cache of names and IPs."""
+
+
+@fqdn_cache.command("list")
+@click.option("-e", "--endpoint", "ep", type=click.IntRange(min=1), help="Only this endpoint id's entries.")
+@click.option("-p", "--matchpattern", default=None, help="Only names matching this matchPattern.")
+@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
+@click.pass_context
+def fqdn_cache_list(ctx: click.Context, ep: int | None, matchpattern: str | None, output: str) -> None:
+    """Learned names as `cilium fqdn cache list` shows them (an IP stays allowed until ExpirationTime)."""
+    params = {k: str(v) for k, v in (("endpoint", ep), ("matchpattern", matchpattern)) if v}
+    rows = _req(ctx, "GET", "/v1/fqdn/cache", params=params)
+    if output == "json":
+        click.echo(json.dumps(rows, indent=2))
+        return
+    table = [("Endpoint", "Source", "FQDN", "TTL", "ExpirationTime", "IPs")]
+    table += [(str(r["endpoint"]), r["source"], r["fqdn"], str(r["ttl"]), r["expiration_time"], ",".join(r["ips"]))
+              for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        click.echo("   ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
 
 
 # ------------------------------------------------------------------------------- policy

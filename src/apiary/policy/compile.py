@@ -21,6 +21,7 @@ from ipaddress import IPv4Network
 from types import SimpleNamespace
 from typing import Any, Literal
 
+from .fqdn import selector_matches
 from .identity import (
     RESERVED_IDENTITIES,
     CidrIndex,
@@ -31,7 +32,17 @@ from .identity import (
     endpoint_labels,
 )
 from .load import unsupported_problems
-from .models import SECTIONS, CIDRRule, PolicyError, PortRule, PortRuleHTTP, Rule, parse_cidr, split_header
+from .models import (
+    SECTIONS,
+    CIDRRule,
+    FQDNSelector,
+    PolicyError,
+    PortRule,
+    PortRuleHTTP,
+    Rule,
+    parse_cidr,
+    split_header,
+)
 from .models import Policy as PolicyModel
 from .selectors import Selector, entity_identities, peer_selector, select, subject_selector
 from .types import (
@@ -44,6 +55,7 @@ from .types import (
     PROTO_TCP,
     PROTO_UDP,
     CompiledPolicy,
+    DnsRule,
     EndpointPolicy,
     HttpRule,
     PolicyEntry,
@@ -157,6 +169,9 @@ class _Compiler:
         self._ref_ids: dict[tuple[int, str], int] = {}
         self._peers: dict[tuple[int, str], set[int]] = {}
         self.l7: dict[PolicyKey, list[HttpRule]] = {}
+        self.dns: dict[PolicyKey, list[DnsRule]] = {}
+        self.fqdn_ips: dict[str, tuple[str, ...]] = {}  # toFQDNs: every resolved name and its IPs (compile input)
+        self.fqdn_selected: dict[str, tuple[str, ...]] = {}  # the names some toFQDNs selected, and their IPs
         self._void: dict[PolicyKey, int] = {}  # L7 keys a plain allow of the very same key voids
 
     def ref(self, r: _Rule, section: str) -> int:
@@ -186,8 +201,9 @@ class _Compiler:
         cidrs: list[str] | None = getattr(item, f"{side}_cidr")
         cidr_sets: list[CIDRRule] | None = getattr(item, f"{side}_cidr_set")
         entities: list[str] | None = getattr(item, f"{side}_entities")
+        fqdns: list[FQDNSelector] | None = getattr(item, "to_fqdns", None) if direction == EGRESS else None
         out: set[int] = set()
-        if endpoints is None and cidrs is None and cidr_sets is None and entities is None:
+        if endpoints is None and cidrs is None and cidr_sets is None and entities is None and fqdns is None:
             # no L3 peer at all: a port/ICMP rule applies to any identity; an empty item allows nothing
             out = {ID_UNKNOWN} if item.to_ports or item.icmps else set()
         else:  # an explicitly empty list selects nothing
@@ -199,6 +215,9 @@ class _Compiler:
                 out |= self._cidr(cs.cidr or "", cs.except_ or [])
             for e in entities or []:
                 out |= entity_identities(e, self.identities)
+            for name, ips in _fqdn_selection(fqdns or [], self.fqdn_ips):
+                self.fqdn_selected[name] = ips
+                out |= {self.cidr_ids[IPv4Network(f"{ip}/32")] for ip in ips}
         if ID_UNKNOWN in out:
             out = {ID_UNKNOWN}
         self._peers[key] = out
@@ -236,7 +255,8 @@ class _Compiler:
                 for i, item in enumerate(getattr(r.rule, attr) or []):
                     section = f"{name}[{i}]"
                     peers = sorted(self.peers(r, section, item, direction))
-                    for sub, http, l7_path in _l7_split(item, ("" if r.path == "spec" else f"{r.path}.") + section):
+                    for sub, kind, l7rules, l7_path in _l7_split(
+                            item, ("" if r.path == "spec" else f"{r.path}.") + section):
                         numbered, named = _l4(sub)
                         keys = [PolicyKey(ep_id, direction, ident, proto, port, plen)
                                 for ident in peers for proto, port, plen in numbered]
@@ -245,16 +265,22 @@ class _Compiler:
                         if not keys:
                             continue
                         rule_id = self.ref(r, section)
-                        entry = PolicyEntry(deny, rule_id, self.audit and deny, l7=http is not None)
                         for key in keys:
+                            # the DNS proxy takes UDP and TCP; other protocols of an ANY port stay plain L4
+                            dns = kind == "dns" and key.proto in (PROTO_TCP, PROTO_UDP)
+                            entry = PolicyEntry(deny, rule_id, self.audit and deny, l7=kind == "http", dns=dns)
                             old = entries.get(key)
-                            if old is not None and not deny and not old.deny and old.l7 != entry.l7:
-                                plain = old if entry.l7 else entry  # a plain allow of the same key voids L7
+                            if old is not None and not deny and not old.deny and _proxied(old) != _proxied(entry):
+                                plain = old if _proxied(entry) else entry  # a plain allow of the key voids L7
                                 self._void.setdefault(key, plain.rule_id)
                             _merge(entries, key, entry)
-                            if http is not None:
+                            if kind == "http":
                                 self.l7.setdefault(key, []).extend(
-                                    _http_rule(rule_id, f"{l7_path}[{j}]", h) for j, h in enumerate(http))
+                                    _http_rule(rule_id, f"{l7_path}[{j}]", h) for j, h in enumerate(l7rules))
+                            elif dns:
+                                self.dns.setdefault(key, []).extend(
+                                    DnsRule(rule_id, f"{l7_path}[{j}]", d.match_name, d.match_pattern)
+                                    for j, d in enumerate(l7rules))
         if not default_deny:  # only additive rules (enableDefaultDeny false): everything not denied is allowed
             r = with_rules[0]
             entry = PolicyEntry(False, self.ref(r, f"enableDefaultDeny.{'ingress' if ingress else 'egress'}"))
@@ -267,46 +293,57 @@ class _Compiler:
         """Cilium's wildcardL3L4Rule: a plain allow (no L7) of the same peer (or of any peer) and port makes
         the port's HTTP rules void for that peer: the proxy still sees its requests and allows them all."""
         for key, entry in entries.items():
-            rules = self.l7.get(key)
-            if rules is None:
+            http, dns = self.l7.get(key), self.dns.get(key)
+            if (http is None and dns is None) or entry.deny:
                 continue
-            if entry.deny:
-                continue
-            if not entry.l7:
-                entries[key] = PolicyEntry(False, entry.rule_id, entry.audit, l7=True)
-            if key in self._void:
-                rule_id = self._void[key]
-                rules.append(HttpRule(rule_id, self.refs[rule_id].section))
-                continue
-            for other, e in entries.items():
-                if e.deny or e.l7 or other.identity not in (key.identity, 0):
-                    continue
-                if PolicyKey(key.ep_id, key.direction, other.identity, key.proto, key.port, key.port_prefix) \
-                        .covered_by(other):
-                    ref = self.refs[e.rule_id].section
-                    rules.append(HttpRule(e.rule_id, ref))
-                    break
+            if not _proxied(entry):
+                entries[key] = PolicyEntry(False, entry.rule_id, entry.audit, l7=http is not None, dns=dns is not None)
+            void = self._void.get(key)
+            if void is None:
+                for other, e in entries.items():
+                    if e.deny or _proxied(e) or other.identity not in (key.identity, 0):
+                        continue
+                    if PolicyKey(key.ep_id, key.direction, other.identity, key.proto, key.port, key.port_prefix) \
+                            .covered_by(other):
+                        void = e.rule_id
+                        break
+            if void is not None:
+                ref = self.refs[void].section
+                if http is not None:
+                    http.append(HttpRule(void, ref))
+                if dns is not None:
+                    dns.append(DnsRule(void, ref))
 
 
-def _http_of(port_rule: Any) -> list[PortRuleHTTP] | None:
-    """A toPorts entry's ``rules.http`` (deny rules have no ``rules``)."""
+def _proxied(e: PolicyEntry) -> bool:
+    return e.l7 or e.dns
+
+
+def _l7_of(port_rule: Any) -> tuple[str, list[Any]] | None:
+    """A toPorts entry's ``rules.http`` or ``rules.dns``: (kind, rules); deny rules have no ``rules``."""
     rules = getattr(port_rule, "rules", None)
-    return rules.http if rules is not None else None
+    if rules is None:
+        return None
+    if rules.http is not None:
+        return "http", rules.http
+    if rules.dns is not None:
+        return "dns", rules.dns
+    return None
 
 
-def _l7_split(item: Any, section: str) -> Iterator[tuple[Any, list[PortRuleHTTP] | None, str]]:
-    """An item's L4 part, split so each port rule with ``rules.http`` stands alone: (item-like, its HTTP
-    rules or None, the field path of those rules)."""
+def _l7_split(item: Any, section: str) -> Iterator[tuple[Any, str | None, list[Any], str]]:
+    """An item's L4 part, split so each port rule with ``rules.http``/``rules.dns`` stands alone: (item-like,
+    "http", "dns" or None, its L7 rules, the field path of those rules)."""
     port_rules: list[PortRule] = getattr(item, "to_ports", None) or []
-    http = [(i, pr) for i, pr in enumerate(port_rules) if _http_of(pr) is not None]
-    if not http:
-        yield item, None, ""
+    l7 = [(i, pr, kr) for i, pr in enumerate(port_rules) if (kr := _l7_of(pr)) is not None]
+    if not l7:
+        yield item, None, [], ""
         return
-    rest = [pr for pr in port_rules if _http_of(pr) is None]
+    rest = [pr for pr in port_rules if _l7_of(pr) is None]
     if rest or item.icmps:
-        yield SimpleNamespace(to_ports=rest, icmps=item.icmps), None, ""
-    for i, pr in http:
-        yield SimpleNamespace(to_ports=[pr], icmps=None), _http_of(pr), f"{section}.toPorts[{i}].rules.http"
+        yield SimpleNamespace(to_ports=rest, icmps=item.icmps), None, [], ""
+    for i, pr, (kind, rules) in l7:
+        yield SimpleNamespace(to_ports=[pr], icmps=None), kind, rules, f"{section}.toPorts[{i}].rules.{kind}"
 
 
 def _http_rule(rule_id: int, ref: str, h: PortRuleHTTP) -> HttpRule:
@@ -337,21 +374,34 @@ def _deny_precedence(entries: dict[PolicyKey, PolicyEntry]) -> None:
             entries[k] = entries[best]
 
 
-def _prefixes(rule: Rule) -> Iterator[IPv4Network]:
+def _fqdn_selection(selectors: Iterable[FQDNSelector],
+                    fqdn_ips: Mapping[str, Sequence[str]]) -> Iterator[tuple[str, tuple[str, ...]]]:
+    """(name, its IPv4 addresses) of every resolved name a toFQDNs list selects."""
+    for name, ips in fqdn_ips.items():
+        if any(selector_matches(name, s.match_name, s.match_pattern) for s in selectors):
+            yield name, tuple(ip for ip in ips if ":" not in ip)
+
+
+def _prefixes(rule: Rule, fqdn_ips: Mapping[str, Sequence[str]]) -> Iterator[IPv4Network]:
     for attr, _ in SECTIONS:
         for item in getattr(rule, attr) or []:
             side = "from" if attr.startswith("ingress") else "to"
             yield from (_v4(c) for c in getattr(item, f"{side}_cidr") or [])
             for cs in getattr(item, f"{side}_cidr_set") or []:
                 yield from (_v4(c) for c in [cs.cidr or "", *(cs.except_ or [])])
+            for _, ips in _fqdn_selection(getattr(item, "to_fqdns", None) or [], fqdn_ips):
+                yield from (IPv4Network(f"{ip}/32") for ip in ips)
 
 
 def compile_policies(policies: Sequence[PolicyModel], endpoints: Sequence[EndpointSpec], *,
                      host_ips: Iterable[str] = (), enforcement: Enforcement = "default", audit: bool = False,
                      allocator: IdentityAllocator | None = None, revision: int = 0,
-                     supported: bool = False) -> CompiledPolicy:
+                     supported: bool = False, fqdn_ips: Mapping[str, Sequence[str]] | None = None) -> CompiledPolicy:
     """Desired state for the node. ``policies`` come from :func:`apiary.policy.load.load_policies`;
-    ``supported``: they all did (it refused what apiary cannot enforce), so they are not walked again."""
+    ``supported``: they all did (it refused what apiary cannot enforce), so they are not walked again.
+    ``fqdn_ips``: the names the DNS proxy has learned (canonical name -> IPs in force): each IP a toFQDNs
+    selects gets one identity of the local scope (its /32's, shared by every name mapping to it)."""
+    fqdn_ips = fqdn_ips or {}
     if enforcement not in ("default", "always", "never"):
         raise ValueError(f"enforcement must be default, always or never, not {enforcement!r}")
     problems = [] if supported else [problem for p in policies for problem in unsupported_problems(p)]
@@ -372,13 +422,14 @@ def compile_policies(policies: Sequence[PolicyModel], endpoints: Sequence[Endpoi
         ep_identity[ep.ep_id] = allocator.allocate(labels)
         identities[ep_identity[ep.ep_id]] = labels
     cidr_ids = {}
-    prefixes = {p for r in rules for p in _prefixes(r.rule) if p.prefixlen}
+    prefixes = {p for r in rules for p in _prefixes(r.rule, fqdn_ips) if p.prefixlen}
     for prefix in sorted(prefixes, key=lambda n: (n.prefixlen, n)):
         cidr_ids[prefix] = allocator.allocate_cidr(prefix)
         identities[cidr_ids[prefix]] = cidr_labels(prefix)
 
     ipcache = build_ipcache({ep.ipv4: ep_identity[ep.ep_id] for ep in endpoints if ep.ipv4}, host_ips, cidr_ids)
     compiler = _Compiler(rules, identities, cidr_ids, revision, audit, named_ports(endpoints, ep_identity))
+    compiler.fqdn_ips = {name: tuple(ips) for name, ips in fqdn_ips.items()}
     compiled = CompiledPolicy(revision=revision, rules=compiler.refs, ipcache=ipcache, identities=identities)
     for ep in endpoints:
         epp = EndpointPolicy(ep.ep_id, ingress_enforced=False, egress_enforced=False)
@@ -391,7 +442,10 @@ def compile_policies(policies: Sequence[PolicyModel], endpoints: Sequence[Endpoi
             for key, entry in epp.entries.items():
                 if entry.l7:
                     compiled.l7[key] = tuple(compiler.l7[key])
+                if entry.dns:
+                    compiled.dns[key] = tuple(compiler.dns[key])
         compiled.endpoints[ep.ep_id] = epp
+    compiled.fqdn_ips = compiler.fqdn_selected
     allocator.flush()  # the allocator's table is written once per compile, not once per new identity
     return compiled
 

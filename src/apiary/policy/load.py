@@ -41,7 +41,6 @@ UNSUPPORTED_FIELDS = {
     "toNodes": "node selectors are not supported; use toEntities host/remote-node",
     "fromGroups": "cloud provider groups are not supported; use fromCIDR/fromCIDRSet",
     "toGroups": "cloud provider groups are not supported; use toCIDR/toCIDRSet",
-    "toFQDNs": "DNS-based rules need a DNS proxy apiary does not have yet; use toCIDR/toCIDRSet",
     "toServices": "service-based rules are not supported; use toEndpoints with the service's pod labels",
     "cidrGroupRef": "CiliumCIDRGroup is not supported; write the cidr (with except) inline",
     "cidrGroupSelector": "CiliumCIDRGroup is not supported; write the cidr (with except) inline",
@@ -72,6 +71,8 @@ def _unsupported(obj: Any, path: str, out: list[Problem]) -> None:
             for kind in value.kinds():
                 if kind == "http":
                     _unsupported_http(value.http or [], f"{sub}.http", out)
+                    continue
+                if kind == "dns":  # the agent's DNS proxy
                     continue
                 out.append(Problem(f"{sub}.{kind}", f"L7 {kind} rules need a {kind} proxy apiary does not have yet; "
                                    "use a port rule", unsupported=True))

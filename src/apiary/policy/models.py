@@ -19,6 +19,8 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, alias_generators, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from .fqdn import name_problem, pattern_problem
+
 MAX_PORTS = 40
 MAX_ICMP_FIELDS = 40
 
@@ -254,10 +256,27 @@ class PortRuleHTTP(_Strict):
         return self
 
 
+class FQDNSelector(_Strict):
+    """``toFQDNs[]`` and ``rules.dns[]`` (Cilium's PortRuleDNS is the same selector)."""
+
+    match_name: str | None = None
+    match_pattern: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> FQDNSelector:
+        if not self.match_name and not self.match_pattern:
+            raise invalid("one of matchName or matchPattern must be set")
+        if self.match_name and (why := name_problem(self.match_name)):
+            raise invalid(why, "matchName")
+        if self.match_pattern and (why := pattern_problem(self.match_pattern)):
+            raise invalid(why, "matchPattern")
+        return self
+
+
 class L7Rules(_Strict):
     http: list[PortRuleHTTP] | None = None
     kafka: list[dict[str, Any]] | None = None
-    dns: list[dict[str, Any]] | None = None
+    dns: list[FQDNSelector] | None = None
     l7proto: str | None = None
     l7: list[dict[str, Any]] | None = None
 
@@ -368,9 +387,6 @@ class CIDRRule(_Strict):
         return self
 
 
-class FQDNSelector(_Strict):
-    match_name: str | None = None
-    match_pattern: str | None = None
 
 
 class Authentication(_Strict):

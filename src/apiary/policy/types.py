@@ -57,6 +57,7 @@ class PolicyEntry:
     rule_id: int  # index into CompiledPolicy.rules; names the rule that decided (attribution)
     audit: bool = False  # policy-audit-mode: would-be drops are forwarded and reported AUDIT
     l7: bool = False  # allowed through the L7 proxy: the datapath redirects, the proxy judges each request
+    dns: bool = False  # allowed through the DNS proxy (rules.dns): it judges each query, learns toFQDNs IPs
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +73,17 @@ class HttpRule:
     path: str | None = None
     host: str | None = None
     headers: tuple[tuple[str, str | None], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class DnsRule:
+    """One ``rules.dns[]`` selector of a DNS entry, as the DNS proxy enforces it (see policy/fqdn.py). Neither
+    set: every name (a plain L4 allow of the same peer and port voids the port's DNS rules, as for HTTP)."""
+
+    rule_id: int
+    ref: str  # e.g. "egress[0].toPorts[0].rules.dns[1]"
+    match_name: str | None = None
+    match_pattern: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,3 +119,5 @@ class CompiledPolicy:
     ipcache: dict[str, int] = field(default_factory=dict)  # "a.b.c.d/len" -> identity
     identities: dict[int, tuple[str, ...]] = field(default_factory=dict)  # identity -> labels
     l7: dict[PolicyKey, tuple[HttpRule, ...]] = field(default_factory=dict)  # the HTTP rules of each L7 entry
+    dns: dict[PolicyKey, tuple[DnsRule, ...]] = field(default_factory=dict)  # the DNS rules of each DNS entry
+    fqdn_ips: dict[str, tuple[str, ...]] = field(default_factory=dict)  # toFQDNs: name -> IPs it selected

@@ -43,7 +43,15 @@ from apiary.observe.hubble.enums import (
     observation_point,
     tcp_flags_summary,
 )
-from apiary.observe.hubble.l7 import MSG_ACCESS_LOG, HttpExchange, http_json, summary
+from apiary.observe.hubble.l7 import (
+    MSG_ACCESS_LOG,
+    DnsExchange,
+    HttpExchange,
+    dns_json,
+    dns_summary,
+    http_json,
+    summary,
+)
 from apiary.observe.hubble.raw import CT_REPLY, MSG_DROP, MSG_POLICY_VERDICT, MSG_TRACE, FlowMsg
 from apiary.observe.hubble.services import ServiceLookup
 from apiary.policy.types import RuleRef
@@ -89,9 +97,10 @@ class EndpointInfo:
 class EndpointDirectory(Protocol):
     """What :class:`FlowBuilder` asks the agent. All look-ups must be cheap and must not block.
 
-    Optional extra method (looked up with ``getattr``): ``selecting_policies(ep_id: int, egress: bool) ->
+    Optional extra methods (looked up with ``getattr``): ``selecting_policies(ep_id: int, egress: bool) ->
     list[str]`` — the policies (``namespace/name`` or ``name``) whose rules select the endpoint in that
-    direction; used to explain default-deny drops.
+    direction; used to explain default-deny drops. ``names_of(ip: str) -> list[str]`` — the DNS names
+    learned for an address (flow ``source_names``/``destination_names``, without the trailing dot).
     """
 
     def endpoint(self, ep_id: int) -> EndpointInfo | None: ...
@@ -327,6 +336,11 @@ class FlowBuilder:
         flow["Type"] = "L3_L4"
         if self.node_name:
             flow["node_name"] = self.node_name
+        names_of = getattr(self.directory, "names_of", None)  # toFQDNs: names the DNS proxy learned for an IP
+        if names_of is not None:
+            for side, addr in (("source_names", msg.src_ip), ("destination_names", msg.dst_ip)):
+                if addr and (names := names_of(addr)):
+                    flow[side] = names
         if is_reply:
             flow["reply"] = True
         event_type: dict[str, Any] = {"type": kind}
@@ -398,16 +412,31 @@ class FlowBuilder:
 
 def l7_response(builder: FlowBuilder, x: HttpExchange, response: bool) -> dict[str, Any]:
     """The ``GetFlowsResponse`` of one side of a proxied HTTP exchange (see :mod:`.l7`)."""
+    return _l7_flow(builder, x, "TCP", x.ingress, response, "http", http_json(x, response), summary(x, response))
+
+
+def dns_response(builder: FlowBuilder, x: DnsExchange, response: bool, client_identity: int,
+                 server_identity: int) -> dict[str, Any]:
+    """The ``GetFlowsResponse`` of a query (or its answer) through the DNS proxy (see :mod:`.l7`)."""
+    return _l7_flow(builder, x, x.transport, False, response, "dns", dns_json(x, response),
+                    dns_summary(x, response), client_identity, server_identity)
+
+
+def _l7_flow(builder: FlowBuilder, x: HttpExchange | DnsExchange, transport: str, ingress: bool, response: bool,
+             kind: str, body: dict[str, Any], text: str, client_identity: int | None = None,
+             server_identity: int | None = None) -> dict[str, Any]:
     ts = protojson_timestamp(x.time_ns + (x.latency_ns if response else 0))
-    client = builder._endpoint(x.client, x.client_identity)
-    server = builder._endpoint(x.server, x.server_identity)
+    client = builder._endpoint(x.client, getattr(x, "client_identity", 0) if client_identity is None
+                               else client_identity)
+    server = builder._endpoint(x.server, getattr(x, "server_identity", 0) if server_identity is None
+                               else server_identity)
     src, dst = (server, client) if response else (client, server)
     sip, dip = (x.server, x.client) if response else (x.client, x.server)
     sport, dport = (x.server_port, x.client_port) if response else (x.client_port, x.server_port)
     verdict = FORWARDED if x.allowed else DROPPED
     flow: dict[str, Any] = {"time": ts, "verdict": enum_json(verdict, VERDICT)}
     flow["IP"] = {"source": sip, "destination": dip, "ipVersion": "IPv4"}
-    flow["l4"] = {"TCP": {"source_port": sport, "destination_port": dport}}
+    flow["l4"] = {transport: {"source_port": sport, "destination_port": dport}}
     flow["source"] = src
     flow["destination"] = dst
     flow["Type"] = "L7"
@@ -418,12 +447,12 @@ def l7_response(builder: FlowBuilder, x: HttpExchange, response: bool) -> dict[s
     l7: dict[str, Any] = {"type": "RESPONSE" if response else "REQUEST"}
     if response and x.latency_ns:
         l7["latency_ns"] = str(x.latency_ns)
-    l7["http"] = http_json(x, response)
+    l7[kind] = body
     flow["l7"] = l7
     flow["event_type"] = {"type": MSG_ACCESS_LOG}
-    flow["traffic_direction"] = TRAFFIC_DIRECTION[DIRECTION_INGRESS if x.ingress else DIRECTION_EGRESS]
+    flow["traffic_direction"] = TRAFFIC_DIRECTION[DIRECTION_INGRESS if ingress else DIRECTION_EGRESS]
     flow["is_reply"] = response
-    flow["Summary"] = summary(x, response)
+    flow["Summary"] = text
     if x.decided_by:
         flow["extensions"] = {"apiary": {"decided_by": x.decided_by}}
     return {"flow": flow, "node_name": builder.node_name, "time": ts}

@@ -13,6 +13,7 @@ from apiary.observe.hubble.filter_values import (
     compile_label_selector,
     direction_name,
     drop_reason_name,
+    fqdn_regex,
     parse_event_type,
     parse_http_status,
     parse_identity,
@@ -60,6 +61,9 @@ FILTER_FLAGS = frozenset(
         "http-method",
         "http-path",
         "http-url",
+        "fqdn",
+        "from-fqdn",
+        "to-fqdn",
     }
 )
 
@@ -226,6 +230,9 @@ def _set(t: _Tracker, flag: str, value: str) -> None:
         _two_sided(t, flag, "source_port", "destination_port", value)
     elif flag in ("identity", "from-identity", "to-identity"):
         _two_sided(t, flag, "source_identity", "destination_identity", parse_identity(value))
+    elif flag in ("fqdn", "from-fqdn", "to-fqdn"):
+        fqdn_regex(value)
+        _two_sided(t, flag, "source_fqdn", "destination_fqdn", value)
     elif flag == "verdict":
         t.add("verdict", verdict_name(value))
     elif flag == "drop-reason-desc":

@@ -57,6 +57,15 @@ def parse_regex(value: str) -> re.Pattern[str]:
         raise ValueError(f"invalid regular expression {value!r}: {e}") from None
 
 
+def fqdn_regex(value: str) -> re.Pattern[str]:
+    """Hubble's ``--fqdn`` pattern: case-insensitive, the trailing dot ignored, ``*`` any DNS characters
+    (dots included), matched against a whole name of ``source_names``/``destination_names``."""
+    pattern = value.strip().lower().removesuffix(".")
+    if not pattern or any(c in pattern for c in "[]+{},"):
+        raise ValueError(f"invalid fqdn filter {value!r}: the characters []+{{}}, are not allowed")
+    return re.compile("^" + pattern.replace(".", "[.]").replace("*", "[-.0-9a-z]*") + "$")
+
+
 L4_PROTOCOLS = ("icmp", "icmpv4", "icmpv6", "tcp", "udp", "sctp", "vrrp", "igmp")
 L7_PROTOCOLS = ("dns", "http", "kafka")
 

@@ -40,6 +40,7 @@ from apiary.observe.hubble.filter_values import (
     compile_label_selector,
     direction_name,
     drop_reason_name,
+    fqdn_regex,
     parse_http_status,
     parse_ip,
     parse_label,
@@ -184,6 +185,10 @@ def _compile_field(key: str, values: Sequence[Any]) -> FlowPredicate:
             return any((not ft or ft == t) and (not msub or fsub == sub) for ft, msub, fsub in types)
 
         return match_type
+    if key in ("source_fqdn", "destination_fqdn"):
+        rxs = [fqdn_regex(str(v)) for v in values]
+        side = "source_names" if key == "source_fqdn" else "destination_names"
+        return lambda f: any(rx.match(str(n).lower().removesuffix(".")) for n in f.get(side) or () for rx in rxs)
     if key in ("http_status_code", "http_method", "http_path", "http_url"):
         return _http_field(key, [str(v) for v in values])
     raise ValueError(f"unsupported FlowFilter field {key!r}")

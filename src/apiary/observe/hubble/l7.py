@@ -1,4 +1,4 @@
-"""Hubble L7 HTTP flows from the proxy's access-log records (pure).
+"""Hubble L7 HTTP flows from the proxy's access-log records, and DNS flows from the DNS proxy (pure).
 
 A request the proxy let through gives two flows, as Cilium's proxy access log does: the REQUEST (verdict
 FORWARDED) and the RESPONSE (its status, ``latency_ns`` as a string); a denied one gives the REQUEST with
@@ -80,4 +80,65 @@ def http_json(x: HttpExchange, response: bool) -> dict[str, Any]:
     d["protocol"] = x.protocol
     if x.headers and not response:
         d["headers"] = [{"key": k, "value": v} for k, v in x.headers]
+    return d
+
+
+@dataclass
+class DnsExchange:
+    """One query through the DNS proxy and what became of it: a REQUEST flow, and a RESPONSE flow when the
+    proxy answered from the resolver (a refused query is the REQUEST, verdict DROPPED, as for HTTP)."""
+
+    client: str
+    client_port: int
+    server: str
+    server_port: int
+    transport: str  # "UDP" | "TCP"
+    query: str  # the name asked, canonical (lower case, trailing dot)
+    qtypes: tuple[str, ...]
+    allowed: bool
+    decided_by: str
+    time_ns: int
+    rcode: int = 0
+    ips: tuple[str, ...] = ()
+    ttl: int = 0  # the smallest TTL of the answer's A/AAAA records
+    cnames: tuple[str, ...] = ()
+    rrtypes: tuple[str, ...] = ()
+    latency_ns: int = 0
+    error: str = ""  # the resolver did not answer (the client got SERVFAIL)
+
+
+# gopacket's DNSResponseCode names, which Hubble's summary prints ("RCode: Query Refused")
+RCODE_NAMES = {0: "No Error", 1: "Format Error", 2: "Server Failure", 3: "Non-Existent Domain",
+               4: "Not Implemented", 5: "Query Refused"}
+
+
+def dns_summary(x: DnsExchange, response: bool) -> str:
+    qtypes = ",".join(x.qtypes)
+    if not response:
+        return f"DNS Query {x.query} {qtypes}"
+    if x.rcode:
+        answer = f"RCode: {RCODE_NAMES.get(x.rcode, str(x.rcode))}"
+    else:
+        parts = [f'"{",".join(x.ips)}"'] if x.ips else []
+        if x.cnames:
+            parts.append(f'CNAMEs: "{",".join(x.cnames)}"')
+        answer = " ".join(parts)
+    return f"DNS Answer {answer} TTL: {x.ttl} (Proxy {x.query} {qtypes})"
+
+
+def dns_json(x: DnsExchange, response: bool) -> dict[str, Any]:
+    d: dict[str, Any] = {"query": x.query}
+    if response:
+        if x.ips:
+            d["ips"] = list(x.ips)
+        if x.ttl:
+            d["ttl"] = x.ttl
+        if x.cnames:
+            d["cnames"] = list(x.cnames)
+    d["observation_source"] = "proxy"
+    if response and x.rcode:
+        d["rcode"] = x.rcode
+    d["qtypes"] = list(x.qtypes)
+    if response and x.rrtypes:
+        d["rrtypes"] = list(x.rrtypes)
     return d

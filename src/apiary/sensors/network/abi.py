@@ -284,9 +284,10 @@ def match_type(k: PolicyKey) -> int:
     return MATCH_L4_ONLY if k.proto else MATCH_ALL
 
 
-def policy_value(e: PolicyEntry, k: PolicyKey, proxy_port: int = 0) -> bytes:
-    """``proxy_port``: where the agent's L7 proxy listens; written for the entries that need it."""
-    port = proxy_port if e.l7 and not e.deny else 0
+def policy_value(e: PolicyEntry, k: PolicyKey, proxy_port: int = 0, dns_port: int = 0) -> bytes:
+    """``proxy_port``: where the agent's L7 proxy listens, ``dns_port`` its DNS proxy; written for the
+    entries that need them."""
+    port = 0 if e.deny else dns_port if e.dns else proxy_port if e.l7 else 0
     return POLICY_VALUE.pack(int(e.deny), int(e.audit), match_type(k), e.rule_id, port.to_bytes(2, "big"))
 
 

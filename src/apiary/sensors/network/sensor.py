@@ -45,7 +45,7 @@ class _EpState:
     identity: int = 0
     keys: set[bytes] = field(default_factory=set)  # policy keys (both maps) written under the current slot
     policy: dict[PolicyKey, PolicyEntry] | None = None  # the entries now in force
-    proxy_port: int = 0  # the proxy port written into its L7 entries
+    proxy_port: int = 0  # the proxy ports written into its L7 entries (HTTP | DNS << 16)
     attached: list[TcFilter] = field(default_factory=list)
 
 
@@ -131,6 +131,7 @@ class Datapath:
         self.ipcache_now: dict[str, bytes] = {}
         self.audit = False
         self.proxy_port = 0  # the L7 proxy's listener (127.0.0.1): written into the entries that need it
+        self.dns_proxy_port = 0  # the DNS proxy's (UDP and TCP, 127.0.0.1): written into the rules.dns entries
 
     # ------------------------------------------------------------------ lifecycle
     def load(self) -> None:
@@ -263,7 +264,7 @@ class Datapath:
             self._delete_keys(state.keys)
             state.gen, state.flags, state.identity, state.policy, state.keys = (
                 st.gen, st.flags, st.identity, st.policy, st.keys)
-            state.proxy_port = self.proxy_port
+            state.proxy_port = self.proxy_port + (self.dns_proxy_port << 16)
         if stale:
             self.ipcache_map.delete_batch([_ipcache_key(p) for p in stale])
             for p in stale:
@@ -308,7 +309,8 @@ class Datapath:
         )
         summary_flags, kinds = abi.policy_summary(pol.entries)  # which lookups can find something
         flags |= summary_flags
-        if (st.policy is not None and (st.flags, st.identity, st.proxy_port) == (flags, identity, self.proxy_port)
+        ports = self.proxy_port + (self.dns_proxy_port << 16)
+        if (st.policy is not None and (st.flags, st.identity, st.proxy_port) == (flags, identity, ports)
                 and st.policy == pol.entries):
             return None
         gen = st.gen ^ 1
@@ -317,7 +319,8 @@ class Datapath:
         exact: list[tuple[bytes, bytes]] = []
         ranges: list[tuple[bytes, bytes]] = []
         for k, v in pol.entries.items():
-            (ranges if is_range(k) else exact).append((policy_key(k, slot), policy_value(v, k, self.proxy_port)))
+            (ranges if is_range(k) else exact).append((policy_key(k, slot), policy_value(v, k, self.proxy_port,
+                                                                                        self.dns_proxy_port)))
         keys = [k for k, _ in exact] + [k for k, _ in ranges]
         undo.append(lambda: self._delete_keys(keys))
         self.policy_map.update_batch(exact)

@@ -1,0 +1,126 @@
+"""toFQDNs state of the agent: the names its DNS proxy learned (Cilium's per-endpoint DNS cache), and the
+judging of each query against the ``rules.dns`` of the endpoint that asked.
+
+An answer's IPs stay allowed for the answer's TTL, at least ``tofqdns_min_ttl`` seconds (Cilium's
+``--tofqdns-min-ttl``, default 0); the selectors see the union of every endpoint's unexpired entries.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from apiary.policy.fqdn import dns_verdict, fqdn, pattern_regex
+from apiary.policy.identity import resolve
+from apiary.policy.types import EGRESS, PROTO_TCP, PROTO_UDP, DnsRule, PolicyKey, RuleRef
+
+_PROTO = {"UDP": PROTO_UDP, "TCP": PROTO_TCP}
+
+
+@dataclass
+class CacheEntry:
+    ep_id: int
+    name: str  # canonical
+    ips: tuple[str, ...]
+    ttl: int  # the TTL in force (the answer's, raised to the minimum TTL)
+    looked_up: float  # epoch seconds
+    source: str = "lookup"
+
+    @property
+    def expires(self) -> float:
+        return self.looked_up + self.ttl
+
+
+class FqdnCache:
+    def __init__(self, min_ttl: int = 0) -> None:
+        if min_ttl < 0:
+            raise ValueError(f"tofqdns-min-ttl must be >= 0, not {min_ttl}")
+        self.min_ttl = min_ttl
+        self.entries: dict[tuple[int, str], CacheEntry] = {}
+
+    def learn(self, ep_id: int, name: str, ips: tuple[str, ...], ttl: int, now: float | None = None) -> bool:
+        """Record an answer; True when the names' IPs (what the selectors see) changed."""
+        before = self.names_ips()
+        name = fqdn(name)
+        if ips:
+            self.entries[(ep_id, name)] = CacheEntry(ep_id, name, tuple(sorted(set(ips))), max(ttl, self.min_ttl),
+                                                     time.time() if now is None else now)
+        return self.names_ips() != before
+
+    def expire(self, now: float | None = None) -> bool:
+        """Drop the entries whose TTL ran out; True when the names' IPs changed."""
+        now = time.time() if now is None else now
+        gone = [k for k, e in self.entries.items() if e.expires <= now]
+        if not gone:
+            return False
+        before = self.names_ips()
+        for k in gone:
+            del self.entries[k]
+        return self.names_ips() != before
+
+    def forget_endpoint(self, ep_id: int) -> None:
+        for k in [k for k in self.entries if k[0] == ep_id]:
+            del self.entries[k]
+
+    def names_ips(self) -> dict[str, tuple[str, ...]]:
+        out: dict[str, set[str]] = defaultdict(set)
+        for e in self.entries.values():
+            out[e.name] |= set(e.ips)
+        return {n: tuple(sorted(ips)) for n, ips in sorted(out.items())}
+
+    def rows(self, ep_id: int | None = None, pattern: str | None = None) -> list[dict[str, Any]]:
+        """``cilium fqdn cache list``'s rows: Endpoint, Source, FQDN, TTL, ExpirationTime, IPs."""
+        rx = pattern_regex(pattern) if pattern else None
+        out = []
+        for e in sorted(self.entries.values(), key=lambda e: (e.ep_id, e.name)):
+            if (ep_id is not None and e.ep_id != ep_id) or (rx is not None and not rx.match(e.name)):
+                continue
+            out.append({"endpoint": e.ep_id, "source": e.source, "fqdn": e.name, "ttl": e.ttl,
+                        "expiration_time": datetime.fromtimestamp(e.expires, UTC).isoformat().replace("+00:00", "Z"),
+                        "ips": list(e.ips)})
+        return out
+
+
+class DnsJudge:
+    """Which ``rules.dns`` apply to a query: the entries of the asking endpoint for the resolver's identity
+    (or any identity), the protocol and the port it asked."""
+
+    def __init__(self, dns: Mapping[PolicyKey, tuple[DnsRule, ...]], ep_by_ip: Mapping[str, int],
+                 ipcache: Mapping[str, int], refs: list[RuleRef]) -> None:
+        self.by_ep: dict[int, list[tuple[PolicyKey, tuple[DnsRule, ...]]]] = defaultdict(list)
+        for key, rules in dns.items():
+            if key.direction == EGRESS:
+                self.by_ep[key.ep_id].append((key, rules))
+        self.ep_by_ip, self.ipcache, self.refs = dict(ep_by_ip), dict(ipcache), refs
+
+    def ep_of(self, ip: str) -> int | None:
+        return self.ep_by_ip.get(ip)
+
+    def __call__(self, client: str, server: str, port: int, transport: str, name: str) -> tuple[bool, str]:
+        ep = self.ep_by_ip.get(client)
+        if ep is None:
+            return False, "not an endpoint of this agent"
+        ident = resolve(self.ipcache, server)
+        proto = _PROTO.get(transport, 0)
+        rules: list[DnsRule] = []
+        for key, rs in self.by_ep.get(ep, ()):
+            if key.identity in (0, ident) and key.proto == proto and key.port >> (16 - key.port_prefix) == \
+                    port >> (16 - key.port_prefix):
+                rules.extend(rs)
+        hit = dns_verdict(rules, name)
+        if hit is not None:
+            return True, self.text(hit)
+        if rules:
+            return False, self.text(rules[0]).rsplit("[", 1)[0] + " (no DNS rule matched)"
+        return False, "no rules.dns for this resolver and port"
+
+    def text(self, rule: DnsRule) -> str:
+        ref = self.refs[rule.rule_id] if 0 < rule.rule_id < len(self.refs) else None
+        if ref is None:
+            return rule.ref
+        where = f"{ref.namespace}/{ref.policy}" if ref.namespace else ref.policy
+        return f"{ref.kind} {where} {rule.ref}"

@@ -1,0 +1,243 @@
+"""The agent's transparent DNS proxy (Cilium's lives in the agent too), built on dnspython.
+
+The datapath redirects an endpoint's DNS packets (UDP and TCP to the ports its ``rules.dns`` entries name) to
+this proxy with ``bpf_sk_assign``; the packets keep their original destination, which the proxy reads
+(``IP_ORIGDSTADDR`` for UDP, the accepted socket's own address for TCP). Each query is judged: an allowed
+name is forwarded to the resolver the endpoint asked, and its answer is released only after ``learn`` (the
+agent writing the learned IPs into the policy maps) has finished, so the endpoint's first packet to such an
+IP already finds its entry; a refused name gets the reject response code (REFUSED by default, as Cilium's
+``--tofqdns-dns-reject-response-code``). Answers go back from the original destination's address and port
+(a transparent socket bound there), so the client's resolver accepts them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import struct
+import time
+from collections.abc import Awaitable, Callable
+
+import dns.asyncquery
+import dns.exception
+import dns.message
+import dns.rcode
+import dns.rdatatype
+
+from apiary.observe.hubble.l7 import DnsExchange
+
+IP_TRANSPARENT = 19
+IP_RECVORIGDSTADDR = 20  # also the cmsg type of IP_ORIGDSTADDR
+REJECT_CODES = {"refused": dns.rcode.REFUSED, "nameError": dns.rcode.NXDOMAIN}
+
+
+# (client, server, port, transport, name) -> (allowed, the rule that decided, as a flow's decided_by says it)
+Judge = Callable[[str, str, int, str, str], tuple[bool, str]]
+Learn = Callable[[DnsExchange], Awaitable[None]]
+
+
+class DnsProxy:
+    def __init__(self, judge: Judge, learn: Learn, on_exchange: Callable[[DnsExchange], None], *,
+                 reject: str = "refused", timeout: float = 5.0) -> None:
+        if reject not in REJECT_CODES:
+            raise ValueError(f"reject response code must be one of {', '.join(REJECT_CODES)}, not {reject!r}")
+        self.judge, self.learn, self.on_exchange = judge, learn, on_exchange
+        self.reject_rcode = REJECT_CODES[reject]
+        self.timeout = timeout
+        self.port = 0
+        self.udp: socket.socket | None = None
+        self._tcp_sock: socket.socket | None = None
+        self.tcp: asyncio.base_events.Server | None = None
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.counters = {"queries": 0, "allowed": 0, "refused": 0, "upstream_errors": 0, "bad_queries": 0,
+                         "learn_errors": 0, "reply_errors": 0}
+
+    # ------------------------------------------------------------------ lifecycle
+    def bind(self) -> None:
+        """Bind 127.0.0.1, UDP and TCP on one free port (both transparent); :meth:`serve` answers on them."""
+        last: OSError | None = None
+        for _ in range(20):
+            udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                for s in (udp, tcp):
+                    s.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
+                udp.setsockopt(socket.SOL_IP, IP_RECVORIGDSTADDR, 1)
+                udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+                udp.bind(("127.0.0.1", 0))
+                port = udp.getsockname()[1]
+                tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                tcp.bind(("127.0.0.1", port))
+                tcp.listen(1024)
+            except OSError as e:
+                udp.close()
+                tcp.close()
+                last = e
+                continue
+            break
+        else:
+            raise OSError(f"the DNS proxy found no free port: {last}")
+        udp.setblocking(False)
+        tcp.setblocking(False)
+        self.udp, self._tcp_sock, self.port = udp, tcp, port
+
+    async def serve(self) -> None:
+        """Answer from the running event loop (queries that came meanwhile wait in the sockets' queues)."""
+        if self.udp is None:
+            self.bind()
+        assert self.udp is not None and self._tcp_sock is not None
+        asyncio.get_running_loop().add_reader(self.udp.fileno(), self._on_udp)
+        self.tcp = await asyncio.start_server(self._on_tcp, sock=self._tcp_sock)
+
+    def close(self) -> None:
+        if self.udp is not None:
+            with contextlib.suppress(RuntimeError, ValueError):
+                asyncio.get_running_loop().remove_reader(self.udp.fileno())
+            self.udp.close()
+            self.udp = None
+        if self.tcp is not None:
+            self.tcp.close()
+            self.tcp = None
+        elif self._tcp_sock is not None:
+            self._tcp_sock.close()
+        self._tcp_sock = None
+        for t in self.tasks:
+            t.cancel()
+
+    def status(self) -> dict[str, object]:
+        return {"port": self.port, **self.counters}
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    # ------------------------------------------------------------------ UDP
+    def _on_udp(self) -> None:
+        assert self.udp is not None
+        for _ in range(256):
+            try:
+                data, anc, _flags, client = self.udp.recvmsg(65535, socket.CMSG_SPACE(16))
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            orig = _orig_dst(anc)
+            if orig is None:  # not redirected (someone sent to 127.0.0.1:port directly)
+                self.counters["bad_queries"] += 1
+                continue
+            self._spawn(self._udp_query(data, client, orig))
+
+    async def _udp_query(self, data: bytes, client: tuple[str, int], orig: tuple[str, int]) -> None:
+        wire = await self._answer(data, client, orig, "UDP")
+        if wire is None:
+            return
+        try:  # from the address and port the client asked
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                s.bind(orig)
+                s.sendto(wire, client)
+        except OSError:
+            self.counters["reply_errors"] += 1
+
+    # ------------------------------------------------------------------ TCP
+    async def _on_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        client = writer.get_extra_info("peername")
+        orig = writer.get_extra_info("sockname")  # a transparently accepted socket: the original destination
+        try:
+            while True:
+                try:
+                    size = struct.unpack("!H", await reader.readexactly(2))[0]
+                    data = await reader.readexactly(size)
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    return
+                wire = await self._answer(data, client, orig, "TCP")
+                if wire is None:
+                    return
+                writer.write(struct.pack("!H", len(wire)) + wire)
+                await writer.drain()
+        finally:
+            writer.close()
+
+    # ------------------------------------------------------------------ judging
+    async def _answer(self, data: bytes, client: tuple[str, int], orig: tuple[str, int],
+                      transport: str) -> bytes | None:
+        """The answer to send back (None: nothing to answer, e.g. not a DNS query)."""
+        self.counters["queries"] += 1
+        start = time.time_ns()
+        try:
+            q = dns.message.from_wire(data)
+        except dns.exception.DNSException:
+            self.counters["bad_queries"] += 1
+            return None
+        if not q.question:
+            self.counters["bad_queries"] += 1
+            return None
+        name = q.question[0].name.to_text().lower()
+        qtypes = tuple(dns.rdatatype.to_text(r.rdtype) for r in q.question)
+        allowed, decided = self.judge(client[0], orig[0], orig[1], transport, name)
+        x = DnsExchange(client[0], client[1], orig[0], orig[1], transport, name, qtypes, allowed, decided, start)
+        if not allowed:
+            self.counters["refused"] += 1
+            resp = dns.message.make_response(q)
+            resp.set_rcode(self.reject_rcode)
+            x.rcode = self.reject_rcode
+            self.on_exchange(x)
+            return resp.to_wire()
+        self.counters["allowed"] += 1
+        try:
+            if transport == "UDP":
+                r = await dns.asyncquery.udp(q, orig[0], timeout=self.timeout, port=orig[1])
+            else:
+                r = await dns.asyncquery.tcp(q, orig[0], timeout=self.timeout, port=orig[1])
+        except (dns.exception.DNSException, OSError) as e:
+            self.counters["upstream_errors"] += 1
+            x.error = f"{type(e).__name__}: {e}".rstrip(": ")
+            return self._servfail(q, x)
+        _fill(x, r)
+        x.latency_ns = time.time_ns() - start
+        try:
+            await self.learn(x)  # the learned IPs are in the policy maps before the client sees them
+        except Exception as e:  # noqa: BLE001 - any failure: the client must not get IPs it cannot reach
+            self.counters["learn_errors"] += 1
+            x.error = f"policy update failed: {e}"
+            return self._servfail(q, x)
+        self.on_exchange(x)
+        return r.to_wire()
+
+    def _servfail(self, q: dns.message.Message, x: DnsExchange) -> bytes:
+        resp = dns.message.make_response(q)
+        resp.set_rcode(dns.rcode.SERVFAIL)
+        x.rcode, x.latency_ns, x.ips = dns.rcode.SERVFAIL, time.time_ns() - x.time_ns, ()
+        self.on_exchange(x)
+        return resp.to_wire()
+
+
+def _fill(x: DnsExchange, r: dns.message.Message) -> None:
+    """The answer's rcode, addresses, smallest address TTL, CNAME targets and record types."""
+    x.rcode = r.rcode()
+    ips: list[str] = []
+    cnames: list[str] = []
+    rrtypes: list[str] = []
+    ttl: int | None = None
+    for rrset in r.answer:
+        t = dns.rdatatype.to_text(rrset.rdtype)
+        if t not in rrtypes:
+            rrtypes.append(t)
+        if rrset.rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
+            ips += [rd.to_text() for rd in rrset]
+            ttl = rrset.ttl if ttl is None else min(ttl, rrset.ttl)
+        elif rrset.rdtype == dns.rdatatype.CNAME:
+            cnames += [rd.to_text().lower() for rd in rrset]
+    x.ips, x.cnames, x.rrtypes, x.ttl = tuple(dict.fromkeys(ips)), tuple(cnames), tuple(rrtypes), ttl or 0
+
+
+def _orig_dst(ancdata: list[tuple[int, int, bytes]]) -> tuple[str, int] | None:
+    """IP_ORIGDSTADDR: a struct sockaddr_in (family, port in network order, address)."""
+    for level, kind, data in ancdata:
+        if level == socket.SOL_IP and kind == IP_RECVORIGDSTADDR and len(data) >= 8:
+            port = struct.unpack("!H", data[2:4])[0]
+            return socket.inet_ntoa(data[4:8]), port
+    return None

@@ -1,0 +1,196 @@
+"""toFQDNs and rules.dns through the agent's DNS proxy, for real: an endpoint resolves names through a
+dnspython server in a test-host namespace of this test's own; the datapath redirects its DNS packets to the
+proxy (bpf_sk_assign), which refuses names the policy does not allow and makes the IPs of allowed answers
+allowed destinations for their TTL. Every query is a Hubble L7 DNS flow."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from apiary.sensors.l7proxy.haproxy import haproxy_binary
+from apiary.testing.agent import AgentProcess, is_root
+from apiary.testing.net import Net, endpoint_exec_cmd
+
+pytestmark = [
+    pytest.mark.skipif(not is_root(), reason="needs root"),
+    pytest.mark.skipif(haproxy_binary() is None, reason="haproxy not installed (the DNS proxy uses its routing)"),
+]
+
+NS = "dnstest"
+
+
+@contextlib.contextmanager
+def dns_host() -> Iterator[dict[str, str]]:
+    """A namespace of our own on a veth: 198.19.N.0/24 (RFC 2544 benchmarking range, only routed to this veth)
+    with the DNS server on .53 and TCP echo servers on .10-.21 port 7000."""
+    tag = uuid.uuid4().hex[:6]
+    n = random.randint(1, 254)
+    ns, h_if, t_if = f"apiary-dns-{tag}", f"dn{tag}h", f"dn{tag}t"
+    net = f"198.19.{n}"
+    procs: list[subprocess.Popen[str]] = []
+
+    def sh(*cmd: str) -> None:
+        subprocess.run(cmd, check=True, capture_output=True)
+
+    try:
+        sh("ip", "netns", "add", ns)
+        sh("ip", "link", "add", h_if, "type", "veth", "peer", "name", t_if, "netns", ns)
+        sh("ip", "addr", "add", f"{net}.1/32", "dev", h_if)
+        sh("ip", "link", "set", h_if, "up")
+        sh("ip", "route", "add", f"{net}.0/24", "dev", h_if)
+        got = subprocess.run(["ip", "route", "get", f"{net}.53"], capture_output=True, text=True).stdout
+        if f"dev {h_if}" not in got:
+            raise RuntimeError(f"{net}.53 does not route to the test host ({got.strip()}): refusing to send")
+        cmds = [["ip", "link", "set", "lo", "up"], ["ip", "link", "set", t_if, "up"]]
+        cmds += [["ip", "addr", "add", f"{net}.{h}/24", "dev", t_if] for h in (53, 10, 11, 12, 20, 21)]
+        cmds.append(["ip", "route", "add", "10.0.0.0/8", "via", f"{net}.1", "dev", t_if, "onlink"])
+        for cmd in cmds:
+            sh("ip", "netns", "exec", ns, *cmd)
+        inside = ["ip", "netns", "exec", ns, sys.executable, "-m"]
+        for argv in (
+            ["apiary.testing.dnsserver", "serve", f"{net}.53", f"allowed.example.com={net}.10@300",
+             f"blocked.example.com={net}.11@300", f"short.example.com={net}.20@2", f"a.wild.example.com={net}.21@300",
+             f"x.y.wild.example.com={net}.21@300"],
+            ["apiary.testing.netprobe", "serve-tcp", "7000"],
+        ):
+            p = subprocess.Popen([*inside, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            procs.append(p)
+            assert p.stdout and "ready" in p.stdout.readline(), p.stderr.read() if p.stderr else ""
+        yield {"netns": ns, "net": net}
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+        subprocess.run(["ip", "route", "del", f"{net}.0/24", "dev", h_if], capture_output=True)
+        subprocess.run(["ip", "link", "del", h_if], capture_output=True)
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+NAMES = '[{matchName: allowed.example.com}, {matchName: short.example.com}, {matchPattern: "*.wild.example.com"}]'
+
+
+def policy(net: str) -> str:
+    return f"""
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {{name: fqdn, namespace: {NS}}}
+spec:
+  endpointSelector: {{matchLabels: {{app: client}}}}
+  egress:
+  - toCIDR: [{net}.53/32]
+    toPorts:
+    - ports: [{{port: "53", protocol: ANY}}]
+      rules:
+        dns: {NAMES}
+  - toFQDNs: {NAMES}
+    toPorts: [{{ports: [{{port: "7000", protocol: TCP}}]}}]
+"""
+
+
+@pytest.fixture(scope="module")
+def env() -> Iterator[dict[str, Any]]:
+    agent = AgentProcess()
+    n = Net(agent)
+    with dns_host() as th:
+        try:
+            agent.start()
+            n.endpoint("client", NS, app="client")
+            n.apply_ok(policy(th["net"]))
+            yield {"net": n, "host": th["net"]}
+        finally:
+            n.close()
+            agent.cleanup()
+
+
+def run(env: dict[str, Any], *steps: tuple[str, ...]) -> list[Any]:
+    """Queries ("ask", name[, "tcp"]) and TCP probes ("tcp", ip) from the client, in one process."""
+    host = env["host"]
+    full = [["ask", f"{host}.53", s[1], s[2] if len(s) > 2 else "udp"] if s[0] == "ask" else ["tcp", s[1], "7000"]
+            for s in steps]
+    n: Net = env["net"]
+    argv = endpoint_exec_cmd(n.agent.socket, f"{NS}/client", sys.executable, "-m", "apiary.testing.dnsserver",
+                             "run", json.dumps(full))
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    return list(json.loads(p.stdout.strip().splitlines()[-1]))
+
+
+def dns_flows(env: dict[str, Any], query: str, *more: str) -> list[dict[str, Any]]:
+    for _ in range(50):
+        flows = [f for f in env["net"].flows("--protocol", "dns", *more, wait=0.1)
+                 if f.get("l7", {}).get("dns", {}).get("query") == query]
+        if flows:
+            return flows
+        time.sleep(0.2)
+    return []
+
+
+def cache(env: dict[str, Any]) -> list[dict[str, Any]]:
+    return list(json.loads(env["net"].cli_ok("fqdn", "cache", "list", "-o", "json")))
+
+
+def test_allowed_name_resolves_and_its_ip_becomes_reachable(env: dict[str, Any]) -> None:
+    host = env["host"]
+    before, out, after, never = run(env, ("tcp", f"{host}.10"), ("ask", "allowed.example.com"),
+                                    ("tcp", f"{host}.10"), ("tcp", f"{host}.12"))
+    assert not before  # not resolved yet: no identity allows it
+    assert out["rcode"] == 0 and out["ips"] == [f"{host}.10"], out
+    assert after  # allowed right after the answer: the maps were written before it was released
+    assert not never  # never resolved: dropped
+    drops = env["net"].flows("--to-ip", f"{host}.12", "--verdict", "DROPPED")
+    assert drops and drops[-1]["drop_reason_desc"] == "POLICY_DENIED", drops
+    rows = [r for r in cache(env) if r["fqdn"] == "allowed.example.com."]
+    assert rows and rows[0]["ips"] == [f"{host}.10"] and rows[0]["source"] == "lookup"
+    assert 0 < rows[0]["ttl"] <= 300
+    flows = dns_flows(env, "allowed.example.com.")
+    req = [f for f in flows if f["l7"]["type"] == "REQUEST"]
+    resp = [f for f in flows if f["l7"]["type"] == "RESPONSE"]
+    assert req and resp, flows
+    assert req[-1]["verdict"] == "FORWARDED" and req[-1]["l7"]["dns"]["qtypes"] == ["A"]
+    assert req[-1]["Summary"] == "DNS Query allowed.example.com. A"
+    assert "rules.dns[0]" in req[-1]["extensions"]["apiary"]["decided_by"]
+    d = resp[-1]["l7"]["dns"]
+    assert d["ips"] == [f"{host}.10"] and d["ttl"] == 300 and d["rrtypes"] == ["A"] and "rcode" not in d
+    assert resp[-1]["Summary"] == f'DNS Answer "{host}.10" TTL: 300 (Proxy allowed.example.com. A)'
+    assert resp[-1]["Type"] == "L7" and resp[-1]["l4"]["UDP"]["source_port"] == 53
+    named = env["net"].flows("--to-fqdn", "*.example.com", "--to-port", "7000", wait=0)
+    assert named and all(f["destination_names"] == ["allowed.example.com"] for f in named), named
+    table = env["net"].cli_ok("fqdn", "cache", "list")
+    assert table.split("\n")[0].split() == ["Endpoint", "Source", "FQDN", "TTL", "ExpirationTime", "IPs"]
+
+
+def test_disallowed_name_is_refused_and_wildcards_match_one_label(env: dict[str, Any]) -> None:
+    host = env["host"]
+    blocked, blocked_tcp, wild, wild_tcp, deep = run(
+        env, ("ask", "blocked.example.com"), ("tcp", f"{host}.11"), ("ask", "a.wild.example.com", "tcp"),
+        ("tcp", f"{host}.21"), ("ask", "x.y.wild.example.com"))
+    assert blocked["rcode"] == 5 and not blocked["ips"], blocked  # REFUSED
+    assert not blocked_tcp
+    assert wild["rcode"] == 0 and wild["ips"] == [f"{host}.21"], wild  # one label under *, over TCP
+    assert wild_tcp
+    assert deep["rcode"] == 5  # two labels: * is one label only
+    flows = dns_flows(env, "blocked.example.com.", "--verdict", "DROPPED")
+    assert flows and flows[-1]["l7"]["type"] == "REQUEST", flows
+    assert "no DNS rule matched" in flows[-1]["extensions"]["apiary"]["decided_by"]
+    assert not [r for r in cache(env) if r["fqdn"] == "blocked.example.com."]
+
+
+def test_ttl_expiry_revokes(env: dict[str, Any]) -> None:
+    host = env["host"]
+    out, ok = run(env, ("ask", "short.example.com"), ("tcp", f"{host}.20"))
+    assert out["rcode"] == 0 and out["ttl"] == 2 and ok, out
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and any(r["fqdn"] == "short.example.com." for r in cache(env)):
+        time.sleep(0.3)
+    assert not any(r["fqdn"] == "short.example.com." for r in cache(env))
+    assert run(env, ("tcp", f"{host}.20")) == [False]  # a new connection after expiry is dropped

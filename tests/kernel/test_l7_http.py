@@ -116,8 +116,8 @@ def test_seed_policy_judges_each_request(net: Net) -> None:
     assert statuses == [200, 200, 403, 403, 403, 200], out
     assert out["connections"] == 1  # one keep-alive connection, judged request by request
     assert out["responses"][2][1] == "Access denied\r\n"
-    # the server answered the allowed ones (the proxy connects from the host side: the router address)
-    assert out["responses"][0][1].startswith("GET /api/v1/items from ")
+    # the server answered the allowed ones, and saw the client's own address (not the proxy's)
+    assert out["responses"][0][1].startswith(f"GET /api/v1/items from {ip(net, 'backend')}")
 
     flows = l7_flows(net)
     get = find(flows, "REQUEST", "GET", "/api/v1/items")
@@ -141,6 +141,29 @@ def test_seed_policy_judges_each_request(net: Net) -> None:
     # the observe filters: --http-method / --http-status
     only_delete = [f for f in net.flows("--type", "l7", "--http-method", "DELETE")]
     assert only_delete and all(f["l7"]["http"]["method"] == "DELETE" for f in only_delete)
+
+
+def test_server_sees_the_client_address_and_identity(net: Net) -> None:
+    out = requests(net, "backend", ("GET", "/api/v1/peer", {}, ""), ("DELETE", "/api/v1/peer", {}, ""))
+    assert [s for s, _ in out["responses"]] == [200, 403], out
+    assert out["responses"][0][1].split() == ["GET", "/api/v1/peer", "from", ip(net, "backend")], out
+    flows = l7_flows(net)
+    assert find(flows, "REQUEST", "GET", "/api/v1/peer")["verdict"] == "FORWARDED"
+    assert find(flows, "REQUEST", "DELETE", "/api/v1/peer")["verdict"] == "DROPPED"
+    # the proxy's connection reaches the server as the client's: the server's ingress policy verdict and its
+    # conntrack (the reply direction too) name the backend, never the host
+    backend, frontend = ip(net, "backend"), ip(net, "frontend")
+    at_server = [f for f in net.flows("--to-pod", f"{NS}/frontend", "--port", "8080")
+                 if f["traffic_direction"] == "INGRESS" and f["IP"]["source"] == backend]
+    verdicts = [f for f in at_server if f["Type"] == "L3_L4" and f["event_type"]["type"] == 5]
+    assert verdicts and verdicts[-1]["verdict"] == "FORWARDED", at_server
+    assert verdicts[-1]["source"]["pod_name"] == "backend", verdicts[-1]
+    replies = [f for f in net.flows("--from-pod", f"{NS}/frontend", "--port", "8080")
+               if f["IP"]["destination"] == backend and f.get("is_reply")]
+    assert replies and replies[-1]["verdict"] == "FORWARDED", replies
+    assert frontend != backend
+    # a client the L3/L4 policy denies still cannot reach the server through the proxy
+    assert not net.probe(f"{NS}/other", "tcp", frontend, "8080", "1")
 
 
 def test_other_identity_and_other_port_are_not_redirected(net: Net) -> None:

@@ -18,6 +18,7 @@ import pytest
 from apiary.sensors.l7proxy.haproxy import haproxy_binary
 from apiary.testing.agent import AgentProcess, is_root
 from apiary.testing.net import Net
+from apiary.testing.seed import SEED_L7_HTTP_POLICY
 
 pytestmark = [
     pytest.mark.skipif(not is_root(), reason="needs root"),
@@ -26,32 +27,7 @@ pytestmark = [
 
 NS = "default"  # the seed policy has no namespace: kubectl (and apiary) put it in "default"
 # the seed's §2.4 policy, byte for byte (indentation restored): frontend serves :8080, backend is the client
-SEED_L7 = """\
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata:
-  name: l7-http-policy
-spec:
-  endpointSelector:
-    matchLabels:
-      app: frontend
-  ingress:
-  - fromEndpoints:
-    - matchLabels:
-        app: backend
-    toPorts:
-    - ports:
-      - port: "8080"
-        protocol: TCP
-      rules:
-        http:
-        - method: "GET"
-          path: "/api/v1/.*"
-        - method: "POST"
-          path: "/api/v1/orders"
-          headers:
-          - "Content-Type: application/json"
-"""
+SEED_L7 = SEED_L7_HTTP_POLICY
 JSON = {"Content-Type": "application/json"}
 
 

@@ -6,8 +6,8 @@
 For each: a paced client at a fixed rate (default 1,000 req/s over 4 keep-alive connections; wrk2 is not in
 Debian, so a small Python client sends on a schedule and times each request from its send to its full response)
 and `wrk` unthrottled (req/s, p50/p99). Then the policy map entries and the proxy's memory (RSS of HAProxy's
-processes) for a policy of 1,000 L7 rules. Everything (agent, endpoints, servers, the plain hop) is removed
-at the end, also on Ctrl-C or SIGTERM.
+processes) for a policy of 1,000 L7 rules. With wrk: the CPU (cores) the agent, its HAProxy and the plain hop
+used. Everything (agent, endpoints, servers, the plain hop) is removed at the end, also on Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
@@ -165,6 +165,7 @@ class Bench:
         from apiary.testing.net import Net
 
         self.undo, self.tmp = undo, tmp
+        self.hop_pid = 0
         self.agent = AgentProcess(node_name="l7bench")
         undo.push("agent", self.agent.cleanup)
         self.agent.start()
@@ -203,7 +204,7 @@ class Bench:
         port = free_port()
         cfg = Path(self.tmp) / "hop.cfg"
         cfg.write_text(HOP_CFG.format(addr=router, port=port, server=self.server_ip, sport=PORT))
-        self.spawn([shutil.which("haproxy") or "haproxy", "-db", "-f", str(cfg)])
+        self.hop_pid = self.spawn([shutil.which("haproxy") or "haproxy", "-db", "-f", str(cfg)]).pid
         self.wait_http(router, port)
         return router, port
 
@@ -224,11 +225,13 @@ class Bench:
         """wrk, and the CPU seconds per second the agent and its proxy spent meanwhile."""
         agent = self.agent.proc.pid if self.agent.proc else 0
         proxy = (self.status().get("l7_proxy") or {}).get("pid") or 0
-        before = (cpu_s(agent, False), cpu_s(proxy, True) if proxy else 0.0, time.perf_counter())
+        pids = {"agent_cpu": (agent, False), "proxy_cpu": (proxy, True), "hop_cpu": (self.hop_pid, False)}
+        before = {k: cpu_s(pid, tree) for k, (pid, tree) in pids.items() if pid}
+        t0 = time.perf_counter()
         r = self._wrk(host, port, seconds, conns)
-        dt = time.perf_counter() - before[2]
-        r["agent_cpu"] = (cpu_s(agent, False) - before[0]) / dt
-        r["proxy_cpu"] = ((cpu_s(proxy, True) if proxy else 0.0) - before[1]) / dt
+        dt = time.perf_counter() - t0
+        for k, (pid, tree) in pids.items():
+            r[k] = (cpu_s(pid, tree) - before[k]) / dt if pid else 0.0
         return r
 
     def _wrk(self, host: str, port: int, seconds: int, conns: int) -> dict[str, float]:
@@ -293,7 +296,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                 res[key] = {"name": name, "paced": paced, "wrk": full}
                 bad = {c: n for c, n in paced["codes"].items() if c != "200"}
                 print(f"  ({key}) {name:<32} paced {fmt(paced)}   wrk {fmt(full)}  CPU agent "
-                      f"{full['agent_cpu']:.2f} proxy {full['proxy_cpu']:.2f}"
+                      f"{full['agent_cpu']:.2f} proxy {full['proxy_cpu']:.2f} hop {full['hop_cpu']:.2f}"
                       + (f"   non-200 {bad} errors {paced['errors']}+{full['non2xx'] + full['socket_errors']:.0f}"
                          if bad or paced["errors"] or full["non2xx"] or full["socket_errors"] else ""))
             a, c, d = (res[k] for k in "acd")

@@ -9,7 +9,8 @@ Also (bench/tracing.py, bench/datapath.py, bench/prefilter.py) the tracing senso
 prefilter (per packet, and its drop rate through a veth against iptables raw rules and an ipset:
 bench/prefilter_drop.py), (bench/apply.py) the policy apply latency at 10 / 100 / 1,000 / 10,000 rules, and
 (bench/services.py) apiary's services against kube-proxy's iptables and IPVS modes
-at 10 / 100 / 1,000 / 10,000 services.
+at 10 / 100 / 1,000 / 10,000 services, and (bench/l7.py) HTTP through the L7 proxy against no policy, an L3/L4
+policy and a plain HAProxy hop.
 
 Run: `make bench` (root), or one part: `make bench ARGS="--only apply"`. Options: --rounds N --execs N
 --opens N --events N --apply-rounds N; the services part: --quick (N = 10, 100), --svc-sizes, --svc-modes, --out
@@ -149,7 +150,8 @@ def main() -> None:
     ap.add_argument("--opens", type=int, default=200000)
     ap.add_argument("--events", type=int, default=1000000)
     ap.add_argument(
-        "--only", choices=["process", "datapath", "tracing", "apply", "prefilter", "services", "export"], default=None
+        "--only", choices=["process", "datapath", "tracing", "apply", "prefilter", "services", "export", "l7"],
+        default=None,
     )
     ap.add_argument("--apply-rounds", type=int, default=5, help="rounds per size of the policy apply bench")
     ap.add_argument("--repeat", type=int, default=200000, help="BPF_PROG_TEST_RUN repetitions")
@@ -157,6 +159,9 @@ def main() -> None:
     from . import services
 
     services.add_arguments(ap)
+    from . import l7
+
+    l7.add_arguments(ap)
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench: needs root (loads BPF)")
@@ -173,6 +178,11 @@ def main() -> None:
 
         export.main()
         if args.only == "export":
+            return
+        print()
+    if args.only in (None, "l7"):
+        l7.main(args)
+        if args.only == "l7":
             return
         print()
     if args.only in (None, "prefilter"):

@@ -18,6 +18,7 @@ import pytest
 from apiary.sensors.l7proxy.haproxy import haproxy_binary
 from apiary.testing.agent import AgentProcess, is_root
 from apiary.testing.net import Net
+from apiary.testing.seed import SEED_L7_HTTP_POLICY
 
 pytestmark = [
     pytest.mark.skipif(not is_root(), reason="needs root"),
@@ -26,32 +27,7 @@ pytestmark = [
 
 NS = "default"  # the seed policy has no namespace: kubectl (and apiary) put it in "default"
 # the seed's §2.4 policy, byte for byte (indentation restored): frontend serves :8080, backend is the client
-SEED_L7 = """\
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata:
-  name: l7-http-policy
-spec:
-  endpointSelector:
-    matchLabels:
-      app: frontend
-  ingress:
-  - fromEndpoints:
-    - matchLabels:
-        app: backend
-    toPorts:
-    - ports:
-      - port: "8080"
-        protocol: TCP
-      rules:
-        http:
-        - method: "GET"
-          path: "/api/v1/.*"
-        - method: "POST"
-          path: "/api/v1/orders"
-          headers:
-          - "Content-Type: application/json"
-"""
+SEED_L7 = SEED_L7_HTTP_POLICY
 JSON = {"Content-Type": "application/json"}
 
 
@@ -116,8 +92,8 @@ def test_seed_policy_judges_each_request(net: Net) -> None:
     assert statuses == [200, 200, 403, 403, 403, 200], out
     assert out["connections"] == 1  # one keep-alive connection, judged request by request
     assert out["responses"][2][1] == "Access denied\r\n"
-    # the server answered the allowed ones (the proxy connects from the host side: the router address)
-    assert out["responses"][0][1].startswith("GET /api/v1/items from ")
+    # the server answered the allowed ones, and saw the client's own address (not the proxy's)
+    assert out["responses"][0][1].startswith(f"GET /api/v1/items from {ip(net, 'backend')}")
 
     flows = l7_flows(net)
     get = find(flows, "REQUEST", "GET", "/api/v1/items")
@@ -155,6 +131,29 @@ def test_policy_explain_http(net: Net) -> None:
     assert "CiliumNetworkPolicy default/l7-http-policy ingress[0].toPorts[0].rules.http" in denied["text"]
     bad = net.agent.cli(*base, "--http", "GET", "no-slash")
     assert bad.returncode != 0 and "http path" in bad.stderr, bad.stderr
+
+
+def test_server_sees_the_client_address_and_identity(net: Net) -> None:
+    out = requests(net, "backend", ("GET", "/api/v1/peer", {}, ""), ("DELETE", "/api/v1/peer", {}, ""))
+    assert [s for s, _ in out["responses"]] == [200, 403], out
+    assert out["responses"][0][1].split() == ["GET", "/api/v1/peer", "from", ip(net, "backend")], out
+    flows = l7_flows(net)
+    assert find(flows, "REQUEST", "GET", "/api/v1/peer")["verdict"] == "FORWARDED"
+    assert find(flows, "REQUEST", "DELETE", "/api/v1/peer")["verdict"] == "DROPPED"
+    # the proxy's connection reaches the server as the client's: the server's ingress policy verdict and its
+    # conntrack (the reply direction too) name the backend, never the host
+    backend, frontend = ip(net, "backend"), ip(net, "frontend")
+    at_server = [f for f in net.flows("--to-pod", f"{NS}/frontend", "--port", "8080")
+                 if f["traffic_direction"] == "INGRESS" and f["IP"]["source"] == backend]
+    verdicts = [f for f in at_server if f["Type"] == "L3_L4" and f["event_type"]["type"] == 5]
+    assert verdicts and verdicts[-1]["verdict"] == "FORWARDED", at_server
+    assert verdicts[-1]["source"]["pod_name"] == "backend", verdicts[-1]
+    replies = [f for f in net.flows("--from-pod", f"{NS}/frontend", "--port", "8080")
+               if f["IP"]["destination"] == backend and f.get("is_reply")]
+    assert replies and replies[-1]["verdict"] == "FORWARDED", replies
+    assert frontend != backend
+    # a client the L3/L4 policy denies still cannot reach the server through the proxy
+    assert not net.probe(f"{NS}/other", "tcp", frontend, "8080", "1")
 
 
 def test_other_identity_and_other_port_are_not_redirected(net: Net) -> None:

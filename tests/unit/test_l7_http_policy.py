@@ -20,6 +20,7 @@ from apiary.policy.models import split_header
 from apiary.policy.types import INGRESS, PROTO_TCP, HttpRule, PolicyKey
 from apiary.sensors.l7proxy.config import DENIED_BODY, anchored, build, rule_text
 from apiary.sensors.l7proxy.haproxy import haproxy_binary
+from apiary.testing.seed import SEED_L7_HTTP_POLICY
 
 NS = "default"
 EPS = [
@@ -27,32 +28,7 @@ EPS = [
     EndpointSpec(2, "backend", NS, {"app": "backend"}, "10.200.0.20"),
     EndpointSpec(3, "other", NS, {"app": "other"}, "10.200.0.30"),
 ]
-SEED = """\
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata:
-  name: l7-http-policy
-spec:
-  endpointSelector:
-    matchLabels:
-      app: frontend
-  ingress:
-  - fromEndpoints:
-    - matchLabels:
-        app: backend
-    toPorts:
-    - ports:
-      - port: "8080"
-        protocol: TCP
-      rules:
-        http:
-        - method: "GET"
-          path: "/api/v1/.*"
-        - method: "POST"
-          path: "/api/v1/orders"
-          headers:
-          - "Content-Type: application/json"
-"""
+SEED = SEED_L7_HTTP_POLICY
 
 
 def compiled(*docs: str):  # type: ignore[no-untyped-def]
@@ -210,6 +186,11 @@ def test_haproxy_config(tmp_path: Path) -> None:
         ["^(?:GET)$\n", "^(?:/api/v1/.*)$\n", "^(?:POST)$\n", "^(?:/api/v1/orders)$\n", "application/json\n"])
     assert cfg.files["denied.body"] == DENIED_BODY == "Access denied\r\n"
     assert "/api/v1" not in cfg.text  # user text only ever in pattern files
+    # to a local endpoint the proxy connects from the client's address; anywhere else from the host's
+    assert cfg.files["endpoints.lst"] == "10.200.0.10\n10.200.0.20\n"
+    assert f"use_backend client_source if {{ dst -f {tmp_path}/endpoints.lst }}" in cfg.text
+    assert "backend client_source\n    source 0.0.0.0 usesrc clientip\n" in cfg.text
+    assert "default_backend original_destination" in cfg.text
     if haproxy_binary() is None:
         return
     for name, text in cfg.files.items():

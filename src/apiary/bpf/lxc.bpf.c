@@ -469,6 +469,14 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 				     cv->audit ? VERDICT_AUDIT : VERDICT_FORWARDED, state, remote_identity(remote_addr),
 				     cv->rule_id, 0);
 		}
+		if (cv->from_proxy && state == CT_REPLY) {
+			/* the server answers the proxy's connection made from the client's address: to the
+			 * proxy's (transparent) socket, not to the client */
+			__u32 zero = 0;
+			struct proxy_cfg *pc = bpf_map_lookup_elem(&proxy, &zero);
+			if (pc)
+				skb->mark = pc->mark;
+		}
 		if (cv->proxy_port && state == CT_ESTABLISHED) {
 			int err = redirect_to_proxy(skb, &p, cv->proxy_port);
 			if (err) {
@@ -503,8 +511,8 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	__u8 verdict = VERDICT_FORWARDED;
 	__u8 proxied = 0;
 	if (dir == DIR_INGRESS && p.proto == IPPROTO_TCP && from_proxy(skb))
-		proxied = 1; /* the proxy's connection: its client was judged where it was redirected */
-	else if (ep->flags & enforce) {
+		proxied = 1; /* the proxy's connection, from the client's address: judged with its identity */
+	if (ep->flags & enforce) {
 		policy_lookup(ep, dir, remote, &p, &d);
 		if (!d.found || d.deny) {
 			__u8 reason = d.found ? DROP_POLICY_DENY : DROP_POLICY_DENIED;

@@ -138,6 +138,7 @@ class Network:
         for key in lost:
             notes.append(f"endpoint {key} lost its netns/veth while the agent was down: recreate it")
         self._recompute()  # maps filled before programs are (re)attached: no window without policy
+        notes += [f"adopted pinned datapath maps, reconciled: {line}" for line in self.dp.reconciled]
         released = self.alloc.retain(self.compiled.identities)
         if released:
             notes.append(f"released {len(released)} identities nothing references any more")
@@ -185,9 +186,7 @@ class Network:
                 for p in self.policies.values()
             ],
         }
-        tmp = self.policy_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=1))
-        os.replace(tmp, self.policy_file)
+        statedir._write(self.policy_file, data)
 
     # ------------------------------------------------------------------ compile + write
     def _specs(self) -> list[EndpointSpec]:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from apiary.loader.fs import remove_pin_tree
 from apiary.observe.hubble.raw import MSG_DROP, VERDICT_DROPPED, FlowMsg
 from apiary.observe.hubble.services import ServiceTable
 from apiary.policy.models import PolicyError
@@ -86,6 +87,7 @@ class ServicesControl:
         self.cgroup_root = cgroup_root
         self.on_load = on_load
         self.path = Path(cfg.state_dir) / STATE_FILE
+        self.pin_dir = Path(cfg.pin_root) / "lb"  # the LB's pins: services keep balancing while the agent is down
         service_network(cfg.service_cidr)  # refused at start, not at the first apply
         if cfg.lb_algorithm not in ALGORITHMS:
             raise ServiceError(f"--lb-algorithm: {cfg.lb_algorithm!r} is not one of {', '.join(ALGORITHMS)}")
@@ -120,7 +122,8 @@ class ServicesControl:
     def _sensor(self) -> LoadBalancer:
         if self.sensor is None:
             s = LoadBalancer(Sizes(services=self.cfg.lb_map_size, backends=self.cfg.lb_map_size,
-                                   rev_nat=self.cfg.lb_map_size), maglev_m=self.cfg.maglev_table_size)
+                                   rev_nat=self.cfg.lb_map_size), maglev_m=self.cfg.maglev_table_size,
+                             pin_dir=self.pin_dir)
             s.load()
             try:
                 s.attach(self.cgroup_root)
@@ -143,14 +146,17 @@ class ServicesControl:
         stored = _read(self.path) or {}
         if not stored.get("services") and not stored.get("slices"):
             self.sync_routes()
+            remove_pin_tree(self.pin_dir)  # hooks a killed agent left with nothing to balance
             return []
         self.services = {k: Service.model_validate(v) for k, v in stored.get("services", {}).items()}
         self.slices = {k: EndpointSlice.model_validate(v) for k, v in stored.get("slices", {}).items()}
         self.backend_ids = {(a, p, t): i for a, p, t, i in stored.get("backend_ids", [])}
         self.rev_nat_ids = {(a, p, t): i for a, p, t, i in stored.get("rev_nat_ids", [])}
         self._commit(self._plan(self.services, self.slices))
+        adopted = [f"adopted pinned LB maps and hooks, reconciled: {line}"
+                   for line in (self.sensor.reconciled if self.sensor else [])]
         return [f"services: {len(self.services)} restored from {self.path} ({len(self.fronts)} frontends, "
-                f"socket LB on {self.cgroup_root})"]
+                f"socket LB on {self.cgroup_root})", *adopted]
 
     def close(self) -> None:
         self._unroute_all()

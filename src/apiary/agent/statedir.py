@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from apiary.store import FileStore, StoreError
+
 LOCK_FILE = "agent.lock"
 TRACING_FILE = "tracingpolicies.json"  # [{key: "namespace/name", source, mode, enabled}]
 NETWORK_FILE = "policies.json"  # {revision, policies: [{kind, namespace, name, revision, source}]}
@@ -57,10 +59,9 @@ def offline(state_dir: str | Path) -> Iterator[Path]:
 
 def _read(path: Path) -> Any:
     try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as e:
+        raw = FileStore(path.parent).get(path.name)
+        return None if raw is None else json.loads(raw)
+    except (StoreError, ValueError) as e:
         raise ValueError(f"{path}: cannot read it: {e}") from e
 
 
@@ -70,10 +71,9 @@ def _write(path: Path, data: Any) -> None:
 
 
 def _write_text(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text``, atomically (a reader sees the old file or the new one)."""
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    """Replace ``path`` with ``text``, atomically and durably (a reader sees the old file or the new one, also
+    after a crash; a write that returned is on disk): through the embedded state store."""
+    FileStore(path.parent).put(path.name, text.encode())
 
 
 def switch_off_pinned(pin_root: str | Path, key: str) -> int:

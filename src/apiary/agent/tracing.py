@@ -171,9 +171,7 @@ class Tracing:
             for s in self.stored.values()
         ]
         data += [r for r in self.unrestored if r.get("key") not in self.stored]
-        tmp = self.file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=1))
-        os.replace(tmp, self.file)
+        statedir._write(self.file, data)
 
     # ------------------------------------------------------------------ scope
     def cgroups_for(self, p: CompiledTracingPolicy) -> set[int] | None:

@@ -16,6 +16,9 @@
                             silence); prints the JSON string received
   ask HOST PORT N [udp]     N new connections (or UDP sockets) to HOST:PORT; prints JSON: the answers counted,
                             the peer each socket saw (getpeername / recvfrom), the errors counted
+  loop OUT STOP SPEC...      until file STOP exists, one TCP connection to each SPEC (HOST:PORT:TIMEOUT) in turn,
+                            reading what the server says; appends "<unix time> <SPEC> ok <answer>" or
+                            "<unix time> <SPEC> fail <ERRNO-NAME>" to file OUT per attempt
 Only ever used with addresses of endpoints and test hosts the caller created.
 """
 
@@ -202,6 +205,23 @@ def ask(host: str, port: int, n: int, udp: bool) -> dict[str, dict[str, int]]:
     return out
 
 
+def loop(out: str, stop: str, specs: list[str]) -> None:
+    import os
+
+    targets = [(h, int(p), float(t), spec) for spec in specs for h, p, t in [spec.split(":")]]
+    with open(out, "a", buffering=1) as f:
+        print("ready", flush=True)
+        while not os.path.exists(stop):
+            for host, port, timeout, spec in targets:
+                try:
+                    with socket.create_connection((host, port), timeout=timeout) as c:
+                        line = f"ok {c.recv(64).decode() or '-'}"
+                except OSError as e:
+                    line = f"fail {errno.errorcode.get(e.errno or 0, type(e).__name__)}"
+                f.write(f"{time.time():.3f} {spec} {line}\n")
+            time.sleep(0.01)
+
+
 def main(argv: list[str]) -> int:
     cmd, *rest = argv
     if cmd == "serve-tcp":
@@ -230,6 +250,8 @@ def main(argv: list[str]) -> int:
         serve_id(int(rest[0]), rest[1])
     elif cmd == "ask":
         ask(rest[0], int(rest[1]), int(rest[2]), len(rest) > 3 and rest[3] == "udp")
+    elif cmd == "loop":
+        loop(rest[0], rest[1], rest[2:])
     elif cmd == "hold":
         hold(rest[0], int(rest[1]), float(rest[2]))
     else:

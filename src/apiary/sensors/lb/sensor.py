@@ -5,6 +5,11 @@ Tables are written whole or not at all, as a diff against what the maps hold: a 
 every map's capacity first (the error names the map and the numbers), then written in an order where a
 reader never meets a dangling reference (backends, then backend slots, then masters; stale masters before
 their slots and backends are removed), and undone if a kernel write fails part-way.
+
+With a pin directory the maps, the events ring and the five cgroup links are pinned there (sensors/pins.py), so
+a killed agent's services keep balancing. The next agent whose object and configuration match adopts them
+(the links stay as they are: their programs use the very maps adopted), reads what the maps hold, and its
+first write is the diff to the desired tables (``reconciled``). A clean stop detaches and removes the pins.
 """
 
 from __future__ import annotations
@@ -16,10 +21,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from apiary.loader import BpfObject, CgroupLink, Map, RingBuffer, TcFilter
+from apiary.loader import BpfObject, CgroupLink, Map, PinnedLink, RingBuffer, TcFilter
 from apiary.loader.paths import bpf_object
 from apiary.sensors.abi import packed
 from apiary.sensors.base import LinkRow, OwnedMap, ProgramRow, RecordHandler, RingCounts, link_rows
+from apiary.sensors.pins import PinSet, object_digest
+from apiary.sensors.reconcile import diff
 from apiary.services.backends import LBTable, ServiceEntry
 
 from . import abi
@@ -28,6 +35,7 @@ PROGRAMS = ("lb_connect4", "lb_sendmsg4", "lb_recvmsg4", "lb_getpeername4", "lb_
 SO_NETNS_COOKIE = 71  # socket(7), Linux 5.14+
 MAPS = ("lb4_services", "lb4_backends", "lb4_reverse_nat", "lb4_reverse_sk", "lb4_affinity", "lb_affinity_match",
         "lb4_maglev", "lb_host_addrs", "lb4_nat")
+PINNED = (*MAPS, "lb_stats", "lb_events")
 TC_HANDLE, TC_PRIORITY = 0xA1B, 1  # apiary's NodePort filters on a node device (endpoint veths use 1/1)
 
 
@@ -123,14 +131,17 @@ class LoadBalancer:
     name = "lb"
 
     def __init__(self, sizes: Sizes | None = None, maglev_m: int = 16381, nodeport_range: tuple[int, int] =
-                 (30000, 32767), obj_path: str | Path | None = None) -> None:
+                 (30000, 32767), obj_path: str | Path | None = None, pin_dir: str | Path | None = None) -> None:
         self.sizes = sizes or Sizes()
         self.maglev_m = maglev_m
         self.nodeport_range = nodeport_range
         self.obj_path = Path(obj_path) if obj_path else bpf_object("lb")
         self.obj: BpfObject | None = None
         self.maps: dict[str, Map] = {}
-        self.links: list[CgroupLink] = []
+        self.links: list[CgroupLink | PinnedLink] = []
+        self.pinset = PinSet(Path(pin_dir), {}) if pin_dir else None
+        self.adopted = False
+        self.reconciled: list[str] = []  # the diff the first write over adopted maps applied
         self.devices: dict[str, tuple[int, list[TcFilter]]] = {}  # name -> (ifindex, [ingress, egress])
         self.cgroup = ""
         self.written = Contents.empty()
@@ -147,7 +158,19 @@ class LoadBalancer:
             for m, n in (("lb4_services", s.services), ("lb4_backends", s.backends), ("lb_affinity_match", s.backends),
                          ("lb4_reverse_nat", s.rev_nat), ("lb4_affinity", s.affinity), ("lb4_maglev", s.maglev)):
                 obj.set_max_entries(m, n)
-            obj.load()
+            pins = self.pinset
+            if pins is None:
+                obj.load()
+            else:
+                pins.identity = {"object": object_digest(self.obj_path), "sizes": list(vars(s).values()),
+                                 "maglev_m": self.maglev_m, "nodeport": list(self.nodeport_range),
+                                 "netns": host_netns_cookie()}
+                self.adopted = pins.open() is not None
+                if not self.adopted:
+                    pins.create()
+                pins.load(obj, PINNED, self.adopted)
+                if not self.adopted:
+                    pins.write({})
         except BaseException:
             obj.close()
             raise
@@ -155,13 +178,35 @@ class LoadBalancer:
         self.maps = {m: obj.map(m) for m in MAPS}
         self.stats_map = obj.map("lb_stats")
         self.ring = RingBuffer(obj.map("lb_events"))
+        if self.adopted:
+            self.written = self.held()
+
+    def held(self) -> Contents:
+        """What the maps hold now."""
+        c = Contents.empty()
+        for k, v in self.maps["lb4_services"].items():
+            (c.slots if int.from_bytes(k[6:8], "little") else c.masters)[k] = v
+        c.backends = dict(self.maps["lb4_backends"].items())
+        c.rev_nat = dict(self.maps["lb4_reverse_nat"].items())
+        c.affinity_match = dict(self.maps["lb_affinity_match"].items())
+        c.maglev = dict(self.maps["lb4_maglev"].items())
+        return c
 
     def attach(self, cgroup: str) -> None:
-        """The five hooks on ``cgroup`` (the cgroup v2 root: every socket of the node)."""
+        """The five hooks on ``cgroup`` (the cgroup v2 root: every socket of the node); adopted when pinned."""
         assert self.obj
         try:
             for p in PROGRAMS:
-                self.links.append(CgroupLink.attach(self.obj.program(p), cgroup))
+                if self.pinset is None:
+                    self.links.append(CgroupLink.attach(self.obj.program(p), cgroup))
+                    continue
+                old = self.pinset.adopt_link(p, cgroup) if self.adopted else None
+                if old is not None:
+                    self.links.append(old)
+                    continue
+                lk = CgroupLink.attach(self.obj.program(p), cgroup)
+                self.links.append(lk)
+                lk.pin(self.pinset.link_path(p))
         except BaseException:
             self._detach()
             raise
@@ -193,8 +238,19 @@ class LoadBalancer:
                 f.destroy()
         self.devices.clear()
 
-    def close(self) -> None:
+    def close(self, keep_pins: bool = False) -> None:
+        """``keep_pins``: leave the hooks attached and the maps pinned for the next agent (as a kill does)."""
+        if keep_pins:
+            for lk in self.links:
+                if lk.pin_path:
+                    lk.pin_path = None  # forget the pin, do not remove it: closing our fd then detaches nothing
+            self.links.clear()
         self._detach()
+        if self.pinset is not None:
+            if keep_pins:
+                self.pinset.close()
+            else:
+                self.pinset.remove()
         if self.ring:
             self.ring.close()
             self.ring = None
@@ -231,6 +287,13 @@ class LoadBalancer:
             ("lb4_services", want.masters, old.masters),
         ]
         counts = {"written": 0, "deleted": 0}
+        if self.adopted:  # the first write over adopted maps: say what reconciling them took
+            self.adopted = False
+            names = ("lb4_backends", "lb_affinity_match", "lb4_maglev", "lb4_reverse_nat", "lb4_services (slots)",
+                     "lb4_services (masters)")
+            diffs = [(n, diff(new, prev)) for n, (_, new, prev) in zip(names, plan, strict=True)]
+            self.reconciled = [d.summary(n) for n, d in diffs if not d.empty] or [
+                f"{len(want.masters)} frontends, {len(want.backends)} backends already matched"]
         try:
             for name, new, prev in plan:
                 for k, v in new.items():

@@ -43,6 +43,7 @@ from apiary.sensors.network.validate import (
     check_pod_cidr_syntax,
     check_ports,
 )
+from apiary.store import atomic_write
 
 # pyroute2 forks helper children for netns work and stops them with SIGTERM. A child inherits the
 # agent's asyncio signal wake-up fd, so its Python SIGTERM handler would tell the *agent's* event loop
@@ -419,10 +420,6 @@ class EndpointManager:
 
 
 def _write_durably(path: Path, text: str) -> None:
-    """Write to a temporary file, fsync, rename over ``path``: a reader sees the old or the new text."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write to a temporary file, fsync, rename over ``path``, fsync the directory: a reader sees the old or
+    the new text, also after a crash (apiary.store)."""
+    atomic_write(path, text.encode())

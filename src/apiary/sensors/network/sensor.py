@@ -8,6 +8,13 @@ Policy writes are atomic per endpoint: each endpoint has two policy slots (ep_id
 entries are written under the idle slot (both maps), then one update of the endpoint's `ep_info` switches
 slot, enforcement flags and entry kinds together, then the old slot's entries are deleted. A packet sees
 either the old policy or the new one, never a mix. Capacity is checked before anything is written.
+
+With a pin directory, the maps that carry enforcement (PINNED) are pinned there with a manifest (sensors/pins.py).
+A restarted agent whose object and sizes match adopts them: the new programs share the maps the old ones
+(still attached) use, conntrack included, and replace them on each veth in one tc operation. Its first sync
+reconciles the adopted maps to the desired state (sensors/reconcile.py): an endpoint whose entries already
+match is left alone; one that differs is rewritten through its idle slot and switched as any change is; entries
+of unknown slots and endpoints are removed. ``reconciled`` holds the diff applied, one line per map/endpoint.
 """
 
 from __future__ import annotations
@@ -29,6 +36,8 @@ from apiary.policy.types import CompiledPolicy, EndpointPolicy, PolicyEntry, Pol
 from apiary.sensors.base import LinkRow, OwnedMap, ProgramRow, RecordHandler, RingCounts
 from apiary.sensors.network import abi
 from apiary.sensors.network.endpoints import Endpoint
+from apiary.sensors.pins import PinSet, object_digest
+from apiary.sensors.reconcile import MapDiff, diff
 
 ETH_HLEN = 14  # BPF_PROG_TEST_RUN of a TC program needs at least an Ethernet header
 PINNED = ("endpoints", "policy", "policy_ranges", "ipcache", "ct", "dp_counters", "dp_lost", "ep_ifindex", "proxy")
@@ -132,6 +141,9 @@ class Datapath:
         self.audit = False
         self.proxy_port = 0  # the L7 proxy's listener (127.0.0.1): written into the entries that need it
         self.dns_proxy_port = 0  # the DNS proxy's (UDP and TCP, 127.0.0.1): written into the rules.dns entries
+        self.pinset: PinSet | None = None
+        self.adopted = False  # the maps were adopted from pins: the next sync reconciles them
+        self.reconciled: list[str] = []  # the diff the reconciling sync applied
 
     # ------------------------------------------------------------------ lifecycle
     def load(self) -> None:
@@ -143,16 +155,20 @@ class Datapath:
             obj.set_max_entries("ct", self.ct_max)
             obj.set_rodata(**lxc_rodata(self.trace_interval_s, self.wakeup_bytes))
             obj.program("empty_tc").autoload = False
-            obj.load()
+            if self.pin_dir:
+                self.pinset = pins = PinSet(self.pin_dir, {"object": object_digest(self.obj_path),
+                                                          "policy_max": self.policy_max, "ct_max": self.ct_max})
+                self.adopted = pins.open() is not None
+                if not self.adopted:
+                    pins.create()
+                pins.load(obj, PINNED, self.adopted)
+                if not self.adopted:
+                    pins.write({})
+                self.pins = {m: pins.map_path(m) for m in PINNED}
+            else:
+                obj.load()
             self.obj = obj
             self.ring = RingBuffer(obj.map("flows"))
-            if self.pin_dir:
-                remove_pin_tree(self.pin_dir)
-                self.pin_dir.mkdir(parents=True, mode=0o700, exist_ok=True)
-                for m in PINNED:
-                    path = str(self.pin_dir / m)
-                    obj.map(m).pin(path)
-                    self.pins[m] = path
         except BaseException:
             self.obj = obj
             self.close()
@@ -169,6 +185,7 @@ class Datapath:
         self.lost_map = TypedMap(obj.map("dp_lost"), "<I", "<Q")
 
     def close(self, detach: bool = True) -> None:
+        """``detach=False``: the endpoints keep their programs, and the pins stay for the next agent to adopt."""
         if detach:
             for st in self.eps.values():
                 for f in st.attached:
@@ -177,9 +194,12 @@ class Datapath:
         if self.ring:
             self.ring.close()
             self.ring = None
-        if self.pin_dir and self.pins:
+        if self.pinset is not None:
+            self.pinset.close()
+            self.pinset = None
+        if self.pin_dir and self.pins and detach:
             remove_pin_tree(self.pin_dir)
-            self.pins.clear()
+        self.pins.clear()
         if self.obj:
             self.obj.close()
             self.obj = None
@@ -242,6 +262,10 @@ class Datapath:
         was written is taken back and the maps hold what they held before. Only after every switch are the
         old slots and the prefixes no longer referenced deleted (batched). Unchanged endpoints are not
         touched."""
+        if self.adopted:
+            self.adopted = False
+            self.reconciled = self._reconcile(compiled, endpoints, identities)
+            return
         self.check_capacity(compiled)
         undo: list[Callable[[], object]] = []
         try:
@@ -264,7 +288,7 @@ class Datapath:
             self._delete_keys(state.keys)
             state.gen, state.flags, state.identity, state.policy, state.keys = (
                 st.gen, st.flags, st.identity, st.policy, st.keys)
-            state.proxy_port = self.proxy_port + (self.dns_proxy_port << 16)
+            state.proxy_port = self._ports()
         if stale:
             self.ipcache_map.delete_batch([_ipcache_key(p) for p in stale])
             for p in stale:
@@ -298,19 +322,83 @@ class Datapath:
             now.update(changed)
         return [p for p in now if p not in ipcache]
 
-    def _stage(self, ep: Endpoint, pol: EndpointPolicy, identity: int,
-               undo: list[Callable[[], object]]) -> _Staged | None:
-        """Write an endpoint's new entries under its idle slot; None when what is in force is already that."""
-        st = self.eps.get(ep.ep_id) or _EpState()
+    def _reconcile(self, compiled: CompiledPolicy, endpoints: dict[int, Endpoint],
+                   identities: dict[int, int]) -> list[str]:
+        """The first sync over adopted maps: make them hold ``compiled`` exactly, and say what that took."""
+        lines: list[str] = []
+        info_now = dict(self.endpoints_map.items())
+        policy_now = dict(self.policy_map.items()) | dict(self.ranges_map.items())
+        by_slot: dict[int, dict[bytes, bytes]] = {}
+        for k, v in policy_now.items():
+            by_slot.setdefault(abi.policy_key_decode(k)[0], {})[k] = v
+        ip_now = dict(self.ipcache_map.items())
+        by_ip = {f"{ep.ipv4}/32": ep.ep_id for ep in endpoints.values()}
+        ip_want = {_ipcache_key(p): abi.ipcache_value(i, by_ip.get(p, 0)) for p, i in compiled.ipcache.items()}
+        for p in compiled.ipcache:  # what is already right is not written again
+            have = ip_now.get(_ipcache_key(p))
+            if have is not None:
+                self.ipcache_now[p] = have
+        ip_diff = diff(ip_want, ip_now)
+        idle: list[bytes] = []
+        matched = 0
+        for ep_id, ep in endpoints.items():
+            pol = compiled.endpoints.get(ep_id) or EndpointPolicy(ep_id, False, False)
+            flags, kinds = self._flags(pol)
+            raw = info_now.get(ep.host_ifindex.to_bytes(4, "little"))
+            if raw is None or abi.EP_INFO.unpack(raw)[0] != ep_id:
+                lines.append(f"policy map ep {ep_id}: not in the pinned maps, +{len(pol.entries)} entries")
+                continue
+            slot = abi.EP_INFO.unpack(raw)[4]
+            idle += list(by_slot.get(slot ^ 1, {}))  # a write an earlier agent did not finish: not in force
+            held = by_slot.get(slot, {})
+            want = {abi.policy_key(k, slot): abi.policy_value(e, k, self.proxy_port, self.dns_proxy_port) for k, e in pol.entries.items()}
+            d = diff(want, held)
+            st = self.eps[ep_id] = _EpState(gen=slot & 1, identity=identities[ep_id], keys=set(held))
+            same_info = raw == abi.ep_info(ep_id, flags, identities[ep_id], ep.ipv4, slot, kinds)
+            if d.empty and same_info:
+                st.flags, st.policy, st.proxy_port = flags, dict(pol.entries), self._ports()
+                matched += 1
+            else:
+                lines.append(d.summary(f"policy map ep {ep_id}") + ("" if same_info else ", endpoint info rewritten"))
+        self._delete_keys(idle)
+        self.sync(compiled, endpoints, identities)
+        live = {(ep_id << 1) | st.gen for ep_id, st in self.eps.items()}
+        stale = [k for s, keys in by_slot.items() if s not in live for k in keys if k not in idle]
+        self._delete_keys(stale)
+        ifs = {ep.host_ifindex.to_bytes(4, "little") for ep in endpoints.values()}
+        gone = [k for k in info_now if k not in ifs]
+        for k in gone:
+            self.endpoints_map.delete(k)
+        ids = {ep_id.to_bytes(4, "little") for ep_id in endpoints}
+        for k in [k for k in self.ep_ifindex_map.keys() if k not in ids]:
+            self.ep_ifindex_map.delete(k)
+        for d, what in ((MapDiff(remove=stale + idle), "policy map, unknown or unfinished slots"),
+                        (MapDiff(remove=gone), "endpoints map, unknown endpoints"), (ip_diff, "ipcache")):
+            if not d.empty:
+                lines.append(d.summary(what))
+        lines.append(f"policy maps of {matched}/{len(endpoints)} endpoints already matched")
+        return lines
+
+    def _flags(self, pol: EndpointPolicy) -> tuple[int, tuple[int, int]]:
+        """ep_info's flags and policy kinds for a policy."""
         flags = (
             (abi.EP_ENFORCE_INGRESS if pol.ingress_enforced else 0)
             | (abi.EP_ENFORCE_EGRESS if pol.egress_enforced else 0)
             | (abi.EP_AUDIT if self.audit else 0)
         )
         summary_flags, kinds = abi.policy_summary(pol.entries)  # which lookups can find something
-        flags |= summary_flags
-        ports = self.proxy_port + (self.dns_proxy_port << 16)
-        if (st.policy is not None and (st.flags, st.identity, st.proxy_port) == (flags, identity, ports)
+        return flags | summary_flags, kinds
+
+    def _ports(self) -> int:
+        """The proxy ports an L7 entry carries: HTTP's in the low half, DNS's in the high half."""
+        return self.proxy_port + (self.dns_proxy_port << 16)
+
+    def _stage(self, ep: Endpoint, pol: EndpointPolicy, identity: int,
+               undo: list[Callable[[], object]]) -> _Staged | None:
+        """Write an endpoint's new entries under its idle slot; None when what is in force is already that."""
+        st = self.eps.get(ep.ep_id) or _EpState()
+        flags, kinds = self._flags(pol)
+        if (st.policy is not None and (st.flags, st.identity, st.proxy_port) == (flags, identity, self._ports())
                 and st.policy == pol.entries):
             return None
         gen = st.gen ^ 1

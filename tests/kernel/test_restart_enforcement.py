@@ -1,0 +1,125 @@
+"""kill -9 of the agent under load: enforcement and load balancing never stop, and the next agent adopts the
+pinned maps and reconciles them to its desired state (issue 12, "Restart and state")."""
+
+from __future__ import annotations
+
+import os
+import signal
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from apiary.loader import Map
+from apiary.testing.agent import AgentProcess
+from apiary.testing.net import Net
+
+pytestmark = pytest.mark.kernel
+
+NS = "restart"
+POLICY = f"""
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {{name: web-in, namespace: {NS}}}
+spec:
+  endpointSelector: {{matchLabels: {{app: web}}}}
+  ingress:
+  - fromEndpoints: [{{matchLabels: {{app: client}}}}]
+    toPorts: [{{ports: [{{port: "5678", protocol: TCP}}, {{port: "8080", protocol: TCP}}]}}]
+"""
+SERVICE = f"""
+apiVersion: v1
+kind: Service
+metadata: {{name: web, namespace: {NS}}}
+spec:
+  selector: {{app: web}}
+  ports: [{{name: http, port: 80, targetPort: 8080}}]
+"""
+DP_MAPS = ("endpoints", "policy", "policy_ranges", "ipcache", "ep_ifindex")
+LB_MAPS = ("lb4_services", "lb4_backends", "lb4_reverse_nat", "lb_affinity_match", "lb4_maglev")
+
+
+def dump(a: AgentProcess) -> dict[str, dict[bytes, bytes]]:
+    """The enforcement maps, read from the agent's pins (what the kernel holds)."""
+    out = {}
+    for sub, names in (("datapath", DP_MAPS), ("lb", LB_MAPS)):
+        for n in names:
+            m = Map.from_pin(f"{a.pin_root}/{sub}/{n}")
+            try:
+                out[n] = dict(m.items())
+            finally:
+                m.close()
+    return out
+
+
+@pytest.fixture(scope="module")
+def env() -> Iterator[tuple[AgentProcess, Net, dict[str, str]]]:
+    a = AgentProcess().start()
+    net = Net(a)
+    try:
+        ips = {n: net.endpoint(n, NS, app="client" if n == "client" else "web")["ipv4"]
+               for n in ("client", "web1", "web2")}
+        for port in ("5678", "5679", "8080"):
+            net.serve(f"{NS}/web1", "serve-id", port, "web1")
+        net.serve(f"{NS}/web2", "serve-id", "8080", "web2")
+        net.apply_ok(POLICY)
+        r = a.cli("service", "apply", "-f", "-", input=textwrap.dedent(SERVICE))
+        assert r.returncode == 0, r.stderr
+        ips["vip"] = a.client().get(f"/v1/services/{NS}/web")["service"]["spec"]["clusterIP"]
+        yield a, net, ips
+    finally:
+        net.close()
+        if a.proc and a.proc.poll() is not None:
+            a.start()  # back up, so the endpoints are deleted through the API
+        a.cleanup()
+
+
+def test_kill_9_under_load_keeps_enforcing_and_the_next_agent_reconciles(
+        env: tuple[AgentProcess, Net, dict[str, str]]) -> None:
+    a, net, ips = env
+    allowed, denied, vip = f"{ips['web1']}:5678:3", f"{ips['web1']}:5679:0.3", f"{ips['vip']}:80:3"
+    out, stop = a.dir / "loop.out", a.dir / "loop.stop"
+    net.serve(f"{NS}/client", "loop", str(out), str(stop), allowed, denied, vip)
+    try:
+        def rows() -> list[tuple[float, str, str, str]]:
+            lines = [ln.split(" ", 3) for ln in out.read_text().splitlines()]
+            return [(float(t), s, r, x) for t, s, r, x in lines if t]
+
+        def wait_rounds(n: int, since: float) -> None:
+            deadline = time.monotonic() + 120
+            while sum(1 for t, s, *_ in rows() if s == vip and t > since) < n:
+                assert time.monotonic() < deadline, rows()[-5:]
+                time.sleep(0.05)
+
+        wait_rounds(10, 0)
+        before = dump(a)
+        killed = time.time()
+        assert a.stop(signal.SIGKILL) == -signal.SIGKILL
+        wait_rounds(20, killed)  # no agent at all: the kernel keeps enforcing and balancing
+        restarted = time.time()
+        # a leftover of some earlier agent in the pinned maps, harmless but stale: reconcile removes it
+        stale = Map.from_pin(f"{a.pin_root}/lb/lb4_backends")
+        stale.update((65000).to_bytes(4, "little"), next(iter(before["lb4_backends"].values())))
+        stale.close()
+        a.start()
+        up = time.time()
+        wait_rounds(10, up)
+        after = dump(a)
+    finally:
+        stop.touch()
+    log = a.log()
+    got = rows()
+    fails = [r for r in got if r[1] != denied and r[2] != "ok"]
+    leaks = [r for r in got if r[1] == denied and r[2] == "ok"]
+    assert not fails, (fails[:5], log[-3000:])
+    assert not leaks, leaks[:5]
+    assert sum(1 for r in got if r[1] == denied) >= 20
+    down = {x for t, s, r, x in got if s == vip and killed < t < restarted}
+    assert down == {"web1", "web2"}, got[-10:]  # balanced across both backends while no agent ran
+    assert {x for t, s, r, x in got if s == vip and t > up} == {"web1", "web2"}
+    assert after == before  # the same entries, same slots: nothing stale, duplicate or missing
+    assert "adopted pinned datapath maps, reconciled: policy maps of 3/3 endpoints already matched" in log, log
+    assert "adopted pinned LB maps and hooks, reconciled: lb4_backends: +0 ~0 -1 entries" in log, log
+    assert os.path.exists(Path(a.pin_root) / "lb" / "links")

@@ -351,7 +351,8 @@ class Datapath:
             slot = abi.EP_INFO.unpack(raw)[4]
             idle += list(by_slot.get(slot ^ 1, {}))  # a write an earlier agent did not finish: not in force
             held = by_slot.get(slot, {})
-            want = {abi.policy_key(k, slot): abi.policy_value(e, k, self.proxy_port, self.dns_proxy_port) for k, e in pol.entries.items()}
+            want = {abi.policy_key(k, slot): abi.policy_value(e, k, self.proxy_port, self.dns_proxy_port)
+                    for k, e in pol.entries.items()}
             d = diff(want, held)
             st = self.eps[ep_id] = _EpState(gen=slot & 1, identity=identities[ep_id], keys=set(held))
             same_info = raw == abi.ep_info(ep_id, flags, identities[ep_id], ep.ipv4, slot, kinds)

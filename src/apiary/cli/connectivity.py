@@ -439,11 +439,11 @@ def dns(r: Run) -> list[Action]:
     def seen(x: dict[str, Any]) -> str:
         return f"rcode {x['rcode']} ({x.get('error') or 'ips ' + (','.join(x['ips']) or 'none')})"
 
-    return [Action(f"{where} {allowed} (expect answer {server})", got["rcode"] == 0 and got["ips"] == [server],
-                   seen(got)),
-            # REFUSED, or NXDOMAIN under --tofqdns-dns-reject-response-code nameError: the server knows the name
-            Action(f"{where} {other} (expect the proxy's refusal)", refused["rcode"] in (3, 5) and not refused["ips"],
-                   seen(refused))]
+    answered = got["rcode"] == 0 and got["ips"] == [server]
+    # REFUSED, or NXDOMAIN under --tofqdns-dns-reject-response-code nameError: the server knows the name
+    was_refused = refused["rcode"] in (3, 5) and not refused["ips"]
+    return [Action(f"{where} {allowed} (expect answer {server})", answered, "" if answered else seen(got)),
+            Action(f"{where} {other} (expect the proxy's refusal)", was_refused, "" if was_refused else seen(refused))]
 
 
 def tracing_kill(r: Run) -> list[Action]:

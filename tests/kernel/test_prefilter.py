@@ -18,7 +18,7 @@ from apiary.sensors.prefilter.cidrs import PrefilterError
 from apiary.sensors.prefilter.sensor import Prefilter
 from apiary.testing.agent import AgentProcess, one_line_error
 from apiary.testing.progrun import ipv4_frame, udp_packet
-from apiary.testing.veth import ping, sh, veth_peer
+from apiary.testing.veth import ping, prefilter_cli, prefilter_listing, sh, veth_peer
 
 XDP_DROP, XDP_PASS = 1, 2
 
@@ -148,12 +148,10 @@ def test_progrun_verdicts(pf: Prefilter) -> None:
 def test_agent_prefilter_commands_and_restart() -> None:
     with veth_peer() as net, AgentProcess("--no-network") as agent:
         def ok(*args: str) -> str:
-            r = agent.cli("prefilter", *args)
-            assert r.returncode == 0, f"{args}: {r.stderr}\n{agent.log()[-3000:]}"
-            return r.stdout
+            return prefilter_cli(agent, *args)
 
         def listing() -> dict:
-            return json.loads(ok("list", "-o", "json"))
+            return prefilter_listing(agent)
 
         assert listing()["entries"] == [] and ping(net, net["a"])
         out = ok("add", "--device", net["dev"], f"{net['a']}/32")

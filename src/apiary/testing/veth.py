@@ -4,10 +4,14 @@ tests that send real packets at an XDP or TC program on the near end."""
 from __future__ import annotations
 
 import contextlib
+import json
 import random
 import subprocess
 import uuid
 from collections.abc import Iterator
+from typing import Any
+
+from .agent import AgentProcess
 
 
 def sh(*cmd: str) -> str:
@@ -52,3 +56,16 @@ def ping(net: dict[str, str], src: str, dst: str | None = None) -> bool:
     r = subprocess.run(["ip", "netns", "exec", net["netns"], "ping", "-c", "1", "-W", "1", "-I", src, dst],
                        capture_output=True)
     return r.returncode == 0
+
+
+def prefilter_cli(agent: AgentProcess, *args: str) -> str:
+    """`apiary prefilter ARGS` against ``agent``, which must succeed: its output."""
+    r = agent.cli("prefilter", *args)
+    assert r.returncode == 0, f"{args}: {r.stderr}\n{agent.log()[-3000:]}"
+    return r.stdout
+
+
+def prefilter_listing(agent: AgentProcess) -> dict[str, Any]:
+    """`apiary prefilter list -o json`."""
+    out: dict[str, Any] = json.loads(prefilter_cli(agent, "list", "-o", "json"))
+    return out

@@ -298,8 +298,10 @@ class Prefilter:
             return []
         prog = self.obj.program("prefilter")
         where = ", ".join(f"xdp {d.mode} {d.name}" for d in self.devs.values()) or "not attached"
-        link_id = next(iter(self.devs.values())).link.id if len(self.devs) == 1 else 0
-        return [ProgramRow(prog.name, prog.fd, where, link_id)]
+        first = next(iter(self.devs.values()), None)
+        link_id = first.link.id if first is not None and len(self.devs) == 1 else 0
+        fd = first.link.prog.fd if first is not None else prog.fd  # an adopted link runs the earlier agent's
+        return [ProgramRow(prog.name, fd, where, link_id)]
 
     def link_rows(self) -> list[LinkRow]:
         return [LinkRow(r.id, r.program, f"xdp {d.mode} {d.name}", r.pin)

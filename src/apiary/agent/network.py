@@ -152,9 +152,10 @@ class Network:
         return notes
 
     def close(self) -> None:
-        # endpoints keep their TC programs (and so their enforcement) while the agent is down; with none
-        # left, the pod CIDR's route and the instance's cgroup directory go too
-        self.dp.close(detach=False)
+        # endpoints keep their TC programs (and so their enforcement, with the pinned maps the next agent
+        # adopts) while the agent is down; with none left, the pins, the pod CIDR's route and the instance's
+        # cgroup directory go too
+        self.dp.close(detach=not self.em.endpoints)
         if self.l7 is not None:  # redirected connections now fail closed (no listener) until it is back
             self.l7.close()
         if self.dns is not None:

@@ -6,6 +6,7 @@ for crafted IPv4/IPv6 frames; the agent's `apiary prefilter` commands and their 
 from __future__ import annotations
 
 import json
+import os
 import socket
 import struct
 import subprocess
@@ -194,7 +195,9 @@ def test_agent_prefilter_commands_and_restart() -> None:
         ok("delete", f"{net['prefix']}.0/24", "--cidr", f"{net['a']}/32")
         assert ping(net, net["a"]) and ping(net, net["b"]) and listing()["entries"] == []
         ok("detach", net["dev"])
-        assert listing()["devices"] == []
+        assert listing()["devices"] == [] and os.path.isdir(f"{agent.pin_root}/prefilter")
+        agent.stop()  # a clean stop with no device and no entry left: the prefilter's pins go
+        assert not os.path.exists(f"{agent.pin_root}/prefilter")
 
 
 def test_modes_generic_and_fallback(pf: Prefilter) -> None:

@@ -40,9 +40,11 @@ class PrefilterControl:
 
     def close(self) -> None:
         """The devices keep their XDP links and the maps stay pinned (a stopped agent's prefilter keeps
-        dropping, as the datapath's endpoints keep their programs): the next agent adopts them."""
+        dropping, as the datapath's endpoints keep their programs): the next agent adopts them. With no
+        device and no entry left, the pins go (as the datapath's do with no endpoint left)."""
         if self.sensor is not None:
-            self.sensor.close(keep_pins=True)
+            s = self.sensor
+            s.close(keep_pins=bool(s.devs or s.lists.entries))
             self.sensor = None
 
     def start(self) -> tuple[list[str], list[str]]:

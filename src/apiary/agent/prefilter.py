@@ -74,6 +74,8 @@ class PrefilterControl:
         stale = s.release_stale()
         if cidrs:
             out.append(f"prefilter: {len(cidrs)} CIDRs restored from {self.path} (revision {s.lists.revision})")
+        if s.pinset is not None and s.pinset.discarded:  # e.g. another --prefilter-map-size: not adoptable
+            out.append(f"prefilter: pins of the previous agent in {s.pinset.discarded}")
         if adopted:
             attached = [d for d in s.devs if d not in kept]
             out += [f"adopted pinned prefilter maps and XDP links, reconciled: {line}" for line in diff]

@@ -11,7 +11,8 @@ What an agent creates (read from the code that creates it):
   qdisc they need;
 - the L7 proxy: HAProxy's processes in the cgroup ``CGROUP2/apiary-l7proxy-INSTANCE``, the ip rule on its
   fwmark and the route table it points to (numbers derived from the instance);
-- --state-dir, and the API socket with its lock file.
+- --state-dir, the API socket with its lock file, and the gRPC APIs' unix sockets (hubble.sock, tetragon.sock
+  or the agent's --hubble-socket-path / --tetragon-server-address), which a killed agent leaves behind.
 Nothing is matched by a pattern wider than the instance's own names, so other instances stay intact.
 """
 
@@ -54,6 +55,7 @@ class Plan:
     service_cidr: str
     socket_path: str
     devices: tuple[str, ...] = ()
+    grpc_sockets: tuple[str, ...] = ()  # Hubble's and Tetragon's unix sockets (grpc_common's addresses)
 
 
 @dataclass
@@ -206,4 +208,7 @@ def uninstall(p: Plan) -> Report:
     for f in (Path(p.socket_path), Path(p.socket_path + ".lock")):
         if f.exists():
             rep.step(f"{'socket' if f.suffix != '.lock' else 'lock file'} {f}", f.unlink)
+    for g in map(Path, p.grpc_sockets):
+        if g.is_socket():  # only a socket: a file of another kind at that path is not the agent's
+            rep.step(f"gRPC socket {g}", g.unlink)
     return rep

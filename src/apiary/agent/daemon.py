@@ -219,7 +219,8 @@ class Agent:
                 self.tracing = None
                 raise AgentError(f"tracing sensor: {e}") from e
             tracing = self.tracing
-            self._add(tracing.sensor, lambda: tracing.close(keep_pins=cfg.keep_sensors_on_exit), at=1)  # shown after the process sensor, as ever
+            # shown after the process sensor, as ever
+            self._add(tracing.sensor, lambda: tracing.close(keep_pins=cfg.keep_sensors_on_exit), at=1)
             self.tracing_events.tracing = self.tracing
             if self.network is not None:
                 self.network.endpoint_listeners.append(self.tracing.refresh_scopes)

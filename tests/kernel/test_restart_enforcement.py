@@ -177,6 +177,7 @@ def test_sigterm_restart_keeps_balancing_and_killing_then_a_bare_clean_stop_remo
         assert a.stop() == 0  # SIGTERM: a planned restart
         wait_rounds(20, stopped)  # no agent: the service still balances (both backends: 1 - 2^-19)
         down = vip_rows(stopped)
+        said = a.log()
         assert chdir_rc(binary) == -signal.SIGKILL  # and the policy still kills
         assert chdir_rc(Path("/usr/bin/dash")) == 0
         a.extra = ()  # the next agent runs without --keep-sensors-on-exit
@@ -186,6 +187,7 @@ def test_sigterm_restart_keeps_balancing_and_killing_then_a_bare_clean_stop_remo
     finally:
         stop.touch()
     assert {r for _, r, _ in down} == {"ok"}, down[:5]
+    assert "kept pinned for the next agent (enforcing meanwhile): datapath, lb, process, tracing" in said, said[-800:]
     assert {x for _, _, x in down} == {"web1", "web2"}, down[-10:]
     log = a.log()
     for line in ("adopted pinned datapath maps, reconciled:", "adopted pinned LB maps and hooks, reconciled:",
@@ -202,4 +204,5 @@ def test_sigterm_restart_keeps_balancing_and_killing_then_a_bare_clean_stop_remo
         assert c.http.delete(f"/v1/endpoints/{ep['namespace']}/{ep['name']}").status_code < 300
     assert a.stop() == 0
     assert not os.path.exists(a.pin_root), [str(p) for p in Path(a.pin_root).rglob("*")]
+    assert "apiary agent stopped; everything it attached is detached." in a.log()
     assert chdir_rc(binary) == 0  # nothing enforces any more

@@ -364,7 +364,15 @@ def agent(
         pass
     finally:
         a.close()
-    click.echo("apiary agent stopped; everything it attached is detached.", err=True)
+    from pathlib import Path
+
+    pins = Path(cfg.pin_root)
+    kept = sorted(p.name for p in pins.iterdir()) if pins.is_dir() else []
+    if kept:  # endpoints, services, the prefilter's entries, --keep-sensors-on-exit
+        click.echo(f"apiary agent stopped; kept pinned for the next agent (enforcing meanwhile): {', '.join(kept)} "
+                   f"under {pins}; the rest is detached.", err=True)
+    else:
+        click.echo("apiary agent stopped; everything it attached is detached.", err=True)
 
 
 # ---------------------------------------------------------------------------- events

@@ -2,7 +2,9 @@
 
   serve ADDR NAME=IP@TTL...     answer A queries for NAME (UDP and TCP on ADDR:53) with IP and TTL; other
                                 names get NXDOMAIN; prints "ready"
-  ask SERVER NAME [tcp]         one A query; prints JSON {"rcode": N, "ips": [...], "ttl": N} (rcode -1: no answer)
+  ask SERVER NAME [udp|tcp [TIMEOUT]]
+                                one A query (TIMEOUT seconds, default 5); prints JSON {"rcode": N, "ips": [...],
+                                "ttl": N} (rcode -1: no answer)
   run JSON                      steps in one process: [["ask", SERVER, NAME, "udp"|"tcp"], ["tcp", IP, PORT], ...];
                                 prints the JSON list of results (an ask's object, a tcp probe's true/false)
 
@@ -116,10 +118,10 @@ def serve(addr: str, records: dict[str, tuple[str, int]]) -> None:
     udp.serve_forever()
 
 
-def ask(server: str, name: str, use_tcp: bool) -> dict[str, object]:
+def ask(server: str, name: str, use_tcp: bool, timeout: float = 5.0) -> dict[str, object]:
     q = dns.message.make_query(name, "A")
     try:
-        r = dns.query.tcp(q, server, timeout=5) if use_tcp else dns.query.udp(q, server, timeout=5)
+        r = dns.query.tcp(q, server, timeout=timeout) if use_tcp else dns.query.udp(q, server, timeout=timeout)
     except (dns.exception.DNSException, OSError) as e:
         return {"rcode": -1, "ips": [], "ttl": 0, "error": str(e)}
     ips = [rd.to_text() for rrset in r.answer for rd in rrset if rrset.rdtype == dns.rdatatype.A]
@@ -144,7 +146,8 @@ def main(argv: list[str]) -> int:
                 out.append(tcp(step[1], int(step[2]), 1.5))
         print(json.dumps(out), flush=True)
     elif cmd == "ask":
-        print(json.dumps(ask(rest[0], rest[1], len(rest) > 2 and rest[2] == "tcp")), flush=True)
+        print(json.dumps(ask(rest[0], rest[1], len(rest) > 2 and rest[2] == "tcp",
+                             float(rest[3]) if len(rest) > 3 else 5.0)), flush=True)
     else:
         print(__doc__, file=sys.stderr)
         return 2

@@ -37,6 +37,7 @@ from apiary.sensors.dnsproxy import holder
 from apiary.sensors.dnsproxy.proxy import DnsProxy
 from apiary.sensors.l7proxy.config import rule_text as http_rule_text
 from apiary.sensors.l7proxy.haproxy import HAProxy, ProxyError, haproxy_binary
+from apiary.sensors.l7proxy.leftovers import proxy_cgroup
 from apiary.sensors.network.endpoints import Endpoint, EndpointError, EndpointManager
 from apiary.sensors.network.sensor import Datapath
 from apiary.store import FileStore, StoreError
@@ -73,6 +74,7 @@ class Network:
         cg = cgroup2_root()
         if cg is None:
             raise EndpointError("no cgroup v2 mount found (apiary preflight --fix mounts one)")
+        self.cgroup_root = cg
         self.em = EndpointManager(cfg.pod_cidr, cfg.instance, cg, str(state / "endpoints.json"))
         self.alloc = IdentityAllocator(str(state / "identities.json"))
         self.dp = Datapath(
@@ -140,6 +142,8 @@ class Network:
                 if self.dns is not None:
                     self.dp.dns_proxy_port = self.dns.port
                     notes.append(f"DNS proxy on 127.0.0.1:{self.dns.port} UDP+TCP (transparent)")
+        if self.dns is None and holder.stop(self.cfg.state_dir, proxy_cgroup(self.cgroup_root, self.cfg.instance)):
+            notes.append("ended the previous agent's DNS socket holder: this agent runs no DNS proxy")
         if self.dp.ring is not None:  # one bad record never stops the flow stream: counted, not logged
             self.reader = RingReader(self.dp.ring, self.dp.handlers(), {"flow": self.on_flow}, log_errors=False)
         lost = self.em.verify()

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from apiary.connectivity.scenarios import NOT_YET, SCENARIOS
+from apiary.connectivity.scenarios import SCENARIOS
 from apiary.sensors.l7proxy.haproxy import haproxy_binary
 from apiary.testing.agent import AgentProcess, one_line_error
 
@@ -56,18 +56,18 @@ def test_every_scenario_passes_and_nothing_is_left(agent: AgentProcess) -> None:
     assert r.returncode == 0, f"{r.stdout}\n{r.stderr}\n{agent.log()[-3000:]}"
     lines = r.stdout.splitlines()
     proxy = haproxy_binary() is not None  # the agent runs its L7 proxy when haproxy is installed
-    skipped_names = {"dns"} | (set() if proxy else {"l7-http"})
+    skipped_names = set() if proxy else {"l7-http", "dns"}  # the DNS proxy starts with the L7 proxy
     for s in SCENARIOS:
         (line,) = [ln for ln in lines if f"[{s.name}]" in ln]
-        if s.name == "dns":
-            assert line == f"⏭️  [dns] skipped: {NOT_YET['dns']}", line
-        elif s.name in skipped_names:
-            assert line.startswith("⏭️") and "L7 proxy not available in this agent" in line, line
+        if s.name in skipped_names:
+            assert line.startswith("⏭️") and f"{'DNS' if s.dns else 'L7'} proxy not available in this agent" in line
         else:
             assert line.startswith("✅"), line
-    if proxy:  # the allowed GET got the server's 200, the other one the proxy's 403
-        (l7,) = [ln for ln in lines if "[l7-http]" in ln]
-        assert l7.endswith("(2 actions)"), l7
+    if proxy:  # the allowed GET got the server's 200, the other one the proxy's 403; the allowed name resolved
+        (l7,) = [ln for ln in lines if "[l7-http]" in ln]  # through the DNS proxy, the other one it refused
+        (dns,) = [ln for ln in lines if "[dns]" in ln]
+        assert l7.endswith("(2 actions)") and dns.endswith("(2 actions)"), (l7, dns)
+        assert agent.client().get("/v1/status")["network"]["dns_proxy"]["refused"] >= 1
     skipped = len(skipped_names)
     ran = len(SCENARIOS) - skipped
     last = lines[-1]

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from apiary.loader import Map
-from apiary.testing.agent import AgentProcess
+from apiary.testing.agent import AgentProcess, pinned_maps
 from apiary.testing.net import Net
 
 pytestmark = pytest.mark.kernel
@@ -43,15 +43,7 @@ LB_MAPS = ("lb4_services", "lb4_backends", "lb4_reverse_nat", "lb_affinity_match
 
 def dump(a: AgentProcess) -> dict[str, dict[bytes, bytes]]:
     """The enforcement maps, read from the agent's pins (what the kernel holds)."""
-    out = {}
-    for sub, names in (("datapath", DP_MAPS), ("lb", LB_MAPS)):
-        for n in names:
-            m = Map.from_pin(f"{a.pin_root}/{sub}/{n}")
-            try:
-                out[n] = dict(m.items())
-            finally:
-                m.close()
-    return out
+    return pinned_maps(a.pin_root, "datapath", DP_MAPS) | pinned_maps(a.pin_root, "lb", LB_MAPS)
 
 
 @pytest.fixture(scope="module")

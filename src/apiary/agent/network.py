@@ -164,13 +164,18 @@ class Network:
         return notes
 
     def close(self) -> None:
-        # endpoints keep their TC programs (and so their enforcement) while the agent is down; with none
-        # left, the pod CIDR's route and the instance's cgroup directory go too
-        self.dp.close(detach=False)
+        # endpoints keep their TC programs (and so their enforcement, with the pinned maps the next agent
+        # adopts) while the agent is down; with none left, the pins, the pod CIDR's route and the instance's
+        # cgroup directory go too
+        self.dp.close(detach=not self.em.endpoints)
         # redirected connections now fail closed (no listener) until it is back; DNS queries wait in the
-        # sockets the holder keeps (the ip rule that delivers them stays) and the next agent answers them
+        # sockets the holder keeps (the ip rule that delivers them stays) and the next agent answers them;
+        # with no endpoint left the holder goes too
+        keep_dns = self.dns_holder is not None and bool(self.em.endpoints)
         if self.l7 is not None:
-            self.l7.close(keep_route=self.dns_holder is not None)
+            if self.dns_holder is not None and not keep_dns:
+                holder.stop(self.cfg.state_dir, self.l7.cgroup)
+            self.l7.close(keep_route=keep_dns)
         if self.dns is not None:
             self.dns.close()
         self.em.teardown_host()

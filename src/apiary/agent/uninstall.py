@@ -2,7 +2,7 @@
 
 What an agent creates (read from the code that creates it):
 - pins under --pin-root: maps, programs and links of every sensor (removing a link's pin detaches it, a
-  map's pin drops its reference);
+  map's pin drops its reference), the XDP prefilter's links on its devices among them (``prefilter/links``);
 - per endpoint: a network namespace ``/run/netns/apiary-INSTANCE-HASH`` (its veth pair goes with it), a host
   veth ``lxcHASH`` with the alias ``apiary:INSTANCE:…``, a cgroup ``CGROUP2/apiary/INSTANCE/…``;
 - host routes: ``unreachable --pod-cidr`` and, while services exist, ``unreachable --service-cidr`` (the

@@ -152,6 +152,20 @@ class AgentProcess:
         self.cleanup()
 
 
+def pinned_maps(pin_root: str, sub: str, names: tuple[str, ...]) -> dict[str, dict[bytes, bytes]]:
+    """What the maps ``names`` pinned under ``pin_root/sub`` hold (read from the kernel, not the agent)."""
+    from apiary.loader import Map
+
+    out = {}
+    for n in names:
+        m = Map.from_pin(f"{pin_root}/{sub}/{n}")
+        try:
+            out[n] = dict(m.items())
+        finally:
+            m.close()
+    return out
+
+
 def remove_instance_objects(instance: str, pod_cidr: str, service_cidr: str | None = None) -> None:
     """Whatever an agent instance left in the kernel: its netns (veths go with them), cgroups, route."""
     prefix = f"apiary-{instance}-"

@@ -141,6 +141,9 @@ def stop(state_dir: str | Path, cgroup: Path) -> bool:
         with contextlib.suppress(ProcessLookupError):
             os.kill(rec.pid, signal.SIGKILL)
             ended = True
+        deadline = time.monotonic() + 5
+        while _in_cgroup(rec.pid, cgroup) and time.monotonic() < deadline:  # so the cgroup can be removed
+            time.sleep(0.01)
     with contextlib.suppress(StoreError):
         FileStore(state_dir).delete(STATE_KEY)
     return ended

@@ -34,7 +34,6 @@ from pyroute2.netlink.exceptions import NetlinkError
 from .config import ProxyConfig, build, ids_map
 from .leftovers import RULE_PRIORITY, proxy_cgroup, rule_numbers, unroute
 
-
 LOG_PIPE_SIZE = 4 << 20
 
 

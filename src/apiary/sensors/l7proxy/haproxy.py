@@ -2,7 +2,8 @@
 restarted when it dies, in a cgroup of its own (the datapath recognises the proxy's connections by it),
 with an ip rule that delivers redirected packets locally, and its access log read from a pipe.
 
-The access log is HAProxy's stdout (``log stdout``), a non-blocking pipe of 4 MiB the agent reads in batches
+The access log is HAProxy's stdout (``log stdout``), a non-blocking pipe of 4 MiB (1 MiB where
+``fs.pipe-max-size`` bounds it) the agent reads in batches
 (one read takes every line written since the last): a unix datagram socket would hold only
 ``net.unix.max_dgram_qlen`` (10 by default) records before HAProxy drops the next ones. A record HAProxy
 could not write (the pipe full) is counted by HAProxy (``DroppedLogs``); the agent adds them up per worker
@@ -35,6 +36,7 @@ from .config import ProxyConfig, build, ids_map
 from .leftovers import RULE_PRIORITY, proxy_cgroup, rule_numbers, unroute
 
 LOG_PIPE_SIZE = 4 << 20
+READ_SIZE = 256 << 10
 
 
 class ProxyError(RuntimeError):
@@ -243,7 +245,7 @@ class HAProxy:
         n = 0
         while self._log_r >= 0:
             try:
-                data = os.read(self._log_r, LOG_PIPE_SIZE)
+                data = os.read(self._log_r, READ_SIZE)
             except BlockingIOError:
                 break
             if not data:

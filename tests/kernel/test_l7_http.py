@@ -182,6 +182,25 @@ def test_pipelined_requests_are_judged_in_order(net: Net) -> None:
     assert "GET /api/v1/a from" in reply and "GET /api/v1/b from" in reply and "DELETE /api/v1/a from" not in reply
 
 
+def test_a_burst_of_requests_gives_every_flow(net: Net) -> None:
+    """300 pipelined requests at once: every one is a REQUEST and a RESPONSE flow, none dropped by the log."""
+    n = 300
+    reply = raw(net, "backend", "".join(f"GET /api/v1/burst{i} HTTP/1.1\r\nHost: f\r\n\r\n" for i in range(n))
+                + "GET /api/v1/burst-end HTTP/1.1\r\nHost: f\r\nConnection: close\r\n\r\n")
+    assert statuses(reply) == [200] * (n + 1)
+    want = {f"/api/v1/burst{i}" for i in range(n)}
+    got: dict[str, set[str]] = {}
+    for _ in range(50):
+        got = {"REQUEST": set(), "RESPONSE": set()}
+        for f in net.flows("--type", "l7", "--http-path", "^/api/v1/burst[0-9]+$"):
+            got[f["l7"]["type"]].add("/api/" + f["l7"]["http"]["url"].split("/api/", 1)[1])
+        if got["REQUEST"] >= want and got["RESPONSE"] >= want:
+            break
+    assert got["REQUEST"] == want and got["RESPONSE"] == want, (len(got["REQUEST"]), len(got["RESPONSE"]))
+    st = json.loads(net.cli_ok("status", "-o", "json"))["network"]["l7_proxy"]
+    assert st["dropped_records"] == 0 and st["bad_records"] == 0
+
+
 def test_http10_and_malformed_request(net: Net) -> None:
     assert statuses(raw(net, "backend", "GET /api/v1/old HTTP/1.0\r\n\r\n")) == [200]
     assert statuses(raw(net, "backend", "GET /other HTTP/1.0\r\n\r\n")) == [403]

@@ -23,7 +23,7 @@ from pyroute2 import IPRoute
 
 from apiary.loader.fs import cgroup2_root
 from apiary.observe.clock import KtimeClock
-from apiary.observe.hubble.builder import EndpointInfo, FlowBuilder, dns_response, l7_response
+from apiary.observe.hubble.builder import EndpointInfo, FlowBuilder, dns_response, l7_http_responses
 from apiary.observe.hubble.filters import FlowFilter
 from apiary.observe.hubble.l7 import DnsExchange, HttpExchange, parse_headers, unset, url_of
 from apiary.observe.hubble.metrics import FlowMetrics, parse_hubble_metrics
@@ -100,6 +100,8 @@ class Network:
         # the L7 HTTP proxy (HAProxy), when installed: rules.http are refused without it
         self.l7: HAProxy | None = (
             HAProxy(state, cfg.instance, cg, on_log=self.on_http) if haproxy_binary() is not None else None)
+        # on_http's decisions by logged (rule, deny), for one proxy configuration and compiled policy
+        self._http_decided: tuple[object, object, dict[tuple[str, str], tuple[bool, bool, str]]] = (None, None, {})
         # the DNS proxy (toFQDNs, rules.dns): started in the event loop by dns_serve; it shares the HTTP
         # proxy's mark (the ip rule that delivers redirected packets locally)
         self.fqdn = FqdnCache(cfg.tofqdns_min_ttl)
@@ -471,8 +473,39 @@ class Network:
     def on_http(self, rec: dict[str, str]) -> None:
         """One access-log record of the proxy: the REQUEST flow, and the RESPONSE when it was let through."""
         assert self.l7 is not None
-        cfg = self.l7.config
-        rule_n, deny_n = int(unset(rec.get("rule")) or 0), int(unset(rec.get("deny")) or 0)
+        allowed, ingress, decided = self._http_decision(unset(rec.get("rule")), unset(rec.get("deny")))
+        version = unset(rec.get("version")) or "1.1"
+        status = int(unset(rec.get("status")) or 0)
+        tr = max(0, int(unset(rec.get("tr")) or 0))
+        start_ns = int(unset(rec.get("ts")) or 0) * 1_000_000_000 + int(unset(rec.get("ms")) or 0) * 1_000_000
+        client, server = rec.get("client", ""), rec.get("server", "")
+        ipcache = self.compiled.ipcache
+        x = HttpExchange(
+            client=client, client_port=int(unset(rec.get("cport")) or 0), server=server,
+            server_port=int(unset(rec.get("sport")) or 0), method=unset(rec.get("method")),
+            url=url_of(rec), protocol=f"HTTP/{version}", headers=parse_headers(unset(rec.get("headers"))),
+            status=status, latency_ns=tr * 1_000_000, time_ns=start_ns, allowed=allowed, ingress=ingress,
+            decided_by=decided, client_identity=ipcache.get(f"{client}/32", 0),
+            server_identity=ipcache.get(f"{server}/32", 0),
+        )
+        metrics, publish = self.metrics, self.flows.publish
+        for resp in l7_http_responses(self.builder, x):
+            if metrics:
+                metrics.observe(resp)
+            publish(resp)
+
+    def _http_decision(self, rule: str, deny: str) -> tuple[bool, bool, str]:
+        """(allowed, ingress, decided_by) of a logged rule/filter number: the same for every request the
+        rule decides, so kept until the proxy's configuration or the compiled policy changes."""
+        assert self.l7 is not None
+        cfg, compiled = self.l7.config, self.compiled
+        if self._http_decided[0] is not cfg or self._http_decided[1] is not compiled:
+            self._http_decided = (cfg, compiled, {})
+        cache = self._http_decided[2]
+        got = cache.get((rule, deny))
+        if got is not None:
+            return got
+        rule_n, deny_n = int(rule or 0), int(deny or 0)
         allowed = deny_n == 0
         ingress, decided = True, ""
         if not allowed and 0 < deny_n <= len(cfg.filters):
@@ -480,29 +513,13 @@ class Network:
             ingress = f.key.direction == 0
             first = cfg.rules[f.rules[0] - 1] if f.rules else None
             if first is not None:
-                decided = http_rule_text(first, self.compiled.rules).rsplit("[", 1)[0] + " (no HTTP rule matched)"
+                decided = http_rule_text(first, compiled.rules).rsplit("[", 1)[0] + " (no HTTP rule matched)"
         elif 0 < rule_n <= len(cfg.rules):
-            rule = cfg.rules[rule_n - 1]
-            decided = http_rule_text(rule, self.compiled.rules)
-            ingress = "ingress" in rule.ref.split(".toPorts")[0]
-        version = unset(rec.get("version")) or "1.1"
-        status = int(unset(rec.get("status")) or 0)
-        tr = max(0, int(unset(rec.get("tr")) or 0))
-        start_ns = int(unset(rec.get("ts")) or 0) * 1_000_000_000 + int(unset(rec.get("ms")) or 0) * 1_000_000
-        client, server = rec.get("client", ""), rec.get("server", "")
-        x = HttpExchange(
-            client=client, client_port=int(unset(rec.get("cport")) or 0), server=server,
-            server_port=int(unset(rec.get("sport")) or 0), method=unset(rec.get("method")),
-            url=url_of(rec), protocol=f"HTTP/{version}", headers=parse_headers(unset(rec.get("headers"))),
-            status=status, latency_ns=tr * 1_000_000, time_ns=start_ns, allowed=allowed, ingress=ingress,
-            decided_by=decided, client_identity=self.compiled.ipcache.get(f"{client}/32", 0),
-            server_identity=self.compiled.ipcache.get(f"{server}/32", 0),
-        )
-        for response in (False, True) if allowed else (False,):
-            resp = l7_response(self.builder, x, response)
-            if self.metrics:
-                self.metrics.observe(resp)
-            self.flows.publish(resp)
+            r = cfg.rules[rule_n - 1]
+            decided = http_rule_text(r, compiled.rules)
+            ingress = "ingress" in r.ref.split(".toPorts")[0]
+        got = cache[(rule, deny)] = (allowed, ingress, decided)
+        return got
 
     # ------------------------------------------------------------------ DNS proxy (toFQDNs)
     async def dns_serve(self, run: Callable[[Callable[[], None]], Awaitable[None]]) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -17,7 +18,7 @@ import pytest
 
 from apiary.sensors.l7proxy.haproxy import haproxy_binary
 from apiary.testing.agent import AgentProcess, is_root
-from apiary.testing.net import Net
+from apiary.testing.net import Net, endpoint_exec_cmd
 from apiary.testing.seed import SEED_L7_HTTP_POLICY
 
 pytestmark = [
@@ -180,6 +181,32 @@ def test_pipelined_requests_are_judged_in_order(net: Net) -> None:
                 "GET /api/v1/b HTTP/1.1\r\nHost: f\r\nConnection: close\r\n\r\n")
     assert statuses(reply) == [200, 403, 200], reply
     assert "GET /api/v1/a from" in reply and "GET /api/v1/b from" in reply and "DELETE /api/v1/a from" not in reply
+
+
+def test_a_burst_of_requests_gives_every_flow(net: Net) -> None:
+    """wrk for 1 s (thousands of requests): every request the client completed is an access-log record (its
+    REQUEST and RESPONSE flows), none dropped on the way from the proxy to the agent."""
+    if shutil.which("wrk") is None:
+        pytest.skip("wrk is not installed (scripts/setup.sh installs it)")
+
+    def proxy() -> dict[str, Any]:
+        return dict(json.loads(net.cli_ok("status", "-o", "json"))["network"]["l7_proxy"])
+
+    before = proxy()["access_log_records"]
+    argv = endpoint_exec_cmd(net.agent.socket, f"{NS}/backend", "wrk", "-t1", "-c8", "-d1s",
+                             f"http://{ip(net, 'frontend')}:8080/api/v1/wrk")
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=60).stdout
+    m = re.search(r"(\d+) requests in", out)
+    assert m and int(m.group(1)) > 100, out
+    done = int(m.group(1))
+    st = proxy()
+    for _ in range(50):
+        if st["access_log_records"] - before >= done:
+            break
+        time.sleep(0.2)
+        st = proxy()
+    assert st["access_log_records"] - before >= done, (st, done)
+    assert st["dropped_records"] == 0 and st["bad_records"] == 0, st
 
 
 def test_http10_and_malformed_request(net: Net) -> None:

@@ -14,6 +14,7 @@ import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -147,6 +148,21 @@ def test_kill_9_under_load_keeps_enforcing_and_the_next_agent_reconciles(
     assert "adopted pinned datapath maps, reconciled: policy maps of 3/3 endpoints already matched" in log, log
     assert "adopted pinned LB maps and hooks, reconciled: lb4_backends: +0 ~0 -1 entries" in log, log
     assert os.path.exists(Path(a.pin_root) / "lb" / "links")
+    # the flows ring is pinned too: the drops the kernel reported while no agent ran reach the next agent
+    down_drops = [f for f in flows_since(a, killed) if f["time"] < iso(restarted)]
+    assert down_drops, a.client().get("/v1/status").get("network", {}).get("losses")
+
+
+def iso(t: float) -> str:
+    """A wall-clock time as the flows' RFC 3339 text (comparable as a string: same format, UTC)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1e9):09d}Z"
+
+
+def flows_since(a: AgentProcess, t: float) -> list[dict[str, Any]]:
+    """The DROPPED flows to the denied port that the agent holds, newer than ``t``."""
+    got = a.client().stream("/v1/flows", [("last", "100000"), ("filter", "--verdict=DROPPED"),
+                                          ("filter", "--port=5679")])
+    return [f for f in got if str(f["time"]) > iso(t)]
 
 
 def test_sigterm_restart_keeps_balancing_and_killing_then_a_bare_clean_stop_removes_every_pin(

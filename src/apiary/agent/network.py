@@ -23,7 +23,7 @@ from pyroute2 import IPRoute
 
 from apiary.loader.fs import cgroup2_root
 from apiary.observe.clock import KtimeClock
-from apiary.observe.hubble.builder import EndpointInfo, FlowBuilder, dns_response, l7_response
+from apiary.observe.hubble.builder import EndpointInfo, FlowBuilder, dns_response, l7_http_responses
 from apiary.observe.hubble.filters import FlowFilter
 from apiary.observe.hubble.l7 import DnsExchange, HttpExchange, parse_headers, unset, url_of
 from apiary.observe.hubble.metrics import FlowMetrics, parse_hubble_metrics
@@ -33,11 +33,14 @@ from apiary.policy.identity import IdentityAllocator, endpoint_labels, resolve
 from apiary.policy.load import PolicyError, load_policies, load_policy_documents
 from apiary.policy.models import Problem
 from apiary.policy.types import CompiledPolicy, RuleRef
+from apiary.sensors.dnsproxy import holder
 from apiary.sensors.dnsproxy.proxy import DnsProxy
 from apiary.sensors.l7proxy.config import rule_text as http_rule_text
 from apiary.sensors.l7proxy.haproxy import HAProxy, ProxyError, haproxy_binary
+from apiary.sensors.l7proxy.leftovers import proxy_cgroup
 from apiary.sensors.network.endpoints import Endpoint, EndpointError, EndpointManager
 from apiary.sensors.network.sensor import Datapath
+from apiary.store import FileStore, StoreError
 
 from . import statedir
 from .bus import EventBus
@@ -46,6 +49,7 @@ from .fqdn import DnsJudge, FqdnCache
 from .interfaces import ScopedEndpoint
 from .records import RingReader
 
+FQDN_KEY = "fqdn-cache.json"  # the DNS proxy's learned names, restored by the next agent
 _DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 
@@ -70,6 +74,7 @@ class Network:
         cg = cgroup2_root()
         if cg is None:
             raise EndpointError("no cgroup v2 mount found (apiary preflight --fix mounts one)")
+        self.cgroup_root = cg
         self.em = EndpointManager(cfg.pod_cidr, cfg.instance, cg, str(state / "endpoints.json"))
         self.alloc = IdentityAllocator(str(state / "identities.json"))
         self.dp = Datapath(
@@ -95,6 +100,8 @@ class Network:
         # the L7 HTTP proxy (HAProxy), when installed: rules.http are refused without it
         self.l7: HAProxy | None = (
             HAProxy(state, cfg.instance, cg, on_log=self.on_http) if haproxy_binary() is not None else None)
+        # on_http's decisions by logged (rule, deny), for one proxy configuration and compiled policy
+        self._http_decided: tuple[object, object, dict[tuple[str, str], tuple[bool, bool, str]]] = (None, None, {})
         # the DNS proxy (toFQDNs, rules.dns): started in the event loop by dns_serve; it shares the HTTP
         # proxy's mark (the ip rule that delivers redirected packets locally)
         self.fqdn = FqdnCache(cfg.tofqdns_min_ttl)
@@ -102,6 +109,10 @@ class Network:
         self._run: Callable[[Callable[[], None]], Awaitable[None]] | None = None
         self._names_by_ip: dict[str, list[str]] = {}  # replaced whole after every change of the cache
         self.dns_judge = DnsJudge({}, {}, {}, [])
+        self.dns_holder: holder.HolderRecord | None = None  # the process keeping the DNS sockets across restarts
+        self.state = FileStore(state)
+        self.dns_holder_restarts = 0
+        self._fqdn_dirty = False  # refreshed entries not saved yet (saved within a second)
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> list[str]:
@@ -109,6 +120,7 @@ class Network:
         notes = self.em.recover() + self.em.drop_refused_labels()
         self.em.setup_host()
         self._load_policies()
+        notes += self._load_fqdn()
         self.dp.load()
         if self.l7 is not None:
             try:
@@ -125,13 +137,15 @@ class Network:
                 self.dns = DnsProxy(lambda *a: self.dns_judge(*a), self._dns_learn, self.on_dns,
                                     reject=self.cfg.tofqdns_reject_response_code)
                 try:
-                    self.dns.bind()  # answers once the event loop runs (dns_serve)
+                    notes += self._dns_sockets()  # answers once the event loop runs (dns_serve)
                 except OSError as e:
                     notes.append(f"DNS proxy not available ({e}): policies with rules.dns are refused")
                     self.dns = None
                 if self.dns is not None:
                     self.dp.dns_proxy_port = self.dns.port
                     notes.append(f"DNS proxy on 127.0.0.1:{self.dns.port} UDP+TCP (transparent)")
+        if self.dns is None and holder.stop(self.cfg.state_dir, proxy_cgroup(self.cgroup_root, self.cfg.instance)):
+            notes.append("ended the previous agent's DNS socket holder: this agent runs no DNS proxy")
         if self.dp.ring is not None:  # one bad record never stops the flow stream: counted, not logged
             self.reader = RingReader(self.dp.ring, self.dp.handlers(), {"flow": self.on_flow}, log_errors=False)
         lost = self.em.verify()
@@ -156,8 +170,14 @@ class Network:
         # adopts) while the agent is down; with none left, the pins, the pod CIDR's route and the instance's
         # cgroup directory go too
         self.dp.close(detach=not self.em.endpoints)
-        if self.l7 is not None:  # redirected connections now fail closed (no listener) until it is back
-            self.l7.close()
+        # redirected connections now fail closed (no listener) until it is back; DNS queries wait in the
+        # sockets the holder keeps (the ip rule that delivers them stays) and the next agent answers them;
+        # with no endpoint left the holder goes too
+        keep_dns = self.dns_holder is not None and bool(self.em.endpoints)
+        if self.l7 is not None:
+            if self.dns_holder is not None and not keep_dns:
+                holder.stop(self.cfg.state_dir, self.l7.cgroup)
+            self.l7.close(keep_route=keep_dns)
         if self.dns is not None:
             self.dns.close()
         self.em.teardown_host()
@@ -168,6 +188,46 @@ class Network:
         self.em.remove_all()
 
     # ------------------------------------------------------------------ persistence
+    def _load_fqdn(self) -> list[str]:
+        """The names the previous agent learned, so the maps it left keep their IPs until the TTLs end."""
+        try:
+            raw = self.state.get(FQDN_KEY)
+            n = self.fqdn.load(raw, {e.ep_id for e in self.em.endpoints.values()}) if raw else 0
+        except (StoreError, ValueError) as e:
+            return [f"fqdn cache not restored ({e}): learned IPs are allowed again after their next lookup"]
+        return [f"fqdn cache: restored {n} unexpired entries"] if n else []
+
+    def _save_fqdn(self) -> None:
+        self.state.put(FQDN_KEY, self.fqdn.dump())
+        self._fqdn_dirty = False
+
+    def _dns_sockets(self) -> list[str]:
+        """The DNS proxy's sockets: taken back from the holder a previous agent started (the same sockets,
+        with the queries that came meanwhile), else new ones and a new holder for them."""
+        assert self.dns is not None and self.l7 is not None
+        cg, state = self.l7.cgroup, self.cfg.state_dir
+        rec = holder.load(state)
+        socks = holder.take(rec, cg) if rec is not None else None
+        if rec is not None and socks is not None:
+            self.dns.adopt(*socks)
+            self.dns_holder = rec
+            return [f"DNS proxy: took its sockets back from holder pid {rec.pid} (queries that came while no "
+                    "agent ran are answered now)"]
+        holder.stop(state, cg)  # a record of a holder that is gone (or not ours any more)
+        self.dns.bind()
+        return self._dns_hold()
+
+    def _dns_hold(self) -> list[str]:
+        assert self.dns is not None and self.l7 is not None and self.dns.udp is not None
+        assert self.dns._tcp_sock is not None
+        try:
+            self.dns_holder = holder.spawn(self.cfg.state_dir, self.l7.cgroup, self.dns.udp, self.dns._tcp_sock,
+                                           self.dns.port)
+        except (OSError, StoreError) as e:
+            self.dns_holder = None
+            return [f"DNS socket holder not started ({e}): DNS fails while the agent restarts"]
+        return [f"DNS proxy sockets held by pid {self.dns_holder.pid} across agent restarts"]
+
     def _load_policies(self) -> None:
         if not self.policy_file.exists():
             return
@@ -283,6 +343,7 @@ class Network:
         self.dp.forget(ep)
         self.em.delete(ep.key)
         self.fqdn.forget_endpoint(ep.ep_id)
+        self._save_fqdn()
         try:
             self._recompute()
         finally:
@@ -412,8 +473,39 @@ class Network:
     def on_http(self, rec: dict[str, str]) -> None:
         """One access-log record of the proxy: the REQUEST flow, and the RESPONSE when it was let through."""
         assert self.l7 is not None
-        cfg = self.l7.config
-        rule_n, deny_n = int(unset(rec.get("rule")) or 0), int(unset(rec.get("deny")) or 0)
+        allowed, ingress, decided = self._http_decision(unset(rec.get("rule")), unset(rec.get("deny")))
+        version = unset(rec.get("version")) or "1.1"
+        status = int(unset(rec.get("status")) or 0)
+        tr = max(0, int(unset(rec.get("tr")) or 0))
+        start_ns = int(unset(rec.get("ts")) or 0) * 1_000_000_000 + int(unset(rec.get("ms")) or 0) * 1_000_000
+        client, server = rec.get("client", ""), rec.get("server", "")
+        ipcache = self.compiled.ipcache
+        x = HttpExchange(
+            client=client, client_port=int(unset(rec.get("cport")) or 0), server=server,
+            server_port=int(unset(rec.get("sport")) or 0), method=unset(rec.get("method")),
+            url=url_of(rec), protocol=f"HTTP/{version}", headers=parse_headers(unset(rec.get("headers"))),
+            status=status, latency_ns=tr * 1_000_000, time_ns=start_ns, allowed=allowed, ingress=ingress,
+            decided_by=decided, client_identity=ipcache.get(f"{client}/32", 0),
+            server_identity=ipcache.get(f"{server}/32", 0),
+        )
+        metrics, publish = self.metrics, self.flows.publish
+        for resp in l7_http_responses(self.builder, x):
+            if metrics:
+                metrics.observe(resp)
+            publish(resp)
+
+    def _http_decision(self, rule: str, deny: str) -> tuple[bool, bool, str]:
+        """(allowed, ingress, decided_by) of a logged rule/filter number: the same for every request the
+        rule decides, so kept until the proxy's configuration or the compiled policy changes."""
+        assert self.l7 is not None
+        cfg, compiled = self.l7.config, self.compiled
+        if self._http_decided[0] is not cfg or self._http_decided[1] is not compiled:
+            self._http_decided = (cfg, compiled, {})
+        cache = self._http_decided[2]
+        got = cache.get((rule, deny))
+        if got is not None:
+            return got
+        rule_n, deny_n = int(rule or 0), int(deny or 0)
         allowed = deny_n == 0
         ingress, decided = True, ""
         if not allowed and 0 < deny_n <= len(cfg.filters):
@@ -421,29 +513,13 @@ class Network:
             ingress = f.key.direction == 0
             first = cfg.rules[f.rules[0] - 1] if f.rules else None
             if first is not None:
-                decided = http_rule_text(first, self.compiled.rules).rsplit("[", 1)[0] + " (no HTTP rule matched)"
+                decided = http_rule_text(first, compiled.rules).rsplit("[", 1)[0] + " (no HTTP rule matched)"
         elif 0 < rule_n <= len(cfg.rules):
-            rule = cfg.rules[rule_n - 1]
-            decided = http_rule_text(rule, self.compiled.rules)
-            ingress = "ingress" in rule.ref.split(".toPorts")[0]
-        version = unset(rec.get("version")) or "1.1"
-        status = int(unset(rec.get("status")) or 0)
-        tr = max(0, int(unset(rec.get("tr")) or 0))
-        start_ns = int(unset(rec.get("ts")) or 0) * 1_000_000_000 + int(unset(rec.get("ms")) or 0) * 1_000_000
-        client, server = rec.get("client", ""), rec.get("server", "")
-        x = HttpExchange(
-            client=client, client_port=int(unset(rec.get("cport")) or 0), server=server,
-            server_port=int(unset(rec.get("sport")) or 0), method=unset(rec.get("method")),
-            url=url_of(rec), protocol=f"HTTP/{version}", headers=parse_headers(unset(rec.get("headers"))),
-            status=status, latency_ns=tr * 1_000_000, time_ns=start_ns, allowed=allowed, ingress=ingress,
-            decided_by=decided, client_identity=self.compiled.ipcache.get(f"{client}/32", 0),
-            server_identity=self.compiled.ipcache.get(f"{server}/32", 0),
-        )
-        for response in (False, True) if allowed else (False,):
-            resp = l7_response(self.builder, x, response)
-            if self.metrics:
-                self.metrics.observe(resp)
-            self.flows.publish(resp)
+            r = cfg.rules[rule_n - 1]
+            decided = http_rule_text(r, compiled.rules)
+            ingress = "ingress" in r.ref.split(".toPorts")[0]
+        got = cache[(rule, deny)] = (allowed, ingress, decided)
+        return got
 
     # ------------------------------------------------------------------ DNS proxy (toFQDNs)
     async def dns_serve(self, run: Callable[[Callable[[], None]], Awaitable[None]]) -> None:
@@ -457,8 +533,18 @@ class Network:
             while True:
                 await asyncio.sleep(1)
                 await run(self.fqdn_expire)
+                if self.dns_holder is not None and self.l7 is not None and \
+                        not holder.verified(self.dns_holder, self.l7.cgroup):
+                    await run(self._dns_rehold)
         finally:
             self.dns.close()
+
+    def _dns_rehold(self) -> None:
+        """The holder died while the agent runs (nothing lost yet): start another for the next restart."""
+        self.dns_holder_restarts += 1
+        if self.l7 is not None:
+            holder.stop(self.cfg.state_dir, self.l7.cgroup)
+            self._dns_hold()
 
     async def _dns_learn(self, x: DnsExchange) -> None:
         assert self._run is not None
@@ -469,7 +555,10 @@ class Network:
         ep = self.dns_judge.ep_of(x.client)
         if ep is None or x.rcode or not x.ips:
             return
-        if self.fqdn.learn(ep, x.query, tuple(ip for ip in x.ips if ":" not in ip), x.ttl):
+        changed = self.fqdn.learn(ep, x.query, tuple(ip for ip in x.ips if ":" not in ip), x.ttl)
+        self._fqdn_dirty = True
+        if changed:
+            self._save_fqdn()  # before the maps: a restart never loses an IP an endpoint was told
             if self._fqdn_selected(x.query):
                 self._recompute()
             else:
@@ -481,7 +570,10 @@ class Network:
 
     def fqdn_expire(self) -> None:
         before = self.compiled.fqdn_ips
-        if self.fqdn.expire():
+        expired = self.fqdn.expire()
+        if expired or self._fqdn_dirty:
+            self._save_fqdn()
+        if expired:
             if before:
                 self._recompute()
             else:
@@ -584,7 +676,8 @@ class Network:
             },
             "datapath_counters": self.dp.counters() if self.dp.obj else {},
             "l7_proxy": self.l7.status() if self.l7 is not None else None,
-            "dns_proxy": self.dns.status() if self.dns is not None else None,
+            "dns_proxy": {**self.dns.status(), "holder_pid": self.dns_holder.pid if self.dns_holder else None,
+                          "holder_restarts": self.dns_holder_restarts} if self.dns is not None else None,
         }
 
 

@@ -11,6 +11,9 @@ What an agent creates (read from the code that creates it):
   qdisc they need;
 - the L7 proxy: HAProxy's processes in the cgroup ``CGROUP2/apiary-l7proxy-INSTANCE``, the ip rule on its
   fwmark and the route table it points to (numbers derived from the instance);
+- the DNS proxy's socket holder (``sleep infinity`` in that same cgroup, kept across agent restarts): ended
+  by the PID recorded in --state-dir once verified ours (start time, cgroup, socket inodes), and with the
+  cgroup in any case;
 - --state-dir, the API socket with its lock file, and the gRPC APIs' unix sockets (hubble.sock, tetragon.sock
   or the agent's --hubble-socket-path / --tetragon-server-address), which a killed agent leaves behind.
 Nothing is matched by a pattern wider than the instance's own names, so other instances stay intact.
@@ -34,6 +37,7 @@ from pyroute2 import IPRoute, netns
 from pyroute2.netlink.exceptions import NetlinkError
 
 from apiary.loader.fs import cgroup2_root
+from apiary.sensors.dnsproxy import holder
 from apiary.sensors.l7proxy.leftovers import proxy_cgroup, route_present, unroute
 from apiary.sensors.lb.sensor import TC_HANDLE, TC_PRIORITY
 
@@ -192,6 +196,9 @@ def uninstall(p: Plan) -> Report:
         with contextlib.suppress(OSError):
             base.parent.rmdir()  # the shared parent, once no instance uses it
     proxy = proxy_cgroup(root, p.instance) if root else None
+    held = holder.load(p.state_dir) if proxy is not None else None
+    if proxy is not None and held is not None and holder.verified(held, proxy):
+        rep.step(f"DNS proxy socket holder pid {held.pid}", lambda: holder.stop(p.state_dir, proxy))
     if proxy is not None and proxy.is_dir():
         rep.step(f"L7 proxy (HAProxy processes and cgroup {proxy})", lambda: _kill_cgroup(proxy))
     if route_present(p.instance):

@@ -177,7 +177,8 @@ def remove_instance_objects(instance: str, pod_cidr: str, service_cidr: str | No
 
     root = cgroup2_root()
     unroute(instance)  # a killed agent's L7 proxy rule
-    if root and proxy_cgroup(root, instance).is_dir():  # and its HAProxy (only ever in that cgroup)
+    # and its HAProxy and DNS socket holder (only ever in that cgroup: ended with it, never found by name)
+    if root and proxy_cgroup(root, instance).is_dir():
         _kill_rmdir(proxy_cgroup(root, instance))
     if root:
         base = Path(root) / "apiary" / instance

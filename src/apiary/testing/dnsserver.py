@@ -2,21 +2,29 @@
 
   serve ADDR NAME=IP@TTL...     answer A queries for NAME (UDP and TCP on ADDR:53) with IP and TTL; other
                                 names get NXDOMAIN; prints "ready"
-  ask SERVER NAME [tcp]         one A query; prints JSON {"rcode": N, "ips": [...], "ttl": N} (rcode -1: no answer)
+  ask SERVER NAME [udp|tcp [TIMEOUT]]
+                                one A query (TIMEOUT seconds, default 5); prints JSON {"rcode": N, "ips": [...],
+                                "ttl": N} (rcode -1: no answer)
   run JSON                      steps in one process: [["ask", SERVER, NAME, "udp"|"tcp"], ["tcp", IP, PORT], ...];
                                 prints the JSON list of results (an ask's object, a tcp probe's true/false)
 
-Only ever used with addresses of endpoints and test hosts the caller created.
+Only ever used with addresses of endpoints and test hosts the caller created. :func:`dns_host` makes such a
+test host (for the tests: a namespace with this server and TCP echo servers).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import random
 import socket
 import socketserver
 import struct
+import subprocess
 import sys
 import threading
+import uuid
+from collections.abc import Iterator
 
 import dns.exception
 import dns.message
@@ -26,6 +34,53 @@ import dns.rdatatype
 import dns.rrset
 
 from apiary.connectivity.probe import tcp
+
+
+@contextlib.contextmanager
+def dns_host() -> Iterator[dict[str, str]]:
+    """A namespace of our own on a veth: 198.19.N.0/24 (RFC 2544 benchmarking range, only routed to this veth)
+    with the DNS server on .53 and TCP echo servers on .10-.21 port 7000."""
+    tag = uuid.uuid4().hex[:6]
+    n = random.randint(1, 254)
+    ns, h_if, t_if = f"apiary-dns-{tag}", f"dn{tag}h", f"dn{tag}t"
+    net = f"198.19.{n}"
+    procs: list[subprocess.Popen[str]] = []
+
+    def sh(*cmd: str) -> None:
+        subprocess.run(cmd, check=True, capture_output=True)
+
+    try:
+        sh("ip", "netns", "add", ns)
+        sh("ip", "link", "add", h_if, "type", "veth", "peer", "name", t_if, "netns", ns)
+        sh("ip", "addr", "add", f"{net}.1/32", "dev", h_if)
+        sh("ip", "link", "set", h_if, "up")
+        sh("ip", "route", "add", f"{net}.0/24", "dev", h_if)
+        got = subprocess.run(["ip", "route", "get", f"{net}.53"], capture_output=True, text=True).stdout
+        if f"dev {h_if}" not in got:
+            raise RuntimeError(f"{net}.53 does not route to the test host ({got.strip()}): refusing to send")
+        cmds = [["ip", "link", "set", "lo", "up"], ["ip", "link", "set", t_if, "up"]]
+        cmds += [["ip", "addr", "add", f"{net}.{h}/24", "dev", t_if] for h in (53, 10, 11, 12, 20, 21)]
+        cmds.append(["ip", "route", "add", "10.0.0.0/8", "via", f"{net}.1", "dev", t_if, "onlink"])
+        for cmd in cmds:
+            sh("ip", "netns", "exec", ns, *cmd)
+        inside = ["ip", "netns", "exec", ns, sys.executable, "-m"]
+        for argv in (
+            ["apiary.testing.dnsserver", "serve", f"{net}.53", f"allowed.example.com={net}.10@300",
+             f"blocked.example.com={net}.11@300", f"short.example.com={net}.20@2", f"a.wild.example.com={net}.21@300",
+             f"x.y.wild.example.com={net}.21@300"],
+            ["apiary.testing.netprobe", "serve-tcp", "7000"],
+        ):
+            p = subprocess.Popen([*inside, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            procs.append(p)
+            assert p.stdout and "ready" in p.stdout.readline(), p.stderr.read() if p.stderr else ""
+        yield {"netns": ns, "net": net}
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+        subprocess.run(["ip", "route", "del", f"{net}.0/24", "dev", h_if], capture_output=True)
+        subprocess.run(["ip", "link", "del", h_if], capture_output=True)
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
 
 def _answer(wire: bytes, records: dict[str, tuple[str, int]]) -> bytes:
@@ -63,10 +118,10 @@ def serve(addr: str, records: dict[str, tuple[str, int]]) -> None:
     udp.serve_forever()
 
 
-def ask(server: str, name: str, use_tcp: bool) -> dict[str, object]:
+def ask(server: str, name: str, use_tcp: bool, timeout: float = 5.0) -> dict[str, object]:
     q = dns.message.make_query(name, "A")
     try:
-        r = dns.query.tcp(q, server, timeout=5) if use_tcp else dns.query.udp(q, server, timeout=5)
+        r = dns.query.tcp(q, server, timeout=timeout) if use_tcp else dns.query.udp(q, server, timeout=timeout)
     except (dns.exception.DNSException, OSError) as e:
         return {"rcode": -1, "ips": [], "ttl": 0, "error": str(e)}
     ips = [rd.to_text() for rrset in r.answer for rd in rrset if rrset.rdtype == dns.rdatatype.A]
@@ -91,7 +146,8 @@ def main(argv: list[str]) -> int:
                 out.append(tcp(step[1], int(step[2]), 1.5))
         print(json.dumps(out), flush=True)
     elif cmd == "ask":
-        print(json.dumps(ask(rest[0], rest[1], len(rest) > 2 and rest[2] == "tcp")), flush=True)
+        print(json.dumps(ask(rest[0], rest[1], len(rest) > 2 and rest[2] == "tcp",
+                             float(rest[3]) if len(rest) > 3 else 5.0)), flush=True)
     else:
         print(__doc__, file=sys.stderr)
         return 2

@@ -415,6 +415,20 @@ def l7_response(builder: FlowBuilder, x: HttpExchange, response: bool) -> dict[s
     return _l7_flow(builder, x, "TCP", x.ingress, response, "http", http_json(x, response), summary(x, response))
 
 
+def l7_http_responses(builder: FlowBuilder, x: HttpExchange) -> tuple[dict[str, Any], ...]:
+    """The REQUEST flow of a proxied HTTP exchange and, when it was let through, its RESPONSE flow: the same
+    dicts as :func:`l7_response` gives, the endpoints looked up once for both (the flows share them)."""
+    client = builder._endpoint(x.client, x.client_identity)
+    server = builder._endpoint(x.server, x.server_identity)
+    ingress = x.ingress
+    req = _l7_flow(builder, x, "TCP", ingress, False, "http", http_json(x, False), summary(x, False),
+                   ends=(client, server))
+    if not x.allowed:
+        return (req,)
+    return req, _l7_flow(builder, x, "TCP", ingress, True, "http", http_json(x, True), summary(x, True),
+                         ends=(client, server))
+
+
 def dns_response(builder: FlowBuilder, x: DnsExchange, response: bool, client_identity: int,
                  server_identity: int) -> dict[str, Any]:
     """The ``GetFlowsResponse`` of a query (or its answer) through the DNS proxy (see :mod:`.l7`)."""
@@ -424,12 +438,16 @@ def dns_response(builder: FlowBuilder, x: DnsExchange, response: bool, client_id
 
 def _l7_flow(builder: FlowBuilder, x: HttpExchange | DnsExchange, transport: str, ingress: bool, response: bool,
              kind: str, body: dict[str, Any], text: str, client_identity: int | None = None,
-             server_identity: int | None = None) -> dict[str, Any]:
+             server_identity: int | None = None,
+             ends: tuple[dict[str, Any], dict[str, Any]] | None = None) -> dict[str, Any]:
     ts = protojson_timestamp(x.time_ns + (x.latency_ns if response else 0))
-    client = builder._endpoint(x.client, getattr(x, "client_identity", 0) if client_identity is None
-                               else client_identity)
-    server = builder._endpoint(x.server, getattr(x, "server_identity", 0) if server_identity is None
-                               else server_identity)
+    if ends is not None:
+        client, server = ends
+    else:
+        client = builder._endpoint(x.client, getattr(x, "client_identity", 0) if client_identity is None
+                                   else client_identity)
+        server = builder._endpoint(x.server, getattr(x, "server_identity", 0) if server_identity is None
+                                   else server_identity)
     src, dst = (server, client) if response else (client, server)
     sip, dip = (x.server, x.client) if response else (x.client, x.server)
     sport, dport = (x.server_port, x.client_port) if response else (x.client_port, x.server_port)

@@ -15,7 +15,7 @@ from typing import Any
 MSG_ACCESS_LOG = 129
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class HttpExchange:
     client: str
     client_port: int

@@ -447,11 +447,12 @@ class FlowMetrics:
             return
         l4 = flow.get("l4") or {}
         if self.tcp_flags and "TCP" in l4:
-            flags = l4["TCP"].get("flags") or {}
-            family = str((flow.get("IP") or {}).get("ipVersion", "IP_NOT_USED"))
-            for name, has in _TCP_FLAGS:
-                if has(flags):
-                    self.tcp_flags.inc(flow, name, family)
+            flags = l4["TCP"].get("flags")
+            if flags:  # L7 flows have none
+                family = str((flow.get("IP") or {}).get("ipVersion", "IP_NOT_USED"))
+                for name, has in _TCP_FLAGS:
+                    if has(flags):
+                        self.tcp_flags.inc(flow, name, family)
         if self.ports and not flow.get("is_reply") and protocol in ("TCP", "UDP", "SCTP", "ICMPv4", "ICMPv6"):
             port = (l4.get(protocol) or {}).get("destination_port", 0)
             self.ports.inc(flow, protocol, str(port))

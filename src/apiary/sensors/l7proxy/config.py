@@ -126,7 +126,7 @@ def build(l7: Mapping[PolicyKey, tuple[HttpRule, ...]], addresses: Mapping[int, 
         "    master-worker",
         f"    pidfile {d}/haproxy.pid",
         f"    stats socket {d}/admin.sock mode 600 level admin",
-        f"    log {d}/log.sock len 16384 format raw local0",
+        "    log stdout len 16384 format raw local0",  # the agent's pipe
         "    maxconn 4096",
         "defaults",
         "    mode http",

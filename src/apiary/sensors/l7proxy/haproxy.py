@@ -1,7 +1,13 @@
 """The agent's own HAProxy process: started, reloaded and stopped by PID (never the system service),
 restarted when it dies, in a cgroup of its own (the datapath recognises the proxy's connections by it),
-with an ip rule that delivers redirected packets locally, and its access log read from a unix datagram
-socket.
+with an ip rule that delivers redirected packets locally, and its access log read from a pipe.
+
+The access log is HAProxy's stdout (``log stdout``), a non-blocking pipe of 4 MiB (1 MiB where
+``fs.pipe-max-size`` bounds it) the agent reads in batches
+(one read takes every line written since the last): a unix datagram socket would hold only
+``net.unix.max_dgram_qlen`` (10 by default) records before HAProxy drops the next ones. A record HAProxy
+could not write (the pipe full) is counted by HAProxy (``DroppedLogs``); the agent adds them up per worker
+and shows them (``apiary status``: ``l7_proxy.dropped_records``).
 
 While HAProxy is down its listener is gone: the datapath's socket lookup fails and redirected connections
 are dropped (``SOCKET_LOOKUP_FAILED``): traffic that needs the proxy fails closed.
@@ -10,6 +16,7 @@ are dropped (``SOCKET_LOOKUP_FAILED``): traffic that needs the proxy fails close
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -27,6 +34,9 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from .config import ProxyConfig, build, ids_map
 from .leftovers import RULE_PRIORITY, proxy_cgroup, rule_numbers, unroute
+
+LOG_PIPE_SIZE = 4 << 20
+READ_SIZE = 256 << 10
 
 
 class ProxyError(RuntimeError):
@@ -57,7 +67,10 @@ class HAProxy:
         self.notices = 0
         self.config = ProxyConfig("")
         self.ids: dict[str, str] = {}
-        self.log_sock: socket.socket | None = None
+        self.dropped = 0  # access-log records HAProxy could not write (pipe full): the workers' DroppedLogs
+        self._dropped_by_pid: dict[str, int] = {}
+        self._log_r = self._log_w = -1  # the access log's pipe: HAProxy's stdout, read by the agent
+        self._partial = b""  # the start of a line whose end is not read yet
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -73,13 +86,11 @@ class HAProxy:
         self.cgroup.mkdir(exist_ok=True)
         self._stop_stale()
         self._route()
-        path = self.dir / "log.sock"
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-        self.log_sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.log_sock.bind(str(path))
-        self.log_sock.setblocking(False)
-        self.log_sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        self._log_r, self._log_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)  # HAProxy never blocks on it
+        for size in (LOG_PIPE_SIZE, 1 << 20):  # above fs.pipe-max-size needs CAP_SYS_RESOURCE
+            with contextlib.suppress(OSError):
+                fcntl.fcntl(self._log_w, fcntl.F_SETPIPE_SZ, size)
+                break
         self._write(build({}, {}, port=self.port, state_dir=str(self.dir)), {})
         self._spawn()
 
@@ -117,7 +128,7 @@ class HAProxy:
         # the shell joins the cgroup, then becomes HAProxy's master: every socket HAProxy opens is in it
         self.proc = subprocess.Popen(
             ["/bin/sh", "-c", f'echo $$ > "{procs}" && exec "$0" -W -db -f "{cfg}"', self.binary],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(self.dir / "haproxy.err", "ab"),
+            stdin=subprocess.DEVNULL, stdout=self._log_w, stderr=open(self.dir / "haproxy.err", "ab"),
             start_new_session=True,
         )
         if not self._wait_listening(10.0):
@@ -144,8 +155,12 @@ class HAProxy:
         return self.proc is not None and self.proc.poll() is None
 
     def check(self) -> bool:
-        """Restart a dead HAProxy (the gap is recorded); True when it had to."""
-        if self.proc is None or self.alive():
+        """Restart a dead HAProxy (the gap is recorded); True when it had to. A live one: its dropped
+        access-log records are counted."""
+        if self.proc is None:
+            return False
+        if self.alive():
+            self.count_dropped()
             return False
         now = time.time()
         self.down_since = self.down_since or now
@@ -158,7 +173,9 @@ class HAProxy:
         self.restarts += 1
         return True
 
-    def close(self) -> None:
+    def close(self, keep_route: bool = False) -> None:
+        """Stop HAProxy; ``keep_route``: leave the ip rule for redirected packets (the DNS proxy's sockets
+        outlive the agent in their holder, and the rule delivers the queries to them)."""
         if self.proc is not None and self.proc.poll() is None:
             os.kill(self.proc.pid, signal.SIGTERM)
             try:
@@ -167,11 +184,13 @@ class HAProxy:
                 os.kill(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
         self.proc = None
-        if self.log_sock is not None:
-            self.log_sock.close()
-            self.log_sock = None
-        self._unroute()
-        with contextlib.suppress(OSError):
+        for fd in (self._log_r, self._log_w):
+            if fd >= 0:
+                os.close(fd)
+        self._log_r = self._log_w = -1
+        if not keep_route:
+            self._unroute()
+        with contextlib.suppress(OSError):  # busy while the DNS socket holder is in it
             self.cgroup.rmdir()
 
     # ------------------------------------------------------------------ policy
@@ -222,38 +241,60 @@ class HAProxy:
 
     # ------------------------------------------------------------------ access log
     def fileno(self) -> int:
-        return self.log_sock.fileno() if self.log_sock is not None else -1
+        return self._log_r
 
     def drain(self) -> int:
+        """Every complete line in the pipe, in one batch per read; returns the lines read."""
         n = 0
-        while self.log_sock is not None:
+        while self._log_r >= 0:
             try:
-                data = self.log_sock.recv(65536)
+                data = os.read(self._log_r, READ_SIZE)
             except BlockingIOError:
                 break
-            n += 1
-            text = data.decode("utf-8", errors="replace").strip()
-            if not text.startswith("{"):  # HAProxy's own notices (proxy started, worker exited, ...)
-                self.notices += 1
+            if not data:
+                break
+            lines = (self._partial + data).split(b"\n")
+            self._partial = lines.pop()
+            n += len(lines)
+            self._records(lines)
+        return n
+
+    def _records(self, lines: list[bytes]) -> None:
+        on_log, loads = self.on_log, json.loads
+        for line in lines:
+            if not line.startswith(b"{"):  # HAProxy's own notices (proxy started, worker exited, ...)
+                if line.strip():
+                    self.notices += 1
                 continue
             try:
-                rec = json.loads(text)
+                rec = loads(line)
             except ValueError:
                 self.bad_records += 1
                 continue
             self.records += 1
-            if self.on_log is not None:
+            if on_log is not None:
                 try:
-                    self.on_log(rec)
+                    on_log(rec)
                 except (ValueError, KeyError, IndexError, TypeError):  # counted, never stops the stream
                     self.bad_records += 1
-        return n
+
+    def count_dropped(self) -> int:
+        """Add up the workers' ``DroppedLogs`` (a reload starts a worker at 0, so per worker PID)."""
+        if not self.alive():
+            return self.dropped
+        try:
+            info = dict(line.split(": ", 1) for line in self.runtime("show info").splitlines() if ": " in line)
+            self._dropped_by_pid[info["Pid"]] = int(info["DroppedLogs"])
+        except (OSError, KeyError, ValueError):
+            return self.dropped
+        self.dropped = sum(self._dropped_by_pid.values())
+        return self.dropped
 
     def status(self) -> dict[str, Any]:
         return {
             "pid": self.proc.pid if self.proc is not None else None, "alive": self.alive(), "port": self.port,
             "restarts": self.restarts, "gaps": [{"down": a, "up": b} for a, b in self.gaps],
             "access_log_records": self.records, "bad_records": self.bad_records,
-            "notices": self.notices,
+            "notices": self.notices, "dropped_records": self.count_dropped(),
             "filters": len(self.config.filters), "http_rules": len(self.config.rules),
         }

@@ -1,0 +1,62 @@
+"""The proxy's access log as the agent reads it (a pipe, in batches) and the flows of one exchange."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from hubble_flow_helpers import builder  # noqa: I001
+
+from apiary.observe.hubble.builder import l7_http_responses, l7_response
+from apiary.observe.hubble.l7 import HttpExchange
+from apiary.sensors.l7proxy.config import build
+from apiary.sensors.l7proxy.haproxy import HAProxy
+
+
+def reader(tmp: Path, seen: list[dict[str, str]]) -> HAProxy:
+    def on_log(rec: dict[str, str]) -> None:
+        if rec.get("status") == "boom":
+            raise ValueError("bad status")
+        seen.append(rec)
+
+    proxy = HAProxy(tmp, "unit", tmp, port=1, on_log=on_log)
+    proxy._log_r, proxy._log_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)  # what start() opens
+    return proxy
+
+
+def test_records_in_batches_lines_split_across_reads(tmp_path: Path) -> None:
+    seen: list[dict[str, str]] = []
+    proxy = reader(tmp_path, seen)
+    try:
+        recs = [json.dumps({"client": "10.0.0.1", "cport": str(40000 + i), "status": "200"}) for i in range(500)]
+        blob = ("\n".join(recs) + "\n").encode()
+        os.write(proxy._log_w, blob[:1000])  # ends inside a record: kept for the next read
+        assert proxy.drain() == blob[:1000].count(b"\n")
+        os.write(proxy._log_w, blob[1000:])
+        proxy.drain()
+        assert [r["cport"] for r in seen] == [str(40000 + i) for i in range(500)]
+        assert proxy.records == 500 and proxy.bad_records == 0
+        # HAProxy's own notices, a broken record and a record the agent cannot use: counted, never lost silently
+        os.write(proxy._log_w, b'[NOTICE] proxy l7http started\n{"client": \n{"status": "boom"}\n{"status": "200"}\n')
+        proxy.drain()
+        assert proxy.notices == 1 and proxy.bad_records == 2 and proxy.records == 502 and len(seen) == 501
+        assert proxy.drain() == 0  # nothing left
+    finally:  # the fds only (close() would also remove the instance's routing)
+        os.close(proxy._log_r)
+        os.close(proxy._log_w)
+
+
+def test_haproxy_logs_to_its_stdout() -> None:
+    cfg = build({}, {}, port=15000, state_dir="/run/x")
+    assert "    log stdout len 16384 format raw local0" in cfg.text.splitlines()
+
+
+def test_both_flows_of_an_exchange_equal_the_single_flows() -> None:
+    b = builder()
+    for allowed in (True, False):
+        x = HttpExchange("10.200.0.20", 40000, "10.200.0.10", 8080, "GET", "http://frontend:8080/a", "HTTP/1.1",
+                         (("Host", "frontend:8080"),), 200 if allowed else 0, 3_000_000, 1_700_000_000_000_000_000,
+                         allowed, True, "CiliumNetworkPolicy default/p ingress[0]", 257, 256)
+        want = [l7_response(b, x, False)] + ([l7_response(b, x, True)] if allowed else [])
+        assert list(l7_http_responses(b, x)) == want

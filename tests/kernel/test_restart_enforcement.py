@@ -1,10 +1,15 @@
 """kill -9 of the agent under load: enforcement and load balancing never stop, and the next agent adopts the
-pinned maps and reconciles them to its desired state (issue 12, "Restart and state")."""
+pinned maps and reconciles them to its desired state (issue 12, "Restart and state"). A planned restart
+(SIGTERM) keeps them too: endpoints' programs and the LB while endpoints and services exist, and with
+--keep-sensors-on-exit the TracingPolicy kills; without endpoints, services or the flag a clean stop removes every
+pin."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import subprocess
 import textwrap
 import time
 from collections.abc import Iterator
@@ -38,6 +43,30 @@ spec:
   selector: {{app: web}}
   ports: [{{name: http, port: 80, targetPort: 8080}}]
 """
+KEEP = "--keep-sensors-on-exit"
+
+
+def kill_policy(binary: Path) -> str:
+    """A TracingPolicy that kills ``binary`` at its chdir()."""
+    return textwrap.dedent(f"""
+        apiVersion: cilium.io/v1alpha1
+        kind: TracingPolicy
+        metadata: {{name: kill-chdir-{NS}}}
+        spec:
+          kprobes:
+          - call: sys_chdir
+            syscall: true
+            args: [{{index: 0, type: string}}]
+            selectors:
+            - matchBinaries: [{{operator: In, values: ["{binary}"]}}]
+              matchActions: [{{action: Sigkill}}]
+        """)
+
+
+def chdir_rc(binary: Path) -> int:
+    return subprocess.run([str(binary), "-c", "cd /; echo survived"], capture_output=True, timeout=30).returncode
+
+
 DP_MAPS = ("endpoints", "policy", "policy_ranges", "ipcache", "ep_ifindex")
 LB_MAPS = ("lb4_services", "lb4_backends", "lb4_reverse_nat", "lb_affinity_match", "lb4_maglev")
 
@@ -52,7 +81,7 @@ def dump(a: AgentProcess) -> dict[str, dict[bytes, bytes]]:
 
 @pytest.fixture(scope="module")
 def env() -> Iterator[tuple[AgentProcess, Net, dict[str, str]]]:
-    a = AgentProcess().start()
+    a = AgentProcess(KEEP).start()  # the flag changes nothing about kill -9 (the first test)
     net = Net(a)
     try:
         ips = {n: net.endpoint(n, NS, app="client" if n == "client" else "web")["ipv4"]
@@ -67,7 +96,7 @@ def env() -> Iterator[tuple[AgentProcess, Net, dict[str, str]]]:
         yield a, net, ips
     finally:
         net.close()
-        if a.proc and a.proc.poll() is not None:
+        if a.proc and a.proc.poll() is not None and os.path.exists(a.pin_root):
             a.start()  # back up, so the endpoints are deleted through the API
         a.cleanup()
 
@@ -134,3 +163,62 @@ def flows_since(a: AgentProcess, t: float) -> list[dict[str, Any]]:
     got = a.client().stream("/v1/flows", [("last", "100000"), ("filter", "--verdict=DROPPED"),
                                           ("filter", "--port=5679")])
     return [f for f in got if str(f["time"]) > iso(t)]
+
+
+def test_sigterm_restart_keeps_balancing_and_killing_then_a_bare_clean_stop_removes_every_pin(
+        env: tuple[AgentProcess, Net, dict[str, str]]) -> None:
+    a, net, ips = env
+    binary = a.dir / "dash-copy"  # the binary the TracingPolicy names (a copy: no other test runs it)
+    shutil.copy2("/usr/bin/dash", binary)
+    r = a.cli("tp", "apply", "-f", "-", input=kill_policy(binary))
+    assert r.returncode == 0, r.stderr
+    assert chdir_rc(binary) == -signal.SIGKILL
+    vip = f"{ips['vip']}:80:3"
+    out, stop = a.dir / "term.out", a.dir / "term.stop"
+    net.serve(f"{NS}/client", "loop", str(out), str(stop), vip)
+
+    def vip_rows(since: float) -> list[tuple[float, str, str]]:
+        rows = [ln.split(" ", 3) for ln in out.read_text().splitlines()]
+        return [(float(t), r, x) for t, s, r, x in rows if t and s == vip and float(t) > since]
+
+    def wait_rounds(n: int, since: float) -> None:
+        deadline = time.monotonic() + 120
+        while len(vip_rows(since)) < n:
+            assert time.monotonic() < deadline, vip_rows(0)[-5:]
+            time.sleep(0.05)
+
+    try:
+        wait_rounds(3, 0)
+        stopped = time.time()
+        assert a.stop() == 0  # SIGTERM: a planned restart
+        wait_rounds(20, stopped)  # no agent: the service still balances (both backends: 1 - 2^-19)
+        down = vip_rows(stopped)
+        said = a.log()
+        assert chdir_rc(binary) == -signal.SIGKILL  # and the policy still kills
+        assert chdir_rc(Path("/usr/bin/dash")) == 0
+        a.extra = ()  # the next agent runs without --keep-sensors-on-exit
+        a.start()
+        up = time.time()
+        wait_rounds(3, up)
+    finally:
+        stop.touch()
+    assert {r for _, r, _ in down} == {"ok"}, down[:5]
+    assert "kept pinned for the next agent (enforcing meanwhile): datapath, lb, process, tracing" in said, said[-800:]
+    assert {x for _, _, x in down} == {"web1", "web2"}, down[-10:]
+    log = a.log()
+    for line in ("adopted pinned datapath maps, reconciled:", "adopted pinned LB maps and hooks, reconciled:",
+                 "process sensor: adopted the previous agent's pinned maps and links",
+                 "policies kept enforcing while the agent was down"):
+        assert line in log, (line, log[-3000:])
+    assert chdir_rc(binary) == -signal.SIGKILL  # the adopting agent enforces it
+
+    # no services, no endpoints and no --keep-sensors-on-exit: a clean stop leaves nothing pinned
+    r = a.cli("service", "delete", f"{NS}/web")
+    assert r.returncode == 0, r.stderr
+    c = a.client()
+    for ep in c.get("/v1/endpoints"):
+        assert c.http.delete(f"/v1/endpoints/{ep['namespace']}/{ep['name']}").status_code < 300
+    assert a.stop() == 0
+    assert not os.path.exists(a.pin_root), [str(p) for p in Path(a.pin_root).rglob("*")]
+    assert "apiary agent stopped; everything it attached is detached." in a.log()
+    assert chdir_rc(binary) == 0  # nothing enforces any more

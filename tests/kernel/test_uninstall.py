@@ -1,5 +1,6 @@
 """`apiary uninstall` after `kill -9` of a real agent with endpoints, a policy, a service and a NodePort device:
-nothing of that instance is left (pins, netns, veths, cgroups, routes, TC filters, state dir, socket)."""
+nothing of that instance is left (pins, netns, veths, cgroups, routes, TC filters, state dir, sockets: the API's
+and the gRPC APIs'). After a SIGTERM (`--force`) with a service, the LB's kept pins and route go too."""
 
 from __future__ import annotations
 
@@ -52,7 +53,8 @@ def test_uninstall_after_kill_9_leaves_nothing() -> None:
     a = AgentProcess()
     dev = f"apu{a.tag[:8]}h"  # a node device of the test's own (a veth pair, both ends on the host)
     subprocess.run(["ip", "link", "add", dev, "type", "veth", "peer", "name", f"apu{a.tag[:8]}t"], check=True)
-    a.extra = ("--devices", dev)
+    hub = a.dir / "hub.sock"  # Hubble's socket where --hubble-socket-path says; Tetragon's at its default
+    a.extra = ("--devices", dev, "--hubble-socket-path", str(hub))
     net = Net(a)
     cg_base = Path(cgroup2_root() or "/sys/fs/cgroup") / "apiary" / a.instance
     try:
@@ -85,8 +87,10 @@ def test_uninstall_after_kill_9_leaves_nothing() -> None:
         a.proc.send_signal(signal.SIGKILL)  # nothing is cleaned up
         a.proc.wait(timeout=60)
         assert Path(a.pin_root).is_dir() and len(os.listdir("/run/netns")) >= 2
+        tetragon = a.dir / "tetragon.sock"
+        assert hub.is_socket() and tetragon.is_socket()  # the killed agent's gRPC sockets
 
-        r = _uninstall(a, dev)
+        r = _uninstall(a, dev, "--hubble-socket-path", str(hub))
         assert r.returncode == 0, r.stdout + r.stderr
         out = r.stdout
         for ns in netns:
@@ -105,12 +109,14 @@ def test_uninstall_after_kill_9_leaves_nothing() -> None:
             assert not proxy_cg.exists() and not route_present(a.instance)
         assert not _routes(a.pod_cidr) and not _routes(a.service_cidr)
         assert not (a.dir / "state").exists() and not Path(a.socket).exists()
+        assert f"removed: gRPC socket {hub}" in out and f"removed: gRPC socket {tetragon}" in out
+        assert not hub.exists() and not tetragon.exists()
         assert "clsact" not in subprocess.run(["tc", "qdisc", "show", "dev", dev], capture_output=True,
                                               text=True).stdout
         links = json.loads(subprocess.run(["ip", "-j", "link", "show"], capture_output=True, text=True).stdout)
         assert not [lk for lk in links if lk.get("ifalias", "").startswith(f"apiary:{a.instance}:")]
         # a second run finds nothing
-        r = _uninstall(a, dev)
+        r = _uninstall(a, dev, "--hubble-socket-path", str(hub))
         assert r.returncode == 0 and "nothing to remove" in r.stdout, r.stdout + r.stderr
     finally:
         net.close()
@@ -120,12 +126,17 @@ def test_uninstall_after_kill_9_leaves_nothing() -> None:
 
 def test_uninstall_force_stops_a_running_agent() -> None:
     with AgentProcess() as a:
+        # a service: the SIGTERM leaves the LB's hooks, pins and route for a next agent; uninstall removes them
+        r = a.cli("apply", "-f", "-", input=textwrap.dedent(SERVICE))
+        assert r.returncode == 0, r.stderr
+        assert _routes(a.service_cidr) and (Path(a.pin_root) / "lb" / "links").is_dir()
         r = a.cli("uninstall", "--state-dir", str(a.dir / "state"), "--pin-root", a.pin_root, "--instance",
                   a.instance, "--pod-cidr", a.pod_cidr, "--service-cidr", a.service_cidr, "--force", timeout=300)
         assert r.returncode == 0, r.stdout + r.stderr
         assert a.proc is not None and a.proc.wait(timeout=60) is not None
         assert "stopped: agent pid" in r.stdout and "removed: state dir" in r.stdout
         assert not Path(a.pin_root).exists() and not (a.dir / "state").exists()
+        assert f"removed: route unreachable {a.service_cidr}" in r.stdout and not _routes(a.service_cidr)
 
 
 def test_uninstall_bad_options_change_nothing(tmp_path: Path) -> None:

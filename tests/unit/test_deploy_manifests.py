@@ -11,6 +11,7 @@ There is no `helm` binary here. The chart's templates use only these forms, whic
 from __future__ import annotations
 
 import re
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -112,6 +113,9 @@ def test_daemonset_args_are_options_the_agent_accepts() -> None:
         assert c["command"] == ["apiary"] and c["args"][0] == "agent"
         ctx = agent_cmd.make_context("agent", list(c["args"][1:]), obj={})  # click parses and checks every value
         assert ctx.params["state_dir"] == "/var/lib/apiary"
+        # TracingPolicy kills go on through a rollout; metrics on Cilium's agent port, loopback only
+        assert ctx.params["keep_sensors_on_exit"] is True
+        assert ctx.params["metrics_addr"] == "127.0.0.1:9962"
 
 
 def test_chart_renders_to_the_plain_manifests_and_values_reach_the_agent() -> None:
@@ -150,6 +154,11 @@ def test_systemd_unit_capabilities_hardening_and_verify(tmp_path: Path) -> None:
     assert CAPS <= set(opts["CapabilityBoundingSet"].split()) and CAPS <= set(opts["AmbientCapabilities"].split())
     assert opts["NoNewPrivileges"] == "yes" and opts["ProtectSystem"] == "strict"
     assert opts["LimitMEMLOCK"] == "infinity" and "/sys/fs/bpf" in opts["ReadWritePaths"]
+    argv = shlex.split(opts["ExecStart"])
+    assert argv[1] == "agent"
+    params = agent_cmd.make_context("agent", argv[2:], obj={}).params  # the unit's options, parsed by the CLI
+    assert params["keep_sensors_on_exit"] is True and params["metrics_addr"] == "127.0.0.1:9962"
+    assert params["state_dir"] == "/var/lib/apiary" and params["pin_root"] == "/sys/fs/bpf/apiary"
     if not shutil.which("systemd-analyze"):
         pytest.skip("systemd-analyze is not installed")
     # the unit names /opt/apiary; verify checks that ExecStart exists, so point it at this checkout's venv

@@ -39,6 +39,7 @@ class AgentConfig:
     api_request_timeout: float = 120.0  # seconds a request may wait for the control-plane worker (then 503)
     agent_exemption: bool = True  # the agent's own process is exempt from Sigkill/Signal/Override/DenyConnect
     restore_tracing: bool = True  # re-apply stored tracing policies at start (False: load them disabled)
+    keep_sensors_on_exit: bool = False  # Tetragon's flag: a clean stop leaves process/tracing sensors pinned
     # network
     network: bool = True
     pod_cidr: str = "10.200.0.0/16"

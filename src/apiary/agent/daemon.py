@@ -132,7 +132,7 @@ class Agent:
     def use_process(self, sensor: ProcessSensor) -> None:
         """The (loaded) process sensor: the agent reads its ring, with the decoders of every sensor writing to it."""
         self.process = sensor
-        self._add(sensor, sensor.close)
+        self._add(sensor, lambda: sensor.close(keep_pins=self.cfg.keep_sensors_on_exit))
         self._wire()
 
     def _wire(self) -> None:
@@ -241,7 +241,9 @@ class Agent:
                     self.tracing.close()
                 self.tracing = None
                 raise AgentError(f"tracing sensor: {e}") from e
-            self._add(self.tracing.sensor, self.tracing.close, at=1)  # shown after the process sensor, as ever
+            tracing = self.tracing
+            # shown after the process sensor, as ever
+            self._add(tracing.sensor, lambda: tracing.close(keep_pins=cfg.keep_sensors_on_exit), at=1)
             self.tracing_events.tracing = self.tracing
             if self.network is not None:
                 self.network.endpoint_listeners.append(self.tracing.refresh_scopes)

@@ -159,9 +159,13 @@ class ServicesControl:
                 f"socket LB on {self.cgroup_root})", *adopted]
 
     def close(self) -> None:
-        self._unroute_all()
+        # while services exist the LB keeps its hooks, pins and the service CIDR's route (as after a kill), so a
+        # planned restart does not stop balancing; the next agent adopts them. With none, everything goes.
+        keep = bool(self.services) and self.sensor is not None
+        if not keep:
+            self._unroute_all()
         if self.sensor is not None:
-            self.sensor.close()
+            self.sensor.close(keep_pins=keep)
             self.sensor = None
             self.reader = None
 

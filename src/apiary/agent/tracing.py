@@ -162,8 +162,9 @@ class Tracing:
         if not self.loaded:
             self._load()
 
-    def close(self) -> None:
-        self.sensor.close()
+    def close(self, keep_pins: bool = False) -> None:
+        """``keep_pins`` (--keep-sensors-on-exit): policies keep enforcing from their pins until the next agent."""
+        self.sensor.close(keep_pins=keep_pins)
 
     def _save(self) -> None:
         data = [

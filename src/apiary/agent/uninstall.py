@@ -14,7 +14,8 @@ What an agent creates (read from the code that creates it):
 - the DNS proxy's socket holder (``sleep infinity`` in that same cgroup, kept across agent restarts): ended
   by the PID recorded in --state-dir once verified ours (start time, cgroup, socket inodes), and with the
   cgroup in any case;
-- --state-dir, and the API socket with its lock file.
+- --state-dir, the API socket with its lock file, and the gRPC APIs' unix sockets (hubble.sock, tetragon.sock
+  or the agent's --hubble-socket-path / --tetragon-server-address), which a killed agent leaves behind.
 Nothing is matched by a pattern wider than the instance's own names, so other instances stay intact.
 """
 
@@ -58,6 +59,7 @@ class Plan:
     service_cidr: str
     socket_path: str
     devices: tuple[str, ...] = ()
+    grpc_sockets: tuple[str, ...] = ()  # Hubble's and Tetragon's unix sockets (grpc_common's addresses)
 
 
 @dataclass
@@ -213,4 +215,7 @@ def uninstall(p: Plan) -> Report:
     for f in (Path(p.socket_path), Path(p.socket_path + ".lock")):
         if f.exists():
             rep.step(f"{'socket' if f.suffix != '.lock' else 'lock file'} {f}", f.unlink)
+    for g in map(Path, p.grpc_sockets):
+        if g.is_socket():  # only a socket: a file of another kind at that path is not the agent's
+            rep.step(f"gRPC socket {g}", g.unlink)
     return rep

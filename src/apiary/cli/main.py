@@ -133,6 +133,12 @@ def cli(ctx: click.Context, socket_path: str | None, timeout: float) -> None:
     "as usual: they act on endpoint interfaces only and cannot lock out the CLI.",
 )
 @click.option(
+    "--keep-sensors-on-exit",
+    is_flag=True,
+    help="Keep the process and TracingPolicy BPF sensors loaded and pinned when the agent stops (Tetragon's "
+    "flag): Sigkill/Override policies keep enforcing through a planned restart, and the next agent adopts them.",
+)
+@click.option(
     "--prefilter-device",
     "prefilter_devices",
     multiple=True,
@@ -252,6 +258,7 @@ def agent(
     api_request_timeout: float,
     no_agent_exemption: bool,
     no_restore: bool,
+    keep_sensors_on_exit: bool,
     prefilter_devices: tuple[str, ...],
     prefilter_mode: str,
     prefilter_map_size: int,
@@ -296,6 +303,7 @@ def agent(
         api_request_timeout=api_request_timeout,
         agent_exemption=not no_agent_exemption,
         restore_tracing=not no_restore,
+        keep_sensors_on_exit=keep_sensors_on_exit,
         prefilter_devices=prefilter_devices,
         prefilter_mode=prefilter_mode,
         prefilter_map_size=prefilter_map_size,
@@ -356,7 +364,15 @@ def agent(
         pass
     finally:
         a.close()
-    click.echo("apiary agent stopped; everything it attached is detached.", err=True)
+    from pathlib import Path
+
+    pins = Path(cfg.pin_root)
+    kept = sorted(p.name for p in pins.iterdir()) if pins.is_dir() else []
+    if kept:  # endpoints, services, the prefilter's entries, --keep-sensors-on-exit
+        click.echo(f"apiary agent stopped; kept pinned for the next agent (enforcing meanwhile): {', '.join(kept)} "
+                   f"under {pins}; the rest is detached.", err=True)
+    else:
+        click.echo("apiary agent stopped; everything it attached is detached.", err=True)
 
 
 # ---------------------------------------------------------------------------- events

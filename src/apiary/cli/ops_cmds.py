@@ -53,16 +53,21 @@ def sysdump(ctx: click.Context, output: str | None, state_dir: str, pin_root: st
 @click.option("--pod-cidr", default="10.200.0.0/16", show_default=True, help="The agent's --pod-cidr.")
 @click.option("--service-cidr", default="10.96.0.0/16", show_default=True, help="The agent's --service-cidr.")
 @click.option("--devices", "devices", multiple=True, help="The agent's --devices (its NodePort TC filters).")
+@click.option("--hubble-socket-path", default="", help="The agent's --hubble-socket-path (default: hubble.sock "
+              "next to --socket).")
+@click.option("--tetragon-server-address", default="", help="The agent's --tetragon-server-address (default: "
+              "unix://.../tetragon.sock next to --socket).")
 @click.option("--force", is_flag=True, help="Stop a running agent first (SIGTERM; SIGKILL after 30 s).")
 @click.pass_context
 def uninstall(ctx: click.Context, state_dir: str, pin_root: str, instance: str, pod_cidr: str, service_cidr: str,
-              devices: tuple[str, ...], force: bool) -> None:
+              devices: tuple[str, ...], hubble_socket_path: str, tetragon_server_address: str, force: bool) -> None:
     """Remove every trace an agent instance left on this node (pins, endpoint namespaces, veths and cgroups,
     routes, NodePort TC filters, state dir, socket) and say what was removed. Pass the agent's options."""
     import ipaddress
     import re
 
-    from apiary.agent.config import default_socket
+    from apiary.agent.config import AgentConfig, default_socket
+    from apiary.agent.grpc_common import hubble_addresses, tetragon_address
     from apiary.agent.uninstall import AgentRunning, Plan, running_agent, stop_agent
     from apiary.agent.uninstall import uninstall as run
 
@@ -73,6 +78,13 @@ def uninstall(ctx: click.Context, state_dir: str, pin_root: str, instance: str, 
             ipaddress.ip_network(cidr, strict=False)
         except ValueError as e:
             _fail(f"{opt} {cidr!r}: {e}", 2)
+    sock = ctx.find_root().obj.get("socket") or default_socket()
+    grpc = AgentConfig(socket_path=sock, hubble_socket_path=hubble_socket_path,
+                       tetragon_server_address=tetragon_server_address)
+    try:  # the gRPC APIs' unix sockets (a killed agent leaves them)
+        grpc_socks = tuple(a.unix for a in [*hubble_addresses(grpc), tetragon_address(grpc)] if a.unix)
+    except ValueError as e:
+        _fail(str(e), 2)
     if os.geteuid() != 0:
         _fail("apiary uninstall must run as root (it removes pins, namespaces, cgroups and routes)")
     pid = running_agent(state_dir)
@@ -84,8 +96,7 @@ def uninstall(ctx: click.Context, state_dir: str, pin_root: str, instance: str, 
             click.echo(f"stopped: {stop_agent(pid, state_dir)}")
         except (AgentRunning, ProcessLookupError, PermissionError) as e:
             _fail(f"cannot stop the agent (pid {pid}): {e}; nothing was removed")
-    sock = ctx.find_root().obj.get("socket") or default_socket()
-    rep = run(Plan(state_dir, pin_root, instance, pod_cidr, service_cidr, sock, devices))
+    rep = run(Plan(state_dir, pin_root, instance, pod_cidr, service_cidr, sock, devices, grpc_socks))
     for r in rep.removed:
         click.echo(f"removed: {r}")
     for f in rep.failed:

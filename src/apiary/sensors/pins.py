@@ -8,7 +8,8 @@ Layout of one sensor's pin directory (``<pin_root>/process`` or ``<pin_root>/tra
 
 The manifest is written last when the pins are created, so a directory without a readable manifest whose
 identity (the BPF object's digest and the sizes it was loaded with) matches is stale and is removed whole.
-A clean stop removes the directory; a killed agent leaves it, and the next agent adopts it.
+A clean stop removes the directory (unless told to keep it: :func:`keep_links`, then ``PinSet.close``); a killed
+agent leaves it, and the next agent adopts it.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import os
 import urllib.parse
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from apiary.loader import BpfError, BpfObject, Map, PinnedLink
 from apiary.loader.fs import remove_pin_tree
@@ -27,6 +28,20 @@ from apiary.loader.fs import remove_pin_tree
 MANIFEST = "manifest"
 MANIFEST_BYTES = 1 << 17
 BPF_MAP_TYPE_ARRAY = 2
+
+
+class PinnableLink(Protocol):
+    pin_path: str | None
+
+    def destroy(self) -> None: ...
+
+
+def keep_links(links: Iterable[PinnableLink]) -> None:
+    """Close our handles of ``links`` without detaching the pinned ones: their pins hold them attached for the
+    next agent (as after a kill). A link that was never pinned is detached."""
+    for lk in links:
+        lk.pin_path = None  # forget the pin, do not remove it
+        lk.destroy()
 
 
 def object_digest(path: Path) -> str:

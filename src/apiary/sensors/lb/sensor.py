@@ -9,7 +9,8 @@ their slots and backends are removed), and undone if a kernel write fails part-w
 With a pin directory the maps, the events ring and the five cgroup links are pinned there (sensors/pins.py), so
 a killed agent's services keep balancing. The next agent whose object and configuration match adopts them
 (the links stay as they are: their programs use the very maps adopted), reads what the maps hold, and its
-first write is the diff to the desired tables (``reconciled``). A clean stop detaches and removes the pins.
+first write is the diff to the desired tables (``reconciled``). A clean stop detaches and removes the pins, or
+(``close(keep_pins=True)``: the agent's clean stop while services exist) leaves them as a kill does.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from apiary.loader import BpfObject, CgroupLink, Map, PinnedLink, RingBuffer, Tc
 from apiary.loader.paths import bpf_object
 from apiary.sensors.abi import packed
 from apiary.sensors.base import LinkRow, OwnedMap, ProgramRow, RecordHandler, RingCounts, link_rows
-from apiary.sensors.pins import PinSet, object_digest
+from apiary.sensors.pins import PinSet, keep_links, object_digest
 from apiary.sensors.reconcile import diff
 from apiary.services.backends import LBTable, ServiceEntry
 
@@ -239,12 +240,12 @@ class LoadBalancer:
         self.devices.clear()
 
     def close(self, keep_pins: bool = False) -> None:
-        """``keep_pins``: leave the hooks attached and the maps pinned for the next agent (as a kill does)."""
+        """``keep_pins``: leave the hooks attached (cgroup links by their pins, the NodePort filters on their
+        devices) and the maps pinned for the next agent, as a kill does."""
         if keep_pins:
-            for lk in self.links:
-                if lk.pin_path:
-                    lk.pin_path = None  # forget the pin, do not remove it: closing our fd then detaches nothing
+            keep_links(self.links)
             self.links.clear()
+            self.devices.clear()  # tc filters stay on their devices; the next agent replaces them in place
         self._detach()
         if self.pinset is not None:
             if keep_pins:

@@ -28,7 +28,7 @@ from apiary.loader import (
 from apiary.loader.paths import bpf_object
 from apiary.observe.raw import EXEC_F_PROCFS, ExecMsg
 from apiary.sensors.base import LinkRow, OwnedMap, ProgramRow, RecordHandler, RingCounts, link_rows
-from apiary.sensors.pins import PinSet, object_digest
+from apiary.sensors.pins import PinSet, keep_links, object_digest
 from apiary.sensors.process import abi
 
 PROGRAMS = {
@@ -214,7 +214,10 @@ class ProcessSensor:
         kinds = ("exec", "fork", "exit", "bench")
         return RingCounts({k: kc.get(k, 0) for k in kinds}, {k: kc.get("lost_" + k, 0) for k in kinds}, kc)
 
-    def close(self) -> None:
+    def close(self, keep_pins: bool = False) -> None:
+        """``keep_pins`` (--keep-sensors-on-exit): the links stay attached and the maps pinned, as after a kill."""
+        if keep_pins:
+            keep_links(self.links)
         for link in self.links:
             link.destroy()
         self.links.clear()
@@ -222,7 +225,10 @@ class ProcessSensor:
             self.ring.close()
             self.ring = None
         if self.pins:
-            self.pins.remove()
+            if keep_pins:
+                self.pins.close()
+            else:
+                self.pins.remove()
             self.pins = None
             self.info.pins.clear()
         if self.obj:

@@ -20,7 +20,8 @@ Pins (with a pin directory; the agent uses ``<pin_root>/tracing``), so enforceme
 To switch a policy off without an agent: ``disable_pinned_policy(pin_dir, key)`` (zeroes its gs_hooks and
 gs_follow entries, the "hooks" of its manifest entry, and drops it from the manifest), and drop it from
 tracingpolicies.json; the next agent start removes its links and remaining entries. A clean
-``close()`` removes the directory; the next ``load()`` adopts it: the maps are reused, the links kept
+``close()`` removes the directory (``close(keep_pins=True)``, the agent's --keep-sensors-on-exit, leaves it as a
+kill does); the next ``load()`` adopts it: the maps are reused, the links kept
 (``adopt``), and each restored policy whose encoding is unchanged keeps its hooks; ``finish_adoption``
 removes what no restored policy claimed.
 
@@ -40,7 +41,7 @@ from apiary.loader.fs import cgroup2_root
 from apiary.loader.paths import bpf_object
 from apiary.observe.procfs import process_start_ticks
 from apiary.sensors.base import LinkRow, OwnedMap, ProgramRow, RecordHandler, RingCounts, link_rows
-from apiary.sensors.pins import PinSet, object_digest
+from apiary.sensors.pins import PinSet, keep_links, object_digest
 from apiary.sensors.process.sensor import ProcessSensor
 from apiary.sensors.tracing import abi
 from apiary.sensors.tracing.adoption import disable_pinned_policy
@@ -161,7 +162,11 @@ class TracingSensor(PolicyWrites):
             value = abi.agent_info(pid, process_start_ticks(f"/proc/{pid}"), tick_ns)
         self.agent_map.update((0).to_bytes(4, "little"), value)
 
-    def close(self) -> None:
+    def close(self, keep_pins: bool = False) -> None:
+        """``keep_pins`` (--keep-sensors-on-exit): the links stay attached and the maps pinned, with the manifest
+        the next agent adopts them by, as after a kill."""
+        if keep_pins:
+            keep_links([*self.sys_links.values(), *self.follow_links, *self.links])
         for lk in list(self.sys_links.values()) + self.follow_links:
             lk.destroy()
         self.sys_links.clear()
@@ -170,7 +175,10 @@ class TracingSensor(PolicyWrites):
             lk.destroy()
         self.links.clear()
         if self.pins:
-            self.pins.remove()
+            if keep_pins:
+                self.pins.close()
+            else:
+                self.pins.remove()
             self.pins = None
         if self.obj:
             self.obj.close()

@@ -29,7 +29,7 @@ from apiary.observe.hubble.l7 import DnsExchange, HttpExchange, parse_headers, u
 from apiary.observe.hubble.metrics import FlowMetrics, parse_hubble_metrics
 from apiary.policy.compile import EndpointSpec, compile_policies
 from apiary.policy.explain import HttpRequest, endpoint_peer, explain, http_decision_json, ip_peer
-from apiary.policy.identity import IdentityAllocator, endpoint_labels, resolve
+from apiary.policy.identity import IdentityAllocator, endpoint_labels
 from apiary.policy.load import PolicyError, load_policies, load_policy_documents
 from apiary.policy.models import Problem
 from apiary.policy.types import CompiledPolicy, RuleRef
@@ -100,6 +100,8 @@ class Network:
         self.fqdn = FqdnCache(cfg.tofqdns_min_ttl)
         self.dns: DnsProxy | None = None
         self._run: Callable[[Callable[[], None]], Awaitable[None]] | None = None
+        self._learn_queue: list[tuple[DnsExchange, asyncio.Future[None]]] = []  # answers waiting for the maps
+        self._learning = False
         self._names_by_ip: dict[str, list[str]] = {}  # replaced whole after every change of the cache
         self.dns_judge = DnsJudge({}, {}, {}, [])
 
@@ -460,16 +462,45 @@ class Network:
             self.dns.close()
 
     async def _dns_learn(self, x: DnsExchange) -> None:
-        assert self._run is not None
-        await self._run(lambda: self.fqdn_learn(x))
+        """Returns once the answer's IPs are in the policy maps. The answers that arrive while the worker
+        learns a batch wait together for the next one: one worker hop per batch, not per query."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._learn_queue.append((x, fut))
+        if not self._learning:
+            self._learning = True
+            asyncio.ensure_future(self._learn_batches())
+        await fut
 
-    def fqdn_learn(self, x: DnsExchange) -> None:
-        """An allowed answer's IPs: into the cache and, when a toFQDNs selects the name, into the maps."""
-        ep = self.dns_judge.ep_of(x.client)
-        if ep is None or x.rcode or not x.ips:
-            return
-        if self.fqdn.learn(ep, x.query, tuple(ip for ip in x.ips if ":" not in ip), x.ttl):
-            if self._fqdn_selected(x.query):
+    async def _learn_batches(self) -> None:
+        assert self._run is not None
+        try:
+            while self._learn_queue:
+                batch, self._learn_queue = self._learn_queue, []
+                try:
+                    xs = [x for x, _ in batch]
+                    await self._run(lambda: self.fqdn_learn(*xs))  # noqa: B023 - awaited within the iteration
+                except Exception as e:  # noqa: BLE001 - handed to every waiting query (each answers SERVFAIL)
+                    for _, f in batch:
+                        if not f.done():
+                            f.set_exception(e)
+                else:
+                    for _, f in batch:
+                        if not f.done():
+                            f.set_result(None)
+        finally:
+            self._learning = False
+
+    def fqdn_learn(self, *xs: DnsExchange) -> None:
+        """Allowed answers' IPs: into the cache and, when a toFQDNs selects a name, into the maps."""
+        answers = []
+        for x in xs:
+            ep = self.dns_judge.ep_of(x.client)
+            if ep is None or x.rcode or not x.ips:
+                continue
+            answers.append((ep, x.query, tuple(ip for ip in x.ips if ":" not in ip), x.ttl))
+        changed = self.fqdn.learn_many(answers)
+        if changed:
+            if any(self._fqdn_selected(n) for n in changed):
                 self._recompute()
             else:
                 self._index_names()
@@ -503,7 +534,7 @@ class Network:
     def on_dns(self, x: DnsExchange) -> None:
         """A query through the DNS proxy: its REQUEST flow and, when answered from the resolver, its RESPONSE."""
         c = self.compiled
-        ids = c.ipcache.get(f"{x.client}/32", 0), resolve(c.ipcache, x.server)
+        ids = c.ipcache.get(f"{x.client}/32", 0), self.dns_judge.identity(x.server)
         for response in (False, True) if x.allowed else (False,):
             resp = dns_response(self.builder, x, response, *ids)
             if self.metrics:

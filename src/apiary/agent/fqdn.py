@@ -61,6 +61,11 @@ class FqdnCache:
         after = self.names_ips()
         return {n for n in before.keys() | after.keys() if before.get(n) != after.get(n)}
 
+    def holds(self, ep_id: int, name: str, ips: tuple[str, ...], margin: float) -> bool:
+        """Whether the endpoint's entry for the name has exactly these IPs and lives ``margin`` seconds more."""
+        e = self.entries.get((ep_id, fqdn(name)))
+        return bool(ips) and e is not None and e.ips == tuple(sorted(set(ips))) and e.expires > time.time() + margin
+
     def expire(self, now: float | None = None) -> bool:
         """Drop the entries whose TTL ran out; True when the names' IPs changed."""
         now = time.time() if now is None else now

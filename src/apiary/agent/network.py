@@ -49,6 +49,13 @@ from .records import RingReader
 _DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 
+LEARN_MARGIN_S = 5.0  # an answer is released before its learn only while its entry has this long left
+
+
+def _v4(ips: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(ip for ip in ips if ":" not in ip)
+
+
 @dataclass
 class StoredPolicy:
     kind: str
@@ -100,7 +107,7 @@ class Network:
         self.fqdn = FqdnCache(cfg.tofqdns_min_ttl)
         self.dns: DnsProxy | None = None
         self._run: Callable[[Callable[[], None]], Awaitable[None]] | None = None
-        self._learn_queue: list[tuple[DnsExchange, asyncio.Future[None]]] = []  # answers waiting for the maps
+        self._learn_queue: list[tuple[DnsExchange, asyncio.Future[None] | None]] = []  # answers waiting for the maps
         self._learning = False
         self._names_by_ip: dict[str, list[str]] = {}  # replaced whole after every change of the cache
         self.dns_judge = DnsJudge({}, {}, {}, [])
@@ -464,12 +471,17 @@ class Network:
     async def _dns_learn(self, x: DnsExchange) -> None:
         """Returns once the answer's IPs are in the policy maps. The answers that arrive while the worker
         learns a batch wait together for the next one: one worker hop per batch, not per query."""
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        ep = self.dns_judge.ep_of(x.client)
+        fresh = ep is not None and not x.rcode and self.fqdn.holds(ep, x.query, _v4(x.ips), LEARN_MARGIN_S)
+        # an answer whose IPs the cache (and so the maps) already hold for a while yet is released at once; the
+        # worker still refreshes its entry's TTL
+        fut: asyncio.Future[None] | None = None if fresh else asyncio.get_running_loop().create_future()
         self._learn_queue.append((x, fut))
         if not self._learning:
             self._learning = True
             asyncio.ensure_future(self._learn_batches())
-        await fut
+        if fut is not None:
+            await fut
 
     async def _learn_batches(self) -> None:
         assert self._run is not None
@@ -481,11 +493,11 @@ class Network:
                     await self._run(lambda: self.fqdn_learn(*xs))  # noqa: B023 - awaited within the iteration
                 except Exception as e:  # noqa: BLE001 - handed to every waiting query (each answers SERVFAIL)
                     for _, f in batch:
-                        if not f.done():
+                        if f is not None and not f.done():
                             f.set_exception(e)
                 else:
                     for _, f in batch:
-                        if not f.done():
+                        if f is not None and not f.done():
                             f.set_result(None)
         finally:
             self._learning = False
@@ -497,7 +509,7 @@ class Network:
             ep = self.dns_judge.ep_of(x.client)
             if ep is None or x.rcode or not x.ips:
                 continue
-            answers.append((ep, x.query, tuple(ip for ip in x.ips if ":" not in ip), x.ttl))
+            answers.append((ep, x.query, _v4(x.ips), x.ttl))
         changed = self.fqdn.learn_many(answers)
         if changed:
             if any(self._fqdn_selected(n) for n in changed):

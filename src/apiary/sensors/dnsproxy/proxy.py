@@ -53,6 +53,7 @@ class DnsProxy:
         self.tcp: asyncio.base_events.Server | None = None
         self.tasks: set[asyncio.Task[None]] = set()
         self.upstream = _UdpUpstream()
+        self._queries = _Parsed()
         self._reply_socks: dict[tuple[str, int], socket.socket] = {}  # transparent, bound to an original address
         self.counters = {"queries": 0, "allowed": 0, "refused": 0, "upstream_errors": 0, "bad_queries": 0,
                          "learn_errors": 0, "reply_errors": 0}
@@ -186,7 +187,7 @@ class DnsProxy:
         self.counters["queries"] += 1
         start = time.time_ns()
         try:
-            q = dns.message.from_wire(data)
+            q = self._queries.parse(data)
         except dns.exception.DNSException:
             self.counters["bad_queries"] += 1
             return None
@@ -203,18 +204,18 @@ class DnsProxy:
             resp.set_rcode(self.reject_rcode)
             x.rcode = self.reject_rcode
             self.on_exchange(x)
-            return resp.to_wire()
+            return data[:2] + resp.to_wire()[2:]  # q may be a remembered parse of another client's query
         self.counters["allowed"] += 1
         try:
             if transport == "UDP":  # the query as the client sent it; the answer as the resolver sent it
                 r, wire = await self.upstream.query(q, data, orig, self.timeout)
             else:
                 r = await dns.asyncquery.tcp(q, orig[0], timeout=self.timeout, port=orig[1])
-                wire = r.to_wire()
+                wire = data[:2] + r.to_wire()[2:]
         except (dns.exception.DNSException, OSError) as e:
             self.counters["upstream_errors"] += 1
             x.error = f"{type(e).__name__}: {e}".rstrip(": ")
-            return self._servfail(q, x)
+            return self._servfail(q, x, data)
         _fill(x, r)
         x.latency_ns = time.time_ns() - start
         try:
@@ -222,16 +223,16 @@ class DnsProxy:
         except Exception as e:  # noqa: BLE001 - any failure: the client must not get IPs it cannot reach
             self.counters["learn_errors"] += 1
             x.error = f"policy update failed: {e}"
-            return self._servfail(q, x)
+            return self._servfail(q, x, data)
         self.on_exchange(x)
         return wire
 
-    def _servfail(self, q: dns.message.Message, x: DnsExchange) -> bytes:
+    def _servfail(self, q: dns.message.Message, x: DnsExchange, data: bytes) -> bytes:
         resp = dns.message.make_response(q)
         resp.set_rcode(dns.rcode.SERVFAIL)
         x.rcode, x.latency_ns, x.ips = dns.rcode.SERVFAIL, time.time_ns() - x.time_ns, ()
         self.on_exchange(x)
-        return resp.to_wire()
+        return data[:2] + resp.to_wire()[2:]
 
 
 class _UdpUpstream:
@@ -246,6 +247,7 @@ class _UdpUpstream:
         self.pending: dict[tuple[int, tuple[str, int], int], tuple[dns.message.Message, asyncio.Future[
             tuple[dns.message.Message, bytes]]]] = {}
         self.stray = 0  # answers that matched no query (late, spoofed or malformed): dropped
+        self.answers = _Parsed()
 
     def _open(self) -> None:
         loop = asyncio.get_running_loop()
@@ -289,7 +291,6 @@ class _UdpUpstream:
         finally:
             timer.cancel()
             self.pending.pop(key, None)
-        r.id = q.id
         return r, data[:2] + wire[2:]
 
     def _on_read(self, i: int) -> None:
@@ -308,7 +309,7 @@ class _UdpUpstream:
                 continue
             q, fut = hit
             try:
-                r = dns.message.from_wire(wire)
+                r = self.answers.parse(wire)
             except dns.exception.DNSException:
                 self.stray += 1
                 continue
@@ -316,6 +317,26 @@ class _UdpUpstream:
                 self.stray += 1
                 continue
             fut.set_result((r, wire))
+
+
+class _Parsed:
+    """dnspython's parse of a message, remembered by its bytes after the ID (the same query from many clients,
+    the same answer to many queries, differ only there). Callers read the message and never change it; its ID
+    is the first sender's, so whatever goes out takes the sender's own ID bytes."""
+
+    SIZE = 1024
+
+    def __init__(self) -> None:
+        self.seen: dict[bytes, dns.message.Message] = {}
+
+    def parse(self, wire: bytes) -> dns.message.Message:
+        m = self.seen.get(wire[2:])
+        if m is None:
+            m = dns.message.from_wire(wire)  # raises on malformed: nothing is remembered then
+            if len(self.seen) >= self.SIZE:
+                self.seen.clear()
+            self.seen[wire[2:]] = m
+        return m
 
 
 def _expire(fut: asyncio.Future[tuple[dns.message.Message, bytes]]) -> None:

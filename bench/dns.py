@@ -59,6 +59,8 @@ def parse_dnsperf(out: str) -> dict[str, Any]:
     for line in out.splitlines():
         if line.startswith("> "):
             parts = line.split()
+            if parts[1] == "T":  # "> T name type": timed out (counted as lost in the statistics)
+                continue
             rcodes[parts[1]] = rcodes.get(parts[1], 0) + 1
             lat.append(float(parts[-1]) * 1e3)
             continue
@@ -128,6 +130,7 @@ class Bench:
         before, t0 = cpu_s(agent, False), time.perf_counter()
         r = parse_dnsperf(run(self.exec_cmd(*argv), timeout=seconds + 60))
         r["agent_cpu"] = (cpu_s(agent, False) - before) / (time.perf_counter() - t0)
+        r["agent_cpu_us_per_query"] = 1e6 * r["agent_cpu"] / r["qps"] if r["qps"] else float("nan")
         return r
 
     def proxy_status(self) -> dict[str, Any]:
@@ -137,7 +140,7 @@ class Bench:
 
 def fmt(r: dict[str, Any]) -> str:
     return (f"{r['qps']:9,.0f} q/s  p50 {r['p50_ms']:6.3f} ms  p99 {r['p99_ms']:6.3f} ms  lost {r['lost']:,}"
-            f"/{r['sent']:,}  agent CPU {r['agent_cpu']:.2f}")
+            f"/{r['sent']:,}  agent CPU {r['agent_cpu']:.2f} ({r['agent_cpu_us_per_query']:.0f} us/query)")
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
@@ -186,6 +189,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                       f"{TARGET_QPS:,.0f} q/s {at['b']['qps']:,.0f} q/s, lost {at['b']['lost']}, p99 "
                       f"{at['added_p99_ms']:+.3f} ms; max {mx['qps']:,.0f} q/s -> "
                       f"{'met' if res['target_met'] else 'NOT met'}")
+            # the agent answers on one thread: what one full core of it would answer at the max run's cost
+            res["one_core_qps"] = 1e6 / mx["agent_cpu_us_per_query"] if mx["agent_cpu_us_per_query"] else 0.0
+            print(f"  the proxy's agent CPU at max: {mx['agent_cpu_us_per_query']:.0f} us/query -> one full core "
+                  f"would answer {res['one_core_qps']:,.0f} q/s (load average now {os.getloadavg()[0]:.2f})")
             if args.dns_out:
                 Path(args.dns_out).write_text(json.dumps(res, indent=1))
                 print(f"  JSON: {args.dns_out}")

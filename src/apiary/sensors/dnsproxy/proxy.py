@@ -224,7 +224,7 @@ class DnsProxy:
             self.counters["learn_errors"] += 1
             x.error = f"policy update failed: {e}"
             return self._servfail(q, x, data)
-        self.on_exchange(x)
+        asyncio.get_running_loop().call_soon(self.on_exchange, x)  # its flows right after the answer is sent
         return wire
 
     def _servfail(self, q: dns.message.Message, x: DnsExchange, data: bytes) -> bytes:

@@ -5,10 +5,12 @@ allowed destinations for their TTL. Every query is a Hubble L7 DNS flow."""
 
 from __future__ import annotations
 
-import contextlib
 import json
+import re
+import signal
 import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -17,7 +19,7 @@ import pytest
 
 from apiary.sensors.l7proxy.haproxy import haproxy_binary
 from apiary.testing.agent import AgentProcess, is_root
-from apiary.testing.hostns import host_netns
+from apiary.testing.dnsserver import dns_host
 from apiary.testing.net import Net, endpoint_exec_cmd
 
 pytestmark = [
@@ -26,18 +28,6 @@ pytestmark = [
 ]
 
 NS = "dnstest"
-
-
-@contextlib.contextmanager
-def dns_host() -> Iterator[dict[str, str]]:
-    """A test host of our own with the DNS server on .53 and TCP echo servers on .10-.21 port 7000."""
-    with host_netns((53, 10, 11, 12, 20, 21)) as th:
-        net = th.net
-        th.python("apiary.testing.dnsserver", "serve", f"{net}.53", f"allowed.example.com={net}.10@300",
-                  f"blocked.example.com={net}.11@300", f"short.example.com={net}.20@2",
-                  f"a.wild.example.com={net}.21@300", f"x.y.wild.example.com={net}.21@300")
-        th.python("apiary.testing.netprobe", "serve-tcp", "7000")
-        yield {"netns": th.netns, "net": net}
 
 
 NAMES = '[{matchName: allowed.example.com}, {matchName: short.example.com}, {matchPattern: "*.wild.example.com"}]'
@@ -158,3 +148,82 @@ def test_ttl_expiry_revokes(env: dict[str, Any]) -> None:
         time.sleep(0.3)
     assert not any(r["fqdn"] == "short.example.com." for r in cache(env))
     assert run(env, ("tcp", f"{host}.20")) == [False]  # a new connection after expiry is dropped
+
+
+# in the client endpoint: resolve, connect; (agent killed) send one UDP query and wait for its answer (generous
+# 60 s: the answer comes once the next agent is up, which takes ~6-13 s on a loaded 2-core CI machine); then the
+# established connection, a new one to the IP learned before the kill, and a refused name
+CLIENT = textwrap.dedent("""
+    import json, socket, sys, time
+    import dns.message
+    from apiary.connectivity.probe import tcp
+    from apiary.testing.dnsserver import ask
+    server, first, later, blocked = sys.argv[1:5]
+    r = ask(server, first, False)
+    ip = r["ips"][0]
+    c = socket.create_connection((ip, 7000), timeout=5)
+    def echo():
+        try:
+            c.sendall(b"x")
+            return c.recv(1) == b"x"
+        except OSError:
+            return False
+    print(json.dumps({"first": r, "echo": echo()}), flush=True)
+    sys.stdin.readline()
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    u.settimeout(60)
+    u.sendto(dns.message.make_query(later, "A").to_wire(), (server, 53))
+    print("sent", flush=True)
+    t = time.monotonic()
+    try:
+        a = dns.message.from_wire(u.recv(65535))
+        got = {"rcode": a.rcode(), "ips": [rd.to_text() for rr in a.answer for rd in rr]}
+        sys.stderr.write(f"answered after {time.monotonic() - t:.1f} s\\n")
+    except OSError as e:
+        got = {"rcode": -1, "error": str(e)}
+    print(json.dumps({"later": got, "established": echo(), "new": tcp(ip, 7000, 3),
+                      "blocked": ask(server, blocked, False)}), flush=True)
+""")
+
+
+
+def test_dns_answers_and_tofqdns_hold_across_kill_9(env: dict[str, Any]) -> None:
+    """Beyond Cilium (cilium#30984): while no agent runs, the DNS proxy's sockets stay open in their holder
+    and queries wait there for the next agent, which restores the learned names (the reconciled maps keep
+    their IPs until the TTL). Last in this module: it restarts the module's agent."""
+    n: Net = env["net"]
+    agent, host = n.agent, env["host"]
+    p: subprocess.Popen[str] | None = None
+    try:
+        held = agent.client().get("/v1/status")["network"]["dns_proxy"]["holder_pid"]
+        assert held, "no DNS socket holder"
+        argv = endpoint_exec_cmd(agent.socket, f"{NS}/client", sys.executable, "-c", CLIENT, f"{host}.53",
+                                 "allowed.example.com", "a.wild.example.com", "blocked.example.com")
+        p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert p.stdin is not None and p.stdout is not None
+        before = json.loads(p.stdout.readline() or "null")
+        assert before and before["first"]["ips"] == [f"{host}.10"] and before["echo"], before
+
+        assert agent.stop(signal.SIGKILL) == -signal.SIGKILL
+        p.stdin.write("go\n")
+        p.stdin.flush()
+        assert p.stdout.readline().strip() == "sent"  # sent while no agent runs
+        agent.start()
+        after = json.loads(p.stdout.readline() or "null")
+        assert after, p.stderr.read() if p.stderr else ""
+        # the query sent while no agent ran was answered (not timed out), by the new agent's rules
+        assert after["later"] == {"rcode": 0, "ips": [f"{host}.21"]}, after
+        assert after["established"], after  # the connection to the IP learned before the kill still works
+        assert after["new"], after  # and a new one to it (never re-resolved): the learned IP was restored
+        assert after["blocked"]["rcode"] == 5 and not after["blocked"]["ips"], after  # REFUSED
+        log = agent.log()
+        assert f"took its sockets back from holder pid {held}" in log, log[-3000:]
+        assert re.search(r"fqdn cache: restored [1-9]\d* unexpired entries", log), log[-3000:]
+        rows = {r["fqdn"]: r["ips"] for r in cache(env)}
+        assert rows["allowed.example.com."] == [f"{host}.10"] and rows["a.wild.example.com."] == [f"{host}.21"]
+    finally:
+        if p is not None:
+            p.kill()
+            p.wait()
+        if agent.proc is not None and agent.proc.poll() is not None:
+            agent.start()  # back up, so the endpoints are deleted through the API

@@ -1,12 +1,12 @@
 """The XDP prefilter for real: source addresses dropped on a veth whose other end is in a namespace of
 our own, per-CIDR drop counters, map-only updates, whole-or-nothing changes; BPF_PROG_TEST_RUN verdicts
-for crafted IPv4/IPv6 frames; the agent's `apiary prefilter` commands and their restore after a restart."""
+for crafted IPv4/IPv6 frames; the agent's `apiary prefilter` commands and their restore after a restart
+(kill -9 and adoption of the pins: test_prefilter_restart.py)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import random
+import os
 import socket
 import struct
 import subprocess
@@ -19,52 +19,9 @@ from apiary.sensors.prefilter.cidrs import PrefilterError
 from apiary.sensors.prefilter.sensor import Prefilter
 from apiary.testing.agent import AgentProcess, one_line_error
 from apiary.testing.progrun import ipv4_frame, udp_packet
+from apiary.testing.veth import ping, prefilter_cli, prefilter_listing, sh, veth_peer
 
 XDP_DROP, XDP_PASS = 1, 2
-
-
-def sh(*cmd: str) -> str:
-    return subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-
-
-@contextlib.contextmanager
-def veth_peer() -> Iterator[dict[str, str]]:
-    """A veth pair, the peer end in a new namespace holding two addresses of 198.18.N.0/29 (RFC 2544
-    benchmarking range, N random) and fd00:N::2/64; the host end has .1 and fd00:N::1. Removed afterwards."""
-    tag = uuid.uuid4().hex[:6]
-    n = random.randrange(1, 250)
-    ns, h_if, t_if = f"apiary-pf-{tag}", f"pf{tag}h", f"pf{tag}t"
-    net = {"netns": ns, "dev": h_if, "host": f"198.18.{n}.1", "a": f"198.18.{n}.2", "b": f"198.18.{n}.3",
-           "prefix": f"198.18.{n}", "host6": f"fd00:{n:x}::1", "a6": f"fd00:{n:x}::2"}
-    try:
-        sh("ip", "netns", "add", ns)
-        sh("ip", "link", "add", h_if, "type", "veth", "peer", "name", t_if, "netns", ns)
-        sh("ip", "addr", "add", f"{net['host']}/29", "dev", h_if)
-        sh("ip", "-6", "addr", "add", f"{net['host6']}/64", "dev", h_if, "nodad")
-        sh("ip", "link", "set", h_if, "up")
-        for cmd in (
-            ["ip", "link", "set", "lo", "up"],
-            ["ip", "addr", "add", f"{net['a']}/29", "dev", t_if],
-            ["ip", "addr", "add", f"{net['b']}/29", "dev", t_if],
-            ["ip", "-6", "addr", "add", f"{net['a6']}/64", "dev", t_if, "nodad"],
-            ["ip", "link", "set", t_if, "up"],
-        ):
-            sh("ip", "netns", "exec", ns, *cmd)
-        got = sh("ip", "netns", "exec", ns, "ip", "route", "get", net["host"])
-        if f"dev {t_if}" not in got:  # traffic only to our own namespace's link
-            raise RuntimeError(f"{net['host']} does not route over the test veth ({got.strip()}): refusing to send")
-        yield net
-    finally:
-        subprocess.run(["ip", "link", "del", h_if], capture_output=True)
-        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-
-
-def ping(net: dict[str, str], src: str, dst: str | None = None) -> bool:
-    """One echo request from ``src`` (an address inside the namespace) to the host end."""
-    dst = dst or (net["host6"] if ":" in src else net["host"])
-    r = subprocess.run(["ip", "netns", "exec", net["netns"], "ping", "-c", "1", "-W", "1", "-I", src, dst],
-                       capture_output=True)
-    return r.returncode == 0
 
 
 def udp_arrives(net: dict[str, str], src: str) -> bool:
@@ -192,12 +149,10 @@ def test_progrun_verdicts(pf: Prefilter) -> None:
 def test_agent_prefilter_commands_and_restart() -> None:
     with veth_peer() as net, AgentProcess("--no-network") as agent:
         def ok(*args: str) -> str:
-            r = agent.cli("prefilter", *args)
-            assert r.returncode == 0, f"{args}: {r.stderr}\n{agent.log()[-3000:]}"
-            return r.stdout
+            return prefilter_cli(agent, *args)
 
         def listing() -> dict:
-            return json.loads(ok("list", "-o", "json"))
+            return prefilter_listing(agent)
 
         assert listing()["entries"] == [] and ping(net, net["a"])
         out = ok("add", "--device", net["dev"], f"{net['a']}/32")
@@ -226,19 +181,23 @@ def test_agent_prefilter_commands_and_restart() -> None:
         assert any(p["name"] == "prefilter" and net["dev"] in p["attach"] for p in status["programs"])
         assert {"cidr_v4_dyn", "cidr_v4_fix"} <= {m["name"] for m in status["maps"]}
 
-        # a restart restores devices and lists from the state directory (counters start again from 0)
+        # a stopped agent's prefilter keeps dropping (its XDP link is pinned, as the datapath's endpoints keep
+        # their programs); a restart adopts it and keeps the lists, the revision and the counters
         agent.stop()
-        assert ping(net, net["b"])  # a stopped agent's XDP link is gone
+        assert not ping(net, net["b"])
         agent.start()
         after = listing()
         assert [e["cidr"] for e in after["entries"]] == [f"{net['prefix']}.0/24", f"{net['a']}/32"]
-        assert after["revision"] >= rev + 1 and [d["device"] for d in after["devices"]] == [net["dev"]]
+        assert after["revision"] == rev + 1 and [d["device"] for d in after["devices"]] == [net["dev"]]
+        assert {e["cidr"]: e["drops"] for e in after["entries"]}[f"{net['prefix']}.0/24"] > got[f"{net['prefix']}.0/24"]
         assert not ping(net, net["b"])
 
         ok("delete", f"{net['prefix']}.0/24", "--cidr", f"{net['a']}/32")
         assert ping(net, net["a"]) and ping(net, net["b"]) and listing()["entries"] == []
         ok("detach", net["dev"])
-        assert listing()["devices"] == []
+        assert listing()["devices"] == [] and os.path.isdir(f"{agent.pin_root}/prefilter")
+        agent.stop()  # a clean stop with no device and no entry left: the prefilter's pins go
+        assert not os.path.exists(f"{agent.pin_root}/prefilter")
 
 
 def test_modes_generic_and_fallback(pf: Prefilter) -> None:

@@ -9,11 +9,12 @@ import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from apiary.loader import Map
-from apiary.testing.agent import AgentProcess
+from apiary.testing.agent import AgentProcess, pinned_maps
 from apiary.testing.net import Net
 
 pytestmark = pytest.mark.kernel
@@ -42,16 +43,11 @@ LB_MAPS = ("lb4_services", "lb4_backends", "lb4_reverse_nat", "lb_affinity_match
 
 
 def dump(a: AgentProcess) -> dict[str, dict[bytes, bytes]]:
-    """The enforcement maps, read from the agent's pins (what the kernel holds)."""
-    out = {}
-    for sub, names in (("datapath", DP_MAPS), ("lb", LB_MAPS)):
-        for n in names:
-            m = Map.from_pin(f"{a.pin_root}/{sub}/{n}")
-            try:
-                out[n] = dict(m.items())
-            finally:
-                m.close()
-    return out
+    """The enforcement maps, read from the agent's pins (what the kernel holds). The ipcache's host entries
+    (identity 1, the node's own addresses) are left out: other agents' veths on this machine come and go."""
+    maps = pinned_maps(a.pin_root, "datapath", DP_MAPS) | pinned_maps(a.pin_root, "lb", LB_MAPS)
+    maps["ipcache"] = {k: v for k, v in maps["ipcache"].items() if int.from_bytes(v[:4], "little") != 1}
+    return maps
 
 
 @pytest.fixture(scope="module")
@@ -123,3 +119,18 @@ def test_kill_9_under_load_keeps_enforcing_and_the_next_agent_reconciles(
     assert "adopted pinned datapath maps, reconciled: policy maps of 3/3 endpoints already matched" in log, log
     assert "adopted pinned LB maps and hooks, reconciled: lb4_backends: +0 ~0 -1 entries" in log, log
     assert os.path.exists(Path(a.pin_root) / "lb" / "links")
+    # the flows ring is pinned too: the drops the kernel reported while no agent ran reach the next agent
+    down_drops = [f for f in flows_since(a, killed) if f["time"] < iso(restarted)]
+    assert down_drops, a.client().get("/v1/status").get("network", {}).get("losses")
+
+
+def iso(t: float) -> str:
+    """A wall-clock time as the flows' RFC 3339 text (comparable as a string: same format, UTC)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1e9):09d}Z"
+
+
+def flows_since(a: AgentProcess, t: float) -> list[dict[str, Any]]:
+    """The DROPPED flows to the denied port that the agent holds, newer than ``t``."""
+    got = a.client().stream("/v1/flows", [("last", "100000"), ("filter", "--verdict=DROPPED"),
+                                          ("filter", "--port=5679")])
+    return [f for f in got if str(f["time"]) > iso(t)]

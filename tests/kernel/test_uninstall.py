@@ -101,6 +101,7 @@ def test_uninstall_after_kill_9_leaves_nothing() -> None:
         assert not cg_base.exists()
         if has_proxy:
             assert "removed: L7 proxy (HAProxy processes and cgroup" in out and "removed: L7 proxy ip rule" in out
+            assert "removed: DNS proxy socket holder pid" in out  # the killed agent's, by its verified PID
             assert not proxy_cg.exists() and not route_present(a.instance)
         assert not _routes(a.pod_cidr) and not _routes(a.service_cidr)
         assert not (a.dir / "state").exists() and not Path(a.socket).exists()

@@ -5,11 +5,13 @@ from __future__ import annotations
 import pytest
 
 from apiary.connectivity.scenarios import (
+    DNS_MISSING,
     L7_MISSING,
     SCENARIOS,
     Action,
     Result,
     SelectionError,
+    dns_missing,
     l7_missing,
     select,
     summary,
@@ -68,3 +70,11 @@ def test_l7_missing_reads_the_status_the_agent_reports() -> None:
     assert "haproxy not installed" in l7_missing({"network": {"l7_proxy": None}})
     assert "no network half" in l7_missing({"network": None})
     assert l7_missing({"l7": True}).startswith(L7_MISSING)  # only the real status counts
+
+
+def test_dns_missing_reads_the_dns_proxy_the_agent_reports() -> None:
+    assert dns_missing({"network": {"dns_proxy": {"port": 4001, "queries": 0}}}) == ""
+    assert dns_missing({"network": {"dns_proxy": None}}).startswith(DNS_MISSING)
+    assert "haproxy not installed" in dns_missing({"network": {"l7_proxy": None, "dns_proxy": None}})
+    assert "no network half" in dns_missing({"network": None})
+    assert dns_missing({"dns": True}).startswith(DNS_MISSING)  # only the real status counts

@@ -278,6 +278,7 @@ def test_backup_name_is_lumberjacks() -> None:
         (["--hubble-export-fieldmask", "a.-b"], "--hubble-export-fieldmask: 'a.-b' is not a field path"),
         (["--export-file-perm", "999"], "--export-file-perm: '999' is not an octal file mode"),
         (["--export-otlp-endpoint", "127.0.0.1:4318"], "--export-otlp-endpoint: '127.0.0.1:4318' is not an http"),
+        (["--export-otlp-traces"], "--export-otlp-traces: needs --export-otlp-endpoint"),
         (["--export-allowlist", "@/nonexistent/filters"], "--export-allowlist: cannot read /nonexistent/filters"),
     ],
 )

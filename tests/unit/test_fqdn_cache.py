@@ -93,3 +93,23 @@ def test_fqdn_filter_matches_learned_names() -> None:
     assert both.matches({"flow": {"source_names": ["api.example.com"]}})
     with pytest.raises(ValueError, match="fqdn"):
         FlowFilter.from_args([("fqdn", "a[b]")])
+
+
+def test_the_cache_survives_a_restart_through_its_saved_document() -> None:
+    c = FqdnCache(min_ttl=0)
+    c.learn(1, "Api.Example.com", ("10.0.0.2", "10.0.0.1"), 300, now=1000.0)
+    c.learn(1, "short.example.com", ("10.0.0.3",), 5, now=1000.0)
+    c.learn(2, "api.example.com", ("10.0.0.9",), 300, now=1000.0)
+    saved = c.dump()
+    again = FqdnCache()
+    # endpoint 2 is gone, short.example.com expired at 1005: neither comes back; expiry is kept, not renewed
+    assert again.load(saved, endpoints={1, 3}, now=1010.0) == 1
+    assert again.names_ips() == {"api.example.com.": ("10.0.0.1", "10.0.0.2")}
+    assert again.rows()[0]["expiration_time"] == c.rows()[0]["expiration_time"]
+    assert not again.expire(now=1299.0) and again.expire(now=1300.0)
+
+
+def test_a_saved_cache_that_does_not_parse_is_an_error_naming_it() -> None:
+    for bad in (b"{", b'{"entries": [{"endpoint": "x"}]}', b"[]"):
+        with pytest.raises(ValueError, match="saved fqdn cache does not parse"):
+            FqdnCache().load(bad, endpoints={1})

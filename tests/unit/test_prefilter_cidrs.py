@@ -70,3 +70,27 @@ def test_refusals_change_nothing() -> None:
         lists.plan_add(parse_cidrs(["10.9.0.0/16"]), expected=1)
     assert e.value.field == "revision" and "at revision 2, not 1" in str(e.value)
     assert set(lists.entries) == {net("10.0.0.1/32"), net("10.0.0.2/32")} and lists.revision == 2
+
+
+def test_restore_keeps_slots_and_revision_and_marks_old_slots_dirty() -> None:
+    """Adopted maps: the entries keep their counter slots, the revision is the stored one, the gaps are
+    reused first, and every slot below ``dirty`` counts as used (its counter is zeroed before reuse)."""
+    lists = DenyLists(capacity=4)
+    lists.restore({net("10.0.0.1/32"): 2, net("10.1.0.0/16"): 0}, revision=7, dirty=16)
+    assert lists.revision == 7 and lists.used_slots() == 16
+    p = lists.plan_add(parse_cidrs(["10.0.0.2", "10.0.0.3"]))
+    assert p.add == {net("10.0.0.2/32"): 1, net("10.0.0.3/32"): 3}  # the gap first, then past the highest
+    lists.commit(p)
+    assert lists.revision == 8 and lists.entries[net("10.0.0.1/32")] == 2
+
+
+def test_kept_slots_takes_what_adopted_maps_hold() -> None:
+    from apiary.sensors.prefilter.sensor import kept_slots
+
+    held: dict[str, dict[bytes, bytes]] = {m: {} for m in ("cidr_v4_dyn", "cidr_v4_fix", "cidr_v6_dyn", "cidr_v6_fix")}
+    held["cidr_v4_fix"][abi.key(net("10.0.0.1/32"))] = abi.value(5)
+    held["cidr_v4_fix"][abi.key(net("10.0.0.2/32"))] = abi.value(5)  # the same slot twice: written again
+    held["cidr_v4_dyn"][abi.key(net("10.1.0.0/16"))] = abi.value(99)  # out of range: written again
+    held["cidr_v6_dyn"][abi.key(net("2001:db8::/32"))] = abi.value(1)
+    wanted = parse_cidrs(["10.0.0.1", "10.0.0.2", "10.1.0.0/16", "2001:db8::/32", "10.3.0.0/16"])
+    assert kept_slots(wanted, held, 16) == {net("10.0.0.1/32"): 5, net("2001:db8::/32"): 1}

@@ -93,6 +93,7 @@ class Exporter:
                 )
             self.streams["flows"] = Stream("flows", FlowPipeline(compile_flows(settings)), f)
         self.otlp: Any = None  # OtlpSink once started
+        self.traces: Any = None  # OtlpTraceSink once started (--export-otlp-traces)
         self.handoff: queue.Queue[Any] = queue.Queue(maxsize=16)
         self.thread: threading.Thread | None = None
         self.closed = False
@@ -112,6 +113,11 @@ class Exporter:
 
             self.otlp = OtlpSink(self.s.export_otlp_endpoint, self.node, self.s.export_queue)
             notes.append(f"exporting events and flows as OTLP logs to {self.otlp.url}")
+        if self.s.export_otlp_traces:
+            from .otlp import OtlpTraceSink
+
+            self.traces = OtlpTraceSink(self.s.export_otlp_endpoint, self.node, self.s.export_queue)
+            notes.append(f"exporting L7 HTTP requests and DNS queries as OTLP spans to {self.traces.url}")
         self.thread = threading.Thread(target=self._writer, name="export-writer", daemon=True)
         self.thread.start()
         return notes
@@ -174,6 +180,8 @@ class Exporter:
                 st.file.close()
         if self.otlp is not None:
             self.otlp.close()
+        if self.traces is not None:
+            self.traces.close()
 
     def _put(self, item: Any) -> None:
         try:
@@ -204,6 +212,8 @@ class Exporter:
             self._report(now)
 
     def _write(self, st: Stream, batch: list[Event], now: float) -> None:
+        if self.traces is not None and st.name == "flows":  # every L7 flow: the lists and mask shape files/logs
+            self.traces.emit(batch)
         evs = st.pipeline.process(batch, now)
         self._emit(st, evs)
 
@@ -252,6 +262,8 @@ class Exporter:
             out[st.name] = row
         if self.otlp is not None:
             out["otlp"] = self.otlp.status()
+        if self.traces is not None:
+            out["otlp_traces"] = self.traces.status()
         return out
 
     def describe(self) -> list[Any]:
@@ -292,12 +304,12 @@ class Exporter:
             errors.add_metric([st.name], st.file.stats.write_errors if st.file else 0)
             filtered.add_metric([st.name], st.pipeline.stats.filtered)
         fams += [written, lost, errors, filtered]
-        if self.otlp is not None:
-            o = self.otlp.status()
-            otlp = CounterMetricFamily(
-                "apiary_export_otlp_records", "OTLP log records by outcome at the collector", labels=["outcome"]
-            )
-            for outcome in ("exported", "failed", "dropped"):
-                otlp.add_metric([outcome], o[outcome])
-            fams.append(otlp)
+        for sink, name, what in ((self.otlp, "apiary_export_otlp_records", "OTLP log records"),
+                                 (self.traces, "apiary_export_otlp_spans", "OTLP spans")):
+            if sink is not None:
+                o = sink.status()
+                fam = CounterMetricFamily(name, f"{what} by outcome at the collector", labels=["outcome"])
+                for outcome in ("exported", "failed", "dropped"):
+                    fam.add_metric([outcome], o[outcome])
+                fams.append(fam)
         return fams

@@ -3,16 +3,23 @@ judging of each query against the ``rules.dns`` of the endpoint that asked.
 
 An answer's IPs stay allowed for the answer's TTL, at least ``tofqdns_min_ttl`` seconds (Cilium's
 ``--tofqdns-min-ttl``, default 0); the selectors see the union of every endpoint's unexpired entries.
+
+The cache is kept in the state directory (:meth:`FqdnCache.dump`, :meth:`FqdnCache.load`): a restarted agent
+compiles the IPs its predecessor learned into the maps it reconciles, so connections to them keep working
+until their TTL runs out, as they would have with no restart.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+
+from pydantic import BaseModel, ValidationError
 
 from apiary.policy.fqdn import dns_verdict, fqdn, pattern_regex
 from apiary.policy.identity import resolve
@@ -33,6 +40,15 @@ class CacheEntry:
     @property
     def expires(self) -> float:
         return self.looked_up + self.ttl
+
+
+class _Saved(BaseModel):
+    endpoint: int
+    fqdn: str
+    ips: list[str]
+    ttl: int
+    looked_up: float
+    source: str = "lookup"
 
 
 class FqdnCache:
@@ -80,6 +96,30 @@ class FqdnCache:
     def forget_endpoint(self, ep_id: int) -> None:
         for k in [k for k in self.entries if k[0] == ep_id]:
             del self.entries[k]
+
+    def dump(self) -> bytes:
+        """The entries as a JSON document (what :meth:`load` restores)."""
+        rows = [_Saved(endpoint=e.ep_id, fqdn=e.name, ips=list(e.ips), ttl=e.ttl, looked_up=e.looked_up,
+                       source=e.source).model_dump() for e in self.entries.values()]
+        return json.dumps({"version": 1, "entries": rows}, separators=(",", ":")).encode()
+
+    def load(self, data: bytes, endpoints: set[int], now: float | None = None) -> int:
+        """Restore what :meth:`dump` wrote: the unexpired entries of endpoints that still exist (their expiry
+        unchanged). Returns how many were restored; a document that does not parse raises ValueError."""
+        now = time.time() if now is None else now
+        try:
+            doc = json.loads(data)
+            rows = [_Saved.model_validate(r) for r in doc["entries"]]
+        except (ValueError, KeyError, TypeError, ValidationError) as e:
+            raise ValueError(f"the saved fqdn cache does not parse: {e}") from e
+        n = 0
+        for r in rows:
+            if r.endpoint in endpoints and r.ips and r.looked_up + r.ttl > now:
+                name = fqdn(r.fqdn)
+                self.entries[(r.endpoint, name)] = CacheEntry(r.endpoint, name, tuple(r.ips), r.ttl, r.looked_up,
+                                                              r.source)
+                n += 1
+        return n
 
     def names_ips(self) -> dict[str, tuple[str, ...]]:
         out: dict[str, set[str]] = defaultdict(set)

@@ -33,11 +33,14 @@ from apiary.policy.identity import IdentityAllocator, endpoint_labels
 from apiary.policy.load import PolicyError, load_policies, load_policy_documents
 from apiary.policy.models import Problem
 from apiary.policy.types import CompiledPolicy, RuleRef
+from apiary.sensors.dnsproxy import holder
 from apiary.sensors.dnsproxy.proxy import DnsProxy
 from apiary.sensors.l7proxy.config import rule_text as http_rule_text
 from apiary.sensors.l7proxy.haproxy import HAProxy, ProxyError, haproxy_binary
+from apiary.sensors.l7proxy.leftovers import proxy_cgroup
 from apiary.sensors.network.endpoints import Endpoint, EndpointError, EndpointManager
 from apiary.sensors.network.sensor import Datapath
+from apiary.store import FileStore, StoreError
 
 from . import statedir
 from .bus import EventBus
@@ -46,6 +49,7 @@ from .fqdn import DnsJudge, FqdnCache
 from .interfaces import ScopedEndpoint
 from .records import RingReader
 
+FQDN_KEY = "fqdn-cache.json"  # the DNS proxy's learned names, restored by the next agent
 _DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 
@@ -77,6 +81,7 @@ class Network:
         cg = cgroup2_root()
         if cg is None:
             raise EndpointError("no cgroup v2 mount found (apiary preflight --fix mounts one)")
+        self.cgroup_root = cg
         self.em = EndpointManager(cfg.pod_cidr, cfg.instance, cg, str(state / "endpoints.json"))
         self.alloc = IdentityAllocator(str(state / "identities.json"))
         self.dp = Datapath(
@@ -111,6 +116,10 @@ class Network:
         self._learning = False
         self._names_by_ip: dict[str, list[str]] = {}  # replaced whole after every change of the cache
         self.dns_judge = DnsJudge({}, {}, {}, [])
+        self.dns_holder: holder.HolderRecord | None = None  # the process keeping the DNS sockets across restarts
+        self.state = FileStore(state)
+        self.dns_holder_restarts = 0
+        self._fqdn_dirty = False  # refreshed entries not saved yet (saved within a second)
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> list[str]:
@@ -118,6 +127,7 @@ class Network:
         notes = self.em.recover() + self.em.drop_refused_labels()
         self.em.setup_host()
         self._load_policies()
+        notes += self._load_fqdn()
         self.dp.load()
         if self.l7 is not None:
             try:
@@ -134,13 +144,15 @@ class Network:
                 self.dns = DnsProxy(lambda *a: self.dns_judge(*a), self._dns_learn, self.on_dns,
                                     reject=self.cfg.tofqdns_reject_response_code)
                 try:
-                    self.dns.bind()  # answers once the event loop runs (dns_serve)
+                    notes += self._dns_sockets()  # answers once the event loop runs (dns_serve)
                 except OSError as e:
                     notes.append(f"DNS proxy not available ({e}): policies with rules.dns are refused")
                     self.dns = None
                 if self.dns is not None:
                     self.dp.dns_proxy_port = self.dns.port
                     notes.append(f"DNS proxy on 127.0.0.1:{self.dns.port} UDP+TCP (transparent)")
+        if self.dns is None and holder.stop(self.cfg.state_dir, proxy_cgroup(self.cgroup_root, self.cfg.instance)):
+            notes.append("ended the previous agent's DNS socket holder: this agent runs no DNS proxy")
         if self.dp.ring is not None:  # one bad record never stops the flow stream: counted, not logged
             self.reader = RingReader(self.dp.ring, self.dp.handlers(), {"flow": self.on_flow}, log_errors=False)
         lost = self.em.verify()
@@ -161,11 +173,18 @@ class Network:
         return notes
 
     def close(self) -> None:
-        # endpoints keep their TC programs (and so their enforcement) while the agent is down; with none
-        # left, the pod CIDR's route and the instance's cgroup directory go too
-        self.dp.close(detach=False)
-        if self.l7 is not None:  # redirected connections now fail closed (no listener) until it is back
-            self.l7.close()
+        # endpoints keep their TC programs (and so their enforcement, with the pinned maps the next agent
+        # adopts) while the agent is down; with none left, the pins, the pod CIDR's route and the instance's
+        # cgroup directory go too
+        self.dp.close(detach=not self.em.endpoints)
+        # redirected connections now fail closed (no listener) until it is back; DNS queries wait in the
+        # sockets the holder keeps (the ip rule that delivers them stays) and the next agent answers them;
+        # with no endpoint left the holder goes too
+        keep_dns = self.dns_holder is not None and bool(self.em.endpoints)
+        if self.l7 is not None:
+            if self.dns_holder is not None and not keep_dns:
+                holder.stop(self.cfg.state_dir, self.l7.cgroup)
+            self.l7.close(keep_route=keep_dns)
         if self.dns is not None:
             self.dns.close()
         self.em.teardown_host()
@@ -176,6 +195,46 @@ class Network:
         self.em.remove_all()
 
     # ------------------------------------------------------------------ persistence
+    def _load_fqdn(self) -> list[str]:
+        """The names the previous agent learned, so the maps it left keep their IPs until the TTLs end."""
+        try:
+            raw = self.state.get(FQDN_KEY)
+            n = self.fqdn.load(raw, {e.ep_id for e in self.em.endpoints.values()}) if raw else 0
+        except (StoreError, ValueError) as e:
+            return [f"fqdn cache not restored ({e}): learned IPs are allowed again after their next lookup"]
+        return [f"fqdn cache: restored {n} unexpired entries"] if n else []
+
+    def _save_fqdn(self) -> None:
+        self.state.put(FQDN_KEY, self.fqdn.dump())
+        self._fqdn_dirty = False
+
+    def _dns_sockets(self) -> list[str]:
+        """The DNS proxy's sockets: taken back from the holder a previous agent started (the same sockets,
+        with the queries that came meanwhile), else new ones and a new holder for them."""
+        assert self.dns is not None and self.l7 is not None
+        cg, state = self.l7.cgroup, self.cfg.state_dir
+        rec = holder.load(state)
+        socks = holder.take(rec, cg) if rec is not None else None
+        if rec is not None and socks is not None:
+            self.dns.adopt(*socks)
+            self.dns_holder = rec
+            return [f"DNS proxy: took its sockets back from holder pid {rec.pid} (queries that came while no "
+                    "agent ran are answered now)"]
+        holder.stop(state, cg)  # a record of a holder that is gone (or not ours any more)
+        self.dns.bind()
+        return self._dns_hold()
+
+    def _dns_hold(self) -> list[str]:
+        assert self.dns is not None and self.l7 is not None and self.dns.udp is not None
+        assert self.dns._tcp_sock is not None
+        try:
+            self.dns_holder = holder.spawn(self.cfg.state_dir, self.l7.cgroup, self.dns.udp, self.dns._tcp_sock,
+                                           self.dns.port)
+        except (OSError, StoreError) as e:
+            self.dns_holder = None
+            return [f"DNS socket holder not started ({e}): DNS fails while the agent restarts"]
+        return [f"DNS proxy sockets held by pid {self.dns_holder.pid} across agent restarts"]
+
     def _load_policies(self) -> None:
         if not self.policy_file.exists():
             return
@@ -291,6 +350,7 @@ class Network:
         self.dp.forget(ep)
         self.em.delete(ep.key)
         self.fqdn.forget_endpoint(ep.ep_id)
+        self._save_fqdn()
         try:
             self._recompute()
         finally:
@@ -465,8 +525,18 @@ class Network:
             while True:
                 await asyncio.sleep(1)
                 await run(self.fqdn_expire)
+                if self.dns_holder is not None and self.l7 is not None and \
+                        not holder.verified(self.dns_holder, self.l7.cgroup):
+                    await run(self._dns_rehold)
         finally:
             self.dns.close()
+
+    def _dns_rehold(self) -> None:
+        """The holder died while the agent runs (nothing lost yet): start another for the next restart."""
+        self.dns_holder_restarts += 1
+        if self.l7 is not None:
+            holder.stop(self.cfg.state_dir, self.l7.cgroup)
+            self._dns_hold()
 
     async def _dns_learn(self, x: DnsExchange) -> None:
         """Returns once the answer's IPs are in the policy maps. The answers that arrive while the worker
@@ -511,7 +581,10 @@ class Network:
                 continue
             answers.append((ep, x.query, _v4(x.ips), x.ttl))
         changed = self.fqdn.learn_many(answers)
+        if answers:
+            self._fqdn_dirty = True
         if changed:
+            self._save_fqdn()  # before the maps: a restart never loses an IP an endpoint was told
             if any(self._fqdn_selected(n) for n in changed):
                 self._recompute()
             else:
@@ -523,7 +596,10 @@ class Network:
 
     def fqdn_expire(self) -> None:
         before = self.compiled.fqdn_ips
-        if self.fqdn.expire():
+        expired = self.fqdn.expire()
+        if expired or self._fqdn_dirty:
+            self._save_fqdn()
+        if expired:
             if before:
                 self._recompute()
             else:
@@ -626,7 +702,8 @@ class Network:
             },
             "datapath_counters": self.dp.counters() if self.dp.obj else {},
             "l7_proxy": self.l7.status() if self.l7 is not None else None,
-            "dns_proxy": self.dns.status() if self.dns is not None else None,
+            "dns_proxy": {**self.dns.status(), "holder_pid": self.dns_holder.pid if self.dns_holder else None,
+                          "holder_restarts": self.dns_holder_restarts} if self.dns is not None else None,
         }
 
 

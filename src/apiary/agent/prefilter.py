@@ -1,7 +1,8 @@
 """The agent's XDP prefilter: the sensor loaded on first use (or at start, for --prefilter-device or a
-stored state), its devices and deny lists kept in the state directory so that a restarted agent attaches
-and fills it again. The drop counters start from zero after a restart (they live in the kernel only), and
-the XDP links are not pinned: a stopped agent's prefilter stops filtering.
+stored state), its devices and deny lists kept in the state directory. Its maps and XDP links are pinned
+under ``<pin-root>/prefilter``: a killed or stopped agent's prefilter keeps dropping (as the datapath's
+endpoints keep their programs), and the next agent adopts the pins, reconciles the deny lists and the devices
+to the stored state (logging the diff) and keeps the revision and the per-CIDR drop counters.
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from apiary.loader import BpfError
+from apiary.loader import BpfError, PinnedLink
+from apiary.loader.fs import remove_pin_tree
 from apiary.sensors.prefilter.cidrs import PrefilterError, parse_cidrs
 from apiary.sensors.prefilter.sensor import MODES, Prefilter
 
@@ -24,20 +26,25 @@ class PrefilterControl:
     def __init__(self, cfg: AgentConfig, on_load: Callable[[Prefilter], None]) -> None:
         self.cfg = cfg
         self.path = Path(cfg.state_dir) / STATE_FILE
+        self.pin_dir = Path(cfg.pin_root) / "prefilter"
         self.on_load = on_load
         self.sensor: Prefilter | None = None
 
     def _sensor(self) -> Prefilter:
         if self.sensor is None:
-            s = Prefilter(capacity=self.cfg.prefilter_map_size)
+            s = Prefilter(capacity=self.cfg.prefilter_map_size, pin_dir=self.pin_dir)
             s.load()
             self.sensor = s
             self.on_load(s)
         return self.sensor
 
     def close(self) -> None:
+        """The devices keep their XDP links and the maps stay pinned (a stopped agent's prefilter keeps
+        dropping, as the datapath's endpoints keep their programs): the next agent adopts them. With no
+        device and no entry left, the pins go (as the datapath's do with no endpoint left)."""
         if self.sensor is not None:
-            self.sensor.close()
+            s = self.sensor
+            s.close(keep_pins=bool(s.devs or s.lists.entries))
             self.sensor = None
 
     def start(self) -> tuple[list[str], list[str]]:
@@ -48,21 +55,32 @@ class PrefilterControl:
                    **{d: self.cfg.prefilter_mode for d in self.cfg.prefilter_devices}}
         cidrs = stored.get("cidrs", [])
         if not devices and not cidrs:
+            remove_pin_tree(self.pin_dir)  # links a killed agent left with nothing to filter
             return [], []
+        nets = parse_cidrs(cidrs, "cidrs (in the state file)") if cidrs else []
         s = self._sensor()
-        if cidrs:
-            s.add(cidrs)
-        s.lists.revision = max(s.lists.revision, int(stored.get("revision", 1)))
-        out, missing = [], []
+        adopted = s.adopted
+        diff = s.restore(nets, max(1, int(stored.get("revision", 1))))
+        out, missing, kept = [], [], []
         for name, mode in devices.items():
             try:
                 d = s.attach(name, mode)
             except (PrefilterError, BpfError) as e:
                 missing.append(f"prefilter on {name}: not attached: {e}")
                 continue
+            if isinstance(d.link, PinnedLink):
+                kept.append(name)
             out.append(f"prefilter on {name}: XDP {d.mode}" + (f" ({d.note})" if d.note else ""))
+        stale = s.release_stale()
         if cidrs:
             out.append(f"prefilter: {len(cidrs)} CIDRs restored from {self.path} (revision {s.lists.revision})")
+        if s.pinset is not None and s.pinset.discarded:  # e.g. another --prefilter-map-size: not adoptable
+            out.append(f"prefilter: pins of the previous agent in {s.pinset.discarded}")
+        if adopted:
+            attached = [d for d in s.devs if d not in kept]
+            out += [f"adopted pinned prefilter maps and XDP links, reconciled: {line}" for line in diff]
+            out.append("adopted pinned prefilter maps and XDP links, reconciled: devices: "
+                       f"kept {_names(kept)}, attached {_names(attached)}, detached {_names(stale)}")
         self._save()
         return out, missing
 
@@ -117,6 +135,10 @@ class PrefilterControl:
         self.sensor.detach(name)
         self._save()
         return {"devices": self.sensor.devices()}
+
+
+def _names(names: list[str]) -> str:
+    return ", ".join(names) if names else "none"
 
 
 def _devices(body: dict[str, Any]) -> list[str]:

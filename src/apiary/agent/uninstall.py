@@ -2,7 +2,7 @@
 
 What an agent creates (read from the code that creates it):
 - pins under --pin-root: maps, programs and links of every sensor (removing a link's pin detaches it, a
-  map's pin drops its reference);
+  map's pin drops its reference), the XDP prefilter's links on its devices among them (``prefilter/links``);
 - per endpoint: a network namespace ``/run/netns/apiary-INSTANCE-HASH`` (its veth pair goes with it), a host
   veth ``lxcHASH`` with the alias ``apiary:INSTANCE:…``, a cgroup ``CGROUP2/apiary/INSTANCE/…``;
 - host routes: ``unreachable --pod-cidr`` and, while services exist, ``unreachable --service-cidr`` (the
@@ -11,6 +11,9 @@ What an agent creates (read from the code that creates it):
   qdisc they need;
 - the L7 proxy: HAProxy's processes in the cgroup ``CGROUP2/apiary-l7proxy-INSTANCE``, the ip rule on its
   fwmark and the route table it points to (numbers derived from the instance);
+- the DNS proxy's socket holder (``sleep infinity`` in that same cgroup, kept across agent restarts): ended
+  by the PID recorded in --state-dir once verified ours (start time, cgroup, socket inodes), and with the
+  cgroup in any case;
 - --state-dir, and the API socket with its lock file.
 Nothing is matched by a pattern wider than the instance's own names, so other instances stay intact.
 """
@@ -33,6 +36,7 @@ from pyroute2 import IPRoute, netns
 from pyroute2.netlink.exceptions import NetlinkError
 
 from apiary.loader.fs import cgroup2_root
+from apiary.sensors.dnsproxy import holder
 from apiary.sensors.l7proxy.leftovers import proxy_cgroup, route_present, unroute
 from apiary.sensors.lb.sensor import TC_HANDLE, TC_PRIORITY
 
@@ -190,6 +194,9 @@ def uninstall(p: Plan) -> Report:
         with contextlib.suppress(OSError):
             base.parent.rmdir()  # the shared parent, once no instance uses it
     proxy = proxy_cgroup(root, p.instance) if root else None
+    held = holder.load(p.state_dir) if proxy is not None else None
+    if proxy is not None and held is not None and holder.verified(held, proxy):
+        rep.step(f"DNS proxy socket holder pid {held.pid}", lambda: holder.stop(p.state_dir, proxy))
     if proxy is not None and proxy.is_dir():
         rep.step(f"L7 proxy (HAProxy processes and cgroup {proxy})", lambda: _kill_cgroup(proxy))
     if route_present(p.instance):

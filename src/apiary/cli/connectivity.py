@@ -25,11 +25,11 @@ import click
 
 from apiary.connectivity.probe import tcp_reason
 from apiary.connectivity.scenarios import (
-    NOT_YET,
     Action,
     Result,
     Scenario,
     SelectionError,
+    dns_missing,
     l7_missing,
     select,
 )
@@ -40,6 +40,7 @@ from .network_cmds import _client, _fail, seg
 ECHO_PORTS = (8080, 8081)
 ECHO_HTTP_PORT = 8082  # the echo endpoint's HTTP server (started by the L7 scenario)
 PROBE_TIMEOUT = 3.0  # seconds a probe connection may take (a drop shows as a timeout)
+DNS_TOOL = "apiary.testing.dnsserver"  # dnspython server and client (python -m), run in the test's own places
 
 
 class Skip(Exception):
@@ -119,14 +120,44 @@ class Run:
 
     def start_server(self, what: str, *argv: str) -> None:
         """A probe server in the echo endpoint (stopped by the clean-up); returns once it listens."""
-        p = subprocess.Popen(self.probe_argv(self.echo_ep, *argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True)
+        self.start_process(f"the {what} in {self.ns}/{self.echo_ep}", self.probe_argv(self.echo_ep, *argv))
+
+    def start_process(self, what: str, argv: list[str]) -> None:
+        """A server process (stopped by the clean-up); returns once it printed "ready"."""
+        p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.procs.append(p)
         assert p.stdout is not None
         line = p.stdout.readline()
         if "ready" not in line:
             err = p.stderr.read() if p.stderr and p.poll() is not None else ""
-            raise RuntimeError(f"the {what} in {self.ns}/{self.echo_ep} did not start: {(line + err).strip()}")
+            raise RuntimeError(f"{what} did not start: {(line + err).strip()}")
+
+    def own_host(self, tag: str, base: int, far: int) -> tuple[str, str, str, list[str]]:
+        """A veth pair of the run's own, its far end in a netns of its own, on 198.18.N.base/29 (RFC 2544's
+        benchmarking range): the near end gets .base+1, the far end the next ``far`` addresses. Returns (netns,
+        near link, near address, far addresses); removed by the clean-up."""
+        n = int(self.id, 16) % 250 + 1
+        host = f"198.18.{n}.{base + 1}"
+        addrs = [f"198.18.{n}.{base + 2 + i}" for i in range(far)]
+        ns, h_if, t_if = f"apiary-ct-{self.id}{tag}", f"ct{self.id}{tag}h", f"ct{self.id}{tag}t"
+        taken = subprocess.run(["ip", "-j", "route", "show", "match", host], capture_output=True, text=True,
+                               timeout=30)
+        if any(not x.get("dst", "").startswith("default") for x in json.loads(taken.stdout or "[]")):
+            raise Skip(f"{host} is already routed on this node: the test does not send there")
+        self.netns.append(ns)
+        _sh("ip", "netns", "add", ns)
+        self.links.append(h_if)
+        _sh("ip", "link", "add", h_if, "type", "veth", "peer", "name", t_if, "netns", ns)
+        _sh("ip", "addr", "add", f"{host}/29", "dev", h_if)
+        _sh("ip", "link", "set", h_if, "up")
+        cmds = [("link", "set", "lo", "up"), *(("addr", "add", f"{a}/29", "dev", t_if) for a in addrs),
+                ("link", "set", t_if, "up")]
+        for cmd in cmds:
+            _sh("ip", "-n", ns, *cmd)
+        got = _sh("ip", "-n", ns, "route", "get", host)
+        if f"dev {t_if}" not in got:  # traffic only over the test's own link
+            raise RuntimeError(f"{host} does not route over the test veth ({got.strip()}): refusing to send")
+        return ns, h_if, host, addrs
 
     def expect_http(self, ep: str, host: str, port: int, path: str, status: int, body: str) -> Action:
         """GET http://host:port/path from ep: the answer must have ``status`` and a body starting with ``body``."""
@@ -340,24 +371,7 @@ def l7_http(r: Run) -> list[Action]:
 def prefilter(r: Run) -> list[Action]:
     """A veth pair of the run's own (the far end in a netns of its own, addresses in 198.18.N.0/29, RFC 2544's
     benchmarking range): the prefilter attached to the near end, one far address denied; removed afterwards."""
-    n = int(r.id, 16) % 250 + 1
-    host, bad, good = f"198.18.{n}.1", f"198.18.{n}.2", f"198.18.{n}.3"
-    ns, h_if, t_if = f"apiary-ct-{r.id}", f"ct{r.id}h", f"ct{r.id}t"
-    taken = subprocess.run(["ip", "-j", "route", "show", "match", host], capture_output=True, text=True, timeout=30)
-    if any(not x.get("dst", "").startswith("default") for x in json.loads(taken.stdout or "[]")):
-        raise Skip(f"{host} is already routed on this node: the prefilter test does not send there")
-    r.netns.append(ns)
-    _sh("ip", "netns", "add", ns)
-    r.links.append(h_if)
-    _sh("ip", "link", "add", h_if, "type", "veth", "peer", "name", t_if, "netns", ns)
-    _sh("ip", "addr", "add", f"{host}/29", "dev", h_if)
-    _sh("ip", "link", "set", h_if, "up")
-    for cmd in (("link", "set", "lo", "up"), ("addr", "add", f"{bad}/29", "dev", t_if),
-                ("addr", "add", f"{good}/29", "dev", t_if), ("link", "set", t_if, "up")):
-        _sh("ip", "-n", ns, *cmd)
-    got = _sh("ip", "-n", ns, "route", "get", host)
-    if f"dev {t_if}" not in got:  # traffic only over the test's own link
-        raise RuntimeError(f"{host} does not route over the test veth ({got.strip()}): refusing to send")
+    ns, h_if, host, (bad, good) = r.own_host("", 0, 2)
     cidr = f"{bad}/32"
     res = r.c.request("POST", "/v1/prefilter", json={"cidrs": [cidr], "devices": [h_if], "mode": "auto"})
     r.prefilter_devices.append(h_if)
@@ -393,6 +407,43 @@ def _udp_arrives(ns: str, src: str, dst: str) -> bool:
             return rx.recv(16) == b"pf"
         except TimeoutError:
             return False
+
+
+def dns(r: Run) -> list[Action]:
+    """A DNS server of the run's own (dnspython, in a netns of its own on 198.18.N.8/29) knows two names; an
+    egress rule with rules.dns lets the client ask it for one of them only. The datapath hands the client's
+    queries to the agent's DNS proxy, which forwards the allowed one and answers REFUSED itself for the other
+    (the server would answer it: a refusal can only come from the proxy)."""
+    ns, _, _, (server,) = r.own_host("d", 8, 1)
+    allowed, other = f"allowed.{r.id}.apiary-conntest.test", f"other.{r.id}.apiary-conntest.test"
+    r.start_process(f"the DNS server in netns {ns}", [
+        "ip", "netns", "exec", ns, sys.executable, "-m", DNS_TOOL, "serve", server, f"{allowed}={server}@60",
+        f"{other}={server}@60"])
+    spec = textwrap.dedent(f"""\
+        endpointSelector: {r.selector('client')}
+        egress:
+        - toCIDR: [{server}/32]
+          toPorts:
+          - ports: [{{port: "53", protocol: ANY}}]
+            rules: {{dns: [{{matchName: "{allowed}"}}]}}
+        """)
+    steps = [["ask", server, allowed, "udp"], ["ask", server, other, "udp"]]
+    with r.policy(f"conntest-dns-{r.id}", spec):
+        p = subprocess.run(r.exec_argv(r.client_ep, sys.executable, "-m", DNS_TOOL, "run", json.dumps(steps)),
+                           capture_output=True, text=True, timeout=120)
+    if p.returncode != 0:
+        raise RuntimeError(f"the DNS client in {r.ns}/{r.client_ep} failed: {p.stderr.strip()[-300:]}")
+    got, refused = json.loads(p.stdout.strip().splitlines()[-1])
+    where = f"{r.client_ep} -> DNS {server}:53 A"
+
+    def seen(x: dict[str, Any]) -> str:
+        return f"rcode {x['rcode']} ({x.get('error') or 'ips ' + (','.join(x['ips']) or 'none')})"
+
+    answered = got["rcode"] == 0 and got["ips"] == [server]
+    # REFUSED, or NXDOMAIN under --tofqdns-dns-reject-response-code nameError: the server knows the name
+    was_refused = refused["rcode"] in (3, 5) and not refused["ips"]
+    return [Action(f"{where} {allowed} (expect answer {server})", answered, "" if answered else seen(got)),
+            Action(f"{where} {other} (expect the proxy's refusal)", was_refused, "" if was_refused else seen(refused))]
 
 
 def tracing_kill(r: Run) -> list[Action]:
@@ -450,16 +501,19 @@ RUNNERS: dict[str, Callable[[Run], list[Action]]] = {
     "prefilter": prefilter,
     "tracing-kill": tracing_kill,
     "l7-http": l7_http,
+    "dns": dns,
 }
 
 
-def run_one(r: Run, s: Scenario, l7_skip: str) -> Result:
-    """``l7_skip``: why the L7 scenarios cannot run on this agent (empty when its proxy is up)."""
+def run_one(r: Run, s: Scenario, l7_skip: str, dns_skip: str = "") -> Result:
+    """``l7_skip``/``dns_skip``: why the L7/DNS scenarios cannot run on this agent (empty when its proxy is up)."""
     fn = RUNNERS.get(s.name)
     if fn is None:
-        return Result(s, skipped=NOT_YET.get(s.name, "not implemented in this version of the connectivity test"))
+        return Result(s, skipped="not implemented in this version of the connectivity test")
     if s.l7 and l7_skip:
         return Result(s, skipped=l7_skip)
+    if s.dns and dns_skip:
+        return Result(s, skipped=dns_skip)
     try:
         return Result(s, fn(r))
     except Skip as e:
@@ -511,7 +565,7 @@ def connectivity_test(ctx: click.Context, tests: tuple[str, ...], test_namespace
     except (AgentUnreachable, ApiError) as e:
         _fail(str(e))
         return
-    l7_skip = l7_missing(st)
+    l7_skip, dns_skip = l7_missing(st), dns_missing(st)
     r = Run(c, (ctx.find_root().obj or {}).get("socket"), namespace, run_id)
     results: list[Result] = []
     old = signal.signal(signal.SIGTERM, _sigterm)
@@ -523,7 +577,7 @@ def connectivity_test(ctx: click.Context, tests: tuple[str, ...], test_namespace
             click.echo(f"✨ [{namespace}] Creating endpoints {r.client_ep} and {r.echo_ep}...")
         r.setup()
         for s in chosen:
-            res = run_one(r, s, l7_skip)
+            res = run_one(r, s, l7_skip, dns_skip)
             results.append(res)
             if text:
                 click.echo(res.line())

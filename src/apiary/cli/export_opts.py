@@ -121,6 +121,12 @@ _OPTIONS = [
         help="Also send events and flows as OpenTelemetry log "
         "records (OTLP/HTTP) to this collector, e.g. http://127.0.0.1:4318.",
     ),
+    click.option(
+        "--export-otlp-traces",
+        is_flag=True,
+        help="Also send each L7 HTTP request and DNS query through the agent's proxies as an OpenTelemetry span "
+        "(OTLP/HTTP, to the --export-otlp-endpoint collector's /v1/traces).",
+    ),
 ]
 _NAMES = [
     "export_filename",
@@ -141,6 +147,7 @@ _NAMES = [
     "hubble_export_denylist",
     "hubble_export_fieldmask",
     "export_otlp_endpoint",
+    "export_otlp_traces",
     "rate_limit_report_interval",
 ]
 _JOINED = {"export_allowlist", "export_denylist", "field_filters", "hubble_export_allowlist", "hubble_export_denylist"}
@@ -203,11 +210,12 @@ def status_lines(ex: dict[str, Any] | None) -> list[str]:
             errs = ", ".join(f"{k} {v:,}" for k, v in f["errors"].items())
             out.append(f"    write errors {f['write_errors']:,} ({errs}), {f['failed_lines']:,} lines lost")
             out.append(f"    last error: {f['last_error']}")
-    o = ex.get("otlp")
-    if o:
-        out.append(
-            f"  otlp -> {o['endpoint']}: {o['exported']:,} exported, {o['failed']:,} failed, "
-            f"{o['in_flight']:,} in flight, {o['dropped']:,} dropped"
-            + (f"; last error: {o['last_error']}" if o["last_error"] else "")
-        )
+    for key, what in (("otlp", "otlp"), ("otlp_traces", "otlp spans")):
+        o = ex.get(key)
+        if o:
+            out.append(
+                f"  {what} -> {o['endpoint']}: {o['exported']:,} exported, {o['failed']:,} failed, "
+                f"{o['in_flight']:,} in flight, {o['dropped']:,} dropped"
+                + (f"; last error: {o['last_error']}" if o["last_error"] else "")
+            )
     return out

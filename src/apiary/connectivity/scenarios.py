@@ -11,8 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 L7_MISSING = "L7 proxy not available in this agent"
-# scenarios this version cannot run yet, and why (shown as the skip reason)
-NOT_YET = {"dns": "the agent has no DNS proxy yet (rules.dns / toFQDNs are refused)"}
+DNS_MISSING = "DNS proxy not available in this agent"
 
 
 @dataclass(frozen=True)
@@ -20,6 +19,7 @@ class Scenario:
     name: str
     what: str  # one line: what it proves
     l7: bool = False  # needs the agent's L7 proxy
+    dns: bool = False  # needs the agent's DNS proxy
 
 
 SCENARIOS: tuple[Scenario, ...] = (
@@ -33,7 +33,7 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("prefilter", "XDP prefilter drops a denied source CIDR on a veth of the test's own"),
     Scenario("tracing-kill", "a TracingPolicy Sigkills a write into a scratch dir from the client endpoint"),
     Scenario("l7-http", "HTTP rule through the agent's proxy: GET /allowed 200, GET /denied 403", l7=True),
-    Scenario("dns", "DNS rule: allowed name resolves, other name refused", l7=True),
+    Scenario("dns", "DNS rule through the agent's DNS proxy: allowed name resolves, other name refused", dns=True),
 )
 
 
@@ -48,6 +48,17 @@ def l7_missing(status: Mapping[str, Any]) -> str:
         return f"{L7_MISSING} (haproxy not installed or not started: see `apiary status`)"
     if not proxy.get("alive"):
         return f"{L7_MISSING}: the proxy is down (restarts {proxy.get('restarts', 0)}: see `apiary status`)"
+    return ""
+
+
+def dns_missing(status: Mapping[str, Any]) -> str:
+    """Why the DNS scenario cannot run on the agent whose ``/v1/status`` this is; empty when its DNS proxy is up
+    (``network.dns_proxy``: null when the agent runs without one; it starts with the L7 proxy)."""
+    net = status.get("network")
+    if not isinstance(net, Mapping):
+        return f"{DNS_MISSING} (no network half)"
+    if not isinstance(net.get("dns_proxy"), Mapping):
+        return f"{DNS_MISSING} (it starts with the L7 proxy: haproxy not installed or not started, see `apiary status`)"
     return ""
 
 

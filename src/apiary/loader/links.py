@@ -322,6 +322,10 @@ class PinnedLink:
     def id(self) -> int:
         return self.link_id
 
+    def xdp_ifindex(self) -> int:
+        """The device an XDP link holds (0 once that device is gone)."""
+        return int(_link_info(self.link_fd).u[0]) & 0xFFFFFFFF
+
     def destroy(self) -> None:
         _release(self)
         if self.prog.fd >= 0:

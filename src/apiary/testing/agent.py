@@ -152,6 +152,20 @@ class AgentProcess:
         self.cleanup()
 
 
+def pinned_maps(pin_root: str, sub: str, names: tuple[str, ...]) -> dict[str, dict[bytes, bytes]]:
+    """What the maps ``names`` pinned under ``pin_root/sub`` hold (read from the kernel, not the agent)."""
+    from apiary.loader import Map
+
+    out = {}
+    for n in names:
+        m = Map.from_pin(f"{pin_root}/{sub}/{n}")
+        try:
+            out[n] = dict(m.items())
+        finally:
+            m.close()
+    return out
+
+
 def remove_instance_objects(instance: str, pod_cidr: str, service_cidr: str | None = None) -> None:
     """Whatever an agent instance left in the kernel: its netns (veths go with them), cgroups, route."""
     prefix = f"apiary-{instance}-"
@@ -163,7 +177,8 @@ def remove_instance_objects(instance: str, pod_cidr: str, service_cidr: str | No
 
     root = cgroup2_root()
     unroute(instance)  # a killed agent's L7 proxy rule
-    if root and proxy_cgroup(root, instance).is_dir():  # and its HAProxy (only ever in that cgroup)
+    # and its HAProxy and DNS socket holder (only ever in that cgroup: ended with it, never found by name)
+    if root and proxy_cgroup(root, instance).is_dir():
         _kill_rmdir(proxy_cgroup(root, instance))
     if root:
         base = Path(root) / "apiary" / instance

@@ -39,6 +39,7 @@ class ExportSettings:
     hubble_export_fieldmask: tuple[str, ...] = ()
     # OpenTelemetry (apiary's): events and flows as OTLP log records
     export_otlp_endpoint: str = ""
+    export_otlp_traces: bool = False  # also each L7 HTTP request and DNS query as a span, to the same collector
     export_queue: int = 65536  # events buffered for the writer before it counts drops
     rate_limit_report_interval: float = 60.0  # seconds between rate_limit_info records (Tetragon: 1 minute)
 
@@ -83,6 +84,8 @@ class ExportSettings:
                     f"--export-otlp-endpoint: {self.export_otlp_endpoint!r} is not an http(s) URL "
                     "(e.g. http://127.0.0.1:4318)"
                 )
+        if self.export_otlp_traces and not self.export_otlp_endpoint:
+            raise ValueError("--export-otlp-traces: needs --export-otlp-endpoint (the collector to send spans to)")
         compile_events(self)
         compile_flows(self)
 

@@ -83,9 +83,14 @@ class DnsProxy:
             break
         else:
             raise OSError(f"the DNS proxy found no free port: {last}")
+        self.adopt(udp, tcp)
+
+    def adopt(self, udp: socket.socket, tcp: socket.socket) -> None:
+        """Answer on sockets bound earlier (by :meth:`bind`, maybe of an agent before this one: see holder.py);
+        what is queued on them is answered once :meth:`serve` runs."""
         udp.setblocking(False)
         tcp.setblocking(False)
-        self.udp, self._tcp_sock, self.port = udp, tcp, port
+        self.udp, self._tcp_sock, self.port = udp, tcp, udp.getsockname()[1]
 
     async def serve(self) -> None:
         """Answer from the running event loop (queries that came meanwhile wait in the sockets' queues)."""

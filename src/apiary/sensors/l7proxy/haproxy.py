@@ -158,7 +158,9 @@ class HAProxy:
         self.restarts += 1
         return True
 
-    def close(self) -> None:
+    def close(self, keep_route: bool = False) -> None:
+        """Stop HAProxy; ``keep_route``: leave the ip rule for redirected packets (the DNS proxy's sockets
+        outlive the agent in their holder, and the rule delivers the queries to them)."""
         if self.proc is not None and self.proc.poll() is None:
             os.kill(self.proc.pid, signal.SIGTERM)
             try:
@@ -170,8 +172,9 @@ class HAProxy:
         if self.log_sock is not None:
             self.log_sock.close()
             self.log_sock = None
-        self._unroute()
-        with contextlib.suppress(OSError):
+        if not keep_route:
+            self._unroute()
+        with contextlib.suppress(OSError):  # busy while the DNS socket holder is in it
             self.cgroup.rmdir()
 
     # ------------------------------------------------------------------ policy

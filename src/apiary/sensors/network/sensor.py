@@ -40,7 +40,9 @@ from apiary.sensors.pins import PinSet, object_digest
 from apiary.sensors.reconcile import MapDiff, diff
 
 ETH_HLEN = 14  # BPF_PROG_TEST_RUN of a TC program needs at least an Ethernet header
-PINNED = ("endpoints", "policy", "policy_ranges", "ipcache", "ct", "dp_counters", "dp_lost", "ep_ifindex", "proxy")
+# the flows ring too: what the adopted programs report while no agent runs is read by the next one (or counted lost)
+PINNED = ("endpoints", "policy", "policy_ranges", "ipcache", "ct", "dp_counters", "dp_lost", "ep_ifindex", "proxy",
+          "flows")
 
 
 class CapacityError(BpfError):
@@ -157,7 +159,8 @@ class Datapath:
             obj.program("empty_tc").autoload = False
             if self.pin_dir:
                 self.pinset = pins = PinSet(self.pin_dir, {"object": object_digest(self.obj_path),
-                                                          "policy_max": self.policy_max, "ct_max": self.ct_max})
+                                                          "policy_max": self.policy_max, "ct_max": self.ct_max,
+                                                          "ringbuf": self.ringbuf_bytes})
                 self.adopted = pins.open() is not None
                 if not self.adopted:
                     pins.create()

@@ -82,13 +82,24 @@ class DenyLists:
     revision: int = 1
     _next: int = 0
     _free: list[int] = field(default_factory=list)
+    dirty: int = 0  # counter slots below this may hold an earlier agent's counts (zeroed before reuse)
 
     def count(self, map_name: str) -> int:
         return sum(1 for n in self.entries if map_of(n) == map_name)
 
     def used_slots(self) -> int:
         """Counter slots below this have been used (and may hold counts); the ones above never were."""
-        return self._next
+        return max(self._next, self.dirty)
+
+    def restore(self, entries: dict[Network, int], revision: int, dirty: int) -> None:
+        """The entries adopted maps hold (prefix -> its counter slot, counts kept) at ``revision``; every slot
+        below ``dirty`` may hold counts of an earlier agent's entries, so a new entry's slot is zeroed first."""
+        self.entries = dict(entries)
+        self.revision = revision
+        self._next = max(entries.values(), default=-1) + 1
+        used = set(entries.values())
+        self._free = [s for s in range(self._next - 1, -1, -1) if s not in used]
+        self.dirty = dirty
 
     def check_revision(self, expected: int | None) -> None:
         if expected is not None and expected != self.revision:

@@ -5,24 +5,50 @@ Changes are map writes only (the program is never reloaded) and apply whole or n
 planned (and refused, naming the bad value) before any write, and an entry written before a failing write
 is removed again (a removed one put back). Devices attach in native mode where the driver has it, else in
 generic (skb) mode; ``devices()`` says which mode each one got and why.
+
+With a pin directory the four deny maps, the drop counters and each device's XDP link are pinned there
+(sensors/pins.py; the manifest says which device and mode each link holds), so a killed or stopped agent's
+prefilter keeps dropping. The next agent whose object and capacity match adopts them: ``restore`` makes the
+maps hold the stored lists exactly (entries kept with their counter slots, so their counts go on; stale ones
+removed, missing ones added) and says what that took; ``attach`` takes over a device's pinned link when it
+still holds that device in the mode asked for, and ``release_stale`` detaches the pinned links of devices no
+longer wanted.
 """
 
 from __future__ import annotations
 
 import errno
+import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from apiary.loader import BpfError, BpfObject, Map, RingBuffer, XdpModeLink
+from apiary.loader import BpfError, BpfObject, Map, PinnedLink, RingBuffer, XdpModeLink
 from apiary.loader.paths import bpf_object
 from apiary.sensors.base import LinkRow, OwnedMap, ProgramRow, RecordHandler, RingCounts, link_rows
+from apiary.sensors.pins import PinSet, object_digest
+from apiary.sensors.reconcile import MapDiff, apply, diff
 
 from . import abi
 from .cidrs import MAP_NAMES, DenyLists, Network, Plan, PrefilterError, map_of, parse_cidrs
 
 MODES = ("auto", "native", "generic")
+PINNED = (*MAP_NAMES, "pf_drops")
+
+
+def kept_slots(nets: list[Network], held: dict[str, dict[bytes, bytes]], nslots: int) -> dict[Network, int]:
+    """The wanted prefixes adopted maps already hold, with the counter slot each holds (a slot out of range
+    or held twice is not kept: that entry is written again with a fresh slot)."""
+    out: dict[Network, int] = {}
+    taken: set[int] = set()
+    for n in nets:
+        raw = held[map_of(n)].get(abi.key(n))
+        slot = int.from_bytes(raw[:4], "little") if raw is not None else -1
+        if 0 <= slot < nslots and slot not in taken:
+            out[n] = slot
+            taken.add(slot)
+    return out
 
 
 @dataclass
@@ -30,20 +56,24 @@ class Device:
     name: str
     ifindex: int
     mode: str  # native | generic: what holds
-    link: XdpModeLink
+    link: XdpModeLink | PinnedLink
     note: str = ""  # why not native, when asked for auto
 
 
 class Prefilter:
     name = "prefilter"
 
-    def __init__(self, capacity: int = abi.PF_DEFAULT_ENTRIES, obj_path: str | Path | None = None) -> None:
+    def __init__(self, capacity: int = abi.PF_DEFAULT_ENTRIES, obj_path: str | Path | None = None,
+                 pin_dir: str | Path | None = None) -> None:
         self.capacity = capacity
         self.obj_path = Path(obj_path) if obj_path else bpf_object("prefilter")
         self.obj: BpfObject | None = None
         self.maps: dict[str, Map] = {}
         self.lists = DenyLists(capacity)
         self.devs: dict[str, Device] = {}
+        self.pinset = PinSet(Path(pin_dir), {}) if pin_dir else None
+        self.adopted = False  # the maps (and maybe links) were adopted from an earlier agent's pins
+        self.pinned: dict[str, dict[str, Any]] = {}  # device -> {ifindex, mode, note}: the pinned links
 
     # ------------------------------------------------------------------ lifecycle
     def load(self, baseline: bool = False) -> None:
@@ -54,18 +84,41 @@ class Prefilter:
                 obj.set_max_entries(m, self.capacity)
             obj.set_max_entries("pf_drops", 4 * self.capacity)
             obj.program("pf_empty").autoload = baseline
-            obj.load()
+            pins = self.pinset
+            if pins is None:
+                obj.load()
+            else:
+                pins.identity = {"object": object_digest(self.obj_path), "capacity": self.capacity}
+                manifest = pins.open()
+                self.adopted = manifest is not None
+                if manifest is None:
+                    pins.create()
+                pins.load(obj, PINNED, self.adopted)
+                self.pinned = dict((manifest or {}).get("devices", {}))
+                if manifest is None:
+                    pins.write({"devices": {}})
         except BaseException:
             obj.close()
+            if self.pinset is not None:
+                self.pinset.close()
             raise
         self.obj = obj
         self.maps = {m: obj.map(m) for m in MAP_NAMES}
         self.drops = obj.map("pf_drops")
 
-    def close(self) -> None:
+    def close(self, keep_pins: bool = False) -> None:
+        """``keep_pins``: the devices keep their XDP links and the maps stay pinned for the next agent."""
         for d in self.devs.values():
+            if keep_pins:
+                d.link.pin_path = None  # forget the pin, do not remove it: closing our fd then detaches nothing
             d.link.destroy()
         self.devs.clear()
+        if self.pinset is not None:
+            if keep_pins:
+                self.pinset.close()
+            else:
+                self.pinset.remove()
+                self.pinned.clear()
         if self.obj:
             self.obj.close()
             self.obj = None
@@ -83,6 +136,9 @@ class Prefilter:
             ifindex = socket.if_nametoindex(ifname)
         except OSError:
             raise PrefilterError(f"devices: no network device {ifname!r} on this node", "devices", 404) from None
+        old = self._adopt(ifname, ifindex, mode)
+        if old is not None:
+            return old
         prog = self.obj.program("prefilter")
         note = ""
         if mode == "generic":
@@ -96,14 +152,57 @@ class Prefilter:
                 note = f"the driver of {ifname} has no native XDP ({errno.errorcode.get(e.errno, e.errno)})"
                 link = XdpModeLink.attach_mode(prog, ifindex, "generic")
         dev = Device(ifname, ifindex, link.mode, link, note)
+        if self.pinset is not None:
+            try:
+                link.pin(self.pinset.link_path(ifname))
+            except BaseException:
+                link.destroy()
+                raise
+        self.devs[ifname] = dev
+        self._write_manifest()
+        return dev
+
+    def _adopt(self, ifname: str, ifindex: int, mode: str) -> Device | None:
+        """The device's pinned link, when it still holds this very device in the mode asked for; otherwise
+        that link is detached (a new one replaces it)."""
+        had = self.pinned.pop(ifname, None)
+        if self.pinset is None or had is None:
+            return None
+        link = self.pinset.adopt_link(ifname, f"xdp {had.get('mode')} {ifname}")
+        if link is None:
+            return None
+        if link.xdp_ifindex() != ifindex or mode not in ("auto", had.get("mode")):
+            link.destroy()  # a device of that name that is another one now, or another mode asked for
+            return None
+        dev = Device(ifname, ifindex, str(had.get("mode")), link, str(had.get("note", "")))
         self.devs[ifname] = dev
         return dev
+
+    def release_stale(self) -> list[str]:
+        """Detach the pinned links of devices not attached (again) by now: the names."""
+        if self.pinset is None:
+            return []
+        gone = sorted(self.pinned)
+        wanted = {self.pinset.link_path(d) for d in self.devs}
+        for f in self.pinset.link_names():
+            path = str(self.pinset.root / "links" / f)
+            if path not in wanted:
+                os.unlink(path)  # the last reference: the kernel detaches it
+        self.pinned.clear()
+        self._write_manifest()
+        return gone
+
+    def _write_manifest(self) -> None:
+        if self.pinset is not None:
+            devs = {d.name: {"ifindex": d.ifindex, "mode": d.mode, "note": d.note} for d in self.devs.values()}
+            self.pinset.write({"devices": {**self.pinned, **devs}})
 
     def detach(self, ifname: str) -> None:
         dev = self.devs.pop(ifname, None)
         if dev is None:
             raise PrefilterError(f"devices: the prefilter is not attached to {ifname!r}", "devices", 404)
         dev.link.destroy()
+        self._write_manifest()
 
     def devices(self) -> list[dict[str, Any]]:
         return [
@@ -155,6 +254,28 @@ class Prefilter:
             raise
         self.lists.commit(plan)
 
+    def restore(self, nets: list[Network], revision: int) -> list[str]:
+        """Make the maps hold ``nets`` (the stored lists) at ``revision``: entries the maps hold already keep
+        their counter slots (and counts), stale ones go, missing ones come with zeroed counters. The diff
+        applied, one line per map that changed (or one saying all matched)."""
+        held = {m: dict(self.maps[m].items()) for m in MAP_NAMES}
+        kept = kept_slots(nets, held, 4 * self.capacity)
+        self.lists.restore(kept, revision, 4 * self.capacity if self.adopted else 0)
+        plan = self.lists.plan_add([n for n in nets if n not in kept])
+        want: dict[str, dict[bytes, bytes]] = {m: {} for m in MAP_NAMES}
+        for n, slot in (kept | plan.add).items():
+            want[map_of(n)][abi.key(n)] = abi.value(slot)
+        diffs: dict[str, MapDiff] = {m: diff(want[m], held[m]) for m in MAP_NAMES}
+        zero = b"\0" * (self.drops.slot * self.drops.ncpus)
+        for slot in plan.add.values():
+            if slot < self.lists.used_slots():
+                self.drops.update(slot.to_bytes(4, "little"), zero)
+        for m, d in diffs.items():
+            apply(self.maps[m], d)
+        self.lists.commit(plan)
+        self.lists.revision = revision
+        return [d.summary(m) for m, d in diffs.items() if not d.empty] or [f"{len(nets)} CIDRs already matched"]
+
     def drops_of(self, slot: int) -> int:
         raw = self.drops.lookup(slot.to_bytes(4, "little"))
         if raw is None:
@@ -177,8 +298,10 @@ class Prefilter:
             return []
         prog = self.obj.program("prefilter")
         where = ", ".join(f"xdp {d.mode} {d.name}" for d in self.devs.values()) or "not attached"
-        link_id = next(iter(self.devs.values())).link.id if len(self.devs) == 1 else 0
-        return [ProgramRow(prog.name, prog.fd, where, link_id)]
+        first = next(iter(self.devs.values()), None)
+        link_id = first.link.id if first is not None and len(self.devs) == 1 else 0
+        fd = first.link.prog.fd if first is not None else prog.fd  # an adopted link runs the earlier agent's
+        return [ProgramRow(prog.name, fd, where, link_id)]
 
     def link_rows(self) -> list[LinkRow]:
         return [LinkRow(r.id, r.program, f"xdp {d.mode} {d.name}", r.pin)

@@ -10,7 +10,8 @@ prefilter (per packet, and its drop rate through a veth against iptables raw rul
 bench/prefilter_drop.py), (bench/apply.py) the policy apply latency at 10 / 100 / 1,000 / 10,000 rules, and
 (bench/services.py) apiary's services against kube-proxy's iptables and IPVS modes
 at 10 / 100 / 1,000 / 10,000 services, and (bench/l7.py) HTTP through the L7 proxy against no policy, an L3/L4
-policy and a plain HAProxy hop.
+policy and a plain HAProxy hop, and (bench/dns.py) DNS queries through the DNS proxy against
+straight to the resolver (dnsperf).
 
 Run: `make bench` (root), or one part: `make bench ARGS="--only apply"`. Options: --rounds N --execs N
 --opens N --events N --apply-rounds N; the services part: --quick (N = 10, 100), --svc-sizes, --svc-modes, --out
@@ -150,7 +151,8 @@ def main() -> None:
     ap.add_argument("--opens", type=int, default=200000)
     ap.add_argument("--events", type=int, default=1000000)
     ap.add_argument(
-        "--only", choices=["process", "datapath", "tracing", "apply", "prefilter", "services", "export", "l7"],
+        "--only", choices=["process", "datapath", "tracing", "apply", "prefilter", "services", "export", "l7",
+                            "dns"],
         default=None,
     )
     ap.add_argument("--apply-rounds", type=int, default=5, help="rounds per size of the policy apply bench")
@@ -162,6 +164,9 @@ def main() -> None:
     from . import l7
 
     l7.add_arguments(ap)
+    from . import dns
+
+    dns.add_arguments(ap)
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench: needs root (loads BPF)")
@@ -183,6 +188,11 @@ def main() -> None:
     if args.only in (None, "l7"):
         l7.main(args)
         if args.only == "l7":
+            return
+        print()
+    if args.only in (None, "dns"):
+        dns.main(args)
+        if args.only == "dns":
             return
         print()
     if args.only in (None, "prefilter"):

@@ -16,6 +16,8 @@ APT_PKGS+=(ipset)
 APT_PKGS+=(prometheus)
 # L7 HTTP policy: the agent runs its own HAProxy (never the system service, stopped and disabled below)
 APT_PKGS+=(haproxy)
+# the DNS proxy bench: dnsperf (load generator) and dnsmasq-base (the resolver; no daemon, no service)
+APT_PKGS+=(dnsperf dnsmasq-base)
 missing=()
 for p in "${APT_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

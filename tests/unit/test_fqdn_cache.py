@@ -23,6 +23,25 @@ def test_min_ttl_expiry_and_shared_ips() -> None:
         FqdnCache(min_ttl=-1)
 
 
+def test_learn_many_reports_the_names_whose_ips_changed_and_holds_tells_fresh_entries() -> None:
+    c = FqdnCache()
+    assert c.learn_many([(1, "a.example.com", ("192.0.2.1",), 60), (1, "b.example.com", ("192.0.2.2",), 60),
+                         (2, "a.example.com", ("192.0.2.1",), 60)], now=100.0) == {"a.example.com.", "b.example.com."}
+    # a repeat only refreshes (no change); a new IP for a name another endpoint also holds changes that name
+    assert c.learn_many([(1, "a.example.com", ("192.0.2.1",), 60)], now=130.0) == set()
+    assert c.entries[(1, "a.example.com.")].looked_up == 130.0
+    assert c.learn_many([(2, "a.example.com", ("192.0.2.9",), 60), (3, "c.example.com", (), 60)],
+                        now=130.0) == {"a.example.com."}
+    assert c.names_ips()["a.example.com."] == ("192.0.2.1", "192.0.2.9")
+    assert not c.holds(1, "A.example.com.", ("192.0.2.1",), margin=5.0)  # learned at t=130 s: long expired
+    c.learn_many([(1, "d.example.com", ("192.0.2.4",), 3600)])
+    assert c.holds(1, "d.example.com", ("192.0.2.4",), margin=5.0)
+    assert not c.holds(1, "d.example.com", ("192.0.2.5",), margin=5.0)  # other IPs: must be learned first
+    assert not c.holds(2, "d.example.com", ("192.0.2.4",), margin=5.0)  # another endpoint's entry
+    assert not c.holds(1, "d.example.com", ("192.0.2.4",), margin=4000.0)  # expires too soon
+    assert not c.holds(1, "d.example.com", (), margin=5.0)
+
+
 def test_rows_filter_by_endpoint_and_pattern() -> None:
     c = FqdnCache()
     c.learn(1, "a.example.com", ("192.0.2.1",), 30, now=0.0)
@@ -46,6 +65,8 @@ def test_judge_uses_the_asking_endpoints_rules_for_that_resolver_and_port() -> N
     assert not judge("10.0.0.5", "192.0.2.53", 5353, "UDP", "a.example.com.")[0]  # another port
     assert not judge("10.0.0.6", "192.0.2.53", 53, "UDP", "a.example.com.")[0]  # another endpoint
     assert judge("10.0.0.5", "192.0.2.53", 53, "TCP", "a.example.com.")[0]
+    assert judge("10.0.0.5", "192.0.2.53", 53, "UDP", "b.example.com.") == (False, why)  # remembered: the same
+    assert judge.identity("192.0.2.53") == 300 and judge.identity("198.51.100.7") == 2
 
 
 def test_dns_flow_fields_and_summaries() -> None:

@@ -60,12 +60,27 @@ class FqdnCache:
 
     def learn(self, ep_id: int, name: str, ips: tuple[str, ...], ttl: int, now: float | None = None) -> bool:
         """Record an answer; True when the names' IPs (what the selectors see) changed."""
-        before = self.names_ips()
-        name = fqdn(name)
-        if ips:
-            self.entries[(ep_id, name)] = CacheEntry(ep_id, name, tuple(sorted(set(ips))), max(ttl, self.min_ttl),
-                                                     time.time() if now is None else now)
-        return self.names_ips() != before
+        return bool(self.learn_many([(ep_id, name, ips, ttl)], now))
+
+    def learn_many(self, answers: list[tuple[int, str, tuple[str, ...], int]], now: float | None = None) -> set[str]:
+        """Record answers (endpoint, name, IPs, TTL) in order; the names whose IPs (what the selectors see)
+        changed. An answer that repeats its entry's IPs only refreshes the entry (the common case: cheap)."""
+        now = time.time() if now is None else now
+        new = [(ep_id, fqdn(name), tuple(sorted(set(ips))), max(ttl, self.min_ttl))
+               for ep_id, name, ips, ttl in answers if ips]
+        moved = any((e := self.entries.get((ep_id, name))) is None or e.ips != ips for ep_id, name, ips, _ in new)
+        before = self.names_ips() if moved else {}
+        for ep_id, name, ips, ttl in new:
+            self.entries[(ep_id, name)] = CacheEntry(ep_id, name, ips, ttl, now)
+        if not moved:
+            return set()
+        after = self.names_ips()
+        return {n for n in before.keys() | after.keys() if before.get(n) != after.get(n)}
+
+    def holds(self, ep_id: int, name: str, ips: tuple[str, ...], margin: float) -> bool:
+        """Whether the endpoint's entry for the name has exactly these IPs and lives ``margin`` seconds more."""
+        e = self.entries.get((ep_id, fqdn(name)))
+        return bool(ips) and e is not None and e.ips == tuple(sorted(set(ips))) and e.expires > time.time() + margin
 
     def expire(self, now: float | None = None) -> bool:
         """Drop the entries whose TTL ran out; True when the names' IPs changed."""
@@ -136,15 +151,36 @@ class DnsJudge:
             if key.direction == EGRESS:
                 self.by_ep[key.ep_id].append((key, rules))
         self.ep_by_ip, self.ipcache, self.refs = dict(ep_by_ip), dict(ipcache), refs
+        # a judge is replaced whole when policies or endpoints change: its answers can be remembered meanwhile
+        self._verdicts: dict[tuple[str, str, int, str, str], tuple[bool, str]] = {}
+        self._identities: dict[str, int] = {}
 
     def ep_of(self, ip: str) -> int | None:
         return self.ep_by_ip.get(ip)
 
+    def identity(self, ip: str) -> int:
+        """The identity of an address by the ipcache this judge was made with (remembered)."""
+        ident = self._identities.get(ip)
+        if ident is None:
+            if len(self._identities) >= 4096:
+                self._identities.clear()
+            ident = self._identities[ip] = resolve(self.ipcache, ip)
+        return ident
+
     def __call__(self, client: str, server: str, port: int, transport: str, name: str) -> tuple[bool, str]:
+        key = (client, server, port, transport, name)
+        got = self._verdicts.get(key)
+        if got is None:
+            if len(self._verdicts) >= 4096:
+                self._verdicts.clear()
+            got = self._verdicts[key] = self._judge(client, server, port, transport, name)
+        return got
+
+    def _judge(self, client: str, server: str, port: int, transport: str, name: str) -> tuple[bool, str]:
         ep = self.ep_by_ip.get(client)
         if ep is None:
             return False, "not an endpoint of this agent"
-        ident = resolve(self.ipcache, server)
+        ident = self.identity(server)
         proto = _PROTO.get(transport, 0)
         rules: list[DnsRule] = []
         for key, rs in self.by_ep.get(ep, ()):

@@ -29,7 +29,7 @@ from apiary.observe.hubble.l7 import DnsExchange, HttpExchange, parse_headers, u
 from apiary.observe.hubble.metrics import FlowMetrics, parse_hubble_metrics
 from apiary.policy.compile import EndpointSpec, compile_policies
 from apiary.policy.explain import HttpRequest, endpoint_peer, explain, http_decision_json, ip_peer
-from apiary.policy.identity import IdentityAllocator, endpoint_labels, resolve
+from apiary.policy.identity import IdentityAllocator, endpoint_labels
 from apiary.policy.load import PolicyError, load_policies, load_policy_documents
 from apiary.policy.models import Problem
 from apiary.policy.types import CompiledPolicy, RuleRef
@@ -51,6 +51,13 @@ from .records import RingReader
 
 FQDN_KEY = "fqdn-cache.json"  # the DNS proxy's learned names, restored by the next agent
 _DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
+LEARN_MARGIN_S = 5.0  # an answer is released before its learn only while its entry has this long left
+
+
+def _v4(ips: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(ip for ip in ips if ":" not in ip)
 
 
 @dataclass
@@ -107,6 +114,8 @@ class Network:
         self.fqdn = FqdnCache(cfg.tofqdns_min_ttl)
         self.dns: DnsProxy | None = None
         self._run: Callable[[Callable[[], None]], Awaitable[None]] | None = None
+        self._learn_queue: list[tuple[DnsExchange, asyncio.Future[None] | None]] = []  # answers waiting for the maps
+        self._learning = False
         self._names_by_ip: dict[str, list[str]] = {}  # replaced whole after every change of the cache
         self.dns_judge = DnsJudge({}, {}, {}, [])
         self.dns_holder: holder.HolderRecord | None = None  # the process keeping the DNS sockets across restarts
@@ -547,19 +556,53 @@ class Network:
             self._dns_hold()
 
     async def _dns_learn(self, x: DnsExchange) -> None:
-        assert self._run is not None
-        await self._run(lambda: self.fqdn_learn(x))
-
-    def fqdn_learn(self, x: DnsExchange) -> None:
-        """An allowed answer's IPs: into the cache and, when a toFQDNs selects the name, into the maps."""
+        """Returns once the answer's IPs are in the policy maps. The answers that arrive while the worker
+        learns a batch wait together for the next one: one worker hop per batch, not per query."""
         ep = self.dns_judge.ep_of(x.client)
-        if ep is None or x.rcode or not x.ips:
-            return
-        changed = self.fqdn.learn(ep, x.query, tuple(ip for ip in x.ips if ":" not in ip), x.ttl)
-        self._fqdn_dirty = True
+        fresh = ep is not None and not x.rcode and self.fqdn.holds(ep, x.query, _v4(x.ips), LEARN_MARGIN_S)
+        # an answer whose IPs the cache (and so the maps) already hold for a while yet is released at once; the
+        # worker still refreshes its entry's TTL
+        fut: asyncio.Future[None] | None = None if fresh else asyncio.get_running_loop().create_future()
+        self._learn_queue.append((x, fut))
+        if not self._learning:
+            self._learning = True
+            asyncio.ensure_future(self._learn_batches())
+        if fut is not None:
+            await fut
+
+    async def _learn_batches(self) -> None:
+        assert self._run is not None
+        try:
+            while self._learn_queue:
+                batch, self._learn_queue = self._learn_queue, []
+                try:
+                    xs = [x for x, _ in batch]
+                    await self._run(lambda: self.fqdn_learn(*xs))  # noqa: B023 - awaited within the iteration
+                except Exception as e:  # noqa: BLE001 - handed to every waiting query (each answers SERVFAIL)
+                    for _, f in batch:
+                        if f is not None and not f.done():
+                            f.set_exception(e)
+                else:
+                    for _, f in batch:
+                        if f is not None and not f.done():
+                            f.set_result(None)
+        finally:
+            self._learning = False
+
+    def fqdn_learn(self, *xs: DnsExchange) -> None:
+        """Allowed answers' IPs: into the cache and, when a toFQDNs selects a name, into the maps."""
+        answers = []
+        for x in xs:
+            ep = self.dns_judge.ep_of(x.client)
+            if ep is None or x.rcode or not x.ips:
+                continue
+            answers.append((ep, x.query, _v4(x.ips), x.ttl))
+        changed = self.fqdn.learn_many(answers)
+        if answers:
+            self._fqdn_dirty = True
         if changed:
             self._save_fqdn()  # before the maps: a restart never loses an IP an endpoint was told
-            if self._fqdn_selected(x.query):
+            if any(self._fqdn_selected(n) for n in changed):
                 self._recompute()
             else:
                 self._index_names()
@@ -596,7 +639,7 @@ class Network:
     def on_dns(self, x: DnsExchange) -> None:
         """A query through the DNS proxy: its REQUEST flow and, when answered from the resolver, its RESPONSE."""
         c = self.compiled
-        ids = c.ipcache.get(f"{x.client}/32", 0), resolve(c.ipcache, x.server)
+        ids = c.ipcache.get(f"{x.client}/32", 0), self.dns_judge.identity(x.server)
         for response in (False, True) if x.allowed else (False,):
             resp = dns_response(self.builder, x, response, *ids)
             if self.metrics:

@@ -16,14 +16,11 @@ from __future__ import annotations
 
 import contextlib
 import json
-import random
 import socket
 import socketserver
 import struct
-import subprocess
 import sys
 import threading
-import uuid
 from collections.abc import Iterator
 
 import dns.exception
@@ -38,49 +35,17 @@ from apiary.connectivity.probe import tcp
 
 @contextlib.contextmanager
 def dns_host() -> Iterator[dict[str, str]]:
-    """A namespace of our own on a veth: 198.19.N.0/24 (RFC 2544 benchmarking range, only routed to this veth)
-    with the DNS server on .53 and TCP echo servers on .10-.21 port 7000."""
-    tag = uuid.uuid4().hex[:6]
-    n = random.randint(1, 254)
-    ns, h_if, t_if = f"apiary-dns-{tag}", f"dn{tag}h", f"dn{tag}t"
-    net = f"198.19.{n}"
-    procs: list[subprocess.Popen[str]] = []
+    """A test host of our own (:func:`apiary.testing.hostns.host_netns`, 198.19.N.0/24) with this DNS server on
+    .53 and TCP echo servers on .10-.21 port 7000."""
+    from apiary.testing.hostns import host_netns
 
-    def sh(*cmd: str) -> None:
-        subprocess.run(cmd, check=True, capture_output=True)
-
-    try:
-        sh("ip", "netns", "add", ns)
-        sh("ip", "link", "add", h_if, "type", "veth", "peer", "name", t_if, "netns", ns)
-        sh("ip", "addr", "add", f"{net}.1/32", "dev", h_if)
-        sh("ip", "link", "set", h_if, "up")
-        sh("ip", "route", "add", f"{net}.0/24", "dev", h_if)
-        got = subprocess.run(["ip", "route", "get", f"{net}.53"], capture_output=True, text=True).stdout
-        if f"dev {h_if}" not in got:
-            raise RuntimeError(f"{net}.53 does not route to the test host ({got.strip()}): refusing to send")
-        cmds = [["ip", "link", "set", "lo", "up"], ["ip", "link", "set", t_if, "up"]]
-        cmds += [["ip", "addr", "add", f"{net}.{h}/24", "dev", t_if] for h in (53, 10, 11, 12, 20, 21)]
-        cmds.append(["ip", "route", "add", "10.0.0.0/8", "via", f"{net}.1", "dev", t_if, "onlink"])
-        for cmd in cmds:
-            sh("ip", "netns", "exec", ns, *cmd)
-        inside = ["ip", "netns", "exec", ns, sys.executable, "-m"]
-        for argv in (
-            ["apiary.testing.dnsserver", "serve", f"{net}.53", f"allowed.example.com={net}.10@300",
-             f"blocked.example.com={net}.11@300", f"short.example.com={net}.20@2", f"a.wild.example.com={net}.21@300",
-             f"x.y.wild.example.com={net}.21@300"],
-            ["apiary.testing.netprobe", "serve-tcp", "7000"],
-        ):
-            p = subprocess.Popen([*inside, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            procs.append(p)
-            assert p.stdout and "ready" in p.stdout.readline(), p.stderr.read() if p.stderr else ""
-        yield {"netns": ns, "net": net}
-    finally:
-        for p in procs:
-            p.kill()
-            p.wait()
-        subprocess.run(["ip", "route", "del", f"{net}.0/24", "dev", h_if], capture_output=True)
-        subprocess.run(["ip", "link", "del", h_if], capture_output=True)
-        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+    with host_netns((53, 10, 11, 12, 20, 21)) as th:
+        net = th.net
+        th.python("apiary.testing.dnsserver", "serve", f"{net}.53", f"allowed.example.com={net}.10@300",
+                  f"blocked.example.com={net}.11@300", f"short.example.com={net}.20@2",
+                  f"a.wild.example.com={net}.21@300", f"x.y.wild.example.com={net}.21@300")
+        th.python("apiary.testing.netprobe", "serve-tcp", "7000")
+        yield {"netns": th.netns, "net": net}
 
 
 def _answer(wire: bytes, records: dict[str, tuple[str, int]]) -> bytes:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import socket
 import struct
 import time
@@ -21,6 +22,7 @@ from collections.abc import Awaitable, Callable
 
 import dns.asyncquery
 import dns.exception
+import dns.flags
 import dns.message
 import dns.rcode
 import dns.rdatatype
@@ -50,6 +52,9 @@ class DnsProxy:
         self._tcp_sock: socket.socket | None = None
         self.tcp: asyncio.base_events.Server | None = None
         self.tasks: set[asyncio.Task[None]] = set()
+        self.upstream = _UdpUpstream()
+        self._queries = _Parsed()
+        self._reply_socks: dict[tuple[str, int], socket.socket] = {}  # transparent, bound to an original address
         self.counters = {"queries": 0, "allowed": 0, "refused": 0, "upstream_errors": 0, "bad_queries": 0,
                          "learn_errors": 0, "reply_errors": 0}
 
@@ -109,9 +114,13 @@ class DnsProxy:
         self._tcp_sock = None
         for t in self.tasks:
             t.cancel()
+        self.upstream.close()
+        for rs in self._reply_socks.values():
+            rs.close()
+        self._reply_socks.clear()
 
     def status(self) -> dict[str, object]:
-        return {"port": self.port, **self.counters}
+        return {"port": self.port, **self.counters, "stray_answers": self.upstream.stray}
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)
@@ -138,12 +147,22 @@ class DnsProxy:
         wire = await self._answer(data, client, orig, "UDP")
         if wire is None:
             return
-        try:  # from the address and port the client asked
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-                s.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                s.bind(orig)
-                s.sendto(wire, client)
+        try:  # from the address and port the client asked (one transparent socket per such address, kept)
+            s = self._reply_socks.get(orig)
+            if s is None:
+                if len(self._reply_socks) >= 256:
+                    self._reply_socks.pop(next(iter(self._reply_socks))).close()
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                try:
+                    s.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    s.bind(orig)
+                    s.setblocking(False)
+                except OSError:
+                    s.close()
+                    raise
+                self._reply_socks[orig] = s
+            s.sendto(wire, client)
         except OSError:
             self.counters["reply_errors"] += 1
 
@@ -173,7 +192,7 @@ class DnsProxy:
         self.counters["queries"] += 1
         start = time.time_ns()
         try:
-            q = dns.message.from_wire(data)
+            q = self._queries.parse(data)
         except dns.exception.DNSException:
             self.counters["bad_queries"] += 1
             return None
@@ -190,17 +209,18 @@ class DnsProxy:
             resp.set_rcode(self.reject_rcode)
             x.rcode = self.reject_rcode
             self.on_exchange(x)
-            return resp.to_wire()
+            return data[:2] + resp.to_wire()[2:]  # q may be a remembered parse of another client's query
         self.counters["allowed"] += 1
         try:
-            if transport == "UDP":
-                r = await dns.asyncquery.udp(q, orig[0], timeout=self.timeout, port=orig[1])
+            if transport == "UDP":  # the query as the client sent it; the answer as the resolver sent it
+                r, wire = await self.upstream.query(q, data, orig, self.timeout)
             else:
                 r = await dns.asyncquery.tcp(q, orig[0], timeout=self.timeout, port=orig[1])
+                wire = data[:2] + r.to_wire()[2:]
         except (dns.exception.DNSException, OSError) as e:
             self.counters["upstream_errors"] += 1
             x.error = f"{type(e).__name__}: {e}".rstrip(": ")
-            return self._servfail(q, x)
+            return self._servfail(q, x, data)
         _fill(x, r)
         x.latency_ns = time.time_ns() - start
         try:
@@ -208,16 +228,125 @@ class DnsProxy:
         except Exception as e:  # noqa: BLE001 - any failure: the client must not get IPs it cannot reach
             self.counters["learn_errors"] += 1
             x.error = f"policy update failed: {e}"
-            return self._servfail(q, x)
-        self.on_exchange(x)
-        return r.to_wire()
+            return self._servfail(q, x, data)
+        asyncio.get_running_loop().call_soon(self.on_exchange, x)  # its flows right after the answer is sent
+        return wire
 
-    def _servfail(self, q: dns.message.Message, x: DnsExchange) -> bytes:
+    def _servfail(self, q: dns.message.Message, x: DnsExchange, data: bytes) -> bytes:
         resp = dns.message.make_response(q)
         resp.set_rcode(dns.rcode.SERVFAIL)
         x.rcode, x.latency_ns, x.ips = dns.rcode.SERVFAIL, time.time_ns() - x.time_ns, ()
         self.on_exchange(x)
-        return resp.to_wire()
+        return data[:2] + resp.to_wire()[2:]
+
+
+class _UdpUpstream:
+    """UDP queries to resolvers over a few shared sockets (random source ports), each query under a random ID
+    of its own; an answer is matched by resolver, ID and question, and gets the client's ID back. No socket per
+    query, and the bytes go through unchanged but for the ID."""
+
+    SOCKETS = 8
+
+    def __init__(self) -> None:
+        self.socks: list[socket.socket] = []
+        self.pending: dict[tuple[int, tuple[str, int], int], tuple[dns.message.Message, asyncio.Future[
+            tuple[dns.message.Message, bytes]]]] = {}
+        self.stray = 0  # answers that matched no query (late, spoofed or malformed): dropped
+        self.answers = _Parsed()
+
+    def _open(self) -> None:
+        loop = asyncio.get_running_loop()
+        for i in range(self.SOCKETS):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.setblocking(False)
+            s.bind(("0.0.0.0", 0))
+            self.socks.append(s)
+            loop.add_reader(s.fileno(), self._on_read, i)
+
+    def close(self) -> None:
+        for s in self.socks:
+            with contextlib.suppress(RuntimeError, ValueError):
+                asyncio.get_running_loop().remove_reader(s.fileno())
+            s.close()
+        self.socks = []
+        for _, fut in self.pending.values():
+            if not fut.done():
+                fut.cancel()
+        self.pending.clear()
+
+    async def query(self, q: dns.message.Message, data: bytes, server: tuple[str, int],
+                    timeout: float) -> tuple[dns.message.Message, bytes]:
+        if not self.socks:
+            self._open()
+        loop = asyncio.get_running_loop()
+        i = secrets.randbelow(len(self.socks))
+        for _ in range(16):
+            qid = secrets.randbelow(65536)
+            if (i, server, qid) not in self.pending:
+                break
+        else:
+            raise dns.exception.DNSException("no free query ID towards the resolver")
+        key = (i, server, qid)
+        fut: asyncio.Future[tuple[dns.message.Message, bytes]] = loop.create_future()
+        self.pending[key] = (q, fut)
+        timer = loop.call_later(timeout, _expire, fut)
+        try:
+            self.socks[i].sendto(struct.pack("!H", qid) + data[2:], server)
+            r, wire = await fut
+        finally:
+            timer.cancel()
+            self.pending.pop(key, None)
+        return r, data[:2] + wire[2:]
+
+    def _on_read(self, i: int) -> None:
+        s = self.socks[i]
+        for _ in range(256):
+            try:
+                wire, addr = s.recvfrom(65535)
+            except OSError:
+                return
+            if len(wire) < 12:
+                self.stray += 1
+                continue
+            hit = self.pending.get((i, addr, struct.unpack("!H", wire[:2])[0]))
+            if hit is None or hit[1].done():
+                self.stray += 1
+                continue
+            q, fut = hit
+            try:
+                r = self.answers.parse(wire)
+            except dns.exception.DNSException:
+                self.stray += 1
+                continue
+            if not r.flags & dns.flags.QR or r.question != q.question:
+                self.stray += 1
+                continue
+            fut.set_result((r, wire))
+
+
+class _Parsed:
+    """dnspython's parse of a message, remembered by its bytes after the ID (the same query from many clients,
+    the same answer to many queries, differ only there). Callers read the message and never change it; its ID
+    is the first sender's, so whatever goes out takes the sender's own ID bytes."""
+
+    SIZE = 1024
+
+    def __init__(self) -> None:
+        self.seen: dict[bytes, dns.message.Message] = {}
+
+    def parse(self, wire: bytes) -> dns.message.Message:
+        m = self.seen.get(wire[2:])
+        if m is None:
+            m = dns.message.from_wire(wire)  # raises on malformed: nothing is remembered then
+            if len(self.seen) >= self.SIZE:
+                self.seen.clear()
+            self.seen[wire[2:]] = m
+        return m
+
+
+def _expire(fut: asyncio.Future[tuple[dns.message.Message, bytes]]) -> None:
+    if not fut.done():
+        fut.set_exception(dns.exception.Timeout())
 
 
 def _fill(x: DnsExchange, r: dns.message.Message) -> None:

@@ -193,9 +193,9 @@ def run(cmd: list[str], stdin: str | None = None, check: bool = True, timeout: f
     return r.stdout
 
 
-def timed_run(cmd: list[str], stdin: str | None = None) -> float:
+def timed_run(cmd: list[str], stdin: str | None = None, timeout: float = 600) -> float:
     t = time.perf_counter()
-    run(cmd, stdin)
+    run(cmd, stdin, timeout=timeout)
     return time.perf_counter() - t
 
 
@@ -366,7 +366,7 @@ def mode_iptables(bed: Bed, n: int, args: argparse.Namespace) -> dict[str, Any]:
     def cleanup() -> None:
         undo_text = iptables_cleanup(c, run(["iptables-save", "-t", "nat"]))
         if undo_text:
-            run(["iptables-restore", "--noflush"], undo_text)
+            run(["iptables-restore", "--noflush"], undo_text, timeout=args.load_timeout)
         left = [x for x in re.findall(r"^:(\S+)", run(["iptables-save", "-t", "nat"]), re.M) if x.startswith(c.prefix)]
         if left:
             raise RuntimeError(f"chains left: {left[:5]}")
@@ -376,7 +376,7 @@ def mode_iptables(bed: Bed, n: int, args: argparse.Namespace) -> dict[str, Any]:
     bed.undo.push(f"iptables chains {c.prefix}*", cleanup)
     res: dict[str, Any] = {}
     try:
-        load_s = timed_run(["iptables-restore", "--noflush"], text)
+        load_s = timed_run(["iptables-restore", "--noflush"], text, args.load_timeout)
         slab1 = settle_slab()
         saved = run(["iptables-save", "-t", "nat"])
         check_reachable(bed, svcs[0])
@@ -744,6 +744,12 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     g.add_argument("--out", default=None, help="JSON path (the PNG goes next to it); default bench/results/")
     g.add_argument("--connects", type=int, default=2000, help="connect() calls per measure and round")
     g.add_argument("--connect-rounds", type=int, default=3, help="interleaved rounds, VIPs vs own IPs")
+    g.add_argument(
+        "--load-timeout",
+        type=float,
+        default=1800,
+        help="seconds one iptables-restore of all the rules may take (100k rules: 270 s idle, over 600 s loaded)",
+    )
     g.add_argument(
         "--connect-procs",
         type=int,

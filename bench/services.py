@@ -38,6 +38,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -101,8 +102,10 @@ async def main():
 asyncio.run(main())
 """
 
-# the client: sequential connect() to random targets (addresses on stdin as JSON), closed with RST so no
-# TIME_WAIT piles up; prints connect latencies (ns) and the rate as JSON
+# the client is bench/connect_client.c, compiled at run time; this Python one (same output) is the fallback when
+# no C compiler is found. Sequential connect() to random targets (addresses on stdin as JSON), closed with RST
+# so no TIME_WAIT piles up; prints connect latencies (ns) and the rate as JSON
+CLIENT_C = Path(__file__).resolve().parent / "connect_client.c"
 CLIENT = r"""
 import json, random, socket, struct, sys, time
 targets = json.loads(sys.stdin.read())
@@ -133,8 +136,20 @@ for t in order:
     else:
         lat.append(ns)
 el, cpu = time.perf_counter() - t0, time.process_time() - c0
-print(json.dumps({"lat_ns": lat, "errors": errors, "seconds": el, "cpu_seconds": cpu}))
+print(json.dumps({"lat_ns": lat, "errors": errors, "seconds": el, "cpu_seconds": cpu, "procs": 1, "client": "python"}))
 """
+
+
+def build_client(workdir: str) -> tuple[str | None, str]:
+    """Compile bench/connect_client.c into workdir: (the binary or None, what the figures were measured with)."""
+    cc = next((c for c in ("cc", "gcc", "clang") if shutil.which(c)), None)
+    if cc is None:
+        return None, "Python (no C compiler found: cc/gcc/clang; its own ~150 us per connect dominates the figures)"
+    out = str(Path(workdir) / "connect_client")
+    r = subprocess.run([cc, "-O2", "-Wall", "-o", out, str(CLIENT_C)], capture_output=True, text=True, timeout=120)
+    if r.returncode != 0:
+        return None, f"Python ({cc} failed on {CLIENT_C.name}: {r.stderr.strip()[:300]})"
+    return out, f"C ({cc} -O2 {CLIENT_C.name})"
 
 
 # ------------------------------------------------------------------------------------------------ cleanup
@@ -178,9 +193,9 @@ def run(cmd: list[str], stdin: str | None = None, check: bool = True, timeout: f
     return r.stdout
 
 
-def timed_run(cmd: list[str], stdin: str | None = None) -> float:
+def timed_run(cmd: list[str], stdin: str | None = None, timeout: float = 600) -> float:
     t = time.perf_counter()
-    run(cmd, stdin)
+    run(cmd, stdin, timeout=timeout)
     return time.perf_counter() - t
 
 
@@ -209,22 +224,28 @@ class Bed:
     pod_cidr: str
     apiary_services: bool
     undo: Undo
+    client_bin: str | None = None  # the compiled connect client (None: the Python one)
+    connect_procs: int = 1
     results: dict[str, Any] = field(default_factory=dict)
 
     def exec_cmd(self, *argv: str) -> list[str]:
         return endpoint_exec_cmd(self.agent.socket, self.client, *argv)
 
-    def connects(self, targets: list[tuple[str, int]], count: int, seed: int) -> dict[str, Any]:
-        r = subprocess.run(
-            self.exec_cmd(sys.executable, "-c", CLIENT, str(count), str(seed)),
-            input=json.dumps(targets),
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
+    def run_client(self, targets: list[tuple[str, int]], count: int, seed: int, procs: int = 1) -> dict[str, Any]:
+        """The connect client inside the client endpoint: its JSON (lat_ns, errors, seconds, cpu_seconds)."""
+        if self.client_bin:
+            cmd = self.exec_cmd(self.client_bin, str(count), str(seed), str(procs))
+            text = "".join(f"{ip} {port}\n" for ip, port in targets)
+        else:  # the Python fallback has no concurrent mode
+            cmd, text = self.exec_cmd(sys.executable, "-c", CLIENT, str(count), str(seed)), json.dumps(targets)
+        r = subprocess.run(cmd, input=text, capture_output=True, text=True, timeout=600)
         if r.returncode != 0:
-            raise RuntimeError(f"connect client failed: {r.stderr[-2000:]}")
-        d = json.loads(r.stdout)
+            raise RuntimeError(f"connect client failed ({r.returncode}): {r.stdout[-300:]} {r.stderr[-2000:]}")
+        d: dict[str, Any] = json.loads(r.stdout)
+        return d
+
+    def connects(self, targets: list[tuple[str, int]], count: int, seed: int) -> dict[str, Any]:
+        d = self.run_client(targets, count, seed, self.connect_procs)
         lat = [x / 1e3 for x in d["lat_ns"]]
         return {
             "lat_us": lat,
@@ -278,6 +299,7 @@ def add_clean(res: dict[str, Any], clean: dict[str, Any]) -> None:
     VIP costs, and what the loaded mode costs traffic that is not for a service."""
     res |= clean
     c = clean["clean"]
+    res["translation_us"] = translation(res, c)
     for k in ("vip", "baseline"):
         if k in res:
             res[f"{k}_over_clean"] = {
@@ -285,6 +307,19 @@ def add_clean(res: dict[str, Any], clean: dict[str, Any]) -> None:
                 "p50": ratio(res[k]["p50_us"], c["p50_us"]),
                 "p99": ratio(res[k]["p99_us"], c["p99_us"]),
             }
+
+
+def translation(res: dict[str, Any], clean: dict[str, Any]) -> dict[str, float]:
+    """What a connection pays for the mode, in us: a VIP's connect over the own IP's on the clean node (the
+    translation: rule walk or map lookups, DNAT or the socket rewrite), and what the loaded mode costs a
+    connect that is not for a service (kube-proxy's KUBE-SERVICES is walked to its end for those)."""
+    out = {
+        "vip_p50": res["vip"]["p50_us"] - clean["p50_us"],
+        "vip_p99": res["vip"]["p99_us"] - clean["p99_us"],
+    }
+    if "baseline" in res:
+        out["other_traffic_p50"] = res["baseline"]["p50_us"] - clean["p50_us"]
+    return out
 
 
 def measure_traffic(bed: Bed, svcs: list[Service], args: argparse.Namespace, seed: int) -> dict[str, Any]:
@@ -316,15 +351,9 @@ def measure_traffic(bed: Bed, svcs: list[Service], args: argparse.Namespace, see
 
 
 def check_reachable(bed: Bed, s: Service) -> None:
-    r = subprocess.run(
-        bed.exec_cmd(sys.executable, "-c", CLIENT, "3", "1"),
-        input=json.dumps([[s.vip, s.port]]),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    if r.returncode != 0 or json.loads(r.stdout)["errors"]:
-        raise RuntimeError(f"{s.vip}:{s.port} is not reachable from the client: {r.stdout[-300:]} {r.stderr[-500:]}")
+    d = bed.run_client([(s.vip, s.port)], 3, 1)
+    if d["errors"]:
+        raise RuntimeError(f"{s.vip}:{s.port} is not reachable from the client: {d['errors']} of 3 connects failed")
 
 
 def mode_iptables(bed: Bed, n: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -337,7 +366,7 @@ def mode_iptables(bed: Bed, n: int, args: argparse.Namespace) -> dict[str, Any]:
     def cleanup() -> None:
         undo_text = iptables_cleanup(c, run(["iptables-save", "-t", "nat"]))
         if undo_text:
-            run(["iptables-restore", "--noflush"], undo_text)
+            run(["iptables-restore", "--noflush"], undo_text, timeout=args.load_timeout)
         left = [x for x in re.findall(r"^:(\S+)", run(["iptables-save", "-t", "nat"]), re.M) if x.startswith(c.prefix)]
         if left:
             raise RuntimeError(f"chains left: {left[:5]}")
@@ -347,7 +376,7 @@ def mode_iptables(bed: Bed, n: int, args: argparse.Namespace) -> dict[str, Any]:
     bed.undo.push(f"iptables chains {c.prefix}*", cleanup)
     res: dict[str, Any] = {}
     try:
-        load_s = timed_run(["iptables-restore", "--noflush"], text)
+        load_s = timed_run(["iptables-restore", "--noflush"], text, args.load_timeout)
         slab1 = settle_slab()
         saved = run(["iptables-save", "-t", "nat"])
         check_reachable(bed, svcs[0])
@@ -659,8 +688,13 @@ def main(
     dest = Path(out) if out else RESULTS / f"services-{time.strftime('%Y%m%d-%H%M%S')}.json"
     dest.parent.mkdir(parents=True, exist_ok=True)
     undo = Undo()
+    workdir = tempfile.TemporaryDirectory(prefix="apiary-svcbench-")
+    client_bin, results["client"] = build_client(workdir.name)
+    procs = args.connect_procs if client_bin else 1
+    print(f"  connect client: {results['client']}, {procs} process(es)")
     if todo:
-        with terminated_as_interrupt(), testbed(undo, apiary_ok) as bed:
+        with workdir, terminated_as_interrupt(), testbed(undo, apiary_ok) as bed:
+            bed.client_bin, bed.connect_procs = client_bin, procs
             results["backends"] = bed.backend_ips
             # mode by mode (apiary's LB programs load with its first service: they must not run under the
             # other modes' figures), sizes ascending (apiary's services grow from one size to the next)
@@ -678,6 +712,7 @@ def main(
                     finally:
                         save(results, dest)
                     print_row(n, mode, row[mode])
+    workdir.cleanup()
     results["loadavg_end"] = os.getloadavg()
     lines = summarise(results)
     if lines:
@@ -709,6 +744,18 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     g.add_argument("--out", default=None, help="JSON path (the PNG goes next to it); default bench/results/")
     g.add_argument("--connects", type=int, default=2000, help="connect() calls per measure and round")
     g.add_argument("--connect-rounds", type=int, default=3, help="interleaved rounds, VIPs vs own IPs")
+    g.add_argument(
+        "--load-timeout",
+        type=float,
+        default=1800,
+        help="seconds one iptables-restore of all the rules may take (100k rules: 270 s idle, over 600 s loaded)",
+    )
+    g.add_argument(
+        "--connect-procs",
+        type=int,
+        default=1,
+        help="concurrent client processes per measure (connects/s is then their aggregate; C client only)",
+    )
     g.add_argument("--wrk-seconds", type=int, default=3)
     g.add_argument("--wrk-rounds", type=int, default=3)
     g.add_argument("--wrk-conns", type=int, default=8)

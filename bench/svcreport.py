@@ -45,7 +45,27 @@ def summarise(results: dict[str, Any]) -> list[str]:
                 f"  N={int(n):>6,} apiary/{other:<8} "
                 + "  ".join(f"{k} {v:.2f}x" for k, v in r.items() if v is not None)
             )
+            if line := translation_line(int(n), other, a, o):
+                lines.append(line)
     return lines
+
+
+def translation_line(n: int, other: str, a: dict[str, Any], o: dict[str, Any]) -> str | None:
+    """The translation cost per new connection (VIP connect p50 minus the own IP's before load), other/apiary:
+    the datapath's share of the ">= 5x" target, without the client's own cost per connect."""
+    ta, to = a.get("translation_us"), o.get("translation_us")
+    if not ta or not to:
+        return None
+    line = f"  N={n:>6,} translation per new connection (VIP p50 - own IP p50): {other} {to['vip_p50']:.1f} us"
+    line += f", apiary {ta['vip_p50']:.1f} us"
+    if ta["vip_p50"] > 0:
+        line += f" ({other}/apiary {to['vip_p50'] / ta['vip_p50']:.1f}x)"
+    else:
+        line += " (apiary's within the noise)"
+    if a.get("connect4_ns_per_call"):
+        prog_us = a["connect4_ns_per_call"] / 1e3
+        line += f"; apiary's connect4 program {prog_us:.1f} us ({other}/it {to['vip_p50'] / prog_us:.0f}x)"
+    return line
 
 
 def print_row(n: int, mode: str, r: dict[str, Any]) -> None:
@@ -60,6 +80,12 @@ def print_row(n: int, mode: str, r: dict[str, Any]) -> None:
         f"  own IP {b['p50_us']:.0f}/{b['p99_us']:.0f}  before load {c['p50_us']:.0f}/{c['p99_us']:.0f}"
         f"  (VIP p50 {v['p50_us'] / c['p50_us']:.2f}x before load)"
     )
+    if t := r.get("translation_us"):
+        other = t.get("other_traffic_p50", float("nan"))
+        print(
+            f"  {'':>8} {'':<8} translation per new connection: VIP p50 {t['vip_p50']:+.1f} us,"
+            f" p99 {t['vip_p99']:+.1f} us over the own IP before load; other traffic p50 {other:+.1f} us"
+        )
     if "load_agent_s" in r:
         mem = sum(r.get("lb_map_memlock_bytes", {}).values())
         print(

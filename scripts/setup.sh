@@ -8,8 +8,8 @@ APT_PKGS=(clang llvm libbpf-dev bpftool iproute2 libelf-dev zlib1g-dev make iput
 kh=linux-headers-$(uname -r)
 apt-cache show "$kh" >/dev/null 2>&1 || kh=linux-headers-$(dpkg --print-architecture)
 APT_PKGS+=(python3-bpfcc "$kh")
-# bench/services.py: kube-proxy's iptables and IPVS modes side by side with apiary's services, wrk for HTTP
-APT_PKGS+=(iptables ipvsadm wrk)
+# bench/services.py: kube-proxy's iptables and IPVS modes side by side with apiary's services, wrk for HTTP; gcc for its C connect client
+APT_PKGS+=(iptables ipvsadm wrk gcc libc6-dev)
 # bench/prefilter_drop.py: the XDP prefilter against iptables raw rules and an ipset of the same CIDRs
 APT_PKGS+=(ipset)
 # tests/kernel/test_prometheus_metrics.py, tests/unit/test_deploy_prometheus.py: promtool and a real Prometheus server

@@ -163,17 +163,26 @@ __noinline int gs_run_hook(__u32 hid, struct hooks_ctx *hc)
 /* The hook's quick reject (struct gs_quick), in the entry program before any call: 1 when the call cannot
  * match (the first bytes of the compared string are none of the values'), 0 when it may (or the hook has
  * no quick reject, or the string cannot be read: the selectors decide as always). Inlined in the entry program
- * when one hook watches the syscall (the common case: no call); gs_quick_reject below when several do. */
-static __always_inline int quick_reject(struct hooks_ctx *hc, __u32 hid)
+ * when one hook watches the syscall (the common case: no call; quick_reject_rec, before anything else is
+ * copied from the record); gs_quick_reject below when several do. */
+
+/* the hook hid when it has a quick reject (w: the lookup's key, then the string's first bytes, in the same
+ * 16 bytes: the entry program's frame is at its limit, see gs_quick_reject) */
+static __always_inline struct gs_hook *quick_hook(__u64 *w, __u32 hid)
 {
-	/* the string's first bytes, and the lookup's key in the same 16 bytes (the entry program's frame is
-	 * at its limit: see gs_quick_reject) */
-	__u64 w[2] = {hid, 0};
+	w[0] = hid;
+	w[1] = 0;
 	struct gs_hook *h = bpf_map_lookup_elem(&gs_hooks, w);
-	if (!h || !hc || !h->quick.n || h->quick.reg > 5 || (h->flags & GS_F_AT_EXIT))
+	if (!h || !h->quick.n || h->quick.reg > 5 || (h->flags & GS_F_AT_EXIT))
 		return 0;
+	return h;
+}
+
+/* the test itself on the user string at p */
+static __always_inline int quick_test(struct gs_hook *h, __u64 *w, __u64 p)
+{
 	w[0] = 0;
-	long n = bpf_probe_read_user_str(w, 9, (void *)reg_at(hc, h->quick.reg));
+	long n = bpf_probe_read_user_str(w, 9, (void *)p);
 	if (n <= 0)
 		return 0;
 	__u64 x = w[0];
@@ -187,6 +196,40 @@ static __always_inline int quick_reject(struct hooks_ctx *hc, __u32 hid)
 			return 0;
 	}
 	return 1;
+}
+
+/* with the arguments copied to hc (several hooks on the syscall) */
+static __always_inline int quick_reject(struct hooks_ctx *hc, __u32 hid)
+{
+	__u64 w[2];
+	struct gs_hook *h = quick_hook(w, hid);
+	if (!h || !hc)
+		return 0;
+	return quick_test(h, w, reg_at(hc, h->quick.reg));
+}
+
+/* straight from the tracepoint record, before anything else is copied from it: only the one argument the
+ * values compare (8 bytes; the whole record's six argument slots cost the never-matching call ~50 ns more).
+ * A direct read of ctx->args[i] would make the attach to a syscall with fewer arguments fail
+ * (max_ctx_offset), hence the copy (of a slot the full copy below reads too). */
+static __always_inline int quick_reject_rec(struct trace_event_raw_sys_enter *ctx, __u32 hid)
+{
+	__u64 w[2];
+	struct gs_hook *h = quick_hook(w, hid);
+	if (!h)
+		return 0;
+	const void *src;
+	switch (h->quick.reg) { /* constant offsets */
+	case 0: src = &ctx->args[0]; break;
+	case 1: src = &ctx->args[1]; break;
+	case 2: src = &ctx->args[2]; break;
+	case 3: src = &ctx->args[3]; break;
+	case 4: src = &ctx->args[4]; break;
+	default: src = &ctx->args[5]; break;
+	}
+	if (bpf_probe_read_kernel(&w[1], 8, src))
+		return 0;
+	return quick_test(h, w, w[1]);
 }
 
 /* the same, as its own function: a loop over several hooks keeps its state across the calls, and inlined
@@ -226,17 +269,20 @@ int gs_sys_enter(struct trace_event_raw_sys_enter *ctx)
 	/* only the record's int __syscall_nr (offset 8, size 4): the 8-byte `id` would read past the end
 	 * of the record of a syscall without arguments (getpid, sync: 12 bytes), which makes the attach
 	 * fail with EACCES (max_ctx_offset) */
-	struct hooks_ctx hc = {.nr = *(__u32 *)((void *)ctx + offsetof(struct trace_event_raw_sys_enter, id))};
-	struct gs_sys *sh = bpf_map_lookup_elem(&gs_syscalls, &hc.nr); /* keyed by hc's own field: one slot less */
+	__u32 nr = *(__u32 *)((void *)ctx + offsetof(struct trace_event_raw_sys_enter, id));
+	struct gs_sys *sh = bpf_map_lookup_elem(&gs_syscalls, &nr);
 	if (!sh)
+		return 0;
+	__u32 n = sh->n;
+	/* the common case, one hook: its quick reject first, straight from the record */
+	if (n == 1 && quick_reject_rec(ctx, sh->hooks[0]))
 		return 0;
 	/* a record only holds the syscall's own arguments: direct ctx reads past them would make the
 	 * attach fail (max_ctx_offset), so copy; slots past the syscall's arity are never used */
+	struct hooks_ctx hc = {.nr = nr};
 	bpf_probe_read_kernel(hc.args, sizeof(hc.args), ctx->args);
-	if (sh->n == 1) { /* the common case, without a loop's state kept across the calls */
-		__u32 hid = sh->hooks[0];
-		if (!quick_reject(&hc, hid))
-			gs_run_hook(hid, &hc);
+	if (n == 1) { /* without a loop's state kept across the calls */
+		gs_run_hook(sh->hooks[0], &hc);
 		return 0;
 	}
 	return run_hooks_q(&hc, sh, 1);

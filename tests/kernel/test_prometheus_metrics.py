@@ -26,7 +26,7 @@ REQUIRED = [
     "tetragon_policy_events_total", "tetragon_bpf_missed_events_total", "tetragon_process_cache_size",
     "apiary_bpf_map_pressure", "apiary_bpf_program_runs_total", "apiary_bpf_program_run_seconds_total",
     "apiary_bpf_stats_enabled", "apiary_endpoints", "apiary_identities", "apiary_policies", "apiary_services",
-    "apiary_build_info",
+    "apiary_build_info", "tetragon_map_entries", "tetragon_map_capacity", "tetragon_tracingpolicy_loaded",
 ]
 
 pytestmark = pytest.mark.skipif(shutil.which("promtool") is None, reason="prometheus not installed (scripts/setup.sh)")
@@ -82,6 +82,12 @@ def test_exposition_has_the_real_names_and_passes_promtool(scraped: tuple[AgentP
 
     def value(name: str, **labels: str) -> float:
         return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+    # Tetragon's map gauges cover the process sensor's maps; no TracingPolicy is loaded in this agent
+    capacity = {dict(k[1])["map"]: v for k, v in samples.items() if k[0] == "tetragon_map_capacity"}
+    assert capacity and all(v > 0 for v in capacity.values()), capacity
+    assert ("tetragon_tracingpolicy_loaded", (("state", "enabled"),)) in samples
+    assert value("tetragon_tracingpolicy_loaded", state="enabled") == 0
 
     # the drop carries the context labels asked for (sourceContext=pod, destinationContext=pod)
     drop = dict(source=f"{NS}/client", destination=f"{NS}/backend", reason="POLICY_DENIED", protocol="TCP")

@@ -107,6 +107,10 @@ def _entries(m: Map) -> int:
     return m.count() if m.type_name == "lpm_trie" else len(m.lookup_batch())
 
 
+TETRAGON_SENSORS = frozenset({"process", "tracing"})
+POLICY_STATES = ("enabled", "disabled", "error", "load_error", "partially_enabled", "skipped")
+
+
 class AgentCollector:
     """Metrics read when scraped: the kernel's map fill and program stats, counts of the agent's state."""
 
@@ -127,6 +131,11 @@ class AgentCollector:
             "apiary_bpf_map_pressure", "Fill of a BPF map: entries / max_entries (hash and LPM maps)",
             labels=["map_name"],
         )
+        # Tetragon's own map gauges, for the maps of the sensors Tetragon has (process and tracing)
+        t_entries = GaugeMetricFamily("tetragon_map_entries", "Entries in a BPF map of the runtime sensors",
+                                      labels=["map"])
+        t_capacity = GaugeMetricFamily("tetragon_map_capacity", "Capacity of a BPF map of the runtime sensors",
+                                       labels=["map"])
         seen: set[str] = set()
         for s in a.sensors:
             for m in s.owned_maps():
@@ -134,8 +143,23 @@ class AgentCollector:
                     continue
                 name = m.name if m.name not in seen else f"{m.name}#{m.map.id}"
                 seen.add(name)
-                pressure.add_metric([name], _entries(m.map) / m.map.max_entries)
+                n = _entries(m.map)
+                pressure.add_metric([name], n / m.map.max_entries)
+                if s.name in TETRAGON_SENSORS:
+                    t_entries.add_metric([name], float(n))
+                    t_capacity.add_metric([name], float(m.map.max_entries))
         yield pressure
+        yield t_entries
+        yield t_capacity
+        loaded = GaugeMetricFamily("tetragon_tracingpolicy_loaded", "TracingPolicies by state", labels=["state"])
+        states = dict.fromkeys(POLICY_STATES, 0)
+        if a.tracing is not None:
+            for st in a.tracing.stored.values():
+                states["enabled" if st.enabled else "disabled"] += 1
+            states["load_error"] += len(a.tracing.unrestored)  # stored, but this kernel could not load them
+        for state, count in states.items():
+            loaded.add_metric([state], float(count))
+        yield loaded
 
         enabled = a.stats_fd is not None
         yield GaugeMetricFamily(

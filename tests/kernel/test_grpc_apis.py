@@ -17,6 +17,7 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf import json_format
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from apiary.agent import protos
 from apiary.testing.agent import AgentProcess
@@ -92,6 +93,22 @@ def test_get_flows_first_last_and_the_flow_of_a_real_connection(hub) -> None:
     http = [json_format.ParseDict({k: v for k, v in x.items() if k != "extensions"}, flow_pb2.Flow())
             for x in net.flows(wait=0)]
     assert all(x in http for x in mine)
+
+
+def test_since_and_until_pick_the_flows_of_a_time_window(hub) -> None:
+    _agent, _net, stub = hub
+    every = _flows(stub)
+    assert len(every) >= 3
+    middle = every[len(every) // 2].time
+    since = _flows(stub, since=middle)
+    until = _flows(stub, until=middle)
+    assert since and until
+    key = lambda f: (f.time.seconds, f.time.nanos)  # noqa: E731
+    mid = (middle.seconds, middle.nanos)
+    assert all(key(f) >= mid for f in since) and all(key(f) <= mid for f in until)
+    assert {key(f) for f in since} | {key(f) for f in until} >= {key(f) for f in every}
+    future = Timestamp(seconds=every[-1].time.seconds + 3600)
+    assert _flows(stub, since=future) == []
 
 
 def test_whitelist_and_blacklist_each_change_the_result(hub) -> None:

@@ -28,7 +28,7 @@ from apiary.sensors.process.sensor import ProcessSensor
 from . import accounting, bpfinfo, grpc_serve, health, statedir
 from .bus import EventBus
 from .config import AgentConfig
-from .events import ProcessEvents, Publisher, TracingEvents
+from .events import ProcessEvents, Publisher, TracingEvents, parse_metrics_label_filter
 from .export import Exporter
 from .metrics_server import AgentCollector, MetricsError
 from .metrics_server import start as start_metrics
@@ -109,7 +109,8 @@ class Agent:
         self.registry = CollectorRegistry()
         self.publisher = Publisher(self.events, self.registry)
         self.process_events = ProcessEvents(self.cache, self.clock, cfg.node_name, self.publisher)
-        self.tracing_events = TracingEvents(None, self.cache, self.clock, cfg.node_name, self.publisher, self.registry)
+        self.tracing_events = TracingEvents(None, self.cache, self.clock, cfg.node_name, self.publisher, self.registry,
+                                            parse_metrics_label_filter(cfg.metrics_label_filter))
         AgentCollector(self, self.registry)  # map pressure, program stats, counts: read when scraped
         self.reader = RingReader(None, {}, {})
         self.net_pool = DaemonWorker("control-plane")
@@ -392,6 +393,9 @@ class Agent:
             "flows": nc.received if nc else 0,
             "flows_lost": net.dp.lost() if net and net.dp.obj else 0,
             "flow_errors": nc.decode_errors + nc.handler_errors if nc else 0,
+            "l7_restarts": net.l7.restarts if net and net.l7 else 0,
+            "l7_upstream_errors": net.l7_counts["upstream_errors"] if net else 0,
+            "dns_upstream_errors": int(net.dns.counters["upstream_errors"]) if net and net.dns else 0,
         }
 
     def _kernel_counts(self) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:

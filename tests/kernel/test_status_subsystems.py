@@ -48,6 +48,10 @@ def test_status_subsystems_rates_and_verbose() -> None:
         assert "Process sensor:    OK" in text and "Events/s:" in text and "Map pressure:" in text
         assert "on_exec" not in text  # programs are --verbose
         assert f"L7 proxy:          {subs['L7 proxy']['state']:<10} " in text and "DNS proxy:" in text
+        # the servers and the export, one line each
+        assert "Metrics:           the API socket's /metrics only (no --metrics-addr)" in text
+        assert f"Hubble gRPC:       {st['serving']['Hubble gRPC']}" in text and "hubble.sock" in text
+        assert "Tetragon gRPC:     " in text and "Export:            off" in text
         verbose = a.cli("status", "--verbose").stdout
         assert "Subsystem details:" in verbose and "on_exec" in verbose and "procs" in verbose
         assert "  L7 proxy: " in verbose and "  DNS proxy: " in verbose

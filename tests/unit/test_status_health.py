@@ -156,3 +156,18 @@ def test_proxies_disabled_say_why() -> None:
                                          prefilter=None, missing=[])
     assert "L7 proxy:          disabled   haproxy not installed: policies with rules.http are refused" in (
         brief_lines(st))
+
+
+def test_servers_and_export_lines() -> None:
+    st = _status(serving={"Metrics": "http://127.0.0.1:9962/metrics (and the API socket's /metrics)",
+                          "Hubble gRPC": "unix:///run/apiary/hubble.sock", "Tetragon gRPC": "not serving: x"},
+                 export=None, subsystems=[])
+    lines = brief_lines(st)
+    assert "Metrics:           http://127.0.0.1:9962/metrics (and the API socket's /metrics)" in lines
+    assert "Hubble gRPC:       unix:///run/apiary/hubble.sock" in lines
+    assert "Tetragon gRPC:     not serving: x" in lines
+    assert "Export:            off (no --export-filename, --export-otlp-endpoint)" in lines
+    st["export"] = {"events": {"file": {"path": "/var/log/apiary/events.log"}}, "flows": None,
+                    "otlp": {"endpoint": "http://127.0.0.1:4318"}}
+    assert ("Export:            events -> /var/log/apiary/events.log, otlp -> http://127.0.0.1:4318"
+            in brief_lines(st))

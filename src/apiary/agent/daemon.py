@@ -100,6 +100,7 @@ class Agent:
         self.stats_fd: int | None = None
         self.loaded: list[str] = []
         self.missing: list[str] = []
+        self.serving = {"Metrics": "the API socket's /metrics only (no --metrics-addr)"}  # shown by `apiary status`
         self.procfs_seeded = 0
         self.network: Network | None = None
         self.services: ServicesControl | None = None
@@ -370,6 +371,7 @@ class Agent:
             "network": self.network.status() if self.network else None,
             "services": self.services.status() if self.services else None,
             "export": self.exporter.status() if self.exporter else None,
+            "serving": dict(self.serving),
         }
         self.rates.sample(self.rate_counters())
         rates = self.rates.rates()
@@ -469,6 +471,7 @@ class Agent:
                 raise AgentError(str(e)) from None
             host, port = self.cfg.metrics_addr
             self.loaded.append(f"Prometheus metrics on http://{host}:{port}/metrics")
+            self.serving["Metrics"] = f"http://{host}:{port}/metrics (and the API socket's /metrics)"
         runner = await serve(self)
         try:  # Hubble's and Tetragon's gRPC APIs, in this event loop
             grpc_servers = await grpc_serve.start(self)
@@ -477,6 +480,7 @@ class Agent:
             raise AgentError(str(e)) from None
         self.loaded += grpc_servers.loaded
         self.missing += grpc_servers.missing
+        self.serving |= grpc_servers.serving
         gc.freeze()  # what start-up made lives as long as the agent: the collector no longer scans it
         self.say(self.summary(), flush=True)
 

@@ -91,6 +91,13 @@ def test_seed_policy_judges_each_request(net: Net) -> None:
     )
     statuses = [s for s, _ in out["responses"]]
     assert statuses == [200, 200, 403, 403, 403, 200], out
+    # `apiary status`: the L7 proxy OK with what it judged (3 of these denied; the access log may lag a little)
+    for _ in range(50):
+        sub = next(s for s in json.loads(net.cli_ok("status", "-o", "json"))["subsystems"] if s["name"] == "L7 proxy")
+        if sub["details"]["requests"] >= 6:
+            break
+        time.sleep(0.2)
+    assert sub["state"] == "OK" and sub["details"]["requests"] >= 6 and sub["details"]["denied"] >= 3, sub
     assert out["connections"] == 1  # one keep-alive connection, judged request by request
     assert out["responses"][2][1] == "Access denied\r\n"
     # the server answered the allowed ones, and saw the client's own address (not the proxy's)
@@ -273,6 +280,11 @@ def test_proxy_down_fails_closed_and_is_restarted(net: Net) -> None:
             break
         time.sleep(0.1)
     assert proxy["restarts"] >= 1 and proxy["pid"] != pid
+    # `apiary status`: the restart within the rate window (the last minute) makes the L7 proxy degraded, saying so
+    st = json.loads(net.cli_ok("status", "-o", "json"))
+    sub = next(s for s in st["subsystems"] if s["name"] == "L7 proxy")
+    assert sub["state"] == "degraded" and "restarted" in sub["reason"] and st["overall"] == "degraded", sub
+    assert "L7 proxy:          degraded   " in net.cli_ok("status")
     out = requests(net, "backend", ("GET", "/api/v1/after-restart", {}, ""))
     assert [s for s, _ in out["responses"]] == [200]
 

@@ -33,13 +33,14 @@ pytestmark = pytest.mark.skipif(shutil.which("promtool") is None, reason="promet
 
 
 @pytest.fixture(scope="module")
-def scraped() -> Iterator[tuple[AgentProcess, Net, str]]:
+def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[AgentProcess, Net, str]]:
     """An agent serving metrics on a loopback port (drop metric with pod context labels), two endpoints, one
-    connection refused by policy."""
+    connection refused by policy; an events file export (the alert rules use its loss counter)."""
     addr = f"127.0.0.1:{free_port()}"
     agent = AgentProcess(
         "--metrics-addr", addr,
         "--hubble-metrics", "flow drop:sourceContext=pod;destinationContext=pod tcp port-distribution policy",
+        "--export-filename", str(tmp_path_factory.mktemp("export") / "events.json"),
     )
     net = Net(agent)
     try:

@@ -3,9 +3,10 @@
 systemd-analyze when it is there.
 
 There is no `helm` binary here. The chart's templates use only these forms, which ``render`` substitutes
-(anything else fails the test): ``{{ .Values.a.b }}``, ``{{ .Release.Name }}``, ``{{ .Release.Namespace }}`` and
-``{{- toYaml .Values.x | nindent N }}``. That is Helm's meaning of those forms, for these templates; the real
-`helm template` is not run in CI.
+(anything else fails the test): ``{{ .Values.a.b }}``, ``{{ .Release.Name }}``, ``{{ .Release.Namespace }}``,
+``{{- toYaml .Values.x | nindent N }}``, ``{{ join " " .Values.list }}`` and (not nested) ``{{- if .Values.x }}`` ..
+``{{- end }}``. That is Helm's meaning of those forms, for these templates; the real `helm template` is not run
+in CI.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ K8S_VERSION = "1.30.0"
 CRD_KINDS = {"CiliumNetworkPolicy", "CiliumClusterwideNetworkPolicy", "TracingPolicy", "TracingPolicyNamespaced"}
 CAPS = {"CAP_BPF", "CAP_NET_ADMIN", "CAP_SYS_ADMIN", "CAP_PERFMON", "CAP_SYS_RESOURCE"}
 EXPR = re.compile(r"(\s*)\{\{(-?)\s*(.*?)\s*-?\}\}")
+# `{{- if .Values.x }}BODY{{- end }}`: both trim the whitespace before them (Helm's `{{-`); BODY kept when x is truthy
+IF_BLOCK = re.compile(r"\s*\{\{-\s*if \.Values\.([\w.]+)\s*\}\}(.*?)\s*\{\{-\s*end\s*\}\}", re.DOTALL)
 
 
 def _lookup(values: dict[str, Any], path: str) -> Any:
@@ -51,12 +54,15 @@ def render(text: str, values: dict[str, Any], name: str, namespace: str) -> str:
         if mv := re.fullmatch(r"\.Values\.([\w.]+)", expr):
             v = _lookup(values, mv.group(1))
             return lead + (str(v).lower() if isinstance(v, bool) else str(v))
+        if mj := re.fullmatch(r'join "([^"]*)" \.Values\.([\w.]+)', expr):
+            return lead + mj.group(1).join(str(v) for v in _lookup(values, mj.group(2)))
         if mt := re.fullmatch(r"toYaml \.Values\.([\w.]+) \| nindent (\d+)", expr):
             dumped = yaml.safe_dump(_lookup(values, mt.group(1)), default_flow_style=False, sort_keys=False)
             pad = " " * int(mt.group(2))
             return lead + "\n" + "\n".join(pad + ln for ln in dumped.rstrip("\n").splitlines())
         raise AssertionError(f"template expression this test cannot render: {{{{ {expr} }}}}")
 
+    text = IF_BLOCK.sub(lambda m: m.group(2) if _lookup(values, m.group(1)) else "", text)
     return EXPR.sub(one, text)
 
 
@@ -138,6 +144,28 @@ def test_chart_renders_to_the_plain_manifests_and_values_reach_the_agent() -> No
     params = agent_cmd.make_context("agent", list(c["args"][1:]), obj={}).params
     assert params["enable_policy"] == "always" and params["lb_algorithm"] == "maglev"
     assert c["resources"]["limits"]["memory"] == "4Gi" and ds["metadata"]["namespace"] == "apiary-system"
+    assert params["metrics_addr"] == "127.0.0.1:9962" and params["keep_sensors_on_exit"]  # the defaults
+    vals["prometheus"]["enabled"] = False
+    off = _daemonset(_chart_docs(vals, namespace="apiary-system"))["spec"]["template"]["spec"]["containers"][0]
+    assert agent_cmd.make_context("agent", list(off["args"][1:]), obj={}).params["metrics_addr"] is None
+    vals["prometheus"] = {"enabled": True, "port": 9090}  # the seed's cilium-values.yaml
+    vals["hubble"]["metrics"]["enabled"] = ["dns", "drop", "tcp", "flow", "port-distribution"]  # the seed's list
+    vals["tetragon"]["exporter"]["otlp"] = {"enabled": True, "endpoint": "http://otel-collector:4318"}
+    ds = _daemonset(_chart_docs(vals))
+    _validate(ds)
+    args = list(ds["spec"]["template"]["spec"]["containers"][0]["args"][1:])
+    assert args[-3:] == ["--metrics-addr=127.0.0.1:9090", "--hubble-metrics=dns drop tcp flow port-distribution",
+                         "--export-otlp-endpoint=http://otel-collector:4318"]
+    params = agent_cmd.make_context("agent", args, obj={}).params
+    assert params["metrics_addr"] == "127.0.0.1:9090"
+    assert params["hubble_metrics"] == ("dns drop tcp flow port-distribution",)
+    assert params["export_otlp_endpoint"] == "http://otel-collector:4318"
+    from apiary.observe.hubble.metrics import parse_hubble_metrics
+
+    parse_hubble_metrics(params["hubble_metrics"])  # the seed's list is one the agent serves
+    vals["prometheus"]["enabled"] = False  # each key alone: the others' flags go with their key
+    assert not any(a.startswith("--metrics-addr") for a in _daemonset(_chart_docs(vals))["spec"]["template"]["spec"][
+        "containers"][0]["args"])
     vals["policyEnforcementMode"] = "sometimes"  # a value the agent refuses fails where the chart is used
     c = _daemonset(_chart_docs(vals))["spec"]["template"]["spec"]["containers"][0]
     with pytest.raises(click.BadParameter):

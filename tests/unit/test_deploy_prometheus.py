@@ -41,6 +41,22 @@ def test_rule_unit_tests_fail_when_an_alert_changes(tmp_path: Path) -> None:
     assert r.returncode != 0 and "HighPolicyDropRate" in r.stdout + r.stderr
 
 
+@promtool
+def test_lost_events_alert_fires_with_one_side_only(tmp_path: Path) -> None:
+    """`sum(a) + sum(b)` is empty when one side has no series (--no-network: no flow ring): the rule's unit tests
+    (tetragon losses alone, export losses alone) fail with it, and pass with each side `or vector(0)`."""
+    rules = (DEPLOY / "prometheus-rules.yaml").read_text()
+    assert rules.count("or vector(0))") == 3 and "apiary_export_lost_total" in rules
+    start = rules.index("    expr: >-\n      (sum(rate(hubble_lost")
+    end = rules.index(" > 0\n", rules.index("apiary_export_lost"))
+    old = ("    expr: sum(rate(hubble_lost_events_total[5m])) + sum(rate(tetragon_bpf_missed_events_total[5m])) + "
+           'sum(rate(apiary_export_lost_total{reason!="rate_limited"}[5m]))')
+    (tmp_path / "prometheus-rules.yaml").write_text(rules[:start] + old + rules[end:])
+    shutil.copy(DEPLOY / "prometheus-rules.test.yaml", tmp_path)
+    r = _promtool("test", "rules", "prometheus-rules.test.yaml", cwd=tmp_path)
+    assert r.returncode != 0 and "ApiaryLostEvents" in r.stdout + r.stderr, r.stdout + r.stderr
+
+
 def test_seed_alerts_are_present() -> None:
     import yaml
 

@@ -57,8 +57,8 @@ def test_rates_over_the_window_and_counter_reset() -> None:
 
 def test_healthy_node_all_ok_or_disabled_with_reason() -> None:
     subs = _subs(_status())
-    assert [s for s in subs] == ["process sensor", "tracing", "network datapath", "services/LB", "prefilter",
-                                 "API", "event bus"]
+    assert [s for s in subs] == ["process sensor", "tracing", "network datapath", "L7 proxy", "DNS proxy",
+                                 "services/LB", "prefilter", "API", "event bus"]
     assert subs["prefilter"]["state"] == "disabled" and "--prefilter-device" in subs["prefilter"]["reason"]
     assert all(s["state"] in ("OK", "disabled") for s in subs.values())
     assert subs["network datapath"]["reason"] == "2 endpoints, 1 policies"
@@ -108,3 +108,66 @@ def test_brief_layout_and_map_pressure_order() -> None:
     assert any(ln.startswith("Events:") and "Events/s: 2.25 (over the last 20 s)" in ln for ln in lines)
     assert map_pressure(st) == [("procs", 10.0), ("policy", 5.0)]
     assert "  procs                    10.00%" in detail_lines(st)
+
+
+L7 = {"pid": 42, "alive": True, "port": 15001, "restarts": 0, "restarting": False, "requests": 9, "denied": 3,
+      "upstream_errors": 0, "bad_records": 0}
+DNS = {"port": 15002, "serving": True, "queries": 5, "allowed": 4, "refused": 1, "upstream_errors": 0}
+
+
+def _net(**over: Any) -> dict[str, Any]:
+    return _status()["network"] | over
+
+
+def test_proxies_ok_with_their_figures() -> None:
+    subs = _subs(_status(network=_net(l7_proxy=L7, dns_proxy=DNS)))
+    assert subs["L7 proxy"]["state"] == "OK"
+    assert subs["L7 proxy"]["reason"] == "haproxy pid 42 on 127.0.0.1:15001, 9 requests, 3 denied, 0 restarts"
+    assert subs["L7 proxy"]["details"]["denied"] == 3
+    assert subs["DNS proxy"] == {"name": "DNS proxy", "state": "OK",
+                                 "reason": "127.0.0.1:15002 UDP+TCP, 5 queries, 1 refused",
+                                 "details": {k: v for k, v in DNS.items() if k != "serving"}}
+
+
+def test_dead_restarted_or_failing_proxy_is_degraded() -> None:
+    rates = {"window_s": 30.0, "increase": {"l7_restarts": 1, "l7_upstream_errors": 2, "dns_upstream_errors": 4}}
+    dead = L7 | {"alive": False, "restarting": True}
+    subs = _subs(_status(network=_net(l7_proxy=dead, dns_proxy=DNS | {"serving": False})), rates)
+    assert subs["L7 proxy"]["state"] == "degraded"
+    assert subs["L7 proxy"]["reason"] == ("haproxy is not running (restarting); restarted 1 times in the last 30 s; "
+                                          "2 upstream errors in the last 30 s")
+    assert subs["DNS proxy"]["state"] == "degraded"
+    assert subs["DNS proxy"]["reason"] == "not serving; 4 upstream errors in the last 30 s"
+    assert health.overall(list(subs.values())) == "degraded"
+    # older restarts and errors are totals in the OK line, not a verdict on the present
+    assert _subs(_status(network=_net(l7_proxy=L7 | {"restarts": 2})))["L7 proxy"]["state"] == "OK"
+
+
+def test_proxies_disabled_say_why() -> None:
+    net = _net(l7_proxy=None, l7_proxy_disabled="haproxy not installed: policies with rules.http are refused",
+               dns_proxy=None, dns_proxy_disabled="needs the L7 proxy")
+    subs = _subs(_status(network=net))
+    assert subs["L7 proxy"]["state"] == "disabled" and "haproxy not installed" in subs["L7 proxy"]["reason"]
+    assert subs["DNS proxy"]["state"] == "disabled" and subs["DNS proxy"]["reason"] == "needs the L7 proxy"
+    off = _subs(_status(network=None), network_enabled=False)
+    assert off["L7 proxy"]["reason"] == "--no-network" and off["DNS proxy"]["state"] == "disabled"
+    st = _status(network=net)
+    st["subsystems"] = health.subsystems(st, {}, network_enabled=True, tracing_enabled=True, tracing_policies=[],
+                                         prefilter=None, missing=[])
+    assert "L7 proxy:          disabled   haproxy not installed: policies with rules.http are refused" in (
+        brief_lines(st))
+
+
+def test_servers_and_export_lines() -> None:
+    st = _status(serving={"Metrics": "http://127.0.0.1:9962/metrics (and the API socket's /metrics)",
+                          "Hubble gRPC": "unix:///run/apiary/hubble.sock", "Tetragon gRPC": "not serving: x"},
+                 export=None, subsystems=[])
+    lines = brief_lines(st)
+    assert "Metrics:           http://127.0.0.1:9962/metrics (and the API socket's /metrics)" in lines
+    assert "Hubble gRPC:       unix:///run/apiary/hubble.sock" in lines
+    assert "Tetragon gRPC:     not serving: x" in lines
+    assert "Export:            off (no --export-filename, --export-otlp-endpoint)" in lines
+    st["export"] = {"events": {"file": {"path": "/var/log/apiary/events.log"}}, "flows": None,
+                    "otlp": {"endpoint": "http://127.0.0.1:4318"}}
+    assert ("Export:            events -> /var/log/apiary/events.log, otlp -> http://127.0.0.1:4318"
+            in brief_lines(st))

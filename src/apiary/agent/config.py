@@ -63,6 +63,7 @@ class AgentConfig:
     # Prometheus: (host, port) of --metrics-addr (None: only the unix-socket API's /metrics), Hubble's metric list
     metrics_addr: tuple[str, int] | None = None
     hubble_metrics: tuple[str, ...] = ("flow", "drop", "tcp", "port-distribution", "policy")
+    metrics_label_filter: str = "namespace,workload,pod,binary"  # Tetragon's --metrics-label-filter (default all)
     export: ExportSettings = field(default_factory=ExportSettings)  # event/flow export (Tetragon's, Hubble's flags)
     # Hubble's and Tetragon's gRPC APIs ("": a socket next to socket_path: hubble.sock, tetragon.sock)
     hubble_socket_path: str = ""  # Cilium's --hubble-socket-path

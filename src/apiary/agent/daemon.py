@@ -28,7 +28,7 @@ from apiary.sensors.process.sensor import ProcessSensor
 from . import accounting, bpfinfo, grpc_serve, health, statedir
 from .bus import EventBus
 from .config import AgentConfig
-from .events import ProcessEvents, Publisher, TracingEvents
+from .events import ProcessEvents, Publisher, TracingEvents, parse_metrics_label_filter
 from .export import Exporter
 from .metrics_server import AgentCollector, MetricsError
 from .metrics_server import start as start_metrics
@@ -100,6 +100,7 @@ class Agent:
         self.stats_fd: int | None = None
         self.loaded: list[str] = []
         self.missing: list[str] = []
+        self.serving = {"Metrics": "the API socket's /metrics only (no --metrics-addr)"}  # shown by `apiary status`
         self.procfs_seeded = 0
         self.network: Network | None = None
         self.services: ServicesControl | None = None
@@ -109,7 +110,8 @@ class Agent:
         self.registry = CollectorRegistry()
         self.publisher = Publisher(self.events, self.registry)
         self.process_events = ProcessEvents(self.cache, self.clock, cfg.node_name, self.publisher)
-        self.tracing_events = TracingEvents(None, self.cache, self.clock, cfg.node_name, self.publisher, self.registry)
+        self.tracing_events = TracingEvents(None, self.cache, self.clock, cfg.node_name, self.publisher, self.registry,
+                                            parse_metrics_label_filter(cfg.metrics_label_filter))
         AgentCollector(self, self.registry)  # map pressure, program stats, counts: read when scraped
         self.reader = RingReader(None, {}, {})
         self.net_pool = DaemonWorker("control-plane")
@@ -371,6 +373,7 @@ class Agent:
             "network": self.network.status() if self.network else None,
             "services": self.services.status() if self.services else None,
             "export": self.exporter.status() if self.exporter else None,
+            "serving": dict(self.serving),
         }
         self.rates.sample(self.rate_counters())
         rates = self.rates.rates()
@@ -394,6 +397,9 @@ class Agent:
             "flows": nc.received if nc else 0,
             "flows_lost": net.dp.lost() if net and net.dp.obj else 0,
             "flow_errors": nc.decode_errors + nc.handler_errors if nc else 0,
+            "l7_restarts": net.l7.restarts if net and net.l7 else 0,
+            "l7_upstream_errors": net.l7_counts["upstream_errors"] if net else 0,
+            "dns_upstream_errors": int(net.dns.counters["upstream_errors"]) if net and net.dns else 0,
         }
 
     def _kernel_counts(self) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
@@ -467,6 +473,7 @@ class Agent:
                 raise AgentError(str(e)) from None
             host, port = self.cfg.metrics_addr
             self.loaded.append(f"Prometheus metrics on http://{host}:{port}/metrics")
+            self.serving["Metrics"] = f"http://{host}:{port}/metrics (and the API socket's /metrics)"
         runner = await serve(self)
         try:  # Hubble's and Tetragon's gRPC APIs, in this event loop
             grpc_servers = await grpc_serve.start(self)
@@ -475,6 +482,7 @@ class Agent:
             raise AgentError(str(e)) from None
         self.loaded += grpc_servers.loaded
         self.missing += grpc_servers.missing
+        self.serving |= grpc_servers.serving
         gc.freeze()  # what start-up made lives as long as the agent: the collector no longer scans it
         self.say(self.summary(), flush=True)
 

@@ -24,6 +24,21 @@ from .bus import Deferred, Event, EventBus
 from .interfaces import HookEntry, PodDirectory, ProcessParts, TracingEventSource
 from .records import Batched, Consumer, CorruptRecord
 
+# Tetragon's process labels of its event metrics, and --metrics-label-filter (Tetragon's flag): the ones kept;
+# a label left out stays on the metric with an empty value (Tetragon's semantics), so its series collapse
+PROCESS_LABELS = ("namespace", "workload", "pod", "binary")
+
+
+def parse_metrics_label_filter(text: str) -> frozenset[str]:
+    """``namespace,workload,pod,binary`` (Tetragon's default: all): the process labels kept; an unknown name is
+    refused (Tetragon would log and ignore it)."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    bad = [n for n in names if n not in PROCESS_LABELS]
+    if bad:
+        raise ValueError(f"--metrics-label-filter {text!r}: unknown label {bad[0]!r} "
+                         f"(a comma-separated list of {', '.join(PROCESS_LABELS)})")
+    return frozenset(names)
+
 
 class Cell:
     """One labelled count of a ``CountFamily``: a plain int, incremented on the hot path."""
@@ -165,8 +180,10 @@ class TracingEvents:
         node: str,
         out: Publisher,
         registry: CollectorRegistry,
+        label_filter: frozenset[str] = frozenset(PROCESS_LABELS),
     ) -> None:
         self.tracing, self.cache, self.clock, self.node, self.out = tracing, cache, clock, node, out
+        self.keep = label_filter  # the process labels policy_events_total carries (--metrics-label-filter)
         self.m_missing_process = Counter(
             "events_missing_process_info",
             "Tracing events emitted without their process's info (the process was unknown)",
@@ -281,15 +298,9 @@ class TracingEvents:
     def _policy_counter(self, entry: HookEntry, proc: dict[str, Any]) -> Cell:
         lp, hook = entry
         pod = proc.get("pod") or {}
-        return self.m_policy_events.cell(
-            lp.policy.name,
-            hook_label(hook),
-            pod.get("namespace", ""),
-            pod.get("workload", ""),
-            pod.get("name", ""),
-            proc.get("binary", ""),
-            self.node,
-        )
+        values = (pod.get("namespace", ""), pod.get("workload", ""), pod.get("name", ""), proc.get("binary", ""))
+        kept = (v if label in self.keep else "" for label, v in zip(PROCESS_LABELS, values, strict=True))
+        return self.m_policy_events.cell(lp.policy.name, hook_label(hook), *kept, self.node)
 
 
 class TracingRecord(tracing_abi.EventRecord):

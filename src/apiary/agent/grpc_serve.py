@@ -19,6 +19,7 @@ class GrpcServers:
     addresses: list[Address] = field(default_factory=list)
     loaded: list[str] = field(default_factory=list)  # lines for the agent's start-up summary
     missing: list[str] = field(default_factory=list)
+    serving: dict[str, str] = field(default_factory=dict)  # `apiary status`: server -> where it listens (or why not)
 
     async def stop(self, grace: float = 1.0) -> None:
         for s in self.servers:
@@ -43,6 +44,7 @@ async def start(agent: AgentView) -> GrpcServers:
         sensors = Sensors(agent)
     except protos.ProtosMissing as e:
         out.missing.append(f"Hubble and Tetragon gRPC APIs: {e}")
+        out.serving = {"Hubble gRPC": f"not serving: {e}", "Tetragon gRPC": f"not serving: {e}"}
         return out
     for name, svc, at in (("Hubble Observer", observer, hub_at), ("Tetragon FineGuidanceSensors", sensors, tet_at)):
         try:
@@ -52,4 +54,5 @@ async def start(agent: AgentView) -> GrpcServers:
             raise
         out.addresses += at
         out.loaded.append(f"{name} gRPC API on " + ", ".join(str(a) for a in at))
+        out.serving[f"{name.split()[0]} gRPC"] = ", ".join(str(a) for a in at)
     return out

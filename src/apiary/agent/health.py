@@ -140,6 +140,8 @@ def subsystems(
                         endpoints=net.get("endpoints", 0), policies=net.get("policies", 0),
                         identities=net.get("identities_allocated", 0), flow_buffer=flows.get("buffered", 0)))
 
+    out += _proxies(net if network_enabled else None, inc, win)
+
     # services / load balancing
     sv = st.get("services")
     if not network_enabled or sv is None:
@@ -183,6 +185,43 @@ def subsystems(
     state, reason = _worst(OK, reasons, f"{st.get('subscribers', 0)} subscribers")
     out.append(_sub("event bus", state, reason, subscribers=st.get("subscribers", 0),
                     client_drops_total=ev.get("client_drops", 0)))
+    return out
+
+
+def _proxies(net: Mapping[str, Any] | None, inc: Mapping[str, int], win: float) -> list[dict[str, Any]]:
+    """The L7 (HAProxy) and DNS proxies: OK with what they judged, degraded when down, restarted or failing
+    upstream within the window, disabled with the reason when the agent runs without them."""
+    if net is None:
+        return [_sub("L7 proxy", DISABLED, "--no-network"), _sub("DNS proxy", DISABLED, "--no-network")]
+    out = []
+    l7 = net.get("l7_proxy")
+    if l7 is None:
+        out.append(_sub("L7 proxy", DISABLED, net.get("l7_proxy_disabled") or "not running"))
+    else:
+        reasons = []
+        if not l7.get("alive"):
+            reasons.append("haproxy is not running" + (" (restarting)" if l7.get("restarting") else ""))
+        if inc.get("l7_restarts"):
+            reasons.append(f"restarted {inc['l7_restarts']:,} times in the last {win:.0f} s")
+        if inc.get("l7_upstream_errors"):
+            reasons.append(f"{inc['l7_upstream_errors']:,} upstream errors in the last {win:.0f} s")
+        state, reason = _worst(OK, reasons, f"haproxy pid {l7.get('pid')} on 127.0.0.1:{l7.get('port')}, "
+                                            f"{l7.get('requests', 0):,} requests, {l7.get('denied', 0):,} denied, "
+                                            f"{l7.get('restarts', 0):,} restarts")
+        out.append(_sub("L7 proxy", state, reason, pid=l7.get("pid"), port=l7.get("port"),
+                        requests=l7.get("requests", 0), denied=l7.get("denied", 0),
+                        upstream_errors=l7.get("upstream_errors", 0), restarts=l7.get("restarts", 0),
+                        bad_records=l7.get("bad_records", 0)))
+    dns = net.get("dns_proxy")
+    if dns is None:
+        out.append(_sub("DNS proxy", DISABLED, net.get("dns_proxy_disabled") or "not running"))
+    else:
+        reasons = [] if dns.get("serving", True) else ["not serving"]
+        if inc.get("dns_upstream_errors"):
+            reasons.append(f"{inc['dns_upstream_errors']:,} upstream errors in the last {win:.0f} s")
+        state, reason = _worst(OK, reasons, f"127.0.0.1:{dns.get('port')} UDP+TCP, {dns.get('queries', 0):,} "
+                                            f"queries, {dns.get('refused', 0):,} refused")
+        out.append(_sub("DNS proxy", state, reason, **{k: v for k, v in dns.items() if k != "serving"}))
     return out
 
 

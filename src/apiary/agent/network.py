@@ -109,6 +109,10 @@ class Network:
             HAProxy(state, cfg.instance, cg, on_log=self.on_http) if haproxy_binary() is not None else None)
         # on_http's decisions by logged (rule, deny), for one proxy configuration and compiled policy
         self._http_decided: tuple[object, object, dict[tuple[str, str], tuple[bool, bool, str]]] = (None, None, {})
+        # why a proxy is off (`apiary status` says it); what the L7 proxy judged (its access log)
+        self.l7_off = "" if self.l7 is not None else "haproxy not installed: policies with rules.http are refused"
+        self.dns_off = "needs the L7 proxy's redirect (haproxy): policies with rules.dns are refused"
+        self.l7_counts = {"requests": 0, "denied": 0, "upstream_errors": 0}
         # the DNS proxy (toFQDNs, rules.dns): started in the event loop by dns_serve; it shares the HTTP
         # proxy's mark (the ip rule that delivers redirected packets locally)
         self.fqdn = FqdnCache(cfg.tofqdns_min_ttl)
@@ -135,6 +139,7 @@ class Network:
             try:
                 self.l7.start()
             except (ProxyError, OSError) as e:
+                self.l7_off = f"did not start ({e}): policies with rules.http are refused"
                 notes.append(f"L7 proxy not available ({e}): policies with rules.http are refused")
                 self.l7.close()
                 self.l7 = None
@@ -148,6 +153,7 @@ class Network:
                 try:
                     notes += self._dns_sockets()  # answers once the event loop runs (dns_serve)
                 except OSError as e:
+                    self.dns_off = f"could not bind ({e}): policies with rules.dns are refused"
                     notes.append(f"DNS proxy not available ({e}): policies with rules.dns are refused")
                     self.dns = None
                 if self.dns is not None:
@@ -483,6 +489,11 @@ class Network:
         """One access-log record of the proxy: the REQUEST flow, and the RESPONSE when it was let through."""
         assert self.l7 is not None
         allowed, ingress, decided = self._http_decision(unset(rec.get("rule")), unset(rec.get("deny")))
+        counts = self.l7_counts  # `apiary status`: what the proxy judged
+        counts["requests"] += 1
+        counts["denied"] += not allowed
+        # HAProxy's termination state: S/s = the server refused, aborted or timed out (an upstream error)
+        counts["upstream_errors"] += rec.get("term", "")[:1] in ("S", "s")
         version = unset(rec.get("version")) or "1.1"
         status = int(unset(rec.get("status")) or 0)
         tr = max(0, int(unset(rec.get("tr")) or 0))
@@ -718,9 +729,13 @@ class Network:
                 "subscribers": len(self.flows.subscribers),
             },
             "datapath_counters": self.dp.counters() if self.dp.obj else {},
-            "l7_proxy": self.l7.status() if self.l7 is not None else None,
+            "l7_proxy": self.l7.status() | self.l7_counts | {"restarting": self.l7.down_since is not None}
+            if self.l7 is not None else None,
+            "l7_proxy_disabled": self.l7_off if self.l7 is None else None,
             "dns_proxy": {**self.dns.status(), "holder_pid": self.dns_holder.pid if self.dns_holder else None,
-                          "holder_restarts": self.dns_holder_restarts} if self.dns is not None else None,
+                          "holder_restarts": self.dns_holder_restarts, "serving": self.dns.udp is not None}
+            if self.dns is not None else None,
+            "dns_proxy_disabled": self.dns_off if self.dns is None else None,
         }
 
 

@@ -218,6 +218,13 @@ def cli(ctx: click.Context, socket_path: str | None, timeout: float) -> None:
     "labelsContext (dns: also ignoreAAAA). Default: flow drop tcp port-distribution policy, no context.",
 )
 @click.option(
+    "--metrics-label-filter",
+    default="namespace,workload,pod,binary",
+    show_default=True,
+    help="Tetragon's flag: comma-separated process labels kept on tetragon_policy_events_total, among namespace, "
+    "workload, pod and binary; a label left out stays with an empty value (bounds the series).",
+)
+@click.option(
     "--hubble-socket-path",
     default="",
     help="Unix socket of Hubble's Observer gRPC API (Cilium's flag; default: hubble.sock next to --socket).",
@@ -270,6 +277,7 @@ def agent(
     metrics_addr: str | None,
     metrics_allow_remote: bool,
     hubble_metrics: tuple[str, ...],
+    metrics_label_filter: str,
     export: ExportSettings,
     hubble_socket_path: str,
     hubble_listen_address: str,
@@ -317,6 +325,7 @@ def agent(
         hubble_listen_address=hubble_listen_address,
         tetragon_server_address=tetragon_server_address,
     )
+    from apiary.agent.events import parse_metrics_label_filter
     from apiary.agent.grpc_common import hubble_addresses, tetragon_address
     from apiary.agent.metrics_server import MetricsError, parse_metrics_addr
     from apiary.observe.hubble.metrics import parse_hubble_metrics
@@ -329,6 +338,8 @@ def agent(
         if hubble_metrics:
             parse_hubble_metrics(hubble_metrics)
             cfg.hubble_metrics = hubble_metrics
+        parse_metrics_label_filter(metrics_label_filter)
+        cfg.metrics_label_filter = metrics_label_filter
         hubble_addresses(cfg), tetragon_address(cfg)
     except ValueError as e:
         _fail(str(e), 2)

@@ -28,12 +28,25 @@ def map_pressure(st: Mapping[str, Any]) -> list[tuple[str, float]]:
     return sorted(rows, key=lambda r: -r[1])
 
 
+def _export_targets(ex: Mapping[str, Any]) -> list[str]:
+    out = [f"{name} -> {st['file']['path']}" for name in ("events", "flows")
+           if (st := ex.get(name)) and st.get("file")]
+    out += [f"{what} -> {o['endpoint']}" for key, what in (("otlp", "otlp"), ("otlp_traces", "otlp spans"))
+            if (o := ex.get(key))]
+    return out or ["on"]
+
+
 def brief_lines(st: Mapping[str, Any]) -> list[str]:
     up = f"{st['version']} on node {st['node_name']} (pid {st['pid']}, up {st['uptime_s']} s)"
     lines = [_row("apiary", f"{st.get('overall', 'OK'):<10} {up}")]
     for sub in st.get("subsystems", []):
         label = sub["name"][0].upper() + sub["name"][1:]
         lines.append(_row(label, f"{sub['state']:<10} {sub['reason']}"))
+    for label, where in (st.get("serving") or {}).items():  # the gRPC servers and the metrics endpoint
+        lines.append(_row(label, where))
+    ex = st.get("export")
+    lines.append(_row("Export", ", ".join(_export_targets(ex)) if ex else "off (no --export-filename, "
+                                                                         "--export-otlp-endpoint)"))
     rates = st.get("rates") or {}
     per_s, win = rates.get("per_s", {}), rates.get("window_s", 0.0)
     over = f"over the last {win:.0f} s" if win else "no window yet: rates need two samples"

@@ -179,6 +179,8 @@ def test_enforcement_survives_kill_9_and_the_next_agent_adopts_it(copied_shell: 
 
         a.start(timeout=START_TIMEOUT)
         assert "adopted" in a.log()
+        # nothing changed while it was down: the reconcile's diff is empty, and says so
+        assert "tracing: reconciled: hooks, follow bits, scope entries and links already matched" in a.log()
         rows = tp_rows(a)
         assert [r["name"] for r in rows] == ["kill-copied-chdir"]  # listed once
         assert rows[0]["enforced_while_agent_down"] is True

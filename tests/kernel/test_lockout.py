@@ -253,10 +253,12 @@ def test_offline_delete_switches_off_the_policys_pinned_hooks(tmp_path: Path) ->
 
 def test_the_kernel_knows_the_exempt_process_by_pid_and_start_time(tmp_path: Path) -> None:
     """The sensor alone: a Sigkill on writes by a private copy of sh; the exempt entry names one process."""
+    import contextlib
     import os
     import struct
     import subprocess
 
+    from apiary.loader.fs import cgroup2_root
     from apiary.observe.procfs import process_start_ticks
     from apiary.sensors.process.sensor import ProcessSensor
     from apiary.sensors.tracing import abi as tabi
@@ -275,6 +277,10 @@ def test_the_kernel_knows_the_exempt_process_by_pid_and_start_time(tmp_path: Pat
         selectors=(Selector(binaries=BinaryFilter("In", (str(sh),)), action="Sigkill"),),
         realisation="syscall entry of write",
     )
+    root = cgroup2_root()
+    assert root is not None
+    helpers = Path(root) / f"apiary-test-helpers-{uuid.uuid4().hex[:8]}"
+    helpers.mkdir()
     ps = ProcessSensor()
     ps.load()
     ts = TracingSensor(ps)
@@ -283,15 +289,21 @@ def test_the_kernel_knows_the_exempt_process_by_pid_and_start_time(tmp_path: Pat
         ts.apply("/kill-sh", CompiledTracingPolicy("kill-sh", "", "TracingPolicy", "enforce", None, [hook]), None)
         (hid,) = ts.policies["/kill-sh"].hook_ids
 
+        def join_helpers() -> None:
+            (helpers / "cgroup.procs").write_text(str(os.getpid()))
+
         def run(exempt: str) -> tuple[int, int]:
-            p = subprocess.Popen([str(sh), "-c", "read x; echo hi"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+            p = subprocess.Popen([str(sh), "-c", "read x; echo hi"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                 preexec_fn=join_helpers if exempt == "its cgroup" else None)
             if exempt == "this process":
                 ts.exempt_agent(p.pid)
             elif exempt == "its pid, another start time":  # what a later process reusing the pid looks like
                 tick_ns = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
                 ts.agent_map.update(
-                    b"\0" * 4, struct.pack("<IIQQ", p.pid, 0, process_start_ticks(f"/proc/{p.pid}") + 1, tick_ns)
+                    b"\0" * 4, struct.pack("<IIQQQ", p.pid, 0, process_start_ticks(f"/proc/{p.pid}") + 1, tick_ns, 0)
                 )
+            elif exempt == "its cgroup":  # the agent's helpers (its HAProxy, the DNS socket holder)
+                ts.exempt_agent(os.getpid(), os.stat(helpers).st_ino)
             else:
                 ts.exempt_agent(None)
             p.communicate(b"go\n", timeout=10)
@@ -305,6 +317,10 @@ def test_the_kernel_knows_the_exempt_process_by_pid_and_start_time(tmp_path: Pat
         assert run("its pid, another start time")[0] == -9
         assert run("nobody")[0] == -9
         assert ts.hook_counters(hid)["enforced"] == 2
+        assert run("its cgroup")[0] == 0  # a process in the agent's helpers cgroup is exempt too
+        assert ts.hook_counters(hid)["enforced"] == 2
     finally:
         ts.close()
         ps.close()
+        with contextlib.suppress(OSError):
+            helpers.rmdir()

@@ -143,6 +143,14 @@ class Agent:
         self.reader = RingReader.of(ring, self.sensors, consumers)
 
     # ------------------------------------------------------------------ start-up / shut-down
+    def _helpers_cgroup(self) -> int:
+        """The cgroup id of the agent's own helper processes (its HAProxy and DNS socket holder), 0: none."""
+        l7 = self.network.l7 if self.network is not None else None
+        try:
+            return l7.cgroup_id if l7 is not None else 0
+        except OSError:  # not created (the proxy did not start)
+            return 0
+
     def start(self) -> None:
         cfg = self.cfg
         if os.geteuid() != 0:
@@ -236,6 +244,7 @@ class Agent:
                     agent_exemption=cfg.agent_exemption,
                     restore=cfg.restore_tracing,
                     pin_dir=Path(cfg.pin_root) / "tracing",
+                    helpers_cgroup=self._helpers_cgroup,
                 )
                 self.loaded += self.tracing.start()
             except Exception as e:  # noqa: BLE001 - one line, then stop

@@ -12,6 +12,7 @@ import json
 import os
 import socket
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,8 +101,10 @@ class Tracing:
         agent_exemption: bool = True,
         restore: bool = True,
         pin_dir: str | Path | None = None,
+        helpers_cgroup: Callable[[], int] = lambda: 0,
     ) -> None:
         self.file = Path(state_dir) / statedir.TRACING_FILE
+        self.helpers_cgroup = helpers_cgroup  # the cgroup id of the agent's helpers (its proxy): exempt too
         self.sensor = TracingSensor(process, lsm=features.lsm, kprobes=features.kprobes, pin_dir=pin_dir)
         self.features = features
         self.network = network
@@ -156,7 +159,7 @@ class Tracing:
 
     def _load(self) -> None:
         self.sensor.load()
-        self.sensor.exempt_agent(os.getpid() if self.agent_exemption else None)
+        self.sensor.exempt_agent(os.getpid() if self.agent_exemption else None, self.helpers_cgroup())
 
     def _ensure_loaded(self) -> None:
         if not self.loaded:

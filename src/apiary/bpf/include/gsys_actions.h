@@ -2,13 +2,19 @@
 #ifndef APIARY_GSYS_ACTIONS_H
 #define APIARY_GSYS_ACTIONS_H
 
-/* the current process is the agent: same tgid and same start time (decided here, never by name or path);
+/* the current process is the agent: same tgid and same start time (decided here, never by name or path),
+ * or, for the tracing programs, one of its helpers: in the agent's helpers cgroup (its HAProxy and DNS socket
+ * holder, started by it);
  * with_start 0: the tgid only (cgroup programs do not get the task helpers on every kernel) */
 static __always_inline int agent_exempt(__u32 tgid, int with_start)
 {
 	__u32 zero = 0;
 	struct gs_agent *a = bpf_map_lookup_elem(&gs_agent, &zero);
-	if (!a || !a->tgid || a->tgid != tgid || !a->tick_ns)
+	if (!a || !a->tgid || !a->tick_ns)
+		return 0;
+	if (with_start && a->helpers_cgroup && bpf_get_current_cgroup_id() == a->helpers_cgroup)
+		return 1; /* (tracing programs only: the cgroup programs judge by tgid alone, as for the agent) */
+	if (a->tgid != tgid)
 		return 0;
 	if (!with_start)
 		return 1;

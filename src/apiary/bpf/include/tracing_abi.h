@@ -269,6 +269,7 @@ struct gs_agent {
 	__u32 _pad;
 	__u64 start_ticks;
 	__u64 tick_ns; /* nanoseconds per clock tick (1e9 / sysconf(_SC_CLK_TCK)) */
+	__u64 helpers_cgroup; /* the cgroup of the agent's own helpers (its HAProxy, the DNS socket holder); 0: none */
 };
 
 struct gs_pend_key {

@@ -351,15 +351,16 @@ class AgentInfo(ctypes.Structure):
     """The agent's own process, exempt from the enforcing actions (tgid 0: nobody): its tgid and start time
     in clock ticks since boot, so a reused pid is not exempt."""
 
-    _fields_ = [("tgid", c_uint32), ("_pad", c_uint32), ("start_ticks", c_uint64), ("tick_ns", c_uint64)]
+    _fields_ = [("tgid", c_uint32), ("_pad", c_uint32), ("start_ticks", c_uint64), ("tick_ns", c_uint64),
+                ("helpers_cgroup", c_uint64)]
 
 
 class ScopeKey(ctypes.Structure):
     _fields_ = [("policy_id", c_uint32), ("_pad", c_uint32), ("cgroup_id", c_uint64)]
 
 
-def agent_info(tgid: int, start_ticks: int, tick_ns: int) -> bytes:
-    return bytes(AgentInfo(tgid=tgid, start_ticks=start_ticks, tick_ns=tick_ns))
+def agent_info(tgid: int, start_ticks: int, tick_ns: int, helpers_cgroup: int = 0) -> bytes:
+    return bytes(AgentInfo(tgid=tgid, start_ticks=start_ticks, tick_ns=tick_ns, helpers_cgroup=helpers_cgroup))
 
 
 def scope_key(policy_id: int, cgroup_id: int) -> bytes:

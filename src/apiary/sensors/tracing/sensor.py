@@ -152,14 +152,15 @@ class TracingSensor(PolicyWrites):
             self.close()
             raise
 
-    def exempt_agent(self, pid: int | None) -> None:
+    def exempt_agent(self, pid: int | None, helpers_cgroup: int = 0) -> None:
         """Exempt this process (the agent) from Sigkill/Signal/Override/DenyConnect, or nobody (None).
-        The kernel knows it by tgid and start time: a later process reusing the pid is not exempt."""
+        The kernel knows it by tgid and start time: a later process reusing the pid is not exempt.
+        ``helpers_cgroup``: the cgroup id of the agent's own helper processes (its proxy), exempt too."""
         if pid is None:
             value = abi.agent_info(0, 0, 0)
         else:
             tick_ns = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
-            value = abi.agent_info(pid, process_start_ticks(f"/proc/{pid}"), tick_ns)
+            value = abi.agent_info(pid, process_start_ticks(f"/proc/{pid}"), tick_ns, helpers_cgroup)
         self.agent_map.update((0).to_bytes(4, "little"), value)
 
     def close(self, keep_pins: bool = False) -> None:

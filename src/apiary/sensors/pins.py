@@ -145,6 +145,13 @@ class PinSet:
         self.close()
         remove_pin_tree(self.root)
 
+    def release(self, keep: bool) -> None:
+        """The sensor's close: ``keep`` leaves the pins for the next agent (as a kill does), else they go."""
+        if keep:
+            self.close()
+        else:
+            self.remove()
+
 
 def read_manifest(m: Map) -> dict[str, Any] | None:
     raw = m.lookup(b"\0" * 4) or b""

@@ -248,10 +248,7 @@ class LoadBalancer:
             self.devices.clear()  # tc filters stay on their devices; the next agent replaces them in place
         self._detach()
         if self.pinset is not None:
-            if keep_pins:
-                self.pinset.close()
-            else:
-                self.pinset.remove()
+            self.pinset.release(keep_pins)
         if self.ring:
             self.ring.close()
             self.ring = None

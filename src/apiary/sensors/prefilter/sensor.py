@@ -27,7 +27,7 @@ from typing import Any
 from apiary.loader import BpfError, BpfObject, Map, PinnedLink, RingBuffer, XdpModeLink
 from apiary.loader.paths import bpf_object
 from apiary.sensors.base import LinkRow, OwnedMap, ProgramRow, RecordHandler, RingCounts, link_rows
-from apiary.sensors.pins import PinSet, object_digest
+from apiary.sensors.pins import PinSet, keep_links, object_digest
 from apiary.sensors.reconcile import MapDiff, apply, diff
 
 from . import abi
@@ -108,16 +108,16 @@ class Prefilter:
 
     def close(self, keep_pins: bool = False) -> None:
         """``keep_pins``: the devices keep their XDP links and the maps stay pinned for the next agent."""
-        for d in self.devs.values():
-            if keep_pins:
-                d.link.pin_path = None  # forget the pin, do not remove it: closing our fd then detaches nothing
-            d.link.destroy()
+        links = [d.link for d in self.devs.values()]
+        if keep_pins:
+            keep_links(links)  # closes our handles; the pins keep the devices' XDP links attached
+        else:
+            for lk in links:
+                lk.destroy()
         self.devs.clear()
         if self.pinset is not None:
-            if keep_pins:
-                self.pinset.close()
-            else:
-                self.pinset.remove()
+            self.pinset.release(keep_pins)
+            if not keep_pins:
                 self.pinned.clear()
         if self.obj:
             self.obj.close()

@@ -225,10 +225,7 @@ class ProcessSensor:
             self.ring.close()
             self.ring = None
         if self.pins:
-            if keep_pins:
-                self.pins.close()
-            else:
-                self.pins.remove()
+            self.pins.release(keep_pins)
             self.pins = None
             self.info.pins.clear()
         if self.obj:

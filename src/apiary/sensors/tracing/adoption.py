@@ -5,6 +5,7 @@ The pin layout is in sensor.py's docstring."""
 from __future__ import annotations
 
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -101,34 +102,34 @@ class PinAdoption(FollowBits):
             notes.append(f"tracing: removed policy {key} left in the kernel by the previous agent (not stored)")
         self.adopted.clear()
         self._write_syscalls()
-        diff: dict[str, int] = {}  # entries removed (or rewritten) per map: what no stored policy claims
+        diff: Counter[str] = Counter()  # entries removed (or rewritten) per map: what no stored policy claims
         zero = b"\0" * self.hooks_map.value_size
         for hid in range(abi.GS_HOOKS):
             if hid not in self.hooks and (self.hooks_map.lookup(hid.to_bytes(4, "little")) or zero) != zero:
                 self.hooks_map.update(hid.to_bytes(4, "little"), zero)
-                diff["gs_hooks -"] = diff.get("gs_hooks -", 0) + 1
+                diff["gs_hooks -"] += 1
         fzero = b"\0" * self.follow_map.value_size
         for b in range(abi.GS_FOLLOW):
             if b not in self.follow and (self.follow_map.lookup(b.to_bytes(4, "little")) or fzero) != fzero:
                 self.follow_map.update(b.to_bytes(4, "little"), fzero)
-                diff["gs_follow -"] = diff.get("gs_follow -", 0) + 1
+                diff["gs_follow -"] += 1
         live = 0
         for b in self.follow:
             live |= 1 << b
         for pid, bits in list(self.mb_map.items()):
             if bits & ~live:
                 self.mb_map.put(pid, bits & live)
-                diff["gs_mb ~"] = diff.get("gs_mb ~", 0) + 1
+                diff["gs_mb ~"] += 1
         ids = {lp.policy_id for lp in self.policies.values()}
         for raw in list(self.scope_map.keys()):
             if int.from_bytes(raw[:4], "little") not in ids:
                 self.scope_map.delete(raw)
-                diff["gs_scope -"] = diff.get("gs_scope -", 0) + 1
+                diff["gs_scope -"] += 1
         if self.pins:
             held = {link_file(n) for n in self._link_names()}
             for f in self.pins.link_names() - held:
                 os.unlink(self.pins.root / "links" / f)
-                diff["links -"] = diff.get("links -", 0) + 1
+                diff["links -"] += 1
         if self.pins and self.pins.adopted:
             notes.append("tracing: reconciled: " + (", ".join(f"{k}{n}" for k, n in diff.items())
                                                     or "hooks, follow bits, scope entries and links already matched"))

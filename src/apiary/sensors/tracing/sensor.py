@@ -176,10 +176,7 @@ class TracingSensor(PolicyWrites):
             lk.destroy()
         self.links.clear()
         if self.pins:
-            if keep_pins:
-                self.pins.close()
-            else:
-                self.pins.remove()
+            self.pins.release(keep_pins)
             self.pins = None
         if self.obj:
             self.obj.close()

@@ -188,7 +188,7 @@ def _text(c: CompiledTracingPolicy) -> str:
     return " ".join([h.realisation for h in c.hooks] + list(c.notes))
 
 
-def _value(kind: str, tetragon_type: str, v: int, raw: bytes, wdir: str, res: WorkloadResult) -> Any:
+def _value(kind: str, tetragon_type: str, v: int, raw: bytes, wdir: str, res: WorkloadResult, step: str | None) -> Any:
     if kind in (ARG_FD, ARG_FILEPTR, ARG_BPRM, ARG_STRING):
         s = raw.decode("utf-8", errors="replace").replace(wdir, "$W")
         return re.sub(r"^(pipe|socket):\[\d+\]$", r"\1:", s)
@@ -199,13 +199,13 @@ def _value(kind: str, tetragon_type: str, v: int, raw: bytes, wdir: str, res: Wo
     ):  # the socket read in the kernel: the destination side (the source
         si = tabi.sockinfo(raw)  # port and address are not chosen yet at connect()'s entry, as stated)
         daddr = ipaddress.IPv6Address(bytes(si.daddr6)) if si.family == 10 else ipaddress.IPv4Address(si.daddr)
-        return (si.family, si.type, si.protocol, str(daddr), res.ports.get(si.dport, si.dport))
+        return (si.family, si.type, si.protocol, str(daddr), res.port_name(si.dport, step))
     if kind in (ARG_SOCKADDR, ARG_KSOCKADDR):
         fam, addr, port = tabi.sockaddr(v)
         if fam == 2:
-            return ("AF_INET", addr, res.ports.get(port, port))
+            return ("AF_INET", addr, res.port_name(port, step))
         if fam == 10:
-            return ("AF_INET6", res.ports.get(port, port))
+            return ("AF_INET6", res.port_name(port, step))
         return (f"family {fam}",)
     if kind == ARG_CRED:
         ci = tabi.credinfo(raw)
@@ -228,12 +228,13 @@ def _normalise(row: str, hooks: dict[int, Hook], evs: list[tabi.Event], wdir: st
         if hook is None:
             continue
         args = []
+        step = res.step_at(ev.ktime)
         for i, spec in enumerate(hook.args[: ev.nargs]):
             raw = bytes(ev.str[i])[: ev.slen[i]]
-            args.append((spec.label, _value(spec.kind, spec.tetragon_type, ev.ints[i], raw, wdir, res)))
+            args.append((spec.label, _value(spec.kind, spec.tetragon_type, ev.ints[i], raw, wdir, res, step)))
         if row.endswith("file_permission") and not hook.attach_points[0].startswith(("__kprobe_", "__lsm_")):
             args.append(("k1", _MAY_WRITE if _syscall_name(ev.syscall_nr) in _WRITES else _MAY_READ))
-        out.append((res.step_at(ev.ktime) or "outside the workload", row, tuple(sorted(args))))
+        out.append((step or "outside the workload", row, tuple(sorted(args))))
     return out
 
 

@@ -62,8 +62,18 @@ BAD_FD = 1000  # closed in the child (checked), so reads and writes on it fail w
 class WorkloadResult:
     steps: list[tuple[str, int]]  # (step, start on CLOCK_MONOTONIC in ns)
     end: int  # when the last step ended
-    ports: dict[int, str]  # port -> the workload's name for it (listeners are on ephemeral ports)
+    # port -> the workload's names for it, in the order it used them (listeners and UDP clients are on ephemeral
+    # ports, and a port closed in one step can come back in a later one: tcp4's listener as udp4's client)
+    ports: dict[int, tuple[str, ...]]
     errors: dict[str, str] = field(default_factory=dict)  # step -> the errno the step expected and got
+
+    def port_name(self, port: int, step: str | None) -> str | int:
+        """What ``port`` was while ``step`` ran: the step's own listener or client, else the port's one name."""
+        names = self.ports.get(port, ())
+        for n in names:
+            if step is not None and n in (step, f"{step}-client"):
+                return n
+        return names[0] if len(names) == 1 else port
 
     def step_at(self, ktime: int) -> str | None:
         """The step running at ``ktime``; None before the first or after the last."""
@@ -113,7 +123,7 @@ class Workload:
         return WorkloadResult(
             [(s, t) for s, t in data["steps"]],
             data["end"],
-            {int(p): n for p, n in data["ports"].items()},
+            {int(p): tuple(n) for p, n in data["ports"].items()},
             data["errors"],
         )
 
@@ -133,12 +143,12 @@ def _expect_error(errors: dict[str, str], step: str, call: Any, *args: Any) -> N
     raise AssertionError(f"workload step {step}: {call.__name__}{args} did not fail")
 
 
-def _pair(family: int, kind: int, addr: Any, ports: dict[int, str], name: str) -> tuple[socket.socket, ...]:
+def _pair(family: int, kind: int, addr: Any, ports: dict[int, list[str]], name: str) -> tuple[socket.socket, ...]:
     """A listener of its own and a connected client (plus the accepted end for streams)."""
     srv = socket.socket(family, kind)
     srv.bind(addr)
     if family != socket.AF_UNIX:
-        ports[srv.getsockname()[1]] = name
+        ports.setdefault(srv.getsockname()[1], []).append(name)
     if kind == socket.SOCK_STREAM:
         srv.listen(1)
     cli = socket.socket(family, kind)
@@ -149,12 +159,12 @@ def _pair(family: int, kind: int, addr: Any, ports: dict[int, str], name: str) -
         acc, _ = srv.accept()
         return srv, cli, acc
     if family != socket.AF_UNIX:  # the server connects back to the client's ephemeral port
-        ports[cli.getsockname()[1]] = f"{name}-client"
+        ports.setdefault(cli.getsockname()[1], []).append(f"{name}-client")
     srv.connect(cli.getsockname())
     return srv, cli, srv
 
 
-def _sockets(step: str, family: int, kind: int, addr: Any, ports: dict[int, str]) -> None:
+def _sockets(step: str, family: int, kind: int, addr: Any, ports: dict[int, list[str]]) -> None:
     socks = _pair(family, kind, addr, ports, step)
     cli, peer = socks[1], socks[2]
     os.write(cli.fileno(), b"ping")
@@ -179,7 +189,7 @@ def _child(d: str) -> None:
         pass
     refused = socket.socket()  # a port bound and not listening: connect() is refused
     refused.bind(("127.0.0.1", 0))
-    ports: dict[int, str] = {refused.getsockname()[1]: "tcp4-refused"}
+    ports: dict[int, list[str]] = {refused.getsockname()[1]: ["tcp4-refused"]}
     steps: list[tuple[str, int]] = []
     errors: dict[str, str] = {}
     here = os.getcwd()

@@ -6,6 +6,7 @@ allowed destinations for their TTL. Every query is a Hubble L7 DNS flow."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -185,6 +186,32 @@ CLIENT = textwrap.dedent("""
                       "blocked": ask(server, blocked, False)}), flush=True)
 """)
 
+
+
+def test_a_dead_socket_holder_is_replaced_and_said_in_status(env: dict[str, Any]) -> None:
+    """The holder that keeps DNS answered across agent restarts dies while the agent runs: the agent starts
+    another, and `apiary status` says so (DNS proxy degraded within the rate window) instead of finding out at
+    the next restart."""
+    n: Net = env["net"]
+    dns = n.agent.client().get("/v1/status")["network"]["dns_proxy"]
+    old, restarts = dns["holder_pid"], dns["holder_restarts"]
+    assert old, dns
+    os.kill(old, signal.SIGKILL)  # the agent's own helper, by the PID its status gives
+    deadline = time.monotonic() + 15
+    while True:
+        dns = n.agent.client().get("/v1/status")["network"]["dns_proxy"]
+        if dns["holder_pid"] not in (None, old):
+            break
+        assert time.monotonic() < deadline, dns
+        time.sleep(0.2)
+    assert dns["holder_restarts"] == restarts + 1, dns
+    st = json.loads(n.cli_ok("status", "-o", "json"))
+    sub = next(s for s in st["subsystems"] if s["name"] == "DNS proxy")
+    assert sub["state"] == "degraded" and "socket holder died and was restarted 1 times" in sub["reason"], sub
+    assert "DNS proxy:         degraded   " in n.cli_ok("status")
+    # and the new holder holds: names still resolve through the proxy
+    (first,) = run(env, ("ask", "allowed.example.com"))
+    assert first["rcode"] == 0 and first["ips"], first
 
 
 def test_dns_answers_and_tofqdns_hold_across_kill_9(env: dict[str, Any]) -> None:

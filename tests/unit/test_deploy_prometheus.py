@@ -160,6 +160,7 @@ class _Network:
         self.alloc = SimpleNamespace(count=lambda: 2)
         self.policies = {"a/p": 1}
         self.dp = SimpleNamespace(obj=True, lost=lambda: self.kernel_lost)
+        self.l7 = SimpleNamespace(dropped=0)  # HAProxy's dropped access-log records
 
 
 def test_collector_moves_lost_counters_by_the_kernels_difference() -> None:
@@ -189,6 +190,12 @@ def test_collector_moves_lost_counters_by_the_kernels_difference() -> None:
     assert value("hubble_lost_events_total", **lost) == 7
     assert value("hubble_lost_events_total", **lost) == 7  # scraped again: not counted twice
     net.kernel_lost = 10
+    assert value("hubble_lost_events_total", **lost) == 10
+    proxy = dict(source="l7_proxy_access_log")  # shown at 0 before any loss, so a rate() sees the first one
+    assert value("hubble_lost_events_total", **proxy) == 0
+    net.l7.dropped = 5
+    assert value("hubble_lost_events_total", **proxy) == 5
+    assert value("hubble_lost_events_total", **proxy) == 5
     assert value("hubble_lost_events_total", **lost) == 10
     assert value("tetragon_bpf_missed_events_total", msg_op="5", error="ENOSPC") == 4
     assert value("tetragon_bpf_missed_events_total", msg_op="13", error="ENOSPC") == 1

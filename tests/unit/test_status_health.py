@@ -143,6 +143,26 @@ def test_dead_restarted_or_failing_proxy_is_degraded() -> None:
     assert _subs(_status(network=_net(l7_proxy=L7 | {"restarts": 2})))["L7 proxy"]["state"] == "OK"
 
 
+def test_lost_access_log_records_and_a_dns_proxy_without_holder_are_degraded() -> None:
+    rates = {"window_s": 30.0, "increase": {"l7_dropped_records": 7, "dns_holder_restarts": 1}}
+    subs = _subs(_status(network=_net(l7_proxy=L7 | {"dropped_records": 7},
+                                      dns_proxy=DNS | {"holder_pid": 77, "holder_restarts": 1})), rates)
+    assert subs["L7 proxy"]["state"] == "degraded"
+    assert subs["L7 proxy"]["reason"] == ("haproxy dropped 7 access-log records (pipe full) in the last 30 s: "
+                                          "their L7 flows are missing")
+    assert subs["L7 proxy"]["details"]["dropped_records"] == 7
+    assert subs["DNS proxy"]["state"] == "degraded"
+    assert subs["DNS proxy"]["reason"] == "socket holder died and was restarted 1 times in the last 30 s"
+    # a proxy serving without a holder fails DNS across the next agent restart: said now, not then
+    no_holder = _subs(_status(network=_net(dns_proxy=DNS | {"holder_pid": None})))["DNS proxy"]
+    assert no_holder["state"] == "degraded"
+    assert no_holder["reason"] == "no socket holder: DNS queries go unanswered while the agent restarts"
+    # losses and restarts older than the window are totals, not a verdict
+    old = _subs(_status(network=_net(l7_proxy=L7 | {"dropped_records": 7},
+                                     dns_proxy=DNS | {"holder_pid": 77, "holder_restarts": 1})))
+    assert old["L7 proxy"]["state"] == "OK" and old["DNS proxy"]["state"] == "OK"
+
+
 def test_proxies_disabled_say_why() -> None:
     net = _net(l7_proxy=None, l7_proxy_disabled="haproxy not installed: policies with rules.http are refused",
                dns_proxy=None, dns_proxy_disabled="needs the L7 proxy")

@@ -408,7 +408,9 @@ class Agent:
             "flow_errors": nc.decode_errors + nc.handler_errors if nc else 0,
             "l7_restarts": net.l7.restarts if net and net.l7 else 0,
             "l7_upstream_errors": net.l7_counts["upstream_errors"] if net else 0,
+            "l7_dropped_records": net.l7.dropped if net and net.l7 else 0,
             "dns_upstream_errors": int(net.dns.counters["upstream_errors"]) if net and net.dns else 0,
+            "dns_holder_restarts": net.dns_holder_restarts if net else 0,
         }
 
     def _kernel_counts(self) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:

@@ -205,13 +205,16 @@ def _proxies(net: Mapping[str, Any] | None, inc: Mapping[str, int], win: float) 
             reasons.append(f"restarted {inc['l7_restarts']:,} times in the last {win:.0f} s")
         if inc.get("l7_upstream_errors"):
             reasons.append(f"{inc['l7_upstream_errors']:,} upstream errors in the last {win:.0f} s")
+        if inc.get("l7_dropped_records"):
+            reasons.append(f"haproxy dropped {inc['l7_dropped_records']:,} access-log records (pipe full) in the last "
+                           f"{win:.0f} s: their L7 flows are missing")
         state, reason = _worst(OK, reasons, f"haproxy pid {l7.get('pid')} on 127.0.0.1:{l7.get('port')}, "
                                             f"{l7.get('requests', 0):,} requests, {l7.get('denied', 0):,} denied, "
                                             f"{l7.get('restarts', 0):,} restarts")
         out.append(_sub("L7 proxy", state, reason, pid=l7.get("pid"), port=l7.get("port"),
                         requests=l7.get("requests", 0), denied=l7.get("denied", 0),
                         upstream_errors=l7.get("upstream_errors", 0), restarts=l7.get("restarts", 0),
-                        bad_records=l7.get("bad_records", 0)))
+                        bad_records=l7.get("bad_records", 0), dropped_records=l7.get("dropped_records", 0)))
     dns = net.get("dns_proxy")
     if dns is None:
         out.append(_sub("DNS proxy", DISABLED, net.get("dns_proxy_disabled") or "not running"))
@@ -219,6 +222,11 @@ def _proxies(net: Mapping[str, Any] | None, inc: Mapping[str, int], win: float) 
         reasons = [] if dns.get("serving", True) else ["not serving"]
         if inc.get("dns_upstream_errors"):
             reasons.append(f"{inc['dns_upstream_errors']:,} upstream errors in the last {win:.0f} s")
+        if dns.get("serving", True) and "holder_pid" in dns and dns.get("holder_pid") is None:
+            reasons.append("no socket holder: DNS queries go unanswered while the agent restarts")
+        if inc.get("dns_holder_restarts"):
+            reasons.append(f"socket holder died and was restarted {inc['dns_holder_restarts']:,} times in the last "
+                           f"{win:.0f} s")
         state, reason = _worst(OK, reasons, f"127.0.0.1:{dns.get('port')} UDP+TCP, {dns.get('queries', 0):,} "
                                             f"queries, {dns.get('refused', 0):,} refused")
         out.append(_sub("DNS proxy", state, reason, **{k: v for k, v in dns.items() if k != "serving"}))

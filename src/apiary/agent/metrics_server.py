@@ -16,7 +16,8 @@ apiary's own metrics (namespace ``apiary_``):
 
 and Tetragon's: ``tetragon_process_cache_size``/``_capacity``/``_evictions_total``/``_misses_total{operation}``,
 ``tetragon_bpf_missed_events_total{msg_op,error}`` (records the kernel could not put on the ring, by Tetragon's
-op number). The flow ring's losses move ``hubble_lost_events_total{source="perf_event_ring_buffer"}``.
+op number). The flow ring's losses move ``hubble_lost_events_total{source="perf_event_ring_buffer"}``, the L7
+proxy's dropped access-log records ``hubble_lost_events_total{source="l7_proxy_access_log"}``.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from apiary import __version__
 from apiary.loader import Map
+from apiary.observe.hubble.metrics import L7_LOST_SOURCE
 from apiary.observe.process import ProcessCache
 from apiary.sensors.base import Sensor
 
@@ -117,6 +119,7 @@ class AgentCollector:
     def __init__(self, agent: MetricsSource, registry: CollectorRegistry) -> None:
         self.agent = agent
         self._flow_lost_seen = 0
+        self._l7_lost_seen = 0
         disable_created_metrics()  # no `_created` series: neither Hubble nor Tetragon has them
         registry.register(self)
 
@@ -202,6 +205,13 @@ class AgentCollector:
             if lost > self._flow_lost_seen:
                 net.metrics.lost("PERF_EVENT_RING_BUFFER", lost - self._flow_lost_seen)
                 self._flow_lost_seen = lost
+        if net is not None and net.metrics is not None and net.l7 is not None:
+            # HAProxy's access-log records it could not write (pipe full): L7 flows lost before the agent saw
+            # them. Not one of Hubble's sources (Cilium does not count Envoy's): apiary's own label value.
+            dropped = net.l7.dropped
+            if dropped > self._l7_lost_seen:
+                net.metrics.lost(L7_LOST_SOURCE, dropped - self._l7_lost_seen)
+                self._l7_lost_seen = dropped
 
         cs = a.cache.stats()
         yield GaugeMetricFamily("tetragon_process_cache_size", "Processes in the cache", value=float(cs["size"]))

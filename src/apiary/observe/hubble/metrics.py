@@ -14,7 +14,8 @@ Names, label names and label values are Hubble's (``pkg/hubble/metrics/{flow,dro
   (``l3-l4``, ``l4-only``, ``none`` ...), ``action`` the lower-cased verdict (``forwarded``, ``dropped``,
   ``audit``, ``redirected``).
 * ``hubble_lost_events_total{source}`` — ``perf_event_ring_buffer``, ``observer_events_queue`` or
-  ``hubble_ring_buffer``.
+  ``hubble_ring_buffer``; and apiary's own ``l7_proxy_access_log`` (records HAProxy could not write to the
+  agent: their L7 flows are missing; Hubble has no source for the proxy's losses).
 
 * ``hubble_tcp_flags_total{flag,family}`` — forwarded TCP flows by flag (``SYN``, ``SYN-ACK``, ``FIN``,
   ``RST``); ``family`` ``IPv4``/``IPv6``.
@@ -377,6 +378,10 @@ class _L7Metrics:
                 self.dns_types.inc(flow, str(rrtype), qtypes)
 
 
+# apiary's own hubble_lost_events_total source: the access-log records HAProxy dropped
+L7_LOST_SOURCE = "l7_proxy_access_log"
+
+
 class FlowMetrics:
     """Hubble's counters on ``registry`` (never the global one); feed every response to :meth:`observe`.
 
@@ -411,7 +416,7 @@ class FlowMetrics:
         self.lost_events = Counter(
             "lost_events_total", "Number of lost events", ["source"], namespace="hubble", registry=registry
         )
-        for src in ("perf_event_ring_buffer", "observer_events_queue", "hubble_ring_buffer"):
+        for src in ("perf_event_ring_buffer", "observer_events_queue", "hubble_ring_buffer", L7_LOST_SOURCE):
             self.lost_events.labels(source=src)  # every source shows, at 0 until something is lost
         self.l7 = _L7Metrics(registry, self.enabled) if {"http", "httpV2", "dns"} & set(self.enabled) else None
 

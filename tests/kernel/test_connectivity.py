@@ -141,8 +141,11 @@ def test_a_refused_set_up_is_one_error_and_leaves_nothing(agent: AgentProcess, b
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_ctrl_c_or_sigterm_removes_everything(agent: AgentProcess, sig: int, before: set[str]) -> None:
+    # SIGINT as a terminal's Ctrl-C delivers it: a suite started as a background job (`make test &`) inherits
+    # SIGINT ignored, and Python keeps an ignored SIGINT ignored, so the CLI gets it at its default
     p = subprocess.Popen([sys.executable, "-m", "apiary", "--socket", agent.socket, "connectivity", "test"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert p.stdout is not None
     seen = []
     for line in p.stdout:  # interrupt once a scenario has run: endpoints, servers and a Service exist then

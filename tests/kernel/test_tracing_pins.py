@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import select
 import shutil
 import signal
@@ -191,6 +192,12 @@ def test_enforcement_survives_kill_9_and_the_next_agent_adopts_it(copied_shell: 
         assert poke(across) == -signal.SIGKILL  # its binary entry survived the restart
         assert run_once(copied_shell) == -signal.SIGKILL
         assert wait_for(lambda: kill_events(a, "kill-copied-chdir"))  # events flow again
+        # the adopted ring's counters include what the killed agent read: counted as read before, so the
+        # accounting (produced = received + lost + in ring) holds for the new agent too
+        assert re.search(r"event ring: [\d,]+ records read by earlier agents, the rest are read now", a.log()), \
+            a.log()[-3000:]
+        assert wait_for(lambda: a.client().get("/v1/status")["events"]["reconciled"]), \
+            a.client().get("/v1/status")["events"]
 
         after = bpf_list(a)
         links_after = {lk["id"]: lk["attach"] for lk in after["links"]}
@@ -290,6 +297,9 @@ def test_ring_buffer_losses_while_the_agent_is_down_are_counted_after_restart() 
         a.start(timeout=START_TIMEOUT)
         lost = a.client().get("/v1/status")["events"]["kernel_lost"]
         assert sum(lost.values()) >= lost_down, (lost_down, lost)  # the counters survived the restart
+        # what the full ring still held is read by this agent, what the killed one read is counted as read
+        assert wait_for(lambda: a.client().get("/v1/status")["events"]["reconciled"]), \
+            a.client().get("/v1/status")["events"]
     finally:
         a.cleanup()
 

@@ -114,6 +114,7 @@ class Agent:
                                             parse_metrics_label_filter(cfg.metrics_label_filter))
         AgentCollector(self, self.registry)  # map pressure, program stats, counts: read when scraped
         self.reader = RingReader(None, {}, {})
+        self.received_earlier: dict[str, int] = {}  # records of an adopted ring read by earlier agents, by type
         self.net_pool = DaemonWorker("control-plane")
         self.api_connections: ConnectionStats | None = None
         self.exporter: Exporter | None = None  # --export-* / --hubble-export-*: a subscriber of both buses
@@ -267,7 +268,35 @@ class Agent:
             raise AgentError(f"XDP prefilter: {e}") from e
         self.loaded += loaded
         self.missing += missing
+        if self.process is not None and self.process.adopted:
+            self.loaded.append(self._baseline_adopted_ring())
         self._start_export()
+
+    def _baseline_adopted_ring(self, attempts: int = 20) -> str:
+        """An adopted ring's producer counters include what earlier agents read: count those records (written
+        minus what still waits in the ring, per type, from a snapshot no producer wrote into) as received
+        before, so that produced = received + lost + in ring holds for this agent too. Runs before this agent
+        reads anything."""
+        base: dict[str, int] = {}
+        for _ in range(attempts):
+            before, _lost, _kc = self._kernel_counts()
+            by_byte = [0] * 256
+            walked = self.reader.peek(partial(_count_type, by_byte))
+            pending = accounting.by_name(by_byte)
+            after, _lost, _kc = self._kernel_counts()
+            if walked:
+                for t, w in after.items():
+                    if t not in base and before.get(t, 0) == w and w >= pending.get(t, 0):
+                        base[t] = w - pending.get(t, 0)
+            if all(t in base for t in after):
+                break
+        self.received_earlier = base
+        unsettled = sorted(t for t in self._kernel_counts()[0] if t not in base)
+        read = sum(base.values())
+        if unsettled:  # said, and the accounting of those types stays "not reconciled": never guessed
+            return (f"event ring: {read:,} records read by earlier agents; could not settle {', '.join(unsettled)} "
+                    f"(producers kept writing during {attempts} snapshots)")
+        return f"event ring: {read:,} records read by earlier agents, the rest are read now"
 
     def _start_export(self) -> None:
         x = self.cfg.export
@@ -368,6 +397,7 @@ class Agent:
                 **acc,
                 "kernel_written": {t: row["written"] for t, row in acc["by_type"].items()},
                 "kernel_lost": {t: row["lost"] for t, row in acc["by_type"].items()},
+                "received_by_earlier_agents": dict(self.received_earlier),  # an adopted ring's, in "received"
                 "events_missing_process_info": emitted.missing_process_info,
                 "event_build_errors": emitted.build_errors,
                 "decoded": dict(c.by_type),
@@ -441,6 +471,8 @@ class Agent:
             walked = self.reader.peek(partial(_count_type, by_byte))
             pending = accounting.by_name(by_byte)
             received = accounting.by_name(self.reader.counters.received_by_byte)
+            for t, n in self.received_earlier.items():  # an adopted ring: what earlier agents read
+                received[t] = received.get(t, 0) + n
             after, lost, kc = self._kernel_counts()
             acc = accounting.reconcile(before, after, lost, received, pending, walked)
             if acc["reconciled"]:

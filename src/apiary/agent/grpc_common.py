@@ -14,7 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, Protocol
 
-import grpc
+# the agent forks helpers (HAProxy, endpoint commands) that never use gRPC: no fork handlers, and no
+# "Other threads are currently calling into gRPC, skipping fork() handlers" line in its log per fork
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
+import grpc  # noqa: E402 - after the setting above, which gRPC reads when it is first imported
 from google.protobuf import json_format
 from google.protobuf.message import Message
 

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
-import grpc
+# the agent forks helpers (HAProxy, endpoint commands) that never use gRPC: no fork handlers, and no
+# "Other threads are currently calling into gRPC, skipping fork() handlers" line in its log per fork
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
+import grpc  # noqa: E402 - after the setting above, which gRPC reads when it is first imported
 
 from . import protos
 from .grpc_common import Address, GrpcStartError, hubble_addresses, remove_sockets, start_server, tetragon_address

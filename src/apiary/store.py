@@ -5,6 +5,19 @@ durable: the new text goes to a temporary file in the same directory, is fsync'd
 file, and the directory is fsync'd. A crash at any point leaves the previous value or the new one, never a
 mix, and a put that returned is on disk. Left-over temporary files (a crash mid-write) are ignored by reads
 and listings and removed by the next write of their key.
+
+The agent builds ONE store from its config (``apiary.agent.statedir.open_store``: a FileStore on the state
+directory) and hands it to every component that keeps desired state, each under its own key (the file names
+of the state directory, unchanged): policies.json, tracingpolicies.json, services.json, prefilter.json,
+fqdn-cache.json, identities.json, endpoints.json and endpoints.journal (the intent record of an endpoint
+creation or deletion, written before the kernel changes). The offline commands (`apiary ... delete
+--offline`) open the same store on the directory they lock.
+
+Not through the store, and node-local whatever the store: the state directory's lock (agent.lock: a flock
+and the holder's pid), the DNS proxy socket holder's record (dnsproxy-holder.json: a pid, its start time and
+the descriptor numbers and inodes of the sockets it holds; sensors/dnsproxy/holder.py keeps it in the state
+directory itself), the L7 proxy's generated configuration and sockets, the API and gRPC sockets, and the
+manifests kept with the pins in bpffs (they describe kernel objects a next agent adopts).
 """
 
 from __future__ import annotations
@@ -38,6 +51,11 @@ class Store(Protocol):
     def list(self, prefix: str = "") -> list[str]:
         """The keys with a value (sorted), those starting with ``prefix``."""
         ...
+
+
+def describe(store: Store, key: str) -> str:
+    """Where ``key`` is kept, for messages: its file for the embedded store."""
+    return str(store.dir / key) if isinstance(store, FileStore) else f"{key} (state store)"
 
 
 def check_key(key: str) -> str:

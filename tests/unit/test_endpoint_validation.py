@@ -179,13 +179,14 @@ spec:
 def test_stored_endpoint_with_a_forged_namespace_label_loses_it(tmp_path: Path) -> None:
     """An endpoint an older agent accepted keeps no label that is refused now (checked when loading)."""
     from apiary.sensors.network.endpoints import EndpointManager
+    from apiary.store import FileStore
 
     state = tmp_path / "endpoints.json"
     rec = {"ep_id": 1, "name": "spoof", "namespace": "odd", "ipv4": "10.9.0.2", "netns": "n", "host_if": "lxc0",
            "host_ifindex": 0, "cgroup": str(tmp_path / "cg"),
            "labels": {"app": "x", "io.kubernetes.pod.namespace": "kube-system", "bad key": "v"}}
     state.write_text(json.dumps([rec]))
-    em = EndpointManager("10.9.0.0/24", "t", str(tmp_path), str(state))
+    em = EndpointManager("10.9.0.0/24", "t", str(tmp_path), FileStore(tmp_path))
     notes = em.drop_refused_labels()
     assert em.endpoints["odd/spoof"].labels == {"app": "x"}
     assert len(notes) == 2 and "io.kubernetes.pod.namespace" in notes[0] and "reserved" in notes[0]

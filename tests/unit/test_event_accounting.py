@@ -14,6 +14,7 @@ from apiary.observe.clock import KtimeClock
 from apiary.observe.process import ProcessCache, make_exec_id
 from apiary.observe.raw import EXEC_F_CLONE, ExecMsg, ExitMsg
 from apiary.sensors.tracing import abi
+from apiary.store import FileStore
 from apiary.tracing.compile import compile_tracing_policy
 from apiary.tracing.load import load_tracing_policies
 
@@ -39,7 +40,7 @@ def _exec(pid: int, ktime: int, binary: str) -> ExecMsg:
 @pytest.fixture
 def tracing() -> Tracing:
     features = KernelFeatures(kprobes=False, fentry=False, lsm=False, override=False, syscalls=X86_64_SYSCALLS)
-    t = Tracing("/nonexistent", None, features)  # type: ignore[arg-type] - the sensor is never loaded here
+    t = Tracing(FileStore("/nonexistent"), None, features)  # type: ignore[arg-type] - the sensor is never loaded here
     compiled = compile_tracing_policy(load_tracing_policies(POLICY)[0], features)
     from apiary.sensors.tracing.sensor import LoadedPolicy
 

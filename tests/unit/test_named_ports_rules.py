@@ -18,6 +18,7 @@ from apiary.policy.models import is_port_name
 from apiary.policy.types import EGRESS, ID_UNKNOWN, INGRESS, PROTO_TCP, PROTO_UDP, CompiledPolicy, PolicyKey
 from apiary.sensors.network.endpoints import Endpoint, EndpointManager
 from apiary.sensors.network.validate import ValidationError, check_port, check_ports
+from apiary.store import FileStore
 
 NS = "test-namespace"
 
@@ -115,7 +116,7 @@ def test_state_file_with_and_without_ports(tmp_path: Path) -> None:
     old = _record()
     new = _record(ep_id=2, name="api", ipv4="10.0.0.3", ports={"http": [8080, "TCP"], "dns": [53, "UDP"]})
     state.write_text(json.dumps([old, new]))
-    em = EndpointManager("10.0.0.0/24", "x", str(tmp_path / "cg"), str(state))
+    em = EndpointManager("10.0.0.0/24", "x", str(tmp_path / "cg"), FileStore(tmp_path))
     assert em.endpoints["default/web"].ports == {}
     assert em.endpoints["default/api"].ports == {"http": (8080, "TCP"), "dns": (53, "UDP")}
     em._save()  # written back as JSON lists, read back as tuples

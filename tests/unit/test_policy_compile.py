@@ -23,6 +23,7 @@ from apiary.policy.types import (
     PolicyKey,
     RuleRef,
 )
+from apiary.store import FileStore
 
 NS = "test-namespace"
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "block-backend-access.yaml"
@@ -375,7 +376,7 @@ def test_audit_marks_deny_entries() -> None:
 
 
 def test_identities_and_ipcache(tmp_path: Path) -> None:
-    state = str(tmp_path / "ids.json")
+    state = FileStore(tmp_path)
     c1 = build(BACKEND_ALLOW_FRONTEND, allocator=IdentityAllocator(state))
     c2 = build(BACKEND_ALLOW_FRONTEND, allocator=IdentityAllocator(state), eps=list(reversed(EPS)))
     assert c1.ipcache == c2.ipcache and c1.identities == c2.identities

@@ -29,6 +29,7 @@ from apiary.policy.selectors import (
     subject_selector,
 )
 from apiary.policy.types import LOCAL_SCOPE, MIN_CLUSTER_IDENTITY
+from apiary.store import FileStore
 
 FRONTEND = endpoint_labels({"app": "frontend", "tier": "web"}, "team-a")
 BACKEND_B = endpoint_labels({"app": "backend"}, "team-b")
@@ -151,7 +152,7 @@ def test_requirement_dataclass() -> None:
 
 def test_allocator_is_stable_across_restarts(tmp_path: Path) -> None:
     state = tmp_path / "identities.json"
-    a = IdentityAllocator(str(state))
+    a = IdentityAllocator(FileStore(tmp_path))
     fe, be = a.allocate(FRONTEND), a.allocate(BACKEND_B)
     cidr = a.allocate_cidr(IPv4Network("192.0.2.0/24"))
     assert (fe, be, cidr) == (MIN_CLUSTER_IDENTITY, MIN_CLUSTER_IDENTITY + 1, LOCAL_SCOPE + 1)
@@ -159,12 +160,12 @@ def test_allocator_is_stable_across_restarts(tmp_path: Path) -> None:
     assert os.listdir(tmp_path) == []  # allocation alone writes nothing: one write per flush
     a.flush()
     assert sorted(os.listdir(tmp_path)) == ["identities.json"]  # temp file renamed, none left behind
-    b = IdentityAllocator(str(state))
+    b = IdentityAllocator(FileStore(tmp_path))
     assert b.allocate(BACKEND_B) == be and b.allocate(FRONTEND) == fe
     assert b.lookup(("cidr:192.0.2.0/24", "reserved:world")) == cidr
     assert b.allocate(("k8s:app=new",)) == MIN_CLUSTER_IDENTITY + 2
     b.release(fe)
-    c = IdentityAllocator(str(state))
+    c = IdentityAllocator(FileStore(tmp_path))
     assert c.lookup(FRONTEND) is None and c.allocate(FRONTEND) == MIN_CLUSTER_IDENTITY + 3  # no reuse
     c.flush()
     assert json.loads(state.read_text())["next_global"] == MIN_CLUSTER_IDENTITY + 4
@@ -172,7 +173,7 @@ def test_allocator_is_stable_across_restarts(tmp_path: Path) -> None:
 
 def test_retain_releases_what_nothing_references_and_writes_once(tmp_path: Path) -> None:
     state = tmp_path / "identities.json"
-    a = IdentityAllocator(str(state))
+    a = IdentityAllocator(FileStore(tmp_path))
     fe = a.allocate(FRONTEND)
     a.flush()
     baseline = a.count()
@@ -184,13 +185,13 @@ def test_retain_releases_what_nothing_references_and_writes_once(tmp_path: Path)
         released = a.retain([fe])
         assert released == sorted(ids) and a.count() == baseline, round_
     assert len(json.loads(state.read_text())["identities"]) == baseline
-    assert IdentityAllocator(str(state)).lookup(FRONTEND) == fe  # the label identity kept its number
+    assert IdentityAllocator(FileStore(tmp_path)).lookup(FRONTEND) == fe  # the label identity kept its number
     assert a.retain(RESERVED_IDENTITIES) == [fe]  # reserved numbers are never in the table
 
 
 def test_flush_writes_only_after_a_change(tmp_path: Path) -> None:
     state = tmp_path / "identities.json"
-    a = IdentityAllocator(str(state))
+    a = IdentityAllocator(FileStore(tmp_path))
     a.allocate(FRONTEND)
     a.flush()
     ino = state.stat().st_ino  # every write renames a new file over this one
@@ -224,7 +225,7 @@ def test_corrupt_state_is_an_error(tmp_path: Path) -> None:
     state = tmp_path / "identities.json"
     state.write_text("{")
     with pytest.raises(RuntimeError, match="refusing to renumber"):
-        IdentityAllocator(str(state))
+        IdentityAllocator(FileStore(tmp_path))
 
 
 def test_cidr_index_selects_what_testing_every_prefix_selects() -> None:

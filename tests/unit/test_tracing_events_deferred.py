@@ -22,6 +22,7 @@ from apiary.observe.raw import EXEC_F_CLONE, ExecMsg, ForkMsg
 from apiary.sensors.base import RecordHandler
 from apiary.sensors.tracing import abi
 from apiary.sensors.tracing.sensor import LoadedPolicy
+from apiary.store import FileStore
 from apiary.tracing.compile import compile_tracing_policy
 from apiary.tracing.load import load_tracing_policies
 
@@ -53,7 +54,7 @@ class Pipeline:
 
     def __init__(self) -> None:
         features = KernelFeatures(kprobes=False, fentry=False, lsm=False, override=False, syscalls=X86_64_SYSCALLS)
-        self.tracing = Tracing("/nonexistent", None, features)  # type: ignore[arg-type] - never loaded
+        self.tracing = Tracing(FileStore("/nonexistent"), None, features)  # type: ignore[arg-type] - never loaded
         compiled = compile_tracing_policy(load_tracing_policies(POLICY)[0], features)
         self.tracing.sensor.hooks[3] = (LoadedPolicy(compiled, 1, [3]), compiled.hooks[0])
         self.clock = KtimeClock(OFFSET)

@@ -105,7 +105,8 @@ class Agent:
         self.network: Network | None = None
         self.services: ServicesControl | None = None
         self.tracing: Tracing | None = None
-        self.prefilter = PrefilterControl(cfg, lambda s: self._add(s, self.prefilter.close))
+        self.store = statedir.open_store(cfg.state_dir)  # the one store of the agent's desired state
+        self.prefilter = PrefilterControl(cfg, lambda s: self._add(s, self.prefilter.close), store=self.store)
         # Prometheus metrics (never the global registry): Hubble's flow metrics and Tetragon's event counters
         self.registry = CollectorRegistry()
         self.publisher = Publisher(self.events, self.registry)
@@ -210,7 +211,7 @@ class Agent:
             from .network import Network
 
             try:
-                self.network = Network(cfg, self.clock, self.registry)
+                self.network = Network(cfg, self.clock, self.registry, store=self.store)
                 self.loaded += self.network.start()
             except Exception as e:  # noqa: BLE001 - reported in one line; the process sensor still works
                 if self.network:
@@ -226,7 +227,7 @@ class Agent:
             net = self.network
             try:
                 self.services = ServicesControl(cfg, net, cgroup2_root() or "/sys/fs/cgroup",
-                                                lambda s: self._add(s, self._close_services))
+                                                lambda s: self._add(s, self._close_services), store=self.store)
                 self.loaded += self.services.start()
             except Exception as e:  # noqa: BLE001 - one line, then stop
                 raise AgentError(f"services: {e}") from e
@@ -238,7 +239,7 @@ class Agent:
 
             try:
                 self.tracing = Tracing(
-                    cfg.state_dir,
+                    self.store,
                     sensor,
                     kernel_features(),
                     self.network,

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import gc
 import ipaddress
-import json
 import os
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -40,7 +39,7 @@ from apiary.sensors.l7proxy.haproxy import HAProxy, ProxyError, haproxy_binary
 from apiary.sensors.l7proxy.leftovers import proxy_cgroup
 from apiary.sensors.network.endpoints import Endpoint, EndpointError, EndpointManager
 from apiary.sensors.network.sensor import Datapath
-from apiary.store import FileStore, StoreError
+from apiary.store import Store, StoreError
 
 from . import statedir
 from .bus import EventBus
@@ -75,22 +74,22 @@ def _policy_id(p: Any) -> tuple[str, str, str]:
 
 
 class Network:
-    def __init__(self, cfg: AgentConfig, clock: KtimeClock, registry: Any = None) -> None:
+    def __init__(self, cfg: AgentConfig, clock: KtimeClock, registry: Any = None, *, store: Store) -> None:
         self.cfg = cfg
+        self.state = store  # desired state: policies, endpoints, identities, the fqdn cache
         state = Path(cfg.state_dir)
         cg = cgroup2_root()
         if cg is None:
             raise EndpointError("no cgroup v2 mount found (apiary preflight --fix mounts one)")
         self.cgroup_root = cg
-        self.em = EndpointManager(cfg.pod_cidr, cfg.instance, cg, str(state / "endpoints.json"))
-        self.alloc = IdentityAllocator(str(state / "identities.json"))
+        self.em = EndpointManager(cfg.pod_cidr, cfg.instance, cg, store)
+        self.alloc = IdentityAllocator(store)
         self.dp = Datapath(
             pin_dir=Path(cfg.pin_root) / "datapath",
             wakeup_bytes=max(64, (4 << 20) // 16),
             policy_max=cfg.policy_map_size,
         )
         self.dp.audit = cfg.policy_audit_mode
-        self.policy_file = state / statedir.NETWORK_FILE
         self.policies: dict[tuple[str, str, str], StoredPolicy] = {}
         self.revision = 0
         self.compiled = CompiledPolicy(0)
@@ -123,7 +122,6 @@ class Network:
         self._names_by_ip: dict[str, list[str]] = {}  # replaced whole after every change of the cache
         self.dns_judge = DnsJudge({}, {}, {}, [])
         self.dns_holder: holder.HolderRecord | None = None  # the process keeping the DNS sockets across restarts
-        self.state = FileStore(state)
         self.dns_holder_restarts = 0
         self._fqdn_dirty = False  # refreshed entries not saved yet (saved within a second)
 
@@ -244,9 +242,9 @@ class Network:
         return [f"DNS proxy sockets held by pid {self.dns_holder.pid} across agent restarts"]
 
     def _load_policies(self) -> None:
-        if not self.policy_file.exists():
+        data = statedir.read_json(self.state, statedir.NETWORK_FILE)
+        if data is None:
             return
-        data = json.loads(self.policy_file.read_text())
         self.revision = data["revision"]
         for rec in data["policies"]:
             (obj,) = load_policies(rec["source"])
@@ -262,7 +260,7 @@ class Network:
                 for p in self.policies.values()
             ],
         }
-        statedir._write(self.policy_file, data)
+        statedir.write_json(self.state, statedir.NETWORK_FILE, data)
 
     # ------------------------------------------------------------------ compile + write
     def _specs(self) -> list[EndpointSpec]:

@@ -15,17 +15,18 @@ from apiary.loader import BpfError, PinnedLink
 from apiary.loader.fs import remove_pin_tree
 from apiary.sensors.prefilter.cidrs import PrefilterError, parse_cidrs
 from apiary.sensors.prefilter.sensor import MODES, Prefilter
+from apiary.store import Store, describe
 
 from .config import AgentConfig
-from .statedir import _read, _write
+from .statedir import read_json, write_json
 
 STATE_FILE = "prefilter.json"
 
 
 class PrefilterControl:
-    def __init__(self, cfg: AgentConfig, on_load: Callable[[Prefilter], None]) -> None:
+    def __init__(self, cfg: AgentConfig, on_load: Callable[[Prefilter], None], *, store: Store) -> None:
         self.cfg = cfg
-        self.path = Path(cfg.state_dir) / STATE_FILE
+        self.store = store
         self.pin_dir = Path(cfg.pin_root) / "prefilter"
         self.on_load = on_load
         self.sensor: Prefilter | None = None
@@ -50,7 +51,7 @@ class PrefilterControl:
     def start(self) -> tuple[list[str], list[str]]:
         """Restore the stored state, then attach --prefilter-device: lines for the start-up summary (what
         holds, what does not: a stored device that is gone is reported, not fatal)."""
-        stored = _read(self.path) or {}
+        stored = read_json(self.store, STATE_FILE) or {}
         devices = {**{d: m for d, m in stored.get("devices", {}).items()},
                    **{d: self.cfg.prefilter_mode for d in self.cfg.prefilter_devices}}
         cidrs = stored.get("cidrs", [])
@@ -73,7 +74,8 @@ class PrefilterControl:
             out.append(f"prefilter on {name}: XDP {d.mode}" + (f" ({d.note})" if d.note else ""))
         stale = s.release_stale()
         if cidrs:
-            out.append(f"prefilter: {len(cidrs)} CIDRs restored from {self.path} (revision {s.lists.revision})")
+            out.append(f"prefilter: {len(cidrs)} CIDRs restored from {describe(self.store, STATE_FILE)} "
+                       f"(revision {s.lists.revision})")
         if s.pinset is not None and s.pinset.discarded:  # e.g. another --prefilter-map-size: not adoptable
             out.append(f"prefilter: pins of the previous agent in {s.pinset.discarded}")
         if adopted:
@@ -88,7 +90,7 @@ class PrefilterControl:
         s = self.sensor
         if s is None:
             return
-        _write(self.path, {
+        write_json(self.store, STATE_FILE, {
             "revision": s.lists.revision,
             "devices": {d.name: d.mode for d in s.devs.values()},
             "cidrs": [str(n) for n in s.lists.entries],

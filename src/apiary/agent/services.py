@@ -39,10 +39,11 @@ from apiary.services.backends import (
 from apiary.services.format import render, service_rows
 from apiary.services.maglev import ALLOWED_TABLE_SIZES as PRIMES
 from apiary.services.models import EndpointSlice, Service, load_services
+from apiary.store import Store, describe
 
 from .config import AgentConfig
 from .records import RingReader
-from .statedir import _read, _write_text
+from .statedir import read_json, write_text
 
 if TYPE_CHECKING:
     from .network import Network
@@ -81,12 +82,12 @@ def _dump(obj: Service | EndpointSlice) -> dict[str, Any]:
 
 class ServicesControl:
     def __init__(self, cfg: AgentConfig, network: Network, cgroup_root: str,
-                 on_load: Callable[[LoadBalancer], None]) -> None:
+                 on_load: Callable[[LoadBalancer], None], *, store: Store) -> None:
         self.cfg = cfg
+        self.store = store
         self.net = network
         self.cgroup_root = cgroup_root
         self.on_load = on_load
-        self.path = Path(cfg.state_dir) / STATE_FILE
         self.pin_dir = Path(cfg.pin_root) / "lb"  # the LB's pins: services keep balancing while the agent is down
         service_network(cfg.service_cidr)  # refused at start, not at the first apply
         if cfg.lb_algorithm not in ALGORITHMS:
@@ -143,7 +144,7 @@ class ServicesControl:
         return self.sensor
 
     def start(self) -> list[str]:
-        stored = _read(self.path) or {}
+        stored = read_json(self.store, STATE_FILE) or {}
         if not stored.get("services") and not stored.get("slices"):
             self.sync_routes()
             remove_pin_tree(self.pin_dir)  # hooks a killed agent left with nothing to balance
@@ -155,7 +156,8 @@ class ServicesControl:
         self._commit(self._plan(self.services, self.slices))
         adopted = [f"adopted pinned LB maps and hooks, reconciled: {line}"
                    for line in (self.sensor.reconciled if self.sensor else [])]
-        return [f"services: {len(self.services)} restored from {self.path} ({len(self.fronts)} frontends, "
+        return [f"services: {len(self.services)} restored from {describe(self.store, STATE_FILE)} "
+                f"({len(self.fronts)} frontends, "
                 f"socket LB on {self.cgroup_root})", *adopted]
 
     def close(self) -> None:
@@ -245,7 +247,7 @@ class ServicesControl:
             "backend_ids": [[*k, i] for k, i in sorted(self.backend_ids.items(), key=lambda kv: kv[1])],
             "rev_nat_ids": [[*k, i] for k, i in sorted(self.rev_nat_ids.items(), key=lambda kv: kv[1])],
         })
-        _write_text(self.path, '{"services":{' + services + "}," + rest[1:])
+        write_text(self.store, STATE_FILE, '{"services":{' + services + "}," + rest[1:])
 
     def _dump(self, ident: str, svc: Service) -> str:
         """The stored form of a service as JSON text, encoded once per version applied."""

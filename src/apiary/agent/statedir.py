@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from apiary.store import FileStore, StoreError
+from apiary.store import FileStore, Store, StoreError, describe
 
 LOCK_FILE = "agent.lock"
 TRACING_FILE = "tracingpolicies.json"  # [{key: "namespace/name", source, mode, enabled}]
@@ -57,23 +57,30 @@ def offline(state_dir: str | Path) -> Iterator[Path]:
         os.close(fd)
 
 
-def _read(path: Path) -> Any:
+def open_store(state_dir: str | Path) -> Store:
+    """The state store the agent (and an offline command) keeps its desired state in: the embedded one, a file
+    per key in the state directory."""
+    return FileStore(state_dir)
+
+
+def read_json(store: Store, key: str) -> Any:
+    """The JSON document under ``key``, or None when there is none."""
     try:
-        raw = FileStore(path.parent).get(path.name)
+        raw = store.get(key)
         return None if raw is None else json.loads(raw)
     except (StoreError, ValueError) as e:
-        raise ValueError(f"{path}: cannot read it: {e}") from e
+        raise ValueError(f"{describe(store, key)}: cannot read it: {e}") from e
 
 
-def _write(path: Path, data: Any) -> None:
-    """Replace ``path`` with ``data`` as JSON, atomically."""
-    _write_text(path, json.dumps(data, indent=1))
+def write_json(store: Store, key: str, data: Any) -> None:
+    """Replace ``key`` with ``data`` as JSON, atomically."""
+    write_text(store, key, json.dumps(data, indent=1))
 
 
-def _write_text(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text``, atomically and durably (a reader sees the old file or the new one, also
-    after a crash; a write that returned is on disk): through the embedded state store."""
-    FileStore(path.parent).put(path.name, text.encode())
+def write_text(store: Store, key: str, text: str) -> None:
+    """Replace ``key`` with ``text``, atomically and durably (a reader sees the old value or the new one, also
+    after a crash; a write that returned is kept)."""
+    store.put(key, text.encode())
 
 
 def switch_off_pinned(pin_root: str | Path, key: str) -> int:
@@ -95,15 +102,15 @@ def delete_tracing_policy(
     """Remove a stored TracingPolicy so that the next agent start does not restore it, and switch off its
     hooks in the pins a stopped or killed agent left (pin_root), so that enforcement stops now."""
     with offline(state_dir) as d:
-        path = d / TRACING_FILE
-        recs = _read(path) or []
+        store, path = open_store(d), d / TRACING_FILE
+        recs = read_json(store, TRACING_FILE) or []
         key = f"{namespace}/{name}"
         keep = [r for r in recs if r.get("key") != key]
         if len(keep) == len(recs):
             where = f" in namespace {namespace}" if namespace else ""
             raise KeyError(f"no stored tracing policy {name!r}{where} in {path}")
         off = switch_off_pinned(pin_root, key) if pin_root else 0
-        _write(path, keep)
+        write_json(store, TRACING_FILE, keep)
         done = f"tracingpolicy {key.lstrip('/')} deleted from {d}"
         return done + (f"; its {off} pinned hooks switched off" if off else "")
 
@@ -111,13 +118,13 @@ def delete_tracing_policy(
 def delete_network_policy(state_dir: str | Path, name: str, namespace: str = "") -> list[str]:
     """Remove a stored network policy (every kind with that name and namespace), as the agent's delete does."""
     with offline(state_dir) as d:
-        path = d / NETWORK_FILE
-        data = _read(path) or {"revision": 0, "policies": []}
+        store, path = open_store(d), d / NETWORK_FILE
+        data = read_json(store, NETWORK_FILE) or {"revision": 0, "policies": []}
         hits = [p for p in data["policies"] if p.get("name") == name and p.get("namespace", "") == namespace]
         if not hits:
             where = f"namespace {namespace}" if namespace else "cluster scope"
             raise KeyError(f"no stored policy {name!r} in {where} in {path}")
         data["policies"] = [p for p in data["policies"] if p not in hits]
         data["revision"] = data.get("revision", 0) + 1
-        _write(path, data)
+        write_json(store, NETWORK_FILE, data)
         return [f"{p['kind']} {p['namespace']}/{p['name']}".replace(" /", " ") for p in hits]

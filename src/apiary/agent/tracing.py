@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import errno
-import json
 import os
 import socket
 import sys
@@ -26,6 +25,7 @@ from apiary.policy.models import PolicyError, Problem
 from apiary.sensors.process.sensor import ProcessSensor
 from apiary.sensors.tracing import abi
 from apiary.sensors.tracing.sensor import TracingSensor
+from apiary.store import Store
 from apiary.tracing.compile import compile_tracing_policy
 from apiary.tracing.load import load_tracing_policies
 from apiary.tracing.lockout import lockout_warnings
@@ -94,7 +94,7 @@ def _failed_hook(p: CompiledTracingPolicy, error: str) -> str:
 class Tracing:
     def __init__(
         self,
-        state_dir: str,
+        store: Store,
         process: ProcessSensor,
         features: KernelFeatures,
         network: EndpointSource | None = None,
@@ -103,7 +103,7 @@ class Tracing:
         pin_dir: str | Path | None = None,
         helpers_cgroup: Callable[[], int] = lambda: 0,
     ) -> None:
-        self.file = Path(state_dir) / statedir.TRACING_FILE
+        self.store = store
         self.helpers_cgroup = helpers_cgroup  # the cgroup id of the agent's helpers (its proxy): exempt too
         self.sensor = TracingSensor(process, lsm=features.lsm, kprobes=features.kprobes, pin_dir=pin_dir)
         self.features = features
@@ -119,7 +119,7 @@ class Tracing:
         """Loads the sensor now when there is something to enforce (stored policies, or pins a killed agent
         left); otherwise with the first TracingPolicy (as Tetragon loads a policy's programs with it): its
         programs cost seconds of verifier time that an agent without tracing policies does not spend."""
-        stored = json.loads(self.file.read_text()) if self.file.exists() else []
+        stored = statedir.read_json(self.store, statedir.TRACING_FILE) or []
         pinned = self.sensor.pin_dir is not None and self.sensor.pin_dir.exists()
         notes = [
             f"agent exemption: this agent (pid {os.getpid()}) is exempt from Sigkill/Signal/Override/DenyConnect"
@@ -175,7 +175,7 @@ class Tracing:
             for s in self.stored.values()
         ]
         data += [r for r in self.unrestored if r.get("key") not in self.stored]
-        statedir._write(self.file, data)
+        statedir.write_json(self.store, statedir.TRACING_FILE, data)
 
     # ------------------------------------------------------------------ scope
     def cgroups_for(self, p: CompiledTracingPolicy) -> set[int] | None:

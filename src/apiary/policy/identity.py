@@ -6,10 +6,10 @@ from __future__ import annotations
 import bisect
 import ipaddress
 import json
-import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from ipaddress import IPv4Network
+
+from apiary.store import Store
 
 from .selectors import CLUSTER_KEY, CLUSTER_NAME, NAMESPACE_KEY
 from .types import (
@@ -52,10 +52,13 @@ def cidr_labels(prefix: IPv4Network) -> tuple[str, ...]:
     return (f"cidr:{prefix}", "reserved:world")
 
 
+STATE_KEY = "identities.json"  # the key of the table in the agent's state store
+
+
 class IdentityAllocator:
     """Label set -> numeric identity. Identities for label sets with a ``cidr:`` label are allocated in
-    the local scope (LOCAL_SCOPE + n), others from 256. With ``state_path`` the table is persisted
-    (JSON, written to a temporary file, fsynced, then renamed) so numbers survive restarts.
+    the local scope (LOCAL_SCOPE + n), others from 256. With a ``store`` the table is persisted (JSON under
+    ``key``, the agent's state store writes it atomically and durably) so numbers survive restarts.
 
     Allocation only changes memory; :meth:`flush` writes the table once (the agent flushes once per
     compile, before the datapath uses the numbers), and :meth:`retain` releases every identity that the
@@ -63,24 +66,26 @@ class IdentityAllocator:
     no policy names it), as Cilium's reference counts do. A released number is not handed out again
     until the counter reaches the end of its scope; then the lowest free number is reused."""
 
-    def __init__(self, state_path: str | None = None) -> None:
-        self.state_path = state_path
+    def __init__(self, store: Store | None = None, key: str = STATE_KEY) -> None:
+        self.store, self.key = store, key
         self._by_labels: dict[tuple[str, ...], int] = {}
         self._next_global = MIN_CLUSTER_IDENTITY
         self._next_local = LOCAL_SCOPE + 1
         self._dirty = False
-        if state_path and os.path.exists(state_path):
-            self._load(state_path)
+        if store is not None:
+            self._load(store)
 
-    def _load(self, path: str) -> None:
+    def _load(self, store: Store) -> None:
         try:
-            with open(path) as f:
-                state = json.load(f)
+            raw = store.get(self.key)
+            if raw is None:
+                return
+            state = json.loads(raw)
             self._next_global = int(state["next_global"])
             self._next_local = int(state["next_local"])
             self._by_labels = {tuple(e["labels"]): int(e["id"]) for e in state["identities"]}
         except (OSError, ValueError, KeyError, TypeError) as e:
-            raise RuntimeError(f"identity state {path} is unreadable ({e}); refusing to renumber identities") from e
+            raise RuntimeError(f"identity state {self.key} is unreadable ({e}); refusing to renumber identities") from e
 
     def flush(self) -> None:
         """Persist the table if it changed since the last flush."""
@@ -89,7 +94,7 @@ class IdentityAllocator:
             self._dirty = False
 
     def _save(self) -> None:
-        if not self.state_path:
+        if self.store is None:
             return
         state = {
             "next_global": self._next_global,
@@ -97,18 +102,7 @@ class IdentityAllocator:
             "identities": [{"id": i, "labels": list(lbls)} for lbls, i in sorted(self._by_labels.items(),
                                                                                 key=lambda kv: kv[1])],
         }
-        directory = os.path.dirname(os.path.abspath(self.state_path))
-        fd, tmp = tempfile.mkstemp(prefix=".identities.", dir=directory)
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(state, f, indent=1)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.state_path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        self.store.put(self.key, json.dumps(state, indent=1).encode())
 
     def allocate(self, labels: Iterable[str]) -> int:
         key = tuple(sorted(set(labels)))

@@ -3,7 +3,7 @@ routes, and a cgroup v2 of its own. Netlink through pyroute2; nothing here knows
 
 Kernel object names carry the agent instance: netns `apiary-<instance>-<hash>`, host veth `lxc<hash>`
 (its ifalias `apiary:<instance>:<namespace>/<name>`), cgroup `<cgroup root>/apiary/<instance>/...`.
-Creation and deletion are journalled (an intent record in the state directory, written before the
+Creation and deletion are journalled (an intent record in the agent's state store, written before the
 first kernel object and removed once the state file holds the result), so an agent killed half-way
 undoes an interrupted create, or finishes an interrupted delete, when it starts again; what else
 carries this instance's names but is not in the state file is removed at start-up too.
@@ -43,7 +43,7 @@ from apiary.sensors.network.validate import (
     check_pod_cidr_syntax,
     check_ports,
 )
-from apiary.store import atomic_write
+from apiary.store import Store
 
 # pyroute2 forks helper children for netns work and stops them with SIGTERM. A child inherits the
 # agent's asyncio signal wake-up fd, so its Python SIGTERM handler would tell the *agent's* event loop
@@ -123,8 +123,12 @@ def _sysctl(path: str, value: str) -> None:
         f.write(value)
 
 
+STATE_KEY = "endpoints.json"  # the endpoints, in the agent's state store
+JOURNAL_KEY = "endpoints.journal"  # the intent record of a creation or deletion under way
+
+
 class EndpointManager:
-    def __init__(self, pod_cidr: str, instance: str, cgroup_root: str, state_path: str | None) -> None:
+    def __init__(self, pod_cidr: str, instance: str, cgroup_root: str, store: Store | None) -> None:
         try:
             self.cidr = check_pod_cidr_syntax(pod_cidr, "pod CIDR")
         except ValidationError as e:
@@ -132,40 +136,39 @@ class EndpointManager:
         self.router = str(self.cidr.network_address + 1)
         self.instance = instance  # short tag that makes kernel object names unique per agent
         self.cgroup_parent = Path(cgroup_root) / "apiary" / instance
-        self.state_path = Path(state_path) if state_path else None
-        self.journal_path = self.state_path.with_suffix(".journal") if self.state_path else None
+        self.store = store  # the agent's state store: STATE_KEY and JOURNAL_KEY (None: nothing persisted)
         self.endpoints: dict[str, Endpoint] = {}
         self._load()
 
     # ------------------------------------------------------------------ persistence
     def _load(self) -> None:
-        if self.state_path and self.state_path.exists():
-            for d in json.loads(self.state_path.read_text()):
+        raw = self.store.get(STATE_KEY) if self.store is not None else None
+        if raw is not None:
+            for d in json.loads(raw):
                 ep = Endpoint.from_dict(d)
                 self.endpoints[ep.key] = ep
 
     def _save(self) -> None:
-        if not self.state_path:
-            return
-        _write_durably(self.state_path, json.dumps([e.to_dict() for e in self.endpoints.values()], indent=1))
+        if self.store is not None:
+            self.store.put(STATE_KEY, json.dumps([e.to_dict() for e in self.endpoints.values()], indent=1).encode())
 
     def _journal(self, op: str, ep: Endpoint) -> None:
         """Record what is about to change in the kernel, before changing it."""
-        if self.journal_path:
-            _write_durably(self.journal_path, json.dumps({"op": op, "endpoint": ep.to_dict()}))
+        if self.store is not None:
+            self.store.put(JOURNAL_KEY, json.dumps({"op": op, "endpoint": ep.to_dict()}).encode())
 
     def _journal_done(self) -> None:
-        if self.journal_path:
-            with contextlib.suppress(FileNotFoundError):
-                self.journal_path.unlink()
+        if self.store is not None:
+            self.store.delete(JOURNAL_KEY)
 
     def recover(self) -> list[str]:
         """At start-up: finish or undo what an agent killed half-way left, then remove whatever carries
         this instance's names but is not in the state file. Returns what was done, for the log."""
         notes = []
-        if self.journal_path and self.journal_path.exists():
+        raw = self.store.get(JOURNAL_KEY) if self.store is not None else None
+        if raw is not None:
             try:
-                rec = json.loads(self.journal_path.read_text())
+                rec = json.loads(raw)
                 op, ep = rec["op"], Endpoint.from_dict(rec["endpoint"])
             except (OSError, ValueError, KeyError, TypeError) as e:
                 notes.append(f"endpoint journal unreadable ({e}); removing unknown objects instead")
@@ -417,9 +420,3 @@ class EndpointManager:
             self.delete(key)
         shutil.rmtree(self.cgroup_parent, ignore_errors=True)
         self.teardown_host()
-
-
-def _write_durably(path: Path, text: str) -> None:
-    """Write to a temporary file, fsync, rename over ``path``, fsync the directory: a reader sees the old or
-    the new text, also after a crash (apiary.store)."""
-    atomic_write(path, text.encode())

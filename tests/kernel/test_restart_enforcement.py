@@ -128,6 +128,11 @@ def test_kill_9_under_load_keeps_enforcing_and_the_next_agent_reconciles(
         stale = Map.from_pin(f"{a.pin_root}/lb/lb4_backends")
         stale.update((65000).to_bytes(4, "little"), next(iter(before["lb4_backends"].values())))
         stale.close()
+        # and in the endpoint id -> host ifindex map: a stale key and a wrong value, both put right
+        ep_if = Map.from_pin(f"{a.pin_root}/datapath/ep_ifindex")
+        ep_if.update((99).to_bytes(4, "little"), (999).to_bytes(4, "little"))
+        ep_if.update(next(iter(dict(ep_if.items()))), (999).to_bytes(4, "little"))
+        ep_if.close()
         a.start()
         up = time.time()
         wait_rounds(10, up)
@@ -147,6 +152,7 @@ def test_kill_9_under_load_keeps_enforcing_and_the_next_agent_reconciles(
     assert after == before  # the same entries, same slots: nothing stale, duplicate or missing
     assert "adopted pinned datapath maps, reconciled: policy maps of 3/3 endpoints already matched" in log, log
     assert "adopted pinned LB maps and hooks, reconciled: lb4_backends: +0 ~0 -1 entries" in log, log
+    assert "adopted pinned datapath maps, reconciled: ep_ifindex: +0 ~1 -1 entries" in log, log
     assert os.path.exists(Path(a.pin_root) / "lb" / "links")
     # the flows ring is pinned too: the drops the kernel reported while no agent ran reach the next agent
     down_drops = [f for f in flows_since(a, killed) if f["time"] < iso(restarted)]

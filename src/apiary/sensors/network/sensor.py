@@ -342,6 +342,10 @@ class Datapath:
             if have is not None:
                 self.ipcache_now[p] = have
         ip_diff = diff(ip_want, ip_now)
+        # endpoint id -> its host veth's ifindex (the peer-ingress L7 decision reads it): wanted whole, as found
+        if_want = {ep_id.to_bytes(4, "little"): ep.host_ifindex.to_bytes(4, "little")
+                   for ep_id, ep in endpoints.items()}
+        if_diff = diff(if_want, dict(self.ep_ifindex_map.items()))
         idle: list[bytes] = []
         matched = 0
         for ep_id, ep in endpoints.items():
@@ -373,11 +377,13 @@ class Datapath:
         gone = [k for k in info_now if k not in ifs]
         for k in gone:
             self.endpoints_map.delete(k)
-        ids = {ep_id.to_bytes(4, "little") for ep_id in endpoints}
-        for k in [k for k in self.ep_ifindex_map.keys() if k not in ids]:
+        for k, v in if_diff.writes():  # the sync above wrote only the endpoints whose policy it switched
+            self.ep_ifindex_map.update(k, v)
+        for k in if_diff.remove:
             self.ep_ifindex_map.delete(k)
         for d, what in ((MapDiff(remove=stale + idle), "policy map, unknown or unfinished slots"),
-                        (MapDiff(remove=gone), "endpoints map, unknown endpoints"), (ip_diff, "ipcache")):
+                        (MapDiff(remove=gone), "endpoints map, unknown endpoints"), (ip_diff, "ipcache"),
+                        (if_diff, "ep_ifindex")):
             if not d.empty:
                 lines.append(d.summary(what))
         lines.append(f"policy maps of {matched}/{len(endpoints)} endpoints already matched")

@@ -48,6 +48,9 @@ def test_summary_all_good_and_failures() -> None:
     ok = Result(s["pod-to-pod"], [Action("a", True)])
     skip = Result(s["dns"], skipped="L7 proxy not available in this agent")
     assert summary([ok, skip]) == ["✅ All 1 tests (1 actions) successful, 1 tests skipped, 0 scenarios skipped."]
+    # the tests --test left out are skipped tests too, as cilium-cli counts them
+    assert summary([ok], deselected=3) == [
+        "✅ All 1 tests (1 actions) successful, 3 tests skipped, 0 scenarios skipped."]
     assert skip.line() == "⏭️  [dns] skipped: L7 proxy not available in this agent"
     bad = Result(s["allow-l3-l4"], [Action("c -> e:8080", True), Action("c -> e:8081", False, "connection succeeded")])
     err = Result(s["pod-to-service"], error="the agent refused a step: x")

@@ -601,10 +601,10 @@ def connectivity_test(ctx: click.Context, tests: tuple[str, ...], test_namespace
         click.echo(json.dumps({"namespace": namespace, "results": [x.as_dict() for x in results],
                                "complete": not (interrupted or setup_error)}, indent=2))
     else:
-        from apiary.connectivity.scenarios import summary
+        from apiary.connectivity.scenarios import SCENARIOS, summary
 
         click.echo("📋 Test Report")
-        for line in summary(results):
+        for line in summary(results, deselected=len(SCENARIOS) - len(chosen)):
             click.echo(line)
     if setup_error:
         _fail(f"connectivity test: set-up failed after {len(results)} scenarios: {setup_error}", 1)

@@ -136,11 +136,12 @@ class Result:
         }
 
 
-def summary(results: list[Result]) -> list[str]:
+def summary(results: list[Result], deselected: int = 0) -> list[str]:
     """Cilium's report lines: `✅ All N tests (M actions) successful, K tests skipped, 0 scenarios skipped.` or
-    `❌ x/N tests failed (a/M actions), K tests skipped, 0 scenarios skipped:` and one line per failure."""
+    `❌ x/N tests failed (a/M actions), K tests skipped, 0 scenarios skipped:` and one line per failure. Skipped
+    tests are, as in cilium-cli, those that could not run here and those ``--test`` left out (``deselected``)."""
     ran = [r for r in results if not r.skipped]
-    skipped = len(results) - len(ran)
+    skipped = len(results) - len(ran) + deselected
     actions = sum(len(r.actions) for r in ran)
     failed = [r for r in ran if not r.ok]
     tail = f"{skipped} tests skipped, 0 scenarios skipped"

@@ -143,6 +143,18 @@ def test_chart_renders_to_the_plain_manifests_and_values_reach_the_agent() -> No
     vals["prometheus"]["enabled"] = False  # each key alone: the others' flags go with their key
     assert not any(a.startswith("--metrics-addr") for a in _daemonset(_chart_docs(vals))["spec"]["template"]["spec"][
         "containers"][0]["args"])
+    vals["prometheus"]["enabled"] = True
+    vals["xdp"] = {"preFilter": True, "preFilterInterface": "eth0"}  # the seed's cilium-values.yaml
+    vals["tetragon"]["bpf"]["ringBufferSize"] = 64  # the seed's tetragon-values.yaml (MB)
+    ds = _daemonset(_chart_docs(vals))
+    _validate(ds)
+    params = agent_cmd.make_context("agent", list(ds["spec"]["template"]["spec"]["containers"][0]["args"][1:]),
+                                    obj={}).params
+    assert params["prefilter_devices"] == ("eth0",) and params["ringbuf_size"] == 64 * 1024 * 1024
+    vals["xdp"]["preFilterInterface"] = ""  # on, with no device: Helm's own error names the key
+    with pytest.raises(helm.HelmError, match="xdp.preFilterInterface"):
+        _chart_docs(vals)
+    vals["xdp"]["preFilter"] = False
     vals["policyEnforcementMode"] = "sometimes"  # a value the agent refuses fails where the chart is used
     c = _daemonset(_chart_docs(vals))["spec"]["template"]["spec"]["containers"][0]
     with pytest.raises(click.BadParameter):

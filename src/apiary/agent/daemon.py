@@ -279,11 +279,10 @@ class Agent:
         before, so that produced = received + lost + in ring holds for this agent too. Runs before this agent
         reads anything."""
         base: dict[str, int] = {}
+        after: dict[str, int] = {}
         for _ in range(attempts):
             before, _lost, _kc = self._kernel_counts()
-            by_byte = [0] * 256
-            walked = self.reader.peek(partial(_count_type, by_byte))
-            pending = accounting.by_name(by_byte)
+            pending, walked = self._pending()
             after, _lost, _kc = self._kernel_counts()
             if walked:
                 for t, w in after.items():
@@ -292,7 +291,7 @@ class Agent:
             if all(t in base for t in after):
                 break
         self.received_earlier = base
-        unsettled = sorted(t for t in self._kernel_counts()[0] if t not in base)
+        unsettled = sorted(t for t in after if t not in base)
         read = sum(base.values())
         if unsettled:  # said, and the accounting of those types stays "not reconciled": never guessed
             return (f"event ring: {read:,} records read by earlier agents; could not settle {', '.join(unsettled)} "
@@ -457,6 +456,12 @@ class Agent:
                 other.update(rc.other)
         return written, lost, other
 
+    def _pending(self) -> tuple[dict[str, int], bool]:
+        """The records waiting in the ring, by type, without consuming them; False: the walk stopped early."""
+        by_byte = [0] * 256
+        walked = self.reader.peek(partial(_count_type, by_byte))
+        return accounting.by_name(by_byte), walked
+
     def accounting(self, attempts: int = 3) -> tuple[dict[str, Any], dict[str, int]]:
         """Per-type accounting of the ring (apiary.agent.accounting), checked against the ring itself.
 
@@ -468,9 +473,7 @@ class Agent:
         for _ in range(attempts):
             self.drain()
             before, _lost, _kc = self._kernel_counts()
-            by_byte = [0] * 256
-            walked = self.reader.peek(partial(_count_type, by_byte))
-            pending = accounting.by_name(by_byte)
+            pending, walked = self._pending()
             received = accounting.by_name(self.reader.counters.received_by_byte)
             for t, n in self.received_earlier.items():  # an adopted ring: what earlier agents read
                 received[t] = received.get(t, 0) + n

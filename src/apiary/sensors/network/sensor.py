@@ -37,7 +37,7 @@ from apiary.sensors.base import LinkRow, OwnedMap, ProgramRow, RecordHandler, Ri
 from apiary.sensors.network import abi
 from apiary.sensors.network.endpoints import Endpoint
 from apiary.sensors.pins import PinSet, object_digest
-from apiary.sensors.reconcile import MapDiff, diff
+from apiary.sensors.reconcile import MapDiff, apply, diff
 
 ETH_HLEN = 14  # BPF_PROG_TEST_RUN of a TC program needs at least an Ethernet header
 # the flows ring too: what the adopted programs report while no agent runs is read by the next one (or counted lost)
@@ -377,10 +377,7 @@ class Datapath:
         gone = [k for k in info_now if k not in ifs]
         for k in gone:
             self.endpoints_map.delete(k)
-        for k, v in if_diff.writes():  # the sync above wrote only the endpoints whose policy it switched
-            self.ep_ifindex_map.update(k, v)
-        for k in if_diff.remove:
-            self.ep_ifindex_map.delete(k)
+        apply(self.ep_ifindex_map, if_diff)  # the sync above wrote only the endpoints whose policy it switched
         for d, what in ((MapDiff(remove=stale + idle), "policy map, unknown or unfinished slots"),
                         (MapDiff(remove=gone), "endpoints map, unknown endpoints"), (ip_diff, "ipcache"),
                         (if_diff, "ep_ifindex")):

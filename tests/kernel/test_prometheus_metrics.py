@@ -97,7 +97,14 @@ def test_exposition_has_the_real_names_and_passes_promtool(scraped: tuple[AgentP
     assert value("hubble_port_distribution_total", protocol="TCP", port="5678") >= 1
     assert value("hubble_policy_verdicts_total", direction="ingress", match="none", action="dropped") >= 1
     assert value("apiary_endpoints") == 2 and value("apiary_policies") == 1 and value("apiary_identities") >= 2
-    assert value("tetragon_events_total", type="PROCESS_EXEC") >= 1 and value("tetragon_process_cache_size") > 0
+    assert value("tetragon_process_cache_size") > 0
+    # Tetragon's event labels: the execs in the endpoints (the probe and the server) by pod, binary and node
+    execs = [dict(k[1]) for k, v in samples.items()
+             if k[0] == "tetragon_events_total" and dict(k[1])["type"] == "PROCESS_EXEC" and v >= 1]
+    assert execs and all(set(e) == {"type", "namespace", "workload", "pod", "binary", "node_name"} for e in execs)
+    in_pods = [e for e in execs if e["namespace"] == NS]
+    assert {e["pod"] for e in in_pods} == {"client", "backend"}, in_pods
+    assert all(e["binary"].startswith("/") and e["node_name"] == agent.node_name for e in in_pods), in_pods
     assert value("apiary_bpf_stats_enabled") == 1
     assert value("apiary_bpf_program_runs_total", program="to_container", attach="tc (per endpoint veth)") > 0
     assert 0 < value("apiary_bpf_map_pressure", map_name="endpoints") < 1

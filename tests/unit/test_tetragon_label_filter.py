@@ -1,4 +1,5 @@
-"""Tetragon's --metrics-label-filter: the process labels tetragon_policy_events_total keeps (pure logic)."""
+"""Tetragon's --metrics-label-filter: the process labels tetragon_events_total and tetragon_policy_events_total keep
+(pure logic)."""
 
 from __future__ import annotations
 
@@ -28,21 +29,23 @@ spec:
 """
 
 
-def _series(keep: frozenset[str]) -> list[str]:
-    """Four processes (two pods of one workload, two binaries each) counted once each: the exposed series."""
+def _series(keep: frozenset[str], metric: str = "tetragon_policy_events_total") -> list[str]:
+    """Four processes (two pods of one workload, two binaries each), one exec and one tracing event each: the
+    exposed series of ``metric``."""
     features = KernelFeatures(kprobes=False, fentry=False, lsm=False, override=False, syscalls=X86_64_SYSCALLS)
     compiled = compile_tracing_policy(load_tracing_policies(POLICY)[0], features)
     entry = (LoadedPolicy(compiled, 1, [3]), compiled.hooks[0])
     clock = KtimeClock(0)
     registry = CollectorRegistry()
-    events = TracingEvents(None, ProcessCache("n1", clock), clock, "n1", Publisher(EventBus(10, 1), registry),
-                           registry, keep)
+    out = Publisher(EventBus(10, 1), registry, "n1", keep)
+    events = TracingEvents(None, ProcessCache("n1", clock), clock, "n1", out, registry)
     for pod in ("web-1", "web-2"):
         for binary in ("/bin/sh", "/usr/bin/curl"):
-            proc = {"binary": binary, "pod": {"namespace": "shop", "workload": "web", "name": pod}}
-            events._policy_counter(entry, proc).n += 1
+            labels = events._labels({"binary": binary, "pod": {"namespace": "shop", "workload": "web", "name": pod}})
+            events._policy_counter(entry, labels).n += 1
+            out.publish("exec", {"process_exec": {}}, out.cell("exec", labels))
     text = generate_latest(registry).decode()
-    return sorted(ln for ln in text.splitlines() if ln.startswith("tetragon_policy_events_total{"))
+    return sorted(ln for ln in text.splitlines() if ln.startswith(metric + "{"))
 
 
 def test_default_keeps_all_labels() -> None:
@@ -60,6 +63,16 @@ def test_left_out_labels_stay_empty_and_their_series_collapse() -> None:
     rows = _series(parse_metrics_label_filter("binary"))
     assert len(rows) == 2 and all('pod=""' in r and 'namespace=""' in r and r.endswith(" 2.0") for r in rows)
     assert len(_series(parse_metrics_label_filter(""))) == 1  # none kept: one series per policy and hook
+
+
+def test_events_total_carries_tetragons_labels_and_the_same_filter() -> None:
+    rows = _series(frozenset(PROCESS_LABELS), "tetragon_events_total")
+    assert len(rows) == 4
+    assert ('tetragon_events_total{binary="/usr/bin/curl",namespace="shop",node_name="n1",pod="web-2",'
+            'type="PROCESS_EXEC",workload="web"} 1.0') in rows
+    rows = _series(parse_metrics_label_filter("namespace,workload"), "tetragon_events_total")
+    assert rows == ['tetragon_events_total{binary="",namespace="shop",node_name="n1",pod="",type="PROCESS_EXEC",'
+                    'workload="web"} 4.0']
 
 
 @pytest.mark.parametrize("text,bad", [("namespace,pods", "pods"), ("Binary", "Binary"), ("node_name", "node_name")])

@@ -61,7 +61,7 @@ class Pipeline:
         self.cache = ProcessCache(NODE, self.clock)
         self.registry = CollectorRegistry()
         self.bus = EventBus(100, 10)
-        self.out = Publisher(self.bus, self.registry)
+        self.out = Publisher(self.bus, self.registry, NODE)
         self.procs = ProcessEvents(self.cache, self.clock, NODE, self.out)
         self.events = TracingEvents(self.tracing, self.cache, self.clock, NODE, self.out, self.registry)
         handlers = {abi.MSG_GENERIC: RecordHandler("generic", abi.decode_record)}
@@ -125,7 +125,12 @@ def test_records_are_counted_when_read_and_built_only_once_when_read() -> None:
     assert pl.reader.counters.decode_errors == 1 and len(pl.bus) == 4
     assert pl.out.counters.events["kprobe"] == 4 and pl.out.counters.missing_process_info == 1
     text = generate_latest(pl.registry).decode()
-    assert 'tetragon_events_total{type="PROCESS_KPROBE"} 4.0' in text
+    assert ('tetragon_events_total{binary="/usr/bin/tool",namespace="",node_name="n1",pod="",type="PROCESS_KPROBE",'
+            'workload=""} 3.0') in text
+    assert ('tetragon_events_total{binary="",namespace="",node_name="n1",pod="",type="PROCESS_KPROBE",'
+            'workload=""} 1.0') in text  # the unknown process's event
+    assert ('tetragon_events_total{binary="/bin/sh",namespace="",node_name="n1",pod="",type="PROCESS_EXEC",'
+            'workload=""} 1.0') in text
     assert ('tetragon_policy_events_total{binary="/usr/bin/tool",hook="__x64_sys_openat",namespace="",'
             'node_name="n1",pod="",policy="watch-etc",workload=""} 3.0') in text
     assert 'binary="",hook="__x64_sys_openat"' in text  # the unknown process's event, counted too
@@ -177,6 +182,8 @@ def test_a_run_of_records_read_at_once_gives_what_reading_them_one_by_one_gives(
     assert c1.received_by_byte == c2.received_by_byte and c2.received_by_byte[99] == 1
     assert batch.out.counters == one.out.counters and batch.out.counters.events["kprobe"] == 5
     assert _metrics(batch.registry) == _metrics(one.registry)
+    assert ('tetragon_events_total{binary="/usr/bin/tool",namespace="",node_name="n1",pod="",type="PROCESS_KPROBE",'
+            'workload=""} 4.0') in _metrics(batch.registry)  # memo hits counted too
     assert batch.bus.recent() == one.bus.recent()
     paths = [e["process_kprobe"]["args"][0]["string_arg"] for e in batch.bus.recent()]
     assert paths == ["/etc/0", "/etc/1", "/etc/2", "/etc/unknown", "/etc/last"]

@@ -109,10 +109,10 @@ class Agent:
         self.prefilter = PrefilterControl(cfg, lambda s: self._add(s, self.prefilter.close), store=self.store)
         # Prometheus metrics (never the global registry): Hubble's flow metrics and Tetragon's event counters
         self.registry = CollectorRegistry()
-        self.publisher = Publisher(self.events, self.registry)
+        self.publisher = Publisher(self.events, self.registry, cfg.node_name,
+                                   parse_metrics_label_filter(cfg.metrics_label_filter))
         self.process_events = ProcessEvents(self.cache, self.clock, cfg.node_name, self.publisher)
-        self.tracing_events = TracingEvents(None, self.cache, self.clock, cfg.node_name, self.publisher, self.registry,
-                                            parse_metrics_label_filter(cfg.metrics_label_filter))
+        self.tracing_events = TracingEvents(None, self.cache, self.clock, cfg.node_name, self.publisher, self.registry)
         AgentCollector(self, self.registry)  # map pressure, program stats, counts: read when scraped
         self.reader = RingReader(None, {}, {})
         self.received_earlier: dict[str, int] = {}  # records of an adopted ring read by earlier agents, by type

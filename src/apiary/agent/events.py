@@ -86,32 +86,58 @@ class EmitCounters:
 
 
 class Publisher:
-    """Puts events on the bus, counted by kind (status) and by Tetragon type (metrics)."""
+    """Puts events on the bus, counted by kind (status) and by Tetragon type and process (metrics).
 
-    def __init__(self, bus: EventBus, registry: CollectorRegistry) -> None:
-        self.bus = bus
+    ``tetragon_events_total`` carries Tetragon's labels: ``type``, the process's ``namespace``, ``workload``,
+    ``pod`` and ``binary`` (those --metrics-label-filter keeps; the others stay empty) and ``node_name``.
+    """
+
+    def __init__(
+        self,
+        bus: EventBus,
+        registry: CollectorRegistry,
+        node: str = "",
+        label_filter: frozenset[str] = frozenset(PROCESS_LABELS),
+    ) -> None:
+        self.bus, self.node = bus, node
+        self.keep = tuple(label in label_filter for label in PROCESS_LABELS)
         self.counters = EmitCounters()
-        self.m_events = CountFamily("tetragon_events", "Events by type", ["type"], registry)
-        self._by_kind: dict[str, Cell] = {}  # kind -> its count in m_events
+        self.m_events = CountFamily(
+            "tetragon_events", "Events by type and process", ["type", *PROCESS_LABELS, "node_name"], registry
+        )
+        self._types: dict[str, str] = {}  # kind -> Tetragon's type (exec -> PROCESS_EXEC)
         # bumped on every change of the process cache (exec, fork, exit): process JSON taken before is stale
         self.process_generation = 0
 
-    def publish(self, kind: str, ev: Event | Deferred) -> None:
+    def process_labels(self, pod: dict[str, Any] | None, binary: str) -> tuple[str, str, str, str]:
+        """The process labels of the event metrics: namespace, workload, pod, binary; a label the filter
+        leaves out is empty."""
+        p = pod or {}
+        ns, wl, name, b = self.keep
+        return (
+            p.get("namespace", "") if ns else "",
+            p.get("workload", "") if wl else "",
+            p.get("name", "") if name else "",
+            binary if b else "",
+        )
+
+    def cell(self, kind: str, labels: tuple[str, str, str, str]) -> Cell:
+        """The count in tetragon_events_total of the events of one kind and process labels."""
+        t = self._types.get(kind)
+        if t is None:
+            t = self._types[kind] = "PROCESS_" + kind.upper()
+        return self.m_events.cell(t, *labels, self.node)
+
+    def publish(self, kind: str, ev: Event | Deferred, cell: Cell) -> None:
+        """One event, counted in ``cell`` (``Publisher.cell``)."""
         self.counters.events[kind] += 1
-        m = self._by_kind.get(kind)
-        if m is None:
-            m = self._by_kind[kind] = self.m_events.cell("PROCESS_" + kind.upper())
-        m.n += 1
+        cell.n += 1
         self.bus.publish(ev)
 
     def publish_many(self, kinds: dict[str, int], evs: list[Event | Deferred]) -> None:
-        """Events in order, with how many there are of each kind."""
+        """Events in order, with how many there are of each kind; the caller counted each in its metric cell."""
         for kind, k in kinds.items():
             self.counters.events[kind] += k
-            m = self._by_kind.get(kind)
-            if m is None:
-                m = self._by_kind[kind] = self.m_events.cell("PROCESS_" + kind.upper())
-            m.n += k
         self.bus.publish_many(evs)
 
 
@@ -135,7 +161,7 @@ class ProcessEvents:
         ev = tetragon.exec_event(
             p, self.cache.parent(p), self.cache.ancestors(p), self.node, self.clock.to_rfc3339(msg.ktime)
         )
-        self.out.publish("exec", ev)
+        self.out.publish("exec", ev, self.out.cell("exec", self.out.process_labels(p.pod, p.binary)))
 
     def fork(self, msg: ForkMsg) -> None:
         self.out.process_generation += 1
@@ -158,7 +184,7 @@ class ProcessEvents:
             msg.status,
             msg.signal,
         )
-        self.out.publish("exit", ev)
+        self.out.publish("exit", ev, self.out.cell("exit", self.out.process_labels(p.pod, p.binary)))
 
 
 class TracingEvents:
@@ -180,10 +206,8 @@ class TracingEvents:
         node: str,
         out: Publisher,
         registry: CollectorRegistry,
-        label_filter: frozenset[str] = frozenset(PROCESS_LABELS),
     ) -> None:
         self.tracing, self.cache, self.clock, self.node, self.out = tracing, cache, clock, node, out
-        self.keep = label_filter  # the process labels policy_events_total carries (--metrics-label-filter)
         self.m_missing_process = Counter(
             "events_missing_process_info",
             "Tracing events emitted without their process's info (the process was unknown)",
@@ -196,8 +220,9 @@ class TracingEvents:
             ["policy", "hook", "namespace", "workload", "pod", "binary", "node_name"],
             registry,
         )
-        # (hook id, pid, start ktime) -> (hook entry, process parts, its count), valid for _memo_gen
-        self._memo: dict[tuple[int, int, int], tuple[HookEntry, ProcessParts, Cell, str]] = {}
+        # (hook id, pid, start ktime) -> (hook entry, process parts, its counts in policy_events_total and in
+        # events_total, its kind), valid for _memo_gen
+        self._memo: dict[tuple[int, int, int], tuple[HookEntry, ProcessParts, Cell, Cell, str]] = {}
         self._memo_gen: tuple[int, int, int] = (-1, -1, -1)
 
     def consumers(self) -> dict[str, Consumer]:
@@ -211,13 +236,13 @@ class TracingEvents:
             entry = tracing.hook_entry(ev.hook_id)
             if entry is None:  # a hook id no policy ever had: a corrupt record
                 raise CorruptRecord("unknown hook")
-            parts, kind = self._parts(ev, entry, tracing)
+            parts, kind, cell = self._parts(ev, entry, tracing)
         except CorruptRecord:
             raise
         except Exception as e:  # noqa: BLE001 - counted, never fatal
             raise CorruptRecord(str(e)) from e
         wall_ns = ev.ktime + self.clock.offset_ns  # the clock's offset now, as if the event were built now
-        self.out.publish(kind, TracingRecord(ev.raw).settle(self, entry, parts, wall_ns))
+        self.out.publish(kind, TracingRecord(ev.raw).settle(self, entry, parts, wall_ns), cell)
 
     def generic_batch(self, raws: list[bytes]) -> tuple[int, int]:
         """A run of generic records read at one wake-up, as ``generic`` one by one, in one loop: the same events,
@@ -247,22 +272,24 @@ class TracingEvents:
             hit = memo.get((hid, ev.pid, ev.proc_ktime))
             if hit is not None and hit[0] is entry:  # the memo's answer, as in _parts
                 hit[2].n += 1
-                parts, kind = hit[1], hit[3]
+                hit[3].n += 1
+                parts, kind = hit[1], hit[4]
             else:
                 try:
                     if tracing is None or entry is None:  # no tracing sensor, or a hook id never given out
                         raise CorruptRecord("unknown hook")
-                    parts, kind = self._parts(ev, entry, tracing)
+                    parts, kind, cell = self._parts(ev, entry, tracing)
                 except Exception:  # noqa: BLE001 - counted, never fatal
                     bad += 1
                     continue
+                cell.n += 1
                 memo = self._memo_valid()  # reading the process cache may have changed it
             kinds[kind] = kinds.get(kind, 0) + 1
             recs.append(ev.settle(self, entry, parts, ev.ktime + offset))
         self.out.publish_many(kinds, recs)
         return decoded, bad
 
-    def _memo_valid(self) -> dict[tuple[int, int, int], tuple[HookEntry, ProcessParts, Cell, str]]:
+    def _memo_valid(self) -> dict[tuple[int, int, int], tuple[HookEntry, ProcessParts, Cell, Cell, str]]:
         """The memo, emptied if the process cache changed since it was filled (or it is full)."""
         cache = self.cache
         gen = (self.out.process_generation, cache.expired, cache.evictions)
@@ -273,34 +300,38 @@ class TracingEvents:
 
     def _parts(
         self, ev: tracing_abi.EventRecord, entry: HookEntry, tracing: TracingEventSource
-    ) -> tuple[ProcessParts, str]:
-        """The process side of an event and the event's kind, counted in policy_events_total: memoised per
-        (hook, process image) while the process cache does not change (the same image gives the same answer)."""
+    ) -> tuple[ProcessParts, str, Cell]:
+        """The process side of an event, the event's kind, and its count in events_total (the caller counts
+        it there); counted in policy_events_total. Memoised per (hook, process image) while the process cache
+        does not change (the same image gives the same answer)."""
         cache = self.cache
         memo = self._memo_valid()
         key = (ev.hook_id, ev.pid, ev.proc_ktime)
         hit = memo.get(key)
         if hit is not None and hit[0] is entry:
             hit[2].n += 1
-            return hit[1], hit[3]
+            return hit[1], hit[4], hit[3]
         p = cache.get_by_key(ev.pid, ev.proc_ktime)
         parts = tracing.process_parts(ev, p, cache, self.node)
-        counter = self._policy_counter(entry, parts.process)
-        counter.n += 1
         kind = entry[1].event.removeprefix("process_")
+        labels = self._labels(parts.process)
+        counter = self._policy_counter(entry, labels)
+        counter.n += 1
+        cell = self.out.cell(kind, labels)
         if p is None:  # emitted all the same, with what the record says of the process (each time: never memoised)
             self.out.counters.missing_process_info += 1
             self.m_missing_process.inc()
         else:
-            memo[key] = (entry, parts, counter, kind)
-        return parts, kind
+            memo[key] = (entry, parts, counter, cell, kind)
+        return parts, kind, cell
 
-    def _policy_counter(self, entry: HookEntry, proc: dict[str, Any]) -> Cell:
+    def _labels(self, proc: dict[str, Any]) -> tuple[str, str, str, str]:
+        """The event metrics' process labels of an event's ``process`` JSON (--metrics-label-filter applied)."""
+        return self.out.process_labels(proc.get("pod"), proc.get("binary", ""))
+
+    def _policy_counter(self, entry: HookEntry, labels: tuple[str, str, str, str]) -> Cell:
         lp, hook = entry
-        pod = proc.get("pod") or {}
-        values = (pod.get("namespace", ""), pod.get("workload", ""), pod.get("name", ""), proc.get("binary", ""))
-        kept = (v if label in self.keep else "" for label, v in zip(PROCESS_LABELS, values, strict=True))
-        return self.m_policy_events.cell(lp.policy.name, hook_label(hook), *kept, self.node)
+        return self.m_policy_events.cell(lp.policy.name, hook_label(hook), *labels, self.node)
 
 
 class TracingRecord(tracing_abi.EventRecord):

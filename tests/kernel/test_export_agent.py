@@ -269,6 +269,7 @@ def test_deleted_directory_and_full_disk_are_counted_and_recovered(tmp_out: Path
             assert a2.client().get("/v1/health") is not None  # the agent is up
             text = status_text(a2)
             assert "write errors" in text and "ENOSPC" in text
+            assert f"events -> {mnt / 'ev.log'} (FAILING; " in text  # on the brief Export line too
             os.unlink(mnt / "filler")
             again = f"again-{uuid.uuid4().hex[:8]}"
             wait_for(lambda: (run_marked(again), execs_with(read_jsonl(mnt / "ev.log"), again))[1], "resumed")

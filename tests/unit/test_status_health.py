@@ -191,3 +191,11 @@ def test_servers_and_export_lines() -> None:
                     "otlp": {"endpoint": "http://127.0.0.1:4318"}}
     assert ("Export:            events -> /var/log/apiary/events.log, otlp -> http://127.0.0.1:4318"
             in brief_lines(st))
+    # a failing sink says so in the brief view (no --verbose needed)
+    st["export"] = {"events": {"file": {"path": "/x/e.log", "healthy": False, "failed_lines": 1200,
+                                        "last_error": "write: [Errno 28] No space left on device"}},
+                    "flows": {"file": {"path": "/x/f.log", "healthy": True, "failed_lines": 0, "last_error": ""}},
+                    "otlp": {"endpoint": "http://127.0.0.1:4318", "failed": 3, "dropped": 0,
+                             "last_error": "connection refused"}}
+    assert ("Export:            events -> /x/e.log (FAILING; 1,200 lines lost), flows -> /x/f.log, "
+            "otlp -> http://127.0.0.1:4318 (3 failed)") in brief_lines(st)

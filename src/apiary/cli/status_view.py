@@ -29,10 +29,26 @@ def map_pressure(st: Mapping[str, Any]) -> list[tuple[str, float]]:
 
 
 def _export_targets(ex: Mapping[str, Any]) -> list[str]:
-    out = [f"{name} -> {st['file']['path']}" for name in ("events", "flows")
-           if (st := ex.get(name)) and st.get("file")]
-    out += [f"{what} -> {o['endpoint']}" for key, what in (("otlp", "otlp"), ("otlp_traces", "otlp spans"))
-            if (o := ex.get(key))]
+    """Each sink and where it writes, with what it failed to write (files: lines lost to failed writes; OTLP:
+    records the exporter failed or dropped): a failing sink shows on its line (the export section has the errors)."""
+    out = []
+    for name in ("events", "flows"):
+        st = ex.get(name)
+        f = st.get("file") if st else None
+        if not f:
+            continue
+        lost = int(f.get("failed_lines", 0))
+        bad = [f"{lost:,} lines lost"] if lost else []
+        if f.get("healthy") is False:
+            bad.insert(0, "FAILING")
+        out.append(f"{name} -> {f['path']}" + (f" ({'; '.join(bad)})" if bad else ""))
+    for key, what in (("otlp", "otlp"), ("otlp_traces", "otlp spans")):
+        o = ex.get(key)
+        if not o:
+            continue
+        failed, dropped = int(o.get("failed", 0)), int(o.get("dropped", 0))
+        bad = ([f"{failed:,} failed"] if failed else []) + ([f"{dropped:,} dropped"] if dropped else [])
+        out.append(f"{what} -> {o['endpoint']}" + (f" ({'; '.join(bad)})" if bad else ""))
     return out or ["on"]
 
 

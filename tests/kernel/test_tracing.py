@@ -141,6 +141,8 @@ def test_labelled_writer_is_killed_before_the_write_lands(env: tuple[AgentProces
     metrics = net.agent.client().http.get("/metrics").text
     assert 'tetragon_policy_events_total{binary="/usr/bin/dash",hook="__x64_sys_write"' in metrics
     assert 'pod="labelled",policy="deny-write-prot"' in metrics
+    assert (f'tetragon_events_total{{binary="/usr/bin/dash",namespace="{NS}",node_name="{net.agent.node_name}",'
+            'pod="labelled",type="PROCESS_KPROBE",workload="labelled"}') in metrics
     rows = json.loads(net.cli_ok("tp", "list", "-o", "json"))
     row = next(r for r in rows if r["name"] == "deny-write-prot")
     assert row["enforced"] >= 1 and row["mode"] == "enforce" and row["kernel_memory"] > 0

@@ -193,10 +193,11 @@ def test_kill9_during_create_is_undone_at_restart(tmp_path: Path, monkeypatch: p
 
 def test_clean_stop_leaves_host_objects_only_while_endpoints_exist(net: Net) -> None:
     agent = net.agent
-    unreachable = f"unreachable {agent.pod_cidr}"
-    assert unreachable in _routes() and _cgroup_dir(agent).is_dir()
+    unreachable, svc_route = f"unreachable {agent.pod_cidr}", f"unreachable {agent.service_cidr}"
+    assert unreachable in _routes() and svc_route in _routes() and _cgroup_dir(agent).is_dir()
     assert agent.stop() == 0
     assert unreachable not in _routes() and not _cgroup_dir(agent).exists()
+    assert svc_route not in _routes()  # no service: the service CIDR's route goes too
     agent.start(timeout=START)
     ep = net.endpoint("keeper", "default", app="x")
     assert agent.stop() == 0  # endpoints keep enforcing while the agent is down: their host objects stay

@@ -48,6 +48,10 @@ def _count_type(by_byte: list[int], rec: memoryview) -> None:
     by_byte[rec[0]] += 1
 
 
+def _closed_with_services() -> None:
+    """The LB sensor's closer: nothing, as ``ServicesControl.close`` (a closer of its own) closes it."""
+
+
 class AgentError(Exception):
     """A start-up problem the user can fix; printed as one line."""
 
@@ -226,8 +230,10 @@ class Agent:
 
             net = self.network
             try:
+                # closed whether or not its sensor ever loads: with no service it still routes the service CIDR
+                self._closers.append(self._close_services)
                 self.services = ServicesControl(cfg, net, cgroup2_root() or "/sys/fs/cgroup",
-                                                lambda s: self._add(s, self._close_services), store=self.store)
+                                                lambda s: self._add(s, _closed_with_services), store=self.store)
                 self.loaded += self.services.start()
             except Exception as e:  # noqa: BLE001 - one line, then stop
                 raise AgentError(f"services: {e}") from e

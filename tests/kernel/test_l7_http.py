@@ -118,13 +118,32 @@ def test_seed_policy_judges_each_request(net: Net) -> None:
         post["verdict"] == "DROPPED"
     assert find(flows, "REQUEST", "DELETE", "/api/v1/items")["verdict"] == "DROPPED"
     denied = find(flows, "REQUEST", "GET", "/admin")
-    assert denied["verdict"] == "DROPPED"
+    assert denied["verdict"] == "DROPPED" and denied["l7"]["http"]["code"] == 403
     assert "no HTTP rule matched" in denied["extensions"]["apiary"]["decided_by"]
     drops = [f for f in flows if f["verdict"] == "DROPPED" and f["l7"]["type"] == "REQUEST"]
     assert len(drops) >= 3
     # the observe filters: --http-method / --http-status
     only_delete = [f for f in net.flows("--type", "l7", "--http-method", "DELETE")]
     assert only_delete and all(f["l7"]["http"]["method"] == "DELETE" for f in only_delete)
+    denials = net.flows("--type", "l7", "--http-status", "4+")  # a denied request carries its 403, as in Cilium
+    assert denials and all(f["l7"]["http"]["code"] == 403 and f["verdict"] == "DROPPED" for f in denials)
+
+
+def test_a_method_haproxy_has_no_code_for_is_judged_and_logged_as_sent(net: Net) -> None:
+    out = requests(net, "backend", ("PATCH", "/api/v1/items", {}, ""), ("PURGE", "/api/v1/items", {}, ""),
+                   ("GET", "/api/v1/patched", {}, ""))
+    assert [s for s, _ in out["responses"]] == [403, 403, 200], out
+    for _ in range(50):
+        flows = l7_flows(net)
+        if any(f["l7"]["http"]["url"].endswith("/api/v1/patched") for f in flows):
+            break
+        time.sleep(0.2)
+    for method in ("PATCH", "PURGE"):  # HAProxy 2.6 once logged these as OPTIONS
+        f = find(flows, "REQUEST", method, "/api/v1/items")
+        assert f["verdict"] == "DROPPED" and f["Summary"].startswith(f"HTTP/1.1 {method} "), f["Summary"]
+    assert all(f["l7"]["http"]["method"] != "OPTIONS" for f in flows)
+    patched = net.flows("--type", "l7", "--http-method", "PATCH")
+    assert patched and all(f["l7"]["http"]["method"] == "PATCH" for f in patched)
 
 
 def test_policy_explain_http(net: Net) -> None:

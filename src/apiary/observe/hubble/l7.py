@@ -73,7 +73,7 @@ def summary(x: HttpExchange, response: bool) -> str:
 
 def http_json(x: HttpExchange, response: bool) -> dict[str, Any]:
     d: dict[str, Any] = {}
-    if response and x.status:
+    if (response or not x.allowed) and x.status:  # a denied request carries the 403 (Cilium logs it answered)
         d["code"] = x.status
     d["method"] = x.method
     d["url"] = x.url

@@ -50,6 +50,7 @@ def test_dns_verdict_first_rule_and_void_rule() -> None:
     ("{matchPattern: 'a[b].com'}", "matchPattern"),
     ("{matchName: 'a*.com'}", "matchName"),
     ("{}", "toFQDNs[0]"),
+    ("{matchName: a.com, matchPattern: '*.b.com'}", "toFQDNs[0]: only one of matchName or matchPattern"),
 ])
 def test_invalid_selectors_are_named(sel: str, where: str) -> None:
     with pytest.raises(PolicyError) as exc:
@@ -75,6 +76,13 @@ spec:
 EPS = [EndpointSpec(1, "client", "default", {"app": "client"}, "10.0.0.5"),
        EndpointSpec(2, "dns", "default", {"app": "dns"}, "10.0.0.6"),
        EndpointSpec(3, "other", "default", {"app": "other"}, "10.0.0.7")]
+
+
+def test_a_dns_rule_may_set_both_and_either_matches() -> None:
+    both = POLICY.replace('{matchPattern: "*.svc.example.com"}', '{matchName: a.com, matchPattern: "*.b.com"}')
+    assert load_policies(both)  # a PortRuleDNS is not an FQDNSelector: Cilium takes both
+    rule = DnsRule(3, "egress[0]", "a.com", "*.b.com")
+    assert dns_verdict([rule], "a.com.") and dns_verdict([rule], "x.b.com.") and not dns_verdict([rule], "c.com.")
 
 
 def test_dns_entries_go_to_the_proxy_for_udp_and_tcp_only() -> None:

@@ -273,6 +273,17 @@ class FQDNSelector(_Strict):
         return self
 
 
+class ToFQDNSelector(FQDNSelector):
+    """``toFQDNs[]``: Cilium's FQDNSelector, where matchName and matchPattern exclude each other (in
+    ``rules.dns[]``, a PortRuleDNS, both may be set and either matches)."""
+
+    @model_validator(mode="after")
+    def _one_of(self) -> ToFQDNSelector:
+        if self.match_name and self.match_pattern:
+            raise invalid("only one of matchName or matchPattern is allowed in a toFQDNs selector")
+        return self
+
+
 class L7Rules(_Strict):
     http: list[PortRuleHTTP] | None = None
     kafka: list[dict[str, Any]] | None = None
@@ -487,7 +498,7 @@ class _EgressCommon(_Item):
 
 class EgressRule(_EgressCommon):
     to_ports: list[PortRule] | None = None
-    to_fqdns: list[FQDNSelector] | None = Field(None, alias="toFQDNs")
+    to_fqdns: list[ToFQDNSelector] | None = Field(None, alias="toFQDNs")
     authentication: Authentication | None = None
 
     PEER_FIELDS: ClassVar[tuple[str, ...]] = _EgressCommon.PEER_FIELDS + ("to_fqdns",)

@@ -118,7 +118,12 @@ def test_l3_allow_by_labels_then_default_deny_switches_off(net: Net) -> None:
     rows = {r["name"]: r for r in json.loads(net.cli_ok("endpoint", "list", "-o", "json"))}
     assert rows["backend"]["ingress_enforcement"] and not rows["backend"]["egress_enforcement"]
     assert not rows["frontend"]["ingress_enforcement"]
-    net.cli_ok("policy", "delete", "allow-frontend", "-n", NS)
+    # without -n: not at cluster scope, and the error says where it is (a 404, not a rejected policy)
+    r = net.agent.cli("policy", "delete", "allow-frontend")
+    assert r.returncode != 0 and "policy rejected" not in r.stderr, r.stderr
+    assert f"no policy 'allow-frontend' at cluster scope; there is {NS}/allow-frontend (-n {NS})" in r.stderr
+    assert "name: allow-frontend" in net.cli_ok("policy", "get", f"{NS}/allow-frontend")  # kubectl's ns/name
+    net.cli_ok("policy", "delete", f"{NS}/allow-frontend")
     assert tcp(net, "other", "backend", 5678)  # default deny is gone with the last selecting policy
 
 

@@ -99,11 +99,14 @@ def add_routes(app: web.Application, agent: AgentView) -> None:
                 return web.json_response(
                     {"kind": p.kind, "namespace": p.namespace, "name": p.name, "revision": p.revision, "yaml": p.source}
                 )
-        return error(f"no policy {name!r}" + (f" in namespace {ns}" if ns else " at cluster scope"), 404)
+        return error(n.policy_not_found(name, ns), 404)
 
     async def policy_delete(request: web.Request) -> web.Response:
         n = net()
-        return await call(n.delete_policy, request.match_info["name"], request.query.get("namespace", ""))
+        name, ns = request.match_info["name"], request.query.get("namespace", "")
+        if not any(k[2] == name and k[1] == ns for k in n.policies):
+            return error(n.policy_not_found(name, ns), 404)  # nothing to reject: not a policy problem
+        return await call(n.delete_policy, name, ns)
 
     async def explain(request: web.Request) -> web.Response:
         n = net()

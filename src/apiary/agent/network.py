@@ -414,11 +414,17 @@ class Network:
             self._release_unused()
         return result
 
+    def policy_not_found(self, name: str, namespace: str) -> str:
+        """What a get or delete of a policy that is not there says, naming where policies of that name are."""
+        where = f"in namespace {namespace}" if namespace else "at cluster scope"
+        others = sorted({k[1] for k in self.policies if k[2] == name and k[1] != namespace})
+        hint = "; ".join(f"{ns}/{name} (-n {ns})" if ns else f"{name} at cluster scope (no -n)" for ns in others)
+        return f"no policy {name!r} {where}" + (f"; there is {hint}" if hint else "")
+
     def delete_policy(self, name: str, namespace: str) -> dict[str, Any]:
         hits = [k for k in self.policies if k[2] == name and k[1] == namespace]
         if not hits:
-            where = f"namespace {namespace}" if namespace else "cluster scope"
-            raise PolicyError([Problem("metadata.name", f"no policy {name!r} in {where}")])
+            raise PolicyError([Problem("metadata.name", self.policy_not_found(name, namespace))])
         new = {k: v for k, v in self.policies.items() if k not in hits}
         revision = self.revision + 1
         try:

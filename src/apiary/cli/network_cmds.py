@@ -339,7 +339,8 @@ def policy_list(ctx: click.Context, output: str) -> None:
 @click.option("--namespace", "-n", default="", help="Namespace (empty: cluster-wide policy).")
 @click.pass_context
 def policy_get(ctx: click.Context, name: str, namespace: str) -> None:
-    """Print a policy as applied."""
+    """Print a policy as applied (NAME, or NAMESPACE/NAME as -n NAMESPACE NAME)."""
+    name, namespace = _scoped(name, namespace)
     click.echo(_req(ctx, "GET", f"/v1/policies/{seg(name)}", params={"namespace": namespace})["yaml"], nl=False)
 
 
@@ -364,10 +365,23 @@ def delete_options(f: Any) -> Any:
     return click.argument("name")(f)
 
 
+def _scoped(name: str, namespace: str) -> tuple[str, str]:
+    """NAMESPACE/NAME (kubectl's and `service get`'s form) as (NAME, NAMESPACE); with -n too, they must agree."""
+    if "/" not in name:
+        return name, namespace
+    ns, _, bare = name.partition("/")
+    if not ns or not bare or "/" in bare:
+        raise click.BadParameter(f"{name!r}: expected NAME or NAMESPACE/NAME", param_hint="NAME")
+    if namespace and namespace != ns:
+        raise click.BadParameter(f"{name!r} is in namespace {ns!r}, but -n says {namespace!r}", param_hint="NAME")
+    return bare, ns
+
+
 def delete_policy(ctx: click.Context, args: dict[str, Any], offline_fn: Any, offline_say: Any, online_say: Any) -> None:
     """A delete command: through the agent's API (args["path"]), or --offline on its state directory, where
     problems become one line and exit 1 (an agent running on it, no such policy, an unreadable file)."""
-    name, namespace, state_dir = args["name"], args["namespace"], args["state_dir"]
+    name, namespace = _scoped(args["name"], args["namespace"])
+    state_dir = args["state_dir"]
     if not args["offline"]:
         click.echo(online_say(_req(ctx, "DELETE", f"{args['path']}/{seg(name)}", params={"namespace": namespace})))
         return

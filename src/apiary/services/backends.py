@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, fields
 from enum import IntEnum
 
 from . import maglev
-from .models import EndpointSlice, Service, ServicePort
+from .models import LB_ALGORITHM_ANNOTATION, EndpointSlice, Service, ServicePort
 
 
 class BackendState(IntEnum):
@@ -163,7 +163,7 @@ def frontends(svc: Service, endpoints: Iterable[EndpointInfo] = (),
         return []
     endpoints, slices = list(endpoints), list(slices)
     out: list[Frontend] = []
-    algorithm = svc.annotations.get("service.cilium.io/lb-algorithm", "")
+    algorithm = svc.annotations.get(LB_ALGORITHM_ANNOTATION, "").lower()  # checked when loaded
     ident = f"{svc.namespace}/{svc.name}"
     per_port = []
     for sp in spec.ports or []:

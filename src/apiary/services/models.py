@@ -246,9 +246,17 @@ UNSUPPORTED_SPEC = {
 _SCTP = "SCTP is not load-balanced: apiary's service datapath parses TCP and UDP only"
 
 
+LB_ALGORITHM_ANNOTATION = "service.cilium.io/lb-algorithm"
+LB_ALGORITHM_VALUES = ("random", "maglev")  # Cilium's, in any case
+
+
 def _service_problems(svc: Service) -> list[Problem]:
     out: list[Problem] = []
     spec = svc.spec
+    algo = svc.annotations.get(LB_ALGORITHM_ANNOTATION)
+    if algo is not None and algo.lower() not in LB_ALGORITHM_VALUES:
+        out.append(Problem(f"metadata.annotations[{LB_ALGORITHM_ANNOTATION}]",
+                           f"{algo!r} is not a load-balancing algorithm: use {' or '.join(LB_ALGORITHM_VALUES)}"))
 
     def refuse(path: str, reason: str) -> None:
         out.append(Problem(path, reason, unsupported=True))

@@ -129,6 +129,11 @@ def test_alias_bomb_is_refused_at_once_and_the_agent_keeps_working(shared: Agent
     valid = CNP + "  endpointSelector: {}\n  ingress:\n  - fromEntities: [host]\n"
     ok = shared.cli("policy", "apply", "-f", "-", input=valid)
     assert ok.returncode == 0, ok.stderr
+    # a file of a policy and a bad Service: the policy applies, the services do not, and the error says both
+    mixed = shared.cli("apply", "-f", "-", input=valid + "---\napiVersion: v1\nkind: Service\nmetadata: {name: s1}\n"
+                       "spec: {ports: [{port: 70000}]}\n")
+    assert mixed.returncode == 1 and "services rejected (1 problem; nothing was changed)" in mixed.stderr, mixed
+    assert mixed.stderr.rstrip().endswith("apiary: the policies above stay applied"), mixed.stderr
     assert shared.cli("policy", "delete", "c1", "-n", "default").returncode == 0
     assert c.get("/v1/health")["ok"] is True
 

@@ -162,19 +162,29 @@ def apply(ctx: click.Context, path: str) -> None:
             continue
         if done:
             click.echo(f"({', '.join(done)} applied; now {'/'.join(sorted(kinds))})", err=True)
-        if kinds is POLICY_KINDS:
-            res = _req(ctx, "POST", "/v1/policies", content=text.encode(), headers={"Content-Type": "application/yaml"})
-            for a in res["applied"]:
-                where = f"{a['namespace']}/" if a["namespace"] else ""
-                click.echo(f"{a['kind'].lower()}.cilium.io/{where}{a['name']} {a['action']} (revision {a['revision']})")
-            done.append("policies")
-        elif kinds is SERVICE_KINDS:
-            _print_applied(apply_services(ctx, text))
-            done.append("services")
-        else:
-            res = _req(ctx, "POST", "/v1/tracingpolicies", content=text.encode(),
-                       headers={"Content-Type": "application/yaml"})
-            for p in res:
-                where = f"{p['namespace']}/" if p["namespace"] else ""
-                click.echo(f"tracingpolicy {where}{p['name']} {p['action']} (mode {p['mode']})")
-            done.append("tracing policies")
+        try:
+            _apply_group(ctx, kinds, text, done)
+        except SystemExit:
+            if done:  # "nothing was changed" is said of this kind: the earlier kinds are in force
+                click.echo(f"apiary: the {' and '.join(done)} above stay applied", err=True)
+            raise
+
+
+def _apply_group(ctx: click.Context, kinds: set[str], text: str, done: list[str]) -> None:
+    """One kind of a file applied whole through the agent (``done`` gets its name)."""
+    if kinds is POLICY_KINDS:
+        res = _req(ctx, "POST", "/v1/policies", content=text.encode(), headers={"Content-Type": "application/yaml"})
+        for a in res["applied"]:
+            where = f"{a['namespace']}/" if a["namespace"] else ""
+            click.echo(f"{a['kind'].lower()}.cilium.io/{where}{a['name']} {a['action']} (revision {a['revision']})")
+        done.append("policies")
+    elif kinds is SERVICE_KINDS:
+        _print_applied(apply_services(ctx, text))
+        done.append("services")
+    else:
+        res = _req(ctx, "POST", "/v1/tracingpolicies", content=text.encode(),
+                   headers={"Content-Type": "application/yaml"})
+        for p in res:
+            where = f"{p['namespace']}/" if p["namespace"] else ""
+            click.echo(f"tracingpolicy {where}{p['name']} {p['action']} (mode {p['mode']})")
+        done.append("tracing policies")

@@ -201,8 +201,9 @@ def test_refusals_outside_spec() -> None:
     assert _problems(_svc("  ports: [{port: 80}]\n", "status: {loadBalancer: {ingress: [{ip: 1.2.3.4}]}}\n")) == [
         "unsupported: status (status is written by the cluster; only an empty loadBalancer status is accepted)"]
     assert _problems("- 1\n") == ["a document must be a mapping, not list"]
-    algo = "apiVersion: v1\nkind: Service\nmetadata: {{name: w, annotations: {{service.cilium.io/lb-algorithm: {}}}}}\n" \
-        "spec: {{ports: [{{port: 80}}]}}\n"
+    algo = ("apiVersion: v1\nkind: Service\n"
+            "metadata: {{name: w, annotations: {{service.cilium.io/lb-algorithm: {}}}}}\n"
+            "spec: {{ports: [{{port: 80}}]}}\n")
     assert _problems(algo.format("fancy")) == [
         "metadata.annotations[service.cilium.io/lb-algorithm]: 'fancy' is not a load-balancing algorithm: "
         "use random or maglev"]

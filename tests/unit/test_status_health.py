@@ -108,6 +108,12 @@ def test_brief_layout_and_map_pressure_order() -> None:
     assert any(ln.startswith("Events:") and "Events/s: 2.25 (over the last 20 s)" in ln for ln in lines)
     assert map_pressure(st) == [("procs", 10.0), ("policy", 5.0)]
     assert "  procs                    10.00%" in detail_lines(st)
+    # the LB's maps are in the agent's map list and in the services status: each is listed once
+    st["maps"] = st.get("maps", []) + [{"name": "lb4_services", "fill_pct": 2.0}]
+    st["services"] = {"maps": {"lb4_services": {"entries": 2, "capacity": 100},
+                               "lb4_backends": {"entries": 1, "capacity": 100}}}
+    names = [n for n, _ in map_pressure(st)]
+    assert names.count("lb4_services") == 1 and names.count("lb4_backends") == 1
 
 
 L7 = {"pid": 42, "alive": True, "port": 15001, "restarts": 0, "restarting": False, "requests": 9, "denied": 3,
@@ -134,7 +140,7 @@ def test_dead_restarted_or_failing_proxy_is_degraded() -> None:
     dead = L7 | {"alive": False, "restarting": True}
     subs = _subs(_status(network=_net(l7_proxy=dead, dns_proxy=DNS | {"serving": False})), rates)
     assert subs["L7 proxy"]["state"] == "degraded"
-    assert subs["L7 proxy"]["reason"] == ("haproxy is not running (restarting); restarted 1 times in the last 30 s; "
+    assert subs["L7 proxy"]["reason"] == ("haproxy is not running (restarting); restarted once in the last 30 s; "
                                           "2 upstream errors in the last 30 s")
     assert subs["DNS proxy"]["state"] == "degraded"
     assert subs["DNS proxy"]["reason"] == "not serving; 4 upstream errors in the last 30 s"
@@ -152,7 +158,7 @@ def test_lost_access_log_records_and_a_dns_proxy_without_holder_are_degraded() -
                                           "their L7 flows are missing")
     assert subs["L7 proxy"]["details"]["dropped_records"] == 7
     assert subs["DNS proxy"]["state"] == "degraded"
-    assert subs["DNS proxy"]["reason"] == "socket holder died and was restarted 1 times in the last 30 s"
+    assert subs["DNS proxy"]["reason"] == "socket holder died and was restarted once in the last 30 s"
     # a proxy serving without a holder fails DNS across the next agent restart: said now, not then
     no_holder = _subs(_status(network=_net(dns_proxy=DNS | {"holder_pid": None})))["DNS proxy"]
     assert no_holder["state"] == "degraded"

@@ -47,6 +47,10 @@ class Rates:
         }
 
 
+def _times(n: int) -> str:
+    return "once" if n == 1 else f"{n:,} times"
+
+
 def _sub(name: str, state: str, reason: str, **details: Any) -> dict[str, Any]:
     return {"name": name, "state": state, "reason": reason, "details": details}
 
@@ -98,7 +102,7 @@ def subsystems(
     if not ev.get("reconciled", True):
         reasons.append("ring accounting not reconciled")
     if ev.get("procs_map_full"):
-        reasons.append(f"process table full {ev['procs_map_full']:,} times")
+        reasons.append(f"process table full {_times(ev['procs_map_full'])}")
     if fill >= PRESSURE_WARN:
         reasons.append(f"map {fullest} {fill:.1f}% full")
     state, reason = _worst(OK, reasons, "exec/fork/exit hooks attached")
@@ -202,7 +206,7 @@ def _proxies(net: Mapping[str, Any] | None, inc: Mapping[str, int], win: float) 
         if not l7.get("alive"):
             reasons.append("haproxy is not running" + (" (restarting)" if l7.get("restarting") else ""))
         if inc.get("l7_restarts"):
-            reasons.append(f"restarted {inc['l7_restarts']:,} times in the last {win:.0f} s")
+            reasons.append(f"restarted {_times(inc['l7_restarts'])} in the last {win:.0f} s")
         if inc.get("l7_upstream_errors"):
             reasons.append(f"{inc['l7_upstream_errors']:,} upstream errors in the last {win:.0f} s")
         if inc.get("l7_dropped_records"):
@@ -225,7 +229,7 @@ def _proxies(net: Mapping[str, Any] | None, inc: Mapping[str, int], win: float) 
         if dns.get("serving", True) and "holder_pid" in dns and dns.get("holder_pid") is None:
             reasons.append("no socket holder: DNS queries go unanswered while the agent restarts")
         if inc.get("dns_holder_restarts"):
-            reasons.append(f"socket holder died and was restarted {inc['dns_holder_restarts']:,} times in the last "
+            reasons.append(f"socket holder died and was restarted {_times(inc['dns_holder_restarts'])} in the last "
                            f"{win:.0f} s")
         state, reason = _worst(OK, reasons, f"127.0.0.1:{dns.get('port')} UDP+TCP, {dns.get('queries', 0):,} "
                                             f"queries, {dns.get('refused', 0):,} refused")

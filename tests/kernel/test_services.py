@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import yaml
 
 from apiary.testing.agent import AgentProcess, one_line_error
 from apiary.testing.net import Net
@@ -203,6 +204,11 @@ def test_maglev_service_spreads_and_writes_its_table(env: tuple[AgentProcess, Ne
     assert st["maps"]["lb4_maglev"]["entries"] >= 1
     row = next(r for r in a.client().get("/v1/services")["frontends"] if r["service"] == "shop/mag")
     assert row["algorithm"] == "maglev"
+    # `service get`: the Service as YAML that applies again, its frontends as comments after it
+    out = net.cli_ok("service", "get", "shop/mag")
+    assert yaml.safe_load(out)["metadata"]["name"] == "mag"
+    fronts = [ln for ln in out.splitlines() if ln.startswith("#   ClusterIP ")]
+    assert fronts and all("(algorithm maglev" in ln and ":80/TCP -> " in ln for ln in fronts), out
 
 
 def test_terminating_backend_keeps_its_connection_and_gets_no_new_ones(env: tuple[AgentProcess, Net]) -> None:

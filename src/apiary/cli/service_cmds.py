@@ -78,8 +78,23 @@ def service_get(ctx: click.Context, ref: str, output: str) -> None:
     res = _req(ctx, "GET", f"/v1/services/{seg(ns)}/{seg(name)}")
     if output == "json":
         click.echo(json.dumps(res, indent=2))
-    else:
+    else:  # the Service as YAML (applies again as it is), its frontends as comments after it
         click.echo(yaml.safe_dump(res["service"], sort_keys=False), nl=False)
+        click.echo("\n".join(frontend_comments(res.get("frontends") or [])))
+
+
+def frontend_comments(rows: list[dict[str, Any]]) -> list[str]:
+    """``service get``'s frontends as YAML comments: one line per frontend, its backends and how it picks."""
+    if not rows:
+        return ["# frontends: none (headless, or not allocated)"]
+    out = ["# frontends (as the datapath balances them):"]
+    for r in rows:
+        bes = ", ".join(f"{b['address']}:{b['port']}" + ("" if b["state"] == "active" else f" ({b['state']})")
+                        for b in r["backends"]) or "no backend (connections are refused)"
+        how = f"algorithm {r['algorithm']}" + (f", ClientIP affinity {r['affinity_timeout']} s"
+                                               if r["affinity_timeout"] else "")
+        out.append(f"#   {r['type']} {r['frontend']} -> {bes} ({how})")
+    return out
 
 
 @service.command("delete")

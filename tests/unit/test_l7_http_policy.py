@@ -218,6 +218,28 @@ def exchange(allowed: bool) -> HttpExchange:
                         1_700_000_000_000_000_000, allowed, True, "CiliumNetworkPolicy default/p ingress[0]")
 
 
+def test_a_denied_request_carries_its_403_and_flows_name_the_service() -> None:
+    from dataclasses import replace
+
+    from apiary.observe.hubble.services import ServiceTable
+    from apiary.services.backends import Backend, BackendState, Frontend
+
+    b = builder()
+    denied = l7_response(b, replace(exchange(False), status=403), response=False)["flow"]
+    assert denied["verdict"] == "DROPPED" and denied["l7"]["http"]["code"] == 403
+    resp = {"flow": denied}
+    assert FlowFilter.from_args([("http-status", "4+")]).matches(resp)  # `observe --http-status 4+` finds it
+    assert "destination_service" not in denied  # no service table
+    b.services = ServiceTable([Frontend("shop/web", "", "10.96.0.7", 80, "TCP", "ClusterIP",
+                                        (Backend("10.200.0.10", 8080, "TCP", BackendState.ACTIVE),))])
+    req = l7_response(b, exchange(True), response=False)["flow"]  # to the backend a VIP was translated to
+    assert req["destination_service"] == {"name": "web", "namespace": "shop"} and "source_service" not in req
+    keys = list(req)
+    assert keys.index("event_type") < keys.index("destination_service") < keys.index("traffic_direction")
+    back = l7_response(b, exchange(True), response=True)["flow"]
+    assert back["source_service"] == {"name": "web", "namespace": "shop"}
+
+
 def test_l7_flows() -> None:
     b = builder()
     req = l7_response(b, exchange(True), response=False)["flow"]

@@ -468,6 +468,16 @@ def _l7_flow(builder: FlowBuilder, x: HttpExchange | DnsExchange, transport: str
     l7[kind] = body
     flow["l7"] = l7
     flow["event_type"] = {"type": MSG_ACCESS_LOG}
+    lookup = builder.services
+    if lookup is not None:  # as for L3/L4 flows: each end's IP:port (a VIP's backend names its service)
+        try:
+            src_svc, dst_svc = lookup.service_of(sip, sport, transport), lookup.service_of(dip, dport, transport)
+        except Exception:  # a look-up must never break flow decoding
+            src_svc = dst_svc = None
+        if src_svc:
+            flow["source_service"] = _service_json(src_svc)
+        if dst_svc:
+            flow["destination_service"] = _service_json(dst_svc)
     flow["traffic_direction"] = TRAFFIC_DIRECTION[DIRECTION_INGRESS if ingress else DIRECTION_EGRESS]
     flow["is_reply"] = response
     flow["Summary"] = text

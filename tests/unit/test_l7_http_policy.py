@@ -282,3 +282,10 @@ def test_http_filter_values_are_checked() -> None:
 
 def test_unanchored_rule_text_fallback() -> None:
     assert rule_text(HttpRule(99, "ingress[0]"), []) == "ingress[0]"
+
+
+def test_the_readme_example_file_is_the_seed_policy() -> None:
+    """`apiary policy apply -f examples/l7-http-policy.yaml` (README) applies the seed's policy, byte for byte."""
+    shipped = Path(__file__).resolve().parents[2] / "examples" / "l7-http-policy.yaml"
+    assert shipped.read_text() == SEED_L7_HTTP_POLICY
+    assert load_policies(shipped.read_text())[0].metadata.name == "l7-http-policy"

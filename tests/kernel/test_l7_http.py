@@ -4,11 +4,13 @@ bpf_sk_assign), with the Hubble L7 flow of each request."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -233,6 +235,39 @@ def test_a_burst_of_requests_gives_every_flow(net: Net) -> None:
         st = proxy()
     assert st["access_log_records"] - before >= done, (st, done)
     assert st["dropped_records"] == 0 and st["bad_records"] == 0, st
+
+
+def proxy_server_stats(net: Net) -> dict[str, int]:
+    """The proxy's counters of its transparent server connections (the runtime API's ``show stat``)."""
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(5)
+        s.connect(str(net.agent.dir / "state" / "l7proxy" / "admin.sock"))
+        s.sendall(b"show stat\n")
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+    rows = list(csv.reader(out.decode().lstrip("# ").splitlines()))
+    row = next(dict(zip(rows[0], r, strict=False)) for r in rows[1:] if r[:2] == ["client_source", "BACKEND"])
+    return {k: int(row[k] or 0) for k in ("connect", "reuse", "req_tot")}
+
+
+def test_server_connections_are_reused(net: Net) -> None:
+    """Two wrk runs of 8 keep-alive connections one after the other: each client connection keeps one server
+    connection for all its requests. (With HAProxy's default pooling, the second run's connections found the
+    first run's idle ones, unusable for them, and each request then made a new transparent connection.)"""
+    if shutil.which("wrk") is None:
+        pytest.skip("wrk is not installed (scripts/setup.sh installs it)")
+    before = proxy_server_stats(net)
+    for _ in range(2):
+        argv = endpoint_exec_cmd(net.agent.socket, f"{NS}/backend", "wrk", "-t1", "-c8", "-d1s",
+                                 f"http://{ip(net, 'frontend')}:8080/api/v1/reuse")
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=60).stdout
+        assert re.search(r"(\d+) requests in", out), out
+    after = proxy_server_stats(net)
+    requests_made = after["req_tot"] - before["req_tot"]
+    assert requests_made > 200, (before, after)
+    assert after["connect"] - before["connect"] <= 16 + 2, (before, after)  # one per client connection
+    assert after["reuse"] - before["reuse"] >= requests_made - 18, (before, after)
 
 
 def test_http10_and_malformed_request(net: Net) -> None:

@@ -6,9 +6,10 @@ import json
 import os
 from pathlib import Path
 
-from hubble_flow_helpers import builder  # noqa: I001
+from hubble_flow_helpers import BACKEND_IP, FRONTEND_IP, FakeDirectory, builder  # noqa: I001
 
-from apiary.observe.hubble.builder import l7_http_responses, l7_response
+from apiary.agent.bus import EventBus
+from apiary.observe.hubble.builder import l7_http_deferred, l7_http_responses, l7_response
 from apiary.observe.hubble.l7 import HttpExchange
 from apiary.sensors.l7proxy.config import build
 from apiary.sensors.l7proxy.haproxy import HAProxy
@@ -60,3 +61,27 @@ def test_both_flows_of_an_exchange_equal_the_single_flows() -> None:
                          allowed, True, "CiliumNetworkPolicy default/p ingress[0]", 257, 256)
         want = [l7_response(b, x, False)] + ([l7_response(b, x, True)] if allowed else [])
         assert list(l7_http_responses(b, x)) == want
+
+
+def test_deferred_flows_are_the_same_built_once_with_the_endpoints_as_logged() -> None:
+    """The agent publishes an exchange's flows unbuilt (most of its work per request at full speed): read from
+    the bus they are the eager flows, each built once; endpoints as they were when the request was logged."""
+    directory = FakeDirectory()
+    b = builder(directory)
+    for allowed in (True, False):
+        x = HttpExchange(BACKEND_IP, 40000, FRONTEND_IP, 8080, "GET", "http://frontend:8080/a", "HTTP/1.1",
+                         (("Host", "frontend:8080"),), 200 if allowed else 0, 3_000_000, 1_700_000_000_000_000_000,
+                         allowed, True, "CiliumNetworkPolicy default/p ingress[0]", 257, 256)
+        want = list(l7_http_responses(b, x))
+        assert want[0]["flow"]["source"]["pod_name"] == "backend"
+        evs = l7_http_deferred(b, x)
+        assert all(ev.built is None for ev in evs)
+        directory.eps.pop(12)  # the client endpoint goes before anyone reads the flows
+        try:
+            bus = EventBus(16, 4)
+            for ev in evs:
+                bus.publish(ev)
+            assert bus.recent() == want
+            assert all(got is ev.built for got, ev in zip(bus.recent(), evs, strict=True))  # built once
+        finally:
+            directory.eps[12] = FakeDirectory().eps[12]

@@ -190,6 +190,10 @@ def test_haproxy_config(tmp_path: Path) -> None:
     assert cfg.files["endpoints.lst"] == "10.200.0.10\n10.200.0.20\n"
     assert f"use_backend client_source if {{ dst -f {tmp_path}/endpoints.lst }}" in cfg.text
     assert "backend client_source\n    source 0.0.0.0 usesrc clientip\n" in cfg.text
+    # its server connections stay with their client connection (never pooled, where HAProxy could not reuse
+    # them: keyed by the client's port)
+    backend = cfg.text.split("backend client_source\n", 1)[1].split("backend ", 1)[0]
+    assert "    http-reuse never" in backend.splitlines()
     assert "default_backend original_destination" in cfg.text
     if haproxy_binary() is None:
         return

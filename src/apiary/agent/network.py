@@ -22,7 +22,7 @@ from pyroute2 import IPRoute
 
 from apiary.loader.fs import cgroup2_root
 from apiary.observe.clock import KtimeClock
-from apiary.observe.hubble.builder import EndpointInfo, FlowBuilder, dns_response, l7_http_responses
+from apiary.observe.hubble.builder import EndpointInfo, FlowBuilder, dns_response, l7_http_deferred
 from apiary.observe.hubble.filters import FlowFilter
 from apiary.observe.hubble.l7 import DnsExchange, HttpExchange, parse_headers, unset, url_of
 from apiary.observe.hubble.metrics import FlowMetrics, parse_hubble_metrics
@@ -513,10 +513,10 @@ class Network:
             server_identity=ipcache.get(f"{server}/32", 0),
         )
         metrics, publish = self.metrics, self.flows.publish
-        for resp in l7_http_responses(self.builder, x):
+        for ev in l7_http_deferred(self.builder, x):  # built when read (or now, for metrics or a live client)
             if metrics:
-                metrics.observe(resp)
-            publish(resp)
+                metrics.observe(ev.materialize())
+            publish(ev)
 
     def _http_decision(self, rule: str, deny: str) -> tuple[bool, bool, str]:
         """(allowed, ingress, decided_by) of a logged rule/filter number: the same for every request the

@@ -429,6 +429,35 @@ def l7_http_responses(builder: FlowBuilder, x: HttpExchange) -> tuple[dict[str, 
                          ends=(client, server))
 
 
+class L7HttpFlow:
+    """One flow of :func:`l7_http_responses`, built on first read (the event bus's ``Deferred``): a proxy at
+    full speed logs thousands of requests a second that nobody may read, and building the two dicts was most of
+    the agent's work per request. The endpoints are looked up when the request is logged (as they are then)."""
+
+    __slots__ = ("builder", "x", "ends", "response", "built")
+
+    def __init__(self, builder: FlowBuilder, x: HttpExchange, ends: tuple[dict[str, Any], dict[str, Any]],
+                 response: bool) -> None:
+        self.builder, self.x, self.ends, self.response = builder, x, ends, response
+        self.built: dict[str, Any] | None = None
+
+    def materialize(self) -> dict[str, Any]:
+        if self.built is None:
+            x, response = self.x, self.response
+            self.built = _l7_flow(self.builder, x, "TCP", x.ingress, response, "http", http_json(x, response),
+                                  summary(x, response), ends=self.ends)
+        return self.built
+
+
+def l7_http_deferred(builder: FlowBuilder, x: HttpExchange) -> tuple[L7HttpFlow, ...]:
+    """:func:`l7_http_responses`, each flow built when first read."""
+    ends = (builder._endpoint(x.client, x.client_identity), builder._endpoint(x.server, x.server_identity))
+    req = L7HttpFlow(builder, x, ends, False)
+    if not x.allowed:
+        return (req,)
+    return req, L7HttpFlow(builder, x, ends, True)
+
+
 def dns_response(builder: FlowBuilder, x: DnsExchange, response: bool, client_identity: int,
                  server_identity: int) -> dict[str, Any]:
     """The ``GetFlowsResponse`` of a query (or its answer) through the DNS proxy (see :mod:`.l7`)."""

@@ -228,7 +228,7 @@ def test_a_burst_of_requests_gives_every_flow(net: Net) -> None:
     assert m and int(m.group(1)) > 100, out
     done = int(m.group(1))
     st = proxy()
-    for _ in range(50):
+    for _ in range(150):  # the agent reads the log at its pace: on a loaded machine it may trail by seconds
         if st["access_log_records"] - before >= done:
             break
         time.sleep(0.2)

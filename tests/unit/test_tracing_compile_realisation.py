@@ -418,3 +418,14 @@ def test_features_from_tracefs(tmp_path: Path) -> None:
 @pytest.mark.skipif(not os.path.isdir("/sys/kernel/tracing/events/syscalls"), reason="tracefs not mounted")
 def test_features_from_this_machine() -> None:
     assert {"write", "openat", "connect", "setuid"} <= features_from_tracefs().syscalls
+
+
+def test_every_syscall_this_kernel_may_trace_has_a_number() -> None:
+    """raw_syscalls/sys_enter attaches at every syscall: each needs its number, also those newer than the
+    distribution's UAPI header (cachestat is 451 on 6.5+) and those whose tracepoint has another name."""
+    from apiary.kernel.features import X86_64_SYSCALLS
+    from apiary.sensors.tracing.abi import syscall_numbers
+
+    nums = syscall_numbers()
+    assert sorted(n for n in X86_64_SYSCALLS if n not in nums) == []
+    assert (nums["cachestat"], nums["mseal"], nums["newfstat"], nums["umount"]) == (451, 462, nums["fstat"], 166)

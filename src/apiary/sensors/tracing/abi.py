@@ -431,13 +431,34 @@ DEFINES: dict[str, int] = {
 }
 
 
+# x86_64 syscalls newer than the UAPI header Debian 12 ships (linux-libc-dev 6.1), as the kernel's syscall_64.tbl
+# numbers them (each but map_shadow_stack checked on 6.18: `perf stat -e syscalls:sys_enter_NAME` counts one
+# syscall(NR)); the header's own numbers win
+NEWER_X86_64_SYSCALLS = {
+    "uretprobe": 335, "uprobe": 336, "cachestat": 451, "fchmodat2": 452, "map_shadow_stack": 453,
+    "futex_wake": 454, "futex_wait": 455, "futex_requeue": 456, "statmount": 457, "listmount": 458,
+    "lsm_get_self_attr": 459, "lsm_set_self_attr": 460, "lsm_list_modules": 461, "mseal": 462,
+    "setxattrat": 463, "getxattrat": 464, "listxattrat": 465, "removexattrat": 466, "open_tree_attr": 467,
+    "file_getattr": 468, "file_setattr": 469,
+}
+
+# sys_enter_<tracepoint> of a syscall whose __NR_ name differs (its SYSCALL_DEFINE name); checked with perf stat
+SYSCALL_TRACEPOINT_NAMES = {"newfstat": "fstat", "newlstat": "lstat", "newstat": "stat", "newuname": "uname",
+                            "sendfile64": "sendfile", "umount": "umount2"}
+
+
 @lru_cache(maxsize=1)
 def syscall_numbers() -> dict[str, int]:
-    """x86_64 syscall name -> number, from the kernel's UAPI header."""
+    """x86_64 syscall name -> number, from the kernel's UAPI header, and the syscalls newer than it."""
     out: dict[str, int] = {}
     with open("/usr/include/x86_64-linux-gnu/asm/unistd_64.h") as f:
         for m in re.finditer(r"#define __NR_(\w+)\s+(\d+)", f.read()):
             out[m.group(1)] = int(m.group(2))
+    for name, nr in NEWER_X86_64_SYSCALLS.items():
+        out.setdefault(name, nr)
+    for tracepoint, name in SYSCALL_TRACEPOINT_NAMES.items():  # a syscall whose tracepoint has another name
+        if name in out:
+            out.setdefault(tracepoint, out[name])
     out.update(LSM_HOOKS)
     out.update(KPROBES)
     return out

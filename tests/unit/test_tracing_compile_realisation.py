@@ -50,6 +50,18 @@ def test_syscall_kprobe_at_syscall_entry() -> None:
     assert (c.name, c.namespace, c.kind, c.mode, c.pod_selector) == ("test", "", "TracingPolicy", "enforce", None)
 
 
+def test_a_kill_at_syscall_entry_says_the_syscall_may_complete() -> None:
+    c = build("""
+        kprobes:
+        - call: sys_mkdirat
+          selectors: [{matchActions: [{action: Sigkill}]}]
+        """)
+    assert c.notes[0] == "kprobes[0] sys_mkdirat: syscall entry of mkdirat"
+    assert any(n.startswith("kprobes[0] sys_mkdirat: Sigkill/Signal are sent at the entry of mkdirat") and
+               "may have done its work" in n for n in c.notes), c.notes
+    assert len(build("kprobes: [{call: sys_mkdirat}]").notes) == 1  # a Post says nothing of it
+
+
 def test_arch_prefixed_syscall_and_missing_syscall() -> None:
     [h] = build("kprobes: [{call: __x64_sys_openat}]").hooks
     assert h.attach_points == ("openat",) and h.function_name == "__x64_sys_openat"

@@ -123,6 +123,12 @@ def kprobe_call(comp: Compilation, hp: str, source: str, kp: KProbeSpec, call: s
             realisation,
             ret=ret,
         )
+        if not ret and any(a.action in ("Sigkill", "Signal") for sel in kp.selectors or []
+                           for a in sel.match_actions or []):
+            comp.note(f"{source}: Sigkill/Signal are sent at the entry of {name} and delivered as it returns: the "
+                      "process never sees the result, but the syscall may have done its work (a write stops "
+                      "early on the pending kill, most syscalls, e.g. mkdir, do not), as with Tetragon; Override "
+                      "on an LSM hook (a kernel with BPF-LSM) refuses the operation itself")
         return
     real = KPROBE_REALISATIONS.get(call) if comp.features.kprobes else None
     if real is not None:

@@ -346,6 +346,40 @@ def test_tracing_policy_add_list_delete_round_trip(tet) -> None:
     assert name not in [p.name for p in stub.ListTracingPolicies(sensors_pb2.ListTracingPoliciesRequest()).policies]
 
 
+KILL_COPY = """\
+apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata:
+  name: {name}
+spec:
+  kprobes:
+  - call: sys_getppid
+    syscall: true
+    selectors:
+    - matchBinaries: [{{operator: In, values: ["{binary}"]}}]
+      matchActions: [{{action: Sigkill}}]
+"""
+
+
+def test_list_counts_kills_as_signals_and_held_kills_as_monitor_signals(tet, tmp_path: Any) -> None:
+    _, stub = tet
+    name = f"grpc-kill-{uuid.uuid4().hex[:8]}"
+    victim = tmp_path / "getppid-victim"  # a copy of dash (it calls getppid() for $PPID): only it is killed
+    shutil.copy2("/usr/bin/dash", victim)
+    stub.AddTracingPolicy(sensors_pb2.AddTracingPolicyRequest(yaml=KILL_COPY.format(name=name, binary=victim)),
+                          timeout=WAIT)
+    try:
+        run = [str(victim), "-c", "exit 0"]
+        assert subprocess.run(run, timeout=60).returncode == -signal.SIGKILL
+        monitor = sensors_pb2.ConfigureTracingPolicyRequest(name=name, mode=sensors_pb2.TP_MODE_MONITOR)
+        stub.ConfigureTracingPolicy(monitor, timeout=WAIT)
+        assert subprocess.run(run, timeout=60).returncode == 0  # monitor: would kill
+        c = _policies(stub)[name].stats.action_counters
+        assert (c.signal, c.monitor_signal) == (1, 1) and c.post >= 2, c
+    finally:
+        stub.DeleteTracingPolicy(sensors_pb2.DeleteTracingPolicyRequest(name=name), timeout=WAIT)
+
+
 def test_health_version_and_unimplemented(tet) -> None:
     _, stub = tet
     h = stub.GetHealth(tetragon_pb2.GetHealthStatusRequest(), timeout=WAIT).health_status

@@ -27,6 +27,7 @@ from apiary.sensors.tracing import abi
 from apiary.sensors.tracing.sensor import TracingSensor
 from apiary.store import Store
 from apiary.tracing.compile import compile_tracing_policy
+from apiary.tracing.counters import action_counters
 from apiary.tracing.load import load_tracing_policies
 from apiary.tracing.lockout import lockout_warnings
 from apiary.tracing.types import (
@@ -335,6 +336,7 @@ class Tracing:
                     # pinned: a killed agent leaves the hooks attached and enforcing
                     "enforced_while_agent_down": self.sensor.pins is not None,
                     "notes": st.compiled.notes,
+                    "action_counters": action_counters(st.compiled, counts),
                 }
             )
         return out

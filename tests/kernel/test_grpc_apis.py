@@ -346,19 +346,9 @@ def test_tracing_policy_add_list_delete_round_trip(tet) -> None:
     assert name not in [p.name for p in stub.ListTracingPolicies(sensors_pb2.ListTracingPoliciesRequest()).policies]
 
 
-KILL_COPY = """\
-apiVersion: cilium.io/v1alpha1
-kind: TracingPolicy
-metadata:
-  name: {name}
-spec:
-  kprobes:
-  - call: sys_getppid
-    syscall: true
-    selectors:
-    - matchBinaries: [{{operator: In, values: ["{binary}"]}}]
-      matchActions: [{{action: Sigkill}}]
-"""
+KILL_COPY = POLICY.replace("    - matchActions: [{{action: Post}}]\n",
+                           '    - matchBinaries: [{{operator: In, values: ["{binary}"]}}]\n'
+                           "      matchActions: [{{action: Sigkill}}]\n")
 
 
 def test_list_counts_kills_as_signals_and_held_kills_as_monitor_signals(tet, tmp_path: Any) -> None:

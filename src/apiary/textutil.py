@@ -23,3 +23,11 @@ def clip_quoted(msg: str, limit: int = 80) -> str:
         return m.group(0) if _CLIPPED.search(value) else repr(clip(value, limit))
 
     return _QUOTED.sub(cut, msg)
+
+
+def not_found(what: str, name: str, namespace: str, elsewhere: list[str]) -> str:
+    """``no WHAT 'NAME' in namespace NS`` (or at cluster scope), naming the namespaces (``""``: cluster scope)
+    where something of that name is, and how to ask for it there."""
+    where = f"in namespace {namespace}" if namespace else "at cluster scope"
+    hint = "; ".join(f"{ns}/{name} (-n {ns})" if ns else f"{name} at cluster scope (no -n)" for ns in elsewhere)
+    return f"no {what} {name!r} {where}" + (f"; there is {hint}" if hint else "")

@@ -145,6 +145,8 @@ def test_cli_errors_are_one_line(shared: AgentProcess, tmp_path: Any) -> None:
     assert long.returncode != 0 and "Traceback" not in long.stderr
     assert max(len(line) for line in long.stderr.splitlines()) < 200  # the echoed name is cut
     assert "… (500 characters)" in long.stderr
+    gone = shared.cli("tp", "delete", "nosuch")  # not there: said as such, not as a rejected policy
+    assert gone.returncode == 1 and gone.stderr.strip() == "apiary: no tracing policy 'nosuch' at cluster scope", gone
     f = tmp_path / "bad.yaml"
     f.write_bytes(b"kind: \xff\n")
     assert "not UTF-8" in one_line_error(shared.cli("tp", "apply", "-f", str(f)))

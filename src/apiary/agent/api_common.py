@@ -24,6 +24,9 @@ from .view import AgentView
 UTF8 = ("utf-8", "utf8", "us-ascii", "ascii")
 
 
+NOT_FOUND = ("no policy ", "no tracing policy ")  # a get/delete/mode change of what is not there
+
+
 def error(msg: str, status: int = 400, **extra: Any) -> web.Response:
     """An error answer; values the user sent that the message quotes are cut to 80 characters."""
     return web.json_response({"error": clip_quoted(msg), **extra}, status=status)
@@ -112,6 +115,8 @@ async def in_worker(agent: AgentView, fn: Any, *args: Any, what: str = "policy")
             503,
         )
     except PolicyError as e:
+        if e.problems and all(p.path == "metadata.name" and p.reason.startswith(NOT_FOUND) for p in e.problems):
+            return error("; ".join(p.reason for p in e.problems), 404)  # nothing was rejected: it is not there
         return policy_rejected(e, what)
     except ServiceError as e:
         return error(str(e), e.status)

@@ -40,6 +40,7 @@ from apiary.sensors.l7proxy.leftovers import proxy_cgroup
 from apiary.sensors.network.endpoints import Endpoint, EndpointError, EndpointManager
 from apiary.sensors.network.sensor import Datapath
 from apiary.store import Store, StoreError
+from apiary.textutil import not_found
 
 from . import statedir
 from .bus import EventBus
@@ -416,10 +417,8 @@ class Network:
 
     def policy_not_found(self, name: str, namespace: str) -> str:
         """What a get or delete of a policy that is not there says, naming where policies of that name are."""
-        where = f"in namespace {namespace}" if namespace else "at cluster scope"
-        others = sorted({k[1] for k in self.policies if k[2] == name and k[1] != namespace})
-        hint = "; ".join(f"{ns}/{name} (-n {ns})" if ns else f"{name} at cluster scope (no -n)" for ns in others)
-        return f"no policy {name!r} {where}" + (f"; there is {hint}" if hint else "")
+        return not_found("policy", name, namespace,
+                         sorted({k[1] for k in self.policies if k[2] == name and k[1] != namespace}))
 
     def delete_policy(self, name: str, namespace: str) -> dict[str, Any]:
         hits = [k for k in self.policies if k[2] == name and k[1] == namespace]

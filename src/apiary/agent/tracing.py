@@ -26,6 +26,7 @@ from apiary.sensors.process.sensor import ProcessSensor
 from apiary.sensors.tracing import abi
 from apiary.sensors.tracing.sensor import TracingSensor
 from apiary.store import Store
+from apiary.textutil import not_found
 from apiary.tracing.compile import compile_tracing_policy
 from apiary.tracing.counters import action_counters
 from apiary.tracing.load import load_tracing_policies
@@ -279,14 +280,9 @@ class Tracing:
     def _get(self, name: str, namespace: str) -> Stored:
         st = self.stored.get(f"{namespace}/{name}")
         if st is None:
-            raise PolicyError(
-                [
-                    Problem(
-                        "metadata.name",
-                        f"no tracing policy {name!r}" + (f" in namespace {namespace}" if namespace else ""),
-                    )
-                ]
-            )
+            others = sorted(s.compiled.namespace for s in self.stored.values()
+                            if s.compiled.name == name and s.compiled.namespace != namespace)
+            raise PolicyError([Problem("metadata.name", not_found("tracing policy", name, namespace, others))])
         return st
 
     def delete(self, name: str, namespace: str) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from apiary import __version__
 from apiary.agent import accounting
+from apiary.observe.tetragon.filters import EVENT_TYPES
 
 from .client import DEFAULT_TIMEOUT, AgentUnreachable, ApiError
 from .connectivity import connectivity
@@ -395,7 +396,7 @@ def agent(
     "--event-type",
     "types",
     multiple=True,
-    type=click.Choice(["exec", "exit", "kprobe", "tracepoint", "lsm"]),
+    type=click.Choice(sorted(EVENT_TYPES)),  # every kind the filter knows
     help="Repeatable.",
 )
 @click.option("--count", type=click.IntRange(min=1), default=None, help="Stop after N events.")

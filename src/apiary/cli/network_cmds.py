@@ -81,7 +81,7 @@ def _client(ctx: click.Context) -> Client:
 
 def _fail(msg: str, code: int = 1) -> None:
     """One error line (a long one is cut: it may echo what the user sent) and a non-zero exit."""
-    lines = [clip(clip_quoted(line), 400) for line in msg.splitlines() or [""]]
+    lines = [clip(clip_quoted(line), 1000) for line in msg.splitlines() or [""]]
     click.echo("apiary: " + "\n".join(lines), err=True)
     sys.exit(code)
 

@@ -328,6 +328,10 @@ def test_tracing_policy_add_list_delete_round_trip(tet) -> None:
     with pytest.raises(grpc.RpcError) as e:
         stub.AddTracingPolicy(sensors_pb2.AddTracingPolicyRequest(yaml=POLICY.format(name=name)), timeout=WAIT)
     assert e.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    with pytest.raises(grpc.RpcError) as e:  # a bad field is said before the name clash, as Tetragon parses first
+        stub.AddTracingPolicy(sensors_pb2.AddTracingPolicyRequest(yaml=POLICY.format(name=name) + "  bogus: 1\n"),
+                              timeout=WAIT)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "bogus" in e.value.details()
     stub.ConfigureTracingPolicy(
         sensors_pb2.ConfigureTracingPolicyRequest(name=name, enable=False, mode=sensors_pb2.TP_MODE_MONITOR),
         timeout=WAIT,

@@ -22,6 +22,7 @@ from google.protobuf.message import Message
 
 from apiary import __version__
 from apiary.observe.tetragon.allowdeny import AllowDeny
+from apiary.tracing.load import load_tracing_policies
 
 from .grpc_common import Context, abort, fill_unimplemented, from_json, in_worker, to_json
 from .tracing import Tracing
@@ -166,6 +167,7 @@ class Sensors:
     async def AddTracingPolicy(self, request: Any, context: Context) -> Message:  # noqa: N802
         await self._no_domain(request, context)
         t = await self._tracing(context)
+        await in_worker(self.agent, context, load_tracing_policies, request.yaml)  # a bad field first, as Tetragon
         have = {(r.get("namespace") or "", r["name"]) for r in await in_worker(self.agent, context, t.rows)}
         for ns, name in _names(request.yaml):
             if (ns, name) in have:

@@ -162,6 +162,23 @@ def _l4_target(proto: int, dport: int, sport: int) -> str:
 _PORT_PROTOCOLS = {PROTO_TCP: "TCP", PROTO_UDP: "UDP", PROTO_SCTP: "SCTP"}
 
 
+def _add_services(flow: dict[str, Any], lookup: ServiceLookup | None, src: str, sport: int, dst: str, dport: int,
+                  proto: str) -> None:
+    """``source_service`` / ``destination_service``: Hubble asks its service getter about each end's IP:port
+    (docs/flows.md, "Services"); a look-up that fails leaves both out, never breaking the flow."""
+    if lookup is None:
+        return
+    try:
+        src_svc = lookup.service_of(src, sport, proto) if src else None
+        dst_svc = lookup.service_of(dst, dport, proto) if dst else None
+    except Exception:  # a look-up must never break flow decoding
+        return
+    if src_svc:
+        flow["source_service"] = _service_json(src_svc)
+    if dst_svc:
+        flow["destination_service"] = _service_json(dst_svc)
+
+
 def _service_json(found: tuple[str, str]) -> dict[str, str]:
     """flow.Service ``{name, namespace}`` (empty strings omitted, as protojson does)."""
     ns, name = found
@@ -348,19 +365,8 @@ class FlowBuilder:
         if sub:
             event_type["sub_type"] = sub
         flow["event_type"] = event_type
-        lookup = self.services
-        if lookup is not None and msg.proto in _PORT_PROTOCOLS:
-            # Hubble asks its service getter about each end's IP:port (docs/flows.md, "Services")
-            proto = _PORT_PROTOCOLS[msg.proto]
-            try:
-                src_svc = lookup.service_of(msg.src_ip, msg.sport, proto) if msg.src_ip else None
-                dst_svc = lookup.service_of(msg.dst_ip, msg.dport, proto) if msg.dst_ip else None
-            except Exception:  # a look-up must never break flow decoding
-                src_svc = dst_svc = None
-            if src_svc:
-                flow["source_service"] = _service_json(src_svc)
-            if dst_svc:
-                flow["destination_service"] = _service_json(dst_svc)
+        if msg.proto in _PORT_PROTOCOLS:
+            _add_services(flow, self.services, msg.src_ip, msg.sport, msg.dst_ip, msg.dport, _PORT_PROTOCOLS[msg.proto])
         if direction:
             flow["traffic_direction"] = TRAFFIC_DIRECTION[direction]
         if kind == MSG_POLICY_VERDICT and msg.match_type:
@@ -497,16 +503,7 @@ def _l7_flow(builder: FlowBuilder, x: HttpExchange | DnsExchange, transport: str
     l7[kind] = body
     flow["l7"] = l7
     flow["event_type"] = {"type": MSG_ACCESS_LOG}
-    lookup = builder.services
-    if lookup is not None:  # as for L3/L4 flows: each end's IP:port (a VIP's backend names its service)
-        try:
-            src_svc, dst_svc = lookup.service_of(sip, sport, transport), lookup.service_of(dip, dport, transport)
-        except Exception:  # a look-up must never break flow decoding
-            src_svc = dst_svc = None
-        if src_svc:
-            flow["source_service"] = _service_json(src_svc)
-        if dst_svc:
-            flow["destination_service"] = _service_json(dst_svc)
+    _add_services(flow, builder.services, sip, sport, dip, dport, transport)  # as L3/L4 flows (a VIP's backend)
     flow["traffic_direction"] = TRAFFIC_DIRECTION[DIRECTION_INGRESS if ingress else DIRECTION_EGRESS]
     flow["is_reply"] = response
     flow["Summary"] = text

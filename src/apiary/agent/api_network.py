@@ -103,10 +103,7 @@ def add_routes(app: web.Application, agent: AgentView) -> None:
 
     async def policy_delete(request: web.Request) -> web.Response:
         n = net()
-        name, ns = request.match_info["name"], request.query.get("namespace", "")
-        if not any(k[2] == name and k[1] == ns for k in n.policies):
-            return error(n.policy_not_found(name, ns), 404)  # nothing to reject: not a policy problem
-        return await call(n.delete_policy, name, ns)
+        return await call(n.delete_policy, request.match_info["name"], request.query.get("namespace", ""))
 
     async def explain(request: web.Request) -> web.Response:
         n = net()

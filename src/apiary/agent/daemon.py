@@ -48,10 +48,6 @@ def _count_type(by_byte: list[int], rec: memoryview) -> None:
     by_byte[rec[0]] += 1
 
 
-def _closed_with_services() -> None:
-    """The LB sensor's closer: nothing, as ``ServicesControl.close`` (a closer of its own) closes it."""
-
-
 class AgentError(Exception):
     """A start-up problem the user can fix; printed as one line."""
 
@@ -131,9 +127,11 @@ class Agent:
         """What the agent read from its ring: records by type byte and kind, decode and handler errors."""
         return self.reader.counters
 
-    def _add(self, sensor: Sensor, close: Callable[[], None], at: int | None = None) -> None:
+    def _add(self, sensor: Sensor, close: Callable[[], None] | None, at: int | None = None) -> None:
+        """A loaded sensor, and what closes it (None: a closer registered already closes it)."""
         self.sensors.insert(len(self.sensors) if at is None else at, sensor)
-        self._closers.append(close)
+        if close is not None:
+            self._closers.append(close)
         for row in sensor.program_rows():
             self.loaded.append(f"program {row.name} at {row.attach}")
 
@@ -233,7 +231,7 @@ class Agent:
                 # closed whether or not its sensor ever loads: with no service it still routes the service CIDR
                 self._closers.append(self._close_services)
                 self.services = ServicesControl(cfg, net, cgroup2_root() or "/sys/fs/cgroup",
-                                                lambda s: self._add(s, _closed_with_services), store=self.store)
+                                                lambda s: self._add(s, None), store=self.store)
                 self.loaded += self.services.start()
             except Exception as e:  # noqa: BLE001 - one line, then stop
                 raise AgentError(f"services: {e}") from e

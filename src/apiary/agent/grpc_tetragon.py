@@ -152,8 +152,7 @@ class Sensors:
             "state": "TP_STATE_ENABLED" if enabled else "TP_STATE_DISABLED",
             "kernel_memory_bytes": str(int(row.get("kernel_memory") or 0)),
             "mode": "TP_MODE_MONITOR" if row.get("mode") == "monitor" else "TP_MODE_ENFORCE",
-            "stats": {"action_counters": {k: str(int(v)) for k, v in
-                                          (row.get("action_counters") or {"post": row.get("events") or 0}).items()}},
+            "stats": {"action_counters": {k: str(v) for k, v in row["action_counters"].items()}},
             "hook_statuses": hooks,
         }
 

@@ -22,8 +22,9 @@ def map_pressure(st: Mapping[str, Any]) -> list[tuple[str, float]]:
     pm = (st.get("network") or {}).get("policy_map")
     if pm and pm.get("capacity") and "policy" not in {r[0] for r in rows}:
         rows.append(("policy", float(pm["fill_pct"])))
+    listed = {r[0] for r in rows}  # the LB's maps may be in both lists
     for name, m in ((st.get("services") or {}).get("maps") or {}).items():
-        if m.get("capacity") and name not in {r[0] for r in rows}:  # the LB's maps may be in both lists
+        if m.get("capacity") and name not in listed:
             rows.append((name, round(100.0 * m["entries"] / m["capacity"], 2)))
     return sorted(rows, key=lambda r: -r[1])
 

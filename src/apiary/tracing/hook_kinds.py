@@ -16,6 +16,7 @@ from apiary.kernel.features import TP_NAME
 from .build import build, return_spec
 from .checks import resolve_arg
 from .compilation import Compilation, Refuse
+from .counters import SIGNALS
 from .crd import INT_TYPES
 from .models import KProbeSpec, LsmHookSpec, TracepointSpec, UProbeSpec
 from .realisations import (
@@ -123,7 +124,7 @@ def kprobe_call(comp: Compilation, hp: str, source: str, kp: KProbeSpec, call: s
             realisation,
             ret=ret,
         )
-        if not ret and any(a.action in ("Sigkill", "Signal") for sel in kp.selectors or []
+        if not ret and any(a.action in SIGNALS for sel in kp.selectors or []
                            for a in sel.match_actions or []):
             comp.note(f"{source}: Sigkill/Signal are sent at the entry of {name} and delivered as it returns: the "
                       "process never sees the result, but the syscall may have done its work (a write stops "

@@ -424,15 +424,7 @@ def l7_response(builder: FlowBuilder, x: HttpExchange, response: bool) -> dict[s
 def l7_http_responses(builder: FlowBuilder, x: HttpExchange) -> tuple[dict[str, Any], ...]:
     """The REQUEST flow of a proxied HTTP exchange and, when it was let through, its RESPONSE flow: the same
     dicts as :func:`l7_response` gives, the endpoints looked up once for both (the flows share them)."""
-    client = builder._endpoint(x.client, x.client_identity)
-    server = builder._endpoint(x.server, x.server_identity)
-    ingress = x.ingress
-    req = _l7_flow(builder, x, "TCP", ingress, False, "http", http_json(x, False), summary(x, False),
-                   ends=(client, server))
-    if not x.allowed:
-        return (req,)
-    return req, _l7_flow(builder, x, "TCP", ingress, True, "http", http_json(x, True), summary(x, True),
-                         ends=(client, server))
+    return tuple(f.materialize() for f in l7_http_deferred(builder, x))
 
 
 class L7HttpFlow:

@@ -45,6 +45,7 @@ from apiary.textutil import not_found
 from . import statedir
 from .bus import EventBus
 from .config import AgentConfig
+from .flowdir import FlowDirectory
 from .fqdn import DnsJudge, FqdnCache
 from .interfaces import ScopedEndpoint
 from .records import RingReader
@@ -95,13 +96,11 @@ class Network:
         self.revision = 0
         self.compiled = CompiledPolicy(0)
         self.flows = EventBus(cfg.flow_buffer, cfg.client_queue)  # Hubble's ring and `observe --follow` clients
-        self.builder = FlowBuilder(cfg.node_name, self, clock)
+        # the directory flows read (endpoints, identities, rules, learned names): replaced whole after every change
+        self.view = FlowDirectory(self.compiled, [], {})
+        self.builder = FlowBuilder(cfg.node_name, self.view, clock)
         self.metrics = FlowMetrics(registry, parse_hubble_metrics(cfg.hubble_metrics)) if registry is not None else None
         self.reader: RingReader | None = None  # the datapath's flows ring, read with the datapath's decoders
-        # read by the flow path on the event-loop thread; replaced whole after every change
-        self._by_id: dict[int, Endpoint] = {}
-        self._by_ip: dict[str, Endpoint] = {}
-        self._by_ifindex: dict[int, Endpoint] = {}
         self._by_cgroup: dict[int, dict[str, Any]] = {}
         self.endpoint_listeners: list[Callable[[], None]] = []  # told after every endpoint change
         # the L7 HTTP proxy (HAProxy), when installed: rules.http are refused without it
@@ -309,11 +308,8 @@ class Network:
             self.l7.update(compiled.l7, {e.ep_id: e.ipv4 for e in eps.values()}, compiled.ipcache)
         self.dp.sync(compiled, eps, ids)
         self.compiled = compiled
-        self._index_names()
         all_eps = list(self.em.endpoints.values())
-        self._by_id = {e.ep_id: e for e in all_eps}
-        self._by_ip = {e.ipv4: e for e in all_eps}
-        self._by_ifindex = {e.host_ifindex: e for e in all_eps}
+        self._index_names()
         pods = {}
         for e in all_eps:
             try:
@@ -328,6 +324,11 @@ class Network:
         self._by_cgroup = pods
         for listener in self.endpoint_listeners:
             listener()
+
+    def _new_view(self) -> None:
+        """A new directory for the flows read from now on (those read before keep theirs)."""
+        self.view = self.builder.directory = FlowDirectory(self.compiled, list(self.em.endpoints.values()),
+                                                           self._names_by_ip)
 
     def identity_of(self, ep: Endpoint, compiled: CompiledPolicy | None = None) -> int:
         c = compiled or self.compiled
@@ -483,10 +484,10 @@ class Network:
 
     # ------------------------------------------------------------------ flows
     def on_flow(self, msg: Any) -> None:
-        resp = self.builder.build(msg)
+        ev = self.builder.defer(msg)  # most flows are built only when read
         if self.metrics:
-            self.metrics.observe(resp)
-        self.flows.publish(resp)  # a client that falls behind is told (OBSERVER_EVENTS_QUEUE lost events)
+            self.metrics.observe_msg(msg, ev)
+        self.flows.publish(ev)  # a client that falls behind is told (OBSERVER_EVENTS_QUEUE lost events)
 
     def on_http(self, rec: dict[str, str]) -> None:
         """One access-log record of the proxy: the REQUEST flow, and the RESPONSE when it was let through."""
@@ -512,9 +513,9 @@ class Network:
             server_identity=ipcache.get(f"{server}/32", 0),
         )
         metrics, publish = self.metrics, self.flows.publish
-        for ev in l7_http_deferred(self.builder, x):  # built when read (or now, for metrics or a live client)
+        for ev in l7_http_deferred(self.builder, x):  # built when read (or now, for L7 metrics or a live client)
             if metrics:
-                metrics.observe(ev.materialize())
+                metrics.observe_l7(("http", x.allowed, ev.response), ev)
             publish(ev)
 
     def _http_decision(self, rule: str, deny: str) -> tuple[bool, bool, str]:
@@ -623,7 +624,7 @@ class Network:
 
     def names_of(self, ip: str) -> list[str]:
         """The names the DNS proxy learned for an address (flows' source_names/destination_names)."""
-        return self._names_by_ip.get(ip, [])
+        return self.view.names_of(ip)
 
     def fqdn_expire(self) -> None:
         before = self.compiled.fqdn_ips
@@ -642,6 +643,7 @@ class Network:
             for ip in ips:
                 by_ip.setdefault(ip, []).append(name.rstrip("."))
         self._names_by_ip = by_ip
+        self._new_view()
 
     def _fqdn_selected(self, name: str) -> bool:
         from apiary.policy.fqdn import selector_matches
@@ -669,18 +671,12 @@ class Network:
     def flow_filter(self, pairs: list[tuple[str, str]]) -> FlowFilter:
         return FlowFilter.from_args(pairs)
 
-    # EndpointDirectory for the FlowBuilder
+    # the EndpointDirectory of now (flows read the one of their moment: self.view when they were read)
     def endpoint(self, ep_id: int) -> EndpointInfo | None:
-        e = self._by_id.get(ep_id)
-        return self._info(e) if e else None
+        return self.view.endpoint(ep_id)
 
     def endpoint_by_ip(self, ip: str) -> EndpointInfo | None:
-        e = self._by_ip.get(ip)
-        return self._info(e) if e else None
-
-    def _info(self, e: Endpoint) -> EndpointInfo:
-        ident = self.identity_of(e)
-        return EndpointInfo(e.ep_id, e.name, e.namespace, list(self.compiled.identities.get(ident, ())), ident, e.ipv4)
+        return self.view.endpoint_by_ip(ip)
 
     # EndpointSource for the tracing half
     def scoped_endpoints(self) -> list[ScopedEndpoint]:
@@ -698,15 +694,13 @@ class Network:
         return self._by_cgroup.get(cgroup_id)
 
     def identity_labels(self, identity: int) -> list[str]:
-        return list(self.compiled.identities.get(identity, ()))
+        return self.view.identity_labels(identity)
 
     def rule(self, rule_id: int) -> RuleRef | None:
-        rules = self.compiled.rules
-        return rules[rule_id] if 0 < rule_id < len(rules) else None
+        return self.view.rule(rule_id)
 
     def ifname(self, ifindex: int) -> str | None:
-        e = self._by_ifindex.get(ifindex)
-        return e.host_if if e else None
+        return self.view.ifname(ifindex)
 
     def status(self) -> dict[str, Any]:
         pm = self.dp.policy_map if self.dp.obj else None

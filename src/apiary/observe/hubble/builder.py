@@ -298,9 +298,17 @@ class FlowBuilder:
 
     # -- the record
 
-    def build(self, msg: FlowMsg) -> dict[str, Any]:
+    def defer(self, msg: FlowMsg) -> dict[str, Any] | DeferredFlow:
+        """:meth:`build`, or, for a forwarded trace (most flows: a connection's packets), what builds it on first
+        read. The directory and the service table are kept as they are now: the agent replaces them whole on
+        every change (never edits them), so the flow reads as if it had been built now."""
+        if msg.kind == MSG_TRACE and msg.verdict != AUDIT:
+            return DeferredFlow(self, msg, self.clock.wall_ns(msg.ktime))
+        return self.build(msg)
+
+    def build(self, msg: FlowMsg, wall_ns: int | None = None) -> dict[str, Any]:
         """One ``GetFlowsResponse`` dict for a datapath message."""
-        ts = protojson_timestamp(self.clock.wall_ns(msg.ktime))
+        ts = protojson_timestamp(self.clock.wall_ns(msg.ktime) if wall_ns is None else wall_ns)
         kind = msg.kind
         if kind == MSG_DROP:
             verdict = DROPPED
@@ -414,6 +422,25 @@ class FlowBuilder:
             flow[by_key] = [policy_json(rule)]
 
         return {"flow": flow, "node_name": self.node_name, "time": ts}
+
+
+class DeferredFlow:
+    """A flow of :meth:`FlowBuilder.defer`: the message, and the builder's directory and service table as they
+    were when the message was read, built on first read (the event bus's ``Deferred``). Building the dict was
+    most of the agent's work per packet reported, and most flows are never read."""
+
+    __slots__ = ("builder", "directory", "services", "msg", "wall_ns", "built")
+
+    def __init__(self, builder: FlowBuilder, msg: FlowMsg, wall_ns: int) -> None:
+        self.builder, self.directory, self.services = builder, builder.directory, builder.services
+        self.msg, self.wall_ns = msg, wall_ns
+        self.built: dict[str, Any] | None = None
+
+    def materialize(self) -> dict[str, Any]:
+        if self.built is None:
+            b = self.builder  # the same node and clock; the directory and services of then
+            self.built = FlowBuilder(b.node_name, self.directory, b.clock, self.services).build(self.msg, self.wall_ns)
+        return self.built
 
 
 def l7_response(builder: FlowBuilder, x: HttpExchange, response: bool) -> dict[str, Any]:

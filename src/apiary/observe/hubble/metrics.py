@@ -44,7 +44,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
@@ -56,7 +56,7 @@ from apiary.observe.hubble.enums import (
     RESERVED_IDENTITIES,
     TRACE_POINT_NAMES,
 )
-from apiary.observe.hubble.raw import MSG_DROP, MSG_POLICY_VERDICT, MSG_TRACE
+from apiary.observe.hubble.raw import CT_REPLY, MSG_DROP, MSG_POLICY_VERDICT, MSG_TRACE, FlowMsg
 
 _L4_PROTOCOLS = ("TCP", "UDP", "ICMPv4", "ICMPv6", "SCTP", "VRRP", "IGMP")
 
@@ -378,6 +378,15 @@ class _L7Metrics:
                 self.dns_types.inc(flow, str(rrtype), qtypes)
 
 
+_MEMO_MAX = 4096  # FlowMetrics.observe_msg's kinds of flows kept
+
+
+class Materializable(Protocol):
+    """A flow built on first read (``observe/hubble/builder.DeferredFlow``)."""
+
+    def materialize(self) -> Mapping[str, Any]: ...
+
+
 # apiary's own hubble_lost_events_total source: the access-log records HAProxy dropped
 L7_LOST_SOURCE = "l7_proxy_access_log"
 
@@ -419,6 +428,10 @@ class FlowMetrics:
         for src in ("perf_event_ring_buffer", "observer_events_queue", "hubble_ring_buffer", L7_LOST_SOURCE):
             self.lost_events.labels(source=src)  # every source shows, at 0 until something is lost
         self.l7 = _L7Metrics(registry, self.enabled) if {"http", "httpV2", "dns"} & set(self.enabled) else None
+        # observe_msg: the counter children by the message fields they follow from (none with context labels)
+        self._has_context = any(spec.context_labels() for name, spec in self.enabled.items()
+                                if name in ("flow", "drop", "tcp", "port-distribution", "policy"))
+        self._memo: dict[tuple[object, ...], list[Any]] = {}
 
     def lost(self, source: str | int, count: int) -> None:
         """Count ``count`` lost events from a LostEventSource (name or number)."""
@@ -435,29 +448,70 @@ class FlowMetrics:
         flow = resp.get("flow")
         if not isinstance(flow, dict):
             return
+        for child in self._children(flow):
+            child.inc()
+        if self.l7 is not None and int((flow.get("event_type") or {}).get("type", 0)) == MSG_ACCESS_LOG:
+            self.l7.observe(flow, str(flow.get("verdict", "VERDICT_UNKNOWN")))
+
+    def observe_msg(self, msg: FlowMsg, ev: Mapping[str, Any] | Materializable) -> None:
+        """:meth:`observe` of a datapath message's flow (``ev``: the flow, or what builds it), building the flow
+        only for the first message of its kind: what the counters read of a flow (type, verdict, protocol, drop
+        reason, flags, direction, match, identity 1, destination port) follows from the message's fields, so the
+        counters a flow moves are kept by those fields. Context labels read the endpoints, which change: with
+        any on, each flow is built and counted."""
+        if self._has_context:
+            self.observe(ev if isinstance(ev, Mapping) else ev.materialize())
+            return
+        reply = msg.kind == MSG_TRACE and msg.ct_state == CT_REPLY  # a reply's port is the client's: not counted
+        key = (msg.kind, msg.sub_type, msg.verdict, msg.proto, msg.tcp_flags, msg.ct_state, msg.egress,
+               msg.match_type, msg.rule_id != 0, msg.src_identity, msg.dst_identity, 0 if reply else msg.dport,
+               ":" in msg.src_ip or ":" in msg.dst_ip)
+        self._observe_kind(key, ev)
+
+    def observe_l7(self, key: tuple[object, ...], ev: Mapping[str, Any] | Materializable) -> None:
+        """:meth:`observe` of an L7 flow (or what builds it), built only for the first of its ``key``: the fields
+        its packet-level counters read (for an HTTP exchange: allowed, and REQUEST or RESPONSE). With the L7
+        handlers (``http``, ``dns``) or context labels on, each flow is built and counted."""
+        if self._has_context or self.l7 is not None:
+            self.observe(ev if isinstance(ev, Mapping) else ev.materialize())
+            return
+        self._observe_kind(("l7", *key), ev)
+
+    def _observe_kind(self, key: tuple[object, ...], ev: Mapping[str, Any] | Materializable) -> None:
+        children = self._memo.get(key)
+        if children is None:
+            resp = ev if isinstance(ev, Mapping) else ev.materialize()
+            flow = resp.get("flow")
+            children = self._children(flow) if isinstance(flow, dict) else []
+            if len(self._memo) >= _MEMO_MAX:  # a port scan must not grow it without bound
+                self._memo.clear()
+            self._memo[key] = children
+        for child in children:
+            child.inc()
+
+    def _children(self, flow: Mapping[str, Any]) -> list[Any]:
+        """The counter children one L3/L4 or L7 flow increments by one (L7 histograms aside)."""
+        out: list[Any] = []
         protocol = flow_protocol(flow)
         verdict = str(flow.get("verdict", "VERDICT_UNKNOWN"))
         typ, subtype = flow_type_labels(flow)
         if self.flows_processed:
-            self.flows_processed.inc(flow, protocol, typ, subtype, verdict)
+            out.append(self.flows_processed.child(flow, (protocol, typ, subtype, verdict)))
         if self.drops and verdict == "DROPPED":
-            self.drops.inc(flow, str(flow.get("drop_reason_desc", "DROP_REASON_UNKNOWN")), protocol)
+            out.append(self.drops.child(flow, (str(flow.get("drop_reason_desc", "DROP_REASON_UNKNOWN")), protocol)))
         if self.policy_verdicts and typ == "PolicyVerdict" and int((flow.get("source") or {}).get("identity", 0)) != 1:
             direction = str(flow.get("traffic_direction", "TRAFFIC_DIRECTION_UNKNOWN")).lower()
             match = POLICY_MATCH_TYPES.get(int(flow.get("policy_match_type", 0)), "unknown").lower()
-            self.policy_verdicts.inc(flow, direction, match, verdict.lower())
-        if self.l7 is not None and typ == "L7":
-            self.l7.observe(flow, verdict)
+            out.append(self.policy_verdicts.child(flow, (direction, match, verdict.lower())))
         if verdict != "FORWARDED":
-            return
+            return out
         l4 = flow.get("l4") or {}
         if self.tcp_flags and "TCP" in l4:
             flags = l4["TCP"].get("flags")
             if flags:  # L7 flows have none
                 family = str((flow.get("IP") or {}).get("ipVersion", "IP_NOT_USED"))
-                for name, has in _TCP_FLAGS:
-                    if has(flags):
-                        self.tcp_flags.inc(flow, name, family)
+                out.extend(self.tcp_flags.child(flow, (name, family)) for name, has in _TCP_FLAGS if has(flags))
         if self.ports and not flow.get("is_reply") and protocol in ("TCP", "UDP", "SCTP", "ICMPv4", "ICMPv6"):
             port = (l4.get(protocol) or {}).get("destination_port", 0)
-            self.ports.inc(flow, protocol, str(port))
+            out.append(self.ports.child(flow, (protocol, str(port))))
+        return out

@@ -28,8 +28,10 @@ from apiary.observe.hubble.raw import (
     VERDICT_FORWARDED,
     FlowMsg,
 )
+from apiary.observe.hubble.services import ServiceTable
 from apiary.policy.types import CompiledPolicy, RuleRef
 from apiary.sensors.network.endpoints import Endpoint
+from apiary.services.backends import Backend, BackendState, Frontend
 from apiary.testing.flows import StaticDirectory
 
 A, B = "10.200.0.10", "10.200.0.11"
@@ -88,6 +90,18 @@ def test_a_deferred_flow_names_the_endpoints_of_the_moment_it_was_read() -> None
     later = b.defer(message())
     assert isinstance(later, DeferredFlow)
     assert later.materialize()["flow"]["source"]["pod_name"] == "renamed"
+
+
+def test_a_deferred_flow_names_the_services_of_the_moment_it_was_read() -> None:
+    b = builder()
+    b.services = ServiceTable([Frontend("shop/web", "", "10.96.0.7", 80, "TCP", "ClusterIP",
+                                        (Backend(B, 8080, "TCP", BackendState.ACTIVE),))])
+    ev = b.defer(message())  # A -> B:8080, the web service's backend
+    b.services = ServiceTable([])  # the agent replaces the table after a change (the service was deleted)
+    assert isinstance(ev, DeferredFlow)
+    assert ev.materialize()["flow"]["destination_service"] == {"name": "web", "namespace": "shop"}
+    later = b.defer(message())
+    assert isinstance(later, DeferredFlow) and "destination_service" not in later.materialize()["flow"]
 
 
 def test_the_agent_directory_is_a_snapshot() -> None:

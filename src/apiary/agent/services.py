@@ -234,7 +234,8 @@ class ServicesControl:
         self.rev_nat_ids = dict(plan.table.frontend_ids)
         self._save()
         self.sync_routes()
-        self.flow_services.update(self.fronts)
+        # a new table, not an edit: a flow read before this change and built later keeps the table of its moment
+        self.flow_services = self.net.builder.services = ServiceTable(self.fronts)
         return counts
 
     def _save(self) -> None:

@@ -38,7 +38,7 @@ def test_endpoint_ports_are_shown(net: Net) -> None:
     rows = {r["name"]: r for r in json.loads(net.cli_ok("endpoint", "list", "-o", "json"))}
     assert rows["web"]["ports"] == {"admin": [9090, "TCP"], "http": [8080, "TCP"]}
     assert rows["client"]["ports"] == {}
-    assert json.loads(net.cli_ok("endpoint", "get", f"{NS}/api"))["ports"] == {"dns": [5353, "UDP"],
+    assert json.loads(net.cli_ok("endpoint", "get", f"{NS}/api", "-o", "json"))["ports"] == {"dns": [5353, "UDP"],
                                                                              "http": [9090, "TCP"]}
     assert "http=8080/TCP" in net.cli_ok("endpoint", "list")
 

@@ -216,9 +216,11 @@ def endpoint_list(ctx: click.Context, output: str) -> None:
 
 @endpoint.command("get")
 @click.argument("ref")
+@click.option("-o", "--output", type=click.Choice(["json"]), default="json",
+              help="json (the only form; taken so `-o json` works as on create and list)")
 @click.pass_context
-def endpoint_get(ctx: click.Context, ref: str) -> None:
-    """Show one endpoint (namespace/name or name)."""
+def endpoint_get(ctx: click.Context, ref: str, output: str) -> None:
+    """Show one endpoint (namespace/name or name), as JSON."""
     click.echo(json.dumps(_req(ctx, "GET", f"/v1/endpoints/{seg(ref)}"), indent=2))
 
 

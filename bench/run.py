@@ -152,7 +152,7 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=1000000)
     ap.add_argument(
         "--only", choices=["process", "datapath", "tracing", "apply", "prefilter", "services", "export", "l7",
-                            "dns"],
+                            "dns", "flowcost"],
         default=None,
     )
     ap.add_argument("--apply-rounds", type=int, default=5, help="rounds per size of the policy apply bench")
@@ -193,6 +193,13 @@ def main() -> None:
     if args.only in (None, "dns"):
         dns.main(args)
         if args.only == "dns":
+            return
+        print()
+    if args.only in (None, "flowcost"):
+        from . import flowcost
+
+        flowcost.main()
+        if args.only == "flowcost":
             return
         print()
     if args.only in (None, "prefilter"):

@@ -10,7 +10,7 @@ from hubble_flow_helpers import BACKEND_IP, FRONTEND_IP, FakeDirectory, builder 
 
 from apiary.agent.bus import EventBus
 from apiary.observe.hubble.builder import l7_http_deferred, l7_http_responses, l7_response
-from apiary.observe.hubble.l7 import HttpExchange
+from apiary.observe.hubble.l7 import HttpExchange, LoggedExchange
 from apiary.sensors.l7proxy.config import build
 from apiary.sensors.l7proxy.haproxy import HAProxy
 
@@ -76,7 +76,9 @@ def test_deferred_flows_are_the_same_built_once_with_the_endpoints_as_logged() -
         assert want[0]["flow"]["source"]["pod_name"] == "backend"
         evs = l7_http_deferred(b, x)
         assert all(ev.built is None for ev in evs)
-        directory.eps.pop(12)  # the client endpoint goes before anyone reads the flows
+        gone = FakeDirectory()
+        gone.eps.pop(12)
+        b.directory = gone  # the client endpoint goes before anyone reads the flows (a new directory, as the agent's)
         try:
             bus = EventBus(16, 4)
             for ev in evs:
@@ -84,4 +86,29 @@ def test_deferred_flows_are_the_same_built_once_with_the_endpoints_as_logged() -
             assert bus.recent() == want
             assert all(got is ev.built for got, ev in zip(bus.recent(), evs, strict=True))  # built once
         finally:
-            directory.eps[12] = FakeDirectory().eps[12]
+            b.directory = directory
+
+
+def test_a_logged_record_becomes_its_exchange_when_first_read() -> None:
+    """The agent publishes a record's flows before it makes the exchange (most records are never read): read,
+    they are the flows of the exchange the record describes, made once for both."""
+    rec = {"client": BACKEND_IP, "cport": "40000", "server": FRONTEND_IP, "sport": "8080", "status": "200",
+           "tr": "3", "ta": "4", "ts": "1700000000", "ms": "250", "term": "--", "method": "PATCH",
+           "url": "/a?b=1", "host": "frontend:8080", "version": "1.0", "rule": "1", "deny": "-",
+           "headers": "Host: frontend:8080\r\nX-Req: 1\r\n"}
+    ipcache = {f"{BACKEND_IP}/32": 257, f"{FRONTEND_IP}/32": 256}
+    src = LoggedExchange(rec, True, True, "CiliumNetworkPolicy default/p ingress[0]", ipcache)
+    b = builder()
+    evs = l7_http_deferred(b, src)
+    assert len(evs) == 2 and src._x is None  # nothing made yet
+    x = src.exchange()
+    assert src.exchange() is x
+    assert x == HttpExchange(BACKEND_IP, 40000, FRONTEND_IP, 8080, "PATCH", "http://frontend:8080/a?b=1",
+                             "HTTP/1.0", (("Host", "frontend:8080"), ("X-Req", "1")), 200, 3_000_000,
+                             1_700_000_000_250_000_000, True, True, "CiliumNetworkPolicy default/p ingress[0]",
+                             257, 256)
+    assert [ev.materialize() for ev in evs] == list(l7_http_responses(b, x))
+    unset = {**rec, "status": "-", "tr": "-1", "host": "-", "deny": "2"}  # denied before any server: unset numbers
+    y = LoggedExchange(unset, False, True, "", {}).exchange()
+    assert (y.status, y.latency_ns, y.url, y.client_identity) == (0, 0, f"http://{FRONTEND_IP}:8080/a?b=1", 0)
+    assert len(l7_http_deferred(b, LoggedExchange(unset, False, True, "", {}))) == 1  # a denied request: one flow

@@ -24,7 +24,7 @@ from apiary.loader.fs import cgroup2_root
 from apiary.observe.clock import KtimeClock
 from apiary.observe.hubble.builder import EndpointInfo, FlowBuilder, dns_response, l7_http_deferred
 from apiary.observe.hubble.filters import FlowFilter
-from apiary.observe.hubble.l7 import DnsExchange, HttpExchange, parse_headers, unset, url_of
+from apiary.observe.hubble.l7 import DnsExchange, LoggedExchange, unset
 from apiary.observe.hubble.metrics import FlowMetrics, parse_hubble_metrics
 from apiary.policy.compile import EndpointSpec, compile_policies
 from apiary.policy.explain import HttpRequest, endpoint_peer, explain, http_decision_json, ip_peer
@@ -498,20 +498,8 @@ class Network:
         counts["denied"] += not allowed
         # HAProxy's termination state: S/s = the server refused, aborted or timed out (an upstream error)
         counts["upstream_errors"] += rec.get("term", "")[:1] in ("S", "s")
-        version = unset(rec.get("version")) or "1.1"
-        status = int(unset(rec.get("status")) or 0)
-        tr = max(0, int(unset(rec.get("tr")) or 0))
-        start_ns = int(unset(rec.get("ts")) or 0) * 1_000_000_000 + int(unset(rec.get("ms")) or 0) * 1_000_000
-        client, server = rec.get("client", ""), rec.get("server", "")
-        ipcache = self.compiled.ipcache
-        x = HttpExchange(
-            client=client, client_port=int(unset(rec.get("cport")) or 0), server=server,
-            server_port=int(unset(rec.get("sport")) or 0), method=unset(rec.get("method")),
-            url=url_of(rec), protocol=f"HTTP/{version}", headers=parse_headers(unset(rec.get("headers"))),
-            status=status, latency_ns=tr * 1_000_000, time_ns=start_ns, allowed=allowed, ingress=ingress,
-            decided_by=decided, client_identity=ipcache.get(f"{client}/32", 0),
-            server_identity=ipcache.get(f"{server}/32", 0),
-        )
+        # the exchange is made from the record when its flows are first read
+        x = LoggedExchange(rec, allowed, ingress, decided, self.compiled.ipcache)
         metrics, publish = self.metrics, self.flows.publish
         for ev in l7_http_deferred(self.builder, x):  # built when read (or now, for L7 metrics or a live client)
             if metrics:

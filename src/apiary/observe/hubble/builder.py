@@ -46,6 +46,7 @@ from apiary.observe.hubble.enums import (
 from apiary.observe.hubble.l7 import (
     MSG_ACCESS_LOG,
     DnsExchange,
+    ExchangeSource,
     HttpExchange,
     dns_json,
     dns_summary,
@@ -456,31 +457,33 @@ def l7_http_responses(builder: FlowBuilder, x: HttpExchange) -> tuple[dict[str, 
 
 class L7HttpFlow:
     """One flow of :func:`l7_http_responses`, built on first read (the event bus's ``Deferred``): a proxy at
-    full speed logs thousands of requests a second that nobody may read, and building the two dicts was most of
-    the agent's work per request. The endpoints are looked up when the request is logged (as they are then)."""
+    full speed logs thousands of requests a second that nobody may read, and building the exchange and its two
+    dicts was most of the agent's work per request. The builder's directory and service table are kept as they
+    were when the request was logged (the agent replaces them whole on a change)."""
 
-    __slots__ = ("builder", "x", "ends", "response", "built")
+    __slots__ = ("builder", "directory", "services", "source", "response", "built")
 
-    def __init__(self, builder: FlowBuilder, x: HttpExchange, ends: tuple[dict[str, Any], dict[str, Any]],
-                 response: bool) -> None:
-        self.builder, self.x, self.ends, self.response = builder, x, ends, response
+    def __init__(self, builder: FlowBuilder, source: ExchangeSource, response: bool) -> None:
+        self.builder, self.directory, self.services = builder, builder.directory, builder.services
+        self.source, self.response = source, response
         self.built: dict[str, Any] | None = None
 
     def materialize(self) -> dict[str, Any]:
         if self.built is None:
-            x, response = self.x, self.response
-            self.built = _l7_flow(self.builder, x, "TCP", x.ingress, response, "http", http_json(x, response),
-                                  summary(x, response), ends=self.ends)
+            b = self.builder  # the same node and clock; the directory and services of then
+            then = FlowBuilder(b.node_name, self.directory, b.clock, self.services)
+            x, response = self.source.exchange(), self.response
+            self.built = _l7_flow(then, x, "TCP", x.ingress, response, "http", http_json(x, response),
+                                  summary(x, response))
         return self.built
 
 
-def l7_http_deferred(builder: FlowBuilder, x: HttpExchange) -> tuple[L7HttpFlow, ...]:
+def l7_http_deferred(builder: FlowBuilder, source: ExchangeSource) -> tuple[L7HttpFlow, ...]:
     """:func:`l7_http_responses`, each flow built when first read."""
-    ends = (builder._endpoint(x.client, x.client_identity), builder._endpoint(x.server, x.server_identity))
-    req = L7HttpFlow(builder, x, ends, False)
-    if not x.allowed:
+    req = L7HttpFlow(builder, source, False)
+    if not source.allowed:
         return (req,)
-    return req, L7HttpFlow(builder, x, ends, True)
+    return req, L7HttpFlow(builder, source, True)
 
 
 def dns_response(builder: FlowBuilder, x: DnsExchange, response: bool, client_identity: int,

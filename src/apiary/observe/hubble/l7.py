@@ -9,8 +9,9 @@ verdict DROPPED (the client got 403 from the proxy). ``Type`` is ``L7`` and ``ev
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 MSG_ACCESS_LOG = 129
 
@@ -35,6 +36,53 @@ class HttpExchange:
     server_identity: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def exchange(self) -> HttpExchange:
+        """Itself (an :class:`ExchangeSource`)."""
+        return self
+
+
+class ExchangeSource(Protocol):
+    """What the flows of one HTTP exchange are built from: the exchange, or what makes it when first read."""
+
+    allowed: bool
+
+    def exchange(self) -> HttpExchange: ...
+
+
+class LoggedExchange:
+    """One access-log record of the proxy and the verdict read from it, made into an :class:`HttpExchange` when
+    its flows are first read (most never are: a proxy at full speed logs thousands a second). ``ipcache``: the
+    compiled policy's, which is replaced whole on a change, never edited."""
+
+    __slots__ = ("rec", "allowed", "ingress", "decided_by", "ipcache", "_x")
+
+    def __init__(self, rec: Mapping[str, str], allowed: bool, ingress: bool, decided_by: str,
+                 ipcache: Mapping[str, int]) -> None:
+        self.rec, self.allowed, self.ingress, self.decided_by, self.ipcache = rec, allowed, ingress, decided_by, ipcache
+        self._x: HttpExchange | None = None
+
+    def exchange(self) -> HttpExchange:
+        if self._x is None:
+            self._x = http_exchange(self.rec, self.allowed, self.ingress, self.decided_by, self.ipcache)
+        return self._x
+
+
+def http_exchange(rec: Mapping[str, str], allowed: bool, ingress: bool, decided_by: str,
+                  ipcache: Mapping[str, int]) -> HttpExchange:
+    """The exchange of one access-log record (``sensors/l7proxy/config.py`` ``LOG_FORMAT``: every value a
+    string, ``-`` when unset; a number HAProxy left unset reads 0); ``ipcache`` gives the two ends' identities."""
+    version = unset(rec.get("version")) or "1.1"
+    client, server = rec.get("client", ""), rec.get("server", "")
+    return HttpExchange(
+        client=client, client_port=_num(rec.get("cport")), server=server, server_port=_num(rec.get("sport")),
+        method=unset(rec.get("method")), url=url_of(rec), protocol=f"HTTP/{version}",
+        headers=parse_headers(unset(rec.get("headers"))), status=_num(rec.get("status")),
+        latency_ns=max(0, _num(rec.get("tr"))) * 1_000_000,
+        time_ns=_num(rec.get("ts")) * 1_000_000_000 + _num(rec.get("ms")) * 1_000_000, allowed=allowed, ingress=ingress,
+        decided_by=decided_by, client_identity=ipcache.get(f"{client}/32", 0),
+        server_identity=ipcache.get(f"{server}/32", 0),
+    )
+
 
 def _num(v: str | None) -> int:
     try:
@@ -53,7 +101,7 @@ def parse_headers(raw: str) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
-def url_of(rec: dict[str, str]) -> str:
+def url_of(rec: Mapping[str, str]) -> str:
     host = rec.get("host", "-")
     if host in ("", "-"):
         host = f"{rec.get('server', '')}:{rec.get('sport', '')}"

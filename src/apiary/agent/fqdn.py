@@ -62,16 +62,19 @@ class FqdnCache:
         """Record an answer; True when the names' IPs (what the selectors see) changed."""
         return bool(self.learn_many([(ep_id, name, ips, ttl)], now))
 
-    def learn_many(self, answers: list[tuple[int, str, tuple[str, ...], int]], now: float | None = None) -> set[str]:
-        """Record answers (endpoint, name, IPs, TTL) in order; the names whose IPs (what the selectors see)
-        changed. An answer that repeats its entry's IPs only refreshes the entry (the common case: cheap)."""
+    def learn_many(self, answers: list[tuple[int, str, tuple[str, ...], int]], now: float | None = None,
+                   at: list[float] | None = None) -> set[str]:
+        """Record answers (endpoint, name, IPs, TTL) in order, looked up ``now`` (or each at its time in
+        ``at``); the names whose IPs (what the selectors see) changed. An answer that repeats its entry's IPs only
+        refreshes the entry (the common case: cheap)."""
         now = time.time() if now is None else now
-        new = [(ep_id, fqdn(name), tuple(sorted(set(ips))), max(ttl, self.min_ttl))
-               for ep_id, name, ips, ttl in answers if ips]
-        moved = any((e := self.entries.get((ep_id, name))) is None or e.ips != ips for ep_id, name, ips, _ in new)
+        times = at if at is not None else [now] * len(answers)
+        new = [(ep_id, fqdn(name), tuple(sorted(set(ips))), max(ttl, self.min_ttl), t)
+               for (ep_id, name, ips, ttl), t in zip(answers, times, strict=True) if ips]
+        moved = any((e := self.entries.get((ep_id, name))) is None or e.ips != ips for ep_id, name, ips, _, _ in new)
         before = self.names_ips() if moved else {}
-        for ep_id, name, ips, ttl in new:
-            self.entries[(ep_id, name)] = CacheEntry(ep_id, name, ips, ttl, now)
+        for ep_id, name, ips, ttl, t in new:
+            self.entries[(ep_id, name)] = CacheEntry(ep_id, name, ips, ttl, t)
         if not moved:
             return set()
         after = self.names_ips()

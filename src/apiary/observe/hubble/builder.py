@@ -427,33 +427,38 @@ def l7_http_responses(builder: FlowBuilder, x: HttpExchange) -> tuple[dict[str, 
     return tuple(f.materialize() for f in l7_http_deferred(builder, x))
 
 
-class L7HttpFlow:
-    """One flow of :func:`l7_http_responses`, built on first read (the event bus's ``Deferred``): a proxy at
-    full speed logs thousands of requests a second that nobody may read, and building the two dicts was most of
-    the agent's work per request. The endpoints are looked up when the request is logged (as they are then)."""
+class L7Flow:
+    """One flow of a proxied exchange (:func:`l7_http_deferred`, :func:`l7_dns_deferred`), built on first read
+    (the event bus's ``Deferred``): a proxy at full speed judges thousands of requests or queries a second that
+    nobody may read, and building the dicts was most of the agent's work per exchange. The endpoints are looked
+    up when the exchange is seen (as they are then)."""
 
     __slots__ = ("builder", "x", "ends", "response", "built")
 
-    def __init__(self, builder: FlowBuilder, x: HttpExchange, ends: tuple[dict[str, Any], dict[str, Any]],
-                 response: bool) -> None:
+    def __init__(self, builder: FlowBuilder, x: HttpExchange | DnsExchange,
+                 ends: tuple[dict[str, Any], dict[str, Any]], response: bool) -> None:
         self.builder, self.x, self.ends, self.response = builder, x, ends, response
         self.built: dict[str, Any] | None = None
 
     def materialize(self) -> dict[str, Any]:
         if self.built is None:
             x, response = self.x, self.response
-            self.built = _l7_flow(self.builder, x, "TCP", x.ingress, response, "http", http_json(x, response),
-                                  summary(x, response), ends=self.ends)
+            if isinstance(x, DnsExchange):
+                self.built = _l7_flow(self.builder, x, x.transport, False, response, "dns", dns_json(x, response),
+                                      dns_summary(x, response), ends=self.ends)
+            else:
+                self.built = _l7_flow(self.builder, x, "TCP", x.ingress, response, "http", http_json(x, response),
+                                      summary(x, response), ends=self.ends)
         return self.built
 
 
-def l7_http_deferred(builder: FlowBuilder, x: HttpExchange) -> tuple[L7HttpFlow, ...]:
+def l7_http_deferred(builder: FlowBuilder, x: HttpExchange) -> tuple[L7Flow, ...]:
     """:func:`l7_http_responses`, each flow built when first read."""
     ends = (builder._endpoint(x.client, x.client_identity), builder._endpoint(x.server, x.server_identity))
-    req = L7HttpFlow(builder, x, ends, False)
+    req = L7Flow(builder, x, ends, False)
     if not x.allowed:
         return (req,)
-    return req, L7HttpFlow(builder, x, ends, True)
+    return req, L7Flow(builder, x, ends, True)
 
 
 def dns_response(builder: FlowBuilder, x: DnsExchange, response: bool, client_identity: int,
@@ -461,6 +466,22 @@ def dns_response(builder: FlowBuilder, x: DnsExchange, response: bool, client_id
     """The ``GetFlowsResponse`` of a query (or its answer) through the DNS proxy (see :mod:`.l7`)."""
     return _l7_flow(builder, x, x.transport, False, response, "dns", dns_json(x, response),
                     dns_summary(x, response), client_identity, server_identity)
+
+
+def dns_endpoints(builder: FlowBuilder, x: DnsExchange, client_identity: int,
+                  server_identity: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The client's and the resolver's endpoint dicts of a query's flows (``source``/``destination``)."""
+    return builder._endpoint(x.client, client_identity), builder._endpoint(x.server, server_identity)
+
+
+def l7_dns_deferred(builder: FlowBuilder, x: DnsExchange,
+                    ends: tuple[dict[str, Any], dict[str, Any]]) -> tuple[L7Flow, ...]:
+    """The REQUEST flow of a query through the DNS proxy and, when it was let through, its RESPONSE flow (the
+    dicts :func:`dns_response` gives), each built when first read; ``ends`` as :func:`dns_endpoints` gives."""
+    req = L7Flow(builder, x, ends, False)
+    if not x.allowed:
+        return (req,)
+    return req, L7Flow(builder, x, ends, True)
 
 
 def _l7_flow(builder: FlowBuilder, x: HttpExchange | DnsExchange, transport: str, ingress: bool, response: bool,

@@ -256,12 +256,13 @@ class _Family:
     ``Counter.labels`` takes a lock and checks the labels on every call, which per flow costs more than the rest
     of counting."""
 
-    __slots__ = ("counter", "spec", "children", "has_context")
+    __slots__ = ("counter", "spec", "children", "has_context", "moved")
 
     def __init__(self, counter: Counter | Histogram, spec: MetricSpec) -> None:
         self.counter, self.spec = counter, spec
         self.children: dict[tuple[str, ...], Any] = {}
         self.has_context = bool(spec.context_labels())
+        self.moved: list[Any] | None = None  # while FlowMetrics.counted records: the children moved (None: not once)
 
     def child(self, flow: Mapping[str, Any], values: tuple[str, ...]) -> Any:
         key = (*context_values(self.spec, flow), *values) if self.has_context else values
@@ -271,10 +272,15 @@ class _Family:
         return child
 
     def inc(self, flow: Mapping[str, Any], *values: str) -> None:
-        self.child(flow, values).inc()
+        child = self.child(flow, values)
+        child.inc()
+        if self.moved is not None:
+            self.moved.append(child)
 
     def observe(self, flow: Mapping[str, Any], amount: float, *values: str) -> None:
         self.child(flow, values).observe(amount)
+        if self.moved is not None:
+            self.moved.append(None)  # an amount of its own: not repeatable by FlowMetrics.recount
 
 
 # Hubble's names of DNS response codes (pkg/hubble/metrics/dns)
@@ -425,6 +431,37 @@ class FlowMetrics:
         name = LOST_EVENT_SOURCE.get(source, str(source)) if isinstance(source, int) else source
         if count > 0:
             self.lost_events.labels(source=name.lower()).inc(count)
+
+    def _families(self) -> list[_Family]:
+        fams = [self.flows_processed, self.drops, self.policy_verdicts, self.tcp_flags, self.ports]
+        if self.l7 is not None:
+            fams += [self.l7.http_requests, self.l7.http_responses, self.l7.http_duration, self.l7.dns_queries,
+                     self.l7.dns_responses, self.l7.dns_types]
+        return [f for f in fams if f is not None]
+
+    def counted(self, resps: Iterable[Mapping[str, Any]]) -> tuple[Any, ...] | None:
+        """:meth:`observe` each of ``resps``; what that moved, for :meth:`recount` to move again for flows that
+        count the same (a proxy's thousands of alike exchanges a second then cost a few increments, not the
+        label work of each flow), or None when it is not repeatable so (a histogram's amount, a loss)."""
+        moved: list[Any] = []
+        fams = self._families()
+        for f in fams:
+            f.moved = moved
+        try:
+            for resp in resps:
+                if not isinstance(resp.get("flow"), dict):
+                    moved.append(None)
+                self.observe(resp)
+        finally:
+            for f in fams:
+                f.moved = None
+        return None if any(c is None for c in moved) else tuple(moved)
+
+    @staticmethod
+    def recount(moved: tuple[Any, ...]) -> None:
+        """Count again what :meth:`counted` said its flows moved."""
+        for child in moved:
+            child.inc()
 
     def observe(self, resp: Mapping[str, Any]) -> None:
         """Account one ``GetFlowsResponse`` dict (a flow or a ``lost_events`` notice)."""

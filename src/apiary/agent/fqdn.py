@@ -82,8 +82,12 @@ class FqdnCache:
 
     def holds(self, ep_id: int, name: str, ips: tuple[str, ...], margin: float) -> bool:
         """Whether the endpoint's entry for the name has exactly these IPs and lives ``margin`` seconds more."""
-        e = self.entries.get((ep_id, fqdn(name)))
-        return bool(ips) and e is not None and e.ips == tuple(sorted(set(ips))) and e.expires > time.time() + margin
+        return bool(ips) and self.holds_exactly(ep_id, fqdn(name), tuple(sorted(set(ips))), time.time() + margin)
+
+    def holds_exactly(self, ep_id: int, name: str, ips: tuple[str, ...], until: float) -> bool:
+        """:meth:`holds` for a canonical name and sorted, unique IPs: whether the entry lives beyond ``until``."""
+        e = self.entries.get((ep_id, name))
+        return e is not None and e.ips == ips and e.expires > until
 
     def expire(self, now: float | None = None) -> bool:
         """Drop the entries whose TTL ran out; True when the names' IPs changed."""

@@ -130,6 +130,7 @@ class Network:
         self._learn_pending: dict[tuple[int, str, tuple[str, ...]], tuple[int, float]] = {}
         self._learn_waiters: list[asyncio.Future[None]] = []
         self._learning = False
+        self._learnable: dict[tuple[str, ...], tuple[str, ...]] = {}  # an answer's IPs -> its IPv4s, sorted, unique
         # on_dns's flow ends and metrics increments, kept while the directory they come from stays the same
         self._dns_seen: tuple[object, ...] = ()
         self._dns_ends: dict[tuple[str, str], tuple[dict[str, Any], dict[str, Any]]] = {}
@@ -569,8 +570,12 @@ class Network:
             await self.dns.serve()
             while True:
                 await asyncio.sleep(1)
-                self._learn_kick(True)  # the refreshes of answers released at once
-                await run(self.fqdn_expire)
+                # the refreshes of answers released at once, unless a batch that takes them is under way (while
+                # one is, no answer waits outside it: waiting answers start one)
+                batch: dict[tuple[int, str, tuple[str, ...]], tuple[int, float]] = {}
+                if not self._learning:
+                    batch, self._learn_pending = self._learn_pending, {}
+                await run(lambda: self._fqdn_tick(batch))  # noqa: B023 - awaited within the iteration
                 if self.dns_holder is not None and self.l7 is not None and \
                         not holder.verified(self.dns_holder, self.l7.cgroup):
                     await run(self._dns_rehold)
@@ -590,25 +595,26 @@ class Network:
         one (those that come meanwhile wait for the next); an answer the cache (and so the maps) holds for a
         while yet only refreshes its entry's TTL, with the next batch or the once-a-second tick."""
         ep = self.dns_judge.ep_of(x.client)
-        ips = _v4(x.ips)
+        ips = self._learnable.get(x.ips)
+        if ips is None:
+            if len(self._learnable) >= 4096:
+                self._learnable.clear()
+            ips = self._learnable[x.ips] = tuple(sorted(set(_v4(x.ips))))
         if ep is None or x.rcode or not ips:
             return None  # nothing to learn
-        key = (ep, x.query, tuple(sorted(set(ips))))
+        key = (ep, x.query, ips)  # x.query is canonical already
         pending = self._learn_pending
         pending.pop(key, None)  # the same answer again: the later one counts (and keeps its place in order)
-        pending[key] = (x.ttl, time.time())
-        if self.fqdn.holds(ep, x.query, ips, LEARN_MARGIN_S):
+        now = time.time()
+        pending[key] = (x.ttl, now)
+        if self.fqdn.holds_exactly(ep, x.query, ips, now + LEARN_MARGIN_S):
             return None
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._learn_waiters.append(fut)
-        self._learn_kick(False)
-        return fut
-
-    def _learn_kick(self, refresh: bool) -> None:
-        """Start a batch when answers wait (or, with ``refresh``, when entries are to be refreshed)."""
-        if not self._learning and (self._learn_waiters or (refresh and self._learn_pending)):
+        if not self._learning:
             self._learning = True
             asyncio.ensure_future(self._learn_batches())
+        return fut
 
     async def _learn_batches(self) -> None:
         assert self._run is not None
@@ -646,6 +652,11 @@ class Network:
             else:
                 self._index_names()
 
+    def _fqdn_tick(self, refresh: dict[tuple[int, str, tuple[str, ...]], tuple[int, float]]) -> None:
+        """Once a second: the refreshes of answers released at once, then what expired."""
+        self.fqdn_learn(refresh)
+        self.fqdn_expire()
+
     def names_of(self, ip: str) -> list[str]:
         """The names the DNS proxy learned for an address (flows' source_names/destination_names)."""
         return self._names_by_ip.get(ip, [])
@@ -679,9 +690,11 @@ class Network:
         """A query through the DNS proxy: its REQUEST flow and, when answered from the resolver, its RESPONSE,
         each built when read; the metrics count them now (as the flows they would be, done once per kind of
         exchange: what that moved is counted again for the next exchange of the same kind)."""
-        seen = (self.compiled, self._by_ip, self.dns_judge, self.metrics)
-        if len(seen) != len(self._dns_seen) or any(a is not b for a, b in zip(seen, self._dns_seen, strict=True)):
-            self._dns_seen, self._dns_ends, self._dns_counted = seen, {}, {}
+        seen = self._dns_seen
+        if not seen or seen[0] is not self.compiled or seen[1] is not self._by_ip or seen[2] is not self.dns_judge \
+                or seen[3] is not self.metrics:
+            self._dns_seen = (self.compiled, self._by_ip, self.dns_judge, self.metrics)
+            self._dns_ends, self._dns_counted = {}, {}
         ekey = (x.client, x.server)
         ends = self._dns_ends.get(ekey)
         if ends is None:

@@ -260,14 +260,15 @@ class DnsProxy:
                 data, anc, _flags, client = recvmsg(65535, space)
             except OSError:  # BlockingIOError: nothing more queued
                 break
-            orig = self._orig_dst(anc)
+            orig = self._destination(anc)
             if orig is None:  # not redirected (someone sent to 127.0.0.1:port directly)
                 self.counters["bad_queries"] += 1
                 continue
             self._udp_query(data, client, orig)
         self._flush()
 
-    def _orig_dst(self, ancdata: list[tuple[int, int, bytes]]) -> tuple[str, int] | None:
+    def _destination(self, ancdata: list[tuple[int, int, bytes]]) -> tuple[str, int] | None:
+        """The query's original destination (:func:`_orig_dst`), remembered by the control message's bytes."""
         for level, kind, data in ancdata:
             if level == socket.SOL_IP and kind == IP_RECVORIGDSTADDR:
                 orig = self._origs.get(data)

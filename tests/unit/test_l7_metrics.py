@@ -119,3 +119,39 @@ def test_l7_exposition_passes_promtool() -> None:
         assert "hubble_http_request_duration_seconds_bucket" in text
         r = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True, timeout=60)
         assert r.returncode == 0, (items, r.stdout, r.stderr)
+
+
+def test_counted_then_recounted_flows_move_the_metrics_as_observing_each_does() -> None:
+    """The DNS proxy counts a kind of exchange once (FlowMetrics.counted) and then repeats what that moved for
+    each alike exchange (recount): the same samples as observing every flow; a histogram is not repeatable."""
+    from apiary.observe.hubble.builder import dns_endpoints, dns_response, l7_dns_deferred
+    from apiary.observe.hubble.l7 import DnsExchange
+
+    def dns_x(allowed: bool) -> DnsExchange:
+        return DnsExchange("10.200.0.11", 40000, "10.200.0.10", 53, "UDP", "example.test.", ("A",), allowed, "r",
+                           1, rcode=0 if allowed else 5, ips=("192.0.2.1",) if allowed else (), ttl=30,
+                           rrtypes=("A",) if allowed else (), latency_ns=5)
+
+    items = "flow drop dns:sourceContext=pod;destinationContext=identity"
+    (reg_a, each), (reg_b, memo) = metrics(items), metrics(items)
+    for allowed in (True, False):
+        x = dns_x(allowed)
+        flows = l7_dns_deferred(B, x, dns_endpoints(B, x, 257, 256))
+        built = [f.materialize() for f in flows]
+        assert built == [dns_response(B, x, r, 257, 256) for r in ((False, True) if allowed else (False,))]
+        for _ in range(3):
+            for f in built:
+                each.observe(f)
+        moved = memo.counted(built)
+        assert moved
+        memo.recount(moved)
+        memo.recount(moved)
+    def samples(reg: CollectorRegistry) -> list[str]:
+        return [line for line in generate_latest(reg).decode().splitlines() if "_created" not in line]
+
+    assert samples(reg_a) == samples(reg_b) and len(samples(reg_a)) > 10
+    assert reg_b.get_sample_value("hubble_dns_queries_total", {"source": "shop/backend", "destination": "256",
+                                                               "rcode": "Policy denied", "qtypes": "A",
+                                                               "ips_returned": "0"}) == 3
+    _, http = metrics("http")
+    assert http.counted([l7_response(B, exchange(), True)]) is None  # a duration: counted, but not repeatable

@@ -62,16 +62,19 @@ class FqdnCache:
         """Record an answer; True when the names' IPs (what the selectors see) changed."""
         return bool(self.learn_many([(ep_id, name, ips, ttl)], now))
 
-    def learn_many(self, answers: list[tuple[int, str, tuple[str, ...], int]], now: float | None = None) -> set[str]:
-        """Record answers (endpoint, name, IPs, TTL) in order; the names whose IPs (what the selectors see)
-        changed. An answer that repeats its entry's IPs only refreshes the entry (the common case: cheap)."""
+    def learn_many(self, answers: list[tuple[int, str, tuple[str, ...], int]], now: float | None = None,
+                   at: list[float] | None = None) -> set[str]:
+        """Record answers (endpoint, name, IPs, TTL) in order, looked up ``now`` (or each at its time in
+        ``at``); the names whose IPs (what the selectors see) changed. An answer that repeats its entry's IPs only
+        refreshes the entry (the common case: cheap)."""
         now = time.time() if now is None else now
-        new = [(ep_id, fqdn(name), tuple(sorted(set(ips))), max(ttl, self.min_ttl))
-               for ep_id, name, ips, ttl in answers if ips]
-        moved = any((e := self.entries.get((ep_id, name))) is None or e.ips != ips for ep_id, name, ips, _ in new)
+        times = at if at is not None else [now] * len(answers)
+        new = [(ep_id, fqdn(name), tuple(sorted(set(ips))), max(ttl, self.min_ttl), t)
+               for (ep_id, name, ips, ttl), t in zip(answers, times, strict=True) if ips]
+        moved = any((e := self.entries.get((ep_id, name))) is None or e.ips != ips for ep_id, name, ips, _, _ in new)
         before = self.names_ips() if moved else {}
-        for ep_id, name, ips, ttl in new:
-            self.entries[(ep_id, name)] = CacheEntry(ep_id, name, ips, ttl, now)
+        for ep_id, name, ips, ttl, t in new:
+            self.entries[(ep_id, name)] = CacheEntry(ep_id, name, ips, ttl, t)
         if not moved:
             return set()
         after = self.names_ips()
@@ -79,8 +82,12 @@ class FqdnCache:
 
     def holds(self, ep_id: int, name: str, ips: tuple[str, ...], margin: float) -> bool:
         """Whether the endpoint's entry for the name has exactly these IPs and lives ``margin`` seconds more."""
-        e = self.entries.get((ep_id, fqdn(name)))
-        return bool(ips) and e is not None and e.ips == tuple(sorted(set(ips))) and e.expires > time.time() + margin
+        return bool(ips) and self.holds_exactly(ep_id, fqdn(name), tuple(sorted(set(ips))), time.time() + margin)
+
+    def holds_exactly(self, ep_id: int, name: str, ips: tuple[str, ...], until: float) -> bool:
+        """:meth:`holds` for a canonical name and sorted, unique IPs: whether the entry lives beyond ``until``."""
+        e = self.entries.get((ep_id, name))
+        return e is not None and e.ips == ips and e.expires > until
 
     def expire(self, now: float | None = None) -> bool:
         """Drop the entries whose TTL ran out; True when the names' IPs changed."""

@@ -12,6 +12,7 @@ import contextlib
 import gc
 import ipaddress
 import os
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,13 @@ from pyroute2 import IPRoute
 
 from apiary.loader.fs import cgroup2_root
 from apiary.observe.clock import KtimeClock
-from apiary.observe.hubble.builder import EndpointInfo, FlowBuilder, dns_response, l7_http_deferred
+from apiary.observe.hubble.builder import (
+    EndpointInfo,
+    FlowBuilder,
+    dns_endpoints,
+    l7_dns_deferred,
+    l7_http_deferred,
+)
 from apiary.observe.hubble.filters import FlowFilter
 from apiary.observe.hubble.l7 import DnsExchange, LoggedExchange, unset
 from apiary.observe.hubble.metrics import FlowMetrics, parse_hubble_metrics
@@ -117,8 +124,16 @@ class Network:
         self.fqdn = FqdnCache(cfg.tofqdns_min_ttl)
         self.dns: DnsProxy | None = None
         self._run: Callable[[Callable[[], None]], Awaitable[None]] | None = None
-        self._learn_queue: list[tuple[DnsExchange, asyncio.Future[None] | None]] = []  # answers waiting for the maps
+        # answers for the worker to learn, by (endpoint, name, IPs): (TTL, when), oldest first; and the queries
+        # whose answers wait for them (released once the worker learned them)
+        self._learn_pending: dict[tuple[int, str, tuple[str, ...]], tuple[int, float]] = {}
+        self._learn_waiters: list[asyncio.Future[None]] = []
         self._learning = False
+        self._learnable: dict[tuple[str, ...], tuple[str, ...]] = {}  # an answer's IPs -> its IPv4s, sorted, unique
+        # on_dns's flow ends and metrics increments, kept while the directory they come from stays the same
+        self._dns_seen: tuple[object, ...] = ()
+        self._dns_ends: dict[tuple[str, str], tuple[dict[str, Any], dict[str, Any]]] = {}
+        self._dns_counted: dict[tuple[object, ...], tuple[Any, ...]] = {}
         self._names_by_ip: dict[str, list[str]] = {}  # replaced whole after every change of the cache
         self.dns_judge = DnsJudge({}, {}, {}, [])
         self.dns_holder: holder.HolderRecord | None = None  # the process keeping the DNS sockets across restarts
@@ -544,7 +559,12 @@ class Network:
             await self.dns.serve()
             while True:
                 await asyncio.sleep(1)
-                await run(self.fqdn_expire)
+                # the refreshes of answers released at once, unless a batch that takes them is under way (while
+                # one is, no answer waits outside it: waiting answers start one)
+                batch: dict[tuple[int, str, tuple[str, ...]], tuple[int, float]] = {}
+                if not self._learning:
+                    batch, self._learn_pending = self._learn_pending, {}
+                await run(lambda: self._fqdn_tick(batch))  # noqa: B023 - awaited within the iteration
                 if self.dns_holder is not None and self.l7 is not None and \
                         not holder.verified(self.dns_holder, self.l7.cgroup):
                     await run(self._dns_rehold)
@@ -558,57 +578,73 @@ class Network:
             holder.stop(self.cfg.state_dir, self.l7.cgroup)
             self._dns_hold()
 
-    async def _dns_learn(self, x: DnsExchange) -> None:
-        """Returns once the answer's IPs are in the policy maps. The answers that arrive while the worker
-        learns a batch wait together for the next one: one worker hop per batch, not per query."""
+    def _dns_learn(self, x: DnsExchange) -> asyncio.Future[None] | None:
+        """None when the answer's IPs are in the policy maps already (it is released at once), else a future
+        done once they are. The worker learns answers in batches, one hop per batch: answers that wait start
+        one (those that come meanwhile wait for the next); an answer the cache (and so the maps) holds for a
+        while yet only refreshes its entry's TTL, with the next batch or the once-a-second tick."""
         ep = self.dns_judge.ep_of(x.client)
-        fresh = ep is not None and not x.rcode and self.fqdn.holds(ep, x.query, _v4(x.ips), LEARN_MARGIN_S)
-        # an answer whose IPs the cache (and so the maps) already hold for a while yet is released at once; the
-        # worker still refreshes its entry's TTL
-        fut: asyncio.Future[None] | None = None if fresh else asyncio.get_running_loop().create_future()
-        self._learn_queue.append((x, fut))
+        ips = self._learnable.get(x.ips)
+        if ips is None:
+            if len(self._learnable) >= 4096:
+                self._learnable.clear()
+            ips = self._learnable[x.ips] = tuple(sorted(set(_v4(x.ips))))
+        if ep is None or x.rcode or not ips:
+            return None  # nothing to learn
+        key = (ep, x.query, ips)  # x.query is canonical already
+        pending = self._learn_pending
+        pending.pop(key, None)  # the same answer again: the later one counts (and keeps its place in order)
+        now = time.time()
+        pending[key] = (x.ttl, now)
+        if self.fqdn.holds_exactly(ep, x.query, ips, now + LEARN_MARGIN_S):
+            return None
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._learn_waiters.append(fut)
         if not self._learning:
             self._learning = True
             asyncio.ensure_future(self._learn_batches())
-        if fut is not None:
-            await fut
+        return fut
 
     async def _learn_batches(self) -> None:
         assert self._run is not None
         try:
-            while self._learn_queue:
-                batch, self._learn_queue = self._learn_queue, []
+            while True:
+                batch, waiters = self._learn_pending, self._learn_waiters
+                self._learn_pending, self._learn_waiters = {}, []
                 try:
-                    xs = [x for x, _ in batch]
-                    await self._run(lambda: self.fqdn_learn(*xs))  # noqa: B023 - awaited within the iteration
+                    await self._run(lambda: self.fqdn_learn(batch))  # noqa: B023 - awaited within the iteration
                 except Exception as e:  # noqa: BLE001 - handed to every waiting query (each answers SERVFAIL)
-                    for _, f in batch:
-                        if f is not None and not f.done():
+                    for f in waiters:
+                        if not f.done():
                             f.set_exception(e)
                 else:
-                    for _, f in batch:
-                        if f is not None and not f.done():
+                    for f in waiters:
+                        if not f.done():
                             f.set_result(None)
+                if not self._learn_waiters:
+                    break
         finally:
             self._learning = False
 
-    def fqdn_learn(self, *xs: DnsExchange) -> None:
-        """Allowed answers' IPs: into the cache and, when a toFQDNs selects a name, into the maps."""
-        answers = []
-        for x in xs:
-            ep = self.dns_judge.ep_of(x.client)
-            if ep is None or x.rcode or not x.ips:
-                continue
-            answers.append((ep, x.query, _v4(x.ips), x.ttl))
-        changed = self.fqdn.learn_many(answers)
-        if answers:
-            self._fqdn_dirty = True
+    def fqdn_learn(self, batch: dict[tuple[int, str, tuple[str, ...]], tuple[int, float]]) -> None:
+        """Allowed answers' IPs (by endpoint, name and IPs: TTL and when): into the cache and, when a toFQDNs
+        selects a name, into the maps."""
+        if not batch:
+            return
+        answers = [(ep, name, ips, ttl) for (ep, name, ips), (ttl, _) in batch.items()]
+        changed = self.fqdn.learn_many(answers, at=[t for _, t in batch.values()])
+        self._fqdn_dirty = True
         if changed:
             self._save_fqdn()  # before the maps: a restart never loses an IP an endpoint was told
             if any(self._fqdn_selected(n) for n in changed):
                 self._recompute()
             else:
                 self._index_names()
+
+    def _fqdn_tick(self, refresh: dict[tuple[int, str, tuple[str, ...]], tuple[int, float]]) -> None:
+        """Once a second: the refreshes of answers released at once, then what expired."""
+        self.fqdn_learn(refresh)
+        self.fqdn_expire()
 
     def names_of(self, ip: str) -> list[str]:
         """The names the DNS proxy learned for an address (flows' source_names/destination_names)."""
@@ -641,14 +677,36 @@ class Network:
                    for item in rule.egress or [] for s in item.to_fqdns or [])
 
     def on_dns(self, x: DnsExchange) -> None:
-        """A query through the DNS proxy: its REQUEST flow and, when answered from the resolver, its RESPONSE."""
-        c = self.compiled
-        ids = c.ipcache.get(f"{x.client}/32", 0), self.dns_judge.identity(x.server)
-        for response in (False, True) if x.allowed else (False,):
-            resp = dns_response(self.builder, x, response, *ids)
-            if self.metrics:
-                self.metrics.observe(resp)
-            self.flows.publish(resp)
+        """A query through the DNS proxy: its REQUEST flow and, when answered from the resolver, its RESPONSE,
+        each built when read; the metrics count them now (as the flows they would be, done once per kind of
+        exchange: what that moved is counted again for the next exchange of the same kind)."""
+        seen = self._dns_seen
+        if not seen or seen[0] is not self.compiled or seen[1] is not self.view or seen[2] is not self.dns_judge \
+                or seen[3] is not self.metrics:
+            self._dns_seen = (self.compiled, self.view, self.dns_judge, self.metrics)
+            self._dns_ends, self._dns_counted = {}, {}
+        ekey = (x.client, x.server)
+        ends = self._dns_ends.get(ekey)
+        if ends is None:
+            if len(self._dns_ends) >= 4096:
+                self._dns_ends.clear()
+            ends = self._dns_ends[ekey] = dns_endpoints(
+                self.builder, x, self.compiled.ipcache.get(f"{x.client}/32", 0), self.dns_judge.identity(x.server))
+        flows = l7_dns_deferred(self.builder, x, ends)
+        metrics = self.metrics
+        if metrics:
+            mkey = (ekey, x.transport, x.allowed, x.qtypes, x.rcode, len(x.ips), x.rrtypes)
+            moved = self._dns_counted.get(mkey)
+            if moved is not None:
+                metrics.recount(moved)
+            else:
+                moved = metrics.counted([f.materialize() for f in flows])
+                if moved is not None:
+                    if len(self._dns_counted) >= 4096:
+                        self._dns_counted.clear()
+                    self._dns_counted[mkey] = moved
+        for f in flows:
+            self.flows.publish(f)
 
     def drain(self) -> int:
         return self.reader.drain() if self.reader else 0

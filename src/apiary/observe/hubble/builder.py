@@ -486,11 +486,47 @@ def l7_http_deferred(builder: FlowBuilder, source: ExchangeSource) -> tuple[L7Ht
     return req, L7HttpFlow(builder, source, True)
 
 
+class L7DnsFlow:
+    """One flow of a query through the DNS proxy (:func:`l7_dns_deferred`), built on first read (the event bus's
+    ``Deferred``): the proxy answers thousands of queries a second that nobody may read. The endpoints are
+    looked up when the query is seen (as they are then)."""
+
+    __slots__ = ("builder", "x", "ends", "response", "built")
+
+    def __init__(self, builder: FlowBuilder, x: DnsExchange, ends: tuple[dict[str, Any], dict[str, Any]],
+                 response: bool) -> None:
+        self.builder, self.x, self.ends, self.response = builder, x, ends, response
+        self.built: dict[str, Any] | None = None
+
+    def materialize(self) -> dict[str, Any]:
+        if self.built is None:
+            x, response = self.x, self.response
+            self.built = _l7_flow(self.builder, x, x.transport, False, response, "dns", dns_json(x, response),
+                                  dns_summary(x, response), ends=self.ends)
+        return self.built
+
+
 def dns_response(builder: FlowBuilder, x: DnsExchange, response: bool, client_identity: int,
                  server_identity: int) -> dict[str, Any]:
     """The ``GetFlowsResponse`` of a query (or its answer) through the DNS proxy (see :mod:`.l7`)."""
     return _l7_flow(builder, x, x.transport, False, response, "dns", dns_json(x, response),
                     dns_summary(x, response), client_identity, server_identity)
+
+
+def dns_endpoints(builder: FlowBuilder, x: DnsExchange, client_identity: int,
+                  server_identity: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The client's and the resolver's endpoint dicts of a query's flows (``source``/``destination``)."""
+    return builder._endpoint(x.client, client_identity), builder._endpoint(x.server, server_identity)
+
+
+def l7_dns_deferred(builder: FlowBuilder, x: DnsExchange,
+                    ends: tuple[dict[str, Any], dict[str, Any]]) -> tuple[L7DnsFlow, ...]:
+    """The REQUEST flow of a query through the DNS proxy and, when it was let through, its RESPONSE flow (the
+    dicts :func:`dns_response` gives), each built when first read; ``ends`` as :func:`dns_endpoints` gives."""
+    req = L7DnsFlow(builder, x, ends, False)
+    if not x.allowed:
+        return (req,)
+    return req, L7DnsFlow(builder, x, ends, True)
 
 
 def _l7_flow(builder: FlowBuilder, x: HttpExchange | DnsExchange, transport: str, ingress: bool, response: bool,

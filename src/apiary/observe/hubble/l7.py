@@ -131,7 +131,7 @@ def http_json(x: HttpExchange, response: bool) -> dict[str, Any]:
     return d
 
 
-@dataclass
+@dataclass(slots=True)
 class DnsExchange:
     """One query through the DNS proxy and what became of it: a REQUEST flow, and a RESPONSE flow when the
     proxy answered from the resolver (a refused query is the REQUEST, verdict DROPPED, as for HTTP)."""

@@ -256,12 +256,13 @@ class _Family:
     ``Counter.labels`` takes a lock and checks the labels on every call, which per flow costs more than the rest
     of counting."""
 
-    __slots__ = ("counter", "spec", "children", "has_context")
+    __slots__ = ("counter", "spec", "children", "has_context", "moved")
 
     def __init__(self, counter: Counter | Histogram, spec: MetricSpec) -> None:
         self.counter, self.spec = counter, spec
         self.children: dict[tuple[str, ...], Any] = {}
         self.has_context = bool(spec.context_labels())
+        self.moved: list[Any] | None = None  # while FlowMetrics.counted records: the children moved (None: not once)
 
     def child(self, flow: Mapping[str, Any], values: tuple[str, ...]) -> Any:
         key = (*context_values(self.spec, flow), *values) if self.has_context else values
@@ -271,10 +272,15 @@ class _Family:
         return child
 
     def inc(self, flow: Mapping[str, Any], *values: str) -> None:
-        self.child(flow, values).inc()
+        child = self.child(flow, values)
+        child.inc()
+        if self.moved is not None:
+            self.moved.append(child)
 
     def observe(self, flow: Mapping[str, Any], amount: float, *values: str) -> None:
         self.child(flow, values).observe(amount)
+        if self.moved is not None:
+            self.moved.append(None)  # an amount of its own: not repeatable by FlowMetrics.recount
 
 
 # Hubble's names of DNS response codes (pkg/hubble/metrics/dns)
@@ -432,12 +438,47 @@ class FlowMetrics:
         self._has_context = any(spec.context_labels() for name, spec in self.enabled.items()
                                 if name in ("flow", "drop", "tcp", "port-distribution", "policy"))
         self._memo: dict[tuple[object, ...], list[Any]] = {}
+        self._moved: list[Any] | None = None  # while counted() records: the children observe() moved
 
     def lost(self, source: str | int, count: int) -> None:
         """Count ``count`` lost events from a LostEventSource (name or number)."""
         name = LOST_EVENT_SOURCE.get(source, str(source)) if isinstance(source, int) else source
         if count > 0:
             self.lost_events.labels(source=name.lower()).inc(count)
+
+    def _l7_families(self) -> list[_Family]:
+        """The L7 handlers' families (the packet-level ones are counted through :meth:`_children`)."""
+        if self.l7 is None:
+            return []
+        fams = [self.l7.http_requests, self.l7.http_responses, self.l7.http_duration, self.l7.dns_queries,
+                self.l7.dns_responses, self.l7.dns_types]
+        return [f for f in fams if f is not None]
+
+    def counted(self, resps: Iterable[Mapping[str, Any]]) -> tuple[Any, ...] | None:
+        """:meth:`observe` each of ``resps``; what that moved, for :meth:`recount` to move again for flows that
+        count the same (a proxy's thousands of alike exchanges a second then cost a few increments, not the
+        label work of each flow), or None when it is not repeatable so (a histogram's amount, a loss)."""
+        moved: list[Any] = []
+        fams = self._l7_families()
+        for f in fams:
+            f.moved = moved
+        self._moved = moved
+        try:
+            for resp in resps:
+                if not isinstance(resp.get("flow"), dict):
+                    moved.append(None)
+                self.observe(resp)
+        finally:
+            for f in fams:
+                f.moved = None
+            self._moved = None
+        return None if any(c is None for c in moved) else tuple(moved)
+
+    @staticmethod
+    def recount(moved: tuple[Any, ...]) -> None:
+        """Count again what :meth:`counted` said its flows moved."""
+        for child in moved:
+            child.inc()
 
     def observe(self, resp: Mapping[str, Any]) -> None:
         """Account one ``GetFlowsResponse`` dict (a flow or a ``lost_events`` notice)."""
@@ -448,8 +489,11 @@ class FlowMetrics:
         flow = resp.get("flow")
         if not isinstance(flow, dict):
             return
-        for child in self._children(flow):
+        children = self._children(flow)
+        for child in children:
             child.inc()
+        if self._moved is not None:  # counted() records what moved
+            self._moved.extend(children)
         if self.l7 is not None and int((flow.get("event_type") or {}).get("type", 0)) == MSG_ACCESS_LOG:
             self.l7.observe(flow, str(flow.get("verdict", "VERDICT_UNKNOWN")))
 

@@ -162,7 +162,10 @@ ingress:
     assert ret == TC_ACT_OK and (flows[-1].sport, flows[-1].dport) == (8, 0)  # ICMP: type and code
     assert pr.run(icmp_packet(OTHER.ipv4, BACKEND.ipv4, 8), egress=False)[0] == TC_ACT_SHOT
     assert syn_to_backend(pr, FRONTEND, 5678)[0] == TC_ACT_SHOT
-    # the echo reply leaves as the reply of the tracked request: no new connection, nothing new to report
+    # the echo reply leaves as the reply of the tracked request (no new connection), traced as the first packet
+    # of its direction (it has no TCP flags to be new); a second one within the trace interval is not
+    ret, flows = pr.run(icmp_packet(BACKEND.ipv4, FRONTEND.ipv4, 0), egress=True)
+    assert ret == TC_ACT_OK and [(f.kind, f.ct_state, f.sport) for f in flows] == [(MSG_TRACE, CT_REPLY, 0)]
     ret, flows = pr.run(icmp_packet(BACKEND.ipv4, FRONTEND.ipv4, 0), egress=True)
     assert ret == TC_ACT_OK and flows == []
     # ICMP errors pass as related to some connection
@@ -199,6 +202,21 @@ ingress:
 """), clear_ct=False)
     assert pr.run(tcp_packet(FRONTEND.ipv4, BACKEND.ipv4, 41000, 5678, TCP_ACK), egress=False)[0] == TC_ACT_OK
     assert syn_to_backend(pr, FRONTEND, 5678, sport=41001)[0] == TC_ACT_SHOT
+
+
+def test_a_udp_answer_is_traced_once_per_direction(pr: ProgRun) -> None:
+    """Cilium traces the first packet of each direction of a connection: the answer to a UDP request (no TCP
+    flags to be new) shows as the reply; repeats within the trace interval do not."""
+    pr.apply()
+    ret, flows = pr.run(udp_packet(FRONTEND.ipv4, BACKEND.ipv4, 42000, 53), egress=False)
+    assert ret == TC_ACT_OK and [(f.kind, f.ct_state) for f in flows] == [(MSG_TRACE, CT_NEW)]
+    ret, flows = pr.run(udp_packet(FRONTEND.ipv4, BACKEND.ipv4, 42000, 53), egress=False)
+    assert ret == TC_ACT_OK and flows == []  # the request's direction was traced already
+    ret, flows = pr.run(udp_packet(BACKEND.ipv4, FRONTEND.ipv4, 53, 42000), egress=True)
+    assert ret == TC_ACT_OK and [(f.kind, f.ct_state, f.src_ip, f.dport) for f in flows] == [
+        (MSG_TRACE, CT_REPLY, BACKEND.ipv4, 42000)]
+    ret, flows = pr.run(udp_packet(BACKEND.ipv4, FRONTEND.ipv4, 53, 42000), egress=True)
+    assert ret == TC_ACT_OK and flows == []
 
 
 def test_audit_mode_forwards_what_would_be_dropped(pr: ProgRun) -> None:

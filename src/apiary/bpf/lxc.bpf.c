@@ -454,8 +454,12 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	}
 	if (cv) {
 		__u8 *seen = state == CT_REPLY ? &cv->flags_reply : &cv->flags_orig;
-		__u8 fresh = p.tcp_flags & ~*seen;
+		/* new TCP flags, or the first packet of this direction: a UDP or ICMP reply carries no flags, and
+		 * without this the answer to a request would never be traced (as Cilium's per-direction report) */
+		__u8 dir_bit = state == CT_REPLY ? CT_DIR_REPLY : CT_DIR_ORIG;
+		__u8 fresh = (p.tcp_flags & ~*seen) | (dir_bit & ~cv->dirs_reported);
 		*seen |= p.tcp_flags;
+		cv->dirs_reported |= dir_bit;
 		if (p.tcp_flags & 0x05) /* FIN or RST */
 			cv->closing = 1;
 		cv->expires = now + ct_lifetime(&p, cv);
@@ -574,6 +578,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	nv.from_proxy = proxied;
 	nv.rule_id = d.rule_id;
 	nv.flags_orig = p.tcp_flags;
+	nv.dirs_reported = CT_DIR_ORIG; /* traced below */
 	nv.audit = verdict == VERDICT_AUDIT;
 	nv.last_report = now;
 	nv.packets = 1;

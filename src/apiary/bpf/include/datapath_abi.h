@@ -138,8 +138,12 @@ struct ct_value {
 	__u64 bytes;
 	__be16 proxy_port; /* the connection is redirected to the L7 proxy (every packet of the original direction) */
 	__u8 from_proxy;   /* the L7 proxy's own connection to the endpoint (already judged) */
-	__u8 _pad[5];
+	__u8 dirs_reported; /* CT_DIR_* bits: a packet of that direction was traced (the first of each always is) */
+	__u8 _pad[4];
 };
+
+/* ct_value.dirs_reported */
+enum { CT_DIR_ORIG = 1, CT_DIR_REPLY = 2 };
 
 /* The L7 proxy of this agent (one entry, written by the agent): packets redirected to it carry `mark`
  * (an ip rule routes that mark to a local table), its sockets live in the cgroup `cgroup_id`. */

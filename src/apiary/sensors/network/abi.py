@@ -110,7 +110,8 @@ class CtValue(ctypes.Structure):
         ("bytes", c_uint64),
         ("proxy_port", c_uint8 * 2),  # big-endian: the connection is redirected to the L7 proxy
         ("from_proxy", c_uint8),  # the L7 proxy's own connection to the endpoint
-        ("_pad", c_uint8 * 5),
+        ("dirs_reported", c_uint8),  # CT_DIR_* bits: a packet of that direction was traced
+        ("_pad", c_uint8 * 4),
     ]
 
 

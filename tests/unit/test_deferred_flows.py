@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
+from apiary.agent.bus import EventBus
 from apiary.agent.flowdir import FlowDirectory
 from apiary.observe.clock import KtimeClock
 from apiary.observe.hubble.builder import DeferredFlow, EndpointInfo, FlowBuilder, l7_http_deferred
@@ -195,3 +196,29 @@ def test_counting_http_exchanges_by_kind_moves_the_same_counters(metrics: str) -
         for ev in l7_http_deferred(b, x):
             memo.observe_l7(("http", x.allowed, ev.response), ev)
     assert _samples(memo_reg) == _samples(eager_reg)
+
+
+class _Counted:
+    """A deferred event that counts its builds."""
+
+    builds = 0
+
+    def __init__(self, n: int) -> None:
+        self.n, self.built = n, None
+
+    def materialize(self) -> dict[str, Any]:
+        if self.built is None:
+            _Counted.builds += 1
+            self.built = {"n": self.n}
+        return self.built
+
+
+def test_the_last_matching_flows_are_built_newest_first_only_as_far_as_needed() -> None:
+    bus = EventBus(100, 4)
+    for i in range(100):
+        bus.publish(_Counted(i))  # type: ignore[arg-type]
+    _Counted.builds = 0
+    assert bus.last_matching(lambda ev: ev["n"] % 2 == 0, 3) == [{"n": 94}, {"n": 96}, {"n": 98}]
+    assert _Counted.builds == 6  # 99 down to 94: not the 94 older ones
+    assert bus.last_matching(lambda ev: True, 0) == []
+    assert [ev["n"] for ev in bus.last_matching(lambda ev: ev["n"] < 2, 10)] == [0, 1]  # fewer than asked

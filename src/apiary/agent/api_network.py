@@ -149,8 +149,7 @@ def add_routes(app: web.Application, agent: AgentView) -> None:
         await resp.prepare(request)
         fol = n.flows.subscribe() if follow else None
         try:
-            backlog = [f for f in n.flows.recent() if flt.matches(f)]
-            for f in backlog[-last:] if last else []:
+            for f in n.flows.last_matching(flt.matches, last):
                 await resp.write(json.dumps(f, separators=(",", ":")).encode() + b"\n")
             if fol is None:
                 return resp

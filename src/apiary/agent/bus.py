@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -58,6 +58,21 @@ class EventBus:
     def recent(self) -> list[Event]:
         """The history, oldest first (a copy: publishing may go on while a client replays it)."""
         return [materialize(ev) for ev in self.history]
+
+    def last_matching(self, keep: Callable[[Event], bool], n: int) -> list[Event]:
+        """The newest ``n`` events of the history that ``keep`` accepts, oldest first: built newest first, only
+        as far back as it takes to find them."""
+        out: list[Event] = []
+        if n <= 0:
+            return out
+        for ev in reversed(list(self.history)):  # a copy: publishing may go on meanwhile
+            built = materialize(ev)
+            if keep(built):
+                out.append(built)
+                if len(out) >= n:
+                    break
+        out.reverse()
+        return out
 
     def publish(self, ev: Event | Deferred) -> None:
         self.published += 1

@@ -443,7 +443,8 @@ def policy_explain(ctx: click.Context, src: str, dst: str, port: str, http: tupl
 
 # ------------------------------------------------------------------------------- observe
 @click.command(cls=ObserveCommand, context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-@click.option("--last", type=click.IntRange(min=0), default=20, show_default=True, help="Recent flows first.")
+@click.option("--last", type=click.IntRange(min=0), default=None,
+              help="The last N flows of the agent's ring, oldest first (default 20; with --follow 0, as hubble).")
 @click.option("-f", "--follow", is_flag=True, help="Keep streaming new flows.")
 @click.option(
     "-o",
@@ -454,8 +455,11 @@ def policy_explain(ctx: click.Context, src: str, dst: str, port: str, http: tupl
 )
 @click.option("--print-policy-names", is_flag=True, help="Name the policies that decided each flow.")
 @click.option("--color", type=click.Choice(["auto", "always", "never"]), default="auto", show_default=True)
+@click.option("--print-raw-filters", is_flag=True,
+              help="Print the filters as Hubble's FlowFilter JSON (for --hubble-export-allowlist) and exit.")
 @click.pass_context
-def observe(ctx: click.Context, last: int, follow: bool, output: str, print_policy_names: bool, color: str) -> None:
+def observe(ctx: click.Context, last: int | None, follow: bool, output: str, print_policy_names: bool,
+            color: str, print_raw_filters: bool) -> None:
     """Hubble flows, filtered as with `hubble observe` (the filters are listed below)."""
     from apiary.observe.colour import wants_colour
     from apiary.observe.hubble import printers as hubble
@@ -485,10 +489,15 @@ def observe(ctx: click.Context, last: int, follow: bool, output: str, print_poli
     try:
         from apiary.observe.hubble.filters import FlowFilter
 
-        FlowFilter.from_args(pairs)
+        flt = FlowFilter.from_args(pairs)
     except ValueError as e:
         _fail(str(e), 2)
+    if print_raw_filters:  # as hubble: nothing is asked of the agent
+        click.echo(flt.print_raw_filters(), nl=False)
+        return
     params: list[tuple[str, str]] = [("filter", f"{k}={v}") for k, v in pairs]
+    if last is None:  # hubble: 20 flows, or none before the stream when following
+        last = 0 if follow else 20
     params += [("last", str(last)), ("follow", "1" if follow else "0")]
     use_color = wants_colour(sys.stdout, color)
     rows = []
@@ -501,7 +510,9 @@ def observe(ctx: click.Context, last: int, follow: bool, output: str, print_poli
             elif output == "dict":
                 click.echo(hubble.dict_format(resp))
             else:
-                click.echo(hubble.compact(resp, color=use_color, print_policy_names=print_policy_names))
+                # color: click strips escapes when stdout is not a terminal; --color always means keep them
+                click.echo(hubble.compact(resp, color=use_color, print_policy_names=print_policy_names),
+                           color=use_color)
     except AgentUnreachable as e:
         _fail(str(e))
     except ApiError as e:

@@ -28,11 +28,18 @@ def service() -> None:
     replacement), with their EndpointSlices."""
 
 
-def _ref(ref: str) -> tuple[str, str]:
+def _ref(ref: str, namespace: str | None = None) -> tuple[str, str]:
+    """NAMESPACE/NAME, or NAME in ``namespace`` (-n; default ``default``)."""
     ns, _, name = ref.rpartition("/")
     if not name:
-        raise click.BadParameter(f"{ref!r}: expected NAMESPACE/NAME or NAME (namespace default)")
-    return ns or "default", name
+        raise click.BadParameter(f"{ref!r}: expected NAMESPACE/NAME or NAME (namespace from -n, else default)")
+    if ns and namespace and ns != namespace:
+        raise click.BadParameter(f"{ref!r} is in namespace {ns!r}, but -n says {namespace!r}")
+    return ns or namespace or "default", name
+
+
+_NAMESPACE = click.option("-n", "--namespace", default=None,
+                          help="the namespace of a NAME given without one (default: default)")
 
 
 def _print_applied(res: dict[str, Any]) -> None:
@@ -70,11 +77,12 @@ def service_list(ctx: click.Context, output: str) -> None:
 
 @service.command("get")
 @click.argument("ref")
+@_NAMESPACE
 @click.option("-o", "--output", type=click.Choice(["yaml", "json"]), default="yaml", show_default=True)
 @click.pass_context
-def service_get(ctx: click.Context, ref: str, output: str) -> None:
+def service_get(ctx: click.Context, ref: str, namespace: str | None, output: str) -> None:
     """A service as applied (clusterIP and nodePorts as allocated) and its frontends."""
-    ns, name = _ref(ref)
+    ns, name = _ref(ref, namespace)
     res = _req(ctx, "GET", f"/v1/services/{seg(ns)}/{seg(name)}")
     if output == "json":
         click.echo(json.dumps(res, indent=2))
@@ -103,11 +111,13 @@ def frontend_comments(rows: list[dict[str, Any]]) -> list[str]:
               help="delete the Services and EndpointSlices named in this YAML file")
 @click.option("--kind", type=click.Choice(sorted(SERVICE_KINDS)), default="Service", show_default=True,
               help="the kind of the REFS given on the command line")
+@_NAMESPACE
 @click.pass_context
-def service_delete(ctx: click.Context, refs: tuple[str, ...], path: str | None, kind: str) -> None:
+def service_delete(ctx: click.Context, refs: tuple[str, ...], path: str | None, kind: str,
+                   namespace: str | None) -> None:
     """Delete Services (their frontends go at once) or EndpointSlices: all those named, in one change, or
     none if one is unknown."""
-    items = [{"kind": kind, "name": "/".join(_ref(r))} for r in refs]
+    items = [{"kind": kind, "name": "/".join(_ref(r, namespace))} for r in refs]
     if path:
         items += _named_in(read_file_arg(path))
     if not items:

@@ -222,3 +222,23 @@ def test_the_last_matching_flows_are_built_newest_first_only_as_far_as_needed() 
     assert _Counted.builds == 6  # 99 down to 94: not the 94 older ones
     assert bus.last_matching(lambda ev: True, 0) == []
     assert [ev["n"] for ev in bus.last_matching(lambda ev: ev["n"] < 2, 10)] == [0, 1]  # fewer than asked
+
+
+def test_a_deleted_pods_series_go_a_minute_later_as_hubbles() -> None:
+    reg, m = _two_metrics("flow:sourceContext=pod;destinationContext=namespace,drop,tcp:labelsContext=source_pod")[0]
+    b = builder()
+    for src in (A, B):
+        m.observe(b.build(message(src_ip=src, dst_ip=B if src == A else A)))
+
+    def pods() -> set[str]:
+        return {s.labels.get("source") or s.labels.get("source_pod", "") for f in reg.collect() for s in f.samples
+                if s.name in ("hubble_flows_processed_total", "hubble_tcp_flags_total")}
+
+    assert pods() == {"ns/frontend", "ns/backend", "frontend", "backend"}
+    m.forget_pod("ns", "frontend", now=100.0)
+    assert m.sweep(159.0) == 0 and "ns/frontend" in pods()
+    gen = m.generation
+    assert m.sweep(160.0) == 2 and pods() == {"ns/backend", "backend"}
+    assert m.generation == gen + 1
+    m.observe(b.build(message()))  # a pod of that name again: its series come back
+    assert "ns/frontend" in pods()

@@ -547,6 +547,8 @@ class Agent:
         async def sample_rates() -> None:  # the window `apiary status` computes flows/s and events/s over
             while True:
                 self.rates.sample(self.rate_counters())
+                if net and net.metrics:  # and the Hubble series of pods deleted a minute ago go
+                    net.metrics.sweep(time.monotonic())
                 await asyncio.sleep(5)
 
         async def ct_gc() -> None:

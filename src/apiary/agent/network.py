@@ -372,6 +372,8 @@ class Network:
         ep = self.em.get(ref)
         self.dp.forget(ep)
         self.em.delete(ep.key)
+        if self.metrics:  # its series go a minute later, as Hubble's
+            self.metrics.forget_pod(ep.namespace, ep.name, time.monotonic())
         self.fqdn.forget_endpoint(ep.ep_id)
         self._save_fqdn()
         try:
@@ -682,8 +684,9 @@ class Network:
         exchange: what that moved is counted again for the next exchange of the same kind)."""
         seen = self._dns_seen
         if not seen or seen[0] is not self.compiled or seen[1] is not self.view or seen[2] is not self.dns_judge \
-                or seen[3] is not self.metrics:
-            self._dns_seen = (self.compiled, self.view, self.dns_judge, self.metrics)
+                or seen[3] is not self.metrics or seen[4] != (self.metrics.generation if self.metrics else 0):
+            self._dns_seen = (self.compiled, self.view, self.dns_judge, self.metrics,
+                              self.metrics.generation if self.metrics else 0)
             self._dns_ends, self._dns_counted = {}, {}
         ekey = (x.client, x.server)
         ends = self._dns_ends.get(ekey)

@@ -42,6 +42,7 @@ node's endpoints and identities: the unbounded contexts (``ip``, ``dns``) are re
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -271,6 +272,22 @@ class _Family:
             child = self.children[key] = self.counter.labels(*key)
         return child
 
+    def remove_pod(self, namespace: str, name: str) -> int:
+        """Remove the series whose pod context (``pod``, ``pod-name``, ``source_pod``/``destination_pod``) is
+        that pod; how many went."""
+        values = {f"{namespace}/{name}", name}
+        spec, positions = self.spec, []
+        for i, label in enumerate(spec.context_labels()):
+            alts = spec.source_context if label == "source" else spec.destination_context if label == "destination" \
+                else ("pod-name",) if label in ("source_pod", "destination_pod") else ()
+            if "pod" in alts or "pod-name" in alts:
+                positions.append(i)
+        gone = [key for key in self.children if any(key[i] in values for i in positions)]
+        for key in gone:
+            del self.children[key]
+            self.counter.remove(*key)
+        return len(gone)
+
     def inc(self, flow: Mapping[str, Any], *values: str) -> None:
         child = self.child(flow, values)
         child.inc()
@@ -393,6 +410,8 @@ class Materializable(Protocol):
     def materialize(self) -> Mapping[str, Any]: ...
 
 
+POD_SERIES_TTL_S = 60.0  # Hubble deletes the series of a pod a minute after the pod (FORMATS §11.2)
+
 # apiary's own hubble_lost_events_total source: the access-log records HAProxy dropped
 L7_LOST_SOURCE = "l7_proxy_access_log"
 
@@ -439,6 +458,27 @@ class FlowMetrics:
                                 if name in ("flow", "drop", "tcp", "port-distribution", "policy"))
         self._memo: dict[tuple[object, ...], list[Any]] = {}
         self._moved: list[Any] | None = None  # while counted() records: the children observe() moved
+        # forget_pod: (when, namespace, name) of deleted pods whose series go then; appended from any thread
+        self._doomed: collections.deque[tuple[float, str, str]] = collections.deque()
+        self.generation = 0  # moves when series are removed: kept children (counted/recount) are stale then
+
+    def forget_pod(self, namespace: str, name: str, now: float) -> None:
+        """The pod is gone: its series go :data:`POD_SERIES_TTL_S` later (``now``: ``time.monotonic()``), with
+        :meth:`sweep`. Safe from any thread."""
+        self._doomed.append((now + POD_SERIES_TTL_S, namespace, name))
+
+    def sweep(self, now: float) -> int:
+        """Remove the series of the pods whose time came; how many series went. On the event-loop thread."""
+        removed = 0
+        while self._doomed and self._doomed[0][0] <= now:
+            _, namespace, name = self._doomed.popleft()
+            fams = [self.flows_processed, self.drops, self.policy_verdicts, self.tcp_flags, self.ports,
+                    *self._l7_families()]
+            removed += sum(f.remove_pod(namespace, name) for f in fams if f is not None and f.has_context)
+        if removed:
+            self._memo.clear()
+            self.generation += 1
+        return removed
 
     def lost(self, source: str | int, count: int) -> None:
         """Count ``count`` lost events from a LostEventSource (name or number)."""

@@ -168,6 +168,14 @@ def test_policy_applies_to_the_backend_identity_behind_the_vip(env: tuple[AgentP
         drops = [f for f in net.flows("--verdict", "DROPPED", "--from-pod", "shop/other")
                  if f.get("drop_reason_desc") == "POLICY_DENIED"]
         assert drops and drops[-1]["IP"]["destination"] != ip  # the packet carried the backend's address
+        # explain to the VIP answers for its backends, as the datapath decides (not "egress not enforced")
+        res = json.loads(net.cli_ok("policy", "explain", "--from", "shop/other", "--to", ip, "--port", "80/TCP",
+                                    "-o", "json"))
+        assert res["verdict"] == "DENIED" and res["service"] == "shop/web", res
+        assert len(res["backends"]) == 2 and all(b["verdict"] == "DENIED" for b in res["backends"])
+        assert all(b["backend"].endswith(":8080") for b in res["backends"])
+        text = net.cli_ok("policy", "explain", "--from", "shop/client", "--to", ip, "--port", "80/TCP")
+        assert text.startswith(f"ALLOWED: {ip}:80/TCP is service shop/web:http") and text.count("  -> ") == 2, text
     finally:
         net.cli_ok("policy", "delete", "web-from-client", "-n", "shop")
 

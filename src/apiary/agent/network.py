@@ -497,6 +497,9 @@ class Network:
                 ipaddress.IPv4Address(ref)
             except ValueError:
                 raise EndpointError(f"{ref}: not an endpoint (namespace/name) nor an IPv4 address") from None
+            local = next((e for e in self.em.endpoints.values() if e.ipv4 == ref), None)
+            if local is not None:  # a local endpoint's address is that endpoint (its policy applies)
+                return endpoint_peer(self.compiled, _spec(local))
             return ip_peer(self.compiled, ref)
 
     # ------------------------------------------------------------------ flows

@@ -22,12 +22,14 @@ from typing import TYPE_CHECKING, Any
 from apiary.loader.fs import remove_pin_tree
 from apiary.observe.hubble.raw import MSG_DROP, VERDICT_DROPPED, FlowMsg
 from apiary.observe.hubble.services import ServiceTable
+from apiary.policy.explain import HttpRequest
 from apiary.policy.models import PolicyError
 from apiary.sensors.lb import abi as lb_abi
 from apiary.sensors.lb.sensor import LBCapacityError, LBDrop, LoadBalancer, PackMemo, Sizes, contents, maglev_value
 from apiary.services.allocate import AllocationError, allocate_service, service_network
 from apiary.services.backends import (
     ALGORITHMS,
+    BackendState,
     EndpointInfo,
     Frontend,
     LBTable,
@@ -237,6 +239,30 @@ class ServicesControl:
         # a new table, not an edit: a flow read before this change and built later keeps the table of its moment
         self.flow_services = self.net.builder.services = ServiceTable(self.fronts)
         return counts
+
+    def frontend_for(self, address: str, port: int, protocol: str) -> Frontend | None:
+        """The ClusterIP or external IP frontend at exactly that address and port, if one is."""
+        return next((fe for fe in self.fronts if fe.address == address and fe.port == port
+                     and fe.protocol.upper() == protocol.upper()), None)
+
+    def explain(self, src: str, fe: Frontend, protocol: str, http: HttpRequest | None) -> dict[str, Any]:
+        """``policy explain`` to a service address: policy applies to the backend after translation (as in
+        Cilium), so each active backend is explained; the verdict is theirs when they agree, else MIXED."""
+        name = f"{fe.service}:{fe.port_name}" if fe.port_name else fe.service
+        where = f"{fe.address}:{fe.port}/{fe.protocol}"
+        active = [be for be in fe.backends if be.state == BackendState.ACTIVE]
+        if not active:
+            return {"verdict": "DENIED", "service": fe.service, "backends": [],
+                    "text": f"DENIED: {where} is service {name}, which has no active backend: the connection is "
+                            f"dropped (SERVICE_BACKEND_NOT_FOUND)", "revision": self.net.revision}
+        rows = [{"backend": f"{be.address}:{be.port}", **self.net.explain(src, be.address, be.port, protocol, http)}
+                for be in active]
+        verdicts = {r["verdict"] for r in rows}
+        verdict = verdicts.pop() if len(verdicts) == 1 else "MIXED"
+        lines = [f"{verdict}: {where} is service {name}; policy applies to its backend after translation:"]
+        lines += [f"  -> {r['backend']}: {r['text']}" for r in rows]
+        return {"verdict": verdict, "service": fe.service, "backends": rows, "text": "\n".join(lines),
+                "revision": self.net.revision}
 
     def _save(self) -> None:
         """services.json, with each service's JSON text kept from its last dump (one change re-encodes one

@@ -21,7 +21,9 @@ from apiary.tracing.types import ARG_INT, ARG_STRING, ArgFilter, ArgSpec, Compil
 
 
 @pytest.fixture(params=["gs_sys_enter", "gs_sys_enter_pr"])
-def sensors(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[ProcessSensor, TracingSensor]]:
+def sensors(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[ProcessSensor, TracingSensor]]:
     fast = request.param == "gs_sys_enter"
     if fast and not tracepoint_record_loads():
         pytest.skip("this kernel does not let tracepoint programs call bpf_rdonly_cast")
@@ -70,7 +72,8 @@ def test_quick_reject_and_the_arguments_after_it(sensors, workdir) -> None:
     d = workdir
     # one hook on openat (the quick reject from the record), one on chdir (one argument: register 0)
     _apply(ts, "entry-a", _hook("openat", OPEN_ARGS, ArgFilter(0, "Prefix", (f"{d}/a",))))
-    _apply(ts, "entry-cd", _hook("chdir", (ArgSpec(0, ARG_STRING, tetragon_type="string"),), ArgFilter(0, "Equal", (d,))))
+    cd_args = (ArgSpec(0, ARG_STRING, tetragon_type="string"),)
+    _apply(ts, "entry-cd", _hook("chdir", cd_args, ArgFilter(0, "Equal", (d,))))
     assert ts.sys_links.keys() >= {"openat", "chdir"}
     flags = os.O_WRONLY | os.O_CREAT  # (Python adds O_CLOEXEC: masked out below)
     for name in ("a1", "b1", "a", "xa1"):
@@ -100,4 +103,5 @@ def test_several_hooks_on_one_syscall_are_each_decided(sensors, workdir) -> None
     for name in ("a1", "b", "b1", "c"):
         os.close(os.open(f"{d}/{name}", os.O_RDONLY | os.O_CREAT, 0o600))
     evs = [e for e in tracing_events(ps) if _s(e, 0).startswith(d)]
-    assert sorted((_s(e, 0), e.ints[1] & ~os.O_CLOEXEC) for e in evs) == [(f"{d}/a1", os.O_CREAT), (f"{d}/b", os.O_CREAT)]
+    got = sorted((_s(e, 0), e.ints[1] & ~os.O_CLOEXEC) for e in evs)
+    assert got == [(f"{d}/a1", os.O_CREAT), (f"{d}/b", os.O_CREAT)]

@@ -194,11 +194,12 @@ class TracingSensor(PolicyWrites):
         if not self.obj:
             return []
         watched = ", ".join(sorted(n for n in self.sys_links if not n.startswith("__"))) or "none yet"
+        variant = "" if self.enter_prog == "gs_sys_enter" else f": {self.enter_prog}"
         rows = [
             (
                 "gs_sys_enter",  # (the variant loaded: its own name in the description)
                 self.obj.program(self.enter_prog).fd,
-                f"tracepoint syscalls/sys_enter_* ({watched}){'' if self.enter_prog == 'gs_sys_enter' else ': ' + self.enter_prog}",
+                f"tracepoint syscalls/sys_enter_* ({watched}){variant}",
             ),
             ("gs_connect4", self.obj.program("gs_connect4").fd, "cgroup/connect4 (cgroup v2 root)"),
             ("gs_connect6", self.obj.program("gs_connect6").fd, "cgroup/connect6 (cgroup v2 root)"),

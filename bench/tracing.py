@@ -106,16 +106,17 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _prog_runtime(name: str) -> tuple[int, int]:
-    """run_time_ns and run_cnt summed over the loaded programs called ``name`` (kernel.bpf_stats_enabled on)."""
+def _prog_runtime(names: tuple[str, ...]) -> tuple[int, int]:
+    """run_time_ns and run_cnt summed over the loaded programs called one of ``names`` (kernel.bpf_stats_enabled
+    on)."""
     import json
 
     out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True).stdout
-    progs = [p for p in json.loads(out or "[]") if p.get("name") == name]
+    progs = [p for p in json.loads(out or "[]") if p.get("name") in names]
     return sum(p.get("run_time_ns", 0) for p in progs), sum(p.get("run_cnt", 0) for p in progs)
 
 
-def prog_cost(prog: str, cmd: list[str]) -> tuple[float, int, float]:
+def prog_cost(prog: tuple[str, ...], cmd: list[str]) -> tuple[float, int, float]:
     """One run of the workload with kernel.bpf_stats_enabled on (not in the medians: it adds two clock reads
     per program run): the programs called ``prog`` (every one on the host: other agents' too), their run
     time per call and calls, and the workload's time."""
@@ -142,7 +143,7 @@ def cost_split(agent: AgentProcess, cmd: list[str], events: int) -> str:
         return "bpftool missing: no cost split"
     lost0 = agent.client().get("/v1/status")["events"]["kernel_lost"].get("tracing", 0)
     c0 = _cpu_s(agent.proc.pid)
-    ns, calls, t = prog_cost("gs_sys_enter", cmd)
+    ns, calls, t = prog_cost(("gs_sys_enter", "gs_sys_enter_pr"), cmd)
     time.sleep(0.3)  # the agent drains what is left
     cpu = _cpu_s(agent.proc.pid) - c0
     lost = agent.client().get("/v1/status")["events"]["kernel_lost"].get("tracing", 0) - lost0
@@ -189,7 +190,7 @@ def tracepoint_floor(cmd: list[str], rounds: int) -> float:
         bare, attached = [], []
         for _ in range(rounds):
             bare.append(timed(cmd))
-            lk = TracepointLink.attach(ts.obj.program("gs_sys_enter"), "syscalls", "sys_enter_openat")
+            lk = TracepointLink.attach(ts.obj.program(ts.enter_prog), "syscalls", "sys_enter_openat")
             try:
                 attached.append(timed(cmd))
             finally:
@@ -259,7 +260,7 @@ def main(rounds: int = 5, opens: int = 100000, execs: int = 1000) -> None:
         print("  open loop, the same filters in bpftrace on syscalls/sys_enter_openat (same run): " + " | ".join(cells))
         if shutil.which("bpftool"):
             for bt_name, script in BPFTRACE.items():  # its program, named after the tracepoint, cut to 15 bytes
-                ns, calls, _ = timed_under_bpftrace(script, work[open_name], partial(prog_cost, "sys_enter_opena"))
+                ns, calls, _ = timed_under_bpftrace(script, work[open_name], partial(prog_cost, ("sys_enter_opena",)))
                 print(f"    {bt_name}: in the kernel {ns:.0f} ns per call over {calls:,} calls (bpf_stats, one run)")
     else:
         print("  bpftrace not installed and `apt-get install -y bpftrace` failed: no bpftrace comparison")

@@ -208,18 +208,29 @@ static __always_inline int quick_reject(struct hooks_ctx *hc, __u32 hid)
 	return quick_test(h, w, reg_at(hc, h->quick.reg));
 }
 
-/* straight from the tracepoint record, before anything else is copied from it: only the one argument the
- * values compare (8 bytes; the whole record's six argument slots cost the never-matching call ~50 ns more).
- * A direct read of ctx->args[i] would make the attach to a syscall with fewer arguments fail
- * (max_ctx_offset), hence the copy (of a slot the full copy below reads too). */
-static __always_inline int quick_reject_rec(struct trace_event_raw_sys_enter *ctx, __u32 hid)
+/* The record's argument slots read as plain loads (r: the record cast to its BTF type by bpf_rdonly_cast, a kfunc
+ * the loader probes for; btf 0 where the kernel lacks it: gs_sys_enter_pr). A probe read helper per call costs the
+ * never-matching call ~70 ns here; a direct ctx->args[i] read would make the attach to a syscall with fewer
+ * arguments fail (max_ctx_offset), a load through the cast pointer is not a ctx access. Past the syscall's
+ * arity a slot holds whatever the per-CPU trace buffer holds there (as with the probe read), never used. */
+extern void *bpf_rdonly_cast(const void *obj__ign, __u32 btf_id__k) __ksym __weak;
+
+static __always_inline __u64 rec_arg(struct trace_event_raw_sys_enter *ctx, struct trace_event_raw_sys_enter *r,
+				     int btf, __u8 reg)
 {
-	__u64 w[2];
-	struct gs_hook *h = quick_hook(w, hid);
-	if (!h)
-		return 0;
+	__u64 v = 0;
+	if (btf) {
+		switch (reg) { /* constant offsets */
+		case 0: return r->args[0];
+		case 1: return r->args[1];
+		case 2: return r->args[2];
+		case 3: return r->args[3];
+		case 4: return r->args[4];
+		default: return r->args[5];
+		}
+	}
 	const void *src;
-	switch (h->quick.reg) { /* constant offsets */
+	switch (reg) {
 	case 0: src = &ctx->args[0]; break;
 	case 1: src = &ctx->args[1]; break;
 	case 2: src = &ctx->args[2]; break;
@@ -227,9 +238,20 @@ static __always_inline int quick_reject_rec(struct trace_event_raw_sys_enter *ct
 	case 4: src = &ctx->args[4]; break;
 	default: src = &ctx->args[5]; break;
 	}
-	if (bpf_probe_read_kernel(&w[1], 8, src))
+	bpf_probe_read_kernel(&v, 8, src);
+	return v;
+}
+
+/* straight from the tracepoint record, before anything else is copied from it: only the one argument the
+ * values compare (8 bytes; the whole record's six argument slots cost the never-matching call ~50 ns more) */
+static __always_inline int quick_reject_rec(struct trace_event_raw_sys_enter *ctx, struct trace_event_raw_sys_enter *r,
+					    int btf, __u32 hid)
+{
+	__u64 w[2];
+	struct gs_hook *h = quick_hook(w, hid);
+	if (!h)
 		return 0;
-	return quick_test(h, w, w[1]);
+	return quick_test(h, w, rec_arg(ctx, r, btf, h->quick.reg));
 }
 
 /* the same, as its own function: a loop over several hooks keeps its state across the calls, and inlined
@@ -262,9 +284,9 @@ static __always_inline int run_hooks(struct hooks_ctx *hc, struct gs_sys *sh)
 }
 
 /* Attached by the loader to syscalls/sys_enter_<name> of each watched syscall only: unwatched
- * syscalls pay nothing. Every sys_enter_* record has the same layout (id, args[6]). */
-SEC("tracepoint")
-int gs_sys_enter(struct trace_event_raw_sys_enter *ctx)
+ * syscalls pay nothing. Every sys_enter_* record has the same layout (id, args[6]). btf: read the record
+ * through bpf_rdonly_cast (gs_sys_enter) or with probe reads (gs_sys_enter_pr, kernels without it). */
+static __always_inline int sys_enter(struct trace_event_raw_sys_enter *ctx, int btf)
 {
 	/* only the record's int __syscall_nr (offset 8, size 4): the 8-byte `id` would read past the end
 	 * of the record of a syscall without arguments (getpid, sync: 12 bytes), which makes the attach
@@ -274,18 +296,42 @@ int gs_sys_enter(struct trace_event_raw_sys_enter *ctx)
 	if (!sh)
 		return 0;
 	__u32 n = sh->n;
+	struct trace_event_raw_sys_enter *r = 0;
+	if (btf)
+		r = bpf_rdonly_cast(ctx, bpf_core_type_id_kernel(struct trace_event_raw_sys_enter));
 	/* the common case, one hook: its quick reject first, straight from the record */
-	if (n == 1 && quick_reject_rec(ctx, sh->hooks[0]))
+	if (n == 1 && quick_reject_rec(ctx, r, btf, sh->hooks[0]))
 		return 0;
 	/* a record only holds the syscall's own arguments: direct ctx reads past them would make the
 	 * attach fail (max_ctx_offset), so copy; slots past the syscall's arity are never used */
 	struct hooks_ctx hc = {.nr = nr};
-	bpf_probe_read_kernel(hc.args, sizeof(hc.args), ctx->args);
+	if (btf) {
+		hc.args[0] = r->args[0];
+		hc.args[1] = r->args[1];
+		hc.args[2] = r->args[2];
+		hc.args[3] = r->args[3];
+		hc.args[4] = r->args[4];
+		hc.args[5] = r->args[5];
+	} else
+		bpf_probe_read_kernel(hc.args, sizeof(hc.args), ctx->args);
 	if (n == 1) { /* without a loop's state kept across the calls */
 		gs_run_hook(sh->hooks[0], &hc);
 		return 0;
 	}
 	return run_hooks_q(&hc, sh, 1);
+}
+
+SEC("tracepoint")
+int gs_sys_enter(struct trace_event_raw_sys_enter *ctx)
+{
+	return sys_enter(ctx, 1);
+}
+
+/* the same where tracepoint programs cannot call bpf_rdonly_cast (6.1): the loader loads one of the two */
+SEC("tracepoint")
+int gs_sys_enter_pr(struct trace_event_raw_sys_enter *ctx)
+{
+	return sys_enter(ctx, 0);
 }
 
 /* return hooks: complete the entry's event with the return value; the first selector (in order) whose

@@ -8,6 +8,7 @@
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -181,4 +182,16 @@ int probe_write_user(void *ctx)
 	/* a write to user address 0 fails with EFAULT: harmless even if someone attached it */
 	bpf_probe_write_user((void *)0, &byte, 1);
 	return 0;
+}
+
+/* the tracepoint record read with plain loads through bpf_rdonly_cast (a kfunc: weak, so the object still
+ * opens where the kernel lacks it); the tracing sensor loads gs_sys_enter where this loads */
+extern void *bpf_rdonly_cast(const void *obj__ign, __u32 btf_id__k) __ksym __weak;
+
+SEC("tracepoint/syscalls/sys_enter_getppid")
+int probe_rdonly_cast(struct trace_event_raw_sys_enter *ctx)
+{
+	struct trace_event_raw_sys_enter *r = bpf_rdonly_cast(ctx, bpf_core_type_id_kernel(struct trace_event_raw_sys_enter));
+
+	return r->args[0] != 0;
 }

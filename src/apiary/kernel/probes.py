@@ -12,6 +12,7 @@ results into the report.
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import re
 import secrets
@@ -50,7 +51,15 @@ try:
 except OSError as _e:  # pragma: no cover - only on a machine without libbpf
     LOADER_ERROR = str(_e)
 
-__all__ = ["LOADER_ERROR", "PROBES", "NotTried", "default_probe_object", "error_text", "probe_all"]
+__all__ = [
+    "LOADER_ERROR",
+    "PROBES",
+    "NotTried",
+    "default_probe_object",
+    "error_text",
+    "probe_all",
+    "tracepoint_record_loads",
+]
 
 
 # -------------------------------------------------------------------------------- error wording
@@ -527,3 +536,19 @@ def probe_all(path: Path, cgroup_root: str | None) -> dict[str, tuple[bool, str]
         for n in _NETPROBES:
             out[n] = (False, f"not tried: private network namespace: {error_text(e)}")
     return out
+
+
+_RDONLY_CAST = _Probe("rdonly_cast", ("probe_rdonly_cast",))
+
+
+def tracepoint_record_loads(path: Path | None = None) -> bool:
+    """Whether a tracepoint program may read its record with plain loads through ``bpf_rdonly_cast`` (a kfunc
+    this kernel may lack, or not allow tracepoint programs): the tracing sensor then loads ``gs_sys_enter``,
+    which reads the syscall's arguments without a helper call, else ``gs_sys_enter_pr``. Loaded once per
+    object, never attached; False when the probe object is missing."""
+    return _record_loads(path or default_probe_object())
+
+
+@functools.cache
+def _record_loads(path: Path) -> bool:
+    return path.exists() and _try_probe(path, _RDONLY_CAST, _Env())[0]

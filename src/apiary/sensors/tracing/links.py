@@ -168,4 +168,4 @@ class HookLinks(TracingState):
             return TracepointLink.attach(prog("gs_tp"), subsys, event, cookie=nr)
         if ret:
             return TracepointLink.attach(prog("gs_sys_exit"), "syscalls", f"sys_exit_{name}")
-        return TracepointLink.attach(prog("gs_sys_enter"), "syscalls", f"sys_enter_{name}")
+        return TracepointLink.attach(prog(self.enter_prog), "syscalls", f"sys_enter_{name}")

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from apiary.kernel.features import kernel_at_least
+from apiary.kernel.probes import tracepoint_record_loads
 from apiary.loader import BpfObject, CgroupLink, RingBuffer, TypedMap
 from apiary.loader.fs import cgroup2_root
 from apiary.loader.paths import bpf_object
@@ -81,6 +82,9 @@ class TracingSensor(PolicyWrites):
         self.lsm = lsm  # load the BPF-LSM programs (only where the kernel allows them)
         self.kprobes = kprobes  # load the kprobe program (only where the kernel has kprobes)
         self.raw_tp = kernel_at_least(6, 10)  # raw tracepoints take attach cookies
+        # the syscall entry program: gs_sys_enter reads the record with plain loads (bpf_rdonly_cast),
+        # gs_sys_enter_pr with probe reads where the kernel does not allow that (decided at load, by a probe)
+        self.enter_prog = "gs_sys_enter"
         self.obj_path = Path(obj_path) if obj_path else bpf_object("gsys")
         self.obj: BpfObject | None = None
         self.links: list[Any] = []
@@ -112,6 +116,9 @@ class TracingSensor(PolicyWrites):
             for lsm_prog in ("gs_file_open", "gs_file_permission", "gs_bprm_check_security"):
                 obj.program(lsm_prog).autoload = self.lsm
             obj.program("gs_raw_tp").autoload = self.raw_tp  # bpf_get_attach_cookie in raw_tp: 6.10+
+            self.enter_prog = "gs_sys_enter" if tracepoint_record_loads() else "gs_sys_enter_pr"
+            for enter in ("gs_sys_enter", "gs_sys_enter_pr"):
+                obj.program(enter).autoload = enter == self.enter_prog
             obj.set_rodata(wakeup_bytes=self.process.wakeup_bytes)  # batch wake-ups like the process sensor
             own = [n for n in obj.map_names() if n not in SHARED and "." not in n]
             if self.pin_dir:
@@ -120,6 +127,7 @@ class TracingSensor(PolicyWrites):
                     "lsm": self.lsm,
                     "kprobes": self.kprobes,
                     "raw_tp": self.raw_tp,
+                    "enter": self.enter_prog,
                 }
                 self.pins = PinSet(self.pin_dir, ident)
                 # the shared maps must be the ones the pinned programs write: only with the process sensor's pins
@@ -186,8 +194,13 @@ class TracingSensor(PolicyWrites):
         if not self.obj:
             return []
         watched = ", ".join(sorted(n for n in self.sys_links if not n.startswith("__"))) or "none yet"
+        variant = "" if self.enter_prog == "gs_sys_enter" else f": {self.enter_prog}"
         rows = [
-            ("gs_sys_enter", self.obj.program("gs_sys_enter").fd, f"tracepoint syscalls/sys_enter_* ({watched})"),
+            (
+                "gs_sys_enter",  # (the variant loaded: its own name in the description)
+                self.obj.program(self.enter_prog).fd,
+                f"tracepoint syscalls/sys_enter_* ({watched}){variant}",
+            ),
             ("gs_connect4", self.obj.program("gs_connect4").fd, "cgroup/connect4 (cgroup v2 root)"),
             ("gs_connect6", self.obj.program("gs_connect6").fd, "cgroup/connect6 (cgroup v2 root)"),
         ]

@@ -55,6 +55,7 @@ class TracingState:
     lsm: bool
     kprobes: bool
     raw_tp: bool
+    enter_prog: str  # the syscall entry program loaded (gs_sys_enter or gs_sys_enter_pr)
     obj_path: Path
     obj: BpfObject | None
     links: list[Any]

@@ -99,6 +99,15 @@ def test_observe_table_not_and_json_shape(pair_factory) -> None:
     assert net.flows("--not", "--service", f"{NS}/backend") and not net.flows("--to-service", f"{NS}/")
     r = net.agent.cli("observe", "--to-service", "Bad/Name")
     assert r.returncode == 2 and "--to-service: invalid service 'Bad/Name'" in r.stderr
+    # hubble's selectors: --first, --all, --since/--until (windows over the flows' times)
+    every = [json.loads(x) for x in net.cli_ok("observe", "-o", "json", "--all").splitlines()]
+    hour = [json.loads(x) for x in net.cli_ok("observe", "-o", "json", "--since", "1h").splitlines()]
+    assert len(every) > 2 and hour[:len(every)] == every  # (a flow may come between the two)
+    firsts = [json.loads(x) for x in net.cli_ok("observe", "-o", "json", "--first", "2").splitlines()]
+    assert firsts == every[:2]
+    assert net.cli_ok("observe", "--until", "2000-01-01T00:00:00Z") == ""  # before any flow
+    later = net.cli_ok("observe", "-o", "json", "--since", every[-1]["time"]).splitlines()
+    assert later and json.loads(later[0])["time"] >= every[-1]["time"]
 
 
 def test_prometheus_metrics_have_hubble_and_tetragon_names(pair_factory) -> None:

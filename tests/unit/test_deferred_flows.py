@@ -222,6 +222,13 @@ def test_the_last_matching_flows_are_built_newest_first_only_as_far_as_needed() 
     assert _Counted.builds == 6  # 99 down to 94: not the 94 older ones
     assert bus.last_matching(lambda ev: True, 0) == []
     assert [ev["n"] for ev in bus.last_matching(lambda ev: ev["n"] < 2, 10)] == [0, 1]  # fewer than asked
+    fresh = EventBus(100, 4)
+    for i in range(100):
+        fresh.publish(_Counted(i))  # type: ignore[arg-type]
+    _Counted.builds = 0
+    assert fresh.first_matching(lambda ev: ev["n"] % 3 == 1, 2) == [{"n": 1}, {"n": 4}]
+    assert _Counted.builds == 5  # 0 up to 4
+    assert len(fresh.first_matching(lambda ev: ev["n"] >= 90)) == 10  # 0: all of them
 
 
 def test_a_deleted_pods_series_go_a_minute_later_as_hubbles() -> None:

@@ -57,6 +57,24 @@ def test_last_is_20_without_follow_and_0_with_it_as_in_hubble(agent: _Stream) ->
     assert [(a["last"], a["follow"]) for a in asked] == [("20", "0"), ("0", "1"), ("5", "1")]
 
 
+def test_first_all_since_until_as_hubble(agent: _Stream) -> None:
+    run = CliRunner().invoke
+    assert run(cli, ["observe", "--first", "3"]).exit_code == 0
+    assert run(cli, ["observe", "--all"]).exit_code == 0
+    assert run(cli, ["observe", "--since", "5m", "--until", "2024-01-02T03:04:05Z"]).exit_code == 0
+    asked = [dict(p) for _, p in agent.asked]
+    assert asked[0]["first"] == "3" and "last" not in asked[0]
+    assert asked[1]["all"] == "1" and "last" not in asked[1]
+    assert "last" not in asked[2] and asked[2]["until"] == "2024-01-02T03:04:05.000000Z"
+    assert asked[2]["since"].startswith("20") and asked[2]["since"].endswith("Z")
+    for bad, why in ((["--first", "2", "--last", "3"], "mutually exclusive"), (["--all", "--first", "1"],
+                     "mutually exclusive"), (["--first", "1", "--follow"], "--first cannot be used with --follow"),
+                     (["--until", "yesterday"], "--until: 'yesterday' is neither a duration")):
+        r = run(cli, ["observe", *bad])
+        assert r.exit_code == 2 and why in r.output, (bad, r.output)
+    assert len(agent.asked) == 3  # a refused command asks nothing
+
+
 def test_color_always_keeps_the_escapes_in_a_pipe(agent: _Stream) -> None:
     always = CliRunner().invoke(cli, ["observe", "--color", "always"]).output
     auto = CliRunner().invoke(cli, ["observe"]).output

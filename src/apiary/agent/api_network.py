@@ -9,7 +9,8 @@ from typing import Any
 
 from aiohttp import web
 
-from apiary.observe.hubble.builder import lost_events_response
+from apiary.observe.clock import parse_rfc3339_ns
+from apiary.observe.hubble.builder import flow_time_ns, lost_events_response
 from apiary.policy.explain import parse_http_request
 from apiary.policy.fqdn import pattern_problem
 from apiary.sensors.network.validate import (
@@ -144,17 +145,32 @@ def add_routes(app: web.Application, agent: AgentView) -> None:
             pairs.append((flag, value))
         try:
             flt = n.flow_filter(pairs)
-            last = int(q.get("last", "20"))
-            if last < 0:
-                raise ValueError("last: must be >= 0")
+            last, first = int(q.get("last", "20")), int(q.get("first", "0"))
+            if last < 0 or first < 0:
+                raise ValueError("last, first: must be >= 0")
+            window = [parse_rfc3339_ns(q[k]) if q.get(k) else None for k in ("since", "until")]
         except ValueError as e:
             return error(str(e))
+        since_ns, until_ns = window
+
+        def keep(f: dict[str, Any]) -> bool:
+            if since_ns is not None or until_ns is not None:
+                t = flow_time_ns(f)
+                if (since_ns is not None and t < since_ns) or (until_ns is not None and t > until_ns):
+                    return False
+            return flt.matches(f)
         follow = q.get("follow", "0") in ("1", "true", "yes")
         resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await resp.prepare(request)
         fol = n.flows.subscribe() if follow else None
         try:
-            for f in n.flows.last_matching(flt.matches, last):
+            if first:  # the oldest in the window; --all, or a window without --last: every flow in it
+                backlog = n.flows.first_matching(keep, first)
+            elif q.get("all") == "1" or ((since_ns is not None or until_ns is not None) and "last" not in q):
+                backlog = n.flows.first_matching(keep)
+            else:
+                backlog = n.flows.last_matching(keep, last)
+            for f in backlog:
                 await resp.write(json.dumps(f, separators=(",", ":")).encode() + b"\n")
             if fol is None:
                 return resp

@@ -59,6 +59,18 @@ class EventBus:
         """The history, oldest first (a copy: publishing may go on while a client replays it)."""
         return [materialize(ev) for ev in self.history]
 
+    def first_matching(self, keep: Callable[[Event], bool], n: int = 0) -> list[Event]:
+        """The oldest ``n`` events of the history that ``keep`` accepts (``n`` 0: all of them), oldest first:
+        built oldest first, only as far as it takes to find them."""
+        out: list[Event] = []
+        for ev in list(self.history):  # a copy: publishing may go on meanwhile
+            built = materialize(ev)
+            if keep(built):
+                out.append(built)
+                if n and len(out) >= n:
+                    break
+        return out
+
     def last_matching(self, keep: Callable[[Event], bool], n: int) -> list[Event]:
         """The newest ``n`` events of the history that ``keep`` accepts, oldest first: built newest first, only
         as far back as it takes to find them."""

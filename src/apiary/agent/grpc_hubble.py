@@ -22,8 +22,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from apiary import __version__
-from apiary.observe.clock import parse_rfc3339_ns
-from apiary.observe.hubble.builder import lost_events_response
+from apiary.observe.hubble.builder import flow_time_ns, lost_events_response
 from apiary.observe.hubble.filters import FlowFilter
 
 from .bus import EventBus
@@ -34,11 +33,6 @@ log = logging.getLogger("apiary.grpc.hubble")
 VERSION = f"{__version__}+apiary"
 
 
-def _time_ns(resp: dict[str, Any]) -> int:
-    try:
-        return parse_rfc3339_ns(resp.get("time") or (resp.get("flow") or {}).get("time") or "")
-    except ValueError:
-        return 0
 
 
 @dataclass
@@ -87,7 +81,7 @@ class FlowsQuery:
         ``number`` 0: everything, except when following from now (no ``since``)."""
         if self.number == 0 and self.follow and self.since_ns is None:
             return []
-        picked = [r for r in recent if self.in_window(_time_ns(r)) and self.filter.matches(r)]
+        picked = [r for r in recent if self.in_window(flow_time_ns(r)) and self.filter.matches(r)]
         if self.number:
             picked = picked[: self.number] if self.first else picked[-self.number :]
         return picked
@@ -165,7 +159,7 @@ class Observer:
                 if sub.dropped > reported:  # this client fell behind: say how many it missed
                     yield self._lost("OBSERVER_EVENTS_QUEUE", sub.dropped - reported)
                     reported = sub.dropped
-                t = _time_ns(resp)
+                t = flow_time_ns(resp)
                 if q.until_ns is not None and t > q.until_ns:
                     return
                 if q.in_window(t) and q.filter.matches(resp):
@@ -180,7 +174,7 @@ class Observer:
         rate = 0.0
         if bus is not None:
             horizon = time.time_ns() - 60 * 1_000_000_000
-            rate = sum(1 for r in bus.recent() if _time_ns(r) >= horizon) / 60.0
+            rate = sum(1 for r in bus.recent() if flow_time_ns(r) >= horizon) / 60.0
         return self.observer_pb2.ServerStatusResponse(
             num_flows=num,
             max_flows=cap,

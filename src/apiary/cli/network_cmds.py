@@ -445,6 +445,10 @@ def policy_explain(ctx: click.Context, src: str, dst: str, port: str, http: tupl
 @click.command(cls=ObserveCommand, context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @click.option("--last", type=click.IntRange(min=0), default=None,
               help="The last N flows of the agent's ring, oldest first (default 20; with --follow 0, as hubble).")
+@click.option("--first", type=click.IntRange(min=1), default=None, help="The first N flows of the ring (or window).")
+@click.option("--all", "all_flows", is_flag=True, help="Every flow in the agent's ring.")
+@click.option("--since", default=None, help="Flows since: a duration back from now (30s, 5m, 1h30m) or RFC 3339.")
+@click.option("--until", default=None, help="Flows until: a duration back from now (30s, 5m) or RFC 3339.")
 @click.option("-f", "--follow", is_flag=True, help="Keep streaming new flows.")
 @click.option(
     "-o",
@@ -458,8 +462,9 @@ def policy_explain(ctx: click.Context, src: str, dst: str, port: str, http: tupl
 @click.option("--print-raw-filters", is_flag=True,
               help="Print the filters as Hubble's FlowFilter JSON (for --hubble-export-allowlist) and exit.")
 @click.pass_context
-def observe(ctx: click.Context, last: int | None, follow: bool, output: str, print_policy_names: bool,
-            color: str, print_raw_filters: bool) -> None:
+def observe(ctx: click.Context, last: int | None, first: int | None, all_flows: bool, since: str | None,
+            until: str | None, follow: bool, output: str, print_policy_names: bool, color: str,
+            print_raw_filters: bool) -> None:
     """Hubble flows, filtered as with `hubble observe` (the filters are listed below)."""
     from apiary.observe.colour import wants_colour
     from apiary.observe.hubble import printers as hubble
@@ -496,9 +501,28 @@ def observe(ctx: click.Context, last: int | None, follow: bool, output: str, pri
         click.echo(flt.print_raw_filters(), nl=False)
         return
     params: list[tuple[str, str]] = [("filter", f"{k}={v}") for k, v in pairs]
-    if last is None:  # hubble: 20 flows, or none before the stream when following
-        last = 0 if follow else 20
-    params += [("last", str(last)), ("follow", "1" if follow else "0")]
+    if sum(x is not None and x is not False for x in (last, first, all_flows or None)) > 1:
+        _fail("observe: --last, --first and --all are mutually exclusive (as in hubble)", 2)
+    if first is not None and follow:
+        _fail("observe: --first cannot be used with --follow (as in hubble)", 2)
+    from apiary.observe.tetragon.filters import parse_since
+
+    for name, text in (("since", since), ("until", until)):
+        if text is not None:
+            try:
+                when = parse_since(text)
+            except ValueError as e:
+                _fail(str(e).replace("--since", f"--{name}"), 2)
+            params.append((name, when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")))
+    if first is not None:
+        params.append(("first", str(first)))
+    elif all_flows:
+        params.append(("all", "1"))
+    elif last is not None:
+        params.append(("last", str(last)))
+    elif since is None and until is None:  # hubble: 20 flows, or none before the stream when following
+        params.append(("last", "0" if follow else "20"))
+    params.append(("follow", "1" if follow else "0"))
     use_color = wants_colour(sys.stdout, color)
     rows = []
     try:

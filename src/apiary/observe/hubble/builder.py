@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol, runtime_checkable
 
-from apiary.observe.clock import KtimeClock
+from apiary.observe.clock import KtimeClock, parse_rfc3339_ns
 from apiary.observe.hubble.enums import (
     AUDIT,
     CT_TRACE_REASON,
@@ -192,6 +192,14 @@ def _service_json(found: tuple[str, str]) -> dict[str, str]:
 
 
 # --- flow builder --------------------------------------------------------------------------------
+
+
+def flow_time_ns(resp: dict[str, Any]) -> int:
+    """A ``GetFlowsResponse``'s time in Unix ns (0 when it has none)."""
+    try:
+        return parse_rfc3339_ns(resp.get("time") or (resp.get("flow") or {}).get("time") or "")
+    except ValueError:
+        return 0
 
 
 class FlowBuilder:

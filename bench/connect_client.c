@@ -1,7 +1,7 @@
 /* The services bench's connect() client (bench/services.py compiles it with `cc -O2` at run time and runs it
  * inside the client endpoint): a Python client's own cost per connect (~150-200 us) hid the datapath's.
  *
- *   connect_client COUNT SEED [PROCS]   targets on stdin, one "IPv4 PORT" per line
+ *   connect_client COUNT SEED [PROCS]   targets on stdin, one "IPv4 PORT [CLASS]" per line
  *
  * Each of PROCS processes (default 1) makes 50 warm-up connects, then COUNT sequential connect()s to targets
  * picked at random (a splitmix64 PRNG seeded with SEED + process index), each socket closed with SO_LINGER 0
@@ -9,7 +9,12 @@
  * measured connects together (a pipe barrier). Prints one JSON object, the shape bench/services.py reads:
  *   {"lat_ns": [...], "errors": E, "seconds": wall of the measured part, "cpu_seconds": the processes' CPU,
  *    "procs": PROCS, "client": "c"}
- * A failed connect (refused, unreachable, 3 s timeout) counts as an error, not as a latency. */
+ * A failed connect (refused, unreachable, 3 s timeout) counts as an error, not as a latency.
+ * Paired mode: when the targets carry a CLASS (0 or 1; e.g. service VIPs and the backends' own addresses), the
+ * connects alternate between the classes, one of each in turn (a random target of the class each time), and
+ * the JSON gains "cls": the class of each latency, in the same order. Both classes then see the same moments
+ * of the machine: on a shared machine, load drifting between two separate runs moves one class's figures and
+ * not the other's; here it moves both alike. */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
@@ -86,14 +91,32 @@ static int read_all(int fd, void *buf, size_t len) {
 }
 
 /* A worker: warm up, wait at the barrier, run, send [errors, latencies...] as int64 to out_fd. */
-static int worker(const struct sockaddr_in *t, size_t nt, long count, uint64_t seed, int ready_fd, int go_fd,
-                  int out_fd) {
+static int worker(const struct sockaddr_in *t, size_t nt, const int *cls, long count, uint64_t seed, int ready_fd,
+                  int go_fd, int out_fd) {
     struct sockaddr_in *order = malloc(sizeof(*order) * (size_t)count);
-    int64_t *lat = malloc(sizeof(*lat) * (size_t)(count + 1));
-    if (!order || !lat)
+    int64_t *lat = malloc(sizeof(*lat) * (size_t)(2 * count + 1));
+    int *ocls = malloc(sizeof(*ocls) * (size_t)count);
+    if (!order || !lat || !ocls)
         return 1;
-    for (long i = 0; i < count; i++)
-        order[i] = t[splitmix64(&seed) % nt];
+    size_t by[2] = {0, 0}; /* targets per class */
+    for (size_t k = 0; k < nt; k++)
+        if (cls[k] >= 0)
+            by[cls[k]]++;
+    int paired = by[0] && by[1];
+    for (long i = 0; i < count; i++) {
+        if (!paired) {
+            order[i] = t[splitmix64(&seed) % nt];
+            ocls[i] = cls[0];
+            continue;
+        }
+        int c = (int)(i & 1); /* alternate the classes; a random target of the class */
+        size_t pick = splitmix64(&seed) % by[c], k = 0;
+        for (;; k++)
+            if (cls[k] == c && pick-- == 0)
+                break;
+        order[i] = t[k];
+        ocls[i] = c;
+    }
     for (long i = 0; i < WARMUP && i < count; i++)
         one(&order[i]);
     char c = 1;
@@ -104,19 +127,21 @@ static int worker(const struct sockaddr_in *t, size_t nt, long count, uint64_t s
         int64_t d = one(&order[i]);
         if (d < 0)
             errors++;
-        else
-            lat[1 + n++] = d;
+        else {
+            lat[1 + 2 * n] = d;
+            lat[2 + 2 * n++] = ocls[i];
+        }
     }
     lat[0] = errors;
-    int64_t hdr = n;
-    if (write_all(out_fd, &hdr, sizeof(hdr)) || write_all(out_fd, lat, sizeof(*lat) * (size_t)(n + 1)))
+    int64_t hdr = n; /* then errors, and n (latency, class) pairs */
+    if (write_all(out_fd, &hdr, sizeof(hdr)) || write_all(out_fd, lat, sizeof(*lat) * (size_t)(2 * n + 1)))
         return 1;
     return 0;
 }
 
 int main(int argc, char **argv) {
     if (argc < 3) {
-        fprintf(stderr, "usage: %s COUNT SEED [PROCS] < targets (IPv4 PORT per line)\n", argv[0]);
+        fprintf(stderr, "usage: %s COUNT SEED [PROCS] < targets (IPv4 PORT [CLASS] per line)\n", argv[0]);
         return 2;
     }
     long count = strtol(argv[1], NULL, 10);
@@ -128,11 +153,25 @@ int main(int argc, char **argv) {
     }
     size_t cap = 1024, nt = 0;
     struct sockaddr_in *t = malloc(sizeof(*t) * cap);
-    char ip[64];
+    int *cls = malloc(sizeof(*cls) * cap);
+    char ip[64], line[256];
     unsigned port;
-    while (t && scanf("%63s %u", ip, &port) == 2) {
-        if (nt == cap && !(t = realloc(t, sizeof(*t) * (cap *= 2))))
-            break;
+    int with_cls = -1; /* every line has a class, or none has */
+    while (t && cls && fgets(line, sizeof(line), stdin)) {
+        int c = -1, got = sscanf(line, "%63s %u %d", ip, &port, &c);
+        if (got <= 0)
+            continue;
+        if (got < 2 || (got == 3 && c != 0 && c != 1) || (with_cls >= 0 && with_cls != (got == 3))) {
+            fprintf(stderr, "bad target line (IPv4 PORT [CLASS 0|1], the same on every line): %s", line);
+            return 2;
+        }
+        with_cls = got == 3;
+        if (nt == cap) {
+            cap *= 2;
+            if (!(t = realloc(t, sizeof(*t) * cap)) || !(cls = realloc(cls, sizeof(*cls) * cap)))
+                break;
+        }
+        cls[nt] = got == 3 ? c : -1;
         memset(&t[nt], 0, sizeof(*t));
         t[nt].sin_family = AF_INET;
         t[nt].sin_port = htons((uint16_t)port);
@@ -142,7 +181,7 @@ int main(int argc, char **argv) {
         }
         nt++;
     }
-    if (!t || nt == 0) {
+    if (!t || !cls || nt == 0) {
         fprintf(stderr, "no targets on stdin\n");
         return 2;
     }
@@ -159,7 +198,7 @@ int main(int argc, char **argv) {
         if (pid[p] == 0) {
             close(go[1]);
             close(out[p][0]);
-            _exit(worker(t, nt, count, seed + (uint64_t)p, ready[1], go[0], out[p][1]));
+            _exit(worker(t, nt, cls, count, seed + (uint64_t)p, ready[1], go[0], out[p][1]));
         }
         close(out[p][1]);
     }
@@ -170,24 +209,33 @@ int main(int argc, char **argv) {
             return 1;
     int64_t t0 = now_ns();
     close(go[1]); /* every worker's read(go) returns 0: go */
-    int64_t errors = 0;
-    printf("{\"lat_ns\": [");
-    int first = 1;
+    int64_t errors = 0, total = 0;
+    int64_t *all = NULL; /* (latency, class) pairs of every worker */
     for (long p = 0; p < procs; p++) {
         int64_t n;
         if (read_all(out[p][0], &n, sizeof(n)))
             return 1;
-        int64_t *lat = malloc(sizeof(*lat) * (size_t)(n + 1));
-        if (!lat || read_all(out[p][0], lat, sizeof(*lat) * (size_t)(n + 1)))
+        int64_t *lat = malloc(sizeof(*lat) * (size_t)(2 * n + 1));
+        if (!lat || read_all(out[p][0], lat, sizeof(*lat) * (size_t)(2 * n + 1)))
             return 1;
         errors += lat[0];
-        for (int64_t i = 1; i <= n; i++) {
-            printf(first ? "%lld" : ",%lld", (long long)lat[i]);
-            first = 0;
-        }
+        if (!(all = realloc(all, sizeof(*all) * (size_t)(2 * (total + n) + 1))))
+            return 1;
+        memcpy(all + 2 * total, lat + 1, sizeof(*lat) * (size_t)(2 * n));
+        total += n;
         free(lat);
     }
     int64_t t1 = now_ns();
+    printf("{\"lat_ns\": [");
+    for (int64_t i = 0; i < total; i++)
+        printf(i ? ",%lld" : "%lld", (long long)all[2 * i]);
+    printf("]");
+    if (with_cls == 1) {
+        printf(", \"cls\": [");
+        for (int64_t i = 0; i < total; i++)
+            printf(i ? ",%lld" : "%lld", (long long)all[2 * i + 1]);
+        printf("]");
+    }
     for (long p = 0; p < procs; p++) {
         int st;
         if (waitpid(pid[p], &st, 0) < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
@@ -198,7 +246,7 @@ int main(int argc, char **argv) {
     struct rusage ru;
     getrusage(RUSAGE_CHILDREN, &ru);
     double cpu = (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) + (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
-    printf("], \"errors\": %lld, \"seconds\": %.6f, \"cpu_seconds\": %.6f, \"procs\": %ld, \"client\": \"c\"}\n",
+    printf(", \"errors\": %lld, \"seconds\": %.6f, \"cpu_seconds\": %.6f, \"procs\": %ld, \"client\": \"c\"}\n",
            (long long)errors, (double)(t1 - t0) / 1e9, cpu, procs);
     return 0;
 }

@@ -111,7 +111,12 @@ import json, random, socket, struct, sys, time
 targets = json.loads(sys.stdin.read())
 count, seed = int(sys.argv[1]), int(sys.argv[2])
 rng = random.Random(seed)
-order = [tuple(targets[rng.randrange(len(targets))]) for _ in range(count)]
+by = [[tuple(t[:2]) for t in targets if len(t) > 2 and t[2] == c] for c in (0, 1)]
+paired = all(by)
+if paired:  # alternate the classes, as the C client does
+    order = [by[i & 1][rng.randrange(len(by[i & 1]))] for i in range(count)]
+else:
+    order = [tuple(targets[rng.randrange(len(targets))][:2]) for _ in range(count)]
 linger = struct.pack("ii", 1, 0)
 def one(t):
     s = socket.socket()
@@ -127,16 +132,20 @@ def one(t):
         s.close()
 for t in order[:50]:
     one(t)
-lat, errors = [], 0
+lat, cls, errors = [], [], 0
 c0, t0 = time.process_time(), time.perf_counter()
-for t in order:
+for i, t in enumerate(order):
     ns = one(t)
     if ns < 0:
         errors += 1
     else:
         lat.append(ns)
+        cls.append(i & 1)
 el, cpu = time.perf_counter() - t0, time.process_time() - c0
-print(json.dumps({"lat_ns": lat, "errors": errors, "seconds": el, "cpu_seconds": cpu, "procs": 1, "client": "python"}))
+out = {"lat_ns": lat, "errors": errors, "seconds": el, "cpu_seconds": cpu, "procs": 1, "client": "python"}
+if paired:
+    out["cls"] = cls
+print(json.dumps(out))
 """
 
 
@@ -231,11 +240,15 @@ class Bed:
     def exec_cmd(self, *argv: str) -> list[str]:
         return endpoint_exec_cmd(self.agent.socket, self.client, *argv)
 
-    def run_client(self, targets: list[tuple[str, int]], count: int, seed: int, procs: int = 1) -> dict[str, Any]:
-        """The connect client inside the client endpoint: its JSON (lat_ns, errors, seconds, cpu_seconds)."""
+    def run_client(
+        self, targets: list[tuple[str, int]] | list[tuple[str, int, int]], count: int, seed: int, procs: int = 1
+    ) -> dict[str, Any]:
+        """The connect client inside the client endpoint: its JSON (lat_ns, errors, seconds, cpu_seconds; with
+        targets of two classes (ip, port, 0|1), connects alternate between them and ``cls`` gives each
+        latency's class)."""
         if self.client_bin:
             cmd = self.exec_cmd(self.client_bin, str(count), str(seed), str(procs))
-            text = "".join(f"{ip} {port}\n" for ip, port in targets)
+            text = "".join(" ".join(map(str, t)) + "\n" for t in targets)
         else:  # the Python fallback has no concurrent mode
             cmd, text = self.exec_cmd(sys.executable, "-c", CLIENT, str(count), str(seed)), json.dumps(targets)
         r = subprocess.run(cmd, input=text, capture_output=True, text=True, timeout=600)
@@ -255,6 +268,25 @@ class Bed:
             "p99_us": percentile(lat, 99),
             "client_cpu_us_per_conn": 1e6 * d["cpu_seconds"] / max(1, len(lat) + d["errors"]),
         }
+
+    def wrk_pair(self, urls: tuple[str, str], seconds: int, conns: int) -> tuple[dict[str, float], dict[str, float]]:
+        """Two wrk runs at once (each with ``conns`` connections), one per URL: both see the same moments of the
+        machine, so their latencies compare without the drift between separate runs."""
+        cmds = [self.exec_cmd("wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency", u) for u in urls]
+        procs = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for c in cmds]
+        outs = []
+        try:
+            for c, p in zip(cmds, procs, strict=True):
+                out, err = p.communicate(timeout=seconds + 60)
+                if p.returncode != 0:
+                    raise RuntimeError(f"{' '.join(c[:4])} failed ({p.returncode}): {err.strip()[:2000]}")
+                outs.append(parse_wrk(out))
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+        return outs[0], outs[1]
 
     def wrk(self, url: str, seconds: int, conns: int) -> dict[str, float]:
         out = run(self.exec_cmd("wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency", url), timeout=seconds + 60)
@@ -283,6 +315,32 @@ def connect_rounds(
             "rounds": rows,
         }
     return res
+
+
+def paired_rounds(
+    bed: Bed, vips: list[tuple[str, int]], own: list[tuple[str, int]], args: argparse.Namespace, seed: int
+) -> dict[str, Any]:
+    """--connect-rounds client runs whose connects alternate between a random VIP and a random backend's own
+    address, one of each in turn: both sets see the same moments of the machine, so load drifting between
+    separate runs (this machine is shared) does not show as a VIP's cost. Percentiles over all rounds."""
+    targets = [(ip, port, 0) for ip, port in vips] + [(ip, port, 1) for ip, port in own]
+    lat: dict[int, list[float]] = {0: [], 1: []}
+    errors = 0
+    for r in range(args.connect_rounds):
+        d = bed.run_client(targets, 2 * args.connects, seed + 1000 + r, bed.connect_procs)
+        errors += d["errors"]
+        for ns, c in zip(d["lat_ns"], d["cls"], strict=True):
+            lat[c].append(ns / 1e3)
+    v, o = lat[0], lat[1]
+    out: dict[str, Any] = {"connects": len(v) + len(o), "errors": errors}
+    if v and o:
+        out |= {
+            "vip_p50_us": percentile(v, 50), "vip_p99_us": percentile(v, 99),
+            "own_p50_us": percentile(o, 50), "own_p99_us": percentile(o, 99),
+        }
+        out["p50"] = ratio(out["vip_p50_us"], out["own_p50_us"])
+        out["p99"] = ratio(out["vip_p99_us"], out["own_p99_us"])
+    return out
 
 
 def own_addresses(bed: Bed) -> list[tuple[str, int]]:
@@ -332,6 +390,7 @@ def measure_traffic(bed: Bed, svcs: list[Service], args: argparse.Namespace, see
         "p50": ratio(res["vip"]["p50_us"], res["baseline"]["p50_us"]),
         "p99": ratio(res["vip"]["p99_us"], res["baseline"]["p99_us"]),
     }
+    res["paired"] = paired_rounds(bed, vips, own_addresses(bed), args, seed)
     if res["vip"]["errors"]:
         print(f"    warning: {res['vip']['errors']} connects to VIPs failed", file=sys.stderr)
     if shutil.which("wrk"):
@@ -347,6 +406,19 @@ def measure_traffic(bed: Bed, svcs: list[Service], args: argparse.Namespace, see
                 m: statistics.median(r.get(m, float("nan")) for r in rows)
                 for m in ("p50_ms", "p99_ms", "qps", "non2xx", "socket_errors")
             }
+        pv, po = [], []  # the same two, run at once (paired)
+        for _ in range(args.wrk_rounds):
+            v, o = bed.wrk_pair((f"http://{http.vip}:{http.port}/", f"http://{bed.backend_ips[0]}:{TARGET_PORT}/"),
+                                args.wrk_seconds, args.wrk_conns)
+            pv.append(v)
+            po.append(o)
+        hp = res["paired"]["http"] = {}
+        for k, rows in (("vip", pv), ("own", po)):
+            for m in ("p50_ms", "p99_ms", "qps"):
+                hp[f"{k}_{m}"] = statistics.median(r.get(m, float("nan")) for r in rows)
+        hp["p50"] = ratio(hp["vip_p50_ms"], hp["own_p50_ms"])
+        hp["p99"] = ratio(hp["vip_p99_ms"], hp["own_p99_ms"])
+        hp["qps"] = ratio(hp["vip_qps"], hp["own_qps"])
     return res
 
 

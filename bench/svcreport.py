@@ -47,6 +47,17 @@ def summarise(results: dict[str, Any]) -> list[str]:
             )
             if line := translation_line(int(n), other, a, o):
                 lines.append(line)
+        if (pr := a.get("paired")) and "p50" in pr:
+            met = "met" if pr["p50"] <= 1.10 else "NOT met"
+            lines.append(
+                f"  N={int(n):>6,} apiary VIP/own IP connect p50 {pr['p50']:.3f}x, p99 {pr['p99']:.2f}x"
+                f" (paired, {pr['connects']:,} connects; target p50 within 10%: {met})"
+            )
+            if h := pr.get("http"):
+                lines.append(
+                    f"  N={int(n):>6,} apiary VIP/own IP wrk p50 {h['p50']:.3f}x, p99 {h['p99']:.2f}x, qps"
+                    f" {h['qps']:.2f}x (paired: both at once)"
+                )
     return lines
 
 
@@ -80,6 +91,17 @@ def print_row(n: int, mode: str, r: dict[str, Any]) -> None:
         f"  own IP {b['p50_us']:.0f}/{b['p99_us']:.0f}  before load {c['p50_us']:.0f}/{c['p99_us']:.0f}"
         f"  (VIP p50 {v['p50_us'] / c['p50_us']:.2f}x before load)"
     )
+    if (pr := r.get("paired")) and "p50" in pr:
+        print(
+            f"  {'':>8} {'':<8} paired (VIP and own IP connects alternating in one run, {pr['connects']:,}):"
+            f" p50 VIP {pr['vip_p50_us']:.1f} us own IP {pr['own_p50_us']:.1f} us ({pr['p50']:.3f}x);"
+            f" p99 VIP {pr['vip_p99_us']:.0f} own IP {pr['own_p99_us']:.0f} ({pr['p99']:.2f}x)"
+        )
+        if h := pr.get("http"):
+            print(
+                f"  {'':>8} {'':<8} paired wrk (VIP and own IP at once): p50 VIP {h['vip_p50_ms']:.3f} ms"
+                f" own IP {h['own_p50_ms']:.3f} ms ({h['p50']:.2f}x), p99 {h['p99']:.2f}x, qps {h['qps']:.2f}x"
+            )
     if t := r.get("translation_us"):
         other = t.get("other_traffic_p50", float("nan"))
         print(

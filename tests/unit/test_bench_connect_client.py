@@ -83,7 +83,27 @@ def test_random_targets_reach_every_listed_address(client: str, listener: int) -
     assert 100 < d["errors"] < 300 and d["errors"] + len(d["lat_ns"]) == 400
 
 
-@pytest.mark.parametrize("stdin", ["", "10.0.0.x 80\n", "10.0.0.1 70000\n"])
+def test_paired_targets_alternate_between_the_classes(client: str, listener: int) -> None:
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))  # class 1: refused every time, so each error is a class-1 pick
+        r = run(client, f"127.0.0.1 {listener} 0\n127.0.0.1 {other.getsockname()[1]} 1\n", "200", "5", "2")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    # strictly alternating: half of each worker's 200 connects per class (random picks would not split evenly)
+    assert d["errors"] == 200 and len(d["lat_ns"]) == 200 and d["cls"] == [0] * 200
+
+
+def test_paired_latencies_carry_their_class(client: str, listener: int) -> None:
+    r = run(client, f"127.0.0.1 {listener} 0\n127.0.0.1 {listener} 1\n", "101", "9")
+    d = json.loads(r.stdout)
+    assert d["errors"] == 0 and len(d["cls"]) == len(d["lat_ns"]) == 101
+    assert d["cls"] == [i & 1 for i in range(101)]
+    assert "cls" not in json.loads(run(client, f"127.0.0.1 {listener}\n", "5", "1").stdout)
+
+
+@pytest.mark.parametrize(
+    "stdin", ["", "10.0.0.x 80\n", "10.0.0.1 70000\n", "10.0.0.1 80 2\n", "10.0.0.1 80 0\n10.0.0.2 80\n"]
+)
 def test_bad_targets_are_refused(client: str, stdin: str) -> None:
     r = run(client, stdin, "10", "1")
     assert r.returncode == 2 and r.stderr.strip()

@@ -150,3 +150,16 @@ Requests/sec:  39600.12
     assert r["p50_ms"] == pytest.approx(0.17) and r["p99_ms"] == pytest.approx(1.33)
     assert r["qps"] == pytest.approx(39600.12) and r["socket_errors"] == 3 and r["non2xx"] == 0
     assert percentile([5, 1, 3, 2, 4], 50) == 3 and percentile([1.0], 99) == 1.0
+
+
+def test_paired_ratio_in_the_summary() -> None:
+    from bench.svcreport import summarise
+
+    paired = {"connects": 12000, "vip_p50_us": 58.0, "own_p50_us": 50.0, "vip_p99_us": 900.0, "own_p99_us": 1000.0,
+              "p50": 1.16, "p99": 0.9, "http": {"p50": 0.99, "p99": 1.2, "qps": 1.01}}
+    lines = summarise({"sizes": {"10": {"apiary": {"vip": {}, "paired": paired}}}})
+    assert any("connect p50 1.160x" in ln and "within 10%: NOT met" in ln for ln in lines)
+    assert any("wrk p50 0.990x" in ln for ln in lines)
+    paired["p50"] = 1.04
+    again = summarise({"sizes": {"10": {"apiary": {"vip": {}, "paired": paired}}}})
+    assert any("within 10%: met" in ln for ln in again)

@@ -206,6 +206,46 @@ def test_haproxy_config(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stdout + r.stderr
 
 
+L3_WILDCARD_L7 = """\
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: public}
+spec:
+  endpointSelector: {matchLabels: {app: frontend}}
+  ingress:
+  - toPorts:
+    - ports: [{port: "8080", protocol: TCP}]
+      rules: {http: [{method: GET, path: /public}]}
+"""
+
+
+def test_filters_of_one_side_are_ored(tmp_path: Path) -> None:
+    """The seed's rules for the backend and an L3-wildcard rule on the same port: two filters of the
+    frontend's ingress; a request either allows passes (Envoy ORs a port's rules), so the 403 is decided
+    after both, on the side's group, never on one filter alone."""
+    c = compiled(SEED, L3_WILDCARD_L7)
+    cfg = build(c.l7, {1: "10.200.0.10", 2: "10.200.0.20"}, port=15001, state_dir=str(tmp_path))
+    assert len(cfg.filters) == 2
+    lines = cfg.text.splitlines()
+    deny = [i for i, line in enumerate(lines) if "set-var(txn.deny)" in line]
+    assert [lines[i].split(" if ", 1)[1] for i in deny] == [
+        "{ var(txn.f1) -m bool } !{ var(txn.g1) -m found }", "{ var(txn.f2) -m bool } !{ var(txn.g1) -m found }"]
+    last_rule = max(i for i, line in enumerate(lines) if "set-var(txn.ok" in line)
+    assert min(deny) > last_rule
+    assert sum("set-var(txn.g1) bool(1) if" in line for line in lines) == 2
+    egress = compiled(SEED, L3_WILDCARD_L7, """\
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: out}
+spec:
+  endpointSelector: {matchLabels: {app: backend}}
+  egress:
+  - toPorts: [{ports: [{port: "8080", protocol: TCP}], rules: {http: [{method: GET}]}}]
+""")
+    cfg = build(egress.l7, {1: "10.200.0.10", 2: "10.200.0.20"}, port=15001, state_dir=str(tmp_path))
+    assert "!{ var(txn.g2) -m found }" in cfg.text  # the client's egress is a side of its own: ANDed
+
+
 def test_anchoring() -> None:
     import re
 

@@ -8,9 +8,9 @@ identity 0), a deny from either wins, an allow from either allows, no match is d
 With an HTTP request (:class:`HttpRequest`) it goes on as the L7 proxy does: the connection is redirected to
 the proxy when the egress or ingress entry that allowed it is an L7 entry; the proxy then applies every L7
 entry that covers the connection (the client's egress ones, the server's ingress ones, for this peer or any
-peer, and this port), and the request passes when each of them has a matching HTTP rule (method, path with
-its query, Host and header regexes anchored to the whole string, as Cilium's); otherwise the client gets
-the proxy's 403 ``Access denied``.
+peer, and this port), and the request passes when each side (egress, ingress) has one entry with a matching
+HTTP rule (method, path with its query, Host and header regexes anchored to the whole string, as Cilium's);
+otherwise the client gets the proxy's 403 ``Access denied``.
 """
 
 from __future__ import annotations
@@ -293,17 +293,20 @@ def explain_http(compiled: CompiledPolicy, src: Peer, dst: Peer, port: int, req:
         elif key.direction == INGRESS and key.ep_id == dst.ep_id and key.identity in (0, src.identity):
             applies.append(key)
     matched: list[HttpRule] = []
-    for key in (k for k in applies if _covers(k, port)):
-        rules = compiled.l7[key]
+    for direction in (EGRESS, INGRESS):  # each side judges; within a side one matching rule is enough
+        keys = [k for k in applies if k.direction == direction and _covers(k, port)]
+        if not keys:
+            continue
+        rules = tuple(r for k in keys for r in compiled.l7[k])
         hit = next((r for r in rules if _rule_matches(r, req)), None)
         if hit is None:
-            side = f"{_DIRECTION[key.direction]} of {(src if key.direction == EGRESS else dst).label}"
+            side = f"{_DIRECTION[direction]} of {(src if direction == EGRESS else dst).label}"
             paths = sorted({describe_http_rule(r, compiled).rsplit("[", 1)[0] for r in rules})
             return HttpDecision(
                 "denied",
                 f"DENIED by the L7 proxy (HTTP 403 Access denied) at {side}: {what} matches no HTTP rule of "
                 f"{', '.join(paths)}",
-                denied_by=rules, entries=(key,),
+                denied_by=rules, entries=tuple(keys),
             )
         matched.append(hit)
     return HttpDecision(

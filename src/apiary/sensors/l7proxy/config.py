@@ -5,9 +5,10 @@ the accepted socket's local address is the connection's original destination). E
 compiled policy becomes a *filter*: which connections it applies to (the endpoint's address as destination
 for ingress, as source for egress; the port or port range; the peer's identity, looked up by address in the
 identity map the agent keeps up to date through the runtime API) and its HTTP rules. A request passes when
-every filter that applies to it has a matching rule (Cilium: the client's egress and the server's ingress
-both judge it); otherwise the proxy answers 403 ``Access denied\\r\\n`` as Cilium's Envoy filter does, and
-the connection stays open for the next request.
+each side that has filters applying to it (the client's egress, the server's ingress: Cilium's two
+judgements) has one with a matching rule: a side's filters are ORed, as Envoy's rules of one port are (an
+L3-wildcard rule's HTTP rules add to a peer's own); otherwise the proxy answers 403 ``Access denied\\r\\n``
+as Cilium's Envoy filter does, and the connection stays open for the next request.
 
 The proxy connects to a local endpoint from the client's own address (``usesrc clientip``: an
 ``IP_TRANSPARENT`` socket), so the server and its ingress policy see the client; the datapath marks the
@@ -85,11 +86,14 @@ def build(l7: Mapping[PolicyKey, tuple[HttpRule, ...]], addresses: Mapping[int, 
         cfg.files[name] = text + "\n"
         return f"{d}/{name}"
 
+    groups: dict[tuple[int, int], int] = {}  # (endpoint, direction) -> its number
+    denies: list[str] = []
     for key in sorted(l7):
         addr = addresses.get(key.ep_id)
         if not addr:
             continue
         n = len(cfg.filters) + 1
+        g = groups.setdefault((key.ep_id, key.direction), len(groups) + 1)
         first = key.port
         last = key.port | ((1 << (16 - key.port_prefix)) - 1)
         ports = str(first) if first == last else f"{first}:{last}"
@@ -121,9 +125,12 @@ def build(l7: Mapping[PolicyKey, tuple[HttpRule, ...]], addresses: Mapping[int, 
                     conds.append(f"{{ req.fhdr({name}) -m str -f {pattern(value)} }}")
             lines.append(f"    http-request set-var(txn.ok{n}) int({r}) if {' '.join(conds)}")
         lines.append(f"    http-request set-var(txn.by) var(txn.ok{n}) if {{ var(txn.ok{n}) -m found }}")
-        lines.append(f"    http-request set-var(txn.deny) int({n}) if {{ var(txn.f{n}) -m bool }} "
-                     f"!{{ var(txn.ok{n}) -m found }}")
+        lines.append(f"    http-request set-var(txn.g{g}) bool(1) if {{ var(txn.ok{n}) -m found }}")
+        # judged once every filter of the endpoint's direction has been: one of them allowing is enough
+        denies.append(f"    http-request set-var(txn.deny) int({n}) if {{ var(txn.f{n}) -m bool }} "
+                      f"!{{ var(txn.g{g}) -m found }}")
         cfg.filters.append(Filter(key, addr, tuple(idx)))
+    lines += denies
     deny_body = f"{d}/denied.body"
     cfg.files["denied.body"] = DENIED_BODY
     local = sorted(set(a for a in addresses.values() if a))

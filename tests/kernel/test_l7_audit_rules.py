@@ -7,6 +7,7 @@ cannot load is refused by field path, the rules in force untouched."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from collections.abc import Iterator
 from typing import Any
@@ -91,3 +92,16 @@ def test_an_l3_wildcard_rules_http_rules_add_to_a_peers_own(net: Net) -> None:
         x = net.cli_ok("policy", "explain", "--from", f"{NS}/backend", "--to", f"{NS}/frontend", "--port",
                        "8080/TCP", "--http", "GET", path)
         assert x.startswith("ALLOWED"), x
+
+
+def test_the_path_is_normalized_before_the_rules(net: Net) -> None:
+    # "/api/v1/.*" allowed "/api/v1/../../admin" through, and the server resolved it to /admin
+    reply = raw(net, "backend", "GET /api/v1/../../admin HTTP/1.1\r\nHost: f\r\n\r\n"
+                "GET /api/v1/%2e%2e/%2E%2E/admin HTTP/1.1\r\nHost: f\r\n\r\n"
+                "GET //api//v1/./items HTTP/1.1\r\nHost: f\r\nConnection: close\r\n\r\n")
+    assert [int(c) for c in re.findall(r"HTTP/1\.[01] (\d{3}) ", reply)] == [403, 403, 200], reply
+    assert f"GET /api/v1/items from {ip(net, 'backend')}" in reply  # the server gets the normalized path
+    assert "admin from" not in reply
+    x = net.cli_ok("policy", "explain", "--from", f"{NS}/backend", "--to", f"{NS}/frontend", "--port", "8080/TCP",
+                   "--http", "GET", "/api/v1/../../admin")
+    assert x.startswith("DENIED by the L7 proxy"), x

@@ -246,6 +246,24 @@ spec:
     assert "!{ var(txn.g2) -m found }" in cfg.text  # the client's egress is a side of its own: ANDed
 
 
+def test_paths_are_normalized_before_the_rules(tmp_path: Path) -> None:
+    from apiary.policy.explain import normalize_path
+
+    cfg = build({}, {}, port=15001, state_dir=str(tmp_path))
+    lines = cfg.text.splitlines()
+    norm = [i for i, line in enumerate(lines) if "normalize-uri" in line]
+    assert [lines[i].split("normalize-uri ")[1] for i in norm] == [
+        "percent-decode-unreserved", "path-strip-dot", "path-strip-dotdot full", "path-merge-slashes"]
+    assert max(norm) < min(i for i, line in enumerate(lines) if "set-var(txn.uri)" in line)
+    assert "    expose-experimental-directives" in lines
+    # explain's own normalization: HAProxy 2.6's results for these
+    for raw, norm_path in (("/api/v1/../../admin", "/admin"), ("/api/v1/%2e%2e/%2E%2E/admin", "/admin"),
+                           ("//api//v1/x", "/api/v1/x"), ("/%61pi/v1/x?a=%2e%2e", "/api/v1/x?a=.."),
+                           ("/api/v1/./x", "/api/v1/x"), ("/api/v1/%2fx", "/api/v1/%2fx"), ("/a/..", "/"),
+                           ("/..", "/"), ("/api/v1/x/../", "/api/v1/"), ("/a?b=/../c", "/a?b=/../c")):
+        assert normalize_path(raw) == norm_path, raw
+
+
 def test_anchoring() -> None:
     import re
 

@@ -105,3 +105,9 @@ def test_the_path_is_normalized_before_the_rules(net: Net) -> None:
     x = net.cli_ok("policy", "explain", "--from", f"{NS}/backend", "--to", f"{NS}/frontend", "--port", "8080/TCP",
                    "--http", "GET", "/api/v1/../../admin")
     assert x.startswith("DENIED by the L7 proxy"), x
+
+
+def test_header_presence_and_a_value_starting_with_a_hash(net: Net) -> None:
+    out = requests(net, "other", ("GET", "/token", {"X-Token": "anything"}), ("GET", "/token", {}),
+                   ("GET", "/hash", {"X-Id": "#42"}), ("GET", "/hash", {"X-Id": "42"}))
+    assert [s for s, _ in out] == [200, 403, 200, 403], out

@@ -183,7 +183,7 @@ def test_haproxy_config(tmp_path: Path) -> None:
     assert "bind 127.0.0.1:15001 transparent" in cfg.text
     assert f"{{ dst 10.200.0.10 }} {{ dst_port 8080 }} {{ var(txn.sid) -m int {backend_id(c)} }}" in cfg.text
     assert sorted(v for k, v in cfg.files.items() if k.endswith(".pat")) == sorted(
-        ["^(?:GET)$\n", "^(?:/api/v1/.*)$\n", "^(?:POST)$\n", "^(?:/api/v1/orders)$\n", "application/json\n"])
+        ["^(?:GET)$\n", "^(?:/api/v1/.*)$\n", "^(?:POST)$\n", "^(?:/api/v1/orders)$\n", "^application/json$\n"])
     assert cfg.files["denied.body"] == DENIED_BODY == "Access denied\r\n"
     assert "/api/v1" not in cfg.text  # user text only ever in pattern files
     # to a local endpoint the proxy connects from the client's address; anywhere else from the host's
@@ -244,6 +244,36 @@ spec:
 """)
     cfg = build(egress.l7, {1: "10.200.0.10", 2: "10.200.0.20"}, port=15001, state_dir=str(tmp_path))
     assert "!{ var(txn.g2) -m found }" in cfg.text  # the client's egress is a side of its own: ANDed
+
+
+def test_header_values_and_presence(tmp_path: Path) -> None:
+    """Exact header values go to a pattern file as escaped regexes (a plain line starting with '#' would be
+    a comment, leading blanks dropped); headerMatches without a value ask for presence, as in Cilium."""
+    c = compiled(SEED.replace('          - "Content-Type: application/json"\n',
+                              '          - "X-Id: #42"\n          - "X-Sp:  two"\n'
+                              '        - headerMatches: [{name: X-Token}, {name: X-E, value: ""}]\n'))
+    cfg = build(c.l7, {1: "10.200.0.10"}, port=15001, state_dir=str(tmp_path))
+    pats = sorted(v for v in cfg.files.values() if "#" in v or "two" in v)
+    assert pats == ["^\\ two$\n", "^\\#42$\n"], pats
+    assert "{ req.fhdr_cnt(X-Token) -m int gt 0 } { req.fhdr_cnt(X-E) -m int gt 0 }" in cfg.text
+    from apiary.policy.explain import HttpRequest, endpoint_peer, explain
+
+    # explain agrees: a headerMatches without a value is a presence match
+    third = compiled(SEED.replace("GET", "HEAD").replace('          - "Content-Type: application/json"\n',
+                                                          "        - headerMatches: [{name: X-Token}]\n"))
+    src, dst = endpoint_peer(third, EPS[1]), endpoint_peer(third, EPS[0])
+    assert explain(third, src, dst, 8080, "TCP", http=HttpRequest("GET", "/", (("X-Token", "a"),))).verdict \
+        == "ALLOWED"
+    assert explain(third, src, dst, 8080, "TCP", http=HttpRequest("GET", "/")).verdict == "DENIED"
+    if haproxy_binary() is None:
+        return
+    for name, text in cfg.files.items():
+        (tmp_path / name).write_text(text)
+    (tmp_path / "ids.map").write_text("")
+    (tmp_path / "haproxy.cfg").write_text(cfg.text)
+    r = subprocess.run([str(haproxy_binary()), "-c", "-f", str(tmp_path / "haproxy.cfg")], capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
 
 
 def test_paths_are_normalized_before_the_rules(tmp_path: Path) -> None:

@@ -291,7 +291,7 @@ def _rule_matches(rule: HttpRule, req: HttpRequest) -> bool:
 
     if not (full(rule.method, req.method) and full(rule.path, req.path) and full(rule.host, req.header("host"))):
         return False
-    return all(req.header(n) is not None if v is None else req.header(n) == v for n, v in rule.headers)
+    return all(req.header(n) is not None if not v else req.header(n) == v for n, v in rule.headers)
 
 
 def _covers(key: PolicyKey, port: int) -> bool:

@@ -29,6 +29,7 @@ user text is ever spliced into the configuration itself; the access log names th
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -119,10 +120,13 @@ def build(l7: Mapping[PolicyKey, tuple[HttpRule, ...]], addresses: Mapping[int, 
             if rule.host:
                 conds.append(f"{{ req.fhdr(host) -m reg -f {pattern(anchored(rule.host))} }}")
             for name, value in rule.headers:
-                if value is None:
+                if not value:  # Cilium: no value (or an empty one) asks for the header's presence
                     conds.append(f"{{ req.fhdr_cnt({name}) -m int gt 0 }}")
-                else:
-                    conds.append(f"{{ req.fhdr({name}) -m str -f {pattern(value)} }}")
+                elif any(c in value for c in "\r\n\0"):  # no HTTP header value holds these: never matches
+                    conds.append("{ always_false }")
+                else:  # a pattern file line is not taken as written (leading blanks, '#'): an escaped regex is
+                    exact = pattern("^" + re.escape(value) + "$")
+                    conds.append(f"{{ req.fhdr({name}) -m reg -f {exact} }}")
             lines.append(f"    http-request set-var(txn.ok{n}) int({r}) if {' '.join(conds)}")
         lines.append(f"    http-request set-var(txn.by) var(txn.ok{n}) if {{ var(txn.ok{n}) -m found }}")
         lines.append(f"    http-request set-var(txn.g{g}) bool(1) if {{ var(txn.ok{n}) -m found }}")

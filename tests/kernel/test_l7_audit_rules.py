@@ -111,3 +111,15 @@ def test_header_presence_and_a_value_starting_with_a_hash(net: Net) -> None:
     out = requests(net, "other", ("GET", "/token", {"X-Token": "anything"}), ("GET", "/token", {}),
                    ("GET", "/hash", {"X-Id": "#42"}), ("GET", "/hash", {"X-Id": "42"}))
     assert [s for s, _ in out] == [200, 403, 200, 403], out
+
+
+def test_a_rule_haproxy_cannot_load_is_refused_by_field_path(net: Net) -> None:
+    bad = PUBLIC.replace("name: public,", "name: bad-regex,").replace("path: /public}", 'path: "(?u)/x"}')
+    before = net.cli_ok("policy", "list", "-o", "json")
+    p = net.apply(bad)
+    assert p.returncode != 0, p.stdout
+    assert "spec.ingress[0].toPorts[0].rules.http[0].path: haproxy cannot use this regular expression" in p.stderr, \
+        p.stderr
+    assert net.cli_ok("policy", "list", "-o", "json") == before  # nothing changed ...
+    out = requests(net, "backend", ("GET", "/api/v1/items", {}), ("GET", "/public", {}), ("GET", "/x", {}))
+    assert [s for s, _ in out] == [200, 200, 403], out  # ... and the rules in force are still enforced

@@ -256,6 +256,7 @@ def test_header_values_and_presence(tmp_path: Path) -> None:
     pats = sorted(v for v in cfg.files.values() if "#" in v or "two" in v)
     assert pats == ["^\\ two$\n", "^\\#42$\n"], pats
     assert "{ req.fhdr_cnt(X-Token) -m int gt 0 } { req.fhdr_cnt(X-E) -m int gt 0 }" in cfg.text
+    assert cfg.sources[next(k for k, v in cfg.files.items() if v == "^\\#42$\n")] == (2, "headers")
     from apiary.policy.explain import HttpRequest, endpoint_peer, explain
 
     # explain agrees: a headerMatches without a value is a presence match
@@ -381,3 +382,23 @@ def test_the_readme_example_file_is_the_seed_policy() -> None:
     shipped = Path(__file__).resolve().parents[2] / "examples" / "l7-http-policy.yaml"
     assert shipped.read_text() == SEED_L7_HTTP_POLICY
     assert load_policies(shipped.read_text())[0].metadata.name == "l7-http-policy"
+
+
+@pytest.mark.skipif(haproxy_binary() is None, reason="haproxy not installed")
+def test_rules_haproxy_cannot_load_are_refused_before_the_reload(tmp_path: Path) -> None:
+    """A regex Python accepts but HAProxy's PCRE does not (``(?u)``): ``haproxy -c`` on the new rules, apart,
+    names the rule and field; the running configuration and its pattern files are left as they were."""
+    from apiary.sensors.l7proxy.haproxy import ConfigError, HAProxy
+
+    proxy = HAProxy(tmp_path, "unit-l7check", tmp_path / "cg", port=15001)
+    proxy.dir.mkdir()
+    good = compiled(SEED)
+    proxy.update(good.l7, {1: "10.200.0.10"}, good.ipcache)  # not running: written (checked first)
+    before = {p.name: p.read_text() for p in proxy.dir.iterdir() if p.is_file()}
+    bad = compiled(SEED.replace('path: "/api/v1/orders"', 'path: "(?u)/api/v1/orders"'))
+    with pytest.raises(ConfigError) as e:
+        proxy.update(bad.l7, {1: "10.200.0.10"}, bad.ipcache)
+    assert e.value.rule is not None and e.value.rule.ref == "ingress[0].toPorts[0].rules.http[1]"
+    assert e.value.field == "path" and "regular expression" in str(e.value), str(e.value)
+    assert {p.name: p.read_text() for p in proxy.dir.iterdir() if p.is_file()} == before
+    assert tuple(proxy.config.rules) == list(good.l7.values())[0]

@@ -63,6 +63,7 @@ class ProxyConfig:
     files: dict[str, str] = field(default_factory=dict)  # pattern file name -> content
     rules: list[HttpRule] = field(default_factory=list)  # logged "rule" n (1-based) = rules[n - 1]
     filters: list[Filter] = field(default_factory=list)  # logged "deny" n (1-based) = filters[n - 1]
+    sources: dict[str, tuple[int, str]] = field(default_factory=dict)  # pattern file -> (rule n, its field)
 
 
 def ids_map(ipcache: Mapping[str, int]) -> dict[str, str]:
@@ -82,9 +83,10 @@ def build(l7: Mapping[PolicyKey, tuple[HttpRule, ...]], addresses: Mapping[int, 
     d = state_dir.rstrip("/")
     lines: list[str] = []
 
-    def pattern(text: str) -> str:
+    def pattern(text: str, rule: int, what: str) -> str:
         name = f"p{len(cfg.files)}.pat"
         cfg.files[name] = text + "\n"
+        cfg.sources[name] = (rule, what)
         return f"{d}/{name}"
 
     groups: dict[tuple[int, int], int] = {}  # (endpoint, direction) -> its number
@@ -114,18 +116,18 @@ def build(l7: Mapping[PolicyKey, tuple[HttpRule, ...]], addresses: Mapping[int, 
             idx.append(r)
             conds = [f"{{ var(txn.f{n}) -m bool }}", f"!{{ var(txn.ok{n}) -m found }}"]
             if rule.method:
-                conds.append(f"{{ method -m reg -f {pattern(anchored(rule.method))} }}")
+                conds.append(f"{{ method -m reg -f {pattern(anchored(rule.method), r, 'method')} }}")
             if rule.path:
-                conds.append(f"{{ pathq -m reg -f {pattern(anchored(rule.path))} }}")
+                conds.append(f"{{ pathq -m reg -f {pattern(anchored(rule.path), r, 'path')} }}")
             if rule.host:
-                conds.append(f"{{ req.fhdr(host) -m reg -f {pattern(anchored(rule.host))} }}")
+                conds.append(f"{{ req.fhdr(host) -m reg -f {pattern(anchored(rule.host), r, 'host')} }}")
             for name, value in rule.headers:
                 if not value:  # Cilium: no value (or an empty one) asks for the header's presence
                     conds.append(f"{{ req.fhdr_cnt({name}) -m int gt 0 }}")
                 elif any(c in value for c in "\r\n\0"):  # no HTTP header value holds these: never matches
                     conds.append("{ always_false }")
                 else:  # a pattern file line is not taken as written (leading blanks, '#'): an escaped regex is
-                    exact = pattern("^" + re.escape(value) + "$")
+                    exact = pattern("^" + re.escape(value) + "$", r, "headers")
                     conds.append(f"{{ req.fhdr({name}) -m reg -f {exact} }}")
             lines.append(f"    http-request set-var(txn.ok{n}) int({r}) if {' '.join(conds)}")
         lines.append(f"    http-request set-var(txn.by) var(txn.ok{n}) if {{ var(txn.ok{n}) -m found }}")

@@ -18,7 +18,7 @@ from apiary.policy.compile import EndpointSpec, compile_policies
 from apiary.policy.load import PolicyError, load_policies
 from apiary.policy.models import split_header
 from apiary.policy.types import INGRESS, PROTO_TCP, HttpRule, PolicyKey
-from apiary.sensors.l7proxy.config import DENIED_BODY, anchored, build, rule_text
+from apiary.sensors.l7proxy.config import DENIED_BODY, ProxyConfig, anchored, build, rule_text
 from apiary.sensors.l7proxy.haproxy import haproxy_binary
 from apiary.testing.seed import SEED_L7_HTTP_POLICY
 
@@ -195,28 +195,25 @@ def test_haproxy_config(tmp_path: Path) -> None:
     backend = cfg.text.split("backend client_source\n", 1)[1].split("backend ", 1)[0]
     assert "    http-reuse never" in backend.splitlines()
     assert "default_backend original_destination" in cfg.text
+    haproxy_loads(cfg, tmp_path, "10.200.0.20/32 257\n")
+
+
+def haproxy_loads(cfg: ProxyConfig, where: Path, ids: str) -> None:
+    """HAProxy itself reads the configuration and its pattern files (when installed)."""
     if haproxy_binary() is None:
         return
     for name, text in cfg.files.items():
-        (tmp_path / name).write_text(text)
-    (tmp_path / "ids.map").write_text("10.200.0.20/32 257\n")
-    (tmp_path / "haproxy.cfg").write_text(cfg.text)
-    r = subprocess.run([str(haproxy_binary()), "-c", "-f", str(tmp_path / "haproxy.cfg")], capture_output=True,
+        (where / name).write_text(text)
+    (where / "ids.map").write_text(ids)
+    (where / "haproxy.cfg").write_text(cfg.text)
+    r = subprocess.run([str(haproxy_binary()), "-c", "-f", str(where / "haproxy.cfg")], capture_output=True,
                        text=True)
     assert r.returncode == 0, r.stdout + r.stderr
 
 
-L3_WILDCARD_L7 = """\
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: public}
-spec:
-  endpointSelector: {matchLabels: {app: frontend}}
-  ingress:
-  - toPorts:
-    - ports: [{port: "8080", protocol: TCP}]
-      rules: {http: [{method: GET, path: /public}]}
-"""
+# the seed's rules for any peer (no fromEndpoints): an L3-wildcard L7 rule on the same port
+L3_WILDCARD_L7 = SEED.replace("name: l7-http-policy", "name: public").replace(
+    "  - fromEndpoints:\n    - matchLabels:\n        app: backend\n    toPorts:", "  - toPorts:")
 
 
 def test_filters_of_one_side_are_ored(tmp_path: Path) -> None:
@@ -266,15 +263,7 @@ def test_header_values_and_presence(tmp_path: Path) -> None:
     assert explain(third, src, dst, 8080, "TCP", http=HttpRequest("GET", "/", (("X-Token", "a"),))).verdict \
         == "ALLOWED"
     assert explain(third, src, dst, 8080, "TCP", http=HttpRequest("GET", "/")).verdict == "DENIED"
-    if haproxy_binary() is None:
-        return
-    for name, text in cfg.files.items():
-        (tmp_path / name).write_text(text)
-    (tmp_path / "ids.map").write_text("")
-    (tmp_path / "haproxy.cfg").write_text(cfg.text)
-    r = subprocess.run([str(haproxy_binary()), "-c", "-f", str(tmp_path / "haproxy.cfg")], capture_output=True,
-                       text=True)
-    assert r.returncode == 0, r.stdout + r.stderr
+    haproxy_loads(cfg, tmp_path, "")
 
 
 def test_paths_are_normalized_before_the_rules(tmp_path: Path) -> None:

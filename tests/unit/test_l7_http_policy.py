@@ -9,7 +9,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from hubble_flow_helpers import builder  # noqa: I001
+from hubble_flow_helpers import FakeDirectory, builder  # noqa: I001
 
 from apiary.observe.hubble.builder import l7_response
 from apiary.observe.hubble.filters import FlowFilter
@@ -337,6 +337,25 @@ def test_l7_flows() -> None:
     assert resp["Summary"] == "HTTP/1.1 200 3ms (GET http://frontend:8080/api/v1/x?a=1)"
     denied = l7_response(b, exchange(False), response=False)["flow"]
     assert denied["verdict"] == "DROPPED" and denied["extensions"]["apiary"]["decided_by"].endswith("ingress[0]")
+    assert "destination_names" not in req and "source_names" not in resp
+
+
+class NamedDirectory(FakeDirectory):
+    def names_of(self, ip: str) -> list[str]:
+        return ["api.example.com"] if ip == "10.200.0.10" else []
+
+
+def test_l7_flows_name_a_learned_destination() -> None:
+    """An HTTP request to an address the DNS proxy learned (toFQDNs) names it, as Hubble's L7 parser does:
+    the compact line shows the name and --to-fqdn selects the flow."""
+    b = builder(NamedDirectory())
+    req = l7_response(b, exchange(True), response=False)["flow"]
+    resp = l7_response(b, exchange(True), response=True)["flow"]
+    assert req["destination_names"] == ["api.example.com"] and "source_names" not in req
+    assert resp["source_names"] == ["api.example.com"] and "destination_names" not in resp
+    to_fqdn = FlowFilter.from_args([("to-fqdn", "*.example.com")])
+    assert to_fqdn.matches(l7_response(b, exchange(True), response=False))
+    assert not to_fqdn.matches(l7_response(builder(), exchange(True), response=False))
 
 
 @pytest.mark.parametrize(("args", "expect"), [

@@ -118,6 +118,34 @@ def test_egress_rule_with_host_and_port_range_and_both_sides_judge() -> None:
     assert y.verdict == "DENIED" and "l7-http-policy" in y.sentence
 
 
+L3_WILDCARD_L7 = """\
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: public}
+spec:
+  endpointSelector: {matchLabels: {app: frontend}}
+  ingress:
+  - toPorts:
+    - ports: [{port: "8080", protocol: TCP}]
+      rules: {http: [{method: GET, path: /public}]}
+"""
+
+
+def test_an_l3_wildcard_rules_http_rules_add_to_a_peers_own() -> None:
+    # Envoy ORs the rules of one port: the backend may do what the seed allows it and what everyone may do
+    c = compiled(SEED, L3_WILDCARD_L7)
+    for path, policy in (("/api/v1/items", "l7-http-policy"), ("/public", "public")):
+        x = ask(c, "GET", path)
+        assert x.verdict == "ALLOWED" and x.http and x.http.verdict == "allowed", x.sentence
+        assert f"default/{policy} ingress[0].toPorts[0].rules.http[0]" in x.sentence
+    assert ask(c, "GET", "/public", src=OTHER).verdict == "ALLOWED"
+    assert ask(c, "GET", "/api/v1/items", src=OTHER).verdict == "DENIED"  # not the backend's rules
+    x = ask(c, "DELETE", "/public")
+    assert x.verdict == "DENIED" and x.http and {r.ref for r in x.http.denied_by} == {
+        "ingress[0].toPorts[0].rules.http[0]", "ingress[0].toPorts[0].rules.http[1]"}
+    assert "default/l7-http-policy" in x.sentence and "default/public" in x.sentence
+
+
 def test_bad_requests_name_the_part() -> None:
     for args, says in ((("GE T", "/"), "http method"), (("GET", "api"), "http path"),
                        (("GET", "/", ("NoColon",)), "http header")):

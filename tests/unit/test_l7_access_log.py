@@ -104,10 +104,13 @@ def test_a_logged_record_becomes_its_exchange_when_first_read() -> None:
     x = src.exchange()
     assert src.exchange() is x
     assert x == HttpExchange(BACKEND_IP, 40000, FRONTEND_IP, 8080, "PATCH", "http://frontend:8080/a?b=1",
-                             "HTTP/1.0", (("Host", "frontend:8080"), ("X-Req", "1")), 200, 3_000_000,
+                             "HTTP/1", (("Host", "frontend:8080"), ("X-Req", "1")), 200, 3_000_000,
                              1_700_000_000_250_000_000, True, True, "CiliumNetworkPolicy default/p ingress[0]",
                              257, 256)
     assert [ev.materialize() for ev in evs] == list(l7_http_responses(b, x))
+    # the protocol as Cilium names it ("HTTP/1", "HTTP/1.1", "HTTP/2"), whatever HAProxy's req.ver says
+    for ver, proto in (("1.0", "HTTP/1"), ("1.1", "HTTP/1.1"), ("2.0", "HTTP/2")):
+        assert LoggedExchange({**rec, "version": ver}, True, True, "", {}).exchange().protocol == proto
     unset = {**rec, "status": "-", "tr": "-1", "host": "-", "deny": "2"}  # denied before any server: unset numbers
     y = LoggedExchange(unset, False, True, "", {}).exchange()
     assert (y.status, y.latency_ns, y.url, y.client_identity) == (0, 0, f"http://{FRONTEND_IP}:8080/a?b=1", 0)

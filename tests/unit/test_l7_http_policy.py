@@ -9,7 +9,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from hubble_flow_helpers import builder  # noqa: I001
+from hubble_flow_helpers import FakeDirectory, builder  # noqa: I001
 
 from apiary.observe.hubble.builder import l7_response
 from apiary.observe.hubble.filters import FlowFilter
@@ -18,7 +18,7 @@ from apiary.policy.compile import EndpointSpec, compile_policies
 from apiary.policy.load import PolicyError, load_policies
 from apiary.policy.models import split_header
 from apiary.policy.types import INGRESS, PROTO_TCP, HttpRule, PolicyKey
-from apiary.sensors.l7proxy.config import DENIED_BODY, anchored, build, rule_text
+from apiary.sensors.l7proxy.config import DENIED_BODY, ProxyConfig, anchored, build, rule_text
 from apiary.sensors.l7proxy.haproxy import haproxy_binary
 from apiary.testing.seed import SEED_L7_HTTP_POLICY
 
@@ -183,7 +183,7 @@ def test_haproxy_config(tmp_path: Path) -> None:
     assert "bind 127.0.0.1:15001 transparent" in cfg.text
     assert f"{{ dst 10.200.0.10 }} {{ dst_port 8080 }} {{ var(txn.sid) -m int {backend_id(c)} }}" in cfg.text
     assert sorted(v for k, v in cfg.files.items() if k.endswith(".pat")) == sorted(
-        ["^(?:GET)$\n", "^(?:/api/v1/.*)$\n", "^(?:POST)$\n", "^(?:/api/v1/orders)$\n", "application/json\n"])
+        ["^(?:GET)$\n", "^(?:/api/v1/.*)$\n", "^(?:POST)$\n", "^(?:/api/v1/orders)$\n", "^application/json$\n"])
     assert cfg.files["denied.body"] == DENIED_BODY == "Access denied\r\n"
     assert "/api/v1" not in cfg.text  # user text only ever in pattern files
     # to a local endpoint the proxy connects from the client's address; anywhere else from the host's
@@ -195,15 +195,93 @@ def test_haproxy_config(tmp_path: Path) -> None:
     backend = cfg.text.split("backend client_source\n", 1)[1].split("backend ", 1)[0]
     assert "    http-reuse never" in backend.splitlines()
     assert "default_backend original_destination" in cfg.text
+    haproxy_loads(cfg, tmp_path, "10.200.0.20/32 257\n")
+
+
+def haproxy_loads(cfg: ProxyConfig, where: Path, ids: str) -> None:
+    """HAProxy itself reads the configuration and its pattern files (when installed)."""
     if haproxy_binary() is None:
         return
     for name, text in cfg.files.items():
-        (tmp_path / name).write_text(text)
-    (tmp_path / "ids.map").write_text("10.200.0.20/32 257\n")
-    (tmp_path / "haproxy.cfg").write_text(cfg.text)
-    r = subprocess.run([str(haproxy_binary()), "-c", "-f", str(tmp_path / "haproxy.cfg")], capture_output=True,
+        (where / name).write_text(text)
+    (where / "ids.map").write_text(ids)
+    (where / "haproxy.cfg").write_text(cfg.text)
+    r = subprocess.run([str(haproxy_binary()), "-c", "-f", str(where / "haproxy.cfg")], capture_output=True,
                        text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+# the seed's rules for any peer (no fromEndpoints): an L3-wildcard L7 rule on the same port
+L3_WILDCARD_L7 = SEED.replace("name: l7-http-policy", "name: public").replace(
+    "  - fromEndpoints:\n    - matchLabels:\n        app: backend\n    toPorts:", "  - toPorts:")
+
+
+def test_filters_of_one_side_are_ored(tmp_path: Path) -> None:
+    """The seed's rules for the backend and an L3-wildcard rule on the same port: two filters of the
+    frontend's ingress; a request either allows passes (Envoy ORs a port's rules), so the 403 is decided
+    after both, on the side's group, never on one filter alone."""
+    c = compiled(SEED, L3_WILDCARD_L7)
+    cfg = build(c.l7, {1: "10.200.0.10", 2: "10.200.0.20"}, port=15001, state_dir=str(tmp_path))
+    assert len(cfg.filters) == 2
+    lines = cfg.text.splitlines()
+    deny = [i for i, line in enumerate(lines) if "set-var(txn.deny)" in line]
+    assert [lines[i].split(" if ", 1)[1] for i in deny] == [
+        "{ var(txn.f1) -m bool } !{ var(txn.g1) -m found }", "{ var(txn.f2) -m bool } !{ var(txn.g1) -m found }"]
+    last_rule = max(i for i, line in enumerate(lines) if "set-var(txn.ok" in line)
+    assert min(deny) > last_rule
+    assert sum("set-var(txn.g1) bool(1) if" in line for line in lines) == 2
+    egress = compiled(SEED, L3_WILDCARD_L7, """\
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: out}
+spec:
+  endpointSelector: {matchLabels: {app: backend}}
+  egress:
+  - toPorts: [{ports: [{port: "8080", protocol: TCP}], rules: {http: [{method: GET}]}}]
+""")
+    cfg = build(egress.l7, {1: "10.200.0.10", 2: "10.200.0.20"}, port=15001, state_dir=str(tmp_path))
+    assert "!{ var(txn.g2) -m found }" in cfg.text  # the client's egress is a side of its own: ANDed
+
+
+def test_header_values_and_presence(tmp_path: Path) -> None:
+    """Exact header values go to a pattern file as escaped regexes (a plain line starting with '#' would be
+    a comment, leading blanks dropped); headerMatches without a value ask for presence, as in Cilium."""
+    c = compiled(SEED.replace('          - "Content-Type: application/json"\n',
+                              '          - "X-Id: #42"\n          - "X-Sp:  two"\n'
+                              '        - headerMatches: [{name: X-Token}, {name: X-E, value: ""}]\n'))
+    cfg = build(c.l7, {1: "10.200.0.10"}, port=15001, state_dir=str(tmp_path))
+    pats = sorted(v for v in cfg.files.values() if "#" in v or "two" in v)
+    assert pats == ["^\\ two$\n", "^\\#42$\n"], pats
+    assert "{ req.fhdr_cnt(X-Token) -m int gt 0 } { req.fhdr_cnt(X-E) -m int gt 0 }" in cfg.text
+    assert cfg.sources[next(k for k, v in cfg.files.items() if v == "^\\#42$\n")] == (2, "headers")
+    from apiary.policy.explain import HttpRequest, endpoint_peer, explain
+
+    # explain agrees: a headerMatches without a value is a presence match
+    third = compiled(SEED.replace("GET", "HEAD").replace('          - "Content-Type: application/json"\n',
+                                                          "        - headerMatches: [{name: X-Token}]\n"))
+    src, dst = endpoint_peer(third, EPS[1]), endpoint_peer(third, EPS[0])
+    assert explain(third, src, dst, 8080, "TCP", http=HttpRequest("GET", "/", (("X-Token", "a"),))).verdict \
+        == "ALLOWED"
+    assert explain(third, src, dst, 8080, "TCP", http=HttpRequest("GET", "/")).verdict == "DENIED"
+    haproxy_loads(cfg, tmp_path, "")
+
+
+def test_paths_are_normalized_before_the_rules(tmp_path: Path) -> None:
+    from apiary.policy.explain import normalize_path
+
+    cfg = build({}, {}, port=15001, state_dir=str(tmp_path))
+    lines = cfg.text.splitlines()
+    norm = [i for i, line in enumerate(lines) if "normalize-uri" in line]
+    assert [lines[i].split("normalize-uri ")[1] for i in norm] == [
+        "percent-decode-unreserved", "path-strip-dot", "path-strip-dotdot full", "path-merge-slashes"]
+    assert max(norm) < min(i for i, line in enumerate(lines) if "set-var(txn.uri)" in line)
+    assert "    expose-experimental-directives" in lines
+    # explain's own normalization: HAProxy 2.6's results for these
+    for raw, norm_path in (("/api/v1/../../admin", "/admin"), ("/api/v1/%2e%2e/%2E%2E/admin", "/admin"),
+                           ("//api//v1/x", "/api/v1/x"), ("/%61pi/v1/x?a=%2e%2e", "/api/v1/x?a=.."),
+                           ("/api/v1/./x", "/api/v1/x"), ("/api/v1/%2fx", "/api/v1/%2fx"), ("/a/..", "/"),
+                           ("/..", "/"), ("/api/v1/x/../", "/api/v1/"), ("/a?b=/../c", "/a?b=/../c")):
+        assert normalize_path(raw) == norm_path, raw
 
 
 def test_anchoring() -> None:
@@ -259,6 +337,25 @@ def test_l7_flows() -> None:
     assert resp["Summary"] == "HTTP/1.1 200 3ms (GET http://frontend:8080/api/v1/x?a=1)"
     denied = l7_response(b, exchange(False), response=False)["flow"]
     assert denied["verdict"] == "DROPPED" and denied["extensions"]["apiary"]["decided_by"].endswith("ingress[0]")
+    assert "destination_names" not in req and "source_names" not in resp
+
+
+class NamedDirectory(FakeDirectory):
+    def names_of(self, ip: str) -> list[str]:
+        return ["api.example.com"] if ip == "10.200.0.10" else []
+
+
+def test_l7_flows_name_a_learned_destination() -> None:
+    """An HTTP request to an address the DNS proxy learned (toFQDNs) names it, as Hubble's L7 parser does:
+    the compact line shows the name and --to-fqdn selects the flow."""
+    b = builder(NamedDirectory())
+    req = l7_response(b, exchange(True), response=False)["flow"]
+    resp = l7_response(b, exchange(True), response=True)["flow"]
+    assert req["destination_names"] == ["api.example.com"] and "source_names" not in req
+    assert resp["source_names"] == ["api.example.com"] and "destination_names" not in resp
+    to_fqdn = FlowFilter.from_args([("to-fqdn", "*.example.com")])
+    assert to_fqdn.matches(l7_response(b, exchange(True), response=False))
+    assert not to_fqdn.matches(l7_response(builder(), exchange(True), response=False))
 
 
 @pytest.mark.parametrize(("args", "expect"), [
@@ -293,3 +390,23 @@ def test_the_readme_example_file_is_the_seed_policy() -> None:
     shipped = Path(__file__).resolve().parents[2] / "examples" / "l7-http-policy.yaml"
     assert shipped.read_text() == SEED_L7_HTTP_POLICY
     assert load_policies(shipped.read_text())[0].metadata.name == "l7-http-policy"
+
+
+@pytest.mark.skipif(haproxy_binary() is None, reason="haproxy not installed")
+def test_rules_haproxy_cannot_load_are_refused_before_the_reload(tmp_path: Path) -> None:
+    """A regex Python accepts but HAProxy's PCRE does not (``(?u)``): ``haproxy -c`` on the new rules, apart,
+    names the rule and field; the running configuration and its pattern files are left as they were."""
+    from apiary.sensors.l7proxy.haproxy import ConfigError, HAProxy
+
+    proxy = HAProxy(tmp_path, "unit-l7check", tmp_path / "cg", port=15001)
+    proxy.dir.mkdir()
+    good = compiled(SEED)
+    proxy.update(good.l7, {1: "10.200.0.10"}, good.ipcache)  # not running: written (checked first)
+    before = {p.name: p.read_text() for p in proxy.dir.iterdir() if p.is_file()}
+    bad = compiled(SEED.replace('path: "/api/v1/orders"', 'path: "(?u)/api/v1/orders"'))
+    with pytest.raises(ConfigError) as e:
+        proxy.update(bad.l7, {1: "10.200.0.10"}, bad.ipcache)
+    assert e.value.rule is not None and e.value.rule.ref == "ingress[0].toPorts[0].rules.http[1]"
+    assert e.value.field == "path" and "regular expression" in str(e.value), str(e.value)
+    assert {p.name: p.read_text() for p in proxy.dir.iterdir() if p.is_file()} == before
+    assert tuple(proxy.config.rules) == list(good.l7.values())[0]

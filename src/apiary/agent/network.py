@@ -42,7 +42,7 @@ from apiary.policy.types import CompiledPolicy, RuleRef
 from apiary.sensors.dnsproxy import holder
 from apiary.sensors.dnsproxy.proxy import DnsProxy
 from apiary.sensors.l7proxy.config import rule_text as http_rule_text
-from apiary.sensors.l7proxy.haproxy import HAProxy, ProxyError, haproxy_binary
+from apiary.sensors.l7proxy.haproxy import ConfigError, HAProxy, ProxyError, haproxy_binary
 from apiary.sensors.l7proxy.leftovers import proxy_cgroup
 from apiary.sensors.network.endpoints import Endpoint, EndpointError, EndpointManager
 from apiary.sensors.network.sensor import Datapath
@@ -316,11 +316,14 @@ class Network:
                                        "(it needs the L7 proxy's routing: install haproxy and restart the agent)")])
         eps = {e.ep_id: e for e in self.em.endpoints.values() if e.state == "ready"}
         ids = {e.ep_id: self.identity_of(e, compiled) for e in eps.values()}
+        if self.l7 is not None:  # the proxy knows the rules before the datapath redirects to them
+            try:
+                self.l7.update(compiled.l7, {e.ep_id: e.ipv4 for e in eps.values()}, compiled.ipcache)
+            except ConfigError as err:  # HAProxy refuses them: nothing changes (it keeps the rules in force)
+                raise PolicyError([_proxy_problem(err, compiled)]) from err
         # the DNS proxy judges with the new rules before the datapath redirects to them
         self.dns_judge = DnsJudge(compiled.dns, {e.ipv4: e.ep_id for e in eps.values()}, compiled.ipcache,
                                   compiled.rules)
-        if self.l7 is not None:  # the proxy knows the rules before the datapath redirects to them
-            self.l7.update(compiled.l7, {e.ep_id: e.ipv4 for e in eps.values()}, compiled.ipcache)
         self.dp.sync(compiled, eps, ids)
         self.compiled = compiled
         all_eps = list(self.em.endpoints.values())
@@ -786,6 +789,17 @@ class Network:
             if self.dns is not None else None,
             "dns_proxy_disabled": self.dns_off if self.dns is None else None,
         }
+
+
+def _proxy_problem(e: ConfigError, compiled: CompiledPolicy) -> Problem:
+    """What HAProxy refused, at the field path of the HTTP rule (and the policy) it came from."""
+    if e.rule is None:
+        return Problem("rules.http", str(e))
+    ref = e.rule.ref if e.rule.ref.startswith("specs[") else f"spec.{e.rule.ref}"
+    rid = e.rule.rule_id
+    where = compiled.rules[rid] if 0 < rid < len(compiled.rules) else None
+    policy = f" (in {where.kind} {where.namespace + '/' if where.namespace else ''}{where.policy})" if where else ""
+    return Problem(f"{ref}.{e.field}", f"{e}{policy}")
 
 
 def _spec(ep: Endpoint) -> EndpointSpec:

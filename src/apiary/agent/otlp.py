@@ -289,7 +289,8 @@ def span_of(resp: dict[str, Any]) -> SpanSpec | None:
         proto = _str(h.get("protocol"))
         if proto.startswith("HTTP/"):
             attrs["network.protocol.name"] = "http"
-            attrs["network.protocol.version"] = proto.removeprefix("HTTP/")
+            version = proto.removeprefix("HTTP/")
+            attrs["network.protocol.version"] = "1.0" if version == "1" else version  # Cilium's "HTTP/1" is 1.0
         code = h.get("code") or (403 if denied else 0)  # a denied request got the proxy's 403
         if code:
             attrs["http.response.status_code"] = int(code)

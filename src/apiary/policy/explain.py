@@ -8,9 +8,10 @@ identity 0), a deny from either wins, an allow from either allows, no match is d
 With an HTTP request (:class:`HttpRequest`) it goes on as the L7 proxy does: the connection is redirected to
 the proxy when the egress or ingress entry that allowed it is an L7 entry; the proxy then applies every L7
 entry that covers the connection (the client's egress ones, the server's ingress ones, for this peer or any
-peer, and this port), and the request passes when each of them has a matching HTTP rule (method, path with
-its query, Host and header regexes anchored to the whole string, as Cilium's); otherwise the client gets
-the proxy's 403 ``Access denied``.
+peer, and this port), and the request passes when each side (egress, ingress) has one entry with a matching
+HTTP rule (method, path with its query, Host and header regexes anchored to the whole string, as Cilium's;
+the path normalized first, as the proxy does: :func:`normalize_path`); otherwise the client gets the
+proxy's 403 ``Access denied``.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ __all__ = [
     "identity_peer",
     "ip_peer",
     "lookup",
+    "normalize_path",
     "parse_http_request",
     "parse_proto",
 ]
@@ -220,6 +222,30 @@ class HttpRequest:
 
 
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_PERCENT = re.compile(r"%([0-9A-Fa-f]{2})")
+
+
+def normalize_path(pathq: str) -> str:
+    """The path (with its query) as the proxy judges it, by HAProxy's ``normalize-uri`` steps (Cilium's Envoy
+    normalizes too): %-encoded unreserved characters decoded, "." and ".." segments resolved (never above
+    "/"), repeated slashes merged."""
+    def unreserved(m: re.Match[str]) -> str:
+        c = chr(int(m.group(1), 16))
+        return c if c.isascii() and (c.isalnum() or c in "-._~") else m.group(0)
+
+    path, sep, query = _PERCENT.sub(unreserved, pathq).partition("?")
+    segments = path.split("/")[1:]
+    out: list[str] = []
+    for i, seg in enumerate(segments):
+        last = i == len(segments) - 1
+        if seg in (".", ".."):
+            if seg == ".." and out:
+                out.pop()
+            if last:
+                out.append("")
+        elif seg or last:
+            out.append(seg)
+    return "/" + "/".join(out) + sep + query
 
 
 def parse_http_request(method: str, path: str, headers: tuple[str, ...] = ()) -> HttpRequest:
@@ -265,7 +291,7 @@ def _rule_matches(rule: HttpRule, req: HttpRequest) -> bool:
 
     if not (full(rule.method, req.method) and full(rule.path, req.path) and full(rule.host, req.header("host"))):
         return False
-    return all(req.header(n) is not None if v is None else req.header(n) == v for n, v in rule.headers)
+    return all(req.header(n) is not None if not v else req.header(n) == v for n, v in rule.headers)
 
 
 def _covers(key: PolicyKey, port: int) -> bool:
@@ -293,17 +319,21 @@ def explain_http(compiled: CompiledPolicy, src: Peer, dst: Peer, port: int, req:
         elif key.direction == INGRESS and key.ep_id == dst.ep_id and key.identity in (0, src.identity):
             applies.append(key)
     matched: list[HttpRule] = []
-    for key in (k for k in applies if _covers(k, port)):
-        rules = compiled.l7[key]
+    req = HttpRequest(req.method, normalize_path(req.path), req.headers)
+    for direction in (EGRESS, INGRESS):  # each side judges; within a side one matching rule is enough
+        keys = [k for k in applies if k.direction == direction and _covers(k, port)]
+        if not keys:
+            continue
+        rules = tuple(r for k in keys for r in compiled.l7[k])
         hit = next((r for r in rules if _rule_matches(r, req)), None)
         if hit is None:
-            side = f"{_DIRECTION[key.direction]} of {(src if key.direction == EGRESS else dst).label}"
+            side = f"{_DIRECTION[direction]} of {(src if direction == EGRESS else dst).label}"
             paths = sorted({describe_http_rule(r, compiled).rsplit("[", 1)[0] for r in rules})
             return HttpDecision(
                 "denied",
                 f"DENIED by the L7 proxy (HTTP 403 Access denied) at {side}: {what} matches no HTTP rule of "
                 f"{', '.join(paths)}",
-                denied_by=rules, entries=(key,),
+                denied_by=rules, entries=tuple(keys),
             )
         matched.append(hit)
     return HttpDecision(

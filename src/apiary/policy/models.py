@@ -227,6 +227,8 @@ def split_header(text: str) -> tuple[str, str | None]:
 def _check_regex(text: str | None, at: str) -> None:
     if not text:
         return
+    if any(c in text for c in "\r\n\0"):  # no method, path or Host holds one; the proxy reads one line
+        raise invalid(f"{text!r}: a regular expression must be one line (no line break or NUL)", at)
     try:
         re.compile(text)
     except re.error as e:

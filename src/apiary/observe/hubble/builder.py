@@ -561,6 +561,11 @@ def _l7_flow(builder: FlowBuilder, x: HttpExchange | DnsExchange, transport: str
     flow["Type"] = "L7"
     if builder.node_name:
         flow["node_name"] = builder.node_name
+    names_of = getattr(builder.directory, "names_of", None)  # toFQDNs names, as Hubble's L7 parser adds them
+    if names_of is not None:
+        for side, addr in (("source_names", sip), ("destination_names", dip)):
+            if addr and (names := names_of(addr)):
+                flow[side] = names
     if response:
         flow["reply"] = True
     l7: dict[str, Any] = {"type": "RESPONSE" if response else "REQUEST"}

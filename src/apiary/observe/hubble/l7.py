@@ -67,6 +67,11 @@ class LoggedExchange:
         return self._x
 
 
+# HAProxy's req.ver -> the protocol as Cilium names it (pkg/proxy/accesslog GetProtocol: "HTTP/1", "HTTP/1.1",
+# "HTTP/2")
+_PROTOCOLS = {"1.0": "HTTP/1", "1.1": "HTTP/1.1", "2.0": "HTTP/2", "2": "HTTP/2"}
+
+
 def http_exchange(rec: Mapping[str, str], allowed: bool, ingress: bool, decided_by: str,
                   ipcache: Mapping[str, int]) -> HttpExchange:
     """The exchange of one access-log record (``sensors/l7proxy/config.py`` ``LOG_FORMAT``: every value a
@@ -75,7 +80,8 @@ def http_exchange(rec: Mapping[str, str], allowed: bool, ingress: bool, decided_
     client, server = rec.get("client", ""), rec.get("server", "")
     return HttpExchange(
         client=client, client_port=_num(rec.get("cport")), server=server, server_port=_num(rec.get("sport")),
-        method=unset(rec.get("method")), url=url_of(rec), protocol=f"HTTP/{version}",
+        method=unset(rec.get("method")), url=url_of(rec),
+        protocol=_PROTOCOLS.get(version) or f"HTTP/{version}",
         headers=parse_headers(unset(rec.get("headers"))), status=_num(rec.get("status")),
         latency_ns=max(0, _num(rec.get("tr"))) * 1_000_000,
         time_ns=_num(rec.get("ts")) * 1_000_000_000 + _num(rec.get("ms")) * 1_000_000, allowed=allowed, ingress=ingress,

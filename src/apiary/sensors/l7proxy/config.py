@@ -5,9 +5,10 @@ the accepted socket's local address is the connection's original destination). E
 compiled policy becomes a *filter*: which connections it applies to (the endpoint's address as destination
 for ingress, as source for egress; the port or port range; the peer's identity, looked up by address in the
 identity map the agent keeps up to date through the runtime API) and its HTTP rules. A request passes when
-every filter that applies to it has a matching rule (Cilium: the client's egress and the server's ingress
-both judge it); otherwise the proxy answers 403 ``Access denied\\r\\n`` as Cilium's Envoy filter does, and
-the connection stays open for the next request.
+each side that has filters applying to it (the client's egress, the server's ingress: Cilium's two
+judgements) has one with a matching rule: a side's filters are ORed, as Envoy's rules of one port are (an
+L3-wildcard rule's HTTP rules add to a peer's own); otherwise the proxy answers 403 ``Access denied\\r\\n``
+as Cilium's Envoy filter does, and the connection stays open for the next request.
 
 The proxy connects to a local endpoint from the client's own address (``usesrc clientip``: an
 ``IP_TRANSPARENT`` socket), so the server and its ingress policy see the client; the datapath marks the
@@ -28,6 +29,7 @@ user text is ever spliced into the configuration itself; the access log names th
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -61,6 +63,7 @@ class ProxyConfig:
     files: dict[str, str] = field(default_factory=dict)  # pattern file name -> content
     rules: list[HttpRule] = field(default_factory=list)  # logged "rule" n (1-based) = rules[n - 1]
     filters: list[Filter] = field(default_factory=list)  # logged "deny" n (1-based) = filters[n - 1]
+    sources: dict[str, tuple[int, str]] = field(default_factory=dict)  # pattern file -> (rule n, its field)
 
 
 def ids_map(ipcache: Mapping[str, int]) -> dict[str, str]:
@@ -80,16 +83,20 @@ def build(l7: Mapping[PolicyKey, tuple[HttpRule, ...]], addresses: Mapping[int, 
     d = state_dir.rstrip("/")
     lines: list[str] = []
 
-    def pattern(text: str) -> str:
+    def pattern(text: str, rule: int, what: str) -> str:
         name = f"p{len(cfg.files)}.pat"
         cfg.files[name] = text + "\n"
+        cfg.sources[name] = (rule, what)
         return f"{d}/{name}"
 
+    groups: dict[tuple[int, int], int] = {}  # (endpoint, direction) -> its number
+    denies: list[str] = []
     for key in sorted(l7):
         addr = addresses.get(key.ep_id)
         if not addr:
             continue
         n = len(cfg.filters) + 1
+        g = groups.setdefault((key.ep_id, key.direction), len(groups) + 1)
         first = key.port
         last = key.port | ((1 << (16 - key.port_prefix)) - 1)
         ports = str(first) if first == last else f"{first}:{last}"
@@ -109,21 +116,27 @@ def build(l7: Mapping[PolicyKey, tuple[HttpRule, ...]], addresses: Mapping[int, 
             idx.append(r)
             conds = [f"{{ var(txn.f{n}) -m bool }}", f"!{{ var(txn.ok{n}) -m found }}"]
             if rule.method:
-                conds.append(f"{{ method -m reg -f {pattern(anchored(rule.method))} }}")
+                conds.append(f"{{ method -m reg -f {pattern(anchored(rule.method), r, 'method')} }}")
             if rule.path:
-                conds.append(f"{{ pathq -m reg -f {pattern(anchored(rule.path))} }}")
+                conds.append(f"{{ pathq -m reg -f {pattern(anchored(rule.path), r, 'path')} }}")
             if rule.host:
-                conds.append(f"{{ req.fhdr(host) -m reg -f {pattern(anchored(rule.host))} }}")
+                conds.append(f"{{ req.fhdr(host) -m reg -f {pattern(anchored(rule.host), r, 'host')} }}")
             for name, value in rule.headers:
-                if value is None:
+                if not value:  # Cilium: no value (or an empty one) asks for the header's presence
                     conds.append(f"{{ req.fhdr_cnt({name}) -m int gt 0 }}")
-                else:
-                    conds.append(f"{{ req.fhdr({name}) -m str -f {pattern(value)} }}")
+                elif any(c in value for c in "\r\n\0"):  # no HTTP header value holds these: never matches
+                    conds.append("{ always_false }")
+                else:  # a pattern file line is not taken as written (leading blanks, '#'): an escaped regex is
+                    exact = pattern("^" + re.escape(value) + "$", r, "headers")
+                    conds.append(f"{{ req.fhdr({name}) -m reg -f {exact} }}")
             lines.append(f"    http-request set-var(txn.ok{n}) int({r}) if {' '.join(conds)}")
         lines.append(f"    http-request set-var(txn.by) var(txn.ok{n}) if {{ var(txn.ok{n}) -m found }}")
-        lines.append(f"    http-request set-var(txn.deny) int({n}) if {{ var(txn.f{n}) -m bool }} "
-                     f"!{{ var(txn.ok{n}) -m found }}")
+        lines.append(f"    http-request set-var(txn.g{g}) bool(1) if {{ var(txn.ok{n}) -m found }}")
+        # judged once every filter of the endpoint's direction has been: one of them allowing is enough
+        denies.append(f"    http-request set-var(txn.deny) int({n}) if {{ var(txn.f{n}) -m bool }} "
+                      f"!{{ var(txn.g{g}) -m found }}")
         cfg.filters.append(Filter(key, addr, tuple(idx)))
+    lines += denies
     deny_body = f"{d}/denied.body"
     cfg.files["denied.body"] = DENIED_BODY
     local = sorted(set(a for a in addresses.values() if a))
@@ -132,6 +145,7 @@ def build(l7: Mapping[PolicyKey, tuple[HttpRule, ...]], addresses: Mapping[int, 
         "# generated by the apiary agent: do not edit",
         "global",
         "    master-worker",
+        "    expose-experimental-directives",  # normalize-uri (HAProxy 2.4+) is "experimental" in 2.6
         f"    pidfile {d}/haproxy.pid",
         f"    stats socket {d}/admin.sock mode 600 level admin",
         "    log stdout len 16384 format raw local0",  # the agent's pipe
@@ -148,6 +162,13 @@ def build(l7: Mapping[PolicyKey, tuple[HttpRule, ...]], addresses: Mapping[int, 
         "frontend l7http",
         f"    bind 127.0.0.1:{port} transparent",
         f"    log-format '{LOG_FORMAT}'",
+        # the path as Cilium's Envoy sees it (--http-normalize-path, on by default): %-encoded unreserved
+        # characters decoded, "." and ".." segments resolved, "//" merged, before any rule reads it, and sent
+        # so to the server: "/api/v1/../../admin" is judged, and served, as "/admin"
+        "    http-request normalize-uri percent-decode-unreserved",
+        "    http-request normalize-uri path-strip-dot",
+        "    http-request normalize-uri path-strip-dotdot full",
+        "    http-request normalize-uri path-merge-slashes",
         # as a string: HAProxy 2.6 keeps a method it has no code for (PATCH, custom) in a variable as OPTIONS
         "    http-request set-var(txn.m) method,concat()",
         "    http-request set-var(txn.uri) pathq",

@@ -19,6 +19,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -32,6 +33,8 @@ from typing import Any
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from apiary.policy.types import HttpRule
+
 from .config import ProxyConfig, build, ids_map
 from .leftovers import RULE_PRIORITY, proxy_cgroup, rule_numbers, unroute
 
@@ -41,6 +44,15 @@ READ_SIZE = 256 << 10
 
 class ProxyError(RuntimeError):
     pass
+
+
+class ConfigError(ProxyError):
+    """HAProxy cannot load the configuration of these rules (``haproxy -c``): ``rule`` and ``field`` name the
+    HTTP rule and its field whose pattern it refused, when its message says which (else None, "")."""
+
+    def __init__(self, message: str, rule: HttpRule | None = None, field: str = "") -> None:
+        super().__init__(message)
+        self.rule, self.field = rule, field
 
 
 def haproxy_binary() -> str | None:
@@ -213,10 +225,42 @@ class HAProxy:
             if ids != self.ids:
                 self._update_map(ids)
             return
+        self._check(l7, addresses, ids)
         self._write(cfg, ids)
         if self.alive():
             assert self.proc is not None
             os.kill(self.proc.pid, signal.SIGUSR2)  # master-worker reload
+
+    def _check(self, l7: Mapping[Any, Any], addresses: Mapping[int, str], ids: Mapping[str, str]) -> None:
+        """``haproxy -c`` on the new rules (written apart, in ``check/``) before they replace the running ones:
+        a reload HAProxy refuses (a regex PCRE cannot compile) would leave the old rules enforced while the
+        policy is reported applied. ``ConfigError`` names the rule and field it refused."""
+        d = self.dir / "check"
+        d.mkdir(exist_ok=True, mode=0o700)
+        cfg = build(l7, addresses, port=self.port, state_dir=str(d))
+        for name, text in cfg.files.items():
+            (d / name).write_text(text)
+        (d / "ids.map").write_text("".join(f"{k} {v}\n" for k, v in sorted(ids.items())))
+        (d / "haproxy.cfg").write_text(cfg.text)
+        binary = getattr(self, "binary", None) or haproxy_binary() or "haproxy"
+        try:
+            r = subprocess.run([binary, "-c", "-f", str(d / "haproxy.cfg")], capture_output=True, text=True,
+                               timeout=60)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise ConfigError(f"haproxy could not check the new rules: {e}") from e
+        if r.returncode == 0:
+            return
+        out = (r.stdout + r.stderr).strip()
+        alerts = [line.split(" : ", 2)[-1] for line in out.splitlines() if "[ALERT]" in line]
+        why = alerts[0] if alerts else out[-500:]
+        m = re.search(r"file '[^']*/(p\d+\.pat)'", out)
+        source = cfg.sources.get(m.group(1)) if m else None
+        if source is None:
+            raise ConfigError(f"haproxy refuses the new rules: {why}")
+        rule = cfg.rules[source[0] - 1]
+        m = re.search(r"regex '.*' is invalid \((.*)\) at line", why)
+        raise ConfigError(f"haproxy cannot use this regular expression ({m.group(1) if m else why})", rule,
+                          source[1])
 
     def _update_map(self, ids: Mapping[str, str]) -> None:
         path = self.dir / "ids.map"

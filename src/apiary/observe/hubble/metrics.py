@@ -31,7 +31,7 @@ Names, label names and label values are Hubble's (``pkg/hubble/metrics/{flow,dro
   (``rcode`` empty, or ``Policy denied`` when the proxy dropped it), ``hubble_dns_responses_total`` (same
   labels, ``rcode`` Hubble's name of the code, e.g. ``Non-Existent Domain``) per answer and
   ``hubble_dns_response_types_total{type,qtypes}`` per answer record type; option ``ignoreAAAA``. They count
-  the L7 DNS flows of a DNS proxy (none yet: they stay empty until one feeds them).
+  the L7 DNS flows of the agent's DNS proxy.
 
 Which of them are on, and their context labels, is Hubble's ``--hubble-metrics`` list
 (:func:`parse_hubble_metrics`): ``name[:option=value;option=value]`` items, e.g.
@@ -257,13 +257,12 @@ class _Family:
     ``Counter.labels`` takes a lock and checks the labels on every call, which per flow costs more than the rest
     of counting."""
 
-    __slots__ = ("counter", "spec", "children", "has_context", "moved")
+    __slots__ = ("counter", "spec", "children", "has_context")
 
     def __init__(self, counter: Counter | Histogram, spec: MetricSpec) -> None:
         self.counter, self.spec = counter, spec
         self.children: dict[tuple[str, ...], Any] = {}
         self.has_context = bool(spec.context_labels())
-        self.moved: list[Any] | None = None  # while FlowMetrics.counted records: the children moved (None: not once)
 
     def child(self, flow: Mapping[str, Any], values: tuple[str, ...]) -> Any:
         key = (*context_values(self.spec, flow), *values) if self.has_context else values
@@ -289,15 +288,10 @@ class _Family:
         return len(gone)
 
     def inc(self, flow: Mapping[str, Any], *values: str) -> None:
-        child = self.child(flow, values)
-        child.inc()
-        if self.moved is not None:
-            self.moved.append(child)
+        self.child(flow, values).inc()
 
     def observe(self, flow: Mapping[str, Any], amount: float, *values: str) -> None:
         self.child(flow, values).observe(amount)
-        if self.moved is not None:
-            self.moved.append(None)  # an amount of its own: not repeatable by FlowMetrics.recount
 
 
 # Hubble's names of DNS response codes (pkg/hubble/metrics/dns)
@@ -401,13 +395,18 @@ class _L7Metrics:
                 self.dns_types.inc(flow, str(rrtype), qtypes)
 
 
-_MEMO_MAX = 4096  # FlowMetrics.observe_msg's kinds of flows kept
+_MEMO_MAX = 4096  # FlowMetrics.observe_msg's and observe_l7's kinds of flows kept
 
 
 class Materializable(Protocol):
-    """A flow built on first read (``observe/hubble/builder.DeferredFlow``)."""
+    """A flow built on first read (``observe/hubble/builder.DeferredFlow``, ``L7HttpFlow``, ``L7DnsFlow``)."""
 
     def materialize(self) -> Mapping[str, Any]: ...
+
+
+def _built(ev: Mapping[str, Any] | Materializable) -> Mapping[str, Any]:
+    """The flow's ``GetFlowsResponse`` (built now if it was not yet)."""
+    return ev if isinstance(ev, Mapping) else ev.materialize()
 
 
 POD_SERIES_TTL_S = 60.0  # Hubble deletes the series of a pod a minute after the pod (FORMATS §11.2)
@@ -457,10 +456,8 @@ class FlowMetrics:
         self._has_context = any(spec.context_labels() for name, spec in self.enabled.items()
                                 if name in ("flow", "drop", "tcp", "port-distribution", "policy"))
         self._memo: dict[tuple[object, ...], list[Any]] = {}
-        self._moved: list[Any] | None = None  # while counted() records: the children observe() moved
         # forget_pod: (when, namespace, name) of deleted pods whose series go then; appended from any thread
         self._doomed: collections.deque[tuple[float, str, str]] = collections.deque()
-        self.generation = 0  # moves when series are removed: kept children (counted/recount) are stale then
 
     def forget_pod(self, namespace: str, name: str, now: float) -> None:
         """The pod is gone: its series go :data:`POD_SERIES_TTL_S` later (``now``: ``time.monotonic()``), with
@@ -477,7 +474,6 @@ class FlowMetrics:
             removed += sum(f.remove_pod(namespace, name) for f in fams if f is not None and f.has_context)
         if removed:
             self._memo.clear()
-            self.generation += 1
         return removed
 
     def lost(self, source: str | int, count: int) -> None:
@@ -494,32 +490,6 @@ class FlowMetrics:
                 self.l7.dns_responses, self.l7.dns_types]
         return [f for f in fams if f is not None]
 
-    def counted(self, resps: Iterable[Mapping[str, Any]]) -> tuple[Any, ...] | None:
-        """:meth:`observe` each of ``resps``; what that moved, for :meth:`recount` to move again for flows that
-        count the same (a proxy's thousands of alike exchanges a second then cost a few increments, not the
-        label work of each flow), or None when it is not repeatable so (a histogram's amount, a loss)."""
-        moved: list[Any] = []
-        fams = self._l7_families()
-        for f in fams:
-            f.moved = moved
-        self._moved = moved
-        try:
-            for resp in resps:
-                if not isinstance(resp.get("flow"), dict):
-                    moved.append(None)
-                self.observe(resp)
-        finally:
-            for f in fams:
-                f.moved = None
-            self._moved = None
-        return None if any(c is None for c in moved) else tuple(moved)
-
-    @staticmethod
-    def recount(moved: tuple[Any, ...]) -> None:
-        """Count again what :meth:`counted` said its flows moved."""
-        for child in moved:
-            child.inc()
-
     def observe(self, resp: Mapping[str, Any]) -> None:
         """Account one ``GetFlowsResponse`` dict (a flow or a ``lost_events`` notice)."""
         le = resp.get("lost_events")
@@ -529,11 +499,8 @@ class FlowMetrics:
         flow = resp.get("flow")
         if not isinstance(flow, dict):
             return
-        children = self._children(flow)
-        for child in children:
+        for child in self._children(flow):
             child.inc()
-        if self._moved is not None:  # counted() records what moved
-            self._moved.extend(children)
         if self.l7 is not None and int((flow.get("event_type") or {}).get("type", 0)) == MSG_ACCESS_LOG:
             self.l7.observe(flow, str(flow.get("verdict", "VERDICT_UNKNOWN")))
 
@@ -544,7 +511,7 @@ class FlowMetrics:
         counters a flow moves are kept by those fields. Context labels read the endpoints, which change: with
         any on, each flow is built and counted."""
         if self._has_context:
-            self.observe(ev if isinstance(ev, Mapping) else ev.materialize())
+            self.observe(_built(ev))
             return
         reply = msg.kind == MSG_TRACE and msg.ct_state == CT_REPLY  # a reply's port is the client's: not counted
         key = (msg.kind, msg.sub_type, msg.verdict, msg.proto, msg.tcp_flags, msg.ct_state, msg.egress,
@@ -552,20 +519,21 @@ class FlowMetrics:
                ":" in msg.src_ip or ":" in msg.dst_ip)
         self._observe_kind(key, ev)
 
-    def observe_l7(self, key: tuple[object, ...], ev: Mapping[str, Any] | Materializable) -> None:
-        """:meth:`observe` of an L7 flow (or what builds it), built only for the first of its ``key``: the fields
-        its packet-level counters read (for an HTTP exchange: allowed, and REQUEST or RESPONSE). With the L7
-        handlers (``http``, ``dns``) or context labels on, each flow is built and counted."""
+    def observe_l7(self, protocol: str, allowed: bool, ev: Mapping[str, Any] | Materializable) -> None:
+        """:meth:`observe` of an L7 flow (or what builds it) of ``protocol`` (``"http"``, ``"dns"``), built only for
+        the first of its kind: its packet-level counters read only its protocol and verdict (whether the exchange
+        was ``allowed``); an L7 flow's drop reason is always unknown, it has no TCP flags nor counted port, and is
+        no policy verdict. The L7 handlers (``http``, ``dns``) and context labels read more (method, status,
+        latency, rcode, query types, the endpoints): with any of them on, each flow is built and counted."""
         if self._has_context or self.l7 is not None:
-            self.observe(ev if isinstance(ev, Mapping) else ev.materialize())
+            self.observe(_built(ev))
             return
-        self._observe_kind(("l7", *key), ev)
+        self._observe_kind(("l7", protocol, allowed), ev)
 
     def _observe_kind(self, key: tuple[object, ...], ev: Mapping[str, Any] | Materializable) -> None:
         children = self._memo.get(key)
         if children is None:
-            resp = ev if isinstance(ev, Mapping) else ev.materialize()
-            flow = resp.get("flow")
+            flow = _built(ev).get("flow")
             children = self._children(flow) if isinstance(flow, dict) else []
             if len(self._memo) >= _MEMO_MAX:  # a port scan must not grow it without bound
                 self._memo.clear()

@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from apiary.observe.clock import KtimeClock
 from apiary.observe.hubble.builder import EndpointInfo, FlowBuilder, l7_response
 from apiary.observe.hubble.l7 import HttpExchange
-from apiary.observe.hubble.metrics import FlowMetrics, parse_hubble_metrics
+from apiary.observe.hubble.metrics import FlowMetrics, dns_kind, parse_hubble_metrics
 from apiary.testing.flows import StaticDirectory
 
 EPS = {
@@ -142,7 +142,7 @@ def test_dns_flows_built_on_read_are_dns_responses_and_counted_alike() -> None:
             for f in want:
                 each.observe(f)
             for ev in l7_dns_deferred(B, x, 257, 256):
-                by_kind.observe_l7("dns", x.allowed, ev)
+                by_kind.observe_l7(dns_kind(x, ev.response), ev)
 
     def samples(reg: CollectorRegistry) -> list[str]:
         return [line for line in generate_latest(reg).decode().splitlines() if "_created" not in line]

@@ -31,7 +31,7 @@ from apiary.observe.hubble.builder import (
 )
 from apiary.observe.hubble.filters import FlowFilter
 from apiary.observe.hubble.l7 import DnsExchange, LoggedExchange, unset
-from apiary.observe.hubble.metrics import FlowMetrics, parse_hubble_metrics
+from apiary.observe.hubble.metrics import FlowMetrics, dns_kind, http_kind, parse_hubble_metrics
 from apiary.policy.compile import EndpointSpec, compile_policies
 from apiary.policy.explain import HttpRequest, endpoint_peer, explain, http_decision_json, ip_peer
 from apiary.policy.identity import IdentityAllocator, endpoint_labels
@@ -518,7 +518,7 @@ class Network:
         metrics, publish = self.metrics, self.flows.publish
         for ev in l7_http_deferred(self.builder, x):  # built when read (or now, for L7 metrics or a live client)
             if metrics:
-                metrics.observe_l7("http", x.allowed, ev)
+                metrics.observe_l7(http_kind(x.allowed), ev)
             publish(ev)
 
     def _http_decision(self, rule: str, deny: str) -> tuple[bool, bool, str]:
@@ -679,13 +679,13 @@ class Network:
     def on_dns(self, x: DnsExchange) -> None:
         """A query through the DNS proxy: its REQUEST flow and, when answered from the resolver, its RESPONSE,
         each built when read (with the directory of now, and the two ends' identities of now); the metrics count
-        them now, as :meth:`on_http`'s (the packet-level counters once per kind of exchange)."""
+        them now, as :meth:`on_http`'s (once per kind of flow)."""
         flows = l7_dns_deferred(self.builder, x, self.compiled.ipcache.get(f"{x.client}/32", 0),
                                 self.dns_judge.identity(x.server))
         metrics, publish = self.metrics, self.flows.publish
         for ev in flows:
             if metrics:
-                metrics.observe_l7("dns", x.allowed, ev)
+                metrics.observe_l7(dns_kind(x, ev.response), ev)
             publish(ev)
 
     def drain(self) -> int:

@@ -57,6 +57,7 @@ from apiary.observe.hubble.enums import (
     RESERVED_IDENTITIES,
     TRACE_POINT_NAMES,
 )
+from apiary.observe.hubble.l7 import DnsExchange
 from apiary.observe.hubble.raw import CT_REPLY, MSG_DROP, MSG_POLICY_VERDICT, MSG_TRACE, FlowMsg
 
 _L4_PROTOCOLS = ("TCP", "UDP", "ICMPv4", "ICMPv6", "SCTP", "VRRP", "IGMP")
@@ -353,15 +354,33 @@ class _L7Metrics:
             )
             self.dns_ignore_aaaa = "ignoreAAAA" in enabled["dns"].flags
 
-    def observe(self, flow: Mapping[str, Any], verdict: str) -> None:
+    def observe_http(self, flow: Mapping[str, Any]) -> None:
+        """The ``http``/``httpV2`` handler's counters and histogram for an L7 flow (none but HTTP's)."""
         l7 = flow.get("l7")
-        if not isinstance(l7, Mapping):
+        if not isinstance(l7, Mapping) or self.http_requests is None:
             return
-        http, dns = l7.get("http"), l7.get("dns")
-        if isinstance(http, Mapping) and self.http_requests is not None:
+        http = l7.get("http")
+        if isinstance(http, Mapping):
             self._http(flow, str(l7.get("type", "")), http, _int(l7.get("latency_ns")))
-        elif isinstance(dns, Mapping) and self.dns_queries is not None:
-            self._dns(flow, verdict, dns)
+
+    def dns_children(self, flow: Mapping[str, Any]) -> list[Any]:
+        """The ``dns`` handler's counter children an L7 flow increments by one (none but DNS's)."""
+        l7 = flow.get("l7")
+        dns = l7.get("dns") if isinstance(l7, Mapping) else None
+        if not isinstance(dns, Mapping) or self.dns_queries is None:
+            return []
+        assert self.dns_responses is not None and self.dns_types is not None
+        qtypes_l = [str(q) for q in dns.get("qtypes") or ()]
+        if self.dns_ignore_aaaa and qtypes_l == ["AAAA"]:
+            return []
+        qtypes, ips = ",".join(qtypes_l), str(len(dns.get("ips") or ()))
+        if flow.get("verdict") == "DROPPED":
+            return [self.dns_queries.child(flow, ("Policy denied", qtypes, ips))]
+        if not flow.get("is_reply"):
+            return [self.dns_queries.child(flow, ("", qtypes, ips))]
+        out = [self.dns_responses.child(flow, (DNS_RCODE_NAMES.get(_int(dns.get("rcode")), ""), qtypes, ips))]
+        out += (self.dns_types.child(flow, (str(rrtype), qtypes)) for rrtype in dns.get("rrtypes") or ())
+        return out
 
     def _http(self, flow: Mapping[str, Any], typ: str, http: Mapping[str, Any], latency_ns: int) -> None:
         assert self.http_requests is not None and self.http_duration is not None
@@ -379,21 +398,6 @@ class _L7Metrics:
             self.http_responses.inc(flow, method, protocol, status, reporter)
         self.http_duration.observe(flow, latency_ns / 1e9, method, reporter)
 
-    def _dns(self, flow: Mapping[str, Any], verdict: str, dns: Mapping[str, Any]) -> None:
-        assert self.dns_queries is not None and self.dns_responses is not None and self.dns_types is not None
-        qtypes_l = [str(q) for q in dns.get("qtypes") or ()]
-        if self.dns_ignore_aaaa and qtypes_l == ["AAAA"]:
-            return
-        qtypes, ips = ",".join(qtypes_l), str(len(dns.get("ips") or ()))
-        if verdict == "DROPPED":
-            self.dns_queries.inc(flow, "Policy denied", qtypes, ips)
-        elif not flow.get("is_reply"):
-            self.dns_queries.inc(flow, "", qtypes, ips)
-        else:
-            self.dns_responses.inc(flow, DNS_RCODE_NAMES.get(_int(dns.get("rcode")), ""), qtypes, ips)
-            for rrtype in dns.get("rrtypes") or ():
-                self.dns_types.inc(flow, str(rrtype), qtypes)
-
 
 _MEMO_MAX = 4096  # FlowMetrics.observe_msg's and observe_l7's kinds of flows kept
 
@@ -402,6 +406,19 @@ class Materializable(Protocol):
     """A flow built on first read (``observe/hubble/builder.DeferredFlow``, ``L7HttpFlow``, ``L7DnsFlow``)."""
 
     def materialize(self) -> Mapping[str, Any]: ...
+
+
+def http_kind(allowed: bool) -> tuple[object, ...]:
+    """:meth:`FlowMetrics.observe_l7`'s key of an HTTP exchange's flows: the counters but the ``http`` handler's
+    read only their protocol and verdict (an L7 flow's drop reason is unknown; it has no TCP flags nor counted
+    port, and is no policy verdict)."""
+    return ("http", allowed)
+
+
+def dns_kind(x: DnsExchange, response: bool) -> tuple[object, ...]:
+    """:meth:`FlowMetrics.observe_l7`'s key of a DNS query's REQUEST or RESPONSE flow: its verdict, and what the
+    ``dns`` handler reads (the query types, the rcode, how many IPs, the record types)."""
+    return ("dns", x.allowed, response, x.qtypes, x.rcode, len(x.ips), x.rrtypes)
 
 
 def _built(ev: Mapping[str, Any] | Materializable) -> Mapping[str, Any]:
@@ -452,9 +469,17 @@ class FlowMetrics:
         for src in ("perf_event_ring_buffer", "observer_events_queue", "hubble_ring_buffer", L7_LOST_SOURCE):
             self.lost_events.labels(source=src)  # every source shows, at 0 until something is lost
         self.l7 = _L7Metrics(registry, self.enabled) if {"http", "httpV2", "dns"} & set(self.enabled) else None
-        # observe_msg: the counter children by the message fields they follow from (none with context labels)
+        # observe_msg, observe_l7: the counter children by the fields they follow from (none with context labels)
         self._has_context = any(spec.context_labels() for name, spec in self.enabled.items()
                                 if name in ("flow", "drop", "tcp", "port-distribution", "policy"))
+        # observe_l7: the L7 protocols whose flows are counted by kind: not HTTP with the http handler on (its
+        # histogram observes each flow's latency), nor DNS with the dns handler's context labels
+        http = self.enabled.get("httpV2") or self.enabled.get("http")
+        dns = self.enabled.get("dns")
+        self._l7_by_kind: dict[object, bool] = {
+            "http": not self._has_context and http is None,
+            "dns": not self._has_context and not (dns and dns.context_labels()),
+        }
         self._memo: dict[tuple[object, ...], list[Any]] = {}
         # forget_pod: (when, namespace, name) of deleted pods whose series go then; appended from any thread
         self._doomed: collections.deque[tuple[float, str, str]] = collections.deque()
@@ -502,7 +527,7 @@ class FlowMetrics:
         for child in self._children(flow):
             child.inc()
         if self.l7 is not None and int((flow.get("event_type") or {}).get("type", 0)) == MSG_ACCESS_LOG:
-            self.l7.observe(flow, str(flow.get("verdict", "VERDICT_UNKNOWN")))
+            self.l7.observe_http(flow)
 
     def observe_msg(self, msg: FlowMsg, ev: Mapping[str, Any] | Materializable) -> None:
         """:meth:`observe` of a datapath message's flow (``ev``: the flow, or what builds it), building the flow
@@ -519,16 +544,15 @@ class FlowMetrics:
                ":" in msg.src_ip or ":" in msg.dst_ip)
         self._observe_kind(key, ev)
 
-    def observe_l7(self, protocol: str, allowed: bool, ev: Mapping[str, Any] | Materializable) -> None:
-        """:meth:`observe` of an L7 flow (or what builds it) of ``protocol`` (``"http"``, ``"dns"``), built only for
-        the first of its kind: its packet-level counters read only its protocol and verdict (whether the exchange
-        was ``allowed``); an L7 flow's drop reason is always unknown, it has no TCP flags nor counted port, and is
-        no policy verdict. The L7 handlers (``http``, ``dns``) and context labels read more (method, status,
-        latency, rcode, query types, the endpoints): with any of them on, each flow is built and counted."""
-        if self._has_context or self.l7 is not None:
+    def observe_l7(self, key: tuple[object, ...], ev: Mapping[str, Any] | Materializable) -> None:
+        """:meth:`observe` of an L7 flow (or what builds it), built only for the first of its kind: ``key`` holds
+        the fields its counters read (:func:`http_kind`, :func:`dns_kind`; its first, the protocol). With the
+        packet-level handlers' context labels on, the ``dns`` handler's for a DNS flow, or the ``http`` handler for
+        an HTTP flow (a histogram of each one's latency), each flow is built and counted."""
+        if not self._l7_by_kind[key[0]]:
             self.observe(_built(ev))
             return
-        self._observe_kind(("l7", protocol, allowed), ev)
+        self._observe_kind(key, ev)  # its protocol's name first: no message's kind (observe_msg's, a number first)
 
     def _observe_kind(self, key: tuple[object, ...], ev: Mapping[str, Any] | Materializable) -> None:
         children = self._memo.get(key)
@@ -542,8 +566,8 @@ class FlowMetrics:
             child.inc()
 
     def _children(self, flow: Mapping[str, Any]) -> list[Any]:
-        """The counter children one L3/L4 or L7 flow increments by one (L7 histograms aside)."""
-        out: list[Any] = []
+        """The counter children one L3/L4 or L7 flow increments by one (the ``http`` handler's aside)."""
+        out: list[Any] = self.l7.dns_children(flow) if self.l7 is not None else []
         protocol = flow_protocol(flow)
         verdict = str(flow.get("verdict", "VERDICT_UNKNOWN"))
         typ, subtype = flow_type_labels(flow)

@@ -1,10 +1,12 @@
-"""Flows built on first read (FlowBuilder.defer) and metrics counted from the message (FlowMetrics.observe_msg):
-the same flows and the same counters as building every flow when it is read from the ring."""
+"""Flows built on first read (FlowBuilder.defer, L7 HTTP and DNS flows) and metrics counted by kind
+(FlowMetrics.observe_msg, observe_l7): the same flows and the same counters as building every flow when it is
+read."""
 
 from __future__ import annotations
 
 import dataclasses
 import random
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -12,10 +14,20 @@ from prometheus_client import CollectorRegistry
 
 from apiary.agent.bus import EventBus
 from apiary.agent.flowdir import FlowDirectory
+from apiary.agent.fqdn import DnsJudge
+from apiary.agent.network import Network
 from apiary.observe.clock import KtimeClock
-from apiary.observe.hubble.builder import DeferredFlow, EndpointInfo, FlowBuilder, l7_http_deferred
-from apiary.observe.hubble.l7 import HttpExchange
-from apiary.observe.hubble.metrics import FlowMetrics, parse_hubble_metrics
+from apiary.observe.hubble.builder import (
+    DeferredFlow,
+    EndpointInfo,
+    FlowBuilder,
+    L7DnsFlow,
+    dns_response,
+    l7_dns_deferred,
+    l7_http_deferred,
+)
+from apiary.observe.hubble.l7 import DnsExchange, HttpExchange
+from apiary.observe.hubble.metrics import FlowMetrics, http_kind, parse_hubble_metrics
 from apiary.observe.hubble.raw import (
     CT_ESTABLISHED,
     CT_NEW,
@@ -30,6 +42,7 @@ from apiary.observe.hubble.raw import (
     FlowMsg,
 )
 from apiary.observe.hubble.services import ServiceTable
+from apiary.policy.identity import resolve
 from apiary.policy.types import CompiledPolicy, RuleRef
 from apiary.sensors.network.endpoints import Endpoint
 from apiary.services.backends import Backend, BackendState, Frontend
@@ -105,6 +118,30 @@ def test_a_deferred_flow_names_the_services_of_the_moment_it_was_read() -> None:
     assert isinstance(later, DeferredFlow) and "destination_service" not in later.materialize()["flow"]
 
 
+def dns_exchange(rnd: random.Random) -> DnsExchange:
+    """A query through the DNS proxy; its fields drawn each on its own (so that a counter reading one the kinds
+    leave out counts wrong)."""
+    allowed = rnd.random() < 0.7
+    return DnsExchange(
+        client=rnd.choice([A, B]), client_port=rnd.randrange(30000, 60000), server=rnd.choice([A, B, "192.0.2.53"]),
+        server_port=53, transport=rnd.choice(["UDP", "TCP"]), query="example.test.",
+        qtypes=rnd.choice([("A",), ("AAAA",), ("A", "AAAA")]), allowed=allowed, decided_by="", time_ns=1,
+        rcode=rnd.choice([0, 2, 3, 5]), ips=rnd.choice([(), ("192.0.2.1",), ("192.0.2.1", "192.0.2.2")]), ttl=30,
+        rrtypes=rnd.choice([(), ("A",), ("A", "A"), ("CNAME", "A")]), latency_ns=rnd.randrange(1, 10**6))
+
+
+def test_a_dns_flow_names_the_endpoints_of_the_moment_the_query_was_seen() -> None:
+    b = builder()
+    x = dataclasses.replace(dns_exchange(random.Random(1)), client=A, allowed=True)
+    flows = l7_dns_deferred(b, x, 256, 2)
+    want = [dns_response(b, x, response, 256, 2) for response in (False, True)]
+    b.directory = directory("renamed")  # the agent replaces the directory after a change
+    assert all(isinstance(f, L7DnsFlow) and f.built is None for f in flows)
+    assert [f.materialize() for f in flows] == want
+    assert want[0]["flow"]["source"]["pod_name"] == "frontend"
+    assert l7_dns_deferred(b, x, 256, 2)[0].materialize()["flow"]["source"]["pod_name"] == "renamed"
+
+
 def test_the_agent_directory_is_a_snapshot() -> None:
     ep = Endpoint(name="a", namespace="ns", labels={"app": "a"}, ep_id=11, ipv4=A, host_if="lxca", host_ifindex=21,
                   netns="/run/netns/x", cgroup="/sys/fs/cgroup/x")
@@ -176,26 +213,50 @@ def test_counting_by_message_fields_moves_the_same_counters_as_counting_each_bui
 
 @pytest.mark.parametrize("metrics", [
     "flow,drop,tcp,port-distribution,policy",  # the default: the L7 flows' kinds are kept
-    "flow,drop,tcp,port-distribution,policy,httpV2",  # the L7 handler reads the method and code: each is built
-    "flow:sourceContext=pod,drop",
+    "flow,drop,tcp,port-distribution,policy,dns",  # the dns handler's kinds too
+    "flow,drop,dns:ignoreAAAA,http",  # HTTP flows each built (the http handler's latency histogram)
+    "flow,drop,httpV2",
+    "flow,drop,dns:sourceContext=pod",  # DNS flows each built (the dns handler's context labels)
+    "flow:sourceContext=identity;destinationContext=pod,drop,dns:ignoreAAAA;sourceContext=pod",
+    "flow,drop:labelsContext=source_pod",
 ])
-def test_counting_http_exchanges_by_kind_moves_the_same_counters(metrics: str) -> None:
+def test_counting_l7_exchanges_by_kind_moves_the_same_counters(metrics: str) -> None:
+    """HTTP exchanges as the agent's on_http counts them, DNS queries through the agent's on_dns, against
+    observing each built flow; meanwhile the directory and the identities change, as after a policy change."""
     (eager_reg, eager), (memo_reg, memo) = _two_metrics(metrics)
     b = builder()
     rnd = random.Random(11)
-    for _ in range(600):
-        allowed = rnd.random() < 0.7
-        x = HttpExchange(
-            client=rnd.choice([A, B]), client_port=rnd.randrange(30000, 60000), server=rnd.choice([A, B, "192.0.2.7"]),
-            server_port=rnd.choice([80, 8080]), method=rnd.choice(["GET", "POST", "PATCH"]), url="http://x/y",
-            protocol="HTTP/1.1", headers=(), status=rnd.choice([200, 404, 503]) if allowed else 403,
-            latency_ns=rnd.randrange(1, 10**7), time_ns=1, allowed=allowed, ingress=rnd.random() < 0.5,
-            decided_by="", client_identity=rnd.choice([0, 256]), server_identity=rnd.choice([0, 2, 257]))
-        for ev in l7_http_deferred(b, x):
-            eager.observe(ev.materialize())
-        for ev in l7_http_deferred(b, x):
-            memo.observe_l7(("http", x.allowed, ev.response), ev)
+
+    def ipcache(client_identity: int) -> dict[str, int]:
+        return {f"{A}/32": client_identity, f"{B}/32": 257, "192.0.2.0/24": 300}
+
+    agent = SimpleNamespace(builder=b, metrics=memo, flows=EventBus(16, 4))
+    for i in range(1200):
+        if i % 400 == 0:  # what a policy or endpoint change replaces
+            b.directory = directory(f"frontend{i}")
+            ips = ipcache(256 + i)
+            agent.compiled, agent.dns_judge = SimpleNamespace(ipcache=ips), DnsJudge({}, {}, ips, [])
+        if rnd.random() < 0.5:
+            allowed = rnd.random() < 0.7
+            x = HttpExchange(
+                client=rnd.choice([A, B]), client_port=rnd.randrange(30000, 60000),
+                server=rnd.choice([A, B, "192.0.2.7"]), server_port=rnd.choice([80, 8080]),
+                method=rnd.choice(["GET", "POST", "PATCH"]), url="http://x/y", protocol="HTTP/1.1", headers=(),
+                status=rnd.choice([200, 404, 503]) if allowed else 403, latency_ns=rnd.randrange(1, 10**7), time_ns=1,
+                allowed=allowed, ingress=rnd.random() < 0.5, decided_by="", client_identity=rnd.choice([0, 256]),
+                server_identity=rnd.choice([0, 2, 257]))
+            for ev in l7_http_deferred(b, x):
+                eager.observe(ev.materialize())
+            for ev in l7_http_deferred(b, x):  # as Network.on_http
+                memo.observe_l7(http_kind(x.allowed), ev)
+        else:
+            d = dns_exchange(rnd)
+            for response in (False, True) if d.allowed else (False,):
+                eager.observe(dns_response(b, d, response, ips.get(f"{d.client}/32", 0), resolve(ips, d.server)))
+            Network.on_dns(agent, d)  # type: ignore[arg-type]
     assert _samples(memo_reg) == _samples(eager_reg)
+    flows = sum(v for (name, _), v in _samples(eager_reg).items() if name == "hubble_flows_processed_total")
+    assert flows > 1500
 
 
 class _Counted:
@@ -244,8 +305,6 @@ def test_a_deleted_pods_series_go_a_minute_later_as_hubbles() -> None:
     assert pods() == {"ns/frontend", "ns/backend", "frontend", "backend"}
     m.forget_pod("ns", "frontend", now=100.0)
     assert m.sweep(159.0) == 0 and "ns/frontend" in pods()
-    gen = m.generation
     assert m.sweep(160.0) == 2 and pods() == {"ns/backend", "backend"}
-    assert m.generation == gen + 1
     m.observe(b.build(message()))  # a pod of that name again: its series come back
     assert "ns/frontend" in pods()

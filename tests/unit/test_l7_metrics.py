@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from apiary.observe.clock import KtimeClock
 from apiary.observe.hubble.builder import EndpointInfo, FlowBuilder, l7_response
 from apiary.observe.hubble.l7 import HttpExchange
-from apiary.observe.hubble.metrics import FlowMetrics, parse_hubble_metrics
+from apiary.observe.hubble.metrics import FlowMetrics, dns_kind, parse_hubble_metrics
 from apiary.testing.flows import StaticDirectory
 
 EPS = {
@@ -121,10 +121,10 @@ def test_l7_exposition_passes_promtool() -> None:
         assert r.returncode == 0, (items, r.stdout, r.stderr)
 
 
-def test_counted_then_recounted_flows_move_the_metrics_as_observing_each_does() -> None:
-    """The DNS proxy counts a kind of exchange once (FlowMetrics.counted) and then repeats what that moved for
-    each alike exchange (recount): the same samples as observing every flow; a histogram is not repeatable."""
-    from apiary.observe.hubble.builder import dns_endpoints, dns_response, l7_dns_deferred
+def test_dns_flows_built_on_read_are_dns_responses_and_counted_alike() -> None:
+    """The DNS proxy's flows (built when read) are dns_response's, and observe_l7 counts them with the context
+    labels as observing each does."""
+    from apiary.observe.hubble.builder import dns_response, l7_dns_deferred
     from apiary.observe.hubble.l7 import DnsExchange
 
     def dns_x(allowed: bool) -> DnsExchange:
@@ -133,19 +133,17 @@ def test_counted_then_recounted_flows_move_the_metrics_as_observing_each_does() 
                            rrtypes=("A",) if allowed else (), latency_ns=5)
 
     items = "flow drop dns:sourceContext=pod;destinationContext=identity"
-    (reg_a, each), (reg_b, memo) = metrics(items), metrics(items)
+    (reg_a, each), (reg_b, by_kind) = metrics(items), metrics(items)
     for allowed in (True, False):
         x = dns_x(allowed)
-        flows = l7_dns_deferred(B, x, dns_endpoints(B, x, 257, 256))
-        built = [f.materialize() for f in flows]
-        assert built == [dns_response(B, x, r, 257, 256) for r in ((False, True) if allowed else (False,))]
+        want = [dns_response(B, x, r, 257, 256) for r in ((False, True) if allowed else (False,))]
+        assert [f.materialize() for f in l7_dns_deferred(B, x, 257, 256)] == want
         for _ in range(3):
-            for f in built:
+            for f in want:
                 each.observe(f)
-        moved = memo.counted(built)
-        assert moved
-        memo.recount(moved)
-        memo.recount(moved)
+            for ev in l7_dns_deferred(B, x, 257, 256):
+                by_kind.observe_l7(dns_kind(x, ev.response), ev)
+
     def samples(reg: CollectorRegistry) -> list[str]:
         return [line for line in generate_latest(reg).decode().splitlines() if "_created" not in line]
 
@@ -153,5 +151,3 @@ def test_counted_then_recounted_flows_move_the_metrics_as_observing_each_does() 
     assert reg_b.get_sample_value("hubble_dns_queries_total", {"source": "shop/backend", "destination": "256",
                                                                "rcode": "Policy denied", "qtypes": "A",
                                                                "ips_returned": "0"}) == 3
-    _, http = metrics("http")
-    assert http.counted([l7_response(B, exchange(), True)]) is None  # a duration: counted, but not repeatable

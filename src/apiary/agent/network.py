@@ -26,13 +26,12 @@ from apiary.observe.clock import KtimeClock
 from apiary.observe.hubble.builder import (
     EndpointInfo,
     FlowBuilder,
-    dns_endpoints,
     l7_dns_deferred,
     l7_http_deferred,
 )
 from apiary.observe.hubble.filters import FlowFilter
 from apiary.observe.hubble.l7 import DnsExchange, LoggedExchange, unset
-from apiary.observe.hubble.metrics import FlowMetrics, parse_hubble_metrics
+from apiary.observe.hubble.metrics import FlowMetrics, dns_kind, http_kind, parse_hubble_metrics
 from apiary.policy.compile import EndpointSpec, compile_policies
 from apiary.policy.explain import HttpRequest, endpoint_peer, explain, http_decision_json, ip_peer
 from apiary.policy.identity import IdentityAllocator, endpoint_labels
@@ -130,10 +129,6 @@ class Network:
         self._learn_waiters: list[asyncio.Future[None]] = []
         self._learning = False
         self._learnable: dict[tuple[str, ...], tuple[str, ...]] = {}  # an answer's IPs -> its IPv4s, sorted, unique
-        # on_dns's flow ends and metrics increments, kept while the directory they come from stays the same
-        self._dns_seen: tuple[object, ...] = ()
-        self._dns_ends: dict[tuple[str, str], tuple[dict[str, Any], dict[str, Any]]] = {}
-        self._dns_counted: dict[tuple[object, ...], tuple[Any, ...]] = {}
         self._names_by_ip: dict[str, list[str]] = {}  # replaced whole after every change of the cache
         self.dns_judge = DnsJudge({}, {}, {}, [])
         self.dns_holder: holder.HolderRecord | None = None  # the process keeping the DNS sockets across restarts
@@ -526,7 +521,7 @@ class Network:
         metrics, publish = self.metrics, self.flows.publish
         for ev in l7_http_deferred(self.builder, x):  # built when read (or now, for L7 metrics or a live client)
             if metrics:
-                metrics.observe_l7(("http", x.allowed, ev.response), ev)
+                metrics.observe_l7(http_kind(x.allowed), ev)
             publish(ev)
 
     def _http_decision(self, rule: str, deny: str) -> tuple[bool, bool, str]:
@@ -686,36 +681,15 @@ class Network:
 
     def on_dns(self, x: DnsExchange) -> None:
         """A query through the DNS proxy: its REQUEST flow and, when answered from the resolver, its RESPONSE,
-        each built when read; the metrics count them now (as the flows they would be, done once per kind of
-        exchange: what that moved is counted again for the next exchange of the same kind)."""
-        seen = self._dns_seen
-        if not seen or seen[0] is not self.compiled or seen[1] is not self.view or seen[2] is not self.dns_judge \
-                or seen[3] is not self.metrics or seen[4] != (self.metrics.generation if self.metrics else 0):
-            self._dns_seen = (self.compiled, self.view, self.dns_judge, self.metrics,
-                              self.metrics.generation if self.metrics else 0)
-            self._dns_ends, self._dns_counted = {}, {}
-        ekey = (x.client, x.server)
-        ends = self._dns_ends.get(ekey)
-        if ends is None:
-            if len(self._dns_ends) >= 4096:
-                self._dns_ends.clear()
-            ends = self._dns_ends[ekey] = dns_endpoints(
-                self.builder, x, self.compiled.ipcache.get(f"{x.client}/32", 0), self.dns_judge.identity(x.server))
-        flows = l7_dns_deferred(self.builder, x, ends)
-        metrics = self.metrics
-        if metrics:
-            mkey = (ekey, x.transport, x.allowed, x.qtypes, x.rcode, len(x.ips), x.rrtypes)
-            moved = self._dns_counted.get(mkey)
-            if moved is not None:
-                metrics.recount(moved)
-            else:
-                moved = metrics.counted([f.materialize() for f in flows])
-                if moved is not None:
-                    if len(self._dns_counted) >= 4096:
-                        self._dns_counted.clear()
-                    self._dns_counted[mkey] = moved
-        for f in flows:
-            self.flows.publish(f)
+        each built when read (with the directory of now, and the two ends' identities of now); the metrics count
+        them now, as :meth:`on_http`'s (once per kind of flow)."""
+        flows = l7_dns_deferred(self.builder, x, self.compiled.ipcache.get(f"{x.client}/32", 0),
+                                self.dns_judge.identity(x.server))
+        metrics, publish = self.metrics, self.flows.publish
+        for ev in flows:
+            if metrics:
+                metrics.observe_l7(dns_kind(x, ev.response), ev)
+            publish(ev)
 
     def drain(self) -> int:
         return self.reader.drain() if self.reader else 0

@@ -433,57 +433,66 @@ class FlowBuilder:
         return {"flow": flow, "node_name": self.node_name, "time": ts}
 
 
-class DeferredFlow:
-    """A flow of :meth:`FlowBuilder.defer`: the message, and the builder's directory and service table as they
-    were when the message was read, built on first read (the event bus's ``Deferred``). Building the dict was
-    most of the agent's work per packet reported, and most flows are never read."""
+class _Snapshot:
+    """A flow built on first read (the event bus's ``Deferred``), from the builder's directory and service table
+    as they were when its event was read: the agent replaces them whole on every change (never edits them), so
+    the flow reads as if it had been built then. Subclasses build the dict with a builder of then."""
 
-    __slots__ = ("builder", "directory", "services", "msg", "wall_ns", "built")
+    __slots__ = ("builder", "directory", "services", "built")
 
-    def __init__(self, builder: FlowBuilder, msg: FlowMsg, wall_ns: int) -> None:
+    def __init__(self, builder: FlowBuilder) -> None:
         self.builder, self.directory, self.services = builder, builder.directory, builder.services
-        self.msg, self.wall_ns = msg, wall_ns
         self.built: dict[str, Any] | None = None
 
     def materialize(self) -> dict[str, Any]:
         if self.built is None:
             b = self.builder  # the same node and clock; the directory and services of then
-            self.built = FlowBuilder(b.node_name, self.directory, b.clock, self.services).build(self.msg, self.wall_ns)
+            self.built = self._build(FlowBuilder(b.node_name, self.directory, b.clock, self.services))
         return self.built
+
+    def _build(self, then: FlowBuilder) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+class DeferredFlow(_Snapshot):
+    """A flow of :meth:`FlowBuilder.defer`: the message, built on first read. Building the dict was most of the
+    agent's work per packet reported, and most flows are never read."""
+
+    __slots__ = ("msg", "wall_ns")
+
+    def __init__(self, builder: FlowBuilder, msg: FlowMsg, wall_ns: int) -> None:
+        super().__init__(builder)
+        self.msg, self.wall_ns = msg, wall_ns
+
+    def _build(self, then: FlowBuilder) -> dict[str, Any]:
+        return then.build(self.msg, self.wall_ns)
 
 
 def l7_response(builder: FlowBuilder, x: HttpExchange, response: bool) -> dict[str, Any]:
     """The ``GetFlowsResponse`` of one side of a proxied HTTP exchange (see :mod:`.l7`)."""
-    return _l7_flow(builder, x, "TCP", x.ingress, response, "http", http_json(x, response), summary(x, response))
+    return _l7_flow(builder, x, "TCP", x.ingress, response, "http", http_json(x, response), summary(x, response),
+                    x.client_identity, x.server_identity)
 
 
 def l7_http_responses(builder: FlowBuilder, x: HttpExchange) -> tuple[dict[str, Any], ...]:
-    """The REQUEST flow of a proxied HTTP exchange and, when it was let through, its RESPONSE flow: the same
-    dicts as :func:`l7_response` gives, the endpoints looked up once for both (the flows share them)."""
+    """The REQUEST flow of a proxied HTTP exchange and, when it was let through, its RESPONSE flow: the dicts
+    :func:`l7_response` gives for each side."""
     return tuple(f.materialize() for f in l7_http_deferred(builder, x))
 
 
-class L7HttpFlow:
-    """One flow of :func:`l7_http_responses`, built on first read (the event bus's ``Deferred``): a proxy at
-    full speed logs thousands of requests a second that nobody may read, and building the exchange and its two
-    dicts was most of the agent's work per request. The builder's directory and service table are kept as they
-    were when the request was logged (the agent replaces them whole on a change)."""
+class L7HttpFlow(_Snapshot):
+    """One flow of :func:`l7_http_responses`, built on first read: a proxy at full speed logs thousands of
+    requests a second that nobody may read, and building the exchange and its two dicts was most of the agent's
+    work per request."""
 
-    __slots__ = ("builder", "directory", "services", "source", "response", "built")
+    __slots__ = ("source", "response")
 
     def __init__(self, builder: FlowBuilder, source: ExchangeSource, response: bool) -> None:
-        self.builder, self.directory, self.services = builder, builder.directory, builder.services
+        super().__init__(builder)
         self.source, self.response = source, response
-        self.built: dict[str, Any] | None = None
 
-    def materialize(self) -> dict[str, Any]:
-        if self.built is None:
-            b = self.builder  # the same node and clock; the directory and services of then
-            then = FlowBuilder(b.node_name, self.directory, b.clock, self.services)
-            x, response = self.source.exchange(), self.response
-            self.built = _l7_flow(then, x, "TCP", x.ingress, response, "http", http_json(x, response),
-                                  summary(x, response))
-        return self.built
+    def _build(self, then: FlowBuilder) -> dict[str, Any]:
+        return l7_response(then, self.source.exchange(), self.response)
 
 
 def l7_http_deferred(builder: FlowBuilder, source: ExchangeSource) -> tuple[L7HttpFlow, ...]:
@@ -494,26 +503,6 @@ def l7_http_deferred(builder: FlowBuilder, source: ExchangeSource) -> tuple[L7Ht
     return req, L7HttpFlow(builder, source, True)
 
 
-class L7DnsFlow:
-    """One flow of a query through the DNS proxy (:func:`l7_dns_deferred`), built on first read (the event bus's
-    ``Deferred``): the proxy answers thousands of queries a second that nobody may read. The endpoints are
-    looked up when the query is seen (as they are then)."""
-
-    __slots__ = ("builder", "x", "ends", "response", "built")
-
-    def __init__(self, builder: FlowBuilder, x: DnsExchange, ends: tuple[dict[str, Any], dict[str, Any]],
-                 response: bool) -> None:
-        self.builder, self.x, self.ends, self.response = builder, x, ends, response
-        self.built: dict[str, Any] | None = None
-
-    def materialize(self) -> dict[str, Any]:
-        if self.built is None:
-            x, response = self.x, self.response
-            self.built = _l7_flow(self.builder, x, x.transport, False, response, "dns", dns_json(x, response),
-                                  dns_summary(x, response), ends=self.ends)
-        return self.built
-
-
 def dns_response(builder: FlowBuilder, x: DnsExchange, response: bool, client_identity: int,
                  server_identity: int) -> dict[str, Any]:
     """The ``GetFlowsResponse`` of a query (or its answer) through the DNS proxy (see :mod:`.l7`)."""
@@ -521,34 +510,39 @@ def dns_response(builder: FlowBuilder, x: DnsExchange, response: bool, client_id
                     dns_summary(x, response), client_identity, server_identity)
 
 
-def dns_endpoints(builder: FlowBuilder, x: DnsExchange, client_identity: int,
-                  server_identity: int) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The client's and the resolver's endpoint dicts of a query's flows (``source``/``destination``)."""
-    return builder._endpoint(x.client, client_identity), builder._endpoint(x.server, server_identity)
+class L7DnsFlow(_Snapshot):
+    """One flow of a query through the DNS proxy (:func:`l7_dns_deferred`), built on first read: the proxy
+    answers thousands of queries a second that nobody may read. The two ends' identities are the ones of when
+    the query was seen."""
+
+    __slots__ = ("x", "client_identity", "server_identity", "response")
+
+    def __init__(self, builder: FlowBuilder, x: DnsExchange, client_identity: int, server_identity: int,
+                 response: bool) -> None:
+        super().__init__(builder)
+        self.x, self.response = x, response
+        self.client_identity, self.server_identity = client_identity, server_identity
+
+    def _build(self, then: FlowBuilder) -> dict[str, Any]:
+        return dns_response(then, self.x, self.response, self.client_identity, self.server_identity)
 
 
-def l7_dns_deferred(builder: FlowBuilder, x: DnsExchange,
-                    ends: tuple[dict[str, Any], dict[str, Any]]) -> tuple[L7DnsFlow, ...]:
+def l7_dns_deferred(builder: FlowBuilder, x: DnsExchange, client_identity: int,
+                    server_identity: int) -> tuple[L7DnsFlow, ...]:
     """The REQUEST flow of a query through the DNS proxy and, when it was let through, its RESPONSE flow (the
-    dicts :func:`dns_response` gives), each built when first read; ``ends`` as :func:`dns_endpoints` gives."""
-    req = L7DnsFlow(builder, x, ends, False)
+    dicts :func:`dns_response` gives), each built when first read."""
+    req = L7DnsFlow(builder, x, client_identity, server_identity, False)
     if not x.allowed:
         return (req,)
-    return req, L7DnsFlow(builder, x, ends, True)
+    return req, L7DnsFlow(builder, x, client_identity, server_identity, True)
 
 
 def _l7_flow(builder: FlowBuilder, x: HttpExchange | DnsExchange, transport: str, ingress: bool, response: bool,
-             kind: str, body: dict[str, Any], text: str, client_identity: int | None = None,
-             server_identity: int | None = None,
-             ends: tuple[dict[str, Any], dict[str, Any]] | None = None) -> dict[str, Any]:
+             kind: str, body: dict[str, Any], text: str, client_identity: int,
+             server_identity: int) -> dict[str, Any]:
     ts = protojson_timestamp(x.time_ns + (x.latency_ns if response else 0))
-    if ends is not None:
-        client, server = ends
-    else:
-        client = builder._endpoint(x.client, getattr(x, "client_identity", 0) if client_identity is None
-                                   else client_identity)
-        server = builder._endpoint(x.server, getattr(x, "server_identity", 0) if server_identity is None
-                                   else server_identity)
+    client = builder._endpoint(x.client, client_identity)
+    server = builder._endpoint(x.server, server_identity)
     src, dst = (server, client) if response else (client, server)
     sip, dip = (x.server, x.client) if response else (x.client, x.server)
     sport, dport = (x.server_port, x.client_port) if response else (x.client_port, x.server_port)

@@ -31,7 +31,7 @@ Names, label names and label values are Hubble's (``pkg/hubble/metrics/{flow,dro
   (``rcode`` empty, or ``Policy denied`` when the proxy dropped it), ``hubble_dns_responses_total`` (same
   labels, ``rcode`` Hubble's name of the code, e.g. ``Non-Existent Domain``) per answer and
   ``hubble_dns_response_types_total{type,qtypes}`` per answer record type; option ``ignoreAAAA``. They count
-  the L7 DNS flows of a DNS proxy (none yet: they stay empty until one feeds them).
+  the L7 DNS flows of the agent's DNS proxy.
 
 Which of them are on, and their context labels, is Hubble's ``--hubble-metrics`` list
 (:func:`parse_hubble_metrics`): ``name[:option=value;option=value]`` items, e.g.
@@ -57,6 +57,7 @@ from apiary.observe.hubble.enums import (
     RESERVED_IDENTITIES,
     TRACE_POINT_NAMES,
 )
+from apiary.observe.hubble.l7 import DnsExchange
 from apiary.observe.hubble.raw import CT_REPLY, MSG_DROP, MSG_POLICY_VERDICT, MSG_TRACE, FlowMsg
 
 _L4_PROTOCOLS = ("TCP", "UDP", "ICMPv4", "ICMPv6", "SCTP", "VRRP", "IGMP")
@@ -257,13 +258,12 @@ class _Family:
     ``Counter.labels`` takes a lock and checks the labels on every call, which per flow costs more than the rest
     of counting."""
 
-    __slots__ = ("counter", "spec", "children", "has_context", "moved")
+    __slots__ = ("counter", "spec", "children", "has_context")
 
     def __init__(self, counter: Counter | Histogram, spec: MetricSpec) -> None:
         self.counter, self.spec = counter, spec
         self.children: dict[tuple[str, ...], Any] = {}
         self.has_context = bool(spec.context_labels())
-        self.moved: list[Any] | None = None  # while FlowMetrics.counted records: the children moved (None: not once)
 
     def child(self, flow: Mapping[str, Any], values: tuple[str, ...]) -> Any:
         key = (*context_values(self.spec, flow), *values) if self.has_context else values
@@ -289,15 +289,10 @@ class _Family:
         return len(gone)
 
     def inc(self, flow: Mapping[str, Any], *values: str) -> None:
-        child = self.child(flow, values)
-        child.inc()
-        if self.moved is not None:
-            self.moved.append(child)
+        self.child(flow, values).inc()
 
     def observe(self, flow: Mapping[str, Any], amount: float, *values: str) -> None:
         self.child(flow, values).observe(amount)
-        if self.moved is not None:
-            self.moved.append(None)  # an amount of its own: not repeatable by FlowMetrics.recount
 
 
 # Hubble's names of DNS response codes (pkg/hubble/metrics/dns)
@@ -359,15 +354,33 @@ class _L7Metrics:
             )
             self.dns_ignore_aaaa = "ignoreAAAA" in enabled["dns"].flags
 
-    def observe(self, flow: Mapping[str, Any], verdict: str) -> None:
+    def observe_http(self, flow: Mapping[str, Any]) -> None:
+        """The ``http``/``httpV2`` handler's counters and histogram for an L7 flow (none but HTTP's)."""
         l7 = flow.get("l7")
-        if not isinstance(l7, Mapping):
+        if not isinstance(l7, Mapping) or self.http_requests is None:
             return
-        http, dns = l7.get("http"), l7.get("dns")
-        if isinstance(http, Mapping) and self.http_requests is not None:
+        http = l7.get("http")
+        if isinstance(http, Mapping):
             self._http(flow, str(l7.get("type", "")), http, _int(l7.get("latency_ns")))
-        elif isinstance(dns, Mapping) and self.dns_queries is not None:
-            self._dns(flow, verdict, dns)
+
+    def dns_children(self, flow: Mapping[str, Any]) -> list[Any]:
+        """The ``dns`` handler's counter children an L7 flow increments by one (none but DNS's)."""
+        l7 = flow.get("l7")
+        dns = l7.get("dns") if isinstance(l7, Mapping) else None
+        if not isinstance(dns, Mapping) or self.dns_queries is None:
+            return []
+        assert self.dns_responses is not None and self.dns_types is not None
+        qtypes_l = [str(q) for q in dns.get("qtypes") or ()]
+        if self.dns_ignore_aaaa and qtypes_l == ["AAAA"]:
+            return []
+        qtypes, ips = ",".join(qtypes_l), str(len(dns.get("ips") or ()))
+        if flow.get("verdict") == "DROPPED":
+            return [self.dns_queries.child(flow, ("Policy denied", qtypes, ips))]
+        if not flow.get("is_reply"):
+            return [self.dns_queries.child(flow, ("", qtypes, ips))]
+        out = [self.dns_responses.child(flow, (DNS_RCODE_NAMES.get(_int(dns.get("rcode")), ""), qtypes, ips))]
+        out += (self.dns_types.child(flow, (str(rrtype), qtypes)) for rrtype in dns.get("rrtypes") or ())
+        return out
 
     def _http(self, flow: Mapping[str, Any], typ: str, http: Mapping[str, Any], latency_ns: int) -> None:
         assert self.http_requests is not None and self.http_duration is not None
@@ -385,29 +398,32 @@ class _L7Metrics:
             self.http_responses.inc(flow, method, protocol, status, reporter)
         self.http_duration.observe(flow, latency_ns / 1e9, method, reporter)
 
-    def _dns(self, flow: Mapping[str, Any], verdict: str, dns: Mapping[str, Any]) -> None:
-        assert self.dns_queries is not None and self.dns_responses is not None and self.dns_types is not None
-        qtypes_l = [str(q) for q in dns.get("qtypes") or ()]
-        if self.dns_ignore_aaaa and qtypes_l == ["AAAA"]:
-            return
-        qtypes, ips = ",".join(qtypes_l), str(len(dns.get("ips") or ()))
-        if verdict == "DROPPED":
-            self.dns_queries.inc(flow, "Policy denied", qtypes, ips)
-        elif not flow.get("is_reply"):
-            self.dns_queries.inc(flow, "", qtypes, ips)
-        else:
-            self.dns_responses.inc(flow, DNS_RCODE_NAMES.get(_int(dns.get("rcode")), ""), qtypes, ips)
-            for rrtype in dns.get("rrtypes") or ():
-                self.dns_types.inc(flow, str(rrtype), qtypes)
 
-
-_MEMO_MAX = 4096  # FlowMetrics.observe_msg's kinds of flows kept
+_MEMO_MAX = 4096  # FlowMetrics.observe_msg's and observe_l7's kinds of flows kept
 
 
 class Materializable(Protocol):
-    """A flow built on first read (``observe/hubble/builder.DeferredFlow``)."""
+    """A flow built on first read (``observe/hubble/builder.DeferredFlow``, ``L7HttpFlow``, ``L7DnsFlow``)."""
 
     def materialize(self) -> Mapping[str, Any]: ...
+
+
+def http_kind(allowed: bool) -> tuple[object, ...]:
+    """:meth:`FlowMetrics.observe_l7`'s key of an HTTP exchange's flows: the counters but the ``http`` handler's
+    read only their protocol and verdict (an L7 flow's drop reason is unknown; it has no TCP flags nor counted
+    port, and is no policy verdict)."""
+    return ("http", allowed)
+
+
+def dns_kind(x: DnsExchange, response: bool) -> tuple[object, ...]:
+    """:meth:`FlowMetrics.observe_l7`'s key of a DNS query's REQUEST or RESPONSE flow: its verdict, and what the
+    ``dns`` handler reads (the query types, the rcode, how many IPs, the record types)."""
+    return ("dns", x.allowed, response, x.qtypes, x.rcode, len(x.ips), x.rrtypes)
+
+
+def _built(ev: Mapping[str, Any] | Materializable) -> Mapping[str, Any]:
+    """The flow's ``GetFlowsResponse`` (built now if it was not yet)."""
+    return ev if isinstance(ev, Mapping) else ev.materialize()
 
 
 POD_SERIES_TTL_S = 60.0  # Hubble deletes the series of a pod a minute after the pod (FORMATS §11.2)
@@ -453,14 +469,20 @@ class FlowMetrics:
         for src in ("perf_event_ring_buffer", "observer_events_queue", "hubble_ring_buffer", L7_LOST_SOURCE):
             self.lost_events.labels(source=src)  # every source shows, at 0 until something is lost
         self.l7 = _L7Metrics(registry, self.enabled) if {"http", "httpV2", "dns"} & set(self.enabled) else None
-        # observe_msg: the counter children by the message fields they follow from (none with context labels)
+        # observe_msg, observe_l7: the counter children by the fields they follow from (none with context labels)
         self._has_context = any(spec.context_labels() for name, spec in self.enabled.items()
                                 if name in ("flow", "drop", "tcp", "port-distribution", "policy"))
+        # observe_l7: the L7 protocols whose flows are counted by kind: not HTTP with the http handler on (its
+        # histogram observes each flow's latency), nor DNS with the dns handler's context labels
+        http = self.enabled.get("httpV2") or self.enabled.get("http")
+        dns = self.enabled.get("dns")
+        self._l7_by_kind: dict[object, bool] = {
+            "http": not self._has_context and http is None,
+            "dns": not self._has_context and not (dns and dns.context_labels()),
+        }
         self._memo: dict[tuple[object, ...], list[Any]] = {}
-        self._moved: list[Any] | None = None  # while counted() records: the children observe() moved
         # forget_pod: (when, namespace, name) of deleted pods whose series go then; appended from any thread
         self._doomed: collections.deque[tuple[float, str, str]] = collections.deque()
-        self.generation = 0  # moves when series are removed: kept children (counted/recount) are stale then
 
     def forget_pod(self, namespace: str, name: str, now: float) -> None:
         """The pod is gone: its series go :data:`POD_SERIES_TTL_S` later (``now``: ``time.monotonic()``), with
@@ -477,7 +499,6 @@ class FlowMetrics:
             removed += sum(f.remove_pod(namespace, name) for f in fams if f is not None and f.has_context)
         if removed:
             self._memo.clear()
-            self.generation += 1
         return removed
 
     def lost(self, source: str | int, count: int) -> None:
@@ -494,32 +515,6 @@ class FlowMetrics:
                 self.l7.dns_responses, self.l7.dns_types]
         return [f for f in fams if f is not None]
 
-    def counted(self, resps: Iterable[Mapping[str, Any]]) -> tuple[Any, ...] | None:
-        """:meth:`observe` each of ``resps``; what that moved, for :meth:`recount` to move again for flows that
-        count the same (a proxy's thousands of alike exchanges a second then cost a few increments, not the
-        label work of each flow), or None when it is not repeatable so (a histogram's amount, a loss)."""
-        moved: list[Any] = []
-        fams = self._l7_families()
-        for f in fams:
-            f.moved = moved
-        self._moved = moved
-        try:
-            for resp in resps:
-                if not isinstance(resp.get("flow"), dict):
-                    moved.append(None)
-                self.observe(resp)
-        finally:
-            for f in fams:
-                f.moved = None
-            self._moved = None
-        return None if any(c is None for c in moved) else tuple(moved)
-
-    @staticmethod
-    def recount(moved: tuple[Any, ...]) -> None:
-        """Count again what :meth:`counted` said its flows moved."""
-        for child in moved:
-            child.inc()
-
     def observe(self, resp: Mapping[str, Any]) -> None:
         """Account one ``GetFlowsResponse`` dict (a flow or a ``lost_events`` notice)."""
         le = resp.get("lost_events")
@@ -529,13 +524,10 @@ class FlowMetrics:
         flow = resp.get("flow")
         if not isinstance(flow, dict):
             return
-        children = self._children(flow)
-        for child in children:
+        for child in self._children(flow):
             child.inc()
-        if self._moved is not None:  # counted() records what moved
-            self._moved.extend(children)
         if self.l7 is not None and int((flow.get("event_type") or {}).get("type", 0)) == MSG_ACCESS_LOG:
-            self.l7.observe(flow, str(flow.get("verdict", "VERDICT_UNKNOWN")))
+            self.l7.observe_http(flow)
 
     def observe_msg(self, msg: FlowMsg, ev: Mapping[str, Any] | Materializable) -> None:
         """:meth:`observe` of a datapath message's flow (``ev``: the flow, or what builds it), building the flow
@@ -544,7 +536,7 @@ class FlowMetrics:
         counters a flow moves are kept by those fields. Context labels read the endpoints, which change: with
         any on, each flow is built and counted."""
         if self._has_context:
-            self.observe(ev if isinstance(ev, Mapping) else ev.materialize())
+            self.observe(_built(ev))
             return
         reply = msg.kind == MSG_TRACE and msg.ct_state == CT_REPLY  # a reply's port is the client's: not counted
         key = (msg.kind, msg.sub_type, msg.verdict, msg.proto, msg.tcp_flags, msg.ct_state, msg.egress,
@@ -553,19 +545,19 @@ class FlowMetrics:
         self._observe_kind(key, ev)
 
     def observe_l7(self, key: tuple[object, ...], ev: Mapping[str, Any] | Materializable) -> None:
-        """:meth:`observe` of an L7 flow (or what builds it), built only for the first of its ``key``: the fields
-        its packet-level counters read (for an HTTP exchange: allowed, and REQUEST or RESPONSE). With the L7
-        handlers (``http``, ``dns``) or context labels on, each flow is built and counted."""
-        if self._has_context or self.l7 is not None:
-            self.observe(ev if isinstance(ev, Mapping) else ev.materialize())
+        """:meth:`observe` of an L7 flow (or what builds it), built only for the first of its kind: ``key`` holds
+        the fields its counters read (:func:`http_kind`, :func:`dns_kind`; its first, the protocol). With the
+        packet-level handlers' context labels on, the ``dns`` handler's for a DNS flow, or the ``http`` handler for
+        an HTTP flow (a histogram of each one's latency), each flow is built and counted."""
+        if not self._l7_by_kind[key[0]]:
+            self.observe(_built(ev))
             return
-        self._observe_kind(("l7", *key), ev)
+        self._observe_kind(key, ev)  # its protocol's name first: no message's kind (observe_msg's, a number first)
 
     def _observe_kind(self, key: tuple[object, ...], ev: Mapping[str, Any] | Materializable) -> None:
         children = self._memo.get(key)
         if children is None:
-            resp = ev if isinstance(ev, Mapping) else ev.materialize()
-            flow = resp.get("flow")
+            flow = _built(ev).get("flow")
             children = self._children(flow) if isinstance(flow, dict) else []
             if len(self._memo) >= _MEMO_MAX:  # a port scan must not grow it without bound
                 self._memo.clear()
@@ -574,8 +566,8 @@ class FlowMetrics:
             child.inc()
 
     def _children(self, flow: Mapping[str, Any]) -> list[Any]:
-        """The counter children one L3/L4 or L7 flow increments by one (L7 histograms aside)."""
-        out: list[Any] = []
+        """The counter children one L3/L4 or L7 flow increments by one (the ``http`` handler's aside)."""
+        out: list[Any] = self.l7.dns_children(flow) if self.l7 is not None else []
         protocol = flow_protocol(flow)
         verdict = str(flow.get("verdict", "VERDICT_UNKNOWN"))
         typ, subtype = flow_type_labels(flow)

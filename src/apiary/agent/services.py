@@ -324,10 +324,16 @@ class ServicesControl:
         taken_ports = {p.node_port for k, s in services.items() if k not in replaced for p in s.spec.ports or []
                        if p.node_port}
         cursor: list[int] = []  # the batch's allocation point (everything below it is taken)
-        for i, svc in enumerate(svcs):
+        # what a re-applied service keeps stays its own: a new service earlier in the file does not get it
+        kept = [_keep_allocation(svc, services.get(_ident(svc))) for svc in svcs]
+        held_ips, held_ports = _held(kept, services)
+        taken_ips |= set(held_ips.values())
+        taken_ports |= {p for ports in held_ports.values() for p in ports}
+        for i, svc in enumerate(kept):
             ident = _ident(svc)
             old = services.pop(ident, None)
-            svc = _keep_allocation(svc, old)
+            taken_ips.discard(held_ips.get(ident, ""))
+            taken_ports -= held_ports.get(ident, set())
             try:
                 svc = allocate_service(svc, taken_ips, taken_ports, cidr=self.cfg.service_cidr, cursor=cursor)
             except AllocationError as e:
@@ -454,6 +460,22 @@ def _keep_allocation(svc: Service, old: Service | None) -> Service:
         if out.spec.type == "NodePort" and p.node_port is None:
             p.node_port = old_np.get((p.name or "", p.port))
     return out
+
+
+def _held(kept: list[Service], services: dict[str, Service]) -> tuple[dict[str, str], dict[str, set[int]]]:
+    """The clusterIP and nodePorts each re-applied service keeps from its current version (by service)."""
+    ips: dict[str, str] = {}
+    ports: dict[str, set[int]] = {}
+    for svc in kept:
+        old = services.get(_ident(svc))
+        if old is None:
+            continue
+        ip = svc.spec.cluster_ip
+        if ip and ip != "None" and ip == old.spec.cluster_ip:
+            ips[_ident(svc)] = ip
+        had = {p.node_port for p in old.spec.ports or [] if p.node_port}
+        ports[_ident(svc)] = {p.node_port for p in svc.spec.ports or [] if p.node_port in had}
+    return ips, ports
 
 
 __all__ = ["LBCapacityError", "PolicyError", "ServiceError", "ServicesControl"]

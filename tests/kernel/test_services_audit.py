@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
+import sys
 import textwrap
+import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from apiary.testing.agent import AgentProcess
+from apiary.testing.agent import AgentProcess, pinned_maps
 from apiary.testing.net import Net
 
 pytestmark = pytest.mark.kernel
@@ -22,6 +26,7 @@ def env() -> Iterator[tuple[AgentProcess, Net]]:
     try:
         net.endpoint("web1", "shop", app="web")
         net.endpoint("client", "shop", app="client")
+        net.serve("shop/web1", "serve-id", "8080", "web1")
         yield a, net
     finally:
         net.close()
@@ -68,3 +73,46 @@ def test_reapplying_a_file_with_a_new_service_first_keeps_the_old_allocation(env
     r = apply(a, clash + "---\n" + NODEPORT.format(name="keep"))
     assert r.returncode != 0 and "already allocated" in r.stderr
     assert a.cli("service", "delete", "shop/keep", "shop/fresh").returncode == 0
+
+
+def ask(net: Net, ep: str | None, host: str, port: int, n: int) -> dict[str, Any]:
+    """N connections to HOST:PORT from an endpoint (or the host): the answers, peers and errors counted."""
+    args = ["ask", host, str(port), str(n)]
+    cmd = net._exec(ep, *args) if ep else [sys.executable, "-m", "apiary.testing.netprobe", *args]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    out: dict[str, Any] = json.loads(r.stdout.strip().splitlines()[-1])
+    return out
+
+
+def test_a_node_address_added_later_is_a_nodeport_address(env: tuple[AgentProcess, Net]) -> None:
+    """A NodePort is reached at every node address, including one added after the LB loaded (a new
+    interface, a second address). The LB's list of node addresses used to be taken once, at load: a
+    connection to the new address was refused."""
+    a, net = env
+    r = apply(a, NODEPORT.format(name="late"))
+    assert r.returncode == 0, r.stderr
+    port = spec(a, "late")["ports"][0]["nodePort"]
+    dev, addr = f"aud{uuid.uuid4().hex[:8]}", f"198.18.{uuid.uuid4().int % 250 + 1}.1"
+    subprocess.run(["ip", "link", "add", dev, "type", "veth", "peer", "name", dev + "p"], check=True,
+                   capture_output=True)
+    try:
+        subprocess.run(["ip", "addr", "add", f"{addr}/32", "dev", dev], check=True, capture_output=True)
+        subprocess.run(["ip", "link", "set", dev, "up"], check=True, capture_output=True)
+        deadline, out = time.monotonic() + 15, {}
+        while time.monotonic() < deadline:
+            out = ask(net, None, addr, port, 2)
+            if out["answers"] == {"web1": 2}:
+                break
+            time.sleep(0.5)
+        assert out["answers"] == {"web1": 2} and out["peers"] == {f"{addr}:{port}": 2}, out
+        subprocess.run(["ip", "link", "del", dev], check=True, capture_output=True)
+        # and an address gone is no node address any more
+        packed = bytes(int(x) for x in addr.split("."))
+        deadline = time.monotonic() + 15
+        while packed in pinned_maps(a.pin_root, "lb", ("lb_host_addrs",))["lb_host_addrs"]:
+            assert time.monotonic() < deadline, f"{addr} still in lb_host_addrs"
+            time.sleep(0.5)
+    finally:
+        subprocess.run(["ip", "link", "del", dev], capture_output=True)
+        a.cli("service", "delete", "shop/late")

@@ -173,6 +173,12 @@ class ServicesControl:
             self.sensor = None
             self.reader = None
 
+    def refresh_host_addrs(self) -> None:
+        """The node's addresses as they are now, for the NodePort wildcard and the ExternalIP check (an address
+        added after the LB loaded is a node address too; one removed is not any more)."""
+        if self.sensor is not None:
+            self.sensor.set_host_addrs(self.net.host_ips())
+
     # Pump: the LB's event ring (refused connects)
     def fileno(self) -> int:
         return self.reader.fileno() if self.reader else -1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import pytest
 
 from apiary.testing.agent import AgentProcess, pinned_maps
 from apiary.testing.net import Net
+from apiary.testing.veth import veth_peer
 
 pytestmark = pytest.mark.kernel
 
@@ -116,3 +118,45 @@ def test_a_node_address_added_later_is_a_nodeport_address(env: tuple[AgentProces
     finally:
         subprocess.run(["ip", "link", "del", dev], capture_output=True)
         a.cli("service", "delete", "shop/late")
+
+
+def explain(a: AgentProcess, src: str, dst: str, port: str) -> dict[str, Any]:
+    r = a.cli("policy", "explain", "--from", src, "--to", dst, "--port", port, "-o", "json")
+    assert r.returncode == 0, r.stderr
+    out: dict[str, Any] = json.loads(r.stdout)
+    return out
+
+
+def test_explain_to_a_service_address_that_is_no_frontend_says_unreachable(env: tuple[AgentProcess, Net]) -> None:
+    """`policy explain` to an address of the service CIDR at a port no frontend has (or an address no
+    service has) says DENIED, as the connection fails (EHOSTUNREACH). It used to say ALLOWED."""
+    a, net = env
+    r = apply(a, NODEPORT.format(name="expl"))
+    assert r.returncode == 0, r.stderr
+    vip = spec(a, "expl")["clusterIP"]
+    try:
+        assert explain(a, "shop/client", vip, "80/TCP")["verdict"] == "ALLOWED"  # the frontend itself
+        for dst, port in ((vip, 81), (str(ipaddress.ip_network(a.service_cidr)[-2]), 80)):
+            assert ask(net, "shop/client", dst, port, 1)["errors"] == {"EHOSTUNREACH": 1}
+            got = explain(a, "shop/client", dst, f"{port}/TCP")
+            assert got["verdict"] == "DENIED" and "routed unreachable" in got["text"], got
+    finally:
+        a.cli("service", "delete", "shop/expl")
+
+
+def test_explain_to_an_external_ip_the_node_does_not_have(env: tuple[AgentProcess, Net]) -> None:
+    """An external IP that is no node address is left alone by the socket LB (Cilium's anti-MITM check): a
+    connection from an endpoint goes to that address itself. `policy explain` used to say it reached the
+    service's backends."""
+    a, net = env
+    with veth_peer() as far:  # the external IP is an address of a namespace of the test's own
+        subprocess.run(["ip", "-n", far["netns"], "route", "add", a.pod_cidr, "via", far["host"]], check=True)
+        r = apply(a, NODEPORT.format(name="extip").replace("selector:", f"externalIPs: [{far['a']}]\n  selector:"))
+        assert r.returncode == 0, r.stderr
+        try:
+            out = ask(net, "shop/client", far["a"], 80, 1)
+            assert out["answers"] == {} and out["errors"] == {"ECONNREFUSED": 1}, out  # not web1
+            got = explain(a, "shop/client", far["a"], "80/TCP")
+            assert "service" not in got and "is not translated" in got["text"], got
+        finally:
+            a.cli("service", "delete", "shop/extip")

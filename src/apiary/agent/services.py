@@ -11,6 +11,7 @@ fails locally and never leaves the machine.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import subprocess
 import time
@@ -250,6 +251,38 @@ class ServicesControl:
         """The ClusterIP or external IP frontend at exactly that address and port, if one is."""
         return next((fe for fe in self.fronts if fe.address == address and fe.port == port
                      and fe.protocol.upper() == protocol.upper()), None)
+
+    def _external_translated(self, address: str, src: str) -> bool:
+        """Whether a connection from ``src`` to an external IP is balanced: always at a node address; at
+        another only on the TC path (a client on another host, arriving on a --devices device). The socket
+        LB leaves it alone for this node's own sockets (Cilium's anti-MITM check)."""
+        host = set(self.net.host_ips())
+        if address in host:
+            return True
+        local = "/" in src or src in host or any(ep.ipv4 == src for ep in self.net.em.endpoints.values())
+        return not local and bool(self.cfg.devices)
+
+    def explain_to(self, src: str, dst: str, port: int, protocol: str, http: HttpRequest | None) -> dict[str, Any]:
+        """``policy explain`` to any address: a frontend a connection from ``src`` is translated at is explained
+        by its backends (:meth:`explain`); another address of the service CIDR is routed unreachable; a
+        service's external IP the datapath leaves alone goes to that address itself (said so)."""
+        fe = self.frontend_for(dst, port, protocol) if port else None
+        if fe is not None and (fe.type != "ExternalIP" or self._external_translated(dst, src)):
+            return self.explain(src, fe, protocol, http)
+        res = self.net.explain(src, dst, port, protocol, http)  # a source or destination that is neither: refused
+        try:
+            addr = ipaddress.IPv4Address(dst)
+        except ValueError:
+            addr = None
+        if addr is not None and addr in service_network(self.cfg.service_cidr):
+            where = f"{dst}:{port}/{protocol}" if port else dst
+            return {"verdict": "DENIED", "egress": None, "ingress": None, "revision": self.net.revision,
+                    "text": f"DENIED: {where} is in the service CIDR {self.cfg.service_cidr} but is no service "
+                            "frontend: it is routed unreachable (EHOSTUNREACH)"}
+        if fe is not None:
+            res["text"] += (f"\n  (note: {dst} is an external IP of service {fe.service}, but not an address of "
+                            "this node: a connection from this node is not translated, it goes to that address)")
+        return res
 
     def explain(self, src: str, fe: Frontend, protocol: str, http: HttpRequest | None) -> dict[str, Any]:
         """``policy explain`` to a service address: policy applies to the backend after translation (as in

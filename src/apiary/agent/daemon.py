@@ -558,10 +558,15 @@ class Agent:
                 net.dp.ct_gc()
 
         async def host_addrs() -> None:  # the LB's node addresses follow the node's (on the worker, as its changes)
-            svc = self.services
+            svc, said = self.services, ""
             while svc is not None:
                 await asyncio.sleep(HOST_ADDRS_INTERVAL_S)
-                await loop.run_in_executor(self.net_pool, svc.refresh_host_addrs)
+                try:
+                    await loop.run_in_executor(self.net_pool, svc.refresh_host_addrs)
+                except Exception as e:  # noqa: BLE001 - e.g. more addresses than the map holds: the next round retries
+                    if str(e) != said:
+                        said = str(e)
+                        self.say(f"services: the node's addresses were not refreshed: {e}", flush=True)
 
         async def l7_watch() -> None:  # a dead proxy is restarted (the gap is in status)
             while net and net.l7:

@@ -95,7 +95,7 @@ def test_a_node_address_added_later_is_a_nodeport_address(env: tuple[AgentProces
     r = apply(a, NODEPORT.format(name="late"))
     assert r.returncode == 0, r.stderr
     port = spec(a, "late")["ports"][0]["nodePort"]
-    dev, addr = f"aud{uuid.uuid4().hex[:8]}", f"198.18.{uuid.uuid4().int % 250 + 1}.1"
+    dev, addr = f"aud{uuid.uuid4().hex[:8]}", f"198.19.{uuid.uuid4().int % 250 + 1}.{uuid.uuid4().int % 250 + 2}"
     subprocess.run(["ip", "link", "add", dev, "type", "veth", "peer", "name", dev + "p"], check=True,
                    capture_output=True)
     try:

@@ -160,3 +160,19 @@ def test_explain_to_an_external_ip_the_node_does_not_have(env: tuple[AgentProces
             assert "service" not in got and "is not translated" in got["text"], got
         finally:
             a.cli("service", "delete", "shop/extip")
+
+
+def test_a_headless_service_does_not_break_the_next_allocation(env: tuple[AgentProcess, Net]) -> None:
+    """With a headless service (clusterIP: None) applied, the next service that needs a clusterIP is
+    allocated one. It used to fail with an internal error (AddressValueError: 'None' taken as an address)."""
+    a, _ = env
+    headless = "apiVersion: v1\nkind: Service\nmetadata: {name: hl, namespace: shop}\n" \
+               "spec: {clusterIP: None, selector: {app: web}, ports: [{port: 80}]}\n"
+    r = apply(a, headless)
+    assert r.returncode == 0, r.stderr
+    try:
+        r = apply(a, NODEPORT.format(name="after-hl"))
+        assert r.returncode == 0, r.stderr
+        assert spec(a, "after-hl")["clusterIP"] != "None"
+    finally:
+        a.cli("service", "delete", "shop/hl", "shop/after-hl")

@@ -359,7 +359,8 @@ class ServicesControl:
         new_slices = dict(self.slices)
         changed = []
         replaced = {_ident(svc) for svc in svcs}
-        taken_ips = {s.spec.cluster_ip for k, s in services.items() if s.spec.cluster_ip and k not in replaced}
+        taken_ips = {s.spec.cluster_ip for k, s in services.items()
+                     if s.spec.cluster_ip and s.spec.cluster_ip != "None" and k not in replaced}  # not headless
         taken_ports = {p.node_port for k, s in services.items() if k not in replaced for p in s.spec.ports or []
                        if p.node_port}
         cursor: list[int] = []  # the batch's allocation point (everything below it is taken)

@@ -176,3 +176,31 @@ def test_a_headless_service_does_not_break_the_next_allocation(env: tuple[AgentP
         assert spec(a, "after-hl")["clusterIP"] != "None"
     finally:
         a.cli("service", "delete", "shop/hl", "shop/after-hl")
+
+
+def test_explain_follows_the_terminating_backends_new_connections_use(env: tuple[AgentProcess, Net]) -> None:
+    """With no ready endpoint, new connections go to the serving terminating ones (Cilium's fallback, which
+    the datapath does); `policy explain` used to say DENIED (no active backend) while they went through."""
+    a, net = env
+    ip = json.loads(net.cli_ok("endpoint", "get", "shop/web1"))["ipv4"]
+    r = apply(a, f"""\
+        apiVersion: v1
+        kind: Service
+        metadata: {{name: term, namespace: shop}}
+        spec: {{ports: [{{name: web, port: 80}}]}}
+        ---
+        apiVersion: discovery.k8s.io/v1
+        kind: EndpointSlice
+        metadata: {{name: term-1, namespace: shop, labels: {{kubernetes.io/service-name: term}}}}
+        addressType: IPv4
+        ports: [{{name: web, port: 8080}}]
+        endpoints: [{{addresses: ["{ip}"], conditions: {{ready: false, serving: true, terminating: true}}}}]
+        """)
+    assert r.returncode == 0, r.stderr
+    try:
+        vip = spec(a, "term")["clusterIP"]
+        assert ask(net, "shop/client", vip, 80, 2)["answers"] == {"web1": 2}
+        got = explain(a, "shop/client", vip, "80/TCP")
+        assert got["verdict"] == "ALLOWED" and [b["backend"] for b in got["backends"]] == [f"{ip}:8080"], got
+    finally:
+        a.cli("service", "delete", "shop/term")

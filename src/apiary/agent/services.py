@@ -30,7 +30,6 @@ from apiary.sensors.lb.sensor import LBCapacityError, LBDrop, LoadBalancer, Pack
 from apiary.services.allocate import AllocationError, allocate_service, service_network
 from apiary.services.backends import (
     ALGORITHMS,
-    BackendState,
     EndpointInfo,
     Frontend,
     LBTable,
@@ -289,7 +288,7 @@ class ServicesControl:
         Cilium), so each active backend is explained; the verdict is theirs when they agree, else MIXED."""
         name = f"{fe.service}:{fe.port_name}" if fe.port_name else fe.service
         where = f"{fe.address}:{fe.port}/{fe.protocol}"
-        active = [be for be in fe.backends if be.state == BackendState.ACTIVE]
+        active = list(fe.slots())  # the active backends; with none, the serving terminating ones (as the datapath)
         if not active:
             return {"verdict": "DENIED", "service": fe.service, "backends": [],
                     "text": f"DENIED: {where} is service {name}, which has no active backend: the connection is "

@@ -5,7 +5,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import subprocess
-import sys
 import textwrap
 import time
 import uuid
@@ -77,16 +76,6 @@ def test_reapplying_a_file_with_a_new_service_first_keeps_the_old_allocation(env
     assert a.cli("service", "delete", "shop/keep", "shop/fresh").returncode == 0
 
 
-def ask(net: Net, ep: str | None, host: str, port: int, n: int) -> dict[str, Any]:
-    """N connections to HOST:PORT from an endpoint (or the host): the answers, peers and errors counted."""
-    args = ["ask", host, str(port), str(n)]
-    cmd = net._exec(ep, *args) if ep else [sys.executable, "-m", "apiary.testing.netprobe", *args]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
-    out: dict[str, Any] = json.loads(r.stdout.strip().splitlines()[-1])
-    return out
-
-
 def test_a_node_address_added_later_is_a_nodeport_address(env: tuple[AgentProcess, Net]) -> None:
     """A NodePort is reached at every node address, including one added after the LB loaded (a new
     interface, a second address). The LB's list of node addresses used to be taken once, at load: a
@@ -103,7 +92,7 @@ def test_a_node_address_added_later_is_a_nodeport_address(env: tuple[AgentProces
         subprocess.run(["ip", "link", "set", dev, "up"], check=True, capture_output=True)
         deadline, out = time.monotonic() + 15, {}
         while time.monotonic() < deadline:
-            out = ask(net, None, addr, port, 2)
+            out = net.ask(None, addr, port, 2)
             if out["answers"] == {"web1": 2}:
                 break
             time.sleep(0.5)
@@ -137,7 +126,7 @@ def test_explain_to_a_service_address_that_is_no_frontend_says_unreachable(env: 
     try:
         assert explain(a, "shop/client", vip, "80/TCP")["verdict"] == "ALLOWED"  # the frontend itself
         for dst, port in ((vip, 81), (str(ipaddress.ip_network(a.service_cidr)[-2]), 80)):
-            assert ask(net, "shop/client", dst, port, 1)["errors"] == {"EHOSTUNREACH": 1}
+            assert net.ask("shop/client", dst, port, 1)["errors"] == {"EHOSTUNREACH": 1}
             got = explain(a, "shop/client", dst, f"{port}/TCP")
             assert got["verdict"] == "DENIED" and "routed unreachable" in got["text"], got
     finally:
@@ -154,7 +143,7 @@ def test_explain_to_an_external_ip_the_node_does_not_have(env: tuple[AgentProces
         r = apply(a, NODEPORT.format(name="extip").replace("selector:", f"externalIPs: [{far['a']}]\n  selector:"))
         assert r.returncode == 0, r.stderr
         try:
-            out = ask(net, "shop/client", far["a"], 80, 1)
+            out = net.ask("shop/client", far["a"], 80, 1)
             assert out["answers"] == {} and out["errors"] == {"ECONNREFUSED": 1}, out  # not web1
             got = explain(a, "shop/client", far["a"], "80/TCP")
             assert "service" not in got and "is not translated" in got["text"], got
@@ -199,7 +188,7 @@ def test_explain_follows_the_terminating_backends_new_connections_use(env: tuple
     assert r.returncode == 0, r.stderr
     try:
         vip = spec(a, "term")["clusterIP"]
-        assert ask(net, "shop/client", vip, 80, 2)["answers"] == {"web1": 2}
+        assert net.ask("shop/client", vip, 80, 2)["answers"] == {"web1": 2}
         got = explain(a, "shop/client", vip, "80/TCP")
         assert got["verdict"] == "ALLOWED" and [b["backend"] for b in got["backends"]] == [f"{ip}:8080"], got
     finally:

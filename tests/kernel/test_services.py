@@ -59,12 +59,7 @@ def vip(a: AgentProcess, name: str) -> str:
 
 
 def ask(net: Net, ep: str | None, host: str, port: int, n: int, udp: bool = False) -> dict[str, dict[str, int]]:
-    args = ["ask", host, str(port), str(n)] + (["udp"] if udp else [])
-    cmd = net._exec(ep, *args) if ep else [sys.executable, "-m", "apiary.testing.netprobe", *args]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
-    out: dict[str, dict[str, int]] = json.loads(r.stdout.strip().splitlines()[-1])
-    return out
+    return net.ask(ep, host, port, n, udp)
 
 
 def test_tcp_from_an_endpoint_reaches_every_backend_and_sees_the_vip(env: tuple[AgentProcess, Net]) -> None:

@@ -193,6 +193,13 @@ def test_service_list_rows() -> None:
                                             "(active)"]
 
 
+def test_service_list_names_external_ips_as_cilium() -> None:
+    """The Service Type column says ExternalIPs (Cilium's SVCType), not apiary's internal ExternalIP."""
+    fes = frontends(_nodeport(), [_ep("10.0.1.2")])
+    types = [r[2] for r in service_rows(fes, lb_table(fes))[1:] if r[2]]
+    assert types == ["ClusterIP", "ClusterIP", "NodePort", "NodePort", "ExternalIPs", "ExternalIPs"]
+
+
 def test_maglev_lut_holds_backend_ids_of_usable_backends() -> None:
     svc = _service("  selector: {app: web}\n  ports: [{port: 80}]\n")
     (fe,) = frontends(svc, [_ep("10.0.1.2"), _ep("10.0.1.3"), _ep("10.0.1.4", terminating=True)])

@@ -191,6 +191,14 @@ def test_service_refusals(spec: str, expected: str) -> None:
     assert any(m.startswith(expected) for m in messages), messages
 
 
+def test_external_name_is_refused_for_what_it_is_only() -> None:
+    """An ExternalName service (no ports: Kubernetes needs none) is refused as unsupported, without a spurious
+    'spec.ports: required field missing' beside it."""
+    assert _problems(_svc("  type: ExternalName\n  externalName: db.example.com\n")) == [
+        "unsupported: spec.type (ExternalName: ExternalName services are DNS aliases; apiary has no DNS server)",
+        "unsupported: spec.externalName (ExternalName services are DNS aliases; apiary has no DNS server)"]
+
+
 def test_refusals_outside_spec() -> None:
     assert _problems("apiVersion: v1\nkind: Service\nmetadata: {name: Web}\nspec: {ports: [{port: 80}]}\n")[0] \
         .startswith("metadata.name: 'Web' is not a valid name")

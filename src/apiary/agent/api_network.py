@@ -131,9 +131,8 @@ def add_routes(app: web.Application, agent: AgentView) -> None:
                 return error(str(e), field="http")
         proto = (proto or q.get("protocol") or "TCP").upper()
         sv = agent.services
-        fe = sv.frontend_for(q["to"], port, proto) if sv is not None and port else None
-        if sv is not None and fe is not None:  # a service address: its backends decide, after translation
-            return await call(sv.explain, q["from"], fe, proto, http)
+        if sv is not None:  # a service address: its backends decide, after translation (or it is unreachable)
+            return await call(sv.explain_to, q["from"], q["to"], port, proto, http)
         return await call(n.explain, q["from"], q["to"], port, proto, http)
 
     async def flows(request: web.Request) -> web.StreamResponse:

@@ -63,6 +63,7 @@ class Pump(Protocol):
 # the L7 proxy's access log: once woken, the agent waits this long before reading, so one read takes a batch
 # of records instead of one per request (the pipe holds 1-4 MiB meanwhile; its flows come that much later)
 L7_LOG_BATCH_S = 0.005
+HOST_ADDRS_INTERVAL_S = 2.0  # how soon a node address added or removed is a NodePort address (or no longer)
 
 
 def _coalesced_reader(loop: asyncio.AbstractEventLoop, p: Pump, delay: float) -> None:
@@ -556,6 +557,17 @@ class Agent:
                 await asyncio.sleep(30)
                 net.dp.ct_gc()
 
+        async def host_addrs() -> None:  # the LB's node addresses follow the node's (on the worker, as its changes)
+            svc, said = self.services, ""
+            while svc is not None:
+                await asyncio.sleep(HOST_ADDRS_INTERVAL_S)
+                try:
+                    await loop.run_in_executor(self.net_pool, svc.refresh_host_addrs)
+                except Exception as e:  # noqa: BLE001 - e.g. more addresses than the map holds: the next round retries
+                    if str(e) != said:
+                        said = str(e)
+                        self.say(f"services: the node's addresses were not refreshed: {e}", flush=True)
+
         async def l7_watch() -> None:  # a dead proxy is restarted (the gap is in status)
             while net and net.l7:
                 await asyncio.sleep(1)
@@ -563,7 +575,7 @@ class Agent:
                     self.say(f"L7 proxy restarted (restarts: {net.l7.restarts})", flush=True)
 
         tasks = [asyncio.create_task(safety_net()), asyncio.create_task(ct_gc()), asyncio.create_task(sample_rates()),
-                 asyncio.create_task(l7_watch())]
+                 asyncio.create_task(l7_watch()), asyncio.create_task(host_addrs())]
         if self.exporter is not None:
             tasks.append(asyncio.create_task(self.exporter.run()))
         if net is not None:  # the DNS proxy of toFQDNs policy; its policy changes run on the control-plane worker

@@ -112,9 +112,9 @@ class PrefilterControl:
         s.lists.check_revision(revision)
         attached = []
         try:
-            for name in devices:
-                if name not in s.devs:
-                    s.attach(name, mode)
+            for name in devices:  # a device held keeps its link; one deleted and made again is attached anew
+                held = s.devs.get(name)
+                if s.attach(name, mode) is not held:
                     attached.append(name)
             res = s.add(body.get("cidrs"), revision)
         except BaseException:

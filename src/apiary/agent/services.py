@@ -11,6 +11,7 @@ fails locally and never leaves the machine.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import subprocess
 import time
@@ -29,7 +30,6 @@ from apiary.sensors.lb.sensor import LBCapacityError, LBDrop, LoadBalancer, Pack
 from apiary.services.allocate import AllocationError, allocate_service, service_network
 from apiary.services.backends import (
     ALGORITHMS,
-    BackendState,
     EndpointInfo,
     Frontend,
     LBTable,
@@ -173,6 +173,12 @@ class ServicesControl:
             self.sensor = None
             self.reader = None
 
+    def refresh_host_addrs(self) -> None:
+        """The node's addresses as they are now, for the NodePort wildcard and the ExternalIP check (an address
+        added after the LB loaded is a node address too; one removed is not any more)."""
+        if self.sensor is not None:
+            self.sensor.set_host_addrs(self.net.host_ips())
+
     # Pump: the LB's event ring (refused connects)
     def fileno(self) -> int:
         return self.reader.fileno() if self.reader else -1
@@ -245,12 +251,44 @@ class ServicesControl:
         return next((fe for fe in self.fronts if fe.address == address and fe.port == port
                      and fe.protocol.upper() == protocol.upper()), None)
 
+    def _external_translated(self, address: str, src: str) -> bool:
+        """Whether a connection from ``src`` to an external IP is balanced: always at a node address; at
+        another only on the TC path (a client on another host, arriving on a --devices device). The socket
+        LB leaves it alone for this node's own sockets (Cilium's anti-MITM check)."""
+        host = set(self.net.host_ips())
+        if address in host:
+            return True
+        local = "/" in src or src in host or any(ep.ipv4 == src for ep in self.net.em.endpoints.values())
+        return not local and bool(self.cfg.devices)
+
+    def explain_to(self, src: str, dst: str, port: int, protocol: str, http: HttpRequest | None) -> dict[str, Any]:
+        """``policy explain`` to any address: a frontend a connection from ``src`` is translated at is explained
+        by its backends (:meth:`explain`); another address of the service CIDR is routed unreachable; a
+        service's external IP the datapath leaves alone goes to that address itself (said so)."""
+        fe = self.frontend_for(dst, port, protocol) if port else None
+        if fe is not None and (fe.type != "ExternalIP" or self._external_translated(dst, src)):
+            return self.explain(src, fe, protocol, http)
+        res = self.net.explain(src, dst, port, protocol, http)  # a source or destination that is neither: refused
+        try:
+            addr = ipaddress.IPv4Address(dst)
+        except ValueError:
+            addr = None
+        if addr is not None and addr in service_network(self.cfg.service_cidr):
+            where = f"{dst}:{port}/{protocol}" if port else dst
+            return {"verdict": "DENIED", "egress": None, "ingress": None, "revision": self.net.revision,
+                    "text": f"DENIED: {where} is in the service CIDR {self.cfg.service_cidr} but is no service "
+                            "frontend: it is routed unreachable (EHOSTUNREACH)"}
+        if fe is not None:
+            res["text"] += (f"\n  (note: {dst} is an external IP of service {fe.service}, but not an address of "
+                            "this node: a connection from this node is not translated, it goes to that address)")
+        return res
+
     def explain(self, src: str, fe: Frontend, protocol: str, http: HttpRequest | None) -> dict[str, Any]:
         """``policy explain`` to a service address: policy applies to the backend after translation (as in
         Cilium), so each active backend is explained; the verdict is theirs when they agree, else MIXED."""
         name = f"{fe.service}:{fe.port_name}" if fe.port_name else fe.service
         where = f"{fe.address}:{fe.port}/{fe.protocol}"
-        active = [be for be in fe.backends if be.state == BackendState.ACTIVE]
+        active = list(fe.slots())  # the active backends; with none, the serving terminating ones (as the datapath)
         if not active:
             return {"verdict": "DENIED", "service": fe.service, "backends": [],
                     "text": f"DENIED: {where} is service {name}, which has no active backend: the connection is "
@@ -320,14 +358,21 @@ class ServicesControl:
         new_slices = dict(self.slices)
         changed = []
         replaced = {_ident(svc) for svc in svcs}
-        taken_ips = {s.spec.cluster_ip for k, s in services.items() if s.spec.cluster_ip and k not in replaced}
+        taken_ips = {s.spec.cluster_ip for k, s in services.items()
+                     if s.spec.cluster_ip and s.spec.cluster_ip != "None" and k not in replaced}  # not headless
         taken_ports = {p.node_port for k, s in services.items() if k not in replaced for p in s.spec.ports or []
                        if p.node_port}
         cursor: list[int] = []  # the batch's allocation point (everything below it is taken)
-        for i, svc in enumerate(svcs):
+        # what a re-applied service keeps stays its own: a new service earlier in the file does not get it
+        kept = [_keep_allocation(svc, services.get(_ident(svc))) for svc in svcs]
+        held_ips, held_ports = _held(kept, services)
+        taken_ips |= set(held_ips.values())
+        taken_ports |= {p for ports in held_ports.values() for p in ports}
+        for i, svc in enumerate(kept):
             ident = _ident(svc)
             old = services.pop(ident, None)
-            svc = _keep_allocation(svc, old)
+            taken_ips.discard(held_ips.get(ident, ""))
+            taken_ports -= held_ports.get(ident, set())
             try:
                 svc = allocate_service(svc, taken_ips, taken_ports, cidr=self.cfg.service_cidr, cursor=cursor)
             except AllocationError as e:
@@ -454,6 +499,22 @@ def _keep_allocation(svc: Service, old: Service | None) -> Service:
         if out.spec.type == "NodePort" and p.node_port is None:
             p.node_port = old_np.get((p.name or "", p.port))
     return out
+
+
+def _held(kept: list[Service], services: dict[str, Service]) -> tuple[dict[str, str], dict[str, set[int]]]:
+    """The clusterIP and nodePorts each re-applied service keeps from its current version (by service)."""
+    ips: dict[str, str] = {}
+    ports: dict[str, set[int]] = {}
+    for svc in kept:
+        old = services.get(_ident(svc))
+        if old is None:
+            continue
+        ip = svc.spec.cluster_ip
+        if ip and ip != "None" and ip == old.spec.cluster_ip:
+            ips[_ident(svc)] = ip
+        had = {p.node_port for p in old.spec.ports or [] if p.node_port}
+        ports[_ident(svc)] = {p.node_port for p in svc.spec.ports or [] if p.node_port in had}
+    return ips, ports
 
 
 __all__ = ["LBCapacityError", "PolicyError", "ServiceError", "ServicesControl"]

@@ -246,6 +246,10 @@ class XdpModeLink(TcxLink):
             raise from_errno(f"attach {prog.name} to XDP ({mode}) of ifindex {ifindex}", L.errno(), f"XDP {mode}")
         return cls(prog, fd, f"ifindex {ifindex}", mode)
 
+    def xdp_ifindex(self) -> int:
+        """The device this link holds (0 once that device is gone)."""
+        return int(_link_info(self.link_fd).u[0]) & 0xFFFFFFFF
+
     def describe(self) -> str:
         return f"xdp {self.mode} {self.target}"
 

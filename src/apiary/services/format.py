@@ -11,6 +11,8 @@ from collections.abc import Iterable
 from .backends import Frontend, LBTable
 
 HEADER = ("ID", "Frontend", "Service Type", "Backend")
+# Cilium's SVCType names (pkg/loadbalancer) where apiary's frontend type differs
+CILIUM_TYPES = {"ExternalIP": "ExternalIPs"}
 
 
 def service_rows(fronts: Iterable[Frontend], table: LBTable) -> list[tuple[str, str, str, str]]:
@@ -19,11 +21,12 @@ def service_rows(fronts: Iterable[Frontend], table: LBTable) -> list[tuple[str, 
     for fe in sorted(fronts, key=lambda f: table.frontend_ids[f.key]):
         ident = str(table.frontend_ids[fe.key])
         frontend = f"{fe.address}:{fe.port}/{fe.protocol}"
+        kind = CILIUM_TYPES.get(fe.type, fe.type)
         if not fe.backends:
-            rows.append((ident, frontend, fe.type, ""))
+            rows.append((ident, frontend, kind, ""))
         for i, be in enumerate(fe.backends, 1):
             cell = f"{i} => {be.address}:{be.port}/{be.protocol} ({be.state.label})"
-            rows.append((ident, frontend, fe.type, cell) if i == 1 else ("", "", "", cell))
+            rows.append((ident, frontend, kind, cell) if i == 1 else ("", "", "", cell))
     return rows
 
 

@@ -293,7 +293,7 @@ def _service_problems(svc: Service) -> list[Problem]:
         if spec.cluster_ip is None:
             spec.cluster_ip = spec.cluster_ips[0]
     ports = spec.ports or []
-    if not ports and not spec.headless:
+    if not ports and not spec.headless and spec.type != "ExternalName":  # a DNS alias has no ports to require
         out.append(Problem("spec.ports", "required field missing (a service that is not headless needs ports)"))
     if len(ports) > 1 and any(not p.name for p in ports):
         i = next(i for i, p in enumerate(ports) if not p.name)

@@ -59,6 +59,16 @@ class Net:
             raise AssertionError(f"server {argv} in {ep} did not start: {line} {p.stderr.read() if p.stderr else ''}")
         return p
 
+    def ask(self, ep: str | None, host: str, port: int, n: int, udp: bool = False) -> dict[str, dict[str, int]]:
+        """N new connections (or UDP sockets) to HOST:PORT from an endpoint, or from the host (``ep`` None):
+        the answers, the peer each socket saw and the errors, counted (netprobe's ``ask``)."""
+        args = ["ask", host, str(port), str(n)] + (["udp"] if udp else [])
+        cmd = self._exec(ep, *args) if ep else [sys.executable, "-m", "apiary.testing.netprobe", *args]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        out: dict[str, dict[str, int]] = json.loads(r.stdout.strip().splitlines()[-1])
+        return out
+
     def probe(self, ep: str, *argv: str) -> bool:
         r = subprocess.run(self._exec(ep, *argv), capture_output=True, text=True, timeout=60)
         return r.returncode == 0

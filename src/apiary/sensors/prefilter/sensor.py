@@ -130,12 +130,16 @@ class Prefilter:
         assert self.obj
         if mode not in MODES:
             raise PrefilterError(f"mode: {mode!r} is not one of {', '.join(MODES)}", "mode")
-        if ifname in self.devs:
-            return self.devs[ifname]
         try:
             ifindex = socket.if_nametoindex(ifname)
         except OSError:
             raise PrefilterError(f"devices: no network device {ifname!r} on this node", "devices", 404) from None
+        had = self.devs.get(ifname)
+        if had is not None:
+            if had.link.xdp_ifindex() == ifindex:
+                return had
+            del self.devs[ifname]  # that device was deleted (its link went with it): this one is another
+            had.link.destroy()
         old = self._adopt(ifname, ifindex, mode)
         if old is not None:
             return old

@@ -68,7 +68,7 @@ def chdir_rc(binary: Path) -> int:
 
 
 DP_MAPS = ("endpoints", "policy", "policy_ranges", "ipcache", "ep_ifindex")
-LB_MAPS = ("lb4_services", "lb4_backends", "lb4_reverse_nat", "lb_affinity_match", "lb4_maglev")
+LB_MAPS = ("lb4_services", "lb4_backends", "lb4_reverse_nat", "lb_affinity_match", "lb4_maglev", "lb4_local_netns")
 
 
 def dump(a: AgentProcess) -> dict[str, dict[bytes, bytes]]:
@@ -128,6 +128,10 @@ def test_kill_9_under_load_keeps_enforcing_and_the_next_agent_reconciles(
         stale = Map.from_pin(f"{a.pin_root}/lb/lb4_backends")
         stale.update((65000).to_bytes(4, "little"), next(iter(before["lb4_backends"].values())))
         stale.close()
+        # and a netns cookie no endpoint has (a netns gone while no agent ran): the next agent's full write drops it
+        stale = Map.from_pin(f"{a.pin_root}/lb/lb4_local_netns")
+        stale.update((0xDEAD).to_bytes(8, "little"), b"\x01")
+        stale.close()
         # and in the endpoint id -> host ifindex map: a stale key and a wrong value, both put right
         ep_if = Map.from_pin(f"{a.pin_root}/datapath/ep_ifindex")
         real = next(iter(dict(ep_if.items())))  # an endpoint's own key, taken before the stale one goes in
@@ -151,6 +155,7 @@ def test_kill_9_under_load_keeps_enforcing_and_the_next_agent_reconciles(
     assert down == {"web1", "web2"}, got[-10:]  # balanced across both backends while no agent ran
     assert {x for t, s, r, x in got if s == vip and t > up} == {"web1", "web2"}
     assert after == before  # the same entries, same slots: nothing stale, duplicate or missing
+    assert len(before["lb4_local_netns"]) == 3  # the three endpoints' netns
     assert "adopted pinned datapath maps, reconciled: policy maps of 3/3 endpoints already matched" in log, log
     assert "adopted pinned LB maps and hooks, reconciled: lb4_backends: +0 ~0 -1 entries" in log, log
     assert "adopted pinned datapath maps, reconciled: ep_ifindex: +0 ~1 -1 entries" in log, log

@@ -3,7 +3,9 @@ real namespaces (issue 10). Each backend answers with its name, so the tests see
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -15,7 +17,8 @@ from typing import Any
 import pytest
 import yaml
 
-from apiary.testing.agent import AgentProcess, one_line_error
+from apiary.sensors.lb.sensor import netns_cookie
+from apiary.testing.agent import AgentProcess, one_line_error, pinned_maps
 from apiary.testing.net import Net
 
 pytestmark = pytest.mark.kernel
@@ -267,6 +270,44 @@ def test_nodeport_from_the_host_and_bind_refused(env: tuple[AgentProcess, Net]) 
         s.close()
 
 
+def _local_netns(a: AgentProcess) -> set[int]:
+    held = pinned_maps(a.pin_root, "lb", ("lb4_local_netns",))["lb4_local_netns"]
+    return {int.from_bytes(k, "little") for k in held}
+
+
+def _cookie(net: Net, ep: str) -> int:
+    return netns_cookie(os.path.basename(json.loads(net.cli_ok("endpoint", "get", ep))["netns"]))
+
+
+def test_nodeport_from_an_endpoint_at_a_node_address(env: tuple[AgentProcess, Net]) -> None:
+    """An endpoint reaches a NodePort at a node address (its router, the host's address on its veth) through the
+    socket path, as Cilium translates it at the socket: its netns cookie is in lb4_local_netns, kept in step with
+    the endpoints. Its own loopback is not the node's (as in Cilium, loopback is a node address for host sockets
+    only)."""
+    a, net = env
+    apply_ok(a, service("npe", ports="[{name: http, port: 80, targetPort: 8080, nodePort: 31997}]",
+                        extra="  type: NodePort\n"))
+    router = str(ipaddress.IPv4Network(a.pod_cidr).network_address + 1)
+    try:
+        assert _cookie(net, "shop/client") in _local_netns(a)
+        out = ask(net, "shop/client", router, 31997, 10)
+        assert out["errors"] == {} and set(out["answers"]) <= {"web1", "web2"}, out
+        assert sum(out["answers"].values()) == 10 and out["peers"] == {f"{router}:31997": 10}, out
+        out = ask(net, "shop/client", "127.0.0.1", 31997, 1)
+        assert out["errors"] == {"ECONNREFUSED": 1}, out  # the endpoint's own loopback: nothing listens
+        # a new endpoint is added to the map, a deleted one removed
+        net.endpoint("npe-tmp", "shop", app="client")
+        cookie = _cookie(net, "shop/npe-tmp")
+        assert cookie in _local_netns(a)
+        assert sum(ask(net, "shop/npe-tmp", router, 31997, 2)["answers"].values()) == 2
+        net.cli_ok("endpoint", "delete", "shop/npe-tmp")
+        assert cookie not in _local_netns(a)
+        assert _status(a)["maps"]["lb4_local_netns"]["entries"] == len(_local_netns(a))
+    finally:
+        a.cli("endpoint", "delete", "shop/npe-tmp")
+        a.cli("service", "delete", "shop/npe")
+
+
 def test_external_ip_on_a_local_address(env: tuple[AgentProcess, Net]) -> None:
     a, net = env
     apply_ok(a, service("ext", extra='  externalIPs: ["127.77.0.1"]\n'))
@@ -337,12 +378,18 @@ def test_services_survive_an_agent_restart() -> None:
         net.endpoint("b", "shop", app="web")
         net.serve("shop/b", "serve-id", "8080", "b")
         apply_ok(a, service("web"))
+        apply_ok(a, service("np", ports="[{name: http, port: 80, targetPort: 8080, nodePort: 31996}]",
+                            extra="  type: NodePort\n"))
         ip = vip(a, "web")
         a.stop()
         a.start()
         assert vip(a, "web") == ip
         out = ask(net, None, ip, 80, 3)
         assert out["answers"] == {"b": 3}, (out, a.log()[-2000:])
+        # the adopted lb4_local_netns still names the endpoint's netns: it reaches the NodePort at a node address
+        assert _local_netns(a) == {_cookie(net, "shop/b")}
+        router = str(ipaddress.IPv4Network(a.pod_cidr).network_address + 1)
+        assert ask(net, "shop/b", router, 31996, 2)["answers"] == {"b": 2}
     finally:
         net.close()
         a.cleanup()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import subprocess
 import time
 from collections.abc import Callable, Collection, Hashable
@@ -26,7 +27,16 @@ from apiary.observe.hubble.services import ServiceTable
 from apiary.policy.explain import HttpRequest
 from apiary.policy.models import PolicyError
 from apiary.sensors.lb import abi as lb_abi
-from apiary.sensors.lb.sensor import LBCapacityError, LBDrop, LoadBalancer, PackMemo, Sizes, contents, maglev_value
+from apiary.sensors.lb.sensor import (
+    LBCapacityError,
+    LBDrop,
+    LoadBalancer,
+    PackMemo,
+    Sizes,
+    contents,
+    maglev_value,
+    netns_cookie,
+)
 from apiary.services.allocate import AllocationError, allocate_service, service_network
 from apiary.services.backends import (
     ALGORITHMS,
@@ -116,6 +126,7 @@ class ServicesControl:
         self._dumps: dict[str, tuple[Service, str]] = {}
         self.table = LBTable([], {}, {}, {})
         self.routed: set[str] = set()  # netns names with the unreachable route ("" = the host)
+        self._cookies: dict[tuple[str, int], int] = {}  # (endpoint netns name, its inode) -> netns cookie
         self.drops = 0
         # flows name their service (Hubble's source_service/destination_service, --service filters)
         self.flow_services = ServiceTable()
@@ -131,6 +142,7 @@ class ServicesControl:
             try:
                 s.attach(self.cgroup_root)
                 s.set_host_addrs(self.net.host_ips())
+                s.set_local_netns(self._endpoint_cookies())  # in full: adopted maps may hold a killed agent's
                 for dev in self.cfg.devices:
                     try:
                         s.attach_device(dev)
@@ -327,6 +339,26 @@ class ServicesControl:
             self._commit(self._plan(self.services, self.slices))
         else:
             self.sync_routes()
+        if self.sensor is not None:
+            self.sensor.set_local_netns(self._endpoint_cookies())
+
+    def _endpoint_cookies(self) -> set[int]:
+        """The netns cookies of the endpoints' netns (a NodePort at a node address is theirs to reach through the
+        socket path), each read once per netns (a name reused for a new netns has a new inode)."""
+        cookies: set[int] = set()
+        seen: dict[tuple[str, int], int] = {}
+        for ep in self.net.em.endpoints.values():
+            try:
+                key = (ep.netns, os.stat(ep.netns_path).st_ino)
+                cookie = self._cookies.get(key)
+                if cookie is None:
+                    cookie = netns_cookie(ep.netns)
+            except OSError:
+                continue  # its netns is gone (a lost endpoint)
+            seen[key] = cookie
+            cookies.add(cookie)
+        self._cookies = seen
+        return cookies
 
     # ------------------------------------------------------------------ routes
     def _route(self, netns: str, add: bool) -> None:

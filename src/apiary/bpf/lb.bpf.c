@@ -5,7 +5,8 @@
  * every packet on the wire carries the backend address, and network policy sees the backend's identity.
  *
  * Attached to the cgroup v2 root: every socket of the node, host processes and endpoints alike.
- *   connect4/sendmsg4: frontend lookup (exact, then the NodePort wildcard for local addresses), affinity
+ *   connect4/sendmsg4: frontend lookup (exact, then the NodePort wildcard for local addresses, from the
+ *     host netns or an endpoint's, lb4_local_netns), affinity
  *     by netns cookie, a slot (random for TCP, the socket cookie for UDP; or the Maglev table), the
  *     reverse entry keyed by socket cookie, then the rewrite. A frontend without backends refuses with
  *     EHOSTUNREACH and reports SERVICE_BACKEND_NOT_FOUND (158) on the lb_events ring.
@@ -94,6 +95,16 @@ struct {
 	__type(value, __u8);
 } lb_host_addrs SEC(".maps");
 
+/* the netns cookies of the node's endpoints: their sockets reach a NodePort at a node address through the
+ * socket path, as the host's do (a netns that is not an endpoint's, as a test host, goes through the TC path) */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, LB_LOCAL_NETNS_ENTRIES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u64);
+	__type(value, __u8);
+} lb4_local_netns SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, LB_STAT_MAX);
@@ -124,7 +135,19 @@ static __always_inline bool is_local(__be32 addr)
 	return is_loopback(addr) || bpf_map_lookup_elem(&lb_host_addrs, &addr);
 }
 
-static __always_inline const struct lb4_service *lookup_frontend(struct lb4_key *key, bool wildcard)
+/* Where a socket may reach a NodePort through the wildcard frontend: from the host netns at any node address
+ * or loopback, from an endpoint's netns (lb4_local_netns) at a node address (its own loopback is not the
+ * node's, as in Cilium's sock4_wildcard_lookup), from any other netns nowhere (the TC path's job). */
+enum { WILDCARD_NONE, WILDCARD_NODE_ADDRS, WILDCARD_HOST };
+
+static __always_inline int wildcard_scope(__u64 netns_cookie)
+{
+	if (netns_cookie == host_netns_cookie)
+		return WILDCARD_HOST;
+	return bpf_map_lookup_elem(&lb4_local_netns, &netns_cookie) ? WILDCARD_NODE_ADDRS : WILDCARD_NONE;
+}
+
+static __always_inline const struct lb4_service *lookup_frontend(struct lb4_key *key, int wildcard)
 {
 	const struct lb4_service *svc = bpf_map_lookup_elem(&lb4_services, key);
 	__u16 port;
@@ -133,8 +156,11 @@ static __always_inline const struct lb4_service *lookup_frontend(struct lb4_key 
 		return svc;
 	/* NodePort: the wildcard frontend (address 0), for the node's own addresses only */
 	port = bpf_ntohs(key->dport);
-	if (!wildcard || port < nodeport_min || port > nodeport_max || !is_local(key->address))
+	if (wildcard == WILDCARD_NONE || port < nodeport_min || port > nodeport_max)
 		return NULL;
+	if (wildcard == WILDCARD_HOST ? !is_local(key->address)
+				      : is_loopback(key->address) || !bpf_map_lookup_elem(&lb_host_addrs, &key->address))
+		return NULL; /* lb_host_addrs holds the host's 127.0.0.1 too: an endpoint's loopback is its own */
 	key->address = 0;
 	svc = bpf_map_lookup_elem(&lb4_services, key);
 	if (svc && !(svc->flags & SVC_FLAG_NODEPORT))
@@ -230,9 +256,9 @@ static __always_inline int xlate_fwd(struct bpf_sock_addr *ctx, __u8 hook)
 	__be32 vip = ctx->user_ip4;
 	__be16 vport = (__be16)ctx->user_port;
 
-	/* NodePort at a node address: for the host's own sockets (a socket in another netns reaches the
-	 * node through a device, where the TC path translates it) */
-	svc = lookup_frontend(&key, bpf_get_netns_cookie(ctx) == host_netns_cookie);
+	/* NodePort at a node address: for the sockets of the host and of its endpoints (a socket in another
+	 * netns, as a test host, reaches the node through a device, where the TC path translates it) */
+	svc = lookup_frontend(&key, wildcard_scope(bpf_get_netns_cookie(ctx)));
 	if (!svc)
 		return 1;
 	if ((svc->flags & SVC_FLAG_EXTERNAL_IP) && !is_local(vip))
@@ -454,7 +480,7 @@ int lb_nodeport_in(struct __sk_buff *skb)
 	key.address = fk.daddr;
 	key.dport = fk.dport;
 	key.proto = fk.proto;
-	svc = lookup_frontend(&key, true);
+	svc = lookup_frontend(&key, WILDCARD_HOST); /* as before: every node address and loopback */
 	if (!svc || !(svc->flags & SVC_FLAG_ROUTABLE))
 		return TC_ACT_OK; /* not a frontend reachable from outside (a ClusterIP is not) */
 	if (svc->count == 0) {

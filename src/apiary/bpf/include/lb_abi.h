@@ -14,6 +14,7 @@
 #define LB_AFFINITY_ENTRIES 65536
 #define LB_MAGLEV_ENTRIES 4096 /* frontends with a Maglev table */
 #define LB_MAGLEV_MAX 131071 /* the largest table size allowed (Cilium's primes) */
+#define LB_LOCAL_NETNS_ENTRIES 4096 /* endpoint netns cookies (lb4_local_netns) */
 
 #define LB_ALGORITHM_SHIFT 24
 #define LB_AFFINITY_TIMEOUT_MASK 0xffffff

@@ -22,6 +22,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from apiary.kernel.probes import in_named_netns
 from apiary.loader import BpfObject, CgroupLink, Map, PinnedLink, RingBuffer, TcFilter
 from apiary.loader.paths import bpf_object
 from apiary.sensors.abi import packed
@@ -35,7 +36,7 @@ from . import abi
 PROGRAMS = ("lb_connect4", "lb_sendmsg4", "lb_recvmsg4", "lb_getpeername4", "lb_post_bind4")
 SO_NETNS_COOKIE = 71  # socket(7), Linux 5.14+
 MAPS = ("lb4_services", "lb4_backends", "lb4_reverse_nat", "lb4_reverse_sk", "lb4_affinity", "lb_affinity_match",
-        "lb4_maglev", "lb_host_addrs", "lb4_nat")
+        "lb4_maglev", "lb_host_addrs", "lb4_nat", "lb4_local_netns")
 PINNED = (*MAPS, "lb_stats", "lb_events")
 TC_HANDLE, TC_PRIORITY = 0xA1B, 1  # apiary's NodePort filters on a node device (endpoint veths use 1/1)
 
@@ -54,8 +55,14 @@ class Sizes:
 
 
 def host_netns_cookie() -> int:
+    """The netns cookie of the caller's network namespace (the host's, for the agent)."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         return int.from_bytes(s.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8), "little")
+
+
+def netns_cookie(name: str) -> int:
+    """The netns cookie of /run/netns/NAME (from a socket made in it by a short-lived thread); OSError if gone."""
+    return in_named_netns(name, host_netns_cookie)
 
 
 Entries = dict[bytes, bytes]
@@ -147,6 +154,7 @@ class LoadBalancer:
         self.cgroup = ""
         self.written = Contents.empty()
         self.ring: RingBuffer | None = None
+        self.local_netns = 0  # entries written to lb4_local_netns
 
     # ------------------------------------------------------------------ lifecycle
     def load(self) -> None:
@@ -323,6 +331,18 @@ class LoadBalancer:
         for k in have - want:
             m.delete(k)
 
+    def set_local_netns(self, cookies: Iterable[int]) -> None:
+        """The endpoints' netns cookies (lb4_local_netns): their sockets get the NodePort wildcard lookup. Past
+        the map's capacity the rest are left out (their sockets reach a NodePort at its ClusterIP only)."""
+        m = self.maps["lb4_local_netns"]
+        want = {c.to_bytes(8, "little") for c in sorted(set(cookies))[:m.max_entries]}
+        have = set(m.keys())
+        for k in want - have:
+            m.update(k, b"\x01")
+        for k in have - want:
+            m.delete(k)
+        self.local_netns = len(want)
+
     def stats(self) -> dict[str, int]:
         out = {}
         for i, name in enumerate(abi.STAT_NAMES):
@@ -333,7 +353,7 @@ class LoadBalancer:
     def fill(self) -> dict[str, dict[str, int]]:
         w = self.written
         n = {"lb4_services": len(w.masters) + len(w.slots), "lb4_backends": len(w.backends),
-             "lb4_reverse_nat": len(w.rev_nat), "lb4_maglev": len(w.maglev)}
+             "lb4_reverse_nat": len(w.rev_nat), "lb4_maglev": len(w.maglev), "lb4_local_netns": self.local_netns}
         return {m: {"entries": v, "capacity": self.maps[m].max_entries} for m, v in n.items()}
 
     # ------------------------------------------------------------------ Sensor rows

@@ -315,6 +315,14 @@ class FlowBuilder:
             return DeferredFlow(self, msg, self.clock.wall_ns(msg.ktime))
         return self.build(msg)
 
+    def add_names(self, flow: dict[str, Any], src_ip: str, dst_ip: str) -> None:
+        """``source_names``/``destination_names``: the toFQDNs names the DNS proxy learned for each address."""
+        names_of = getattr(self.directory, "names_of", None)
+        if names_of is not None:
+            for side, addr in (("source_names", src_ip), ("destination_names", dst_ip)):
+                if addr and (names := names_of(addr)):
+                    flow[side] = names
+
     def build(self, msg: FlowMsg, wall_ns: int | None = None) -> dict[str, Any]:
         """One ``GetFlowsResponse`` dict for a datapath message."""
         ts = protojson_timestamp(self.clock.wall_ns(msg.ktime) if wall_ns is None else wall_ns)
@@ -370,11 +378,7 @@ class FlowBuilder:
         flow["Type"] = "L3_L4"
         if self.node_name:
             flow["node_name"] = self.node_name
-        names_of = getattr(self.directory, "names_of", None)  # toFQDNs: names the DNS proxy learned for an IP
-        if names_of is not None:
-            for side, addr in (("source_names", msg.src_ip), ("destination_names", msg.dst_ip)):
-                if addr and (names := names_of(addr)):
-                    flow[side] = names
+        self.add_names(flow, msg.src_ip, msg.dst_ip)
         if is_reply:
             flow["reply"] = True
         event_type: dict[str, Any] = {"type": kind}
@@ -555,11 +559,7 @@ def _l7_flow(builder: FlowBuilder, x: HttpExchange | DnsExchange, transport: str
     flow["Type"] = "L7"
     if builder.node_name:
         flow["node_name"] = builder.node_name
-    names_of = getattr(builder.directory, "names_of", None)  # toFQDNs names, as Hubble's L7 parser adds them
-    if names_of is not None:
-        for side, addr in (("source_names", sip), ("destination_names", dip)):
-            if addr and (names := names_of(addr)):
-                flow[side] = names
+    builder.add_names(flow, sip, dip)  # as Hubble's L7 parser adds them
     if response:
         flow["reply"] = True
     l7: dict[str, Any] = {"type": "RESPONSE" if response else "REQUEST"}

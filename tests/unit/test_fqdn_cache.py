@@ -17,7 +17,7 @@ def test_min_ttl_expiry_and_shared_ips() -> None:
     assert not c.learn(2, "a.example.com.", ("192.0.2.1",), 60, now=100.0)  # same names -> IPs: no change
     assert c.names_ips() == {"a.example.com.": ("192.0.2.1",)}
     assert not c.expire(now=111.0)  # endpoint 1's entry went, endpoint 2's still holds the name
-    assert [r["endpoint"] for r in c.rows()] == [2]
+    assert [r["endpoint-id"] for r in c.rows()] == [2]
     assert c.expire(now=161.0) and c.names_ips() == {}
     with pytest.raises(ValueError, match="tofqdns-min-ttl"):
         FqdnCache(min_ttl=-1)
@@ -49,7 +49,9 @@ def test_rows_filter_by_endpoint_and_pattern() -> None:
     assert [r["fqdn"] for r in c.rows(pattern="*.example.com")] == ["a.example.com."]
     row = c.rows(ep_id=2)[0]
     assert row["ips"] == ["192.0.2.2", "192.0.2.3"] and row["source"] == "lookup" and row["ttl"] == 30
-    assert row["expiration_time"] == "1970-01-01T00:00:30Z"
+    assert row["expiration-time"] == "1970-01-01T00:00:30Z" and row["lookup-time"] == "1970-01-01T00:00:00Z"
+    # the keys of `cilium fqdn cache list -o json` (models.DNSLookup), so its JSON tooling reads ours
+    assert set(row) == {"endpoint-id", "source", "fqdn", "ttl", "lookup-time", "expiration-time", "ips"}
 
 
 def test_judge_uses_the_asking_endpoints_rules_for_that_resolver_and_port() -> None:
@@ -105,7 +107,7 @@ def test_the_cache_survives_a_restart_through_its_saved_document() -> None:
     # endpoint 2 is gone, short.example.com expired at 1005: neither comes back; expiry is kept, not renewed
     assert again.load(saved, endpoints={1, 3}, now=1010.0) == 1
     assert again.names_ips() == {"api.example.com.": ("10.0.0.1", "10.0.0.2")}
-    assert again.rows()[0]["expiration_time"] == c.rows()[0]["expiration_time"]
+    assert again.rows()[0]["expiration-time"] == c.rows()[0]["expiration-time"]
     assert not again.expire(now=1299.0) and again.expire(now=1300.0)
 
 

@@ -135,16 +135,21 @@ class FqdnCache:
         return {n: tuple(sorted(ips)) for n, ips in sorted(out.items())}
 
     def rows(self, ep_id: int | None = None, pattern: str | None = None) -> list[dict[str, Any]]:
-        """``cilium fqdn cache list``'s rows: Endpoint, Source, FQDN, TTL, ExpirationTime, IPs."""
+        """``cilium fqdn cache list``'s rows, keyed as its ``-o json`` (Cilium's ``models.DNSLookup``):
+        ``endpoint-id``, ``source``, ``fqdn``, ``ttl``, ``lookup-time``, ``expiration-time``, ``ips``."""
         rx = pattern_regex(pattern) if pattern else None
         out = []
         for e in sorted(self.entries.values(), key=lambda e: (e.ep_id, e.name)):
             if (ep_id is not None and e.ep_id != ep_id) or (rx is not None and not rx.match(e.name)):
                 continue
-            out.append({"endpoint": e.ep_id, "source": e.source, "fqdn": e.name, "ttl": e.ttl,
-                        "expiration_time": datetime.fromtimestamp(e.expires, UTC).isoformat().replace("+00:00", "Z"),
+            out.append({"endpoint-id": e.ep_id, "source": e.source, "fqdn": e.name, "ttl": e.ttl,
+                        "lookup-time": _rfc3339(e.looked_up), "expiration-time": _rfc3339(e.expires),
                         "ips": list(e.ips)})
         return out
+
+
+def _rfc3339(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).isoformat().replace("+00:00", "Z")
 
 
 class DnsJudge:

@@ -295,7 +295,7 @@ def fqdn_cache_list(ctx: click.Context, ep: int | None, matchpattern: str | None
         click.echo(json.dumps(rows, indent=2))
         return
     table = [("Endpoint", "Source", "FQDN", "TTL", "ExpirationTime", "IPs")]
-    table += [(str(r["endpoint"]), r["source"], r["fqdn"], str(r["ttl"]), r["expiration_time"], ",".join(r["ips"]))
+    table += [(str(r["endpoint-id"]), r["source"], r["fqdn"], str(r["ttl"]), r["expiration-time"], ",".join(r["ips"]))
               for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     for row in table:

@@ -270,7 +270,7 @@ class ServicesControl:
         host = set(self.net.host_ips())
         if address in host:
             return True
-        local = "/" in src or src in host or any(ep.ipv4 == src for ep in self.net.em.endpoints.values())
+        local = "/" in src or src in host or self.net.endpoint_by_ip(src) is not None
         return not local and bool(self.cfg.devices)
 
     def explain_to(self, src: str, dst: str, port: int, protocol: str, http: HttpRequest | None) -> dict[str, Any]:
@@ -538,14 +538,15 @@ def _held(kept: list[Service], services: dict[str, Service]) -> tuple[dict[str, 
     ips: dict[str, str] = {}
     ports: dict[str, set[int]] = {}
     for svc in kept:
-        old = services.get(_ident(svc))
+        ident = _ident(svc)
+        old = services.get(ident)
         if old is None:
             continue
         ip = svc.spec.cluster_ip
         if ip and ip != "None" and ip == old.spec.cluster_ip:
-            ips[_ident(svc)] = ip
+            ips[ident] = ip
         had = {p.node_port for p in old.spec.ports or [] if p.node_port}
-        ports[_ident(svc)] = {p.node_port for p in svc.spec.ports or [] if p.node_port in had}
+        ports[ident] = {p.node_port for p in svc.spec.ports or [] if p.node_port in had}
     return ips, ports
 
 

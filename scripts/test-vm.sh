@@ -26,7 +26,10 @@ for k in $kernels; do
     continue
   fi
   start=$(date +%s)
-  APIARY_VM_KERNEL=$k bash scripts/vm.sh -- .venv/bin/python -m pytest -q -p no:cacheprovider "${tests[@]}"
+  # a test still running after 300 s has every thread's stack written to stderr (shown even when the VM's time
+  # runs out), so a stall says where it is
+  APIARY_VM_KERNEL=$k bash scripts/vm.sh -- .venv/bin/python -m pytest -q -p no:cacheprovider \
+    -o faulthandler_timeout=300 "${tests[@]}"
   rc=$?
   took=$(( $(date +%s) - start ))
   if [ "$rc" = 255 ]; then

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import shutil
 import signal
@@ -32,13 +33,50 @@ def interpreter_copy(dest_dir: str | Path) -> tuple[str, dict[str, str]]:
     return str(path), env
 
 
+def _cidrs(tag: str) -> tuple[str, str]:
+    h = int(tag, 16)
+    return (f"10.{210 + h % 40}.{(h >> 8) % 256}.0/24",  # pod CIDR: unique per test agent
+            f"10.{160 + h % 40}.{(h >> 16) % 256}.0/24")  # ClusterIPs: unique per test agent too
+
+
+def _free_tag() -> str:
+    """A fresh tag whose two ranges overlap no route of the host's main table.
+
+    Another agent on the machine (an operator's, or one started by hand with a /16 in 10.160-249) would
+    otherwise make a test agent refuse to start ("pod CIDR overlaps the host's unreachable route")."""
+    try:
+        dump = subprocess.run(["ip", "-4", "route", "show", "table", "main"], capture_output=True, text=True,
+                              timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        dump = ""
+    taken = []
+    for line in dump.splitlines():
+        words = line.split()
+        if not words:
+            continue
+        dst = words[1] if words[0] in ("unreachable", "blackhole", "prohibit", "throw") and len(words) > 1 else words[0]
+        if dst == "default":
+            continue
+        try:
+            taken.append(ipaddress.ip_network(dst, strict=False))
+        except ValueError:
+            continue
+    tag = uuid.uuid4().hex[:10]
+    for _ in range(200):
+        mine = [ipaddress.ip_network(c) for c in _cidrs(tag)]
+        if not any(m.overlaps(t) for m in mine for t in taken):
+            return tag
+        tag = uuid.uuid4().hex[:10]
+    return tag
+
+
 class AgentProcess:
     def __init__(
         self, *extra: str, node_name: str = "testnode", python: str | None = None, env: dict[str, str] | None = None
     ) -> None:
         self.python = python or sys.executable  # the interpreter the agent runs on
         self.env = env
-        self.tag = uuid.uuid4().hex[:10]
+        self.tag = _free_tag()
         # in the VM the temp dir is a 9p share, where unix sockets cannot be bound: use its tmpfs
         local = "/dev/shm" if IN_VM and os.path.isdir("/dev/shm") else None
         self.dir = Path(tempfile.mkdtemp(prefix=f"apiary-{self.tag}-", dir=local))
@@ -48,10 +86,8 @@ class AgentProcess:
         self.extra = extra
         self.proc: subprocess.Popen[str] | None = None
         self.log_path = self.dir / "agent.log"
-        h = int(self.tag, 16)
         self.instance = self.tag
-        self.pod_cidr = f"10.{210 + h % 40}.{(h >> 8) % 256}.0/24"  # unique per test agent
-        self.service_cidr = f"10.{160 + h % 40}.{(h >> 16) % 256}.0/24"  # ClusterIPs: unique per test agent too
+        self.pod_cidr, self.service_cidr = _cidrs(self.tag)
 
     def cli(self, *args: str, python: str | None = None, **kw: Any) -> subprocess.CompletedProcess[str]:
         timeout = kw.pop("timeout", 600 if IN_VM else 60)

@@ -7,10 +7,8 @@ client HAProxy's 502 and the proxy serves the next connection. Real endpoints, a
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,8 +17,8 @@ from typing import Any
 import pytest
 
 from apiary.sensors.l7proxy.haproxy import haproxy_binary
-from apiary.testing.agent import AgentProcess, is_root
-from apiary.testing.net import Net, endpoint_exec_cmd
+from apiary.testing.agent import is_root
+from apiary.testing.net import Net, endpoint_exec_cmd, http_bodies_net
 
 pytestmark = [
     pytest.mark.skipif(not is_root(), reason="needs root"),
@@ -49,28 +47,8 @@ spec:
 
 @pytest.fixture(scope="module")
 def net() -> Iterator[Net]:
-    agent = AgentProcess()
-    n = Net(agent)
-    shared = tempfile.mkdtemp(prefix="apiary-bodies-")
-    try:
-        agent.start()
-        n.eps = {  # type: ignore[attr-defined]
-            "server": n.endpoint("server", NS, app="server"),
-            "client": n.endpoint("client", NS, app="client"),
-        }
-        n.shared = shared  # type: ignore[attr-defined]
-        srv = subprocess.Popen(
-            endpoint_exec_cmd(agent.socket, f"{NS}/server", sys.executable, "-m", "apiary.testing.httpbodies",
-                              "serve", str(PORT), shared),
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        n.servers.append(srv)
-        assert srv.stdout is not None and "ready" in srv.stdout.readline()
-        n.apply_ok(POLICY)
+    with http_bodies_net(NS, PORT, POLICY, "apiary-bodies-") as n:
         yield n
-    finally:
-        n.close()
-        agent.cleanup()
-        shutil.rmtree(shared, ignore_errors=True)
 
 
 def client(net: Net, *args: str) -> dict[str, Any]:

@@ -178,11 +178,15 @@ def test_headers_split_as_cilium_does() -> None:
 def test_haproxy_config(tmp_path: Path) -> None:
     c = compiled(SEED)
     cfg = build(c.l7, {1: "10.200.0.10", 2: "10.200.0.20"}, port=15001, state_dir=str(tmp_path))
-    (f,) = cfg.filters
+    (f,) = cfg.filters.values()
     assert f.address == "10.200.0.10" and f.rules == (1, 2)
     assert "bind 127.0.0.1:15001 transparent" in cfg.text
-    assert f"{{ dst 10.200.0.10 }} {{ dst_port 8080 }} {{ var(txn.sid) -m int {backend_id(c)} }}" in cfg.text
-    assert sorted(v for k, v in cfg.files.items() if k.endswith(".pat")) == sorted(
+    # the filter's address, port and peer are pattern files of its slot (the text is a layout of slots)
+    assert (cfg.files["b0.f1.addr.lst"], cfg.files["b0.f1.port.lst"], cfg.files["b0.f1.peer.lst"]) == (
+        "10.200.0.10\n", "8080\n", f"{backend_id(c)}\n")
+    assert (f"{{ dst -f {tmp_path}/b0.f1.addr.lst }} {{ dst_port -f {tmp_path}/b0.f1.port.lst }} "
+            f"{{ var(txn.sid) -m int -f {tmp_path}/b0.f1.peer.lst }}") in cfg.text
+    assert sorted(v for k, v in cfg.files.items() if k.startswith("b0.r") and v) == sorted(
         ["^(?:GET)$\n", "^(?:/api/v1/.*)$\n", "^(?:POST)$\n", "^(?:/api/v1/orders)$\n", "^application/json$\n"])
     assert cfg.files["denied.body"] == DENIED_BODY == "Access denied\r\n"
     assert "/api/v1" not in cfg.text  # user text only ever in pattern files
@@ -225,11 +229,13 @@ def test_filters_of_one_side_are_ored(tmp_path: Path) -> None:
     assert len(cfg.filters) == 2
     lines = cfg.text.splitlines()
     deny = [i for i, line in enumerate(lines) if "set-var(txn.deny)" in line]
-    assert [lines[i].split(" if ", 1)[1] for i in deny] == [
-        "{ var(txn.f1) -m bool } !{ var(txn.g1) -m found }", "{ var(txn.f2) -m bool } !{ var(txn.g1) -m found }"]
+    # two filters and one spare slot in each of the two buffers
+    assert [lines[i].split(" if ", 1)[1] for i in deny][:3] == [
+        "{ var(txn.f1) -m bool } !{ var(txn.gi) -m found }", "{ var(txn.f2) -m bool } !{ var(txn.gi) -m found }",
+        "{ var(txn.f3) -m bool } !{ var(txn.gi) -m found }"]
     last_rule = max(i for i, line in enumerate(lines) if "set-var(txn.ok" in line)
     assert min(deny) > last_rule
-    assert sum("set-var(txn.g1) bool(1) if" in line for line in lines) == 2
+    assert sum("set-var(txn.gi) bool(1) if" in line for line in lines) == 6
     egress = compiled(SEED, L3_WILDCARD_L7, """\
 apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
@@ -240,7 +246,7 @@ spec:
   - toPorts: [{ports: [{port: "8080", protocol: TCP}], rules: {http: [{method: GET}]}}]
 """)
     cfg = build(egress.l7, {1: "10.200.0.10", 2: "10.200.0.20"}, port=15001, state_dir=str(tmp_path))
-    assert "!{ var(txn.g2) -m found }" in cfg.text  # the client's egress is a side of its own: ANDed
+    assert "!{ var(txn.ge) -m found }" in cfg.text  # the client's egress is a side of its own: ANDed
 
 
 def test_header_values_and_presence(tmp_path: Path) -> None:
@@ -409,4 +415,4 @@ def test_rules_haproxy_cannot_load_are_refused_before_the_reload(tmp_path: Path)
     assert e.value.rule is not None and e.value.rule.ref == "ingress[0].toPorts[0].rules.http[1]"
     assert e.value.field == "path" and "regular expression" in str(e.value), str(e.value)
     assert {p.name: p.read_text() for p in proxy.dir.iterdir() if p.is_file()} == before
-    assert tuple(proxy.config.rules) == list(good.l7.values())[0]
+    assert tuple(proxy.config.rules.values()) == list(good.l7.values())[0]

@@ -538,14 +538,14 @@ class Network:
         rule_n, deny_n = int(rule or 0), int(deny or 0)
         allowed = deny_n == 0
         ingress, decided = True, ""
-        if not allowed and 0 < deny_n <= len(cfg.filters):
-            f = cfg.filters[deny_n - 1]
+        f = cfg.filters.get(deny_n)
+        r = cfg.rules.get(rule_n)
+        if not allowed and f is not None:
             ingress = f.key.direction == 0
-            first = cfg.rules[f.rules[0] - 1] if f.rules else None
+            first = cfg.rules.get(f.rules[0]) if f.rules else None
             if first is not None:
                 decided = http_rule_text(first, compiled.rules).rsplit("[", 1)[0] + " (no HTTP rule matched)"
-        elif 0 < rule_n <= len(cfg.rules):
-            r = cfg.rules[rule_n - 1]
+        elif allowed and r is not None:
             decided = http_rule_text(r, compiled.rules)
             ingress = "ingress" in r.ref.split(".toPorts")[0]
         got = cache[(rule, deny)] = (allowed, ingress, decided)

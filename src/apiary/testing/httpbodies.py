@@ -14,6 +14,9 @@ that resets. The two coordinate through files in DIR (they run in two endpoints 
   download HOST PORT DIR PATH N  GETs PATH?n=N; reads until the first body bytes, then touches DIR/go and
                            reads the rest; prints JSON {first_bytes_early, status, length, sha256_ok}
   get HOST PORT PATH       one GET on a new connection; prints JSON {status, error}
+  keep HOST PORT DIR PATH...  GETs each PATH on one keep-alive connection; before each after the first it
+                           touches DIR/ready-<i> and waits (up to 30 s) for DIR/go-<i>; prints JSON
+                           {statuses, error} (a status is null once the connection was closed)
 Only ever used with addresses of endpoints the caller created.
 """
 
@@ -234,6 +237,26 @@ def get(host: str, port: int, path: str) -> None:
         print(json.dumps({"status": None, "error": type(e).__name__}), flush=True)
 
 
+def keep(host: str, port: int, directory: str, paths: list[str]) -> None:
+    statuses: list[int | None] = []
+    error = None
+    with socket.create_connection((host, port), timeout=10) as c:
+        f = c.makefile("rb")
+        for i, path in enumerate(paths):
+            if i:
+                _touch(os.path.join(directory, f"ready-{i}"))
+                _wait_for(os.path.join(directory, f"go-{i}"), 30)
+            try:
+                c.sendall(f"GET {path} HTTP/1.1\r\nHost: bodies\r\n\r\n".encode())
+                status, headers = _response(f)
+                _read_body(f, headers)
+                statuses.append(status)
+            except (OSError, ValueError) as e:  # closed by the proxy: no status line
+                statuses.append(None)
+                error = error or type(e).__name__
+    print(json.dumps({"statuses": statuses, "error": error}), flush=True)
+
+
 def main(argv: list[str]) -> int:
     cmd, *rest = argv
     if cmd == "serve":
@@ -244,6 +267,8 @@ def main(argv: list[str]) -> int:
         download(rest[0], int(rest[1]), rest[2], rest[3], int(rest[4]))
     elif cmd == "get":
         get(rest[0], int(rest[1]), rest[2])
+    elif cmd == "keep":
+        keep(rest[0], int(rest[1]), rest[2], rest[3:])
     else:
         print(__doc__, file=sys.stderr)
         return 2

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from collections.abc import Iterator
@@ -127,3 +129,29 @@ def running_net() -> Iterator[Net]:
     finally:
         n.close()
         agent.cleanup()
+
+
+@contextlib.contextmanager
+def http_bodies_net(ns: str, port: int, policy: str, prefix: str) -> Iterator[Net]:
+    """A started agent with endpoints ``server`` (app=server, running ``apiary.testing.httpbodies serve`` on
+    ``port``) and ``client`` (app=client) in ``ns``, ``policy`` applied; ``net.shared`` is the directory the
+    two coordinate through. Everything is removed afterwards, also on failure."""
+
+    shared = tempfile.mkdtemp(prefix=prefix)
+    try:
+        with running_net() as n:
+            n.eps = {  # type: ignore[attr-defined]
+                "server": n.endpoint("server", ns, app="server"),
+                "client": n.endpoint("client", ns, app="client"),
+            }
+            n.shared = shared  # type: ignore[attr-defined]
+            srv = subprocess.Popen(
+                endpoint_exec_cmd(n.agent.socket, f"{ns}/server", sys.executable, "-m", "apiary.testing.httpbodies",
+                                  "serve", str(port), shared),
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            n.servers.append(srv)
+            assert srv.stdout is not None and "ready" in srv.stdout.readline()
+            n.apply_ok(policy)
+            yield n
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)

@@ -25,6 +25,9 @@ in 3 s; 7,779 req/s in a first run, 2,141 in the next).
 
 Regexes are anchored (whole-string match, as Cilium's Envoy config does) and written to pattern files, so no
 user text is ever spliced into the configuration itself; the access log names the filter and rule by number.
+The text is a layout of filter and rule slots, twice (two buffers; ``gen.map`` names the one that judges):
+each filter's address, ports and peer are pattern files too, so a change that fits the layout is new files
+for the idle buffer and a flip, which the runtime API does without a reload (see :func:`build`).
 """
 
 from __future__ import annotations
@@ -50,20 +53,53 @@ LOG_FORMAT = "{" + ",".join(f'"{k}":"{v}"' for k, v in _LOG_FIELDS.items()) + "}
 
 @dataclass(frozen=True)
 class Filter:
-    """One L7 entry as the proxy sees it: ``rules`` index into :attr:`ProxyConfig.rules`."""
+    """One L7 entry as the proxy sees it: ``rules`` are the numbers the access log names its rules by."""
 
     key: PolicyKey
     address: str  # the endpoint's IPv4
     rules: tuple[int, ...]
 
 
+@dataclass(frozen=True)
+class RuleShape:
+    """What of an HTTP rule the configuration's text fixes; its regexes and values live in pattern files."""
+
+    path: bool
+    host: bool
+    headers: tuple[tuple[str, bool], ...] = ()  # (name, has a value: matched from a file; else presence)
+
+
+@dataclass(frozen=True)
+class SlotShape:
+    """A filter's place in the text: its side and its rule slots (an unused one has an empty method file)."""
+
+    direction: int
+    rules: tuple[RuleShape, ...]
+
+
 @dataclass
 class ProxyConfig:
     text: str  # haproxy.cfg
-    files: dict[str, str] = field(default_factory=dict)  # pattern file name -> content
-    rules: list[HttpRule] = field(default_factory=list)  # logged "rule" n (1-based) = rules[n - 1]
-    filters: list[Filter] = field(default_factory=list)  # logged "deny" n (1-based) = filters[n - 1]
+    files: dict[str, str] = field(default_factory=dict)  # pattern file name -> content (both buffers)
+    rules: dict[int, HttpRule] = field(default_factory=dict)  # logged "rule" n -> its rule
+    filters: dict[int, Filter] = field(default_factory=dict)  # logged "deny" n -> its filter
     sources: dict[str, tuple[int, str]] = field(default_factory=dict)  # pattern file -> (rule n, its field)
+    layout: tuple[SlotShape, ...] = ()
+    active: int = 0  # the buffer the requests are judged by (gen.map's "active")
+    slots: dict[PolicyKey, int] = field(default_factory=dict)  # entry -> its slot in the active buffer
+
+    def buffer_files(self, buffer: int) -> dict[str, str]:
+        mark = f"b{buffer}."
+        return {k: v for k, v in self.files.items() if k.startswith(mark)}
+
+    def buffer_filters(self) -> dict[int, Filter]:
+        """The active buffer's filters (``filters`` also keeps the other buffer's, for records in flight)."""
+        size = len(self.layout)
+        return {n: f for n, f in self.filters.items() if (n - 1) // size == self.active}
+
+    def buffer_rules(self) -> dict[int, HttpRule]:
+        size = sum(len(s.rules) for s in self.layout)
+        return {n: r for n, r in self.rules.items() if (n - 1) // size == self.active}
 
 
 def ids_map(ipcache: Mapping[str, int]) -> dict[str, str]:
@@ -75,73 +111,204 @@ def anchored(regex: str) -> str:
     return f"^(?:{regex})$"
 
 
+def shape(rule: HttpRule) -> RuleShape:
+    return RuleShape(bool(rule.path), bool(rule.host), tuple((n, bool(v)) for n, v in rule.headers))
+
+
+def _assign(rules: tuple[HttpRule, ...], slot: SlotShape) -> list[int] | None:
+    """Each rule's rule slot in ``slot`` (one of its own shape), or None when they do not all fit."""
+    free = list(range(len(slot.rules)))
+    out = []
+    for rule in rules:
+        want = shape(rule)
+        j = next((j for j in free if slot.rules[j] == want), None)
+        if j is None:
+            return None
+        free.remove(j)
+        out.append(j)
+    return out
+
+
+Entries = list[tuple[PolicyKey, str, tuple[HttpRule, ...]]]
+
+
+def _fit(entries: Entries, previous: ProxyConfig) -> dict[PolicyKey, tuple[int, list[int]]] | None:
+    """The entries placed in the previous layout (an entry keeps its slot where it still fits), or None."""
+    layout, taken = previous.layout, set()
+    placed: dict[PolicyKey, tuple[int, list[int]]] = {}
+    for keep in (True, False):
+        for key, _, rules in entries:
+            if key in placed:
+                continue
+            order = [previous.slots[key]] if keep and key in previous.slots else [] if keep else range(len(layout))
+            for i in order:
+                if i in taken or layout[i].direction != key.direction:
+                    continue
+                got = _assign(rules, layout[i])
+                if got is not None:
+                    placed[key] = (i, got)
+                    taken.add(i)
+                    break
+    return placed if len(placed) == len(entries) else None
+
+
+def _layout(entries: Entries) -> tuple[tuple[SlotShape, ...], dict[PolicyKey, tuple[int, list[int]]]]:
+    """A new layout with room to change: each filter gets one spare rule slot of each shape it uses, and
+    each side in use one spare filter slot (the shape of its largest), so the usual edits (a regex, one
+    rule more or less, a peer, a port, one endpoint more) change pattern files only, never the text."""
+    slots: list[SlotShape] = []
+    placed: dict[PolicyKey, tuple[int, list[int]]] = {}
+    for key, _, rules in entries:
+        shapes = [shape(r) for r in rules]
+        spare = list(dict.fromkeys(shapes)) or [RuleShape(False, False)]
+        slot = SlotShape(key.direction, tuple(shapes + spare))
+        placed[key] = (len(slots), list(range(len(shapes))))
+        slots.append(slot)
+    for direction in sorted({s.direction for s in slots}):
+        slots.append(max((s for s in slots if s.direction == direction), key=lambda s: len(s.rules)))
+    return tuple(slots), placed
+
+
 def build(l7: Mapping[PolicyKey, tuple[HttpRule, ...]], addresses: Mapping[int, str], *, port: int,
-          state_dir: str) -> ProxyConfig:
+          state_dir: str, previous: ProxyConfig | None = None) -> ProxyConfig:
     """``addresses``: endpoint id -> IPv4. Entries of endpoints without an address are left out (their
-    traffic never reaches the proxy)."""
-    cfg = ProxyConfig("")
+    traffic never reaches the proxy).
+
+    The text holds two buffers of the same filter and rule slots; ``gen.map`` says which one judges the
+    requests. When the entries fit ``previous``'s layout the text stays the same: the other buffer gets the
+    new pattern files and becomes the active one (the runtime API loads them and flips ``gen.map``: no
+    reload, no connection closed). Otherwise a new layout, its first buffer active (a reload)."""
     d = state_dir.rstrip("/")
-    lines: list[str] = []
+    entries: Entries = [(k, addresses[k.ep_id], l7[k]) for k in sorted(l7) if addresses.get(k.ep_id)]
+    placed = _fit(entries, previous) if previous is not None and previous.layout else None
+    if placed is not None and previous is not None:
+        for active in (previous.active, 1 - previous.active):
+            cfg = _fill(ProxyConfig(previous.text, layout=previous.layout, active=active), entries, placed)
+            if active == previous.active and cfg.buffer_files(active) != previous.buffer_files(active):
+                continue  # something to load: into the other buffer, which then becomes the active one
+            # the other buffer's files stay, and its numbers' meanings (its records may be in flight)
+            cfg.files.update(previous.buffer_files(1 - active))
+            f_size, r_size = len(cfg.layout), sum(len(s.rules) for s in cfg.layout)
+            cfg.rules.update({n: r for n, r in previous.rules.items() if (n - 1) // r_size != active})
+            cfg.filters.update({n: f for n, f in previous.filters.items() if (n - 1) // f_size != active})
+            return _shared(cfg, addresses)
+    layout, placed = _layout(entries)
+    cfg = ProxyConfig("", layout=layout)
+    empty = ProxyConfig("", layout=layout, active=1)
+    _fill(cfg, entries, placed)
+    _fill(empty, [], {})
+    cfg.files.update(empty.files)
+    cfg.text = _text(layout, port, d)
+    return _shared(cfg, addresses)
 
-    def pattern(text: str, rule: int, what: str) -> str:
-        name = f"p{len(cfg.files)}.pat"
-        cfg.files[name] = text + "\n"
-        cfg.sources[name] = (rule, what)
-        return f"{d}/{name}"
 
-    groups: dict[tuple[int, int], int] = {}  # (endpoint, direction) -> its number
-    denies: list[str] = []
-    for key in sorted(l7):
-        addr = addresses.get(key.ep_id)
-        if not addr:
-            continue
-        n = len(cfg.filters) + 1
-        g = groups.setdefault((key.ep_id, key.direction), len(groups) + 1)
-        first = key.port
-        last = key.port | ((1 << (16 - key.port_prefix)) - 1)
-        ports = str(first) if first == last else f"{first}:{last}"
-        if key.direction == INGRESS:
-            cond = f"{{ dst {addr} }} {{ dst_port {ports} }}"
-            peer = "txn.sid"
-        else:
-            cond = f"{{ src {addr} }} {{ dst_port {ports} }}"
-            peer = "txn.did"
-        if key.identity:
-            cond += f" {{ var({peer}) -m int {key.identity} }}"
-        lines.append(f"    http-request set-var(txn.f{n}) bool(1) if {cond}")
+def _numbers(layout: tuple[SlotShape, ...], buffer: int) -> tuple[list[int], list[int]]:
+    """Filter number of each slot, and the number of each slot's first rule, in ``buffer``."""
+    n_rules = sum(len(s.rules) for s in layout)
+    firsts, r = [], buffer * n_rules + 1
+    for s in layout:
+        firsts.append(r)
+        r += len(s.rules)
+    return [buffer * len(layout) + i + 1 for i in range(len(layout))], firsts
+
+
+def _fill(cfg: ProxyConfig, entries: Entries, placed: dict[PolicyKey, tuple[int, list[int]]]) -> ProxyConfig:
+    """The active buffer's pattern files: every slot's (empty where unused) and the numbers' meanings."""
+    b = cfg.active
+    nums, firsts = _numbers(cfg.layout, b)
+    by_slot = {placed[key][0]: (key, addr, rules, placed[key][1]) for key, addr, rules in entries}
+
+    def put(name: str, text: str, rule: int = 0, what: str = "") -> None:
+        cfg.files[f"b{b}.{name}"] = text
+        if rule and what:
+            cfg.sources[f"b{b}.{name}"] = (rule, what)
+
+    for i, slot in enumerate(cfg.layout):
+        n = nums[i]
+        key, addr, rules, where = by_slot.get(i, (None, "", (), []))
+        if key is not None:
+            first = key.port
+            last = key.port | ((1 << (16 - key.port_prefix)) - 1)
+            put(f"f{n}.addr.lst", f"{addr}\n")
+            put(f"f{n}.port.lst", f"{first}\n" if first == last else f"{first}:{last}\n")
+            put(f"f{n}.peer.lst", f"{key.identity}\n" if key.identity else "0:4294967295\n")
+        else:  # an unused slot applies to nothing
+            for what in ("addr", "port", "peer"):
+                put(f"f{n}.{what}.lst", "")
+        used = dict(zip(where, rules, strict=True))
         idx = []
-        for rule in l7[key]:
-            cfg.rules.append(rule)
-            r = len(cfg.rules)
+        for j, rshape in enumerate(slot.rules):
+            r = firsts[i] + j
+            rule = used.get(j)
+            if rule is None:  # an empty method file: the slot never matches
+                put(f"r{r}.method.pat", "")
+                if rshape.path:
+                    put(f"r{r}.path.pat", "")
+                if rshape.host:
+                    put(f"r{r}.host.pat", "")
+                for k, (_, has_value) in enumerate(rshape.headers):
+                    if has_value:
+                        put(f"r{r}.h{k}.pat", "")
+                continue
+            cfg.rules[r] = rule
             idx.append(r)
-            conds = [f"{{ var(txn.f{n}) -m bool }}", f"!{{ var(txn.ok{n}) -m found }}"]
-            if rule.method:
-                conds.append(f"{{ method -m reg -f {pattern(anchored(rule.method), r, 'method')} }}")
+            put(f"r{r}.method.pat", anchored(rule.method or ".*") + "\n", r, "method")
             if rule.path:
-                conds.append(f"{{ pathq -m reg -f {pattern(anchored(rule.path), r, 'path')} }}")
+                put(f"r{r}.path.pat", anchored(rule.path) + "\n", r, "path")
             if rule.host:
-                conds.append(f"{{ req.fhdr(host) -m reg -f {pattern(anchored(rule.host), r, 'host')} }}")
-            for name, value in rule.headers:
-                if not value:  # Cilium: no value (or an empty one) asks for the header's presence
-                    conds.append(f"{{ req.fhdr_cnt({name}) -m int gt 0 }}")
-                elif any(c in value for c in "\r\n\0"):  # no HTTP header value holds these: never matches
-                    conds.append("{ always_false }")
+                put(f"r{r}.host.pat", anchored(rule.host) + "\n", r, "host")
+            for k, (_, value) in enumerate(rule.headers):
+                if not value:  # Cilium: no value (or an empty one) asks for the header's presence (in the text)
+                    continue
+                if any(c in value for c in "\r\n\0"):  # no HTTP header value holds these: never matches
+                    put(f"r{r}.h{k}.pat", "")
                 else:  # a pattern file line is not taken as written (leading blanks, '#'): an escaped regex is
-                    exact = pattern("^" + re.escape(value) + "$", r, "headers")
-                    conds.append(f"{{ req.fhdr({name}) -m reg -f {exact} }}")
-            lines.append(f"    http-request set-var(txn.ok{n}) int({r}) if {' '.join(conds)}")
-        lines.append(f"    http-request set-var(txn.by) var(txn.ok{n}) if {{ var(txn.ok{n}) -m found }}")
-        lines.append(f"    http-request set-var(txn.g{g}) bool(1) if {{ var(txn.ok{n}) -m found }}")
-        # judged once every filter of the endpoint's direction has been: one of them allowing is enough
-        denies.append(f"    http-request set-var(txn.deny) int({n}) if {{ var(txn.f{n}) -m bool }} "
-                      f"!{{ var(txn.g{g}) -m found }}")
-        cfg.filters.append(Filter(key, addr, tuple(idx)))
-    lines += denies
-    deny_body = f"{d}/denied.body"
+                    put(f"r{r}.h{k}.pat", "^" + re.escape(value) + "$\n", r, "headers")
+        if key is not None:
+            cfg.filters[n] = Filter(key, addr, tuple(idx))
+            cfg.slots[key] = i
+    return cfg
+
+
+def _shared(cfg: ProxyConfig, addresses: Mapping[int, str]) -> ProxyConfig:
     cfg.files["denied.body"] = DENIED_BODY
     local = sorted(set(a for a in addresses.values() if a))
     cfg.files["endpoints.lst"] = "".join(f"{a}\n" for a in local)
-    cfg.text = "\n".join([
+    cfg.files["gen.map"] = f"active {cfg.active}\n"
+    return cfg
+
+
+def _text(layout: tuple[SlotShape, ...], port: int, d: str) -> str:
+    lines: list[str] = []
+    denies: list[str] = []
+    for b in (0, 1):
+        nums, firsts = _numbers(layout, b)
+        for i, slot in enumerate(layout):
+            n = nums[i]
+            side, peer, g = ("dst", "txn.sid", "gi") if slot.direction == INGRESS else ("src", "txn.did", "ge")
+            lines.append(f"    http-request set-var(txn.f{n}) bool(1) if {{ var(txn.gen) -m str {b} }} "
+                         f"{{ {side} -f {d}/b{b}.f{n}.addr.lst }} {{ dst_port -f {d}/b{b}.f{n}.port.lst }} "
+                         f"{{ var({peer}) -m int -f {d}/b{b}.f{n}.peer.lst }}")
+            for j, rshape in enumerate(slot.rules):
+                r = firsts[i] + j
+                conds = [f"{{ var(txn.f{n}) -m bool }}", f"!{{ var(txn.ok{n}) -m found }}",
+                         f"{{ method -m reg -f {d}/b{b}.r{r}.method.pat }}"]
+                if rshape.path:
+                    conds.append(f"{{ pathq -m reg -f {d}/b{b}.r{r}.path.pat }}")
+                if rshape.host:
+                    conds.append(f"{{ req.fhdr(host) -m reg -f {d}/b{b}.r{r}.host.pat }}")
+                for k, (name, has_value) in enumerate(rshape.headers):
+                    conds.append(f"{{ req.fhdr({name}) -m reg -f {d}/b{b}.r{r}.h{k}.pat }}" if has_value
+                                 else f"{{ req.fhdr_cnt({name}) -m int gt 0 }}")
+                lines.append(f"    http-request set-var(txn.ok{n}) int({r}) if {' '.join(conds)}")
+            lines.append(f"    http-request set-var(txn.by) var(txn.ok{n}) if {{ var(txn.ok{n}) -m found }}")
+            lines.append(f"    http-request set-var(txn.{g}) bool(1) if {{ var(txn.ok{n}) -m found }}")
+            # judged once every filter of the side has been: one of them allowing is enough (a request has one
+            # destination and one source, so a side's filters that apply are all one endpoint's)
+            denies.append(f"    http-request set-var(txn.deny) int({n}) if {{ var(txn.f{n}) -m bool }} "
+                          f"!{{ var(txn.{g}) -m found }}")
+    lines += denies
+    return "\n".join([
         "# generated by the apiary agent: do not edit",
         "global",
         "    master-worker",
@@ -177,8 +344,10 @@ def build(l7: Mapping[PolicyKey, tuple[HttpRule, ...]], addresses: Mapping[int, 
         "    http-request set-var(txn.hdrs) req.hdrs",
         f"    http-request set-var(txn.sid) src,map_ip({d}/ids.map,0)",
         f"    http-request set-var(txn.did) dst,map_ip({d}/ids.map,0)",
+        f"    http-request set-var(txn.gen) str(active),map({d}/gen.map,0)",  # which buffer judges
         *lines,
-        f"    http-request return status 403 content-type text/plain file {deny_body} if {{ var(txn.deny) -m found }}",
+        f"    http-request return status 403 content-type text/plain file {d}/denied.body "
+        "if { var(txn.deny) -m found }",
         f"    use_backend client_source if {{ dst -f {d}/endpoints.lst }}",
         "    default_backend original_destination",
         "backend original_destination",
@@ -189,7 +358,6 @@ def build(l7: Mapping[PolicyKey, tuple[HttpRule, ...]], addresses: Mapping[int, 
         "    server original 0.0.0.0:0",
         "",
     ])
-    return cfg
 
 
 def rule_text(rule: HttpRule, refs: list[RuleRef]) -> str:

@@ -55,6 +55,11 @@ class ConfigError(ProxyError):
         self.rule, self.field = rule, field
 
 
+def cli_escape(arg: str) -> str:
+    """One argument of a runtime API command: HAProxy splits on blanks and ';', and unescapes '\\'."""
+    return re.sub(r"([\\; \t])", r"\\\1", arg)
+
+
 def haproxy_binary() -> str | None:
     return shutil.which("haproxy") or next((p for p in ("/usr/sbin/haproxy",) if os.access(p, os.X_OK)), None)
 
@@ -77,6 +82,9 @@ class HAProxy:
         self.records = 0
         self.bad_records = 0
         self.notices = 0
+        self.reloads = 0  # rule changes of a new shape (SIGUSR2)
+        self.hot_updates = 0  # rule changes loaded through the runtime API (no reload)
+        self.last_error = ""
         self.config = ProxyConfig("")
         self.ids: dict[str, str] = {}
         self.dropped = 0  # access-log records HAProxy could not write (pipe full): the workers' DroppedLogs
@@ -216,32 +224,75 @@ class HAProxy:
         self.config, self.ids = cfg, dict(ids)
 
     def update(self, l7: Mapping[Any, Any], addresses: Mapping[int, str], ipcache: Mapping[str, int]) -> None:
-        """New rules: a graceful reload (old workers finish their connections); new identities only: the
-        runtime API changes the map in place."""
-        cfg = build(l7, addresses, port=self.port, state_dir=str(self.dir))
+        """New rules that fit the running layout (see ``config.build``): loaded through the runtime API into
+        the idle buffer, then one flip of ``gen.map``; no reload, every connection stays and its next request
+        is judged by the new rules. Rules of a new shape: a graceful reload (old workers finish their
+        connections; an idle keep-alive connection is closed). New identities only: the map in place."""
+        prev = self.config
+        cfg = build(l7, addresses, port=self.port, state_dir=str(self.dir), previous=prev)
         ids = ids_map(ipcache)
-        if cfg.text == self.config.text and cfg.files == self.config.files:
+        if cfg.text == prev.text and cfg.files == prev.files:
             self.config = cfg  # same text, but its rules name this compile's rule ids (the access log's key)
             if ids != self.ids:
                 self._update_map(ids)
             return
-        self._check(l7, addresses, ids)
+        self._check(l7, addresses, ids, prev)
+        hot = cfg.text == prev.text and self.alive()
+        if hot:
+            self._update_map(ids)  # identities first: the new rules may name them
         self._write(cfg, ids)
-        if self.alive():
-            assert self.proc is not None
-            os.kill(self.proc.pid, signal.SIGUSR2)  # master-worker reload
+        if not self.alive():
+            return
+        assert self.proc is not None
+        if hot:
+            try:
+                self._load(prev, cfg)
+                self.hot_updates += 1
+                return
+            except (OSError, ProxyError) as e:  # the reload reads the files just written
+                self.notices += 1
+                self.last_error = f"runtime update failed, reloaded instead: {e}"
+        self.reloads += 1
+        os.kill(self.proc.pid, signal.SIGUSR2)  # master-worker reload
 
-    def _check(self, l7: Mapping[Any, Any], addresses: Mapping[int, str], ids: Mapping[str, str]) -> None:
+    def _load(self, prev: ProxyConfig, cfg: ProxyConfig) -> None:
+        """The new active buffer's changed pattern files, the local endpoints' list (added before removed),
+        then the flip: the requests that follow are judged by the new files, all at once."""
+        d = self.dir
+        cmds = []
+        for name, text in cfg.buffer_files(cfg.active).items():
+            if prev.files.get(name) != text:
+                cmds.append(f"clear acl {d / name}")
+                cmds += [f"add acl {d / name} {cli_escape(line)}" for line in text.splitlines()]
+        new_eps = set(cfg.files["endpoints.lst"].split())
+        old_eps = set(prev.files.get("endpoints.lst", "").split())
+        cmds += [f"add acl {d}/endpoints.lst {a}" for a in sorted(new_eps - old_eps)]
+        cmds += [f"del acl {d}/endpoints.lst {a}" for a in sorted(old_eps - new_eps)]
+        if cfg.active != prev.active:
+            cmds.append(f"set map {d}/gen.map active {cfg.active}")
+        batch: list[str] = []
+        for i, cmd in enumerate(cmds):
+            batch.append(cmd)
+            if i == len(cmds) - 1 or sum(len(c) + 1 for c in batch) + len(cmds[i + 1]) > 8000:
+                out = [line for line in self.runtime(";".join(batch)).splitlines() if line.strip()]
+                if out:
+                    raise ProxyError(f"HAProxy refused a runtime update: {out[0]}")
+                batch = []
+
+    def _check(self, l7: Mapping[Any, Any], addresses: Mapping[int, str], ids: Mapping[str, str],
+               prev: ProxyConfig) -> None:
         """``haproxy -c`` on the new rules (written apart, in ``check/``) before they replace the running ones:
         a reload HAProxy refuses (a regex PCRE cannot compile) would leave the old rules enforced while the
         policy is reported applied. ``ConfigError`` names the rule and field it refused."""
         d = self.dir / "check"
         d.mkdir(exist_ok=True, mode=0o700)
-        cfg = build(l7, addresses, port=self.port, state_dir=str(d))
+        cfg = build(l7, addresses, port=self.port, state_dir=str(d), previous=prev)
         for name, text in cfg.files.items():
             (d / name).write_text(text)
         (d / "ids.map").write_text("".join(f"{k} {v}\n" for k, v in sorted(ids.items())))
-        (d / "haproxy.cfg").write_text(cfg.text)
+        # a layout kept from the running rules names the running directory: the check reads its own copies
+        text = cfg.text.replace(f"{self.dir}/", f"{d}/") if prev.text and cfg.text == prev.text else cfg.text
+        (d / "haproxy.cfg").write_text(text)
         binary = getattr(self, "binary", None) or haproxy_binary() or "haproxy"
         try:
             r = subprocess.run([binary, "-c", "-f", str(d / "haproxy.cfg")], capture_output=True, text=True,
@@ -253,11 +304,11 @@ class HAProxy:
         out = (r.stdout + r.stderr).strip()
         alerts = [line.split(" : ", 2)[-1] for line in out.splitlines() if "[ALERT]" in line]
         why = alerts[0] if alerts else out[-500:]
-        m = re.search(r"file '[^']*/(p\d+\.pat)'", out)
+        m = re.search(r"file '[^']*/([^'/]+\.pat)'", out)
         source = cfg.sources.get(m.group(1)) if m else None
         if source is None:
             raise ConfigError(f"haproxy refuses the new rules: {why}")
-        rule = cfg.rules[source[0] - 1]
+        rule = cfg.rules[source[0]]
         m = re.search(r"regex '.*' is invalid \((.*)\) at line", why)
         raise ConfigError(f"haproxy cannot use this regular expression ({m.group(1) if m else why})", rule,
                           source[1])
@@ -340,5 +391,6 @@ class HAProxy:
             "restarts": self.restarts, "gaps": [{"down": a, "up": b} for a, b in self.gaps],
             "access_log_records": self.records, "bad_records": self.bad_records,
             "notices": self.notices, "dropped_records": self.count_dropped(),
-            "filters": len(self.config.filters), "http_rules": len(self.config.rules),
+            "filters": len(self.config.buffer_filters()), "http_rules": len(self.config.buffer_rules()),
+            "reloads": self.reloads, "hot_updates": self.hot_updates, "last_error": self.last_error,
         }

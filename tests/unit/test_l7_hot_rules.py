@@ -1,0 +1,66 @@
+"""Rule changes the running HAProxy takes without a reload: the configuration's text is a layout of filter and
+rule slots in two buffers; a change that fits the layout only rewrites the idle buffer's pattern files and
+flips which buffer judges (``gen.map``), so every client connection stays open."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from test_l7_http_policy import EPS, SEED, compiled  # noqa: I001
+
+from apiary.sensors.l7proxy.config import ProxyConfig, build
+from apiary.sensors.l7proxy.haproxy import cli_escape
+
+ADDRS = {e.ep_id: e.ipv4 for e in EPS}
+
+
+def cfg_of(doc: str, tmp: Path, previous: ProxyConfig | None = None) -> ProxyConfig:
+    return build(compiled(doc).l7 if doc else {}, ADDRS, port=15001, state_dir=str(tmp), previous=previous)
+
+
+def test_a_regex_edit_keeps_the_text_and_flips_the_buffer(tmp_path: Path) -> None:
+    first = cfg_of(SEED, tmp_path)
+    assert first.active == 0 and first.files["gen.map"] == "active 0\n"
+    edited = cfg_of(SEED.replace("/api/v1/.*", "/api/v2/.*"), tmp_path, first)
+    assert edited.text == first.text and edited.active == 1 and edited.files["gen.map"] == "active 1\n"
+    assert "^(?:/api/v2/.*)$\n" in edited.buffer_files(1).values()
+    assert edited.buffer_files(0) == first.buffer_files(0)  # the old buffer stays as HAProxy has it
+    # numbers of both buffers name their rules: records of requests judged just before the flip still resolve
+    old_rule = next(n for n, r in first.rules.items() if r.path == "/api/v1/.*")
+    new_rule = next(n for n, r in edited.buffer_rules().items() if r.path == "/api/v2/.*")
+    assert edited.rules[old_rule].path == "/api/v1/.*" and new_rule != old_rule
+    assert len(edited.buffer_rules()) == 2 and len(edited.buffer_filters()) == 1
+    # the same rules again: nothing to load, no flip
+    again = cfg_of(SEED.replace("/api/v1/.*", "/api/v2/.*"), tmp_path, edited)
+    assert again.active == 1 and again.files == edited.files
+    # and back: into buffer 0 again, its stale numbers replaced
+    back = cfg_of(SEED, tmp_path, again)
+    assert back.active == 0 and back.text == first.text
+    assert {r.path for r in back.buffer_rules().values()} == {"/api/v1/.*", "/api/v1/orders"}
+
+
+def test_one_rule_more_or_another_endpoint_fits_a_new_shape_does_not(tmp_path: Path) -> None:
+    first = cfg_of(SEED, tmp_path)
+    more = SEED.replace('        - method: "GET"\n', '        - method: "GET"\n          path: "/healthz"\n'
+                        '        - method: "GET"\n', 1)
+    assert more != SEED
+    grown = cfg_of(more, tmp_path, first)
+    assert grown.text == first.text and len(grown.buffer_rules()) == 3
+    # an L7 rule for a second endpoint takes the spare filter slot
+    other = SEED.replace("app: frontend", "app: other", 1)
+    both = cfg_of(SEED + "---\n" + other.replace("name: l7-http-policy", "name: other"), tmp_path, first)
+    assert both.text == first.text and len(both.buffer_filters()) == 2
+    assert {f.address for f in both.buffer_filters().values()} == {"10.200.0.10", "10.200.0.30"}
+    # a rule with a host: a new rule shape, a new layout (a reload), its first buffer active
+    host = cfg_of(SEED.replace('          path: "/api/v1/.*"\n',
+                               '          path: "/api/v1/.*"\n          host: "a.b"\n'),
+                  tmp_path, first)
+    assert host.text != first.text and host.active == 0
+    # no rules left: the slots are emptied, the text stays
+    none = cfg_of("", tmp_path, first)
+    assert none.text == first.text and not none.buffer_filters()
+    assert all(v == "" for k, v in none.buffer_files(none.active).items())
+
+
+def test_runtime_api_arguments_are_escaped() -> None:
+    assert cli_escape(r"^(?:/a\.b c;d)$") == r"^(?:/a\\.b\ c\;d)$"

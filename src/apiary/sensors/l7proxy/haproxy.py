@@ -30,6 +30,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import orjson
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
@@ -40,6 +41,13 @@ from .leftovers import RULE_PRIORITY, proxy_cgroup, rule_numbers, unroute
 
 LOG_PIPE_SIZE = 4 << 20
 READ_SIZE = 256 << 10
+
+
+def _loads(line: bytes) -> Any:
+    try:
+        return orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return json.loads(line)
 
 
 class ProxyError(RuntimeError):
@@ -355,7 +363,9 @@ class HAProxy:
         return n
 
     def _records(self, lines: list[bytes]) -> None:
-        on_log, loads = self.on_log, json.loads
+        # orjson: a record in ~0.9 us against json's ~3.7 (the agent reads one per request: at 25,000 req/s
+        # that is 7% of a core); what it refuses (it is strict about UTF-8) json reads, or it is counted bad
+        on_log, loads = self.on_log, _loads
         for line in lines:
             if not line.startswith(b"{"):  # HAProxy's own notices (proxy started, worker exited, ...)
                 if line.strip():

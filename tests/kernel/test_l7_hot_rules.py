@@ -104,3 +104,17 @@ def test_a_rule_of_a_new_shape_reloads_and_is_enforced(net: Net) -> None:
         assert fresh["statuses"] == [403], fresh
     finally:
         net.apply_ok(POLICY)
+
+
+def test_a_rule_for_any_peer_fits_too_and_matches_every_identity(net: Net) -> None:
+    """The peer is a pattern file as well: an L3-wildcard rule (any identity: a range) replaces the client's own."""
+    anyone = POLICY.replace("  - fromEndpoints: [{matchLabels: {app: client}}]\n    toPorts:", "  - toPorts:") \
+        .replace("/api/v1/", "/api/v3/")
+    assert anyone != POLICY
+    before = proxy(net)
+    try:
+        out = keep_alive(net, ["/api/v1/a", "/api/v3/b", "/api/v1/c"], [anyone, anyone])
+        assert out == {"statuses": [200, 200, 403], "error": None}, out
+        assert proxy(net)["hot_updates"] == before["hot_updates"] + 1
+    finally:
+        net.apply_ok(POLICY)

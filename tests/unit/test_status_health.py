@@ -117,7 +117,7 @@ def test_brief_layout_and_map_pressure_order() -> None:
 
 
 L7 = {"pid": 42, "alive": True, "port": 15001, "restarts": 0, "restarting": False, "requests": 9, "denied": 3,
-      "upstream_errors": 0, "bad_records": 0}
+      "upstream_errors": 0, "bad_records": 0, "hot_updates": 4, "reloads": 1}
 DNS = {"port": 15002, "serving": True, "queries": 5, "allowed": 4, "refused": 1, "upstream_errors": 0}
 
 
@@ -128,8 +128,9 @@ def _net(**over: Any) -> dict[str, Any]:
 def test_proxies_ok_with_their_figures() -> None:
     subs = _subs(_status(network=_net(l7_proxy=L7, dns_proxy=DNS)))
     assert subs["L7 proxy"]["state"] == "OK"
-    assert subs["L7 proxy"]["reason"] == "haproxy pid 42 on 127.0.0.1:15001, 9 requests, 3 denied, 0 restarts"
-    assert subs["L7 proxy"]["details"]["denied"] == 3
+    assert subs["L7 proxy"]["reason"] == ("haproxy pid 42 on 127.0.0.1:15001, 9 requests, 3 denied, 0 restarts, "
+                                          "rule changes: 4 live, 1 reloads")
+    assert subs["L7 proxy"]["details"]["denied"] == 3 and subs["L7 proxy"]["details"]["hot_updates"] == 4
     assert subs["DNS proxy"] == {"name": "DNS proxy", "state": "OK",
                                  "reason": "127.0.0.1:15002 UDP+TCP, 5 queries, 1 refused",
                                  "details": {k: v for k, v in DNS.items() if k != "serving"}}

@@ -118,3 +118,29 @@ def test_a_rule_for_any_peer_fits_too_and_matches_every_identity(net: Net) -> No
         assert proxy(net)["hot_updates"] == before["hot_updates"] + 1
     finally:
         net.apply_ok(POLICY)
+
+
+def test_edits_under_load_close_no_connection_and_deny_nothing_allowed(net: Net) -> None:
+    """Four keep-alive connections request an allowed path in a loop while the policy is edited ten times (each
+    edit keeps that path allowed, changing another rule): every response is a 200 and no connection closes."""
+    other = POLICY + '        - {method: GET, path: "/healthz"}\n'
+    server = str(net.eps["server"]["ipv4"])  # type: ignore[attr-defined]
+    before = proxy(net)
+    p = subprocess.Popen(
+        endpoint_exec_cmd(net.agent.socket, f"{NS}/client", sys.executable, "-m", "apiary.testing.httpbodies",
+                          "hammer", server, str(PORT), "6", "4", "/api/v1/loop"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(0.5)
+        for i in range(10):
+            net.apply_ok(other.replace("/healthz", f"/healthz{i}"))
+        out, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        net.apply_ok(POLICY)
+    assert p.returncode == 0, err
+    got = json.loads(out.strip().splitlines()[-1])
+    assert got["requests"] > 100 and got["statuses"] == {"200": got["requests"]} and got["closed"] == 0, got
+    assert proxy(net)["hot_updates"] >= before["hot_updates"] + 10

@@ -17,6 +17,9 @@ that resets. The two coordinate through files in DIR (they run in two endpoints 
   keep HOST PORT DIR PATH...  GETs each PATH on one keep-alive connection; before each after the first it
                            touches DIR/ready-<i> and waits (up to 30 s) for DIR/go-<i>; prints JSON
                            {statuses, error} (a status is null once the connection was closed)
+  hammer HOST PORT SECONDS CONNS PATH  GETs PATH in a loop on CONNS keep-alive connections (a thread each) for
+                           SECONDS; prints JSON {requests, statuses: {code: n}, closed} (closed: connections
+                           the other end closed or reset; each is reopened)
 Only ever used with addresses of endpoints the caller created.
 """
 
@@ -257,6 +260,43 @@ def keep(host: str, port: int, directory: str, paths: list[str]) -> None:
     print(json.dumps({"statuses": statuses, "error": error}), flush=True)
 
 
+def hammer(host: str, port: int, seconds: float, conns: int, path: str) -> None:
+    import threading  # noqa: PLC0415
+
+    lock = threading.Lock()
+    totals: dict[str, int] = {}
+    closed = requests = 0
+    end = time.monotonic() + seconds
+
+    def one() -> None:
+        nonlocal closed, requests
+        c = socket.create_connection((host, port), timeout=10)
+        f = c.makefile("rb")
+        while time.monotonic() < end:
+            try:
+                c.sendall(f"GET {path} HTTP/1.1\r\nHost: bodies\r\n\r\n".encode())
+                status, headers = _response(f)
+                _read_body(f, headers)
+            except (OSError, ValueError):
+                with lock:
+                    closed += 1
+                c.close()
+                c = socket.create_connection((host, port), timeout=10)
+                f = c.makefile("rb")
+                continue
+            with lock:
+                requests += 1
+                totals[str(status)] = totals.get(str(status), 0) + 1
+        c.close()
+
+    threads = [threading.Thread(target=one) for _ in range(conns)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    print(json.dumps({"requests": requests, "statuses": totals, "closed": closed}), flush=True)
+
+
 def main(argv: list[str]) -> int:
     cmd, *rest = argv
     if cmd == "serve":
@@ -267,6 +307,8 @@ def main(argv: list[str]) -> int:
         download(rest[0], int(rest[1]), rest[2], rest[3], int(rest[4]))
     elif cmd == "get":
         get(rest[0], int(rest[1]), rest[2])
+    elif cmd == "hammer":
+        hammer(rest[0], int(rest[1]), float(rest[2]), int(rest[3]), rest[4])
     elif cmd == "keep":
         keep(rest[0], int(rest[1]), rest[2], rest[3:])
     else:

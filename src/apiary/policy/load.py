@@ -34,6 +34,16 @@ __all__ = ["PolicyError", "Problem", "load_policies", "load_policy_documents", "
 
 _IPV4_ONLY = "apiary's datapath is IPv4-only for now"
 # YAML field name -> why it is rejected and what to use instead
+# L7 kinds apiary refuses, and why: Cilium itself removed them (Kafka and the generic l7proto/l7 parsers went
+# with proxylib: cilium/cilium#43557, #44610; deprecated since v1.16)
+_L7_REFUSED = {
+    "kafka": "Kafka L7 rules: removed from Cilium (with proxylib, cilium/cilium#43557; deprecated since v1.16) and not "
+             "implemented by apiary; use a port rule (the broker port, e.g. 9092)",
+    "l7proto": "generic L7 parsers (l7proto): removed from Cilium (cilium/cilium#44610) and not implemented by apiary; "
+               "use a port rule",
+    "l7": "generic L7 rules (l7): removed from Cilium (cilium/cilium#44610) and not implemented by apiary; "
+          "use a port rule",
+}
 UNSUPPORTED_FIELDS = {
     "nodeSelector": "host policies are not enforced yet; select endpoints with endpointSelector",
     "log": "policy log values are not recorded in flows yet; remove it",
@@ -74,8 +84,8 @@ def _unsupported(obj: Any, path: str, out: list[Problem]) -> None:
                     continue
                 if kind == "dns":  # the agent's DNS proxy
                     continue
-                out.append(Problem(f"{sub}.{kind}", f"L7 {kind} rules need a {kind} proxy apiary does not have yet; "
-                                   "use a port rule", unsupported=True))
+                out.append(Problem(f"{sub}.{kind}", _L7_REFUSED.get(kind, f"L7 {kind} rules need a {kind} proxy apiary "
+                                                                   "does not have; use a port rule"), unsupported=True))
         elif alias in ("fromCIDR", "toCIDR"):
             out.extend(Problem(f"{sub}[{i}]", f"IPv6 CIDR {c}: {_IPV4_ONLY}", unsupported=True)
                        for i, c in enumerate(value) if parse_cidr(c, bare_ip=True).version == 6)

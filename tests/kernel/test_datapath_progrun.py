@@ -19,6 +19,7 @@ from apiary.observe.hubble.raw import (
     MSG_DROP,
     MSG_POLICY_VERDICT,
     MSG_TRACE,
+    OBS_TO_PROXY,
     VERDICT_AUDIT,
     VERDICT_DROPPED,
     VERDICT_FORWARDED,
@@ -28,6 +29,7 @@ from apiary.sensors.network import abi
 from apiary.sensors.network.sensor import CT_TIMEOUTS_S, kernel_hz
 from apiary.testing.progrun import (
     TC_ACT_OK,
+    TC_ACT_REDIRECT,
     TC_ACT_SHOT,
     TCP_ACK,
     TCP_FIN,
@@ -111,6 +113,30 @@ ingress:
     ret, flows = pr.run(udp_packet(FRONTEND.ipv4, BACKEND.ipv4, 40000, 5353), egress=False)
     assert ret == TC_ACT_OK and flows[0].match_type == 2
     assert pr.run(udp_packet(FRONTEND.ipv4, BACKEND.ipv4, 40000, 5678), egress=False)[0] == TC_ACT_SHOT
+
+
+def test_l7_ingress_loops_a_client_that_is_not_a_local_endpoint(pr: ProgRun) -> None:
+    """A host's (here: a CIDR's) connection to an L7 ingress is looped back to the veth's ingress, where it can
+    be handed to the proxy, every packet of it; a local endpoint's that did not come through the proxy is
+    dropped (its own veth redirects). The loop's other half (from_container hands the looped packet to the
+    proxy) is in test_l7_host_client.py."""
+    pr.dp.proxy_port = 15001
+    pr.apply(policy("""
+endpointSelector: {matchLabels: {app: backend}}
+ingress:
+- fromCIDR: [192.0.2.0/24]
+  toPorts: [{ports: [{port: "8080", protocol: TCP}], rules: {http: [{method: GET}]}}]
+- fromEndpoints: [{matchLabels: {app: backend}}]
+  toPorts: [{ports: [{port: "8080", protocol: TCP}], rules: {http: [{method: GET}]}}]
+"""))
+    ret, flows = pr.run(tcp_packet("192.0.2.7", BACKEND.ipv4, 40000, 8080, TCP_SYN), egress=False)
+    assert ret == TC_ACT_REDIRECT
+    assert kinds(flows) == [MSG_POLICY_VERDICT, MSG_TRACE] and flows[1].sub_type == OBS_TO_PROXY
+    assert flows[0].verdict == VERDICT_FORWARDED
+    assert pr.run(tcp_packet("192.0.2.7", BACKEND.ipv4, 40000, 8080, TCP_ACK), egress=False)[0] == TC_ACT_REDIRECT
+    # the only local endpoint here is the subject (peers are addresses): its own connection to itself
+    ret, flows = syn_to_backend(pr, BACKEND, 8080)
+    assert ret == TC_ACT_SHOT and flows[-1].sub_type == abi.DROP_PROXY_LOOKUP_FAILED
 
 
 def test_deny_wins_over_allow(pr: ProgRun) -> None:

@@ -17,6 +17,11 @@ char LICENSE[] SEC("license") = "GPL";
 #define TC_ACT_SHOT 2
 #define ETH_HLEN 14
 #define ETH_P_IP 0x0800
+#define PACKET_HOST 0
+/* A host process's packet to an endpoint whose ingress needs the L7 proxy, looped back from to_container
+ * into the same host veth's ingress (where it can be sk_assigned): from_container recognises it by this
+ * mark, which never leaves the two programs (redirect_to_proxy replaces it, or the packet is dropped). */
+#define MARK_PROXY_LOOP 0x0A8F0001
 
 /* Conntrack times (ct_value.expires, .last_report) are jiffies: bpf_jiffies64() is the cheapest clock and
  * tick precision is all they need. The loader sets these from seconds with the kernel's HZ
@@ -398,6 +403,48 @@ static __noinline int peer_ingress(__u32 daddr, __u32 identity, struct pkt *p, s
 	return 1;
 }
 
+/* to_container: send a packet of a host client's connection (conntrack's proxy_port) back into the host
+ * stack through the same veth's ingress, to from_container (proxy_loop_in), which hands it to the proxy */
+static __always_inline int proxy_loop_out(struct __sk_buff *skb)
+{
+	skb->mark = MARK_PROXY_LOOP;
+	return bpf_redirect(skb->ifindex, BPF_F_INGRESS);
+}
+
+/* from_container: a packet looped by to_container (proxy_loop_out). Its connection is the ingress
+ * conntrack entry of this veth; the drop (proxy down: fail closed) is reported as the endpoint's ingress. */
+static __noinline int proxy_loop_in(struct __sk_buff *skb, struct pkt *p)
+{
+	struct ct_key k = {.saddr = p->saddr, .daddr = p->daddr, .sport = p->sport, .dport = p->dport,
+			   .proto = p->proto, .direction = DIR_INGRESS, .ifindex = skb->ifindex};
+	struct ct_value *cv = bpf_map_lookup_elem(&ct, &k);
+	__u32 rule_id = 0;
+	int err = DROP_PROXY_LOOKUP_FAILED;
+	skb->mark = 0;
+	if (cv && cv->proxy_port) {
+		rule_id = cv->rule_id;
+		/* addressed to the endpoint's MAC: the host's IP layer takes it only as its own */
+		bpf_skb_change_type(skb, PACKET_HOST);
+		err = redirect_to_proxy(skb, p, cv->proxy_port);
+		if (!err)
+			return TC_ACT_OK;
+	}
+	__u32 ifindex = skb->ifindex;
+	struct ep_info *ep = bpf_map_lookup_elem(&endpoints, &ifindex);
+	if (ep)
+		emit(skb, p, ep, DIR_INGRESS, FLOW_DROP, err, VERDICT_DROPPED, 0, remote_identity(p->saddr), rule_id, 0);
+	count(err, DIR_INGRESS, p->len);
+	return TC_ACT_SHOT;
+}
+
+/* a local endpoint's address (its connections to the proxy are redirected at its own veth) */
+static __always_inline int local_endpoint(__u32 addr)
+{
+	struct ipcache_key k = {.prefixlen = 32, .addr = addr};
+	struct ipcache_value *v = bpf_map_lookup_elem(&ipcache, &k);
+	return v && v->ep_id;
+}
+
 static __always_inline __u64 ct_lifetime(struct pkt *p, struct ct_value *v)
 {
 	if (p->proto != IPPROTO_TCP)
@@ -426,6 +473,8 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		count(reason, dir, skb->len);
 		return TC_ACT_SHOT;
 	}
+	if (dir == DIR_EGRESS && skb->mark == MARK_PROXY_LOOP)
+		return proxy_loop_in(skb, &p);
 	__u64 now = bpf_jiffies64();
 	__u32 remote_addr = dir == DIR_EGRESS ? p.daddr : p.saddr;
 
@@ -482,6 +531,8 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 				skb->mark = pc->mark;
 		}
 		if (cv->proxy_port && state == CT_ESTABLISHED) {
+			if (dir == DIR_INGRESS)
+				return proxy_loop_out(skb);
 			int err = redirect_to_proxy(skb, &p, cv->proxy_port);
 			if (err) {
 				ep = bpf_map_lookup_elem(&endpoints, &ifindex);
@@ -532,6 +583,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		emit(skb, &p, ep, dir, FLOW_POLICY_VERDICT, 0, verdict, CT_NEW, remote, d.rule_id, d.match);
 	}
 	__be16 proxy_port = 0;
+	__u8 loop = 0;
 	if (p.proto == IPPROTO_UDP && dir == DIR_EGRESS && d.proxy_port) {
 		/* DNS over UDP to the agent's DNS proxy (rules.dns); its answers come back as replies */
 		proxy_port = d.proxy_port;
@@ -557,14 +609,20 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 					return TC_ACT_SHOT;
 				}
 			}
+		} else if (d.proxy_port && !local_endpoint(p.saddr)) {
+			/* a host process's connection: looped back to this veth's ingress, where it can be
+			 * redirected (proxy_loop_in), for every packet (conntrack's proxy_port) */
+			proxy_port = d.proxy_port;
+			loop = 1;
 		} else if (d.proxy_port) {
-			/* needs the proxy but did not come through it (it cannot be redirected here): fail closed */
+			/* a local endpoint's connection that did not come through the proxy, though its own veth
+			 * redirects what the proxy judges (it cannot be redirected here): fail closed */
 			emit(skb, &p, ep, dir, FLOW_DROP, DROP_PROXY_LOOKUP_FAILED, VERDICT_DROPPED, 0, remote, d.rule_id,
 			     d.match);
 			count(DROP_PROXY_LOOKUP_FAILED, dir, p.len);
 			return TC_ACT_SHOT;
 		}
-		if (proxy_port) {
+		if (proxy_port && !loop) {
 			int err = redirect_to_proxy(skb, &p, proxy_port);
 			if (err) {
 				emit(skb, &p, ep, dir, FLOW_DROP, err, VERDICT_DROPPED, 0, remote, d.rule_id, d.match);
@@ -589,10 +647,10 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		count(DROP_CT_MAP_INSERTION, dir, p.len);
 		return TC_ACT_SHOT;
 	}
-	emit(skb, &p, ep, dir, FLOW_TRACE, dir == DIR_EGRESS ? OBS_FROM_ENDPOINT : OBS_TO_ENDPOINT, verdict, CT_NEW,
-	     remote, d.rule_id, d.match);
+	emit(skb, &p, ep, dir, FLOW_TRACE, dir == DIR_EGRESS ? OBS_FROM_ENDPOINT : loop ? OBS_TO_PROXY : OBS_TO_ENDPOINT,
+	     verdict, CT_NEW, remote, d.rule_id, d.match);
 	count(0, dir, p.len);
-	return TC_ACT_OK;
+	return loop ? proxy_loop_out(skb) : TC_ACT_OK;
 }
 
 SEC("tc")

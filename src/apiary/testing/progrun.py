@@ -23,7 +23,7 @@ from apiary.sensors.network.endpoints import Endpoint
 from apiary.sensors.network.sensor import Datapath
 
 LO_IFINDEX = 1
-TC_ACT_OK, TC_ACT_SHOT = 0, 2
+TC_ACT_OK, TC_ACT_SHOT, TC_ACT_REDIRECT = 0, 2, 7
 TCP_FIN, TCP_SYN, TCP_RST, TCP_PSH, TCP_ACK = 0x01, 0x02, 0x04, 0x08, 0x10
 _ETH = b"\x02" * 6 + b"\x04" * 6
 

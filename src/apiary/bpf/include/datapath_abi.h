@@ -29,6 +29,7 @@
 
 /* observation points (trace sub-types) */
 #define OBS_TO_ENDPOINT 0
+#define OBS_TO_PROXY 1
 #define OBS_FROM_ENDPOINT 5
 
 /* Cilium drop reasons used here */

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 MSG_DROP, MSG_TRACE, MSG_POLICY_VERDICT = 1, 4, 5
 
 # trace observation points as the datapath reports them (event_type.sub_type of a trace)
-OBS_TO_ENDPOINT, OBS_TO_STACK, OBS_FROM_ENDPOINT = 0, 3, 5
+OBS_TO_ENDPOINT, OBS_TO_PROXY, OBS_TO_STACK, OBS_FROM_ENDPOINT = 0, 1, 3, 5
 
 # conntrack result of the packet
 CT_UNKNOWN, CT_NEW, CT_ESTABLISHED, CT_REPLY, CT_RELATED = 0, 1, 2, 3, 4

@@ -326,6 +326,9 @@ class EndpointManager:
                 ipr.link("set", index=idx, ifalias=f"apiary:{self.instance}:{ep.key}")
                 _sysctl(f"/proc/sys/net/ipv6/conf/{ep.host_if}/disable_ipv6", "1")
                 _sysctl(f"/proc/sys/net/ipv4/conf/{ep.host_if}/rp_filter", "0")
+                # a host process's packet to an L7 ingress is looped back into this veth's ingress (to the
+                # proxy) with a host address as its source: not a martian here
+                _sysctl(f"/proc/sys/net/ipv4/conf/{ep.host_if}/accept_local", "1")
                 ipr.link("set", index=idx, state="up")
                 step = f"add router address {self.router} to {ep.host_if}"
                 ipr.addr("add", index=idx, address=self.router, prefixlen=32)

@@ -247,7 +247,12 @@ class HAProxy:
         self._check(l7, addresses, ids, prev)
         hot = cfg.text == prev.text and self.alive()
         if hot:
-            self._update_map(ids)  # identities first: the new rules may name them
+            try:
+                self._update_map(ids)  # identities first: the new rules may name them
+            except OSError as e:  # the reload below reads ids.map, written first
+                hot = False
+                self.notices += 1
+                self.last_error = f"runtime update failed, reloaded instead: {e}"
         self._write(cfg, ids)
         if not self.alive():
             return
@@ -261,7 +266,30 @@ class HAProxy:
                 self.notices += 1
                 self.last_error = f"runtime update failed, reloaded instead: {e}"
         self.reloads += 1
-        os.kill(self.proc.pid, signal.SIGUSR2)  # master-worker reload
+        self._reload()
+
+    def _reload(self) -> None:
+        """A master-worker reload (SIGUSR2), waited for: back once the new worker answers on the runtime API.
+        Until then the socket may be the old worker's, or none; a runtime change sent meanwhile could reach
+        the old worker only, and the new one would miss it."""
+        assert self.proc is not None
+        old = self._worker_pid(wait=True)  # a HAProxy just started may not answer yet
+        os.kill(self.proc.pid, signal.SIGUSR2)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and self.alive():
+            pid = self._worker_pid()
+            if pid is not None and pid != old:
+                return
+            time.sleep(0.02)
+        self.notices += 1
+        self.last_error = "reload: no new HAProxy worker answered within 15 s"
+
+    def _worker_pid(self, wait: bool = False) -> str | None:
+        try:
+            out = self.runtime("show info") if wait else self._runtime_once("show info")
+        except OSError:
+            return None
+        return next((line.split(": ", 1)[1].strip() for line in out.splitlines() if line.startswith("Pid: ")), None)
 
     def _load(self, prev: ProxyConfig, cfg: ProxyConfig) -> None:
         """The new active buffer's changed pattern files, the local endpoints' list (added before removed),
@@ -332,7 +360,18 @@ class HAProxy:
             self.runtime(";".join(cmds))
 
     def runtime(self, command: str) -> str:
-        """One command (or several joined by ';') on HAProxy's runtime API."""
+        """One command (or several joined by ';') on HAProxy's runtime API. A socket that refuses (HAProxy
+        starting: its worker binds it after the listener) is tried again for up to 5 s."""
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                return self._runtime_once(command)
+            except (ConnectionRefusedError, FileNotFoundError):
+                if time.monotonic() > deadline or not self.alive():
+                    raise
+                time.sleep(0.02)
+
+    def _runtime_once(self, command: str) -> str:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.settimeout(5)
             s.connect(str(self.dir / "admin.sock"))

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -138,6 +139,18 @@ def test_endpoint_client_still_goes_through_its_own_veth(net: Net) -> None:
     out = json.loads(p.stdout.strip().splitlines()[-1])
     assert [s for s, _ in out["responses"]] == [200, 403], out
     assert out["responses"][0][1].split() == ["GET", "/api/v1/ep", "from", client], out
+
+
+def test_an_endpoint_made_before_gets_accept_local_at_restart(net: Net) -> None:
+    """A host veth an older agent created has accept_local=0 (the looped packets would be martians): the agent
+    sets it on every endpoint it restores, and the host client is served again."""
+    knob = Path(f"/proc/sys/net/ipv4/conf/{net.eps['server']['interface']}/accept_local")  # type: ignore[attr-defined]
+    knob.write_text("0")
+    assert net.agent.stop() == 0
+    net.agent.start()
+    assert knob.read_text().strip() == "1"
+    out = host_requests(net, ("GET", "/api/v1/after-restart"))
+    assert [s for s, _ in out["responses"]] == [200], out
 
 
 def test_agent_stopped_proxy_gone_fails_closed(net: Net) -> None:

@@ -239,6 +239,8 @@ class EndpointManager:
 
     def setup_host(self) -> None:
         _sysctl("/proc/sys/net/ipv4/ip_forward", "1")
+        for ep in self.endpoints.values():  # veths an older agent made: host clients of an L7 ingress need it
+            _sysctl(f"/proc/sys/net/ipv4/conf/{ep.host_if}/accept_local", "1")
         with IPRoute() as ipr:
             try:
                 ipr.route("add", dst=str(self.cidr), type="unreachable")

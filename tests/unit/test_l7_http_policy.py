@@ -192,13 +192,18 @@ def test_haproxy_config(tmp_path: Path) -> None:
     assert "/api/v1" not in cfg.text  # user text only ever in pattern files
     # to a local endpoint the proxy connects from the client's address; anywhere else from the host's
     assert cfg.files["endpoints.lst"] == "10.200.0.10\n10.200.0.20\n"
-    assert f"use_backend client_source if {{ dst -f {tmp_path}/endpoints.lst }}" in cfg.text
-    assert "backend client_source\n    source 0.0.0.0 usesrc clientip\n" in cfg.text
-    # its server connections stay with their client connection (never pooled, where HAProxy could not reuse
-    # them: keyed by the client's port)
-    backend = cfg.text.split("backend client_source\n", 1)[1].split("backend ", 1)[0]
-    assert "    http-reuse never" in backend.splitlines()
-    assert "default_backend original_destination" in cfg.text
+    # the frontend hands a request to the active buffer's backend (only its rules are evaluated); there, to a
+    # local endpoint the proxy connects from the client's address, anywhere else from the host's
+    assert "    use_backend judge0 if { var(txn.gen) -m str 0 }\n    default_backend judge1\n" in cfg.text
+    for b in (0, 1):
+        backend = cfg.text.split(f"\nbackend judge{b}\n", 1)[1].split("\nbackend ", 1)[0].splitlines()
+        assert f"    use-server client_source if {{ dst -f {tmp_path}/endpoints.lst }}" in backend
+        assert "    server client_source 0.0.0.0:0 source 0.0.0.0 usesrc clientip" in backend
+        assert "    server original_destination 0.0.0.0:0" in backend
+        # its server connections stay with their client connection (never pooled, where HAProxy could not
+        # reuse them: keyed by the client's port)
+        assert "    http-reuse never" in backend
+        assert all(f"b{1 - b}." not in line for line in backend)  # only its own buffer's pattern files
     haproxy_loads(cfg, tmp_path, "10.200.0.20/32 257\n")
 
 
@@ -233,7 +238,8 @@ def test_filters_of_one_side_are_ored(tmp_path: Path) -> None:
     assert [lines[i].split(" if ", 1)[1] for i in deny][:3] == [
         "{ var(txn.f1) -m bool } !{ var(txn.gi) -m found }", "{ var(txn.f2) -m bool } !{ var(txn.gi) -m found }",
         "{ var(txn.f3) -m bool } !{ var(txn.gi) -m found }"]
-    last_rule = max(i for i, line in enumerate(lines) if "set-var(txn.ok" in line)
+    first_backend = lines[: lines.index("backend judge1")]
+    last_rule = max(i for i, line in enumerate(first_backend) if "set-var(txn.ok" in line)
     assert min(deny) > last_rule
     assert sum("set-var(txn.gi) bool(1) if" in line for line in lines) == 6
     egress = compiled(SEED, L3_WILDCARD_L7, """\

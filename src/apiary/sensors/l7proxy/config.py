@@ -25,9 +25,10 @@ in 3 s; 7,779 req/s in a first run, 2,141 in the next).
 
 Regexes are anchored (whole-string match, as Cilium's Envoy config does) and written to pattern files, so no
 user text is ever spliced into the configuration itself; the access log names the filter and rule by number.
-The text is a layout of filter and rule slots, twice (two buffers; ``gen.map`` names the one that judges):
-each filter's address, ports and peer are pattern files too, so a change that fits the layout is new files
-for the idle buffer and a flip, which the runtime API does without a reload (see :func:`build`).
+The text is a layout of filter and rule slots, twice (two buffers, each a backend; ``gen.map`` names the one
+the frontend hands requests to, so only its rules are evaluated): each filter's address, ports and peer are
+pattern files too, so a change that fits the layout is new files for the idle buffer and a flip, which the
+runtime API does without a reload (see :func:`build`).
 """
 
 from __future__ import annotations
@@ -154,8 +155,8 @@ def _fit(entries: Entries, previous: ProxyConfig) -> dict[PolicyKey, tuple[int, 
 
 def _layout(entries: Entries) -> tuple[tuple[SlotShape, ...], dict[PolicyKey, tuple[int, list[int]]]]:
     """A new layout with room to change: each filter gets one spare rule slot of each shape it uses, and
-    each side in use one spare filter slot (the shape of its largest), so the usual edits (a regex, one
-    rule more or less, a peer, a port, one endpoint more) change pattern files only, never the text."""
+    each side in use one spare filter slot (one rule slot of each shape the side uses), so the usual edits
+    (a regex, one rule more or less, a peer, a port, one endpoint more) change pattern files only."""
     slots: list[SlotShape] = []
     placed: dict[PolicyKey, tuple[int, list[int]]] = {}
     for key, _, rules in entries:
@@ -164,8 +165,9 @@ def _layout(entries: Entries) -> tuple[tuple[SlotShape, ...], dict[PolicyKey, tu
         slot = SlotShape(key.direction, tuple(shapes + spare))
         placed[key] = (len(slots), list(range(len(shapes))))
         slots.append(slot)
-    for direction in sorted({s.direction for s in slots}):
-        slots.append(max((s for s in slots if s.direction == direction), key=lambda s: len(s.rules)))
+    for direction in sorted({s.direction for s in slots}):  # one rule slot of each shape the side uses
+        kinds = dict.fromkeys(r for s in slots if s.direction == direction for r in s.rules)
+        slots.append(SlotShape(direction, tuple(kinds)))
     return tuple(slots), placed
 
 
@@ -279,14 +281,19 @@ def _shared(cfg: ProxyConfig, addresses: Mapping[int, str]) -> ProxyConfig:
 
 
 def _text(layout: tuple[SlotShape, ...], port: int, d: str) -> str:
-    lines: list[str] = []
-    denies: list[str] = []
+    """The frontend normalises the request and sets what the rules read, then hands it to the backend of the
+    active buffer (``judge0``/``judge1``), which alone evaluates its rules: the idle buffer costs a request
+    nothing. Each backend connects to the original destination, from the client's own address when that is
+    a local endpoint."""
+    judges: list[str] = []
     for b in (0, 1):
+        lines: list[str] = []
+        denies: list[str] = []
         nums, firsts = _numbers(layout, b)
         for i, slot in enumerate(layout):
             n = nums[i]
             side, peer, g = ("dst", "txn.sid", "gi") if slot.direction == INGRESS else ("src", "txn.did", "ge")
-            lines.append(f"    http-request set-var(txn.f{n}) bool(1) if {{ var(txn.gen) -m str {b} }} "
+            lines.append(f"    http-request set-var(txn.f{n}) bool(1) if "
                          f"{{ {side} -f {d}/b{b}.f{n}.addr.lst }} {{ dst_port -f {d}/b{b}.f{n}.port.lst }} "
                          f"{{ var({peer}) -m int -f {d}/b{b}.f{n}.peer.lst }}")
             for j, rshape in enumerate(slot.rules):
@@ -307,7 +314,19 @@ def _text(layout: tuple[SlotShape, ...], port: int, d: str) -> str:
             # destination and one source, so a side's filters that apply are all one endpoint's)
             denies.append(f"    http-request set-var(txn.deny) int({n}) if {{ var(txn.f{n}) -m bool }} "
                           f"!{{ var(txn.{g}) -m found }}")
-    lines += denies
+        judges += [
+            f"backend judge{b}",
+            *lines,
+            *denies,
+            f"    http-request return status 403 content-type text/plain file {d}/denied.body "
+            "if { var(txn.deny) -m found }",
+            "    http-reuse never",  # one server connection per client connection (see the module's doc)
+            # to a local endpoint: from the client's own address (its replies come back to this socket)
+            f"    use-server client_source if {{ dst -f {d}/endpoints.lst }}",
+            f"    use-server original_destination unless {{ dst -f {d}/endpoints.lst }}",
+            "    server client_source 0.0.0.0:0 source 0.0.0.0 usesrc clientip",
+            "    server original_destination 0.0.0.0:0",
+        ]
     return "\n".join([
         "# generated by the apiary agent: do not edit",
         "global",
@@ -345,17 +364,9 @@ def _text(layout: tuple[SlotShape, ...], port: int, d: str) -> str:
         f"    http-request set-var(txn.sid) src,map_ip({d}/ids.map,0)",
         f"    http-request set-var(txn.did) dst,map_ip({d}/ids.map,0)",
         f"    http-request set-var(txn.gen) str(active),map({d}/gen.map,0)",  # which buffer judges
-        *lines,
-        f"    http-request return status 403 content-type text/plain file {d}/denied.body "
-        "if { var(txn.deny) -m found }",
-        f"    use_backend client_source if {{ dst -f {d}/endpoints.lst }}",
-        "    default_backend original_destination",
-        "backend original_destination",
-        "    server original 0.0.0.0:0",
-        "backend client_source",  # to a local endpoint: from the client's own address (its replies come back)
-        "    source 0.0.0.0 usesrc clientip",
-        "    http-reuse never",  # one server connection per client connection (see the module's doc)
-        "    server original 0.0.0.0:0",
+        "    use_backend judge0 if { var(txn.gen) -m str 0 }",
+        "    default_backend judge1",
+        *judges,
         "",
     ])
 

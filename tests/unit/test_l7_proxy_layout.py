@@ -4,12 +4,14 @@ flips which buffer judges (``gen.map``), so every client connection stays open."
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from test_l7_http_policy import EPS, SEED, compiled  # noqa: I001
 
 from apiary.sensors.l7proxy.config import ProxyConfig, build
-from apiary.sensors.l7proxy.haproxy import cli_escape
+from apiary.sensors.l7proxy.haproxy import HAProxy, ProxyError, cli_escape
 
 ADDRS = {e.ep_id: e.ipv4 for e in EPS}
 
@@ -64,3 +66,60 @@ def test_one_rule_more_or_another_endpoint_fits_a_new_shape_does_not(tmp_path: P
 
 def test_runtime_api_arguments_are_escaped() -> None:
     assert cli_escape(r"^(?:/a\.b c;d)$") == r"^(?:/a\\.b\ c\;d)$"
+
+
+class _Recorder(HAProxy):
+    """HAProxy's runtime API replaced by a recorder that answers as HAProxy 2.6 does (``reply``)."""
+
+    def __init__(self, tmp: Path, reply: Callable[[str], str]) -> None:
+        super().__init__(tmp, "unit-hot", tmp / "cg", port=15001)
+        self.sent: list[str] = []
+        self.reply = reply
+
+    def runtime(self, command: str) -> str:
+        self.sent.append(command)
+        return self.reply(command)
+
+
+def _answer(active: list[int]) -> Callable[[str], str]:
+    def reply(command: str) -> str:
+        for c in command.split(";"):
+            if c.startswith("set map ") and c.split()[-2] == "active":
+                active[0] = int(c.split()[-1])
+        return f"0x55aa00 active {active[0]}\n\n"
+    return reply
+
+
+def test_the_flip_is_sent_alone_after_every_load_was_proven(tmp_path: Path) -> None:
+    first = cfg_of(SEED, tmp_path)
+    edited = cfg_of(SEED.replace("/api/v1/.*", "/api/v2/.*"), tmp_path, first)
+    proxy = _Recorder(tmp_path, _answer([0]))
+    proxy._load(first, edited)
+    *loads, flip = proxy.sent
+    assert flip == f"set map {proxy.dir}/gen.map active 1;show map {proxy.dir}/gen.map"
+    assert loads and all("set map" not in c and c.endswith(f"show map {proxy.dir}/gen.map") for c in loads)
+    assert any("add acl" in c and "/api/v2/" in c for c in loads)
+
+
+def test_a_refused_or_unread_load_never_flips(tmp_path: Path) -> None:
+    first = cfg_of(SEED, tmp_path)
+    edited = cfg_of(SEED.replace("/api/v1/.*", "/api/v2/.*"), tmp_path, first)
+    refused = _Recorder(tmp_path, lambda c: "'add acl' failed: bad pattern\n0x55aa00 active 0\n")
+    with pytest.raises(ProxyError, match="refused"):
+        refused._load(first, edited)
+    cut = _Recorder(tmp_path, lambda c: "")  # a session HAProxy ended without reading the batch to its end
+    with pytest.raises(ProxyError, match="to its end"):
+        cut._load(first, edited)
+    assert not any("set map" in c for c in refused.sent + cut.sent)
+
+
+def test_a_pattern_the_runtime_api_cannot_carry_as_the_file_does_is_left_to_a_reload(tmp_path: Path) -> None:
+    """``str.splitlines`` would cut ``tok\\x1cen`` in two patterns ORed together (fail open): such a file is
+    never sent through the runtime API; the caller reloads HAProxy from the file."""
+    first = cfg_of(SEED, tmp_path)
+    odd = cfg_of(SEED.replace("application/json", "tok\\x1cen"), tmp_path, first)  # YAML's escape
+    assert odd.text == first.text and any("\x1c" in v for v in odd.buffer_files(odd.active).values())
+    proxy = _Recorder(tmp_path, _answer([0]))
+    with pytest.raises(ProxyError, match="printable"):
+        proxy._load(first, odd)
+    assert proxy.sent == []

@@ -63,6 +63,11 @@ class ConfigError(ProxyError):
         self.rule, self.field = rule, field
 
 
+_CLI_SAFE = re.compile(r"[ -~]*")  # printable ASCII: a pattern the runtime API carries exactly as the file does
+_CLI_BATCH = 8000  # bytes of commands in one runtime API request (HAProxy reads each into its 16 KiB buffer)
+_GEN_LINE = re.compile(r"0x[0-9a-f]+ active \d+")  # show map gen.map
+
+
 def cli_escape(arg: str) -> str:
     """One argument of a runtime API command: HAProxy splits on blanks and ';', and unescapes '\\'."""
     return re.sub(r"([\\; \t])", r"\\\1", arg)
@@ -292,28 +297,54 @@ class HAProxy:
         return next((line.split(": ", 1)[1].strip() for line in out.splitlines() if line.startswith("Pid: ")), None)
 
     def _load(self, prev: ProxyConfig, cfg: ProxyConfig) -> None:
-        """The new active buffer's changed pattern files, the local endpoints' list (added before removed),
-        then the flip: the requests that follow are judged by the new files, all at once."""
+        """The new active buffer's changed pattern files and the local endpoints' list (added before removed),
+        each batch proven read whole; only then, in a request of its own, the flip: the requests that follow
+        are judged by the new files, all at once. Any doubt (a refusal, a batch not read to its end, a
+        pattern the runtime API could not carry as the file does) raises ProxyError before the flip: the
+        caller reloads from the files, and the idle buffer, half loaded, was never judging."""
         d = self.dir
         cmds = []
         for name, text in cfg.buffer_files(cfg.active).items():
-            if prev.files.get(name) != text:
-                cmds.append(f"clear acl {d / name}")
-                cmds += [f"add acl {d / name} {cli_escape(line)}" for line in text.splitlines()]
+            if prev.files.get(name) == text:
+                continue
+            patterns = text.split("\n")  # the file reader's lines: split at "\n" only
+            if patterns and patterns[-1] == "":
+                patterns.pop()
+            if any(not _CLI_SAFE.fullmatch(p) for p in patterns):
+                raise ProxyError(f"{name}: a pattern with a character outside printable ASCII")
+            cmds.append(f"clear acl {d / name}")
+            cmds += [f"add acl {d / name} {cli_escape(p)}" for p in patterns]
         new_eps = set(cfg.files["endpoints.lst"].split())
         old_eps = set(prev.files.get("endpoints.lst", "").split())
         cmds += [f"add acl {d}/endpoints.lst {a}" for a in sorted(new_eps - old_eps)]
         cmds += [f"del acl {d}/endpoints.lst {a}" for a in sorted(old_eps - new_eps)]
-        if cfg.active != prev.active:
-            cmds.append(f"set map {d}/gen.map active {cfg.active}")
+        if any(len(c.encode()) > _CLI_BATCH for c in cmds):
+            raise ProxyError("a pattern too long for one runtime API command")
         batch: list[str] = []
+        size = 0
         for i, cmd in enumerate(cmds):
             batch.append(cmd)
-            if i == len(cmds) - 1 or sum(len(c) + 1 for c in batch) + len(cmds[i + 1]) > 8000:
-                out = [line for line in self.runtime(";".join(batch)).splitlines() if line.strip()]
-                if out:
-                    raise ProxyError(f"HAProxy refused a runtime update: {out[0]}")
-                batch = []
+            size += len(cmd.encode()) + 1
+            if i == len(cmds) - 1 or size + len(cmds[i + 1].encode()) > _CLI_BATCH:
+                self._proven(batch, None)
+                batch, size = [], 0
+        if cfg.active != prev.active:
+            self._proven([f"set map {d}/gen.map active {cfg.active}"], cfg.active)
+
+    def _proven(self, batch: list[str], active: int | None) -> None:
+        """Run ``batch`` and then ``show map gen.map``: its answer, and nothing else, proves every command was
+        read and done (HAProxy goes on after a refused command and ends a session silently on a command
+        longer than its buffer); ``active``: the value gen.map must show now."""
+        out = self.runtime(";".join([*batch, f"show map {self.dir}/gen.map"]))
+        lines = [line.strip() for line in out.splitlines() if line.strip()]
+        shown = [line for line in lines if _GEN_LINE.fullmatch(line)]
+        others = [line for line in lines if line not in shown]
+        if others:
+            raise ProxyError(f"HAProxy refused a runtime update: {others[0]}")
+        if len(shown) != 1:
+            raise ProxyError("HAProxy did not read a runtime update to its end")
+        if active is not None and not shown[0].endswith(f" active {active}"):
+            raise ProxyError(f"gen.map shows {shown[0]!r} after the flip")
 
     def _check(self, l7: Mapping[Any, Any], addresses: Mapping[int, str], ids: Mapping[str, str],
                prev: ProxyConfig) -> None:

@@ -194,7 +194,7 @@ def test_haproxy_config(tmp_path: Path) -> None:
     assert cfg.files["endpoints.lst"] == "10.200.0.10\n10.200.0.20\n"
     # the frontend hands a request to the active buffer's backend (only its rules are evaluated); there, to a
     # local endpoint the proxy connects from the client's address, anywhere else from the host's
-    assert "    use_backend judge0 if { var(txn.gen) -m str 0 }\n    default_backend judge1\n" in cfg.text
+    assert "    use_backend judge0 if { var(txn.gen),and(1) -m int 0 }\n    default_backend judge1\n" in cfg.text
     for b in (0, 1):
         backend = cfg.text.split(f"\nbackend judge{b}\n", 1)[1].split("\nbackend ", 1)[0].splitlines()
         assert f"    use-server client_source if {{ dst -f {tmp_path}/endpoints.lst }}" in backend

@@ -123,3 +123,23 @@ def test_a_pattern_the_runtime_api_cannot_carry_as_the_file_does_is_left_to_a_re
     with pytest.raises(ProxyError, match="printable"):
         proxy._load(first, odd)
     assert proxy.sent == []
+
+
+def test_numbers_logged_before_two_flips_keep_their_meaning(tmp_path: Path) -> None:
+    """gen.map holds an epoch (one more at each flip; its parity picks the backend) and every request logs
+    it: a request judged by the first rules but logged after two edits (a long upload) is read in the first
+    configuration, whose rule 1 is not the one the same number means now."""
+    first = cfg_of(SEED, tmp_path)
+    second = cfg_of(SEED.replace("/api/v1/.*", "/admin/.*"), tmp_path, first)
+    third = cfg_of(SEED.replace("/api/v1/.*", "/other/.*"), tmp_path, second)
+    assert (first.epoch, second.epoch, third.epoch) == (0, 1, 2) and third.files["gen.map"] == "active 2\n"
+    assert third.active == 0 and third.rules[1].path == "/other/.*" != first.rules[1].path
+    proxy = HAProxy(tmp_path, "unit-epoch", tmp_path / "cg", port=15001)
+    for cfg in (first, second, third):
+        proxy._keep(cfg)
+    assert proxy.config_for("0").rules[1].path == "/api/v1/.*"
+    assert proxy.config_for("2") is third and proxy.config_for("-") is third and proxy.config_for("") is third
+    # a new layout starts at the next even epoch: buffer 0 judges
+    host = cfg_of(SEED.replace('          path: "/api/v1/.*"\n', '          path: "/api/v1/.*"\n          host: "h"\n'),
+                  tmp_path, third)
+    assert host.text != third.text and host.epoch == 4 and host.active == 0

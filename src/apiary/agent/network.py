@@ -113,7 +113,8 @@ class Network:
         self.l7: HAProxy | None = (
             HAProxy(state, cfg.instance, cg, on_log=self.on_http) if haproxy_binary() is not None else None)
         # on_http's decisions by logged (rule, deny), for one proxy configuration and compiled policy
-        self._http_decided: tuple[object, object, dict[tuple[str, str], tuple[bool, bool, str]]] = (None, None, {})
+        self._http_decided: tuple[object, object, dict[tuple[str, str, str], tuple[bool, bool, str]]] = (
+            None, None, {})
         # why a proxy is off (`apiary status` says it); what the L7 proxy judged (its access log)
         self.l7_off = "" if self.l7 is not None else "haproxy not installed: policies with rules.http are refused"
         self.dns_off = "needs the L7 proxy's redirect (haproxy): policies with rules.dns are refused"
@@ -510,7 +511,8 @@ class Network:
     def on_http(self, rec: dict[str, str]) -> None:
         """One access-log record of the proxy: the REQUEST flow, and the RESPONSE when it was let through."""
         assert self.l7 is not None
-        allowed, ingress, decided = self._http_decision(unset(rec.get("rule")), unset(rec.get("deny")))
+        allowed, ingress, decided = self._http_decision(unset(rec.get("rule")), unset(rec.get("deny")),
+                                                        unset(rec.get("gen")))
         counts = self.l7_counts  # `apiary status`: what the proxy judged
         counts["requests"] += 1
         counts["denied"] += not allowed
@@ -524,17 +526,20 @@ class Network:
                 metrics.observe_l7(http_kind(x.allowed), ev)
             publish(ev)
 
-    def _http_decision(self, rule: str, deny: str) -> tuple[bool, bool, str]:
-        """(allowed, ingress, decided_by) of a logged rule/filter number: the same for every request the
-        rule decides, so kept until the proxy's configuration or the compiled policy changes."""
+    def _http_decision(self, rule: str, deny: str, gen: str = "") -> tuple[bool, bool, str]:
+        """(allowed, ingress, decided_by) of a logged rule/filter number, read in the configuration of the
+        record's epoch (``gen``: the numbers of a request judged before a later flip keep their meaning); the
+        same for every request the rule decides, so kept until the proxy's configuration or the compiled
+        policy changes."""
         assert self.l7 is not None
-        cfg, compiled = self.l7.config, self.compiled
-        if self._http_decided[0] is not cfg or self._http_decided[1] is not compiled:
-            self._http_decided = (cfg, compiled, {})
+        latest, compiled = self.l7.config, self.compiled
+        if self._http_decided[0] is not latest or self._http_decided[1] is not compiled:
+            self._http_decided = (latest, compiled, {})
         cache = self._http_decided[2]
-        got = cache.get((rule, deny))
+        got = cache.get((gen, rule, deny))
         if got is not None:
             return got
+        cfg = self.l7.config_for(gen)
         rule_n, deny_n = int(rule or 0), int(deny or 0)
         allowed = deny_n == 0
         ingress, decided = True, ""
@@ -548,7 +553,7 @@ class Network:
         elif allowed and r is not None:
             decided = http_rule_text(r, compiled.rules)
             ingress = "ingress" in r.ref.split(".toPorts")[0]
-        got = cache[(rule, deny)] = (allowed, ingress, decided)
+        got = cache[(gen, rule, deny)] = (allowed, ingress, decided)
         return got
 
     # ------------------------------------------------------------------ DNS proxy (toFQDNs)

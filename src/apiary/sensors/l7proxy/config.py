@@ -47,7 +47,7 @@ _LOG_FIELDS = {
     "ta": "%Ta", "ts": "%Ts", "ms": "%ms", "term": "%ts", "method": "%[var(txn.m),json(utf8s)]",
     "url": "%[var(txn.uri),json(utf8s)]", "host": "%[var(txn.host),json(utf8s)]",
     "version": "%[var(txn.ver)]", "rule": "%[var(txn.by)]", "deny": "%[var(txn.deny)]",
-    "headers": "%[var(txn.hdrs),json(utf8s)]",
+    "headers": "%[var(txn.hdrs),json(utf8s)]", "gen": "%[var(txn.gen)]",
 }
 LOG_FORMAT = "{" + ",".join(f'"{k}":"{v}"' for k, v in _LOG_FIELDS.items()) + "}"
 
@@ -86,7 +86,8 @@ class ProxyConfig:
     filters: dict[int, Filter] = field(default_factory=dict)  # logged "deny" n -> its filter
     sources: dict[str, tuple[int, str]] = field(default_factory=dict)  # pattern file -> (rule n, its field)
     layout: tuple[SlotShape, ...] = ()
-    active: int = 0  # the buffer the requests are judged by (gen.map's "active")
+    active: int = 0  # the buffer the requests are judged by: epoch & 1
+    epoch: int = 0  # gen.map's "active": one more at each flip, logged with each request (its numbers' meaning)
     slots: dict[PolicyKey, int] = field(default_factory=dict)  # entry -> its slot in the active buffer
 
     def buffer_files(self, buffer: int) -> dict[str, str]:
@@ -185,7 +186,9 @@ def build(l7: Mapping[PolicyKey, tuple[HttpRule, ...]], addresses: Mapping[int, 
     placed = _fit(entries, previous) if previous is not None and previous.layout else None
     if placed is not None and previous is not None:
         for active in (previous.active, 1 - previous.active):
-            cfg = _fill(ProxyConfig(previous.text, layout=previous.layout, active=active), entries, placed)
+            epoch = previous.epoch + (active != previous.active)
+            cfg = _fill(ProxyConfig(previous.text, layout=previous.layout, active=active, epoch=epoch), entries,
+                        placed)
             if active == previous.active and cfg.buffer_files(active) != previous.buffer_files(active):
                 continue  # something to load: into the other buffer, which then becomes the active one
             # the other buffer's files stay, and its numbers' meanings (its records may be in flight)
@@ -195,7 +198,8 @@ def build(l7: Mapping[PolicyKey, tuple[HttpRule, ...]], addresses: Mapping[int, 
             cfg.filters.update({n: f for n, f in previous.filters.items() if (n - 1) // f_size != active})
             return _shared(cfg, addresses)
     layout, placed = _layout(entries)
-    cfg = ProxyConfig("", layout=layout)
+    epoch = (previous.epoch // 2 + 1) * 2 if previous is not None else 0  # even: buffer 0 judges
+    cfg = ProxyConfig("", layout=layout, epoch=epoch)
     empty = ProxyConfig("", layout=layout, active=1)
     _fill(cfg, entries, placed)
     _fill(empty, [], {})
@@ -276,7 +280,7 @@ def _shared(cfg: ProxyConfig, addresses: Mapping[int, str]) -> ProxyConfig:
     cfg.files["denied.body"] = DENIED_BODY
     local = sorted(set(a for a in addresses.values() if a))
     cfg.files["endpoints.lst"] = "".join(f"{a}\n" for a in local)
-    cfg.files["gen.map"] = f"active {cfg.active}\n"
+    cfg.files["gen.map"] = f"active {cfg.epoch}\n"
     return cfg
 
 
@@ -364,7 +368,7 @@ def _text(layout: tuple[SlotShape, ...], port: int, d: str) -> str:
         f"    http-request set-var(txn.sid) src,map_ip({d}/ids.map,0)",
         f"    http-request set-var(txn.did) dst,map_ip({d}/ids.map,0)",
         f"    http-request set-var(txn.gen) str(active),map({d}/gen.map,0)",  # which buffer judges
-        "    use_backend judge0 if { var(txn.gen) -m str 0 }",
+        "    use_backend judge0 if { var(txn.gen),and(1) -m int 0 }",
         "    default_backend judge1",
         *judges,
         "",

@@ -63,6 +63,7 @@ class ConfigError(ProxyError):
         self.rule, self.field = rule, field
 
 
+EPOCHS_KEPT = 16  # configurations whose logged numbers can still be read (a request spanning 15 flips)
 _CLI_SAFE = re.compile(r"[ -~]*")  # printable ASCII: a pattern the runtime API carries exactly as the file does
 _CLI_BATCH = 8000  # bytes of commands in one runtime API request (HAProxy reads each into its 16 KiB buffer)
 _GEN_LINE = re.compile(r"0x[0-9a-f]+ active \d+")  # show map gen.map
@@ -99,6 +100,7 @@ class HAProxy:
         self.hot_updates = 0  # rule changes loaded through the runtime API (no reload)
         self.last_error = ""
         self.config = ProxyConfig("")
+        self._by_epoch: dict[int, ProxyConfig] = {}  # the last EPOCHS_KEPT configurations, by gen.map's epoch
         self.ids: dict[str, str] = {}
         self.dropped = 0  # access-log records HAProxy could not write (pipe full): the workers' DroppedLogs
         self._dropped_by_pid: dict[str, int] = {}
@@ -227,6 +229,20 @@ class HAProxy:
             self.cgroup.rmdir()
 
     # ------------------------------------------------------------------ policy
+    def config_for(self, gen: str | None) -> ProxyConfig:
+        """The configuration a logged request was judged by (its ``gen``: the epoch then), for the meaning of
+        its rule and filter numbers; the current one when that epoch is no longer kept (or unknown)."""
+        try:
+            return self._by_epoch.get(int(gen or ""), self.config)
+        except ValueError:
+            return self.config
+
+    def _keep(self, cfg: ProxyConfig) -> None:
+        self.config = cfg
+        self._by_epoch[cfg.epoch] = cfg
+        for old in sorted(self._by_epoch)[:-EPOCHS_KEPT]:
+            del self._by_epoch[old]
+
     def _write(self, cfg: ProxyConfig, ids: Mapping[str, str]) -> None:
         for name, text in cfg.files.items():
             (self.dir / name).write_text(text)
@@ -234,7 +250,8 @@ class HAProxy:
         tmp = self.dir / "haproxy.cfg.tmp"
         tmp.write_text(cfg.text)
         os.replace(tmp, self.dir / "haproxy.cfg")
-        self.config, self.ids = cfg, dict(ids)
+        self._keep(cfg)
+        self.ids = dict(ids)
 
     def update(self, l7: Mapping[Any, Any], addresses: Mapping[int, str], ipcache: Mapping[str, int]) -> None:
         """New rules that fit the running layout (see ``config.build``): loaded through the runtime API into
@@ -245,7 +262,7 @@ class HAProxy:
         cfg = build(l7, addresses, port=self.port, state_dir=str(self.dir), previous=prev)
         ids = ids_map(ipcache)
         if cfg.text == prev.text and cfg.files == prev.files:
-            self.config = cfg  # same text, but its rules name this compile's rule ids (the access log's key)
+            self._keep(cfg)  # same text, but its rules name this compile's rule ids (the access log's key)
             if ids != self.ids:
                 self._update_map(ids)
             return
@@ -328,8 +345,8 @@ class HAProxy:
             if i == len(cmds) - 1 or size + len(cmds[i + 1].encode()) > _CLI_BATCH:
                 self._proven(batch, None)
                 batch, size = [], 0
-        if cfg.active != prev.active:
-            self._proven([f"set map {d}/gen.map active {cfg.active}"], cfg.active)
+        if cfg.epoch != prev.epoch:
+            self._proven([f"set map {d}/gen.map active {cfg.epoch}"], cfg.epoch)
 
     def _proven(self, batch: list[str], active: int | None) -> None:
         """Run ``batch`` and then ``show map gen.map``: its answer, and nothing else, proves every command was

@@ -266,7 +266,7 @@ class HAProxy:
             if ids != self.ids:
                 self._update_map(ids)
             return
-        self._check(l7, addresses, ids, prev)
+        self._check(cfg, ids)
         hot = cfg.text == prev.text and self.alive()
         if hot:
             try:
@@ -363,20 +363,17 @@ class HAProxy:
         if active is not None and not shown[0].endswith(f" active {active}"):
             raise ProxyError(f"gen.map shows {shown[0]!r} after the flip")
 
-    def _check(self, l7: Mapping[Any, Any], addresses: Mapping[int, str], ids: Mapping[str, str],
-               prev: ProxyConfig) -> None:
+    def _check(self, cfg: ProxyConfig, ids: Mapping[str, str]) -> None:
         """``haproxy -c`` on the new rules (written apart, in ``check/``) before they replace the running ones:
         a reload HAProxy refuses (a regex PCRE cannot compile) would leave the old rules enforced while the
         policy is reported applied. ``ConfigError`` names the rule and field it refused."""
         d = self.dir / "check"
         d.mkdir(exist_ok=True, mode=0o700)
-        cfg = build(l7, addresses, port=self.port, state_dir=str(d), previous=prev)
         for name, text in cfg.files.items():
             (d / name).write_text(text)
         (d / "ids.map").write_text("".join(f"{k} {v}\n" for k, v in sorted(ids.items())))
-        # a layout kept from the running rules names the running directory: the check reads its own copies
-        text = cfg.text.replace(f"{self.dir}/", f"{d}/") if prev.text and cfg.text == prev.text else cfg.text
-        (d / "haproxy.cfg").write_text(text)
+        # the configuration names the running directory's files: the check reads its own copies
+        (d / "haproxy.cfg").write_text(cfg.text.replace(f"{self.dir}/", f"{d}/"))
         binary = getattr(self, "binary", None) or haproxy_binary() or "haproxy"
         try:
             r = subprocess.run([binary, "-c", "-f", str(d / "haproxy.cfg")], capture_output=True, text=True,

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The kernel tests of the sensors and the agent's tracing, run again inside Debian 12's 6.1 and 6.12 kernels
+# The kernel tests of the sensors, the agent's tracing and L7 through HAProxy, run again inside Debian 12's 6.1 and 6.12 kernels
 # (QEMU/TCG): the same CO-RE objects, kernels with kprobes/fentry/BPF-LSM. Part of `make test` when the VM can
 # start. Prints which kernels ran and how long each took.
 #   APIARY_VM=0 skips it; APIARY_VM=required fails when a VM cannot start;
@@ -15,8 +15,14 @@ if [ "${APIARY_VM:-auto}" = "0" ]; then
 fi
 tests=(tests/kernel/test_sensors_direct.py tests/kernel/test_tracing_features.py tests/kernel/test_loader.py
        tests/kernel/test_preflight.py tests/kernel/test_agent_kernels.py tests/kernel/test_differential.py)
-# the pod-level tracing tests (agent + endpoints) take ~10 more minutes per kernel under TCG: `make test-vm`
-[ "${APIARY_VM_FULL:-0}" = "1" ] && tests+=(tests/kernel/test_tracing.py)
+# L7 through HAProxy (bpf_sk_assign to its listener, which kernels before 6.5 refuse for a SO_REUSEPORT
+# socket: Debian 12's own kernel) with a network agent and endpoints: ~6 minutes under TCG
+tests+=("tests/kernel/test_l7_http.py::test_seed_policy_judges_each_request")
+# the pod-level tracing tests (agent + endpoints) take ~10 more minutes per kernel under TCG, the DNS proxy's
+# ~6: `make test-vm`
+[ "${APIARY_VM_FULL:-0}" = "1" ] && tests+=(tests/kernel/test_tracing.py
+  "tests/kernel/test_l7_dns.py::test_allowed_name_resolves_and_its_ip_becomes_reachable"
+  "tests/kernel/test_l7_dns.py::test_disallowed_name_is_refused_and_wildcards_match_one_label")
 summary=("$host (native)")
 status=0
 for k in $kernels; do

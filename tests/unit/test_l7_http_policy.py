@@ -296,6 +296,13 @@ def test_paths_are_normalized_before_the_rules(tmp_path: Path) -> None:
         assert normalize_path(raw) == norm_path, raw
 
 
+def test_the_listener_is_not_reuseport(tmp_path: Path) -> None:
+    """bpf_sk_assign refuses a SO_REUSEPORT socket before Linux 6.5: on Debian 12's 6.1 every redirected SYN
+    was dropped (SOCKET_ASSIGN_FAILED) while HAProxy listened with its default SO_REUSEPORT."""
+    lines = build({}, {}, port=15001, state_dir=str(tmp_path)).text.splitlines()
+    assert lines.index("    noreuseport") < lines.index("defaults")
+
+
 def test_anchoring() -> None:
     import re
 

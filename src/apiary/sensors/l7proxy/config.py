@@ -336,6 +336,9 @@ def _text(layout: tuple[SlotShape, ...], port: int, d: str) -> str:
         "global",
         "    master-worker",
         "    expose-experimental-directives",  # normalize-uri (HAProxy 2.4+) is "experimental" in 2.6
+        # bpf_sk_assign refuses a SO_REUSEPORT listener before Linux 6.5 (-ESOCKTNOSUPPORT): Debian 12's 6.1
+        # would drop every redirected packet. A reload still keeps the listener: the master hands it over.
+        "    noreuseport",
         f"    pidfile {d}/haproxy.pid",
         f"    stats socket {d}/admin.sock mode 600 level admin",
         "    log stdout len 16384 format raw local0",  # the agent's pipe

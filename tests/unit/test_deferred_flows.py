@@ -198,7 +198,7 @@ def test_counting_by_message_fields_moves_the_same_counters_as_counting_each_bui
     b = builder()
     rnd = random.Random(7)
     fields = [f.name for f in dataclasses.fields(FlowMsg)]
-    for _ in range(2000):
+    for i in range(2000):
         # a message, then one that differs from it in one field: a field the counters read but the kept kinds
         # leave out would count the second as the first
         m = _random_message(rnd)
@@ -206,6 +206,8 @@ def test_counting_by_message_fields_moves_the_same_counters_as_counting_each_bui
         for x in (m, dataclasses.replace(m, **{f: getattr(_random_message(rnd), f)})):
             eager.observe(b.build(x))
             memo.observe_msg(x, b.defer(x))
+        if i % 499 == 0:  # read midway: the counts kept so far are added to the children when the registry is read
+            assert _samples(memo_reg) == _samples(eager_reg)
     got, want = _samples(memo_reg), _samples(eager_reg)
     assert got == want
     assert sum(v for (name, _), v in want.items() if name == "hubble_flows_processed_total") == 4000
@@ -308,3 +310,18 @@ def test_a_deleted_pods_series_go_a_minute_later_as_hubbles() -> None:
     assert m.sweep(160.0) == 2 and pods() == {"ns/backend", "backend"}
     m.observe(b.build(message()))  # a pod of that name again: its series come back
     assert "ns/frontend" in pods()
+
+
+def test_counts_kept_for_the_registry_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from apiary.observe.hubble import metrics as hm
+
+    monkeypatch.setattr(hm, "_MEMO_MAX", 8)
+    (eager_reg, eager), (memo_reg, memo) = _two_metrics("flow,port-distribution")
+    b = builder()
+    for port in range(1, 60):  # a port scan: a kind per port
+        x = message(dport=port)
+        eager.observe(b.build(x))
+        memo.observe_msg(x, b.defer(x))
+        assert len(memo._pending) <= 8
+    assert _samples(memo_reg) == _samples(eager_reg)
+    assert memo_reg.get_sample_value("hubble_port_distribution_total", {"protocol": "TCP", "port": "59"}) == 1

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from apiary.sensors.l7proxy.haproxy import haproxy_binary
-from apiary.testing.agent import is_root
+from apiary.testing.agent import IN_VM, is_root
 from apiary.testing.net import Net, endpoint_exec_cmd, http_bodies_net
 
 pytestmark = [
@@ -65,13 +65,13 @@ def keep_alive(net: Net, paths: list[str], between: list[str]) -> dict[str, Any]
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         for i, doc in enumerate(between, 1):
-            deadline = time.monotonic() + 30
+            deadline = time.monotonic() + (600 if IN_VM else 30)  # an apply takes minutes under QEMU/TCG
             while not (d / f"ready-{i}").exists() and p.poll() is None and time.monotonic() < deadline:
                 time.sleep(0.05)
             assert (d / f"ready-{i}").exists(), p.communicate(timeout=5)
             net.apply_ok(doc)
             (d / f"go-{i}").touch()
-        out, err = p.communicate(timeout=60)
+        out, err = p.communicate(timeout=600 if IN_VM else 60)
     finally:
         if p.poll() is None:
             p.kill()
@@ -134,7 +134,7 @@ def test_edits_under_load_close_no_connection_and_deny_nothing_allowed(net: Net)
         time.sleep(0.5)
         for i in range(10):
             net.apply_ok(other.replace("/healthz", f"/healthz{i}"))
-        out, err = p.communicate(timeout=60)
+        out, err = p.communicate(timeout=600 if IN_VM else 60)
     finally:
         if p.poll() is None:
             p.kill()

@@ -47,6 +47,9 @@ def pattern(n: int) -> bytes:
     return (block * reps)[:n]
 
 
+KEEP_GO_WAIT_S = 900.0  # keep(): how long a request waits for the test's go (the test's own timeouts end it sooner)
+
+
 def _wait_for(path: str, seconds: float) -> bool:
     end = time.monotonic() + seconds
     while time.monotonic() < end:
@@ -248,7 +251,10 @@ def keep(host: str, port: int, directory: str, paths: list[str]) -> None:
         for i, path in enumerate(paths):
             if i:
                 _touch(os.path.join(directory, f"ready-{i}"))
-                _wait_for(os.path.join(directory, f"go-{i}"), 30)
+                # the test applies a policy in between: never send before it says so (under QEMU/TCG an
+                # apply takes longer than 30 s, and a request sent early was judged by the rules before it)
+                if not _wait_for(os.path.join(directory, f"go-{i}"), KEEP_GO_WAIT_S):
+                    raise SystemExit(f"keep: go-{i} did not come within {KEEP_GO_WAIT_S:.0f} s")
             try:
                 c.sendall(f"GET {path} HTTP/1.1\r\nHost: bodies\r\n\r\n".encode())
                 status, headers = _response(f)

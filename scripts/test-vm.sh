@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The kernel tests of the sensors, the agent's tracing and L7 through HAProxy, run again inside Debian 12's 6.1 and 6.12 kernels
-# (QEMU/TCG): the same CO-RE objects, kernels with kprobes/fentry/BPF-LSM. Part of `make test` when the VM can
-# start. Prints which kernels ran and how long each took.
+# The kernel tests of the sensors, the agent's tracing and L7 through HAProxy, run again inside Debian 12's
+# 6.1 and 6.12 kernels (QEMU/TCG): the same CO-RE objects, kernels with kprobes/fentry/BPF-LSM. Part of
+# `make test` when the VM can start. Prints which kernels ran and how long each took.
 #   APIARY_VM=0 skips it; APIARY_VM=required fails when a VM cannot start;
 #   APIARY_VM_KERNELS="6.1 6.12" (the default; `make test` sets 6.1 alone, to stay within CI's time) picks the kernels;
 #   APIARY_VM_FULL=1 (what `make test-vm` sets) adds the pod-level tracing tests.

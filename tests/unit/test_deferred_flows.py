@@ -322,6 +322,6 @@ def test_counts_kept_for_the_registry_are_bounded(monkeypatch: pytest.MonkeyPatc
         x = message(dport=port)
         eager.observe(b.build(x))
         memo.observe_msg(x, b.defer(x))
-        assert len(memo._pending) <= 8
+        assert len(memo._memo) <= 8
     assert _samples(memo_reg) == _samples(eager_reg)
     assert memo_reg.get_sample_value("hubble_port_distribution_total", {"protocol": "TCP", "port": "59"}) == 1

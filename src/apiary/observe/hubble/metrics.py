@@ -453,9 +453,10 @@ class FlowMetrics:
     def __init__(self, registry: CollectorRegistry, enabled: Mapping[str, MetricSpec] | None = None) -> None:
         self.registry = registry
         self.enabled = dict(enabled) if enabled is not None else parse_hubble_metrics(DEFAULT_METRICS)
-        # _observe_kind: counts not yet added to their children, by kind; added when the registry is read (this
-        # collector is registered before the families, so its collect() runs first) or a pod's series go
-        self._pending: dict[tuple[object, ...], list[Any]] = {}
+        # observe_msg, observe_l7: kind -> [the counter children its flows move, count not yet added to them]; the
+        # counts are added when the registry is read (this collector is registered before the families, so its
+        # collect() runs first), before the memo is emptied, and before a pod's series go
+        self._memo: dict[tuple[object, ...], list[Any]] = {}
         registry.register(_Flush(self.flush))
 
         def counter(handler: str, name: str, doc: str, labels: list[str]) -> _Family | None:
@@ -496,7 +497,6 @@ class FlowMetrics:
             "http": not self._has_context and http is None,
             "dns": not self._has_context and not (dns and dns.context_labels()),
         }
-        self._memo: dict[tuple[object, ...], list[Any]] = {}
         # forget_pod: (when, namespace, name) of deleted pods whose series go then; appended from any thread
         self._doomed: collections.deque[tuple[float, str, str]] = collections.deque()
 
@@ -506,11 +506,14 @@ class FlowMetrics:
         self._doomed.append((now + POD_SERIES_TTL_S, namespace, name))
 
     def flush(self) -> None:
-        """Add the counts :meth:`_observe_kind` kept to their counter children. On the event-loop thread."""
-        pending, self._pending = self._pending, {}
-        for children, n in pending.values():
-            for child in children:
-                child.inc(n)
+        """Add the counts :meth:`_observe_kind` kept in the memo to their counter children. On the event-loop
+        thread."""
+        for entry in self._memo.values():
+            children, n = entry
+            if n:
+                entry[1] = 0
+                for child in children:
+                    child.inc(n)
 
     def sweep(self, now: float) -> int:
         """Remove the series of the pods whose time came; how many series went. On the event-loop thread."""
@@ -580,20 +583,16 @@ class FlowMetrics:
         self._observe_kind(key, ev)  # its protocol's name first: no message's kind (observe_msg's, a number first)
 
     def _observe_kind(self, key: tuple[object, ...], ev: Mapping[str, Any] | Materializable) -> None:
-        got = self._pending.get(key)
-        if got is not None:  # counted, not yet added (a child's inc() takes a lock: ~1 µs a flow for 3-5)
+        got = self._memo.get(key)
+        if got is not None:  # counted here, added later (a child's inc() takes a lock: ~1 µs a flow for 3-5)
             got[1] += 1
             return
-        children = self._memo.get(key)
-        if children is None:
-            flow = _built(ev).get("flow")
-            children = self._children(flow) if isinstance(flow, dict) else []
-            if len(self._memo) >= _MEMO_MAX:  # a port scan must not grow it without bound
-                self._memo.clear()
-            self._memo[key] = children
-        if len(self._pending) >= _MEMO_MAX:  # bounded when nothing reads the registry
+        flow = _built(ev).get("flow")
+        children = self._children(flow) if isinstance(flow, dict) else []
+        if len(self._memo) >= _MEMO_MAX:  # a port scan must not grow it without bound
             self.flush()
-        self._pending[key] = [children, 1]
+            self._memo.clear()
+        self._memo[key] = [children, 1]
 
     def _children(self, flow: Mapping[str, Any]) -> list[Any]:
         """The counter children one L3/L4 or L7 flow increments by one (the ``http`` handler's aside)."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -88,14 +87,6 @@ def host_requests(net: Net, *reqs: tuple[str, str]) -> dict[str, Any]:
     return dict(json.loads(p.stdout.strip().splitlines()[-1]))
 
 
-def l7_requests(net: Net, path: str) -> list[dict[str, Any]]:
-    for _ in range(50):
-        hits = [f for f in net.flows("--type", "l7") if f.get("Type") == "L7" and f["l7"]["type"] == "REQUEST"
-                and f["l7"]["http"]["url"].endswith(path)]
-        if hits:
-            return hits
-        time.sleep(0.2)
-    return []
 
 
 def test_host_client_is_judged_request_by_request(net: Net) -> None:
@@ -107,12 +98,12 @@ def test_host_client_is_judged_request_by_request(net: Net) -> None:
     host = host_source(server_ip(net))
     assert out["responses"][0][1].split() == ["GET", "/api/v1/items", "from", host], out
 
-    allowed = l7_requests(net, "/api/v1/items")[-1]
+    allowed = net.l7_requests("/api/v1/items")[-1]
     assert allowed["verdict"] == "FORWARDED" and allowed["traffic_direction"] == "INGRESS", allowed
     assert allowed["source"]["identity"] == 1 and "reserved:host" in allowed["source"]["labels"], allowed
     assert allowed["destination"]["pod_name"] == "server", allowed
     assert "ingress[0].toPorts[0].rules.http[0]" in allowed["extensions"]["apiary"]["decided_by"], allowed
-    denied = l7_requests(net, "/admin")[-1]
+    denied = net.l7_requests("/admin")[-1]
     assert denied["verdict"] == "DROPPED" and denied["source"]["identity"] == 1, denied
 
     # the host's packets were handed to the proxy (trace to-proxy at the server's veth), and the proxy's own

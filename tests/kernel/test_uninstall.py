@@ -77,6 +77,9 @@ def test_uninstall_after_kill_9_leaves_nothing() -> None:
         if has_proxy:  # the agent's L7 proxy: HAProxy in its cgroup, the ip rule for redirected packets
             assert proxy_cg.is_dir() and (proxy_cg / "cgroup.procs").read_text().split()
             assert route_present(a.instance)
+            # from_netdev on the device, after the NodePort filter: outside clients' proxied connections
+            assert "handle 0xa1c" in subprocess.run(["tc", "filter", "show", "dev", dev, "ingress"],
+                                                    capture_output=True, text=True).stdout
 
         # while the agent runs: refused, with the reason, and nothing removed
         r = _uninstall(a, dev)
@@ -106,6 +109,7 @@ def test_uninstall_after_kill_9_leaves_nothing() -> None:
         if has_proxy:
             assert "removed: L7 proxy (HAProxy processes and cgroup" in out and "removed: L7 proxy ip rule" in out
             assert "removed: DNS proxy socket holder pid" in out  # the killed agent's, by its verified PID
+            assert f"removed: tc filter {dev} ingress (handle 0xa1c)" in out
             assert not proxy_cg.exists() and not route_present(a.instance)
         assert not _routes(a.pod_cidr) and not _routes(a.service_cidr)
         assert not (a.dir / "state").exists() and not Path(a.socket).exists()

@@ -10,7 +10,7 @@ from hubble_flow_helpers import BACKEND_IP, FRONTEND_IP, FakeDirectory, builder 
 
 from apiary.agent.bus import EventBus
 from apiary.observe.hubble.builder import l7_http_deferred, l7_http_responses, l7_response
-from apiary.observe.hubble.l7 import HttpExchange, LoggedExchange
+from apiary.observe.hubble.l7 import HttpExchange, LoggedExchange, identity_of
 from apiary.sensors.l7proxy.config import build
 from apiary.sensors.l7proxy.haproxy import HAProxy
 
@@ -113,5 +113,17 @@ def test_a_logged_record_becomes_its_exchange_when_first_read() -> None:
         assert LoggedExchange({**rec, "version": ver}, True, True, "", {}).exchange().protocol == proto
     unset = {**rec, "status": "-", "tr": "-1", "host": "-", "deny": "2"}  # denied before any server: unset numbers
     y = LoggedExchange(unset, False, True, "", {}).exchange()
-    assert (y.status, y.latency_ns, y.url, y.client_identity) == (0, 0, f"http://{FRONTEND_IP}:8080/a?b=1", 0)
+    # an address the ipcache does not hold is world (2), as the datapath says
+    assert (y.status, y.latency_ns, y.url, y.client_identity) == (0, 0, f"http://{FRONTEND_IP}:8080/a?b=1", 2)
     assert len(l7_http_deferred(b, LoggedExchange(unset, False, True, "", {}))) == 1  # a denied request: one flow
+
+
+def test_a_client_on_another_host_gets_the_identity_the_datapath_gives() -> None:
+    """An endpoint by its /32; a client on another host by the longest CIDR prefix a policy made an identity
+    of, else world; a value that is no IPv4 address has none."""
+    ipcache = {"10.0.0.5/32": 300, "198.19.0.0/16": 16777217, "198.19.7.0/24": 16777218}
+    assert identity_of(ipcache, "10.0.0.5") == 300
+    assert identity_of(ipcache, "198.19.7.9") == 16777218
+    assert identity_of(ipcache, "198.19.8.9") == 16777217
+    assert identity_of(ipcache, "203.0.113.1") == 2
+    assert identity_of(ipcache, "-") == 0 and identity_of(ipcache, "fd00::1") == 0

@@ -155,6 +155,13 @@ class Network:
             else:
                 self.dp.proxy_port = self.l7.port
                 self.dp.set_proxy(self.l7.mark, self.l7.cgroup_id)
+                for dev in self.cfg.devices:  # clients on other hosts: their proxied connections' packets
+                    try:
+                        self.dp.attach_device(dev)
+                    except OSError as e:
+                        raise RuntimeError(f"--devices: cannot attach to network device {dev!r} ({e})") from None
+                if self.cfg.devices:
+                    notes.append("L7 proxy: clients on other hosts through " + ", ".join(self.cfg.devices))
                 notes.append(f"L7 proxy: haproxy pid {self.l7.proc.pid if self.l7.proc else '?'} on "
                              f"127.0.0.1:{self.l7.port} (transparent)")
                 self.dns = DnsProxy(lambda *a: self.dns_judge(*a), self._dns_learn, self.on_dns,

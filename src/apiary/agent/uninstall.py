@@ -7,8 +7,8 @@ What an agent creates (read from the code that creates it):
   veth ``lxcHASH`` with the alias ``apiary:INSTANCE:…``, a cgroup ``CGROUP2/apiary/INSTANCE/…``;
 - host routes: ``unreachable --pod-cidr`` and, while services exist, ``unreachable --service-cidr`` (the
   endpoints' copies go with their namespaces);
-- on every --devices device: the NodePort cls_bpf filters (handle 0xa1b, ingress and egress) and the clsact
-  qdisc they need;
+- on every --devices device: the NodePort cls_bpf filters (handle 0xa1b, ingress and egress), the L7 proxy's
+  from_netdev filter (handle 0xa1c, ingress) and the clsact qdisc they need;
 - the L7 proxy: HAProxy's processes in the cgroup ``CGROUP2/apiary-l7proxy-INSTANCE``, the ip rule on its
   fwmark and the route table it points to (numbers derived from the instance);
 - the DNS proxy's socket holder (``sleep infinity`` in that same cgroup, kept across agent restarts): ended
@@ -40,6 +40,7 @@ from apiary.loader.fs import cgroup2_root
 from apiary.sensors.dnsproxy import holder
 from apiary.sensors.l7proxy.leftovers import proxy_cgroup, route_present, unroute
 from apiary.sensors.lb.sensor import TC_HANDLE, TC_PRIORITY
+from apiary.sensors.network.sensor import DEV_TC_HANDLE, DEV_TC_PRIORITY
 
 from . import statedir
 
@@ -145,17 +146,19 @@ def _tc(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def _device_filters(dev: str, rep: Report) -> None:
-    """apiary's NodePort filters (handle/priority of sensors/lb) on a device; the clsact qdisc once empty."""
-    handle = f"0x{TC_HANDLE:x}"
-    for direction in ("ingress", "egress"):
-        shown = _tc("filter", "show", "dev", dev, direction)
-        if f"handle {handle}" not in shown.stdout:
-            continue
-        r = _tc("filter", "del", "dev", dev, direction, "pref", str(TC_PRIORITY), "handle", handle, "bpf")
-        if r.returncode == 0:
-            rep.removed.append(f"tc filter {dev} {direction} (handle {handle})")
-        else:
-            rep.failed.append(f"tc filter {dev} {direction}: {r.stderr.strip()}")
+    """apiary's filters on a device (the NodePort ones of sensors/lb, the network sensor's from_netdev: their
+    handle and priority); the clsact qdisc once empty."""
+    for handle_n, prio in ((TC_HANDLE, TC_PRIORITY), (DEV_TC_HANDLE, DEV_TC_PRIORITY)):
+        handle = f"0x{handle_n:x}"
+        for direction in ("ingress", "egress"):
+            shown = _tc("filter", "show", "dev", dev, direction)
+            if f"handle {handle}" not in shown.stdout:
+                continue
+            r = _tc("filter", "del", "dev", dev, direction, "pref", str(prio), "handle", handle, "bpf")
+            if r.returncode == 0:
+                rep.removed.append(f"tc filter {dev} {direction} (handle {handle})")
+            else:
+                rep.failed.append(f"tc filter {dev} {direction}: {r.stderr.strip()}")
     if "clsact" in _tc("qdisc", "show", "dev", dev).stdout and not any(
         _tc("filter", "show", "dev", dev, d).stdout.strip() for d in ("ingress", "egress")
     ):

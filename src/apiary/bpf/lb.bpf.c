@@ -383,9 +383,11 @@ int lb_post_bind4(struct bpf_sock *ctx)
  * hook (a client on another host). Ingress: DNAT to a backend (Cilium's nodeport_lb4 for a local backend:
  * no SNAT, the reply is routed back through the same device), with the choice kept per connection in
  * lb4_nat; egress: the reply's source written back to the frontend the client used.
- * Only IPv4 without options or fragments, TCP and UDP; anything else passes untouched. */
+ * Only IPv4 without options or fragments, TCP and UDP; anything else passes untouched. The ingress program
+ * ends with TC_ACT_UNSPEC, so a filter after it (from_netdev) sees the packet as translated. */
 #define TC_ACT_OK 0
 #define TC_ACT_SHOT 2
+#define TC_ACT_UNSPEC (-1) /* the next filter decides (the network sensor's from_netdev; none: on) */
 #define ETH_HLEN 14
 #define ETH_P_IP 0x0800
 /* fixed wire offsets (not CO-RE: header layouts are the protocol's, not the kernel's) */
@@ -471,7 +473,7 @@ int lb_nodeport_in(struct __sk_buff *skb)
 	__u32 backend_id = 0;
 
 	if (parse4(skb, &fk))
-		return TC_ACT_OK;
+		return TC_ACT_UNSPEC;
 	found = bpf_map_lookup_elem(&lb4_nat, &fk);
 	if (found && bpf_map_lookup_elem(&lb4_backends, &found->backend_id)) {
 		nv = *found;
@@ -482,7 +484,7 @@ int lb_nodeport_in(struct __sk_buff *skb)
 	key.proto = fk.proto;
 	svc = lookup_frontend(&key, WILDCARD_HOST); /* as before: every node address and loopback */
 	if (!svc || !(svc->flags & SVC_FLAG_ROUTABLE))
-		return TC_ACT_OK; /* not a frontend reachable from outside (a ClusterIP is not) */
+		return TC_ACT_UNSPEC; /* not a frontend reachable from outside (a ClusterIP is not) */
 	if (svc->count == 0) {
 		count(LB_STAT_NO_BACKEND);
 		report_drop(&key, fk.daddr, fk.dport, 2, fk.saddr, fk.sport, skb->ifindex, 0, 0);
@@ -531,7 +533,7 @@ xlate:
 	rewrite(skb, fk.proto, IP_DST_OFF, fk.daddr, nv.address, L4_OFF + 2, fk.dport,
 		nv.port);
 	count(LB_STAT_NODEPORT_IN);
-	return TC_ACT_OK;
+	return TC_ACT_UNSPEC;
 }
 
 SEC("tc")

@@ -15,6 +15,7 @@ char LICENSE[] SEC("license") = "GPL";
 
 #define TC_ACT_OK 0
 #define TC_ACT_SHOT 2
+#define TC_ACT_UNSPEC (-1) /* the next filter decides (none: the packet goes on) */
 #define ETH_HLEN 14
 #define ETH_P_IP 0x0800
 #define PACKET_HOST 0
@@ -663,6 +664,45 @@ SEC("tc")
 int to_container(struct __sk_buff *skb)
 {
 	return handle(skb, DIR_INGRESS);
+}
+
+/* from_netdev, on a node device (--devices): a packet of a connection the L7 proxy holds, from a client on
+ * another host. Its first packet was forwarded to the endpoint's veth and handed to the proxy there
+ * (to_container loops it to from_container); the rest would be forwarded too, and dropped by the
+ * forwarding path, since early demux finds the proxy's (transparent) socket for them: ip_forward refuses a
+ * packet that has a socket. So here, at the device's ingress, a TCP packet to a local endpoint's address
+ * whose exact connection is a socket of the host's (only the proxy's transparent sockets hold an endpoint's
+ * address; never a listener: a new connection is judged at the endpoint's veth) is assigned to it and
+ * marked for local delivery, as Cilium's from-netdev does for its proxy. (bpf_sk_cgroup_id, to ask for the
+ * proxy's cgroup, is not offered to TC programs.)
+ * Anything else goes on to the next filter untouched. */
+SEC("tc")
+int from_netdev(struct __sk_buff *skb)
+{
+	__u32 zero = 0;
+	struct proxy_cfg *cfg = bpf_map_lookup_elem(&proxy, &zero);
+	if (!cfg || !cfg->mark || !cfg->cgroup_id)
+		return TC_ACT_UNSPEC;
+	struct pkt p = {};
+	if (parse(skb, &p) != 1 || p.proto != IPPROTO_TCP || !local_endpoint(p.daddr))
+		return TC_ACT_UNSPEC;
+	struct bpf_sock_tuple t = {};
+	t.ipv4.saddr = p.saddr;
+	t.ipv4.daddr = p.daddr;
+	t.ipv4.sport = p.sport;
+	t.ipv4.dport = p.dport;
+	struct bpf_sock *sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+	if (!sk)
+		return TC_ACT_UNSPEC;
+	if (sk->state == BPF_TCP_LISTEN) {
+		bpf_sk_release(sk);
+		return TC_ACT_UNSPEC;
+	}
+	long err = bpf_sk_assign(skb, sk, 0);
+	bpf_sk_release(sk);
+	if (!err)
+		skb->mark = cfg->mark;
+	return TC_ACT_UNSPEC;
 }
 
 /* The conntrack clock for user space (expiry by ct_gc): BPF_PROG_TEST_RUN of ct_clock stores jiffies in

@@ -106,6 +106,17 @@ class Net:
         out = self.cli_ok("observe", "-o", "json", "--last", str(last), *filters)
         return [json.loads(line)["flow"] for line in out.splitlines() if line.strip()]
 
+    def l7_requests(self, path: str) -> list[dict[str, Any]]:
+        """The L7 REQUEST flows whose URL ends with ``path``, waited for (up to 10 s): the access log is read
+        shortly after the response."""
+        for _ in range(50):
+            hits = [f for f in self.flows("--type", "l7") if f.get("Type") == "L7" and f["l7"]["type"] == "REQUEST"
+                    and f["l7"]["http"]["url"].endswith(path)]
+            if hits:
+                return hits
+            time.sleep(0.2)
+        return []
+
     def close(self) -> None:
         for p in self.servers:
             if p.poll() is None:

@@ -50,6 +50,36 @@ def veth_peer() -> Iterator[dict[str, str]]:
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
 
+@contextlib.contextmanager
+def outside_host(routed: str) -> Iterator[dict[str, str]]:
+    """A machine outside the node, as a namespace of the test's own behind a veth: it has 198.19.N.2/24 (RFC 2544
+    benchmarking range, N random), the node's end of the link 198.19.N.1, and a route to ``routed`` (the agent's
+    pod CIDR) through the node, which forwards like a router. Removed afterwards."""
+    tag = uuid.uuid4().hex[:6]
+    n = random.randrange(1, 250)
+    ns, h_if, t_if = f"apiary-ou-{tag}", f"ou{tag}h", f"ou{tag}t"
+    net = {"netns": ns, "dev": h_if, "node": f"198.19.{n}.1", "client": f"198.19.{n}.2", "cidr": f"198.19.{n}.0/24"}
+    try:
+        sh("ip", "netns", "add", ns)
+        sh("ip", "link", "add", h_if, "type", "veth", "peer", "name", t_if, "netns", ns)
+        sh("ip", "addr", "add", f"{net['node']}/24", "dev", h_if)
+        sh("ip", "link", "set", h_if, "up")
+        for cmd in (
+            ["ip", "link", "set", "lo", "up"],
+            ["ip", "addr", "add", f"{net['client']}/24", "dev", t_if],
+            ["ip", "link", "set", t_if, "up"],
+            ["ip", "route", "add", routed, "via", net["node"], "dev", t_if],
+        ):
+            sh("ip", "netns", "exec", ns, *cmd)
+        got = sh("ip", "route", "get", net["client"])
+        if f"dev {h_if}" not in got:  # the node answers the client over the test link only
+            raise RuntimeError(f"{net['client']} does not route over the test veth ({got.strip()}): refusing to send")
+        yield net
+    finally:
+        subprocess.run(["ip", "link", "del", h_if], capture_output=True)
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
 def ping(net: dict[str, str], src: str, dst: str | None = None) -> bool:
     """One echo request from ``src`` (an address inside the namespace) to the host end."""
     dst = dst or (net["host6"] if ":" in src else net["host"])

@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from apiary.policy.identity import resolve
+
 MSG_ACCESS_LOG = 129
 
 
@@ -85,9 +87,22 @@ def http_exchange(rec: Mapping[str, str], allowed: bool, ingress: bool, decided_
         headers=parse_headers(unset(rec.get("headers"))), status=_num(rec.get("status")),
         latency_ns=max(0, _num(rec.get("tr"))) * 1_000_000,
         time_ns=_num(rec.get("ts")) * 1_000_000_000 + _num(rec.get("ms")) * 1_000_000, allowed=allowed, ingress=ingress,
-        decided_by=decided_by, client_identity=ipcache.get(f"{client}/32", 0),
-        server_identity=ipcache.get(f"{server}/32", 0),
+        decided_by=decided_by, client_identity=identity_of(ipcache, client),
+        server_identity=identity_of(ipcache, server),
     )
+
+
+def identity_of(ipcache: Mapping[str, int], ip: str) -> int:
+    """An address's identity as the datapath gives it: an endpoint's (its /32, the common case), else the
+    longest CIDR prefix the policies made an identity of, else world (a client on another host); 0 for a
+    value that is no IPv4 address."""
+    got = ipcache.get(f"{ip}/32")
+    if got is not None:
+        return got
+    try:
+        return resolve(ipcache, ip)
+    except ValueError:
+        return 0
 
 
 def _num(v: str | None) -> int:

@@ -24,6 +24,7 @@ import functools
 import gzip
 import os
 import re
+import socket
 import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
@@ -43,6 +44,10 @@ ETH_HLEN = 14  # BPF_PROG_TEST_RUN of a TC program needs at least an Ethernet he
 # the flows ring too: what the adopted programs report while no agent runs is read by the next one (or counted lost)
 PINNED = ("endpoints", "policy", "policy_ranges", "ipcache", "ct", "dp_counters", "dp_lost", "ep_ifindex", "proxy",
           "flows")
+
+
+# from_netdev on a node device (--devices): after the NodePort filter (sensors/lb: handle 0xA1B, priority 1)
+DEV_TC_HANDLE, DEV_TC_PRIORITY = 0xA1C, 2
 
 
 class CapacityError(BpfError):
@@ -139,6 +144,7 @@ class Datapath:
         self.ring: RingBuffer | None = None
         self.pins: dict[str, str] = {}
         self.eps: dict[int, _EpState] = {}
+        self.devices: dict[str, TcFilter] = {}  # node device -> its from_netdev filter (ingress)
         self.ipcache_now: dict[str, bytes] = {}
         self.audit = False
         self.proxy_port = 0  # the L7 proxy's listener (127.0.0.1): written into the entries that need it
@@ -193,7 +199,10 @@ class Datapath:
             for st in self.eps.values():
                 for f in st.attached:
                     f.destroy()
+            for f in self.devices.values():
+                f.destroy()
         self.eps.clear()
+        self.devices.clear()
         if self.ring:
             self.ring.close()
             self.ring = None
@@ -218,6 +227,15 @@ class Datapath:
             TcFilter.attach(self.obj.program("to_container"), ep.host_ifindex, egress=True),
         ]
 
+    def attach_device(self, name: str) -> None:
+        """from_netdev on a node device's ingress: the packets of clients on other hosts whose connections the
+        L7 proxy holds are delivered to it (replaced in place when a previous agent left it)."""
+        assert self.obj
+        if name not in self.devices:
+            ifindex = socket.if_nametoindex(name)  # OSError: no such device
+            self.devices[name] = TcFilter.attach(self.obj.program("from_netdev"), ifindex, egress=False,
+                                                 handle=DEV_TC_HANDLE, priority=DEV_TC_PRIORITY)
+
     def forget(self, ep: Endpoint) -> None:
         st = self.eps.pop(ep.ep_id, None)
         self.endpoints_map.delete(ep.host_ifindex.to_bytes(4, "little"))
@@ -233,10 +251,13 @@ class Datapath:
     def programs(self) -> list[tuple[str, int, str]]:
         if not self.obj:
             return []
-        return [(n, self.obj.program(n).fd, "tc (per endpoint veth)") for n in ("from_container", "to_container")]
+        rows = [(n, self.obj.program(n).fd, "tc (per endpoint veth)") for n in ("from_container", "to_container")]
+        if self.devices:
+            rows.append(("from_netdev", self.obj.program("from_netdev").fd, "tc ingress: " + ", ".join(self.devices)))
+        return rows
 
     def filters(self) -> list[TcFilter]:
-        return [f for st in self.eps.values() for f in st.attached]
+        return [f for st in self.eps.values() for f in st.attached] + list(self.devices.values())
 
     # ------------------------------------------------------------------ policy
     def check_capacity(self, compiled: CompiledPolicy) -> None:

@@ -1,0 +1,121 @@
+"""A client outside the node (a namespace of the test's own behind a veth, routed to the pod CIDR through the
+node) as the client of an endpoint's ingress L7 policy. Its packets are forwarded by the node into the
+endpoint's host veth, whose TC egress (to_container) cannot hand them to HAProxy; they take the same loop into
+the veth's ingress as a host process's do, are judged request by request, and the server sees the outside
+client's own address. Everything is real: the agent, its HAProxy, the endpoints, the routed namespace."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from apiary.sensors.l7proxy.haproxy import haproxy_binary
+from apiary.testing.agent import AgentProcess, is_root
+from apiary.testing.net import Net
+from apiary.testing.veth import outside_host
+
+pytestmark = [
+    pytest.mark.skipif(not is_root(), reason="needs root"),
+    pytest.mark.skipif(haproxy_binary() is None, reason="haproxy not installed (scripts/setup.sh installs it)"),
+]
+
+NS = "outl7"
+L7_PORT, L4_PORT, CLOSED_PORT = 8080, 9000, 9001
+POLICY = """\
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {{name: outside-l7, namespace: {ns}}}
+spec:
+  endpointSelector: {{matchLabels: {{app: server}}}}
+  ingress:
+  - fromCIDR: [{cidr}]
+    toPorts:
+    - ports: [{{port: "{l7}", protocol: TCP}}]
+      rules:
+        http:
+        - {{method: GET, path: "/api/v1/.*"}}
+  - fromEntities: [world]
+    toPorts:
+    - ports: [{{port: "{l4}", protocol: TCP}}]
+"""
+
+
+@pytest.fixture(scope="module")
+def env() -> Iterator[tuple[Net, dict[str, str]]]:
+    agent = AgentProcess()
+    with outside_host(agent.pod_cidr) as out:
+        agent.extra = ("--devices", out["dev"])  # the node's device facing the outside client (Cilium's --devices)
+        n = Net(agent)
+        try:
+            agent.start()
+            n.eps = {"server": n.endpoint("server", NS, app="server")}  # type: ignore[attr-defined]
+            n.serve(f"{NS}/server", "serve-http11", str(L7_PORT))
+            n.serve(f"{NS}/server", "serve-id", str(L4_PORT), "server")
+            n.serve(f"{NS}/server", "serve-id", str(CLOSED_PORT), "server")
+            n.apply_ok(POLICY.format(ns=NS, cidr=out["cidr"], l7=L7_PORT, l4=L4_PORT))
+            yield n, out
+        finally:
+            n.close()
+            agent.cleanup()
+
+
+def server_ip(net: Net) -> str:
+    return str(net.eps["server"]["ipv4"])  # type: ignore[attr-defined]
+
+
+def outside(out: dict[str, str], *argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """apiary.testing.netprobe run in the outside namespace."""
+    return subprocess.run(["ip", "netns", "exec", out["netns"], sys.executable, "-m", "apiary.testing.netprobe",
+                           *argv], capture_output=True, text=True, timeout=timeout)
+
+
+
+
+def test_outside_client_is_judged_request_by_request(env: tuple[Net, dict[str, str]]) -> None:
+    net, out = env
+    spec = json.dumps([[m, p, {}, ""] for m, p in (("GET", "/api/v1/items"), ("GET", "/admin"),
+                                                    ("GET", "/api/v1/again"))])
+    p = outside(out, "requests", server_ip(net), str(L7_PORT), spec)
+    assert p.returncode == 0, p.stderr
+    res = json.loads(p.stdout.strip().splitlines()[-1])
+    assert [s for s, _ in res["responses"]] == [200, 403, 200], res
+    assert res["connections"] == 1, res  # one keep-alive connection, judged request by request
+    assert res["responses"][1][1] == "Access denied\r\n"
+    # the proxy connected to the server from the outside client's own address
+    assert res["responses"][0][1].split() == ["GET", "/api/v1/items", "from", out["client"]], res
+
+    allowed = net.l7_requests("/api/v1/items")[-1]
+    assert allowed["verdict"] == "FORWARDED" and allowed["traffic_direction"] == "INGRESS", allowed
+    assert allowed["IP"]["source"] == out["client"], allowed
+    assert "reserved:world" in allowed["source"]["labels"], allowed
+    assert f"cidr:{out['cidr']}" in allowed["source"]["labels"], allowed
+    assert allowed["destination"]["pod_name"] == "server", allowed
+    assert "ingress[0].toPorts[0].rules.http[0]" in allowed["extensions"]["apiary"]["decided_by"], allowed
+    denied = net.l7_requests("/admin")[-1]
+    assert denied["verdict"] == "DROPPED" and denied["IP"]["source"] == out["client"], denied
+    assert denied["l7"]["http"]["code"] == 403, denied
+
+
+def test_outside_client_on_an_l4_port_is_not_redirected(env: tuple[Net, dict[str, str]]) -> None:
+    net, out = env
+    p = outside(out, "ask", server_ip(net), str(L4_PORT), "3")
+    assert p.returncode == 0, p.stderr
+    res = json.loads(p.stdout.strip().splitlines()[-1])
+    assert res["answers"] == {"server": 3} and not res["errors"], res
+    # judged at L3/L4 only: no L7 flow names this port
+    assert not [f for f in net.flows("--type", "l7") if f.get("Type") == "L7"
+                and f["destination"].get("port") == L4_PORT]
+
+
+def test_outside_client_on_a_port_no_rule_allows_is_dropped(env: tuple[Net, dict[str, str]]) -> None:
+    net, out = env
+    p = outside(out, "ask", server_ip(net), str(CLOSED_PORT), "1")
+    res = json.loads(p.stdout.strip().splitlines()[-1]) if p.stdout.strip() else {"answers": {}}
+    assert not res["answers"], res
+    drops = [f for f in net.flows("--verdict", "DROPPED", "--to-pod", f"{NS}/server", "--port", str(CLOSED_PORT))
+             if f["IP"]["source"] == out["client"]]
+    assert drops and drops[-1]["drop_reason_desc"] == "POLICY_DENIED", drops

@@ -119,3 +119,33 @@ def test_outside_client_on_a_port_no_rule_allows_is_dropped(env: tuple[Net, dict
     drops = [f for f in net.flows("--verdict", "DROPPED", "--to-pod", f"{NS}/server", "--port", str(CLOSED_PORT))
              if f["IP"]["source"] == out["client"]]
     assert drops and drops[-1]["drop_reason_desc"] == "POLICY_DENIED", drops
+
+
+NODEPORT = """\
+apiVersion: v1
+kind: Service
+metadata: {{name: web, namespace: {ns}}}
+spec:
+  type: NodePort
+  selector: {{app: server}}
+  ports: [{{name: http, port: 80, targetPort: {l7}, nodePort: {np}}}]
+"""
+
+
+def test_outside_client_through_a_nodeport_is_judged_too(env: tuple[Net, dict[str, str]]) -> None:
+    """The NodePort at the node's address on the device: translated to the local backend by the NodePort
+    filter, then the proxied connection's packets are handed to HAProxy by from_netdev, which runs after it."""
+    net, out = env
+    r = net.agent.cli("apply", "-f", "-", input=NODEPORT.format(ns=NS, l7=L7_PORT, np=31877))
+    assert r.returncode == 0, r.stderr
+    spec = json.dumps([["GET", "/api/v1/np", {}, ""], ["DELETE", "/api/v1/np", {}, ""]])
+    p = outside(out, "requests", out["node"], "31877", spec)
+    assert p.returncode == 0, p.stderr
+    res = json.loads(p.stdout.strip().splitlines()[-1])
+    assert [s for s, _ in res["responses"]] == [200, 403], res
+    assert res["connections"] == 1, res
+    # no SNAT to a local backend (Cilium's nodeport_lb4): the server sees the client
+    assert res["responses"][0][1].split() == ["GET", "/api/v1/np", "from", out["client"]], res
+    allowed = net.l7_requests("/api/v1/np")
+    assert {f["verdict"] for f in allowed} == {"FORWARDED", "DROPPED"}, allowed
+    assert all(f["IP"]["source"] == out["client"] and f["destination"]["pod_name"] == "server" for f in allowed)

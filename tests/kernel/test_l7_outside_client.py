@@ -100,6 +100,14 @@ def test_outside_client_is_judged_request_by_request(env: tuple[Net, dict[str, s
     assert denied["l7"]["http"]["code"] == 403, denied
 
 
+def test_status_names_the_device(env: tuple[Net, dict[str, str]]) -> None:
+    net, out = env
+    st = net.agent.client().get("/v1/status")
+    assert st["network"]["l7_proxy"]["devices"] == [out["dev"]], st["network"]["l7_proxy"]
+    health = net.cli_ok("status")
+    assert f"clients on other hosts through {out['dev']}" in health, health
+
+
 def test_outside_client_on_an_l4_port_is_not_redirected(env: tuple[Net, dict[str, str]]) -> None:
     net, out = env
     p = outside(out, "ask", server_ip(net), str(L4_PORT), "3")

@@ -129,8 +129,11 @@ def test_proxies_ok_with_their_figures() -> None:
     subs = _subs(_status(network=_net(l7_proxy=L7, dns_proxy=DNS)))
     assert subs["L7 proxy"]["state"] == "OK"
     assert subs["L7 proxy"]["reason"] == ("haproxy pid 42 on 127.0.0.1:15001, 9 requests, 3 denied, 0 restarts, "
-                                          "rule changes: 4 live, 1 reloads")
+                                          "rule changes: 4 live, 1 reloads, no clients on other hosts (no --devices)")
     assert subs["L7 proxy"]["details"]["denied"] == 3 and subs["L7 proxy"]["details"]["hot_updates"] == 4
+    with_dev = _subs(_status(network=_net(l7_proxy=L7 | {"devices": ["eth0", "eth1"]})))["L7 proxy"]
+    assert with_dev["reason"].endswith(", clients on other hosts through eth0, eth1")
+    assert with_dev["details"]["devices"] == ["eth0", "eth1"]
     assert subs["DNS proxy"] == {"name": "DNS proxy", "state": "OK",
                                  "reason": "127.0.0.1:15002 UDP+TCP, 5 queries, 1 refused",
                                  "details": {k: v for k, v in DNS.items() if k != "serving"}}

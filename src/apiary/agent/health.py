@@ -215,12 +215,16 @@ def _proxies(net: Mapping[str, Any] | None, inc: Mapping[str, int], win: float) 
         state, reason = _worst(OK, reasons, f"haproxy pid {l7.get('pid')} on 127.0.0.1:{l7.get('port')}, "
                                             f"{l7.get('requests', 0):,} requests, {l7.get('denied', 0):,} denied, "
                                             f"{l7.get('restarts', 0):,} restarts, rule changes: "
-                                            f"{l7.get('hot_updates', 0):,} live, {l7.get('reloads', 0):,} reloads")
+                                            f"{l7.get('hot_updates', 0):,} live, {l7.get('reloads', 0):,} reloads, "
+                                            + (f"clients on other hosts through {', '.join(l7['devices'])}"
+                                               if l7.get("devices") else
+                                               "no clients on other hosts (no --devices)"))
         out.append(_sub("L7 proxy", state, reason, pid=l7.get("pid"), port=l7.get("port"),
                         hot_updates=l7.get("hot_updates", 0), reloads=l7.get("reloads", 0),
                         requests=l7.get("requests", 0), denied=l7.get("denied", 0),
                         upstream_errors=l7.get("upstream_errors", 0), restarts=l7.get("restarts", 0),
-                        bad_records=l7.get("bad_records", 0), dropped_records=l7.get("dropped_records", 0)))
+                        bad_records=l7.get("bad_records", 0), dropped_records=l7.get("dropped_records", 0),
+                        devices=l7.get("devices", [])))
     dns = net.get("dns_proxy")
     if dns is None:
         out.append(_sub("DNS proxy", DISABLED, net.get("dns_proxy_disabled") or "not running"))

@@ -767,7 +767,8 @@ class Network:
                 "subscribers": len(self.flows.subscribers),
             },
             "datapath_counters": self.dp.counters() if self.dp.obj else {},
-            "l7_proxy": self.l7.status() | self.l7_counts | {"restarting": self.l7.down_since is not None}
+            "l7_proxy": self.l7.status() | self.l7_counts | {"restarting": self.l7.down_since is not None,
+                                                              "devices": sorted(self.dp.devices)}
             if self.l7 is not None else None,
             "l7_proxy_disabled": self.l7_off if self.l7 is None else None,
             "dns_proxy": {**self.dns.status(), "holder_pid": self.dns_holder.pid if self.dns_holder else None,

@@ -157,3 +157,19 @@ def test_outside_client_through_a_nodeport_is_judged_too(env: tuple[Net, dict[st
     allowed = net.l7_requests("/api/v1/np")
     assert {f["verdict"] for f in allowed} == {"FORWARDED", "DROPPED"}, allowed
     assert all(f["IP"]["source"] == out["client"] and f["destination"]["pod_name"] == "server" for f in allowed)
+
+
+def test_after_an_agent_restart_the_outside_client_is_served(env: tuple[Net, dict[str, str]]) -> None:
+    """Last in the module: the stopped agent leaves from_netdev on the device (the endpoints keep their
+    programs); the next agent replaces it in place and the outside client is judged again."""
+    net, out = env
+    assert net.agent.stop() == 0
+    net.agent.start()
+    shown = subprocess.run(["tc", "filter", "show", "dev", out["dev"], "ingress"], capture_output=True,
+                           text=True).stdout
+    assert shown.count("handle 0xa1c") == 1, shown
+    spec = json.dumps([["GET", "/api/v1/after", {}, ""], ["GET", "/admin", {}, ""]])
+    p = outside(out, "requests", server_ip(net), str(L7_PORT), spec)
+    assert p.returncode == 0, p.stderr
+    res = json.loads(p.stdout.strip().splitlines()[-1])
+    assert [s for s, _ in res["responses"]] == [200, 403], res

@@ -19,10 +19,11 @@ tests=(tests/kernel/test_sensors_direct.py tests/kernel/test_tracing_features.py
 # socket: Debian 12's own kernel) with a network agent and endpoints: ~6 minutes under TCG
 tests+=("tests/kernel/test_l7_http.py::test_seed_policy_judges_each_request")
 # the pod-level tracing tests (agent + endpoints) take ~10 more minutes per kernel under TCG, the DNS proxy's
-# ~6: `make test-vm`
+# ~6, L7 for clients on other hosts (from_netdev, NodePort) ~7: `make test-vm`
 [ "${APIARY_VM_FULL:-0}" = "1" ] && tests+=(tests/kernel/test_tracing.py
   "tests/kernel/test_l7_dns.py::test_allowed_name_resolves_and_its_ip_becomes_reachable"
-  "tests/kernel/test_l7_dns.py::test_disallowed_name_is_refused_and_wildcards_match_one_label")
+  "tests/kernel/test_l7_dns.py::test_disallowed_name_is_refused_and_wildcards_match_one_label"
+  tests/kernel/test_l7_outside_client.py)
 summary=("$host (native)")
 status=0
 for k in $kernels; do

@@ -24,7 +24,7 @@ pytestmark = [
 ]
 
 NS = "outl7"
-L7_PORT, L4_PORT, CLOSED_PORT = 8080, 9000, 9001
+L7_PORT, L4_PORT, CLOSED_PORT, FAR_PORT = 8080, 9000, 9001, 8081
 POLICY = """\
 apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
@@ -50,15 +50,25 @@ def env() -> Iterator[tuple[Net, dict[str, str]]]:
     with outside_host(agent.pod_cidr) as out:
         agent.extra = ("--devices", out["dev"])  # the node's device facing the outside client (Cilium's --devices)
         n = Net(agent)
+        far: subprocess.Popen[str] | None = None
         try:
+            # a server on the other host, for an endpoint's egress L7
+            far = subprocess.Popen(["ip", "netns", "exec", out["netns"], sys.executable, "-m",
+                                    "apiary.testing.netprobe", "serve-http11", str(FAR_PORT)], stdout=subprocess.PIPE,
+                                   text=True)
+            assert far.stdout is not None and "ready" in far.stdout.readline()
             agent.start()
-            n.eps = {"server": n.endpoint("server", NS, app="server")}  # type: ignore[attr-defined]
+            n.eps = {"server": n.endpoint("server", NS, app="server"),  # type: ignore[attr-defined]
+                     "client": n.endpoint("client", NS, app="client")}
             n.serve(f"{NS}/server", "serve-http11", str(L7_PORT))
             n.serve(f"{NS}/server", "serve-id", str(L4_PORT), "server")
             n.serve(f"{NS}/server", "serve-id", str(CLOSED_PORT), "server")
             n.apply_ok(POLICY.format(ns=NS, cidr=out["cidr"], l7=L7_PORT, l4=L4_PORT))
             yield n, out
         finally:
+            if far is not None:
+                far.kill()
+                far.wait()
             n.close()
             agent.cleanup()
 
@@ -157,6 +167,44 @@ def test_outside_client_through_a_nodeport_is_judged_too(env: tuple[Net, dict[st
     allowed = net.l7_requests("/api/v1/np")
     assert {f["verdict"] for f in allowed} == {"FORWARDED", "DROPPED"}, allowed
     assert all(f["IP"]["source"] == out["client"] and f["destination"]["pod_name"] == "server" for f in allowed)
+
+
+EGRESS = """\
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {{name: to-outside, namespace: {ns}}}
+spec:
+  endpointSelector: {{matchLabels: {{app: client}}}}
+  egress:
+  - toCIDR: [{cidr}]
+    toPorts:
+    - ports: [{{port: "{port}", protocol: TCP}}]
+      rules:
+        http:
+        - {{method: GET, path: "/api/.*"}}
+"""
+
+
+def test_an_endpoint_calls_a_server_on_another_host_through_its_egress_l7(env: tuple[Net, dict[str, str]]) -> None:
+    """Egress L7 to a server outside the node (an external API, as toFQDNs/toCIDR with rules.http are used):
+    judged request by request; the proxy connects from the node's address, so the server's answers come
+    back to the node (no device program needed)."""
+    net, out = env
+    net.apply_ok(EGRESS.format(ns=NS, cidr=out["cidr"], port=FAR_PORT))
+    spec = json.dumps([["GET", "/api/x", {}, ""], ["POST", "/api/x", {}, "body"], ["GET", "/api/y", {}, ""]])
+    p = subprocess.run(net._exec(f"{NS}/client", "requests", out["client"], str(FAR_PORT), spec),
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    res = json.loads(p.stdout.strip().splitlines()[-1])
+    assert [s for s, _ in res["responses"]] == [200, 403, 200], res
+    assert res["connections"] == 1, res
+    allowed = net.l7_requests("/api/x")
+    req = [f for f in allowed if f["verdict"] == "FORWARDED"][-1]
+    assert req["traffic_direction"] == "EGRESS" and req["IP"]["destination"] == out["client"], req
+    assert req["source"]["pod_name"] == "client", req
+    assert "reserved:world" in req["destination"]["labels"], req
+    assert "egress[0].toPorts[0].rules.http[0]" in req["extensions"]["apiary"]["decided_by"], req
+    assert any(f["verdict"] == "DROPPED" and f["l7"]["http"]["method"] == "POST" for f in allowed), allowed
 
 
 def test_after_an_agent_restart_the_outside_client_is_served(env: tuple[Net, dict[str, str]]) -> None:

@@ -183,7 +183,7 @@ def test_cli_compact_json_and_filters(agent: AgentProcess, bindir: Path) -> None
 def test_status_reconciles_and_counts_loss_with_tiny_ring(bindir: Path) -> None:
     """A 4 KiB ring cannot hold an exec with 4 KiB of arguments: the loss must show in status."""
     marker = _copy(bindir, "true", "probe-big")
-    with AgentProcess("--ringbuf-size", "4096") as agent:
+    with AgentProcess("--ringbuf-size", "4096", "--bpf-stats") as agent:
         for _ in range(5):
             subprocess.run([marker, "A" * 3000, "B" * 1000])
         subprocess.run([marker, "small"])

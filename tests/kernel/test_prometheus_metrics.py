@@ -38,7 +38,7 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[AgentPro
     connection refused by policy; an events file export (the alert rules use its loss counter)."""
     addr = f"127.0.0.1:{free_port()}"
     agent = AgentProcess(
-        "--metrics-addr", addr,
+        "--metrics-addr", addr, "--bpf-stats",
         "--hubble-metrics", "flow drop:sourceContext=pod;destinationContext=pod tcp port-distribution policy",
         "--export-filename", str(tmp_path_factory.mktemp("export") / "events.json"),
     )
@@ -176,11 +176,16 @@ def test_metrics_port_taken_is_one_clear_error() -> None:
             agent.cleanup()
 
 
-def test_without_bpf_stats_the_metrics_say_so() -> None:
+@pytest.mark.parametrize("flag", [(), ("--no-bpf-stats",)], ids=["default", "no-bpf-stats"])
+def test_without_bpf_stats_the_metrics_say_so(flag: tuple[str, ...]) -> None:
+    """Off by default (every BPF program run on the node would pay two clock reads): the metrics say so, and
+    so does `apiary status`."""
     addr = f"127.0.0.1:{free_port()}"
-    with AgentProcess("--metrics-addr", addr, "--no-network", "--no-bpf-stats") as agent:
+    with AgentProcess("--metrics-addr", addr, "--no-network", *flag) as agent:
         text = _text(addr)
         assert "apiary_bpf_stats_enabled 0.0" in text
+        assert agent.client().get("/v1/status")["bpf_stats"] is False
+        assert "--bpf-stats" in agent.cli("status", "--verbose").stdout
         assert "apiary_endpoints 0.0" in text and "hubble_flows_processed_total" not in text  # no datapath
         assert "tetragon_events_total" in text
         assert agent.proc is not None and agent.proc.poll() is None

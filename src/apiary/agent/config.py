@@ -30,7 +30,9 @@ class AgentConfig:
     event_history: int = 4096  # recent events kept for `apiary events --since`
     client_queue: int = 65536  # events buffered per streaming client before it counts drops
     drain_interval: float = 0.05  # seconds between ring drains when the kernel does not wake us
-    bpf_stats: bool = True  # BPF_ENABLE_STATS while the agent runs (run count / time per program)
+    # BPF_ENABLE_STATS while the agent runs (run count / time per program): two clock reads on every BPF program
+    # run on the node, so off unless asked for (--bpf-stats)
+    bpf_stats: bool = False
     mount_fs: bool = True  # mount bpffs/tracefs when missing
     tracing: bool = True  # TracingPolicy sensor
     # API transport

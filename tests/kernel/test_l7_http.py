@@ -329,6 +329,34 @@ def test_egress_l7_and_the_servers_ingress(net: Net) -> None:
             net.agent.cli("policy", "delete", name, "-n", NS)
 
 
+def test_a_request_both_sides_judge_is_reported_by_each(net: Net) -> None:
+    """The client's egress and the server's ingress both have HTTP rules: one proxy judges both, and an allowed
+    request is two pairs of flows, EGRESS (the client's rule) and INGRESS (the server's), as Cilium's two
+    proxies report it; a request one side denies is one DROPPED flow of that side."""
+    try:
+        net.apply_ok(EGRESS_L7)
+        net.apply_ok(FRONTEND_FROM_OTHER.replace(
+            'toPorts: [{ports: [{port: "8080", protocol: TCP}]}]',
+            'toPorts: [{ports: [{port: "8080", protocol: TCP}], rules: {http: [{method: GET, path: "/pub.*"}]}}]'))
+        out = requests(net, "other", ("GET", "/public", {}, ""), ("GET", "/publicx", {}, ""))
+        assert [s for s, _ in out["responses"]] == [200, 403], out
+        flows = [f for f in l7_flows(net) if f["l7"]["http"]["url"].endswith(("/public", "/publicx"))
+                 and f["source"].get("pod_name", f["destination"].get("pod_name")) in ("other", "frontend")]
+        allowed = [f for f in flows if f["l7"]["http"]["url"].endswith("/public")]
+        by_side = {(f["traffic_direction"], f["l7"]["type"]) for f in allowed}
+        assert by_side == {("EGRESS", "REQUEST"), ("EGRESS", "RESPONSE"), ("INGRESS", "REQUEST"),
+                           ("INGRESS", "RESPONSE")}, [f["Summary"] for f in allowed]
+        eg = [f for f in allowed if f["traffic_direction"] == "EGRESS" and f["l7"]["type"] == "REQUEST"][-1]
+        ing = [f for f in allowed if f["traffic_direction"] == "INGRESS" and f["l7"]["type"] == "REQUEST"][-1]
+        assert "other-egress-l7 egress[0].toPorts[0].rules.http[0]" in eg["extensions"]["apiary"]["decided_by"]
+        assert "frontend-from-other ingress[0].toPorts[0].rules.http[0]" in ing["extensions"]["apiary"]["decided_by"]
+        denied = [f for f in flows if f["l7"]["http"]["url"].endswith("/publicx")]
+        assert [(f["traffic_direction"], f["verdict"]) for f in denied] == [("EGRESS", "DROPPED")], denied
+    finally:
+        for name in ("other-egress-l7", "frontend-from-other"):
+            net.agent.cli("policy", "delete", name, "-n", NS)
+
+
 def test_proxy_down_fails_closed_and_is_restarted(net: Net) -> None:
     status = json.loads(net.cli_ok("status", "-o", "json"))
     proxy = status["network"]["l7_proxy"]

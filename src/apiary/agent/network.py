@@ -518,20 +518,26 @@ class Network:
     def on_http(self, rec: dict[str, str]) -> None:
         """One access-log record of the proxy: the REQUEST flow, and the RESPONSE when it was let through."""
         assert self.l7 is not None
-        allowed, ingress, decided = self._http_decision(unset(rec.get("rule")), unset(rec.get("deny")),
-                                                        unset(rec.get("gen")))
+        deny, gen = unset(rec.get("deny")), unset(rec.get("gen"))
+        rule_e, rule_i = unset(rec.get("rule_e")), unset(rec.get("rule_i"))
+        allowed, ingress, decided = self._http_decision(rule_i or rule_e, deny, gen)
         counts = self.l7_counts  # `apiary status`: what the proxy judged
         counts["requests"] += 1
         counts["denied"] += not allowed
         # HAProxy's termination state: S/s = the server refused, aborted or timed out (an upstream error)
         counts["upstream_errors"] += rec.get("term", "")[:1] in ("S", "s")
-        # the exchange is made from the record when its flows are first read
-        x = LoggedExchange(rec, allowed, ingress, decided, self.compiled.ipcache)
+        # the exchange is made from the record when its flows are first read; a request the client's egress
+        # and the server's ingress both allowed is reported by each side, as Cilium's two proxies do
+        xs = [LoggedExchange(rec, allowed, ingress, decided, self.compiled.ipcache)]
+        if allowed and rule_e and rule_i:
+            _, _, by_egress = self._http_decision(rule_e, deny, gen)
+            xs.insert(0, LoggedExchange(rec, True, False, by_egress, self.compiled.ipcache))
         metrics, publish = self.metrics, self.flows.publish
-        for ev in l7_http_deferred(self.builder, x):  # built when read (or now, for L7 metrics or a live client)
-            if metrics:
-                metrics.observe_l7(http_kind(x.allowed), ev)
-            publish(ev)
+        for x in xs:
+            for ev in l7_http_deferred(self.builder, x):  # built when read (or now, for L7 metrics or a live client)
+                if metrics:
+                    metrics.observe_l7(http_kind(x.allowed), ev)
+                publish(ev)
 
     def _http_decision(self, rule: str, deny: str, gen: str = "") -> tuple[bool, bool, str]:
         """(allowed, ingress, decided_by) of a logged rule/filter number, read in the configuration of the

@@ -46,7 +46,8 @@ _LOG_FIELDS = {
     "client": "%ci", "cport": "%cp", "server": "%fi", "sport": "%fp", "status": "%ST", "tr": "%Tr",
     "ta": "%Ta", "ts": "%Ts", "ms": "%ms", "term": "%ts", "method": "%[var(txn.m),json(utf8s)]",
     "url": "%[var(txn.uri),json(utf8s)]", "host": "%[var(txn.host),json(utf8s)]",
-    "version": "%[var(txn.ver)]", "rule": "%[var(txn.by)]", "deny": "%[var(txn.deny)]",
+    "version": "%[var(txn.ver)]", "rule_e": "%[var(txn.bye)]", "rule_i": "%[var(txn.byi)]",
+    "deny": "%[var(txn.deny)]",
     "headers": "%[var(txn.hdrs),json(utf8s)]", "gen": "%[var(txn.gen)]",
 }
 LOG_FORMAT = "{" + ",".join(f'"{k}":"{v}"' for k, v in _LOG_FIELDS.items()) + "}"
@@ -82,7 +83,7 @@ class SlotShape:
 class ProxyConfig:
     text: str  # haproxy.cfg
     files: dict[str, str] = field(default_factory=dict)  # pattern file name -> content (both buffers)
-    rules: dict[int, HttpRule] = field(default_factory=dict)  # logged "rule" n -> its rule
+    rules: dict[int, HttpRule] = field(default_factory=dict)  # logged "rule_e"/"rule_i" n -> its rule
     filters: dict[int, Filter] = field(default_factory=dict)  # logged "deny" n -> its filter
     sources: dict[str, tuple[int, str]] = field(default_factory=dict)  # pattern file -> (rule n, its field)
     layout: tuple[SlotShape, ...] = ()
@@ -296,7 +297,8 @@ def _text(layout: tuple[SlotShape, ...], port: int, d: str) -> str:
         nums, firsts = _numbers(layout, b)
         for i, slot in enumerate(layout):
             n = nums[i]
-            side, peer, g = ("dst", "txn.sid", "gi") if slot.direction == INGRESS else ("src", "txn.did", "ge")
+            side, peer, g, by = (("dst", "txn.sid", "gi", "byi") if slot.direction == INGRESS
+                                 else ("src", "txn.did", "ge", "bye"))
             lines.append(f"    http-request set-var(txn.f{n}) bool(1) if "
                          f"{{ {side} -f {d}/b{b}.f{n}.addr.lst }} {{ dst_port -f {d}/b{b}.f{n}.port.lst }} "
                          f"{{ var({peer}) -m int -f {d}/b{b}.f{n}.peer.lst }}")
@@ -312,7 +314,9 @@ def _text(layout: tuple[SlotShape, ...], port: int, d: str) -> str:
                     conds.append(f"{{ req.fhdr({name}) -m reg -f {d}/b{b}.r{r}.h{k}.pat }}" if has_value
                                  else f"{{ req.fhdr_cnt({name}) -m int gt 0 }}")
                 lines.append(f"    http-request set-var(txn.ok{n}) int({r}) if {' '.join(conds)}")
-            lines.append(f"    http-request set-var(txn.by) var(txn.ok{n}) if {{ var(txn.ok{n}) -m found }}")
+            # the rule that allowed it, per side (a request both an egress and an ingress filter judge is two
+            # flows, as Cilium's two proxies report it)
+            lines.append(f"    http-request set-var(txn.{by}) var(txn.ok{n}) if {{ var(txn.ok{n}) -m found }}")
             lines.append(f"    http-request set-var(txn.{g}) bool(1) if {{ var(txn.ok{n}) -m found }}")
             # judged once every filter of the side has been: one of them allowing is enough (a request has one
             # destination and one source, so a side's filters that apply are all one endpoint's)

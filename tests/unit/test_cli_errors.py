@@ -96,3 +96,14 @@ def test_unknown_observe_filter_is_cut_and_points_to_help(tmp_path: Path) -> Non
     r = run("--socket", str(tmp_path / "none.sock"), "observe", "--" + "x" * 300)
     line = one_line_error(r)
     assert "see apiary observe -h" in line and len(line) < 200
+
+
+@pytest.mark.parametrize("argv", [["agent", "--socket", "/tmp/x.sock"], ["policy", "list", "--timeout", "3"]])
+def test_an_own_option_after_the_command_says_where_it_goes(argv: list[str]) -> None:
+    r = run(*argv)
+    assert r.returncode == 2, r.stderr
+    assert "No such option" in r.stderr and argv[-2] in r.stderr, r.stderr
+    assert f"it goes before the command, as in `apiary {argv[-2]} VALUE COMMAND" in r.stderr, r.stderr
+    # any other unknown option keeps click's own message
+    r = run("agent", "--no-such-flag")
+    assert r.returncode == 2 and "No such option" in r.stderr and "goes before" not in r.stderr, r.stderr

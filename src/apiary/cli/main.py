@@ -40,7 +40,24 @@ def _call(fn: Any, *a: Any, **kw: Any) -> Any:
         _fail(f"agent refused the request: {e.text()}", 2)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Cli(click.Group):
+    """The top-level group: an option of its own given after a command (``apiary agent --socket X``) is told
+    where it goes, not only that the command has no such option."""
+
+    OWN = ("--socket", "--timeout")
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except click.NoSuchOption as e:
+            if e.option_name not in self.OWN:
+                raise
+            hint = (f"{e.message} ({e.option_name} is apiary's own option: it goes before the command, as in "
+                    f"`apiary {e.option_name} VALUE COMMAND …`)")
+            raise click.NoSuchOption(e.option_name, hint, e.possibilities, e.ctx) from None
+
+
+@click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--socket", "socket_path", envvar="APIARY_SOCKET", default=None, help="Agent API socket.")
 @click.option(
     "--timeout",

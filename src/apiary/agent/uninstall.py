@@ -148,11 +148,11 @@ def _tc(*args: str) -> subprocess.CompletedProcess[str]:
 def _device_filters(dev: str, rep: Report) -> None:
     """apiary's filters on a device (the NodePort ones of sensors/lb, the network sensor's from_netdev: their
     handle and priority); the clsact qdisc once empty."""
-    for handle_n, prio in ((TC_HANDLE, TC_PRIORITY), (DEV_TC_HANDLE, DEV_TC_PRIORITY)):
-        handle = f"0x{handle_n:x}"
-        for direction in ("ingress", "egress"):
-            shown = _tc("filter", "show", "dev", dev, direction)
-            if f"handle {handle}" not in shown.stdout:
+    for direction in ("ingress", "egress"):
+        shown = _tc("filter", "show", "dev", dev, direction).stdout  # once per direction, for both handles
+        for handle_n, prio in ((TC_HANDLE, TC_PRIORITY), (DEV_TC_HANDLE, DEV_TC_PRIORITY)):
+            handle = f"0x{handle_n:x}"
+            if f"handle {handle}" not in shown:
                 continue
             r = _tc("filter", "del", "dev", dev, direction, "pref", str(prio), "handle", handle, "bpf")
             if r.returncode == 0:

@@ -44,13 +44,11 @@ class _Cli(click.Group):
     """The top-level group: an option of its own given after a command (``apiary agent --socket X``) is told
     where it goes, not only that the command has no such option."""
 
-    OWN = ("--socket", "--timeout")
-
     def invoke(self, ctx: click.Context) -> object:
         try:
             return super().invoke(ctx)
         except click.NoSuchOption as e:
-            if e.option_name not in self.OWN:
+            if e.option_name not in {o for p in self.params for o in p.opts}:  # the group's own: --socket, …
                 raise
             hint = (f"{e.message} ({e.option_name} is apiary's own option: it goes before the command, as in "
                     f"`apiary {e.option_name} VALUE COMMAND …`)")

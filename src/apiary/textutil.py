@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 
 def clip(value: object, limit: int = 80) -> str:
@@ -23,6 +24,15 @@ def clip_quoted(msg: str, limit: int = 80) -> str:
         return m.group(0) if _CLIPPED.search(value) else repr(clip(value, limit))
 
     return _QUOTED.sub(cut, msg)
+
+
+def default_scope(name: str, namespace: str | None, scopes: Iterable[tuple[str, str]]) -> str:
+    """The namespace a NAME without -n means (namespace None): the cluster scope when a cluster-wide policy of
+    that name exists, else kubectl's ``default``. ``scopes``: the (namespace, name) pairs there are."""
+    if namespace is not None:
+        return namespace
+    have = set(scopes)
+    return "" if ("", name) in have or ("default", name) not in have else "default"
 
 
 def not_found(what: str, name: str, namespace: str, elsewhere: list[str]) -> str:

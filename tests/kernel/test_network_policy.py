@@ -125,6 +125,15 @@ def test_l3_allow_by_labels_then_default_deny_switches_off(net: Net) -> None:
     assert "name: allow-frontend" in net.cli_ok("policy", "get", f"{NS}/allow-frontend")  # kubectl's ns/name
     net.cli_ok("policy", "delete", f"{NS}/allow-frontend")
     assert tcp(net, "other", "backend", 5678)  # default deny is gone with the last selecting policy
+    # a CiliumNetworkPolicy without a namespace lands in "default", where a NAME without -n finds it
+    net.apply_ok("""
+        apiVersion: cilium.io/v2
+        kind: CiliumNetworkPolicy
+        metadata: {name: in-default}
+        spec: {endpointSelector: {matchLabels: {app: nothing-here}}, ingress: [{}]}
+    """)
+    assert "name: in-default" in net.cli_ok("policy", "get", "in-default")
+    assert "CiliumNetworkPolicy default/in-default" in net.cli_ok("policy", "delete", "in-default")
 
 
 def test_l4_port_allowed_other_port_dropped_udp_and_http(net: Net) -> None:

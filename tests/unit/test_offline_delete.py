@@ -110,3 +110,38 @@ def test_agent_help_states_the_exemption_and_what_no_restore_covers() -> None:
         "--no-agent-exemption" in text and "never by binary name or path" in text and "Nothing else is exempt" in text
     )
     assert "--no-restore" in text and "Network policies are restored" in text and "cannot lock out the CLI" in text
+
+
+def test_without_n_a_name_means_the_cluster_wide_policy_else_namespace_default(state: Path) -> None:
+    data = json.loads((state / statedir.NETWORK_FILE).read_text())
+    data["policies"].append({"kind": "CiliumNetworkPolicy", "namespace": "default", "name": "seed", "revision": 7,
+                             "source": "c"})
+    (state / statedir.NETWORK_FILE).write_text(json.dumps(data))
+    # "seed" is only in namespace default: no -n means there, as kubectl's default namespace
+    code, out = run("policy", "delete", "--offline", "seed", "--state-dir", str(state))
+    assert code == 0 and "deleted CiliumNetworkPolicy default/seed" in out, out
+    # "web" is cluster-wide and in namespace team: no -n means the cluster-wide one, team's stays
+    code, out = run("policy", "delete", "--offline", "web", "--state-dir", str(state))
+    assert code == 0 and "deleted CiliumClusterwideNetworkPolicy web" in out
+    left = json.loads((state / statedir.NETWORK_FILE).read_text())["policies"]
+    assert [(p["namespace"], p["name"]) for p in left] == [("team", "web")]
+    # -n "" asks for the cluster scope explicitly, and there is none left
+    code, out = run("policy", "delete", "--offline", "web", "-n", "", "--state-dir", str(state))
+    assert code == 1 and "no stored policy 'web' in cluster scope" in out
+
+
+@pytest.mark.parametrize(
+    ("name", "namespace", "scopes", "want"),
+    [
+        ("a", None, [("", "a"), ("default", "a")], ""),
+        ("a", None, [("default", "a"), ("team", "a")], "default"),
+        ("a", None, [("team", "a")], ""),  # nowhere obvious: the cluster scope, whose error names team
+        ("a", None, [], ""),
+        ("a", "team", [("", "a")], "team"),
+        ("a", "", [("default", "a")], ""),
+    ],
+)
+def test_default_scope(name: str, namespace: str | None, scopes: list[tuple[str, str]], want: str) -> None:
+    from apiary.textutil import default_scope
+
+    assert default_scope(name, namespace, scopes) == want

@@ -94,7 +94,8 @@ def add_routes(app: web.Application, agent: AgentView) -> None:
 
     async def policy_get(request: web.Request) -> web.Response:
         n = net()
-        name, ns = request.match_info["name"], request.query.get("namespace", "")
+        name = request.match_info["name"]
+        ns = n.policy_scope(name, request.query.get("namespace"))
         for p in n.policies.values():
             if p.name == name and p.namespace == ns:
                 return web.json_response(
@@ -104,7 +105,7 @@ def add_routes(app: web.Application, agent: AgentView) -> None:
 
     async def policy_delete(request: web.Request) -> web.Response:
         n = net()
-        return await call(n.delete_policy, request.match_info["name"], request.query.get("namespace", ""))
+        return await call(n.delete_policy, request.match_info["name"], request.query.get("namespace"))
 
     async def explain(request: web.Request) -> web.Response:
         n = net()

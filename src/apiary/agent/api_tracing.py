@@ -35,11 +35,11 @@ def add_routes(app: web.Application, agent: AgentView) -> None:
 
     async def delete(request: web.Request) -> web.Response:
         t = tr()
-        return await call(t.delete, request.match_info["name"], request.query.get("namespace", ""))
+        return await call(t.delete, request.match_info["name"], request.query.get("namespace"))
 
     async def state(request: web.Request) -> web.Response:
         t = tr()
-        name, ns, op = request.match_info["name"], request.query.get("namespace", ""), request.match_info["op"]
+        name, ns, op = request.match_info["name"], request.query.get("namespace"), request.match_info["op"]
         if op in ("enable", "disable"):
             return await call(t.set_enabled, name, ns, op == "enable")
         if op == "mode":

@@ -46,7 +46,7 @@ from apiary.sensors.l7proxy.leftovers import proxy_cgroup
 from apiary.sensors.network.endpoints import Endpoint, EndpointError, EndpointManager
 from apiary.sensors.network.sensor import Datapath
 from apiary.store import Store, StoreError
-from apiary.textutil import not_found
+from apiary.textutil import default_scope, not_found
 
 from . import statedir
 from .bus import EventBus
@@ -444,7 +444,12 @@ class Network:
         return not_found("policy", name, namespace,
                          sorted({k[1] for k in self.policies if k[2] == name and k[1] != namespace}))
 
-    def delete_policy(self, name: str, namespace: str) -> dict[str, Any]:
+    def policy_scope(self, name: str, namespace: str | None) -> str:
+        """The namespace of NAME (None: not given, see ``default_scope``)."""
+        return default_scope(name, namespace, ((k[1], k[2]) for k in self.policies))
+
+    def delete_policy(self, name: str, namespace: str | None) -> dict[str, Any]:
+        namespace = self.policy_scope(name, namespace)
         hits = [k for k in self.policies if k[2] == name and k[1] == namespace]
         if not hits:
             raise PolicyError([Problem("metadata.name", self.policy_not_found(name, namespace))])

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from apiary.store import FileStore, Store, StoreError, describe
+from apiary.textutil import default_scope
 
 LOCK_FILE = "agent.lock"
 TRACING_FILE = "tracingpolicies.json"  # [{key: "namespace/name", source, mode, enabled}]
@@ -97,13 +98,14 @@ def switch_off_pinned(pin_root: str | Path, key: str) -> int:
 
 
 def delete_tracing_policy(
-    state_dir: str | Path, name: str, namespace: str = "", pin_root: str | Path | None = None
+    state_dir: str | Path, name: str, namespace: str | None = "", pin_root: str | Path | None = None
 ) -> str:
     """Remove a stored TracingPolicy so that the next agent start does not restore it, and switch off its
     hooks in the pins a stopped or killed agent left (pin_root), so that enforcement stops now."""
     with offline(state_dir) as d:
         store, path = open_store(d), d / TRACING_FILE
         recs = read_json(store, TRACING_FILE) or []
+        namespace = default_scope(name, namespace, (str(r.get("key", "")).partition("/")[::2] for r in recs))
         key = f"{namespace}/{name}"
         keep = [r for r in recs if r.get("key") != key]
         if len(keep) == len(recs):
@@ -115,11 +117,12 @@ def delete_tracing_policy(
         return done + (f"; its {off} pinned hooks switched off" if off else "")
 
 
-def delete_network_policy(state_dir: str | Path, name: str, namespace: str = "") -> list[str]:
+def delete_network_policy(state_dir: str | Path, name: str, namespace: str | None = "") -> list[str]:
     """Remove a stored network policy (every kind with that name and namespace), as the agent's delete does."""
     with offline(state_dir) as d:
         store, path = open_store(d), d / NETWORK_FILE
         data = read_json(store, NETWORK_FILE) or {"revision": 0, "policies": []}
+        namespace = default_scope(name, namespace, ((p.get("namespace", ""), p.get("name")) for p in data["policies"]))
         hits = [p for p in data["policies"] if p.get("name") == name and p.get("namespace", "") == namespace]
         if not hits:
             where = f"namespace {namespace}" if namespace else "cluster scope"

@@ -26,7 +26,7 @@ from apiary.sensors.process.sensor import ProcessSensor
 from apiary.sensors.tracing import abi
 from apiary.sensors.tracing.sensor import TracingSensor
 from apiary.store import Store
-from apiary.textutil import not_found
+from apiary.textutil import default_scope, not_found
 from apiary.tracing.compile import compile_tracing_policy
 from apiary.tracing.counters import action_counters
 from apiary.tracing.load import load_tracing_policies
@@ -277,7 +277,9 @@ class Tracing:
         self._save()
         return res
 
-    def _get(self, name: str, namespace: str) -> Stored:
+    def _get(self, name: str, namespace: str | None) -> Stored:
+        namespace = default_scope(name, namespace, ((s.compiled.namespace, s.compiled.name)
+                                                    for s in self.stored.values()))
         st = self.stored.get(f"{namespace}/{name}")
         if st is None:
             others = sorted(s.compiled.namespace for s in self.stored.values()
@@ -285,21 +287,21 @@ class Tracing:
             raise PolicyError([Problem("metadata.name", not_found("tracing policy", name, namespace, others))])
         return st
 
-    def delete(self, name: str, namespace: str) -> dict[str, Any]:
+    def delete(self, name: str, namespace: str | None) -> dict[str, Any]:
         st = self._get(name, namespace)
         self.sensor.delete(st.key)
         del self.stored[st.key]
         self._save()
         return {"deleted": st.key}
 
-    def set_enabled(self, name: str, namespace: str, on: bool) -> dict[str, Any]:
+    def set_enabled(self, name: str, namespace: str | None, on: bool) -> dict[str, Any]:
         st = self._get(name, namespace)
         self.sensor.set_enabled(st.key, on)
         st.enabled = on
         self._save()
         return {"name": name, "state": "enabled" if on else "disabled"}
 
-    def set_mode(self, name: str, namespace: str, mode: str) -> dict[str, Any]:
+    def set_mode(self, name: str, namespace: str | None, mode: str) -> dict[str, Any]:
         if mode not in ("enforce", "monitor"):
             raise PolicyError([Problem("mode", f"{mode!r}: must be enforce or monitor")])
         st = self._get(name, namespace)

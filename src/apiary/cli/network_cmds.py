@@ -321,6 +321,9 @@ def policy_apply(ctx: click.Context, path: str) -> None:
         click.echo(f"{a['kind'].lower()}.cilium.io/{where}{a['name']} {a['action']} (revision {a['revision']})")
 
 
+NS_HELP = "Namespace (not given: the cluster-wide policy of that name if there is one, else namespace default)."
+
+
 @policy.command("list")
 @click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
 @click.pass_context
@@ -338,12 +341,12 @@ def policy_list(ctx: click.Context, output: str) -> None:
 
 @policy.command("get")
 @click.argument("name")
-@click.option("--namespace", "-n", default="", help="Namespace (empty: cluster-wide policy).")
+@click.option("--namespace", "-n", default=None, help=NS_HELP)
 @click.pass_context
-def policy_get(ctx: click.Context, name: str, namespace: str) -> None:
+def policy_get(ctx: click.Context, name: str, namespace: str | None) -> None:
     """Print a policy as applied (NAME, or NAMESPACE/NAME as -n NAMESPACE NAME)."""
     name, namespace = _scoped(name, namespace)
-    click.echo(_req(ctx, "GET", f"/v1/policies/{seg(name)}", params={"namespace": namespace})["yaml"], nl=False)
+    click.echo(_req(ctx, "GET", f"/v1/policies/{seg(name)}", params=ns_param(namespace))["yaml"], nl=False)
 
 
 DEFAULT_STATE_DIR = "/var/lib/apiary"
@@ -363,11 +366,16 @@ def delete_options(f: Any) -> Any:
         is_flag=True,
         help="Edit the agent's state directory directly, with no agent running (refused while one runs on it).",
     )(f)
-    f = click.option("--namespace", "-n", default="", help="Namespace (empty: cluster-wide policy).")(f)
+    f = click.option("--namespace", "-n", default=None, help=NS_HELP)(f)
     return click.argument("name")(f)
 
 
-def _scoped(name: str, namespace: str) -> tuple[str, str]:
+def ns_param(namespace: str | None) -> dict[str, str]:
+    """The ``namespace`` query parameter, left out when -n was not given (the agent then picks, see -n's help)."""
+    return {} if namespace is None else {"namespace": namespace}
+
+
+def _scoped(name: str, namespace: str | None) -> tuple[str, str | None]:
     """NAMESPACE/NAME (kubectl's and `service get`'s form) as (NAME, NAMESPACE); with -n too, they must agree."""
     if "/" not in name:
         return name, namespace
@@ -385,7 +393,7 @@ def delete_policy(ctx: click.Context, args: dict[str, Any], offline_fn: Any, off
     name, namespace = _scoped(args["name"], args["namespace"])
     state_dir = args["state_dir"]
     if not args["offline"]:
-        click.echo(online_say(_req(ctx, "DELETE", f"{args['path']}/{seg(name)}", params={"namespace": namespace})))
+        click.echo(online_say(_req(ctx, "DELETE", f"{args['path']}/{seg(name)}", params=ns_param(namespace))))
         return
     try:
         click.echo(offline_say(offline_fn(state_dir, name, namespace)))

@@ -11,7 +11,17 @@ from rich.table import Table
 
 from apiary.agent import statedir
 
-from .network_cmds import _fail, _req, delete_options, delete_policy, post_yaml, read_file_arg, seg
+from .network_cmds import (
+    NS_HELP,
+    _fail,
+    _req,
+    delete_options,
+    delete_policy,
+    ns_param,
+    post_yaml,
+    read_file_arg,
+    seg,
+)
 from .output import console
 
 
@@ -66,10 +76,10 @@ def tp_list(ctx: click.Context, output: str) -> None:
 def _name_cmd(op: str, help_text: str) -> click.Command:
     @click.command(op, help=help_text)
     @click.argument("name")
-    @click.option("--namespace", "-n", default="")
+    @click.option("--namespace", "-n", default=None, help=NS_HELP)
     @click.pass_context
-    def cmd(ctx: click.Context, name: str, namespace: str) -> None:
-        res = _req(ctx, "POST", f"/v1/tracingpolicies/{seg(name)}/{op}", params={"namespace": namespace})
+    def cmd(ctx: click.Context, name: str, namespace: str | None) -> None:
+        res = _req(ctx, "POST", f"/v1/tracingpolicies/{seg(name)}/{op}", params=ns_param(namespace))
         click.echo(f"tracingpolicy {name} {res['state']}")
 
     return cmd
@@ -105,11 +115,11 @@ def tp_delete(ctx: click.Context, pin_root: str, **args: Any) -> None:
 @tracingpolicy.command("set-mode")
 @click.argument("name")
 @click.argument("mode", type=click.Choice(["enforce", "monitor"]))
-@click.option("--namespace", "-n", default="")
+@click.option("--namespace", "-n", default=None, help=NS_HELP)
 @click.pass_context
-def tp_set_mode(ctx: click.Context, name: str, mode: str, namespace: str) -> None:
+def tp_set_mode(ctx: click.Context, name: str, mode: str, namespace: str | None) -> None:
     """enforce: act (Sigkill, Signal, DenyConnect); monitor: report the would-be action only."""
-    res = _req(ctx, "POST", f"/v1/tracingpolicies/{seg(name)}/mode", params={"namespace": namespace, "mode": mode})
+    res = _req(ctx, "POST", f"/v1/tracingpolicies/{seg(name)}/mode", params=ns_param(namespace) | {"mode": mode})
     click.echo(f"tracingpolicy {name} mode {res['mode']}")
 
 

@@ -10,16 +10,16 @@ from hubble_flow_helpers import BACKEND_IP, FRONTEND_IP, FakeDirectory, builder 
 
 from apiary.agent.bus import EventBus
 from apiary.observe.hubble.builder import l7_http_deferred, l7_http_responses, l7_response
-from apiary.observe.hubble.l7 import HttpExchange, LoggedExchange, identity_of
-from apiary.sensors.l7proxy.config import build
+from apiary.observe.hubble.l7 import HttpExchange, LoggedExchange, identity_of, parse_record
+from apiary.sensors.l7proxy.config import build, log_line
 from apiary.sensors.l7proxy.haproxy import HAProxy
 
 
-def reader(tmp: Path, seen: list[dict[str, str]]) -> HAProxy:
-    def on_log(rec: dict[str, str]) -> None:
-        if rec.get("status") == "boom":
-            raise ValueError("bad status")
-        seen.append(rec)
+def reader(tmp: Path, seen: list[list[bytes]]) -> HAProxy:
+    def on_log(recs: list[list[bytes]]) -> int:
+        good = [r for r in recs if r[5] != b"boom"]  # its termination state: one the agent cannot use
+        seen.extend(good)
+        return len(recs) - len(good)
 
     proxy = HAProxy(tmp, "unit", tmp, port=1, on_log=on_log)
     proxy._log_r, proxy._log_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)  # what start() opens
@@ -27,25 +27,40 @@ def reader(tmp: Path, seen: list[dict[str, str]]) -> HAProxy:
 
 
 def test_records_in_batches_lines_split_across_reads(tmp_path: Path) -> None:
-    seen: list[dict[str, str]] = []
+    seen: list[list[bytes]] = []
     proxy = reader(tmp_path, seen)
     try:
-        recs = [json.dumps({"client": "10.0.0.1", "cport": str(40000 + i), "status": "200"}) for i in range(500)]
-        blob = ("\n".join(recs) + "\n").encode()
+        recs = [log_line({"term": "--", "gen": "0"}, {"client": "10.0.0.1", "cport": str(40000 + i), "status": "200"})
+                for i in range(500)]
+        blob = b"\n".join(recs) + b"\n"
         os.write(proxy._log_w, blob[:1000])  # ends inside a record: kept for the next read
         assert proxy.drain() == blob[:1000].count(b"\n")
         os.write(proxy._log_w, blob[1000:])
         proxy.drain()
-        assert [r["cport"] for r in seen] == [str(40000 + i) for i in range(500)]
+        assert [json.loads(r[-1])["cport"] for r in seen] == [str(40000 + i) for i in range(500)]
+        assert [r[:6] for r in seen[:1]] == [[b"ap1", b"-", b"0", b"-", b"-", b"--"]]
         assert proxy.records == 500 and proxy.bad_records == 0
         # HAProxy's own notices, a broken record and a record the agent cannot use: counted, never lost silently
-        os.write(proxy._log_w, b'[NOTICE] proxy l7http started\n{"client": \n{"status": "boom"}\n{"status": "200"}\n')
+        os.write(proxy._log_w, b'[NOTICE] proxy l7http started\nap1 - 0 - -\n' + log_line({"term": "boom"}, {})
+                 + b"\n" + log_line({}, {"status": "200"}) + b"\n")
         proxy.drain()
         assert proxy.notices == 1 and proxy.bad_records == 2 and proxy.records == 502 and len(seen) == 501
         assert proxy.drain() == 0  # nothing left
     finally:  # the fds only (close() would also remove the instance's routing)
         os.close(proxy._log_r)
         os.close(proxy._log_w)
+
+
+def test_the_json_of_a_record_is_read_when_its_flows_are() -> None:
+    body = {"client": "10.0.0.1", "cport": "40000", "server": "10.0.0.2", "sport": "8080", "status": "200",
+            "method": "GET", "url": "/a", "host": "x", "version": "1.1", "headers": "Host: x\r\n"}
+    x = LoggedExchange(json.dumps(body).encode(), True, True, "", {"10.0.0.1/32": 256}).exchange()
+    assert (x.client, x.client_port, x.status, x.method, x.url, x.client_identity) == \
+        ("10.0.0.1", 40000, 200, "GET", "http://x/a", 256)
+    # HAProxy's json(utf8s) leaves out bytes that are no UTF-8; a record json reads only with replacements
+    # still reads, and one nothing reads is empty (its flows keep the verdict)
+    assert parse_record(b'{"method": "G\xffT"}') == {"method": "G\ufffdT"}
+    assert parse_record(b"{not json") == {} and parse_record(b"[1]") == {}
 
 
 def test_haproxy_logs_to_its_stdout() -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -100,7 +100,7 @@ class EventBus:
                 sub.dropped += 1
                 self.drops += 1
 
-    def publish_many(self, evs: list[Event | Deferred]) -> None:
+    def publish_many(self, evs: Sequence[Event | Deferred]) -> None:
         """``publish`` each, in order."""
         if self.subscribers:
             for ev in evs:

@@ -43,7 +43,7 @@ node's endpoints and identities: the unbounded contexts (``ip``, ``dns``) are re
 from __future__ import annotations
 
 import collections
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -581,6 +581,22 @@ class FlowMetrics:
             self.observe(_built(ev))
             return
         self._observe_kind(key, ev)  # its protocol's name first: no message's kind (observe_msg's, a number first)
+
+    def observe_l7_many(self, key: tuple[object, ...], evs: Sequence[Mapping[str, Any] | Materializable]) -> None:
+        """:meth:`observe_l7` of each of ``evs``, all of kind ``key``: once its kind is known, one addition."""
+        if not evs:
+            return
+        if not self._l7_by_kind[key[0]]:
+            for ev in evs:
+                self.observe(_built(ev))
+            return
+        got = self._memo.get(key)
+        if got is None:
+            self._observe_kind(key, evs[0])
+            got = self._memo[key]
+            got[1] += len(evs) - 1
+        else:
+            got[1] += len(evs)
 
     def _observe_kind(self, key: tuple[object, ...], ev: Mapping[str, Any] | Materializable) -> None:
         got = self._memo.get(key)

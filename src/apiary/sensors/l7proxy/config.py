@@ -33,6 +33,7 @@ runtime API does without a reload (see :func:`build`).
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -41,16 +42,25 @@ from apiary.policy.types import INGRESS, HttpRule, PolicyKey, RuleRef
 
 DENIED_BODY = "Access denied\r\n"  # cilium/proxy l7policy.cc: denied_403_body_ + "\r\n"
 
-# the access log: one JSON object per request (every value a string; "-" when unset)
+# the access log, one line per request: LOG_MARK, then what the agent reads of every request at once (the
+# verdict's numbers and HAProxy's termination state, "-" when unset; never a space in them), then a JSON
+# object (every value a string; "-" when unset) parsed only when the request's flows are first read
+LOG_MARK = "ap1"
+LOG_HEAD = ("deny", "gen", "rule_e", "rule_i", "term")
+_LOG_HEAD_FORMAT = ("%[var(txn.deny)]", "%[var(txn.gen)]", "%[var(txn.bye)]", "%[var(txn.byi)]", "%ts")
 _LOG_FIELDS = {
     "client": "%ci", "cport": "%cp", "server": "%fi", "sport": "%fp", "status": "%ST", "tr": "%Tr",
-    "ta": "%Ta", "ts": "%Ts", "ms": "%ms", "term": "%ts", "method": "%[var(txn.m),json(utf8s)]",
+    "ta": "%Ta", "ts": "%Ts", "ms": "%ms", "method": "%[var(txn.m),json(utf8s)]",
     "url": "%[var(txn.uri),json(utf8s)]", "host": "%[var(txn.host),json(utf8s)]",
-    "version": "%[var(txn.ver)]", "rule_e": "%[var(txn.bye)]", "rule_i": "%[var(txn.byi)]",
-    "deny": "%[var(txn.deny)]",
-    "headers": "%[var(txn.hdrs),json(utf8s)]", "gen": "%[var(txn.gen)]",
+    "version": "%[var(txn.ver)]", "headers": "%[var(txn.hdrs),json(utf8s)]",
 }
-LOG_FORMAT = "{" + ",".join(f'"{k}":"{v}"' for k, v in _LOG_FIELDS.items()) + "}"
+LOG_FORMAT = " ".join((LOG_MARK, *_LOG_HEAD_FORMAT)) + " {" + ",".join(
+    f'"{k}":"{v}"' for k, v in _LOG_FIELDS.items()) + "}"
+
+
+def log_line(head: Mapping[str, str], body: Mapping[str, str]) -> bytes:
+    """A record as HAProxy writes it with LOG_FORMAT (for tests of the reader)."""
+    return " ".join((LOG_MARK, *(head.get(k) or "-" for k in LOG_HEAD))).encode() + b" " + json.dumps(body).encode()
 
 
 @dataclass(frozen=True)

@@ -325,6 +325,31 @@ static __noinline void policy_lookup(struct ep_info *ep, __u8 dir, __u32 remote,
 	d->proxy_port = v->proxy_port;
 }
 
+/* Assign a TCP packet to the host socket of its exact connection, unless there is none or it is a listener
+ * (for the proxy: a connection it holds; a listener of the original port is not the proxy), and mark it so
+ * the ip rule routes it locally. 1 assigned, 0 no such socket, -1 the assign failed. */
+static __always_inline int assign_established(struct __sk_buff *skb, struct pkt *p, __u32 mark)
+{
+	struct bpf_sock_tuple t = {};
+	t.ipv4.saddr = p->saddr;
+	t.ipv4.daddr = p->daddr;
+	t.ipv4.sport = p->sport;
+	t.ipv4.dport = p->dport;
+	struct bpf_sock *sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+	if (!sk)
+		return 0;
+	if (sk->state == BPF_TCP_LISTEN) {
+		bpf_sk_release(sk);
+		return 0;
+	}
+	long err = bpf_sk_assign(skb, sk, 0);
+	bpf_sk_release(sk);
+	if (err)
+		return -1;
+	skb->mark = mark;
+	return 1;
+}
+
 /* BPF TPROXY (Cilium's bpf/lib/proxy.h): hand the packet to the proxy's socket of this connection, or
  * to its listener for a new one, and mark it so the ip rule routes it locally. 0 or a drop reason. */
 static __noinline int redirect_to_proxy(struct __sk_buff *skb, struct pkt *p, __be16 proxy_port)
@@ -335,27 +360,19 @@ static __noinline int redirect_to_proxy(struct __sk_buff *skb, struct pkt *p, __
 		return DROP_PROXY_LOOKUP_FAILED;
 	struct bpf_sock_tuple t = {};
 	t.ipv4.saddr = p->saddr;
-	t.ipv4.daddr = p->daddr;
 	t.ipv4.sport = p->sport;
-	t.ipv4.dport = p->dport;
+	t.ipv4.daddr = bpf_htonl(0x7f000001); /* the proxies listen on 127.0.0.1:proxy_port */
+	t.ipv4.dport = proxy_port;
 	struct bpf_sock *sk;
 	if (p->proto == IPPROTO_UDP) { /* the DNS proxy: one unconnected socket takes every datagram */
-		t.ipv4.daddr = bpf_htonl(0x7f000001);
-		t.ipv4.dport = proxy_port;
 		sk = bpf_sk_lookup_udp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
 		if (!sk)
 			return DROP_PROXY_LOOKUP_FAILED;
-		goto assign;
-	}
-	sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
-	if (sk && sk->state == BPF_TCP_LISTEN) { /* a listener of the original port is not the proxy */
-		bpf_sk_release(sk);
-		sk = 0;
-	}
-	if (!sk) {
-		t.ipv4.daddr = bpf_htonl(0x7f000001); /* the proxy listens on 127.0.0.1:proxy_port */
-		t.ipv4.dport = proxy_port;
-		sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+	} else {
+		int held = assign_established(skb, p, cfg->mark); /* a connection the proxy holds */
+		if (held)
+			return held > 0 ? 0 : DROP_PROXY_SET_FAILED;
+		sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0); /* a new one: its listener */
 		if (!sk)
 			return DROP_PROXY_LOOKUP_FAILED;
 		if (sk->state != BPF_TCP_LISTEN) {
@@ -363,9 +380,7 @@ static __noinline int redirect_to_proxy(struct __sk_buff *skb, struct pkt *p, __
 			return DROP_PROXY_LOOKUP_FAILED;
 		}
 	}
-	long err;
-assign:
-	err = bpf_sk_assign(skb, sk, 0);
+	long err = bpf_sk_assign(skb, sk, 0);
 	bpf_sk_release(sk);
 	if (err)
 		return DROP_PROXY_SET_FAILED;
@@ -686,22 +701,7 @@ int from_netdev(struct __sk_buff *skb)
 	struct pkt p = {};
 	if (parse(skb, &p) != 1 || p.proto != IPPROTO_TCP || !local_endpoint(p.daddr))
 		return TC_ACT_UNSPEC;
-	struct bpf_sock_tuple t = {};
-	t.ipv4.saddr = p.saddr;
-	t.ipv4.daddr = p.daddr;
-	t.ipv4.sport = p.sport;
-	t.ipv4.dport = p.dport;
-	struct bpf_sock *sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
-	if (!sk)
-		return TC_ACT_UNSPEC;
-	if (sk->state == BPF_TCP_LISTEN) {
-		bpf_sk_release(sk);
-		return TC_ACT_UNSPEC;
-	}
-	long err = bpf_sk_assign(skb, sk, 0);
-	bpf_sk_release(sk);
-	if (!err)
-		skb->mark = cfg->mark;
+	assign_established(skb, &p, cfg->mark);
 	return TC_ACT_UNSPEC;
 }
 

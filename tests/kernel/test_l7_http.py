@@ -148,6 +148,27 @@ def test_a_method_haproxy_has_no_code_for_is_judged_and_logged_as_sent(net: Net)
     assert patched and all(f["l7"]["http"]["method"] == "PATCH" for f in patched)
 
 
+def test_a_request_whose_log_line_is_cut_still_gives_its_flows(net: Net) -> None:
+    """HAProxy cuts an access-log line at its log length (16 KiB). JSON doubles a quote: a header of 7,000
+    quotes and a 3,000-byte path make the line longer (each field alone fits). The request is judged and logged
+    as any other; its flows lack the headers, the last field."""
+    long = "/api/v1/quoted/" + "q" * 3000
+    out = requests(net, "backend", ("GET", long, {"X-Quotes": '"' * 7000}, ""),
+                   ("GET", "/api/v1/after-quoted", {}, ""))
+    assert [s for s, _ in out["responses"]] == [200, 200], out
+    for _ in range(50):
+        flows = l7_flows(net)
+        if any(f["l7"]["http"]["url"].endswith("/api/v1/after-quoted") for f in flows):
+            break
+        time.sleep(0.2)
+    cut = find(flows, "REQUEST", "GET", long)
+    assert cut["verdict"] == "FORWARDED" and cut["source"]["pod_name"] == "backend"
+    assert not any(h["key"] == "X-Quotes" for h in cut["l7"]["http"].get("headers", []))
+    assert find(flows, "RESPONSE", "GET", long)["l7"]["http"]["code"] == 200
+    after = find(flows, "REQUEST", "GET", "/api/v1/after-quoted")  # the next line is read as its own
+    assert after["verdict"] == "FORWARDED"
+
+
 def test_policy_explain_http(net: Net) -> None:
     base = ("policy", "explain", "--from", f"{NS}/backend", "--to", f"{NS}/frontend", "--port", "8080/TCP")
     ok = net.cli_ok(*base, "--http", "GET", "/api/v1/items")

@@ -74,15 +74,24 @@ class LoggedExchange:
         return self._x
 
 
+def _loads(raw: bytes) -> Any:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return json.loads(raw.decode("utf-8", "replace"))
+
+
 def parse_record(raw: bytes) -> Mapping[str, str]:
     """The JSON part of an access-log record. HAProxy's ``json(utf8s)`` writes valid JSON; orjson (~1 us a
-    record against json's ~4) refuses invalid UTF-8, which json then reads with replacement characters; a
-    record neither reads is an empty one (its flows keep the verdict, the rule and the time they were read)."""
+    record against json's ~4) refuses invalid UTF-8, which json then reads with replacement characters. A line
+    longer than HAProxy's log length is cut: its last field, the headers, is left out and the rest is read;
+    a record nothing reads is an empty one (its flows keep the verdict, the rule and the time)."""
     try:
-        got = orjson.loads(raw)
-    except orjson.JSONDecodeError:
+        got = _loads(raw)
+    except ValueError:
+        cut = raw.rfind(b',"headers":"')
         try:
-            got = json.loads(raw.decode("utf-8", "replace"))
+            got = _loads(raw[:cut] + b"}") if cut > 0 else {}
         except ValueError:
             got = {}
     return got if isinstance(got, dict) else {}

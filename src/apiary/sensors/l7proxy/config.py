@@ -60,7 +60,8 @@ LOG_FORMAT = " ".join((LOG_MARK, *_LOG_HEAD_FORMAT)) + " {" + ",".join(
 
 def log_line(head: Mapping[str, str], body: Mapping[str, str]) -> bytes:
     """A record as HAProxy writes it with LOG_FORMAT (for tests of the reader)."""
-    return " ".join((LOG_MARK, *(head.get(k) or "-" for k in LOG_HEAD))).encode() + b" " + json.dumps(body).encode()
+    return " ".join((LOG_MARK, *(head.get(k) or "-" for k in LOG_HEAD))).encode() + b" " + json.dumps(
+        body, separators=(",", ":")).encode()
 
 
 @dataclass(frozen=True)

@@ -264,7 +264,8 @@ class Run:
             s.close()
         req = self.c.request
         for name in list(self.tracing):
-            attempt(f"tracingpolicy {name}", req, "DELETE", f"/v1/tracingpolicies/{seg(name)}")
+            attempt(f"tracingpolicy {name}", req, "DELETE", f"/v1/tracingpolicies/{seg(name)}",
+                    params={"namespace": ""})  # its own, cluster-scoped: never a namespaced one of that name
         if self.prefilter_cidrs:
             attempt("prefilter CIDRs " + ", ".join(self.prefilter_cidrs), req, "POST", "/v1/prefilter/delete",
                     json={"cidrs": self.prefilter_cidrs})
@@ -486,7 +487,7 @@ def tracing_kill(r: Run) -> list[Action]:
             time.sleep(0.2)
         return [killed, Action(what, False, "no such event in the agent's events")]
     finally:
-        r.c.request("DELETE", f"/v1/tracingpolicies/{seg(name)}")
+        r.c.request("DELETE", f"/v1/tracingpolicies/{seg(name)}", params={"namespace": ""})
         r.tracing.remove(name)
 
 

@@ -249,8 +249,12 @@ def test_counting_l7_exchanges_by_kind_moves_the_same_counters(metrics: str) -> 
                 server_identity=rnd.choice([0, 2, 257]))
             for ev in l7_http_deferred(b, x):
                 eager.observe(ev.materialize())
-            for ev in l7_http_deferred(b, x):  # as Network.on_http
-                memo.observe_l7(http_kind(x.allowed), ev)
+            evs = l7_http_deferred(b, x)
+            if rnd.random() < 0.5:  # as Network.on_http: a batch's flows of one kind at once
+                memo.observe_l7_many(http_kind(x.allowed), evs)
+            else:
+                for ev in evs:
+                    memo.observe_l7(http_kind(x.allowed), ev)
         else:
             d = dns_exchange(rnd)
             for response in (False, True) if d.allowed else (False,):

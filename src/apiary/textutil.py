@@ -35,9 +35,12 @@ def default_scope(name: str, namespace: str | None, scopes: Iterable[tuple[str, 
     return "" if ("", name) in have or ("default", name) not in have else "default"
 
 
-def not_found(what: str, name: str, namespace: str, elsewhere: list[str]) -> str:
+def not_found(what: str, name: str, namespace: str, elsewhere: list[str], defaulted: bool = False) -> str:
     """``no WHAT 'NAME' in namespace NS`` (or at cluster scope), naming the namespaces (``""``: cluster scope)
     where something of that name is, and how to ask for it there."""
     where = f"in namespace {namespace}" if namespace else "at cluster scope"
+    if defaulted:  # no -n: the cluster scope and namespace default were both looked in (default_scope)
+        where = "at cluster scope nor in namespace default"
+        elsewhere = [ns for ns in elsewhere if ns != "default"]
     hint = "; ".join(f"{ns}/{name} (-n {ns})" if ns else f"{name} at cluster scope (no -n)" for ns in elsewhere)
     return f"no {what} {name!r} {where}" + (f"; there is {hint}" if hint else "")

@@ -146,6 +146,9 @@ def test_cli_errors_are_one_line(shared: AgentProcess, tmp_path: Any) -> None:
     assert max(len(line) for line in long.stderr.splitlines()) < 200  # the echoed name is cut
     assert "… (500 characters)" in long.stderr
     gone = shared.cli("tp", "delete", "nosuch")  # not there: said as such, not as a rejected policy
+    assert gone.returncode == 1 and gone.stderr.strip() == \
+        "apiary: no tracing policy 'nosuch' at cluster scope nor in namespace default", gone
+    gone = shared.cli("tp", "delete", "nosuch", "-n", "")  # the cluster scope only
     assert gone.returncode == 1 and gone.stderr.strip() == "apiary: no tracing policy 'nosuch' at cluster scope", gone
     f = tmp_path / "bad.yaml"
     f.write_bytes(b"kind: \xff\n")

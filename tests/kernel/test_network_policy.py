@@ -10,6 +10,7 @@ import ipaddress
 import json
 import os
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -118,10 +119,12 @@ def test_l3_allow_by_labels_then_default_deny_switches_off(net: Net) -> None:
     rows = {r["name"]: r for r in json.loads(net.cli_ok("endpoint", "list", "-o", "json"))}
     assert rows["backend"]["ingress_enforcement"] and not rows["backend"]["egress_enforcement"]
     assert not rows["frontend"]["ingress_enforcement"]
-    # without -n: not at cluster scope, and the error says where it is (a 404, not a rejected policy)
+    # without -n: neither at cluster scope nor in namespace default, and the error says where it is (a 404, not a
+    # rejected policy)
     r = net.agent.cli("policy", "delete", "allow-frontend")
     assert r.returncode != 0 and "policy rejected" not in r.stderr, r.stderr
-    assert f"no policy 'allow-frontend' at cluster scope; there is {NS}/allow-frontend (-n {NS})" in r.stderr
+    assert (f"no policy 'allow-frontend' at cluster scope nor in namespace default; there is {NS}/allow-frontend "
+            f"(-n {NS})") in r.stderr
     assert "name: allow-frontend" in net.cli_ok("policy", "get", f"{NS}/allow-frontend")  # kubectl's ns/name
     net.cli_ok("policy", "delete", f"{NS}/allow-frontend")
     assert tcp(net, "other", "backend", 5678)  # default deny is gone with the last selecting policy
@@ -134,6 +137,22 @@ def test_l3_allow_by_labels_then_default_deny_switches_off(net: Net) -> None:
     """)
     assert "name: in-default" in net.cli_ok("policy", "get", "in-default")
     assert "CiliumNetworkPolicy default/in-default" in net.cli_ok("policy", "delete", "in-default")
+    # several -f: one stream of documents, applied together (kubectl's repeated -f)
+    files = []
+    for name in ("two-a", "two-b"):
+        f = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
+        f.write(f"apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: {name}}}\n"
+                "spec: {endpointSelector: {matchLabels: {app: nothing-here}}, ingress: [{}]}\n")
+        f.close()
+        files.append(f.name)
+    try:
+        out = net.cli_ok("policy", "apply", "-f", files[0], "-f", files[1])
+        assert "default/two-a created" in out and "default/two-b created" in out, out
+    finally:
+        for name in files:
+            os.unlink(name)
+    net.cli_ok("policy", "delete", "two-a")
+    net.cli_ok("policy", "delete", "two-b")
 
 
 def test_l4_port_allowed_other_port_dropped_udp_and_http(net: Net) -> None:

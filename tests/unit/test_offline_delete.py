@@ -145,3 +145,18 @@ def test_default_scope(name: str, namespace: str | None, scopes: list[tuple[str,
     from apiary.textutil import default_scope
 
     assert default_scope(name, namespace, scopes) == want
+
+
+def test_policy_apply_takes_several_files_as_one_stream_and_other_commands_refuse_a_second(tmp_path: Path) -> None:
+    from apiary.cli.network_cmds import one_file
+
+    r = CliRunner().invoke(cli, ["tp", "apply", "-f", "a.yaml", "-f", "b.yaml"], obj={})
+    assert r.exit_code == 2 and "given 2 times (a.yaml, b.yaml): this command reads one file" in r.output
+    r = CliRunner().invoke(cli, ["service", "apply", "-f", "a.yaml", "-f", "b.yaml"], obj={})
+    assert r.exit_code == 2 and "given 2 times" in r.output
+    assert one_file(None, None, ("x.yaml",)) == "x.yaml" and one_file(None, None, ()) is None  # type: ignore[arg-type]
+    # policy apply: both files' documents in one request (seen as the agent's missing socket, after reading both)
+    (tmp_path / "a.yaml").write_text("kind: A\n")
+    r = CliRunner().invoke(cli, ["--socket", str(tmp_path / "none.sock"), "policy", "apply", "-f",
+                                 str(tmp_path / "a.yaml"), "-f", str(tmp_path / "missing.yaml")], obj={})
+    assert r.exit_code == 2 and "missing.yaml" in r.output  # every file is read before anything is sent

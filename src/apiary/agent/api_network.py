@@ -94,14 +94,14 @@ def add_routes(app: web.Application, agent: AgentView) -> None:
 
     async def policy_get(request: web.Request) -> web.Response:
         n = net()
-        name = request.match_info["name"]
-        ns = n.policy_scope(name, request.query.get("namespace"))
+        name, given = request.match_info["name"], request.query.get("namespace")
+        ns = n.policy_scope(name, given)
         for p in n.policies.values():
             if p.name == name and p.namespace == ns:
                 return web.json_response(
                     {"kind": p.kind, "namespace": p.namespace, "name": p.name, "revision": p.revision, "yaml": p.source}
                 )
-        return error(n.policy_not_found(name, ns), 404)
+        return error(n.policy_not_found(name, ns, given is None), 404)
 
     async def policy_delete(request: web.Request) -> web.Response:
         n = net()

@@ -441,20 +441,21 @@ class Network:
             self._release_unused()
         return result
 
-    def policy_not_found(self, name: str, namespace: str) -> str:
-        """What a get or delete of a policy that is not there says, naming where policies of that name are."""
+    def policy_not_found(self, name: str, namespace: str, defaulted: bool = False) -> str:
+        """What a get or delete of a policy that is not there says, naming where policies of that name are
+        (``defaulted``: no namespace was given)."""
         return not_found("policy", name, namespace,
-                         sorted({k[1] for k in self.policies if k[2] == name and k[1] != namespace}))
+                         sorted({k[1] for k in self.policies if k[2] == name and k[1] != namespace}), defaulted)
 
     def policy_scope(self, name: str, namespace: str | None) -> str:
         """The namespace of NAME (None: not given, see ``default_scope``)."""
         return default_scope(name, namespace, ((k[1], k[2]) for k in self.policies))
 
     def delete_policy(self, name: str, namespace: str | None) -> dict[str, Any]:
-        namespace = self.policy_scope(name, namespace)
+        defaulted, namespace = namespace is None, self.policy_scope(name, namespace)
         hits = [k for k in self.policies if k[2] == name and k[1] == namespace]
         if not hits:
-            raise PolicyError([Problem("metadata.name", self.policy_not_found(name, namespace))])
+            raise PolicyError([Problem("metadata.name", self.policy_not_found(name, namespace, defaulted))])
         new = {k: v for k, v in self.policies.items() if k not in hits}
         revision = self.revision + 1
         try:

@@ -278,13 +278,15 @@ class Tracing:
         return res
 
     def _get(self, name: str, namespace: str | None) -> Stored:
+        defaulted = namespace is None
         namespace = default_scope(name, namespace, ((s.compiled.namespace, s.compiled.name)
                                                     for s in self.stored.values()))
         st = self.stored.get(f"{namespace}/{name}")
         if st is None:
             others = sorted(s.compiled.namespace for s in self.stored.values()
                             if s.compiled.name == name and s.compiled.namespace != namespace)
-            raise PolicyError([Problem("metadata.name", not_found("tracing policy", name, namespace, others))])
+            raise PolicyError([Problem("metadata.name", not_found("tracing policy", name, namespace, others,
+                                                                          defaulted))])
         return st
 
     def delete(self, name: str, namespace: str | None) -> dict[str, Any]:

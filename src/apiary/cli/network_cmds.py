@@ -114,6 +114,14 @@ def read_file_arg(path: str) -> str:
     return ""
 
 
+def one_file(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> str | None:
+    """`-f` of a command that reads one file: given twice, it is refused (click would keep the last silently)."""
+    if len(value) > 1:
+        raise click.BadParameter(f"given {len(value)} times ({', '.join(value)}): this command reads one file; "
+                                 "put the documents in one file, separated by ---", ctx=ctx, param=param)
+    return value[0] if value else None
+
+
 def post_yaml(ctx: click.Context, url: str, path: str) -> Any:
     """POST the YAML of `-f PATH` to the agent."""
     return _req(ctx, "POST", url, content=read_file_arg(path).encode(), headers={"Content-Type": "application/yaml"})
@@ -309,13 +317,13 @@ def policy() -> None:
 
 
 @policy.command("apply")
-@click.option("-f", "--file", "path", required=True, type=click.Path(dir_okay=False, allow_dash=True))
+@click.option("-f", "--file", "paths", required=True, multiple=True, type=click.Path(dir_okay=False, allow_dash=True),
+              help="A YAML file (`-` is standard input); repeat it for several, applied together, all or nothing.")
 @click.pass_context
-def policy_apply(ctx: click.Context, path: str) -> None:
-    """Apply every policy in a YAML file, all or nothing."""
-    res = _req(
-        ctx, "POST", "/v1/policies", content=read_file_arg(path).encode(), headers={"Content-Type": "application/yaml"}
-    )
+def policy_apply(ctx: click.Context, paths: tuple[str, ...]) -> None:
+    """Apply every policy in the YAML files, all or nothing (the files are one stream of documents, in order)."""
+    text = "\n---\n".join(read_file_arg(p) for p in paths)
+    res = _req(ctx, "POST", "/v1/policies", content=text.encode(), headers={"Content-Type": "application/yaml"})
     for a in res["applied"]:
         where = f"{a['namespace']}/" if a["namespace"] else ""
         click.echo(f"{a['kind'].lower()}.cilium.io/{where}{a['name']} {a['action']} (revision {a['revision']})")

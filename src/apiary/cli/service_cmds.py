@@ -10,7 +10,7 @@ from typing import Any, NoReturn
 import click
 import yaml
 
-from .network_cmds import _fail, _req, read_file_arg, seg
+from .network_cmds import _fail, _req, one_file, read_file_arg, seg
 
 POLICY_KINDS = {"CiliumNetworkPolicy", "CiliumClusterwideNetworkPolicy"}
 SERVICE_KINDS = {"Service", "EndpointSlice"}
@@ -56,7 +56,8 @@ def apply_services(ctx: click.Context, text: str) -> dict[str, Any]:
 
 
 @service.command("apply")
-@click.option("-f", "--file", "path", required=True, type=click.Path(dir_okay=False, allow_dash=True))
+@click.option("-f", "--file", "path", required=True, multiple=True, callback=one_file,
+              type=click.Path(dir_okay=False, allow_dash=True))
 @click.pass_context
 def service_apply(ctx: click.Context, path: str) -> None:
     """Apply every Service and EndpointSlice in a YAML file, all or nothing."""
@@ -107,7 +108,8 @@ def frontend_comments(rows: list[dict[str, Any]]) -> list[str]:
 
 @service.command("delete")
 @click.argument("refs", nargs=-1)
-@click.option("-f", "--file", "path", type=click.Path(dir_okay=False, allow_dash=True),
+@click.option("-f", "--file", "path", multiple=True, callback=one_file,
+              type=click.Path(dir_okay=False, allow_dash=True),
               help="delete the Services and EndpointSlices named in this YAML file")
 @click.option("--kind", type=click.Choice(sorted(SERVICE_KINDS)), default="Service", show_default=True,
               help="the kind of the REFS given on the command line")
@@ -167,7 +169,8 @@ def split_documents(text: str) -> list[tuple[str, str]]:
 
 
 @click.command("apply")
-@click.option("-f", "--file", "path", required=True, type=click.Path(dir_okay=False, allow_dash=True))
+@click.option("-f", "--file", "path", required=True, multiple=True, callback=one_file,
+              type=click.Path(dir_okay=False, allow_dash=True))
 @click.pass_context
 def apply(ctx: click.Context, path: str) -> None:
     """Apply a file of Kubernetes objects: CiliumNetworkPolicy/CiliumClusterwideNetworkPolicy, Service and

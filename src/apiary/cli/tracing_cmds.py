@@ -18,6 +18,7 @@ from .network_cmds import (
     delete_options,
     delete_policy,
     ns_param,
+    one_file,
     post_yaml,
     read_file_arg,
     seg,
@@ -31,7 +32,8 @@ def tracingpolicy() -> None:
 
 
 @tracingpolicy.command("apply")
-@click.option("-f", "--file", "path", required=True, type=click.Path(dir_okay=False, allow_dash=True))
+@click.option("-f", "--file", "path", required=True, multiple=True, callback=one_file,
+              type=click.Path(dir_okay=False, allow_dash=True))
 @click.pass_context
 def tp_apply(ctx: click.Context, path: str) -> None:
     """Apply every policy in a file, all or nothing; prints how each hook is realised on this kernel."""
@@ -124,7 +126,8 @@ def tp_set_mode(ctx: click.Context, name: str, mode: str, namespace: str | None)
 
 
 @tracingpolicy.command("convert")
-@click.option("-f", "--file", "path", required=True, type=click.Path(dir_okay=False, allow_dash=True))
+@click.option("-f", "--file", "path", required=True, multiple=True, callback=one_file,
+              type=click.Path(dir_okay=False, allow_dash=True))
 def tp_convert(path: str) -> None:
     """Write the real TracingPolicy equivalent of the seed article's invented syntax."""
     from apiary.policy.models import PolicyError

@@ -4,13 +4,18 @@ Layout (kernel/bpf/ringbuf.c): page 0 is the consumer position (read-write), pag
 position, then the data area mapped twice so that a record crossing the end reads contiguously.
 Each record has an 8-byte header: u32 length with BUSY (bit 31) and DISCARD (bit 30) flags, u32
 page offset. Records are 8-byte aligned. The map fd is pollable: EPOLLIN when data is available.
+
+The positions and headers are shared with producers on other CPUs, so each is read and written in one
+aligned load or store (a native memoryview cast), never with ``struct``: ``struct.pack_into`` zeroes its
+destination before it writes the value, and a producer reading the consumer position in between sees 0,
+takes the ring for full and drops its record (counted as lost: 1 to 50 of 100,000 events at 270,000
+events/s with the ring never more than 8% full, before this was found).
 """
 
 from __future__ import annotations
 
 import mmap
 import select
-import struct
 from collections.abc import Callable
 
 from .errors import BpfError
@@ -19,8 +24,6 @@ from .maps import Map
 _BUSY = 1 << 31
 _DISCARD = 1 << 30
 _HDR = 8
-_U32 = struct.Struct("<I")
-_U64 = struct.Struct("<Q")
 
 
 class RingBuffer:
@@ -39,6 +42,9 @@ class RingBuffer:
         except OSError as e:
             raise BpfError(f"mmap ring buffer {m.name}", e.errno or 0) from e
         self._data = memoryview(self._prod)[page:]
+        self._cons_pos = memoryview(self._cons)[:8].cast("Q")  # [0]: one 8-byte load or store
+        self._prod_pos = memoryview(self._prod)[:8].cast("Q")
+        self._hdrs = self._data.cast("I")  # [off >> 2]: a record's length word (records are 8-byte aligned)
         self.records = 0
         self.discarded = 0
 
@@ -46,7 +52,7 @@ class RingBuffer:
         return self.map.fd
 
     def available(self) -> int:
-        return _U64.unpack_from(self._prod, 0)[0] - _U64.unpack_from(self._cons, 0)[0]
+        return int(self._prod_pos[0] - self._cons_pos[0])
 
     def peek(self, handle: Callable[[memoryview], None]) -> bool:
         """Hand every committed, unconsumed record to ``handle`` without consuming it.
@@ -54,12 +60,12 @@ class RingBuffer:
         Returns False when the walk stopped at a record a producer is still writing (later records
         were not seen), True when it reached the producer position.
         """
-        cons = _U64.unpack_from(self._cons, 0)[0]
-        prod = _U64.unpack_from(self._prod, 0)[0]
-        data, mask = self._data, self.mask
+        cons = self._cons_pos[0]
+        prod = self._prod_pos[0]
+        data, hdrs, mask = self._data, self._hdrs, self.mask
         while cons < prod:
             off = cons & mask
-            hdr = _U32.unpack_from(data, off)[0]
+            hdr = hdrs[off >> 2]
             if hdr & _BUSY:
                 return False
             length = hdr & ~(_BUSY | _DISCARD)
@@ -85,19 +91,19 @@ class RingBuffer:
         would hand over a record or two at a time). The consumer position is published after each walk, so
         the kernel can reuse space while we keep reading. Stops after ``limit`` records when it is set.
         Returns the number of records handled."""
-        cons = _U64.unpack_from(self._cons, 0)[0]
+        cons_pos, prod_pos = self._cons_pos, self._prod_pos
+        cons = cons_pos[0]
         n = 0
-        data, mask, mm, page = self._data, self.mask, self._prod, mmap.PAGESIZE
-        unpack = _U32.unpack_from
+        hdrs, mask, mm, page = self._hdrs, self.mask, self._prod, mmap.PAGESIZE
         if limit:
             batch = min(batch, limit)
         recs: list[bytes] = []
         while True:
-            prod = _U64.unpack_from(self._prod, 0)[0]
+            prod = prod_pos[0]
             busy = False
             while cons < prod and len(recs) < batch:
                 off = cons & mask
-                hdr = unpack(data, off)[0]
+                hdr = hdrs[off >> 2]
                 if hdr & _BUSY:  # a producer is still writing this one: wait for it
                     busy = True
                     break
@@ -108,8 +114,8 @@ class RingBuffer:
                     start = page + off + _HDR  # the data area is mapped twice: a record reads contiguously
                     recs.append(mm[start : start + length])
                 cons += (length + _HDR + 7) & ~7
-            _U64.pack_into(self._cons, 0, cons)  # what was read is copied: its space is the kernel's again
-            done = not busy and cons >= prod and _U64.unpack_from(self._prod, 0)[0] == cons
+            cons_pos[0] = cons  # what was read is copied: its space is the kernel's again
+            done = not busy and cons >= prod and prod_pos[0] == cons
             if limit and n + len(recs) >= limit:
                 done = True
             if recs and (done or len(recs) >= batch):
@@ -135,6 +141,7 @@ class RingBuffer:
         return self.consume(handle)
 
     def close(self) -> None:
-        self._data.release()
+        for v in (self._hdrs, self._cons_pos, self._prod_pos, self._data):
+            v.release()
         self._prod.close()
         self._cons.close()

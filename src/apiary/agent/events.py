@@ -220,8 +220,7 @@ class TracingEvents:
             ["policy", "hook", "namespace", "workload", "pod", "binary", "node_name"],
             registry,
         )
-        # (hook id, pid, start ktime) -> (hook entry, process parts, its counts in policy_events_total and in
-        # events_total, its kind), valid for _memo_gen
+        # (hook id, pid, start ktime) -> what records of that hook and process share, valid for _memo_gen
         self._memo: dict[tuple[int, int, int], tuple[HookEntry, ProcessParts, Cell, Cell, str]] = {}
         self._memo_gen: tuple[int, int, int] = (-1, -1, -1)
 
@@ -229,65 +228,89 @@ class TracingEvents:
         return {"generic": Batched(self.generic, self.generic_batch)}
 
     def generic(self, ev: tracing_abi.EventRecord) -> None:
-        tracing = self.tracing
-        if tracing is None:
-            raise CorruptRecord("no tracing sensor")
-        try:
-            entry = tracing.hook_entry(ev.hook_id)
-            if entry is None:  # a hook id no policy ever had: a corrupt record
-                raise CorruptRecord("unknown hook")
-            parts, kind, cell = self._parts(ev, entry, tracing)
-        except CorruptRecord:
-            raise
-        except Exception as e:  # noqa: BLE001 - counted, never fatal
-            raise CorruptRecord(str(e)) from e
-        wall_ns = ev.ktime + self.clock.offset_ns  # the clock's offset now, as if the event were built now
-        self.out.publish(kind, TracingRecord(ev.raw).settle(self, entry, parts, wall_ns), cell)
+        run = self._run(ev, self.clock.offset_ns)  # the clock's offset now, as if the event were built now
+        if not run.ok:
+            raise CorruptRecord(run.why)
+        run.n = 1
+        self._count(run, kind=False)
+        self.out.publish(run.kind, TracingRecord(ev.raw, run), run.kind_cell)  # counted in its kind's cell there
 
     def generic_batch(self, raws: list[bytes]) -> tuple[int, int]:
         """A run of generic records read at one wake-up, as ``generic`` one by one, in one loop: the same events,
-        counts and memo; each record decoded straight into its event (``TracingRecord``). Returns (decoded,
-        decode errors)."""
-        tracing = self.tracing
-        entries: dict[int, Any] = {}  # hook id -> its entry (None: unknown), looked up once per run
-        memo = self._memo_valid()
+        counts and memo. The records of one hook, thread and process image share what they have in common
+        (``_Run``, made at its first record from its head) and are counted at the end, a run at a time; each
+        record is kept as it came until its event is read (``TracingRecord``). Returns (decoded, decode
+        errors)."""
         offset = self.clock.offset_ns
+        runs: dict[bytes, _Run] = {}
         recs: list[Event | Deferred] = []
+        append = recs.append
+        for raw in raws:
+            key = raw[_KEY_START:_KEY_END]  # pid, tid, proc_ktime, cgroup_id, hook_id (shorter: a record cut short)
+            run = runs.get(key)
+            if run is None:
+                run = runs[key] = self._run_of(raw, offset)
+            run.n += 1
+            if run.ok:
+                append(TracingRecord(raw, run))
         kinds: dict[str, int] = {}
         decoded = bad = 0
-        for raw in raws:
-            try:
-                ev = TracingRecord(raw)  # the record's head (struct.error when it is too short)
-            except Exception:  # noqa: BLE001 - a corrupt record is counted, never fatal
-                bad += 1
+        for run in runs.values():
+            if run.head:
+                decoded += run.n
+            if not run.ok:
+                bad += run.n
                 continue
-            decoded += 1
-            hid = ev.hook_id
-            entry = entries.get(hid, False)
-            if entry is False:
-                try:
-                    entry = entries[hid] = tracing.hook_entry(hid) if tracing is not None else None
-                except Exception:  # noqa: BLE001 - counted, never fatal
-                    entry = entries[hid] = None
-            hit = memo.get((hid, ev.pid, ev.proc_ktime))
-            if hit is not None and hit[0] is entry:  # the memo's answer, as in _parts
-                hit[2].n += 1
-                hit[3].n += 1
-                parts, kind = hit[1], hit[4]
-            else:
-                try:
-                    if tracing is None or entry is None:  # no tracing sensor, or a hook id never given out
-                        raise CorruptRecord("unknown hook")
-                    parts, kind, cell = self._parts(ev, entry, tracing)
-                except Exception:  # noqa: BLE001 - counted, never fatal
-                    bad += 1
-                    continue
-                cell.n += 1
-                memo = self._memo_valid()  # reading the process cache may have changed it
-            kinds[kind] = kinds.get(kind, 0) + 1
-            recs.append(ev.settle(self, entry, parts, ev.ktime + offset))
+            self._count(run)
+            kinds[run.kind] = kinds.get(run.kind, 0) + run.n
         self.out.publish_many(kinds, recs)
         return decoded, bad
+
+    def _run_of(self, raw: bytes, offset: int) -> _Run:
+        """What the records with this record's head share (a corrupt or short one's ``ok`` is False)."""
+        try:
+            ev = tracing_abi.EventRecord(raw)  # its head (struct.error when it is too short)
+        except Exception:  # noqa: BLE001 - a corrupt record is counted, never fatal
+            return _Run.bad("record too short", head=False)
+        return self._run(ev, offset)
+
+    def _run(self, ev: tracing_abi.EventRecord, offset: int) -> _Run:
+        """The hook, process side and counts of the records of ``ev``'s hook and process, as the process cache is
+        now; memoised per (hook, process image) while the process cache does not change (the same image gives
+        the same answer). An unknown process gets what the record says of it, each time (never memoised)."""
+        tracing = self.tracing
+        if tracing is None:
+            return _Run.bad("no tracing sensor")
+        try:
+            entry = tracing.hook_entry(ev.hook_id)
+            if entry is None:  # a hook id no policy ever had: a corrupt record
+                return _Run.bad("unknown hook")
+            memo = self._memo_valid()
+            key = (ev.hook_id, ev.pid, ev.proc_ktime)
+            hit = memo.get(key)
+            if hit is not None and hit[0] is entry:
+                return _Run(self, entry, hit[1], offset, hit[2], hit[3], hit[4], False)
+            cache = self.cache
+            p = cache.get_by_key(ev.pid, ev.proc_ktime)
+            parts = tracing.process_parts(ev, p, cache, self.node)
+            kind = entry[1].event.removeprefix("process_")
+            labels = self._labels(parts.process)
+            policy_cell = self._policy_counter(entry, labels)
+            kind_cell = self.out.cell(kind, labels)
+            if p is not None:
+                self._memo_valid()[key] = (entry, parts, policy_cell, kind_cell, kind)  # (reading may clear it)
+            return _Run(self, entry, parts, offset, policy_cell, kind_cell, kind, p is None)
+        except Exception as e:  # noqa: BLE001 - counted, never fatal
+            return _Run.bad(str(e))
+
+    def _count(self, run: _Run, kind: bool = True) -> None:
+        """A run's records in policy_events_total, events_total (kind) and the missing-process counts."""
+        run.policy_cell.n += run.n
+        if kind:
+            run.kind_cell.n += run.n
+        if run.missing:  # emitted all the same, with what the record says of the process
+            self.out.counters.missing_process_info += run.n
+            self.m_missing_process.inc(run.n)
 
     def _memo_valid(self) -> dict[tuple[int, int, int], tuple[HookEntry, ProcessParts, Cell, Cell, str]]:
         """The memo, emptied if the process cache changed since it was filled (or it is full)."""
@@ -298,33 +321,6 @@ class TracingEvents:
             self._memo_gen = gen
         return self._memo
 
-    def _parts(
-        self, ev: tracing_abi.EventRecord, entry: HookEntry, tracing: TracingEventSource
-    ) -> tuple[ProcessParts, str, Cell]:
-        """The process side of an event, the event's kind, and its count in events_total (the caller counts
-        it there); counted in policy_events_total. Memoised per (hook, process image) while the process cache
-        does not change (the same image gives the same answer)."""
-        cache = self.cache
-        memo = self._memo_valid()
-        key = (ev.hook_id, ev.pid, ev.proc_ktime)
-        hit = memo.get(key)
-        if hit is not None and hit[0] is entry:
-            hit[2].n += 1
-            return hit[1], hit[4], hit[3]
-        p = cache.get_by_key(ev.pid, ev.proc_ktime)
-        parts = tracing.process_parts(ev, p, cache, self.node)
-        kind = entry[1].event.removeprefix("process_")
-        labels = self._labels(parts.process)
-        counter = self._policy_counter(entry, labels)
-        counter.n += 1
-        cell = self.out.cell(kind, labels)
-        if p is None:  # emitted all the same, with what the record says of the process (each time: never memoised)
-            self.out.counters.missing_process_info += 1
-            self.m_missing_process.inc()
-        else:
-            memo[key] = (entry, parts, counter, cell, kind)
-        return parts, kind, cell
-
     def _labels(self, proc: dict[str, Any]) -> tuple[str, str, str, str]:
         """The event metrics' process labels of an event's ``process`` JSON (--metrics-label-filter applied)."""
         return self.out.process_labels(proc.get("pod"), proc.get("binary", ""))
@@ -334,32 +330,66 @@ class TracingEvents:
         return self.m_policy_events.cell(lp.policy.name, hook_label(hook), *labels, self.node)
 
 
+# the bytes of a record's head that say whose it is: pid, tid, proc_ktime, cgroup_id, hook_id (struct gs_event)
+_KEY_START, _KEY_END = 16, 42
+if (tracing_abi.Event.pid.offset, tracing_abi.Event.hook_id.offset + 2) != (_KEY_START, _KEY_END) or [
+    tracing_abi.Event.tid.offset, tracing_abi.Event.proc_ktime.offset, tracing_abi.Event.cgroup_id.offset
+] != [20, 24, 32]:
+    raise ImportError("struct gs_event's head moved: update _KEY_START/_KEY_END with it")
+
+
+class _Run:
+    """What the records of one hook, thread and process image read at one wake-up share: their hook entry, their
+    process side (taken at the first of them), the clock's offset then, their counts and how many there are."""
+
+    __slots__ = ("source", "entry", "parts", "offset", "policy_cell", "kind_cell", "kind", "missing", "n", "ok",
+                 "head", "why")
+
+    def __init__(
+        self, source: TracingEvents | None, entry: HookEntry | None, parts: ProcessParts | None, offset: int,
+        policy_cell: Cell, kind_cell: Cell, kind: str, missing: bool,
+    ) -> None:
+        self.source, self.entry, self.parts, self.offset = source, entry, parts, offset
+        self.policy_cell, self.kind_cell, self.kind, self.missing = policy_cell, kind_cell, kind, missing
+        self.n, self.ok, self.head, self.why = 0, True, True, ""
+
+    @classmethod
+    def bad(cls, why: str, head: bool = True) -> _Run:
+        """Records counted as decode errors (head: their head decoded, so they count as decoded too)."""
+        r = cls(None, None, None, 0, _NO_CELL, _NO_CELL, "", False)
+        r.ok, r.head, r.why = False, head, why
+        return r
+
+
+_NO_CELL = Cell()
+
+
 class TracingRecord(tracing_abi.EventRecord):
-    """A tracing event as read from the ring (the record, whose head is decoded), built into its Tetragon JSON
-    on first read (``Deferred``). One object per event: the record is the event until it is built."""
+    """A tracing event as read from the ring: its bytes and what it shares with the records of its hook and
+    process (``_Run``), built into its Tetragon JSON on first read (``Deferred``). Its head is decoded then,
+    not before: one small object per event until it is read."""
 
-    __slots__ = ("source", "entry", "parts", "wall_ns", "built")
+    __slots__ = ("run", "built")
 
-    def settle(self, source: TracingEvents, entry: HookEntry, parts: ProcessParts, wall_ns: int) -> TracingRecord:
-        """What the event is built from besides the record: its hook, its process side, its wall time."""
-        self.source, self.entry, self.wall_ns = source, entry, wall_ns
-        self.parts: ProcessParts | None = parts
+    def __init__(self, raw: bytes, run: _Run) -> None:  # the head is decoded when the event is built
+        self.raw, self.run = raw, run
         self.built: Event | None = None
-        return self
 
     def materialize(self) -> Event:
         if self.built is None:
-            src, parts = self.source, self.parts
-            assert parts is not None  # kept until the event is built
-            time = format_rfc3339_ns(self.wall_ns)
+            run = self.run
+            src, entry, parts = run.source, run.entry, run.parts
+            assert src is not None and entry is not None and parts is not None  # only good runs' records are kept
+            tracing_abi.EventRecord.__init__(self, self.raw)  # the head (it decoded once already: the run's)
+            time = format_rfc3339_ns(self.ktime + run.offset)
             try:
                 tracing = src.tracing
                 if tracing is None:  # never: a record is only read with a tracing sensor
                     raise RuntimeError("no tracing sensor")
-                self.built = tracing.build(self, self.entry, parts, src.node, time)
+                self.built = tracing.build(self, entry, parts, src.node, time)
             except Exception as e:  # noqa: BLE001 - the event is still emitted, saying what failed
                 src.out.counters.build_errors += 1
-                lp, hook = self.entry
+                lp, hook = entry
                 self.built = {
                     "apiary_build_error": {
                         "error": f"{type(e).__name__}: {e}",
@@ -370,7 +400,8 @@ class TracingRecord(tracing_abi.EventRecord):
                     "node_name": src.node,
                     "time": time,
                 }
-            self.parts, self.raw = None, b""  # built: what it was built from is no longer needed
+            self.raw = b""  # built: what it was built from is no longer needed
+            del self.run
         return self.built
 
 

@@ -23,6 +23,7 @@ from .maps import Map
 
 _BUSY = 1 << 31
 _DISCARD = 1 << 30
+_LEN = ~(_BUSY | _DISCARD) & 0xFFFFFFFF
 _HDR = 8
 
 
@@ -94,25 +95,30 @@ class RingBuffer:
         cons_pos, prod_pos = self._cons_pos, self._prod_pos
         cons = cons_pos[0]
         n = 0
-        hdrs, mask, mm, page = self._hdrs, self.mask, self._prod, mmap.PAGESIZE
+        hdrs, mask, mm = self._hdrs, self.mask, self._prod
+        base = mmap.PAGESIZE + _HDR  # a record's bytes in the mapping: the data area is mapped twice, so they
+        busy_bit, discard_bit, len_mask = _BUSY, _DISCARD, _LEN  # read contiguously even across its end
         if limit:
             batch = min(batch, limit)
         recs: list[bytes] = []
         while True:
             prod = prod_pos[0]
             busy = False
-            while cons < prod and len(recs) < batch:
+            room = batch - len(recs)
+            append = recs.append
+            while cons < prod and room:
                 off = cons & mask
                 hdr = hdrs[off >> 2]
-                if hdr & _BUSY:  # a producer is still writing this one: wait for it
+                if hdr & busy_bit:  # a producer is still writing this one: wait for it
                     busy = True
                     break
-                length = hdr & ~(_BUSY | _DISCARD)
-                if hdr & _DISCARD:
+                length = hdr & len_mask
+                if hdr & discard_bit:
                     self.discarded += 1
                 else:
-                    start = page + off + _HDR  # the data area is mapped twice: a record reads contiguously
-                    recs.append(mm[start : start + length])
+                    start = base + off
+                    append(mm[start : start + length])
+                    room -= 1
                 cons += (length + _HDR + 7) & ~7
             cons_pos[0] = cons  # what was read is copied: its space is the kernel's again
             done = not busy and cons >= prod and prod_pos[0] == cons

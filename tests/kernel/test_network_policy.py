@@ -135,7 +135,10 @@ def test_l3_allow_by_labels_then_default_deny_switches_off(net: Net) -> None:
         metadata: {name: in-default}
         spec: {endpointSelector: {matchLabels: {app: nothing-here}}, ingress: [{}]}
     """)
-    assert "name: in-default" in net.cli_ok("policy", "get", "in-default")
+    got = net.cli_ok("policy", "get", "in-default")
+    assert "name: in-default" in got and "namespace: default" in got, got  # where it landed, as kubectl shows it
+    doc = json.loads(net.cli_ok("policy", "get", "in-default", "-o", "json"))
+    assert doc["metadata"] == {"name": "in-default", "namespace": "default"} and doc["spec"]["ingress"] == [{}]
     assert "CiliumNetworkPolicy default/in-default" in net.cli_ok("policy", "delete", "in-default")
     # several -f: one stream of documents, applied together (kubectl's repeated -f)
     files = []

@@ -94,6 +94,18 @@ def test_denied_request_is_the_proxys_403_naming_the_policy(method: str, path: s
         "CiliumNetworkPolicy default/l7-http-policy ingress[0].toPorts[0].rules.http[1]"]
 
 
+def test_the_path_is_judged_normalized_and_the_answer_says_so() -> None:
+    c = compiled(SEED)
+    x = ask(c, "GET", "/api/v1/%61dmin/../items")  # as the proxy sees it: /api/v1/items
+    assert x.verdict == "ALLOWED" and x.http is not None
+    assert "HTTP GET /api/v1/%61dmin/../items (judged as /api/v1/items, normalized as the proxy does) allowed" in (
+        x.sentence)
+    y = ask(c, "GET", "/api/v1/../../admin")  # never above the root: /admin, which no rule allows
+    assert y.verdict == "DENIED" and "(judged as /admin, normalized as the proxy does) matches no HTTP rule" in (
+        y.sentence)
+    assert "judged as" not in ask(c, "GET", "/api/v1/items").sentence  # already normal: said once
+
+
 def test_l4_denied_and_not_proxied_connections() -> None:
     c = compiled(SEED)
     x = ask(c, "GET", "/api/v1/items", src=OTHER)  # no rule for this peer: never reaches the proxy

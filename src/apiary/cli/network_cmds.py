@@ -350,11 +350,33 @@ def policy_list(ctx: click.Context, output: str) -> None:
 @policy.command("get")
 @click.argument("name")
 @click.option("--namespace", "-n", default=None, help=NS_HELP)
+@click.option("-o", "--output", type=click.Choice(["yaml", "json"]), default="yaml", show_default=True)
 @click.pass_context
-def policy_get(ctx: click.Context, name: str, namespace: str | None) -> None:
-    """Print a policy as applied (NAME, or NAMESPACE/NAME as -n NAMESPACE NAME)."""
+def policy_get(ctx: click.Context, name: str, namespace: str | None, output: str) -> None:
+    """Print a policy as applied (NAME, or NAMESPACE/NAME as -n NAMESPACE NAME), with the namespace it is in
+    (a CiliumNetworkPolicy applied without one is in default)."""
     name, namespace = _scoped(name, namespace)
-    click.echo(_req(ctx, "GET", f"/v1/policies/{seg(name)}", params=ns_param(namespace))["yaml"], nl=False)
+    res = _req(ctx, "GET", f"/v1/policies/{seg(name)}", params=ns_param(namespace))
+    text, doc = landed(res["yaml"], res["namespace"])
+    if output == "json":
+        click.echo(json.dumps(doc, indent=2))
+    else:
+        click.echo(text, nl=not text.endswith("\n"))
+
+
+def landed(source: str, namespace: str) -> tuple[str, Any]:
+    """A policy's YAML as applied, and as a document, with the namespace it landed in: the text as written when
+    it names its namespace (or has none to name: cluster-wide), else re-written with ``metadata.namespace``."""
+    import yaml
+
+    doc = yaml.safe_load(source)
+    meta = doc.get("metadata") if isinstance(doc, dict) else None
+    if not namespace or not isinstance(meta, dict) or meta.get("namespace") == namespace:
+        return source, doc
+    doc["metadata"] = {"name": meta.get("name"), "namespace": namespace} | {
+        k: v for k, v in meta.items() if k not in ("name", "namespace")
+    }
+    return yaml.safe_dump(doc, sort_keys=False), doc
 
 
 DEFAULT_STATE_DIR = "/var/lib/apiary"

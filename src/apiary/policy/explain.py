@@ -309,7 +309,9 @@ def _redirected(compiled: CompiledPolicy, d: Decision | None) -> bool:
 def explain_http(compiled: CompiledPolicy, src: Peer, dst: Peer, port: int, req: HttpRequest,
                  l4: Explanation) -> HttpDecision:
     """What the L7 proxy does with ``req`` on a connection ``l4`` allowed."""
-    what = f"HTTP {req.method} {req.path}"
+    judged = normalize_path(req.path)
+    what = f"HTTP {req.method} {req.path}" + (f" (judged as {judged}, normalized as the proxy does)"
+                                              if judged != req.path else "")
     if not (_redirected(compiled, l4.egress) or _redirected(compiled, l4.ingress)):
         return HttpDecision("not-proxied", f"{what} is not inspected (no L7 rule for this connection)")
     applies = []
@@ -319,7 +321,7 @@ def explain_http(compiled: CompiledPolicy, src: Peer, dst: Peer, port: int, req:
         elif key.direction == INGRESS and key.ep_id == dst.ep_id and key.identity in (0, src.identity):
             applies.append(key)
     matched: list[HttpRule] = []
-    req = HttpRequest(req.method, normalize_path(req.path), req.headers)
+    req = HttpRequest(req.method, judged, req.headers)
     for direction in (EGRESS, INGRESS):  # each side judges; within a side one matching rule is enough
         keys = [k for k in applies if k.direction == direction and _covers(k, port)]
         if not keys:

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
 
@@ -33,6 +33,7 @@ from .export import Exporter
 from .metrics_server import AgentCollector, MetricsError
 from .metrics_server import start as start_metrics
 from .prefilter import PrefilterControl
+from .pumps import L7_LOG_BATCH_S, RING_BATCH_S, Pump, coalesced_reader
 from .records import ReadCounters, RingReader
 from .statedir import StateDirBusy
 from .view import ConnectionStats
@@ -48,57 +49,11 @@ def _count_type(by_byte: list[int], rec: memoryview) -> None:
     by_byte[rec[0]] += 1
 
 
-class AgentError(Exception):
-    """A start-up problem the user can fix; printed as one line."""
-
-
-class Pump(Protocol):
-    """A ring buffer someone reads: the agent wakes it when the ring has records, and on a timer."""
-
-    def fileno(self) -> int: ...
-
-    def drain(self) -> int: ...
-
-
-# the L7 proxy's access log: once woken, the agent waits this long before reading, so one read takes a batch
-# of records instead of one per request (the pipe holds 1-4 MiB meanwhile; its flows come that much later)
-L7_LOG_BATCH_S = 0.005
-# the BPF rings likewise: their fds are level-triggered (readable while a record waits), so a reader that drained
-# on every wake-up was woken again at once by the next record and read a few records a time, paying a pass of
-# the event loop, a drain and a batch per few records (at 270,000 tracing events/s: 1.9-2.6 us of agent CPU per
-# event, against ~1 us read in batches); 8 MiB of ring holds ~150 ms of that rate
-RING_BATCH_S = 0.005
 HOST_ADDRS_INTERVAL_S = 2.0  # how soon a node address added or removed is a NodePort address (or no longer)
 
 
-def _coalesced_reader(loop: asyncio.AbstractEventLoop, p: Pump, delay: float) -> Callable[[], None]:
-    """Wake ``p`` when its fd is readable, but drain it ``delay`` seconds later (records pile up meanwhile).
-    Returns what stops it (the fd unwatched, a drain still to come cancelled)."""
-    fd = p.fileno()
-    pending: list[asyncio.TimerHandle] = []
-    stopped = False
-
-    def woken() -> None:
-        loop.remove_reader(fd)
-        pending[:] = [loop.call_later(delay, drain)]
-
-    def drain() -> None:
-        pending.clear()
-        try:
-            p.drain()
-        finally:
-            if not stopped and p.fileno() == fd:  # still open (a stopped proxy closed it)
-                loop.add_reader(fd, woken)
-
-    def stop() -> None:
-        nonlocal stopped
-        stopped = True
-        loop.remove_reader(fd)
-        for h in pending:
-            h.cancel()
-
-    loop.add_reader(fd, woken)
-    return stop
+class AgentError(Exception):
+    """A start-up problem the user can fix; printed as one line."""
 
 
 class Agent:
@@ -529,7 +484,7 @@ class Agent:
         # the services' ring exists once the first service loaded the LB: drained by the timer only
         pumps: list[Pump] = [p for p in (self.reader, net, net and net.l7, self.services) if p]
         woken = [p for p in pumps if p.fileno() >= 0]
-        unwatch = [_coalesced_reader(loop, p, L7_LOG_BATCH_S if net is not None and p is net.l7 else RING_BATCH_S)
+        unwatch = [coalesced_reader(loop, p, L7_LOG_BATCH_S if net is not None and p is net.l7 else RING_BATCH_S)
                    for p in woken]
         metrics = None
         if self.cfg.metrics_addr is not None:

@@ -169,6 +169,7 @@ def test_a_run_of_records_read_at_once_gives_what_reading_them_one_by_one_gives(
     raws = [_record(20, 300, b"/etc/%d" % n)[1] for n in range(3)]
     raws.append(_record(999, 1, b"/etc/unknown")[1])  # a process the cache does not know
     raws.append(_record(20, 300, b"/etc/x", hook_id=9)[1])  # a hook never given out
+    raws.append(_record(999, 1, b"/etc/unknown-again")[1])  # the unknown process again: looked up again
     raws.append(bytes([99]) + raws[0][1:])  # a type no sensor here decodes: splits the run
     raws.append(raws[0][:20])  # too short for its head
     raws.append(_record(20, 300, b"/etc/last")[1])
@@ -177,16 +178,17 @@ def test_a_run_of_records_read_at_once_gives_what_reading_them_one_by_one_gives(
         one.reader.record(memoryview(raw))
     batch.reader.records(raws)
     c1, c2 = one.reader.counters, batch.reader.counters
-    assert (c2.received, c2.decode_errors, dict(c2.by_type)) == (8, 3, {"generic": 6})
+    assert (c2.received, c2.decode_errors, dict(c2.by_type)) == (9, 3, {"generic": 7})
     assert (c1.received, c1.decode_errors, dict(c1.by_type)) == (c2.received, c2.decode_errors, dict(c2.by_type))
     assert c1.received_by_byte == c2.received_by_byte and c2.received_by_byte[99] == 1
-    assert batch.out.counters == one.out.counters and batch.out.counters.events["kprobe"] == 5
+    assert batch.out.counters == one.out.counters and batch.out.counters.events["kprobe"] == 6
+    assert batch.cache.misses == one.cache.misses and batch.cache.misses["get"] >= 2  # each unknown one looked up
     assert _metrics(batch.registry) == _metrics(one.registry)
     assert ('tetragon_events_total{binary="/usr/bin/tool",namespace="",node_name="n1",pod="",type="PROCESS_KPROBE",'
             'workload=""} 4.0') in _metrics(batch.registry)  # memo hits counted too
     assert batch.bus.recent() == one.bus.recent()
     paths = [e["process_kprobe"]["args"][0]["string_arg"] for e in batch.bus.recent()]
-    assert paths == ["/etc/0", "/etc/1", "/etc/2", "/etc/unknown", "/etc/last"]
+    assert paths == ["/etc/0", "/etc/1", "/etc/2", "/etc/unknown", "/etc/unknown-again", "/etc/last"]
 
 
 def _metrics(registry: CollectorRegistry) -> list[str]:

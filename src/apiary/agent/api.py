@@ -147,7 +147,7 @@ def build_app(agent: AgentView) -> web.Application:
         await resp.prepare(request)
         sent = 0
         backlog = agent.events.recent() if (since is not None or not follow) else []
-        sub = agent.events.subscribe() if follow else None
+        sub = agent.events.subscribe(flt.matches) if follow else None  # filtered before its queue
         try:
             for ev in backlog:
                 if flt.matches(ev):

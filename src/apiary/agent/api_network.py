@@ -162,7 +162,7 @@ def add_routes(app: web.Application, agent: AgentView) -> None:
         follow = q.get("follow", "0") in ("1", "true", "yes")
         resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await resp.prepare(request)
-        fol = n.flows.subscribe() if follow else None
+        fol = n.flows.subscribe(flt.matches) if follow else None  # filtered before its queue
         try:
             if first:  # the oldest in the window; --all, or a window without --last: every flow in it
                 backlog = n.flows.first_matching(keep, first)

@@ -2,7 +2,9 @@
 
 One class serves process and tracing events (``/v1/events``) and flows (``/v1/flows``). Publishing never
 blocks: a client whose queue is full misses the event, and the miss is counted (for that client, which is
-told how many it lost, and in total). Events are kept as objects; clients encode them when they read.
+told how many it lost, and in total). A client that streams with a filter gives it when it subscribes: only the
+events it keeps take room in its queue, so a busy node's other events never crowd out (or count as lost) the
+few it asked for. Events are kept as objects; clients encode them when they read.
 A producer may publish a ``Deferred`` event (what it needs to build the event, kept when it was read):
 it is built only when something reads it (a streaming client, or a read of the history), once.
 Used from the event-loop thread only.
@@ -31,10 +33,20 @@ def materialize(ev: Event | Deferred) -> Event:
 
 @dataclass(eq=False)
 class Subscriber:
-    """One streaming client: its queue, and how many events it missed because the queue was full."""
+    """One streaming client: its queue, the events it keeps (None: all), and how many events it kept but missed
+    because the queue was full."""
 
     queue: asyncio.Queue[Event]
     dropped: int = 0
+    keep: Callable[[Event], bool] | None = None
+
+    def wants(self, ev: Event) -> bool:
+        if self.keep is None:
+            return True
+        try:
+            return self.keep(ev)
+        except Exception:  # noqa: BLE001 - a filter that fails on an event: the client gets it, and judges it itself
+            return True
 
 
 class EventBus:
@@ -94,6 +106,8 @@ class EventBus:
         built = materialize(ev)  # streamed now: built now
         self.history.append(built)
         for sub in self.subscribers:
+            if not sub.wants(built):
+                continue
             try:
                 sub.queue.put_nowait(built)
             except asyncio.QueueFull:
@@ -109,8 +123,9 @@ class EventBus:
         self.published += len(evs)
         self.history.extend(evs)
 
-    def subscribe(self) -> Subscriber:
-        sub = Subscriber(asyncio.Queue(maxsize=self.queue_size))
+    def subscribe(self, keep: Callable[[Event], bool] | None = None) -> Subscriber:
+        """A new streaming client; ``keep``: the events it wants (its filter, applied before its queue)."""
+        sub = Subscriber(asyncio.Queue(maxsize=self.queue_size), keep=keep)
         self.subscribers.append(sub)
         return sub
 

@@ -239,8 +239,9 @@ class TracingEvents:
         """A run of generic records read at one wake-up, as ``generic`` one by one, in one loop: the same events,
         counts and memo. The records of one hook, thread and process image share what they have in common
         (``_Run``, made at its first record from its head) and are counted at the end, a run at a time; each
-        record is kept as it came until its event is read (``TracingRecord``). Returns (decoded, decode
-        errors)."""
+        record is kept as it came until its event is read (``TracingRecord``). (One case differs: one by one, a
+        later record of a process image the cache let go of within the same batch would be reported as of an
+        unknown process; here it shares its run's process.) Returns (decoded, decode errors)."""
         offset = self.clock.offset_ns
         runs: dict[bytes, _Run] = {}
         recs: list[Event | Deferred] = []
@@ -311,6 +312,7 @@ class TracingEvents:
         if run.missing:  # emitted all the same, with what the record says of the process
             self.out.counters.missing_process_info += run.n
             self.m_missing_process.inc(run.n)
+            self.cache.misses["get"] += run.n - 1  # looked up once for the run, as often as one by one would
 
     def _memo_valid(self) -> dict[tuple[int, int, int], tuple[HookEntry, ProcessParts, Cell, Cell, str]]:
         """The memo, emptied if the process cache changed since it was filled (or it is full)."""
@@ -332,9 +334,10 @@ class TracingEvents:
 
 # the bytes of a record's head that say whose it is: pid, tid, proc_ktime, cgroup_id, hook_id (struct gs_event)
 _KEY_START, _KEY_END = 16, 42
+# The key ends where the head does, so a record with a whole key has a whole head (every record of a run decodes).
 if (tracing_abi.Event.pid.offset, tracing_abi.Event.hook_id.offset + 2) != (_KEY_START, _KEY_END) or [
     tracing_abi.Event.tid.offset, tracing_abi.Event.proc_ktime.offset, tracing_abi.Event.cgroup_id.offset
-] != [20, 24, 32]:
+] != [20, 24, 32] or _KEY_END != tracing_abi.HEAD_SIZE:
     raise ImportError("struct gs_event's head moved: update _KEY_START/_KEY_END with it")
 
 
@@ -380,7 +383,7 @@ class TracingRecord(tracing_abi.EventRecord):
             run = self.run
             src, entry, parts = run.source, run.entry, run.parts
             assert src is not None and entry is not None and parts is not None  # only good runs' records are kept
-            tracing_abi.EventRecord.__init__(self, self.raw)  # the head (it decoded once already: the run's)
+            tracing_abi.EventRecord.__init__(self, self.raw)  # its head (as long as the run's first, which decoded)
             time = format_rfc3339_ns(self.ktime + run.offset)
             try:
                 tracing = src.tracing

@@ -147,7 +147,10 @@ class Observer:
         except ValueError as e:
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(e))
         follow = q.follow and (q.until_ns is None or q.until_ns > time.time_ns())
-        sub = bus.subscribe() if follow else None  # before the backlog: nothing falls between the two
+        def keep(resp: dict[str, Any]) -> bool:  # before its queue: its filter, and what ends the stream (--until)
+            return q.filter.matches(resp) or (q.until_ns is not None and flow_time_ns(resp) > q.until_ns)
+
+        sub = bus.subscribe(keep) if follow else None  # before the backlog: nothing falls between the two
         try:
             for resp in q.backlog(bus.recent()):
                 yield self._message(resp, q.mask)

@@ -99,7 +99,7 @@ class Sensors:
         except ValueError as e:
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(e))
         bus = self.agent.events
-        sub = bus.subscribe()
+        sub = bus.subscribe(flt.matches)  # filtered before its queue: only what it keeps can be missed
         reported = 0
         failed = 0
         try:

@@ -27,7 +27,8 @@ RING_BATCH_S = 0.005
 
 
 def coalesced_reader(loop: asyncio.AbstractEventLoop, p: Pump, delay: float) -> Callable[[], None]:
-    """Wake ``p`` when its fd is readable, but drain it ``delay`` seconds later (records pile up meanwhile).
+    """Wake ``p`` when its fd is readable, but drain it ``delay`` seconds later (records pile up meanwhile). The fd
+    is the one ``p`` has at each drain (a restarted proxy's log is a new one); none (-1): the timer drains it.
     Returns what stops it (the fd unwatched, a drain still to come cancelled)."""
     fd = p.fileno()
     pending: list[asyncio.TimerHandle] = []
@@ -38,17 +39,20 @@ def coalesced_reader(loop: asyncio.AbstractEventLoop, p: Pump, delay: float) -> 
         pending[:] = [loop.call_later(delay, drain)]
 
     def drain() -> None:
+        nonlocal fd
         pending.clear()
         try:
             p.drain()
         finally:
-            if not stopped and p.fileno() == fd:  # still open (a stopped proxy closed it)
+            fd = p.fileno()
+            if not stopped and fd >= 0:
                 loop.add_reader(fd, woken)
 
     def stop() -> None:
         nonlocal stopped
         stopped = True
-        loop.remove_reader(fd)
+        if fd >= 0:
+            loop.remove_reader(fd)
         for h in pending:
             h.cancel()
 

@@ -69,7 +69,7 @@ class RingBuffer:
             hdr = hdrs[off >> 2]
             if hdr & _BUSY:
                 return False
-            length = hdr & ~(_BUSY | _DISCARD)
+            length = hdr & _LEN
             if not hdr & _DISCARD:
                 handle(data[off + _HDR : off + _HDR + length])
             cons += (length + _HDR + 7) & ~7

@@ -309,11 +309,12 @@ def _redirected(compiled: CompiledPolicy, d: Decision | None) -> bool:
 def explain_http(compiled: CompiledPolicy, src: Peer, dst: Peer, port: int, req: HttpRequest,
                  l4: Explanation) -> HttpDecision:
     """What the L7 proxy does with ``req`` on a connection ``l4`` allowed."""
-    judged = normalize_path(req.path)
-    what = f"HTTP {req.method} {req.path}" + (f" (judged as {judged}, normalized as the proxy does)"
-                                              if judged != req.path else "")
+    what = f"HTTP {req.method} {req.path}"
     if not (_redirected(compiled, l4.egress) or _redirected(compiled, l4.ingress)):
         return HttpDecision("not-proxied", f"{what} is not inspected (no L7 rule for this connection)")
+    judged = normalize_path(req.path)
+    if judged != req.path:
+        what += f" (judged as {judged}, normalized as the proxy does)"
     applies = []
     for key in sorted(compiled.l7):
         if key.direction == EGRESS and key.ep_id == src.ep_id and key.identity in (0, dst.identity):

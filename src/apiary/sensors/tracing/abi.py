@@ -664,6 +664,7 @@ def decode_event(buf: memoryview | bytes) -> Event:
 
 # the head of struct gs_event the agent reads at once: type, size, ktime, pid, tid, proc_ktime, cgroup_id, hook_id
 _HEAD = struct.Struct("<B3xIQIIQQH")
+HEAD_SIZE = _HEAD.size
 if [Event.ktime.offset, Event.pid.offset, Event.proc_ktime.offset, Event.cgroup_id.offset, Event.hook_id.offset] != [
     8, 16, 24, 32, 40
 ]:

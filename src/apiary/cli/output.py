@@ -13,7 +13,8 @@ from rich.table import Table
 
 class _Console(Console):
     """Tables with box lines on a terminal wide enough for them. Plain columns (kubectl's: a header line, then a
-    line per row, three spaces between columns) to a pipe or a file, which grep, awk and cut read, and on a
+    line per row, three spaces between columns; a cell of several lines, such as an identity's labels, goes on
+    over the next lines, under its column) to a pipe or a file, which grep, awk and cut read, and on a
     terminal too narrow for the table: at its full width, long lines left to the terminal to wrap, rather than a
     box whose cells are cut short with an ellipsis (a policy's name must stay whole to be typed back)."""
 
